@@ -1,0 +1,52 @@
+"""tfmmrec: multimodal two-tower recommendation and cross-modal retrieval on TFRS.
+
+Importing the package first selects Keras 2 (``TF_USE_LEGACY_KERAS=1``) so that TFRS,
+``hub.KerasLayer`` and KerasNLP share one Keras; the public API below loads lazily so that
+``import tfmmrec`` (and ``tfmmrec --help``) stay fast.
+"""
+
+from tfmmrec._env import configure_keras
+
+configure_keras()
+
+from tfmmrec.config import Config, load_config  # noqa: E402
+from tfmmrec.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    ExportError,
+    ServingError,
+    TfmmrecError,
+    TrainingError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": "tfmmrec.pipeline",
+    "evaluate": "tfmmrec.pipeline",
+    "export": "tfmmrec.pipeline",
+    "demo": "tfmmrec.pipeline",
+    "load_dataset": "tfmmrec.data.dataset",
+    "build_demo_dataset": "tfmmrec.data.demo",
+    "RetrievalModel": "tfmmrec.models.retrieval",
+}
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataError",
+    "ExportError",
+    "ServingError",
+    "TfmmrecError",
+    "TrainingError",
+    "load_config",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfmmrec' has no attribute {name!r}")

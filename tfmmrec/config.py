@@ -1,0 +1,343 @@
+"""The one configuration system: dataclasses, loadable from YAML, shared by CLI, API and notebooks.
+
+Every default in tfmmrec lives here. Each dataclass validates itself in ``__post_init__`` so a bad
+value fails at load time with the field's dotted name, not hours later inside TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dacite
+import yaml
+
+from tfmmrec.errors import ConfigError
+
+MODALITIES = ("text", "image", "audio")
+YAMNET_HUB_HANDLE = "https://tfhub.dev/google/yamnet/1"
+
+
+def _check(condition: bool, name: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid config value {name}={value!r}: expected {expected}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, name, value, "one of " + ", ".join(choices))
+
+
+@dataclass
+class DemoConfig:
+    """Size of the embedded, generated demo catalogue (used when ``data.path`` is empty)."""
+
+    num_items: int = 400
+    num_users: int = 300
+    interactions_per_user: int = 30
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.num_items >= 20, "data.demo.num_items", self.num_items, ">= 20")
+        _check(self.num_users >= 2, "data.demo.num_users", self.num_users, ">= 2")
+        _check(
+            self.interactions_per_user >= 2,
+            "data.demo.interactions_per_user",
+            self.interactions_per_user,
+            ">= 2",
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset folder is, which columns hold which modality, and how to split it.
+
+    Column lists left as ``None`` are inferred from the items table (see ``data.dataset``); an
+    empty list switches the modality off for this dataset.
+    """
+
+    path: str | None = None
+    items_file: str | None = None
+    text_columns: list[str] | None = None
+    image_column: str | None = None
+    audio_column: str | None = None
+    user_feature_columns: list[str] | None = None
+    min_rating: float | None = None
+    split: Literal["random", "temporal", "cold_start"] = "random"
+    test_fraction: float = 0.2
+    seed: int = 42
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("data.split", self.split, ("random", "temporal", "cold_start"))
+        _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
+
+
+@dataclass
+class TextTowerConfig:
+    """KerasNLP BERT text tower.
+
+    ``preset`` is a KerasNLP preset name (downloaded by KerasNLP) or a local preset directory.
+    With no preset a small BERT is built from the ``hidden_dim``/``num_layers``... fields with random
+    weights and a word-level vocabulary taken from the catalogue's own text (no download).
+    """
+
+    enabled: bool = True
+    preset: str | None = None
+    sequence_length: int = 64
+    pooling: Literal["mean", "cls"] = "mean"
+    trainable: bool = False
+    hidden_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_dim: int = 128
+    max_vocabulary: int = 20000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("text.pooling", self.pooling, ("mean", "cls"))
+        _check(8 <= self.sequence_length <= 512, "text.sequence_length", self.sequence_length,
+               "in [8, 512]")
+        _check(self.hidden_dim % self.num_heads == 0, "text.hidden_dim", self.hidden_dim,
+               f"a multiple of text.num_heads={self.num_heads}")
+
+
+@dataclass
+class ImageTowerConfig:
+    """CNN image tower: a small built-in CNN, a ``keras.applications`` model, or a TF-Hub handle.
+
+    ``backbone``: ``small_cnn`` (fast, random init); ``hub`` (``handle`` is a TF-Hub image
+    feature-vector URL or local SavedModel dir taking float images in [0, 1]); ``keras_app``
+    (``application`` names a ``tf.keras.applications`` class, ``weights`` a local .h5 file).
+    """
+
+    enabled: bool = True
+    backbone: Literal["small_cnn", "hub", "keras_app"] = "small_cnn"
+    handle: str | None = None
+    application: str | None = None
+    weights: str | None = None
+    image_size: int = 64
+    trainable: bool = False
+    cnn_filters: list[int] = field(default_factory=lambda: [16, 32, 64])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("image.backbone", self.backbone, ("small_cnn", "hub", "keras_app"))
+        if self.enabled and self.backbone == "hub":
+            _check(bool(self.handle), "image.handle", self.handle, "a TF-Hub handle or directory")
+        if self.enabled and self.backbone == "keras_app":
+            _check(bool(self.application), "image.application", self.application,
+                   "a tf.keras.applications class name, e.g. MobileNetV2")
+        _check(16 <= self.image_size <= 1024, "image.image_size", self.image_size, "in [16, 1024]")
+
+
+@dataclass
+class AudioTowerConfig:
+    """Audio tower: YAMNet through ``hub.KerasLayer`` (frame embeddings pooled over time), or a
+    small built-in log-mel CNN (fast, random init, no download)."""
+
+    enabled: bool = True
+    backbone: Literal["yamnet", "small_cnn"] = "small_cnn"
+    handle: str = YAMNET_HUB_HANDLE
+    sample_rate: int = 16000
+    max_seconds: float = 2.0
+    pooling: Literal["mean", "max"] = "mean"
+    trainable: bool = False
+    cnn_filters: list[int] = field(default_factory=lambda: [16, 32])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("audio.backbone", self.backbone, ("yamnet", "small_cnn"))
+        _check_choice("audio.pooling", self.pooling, ("mean", "max"))
+        _check(self.sample_rate == 16000, "audio.sample_rate", self.sample_rate,
+               "16000 (YAMNet and the built-in tower expect 16 kHz)")
+        _check(0.1 <= self.max_seconds <= 60, "audio.max_seconds", self.max_seconds,
+               "in [0.1, 60]")
+
+
+@dataclass
+class ModelConfig:
+    """Projection, fusion, query tower and retrieval-task settings."""
+
+    embedding_dim: int = 64
+    projection_hidden: list[int] = field(default_factory=list)
+    fusion: Literal["concat_mlp", "mean", "gated", "attention"] = "concat_mlp"
+    item_id_embedding: bool = False
+    user_features: bool = True
+    history_length: int = 0
+    temperature: float = 0.05
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    modality_dropout: float = 0.1
+    user_id_dropout: float = 0.05
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("model.fusion", self.fusion, ("concat_mlp", "mean", "gated", "attention"))
+        _check(self.embedding_dim >= 2, "model.embedding_dim", self.embedding_dim, ">= 2")
+        _check(self.temperature > 0, "model.temperature", self.temperature, "> 0")
+        _check(0 <= self.modality_dropout < 1, "model.modality_dropout", self.modality_dropout,
+               "in [0, 1)")
+        _check(0 <= self.user_id_dropout < 1, "model.user_id_dropout", self.user_id_dropout,
+               "in [0, 1)")
+        _check(self.history_length >= 0, "model.history_length", self.history_length, ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, distribution and where the run writes (checkpoints, logs, cache)."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 0.01
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    strategy: Literal["default", "mirrored"] = "default"
+    output_dir: str = "runs/demo"
+    cache_dir: str | None = None
+    encode_batch_size: int = 32
+    seed: int = 0
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        _check(self.batch_size >= 2, "train.batch_size", self.batch_size,
+               ">= 2 (in-batch negatives need at least two examples)")
+        _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
+        _check_choice("train.optimizer", self.optimizer, ("adam", "adagrad", "sgd"))
+        _check_choice("train.strategy", self.strategy, ("default", "mirrored"))
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """The encoder cache lives beside runs by default so that runs share it."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        return Path(self.output_dir).parent / "encoder-cache"
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation cut-offs and batching of the user × item score matrix."""
+
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50, 100])
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(bool(self.ks) and all(k >= 1 for k in self.ks), "eval.ks", self.ks,
+               "a non-empty list of positive integers")
+
+
+@dataclass
+class ScannConfig:
+    """ScaNN index parameters; ``None`` means scaled to the catalogue size at export time."""
+
+    num_leaves: int | None = None
+    num_leaves_to_search: int | None = None
+    num_reordering_candidates: int | None = None
+    dimensions_per_block: int = 2
+
+
+@dataclass
+class ExportConfig:
+    """Where and how ``tfmmrec export`` writes a TF Serving model version."""
+
+    base_dir: str = "runs/models"
+    model_name: str = "tfmmrec"
+    version: int | None = None
+    index: Literal["scann", "brute_force"] = "scann"
+    k: int = 10
+    max_k: int = 100
+    scann: ScannConfig = field(default_factory=ScannConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("export.index", self.index, ("scann", "brute_force"))
+        _check(1 <= self.k <= self.max_k, "export.k", self.k, f"in [1, export.max_k={self.max_k}]")
+        if self.version is not None:
+            _check(self.version >= 1, "export.version", self.version, ">= 1")
+
+
+@dataclass
+class Config:
+    """A whole tfmmrec job. ``Config()`` is the embedded demo; YAML files override fields."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    audio: AudioTowerConfig = field(default_factory=AudioTowerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def tower(self, modality: str) -> TextTowerConfig | ImageTowerConfig | AudioTowerConfig:
+        return {"text": self.text, "image": self.image, "audio": self.audio}[modality]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Config:
+        try:
+            return dacite.from_dict(cls, data or {}, config=dacite.Config(strict=True))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        except dacite.UnexpectedDataError as exc:
+            keys = ", ".join(sorted(exc.keys))
+            raise ConfigError(
+                f"{source}: unknown config key(s) {keys}; see tfmmrec/config.py for the fields"
+            ) from None
+        except dacite.DaciteError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+        """Load a YAML file; relative paths inside it stay relative to the working directory.
+
+        ``overrides`` are ``dotted.key=value`` strings (values parsed as YAML), as given to the
+        CLI's ``--set``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data)}")
+        return cls.from_dict(apply_overrides(data, overrides or []), source=str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (a copy)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(source: str | os.PathLike | Config | None = None,
+                overrides: list[str] | None = None) -> Config:
+    """One entry point: a ``Config``, a YAML path, or ``None`` (the demo defaults)."""
+    if isinstance(source, Config):
+        if overrides:
+            return Config.from_dict(apply_overrides(source.to_dict(), overrides))
+        return source
+    if source is None:
+        return Config.from_dict(apply_overrides({}, overrides or []), source="defaults")
+    return Config.from_yaml(source, overrides)
