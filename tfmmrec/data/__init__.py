@@ -1,0 +1,1 @@
+"""Data layer: dataset folders, validation, splits, media decoding, demo data."""

@@ -1,0 +1,137 @@
+"""Data layer, first step: read the tables of a dataset folder and reject bad input with clear errors.
+
+Every error names the file, the row (as a line number for CSV/JSONL) and the offending value, so
+a user can fix their catalogue without reading a TensorFlow traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from tfmmrec.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+ITEM_TABLE_NAMES = ("items.csv", "items.jsonl", "items.parquet")
+SHOW_AT_MOST = 5
+
+
+def row_label(path: Path, index: int) -> str:
+    """Human location of a data row: line numbers for text tables (CSV has a header line)."""
+    if path.suffix == ".csv":
+        return f"{path.name} line {index + 2}"
+    if path.suffix == ".jsonl":
+        return f"{path.name} line {index + 1}"
+    return f"{path.name} row {index}"
+
+
+def read_table(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV/JSONL/Parquet table with id columns as strings; never half-parse silently."""
+    if not path.is_file():
+        raise DataError(f"table not found: {path}")
+    dtypes = {column: "string" for column in id_columns}
+    try:
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+        elif path.suffix == ".jsonl":
+            frame = pd.read_json(path, lines=True, dtype=dtypes)
+        elif path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"unsupported table format {path.suffix!r} for {path}: "
+                            "use .csv, .jsonl or .parquet")
+    except DataError:
+        raise
+    except Exception as exc:  # pandas raises many types; all mean "this file is not a table"
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"{path} is empty: it needs a header and at least one row")
+    for column in id_columns:
+        if column in frame.columns:
+            frame[column] = frame[column].astype("string").str.strip()
+    return frame
+
+
+def find_items_table(root: Path, items_file: str | None) -> Path:
+    """The items table: the configured file, else the single items.{csv,jsonl,parquet}."""
+    if items_file:
+        return root / items_file
+    found = [root / name for name in ITEM_TABLE_NAMES if (root / name).is_file()]
+    if not found:
+        raise DataError(f"no items table in {root}: expected one of {', '.join(ITEM_TABLE_NAMES)}")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise DataError(f"several items tables in {root} ({names}): set data.items_file")
+    return found[0]
+
+
+def require_columns(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(missing)}; "
+            f"found columns: {', '.join(map(str, frame.columns))}"
+        )
+
+
+def require_no_missing_ids(frame: pd.DataFrame, path: Path, column: str) -> None:
+    empty = frame.index[frame[column].isna() | (frame[column] == "")]
+    if len(empty):
+        where = ", ".join(row_label(path, i) for i in empty[:SHOW_AT_MOST])
+        raise DataError(f"{path}: empty {column} in {len(empty)} row(s): {where}")
+
+
+def require_unique(frame: pd.DataFrame, path: Path, column: str) -> None:
+    duplicated = frame.index[frame[column].duplicated(keep="first")]
+    if len(duplicated):
+        first = duplicated[0]
+        value = frame[column].iloc[first]
+        original = frame.index[frame[column] == value][0]
+        raise DataError(
+            f"{path}: duplicate {column} {value!r} at {row_label(path, first)} "
+            f"(first seen at {row_label(path, original)}); {len(duplicated)} duplicate row(s) in "
+            "all. Each id must appear once."
+        )
+
+
+def require_numeric(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
+    """Coerce a column to numbers, naming the first value that is not one."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = frame.index[values.isna() & frame[column].notna()]
+    if len(bad):
+        i = bad[0]
+        raise DataError(
+            f"{path}: {column} must be numeric, got {frame[column].iloc[i]!r} at "
+            f"{row_label(path, i)} ({len(bad)} bad value(s))"
+        )
+    if values.isna().any():
+        i = frame.index[values.isna()][0]
+        raise DataError(f"{path}: empty {column} at {row_label(path, i)}")
+    return values
+
+
+def require_known_items(interactions: pd.DataFrame, path: Path, known: pd.Index,
+                        items_path: Path) -> None:
+    unknown = interactions.index[~interactions["item_id"].isin(known)]
+    if len(unknown):
+        where = ", ".join(
+            f"{row_label(path, i)} ({interactions['item_id'].iloc[i]!r})"
+            for i in unknown[:SHOW_AT_MOST]
+        )
+        raise DataError(
+            f"{path}: {len(unknown)} interaction(s) name items that are not in "
+            f"{items_path.name}: {where}. Add the items or drop those rows."
+        )
+
+
+def report_missing_media(modality: str, missing: Sequence[str]) -> None:
+    """Missing/corrupt media is normal: the item keeps its other modalities, but say so."""
+    if missing:
+        shown = ", ".join(missing[:SHOW_AT_MOST])
+        more = f" and {len(missing) - SHOW_AT_MOST} more" if len(missing) > SHOW_AT_MOST else ""
+        logger.warning("%d %s file(s) missing or unreadable, those items are encoded without "
+                       "%s: %s%s", len(missing), modality, modality, shown, more)

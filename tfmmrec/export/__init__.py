@@ -1,0 +1,7 @@
+"""Export: trained towers + a ScaNN/BruteForce index → versioned SavedModels for TF Serving."""
+
+from tfmmrec.export.index import build_index
+from tfmmrec.export.module import RetrievalServingModule
+from tfmmrec.export.writer import export_model, next_version
+
+__all__ = ["RetrievalServingModule", "build_index", "export_model", "next_version"]

@@ -1,0 +1,49 @@
+"""Export: TF Serving warmup records (``assets.extra/tf_serving_warmup_requests``).
+
+TF Serving replays these PredictionLog records when it loads a version, so the first real
+request does not pay for graph tracing, tokenizer set-up or ScaNN searcher initialisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def predict_request(model_name: str, signature: str, inputs: dict[str, Any],
+                    version: int | None = None) -> predict_pb2.PredictRequest:
+    """A PredictRequest with ``inputs`` converted by ``tf.make_tensor_proto``."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def write_warmup_requests(extra_dir: Path, model_name: str,
+                          requests: dict[str, dict[str, Any]]) -> Path:
+    """One PredictionLog per signature, written as a TFRecord file."""
+    path = Path(extra_dir) / WARMUP_FILE
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, inputs in requests.items():
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
+                request=predict_request(model_name, signature, inputs)))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup_requests(path: str | Path) -> list[predict_pb2.PredictRequest]:
+    """The requests stored in a warmup file (for tests and for replaying them locally)."""
+    requests = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        requests.append(log.predict_log.request)
+    return requests

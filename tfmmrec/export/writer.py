@@ -1,0 +1,83 @@
+"""Export: write ``<base>/<model_name>/<version>/`` atomically, with metadata TF Serving users need.
+
+The SavedModel is written to a hidden temp directory beside the versions and renamed into place,
+so a server polling the base path never sees a half-written version (TF Serving only loads
+directories named by an integer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfmmrec.errors import ExportError
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "tfmmrec.json"
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than the highest integer version present (1 for a new model)."""
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_model(module: tf.Module, base_dir: str | os.PathLike, model_name: str,
+                 version: int | None, metadata: dict, uses_scann: bool,
+                 warmup: dict | None = None) -> Path:
+    """Save ``module`` with its signatures as a new version; returns the version directory."""
+    model_dir = Path(base_dir) / model_name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create export directory {model_dir}: {exc}") from None
+    version = version or next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+        raise ExportError(f"{final} already exists: versions are immutable; choose another "
+                          "export.version or leave it empty for the next one")
+    tmp = model_dir / f".tmp-{version}-{os.getpid()}-{int(time.time())}"
+    # Custom-op namespaces the graph may hold: KerasNLP's in-graph tokenizer (TFText) and ScaNN.
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
+    try:
+        tf.saved_model.save(module, str(tmp), signatures=module.signatures(), options=options)
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        payload = {**metadata, "version": version, "requires_scann_ops": uses_scann}
+        (extra / METADATA_FILE).write_text(json.dumps(payload, indent=2, default=_jsonable))
+        if warmup is not None:
+            from tfmmrec.export.warmup import write_warmup_requests
+
+            write_warmup_requests(extra, model_name, warmup)
+        os.replace(tmp, final)
+    except ExportError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"export to {final} failed: {exc}") from exc
+    logger.info("exported %s", final)
+    return final
+
+
+def read_metadata(version_dir: str | os.PathLike) -> dict:
+    path = Path(version_dir) / "assets.extra" / METADATA_FILE
+    if not path.is_file():
+        raise ExportError(f"{version_dir} is not a tfmmrec export (no {path.name})")
+    return json.loads(path.read_text())
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,79 @@
+"""Models: the two-tower retrieval model (query tower × item tower, in-batch softmax).
+
+Retrieval narrows a large catalogue to a few hundred candidates, so it is trained to score the
+true item of each (user, item) pair above every other item in the batch. Items appear in a batch
+in proportion to their popularity; the logQ correction subtracts ``log P(item in batch)`` from
+each logit so the model learns preference rather than popularity (Yi et al., RecSys 2019).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfmmrec.towers.item import ItemContentTable, ItemTower
+from tfmmrec.towers.query import QueryTower
+
+
+class RetrievalModel(tfrs.Model):
+    """A ``tfrs.Model`` whose loss is ``tfrs.tasks.Retrieval`` over fused multimodal items.
+
+    loss = softmax cross-entropy over in-batch candidates of
+           ``<q_u, c_i> / temperature − log p_i``   (accidental hits, i.e. a batch item equal
+           to the positive, are masked out)
+
+    Top-K metrics are not computed in training steps: over the whole catalogue they dominate
+    step time on CPU (~10×). ``tfmmrec.evaluation`` computes them after training instead.
+
+    Args:
+      query_tower: user id (string) → ``[B, d]``.
+      item_tower: item content → ``[B, d]``.
+      content_table: item index → item content (cached features or raw).
+      item_probability: ``[num_items]`` sampling probability of each item in training batches
+        (its share of training interactions); ``None`` disables the logQ correction.
+      temperature: logits are divided by it; small values sharpen the softmax over normalised
+        embeddings.
+      remove_accidental_hits: mask in-batch negatives that are the positive item itself.
+    """
+
+    def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
+                 content_table: ItemContentTable, item_probability: np.ndarray | None = None,
+                 temperature: float = 0.05, remove_accidental_hits: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.query_tower = query_tower
+        self.item_tower = item_tower
+        self.content_table = content_table
+        self.item_probability = None
+        if item_probability is not None:
+            self.item_probability = tf.constant(np.maximum(item_probability, 1e-12), tf.float32)
+        self.remove_accidental_hits = remove_accidental_hits
+        self.task = tfrs.tasks.Retrieval(temperature=temperature,
+                                         remove_accidental_hits=remove_accidental_hits)
+
+    def build_from_example(self) -> None:
+        """Create all variables now (checkpoint restore and BackupAndRestore need them)."""
+        self.item_embeddings(tf.constant([0]))
+        self.query_embeddings(tf.constant(["?"]))
+        self.built = True
+
+    def item_embeddings(self, item_index, training=False):
+        return self.item_tower(self.content_table(item_index), training=training)
+
+    def query_embeddings(self, user_id, training=False):
+        return self.query_tower(user_id, item_embedder=self.item_embeddings, training=training)
+
+    def compute_loss(self, features, training=False):
+        item_index = tf.cast(features["item_index"], tf.int32)
+        queries = self.query_embeddings(features["user_id"], training=training)
+        candidates = self.item_embeddings(item_index, training=training)
+        probability = None
+        if self.item_probability is not None:
+            probability = tf.gather(self.item_probability, item_index)
+        return self.task(
+            queries,
+            candidates,
+            candidate_sampling_probability=probability,
+            candidate_ids=item_index if self.remove_accidental_hits else None,
+            compute_metrics=False,
+        )

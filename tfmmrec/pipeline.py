@@ -1,0 +1,316 @@
+"""The public workflow: config → data → towers → model → train → evaluate → export.
+
+``tfmmrec.train(config)``, ``tfmmrec.evaluate(...)``, ``tfmmrec.export(...)`` and
+``tfmmrec.demo()`` are what the CLI and the notebooks call; nothing here keeps its own defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfmmrec.config import Config, load_config
+from tfmmrec.data.dataset import Dataset, load_dataset
+from tfmmrec.data.splits import Split, split_interactions
+from tfmmrec.errors import ConfigError, DataError, TrainingError
+from tfmmrec.models.retrieval import RetrievalModel
+from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
+from tfmmrec.towers.encoders import Encoder, build_encoder
+from tfmmrec.towers.item import ItemContentTable, ItemTower
+from tfmmrec.towers.query import QueryTower
+from tfmmrec.training.strategy import make_strategy
+from tfmmrec.training.trainer import TrainResult, fit, interactions_dataset
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Workspace:
+    """Everything a model is built from: data, split, encoders and each modality's content."""
+
+    config: Config
+    dataset: Dataset
+    split: Split
+    modalities: tuple[str, ...]
+    encoders: dict[str, Encoder]
+    contents: dict[str, ModalityContent]
+    cache_stats: dict[str, CacheStats] = field(default_factory=dict)
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return self.dataset.user_ids
+
+    def encoder_identities(self) -> dict[str, str]:
+        return {m: e.identity() for m, e in self.encoders.items()}
+
+
+def demo_data_dir(config: Config) -> Path:
+    return Path(config.train.output_dir).parent / "demo-data"
+
+
+def resolve_dataset(config: Config) -> Dataset:
+    """The configured folder, or the embedded demo catalogue (generated, no download)."""
+    if config.data.path:
+        return load_dataset(config.data)
+    from tfmmrec.data.demo import build_demo_dataset
+
+    root = build_demo_dataset(demo_data_dir(config), config.data.demo)
+    return load_dataset(dataclasses.replace(config.data, path=str(root)))
+
+
+def prepare(config: Config, progress: bool = True) -> Workspace:
+    """Load and split the data, build encoders, and encode (or cache-load) the catalogue."""
+    dataset = resolve_dataset(config)
+    split = split_interactions(dataset.interactions, config.data.split, config.data.test_fraction,
+                               config.data.seed, dataset.num_items)
+    modalities = tuple(m for m in dataset.catalog.modalities if config.tower(m).enabled)
+    encoders: dict[str, Encoder] = {}
+    contents: dict[str, ModalityContent] = {}
+    stats: dict[str, CacheStats] = {}
+    for modality in modalities:
+        tower = config.tower(modality)
+        encoders[modality] = build_encoder(modality, tower, list(dataset.catalog.texts))
+        media = _media_settings(config)
+        if tower.trainable:
+            contents[modality] = load_raw_content(dataset.catalog, modality, **media)
+        else:
+            contents[modality], stats[modality] = encode_catalog(
+                dataset.catalog, encoders[modality], config.train.resolved_cache_dir,
+                batch_size=config.train.encode_batch_size, progress=progress, **media)
+    return Workspace(config, dataset, split, modalities, encoders, contents, stats)
+
+
+def _media_settings(config: Config) -> dict:
+    return {"image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
+            "max_seconds": config.audio.max_seconds}
+
+
+def item_sampling_probability(ws: Workspace) -> np.ndarray:
+    """Each item's share of training interactions: P(item in a batch) for the logQ correction."""
+    counts = np.bincount(ws.split.train["item_index"].to_numpy(), minlength=ws.dataset.num_items)
+    return counts / max(counts.sum(), 1)
+
+
+def user_history(ws: Workspace) -> np.ndarray | None:
+    """``[num_users, H]`` most recent training items per user (−1 padded), in vocabulary order."""
+    length = ws.config.model.history_length
+    if length == 0:
+        return None
+    train = ws.split.train
+    if "timestamp" in train.columns:
+        train = train.sort_values("timestamp", kind="stable")
+    recent = train.groupby("user_id")["item_index"].apply(lambda s: s.to_numpy()[-length:])
+    history = np.full((len(ws.user_ids), length), -1, np.int64)
+    for row, user in enumerate(ws.user_ids):
+        items = recent.get(user)
+        if items is not None:
+            history[row, : len(items)] = items
+    return history
+
+
+def build_model(ws: Workspace) -> RetrievalModel:
+    """The retrieval model for a workspace (call inside the strategy scope)."""
+    model_config = ws.config.model
+    in_tower = {m: e for m, e in ws.encoders.items() if ws.config.tower(m).trainable}
+    item_tower = ItemTower(
+        ws.modalities, model_config.embedding_dim, encoders=in_tower,
+        projection_hidden=model_config.projection_hidden, fusion=model_config.fusion,
+        num_items=ws.dataset.num_items if model_config.item_id_embedding or not ws.modalities
+        else None,
+        modality_dropout=model_config.modality_dropout, dropout=model_config.dropout,
+        name="item_tower")
+    users = ws.dataset.users if model_config.user_features else None
+    query_tower = QueryTower(
+        ws.user_ids, model_config.embedding_dim, users=users,
+        feature_columns=ws.dataset.user_feature_columns if users is not None else (),
+        history=user_history(ws), id_dropout=model_config.user_id_dropout, name="query_tower")
+    table = ItemContentTable({m: c.values for m, c in ws.contents.items()},
+                             {m: c.mask for m, c in ws.contents.items()}, name="item_content")
+    probability = item_sampling_probability(ws) if model_config.logq_correction else None
+    return RetrievalModel(query_tower, item_tower, table, probability,
+                          temperature=model_config.temperature,
+                          remove_accidental_hits=model_config.remove_accidental_hits)
+
+
+def train(config: Config | str | os.PathLike | None = None, *, workspace: Workspace | None = None,
+          callbacks=(), progress: bool = True) -> TrainResult:
+    """Train a retrieval model as the config says; resumes an interrupted run in the same dir."""
+    config = load_config(config)
+    tf.keras.utils.set_random_seed(config.train.seed)
+    ws = workspace or prepare(config, progress=progress)
+    if len(ws.split.train) < 2:
+        raise DataError("fewer than 2 training interactions after the split: nothing to train")
+    strategy = make_strategy(config.train.strategy)
+    dataset = interactions_dataset(ws.split.train, config.train.batch_size, config.train.seed)
+    output = Path(config.train.output_dir)
+    result = fit(lambda: build_model(ws), dataset, len(ws.split.train), config.train, strategy,
+                 callbacks)
+    config.to_yaml(output / "config.yaml")
+    _write_json(output / RUN_FILE, {
+        "encoders": ws.encoder_identities(),
+        "modalities": list(ws.modalities),
+        "num_items": ws.dataset.num_items,
+        "num_users": len(ws.user_ids),
+        "checkpoint": str(result.checkpoint),
+        "examples_per_second": result.examples_per_second,
+        "history": result.history,
+    })
+    result.workspace = ws
+    return result
+
+
+def restore_model(config: Config, checkpoint: str | os.PathLike | None = None,
+                  workspace: Workspace | None = None) -> tuple[RetrievalModel, Workspace]:
+    """Rebuild the model from its config and load trained weights (default: the run's latest)."""
+    ws = workspace or prepare(config, progress=False)
+    output = Path(config.train.output_dir)
+    path = Path(checkpoint) if checkpoint else output / "checkpoints" / "latest"
+    if not Path(str(path) + ".index").is_file():
+        raise TrainingError(f"no checkpoint at {path} (expected {path}.index); train first or "
+                            "pass --checkpoint")
+    _check_encoders(output, ws)
+    model = build_model(ws)
+    model.build_from_example()
+    model.load_weights(str(path)).expect_partial()
+    return model, ws
+
+
+def _check_encoders(output: Path, ws: Workspace) -> None:
+    """Cached features are only valid for the encoder weights the model was trained with."""
+    run_file = output / RUN_FILE
+    if not run_file.is_file():
+        return
+    trained = json.loads(run_file.read_text()).get("encoders", {})
+    now = ws.encoder_identities()
+    changed = [m for m in now if m in trained and trained[m] != now[m]]
+    if changed:
+        raise ConfigError(f"the {', '.join(changed)} encoder(s) differ from the ones this model "
+                          f"was trained with ({run_file}); restore the training config")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def embed_items(model: RetrievalModel, num_items: int, batch_size: int = 1024) -> np.ndarray:
+    """Every catalogue item's embedding, ``[N, d]`` in catalogue order."""
+    embed = tf.function(lambda index: model.item_embeddings(index, training=False))
+    parts = [embed(tf.range(start, min(start + batch_size, num_items)))
+             for start in range(0, num_items, batch_size)]
+    return tf.concat(parts, axis=0).numpy()
+
+
+def embed_users(model: RetrievalModel, user_ids, batch_size: int = 1024) -> np.ndarray:
+    """Query embeddings for user ids (unknown ids get the cold-start embedding)."""
+    embed = tf.function(lambda ids: model.query_embeddings(ids, training=False))
+    user_ids = np.asarray(user_ids).astype(str)
+    parts = [embed(tf.constant(user_ids[start:start + batch_size]))
+             for start in range(0, len(user_ids), batch_size)]
+    return tf.concat(parts, axis=0).numpy()
+
+
+def evaluate(config: Config | str | os.PathLike | None = None,
+             checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
+             workspace: Workspace | None = None, baselines: bool = True,
+             name: str = "tfmmrec") -> dict[str, dict[str, float]]:
+    """Metrics of a trained model (and popularity/random baselines) on the config's split.
+
+    Writes ``<output_dir>/eval/metrics.json`` and ``metrics.png`` (Recall@K and NDCG@K curves).
+    """
+    from tfmmrec.evaluation.protocol import (
+        evaluate_embeddings,
+        popularity_baseline,
+        random_baseline,
+    )
+    from tfmmrec.evaluation.report import plot_metric_curves, write_json
+
+    config = load_config(config)
+    if model is None:
+        model, workspace = restore_model(config, checkpoint, workspace)
+    ws = workspace
+    ks, batch = config.eval.ks, config.eval.batch_size
+    items = embed_items(model, ws.dataset.num_items, batch)
+    users = embed_users(model, ws.user_ids, batch)
+    results = {name: evaluate_embeddings(users, items, ws.split, ws.user_ids, ks, batch)}
+    if baselines:
+        args = (ws.split, ws.user_ids, ws.dataset.num_items, ks)
+        results["popularity"] = popularity_baseline(*args, batch_size=batch)
+        results["random"] = random_baseline(*args, batch_size=batch)
+    out = Path(config.train.output_dir) / "eval"
+    write_json({"split": ws.split.kind, "results": results}, out / "metrics.json")
+    plot_metric_curves(results, out / "metrics.png",
+                       title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
+    return results
+
+
+def warmup_inputs(modalities, user_id: str, k: int) -> dict[str, dict]:
+    """One small request per signature (synthetic content: valid, tiny, deterministic)."""
+    requests = {
+        "serving_default": {"user_id": np.array([user_id])},
+        "recommend": {"user_id": np.array([user_id]), "k": np.int32(k)},
+        "embed_query": {"user_id": np.array([user_id])},
+    }
+    content = {
+        "text": lambda: np.array([b"warm up the tokenizer"]),
+        "image": lambda: np.array([tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()]),
+        "audio": lambda: np.array([tf.audio.encode_wav(tf.zeros([8000, 1]), 16000).numpy()]),
+    }
+    for modality in modalities:
+        requests[f"query_{modality}"] = {modality: content[modality](), "k": np.int32(k)}
+    return requests
+
+
+def export(config: Config | str | os.PathLike | None = None,
+           checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
+           workspace: Workspace | None = None, index: str | None = None) -> Path:
+    """Write a TF Serving version ``<base>/<name>/<version>/`` and return its path.
+
+    ``index`` overrides ``export.index`` (``scann`` or ``brute_force``).
+    """
+    from tfmmrec.export.index import build_index, recall_against_brute_force
+    from tfmmrec.export.module import RetrievalServingModule
+    from tfmmrec.export.writer import export_model
+
+    config = load_config(config)
+    if model is None:
+        model, workspace = restore_model(config, checkpoint, workspace)
+    ws = workspace
+    ex = config.export
+    kind = index or ex.index
+    items = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
+    item_ids = ws.dataset.catalog.item_ids
+    top_k, params = build_index(items, item_ids, kind, ex.max_k, ex.scann)
+    metadata = {
+        "tfmmrec_version": __import__("tfmmrec").__version__,
+        "index": kind, "index_parameters": params, "num_items": int(items.shape[0]),
+        "embedding_dim": int(items.shape[1]), "default_k": ex.k, "max_k": ex.max_k,
+        "modalities": list(ws.modalities), "encoders": ws.encoder_identities(),
+        "unknown_user_policy": "cold-start query embedding (out-of-vocabulary row)",
+        "load_requirements": ["import tensorflow_text"] * ("text" in ws.modalities)
+        + ["import scann (or a TF Serving build with ScaNN ops)"] * (kind == "scann"),
+    }
+    if kind == "scann":
+        sample = embed_users(model, ws.user_ids[:2000])
+        metadata["scann_recall_at_10"] = recall_against_brute_force(top_k, sample, items,
+                                                                    item_ids, k=10)
+        logger.info("ScaNN recall@10 vs brute force: %.3f", metadata["scann_recall_at_10"])
+    module = RetrievalServingModule(
+        model.query_tower, model.item_tower, ws.encoders, items, top_k, default_k=ex.k,
+        max_k=ex.max_k, image_size=config.image.image_size,
+        sample_rate=config.audio.sample_rate, max_seconds=config.audio.max_seconds)
+    return export_model(module, ex.base_dir, ex.model_name, ex.version, metadata,
+                        uses_scann=kind == "scann",
+                        warmup=warmup_inputs(ws.modalities, str(ws.user_ids[0]),
+                                             min(ex.k, module.max_k)))

@@ -1,0 +1,63 @@
+"""Towers: the ``Encoder`` contract shared by the text, image and audio towers, and one factory.
+
+An encoder turns raw content into a feature vector. It is usually pretrained and frozen, so its
+``identity`` (what it is + a fingerprint of its weights) keys the on-disk feature cache: a cached
+feature is reused only by exactly the encoder that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfmmrec.config import AudioTowerConfig, ImageTowerConfig, TextTowerConfig
+
+
+class Encoder(tf.keras.layers.Layer):
+    """Base class: raw batch → ``[batch, feature_dim]`` float32 features.
+
+    Subclasses set ``feature_dim`` and ``description`` (a JSON-able dict naming the backbone and
+    its settings) and implement ``call``.
+    """
+
+    modality: str = ""
+    feature_dim: int = 0
+
+    def __init__(self, description: dict[str, Any], **kwargs):
+        super().__init__(**kwargs)
+        # Stored as JSON text: Keras would wrap a dict attribute in a trackable wrapper.
+        self.description_json = json.dumps(description, sort_keys=True, default=str)
+
+    def identity(self) -> str:
+        """A stable hash of what this encoder computes: settings plus its current weights."""
+        digest = hashlib.sha256(self.description_json.encode())
+        for weight in self.weights:
+            digest.update(weight.name.encode())
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+        return digest.hexdigest()[:24]
+
+    def freeze(self, trainable: bool) -> None:
+        self.trainable = trainable
+
+
+def build_encoder(modality: str,
+                  config: TextTowerConfig | ImageTowerConfig | AudioTowerConfig,
+                  corpus: list[str] | None = None) -> Encoder:
+    """Build the encoder a tower config describes (pretrained or random-init, frozen or not)."""
+    if modality == "text":
+        from tfmmrec.towers.text import build_text_encoder
+
+        return build_text_encoder(config, corpus or [])
+    if modality == "image":
+        from tfmmrec.towers.image import build_image_encoder
+
+        return build_image_encoder(config)
+    if modality == "audio":
+        from tfmmrec.towers.audio import build_audio_encoder
+
+        return build_audio_encoder(config)
+    raise ValueError(f"unknown modality {modality!r}")

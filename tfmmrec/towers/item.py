@@ -1,0 +1,111 @@
+"""Towers: the item tower (item content → one normalised embedding in the shared space).
+
+Content comes from an ``ItemContentTable`` (item index → cached encoder features, or raw content
+when an encoder is being fine-tuned) so the same tower serves cached training, fine-tuning and
+export (where encoders are composed in front of ``embed_single`` for query-by-content).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfmmrec.towers.encoders import Encoder
+from tfmmrec.towers.fusion import MaskedFusion, drop_modalities
+from tfmmrec.towers.projection import ModalityProjection
+
+
+class ItemContentTable(tf.keras.layers.Layer):
+    """Item index ``[B]`` → ``{modality: content [B, ...], modality + "_mask": [B]}``.
+
+    Holds every item's content as non-trainable variables, so a batch of training examples only
+    carries item indices and the lookup runs on-device.
+    """
+
+    def __init__(self, contents: Mapping[str, object], masks: Mapping[str, np.ndarray],
+                 **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.modalities = tuple(contents)
+        self._contents = {
+            m: tf.nest.map_structure(lambda a, m=m: self._variable(f"{m}_content", a), value)
+            for m, value in contents.items()
+        }
+        self._masks = {m: self._variable(f"{m}_mask", np.asarray(masks[m], np.float32))
+                       for m in self.modalities}
+
+    def _variable(self, name: str, value) -> tf.Variable:
+        return tf.Variable(value, trainable=False, name=name)
+
+    def call(self, item_index):
+        index = tf.cast(item_index, tf.int32)
+        out = {"item_index": index}
+        for m in self.modalities:
+            out[m] = tf.nest.map_structure(lambda v: tf.gather(v, index), self._contents[m])
+            out[f"{m}_mask"] = tf.gather(self._masks[m], index)
+        return out
+
+
+class ItemTower(tf.keras.layers.Layer):
+    """Projections per modality → masked fusion (+ optional item-id embedding) → L2 normalise.
+
+    Args:
+      modalities: modality names in a fixed order (the fusion's modality axis).
+      dim: shared embedding size.
+      encoders: encoders that run *inside* the tower (being fine-tuned, fed raw content); frozen
+        encoders stay outside and the table holds their cached features instead.
+      num_items: if set, adds a per-item id embedding (hybrid model). It starts at zero when
+        content modalities exist, so items unseen in training fall back to pure content.
+      modality_dropout: rate of hiding present modalities during training.
+    """
+
+    def __init__(self, modalities: Sequence[str], dim: int, *,
+                 encoders: Mapping[str, Encoder] | None = None,
+                 projection_hidden: Sequence[int] = (), fusion: str = "concat_mlp",
+                 num_items: int | None = None, modality_dropout: float = 0.0,
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.modalities = tuple(modalities)
+        self.dim = dim
+        self.encoders = dict(encoders or {})
+        self.projections = {m: ModalityProjection(dim, projection_hidden, dropout,
+                                                  name=f"{m}_projection")
+                            for m in self.modalities}
+        self.fusion = MaskedFusion(fusion, name="fusion") if self.modalities else None
+        self.modality_dropout = modality_dropout
+        self.id_embedding = None
+        if num_items is not None:
+            init = "zeros" if self.modalities else "random_normal"
+            self.id_embedding = tf.keras.layers.Embedding(num_items, dim,
+                                                          embeddings_initializer=init,
+                                                          name="item_id_embedding")
+
+    def project(self, modality: str, content, training=False):
+        """Content as the table stores it (features, or raw if fine-tuned) → [B, d]."""
+        if modality in self.encoders:
+            content = self.encoders[modality](content, training=training)
+        return self.projections[modality](content, training=training)
+
+    def call(self, content: Mapping[str, tf.Tensor], training=False):
+        parts = []
+        if self.modalities:
+            embeddings = tf.stack([self.project(m, content[m], training)
+                                   for m in self.modalities], axis=1)
+            mask = tf.stack([tf.cast(content[f"{m}_mask"], tf.float32)
+                             for m in self.modalities], axis=1)
+            if training and self.modality_dropout > 0:
+                mask = drop_modalities(mask, self.modality_dropout)
+            parts.append(self.fusion(embeddings, mask))
+        if self.id_embedding is not None:
+            parts.append(self.id_embedding(content["item_index"]))
+        return tf.math.l2_normalize(tf.add_n(parts), axis=-1)
+
+    def embed_single(self, modality: str, content, training=False):
+        """The embedding an item would get with only ``modality`` present: query-by-content."""
+        projected = self.project(modality, content, training)
+        embeddings = tf.stack([projected if m == modality else tf.zeros_like(projected)
+                               for m in self.modalities], axis=1)
+        position = self.modalities.index(modality)
+        mask = tf.one_hot(tf.fill(tf.shape(projected)[:1], position), len(self.modalities))
+        return tf.math.l2_normalize(self.fusion(embeddings, mask), axis=-1)

@@ -1,0 +1,94 @@
+"""Towers: the query (user) tower: user id + user features (+ recent items) → query embedding.
+
+It takes raw user-id strings so an exported model answers ``user_id → top-k`` by itself. Unknown
+ids map to the out-of-vocabulary row, which user-id dropout trains as "a user we know nothing
+about" (served popular-with-everyone items plus whatever their features say), never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+
+class QueryTower(tf.keras.layers.Layer):
+    """User-id embedding ⊕ user-feature embeddings (⊕ mean recent-item embedding) → MLP → L2.
+
+    Args:
+      user_ids: the vocabulary (row 0 is reserved for unknown users).
+      dim: shared embedding size.
+      users: optional table with ``user_id`` and ``feature_columns``; string columns become
+        embeddings, numeric ones are standardised.
+      history: optional ``[num_users, H]`` item indices (−1 = padding), aligned with
+        ``user_ids``; their mean embedding (from ``item_embedder``) joins the query.
+      id_dropout: training-time rate of replacing the user id by the unknown id.
+    """
+
+    def __init__(self, user_ids: Sequence[str], dim: int, *, users: pd.DataFrame | None = None,
+                 feature_columns: Sequence[str] = (), history: np.ndarray | None = None,
+                 id_dropout: float = 0.0, id_dim: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.id_dropout = id_dropout
+        vocabulary = [str(u) for u in user_ids]
+        self.lookup = tf.keras.layers.StringLookup(vocabulary=vocabulary, num_oov_indices=1)
+        self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
+        self.categorical, self.numeric = _feature_tables(vocabulary, users, feature_columns)
+        self.feature_embeddings = {
+            name: tf.keras.layers.Embedding(int(tf.reduce_max(table)) + 1, 8, name=f"{name}_embedding")
+            for name, table in self.categorical.items()
+        }
+        self.history = None
+        if history is not None and history.shape[1] > 0:
+            pad = np.full((1, history.shape[1]), -1, np.int64)
+            self.history = tf.constant(np.concatenate([pad, history]), tf.int64)
+        self.hidden = tf.keras.layers.Dense(2 * dim, activation="relu")
+        self.out = tf.keras.layers.Dense(dim)
+
+    def call(self, user_id, item_embedder: Callable | None = None, training=False):
+        index = self.lookup(user_id)
+        ids = index
+        if training and self.id_dropout > 0:
+            hidden = tf.random.uniform(tf.shape(index)) < self.id_dropout
+            ids = tf.where(hidden, tf.zeros_like(index), index)
+        parts = [self.id_embedding(ids)]
+        for name, table in self.categorical.items():
+            parts.append(self.feature_embeddings[name](tf.gather(table, index)))
+        if self.numeric is not None:
+            parts.append(tf.gather(self.numeric, index))
+        if self.history is not None and item_embedder is not None:
+            parts.append(self._history_embedding(tf.gather(self.history, index), item_embedder,
+                                                 training))
+        x = self.hidden(tf.concat(parts, axis=-1))
+        return tf.math.l2_normalize(self.out(x), axis=-1)
+
+    def _history_embedding(self, items, item_embedder, training):
+        flat = tf.reshape(items, [-1])
+        embedded = item_embedder(tf.maximum(flat, 0), training=training)
+        embedded = tf.reshape(embedded, [-1, tf.shape(items)[1], embedded.shape[-1]])
+        mask = tf.cast(items >= 0, embedded.dtype)[..., None]
+        return tf.reduce_sum(embedded * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+
+
+def _feature_tables(vocabulary: list[str], users: pd.DataFrame | None,
+                    columns: Sequence[str]) -> tuple[dict[str, tf.Tensor], tf.Tensor | None]:
+    """Per-user feature rows aligned with the lookup (row 0 = unknown user: zeros/OOV)."""
+    categorical: dict[str, tf.Tensor] = {}
+    numeric: list[np.ndarray] = []
+    if users is None or not columns:
+        return categorical, None
+    frame = users.set_index("user_id").reindex(vocabulary)
+    for column in columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            x = values.astype(float).to_numpy()
+            mean, std = np.nanmean(x), np.nanstd(x) or 1.0
+            numeric.append(np.concatenate([[0.0], np.nan_to_num((x - mean) / std)]))
+        else:
+            codes, _ = pd.factorize(values.astype("string").fillna(""), sort=True)
+            categorical[str(column)] = tf.constant(np.concatenate([[0], codes + 1]), tf.int64)
+    table = tf.constant(np.stack(numeric, axis=1), tf.float32) if numeric else None
+    return categorical, table

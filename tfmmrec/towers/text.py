@@ -1,0 +1,117 @@
+"""Towers: the KerasNLP BERT text encoder (raw strings → pooled sentence feature).
+
+Tokenisation runs in-graph (KerasNLP preprocessor), so an exported model takes raw strings.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+
+import keras_nlp
+import tensorflow as tf
+
+from tfmmrec.config import TextTowerConfig
+from tfmmrec.errors import ConfigError
+from tfmmrec.towers.encoders import Encoder
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class TextEncoder(Encoder):
+    """BERT backbone + preprocessor with masked-mean (sentence-transformers style) or CLS pooling.
+
+    Mean pooling over ``padding_mask`` is what MiniLM-style sentence encoders were trained for;
+    the output is L2-normalised so cosine similarity is a dot product.
+
+    Examples:
+    >>> encoder = build_text_encoder(TextTowerConfig(hidden_dim=16, num_heads=2, num_layers=1),
+    ...                              ["a red film", "a blue song"])
+    >>> encoder(tf.constant(["a red song"])).shape
+    TensorShape([1, 16])
+    """
+
+    modality = "text"
+
+    def __init__(self, preprocessor, backbone, pooling: str, description, **kwargs):
+        super().__init__(description, **kwargs)
+        self.preprocessor = preprocessor
+        self.backbone = backbone
+        self.pooling = pooling
+        self.feature_dim = int(backbone.hidden_dim)
+
+    def call(self, texts, training=False):
+        tokens = self.preprocessor(texts)
+        sequence = self.backbone(tokens, training=training)["sequence_output"]
+        if self.pooling == "cls":
+            pooled = sequence[:, 0, :]
+        else:
+            mask = tf.cast(tokens["padding_mask"], sequence.dtype)[..., None]
+            pooled = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(
+                tf.reduce_sum(mask, axis=1), 1.0)
+        return tf.math.l2_normalize(pooled, axis=-1)
+
+    def freeze(self, trainable: bool) -> None:
+        self.trainable = trainable
+        self.backbone.trainable = trainable
+
+
+def build_text_encoder(config: TextTowerConfig, corpus: list[str]) -> TextEncoder:
+    """From a KerasNLP preset (name or local dir), or a small random-init BERT (no download)."""
+    if config.preset:
+        preprocessor, backbone = _from_preset(config)
+        description = {"kind": "bert_preset", "preset": config.preset}
+    else:
+        vocabulary = build_vocabulary(corpus, config.max_vocabulary)
+        tf.keras.utils.set_random_seed(config.seed)
+        tokenizer = keras_nlp.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+        preprocessor = keras_nlp.models.BertPreprocessor(
+            tokenizer, sequence_length=config.sequence_length)
+        backbone = keras_nlp.models.BertBackbone(
+            vocabulary_size=len(vocabulary),
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            hidden_dim=config.hidden_dim,
+            intermediate_dim=config.intermediate_dim,
+            max_sequence_length=config.sequence_length,
+            dropout=0.0,
+        )
+        description = {"kind": "bert_small", "vocabulary_size": len(vocabulary),
+                       "layers": config.num_layers, "hidden": config.hidden_dim}
+    description.update(sequence_length=config.sequence_length, pooling=config.pooling)
+    encoder = TextEncoder(preprocessor, backbone, config.pooling, description, name="text_encoder")
+    encoder.freeze(config.trainable)
+    return encoder
+
+
+def _from_preset(config: TextTowerConfig):
+    try:
+        preprocessor = keras_nlp.models.BertPreprocessor.from_preset(
+            config.preset, sequence_length=config.sequence_length)
+        backbone = keras_nlp.models.BertBackbone.from_preset(config.preset)
+    except Exception as exc:  # KerasNLP raises ValueError/FileNotFoundError/HTTP errors
+        raise ConfigError(
+            f"cannot load KerasNLP BERT preset text.preset={config.preset!r}: {exc}. Use a preset "
+            "name (needs internet) or a local preset directory with config.json and "
+            "model.weights.h5."
+        ) from None
+    return preprocessor, backbone
+
+
+def build_vocabulary(corpus: list[str], max_size: int) -> list[str]:
+    """A word-level WordPiece vocabulary from the catalogue's own text, plus characters.
+
+    Single characters (and their ``##`` continuations) let unseen words decompose instead of
+    collapsing to ``[UNK]``. Sorted by frequency then alphabetically, so it is deterministic.
+    """
+    counts = collections.Counter(w for text in corpus for w in _WORD.findall(text.lower()))
+    characters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    pieces = characters + ["##" + c for c in characters] + list(".,!?'\"-:;()&|/")
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    words = [w for w in words if w not in set(pieces)]
+    budget = max(0, max_size - len(SPECIAL_TOKENS) - len(pieces))
+    return SPECIAL_TOKENS + pieces + words[:budget]
