@@ -80,7 +80,7 @@ class TextTowerConfig:
     """KerasNLP BERT text tower.
 
     ``preset`` is a KerasNLP preset name (downloaded by KerasNLP) or a local preset directory.
-    With no preset a small BERT is built from the ``hidden_dim``/``num_layers``... fields with random
+    With no preset a small BERT is built from the size fields below with random
     weights and a word-level vocabulary taken from the catalogue's own text (no download).
     """
 
@@ -167,7 +167,7 @@ class ModelConfig:
     item_id_embedding: bool = False
     user_features: bool = True
     history_length: int = 0
-    temperature: float = 0.05
+    temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     modality_dropout: float = 0.1
@@ -189,8 +189,8 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, distribution and where the run writes (checkpoints, logs, cache)."""
 
-    epochs: int = 5
-    batch_size: int = 256
+    epochs: int = 20
+    batch_size: int = 128
     learning_rate: float = 0.01
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     strategy: Literal["default", "mirrored"] = "default"

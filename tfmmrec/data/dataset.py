@@ -64,7 +64,7 @@ class Catalog:
         return self.columns.present()
 
     def presence(self, modality: str) -> np.ndarray:
-        """Boolean [N]: whether the item has content for ``modality`` (file may still be corrupt)."""
+        """Boolean [N]: whether the item has content for ``modality`` (it may still be corrupt)."""
         if modality == "text":
             return np.array([bool(t) for t in self.texts])
         paths = self.image_paths if modality == "image" else self.audio_paths

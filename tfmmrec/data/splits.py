@@ -41,7 +41,7 @@ def split_interactions(interactions: pd.DataFrame, kind: str, test_fraction: flo
 def random_split(interactions: pd.DataFrame, test_fraction: float, seed: int) -> Split:
     """A seeded shuffle of all interactions; the last ``test_fraction`` is test (TFRS tutorial)."""
     order = np.random.default_rng(seed).permutation(len(interactions))
-    num_test = int(round(len(interactions) * test_fraction))
+    num_test = round(len(interactions) * test_fraction)
     if num_test == 0 or num_test == len(interactions):
         raise DataError(f"random split of {len(interactions)} interactions with test_fraction="
                         f"{test_fraction} leaves an empty train or test set")
@@ -87,7 +87,7 @@ def cold_start_split(interactions: pd.DataFrame, item_fraction: float, seed: int
     The test items never appear in training, so only content (not an item id) can place them.
     """
     items = np.unique(interactions["item_index"].to_numpy())
-    num_test = int(round(len(items) * item_fraction))
+    num_test = round(len(items) * item_fraction)
     if num_test == 0 or num_test == len(items):
         raise DataError(f"cold-start split of {len(items)} items with fraction {item_fraction} "
                         "leaves no train or no test items")

@@ -1,4 +1,4 @@
-"""Data layer, first step: read the tables of a dataset folder and reject bad input with clear errors.
+"""Data layer, first step: read a dataset folder's tables and reject bad input clearly.
 
 Every error names the file, the row (as a line number for CSV/JSONL) and the offending value, so
 a user can fix their catalogue without reading a TensorFlow traceback.

@@ -24,8 +24,11 @@ def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[st
     """
     leaves = config.num_leaves or max(2, min(2000, int(math.sqrt(num_items))))
     leaves = min(leaves, max(2, num_items // 2))
-    search = config.num_leaves_to_search or max(1, math.ceil(leaves * 0.1))
     reorder = config.num_reordering_candidates or min(num_items, max(4 * max_k, 100))
+    # Search at least 10% of the leaves, and enough of them to hold the reordering candidates
+    # (on small catalogues that is most of the leaves, where exhaustive search is cheap anyway).
+    needed = math.ceil(reorder * leaves / num_items)
+    search = config.num_leaves_to_search or max(1, math.ceil(leaves * 0.1), needed)
     return {"num_leaves": leaves, "num_leaves_to_search": min(search, leaves),
             "num_reordering_candidates": reorder,
             "dimensions_per_block": config.dimensions_per_block}

@@ -38,7 +38,8 @@ class QueryTower(tf.keras.layers.Layer):
         self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
         self.categorical, self.numeric = _feature_tables(vocabulary, users, feature_columns)
         self.feature_embeddings = {
-            name: tf.keras.layers.Embedding(int(tf.reduce_max(table)) + 1, 8, name=f"{name}_embedding")
+            name: tf.keras.layers.Embedding(int(tf.reduce_max(table)) + 1, 8,
+                                            name=f"{name}_embedding")
             for name, table in self.categorical.items()
         }
         self.history = None

@@ -1,0 +1,175 @@
+"""The ``tfmmrec`` command line: thin wrappers over ``tfmmrec.pipeline`` (nothing imports this).
+
+Errors raised on purpose (``TfmmrecError``) are printed as one line without a stack trace and
+exit with status 2; an interrupted ``train`` is resumed by running the same command again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import tfmmrec
+from tfmmrec.config import load_config
+from tfmmrec.errors import TfmmrecError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--config", required=required,
+                        help="YAML config (see configs/); omitted: the embedded demo defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfmmrec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=tfmmrec.__version__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="build demo data, train, evaluate, export, query")
+    _add_config_args(demo)
+    demo.add_argument("--output", default=None, help="run directory (default: runs/demo)")
+
+    for name, help_text in (("train", "train a retrieval model"),
+                            ("evaluate", "evaluate a trained model (writes metrics.json + PNG)"),
+                            ("export", "export a TF Serving version (SavedModel + index)"),
+                            ("validate", "validate a dataset folder and report what was found")):
+        sub = commands.add_parser(name, help=help_text)
+        _add_config_args(sub)
+        if name in ("evaluate", "export"):
+            sub.add_argument("--checkpoint", help="weights prefix (default: the run's latest)")
+        if name == "export":
+            sub.add_argument("--index", choices=["scann", "brute_force"],
+                             help="override export.index")
+    _add_serving_commands(commands)
+    return parser
+
+
+def _add_serving_commands(commands) -> None:
+    """``query`` and ``serve`` live with the serving package (imported lazily)."""
+    try:
+        from tfmmrec.serving.cli import add_serving_commands
+    except ImportError:
+        return
+    add_serving_commands(commands)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        return int(_run(args) or 0)
+    except TfmmrecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tfmmrec").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _run(args) -> int:
+    if hasattr(args, "handler"):
+        return args.handler(args)
+    from tfmmrec import pipeline
+
+    config = load_config(args.config, args.overrides)
+    if args.command == "demo":
+        return _demo(config, args.output)
+    if args.command == "validate":
+        return _validate(config)
+    if args.command == "train":
+        result = pipeline.train(config)
+        print(f"trained {result.epochs_run} epoch(s) at {result.examples_per_second:,.0f} "
+              f"examples/s; checkpoint: {result.checkpoint}")
+        return 0
+    if args.command == "evaluate":
+        results = pipeline.evaluate(config, args.checkpoint)
+        _print_results(results, config.eval.ks)
+        print(f"wrote {Path(config.train.output_dir) / 'eval'}/metrics.json and metrics.png")
+        return 0
+    if args.command == "export":
+        path = pipeline.export(config, args.checkpoint, index=args.index)
+        print(f"exported {path}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _print_results(results: dict, ks) -> None:
+    from tfmmrec.evaluation.report import format_table
+
+    columns = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks[:2]] + ["mrr"]
+    if any("top_k_accuracy@100" in r for r in results.values()):
+        columns.append("top_k_accuracy@100")
+    print(format_table(results, columns))
+
+
+def _validate(config) -> int:
+    from tfmmrec.pipeline import resolve_dataset
+
+    dataset = resolve_dataset(config)
+    catalog = dataset.catalog
+    print(f"dataset {dataset.root}: {len(catalog)} items, {len(dataset.interactions)} "
+          f"interactions, {dataset.interactions['user_id'].nunique()} users")
+    columns = catalog.columns
+    print(f"  text columns: {', '.join(columns.text) or '-'}; image column: "
+          f"{columns.image or '-'}; audio column: {columns.audio or '-'}")
+    for modality in catalog.modalities:
+        print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items")
+    if dataset.users is not None:
+        print(f"  user features: {', '.join(dataset.user_feature_columns) or '-'}")
+    return 0
+
+
+def _demo(config, output: str | None) -> int:
+    """The main job: everything end to end on the embedded catalogue, with timings."""
+    from tfmmrec import pipeline
+    from tfmmrec.export.loader import ExportedModel
+
+    if output:
+        config = load_config(config, [f"train.output_dir={output}",
+                                      f"export.base_dir={Path(output).parent / 'models'}"])
+    start = time.perf_counter()
+    workspace = pipeline.prepare(config)
+    result = pipeline.train(config, workspace=workspace)
+    results = pipeline.evaluate(config, model=result.model, workspace=workspace)
+    print(f"\n{workspace.split.kind} split, {len(workspace.split.test)} test interactions:")
+    _print_results(results, config.eval.ks)
+    version = pipeline.export(config, model=result.model, workspace=workspace)
+    exported = ExportedModel(version)
+    user = str(workspace.user_ids[0])
+    top = exported.recommend([user])
+    print(f"\nexported model {version} (index: {exported.metadata['index']}); "
+          f"top-{len(top['item_ids'][0])} for user {user}: "
+          f"{', '.join(i.decode() for i in top['item_ids'][0][:5])} ...")
+    if "query_text" in exported.signatures:
+        text = str(workspace.dataset.catalog.texts[0])
+        hits = exported.call("query_text", text=[text], k=5)["item_ids"][0]
+        print(f"query_text {text[:50]!r}... → {', '.join(i.decode() for i in hits)}")
+    out = Path(config.train.output_dir)
+    print(f"\nrun directory: {out} (checkpoints/, logs/ for TensorBoard, eval/metrics.json, "
+          f"eval/metrics.png)\nexport: {version}\n"
+          f"time: {time.perf_counter() - start:.0f} s, peak RSS: {_peak_rss_gib():.2f} GiB")
+    return 0
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+if __name__ == "__main__":
+    sys.exit(main())
