@@ -139,11 +139,13 @@ def _demo(config, output: str | None) -> int:
     """The main job: everything end to end on the embedded catalogue, with timings."""
     from tfmmrec import pipeline
     from tfmmrec.export.loader import ExportedModel
+    from tfmmrec.training.trainer import check_writable
 
     if output:
         config = load_config(config, [f"train.output_dir={output}",
                                       f"export.base_dir={Path(output).parent / 'models'}"])
     start = time.perf_counter()
+    check_writable(Path(config.train.output_dir))
     workspace = pipeline.prepare(config)
     result = pipeline.train(config, workspace=workspace)
     results = pipeline.evaluate(config, model=result.model, workspace=workspace)
