@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import dacite
 import yaml
@@ -173,6 +173,8 @@ class ModelConfig:
     modality_dropout: float = 0.1
     user_id_dropout: float = 0.05
     dropout: float = 0.0
+    alignment_weight: float = 0.1
+    alignment_temperature: float = 0.07
 
     def __post_init__(self) -> None:
         _check_choice("model.fusion", self.fusion, ("concat_mlp", "mean", "gated", "attention"))
@@ -183,6 +185,10 @@ class ModelConfig:
         _check(0 <= self.user_id_dropout < 1, "model.user_id_dropout", self.user_id_dropout,
                "in [0, 1)")
         _check(self.history_length >= 0, "model.history_length", self.history_length, ">= 0")
+        _check(self.alignment_weight >= 0, "model.alignment_weight", self.alignment_weight,
+               ">= 0")
+        _check(self.alignment_temperature > 0, "model.alignment_temperature",
+               self.alignment_temperature, "> 0")
 
 
 @dataclass
@@ -282,11 +288,18 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Config:
         try:
-            return dacite.from_dict(cls, data or {}, config=dacite.Config(strict=True))
+            return dacite.from_dict(cls, data or {}, config=dacite.Config(
+                strict=True, type_hooks={float: _yaml_float}))
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+        except dacite.WrongTypeError as exc:
+            if get_origin(exc.field_type) is Literal:  # say which values would be valid
+                choices = ", ".join(map(str, get_args(exc.field_type)))
+                raise ConfigError(f"{source}: invalid config value {exc.field_path}="
+                                  f"{exc.value!r}: expected one of {choices}") from None
+            raise ConfigError(f"{source}: {exc}") from None
         except dacite.UnexpectedDataError as exc:
-            keys = ", ".join(sorted(exc.keys))
+            keys = ", ".join(_unknown_keys(cls, data or {}) or sorted(exc.keys))
             raise ConfigError(
                 f"{source}: unknown config key(s) {keys}; see tfmmrec/config.py for the fields"
             ) from None
@@ -310,6 +323,30 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data)}")
         return cls.from_dict(apply_overrides(data, overrides or []), source=str(path))
+
+
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it where a float is expected."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:
+    """Dotted names of keys in ``data`` that no field of dataclass ``cls`` (recursively) has."""
+    if not isinstance(data, dict):
+        return []
+    hints = get_type_hints(cls)
+    unknown = []
+    for key, value in data.items():
+        if key not in hints:
+            unknown.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]):
+            unknown += _unknown_keys(hints[key], value, f"{prefix}{key}.")
+    return sorted(unknown)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

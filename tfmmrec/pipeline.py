@@ -26,7 +26,7 @@ from tfmmrec.towers.encoders import Encoder, build_encoder
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower
 from tfmmrec.training.strategy import make_strategy
-from tfmmrec.training.trainer import TrainResult, fit, interactions_dataset
+from tfmmrec.training.trainer import TrainResult, check_writable, fit, interactions_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +138,16 @@ def build_model(ws: Workspace) -> RetrievalModel:
     probability = item_sampling_probability(ws) if model_config.logq_correction else None
     return RetrievalModel(query_tower, item_tower, table, probability,
                           temperature=model_config.temperature,
-                          remove_accidental_hits=model_config.remove_accidental_hits)
+                          remove_accidental_hits=model_config.remove_accidental_hits,
+                          alignment_weight=model_config.alignment_weight,
+                          alignment_temperature=model_config.alignment_temperature)
 
 
 def train(config: Config | str | os.PathLike | None = None, *, workspace: Workspace | None = None,
           callbacks=(), progress: bool = True) -> TrainResult:
     """Train a retrieval model as the config says; resumes an interrupted run in the same dir."""
     config = load_config(config)
+    check_writable(Path(config.train.output_dir))  # before hours of encoding, not after
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace or prepare(config, progress=progress)
     if len(ws.split.train) < 2:
@@ -314,3 +317,32 @@ def export(config: Config | str | os.PathLike | None = None,
                         uses_scann=kind == "scann",
                         warmup=warmup_inputs(ws.modalities, str(ws.user_ids[0]),
                                              min(ex.k, module.max_k)))
+
+
+def single_modality_embeddings(model: RetrievalModel, ws: Workspace,
+                               batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """``{modality: [N, d]}``: each item embedded from one modality alone (query-by-content)."""
+    tower = model.item_tower
+
+    @tf.function
+    def embed(index):
+        embeddings, _ = tower.modality_embeddings(model.content_table(index))
+        return [tower.single_modality(embeddings, i) for i in range(len(tower.modalities))]
+
+    parts = [embed(tf.range(start, min(start + batch_size, ws.dataset.num_items)))
+             for start in range(0, ws.dataset.num_items, batch_size)]
+    return {m: np.concatenate([p[i].numpy() for p in parts]) for i, m in
+            enumerate(tower.modalities)}
+
+
+def evaluate_cross_modal(model: RetrievalModel, ws: Workspace) -> dict[str, dict[str, float]]:
+    """Cross-modal Recall@1/5/10 and median rank for every modality pair.
+
+    On a cold-start split only the held-out items are used (unseen by training, so this measures
+    generalisation); otherwise the whole catalogue (in-sample).
+    """
+    from tfmmrec.evaluation.crossmodal import evaluate_cross_modal as evaluate_pairs
+
+    embeddings = single_modality_embeddings(model, ws)
+    present = {m: ws.contents[m].mask for m in embeddings}
+    return evaluate_pairs(embeddings, present, items=ws.split.test_items)

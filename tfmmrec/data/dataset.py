@@ -74,8 +74,8 @@ class Catalog:
         lookup = pd.Index(self.item_ids)
         positions = lookup.get_indexer(pd.Index(item_ids))
         if (positions < 0).any():
-            unknown = np.asarray(item_ids)[positions < 0][:5]
-            raise DataError(f"unknown item id(s) {list(unknown)}: not in the catalog")
+            unknown = [str(i) for i in np.asarray(item_ids)[positions < 0][:5]]
+            raise DataError(f"unknown item id(s) {unknown}: not in the catalog")
         return positions.astype(np.int64)
 
 
@@ -132,8 +132,8 @@ def _load_catalog(root: Path, config: DataConfig) -> Catalog:
     return Catalog(
         item_ids=frame["item_id"].to_numpy(dtype=object),
         texts=_join_text(frame, columns.text),
-        image_paths=_media_paths(frame, root, columns.image, "image"),
-        audio_paths=_media_paths(frame, root, columns.audio, "audio"),
+        image_paths=_media_paths(frame, root, columns.image, "image", path),
+        audio_paths=_media_paths(frame, root, columns.audio, "audio", path),
         columns=columns,
         frame=frame,
     )
@@ -193,12 +193,12 @@ def _join_text(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
 
 
 def _media_paths(frame: pd.DataFrame, root: Path, column: str | None,
-                 modality: str) -> list[Path | None]:
+                 modality: str, table: Path) -> list[Path | None]:
     if not column:
         return [None] * len(frame)
     paths: list[Path | None] = []
     missing: list[str] = []
-    for value in frame[column].fillna("").astype(str):
+    for row, value in enumerate(frame[column].fillna("").astype(str)):
         value = value.strip()
         if not value:
             paths.append(None)
@@ -208,7 +208,7 @@ def _media_paths(frame: pd.DataFrame, root: Path, column: str | None,
             paths.append(path)
         else:
             paths.append(None)
-            missing.append(value)
+            missing.append(f"{value} ({validate.row_label(table, row)})")
     validate.report_missing_media(modality, missing)
     return paths
 

@@ -16,7 +16,7 @@ from tfmmrec.export.writer import read_metadata
 def latest_version(model_dir: str | os.PathLike) -> Path:
     """The highest integer version directory (TF Serving's default choice)."""
     model_dir = Path(model_dir)
-    versions = sorted((int(p.name) for p in model_dir.glob("*") if p.name.isdigit()))
+    versions = sorted(int(p.name) for p in model_dir.glob("*") if p.name.isdigit())
     if not versions:
         raise ExportError(f"no model versions under {model_dir}")
     return model_dir / str(versions[-1])

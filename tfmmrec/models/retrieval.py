@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfmmrec.models.alignment import ModalityAlignment
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower
 
@@ -35,11 +36,16 @@ class RetrievalModel(tfrs.Model):
       temperature: logits are divided by it; small values sharpen the softmax over normalised
         embeddings.
       remove_accidental_hits: mask in-batch negatives that are the positive item itself.
+      alignment_weight: weight of the cross-modal alignment loss (``models.alignment``); 0
+        disables it. It is what makes query-by-content (text/image/audio → items) work well.
+      alignment_temperature: initial temperature of the alignment softmax (learned).
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
                  content_table: ItemContentTable, item_probability: np.ndarray | None = None,
-                 temperature: float = 0.05, remove_accidental_hits: bool = True, **kwargs):
+                 temperature: float = 0.05, remove_accidental_hits: bool = True,
+                 alignment_weight: float = 0.0, alignment_temperature: float = 0.07,
+                 **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
         self.item_tower = item_tower
@@ -50,11 +56,19 @@ class RetrievalModel(tfrs.Model):
         self.remove_accidental_hits = remove_accidental_hits
         self.task = tfrs.tasks.Retrieval(temperature=temperature,
                                          remove_accidental_hits=remove_accidental_hits)
+        self.alignment_weight = alignment_weight
+        self.alignment = None
+        if alignment_weight > 0 and len(item_tower.modalities) > 0:
+            self.alignment = ModalityAlignment(item_tower.modalities, alignment_temperature,
+                                               name="alignment")
+            self.alignment_loss = tf.keras.metrics.Mean(name="alignment_loss")
 
     def build_from_example(self) -> None:
         """Create all variables now (checkpoint restore and BackupAndRestore need them)."""
         self.item_embeddings(tf.constant([0]))
         self.query_embeddings(tf.constant(["?"]))
+        if self.alignment is not None and not self.alignment.built:
+            self.alignment.build(None)
         self.built = True
 
     def item_embeddings(self, item_index, training=False):
@@ -66,14 +80,22 @@ class RetrievalModel(tfrs.Model):
     def compute_loss(self, features, training=False):
         item_index = tf.cast(features["item_index"], tf.int32)
         queries = self.query_embeddings(features["user_id"], training=training)
-        candidates = self.item_embeddings(item_index, training=training)
+        candidates, modality_embeddings, mask = self.item_tower.encode(
+            self.content_table(item_index), training=training)
         probability = None
         if self.item_probability is not None:
             probability = tf.gather(self.item_probability, item_index)
-        return self.task(
+        loss = self.task(
             queries,
             candidates,
             candidate_sampling_probability=probability,
             candidate_ids=item_index if self.remove_accidental_hits else None,
             compute_metrics=False,
         )
+        if self.alignment is not None:
+            singles = [self.item_tower.single_modality(modality_embeddings, i)
+                       for i in range(len(self.item_tower.modalities))]
+            alignment = self.alignment(singles, mask, candidates, item_index)
+            self.alignment_loss.update_state(alignment)
+            loss += self.alignment_weight * alignment
+        return loss

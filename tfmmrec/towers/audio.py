@@ -15,6 +15,7 @@ from tfmmrec.towers.image import _hub_layer
 
 YAMNET_EMBEDDING_DIM = 1024
 MEL_BINS = 64
+LOG_MEL_MEAN, LOG_MEL_VARIANCE = -2.0, 4.0  # the small CNN's fixed input normalisation
 
 
 class AudioEncoder(Encoder):
@@ -52,12 +53,21 @@ class AudioEncoder(Encoder):
 
     def _embed_spectrograms(self, waveform, length, training):
         spectrogram = log_mel_spectrogram(waveform)
+        # Padding must not reach the pooled feature through the convolutions either: frames past
+        # the clip's end read as the normaliser's mean (0 once normalised, what the convs' own
+        # zero padding shows an unpadded clip), and the frame count is rounded up to a multiple
+        # of the total stride so that every clip's frames line up the same way.
+        multiple = 2 ** sum(isinstance(layer, tf.keras.layers.Conv2D)
+                            for layer in self.backbone.layers)
+        signal_frames = (length + 159) // 160  # STFT frames (hop 160) that start inside the clip
+        total = tf.shape(spectrogram)[1]
+        rounded = (total + multiple - 1) // multiple * multiple
+        spectrogram = tf.pad(spectrogram, [[0, 0], [0, rounded - total], [0, 0]])
+        inside = tf.sequence_mask(signal_frames, rounded)[..., None]
+        spectrogram = tf.where(inside, spectrogram, LOG_MEL_MEAN)
         frames = self.backbone(spectrogram[..., None], training=training)  # [B, F', M', C]
         frames = tf.reduce_mean(frames, axis=2)  # over mel → [B, F', C]
-        stride = tf.cast(tf.shape(spectrogram)[1], tf.float32) / tf.cast(
-            tf.maximum(tf.shape(frames)[1], 1), tf.float32)
-        valid_frames = tf.cast(tf.math.ceil(tf.cast(length, tf.float32) / 160.0 / stride),
-                               tf.int32)
+        valid_frames = (signal_frames + multiple - 1) // multiple
         mask = tf.sequence_mask(tf.maximum(valid_frames, 1), tf.shape(frames)[1], frames.dtype)
         if self.pooling == "max":
             return tf.reduce_max(frames + (mask[..., None] - 1.0) * 1e9, axis=1)
@@ -95,9 +105,10 @@ def build_audio_encoder(config: AudioTowerConfig) -> AudioEncoder:
         layers = [tf.keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu",
                                          kernel_initializer=init) for f in config.cnn_filters]
         backbone = tf.keras.Sequential([tf.keras.Input([None, MEL_BINS, 1]),
-                                        tf.keras.layers.Normalization(mean=-2.0, variance=4.0),
+                                        tf.keras.layers.Normalization(mean=LOG_MEL_MEAN,
+                                                                       variance=LOG_MEL_VARIANCE),
                                         *layers], name="log_mel_cnn")
-        description["filters"] = list(config.cnn_filters)
+        description.update(filters=list(config.cnn_filters), frontend=2)  # 2: padding-exact
         encoder = AudioEncoder(backbone, config.cnn_filters[-1], config.pooling, False,
                                description, name="audio_encoder")
     encoder.freeze(config.trainable)

@@ -87,25 +87,59 @@ class ItemTower(tf.keras.layers.Layer):
             content = self.encoders[modality](content, training=training)
         return self.projections[modality](content, training=training)
 
-    def call(self, content: Mapping[str, tf.Tensor], training=False):
+    def modality_embeddings(self, content: Mapping[str, tf.Tensor], training=False):
+        """Projected ``[B, M, d]`` embeddings and the ``[B, M]`` presence mask."""
+        embeddings = tf.stack([self.project(m, content[m], training) for m in self.modalities],
+                              axis=1)
+        mask = tf.stack([tf.cast(content[f"{m}_mask"], tf.float32) for m in self.modalities],
+                        axis=1)
+        return embeddings, mask
+
+    def fuse(self, embeddings, mask, item_index=None):
+        """Masked fusion (+ item-id embedding) → L2-normalised item embedding."""
         parts = []
         if self.modalities:
-            embeddings = tf.stack([self.project(m, content[m], training)
-                                   for m in self.modalities], axis=1)
-            mask = tf.stack([tf.cast(content[f"{m}_mask"], tf.float32)
-                             for m in self.modalities], axis=1)
-            if training and self.modality_dropout > 0:
-                mask = drop_modalities(mask, self.modality_dropout)
             parts.append(self.fusion(embeddings, mask))
-        if self.id_embedding is not None:
-            parts.append(self.id_embedding(content["item_index"]))
+        if self.id_embedding is not None and item_index is not None:
+            parts.append(self.id_embedding(item_index))
         return tf.math.l2_normalize(tf.add_n(parts), axis=-1)
 
+    def single_modality(self, embeddings, position: int):
+        """The embedding an item gets from modality ``position`` alone (no id embedding)."""
+        one = tf.one_hot(tf.fill(tf.shape(embeddings)[:1], position), len(self.modalities))
+        return self.fuse(embeddings * one[..., None], one)
+
+    def call(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
+        """Item embeddings; ``hidden_modalities`` are treated as missing (for ablations)."""
+        return self.encode(content, training, hidden_modalities)[0]
+
+    def encode(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
+        """(fused ``[B, d]``, projected ``[B, M, d]`` or None, true presence mask or None).
+
+        The returned mask is the data's (before modality dropout), for losses that need to
+        know which modalities an item really has.
+        """
+        embeddings = mask = None
+        fusion_mask = None
+        if self.modalities:
+            embeddings, mask = self.modality_embeddings(content, training)
+            if hidden_modalities:
+                keep = [0.0 if m in hidden_modalities else 1.0 for m in self.modalities]
+                mask = mask * tf.constant(keep)[None, :]
+            fusion_mask = mask
+            if training and self.modality_dropout > 0:
+                fusion_mask = drop_modalities(mask, self.modality_dropout)
+        fused = self.fuse(embeddings, fusion_mask, content.get("item_index"))
+        return fused, embeddings, mask
+
     def embed_single(self, modality: str, content, training=False):
-        """The embedding an item would get with only ``modality`` present: query-by-content."""
+        """Query-by-content: the embedding of content in one modality, as an item with only it.
+
+        ``content`` is what the table stores for that modality (cached features, or raw content
+        when the encoder runs inside the tower).
+        """
         projected = self.project(modality, content, training)
+        position = self.modalities.index(modality)
         embeddings = tf.stack([projected if m == modality else tf.zeros_like(projected)
                                for m in self.modalities], axis=1)
-        position = self.modalities.index(modality)
-        mask = tf.one_hot(tf.fill(tf.shape(projected)[:1], position), len(self.modalities))
-        return tf.math.l2_normalize(self.fusion(embeddings, mask), axis=-1)
+        return self.single_modality(embeddings, position)

@@ -1,0 +1,61 @@
+"""Evaluation: cross-modal retrieval — does an item's text find the same item's image (etc.)?
+
+For a pair (source, target) of modalities, every item that has both is a query: its source
+embedding ranks the target embeddings of all items that have the target modality, and the item
+itself is the one right answer. Reported as Recall@K and the median rank (1 = best).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def cross_modal_ranks(source: np.ndarray, target: np.ndarray, source_present: np.ndarray,
+                      target_present: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """1-based rank of each query item's own target among all present targets.
+
+    Ties count against the query (an equal-scoring other item ranks ahead), so a collapsed
+    embedding space cannot look good.
+    """
+    queries = np.flatnonzero(source_present & target_present)
+    candidates = np.flatnonzero(target_present)
+    targets = target[candidates]
+    ranks = np.empty(len(queries), np.int64)
+    for start in range(0, len(queries), batch_size):
+        rows = queries[start:start + batch_size]
+        scores = source[rows] @ targets.T
+        own = np.einsum("ij,ij->i", source[rows], target[rows])
+        is_self = candidates[None, :] == rows[:, None]
+        ahead = (scores >= own[:, None]) & ~is_self
+        ranks[start:start + batch_size] = ahead.sum(axis=1) + 1
+    return ranks
+
+
+def cross_modal_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    metrics = {f"recall@{k}": float(np.mean(ranks <= k)) if len(ranks) else float("nan")
+               for k in ks}
+    metrics["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
+    metrics["num_queries"] = len(ranks)
+    return metrics
+
+
+def evaluate_cross_modal(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
+                         ks: Sequence[int] = (1, 5, 10),
+                         items: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Metrics for every ordered modality pair, keyed like ``"text→image"``.
+
+    ``items`` restricts queries and candidates to a subset (e.g. cold-start items that no
+    training batch, and so no alignment loss, ever saw).
+    """
+    if items is not None:
+        embeddings = {m: e[items] for m, e in embeddings.items()}
+        present = {m: p[items] for m, p in present.items()}
+    results = {}
+    for source, target in itertools.permutations(embeddings, 2):
+        ranks = cross_modal_ranks(embeddings[source], embeddings[target], present[source],
+                                  present[target])
+        results[f"{source}→{target}"] = cross_modal_metrics(ranks, ks)
+    return results
