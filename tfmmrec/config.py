@@ -192,6 +192,39 @@ class ModelConfig:
 
 
 @dataclass
+class RankingConfig:
+    """Ranking / multitask head on the shared towers (``enabled: false`` = retrieval only).
+
+    ``retrieval_weight`` and ``ranking_weight`` weight the two losses (1:0 retrieval only, 0:1
+    ranking only, 1:1 multitask). ``retrieve_candidates`` is N of the two-stage export:
+    retrieve N, re-rank, return k.
+    """
+
+    enabled: bool = False
+    task: Literal["regression", "binary", "listwise"] = "regression"
+    retrieval_weight: float = 1.0
+    ranking_weight: float = 1.0
+    deep_layers: list[int] = field(default_factory=lambda: [256, 64])
+    cross_layers: int = 0
+    cross_projection_dim: int | None = None
+    negatives_per_positive: int = 4
+    list_size: int = 5
+    lists_per_user: int = 50
+    retrieve_candidates: int = 100
+
+    def __post_init__(self) -> None:
+        _check_choice("ranking.task", self.task, ("regression", "binary", "listwise"))
+        _check(self.retrieval_weight >= 0 and self.ranking_weight >= 0
+               and self.retrieval_weight + self.ranking_weight > 0,
+               "ranking.retrieval_weight/ranking_weight",
+               (self.retrieval_weight, self.ranking_weight), "non-negative, not both 0")
+        _check(self.cross_layers >= 0, "ranking.cross_layers", self.cross_layers, ">= 0")
+        _check(self.list_size >= 2, "ranking.list_size", self.list_size, ">= 2")
+        _check(self.retrieve_candidates >= 1, "ranking.retrieve_candidates",
+               self.retrieve_candidates, ">= 1")
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, distribution and where the run writes (checkpoints, logs, cache)."""
 
@@ -272,6 +305,7 @@ class Config:
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     audio: AudioTowerConfig = field(default_factory=AudioTowerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

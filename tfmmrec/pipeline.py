@@ -20,6 +20,7 @@ from tfmmrec.config import Config, load_config
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions
 from tfmmrec.errors import ConfigError, DataError, TrainingError
+from tfmmrec.models.ranking import MultitaskModel, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
 from tfmmrec.towers.encoders import Encoder, build_encoder
@@ -136,11 +137,45 @@ def build_model(ws: Workspace) -> RetrievalModel:
     table = ItemContentTable({m: c.values for m, c in ws.contents.items()},
                              {m: c.mask for m, c in ws.contents.items()}, name="item_content")
     probability = item_sampling_probability(ws) if model_config.logq_correction else None
-    return RetrievalModel(query_tower, item_tower, table, probability,
-                          temperature=model_config.temperature,
-                          remove_accidental_hits=model_config.remove_accidental_hits,
-                          alignment_weight=model_config.alignment_weight,
-                          alignment_temperature=model_config.alignment_temperature)
+    args = (query_tower, item_tower, table, probability)
+    kwargs = {"temperature": model_config.temperature,
+              "remove_accidental_hits": model_config.remove_accidental_hits,
+              "alignment_weight": model_config.alignment_weight,
+              "alignment_temperature": model_config.alignment_temperature}
+    ranking = ws.config.ranking
+    if not ranking.enabled:
+        return RetrievalModel(*args, **kwargs)
+    return MultitaskModel(
+        *args, **kwargs, ranking_task=ranking.task, retrieval_weight=ranking.retrieval_weight,
+        ranking_weight=ranking.ranking_weight, deep_layers=ranking.deep_layers,
+        cross_layers=ranking.cross_layers, cross_projection_dim=ranking.cross_projection_dim,
+        negatives_per_positive=ranking.negatives_per_positive, num_items=ws.dataset.num_items)
+
+
+def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
+    """The training examples the configured model needs, and how many there are."""
+    config = ws.config
+    train = ws.split.train
+    ranking = config.ranking
+    if ranking.enabled and ranking.task == "listwise":
+        lists = sample_lists(train["user_id"].astype(str).to_numpy(),
+                             train["item_index"].to_numpy(), _ratings(train),
+                             ranking.list_size, ranking.lists_per_user, config.data.seed)
+        dataset = tf.data.Dataset.from_tensor_slices(lists).cache().shuffle(
+            len(lists["user_id"]), seed=config.train.seed)
+        return (dataset.batch(config.train.batch_size, drop_remainder=True)
+                .prefetch(tf.data.AUTOTUNE), len(lists["user_id"]))
+    extra = {"rating": _ratings(train)} if ranking.enabled and ranking.task == "regression" \
+        else None
+    return interactions_dataset(train, config.train.batch_size, config.train.seed,
+                                extra=extra), len(train)
+
+
+def _ratings(frame) -> np.ndarray:
+    if "rating" not in frame.columns:
+        raise DataError("ranking.task=regression/listwise needs a rating column in "
+                        "interactions.csv (use ranking.task=binary for implicit feedback)")
+    return frame["rating"].to_numpy(np.float32)
 
 
 def train(config: Config | str | os.PathLike | None = None, *, workspace: Workspace | None = None,
@@ -153,9 +188,9 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     if len(ws.split.train) < 2:
         raise DataError("fewer than 2 training interactions after the split: nothing to train")
     strategy = make_strategy(config.train.strategy)
-    dataset = interactions_dataset(ws.split.train, config.train.batch_size, config.train.seed)
+    dataset, num_examples = training_dataset(ws)
     output = Path(config.train.output_dir)
-    result = fit(lambda: build_model(ws), dataset, len(ws.split.train), config.train, strategy,
+    result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
                  callbacks)
     config.to_yaml(output / "config.yaml")
     _write_json(output / RUN_FILE, {
@@ -346,3 +381,67 @@ def evaluate_cross_modal(model: RetrievalModel, ws: Workspace) -> dict[str, dict
     embeddings = single_modality_embeddings(model, ws)
     present = {m: ws.contents[m].mask for m in embeddings}
     return evaluate_pairs(embeddings, present, items=ws.split.test_items)
+
+
+def _score_pairs(model: MultitaskModel, users: np.ndarray, items: np.ndarray,
+                 batch_size: int = 8192) -> np.ndarray:
+    score = tf.function(lambda u, i: model.score(u, i, training=False))
+    parts = [score(tf.constant(users[s:s + batch_size]), tf.constant(items[s:s + batch_size]))
+             for s in range(0, len(users), batch_size)]
+    return tf.concat(parts, axis=0).numpy()
+
+
+def evaluate_ranking_head(model: MultitaskModel, ws: Workspace) -> dict[str, float]:
+    """Ranking metrics on the test split: RMSE/MAE (regression), AUC (binary, against seeded
+    uniform negatives), NDCG@3/5 over rated lists (listwise)."""
+    from tfmmrec.evaluation.rating import auc, list_ndcg, mae, rmse
+
+    test, task = ws.split.test, ws.config.ranking.task
+    users = test["user_id"].astype(str).to_numpy()
+    items = test["item_index"].to_numpy(np.int32)
+    if task == "regression":
+        predictions = _score_pairs(model, users, items)
+        return {"rmse": rmse(predictions, _ratings(test)), "mae": mae(predictions, _ratings(test))}
+    if task == "binary":
+        rng = np.random.default_rng(ws.config.data.seed)
+        negatives = rng.integers(0, ws.dataset.num_items, len(items)).astype(np.int32)
+        scores = _score_pairs(model, np.concatenate([users, users]),
+                              np.concatenate([items, negatives]))
+        return {"auc": auc(scores, np.r_[np.ones(len(items)), np.zeros(len(items))])}
+    ranking = ws.config.ranking
+    lists = sample_lists(users, items, _ratings(test), ranking.list_size, 1, ws.config.data.seed)
+    flat_users = np.repeat(lists["user_id"], ranking.list_size)
+    scores = _score_pairs(model, flat_users, lists["list_items"].reshape(-1)).reshape(
+        -1, ranking.list_size)
+    return {f"ndcg@{k}": list_ndcg(scores, lists["list_ratings"], k) for k in (3, 5)}
+
+
+def evaluate_two_stage(model: MultitaskModel, ws: Workspace, ks=(10,)) -> dict[str, float]:
+    """NDCG@K of retrieve-top-N → re-rank versus retrieval alone (training items excluded)."""
+    from tfmmrec.evaluation.metrics import evaluate_ranking
+    from tfmmrec.evaluation.protocol import split_matrices
+
+    n = min(ws.config.ranking.retrieve_candidates, ws.dataset.num_items)
+    users = embed_users(model, ws.user_ids)
+    items = embed_items(model, ws.dataset.num_items)
+    train, test = split_matrices(ws.split, ws.user_ids, ws.dataset.num_items)
+    rerank = tf.function(lambda q, c: model.score_candidates(q, c))
+    reranked = np.zeros((len(users), n), np.int64)
+    for start in range(0, len(users), 256):
+        scores = users[start:start + 256] @ items.T
+        scores[train[start:start + 256].toarray() > 0] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+        logits = rerank(tf.constant(users[start:start + 256]), tf.constant(items[top])).numpy()
+        reranked[start:start + 256] = np.take_along_axis(
+            top, np.argsort(-logits, axis=1, kind="stable"), axis=1)
+    # Score each user's re-ranked list as a ranking: its position becomes the score.
+    positions = np.zeros((len(users), ws.dataset.num_items), np.float32)
+    np.put_along_axis(positions, reranked, np.arange(n, 0, -1, dtype=np.float32)[None, :],
+                      axis=1)
+    two_stage = evaluate_ranking(np.eye(len(users), dtype=np.float32), positions.T, test,
+                                 exclude=train, ks=ks).to_dict()
+    retrieval = evaluate_ranking(users, items, test, exclude=train, ks=ks).to_dict()
+    return {**{f"retrieval_{m}@{k}": retrieval[f"{m}@{k}"] for k in ks for m in ("ndcg",
+                                                                                  "recall")},
+            **{f"two_stage_{m}@{k}": two_stage[f"{m}@{k}"] for k in ks for m in ("ndcg",
+                                                                                  "recall")}}

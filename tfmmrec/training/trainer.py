@@ -40,11 +40,14 @@ class TrainResult:
 
 
 def interactions_dataset(interactions: pd.DataFrame, batch_size: int, seed: int,
-                         shuffle: bool = True) -> tf.data.Dataset:
-    """(user_id, item_index) pairs, shuffled each epoch, batched to the global batch size."""
+                         shuffle: bool = True,
+                         extra: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
+    """(user_id, item_index[, extra features]) examples, reshuffled each epoch, batched to the
+    global batch size."""
     data = {
         "user_id": interactions["user_id"].astype(str).to_numpy(),
         "item_index": interactions["item_index"].to_numpy(np.int32),
+        **(extra or {}),
     }
     dataset = tf.data.Dataset.from_tensor_slices(data).cache()
     if shuffle:

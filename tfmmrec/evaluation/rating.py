@@ -1,0 +1,37 @@
+"""Evaluation: pointwise and listwise ranking metrics (RMSE/MAE, AUC, graded NDCG over lists)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(predictions) - np.asarray(targets)) ** 2)))
+
+
+def mae(predictions: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(predictions) - np.asarray(targets))))
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC via the Mann-Whitney U statistic (ties get half credit)."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def list_ndcg(scores: np.ndarray, gains: np.ndarray, k: int) -> float:
+    """Mean NDCG@k over lists ``[L, n]``: rank each list by ``scores`` (ties: earlier first),
+    gain = the graded relevance (e.g. the rating); lists with no gain are skipped."""
+    scores, gains = np.asarray(scores, float), np.asarray(gains, float)
+    k = min(k, scores.shape[1])
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    dcg = (np.take_along_axis(gains, order, axis=1) * discounts).sum(axis=1)
+    ideal = (-np.sort(-gains, axis=1)[:, :k] * discounts).sum(axis=1)
+    valid = ideal > 0
+    return float(np.mean(dcg[valid] / ideal[valid])) if valid.any() else float("nan")
