@@ -279,7 +279,11 @@ class ScannConfig:
 
 @dataclass
 class ExportConfig:
-    """Where and how ``tfmmrec export`` writes a TF Serving model version."""
+    """Where and how ``tfmmrec export`` writes a TF Serving model version.
+
+    ``exclude_seen`` bakes each user's training items into the export so user-id signatures
+    never return them (the index is then asked for ``k + the longest history`` results).
+    """
 
     base_dir: str = "runs/models"
     model_name: str = "tfmmrec"
@@ -287,6 +291,7 @@ class ExportConfig:
     index: Literal["scann", "brute_force"] = "scann"
     k: int = 10
     max_k: int = 100
+    exclude_seen: bool = False
     scann: ScannConfig = field(default_factory=ScannConfig)
 
     def __post_init__(self) -> None:

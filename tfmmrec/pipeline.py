@@ -293,6 +293,14 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     return results
 
 
+def seen_items(ws: Workspace) -> list[np.ndarray]:
+    """Training items per user, aligned with the query tower's lookup (row 0: unknown user)."""
+    grouped = ws.split.train.groupby(ws.split.train["user_id"].astype(str))["item_index"]
+    items = {user: np.unique(values.to_numpy()) for user, values in grouped}
+    return [np.zeros(0, np.int64)] + [items.get(str(u), np.zeros(0, np.int64))
+                                      for u in ws.user_ids]
+
+
 def warmup_inputs(modalities, user_id: str, k: int) -> dict[str, dict]:
     """One small request per signature (synthetic content: valid, tiny, deterministic)."""
     requests = {
@@ -328,12 +336,16 @@ def export(config: Config | str | os.PathLike | None = None,
     ex = config.export
     kind = index or ex.index
     items = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
-    item_ids = ws.dataset.catalog.item_ids
-    top_k, params = build_index(items, item_ids, kind, ex.max_k, ex.scann)
+    head = getattr(model, "head", None) if config.ranking.enabled else None
+    seen = seen_items(ws) if ex.exclude_seen else None
+    deepest = max(ex.max_k, config.ranking.retrieve_candidates if head is not None else 0)
+    deepest += max((len(s) for s in seen), default=0) if seen is not None else 0
+    top_k, params = build_index(items, kind, deepest, ex.scann)
     metadata = {
         "tfmmrec_version": __import__("tfmmrec").__version__,
         "index": kind, "index_parameters": params, "num_items": int(items.shape[0]),
         "embedding_dim": int(items.shape[1]), "default_k": ex.k, "max_k": ex.max_k,
+        "two_stage": head is not None, "exclude_seen": ex.exclude_seen,
         "modalities": list(ws.modalities), "encoders": ws.encoder_identities(),
         "unknown_user_policy": "cold-start query embedding (out-of-vocabulary row)",
         "load_requirements": ["import tensorflow_text"] * ("text" in ws.modalities)
@@ -341,13 +353,14 @@ def export(config: Config | str | os.PathLike | None = None,
     }
     if kind == "scann":
         sample = embed_users(model, ws.user_ids[:2000])
-        metadata["scann_recall_at_10"] = recall_against_brute_force(top_k, sample, items,
-                                                                    item_ids, k=10)
+        metadata["scann_recall_at_10"] = recall_against_brute_force(top_k, sample, items, k=10)
         logger.info("ScaNN recall@10 vs brute force: %.3f", metadata["scann_recall_at_10"])
     module = RetrievalServingModule(
-        model.query_tower, model.item_tower, ws.encoders, items, top_k, default_k=ex.k,
-        max_k=ex.max_k, image_size=config.image.image_size,
-        sample_rate=config.audio.sample_rate, max_seconds=config.audio.max_seconds)
+        model.query_tower, model.item_tower, ws.encoders, items, top_k,
+        item_ids=ws.dataset.catalog.item_ids, default_k=ex.k, max_k=ex.max_k,
+        image_size=config.image.image_size, sample_rate=config.audio.sample_rate,
+        max_seconds=config.audio.max_seconds, ranking_head=head,
+        retrieve_candidates=config.ranking.retrieve_candidates, seen=seen)
     return export_model(module, ex.base_dir, ex.model_name, ex.version, metadata,
                         uses_scann=kind == "scann",
                         warmup=warmup_inputs(ws.modalities, str(ws.user_ids[0]),

@@ -34,15 +34,16 @@ def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[st
             "dimensions_per_block": config.dimensions_per_block}
 
 
-def build_index(item_embeddings: np.ndarray, item_ids: np.ndarray, kind: str, max_k: int,
+def build_index(item_embeddings: np.ndarray, kind: str, max_k: int,
                 scann: ScannConfig | None = None) -> tuple[tf.keras.layers.Layer, dict]:
-    """An indexed top-``max_k`` layer and the parameters it was built with."""
+    """A top-k layer over item *indices* (``max_k``: the most any query will ask for), and the
+    parameters it was built with. Callers map indices to item ids."""
     num_items = item_embeddings.shape[0]
     if num_items == 0:
         raise ExportError("cannot export an index over an empty catalogue")
     k = min(max_k, num_items)
     embeddings = tf.constant(item_embeddings, tf.float32)
-    identifiers = tf.constant(np.asarray(item_ids).astype(str))
+    identifiers = tf.range(num_items, dtype=tf.int32)
     if kind == "brute_force":
         return tfrs.layers.factorized_top_k.BruteForce(k=k).index(embeddings, identifiers), {}
     if kind != "scann":
@@ -53,13 +54,10 @@ def build_index(item_embeddings: np.ndarray, item_ids: np.ndarray, kind: str, ma
 
 
 def recall_against_brute_force(index: tf.keras.layers.Layer, queries: np.ndarray,
-                               item_embeddings: np.ndarray, item_ids: np.ndarray,
-                               k: int = 10) -> float:
+                               item_embeddings: np.ndarray, k: int = 10) -> float:
     """Mean fraction of the exact top-k (numpy brute force) that the index also returns."""
     k = min(k, item_embeddings.shape[0])
     exact = np.argsort(-(queries @ item_embeddings.T), axis=1, kind="stable")[:, :k]
-    exact_ids = np.asarray(item_ids).astype(str)[exact]
     _, found = index(tf.constant(queries, tf.float32), k=k)
-    found = found.numpy().astype(str)
-    hits = [len(set(a) & set(b)) for a, b in zip(exact_ids, found, strict=True)]
+    hits = [len(set(a) & set(b)) for a, b in zip(exact, found.numpy(), strict=True)]
     return float(np.mean(hits) / k)

@@ -26,25 +26,37 @@ class RetrievalServingModule(tf.Module):
 
     - ``serving_default``: ``user_id`` → top-``default_k`` ``item_ids``, ``scores``.
     - ``recommend``: ``user_id``, ``k`` → top-k (``1 <= k <= max_k``, else INVALID_ARGUMENT).
+      With a ranking head (``ranking_head``) it is two-stage: retrieve ``retrieve_candidates``
+      with the index, re-rank them with the head, return the top k with ``scores`` (ranking
+      logits) and ``retrieval_scores``.
     - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
       bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
     - ``embed_query``: ``user_id`` → ``embedding`` (for a caller's own index).
 
     Unknown user ids get the trained cold-start query (the out-of-vocabulary row), not an error.
+    With ``seen`` (user index → item indices, from training), user-id signatures never return
+    an item the user already interacted with.
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
                  encoders: Mapping[str, Encoder], item_embeddings: np.ndarray, index,
-                 *, default_k: int, max_k: int, image_size: int, sample_rate: int,
-                 max_seconds: float):
+                 *, item_ids: np.ndarray, default_k: int, max_k: int, image_size: int,
+                 sample_rate: int, max_seconds: float, ranking_head=None,
+                 retrieve_candidates: int = 100, seen: list[np.ndarray] | None = None):
         super().__init__(name="tfmmrec")
         self.query_tower = query_tower
         self.item_tower = item_tower
         self.encoders = dict(encoders)
         self.index = index
+        num_items = int(item_embeddings.shape[0])
         self.item_table = tf.Variable(item_embeddings, trainable=False, name="item_embeddings")
+        self.item_ids = tf.Variable(np.asarray(item_ids).astype(str), trainable=False,
+                                    name="item_ids")
         self.default_k = default_k
-        self.max_k = min(max_k, int(item_embeddings.shape[0]))
+        self.max_k = min(max_k, num_items)
+        self.ranking_head = ranking_head
+        self.retrieve_candidates = max(self.max_k, min(retrieve_candidates, num_items))
+        self.seen_table, self.max_seen = _seen_table(seen, num_items)
         self.image_size = image_size
         self.sample_rate = sample_rate
         self.max_samples = int(max_seconds * sample_rate)
@@ -56,16 +68,48 @@ class RetrievalServingModule(tf.Module):
     def _user_queries(self, user_id):
         return self.query_tower(user_id, item_embedder=self._embed_items, training=False)
 
-    def _top_k(self, queries, k):
+    def _check_k(self, k):
         k = tf.convert_to_tensor(k, tf.int32)
-        checks = [
-            tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1"),
-            tf.debugging.assert_less_equal(k, self.max_k,
-                                           message=f"k must be <= max_k={self.max_k}"),
-        ]
-        with tf.control_dependencies(checks):
-            scores, item_ids = self.index(queries, k=self.max_k)
-            return {"item_ids": item_ids[:, :k], "scores": scores[:, :k]}
+        tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1")
+        tf.debugging.assert_less_equal(k, self.max_k, message=f"k must be <= max_k={self.max_k}")
+        return k
+
+    def _retrieve(self, queries, count: int, user_id=None):
+        """Top ``count`` (scores, item indices), skipping seen items when a seen set is baked in.
+
+        The index is asked for ``count + max_seen`` results, so ``count`` unseen ones remain.
+        """
+        if self.seen_table is None or user_id is None:
+            return self.index(queries, k=count)
+        fetch = min(count + self.max_seen, int(self.item_table.shape[0]))
+        scores, items = self.index(queries, k=fetch)
+        users = tf.cast(self.query_tower.lookup(user_id), tf.int64)
+        keys = users[:, None] * int(self.item_table.shape[0]) + tf.cast(items, tf.int64)
+        seen = self.seen_table.lookup(keys) > 0
+        scores = tf.where(seen, tf.fill(tf.shape(scores), float("-inf")), scores)
+        scores, order = tf.math.top_k(scores, k=count)
+        return scores, tf.gather(items, order, batch_dims=1)
+
+    def _top_k(self, queries, k, user_id=None):
+        k = self._check_k(k)
+        scores, items = self._retrieve(queries, self.max_k, user_id)
+        return {"item_ids": tf.gather(self.item_ids, items[:, :k]), "scores": scores[:, :k]}
+
+    def _two_stage(self, user_id, k):
+        """Retrieve N candidates, re-rank them with the ranking head, keep the top k."""
+        k = self._check_k(k)
+        queries = self._user_queries(user_id)
+        retrieval_scores, items = self._retrieve(queries, self.retrieve_candidates, user_id)
+        candidates = tf.gather(self.item_table, items)
+        n = tf.shape(items)[1]
+        dim = self.item_table.shape[1]
+        logits = tf.reshape(self.ranking_head(
+            tf.reshape(tf.repeat(queries[:, None, :], n, axis=1), [-1, dim]),
+            tf.reshape(candidates, [-1, dim])), [-1, n])
+        ranking_scores, order = tf.math.top_k(logits, k=k)
+        return {"item_ids": tf.gather(self.item_ids, tf.gather(items, order, batch_dims=1)),
+                "scores": ranking_scores,
+                "retrieval_scores": tf.gather(retrieval_scores, order, batch_dims=1)}
 
     def _content_queries(self, modality: str, content):
         encoder = self.encoders[modality]
@@ -76,11 +120,13 @@ class RetrievalServingModule(tf.Module):
     # -- signatures --------------------------------------------------------------------------
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
     def serve_default(self, user_id):
-        return self._top_k(self._user_queries(user_id), self.default_k)
+        return self._top_k(self._user_queries(user_id), self.default_k, user_id)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"), K_SPEC])
     def recommend(self, user_id, k):
-        return self._top_k(self._user_queries(user_id), k)
+        if self.ranking_head is not None:
+            return self._two_stage(user_id, k)
+        return self._top_k(self._user_queries(user_id), k, user_id)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
     def embed_query(self, user_id):
@@ -122,6 +168,21 @@ class RetrievalServingModule(tf.Module):
             function = getattr(self, f"query_{modality}")
             signatures[f"query_{modality}"] = function.get_concrete_function()
         return signatures
+
+
+def _seen_table(seen: list[np.ndarray] | None, num_items: int):
+    """A hash set of ``user_index * num_items + item_index`` keys (row 0: unknown user)."""
+    if seen is None:
+        return None, 0
+    keys = np.concatenate([user * num_items + np.asarray(items, np.int64)
+                           for user, items in enumerate(seen) if len(items)] or
+                          [np.zeros(0, np.int64)])
+    if keys.size == 0:
+        return None, 0
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.int64),
+                                            tf.ones(keys.size, tf.int64)), default_value=0)
+    return table, max(len(items) for items in seen)
 
 
 def _require_nonempty(strings, name: str) -> None:
