@@ -26,8 +26,15 @@ from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, lo
 from tfmmrec.towers.encoders import Encoder, build_encoder
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower
-from tfmmrec.training.strategy import make_strategy
-from tfmmrec.training.trainer import TrainResult, check_writable, fit, interactions_dataset
+from tfmmrec.training.strategy import is_chief, strategy_for
+from tfmmrec.training.trainer import (
+    TrainResult,
+    check_writable,
+    encode_from_tfrecords,
+    fit,
+    interactions_dataset,
+    tfrecord_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,11 @@ def prepare(config: Config, progress: bool = True) -> Workspace:
     split = split_interactions(dataset.interactions, config.data.split, config.data.test_fraction,
                                config.data.seed, dataset.num_items)
     modalities = tuple(m for m in dataset.catalog.modalities if config.tower(m).enabled)
+    records = config.train.tfrecords
+    if records:  # pre-decoded shards from `tfmmrec prepare`, checked against this config
+        from tfmmrec.data.tfrecords import check_compatible, load_manifest
+
+        check_compatible(load_manifest(records), config, dataset)
     encoders: dict[str, Encoder] = {}
     contents: dict[str, ModalityContent] = {}
     stats: dict[str, CacheStats] = {}
@@ -83,6 +95,10 @@ def prepare(config: Config, progress: bool = True) -> Workspace:
         media = _media_settings(config)
         if tower.trainable:
             contents[modality] = load_raw_content(dataset.catalog, modality, **media)
+        elif records:
+            contents[modality], stats[modality] = encode_from_tfrecords(
+                records, encoders[modality], config.train.resolved_cache_dir,
+                batch_size=config.train.encode_batch_size, progress=progress)
         else:
             contents[modality], stats[modality] = encode_catalog(
                 dataset.catalog, encoders[modality], config.train.resolved_cache_dir,
@@ -144,12 +160,19 @@ def build_model(ws: Workspace) -> RetrievalModel:
               "alignment_temperature": model_config.alignment_temperature}
     ranking = ws.config.ranking
     if not ranking.enabled:
-        return RetrievalModel(*args, **kwargs)
-    return MultitaskModel(
-        *args, **kwargs, ranking_task=ranking.task, retrieval_weight=ranking.retrieval_weight,
-        ranking_weight=ranking.ranking_weight, deep_layers=ranking.deep_layers,
-        cross_layers=ranking.cross_layers, cross_projection_dim=ranking.cross_projection_dim,
-        negatives_per_positive=ranking.negatives_per_positive, num_items=ws.dataset.num_items)
+        model = RetrievalModel(*args, **kwargs)
+    else:
+        model = MultitaskModel(
+            *args, **kwargs, ranking_task=ranking.task, retrieval_weight=ranking.retrieval_weight,
+            ranking_weight=ranking.ranking_weight, deep_layers=ranking.deep_layers,
+            cross_layers=ranking.cross_layers, cross_projection_dim=ranking.cross_projection_dim,
+            negatives_per_positive=ranking.negatives_per_positive,
+            num_items=ws.dataset.num_items)
+    if ws.config.train.cross_replica_negatives:
+        from tfmmrec.models.distributed_negatives import use_cross_replica_negatives
+
+        use_cross_replica_negatives(model)
+    return model
 
 
 def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
@@ -158,6 +181,9 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
     train = ws.split.train
     ranking = config.ranking
     if ranking.enabled and ranking.task == "listwise":
+        if config.train.tfrecords:
+            raise ConfigError("train.tfrecords does not apply to ranking.task=listwise (lists are "
+                              "sampled in memory); unset train.tfrecords")
         lists = sample_lists(train["user_id"].astype(str).to_numpy(),
                              train["item_index"].to_numpy(), _ratings(train),
                              ranking.list_size, ranking.lists_per_user, config.data.seed)
@@ -167,6 +193,10 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
                 .prefetch(tf.data.AUTOTUNE), len(lists["user_id"]))
     extra = {"rating": _ratings(train)} if ranking.enabled and ranking.task == "regression" \
         else None
+    if config.train.tfrecords:
+        columns = ("user_id", "item_index", *(["rating"] if extra else []))
+        return tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
+                                config.train.seed, columns)
     return interactions_dataset(train, config.train.batch_size, config.train.seed,
                                 extra=extra), len(train)
 
@@ -183,15 +213,21 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     """Train a retrieval model as the config says; resumes an interrupted run in the same dir."""
     config = load_config(config)
     check_writable(Path(config.train.output_dir))  # before hours of encoding, not after
+    if workspace is None:
+        check_writable(config.train.resolved_cache_dir, "train.cache_dir")
+    # First: a multi-worker strategy must exist before TensorFlow runs any op in the process.
+    strategy = strategy_for(config.train)
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace or prepare(config, progress=progress)
     if len(ws.split.train) < 2:
         raise DataError("fewer than 2 training interactions after the split: nothing to train")
-    strategy = make_strategy(config.train.strategy)
     dataset, num_examples = training_dataset(ws)
     output = Path(config.train.output_dir)
     result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
                  callbacks)
+    result.workspace = ws
+    if not is_chief(strategy):  # the chief records the run; other workers only train
+        return result
     config.to_yaml(output / "config.yaml")
     _write_json(output / RUN_FILE, {
         "encoders": ws.encoder_identities(),
@@ -202,7 +238,6 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         "examples_per_second": result.examples_per_second,
         "history": result.history,
     })
-    result.workspace = ws
     return result
 
 
@@ -242,19 +277,20 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def embed_items(model: RetrievalModel, num_items: int, batch_size: int = 1024) -> np.ndarray:
-    """Every catalogue item's embedding, ``[N, d]`` in catalogue order."""
-    embed = tf.function(lambda index: model.item_embeddings(index, training=False))
-    parts = [embed(tf.range(start, min(start + batch_size, num_items)))
+def embed_items(model: RetrievalModel, num_items: int, batch_size: int = 1024,
+                hidden_modalities: tuple[str, ...] = ()) -> np.ndarray:
+    """Every catalogue item's embedding, ``[N, d]`` in catalogue order (optionally as if the
+    ``hidden_modalities`` were missing for every item)."""
+    parts = [model.serve_item_embeddings(tf.range(start, min(start + batch_size, num_items)),
+                                         tuple(hidden_modalities))
              for start in range(0, num_items, batch_size)]
     return tf.concat(parts, axis=0).numpy()
 
 
 def embed_users(model: RetrievalModel, user_ids, batch_size: int = 1024) -> np.ndarray:
     """Query embeddings for user ids (unknown ids get the cold-start embedding)."""
-    embed = tf.function(lambda ids: model.query_embeddings(ids, training=False))
     user_ids = np.asarray(user_ids).astype(str)
-    parts = [embed(tf.constant(user_ids[start:start + batch_size]))
+    parts = [model.serve_query_embeddings(tf.constant(user_ids[start:start + batch_size]))
              for start in range(0, len(user_ids), batch_size)]
     return tf.concat(parts, axis=0).numpy()
 
@@ -262,7 +298,8 @@ def embed_users(model: RetrievalModel, user_ids, batch_size: int = 1024) -> np.n
 def evaluate(config: Config | str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
              workspace: Workspace | None = None, baselines: bool = True,
-             name: str = "tfmmrec") -> dict[str, dict[str, float]]:
+             name: str = "tfmmrec", hidden_modalities: tuple[str, ...] = (),
+             write: bool = True) -> dict[str, dict[str, float]]:
     """Metrics of a trained model (and popularity/random baselines) on the config's split.
 
     Writes ``<output_dir>/eval/metrics.json`` and ``metrics.png`` (Recall@K and NDCG@K curves).
@@ -279,13 +316,15 @@ def evaluate(config: Config | str | os.PathLike | None = None,
         model, workspace = restore_model(config, checkpoint, workspace)
     ws = workspace
     ks, batch = config.eval.ks, config.eval.batch_size
-    items = embed_items(model, ws.dataset.num_items, batch)
+    items = embed_items(model, ws.dataset.num_items, batch, hidden_modalities)
     users = embed_users(model, ws.user_ids, batch)
     results = {name: evaluate_embeddings(users, items, ws.split, ws.user_ids, ks, batch)}
     if baselines:
         args = (ws.split, ws.user_ids, ws.dataset.num_items, ks)
         results["popularity"] = popularity_baseline(*args, batch_size=batch)
         results["random"] = random_baseline(*args, batch_size=batch)
+    if not write:
+        return results
     out = Path(config.train.output_dir) / "eval"
     write_json({"split": ws.split.kind, "results": results}, out / "metrics.json")
     plot_metric_curves(results, out / "metrics.png",
@@ -330,6 +369,8 @@ def export(config: Config | str | os.PathLike | None = None,
     from tfmmrec.export.writer import export_model
 
     config = load_config(config)
+    # Before restoring, embedding and indexing (minutes for large catalogues), not after.
+    check_writable(Path(config.export.base_dir), "export.base_dir")
     if model is None:
         model, workspace = restore_model(config, checkpoint, workspace)
     ws = workspace

@@ -66,6 +66,8 @@ class MultitaskModel(RetrievalModel):
                  ranking_weight: float = 1.0, deep_layers: Sequence[int] = (256, 64),
                  cross_layers: int = 0, cross_projection_dim: int | None = None,
                  negatives_per_positive: int = 4, num_items: int | None = None, **kwargs):
+        if retrieval_weight == 0:
+            kwargs["alignment_weight"] = 0.0  # alignment rides on the retrieval batches
         super().__init__(*args, **kwargs)
         if ranking_task not in RANKING_TASKS:
             raise ValueError(f"ranking_task must be one of {RANKING_TASKS}, got {ranking_task!r}")
@@ -74,12 +76,17 @@ class MultitaskModel(RetrievalModel):
         self.ranking_weight = ranking_weight
         self.negatives_per_positive = negatives_per_positive
         self.num_items = num_items
-        self.head = RankingHead(deep_layers, cross_layers, cross_projection_dim, name="ranking")
+        # No head without a ranking loss: it would get no gradient and export as untrained.
+        self.head = None
+        if ranking_weight > 0:
+            self.head = RankingHead(deep_layers, cross_layers, cross_projection_dim,
+                                    name="ranking")
         self.rank_task = tfrs.tasks.Ranking(**_ranking_loss_and_metrics(ranking_task))
 
     def build_from_example(self) -> None:
         super().build_from_example()
-        self.head(tf.zeros([1, self.item_tower.dim]), tf.zeros([1, self.item_tower.dim]))
+        if self.head is not None:
+            self.head(tf.zeros([1, self.item_tower.dim]), tf.zeros([1, self.item_tower.dim]))
 
     def score(self, user_id, item_index, training=False):
         """Ranking logits for aligned ``user_id [B]`` and ``item_index [B]``."""

@@ -71,8 +71,21 @@ class RetrievalModel(tfrs.Model):
             self.alignment.build(None)
         self.built = True
 
-    def item_embeddings(self, item_index, training=False):
-        return self.item_tower(self.content_table(item_index), training=training)
+    def item_embeddings(self, item_index, training=False, hidden_modalities=()):
+        """``hidden_modalities`` are treated as missing (robustness measurements)."""
+        return self.item_tower(self.content_table(item_index), training=training,
+                               hidden_modalities=hidden_modalities)
+
+    @tf.function(reduce_retracing=True)
+    def serve_item_embeddings(self, item_index, hidden_modalities=()):
+        """Inference-mode item embeddings, traced once per model (batch evaluation/export)."""
+        return self.item_embeddings(item_index, training=False,
+                                    hidden_modalities=hidden_modalities)
+
+    @tf.function(reduce_retracing=True)
+    def serve_query_embeddings(self, user_id):
+        """Inference-mode query embeddings, traced once per model."""
+        return self.query_embeddings(user_id, training=False)
 
     def query_embeddings(self, user_id, training=False):
         return self.query_tower(user_id, item_embedder=self.item_embeddings, training=training)
