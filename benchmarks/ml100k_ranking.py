@@ -34,10 +34,11 @@ RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / "out" / "ml100k_ranking"
 
 
-def configure(base: str, overrides: list[str], quick: bool) -> tfmmrec.Config:
+def configure(base: str, overrides: list[str], quick: bool,
+              extra: list[str] = ()) -> tfmmrec.Config:
     epochs = ["train.epochs=2"] if quick else []
     return tfmmrec.load_config(base, [f"train.output_dir={WORK}/run", "train.verbose=0",
-                                      *epochs, *overrides])
+                                      *epochs, *overrides, *extra])
 
 
 def train(config, ws):
@@ -52,30 +53,44 @@ def with_split(ws, config):
     return dataclasses.replace(ws, split=split, config=config)
 
 
-def section_multitask(base, ws, quick):
+RANKING_SETTINGS = ["train.learning_rate=0.002"]  # ranking overfits at the retrieval lr
+SEEDS = (0, 1, 2)
+
+
+def section_multitask(base, ws, quick, extra):
+    """Each row: mean ± std over seeds of the training (model init and batch order)."""
     rows = {}
-    for name, weights in (("retrieval only (1:0)", (1, 0)), ("ranking only (0:1)", (0, 1)),
-                          ("multitask (1:1)", (1, 1)), ("multitask + DCN-v2 (1:1)", (1, 1))):
+    settings = (("retrieval only (1:0)", (1, 0), 0), ("ranking only (0:1)", (0, 1), 0),
+                ("ranking only + DCN-v2 (0:1)", (0, 1), 1), ("multitask (1:1)", (1, 1), 0),
+                ("multitask + DCN-v2 (1:1)", (1, 1), 1))
+    for name, weights, cross in settings:
         overrides = ["ranking.enabled=true", "ranking.task=regression",
                      f"ranking.retrieval_weight={weights[0]}",
-                     f"ranking.ranking_weight={weights[1]}"]
-        if "DCN" in name:
-            overrides += ["ranking.cross_layers=2", "ranking.cross_projection_dim=32"]
-        config = configure(base, overrides, quick)
-        model = train(config, ws)
-        retrieval = pipeline.evaluate(config, model=model, workspace=ws, baselines=False,
-                                      write=False)["tfmmrec"]
-        rows[name] = {"top_k_accuracy@100": retrieval["top_k_accuracy@100"],
-                      "recall@20": retrieval["recall@20"]}
+                     f"ranking.ranking_weight={weights[1]}", f"ranking.cross_layers={cross}",
+                     "ranking.cross_projection_dim=32"]
         if weights[1] > 0:
-            rows[name].update(pipeline.evaluate_ranking_head(model, ws))
+            overrides += RANKING_SETTINGS
+        runs = []
+        for seed in SEEDS[: 1 if quick else len(SEEDS)]:
+            config = configure(base, [*overrides, f"train.seed={seed}"], quick, extra)
+            model = train(config, ws)
+            retrieval = pipeline.evaluate(config, model=model, workspace=ws, baselines=False,
+                                          write=False)["tfmmrec"]
+            run = {"top_k_accuracy@100": retrieval["top_k_accuracy@100"],
+                   "recall@20": retrieval["recall@20"]}
+            if weights[1] > 0:
+                run.update(pipeline.evaluate_ranking_head(model, ws))
+            runs.append(run)
+        rows[name] = {key: (float(np.mean([r[key] for r in runs])),
+                            float(np.std([r[key] for r in runs]))) for key in runs[0]}
         print(f"  {name}: {rows[name]}", flush=True)
     return rows
 
 
-def section_two_stage(base, ws, quick):
+def section_two_stage(base, ws, quick, extra):
     config = configure(base, ["data.split=temporal", "ranking.enabled=true",
-                              "ranking.task=binary", "ranking.retrieve_candidates=100"], quick)
+                              "ranking.task=binary", "ranking.retrieve_candidates=100"],
+                       quick, extra)
     ws = with_split(ws, config)
     model = train(config, ws)
     result = pipeline.evaluate_two_stage(model, ws, ks=(10,))
@@ -85,11 +100,11 @@ def section_two_stage(base, ws, quick):
                                        "recall@10": result["two_stage_recall@10"]}}
 
 
-def section_alignment(base, ws, quick):
+def section_alignment(base, ws, quick, extra):
     rows = {}
     for weight in (0.0, 0.1):
         config = configure(base, ["data.split=cold_start", f"model.alignment_weight={weight}"],
-                           quick)
+                           quick, extra)
         cold = with_split(ws, config)
         model = train(config, cold)
         held_out = pipeline.evaluate_cross_modal(model, cold)
@@ -107,11 +122,11 @@ def section_alignment(base, ws, quick):
     return rows
 
 
-def section_modality_dropout(base, ws, quick):
+def section_modality_dropout(base, ws, quick, extra):
     rows = {}
     for rate in (0.0, 0.3):
         config = configure(base, ["data.split=cold_start", f"model.modality_dropout={rate}"],
-                           quick)
+                           quick, extra)
         cold = with_split(ws, config)
         model = train(config, cold)
         row = {}
@@ -124,6 +139,10 @@ def section_modality_dropout(base, ws, quick):
     return rows
 
 
+SECTIONS = {"multitask": section_multitask, "two_stage": section_two_stage,
+            "alignment": section_alignment, "modality_dropout": section_modality_dropout}
+
+
 def plot(results, path: Path) -> None:
     import matplotlib
 
@@ -133,9 +152,11 @@ def plot(results, path: Path) -> None:
     rows = results["multitask"]
     names = [n for n in rows if "rmse" in rows[n]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].scatter([rows[n]["rmse"] for n in names], [rows[n]["recall@20"] for n in names])
-    for n in names:
-        axes[0].annotate(n, (rows[n]["rmse"], rows[n]["recall@20"]), fontsize=8)
+    rmse = [rows[n]["rmse"][0] for n in names]
+    recall = [rows[n]["recall@20"][0] for n in names]
+    axes[0].scatter(rmse, recall)
+    for n, x, y in zip(names, rmse, recall, strict=True):
+        axes[0].annotate(n, (x, y), fontsize=8)
     axes[0].set(xlabel="RMSE (lower is better)", ylabel="Recall@20",
                 title="multitask trade-off (TFRS tutorial split)")
     drop = results["modality_dropout"]
@@ -157,6 +178,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "ml100k.yaml"))
     parser.add_argument("--quick", action="store_true", help="2 epochs per model (smoke run)")
+    parser.add_argument("--section", action="append", choices=list(SECTIONS),
+                        help="run only these sections (default: all; results are not saved)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="extra config overrides for every model (tuning)")
     args = parser.parse_args()
     config = configure(args.config, [], args.quick)
     if not Path(config.data.path).is_dir():
@@ -165,12 +190,12 @@ def main() -> int:
     start = time.perf_counter()
     ws = pipeline.prepare(config)
     results = {}
-    for name, section in (("multitask", section_multitask), ("two_stage", section_two_stage),
-                          ("alignment", section_alignment),
-                          ("modality_dropout", section_modality_dropout)):
+    for name in args.section or SECTIONS:
         print(f"[{name}]", flush=True)
-        results[name] = section(args.config, ws, args.quick)
+        results[name] = SECTIONS[name](args.config, ws, args.quick, args.overrides)
         print(format_table(results[name], list(next(iter(results[name].values())))), flush=True)
+    if args.section or args.overrides:
+        return 0
     results["seconds"] = time.perf_counter() - start
     results["command"] = "python benchmarks/ml100k_ranking.py" + (" --quick" if args.quick
                                                                    else "")
