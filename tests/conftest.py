@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 import tfmmrec  # noqa: F401  (selects Keras 2 before anything imports TensorFlow)
+from tfmmrec.config import Config, DemoConfig, load_config
+from tfmmrec.data.demo import build_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TFMMREC_SHARED", REPO.parent / "shared"))
@@ -41,3 +43,56 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def audio_samples_dir() -> Path:
     return shared_path("data", "audio-samples")
+
+
+# --- tiny configs, data and a trained model, built once per session ---------------------------
+
+# Towers small enough that encoding the tiny catalogue and two epochs take a few seconds.
+TINY_TOWERS = (
+    "text.hidden_dim=16", "text.num_layers=1", "text.num_heads=2", "text.intermediate_dim=32",
+    "text.sequence_length=16",
+    "image.image_size=32", "image.cnn_filters=[8]",
+    "audio.max_seconds=1.0", "audio.cnn_filters=[8]",
+    "model.embedding_dim=16",
+    "train.epochs=2", "train.batch_size=32", "train.verbose=0",
+    "eval.ks=[10,20]",
+)
+TINY_DEMO = DemoConfig(num_items=80, num_users=40, interactions_per_user=8, seed=0)
+
+
+def derive_config(base: Config, root: Path, *overrides: str) -> Config:
+    """``base`` writing its run and exports under ``root`` (data and encoder cache stay shared)."""
+    return load_config(base, [f"train.output_dir={root / 'run'}",
+                              f"export.base_dir={root / 'models'}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_dir(tmp_path_factory) -> Path:
+    """The generated demo catalogue at tiny size (80 items, 40 users, every modality)."""
+    return build_demo_dataset(tmp_path_factory.mktemp("tiny-data") / "demo", TINY_DEMO)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory, tiny_demo_dir) -> Config:
+    """Tiny towers over the tiny demo folder; run, cache and exports in a session temp dir."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    return load_config(None, [*TINY_TOWERS, f"data.path={tiny_demo_dir}",
+                              f"train.cache_dir={root / 'cache'}",
+                              f"train.output_dir={root / 'run'}",
+                              f"export.base_dir={root / 'models'}"])
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tiny_config):
+    """Data, split, encoders and cached features for ``tiny_config`` (read-only for tests)."""
+    from tfmmrec import pipeline
+
+    return pipeline.prepare(tiny_config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_config, tiny_workspace):
+    """A ``TrainResult`` of two epochs on the tiny workspace (tests must not train it further)."""
+    from tfmmrec import pipeline
+
+    return pipeline.train(tiny_config, workspace=tiny_workspace, progress=False)

@@ -1,4 +1,6 @@
-"""The ``tfmmrec`` command line: thin wrappers over ``tfmmrec.pipeline`` (nothing imports this).
+"""The tfmmrec command line: train, evaluate, export, serve and query multimodal recommenders.
+
+Thin wrappers over ``tfmmrec.pipeline`` (no library module imports this one).
 
 Errors raised on purpose (``TfmmrecError``) are printed as one line without a stack trace and
 exit with status 2; an interrupted ``train`` is resumed by running the same command again.
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import tfmmrec
-from tfmmrec.config import load_config
+from tfmmrec.config import STRATEGIES, load_config
 from tfmmrec.errors import TfmmrecError
 
 EXIT_USER_ERROR = 2
@@ -48,8 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("evaluate", "export"):
             sub.add_argument("--checkpoint", help="weights prefix (default: the run's latest)")
         if name == "export":
-            sub.add_argument("--index", choices=["scann", "brute_force"],
-                             help="override export.index")
+            sub.add_argument("--index", choices=["scann", "brute_force", "both"],
+                             help="override export.index; both: the ScaNN export as NAME and a "
+                                  "BruteForce one (stock TF Serving) as NAME-bruteforce")
+        if name == "train":
+            sub.add_argument("--strategy", choices=list(STRATEGIES),
+                             help="override train.strategy (multi_worker reads TF_CONFIG)")
+    prepare = commands.add_parser(
+        "prepare", help="convert a dataset folder into sharded TFRecords (media decoded once; "
+                        "resumable)")
+    _add_config_args(prepare)
+    prepare.add_argument("--output", help="output directory, local or gs://... (default: "
+                                          "train.tfrecords)")
+    prepare.add_argument("--workers", type=int, help="worker processes (default: "
+                                                     "train.prepare_workers, 0 = all cores)")
+    prepare.add_argument("--shards", type=int, help="shards per table (default: "
+                                                    "train.tfrecord_shards, 0 = sized from data)")
     _add_serving_commands(commands)
     return parser
 
@@ -87,7 +103,11 @@ def _run(args) -> int:
         return args.handler(args)
     from tfmmrec import pipeline
 
+    if getattr(args, "strategy", None):
+        args.overrides.append(f"train.strategy={args.strategy}")
     config = load_config(args.config, args.overrides)
+    if args.command == "prepare":
+        return _prepare(config, args)
     if args.command == "demo":
         return _demo(config, args.output)
     if args.command == "validate":
@@ -103,10 +123,24 @@ def _run(args) -> int:
         print(f"wrote {Path(config.train.output_dir) / 'eval'}/metrics.json and metrics.png")
         return 0
     if args.command == "export":
-        path = pipeline.export(config, args.checkpoint, index=args.index)
-        print(f"exported {path}")
-        return 0
+        return _export(config, args.checkpoint, args.index)
     raise AssertionError(args.command)
+
+
+def _export(config, checkpoint, index: str | None) -> int:
+    """One command, one or both index kinds (sharing one model restore)."""
+    from tfmmrec import pipeline
+
+    model, workspace = pipeline.restore_model(config, checkpoint)
+    kinds = {"both": ["scann", "brute_force"]}.get(index, [index or config.export.index])
+    for kind in kinds:
+        name = config.export.model_name + ("-bruteforce" if index == "both"
+                                           and kind == "brute_force" else "")
+        named = load_config(config, [f"export.model_name={name}"])
+        path = pipeline.export(named, model=model, workspace=workspace, index=kind)
+        print(f"exported {path} ({kind})")
+    print(f"TF Serving model config: {Path(config.export.base_dir) / 'models.config'}")
+    return 0
 
 
 def _print_results(results: dict, ks) -> None:
@@ -132,6 +166,21 @@ def _validate(config) -> int:
         print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items")
     if dataset.users is not None:
         print(f"  user features: {', '.join(dataset.user_feature_columns) or '-'}")
+    return 0
+
+
+def _prepare(config, args) -> int:
+    from tfmmrec.data.tfrecords import prepare
+    from tfmmrec.pipeline import resolve_dataset
+
+    start = time.perf_counter()
+    manifest = prepare(config, args.output, dataset=resolve_dataset(config),
+                       workers=args.workers, shards=args.shards, progress=not args.quiet)
+    shards = sum(len(s) for s in manifest.shards.values())
+    print(f"wrote {manifest.directory}: {manifest.num_items} items, "
+          f"{manifest.count('train')} train / {manifest.count('test')} test interactions in "
+          f"{shards} shards ({time.perf_counter() - start:.0f} s); train from it with "
+          f"--set train.tfrecords={manifest.directory}")
     return 0
 
 

@@ -19,6 +19,7 @@ from tfmmrec.errors import ConfigError
 
 MODALITIES = ("text", "image", "audio")
 YAMNET_HUB_HANDLE = "https://tfhub.dev/google/yamnet/1"
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
 def _check(condition: bool, name: str, value: Any, expected: str) -> None:
@@ -226,16 +227,39 @@ class RankingConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, distribution and where the run writes (checkpoints, logs, cache)."""
+    """Optimisation, distribution and where the run writes (checkpoints, logs, cache).
+
+    Distribution (``strategy``; see ``tfmmrec.training.strategy``): ``default`` (one device),
+    ``mirrored`` (the local GPUs, or the ``devices`` listed), ``multi_worker`` (workers named by
+    the ``TF_CONFIG`` environment variable), ``tpu`` (``tpu`` names the TPU; empty = Colab or the
+    local TPU VM). ``batch_size`` is always the *global* batch. ``learning_rate_scaling``
+    multiplies ``learning_rate`` by the number of replicas (``linear``) or its square root
+    (``sqrt``), for when the global batch is grown with the replicas.
+    ``cross_replica_negatives`` gathers every replica's candidates into each replica's in-batch
+    softmax (the loss of one device with the global batch); off, each replica's softmax sees only
+    its own ``batch_size / replicas`` examples.
+
+    ``tfrecords``: a directory written by ``tfmmrec prepare`` (local or any TensorFlow filesystem
+    path such as ``gs://``); when set, training streams its interaction shards and encodes item
+    content from its pre-decoded item shards. ``tfrecord_shards`` / ``prepare_workers``: shards
+    per table and worker processes of ``tfmmrec prepare`` (0: chosen from the data / all cores).
+    """
 
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 0.01
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
-    strategy: Literal["default", "mirrored"] = "default"
+    strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
+    devices: list[str] = field(default_factory=list)
+    tpu: str | None = None
+    learning_rate_scaling: Literal["none", "linear", "sqrt"] = "none"
+    cross_replica_negatives: bool = False
     output_dir: str = "runs/demo"
     cache_dir: str | None = None
     encode_batch_size: int = 32
+    tfrecords: str | None = None
+    tfrecord_shards: int = 0
+    prepare_workers: int = 0
     seed: int = 0
     verbose: int = 1
 
@@ -245,7 +269,13 @@ class TrainConfig:
                ">= 2 (in-batch negatives need at least two examples)")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
         _check_choice("train.optimizer", self.optimizer, ("adam", "adagrad", "sgd"))
-        _check_choice("train.strategy", self.strategy, ("default", "mirrored"))
+        _check_choice("train.strategy", self.strategy, STRATEGIES)
+        _check_choice("train.learning_rate_scaling", self.learning_rate_scaling,
+                      ("none", "linear", "sqrt"))
+        _check(self.tfrecord_shards >= 0, "train.tfrecord_shards", self.tfrecord_shards,
+               ">= 0 (0: chosen from the data size)")
+        _check(self.prepare_workers >= 0, "train.prepare_workers", self.prepare_workers,
+               ">= 0 (0: one per core)")
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfmmrec.config import Config, load_config
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions
-from tfmmrec.errors import ConfigError, DataError, TrainingError
+from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError
 from tfmmrec.models.ranking import MultitaskModel, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
@@ -349,8 +349,11 @@ def warmup_inputs(modalities, user_id: str, k: int) -> dict[str, dict]:
     }
     content = {
         "text": lambda: np.array([b"warm up the tokenizer"]),
-        "image": lambda: np.array([tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()]),
-        "audio": lambda: np.array([tf.audio.encode_wav(tf.zeros([8000, 1]), 16000).numpy()]),
+        # dtype=object: numpy's fixed-width bytes dtype strips trailing NULs (a silent WAV's).
+        "image": lambda: np.array([tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()],
+                                  dtype=object),
+        "audio": lambda: np.array([tf.audio.encode_wav(tf.zeros([8000, 1]), 16000).numpy()],
+                                  dtype=object),
     }
     for modality in modalities:
         requests[f"query_{modality}"] = {modality: content[modality](), "k": np.int32(k)}
@@ -366,11 +369,11 @@ def export(config: Config | str | os.PathLike | None = None,
     """
     from tfmmrec.export.index import build_index, recall_against_brute_force
     from tfmmrec.export.module import RetrievalServingModule
-    from tfmmrec.export.writer import export_model
+    from tfmmrec.export.writer import export_model, write_models_config
 
     config = load_config(config)
     # Before restoring, embedding and indexing (minutes for large catalogues), not after.
-    check_writable(Path(config.export.base_dir), "export.base_dir")
+    check_writable(Path(config.export.base_dir), "export.base_dir", error=ExportError)
     if model is None:
         model, workspace = restore_model(config, checkpoint, workspace)
     ws = workspace
@@ -402,10 +405,12 @@ def export(config: Config | str | os.PathLike | None = None,
         image_size=config.image.image_size, sample_rate=config.audio.sample_rate,
         max_seconds=config.audio.max_seconds, ranking_head=head,
         retrieve_candidates=config.ranking.retrieve_candidates, seen=seen)
-    return export_model(module, ex.base_dir, ex.model_name, ex.version, metadata,
-                        uses_scann=kind == "scann",
-                        warmup=warmup_inputs(ws.modalities, str(ws.user_ids[0]),
-                                             min(ex.k, module.max_k)))
+    version_dir = export_model(module, ex.base_dir, ex.model_name, ex.version, metadata,
+                               uses_scann=kind == "scann",
+                               warmup=warmup_inputs(ws.modalities, str(ws.user_ids[0]),
+                                                    min(ex.k, module.max_k)))
+    write_models_config(ex.base_dir)
+    return version_dir
 
 
 def single_modality_embeddings(model: RetrievalModel, ws: Workspace,

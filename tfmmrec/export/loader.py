@@ -39,6 +39,10 @@ class ExportedModel:
         if signature not in self.signatures:
             raise ExportError(f"{self.path} has no signature {signature!r}; it has "
                               f"{', '.join(sorted(self.signatures))}")
+        arguments = self.signatures[signature].structured_input_signature[1]
+        if "k" in arguments and "k" not in inputs:
+            # TF Serving applies the SignatureDef default; Python's loader does not.
+            inputs["k"] = np.int32(min(self.metadata["default_k"], self.metadata["max_k"]))
         outputs = self.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in outputs.items()}
 

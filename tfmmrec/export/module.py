@@ -60,6 +60,25 @@ class RetrievalServingModule(tf.Module):
         self.image_size = image_size
         self.sample_rate = sample_rate
         self.max_samples = int(max_seconds * sample_rate)
+        self._build_signature_functions(default_k)
+
+    def _build_signature_functions(self, default_k: int) -> None:
+        """Signature functions taking ``k`` default it to ``default_k``: the SavedModel records
+        it in the SignatureDef's ``defaults``, so a request may omit ``k`` (TF Serving ≥ 2.12)."""
+        default = tf.constant(min(default_k, self.max_k), tf.int32)
+
+        def with_default_k(implementation, input_name: str):
+            def signature(inputs, k=default):
+                return implementation(inputs, k)
+
+            return tf.function(signature, input_signature=[
+                tf.TensorSpec([None], tf.string, name=input_name), K_SPEC])
+
+        self.recommend = with_default_k(self._recommend, "user_id")
+        # Only the modalities the model has: saving traces every tf.function attribute.
+        for modality in self.item_tower.modalities:
+            implementation = getattr(self, f"_query_{modality}")
+            setattr(self, f"query_{modality}", with_default_k(implementation, modality))
 
     # -- building blocks -------------------------------------------------------------------
     def _embed_items(self, item_index, training=False):
@@ -93,7 +112,8 @@ class RetrievalServingModule(tf.Module):
     def _top_k(self, queries, k, user_id=None):
         k = self._check_k(k)
         scores, items = self._retrieve(queries, self.max_k, user_id)
-        return {"item_ids": tf.gather(self.item_ids, items[:, :k]), "scores": scores[:, :k]}
+        return _shaped({"item_ids": tf.gather(self.item_ids, items[:, :k]),
+                        "scores": scores[:, :k]})
 
     def _two_stage(self, user_id, k):
         """Retrieve N candidates, re-rank them with the ranking head, keep the top k."""
@@ -107,9 +127,10 @@ class RetrievalServingModule(tf.Module):
             tf.reshape(tf.repeat(queries[:, None, :], n, axis=1), [-1, dim]),
             tf.reshape(candidates, [-1, dim])), [-1, n])
         ranking_scores, order = tf.math.top_k(logits, k=k)
-        return {"item_ids": tf.gather(self.item_ids, tf.gather(items, order, batch_dims=1)),
-                "scores": ranking_scores,
-                "retrieval_scores": tf.gather(retrieval_scores, order, batch_dims=1)}
+        return _shaped({
+            "item_ids": tf.gather(self.item_ids, tf.gather(items, order, batch_dims=1)),
+            "scores": ranking_scores,
+            "retrieval_scores": tf.gather(retrieval_scores, order, batch_dims=1)})
 
     def _content_queries(self, modality: str, content):
         encoder = self.encoders[modality]
@@ -122,8 +143,7 @@ class RetrievalServingModule(tf.Module):
     def serve_default(self, user_id):
         return self._top_k(self._user_queries(user_id), self.default_k, user_id)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"), K_SPEC])
-    def recommend(self, user_id, k):
+    def _recommend(self, user_id, k):
         if self.ranking_head is not None:
             return self._two_stage(user_id, k)
         return self._top_k(self._user_queries(user_id), k, user_id)
@@ -132,20 +152,17 @@ class RetrievalServingModule(tf.Module):
     def embed_query(self, user_id):
         return {"embedding": self._user_queries(user_id)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"), K_SPEC])
-    def query_text(self, text, k):
+    def _query_text(self, text, k):
         _require_nonempty(text, "text")
         return self._top_k(self._content_queries("text", text), k)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image"), K_SPEC])
-    def query_image(self, image, k):
+    def _query_image(self, image, k):
         images = tf.map_fn(lambda b: decode_image(b, self.image_size), image,
                            fn_output_signature=tf.TensorSpec(
                                [self.image_size, self.image_size, 3], tf.float32))
         return self._top_k(self._content_queries("image", images), k)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="audio"), K_SPEC])
-    def query_audio(self, audio, k):
+    def _query_audio(self, audio, k):
         waveforms = tf.map_fn(self._decode_clip, audio, fn_output_signature=(
             tf.TensorSpec([self.max_samples], tf.float32), tf.TensorSpec([], tf.int32)))
         batch = {"waveform": waveforms[0], "length": waveforms[1]}
@@ -161,13 +178,17 @@ class RetrievalServingModule(tf.Module):
         """The signatures to save; query_* only for the modalities the model has."""
         signatures = {
             "serving_default": self.serve_default.get_concrete_function(),
-            "recommend": self.recommend.get_concrete_function(),
+            "recommend": self.recommend,  # the tf.function itself, so `k`'s default is saved
             "embed_query": self.embed_query.get_concrete_function(),
         }
         for modality in self.item_tower.modalities:
-            function = getattr(self, f"query_{modality}")
-            signatures[f"query_{modality}"] = function.get_concrete_function()
+            signatures[f"query_{modality}"] = getattr(self, f"query_{modality}")
         return signatures
+
+
+def _shaped(outputs: dict) -> dict:
+    """Give every output a known rank, so signature metadata shows ``[-1, -1]`` shapes."""
+    return {name: tf.ensure_shape(value, [None, None]) for name, value in outputs.items()}
 
 
 def _seen_table(seen: list[np.ndarray] | None, num_items: int):

@@ -81,3 +81,23 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def write_models_config(base_dir: str | os.PathLike) -> Path:
+    """``<base>/models.config``: every exported model under ``base_dir`` as a ModelServerConfig
+    text proto (absolute local paths; for Docker see serving/models.config with /models/...)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    base = Path(base_dir).resolve()
+    config = model_server_config_pb2.ModelServerConfig()
+    for model_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        if any(v.name.isdigit() for v in model_dir.iterdir()):
+            entry = config.model_config_list.config.add()
+            entry.name, entry.base_path = model_dir.name, str(model_dir)
+            entry.model_platform = "tensorflow"
+    path = base / "models.config"
+    tmp = path.with_name(f".models.config.{os.getpid()}.tmp")
+    tmp.write_text(text_format.MessageToString(config))
+    os.replace(tmp, path)
+    return path

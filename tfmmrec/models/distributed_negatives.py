@@ -26,20 +26,35 @@ def gather_candidates(candidates: tf.Tensor, *extras: tf.Tensor | None):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return (candidates, *extras)
-    size = tf.shape(candidates)[:1]
-    sizes = context.all_gather(size, axis=0)  # [R]
-    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
-    offset = tf.reduce_sum(tf.where(tf.range(tf.size(sizes)) < replica, sizes,
-                                    tf.zeros_like(sizes)))
-    total = tf.reduce_sum(sizes)
-    local = tf.range(offset, offset + size[0])
-    order = tf.concat([local, tf.range(0, offset), tf.range(offset + size[0], total)], axis=0)
-    present = [x for x in extras if x is not None]
-    gathered = context.all_gather([candidates, *present], axis=0)
-    gathered = [tf.gather(x, order) for x in gathered]
-    out, rest = [gathered[0]], iter(gathered[1:])
-    out += [next(rest) if x is not None else None for x in extras]
-    return tuple(out)
+    # Collective ops are matched across replicas by the order in which each replica creates
+    # them, and backprop's order is not fixed: so every float tensor travels in ONE all-gather
+    # (one gradient function, one fixed order of collectives inside it). Integers have no
+    # gradient; they travel as int64 (int32 tensors live in host memory, and one collective
+    # cannot mix host and device tensors).
+    size = tf.shape(candidates, out_type=tf.int64)[0]
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+    sizes = context.all_gather(tf.reshape(size, [1]), axis=0)  # [R]
+    offset = tf.reduce_sum(tf.where(tf.range(tf.size(sizes, out_type=tf.int64)) < replica,
+                                    sizes, tf.zeros_like(sizes)))
+    end = offset + size
+
+    def local_first(everyone):
+        # Slices, not tf.gather: the all-gather's gradient needs a dense tensor.
+        return tf.concat([everyone[offset:end], everyone[:offset], everyone[end:]], axis=0)
+
+    floats = [x for x in (candidates, *extras) if x is not None and x.dtype.is_floating]
+    ints = [x for x in extras if x is not None and not x.dtype.is_floating]
+    widths = [1 if x.shape.rank == 1 else x.shape[-1] for x in floats]
+    packed = tf.concat([tf.reshape(tf.cast(x, candidates.dtype), [size, w])
+                        for x, w in zip(floats, widths, strict=True)], axis=1)
+    unpacked = tf.split(local_first(context.all_gather(packed, axis=0)), widths, axis=1)
+    gathered = {id(x): tf.cast(tf.reshape(y, [-1, *x.shape[1:]]), x.dtype)
+                for x, y in zip(floats, unpacked, strict=True)}
+    for x in ints:
+        wide = context.all_gather(tf.cast(x, tf.int64), axis=0)
+        gathered[id(x)] = tf.cast(local_first(wide), x.dtype)
+    return (gathered[id(candidates)],
+            *(gathered[id(x)] if x is not None else None for x in extras))
 
 
 class CrossReplicaRetrieval(tf.keras.layers.Layer):

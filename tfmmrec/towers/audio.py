@@ -52,6 +52,7 @@ class AudioEncoder(Encoder):
         return self._pool(frames, axis=0)
 
     def _embed_spectrograms(self, waveform, length, training):
+        waveform *= tf.sequence_mask(length, tf.shape(waveform)[1], waveform.dtype)
         spectrogram = log_mel_spectrogram(waveform)
         # Padding must not reach the pooled feature through the convolutions either: frames past
         # the clip's end read as the normaliser's mean (0 once normalised, what the convs' own

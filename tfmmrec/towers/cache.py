@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ class FeatureCache:
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 keys, features, ok = data["keys"], data["features"], data["ok"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             logger.warning("ignoring unreadable cache file %s (%s); it will be rebuilt",
                            self.path, exc)
             return {}

@@ -36,7 +36,9 @@ class Encoder(tf.keras.layers.Layer):
         """A stable hash of what this encoder computes: settings plus its current weights."""
         digest = hashlib.sha256(self.description_json.encode())
         for weight in self.weights:
-            digest.update(weight.name.encode())
+            # Shape, not name: Keras numbers layer names per process (conv2d_3/kernel:0), and
+            # the same encoder built twice must keep its identity.
+            digest.update(f"{weight.shape}:{weight.dtype.name}".encode())
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         return digest.hexdigest()[:24]
 

@@ -1,12 +1,16 @@
 """Training: the input pipeline and the Keras fit loop (checkpoint per epoch, resume, TensorBoard).
 
-Resume uses Keras' ``BackupAndRestore``: an interrupted ``fit`` leaves its backup behind and the
-same command continues from the last finished epoch; a completed run removes it.
+Resume uses Keras' ``BackupAndRestore``: an interrupted ``fit`` (an exception, Ctrl-C or
+``kill -9``) leaves its backup behind and the same command continues from the last finished
+epoch; a completed run removes it. Under ``MultiWorkerMirroredStrategy`` every worker runs these
+callbacks but only the chief's files land in ``output_dir`` (Keras writes the other workers'
+copies to temporary directories and deletes them).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +23,8 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.config import TrainConfig
-from tfmmrec.errors import TrainingError
+from tfmmrec.errors import TfmmrecError, TrainingError
+from tfmmrec.training.strategy import cluster_spec, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -55,23 +60,44 @@ def interactions_dataset(interactions: pd.DataFrame, batch_size: int, seed: int,
     # Equal-sized batches: the in-batch softmax sees the same number of negatives every step,
     # and a fixed shape suits TPUs. Reshuffling means no example is dropped for good.
     drop = shuffle and len(interactions) >= batch_size
-    return dataset.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop)
+    return with_data_sharding(dataset).prefetch(tf.data.AUTOTUNE)
 
 
-def check_writable(directory: Path) -> None:
-    """Fail before training starts if results could not be written."""
+def with_data_sharding(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """In-memory data has no files to split between workers: each worker takes every n-th
+    batch (the same seed gives every worker the same shuffle, so they partition it)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def num_workers() -> int:
+    """Workers in ``TF_CONFIG`` (1 without it)."""
+    cluster = cluster_spec()
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
+def check_writable(directory: Path, what: str = "train.output_dir",
+                   min_free_bytes: int = MIN_FREE_BYTES,
+                   error: type[TfmmrecError] = TrainingError) -> None:
+    """Fail before any work starts if results could not be written there (or the disk is full).
+    """
+    directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-probe"
+        probe = directory / f".write-probe-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise TrainingError(f"cannot write to train.output_dir={directory}: {exc}. Choose a "
-                            "writable directory.") from None
+        raise error(f"cannot write to {what}={directory}: {exc}. Choose a writable "
+                    "directory.") from None
     free = shutil.disk_usage(directory).free
-    if free < MIN_FREE_BYTES:
-        raise TrainingError(f"only {free / 2**20:.0f} MiB free at {directory}; training needs at "
-                            f"least {MIN_FREE_BYTES / 2**20:.0f} MiB for checkpoints and logs")
+    if free < min_free_bytes:
+        raise error(f"only {free / 2**20:.0f} MiB free at {what}={directory}; at least "
+                    f"{min_free_bytes / 2**20:.0f} MiB are needed. Free space or choose another "
+                    "directory.")
 
 
 class _Throughput(tf.keras.callbacks.Callback):
@@ -94,12 +120,13 @@ class _Throughput(tf.keras.callbacks.Callback):
         return self.examples_per_epoch * len(steady) / max(sum(steady), 1e-9)
 
 
-def optimizer(config: TrainConfig) -> tf.keras.optimizers.Optimizer:
+def optimizer(config: TrainConfig, replicas: int = 1) -> tf.keras.optimizers.Optimizer:
+    """The configured optimiser; ``learning_rate_scaling`` applies for ``replicas`` > 1."""
     return {
         "adam": tf.keras.optimizers.Adam,
         "adagrad": tf.keras.optimizers.Adagrad,
         "sgd": tf.keras.optimizers.SGD,
-    }[config.optimizer](learning_rate=config.learning_rate)
+    }[config.optimizer](learning_rate=scaled_learning_rate(config, replicas))
 
 
 def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
@@ -109,15 +136,21 @@ def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
     output = Path(config.output_dir)
     check_writable(output)
     steps = max(1, num_examples // config.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        logger.warning("train.batch_size=%d is not a multiple of the %d replicas: replicas get "
+                       "unequal shares of each batch", config.batch_size, replicas)
     with strategy.scope():
         model = build_model()
         model.build_from_example()
-        model.compile(optimizer=optimizer(config), steps_per_execution=min(16, steps))
+        model.compile(optimizer=optimizer(config, replicas), steps_per_execution=min(16, steps))
     latest = output / "checkpoints" / "latest"
-    throughput = _Throughput(num_examples)
+    endless = dataset.cardinality() == tf.data.INFINITE_CARDINALITY  # streamed shards
+    throughput = _Throughput(steps * config.batch_size if endless else num_examples)
     history = model.fit(
         dataset,
         epochs=config.epochs,
+        steps_per_epoch=steps if endless else None,
         verbose=config.verbose,
         callbacks=[
             tf.keras.callbacks.BackupAndRestore(str(output / "backup")),
@@ -131,3 +164,76 @@ def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
                        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
                        examples_per_second=throughput.examples_per_second,
                        epochs_run=len(throughput.durations))
+
+
+# --- TFRecord input (``tfmmrec prepare`` → ``train.tfrecords``) ------------------------------
+
+
+def tfrecord_dataset(directory: str, batch_size: int, seed: int, columns=("user_id",
+                     "item_index")) -> tuple[tf.data.Dataset, int]:
+    """Training batches streamed from prepared shards, and the number of examples per epoch."""
+    from tfmmrec.data.tfrecords import interactions_dataset, load_manifest
+
+    manifest = load_manifest(directory)
+    dataset = interactions_dataset(manifest, "train", batch_size, seed=seed, columns=columns,
+                                   num_workers=num_workers())
+    return dataset, manifest.count("train")
+
+
+def encode_from_tfrecords(directory: str, encoder, cache_dir: str | os.PathLike | None, *,
+                          batch_size: int = 32, progress: bool = True):
+    """Like ``towers.cache.encode_catalog``, but from the pre-decoded item shards: no media file
+    is opened or decoded again. Shares the feature cache (same keys) with the folder path.
+
+    Returns ``(ModalityContent, CacheStats)``.
+    """
+    from tqdm.auto import tqdm
+
+    from tfmmrec.data.tfrecords import items_dataset, load_manifest
+    from tfmmrec.towers.cache import CacheStats, FeatureCache, ModalityContent
+
+    manifest = load_manifest(directory)
+    modality = encoder.modality
+    cache = FeatureCache(cache_dir, encoder) if cache_dir is not None else None
+    entries = cache.load() if cache else {}
+    known = len(entries)
+    values = np.zeros((manifest.num_items, encoder.feature_dim), np.float32)
+    mask = np.zeros(manifest.num_items, bool)
+    stats = CacheStats()
+    batches = items_dataset(manifest, batch_size)
+    for batch in tqdm(batches, desc=f"encoding {modality} (tfrecords)", unit="batch",
+                      total=-(-manifest.num_items // batch_size), disable=not progress):
+        index = batch["item_index"].numpy()
+        keys = [k.decode() for k in batch[f"{modality}_key"].numpy()]
+        present = batch[f"{modality}_present"].numpy()
+        todo = [row for row, key in enumerate(keys) if key and key not in entries]
+        for row in todo:
+            if not present[row]:
+                entries[keys[row]] = None  # the file did not decode when prepared
+        todo = [row for row in todo if present[row]]
+        if todo:
+            content = _rows(batch[modality], todo, modality)
+            for row, feature in zip(todo, encoder(content, training=False).numpy(),
+                                    strict=True):
+                entries[keys[row]] = feature.astype(np.float32)
+        stats.computed += len(todo)
+        stats.reused += sum(1 for row, key in enumerate(keys) if key and row not in todo)
+        for row, key in enumerate(keys):
+            feature = entries.get(key) if key else None
+            if feature is not None:
+                values[index[row]], mask[index[row]] = feature, True
+    if cache and len(entries) > known:
+        cache.save(entries)
+    logger.info("%s features from %s: %d reused from cache, %d computed, %d items without %s",
+                modality, directory, stats.reused, stats.computed, int((~mask).sum()), modality)
+    return ModalityContent(values, mask), stats
+
+
+def _rows(content, rows: list[int], modality: str):
+    """The encoder-ready batch of ``rows`` (audio trimmed to its longest clip, as the folder
+    path pads)."""
+    if modality == "audio":
+        length = tf.gather(content["length"], rows)
+        width = tf.maximum(tf.reduce_max(length), 1)
+        return {"waveform": tf.gather(content["waveform"], rows)[:, :width], "length": length}
+    return tf.gather(content, rows)

@@ -1,0 +1,124 @@
+"""Tests for tfmmrec.data.dataset: modality columns, catalogue order, interactions and users."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.data.folders import make_folder, write_png
+from tfmmrec.config import DataConfig
+from tfmmrec.data.dataset import ModalityColumns, infer_modality_columns, load_dataset
+from tfmmrec.errors import DataError
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "d")
+
+
+def test_demo_folder_loads_with_all_three_modalities(tiny_demo_dir):
+    dataset = load_dataset(str(tiny_demo_dir))
+    catalog = dataset.catalog
+    assert catalog.modalities == ("text", "image", "audio")
+    assert catalog.columns.text == ("title", "description")
+    assert (catalog.columns.image, catalog.columns.audio) == ("image", "audio")
+    assert len(catalog) == 80
+    assert dataset.user_feature_columns  # users.csv columns besides user_id
+    np.testing.assert_array_equal(
+        catalog.item_ids[dataset.interactions["item_index"].to_numpy()],
+        dataset.interactions["item_id"].to_numpy())
+
+
+def test_columns_inferred_from_names(folder):
+    catalog = load_dataset(str(folder)).catalog
+    assert catalog.columns == ModalityColumns(text=("title", "description"), image="image",
+                                              audio="audio")
+
+
+def test_media_column_inferred_from_file_extensions_when_name_is_unknown():
+    frame = pd.DataFrame({"item_id": ["a", "b"], "name": ["x", "y"],
+                          "file": ["p/a.JPG", "p/b.png"], "clipfile": ["a.flac", "b.wav"]})
+    columns = infer_modality_columns(frame, DataConfig())
+    assert columns == ModalityColumns(text=("name",), image="file", audio="clipfile")
+
+
+def test_numeric_columns_are_not_text():
+    frame = pd.DataFrame({"item_id": ["a", "b"], "year": ["1999", "2001"], "price": [1.0, 2.0],
+                          "title": ["x", "y"]})
+    assert infer_modality_columns(frame, DataConfig()).text == ("title",)
+
+
+def test_configured_columns_override_inference_and_empty_list_disables_text(folder):
+    catalog = load_dataset(DataConfig(path=str(folder), text_columns=[], audio_column="")).catalog
+    assert catalog.modalities == ("image",)
+    assert catalog.texts.tolist() == ["", "", ""]
+    assert catalog.audio_paths == [None, None, None]
+
+
+def test_text_columns_joined_skipping_empty_parts(folder):
+    texts = load_dataset(str(folder)).catalog.texts.tolist()
+    assert texts == ["Starship Love. A calm story about a robot", "Forest Tides",
+                     "The Riddle. A dark mystery"]
+
+
+def test_media_paths_resolve_relative_to_folder_and_accept_absolute_paths(tmp_path):
+    outside = write_png(tmp_path / "elsewhere" / "poster.png")
+    items = f"item_id,title,image\ni1,A,images/i1.png\ni2,B,{outside}\ni3,C,\n"
+    root = make_folder(tmp_path / "d", items=items,
+                       interactions="user_id,item_id\nu1,i1\n", users=None)
+    catalog = load_dataset(str(root)).catalog
+    assert catalog.image_paths == [root / "images" / "i1.png", outside, None]
+    assert catalog.presence("image").tolist() == [True, True, False]
+
+
+def test_interactions_get_item_index_and_numeric_rating(folder):
+    interactions = load_dataset(str(folder)).interactions
+    assert interactions["item_index"].tolist() == [0, 1, 2, 0]
+    assert interactions["rating"].dtype.kind in "if"
+    assert interactions["rating"].tolist() == [5, 3, 4, 2]
+
+
+def test_min_rating_keeps_only_strong_interactions(folder):
+    dataset = load_dataset(DataConfig(path=str(folder), min_rating=4))
+    assert dataset.interactions["item_id"].tolist() == ["i1", "i3"]
+    assert dataset.interactions.index.tolist() == [0, 1]
+
+
+def test_users_table_is_optional(tmp_path):
+    dataset = load_dataset(str(make_folder(tmp_path / "d", users=None)))
+    assert dataset.users is None and dataset.user_feature_columns == ()
+
+
+def test_user_ids_include_users_without_interactions_sorted(tmp_path):
+    users = "user_id,age\nu9,20\nu1,30\nu2,40\n"
+    dataset = load_dataset(str(make_folder(tmp_path / "d", users=users)))
+    assert dataset.user_ids.tolist() == ["u1", "u2", "u9"]
+    assert dataset.user_feature_columns == ("age",)
+
+
+def test_configured_user_feature_subset(folder):
+    dataset = load_dataset(DataConfig(path=str(folder), user_feature_columns=["occupation"]))
+    assert dataset.user_feature_columns == ("occupation",)
+
+
+def test_index_of_maps_ids_and_rejects_unknown_ones(folder):
+    catalog = load_dataset(str(folder)).catalog
+    assert catalog.index_of(["i3", "i1"]).tolist() == [2, 0]
+    with pytest.raises(DataError, match=r"unknown item id\(s\) \['nope'\]"):
+        catalog.index_of(["i1", "nope"])
+
+
+def test_jsonl_and_parquet_items_load_like_csv(tmp_path, folder):
+    frame = pd.read_csv(folder / "items.csv", dtype=str, keep_default_na=False)
+    expected = load_dataset(str(folder)).catalog
+    for name in ("items.jsonl", "items.parquet"):
+        root = make_folder(tmp_path / name, items=None)
+        if name.endswith(".jsonl"):
+            frame.to_json(root / name, orient="records", lines=True)
+        else:
+            frame.to_parquet(root / name)
+        catalog = load_dataset(str(root)).catalog
+        assert catalog.item_ids.tolist() == expected.item_ids.tolist(), name
+        assert catalog.texts.tolist() == expected.texts.tolist(), name
+        assert catalog.presence("image").tolist() == expected.presence("image").tolist(), name

@@ -1,0 +1,262 @@
+"""Tests for tfmmrec.data.validate through load_dataset: every error names file, row and value."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.data.folders import INTERACTIONS, ITEMS, USERS, make_folder
+from tfmmrec.config import DataConfig, ImageTowerConfig
+from tfmmrec.data.dataset import load_dataset
+from tfmmrec.errors import DataError
+
+
+def load(root, **config):
+    return load_dataset(DataConfig(path=str(root), **config))
+
+
+# --- the folder and its tables ------------------------------------------------------------------
+
+
+def test_valid_folder_loads(tmp_path):
+    dataset = load(make_folder(tmp_path / "d"))
+    assert dataset.num_items == 3 and len(dataset.interactions) == 4
+
+
+def test_missing_folder_names_path(tmp_path):
+    with pytest.raises(DataError, match=r"dataset folder not found: .*nowhere"):
+        load(tmp_path / "nowhere")
+
+
+def test_empty_data_path_says_what_to_set():
+    with pytest.raises(DataError, match=r"data\.path is empty"):
+        load_dataset(DataConfig())
+
+
+def test_no_items_table_lists_accepted_names(tmp_path):
+    root = make_folder(tmp_path / "d", items=None)
+    with pytest.raises(DataError,
+                       match=r"no items table .*items\.csv, items\.jsonl, items\.parquet"):
+        load(root)
+
+
+def test_several_items_tables_ask_for_items_file(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "items.jsonl").write_text('{"item_id": "i1"}\n')
+    with pytest.raises(DataError, match=r"several items tables .*set data\.items_file"):
+        load(root)
+    assert load(root, items_file="items.csv").num_items == 3
+
+
+def test_unsupported_table_format_names_file(tmp_path):
+    root = make_folder(tmp_path / "d", items=None)
+    (root / "items.xlsx").write_text("not read")
+    with pytest.raises(DataError, match=r"unsupported table format '\.xlsx' .*items\.xlsx"):
+        load(root, items_file="items.xlsx")
+
+
+def test_missing_interactions_table_names_path(tmp_path):
+    with pytest.raises(DataError, match=r"table not found: .*interactions\.csv"):
+        load(make_folder(tmp_path / "d", interactions=None))
+
+
+# --- empty tables -------------------------------------------------------------------------------
+
+
+def test_header_only_items_table_is_empty_error(tmp_path):
+    root = make_folder(tmp_path / "d", items="item_id,title\n")
+    with pytest.raises(DataError, match=r"items\.csv is empty: it needs a header and at least one"):
+        load(root)
+
+
+def test_zero_byte_interactions_table_cannot_be_read(tmp_path):
+    root = make_folder(tmp_path / "d", interactions="")
+    with pytest.raises(DataError, match=r"cannot read .*interactions\.csv"):
+        load(root)
+
+
+# --- missing columns ----------------------------------------------------------------------------
+
+
+def test_items_without_item_id_column_names_file_and_found_columns(tmp_path):
+    root = make_folder(tmp_path / "d", items="id,title\ni1,A\n")
+    with pytest.raises(DataError) as info:
+        load(root)
+    message = str(info.value)
+    assert "items.csv: missing column(s) item_id" in message
+    assert "found columns: id, title" in message
+
+
+def test_interactions_without_user_id_column_names_file(tmp_path):
+    root = make_folder(tmp_path / "d", interactions="user,item_id\nu1,i1\n")
+    with pytest.raises(DataError, match=r"interactions\.csv: missing column\(s\) user_id"):
+        load(root)
+
+
+def test_configured_text_column_missing_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"items\.csv: missing column\(s\) plot"):
+        load(make_folder(tmp_path / "d"), text_columns=["title", "plot"])
+
+
+def test_configured_image_column_missing_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"items\.csv: missing column\(s\) poster"):
+        load(make_folder(tmp_path / "d"), image_column="poster")
+
+
+def test_configured_user_feature_column_missing_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"users\.csv: missing column\(s\) gender"):
+        load(make_folder(tmp_path / "d"), user_feature_columns=["age", "gender"])
+
+
+# --- ids ----------------------------------------------------------------------------------------
+
+
+def test_duplicate_item_id_names_both_lines_and_value(tmp_path):
+    items = ITEMS + "i2,Again,,,\n"
+    with pytest.raises(DataError) as info:
+        load(make_folder(tmp_path / "d", items=items))
+    message = str(info.value)
+    assert "duplicate item_id 'i2' at items.csv line 5" in message
+    assert "first seen at items.csv line 3" in message
+
+
+def test_duplicate_item_id_differing_only_by_spaces_is_found(tmp_path):
+    items = "item_id,title\ni1,A\n i1 ,B\n"
+    with pytest.raises(DataError, match=r"duplicate item_id 'i1' at items\.csv line 3"):
+        load(make_folder(tmp_path / "d", items=items, media=False))
+
+
+def test_duplicate_user_id_in_users_table_is_named(tmp_path):
+    users = USERS + "u1,31,farmer\n"
+    with pytest.raises(DataError, match=r"users\.csv: duplicate user_id 'u1' at users\.csv line 4"):
+        load(make_folder(tmp_path / "d", users=users))
+
+
+def test_duplicate_id_in_jsonl_uses_jsonl_line_numbers(tmp_path):
+    items = '{"item_id": "a", "title": "x"}\n{"item_id": "b", "title": "y"}\n' \
+            '{"item_id": "a", "title": "z"}\n'
+    root = make_folder(tmp_path / "d", items=None, interactions="user_id,item_id\nu1,a\n",
+                       users=None, media=False)
+    (root / "items.jsonl").write_text(items)
+    with pytest.raises(DataError, match=r"duplicate item_id 'a' at items\.jsonl line 3 "
+                                        r"\(first seen at items\.jsonl line 1\)"):
+        load(root)
+
+
+def test_duplicate_id_in_parquet_uses_row_numbers(tmp_path):
+    root = make_folder(tmp_path / "d", items=None, interactions="user_id,item_id\nu1,a\n",
+                       users=None, media=False)
+    pd.DataFrame({"item_id": ["a", "b", "b"], "title": ["x", "y", "z"]}).to_parquet(
+        root / "items.parquet")
+    with pytest.raises(DataError, match=r"duplicate item_id 'b' at items\.parquet row 2"):
+        load(root)
+
+
+def test_empty_item_id_names_line(tmp_path):
+    items = "item_id,title\ni1,A\n,B\n"
+    with pytest.raises(DataError,
+                       match=r"items\.csv: empty item_id in 1 row\(s\): items\.csv line 3"):
+        load(make_folder(tmp_path / "d", items=items, media=False))
+
+
+def test_empty_user_id_in_interactions_names_line(tmp_path):
+    interactions = "user_id,item_id\nu1,i1\n,i2\n"
+    with pytest.raises(DataError, match=r"empty user_id .*interactions\.csv line 3"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+def test_interactions_with_unknown_items_name_line_value_and_items_table(tmp_path):
+    interactions = INTERACTIONS + "u2,i9,4,400\nu1,i8,1,500\n"
+    with pytest.raises(DataError) as info:
+        load(make_folder(tmp_path / "d", interactions=interactions))
+    message = str(info.value)
+    assert "2 interaction(s) name items that are not in items.csv" in message
+    assert "interactions.csv line 6 ('i9')" in message
+    assert "interactions.csv line 7 ('i8')" in message
+    assert "Add the items or drop those rows" in message
+
+
+def test_item_ids_are_strings_so_leading_zeros_are_kept(tmp_path):
+    root = make_folder(tmp_path / "d", items="item_id,title\n007,A\n7,B\n",
+                       interactions="user_id,item_id\n01,007\n01,7\n", users=None, media=False)
+    dataset = load(root)
+    assert list(dataset.catalog.item_ids) == ["007", "7"]
+    assert list(dataset.interactions["item_index"]) == [0, 1]
+    assert list(dataset.user_ids) == ["01"]
+
+
+# --- numeric columns ----------------------------------------------------------------------------
+
+
+def test_non_numeric_rating_names_line_and_value(tmp_path):
+    interactions = INTERACTIONS.replace("u2,i3,4,150", "u2,i3,five,150")
+    with pytest.raises(DataError) as info:
+        load(make_folder(tmp_path / "d", interactions=interactions))
+    message = str(info.value)
+    assert "interactions.csv: rating must be numeric, got 'five' at interactions.csv line 4" \
+        in message
+
+
+def test_empty_rating_names_line(tmp_path):
+    interactions = INTERACTIONS.replace("u1,i2,3,200", "u1,i2,,200")
+    with pytest.raises(DataError, match=r"empty rating at interactions\.csv line 3"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+def test_non_numeric_timestamp_names_line_and_value(tmp_path):
+    interactions = INTERACTIONS.replace("u2,i1,2,300", "u2,i1,2,yesterday")
+    with pytest.raises(DataError, match=r"timestamp must be numeric, got 'yesterday' at "
+                                        r"interactions\.csv line 5"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+def test_min_rating_without_rating_column_is_an_error(tmp_path):
+    root = make_folder(tmp_path / "d", interactions="user_id,item_id\nu1,i1\n")
+    with pytest.raises(DataError, match=r"data\.min_rating is set but .* has no rating column"):
+        load(root, min_rating=3)
+
+
+def test_min_rating_that_removes_everything_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no interaction has rating >= 9"):
+        load(make_folder(tmp_path / "d"), min_rating=9)
+
+
+# --- media: missing files are reported and the item keeps its other modalities ---------------
+
+
+def test_missing_media_file_is_reported_with_line_and_item_keeps_text(tmp_path, caplog):
+    root = make_folder(tmp_path / "d")
+    (root / "images" / "i2.png").unlink()
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+        dataset = load(root)
+    catalog = dataset.catalog
+    assert catalog.image_paths[1] is None
+    assert catalog.presence("image").tolist() == [True, False, False]  # i3 never had one
+    assert catalog.presence("text").tolist() == [True, True, True]
+    assert catalog.presence("audio").tolist() == [True, True, True]
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "1 image file(s) missing" in warning
+    assert "images/i2.png (items.csv line 3)" in warning
+
+
+def test_corrupt_media_is_reported_by_the_encoder_cache_and_masked(tmp_path, caplog):
+    from tfmmrec.towers.cache import encode_catalog
+    from tfmmrec.towers.image import build_image_encoder
+
+    root = make_folder(tmp_path / "d")
+    (root / "images" / "i1.png").write_bytes(b"\x89PNG but not really")
+    catalog = load(root).catalog
+    assert catalog.presence("image").tolist() == [True, True, False]  # present, maybe corrupt
+    encoder = build_image_encoder(ImageTowerConfig(image_size=16, cnn_filters=[4]))
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+        content, stats = encode_catalog(catalog, encoder, tmp_path / "cache", image_size=16,
+                                        progress=False)
+    assert content.mask.tolist() == [False, True, False]
+    assert np.all(content.values[0] == 0)
+    assert stats.computed == 2
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "1 image file(s) missing or unreadable" in warning
+    assert "i1.png" in warning

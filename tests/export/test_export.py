@@ -1,0 +1,274 @@
+"""Tests for tfmmrec.export: indexes, versioned SavedModels, metadata, warmup and reloading.
+
+The exported model must reload in a fresh process that imports only TensorFlow, TF Text and
+ScaNN (as a TF Serving-like consumer would) and answer as the in-memory model does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmmrec import pipeline
+from tfmmrec.config import ScannConfig, load_config
+from tfmmrec.errors import ExportError
+from tfmmrec.export.index import build_index, recall_against_brute_force, scann_parameters
+from tfmmrec.export.loader import ExportedModel, latest_version
+from tfmmrec.export.warmup import read_warmup_requests
+from tfmmrec.export.writer import METADATA_FILE, next_version, read_metadata
+
+TEXTS = ["a calm love story near a river", "robots in a dark galaxy"]
+
+RELOAD = """
+import json, sys
+import numpy as np
+import scann  # noqa: F401  registers the ScaNN ops
+import tensorflow_text  # noqa: F401  registers the tokenizer ops
+import tensorflow as tf
+
+request = json.load(open(sys.argv[1]))
+out = {}
+for name, path in request["versions"].items():
+    loaded = tf.saved_model.load(path)
+    users = tf.constant(request["users"])
+    top = loaded.signatures["recommend"](user_id=users, k=tf.constant(10))
+    default = loaded.signatures["serving_default"](user_id=users)
+    text = loaded.signatures["query_text"](text=tf.constant(request["texts"]), k=tf.constant(5))
+    embedding = loaded.signatures["embed_query"](user_id=users)["embedding"]
+    out[name] = {"ids": top["item_ids"].numpy().astype(str).tolist(),
+                 "scores": top["scores"].numpy().tolist(),
+                 "default_ids": default["item_ids"].numpy().astype(str).tolist(),
+                 "text_ids": text["item_ids"].numpy().astype(str).tolist(),
+                 "embedding": embedding.numpy().tolist(),
+                 "project_modules": sorted({m.split(".")[0] for m in sys.modules
+                                            if m.startswith(("tfmmrec", "tf_keras"))})}
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def clustered(num_items: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm items and queries around shared centres (like trained embeddings)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, dim))
+
+    def sample(n):
+        x = centres[rng.integers(30, size=n)] + 0.5 * rng.normal(size=(n, dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return sample(num_items), sample(200)
+
+
+def exact_top(queries: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :k]
+
+
+# --- indexes --------------------------------------------------------------------------------
+
+
+def test_brute_force_index_returns_exact_top_k_indices():
+    items, queries = clustered(300, 8)
+    index, params = build_index(items, "brute_force", max_k=20)
+    scores, found = index(tf.constant(queries), k=20)
+    assert params == {}
+    np.testing.assert_array_equal(found.numpy(), exact_top(queries, items, 20))
+    np.testing.assert_allclose(scores.numpy()[:, 0], (queries @ items.T).max(1), atol=1e-5)
+
+
+def test_scann_recall_of_brute_force_top10_on_a_larger_catalogue():
+    """At 400 demo items ScaNN reorders every item; 5000 makes the approximation real."""
+    items, queries = clustered(5000, 32)
+    index, params = build_index(items, "scann", max_k=100)
+    assert params["num_reordering_candidates"] < 5000
+    assert recall_against_brute_force(index, queries, items, k=10) >= 0.95
+
+
+@pytest.mark.parametrize("num_items", [20, 400, 5000, 1_000_000])
+def test_scann_parameters_stay_within_the_catalogue(num_items):
+    params = scann_parameters(num_items, 100, ScannConfig())
+    assert 2 <= params["num_leaves"] <= max(2, num_items // 2)
+    assert 1 <= params["num_leaves_to_search"] <= params["num_leaves"]
+    assert params["num_reordering_candidates"] <= num_items
+
+
+def test_configured_scann_parameters_win():
+    params = scann_parameters(5000, 10, ScannConfig(num_leaves=50, num_leaves_to_search=7,
+                                                    num_reordering_candidates=123))
+    assert (params["num_leaves"], params["num_leaves_to_search"],
+            params["num_reordering_candidates"]) == (50, 7, 123)
+
+
+def test_index_k_is_capped_at_catalogue_size():
+    items, queries = clustered(5, 4)
+    index, _ = build_index(items, "brute_force", max_k=100)
+    assert index(tf.constant(queries[:2]))[1].shape == (2, 5)
+
+
+def test_empty_catalogue_and_unknown_index_are_export_errors():
+    with pytest.raises(ExportError, match="empty catalogue"):
+        build_index(np.zeros((0, 4), np.float32), "brute_force", 10)
+    with pytest.raises(ExportError, match="unknown index kind 'faiss'"):
+        build_index(np.ones((3, 4), np.float32), "faiss", 10)
+
+
+# --- an exported tiny model -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_trained, tiny_config, tmp_path_factory):
+    """The tiny model exported twice, brute force (version 1) then ScaNN (version 2)."""
+    config = load_config(tiny_config, [f"export.base_dir={tmp_path_factory.mktemp('exports')}"])
+    versions = {kind: pipeline.export(config, model=tiny_trained.model,
+                                      workspace=tiny_trained.workspace, index=kind)
+                for kind in ("brute_force", "scann")}
+    return config, versions
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_trained):
+    """In-memory answers: exact top-10 per user (and an unknown user), and query embeddings."""
+    model, ws = tiny_trained.model, tiny_trained.workspace
+    users = [*map(str, ws.user_ids), "a-user-nobody-knows"]
+    items = pipeline.embed_items(model, ws.dataset.num_items)
+    queries = pipeline.embed_users(model, users)
+    top = exact_top(queries, items, 10)
+    return {"users": users, "queries": queries, "items": items,
+            "ids": ws.dataset.catalog.item_ids[top].astype(str),
+            "scores": np.take_along_axis(queries @ items.T, top, axis=1)}
+
+
+@pytest.fixture(scope="module")
+def reloaded(exported, reference, tmp_path_factory):
+    """What a fresh process (no tfmmrec, no Keras) gets from the two exports."""
+    _, versions = exported
+    work = tmp_path_factory.mktemp("reload")
+    (work / "request.json").write_text(json.dumps({
+        "versions": {k: str(v) for k, v in versions.items()},
+        "users": reference["users"], "texts": TEXTS}))
+    (work / "reload.py").write_text(textwrap.dedent(RELOAD))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run([sys.executable, str(work / "reload.py"), str(work / "request.json"),
+                             str(work / "answer.json")], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((work / "answer.json").read_text())
+
+
+def test_versions_are_numbered_and_written_atomically(exported):
+    _, versions = exported
+    assert [versions["brute_force"].name, versions["scann"].name] == ["1", "2"]
+    model_dir = versions["scann"].parent
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]  # no temp dirs left
+    assert next_version(model_dir) == 3 and latest_version(model_dir) == versions["scann"]
+    for version in versions.values():
+        assert (version / "saved_model.pb").is_file()
+        assert (version / "assets.extra" / METADATA_FILE).is_file()
+
+
+def test_existing_version_is_never_overwritten(exported, tiny_trained):
+    config, versions = exported
+    again = load_config(config, ["export.version=1", "export.index=brute_force"])
+    before = (versions["brute_force"] / "saved_model.pb").read_bytes()
+    with pytest.raises(ExportError, match="already exists: versions are immutable"):
+        pipeline.export(again, model=tiny_trained.model, workspace=tiny_trained.workspace)
+    assert (versions["brute_force"] / "saved_model.pb").read_bytes() == before
+    assert not [p for p in versions["brute_force"].parent.iterdir() if p.name.startswith(".")]
+
+
+def test_metadata_describes_the_export(exported, tiny_trained):
+    _, versions = exported
+    ws = tiny_trained.workspace
+    brute, scann = (read_metadata(versions[k]) for k in ("brute_force", "scann"))
+    assert (brute["index"], brute["requires_scann_ops"], brute["version"]) == ("brute_force",
+                                                                                False, 1)
+    assert (scann["index"], scann["requires_scann_ops"], scann["version"]) == ("scann", True, 2)
+    assert scann["scann_recall_at_10"] >= 0.95
+    assert scann["num_items"] == ws.dataset.num_items
+    assert scann["embedding_dim"] == ws.config.model.embedding_dim
+    assert scann["modalities"] == ["text", "image", "audio"]
+    assert scann["encoders"] == ws.encoder_identities()
+    assert "import tensorflow_text" in scann["load_requirements"]
+
+
+def test_brute_force_export_reloaded_in_fresh_process_equals_in_memory_top_k(reloaded,
+                                                                             reference):
+    answer = reloaded["brute_force"]
+    np.testing.assert_array_equal(np.array(answer["ids"]), reference["ids"])
+    np.testing.assert_allclose(answer["scores"], reference["scores"], atol=1e-5)
+    np.testing.assert_array_equal(np.array(answer["default_ids"]), reference["ids"])
+
+
+def test_scann_export_reloaded_in_fresh_process_recalls_brute_force_top10(reloaded, reference):
+    found = np.array(reloaded["scann"]["ids"])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, reference["ids"],
+                                                                 strict=True)])
+    assert recall >= 0.95
+
+
+def test_reloaded_query_embeddings_equal_in_memory_ones(reloaded, reference):
+    for answer in reloaded.values():
+        np.testing.assert_allclose(answer["embedding"], reference["queries"], atol=1e-5)
+
+
+def test_reloaded_text_query_equals_in_memory_content_query(reloaded, reference, tiny_trained):
+    model, ws = tiny_trained.model, tiny_trained.workspace
+    features = ws.encoders["text"](tf.constant(TEXTS))
+    queries = model.item_tower.embed_single("text", features).numpy()
+    expected = ws.dataset.catalog.item_ids[exact_top(queries, reference["items"], 5)]
+    np.testing.assert_array_equal(np.array(reloaded["brute_force"]["text_ids"]),
+                                  expected.astype(str))
+
+
+def test_fresh_process_needs_neither_tfmmrec_nor_tf_keras(reloaded):
+    assert [answer["project_modules"] for answer in reloaded.values()] == [[], []]
+
+
+# --- loading in-process, signatures, warmup -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    _, versions = exported
+    return ExportedModel(versions["brute_force"])
+
+
+def test_signatures_cover_users_and_every_modality(loaded):
+    assert set(loaded.signatures) == {"serving_default", "recommend", "embed_query",
+                                      "query_text", "query_image", "query_audio"}
+
+
+def test_k_out_of_range_is_rejected_by_the_signature(loaded):
+    too_many = min(loaded.metadata["max_k"], loaded.metadata["num_items"]) + 1
+    for k in (0, too_many):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
+            loaded.recommend(["u000"], k=k)
+
+
+def test_unknown_signature_lists_available_ones(loaded):
+    with pytest.raises(ExportError, match=r"has no signature 'rank'.*recommend"):
+        loaded.call("rank", user_id=np.array(["u000"]))
+
+
+def test_non_export_directory_is_an_export_error(tmp_path):
+    with pytest.raises(ExportError, match="not a tfmmrec export"):
+        ExportedModel(tmp_path)
+    with pytest.raises(ExportError, match="no model versions"):
+        latest_version(tmp_path)
+
+
+def test_warmup_requests_cover_every_signature_and_replay(loaded, exported):
+    _, versions = exported
+    requests = read_warmup_requests(versions["brute_force"] / "assets.extra" /
+                                    "tf_serving_warmup_requests")
+    names = [r.model_spec.signature_name for r in requests]
+    assert sorted(names) == sorted(loaded.signatures)
+    for request in requests:
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        out = loaded.call(request.model_spec.signature_name, **inputs)
+        assert out, request.model_spec.signature_name

@@ -1,0 +1,117 @@
+"""``tfmmrec serve`` as a real subprocess and ``tfmmrec query`` against it (and against nothing)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.serving.conftest import MODEL, free_port, install_version
+from tfmmrec.cli import main
+from tfmmrec.serving.client import ServingClient, ServingRequestError
+
+READY = re.compile(r"gRPC 127\.0\.0\.1:(\d+), REST 127\.0\.0\.1:(\d+)")
+
+
+def read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+@pytest.fixture(scope="module")
+def serve_process(tiny_exports, tmp_path_factory):
+    """``tfmmrec serve`` on ports the OS picks; yields (gRPC port, REST port, process)."""
+    base = tmp_path_factory.mktemp("cli") / MODEL
+    install_version(tiny_exports.brute_force, base, 1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tfmmrec.cli", "serve", "--model-base-path", str(base),
+         "--port", "0", "--rest-api-port", "0", "--poll-seconds", "0", "--no-warmup"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
+    output, ports, deadline = [], None, time.monotonic() + 120
+    try:
+        while ports is None:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                pytest.fail("tfmmrec serve exited early:\n" + "".join(output))
+            output.append(line)
+            if match := READY.search(line):
+                ports = int(match[1]), int(match[2])
+        yield ports[0], ports[1], process, lines
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def test_query_command_over_grpc_and_rest(serve_process, tiny_exports, capsys):
+    grpc_port, rest_port, _, _ = serve_process
+    user = tiny_exports.user_ids[0]
+    assert main(["query", "--target", f"127.0.0.1:{grpc_port}", "--model", MODEL,
+                 "--user", user, "--k", "3", "--json"]) == 0
+    grpc_rows = json.loads(capsys.readouterr().out)
+    assert main(["query", "--target", f"127.0.0.1:{rest_port}", "--rest", "--model", MODEL,
+                 "--user", user, "--k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == grpc_rows
+    assert len(grpc_rows[0]["item_ids"]) == 3
+    assert main(["query", "--target", f"127.0.0.1:{grpc_port}", "--model", MODEL,
+                 "--text", tiny_exports.texts[0], "--k", "2"]) == 0
+    assert "  1  " in capsys.readouterr().out
+    assert main(["query", "--target", f"127.0.0.1:{grpc_port}", "--model", MODEL,
+                 "--status"]) == 0
+    assert capsys.readouterr().out.strip() == "version 1: AVAILABLE"
+
+
+def test_query_command_reports_server_errors_without_traceback(serve_process, capsys):
+    grpc_port, _, _, _ = serve_process
+    code = main(["query", "--target", f"127.0.0.1:{grpc_port}", "--model", "nope",
+                 "--user", "u1"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "Servable not found for request: Latest(nope)" in error
+    assert "Traceback" not in error
+
+
+def test_sigterm_stops_the_server_cleanly(serve_process):
+    grpc_port, _, process, lines = serve_process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    rest = []
+    while (line := lines.get(timeout=10)) is not None:
+        rest.append(line)
+    assert any("stopped" in line for line in rest)
+    with ServingClient(f"127.0.0.1:{grpc_port}", MODEL, timeout=5) as client, \
+            pytest.raises(ServingRequestError) as raised:
+        client.status()
+    assert raised.value.code == "UNAVAILABLE"
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_connection_refused_says_how_to_fix(rest, capsys):
+    port = free_port()
+    args = ["query", "--target", f"127.0.0.1:{port}", "--user", "u1", "--timeout", "5"]
+    assert main([*args, "--rest"] if rest else args) == 2
+    error = capsys.readouterr().err
+    assert f"cannot reach 127.0.0.1:{port}" in error
+    assert "is `tfmmrec serve` or tensorflow_model_server running there?" in error
+
+
+def test_deadline_exceeded_is_reported_as_such(server, tiny_exports):
+    with ServingClient(f"127.0.0.1:{server.port}", MODEL, timeout=1e-4) as client, \
+            pytest.raises(ServingRequestError, match="raise --timeout") as raised:
+        client.query_audio([tiny_exports.audio] * 8, k=3)
+    assert raised.value.code == "DEADLINE_EXCEEDED"
+
+
+def test_serve_rejects_a_missing_base_path(tmp_path, capsys):
+    assert main(["serve", "--model-base-path", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,163 @@
+"""Tests for the ``tfmmrec`` command line: help, one-line errors (exit 2), validate, demo flow.
+
+Subprocesses check what a user's shell sees (exit code, stderr without a traceback); the slower
+commands run in-process through ``cli.main`` so they share this session's TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data.folders import INTERACTIONS, make_folder
+from tfmmrec import cli, pipeline
+from tfmmrec.config import load_config
+
+TFMMREC = [sys.executable, "-m", "tfmmrec.cli"]
+COMMANDS = ("demo", "train", "evaluate", "export", "validate")
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([*TFMMREC, *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=env)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr minus TensorFlow/absl start-up chatter (which a user's shell shows too)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def broken_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "broken", interactions=INTERACTIONS + "u1,i9,4,500\n")
+
+
+# --- subprocess: what the shell sees ----------------------------------------------------------
+
+
+def test_help_lists_every_command_and_exits_0():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: tfmmrec")
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_console_script_is_installed_and_prints_version():
+    script = Path(sys.executable).with_name("tfmmrec")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == __import__("tfmmrec").__version__
+
+
+def test_bad_config_key_exits_2_with_one_line_and_no_traceback():
+    result = run_cli("train", "--set", "train.epoch=3")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "unknown config key(s) train.epoch" in lines[0]
+    assert result.stdout == ""
+
+
+def test_validate_broken_folder_exits_2_naming_file_line_and_value(broken_folder):
+    result = run_cli("validate", "--set", f"data.path={broken_folder}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = error_lines(result.stderr)
+    assert "interactions.csv line 6 ('i9')" in line and "items.csv" in line
+
+
+# --- in-process -------------------------------------------------------------------------------
+
+
+def test_validate_good_folder_reports_what_it_found(tmp_path, capsys):
+    root = make_folder(tmp_path / "good")
+    assert cli.main(["validate", "--set", f"data.path={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "3 items, 4 interactions, 2 users" in out
+    assert "text columns: title, description; image column: image; audio column: audio" in out
+    assert "image: present for 2 items" in out
+    assert "user features: age, occupation" in out
+
+
+def test_bad_key_in_config_file_exits_2_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text("model:\n  embeding_dim: 8\n")
+    assert cli.main(["train", "--config", str(path)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {path}: unknown config key(s) model.embeding_dim")
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert cli.main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["fly"])
+    assert info.value.code == 2
+
+
+def test_interrupted_train_exits_130_and_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(config, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train", interrupted)
+    assert cli.main(["train", "--set", "train.epochs=1"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+
+def test_train_into_unwritable_dir_exits_2_before_any_work(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("prepared data"))
+    assert cli.main(["train", "--set", f"train.output_dir={blocker / 'run'}"]) == 2
+    assert "cannot write to train.output_dir" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_config, tmp_path_factory):
+    """``tfmmrec demo`` on the tiny config, as a user would run it with a config file."""
+    root = tmp_path_factory.mktemp("cli-demo")
+    config_path = root / "tiny.yaml"
+    tiny_config.to_yaml(config_path)
+    code = cli.main(["-q", "demo", "--config", str(config_path), "--output",
+                     str(root / "runs" / "demo")])
+    return code, root, config_path
+
+
+def test_demo_trains_evaluates_exports_and_queries(demo_run, capsys):
+    code, root, _ = demo_run
+    assert code == 0
+    run = root / "runs" / "demo"
+    assert (run / "checkpoints" / "latest.index").is_file()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert {"tfmmrec", "popularity", "random"} <= set(metrics["results"])
+    assert (run / "eval" / "metrics.png").is_file()
+    assert (root / "runs" / "models" / "tfmmrec" / "1" / "saved_model.pb").is_file()
+
+
+def test_evaluate_command_restores_the_demo_checkpoint(demo_run, capsys):
+    _, root, config_path = demo_run
+    output = root / "runs" / "demo"
+    metrics = output / "eval" / "metrics.json"
+    metrics.unlink()
+    assert cli.main(["-q", "evaluate", "--config", str(config_path),
+                     "--set", f"train.output_dir={output}"]) == 0
+    printed = capsys.readouterr().out
+    assert "| tfmmrec |" in printed and "recall@10" in printed
+    assert metrics.is_file()
+
+
+def test_run_records_the_config_it_ran_with(demo_run):
+    _, root, config_path = demo_run
+    expected = load_config(config_path, [f"train.output_dir={root / 'runs' / 'demo'}",
+                                         f"export.base_dir={root / 'runs' / 'models'}"])
+    assert load_config(root / "runs" / "demo" / "config.yaml") == expected

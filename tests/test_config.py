@@ -1,0 +1,178 @@
+"""Tests for tfmmrec.config: every bad value fails at load time naming its dotted field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tfmmrec.config import Config, apply_overrides, load_config
+from tfmmrec.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (override, text the error must contain)
+INVALID = [
+    ("data.split=shuffled", "data.split='shuffled'"),
+    ("data.test_fraction=1.0", "data.test_fraction=1.0"),
+    ("data.test_fraction=0", "data.test_fraction=0"),
+    ("data.demo.num_items=5", "data.demo.num_items=5"),
+    ("data.demo.num_users=1", "data.demo.num_users=1"),
+    ("data.demo.interactions_per_user=1", "data.demo.interactions_per_user=1"),
+    ("text.pooling=max", "text.pooling='max'"),
+    ("text.sequence_length=4", "text.sequence_length=4"),
+    ("text.hidden_dim=63", "text.hidden_dim=63"),
+    ("image.backbone=vit", "image.backbone='vit'"),
+    ("image.backbone=hub", "image.handle=None"),
+    ("image.backbone=keras_app", "image.application=None"),
+    ("image.image_size=8", "image.image_size=8"),
+    ("audio.backbone=vggish", "audio.backbone='vggish'"),
+    ("audio.pooling=median", "audio.pooling='median'"),
+    ("audio.sample_rate=44100", "audio.sample_rate=44100"),
+    ("audio.max_seconds=0", "audio.max_seconds=0"),
+    ("model.fusion=sum", "model.fusion='sum'"),
+    ("model.embedding_dim=1", "model.embedding_dim=1"),
+    ("model.temperature=0", "model.temperature=0"),
+    ("model.modality_dropout=1.0", "model.modality_dropout=1.0"),
+    ("model.user_id_dropout=-0.1", "model.user_id_dropout=-0.1"),
+    ("model.history_length=-1", "model.history_length=-1"),
+    ("train.epochs=0", "train.epochs=0"),
+    ("train.batch_size=1", "train.batch_size=1"),
+    ("train.learning_rate=0", "train.learning_rate=0"),
+    ("train.optimizer=rmsprop", "train.optimizer='rmsprop'"),
+    ("train.strategy=gpu", "train.strategy='gpu'"),
+    ("eval.ks=[]", "eval.ks=[]"),
+    ("eval.ks=[10,0]", "eval.ks=[10, 0]"),
+    ("export.index=faiss", "export.index='faiss'"),
+    ("export.k=500", "export.k=500"),
+    ("export.version=0", "export.version=0"),
+]
+
+
+def test_defaults_are_the_embedded_demo_and_valid():
+    config = Config()
+    assert config.data.path is None
+    assert config.data.split == "random"
+    assert config.text.preset is None and config.image.backbone == "small_cnn"
+    assert config.audio.backbone == "small_cnn"
+    assert load_config() == config
+
+
+@pytest.mark.parametrize(("override", "expected"), INVALID, ids=[o for o, _ in INVALID])
+def test_invalid_value_raises_config_error_naming_field_and_value(override, expected):
+    with pytest.raises(ConfigError, match="invalid config value") as info:
+        load_config(None, [override])
+    assert expected in str(info.value)
+    assert "expected" in str(info.value)  # says what would be valid
+
+
+def test_disabled_hub_image_tower_needs_no_handle():
+    assert load_config(None, ["image.backbone=hub", "image.enabled=false"]).image.handle is None
+
+
+def test_unknown_key_names_dotted_key_and_source_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": 2, "epoch": 3}, "modle": {}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "modle" in message and "train.epoch" in message
+    assert "\n" not in message
+
+
+def test_unknown_nested_override_key_is_named_with_its_section():
+    with pytest.raises(ConfigError, match=r"data\.demo\.items"):
+        load_config(None, ["data.demo.items=3"])
+
+
+def test_wrong_type_names_field():
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        load_config(None, ["train.epochs=many"])
+
+
+def test_yaml_round_trip_keeps_every_field(tmp_path):
+    config = load_config(None, ["model.fusion=gated", "text.pooling=cls", "eval.ks=[5,7]",
+                                "image.cnn_filters=[4,8]", "export.scann.num_leaves=7"])
+    config.to_yaml(tmp_path / "c.yaml")
+    assert Config.from_yaml(tmp_path / "c.yaml") == config
+
+
+def test_overrides_parse_values_as_yaml():
+    config = load_config(None, ["text.enabled=false", "data.path=null", "eval.ks=[1, 2]",
+                                "train.learning_rate=1e-3", "data.text_columns=[title]"])
+    assert config.text.enabled is False
+    assert config.data.path is None
+    assert config.eval.ks == [1, 2]
+    assert config.train.learning_rate == pytest.approx(0.001)
+    assert config.data.text_columns == ["title"]
+
+
+def test_yaml_file_plus_overrides_override_file_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n  batch_size: 16\n")
+    config = load_config(path, ["train.epochs=5"])
+    assert (config.train.epochs, config.train.batch_size) == (5, 16)
+
+
+def test_load_config_with_overrides_leaves_original_unchanged():
+    original = Config()
+    changed = load_config(original, ["train.epochs=3"])
+    assert changed.train.epochs == 3
+    assert original.train.epochs == Config().train.epochs
+
+
+@pytest.mark.parametrize("override", ["train.epochs", "=3", "train.epochs:3"])
+def test_malformed_override_raises_config_error(override):
+    with pytest.raises(ConfigError, match=r"section\.field=value"):
+        apply_overrides({}, [override])
+
+
+def test_override_through_a_scalar_raises_config_error():
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"train": 3}, ["train.epochs=2"])
+
+
+def test_missing_config_file_raises_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_raises_config_error_naming_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_config(path)
+
+
+def test_non_mapping_yaml_raises_config_error(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- train\n- eval\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+
+
+def test_empty_yaml_file_means_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+def test_cache_dir_defaults_beside_the_run_directory():
+    config = load_config(None, ["train.output_dir=/runs/a"])
+    assert config.train.resolved_cache_dir == Path("/runs/encoder-cache")
+    config = load_config(None, ["train.cache_dir=/elsewhere"])
+    assert config.train.resolved_cache_dir == Path("/elsewhere")
+
+
+def test_tower_returns_each_modality_config():
+    config = Config()
+    assert config.tower("text") is config.text
+    assert config.tower("image") is config.image
+    assert config.tower("audio") is config.audio
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_files_load(path):
+    assert isinstance(load_config(path), Config)

@@ -1,0 +1,173 @@
+"""Tests for tfmmrec.towers.cache: frozen-encoder features reused, invalidated and rebuilt."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import derive_config
+from tests.data.folders import write_wav
+from tfmmrec.config import TextTowerConfig
+from tfmmrec.towers.cache import FeatureCache, encode_catalog, pad_waveforms
+from tfmmrec.towers.text import build_text_encoder
+
+TEXT = TextTowerConfig(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
+                       sequence_length=16)
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_workspace):
+    return tiny_workspace.dataset.catalog
+
+
+@pytest.fixture(scope="module")
+def encoder(catalog):
+    return build_text_encoder(TEXT, list(catalog.texts))
+
+
+def encode(catalog, encoder, directory):
+    return encode_catalog(catalog, encoder, directory, batch_size=32, progress=False)
+
+
+def with_text(catalog, row: int, text: str):
+    texts = catalog.texts.copy()
+    texts[row] = text
+    return dataclasses.replace(catalog, texts=texts)
+
+
+def test_first_run_computes_and_second_reuses_every_entry(catalog, encoder, tmp_path):
+    first, stats = encode(catalog, encoder, tmp_path)
+    assert (stats.reused, stats.computed) == (0, len(catalog))
+    assert FeatureCache(tmp_path, encoder).path.is_file()
+    again, stats = encode(catalog, encoder, tmp_path)
+    assert (stats.reused, stats.computed) == (len(catalog), 0)
+    np.testing.assert_array_equal(again.values, first.values)
+    np.testing.assert_array_equal(again.mask, first.mask)
+
+
+def test_changing_one_items_text_recomputes_exactly_that_item(catalog, encoder, tmp_path):
+    before, _ = encode(catalog, encoder, tmp_path)
+    edited = with_text(catalog, 5, "a brand new plot about a lighthouse")
+    after, stats = encode(edited, encoder, tmp_path)
+    assert (stats.reused, stats.computed) == (len(catalog) - 1, 1)
+    changed = np.flatnonzero(np.any(after.values != before.values, axis=1))
+    assert changed.tolist() == [5]
+
+
+def test_cache_file_is_keyed_by_encoder_identity(catalog, encoder, tmp_path):
+    other = build_text_encoder(dataclasses.replace(TEXT, pooling="cls"), list(catalog.texts))
+    encode(catalog, encoder, tmp_path)
+    _, stats = encode(catalog, other, tmp_path)
+    assert stats.computed == len(catalog)
+    assert FeatureCache(tmp_path, other).path != FeatureCache(tmp_path, encoder).path
+    assert len(list(tmp_path.glob("text-*.npz"))) == 2
+
+
+CORRUPTIONS = {
+    "garbage": lambda data: b"not a cache at all",
+    "empty": lambda data: b"",
+    "truncated": lambda data: data[: len(data) // 2],  # e.g. a copy cut short
+    "zip-header-only": lambda data: data[:30],
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_corrupt_cache_file_is_ignored_and_rebuilt(catalog, encoder, tmp_path, caplog, corrupt):
+    expected, _ = encode(catalog, encoder, tmp_path)
+    path = FeatureCache(tmp_path, encoder).path
+    path.write_bytes(corrupt(path.read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+        rebuilt, stats = encode(catalog, encoder, tmp_path)
+    assert stats.computed == len(catalog)
+    assert "ignoring unreadable cache file" in caplog.text
+    np.testing.assert_allclose(rebuilt.values, expected.values, atol=1e-6)
+    assert len(FeatureCache(tmp_path, encoder).load()) == len(set(catalog.texts))
+
+
+def test_no_temporary_files_are_left_behind(catalog, encoder, tmp_path):
+    encode(catalog, encoder, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [FeatureCache(tmp_path, encoder).path.name]
+
+
+def test_without_cache_dir_nothing_is_written(catalog, encoder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    content, stats = encode(catalog, encoder, None)
+    assert stats.computed == len(catalog) and content.mask.all()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_items_without_content_are_masked_and_not_cached(catalog, encoder, tmp_path):
+    edited = with_text(catalog, 2, "")
+    content, stats = encode(edited, encoder, tmp_path)
+    assert not content.mask[2] and np.all(content.values[2] == 0)
+    assert stats.computed == len(catalog) - 1
+
+
+def test_media_entries_are_keyed_by_file_bytes(tiny_workspace, tmp_path):
+    """Rewriting one clip with new sound recomputes it; rewriting identical bytes does not."""
+    from tfmmrec.towers.audio import build_audio_encoder
+
+    config = tiny_workspace.config
+    root = shutil.copytree(tiny_workspace.dataset.root, tmp_path / "data")
+    from tfmmrec.data.dataset import load_dataset
+
+    catalog = load_dataset(str(root)).catalog
+    encoder = build_audio_encoder(config.audio)
+
+    def run():
+        return encode_catalog(load_dataset(str(root)).catalog, encoder, tmp_path / "cache",
+                              max_seconds=config.audio.max_seconds, progress=False)[1]
+
+    present = int(catalog.presence("audio").sum())
+    assert run().computed == present
+    first = next(p for p in catalog.audio_paths if p is not None)
+    first.write_bytes(first.read_bytes())
+    assert (run().reused, run().computed) == (present, 0)
+    write_wav(first, freq=1234.0)
+    stats = run()
+    assert (stats.reused, stats.computed) == (present - 1, 1)
+
+
+def test_second_prepare_reuses_every_cached_feature(tiny_config, tmp_path):
+    from tfmmrec import pipeline
+
+    config = derive_config(tiny_config, tmp_path, f"train.cache_dir={tmp_path / 'cache'}")
+    first = pipeline.prepare(config, progress=False)
+    second = pipeline.prepare(config, progress=False)
+    assert set(second.cache_stats) == {"text", "image", "audio"}
+    for modality, stats in second.cache_stats.items():
+        present = int(first.dataset.catalog.presence(modality).sum())
+        assert first.cache_stats[modality].computed == present, modality
+        assert (stats.reused, stats.computed) == (present, 0), modality
+        np.testing.assert_array_equal(second.contents[modality].values,
+                                      first.contents[modality].values)
+
+
+def test_prepare_after_editing_one_items_text_recomputes_only_that_item(tiny_config, tmp_path):
+    """Reordering words keeps the catalogue's vocabulary, so the text encoder stays the same."""
+    from tfmmrec import pipeline
+
+    root = shutil.copytree(tiny_config.data.path, tmp_path / "data")
+    config = derive_config(tiny_config, tmp_path, f"data.path={root}",
+                           f"train.cache_dir={tmp_path / 'cache'}")
+    first = pipeline.prepare(config, progress=False)
+    items = pd.read_csv(root / "items.csv", dtype=str, keep_default_na=False)
+    items.loc[3, "title"] = " ".join(reversed(items.loc[3, "title"].split()))
+    items.to_csv(root / "items.csv", index=False)
+    second = pipeline.prepare(config, progress=False)
+    assert second.encoder_identities() == first.encoder_identities()
+    stats = second.cache_stats["text"]
+    assert (stats.reused, stats.computed) == (len(items) - 1, 1)
+    assert second.cache_stats["image"].computed == second.cache_stats["audio"].computed == 0
+
+
+def test_pad_waveforms_zero_pads_and_records_lengths():
+    batch = pad_waveforms([np.ones(3, np.float32), np.ones(5, np.float32)])
+    assert batch["waveform"].shape == (2, 5)
+    assert batch["length"].tolist() == [3, 5]
+    assert batch["waveform"][0, 3:].tolist() == [0.0, 0.0]

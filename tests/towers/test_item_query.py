@@ -1,0 +1,191 @@
+"""Tests for tfmmrec.towers.item and .query: the two towers of the retrieval model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tests.towers import tower_checks
+from tfmmrec.config import ImageTowerConfig
+from tfmmrec.towers.image import build_image_encoder
+from tfmmrec.towers.item import ItemContentTable, ItemTower
+from tfmmrec.towers.query import QueryTower
+
+NUM_ITEMS = 6
+RNG = np.random.default_rng(0)
+CONTENTS = {"text": RNG.normal(size=(NUM_ITEMS, 5)).astype(np.float32),
+            "image": RNG.normal(size=(NUM_ITEMS, 7)).astype(np.float32)}
+MASKS = {"text": np.array([1, 1, 1, 0, 1, 0], bool), "image": np.array([1, 0, 1, 1, 1, 0], bool)}
+INDEX = tf.constant([0, 1, 3, 5])
+USERS = pd.DataFrame({"user_id": ["u1", "u2", "u3"], "age": [20, 40, 60],
+                      "occupation": ["artist", "farmer", "artist"]})
+
+
+def content(index=INDEX, contents=CONTENTS, masks=MASKS) -> dict[str, tf.Tensor]:
+    return ItemContentTable(contents, masks)(index)
+
+
+def content_spec(batch: dict) -> dict[str, tf.TensorSpec]:
+    return {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in batch.items()}
+
+
+# --- content table ----------------------------------------------------------------------------
+
+
+def test_content_table_gathers_rows_and_masks():
+    batch = content()
+    np.testing.assert_array_equal(batch["text"].numpy(), CONTENTS["text"][[0, 1, 3, 5]])
+    assert batch["text_mask"].numpy().tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert batch["image_mask"].numpy().tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert batch["item_index"].numpy().tolist() == [0, 1, 3, 5]
+
+
+def test_content_table_holds_only_non_trainable_variables():
+    table = ItemContentTable(CONTENTS, MASKS)
+    assert table.trainable_weights == [] and len(table.weights) == 4
+
+
+def test_content_table_holds_nested_raw_content():
+    waves = {"waveform": np.zeros((NUM_ITEMS, 10), np.float32),
+             "length": np.arange(NUM_ITEMS, dtype=np.int32)}
+    batch = ItemContentTable({"audio": waves}, {"audio": np.ones(NUM_ITEMS, bool)})(INDEX)
+    assert batch["audio"]["length"].numpy().tolist() == [0, 1, 3, 5]
+
+
+# --- item tower -------------------------------------------------------------------------------
+
+
+def item_tower(**kwargs) -> ItemTower:
+    return ItemTower(("text", "image"), 8, **kwargs)
+
+
+def test_item_tower_standard_checks(tmp_path):
+    batch = content()
+    tower = item_tower(num_items=NUM_ITEMS)
+    out = tower_checks.check_tower(tower, [batch], (4, 8), [content_spec(batch)],
+                                   tmp_path / "saved")
+    tower_checks.check_unit_norm(out[:3])  # item 5 has no content: only its (zero) id row
+
+
+def test_item_tower_ignores_content_of_missing_modalities():
+    tower = item_tower()
+    original = tower(content()).numpy()
+    scrambled = {m: v * 0 + 50.0 for m, v in CONTENTS.items()}
+    kept = {m: np.where(MASKS[m][:, None], CONTENTS[m], scrambled[m]) for m in CONTENTS}
+    np.testing.assert_allclose(tower(content(contents=kept)).numpy(), original, atol=1e-6)
+
+
+def test_embed_single_equals_the_item_with_only_that_modality():
+    tower = item_tower(fusion="gated")
+    batch = content()
+    only_text = {**batch, "image_mask": tf.zeros_like(batch["image_mask"]),
+                 "text_mask": tf.ones_like(batch["text_mask"])}
+    np.testing.assert_allclose(tower.embed_single("text", batch["text"]).numpy(),
+                               tower(only_text).numpy(), atol=1e-6)
+
+
+def test_id_embedding_starts_at_zero_so_unseen_items_are_pure_content():
+    with_ids = item_tower(num_items=NUM_ITEMS)
+    batch = content()
+    out = with_ids(batch).numpy()
+    with_ids.id_embedding = None
+    np.testing.assert_allclose(with_ids(batch).numpy(), out, atol=1e-6)
+
+
+def test_id_only_tower_has_random_distinct_item_embeddings():
+    tower = ItemTower((), 8, num_items=NUM_ITEMS)
+    out = tower({"item_index": tf.range(NUM_ITEMS)}).numpy()
+    tower_checks.check_unit_norm(out)
+    assert np.abs(out @ out.T - np.eye(NUM_ITEMS)).max() < 0.99
+
+
+def test_modality_dropout_applies_only_in_training():
+    tower = item_tower(fusion="mean", modality_dropout=0.9)
+    batch = content(index=tf.constant([0, 2, 4] * 50))
+    inference = tower(batch, training=False).numpy()
+    np.testing.assert_array_equal(tower(batch, training=False).numpy(), inference)
+    assert not np.allclose(tower(batch, training=True).numpy(), inference)
+
+
+def test_frozen_in_tower_encoder_stays_frozen_and_trainable_one_trains():
+    images = np.random.default_rng(1).uniform(size=(NUM_ITEMS, 16, 16, 3)).astype(np.float32)
+    for trainable in (False, True):
+        encoder = build_image_encoder(ImageTowerConfig(image_size=16, cnn_filters=[4],
+                                                       trainable=trainable))
+        tower = ItemTower(("image",), 8, encoders={"image": encoder})
+        batch = ItemContentTable({"image": images}, {"image": np.ones(NUM_ITEMS, bool)})(INDEX)
+        tower(batch)
+        if trainable:
+            assert set(map(id, encoder.trainable_weights)) <= set(map(id, tower.trainable_weights))
+            tower_checks.check_trainable(tower, [batch])
+        else:
+            before = tower_checks.snapshot(encoder.weights)
+            tower_checks.train_steps(tower, [batch])
+            for weight, old in zip(encoder.weights, before, strict=True):
+                np.testing.assert_array_equal(weight.numpy(), old)
+            assert encoder.trainable_weights == [] and tower.trainable_weights
+
+
+# --- query tower ------------------------------------------------------------------------------
+
+
+def query_tower(**kwargs) -> QueryTower:
+    return QueryTower(["u1", "u2", "u3"], 8, **kwargs)
+
+
+def test_query_tower_standard_checks(tmp_path):
+    tower = query_tower(users=USERS, feature_columns=["age", "occupation"])
+    users = tf.constant(["u1", "u3", "stranger"])
+    out = tower_checks.check_tower(tower, [users], (3, 8), [tf.TensorSpec([None], tf.string)],
+                                   tmp_path / "saved")
+    tower_checks.check_unit_norm(out)
+    tower_checks.check_trainable(tower, [users])
+
+
+def test_unknown_users_share_the_out_of_vocabulary_embedding():
+    out = query_tower()(tf.constant(["nobody", "stranger", "u1", "u2"])).numpy()
+    np.testing.assert_array_equal(out[0], out[1])
+    assert not np.allclose(out[0], out[2]) and not np.allclose(out[2], out[3])
+
+
+def test_user_features_become_embeddings_and_standardised_numbers():
+    tower = query_tower(users=USERS, feature_columns=["age", "occupation"])
+    assert list(tower.categorical) == ["occupation"]
+    # Rows: unknown user, then u1..u3; artist/farmer codes 1/2, unknown 0.
+    assert tower.categorical["occupation"].numpy().tolist() == [0, 1, 2, 1]
+    ages = tower.numeric.numpy()[:, 0]
+    assert ages[0] == 0.0
+    np.testing.assert_allclose(ages[1:], [-1.2247449, 0.0, 1.2247449], atol=1e-5)
+
+
+def test_user_id_dropout_replaces_ids_with_unknown_only_in_training():
+    tower = query_tower(id_dropout=0.99)
+    users = tf.constant(["u1"] * 200)
+    unknown = tower(tf.constant(["nobody"])).numpy()[0]
+    trained = tower(users, training=True).numpy()
+    assert np.mean(np.all(np.isclose(trained, unknown, atol=1e-6), axis=1)) > 0.9
+    assert not np.allclose(tower(users[:1]).numpy()[0], unknown)
+
+
+def test_history_joins_the_query_and_padding_is_ignored():
+    history = np.array([[0, 1], [2, -1], [-1, -1]])
+    calls = []
+
+    def item_embedder(items, training=False):
+        calls.append(items.numpy().tolist())
+        return tf.one_hot(items, 8)
+
+    tower = query_tower(history=history)
+    tower(tf.constant(["u1", "u2", "u3"]), item_embedder=item_embedder)
+    assert calls == [[0, 1, 2, 0, 0, 0]]  # padding (-1) clamped to 0, then masked out
+    mean = tower._history_embedding(tf.constant(history), item_embedder, False).numpy()
+    np.testing.assert_allclose(mean[0, :3], [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(mean[1, :3], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(mean[2], 0.0)
+
+
+def test_query_tower_without_user_table_uses_the_id_alone():
+    tower = query_tower()
+    assert tower.categorical == {} and tower.numeric is None
+    assert tower(tf.constant(["u1"])).shape == (1, 8)

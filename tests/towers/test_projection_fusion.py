@@ -1,0 +1,122 @@
+"""Tests for tfmmrec.towers.projection and .fusion: shared-space projection, masked fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.towers import tower_checks
+from tfmmrec.towers.fusion import FUSION_MODES, MaskedFusion, drop_modalities, masked_mean
+from tfmmrec.towers.projection import ModalityProjection
+
+FEATURES = tf.random.stateless_normal([4, 12], seed=[0, 1])
+EMBEDDINGS = tf.random.stateless_normal([4, 3, 8], seed=[2, 3])
+MASK = tf.constant([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+FUSION_SPECS = [tf.TensorSpec([None, 3, 8], tf.float32), tf.TensorSpec([None, 3], tf.float32)]
+
+
+# --- projection -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden", [(), (16,)], ids=["linear", "hidden"])
+def test_projection_standard_checks(hidden, tmp_path):
+    projection = ModalityProjection(6, hidden)
+    tower_checks.check_tower(projection, [FEATURES], (4, 6),
+                             [tf.TensorSpec([None, 12], tf.float32)], tmp_path / "saved")
+    tower_checks.check_trainable(projection, [FEATURES])
+
+
+def test_projection_layer_norm_makes_feature_scale_irrelevant():
+    projection = ModalityProjection(6)
+    # Up to LayerNormalization's epsilon (1e-3 in Keras 2).
+    np.testing.assert_allclose(projection(FEATURES * 100.0).numpy(), projection(FEATURES).numpy(),
+                               rtol=5e-3, atol=1e-3)
+
+
+def test_projection_casts_float16_features_to_float32():
+    projection = ModalityProjection(6)
+    out = projection(tf.cast(FEATURES, tf.float16))
+    assert out.dtype == tf.float32 and out.shape == (4, 6)
+
+
+def test_projection_config_round_trips():
+    projection = ModalityProjection(6, [16, 8], dropout=0.2, name="p")
+    clone = ModalityProjection.from_config(projection.get_config())
+    assert (clone.dim, clone.hidden, clone.dropout, clone.name) == (6, (16, 8), 0.2, "p")
+
+
+# --- fusion -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", FUSION_MODES)
+def test_fusion_standard_checks(mode, tmp_path):
+    fusion = MaskedFusion(mode)
+    out = tower_checks.check_tower(fusion, [EMBEDDINGS, MASK], (4, 8), FUSION_SPECS,
+                                   tmp_path / "saved")
+    np.testing.assert_array_equal(out[3], 0.0)  # an item with nothing present: zeros, not NaN
+
+
+@pytest.mark.parametrize("mode", FUSION_MODES)
+def test_fusion_ignores_content_of_masked_modalities(mode):
+    fusion = MaskedFusion(mode)
+    original = fusion(EMBEDDINGS, MASK).numpy()
+    noise = tf.random.stateless_normal(EMBEDDINGS.shape, seed=[9, 9]) * 100.0
+    changed = EMBEDDINGS + noise * (1.0 - MASK)[..., None]
+    np.testing.assert_allclose(fusion(changed, MASK).numpy(), original, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", FUSION_MODES)
+def test_fusion_of_one_present_modality_is_that_modality(mode):
+    out = MaskedFusion(mode)(EMBEDDINGS, MASK).numpy()
+    np.testing.assert_allclose(out[2], EMBEDDINGS[2, 1].numpy(), atol=1e-5)
+
+
+def test_mean_fusion_is_the_mean_over_present_modalities():
+    out = MaskedFusion("mean")(EMBEDDINGS, MASK).numpy()
+    expected = (EMBEDDINGS[1, 0] + EMBEDDINGS[1, 2]).numpy() / 2
+    np.testing.assert_allclose(out[1], expected, atol=1e-6)
+    np.testing.assert_allclose(masked_mean(EMBEDDINGS, MASK).numpy(), out, atol=1e-6)
+
+
+def test_concat_mlp_starts_as_the_masked_mean_and_is_trainable():
+    fusion = MaskedFusion("concat_mlp")
+    np.testing.assert_allclose(fusion(EMBEDDINGS, MASK).numpy(),
+                               masked_mean(EMBEDDINGS, MASK).numpy(), atol=1e-6)
+    tower_checks.check_trainable(fusion, [EMBEDDINGS, MASK])
+
+
+@pytest.mark.parametrize("mode", ["gated", "attention"])
+def test_weighted_fusion_is_a_convex_combination_of_present_modalities(mode):
+    out = MaskedFusion(mode)(EMBEDDINGS, MASK).numpy()
+    low = tf.reduce_min(EMBEDDINGS[1] + (1 - MASK[1])[:, None] * 1e9, axis=0).numpy()
+    high = tf.reduce_max(EMBEDDINGS[1] - (1 - MASK[1])[:, None] * 1e9, axis=0).numpy()
+    assert np.all(out[1] >= low - 1e-5) and np.all(out[1] <= high + 1e-5)
+
+
+def test_unknown_fusion_mode_is_rejected():
+    with pytest.raises(ValueError, match="fusion mode must be one of"):
+        MaskedFusion("sum")
+
+
+def test_fusion_config_round_trips():
+    clone = MaskedFusion.from_config(MaskedFusion("gated", hidden=7).get_config())
+    assert (clone.mode, clone.hidden) == ("gated", 7)
+
+
+# --- modality dropout -------------------------------------------------------------------------
+
+
+def test_modality_dropout_never_hides_every_present_modality():
+    mask = tf.tile(MASK, [500, 1])
+    dropped = drop_modalities(mask, rate=0.9, seed=1).numpy()
+    present = mask.numpy()
+    assert np.all(dropped <= present)  # only hides, never invents
+    has_any = present.sum(1) > 0
+    assert np.all(dropped[has_any].sum(1) >= 1)
+    assert dropped[has_any].sum() < present[has_any].sum()  # but does hide some
+    assert np.all(dropped[~has_any] == 0)
+
+
+def test_modality_dropout_rate_zero_keeps_mask():
+    np.testing.assert_array_equal(drop_modalities(MASK, rate=0.0).numpy(), MASK.numpy())

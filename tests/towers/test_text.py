@@ -1,0 +1,116 @@
+"""Tests for tfmmrec.towers.text: the KerasNLP BERT encoder (raw strings → sentence feature)."""
+
+from __future__ import annotations
+
+import keras_nlp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import shared_path
+from tests.towers import tower_checks
+from tfmmrec.config import TextTowerConfig
+from tfmmrec.errors import ConfigError
+from tfmmrec.towers.text import SPECIAL_TOKENS, TextEncoder, build_text_encoder, build_vocabulary
+
+CORPUS = ["A calm love story near a river", "A dark murder mystery with a detective",
+          "Starship robots in a bright galaxy", "Wolves and whales of the quiet forest"]
+TEXTS = tf.constant(["a calm galaxy", "the detective and the wolves", "love"])
+STRINGS = tf.TensorSpec([None], tf.string)
+
+
+def tiny(**kwargs) -> TextTowerConfig:
+    settings = dict(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
+                    sequence_length=16)
+    return TextTowerConfig(**{**settings, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEncoder:
+    return build_text_encoder(tiny(), CORPUS)
+
+
+def test_text_tower_standard_checks(encoder, tmp_path):
+    out = tower_checks.check_tower(encoder, [TEXTS], (3, 16), [STRINGS], tmp_path / "saved")
+    tower_checks.check_unit_norm(out)
+    assert encoder.feature_dim == 16 and encoder.modality == "text"
+
+
+def test_frozen_text_encoder_weights_stay_frozen():
+    tower_checks.check_frozen(build_text_encoder(tiny(trainable=False), CORPUS), [TEXTS])
+
+
+def test_trainable_text_encoder_weights_change():
+    tower_checks.check_trainable(build_text_encoder(tiny(trainable=True), CORPUS), [TEXTS])
+
+
+def test_mean_pooling_ignores_padding_tokens():
+    """The same backbone with 16 or 32 token slots gives the same feature for short texts."""
+    long = build_text_encoder(tiny(sequence_length=32), CORPUS)
+    short_preprocessor = keras_nlp.models.BertPreprocessor(long.preprocessor.tokenizer,
+                                                           sequence_length=16)
+    short = TextEncoder(short_preprocessor, long.backbone, "mean", {})
+    np.testing.assert_allclose(short(TEXTS).numpy(), long(TEXTS).numpy(), atol=1e-5)
+
+
+def test_feature_does_not_depend_on_the_rest_of_the_batch(encoder):
+    alone = encoder(TEXTS[:1]).numpy()
+    np.testing.assert_allclose(encoder(TEXTS).numpy()[:1], alone, atol=1e-6)
+
+
+def test_cls_pooling_returns_normalised_first_token():
+    encoder = build_text_encoder(tiny(pooling="cls"), CORPUS)
+    tokens = encoder.preprocessor(TEXTS)
+    first = encoder.backbone(tokens)["sequence_output"][:, 0, :]
+    np.testing.assert_allclose(encoder(TEXTS).numpy(), tf.math.l2_normalize(first, -1).numpy(),
+                               atol=1e-6)
+
+
+def test_identity_is_stable_for_same_config_and_changes_with_it(encoder):
+    assert build_text_encoder(tiny(), CORPUS).identity() == encoder.identity()
+    assert build_text_encoder(tiny(seed=1), CORPUS).identity() != encoder.identity()
+    assert build_text_encoder(tiny(pooling="cls"), CORPUS).identity() != encoder.identity()
+    assert build_text_encoder(tiny(), [*CORPUS, "new words"]).identity() != encoder.identity()
+
+
+def test_vocabulary_is_deterministic_frequency_ordered_and_capped():
+    vocabulary = build_vocabulary(["Red red blue", "green RED"], 200)
+    assert vocabulary[:len(SPECIAL_TOKENS)] == SPECIAL_TOKENS
+    assert vocabulary[-3:] == ["red", "blue", "green"]  # by frequency, then alphabetically
+    assert build_vocabulary(["green RED", "Red red blue"], 200) == vocabulary
+    assert len(build_vocabulary(CORPUS * 3, 95)) == 95
+
+
+def test_unseen_words_decompose_instead_of_becoming_unknown(encoder):
+    tokens = encoder.preprocessor(tf.constant(["zyxwv"]))["token_ids"].numpy()[0]
+    unknown = encoder.preprocessor.tokenizer.token_to_id("[UNK]")
+    assert unknown not in tokens
+
+
+def test_missing_preset_raises_config_error_naming_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"text\.preset=.*no-such-preset"):
+        build_text_encoder(TextTowerConfig(preset=str(tmp_path / "no-such-preset")), CORPUS)
+
+
+# --- pretrained MiniLM preset from ../shared --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextEncoder:
+    preset = shared_path("weights", "minilm-l6-h384-uncased")
+    return build_text_encoder(TextTowerConfig(preset=str(preset), sequence_length=32), [])
+
+
+@pytest.mark.needs_shared
+def test_minilm_preset_is_frozen_384_dim_and_unit_norm(minilm):
+    out = tower_checks.check_output(minilm, [TEXTS], (3, 384))
+    tower_checks.check_unit_norm(out)
+    assert minilm.trainable_weights == []
+
+
+@pytest.mark.needs_shared
+def test_minilm_paraphrase_is_closer_than_unrelated_sentence(minilm):
+    out = minilm(tf.constant(["A man is playing a guitar.", "Someone plays the guitar.",
+                              "The stock market fell sharply today."])).numpy()
+    paraphrase, unrelated = out[0] @ out[1], out[0] @ out[2]
+    assert paraphrase > 0.6 > 0.3 > unrelated

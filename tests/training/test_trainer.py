@@ -1,0 +1,149 @@
+"""Tests for tfmmrec.training: input pipeline, strategies, the fit loop, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+import yaml
+
+from tests.conftest import derive_config
+from tfmmrec import pipeline
+from tfmmrec.config import TrainConfig, load_config
+from tfmmrec.errors import ConfigError, TrainingError
+from tfmmrec.training import trainer
+from tfmmrec.training.strategy import make_strategy
+
+INTERACTIONS = pd.DataFrame({"user_id": [f"u{i % 7}" for i in range(50)],
+                             "item_index": np.arange(50) % 11})
+
+
+class Interrupt(tf.keras.callbacks.Callback):
+    """Simulates a crash (or Ctrl-C) right after the first epoch has finished."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("simulated interruption")
+
+
+def backup_files(output) -> list:
+    """Files of the BackupAndRestore state (Keras may leave the empty folder)."""
+    return [p for p in (output / "backup").rglob("*") if p.is_file()]
+
+
+def unwritable(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    return blocker / "run"
+
+
+# --- input pipeline -------------------------------------------------------------------------
+
+
+def test_training_batches_are_full_and_shuffled_per_epoch():
+    dataset = trainer.interactions_dataset(INTERACTIONS, batch_size=16, seed=0)
+    epochs = [[b["item_index"].numpy() for b in dataset] for _ in range(2)]
+    assert [len(b) for b in epochs[0]] == [16, 16, 16]  # remainder dropped: fixed negatives
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
+    first = next(iter(dataset))
+    assert first["user_id"].dtype == tf.string and first["item_index"].dtype == tf.int32
+
+
+def test_unshuffled_dataset_yields_every_example_once_in_order():
+    dataset = trainer.interactions_dataset(INTERACTIONS, batch_size=16, seed=0, shuffle=False)
+    items = np.concatenate([b["item_index"].numpy() for b in dataset])
+    np.testing.assert_array_equal(items, INTERACTIONS["item_index"].to_numpy())
+
+
+def test_fewer_examples_than_a_batch_still_train():
+    dataset = trainer.interactions_dataset(INTERACTIONS.head(5), batch_size=16, seed=0)
+    assert [len(b["user_id"]) for b in dataset] == [5]
+
+
+# --- strategies and optimisers --------------------------------------------------------------
+
+
+def test_default_strategy_and_mirrored_on_cpu():
+    assert make_strategy("default") is tf.distribute.get_strategy()
+    assert make_strategy("mirrored").num_replicas_in_sync >= 1
+
+
+def test_unknown_strategy_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train\.strategy='gpu' is not supported"):
+        make_strategy("gpu")
+
+
+@pytest.mark.parametrize("name", ["adam", "adagrad", "sgd"])
+def test_optimizer_follows_config(name):
+    optimizer = trainer.optimizer(TrainConfig(optimizer=name, learning_rate=0.02))
+    assert type(optimizer).__name__.lower() == name
+    assert float(optimizer.learning_rate) == pytest.approx(0.02)
+
+
+# --- output directory -----------------------------------------------------------------------
+
+
+def test_unwritable_output_dir_is_a_training_error_naming_it(tmp_path):
+    with pytest.raises(TrainingError, match=r"cannot write to train\.output_dir=.*a-file/run"):
+        trainer.check_writable(unwritable(tmp_path))
+
+
+def test_writable_output_dir_check_leaves_nothing_behind(tmp_path):
+    trainer.check_writable(tmp_path / "new" / "run")
+    assert list((tmp_path / "new" / "run").iterdir()) == []
+
+
+def test_fit_checks_output_dir_before_building_the_model(tmp_path):
+    def build_model():
+        raise AssertionError("model built before the output directory was checked")
+
+    config = TrainConfig(output_dir=str(unwritable(tmp_path)))
+    with pytest.raises(TrainingError, match="cannot write"):
+        trainer.fit(build_model, None, 10, config, make_strategy("default"))
+
+
+def test_train_checks_output_dir_before_loading_data_or_encoding(tmp_path, monkeypatch):
+    def prepare(*args, **kwargs):
+        raise AssertionError("prepared (encoded the catalogue) before checking the output dir")
+
+    monkeypatch.setattr(pipeline, "prepare", prepare)
+    config = load_config(None, [f"train.output_dir={unwritable(tmp_path)}"])
+    with pytest.raises(TrainingError, match="cannot write"):
+        pipeline.train(config)
+
+
+# --- a finished run -------------------------------------------------------------------------
+
+
+def test_finished_run_leaves_checkpoint_logs_config_and_run_record(tiny_trained, tiny_config):
+    out = tiny_trained.output_dir
+    assert tiny_trained.epochs_run == 2
+    assert tiny_trained.checkpoint == out / "checkpoints" / "latest"
+    assert (out / "checkpoints" / "latest.index").is_file()
+    assert any((out / "logs").rglob("events.out.tfevents.*"))
+    assert backup_files(out) == []  # a completed run removes its resume state
+    assert yaml.safe_load((out / "config.yaml").read_text()) == tiny_config.to_dict()
+    run = json.loads((out / "run.json").read_text())
+    assert run["modalities"] == ["text", "image", "audio"]
+    assert run["num_items"] == 80 and len(run["history"]["loss"]) == 2
+    assert tiny_trained.examples_per_second > 0
+
+
+def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspace, tmp_path):
+    config = derive_config(tiny_config, tmp_path, "train.epochs=3")
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        pipeline.train(config, workspace=tiny_workspace, callbacks=[Interrupt()],
+                       progress=False)
+    output = tmp_path / "run"
+    assert backup_files(output)
+    assert not (output / "run.json").exists()
+
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert result.epochs_run == 2  # epochs 2 and 3; epoch 1 came from the backup
+    assert len(result.history["loss"]) == 2
+    assert (output / "checkpoints" / "latest.index").is_file()
+    assert (output / "run.json").is_file()
+    assert backup_files(output) == []

@@ -1,0 +1,519 @@
+"""Data layer: a dataset folder → sharded TFRecords (media decoded once), and the tf.data readers.
+
+``tfmmrec prepare`` writes a directory (local, or any TensorFlow filesystem path such as
+``gs://bucket/dir``)::
+
+    plan.json                        what this run writes (settings, data fingerprint, shards)
+    items-00000-of-00004.tfrecord    one record per item, in catalogue order: id, raw text, the
+                                     image decoded and resized (uint8 HxWx3), the audio decoded,
+                                     mixed to mono, resampled and cropped (int16 PCM), presence
+                                     flags and content hashes (the encoder cache's keys)
+    train-00000-of-00002.tfrecord    the training split's interactions, shuffled once
+    test-00000-of-00002.tfrecord     the test split's interactions
+    manifest.json                    written last: a directory without it is never read
+
+Shards are written by parallel worker processes, each to a hidden temporary name renamed into
+place when complete, so an interrupted ``prepare`` leaves finished shards (kept by the next run
+of the same command) and no half-written shard that a reader could pick up.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from tfmmrec.config import Config
+from tfmmrec.data.dataset import Dataset, load_dataset
+from tfmmrec.data.splits import Split, split_interactions
+from tfmmrec.data.validate import report_missing_media
+from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+TABLES = ("items", "train", "test")
+TARGET_SHARD_BYTES = 128 * 2**20
+# Bytes a serialised interaction takes, roughly (ids, index, rating, timestamp, proto framing).
+_INTERACTION_BYTES = 64
+
+
+@dataclass
+class Manifest:
+    """A finished ``prepare`` directory: its settings, tables and record counts."""
+
+    directory: str
+    format_version: int
+    image_size: int
+    sample_rate: int
+    max_seconds: float
+    modalities: list[str]
+    num_items: int
+    item_ids_sha1: str
+    split: dict[str, Any]
+    interaction_columns: list[str]
+    shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def max_samples(self) -> int:
+        return max(1, round(self.max_seconds * self.sample_rate))
+
+    def files(self, table: str) -> list[str]:
+        return [_join(self.directory, s["file"]) for s in self.shards[table]]
+
+    def count(self, table: str) -> int:
+        return int(sum(s["records"] for s in self.shards[table]))
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = dataclasses.asdict(self)
+        payload.pop("directory")
+        return payload
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def prepare(config: Config, output: str | os.PathLike | None = None, *,
+            dataset: Dataset | None = None, workers: int | None = None,
+            shards: int | None = None, progress: bool = True) -> Manifest:
+    """Convert the configured dataset folder (and its split) into sharded TFRecords.
+
+    ``output`` defaults to ``train.tfrecords``; ``workers`` / ``shards`` to
+    ``train.prepare_workers`` / ``train.tfrecord_shards`` (0: all cores / sized from the data).
+    Running it again after an interruption keeps every finished shard; a changed dataset or
+    setting starts the directory over.
+    """
+    output = str(output or config.train.tfrecords or "")
+    if not output:
+        raise ConfigError("tfmmrec prepare needs an output directory: --output DIR or "
+                          "train.tfrecords=DIR")
+    if dataset is None:
+        dataset = load_dataset(config.data)
+    split = split_interactions(dataset.interactions, config.data.split, config.data.test_fraction,
+                               config.data.seed, dataset.num_items)
+    workers = workers or config.train.prepare_workers or os.cpu_count() or 1
+    shards = shards or config.train.tfrecord_shards or None
+    plan = _plan(config, dataset, split, shards, workers)
+    _check_output(output, plan["estimated_bytes"])
+    _start_or_resume(output, plan)
+    jobs = _jobs(config, dataset, split, plan, output)
+    todo = [job for job in jobs if not tf.io.gfile.exists(_join(output, job["file"]))]
+    if len(todo) < len(jobs):
+        logger.info("%s: %d of %d shards already written, resuming", output,
+                    len(jobs) - len(todo), len(jobs))
+    failed = _run_jobs(todo, workers, progress)
+    for modality, paths in failed.items():
+        report_missing_media(modality, paths)
+    manifest = Manifest(
+        directory=output, format_version=FORMAT_VERSION, **plan["settings"],
+        num_items=dataset.num_items, item_ids_sha1=plan["item_ids_sha1"], split=plan["split"],
+        interaction_columns=plan["interaction_columns"],
+        shards={table: [{"file": job["file"], "records": job["records"]} for job in jobs
+                        if job["table"] == table] for table in TABLES})
+    _write_text(_join(output, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
+    logger.info("prepared %s: %d items, %d train and %d test interactions in %d shards", output,
+                manifest.num_items, manifest.count("train"), manifest.count("test"), len(jobs))
+    return manifest
+
+
+def split_settings(config: Config) -> dict[str, Any]:
+    """The data settings a prepared split depends on (compared again at training time)."""
+    data = config.data
+    return {"kind": data.split, "test_fraction": data.test_fraction, "seed": data.seed,
+            "min_rating": data.min_rating}
+
+
+def media_settings(config: Config, modalities) -> dict[str, Any]:
+    return {"image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
+            "max_seconds": config.audio.max_seconds, "modalities": list(modalities)}
+
+
+def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None,
+          workers: int) -> dict[str, Any]:
+    catalog = dataset.catalog
+    settings = media_settings(config, catalog.modalities)
+    max_samples = max(1, round(config.audio.max_seconds * config.audio.sample_rate))
+    item_bytes = 256 + int(np.mean([len(t) for t in catalog.texts])) if len(catalog) else 256
+    if "image" in catalog.modalities:
+        item_bytes += 3 * config.image.image_size ** 2
+    if "audio" in catalog.modalities:
+        item_bytes += 2 * max_samples
+    # Timestamps stay in the folder (history features are built from it in memory).
+    columns = [c for c in ("user_id", "item_index", "rating") if c in split.train.columns]
+    sizes = {"items": (len(catalog), item_bytes), "train": (len(split.train), _INTERACTION_BYTES),
+             "test": (len(split.test), _INTERACTION_BYTES)}
+    counts = {table: _shard_count(rows, size, shards, workers)
+              for table, (rows, size) in sizes.items()}
+    digest = hashlib.sha1(json.dumps([FORMAT_VERSION, settings, split_settings(config), counts,
+                                      columns]).encode())
+    digest.update(_ids_digest(catalog.item_ids).encode())
+    for text in catalog.texts:
+        digest.update(str(text).encode() + b"\0")
+    for path in (*catalog.image_paths, *catalog.audio_paths):
+        if path is not None:
+            stat = path.stat()
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    frame = dataset.interactions[[c for c in columns if c != "item_index"] + ["item_id"]]
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return {"fingerprint": digest.hexdigest(), "settings": settings,
+            "split": split_settings(config), "item_ids_sha1": _ids_digest(catalog.item_ids),
+            "interaction_columns": columns, "shard_counts": counts,
+            "estimated_bytes": sum(rows * size for rows, size in sizes.values())}
+
+
+def _shard_count(rows: int, bytes_per_row: int, requested: int | None, workers: int) -> int:
+    if rows == 0:
+        return 1
+    count = requested or max(workers, math.ceil(rows * bytes_per_row / TARGET_SHARD_BYTES))
+    return max(1, min(count, rows))
+
+
+def _ids_digest(item_ids) -> str:
+    return hashlib.sha1("\0".join(map(str, item_ids)).encode()).hexdigest()
+
+
+def _check_output(output: str, needed: int) -> None:
+    """Fail before any decoding if the output cannot be written or the disk is too small."""
+    try:
+        tf.io.gfile.makedirs(output)
+        probe = _join(output, ".write-probe")
+        _write_text(probe, "ok")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as exc:
+        raise DataError(f"cannot write TFRecords to {output}: {exc}. Choose a writable "
+                        "directory (--output or train.tfrecords)") from None
+    if "://" in output:
+        return  # object stores have no free-space figure
+    free = shutil.disk_usage(output).free
+    if free < needed * 1.1:
+        raise DataError(f"{output} has {free / 2**30:.2f} GiB free but the TFRecords need about "
+                        f"{needed / 2**30:.2f} GiB (decoded media are larger than compressed "
+                        "files); free space or choose another --output")
+
+
+def _start_or_resume(output: str, plan: dict[str, Any]) -> None:
+    """Keep finished shards of the same plan; otherwise clear what an older plan wrote."""
+    for stale in tf.io.gfile.glob(_join(output, ".*.tmp*")):
+        tf.io.gfile.remove(stale)  # half-written shards of an interrupted run
+    plan_path = _join(output, PLAN)
+    if tf.io.gfile.exists(plan_path):
+        old = json.loads(_read_text(plan_path))
+        if old.get("fingerprint") == plan["fingerprint"]:
+            return
+        logger.warning("%s holds TFRecords of different data or settings; rewriting it", output)
+    for pattern in [MANIFEST, *(f"{table}-*-of-*.tfrecord" for table in TABLES)]:
+        for path in tf.io.gfile.glob(_join(output, pattern)):
+            tf.io.gfile.remove(path)
+    _write_text(plan_path, json.dumps(plan, indent=2))
+
+
+def _jobs(config: Config, dataset: Dataset, split: Split, plan: dict[str, Any],
+          output: str) -> list[dict[str, Any]]:
+    catalog = dataset.catalog
+    modalities = catalog.modalities
+    counts = plan["shard_counts"]
+    jobs = []
+    item_rows = np.array_split(np.arange(len(catalog)), counts["items"])
+    for shard, rows in enumerate(item_rows):
+        items = [(int(i), str(catalog.item_ids[i]),
+                  str(catalog.texts[i]) if "text" in modalities else "",
+                  str(catalog.image_paths[i]) if catalog.image_paths[i] is not None else None,
+                  str(catalog.audio_paths[i]) if catalog.audio_paths[i] is not None else None)
+                 for i in rows]
+        jobs.append({"table": "items", "items": items, "settings": plan["settings"],
+                     "records": len(items), "output": output,
+                     "file": shard_name("items", shard, counts["items"])})
+    columns = plan["interaction_columns"]
+    for table, frame in (("train", split.train), ("test", split.test)):
+        order = np.random.default_rng(config.data.seed).permutation(len(frame))
+        arrays = {c: frame[c].to_numpy()[order] for c in columns}
+        arrays["user_id"] = arrays["user_id"].astype(str)
+        for shard, rows in enumerate(np.array_split(np.arange(len(frame)), counts[table])):
+            jobs.append({"table": table, "columns": {c: a[rows] for c, a in arrays.items()},
+                         "records": len(rows), "output": output,
+                         "file": shard_name(table, shard, counts[table])})
+    return jobs
+
+
+def shard_name(table: str, shard: int, count: int) -> str:
+    return f"{table}-{shard:05d}-of-{count:05d}.tfrecord"
+
+
+def _run_jobs(jobs: list[dict[str, Any]], workers: int, progress: bool) -> dict[str, list[str]]:
+    failed: dict[str, list[str]] = {}
+    total = sum(job["records"] * (job["table"] == "items") for job in jobs)
+    bar = tqdm(total=total, desc="preparing items", unit="item",
+               disable=not progress or not jobs)
+    workers = max(1, min(workers, len(jobs)))
+    try:
+        if workers == 1:
+            results = (write_shard(job) for job in jobs)
+            for job, result in zip(jobs, results, strict=False):
+                _merge(failed, result)
+                bar.update(job["records"] * (job["table"] == "items"))
+            return failed
+        # "spawn": TensorFlow's runtime threads do not survive fork().
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(workers, mp_context=context,
+                                         initializer=_init_worker) as pool:
+            running = {pool.submit(write_shard, job): job for job in jobs}
+            for done in futures.as_completed(running):
+                _merge(failed, done.result())
+                job = running[done]
+                bar.update(job["records"] * (job["table"] == "items"))
+        return failed
+    finally:
+        bar.close()
+
+
+def _merge(failed: dict[str, list[str]], result: dict[str, list[str]]) -> None:
+    for modality, paths in result.items():
+        failed.setdefault(modality, []).extend(paths)
+
+
+def _init_worker() -> None:
+    import tfmmrec  # noqa: F401  (Keras 2 and TF settings, as in the parent)
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
+    """Write one shard to a temporary name, then rename it into place (atomic on local disks;
+    object stores publish an object only once its upload completes)."""
+    final = _join(job["output"], job["file"])
+    tmp = _join(job["output"], f".{job['file']}.tmp-{os.getpid()}")
+    failed: dict[str, list[str]] = {}
+    with tf.io.TFRecordWriter(tmp) as writer:
+        if job["table"] == "items":
+            for item in job["items"]:
+                writer.write(_item_example(item, job["settings"], failed).SerializeToString())
+        else:
+            columns = job["columns"]
+            for row in range(job["records"]):
+                writer.write(_interaction_example(columns, row).SerializeToString())
+    tf.io.gfile.rename(tmp, final, overwrite=True)
+    return failed
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _float(value: float) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
+
+
+def _sha1(data: bytes) -> str:
+    # The same key as tfmmrec.towers.cache.content_keys, so cached features are shared.
+    return hashlib.sha1(data).hexdigest()
+
+
+def _item_example(item, settings: dict[str, Any], failed: dict[str, list[str]]
+                  ) -> tf.train.Example:
+    from tfmmrec.data.media import load_audio_bytes, load_image
+
+    index, item_id, text, image_path, audio_path = item
+    feature = {"item_index": _int(index), "item_id": _bytes(item_id.encode()),
+               "text": _bytes(text.encode()),
+               "text_key": _bytes(_sha1(text.encode()).encode() if text else b"")}
+    image, image_key = b"", b""
+    if image_path is not None:
+        try:
+            image_key = _sha1(Path(image_path).read_bytes()).encode()
+            pixels = load_image(image_path, settings["image_size"])
+            image = np.round(pixels * 255.0).clip(0, 255).astype(np.uint8).tobytes()
+        except (MediaDecodeError, OSError):
+            failed.setdefault("image", []).append(image_path)
+    audio, audio_key, length = b"", b"", 0
+    if audio_path is not None:
+        try:
+            data = Path(audio_path).read_bytes()
+            audio_key = _sha1(data).encode()
+            wave = load_audio_bytes(data, settings["sample_rate"], settings["max_seconds"],
+                                    source=audio_path)
+            audio = np.round(np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+            length = len(wave)
+        except (MediaDecodeError, OSError):
+            failed.setdefault("audio", []).append(audio_path)
+    feature.update({"image": _bytes(image), "image_key": _bytes(image_key),
+                    "image_present": _int(bool(image)), "audio": _bytes(audio),
+                    "audio_key": _bytes(audio_key), "audio_length": _int(length),
+                    "audio_present": _int(bool(audio))})
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _interaction_example(columns: dict[str, np.ndarray], row: int) -> tf.train.Example:
+    feature = {"user_id": _bytes(str(columns["user_id"][row]).encode()),
+               "item_index": _int(columns["item_index"][row])}
+    if "rating" in columns:
+        feature["rating"] = _float(columns["rating"][row])
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def load_manifest(directory: str | os.PathLike) -> Manifest:
+    """The manifest of a finished ``prepare`` directory; a ``DataError`` for anything else."""
+    directory = str(directory)
+    path = _join(directory, MANIFEST)
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"{directory} holds no finished TFRecords (no {MANIFEST}): run "
+                        "`tfmmrec prepare` (again: finished shards are kept)")
+    payload = json.loads(_read_text(path))
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format version {payload.get('format_version')} is not "
+                        f"{FORMAT_VERSION}; run `tfmmrec prepare` again")
+    manifest = Manifest(directory=directory, **payload)
+    missing = [f for table in TABLES for f in manifest.files(table)
+               if not tf.io.gfile.exists(f)]
+    if missing:
+        raise DataError(f"{directory}: {len(missing)} shard(s) listed in {MANIFEST} are missing "
+                        f"(first: {missing[0]}); run `tfmmrec prepare` again")
+    return manifest
+
+
+def check_compatible(manifest: Manifest, config: Config, dataset: Dataset | None = None) -> None:
+    """Raise a ``ConfigError`` if the shards were prepared with other settings or data."""
+    modalities = list(dataset.catalog.modalities) if dataset is not None else manifest.modalities
+    expected = {**media_settings(config, modalities), "split": split_settings(config)}
+    found = {"image_size": manifest.image_size, "sample_rate": manifest.sample_rate,
+             "max_seconds": manifest.max_seconds, "modalities": manifest.modalities,
+             "split": manifest.split}
+    differ = [f"{k}: prepared {found[k]!r}, config {expected[k]!r}" for k in expected
+              if found[k] != expected[k]]
+    if dataset is not None and (manifest.num_items != dataset.num_items
+                                or manifest.item_ids_sha1 != _ids_digest(
+                                    dataset.catalog.item_ids)):
+        differ.append(f"catalogue: prepared {manifest.num_items} items, the folder has "
+                      f"{dataset.num_items} (or other ids)")
+    if differ:
+        raise ConfigError(f"train.tfrecords={manifest.directory} does not match this config ("
+                          + "; ".join(differ) + "): run `tfmmrec prepare` again")
+
+
+def interactions_dataset(manifest: Manifest, table: str, batch_size: int, *, seed: int = 0,
+                         shuffle: bool = True, columns=("user_id", "item_index"),
+                         shuffle_buffer: int = 100_000, num_workers: int = 1
+                         ) -> tf.data.Dataset:
+    """Batches of interactions streamed from the shards of ``table`` (``train`` or ``test``).
+
+    With ``shuffle`` (training) the stream repeats forever and batches are full; without it,
+    every record is read once, in shard order.
+
+    Shards are read in parallel (``interleave``), shuffled by file and through a buffer,
+    batched to the global batch and parsed a whole batch at a time, then prefetched; every
+    parallelism knob is ``AUTOTUNE``. Under a multi-worker strategy each worker reads its own
+    subset of the shards when there are at least as many shards as workers.
+    """
+    missing = [c for c in columns if c not in manifest.interaction_columns]
+    if missing:
+        raise DataError(f"{manifest.directory}: interactions have no {', '.join(missing)} column")
+    files = manifest.files(table)
+    count = manifest.count(table)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        # Endless: each pass reshuffles the shard order; fit() runs count // batch_size steps
+        # per epoch, so every batch is full and workers with uneven shards never run dry.
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=4 * 2**20),
+        cycle_length=min(len(files), 16), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+    if shuffle:
+        dataset = dataset.shuffle(min(shuffle_buffer, max(count, 1)), seed=seed,
+                                  reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=shuffle)
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.string),
+            "item_index": tf.io.FixedLenFeature([], tf.int64),
+            "rating": tf.io.FixedLenFeature([], tf.float32)}
+    spec = {c: spec[c] for c in columns}
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        if "item_index" in parsed:
+            parsed["item_index"] = tf.cast(parsed["item_index"], tf.int32)
+        return parsed
+
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = (
+        policy.FILE if len(files) >= num_workers else policy.DATA)
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def items_dataset(manifest: Manifest, batch_size: int) -> tf.data.Dataset:
+    """Batches of items in catalogue order, decoded: ``image`` float32 ``[B, S, S, 3]`` in
+    [0, 1], ``audio`` ``{"waveform": [B, T], "length": [B]}`` at the prepared rate, ``text``,
+    each with ``<modality>_present`` and ``<modality>_key``."""
+    size, samples = manifest.image_size, manifest.max_samples
+    spec = {"item_index": tf.io.FixedLenFeature([], tf.int64),
+            "item_id": tf.io.FixedLenFeature([], tf.string)}
+    for name in ("text", "image", "audio"):
+        spec[name] = tf.io.FixedLenFeature([], tf.string)
+        spec[f"{name}_key"] = tf.io.FixedLenFeature([], tf.string)
+    spec.update({"image_present": tf.io.FixedLenFeature([], tf.int64),
+                 "audio_present": tf.io.FixedLenFeature([], tf.int64),
+                 "audio_length": tf.io.FixedLenFeature([], tf.int64)})
+
+    def parse(serialized):
+        x = tf.io.parse_example(serialized, spec)
+        pixels = tf.io.decode_raw(x["image"], tf.uint8, fixed_length=3 * size * size)
+        pcm = tf.io.decode_raw(x["audio"], tf.int16, fixed_length=2 * samples)
+        length = tf.cast(x["audio_length"], tf.int32)
+        return {"item_index": x["item_index"], "item_id": x["item_id"],
+                "text": x["text"], "text_key": x["text_key"],
+                "text_present": tf.strings.length(x["text"]) > 0,
+                "image": tf.reshape(tf.cast(pixels, tf.float32) / 255.0, [-1, size, size, 3]),
+                "image_key": x["image_key"], "image_present": x["image_present"] > 0,
+                "audio": {"waveform": tf.cast(pcm, tf.float32) / 32767.0, "length": length},
+                "audio_key": x["audio_key"], "audio_present": x["audio_present"] > 0}
+
+    dataset = tf.data.Dataset.from_tensor_slices(manifest.files("items"))
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=1,  # keep item order
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return (dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+# --- file helpers (tf.io.gfile: local paths and gs:// alike) ----------------------------------
+
+
+def _join(directory: str, name: str) -> str:
+    return directory.rstrip("/") + "/" + name if "://" in directory else os.path.join(
+        directory, name)
+
+
+def _write_text(path: str, text: str) -> None:
+    head, name = path.rsplit("/", 1)
+    tmp = f"{head}/.{name}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as handle:
+        handle.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _read_text(path: str) -> str:
+    with tf.io.gfile.GFile(path) as handle:
+        return handle.read()

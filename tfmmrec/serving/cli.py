@@ -1,0 +1,173 @@
+"""Serving: the ``tfmmrec serve`` and ``tfmmrec query`` subcommands (added to the main CLI)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+from tfmmrec.errors import ServingError
+
+
+def add_serving_commands(subparsers) -> None:
+    """Register ``serve`` and ``query``; each sets ``handler(args) -> exit code``."""
+    _add_serve(subparsers)
+    _add_query(subparsers)
+
+
+# -- serve -------------------------------------------------------------------------------------
+def _add_serve(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="serve exported models over TF Serving's gRPC and REST APIs",
+        description="A TF Serving protocol-compatible server (gRPC PredictionService/"
+                    "ModelService and the REST /v1/models API) for machines without "
+                    "tensorflow_model_server or without one linked with ScaNN. It is not the C++ "
+                    "server: no batching scheduler, version labels or Classify/Regress.")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-base-path", help="folder holding <version>/ folders, e.g. "
+                        "runs/models/tfmmrec")
+    source.add_argument("--model-config-file", help="a TF Serving models.config "
+                        "(ModelServerConfig text proto) listing several models")
+    serve.add_argument("--model-name", help="name clients ask for (default: the folder name)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    serve.add_argument("--rest-api-port", type=int, default=8501,
+                       help="REST port (0: any free port)")
+    serve.add_argument("--no-rest", action="store_true", help="serve gRPC only")
+    serve.add_argument("--poll-seconds", type=float, default=1.0,
+                       help="how often to look for new versions (TF Serving's "
+                            "--file_system_poll_wait_seconds; 0: never)")
+    serve.add_argument("--version-policy", default="latest",
+                       help="latest | latest:N | all | specific:V1,V2 (default: newest only)")
+    serve.add_argument("--num-threads", type=int, default=0,
+                       help="concurrent model executions and gRPC workers (default: cores)")
+    serve.add_argument("--max-request-bytes", type=int, default=64 * 2**20,
+                       help="largest gRPC message / REST body accepted (default 64 MiB)")
+    serve.add_argument("--no-warmup", action="store_true",
+                       help="skip replaying assets.extra/tf_serving_warmup_requests on load")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args) -> int:
+    from tfmmrec.serving.registry import ModelConfig, VersionPolicy, read_model_config
+    from tfmmrec.serving.server import ModelServer, ServerOptions
+
+    options = ServerOptions(host=args.host, port=args.port,
+                            rest_port=None if args.no_rest else args.rest_api_port,
+                            num_threads=args.num_threads, poll_seconds=args.poll_seconds,
+                            max_request_bytes=args.max_request_bytes, warmup=not args.no_warmup)
+    if args.model_config_file:
+        if args.model_name:
+            raise ServingError("--model-name only goes with --model-base-path; models.config "
+                               "names its models itself")
+        models = read_model_config(args.model_config_file)
+    else:
+        from pathlib import Path
+
+        base = Path(args.model_base_path)
+        if not base.is_dir():
+            raise ServingError(f"model base path {base} does not exist — export a model first "
+                               "(tfmmrec export) or fix --model-base-path")
+        models = [ModelConfig(args.model_name or base.name, base,
+                              VersionPolicy.parse(args.version_policy))]
+    server = ModelServer(models, options)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    try:
+        loaded = {m.name: server.registry.available_versions(m.name) for m in models}
+        rest = f"REST {options.host}:{server.rest_port}" if server.rest_port else "REST off"
+        print(f"tfmmrec serve: gRPC {options.host}:{server.port}, {rest}; models: "
+              + ", ".join(f"{name} versions {versions}" for name, versions in loaded.items())
+              + " (protocol-compatible local server, not tensorflow_model_server); Ctrl-C stops",
+              flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    print("tfmmrec serve: stopped", flush=True)
+    return 0
+
+
+# -- query -------------------------------------------------------------------------------------
+def _add_query(subparsers) -> None:
+    query = subparsers.add_parser(
+        "query", help="query a served model (TF Serving or tfmmrec serve) over gRPC or REST")
+    query.add_argument("--target", default="127.0.0.1:8500",
+                       help="host:port of the gRPC port (REST port with --rest)")
+    query.add_argument("--model", default="tfmmrec", help="model name on the server")
+    what = query.add_mutually_exclusive_group(required=True)
+    what.add_argument("--user", action="append", help="user id (repeatable)")
+    what.add_argument("--text", action="append", help="query text (repeatable)")
+    what.add_argument("--image", action="append", help="image file (repeatable)")
+    what.add_argument("--audio", action="append", help="16-bit PCM WAV file (repeatable)")
+    what.add_argument("--embed", action="append", metavar="USER",
+                      help="print a user's query embedding (repeatable)")
+    what.add_argument("--status", action="store_true", help="print the model's version states")
+    what.add_argument("--metadata", action="store_true", help="print the signatures")
+    query.add_argument("--k", type=int, help="how many items (default: the export's k for "
+                       "--user, 10 otherwise)")
+    query.add_argument("--version", type=int, help="a specific version (default: newest)")
+    query.add_argument("--rest", action="store_true", help="use the REST API")
+    query.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    query.add_argument("--json", action="store_true", help="print JSON")
+    query.set_defaults(handler=_query)
+
+
+def _query(args) -> int:
+    from tfmmrec.serving.client import DEFAULT_K, ServingClient, format_results
+
+    with ServingClient(args.target, args.model, version=args.version, rest=args.rest,
+                       timeout=args.timeout) as client:
+        if args.status:
+            return _print(client.status(), args.json, _status_text)
+        if args.metadata:
+            return _print(client.metadata(), args.json, _metadata_text)
+        if args.embed:
+            embedding = client.embed_query(args.embed)
+            for user, vector in zip(args.embed, embedding, strict=True):
+                print(json.dumps({"user_id": user, "embedding": vector.tolist()}))
+            return 0
+        k = args.k if args.k is not None else DEFAULT_K
+        if args.user:
+            result, queries = client.recommend(args.user, args.k), args.user
+        elif args.text:
+            result, queries = client.query_text(args.text, k), args.text
+        elif args.image:
+            result, queries = client.query_image(args.image, k), args.image
+        else:
+            result, queries = client.query_audio(args.audio, k), args.audio
+    if args.json:
+        rows = [{"query": q, "item_ids": [i.decode() for i in result["item_ids"][row]],
+                 "scores": [float(s) for s in result["scores"][row]]}
+                for row, q in enumerate(queries)]
+        return _print(rows, True, str)
+    print(format_results(result, queries))
+    return 0
+
+
+def _print(payload, as_json: bool, formatter) -> int:
+    print(json.dumps(payload, indent=2) if as_json else formatter(payload))
+    sys.stdout.flush()
+    return 0
+
+
+def _status_text(rows: list[dict]) -> str:
+    return "\n".join(f"version {r['version']}: {r['state']}"
+                     + (f" ({r['error_code']}: {r['error_message']})"
+                        if r["error_code"] != "OK" else "") for r in rows)
+
+
+def _metadata_text(signatures: dict) -> str:
+    lines = []
+    for name, parts in sorted(signatures.items()):
+        if name.startswith("__"):  # __saved_model_init_op: not callable
+            continue
+        inputs = ", ".join(f"{a}: {d} {s}" for a, (d, s) in sorted(parts["inputs"].items()))
+        outputs = ", ".join(f"{a}: {d} {s}" for a, (d, s) in sorted(parts["outputs"].items()))
+        lines.append(f"{name}({inputs}) -> {outputs}")
+    return "\n".join(lines)

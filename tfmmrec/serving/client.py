@@ -1,0 +1,350 @@
+"""Serving: the client end — query a TF Serving (or ``tfmmrec serve``) model over gRPC or REST.
+
+gRPC goes through tensorflow-serving-api's ``PredictionService``/``ModelService`` stubs; REST uses
+TF Serving's JSON API (columnar ``inputs``, ``{"b64": ...}`` for bytes) with the standard
+library's ``urllib``, so the client needs nothing beyond what tfmmrec already installs. Failures
+become :class:`ServingRequestError` with the gRPC code name and a message saying what to do.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
+
+from tfmmrec.errors import ServingError
+from tfmmrec.export.warmup import predict_request
+from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
+
+DEFAULT_K = 10
+MAX_MESSAGE_BYTES = 64 * 2**20
+_NUMPY_FOR_DTYPE = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
+                    types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64,
+                    types_pb2.DT_BOOL: np.bool_}
+
+
+class ServingRequestError(ServingError):
+    """A request the server (or the network) refused; ``code`` is the gRPC code name."""
+
+    def __init__(self, message: str, code: str, details: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+
+class ServingClient:
+    """Query one served model the way any TF Serving model is queried.
+
+    Args:
+        target: ``host:port`` of the gRPC port (8500) or, with ``rest=True``, the REST port
+            (8501; ``http://`` optional).
+        model: the model name in the server's config (``export.model_name``).
+        version: ask for this version instead of the newest one the server has.
+        rest: use the REST API instead of gRPC (slower: JSON + base64 for bytes).
+        timeout: seconds per request (the gRPC deadline / the socket timeout).
+
+    Example::
+
+        with ServingClient("127.0.0.1:8500", "tfmmrec") as client:
+            top = client.query_text(["a rainy night in the city"], k=5)
+            print(top["item_ids"][0], top["scores"][0])
+    """
+
+    def __init__(self, target: str, model: str = "tfmmrec", *, version: int | None = None,
+                 rest: bool = False, timeout: float = 10.0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+        self.target = target.removeprefix("http://").rstrip("/")
+        self.model = model
+        self.version = version
+        self.rest = rest
+        self.timeout = timeout
+        self._signatures: dict | None = None
+        self._channel = None
+        if not rest:
+            self._channel = grpc.insecure_channel(self.target, options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes)])
+            self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+            self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    # -- tfmmrec signatures ------------------------------------------------------------------
+    def recommend(self, user_ids: Sequence[str] | str, k: int | None = None
+                  ) -> dict[str, np.ndarray]:
+        """Top-k items per user (``serving_default`` when ``k`` is None, else ``recommend``)."""
+        users = _strings(user_ids)
+        if k is None:
+            return self.predict("serving_default", {"user_id": users})
+        return self.predict("recommend", {"user_id": users, "k": np.int32(k)})
+
+    def query_text(self, texts: Sequence[str] | str, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
+        return self.predict("query_text", {"text": _strings(texts), "k": np.int32(k)})
+
+    def query_image(self, images, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
+        """``images``: encoded JPEG/PNG/GIF/BMP bytes or file paths (one or a list)."""
+        return self.predict("query_image", {"image": _blobs(images), "k": np.int32(k)})
+
+    def query_audio(self, clips, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
+        """``clips``: 16-bit PCM WAV bytes or file paths (one or a list)."""
+        return self.predict("query_audio", {"audio": _blobs(clips), "k": np.int32(k)})
+
+    def embed_query(self, user_ids: Sequence[str] | str) -> np.ndarray:
+        return self.predict("embed_query", {"user_id": _strings(user_ids)})["embedding"]
+
+    # -- generic TF Serving calls ------------------------------------------------------------
+    def predict(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run ``signature`` on ``inputs`` (numpy-convertible values); outputs as numpy arrays."""
+        what = self._what(signature)
+        if self.rest:
+            return self._rest_predict(signature, inputs, what)
+        request = predict_request(self.model, signature, dict(inputs), self.version)
+        try:
+            response = self._predict.Predict(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._grpc_error(error, what) from None
+        return {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+
+    def metadata(self) -> dict[str, dict]:
+        """Each signature's inputs and outputs: ``{name: {"inputs": {alias: (dtype, shape)}}}``."""
+        return {name: {part: {alias: (_dtype_name(info.dtype), _shape(info))
+                              for alias, info in getattr(signature, part).items()}
+                       for part in ("inputs", "outputs")}
+                for name, signature in self._signature_defs().items()}
+
+    def status(self) -> list[dict]:
+        """GetModelStatus: ``[{"version", "state", "error_code", "error_message"}]``."""
+        if self.rest:
+            payload = self._rest_call("GET", self._model_path(), None, "model status")
+            rows = payload.get("model_version_status", [])
+        else:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            self._fill_spec(request.model_spec)
+            try:
+                response = self._models.GetModelStatus(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                raise self._grpc_error(error, f"model {self.model!r} status") from None
+            rows = json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                             always_print_fields_with_no_presence=True
+                                             )["model_version_status"]
+        return [{"version": int(row["version"]), "state": row["state"],
+                 "error_code": row["status"]["error_code"],
+                 "error_message": row["status"]["error_message"]} for row in rows]
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _what(self, signature: str) -> str:
+        version = f" version {self.version}" if self.version is not None else ""
+        return f"model {self.model!r}{version} signature {signature!r} at {self.target}"
+
+    def _fill_spec(self, spec) -> None:
+        spec.name = self.model
+        if self.version is not None:
+            spec.version.value = self.version
+
+    def _signature_defs(self) -> dict:
+        if self._signatures is not None:
+            return self._signatures
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        if self.rest:
+            payload = self._rest_call("GET", self._model_path() + "/metadata", None, "metadata")
+            json_format.ParseDict(payload["metadata"]["signature_def"], signatures,
+                                  ignore_unknown_fields=True)
+        else:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                metadata_field=["signature_def"])
+            self._fill_spec(request.model_spec)
+            try:
+                response = self._predict.GetModelMetadata(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                raise self._grpc_error(error, f"model {self.model!r} metadata") from None
+            response.metadata["signature_def"].Unpack(signatures)
+        self._signatures = dict(signatures.signature_def)
+        return self._signatures
+
+    def _grpc_error(self, error: grpc.RpcError, what: str) -> ServingRequestError:
+        code = error.code()
+        details = error.details() or ""
+        return ServingRequestError(_explain(code.name, details, what, self.target, self.timeout,
+                                            rest=False), code.name, details)
+
+    # REST --------------------------------------------------------------------------------------
+    def _model_path(self) -> str:
+        path = f"/v1/models/{urllib.request.quote(self.model, safe='')}"
+        return path + (f"/versions/{self.version}" if self.version is not None else "")
+
+    def _rest_predict(self, signature: str, inputs: Mapping[str, Any], what: str
+                      ) -> dict[str, np.ndarray]:
+        body = {"signature_name": signature,
+                "inputs": {alias: _to_json(np.asarray(value)) for alias, value in inputs.items()}}
+        payload = self._rest_call("POST", self._model_path() + ":predict", body, what)
+        outputs = payload["outputs"]
+        signature_def = self._signature_defs().get(signature)
+        infos = dict(signature_def.outputs) if signature_def is not None else {}
+        if len(infos) == 1 and not (isinstance(outputs, dict) and set(outputs) == set(infos)):
+            outputs = {next(iter(infos)): outputs}  # one output: TF Serving drops its name
+        return {alias: _from_json(value, infos[alias].dtype if alias in infos else None)
+                for alias, value in outputs.items()}
+
+    def _rest_call(self, method: str, path: str, body: dict | None, what: str) -> dict:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(f"http://{self.target}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            details = _error_text(error)
+            code = GRPC_CODE_FOR_HTTP.get(error.code, grpc.StatusCode.UNKNOWN).name
+            raise ServingRequestError(_explain(code, details, what, self.target, self.timeout,
+                                               rest=True), code, details) from None
+        except TimeoutError:
+            raise ServingRequestError(_explain("DEADLINE_EXCEEDED", "", what, self.target,
+                                               self.timeout, rest=True),
+                                      "DEADLINE_EXCEEDED") from None
+        except (urllib.error.URLError, ConnectionError) as error:
+            reason = getattr(error, "reason", error)
+            code = "DEADLINE_EXCEEDED" if isinstance(reason, TimeoutError) else "UNAVAILABLE"
+            raise ServingRequestError(_explain(code, str(reason), what, self.target,
+                                               self.timeout, rest=True), code,
+                                      str(reason)) from None
+
+
+def _explain(code: str, details: str, what: str, target: str, timeout: float, rest: bool) -> str:
+    """what went wrong — where — how to fix it, for the status codes users actually meet."""
+    protocol = "REST" if rest else "gRPC"
+    port_hint = "8501 for REST" if rest else "8500 for gRPC"
+    if code == "UNAVAILABLE":
+        return (f"cannot reach {target} over {protocol} ({details or 'connection refused'}) — "
+                f"is `tfmmrec serve` or tensorflow_model_server running there? Start one, or "
+                f"fix --target (default ports: {port_hint})")
+    if code == "DEADLINE_EXCEEDED":
+        return (f"{what}: no answer within {timeout:g} s — the server is overloaded or still "
+                "loading the model; retry, or raise --timeout")
+    if code == "NOT_FOUND":
+        return (f"{what}: NOT_FOUND: {details} — check --model and --version against "
+                "`tfmmrec query --status` (the server serves the newest version unless its "
+                "version policy keeps more)")
+    if code == "INVALID_ARGUMENT":
+        return (f"{what}: INVALID_ARGUMENT: {details} — fix the request (inputs, k within "
+                "[1, max_k], decodable image/WAV bytes); `tfmmrec query --metadata` lists the "
+                "signatures' inputs")
+    if code == "FAILED_PRECONDITION":
+        return (f"{what}: FAILED_PRECONDITION: {details} — the model has no such signature; "
+                "`tfmmrec query --metadata` lists them")
+    if code == "RESOURCE_EXHAUSTED":
+        return (f"{what}: RESOURCE_EXHAUSTED: {details} — the request is too large for the "
+                "server (or it is overloaded); send fewer or smaller items")
+    return f"{what}: {code}: {details}"
+
+
+def _error_text(error: urllib.error.HTTPError) -> str:
+    raw = error.read()
+    try:
+        return str(json.loads(raw)["error"])
+    except (ValueError, KeyError, TypeError):
+        return raw.decode("utf-8", "replace").strip() or error.reason
+
+
+def _strings(values: Sequence[str] | str) -> np.ndarray:
+    """Text stays ``str`` (plain JSON strings over REST); ``bytes`` stay bytes (b64 over REST).
+
+    ``dtype=object`` matters: numpy's fixed-width bytes dtype drops trailing NUL bytes.
+    """
+    if isinstance(values, str | bytes):
+        values = [values]
+    return np.array(list(values), dtype=object)
+
+
+def _blobs(values) -> np.ndarray:
+    """Bytes as they are; paths read from disk."""
+    if isinstance(values, bytes | str | os.PathLike):
+        values = [values]
+    blobs = []
+    for value in values:
+        if isinstance(value, bytes):
+            blobs.append(value)
+            continue
+        path = Path(value)
+        try:
+            blobs.append(path.read_bytes())
+        except OSError as exc:
+            raise ServingError(f"cannot read {path}: {exc} — pass an existing image/WAV "
+                               "file") from None
+    return np.array(blobs, dtype=object)
+
+
+def _to_json(array: np.ndarray):
+    """numpy → JSON for TF Serving: bytes as {"b64": ...}; everything else as plain values."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        def convert(item):
+            if isinstance(item, bytes):
+                return {"b64": base64.b64encode(item).decode("ascii")}
+            return str(item)
+        return _map_nested(array, convert)
+    return array.tolist()
+
+
+def _map_nested(array: np.ndarray, convert):
+    if array.ndim == 0:
+        return convert(array[()])
+    return [_map_nested(item, convert) if isinstance(item, np.ndarray) else convert(item)
+            for item in array]
+
+
+def _from_json(value, dtype: int | None) -> np.ndarray:
+    if dtype == types_pb2.DT_STRING:
+        return np.array(_strings_nested(value), dtype=object)
+    return np.array(value, dtype=_NUMPY_FOR_DTYPE.get(dtype))
+
+
+def _strings_nested(value):
+    if isinstance(value, list):
+        return [_strings_nested(item) for item in value]
+    if isinstance(value, dict) and "b64" in value:
+        return base64.b64decode(value["b64"])
+    return str(value).encode("utf-8")
+
+
+def _dtype_name(dtype: int) -> str:
+    return types_pb2.DataType.Name(dtype)
+
+
+def _shape(info) -> list[int] | None:
+    return None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
+
+
+def format_results(result: Mapping[str, np.ndarray], queries: Iterable[str]) -> str:
+    """A plain-text table of top-k item ids and scores per query (for the CLI)."""
+    lines = []
+    for row, query in enumerate(queries):
+        lines.append(f"{query}:")
+        ids, scores = result["item_ids"][row], result["scores"][row]
+        for rank, (item, score) in enumerate(zip(ids, scores, strict=True), start=1):
+            item = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+            lines.append(f"  {rank:>3}  {item:<24} {float(score):.4f}")
+    return "\n".join(lines)

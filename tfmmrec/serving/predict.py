@@ -1,0 +1,251 @@
+"""Serving: run Predict / GetModelMetadata / GetModelStatus on loaded versions, as TF Serving does.
+
+Both front ends (gRPC and REST) end here, so they validate alike and fail with the same status.
+Checks and messages follow TF Serving's ``predict_util.cc`` and ``saved_model/util.cc``
+(input count, missing inputs with signature defaults, dtypes); on top of them the input shapes are
+checked against the SignatureDef, because an eager call would otherwise fail deep inside the
+graph with an op's message ("In[0] is not a matrix") that does not name the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
+
+from tfmmrec.export.warmup import read_warmup_requests
+from tfmmrec.serving.registry import WARMUP_PATH, ModelRegistry, Servable
+from tfmmrec.serving.status import RequestStatus, from_tf_error, invalid_argument
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURE_DEF_FIELD = "signature_def"
+# TF's DataTypeString names where they differ from tf.DType.name.
+_CPP_DTYPE_NAMES = {"float32": "float", "float64": "double"}
+
+
+def dtype_name(dtype_enum: int) -> str:
+    name = tf.dtypes.as_dtype(dtype_enum).name
+    return _CPP_DTYPE_NAMES.get(name, name)
+
+
+def shape_of(tensor_info) -> list[int] | None:
+    """A TensorInfo's shape as a list (-1 = any size), or None for unknown rank."""
+    shape = tensor_info.tensor_shape
+    return None if shape.unknown_rank else [d.size for d in shape.dim]
+
+
+class PredictionCore:
+    """The model-facing half of a server: registry + a bound on concurrent model executions.
+
+    Args:
+        registry: the loaded versions.
+        num_threads: at most this many model executions run at once (the rest wait, up to their
+            deadline); size it to the cores, since each execution already uses TF's thread pools.
+    """
+
+    def __init__(self, registry: ModelRegistry, num_threads: int):
+        self.registry = registry
+        self.num_threads = num_threads
+        self._slots = threading.BoundedSemaphore(num_threads)
+
+    # -- Predict -----------------------------------------------------------------------------
+    def predict(self, request: predict_pb2.PredictRequest,
+                timeout: float | None = None) -> predict_pb2.PredictResponse:
+        """Run ``request`` on the version it names (default: newest); raises RequestStatus."""
+        start = time.monotonic()
+        name, version = model_spec_key(request.model_spec)
+        with self.registry.handle(name, version) as servable:
+            if timeout is None:
+                self._slots.acquire()
+            else:
+                remaining = timeout - (time.monotonic() - start)
+                if remaining <= 0 or not self._slots.acquire(timeout=remaining):
+                    raise RequestStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            try:
+                return run_predict(servable, request)
+            finally:
+                self._slots.release()
+
+    def signature_inputs(self, model_spec, signature_name: str) -> dict:
+        """The named inputs of a signature (REST needs them to type the JSON values)."""
+        name, version = model_spec_key(model_spec)
+        key = signature_name or DEFAULT_SIGNATURE
+        with self.registry.handle(name, version) as servable:
+            signature = servable.signature_defs.get(key)
+            if signature is None:
+                raise invalid_argument(
+                    f'Serving signature name: "{key}" not found in signature def')
+            return dict(signature.inputs)
+
+    # -- GetModelMetadata --------------------------------------------------------------------
+    def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                       ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field")
+        for metadata_field in request.metadata_field:
+            if metadata_field != SIGNATURE_DEF_FIELD:
+                raise invalid_argument(f"Metadata field {metadata_field} is not supported")
+        name, version = model_spec_key(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        with self.registry.handle(name, version) as servable:
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            for key, signature in servable.signature_defs.items():
+                signatures.signature_def[key].CopyFrom(signature)
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
+        return response
+
+    # -- GetModelStatus ----------------------------------------------------------------------
+    def model_status(self, request: get_model_status_pb2.GetModelStatusRequest
+                     ) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        name, version = model_spec_key(request.model_spec)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, record in self.registry.status(name, version):
+            entry = response.model_version_status.add()
+            entry.version = number
+            entry.state = record.state
+            entry.status.error_code = grpc.StatusCode[record.error_code].value[0]
+            entry.status.error_message = record.error_message
+        return response
+
+    # -- warmup ------------------------------------------------------------------------------
+    def warmup(self, servable: Servable) -> None:
+        """Replay the version's TF Serving warmup records (each must succeed, as in TF Serving)."""
+        path = servable.path.joinpath(*WARMUP_PATH)
+        requests = read_warmup_requests(path) if path.is_file() else []
+        for request in requests:
+            try:
+                run_predict(servable, request)
+            except RequestStatus as status:
+                signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+                raise RuntimeError(f"warmup request for signature {signature!r} failed: "
+                                   f"{status.code.name}: {status.message}") from None
+        if requests:
+            logger.info("%s version %d: replayed %d warmup request(s)", servable.name,
+                        servable.version, len(requests))
+
+
+def model_spec_key(model_spec) -> tuple[str, int | None]:
+    """``(name, version or None)``; version labels are not supported."""
+    if model_spec.version_label:
+        raise invalid_argument(f"Unrecognized servable version label: "
+                               f"{model_spec.version_label} (tfmmrec serve has no version "
+                               "labels; request a version number)")
+    version = model_spec.version.value if model_spec.HasField("version") else None
+    return model_spec.name, version
+
+
+def run_predict(servable: Servable, request: predict_pb2.PredictRequest
+                ) -> predict_pb2.PredictResponse:
+    """Validate ``request`` against the signature, run it, and pack the outputs."""
+    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = servable.signature_defs.get(name)
+    if signature is None or name not in servable.signatures:
+        raise RequestStatus(grpc.StatusCode.FAILED_PRECONDITION,
+                            f'Serving signature key "{name}" not found.')
+    _verify_inputs_size(signature, request)
+    feeds = _input_values(name, signature, request)
+    aliases = _output_aliases(signature, request)
+    try:
+        outputs = servable.signatures[name](**feeds)
+        values = {alias: outputs[alias].numpy() for alias in aliases}
+    except tf.errors.OpError as error:
+        raise from_tf_error(error) from None
+    except (TypeError, ValueError) as error:
+        raise invalid_argument(str(error)) from None
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = request.model_spec.name
+    response.model_spec.version.value = servable.version
+    response.model_spec.signature_name = name
+    for alias, value in values.items():
+        response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+    return response
+
+
+def _verify_inputs_size(signature, request) -> None:
+    sent, expected = set(request.inputs), set(signature.inputs)
+    if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
+        raise invalid_argument(
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+            f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
+
+
+def _input_values(signature_name: str, signature, request) -> dict[str, tf.Tensor]:
+    feeds = {}
+    for index, alias in enumerate(sorted(signature.inputs)):
+        info = signature.inputs[alias]
+        if alias in request.inputs:
+            proto = request.inputs[alias]
+        elif alias in signature.defaults:
+            proto = signature.defaults[alias]
+        else:
+            raise invalid_argument(
+                f"Signature input alias: {alias}(feed name: {info.name}) not found in request "
+                f"and no default value provided. Inputs expected to be in the request "
+                f"{{{','.join(sorted(request.inputs))}}}, or default input alias set: "
+                f"{','.join(sorted(signature.defaults))}")
+        if proto.dtype != info.dtype:
+            raise invalid_argument(f"Expects arg[{index}] to be {dtype_name(info.dtype)} but "
+                                   f"{dtype_name(proto.dtype)} is provided")
+        try:
+            value = tf.make_ndarray(proto)
+        except Exception:  # any malformed TensorProto
+            raise invalid_argument(f"tensor parsing error: {alias}") from None
+        _check_shape(signature_name, alias, value.shape, shape_of(info))
+        feeds[alias] = tf.constant(value, dtype=tf.dtypes.as_dtype(info.dtype))
+    unknown = set(request.inputs) - set(signature.inputs)
+    if unknown:
+        raise invalid_argument(
+            f"Inputs contains invalid name. Used request inputs: "
+            f"{','.join(sorted(set(request.inputs) & set(signature.inputs)))}, request input: "
+            f"{','.join(sorted(request.inputs))}")
+    return feeds
+
+
+def _check_shape(signature_name: str, alias: str, shape: tuple[int, ...],
+                 expected: list[int] | None) -> None:
+    if expected is None:
+        return
+    if len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected,
+                                                                       strict=True)):
+        return
+    hint = ""
+    if not expected:
+        hint = (" (a scalar: over REST send it once in the columnar 'inputs' object, "
+                "not in every 'instances' row)")
+    raise invalid_argument(f"input '{alias}' of signature '{signature_name}' has shape "
+                           f"{list(shape)} but the signature expects {expected}{hint}; "
+                           "-1 means any size")
+
+
+def _output_aliases(signature, request) -> list[str]:
+    if not request.output_filter:
+        return list(signature.outputs)
+    seen = []
+    for alias in request.output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{','.join(sorted(signature.outputs))}}}.")
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.append(alias)
+    return seen
