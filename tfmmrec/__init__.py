@@ -21,11 +21,12 @@ from tfmmrec.errors import (  # noqa: E402
 
 __version__ = "0.1.0"
 
+# ``export_model``, not ``export``: the ``tfmmrec.export`` subpackage would shadow a function of
+# that name as soon as any of its modules is imported.
 _LAZY = {
     "train": "tfmmrec.pipeline",
     "evaluate": "tfmmrec.pipeline",
-    "export": "tfmmrec.pipeline",
-    "demo": "tfmmrec.pipeline",
+    "export_model": ("tfmmrec.pipeline", "export"),
     "load_dataset": "tfmmrec.data.dataset",
     "build_demo_dataset": "tfmmrec.data.demo",
     "RetrievalModel": "tfmmrec.models.retrieval",
@@ -48,5 +49,6 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, attribute = _LAZY[name] if isinstance(_LAZY[name], tuple) else (_LAZY[name], name)
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'tfmmrec' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The public workflow: config → data → towers → model → train → evaluate → export.
 
-``tfmmrec.train(config)``, ``tfmmrec.evaluate(...)``, ``tfmmrec.export(...)`` and
+``tfmmrec.train(config)``, ``tfmmrec.evaluate(...)``, ``tfmmrec.export_model(...)`` and
 ``tfmmrec.demo()`` are what the CLI and the notebooks call; nothing here keeps its own defaults.
 """
 
@@ -369,7 +369,7 @@ def export(config: Config | str | os.PathLike | None = None,
     """
     from tfmmrec.export.index import build_index, recall_against_brute_force
     from tfmmrec.export.module import RetrievalServingModule
-    from tfmmrec.export.writer import export_model, write_models_config
+    from tfmmrec.export.writer import write_models_config, write_version
 
     config = load_config(config)
     # Before restoring, embedding and indexing (minutes for large catalogues), not after.
@@ -405,7 +405,7 @@ def export(config: Config | str | os.PathLike | None = None,
         image_size=config.image.image_size, sample_rate=config.audio.sample_rate,
         max_seconds=config.audio.max_seconds, ranking_head=head,
         retrieve_candidates=config.ranking.retrieve_candidates, seen=seen)
-    version_dir = export_model(module, ex.base_dir, ex.model_name, ex.version, metadata,
+    version_dir = write_version(module, ex.base_dir, ex.model_name, ex.version, metadata,
                                uses_scann=kind == "scann",
                                warmup=warmup_inputs(ws.modalities, str(ws.user_ids[0]),
                                                     min(ex.k, module.max_k)))

@@ -2,6 +2,6 @@
 
 from tfmmrec.export.index import build_index
 from tfmmrec.export.module import RetrievalServingModule
-from tfmmrec.export.writer import export_model, next_version
+from tfmmrec.export.writer import next_version, write_version
 
-__all__ = ["RetrievalServingModule", "build_index", "export_model", "next_version"]
+__all__ = ["RetrievalServingModule", "build_index", "next_version", "write_version"]

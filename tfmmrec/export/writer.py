@@ -30,7 +30,7 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(module: tf.Module, base_dir: str | os.PathLike, model_name: str,
+def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: str,
                  version: int | None, metadata: dict, uses_scann: bool,
                  warmup: dict | None = None) -> Path:
     """Save ``module`` with its signatures as a new version; returns the version directory."""

@@ -1,0 +1,790 @@
+"""Benchmark: tfmmrec against its baselines on MovieLens-100K, three protocols, speed and memory.
+
+    python benchmarks/ml100k.py                          # everything, 3 seeds (~20 min, 2 cores)
+    python benchmarks/ml100k.py --protocol A --seeds 1   # one part (A, B, C or speed)
+    python benchmarks/ml100k.py --quick                  # smoke run: 1 seed, 2 epochs, small speed
+
+Data: ../shared/data/ml100k (real posters and plot sentences); encoders: MiniLM-L6 and
+EfficientNet-Lite0 from ../shared/weights, frozen, their features read from the encoder cache.
+
+Protocols (each row trains on the protocol's training split and is scored by
+``tfmmrec.evaluation``; training items are excluded from the rankings, except in top-100
+accuracy, which is TFRS's ``FactorizedTopK`` figure: one query per test rating, nothing excluded):
+  A  the TFRS tutorial split: a seeded (42) random 80/20 of the ratings. Headline: top-100 accuracy.
+  B  item cold start: 20% of the items, with all their ratings, held out (the split seed changes
+     with the seed); only held-out items are ranked. Headline: Recall@20 = hits / min(20, |test|).
+  C  per-user temporal: each user's last 20% of ratings by timestamp. Headline: Recall@20.
+Rows: popularity, random, the TFRS basic-retrieval tutorial model (ID-only, as written and with
+tfmmrec's epoch budget), tfmmrec ID-only (its loss, no content), tfmmrec text only / image only /
+text+image, hybrid (text+image+item id); in B also a training-free content profile. Main rows
+run ``--seeds`` seeds (mean ± std), ablations one seed.
+Speed (one step, so every ratio comes from one machine state): training examples/s of the
+tutorial loop as written (FactorizedTopK on, in separate processes) vs ``tfmmrec train`` on the
+cached features; peak RSS of both; cache build time and items/s of the frozen item encoders
+(MiniLM + EfficientNet-Lite0 on the catalogue; YAMNet on ../shared/data/fsdd clips); time to
+evaluate the whole test set.
+
+Resumable: each (protocol, row, seed) result is saved under benchmarks/out/ml100k/parts, keyed
+by a fingerprint of its settings, and reused by later runs (``--fresh`` recomputes; do that after
+changing package code). The speed step is saved as one part.
+Writes benchmarks/results/ml100k.json, ml100k.png (headline metrics), ml100k_curves.png
+(Recall/NDCG@K per protocol) and ml100k_speed.png once every part exists (``--quick``:
+``ml100k_quick.*``). Needs ../shared: without it, prints why and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TFMMREC_SHARED", REPO.parent / "shared"))
+RESULTS = REPO / "benchmarks" / "results"
+WORK = REPO / "benchmarks" / "out" / "ml100k"
+CONFIG = REPO / "configs" / "ml100k.yaml"
+FSDD = SHARED / "data" / "fsdd"
+HARNESS_VERSION = 1  # bump when a change here invalidates saved parts
+
+PROTOCOLS = ("A", "B", "C")
+PROTOCOL_NAMES = {"A": "A · random 80/20 (TFRS tutorial split)",
+                  "B": "B · item cold start (20% of items held out)",
+                  "C": "C · per-user temporal (last 20%)"}
+SPLITS = {
+    "A": ["data.split=random", "data.test_fraction=0.2", "data.seed=42"],
+    "B": ["data.split=cold_start", "data.test_fraction=0.2"],
+    "C": ["data.split=temporal", "data.test_fraction=0.2"],
+}
+# Config tuning per protocol, on top of configs/ml100k.yaml (the same for every tfmmrec row).
+# Cold start: the content towers start to memorise the training items (a poster or a plot is an
+# item id in disguise) after about 3 epochs, which helps the seen items and hurts the unseen ones.
+TUNING = {"A": [], "B": ["train.epochs=3"], "C": []}
+HEADLINE = {"A": "top_k_accuracy@100", "B": "recall@20", "C": "recall@20"}
+COLUMNS = ["top_k_accuracy@100", "recall@10", "recall@20", "ndcg@20"]
+COLUMN_NAMES = {"top_k_accuracy@100": "top-100 acc", "recall@10": "Recall@10",
+                "recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
+NO_CONTENT = ["text.enabled=false", "image.enabled=false"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: what is trained (``kind``) and with which config overrides."""
+
+    name: str
+    kind: str  # tfmmrec | tutorial | tutorial_budget | popularity | random | profile
+    overrides: tuple[str, ...] = ()
+    main: bool = False  # run every seed (mean ± std); otherwise seed 0 only
+
+
+ALL = "tfmmrec · text + image"
+TEXT = "tfmmrec · text only"
+IMAGE = "tfmmrec · image only"
+TUTORIAL = "ID-only · TFRS tutorial, as written (3 ep)"
+TUTORIAL_BUDGET = "ID-only · TFRS tutorial, tfmmrec's epochs"
+ID_ONLY = "ID-only · tfmmrec loss (no content)"
+HYBRID = "tfmmrec · hybrid (text + image + item id)"
+
+
+def rows_for(protocol: str) -> list[Row]:
+    rows = [Row("random", "random", main=True)]
+    if protocol != "B":  # every held-out item has 0 training ratings: popularity is undefined
+        rows.append(Row("popularity", "popularity", main=True))
+    rows += [
+        Row(TUTORIAL, "tutorial", main=True),
+        Row(TUTORIAL_BUDGET, "tutorial_budget", main=protocol == "A"),
+        Row(ID_ONLY, "tfmmrec", tuple(NO_CONTENT), main=True),
+    ]
+    if protocol == "B":
+        rows.append(Row("content profile · MiniLM text, no training", "profile", main=True))
+    rows += [
+        Row(TEXT, "tfmmrec", ("image.enabled=false",), main=protocol == "B"),
+        Row(IMAGE, "tfmmrec", ("text.enabled=false",), main=protocol == "B"),
+        Row(ALL, "tfmmrec", (), main=True),
+        Row(HYBRID, "tfmmrec", ("model.item_id_embedding=true",)),
+    ]
+    return rows
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+
+def check_shared(config) -> str | None:
+    """Why the benchmark cannot run here, or None."""
+    needed = {"dataset": config.data.path, "MiniLM preset": config.text.preset,
+              "EfficientNet-Lite0": config.image.handle, "YAMNet": config.audio.handle,
+              "FSDD": str(FSDD)}
+    missing = [f"{what} ({path})" for what, path in needed.items()
+               if not path or not Path(path).exists()]
+    if missing:
+        return ("needs ../shared (data and pretrained weights), not found: " + ", ".join(missing)
+                + ". Set TFMMREC_SHARED or run from a checkout next to ../shared.")
+    return None
+
+
+def base_config(args, extra: list[str] = ()):
+    import tfmmrec
+
+    quick = ["train.epochs=2"] if args.quick else []
+    return tfmmrec.load_config(str(CONFIG), ["train.verbose=0", *quick, *args.overrides, *extra])
+
+
+def protocol_config(args, protocol: str, row: Row, seed: int):
+    split_seed = [f"data.seed={42 + seed}"] if protocol == "B" else []
+    tuning = [o for o in TUNING[protocol] if not (args.quick and o.startswith("train.epochs"))]
+    return base_config(args, [*SPLITS[protocol], *split_seed, *tuning, *row.overrides,
+                              f"train.seed={seed}",
+                              f"train.output_dir={WORK}/runs/{protocol}-{slug(row.name)}"])
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60]
+
+
+class Workspaces:
+    """One prepared workspace (encoders + cached features), re-split and re-masked per row."""
+
+    def __init__(self, ws):
+        self.base = ws
+        self._splits: dict[tuple, object] = {}
+
+    def split(self, config):
+        from tfmmrec.data.splits import split_interactions
+
+        d = config.data
+        key = (d.split, d.test_fraction, d.seed)
+        if key not in self._splits:
+            ds = self.base.dataset
+            self._splits[key] = split_interactions(ds.interactions, d.split, d.test_fraction,
+                                                   d.seed, ds.num_items)
+        return self._splits[key]
+
+    def for_config(self, config):
+        """The workspace ``pipeline.prepare(config)`` would build, without re-encoding."""
+        ws = self.base
+        modalities = tuple(m for m in ws.dataset.catalog.modalities if config.tower(m).enabled)
+        return dataclasses.replace(
+            ws, config=config, split=self.split(config), modalities=modalities,
+            encoders={m: ws.encoders[m] for m in modalities},
+            contents={m: ws.contents[m] for m in modalities})
+
+
+# --- one row, one seed -----------------------------------------------------------------------
+
+
+def run_row(spaces: Workspaces, args, protocol: str, row: Row, seed: int) -> dict:
+    """Train (if needed) and evaluate one row at one seed; returns metrics and cost."""
+    from tfmmrec.evaluation.protocol import (
+        popularity_baseline,
+        random_baseline,
+    )
+
+    config = protocol_config(args, protocol, row, seed)
+    ws = spaces.for_config(config)
+    ks, user_ids, num_items = config.eval.ks, ws.user_ids, ws.dataset.num_items
+    start = time.perf_counter()
+    info: dict = {}
+    if row.kind == "popularity":
+        metrics = popularity_baseline(ws.split, user_ids, num_items, ks)
+    elif row.kind == "random":
+        metrics = random_baseline(ws.split, user_ids, num_items, ks, seed=seed)
+    elif row.kind == "profile":
+        metrics = content_profile(ws, spaces.base.contents["text"], ks)
+    elif row.kind in ("tutorial", "tutorial_budget"):
+        metrics, info = tutorial_row(ws, config, row, seed, args.quick)
+    else:
+        metrics, info = tfmmrec_row(ws, config)
+    info["seconds"] = time.perf_counter() - start
+    return {"metrics": metrics, "info": info}
+
+
+def tfmmrec_row(ws, config) -> tuple[dict, dict]:
+    import tensorflow as tf
+
+    from tfmmrec import pipeline
+
+    shutil.rmtree(config.train.output_dir, ignore_errors=True)  # never resume a stale run
+    result = pipeline.train(config, workspace=ws, progress=False)
+    metrics = pipeline.evaluate(config, model=result.model, workspace=ws, baselines=False,
+                                write=False)["tfmmrec"]
+    info = {"examples_per_second": result.examples_per_second, "epochs": result.epochs_run,
+            "modalities": list(ws.modalities)}
+    shutil.rmtree(config.train.output_dir, ignore_errors=True)
+    tf.keras.backend.clear_session()
+    return metrics, info
+
+
+def tutorial_row(ws, config, row: Row, seed: int, quick: bool) -> tuple[dict, dict]:
+    """The tutorial's model and optimiser; FactorizedTopK off here (it changes no weight)."""
+    import tensorflow as tf
+
+    from tfmmrec.evaluation.baselines import (
+        TUTORIAL_EPOCHS,
+        train_tutorial_model,
+        tutorial_embeddings,
+    )
+    from tfmmrec.evaluation.protocol import evaluate_embeddings
+
+    epochs = TUTORIAL_EPOCHS if row.kind == "tutorial" else config.train.epochs
+    if quick:
+        epochs = min(epochs, 2)
+    item_ids = ws.dataset.catalog.item_ids
+    result = train_tutorial_model(ws.split.train, ws.user_ids, item_ids, epochs=epochs,
+                                  compute_metrics=False, seed=42 + seed)
+    users, items = tutorial_embeddings(result.model, ws.user_ids, item_ids)
+    metrics = evaluate_embeddings(users, items, ws.split, ws.user_ids, config.eval.ks)
+    tf.keras.backend.clear_session()
+    return metrics, {"epochs": epochs, "examples_per_second": result.examples_per_second}
+
+
+def content_profile(ws, text, ks) -> dict:
+    from tfmmrec.evaluation.baselines import content_profile_embeddings
+    from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+
+    train, _ = split_matrices(ws.split, ws.user_ids, ws.dataset.num_items)
+    users, items = content_profile_embeddings(text.values, text.mask, train)
+    return evaluate_embeddings(users, items, ws.split, ws.user_ids, ks)
+
+
+# --- parts on disk (resume) ------------------------------------------------------------------
+
+
+def fingerprint(payload: dict) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def row_fingerprint(args, protocol: str, row: Row, seed: int, identities: dict) -> str:
+    config = protocol_config(args, protocol, row, seed).to_dict()
+    config["train"].pop("output_dir")
+    config["train"].pop("verbose")
+    return fingerprint({"v": HARNESS_VERSION, "row": dataclasses.asdict(row), "seed": seed,
+                        "quick": args.quick, "config": config, "encoders": identities})
+
+
+def part_path(args, *names: str) -> Path:
+    return WORK / ("parts-quick" if args.quick else "parts") / Path(*names).with_suffix(".json")
+
+
+def load_part(path: Path, key: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        part = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return part if part.get("fingerprint") == key else None
+
+
+def save_part(path: Path, key: str, payload: dict) -> dict:
+    from tfmmrec.evaluation.report import write_json
+
+    part = {"fingerprint": key, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **payload}
+    write_json(part, path)
+    return part
+
+
+def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict[str, list]:
+    """Every row × seed of a protocol: from saved parts, computing the missing ones if asked."""
+    from tqdm import tqdm
+
+    identities = spaces.base.encoder_identities()
+    jobs = [(row, seed) for row in rows_for(protocol)
+            for seed in range(args.seeds if row.main else 1)]
+    results: dict[str, list] = {}
+    todo = []
+    for row, seed in jobs:
+        key = row_fingerprint(args, protocol, row, seed, identities)
+        path = part_path(args, protocol, slug(row.name), f"seed{seed}")
+        part = None if args.fresh else load_part(path, key)
+        if part is None:
+            todo.append((row, seed, key, path))
+        else:
+            results.setdefault(row.name, []).append(part)
+    if todo and compute:
+        bar = tqdm(todo, desc=f"protocol {protocol}", unit="run", dynamic_ncols=True)
+        for row, seed, key, path in bar:
+            bar.set_postfix_str(f"{row.name[:40]} · seed {seed}")
+            part = save_part(path, key, {"protocol": protocol, "row": row.name, "seed": seed,
+                                         **run_row(spaces, args, protocol, row, seed)})
+            results.setdefault(row.name, []).append(part)
+            metric = HEADLINE[protocol]
+            bar.write(f"  {protocol} {row.name} seed {seed}: {metric} "
+                      f"{part['metrics'].get(metric, float('nan')):.4f}")
+    order = [r.name for r in rows_for(protocol)]
+    return {name: sorted(results[name], key=lambda p: p["seed"]) for name in order
+            if name in results}
+
+
+def aggregate(parts: list[dict]) -> dict:
+    """Per metric: the value (one seed) or (mean, std) over seeds."""
+    keys = [k for k, v in parts[0]["metrics"].items() if isinstance(v, int | float)]
+    out: dict = {"seeds": len(parts)}
+    for key in keys:
+        values = np.array([p["metrics"][key] for p in parts if p["metrics"].get(key) is not None],
+                          float)
+        if values.size == 0:
+            continue
+        out[key] = float(values[0]) if len(parts) == 1 else (float(values.mean()),
+                                                              float(values.std()))
+    return out
+
+
+# --- speed and memory ------------------------------------------------------------------------
+
+
+def run_child(command: list[str], desc: str) -> tuple[float, float, int]:
+    """Run a process; (wall seconds, its own peak RSS in MiB, exit status)."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    with tqdm(desc=desc, bar_format="{desc}: {elapsed}", dynamic_ncols=True) as bar:
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.5)
+            bar.update(0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        print(stderr[-3000:], file=sys.stderr)
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, process.returncode
+
+
+def speed_step(spaces: Workspaces, args) -> dict:
+    """Every timing of issue 3 §4 in one sequence (separate processes for RSS)."""
+    from tfmmrec import pipeline
+
+    out = WORK / "speed"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    result: dict = {"quick": args.quick}
+    tutorial_epochs = 2 if args.quick else 3
+
+    # 1. The TFRS tutorial loop as written (FactorizedTopK on every step), then with it off.
+    child = [sys.executable, str(Path(__file__).resolve()), "--_child", "tutorial",
+             "--_epochs", str(tutorial_epochs), "--_out", str(out / "tutorial.json")]
+    seconds, rss, status = run_child(child, "speed: TFRS tutorial loop (metrics on, then off)")
+    if status != 0:
+        raise RuntimeError("the tutorial speed child failed (its stderr is above)")
+    tutorial = json.loads((out / "tutorial.json").read_text())
+    result["tutorial"] = {**tutorial, "peak_rss_mib": rss, "process_seconds": seconds}
+
+    # 2. `tfmmrec train` on the same split from the encoder cache (the CLI, as a user runs it).
+    config = base_config(args, [*SPLITS["A"], f"train.output_dir={out / 'tfmmrec'}"])
+    overrides = [f"train.output_dir={out / 'tfmmrec'}", "train.verbose=0", *SPLITS["A"],
+                 *(["train.epochs=2"] if args.quick else []), *args.overrides]
+    child = [sys.executable, "-c", "import sys; from tfmmrec.cli import main; "
+             "sys.exit(main(sys.argv[1:]))", "-q", "train", "--config", str(CONFIG)]
+    for item in overrides:
+        child += ["--set", item]
+    seconds, rss, status = run_child(child, "speed: tfmmrec train (cached features)")
+    if status != 0:
+        raise RuntimeError("`tfmmrec train` failed in the speed step (its stderr is above)")
+    run = json.loads((out / "tfmmrec" / "run.json").read_text())
+    result["tfmmrec"] = {"examples_per_second": run["examples_per_second"],
+                         "epochs": len(run["history"].get("loss", [])),
+                         "batch_size": config.train.batch_size, "peak_rss_mib": rss,
+                         "process_seconds": seconds}
+
+    # 3. Time to evaluate the whole test set (embed every item and user, rank, all metrics).
+    ws = spaces.for_config(config)
+    model, _ = pipeline.restore_model(config, workspace=ws)
+    pipeline.evaluate(config, model=model, workspace=ws, baselines=False, write=False)  # trace
+    start = time.perf_counter()
+    metrics = pipeline.evaluate(config, model=model, workspace=ws, baselines=False,
+                                write=False)["tfmmrec"]
+    result["evaluation"] = {"seconds": time.perf_counter() - start,
+                            "test_interactions": len(ws.split.test),
+                            "users": int(metrics["num_users"]), "items": ws.dataset.num_items}
+
+    # 4. Cache build: the frozen encoders over the catalogue, into an empty cache.
+    result["encoding"] = cache_build(spaces.base, config, out / "cache", args.quick)
+    result["encoding"]["audio"] = yamnet_throughput(config, 32 if args.quick else 300)
+
+    speed = result["tfmmrec"]["examples_per_second"]
+    result["ratios"] = {
+        "tfmmrec_vs_tutorial_as_written": speed / tutorial["metrics_on"]["examples_per_second"],
+        "tfmmrec_vs_tutorial_metrics_off": speed / tutorial["metrics_off"]["examples_per_second"],
+        "tutorial_metrics_off_vs_on": tutorial["metrics_off"]["examples_per_second"]
+        / tutorial["metrics_on"]["examples_per_second"],
+        "training_rss_tfmmrec_vs_tutorial": result["tfmmrec"]["peak_rss_mib"] / rss,
+    }
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    return result
+
+
+def tutorial_child(args) -> int:
+    """Child process: the tutorial loop with metrics on (as written), then off; JSON out."""
+    import tfmmrec
+    from tfmmrec.data.dataset import load_dataset
+    from tfmmrec.data.splits import split_interactions
+    from tfmmrec.evaluation.baselines import train_tutorial_model
+    from tfmmrec.evaluation.report import write_json
+
+    config = tfmmrec.load_config(str(CONFIG), SPLITS["A"])
+    dataset = load_dataset(config.data)
+    split = split_interactions(dataset.interactions, "random", 0.2, 42)
+    out = {}
+    for name, metrics in (("metrics_on", True), ("metrics_off", False)):
+        run = train_tutorial_model(split.train, dataset.user_ids, dataset.catalog.item_ids,
+                                   epochs=args._epochs, compute_metrics=metrics, seed=42)
+        out[name] = {"examples_per_second": run.examples_per_second,
+                     "epoch_seconds": run.epoch_seconds, "epochs": args._epochs,
+                     "examples": len(split.train)}
+        if metrics:
+            out[name]["train_top_100_accuracy"] = run.history.get(
+                "factorized_top_k/top_100_categorical_accuracy", [None])[-1]
+    write_json(out, args._out)
+    return 0
+
+
+def cache_build(ws, config, directory: Path, quick: bool) -> dict:
+    """Encode the catalogue into an empty cache (timed per modality), then reload it."""
+    from tfmmrec.towers.cache import encode_catalog
+
+    catalog = ws.dataset.catalog
+    if quick:
+        n = 64
+        catalog = dataclasses.replace(catalog, item_ids=catalog.item_ids[:n],
+                                      texts=catalog.texts[:n],
+                                      image_paths=catalog.image_paths[:n],
+                                      audio_paths=catalog.audio_paths[:n],
+                                      frame=catalog.frame.iloc[:n])
+    media = {"image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
+             "max_seconds": config.audio.max_seconds}
+    shutil.rmtree(directory, ignore_errors=True)
+    out: dict = {"items": len(catalog)}
+    for modality in ("text", "image"):
+        encoder = ws.encoders[modality]
+        start = time.perf_counter()
+        content, _ = encode_catalog(catalog, encoder, directory,
+                                    batch_size=config.train.encode_batch_size, progress=True,
+                                    **media)
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        encode_catalog(catalog, encoder, directory, progress=False, **media)
+        out[modality] = {"build_seconds": seconds, "encoded": int(content.mask.sum()),
+                         "items_per_second": int(content.mask.sum()) / seconds,
+                         "reload_seconds": time.perf_counter() - start}
+    build = out["text"]["build_seconds"] + out["image"]["build_seconds"]
+    out["cache_build_seconds"] = build
+    out["item_tower_items_per_second"] = len(catalog) / build
+    return out
+
+
+def yamnet_throughput(config, num_clips: int) -> dict:
+    """YAMNet clip features end to end (decode, resample to 16 kHz, embed) on FSDD clips."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from tfmmrec.data.media import load_audio
+    from tfmmrec.towers.audio import build_audio_encoder
+    from tfmmrec.towers.cache import pad_waveforms
+
+    encoder = build_audio_encoder(dataclasses.replace(config.audio, backbone="yamnet"))
+    meta = pd.read_csv(FSDD / "metadata.csv").sample(num_clips, random_state=0)
+    paths = [FSDD / p for p in meta["path"]]
+    batch = config.train.encode_batch_size
+    encoder(pad_waveforms([load_audio(paths[0], 16000, config.audio.max_seconds)]))  # trace
+    start = time.perf_counter()
+    for first in tqdm(range(0, len(paths), batch), desc="speed: YAMNet on FSDD", unit="batch"):
+        waves = [load_audio(p, 16000, config.audio.max_seconds) for p in paths[first:first + batch]]
+        encoder(pad_waveforms(waves)).numpy()
+    seconds = time.perf_counter() - start
+    return {"clips": len(paths), "seconds": seconds, "items_per_second": len(paths) / seconds,
+            "audio_seconds_per_second": float(meta["duration_s"].sum()) / seconds}
+
+
+def speed_part(spaces: Workspaces, args, compute: bool) -> dict | None:
+    key = fingerprint({"v": HARNESS_VERSION, "quick": args.quick, "overrides": args.overrides,
+                       "config": CONFIG.read_text()})
+    path = part_path(args, "speed")
+    part = None if args.fresh else load_part(path, key)
+    if part is None and compute:
+        part = save_part(path, key, speed_step(spaces, args))
+    return part
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def table(results: dict) -> str:
+    from tfmmrec.evaluation.report import format_table
+
+    flat = {}
+    for protocol, rows in results.items():
+        for name, metrics in rows.items():
+            flat[f"{protocol} · {name}"] = metrics
+    columns = ["seeds", *COLUMNS]
+    text = format_table(flat, columns, model_header="protocol · model")
+    for key, label in COLUMN_NAMES.items():
+        text = text.replace(f"| {key} |", f"| {label} |", 1)
+    return text
+
+
+def speed_table(speed: dict) -> str:
+    t, tut, enc, ev = speed["tfmmrec"], speed["tutorial"], speed["encoding"], speed["evaluation"]
+    r = speed["ratios"]
+    lines = [
+        "| measurement | value | ratio |",
+        "| :--- | ---: | ---: |",
+        f"| training, TFRS tutorial loop as written (FactorizedTopK on, batch 8192) | "
+        f"{tut['metrics_on']['examples_per_second']:,.0f} ex/s | 1× |",
+        f"| training, same loop with FactorizedTopK off | "
+        f"{tut['metrics_off']['examples_per_second']:,.0f} ex/s | "
+        f"{r['tutorial_metrics_off_vs_on']:.1f}× |",
+        f"| training, `tfmmrec train` (text + image, cached features, batch {t['batch_size']}) | "
+        f"{t['examples_per_second']:,.0f} ex/s | **{r['tfmmrec_vs_tutorial_as_written']:.1f}×** |",
+        f"| peak RSS, tutorial training process | {tut['peak_rss_mib']:,.0f} MiB | 1× |",
+        f"| peak RSS, `tfmmrec train` process (loads MiniLM + EfficientNet to check the cache) | "
+        f"{t['peak_rss_mib']:,.0f} MiB | {r['training_rss_tfmmrec_vs_tutorial']:.2f}× |",
+        f"| cache build, MiniLM text ({enc['text']['encoded']} items) | "
+        f"{enc['text']['build_seconds']:.1f} s | {enc['text']['items_per_second']:.0f} items/s |",
+        f"| cache build, EfficientNet-Lite0 posters ({enc['image']['encoded']} items) | "
+        f"{enc['image']['build_seconds']:.1f} s | {enc['image']['items_per_second']:.0f} items/s |",
+        f"| cache build, whole item tower ({enc['items']} items) | "
+        f"{enc['cache_build_seconds']:.1f} s | {enc['item_tower_items_per_second']:.0f} items/s |",
+        f"| cache reload (text + image) | "
+        f"{enc['text']['reload_seconds'] + enc['image']['reload_seconds']:.2f} s | |",
+        f"| YAMNet on FSDD clips ({enc['audio']['clips']} clips) | "
+        f"{enc['audio']['seconds']:.1f} s | {enc['audio']['items_per_second']:.0f} clips/s "
+        f"({enc['audio']['audio_seconds_per_second']:.0f}× real time) |",
+        f"| evaluate the whole protocol-A test set ({ev['test_interactions']:,} ratings, "
+        f"{ev['users']} users × {ev['items']:,} items) | {ev['seconds']:.2f} s | |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def mean_of(value) -> float:
+    return float(value[0]) if isinstance(value, tuple | list) else float(value)
+
+
+def check_targets(results: dict, speed: dict | None) -> list[dict]:
+    """Issue 3's targets, each with the measured value (means over seeds)."""
+    checks = []
+
+    def add(text: str, value: float, threshold: float, higher: bool = True):
+        met = value >= threshold if higher else value <= threshold
+        checks.append({"target": text, "value": value, "threshold": threshold, "met": met})
+
+    def get(protocol, row, metric):
+        entry = results.get(protocol, {}).get(row, {})
+        return mean_of(entry[metric]) if metric in entry else None
+
+    a = "top_k_accuracy@100"
+    if "A" in results and get("A", ALL, a) is not None:
+        add("A: text+image top-100 accuracy ≥ 0.40", get("A", ALL, a), 0.40)
+        for other in ("popularity", TUTORIAL, TUTORIAL_BUDGET, ID_ONLY):
+            if get("A", other, a) is not None:
+                add(f"A: text+image > {other}", get("A", ALL, a), get("A", other, a) + 1e-12)
+    r = "recall@20"
+    if "B" in results and get("B", ALL, r) is not None:
+        add("B: text+image Recall@20 ≥ 0.30", get("B", ALL, r), 0.30)
+        for other in (TEXT, IMAGE):
+            if get("B", other, r) is not None:
+                add(f"B: text+image ≥ {other}", get("B", ALL, r), get("B", other, r))
+    if "C" in results and get("C", ALL, r) is not None:
+        for other in ("popularity", TUTORIAL, TUTORIAL_BUDGET, ID_ONLY):
+            if get("C", other, r) is not None:
+                add(f"C: text+image > {other}", get("C", ALL, r), get("C", other, r) + 1e-12)
+    if speed:
+        add("speed: tfmmrec ≥ 10× the tutorial loop (examples/s)",
+            speed["ratios"]["tfmmrec_vs_tutorial_as_written"], 10.0)
+    return checks
+
+
+def plot_headlines(results: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tfmmrec.evaluation.report import _atomic_write
+
+    protocols = [p for p in PROTOCOLS if p in results]
+    fig = Figure(figsize=(5.2 * len(protocols), 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(protocols), squeeze=False)[0]
+    for ax, protocol in zip(axes, protocols, strict=True):
+        rows = results[protocol]
+        metric = HEADLINE[protocol]
+        names = [n for n in rows if metric in rows[n]]
+        means = [mean_of(rows[n][metric]) for n in names]
+        stds = [rows[n][metric][1] if isinstance(rows[n][metric], tuple | list) else 0.0
+                for n in names]
+        colors = ["tab:blue" if n.startswith("tfmmrec") else "tab:gray" for n in names]
+        y = np.arange(len(names))[::-1]
+        ax.barh(y, means, xerr=stds, color=colors, capsize=3)
+        ax.set_yticks(y, names, fontsize=7)
+        for yy, m in zip(y, means, strict=True):
+            ax.text(m, yy, f" {m:.3f}", va="center", fontsize=7)
+        ax.set_xlabel(COLUMN_NAMES[metric])
+        ax.set_title(PROTOCOL_NAMES[protocol], fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("MovieLens-100K: tfmmrec (blue) vs baselines; bars ± std over seeds")
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    """Recall@K and NDCG@K of the main rows, one column per protocol."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tfmmrec.evaluation.report import _atomic_write, _curves, _draw_family
+
+    protocols = [p for p in PROTOCOLS if p in results]
+    fig = Figure(figsize=(5 * len(protocols), 7.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(protocols), squeeze=False)
+    for col, protocol in enumerate(protocols):
+        main = {n: m for n, m in results[protocol].items() if m.get("seeds", 1) > 1
+                or n in (ALL, TEXT, IMAGE, ID_ONLY, "popularity")}
+        for row, family in enumerate(("recall", "ndcg")):
+            _draw_family(axes[row][col], family, _curves(main, family))
+            axes[row][col].set_title(f"{PROTOCOL_NAMES[protocol]}: {family}@K", fontsize=9)
+            axes[row][col].legend(fontsize=6)
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def plot_speed(speed: dict, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tfmmrec.evaluation.report import _atomic_write
+
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    names = ["TFRS tutorial\n(as written)", "tutorial,\nmetrics off", "tfmmrec\n(cached)"]
+    values = [speed["tutorial"]["metrics_on"]["examples_per_second"],
+              speed["tutorial"]["metrics_off"]["examples_per_second"],
+              speed["tfmmrec"]["examples_per_second"]]
+    left.bar(names, values, color=["tab:gray", "tab:gray", "tab:blue"])
+    for x, v in enumerate(values):
+        left.text(x, v, f"{v:,.0f}\n({v / values[0]:.1f}×)", ha="center", va="bottom", fontsize=8)
+    left.set_ylabel("training examples / s")
+    left.set_ylim(0, max(values) * 1.3)
+    left.set_title("training throughput (same run, same machine)")
+    enc = speed["encoding"]
+    names = ["MiniLM\ntext", "EfficientNet-Lite0\nposter", "item tower\n(text+image)",
+             "YAMNet\nFSDD clip"]
+    values = [enc["text"]["items_per_second"], enc["image"]["items_per_second"],
+              enc["item_tower_items_per_second"], enc["audio"]["items_per_second"]]
+    right.bar(names, values, color="tab:green")
+    for x, v in enumerate(values):
+        right.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+    right.set_ylabel("items / s (decode + encode)")
+    right.set_ylim(0, max(values) * 1.2)
+    right.set_title("frozen encoders, once per item (cache build)")
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", nargs="+", default=["all"],
+                        choices=[*PROTOCOLS, "speed", "all"],
+                        help="parts to compute (default: all); saved parts of the others are "
+                             "still reported")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds for the main rows (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 seed, 2 epochs, a small speed step (own results)")
+    parser.add_argument("--fresh", action="store_true", help="ignore saved parts, recompute")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="extra config override for every tfmmrec row (tuning)")
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_epochs", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--_out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.chdir(REPO)  # configs/ml100k.yaml's paths are relative to the repository root
+    warnings.filterwarnings("ignore")
+    import tfmmrec  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+    if args._child == "tutorial":
+        return tutorial_child(args)
+    config = base_config(args, SPLITS["A"])
+    reason = check_shared(config)
+    if reason:
+        print(f"benchmarks/ml100k.py skipped: {reason}", file=sys.stderr)
+        return 2
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    from tfmmrec import pipeline
+    from tfmmrec.evaluation.report import write_json
+
+    wanted = set(PROTOCOLS) | {"speed"} if "all" in args.protocol else set(args.protocol)
+    start = time.perf_counter()
+    print("preparing the workspace (encoders + cached features)…", flush=True)
+    spaces = Workspaces(pipeline.prepare(config, progress=True))
+    results, raw = {}, {}
+    for protocol in PROTOCOLS:
+        parts = run_protocol(spaces, args, protocol, compute=protocol in wanted)
+        if parts:
+            raw[protocol] = parts
+            results[protocol] = {name: aggregate(p) for name, p in parts.items()}
+    speed = speed_part(spaces, args, compute="speed" in wanted)
+    seconds = time.perf_counter() - start
+
+    print("\n" + table(results))
+    if speed:
+        print(speed_table(speed))
+    checks = check_targets(results, speed)
+    for check in checks:
+        print(f"  [{'met' if check['met'] else 'MISSED'}] {check['target']}: "
+              f"{check['value']:.4f} (needs {check['threshold']:.4f})")
+    complete = all(p in results for p in PROTOCOLS) and speed is not None and all(
+        len(results[p].get(ALL, {}) and raw[p][ALL]) >= args.seeds for p in PROTOCOLS)
+    command = "python benchmarks/ml100k.py" + (" --quick" if args.quick else "") + "".join(
+        f" --set {o}" for o in args.overrides)
+    if not complete:
+        print(f"\n{seconds / 60:.1f} min. Not every part exists yet (run without --protocol to "
+              "finish): nothing written to benchmarks/results.")
+        return 0
+    name = "ml100k_quick" if args.quick else "ml100k"
+    payload = {
+        "command": command, "seconds_this_run": seconds, "seeds": args.seeds,
+        "config": str(CONFIG.relative_to(REPO)), "tuning": TUNING, "splits": SPLITS,
+        "protocols": PROTOCOL_NAMES, "results": results, "speed": speed, "targets": checks,
+        "per_seed": {p: {n: [{"seed": q["seed"], "metrics": q["metrics"], "info": q["info"]}
+                             for q in parts] for n, parts in raw[p].items()} for p in raw},
+        "table_markdown": table(results), "speed_markdown": speed_table(speed),
+    }
+    write_json(payload, RESULTS / f"{name}.json")
+    plot_headlines(results, RESULTS / f"{name}.png")
+    plot_curves(results, RESULTS / f"{name}_curves.png")
+    plot_speed(speed, RESULTS / f"{name}_speed.png")
+    print(f"\nwrote {RESULTS.relative_to(REPO)}/{name}.json, {name}.png, {name}_curves.png, "
+          f"{name}_speed.png ({seconds / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
