@@ -451,9 +451,9 @@ def _score_pairs(model: MultitaskModel, users: np.ndarray, items: np.ndarray,
 
 
 def evaluate_ranking_head(model: MultitaskModel, ws: Workspace) -> dict[str, float]:
-    """Ranking metrics on the test split: RMSE/MAE (regression), AUC (binary, against seeded
-    uniform negatives), NDCG@3/5 over rated lists (listwise)."""
-    from tfmmrec.evaluation.rating import auc, list_ndcg, mae, rmse
+    """Ranking metrics on the test split: RMSE/MAE (regression), AUC and log-loss (binary,
+    against seeded uniform negatives), NDCG@3/5 over rated lists (listwise)."""
+    from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
 
     test, task = ws.split.test, ws.config.ranking.task
     users = test["user_id"].astype(str).to_numpy()
@@ -466,7 +466,8 @@ def evaluate_ranking_head(model: MultitaskModel, ws: Workspace) -> dict[str, flo
         negatives = rng.integers(0, ws.dataset.num_items, len(items)).astype(np.int32)
         scores = _score_pairs(model, np.concatenate([users, users]),
                               np.concatenate([items, negatives]))
-        return {"auc": auc(scores, np.r_[np.ones(len(items)), np.zeros(len(items))])}
+        labels = np.r_[np.ones(len(items)), np.zeros(len(items))]
+        return {"auc": auc(scores, labels), "log_loss": log_loss(scores, labels)}
     ranking = ws.config.ranking
     lists = sample_lists(users, items, _ratings(test), ranking.list_size, 1, ws.config.data.seed)
     flat_users = np.repeat(lists["user_id"], ranking.list_size)

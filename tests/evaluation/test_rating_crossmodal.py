@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from tfmmrec.evaluation.crossmodal import cross_modal_metrics, cross_modal_ranks
-from tfmmrec.evaluation.rating import auc, list_ndcg, mae, rmse
+from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
 
 
 def test_rmse_and_mae():
@@ -42,3 +42,10 @@ def test_cross_modal_ranks_and_metrics():
     assert list(ranks) == [2, 3]
     metrics = cross_modal_metrics(ranks, ks=(1, 2))
     assert metrics == {"recall@1": 0.0, "recall@2": 0.5, "median_rank": 2.5, "num_queries": 2}
+
+
+def test_log_loss_of_logits():
+    # logit 0 → p = 0.5 → -log 0.5 for either label; a confident right logit → ~0
+    assert math.isclose(log_loss([0.0, 0.0], [1, 0]), math.log(2))
+    assert log_loss([30.0], [1]) < 1e-9
+    assert math.isclose(log_loss([-2.0], [1]), math.log1p(math.exp(2.0)), rel_tol=1e-12)

@@ -44,7 +44,7 @@ def test_each_ranking_task_trains_and_evaluates(workspace, task):
     losses = result.history["loss"]
     assert all(np.isfinite(losses)) and min(losses[1:]) < losses[0]
     metrics = pipeline.evaluate_ranking_head(result.model, ws)
-    expected = {"regression": {"rmse", "mae"}, "binary": {"auc"},
+    expected = {"regression": {"rmse", "mae"}, "binary": {"auc", "log_loss"},
                 "listwise": {"ndcg@3", "ndcg@5"}}[task]
     assert set(metrics) == expected
     assert all(np.isfinite(v) for v in metrics.values())

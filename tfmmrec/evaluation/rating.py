@@ -14,6 +14,13 @@ def mae(predictions: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(predictions) - np.asarray(targets))))
 
 
+def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of logits (computed stably, as from_logits=True does)."""
+    logits, labels = np.asarray(logits, float), np.asarray(labels, float)
+    losses = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
+    return float(np.mean(losses))
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC via the Mann-Whitney U statistic (ties get half credit)."""
     scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
