@@ -19,7 +19,7 @@ from tfmmrec.errors import ConfigError
 
 MODALITIES = ("text", "image", "audio")
 YAMNET_HUB_HANDLE = "https://tfhub.dev/google/yamnet/1"
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu", "parameter_server")
 
 
 def _check(condition: bool, name: str, value: Any, expected: str) -> None:
@@ -232,7 +232,8 @@ class TrainConfig:
     Distribution (``strategy``; see ``tfmmrec.training.strategy``): ``default`` (one device),
     ``mirrored`` (the local GPUs, or the ``devices`` listed), ``multi_worker`` (workers named by
     the ``TF_CONFIG`` environment variable), ``tpu`` (``tpu`` names the TPU; empty = Colab or the
-    local TPU VM). ``batch_size`` is always the *global* batch. ``learning_rate_scaling``
+    local TPU VM), ``parameter_server`` (``chief``, ``worker`` and ``ps`` tasks in ``TF_CONFIG``;
+    asynchronous). ``batch_size`` is always the *global* batch. ``learning_rate_scaling``
     multiplies ``learning_rate`` by the number of replicas (``linear``) or its square root
     (``sqrt``), for when the global batch is grown with the replicas.
     ``cross_replica_negatives`` gathers every replica's candidates into each replica's in-batch
@@ -249,7 +250,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 0.01
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
-    strategy: Literal["default", "mirrored", "multi_worker", "tpu"] = "default"
+    strategy: Literal["default", "mirrored", "multi_worker", "tpu", "parameter_server"] = "default"
     devices: list[str] = field(default_factory=list)
     tpu: str | None = None
     learning_rate_scaling: Literal["none", "linear", "sqrt"] = "none"

@@ -224,7 +224,7 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     dataset, num_examples = training_dataset(ws)
     output = Path(config.train.output_dir)
     result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
-                 callbacks)
+                 callbacks, dataset_fn=lambda: training_dataset(ws)[0])
     result.workspace = ws
     if not is_chief(strategy):  # the chief records the run; other workers only train
         return result

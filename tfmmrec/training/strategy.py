@@ -17,8 +17,11 @@ Strategies:
                     the run record (Keras writes the others' copies to temporary directories).
                     Must be created before TensorFlow runs any op in the process.
   ``tpu``           ``TPUClusterResolver`` + ``TPUStrategy`` (Colab, Cloud TPU VM or a named TPU).
-
-``parameter_server`` is not offered: see the README ("Why no parameter server").
+  ``parameter_server``  ``ParameterServerStrategy``: ``TF_CONFIG`` names a ``chief``, workers and
+                    ``ps`` tasks; the same command on a worker or ps task starts that task's
+                    server and serves until stopped, the chief loads the data and drives
+                    training (asynchronous: each worker steps on its own batches, variables live
+                    on the parameter servers). In-batch negatives are per worker step.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from tfmmrec.errors import ConfigError, TrainingError
 
 logger = logging.getLogger(__name__)
 
-# Collective ops can be configured once per process, so a multi-worker strategy is created once
-# and reused (training, then evaluation or export in the same process).
+# Collective ops can be configured once per process, and two strategies over the same devices
+# would reuse each other's collective instance keys: so each configuration's strategy is created
+# once per process and reused (training, then evaluation or export in the same process).
 _CREATED: dict[tuple, tf.distribute.Strategy] = {}
 
 
@@ -50,12 +54,13 @@ def make_strategy(name: str, devices: Sequence[str] = (), tpu: str | None = None
                           + ", ".join(STRATEGIES))
     key = (name, tuple(devices), tpu)
     if key not in _CREATED:
-        _CREATED[key] = {"mirrored": _mirrored, "multi_worker": _multi_worker,
-                         "tpu": _tpu}[name](devices=devices, tpu=tpu)
+        _CREATED[key] = {"mirrored": _mirrored, "multi_worker": _multi_worker, "tpu": _tpu,
+                         "parameter_server": _parameter_server}[name](devices=devices, tpu=tpu)
     return _CREATED[key]
 
 
 def strategy_for(config: TrainConfig) -> tf.distribute.Strategy:
+    """The strategy ``config`` (a ``TrainConfig``) asks for."""
     return make_strategy(config.strategy, config.devices, config.tpu)
 
 
@@ -104,6 +109,38 @@ def _tpu(tpu: str | None, **_) -> tf.distribute.Strategy:
     return strategy
 
 
+def _parameter_server(**_) -> tf.distribute.Strategy:
+    cluster = cluster_spec()
+    if not (cluster.get("chief") and cluster.get("worker") and cluster.get("ps")):
+        raise ConfigError(
+            "train.strategy=parameter_server needs TF_CONFIG with chief, worker and ps tasks, "
+            "e.g. {\"cluster\": {\"chief\": [\"h0:2222\"], \"worker\": [\"h1:2222\"], "
+            "\"ps\": [\"h2:2222\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}; run the same "
+            "command as every task")
+    # Fail fast on a lost worker (the coordinator reschedules its steps) instead of hanging.
+    os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if resolver.task_type in ("worker", "ps"):
+        serve_forever(resolver)
+    strategy = tf.distribute.ParameterServerStrategy(resolver)
+    logger.info("ParameterServerStrategy: %d worker(s), %d parameter server(s)",
+                len(cluster["worker"]), len(cluster["ps"]))
+    return strategy
+
+
+def serve_forever(resolver: tf.distribute.cluster_resolver.ClusterResolver) -> None:
+    """A worker or ps task of a parameter-server cluster: serve the chief until stopped."""
+    config = tf.compat.v1.ConfigProto()
+    config.inter_op_parallelism_threads = 4  # a worker runs several scheduled steps at once
+    server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                  task_index=resolver.task_id,
+                                  protocol=resolver.rpc_layer or "grpc", config=config,
+                                  start=True)
+    logger.info("parameter_server: %s %d serving at %s until stopped (the chief drives "
+                "training)", resolver.task_type, resolver.task_id, server.target)
+    server.join()
+
+
 def cluster_spec() -> dict:
     """The ``cluster`` part of ``TF_CONFIG`` (empty when not set)."""
     raw = os.environ.get("TF_CONFIG", "")
@@ -119,7 +156,7 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     """Whether this process writes the run's outputs: always, except a multi-worker non-chief.
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return True
+        return True  # single process, TPU, or the parameter-server chief (the only writer)
     resolver = strategy.cluster_resolver
     return task_is_chief(resolver.task_type, resolver.task_id,
                          resolver.cluster_spec().as_dict())

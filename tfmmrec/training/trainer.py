@@ -23,7 +23,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.config import TrainConfig
-from tfmmrec.errors import TfmmrecError, TrainingError
+from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError
 from tfmmrec.training.strategy import cluster_spec, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -131,11 +131,29 @@ def optimizer(config: TrainConfig, replicas: int = 1) -> tf.keras.optimizers.Opt
 
 def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
         num_examples: int, config: TrainConfig, strategy: tf.distribute.Strategy,
-        callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> TrainResult:
-    """Build the model under ``strategy``, train with resume/checkpoints/TensorBoard."""
+        callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+        dataset_fn: Callable[[], tf.data.Dataset] | None = None) -> TrainResult:
+    """Build the model under ``strategy``, train with resume/checkpoints/TensorBoard.
+
+    ``dataset_fn`` rebuilds ``dataset``; a parameter-server cluster needs it (each worker
+    builds its own input pipeline from it).
+    """
     output = Path(config.output_dir)
     check_writable(output)
     steps = max(1, num_examples // config.batch_size)
+    parameter_server = isinstance(strategy, tf.distribute.ParameterServerStrategy)
+    if parameter_server:
+        if config.cross_replica_negatives:
+            raise ConfigError("train.cross_replica_negatives needs synchronous replicas; "
+                              "parameter_server training is asynchronous: unset one of them")
+        if dataset_fn is None:
+            raise TrainingError("parameter_server training needs a dataset_fn")
+        make = dataset_fn
+        # Each worker builds the pipeline and keeps every n-th batch of it (disjoint shares),
+        # endlessly; an epoch is `steps` steps scheduled over all workers.
+        dataset = tf.keras.utils.experimental.DatasetCreator(
+            lambda context: make().shard(context.num_input_pipelines,
+                                         context.input_pipeline_id).repeat())
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         logger.warning("train.batch_size=%d is not a multiple of the %d replicas: replicas get "
@@ -143,9 +161,10 @@ def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
     with strategy.scope():
         model = build_model()
         model.build_from_example()
-        model.compile(optimizer=optimizer(config, replicas), steps_per_execution=min(16, steps))
+        model.compile(optimizer=optimizer(config, replicas),
+                      steps_per_execution=1 if parameter_server else min(16, steps))
     latest = output / "checkpoints" / "latest"
-    endless = dataset.cardinality() == tf.data.INFINITE_CARDINALITY  # streamed shards
+    endless = parameter_server or dataset.cardinality() == tf.data.INFINITE_CARDINALITY
     throughput = _Throughput(steps * config.batch_size if endless else num_examples)
     history = model.fit(
         dataset,

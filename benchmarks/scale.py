@@ -1,0 +1,446 @@
+"""Benchmark: scale-out input and indexing (issue 6).
+
+Section ``input``: a catalogue of poster-sized JPEGs and a distinct audio clip per item (FLAC or
+Ogg cuts of the recordings in ../shared/data/audio-samples, or generated audio without it) read
+  * from the folder format (decode + resize / resample every item, as the encoder cache does),
+  * by ``tfmmrec prepare`` with 1 and with all worker processes (folder → TFRecords),
+  * from the TFRecords (parse the pre-decoded items: interleave / parallel map / prefetch),
+  * and encoded by a frozen image+audio encoder from each source with a cold cache,
+and the training interaction stream from memory (CSV → tf.data) vs from interaction shards.
+Items/s, examples/s and CPU utilisation (process CPU time / wall time / cores) for each.
+
+Section ``index``: one million items with synthetic clustered encoder features (MiniLM-,
+MobileNetV2- and YAMNet-sized: 384/1280/1024-d, some modalities missing) go through the real
+projection + fusion item tower in batches; the embeddings stream to a ``.npy`` memmap on disk;
+ScaNN (``tfmmrec.export.index.build_index``) is built from it and saved as a SavedModel. Reports
+encode and build time, export size, query throughput, recall@10 against brute force, and the
+peak RSS (which must stay under 8 GiB).
+
+    .venv/bin/python benchmarks/scale.py                        # both sections (~15 min on 2 cores)
+    .venv/bin/python benchmarks/scale.py --section input --items 1000
+    .venv/bin/python benchmarks/scale.py --section index --num-items 1000000
+
+Prints tables; writes benchmarks/results/scale.json and benchmarks/results/scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out" / "scale"
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED_AUDIO = Path(os.environ.get("TFMMREC_SHARED", ROOT.parent / "shared")) / "data" / \
+    "audio-samples"
+CORES = os.cpu_count() or 1
+GIB = 2**30
+
+
+class Meter:
+    """Wall time and CPU time (this process + finished children) of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.wall
+        self.cpu_seconds = _cpu_seconds() - self.cpu
+        self.utilisation = self.cpu_seconds / max(self.seconds, 1e-9) / CORES
+
+    def row(self, count: int, unit: str) -> dict:
+        return {f"{unit}_per_s": count / self.seconds, "seconds": self.seconds,
+                "cpu_seconds": self.cpu_seconds, "cpu_utilisation": self.utilisation,
+                unit: count}
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# --- section 1: TFRecords vs the folder format ------------------------------------------------
+
+
+def build_folder(root: Path, num_items: int, users: int, seed: int = 0) -> Path:
+    """Posters (600x900 JPEG, q90), one distinct clip per item (a random 5 s cut of a real
+    recording re-encoded as FLAC or Ogg Vorbis at its own rate; generated 44.1 kHz audio
+    without ../shared), a title and a description each."""
+    import pandas as pd
+    import soundfile
+    from PIL import Image
+
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text() == f"v2 {num_items}/{users}":
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "posters").mkdir(parents=True)
+    (root / "clips").mkdir()
+    rng = np.random.default_rng(seed)
+    sources = []
+    for path in sorted(SHARED_AUDIO.glob("*")):
+        if path.suffix in (".flac", ".ogg", ".mp3", ".wav"):
+            wave, rate = soundfile.read(path, dtype="float32", always_2d=True)
+            sources.append((wave, rate))
+    if not sources:
+        t = np.arange(20 * 44100) / 44100
+        sources = [(0.3 * np.sin(2 * np.pi * (220 + 55 * i) * t)[:, None].astype(np.float32),
+                    44100) for i in range(4)]
+    rows = []
+    yy, xx = np.mgrid[0:900, 0:600]
+    for i in range(num_items):
+        base = rng.uniform(0, 255, 3)
+        slope = rng.uniform(-0.2, 0.2, (2, 3))
+        pixels = base + yy[..., None] * slope[0] + xx[..., None] * slope[1]
+        pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "posters" / f"p{i}.jpg", quality=90)
+        wave, rate = sources[i % len(sources)]
+        start = int(rng.integers(0, max(1, len(wave) - 5 * rate)))
+        cut = wave[start:start + 5 * rate] * rng.uniform(0.5, 1.0)
+        clip = f"clips/c{i}.{'flac' if i % 2 else 'ogg'}"
+        soundfile.write(root / clip, cut, rate)
+        rows.append({"item_id": f"i{i:06d}", "title": f"Item {i}",
+                     "description": " ".join(rng.choice(WORDS, 30)),
+                     "poster": f"posters/p{i}.jpg", "clip": clip})
+    pd.DataFrame(rows).to_csv(root / "items.csv", index=False)
+    interactions = [{"user_id": f"u{u:05d}", "item_id": f"i{j:06d}"}
+                    for u in range(users) for j in rng.choice(num_items, 20, replace=False)]
+    pd.DataFrame(interactions).to_csv(root / "interactions.csv", index=False)
+    marker.write_text(f"v2 {num_items}/{users}")
+    return root
+
+
+WORDS = np.array(["a", "night", "city", "river", "storm", "light", "garden", "quiet", "music",
+                  "machine", "old", "new", "love", "war", "dream", "space", "house", "road",
+                  "island", "winter", "summer", "song", "ghost", "king", "child"])
+
+
+def bench_input(num_items: int, users: int) -> dict:
+    import tensorflow as tf
+
+    from tfmmrec import pipeline
+    from tfmmrec.config import load_config
+    from tfmmrec.data import tfrecords
+    from tfmmrec.towers.cache import encode_catalog, raw_loader
+    from tfmmrec.towers.encoders import build_encoder
+    from tfmmrec.training.trainer import encode_from_tfrecords, interactions_dataset
+
+    folder = build_folder(OUT / "input-data", num_items, users)
+    config = load_config(None, [f"data.path={folder}", "image.image_size=224",
+                                "audio.max_seconds=5", "image.cnn_filters=[16,32]",
+                                f"train.output_dir={OUT / 'input-run'}", "train.batch_size=1024"])
+    dataset = pipeline.resolve_dataset(config)
+    catalog = dataset.catalog
+    report: dict = {"items": num_items, "image": "600x900 JPEG → 224x224",
+                    "audio": "a distinct 5 s FLAC/Ogg clip per item (cut from real recordings, "
+                             "22-48 kHz) → 16 kHz mono",
+                    "interactions": len(dataset.interactions)}
+
+    # 1. the folder format: what the cache build (and fine-tuning) does for every item
+    loaders = {m: raw_loader(catalog, m, 224, 16000, 5.0) for m in ("image", "audio")}
+    with Meter() as meter:
+        for start in range(0, num_items, 32):
+            batch = list(range(start, min(start + 32, num_items)))
+            for loader in loaders.values():
+                loader(batch, [])
+    report["folder_decode"] = meter.row(num_items, "items")
+
+    # 2. prepare: folder → shards, one worker and all cores
+    for workers in sorted({1, CORES}):
+        out = OUT / f"records-{workers}"
+        shutil.rmtree(out, ignore_errors=True)
+        with Meter() as meter:
+            manifest = tfrecords.prepare(config, out, dataset=dataset, workers=workers,
+                                         shards=max(4, 2 * CORES), progress=False)
+        report[f"prepare_{workers}_workers"] = meter.row(num_items, "items")
+    report["tfrecords_bytes"] = sum(os.path.getsize(f) for t in tfrecords.TABLES
+                                    for f in manifest.files(t))
+
+    # 3. reading the pre-decoded items back
+    with Meter() as meter:
+        for batch in tfrecords.items_dataset(manifest, 32):
+            batch["image"].numpy(), batch["audio"]["waveform"].numpy()
+    report["tfrecords_read"] = meter.row(num_items, "items")
+
+    # 4. encoding with a cold cache: the work a new or changed encoder costs
+    encoders = {m: build_encoder(m, config.tower(m)) for m in ("image", "audio")}
+    for source in ("folder", "tfrecords"):
+        with Meter() as meter:
+            for encoder in encoders.values():
+                if source == "folder":
+                    encode_catalog(catalog, encoder, None, batch_size=32, image_size=224,
+                                   sample_rate=16000, max_seconds=5.0, progress=False)
+                else:
+                    encode_from_tfrecords(str(manifest.directory), encoder, None,
+                                          batch_size=32, progress=False)
+        report[f"encode_from_{source}"] = meter.row(num_items, "items")
+
+    # 5. the training interaction stream (input pipeline only, one pass)
+    train = dataset.interactions
+    batches = len(train) // 1024
+    stream = interactions_dataset(train, 1024, seed=0)
+    shards = tfrecords.interactions_dataset(manifest, "train", 1024, seed=0)
+    for name, data in (("memory", stream), ("tfrecords", shards)):
+        for _ in data.take(2):
+            pass  # warm-up: tracing, file open, first shuffle buffer
+        with Meter() as meter:
+            for batch in data.take(batches):
+                batch["item_index"].numpy()
+        report[f"interactions_from_{name}"] = meter.row(batches * 1024, "examples")
+    report["note"] = ("the folder path decodes in one Python loop (as towers/cache.py does); "
+                      "tf.data parallelises parsing and decoding of the shards over all cores")
+    for workers in sorted({1, CORES}):  # ~300 MB each; the generated folder is kept for reruns
+        shutil.rmtree(OUT / f"records-{workers}", ignore_errors=True)
+    del tf
+    return report
+
+
+# --- section 2: one million items -------------------------------------------------------------
+
+FEATURES = {"text": 384, "image": 1280, "audio": 1024}  # MiniLM, MobileNetV2, YAMNet sizes
+PRESENT = {"text": 0.95, "image": 0.8, "audio": 0.5}
+
+
+def synthetic_features(start: int, stop: int, centers: dict, seed: int) -> dict:
+    """Encoder features of items [start, stop): cluster centre + noise, some modalities absent
+    (a deterministic function of the batch, so nothing of size N is ever held in memory)."""
+    rng = np.random.default_rng([seed, start])
+    count = stop - start
+    cluster = rng.integers(0, len(centers["text"]), count)
+    content = {"item_index": np.arange(start, stop, dtype=np.int32)}
+    for modality, dim in FEATURES.items():
+        noise = rng.standard_normal((count, dim), dtype=np.float32)
+        content[modality] = centers[modality][cluster] + 0.7 * noise
+        content[f"{modality}_mask"] = (rng.random(count) < PRESENT[modality]).astype(np.float32)
+    content["text_mask"][content["text_mask"] + content["image_mask"] + content["audio_mask"]
+                         == 0] = 1.0
+    return content
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bench_index(num_items: int, batch: int, queries: int, dim: int) -> dict:
+    import tensorflow as tf
+
+    from tfmmrec.config import ScannConfig
+    from tfmmrec.export.index import build_index, recall_against_brute_force
+    from tfmmrec.towers.item import ItemTower
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    report: dict = {"num_items": num_items, "embedding_dim": dim, "batch": batch,
+                    "features": FEATURES, "present_fraction": PRESENT}
+    rng = np.random.default_rng(0)
+    centers = {m: rng.standard_normal((2000, d)).astype(np.float32) for m, d in FEATURES.items()}
+    tower = ItemTower(tuple(FEATURES), dim, fusion="concat_mlp", name="item_tower")
+    embed = tf.function(lambda content: tower(content, training=False), reduce_retracing=True)
+    embed(synthetic_features(0, 2, centers, 0))
+
+    path = OUT / "item_embeddings.npy"
+    embeddings = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                           shape=(num_items, dim))
+    with Meter() as meter:
+        for start in range(0, num_items, batch):
+            stop = min(start + batch, num_items)
+            embeddings[start:stop] = embed(synthetic_features(start, stop, centers, 0)).numpy()
+        embeddings.flush()
+    del embeddings
+    report["encode"] = {**meter.row(num_items, "items"), "npy_bytes": path.stat().st_size,
+                        "peak_rss_gib_after": peak_rss_gib()}
+    print(f"  encoded {num_items:,} items in {meter.seconds:.0f} s "
+          f"({num_items / meter.seconds:,.0f}/s), peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+
+    items = np.load(path, mmap_mode="r")
+    with Meter() as meter:
+        index, params = build_index(items, "scann", 100, ScannConfig())
+    report["scann_build"] = {"seconds": meter.seconds, "cpu_utilisation": meter.utilisation,
+                             "params": params, "peak_rss_gib_after": peak_rss_gib()}
+    print(f"  ScaNN built in {meter.seconds:.0f} s {params}", flush=True)
+
+    class Index(tf.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.layer = layer
+
+        @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32)])
+        def search(self, queries):
+            scores, ids = self.layer(queries, k=10)
+            return {"scores": scores, "item_index": ids}
+
+    saved = OUT / "scann-savedmodel"
+    shutil.rmtree(saved, ignore_errors=True)
+    with Meter() as meter:
+        tf.saved_model.save(Index(index), str(saved), options=tf.saved_model.SaveOptions(
+            namespace_whitelist=["Scann"]))
+    report["export"] = {"seconds": meter.seconds, "savedmodel_bytes": directory_bytes(saved)}
+
+    # Queries: items' own embeddings plus noise (a user near a taste cluster), unit length.
+    picks = np.sort(rng.choice(num_items, queries, replace=False))
+    query = np.asarray(items[picks]) + 0.3 * rng.standard_normal((queries, dim)).astype(
+        np.float32) / np.sqrt(dim)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    search = tf.function(lambda q: index(q, k=10))
+    throughput = {}
+    for size in (1, 256):
+        search(tf.constant(query[:size]))
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 10:
+            offset = done % (queries - size + 1)
+            search(tf.constant(query[offset:offset + size]))
+            done += size
+        throughput[f"qps_batch_{size}"] = done / (time.perf_counter() - start)
+    report["query"] = throughput
+    with Meter() as meter:  # chunks keep the exact score matrix small
+        recalls = [recall_against_brute_force(index, query[i:i + 50], items, k=10)
+                   for i in range(0, queries, 50)]
+    report["recall_at_10_vs_brute_force"] = float(np.mean(recalls))
+    report["recall_queries"] = queries
+    report["brute_force_seconds"] = meter.seconds
+    report["peak_rss_gib"] = peak_rss_gib()
+    report["peak_rss_under_8_gib"] = report["peak_rss_gib"] < 8
+    del items
+    path.unlink()  # 0.25 GiB of embeddings and 0.3 GiB of SavedModel: measured, not kept
+    shutil.rmtree(saved, ignore_errors=True)
+    return report
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def print_tables(report: dict) -> None:
+    if "input" in report:
+        r = report["input"]
+        print(f"\ninput: {r['items']} items ({r['image']}; {r['audio']})")
+        print(f"| {'path':<38} | {'items/s':>9} | {'CPU util':>8} |")
+        for key, label in (("folder_decode", "folder: decode+resize/resample"),
+                           ("prepare_1_workers", "prepare, 1 worker"),
+                           (f"prepare_{CORES}_workers", f"prepare, {CORES} workers"),
+                           ("tfrecords_read", "TFRecords: read pre-decoded"),
+                           ("encode_from_folder", "encode (cold cache) from folder"),
+                           ("encode_from_tfrecords", "encode (cold cache) from TFRecords")):
+            if key in r:
+                print(f"| {label:<38} | {r[key]['items_per_s']:>9,.0f} | "
+                      f"{100 * r[key]['cpu_utilisation']:>7.0f}% |")
+        for key in ("interactions_from_memory", "interactions_from_tfrecords"):
+            print(f"| {key.replace('_', ' '):<38} | {r[key]['examples_per_s']:>9,.0f} | "
+                  f"{100 * r[key]['cpu_utilisation']:>7.0f}% |  (examples/s)")
+    if "index" in report:
+        r = report["index"]
+        print(f"\nindex: {r['num_items']:,} items × {r['embedding_dim']}-d")
+        print(f"  encode (tower, streamed to .npy): {r['encode']['seconds']:.0f} s "
+              f"({r['encode']['items_per_s']:,.0f} items/s), "
+              f"{r['encode']['npy_bytes'] / GIB:.2f} GiB on disk")
+        print(f"  ScaNN build: {r['scann_build']['seconds']:.0f} s {r['scann_build']['params']}")
+        print(f"  SavedModel with the index: {r['export']['savedmodel_bytes'] / GIB:.2f} GiB "
+              f"(saved in {r['export']['seconds']:.0f} s)")
+        print(f"  queries: {r['query']['qps_batch_1']:,.0f} q/s one at a time, "
+              f"{r['query']['qps_batch_256']:,.0f} q/s in batches of 256")
+        print(f"  recall@10 vs brute force ({r['recall_queries']} queries): "
+              f"{r['recall_at_10_vs_brute_force']:.3f}")
+        print(f"  peak RSS: {r['peak_rss_gib']:.2f} GiB (limit 8 GiB)")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("input", "index") if k in report]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        r = report[panel]
+        if panel == "input":
+            keys = [k for k in ("folder_decode", "prepare_1_workers", f"prepare_{CORES}_workers",
+                                "tfrecords_read", "encode_from_folder", "encode_from_tfrecords")
+                    if k in r]
+            values = [r[k]["items_per_s"] for k in keys]
+            bars = ax.barh([k.replace("_", " ") for k in keys], values, color="#4878a8")
+            for bar, k in zip(bars, keys, strict=True):
+                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                        f" {r[k]['items_per_s']:,.0f}/s, CPU {100 * r[k]['cpu_utilisation']:.0f}%",
+                        va="center", fontsize=8)
+            ax.set_xscale("log")
+            ax.set_xlim(1, 10 * max(values))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("items per second (log)")
+            ax.set_title(f"{r['items']} items: folder vs TFRecords")
+        else:
+            labels = [f"encode {r['num_items']:,} items\n(tower → .npy)", "ScaNN build",
+                      "save SavedModel"]
+            values = [r["encode"]["seconds"], r["scann_build"]["seconds"],
+                      r["export"]["seconds"]]
+            ax.bar(labels, values, color=["#4878a8", "#6a9f58", "#d1853a"])
+            for i, v in enumerate(values):
+                ax.text(i, v, f"{v:.0f} s", ha="center", va="bottom")
+            ax.set_ylabel("seconds")
+            ax.set_title(f"{r['num_items']:,} items × {r['embedding_dim']}-d")
+            ax.text(0.98, 0.95,
+                    f"recall@10 vs brute force: {r['recall_at_10_vs_brute_force']:.3f}\n"
+                    f"{r['query']['qps_batch_1']:,.0f} q/s single, "
+                    f"{r['query']['qps_batch_256']:,.0f} q/s batch 256\n"
+                    f"SavedModel {r['export']['savedmodel_bytes'] / GIB:.2f} GiB\n"
+                    f"peak RSS {r['peak_rss_gib']:.2f} GiB (limit 8)",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                    bbox={"facecolor": "white", "edgecolor": "#999999"})
+            ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--section", choices=["input", "index", "all", "plot"], default="all",
+                        help="plot: redraw the PNG from the JSON already written")
+    parser.add_argument("--items", type=int, default=1000, help="catalogue size for `input`")
+    parser.add_argument("--users", type=int, default=5000, help="users (20 interactions each)")
+    parser.add_argument("--num-items", type=int, default=1_000_000, help="items for `index`")
+    parser.add_argument("--batch", type=int, default=16384, help="items per tower call")
+    parser.add_argument("--queries", type=int, default=500, help="queries for recall@10")
+    parser.add_argument("--dim", type=int, default=64, help="embedding size")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "scale.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    if args.section == "plot":
+        print_tables(report)
+        plot(report, RESULTS / "scale.png")
+        return 0
+    report.update({"command": "python benchmarks/scale.py " + " ".join(argv or sys.argv[1:]),
+                   "machine": {"cpus": CORES, "python": platform.python_version()}})
+    if args.section in ("input", "all"):
+        print(f"input: {args.items} items...", flush=True)
+        report["input"] = {"command": report["command"],
+                           **bench_input(args.items, args.users)}
+    if args.section in ("index", "all"):
+        print(f"index: {args.num_items:,} items...", flush=True)
+        report["index"] = {"command": report["command"],
+                           **bench_index(args.num_items, args.batch, args.queries, args.dim)}
+    print_tables(report)
+    path.write_text(json.dumps(report, indent=2, default=str))
+    plot(report, RESULTS / "scale.png")
+    print(f"\nwrote {path} and {RESULTS / 'scale.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
