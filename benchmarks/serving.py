@@ -305,6 +305,7 @@ def main(argv=None) -> int:
         before = os.getloadavg()[0]
         report["server"] = bench_server(base, args.requests, args.clients, args.server_threads)
         report["server"]["load_average_1min"] = [before, os.getloadavg()[0]]
+        report["server"]["model_base_path"] = str(base)
     if not args.skip_index:
         report["index"] = []
         for size in args.sizes:
