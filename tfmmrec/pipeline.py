@@ -25,7 +25,7 @@ from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
 from tfmmrec.towers.encoders import Encoder, build_encoder
 from tfmmrec.towers.item import ItemContentTable, ItemTower
-from tfmmrec.towers.query import QueryTower
+from tfmmrec.towers.query import QueryTower, user_lookup
 from tfmmrec.training.strategy import is_chief, strategy_for
 from tfmmrec.training.trainer import (
     TrainResult,
@@ -157,7 +157,10 @@ def build_model(ws: Workspace) -> RetrievalModel:
     kwargs = {"temperature": model_config.temperature,
               "remove_accidental_hits": model_config.remove_accidental_hits,
               "alignment_weight": model_config.alignment_weight,
-              "alignment_temperature": model_config.alignment_temperature}
+              "alignment_temperature": model_config.alignment_temperature,
+              "alignment_rows": model_config.alignment_rows,
+              # tf.unique's data-dependent shape does not compile for TPUs
+              "dedupe_items": ws.config.train.strategy != "tpu"}
     ranking = ws.config.ranking
     if not ranking.enabled:
         model = RetrievalModel(*args, **kwargs)
@@ -189,16 +192,33 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
                              ranking.list_size, ranking.lists_per_user, config.data.seed)
         dataset = tf.data.Dataset.from_tensor_slices(lists).cache().shuffle(
             len(lists["user_id"]), seed=config.train.seed)
-        return (dataset.batch(config.train.batch_size, drop_remainder=True)
-                .prefetch(tf.data.AUTOTUNE), len(lists["user_id"]))
+        dataset = dataset.batch(config.train.batch_size, drop_remainder=True)
+        return with_user_indices(dataset, ws.user_ids), len(lists["user_id"])
     extra = {"rating": _ratings(train)} if ranking.enabled and ranking.task == "regression" \
         else None
     if config.train.tfrecords:
         columns = ("user_id", "item_index", *(["rating"] if extra else []))
-        return tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
-                                config.train.seed, columns)
-    return interactions_dataset(train, config.train.batch_size, config.train.seed,
-                                extra=extra), len(train)
+        dataset, count = tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
+                                          config.train.seed, columns)
+    else:
+        dataset = interactions_dataset(train, config.train.batch_size, config.train.seed,
+                                       extra=extra)
+        count = len(train)
+    return with_user_indices(dataset, ws.user_ids), count
+
+
+def with_user_indices(dataset: tf.data.Dataset, user_ids) -> tf.data.Dataset:
+    """Replace each batch's ``user_id`` strings by ``user_index`` on the host, in ``tf.data``:
+    the train step then has no string op (TPUs need that; CPUs and GPUs run it faster)."""
+    lookup = user_lookup(user_ids)
+
+    def to_index(features):
+        features = dict(features)
+        features["user_index"] = lookup(features.pop("user_id"))
+        return features
+
+    return dataset.map(to_index, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
 
 
 def _ratings(frame) -> np.ndarray:

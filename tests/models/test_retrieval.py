@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +13,7 @@ from tfmmrec import pipeline
 from tfmmrec.config import load_config
 from tfmmrec.errors import ConfigError, TrainingError
 from tfmmrec.models.retrieval import RetrievalModel
+from tfmmrec.towers.query import user_lookup
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +112,60 @@ def test_restore_with_different_encoder_is_a_config_error(tiny_trained, tiny_con
     changed = load_config(tiny_config, ["text.seed=7"])
     with pytest.raises(ConfigError, match=r"text encoder.* differ from the ones this model"):
         pipeline.restore_model(changed)
+
+
+def _variant(model, **kwargs) -> RetrievalModel:
+    """A model sharing ``model``'s towers (so its weights) with other loss settings."""
+    settings = dict(item_probability=None, temperature=0.1, alignment_weight=0.0)
+    return RetrievalModel(model.query_tower, model.item_tower, model.content_table,
+                          **{**settings, **kwargs})
+
+
+def test_encoding_each_distinct_item_once_leaves_the_loss_unchanged(model, tiny_workspace):
+    """Dedupe is an optimisation only: repeated items give the same retrieval loss."""
+    features = batch(tiny_workspace, [0, 1, 2, 3, 4, 5], [7, 3, 7, 9, 3, 7])
+    deduped = _variant(model, dedupe_items=True).compute_loss(features, training=False)
+    plain = _variant(model, dedupe_items=False).compute_loss(features, training=False)
+    np.testing.assert_allclose(deduped.numpy(), plain.numpy(), rtol=1e-6)
+
+
+def test_alignment_sees_at_most_alignment_rows_distinct_items(model, tiny_workspace):
+    features = batch(tiny_workspace, [0, 1, 2, 3, 4, 5], [7, 3, 7, 9, 3, 11])
+    retrieval = _variant(model).compute_loss(features)
+    loss = {rows: (_variant(model, alignment_weight=1.0, alignment_rows=rows)
+                   .compute_loss(features) - retrieval).numpy()
+            for rows in (0, 2, 4)}
+    # distinct items in batch order: 7, 3, 9, 11; rows=4 is all of them
+    np.testing.assert_allclose(loss[4], loss[0], rtol=1e-5)
+    assert loss[2] < loss[4]
+
+
+def test_training_batches_carry_user_indices_not_strings(tiny_workspace):
+    """The train step holds no string op, which TPUs need: ids become indices in tf.data."""
+    features = next(iter(pipeline.training_dataset(tiny_workspace)[0]))
+    assert "user_id" not in features
+    assert all(value.dtype != tf.string for value in features.values())
+    lookup = user_lookup(tiny_workspace.user_ids)
+    assert int(lookup(tf.constant([str(tiny_workspace.user_ids[3])]))[0]) == 4  # 0 = unknown
+
+
+def test_indices_and_id_strings_give_the_same_query(model, tiny_workspace):
+    ids = np.asarray(tiny_workspace.user_ids[:3]).astype(str)
+    by_id = model.query_embeddings(tf.constant([*ids, "never-seen"])).numpy()
+    by_index = model.query_embeddings(tf.constant([1, 2, 3, 0], tf.int64)).numpy()
+    np.testing.assert_allclose(by_id, by_index, atol=1e-6)
+
+
+def test_train_step_compiles_with_xla_as_tpu_strategy_needs(tiny_workspace):
+    """TPUs run the whole train step through XLA; without dedupe (``train.strategy: tpu``) it
+    compiles and trains here on the CPU. (A real TPU was not available to run.)"""
+    config = load_config(tiny_workspace.config, ["train.strategy=tpu"])
+    ws = dataclasses.replace(tiny_workspace, config=config)
+    tf.keras.utils.set_random_seed(0)
+    model = pipeline.build_model(ws)
+    assert not model.dedupe_items
+    model.build_from_example()
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), jit_compile=True)
+    dataset = pipeline.training_dataset(ws)[0]
+    history = model.fit(dataset, epochs=3, verbose=0).history["loss"]
+    assert np.isfinite(history).all() and history[-1] < history[0]

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfmmrec.models.retrieval import RetrievalModel
+from tfmmrec.models.retrieval import RetrievalModel, user_input
 
 RANKING_TASKS = ("regression", "binary", "listwise")
 
@@ -110,7 +110,7 @@ class MultitaskModel(RetrievalModel):
         return loss
 
     def _ranking_loss(self, features, training):
-        queries = self.query_embeddings(features["user_id"], training)
+        queries = self.query_embeddings(user_input(features), training)
         if self.ranking_task == "listwise":
             items = tf.cast(features["list_items"], tf.int32)
             embedded = tf.reshape(self.item_embeddings(tf.reshape(items, [-1]), training),
