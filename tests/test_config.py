@@ -176,3 +176,9 @@ def test_tower_returns_each_modality_config():
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_config_files_load(path):
     assert isinstance(load_config(path), Config)
+
+
+def test_fine_tuned_text_on_a_tpu_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="text.trainable=true cannot train on a TPU"):
+        load_config(None, ["train.strategy=tpu", "text.trainable=true"])
+    assert load_config(None, ["train.strategy=tpu"]).train.strategy == "tpu"

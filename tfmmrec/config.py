@@ -350,6 +350,14 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
 
+    def __post_init__(self) -> None:
+        # A fine-tuned text encoder tokenizes raw strings inside the train step; a TPU program
+        # cannot hold strings (frozen text features, cached before training, are fine).
+        if self.train.strategy == "tpu" and self.text.enabled and self.text.trainable:
+            raise ConfigError("text.trainable=true cannot train on a TPU (the tokenizer's "
+                              "strings cannot enter a TPU program): set text.trainable=false "
+                              "(frozen, cached features) or use mirrored/multi_worker on GPUs")
+
     def tower(self, modality: str) -> TextTowerConfig | ImageTowerConfig | AudioTowerConfig:
         return {"text": self.text, "image": self.image, "audio": self.audio}[modality]
 
