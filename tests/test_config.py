@@ -179,6 +179,6 @@ def test_shipped_config_files_load(path):
 
 
 def test_fine_tuned_text_on_a_tpu_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match="text.trainable=true cannot train on a TPU"):
+    with pytest.raises(ConfigError, match=r"text\.trainable=true cannot train on a TPU"):
         load_config(None, ["train.strategy=tpu", "text.trainable=true"])
     assert load_config(None, ["train.strategy=tpu"]).train.strategy == "tpu"

@@ -441,7 +441,7 @@ def single_modality_embeddings(model: RetrievalModel, ws: Workspace,
     @tf.function
     def embed(index):
         embeddings, _ = tower.modality_embeddings(model.content_table(index))
-        return [tower.single_modality(embeddings, i) for i in range(len(tower.modalities))]
+        return tower.single_modalities(embeddings)
 
     parts = [embed(tf.range(start, min(start + batch_size, ws.dataset.num_items)))
              for start in range(0, ws.dataset.num_items, batch_size)]

@@ -85,6 +85,16 @@ def test_embed_single_equals_the_item_with_only_that_modality():
                                tower(only_text).numpy(), atol=1e-6)
 
 
+def test_single_modalities_in_one_call_equal_one_modality_at_a_time():
+    tower = item_tower()
+    tower(content())
+    embeddings, _ = tower.modality_embeddings(content())
+    together = tower.single_modalities(embeddings)
+    for position, single in enumerate(together):
+        np.testing.assert_allclose(single.numpy(),
+                                   tower.single_modality(embeddings, position).numpy(), atol=1e-6)
+
+
 def test_id_embedding_starts_at_zero_so_unseen_items_are_pure_content():
     with_ids = item_tower(num_items=NUM_ITEMS)
     batch = content()

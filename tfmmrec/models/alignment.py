@@ -20,23 +20,27 @@ def masked_contrastive(a, b, a_present, b_present, item_ids, scale):
 
     Row i's positive is column i. Columns whose modality is absent, and columns that are the same
     item as row i (an item drawn twice in a batch), are not negatives. Rows without both
-    modalities contribute nothing.
+    modalities contribute nothing. ``a``/``b`` may carry a leading axis of pairs
+    (``[P, B, d]`` with presences ``[P, B]``): the losses of all pairs are summed, computed in one
+    batched pass (one matmul and one softmax for every pair and both directions).
     """
-    logits = tf.matmul(a, b, transpose_b=True) * scale
-    size = tf.shape(logits)[0]
+    single = a.shape.rank == 2
+    if single:
+        a, b, a_present, b_present = a[None], b[None], a_present[None], b_present[None]
+    logits = tf.matmul(a, b, transpose_b=True) * scale  # [P, B, B]
+    # Both directions at once: a→b ranks b's columns, b→a (the transpose) ranks a's.
+    logits = tf.concat([logits, tf.transpose(logits, [0, 2, 1])], axis=0)  # [2P, B, B]
+    column_present = tf.concat([b_present, a_present], axis=0)  # [2P, B]
+    rows = tf.tile(a_present * b_present, [2, 1])  # [2P, B]
+    size = tf.shape(logits)[-1]
     diagonal = tf.eye(size, dtype=tf.bool)
     same_item = tf.equal(item_ids[:, None], item_ids[None, :])
-    rows = a_present * b_present
-
-    def one_way(scores, column_present):
-        usable = tf.logical_and(column_present[None, :] > 0,
-                                tf.logical_or(diagonal, tf.logical_not(same_item)))
-        scores = tf.where(usable, scores, tf.fill(tf.shape(scores), -1e9))
-        labels = tf.cast(diagonal, scores.dtype)
-        losses = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=scores)
-        return tf.reduce_sum(losses * rows)
-
-    return 0.5 * (one_way(logits, b_present) + one_way(tf.transpose(logits), a_present))
+    usable = tf.logical_and(column_present[:, None, :] > 0,
+                            tf.logical_or(diagonal, tf.logical_not(same_item))[None])
+    scores = tf.where(usable, logits, tf.fill(tf.shape(logits), -1e9))
+    labels = tf.broadcast_to(tf.cast(diagonal, scores.dtype), tf.shape(scores))
+    losses = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=scores)  # [2P, B]
+    return 0.5 * tf.reduce_sum(losses * rows)
 
 
 class ModalityAlignment(tf.keras.layers.Layer):
@@ -66,10 +70,10 @@ class ModalityAlignment(tf.keras.layers.Layer):
     def call(self, singles: Sequence[tf.Tensor], mask, fused, item_ids):
         """``singles[i]``: ``[B, d]`` embedding from modality i alone; mask ``[B, M]``."""
         ones = tf.ones_like(mask[:, 0])
-        total = 0.0
-        for i, single in enumerate(singles):
-            total += masked_contrastive(single, fused, mask[:, i], ones, item_ids, self.scale)
-            for j in range(i + 1, len(singles)):
-                total += masked_contrastive(single, singles[j], mask[:, i], mask[:, j], item_ids,
-                                            self.scale)
-        return total
+        pairs = [(i, None) for i in range(len(singles))]  # modality i ↔ fused
+        pairs += [(i, j) for i in range(len(singles)) for j in range(i + 1, len(singles))]
+        a = tf.stack([singles[i] for i, _ in pairs])
+        b = tf.stack([fused if j is None else singles[j] for _, j in pairs])
+        a_present = tf.stack([mask[:, i] for i, _ in pairs])
+        b_present = tf.stack([ones if j is None else mask[:, j] for _, j in pairs])
+        return masked_contrastive(a, b, a_present, b_present, item_ids, self.scale)

@@ -140,8 +140,7 @@ class RetrievalModel(tfrs.Model):
         and a few hundred items give the contrastive loss enough negatives."""
         rows = self.alignment_rows or tf.shape(item_index)[0]
         embeddings, mask = modality_embeddings[:rows], mask[:rows]
-        singles = [self.item_tower.single_modality(embeddings, i)
-                   for i in range(len(self.item_tower.modalities))]
+        singles = self.item_tower.single_modalities(embeddings)
         alignment = self.alignment(singles, mask, fused[:rows], item_index[:rows])
         self.alignment_loss.update_state(alignment)
         return alignment
