@@ -424,8 +424,11 @@ def interactions_dataset(manifest: Manifest, table: str, batch_size: int, *, see
 
     Shards are read in parallel (``interleave``), shuffled by file and through a buffer,
     batched to the global batch and parsed a whole batch at a time, then prefetched; every
-    parallelism knob is ``AUTOTUNE``. Under a multi-worker strategy each worker reads its own
-    subset of the shards when there are at least as many shards as workers.
+    parallelism knob is ``AUTOTUNE``. Under a multi-worker strategy with at least as many shards
+    as workers, TF shards by file: each worker reads its own shards when their number is a
+    multiple of the workers; otherwise TF rotates the shards among the workers (the file list is
+    sharded after ``repeat``), each file still read once per worker every two passes. With fewer
+    shards than workers each worker keeps its part of every batch (DATA sharding).
     """
     missing = [c for c in columns if c not in manifest.interaction_columns]
     if missing:
