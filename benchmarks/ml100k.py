@@ -28,8 +28,9 @@ Resumable: each (protocol, row, seed) result is saved under benchmarks/out/ml100
 by a fingerprint of its settings, and reused by later runs (``--fresh`` recomputes; do that after
 changing package code). The speed step is saved as one part.
 Writes benchmarks/results/ml100k.json, ml100k.png (headline metrics), ml100k_curves.png
-(Recall/NDCG@K per protocol) and ml100k_speed.png once every part exists (``--quick``:
-``ml100k_quick.*``). Needs ../shared: without it, prints why and exits with status 2.
+(Recall/NDCG@K per protocol) and ml100k_speed.png once every part exists (``--quick`` and
+``--prototype`` runs write theirs to benchmarks/out/ml100k instead).
+Needs ../shared: without it, prints why and exits with status 2.
 """
 
 from __future__ import annotations
@@ -78,6 +79,63 @@ COLUMNS = ["top_k_accuracy@100", "recall@10", "recall@20", "ndcg@20"]
 COLUMN_NAMES = {"top_k_accuracy@100": "top-100 acc", "recall@10": "Recall@10",
                 "recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 NO_CONTENT = ["text.enabled=false", "image.enabled=false"]
+
+# Core changes proposed from this benchmark, applied by monkeypatching for --prototype runs only
+# (results go to benchmarks/out, never to benchmarks/results, which shows the package as is).
+FEATURE_DROPOUT = {"image": 0.5}  # dropout on the normalised encoder features, per modality
+ALIGNMENT_ROWS = 256  # alignment loss on the batch's first 256 rows (a random sample) only
+
+
+def apply_prototypes(names: list[str]) -> None:
+    """Patch tfmmrec in this process: ``feature-dropout`` and/or ``alignment-subsample``."""
+    import tensorflow as tf
+
+    if "feature-dropout" in names:
+        from tfmmrec.towers import item as item_module
+        from tfmmrec.towers.projection import ModalityProjection
+
+        class FeatureDropoutProjection(ModalityProjection):
+            """LayerNorm → Dropout(rate of this modality) → (hidden) → Dense."""
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                rate = FEATURE_DROPOUT.get(self.name.removesuffix("_projection"), 0.0)
+                self.feature_dropout = tf.keras.layers.Dropout(rate) if rate else None
+
+            def call(self, features, training=False):
+                x = self.norm(tf.cast(features, tf.float32))
+                if self.feature_dropout is not None:
+                    x = self.feature_dropout(x, training=training)
+                for layer in self.layers:
+                    x = self.drop(layer(x), training=training)
+                return self.out(x)
+
+        item_module.ModalityProjection = FeatureDropoutProjection
+    if "alignment-subsample" in names:
+        from tfmmrec.models.retrieval import RetrievalModel
+
+        def compute_loss(self, features, training=False):  # RetrievalModel's, rows sliced
+            item_index = tf.cast(features["item_index"], tf.int32)
+            queries = self.query_embeddings(features["user_id"], training=training)
+            candidates, modality_embeddings, mask = self.item_tower.encode(
+                self.content_table(item_index), training=training)
+            probability = None
+            if self.item_probability is not None:
+                probability = tf.gather(self.item_probability, item_index)
+            loss = self.task(queries, candidates, candidate_sampling_probability=probability,
+                             candidate_ids=item_index if self.remove_accidental_hits else None,
+                             compute_metrics=False)
+            if self.alignment is not None:
+                k = ALIGNMENT_ROWS
+                embeddings = modality_embeddings[:k]
+                singles = [self.item_tower.single_modality(embeddings, i)
+                           for i in range(len(self.item_tower.modalities))]
+                alignment = self.alignment(singles, mask[:k], candidates[:k], item_index[:k])
+                self.alignment_loss.update_state(alignment)
+                loss += self.alignment_weight * alignment
+            return loss
+
+        RetrievalModel.compute_loss = compute_loss
 
 
 @dataclass(frozen=True)
@@ -272,11 +330,15 @@ def row_fingerprint(args, protocol: str, row: Row, seed: int, identities: dict) 
     config["train"].pop("output_dir")
     config["train"].pop("verbose")
     return fingerprint({"v": HARNESS_VERSION, "row": dataclasses.asdict(row), "seed": seed,
-                        "quick": args.quick, "config": config, "encoders": identities})
+                        "quick": args.quick, "config": config, "encoders": identities,
+                        "prototypes": sorted(args.prototype)})
 
 
 def part_path(args, *names: str) -> Path:
-    return WORK / ("parts-quick" if args.quick else "parts") / Path(*names).with_suffix(".json")
+    folder = "parts-quick" if args.quick else "parts"
+    if args.prototype:
+        folder += "-prototype-" + "-".join(sorted(args.prototype))
+    return WORK / folder / Path(*names).with_suffix(".json")
 
 
 def load_part(path: Path, key: str) -> dict | None:
@@ -346,25 +408,42 @@ def aggregate(parts: list[dict]) -> dict:
 # --- speed and memory ------------------------------------------------------------------------
 
 
-def run_child(command: list[str], desc: str) -> tuple[float, float, int]:
-    """Run a process; (wall seconds, its own peak RSS in MiB, exit status)."""
+# A child's ru_maxrss (getrusage, wait4) counts the parent's pages at fork time, so every child
+# of this large process would report the parent's size. /proc/self/status VmHWM is the peak of
+# the child's own address space after exec: each child writes it to a file as it exits.
+PEAK_RSS_HOOK = ("import atexit, sys; _peak = sys.argv.pop(1); atexit.register(lambda: "
+                 "open(_peak, 'w').write(open('/proc/self/status').read()))")
+
+
+def read_peak_rss(path: Path) -> float | None:
+    """VmHWM (peak resident set size) in MiB from a saved /proc/<pid>/status."""
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def run_child(code: str, arguments: list[str], desc: str, peak_file: Path
+              ) -> tuple[float, float | None]:
+    """Run ``python -c code arguments`` with a progress line; (wall seconds, peak RSS MiB)."""
     from tqdm import tqdm
 
+    peak_file.unlink(missing_ok=True)
+    command = [sys.executable, "-c", f"{PEAK_RSS_HOOK}; {code}", str(peak_file), *arguments]
     start = time.perf_counter()
     with tqdm(desc=desc, bar_format="{desc}: {elapsed}", dynamic_ncols=True) as bar:
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
+                                   stderr=subprocess.PIPE, text=True)
+        while process.poll() is None:
             time.sleep(0.5)
             bar.update(0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    stderr = process.stderr.read() if process.stderr else ""
     if process.returncode != 0:
         print(stderr[-3000:], file=sys.stderr)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, process.returncode
+        raise RuntimeError(f"{desc} failed with status {process.returncode} (stderr above)")
+    return time.perf_counter() - start, read_peak_rss(peak_file)
 
 
 def speed_step(spaces: Workspaces, args) -> dict:
@@ -378,11 +457,13 @@ def speed_step(spaces: Workspaces, args) -> dict:
     tutorial_epochs = 2 if args.quick else 3
 
     # 1. The TFRS tutorial loop as written (FactorizedTopK on every step), then with it off.
-    child = [sys.executable, str(Path(__file__).resolve()), "--_child", "tutorial",
-             "--_epochs", str(tutorial_epochs), "--_out", str(out / "tutorial.json")]
-    seconds, rss, status = run_child(child, "speed: TFRS tutorial loop (metrics on, then off)")
-    if status != 0:
-        raise RuntimeError("the tutorial speed child failed (its stderr is above)")
+    script = Path(__file__).resolve()
+    code = (f"sys.path.insert(0, {str(script.parent)!r}); import ml100k; "
+            "sys.exit(ml100k.main(sys.argv[1:]))")
+    seconds, rss = run_child(code, ["--_child", "tutorial", "--_epochs", str(tutorial_epochs),
+                                    "--_out", str(out / "tutorial.json")],
+                             "speed: TFRS tutorial loop (metrics on, then off)",
+                             out / "tutorial.status")
     tutorial = json.loads((out / "tutorial.json").read_text())
     result["tutorial"] = {**tutorial, "peak_rss_mib": rss, "process_seconds": seconds}
 
@@ -390,17 +471,19 @@ def speed_step(spaces: Workspaces, args) -> dict:
     config = base_config(args, [*SPLITS["A"], f"train.output_dir={out / 'tfmmrec'}"])
     overrides = [f"train.output_dir={out / 'tfmmrec'}", "train.verbose=0", *SPLITS["A"],
                  *(["train.epochs=2"] if args.quick else []), *args.overrides]
-    child = [sys.executable, "-c", "import sys; from tfmmrec.cli import main; "
-             "sys.exit(main(sys.argv[1:]))", "-q", "train", "--config", str(CONFIG)]
+    code = "from tfmmrec.cli import main; sys.exit(main(sys.argv[1:]))"
+    if args.prototype:
+        code = (f"sys.path.insert(0, {str(script.parent)!r}); import tfmmrec, ml100k; "
+                f"ml100k.apply_prototypes({sorted(args.prototype)!r}); {code}")
+    arguments = ["-q", "train", "--config", str(CONFIG)]
     for item in overrides:
-        child += ["--set", item]
-    seconds, rss, status = run_child(child, "speed: tfmmrec train (cached features)")
-    if status != 0:
-        raise RuntimeError("`tfmmrec train` failed in the speed step (its stderr is above)")
+        arguments += ["--set", item]
+    seconds, train_rss = run_child(code, arguments, "speed: tfmmrec train (cached features)",
+                                   out / "tfmmrec.status")
     run = json.loads((out / "tfmmrec" / "run.json").read_text())
     result["tfmmrec"] = {"examples_per_second": run["examples_per_second"],
                          "epochs": len(run["history"].get("loss", [])),
-                         "batch_size": config.train.batch_size, "peak_rss_mib": rss,
+                         "batch_size": config.train.batch_size, "peak_rss_mib": train_rss,
                          "process_seconds": seconds}
 
     # 3. Time to evaluate the whole test set (embed every item and user, rank, all metrics).
@@ -424,7 +507,7 @@ def speed_step(spaces: Workspaces, args) -> dict:
         "tfmmrec_vs_tutorial_metrics_off": speed / tutorial["metrics_off"]["examples_per_second"],
         "tutorial_metrics_off_vs_on": tutorial["metrics_off"]["examples_per_second"]
         / tutorial["metrics_on"]["examples_per_second"],
-        "training_rss_tfmmrec_vs_tutorial": result["tfmmrec"]["peak_rss_mib"] / rss,
+        "training_rss_tfmmrec_vs_tutorial": train_rss / rss if train_rss and rss else None,
     }
     shutil.rmtree(out / "cache", ignore_errors=True)
     return result
@@ -514,7 +597,7 @@ def yamnet_throughput(config, num_clips: int) -> dict:
 
 def speed_part(spaces: Workspaces, args, compute: bool) -> dict | None:
     key = fingerprint({"v": HARNESS_VERSION, "quick": args.quick, "overrides": args.overrides,
-                       "config": CONFIG.read_text()})
+                       "config": CONFIG.read_text(), "prototypes": sorted(args.prototype)})
     path = part_path(args, "speed")
     part = None if args.fresh else load_part(path, key)
     if part is None and compute:
@@ -552,9 +635,9 @@ def speed_table(speed: dict) -> str:
         f"{r['tutorial_metrics_off_vs_on']:.1f}× |",
         f"| training, `tfmmrec train` (text + image, cached features, batch {t['batch_size']}) | "
         f"{t['examples_per_second']:,.0f} ex/s | **{r['tfmmrec_vs_tutorial_as_written']:.1f}×** |",
-        f"| peak RSS, tutorial training process | {tut['peak_rss_mib']:,.0f} MiB | 1× |",
+        f"| peak RSS, tutorial training process | {tut['peak_rss_mib'] or 0:,.0f} MiB | 1× |",
         f"| peak RSS, `tfmmrec train` process (loads MiniLM + EfficientNet to check the cache) | "
-        f"{t['peak_rss_mib']:,.0f} MiB | {r['training_rss_tfmmrec_vs_tutorial']:.2f}× |",
+        f"{t['peak_rss_mib'] or 0:,.0f} MiB | {r['training_rss_tfmmrec_vs_tutorial'] or 0:.2f}× |",
         f"| cache build, MiniLM text ({enc['text']['encoded']} items) | "
         f"{enc['text']['build_seconds']:.1f} s | {enc['text']['items_per_second']:.0f} items/s |",
         f"| cache build, EfficientNet-Lite0 posters ({enc['image']['encoded']} items) | "
@@ -614,8 +697,6 @@ def plot_headlines(results: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from tfmmrec.evaluation.report import _atomic_write
-
     protocols = [p for p in PROTOCOLS if p in results]
     fig = Figure(figsize=(5.2 * len(protocols), 4.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -631,41 +712,62 @@ def plot_headlines(results: dict, path: Path) -> None:
         y = np.arange(len(names))[::-1]
         ax.barh(y, means, xerr=stds, color=colors, capsize=3)
         ax.set_yticks(y, names, fontsize=7)
-        for yy, m in zip(y, means, strict=True):
-            ax.text(m, yy, f" {m:.3f}", va="center", fontsize=7)
+        for yy, m, s in zip(y, means, stds, strict=True):
+            ax.text(m + s, yy, f"  {m:.3f}", va="center", fontsize=7)
         ax.set_xlabel(COLUMN_NAMES[metric])
         ax.set_title(PROTOCOL_NAMES[protocol], fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("MovieLens-100K: tfmmrec (blue) vs baselines; bars ± std over seeds")
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    save_png(fig, path)
 
 
 def plot_curves(results: dict, path: Path) -> None:
-    """Recall@K and NDCG@K of the main rows, one column per protocol."""
+    """Recall@K and NDCG@K of the main rows, one column per protocol, one colour per model."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from tfmmrec.evaluation.report import _atomic_write, _curves, _draw_family
-
+    models = ["popularity", TUTORIAL, ID_ONLY, TEXT, IMAGE, ALL]
+    colors = dict(zip(models, ["tab:gray", "tab:brown", "tab:orange", "tab:green", "tab:red",
+                               "tab:blue"], strict=True))
     protocols = [p for p in PROTOCOLS if p in results]
     fig = Figure(figsize=(5 * len(protocols), 7.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, len(protocols), squeeze=False)
     for col, protocol in enumerate(protocols):
-        main = {n: m for n, m in results[protocol].items() if m.get("seeds", 1) > 1
-                or n in (ALL, TEXT, IMAGE, ID_ONLY, "popularity")}
         for row, family in enumerate(("recall", "ndcg")):
-            _draw_family(axes[row][col], family, _curves(main, family))
-            axes[row][col].set_title(f"{PROTOCOL_NAMES[protocol]}: {family}@K", fontsize=9)
-            axes[row][col].legend(fontsize=6)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+            ax = axes[row][col]
+            for model in models:
+                metrics = results[protocol].get(model, {})
+                ks = sorted(int(k.split("@")[1]) for k in metrics if k.startswith(family + "@"))
+                if not ks:
+                    continue
+                values = [metrics[f"{family}@{k}"] for k in ks]
+                means = np.array([mean_of(v) for v in values])
+                stds = np.array([v[1] if isinstance(v, tuple | list) else 0.0 for v in values])
+                ax.plot(ks, means, marker="o", color=colors[model], label=model)
+                ax.fill_between(ks, means - stds, means + stds, color=colors[model], alpha=0.2)
+            ax.set_xscale("log")
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.minorticks_off()
+            ax.set_xlabel("K")
+            ax.set_ylabel(f"{family}@K")
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{PROTOCOL_NAMES[protocol]}: {family}@K", fontsize=9)
+            ax.legend(fontsize=6)
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Write a figure through a temporary sibling, so a reader never sees half a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    os.replace(tmp, path)
 
 
 def plot_speed(speed: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from tfmmrec.evaluation.report import _atomic_write
 
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -691,7 +793,7 @@ def plot_speed(speed: dict, path: Path) -> None:
     right.set_ylabel("items / s (decode + encode)")
     right.set_ylim(0, max(values) * 1.2)
     right.set_title("frozen encoders, once per item (cache build)")
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    save_png(fig, path)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -710,6 +812,10 @@ def parse_args(argv=None):
     parser.add_argument("--fresh", action="store_true", help="ignore saved parts, recompute")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config override for every tfmmrec row (tuning)")
+    parser.add_argument("--prototype", action="append", default=[],
+                        choices=["feature-dropout", "alignment-subsample"],
+                        help="apply a proposed core change (monkeypatch); results go to "
+                             "benchmarks/out/ml100k, not benchmarks/results")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_epochs", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
@@ -729,6 +835,8 @@ def main(argv=None) -> int:
 
     if args._child == "tutorial":
         return tutorial_child(args)
+    if args.prototype:
+        apply_prototypes(args.prototype)
     config = base_config(args, SPLITS["A"])
     reason = check_shared(config)
     if reason:
@@ -763,12 +871,17 @@ def main(argv=None) -> int:
     complete = all(p in results for p in PROTOCOLS) and speed is not None and all(
         len(results[p].get(ALL, {}) and raw[p][ALL]) >= args.seeds for p in PROTOCOLS)
     command = "python benchmarks/ml100k.py" + (" --quick" if args.quick else "") + "".join(
-        f" --set {o}" for o in args.overrides)
+        f" --set {o}" for o in args.overrides) + "".join(f" --prototype {p}"
+                                                           for p in args.prototype)
     if not complete:
         print(f"\n{seconds / 60:.1f} min. Not every part exists yet (run without --protocol to "
               "finish): nothing written to benchmarks/results.")
         return 0
     name = "ml100k_quick" if args.quick else "ml100k"
+    results_dir = WORK if args.quick else RESULTS  # smoke runs are not for the README
+    if args.prototype:
+        name += "_prototype"
+        results_dir = WORK
     payload = {
         "command": command, "seconds_this_run": seconds, "seeds": args.seeds,
         "config": str(CONFIG.relative_to(REPO)), "tuning": TUNING, "splits": SPLITS,
@@ -777,11 +890,11 @@ def main(argv=None) -> int:
                              for q in parts] for n, parts in raw[p].items()} for p in raw},
         "table_markdown": table(results), "speed_markdown": speed_table(speed),
     }
-    write_json(payload, RESULTS / f"{name}.json")
-    plot_headlines(results, RESULTS / f"{name}.png")
-    plot_curves(results, RESULTS / f"{name}_curves.png")
-    plot_speed(speed, RESULTS / f"{name}_speed.png")
-    print(f"\nwrote {RESULTS.relative_to(REPO)}/{name}.json, {name}.png, {name}_curves.png, "
+    write_json(payload, results_dir / f"{name}.json")
+    plot_headlines(results, results_dir / f"{name}.png")
+    plot_curves(results, results_dir / f"{name}_curves.png")
+    plot_speed(speed, results_dir / f"{name}_speed.png")
+    print(f"\nwrote {results_dir.relative_to(REPO)}/{name}.json, {name}.png, {name}_curves.png, "
           f"{name}_speed.png ({seconds / 60:.1f} min)")
     return 0
 
