@@ -179,8 +179,15 @@ class ModelConfig:
     # The alignment loss costs the square of its rows: past a few hundred items it buys little
     # and at batch 1,024 it doubled the step time. 0 = every distinct item of the batch.
     alignment_rows: int = 256
+    # "validation": train once more on a validation split carved from the training data (same
+    # split kind), and serve whichever of the fused embedding and the weighted mixes of
+    # single-modality embeddings scores best there (evaluation/fusion_selection.py). Costs one
+    # extra training run; guards against a modality that hurts unseen items.
+    fusion_selection: Literal["none", "validation"] = "none"
+    fusion_selection_metric: str = "recall@20"
 
     def __post_init__(self) -> None:
+        _check_choice("model.fusion_selection", self.fusion_selection, ("none", "validation"))
         _check_choice("model.fusion", self.fusion, ("concat_mlp", "mean", "gated", "attention"))
         _check(self.embedding_dim >= 2, "model.embedding_dim", self.embedding_dim, ">= 2")
         _check(self.temperature > 0, "model.temperature", self.temperature, "> 0")
@@ -353,6 +360,15 @@ class Config:
     def __post_init__(self) -> None:
         # A fine-tuned text encoder tokenizes raw strings inside the train step; a TPU program
         # cannot hold strings (frozen text features, cached before training, are fine).
+        if self.model.fusion_selection == "validation":
+            _check(self.train.strategy in ("default", "mirrored", "tpu"), "train.strategy",
+                   self.train.strategy, "a single-process strategy (default, mirrored, tpu) "
+                   "with model.fusion_selection=validation")
+            metric, _, k = self.model.fusion_selection_metric.partition("@")
+            _check(metric in ("recall", "ndcg", "hit_rate") and k.isdigit()
+                   and int(k) in self.eval.ks, "model.fusion_selection_metric",
+                   self.model.fusion_selection_metric,
+                   f"recall@K, ndcg@K or hit_rate@K with K in eval.ks={self.eval.ks}")
         if self.train.strategy == "tpu" and self.text.enabled and self.text.trainable:
             raise ConfigError("text.trainable=true cannot train on a TPU (the tokenizer's "
                               "strings cannot enter a TPU program): set text.trainable=false "

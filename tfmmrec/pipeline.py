@@ -241,13 +241,21 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     ws = workspace or prepare(config, progress=progress)
     if len(ws.split.train) < 2:
         raise DataError("fewer than 2 training interactions after the split: nothing to train")
-    dataset, num_examples = training_dataset(ws)
     output = Path(config.train.output_dir)
+    selection = None
+    if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
+        selection = select_serving_mix(ws, strategy, output / "fusion-selection")
+    dataset, num_examples = training_dataset(ws)
     result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
                  callbacks, dataset_fn=lambda: training_dataset(ws)[0])
     result.workspace = ws
     if not is_chief(strategy):  # the chief records the run; other workers only train
         return result
+    if selection is not None:
+        weights = selection["weights"]
+        result.model.item_tower.set_serving_mix(
+            None if weights is None else [weights[m] for m in ws.modalities])
+        result.model.save_weights(str(result.checkpoint))  # the mix is part of the model
     config.to_yaml(output / "config.yaml")
     _write_json(output / RUN_FILE, {
         "encoders": ws.encoder_identities(),
@@ -257,8 +265,46 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         "checkpoint": str(result.checkpoint),
         "examples_per_second": result.examples_per_second,
         "history": result.history,
+        **({"fusion_selection": selection} if selection is not None else {}),
     })
     return result
+
+
+def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:
+    """Train on a validation split of the training data (same split kind), and choose the
+    serving embedding there (``evaluation.fusion_selection``). Resumable like any run."""
+    from tfmmrec.evaluation.fusion_selection import choose_serving_mix
+
+    config = load_config(ws.config, [f"train.output_dir={output}", "model.fusion_selection=none"])
+    d = config.data
+    validation = split_interactions(ws.split.train, d.split, d.test_fraction, d.seed + 1,
+                                    ws.dataset.num_items)
+    inner = dataclasses.replace(ws, config=config, split=validation)
+    logger.info("fusion selection: training on %d of the %d training interactions",
+                len(validation.train), len(ws.split.train))
+    dataset, num_examples = training_dataset(inner)
+    model = fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy).model
+    users = embed_users(model, ws.user_ids, config.eval.batch_size)
+    fused = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
+    singles = single_modality_embeddings(model, ws, config.eval.batch_size)
+    present = np.stack([ws.contents[m].mask for m in ws.modalities], axis=1).astype(np.float32)
+    stacked = np.stack([singles[m] for m in ws.modalities], axis=1)  # [N, M, d]
+
+    def mix(weights):
+        w = np.asarray(weights, np.float32)[None, :] * present
+        w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-9)
+        return np.einsum("nm,nmd->nd", w, stacked)
+
+    metric = config.model.fusion_selection_metric
+    weights, scores = choose_serving_mix(users, fused, mix, validation, ws.user_ids,
+                                         len(ws.modalities), metric, config.eval.ks)
+    chosen = "the fused embedding" if weights is None else ", ".join(
+        f"{m} {w:g}" for m, w in zip(ws.modalities, weights, strict=True))
+    logger.info("fusion selection: serving %s (validation %s %.4f; fused %.4f)", chosen,
+                metric, max(scores.values()), scores["fused"])
+    return {"weights": None if weights is None else dict(zip(ws.modalities, weights,
+                                                              strict=True)),
+            "metric": metric, "validation_scores": scores}
 
 
 def restore_model(config: Config, checkpoint: str | os.PathLike | None = None,

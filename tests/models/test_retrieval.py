@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -169,3 +170,48 @@ def test_train_step_compiles_with_xla_as_tpu_strategy_needs(tiny_workspace):
     dataset = pipeline.training_dataset(ws)[0]
     history = model.fit(dataset, epochs=3, verbose=0).history["loss"]
     assert np.isfinite(history).all() and history[-1] < history[0]
+
+
+def test_fusion_selection_serves_the_validated_mix_and_restores_it(tiny_config, tiny_workspace,
+                                                                    tmp_path):
+    """``model.fusion_selection: validation`` trains once on a validation split, records every
+    candidate's score, and the chosen serving embedding survives checkpoint and restore."""
+    config = derive_config(tiny_config, tmp_path, "model.fusion_selection=validation",
+                           "model.fusion_selection_metric=recall@10")
+    tiny_workspace.config = config
+    try:
+        run = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    finally:
+        tiny_workspace.config = tiny_config
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["fusion_selection"]
+    assert record["metric"] == "recall@10"
+    assert "fused" in record["validation_scores"] and "1,0,0" in record["validation_scores"]
+    best = max(record["validation_scores"].values())
+    tower = run.model.item_tower
+    mix = tower.serving_mix.numpy()
+    if record["weights"] is None:
+        assert record["validation_scores"]["fused"] == best and not mix.any()
+    else:
+        key = ",".join(f"{record['weights'][m]:g}" for m in tower.modalities)
+        assert record["validation_scores"][key] == best
+        np.testing.assert_allclose(mix, [record["weights"][m] for m in tower.modalities])
+    restored, _ = pipeline.restore_model(config, workspace=tiny_workspace)
+    np.testing.assert_allclose(restored.item_tower.serving_mix.numpy(), mix)
+    np.testing.assert_allclose(restored.item_embeddings(tf.range(5)).numpy(),
+                               run.model.item_embeddings(tf.range(5)).numpy(), atol=1e-5)
+
+
+def test_serving_mix_of_one_modality_is_that_modality_alone(model):
+    tower = model.item_tower
+    content = model.content_table(tf.range(8))
+    embeddings, mask = tower.modality_embeddings(content)
+    try:
+        tower.set_serving_mix([1.0] + [0.0] * (len(tower.modalities) - 1))
+        served = tower(content).numpy()
+    finally:
+        tower.set_serving_mix(None)
+    alone = tower.single_modality(embeddings, 0).numpy()
+    has_it = mask.numpy()[:, 0] > 0
+    np.testing.assert_allclose(served[has_it], alone[has_it], atol=1e-6)
+    np.testing.assert_allclose(tower(content).numpy(), tower.encode(content)[0].numpy(),
+                               atol=1e-6)  # unset: the fused embedding again

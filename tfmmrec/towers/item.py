@@ -58,6 +58,14 @@ class ItemTower(tf.keras.layers.Layer):
       num_items: if set, adds a per-item id embedding (hybrid model). It starts at zero when
         content modalities exist, so items unseen in training fall back to pure content.
       modality_dropout: rate of hiding present modalities during training.
+
+    Serving mix (late fusion): ``serving_mix`` holds one weight per modality, zero until set.
+    When set (``pipeline.train`` with ``model.fusion_selection: validation`` sets it when a
+    validation split prefers it), inference embeds an item as the weighted sum of its
+    single-modality embeddings (weights renormalised over the modalities it has) instead of the
+    fused embedding. A modality that helps training items but not unseen ones (a poster can
+    identify a training item without saying anything about taste) then cannot drag the strong
+    modality down: the mix includes each modality alone.
     """
 
     def __init__(self, modalities: Sequence[str], dim: int, *,
@@ -80,6 +88,10 @@ class ItemTower(tf.keras.layers.Layer):
             self.id_embedding = tf.keras.layers.Embedding(num_items, dim,
                                                           embeddings_initializer=init,
                                                           name="item_id_embedding")
+        self.serving_mix = None
+        if len(self.modalities) > 1:
+            self.serving_mix = self.add_weight(name="serving_mix", shape=[len(self.modalities)],
+                                               initializer="zeros", trainable=False)
 
     def project(self, modality: str, content, training=False):
         """Content as the table stores it (features, or raw if fine-tuned) → [B, d]."""
@@ -120,7 +132,25 @@ class ItemTower(tf.keras.layers.Layer):
 
     def call(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
         """Item embeddings; ``hidden_modalities`` are treated as missing (for ablations)."""
-        return self.encode(content, training, hidden_modalities)[0]
+        fused, embeddings, mask = self.encode(content, training, hidden_modalities)
+        if training or self.serving_mix is None:
+            return fused
+        mixed = self.mix(embeddings, mask, self.serving_mix)
+        return tf.where(tf.reduce_sum(self.serving_mix) > 0, mixed, fused)
+
+    def mix(self, embeddings, mask, weights):
+        """``Σ_m w_m · single_modality_m`` with ``w`` renormalised over each item's present
+        modalities (``[B, d]``; not re-normalised, so an item whose modalities disagree scores
+        lower against everyone)."""
+        singles = tf.stack(self.single_modalities(embeddings), axis=1)  # [B, M, d]
+        w = tf.cast(weights, tf.float32)[None, :] * mask
+        w = w / tf.maximum(tf.reduce_sum(w, axis=1, keepdims=True), 1e-9)
+        return tf.reduce_sum(singles * w[..., None], axis=1)
+
+    def set_serving_mix(self, weights: Sequence[float] | None) -> None:
+        """Serve the weighted mix of single-modality embeddings (None: the fused embedding)."""
+        self.serving_mix.assign(np.zeros(len(self.modalities)) if weights is None
+                                else np.asarray(weights, np.float32))
 
     def encode(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
         """(fused ``[B, d]``, projected ``[B, M, d]`` or None, true presence mask or None).
