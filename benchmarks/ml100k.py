@@ -16,7 +16,9 @@ accuracy, which is TFRS's ``FactorizedTopK`` figure: one query per test rating, 
   C  per-user temporal: each user's last 20% of ratings by timestamp. Headline: Recall@20.
 Rows: popularity, random, the TFRS basic-retrieval tutorial model (ID-only, as written and with
 tfmmrec's epoch budget), tfmmrec ID-only (its loss, no content), tfmmrec text only / image only /
-text+image, hybrid (text+image+item id); in B also a training-free content profile. Main rows
+text+image, text+image without feature dropout with the serving mix chosen on a validation split
+(``model.fusion_selection``), hybrid (text+image+item id); in B also a training-free content
+profile. Main rows
 run ``--seeds`` seeds (mean ± std), ablations one seed.
 Speed (one step, so every ratio comes from one machine state): training examples/s of the
 tutorial loop as written (FactorizedTopK on, in separate processes) vs ``tfmmrec train`` on the
@@ -28,8 +30,8 @@ Resumable: each (protocol, row, seed) result is saved under benchmarks/out/ml100
 by a fingerprint of its settings, and reused by later runs (``--fresh`` recomputes; do that after
 changing package code). The speed step is saved as one part.
 Writes benchmarks/results/ml100k.json, ml100k.png (headline metrics), ml100k_curves.png
-(Recall/NDCG@K per protocol) and ml100k_speed.png once every part exists (``--quick`` and
-``--prototype`` runs write theirs to benchmarks/out/ml100k instead).
+(Recall/NDCG@K per protocol) and ml100k_speed.png once every part exists (``--quick`` runs
+write theirs to benchmarks/out/ml100k instead).
 Needs ../shared: without it, prints why and exits with status 2.
 """
 
@@ -59,7 +61,7 @@ RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / "out" / "ml100k"
 CONFIG = REPO / "configs" / "ml100k.yaml"
 FSDD = SHARED / "data" / "fsdd"
-HARNESS_VERSION = 1  # bump when a change here invalidates saved parts
+HARNESS_VERSION = 2  # bump when a change here (or in the package) invalidates saved parts
 
 PROTOCOLS = ("A", "B", "C")
 PROTOCOL_NAMES = {"A": "A · random 80/20 (TFRS tutorial split)",
@@ -80,64 +82,6 @@ COLUMN_NAMES = {"top_k_accuracy@100": "top-100 acc", "recall@10": "Recall@10",
                 "recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 NO_CONTENT = ["text.enabled=false", "image.enabled=false"]
 
-# Core changes proposed from this benchmark, applied by monkeypatching for --prototype runs only
-# (results go to benchmarks/out, never to benchmarks/results, which shows the package as is).
-FEATURE_DROPOUT = {"image": 0.5}  # dropout on the normalised encoder features, per modality
-ALIGNMENT_ROWS = 256  # alignment loss on the batch's first 256 rows (a random sample) only
-
-
-def apply_prototypes(names: list[str]) -> None:
-    """Patch tfmmrec in this process: ``feature-dropout`` and/or ``alignment-subsample``."""
-    import tensorflow as tf
-
-    if "feature-dropout" in names:
-        from tfmmrec.towers import item as item_module
-        from tfmmrec.towers.projection import ModalityProjection
-
-        class FeatureDropoutProjection(ModalityProjection):
-            """LayerNorm → Dropout(rate of this modality) → (hidden) → Dense."""
-
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, **kwargs)
-                rate = FEATURE_DROPOUT.get(self.name.removesuffix("_projection"), 0.0)
-                self.feature_dropout = tf.keras.layers.Dropout(rate) if rate else None
-
-            def call(self, features, training=False):
-                x = self.norm(tf.cast(features, tf.float32))
-                if self.feature_dropout is not None:
-                    x = self.feature_dropout(x, training=training)
-                for layer in self.layers:
-                    x = self.drop(layer(x), training=training)
-                return self.out(x)
-
-        item_module.ModalityProjection = FeatureDropoutProjection
-    if "alignment-subsample" in names:
-        from tfmmrec.models.retrieval import RetrievalModel
-
-        def compute_loss(self, features, training=False):  # RetrievalModel's, rows sliced
-            item_index = tf.cast(features["item_index"], tf.int32)
-            queries = self.query_embeddings(features["user_id"], training=training)
-            candidates, modality_embeddings, mask = self.item_tower.encode(
-                self.content_table(item_index), training=training)
-            probability = None
-            if self.item_probability is not None:
-                probability = tf.gather(self.item_probability, item_index)
-            loss = self.task(queries, candidates, candidate_sampling_probability=probability,
-                             candidate_ids=item_index if self.remove_accidental_hits else None,
-                             compute_metrics=False)
-            if self.alignment is not None:
-                k = ALIGNMENT_ROWS
-                embeddings = modality_embeddings[:k]
-                singles = [self.item_tower.single_modality(embeddings, i)
-                           for i in range(len(self.item_tower.modalities))]
-                alignment = self.alignment(singles, mask[:k], candidates[:k], item_index[:k])
-                self.alignment_loss.update_state(alignment)
-                loss += self.alignment_weight * alignment
-            return loss
-
-        RetrievalModel.compute_loss = compute_loss
-
-
 @dataclass(frozen=True)
 class Row:
     """One line of the table: what is trained (``kind``) and with which config overrides."""
@@ -155,6 +99,9 @@ TUTORIAL = "ID-only · TFRS tutorial, as written (3 ep)"
 TUTORIAL_BUDGET = "ID-only · TFRS tutorial, tfmmrec's epochs"
 ID_ONLY = "ID-only · tfmmrec loss (no content)"
 HYBRID = "tfmmrec · hybrid (text + image + item id)"
+# The tuning-free alternative to the image feature dropout of configs/ml100k.yaml: no feature
+# dropout, the serving embedding chosen on a validation split (fused or a single-modality mix).
+SELECTED = "tfmmrec · text + image, no feature dropout, mix chosen on validation"
 
 
 def rows_for(protocol: str) -> list[Row]:
@@ -172,6 +119,8 @@ def rows_for(protocol: str) -> list[Row]:
         Row(TEXT, "tfmmrec", ("image.enabled=false",), main=protocol == "B"),
         Row(IMAGE, "tfmmrec", ("text.enabled=false",), main=protocol == "B"),
         Row(ALL, "tfmmrec", (), main=True),
+        Row(SELECTED, "tfmmrec", ("model.fusion_selection=validation",
+                                  "model.feature_dropout={}"), main=protocol == "B"),
         Row(HYBRID, "tfmmrec", ("model.item_id_embedding=true",)),
     ]
     return rows
@@ -330,14 +279,11 @@ def row_fingerprint(args, protocol: str, row: Row, seed: int, identities: dict) 
     config["train"].pop("output_dir")
     config["train"].pop("verbose")
     return fingerprint({"v": HARNESS_VERSION, "row": dataclasses.asdict(row), "seed": seed,
-                        "quick": args.quick, "config": config, "encoders": identities,
-                        "prototypes": sorted(args.prototype)})
+                        "quick": args.quick, "config": config, "encoders": identities})
 
 
 def part_path(args, *names: str) -> Path:
     folder = "parts-quick" if args.quick else "parts"
-    if args.prototype:
-        folder += "-prototype-" + "-".join(sorted(args.prototype))
     return WORK / folder / Path(*names).with_suffix(".json")
 
 
@@ -472,9 +418,6 @@ def speed_step(spaces: Workspaces, args) -> dict:
     overrides = [f"train.output_dir={out / 'tfmmrec'}", "train.verbose=0", *SPLITS["A"],
                  *(["train.epochs=2"] if args.quick else []), *args.overrides]
     code = "from tfmmrec.cli import main; sys.exit(main(sys.argv[1:]))"
-    if args.prototype:
-        code = (f"sys.path.insert(0, {str(script.parent)!r}); import tfmmrec, ml100k; "
-                f"ml100k.apply_prototypes({sorted(args.prototype)!r}); {code}")
     arguments = ["-q", "train", "--config", str(CONFIG)]
     for item in overrides:
         arguments += ["--set", item]
@@ -597,7 +540,7 @@ def yamnet_throughput(config, num_clips: int) -> dict:
 
 def speed_part(spaces: Workspaces, args, compute: bool) -> dict | None:
     key = fingerprint({"v": HARNESS_VERSION, "quick": args.quick, "overrides": args.overrides,
-                       "config": CONFIG.read_text(), "prototypes": sorted(args.prototype)})
+                       "config": CONFIG.read_text()})
     path = part_path(args, "speed")
     part = None if args.fresh else load_part(path, key)
     if part is None and compute:
@@ -683,6 +626,8 @@ def check_targets(results: dict, speed: dict | None) -> list[dict]:
         for other in (TEXT, IMAGE):
             if get("B", other, r) is not None:
                 add(f"B: text+image ≥ {other}", get("B", ALL, r), get("B", other, r))
+                if get("B", SELECTED, r) is not None:
+                    add(f"B: {SELECTED} ≥ {other}", get("B", SELECTED, r), get("B", other, r))
     if "C" in results and get("C", ALL, r) is not None:
         for other in ("popularity", TUTORIAL, TUTORIAL_BUDGET, ID_ONLY):
             if get("C", other, r) is not None:
@@ -812,10 +757,6 @@ def parse_args(argv=None):
     parser.add_argument("--fresh", action="store_true", help="ignore saved parts, recompute")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config override for every tfmmrec row (tuning)")
-    parser.add_argument("--prototype", action="append", default=[],
-                        choices=["feature-dropout", "alignment-subsample"],
-                        help="apply a proposed core change (monkeypatch); results go to "
-                             "benchmarks/out/ml100k, not benchmarks/results")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_epochs", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
@@ -835,8 +776,6 @@ def main(argv=None) -> int:
 
     if args._child == "tutorial":
         return tutorial_child(args)
-    if args.prototype:
-        apply_prototypes(args.prototype)
     config = base_config(args, SPLITS["A"])
     reason = check_shared(config)
     if reason:
@@ -871,17 +810,13 @@ def main(argv=None) -> int:
     complete = all(p in results for p in PROTOCOLS) and speed is not None and all(
         len(results[p].get(ALL, {}) and raw[p][ALL]) >= args.seeds for p in PROTOCOLS)
     command = "python benchmarks/ml100k.py" + (" --quick" if args.quick else "") + "".join(
-        f" --set {o}" for o in args.overrides) + "".join(f" --prototype {p}"
-                                                           for p in args.prototype)
+        f" --set {o}" for o in args.overrides)
     if not complete:
         print(f"\n{seconds / 60:.1f} min. Not every part exists yet (run without --protocol to "
               "finish): nothing written to benchmarks/results.")
         return 0
     name = "ml100k_quick" if args.quick else "ml100k"
     results_dir = WORK if args.quick else RESULTS  # smoke runs are not for the README
-    if args.prototype:
-        name += "_prototype"
-        results_dir = WORK
     payload = {
         "command": command, "seconds_this_run": seconds, "seeds": args.seeds,
         "config": str(CONFIG.relative_to(REPO)), "tuning": TUNING, "splits": SPLITS,

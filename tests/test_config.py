@@ -182,3 +182,12 @@ def test_fine_tuned_text_on_a_tpu_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match=r"text\.trainable=true cannot train on a TPU"):
         load_config(None, ["train.strategy=tpu", "text.trainable=true"])
     assert load_config(None, ["train.strategy=tpu"]).train.strategy == "tpu"
+
+
+def test_feature_dropout_is_keyed_by_modality_with_rates_below_one():
+    assert load_config(None, ["model.feature_dropout={image: 0.8}"]).model.feature_dropout == {
+        "image": 0.8}
+    with pytest.raises(ConfigError, match=r"model\.feature_dropout"):
+        load_config(None, ["model.feature_dropout={poster: 0.5}"])
+    with pytest.raises(ConfigError, match=r"model\.feature_dropout\.image"):
+        load_config(None, ["model.feature_dropout={image: 1.0}"])

@@ -144,7 +144,7 @@ def build_model(ws: Workspace) -> RetrievalModel:
         num_items=ws.dataset.num_items if model_config.item_id_embedding or not ws.modalities
         else None,
         modality_dropout=model_config.modality_dropout, dropout=model_config.dropout,
-        name="item_tower")
+        feature_dropout=model_config.feature_dropout, name="item_tower")
     users = ws.dataset.users if model_config.user_features else None
     query_tower = QueryTower(
         ws.user_ids, model_config.embedding_dim, users=users,

@@ -120,3 +120,12 @@ def test_modality_dropout_never_hides_every_present_modality():
 
 def test_modality_dropout_rate_zero_keeps_mask():
     np.testing.assert_array_equal(drop_modalities(MASK, rate=0.0).numpy(), MASK.numpy())
+
+
+def test_feature_dropout_drops_encoder_features_in_training_only():
+    projection = ModalityProjection(4, feature_dropout=0.9)
+    features = tf.random.normal([64, 32], seed=0)
+    inference = projection(features, training=False)
+    np.testing.assert_allclose(projection(features, training=False).numpy(), inference.numpy())
+    assert not np.allclose(projection(features, training=True).numpy(), inference.numpy())
+    assert ModalityProjection.from_config(projection.get_config()).feature_dropout == 0.9

@@ -58,6 +58,7 @@ class ItemTower(tf.keras.layers.Layer):
       num_items: if set, adds a per-item id embedding (hybrid model). It starts at zero when
         content modalities exist, so items unseen in training fall back to pure content.
       modality_dropout: rate of hiding present modalities during training.
+      feature_dropout: per modality, dropout on its encoder feature (training only).
 
     Serving mix (late fusion): ``serving_mix`` holds one weight per modality, zero until set.
     When set (``pipeline.train`` with ``model.fusion_selection: validation`` sets it when a
@@ -72,12 +73,15 @@ class ItemTower(tf.keras.layers.Layer):
                  encoders: Mapping[str, Encoder] | None = None,
                  projection_hidden: Sequence[int] = (), fusion: str = "concat_mlp",
                  num_items: int | None = None, modality_dropout: float = 0.0,
-                 dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0, feature_dropout: Mapping[str, float] | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.modalities = tuple(modalities)
         self.dim = dim
         self.encoders = dict(encoders or {})
+        feature_dropout = feature_dropout or {}
         self.projections = {m: ModalityProjection(dim, projection_hidden, dropout,
+                                                  feature_dropout.get(m, 0.0),
                                                   name=f"{m}_projection")
                             for m in self.modalities}
         self.fusion = MaskedFusion(fusion, name="fusion") if self.modalities else None

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 
 class ModalityProjection(tf.keras.layers.Layer):
-    """LayerNorm → optional hidden ReLU layers → linear map to ``dim``.
+    """LayerNorm → (feature dropout) → optional hidden ReLU layers → linear map to ``dim``.
 
     The LayerNorm puts features from very different encoders (unit-norm MiniLM vectors, ReLU6
     CNN activations, YAMNet embeddings) on one scale, so one learning rate suits all of them.
@@ -17,22 +17,24 @@ class ModalityProjection(tf.keras.layers.Layer):
     """
 
     def __init__(self, dim: int, hidden: tuple[int, ...] | list[int] = (), dropout: float = 0.0,
-                 **kwargs):
+                 feature_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
         self.hidden = tuple(hidden)
         self.dropout = dropout
+        self.feature_dropout = feature_dropout
         self.norm = tf.keras.layers.LayerNormalization()
+        self.feature_drop = tf.keras.layers.Dropout(feature_dropout)
         self.layers = [tf.keras.layers.Dense(h, activation="relu") for h in self.hidden]
         self.drop = tf.keras.layers.Dropout(dropout)
         self.out = tf.keras.layers.Dense(dim)
 
     def call(self, features, training=False):
-        x = self.norm(tf.cast(features, tf.float32))
+        x = self.feature_drop(self.norm(tf.cast(features, tf.float32)), training=training)
         for layer in self.layers:
             x = self.drop(layer(x), training=training)
         return self.out(x)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "hidden": list(self.hidden),
-                "dropout": self.dropout}
+                "dropout": self.dropout, "feature_dropout": self.feature_dropout}
