@@ -362,14 +362,21 @@ def run_cluster(config_path: Path, workers: int = 2, timeout: int = CLUSTER_TIME
                         "--strategy", "multi_worker"], workers, timeout)
 
 
+def run_tiny_cluster(tiny_config, tmp_path_factory, name: str, *overrides: str):
+    """``tfmmrec train --strategy multi_worker`` on two workers for the tiny config (2 epochs,
+    no text tower, brute-force export); returns (config, per-worker results)."""
+    root = tmp_path_factory.mktemp(name)
+    config = derive_config(tiny_config, root, "train.epochs=2", "export.index=brute_force",
+                           "text.enabled=false", *overrides)
+    config.to_yaml(root / "config.yaml")
+    return config, run_cluster(root / "config.yaml")
+
+
 @pytest.fixture(scope="module")
 def cluster_run(tiny_config, tiny_workspace, tmp_path_factory):
     """Two workers train the tiny model with cross-replica negatives (real all-gathers)."""
-    root = tmp_path_factory.mktemp("multi-worker")
-    config = derive_config(tiny_config, root, "train.epochs=2", "export.index=brute_force",
-                           "train.cross_replica_negatives=true", "text.enabled=false")
-    config.to_yaml(root / "config.yaml")
-    return config, run_cluster(root / "config.yaml")
+    return run_tiny_cluster(tiny_config, tmp_path_factory, "multi-worker",
+                            "train.cross_replica_negatives=true")
 
 
 def test_two_worker_cluster_trains(cluster_run):
@@ -589,12 +596,8 @@ def test_fewer_shards_than_workers_falls_back_to_data_sharding(shard_reads, shar
 @pytest.fixture(scope="module")
 def tfrecord_cluster_run(sharded_records, tiny_config, tmp_path_factory):
     """Two workers train from the 4-shard TFRecords (FILE sharding) through the CLI."""
-    root = tmp_path_factory.mktemp("multi-worker-tfrecords")
-    config = derive_config(tiny_config, root, "train.epochs=2", "export.index=brute_force",
-                           f"train.tfrecords={sharded_records[4].directory}",
-                           "text.enabled=false")
-    config.to_yaml(root / "config.yaml")
-    return config, run_cluster(root / "config.yaml")
+    return run_tiny_cluster(tiny_config, tmp_path_factory, "multi-worker-tfrecords",
+                            f"train.tfrecords={sharded_records[4].directory}")
 
 
 def test_two_worker_cluster_trains_from_sharded_tfrecords(tfrecord_cluster_run):
