@@ -1,6 +1,6 @@
 """Benchmark: tfmmrec against its baselines on MovieLens-100K, three protocols, speed and memory.
 
-    python benchmarks/ml100k.py                          # everything, 3 seeds (~20 min, 2 cores)
+    python benchmarks/ml100k.py                          # everything, 3 seeds (~15 min, 2 cores)
     python benchmarks/ml100k.py --protocol A --seeds 1   # one part (A, B, C or speed)
     python benchmarks/ml100k.py --quick                  # smoke run: 1 seed, 2 epochs, small speed
 
