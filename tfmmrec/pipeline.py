@@ -286,14 +286,10 @@ def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: 
     model = fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy).model
     users = embed_users(model, ws.user_ids, config.eval.batch_size)
     fused = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
-    singles = single_modality_embeddings(model, ws, config.eval.batch_size)
-    present = np.stack([ws.contents[m].mask for m in ws.modalities], axis=1).astype(np.float32)
-    stacked = np.stack([singles[m] for m in ws.modalities], axis=1)  # [N, M, d]
 
-    def mix(weights):
-        w = np.asarray(weights, np.float32)[None, :] * present
-        w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-9)
-        return np.einsum("nm,nmd->nd", w, stacked)
+    def mix(weights):  # through the tower's own serving path: exactly what would be served
+        model.item_tower.set_serving_mix(weights)
+        return embed_items(model, ws.dataset.num_items, config.eval.batch_size)
 
     metric = config.model.fusion_selection_metric
     weights, scores = choose_serving_mix(users, fused, mix, validation, ws.user_ids,

@@ -139,8 +139,8 @@ class ItemTower(tf.keras.layers.Layer):
         fused, embeddings, mask = self.encode(content, training, hidden_modalities)
         if training or self.serving_mix is None:
             return fused
-        mixed = self.mix(embeddings, mask, self.serving_mix)
-        return tf.where(tf.reduce_sum(self.serving_mix) > 0, mixed, fused)
+        return tf.cond(tf.reduce_sum(self.serving_mix) > 0,
+                       lambda: self.mix(embeddings, mask, self.serving_mix), lambda: fused)
 
     def mix(self, embeddings, mask, weights):
         """``Σ_m w_m · single_modality_m`` with ``w`` renormalised over each item's present
