@@ -66,13 +66,15 @@ class DataConfig:
     audio_column: str | None = None
     user_feature_columns: list[str] | None = None
     min_rating: float | None = None
-    split: Literal["random", "temporal", "cold_start"] = "random"
+    # given: the split column of interactions.csv (train/validation/test); none: train on all
+    split: Literal["random", "temporal", "cold_start", "given", "none"] = "random"
     test_fraction: float = 0.2
     seed: int = 42
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("data.split", self.split, ("random", "temporal", "cold_start"))
+        _check_choice("data.split", self.split,
+                      ("random", "temporal", "cold_start", "given", "none"))
         _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
 
 

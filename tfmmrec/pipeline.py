@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfmmrec.config import Config, load_config
 from tfmmrec.data.dataset import Dataset, load_dataset
-from tfmmrec.data.splits import Split, split_interactions
+from tfmmrec.data.splits import Split, split_interactions, validation_split
 from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError
 from tfmmrec.models.ranking import MultitaskModel, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
@@ -277,8 +277,7 @@ def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: 
 
     config = load_config(ws.config, [f"train.output_dir={output}", "model.fusion_selection=none"])
     d = config.data
-    validation = split_interactions(ws.split.train, d.split, d.test_fraction, d.seed + 1,
-                                    ws.dataset.num_items)
+    validation = validation_split(ws.split, d.test_fraction, d.seed, ws.dataset.num_items)
     inner = dataclasses.replace(ws, config=config, split=validation)
     logger.info("fusion selection: training on %d of the %d training interactions",
                 len(validation.train), len(ws.split.train))

@@ -17,6 +17,7 @@ import pandas as pd
 from tfmmrec.config import DataConfig
 from tfmmrec.data import validate
 from tfmmrec.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+from tfmmrec.data.splits import SPLIT_COLUMN, SPLIT_VALUES
 from tfmmrec.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def load_dataset(config: DataConfig | str | Path) -> Dataset:
 
 def _load_catalog(root: Path, config: DataConfig) -> Catalog:
     path = validate.find_items_table(root, config.items_file)
-    frame = validate.read_table(path, id_columns=["item_id"])
+    frame = validate.read_table(path, id_columns=["item_id"], all_strings=True)
     validate.require_columns(frame, path, ["item_id"])
     validate.require_no_missing_ids(frame, path, "item_id")
     validate.require_unique(frame, path, "item_id")
@@ -185,11 +186,23 @@ def _looks_like_text(series: pd.Series) -> bool:
 def _join_text(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     if not columns:
         return np.full(len(frame), "", dtype=object)
-    parts = frame[list(columns)].fillna("").astype(str)
+    parts = pd.DataFrame({c: _text_values(frame[c]) for c in columns})
     return np.array(
         [TEXT_SEPARATOR.join(v.strip() for v in row if v.strip()) for row in parts.to_numpy()],
         dtype=object,
     )
+
+
+def _text_values(series: pd.Series) -> pd.Series:
+    """A column as the text a reader would write: missing → "", whole floats without ".0".
+
+    JSONL and Parquet tables arrive typed, and a numeric column with a gap is float: 1995.0
+    would reach the text tower as "1995.0" (CSV columns are read as written, see read_table).
+    """
+    if pd.api.types.is_float_dtype(series):
+        return series.map(lambda v: "" if pd.isna(v) else
+                          str(int(v)) if float(v).is_integer() else str(v))
+    return series.astype(object).where(series.notna(), "").astype(str)
 
 
 def _media_paths(frame: pd.DataFrame, root: Path, column: str | None,
@@ -221,9 +234,21 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig) -> pd.D
     validate.require_no_missing_ids(frame, path, "item_id")
     known = pd.Index(catalog.item_ids)
     validate.require_known_items(frame, path, known, root / "items.csv")
+    if "timestamp" in frame.columns and frame["timestamp"].isna().all():
+        # Optional and left blank: the same as no column (a temporal split then says so).
+        logger.info("%s: the timestamp column is empty in every row; treated as absent", path)
+        frame = frame.drop(columns="timestamp")
     for column in ("rating", "timestamp"):
         if column in frame.columns:
             frame[column] = validate.require_numeric(frame, path, column)
+    if SPLIT_COLUMN in frame.columns:
+        frame[SPLIT_COLUMN] = validate.require_choice(frame, path, SPLIT_COLUMN, SPLIT_VALUES)
+        if config.split != "given":
+            logger.warning("%s has a %s column, ignored because data.split=%s; set data.split: "
+                           "given to use it", path, SPLIT_COLUMN, config.split)
+    elif config.split == "given":
+        raise DataError(f"{path}: data.split is 'given' but there is no {SPLIT_COLUMN} column; "
+                        f"add one holding {', '.join(SPLIT_VALUES)} per row")
     if config.min_rating is not None:
         if "rating" not in frame.columns:
             raise DataError(f"data.min_rating is set but {path} has no rating column")

@@ -3,6 +3,11 @@
 ``random`` matches the TFRS tutorials (a seeded shuffle of all interactions), ``temporal`` holds
 out each user's most recent interactions (the realistic "what next" question), and ``cold_start``
 holds out a fraction of *items* with all their interactions (what content towers are for).
+``given`` takes the user's own split from the ``split`` column of interactions.csv
+(``train``/``validation``/``test``), and ``none`` trains on every row (no test set: evaluation
+then needs a test file). :func:`validation_split` is the one way a tuned choice gets its
+validation data: carved from the training rows with the same split kind (or the user's own
+validation rows).
 """
 
 from __future__ import annotations
@@ -15,15 +20,36 @@ import pandas as pd
 
 from tfmmrec.errors import DataError
 
+SPLIT_KINDS = ("random", "temporal", "cold_start", "given", "none")
+SPLIT_COLUMN = "split"
+SPLIT_VALUES = ("train", "validation", "test")
+
 
 @dataclass
 class Split:
-    """Train and test interactions; ``test_items`` lists the held-out item indices (cold start)."""
+    """Train and test interactions.
+
+    ``test_items``: the only item indices ranked in evaluation (cold start: the held-out items;
+    or a user's candidate list). ``validation``: the user's own validation rows (``given``
+    split), used by :func:`validation_split` instead of carving one.
+    """
 
     kind: str
     train: pd.DataFrame
     test: pd.DataFrame
     test_items: np.ndarray | None = None
+    validation: pd.DataFrame | None = None
+
+    def sizes(self) -> str:
+        """``"80000 train / 20000 test interactions"`` (+ validation, + candidate items)."""
+        parts = [f"{len(self.train)} train"]
+        if self.validation is not None:
+            parts.append(f"{len(self.validation)} validation")
+        parts.append(f"{len(self.test)} test interactions")
+        text = " / ".join(parts)
+        if self.test_items is not None:
+            text += f" ({len(self.test_items)} candidate items)"
+        return f"{self.kind} split: {text}"
 
 
 def split_interactions(interactions: pd.DataFrame, kind: str, test_fraction: float,
@@ -35,7 +61,48 @@ def split_interactions(interactions: pd.DataFrame, kind: str, test_fraction: flo
         return temporal_split(interactions, test_fraction)
     if kind == "cold_start":
         return cold_start_split(interactions, test_fraction, seed, num_items)
-    raise DataError(f"unknown split {kind!r}: use random, temporal or cold_start")
+    if kind == "given":
+        return given_split(interactions)
+    if kind == "none":
+        return Split("none", _take(interactions, np.arange(len(interactions))),
+                     interactions.iloc[:0].reset_index(drop=True))
+    raise DataError(f"unknown split {kind!r}: use one of {', '.join(SPLIT_KINDS)}")
+
+
+def given_split(interactions: pd.DataFrame) -> Split:
+    """The user's own split: the ``split`` column says ``train``, ``validation`` or ``test``.
+
+    The values are checked (file, line, value) when interactions.csv is read
+    (``dataset.load_dataset``); here only the partition happens.
+    """
+    if SPLIT_COLUMN not in interactions.columns:
+        raise DataError("data.split is 'given' but interactions.csv has no split column: add "
+                        "one with train/validation/test per row, or use data.split: random")
+    labels = interactions[SPLIT_COLUMN].to_numpy()
+    rows = np.arange(len(interactions))
+    train, test = rows[labels == "train"], rows[labels == "test"]
+    validation = rows[labels == "validation"]
+    if not len(train):
+        raise DataError("data.split is 'given' but no row of interactions.csv has split=train")
+    return Split("given", _take(interactions, train), _take(interactions, test),
+                 validation=_take(interactions, validation) if len(validation) else None)
+
+
+def validation_split(split: Split, test_fraction: float, seed: int,
+                     num_items: int | None = None, kind: str | None = None) -> Split:
+    """Validation data for tuned choices (epochs, λ, factors, fusion), never the test split.
+
+    The user's own validation rows when the split has them (train stays ``split.train``);
+    otherwise a split of ``split.train`` of the same kind, with seed ``seed + 1`` so it differs
+    from the test split's. A ``given`` split without validation rows and a ``none`` split are
+    carved randomly (they have no kind to repeat). ``kind`` forces a carve of that kind (e.g.
+    a random carve to tune a warm-item model that a cold-start method builds on).
+    """
+    if kind is None and split.validation is not None:
+        return Split(f"{split.kind} (validation rows)", split.train, split.validation)
+    if kind is None:
+        kind = split.kind if split.kind in ("random", "temporal", "cold_start") else "random"
+    return split_interactions(split.train, kind, test_fraction, seed + 1, num_items)
 
 
 def random_split(interactions: pd.DataFrame, test_fraction: float, seed: int) -> Split:
@@ -57,7 +124,8 @@ def temporal_split(interactions: pd.DataFrame, test_fraction: float | None = Non
     Ties in timestamp keep file order, so the split is deterministic.
     """
     if "timestamp" not in interactions.columns:
-        raise DataError("temporal split needs a timestamp column in interactions.csv")
+        raise DataError("temporal split needs a timestamp column in interactions.csv (absent, "
+                        "or every value empty); fill it or use data.split: random")
     if (test_fraction is None) == (last_n is None):
         raise DataError("temporal split takes exactly one of test_fraction or last_n")
     frame = interactions.assign(_row=np.arange(len(interactions)))

@@ -29,14 +29,21 @@ def row_label(path: Path, index: int) -> str:
     return f"{path.name} row {index}"
 
 
-def read_table(path: Path, id_columns: Sequence[str] = ()) -> pd.DataFrame:
-    """Read a CSV/JSONL/Parquet table with id columns as strings; never half-parse silently."""
+def read_table(path: Path, id_columns: Sequence[str] = (),
+               all_strings: bool = False) -> pd.DataFrame:
+    """Read a CSV/JSONL/Parquet table with id columns as strings; never half-parse silently.
+
+    ``all_strings`` reads every CSV column as the text written in the file (the items table:
+    a ``year`` column with one blank cell would otherwise become floats, and the text tower
+    would read "1995.0").
+    """
     if not path.is_file():
         raise DataError(f"table not found: {path}")
     dtypes = {column: "string" for column in id_columns}
     try:
         if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(path, dtype=str if all_strings else dtypes,
+                                keep_default_na=False, na_values=[""])
         elif path.suffix == ".jsonl":
             frame = pd.read_json(path, lines=True, dtype=dtypes)
         elif path.suffix == ".parquet":
@@ -112,6 +119,21 @@ def require_numeric(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
         i = frame.index[values.isna()][0]
         raise DataError(f"{path}: empty {column} at {row_label(path, i)}")
     return values
+
+
+def require_choice(frame: pd.DataFrame, path: Path, column: str,
+                   choices: Sequence[str]) -> pd.Series:
+    """The column's values stripped and lower-cased, each one of ``choices`` (else the first bad
+    value and its line are named)."""
+    values = frame[column].astype("string").str.strip().str.lower()
+    bad = frame.index[values.isna() | ~values.isin(list(choices))]
+    if len(bad):
+        i = bad[0]
+        raise DataError(
+            f"{path}: {column} must be one of {', '.join(choices)}, got {frame[column].iloc[i]!r} "
+            f"at {row_label(path, i)} ({len(bad)} bad value(s))"
+        )
+    return values.astype(object)
 
 
 def require_known_items(interactions: pd.DataFrame, path: Path, known: pd.Index,

@@ -1,0 +1,120 @@
+"""A user's own split (the split column, data.split: none), the validation carve, and two
+reading fixes: an all-empty timestamp column, and numeric text columns read as written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.data.folders import ITEMS, make_folder
+from tfmmrec.config import DataConfig
+from tfmmrec.data.dataset import load_dataset
+from tfmmrec.data.splits import split_interactions, validation_split
+from tfmmrec.errors import DataError
+
+SPLIT_INTERACTIONS = """\
+user_id,item_id,timestamp,split
+u1,i1,100,train
+u1,i2,200, Test
+u2,i3,150,train
+u2,i1,300,validation
+u2,i2,400,train
+"""
+
+
+def load(root, **fields):
+    return load_dataset(DataConfig(path=str(root), **fields))
+
+
+def test_split_column_gives_train_validation_and_test(tmp_path):
+    dataset = load(make_folder(tmp_path / "d", interactions=SPLIT_INTERACTIONS), split="given")
+    split = split_interactions(dataset.interactions, "given", 0.2, 0)
+    assert split.kind == "given"
+    assert split.train[["user_id", "item_id"]].values.tolist() == [
+        ["u1", "i1"], ["u2", "i3"], ["u2", "i2"]]
+    assert split.test[["user_id", "item_id"]].values.tolist() == [["u1", "i2"]]
+    assert split.validation[["user_id", "item_id"]].values.tolist() == [["u2", "i1"]]
+    assert split.sizes() == "given split: 3 train / 1 validation / 1 test interactions"
+    # Tuned choices use the user's validation rows, not a carve.
+    validation = validation_split(split, 0.2, 0)
+    assert validation.test.equals(split.validation) and validation.train.equals(split.train)
+
+
+def test_bad_split_value_names_file_line_and_value(tmp_path):
+    bad = SPLIT_INTERACTIONS.replace("validation", "valid")
+    with pytest.raises(DataError, match=r"split must be one of train, validation, test, got "
+                                        r"'valid' at interactions.csv line 5"):
+        load(make_folder(tmp_path / "d", interactions=bad), split="given")
+
+
+def test_given_split_without_the_column_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r"data\.split is 'given' but there is no split column"):
+        load(make_folder(tmp_path / "d"), split="given")
+
+
+def test_split_column_is_ignored_with_a_warning_under_another_split(tmp_path, caplog):
+    dataset = load(make_folder(tmp_path / "d", interactions=SPLIT_INTERACTIONS))
+    assert "ignored because data.split=random" in caplog.text
+    assert len(dataset.interactions) == 5
+
+
+def test_split_none_trains_on_every_row():
+    frame = pd.DataFrame({"user_id": ["a", "a", "b"], "item_index": [0, 1, 2]})
+    split = split_interactions(frame, "none", 0.2, 0)
+    assert len(split.train) == 3 and len(split.test) == 0
+    assert split.sizes() == "none split: 3 train / 0 test interactions"
+
+
+def test_validation_split_is_the_same_kind_carved_from_train_with_the_next_seed():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"user_id": [f"u{i % 10}" for i in range(200)],
+                          "item_index": rng.integers(0, 40, 200),
+                          "timestamp": rng.integers(0, 1000, 200)})
+    for kind in ("random", "temporal", "cold_start"):
+        split = split_interactions(frame, kind, 0.2, 7, num_items=40)
+        validation = validation_split(split, 0.2, 7, num_items=40)
+        expected = split_interactions(split.train, kind, 0.2, 8, num_items=40)
+        assert validation.kind == kind
+        pd.testing.assert_frame_equal(validation.train, expected.train)
+        pd.testing.assert_frame_equal(validation.test, expected.test)
+        # Only training rows: nothing of the test split leaks into validation.
+        assert len(validation.train) + len(validation.test) == len(split.train)
+    forced = validation_split(split, 0.2, 7, num_items=40, kind="random")
+    assert forced.kind == "random" and forced.test_items is None
+
+
+def test_all_empty_timestamp_is_absent_and_temporal_split_says_so(tmp_path):
+    interactions = "user_id,item_id,rating,timestamp\nu1,i1,5,\nu1,i2,3,\nu2,i3,4,\n"
+    dataset = load(make_folder(tmp_path / "d", interactions=interactions))
+    assert "timestamp" not in dataset.interactions.columns
+    with pytest.raises(DataError, match=r"temporal split needs a timestamp column.*every value "
+                                        r"empty"):
+        split_interactions(dataset.interactions, "temporal", 0.2, 0)
+
+
+def test_partly_empty_timestamp_is_still_an_error(tmp_path):
+    interactions = "user_id,item_id,timestamp\nu1,i1,5\nu1,i2,\n"
+    with pytest.raises(DataError, match=r"empty timestamp at interactions\.csv line 3"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+def test_numeric_text_columns_reach_the_text_tower_as_written(tmp_path):
+    # One film without a year made the whole column float: the text said "1995.0".
+    items = ITEMS.replace("item_id,title,", "item_id,year,title,").replace(
+        "i1,", "i1,1995,").replace("i2,", "i2,,").replace("i3,", "i3,2001,")
+    dataset = load(make_folder(tmp_path / "d", items=items),
+                   text_columns=["title", "year"])
+    assert dataset.catalog.texts.tolist() == ["Starship Love. 1995", "Forest Tides",
+                                              "The Riddle. 2001"]
+
+
+def test_numeric_text_columns_from_jsonl_drop_the_float_suffix(tmp_path):
+    rows = [{"item_id": "i1", "title": "A", "year": 1995}, {"item_id": "i2", "title": "B"}]
+    root = make_folder(tmp_path / "d", items=None, media=False,
+                       interactions="user_id,item_id\nu1,i1\nu1,i2\n")
+    (root / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    dataset = load(root, text_columns=["title", "year"])
+    assert dataset.catalog.texts.tolist() == ["A. 1995", "B"]

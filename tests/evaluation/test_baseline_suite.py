@@ -1,0 +1,133 @@
+"""Baselines tuned on a validation carve of the training split, then scored like the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmmrec.data.splits import Split, split_interactions, validation_split
+from tfmmrec.evaluation.baseline_base import Baseline
+from tfmmrec.evaluation.baseline_suite import (
+    BASELINES,
+    run_baselines,
+    select_on_validation,
+    validation_score,
+)
+from tfmmrec.evaluation.cf import EASE
+from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+
+NUM_ITEMS = 30
+USERS = np.array([f"u{u:02d}" for u in range(40)], dtype=object)
+
+
+class Favourite(Baseline):
+    """Scores item ``which`` highest for every user, then items by descending index."""
+
+    name = "favourite"
+
+    def __init__(self, which: int):
+        self.which = which
+
+    def fit(self, train, item_features=None, present=None):
+        self.num_users, self.num_items = train.shape
+        return self
+
+    def embeddings(self):
+        items = -np.arange(self.num_items, dtype=np.float32)[:, None] / self.num_items
+        items[self.which] = 10.0
+        return np.ones((self.num_users, 1), np.float32), items
+
+    def get_config(self):
+        return {"which": self.which}
+
+
+def frame(rows) -> pd.DataFrame:
+    out = pd.DataFrame(rows, columns=["user_id", "item_index"])
+    out["item_id"] = "i" + out["item_index"].astype(str)
+    out["timestamp"] = np.arange(len(out))
+    return out
+
+
+def test_selection_picks_the_setting_best_on_validation():
+    # Every user's held-out validation item is item 7; items 0..5 are their training items.
+    train = frame([(u, i) for u in USERS[:10] for i in range(6)])
+    held = frame([(u, 7) for u in USERS[:10]])
+    validation = Split("random", train, held)
+    grid = [{"which": 3}, {"which": 7}, {"which": 9}]
+    best, trials = select_on_validation(Favourite, grid, validation, USERS[:10], NUM_ITEMS,
+                                        metric="recall@1")
+    assert best == {"which": 7}
+    assert [t["score"] for t in trials] == [0.0, 1.0, 0.0]
+
+
+def test_selection_ties_keep_the_first_grid_point():
+    train = frame([(u, 0) for u in USERS[:4]])
+    held = frame([(u, 29) for u in USERS[:4]])  # ranked last by every candidate
+    best, trials = select_on_validation(Favourite, [{"which": 5}, {"which": 6}],
+                                        Split("random", train, held), USERS[:4], NUM_ITEMS,
+                                        metric="recall@1")
+    assert best == {"which": 5} and {t["score"] for t in trials} == {0.0}
+
+
+def taste(seed: int = 0, per_user: int = 12) -> pd.DataFrame:
+    """Two taste groups over two item halves; item features say which half an item is in."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u, user in enumerate(USERS):
+        half = 0 if u % 2 == 0 else NUM_ITEMS // 2
+        for i in rng.choice(NUM_ITEMS // 2, per_user, replace=False):
+            rows.append((user, half + int(i)))
+    return frame(rows)
+
+
+FEATURES = np.repeat([[1.0, 0.0], [0.0, 1.0]], NUM_ITEMS // 2, axis=0) + np.random.default_rng(
+    1).normal(scale=0.05, size=(NUM_ITEMS, 2))
+
+
+def test_run_baselines_tunes_on_validation_and_scores_like_the_model():
+    split = split_interactions(taste(), "random", 0.2, seed=3)
+    results = run_baselines(split, USERS, NUM_ITEMS, item_features=FEATURES, ks=(5, 10),
+                            grids={"ials": [{"factors": 2, "regularization": 1.0,
+                                             "alpha": 1.0}]}, seed=3)
+    assert list(results) == list(BASELINES.values())
+    ease = results["EASE"]
+    # The chosen λ is the validation argmax, computed here independently of the suite.
+    validation = validation_split(split, 0.2, 3, NUM_ITEMS)
+    train_v, _ = split_matrices(validation, USERS, NUM_ITEMS)
+    scores = [validation_score(EASE(t["params"]["l2"]).fit(train_v), validation, USERS,
+                               NUM_ITEMS) for t in ease.validation]
+    assert [t["score"] for t in ease.validation] == pytest.approx(scores)
+    assert ease.config["l2"] == ease.validation[int(np.argmax(scores))]["params"]["l2"]
+    # Test metrics: exactly the model rows' code path on the refitted baseline.
+    train, _ = split_matrices(split, USERS, NUM_ITEMS)
+    expected = evaluate_embeddings(*EASE(**ease.config).fit(train).embeddings(), split, USERS,
+                                   (5, 10))
+    assert ease.metrics == pytest.approx(expected)
+    assert "top_k_accuracy@100" in ease.metrics
+    # Taste is learnable: every baseline is well above chance (5 / 30 items for recall@5).
+    for result in results.values():
+        assert result.metrics["recall@5"] > 0.3, result.name
+
+
+def test_run_baselines_on_cold_start_keeps_only_content_baselines():
+    split = split_interactions(taste(), "cold_start", 0.2, seed=0, num_items=NUM_ITEMS)
+    results = run_baselines(split, USERS, NUM_ITEMS, item_features=FEATURES, ks=(5,),
+                            grids={"ials": [{"factors": 2, "regularization": 1.0,
+                                             "alpha": 1.0}]}, seed=0)
+    assert list(results) == ["content→CF ridge", "content kNN (centred)"]
+    assert results["content kNN (centred)"].metrics["recall@5"] > 0.5
+    assert results["content→CF ridge"].metrics["recall@5"] > 0.5
+
+
+def test_run_baselines_without_features_or_test_rows():
+    split = split_interactions(taste(), "random", 0.2, seed=0)
+    assert list(run_baselines(split, USERS, NUM_ITEMS, names=["ease", "knn"], ks=(5,))) == [
+        "EASE"]
+    with pytest.raises(ValueError, match="unknown baseline"):
+        run_baselines(split, USERS, NUM_ITEMS, names=["svd"])
+    none = split_interactions(taste(), "none", 0.2, seed=0)
+    from tfmmrec.errors import DataError
+
+    with pytest.raises(DataError, match="no test interactions"):
+        run_baselines(none, USERS, NUM_ITEMS)

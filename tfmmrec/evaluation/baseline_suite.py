@@ -1,0 +1,199 @@
+"""Evaluation baselines, tuned and scored: choose each one's settings on validation, then test.
+
+For every baseline the protocol is the same as for the model: settings are chosen on a
+validation split carved from the *training* interactions with the same split kind
+(``data.splits.validation_split``, the one mechanism fusion selection also uses), the chosen
+baseline is refitted on the whole training split, and its test metrics come from
+``evaluation.protocol.evaluate_embeddings`` (same exclusion of seen items, same candidates, same
+metric code as the model rows). Test figures are never looked at while choosing.
+
+Example::
+
+    results = run_baselines(ws.split, ws.user_ids, ws.dataset.num_items,
+                            item_features=ws.contents["text"].values,
+                            present=ws.contents["text"].mask, ks=(10, 20, 50, 100))
+    results["EASE"].metrics["recall@20"], results["EASE"].config   # {'l2': 300.0}
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tfmmrec.data.splits import Split, validation_split
+from tfmmrec.errors import DataError
+from tfmmrec.evaluation.baseline_base import Baseline
+from tfmmrec.evaluation.cf import EASE, IALS
+from tfmmrec.evaluation.content import ContentKNN, ContentRidge
+from tfmmrec.evaluation.metrics import evaluate_ranking
+from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+
+logger = logging.getLogger(__name__)
+
+# Bounded grids (every point is one fit on the validation training rows).
+EASE_GRID: tuple[dict, ...] = tuple({"l2": v} for v in (10.0, 30.0, 100.0, 300.0, 1000.0,
+                                                        3000.0))
+IALS_GRID: tuple[dict, ...] = tuple(
+    {"factors": f, "regularization": r, "alpha": a}
+    for f in (32, 64, 128) for r in (1.0, 3.0, 10.0, 30.0) for a in (1.0, 3.0))
+RIDGE_GRID: tuple[dict, ...] = tuple({"alpha": v} for v in (0.01, 0.1, 1.0, 10.0, 100.0))
+
+# Short names (CLI, config) → row names (tables, metrics.json).
+BASELINES = {"ease": EASE.name, "ials": IALS.name, "ridge": ContentRidge.name,
+             "knn": ContentKNN.name}
+ID_ONLY = ("ease", "ials")
+
+
+@dataclass
+class BaselineResult:
+    """One baseline's test metrics, the settings chosen on validation, and every trial."""
+
+    name: str
+    metrics: dict[str, float]
+    config: dict[str, Any]
+    selection_metric: str
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "selection_metric": self.selection_metric,
+                "validation": self.validation, "seconds": self.seconds}
+
+
+def validation_score(model: Baseline, validation: Split, user_ids: np.ndarray, num_items: int,
+                     metric: str = "recall@20", batch_size: int = 1024) -> float:
+    """``metric`` (``recall@K``, ``ndcg@K``, ``hit_rate@K`` or ``mrr``) of a baseline fitted on
+    ``validation.train``, on ``validation.test`` (seen items excluded, candidates respected)."""
+    users, items = model.embeddings()
+    train, test = split_matrices(validation, user_ids, num_items)
+    candidates = None
+    if validation.test_items is not None:
+        candidates = np.zeros(num_items, bool)
+        candidates[validation.test_items] = True
+    _, _, k = metric.rpartition("@")
+    ks = [int(k)] if k.isdigit() else [10]
+    result = evaluate_ranking(users, items, test, exclude=train, ks=ks, candidates=candidates,
+                              batch_size=batch_size)
+    if metric not in result.metrics:
+        raise ValueError(f"unknown selection metric {metric!r}: use recall@K, ndcg@K, "
+                         "hit_rate@K or mrr")
+    return float(result.metrics[metric])
+
+
+def select_on_validation(factory: Callable[..., Baseline], grid: Sequence[Mapping[str, Any]],
+                         validation: Split, user_ids: np.ndarray, num_items: int, *,
+                         item_features: np.ndarray | None = None,
+                         present: np.ndarray | None = None, metric: str = "recall@20",
+                         batch_size: int = 1024) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fit ``factory(**params)`` on ``validation.train`` for each grid point; keep the best.
+
+    Returns ``(best params, [{"params", "score"} for every point])``. Ties keep the earlier
+    grid point (list grids from the cheapest or most regularised setting first).
+    """
+    if not grid:
+        raise ValueError("select_on_validation needs at least one grid point")
+    train, _ = split_matrices(validation, user_ids, num_items)
+    trials, best, best_score = [], None, -np.inf
+    for params in grid:
+        model = factory(**params).fit(train, item_features, present)
+        score = validation_score(model, validation, user_ids, num_items, metric, batch_size)
+        trials.append({"params": dict(params), "score": score})
+        logger.debug("%s %s: validation %s %.4f", model.name, params, metric, score)
+        if score > best_score:
+            best, best_score = dict(params), score
+    if best is None:  # every score NaN: no validation user had a reachable item
+        raise DataError(f"validation split has no user with a held-out item to rank "
+                        f"({len(validation.test)} validation interactions); use a larger "
+                        "data.test_fraction or more data")
+    return best, trials
+
+
+def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
+                  names: Sequence[str] = tuple(BASELINES),
+                  item_features: np.ndarray | None = None, present: np.ndarray | None = None,
+                  ks: Sequence[int] = (10, 20, 50, 100), metric: str = "recall@20",
+                  validation_fraction: float = 0.2, seed: int = 42, model_seed: int = 0,
+                  grids: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                  batch_size: int = 1024) -> dict[str, BaselineResult]:
+    """Tune (on validation) and test the named baselines; returns ``{row name: result}``.
+
+    Args:
+      split: the run's split (``Workspace.split``); baselines fit on ``split.train``.
+      user_ids: users in evaluation order (``Workspace.user_ids``).
+      names: keys of :data:`BASELINES`. EASE and iALS see no content, so on a cold-start split
+        (every candidate unseen in training) they are skipped; ``ridge``/``knn`` are skipped
+        without ``item_features``.
+      item_features / present: ``[N, f]`` content features and ``[N]`` presence (e.g.
+        ``content.content_features`` of the cached encoder features).
+      metric: what validation maximises. ``validation_fraction`` / ``seed``: the carve
+        (``data.test_fraction`` / ``data.seed``, as fusion selection uses them).
+      model_seed: iALS's initialisation seed. ``grids``: override a baseline's grid by key.
+    The ridge regresses onto iALS factors with iALS's validated settings; on a cold-start split
+    those are chosen on a random carve of the training rows (factor quality on warm items is
+    what the regression needs), and the ridge α on the cold-start validation split.
+    """
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}: choose from {', '.join(BASELINES)}")
+    if len(split.test) == 0:
+        raise DataError(f"the {split.kind} split has no test interactions to score baselines "
+                        "on; supply a test set")
+    grids = {"ease": EASE_GRID, "ials": IALS_GRID, "ridge": RIDGE_GRID, **(grids or {})}
+    train, _ = split_matrices(split, user_ids, num_items)
+    # Cold: every candidate item is unseen in training (an ID-only model cannot rank them).
+    cold = split.test_items is not None and train[:, split.test_items].nnz == 0
+    validation = validation_split(split, validation_fraction, seed, num_items)
+    warm_validation = (validation_split(split, validation_fraction, seed, num_items,
+                                        kind="random") if cold else validation)
+    common = {"item_features": item_features, "present": present, "metric": metric,
+              "batch_size": batch_size}
+    results: dict[str, BaselineResult] = {}
+    ials_params: dict | None = None
+
+    def tune_ials() -> tuple[dict, list]:
+        return select_on_validation(lambda **p: IALS(**p, seed=model_seed), grids["ials"],
+                                    warm_validation, user_ids, num_items, **common)
+
+    for key in names:
+        if key in ID_ONLY and cold:
+            logger.info("%s skipped: it sees no content, and no test item was in training",
+                        BASELINES[key])
+            continue
+        if key in ("ridge", "knn") and item_features is None:
+            logger.info("%s skipped: no item features", BASELINES[key])
+            continue
+        start = time.perf_counter()
+        if key == "ease":
+            params, trials = select_on_validation(EASE, grids["ease"], validation, user_ids,
+                                                  num_items, **common)
+            model: Baseline = EASE(**params)
+        elif key == "ials":
+            params, trials = tune_ials()
+            ials_params = params
+            model = IALS(**params, seed=model_seed)
+        elif key == "ridge":
+            if ials_params is None:
+                ials_params, _ = tune_ials()
+            chosen_ials = {**ials_params, "seed": model_seed}
+            params, trials = select_on_validation(
+                functools.partial(ContentRidge, ials=chosen_ials), grids["ridge"], validation,
+                user_ids, num_items, **common)
+            model = ContentRidge(**params, ials=chosen_ials)
+        else:
+            params, trials = {}, []
+            model = ContentKNN()
+        model.fit(train, item_features, present)
+        users, items = model.embeddings()
+        metrics = evaluate_embeddings(users, items, split, user_ids, ks, batch_size)
+        results[model.name] = BaselineResult(model.name, metrics, model.get_config(), metric,
+                                             trials, time.perf_counter() - start)
+        logger.info("%s: %s on validation → test %s %.4f (%.1f s)", model.name,
+                    model.get_config(), metric, metrics.get(metric, float("nan")),
+                    results[model.name].seconds)
+    return results
