@@ -34,7 +34,6 @@ def main() -> int:
                                             f"model.alignment_weight={weight}"])
         shutil.rmtree(config.train.output_dir, ignore_errors=True)
         workspace = workspace or pipeline.prepare(config, progress=False)
-        workspace.config = config
         model = pipeline.train(config, workspace=workspace, progress=False).model
         recall = pipeline.evaluate(config, model=model, workspace=workspace, baselines=False,
                                    write=False)["tfmmrec"]["recall@20"]

@@ -433,7 +433,7 @@ def speed_step(spaces: Workspaces, args) -> dict:
 
     # 3. Time to evaluate the whole test set (embed every item and user, rank, all metrics).
     ws = spaces.for_config(config)
-    model, _ = pipeline.restore_model(config, workspace=ws)
+    model, _ = pipeline.restore(config.train.output_dir, config, workspace=ws)
     pipeline.evaluate(config, model=model, workspace=ws, baselines=False, write=False)  # trace
     start = time.perf_counter()
     metrics = pipeline.evaluate(config, model=model, workspace=ws, baselines=False,

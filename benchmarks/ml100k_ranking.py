@@ -43,7 +43,6 @@ def configure(base: str, overrides: list[str], quick: bool,
 
 def train(config, ws):
     shutil.rmtree(config.train.output_dir, ignore_errors=True)
-    ws.config = config
     return pipeline.train(config, workspace=ws, progress=False).model
 
 

@@ -27,6 +27,7 @@ _LAZY = {
     "train": "tfmmrec.pipeline",
     "evaluate": "tfmmrec.pipeline",
     "export_model": ("tfmmrec.pipeline", "export"),
+    "restore": "tfmmrec.pipeline",
     "load_dataset": "tfmmrec.data.dataset",
     "build_demo_dataset": "tfmmrec.data.demo",
     "RetrievalModel": "tfmmrec.models.retrieval",

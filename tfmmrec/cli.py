@@ -131,7 +131,8 @@ def _export(config, checkpoint, index: str | None) -> int:
     """One command, one or both index kinds (sharing one model restore)."""
     from tfmmrec import pipeline
 
-    model, workspace = pipeline.restore_model(config, checkpoint)
+    model, workspace = pipeline.restore(config.train.output_dir, config, checkpoint=checkpoint)
+    config = workspace.config
     kinds = {"both": ["scann", "brute_force"]}.get(index, [index or config.export.index])
     for kind in kinds:
         name = config.export.model_name + ("-bruteforce" if index == "both"

@@ -391,8 +391,14 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_yaml(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def to_yaml(self, path: str | os.PathLike, sections: tuple[str, ...] | None = None) -> None:
+        """Write the config (or only ``sections`` of it) as YAML, atomically."""
+        from tfmmrec.files import atomic_write
+
+        data = self.to_dict()
+        if sections is not None:
+            data = {name: data[name] for name in sections}
+        atomic_write(path, yaml.safe_dump(data, sort_keys=False))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Config:
@@ -487,3 +493,55 @@ def load_config(source: str | os.PathLike | Config | None = None,
     if source is None:
         return Config.from_dict(apply_overrides({}, overrides or []), source="defaults")
     return Config.from_yaml(source, overrides)
+
+
+# --- what defines a trained model ----------------------------------------------------------------
+
+# The sections whose values define a trained model's weights and the data they index: the item
+# catalogue and users (vocabularies, content table), which columns feed which tower, each
+# encoder, the split (user histories, what evaluation holds out), the towers, fusion and the
+# ranking head. A run saves them beside its checkpoints (``checkpoints/model.yaml``) and
+# ``tfmmrec.restore`` rebuilds exactly that model; changing one at evaluate/export time is an
+# error. Everything else (``train``, ``eval``, ``export``) is run-time and stays overridable.
+MODEL_SECTIONS = ("data", "text", "image", "audio", "model", "ranking")
+# ...except these fields, which only steer how a trained model is evaluated or served.
+RUNTIME_FIELDS = frozenset({"ranking.retrieve_candidates"})
+# What a ``Workspace`` (data, split, encoders, encoded content) is prepared from.
+CONTENT_SECTIONS = ("data", "text", "image", "audio")
+
+
+def _fields(value: Any, prefix: str) -> dict[str, Any]:
+    """Dotted field name → value, descending into nested dataclasses (``data.demo.seed``)."""
+    if not dataclasses.is_dataclass(value):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for item in dataclasses.fields(value):
+        flat.update(_fields(getattr(value, item.name), f"{prefix}.{item.name}"))
+    return flat
+
+
+def config_differences(expected: Config, actual: Config,
+                       sections: tuple[str, ...] = MODEL_SECTIONS) -> list[tuple[str, Any, Any]]:
+    """``(dotted field, expected value, actual value)`` for every field of ``sections`` that
+    differs (run-time fields excluded), in declaration order."""
+    differences = []
+    for section in sections:
+        old = _fields(getattr(expected, section), section)
+        new = _fields(getattr(actual, section), section)
+        differences += [(name, old[name], new[name]) for name in old
+                        if name not in RUNTIME_FIELDS and old[name] != new[name]]
+    return differences
+
+
+def check_same_model(trained: Config, requested: Config, source: str, *,
+                     sections: tuple[str, ...] = MODEL_SECTIONS,
+                     hint: str = "evaluate/export the run with the config it was trained with "
+                                 "(drop those --set overrides), or train a new run") -> None:
+    """Raise ``ConfigError`` naming every model-defining field where ``requested`` differs
+    from what ``source`` was built with, and both values."""
+    differences = config_differences(trained, requested, sections)
+    if differences:
+        fields = "; ".join(f"{name}: {old!r} in {source}, {new!r} requested"
+                           for name, old, new in differences)
+        raise ConfigError(f"{fields}. These fields define the model, so they cannot change "
+                          f"after training: {hint}")

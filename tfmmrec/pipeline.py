@@ -16,16 +16,24 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmmrec.config import Config, load_config
+from tfmmrec.config import (
+    CONTENT_SECTIONS,
+    MODEL_SECTIONS,
+    Config,
+    check_same_model,
+    load_config,
+)
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions, validation_split
 from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError
+from tfmmrec.files import write_json
 from tfmmrec.models.ranking import MultitaskModel, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
 from tfmmrec.towers.encoders import Encoder, build_encoder
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower, user_lookup
+from tfmmrec.training.checkpoint import load_exactly
 from tfmmrec.training.strategy import is_chief, strategy_for
 from tfmmrec.training.trainer import (
     TrainResult,
@@ -39,6 +47,9 @@ from tfmmrec.training.trainer import (
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"  # the whole config of the run, for the record and as a default
+# The model-defining sections (config.MODEL_SECTIONS), beside the checkpoints they describe.
+MODEL_SPEC_FILE = "model.yaml"
 
 
 @dataclass
@@ -59,6 +70,20 @@ class Workspace:
 
     def encoder_identities(self) -> dict[str, str]:
         return {m: e.identity() for m, e in self.encoders.items()}
+
+    def with_config(self, config: Config) -> Workspace:
+        """This workspace driven by ``config`` (model, training, evaluation and export settings),
+        which must agree with it on everything the workspace was prepared from (the data,
+        split and encoders); otherwise a ``ConfigError`` names each field and both values.
+
+        ``train``, ``evaluate`` and ``export`` take a config and a workspace; building and
+        recording from this one object is what makes it impossible for the two to disagree.
+        """
+        if config is self.config:
+            return self
+        check_same_model(self.config, config, "the workspace", sections=CONTENT_SECTIONS,
+                         hint="prepare a new workspace from this config")
+        return dataclasses.replace(self, config=config)
 
 
 def demo_data_dir(config: Config) -> Path:
@@ -238,10 +263,20 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     # First: a multi-worker strategy must exist before TensorFlow runs any op in the process.
     strategy = strategy_for(config.train)
     tf.keras.utils.set_random_seed(config.train.seed)
-    ws = workspace or prepare(config, progress=progress)
+    ws = workspace.with_config(config) if workspace is not None else \
+        prepare(config, progress=progress)
     if len(ws.split.train) < 2:
         raise DataError("fewer than 2 training interactions after the split: nothing to train")
     output = Path(config.train.output_dir)
+    chief = is_chief(strategy)
+    spec = output / "checkpoints" / MODEL_SPEC_FILE
+    if spec.is_file() and any((output / "backup").glob("*")):  # resuming an interrupted run
+        check_same_model(load_config(spec), config, f"the interrupted run {output}",
+                         hint="resume it with the config it started with, or choose another "
+                              "train.output_dir")
+    if chief:  # before the first checkpoint: every checkpoint of the run carries its model
+        config.to_yaml(output / CONFIG_FILE)
+        config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=MODEL_SECTIONS)
     selection = None
     if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
         selection = select_serving_mix(ws, strategy, output / "fusion-selection")
@@ -249,15 +284,14 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
                  callbacks, dataset_fn=lambda: training_dataset(ws)[0])
     result.workspace = ws
-    if not is_chief(strategy):  # the chief records the run; other workers only train
+    if not chief:  # the chief records the run; other workers only train
         return result
     if selection is not None:
         weights = selection["weights"]
         result.model.item_tower.set_serving_mix(
             None if weights is None else [weights[m] for m in ws.modalities])
         result.model.save_weights(str(result.checkpoint))  # the mix is part of the model
-    config.to_yaml(output / "config.yaml")
-    _write_json(output / RUN_FILE, {
+    write_json({
         "encoders": ws.encoder_identities(),
         "modalities": list(ws.modalities),
         "num_items": ws.dataset.num_items,
@@ -266,7 +300,7 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         "examples_per_second": result.examples_per_second,
         "history": result.history,
         **({"fusion_selection": selection} if selection is not None else {}),
-    })
+    }, output / RUN_FILE)
     return result
 
 
@@ -302,19 +336,52 @@ def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: 
             "metric": metric, "validation_scores": scores}
 
 
-def restore_model(config: Config, checkpoint: str | os.PathLike | None = None,
-                  workspace: Workspace | None = None) -> tuple[RetrievalModel, Workspace]:
-    """Rebuild the model from its config and load trained weights (default: the run's latest)."""
-    ws = workspace or prepare(config, progress=False)
-    output = Path(config.train.output_dir)
-    path = Path(checkpoint) if checkpoint else output / "checkpoints" / "latest"
-    if not Path(str(path) + ".index").is_file():
-        raise TrainingError(f"no checkpoint at {path} (expected {path}.index); train first or "
-                            "pass --checkpoint")
-    _check_encoders(output, ws)
+def restore(run_dir: str | os.PathLike | None = None,
+            config: Config | str | os.PathLike | None = None, *,
+            checkpoint: str | os.PathLike | None = None,
+            workspace: Workspace | None = None) -> tuple[RetrievalModel, Workspace]:
+    """Rebuild the model a run trained and load its weights: ``(model, workspace)``.
+
+    The model is built from the model-defining config saved beside the checkpoint
+    (``checkpoints/model.yaml``; ``config.MODEL_SECTIONS``), never from a caller's guess, and
+    every checkpoint value must land in a variable of the same shape (``TrainingError`` naming
+    the ones that do not). ``config`` supplies the run-time settings (``eval``, ``export``,
+    ``train.cache_dir``…; default: the run's own ``config.yaml``); if it changes a
+    model-defining field (``model.fusion``, ``model.embedding_dim``, a tower, the data or its
+    split), a ``ConfigError`` names the field and both values. ``run_dir`` defaults to
+    ``config.train.output_dir``; ``checkpoint`` to the run's latest. ``workspace.config`` is the
+    config the model was built from.
+    """
+    if run_dir is None:
+        if config is None:
+            raise ConfigError("restore needs a run directory or a config naming one "
+                              "(train.output_dir)")
+        config = load_config(config)
+        run_dir = config.train.output_dir
+    run = Path(run_dir)
+    prefix = Path(checkpoint) if checkpoint else run / "checkpoints" / "latest"
+    if not Path(str(prefix) + ".index").is_file():
+        raise TrainingError(f"no checkpoint at {prefix} (expected {prefix}.index); train first "
+                            "or pass --checkpoint")
+    spec = prefix.parent / MODEL_SPEC_FILE
+    if not spec.is_file():
+        raise TrainingError(f"{spec} not found: the checkpoint {prefix} does not say which model "
+                            "it holds (runs trained before tfmmrec saved it must be retrained)")
+    trained = load_config(spec)
+    if config is None:
+        full = run / CONFIG_FILE
+        config = load_config(full) if full.is_file() else trained
+    config = load_config(config)
+    if Path(config.train.output_dir) != run:  # evaluation output goes to the restored run
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, output_dir=str(run)))
+    check_same_model(trained, config, f"the run {run} ({spec})")
+    ws = workspace.with_config(config) if workspace is not None else \
+        prepare(config, progress=False)
+    _check_encoders(run, ws)
     model = build_model(ws)
     model.build_from_example()
-    model.load_weights(str(path)).expect_partial()
+    load_exactly(model, prefix)
     return model, ws
 
 
@@ -329,13 +396,6 @@ def _check_encoders(output: Path, ws: Workspace) -> None:
     if changed:
         raise ConfigError(f"the {', '.join(changed)} encoder(s) differ from the ones this model "
                           f"was trained with ({run_file}); restore the training config")
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def embed_items(model: RetrievalModel, num_items: int, batch_size: int = 1024,
@@ -370,12 +430,15 @@ def evaluate(config: Config | str | os.PathLike | None = None,
         popularity_baseline,
         random_baseline,
     )
-    from tfmmrec.evaluation.report import plot_metric_curves, write_json
+    from tfmmrec.evaluation.report import plot_metric_curves
 
     config = load_config(config)
     if model is None:
-        model, workspace = restore_model(config, checkpoint, workspace)
-    ws = workspace
+        model, ws = restore(config.train.output_dir, config, checkpoint=checkpoint,
+                            workspace=workspace)
+        config = ws.config
+    else:
+        ws = _given_workspace(workspace, config)
     ks, batch = config.eval.ks, config.eval.batch_size
     items = embed_items(model, ws.dataset.num_items, batch, hidden_modalities)
     users = embed_users(model, ws.user_ids, batch)
@@ -391,6 +454,13 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     plot_metric_curves(results, out / "metrics.png",
                        title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
     return results
+
+
+def _given_workspace(workspace: Workspace | None, config: Config) -> Workspace:
+    if workspace is None:
+        raise ConfigError("pass the workspace the model was built from with model= "
+                          "(TrainResult.workspace), or neither to restore the run")
+    return workspace.with_config(config)
 
 
 def seen_items(ws: Workspace) -> list[np.ndarray]:
@@ -436,8 +506,11 @@ def export(config: Config | str | os.PathLike | None = None,
     # Before restoring, embedding and indexing (minutes for large catalogues), not after.
     check_writable(Path(config.export.base_dir), "export.base_dir", error=ExportError)
     if model is None:
-        model, workspace = restore_model(config, checkpoint, workspace)
-    ws = workspace
+        model, ws = restore(config.train.output_dir, config, checkpoint=checkpoint,
+                            workspace=workspace)
+        config = ws.config
+    else:
+        ws = _given_workspace(workspace, config)
     ex = config.export
     kind = index or ex.index
     items = embed_items(model, ws.dataset.num_items, config.eval.batch_size)

@@ -30,11 +30,11 @@ def _train(workspace, overrides, epochs=3):
     ws, root = workspace
     config = tfmmrec.load_config(None, [*TINY, f"train.output_dir={root}/run-{len(overrides)}",
                                         f"train.epochs={epochs}", *overrides])
-    ws.config = config
     import shutil
 
     shutil.rmtree(config.train.output_dir, ignore_errors=True)
-    return pipeline.train(config, workspace=ws, progress=False), ws
+    result = pipeline.train(config, workspace=ws, progress=False)
+    return result, result.workspace
 
 
 @pytest.mark.parametrize("task", ["regression", "binary", "listwise"])

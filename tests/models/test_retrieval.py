@@ -94,7 +94,7 @@ def test_fine_tuned_text_encoder_trains_inside_the_item_tower(tiny_config, tmp_p
 
 
 def test_restored_model_reproduces_trained_embeddings(tiny_trained, tiny_config):
-    restored, workspace = pipeline.restore_model(tiny_config)
+    restored, workspace = pipeline.restore(tiny_config.train.output_dir)
     n = workspace.dataset.num_items
     np.testing.assert_allclose(pipeline.embed_items(restored, n),
                                pipeline.embed_items(tiny_trained.model, n), atol=1e-5)
@@ -106,13 +106,13 @@ def test_restored_model_reproduces_trained_embeddings(tiny_trained, tiny_config)
 def test_restore_without_checkpoint_is_a_training_error(tiny_config, tiny_workspace, tmp_path):
     config = derive_config(tiny_config, tmp_path)
     with pytest.raises(TrainingError, match=r"no checkpoint at .*latest.*train first"):
-        pipeline.restore_model(config, workspace=tiny_workspace)
+        pipeline.restore(config=config, workspace=tiny_workspace)
 
 
 def test_restore_with_different_encoder_is_a_config_error(tiny_trained, tiny_config):
     changed = load_config(tiny_config, ["text.seed=7"])
-    with pytest.raises(ConfigError, match=r"text encoder.* differ from the ones this model"):
-        pipeline.restore_model(changed)
+    with pytest.raises(ConfigError, match=r"text\.seed: 0 in the run .*, 7 requested"):
+        pipeline.restore(config=changed)
 
 
 def _variant(model, **kwargs) -> RetrievalModel:
@@ -178,11 +178,7 @@ def test_fusion_selection_serves_the_validated_mix_and_restores_it(tiny_config, 
     candidate's score, and the chosen serving embedding survives checkpoint and restore."""
     config = derive_config(tiny_config, tmp_path, "model.fusion_selection=validation",
                            "model.fusion_selection_metric=recall@10")
-    tiny_workspace.config = config
-    try:
-        run = pipeline.train(config, workspace=tiny_workspace, progress=False)
-    finally:
-        tiny_workspace.config = tiny_config
+    run = pipeline.train(config, workspace=tiny_workspace, progress=False)
     record = json.loads((tmp_path / "run" / "run.json").read_text())["fusion_selection"]
     assert record["metric"] == "recall@10"
     assert "fused" in record["validation_scores"] and "1,0,0" in record["validation_scores"]
@@ -195,7 +191,7 @@ def test_fusion_selection_serves_the_validated_mix_and_restores_it(tiny_config, 
         key = ",".join(f"{record['weights'][m]:g}" for m in tower.modalities)
         assert record["validation_scores"][key] == best
         np.testing.assert_allclose(mix, [record["weights"][m] for m in tower.modalities])
-    restored, _ = pipeline.restore_model(config, workspace=tiny_workspace)
+    restored, _ = pipeline.restore(config=config, workspace=tiny_workspace)
     np.testing.assert_allclose(restored.item_tower.serving_mix.numpy(), mix)
     np.testing.assert_allclose(restored.item_embeddings(tf.range(5)).numpy(),
                                run.model.item_embeddings(tf.range(5)).numpy(), atol=1e-5)

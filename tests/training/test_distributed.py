@@ -208,7 +208,6 @@ MIRRORED_SCRIPT = """
     results = {}
     for name, overrides in runs.items():
         config = load_config(base, [*overrides, f"train.output_dir={sys.argv[2]}/{name}"])
-        ws.config = config  # the model is built from the workspace's config
         run = pipeline.train(config, workspace=ws, progress=False)
         metrics = pipeline.evaluate(config, model=run.model, workspace=ws, baselines=False,
                                     write=False)["tfmmrec"]
@@ -227,11 +226,12 @@ MIRRORED_SCRIPT = """
                      for k, v in batch.items()})
 
     def one_step(gather):
-        ws.config = load_config(exact, [f"train.cross_replica_negatives={str(gather).lower()}"])
+        step_ws = ws.with_config(
+            load_config(exact, [f"train.cross_replica_negatives={str(gather).lower()}"]))
         with strategy.scope():
-            model = pipeline.build_model(ws)
+            model = pipeline.build_model(step_ws)
             model.build_from_example()
-        alone = pipeline.build_model(ws)
+        alone = pipeline.build_model(step_ws)
         alone.build_from_example()
         alone.set_weights(model.get_weights())
         with tf.GradientTape() as tape:

@@ -112,7 +112,7 @@ def killed_and_resumed(small_config, small_workspace, tmp_path_factory):
     backup = [p.name for p in (root / "run" / "backup").rglob("*") if p.is_file()]
     had_run_record = (root / "run" / "run.json").exists()
     assert cli.main(["-q", "train", "--config", str(root / "config.yaml")]) == 0
-    model, ws = pipeline.restore_model(config, workspace=small_workspace)
+    model, ws = pipeline.restore(config.train.output_dir, config, workspace=small_workspace)
     return {"config": config, "backup": backup, "had_run_record": had_run_record,
             "run": json.loads((root / "run" / "run.json").read_text()),
             "metrics": metrics_of(config, model, ws)}
@@ -310,7 +310,7 @@ def test_unwritable_cache_dir_stops_training_before_encoding(tiny_config, tmp_pa
 
 def test_unwritable_export_dir_fails_before_restoring_and_indexing(tiny_config, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setattr(pipeline, "restore_model", lambda *a, **k: pytest.fail("restored"))
+    monkeypatch.setattr(pipeline, "restore", lambda *a, **k: pytest.fail("restored"))
     config = load_config(tiny_config, [f"export.base_dir={a_file_in_the_way(tmp_path)}"])
     with pytest.raises(ExportError, match=r"cannot write to export\.base_dir=.*a-file/dir"):
         pipeline.export(config)

@@ -1,24 +1,21 @@
 """Evaluation output, last in the flow: metric dicts become Markdown tables, PNG curves and JSON.
 
-Files are written to a temporary sibling and moved into place with ``os.replace``, so a reader (a
-README build, a dashboard, a second benchmark run) never sees a half-written file.
+Files go through ``tfmmrec.files`` (temporary sibling, fsync, rename; strict JSON), so a reader
+(a README build, a dashboard, a second benchmark run) never sees a half-written file.
+``write_json`` is re-exported here for the benchmarks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
-import math
 import os
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from tfmmrec.evaluation.metrics import RankingResult
+from tfmmrec.files import atomic_write, write_json  # noqa: F401  (re-exported)
 
 MISSING = "–"
 Results = Mapping[str, RankingResult | Mapping[str, Any]]
@@ -51,7 +48,7 @@ def plot_metric_curves(
         _draw_family(ax, family, curves[family])
     if title:
         fig.suptitle(title)
-    return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def format_table(
@@ -70,18 +67,6 @@ def format_table(
         values = _metrics_of(result)
         lines.append(_row([_escape(model), *(_format_value(values.get(c)) for c in columns)]))
     return "\n".join(lines) + "\n"
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON, atomically; returns the path.
-
-    numpy scalars and arrays, ``Path`` and dataclasses (e.g. :class:`RankingResult`) are
-    converted; NaN and inf become ``null`` so the file is strict JSON that any reader accepts.
-    Conversion happens before the file is touched, so a failure leaves an existing file intact.
-    """
-    text = json.dumps(_jsonable(obj, "$"), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    data = text.encode("utf-8")
-    return _atomic_write(path, lambda f: f.write(data))
 
 
 # --- plotting ---------------------------------------------------------------------------------
@@ -176,52 +161,3 @@ def _format_value(value: Any) -> str:
     if isinstance(value, int | np.integer):
         return str(int(value))
     return f"{float(value):.4f}"
-
-
-# --- files ------------------------------------------------------------------------------------
-
-
-def _jsonable(obj: Any, where: str) -> Any:
-    """Plain JSON types from numpy, paths, dataclasses; ``where`` names the offending key."""
-    if obj is None or isinstance(obj, str | bool):
-        return obj
-    if isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item(), where)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist(), where)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        items = sorted(obj) if isinstance(obj, set | frozenset) else obj
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(items)]
-    raise TypeError(
-        f"cannot write {type(obj).__name__} to JSON at {where}; convert it to numbers, "
-        "strings, lists or dicts first"
-    )
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write through a temporary sibling (created with the usual umask) and ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return path

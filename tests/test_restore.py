@@ -1,0 +1,161 @@
+"""A run carries its model: restore rebuilds exactly what was trained, refuses architecture
+overrides by name, and loads a checkpoint only when every value matches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import yaml
+
+import tfmmrec
+from tests.conftest import derive_config
+from tfmmrec import cli, pipeline
+from tfmmrec.config import MODEL_SECTIONS, Config, load_config
+from tfmmrec.errors import ConfigError, TrainingError
+from tfmmrec.export.writer import read_metadata
+from tfmmrec.training.checkpoint import checkpoint_mismatches, load_exactly
+
+
+def _export_config(tiny_config: Config, tmp_path, *overrides: str) -> Config:
+    return load_config(tiny_config, [f"export.base_dir={tmp_path / 'models'}",
+                                     "export.index=brute_force", *overrides])
+
+
+def test_the_model_defining_config_is_saved_beside_the_checkpoint(tiny_trained, tiny_config):
+    saved = yaml.safe_load((tiny_trained.output_dir / "checkpoints" / "model.yaml").read_text())
+    assert tuple(saved) == MODEL_SECTIONS  # no train/eval/export: those stay run-time
+    assert saved["model"] == tiny_config.to_dict()["model"]
+    assert saved["text"]["hidden_dim"] == 16
+
+
+def test_restore_is_public_and_rebuilds_the_trained_model_from_the_run_alone(tiny_trained):
+    model, workspace = tfmmrec.restore(tiny_trained.output_dir)
+    assert workspace.config.model.embedding_dim == 16  # from the run, not the defaults (64)
+    n = workspace.dataset.num_items
+    np.testing.assert_allclose(pipeline.embed_items(model, n),
+                               pipeline.embed_items(tiny_trained.model, n), atol=1e-5)
+
+
+@pytest.mark.parametrize(("override", "field", "trained", "requested"), [
+    ("model.fusion=gated", "model.fusion", "'concat_mlp'", "'gated'"),
+    ("model.embedding_dim=32", "model.embedding_dim", "16", "32"),
+])
+def test_export_refuses_an_architecture_override(tiny_trained, tiny_config, tmp_path, override,
+                                                  field, trained, requested):
+    """Before: ``--set model.fusion=gated`` exported untrained gated-fusion weights (TF only
+    warned), and ``model.embedding_dim=32`` died in a raw ValueError from TensorFlow."""
+    config = _export_config(tiny_config, tmp_path, override)
+    with pytest.raises(ConfigError, match=rf"{field}: {trained} in the run .*, {requested} "
+                                          r"requested.*cannot change after training"):
+        pipeline.export(config)
+    assert not (tmp_path / "models" / "tfmmrec").exists()  # nothing half-written either
+
+
+def test_export_time_settings_stay_overridable(tiny_trained, tiny_config, tmp_path):
+    config = _export_config(tiny_config, tmp_path, "export.k=3", "export.max_k=20",
+                            "eval.batch_size=7", "ranking.retrieve_candidates=5")
+    version = pipeline.export(config)
+    metadata = read_metadata(version)
+    assert (metadata["default_k"], metadata["max_k"], metadata["index"]) == (3, 20, "brute_force")
+
+
+def test_cli_export_with_an_architecture_override_is_one_line_not_a_traceback(
+        tiny_trained, tiny_config, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    _export_config(tiny_config, tmp_path).to_yaml(path)
+    code = cli.main(["-q", "export", "--config", str(path), "--set", "model.embedding_dim=32"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USER_ERROR
+    assert err.startswith("error: model.embedding_dim: 16 in the run")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_evaluate_refuses_an_architecture_override(tiny_trained, tiny_config, tmp_path,
+                                                       capsys):
+    path = tmp_path / "config.yaml"
+    tiny_config.to_yaml(path)
+    code = cli.main(["-q", "evaluate", "--config", str(path), "--set", "model.fusion=mean"])
+    assert code == cli.EXIT_USER_ERROR
+    assert "model.fusion: 'concat_mlp' in the run" in capsys.readouterr().err
+
+
+def test_a_checkpoint_loads_only_if_every_value_matches(tiny_trained, tiny_workspace):
+    """The check behind restore, without the config check in front of it: a model of another
+    fusion is refused, naming the checkpoint values it lacks and the variables left empty."""
+    prefix = tiny_trained.checkpoint
+    same = pipeline.build_model(tiny_workspace)
+    same.build_from_example()
+    assert checkpoint_mismatches(same, prefix) == {"unmatched": [], "shapes": [], "missing": []}
+    load_exactly(same, prefix)
+    np.testing.assert_allclose(same.item_tower.serving_mix.numpy(),
+                               tiny_trained.model.item_tower.serving_mix.numpy())
+
+    gated = pipeline.build_model(tiny_workspace.with_config(
+        load_config(tiny_workspace.config, ["model.fusion=gated"])))
+    gated.build_from_example()
+    problems = checkpoint_mismatches(gated, prefix)
+    assert "item_tower/fusion/mlp/layer_with_weights-0/kernel" in problems["unmatched"]
+    assert problems["missing"] and not problems["shapes"]
+    with pytest.raises(TrainingError, match=r"does not match the model rebuilt for it — \d+ "
+                                            r"checkpoint values the model has no variable for: "
+                                            r".*item_tower/fusion/mlp"):
+        load_exactly(gated, prefix)
+
+    wider = pipeline.build_model(tiny_workspace.with_config(
+        load_config(tiny_workspace.config, ["model.embedding_dim=32"])))
+    wider.build_from_example()
+    shapes = checkpoint_mismatches(wider, prefix)["shapes"]
+    assert "item_tower/projections/text/out/kernel: [16, 16] → [16, 32]" in shapes
+    with pytest.raises(TrainingError, match=r"values of another shape"):
+        load_exactly(wider, prefix)
+
+
+def test_a_checkpoint_without_its_model_spec_is_refused(tiny_trained, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for file in (tiny_trained.output_dir / "checkpoints").glob("latest*"):
+        (run / "checkpoints" / file.name).write_bytes(file.read_bytes())
+    with pytest.raises(TrainingError, match=r"model\.yaml not found.*does not say which model"):
+        pipeline.restore(run)
+
+
+def test_train_builds_and_records_one_config_even_with_a_workspace(tiny_config, tiny_workspace,
+                                                                   tmp_path):
+    """``train(config, workspace=ws)`` used to build from ``ws.config`` and record ``config``.
+    Now a config that disagrees with how the workspace was prepared is refused by name..."""
+    other_split = derive_config(tiny_config, tmp_path, "data.split=temporal")
+    with pytest.raises(ConfigError, match=r"data\.split: 'random' in the workspace, 'temporal' "
+                                          r"requested"):
+        pipeline.train(other_split, workspace=tiny_workspace, progress=False)
+    # ...and one that only changes the model builds exactly that model, and records it.
+    config = derive_config(tiny_config, tmp_path, "model.fusion=mean", "model.embedding_dim=8",
+                           "train.epochs=1")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert result.workspace.config is config
+    assert result.model.item_tower.fusion.mode == "mean"
+    assert result.model.item_embeddings(np.arange(3)).shape == (3, 8)
+    recorded = yaml.safe_load((tmp_path / "run" / "checkpoints" / "model.yaml").read_text())
+    assert (recorded["model"]["fusion"], recorded["model"]["embedding_dim"]) == ("mean", 8)
+    assert tiny_workspace.config is tiny_config  # the shared fixture is left as it was
+
+
+def test_restore_takes_run_time_settings_from_the_caller(tiny_trained, tiny_config, tmp_path):
+    config = load_config(tiny_config, ["eval.ks=[5]", f"export.base_dir={tmp_path}"])
+    _, workspace = pipeline.restore(config=config)
+    assert workspace.config.eval.ks == [5]
+    assert dataclasses.asdict(workspace.config.model) == dataclasses.asdict(tiny_config.model)
+
+
+def test_an_interrupted_run_resumes_only_with_the_model_it_started(tiny_config, tiny_workspace,
+                                                                    tmp_path):
+    """Resuming restores the backup into the model being built: a different model is refused
+    before any step instead of resuming into mismatched weights."""
+    started = derive_config(tiny_config, tmp_path)
+    started.to_yaml(tmp_path / "run" / "checkpoints" / "model.yaml", sections=MODEL_SECTIONS)
+    (tmp_path / "run" / "backup" / "chief").mkdir(parents=True)  # left by a killed run
+    changed = load_config(started, ["model.history_length=3"])
+    with pytest.raises(ConfigError, match=r"model\.history_length: 0 in the interrupted run "
+                                          r".*, 3 requested.*resume it with the config"):
+        pipeline.train(changed, workspace=tiny_workspace, progress=False)

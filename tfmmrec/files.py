@@ -1,0 +1,127 @@
+"""The one way tfmmrec writes a file: through a temporary sibling, fsynced, then renamed into place.
+
+A reader (TF Serving polling a model directory, a dashboard, a resumed run, a second process)
+never sees a half-written file: it sees the old content or the new, never a mix, and a crash
+leaves at most a hidden ``.name.*.tmp`` beside it. JSON is strict (``allow_nan=False``): numpy
+values, paths and dataclasses are converted, and NaN/inf become ``null`` explicitly, so no file
+ever holds the non-standard ``NaN`` token that strict readers (browsers, ``jq``) reject.
+
+Paths with a scheme (``gs://…``) go through ``tf.io.gfile``: object stores publish an object
+only once its upload completes, which is the same guarantee without a local fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+Writer = Callable[[IO[bytes]], Any]
+
+
+def atomic_write(path: str | os.PathLike, content: bytes | str | Writer) -> Path:
+    """Write ``content`` (bytes, text as UTF-8, or a function writing to a binary handle) to
+    ``path`` atomically; parent directories are created. Returns the path.
+
+    On any failure the temporary file is removed and an existing ``path`` is left untouched.
+    """
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    write: Writer = content if callable(content) else (lambda f, data=content: f.write(data))
+    if "://" in os.fspath(path):
+        return _remote_write(os.fspath(path), write)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    # O_EXCL: two writers never share a temp file; mode 0o666 lets the umask decide as usual.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented, strict JSON, atomically; returns the path.
+
+    numpy scalars and arrays, ``Path`` and dataclasses are converted; NaN and inf become
+    ``null``. Conversion happens before the file is touched, so a value that cannot be written
+    (a ``TypeError`` naming where it is, e.g. ``$.history.loss[3]``) leaves an existing file
+    intact.
+    """
+    text = json.dumps(jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return atomic_write(path, text)
+
+
+def jsonable(obj: Any, where: str = "$") -> Any:
+    """``obj`` as plain JSON types (see :func:`write_json`); ``where`` names it in errors."""
+    import numpy as np
+
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        obj = float(obj)
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist(), where)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        items = sorted(obj) if isinstance(obj, set | frozenset) else obj
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(items)]
+    raise TypeError(
+        f"cannot write {type(obj).__name__} to JSON at {where}; convert it to numbers, "
+        "strings, lists or dicts first"
+    )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remote_write(path: str, write: Writer) -> str:
+    import tensorflow as tf
+
+    head, name = path.rsplit("/", 1)
+    tmp = f"{head}/.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as handle:
+            write(handle)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            tf.io.gfile.remove(tmp)
+        raise
+    return path
