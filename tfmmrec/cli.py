@@ -9,6 +9,7 @@ exit with status 2; an interrupted ``train`` is resumed by running the same comm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import resource
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import tfmmrec
 from tfmmrec.config import STRATEGIES, load_config
-from tfmmrec.errors import TfmmrecError
+from tfmmrec.errors import ConfigError, TfmmrecError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(sub)
         if name in ("evaluate", "export"):
             sub.add_argument("--checkpoint", help="weights prefix (default: the run's latest)")
+        if name == "evaluate":
+            _add_evaluate_args(sub)
         if name == "export":
             sub.add_argument("--index", choices=["scann", "brute_force", "both"],
                              help="override export.index; both: the ScaNN export as NAME and a "
@@ -114,17 +117,73 @@ def _run(args) -> int:
         return _validate(config)
     if args.command == "train":
         result = pipeline.train(config)
+        print(result.workspace.split.sizes())
         print(f"trained {result.epochs_run} epoch(s) at {result.examples_per_second:,.0f} "
               f"examples/s; checkpoint: {result.checkpoint}")
         return 0
     if args.command == "evaluate":
-        results = pipeline.evaluate(config, args.checkpoint)
-        _print_results(results, config.eval.ks)
-        print(f"wrote {Path(config.train.output_dir) / 'eval'}/metrics.json and metrics.png")
-        return 0
+        return _evaluate(config, args)
     if args.command == "export":
         return _export(config, args.checkpoint, args.index)
     raise AssertionError(args.command)
+
+
+def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baselines", nargs="?", const="all", metavar="NAMES",
+        help="also tune (on a validation carve of the training split) and score classic "
+             "baselines as rows of the table: all (default), or a comma list of ease, ials, "
+             "ridge, knn")
+    parser.add_argument(
+        "--test", metavar="FILE",
+        help="score this test set (CSV/JSONL/Parquet with user_id,item_id) instead of the "
+             "split's; with data.split: none it is the only way to evaluate")
+    parser.add_argument(
+        "--export", metavar="DIR",
+        help="score an exported model (a version directory, or a model directory: its newest "
+             "version) instead of the checkpoint: its embed_query signature and item table")
+    parser.add_argument(
+        "--candidates", metavar="FILE",
+        help="rank only these items (a text file, one item_id per line), e.g. new items for "
+             "a cold-start evaluation")
+
+
+def _evaluate(config, args) -> int:
+    from tfmmrec import pipeline
+    from tfmmrec.data.dataset import load_candidates, load_test_interactions
+    from tfmmrec.data.splits import with_test
+    from tfmmrec.evaluation.baseline_suite import BASELINES
+
+    names: list[str] = []
+    if args.baselines:
+        names = list(BASELINES) if args.baselines == "all" else [
+            n.strip() for n in args.baselines.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BASELINES]
+        if unknown:
+            raise ConfigError(f"--baselines {args.baselines!r}: unknown {', '.join(unknown)}; "
+                              f"choose from all, {', '.join(BASELINES)}")
+    workspace = pipeline.prepare(config, progress=not args.quiet)
+    if args.test or args.candidates:
+        dataset = workspace.dataset
+        test = load_test_interactions(args.test, dataset) if args.test else None
+        candidates = load_candidates(args.candidates, dataset.catalog) if args.candidates \
+            else None
+        workspace = dataclasses.replace(workspace, split=with_test(workspace.split, test,
+                                                                   candidates))
+    print(workspace.split.sizes())
+    embeddings, name = None, "tfmmrec"
+    if args.export:
+        from tfmmrec.evaluation.exported import exported_embeddings
+
+        embeddings = exported_embeddings(args.export, workspace.user_ids,
+                                         workspace.dataset.catalog.item_ids,
+                                         config.eval.batch_size)
+        name = "tfmmrec (export)"
+    results = pipeline.evaluate(config, args.checkpoint, workspace=workspace, name=name,
+                                classic_baselines=names, embeddings=embeddings)
+    _print_results(results, config.eval.ks)
+    print(f"wrote {Path(config.train.output_dir) / 'eval'}/metrics.json and metrics.png")
+    return 0
 
 
 def _export(config, checkpoint, index: str | None) -> int:
@@ -154,6 +213,7 @@ def _print_results(results: dict, ks) -> None:
 
 
 def _validate(config) -> int:
+    from tfmmrec.data.splits import split_interactions, validation_split
     from tfmmrec.pipeline import resolve_dataset
 
     dataset = resolve_dataset(config)
@@ -165,6 +225,17 @@ def _validate(config) -> int:
           f"{columns.image or '-'}; audio column: {columns.audio or '-'}")
     for modality in catalog.modalities:
         print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items")
+    d = config.data
+    split = split_interactions(dataset.interactions, d.split, d.test_fraction, d.seed,
+                               dataset.num_items)
+    print(f"  {split.sizes()}")
+    try:
+        validation = validation_split(split, d.test_fraction, d.seed, dataset.num_items)
+    except TfmmrecError as exc:  # only tuned choices need it (fusion selection, baselines)
+        print(f"  no validation carve for tuned choices: {exc}")
+    else:
+        print(f"  validation for tuned choices ({validation.kind}): {len(validation.train)} "
+              f"train / {len(validation.test)} held-out interactions, from the training rows")
     if dataset.users is not None:
         print(f"  user features: {', '.join(dataset.user_feature_columns) or '-'}")
     return 0

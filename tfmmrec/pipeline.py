@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -420,10 +421,16 @@ def evaluate(config: Config | str | os.PathLike | None = None,
              checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
              workspace: Workspace | None = None, baselines: bool = True,
              name: str = "tfmmrec", hidden_modalities: tuple[str, ...] = (),
-             write: bool = True) -> dict[str, dict[str, float]]:
+             write: bool = True, classic_baselines: Sequence[str] = (),
+             embeddings: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> dict[str, dict[str, float]]:
     """Metrics of a trained model (and popularity/random baselines) on the config's split.
 
-    Writes ``<output_dir>/eval/metrics.json`` and ``metrics.png`` (Recall@K and NDCG@K curves).
+    ``classic_baselines``: keys of ``evaluation.baseline_suite.BASELINES`` (``ease``, ``ials``,
+    ``ridge``, ``knn``) to tune on validation and score as rows of the same table
+    (:func:`classic_baseline_results`). ``embeddings``: ``(users, items)`` to score instead of
+    a model's (e.g. an export's, ``evaluation.exported``). Writes
+    ``<output_dir>/eval/metrics.json`` and ``metrics.png`` (Recall@K and NDCG@K curves).
     """
     from tfmmrec.evaluation.protocol import (
         evaluate_embeddings,
@@ -433,24 +440,34 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     from tfmmrec.evaluation.report import plot_metric_curves
 
     config = load_config(config)
-    if model is None:
+    if workspace is not None:  # refuse before restoring a model for nothing
+        _require_test_rows(workspace.split)
+    if model is None and embeddings is None:
         model, ws = restore(config.train.output_dir, config, checkpoint=checkpoint,
                             workspace=workspace)
         config = ws.config
     else:
         ws = _given_workspace(workspace, config)
+    _require_test_rows(ws.split)
     ks, batch = config.eval.ks, config.eval.batch_size
-    items = embed_items(model, ws.dataset.num_items, batch, hidden_modalities)
-    users = embed_users(model, ws.user_ids, batch)
+    if embeddings is not None:
+        users, items = embeddings
+    else:
+        items = embed_items(model, ws.dataset.num_items, batch, hidden_modalities)
+        users = embed_users(model, ws.user_ids, batch)
     results = {name: evaluate_embeddings(users, items, ws.split, ws.user_ids, ks, batch)}
     if baselines:
         args = (ws.split, ws.user_ids, ws.dataset.num_items, ks)
         results["popularity"] = popularity_baseline(*args, batch_size=batch)
         results["random"] = random_baseline(*args, batch_size=batch)
+    classic = classic_baseline_results(ws, classic_baselines) if classic_baselines else {}
+    results.update({row: result.metrics for row, result in classic.items()})
     if not write:
         return results
     out = Path(config.train.output_dir) / "eval"
-    write_json({"split": ws.split.kind, "results": results}, out / "metrics.json")
+    write_json({"split": ws.split.kind, "split_sizes": ws.split.sizes(), "results": results,
+                **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
+                   if classic else {})}, out / "metrics.json")
     plot_metric_curves(results, out / "metrics.png",
                        title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
     return results
@@ -461,6 +478,32 @@ def _given_workspace(workspace: Workspace | None, config: Config) -> Workspace:
         raise ConfigError("pass the workspace the model was built from with model= "
                           "(TrainResult.workspace), or neither to restore the run")
     return workspace.with_config(config)
+
+
+def _require_test_rows(split: Split) -> None:
+    if len(split.test) == 0:
+        raise DataError(f"the {split.kind} split has no test interactions to evaluate on "
+                        "(data.split: none trains on every row): supply a test set "
+                        "(tfmmrec evaluate --test FILE) or use another data.split")
+
+
+def classic_baseline_results(ws: Workspace, names: Sequence[str]) -> dict:
+    """EASE / iALS / content→CF ridge / content kNN on the workspace's split, each tuned on the
+    validation carve of its training rows; content baselines read the frozen (cached) features
+    of every modality. Returns ``{row name: BaselineResult}``."""
+    from tfmmrec.evaluation.baseline_suite import run_baselines
+    from tfmmrec.evaluation.content import content_features
+
+    frozen = [m for m in ws.modalities if not ws.config.tower(m).trainable]
+    features = present = None
+    if frozen:
+        features, present = content_features({m: ws.contents[m].values for m in frozen},
+                                             {m: ws.contents[m].mask for m in frozen})
+    d = ws.config.data
+    return run_baselines(ws.split, ws.user_ids, ws.dataset.num_items, names=names,
+                         item_features=features, present=present, ks=ws.config.eval.ks,
+                         validation_fraction=d.test_fraction, seed=d.seed,
+                         model_seed=ws.config.train.seed, batch_size=ws.config.eval.batch_size)
 
 
 def seen_items(ws: Workspace) -> list[np.ndarray]:

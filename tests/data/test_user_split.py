@@ -118,3 +118,36 @@ def test_numeric_text_columns_from_jsonl_drop_the_float_suffix(tmp_path):
     (root / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     dataset = load(root, text_columns=["title", "year"])
     assert dataset.catalog.texts.tolist() == ["A. 1995", "B"]
+
+
+def test_supplied_test_set_and_candidates_are_checked_and_indexed(tmp_path):
+    from tfmmrec.data.dataset import load_candidates, load_test_interactions
+    from tfmmrec.data.splits import with_test
+
+    dataset = load(make_folder(tmp_path / "d"))
+    (tmp_path / "test.csv").write_text("user_id,item_id\nu2,i2\nu1,i3\n")
+    test = load_test_interactions(tmp_path / "test.csv", dataset)
+    assert test.values.tolist() == [["u2", "i2", 1], ["u1", "i3", 2]]
+    (tmp_path / "new.txt").write_text("# held out\ni3\n\ni2\ni3\n")
+    candidates = load_candidates(tmp_path / "new.txt", dataset.catalog)
+    assert candidates.tolist() == [1, 2]
+    split = with_test(split_interactions(dataset.interactions, "none", 0.2, 0), test, candidates)
+    assert split.sizes() == "supplied split: 4 train / 2 test interactions (2 candidate items)"
+    (tmp_path / "bad.csv").write_text("user_id,item_id\nu1,i1\nu1,i9\n")
+    with pytest.raises(DataError, match=r"bad\.csv line 3 \('i9'\)"):
+        load_test_interactions(tmp_path / "bad.csv", dataset)
+    (tmp_path / "bad.txt").write_text("i1\n\ni7\n")
+    with pytest.raises(DataError, match=r"bad\.txt line 3 \('i7'\)"):
+        load_candidates(tmp_path / "bad.txt", dataset.catalog)
+
+
+def test_a_supplied_test_set_ranks_the_whole_catalogue_unless_candidates_are_given():
+    from tfmmrec.data.splits import with_test
+
+    frame = pd.DataFrame({"user_id": [f"u{i % 5}" for i in range(40)],
+                          "item_index": np.arange(40) % 20})
+    cold = split_interactions(frame, "cold_start", 0.2, 0, num_items=20)
+    test = frame.head(3)
+    assert with_test(cold, test).test_items is None
+    assert with_test(cold).test_items.tolist() == cold.test_items.tolist()
+    assert with_test(cold, test, np.array([4, 2])).test_items.tolist() == [4, 2]

@@ -2,7 +2,8 @@
 
 A dataset is a folder holding an items table (``items.csv|.jsonl|.parquet``: ``item_id``, text
 columns, image/audio columns with paths relative to the folder), ``interactions.csv``
-(``user_id``, ``item_id``, optional ``rating``, ``timestamp``) and optionally ``users.csv``.
+(``user_id``, ``item_id``, optional ``rating``, ``timestamp``, ``split``) and optionally
+``users.csv``. A user-supplied test set and candidate list are read here too.
 """
 
 from __future__ import annotations
@@ -260,6 +261,58 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig) -> pd.D
     frame["item_id"] = frame["item_id"].astype(object)
     frame["item_index"] = known.get_indexer(frame["item_id"]).astype(np.int64)
     return frame
+
+
+def load_test_interactions(path: str | Path, dataset: Dataset) -> pd.DataFrame:
+    """A user-supplied test set (CSV/JSONL/Parquet with ``user_id``, ``item_id``), checked
+    against the dataset like interactions.csv, with an ``item_index`` column.
+
+    Its users must be known to the model (in interactions.csv or users.csv): an unknown user
+    has no row to be scored from, so it is named (file, line, value) rather than skipped.
+    """
+    path = Path(path).expanduser()
+    frame = validate.read_table(path, id_columns=["user_id", "item_id"])
+    validate.require_columns(frame, path, ["user_id", "item_id"])
+    validate.require_no_missing_ids(frame, path, "user_id")
+    validate.require_no_missing_ids(frame, path, "item_id")
+    known = pd.Index(dataset.catalog.item_ids)
+    validate.require_known_items(frame, path, known, dataset.root / "items.csv")
+    users = pd.Index(dataset.user_ids.astype(str))
+    unknown = frame.index[~frame["user_id"].astype(str).isin(users)]
+    if len(unknown):
+        where = ", ".join(f"{validate.row_label(path, i)} ({frame['user_id'].iloc[i]!r})"
+                          for i in unknown[:validate.SHOW_AT_MOST])
+        raise DataError(f"{path}: {len(unknown)} row(s) name users the model does not know: "
+                        f"{where}. Add them to users.csv (then retrain) or drop those rows.")
+    frame = frame[["user_id", "item_id"]].astype(object).reset_index(drop=True)
+    frame["item_index"] = known.get_indexer(frame["item_id"]).astype(np.int64)
+    return frame
+
+
+def load_candidates(path: str | Path, catalog: Catalog) -> np.ndarray:
+    """Item indices from a text file of item ids, one per line ("rank only these items").
+
+    Blank lines and lines starting with ``#`` are skipped; an unknown id is named with its line.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"candidates file not found: {path}")
+    lookup = pd.Index(catalog.item_ids.astype(str))
+    indices, bad = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        position = lookup.get_indexer([item])[0]
+        if position < 0:
+            bad.append(f"{path.name} line {number} ({item!r})")
+        indices.append(position)
+    if bad:
+        shown = ", ".join(bad[:validate.SHOW_AT_MOST])
+        raise DataError(f"{path}: {len(bad)} candidate item(s) not in the catalogue: {shown}")
+    if not indices:
+        raise DataError(f"{path}: no item ids (one per line expected)")
+    return np.unique(np.asarray(indices, np.int64))
 
 
 def _load_users(root: Path, config: DataConfig) -> tuple[pd.DataFrame | None, tuple[str, ...]]:

@@ -88,6 +88,23 @@ def given_split(interactions: pd.DataFrame) -> Split:
                  validation=_take(interactions, validation) if len(validation) else None)
 
 
+def with_test(split: Split, test: pd.DataFrame | None = None,
+              candidates: np.ndarray | None = None) -> Split:
+    """The same training rows with a user-supplied test set and/or candidate items.
+
+    ``candidates`` (item indices) restricts ranking to those items, e.g. new items for a
+    cold-start evaluation; without them a supplied test set ranks the whole catalogue. Without
+    a ``test`` the split's own test rows (and its candidates, unless replaced) are kept.
+    """
+    if candidates is not None:
+        items = np.asarray(candidates, np.int64)
+    else:
+        items = split.test_items if test is None else None
+    test = split.test if test is None else test
+    kind = split.kind if test is split.test else "supplied"
+    return Split(kind, split.train, test, test_items=items, validation=split.validation)
+
+
 def validation_split(split: Split, test_fraction: float, seed: int,
                      num_items: int | None = None, kind: str | None = None) -> Split:
     """Validation data for tuned choices (epochs, λ, factors, fusion), never the test split.

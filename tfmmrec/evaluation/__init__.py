@@ -2,7 +2,9 @@
 
 ``metrics`` scores users × items in batches (numpy, no TensorFlow) into Recall/NDCG/hit rate/MRR/
 coverage and TFRS-style top-K accuracy; ``report`` writes them as Markdown tables, metric-vs-K PNG
-curves and JSON.
+curves and JSON. The classic baselines every result is compared with live in ``cf`` (EASE, iALS),
+``content`` (content→CF ridge, centred content kNN) and ``baseline_suite`` (tuned on validation,
+scored through ``protocol`` like the model).
 """
 
 from tfmmrec.evaluation.metrics import (

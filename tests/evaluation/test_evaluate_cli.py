@@ -1,0 +1,154 @@
+"""`tfmmrec evaluate --baselines / --test / --candidates`, `data.split: none`, split sizes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from tfmmrec import cli
+from tfmmrec.config import load_config
+
+
+@pytest.fixture(scope="module")
+def run(tiny_config, tmp_path_factory):
+    """The tiny config trained once through the CLI (random split)."""
+    root = tmp_path_factory.mktemp("eval-cli")
+    config = load_config(tiny_config, [f"train.output_dir={root / 'run'}"])
+    path = root / "tiny.yaml"
+    config.to_yaml(path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["-q", "train", "--config", str(path)]) == 0
+    return root, path, printed.getvalue()
+
+
+def test_train_prints_the_split_sizes(run, tiny_workspace):
+    split = tiny_workspace.split
+    assert (f"random split: {len(split.train)} train / {len(split.test)} test interactions"
+            in run[2])
+
+
+def test_validate_prints_split_and_validation_sizes(tiny_config, tiny_workspace, capsys):
+    assert cli.main(["validate", "--set", f"data.path={tiny_config.data.path}"]) == 0
+    out = capsys.readouterr().out
+    train, test = len(tiny_workspace.split.train), len(tiny_workspace.split.test)
+    assert f"random split: {train} train / {test} test interactions" in out
+    held = round(train * 0.2)
+    assert (f"validation for tuned choices (random): {train - held} train / {held} held-out"
+            in out)
+
+
+def test_evaluate_with_baselines_adds_rows_to_table_json_and_plot(run, capsys):
+    root, path, _ = run
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--baselines"]) == 0
+    out = capsys.readouterr().out
+    rows = ["EASE", "iALS", "content→CF ridge", "content kNN (centred)"]
+    for row in ["tfmmrec", "popularity", *rows]:
+        assert f"| {row} " in out
+    written = json.loads((root / "run" / "eval" / "metrics.json").read_text())
+    assert set(rows) <= set(written["results"])
+    assert set(written["baselines"]) == set(rows)
+    assert written["baselines"]["EASE"]["config"]["l2"] in (10.0, 30.0, 100.0, 300.0, 1000.0,
+                                                            3000.0)
+    assert written["results"]["EASE"].keys() == written["results"]["tfmmrec"].keys()
+
+
+def test_evaluate_rejects_unknown_baseline_names(run, capsys):
+    _, path, _ = run
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--baselines", "ease,svd"]) == 2
+    assert "unknown svd" in capsys.readouterr().err
+
+
+def test_evaluate_a_supplied_test_set_on_candidate_items_only(run, tiny_workspace, capsys,
+                                                              tmp_path):
+    _, path, _ = run
+    catalog = tiny_workspace.dataset.catalog
+    train = tiny_workspace.split.train
+    seen = set(zip(train["user_id"].astype(str), train["item_id"].astype(str), strict=True))
+    candidates = [str(i) for i in catalog.item_ids[:3]]
+    users = [str(u) for u in tiny_workspace.user_ids[:5]]
+    rows = [(u, i) for u in users for i in candidates[:1] if (u, i) not in seen]
+    pd.DataFrame(rows, columns=["user_id", "item_id"]).to_csv(tmp_path / "test.csv",
+                                                              index=False)
+    (tmp_path / "new.txt").write_text("# new items\n" + "\n".join(candidates) + "\n\n")
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--test",
+                     str(tmp_path / "test.csv"), "--candidates", str(tmp_path / "new.txt")]) == 0
+    out = capsys.readouterr().out
+    assert f"supplied split: {len(train)} train / {len(rows)} test interactions " \
+           "(3 candidate items)" in out
+    written = json.loads((run[0] / "run" / "eval" / "metrics.json").read_text())
+    result = written["results"]["tfmmrec"]
+    # 3 candidates: K clamps to 3, so every evaluated user finds their one test item.
+    assert result["num_users"] == len({u for u, _ in rows})
+    assert result["recall@10"] == 1.0
+    assert "top_k_accuracy@100" not in result  # candidates: the restricted protocol only
+
+
+def test_bad_test_and_candidate_files_name_file_line_and_value(run, tmp_path, capsys):
+    _, path, _ = run
+    (tmp_path / "c.txt").write_text("i0000\nnope\n")
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--candidates",
+                     str(tmp_path / "c.txt")]) == 2
+    assert "c.txt line 2 ('nope')" in capsys.readouterr().err
+    (tmp_path / "t.csv").write_text("user_id,item_id\nstranger,i0000\n")
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--test",
+                     str(tmp_path / "t.csv")]) == 2
+    assert "t.csv line 2 ('stranger')" in capsys.readouterr().err
+
+
+def test_split_none_has_no_test_set_and_evaluate_refuses_without_one(run, tiny_workspace,
+                                                                     capsys):
+    _, path, _ = run
+    none = ["--config", str(path), "--set", "data.split=none"]
+    assert cli.main(["validate", *none]) == 0
+    total = len(tiny_workspace.dataset.interactions)
+    assert f"none split: {total} train / 0 test interactions" in capsys.readouterr().out
+    # Refused before any model is restored (this run was trained on another split).
+    assert cli.main(["-q", "evaluate", *none]) == 2
+    assert "no test interactions to evaluate on" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains a second tiny model
+def test_split_none_trains_on_every_row_and_scores_a_supplied_test_set(tiny_config,
+                                                                       tiny_workspace,
+                                                                       tmp_path, capsys):
+    config = load_config(tiny_config, [f"train.output_dir={tmp_path / 'run'}",
+                                       "data.split=none", "train.epochs=1"])
+    path = tmp_path / "none.yaml"
+    config.to_yaml(path)
+    assert cli.main(["-q", "train", "--config", str(path)]) == 0
+    total = len(tiny_workspace.dataset.interactions)
+    assert f"none split: {total} train / 0 test interactions" in capsys.readouterr().out
+    tiny_workspace.split.test[["user_id", "item_id"]].to_csv(tmp_path / "test.csv", index=False)
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--test",
+                     str(tmp_path / "test.csv")]) == 0
+    # Under data.split: none every row is training data, so each test row is a seen item and
+    # excluded: every user is skipped (a test set must hold what the model did not train on).
+    written = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert written["results"]["tfmmrec"]["num_users"] == 0
+    assert written["split"] == "supplied"
+
+
+@pytest.mark.slow  # exports a SavedModel (≈1 min on a busy 2-core machine)
+def test_evaluate_through_the_export_matches_the_checkpoint(run, tiny_workspace, tmp_path,
+                                                            capsys):
+    root, path, _ = run
+    assert cli.main(["-q", "export", "--config", str(path), "--index", "brute_force",
+                     "--set", f"export.base_dir={tmp_path / 'models'}"]) == 0
+    candidates = [str(i) for i in tiny_workspace.dataset.catalog.item_ids[::4]]
+    (tmp_path / "c.txt").write_text("\n".join(candidates))
+    scored = {}
+    for extra in ([], ["--export", str(tmp_path / "models" / "tfmmrec")]):
+        assert cli.main(["-q", "evaluate", "--config", str(path), "--candidates",
+                         str(tmp_path / "c.txt"), *extra]) == 0
+        written = json.loads((root / "run" / "eval" / "metrics.json").read_text())
+        scored.update(written["results"])
+    assert "| tfmmrec (export) " in capsys.readouterr().out
+    checkpoint, export = scored["tfmmrec"], scored["tfmmrec (export)"]
+    assert export["num_users"] == checkpoint["num_users"] > 0
+    for key in ("recall@10", "recall@20", "ndcg@10"):
+        assert export[key] == pytest.approx(checkpoint[key], abs=1e-6), key
