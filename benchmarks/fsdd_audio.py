@@ -182,7 +182,7 @@ def run(args) -> dict:
         config = config_for(seed)
         d = config.data
         split = split_interactions(yamnet_ws.dataset.interactions, d.split, d.test_fraction,
-                                   d.seed, yamnet_ws.dataset.num_items)
+                                   d.seed)
         ws = dataclasses.replace(yamnet_ws, config=config, split=split)
         ks, users = config.eval.ks, ws.user_ids
 

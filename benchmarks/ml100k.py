@@ -178,7 +178,7 @@ class Workspaces:
         if key not in self._splits:
             ds = self.base.dataset
             self._splits[key] = split_interactions(ds.interactions, d.split, d.test_fraction,
-                                                   d.seed, ds.num_items)
+                                                   d.seed)
         return self._splits[key]
 
     def for_config(self, config):

@@ -80,10 +80,6 @@ class AudioEncoder(Encoder):
             return tf.reduce_max(frames, axis=axis)
         return tf.reduce_mean(frames, axis=axis)
 
-    def freeze(self, trainable: bool) -> None:
-        self.trainable = trainable
-        self.backbone.trainable = trainable
-
 
 def log_mel_spectrogram(waveform: tf.Tensor) -> tf.Tensor:
     """[B, T] 16 kHz → [B, frames, 64] log-mel, YAMNet's front-end settings (25 ms / 10 ms)."""
@@ -112,5 +108,5 @@ def build_audio_encoder(config: AudioTowerConfig) -> AudioEncoder:
         description.update(filters=list(config.cnn_filters), frontend=2)  # 2: padding-exact
         encoder = AudioEncoder(backbone, config.cnn_filters[-1], config.pooling, False,
                                description, name="audio_encoder")
-    encoder.freeze(config.trainable)
+    encoder.set_trainable(config.trainable)
     return encoder

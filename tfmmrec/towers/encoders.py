@@ -42,7 +42,11 @@ class Encoder(tf.keras.layers.Layer):
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         return digest.hexdigest()[:24]
 
-    def freeze(self, trainable: bool) -> None:
+    def set_trainable(self, trainable: bool) -> None:
+        """Fine-tune (``True``) or freeze (``False``) the whole encoder, backbone included:
+        Keras propagates ``trainable`` to every tracked sublayer (a KerasNLP backbone, a
+        ``hub.KerasLayer``, a ``keras.applications`` model; frozen BatchNorm then runs in
+        inference mode)."""
         self.trainable = trainable
 
 

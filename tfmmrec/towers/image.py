@@ -50,10 +50,6 @@ class ImageEncoder(Encoder):
             images = self._preprocess(images * 255.0)
         return self.backbone(images, training=training)
 
-    def freeze(self, trainable: bool) -> None:
-        self.trainable = trainable
-        self.backbone.trainable = trainable
-
 
 def build_image_encoder(config: ImageTowerConfig) -> ImageEncoder:
     size = config.image_size
@@ -71,7 +67,7 @@ def build_image_encoder(config: ImageTowerConfig) -> ImageEncoder:
         dim = int(backbone.output_shape[-1])
         description.update(application=config.application, weights=config.weights)
     encoder = ImageEncoder(backbone, dim, description, preprocess, name="image_encoder")
-    encoder.freeze(config.trainable)
+    encoder.set_trainable(config.trainable)
     return encoder
 
 

@@ -55,10 +55,6 @@ class TextEncoder(Encoder):
                 tf.reduce_sum(mask, axis=1), 1.0)
         return tf.math.l2_normalize(pooled, axis=-1)
 
-    def freeze(self, trainable: bool) -> None:
-        self.trainable = trainable
-        self.backbone.trainable = trainable
-
 
 def build_text_encoder(config: TextTowerConfig, corpus: list[str]) -> TextEncoder:
     """From a KerasNLP preset (name or local dir), or a small random-init BERT (no download)."""
@@ -84,7 +80,7 @@ def build_text_encoder(config: TextTowerConfig, corpus: list[str]) -> TextEncode
                        "layers": config.num_layers, "hidden": config.hidden_dim}
     description.update(sequence_length=config.sequence_length, pooling=config.pooling)
     encoder = TextEncoder(preprocessor, backbone, config.pooling, description, name="text_encoder")
-    encoder.freeze(config.trainable)
+    encoder.set_trainable(config.trainable)
     return encoder
 
 
