@@ -96,7 +96,7 @@ def build_audio_encoder(config: AudioTowerConfig) -> AudioEncoder:
         backbone = _hub_layer(config.handle, config.trainable, "audio.handle")
         description["handle"] = config.handle
         encoder = AudioEncoder(backbone, YAMNET_EMBEDDING_DIM, config.pooling, True, description,
-                               name="audio_encoder")
+                               name="audio_encoder", tower_config=config)
     else:
         init = tf.keras.initializers.HeNormal(seed=config.seed)
         layers = [tf.keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu",
@@ -107,6 +107,6 @@ def build_audio_encoder(config: AudioTowerConfig) -> AudioEncoder:
                                         *layers], name="log_mel_cnn")
         description.update(filters=list(config.cnn_filters), frontend=2)  # 2: padding-exact
         encoder = AudioEncoder(backbone, config.cnn_filters[-1], config.pooling, False,
-                               description, name="audio_encoder")
+                               description, name="audio_encoder", tower_config=config)
     encoder.set_trainable(config.trainable)
     return encoder

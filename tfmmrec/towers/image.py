@@ -66,7 +66,8 @@ def build_image_encoder(config: ImageTowerConfig) -> ImageEncoder:
         backbone, preprocess = _keras_application(config)
         dim = int(backbone.output_shape[-1])
         description.update(application=config.application, weights=config.weights)
-    encoder = ImageEncoder(backbone, dim, description, preprocess, name="image_encoder")
+    encoder = ImageEncoder(backbone, dim, description, preprocess, name="image_encoder",
+                           tower_config=config)
     encoder.set_trainable(config.trainable)
     return encoder
 
