@@ -83,8 +83,10 @@ CHECKS = {
 # Printed by the notebook (stdout), because showing these is what the notebook is for.
 PRINTED = {
     "02_your_own_catalogue.ipynb": [
-        "DataError: interactions.csv: 2 interaction(s) name items that are not in items.csv",
-        "duplicate item_id", "exit code 2", "ConfigError: ",
+        "interactions.csv: 2 interaction(s) name items that are not in items.csv",
+        "items.csv: duplicate item_id", "exit code 2",
+        "invalid config value train.strategy='gpu': expected one of default, mirrored",
+        "unknown config key(s) train.epoch",
     ],
 }
 
