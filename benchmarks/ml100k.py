@@ -707,10 +707,9 @@ def plot_curves(results: dict, path: Path) -> None:
 
 def save_png(fig, path: Path) -> None:
     """Write a figure through a temporary sibling, so a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    from tfmmrec.files import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def plot_speed(speed: dict, path: Path) -> None:
