@@ -18,6 +18,7 @@ from pathlib import Path
 
 import tfmmrec
 from tfmmrec import pipeline
+from tfmmrec.evaluation.crossmodal import evaluate_cross_modal
 from tfmmrec.evaluation.report import format_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def main() -> int:
         everything = dataclasses.replace(workspace, split=dataclasses.replace(
             workspace.split, test_items=None))
         for scope, ws in (("held-out", workspace), ("all items", everything)):
-            for pair, metrics in pipeline.evaluate_cross_modal(model, ws).items():
+            for pair, metrics in evaluate_cross_modal(model, ws).items():
                 rows[f"alignment {weight} · {scope} · {pair}"] = {
                     "recall@1": metrics["recall@1"], "recall@10": metrics["recall@10"],
                     "median_rank": metrics["median_rank"], "queries": metrics["num_queries"],

@@ -182,7 +182,7 @@ def run(args) -> dict:
         config = config_for(seed)
         d = config.data
         split = split_interactions(yamnet_ws.dataset.interactions, d.split, d.test_fraction,
-                                   d.seed, yamnet_ws.dataset.num_items)
+                                   d.seed)
         ws = dataclasses.replace(yamnet_ws, config=config, split=split)
         ks, users = config.eval.ks, ws.user_ids
 
@@ -246,10 +246,9 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("Recall@20 on held-out clips (cold start)")
     ax.set_title("FSDD clips, synthetic users who like 2 digits and 1 speaker")
     ax.grid(axis="x", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    from tfmmrec.files import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def main(argv=None) -> int:

@@ -178,7 +178,7 @@ class Workspaces:
         if key not in self._splits:
             ds = self.base.dataset
             self._splits[key] = split_interactions(ds.interactions, d.split, d.test_fraction,
-                                                   d.seed, ds.num_items)
+                                                   d.seed)
         return self._splits[key]
 
     def for_config(self, config):
@@ -707,10 +707,9 @@ def plot_curves(results: dict, path: Path) -> None:
 
 def save_png(fig, path: Path) -> None:
     """Write a figure through a temporary sibling, so a reader never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    from tfmmrec.files import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def plot_speed(speed: dict, path: Path) -> None:

@@ -27,6 +27,8 @@ import numpy as np
 import tfmmrec
 from tfmmrec import pipeline
 from tfmmrec.data.splits import split_interactions
+from tfmmrec.evaluation.crossmodal import evaluate_cross_modal
+from tfmmrec.evaluation.ranking import evaluate_ranking_head, evaluate_two_stage
 from tfmmrec.evaluation.report import format_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +50,7 @@ def train(config, ws):
 
 def with_split(ws, config):
     split = split_interactions(ws.dataset.interactions, config.data.split,
-                               config.data.test_fraction, config.data.seed, ws.dataset.num_items)
+                               config.data.test_fraction, config.data.seed)
     return dataclasses.replace(ws, split=split, config=config)
 
 
@@ -81,7 +83,7 @@ def section_multitask(base, ws, quick, extra):
             run = {"top_k_accuracy@100": retrieval["top_k_accuracy@100"],
                    "recall@20": retrieval["recall@20"]}
             if weights[1] > 0:
-                run.update(pipeline.evaluate_ranking_head(model, ws))
+                run.update(evaluate_ranking_head(model, ws))
             runs.append(run)
         rows[name] = {key: (float(np.mean([r[key] for r in runs])),
                             float(np.std([r[key] for r in runs]))) for key in runs[0]}
@@ -95,7 +97,7 @@ def section_two_stage(base, ws, quick, extra):
                        quick, extra)
     ws = with_split(ws, config)
     model = train(config, ws)
-    result = pipeline.evaluate_two_stage(model, ws, ks=(10,))
+    result = evaluate_two_stage(model, ws, ks=(10,))
     return {"retrieval alone": {"ndcg@10": result["retrieval_ndcg@10"],
                                 "recall@10": result["retrieval_recall@10"]},
             "retrieve 100 → re-rank": {"ndcg@10": result["two_stage_ndcg@10"],
@@ -109,8 +111,8 @@ def section_alignment(base, ws, quick, extra):
                            quick, extra)
         cold = with_split(ws, config)
         model = train(config, cold)
-        held_out = pipeline.evaluate_cross_modal(model, cold)
-        in_sample = pipeline.evaluate_cross_modal(model, dataclasses.replace(
+        held_out = evaluate_cross_modal(model, cold)
+        in_sample = evaluate_cross_modal(model, dataclasses.replace(
             cold, split=dataclasses.replace(cold.split, test_items=None)))
         recall = pipeline.evaluate(config, model=model, workspace=cold, baselines=False,
                                    write=False)["tfmmrec"]["recall@20"]

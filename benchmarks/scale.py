@@ -140,7 +140,7 @@ def bench_input(num_items: int, users: int) -> dict:
     from tfmmrec.data import tfrecords
     from tfmmrec.towers.cache import encode_catalog, raw_loader
     from tfmmrec.towers.encoders import build_encoder
-    from tfmmrec.training.trainer import encode_from_tfrecords, interactions_dataset
+    from tfmmrec.training.trainer import dataframe_dataset, encode_from_tfrecords
 
     folder = build_folder(OUT / "input-data", num_items, users)
     config = load_config(None, [f"data.path={folder}", "image.image_size=224",
@@ -167,7 +167,7 @@ def bench_input(num_items: int, users: int) -> dict:
         out = OUT / f"records-{workers}"
         shutil.rmtree(out, ignore_errors=True)
         with Meter() as meter:
-            manifest = tfrecords.prepare(config, out, dataset=dataset, workers=workers,
+            manifest = tfrecords.write_tfrecords(config, out, dataset=dataset, workers=workers,
                                          shards=max(4, 2 * CORES), progress=False)
         report[f"prepare_{workers}_workers"] = meter.row(num_items, "items")
     report["tfrecords_bytes"] = sum(os.path.getsize(f) for t in tfrecords.TABLES
@@ -195,7 +195,7 @@ def bench_input(num_items: int, users: int) -> dict:
     # 5. the training interaction stream (input pipeline only, one pass)
     train = dataset.interactions
     batches = len(train) // 1024
-    stream = interactions_dataset(train, 1024, seed=0)
+    stream = dataframe_dataset(train, 1024, seed=0)
     shards = tfrecords.interactions_dataset(manifest, "train", 1024, seed=0)
     for name, data in (("memory", stream), ("tfrecords", shards)):
         for _ in data.take(2):

@@ -5,12 +5,35 @@ from __future__ import annotations
 
 import importlib
 
+import pytest
+
 import tfmmrec
 
+EXPECTED = {
+    "Config": "tfmmrec.config", "load_config": "tfmmrec.config",
+    "train": "tfmmrec.pipeline", "evaluate": "tfmmrec.pipeline", "restore": "tfmmrec.pipeline",
+    "export_model": "tfmmrec.pipeline", "load_dataset": "tfmmrec.data.dataset",
+    "build_demo_dataset": "tfmmrec.data.demo", "RetrievalModel": "tfmmrec.models.retrieval",
+}
 
-def test_every_public_name_resolves():
-    for name in tfmmrec.__all__:
-        assert getattr(tfmmrec, name) is not None, name
+
+def test_every_public_name_is_the_object_its_module_defines():
+    from tfmmrec import errors, pipeline
+
+    assert set(tfmmrec.__all__) == {*EXPECTED, "ConfigError", "DataError", "ExportError",
+                                    "ServingError", "TfmmrecError", "TrainingError"}
+    for name, module in EXPECTED.items():
+        target = "export" if name == "export_model" else name
+        assert getattr(tfmmrec, name) is getattr(importlib.import_module(module), target), name
+    assert tfmmrec.restore is pipeline.restore
+    for name in ("ConfigError", "DataError", "ExportError", "ServingError", "TrainingError"):
+        assert issubclass(getattr(tfmmrec, name), errors.TfmmrecError), name
+    assert tfmmrec.TfmmrecError is errors.TfmmrecError
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'restore_model'"):
+        tfmmrec.restore_model  # noqa: B018  (removed: tfmmrec.restore replaces it)
 
 
 def test_export_model_is_not_shadowed_by_the_export_subpackage():

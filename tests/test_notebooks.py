@@ -3,13 +3,16 @@
 Each notebook's first code cell is tagged ``parameters``; the test adds a cell after it that sets
 ``TINY = True`` (tiny data and towers, a couple of epochs) and a temporary ``WORKDIR``, executes
 every cell with nbclient on the CPU and fails on the first error, so a notebook that rots fails CI
-(issue 7). The files themselves must stay valid, stripped of outputs, and open with a Colab link.
+(issue 7). A last injected cell then asserts each notebook's key results in its kernel
+(``CHECKS``), and its printed output must hold what it demonstrates (``PRINTED``). The files
+themselves must stay valid, stripped of outputs, and open with a Colab link.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -28,12 +31,88 @@ CELL_TIMEOUT = 420  # seconds for one cell (training or exporting on a busy 2-co
 NOTEBOOK_TIMEOUT = 600  # seconds for a whole notebook, kernel start included
 
 
+# Run in the notebook's kernel after its last cell: what each notebook shows must be true.
+CHECKS = {
+    "01_quickstart.ipynb": """
+        import numpy as np
+        assert set(metrics) == {"tfmmrec", "popularity", "random"}, set(metrics)
+        for name, row in metrics.items():
+            recalls = [row[f"recall@{k}"] for k in config.eval.ks]
+            assert all(0 <= r <= 1 for r in recalls) and recalls == sorted(recalls), (name, recalls)
+        assert workspace.dataset.num_items == metadata["num_items"] == 60
+        assert metadata["embedding_dim"] == config.model.embedding_dim == 16
+        # the export serves the restored model: its query embedding is the model's own
+        np.testing.assert_allclose(exported.call("embed_query", user_id=[user])["embedding"],
+                                   pipeline.embed_users(model, [user]), atol=1e-5)
+        answer = exported.recommend([user], k=5)
+        ids = [i.decode() for i in answer["item_ids"][0]]
+        assert len(set(ids)) == 5 and set(ids) <= set(workspace.dataset.catalog.item_ids)
+        assert list(answer["scores"][0]) == sorted(answer["scores"][0], reverse=True)
+    """,
+    "02_your_own_catalogue.ipynb": """
+        assert exit_code == 0  # the example folder validates
+        # editing one item's text recomputed exactly that feature; everything else was reused
+        stats = workspace.cache_stats
+        assert stats["text"].computed == 1, stats
+        assert stats["text"].reused == workspace.dataset.num_items - 1, stats
+        assert all(s.computed == 0 for m, s in stats.items() if m != "text"), stats
+        assert {"tfmmrec", "popularity", "random"} <= set(metrics)
+        assert embeddings.shape == (len(catalog), config.model.embedding_dim)
+        assert neighbours[0] == query  # an item is its own nearest neighbour
+    """,
+    "03_tpu_training.ipynb": """
+        import numpy as np
+        assert replicas == 2 and config.train.batch_size == 32  # 16 per replica x 2 CPUs
+        assert result.epochs_run == 2 and len(result.history["loss"]) == 2
+        n = workspace.dataset.num_items
+        # restored on the host, outside the strategy: the weights the replicas trained
+        np.testing.assert_allclose(pipeline.embed_items(model, n),
+                                   pipeline.embed_items(result.model, n), atol=1e-5)
+        assert top["item_ids"].shape == (1, 5)
+    """,
+    "04_serving.ipynb": """
+        import numpy as np
+        from tfmmrec.export.loader import ExportedModel
+        assert np.array_equal(over_rest["item_ids"], over_grpc["item_ids"])
+        # the server answers exactly what the exported version computes in-process
+        local = ExportedModel(versions["scann"]).call("query_text", text=[text], k=5)
+        assert np.array_equal(over_grpc["item_ids"], local["item_ids"])
+        assert len(latencies["gRPC"]) == len(latencies["REST"]) == 30
+    """,
+}
+# Printed by the notebook (stdout), because showing these is what the notebook is for.
+PRINTED = {
+    "02_your_own_catalogue.ipynb": [
+        "interactions.csv: 2 interaction(s) name items that are not in items.csv",
+        "items.csv: duplicate item_id", "exit code 2",
+        "invalid config value train.strategy='gpu': expected one of default, mirrored",
+        "unknown config key(s) train.epoch",
+    ],
+}
+
+
 def read(name: str) -> nbformat.NotebookNode:
     return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
 
 
 def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def with_checks(notebook: nbformat.NotebookNode, source: str) -> nbformat.NotebookNode:
+    """``notebook`` with a last cell running ``source`` (assertions on the kernel's state)."""
+    cell = nbformat.v4.new_code_cell("# Injected by tests/test_notebooks.py\n"
+                                     + textwrap.dedent(source).strip(),
+                                     metadata={"tags": ["injected-checks"]})
+    cell["id"] = "injected-checks"
+    notebook.cells.append(cell)
+    return notebook
+
+
+def printed(notebook: nbformat.NotebookNode) -> str:
+    """Everything the executed notebook wrote to stdout."""
+    return "".join(output.get("text", "") for cell in code_cells(notebook)
+                   for output in cell.get("outputs", []) if output.get("name") == "stdout")
 
 
 def with_parameters(notebook: nbformat.NotebookNode, **values) -> nbformat.NotebookNode:
@@ -104,14 +183,18 @@ def test_first_code_cell_holds_the_parameters_and_pip_runs_only_on_colab(name):
 
 
 def test_every_notebook_in_the_folder_is_tested():
-    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == NOTEBOOKS
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb")) == NOTEBOOKS == sorted(CHECKS)
 
 
 @pytest.mark.timeout(NOTEBOOK_TIMEOUT)
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom_in_tiny_mode(name, tmp_path, kernel_dirs):
-    notebook = with_parameters(read(name), TINY=True, WORKDIR=str(tmp_path / "work"))
+    notebook = with_checks(with_parameters(read(name), TINY=True, WORKDIR=str(tmp_path / "work")),
+                           CHECKS[name])
     execute(notebook, kernel_dirs)
+    text = printed(notebook)
+    for expected in PRINTED.get(name, []):
+        assert expected in text, f"{name} did not print {expected!r}"
 
 
 @pytest.mark.slow

@@ -242,11 +242,11 @@ def _validate(config) -> int:
 
 
 def _prepare(config, args) -> int:
-    from tfmmrec.data.tfrecords import prepare
+    from tfmmrec.data.tfrecords import write_tfrecords
     from tfmmrec.pipeline import resolve_dataset
 
     start = time.perf_counter()
-    manifest = prepare(config, args.output, dataset=resolve_dataset(config),
+    manifest = write_tfrecords(config, args.output, dataset=resolve_dataset(config),
                        workers=args.workers, shards=args.shards, progress=not args.quiet)
     shards = sum(len(s) for s in manifest.shards.values())
     print(f"wrote {manifest.directory}: {manifest.num_items} items, "

@@ -17,15 +17,16 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 Writer = Callable[[IO[bytes]], Any]
 
 
-def atomic_write(path: str | os.PathLike, content: bytes | str | Writer) -> Path:
+def atomic_write(path: str | os.PathLike, content: bytes | str | Writer) -> Path | str:
     """Write ``content`` (bytes, text as UTF-8, or a function writing to a binary handle) to
     ``path`` atomically; parent directories are created. Returns the path.
 
@@ -34,25 +35,51 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Writer) -> Path
     if isinstance(content, str):
         content = content.encode("utf-8")
     write: Writer = content if callable(content) else (lambda f, data=content: f.write(data))
-    if "://" in os.fspath(path):
-        return _remote_write(os.fspath(path), write)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # O_EXCL: two writers never share a temp file; mode 0o666 lets the umask decide as usual.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with atomic_path(path) as tmp:
+        if _is_remote(tmp):
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(tmp, "wb") as handle:
+                write(handle)
+        else:
+            with open(tmp, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+    return path if _is_remote(os.fspath(path)) else Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[str]:
+    """A temporary sibling of ``path`` to write (a file, or with ``directory=True`` a whole
+    directory such as a SavedModel), renamed to ``path`` when the block succeeds and removed
+    when it raises. For writers that need a path rather than a handle (``TFRecordWriter``,
+    ``tf.saved_model.save``). A directory is never renamed over an existing one.
+    """
+    final = os.fspath(path)
+    head, _, name = final.rstrip("/").rpartition("/")
+    tmp = f"{head + '/' if head else ''}.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    remote = _is_remote(final)
+    if remote:
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(head)
+    elif head:
+        Path(head).mkdir(parents=True, exist_ok=True)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield tmp
+        if remote:
+            tf.io.gfile.rename(tmp, final, overwrite=not directory)
+        elif directory:
+            _fsync_tree(Path(tmp))
+            os.rename(tmp, final)  # fails rather than replace an existing directory
+        else:
+            os.replace(tmp, final)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _remove(tmp, remote)
         raise
-    _fsync_directory(path.parent)
-    return path
+    if not remote:
+        _fsync_directory(Path(final).parent)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
@@ -111,17 +138,32 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _remote_write(path: str, write: Writer) -> str:
-    import tensorflow as tf
+def _is_remote(path: str) -> bool:
+    return "://" in path
 
-    head, name = path.rsplit("/", 1)
-    tmp = f"{head}/.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with tf.io.gfile.GFile(tmp, "wb") as handle:
-            write(handle)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-    except BaseException:
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under a finished directory before it is published by a rename."""
+    for file in (p for p in root.rglob("*") if p.is_file()):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(tmp: str, remote: bool) -> None:
+    if remote:
+        import tensorflow as tf
+
         with contextlib.suppress(Exception):
-            tf.io.gfile.remove(tmp)
-        raise
-    return path
+            if tf.io.gfile.isdir(tmp):
+                tf.io.gfile.rmtree(tmp)
+            elif tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+        return
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

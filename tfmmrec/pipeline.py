@@ -27,8 +27,9 @@ from tfmmrec.config import (
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions, validation_split
 from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError
+from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.files import write_json
-from tfmmrec.models.ranking import MultitaskModel, sample_lists
+from tfmmrec.models.ranking import MultitaskModel, rating_targets, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
 from tfmmrec.towers.encoders import Encoder, build_encoder
@@ -39,9 +40,9 @@ from tfmmrec.training.strategy import is_chief, strategy_for
 from tfmmrec.training.trainer import (
     TrainResult,
     check_writable,
+    dataframe_dataset,
     encode_from_tfrecords,
     fit,
-    interactions_dataset,
     tfrecord_dataset,
 )
 
@@ -105,7 +106,7 @@ def prepare(config: Config, progress: bool = True) -> Workspace:
     """Load and split the data, build encoders, and encode (or cache-load) the catalogue."""
     dataset = resolve_dataset(config)
     split = split_interactions(dataset.interactions, config.data.split, config.data.test_fraction,
-                               config.data.seed, dataset.num_items)
+                               config.data.seed)
     modalities = tuple(m for m in dataset.catalog.modalities if config.tower(m).enabled)
     records = config.train.tfrecords
     if records:  # pre-decoded shards from `tfmmrec prepare`, checked against this config
@@ -214,20 +215,20 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
             raise ConfigError("train.tfrecords does not apply to ranking.task=listwise (lists are "
                               "sampled in memory); unset train.tfrecords")
         lists = sample_lists(train["user_id"].astype(str).to_numpy(),
-                             train["item_index"].to_numpy(), _ratings(train),
+                             train["item_index"].to_numpy(), rating_targets(train),
                              ranking.list_size, ranking.lists_per_user, config.data.seed)
         dataset = tf.data.Dataset.from_tensor_slices(lists).cache().shuffle(
             len(lists["user_id"]), seed=config.train.seed)
         dataset = dataset.batch(config.train.batch_size, drop_remainder=True)
         return with_user_indices(dataset, ws.user_ids), len(lists["user_id"])
-    extra = {"rating": _ratings(train)} if ranking.enabled and ranking.task == "regression" \
+    extra = {"rating": rating_targets(train)} if ranking.enabled and ranking.task == "regression" \
         else None
     if config.train.tfrecords:
         columns = ("user_id", "item_index", *(["rating"] if extra else []))
         dataset, count = tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
                                           config.train.seed, columns)
     else:
-        dataset = interactions_dataset(train, config.train.batch_size, config.train.seed,
+        dataset = dataframe_dataset(train, config.train.batch_size, config.train.seed,
                                        extra=extra)
         count = len(train)
     return with_user_indices(dataset, ws.user_ids), count
@@ -245,13 +246,6 @@ def with_user_indices(dataset: tf.data.Dataset, user_ids) -> tf.data.Dataset:
 
     return dataset.map(to_index, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)
-
-
-def _ratings(frame) -> np.ndarray:
-    if "rating" not in frame.columns:
-        raise DataError("ranking.task=regression/listwise needs a rating column in "
-                        "interactions.csv (use ranking.task=binary for implicit feedback)")
-    return frame["rating"].to_numpy(np.float32)
 
 
 def train(config: Config | str | os.PathLike | None = None, *, workspace: Workspace | None = None,
@@ -312,7 +306,7 @@ def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: 
 
     config = load_config(ws.config, [f"train.output_dir={output}", "model.fusion_selection=none"])
     d = config.data
-    validation = validation_split(ws.split, d.test_fraction, d.seed, ws.dataset.num_items)
+    validation = validation_split(ws.split, d.test_fraction, d.seed)
     inner = dataclasses.replace(ws, config=config, split=validation)
     logger.info("fusion selection: training on %d of the %d training interactions",
                 len(validation.train), len(ws.split.train))
@@ -397,24 +391,6 @@ def _check_encoders(output: Path, ws: Workspace) -> None:
     if changed:
         raise ConfigError(f"the {', '.join(changed)} encoder(s) differ from the ones this model "
                           f"was trained with ({run_file}); restore the training config")
-
-
-def embed_items(model: RetrievalModel, num_items: int, batch_size: int = 1024,
-                hidden_modalities: tuple[str, ...] = ()) -> np.ndarray:
-    """Every catalogue item's embedding, ``[N, d]`` in catalogue order (optionally as if the
-    ``hidden_modalities`` were missing for every item)."""
-    parts = [model.serve_item_embeddings(tf.range(start, min(start + batch_size, num_items)),
-                                         tuple(hidden_modalities))
-             for start in range(0, num_items, batch_size)]
-    return tf.concat(parts, axis=0).numpy()
-
-
-def embed_users(model: RetrievalModel, user_ids, batch_size: int = 1024) -> np.ndarray:
-    """Query embeddings for user ids (unknown ids get the cold-start embedding)."""
-    user_ids = np.asarray(user_ids).astype(str)
-    parts = [model.serve_query_embeddings(tf.constant(user_ids[start:start + batch_size]))
-             for start in range(0, len(user_ids), batch_size)]
-    return tf.concat(parts, axis=0).numpy()
 
 
 def evaluate(config: Config | str | os.PathLike | None = None,
@@ -514,26 +490,6 @@ def seen_items(ws: Workspace) -> list[np.ndarray]:
                                       for u in ws.user_ids]
 
 
-def warmup_inputs(modalities, user_id: str, k: int) -> dict[str, dict]:
-    """One small request per signature (synthetic content: valid, tiny, deterministic)."""
-    requests = {
-        "serving_default": {"user_id": np.array([user_id])},
-        "recommend": {"user_id": np.array([user_id]), "k": np.int32(k)},
-        "embed_query": {"user_id": np.array([user_id])},
-    }
-    content = {
-        "text": lambda: np.array([b"warm up the tokenizer"]),
-        # dtype=object: numpy's fixed-width bytes dtype strips trailing NULs (a silent WAV's).
-        "image": lambda: np.array([tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()],
-                                  dtype=object),
-        "audio": lambda: np.array([tf.audio.encode_wav(tf.zeros([8000, 1]), 16000).numpy()],
-                                  dtype=object),
-    }
-    for modality in modalities:
-        requests[f"query_{modality}"] = {modality: content[modality](), "k": np.int32(k)}
-    return requests
-
-
 def export(config: Config | str | os.PathLike | None = None,
            checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
            workspace: Workspace | None = None, index: str | None = None) -> Path:
@@ -543,6 +499,7 @@ def export(config: Config | str | os.PathLike | None = None,
     """
     from tfmmrec.export.index import build_index, recall_against_brute_force
     from tfmmrec.export.module import RetrievalServingModule
+    from tfmmrec.export.warmup import warmup_requests
     from tfmmrec.export.writer import write_models_config, write_version
 
     config = load_config(config)
@@ -584,101 +541,7 @@ def export(config: Config | str | os.PathLike | None = None,
         retrieve_candidates=config.ranking.retrieve_candidates, seen=seen)
     version_dir = write_version(module, ex.base_dir, ex.model_name, ex.version, metadata,
                                uses_scann=kind == "scann",
-                               warmup=warmup_inputs(ws.modalities, str(ws.user_ids[0]),
+                               warmup=warmup_requests(ws.modalities, str(ws.user_ids[0]),
                                                     min(ex.k, module.max_k)))
     write_models_config(ex.base_dir)
     return version_dir
-
-
-def single_modality_embeddings(model: RetrievalModel, ws: Workspace,
-                               batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """``{modality: [N, d]}``: each item embedded from one modality alone (query-by-content)."""
-    tower = model.item_tower
-
-    @tf.function
-    def embed(index):
-        embeddings, _ = tower.modality_embeddings(model.content_table(index))
-        return tower.single_modalities(embeddings)
-
-    parts = [embed(tf.range(start, min(start + batch_size, ws.dataset.num_items)))
-             for start in range(0, ws.dataset.num_items, batch_size)]
-    return {m: np.concatenate([p[i].numpy() for p in parts]) for i, m in
-            enumerate(tower.modalities)}
-
-
-def evaluate_cross_modal(model: RetrievalModel, ws: Workspace) -> dict[str, dict[str, float]]:
-    """Cross-modal Recall@1/5/10 and median rank for every modality pair.
-
-    On a cold-start split only the held-out items are used (unseen by training, so this measures
-    generalisation); otherwise the whole catalogue (in-sample).
-    """
-    from tfmmrec.evaluation.crossmodal import evaluate_cross_modal as evaluate_pairs
-
-    embeddings = single_modality_embeddings(model, ws)
-    present = {m: ws.contents[m].mask for m in embeddings}
-    return evaluate_pairs(embeddings, present, items=ws.split.test_items)
-
-
-def _score_pairs(model: MultitaskModel, users: np.ndarray, items: np.ndarray,
-                 batch_size: int = 8192) -> np.ndarray:
-    score = tf.function(lambda u, i: model.score(u, i, training=False))
-    parts = [score(tf.constant(users[s:s + batch_size]), tf.constant(items[s:s + batch_size]))
-             for s in range(0, len(users), batch_size)]
-    return tf.concat(parts, axis=0).numpy()
-
-
-def evaluate_ranking_head(model: MultitaskModel, ws: Workspace) -> dict[str, float]:
-    """Ranking metrics on the test split: RMSE/MAE (regression), AUC and log-loss (binary,
-    against seeded uniform negatives), NDCG@3/5 over rated lists (listwise)."""
-    from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
-
-    test, task = ws.split.test, ws.config.ranking.task
-    users = test["user_id"].astype(str).to_numpy()
-    items = test["item_index"].to_numpy(np.int32)
-    if task == "regression":
-        predictions = _score_pairs(model, users, items)
-        return {"rmse": rmse(predictions, _ratings(test)), "mae": mae(predictions, _ratings(test))}
-    if task == "binary":
-        rng = np.random.default_rng(ws.config.data.seed)
-        negatives = rng.integers(0, ws.dataset.num_items, len(items)).astype(np.int32)
-        scores = _score_pairs(model, np.concatenate([users, users]),
-                              np.concatenate([items, negatives]))
-        labels = np.r_[np.ones(len(items)), np.zeros(len(items))]
-        return {"auc": auc(scores, labels), "log_loss": log_loss(scores, labels)}
-    ranking = ws.config.ranking
-    lists = sample_lists(users, items, _ratings(test), ranking.list_size, 1, ws.config.data.seed)
-    flat_users = np.repeat(lists["user_id"], ranking.list_size)
-    scores = _score_pairs(model, flat_users, lists["list_items"].reshape(-1)).reshape(
-        -1, ranking.list_size)
-    return {f"ndcg@{k}": list_ndcg(scores, lists["list_ratings"], k) for k in (3, 5)}
-
-
-def evaluate_two_stage(model: MultitaskModel, ws: Workspace, ks=(10,)) -> dict[str, float]:
-    """NDCG@K of retrieve-top-N → re-rank versus retrieval alone (training items excluded)."""
-    from tfmmrec.evaluation.metrics import evaluate_ranking
-    from tfmmrec.evaluation.protocol import split_matrices
-
-    n = min(ws.config.ranking.retrieve_candidates, ws.dataset.num_items)
-    users = embed_users(model, ws.user_ids)
-    items = embed_items(model, ws.dataset.num_items)
-    train, test = split_matrices(ws.split, ws.user_ids, ws.dataset.num_items)
-    rerank = tf.function(lambda q, c: model.score_candidates(q, c))
-    reranked = np.zeros((len(users), n), np.int64)
-    for start in range(0, len(users), 256):
-        scores = users[start:start + 256] @ items.T
-        scores[train[start:start + 256].toarray() > 0] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-        logits = rerank(tf.constant(users[start:start + 256]), tf.constant(items[top])).numpy()
-        reranked[start:start + 256] = np.take_along_axis(
-            top, np.argsort(-logits, axis=1, kind="stable"), axis=1)
-    # Score each user's re-ranked list as a ranking: its position becomes the score.
-    positions = np.zeros((len(users), ws.dataset.num_items), np.float32)
-    np.put_along_axis(positions, reranked, np.arange(n, 0, -1, dtype=np.float32)[None, :],
-                      axis=1)
-    two_stage = evaluate_ranking(np.eye(len(users), dtype=np.float32), positions.T, test,
-                                 exclude=train, ks=ks).to_dict()
-    retrieval = evaluate_ranking(users, items, test, exclude=train, ks=ks).to_dict()
-    return {**{f"retrieval_{m}@{k}": retrieval[f"{m}@{k}"] for k in ks for m in ("ndcg",
-                                                                                  "recall")},
-            **{f"two_stage_{m}@{k}": two_stage[f"{m}@{k}"] for k in ks for m in ("ndcg",
-                                                                                  "recall")}}

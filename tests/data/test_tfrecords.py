@@ -23,7 +23,7 @@ from tfmmrec.towers.cache import content_keys
 def prepared(tiny_config, tiny_workspace, tmp_path_factory) -> tfrecords.Manifest:
     """The tiny demo folder prepared in this process (one worker), 3 item shards."""
     out = tmp_path_factory.mktemp("records") / "tiny"
-    return tfrecords.prepare(tiny_config, out, dataset=tiny_workspace.dataset, workers=1,
+    return tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset, workers=1,
                              shards=3, progress=False)
 
 
@@ -127,18 +127,19 @@ def test_asking_for_a_column_that_was_not_prepared_is_a_data_error(prepared):
 def test_running_prepare_again_keeps_every_finished_shard(prepared, tiny_config, tiny_workspace):
     before = {f: tf.io.gfile.stat(f).mtime_nsec for t in tfrecords.TABLES
               for f in prepared.files(t)}
-    again = tfrecords.prepare(tiny_config, prepared.directory, dataset=tiny_workspace.dataset,
-                              workers=1, shards=3, progress=False)
+    again = tfrecords.write_tfrecords(tiny_config, prepared.directory,
+                                      dataset=tiny_workspace.dataset, workers=1, shards=3,
+                                      progress=False)
     assert {f: tf.io.gfile.stat(f).mtime_nsec for f in before} == before
     assert again.shards == prepared.shards
 
 
 def test_changed_settings_rewrite_the_directory(tiny_config, tiny_workspace, tmp_path):
     out = tmp_path / "records"
-    tfrecords.prepare(tiny_config, out, dataset=tiny_workspace.dataset, workers=1, shards=2,
+    tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset, workers=1, shards=2,
                       progress=False)
     bigger = load_config(tiny_config, ["image.image_size=40"])
-    manifest = tfrecords.prepare(bigger, out, dataset=tiny_workspace.dataset, workers=1,
+    manifest = tfrecords.write_tfrecords(bigger, out, dataset=tiny_workspace.dataset, workers=1,
                                  shards=3, progress=False)
     assert manifest.image_size == 40
     assert sorted(p.name for p in out.glob("items-*")) == [
@@ -169,7 +170,7 @@ def test_shards_prepared_with_other_settings_are_refused(prepared, tiny_config, 
 
 def test_any_tensorflow_filesystem_works(tiny_config, tiny_workspace):
     """``ram://`` stands in for gs:// here: every read and write goes through tf.io.gfile."""
-    manifest = tfrecords.prepare(tiny_config, "ram://tfmmrec-test/records",
+    manifest = tfrecords.write_tfrecords(tiny_config, "ram://tfmmrec-test/records",
                                  dataset=tiny_workspace.dataset, workers=1, shards=2,
                                  progress=False)
     loaded = tfrecords.load_manifest("ram://tfmmrec-test/records")
@@ -184,7 +185,7 @@ def test_any_tensorflow_filesystem_works(tiny_config, tiny_workspace):
 
 def test_parallel_workers_write_the_same_records(prepared, tiny_config, tiny_workspace,
                                                  tmp_path):
-    parallel = tfrecords.prepare(tiny_config, tmp_path / "parallel",
+    parallel = tfrecords.write_tfrecords(tiny_config, tmp_path / "parallel",
                                  dataset=tiny_workspace.dataset, workers=2, shards=3,
                                  progress=False)
     for table in tfrecords.TABLES:
@@ -198,7 +199,7 @@ def test_prepare_refuses_an_unwritable_output_before_decoding(tiny_config, tiny_
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(DataError, match=r"cannot write TFRecords to .*a-file/out"):
-        tfrecords.prepare(tiny_config, blocker / "out", dataset=tiny_workspace.dataset,
+        tfrecords.write_tfrecords(tiny_config, blocker / "out", dataset=tiny_workspace.dataset,
                           progress=False)
 
 
@@ -208,7 +209,7 @@ def test_prepare_refuses_a_disk_too_small_before_decoding(tiny_config, tiny_work
     monkeypatch.setattr(tfrecords.shutil, "disk_usage",
                         lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(DataError, match="GiB free but the TFRecords need about"):
-        tfrecords.prepare(tiny_config, tmp_path / "out", dataset=tiny_workspace.dataset,
+        tfrecords.write_tfrecords(tiny_config, tmp_path / "out", dataset=tiny_workspace.dataset,
                           progress=False)
 
 

@@ -74,15 +74,15 @@ def test_validation_split_is_the_same_kind_carved_from_train_with_the_next_seed(
                           "item_index": rng.integers(0, 40, 200),
                           "timestamp": rng.integers(0, 1000, 200)})
     for kind in ("random", "temporal", "cold_start"):
-        split = split_interactions(frame, kind, 0.2, 7, num_items=40)
-        validation = validation_split(split, 0.2, 7, num_items=40)
-        expected = split_interactions(split.train, kind, 0.2, 8, num_items=40)
+        split = split_interactions(frame, kind, 0.2, 7)
+        validation = validation_split(split, 0.2, 7)
+        expected = split_interactions(split.train, kind, 0.2, 8)
         assert validation.kind == kind
         pd.testing.assert_frame_equal(validation.train, expected.train)
         pd.testing.assert_frame_equal(validation.test, expected.test)
         # Only training rows: nothing of the test split leaks into validation.
         assert len(validation.train) + len(validation.test) == len(split.train)
-    forced = validation_split(split, 0.2, 7, num_items=40, kind="random")
+    forced = validation_split(split, 0.2, 7, kind="random")
     assert forced.kind == "random" and forced.test_items is None
 
 

@@ -93,7 +93,7 @@ def test_run_baselines_tunes_on_validation_and_scores_like_the_model():
     assert list(results) == list(BASELINES.values())
     ease = results["EASE"]
     # The chosen λ is the validation argmax, computed here independently of the suite.
-    validation = validation_split(split, 0.2, 3, NUM_ITEMS)
+    validation = validation_split(split, 0.2, 3)
     train_v, _ = split_matrices(validation, USERS, NUM_ITEMS)
     scores = [validation_score(EASE(t["params"]["l2"]).fit(train_v), validation, USERS,
                                NUM_ITEMS) for t in ease.validation]
@@ -111,7 +111,7 @@ def test_run_baselines_tunes_on_validation_and_scores_like_the_model():
 
 
 def test_run_baselines_on_cold_start_keeps_only_content_baselines():
-    split = split_interactions(taste(), "cold_start", 0.2, seed=0, num_items=NUM_ITEMS)
+    split = split_interactions(taste(), "cold_start", 0.2, seed=0)
     results = run_baselines(split, USERS, NUM_ITEMS, item_features=FEATURES, ks=(5,),
                             grids={"ials": [{"factors": 2, "regularization": 1.0,
                                              "alpha": 1.0}]}, seed=0)

@@ -49,3 +49,19 @@ def test_log_loss_of_logits():
     assert math.isclose(log_loss([0.0, 0.0], [1, 0]), math.log(2))
     assert log_loss([30.0], [1]) < 1e-9
     assert math.isclose(log_loss([-2.0], [1]), math.log1p(math.exp(2.0)), rel_tol=1e-12)
+
+
+def test_cross_modal_evaluation_of_a_trained_model(tiny_trained):
+    """Every ordered modality pair is scored, each item having both modalities is a query,
+    and the numbers are the ranks of the items' own single-modality embeddings."""
+    from tfmmrec.evaluation.crossmodal import evaluate_cross_modal
+    from tfmmrec.evaluation.embeddings import single_modality_embeddings
+
+    model, ws = tiny_trained.model, tiny_trained.workspace
+    results = evaluate_cross_modal(model, ws)
+    assert set(results) == {f"{a}→{b}" for a in ws.modalities for b in ws.modalities if a != b}
+    singles = single_modality_embeddings(model, ws.dataset.num_items, batch_size=7)
+    text, image = ws.contents["text"].mask, ws.contents["image"].mask
+    ranks = cross_modal_ranks(singles["text"], singles["image"], text, image)
+    assert results["text→image"] == cross_modal_metrics(ranks, (1, 5, 10))
+    assert results["text→image"]["num_queries"] == int((text & image).sum())

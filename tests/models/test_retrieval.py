@@ -54,15 +54,61 @@ def test_remove_accidental_hits_masks_duplicate_positives(model, tiny_workspace)
     assert with_removal.compute_loss(features).numpy() < without.compute_loss(features).numpy()
 
 
-def test_logq_correction_changes_the_loss(model, tiny_workspace):
-    features = batch(tiny_workspace, [0, 1, 2, 3], [0, 5, 9, 11])
-    parts = (model.query_tower, model.item_tower, model.content_table)
-    skewed = np.full(tiny_workspace.dataset.num_items, 1e-4)
-    skewed[0] = 0.5
-    corrected = RetrievalModel(*parts, item_probability=skewed, temperature=0.1)
-    plain = RetrievalModel(*parts, item_probability=None, temperature=0.1)
-    assert not np.isclose(corrected.compute_loss(features).numpy(),
-                          plain.compute_loss(features).numpy())
+def expected_loss(queries, candidates, items, temperature, probability=None,
+                  remove_hits=True, logq_sign=1.0) -> float:
+    """The in-batch softmax loss by hand, as TFRS's retrieval_test.py checks it: logits
+    ``<q_u, c_j> / T − log p_j`` (logQ), accidental hits masked, summed over the batch."""
+    logits = queries @ candidates.T / temperature
+    if probability is not None:
+        logits = logits - logq_sign * np.log(np.clip(probability[items], 1e-6, 1.0))[None, :]
+    if remove_hits:
+        duplicate = (items[:, None] == items[None, :]) & ~np.eye(len(items), dtype=bool)
+        logits = np.where(duplicate, -np.inf, logits)
+    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(
+        1, keepdims=True)) - logits.max(1, keepdims=True)
+    return float(-np.trace(log_softmax))
+
+
+def _embeddings(model, workspace, users, items):
+    ids = np.asarray(workspace.user_ids)[users].astype(str)
+    return (model.query_embeddings(tf.constant(ids)).numpy().astype(np.float64),
+            model.item_embeddings(tf.constant(items, tf.int32)).numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.05, 1.0])
+def test_loss_equals_the_softmax_written_out_by_hand(model, tiny_workspace, temperature):
+    users, items = [0, 1, 2, 3], np.array([0, 5, 9, 11])
+    queries, candidates = _embeddings(model, tiny_workspace, users, items)
+    loss = _variant(model, temperature=temperature).compute_loss(
+        batch(tiny_workspace, users, items), training=False)
+    np.testing.assert_allclose(float(loss), expected_loss(queries, candidates, items,
+                                                          temperature), rtol=1e-5)
+
+
+def test_logq_correction_subtracts_log_probability_from_each_candidate(model, tiny_workspace):
+    """A sign error (adding log p) or a correction on the wrong axis gives another number."""
+    users, items = [0, 1, 2, 3], np.array([0, 5, 9, 11])
+    queries, candidates = _embeddings(model, tiny_workspace, users, items)
+    skewed = np.full(tiny_workspace.dataset.num_items, 1e-3)
+    skewed[0], skewed[9] = 0.5, 0.05
+    loss = float(_variant(model, item_probability=skewed).compute_loss(
+        batch(tiny_workspace, users, items), training=False))
+    np.testing.assert_allclose(loss, expected_loss(queries, candidates, items, 0.1, skewed),
+                               rtol=1e-5)
+    wrong_sign = expected_loss(queries, candidates, items, 0.1, skewed, logq_sign=-1.0)
+    plain = expected_loss(queries, candidates, items, 0.1)
+    assert abs(loss - wrong_sign) > 0.1 and abs(loss - plain) > 0.1
+
+
+def test_accidental_hits_are_masked_exactly(model, tiny_workspace):
+    """Three users chose item 7: for each, the other two copies are not negatives."""
+    users, items = [0, 1, 2, 3], np.array([7, 7, 7, 3])
+    queries, candidates = _embeddings(model, tiny_workspace, users, items)
+    features = batch(tiny_workspace, users, items)
+    for remove in (True, False):
+        loss = _variant(model, remove_accidental_hits=remove).compute_loss(features)
+        np.testing.assert_allclose(float(loss), expected_loss(queries, candidates, items, 0.1,
+                                                              remove_hits=remove), rtol=1e-5)
 
 
 def test_training_lowers_the_loss(tiny_trained):

@@ -6,7 +6,6 @@ signature (serving_default, recommend, embed_query, query_text/image/audio) is e
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmmrec.files import atomic_path
 from tfmmrec.serving.registry import ModelConfig
 from tfmmrec.serving.server import ModelServer, ServerOptions
 
@@ -68,11 +68,9 @@ def tiny_exports(tiny_config, tiny_trained, tmp_path_factory) -> TinyExports:
 
 def install_version(source: Path, base: Path, version: int) -> Path:
     """Copy an export into ``base/<version>`` the way ``tfmmrec export`` writes: atomically."""
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{version}-{os.getpid()}"
-    shutil.copytree(source, tmp)
     final = base / str(version)
-    os.replace(tmp, final)
+    with atomic_path(final, directory=True) as tmp:
+        shutil.copytree(source, tmp)
     return final
 
 

@@ -50,4 +50,4 @@ def test_warmup_media_records_are_whole_files(tiny_exports):
                 except tf.errors.InvalidArgumentError as error:
                     pytest.fail(f"warmup {alias} record ({len(content)} bytes) does not decode: "
                                 f"{error.message.splitlines()[0]} — build the warmup content "
-                                "with dtype=object (tfmmrec/pipeline.py warmup_inputs)")
+                                "with dtype=object (tfmmrec/export/warmup.py warmup_requests)")

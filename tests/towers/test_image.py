@@ -82,10 +82,10 @@ def test_efficientnet_hub_frozen_gives_1280_features_and_stays_frozen(efficientn
 
 @pytest.mark.needs_shared
 def test_efficientnet_hub_unfrozen_exposes_its_weights(efficientnet):
-    efficientnet.freeze(True)
+    efficientnet.set_trainable(True)
     try:
         assert len(efficientnet.trainable_weights) > 100
         assert len(efficientnet.non_trainable_weights) > 0  # BatchNorm statistics
     finally:
-        efficientnet.freeze(False)
+        efficientnet.set_trainable(False)
     assert efficientnet.trainable_weights == []

@@ -220,7 +220,7 @@ MIRRORED_SCRIPT = """
     # The strategy training used: two MirroredStrategy objects over the same devices would
     # share collective instance keys (make_strategy caches one per configuration).
     strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
-    batch = next(iter(pipeline.interactions_dataset(ws.split.train, 32, seed=1)))
+    batch = next(iter(pipeline.dataframe_dataset(ws.split.train, 32, seed=1)))
     halves = strategy.experimental_distribute_values_from_function(
         lambda ctx: {k: v[16 * ctx.replica_id_in_sync_group:16 * (ctx.replica_id_in_sync_group + 1)]
                      for k, v in batch.items()})
@@ -480,8 +480,9 @@ def sharded_records(tiny_config, tiny_workspace, tmp_path_factory
                     ) -> dict[int, tfrecords.Manifest]:
     """The tiny split's TFRecords prepared with 4, 3 and 1 shard(s) per table."""
     root = tmp_path_factory.mktemp("sharded")
-    return {n: tfrecords.prepare(tiny_config, root / f"shards-{n}", dataset=tiny_workspace.dataset,
-                                 workers=1, shards=n, progress=False) for n in SHARD_COUNTS}
+    return {n: tfrecords.write_tfrecords(tiny_config, root / f"shards-{n}",
+                                         dataset=tiny_workspace.dataset, workers=1, shards=n,
+                                         progress=False) for n in SHARD_COUNTS}
 
 
 @pytest.fixture(scope="module")

@@ -160,10 +160,10 @@ KILL_CACHE = """
 
     real_savez = np.savez
 
-    def savez_then_die(path, **arrays):
-        real_savez(path, **arrays)
-        with open(path, "r+b") as handle:  # half the bytes reached the disk, then the kill
-            handle.truncate(os.path.getsize(path) // 2)
+    def savez_then_die(handle, **arrays):  # the atomic writer's temporary file
+        real_savez(handle, **arrays)
+        handle.truncate(handle.tell() // 2)  # half the bytes reached the disk, then the kill
+        handle.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
     cache.np.savez = savez_then_die
@@ -186,7 +186,7 @@ def test_kill_during_cache_write_never_leaves_an_entry_that_is_used(tiny_config,
     tiny_config.to_yaml(tmp_path / "config.yaml")
     run_until_killed(KILL_CACHE, str(tmp_path / "config.yaml"), str(cache_dir))
 
-    assert list(cache_dir.glob(".*.tmp.npz"))  # the half-written file the kill left
+    assert list(cache_dir.glob(".*.tmp"))  # the half-written file the kill left
     assert len(FeatureCache(cache_dir, encoder).load()) == 40  # the old file, whole
     content, stats = encode_catalog(catalog, encoder, cache_dir, batch_size=16, progress=False)
     assert (stats.reused, stats.computed) == (40, 40)
@@ -212,7 +212,7 @@ KILL_PREPARE = """
         return real(*args)
 
     tfrecords._item_example = item_then_maybe_die
-    tfrecords.prepare(load_config(sys.argv[1]), sys.argv[2], workers=1, shards=4,
+    tfrecords.write_tfrecords(load_config(sys.argv[1]), sys.argv[2], workers=1, shards=4,
                       progress=False)
 """
 
@@ -225,17 +225,18 @@ def test_kill_during_prepare_keeps_finished_shards_and_never_uses_a_half_one(
 
     finished = sorted(out.glob("items-*"))
     assert [p.name for p in finished] == ["items-00000-of-00004.tfrecord"]
-    assert list(out.glob(".items-00001-of-00004.tfrecord.tmp-*"))  # the half-written shard
+    assert list(out.glob(".items-00001-of-00004.tfrecord.*.tmp"))  # the half-written shard
     with pytest.raises(DataError, match="no finished TFRecords"):
         tfrecords.load_manifest(out)  # training refuses the directory
 
     kept = finished[0].stat().st_ino, finished[0].stat().st_mtime_ns
-    manifest = tfrecords.prepare(tiny_config, out, dataset=tiny_workspace.dataset, workers=1,
-                                 shards=4, progress=False)
+    manifest = tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset,
+                                         workers=1, shards=4, progress=False)
     assert (finished[0].stat().st_ino, finished[0].stat().st_mtime_ns) == kept
     assert not list(out.glob(".*tmp*"))
-    whole = tfrecords.prepare(tiny_config, tmp_path / "whole", dataset=tiny_workspace.dataset,
-                              workers=1, shards=4, progress=False)
+    whole = tfrecords.write_tfrecords(tiny_config, tmp_path / "whole",
+                                      dataset=tiny_workspace.dataset, workers=1, shards=4,
+                                      progress=False)
     for table in tfrecords.TABLES:
         for a, b in zip(manifest.files(table), whole.files(table), strict=True):
             assert records(a) == records(b)
@@ -269,7 +270,8 @@ def test_kill_during_export_never_publishes_a_version(tiny_config, tiny_trained,
 
     model_dir = tmp_path / "models" / config.export.model_name
     leftovers = [p.name for p in model_dir.iterdir()]
-    assert leftovers and all(name.startswith(".tmp-") for name in leftovers)
+    assert leftovers and all(name.startswith(".1.") and name.endswith(".tmp")
+                             for name in leftovers)  # tfmmrec.files.atomic_path's temp dir
     with pytest.raises(ExportError, match="no model versions"):
         latest_version(model_dir)  # what a server or client would pick up: nothing
     version = pipeline.export(config, model=tiny_trained.model,

@@ -44,7 +44,7 @@ def unwritable(tmp_path):
 
 
 def test_training_batches_are_full_and_shuffled_per_epoch():
-    dataset = trainer.interactions_dataset(INTERACTIONS, batch_size=16, seed=0)
+    dataset = trainer.dataframe_dataset(INTERACTIONS, batch_size=16, seed=0)
     epochs = [[b["item_index"].numpy() for b in dataset] for _ in range(2)]
     assert [len(b) for b in epochs[0]] == [16, 16, 16]  # remainder dropped: fixed negatives
     assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
@@ -53,13 +53,13 @@ def test_training_batches_are_full_and_shuffled_per_epoch():
 
 
 def test_unshuffled_dataset_yields_every_example_once_in_order():
-    dataset = trainer.interactions_dataset(INTERACTIONS, batch_size=16, seed=0, shuffle=False)
+    dataset = trainer.dataframe_dataset(INTERACTIONS, batch_size=16, seed=0, shuffle=False)
     items = np.concatenate([b["item_index"].numpy() for b in dataset])
     np.testing.assert_array_equal(items, INTERACTIONS["item_index"].to_numpy())
 
 
 def test_fewer_examples_than_a_batch_still_train():
-    dataset = trainer.interactions_dataset(INTERACTIONS.head(5), batch_size=16, seed=0)
+    dataset = trainer.dataframe_dataset(INTERACTIONS.head(5), batch_size=16, seed=0)
     assert [len(b["user_id"]) for b in dataset] == [5]
 
 
@@ -129,7 +129,23 @@ def test_finished_run_leaves_checkpoint_logs_config_and_run_record(tiny_trained,
     run = json.loads((out / "run.json").read_text())
     assert run["modalities"] == ["text", "image", "audio"]
     assert run["num_items"] == 80 and len(run["history"]["loss"]) == 2
-    assert tiny_trained.examples_per_second > 0
+    assert run["examples_per_second"] == tiny_trained.examples_per_second
+    assert run["history"] == tiny_trained.history
+
+
+def test_throughput_counts_the_epochs_after_the_first(monkeypatch):
+    """Epoch 1 includes tracing; the speed is examples over the steady epochs' wall time."""
+    clock = iter([0.0, 10.0, 10.0, 12.0, 12.0, 16.0])  # epochs of 10 s, 2 s, 4 s
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: next(clock))
+    throughput = trainer._Throughput(examples_per_epoch=600)
+    for epoch in range(3):
+        throughput.on_epoch_begin(epoch)
+        throughput.on_epoch_end(epoch)
+    assert throughput.durations == [10.0, 2.0, 4.0]
+    assert throughput.examples_per_second == 600 * 2 / 6.0
+    single = trainer._Throughput(examples_per_epoch=50)
+    single.durations = [5.0]
+    assert single.examples_per_second == 10.0  # one epoch: that epoch is all there is
 
 
 def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspace, tmp_path):

@@ -53,14 +53,14 @@ class Split:
 
 
 def split_interactions(interactions: pd.DataFrame, kind: str, test_fraction: float,
-                       seed: int, num_items: int | None = None) -> Split:
+                       seed: int) -> Split:
     """Dispatch to the split named by ``data.split``."""
     if kind == "random":
         return random_split(interactions, test_fraction, seed)
     if kind == "temporal":
         return temporal_split(interactions, test_fraction)
     if kind == "cold_start":
-        return cold_start_split(interactions, test_fraction, seed, num_items)
+        return cold_start_split(interactions, test_fraction, seed)
     if kind == "given":
         return given_split(interactions)
     if kind == "none":
@@ -106,7 +106,7 @@ def with_test(split: Split, test: pd.DataFrame | None = None,
 
 
 def validation_split(split: Split, test_fraction: float, seed: int,
-                     num_items: int | None = None, kind: str | None = None) -> Split:
+                     kind: str | None = None) -> Split:
     """Validation data for tuned choices (epochs, λ, factors, fusion), never the test split.
 
     The user's own validation rows when the split has them (train stays ``split.train``);
@@ -119,7 +119,7 @@ def validation_split(split: Split, test_fraction: float, seed: int,
         return Split(f"{split.kind} (validation rows)", split.train, split.validation)
     if kind is None:
         kind = split.kind if split.kind in ("random", "temporal", "cold_start") else "random"
-    return split_interactions(split.train, kind, test_fraction, seed + 1, num_items)
+    return split_interactions(split.train, kind, test_fraction, seed + 1)
 
 
 def random_split(interactions: pd.DataFrame, test_fraction: float, seed: int) -> Split:
@@ -165,8 +165,7 @@ def _temporal_test_count(count: int, fraction: float) -> int:
     return min(count - 1, max(1, math.floor(count * fraction)))
 
 
-def cold_start_split(interactions: pd.DataFrame, item_fraction: float, seed: int,
-                     num_items: int | None = None) -> Split:
+def cold_start_split(interactions: pd.DataFrame, item_fraction: float, seed: int) -> Split:
     """Hold out a seeded fraction of the items that have interactions, with all of them.
 
     The test items never appear in training, so only content (not an item id) can place them.

@@ -42,6 +42,7 @@ from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
+from tfmmrec.files import atomic_path, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Manifest:
 # --- writing ----------------------------------------------------------------------------------
 
 
-def prepare(config: Config, output: str | os.PathLike | None = None, *,
+def write_tfrecords(config: Config, output: str | os.PathLike | None = None, *,
             dataset: Dataset | None = None, workers: int | None = None,
             shards: int | None = None, progress: bool = True) -> Manifest:
     """Convert the configured dataset folder (and its split) into sharded TFRecords.
@@ -106,7 +107,7 @@ def prepare(config: Config, output: str | os.PathLike | None = None, *,
     if dataset is None:
         dataset = load_dataset(config.data)
     split = split_interactions(dataset.interactions, config.data.split, config.data.test_fraction,
-                               config.data.seed, dataset.num_items)
+                               config.data.seed)
     workers = workers or config.train.prepare_workers or os.cpu_count() or 1
     shards = shards or config.train.tfrecord_shards or None
     plan = _plan(config, dataset, split, shards, workers)
@@ -298,9 +299,8 @@ def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
     """Write one shard to a temporary name, then rename it into place (atomic on local disks;
     object stores publish an object only once its upload completes)."""
     final = _join(job["output"], job["file"])
-    tmp = _join(job["output"], f".{job['file']}.tmp-{os.getpid()}")
     failed: dict[str, list[str]] = {}
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with atomic_path(final) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         if job["table"] == "items":
             for item in job["items"]:
                 writer.write(_item_example(item, job["settings"], failed).SerializeToString())
@@ -308,7 +308,6 @@ def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
             columns = job["columns"]
             for row in range(job["records"]):
                 writer.write(_interaction_example(columns, row).SerializeToString())
-    tf.io.gfile.rename(tmp, final, overwrite=True)
     return failed
 
 
@@ -510,11 +509,7 @@ def _join(directory: str, name: str) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    head, name = path.rsplit("/", 1)
-    tmp = f"{head}/.{name}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as handle:
-        handle.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write(path, text)
 
 
 def _read_text(path: str) -> str:

@@ -151,9 +151,9 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
     train, _ = split_matrices(split, user_ids, num_items)
     # Cold: every candidate item is unseen in training (an ID-only model cannot rank them).
     cold = split.test_items is not None and train[:, split.test_items].nnz == 0
-    validation = validation_split(split, validation_fraction, seed, num_items)
-    warm_validation = (validation_split(split, validation_fraction, seed, num_items,
-                                        kind="random") if cold else validation)
+    validation = validation_split(split, validation_fraction, seed)
+    warm_validation = (validation_split(split, validation_fraction, seed, kind="random")
+                       if cold else validation)
     common = {"item_features": item_features, "present": present, "metric": metric,
               "batch_size": batch_size}
     results: dict[str, BaselineResult] = {}

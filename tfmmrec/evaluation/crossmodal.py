@@ -42,9 +42,22 @@ def cross_modal_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> di
     return metrics
 
 
-def evaluate_cross_modal(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
-                         ks: Sequence[int] = (1, 5, 10),
-                         items: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+def evaluate_cross_modal(model, ws, ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+    """Cross-modal Recall@K and median rank for every modality pair of a trained model.
+
+    On a cold-start split only the held-out items are used (unseen by training, so this measures
+    generalisation); otherwise the whole catalogue (in-sample).
+    """
+    from tfmmrec.evaluation.embeddings import single_modality_embeddings
+
+    embeddings = single_modality_embeddings(model, ws.dataset.num_items)
+    present = {m: ws.contents[m].mask for m in embeddings}
+    return pair_metrics(embeddings, present, ks, items=ws.split.test_items)
+
+
+def pair_metrics(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
+                 ks: Sequence[int] = (1, 5, 10),
+                 items: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Metrics for every ordered modality pair, keyed like ``"text→image"``.
 
     ``items`` restricts queries and candidates to a subset (e.g. cold-start items that no

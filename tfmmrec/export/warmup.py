@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
@@ -26,6 +27,26 @@ def predict_request(model_name: str, signature: str, inputs: dict[str, Any],
     for name, value in inputs.items():
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     return request
+
+
+def warmup_requests(modalities, user_id: str, k: int) -> dict[str, dict[str, Any]]:
+    """One small request per signature (synthetic content: valid, tiny, deterministic)."""
+    requests = {
+        "serving_default": {"user_id": np.array([user_id])},
+        "recommend": {"user_id": np.array([user_id]), "k": np.int32(k)},
+        "embed_query": {"user_id": np.array([user_id])},
+    }
+    content = {
+        "text": lambda: np.array([b"warm up the tokenizer"]),
+        # dtype=object: numpy's fixed-width bytes dtype strips trailing NULs (a silent WAV's).
+        "image": lambda: np.array([tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()],
+                                  dtype=object),
+        "audio": lambda: np.array([tf.audio.encode_wav(tf.zeros([8000, 1]), 16000).numpy()],
+                                  dtype=object),
+    }
+    for modality in modalities:
+        requests[f"query_{modality}"] = {modality: content[modality](), "k": np.int32(k)}
+    return requests
 
 
 def write_warmup_requests(extra_dir: Path, model_name: str,

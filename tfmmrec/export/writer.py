@@ -1,6 +1,7 @@
 """Export: write ``<base>/<model_name>/<version>/`` atomically, with metadata TF Serving users need.
 
-The SavedModel is written to a hidden temp directory beside the versions and renamed into place,
+The SavedModel is written to a hidden temp directory beside the versions, fsynced and renamed
+into place (``tfmmrec.files.atomic_path``),
 so a server polling the base path never sees a half-written version (TF Serving only loads
 directories named by an integer).
 """
@@ -10,14 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from tfmmrec.errors import ExportError
+from tfmmrec.files import atomic_path, atomic_write, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +43,22 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
     if final.exists():
         raise ExportError(f"{final} already exists: versions are immutable; choose another "
                           "export.version or leave it empty for the next one")
-    tmp = model_dir / f".tmp-{version}-{os.getpid()}-{int(time.time())}"
     # Custom-op namespaces the graph may hold: KerasNLP's in-graph tokenizer (TFText) and ScaNN.
     options = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
     try:
-        tf.saved_model.save(module, str(tmp), signatures=module.signatures(), options=options)
-        extra = tmp / "assets.extra"
-        extra.mkdir(exist_ok=True)
-        payload = {**metadata, "version": version, "requires_scann_ops": uses_scann}
-        (extra / METADATA_FILE).write_text(json.dumps(payload, indent=2, default=_jsonable))
-        if warmup is not None:
-            from tfmmrec.export.warmup import write_warmup_requests
+        with atomic_path(final, directory=True) as tmp:
+            tf.saved_model.save(module, tmp, signatures=module.signatures(), options=options)
+            extra = Path(tmp) / "assets.extra"
+            extra.mkdir(exist_ok=True)
+            payload = {**metadata, "version": version, "requires_scann_ops": uses_scann}
+            write_json(payload, extra / METADATA_FILE)
+            if warmup is not None:
+                from tfmmrec.export.warmup import write_warmup_requests
 
-            write_warmup_requests(extra, model_name, warmup)
-        os.replace(tmp, final)
+                write_warmup_requests(extra, model_name, warmup)
     except ExportError:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"export to {final} failed: {exc}") from exc
     logger.info("exported %s", final)
     return final
@@ -73,14 +69,6 @@ def read_metadata(version_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ExportError(f"{version_dir} is not a tfmmrec export (no {path.name})")
     return json.loads(path.read_text())
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def write_models_config(base_dir: str | os.PathLike) -> Path:
@@ -96,8 +84,4 @@ def write_models_config(base_dir: str | os.PathLike) -> Path:
             entry = config.model_config_list.config.add()
             entry.name, entry.base_path = model_dir.name, str(model_dir)
             entry.model_platform = "tensorflow"
-    path = base / "models.config"
-    tmp = path.with_name(f".models.config.{os.getpid()}.tmp")
-    tmp.write_text(text_format.MessageToString(config))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(base / "models.config", text_format.MessageToString(config))

@@ -157,6 +157,16 @@ class ListwiseSoftmaxLoss(tf.keras.losses.Loss):
         return tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=y_pred)
 
 
+def rating_targets(interactions) -> np.ndarray:
+    """The ``rating`` column as float32 targets for ``regression``/``listwise`` ranking."""
+    if "rating" not in interactions.columns:
+        from tfmmrec.errors import DataError
+
+        raise DataError("ranking.task=regression/listwise needs a rating column in "
+                        "interactions.csv (use ranking.task=binary for implicit feedback)")
+    return interactions["rating"].to_numpy(np.float32)
+
+
 def sample_lists(user_ids: np.ndarray, item_index: np.ndarray, ratings: np.ndarray,
                  list_size: int, lists_per_user: int, seed: int) -> dict[str, np.ndarray]:
     """Random lists of ``list_size`` rated items per user (users with fewer ratings skipped),

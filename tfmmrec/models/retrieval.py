@@ -12,9 +12,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfmmrec.config import ModelConfig
 from tfmmrec.models.alignment import ModalityAlignment
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower
+
+# Defaults live in the config (``model.*``); the model takes them from there, not its own copy.
+_DEFAULTS = ModelConfig()
 
 
 class RetrievalModel(tfrs.Model):
@@ -46,8 +50,10 @@ class RetrievalModel(tfrs.Model):
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
                  content_table: ItemContentTable, item_probability: np.ndarray | None = None,
-                 temperature: float = 0.05, remove_accidental_hits: bool = True,
-                 alignment_weight: float = 0.0, alignment_temperature: float = 0.07,
+                 temperature: float = _DEFAULTS.temperature,
+                 remove_accidental_hits: bool = _DEFAULTS.remove_accidental_hits,
+                 alignment_weight: float = 0.0,
+                 alignment_temperature: float = _DEFAULTS.alignment_temperature,
                  alignment_rows: int = 0, dedupe_items: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower

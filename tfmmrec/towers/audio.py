@@ -80,10 +80,6 @@ class AudioEncoder(Encoder):
             return tf.reduce_max(frames, axis=axis)
         return tf.reduce_mean(frames, axis=axis)
 
-    def freeze(self, trainable: bool) -> None:
-        self.trainable = trainable
-        self.backbone.trainable = trainable
-
 
 def log_mel_spectrogram(waveform: tf.Tensor) -> tf.Tensor:
     """[B, T] 16 kHz → [B, frames, 64] log-mel, YAMNet's front-end settings (25 ms / 10 ms)."""
@@ -100,7 +96,7 @@ def build_audio_encoder(config: AudioTowerConfig) -> AudioEncoder:
         backbone = _hub_layer(config.handle, config.trainable, "audio.handle")
         description["handle"] = config.handle
         encoder = AudioEncoder(backbone, YAMNET_EMBEDDING_DIM, config.pooling, True, description,
-                               name="audio_encoder")
+                               name="audio_encoder", tower_config=config)
     else:
         init = tf.keras.initializers.HeNormal(seed=config.seed)
         layers = [tf.keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu",
@@ -111,6 +107,6 @@ def build_audio_encoder(config: AudioTowerConfig) -> AudioEncoder:
                                         *layers], name="log_mel_cnn")
         description.update(filters=list(config.cnn_filters), frontend=2)  # 2: padding-exact
         encoder = AudioEncoder(backbone, config.cnn_filters[-1], config.pooling, False,
-                               description, name="audio_encoder")
-    encoder.freeze(config.trainable)
+                               description, name="audio_encoder", tower_config=config)
+    encoder.set_trainable(config.trainable)
     return encoder

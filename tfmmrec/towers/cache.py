@@ -24,6 +24,7 @@ from tfmmrec.data.dataset import Catalog
 from tfmmrec.data.media import load_audio, load_image
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import MediaDecodeError
+from tfmmrec.files import atomic_write
 from tfmmrec.towers.encoders import Encoder
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,8 @@ class FeatureCache:
         features = np.stack([entries[k] if entries[k] is not None else zero for k in keys]) \
             if len(keys) else np.zeros((0, self.feature_dim), np.float32)
         ok = np.array([entries[k] is not None for k in keys], bool)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, keys=keys, features=features.astype(np.float32), ok=ok)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda f: np.savez(f, keys=keys, ok=ok,
+                                                   features=features.astype(np.float32)))
 
 
 def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathLike | None,

@@ -7,6 +7,7 @@ feature is reused only by exactly the encoder that produced it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -27,10 +28,35 @@ class Encoder(tf.keras.layers.Layer):
     modality: str = ""
     feature_dim: int = 0
 
-    def __init__(self, description: dict[str, Any], **kwargs):
+    def __init__(self, description: dict[str, Any], *,
+                 tower_config: TextTowerConfig | ImageTowerConfig | AudioTowerConfig | None = None,
+                 vocabulary: list[str] | None = None, **kwargs):
         super().__init__(**kwargs)
         # Stored as JSON text: Keras would wrap a dict attribute in a trackable wrapper.
         self.description_json = json.dumps(description, sort_keys=True, default=str)
+        # What ``build_encoder`` made this from, so ``get_config``/``from_config`` rebuild it
+        # (KerasHub's ``Backbone.get_config``); JSON text for the same reason.
+        self._tower_json = json.dumps(dataclasses.asdict(tower_config)) if tower_config else None
+        self._vocabulary = list(vocabulary) if vocabulary is not None else None
+
+    def get_config(self) -> dict[str, Any]:
+        """The tower config (and a built vocabulary) this encoder was built from; weights are
+        not part of it (a seeded random-init encoder is rebuilt identically, a pretrained one
+        from its preset/handle)."""
+        if self._tower_json is None:
+            raise NotImplementedError(f"{type(self).__name__} was not made by build_encoder, so "
+                                      "it cannot describe how to rebuild itself")
+        return {**super().get_config(), "modality": self.modality,
+                "tower": json.loads(self._tower_json), "vocabulary": self._vocabulary}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Encoder:
+        tower_class = {"text": TextTowerConfig, "image": ImageTowerConfig,
+                       "audio": AudioTowerConfig}[config["modality"]]
+        encoder = build_encoder(config["modality"], tower_class(**config["tower"]),
+                                vocabulary=config.get("vocabulary"))
+        encoder.set_trainable(config.get("trainable", encoder.trainable))
+        return encoder
 
     def identity(self) -> str:
         """A stable hash of what this encoder computes: settings plus its current weights."""
@@ -42,18 +68,26 @@ class Encoder(tf.keras.layers.Layer):
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
         return digest.hexdigest()[:24]
 
-    def freeze(self, trainable: bool) -> None:
+    def set_trainable(self, trainable: bool) -> None:
+        """Fine-tune (``True``) or freeze (``False``) the whole encoder, backbone included:
+        Keras propagates ``trainable`` to every tracked sublayer (a KerasNLP backbone, a
+        ``hub.KerasLayer``, a ``keras.applications`` model; frozen BatchNorm then runs in
+        inference mode)."""
         self.trainable = trainable
 
 
 def build_encoder(modality: str,
                   config: TextTowerConfig | ImageTowerConfig | AudioTowerConfig,
-                  corpus: list[str] | None = None) -> Encoder:
-    """Build the encoder a tower config describes (pretrained or random-init, frozen or not)."""
+                  corpus: list[str] | None = None, *,
+                  vocabulary: list[str] | None = None) -> Encoder:
+    """Build the encoder a tower config describes (pretrained or random-init, frozen or not).
+
+    A random-init text encoder takes its word vocabulary from ``corpus`` (the catalogue's
+    text), or ``vocabulary`` as built before (``get_config`` round trip)."""
     if modality == "text":
         from tfmmrec.towers.text import build_text_encoder
 
-        return build_text_encoder(config, corpus or [])
+        return build_text_encoder(config, corpus or [], vocabulary=vocabulary)
     if modality == "image":
         from tfmmrec.towers.image import build_image_encoder
 

@@ -50,10 +50,6 @@ class ImageEncoder(Encoder):
             images = self._preprocess(images * 255.0)
         return self.backbone(images, training=training)
 
-    def freeze(self, trainable: bool) -> None:
-        self.trainable = trainable
-        self.backbone.trainable = trainable
-
 
 def build_image_encoder(config: ImageTowerConfig) -> ImageEncoder:
     size = config.image_size
@@ -70,8 +66,9 @@ def build_image_encoder(config: ImageTowerConfig) -> ImageEncoder:
         backbone, preprocess = _keras_application(config)
         dim = int(backbone.output_shape[-1])
         description.update(application=config.application, weights=config.weights)
-    encoder = ImageEncoder(backbone, dim, description, preprocess, name="image_encoder")
-    encoder.freeze(config.trainable)
+    encoder = ImageEncoder(backbone, dim, description, preprocess, name="image_encoder",
+                           tower_config=config)
+    encoder.set_trainable(config.trainable)
     return encoder
 
 

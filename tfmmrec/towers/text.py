@@ -55,18 +55,16 @@ class TextEncoder(Encoder):
                 tf.reduce_sum(mask, axis=1), 1.0)
         return tf.math.l2_normalize(pooled, axis=-1)
 
-    def freeze(self, trainable: bool) -> None:
-        self.trainable = trainable
-        self.backbone.trainable = trainable
 
-
-def build_text_encoder(config: TextTowerConfig, corpus: list[str]) -> TextEncoder:
+def build_text_encoder(config: TextTowerConfig, corpus: list[str], *,
+                       vocabulary: list[str] | None = None) -> TextEncoder:
     """From a KerasNLP preset (name or local dir), or a small random-init BERT (no download)."""
     if config.preset:
         preprocessor, backbone = _from_preset(config)
         description = {"kind": "bert_preset", "preset": config.preset}
     else:
-        vocabulary = build_vocabulary(corpus, config.max_vocabulary)
+        if vocabulary is None:
+            vocabulary = build_vocabulary(corpus, config.max_vocabulary)
         tf.keras.utils.set_random_seed(config.seed)
         tokenizer = keras_nlp.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
         preprocessor = keras_nlp.models.BertPreprocessor(
@@ -83,8 +81,9 @@ def build_text_encoder(config: TextTowerConfig, corpus: list[str]) -> TextEncode
         description = {"kind": "bert_small", "vocabulary_size": len(vocabulary),
                        "layers": config.num_layers, "hidden": config.hidden_dim}
     description.update(sequence_length=config.sequence_length, pooling=config.pooling)
-    encoder = TextEncoder(preprocessor, backbone, config.pooling, description, name="text_encoder")
-    encoder.freeze(config.trainable)
+    encoder = TextEncoder(preprocessor, backbone, config.pooling, description, name="text_encoder",
+                          tower_config=config, vocabulary=None if config.preset else vocabulary)
+    encoder.set_trainable(config.trainable)
     return encoder
 
 

@@ -1,6 +1,6 @@
 """Training: tf.distribute strategies, input pipelines and the Keras fit loop with resume."""
 
 from tfmmrec.training.strategy import make_strategy
-from tfmmrec.training.trainer import TrainResult, fit, interactions_dataset
+from tfmmrec.training.trainer import TrainResult, dataframe_dataset, fit
 
-__all__ = ["TrainResult", "fit", "interactions_dataset", "make_strategy"]
+__all__ = ["TrainResult", "dataframe_dataset", "fit", "make_strategy"]

@@ -44,7 +44,7 @@ class TrainResult:
     workspace: Any = None  # what the caller built the model from; opaque to the trainer
 
 
-def interactions_dataset(interactions: pd.DataFrame, batch_size: int, seed: int,
+def dataframe_dataset(interactions: pd.DataFrame, batch_size: int, seed: int,
                          shuffle: bool = True,
                          extra: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
     """(user_id, item_index[, extra features]) examples, reshuffled each epoch, batched to the

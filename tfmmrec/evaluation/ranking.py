@@ -1,0 +1,78 @@
+"""Evaluation of a ranking head: pointwise/listwise metrics and two-stage (retrieve → re-rank).
+
+Used by ``benchmarks/ml100k_ranking.py`` and the ranking tests; the workflow's own
+``tfmmrec.evaluate`` reports retrieval metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfmmrec.evaluation.embeddings import embed_items, embed_users
+from tfmmrec.evaluation.metrics import evaluate_ranking
+from tfmmrec.evaluation.protocol import split_matrices
+from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
+from tfmmrec.models.ranking import rating_targets, sample_lists
+
+
+def score_pairs(model, users: np.ndarray, items: np.ndarray,
+                batch_size: int = 8192) -> np.ndarray:
+    """The ranking head's score of each (user id, item index) pair."""
+    score = tf.function(lambda u, i: model.score(u, i, training=False))
+    parts = [score(tf.constant(users[s:s + batch_size]), tf.constant(items[s:s + batch_size]))
+             for s in range(0, len(users), batch_size)]
+    return tf.concat(parts, axis=0).numpy()
+
+
+def evaluate_ranking_head(model, ws) -> dict[str, float]:
+    """Ranking metrics on the test split: RMSE/MAE (regression), AUC and log-loss (binary,
+    against seeded uniform negatives), NDCG@3/5 over rated lists (listwise)."""
+    test, task = ws.split.test, ws.config.ranking.task
+    users = test["user_id"].astype(str).to_numpy()
+    items = test["item_index"].to_numpy(np.int32)
+    if task == "regression":
+        predictions, ratings = score_pairs(model, users, items), rating_targets(test)
+        return {"rmse": rmse(predictions, ratings), "mae": mae(predictions, ratings)}
+    if task == "binary":
+        rng = np.random.default_rng(ws.config.data.seed)
+        negatives = rng.integers(0, ws.dataset.num_items, len(items)).astype(np.int32)
+        scores = score_pairs(model, np.concatenate([users, users]),
+                             np.concatenate([items, negatives]))
+        labels = np.r_[np.ones(len(items)), np.zeros(len(items))]
+        return {"auc": auc(scores, labels), "log_loss": log_loss(scores, labels)}
+    ranking = ws.config.ranking
+    lists = sample_lists(users, items, rating_targets(test), ranking.list_size, 1,
+                         ws.config.data.seed)
+    flat_users = np.repeat(lists["user_id"], ranking.list_size)
+    scores = score_pairs(model, flat_users, lists["list_items"].reshape(-1)).reshape(
+        -1, ranking.list_size)
+    return {f"ndcg@{k}": list_ndcg(scores, lists["list_ratings"], k) for k in (3, 5)}
+
+
+def evaluate_two_stage(model, ws, ks=(10,)) -> dict[str, float]:
+    """NDCG@K of retrieve-top-N → re-rank versus retrieval alone (training items excluded)."""
+    n = min(ws.config.ranking.retrieve_candidates, ws.dataset.num_items)
+    users = embed_users(model, ws.user_ids)
+    items = embed_items(model, ws.dataset.num_items)
+    train, test = split_matrices(ws.split, ws.user_ids, ws.dataset.num_items)
+    rerank = tf.function(lambda q, c: model.score_candidates(q, c))
+    reranked = np.zeros((len(users), n), np.int64)
+    for start in range(0, len(users), 256):
+        scores = users[start:start + 256] @ items.T
+        scores[train[start:start + 256].toarray() > 0] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+        logits = rerank(tf.constant(users[start:start + 256]), tf.constant(items[top])).numpy()
+        reranked[start:start + 256] = np.take_along_axis(
+            top, np.argsort(-logits, axis=1, kind="stable"), axis=1)
+    # Score each user's re-ranked list as a ranking: its position becomes the score.
+    positions = np.zeros((len(users), ws.dataset.num_items), np.float32)
+    np.put_along_axis(positions, reranked, np.arange(n, 0, -1, dtype=np.float32)[None, :],
+                      axis=1)
+    two_stage = evaluate_ranking(np.eye(len(users), dtype=np.float32), positions.T, test,
+                                 exclude=train, ks=ks).to_dict()
+    retrieval = evaluate_ranking(users, items, test, exclude=train, ks=ks).to_dict()
+    return {**{f"retrieval_{m}@{k}": retrieval[f"{m}@{k}"] for k in ks for m in ("ndcg",
+                                                                                  "recall")},
+            **{f"two_stage_{m}@{k}": two_stage[f"{m}@{k}"] for k in ks for m in ("ndcg",
+                                                                                  "recall")}}
