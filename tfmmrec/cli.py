@@ -226,11 +226,10 @@ def _validate(config) -> int:
     for modality in catalog.modalities:
         print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items")
     d = config.data
-    split = split_interactions(dataset.interactions, d.split, d.test_fraction, d.seed,
-                               dataset.num_items)
+    split = split_interactions(dataset.interactions, d.split, d.test_fraction, d.seed)
     print(f"  {split.sizes()}")
     try:
-        validation = validation_split(split, d.test_fraction, d.seed, dataset.num_items)
+        validation = validation_split(split, d.test_fraction, d.seed)
     except TfmmrecError as exc:  # only tuned choices need it (fusion selection, baselines)
         print(f"  no validation carve for tuned choices: {exc}")
     else:
