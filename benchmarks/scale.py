@@ -16,11 +16,26 @@ ScaNN (``tfmmrec.export.index.build_index``) is built from it and saved as a Sav
 encode and build time, export size, query throughput, recall@10 against brute force, and the
 peak RSS (which must stay under 8 GiB).
 
-    .venv/bin/python benchmarks/scale.py                        # both sections (~15 min on 2 cores)
+    .venv/bin/python benchmarks/scale.py                        # input + index (~15 min on 2 cores)
     .venv/bin/python benchmarks/scale.py --section input --items 1000
     .venv/bin/python benchmarks/scale.py --section index --num-items 1000000
 
-Prints tables; writes benchmarks/results/scale.json and benchmarks/results/scale.png.
+Sections ``beam-prepare`` and ``beam-encode`` (issue 16; need the ``[beam]`` extra): the local
+path vs the same job as a Beam pipeline on the local FnApiRunner with 2 worker processes.
+``beam-prepare``: items/s and CPU time per item of ``tfmmrec prepare`` (smaller posters and
+clips than ``input``). ``beam-encode``: a synthetic text catalogue (10k, 100k, ... items) through
+a small random-init BERT (``tfmmrec encode``, locally and on Beam, and the in-memory feature
+cache ``train`` builds without it): items/s and the peak RSS of the driver and of the largest
+Beam worker (sampled), each job in a fresh process, to show memory stays flat as the catalogue
+grows (the driver holds only the catalogue table). The README's figures (a 2-core machine shared
+with other jobs, so CPU time per item is the comparable figure) came from:
+
+    .venv/bin/python benchmarks/scale.py --section beam-prepare --beam-items 1000
+    .venv/bin/python benchmarks/scale.py --section beam-encode --sizes 10000,100000,300000 \
+        --cache-up-to 300000
+
+Prints tables; writes benchmarks/results/scale.json and benchmarks/results/scale.png
+(scale_beam.png for the Beam sections).
 """
 
 from __future__ import annotations
@@ -322,6 +337,303 @@ def bench_index(num_items: int, batch: int, queries: int, dim: int) -> dict:
     return report
 
 
+# --- sections 3 and 4: the same jobs on Apache Beam (issue 16) ------------------------------
+
+
+def build_media_folder(root: Path, num_items: int, seed: int = 0) -> Path:
+    """Posters (240x360 JPEG) and a distinct 2 s clip per item (FLAC/Ogg cut from the shared
+    recordings, or generated), 5 interactions per 10 items."""
+    import pandas as pd
+    import soundfile
+    from PIL import Image
+
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text() == f"v1 {num_items}":
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "posters").mkdir(parents=True)
+    (root / "clips").mkdir()
+    rng = np.random.default_rng(seed)
+    sources = [soundfile.read(path, dtype="float32", always_2d=True)
+               for path in sorted(SHARED_AUDIO.glob("*"))
+               if path.suffix in (".flac", ".ogg", ".mp3", ".wav")]
+    if not sources:
+        t = np.arange(10 * 44100) / 44100
+        sources = [(0.3 * np.sin(2 * np.pi * (220 + 55 * i) * t)[:, None].astype(np.float32),
+                    44100) for i in range(4)]
+    yy, xx = np.mgrid[0:360, 0:240]
+    rows = []
+    for i in range(num_items):
+        pixels = rng.uniform(0, 255, 3) + yy[..., None] * rng.uniform(-0.4, 0.4, 3) \
+            + xx[..., None] * rng.uniform(-0.4, 0.4, 3)
+        pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "posters" / f"p{i}.jpg", quality=90)
+        wave, rate = sources[i % len(sources)]
+        start = int(rng.integers(0, max(1, len(wave) - 2 * rate)))
+        clip = f"clips/c{i}.{'flac' if i % 2 else 'ogg'}"
+        soundfile.write(root / clip, wave[start:start + 2 * rate] * rng.uniform(0.5, 1), rate)
+        rows.append({"item_id": f"i{i:07d}", "title": f"Item {i}",
+                     "description": " ".join(rng.choice(WORDS, 12)),
+                     "poster": f"posters/p{i}.jpg", "clip": clip})
+    pd.DataFrame(rows).to_csv(root / "items.csv", index=False)
+    _write_interactions(root, num_items, rng)
+    marker.write_text(f"v1 {num_items}")
+    return root
+
+
+def build_text_folder(root: Path, num_items: int, seed: int = 0) -> Path:
+    """A text-only catalogue (title + 12 random words) of ``num_items`` items."""
+    import pandas as pd
+
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text() == f"v1 {num_items}":
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    words = rng.choice(WORDS, (num_items, 12))
+    pd.DataFrame({"item_id": [f"i{i:07d}" for i in range(num_items)],
+                  "title": [f"Item {i}" for i in range(num_items)],
+                  "description": [" ".join(row) for row in words]}).to_csv(
+        root / "items.csv", index=False)
+    _write_interactions(root, num_items, rng)
+    marker.write_text(f"v1 {num_items}")
+    return root
+
+
+def _write_interactions(root: Path, num_items: int, rng) -> None:
+    import pandas as pd
+
+    count = max(1000, num_items // 2) if num_items <= 20000 else 10000
+    pd.DataFrame({"user_id": [f"u{u:05d}" for u in rng.integers(0, 2000, count)],
+                  "item_id": [f"i{i:07d}" for i in rng.integers(0, num_items, count)]}
+                 ).drop_duplicates().to_csv(root / "interactions.csv", index=False)
+
+
+MEDIA_SETTINGS = ["image.image_size=128", "audio.max_seconds=2"]
+TEXT_SETTINGS = ["text.hidden_dim=16", "text.num_layers=1", "text.num_heads=2",
+                 "text.intermediate_dim=32", "text.sequence_length=16",
+                 "train.encode_batch_size=512"]
+BEAM_LOCAL = ["--direct_running_mode=multi_processing", f"--direct_num_workers={CORES}"]
+
+
+def run_child(task: dict) -> dict:
+    """Run one measured job in a fresh process (clean peak RSS of it and its workers)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)],
+                          capture_output=True, text=True, timeout=7200)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise RuntimeError(f"child {task} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class WorkerMemory:
+    """The largest peak RSS (VmHWM, read while they run) among this process's descendants.
+
+    ``getrusage(RUSAGE_CHILDREN)`` would not do: a forked child's maximum starts at the
+    parent's size before it execs a fresh interpreter.
+    """
+
+    def __enter__(self):
+        import threading
+
+        self.peak_kib, self.stop = 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.wait(0.25):
+            for proc in me.children(recursive=True):
+                try:
+                    with open(f"/proc/{proc.pid}/status") as status:
+                        for line in status:
+                            if line.startswith("VmHWM:"):
+                                self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                except OSError:
+                    pass
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    @property
+    def gib(self) -> float:
+        return self.peak_kib / 2**20
+
+
+def child(task: dict) -> dict:
+    """The job itself: prepare or encode, locally or on Beam; its timings and peak RSS."""
+    import logging
+
+    from tfmmrec.config import load_config
+    from tfmmrec.pipeline import resolve_dataset
+
+    logging.disable(logging.WARNING)
+    settings = MEDIA_SETTINGS if task["job"] == "prepare" else TEXT_SETTINGS
+    config = load_config(None, [f"data.path={task['folder']}", *settings,
+                                f"train.output_dir={OUT / 'beam-run'}"])
+    out = task["out"]
+    shutil.rmtree(out, ignore_errors=True)
+    with Meter() as load:
+        dataset = resolve_dataset(config)
+    rss_after_load = peak_rss_gib()
+    with Meter() as meter, WorkerMemory() as worker_memory:
+        if task["job"] == "prepare" and task["runner"] == "local":
+            from tfmmrec.data.tfrecords import write_tfrecords
+
+            write_tfrecords(config, out, dataset=dataset, workers=CORES, shards=task["shards"],
+                            progress=False)
+        elif task["job"] == "prepare":
+            from tfmmrec.beam.prepare import prepare
+
+            prepare(config, out, runner="FnApiRunner", beam_args=BEAM_LOCAL, dataset=dataset,
+                    workers=CORES, shards=task["shards"])
+        elif task["runner"] == "local":
+            from tfmmrec.towers.features import encode
+
+            encode(config, out, dataset=dataset, progress=False)
+        elif task["runner"] == "beam":
+            from tfmmrec.beam.encode import encode
+
+            encode(config, out, runner="FnApiRunner", beam_args=BEAM_LOCAL, dataset=dataset,
+                   workers=CORES)
+        else:  # the in-memory feature cache that `train` builds without `tfmmrec encode`
+            from tfmmrec.towers.cache import encode_catalog
+            from tfmmrec.towers.features import frozen_encoders
+
+            encoder = frozen_encoders(config, dataset)["text"]
+            encode_catalog(dataset.catalog, encoder, Path(out), batch_size=512,
+                           progress=False)
+    workers = worker_memory.gib
+    size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    shutil.rmtree(out, ignore_errors=True)
+    return {**meter.row(len(dataset.catalog), "items"), "load_seconds": load.seconds,
+            "driver_peak_rss_gib": peak_rss_gib(), "driver_rss_after_load_gib": rss_after_load,
+            "worker_peak_rss_gib": workers, "output_bytes": size}
+
+
+def bench_beam_prepare(num_items: int) -> dict:
+    folder = build_media_folder(OUT / f"beam-media-{num_items}", num_items)
+    report: dict = {"items": num_items, "workers": CORES,
+                    "image": "240x360 JPEG → 128x128", "audio": "2 s FLAC/Ogg → 16 kHz mono",
+                    "runner": "FnApiRunner, multi_processing, "
+                              f"{CORES} workers (Beam's local Python runner)"}
+    shards = 4 * CORES
+    for runner in ("local", "beam"):
+        print(f"  prepare {num_items} items, {runner}...", flush=True)
+        report[runner] = run_child({"job": "prepare", "runner": runner, "folder": str(folder),
+                                    "out": str(OUT / f"beam-prepare-{runner}"),
+                                    "shards": shards})
+        print(f"    {report[runner]['items_per_s']:.1f} items/s", flush=True)
+    return report
+
+
+def bench_beam_encode(sizes: list[int], cache_up_to: int) -> dict:
+    report: dict = {"encoder": "random-init BERT, 1 layer, hidden 16, 16 tokens",
+                    "workers": CORES, "batch": 512, "sizes": {}}
+    for size in sizes:
+        folder = build_text_folder(OUT / f"beam-text-{size}", size)
+        rows = {}
+        runners = ["local", "beam"] + (["cache"] if size <= cache_up_to else [])
+        for runner in runners:
+            print(f"  encode {size:,} items, {runner}...", flush=True)
+            rows[runner] = run_child({"job": "encode", "runner": runner, "folder": str(folder),
+                                      "out": str(OUT / f"beam-encode-{runner}")})
+            print(f"    {rows[runner]['items_per_s']:,.0f} items/s, driver "
+                  f"{rows[runner]['driver_peak_rss_gib']:.2f} GiB, workers "
+                  f"{rows[runner]['worker_peak_rss_gib']:.2f} GiB", flush=True)
+        report["sizes"][str(size)] = rows
+    return report
+
+
+def print_beam_tables(report: dict) -> None:
+    if "beam_prepare" in report:
+        r = report["beam_prepare"]
+        print(f"\nprepare, {r['items']:,} items ({r['image']}; {r['audio']}), {r['workers']} "
+              "workers:")
+        print(f"| {'path':<42} | {'items/s':>8} | {'CPU util':>8} | {'CPU ms/item':>11} | "
+              f"{'peak RSS driver':>15} |")
+        for key, label in (("local", "local (process pool)"),
+                           ("beam", "Beam FnApiRunner (worker processes)")):
+            row = r[key]
+            print(f"| {label:<42} | {row['items_per_s']:>8.1f} | "
+                  f"{100 * row['cpu_utilisation']:>7.0f}% | "
+                  f"{1000 * row['cpu_seconds'] / row['items']:>11.1f} | "
+                  f"{row['driver_peak_rss_gib']:>11.2f} GiB |")
+    if "beam_encode" in report:
+        r = report["beam_encode"]
+        print(f"\nencode ({r['encoder']}), {r['workers']} workers:")
+        print(f"| {'items':>9} | {'path':<23} | {'items/s':>8} | {'CPU ms/item':>11} | "
+              f"{'driver peak RSS':>15} | {'worker peak RSS':>15} |")
+        labels = {"local": "tfmmrec encode", "beam": "tfmmrec encode --runner",
+                  "cache": "feature cache (train)"}
+        for size, rows in r["sizes"].items():
+            for key, row in rows.items():
+                workers = (f"{row['worker_peak_rss_gib']:>11.2f} GiB" if key == "beam"
+                           else f"{'-':>15}")
+                print(f"| {int(size):>9,} | {labels[key]:<23} | {row['items_per_s']:>8,.0f} | "
+                      f"{1000 * row['cpu_seconds'] / row['items']:>11.2f} | "
+                      f"{row['driver_peak_rss_gib']:>11.2f} GiB | {workers} |")
+
+
+def plot_beam(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("beam_prepare", "beam_encode") if k in report]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels) + ("beam_encode" in report), figsize=(15, 4),
+                             squeeze=False)
+    axes = list(axes[0])
+    if "beam_prepare" in report:
+        ax, r = axes.pop(0), report["beam_prepare"]
+        values = [r["local"]["items_per_s"], r["beam"]["items_per_s"]]
+        ax.bar(["local process pool", "Beam FnApiRunner"], values, color=["#4878a8", "#d1853a"])
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.1f}/s", ha="center", va="bottom")
+        ax.set_ylabel("items per second")
+        ax.set_title(f"prepare {r['items']:,} items, {r['workers']} workers")
+    if "beam_encode" in report:
+        r = report["beam_encode"]
+        sizes = sorted(int(s) for s in r["sizes"])
+        ax = axes.pop(0)
+        for key, label, color in (("local", "tfmmrec encode", "#4878a8"),
+                                  ("beam", "encode --runner (Beam)", "#d1853a")):
+            ax.plot(sizes, [r["sizes"][str(s)][key]["items_per_s"] for s in sizes], "o-",
+                    label=label, color=color)
+        ax.set_xscale("log")
+        ax.set_xlabel("catalogue items")
+        ax.set_ylabel("items per second")
+        ax.set_title("encode throughput")
+        ax.legend(fontsize=8)
+        ax = axes.pop(0)
+        for key, field, label, style in (
+                ("local", "driver_peak_rss_gib", "tfmmrec encode (one process)", "o-"),
+                ("beam", "driver_peak_rss_gib", "Beam driver", "s--"),
+                ("beam", "worker_peak_rss_gib", "Beam worker (largest)", "s-"),
+                ("cache", "driver_peak_rss_gib", "in-memory feature cache", "x:")):
+            points = [(s, r["sizes"][str(s)][key][field]) for s in sizes
+                      if key in r["sizes"][str(s)]]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("catalogue items")
+        ax.set_ylabel("peak RSS (GiB)")
+        ax.set_title("encode memory as the catalogue grows")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -409,7 +721,8 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", choices=["input", "index", "all", "plot"], default="all",
+    parser.add_argument("--section", choices=["input", "index", "all", "plot", "beam-prepare",
+                                              "beam-encode", "beam"], default="all",
                         help="plot: redraw the PNG from the JSON already written")
     parser.add_argument("--items", type=int, default=1000, help="catalogue size for `input`")
     parser.add_argument("--users", type=int, default=5000, help="users (20 interactions each)")
@@ -417,13 +730,40 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16384, help="items per tower call")
     parser.add_argument("--queries", type=int, default=500, help="queries for recall@10")
     parser.add_argument("--dim", type=int, default=64, help="embedding size")
+    parser.add_argument("--beam-items", type=int, default=10000, help="items for beam-prepare")
+    parser.add_argument("--sizes", default="10000,100000,1000000",
+                        help="catalogue sizes for beam-encode")
+    parser.add_argument("--cache-up-to", type=int, default=1000000,
+                        help="also measure the in-memory feature cache up to this size")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "scale.json"
     report = json.loads(path.read_text()) if path.is_file() else {}
     if args.section == "plot":
         print_tables(report)
+        print_beam_tables(report)
         plot(report, RESULTS / "scale.png")
+        plot_beam(report, RESULTS / "scale_beam.png")
+        return 0
+    command = "python benchmarks/scale.py " + " ".join(argv or sys.argv[1:])
+    if args.section.startswith("beam"):
+        if args.section in ("beam", "beam-prepare"):
+            print(f"beam-prepare: {args.beam_items} items...", flush=True)
+            report["beam_prepare"] = {"command": command, **bench_beam_prepare(args.beam_items)}
+            path.write_text(json.dumps(report, indent=2, default=str))
+        if args.section in ("beam", "beam-encode"):
+            sizes = [int(s) for s in args.sizes.split(",")]
+            print(f"beam-encode: {sizes}...", flush=True)
+            report["beam_encode"] = {"command": command,
+                                     **bench_beam_encode(sizes, args.cache_up_to)}
+        print_beam_tables(report)
+        path.write_text(json.dumps(report, indent=2, default=str))
+        plot_beam(report, RESULTS / "scale_beam.png")
+        print(f"\nwrote {path} and {RESULTS / 'scale_beam.png'}")
         return 0
     report.update({"command": "python benchmarks/scale.py " + " ".join(argv or sys.argv[1:]),
                    "machine": {"cpus": CORES, "python": platform.python_version()}})

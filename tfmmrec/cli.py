@@ -69,8 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "train.prepare_workers, 0 = all cores)")
     prepare.add_argument("--shards", type=int, help="shards per table (default: "
                                                     "train.tfrecord_shards, 0 = sized from data)")
+    _add_runner_arg(prepare)
+    encode = commands.add_parser(
+        "encode", help="compute every frozen encoder's features of the whole catalogue into "
+                       "sharded TFRecords that train/evaluate/export read (train.features)")
+    _add_config_args(encode)
+    encode.add_argument("--output", help="output directory, local or gs://... (default: "
+                                         "train.features)")
+    encode.add_argument("--shards", type=int, help="shards per encoder (default: sized from "
+                                                   "the data; one per item shard when "
+                                                   "train.tfrecords is set)")
+    encode.add_argument("--workers", type=int, help="with --runner: local worker processes "
+                                                    "and the minimum shard count")
+    _add_runner_arg(encode)
     _add_serving_commands(commands)
     return parser
+
+
+def _add_runner_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runner", help="run as an Apache Beam pipeline on this runner "
+                                         "(DataflowRunner, FlinkRunner, SparkRunner, or "
+                                         "DirectRunner = Beam's local FnApiRunner); any further "
+                                         "--flags go to Beam. Needs the [beam] extra")
 
 
 def _add_serving_commands(commands) -> None:
@@ -83,7 +103,12 @@ def _add_serving_commands(commands) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not getattr(args, "runner", None):
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options "
+                     "need --runner)")
+    args.beam_args = beam_args
     _configure_logging(args.quiet)
     try:
         return int(_run(args) or 0)
@@ -111,6 +136,8 @@ def _run(args) -> int:
     config = load_config(args.config, args.overrides)
     if args.command == "prepare":
         return _prepare(config, args)
+    if args.command == "encode":
+        return _encode(config, args)
     if args.command == "demo":
         return _demo(config, args.output)
     if args.command == "validate":
@@ -241,17 +268,56 @@ def _validate(config) -> int:
 
 
 def _prepare(config, args) -> int:
-    from tfmmrec.data.tfrecords import write_tfrecords
     from tfmmrec.pipeline import resolve_dataset
 
     start = time.perf_counter()
-    manifest = write_tfrecords(config, args.output, dataset=resolve_dataset(config),
-                       workers=args.workers, shards=args.shards, progress=not args.quiet)
+    if args.runner:
+        from tfmmrec.beam import require_beam
+
+        require_beam()
+        from tfmmrec.beam.prepare import prepare as beam_prepare
+
+        manifest = beam_prepare(config, args.output, runner=args.runner,
+                                beam_args=args.beam_args, dataset=resolve_dataset(config),
+                                workers=args.workers, shards=args.shards)
+    else:
+        from tfmmrec.data.tfrecords import write_tfrecords
+
+        manifest = write_tfrecords(config, args.output, dataset=resolve_dataset(config),
+                                   workers=args.workers, shards=args.shards,
+                                   progress=not args.quiet)
     shards = sum(len(s) for s in manifest.shards.values())
     print(f"wrote {manifest.directory}: {manifest.num_items} items, "
           f"{manifest.count('train')} train / {manifest.count('test')} test interactions in "
           f"{shards} shards ({time.perf_counter() - start:.0f} s); train from it with "
           f"--set train.tfrecords={manifest.directory}")
+    return 0
+
+
+def _encode(config, args) -> int:
+    from tfmmrec.pipeline import resolve_dataset
+
+    start = time.perf_counter()
+    if args.runner:
+        from tfmmrec.beam import require_beam
+
+        require_beam()  # before any work
+        from tfmmrec.beam.encode import encode as beam_encode
+
+        manifests = beam_encode(config, args.output, runner=args.runner,
+                                beam_args=args.beam_args, dataset=resolve_dataset(config),
+                                shards=args.shards, workers=args.workers)
+    else:
+        from tfmmrec.towers.features import encode
+
+        manifests = encode(config, args.output, dataset=resolve_dataset(config),
+                           shards=args.shards, progress=not args.quiet)
+    for modality, manifest in manifests.items():
+        print(f"{modality}: {manifest.encoded} of {manifest.num_items} items, "
+              f"{manifest.feature_dim}-d, {len(manifest.shards)} shard(s) in {manifest.directory}")
+    output = args.output or config.train.features
+    print(f"encoded in {time.perf_counter() - start:.0f} s; train, evaluate and export read them "
+          f"with --set train.features={output}")
     return 0
 
 

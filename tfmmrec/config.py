@@ -266,6 +266,10 @@ class TrainConfig:
     path such as ``gs://``); when set, training streams its interaction shards and encodes item
     content from its pre-decoded item shards. ``tfrecord_shards`` / ``prepare_workers``: shards
     per table and worker processes of ``tfmmrec prepare`` (0: chosen from the data / all cores).
+
+    ``features``: a directory written by ``tfmmrec encode`` (local or any TensorFlow filesystem
+    path); when set, frozen encoders' features are read from it (by training, evaluation and
+    export) instead of being computed or taken from ``cache_dir``.
     """
 
     epochs: int = 20
@@ -281,6 +285,7 @@ class TrainConfig:
     cache_dir: str | None = None
     encode_batch_size: int = 32
     tfrecords: str | None = None
+    features: str | None = None
     tfrecord_shards: int = 0
     prepare_workers: int = 0
     seed: int = 0

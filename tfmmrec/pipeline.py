@@ -122,6 +122,11 @@ def prepare(config: Config, progress: bool = True) -> Workspace:
         media = _media_settings(config)
         if tower.trainable:
             contents[modality] = load_raw_content(dataset.catalog, modality, **media)
+        elif config.train.features:  # precomputed by `tfmmrec encode` (local or Beam)
+            from tfmmrec.towers.features import load_features
+
+            contents[modality], stats[modality] = load_features(
+                config.train.features, encoders[modality], dataset)
         elif records:
             contents[modality], stats[modality] = encode_from_tfrecords(
                 records, encoders[modality], config.train.resolved_cache_dir,

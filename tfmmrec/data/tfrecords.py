@@ -14,7 +14,10 @@
 
 Shards are written by parallel worker processes, each to a hidden temporary name renamed into
 place when complete, so an interrupted ``prepare`` leaves finished shards (kept by the next run
-of the same command) and no half-written shard that a reader could pick up.
+of the same command) and no half-written shard that a reader could pick up. The same plan and
+shard writer run as an Apache Beam pipeline with ``tfmmrec prepare --runner``
+(``tfmmrec.beam.prepare``): :func:`plan_prepare`, then :func:`write_shard` per job, then
+:func:`finish_prepare`.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class Manifest:
         return max(1, round(self.max_seconds * self.sample_rate))
 
     def files(self, table: str) -> list[str]:
-        return [_join(self.directory, s["file"]) for s in self.shards[table]]
+        return [join_path(self.directory, s["file"]) for s in self.shards[table]]
 
     def count(self, table: str) -> int:
         return int(sum(s["records"] for s in self.shards[table]))
@@ -90,6 +93,22 @@ class Manifest:
 # --- writing ----------------------------------------------------------------------------------
 
 
+@dataclass
+class PrepareRun:
+    """One ``prepare`` of ``output``: its plan, every shard job, and the jobs still to run.
+
+    The local path runs ``todo`` in a process pool, the Beam path (``tfmmrec.beam.prepare``) as
+    a pipeline; both start with :func:`plan_prepare` and end with :func:`finish_prepare`, so they
+    write the same shards and manifest.
+    """
+
+    output: str
+    plan: dict[str, Any]
+    jobs: list[dict[str, Any]]
+    todo: list[dict[str, Any]]
+    num_items: int
+
+
 def write_tfrecords(config: Config, output: str | os.PathLike | None = None, *,
             dataset: Dataset | None = None, workers: int | None = None,
             shards: int | None = None, progress: bool = True) -> Manifest:
@@ -99,6 +118,19 @@ def write_tfrecords(config: Config, output: str | os.PathLike | None = None, *,
     ``train.prepare_workers`` / ``train.tfrecord_shards`` (0: all cores / sized from the data).
     Running it again after an interruption keeps every finished shard; a changed dataset or
     setting starts the directory over.
+    """
+    workers = workers or config.train.prepare_workers or os.cpu_count() or 1
+    run = plan_prepare(config, output, dataset=dataset, workers=workers, shards=shards)
+    failed = _run_jobs(run.todo, workers, progress)
+    return finish_prepare(run, failed)
+
+
+def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
+                 dataset: Dataset | None = None, workers: int | None = None,
+                 shards: int | None = None) -> PrepareRun:
+    """Check the output, keep the finished shards of the same plan, and list the shard jobs.
+
+    ``workers`` only sizes the default shard count (at least one shard per worker).
     """
     output = str(output or config.train.tfrecords or "")
     if not output:
@@ -114,22 +146,33 @@ def write_tfrecords(config: Config, output: str | os.PathLike | None = None, *,
     _check_output(output, plan["estimated_bytes"])
     _start_or_resume(output, plan)
     jobs = _jobs(config, dataset, split, plan, output)
-    todo = [job for job in jobs if not tf.io.gfile.exists(_join(output, job["file"]))]
+    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(output, job["file"]))]
     if len(todo) < len(jobs):
         logger.info("%s: %d of %d shards already written, resuming", output,
                     len(jobs) - len(todo), len(jobs))
-    failed = _run_jobs(todo, workers, progress)
+    return PrepareRun(output, plan, jobs, todo, dataset.num_items)
+
+
+def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
+    """Report undecodable media and write ``manifest.json``, last, once every shard exists."""
+    missing = [job["file"] for job in run.jobs
+               if not tf.io.gfile.exists(join_path(run.output, job["file"]))]
+    if missing:
+        raise DataError(f"{run.output}: {len(missing)} shard(s) were not written (first: "
+                        f"{missing[0]}); run `tfmmrec prepare` again (finished shards are kept)")
     for modality, paths in failed.items():
         report_missing_media(modality, paths)
+    plan = run.plan
     manifest = Manifest(
-        directory=output, format_version=FORMAT_VERSION, **plan["settings"],
-        num_items=dataset.num_items, item_ids_sha1=plan["item_ids_sha1"], split=plan["split"],
+        directory=run.output, format_version=FORMAT_VERSION, **plan["settings"],
+        num_items=run.num_items, item_ids_sha1=plan["item_ids_sha1"], split=plan["split"],
         interaction_columns=plan["interaction_columns"],
-        shards={table: [{"file": job["file"], "records": job["records"]} for job in jobs
+        shards={table: [{"file": job["file"], "records": job["records"]} for job in run.jobs
                         if job["table"] == table] for table in TABLES})
-    _write_text(_join(output, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
-    logger.info("prepared %s: %d items, %d train and %d test interactions in %d shards", output,
-                manifest.num_items, manifest.count("train"), manifest.count("test"), len(jobs))
+    write_text(join_path(run.output, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
+    logger.info("prepared %s: %d items, %d train and %d test interactions in %d shards",
+                run.output, manifest.num_items, manifest.count("train"),
+                manifest.count("test"), len(run.jobs))
     return manifest
 
 
@@ -163,19 +206,32 @@ def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None,
               for table, (rows, size) in sizes.items()}
     digest = hashlib.sha1(json.dumps([FORMAT_VERSION, settings, split_settings(config), counts,
                                       columns]).encode())
-    digest.update(_ids_digest(catalog.item_ids).encode())
+    _update_with_catalog(digest, catalog)
+    frame = dataset.interactions[[c for c in columns if c != "item_index"] + ["item_id"]]
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return {"fingerprint": digest.hexdigest(), "settings": settings,
+            "split": split_settings(config), "item_ids_sha1": ids_digest(catalog.item_ids),
+            "interaction_columns": columns, "shard_counts": counts,
+            "estimated_bytes": sum(rows * size for rows, size in sizes.values())}
+
+
+def catalog_fingerprint(catalog) -> str:
+    """A cheap fingerprint of the catalogue's content: ids, texts and each media file's path,
+    size and modification time (no file is read). Derived data (shards, features) records it
+    and is refused when it no longer matches."""
+    digest = hashlib.sha1(b"catalog")
+    _update_with_catalog(digest, catalog)
+    return digest.hexdigest()
+
+
+def _update_with_catalog(digest, catalog) -> None:
+    digest.update(ids_digest(catalog.item_ids).encode())
     for text in catalog.texts:
         digest.update(str(text).encode() + b"\0")
     for path in (*catalog.image_paths, *catalog.audio_paths):
         if path is not None:
             stat = path.stat()
             digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    frame = dataset.interactions[[c for c in columns if c != "item_index"] + ["item_id"]]
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return {"fingerprint": digest.hexdigest(), "settings": settings,
-            "split": split_settings(config), "item_ids_sha1": _ids_digest(catalog.item_ids),
-            "interaction_columns": columns, "shard_counts": counts,
-            "estimated_bytes": sum(rows * size for rows, size in sizes.values())}
 
 
 def _shard_count(rows: int, bytes_per_row: int, requested: int | None, workers: int) -> int:
@@ -185,7 +241,7 @@ def _shard_count(rows: int, bytes_per_row: int, requested: int | None, workers: 
     return max(1, min(count, rows))
 
 
-def _ids_digest(item_ids) -> str:
+def ids_digest(item_ids) -> str:
     return hashlib.sha1("\0".join(map(str, item_ids)).encode()).hexdigest()
 
 
@@ -193,8 +249,8 @@ def _check_output(output: str, needed: int) -> None:
     """Fail before any decoding if the output cannot be written or the disk is too small."""
     try:
         tf.io.gfile.makedirs(output)
-        probe = _join(output, ".write-probe")
-        _write_text(probe, "ok")
+        probe = join_path(output, ".write-probe")
+        write_text(probe, "ok")
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as exc:
         raise DataError(f"cannot write TFRecords to {output}: {exc}. Choose a writable "
@@ -210,18 +266,18 @@ def _check_output(output: str, needed: int) -> None:
 
 def _start_or_resume(output: str, plan: dict[str, Any]) -> None:
     """Keep finished shards of the same plan; otherwise clear what an older plan wrote."""
-    for stale in tf.io.gfile.glob(_join(output, ".*.tmp*")):
+    for stale in tf.io.gfile.glob(join_path(output, ".*.tmp*")):
         tf.io.gfile.remove(stale)  # half-written shards of an interrupted run
-    plan_path = _join(output, PLAN)
+    plan_path = join_path(output, PLAN)
     if tf.io.gfile.exists(plan_path):
-        old = json.loads(_read_text(plan_path))
+        old = json.loads(read_text(plan_path))
         if old.get("fingerprint") == plan["fingerprint"]:
             return
         logger.warning("%s holds TFRecords of different data or settings; rewriting it", output)
     for pattern in [MANIFEST, *(f"{table}-*-of-*.tfrecord" for table in TABLES)]:
-        for path in tf.io.gfile.glob(_join(output, pattern)):
+        for path in tf.io.gfile.glob(join_path(output, pattern)):
             tf.io.gfile.remove(path)
-    _write_text(plan_path, json.dumps(plan, indent=2))
+    write_text(plan_path, json.dumps(plan, indent=2))
 
 
 def _jobs(config: Config, dataset: Dataset, split: Split, plan: dict[str, Any],
@@ -298,16 +354,22 @@ def _init_worker() -> None:
 def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
     """Write one shard to a temporary name, then rename it into place (atomic on local disks;
     object stores publish an object only once its upload completes)."""
-    final = _join(job["output"], job["file"])
+    final = join_path(job["output"], job["file"])
     failed: dict[str, list[str]] = {}
+    # deterministic: map fields in key order, so a shard's bytes do not depend on the process
+    # (hash seed) that wrote it: the local pool and any Beam worker write identical files. The
+    # temporary name holds the pid and a random part: a runner may retry (or speculatively
+    # duplicate) a shard on another machine.
     with atomic_path(final) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         if job["table"] == "items":
             for item in job["items"]:
-                writer.write(_item_example(item, job["settings"], failed).SerializeToString())
+                writer.write(_item_example(item, job["settings"], failed).SerializeToString(
+                    deterministic=True))
         else:
             columns = job["columns"]
             for row in range(job["records"]):
-                writer.write(_interaction_example(columns, row).SerializeToString())
+                writer.write(_interaction_example(columns, row).SerializeToString(
+                    deterministic=True))
     return failed
 
 
@@ -376,11 +438,11 @@ def _interaction_example(columns: dict[str, np.ndarray], row: int) -> tf.train.E
 def load_manifest(directory: str | os.PathLike) -> Manifest:
     """The manifest of a finished ``prepare`` directory; a ``DataError`` for anything else."""
     directory = str(directory)
-    path = _join(directory, MANIFEST)
+    path = join_path(directory, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise DataError(f"{directory} holds no finished TFRecords (no {MANIFEST}): run "
                         "`tfmmrec prepare` (again: finished shards are kept)")
-    payload = json.loads(_read_text(path))
+    payload = json.loads(read_text(path))
     if payload.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format version {payload.get('format_version')} is not "
                         f"{FORMAT_VERSION}; run `tfmmrec prepare` again")
@@ -403,7 +465,7 @@ def check_compatible(manifest: Manifest, config: Config, dataset: Dataset | None
     differ = [f"{k}: prepared {found[k]!r}, config {expected[k]!r}" for k in expected
               if found[k] != expected[k]]
     if dataset is not None and (manifest.num_items != dataset.num_items
-                                or manifest.item_ids_sha1 != _ids_digest(
+                                or manifest.item_ids_sha1 != ids_digest(
                                     dataset.catalog.item_ids)):
         differ.append(f"catalogue: prepared {manifest.num_items} items, the folder has "
                       f"{dataset.num_items} (or other ids)")
@@ -503,15 +565,15 @@ def items_dataset(manifest: Manifest, batch_size: int) -> tf.data.Dataset:
 # --- file helpers (tf.io.gfile: local paths and gs:// alike) ----------------------------------
 
 
-def _join(directory: str, name: str) -> str:
+def join_path(directory: str, name: str) -> str:
     return directory.rstrip("/") + "/" + name if "://" in directory else os.path.join(
         directory, name)
 
 
-def _write_text(path: str, text: str) -> None:
+def write_text(path: str, text: str) -> None:
     atomic_write(path, text)
 
 
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
     with tf.io.gfile.GFile(path) as handle:
         return handle.read()

@@ -1,0 +1,135 @@
+"""Tests for tfmmrec.towers.features: ``tfmmrec encode`` (local) and reading its features back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import derive_config
+from tfmmrec import cli, pipeline
+from tfmmrec.config import load_config
+from tfmmrec.data import tfrecords
+from tfmmrec.errors import DataError
+from tfmmrec.towers import features
+from tfmmrec.training.trainer import encode_from_tfrecords
+
+MODALITIES = ("text", "image", "audio")
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_config, tiny_workspace, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("features") / "tiny")
+    features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3, progress=False)
+    return out
+
+
+def read_back(root: str, workspace) -> dict:
+    return {m: features.load_features(root, workspace.encoders[m], workspace.dataset)[0]
+            for m in workspace.modalities}
+
+
+def assert_same_features(found: dict, expected: dict, atol: float = 1e-5) -> None:
+    for modality in MODALITIES:
+        np.testing.assert_array_equal(found[modality].mask, expected[modality].mask)
+        np.testing.assert_allclose(found[modality].values, expected[modality].values, atol=atol,
+                                   rtol=0)
+
+
+def test_encode_writes_the_local_caches_features(encoded, tiny_workspace):
+    """Every item's feature equals what the folder path + feature cache gives (1e-5)."""
+    assert_same_features(read_back(encoded, tiny_workspace), tiny_workspace.contents)
+    image = tiny_workspace.encoders["image"]
+    directory = Path(encoded) / f"image-{image.identity()}"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["num_items"] == 80 and manifest["encoded"] == 72
+    assert sorted(p.name for p in directory.glob("*.tfrecord")) == [
+        f"features-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert not list(directory.glob(".*tmp*"))
+
+
+def test_training_evaluation_and_export_read_the_features_instead_of_encoding(
+        encoded, tiny_config, tiny_workspace, tmp_path):
+    config = derive_config(tiny_config, tmp_path, f"train.features={encoded}",
+                           f"train.cache_dir={tmp_path / 'empty-cache'}")
+    ws = pipeline.prepare(config, progress=False)
+    assert_same_features(ws.contents, tiny_workspace.contents)
+    assert all(ws.cache_stats[m].computed == 0 for m in MODALITIES)
+    assert not (tmp_path / "empty-cache").exists()  # no encoder ran, nothing was cached
+
+
+def test_features_of_another_encoder_are_refused(encoded, tiny_config, tiny_workspace):
+    other = load_config(tiny_config, ["image.cnn_filters=[4]"])
+    encoder = features.frozen_encoders(other, tiny_workspace.dataset)["image"]
+    with pytest.raises(DataError, match=r"holds no finished image features of this image "
+                                        r"encoder .*found: image-.*run `tfmmrec encode`"):
+        features.load_features(encoded, encoder, tiny_workspace.dataset)
+
+
+def test_features_of_another_catalogue_are_refused(encoded, tiny_workspace):
+    dataset = tiny_workspace.dataset
+    changed = type(dataset)(dataset.root, type(dataset.catalog)(
+        dataset.catalog.item_ids, np.array([t + "!" for t in dataset.catalog.texts]),
+        dataset.catalog.image_paths, dataset.catalog.audio_paths, dataset.catalog.columns,
+        dataset.catalog.frame), dataset.interactions, dataset.users)
+    with pytest.raises(DataError, match="encoded from another catalogue"):
+        features.load_features(encoded, tiny_workspace.encoders["text"], changed)
+
+
+def test_encode_resumes_keeping_finished_shards(tiny_config, tiny_workspace, tmp_path):
+    out = tmp_path / "features"
+    first = features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3,
+                            progress=False)["audio"]
+    lost = Path(first.files()[2])
+    lost.unlink()
+    (Path(first.directory) / "manifest.json").unlink()
+    kept = {f: Path(f).stat().st_mtime_ns for f in first.files()[:2]}
+    again = features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3,
+                            progress=False)["audio"]
+    assert {f: Path(f).stat().st_mtime_ns for f in kept} == kept and lost.is_file()
+    assert again.encoded == first.encoded
+    assert_same_features(read_back(str(out), tiny_workspace), tiny_workspace.contents)
+
+
+def test_encode_from_prepared_tfrecords_matches_the_tfrecords_cache_path(
+        tiny_config, tiny_workspace, tmp_path):
+    records = tfrecords.write_tfrecords(tiny_config, tmp_path / "records",
+                                        dataset=tiny_workspace.dataset, workers=1, shards=2,
+                                        progress=False)
+    config = load_config(tiny_config, [f"train.tfrecords={records.directory}"])
+    features.encode(config, tmp_path / "features", dataset=tiny_workspace.dataset,
+                    progress=False)
+    expected = {m: encode_from_tfrecords(records.directory, tiny_workspace.encoders[m], None,
+                                         progress=False)[0] for m in MODALITIES}
+    assert_same_features(read_back(str(tmp_path / "features"), tiny_workspace), expected)
+
+
+def test_any_tensorflow_filesystem_works(tiny_config, tiny_workspace):
+    root = "ram://tfmmrec-features/out"
+    features.encode(load_config(tiny_config, ["text.enabled=false", "audio.enabled=false"]),
+                    root, dataset=tiny_workspace.dataset, progress=False)
+    image = features.load_features(root, tiny_workspace.encoders["image"],
+                                   tiny_workspace.dataset)[0]
+    np.testing.assert_allclose(image.values, tiny_workspace.contents["image"].values,
+                               atol=1e-5, rtol=0)
+
+
+def test_cli_encode_then_train_from_the_features(tiny_config, tiny_workspace, tmp_path, capsys):
+    config = derive_config(tiny_config, tmp_path)
+    config.to_yaml(tmp_path / "config.yaml")
+    out = tmp_path / "features"
+    assert cli.main(["-q", "encode", "--config", str(tmp_path / "config.yaml"), "--output",
+                     str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "image: 72 of 80 items" in printed and f"train.features={out}" in printed
+    assert cli.main(["-q", "train", "--config", str(tmp_path / "config.yaml"), "--set",
+                     f"train.features={out}"]) == 0
+
+
+def test_beam_options_without_runner_are_a_usage_error(tiny_config, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["encode", "--output", str(tmp_path), "--temp_location=/tmp/x"])
+    assert exit_info.value.code == 2
+    assert "Beam pipeline options need --runner" in capsys.readouterr().err

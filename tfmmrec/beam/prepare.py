@@ -1,0 +1,51 @@
+"""Data layer on Beam: ``tfmmrec prepare --runner NAME`` — the dataset folder → sharded TFRecords.
+
+The driver plans exactly as the local ``prepare`` does (``tfrecords.plan_prepare``: validation,
+split, shard plan, resume), the runner's workers write the shards with the local path's own
+``tfrecords.write_shard`` (same decoding, resizing and resampling functions, same temp-then-rename
+writes), and the driver writes ``manifest.json`` last (``tfrecords.finish_prepare``). Records are
+therefore identical to the local path's, and a re-run after a failure keeps finished shards.
+
+Workers read media files at the paths the driver resolved: on a cluster, the dataset folder must
+be mounted at the same path on every worker (NFS, Cloud Storage FUSE); the output may be any
+TensorFlow filesystem path (``gs://...``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from tfmmrec.beam.runner import ShardJobFn, pipeline_options, run_shard_jobs
+from tfmmrec.config import Config
+from tfmmrec.data import tfrecords
+from tfmmrec.data.dataset import Dataset
+
+
+class WriteShardFn(ShardJobFn):
+    """One TFRecord shard (items or interactions) per job, written by the local path's code."""
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        failed = tfrecords.write_shard(job)
+        return {"file": job["file"], "records": job["records"], "failed": failed}
+
+
+def prepare(config: Config, output: str | os.PathLike | None = None, *, runner: str,
+            beam_args: Sequence[str] = (), dataset: Dataset | None = None,
+            workers: int | None = None, shards: int | None = None) -> tfrecords.Manifest:
+    """``tfrecords.prepare`` as a Beam pipeline on ``runner`` (same arguments, same output).
+
+    ``workers`` sizes the default shard count (at least one shard per worker) and, on the local
+    FnApiRunner, the number of worker processes.
+    """
+    workers = workers or config.train.prepare_workers or os.cpu_count() or 1
+    run = tfrecords.plan_prepare(config, output, dataset=dataset, workers=workers,
+                                 shards=shards)
+    options = pipeline_options(runner, beam_args, workers)
+    summaries = run_shard_jobs(run.todo, run.output, WriteShardFn(), options, "prepare")
+    failed: dict[str, list[str]] = {}
+    for summary in summaries:
+        for modality, paths in summary["failed"].items():
+            failed.setdefault(modality, []).extend(paths)
+    return tfrecords.finish_prepare(run, failed)

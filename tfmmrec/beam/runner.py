@@ -1,0 +1,144 @@
+"""Batch jobs on Beam: pipeline options from ``--runner NAME`` + Beam flags, and one pipeline
+shape shared by ``prepare`` and ``encode`` — a list of shard jobs run by workers.
+
+Why shards, not items, are the unit of work: a shard job names its inputs (item rows or an
+item-shard file) and writes one finished output file, so decoded media and features go from a
+worker straight to storage and are never shuffled between machines (a per-item pipeline would
+shuffle ~300 KB of decoded media per item to group them into shards), memory per worker is one
+batch whatever the catalogue size, and the files are byte-for-byte those of the local path.
+The driver stages each job as a small JSON file next to the output (so the pipeline graph holds
+only file names, whatever the catalogue size: Dataflow caps a job graph at 10 MB), and the
+runner spreads them over its workers (``Reshuffle``), retries failed ones, and scales out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+
+from tfmmrec.data.tfrecords import join_path, read_text, write_text
+from tfmmrec.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+STAGING = ".beam-jobs"
+# Beam's DirectRunner first tries the Prism runner, which downloads a Go binary at run time;
+# the Python FnApiRunner runs the same pipeline locally (in-process, threads or processes).
+LOCAL_RUNNERS = {"directrunner": "FnApiRunner", "direct": "FnApiRunner",
+                 "fnapirunner": "FnApiRunner", "local": "FnApiRunner"}
+
+
+def pipeline_options(runner: str, beam_args: Sequence[str] = (), workers: int | None = None):
+    """``PipelineOptions`` for ``runner`` plus the user's Beam flags.
+
+    ``DirectRunner`` / ``local`` mean Beam's Python ``FnApiRunner`` (no download); there,
+    ``workers`` > 1 (unless ``--direct_num_workers`` is given) runs that many worker processes
+    (``--direct_running_mode=multi_processing``). Any other name goes to Beam as is
+    (``DataflowRunner``, ``FlinkRunner``, ``SparkRunner``, ``PortableRunner``...).
+    """
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    name = LOCAL_RUNNERS.get(runner.lower(), runner)
+    if name != runner:
+        logger.info("--runner %s: using Beam's Python FnApiRunner", runner)
+    options = PipelineOptions([f"--runner={name}", *beam_args])
+    given = " ".join(beam_args)
+    if name == "FnApiRunner" and workers and workers > 1 and "direct_num_workers" not in given:
+        direct = options.view_as(DirectOptions)
+        direct.direct_num_workers = workers
+        if "direct_running_mode" not in given:
+            direct.direct_running_mode = "multi_processing"
+    return options
+
+
+def run_shard_jobs(jobs: list[dict[str, Any]], output: str, dofn, options,
+                   label: str) -> list[dict[str, Any]]:
+    """Run ``dofn`` on every job as a Beam pipeline; each job's summary, in ``jobs`` order.
+
+    A job that already finished (its output exists) is the caller's to skip; this runs what it
+    is given. The staging files are removed once every summary has been read.
+    """
+    staging = join_path(output, f"{STAGING}/{uuid.uuid4().hex[:12]}")
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(staging)
+    paths = []
+    for number, job in enumerate(jobs):
+        path = join_path(staging, f"job-{number:06d}.json")
+        write_text(path, json.dumps(job, default=_jsonable))
+        paths.append(path)
+    if paths:
+        try:
+            with beam.Pipeline(options=options) as pipeline:
+                _ = (pipeline
+                     | f"{label}: shard jobs" >> beam.Create(paths)
+                     | f"{label}: spread over workers" >> beam.Reshuffle()
+                     | f"{label}: run" >> beam.ParDo(dofn))
+        except Exception as exc:  # the runner re-raises a worker's error as its own type
+            first = str(exc).strip().splitlines()
+            raise DataError(f"the Beam pipeline ({label}) failed: "
+                            f"{first[-1] if first else type(exc).__name__}; finished shards "
+                            "are kept: run the same command again") from exc
+    summaries = []
+    for path in paths:
+        done = path + ".done"
+        if not tf.io.gfile.exists(done):
+            raise DataError(f"the Beam pipeline ({label}) finished without running {path}; "
+                            "run the same command again")
+        summaries.append(json.loads(read_text(done)))
+    tf.io.gfile.rmtree(staging)
+    if not tf.io.gfile.listdir(join_path(output, STAGING)):
+        tf.io.gfile.rmtree(join_path(output, STAGING))
+    return summaries
+
+
+def _jsonable(value):
+    """numpy arrays and scalars in a job → lists and Python numbers (exact for int64/float64)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot stage {type(value).__name__} in a Beam job")
+
+
+class ShardJobFn(beam.DoFn):
+    """Reads a staged job, runs it, writes its summary beside it (``<job>.done``).
+
+    Subclasses implement ``run(job) -> summary`` and may load what every job of a worker
+    shares (an encoder) in ``setup_worker``, which runs once per DoFn instance, i.e. per worker.
+    """
+
+    def setup(self):
+        import tfmmrec  # noqa: F401  (Keras 2 and custom ops before TensorFlow loads)
+
+        single_threaded_tensorflow()
+        self.setup_worker()
+
+    def setup_worker(self) -> None:
+        pass
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def process(self, path):
+        summary = self.run(json.loads(read_text(path)))
+        write_text(path + ".done", json.dumps(summary))
+        yield summary
+
+
+def single_threaded_tensorflow() -> None:
+    """One TF thread per worker process: a runner starts one worker process per core (as the
+    local process pool does). A worker that already ran TF (in-process runners) keeps its
+    settings."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

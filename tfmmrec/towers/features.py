@@ -1,0 +1,452 @@
+"""Towers: the catalogue's frozen-encoder features as sharded TFRecords (``tfmmrec encode``).
+
+``tfmmrec encode`` writes one directory per encoder under its output (local, or any TensorFlow
+filesystem path such as ``gs://bucket/features``)::
+
+    <modality>-<identity>/              identity: the encoder's settings + weights hash
+        plan.json                       what this run writes (a re-run keeps finished shards)
+        features-00000-of-00004.tfrecord  one record per item in catalogue order: item_index,
+                                        item_id, key (the content hash the local cache uses),
+                                        ok (content present and decoded), feature (float32 bytes)
+        manifest.json                   written last: a directory without it is never read
+
+Shards are encoded one at a time by :func:`encode_shard` — in this process (``tfmmrec encode``)
+or on Beam workers (``tfmmrec encode --runner``, ``tfmmrec.beam.encode``) — so memory is one
+batch whatever the catalogue size. With ``train.features`` set, ``pipeline.prepare`` reads the
+features from here (:func:`load_features`) instead of encoding the catalogue: training,
+evaluation and export never run the frozen encoders over the catalogue again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from tfmmrec.config import Config
+from tfmmrec.data import tfrecords
+from tfmmrec.data.dataset import Dataset
+from tfmmrec.data.media import load_audio, load_image
+from tfmmrec.data.tfrecords import join_path, read_text, write_text
+from tfmmrec.data.validate import report_missing_media
+from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
+from tfmmrec.towers.cache import CacheStats, ModalityContent, pad_waveforms
+from tfmmrec.towers.encoders import Encoder, build_encoder
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PLAN = "plan.json"
+TARGET_SHARD_BYTES = 64 * 2**20
+MAX_SHARD_ITEMS = 50_000
+Encode = Callable[[Any], np.ndarray]
+
+
+@dataclass
+class FeaturesManifest:
+    """A finished features directory of one encoder."""
+
+    directory: str
+    format_version: int
+    modality: str
+    identity: str
+    feature_dim: int
+    num_items: int
+    item_ids_sha1: str
+    catalog_sha1: str
+    source: str
+    encoded: int
+    failed: int
+    shards: list[dict[str, Any]] = field(default_factory=list)
+
+    def files(self) -> list[str]:
+        return [join_path(self.directory, s["file"]) for s in self.shards]
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = dataclasses.asdict(self)
+        payload.pop("directory")
+        return payload
+
+
+@dataclass
+class EncodeRun:
+    """One encoder's ``encode`` of the catalogue: its directory, every shard job, those to run."""
+
+    modality: str
+    encoder: Encoder
+    directory: str
+    plan: dict[str, Any]
+    jobs: list[dict[str, Any]]
+    todo: list[dict[str, Any]]
+
+
+def features_dir(root: str, modality: str, identity: str) -> str:
+    return join_path(str(root), f"{modality}-{identity}")
+
+
+def frozen_encoders(config: Config, dataset: Dataset) -> dict[str, Encoder]:
+    """The encoders ``pipeline.prepare`` would build and cache (enabled and frozen), by modality.
+    """
+    encoders = {}
+    for modality in dataset.catalog.modalities:
+        tower = config.tower(modality)
+        if not tower.enabled:
+            continue
+        if tower.trainable:
+            logger.info("%s encoder is fine-tuned (%s.trainable): it has no fixed features to "
+                        "precompute; skipped", modality, modality)
+            continue
+        encoders[modality] = build_encoder(modality, tower, list(dataset.catalog.texts))
+    return encoders
+
+
+# --- planning (shared by the local and Beam paths) --------------------------------------------
+
+
+def plan_encode(config: Config, dataset: Dataset, encoder: Encoder, output: str, *,
+                shards: int | None = None, workers: int = 1) -> EncodeRun:
+    """Shard jobs for one encoder; finished shards of the same plan are kept (resume).
+
+    Items come from ``train.tfrecords`` when it is set (pre-decoded, one job per item shard),
+    else from the dataset folder (decoded by the functions the local cache uses).
+    """
+    catalog = dataset.catalog
+    modality, identity = encoder.modality, encoder.identity()
+    directory = features_dir(output, modality, identity)
+    settings = {"image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
+                "max_seconds": config.audio.max_seconds,
+                "batch_size": config.train.encode_batch_size}
+    source = config.train.tfrecords or ""
+    if source:
+        manifest = tfrecords.load_manifest(source)
+        tfrecords.check_compatible(manifest, config, dataset)
+        base = manifest.to_dict()
+        jobs = [{"file": shard_name(n, len(manifest.shards["items"])),
+                 "records": shard["records"],
+                 "items_manifest": {**base, "directory": source,
+                                    "shards": {**base["shards"], "items": [shard]}}}
+                for n, shard in enumerate(manifest.shards["items"])]
+    else:
+        jobs = _folder_jobs(dataset, modality, encoder.feature_dim, shards, workers)
+    for job in jobs:
+        job.update(modality=modality, output=directory, settings=settings)
+    plan = {"modality": modality, "identity": identity, "feature_dim": encoder.feature_dim,
+            "num_items": len(catalog), "item_ids_sha1": tfrecords.ids_digest(catalog.item_ids),
+            "catalog_sha1": tfrecords.catalog_fingerprint(catalog),
+            "source": source or str(dataset.root), "settings": settings,
+            "shards": [job["file"] for job in jobs]}
+    plan["fingerprint"] = hashlib.sha1(json.dumps([FORMAT_VERSION, plan], sort_keys=True)
+                                       .encode()).hexdigest()
+    _start_or_resume(directory, plan)
+    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(directory, job["file"]))]
+    if len(todo) < len(jobs):
+        logger.info("%s: %d of %d shards already encoded, resuming", directory,
+                    len(jobs) - len(todo), len(jobs))
+    return EncodeRun(modality, encoder, directory, plan, jobs, todo)
+
+
+def shard_name(shard: int, count: int) -> str:
+    return f"features-{shard:05d}-of-{count:05d}.tfrecord"
+
+
+def _folder_jobs(dataset: Dataset, modality: str, feature_dim: int, shards: int | None,
+                 workers: int) -> list[dict[str, Any]]:
+    catalog = dataset.catalog
+    # A job carries its items' ids and content: bounded, so a worker's memory does not grow
+    # with the catalogue.
+    count = shards or max(workers, math.ceil(len(catalog) * (4 * feature_dim + 96)
+                                             / TARGET_SHARD_BYTES),
+                          math.ceil(len(catalog) / MAX_SHARD_ITEMS))
+    count = max(1, min(count, len(catalog)))
+    if modality == "text":
+        content = [str(t) for t in catalog.texts]
+    else:
+        paths = catalog.image_paths if modality == "image" else catalog.audio_paths
+        content = [str(p) if p is not None else None for p in paths]
+    jobs = []
+    for shard, rows in enumerate(np.array_split(np.arange(len(catalog)), count)):
+        jobs.append({"file": shard_name(shard, count), "records": len(rows),
+                     "items": [(int(i), str(catalog.item_ids[i]), content[i]) for i in rows]})
+    return jobs
+
+
+def _start_or_resume(directory: str, plan: dict[str, Any]) -> None:
+    """Keep finished shards of the same plan; otherwise clear what an older plan wrote."""
+    try:
+        tf.io.gfile.makedirs(directory)
+    except (tf.errors.OpError, OSError) as exc:
+        raise DataError(f"cannot write features to {directory}: {exc}. Choose a writable "
+                        "directory (--output or train.features)") from None
+    for stale in tf.io.gfile.glob(join_path(directory, ".*.tmp*")):
+        tf.io.gfile.remove(stale)
+    plan_path = join_path(directory, PLAN)
+    if tf.io.gfile.exists(plan_path):
+        if json.loads(read_text(plan_path)).get("fingerprint") == plan["fingerprint"]:
+            return
+        logger.warning("%s holds features of other data or settings; rewriting it", directory)
+    for pattern in (MANIFEST, "features-*-of-*.tfrecord", "features-*-of-*.json"):
+        for path in tf.io.gfile.glob(join_path(directory, pattern)):
+            tf.io.gfile.remove(path)
+    write_text(plan_path, json.dumps(plan, indent=2))
+
+
+def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesManifest:
+    """Check every shard exists, report undecodable media, write ``manifest.json`` last."""
+    missing = [job["file"] for job in run.jobs
+               if not tf.io.gfile.exists(join_path(run.directory, job["file"]))]
+    if missing:
+        raise DataError(f"{run.directory}: {len(missing)} feature shard(s) were not written "
+                        f"(first: {missing[0]}); run `tfmmrec encode` again (finished shards "
+                        "are kept)")
+    failed = [path for s in summaries for path in s["failed"]]
+    report_missing_media(run.modality, failed)
+    previous = _previous_counts(run.directory)
+    for summary in summaries:
+        previous[summary["file"]] = (summary["encoded"], len(summary["failed"]))
+    plan = run.plan
+    manifest = FeaturesManifest(
+        directory=run.directory, format_version=FORMAT_VERSION, modality=run.modality,
+        identity=plan["identity"], feature_dim=plan["feature_dim"], num_items=plan["num_items"],
+        item_ids_sha1=plan["item_ids_sha1"], catalog_sha1=plan["catalog_sha1"],
+        source=plan["source"], encoded=sum(e for e, _ in previous.values()),
+        failed=sum(f for _, f in previous.values()),
+        shards=[{"file": job["file"], "records": job["records"]} for job in run.jobs])
+    write_text(join_path(run.directory, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
+    logger.info("encoded %s: %d of %d items have %s features (%d-d) in %d shards",
+                run.directory, manifest.encoded, manifest.num_items, run.modality,
+                manifest.feature_dim, len(run.jobs))
+    return manifest
+
+
+def _previous_counts(directory: str) -> dict[str, tuple[int, int]]:
+    """Per-shard (encoded, failed) counts of shards a resumed run kept, from their sidecars."""
+    counts = {}
+    for path in tf.io.gfile.glob(join_path(directory, "features-*.json")):
+        summary = json.loads(read_text(path))
+        counts[summary["file"]] = (summary["encoded"], len(summary["failed"]))
+    return counts
+
+
+# --- one shard (the unit of work of both paths) -----------------------------------------------
+
+
+def encode_shard(job: dict[str, Any], encode: Encode) -> dict[str, Any]:
+    """Encode one shard's items with ``encode`` (raw batch → ``[B, D]``) and write its records
+    under a temporary name, renamed into place when complete; returns the shard's summary."""
+    final = join_path(job["output"], job["file"])
+    tmp = join_path(job["output"], f".{job['file']}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    failed: list[str] = []
+    encoded = 0
+    batches = _tfrecord_batches(job) if "items_manifest" in job else _folder_batches(job,
+                                                                                      failed)
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for index, item_ids, keys, good, raw in batches:
+            features = np.asarray(encode(raw), np.float32) if good else np.zeros((0, 0))
+            if len(features) != len(good):
+                raise DataError(f"encoder returned {len(features)} features for {len(good)} "
+                                f"items ({final})")
+            rows = dict(zip(good, features, strict=True))
+            for row, item in enumerate(index):
+                feature = rows.get(row)
+                example = tf.train.Example(features=tf.train.Features(feature={
+                    "item_index": _int(item), "item_id": _bytes(item_ids[row].encode()),
+                    "key": _bytes(keys[row].encode()), "ok": _int(feature is not None),
+                    "feature": _bytes(b"" if feature is None
+                                      else feature.astype("<f4").tobytes())}))
+                writer.write(example.SerializeToString(deterministic=True))
+            encoded += len(good)
+    summary = {"file": job["file"], "records": job["records"], "encoded": encoded,
+               "failed": failed}
+    # The sidecar first: a shard that exists always has its counts (for a resumed manifest).
+    write_text(final[: -len(".tfrecord")] + ".json", json.dumps(summary))
+    tf.io.gfile.rename(tmp, final, overwrite=True)
+    return summary
+
+
+Batch = tuple[list[int], list[str], list[str], list[int], Any]
+
+
+def _folder_batches(job: dict[str, Any], failed: list[str]) -> Iterator[Batch]:
+    """Raw batches decoded from the folder exactly as ``towers.cache.raw_loader`` does."""
+    modality, settings = job["modality"], job["settings"]
+    items = job["items"]
+    for start in range(0, len(items), settings["batch_size"]):
+        chunk = items[start:start + settings["batch_size"]]
+        keys, good, arrays = [], [], []
+        for row, (_, _, content) in enumerate(chunk):
+            key = ""
+            if content:
+                try:
+                    if modality == "text":
+                        key, value = _sha(content.encode()), content
+                    else:
+                        key = _sha(Path(content).read_bytes())
+                        value = (load_image(content, settings["image_size"])
+                                 if modality == "image" else
+                                 load_audio(content, settings["sample_rate"],
+                                            settings["max_seconds"]))
+                    arrays.append(value)
+                    good.append(row)
+                except (MediaDecodeError, OSError) as exc:
+                    logger.debug("%s", exc)
+                    failed.append(content)
+            keys.append(key)
+        raw = None
+        if good:
+            raw = (np.array(arrays) if modality == "text" else np.stack(arrays)
+                   if modality == "image" else pad_waveforms(arrays))
+        yield ([i for i, _, _ in chunk], [str(item_id) for _, item_id, _ in chunk], keys,
+               good, raw)
+
+
+def _tfrecord_batches(job: dict[str, Any]) -> Iterator[Batch]:
+    """Raw batches from one pre-decoded item shard, as ``encode_from_tfrecords`` reads them."""
+    modality = job["modality"]
+    payload = dict(job["items_manifest"])
+    manifest = tfrecords.Manifest(**payload)
+    for batch in tfrecords.items_dataset(manifest, job["settings"]["batch_size"]):
+        keys = [k.decode() for k in batch[f"{modality}_key"].numpy()]
+        present = batch[f"{modality}_present"].numpy()
+        good = [row for row, key in enumerate(keys) if key and present[row]]
+        raw = _rows(batch[modality], good, modality) if good else None
+        yield ([int(i) for i in batch["item_index"].numpy()],
+               [i.decode() for i in batch["item_id"].numpy()], keys, good, raw)
+
+
+def _rows(content, rows: list[int], modality: str):
+    """The encoder-ready batch of ``rows`` (audio trimmed to its longest clip, as the folder
+    path pads)."""
+    if modality == "audio":
+        length = tf.gather(content["length"], rows)
+        width = tf.maximum(tf.reduce_max(length), 1)
+        return {"waveform": tf.gather(content["waveform"], rows)[:, :width], "length": length}
+    return tf.gather(content, rows)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()  # = towers.cache.content_keys
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+# --- the local path -----------------------------------------------------------------------------
+
+
+def encode(config: Config, output: str | os.PathLike | None = None, *,
+           dataset: Dataset | None = None, shards: int | None = None,
+           progress: bool = True) -> dict[str, FeaturesManifest]:
+    """Every frozen encoder's features of the whole catalogue, in this process, shard by shard.
+
+    ``output`` defaults to ``train.features``. Re-running after an interruption keeps the
+    finished shards; a changed encoder writes a new ``<modality>-<identity>`` directory.
+    """
+    output, dataset = resolve_output(config, output, dataset)
+    manifests = {}
+    for modality, encoder in frozen_encoders(config, dataset).items():
+        run = plan_encode(config, dataset, encoder, output, shards=shards)
+        bar = tqdm(total=sum(job["records"] for job in run.todo), unit="item",
+                   desc=f"encoding {modality}", disable=not progress or not run.todo)
+        summaries = []
+        try:
+            for job in run.todo:
+                summaries.append(encode_shard(
+                    job, lambda raw, e=encoder: e(raw, training=False).numpy()))
+                bar.update(job["records"])
+        finally:
+            bar.close()
+        manifests[modality] = finish_encode(run, summaries)
+    return manifests
+
+
+def resolve_output(config: Config, output, dataset: Dataset | None) -> tuple[str, Dataset]:
+    output = str(output or config.train.features or "")
+    if not output:
+        raise ConfigError("tfmmrec encode needs an output directory: --output DIR or "
+                          "train.features=DIR")
+    if dataset is None:
+        from tfmmrec.data.dataset import load_dataset
+
+        dataset = load_dataset(config.data)
+    return output, dataset
+
+
+# --- reading (training, evaluation, export) -----------------------------------------------------
+
+
+def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Dataset
+                  ) -> tuple[ModalityContent, CacheStats]:
+    """This encoder's features of every item from a finished ``tfmmrec encode`` directory.
+
+    Refused (``DataError``) unless they were computed by exactly this encoder (settings and
+    weights) from this catalogue (ids, texts, media files' size and modification time).
+    """
+    root, modality, identity = str(directory), encoder.modality, encoder.identity()
+    path = features_dir(root, modality, identity)
+    again = f"run `tfmmrec encode` with this config (--output {root})"
+    if not tf.io.gfile.exists(join_path(path, MANIFEST)):
+        found = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(root)
+                       if name.startswith(f"{modality}-")) if tf.io.gfile.isdir(root) else []
+        raise DataError(f"train.features={root} holds no finished {modality} features of this "
+                        f"{modality} encoder ({modality}-{identity}; found: "
+                        f"{', '.join(found) or 'none'}): {again}")
+    payload = json.loads(read_text(join_path(path, MANIFEST)))
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: features format {payload.get('format_version')} is not "
+                        f"{FORMAT_VERSION}: {again}")
+    manifest = FeaturesManifest(directory=path, **payload)
+    catalog = dataset.catalog
+    if (manifest.num_items != len(catalog)
+            or manifest.item_ids_sha1 != tfrecords.ids_digest(catalog.item_ids)
+            or manifest.catalog_sha1 != tfrecords.catalog_fingerprint(catalog)):
+        raise DataError(f"{path} was encoded from another catalogue ({manifest.num_items} "
+                        f"items; the folder has {len(catalog)}, or other ids, texts or media "
+                        f"files): {again}")
+    files = manifest.files()
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} shard(s) listed in {MANIFEST} are missing "
+                        f"(first: {missing[0]}): {again}")
+    values = np.zeros((len(catalog), manifest.feature_dim), np.float32)
+    mask = np.zeros(len(catalog), bool)
+    spec = {"item_index": tf.io.FixedLenFeature([], tf.int64),
+            "ok": tf.io.FixedLenFeature([], tf.int64),
+            "feature": tf.io.FixedLenFeature([], tf.string)}
+    width = 4 * manifest.feature_dim
+
+    def parse(serialized):
+        x = tf.io.parse_example(serialized, spec)
+        return x["item_index"], x["ok"] > 0, tf.io.decode_raw(x["feature"], tf.float32,
+                                                              fixed_length=width)
+
+    records = (tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+               .batch(4096).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+               .prefetch(tf.data.AUTOTUNE))
+    seen = 0
+    for index, ok, feature in records.as_numpy_iterator():
+        values[index[ok]] = feature[ok]
+        mask[index] = ok
+        seen += len(index)
+    if seen != len(catalog):
+        raise DataError(f"{path} holds {seen} records for {len(catalog)} items: {again}")
+    logger.info("%s features of %d items read from %s (%d without %s)", modality,
+                int(mask.sum()), path, int((~mask).sum()), modality)
+    return ModalityContent(values, mask), CacheStats(reused=int(mask.sum()), computed=0)
