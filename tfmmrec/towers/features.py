@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from tfmmrec.data.media import load_audio, load_image
 from tfmmrec.data.tfrecords import join_path, read_text, write_text
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
+from tfmmrec.files import atomic_path
 from tfmmrec.towers.cache import CacheStats, ModalityContent, pad_waveforms
 from tfmmrec.towers.encoders import Encoder, build_encoder
 
@@ -247,12 +247,11 @@ def encode_shard(job: dict[str, Any], encode: Encode) -> dict[str, Any]:
     """Encode one shard's items with ``encode`` (raw batch → ``[B, D]``) and write its records
     under a temporary name, renamed into place when complete; returns the shard's summary."""
     final = join_path(job["output"], job["file"])
-    tmp = join_path(job["output"], f".{job['file']}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     failed: list[str] = []
     encoded = 0
     batches = _tfrecord_batches(job) if "items_manifest" in job else _folder_batches(job,
                                                                                       failed)
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with atomic_path(final) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for index, item_ids, keys, good, raw in batches:
             features = np.asarray(encode(raw), np.float32) if good else np.zeros((0, 0))
             if len(features) != len(good):
@@ -268,11 +267,10 @@ def encode_shard(job: dict[str, Any], encode: Encode) -> dict[str, Any]:
                                       else feature.astype("<f4").tobytes())}))
                 writer.write(example.SerializeToString(deterministic=True))
             encoded += len(good)
-    summary = {"file": job["file"], "records": job["records"], "encoded": encoded,
-               "failed": failed}
-    # The sidecar first: a shard that exists always has its counts (for a resumed manifest).
-    write_text(final[: -len(".tfrecord")] + ".json", json.dumps(summary))
-    tf.io.gfile.rename(tmp, final, overwrite=True)
+        summary = {"file": job["file"], "records": job["records"], "encoded": encoded,
+                   "failed": failed}
+        # The sidecar first: a shard that exists always has its counts (for a resumed manifest).
+        write_text(final[: -len(".tfrecord")] + ".json", json.dumps(summary))
     return summary
 
 
