@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tfmmrec.files import atomic_path
-from tfmmrec.serving.registry import ModelConfig
+from tfmmrec.serving.registry import ServedModel
 from tfmmrec.serving.server import ModelServer, ServerOptions
 
 MODEL = "tfmmrec"
@@ -93,7 +93,7 @@ def server(tiny_exports, tmp_path_factory):
     base = tmp_path_factory.mktemp("served")
     install_version(tiny_exports.brute_force, base / MODEL, 1)
     install_version(tiny_exports.scann, base / SCANN_MODEL, 1)
-    models = [ModelConfig(MODEL, base / MODEL), ModelConfig(SCANN_MODEL, base / SCANN_MODEL)]
+    models = [ServedModel(MODEL, base / MODEL), ServedModel(SCANN_MODEL, base / SCANN_MODEL)]
     options = ServerOptions(port=0, rest_port=0, num_threads=2, poll_seconds=0,
                             max_request_bytes=MAX_REQUEST_BYTES, warmup=False)
     with ModelServer(models, options) as running:

@@ -13,7 +13,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tests.serving.conftest import MODEL, install_version
 from tfmmrec.export.warmup import predict_request
-from tfmmrec.serving.registry import ModelConfig, State
+from tfmmrec.serving.registry import ServedModel, State
 from tfmmrec.serving.server import ModelServer, ServerOptions
 
 CLIENTS = 8
@@ -63,7 +63,7 @@ def test_hot_swap_under_load_loses_no_request(tiny_exports, tmp_path):
                     if done["ok"] == SWAP_AFTER:
                         swap.set()
 
-    with ModelServer([ModelConfig(MODEL, base)], options) as server:
+    with ModelServer([ServedModel(MODEL, base)], options) as server:
         threads = [threading.Thread(target=client, args=(w, server.port)) for w in range(CLIENTS)]
         for thread in threads:
             thread.start()
