@@ -5,7 +5,6 @@ catalogue rebuilds all use it). Kinds: ``brute_force`` (exact; core TF ops), ``p
 (k-means ANN in core TF ops, for stock TF Serving), ``scann`` (needs the ``Scann>`` ops).
 """
 
-from tfmmrec.export.index import brute_force, partitioned, scann  # noqa: F401  (registration)
 from tfmmrec.export.index.base import (
     IndexSettings,
     TopKIndex,
@@ -15,6 +14,8 @@ from tfmmrec.export.index.base import (
     recall_against_brute_force,
     register,
 )
+
+# Importing each kind registers it.
 from tfmmrec.export.index.brute_force import BruteForceIndex
 from tfmmrec.export.index.partitioned import PartitionedIndex
 from tfmmrec.export.index.scann import ScannIndex, scann_parameters
