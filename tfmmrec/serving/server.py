@@ -124,7 +124,8 @@ class ModelServer:
         warmup = (lambda servable: self.core.warmup(servable)) if self.options.warmup else None
         self.registry = ModelRegistry(models, poll_seconds=self.options.poll_seconds,
                                       warmup=warmup)
-        self.core = PredictionCore(self.registry, self.options.num_threads)
+        self.core = PredictionCore(self.registry, self.options.num_threads,
+                                   self.options.max_request_bytes)
         self._grpc: grpc.Server | None = None
         self._rest: RestServer | None = None
         self.port: int | None = None
