@@ -36,7 +36,7 @@ _BLOCK = 8192
 
 
 _HEADER_BYTES = 32
-IMAGE_FORMAT_MESSAGE = ("image: Unknown image file format — send JPEG, PNG, GIF, BMP or WebP "
+IMAGE_FORMAT_MESSAGE = ("image: Unknown image file format - send JPEG, PNG, GIF, BMP or WebP "
                         "bytes")
 
 
@@ -116,7 +116,7 @@ def check_image_header(image_bytes: tf.Tensor, max_pixels: int) -> list:
             ["image: the header declares no pixels (height x width):", height, width]),
         tf.debugging.Assert(
             pixels <= max_pixels,
-            [f"image: too large — export.limits.max_image_pixels={max_pixels}, the header "
+            [f"image: too large - export.limits.max_image_pixels={max_pixels}, the header "
              "declares height x width:", height, width]),
     ]
 
@@ -278,7 +278,7 @@ def decode_wav(
     b = _header(wav_bytes, 12)
     with tf.control_dependencies([tf.debugging.Assert(
             _starts_with(b, b"RIFF") & _starts_with(b, b"WAVE", 8),
-            ["audio: not a WAV file (no RIFF/WAVE header) — send 16-bit PCM WAV bytes"])]):
+            ["audio: not a WAV file (no RIFF/WAVE header) - send 16-bit PCM WAV bytes"])]):
         wav_bytes = tf.identity(wav_bytes)
     waveform, rate = tf.audio.decode_wav(wav_bytes)
     checks = []
@@ -295,7 +295,7 @@ def decode_wav(
             [f"audio: clip longer than export.limits.max_audio_seconds={max_seconds:g}; "
              "samples and rate:", tf.shape(waveform)[0], rate]))
         checks.append(tf.debugging.Assert(
-            samples > 0, ["audio: the WAV holds no samples — send a non-empty clip"]))
+            samples > 0, ["audio: the WAV holds no samples - send a non-empty clip"]))
     with tf.control_dependencies(checks):
         waveform, rate = tf.identity(waveform), tf.identity(rate)
     return _mono_at_rate(waveform, rate, sample_rate, max_samples)

@@ -102,7 +102,7 @@ class RetrievalServingModule(tf.Module):
         size = tf.size(values)
         limit = self.limits.max_batch_size
         checks = [
-            tf.debugging.Assert(size > 0, [f"{name}: empty batch — send at least one item"]),
+            tf.debugging.Assert(size > 0, [f"{name}: empty batch - send at least one item"]),
             tf.debugging.Assert(size <= limit, [
                 f"{name}: batch larger than export.limits.max_batch_size={limit}:", size]),
         ]
