@@ -334,15 +334,18 @@ class ScannConfig:
 class PartitionedConfig:
     """The ``partitioned`` index (plain TF ops): k-means partitions, probe, exact re-score.
 
-    ``None`` means scaled to the catalogue at export time: ~sqrt(N) partitions (at most 4096),
-    and as many probed as hold ``probe_items`` items on average (at least 8, at most all).
+    ``None`` means chosen at export time: ~sqrt(N) partitions (at most 4096); the number of
+    chunks probed is the smallest that reaches ``target_recall`` of the exact top 10 for
+    ``calibration_queries`` catalogue items used as queries (the catalogue is the only data an
+    export sees; nothing from the test split).
     """
 
     num_partitions: int | None = None
     partitions_to_probe: int | None = None
-    probe_items: int = 20_000
+    target_recall: float = 0.99
+    calibration_queries: int = 512
     storage: Literal["float32", "bfloat16", "int8"] = "float32"
-    kmeans_sample: int = 200_000
+    kmeans_sample: int = 100_000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -350,7 +353,10 @@ class PartitionedConfig:
             value = getattr(self, name)
             if value is not None:
                 _check(value >= 1, f"export.partitioned.{name}", value, ">= 1 or null")
-        _check(self.probe_items >= 1, "export.partitioned.probe_items", self.probe_items, ">= 1")
+        _check(0 < self.target_recall <= 1, "export.partitioned.target_recall",
+               self.target_recall, "in (0, 1]")
+        _check(self.calibration_queries >= 1, "export.partitioned.calibration_queries",
+               self.calibration_queries, ">= 1")
         _check_choice("export.partitioned.storage", self.storage,
                       ("float32", "bfloat16", "int8"))
         _check(self.kmeans_sample >= 1000, "export.partitioned.kmeans_sample",

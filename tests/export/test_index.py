@@ -80,10 +80,10 @@ def test_partitioned_probing_everything_is_exact():
 @pytest.mark.parametrize(("storage", "floor"), [("float32", 0.95), ("bfloat16", 0.95),
                                                 ("int8", 0.9)])
 def test_partitioned_recall_of_brute_force_top10(storage, floor):
-    """5000 items in 71 partitions, 8 probed (~11% of the items scored)."""
+    """5000 items in 71 partitions cut into chunks of ~35 items, 16 chunks probed."""
     items, queries = clustered(5000, 32)
     index = build(items, None, IndexSettings("partitioned", 100, partitioned=partitioned(
-        storage=storage, partitions_to_probe=8, probe_items=1)))
+        storage=storage, partitions_to_probe=16)))
     assert index.parameters["num_partitions"] == 71
     assert index.parameters["chunks_to_probe"] < index.parameters["num_chunks"]
     assert recall_against_brute_force(index, queries, items, k=10) >= floor
@@ -141,3 +141,12 @@ def test_index_config_describes_the_build():
     assert config["kind"] == "partitioned" and config["op_namespaces"] == []
     assert set(config["parameters"]) >= {"num_partitions", "chunks_to_probe", "storage"}
     assert isinstance(build(items, None, IndexSettings("partitioned", 10)), PartitionedIndex)
+
+
+def test_calibrated_probe_reaches_the_target_recall_on_catalogue_queries():
+    items, _ = clustered(5000, 32)
+    index = build(items, None, IndexSettings("partitioned", 10, partitioned=partitioned(
+        target_recall=0.98)))
+    probe_queries = items[np.random.default_rng(5).choice(5000, 300, replace=False)]
+    assert index.parameters["chunks_to_probe"] < index.parameters["num_chunks"]
+    assert recall_against_brute_force(index, probe_queries, items, k=10) >= 0.97

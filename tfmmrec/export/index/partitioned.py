@@ -47,7 +47,7 @@ def kmeans_assign(embeddings: np.ndarray, count: int, config: PartitionedConfig
         kmeans = KMeans(n_clusters=count, n_init=1, random_state=config.seed)
     else:
         kmeans = MiniBatchKMeans(n_clusters=count, n_init=1, random_state=config.seed,
-                                 batch_size=max(4096, 4 * count), max_iter=50)
+                                 batch_size=max(4096, 4 * count), max_iter=20)
     kmeans.fit(sample)
     centroids = kmeans.cluster_centers_.astype(np.float32)
     # Assign in blocks (nearest centroid by L2, as k-means defined the cells).
@@ -78,6 +78,46 @@ def chunk_partitions(assignment: np.ndarray, count: int, chunk_size: int
             owners.append(partition)
             rows.append(row)
     return np.asarray(owners, np.int64), np.stack(rows)
+
+
+def exact_top(queries: np.ndarray, items: np.ndarray, k: int, block: int = 65_536) -> np.ndarray:
+    """Positions of the exact top-k per query, computed over item blocks (bounded memory)."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, items.shape[0], block):
+        scores = queries @ items[start:start + block].T
+        scores = np.concatenate([best_scores, scores], axis=1)
+        ids = np.concatenate([best, np.broadcast_to(
+            np.arange(start, start + scores.shape[1] - best.shape[1]), (len(queries),
+                                                                        scores.shape[1]
+                                                                        - best.shape[1]))],
+            axis=1)
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, keep, 1)
+        best = np.take_along_axis(ids, keep, 1)
+    return best
+
+
+def calibrate_probe(items: np.ndarray, chunk_centroids: np.ndarray, positions: np.ndarray,
+                    config: PartitionedConfig, k: int = 10) -> int:
+    """The fewest chunks to probe so that ``config.target_recall`` of the exact top-k of
+    sampled catalogue items (as queries) lies in the probed chunks.
+
+    An item in chunk c is found with ``n`` probes iff at most ``n`` chunks score at least as
+    high as c for that query (chunks of one partition share a centroid, so ties count fully).
+    """
+    rng = np.random.default_rng(config.seed + 1)
+    count = min(config.calibration_queries, items.shape[0])
+    queries = items[rng.choice(items.shape[0], count, replace=False)]
+    exact = exact_top(queries, items, min(k, items.shape[0]))
+    chunk_of = np.empty(items.shape[0], np.int64)
+    rows, cols = np.nonzero(positions >= 0)
+    chunk_of[positions[rows, cols]] = rows
+    coarse = queries @ chunk_centroids.T                                   # [Q, C]
+    own = np.take_along_axis(coarse, chunk_of[exact], 1)                   # [Q, k]
+    needed = (coarse[:, None, :] >= own[:, :, None]).sum(-1).ravel()       # probes per hit
+    needed.sort()
+    return int(needed[max(0, math.ceil(config.target_recall * needed.size) - 1)])
 
 
 @register
@@ -120,19 +160,24 @@ class PartitionedIndex(TopKIndex):
             raise ExportError(f"export.partitioned.num_partitions={config.num_partitions} is "
                               f"more than the {num_items} items; leave it null to scale")
         centroids, assignment = kmeans_assign(item_embeddings, count, config)
-        chunk_size = math.ceil(num_items / count)
+        # Chunks of half a mean partition: finer probing, padding below half a mean partition.
+        chunk_size = max(1, math.ceil(num_items / count / 2))
         owners, positions = chunk_partitions(assignment, count, chunk_size)
         filled = (positions >= 0).sum(1)
+        chunk_centroids = centroids[owners]
+        calibrated = None
+        if config.partitions_to_probe is None:
+            calibrated = calibrate_probe(item_embeddings, chunk_centroids, positions, config)
         # Probe enough chunks that even the smallest ones hold k real items, so top-k never
         # returns padding.
         needed = int(np.searchsorted(np.cumsum(np.sort(filled)), k) + 1)
-        probe = config.partitions_to_probe or max(8, math.ceil(config.probe_items / chunk_size))
-        probe = min(len(owners), max(probe, needed))
+        probe = min(len(owners), max(config.partitions_to_probe or calibrated, needed))
         parameters = {"num_partitions": count, "num_chunks": len(owners),
                       "chunk_size": chunk_size, "chunks_to_probe": probe,
+                      "target_recall": config.target_recall if calibrated else None,
                       "storage": config.storage, "seed": config.seed,
                       "padding_fraction": float(1 - filled.sum() / positions.size)}
-        return cls(centroids[owners], positions, item_embeddings, item_ids, k, probe,
+        return cls(chunk_centroids, positions, item_embeddings, item_ids, k, probe,
                    config.storage, parameters)
 
     def search(self, queries, k):
