@@ -169,6 +169,11 @@ def run_predict(servable: Servable, request: predict_pb2.PredictRequest,
         values = {alias: outputs[alias].numpy() for alias in aliases}
     except tf.errors.OpError as error:
         raise from_tf_error(error) from None
+    except UnicodeDecodeError:
+        # TensorFlow's message quoted the request's raw bytes and Python cannot decode it.
+        raise invalid_argument(f"signature '{name}' could not decode an input: a corrupt or "
+                               "unsupported image/WAV file (send JPEG/PNG/GIF/BMP/WebP or "
+                               "16-bit PCM WAV bytes)") from None
     except (TypeError, ValueError) as error:
         raise invalid_argument(str(error)) from None
     response = predict_pb2.PredictResponse()
