@@ -81,21 +81,21 @@ def chunk_partitions(assignment: np.ndarray, count: int, chunk_size: int
 
 
 def exact_top(queries: np.ndarray, items: np.ndarray, k: int, block: int = 65_536) -> np.ndarray:
-    """Positions of the exact top-k per query, computed over item blocks (bounded memory)."""
+    """Positions of the exact top-k per query, over item blocks (memory: queries x block)."""
+    rows = np.arange(len(queries))[:, None]
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
     best = np.zeros((len(queries), 0), np.int64)
     for start in range(0, items.shape[0], block):
         scores = queries @ items[start:start + block].T
-        scores = np.concatenate([best_scores, scores], axis=1)
-        ids = np.concatenate([best, np.broadcast_to(
-            np.arange(start, start + scores.shape[1] - best.shape[1]), (len(queries),
-                                                                        scores.shape[1]
-                                                                        - best.shape[1]))],
-            axis=1)
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(scores, keep, 1)
-        best = np.take_along_axis(ids, keep, 1)
-    return best
+        keep = min(k, scores.shape[1])
+        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        best_scores = np.concatenate([best_scores, scores[rows, top]], axis=1)
+        best = np.concatenate([best, top + start], axis=1)
+        if best.shape[1] > k:
+            keep_idx = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+            best_scores, best = best_scores[rows, keep_idx], best[rows, keep_idx]
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return best[rows, order]
 
 
 def calibrate_probe(items: np.ndarray, chunk_centroids: np.ndarray, positions: np.ndarray,
