@@ -131,7 +131,8 @@ def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
         raise ExportError(f"item embeddings must be [num_items, dim], got {embeddings.shape}")
     if embeddings.shape[0] == 0:
         raise ExportError("cannot export an index over an empty catalogue")
-    if not np.isfinite(embeddings).all():
+    if not all(np.isfinite(embeddings[start:start + (1 << 20)]).all()  # blockwise: bounded memory
+               for start in range(0, embeddings.shape[0], 1 << 20)):
         raise ExportError("item embeddings contain NaN or Inf; re-train or check the towers")
     if settings.max_k < 1:
         raise ExportError(f"index max_k must be >= 1, got {settings.max_k}")
