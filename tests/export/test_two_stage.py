@@ -72,9 +72,10 @@ def test_metadata_says_two_stage(two_stage):
 
 def test_partitioned_index_serves_two_stage_recommend(two_stage):
     """The partitioned index backs retrieval in two-stage ``recommend`` (with seen items
-    excluded); on 60 items it probes every partition, so it answers as brute force does."""
+    excluded); probing every partition, it answers exactly as brute force does."""
     config, model, ws, exported = two_stage
-    version = pipeline.export(config, model=model, workspace=ws, index="partitioned")
+    everything = tfmmrec.load_config(config, ["export.partitioned.partitions_to_probe=1000"])
+    version = pipeline.export(everything, model=model, workspace=ws, index="partitioned")
     partitioned = ExportedModel(version)
     assert partitioned.metadata["index"] == "partitioned"
     assert partitioned.metadata["requires_scann_ops"] is False
