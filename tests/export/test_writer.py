@@ -53,16 +53,20 @@ def test_stale_temp_folders_of_killed_exports_are_removed_and_live_ones_kept(tmp
     old = tmp_path / f".tmp-4-1-{int(time.time())}"   # pid 1 is alive, but the folder is old
     live = tmp_path / f".tmp-5-1-{int(time.time())}"  # pid 1 is alive: an export in progress
     mine = tmp_path / f".tmp-6-{os.getpid()}-{int(time.time())}"
-    for folder in (stale, old, live, mine):
+    # The names tfmmrec.files.atomic_path gives: .<version>.<pid>.<hex>.tmp
+    stale_new = tmp_path / f".7.{dead_pid()}.0a1b2c3d.tmp"
+    live_new = tmp_path / f".8.{os.getpid()}.0a1b2c3d.tmp"
+    other = tmp_path / ".cache"
+    for folder in (stale, old, live, mine, stale_new, live_new, other):
         folder.mkdir()
     os.utime(old, (time.time() - 2 * 86_400,) * 2)
-    assert sorted(remove_stale_temp_dirs(tmp_path)) == sorted([stale, old])
-    assert live.is_dir() and mine.is_dir()
+    assert sorted(remove_stale_temp_dirs(tmp_path)) == sorted([stale, old, stale_new])
+    assert live.is_dir() and mine.is_dir() and live_new.is_dir() and other.is_dir()
 
 
 def test_next_export_cleans_up_after_a_killed_one(tmp_path):
     model_dir = tmp_path / "m"
-    stale = model_dir / f".tmp-1-{dead_pid()}-0"
+    stale = model_dir / f".1.{dead_pid()}.deadbeef.tmp"
     (stale / "variables").mkdir(parents=True)
     path = write_version(Tiny(), tmp_path, "m", None, {"index": "none"}, uses_scann=False)
     assert path == model_dir / "1"

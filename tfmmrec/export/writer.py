@@ -27,7 +27,8 @@ METADATA_FILE = "tfmmrec.json"
 _VERSION_DIR = re.compile(r"^[1-9][0-9]{0,17}$")  # int64 versions; no leading zeros
 # Temp folders of an export in progress: ``.<version>.<pid>.<hex>.tmp`` (tfmmrec.files.
 # atomic_path) and, from older releases, ``.tmp-<version>-<pid>-<time>``.
-_TEMP_DIR = re.compile(r"^\.(?:[0-9]+\.(?P<pid>[0-9]+)\.[0-9a-f]+\.tmp|tmp-[0-9]+-(?P<old>[0-9]+)-.*)$")
+_TEMP_DIR = re.compile(r"^\.(?:[0-9]+\.(?P<pid>[0-9]+)\.[0-9a-f]+\.tmp"
+                       r"|tmp-[0-9]+-(?P<old>[0-9]+)-.*)$")
 
 
 def list_versions(model_dir: str | os.PathLike) -> list[int]:
