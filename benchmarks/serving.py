@@ -39,7 +39,7 @@ READY = re.compile(r"gRPC 127\.0\.0\.1:(\d+)")
 # -- part 1: the server ------------------------------------------------------------------------
 def ensure_export(base: Path) -> Path:
     """An export to serve: the given one, or the demo model built once into benchmarks/out."""
-    from tfmmrec.serving.registry import list_versions
+    from tfmmrec.export.writer import list_versions
 
     if list_versions(base):
         return base
@@ -116,7 +116,7 @@ def bench_server(base: Path, requests: int, clients: int, threads: int) -> dict:
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from tfmmrec.export.warmup import predict_request
-    from tfmmrec.serving.registry import list_versions
+    from tfmmrec.export.writer import list_versions
 
     metadata = json.loads((base / str(list_versions(base)[-1]) / "assets.extra" /
                            "tfmmrec.json").read_text())
@@ -177,35 +177,63 @@ def qps(search, queries: np.ndarray, batch: int, seconds: float = 10.0) -> float
     return done / (time.perf_counter() - start)
 
 
-def bench_index(num_items: int, dim: int, num_queries: int, max_k: int) -> dict:
+def export_size(index, dim: int, folder: Path) -> int:
+    """Bytes of a SavedModel holding only ``index`` behind a ``[None, dim]`` query signature."""
+    import shutil
+
     import tensorflow as tf
 
-    from tfmmrec.config import ScannConfig
-    from tfmmrec.export.index import build_index
+    module = tf.Module()
+    module.index = index
+    module.search = tf.function(lambda q: dict(zip(("scores", "positions"), index(q, k=10),
+                                                   strict=True)),
+                                input_signature=[tf.TensorSpec([None, dim], tf.float32)])
+    shutil.rmtree(folder, ignore_errors=True)
+    tf.saved_model.save(module, str(folder), signatures={"search": module.search},
+                        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    shutil.rmtree(folder, ignore_errors=True)
+    return size
+
+
+KINDS = ("brute_force", "partitioned", "scann")
+
+
+def bench_index(num_items: int, dim: int, num_queries: int, max_k: int, kinds=KINDS,
+                seconds: float = 10.0) -> dict:
+    import tensorflow as tf
+
+    from tfmmrec.export.index import IndexSettings, build
 
     items, queries = synthetic(num_items, dim, num_queries)
     row: dict = {"num_items": num_items, "dim": dim}
     found = {}
-    for kind in ("brute_force", "scann"):
+    for kind in kinds:
         start = time.perf_counter()
-        index, params = build_index(items, kind, max_k, ScannConfig())  # over item indices
-        build = time.perf_counter() - start
+        index = build(items, None, IndexSettings(kind, max_k))  # over item positions
+        build_s = time.perf_counter() - start
         search = tf.function(lambda q, index=index: index(q, k=10))
         found[kind] = np.concatenate([search(tf.constant(queries[i:i + 50]))[1].numpy()
                                       for i in range(0, len(queries), 50)])
-        row[kind] = {"build_s": build, "params": params,
-                     "qps_batch_1": qps(search, queries, 1),
-                     "qps_batch_64": qps(search, queries, 64)}
-        print(f"  {kind:<11} {num_items:>9,} items: built in {build:5.1f} s, "
+        row[kind] = {"build_s": build_s, "params": index.parameters,
+                     "export_bytes": export_size(index, dim, OUT / f"index-{kind}"),
+                     "qps_batch_1": qps(search, queries, 1, seconds),
+                     "qps_batch_64": qps(search, queries, 64, seconds)}
+        print(f"  {kind:<11} {num_items:>9,} items: built in {build_s:5.1f} s, "
               f"{row[kind]['qps_batch_1']:8.0f} q/s single, "
-              f"{row[kind]['qps_batch_64']:8.0f} q/s batched", flush=True)
+              f"{row[kind]['qps_batch_64']:8.0f} q/s batched, "
+              f"{row[kind]['export_bytes'] / 2**20:7.1f} MiB", flush=True)
         del index, search
         gc.collect()
-    hits = [len(set(a) & set(b)) for a, b in zip(found["scann"], found["brute_force"],
-                                                  strict=True)]
-    row["scann_recall_at_10"] = float(np.mean(hits) / 10)
-    row["speedup_batch_1"] = row["scann"]["qps_batch_1"] / row["brute_force"]["qps_batch_1"]
-    row["speedup_batch_64"] = row["scann"]["qps_batch_64"] / row["brute_force"]["qps_batch_64"]
+    for kind in kinds:
+        if kind == "brute_force" or "brute_force" not in found:
+            continue
+        hits = [len(set(a) & set(b)) for a, b in zip(found[kind], found["brute_force"],
+                                                      strict=True)]
+        row[kind]["recall_at_10"] = float(np.mean(hits) / 10)
+        for batch in (1, 64):
+            row[kind][f"speedup_batch_{batch}"] = (row[kind][f"qps_batch_{batch}"]
+                                                   / row["brute_force"][f"qps_batch_{batch}"])
     return row
 
 
@@ -225,14 +253,17 @@ def print_tables(report: dict) -> None:
             print(f"{name:<26}{one['p50_ms']:8.1f}{one['p99_ms']:8.1f}{one['qps']:8.0f}"
                   f"{'':13}{many['p50_ms']:8.1f}{many['p99_ms']:8.1f}{many['qps']:8.0f}")
     if report.get("index"):
-        print(f"\n{'items':>10}{'BF q/s':>9}{'ScaNN q/s':>11}{'speedup':>9}{'BF q/s@64':>11}"
-              f"{'ScaNN q/s@64':>14}{'speedup':>9}{'recall@10':>11}")
+        print(f"\n{'items':>10} {'index':<12}{'q/s':>9}{'speedup':>9}{'q/s@64':>9}{'speedup':>9}"
+              f"{'recall@10':>11}{'build s':>9}{'MiB':>8}")
         for row in report["index"]:
-            print(f"{row['num_items']:>10,}{row['brute_force']['qps_batch_1']:9.0f}"
-                  f"{row['scann']['qps_batch_1']:11.0f}{row['speedup_batch_1']:8.1f}x"
-                  f"{row['brute_force']['qps_batch_64']:11.0f}"
-                  f"{row['scann']['qps_batch_64']:14.0f}{row['speedup_batch_64']:8.1f}x"
-                  f"{row['scann_recall_at_10']:11.3f}")
+            for kind in KINDS:
+                if kind not in row:
+                    continue
+                r = row[kind]
+                print(f"{row['num_items']:>10,} {kind:<12}{r['qps_batch_1']:9.0f}"
+                      f"{r.get('speedup_batch_1', 1.0):8.1f}x{r['qps_batch_64']:9.0f}"
+                      f"{r.get('speedup_batch_64', 1.0):8.1f}x{r.get('recall_at_10', 1.0):11.3f}"
+                      f"{r['build_s']:9.1f}{r['export_bytes'] / 2**20:8.1f}")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -260,20 +291,23 @@ def plot(report: dict, path: Path) -> None:
     rows = report.get("index") or []
     if rows:
         x = np.arange(len(rows))
-        for offset, kind in enumerate(("brute_force", "scann")):
-            axes[1].bar(x + (offset - 0.5) * 0.4, [r[kind]["qps_batch_1"] for r in rows], 0.4,
-                        label=kind)
-        for i, row in enumerate(rows):
-            axes[1].annotate(f"recall@10 {row['scann_recall_at_10']:.3f}\n"
-                             f"{row['speedup_batch_1']:.0f}x", (i + 0.2,
-                                                                row["scann"]["qps_batch_1"]),
-                             ha="center", va="bottom", fontsize=8)
+        kinds = [k for k in KINDS if k in rows[0]]
+        width = 0.8 / len(kinds)
+        for offset, kind in enumerate(kinds):
+            values = [r[kind]["qps_batch_1"] for r in rows]
+            axes[1].bar(x + (offset - (len(kinds) - 1) / 2) * width, values, width, label=kind)
+            for i, row in enumerate(rows):
+                if "recall_at_10" in row[kind]:
+                    axes[1].annotate(f"R@10 {row[kind]['recall_at_10']:.3f}\n"
+                                     f"{row[kind]['speedup_batch_1']:.0f}x",
+                                     (i + (offset - (len(kinds) - 1) / 2) * width, values[i]),
+                                     ha="center", va="bottom", fontsize=7)
         axes[1].set_yscale("log")
-        top = max(max(r["scann"]["qps_batch_1"], r["brute_force"]["qps_batch_1"]) for r in rows)
+        top = max(r[k]["qps_batch_1"] for r in rows for k in kinds)
         axes[1].set_ylim(1, top * 8)
         axes[1].set_xticks(x, [f"{r['num_items']:,} items" for r in rows])
         axes[1].set_ylabel("single queries / s (log)")
-        axes[1].set_title("ScaNN vs BruteForce, 64-d synthetic embeddings")
+        axes[1].set_title("Index kinds vs brute force, 64-d synthetic embeddings")
         axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -290,6 +324,8 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=1000, help="recall@10 sample")
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--seconds", type=float, default=10.0, help="timing window per mode")
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -311,7 +347,8 @@ def main(argv=None) -> int:
         for size in args.sizes:
             print(f"indexes over {size:,} items ...", flush=True)
             before = os.getloadavg()[0]
-            row = bench_index(size, 64, args.queries, max_k=100)
+            row = bench_index(size, 64, args.queries, max_k=100, kinds=args.kinds,
+                              seconds=args.seconds)
             row["load_average_1min"] = [before, os.getloadavg()[0]]
             report["index"].append(row)
     print_tables(report)

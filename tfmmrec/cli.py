@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             _add_evaluate_args(sub)
         if name == "export":
-            sub.add_argument("--index", choices=["scann", "brute_force", "both"],
+            sub.add_argument("--index", choices=["scann", "brute_force", "partitioned", "both"],
                              help="override export.index; both: the ScaNN export as NAME and a "
                                   "BruteForce one (stock TF Serving) as NAME-bruteforce")
         if name == "train":

@@ -336,24 +336,94 @@ class ScannConfig:
 
 
 @dataclass
+class PartitionedConfig:
+    """The ``partitioned`` index (plain TF ops): k-means partitions, probe, exact re-score.
+
+    ``None`` means chosen at export time: ~sqrt(N) partitions (at most 4096); the number of
+    chunks probed is the smallest that reaches ``target_recall`` of the exact top 10 for
+    ``calibration_queries`` catalogue items used as queries (the catalogue is the only data an
+    export sees; nothing from the test split).
+    """
+
+    num_partitions: int | None = None
+    partitions_to_probe: int | None = None
+    target_recall: float = 0.99
+    calibration_queries: int = 512
+    storage: Literal["float32", "bfloat16", "int8"] = "float32"
+    kmeans_sample: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_partitions", "partitions_to_probe"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(value >= 1, f"export.partitioned.{name}", value, ">= 1 or null")
+        _check(0 < self.target_recall <= 1, "export.partitioned.target_recall",
+               self.target_recall, "in (0, 1]")
+        _check(self.calibration_queries >= 1, "export.partitioned.calibration_queries",
+               self.calibration_queries, ">= 1")
+        _check_choice("export.partitioned.storage", self.storage,
+                      ("float32", "bfloat16", "int8"))
+        _check(self.kmeans_sample >= 1000, "export.partitioned.kmeans_sample",
+               self.kmeans_sample, ">= 1000")
+
+
+@dataclass
+class ServingLimitsConfig:
+    """Request limits compiled into the exported graph, so every server (stock TF Serving
+    included) enforces them with INVALID_ARGUMENT before any expensive op runs.
+
+    The defaults admit every real query (a 10-minute 48 kHz WAV, a 16-megapixel photo, a
+    64 KiB text) and bound the memory one request can take to tens of MiB.
+    """
+
+    max_batch_size: int = 1024
+    max_text_bytes: int = 65_536
+    max_image_pixels: int = 16_777_216
+    min_sample_rate: int = 8_000
+    max_sample_rate: int = 192_000
+    max_audio_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_text_bytes", "max_image_pixels"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"export.limits.{name}", value,
+                   "an integer >= 1")
+        _check(1 <= self.min_sample_rate <= self.max_sample_rate <= 1_000_000,
+               "export.limits.max_sample_rate", self.max_sample_rate,
+               f"in [export.limits.min_sample_rate={self.min_sample_rate}, 1000000]")
+        _check(self.max_image_pixels <= 2**29, "export.limits.max_image_pixels",
+               self.max_image_pixels, "<= 2^29 (TensorFlow's own decoder limit)")
+        _check(0 < self.max_audio_seconds <= 86_400, "export.limits.max_audio_seconds",
+               self.max_audio_seconds, "in (0, 86400]")
+
+
+INDEX_KINDS = ("scann", "brute_force", "partitioned")
+
+
+@dataclass
 class ExportConfig:
     """Where and how ``tfmmrec export`` writes a TF Serving model version.
 
     ``exclude_seen`` bakes each user's training items into the export so user-id signatures
     never return them (the index is then asked for ``k + the longest history`` results).
+    ``index``: ``scann`` (fastest, needs ScaNN ops in the server), ``partitioned`` (ANN in
+    plain TF ops, stock TF Serving >= 2.20), ``brute_force`` (exact, plain TF ops).
     """
 
     base_dir: str = "runs/models"
     model_name: str = "tfmmrec"
     version: int | None = None
-    index: Literal["scann", "brute_force"] = "scann"
+    index: Literal["scann", "brute_force", "partitioned"] = "scann"
     k: int = 10
     max_k: int = 100
     exclude_seen: bool = False
     scann: ScannConfig = field(default_factory=ScannConfig)
+    partitioned: PartitionedConfig = field(default_factory=PartitionedConfig)
+    limits: ServingLimitsConfig = field(default_factory=ServingLimitsConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("export.index", self.index, ("scann", "brute_force"))
+        _check_choice("export.index", self.index, INDEX_KINDS)
         _check(1 <= self.k <= self.max_k, "export.k", self.k, f"in [1, export.max_k={self.max_k}]")
         if self.version is not None:
             _check(self.version >= 1, "export.version", self.version, ">= 1")

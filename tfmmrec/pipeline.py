@@ -500,9 +500,11 @@ def export(config: Config | str | os.PathLike | None = None,
            workspace: Workspace | None = None, index: str | None = None) -> Path:
     """Write a TF Serving version ``<base>/<name>/<version>/`` and return its path.
 
-    ``index`` overrides ``export.index`` (``scann`` or ``brute_force``).
+    ``index`` overrides ``export.index`` (``scann``, ``partitioned`` or ``brute_force``).
     """
-    from tfmmrec.export.index import build_index, recall_against_brute_force
+    import dataclasses
+
+    from tfmmrec.export.index import IndexSettings, build, recall_against_brute_force
     from tfmmrec.export.module import RetrievalServingModule
     from tfmmrec.export.warmup import warmup_requests
     from tfmmrec.export.writer import write_models_config, write_version
@@ -523,29 +525,34 @@ def export(config: Config | str | os.PathLike | None = None,
     seen = seen_items(ws) if ex.exclude_seen else None
     deepest = max(ex.max_k, config.ranking.retrieve_candidates if head is not None else 0)
     deepest += max((len(s) for s in seen), default=0) if seen is not None else 0
-    top_k, params = build_index(items, kind, deepest, ex.scann)
+    top_k = build(items, ws.dataset.catalog.item_ids, IndexSettings.from_export(ex, deepest, kind))
+    uses_scann = "Scann" in top_k.op_namespaces
     metadata = {
         "tfmmrec_version": __import__("tfmmrec").__version__,
-        "index": kind, "index_parameters": params, "num_items": int(items.shape[0]),
+        "index": kind, "index_parameters": top_k.parameters, "num_items": int(items.shape[0]),
+        "index_servers": list(top_k.servers), "limits": dataclasses.asdict(ex.limits),
         "embedding_dim": int(items.shape[1]), "default_k": ex.k, "max_k": ex.max_k,
         "two_stage": head is not None, "exclude_seen": ex.exclude_seen,
         "modalities": list(ws.modalities), "encoders": ws.encoder_identities(),
         "unknown_user_policy": "cold-start query embedding (out-of-vocabulary row)",
         "load_requirements": ["import tensorflow_text"] * ("text" in ws.modalities)
-        + ["import scann (or a TF Serving build with ScaNN ops)"] * (kind == "scann"),
+        + ["import scann (or a TF Serving build with ScaNN ops)"] * uses_scann,
     }
-    if kind == "scann":
+    if kind != "brute_force":
         sample = embed_users(model, ws.user_ids[:2000])
-        metadata["scann_recall_at_10"] = recall_against_brute_force(top_k, sample, items, k=10)
-        logger.info("ScaNN recall@10 vs brute force: %.3f", metadata["scann_recall_at_10"])
+        recall = recall_against_brute_force(top_k, sample, items, k=10)
+        metadata["index_recall_at_10"] = recall
+        if kind == "scann":
+            metadata["scann_recall_at_10"] = recall
+        logger.info("%s index recall@10 vs brute force: %.3f", kind, recall)
     module = RetrievalServingModule(
         model.query_tower, model.item_tower, ws.encoders, items, top_k,
         item_ids=ws.dataset.catalog.item_ids, default_k=ex.k, max_k=ex.max_k,
         image_size=config.image.image_size, sample_rate=config.audio.sample_rate,
         max_seconds=config.audio.max_seconds, ranking_head=head,
-        retrieve_candidates=config.ranking.retrieve_candidates, seen=seen)
+        retrieve_candidates=config.ranking.retrieve_candidates, seen=seen, limits=ex.limits)
     version_dir = write_version(module, ex.base_dir, ex.model_name, ex.version, metadata,
-                               uses_scann=kind == "scann",
+                               uses_scann=uses_scann,
                                warmup=warmup_requests(ws.modalities, str(ws.user_ids[0]),
                                                     min(ex.k, module.max_k)))
     write_models_config(ex.base_dir)

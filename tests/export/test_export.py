@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.export.conftest import EXPORT_KINDS
 from tfmmrec import pipeline
 from tfmmrec.config import ScannConfig, load_config
 from tfmmrec.errors import ExportError
@@ -121,16 +122,6 @@ def test_empty_catalogue_and_unknown_index_are_export_errors():
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_trained, tiny_config, tmp_path_factory):
-    """The tiny model exported twice, brute force (version 1) then ScaNN (version 2)."""
-    config = load_config(tiny_config, [f"export.base_dir={tmp_path_factory.mktemp('exports')}"])
-    versions = {kind: pipeline.export(config, model=tiny_trained.model,
-                                      workspace=tiny_trained.workspace, index=kind)
-                for kind in ("brute_force", "scann")}
-    return config, versions
-
-
-@pytest.fixture(scope="module")
 def reference(tiny_trained):
     """In-memory answers: exact top-10 per user (and an unknown user), and query embeddings."""
     model, ws = tiny_trained.model, tiny_trained.workspace
@@ -149,7 +140,7 @@ def reloaded(exported, reference, tmp_path_factory):
     _, versions = exported
     work = tmp_path_factory.mktemp("reload")
     (work / "request.json").write_text(json.dumps({
-        "versions": {k: str(v) for k, v in versions.items()},
+        "versions": {k: str(v) for k, v in versions.items() if k != "partitioned"},
         "users": reference["users"], "texts": TEXTS}))
     (work / "reload.py").write_text(textwrap.dedent(RELOAD))
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
@@ -162,10 +153,10 @@ def reloaded(exported, reference, tmp_path_factory):
 
 def test_versions_are_numbered_and_written_atomically(exported):
     _, versions = exported
-    assert [versions["brute_force"].name, versions["scann"].name] == ["1", "2"]
+    assert [versions[k].name for k in EXPORT_KINDS] == ["1", "2", "3"]
     model_dir = versions["scann"].parent
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]  # no temp dirs left
-    assert next_version(model_dir) == 3 and latest_version(model_dir) == versions["scann"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "3"]  # no temp dirs left
+    assert next_version(model_dir) == 4 and latest_version(model_dir) == versions["partitioned"]
     for version in versions.values():
         assert (version / "saved_model.pb").is_file()
         assert (version / "assets.extra" / METADATA_FILE).is_file()

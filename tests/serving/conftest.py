@@ -6,8 +6,11 @@ signature (serving_default, recommend, embed_query, query_text/image/audio) is e
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,8 @@ import pytest
 import tensorflow as tf
 
 from tfmmrec.files import atomic_path
-from tfmmrec.serving.registry import ModelConfig
+from tfmmrec.serving.client import ServingClient
+from tfmmrec.serving.registry import ServedModel
 from tfmmrec.serving.server import ModelServer, ServerOptions
 
 MODEL = "tfmmrec"
@@ -93,11 +97,33 @@ def server(tiny_exports, tmp_path_factory):
     base = tmp_path_factory.mktemp("served")
     install_version(tiny_exports.brute_force, base / MODEL, 1)
     install_version(tiny_exports.scann, base / SCANN_MODEL, 1)
-    models = [ModelConfig(MODEL, base / MODEL), ModelConfig(SCANN_MODEL, base / SCANN_MODEL)]
+    models = [ServedModel(MODEL, base / MODEL), ServedModel(SCANN_MODEL, base / SCANN_MODEL)]
     options = ServerOptions(port=0, rest_port=0, num_threads=2, poll_seconds=0,
                             max_request_bytes=MAX_REQUEST_BYTES, warmup=False)
     with ModelServer(models, options) as running:
         yield running
+
+
+def rest_predict(server, body: dict | bytes, path: str = f"/v1/models/{MODEL}:predict"):
+    """``(http_status, parsed JSON)`` for a POST to the REST port."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}", data=data,
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def still_serving(server, tiny_exports):
+    """After each bad request, a good one must still succeed on both front ends."""
+    yield
+    with ServingClient(f"127.0.0.1:{server.port}", MODEL, timeout=30) as client:
+        assert client.recommend(tiny_exports.user_ids[:1])["item_ids"].shape[0] == 1
+    status, payload = rest_predict(server, {"inputs": {"user_id": tiny_exports.user_ids[:1]}})
+    assert status == 200, payload
 
 
 def free_port() -> int:

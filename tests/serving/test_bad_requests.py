@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from tests.serving.conftest import MAX_REQUEST_BYTES, MODEL
+from tests.serving.conftest import MAX_REQUEST_BYTES, MODEL, rest_predict
 from tfmmrec.export.warmup import predict_request
 from tfmmrec.serving.client import ServingClient, ServingRequestError
 
@@ -23,28 +23,6 @@ def grpc_predict(server, request):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request,
                                                                                   timeout=30)
-
-
-def rest_predict(server, body: dict | bytes, path: str = f"/v1/models/{MODEL}:predict"):
-    """``(http_status, parsed JSON)`` for a POST to the REST port."""
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}", data=data,
-                                     method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-@pytest.fixture
-def still_serving(server, tiny_exports):
-    """After each bad request, a good one must still succeed on both front ends."""
-    yield
-    with ServingClient(f"127.0.0.1:{server.port}", MODEL, timeout=30) as client:
-        assert client.recommend(tiny_exports.user_ids[:1])["item_ids"].shape[0] == 1
-    status, payload = rest_predict(server, {"inputs": {"user_id": tiny_exports.user_ids[:1]}})
-    assert status == 200, payload
 
 
 def b64(data: bytes) -> dict:

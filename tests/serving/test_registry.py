@@ -10,8 +10,8 @@ import pytest
 
 from tfmmrec.errors import ServingError
 from tfmmrec.serving.registry import (
-    ModelConfig,
     ModelRegistry,
+    ServedModel,
     State,
     VersionPolicy,
     format_model_config,
@@ -63,7 +63,7 @@ def make_versions(base: Path, *versions: int) -> None:
 
 
 def registry_for(base: Path, policy: VersionPolicy | None = None, **kwargs) -> ModelRegistry:
-    return ModelRegistry([ModelConfig("m", base, policy or VersionPolicy())], poll_seconds=0,
+    return ModelRegistry([ServedModel("m", base, policy or VersionPolicy())], poll_seconds=0,
                          loader=kwargs.pop("loader", fake_loader()), **kwargs)
 
 
@@ -94,9 +94,9 @@ def test_bad_version_policy_is_rejected_with_the_fix(text):
 
 
 def test_model_config_round_trips(tmp_path):
-    models = [ModelConfig("a", tmp_path / "a", VersionPolicy("latest", 2)),
-              ModelConfig("b", tmp_path / "b", VersionPolicy("specific", versions=(1, 4))),
-              ModelConfig("c", tmp_path / "c", VersionPolicy("all"))]
+    models = [ServedModel("a", tmp_path / "a", VersionPolicy("latest", 2)),
+              ServedModel("b", tmp_path / "b", VersionPolicy("specific", versions=(1, 4))),
+              ServedModel("c", tmp_path / "c", VersionPolicy("all"))]
     path = tmp_path / "models.config"
     path.write_text(format_model_config(models))
     assert read_model_config(path) == models
@@ -156,14 +156,44 @@ def test_new_version_replaces_old_after_its_requests_finish(tmp_path):
 
 def test_broken_new_version_keeps_the_old_one_serving(tmp_path):
     make_versions(tmp_path, 1, 2)
-    registry = registry_for(tmp_path, loader=fake_loader(broken={2}), max_load_attempts=2)
+    registry = registry_for(tmp_path, loader=fake_loader(broken={2}), retry_seconds=0)
     registry.start()
     registry.poll_once()
-    registry.poll_once()  # no third attempt: the limit is 2
+    registry.poll_once()
     assert registry.available_versions("m") == [1]
     status = dict(registry.status("m"))
-    assert status[2].state == State.END and status[2].failures == 2
+    assert status[2].state == State.END and status[2].failures == 3
     assert "cannot load" in status[2].error_message and status[2].error_code == "UNKNOWN"
+
+
+def test_incomplete_version_is_retried_with_back_off_until_it_loads(tmp_path):
+    """A version copied in non-atomically fails while incomplete and is served once complete,
+    however many attempts that takes (no permanent give-up); retries back off exponentially."""
+    make_versions(tmp_path, 1)
+    broken = {1}
+    attempts = []
+
+    def loader(name, version, path):
+        attempts.append(version)
+        if version in broken:
+            raise ValueError(f"{path}/saved_model.pb is incomplete")
+        return fake_loader()(name, version, path)
+
+    registry = registry_for(tmp_path, loader=loader, retry_seconds=0.05, max_retry_seconds=0.2)
+    registry.start()
+    for _ in range(6):  # more attempts than any fixed limit used to allow
+        record = dict(registry.status("m"))[1]
+        time.sleep(max(0.0, record.retry_at - time.monotonic()) + 0.01)
+        registry.poll_once()
+    assert registry.available_versions("m") == []
+    assert dict(registry.status("m"))[1].failures == 7
+    registry.poll_once()  # inside the back-off window: no new attempt
+    assert len(attempts) == 7
+    broken.clear()
+    time.sleep(0.25)
+    registry.poll_once()
+    assert registry.available_versions("m") == [1]
+    assert dict(registry.status("m"))[1].state == State.AVAILABLE
 
 
 def test_deleted_version_is_unloaded(tmp_path):
@@ -188,7 +218,7 @@ def test_status_not_found_texts_match_tf_serving(tmp_path):
 
 def test_poller_thread_picks_up_new_versions(tmp_path):
     make_versions(tmp_path, 1)
-    registry = ModelRegistry([ModelConfig("m", tmp_path)], poll_seconds=0.05,
+    registry = ModelRegistry([ServedModel("m", tmp_path)], poll_seconds=0.05,
                              loader=fake_loader())
     registry.start()
     try:

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tests.serving.conftest import MODEL, install_version
 from tfmmrec.errors import ServingError
 from tfmmrec.export.warmup import read_warmup_requests
-from tfmmrec.serving.registry import ModelConfig
+from tfmmrec.serving.registry import ServedModel
 from tfmmrec.serving.server import ModelServer, ServerOptions
 
 
@@ -23,7 +23,7 @@ def test_version_with_warmup_replay_becomes_available(tiny_exports, tmp_path, in
     """Like tensorflow_model_server, a warmup record that fails makes the load fail."""
     install_version(getattr(tiny_exports, index), tmp_path / MODEL, 1)
     options = ServerOptions(port=0, rest_port=None, poll_seconds=0, warmup=True)
-    with ModelServer([ModelConfig(MODEL, tmp_path / MODEL)], options) as server:
+    with ModelServer([ServedModel(MODEL, tmp_path / MODEL)], options) as server:
         [(version, record)] = server.registry.status(MODEL)
         assert (version, record.error_message) == (1, "")
         assert server.registry.available_versions(MODEL) == [1]
@@ -33,7 +33,7 @@ def test_server_refuses_to_start_when_no_version_loads(tmp_path):
     (tmp_path / MODEL / "1").mkdir(parents=True)  # a version folder without a SavedModel
     options = ServerOptions(port=0, rest_port=None, poll_seconds=0)
     with pytest.raises(ServingError, match=r"'tfmmrec': no version .* could be loaded"):
-        ModelServer([ModelConfig(MODEL, tmp_path / MODEL)], options).start()
+        ModelServer([ServedModel(MODEL, tmp_path / MODEL)], options).start()
 
 
 def test_warmup_media_records_are_whole_files(tiny_exports):

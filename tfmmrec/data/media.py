@@ -35,12 +35,103 @@ _BLOCK = 8192
 # --- images -----------------------------------------------------------------------------------
 
 
-def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+_HEADER_BYTES = 32
+IMAGE_FORMAT_MESSAGE = ("image: Unknown image file format - send JPEG, PNG, GIF, BMP or WebP "
+                        "bytes")
+
+
+def _header(data: tf.Tensor, length: int = _HEADER_BYTES) -> tf.Tensor:
+    """The first ``length`` bytes of a scalar string as int64 [length] (zero-padded)."""
+    head = tf.strings.substr(data, 0, length)  # shorter strings give what they have
+    padded = tf.strings.join([head, tf.constant(b"\0" * length)])
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, length), tf.uint8), tf.int64)
+
+
+def _le(b: tf.Tensor, start: int, count: int) -> tf.Tensor:
+    return sum(b[start + i] * (1 << (8 * i)) for i in range(count))
+
+
+def _be(b: tf.Tensor, start: int, count: int) -> tf.Tensor:
+    return sum(b[start + i] * (1 << (8 * (count - 1 - i))) for i in range(count))
+
+
+def _starts_with(b: tf.Tensor, magic: bytes, offset: int = 0) -> tf.Tensor:
+    return tf.reduce_all(tf.equal(b[offset:offset + len(magic)],
+                                  tf.constant(list(magic), tf.int64)))
+
+
+def image_header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(known_format, height, width)`` (bool, int64, int64) read from the file header only.
+
+    JPEG via ``tf.image.extract_jpeg_shape`` (walks the markers, decodes nothing); PNG from
+    IHDR, GIF from the logical screen descriptor, BMP from the DIB header (top-down negative
+    heights count as positive), WebP from its VP8 / VP8L / VP8X chunk. Nothing is allocated in
+    proportion to the declared size, so a tiny file claiming 8000x8000 costs nothing.
+    """
+    b = _header(image_bytes)
+    is_jpeg = _starts_with(b, b"\xff\xd8")
+    is_png = _starts_with(b, b"\x89PNG\r\n\x1a\n")
+    is_gif = _starts_with(b, b"GIF8")
+    is_bmp = _starts_with(b, b"BM")
+    is_webp = _starts_with(b, b"RIFF") & _starts_with(b, b"WEBP", 8)
+    vp8, vp8l, vp8x = (_starts_with(b, tag, 12) for tag in (b"VP8 ", b"VP8L", b"VP8X"))
+
+    def signed32(value):
+        return tf.where(value >= 2**31, value - 2**32, value)
+
+    core_bmp = tf.equal(_le(b, 14, 4), 12)  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+    candidates = [
+        (is_png, _be(b, 20, 4), _be(b, 16, 4)),
+        (is_gif, _le(b, 8, 2), _le(b, 6, 2)),
+        (is_bmp, tf.where(core_bmp, _le(b, 20, 2), tf.abs(signed32(_le(b, 22, 4)))),
+         tf.where(core_bmp, _le(b, 18, 2), signed32(_le(b, 18, 4)))),
+        (is_webp & vp8, _le(b, 28, 2) % 16384, _le(b, 26, 2) % 16384),
+        (is_webp & vp8l, 1 + (b[22] // 64) + b[23] * 4 + (b[24] % 16) * 1024,
+         1 + b[21] + (b[22] % 64) * 256),
+        (is_webp & vp8x, 1 + _le(b, 27, 3), 1 + _le(b, 24, 3)),
+    ]
+    height = tf.constant(0, tf.int64)
+    width = tf.constant(0, tf.int64)
+    for condition, h, w in reversed(candidates):
+        height = tf.where(condition, h, height)
+        width = tf.where(condition, w, width)
+    jpeg = tf.cond(is_jpeg, lambda: tf.cast(tf.image.extract_jpeg_shape(image_bytes)[:2],
+                                             tf.int64),
+                   lambda: tf.zeros([2], tf.int64))
+    height = tf.where(is_jpeg, jpeg[0], height)
+    width = tf.where(is_jpeg, jpeg[1], width)
+    known = is_jpeg | is_png | is_gif | is_bmp | (is_webp & (vp8 | vp8l | vp8x))
+    return known, height, width
+
+
+def check_image_header(image_bytes: tf.Tensor, max_pixels: int) -> list:
+    """Assertions (INVALID_ARGUMENT) that the header names a known format and a size within
+    ``max_pixels``; run them before decoding (see :func:`decode_image`)."""
+    known, height, width = image_header_size(image_bytes)
+    pixels = height * width
+    return [
+        tf.debugging.Assert(known, [IMAGE_FORMAT_MESSAGE]),
+        tf.debugging.Assert(
+            (height > 0) & (width > 0),
+            ["image: the header declares no pixels (height x width):", height, width]),
+        tf.debugging.Assert(
+            pixels <= max_pixels,
+            [f"image: too large - export.limits.max_image_pixels={max_pixels}, the header "
+             "declares height x width:", height, width]),
+    ]
+
+
+def decode_image(image_bytes: tf.Tensor, image_size: int,
+                 max_pixels: int | None = None) -> tf.Tensor:
     """Encoded image bytes (scalar tf.string) → float32 [image_size, image_size, 3] in [0, 1].
 
     Grayscale and RGBA become RGB, animations keep their first frame; the whole image is squashed
-    (no crop) with antialiased bilinear resizing so downscaled posters do not alias.
+    (no crop) with antialiased bilinear resizing so downscaled posters do not alias. With
+    ``max_pixels``, the size in the header is checked first and decoding waits for the check.
     """
+    if max_pixels is not None:
+        with tf.control_dependencies(check_image_header(image_bytes, max_pixels)):
+            image_bytes = tf.identity(image_bytes)
     # Decode as uint8 and convert after: DecodeImage refuses float output for WebP.
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image = tf.image.convert_image_dtype(image, tf.float32)
@@ -166,14 +257,47 @@ def _mono_at_rate(
 
 
 def decode_wav(
-    wav_bytes: tf.Tensor, sample_rate: int = 16000, max_samples: int | None = None
+    wav_bytes: tf.Tensor,
+    sample_rate: int = 16000,
+    max_samples: int | None = None,
+    *,
+    rate_range: tuple[int, int] | None = None,
+    max_seconds: float | None = None,
 ) -> tf.Tensor:
     """16-bit PCM WAV bytes (scalar tf.string) → float32 mono [T] at ``sample_rate``, in-graph.
 
     The serving-side twin of :func:`load_audio`: other formats need ``load_audio_bytes`` outside
-    the graph, because ``tf.audio.decode_wav`` reads only PCM WAV.
+    the graph, because ``tf.audio.decode_wav`` reads only PCM WAV. With ``rate_range`` /
+    ``max_seconds`` (serving limits), the RIFF/WAVE magic is checked before decoding and the
+    header's sample rate and the clip's duration before resampling — the resampler's filter
+    grows with the input rate, so a 105-byte file declaring 4 MHz would otherwise take GiBs.
     """
+    if rate_range is None and max_seconds is None:
+        waveform, rate = tf.audio.decode_wav(wav_bytes)
+        return _mono_at_rate(waveform, rate, sample_rate, max_samples)
+    b = _header(wav_bytes, 12)
+    with tf.control_dependencies([tf.debugging.Assert(
+            _starts_with(b, b"RIFF") & _starts_with(b, b"WAVE", 8),
+            ["audio: not a WAV file (no RIFF/WAVE header) - send 16-bit PCM WAV bytes"])]):
+        wav_bytes = tf.identity(wav_bytes)
     waveform, rate = tf.audio.decode_wav(wav_bytes)
+    checks = []
+    if rate_range is not None:
+        low, high = rate_range
+        checks.append(tf.debugging.Assert(
+            (rate >= low) & (rate <= high),
+            [f"audio: sample rate outside export.limits [min_sample_rate={low}, "
+             f"max_sample_rate={high}] Hz; the header declares:", rate]))
+    if max_seconds is not None:
+        samples = tf.cast(tf.shape(waveform)[0], tf.float64)
+        checks.append(tf.debugging.Assert(
+            samples <= max_seconds * tf.cast(tf.maximum(rate, 1), tf.float64),
+            [f"audio: clip longer than export.limits.max_audio_seconds={max_seconds:g}; "
+             "samples and rate:", tf.shape(waveform)[0], rate]))
+        checks.append(tf.debugging.Assert(
+            samples > 0, ["audio: the WAV holds no samples - send a non-empty clip"]))
+    with tf.control_dependencies(checks):
+        waveform, rate = tf.identity(waveform), tf.identity(rate)
     return _mono_at_rate(waveform, rate, sample_rate, max_samples)
 
 

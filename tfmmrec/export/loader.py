@@ -10,13 +10,13 @@ import tensorflow as tf
 
 from tfmmrec._env import register_custom_ops
 from tfmmrec.errors import ExportError
-from tfmmrec.export.writer import read_metadata
+from tfmmrec.export.writer import list_versions, read_metadata
 
 
 def latest_version(model_dir: str | os.PathLike) -> Path:
     """The highest integer version directory (TF Serving's default choice)."""
     model_dir = Path(model_dir)
-    versions = sorted(int(p.name) for p in model_dir.glob("*") if p.name.isdigit())
+    versions = list_versions(model_dir)
     if not versions:
         raise ExportError(f"no model versions under {model_dir}")
     return model_dir / str(versions[-1])

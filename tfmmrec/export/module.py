@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import tensorflow as tf
 
+from tfmmrec.config import ServingLimitsConfig
 from tfmmrec.data.media import decode_image, decode_wav
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.item import ItemTower
@@ -36,14 +37,22 @@ class RetrievalServingModule(tf.Module):
     Unknown user ids get the trained cold-start query (the out-of-vocabulary row), not an error.
     With ``seen`` (user index → item indices, from training), user-id signatures never return
     an item the user already interacted with.
+
+    ``index`` is a :class:`tfmmrec.export.index.TopKIndex` (any kind) over item positions.
+    ``limits`` are compiled into every signature and checked before the work they bound (batch
+    size, text bytes before tokenising, image header size before decoding, WAV rate and length
+    before resampling); a request over a limit fails with INVALID_ARGUMENT naming it. Empty
+    batches are INVALID_ARGUMENT in every signature.
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
                  encoders: Mapping[str, Encoder], item_embeddings: np.ndarray, index,
                  *, item_ids: np.ndarray, default_k: int, max_k: int, image_size: int,
                  sample_rate: int, max_seconds: float, ranking_head=None,
-                 retrieve_candidates: int = 100, seen: list[np.ndarray] | None = None):
+                 retrieve_candidates: int = 100, seen: list[np.ndarray] | None = None,
+                 limits: ServingLimitsConfig | None = None):
         super().__init__(name="tfmmrec")
+        self.limits = limits or ServingLimitsConfig()
         self.query_tower = query_tower
         self.item_tower = item_tower
         self.encoders = dict(encoders)
@@ -85,7 +94,20 @@ class RetrievalServingModule(tf.Module):
         return tf.gather(self.item_table, item_index)
 
     def _user_queries(self, user_id):
+        user_id = self._check_batch(user_id, "user_id")
         return self.query_tower(user_id, item_embedder=self._embed_items, training=False)
+
+    def _check_batch(self, values, name: str):
+        """``values`` once its batch is non-empty and within ``limits.max_batch_size``."""
+        size = tf.size(values)
+        limit = self.limits.max_batch_size
+        checks = [
+            tf.debugging.Assert(size > 0, [f"{name}: empty batch - send at least one item"]),
+            tf.debugging.Assert(size <= limit, [
+                f"{name}: batch larger than export.limits.max_batch_size={limit}:", size]),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(values)
 
     def _check_k(self, k):
         k = tf.convert_to_tensor(k, tf.int32)
@@ -153,23 +175,40 @@ class RetrievalServingModule(tf.Module):
         return {"embedding": self._user_queries(user_id)}
 
     def _query_text(self, text, k):
-        _require_nonempty(text, "text")
+        text = self._check_batch(text, "text")
+        lengths = tf.strings.length(text)
+        limit = self.limits.max_text_bytes
+        checks = [
+            tf.debugging.Assert(tf.reduce_all(lengths > 0),
+                                ["text: empty string in the batch"]),
+            tf.debugging.Assert(tf.reduce_all(lengths <= limit), [
+                f"text: a text is longer than export.limits.max_text_bytes={limit} bytes; "
+                "lengths:", lengths], summarize=8),
+        ]
+        with tf.control_dependencies(checks):  # before the tokenizer sees a byte
+            text = tf.identity(text)
         return self._top_k(self._content_queries("text", text), k)
 
     def _query_image(self, image, k):
-        images = tf.map_fn(lambda b: decode_image(b, self.image_size), image,
+        image = self._check_batch(image, "image")
+        pixels = self.limits.max_image_pixels
+        images = tf.map_fn(lambda b: decode_image(b, self.image_size, pixels), image,
                            fn_output_signature=tf.TensorSpec(
                                [self.image_size, self.image_size, 3], tf.float32))
         return self._top_k(self._content_queries("image", images), k)
 
     def _query_audio(self, audio, k):
+        audio = self._check_batch(audio, "audio")
         waveforms = tf.map_fn(self._decode_clip, audio, fn_output_signature=(
             tf.TensorSpec([self.max_samples], tf.float32), tf.TensorSpec([], tf.int32)))
         batch = {"waveform": waveforms[0], "length": waveforms[1]}
         return self._top_k(self._content_queries("audio", batch), k)
 
     def _decode_clip(self, wav_bytes):
-        wave = decode_wav(wav_bytes, self.sample_rate, self.max_samples)
+        limits = self.limits
+        wave = decode_wav(wav_bytes, self.sample_rate, self.max_samples,
+                          rate_range=(limits.min_sample_rate, limits.max_sample_rate),
+                          max_seconds=limits.max_audio_seconds)
         length = tf.shape(wave)[0]
         tf.debugging.assert_greater(length, 0, message="audio clip is empty")
         return tf.pad(wave, [[0, self.max_samples - length]]), length
@@ -205,8 +244,3 @@ def _seen_table(seen: list[np.ndarray] | None, num_items: int):
                                             tf.ones(keys.size, tf.int64)), default_value=0)
     return table, max(len(items) for items in seen)
 
-
-def _require_nonempty(strings, name: str) -> None:
-    tf.debugging.assert_greater(tf.size(strings), 0, message=f"{name}: empty batch")
-    tf.debugging.assert_greater(tf.strings.length(strings), 0,
-                                message=f"{name}: empty string in the batch")

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -21,12 +24,61 @@ from tfmmrec.files import atomic_path, atomic_write, write_json
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "tfmmrec.json"
+_VERSION_DIR = re.compile(r"^[1-9][0-9]{0,17}$")  # int64 versions; no leading zeros
+# Temp folders of an export in progress: ``.<version>.<pid>.<hex>.tmp`` (tfmmrec.files.
+# atomic_path) and, from older releases, ``.tmp-<version>-<pid>-<time>``.
+_TEMP_DIR = re.compile(r"^\.(?:[0-9]+\.(?P<pid>[0-9]+)\.[0-9a-f]+\.tmp"
+                       r"|tmp-[0-9]+-(?P<old>[0-9]+)-.*)$")
 
 
-def next_version(model_dir: Path) -> int:
+def list_versions(model_dir: str | os.PathLike) -> list[int]:
+    """The integer version directories under a model's folder, ascending: the one scanner
+    used by the writer, the loader and the server (TF Serving ignores every other name, so
+    hidden temp folders being written are never seen). A missing folder has none."""
+    try:
+        entries = list(Path(model_dir).iterdir())
+    except OSError:
+        return []
+    return sorted(int(p.name) for p in entries if _VERSION_DIR.match(p.name) and p.is_dir())
+
+
+def next_version(model_dir: str | os.PathLike) -> int:
     """One more than the highest integer version present (1 for a new model)."""
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
+    return max(list_versions(model_dir), default=0) + 1
+
+
+def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp folders of exports that were killed before their rename.
+
+    A folder is stale when its writer process no longer exists on this machine, or when it is
+    older than a day (a writer on another machine sharing the folder); live writers are kept.
+    """
+    removed = []
+    for path in Path(model_dir).glob(".*"):
+        match = _TEMP_DIR.match(path.name)
+        if match is None or not path.is_dir():
+            continue
+        pid = int(match["pid"] or match["old"])
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        if pid == os.getpid() or (_process_alive(pid) and age < 86_400):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        logger.info("removed %s left by an interrupted export", path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: str,
@@ -38,6 +90,7 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create export directory {model_dir}: {exc}") from None
+    remove_stale_temp_dirs(model_dir)
     version = version or next_version(model_dir)
     final = model_dir / str(version)
     if final.exists():
@@ -80,7 +133,7 @@ def write_models_config(base_dir: str | os.PathLike) -> Path:
     base = Path(base_dir).resolve()
     config = model_server_config_pb2.ModelServerConfig()
     for model_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-        if any(v.name.isdigit() for v in model_dir.iterdir()):
+        if list_versions(model_dir):
             entry = config.model_config_list.config.add()
             entry.name, entry.base_path = model_dir.name, str(model_dir)
             entry.model_platform = "tensorflow"

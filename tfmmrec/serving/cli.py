@@ -51,7 +51,7 @@ def _add_serve(subparsers) -> None:
 
 
 def _serve(args) -> int:
-    from tfmmrec.serving.registry import ModelConfig, VersionPolicy, read_model_config
+    from tfmmrec.serving.registry import ServedModel, VersionPolicy, read_model_config
     from tfmmrec.serving.server import ModelServer, ServerOptions
 
     options = ServerOptions(host=args.host, port=args.port,
@@ -70,7 +70,7 @@ def _serve(args) -> int:
         if not base.is_dir():
             raise ServingError(f"model base path {base} does not exist — export a model first "
                                "(tfmmrec export) or fix --model-base-path")
-        models = [ModelConfig(args.model_name or base.name, base,
+        models = [ServedModel(args.model_name or base.name, base,
                               VersionPolicy.parse(args.version_policy))]
     server = ModelServer(models, options)
     stop = threading.Event()

@@ -8,7 +8,6 @@ become :class:`ServingRequestError` with the gRPC code name and a message saying
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import urllib.error
@@ -21,7 +20,6 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -31,13 +29,11 @@ from tensorflow_serving.apis import (
 
 from tfmmrec.errors import ServingError
 from tfmmrec.export.warmup import predict_request
+from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
 from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
 
 DEFAULT_K = 10
 MAX_MESSAGE_BYTES = 64 * 2**20
-_NUMPY_FOR_DTYPE = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
-                    types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64,
-                    types_pb2.DT_BOOL: np.bool_}
 
 
 class ServingRequestError(ServingError):
@@ -122,7 +118,7 @@ class ServingClient:
 
     def metadata(self) -> dict[str, dict]:
         """Each signature's inputs and outputs: ``{name: {"inputs": {alias: (dtype, shape)}}}``."""
-        return {name: {part: {alias: (_dtype_name(info.dtype), _shape(info))
+        return {name: {part: {alias: (proto_dtype_name(info.dtype), _shape(info))
                               for alias, info in getattr(signature, part).items()}
                        for part in ("inputs", "outputs")}
                 for name, signature in self._signature_defs().items()}
@@ -200,14 +196,15 @@ class ServingClient:
     def _rest_predict(self, signature: str, inputs: Mapping[str, Any], what: str
                       ) -> dict[str, np.ndarray]:
         body = {"signature_name": signature,
-                "inputs": {alias: _to_json(np.asarray(value)) for alias, value in inputs.items()}}
+                "inputs": {alias: array_to_json(np.asarray(value))
+                           for alias, value in inputs.items()}}
         payload = self._rest_call("POST", self._model_path() + ":predict", body, what)
         outputs = payload["outputs"]
         signature_def = self._signature_defs().get(signature)
         infos = dict(signature_def.outputs) if signature_def is not None else {}
         if len(infos) == 1 and not (isinstance(outputs, dict) and set(outputs) == set(infos)):
             outputs = {next(iter(infos)): outputs}  # one output: TF Serving drops its name
-        return {alias: _from_json(value, infos[alias].dtype if alias in infos else None)
+        return {alias: json_to_array(value, infos[alias].dtype if alias in infos else None)
                 for alias, value in outputs.items()}
 
     def _rest_call(self, method: str, path: str, body: dict | None, what: str) -> dict:
@@ -296,42 +293,6 @@ def _blobs(values) -> np.ndarray:
             raise ServingError(f"cannot read {path}: {exc} — pass an existing image/WAV "
                                "file") from None
     return np.array(blobs, dtype=object)
-
-
-def _to_json(array: np.ndarray):
-    """numpy → JSON for TF Serving: bytes as {"b64": ...}; everything else as plain values."""
-    if array.dtype == object or array.dtype.kind in "SU":
-        def convert(item):
-            if isinstance(item, bytes):
-                return {"b64": base64.b64encode(item).decode("ascii")}
-            return str(item)
-        return _map_nested(array, convert)
-    return array.tolist()
-
-
-def _map_nested(array: np.ndarray, convert):
-    if array.ndim == 0:
-        return convert(array[()])
-    return [_map_nested(item, convert) if isinstance(item, np.ndarray) else convert(item)
-            for item in array]
-
-
-def _from_json(value, dtype: int | None) -> np.ndarray:
-    if dtype == types_pb2.DT_STRING:
-        return np.array(_strings_nested(value), dtype=object)
-    return np.array(value, dtype=_NUMPY_FOR_DTYPE.get(dtype))
-
-
-def _strings_nested(value):
-    if isinstance(value, list):
-        return [_strings_nested(item) for item in value]
-    if isinstance(value, dict) and "b64" in value:
-        return base64.b64decode(value["b64"])
-    return str(value).encode("utf-8")
-
-
-def _dtype_name(dtype: int) -> str:
-    return types_pb2.DataType.Name(dtype)
 
 
 def _shape(info) -> list[int] | None:

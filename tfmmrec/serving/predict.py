@@ -14,7 +14,9 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -22,6 +24,7 @@ from tensorflow_serving.apis import (
 )
 
 from tfmmrec.export.warmup import read_warmup_requests
+from tfmmrec.serving.json_tensor import NUMPY_DTYPES, dtype_name
 from tfmmrec.serving.registry import WARMUP_PATH, ModelRegistry, Servable
 from tfmmrec.serving.status import RequestStatus, from_tf_error, invalid_argument
 
@@ -29,13 +32,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
-# TF's DataTypeString names where they differ from tf.DType.name.
-_CPP_DTYPE_NAMES = {"float32": "float", "float64": "double"}
-
-
-def dtype_name(dtype_enum: int) -> str:
-    name = tf.dtypes.as_dtype(dtype_enum).name
-    return _CPP_DTYPE_NAMES.get(name, name)
+DEFAULT_MAX_TENSOR_BYTES = 64 * 2**20
+_STRING_ELEMENT_BYTES = 32  # sizeof(tstring): what each string element costs before its bytes
 
 
 def shape_of(tensor_info) -> list[int] | None:
@@ -51,11 +49,15 @@ class PredictionCore:
         registry: the loaded versions.
         num_threads: at most this many model executions run at once (the rest wait, up to their
             deadline); size it to the cores, since each execution already uses TF's thread pools.
+        max_tensor_bytes: the most memory one input tensor may expand to (element count ×
+            element size, checked on the TensorProto before it is materialised).
     """
 
-    def __init__(self, registry: ModelRegistry, num_threads: int):
+    def __init__(self, registry: ModelRegistry, num_threads: int,
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
         self.registry = registry
         self.num_threads = num_threads
+        self.max_tensor_bytes = max_tensor_bytes
         self._slots = threading.BoundedSemaphore(num_threads)
 
     # -- Predict -----------------------------------------------------------------------------
@@ -72,7 +74,7 @@ class PredictionCore:
                 if remaining <= 0 or not self._slots.acquire(timeout=remaining):
                     raise RequestStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             try:
-                return run_predict(servable, request)
+                return run_predict(servable, request, self.max_tensor_bytes)
             finally:
                 self._slots.release()
 
@@ -82,7 +84,7 @@ class PredictionCore:
         key = signature_name or DEFAULT_SIGNATURE
         with self.registry.handle(name, version) as servable:
             signature = servable.signature_defs.get(key)
-            if signature is None:
+            if signature is None or key not in servable.signatures:
                 raise invalid_argument(
                     f'Serving signature name: "{key}" not found in signature def')
             return dict(signature.inputs)
@@ -151,8 +153,8 @@ def model_spec_key(model_spec) -> tuple[str, int | None]:
     return model_spec.name, version
 
 
-def run_predict(servable: Servable, request: predict_pb2.PredictRequest
-                ) -> predict_pb2.PredictResponse:
+def run_predict(servable: Servable, request: predict_pb2.PredictRequest,
+                max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> predict_pb2.PredictResponse:
     """Validate ``request`` against the signature, run it, and pack the outputs."""
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = servable.signature_defs.get(name)
@@ -160,13 +162,18 @@ def run_predict(servable: Servable, request: predict_pb2.PredictRequest
         raise RequestStatus(grpc.StatusCode.FAILED_PRECONDITION,
                             f'Serving signature key "{name}" not found.')
     _verify_inputs_size(signature, request)
-    feeds = _input_values(name, signature, request)
+    feeds = _input_values(name, signature, request, max_tensor_bytes)
     aliases = _output_aliases(signature, request)
     try:
         outputs = servable.signatures[name](**feeds)
         values = {alias: outputs[alias].numpy() for alias in aliases}
     except tf.errors.OpError as error:
         raise from_tf_error(error) from None
+    except UnicodeDecodeError:
+        # TensorFlow's message quoted the request's raw bytes and Python cannot decode it.
+        raise invalid_argument(f"signature '{name}' could not decode an input: a corrupt or "
+                               "unsupported image/WAV file (send JPEG/PNG/GIF/BMP/WebP or "
+                               "16-bit PCM WAV bytes)") from None
     except (TypeError, ValueError) as error:
         raise invalid_argument(str(error)) from None
     response = predict_pb2.PredictResponse()
@@ -188,7 +195,42 @@ def _verify_inputs_size(signature, request) -> None:
             f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
 
 
-def _input_values(signature_name: str, signature, request) -> dict[str, tf.Tensor]:
+def check_tensor_proto(alias: str, proto, max_bytes: int) -> None:
+    """Refuse a TensorProto whose shape would expand beyond ``max_bytes`` (or that is
+    malformed) before ``make_ndarray`` allocates it: a 57-byte proto declaring ``[300000]``
+    with one ``string_val`` would otherwise become 300,000 rows."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise invalid_argument(f"input '{alias}' has a negative dimension in shape {dims}")
+    if len(dims) > 64:
+        raise invalid_argument(f"input '{alias}' has {len(dims)} dimensions; at most 64")
+    count = 1
+    for d in dims:
+        count *= d
+    if proto.dtype == types_pb2.DT_STRING:
+        given = len(proto.string_val)
+        if given != count and not (count == 0 and given == 0):
+            raise invalid_argument(f"input '{alias}' declares shape {dims} ({count} elements) "
+                                   f"but carries {given} string values; send every element")
+        size = count * _STRING_ELEMENT_BYTES + sum(len(v) for v in proto.string_val)
+    else:
+        numpy_dtype = NUMPY_DTYPES.get(proto.dtype)
+        if numpy_dtype is None:
+            raise invalid_argument(f"input '{alias}' has unsupported dtype "
+                                   f"{dtype_name(proto.dtype)}")
+        size = count * np.dtype(numpy_dtype).itemsize
+        if proto.tensor_content and len(proto.tensor_content) != size:
+            raise invalid_argument(f"input '{alias}': tensor_content has "
+                                   f"{len(proto.tensor_content)} bytes, shape {dims} of "
+                                   f"{dtype_name(proto.dtype)} needs {size}")
+    if size > max_bytes:
+        raise invalid_argument(f"input '{alias}' of shape {dims} would take {size} bytes, over "
+                               f"the limit of {max_bytes} bytes per tensor "
+                               "(tfmmrec serve --max-request-bytes); send fewer items")
+
+
+def _input_values(signature_name: str, signature, request,
+                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> dict[str, tf.Tensor]:
     feeds = {}
     for index, alias in enumerate(sorted(signature.inputs)):
         info = signature.inputs[alias]
@@ -205,6 +247,7 @@ def _input_values(signature_name: str, signature, request) -> dict[str, tf.Tenso
         if proto.dtype != info.dtype:
             raise invalid_argument(f"Expects arg[{index}] to be {dtype_name(info.dtype)} but "
                                    f"{dtype_name(proto.dtype)} is provided")
+        check_tensor_proto(alias, proto, max_tensor_bytes)
         try:
             value = tf.make_ndarray(proto)
         except Exception:  # any malformed TensorProto

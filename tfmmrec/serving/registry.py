@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,12 +24,12 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfmmrec.errors import ServingError
+from tfmmrec.export.writer import list_versions
 from tfmmrec.serving.status import RequestStatus, not_found
 
 logger = logging.getLogger(__name__)
 
 State = get_model_status_pb2.ModelVersionStatus.State
-_VERSION_DIR = re.compile(r"^[0-9]+$")
 METADATA_PATH = ("assets.extra", "tfmmrec.json")
 WARMUP_PATH = ("assets.extra", "tf_serving_warmup_requests")
 
@@ -82,7 +82,7 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ServedModel:
     """One served model: its name in requests, the folder holding its versions, the policy."""
 
     name: str
@@ -90,7 +90,7 @@ class ModelConfig:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
 
 
-def read_model_config(path: str | Path) -> list[ModelConfig]:
+def read_model_config(path: str | Path) -> list[ServedModel]:
     """Models listed in a TF Serving ``models.config`` (a ``ModelServerConfig`` text proto).
 
     Relative base paths are resolved against the config file's folder.
@@ -112,14 +112,14 @@ def read_model_config(path: str | Path) -> list[ModelConfig]:
             raise ServingError(f"{path}: model {entry.name!r} has model_platform "
                                f"{entry.model_platform!r}; tfmmrec serve only serves tensorflow")
         base = Path(entry.base_path)
-        models.append(ModelConfig(entry.name, base if base.is_absolute() else path.parent / base,
+        models.append(ServedModel(entry.name, base if base.is_absolute() else path.parent / base,
                                   VersionPolicy.from_proto(entry.model_version_policy)))
     if not models:
         raise ServingError(f"{path} lists no models (model_config_list {{ config {{ ... }} }})")
     return models
 
 
-def format_model_config(models: Sequence[ModelConfig]) -> str:
+def format_model_config(models: Sequence[ServedModel]) -> str:
     """The ``models.config`` text proto TF Serving reads for ``models``."""
     config = model_server_config_pb2.ModelServerConfig()
     for model in models:
@@ -135,15 +135,6 @@ def format_model_config(models: Sequence[ModelConfig]) -> str:
         else:
             policy.latest.num_versions = model.policy.num_versions
     return text_format.MessageToString(config)
-
-
-def list_versions(base_path: Path) -> list[int]:
-    """Integer version directories under a model's base path (TF Serving ignores the rest)."""
-    try:
-        return sorted(int(p.name) for p in base_path.iterdir()
-                      if _VERSION_DIR.match(p.name) and p.is_dir())
-    except OSError:
-        return []
 
 
 # -- a loaded version --------------------------------------------------------------------------
@@ -208,6 +199,7 @@ class VersionRecord:
     error_code: str = "OK"
     error_message: str = ""
     failures: int = 0
+    retry_at: float = 0.0  # time.monotonic() before which a failed load is not retried
 
 
 def request_string(name: str, version: int | None) -> str:
@@ -226,12 +218,14 @@ class ModelRegistry:
         warmup: a callable run on every freshly loaded version before it is served (replays
             ``assets.extra/tf_serving_warmup_requests``); a failing warmup fails the load.
         unload_timeout: seconds to wait for in-flight requests of a retired version.
-        max_load_attempts: a version that fails to load this often is not retried.
+        retry_seconds: back-off after a failed load: ``retry_seconds * 2**(failures - 1)``,
+            capped at ``max_retry_seconds``. A failed version is retried for as long as it is
+            on disk (a folder still being copied in loads once complete), never given up on.
     """
 
-    def __init__(self, models: Sequence[ModelConfig], *, poll_seconds: float = 1.0,
+    def __init__(self, models: Sequence[ServedModel], *, poll_seconds: float = 1.0,
                  warmup: Callable[[Servable], None] | None = None, unload_timeout: float = 60.0,
-                 max_load_attempts: int = 3,
+                 retry_seconds: float = 1.0, max_retry_seconds: float = 60.0,
                  loader: Callable[[str, int, Path], Servable] = load_servable):
         names = [m.name for m in models]
         if len(set(names)) != len(names):
@@ -240,7 +234,8 @@ class ModelRegistry:
         self.poll_seconds = poll_seconds
         self._warmup = warmup
         self._unload_timeout = unload_timeout
-        self._max_attempts = max_load_attempts
+        self._retry_seconds = retry_seconds
+        self._max_retry_seconds = max_retry_seconds
         self._loader = loader
         self._lock = threading.Lock()
         self._serving: dict[str, dict[int, Servable]] = {m.name: {} for m in models}
@@ -319,16 +314,22 @@ class ModelRegistry:
             return sorted(self._serving.get(name, {}))
 
     # -- loading and unloading ---------------------------------------------------------------
-    def _sync(self, model: ModelConfig) -> None:
+    def _sync(self, model: ServedModel) -> None:
         on_disk = list_versions(model.base_path)
         records = self._records[model.name]
-        loadable = [v for v in on_disk
-                    if v not in records or records[v].failures < self._max_attempts
-                    or records[v].state == State.AVAILABLE]
-        aspired = model.policy.select(loadable)
+        aspired = model.policy.select(on_disk)
         loaded = set(self._serving[model.name])
+        now = time.monotonic()
         for version in sorted(aspired - loaded, reverse=True):
-            self._load(model, version)
+            record = records.get(version)
+            if record is None or record.failures == 0 or now >= record.retry_at:
+                self._load(model, version)
+        if not set(self._serving[model.name]):
+            # Nothing serves yet (e.g. the newest version is still being copied in): serve the
+            # newest versions that have not failed, while the failed ones wait for a retry.
+            healthy = [v for v in on_disk if v not in records or records[v].failures == 0]
+            for version in sorted(model.policy.select(healthy) - aspired, reverse=True):
+                self._load(model, version)
         loaded = set(self._serving[model.name])
         # Availability first: keep old versions until an aspired one serves (unless deleted).
         keep_old = not (aspired & loaded)
@@ -344,7 +345,7 @@ class ModelRegistry:
                 setattr(record, key, value)
             return record
 
-    def _load(self, model: ModelConfig, version: int) -> None:
+    def _load(self, model: ServedModel, version: int) -> None:
         path = model.base_path / str(version)
         record = self._set_record(model.name, version, state=State.LOADING, error_code="OK",
                                   error_message="")
@@ -355,10 +356,13 @@ class ModelRegistry:
                 self._warmup(servable)
         except Exception as exc:
             message = str(exc.message if isinstance(exc, RequestStatus) else exc).strip()
+            failures = record.failures + 1
+            delay = min(self._max_retry_seconds, self._retry_seconds * 2 ** (failures - 1))
             self._set_record(model.name, version, state=State.END, error_code="UNKNOWN",
-                             error_message=message, failures=record.failures + 1)
-            logger.error("cannot load %s version %d (attempt %d of %d): %s", model.name,
-                         version, record.failures, self._max_attempts, message)
+                             error_message=message, failures=failures,
+                             retry_at=time.monotonic() + delay)
+            logger.error("cannot load %s version %d (attempt %d; retrying in %.0f s while it "
+                         "is on disk): %s", model.name, version, failures, delay, message)
             return
         with self._lock:
             serving = dict(self._serving[model.name])

@@ -9,11 +9,8 @@ executions are bounded by the core's thread budget, not by the number of connect
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import math
 import re
 import threading
 from http import HTTPStatus
@@ -21,17 +18,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     predict_pb2,
 )
 
-from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore, dtype_name
+from tfmmrec.serving.json_tensor import (
+    array_to_json,
+    dense_shape,
+    is_b64,
+    json_to_tensor,
+    loads,
+    short,
+)
+from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore
 from tfmmrec.serving.status import RequestStatus, invalid_argument
 
 logger = logging.getLogger(__name__)
@@ -42,9 +45,6 @@ _PREDICT = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels
 _STATUS = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
                      r"(?:/(metadata))?")
 ROW, COLUMNAR = "row", "columnar"
-_INT_TYPES = {types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8,
-              types_pb2.DT_INT64, types_pb2.DT_UINT32, types_pb2.DT_UINT64}
-_FLOAT_TYPES = {types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF}
 
 
 class RestApi:
@@ -90,7 +90,7 @@ class RestApi:
         signature = document.get("signature_name")
         if signature is not None:
             if not isinstance(signature, str):
-                raise invalid_argument(f"JSON Value: {_short(document)} not formatted correctly. "
+                raise invalid_argument(f"JSON Value: {short(document)} not formatted correctly. "
                                        "'signature_name' key must be a string value.")
             request.model_spec.signature_name = signature
         infos = self.core.signature_inputs(request.model_spec, request.model_spec.signature_name)
@@ -99,10 +99,17 @@ class RestApi:
         return outputs_json(response.outputs, request_format)
 
 
+MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
+
+
 def _model_spec(spec, name: str, version: str | None, label: str | None):
     spec.name = unquote(name)
     if version is not None:
-        spec.version.value = int(version)
+        number = int(version)
+        if number > MAX_VERSION:
+            raise invalid_argument(f"Failed to convert version: {short(version)} — a version "
+                                   f"is an int64 (at most {MAX_VERSION})")
+        spec.version.value = number
     if label is not None:
         spec.version_label = unquote(label)
     return spec
@@ -110,29 +117,24 @@ def _model_spec(spec, name: str, version: str | None, label: str | None):
 
 # -- JSON → tensors ----------------------------------------------------------------------------
 def parse_json(body: bytes) -> dict:
-    if not body:
-        raise invalid_argument("JSON Parse error: The document is empty")
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid_argument(f"JSON Parse error: {exc}") from None
+    document = loads(body)
     if not isinstance(document, dict):
-        raise invalid_argument(f"JSON Value: {_short(document)} Is not object")
+        raise invalid_argument(f"JSON Value: {short(document)} Is not object")
     return document
 
 
 def fill_inputs(document: dict, infos: dict, request: predict_pb2.PredictRequest) -> str:
     """Fill ``request.inputs`` from ``instances`` (row) or ``inputs`` (columnar); the format."""
     if "instances" in document and "inputs" in document:
-        raise invalid_argument(f"JSON Value: {_short(document)} Not formatted correctly expecting "
+        raise invalid_argument(f"JSON Value: {short(document)} Not formatted correctly expecting "
                                "only one of 'inputs' or 'instances' keys to exist ")
     if "instances" in document:
         instances = document["instances"]
         if not isinstance(instances, list):
-            raise invalid_argument(f"JSON Value: {_short(document)} Excepting 'instances' to be "
+            raise invalid_argument(f"JSON Value: {short(document)} Excepting 'instances' to be "
                                    "an list/array")
         if not instances:
-            raise invalid_argument(f"JSON Value: {_short(document)} No values in 'instances' "
+            raise invalid_argument(f"JSON Value: {short(document)} No values in 'instances' "
                                    "array")
         _fill_from_instances(instances, infos, request)
         return ROW
@@ -142,12 +144,8 @@ def fill_inputs(document: dict, infos: dict, request: predict_pb2.PredictRequest
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
-def _is_b64(value) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
-
-
 def _is_named(value) -> bool:
-    return isinstance(value, dict) and not _is_b64(value)
+    return isinstance(value, dict) and not is_b64(value)
 
 
 def _fill_from_inputs(value, infos: dict, request) -> None:
@@ -187,122 +185,23 @@ def _fill_from_instances(instances: list, infos: dict, request) -> None:
             columns.setdefault(alias, []).append(value)
         if named and set(row) != set(infos):
             raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
-                                   f"JSON object: {_short(item)} keys must be equal to: "
+                                   f"JSON object: {short(item)} keys must be equal to: "
                                    f"{','.join(sorted(infos))}")
     for alias, values in columns.items():
-        shapes = {tuple(_dense_shape(v)) for v in values}
+        shapes = {tuple(dense_shape(v)) for v in values}
         if len(shapes) > 1:
             raise invalid_argument(f"Failed to process element of 'instances' list, key: {alias}"
-                                   f". Error: Expecting shape {list(_dense_shape(values[0]))} "
+                                   f". Error: Expecting shape {list(dense_shape(values[0]))} "
                                    "for every instance")
         request.inputs[alias].CopyFrom(json_to_tensor(values, infos[alias].dtype))
-
-
-def _dense_shape(value) -> list[int]:
-    shape = []
-    while isinstance(value, list):
-        shape.append(len(value))
-        if not value:
-            break
-        value = value[0]
-    return shape
-
-
-def json_to_tensor(value, dtype: int) -> tensor_pb2.TensorProto:
-    """A JSON value (scalar or nested lists) as a TensorProto of ``dtype`` (json_tensor.cc)."""
-    shape = _dense_shape(value)
-    flat: list = []
-    _flatten(value, shape, 0, dtype, flat)
-    proto = tensor_pb2.TensorProto(
-        dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
-    if dtype == types_pb2.DT_STRING:
-        proto.string_val.extend(flat)
-    elif dtype == types_pb2.DT_FLOAT:
-        proto.float_val.extend(flat)
-    elif dtype == types_pb2.DT_DOUBLE:
-        proto.double_val.extend(flat)
-    elif dtype == types_pb2.DT_INT64:
-        proto.int64_val.extend(flat)
-    elif dtype == types_pb2.DT_BOOL:
-        proto.bool_val.extend(flat)
-    elif dtype in (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8):
-        proto.int_val.extend(flat)
-    else:
-        raise RequestStatus(grpc.StatusCode.UNIMPLEMENTED, f"Conversion of JSON Value: "
-                            f"{_short(value)} to type: {dtype_name(dtype)}")
-    return proto
-
-
-def _flatten(value, shape: list[int], level: int, dtype: int, out: list) -> None:
-    if not isinstance(value, list):
-        if level != len(shape):
-            raise invalid_argument(f"JSON Value: {_short(value)} found at incorrect level: "
-                                   f"{level + 1} in the JSON DOM. Expected at level: {len(shape)}")
-        out.append(_scalar(value, dtype))
-        return
-    if level >= len(shape):
-        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < "
-                               f"{len(shape)}")
-    if len(value) != shape[level]:
-        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: "
-                               f"{level} expected size: {shape[level]}")
-    for item in value:
-        _flatten(item, shape, level + 1, dtype, out)
-
-
-def _scalar(value, dtype: int):
-    if dtype == types_pb2.DT_STRING:
-        if isinstance(value, str):
-            return value.encode("utf-8")
-        if isinstance(value, dict):
-            return _decode_b64(value)
-    elif dtype == types_pb2.DT_BOOL:
-        if isinstance(value, bool):
-            return value
-    elif not isinstance(value, bool):
-        if dtype in _INT_TYPES and isinstance(value, int):
-            return value
-        if dtype in _FLOAT_TYPES and isinstance(value, int | float):
-            return float(value)
-    raise invalid_argument(f"JSON Value: {_short(value)} Type: {_json_type(value)} is not of "
-                           f"expected type: {dtype_name(dtype)}")
-
-
-def _decode_b64(value: dict) -> bytes:
-    if not _is_b64(value):
-        raise invalid_argument(f"JSON Value: {_short(value)} not formatted correctly for base64 "
-                               "data")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid_argument("Unable to base64 decode") from None
-
-
-def _json_type(value) -> str:
-    if value is None:
-        return "Null"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, dict):
-        return "Object"
-    if isinstance(value, list):
-        return "Array"
-    if isinstance(value, str):
-        return "String"
-    return "Number"
-
-
-def _short(value, limit: int = 200) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # -- tensors → JSON ----------------------------------------------------------------------------
 def outputs_json(outputs, request_format: str) -> dict:
     """``{"predictions": [...]}`` (row) or ``{"outputs": ...}`` (columnar), as TF Serving."""
     arrays = {alias: tf.make_ndarray(outputs[alias]) for alias in sorted(outputs)}
-    values = {alias: _to_json(array, alias.endswith("_bytes")) for alias, array in arrays.items()}
+    values = {alias: array_to_json(array, binary=alias.endswith("_bytes"))
+              for alias, array in arrays.items()}
     if request_format == COLUMNAR:
         return {"outputs": values if len(values) > 1 else next(iter(values.values()))}
     batch = None
@@ -317,26 +216,6 @@ def outputs_json(outputs, request_format: str) -> dict:
         return {"predictions": next(iter(values.values()))}
     return {"predictions": [{alias: values[alias][row] for alias in values}
                             for row in range(batch or 0)]}
-
-
-def _to_json(array: np.ndarray, as_bytes: bool):
-    if array.dtype == object or array.dtype.kind in "SU":
-        def convert(item):
-            if as_bytes:
-                return {"b64": base64.b64encode(item).decode("ascii")}
-            return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-    elif array.dtype.kind == "f":
-        def convert(item):
-            # Shortest text that round-trips at the tensor's precision (TF Serving writes float32
-            # 0.2 as 0.2, not 0.20000000298).
-            return float(str(item)) if math.isfinite(item) else float(item)
-    elif array.dtype.kind == "b":
-        convert = bool
-    else:
-        convert = int
-    if array.ndim == 0:
-        return convert(array[()])
-    return np.vectorize(convert, otypes=[object])(array).tolist()
 
 
 def _dumps(payload: dict) -> bytes:
@@ -416,9 +295,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RestServer(ThreadingHTTPServer):
-    """A thread per connection; model work is bounded by the core's slots."""
+    """A thread per connection; model work is bounded by the core's slots.
+
+    The listen backlog is 1024 (the standard library's default of 5 resets connections as soon
+    as a few dozen clients connect at once; TF Serving's libevent server uses the OS maximum).
+    """
 
     daemon_threads = True
+    request_queue_size = 1024
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], core: PredictionCore, max_request_bytes: int):

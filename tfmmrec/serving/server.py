@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
 
 from tfmmrec.errors import ServingError
 from tfmmrec.serving.predict import PredictionCore
-from tfmmrec.serving.registry import ModelConfig, ModelRegistry, VersionPolicy, list_versions
+from tfmmrec.serving.registry import ModelRegistry, ServedModel, VersionPolicy, list_versions
 from tfmmrec.serving.rest import RestServer
 from tfmmrec.serving.status import RequestStatus
 
@@ -119,12 +119,13 @@ class ModelServer:
             client = ServingClient(f"127.0.0.1:{server.port}", "tfmmrec")
     """
 
-    def __init__(self, models: list[ModelConfig], options: ServerOptions | None = None):
+    def __init__(self, models: list[ServedModel], options: ServerOptions | None = None):
         self.options = options or ServerOptions()
         warmup = (lambda servable: self.core.warmup(servable)) if self.options.warmup else None
         self.registry = ModelRegistry(models, poll_seconds=self.options.poll_seconds,
                                       warmup=warmup)
-        self.core = PredictionCore(self.registry, self.options.num_threads)
+        self.core = PredictionCore(self.registry, self.options.num_threads,
+                                   self.options.max_request_bytes)
         self._grpc: grpc.Server | None = None
         self._rest: RestServer | None = None
         self.port: int | None = None
@@ -136,7 +137,7 @@ class ModelServer:
                       policy: VersionPolicy | None = None) -> ModelServer:
         """Serve one model from ``base_path`` (the folder holding its version folders)."""
         base = Path(base_path)
-        model = ModelConfig(model_name or base.name, base, policy or VersionPolicy())
+        model = ServedModel(model_name or base.name, base, policy or VersionPolicy())
         return cls([model], options)
 
     def start(self) -> ModelServer:

@@ -1,0 +1,152 @@
+"""Index kinds behind one interface: registry, build(), and the partitioned ANN index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmmrec.config import PartitionedConfig
+from tfmmrec.errors import ConfigError, ExportError
+from tfmmrec.export.index import (
+    IndexSettings,
+    PartitionedIndex,
+    TopKIndex,
+    build,
+    index_class,
+    index_kinds,
+    recall_against_brute_force,
+    register,
+)
+from tfmmrec.export.index.partitioned import chunk_partitions
+
+
+def clustered(num_items: int, dim: int, seed: int = 0, queries: int = 200):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(30, dim))
+
+    def sample(n):
+        x = centres[rng.integers(30, size=n)] + 0.5 * rng.normal(size=(n, dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return sample(num_items), sample(queries)
+
+
+def partitioned(**overrides) -> PartitionedConfig:
+    return PartitionedConfig(**overrides)
+
+
+def test_registry_lists_each_kind_with_its_ops_and_servers():
+    kinds = index_kinds()
+    assert set(kinds) >= {"brute_force", "scann", "partitioned"}
+    assert kinds["scann"].op_namespaces == frozenset({"Scann"})
+    assert kinds["partitioned"].op_namespaces == frozenset()
+    assert kinds["brute_force"].op_namespaces == frozenset()
+    assert "tensorflow/serving>=2.20" in kinds["partitioned"].servers
+    assert "tensorflow/serving>=2.20" not in kinds["scann"].servers
+
+
+def test_a_new_kind_is_one_class_and_a_registration():
+    @register
+    class FirstItems(TopKIndex):
+        kind = "first_items_test"
+
+        @classmethod
+        def from_embeddings(cls, item_embeddings, item_ids, settings):
+            return cls(settings.max_k, item_embeddings.shape[0], item_ids)
+
+        def search(self, queries, k):
+            batch = tf.shape(queries)[0]
+            return tf.zeros([batch, k]), tf.tile(tf.range(k)[None, :], [batch, 1])
+
+    index = build(np.ones((5, 2), np.float32), None, IndexSettings("first_items_test", 3))
+    assert index_class("first_items_test") is FirstItems
+    assert index(np.ones((2, 2)), k=2)[1].numpy().tolist() == [[0, 1], [0, 1]]
+    assert index.item_ids.tolist() == ["0", "1", "2", "3", "4"]
+
+
+def test_partitioned_probing_everything_is_exact():
+    items, queries = clustered(2000, 16)
+    index = build(items, None, IndexSettings("partitioned", 20,
+                                             partitioned=partitioned(num_partitions=10,
+                                                                     partitions_to_probe=10_000)))
+    scores, found = index(queries, k=20)
+    exact = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(found.numpy(), exact)
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(queries @ items.T, exact, 1),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize(("storage", "floor"), [("float32", 0.95), ("bfloat16", 0.95),
+                                                ("int8", 0.9)])
+def test_partitioned_recall_of_brute_force_top10(storage, floor):
+    """5000 items in 71 partitions cut into chunks of ~35 items, 16 chunks probed."""
+    items, queries = clustered(5000, 32)
+    index = build(items, None, IndexSettings("partitioned", 100, partitioned=partitioned(
+        storage=storage, partitions_to_probe=16)))
+    assert index.parameters["num_partitions"] == 71
+    assert index.parameters["chunks_to_probe"] < index.parameters["num_chunks"]
+    assert recall_against_brute_force(index, queries, items, k=10) >= floor
+    assert index.table.dtype == {"float32": tf.float32, "bfloat16": tf.bfloat16,
+                                 "int8": tf.int8}[storage]
+
+
+def test_partitioned_never_returns_padding_even_for_k_equal_to_the_catalogue():
+    items, queries = clustered(60, 8, queries=5)
+    index = build(items, None, IndexSettings("partitioned", 60, partitioned=partitioned(
+        num_partitions=15, partitions_to_probe=1)))
+    _, found = index(queries, k=60)
+    assert sorted(found.numpy()[0].tolist()) == list(range(60))
+
+
+def test_partitioned_build_is_deterministic_for_a_seed():
+    items, _ = clustered(3000, 8)
+    a, b = (build(items, None, IndexSettings("partitioned", 10)) for _ in range(2))
+    np.testing.assert_array_equal(a.positions.numpy(), b.positions.numpy())
+
+
+def test_chunks_split_big_partitions_and_pad_with_minus_one():
+    owners, positions = chunk_partitions(np.array([0, 0, 0, 0, 0, 1]), 2, chunk_size=3)
+    assert owners.tolist() == [0, 0, 1]
+    assert positions.tolist() == [[0, 1, 2], [3, 4, -1], [5, -1, -1]]
+
+
+def test_k_above_the_built_max_k_is_an_export_error():
+    items, queries = clustered(50, 4)
+    index = build(items, None, IndexSettings("partitioned", 5))
+    with pytest.raises(ExportError, match=r"k=6 outside \[1, 5\]"):
+        index(queries, k=6)
+
+
+@pytest.mark.parametrize(("items", "ids", "message"), [
+    (np.zeros((0, 4), np.float32), None, "empty catalogue"),
+    (np.full((3, 4), np.nan, np.float32), None, "NaN or Inf"),
+    (np.ones((3, 4), np.float32), np.array(["a", "b"]), r"item_ids has shape \(2,\)"),
+])
+def test_bad_embeddings_are_export_errors(items, ids, message):
+    with pytest.raises(ExportError, match=message):
+        build(items, ids, IndexSettings("partitioned", 5))
+
+
+def test_partitioned_settings_are_validated():
+    with pytest.raises(ConfigError, match=r"export\.partitioned\.storage"):
+        PartitionedConfig(storage="int4")
+    with pytest.raises(ConfigError, match=r"export\.partitioned\.num_partitions"):
+        PartitionedConfig(num_partitions=0)
+
+
+def test_index_config_describes_the_build():
+    items, _ = clustered(500, 8)
+    config = build(items, None, IndexSettings("partitioned", 10)).get_config()
+    assert config["kind"] == "partitioned" and config["op_namespaces"] == []
+    assert set(config["parameters"]) >= {"num_partitions", "chunks_to_probe", "storage"}
+    assert isinstance(build(items, None, IndexSettings("partitioned", 10)), PartitionedIndex)
+
+
+def test_calibrated_probe_reaches_the_target_recall_on_catalogue_queries():
+    items, _ = clustered(5000, 32)
+    index = build(items, None, IndexSettings("partitioned", 10, partitioned=partitioned(
+        target_recall=0.98)))
+    probe_queries = items[np.random.default_rng(5).choice(5000, 300, replace=False)]
+    assert index.parameters["chunks_to_probe"] < index.parameters["num_chunks"]
+    assert recall_against_brute_force(index, probe_queries, items, k=10) >= 0.97

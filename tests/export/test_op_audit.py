@@ -1,0 +1,153 @@
+"""Op audit and TF1 loading of every export kind, as TF Serving's C++ loader does it.
+
+For each kind: every op type reachable from every signature (through the function library) must
+be registered by the server the kind targets — stock TF Serving >= 2.20 has core TF + TF Text,
+the ScaNN build adds ``Scann>*``. Then each export is loaded in a fresh interpreter as a TF1
+graph + session (``tf.compat.v1.saved_model.loader.load``) that registers only that server's
+ops (plain kinds: ``scann`` is never imported), and every signature is run by tensor name with
+the export's own warmup requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.export.conftest import EXPORT_KINDS
+from tfmmrec.export.audit import registered_ops, signature_ops
+from tfmmrec.export.index import index_class
+from tfmmrec.export.loader import ExportedModel
+
+SIGNATURES = {"serving_default", "recommend", "embed_query", "query_text", "query_image",
+              "query_audio"}
+
+TF1_LOADER = """
+import json, sys
+path, answer, server = sys.argv[1:4]
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (TF Serving >= 2.20 links the TF Text ops)
+if server == "scann":
+    import scann  # noqa: F401  (the tf-serving-scann build links the ScaNN ops)
+from tensorflow_serving.apis import prediction_log_pb2
+
+requests = {}
+for record in tf.compat.v1.io.tf_record_iterator(path + "/assets.extra/tf_serving_warmup_requests"):
+    request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+    requests[request.model_spec.signature_name] = request
+
+def plain(value):
+    if value.dtype == object:
+        return [[x.decode() for x in row] for row in value.tolist()]
+    return value.tolist()
+
+out = {"signatures": {}}
+graph = tf.Graph()
+with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+    meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+    for key, signature in meta.signature_def.items():
+        if key == "__saved_model_init_op":
+            continue
+        request = requests[key]
+        feeds = {signature.inputs[alias].name: tf.make_ndarray(proto)
+                 for alias, proto in request.inputs.items()}
+        fetches = {alias: info.name for alias, info in signature.outputs.items()}
+        out["signatures"][key] = {alias: plain(value)
+                                  for alias, value in session.run(fetches, feeds).items()}
+out["modules"] = sorted({m.split(".")[0] for m in sys.modules
+                         if m.split(".")[0] in ("scann", "tfmmrec", "tf_keras", "keras_nlp")})
+json.dump(out, open(answer, "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def op_registry():
+    return registered_ops()
+
+
+@pytest.fixture(scope="module")
+def audits(exported):
+    _, versions = exported
+    return {kind: signature_ops(path) for kind, path in versions.items()}
+
+
+def test_audit_walks_the_function_library(audits):
+    """Signatures call their bodies through StatefulPartitionedCall; the walk must reach the
+    ops inside (the matmul of the index, the tokenizer's ops, map_fn's decoders)."""
+    ops = audits["brute_force"]
+    assert set(ops) >= SIGNATURES
+    assert {"MatMul", "TopKV2"} <= ops["recommend"]
+    assert "DecodeWav" in ops["query_audio"]
+    assert "ExtractJpegShape" in ops["query_image"]
+    assert any(op.startswith("TFText>") or "Wordpiece" in op or "RegexSplit" in op
+               for op in ops["query_text"]), sorted(ops["query_text"])
+    assert not any(op.startswith("Scann>") for op in set().union(*ops.values()))
+    assert {"Scann>ScannSearchBatched"} <= audits["scann"]["recommend"]
+
+
+@pytest.mark.parametrize("kind", EXPORT_KINDS)
+def test_every_op_is_on_the_target_server(kind, audits, op_registry):
+    allowed = op_registry["core"] | op_registry["tf_text"]
+    if index_class(kind).op_namespaces:
+        allowed |= op_registry["scann"]
+    outside = {signature: sorted(ops - allowed) for signature, ops in audits[kind].items()
+               if ops - allowed}
+    assert outside == {}, f"{kind} export needs ops its server lacks: {outside}"
+
+
+def test_only_query_text_needs_tf_text(audits, op_registry):
+    """The README's matrix: user-id and media signatures run on core TF alone."""
+    for kind in ("brute_force", "partitioned"):
+        for signature, ops in audits[kind].items():
+            needs_text = bool(ops & op_registry["tf_text"])
+            assert needs_text == (signature == "query_text"), (kind, signature)
+
+
+@pytest.fixture(scope="module")
+def tf1_answers(exported, tmp_path_factory):
+    _, versions = exported
+    work = tmp_path_factory.mktemp("tf1")
+    script = work / "tf1_loader.py"
+    script.write_text(textwrap.dedent(TF1_LOADER))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    answers = {}
+    for kind, path in versions.items():
+        server = "scann" if index_class(kind).op_namespaces else "stock"
+        answer = work / f"{kind}.json"
+        result = subprocess.run([sys.executable, str(script), str(path), str(answer), server],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{kind}: {result.stderr[-3000:]}"
+        answers[kind] = json.loads(answer.read_text())
+    return answers
+
+
+@pytest.mark.parametrize("kind", EXPORT_KINDS)
+def test_tf1_session_runs_every_signature_by_tensor_name(kind, tf1_answers, exported):
+    _, versions = exported
+    answer = tf1_answers[kind]
+    assert set(answer["signatures"]) == SIGNATURES
+    expected_modules = ["scann"] if kind == "scann" else []
+    assert answer["modules"] == expected_modules  # never tfmmrec, Keras or KerasNLP
+    model = ExportedModel(versions[kind])
+    for signature, outputs in answer["signatures"].items():
+        for alias, value in outputs.items():
+            if alias in ("scores", "embedding", "retrieval_scores"):
+                assert np.all(np.isfinite(value)), (signature, alias)
+    default = answer["signatures"]["serving_default"]["item_ids"]
+    assert np.asarray(default).shape == (1, model.metadata["default_k"])
+
+
+def test_tf1_answers_agree_across_plain_kinds(tf1_answers):
+    """On the tiny catalogue the partitioned index probes every partition, so it is exact."""
+    for signature in ("serving_default", "recommend", "query_text", "query_image"):
+        assert (tf1_answers["partitioned"]["signatures"][signature]["item_ids"]
+                == tf1_answers["brute_force"]["signatures"][signature]["item_ids"]), signature
+    np.testing.assert_allclose(tf1_answers["partitioned"]["signatures"]["recommend"]["scores"],
+                               tf1_answers["brute_force"]["signatures"]["recommend"]["scores"],
+                               atol=1e-5)
+

@@ -1,0 +1,153 @@
+"""Export: the top-k index interface every index kind implements, and the registry of kinds.
+
+An index answers ``index(queries, k) -> (scores [B, k], positions [B, k])`` over item *positions*
+(rows of the embedding matrix it was built from); ``index.item_ids`` maps positions to ids. Each
+kind declares the custom-op namespaces its graph needs and the servers that can load it, which
+the export metadata, the op audit (tests/export/test_op_audit.py) and the README matrix use.
+
+A new kind is one module with a :class:`TopKIndex` subclass decorated by :func:`register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import tensorflow as tf
+
+from tfmmrec.config import ExportConfig, PartitionedConfig, ScannConfig
+from tfmmrec.errors import ExportError
+
+# Servers named in metadata and the README matrix.
+STOCK_TF_SERVING = "tensorflow/serving>=2.20"
+SCANN_TF_SERVING = "google/tf-serving-scann"
+TFMMREC_SERVE = "tfmmrec serve"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Everything an index build needs, and nothing from training (the realtime catalogue
+    updater rebuilds indexes from embeddings alone).
+
+    Args:
+        kind: a registered index kind (``brute_force``, ``scann``, ``partitioned``).
+        max_k: the most results any query will ask for (capped at the catalogue size).
+        scann / partitioned: the kind-specific settings (``None`` fields scale to the data).
+    """
+
+    kind: str = "brute_force"
+    max_k: int = 100
+    scann: ScannConfig = field(default_factory=ScannConfig)
+    partitioned: PartitionedConfig = field(default_factory=PartitionedConfig)
+
+    @classmethod
+    def from_export(cls, export: ExportConfig, max_k: int | None = None,
+                    kind: str | None = None) -> IndexSettings:
+        return cls(kind or export.index, max_k or export.max_k, export.scann,
+                   export.partitioned)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TopKIndex(tf.Module):
+    """Base class: a saved, servable top-k search over item positions.
+
+    Subclasses set ``kind``, ``op_namespaces`` (custom-op prefixes such as ``Scann``; core TF
+    needs none) and ``servers``, and implement :meth:`from_embeddings` and :meth:`search`.
+    """
+
+    kind: ClassVar[str]
+    op_namespaces: ClassVar[frozenset[str]] = frozenset()
+    servers: ClassVar[tuple[str, ...]] = (STOCK_TF_SERVING, TFMMREC_SERVE)
+
+    def __init__(self, k: int, num_items: int, item_ids: np.ndarray,
+                 parameters: dict | None = None):
+        super().__init__(name=f"{self.kind}_index")
+        self.k = int(k)
+        self.num_items = int(num_items)
+        self._item_ids = np.asarray(item_ids)  # numpy, not a variable: the module stores ids
+        self.parameters = dict(parameters or {})
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        return self._item_ids
+
+    @classmethod
+    def from_embeddings(cls, item_embeddings: np.ndarray, item_ids: np.ndarray,
+                        settings: IndexSettings) -> TopKIndex:
+        raise NotImplementedError
+
+    def search(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, queries, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(scores float32 [B, k], positions int32 [B, k])``, best first; ``k`` is static."""
+        k = self.k if k is None else int(k)
+        if not 1 <= k <= self.k:
+            raise ExportError(f"{self.kind} index: k={k} outside [1, {self.k}] (its max_k)")
+        return self.search(tf.convert_to_tensor(queries, tf.float32), k)
+
+    def get_config(self) -> dict:
+        return {"kind": self.kind, "k": self.k, "num_items": self.num_items,
+                "op_namespaces": sorted(self.op_namespaces), "servers": list(self.servers),
+                "parameters": self.parameters}
+
+
+_KINDS: dict[str, type[TopKIndex]] = {}
+
+
+def register(cls: type[TopKIndex]) -> type[TopKIndex]:
+    """Class decorator: make ``cls.kind`` buildable by :func:`build`."""
+    if not getattr(cls, "kind", None):
+        raise TypeError(f"{cls.__name__} must set a `kind`")
+    _KINDS[cls.kind] = cls
+    return cls
+
+
+def index_kinds() -> dict[str, type[TopKIndex]]:
+    return dict(_KINDS)
+
+
+def index_class(kind: str) -> type[TopKIndex]:
+    if kind not in _KINDS:
+        raise ExportError(f"unknown index kind {kind!r}: use one of {', '.join(sorted(_KINDS))}")
+    return _KINDS[kind]
+
+
+def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
+          settings: IndexSettings | None = None) -> TopKIndex:
+    """The one entry point: an index of ``settings.kind`` over ``item_embeddings`` [N, d].
+
+    ``item_ids`` (default: ``0..N-1`` as strings) are kept on the index for callers that map
+    positions to ids; the search itself returns positions.
+    """
+    settings = settings or IndexSettings()
+    cls = index_class(settings.kind)
+    embeddings = np.asarray(item_embeddings, np.float32)
+    if embeddings.ndim != 2:
+        raise ExportError(f"item embeddings must be [num_items, dim], got {embeddings.shape}")
+    if embeddings.shape[0] == 0:
+        raise ExportError("cannot export an index over an empty catalogue")
+    if not all(np.isfinite(embeddings[start:start + (1 << 20)]).all()  # blockwise: bounded memory
+               for start in range(0, embeddings.shape[0], 1 << 20)):
+        raise ExportError("item embeddings contain NaN or Inf; re-train or check the towers")
+    if settings.max_k < 1:
+        raise ExportError(f"index max_k must be >= 1, got {settings.max_k}")
+    ids = (np.arange(embeddings.shape[0]).astype(str) if item_ids is None
+           else np.asarray(item_ids))
+    if ids.shape != (embeddings.shape[0],):
+        raise ExportError(f"item_ids has shape {ids.shape}, expected ({embeddings.shape[0]},)")
+    return cls.from_embeddings(embeddings, ids, settings)
+
+
+def recall_against_brute_force(index, queries: np.ndarray, item_embeddings: np.ndarray,
+                               k: int = 10) -> float:
+    """Mean fraction of the exact top-k (numpy brute force) that the index also returns."""
+    k = min(k, item_embeddings.shape[0])
+    exact = np.argsort(-(queries @ item_embeddings.T), axis=1, kind="stable")[:, :k]
+    _, found = index(tf.constant(queries, tf.float32), k=k)
+    hits = [len(set(a) & set(b)) for a, b in zip(exact, found.numpy(), strict=True)]
+    return float(np.mean(hits) / k)

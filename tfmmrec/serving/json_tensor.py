@@ -1,0 +1,263 @@
+"""Serving: the one JSON ⇄ tensor codec of TF Serving's REST API, for server and client alike.
+
+Follows ``tensorflow_serving/util/json_tensor.cc``: nested lists of one depth per dimension,
+``{"b64": ...}`` for binary strings, plain JSON strings for text. The REST server parses
+requests with :func:`json_to_tensor` and writes responses with :func:`array_to_json`; the client
+encodes with :func:`array_to_json` and decodes with :func:`json_to_array`, so both ends agree on
+dtypes (:data:`NUMPY_DTYPES`), names (:func:`dtype_name`) and bytes handling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from tfmmrec.serving.status import RequestStatus, invalid_argument
+
+# One table for both ends: the numpy dtype of each TensorProto dtype JSON can carry.
+NUMPY_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
+                types_pb2.DT_HALF: np.float16, types_pb2.DT_INT8: np.int8,
+                types_pb2.DT_UINT8: np.uint8, types_pb2.DT_INT16: np.int16,
+                types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64,
+                types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64,
+                types_pb2.DT_BOOL: np.bool_, types_pb2.DT_STRING: object}
+_INT_RANGES = {dtype: (int(np.iinfo(np.dtype(t)).min), int(np.iinfo(np.dtype(t)).max))
+               for dtype, t in NUMPY_DTYPES.items() if t is not object and np.dtype(t).kind in "iu"}
+_FLOAT_TYPES = {types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF}
+# TF's DataTypeString names (what TF Serving's messages say).
+_CPP_NAMES = {types_pb2.DT_FLOAT: "float", types_pb2.DT_DOUBLE: "double",
+              types_pb2.DT_HALF: "half", types_pb2.DT_STRING: "string"}
+MAX_JSON_DEPTH = 64  # tensors have at most 64 dimensions in TensorFlow too
+
+
+def dtype_name(dtype: int) -> str:
+    """``float``, ``int32``, ``string`` … (TF's DataTypeString); ``invalid (N)`` otherwise."""
+    if dtype in _CPP_NAMES:
+        return _CPP_NAMES[dtype]
+    try:
+        name = types_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"invalid ({dtype})"
+    return "invalid" if name == "DT_INVALID" else name.removeprefix("DT_").lower()
+
+
+def proto_dtype_name(dtype: int) -> str:
+    """The enum name (``DT_STRING``), as signature metadata shows dtypes."""
+    try:
+        return types_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"DT_INVALID({dtype})"
+
+
+# -- JSON text → tensors -----------------------------------------------------------------------
+def loads(body: bytes):
+    """Parse a request body; syntax errors, bad UTF-8 and excessive nesting are client errors."""
+    if not body:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    depth = _max_nesting(body)
+    if depth > MAX_JSON_DEPTH:
+        raise invalid_argument(f"JSON Parse error: nesting depth {depth} exceeds the limit of "
+                               f"{MAX_JSON_DEPTH}")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid_argument(f"JSON Parse error: {exc}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+
+
+def _max_nesting(body: bytes) -> int:
+    """Deepest ``[``/``{`` nesting outside strings (a linear scan, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def dense_shape(value) -> list[int]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def json_to_tensor(value, dtype: int) -> tensor_pb2.TensorProto:
+    """A JSON value (scalar or nested lists) as a TensorProto of ``dtype`` (json_tensor.cc)."""
+    if dtype not in NUMPY_DTYPES:
+        raise RequestStatus(grpc.StatusCode.UNIMPLEMENTED, f"Conversion of JSON Value: "
+                            f"{short(value)} to type: {dtype_name(dtype)}")
+    shape = dense_shape(value)
+    flat: list = []
+    _flatten(value, shape, 0, dtype, flat)
+    proto = tensor_pb2.TensorProto(
+        dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
+    if dtype == types_pb2.DT_STRING:
+        proto.string_val.extend(flat)
+    elif dtype == types_pb2.DT_FLOAT:
+        proto.float_val.extend(flat)
+    elif dtype == types_pb2.DT_DOUBLE:
+        proto.double_val.extend(flat)
+    elif dtype == types_pb2.DT_HALF:
+        proto.half_val.extend(np.asarray(flat, np.float16).view(np.uint16).tolist())
+    elif dtype == types_pb2.DT_INT64:
+        proto.int64_val.extend(flat)
+    elif dtype == types_pb2.DT_UINT64:
+        proto.uint64_val.extend(flat)
+    elif dtype == types_pb2.DT_UINT32:
+        proto.uint32_val.extend(flat)
+    elif dtype == types_pb2.DT_BOOL:
+        proto.bool_val.extend(flat)
+    else:
+        proto.int_val.extend(flat)
+    return proto
+
+
+def _flatten(value, shape: list[int], level: int, dtype: int, out: list) -> None:
+    if not isinstance(value, list):
+        if level != len(shape):
+            raise invalid_argument(f"JSON Value: {short(value)} found at incorrect level: "
+                                   f"{level + 1} in the JSON DOM. Expected at level: {len(shape)}")
+        out.append(_scalar(value, dtype))
+        return
+    if level >= len(shape):
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < "
+                               f"{len(shape)}")
+    if len(value) != shape[level]:
+        raise invalid_argument(f"Encountered list at unexpected size: {len(value)} at level: "
+                               f"{level} expected size: {shape[level]}")
+    for item in value:
+        _flatten(item, shape, level + 1, dtype, out)
+
+
+def _scalar(value, dtype: int):
+    if dtype == types_pb2.DT_STRING:
+        if isinstance(value, str):
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise invalid_argument(f"JSON Value: {short(value)} is not valid UTF-8 text (a "
+                                       "lone surrogate escape); send binary data as "
+                                       '{"b64": ...}') from None
+        if isinstance(value, dict):
+            return decode_b64(value)
+    elif dtype == types_pb2.DT_BOOL:
+        if isinstance(value, bool):
+            return value
+    elif not isinstance(value, bool):
+        if dtype in _INT_RANGES and isinstance(value, int):
+            low, high = _INT_RANGES[dtype]
+            if not low <= value <= high:
+                raise invalid_argument(f"JSON Value: {short(value)} is out of range for "
+                                       f"{dtype_name(dtype)} [{low}, {high}]")
+            return value
+        if dtype in _FLOAT_TYPES and isinstance(value, int | float):
+            if isinstance(value, int) and abs(value) > 2**1023:
+                raise invalid_argument(f"JSON Value: {short(value)} is out of range for "
+                                       f"{dtype_name(dtype)}")
+            return float(value)
+    raise invalid_argument(f"JSON Value: {short(value)} Type: {json_type(value)} is not of "
+                           f"expected type: {dtype_name(dtype)}")
+
+
+def is_b64(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def decode_b64(value: dict) -> bytes:
+    if not is_b64(value):
+        raise invalid_argument(f"JSON Value: {short(value)} not formatted correctly for base64 "
+                               "data")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("Unable to base64 decode") from None
+
+
+def json_type(value) -> str:
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def short(value, limit: int = 200) -> str:
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- arrays → JSON and back --------------------------------------------------------------------
+def array_to_json(array: np.ndarray, binary: bool | None = None):
+    """numpy → JSON values. Byte strings become ``{"b64": ...}`` when ``binary`` is True (a
+    server output named ``*_bytes``) or None (a client request: bytes stay bytes) and text when
+    False (a server output: TF Serving writes DT_STRING outputs as text); ``str`` stays text.
+    Floats use the shortest text that round-trips at the tensor's precision."""
+    array = np.asarray(array)
+    if array.dtype == object or array.dtype.kind in "SU":
+        def convert(item):
+            if isinstance(item, bytes):
+                if binary is False:
+                    return item.decode("utf-8", "replace")
+                return {"b64": base64.b64encode(item).decode("ascii")}
+            return str(item)
+    elif array.dtype.kind == "f":
+        def convert(item):
+            return float(str(item)) if math.isfinite(item) else float(item)
+    elif array.dtype.kind == "b":
+        convert = bool
+    else:
+        convert = int
+    if array.ndim == 0:
+        return convert(array[()])
+    return np.vectorize(convert, otypes=[object])(array).tolist()
+
+
+def json_to_array(value, dtype: int | None) -> np.ndarray:
+    """A JSON response value as numpy (strings as bytes, ``{"b64"}`` decoded)."""
+    if dtype == types_pb2.DT_STRING:
+        return np.array(_strings_nested(value), dtype=object)
+    return np.array(value, dtype=NUMPY_DTYPES.get(dtype))
+
+
+def _strings_nested(value):
+    if isinstance(value, list):
+        return [_strings_nested(item) for item in value]
+    if isinstance(value, dict) and "b64" in value:
+        return base64.b64decode(value["b64"])
+    return str(value).encode("utf-8")
