@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -168,8 +169,23 @@ class ModelConfig:
     projection_hidden: list[int] = field(default_factory=list)
     fusion: Literal["concat_mlp", "mean", "gated", "attention"] = "concat_mlp"
     item_id_embedding: bool = False
+    # Training-time rate of hiding an item's id embedding (DropoutNet): the content part must
+    # score the item alone, which is all a cold item has. Needs item_id_embedding.
+    item_id_dropout: float = 0.0
     user_features: bool = True
+    user_id_embedding: bool = True
+    # Item-based query: the user's training items, each with a learned embedding, pooled
+    # (towers/history.py). Each example's target is left out of its own history.
+    user_history: bool = False
+    history_dropout: float = 0.0  # rate of hiding history entries per example (denoising)
+    history_half_life: float = 0.0  # recency weighting, in items (0: equal weights)
+    history_max_length: int = 0  # most recent items kept (0: all)
+    # Recent items embedded by the *item tower* (mean), another query feature (0: off).
     history_length: int = 0
+    # "in_batch": the batch's other items as negatives (logQ-corrected); "full": a softmax
+    # over every item seen in training, embedded each step (exact; fits catalogues of
+    # thousands to tens of thousands of items in one matmul).
+    negatives: Literal["in_batch", "full"] = "in_batch"
     temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True
@@ -203,6 +219,15 @@ class ModelConfig:
         _check(0 <= self.user_id_dropout < 1, "model.user_id_dropout", self.user_id_dropout,
                "in [0, 1)")
         _check(self.history_length >= 0, "model.history_length", self.history_length, ">= 0")
+        _check_choice("model.negatives", self.negatives, ("in_batch", "full"))
+        _check(0 <= self.item_id_dropout < 1, "model.item_id_dropout", self.item_id_dropout,
+               "in [0, 1)")
+        _check(0 <= self.history_dropout < 1, "model.history_dropout", self.history_dropout,
+               "in [0, 1)")
+        _check(self.history_half_life >= 0, "model.history_half_life", self.history_half_life,
+               ">= 0 (0: equal weights)")
+        _check(self.history_max_length >= 0, "model.history_max_length",
+               self.history_max_length, ">= 0 (0: all)")
         for modality, rate in self.feature_dropout.items():
             _check(modality in MODALITIES, "model.feature_dropout", modality,
                    "keyed by " + ", ".join(MODALITIES))
@@ -290,9 +315,22 @@ class TrainConfig:
     prepare_workers: int = 0
     seed: int = 0
     verbose: int = 1
+    # Choose the number of epochs on a validation split carved from the training split (same
+    # split kind, data.seed + 1): train there, score early_stopping_metric after every epoch,
+    # stop after early_stopping_patience epochs without improvement (epochs is the cap), then
+    # train on the whole training split for the best epoch count. Costs about one more run.
+    early_stopping: bool = False
+    early_stopping_metric: str = "recall@20"
+    early_stopping_patience: int = 3
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
+        _check(self.early_stopping_patience >= 1, "train.early_stopping_patience",
+               self.early_stopping_patience, ">= 1")
+        _check(bool(re.fullmatch(r"(recall|ndcg|hit_rate)@\d+",
+                                 self.early_stopping_metric)),
+               "train.early_stopping_metric", self.early_stopping_metric,
+               "a ranking metric such as recall@20 or ndcg@20")
         _check(self.batch_size >= 2, "train.batch_size", self.batch_size,
                ">= 2 (in-batch negatives need at least two examples)")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")

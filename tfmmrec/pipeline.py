@@ -33,6 +33,7 @@ from tfmmrec.models.ranking import MultitaskModel, rating_targets, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
 from tfmmrec.towers.encoders import Encoder, build_encoder
+from tfmmrec.towers.history import HistoryEncoder, history_table
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower, user_lookup
 from tfmmrec.training.checkpoint import load_exactly
@@ -166,6 +167,18 @@ def user_history(ws: Workspace) -> np.ndarray | None:
     return history
 
 
+def history_encoder(ws: Workspace) -> HistoryEncoder | None:
+    """The learned item-based history part of the query (``model.user_history``), or None."""
+    model_config = ws.config.model
+    if not model_config.user_history:
+        return None
+    splits, items, weights = history_table(ws.split.train, ws.user_ids,
+                                           model_config.history_max_length,
+                                           model_config.history_half_life)
+    return HistoryEncoder(ws.dataset.num_items, model_config.embedding_dim, splits, items,
+                          weights, dropout=model_config.history_dropout, name="history")
+
+
 def build_model(ws: Workspace) -> RetrievalModel:
     """The retrieval model for a workspace (call inside the strategy scope)."""
     model_config = ws.config.model
@@ -175,13 +188,16 @@ def build_model(ws: Workspace) -> RetrievalModel:
         projection_hidden=model_config.projection_hidden, fusion=model_config.fusion,
         num_items=ws.dataset.num_items if model_config.item_id_embedding or not ws.modalities
         else None,
+        id_dropout=model_config.item_id_dropout,
         modality_dropout=model_config.modality_dropout, dropout=model_config.dropout,
         feature_dropout=model_config.feature_dropout, name="item_tower")
     users = ws.dataset.users if model_config.user_features else None
     query_tower = QueryTower(
         ws.user_ids, model_config.embedding_dim, users=users,
         feature_columns=ws.dataset.user_feature_columns if users is not None else (),
-        history=user_history(ws), id_dropout=model_config.user_id_dropout, name="query_tower")
+        history=user_history(ws), id_dropout=model_config.user_id_dropout,
+        history_encoder=history_encoder(ws), user_id_embedding=model_config.user_id_embedding,
+        name="query_tower")
     table = ItemContentTable({m: c.values for m, c in ws.contents.items()},
                              {m: c.mask for m, c in ws.contents.items()}, name="item_content")
     probability = item_sampling_probability(ws) if model_config.logq_correction else None
@@ -192,7 +208,10 @@ def build_model(ws: Workspace) -> RetrievalModel:
               "alignment_temperature": model_config.alignment_temperature,
               "alignment_rows": model_config.alignment_rows,
               # tf.unique's data-dependent shape does not compile for TPUs
-              "dedupe_items": ws.config.train.strategy != "tpu"}
+              "dedupe_items": ws.config.train.strategy != "tpu",
+              "negatives": model_config.negatives,
+              # cold items (no training interaction) are never negatives of the full softmax
+              "candidate_items": item_sampling_probability(ws) > 0}
     ranking = ws.config.ranking
     if not ranking.enabled:
         model = RetrievalModel(*args, **kwargs)
@@ -280,6 +299,11 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     selection = None
     if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
         selection = select_serving_mix(ws, strategy, output / "fusion-selection")
+    validation = None
+    if config.train.early_stopping:
+        validation = select_epochs(ws, strategy, output / "early-stopping")
+        config = load_config(config, [f"train.epochs={validation['best_epoch']}"])
+        ws = dataclasses.replace(ws, config=config)
     dataset, num_examples = training_dataset(ws)
     result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
                  callbacks, dataset_fn=lambda: training_dataset(ws)[0])
@@ -300,8 +324,41 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         "examples_per_second": result.examples_per_second,
         "history": result.history,
         **({"fusion_selection": selection} if selection is not None else {}),
+        **({"early_stopping": validation} if validation is not None else {}),
     }, output / RUN_FILE)
     return result
+
+
+def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:
+    """Early stopping: train on a validation split of the training data, score
+    ``train.early_stopping_metric`` after every epoch, stop after ``early_stopping_patience``
+    epochs without improvement, and return the best epoch with the validation curve."""
+    from tfmmrec.training.validation import ValidationMetrics
+
+    config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
+                                     "model.fusion_selection=none"])
+    d = config.data
+    validation = validation_split(ws.split, d.test_fraction, d.seed, ws.dataset.num_items)
+    inner = dataclasses.replace(ws, config=config, split=validation)
+    logger.info("early stopping: training on %d of the %d training interactions, validating "
+                "on %d", len(validation.train), len(ws.split.train), len(validation.test))
+    metric = config.train.early_stopping_metric
+    ks = sorted({*config.eval.ks, int(metric.split("@")[1])})
+    monitor = ValidationMetrics(
+        validation, ws.user_ids, ws.dataset.num_items, metric,
+        config.train.early_stopping_patience, ks,
+        lambda model: (embed_users(model, ws.user_ids, config.eval.batch_size),
+                       embed_items(model, ws.dataset.num_items, config.eval.batch_size)))
+    dataset, num_examples = training_dataset(inner)
+    fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy, [monitor])
+    if not monitor.history:
+        raise TrainingError(f"early stopping: no validation epoch ran (is {output} a finished "
+                            "run? delete it to re-select)")
+    logger.info("early stopping: best epoch %d of %d (validation %s %.4f)", monitor.best_epoch,
+                len(monitor.history), metric, monitor.best)
+    return {"metric": metric, "best_epoch": monitor.best_epoch, "best": monitor.best,
+            "validation_interactions": len(validation.test),
+            "curve": [h[metric] for h in monitor.history]}
 
 
 def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:

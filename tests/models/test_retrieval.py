@@ -257,3 +257,91 @@ def test_serving_mix_of_one_modality_is_that_modality_alone(model):
     np.testing.assert_allclose(served[has_it], alone[has_it], atol=1e-6)
     np.testing.assert_allclose(tower(content).numpy(), tower.encode(content)[0].numpy(),
                                atol=1e-6)  # unset: the fused embedding again
+
+
+# --- full softmax, hybrid id dropout, history query -----------------------------------------
+
+
+def test_full_softmax_loss_is_the_exact_cross_entropy_over_candidate_items(model,
+                                                                            tiny_workspace):
+    """Σ_b logsumexp_j(<q_b, c_j>/T) − <q_b, c_{y_b}>/T over the candidate items only; a
+    positive outside the candidates contributes nothing."""
+    num_items = tiny_workspace.dataset.num_items
+    candidates = np.ones(num_items, bool)
+    candidates[[2, 5]] = False
+    full = _variant(model, negatives="full", candidate_items=candidates, temperature=0.2)
+    users, targets = [0, 1, 2, 3], [0, 5, 9, 0]
+    loss = full.compute_loss(batch(tiny_workspace, users, targets), training=False).numpy()
+    queries = model.query_embeddings(tf.constant([u + 1 for u in users], tf.int64),
+                                     exclude=tf.constant(targets)).numpy()
+    items = model.item_embeddings(tf.range(num_items)).numpy()
+    logits = queries @ items.T / 0.2
+    kept = logits[:, candidates]
+    lse = np.log(np.exp(kept - kept.max(1, keepdims=True)).sum(1)) + kept.max(1)
+    expected = sum(lse[b] - logits[b, t] for b, t in enumerate(targets) if candidates[t])
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_full_softmax_is_the_in_batch_loss_when_the_batch_is_the_catalogue(model,
+                                                                            tiny_workspace):
+    """With every item once in the batch and no logQ, both objectives are the same softmax."""
+    num_items = tiny_workspace.dataset.num_items
+    users = np.arange(num_items) % len(tiny_workspace.user_ids)
+    features = batch(tiny_workspace, users, np.arange(num_items))
+    full = _variant(model, negatives="full").compute_loss(features, training=False)
+    in_batch = _variant(model).compute_loss(features, training=False)
+    np.testing.assert_allclose(full.numpy(), in_batch.numpy(), rtol=1e-5)
+
+
+def test_unknown_negatives_mode_is_rejected(model):
+    with pytest.raises(ValueError, match="negatives"):
+        _variant(model, negatives="sampled")
+
+
+def test_cold_items_are_not_full_softmax_candidates(tiny_config, tiny_workspace):
+    config = load_config(tiny_config, ["data.split=cold_start", "model.negatives=full"])
+    ws = pipeline.prepare(config, progress=False)
+    model = pipeline.build_model(ws)
+    candidates = set(model.candidate_index.numpy().tolist())
+    assert candidates == set(ws.split.train["item_index"].unique().tolist())
+    assert not candidates & set(ws.split.test_items.tolist())
+
+
+def test_history_query_leaves_each_training_target_out_of_its_own_history(tiny_config,
+                                                                          tiny_workspace):
+    config = load_config(tiny_config, ["model.user_history=true", "model.user_id_embedding=false",
+                                       "model.user_features=false"])
+    ws = dataclasses.replace(tiny_workspace, config=config)
+    tf.keras.utils.set_random_seed(0)
+    model = pipeline.build_model(ws)
+    model.build_from_example()
+    user = str(ws.user_ids[0])
+    history = ws.split.train.loc[ws.split.train["user_id"].astype(str) == user, "item_index"]
+    seen, unseen = int(history.iloc[0]), int(np.setdiff1d(np.arange(ws.dataset.num_items),
+                                                          history)[0])
+    index = tf.constant([1, 1], tf.int64)
+    plain = model.query_embeddings(index).numpy()
+    excluded = model.query_embeddings(index, exclude=tf.constant([seen, unseen])).numpy()
+    assert not np.allclose(excluded[0], plain[0])  # its own target is left out
+    np.testing.assert_allclose(excluded[1], plain[1], atol=1e-6)  # not in history: unchanged
+    assert model.query_tower.id_embedding is None
+
+
+def test_item_id_dropout_hides_whole_id_embeddings_only_in_training(model, tiny_workspace):
+    from tfmmrec.towers.item import ItemTower
+
+    tower = ItemTower(model.item_tower.modalities, 4, num_items=tiny_workspace.dataset.num_items,
+                      id_dropout=0.5)
+    content = model.content_table(tf.range(40))
+    tower(content)
+    ids = np.random.default_rng(0).normal(size=(tiny_workspace.dataset.num_items, 4))
+    tower.id_embedding.set_weights([ids.astype(np.float32)])
+    embeddings, mask = tower.modality_embeddings(content)
+    content_only = tower.fuse(embeddings, mask).numpy()
+    hybrid = tower.fuse(embeddings, mask, tf.range(40)).numpy()
+    tf.random.set_seed(1)
+    trained = tower.fuse(embeddings, mask, tf.range(40), training=True).numpy()
+    dropped = np.all(np.isclose(trained, content_only, atol=1e-6), axis=1)
+    kept = np.all(np.isclose(trained, hybrid, atol=1e-6), axis=1)
+    assert np.all(dropped | kept) and 5 < dropped.sum() < 35  # per item: all or nothing
+    np.testing.assert_allclose(tower.fuse(embeddings, mask, tf.range(40)).numpy(), hybrid)

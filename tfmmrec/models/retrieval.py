@@ -46,6 +46,14 @@ class RetrievalModel(tfrs.Model):
       alignment_rows: the alignment loss sees at most this many of the batch's distinct items
         (0: all of them).
       dedupe_items: encode each distinct item of a batch once (must be False on TPUs).
+      negatives: ``in_batch`` (the other items of the batch, logQ-corrected) or ``full``: a
+        softmax over every candidate item of the catalogue, embedded each step. When the
+        catalogue fits in one ``[B, N]`` matmul (thousands of items) this is the exact
+        maximum-likelihood objective: rare items are negatives as often as popular ones, and
+        there is no sampling bias to correct (logQ is not applied).
+      candidate_items: ``[num_items]`` bool, the items the full softmax ranks (default all).
+        Items never seen in training (cold start) should be left out: ranking them as
+        negatives would teach the content towers that an unseen item is a bad one.
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
@@ -54,7 +62,9 @@ class RetrievalModel(tfrs.Model):
                  remove_accidental_hits: bool = _DEFAULTS.remove_accidental_hits,
                  alignment_weight: float = 0.0,
                  alignment_temperature: float = _DEFAULTS.alignment_temperature,
-                 alignment_rows: int = 0, dedupe_items: bool = True, **kwargs):
+                 alignment_rows: int = 0, dedupe_items: bool = True,
+                 negatives: str = _DEFAULTS.negatives,
+                 candidate_items: np.ndarray | None = None, **kwargs):
         super().__init__(**kwargs)
         self.query_tower = query_tower
         self.item_tower = item_tower
@@ -63,6 +73,23 @@ class RetrievalModel(tfrs.Model):
         if item_probability is not None:
             self.item_probability = tf.constant(np.maximum(item_probability, 1e-12), tf.float32)
         self.remove_accidental_hits = remove_accidental_hits
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        self.negatives = negatives
+        self.temperature = temperature
+        self.num_items = self.candidate_index = None
+        if negatives == "full":
+            mask = (np.ones(_num_rows(content_table, item_tower), bool)
+                    if candidate_items is None else np.asarray(candidate_items, bool))
+            self.num_items = len(mask)
+            if mask.shape != (self.num_items,) or not mask.any():
+                raise ValueError(f"candidate_items must be {self.num_items} booleans with at "
+                                 f"least one True, got shape {mask.shape}")
+            self.candidate_index = tf.constant(np.flatnonzero(mask), tf.int32)
+            # Position of each catalogue item among the candidates (−1: not a candidate).
+            position = np.full(self.num_items, -1, np.int32)
+            position[mask] = np.arange(mask.sum(), dtype=np.int32)
+            self.candidate_position = tf.constant(position)
         self.task = tfrs.tasks.Retrieval(temperature=temperature,
                                          remove_accidental_hits=remove_accidental_hits)
         self.alignment_weight = alignment_weight
@@ -98,12 +125,17 @@ class RetrievalModel(tfrs.Model):
         """Inference-mode query embeddings, traced once per model."""
         return self.query_embeddings(user_id, training=False)
 
-    def query_embeddings(self, user_id, training=False):
-        return self.query_tower(user_id, item_embedder=self.item_embeddings, training=training)
+    def query_embeddings(self, user_id, training=False, exclude=None):
+        """``exclude``: ``[B]`` items left out of each query's history (training targets)."""
+        return self.query_tower(user_id, item_embedder=self.item_embeddings, training=training,
+                                exclude=exclude)
 
     def compute_loss(self, features, training=False):
         item_index = tf.cast(features["item_index"], tf.int32)
-        queries = self.query_embeddings(user_input(features), training=training)
+        queries = self.query_embeddings(user_input(features), training=training,
+                                        exclude=item_index)
+        if self.negatives == "full":
+            return self._full_softmax_loss(queries, item_index, training)
         items, fused, position, modality_embeddings, mask = self._encode_batch_items(
             item_index, training)
         candidates = fused if position is None else tf.gather(fused, position)
@@ -120,6 +152,30 @@ class RetrievalModel(tfrs.Model):
         if self.alignment is not None:
             loss += self.alignment_weight * self._alignment_loss(items, fused,
                                                                  modality_embeddings, mask)
+        return loss
+
+    def _full_softmax_loss(self, queries, item_index, training):
+        """Softmax cross-entropy over every candidate item, summed over the batch (the
+        reduction of ``tfrs.tasks.Retrieval``), plus the alignment loss on the candidates.
+
+        loss = Σ_b [ log Σ_{j ∈ candidates} exp(<q_b, c_j> / T) − <q_b, c_{y_b}> / T ]
+
+        A positive that is not a candidate (possible only if ``candidate_items`` leaves out a
+        training item) contributes nothing.
+        """
+        fused, embeddings, mask = self.item_tower.encode(
+            self.content_table(self.candidate_index), training=training)
+        logits = tf.matmul(queries, fused, transpose_b=True) / self.temperature
+        labels = tf.gather(self.candidate_position, item_index)
+        valid = labels >= 0
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)
+        loss = tf.reduce_sum(tf.where(valid, losses, tf.zeros_like(losses)))
+        if self.alignment is not None:
+            rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
+            sample = tf.random.shuffle(tf.range(tf.shape(self.candidate_index)[0]))[:rows]
+            loss += self.alignment_weight * self._alignment_loss(
+                tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
+                tf.gather(embeddings, sample), tf.gather(mask, sample))
         return loss
 
     def _encode_batch_items(self, item_index, training):
@@ -150,6 +206,18 @@ class RetrievalModel(tfrs.Model):
         alignment = self.alignment(singles, mask, fused[:rows], item_index[:rows])
         self.alignment_loss.update_state(alignment)
         return alignment
+
+
+NEGATIVES = ("in_batch", "full")
+
+
+def _num_rows(content_table: ItemContentTable, item_tower: ItemTower) -> int:
+    """Catalogue size: the content table's rows, or the item-id embedding's."""
+    if content_table.modalities:
+        return int(content_table._masks[content_table.modalities[0]].shape[0])
+    if item_tower.id_embedding is not None:
+        return int(item_tower.id_embedding.input_dim)
+    raise ValueError("negatives='full' needs the catalogue size: pass candidate_items")
 
 
 def user_input(features) -> tf.Tensor:

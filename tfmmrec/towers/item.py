@@ -57,6 +57,9 @@ class ItemTower(tf.keras.layers.Layer):
         encoders stay outside and the table holds their cached features instead.
       num_items: if set, adds a per-item id embedding (hybrid model). It starts at zero when
         content modalities exist, so items unseen in training fall back to pure content.
+      id_dropout: training-time rate of hiding an item's id embedding (DropoutNet, Volkovs et
+        al. 2017): the content part must then score the item alone, which is all a cold item
+        (never trained, id embedding still zero) has at serving time.
       modality_dropout: rate of hiding present modalities during training.
       feature_dropout: per modality, dropout on its encoder feature (training only).
 
@@ -72,7 +75,8 @@ class ItemTower(tf.keras.layers.Layer):
     def __init__(self, modalities: Sequence[str], dim: int, *,
                  encoders: Mapping[str, Encoder] | None = None,
                  projection_hidden: Sequence[int] = (), fusion: str = "concat_mlp",
-                 num_items: int | None = None, modality_dropout: float = 0.0,
+                 num_items: int | None = None, id_dropout: float = 0.0,
+                 modality_dropout: float = 0.0,
                  dropout: float = 0.0, feature_dropout: Mapping[str, float] | None = None,
                  **kwargs):
         super().__init__(**kwargs)
@@ -86,6 +90,9 @@ class ItemTower(tf.keras.layers.Layer):
                             for m in self.modalities}
         self.fusion = MaskedFusion(fusion, name="fusion") if self.modalities else None
         self.modality_dropout = modality_dropout
+        if not 0 <= id_dropout < 1:
+            raise ValueError(f"item id dropout must be in [0, 1), got {id_dropout}")
+        self.id_dropout = id_dropout
         self.id_embedding = None
         if num_items is not None:
             init = "zeros" if self.modalities else "random_normal"
@@ -111,13 +118,18 @@ class ItemTower(tf.keras.layers.Layer):
                         axis=1)
         return embeddings, mask
 
-    def fuse(self, embeddings, mask, item_index=None):
-        """Masked fusion (+ item-id embedding) → L2-normalised item embedding."""
+    def fuse(self, embeddings, mask, item_index=None, training=False):
+        """Masked fusion (+ item-id embedding, hidden at rate ``id_dropout`` in training) →
+        L2-normalised item embedding."""
         parts = []
         if self.modalities:
             parts.append(self.fusion(embeddings, mask))
         if self.id_embedding is not None and item_index is not None:
-            parts.append(self.id_embedding(item_index))
+            ids = self.id_embedding(item_index)
+            if training and self.id_dropout > 0 and self.modalities:
+                keep = tf.random.uniform(tf.shape(ids)[:1]) >= self.id_dropout
+                ids = ids * tf.cast(keep, ids.dtype)[:, None]
+            parts.append(ids)
         return tf.math.l2_normalize(tf.add_n(parts), axis=-1)
 
     def single_modality(self, embeddings, position: int):
@@ -172,7 +184,7 @@ class ItemTower(tf.keras.layers.Layer):
             fusion_mask = mask
             if training and self.modality_dropout > 0:
                 fusion_mask = drop_modalities(mask, self.modality_dropout)
-        fused = self.fuse(embeddings, fusion_mask, content.get("item_index"))
+        fused = self.fuse(embeddings, fusion_mask, content.get("item_index"), training)
         return fused, embeddings, mask
 
     def embed_single(self, modality: str, content, training=False):

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfmmrec.towers.history import HistoryEncoder
+
 
 def user_lookup(user_ids: Sequence[str]) -> tf.keras.layers.StringLookup:
     """User id string → vocabulary index (0 = unknown user), the mapping every QueryTower over
@@ -35,17 +37,27 @@ class QueryTower(tf.keras.layers.Layer):
       history: optional ``[num_users, H]`` item indices (−1 = padding), aligned with
         ``user_ids``; their mean embedding (from ``item_embedder``) joins the query.
       id_dropout: training-time rate of replacing the user id by the unknown id.
+      history_encoder: optional ``HistoryEncoder`` (learned item embeddings of the user's
+        training items, pooled): the item-based part of the query. Training passes each
+        example's target as ``exclude`` so it is left out of that example's history.
+      user_id_embedding: False drops the user-id embedding (with a history encoder, the
+        history says more about a user than a per-user vector fitted to few interactions).
     """
 
     def __init__(self, user_ids: Sequence[str], dim: int, *, users: pd.DataFrame | None = None,
                  feature_columns: Sequence[str] = (), history: np.ndarray | None = None,
-                 id_dropout: float = 0.0, id_dim: int | None = None, **kwargs):
+                 id_dropout: float = 0.0, id_dim: int | None = None,
+                 history_encoder: HistoryEncoder | None = None, user_id_embedding: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
         self.id_dropout = id_dropout
         vocabulary = [str(u) for u in user_ids]
         self.lookup = user_lookup(vocabulary)
-        self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
+        self.id_embedding = None
+        if user_id_embedding:
+            self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
+        self.history_encoder = history_encoder
         self.categorical, self.numeric = _feature_tables(vocabulary, users, feature_columns)
         self.feature_embeddings = {
             name: tf.keras.layers.Embedding(int(tf.reduce_max(table)) + 1, 8,
@@ -59,14 +71,17 @@ class QueryTower(tf.keras.layers.Layer):
         self.hidden = tf.keras.layers.Dense(2 * dim, activation="relu")
         self.out = tf.keras.layers.Dense(dim)
 
-    def call(self, user, item_embedder: Callable | None = None, training=False):
-        """``user``: id strings, or their ``user_lookup`` indices (integers) as in training."""
+    def call(self, user, item_embedder: Callable | None = None, training=False, exclude=None):
+        """``user``: id strings, or their ``user_lookup`` indices (integers) as in training;
+        ``exclude``: ``[B]`` item indices left out of each row's history (training targets)."""
         index = self.lookup(user) if user.dtype == tf.string else tf.cast(user, tf.int64)
         ids = index
         if training and self.id_dropout > 0:
             hidden = tf.random.uniform(tf.shape(index)) < self.id_dropout
             ids = tf.where(hidden, tf.zeros_like(index), index)
-        parts = [self.id_embedding(ids)]
+        parts = [self.id_embedding(ids)] if self.id_embedding is not None else []
+        if self.history_encoder is not None:
+            parts.append(self.history_encoder(index, exclude=exclude, training=training))
         for name, table in self.categorical.items():
             parts.append(self.feature_embeddings[name](tf.gather(table, index)))
         if self.numeric is not None:

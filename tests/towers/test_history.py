@@ -1,0 +1,69 @@
+"""Tests for tfmmrec.towers.history: the item-based history part of the query."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from tfmmrec.towers.history import HistoryEncoder, history_table
+
+TRAIN = pd.DataFrame({"user_id": ["b", "a", "b", "a", "b"], "item_index": [4, 1, 2, 3, 0],
+                      "timestamp": [30, 10, 10, 5, 20]})
+
+
+def test_history_table_orders_by_time_and_aligns_with_the_lookup():
+    splits, items, weights = history_table(TRAIN, ["a", "b", "c"])
+    # row 0: unknown user; a: 3 (t=5), 1 (t=10); b: 2, 0, 4; c: nothing
+    assert splits.tolist() == [0, 0, 2, 5, 5]
+    assert items.tolist() == [3, 1, 2, 0, 4]
+    assert weights.tolist() == [1.0] * 5
+
+
+def test_history_table_keeps_the_most_recent_and_halves_weights_per_half_life():
+    splits, items, weights = history_table(TRAIN, ["b"], max_length=2, half_life=1.0)
+    assert splits.tolist() == [0, 0, 2] and items.tolist() == [0, 4]
+    np.testing.assert_allclose(weights, [0.5, 1.0])
+
+
+def encoder(dropout=0.0) -> HistoryEncoder:
+    # user rows: 0 unknown (empty), 1 → items [0, 1, 2] with weights [1, 1, 2], 2 → [3]
+    layer = HistoryEncoder(4, 2, np.array([0, 0, 3, 4]), np.array([0, 1, 2, 3]),
+                           np.array([1.0, 1.0, 2.0, 1.0], np.float32), dropout=dropout)
+    layer(tf.constant([0]))
+    layer.embedding.set_weights([np.array([[1, 0], [0, 1], [2, 2], [5, 5]], np.float32)])
+    return layer
+
+
+def test_weighted_mean_of_history_embeddings_and_zero_for_no_history():
+    out = encoder()(tf.constant([1, 2, 0])).numpy()
+    # user 1: (1·[1,0] + 1·[0,1] + 2·[2,2]) / 4
+    np.testing.assert_allclose(out, [[1.25, 1.25], [5, 5], [0, 0]])
+
+
+def test_each_examples_target_is_excluded_from_its_own_history_only():
+    out = encoder()(tf.constant([1, 1, 2]), exclude=tf.constant([2, 3, 3])).numpy()
+    np.testing.assert_allclose(out[0], [0.5, 0.5])  # item 2 left out: mean of items 0, 1
+    np.testing.assert_allclose(out[1], [1.25, 1.25])  # item 3 is not in user 1's history
+    np.testing.assert_allclose(out[2], [0, 0])  # the only history item was the target
+
+
+def test_history_dropout_hides_entries_only_in_training():
+    layer = encoder(dropout=0.5)
+    users = tf.constant([1] * 200)
+    np.testing.assert_allclose(layer(users).numpy(), [[1.25, 1.25]] * 200)
+    tf.random.set_seed(0)
+    trained = layer(users, training=True).numpy()
+    # every row is the weighted mean of a subset of the history (or zero if all were hidden)
+    possible = {(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (2.0, 2.0), (0.5, 0.5), (1.25, 1.25),
+                (5 / 3, 4 / 3), (4 / 3, 5 / 3)}
+    distances = np.abs(trained[:, None, :] - np.array(sorted(possible))[None]).max(-1)
+    assert distances.min(1).max() < 1e-5
+    assert len(np.unique(distances.argmin(1))) > 3  # different examples hide different entries
+
+
+def test_invalid_dropout_is_rejected():
+    with pytest.raises(ValueError, match="history dropout"):
+        HistoryEncoder(2, 2, np.array([0, 0]), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                       dropout=1.0)

@@ -1,0 +1,117 @@
+"""Towers: the user's interaction history as a query feature (item-based collaborative filtering).
+
+A user is described by the items they interacted with: each item has a learned "history"
+embedding, and the query sees their (recency-weighted) mean. This is what item-based models
+such as EASE and Mult-DAE exploit — a user who watched these films will watch films that
+co-occur with them — and, unlike a user-id embedding, it needs no per-user parameter: a user's
+query changes the moment their history does, and users with few interactions still get one.
+
+Two things keep it honest in training:
+
+- **target exclusion**: a training example ``(user, item)`` comes from the very history the
+  query reads, so the item is removed from that example's history; otherwise the easiest
+  solution is "recommend what is in the history" (identity), which never holds at test time.
+- **history dropout** (denoising, as in Mult-DAE): each history entry is hidden with some
+  probability per example, so the query learns to predict held-out items from a partial view
+  — which is exactly the test situation.
+
+Histories are ragged (``row_splits`` + ``values``), so memory is the number of training
+interactions, not users × items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+
+def history_table(train: pd.DataFrame, user_ids, max_length: int = 0,
+                  half_life: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's training items (most recent last when there is a ``timestamp``) as ragged
+    ``(row_splits [U+2], item indices, weights)``, rows in ``user_lookup`` order (row 0: the
+    unknown user, empty).
+
+    ``max_length`` keeps the most recent items only (0: all). ``half_life`` (in items) weights
+    the ``n``-th most recent item by ``0.5 ** (n / half_life)`` (0: equal weights).
+    """
+    if "timestamp" in train.columns:
+        train = train.sort_values("timestamp", kind="stable")
+    grouped = train.groupby(train["user_id"].astype(str), sort=False)["item_index"]
+    items = {user: values.to_numpy(np.int64) for user, values in grouped}
+    rows, weights = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for user in np.asarray(user_ids).astype(str):
+        row = items.get(user, np.zeros(0, np.int64))
+        if max_length:
+            row = row[-max_length:]
+        age = np.arange(len(row))[::-1].astype(np.float32)  # 0 = most recent
+        weight = 0.5 ** (age / half_life) if half_life > 0 else np.ones(len(row))
+        rows.append(row)
+        weights.append(weight.astype(np.float32))
+    lengths = np.array([len(r) for r in rows])
+    splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return splits, np.concatenate(rows), np.concatenate(weights)
+
+
+class HistoryEncoder(tf.keras.layers.Layer):
+    """User index → weighted mean of their history items' learned embeddings, ``[B, dim]``.
+
+    Args:
+      num_items: catalogue size (embedding rows).
+      dim: embedding size.
+      row_splits, items, weights: the ragged history table from ``history_table``.
+      dropout: training-time rate of hiding each history entry (per example).
+
+    Users whose history is empty (or entirely hidden) get a zero vector.
+
+    Examples:
+    >>> splits, items, weights = np.array([0, 0, 2]), np.array([1, 2]), np.ones(2, np.float32)
+    >>> HistoryEncoder(3, 4, splits, items, weights)(tf.constant([0, 1])).shape
+    TensorShape([2, 4])
+    """
+
+    def __init__(self, num_items: int, dim: int, row_splits: np.ndarray, items: np.ndarray,
+                 weights: np.ndarray, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"history dropout must be in [0, 1), got {dropout}")
+        self.num_items = num_items
+        self.dim = dim
+        self.dropout = dropout
+        # Variables, not graph constants: a large history would exceed the 2 GB graph limit.
+        self.row_splits = tf.Variable(np.asarray(row_splits, np.int64), trainable=False,
+                                      name="history_row_splits")
+        self.items = tf.Variable(np.asarray(items, np.int64), trainable=False,
+                                 name="history_items")
+        self.weights_table = tf.Variable(np.asarray(weights, np.float32), trainable=False,
+                                         name="history_weights")
+        self.embedding = tf.keras.layers.Embedding(num_items, dim, name="history_embedding")
+
+    def gather(self, user_index):
+        """``(items, weights)`` ragged ``[B, None]`` for the users."""
+        index = tf.cast(user_index, tf.int64)
+        items = tf.RaggedTensor.from_row_splits(self.items, self.row_splits, validate=False)
+        weights = tf.RaggedTensor.from_row_splits(self.weights_table, self.row_splits,
+                                                  validate=False)
+        return tf.gather(items, index), tf.gather(weights, index)
+
+    def call(self, user_index, exclude=None, training=False):
+        """``exclude``: ``[B]`` item per example to leave out of its history (the target)."""
+        items, weights = self.gather(user_index)
+        keep = tf.ones_like(weights.flat_values)
+        if exclude is not None:
+            target = tf.gather(tf.cast(exclude, tf.int64), items.value_rowids())
+            keep *= tf.cast(items.flat_values != target, tf.float32)
+        if training and self.dropout > 0:
+            keep *= tf.cast(tf.random.uniform(tf.shape(keep)) >= self.dropout, tf.float32)
+        weight = weights.flat_values * keep
+        embedded = self.embedding(items.flat_values) * weight[:, None]
+        rows = items.value_rowids()
+        count = tf.shape(user_index, out_type=tf.int64)[0]
+        total = tf.math.unsorted_segment_sum(embedded, rows, count)
+        norm = tf.math.unsorted_segment_sum(weight, rows, count)
+        return total / tf.maximum(norm, 1e-9)[:, None]
+
+    def get_config(self):
+        return {**super().get_config(), "num_items": self.num_items, "dim": self.dim,
+                "dropout": self.dropout}
