@@ -1,0 +1,107 @@
+"""Tests for tfmmrec.training.validation and ``train.early_stopping`` in ``pipeline.train``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from tests.conftest import derive_config
+from tfmmrec import pipeline
+from tfmmrec.config import load_config
+from tfmmrec.data.splits import Split
+from tfmmrec.errors import ConfigError
+from tfmmrec.training.validation import ValidationMetrics
+
+USERS = np.array(["a", "b"])
+# user a held out item 1, user b item 2; a trained on item 0
+SPLIT = Split("random", pd.DataFrame({"user_id": ["a"], "item_index": [0]}),
+              pd.DataFrame({"user_id": ["a", "b"], "item_index": [1, 2]}))
+
+
+def scripted(scores_per_epoch):
+    """An ``embed`` function whose epoch ``e`` puts each user's held-out item at rank
+    ``scores_per_epoch[e]`` (1 = top) among 3 items."""
+    calls = iter(scores_per_epoch)
+
+    def embed(model):
+        good = next(calls)
+        users = np.eye(2, dtype=np.float32)
+        items = np.zeros((3, 2), np.float32)
+        if good:  # item 1 top for a, item 2 top for b
+            items[1, 0] = items[2, 1] = 1.0
+        else:  # the held-out items rank last
+            items[1, 0] = items[2, 1] = -1.0
+        return users, items
+
+    return embed
+
+
+class Model(tf.keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(0.0)
+        self.stop_training = False
+
+
+def run(callback, epochs):
+    model = Model()
+    callback.set_model(model)
+    for epoch in range(epochs):
+        model.w.assign(float(epoch + 1))
+        callback.on_epoch_end(epoch, {})
+        if model.stop_training:
+            break
+    callback.on_train_end()
+    return model
+
+
+def test_best_epoch_and_stop_after_patience_epochs_without_improvement():
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 2, [1], scripted([0, 1, 0, 0, 1]))
+    model = run(callback, 5)
+    assert callback.best_epoch == 2 and callback.best == 1.0
+    assert len(callback.history) == 4  # epochs 3 and 4 did not improve: stopped after 4
+    assert [h["recall@1"] for h in callback.history] == [0.0, 1.0, 0.0, 0.0]
+    assert float(model.w.numpy()) == 4.0  # weights left as trained without restore_best
+
+
+def test_restore_best_puts_back_the_best_epochs_weights():
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 0, [1], scripted([0, 1, 0]),
+                                 restore_best=True)
+    model = run(callback, 3)
+    assert len(callback.history) == 3  # patience 0: never stops early
+    assert float(model.w.numpy()) == 2.0
+
+
+def test_unknown_validation_metric_is_named():
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@7", 1, [1], scripted([1]))
+    with pytest.raises(ValueError, match="recall@7"):
+        run(callback, 1)
+
+
+@pytest.mark.parametrize("override", ["train.early_stopping_patience=0",
+                                      "train.early_stopping_metric=loss"])
+def test_invalid_early_stopping_settings_are_config_errors(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(None, [override])
+
+
+def test_early_stopping_trains_for_the_epochs_chosen_on_validation(tiny_config, tiny_workspace,
+                                                                   tmp_path):
+    config = derive_config(tiny_config, tmp_path, "train.epochs=3", "train.early_stopping=true",
+                           "train.early_stopping_patience=1")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    run_record = json.loads((tmp_path / "run" / "run.json").read_text())
+    chosen = run_record["early_stopping"]
+    assert chosen["metric"] == "recall@20" and 1 <= chosen["best_epoch"] <= 3
+    assert chosen["best"] == max(chosen["curve"])
+    assert chosen["best_epoch"] == int(np.argmax(chosen["curve"])) + 1
+    # the final model trains on the whole training split for exactly the chosen epochs
+    assert result.epochs_run == chosen["best_epoch"]
+    assert len(run_record["history"]["loss"]) == chosen["best_epoch"]
+    validation = pipeline.validation_split(tiny_workspace)
+    assert chosen["validation_interactions"] == len(validation.test)
+    assert len(validation.train) + len(validation.test) == len(tiny_workspace.split.train)
