@@ -27,30 +27,34 @@ def test_history_table_keeps_the_most_recent_and_halves_weights_per_half_life():
     np.testing.assert_allclose(weights, [0.5, 1.0])
 
 
-def encoder(dropout=0.0) -> HistoryEncoder:
+def encoder(dropout=0.0, dense=True) -> HistoryEncoder:
     # user rows: 0 unknown (empty), 1 → items [0, 1, 2] with weights [1, 1, 2], 2 → [3]
     layer = HistoryEncoder(4, 2, np.array([0, 0, 3, 4]), np.array([0, 1, 2, 3]),
-                           np.array([1.0, 1.0, 2.0, 1.0], np.float32), dropout=dropout)
+                           np.array([1.0, 1.0, 2.0, 1.0], np.float32), dropout=dropout,
+                           dense_max_items=4 if dense else 3)
     layer(tf.constant([0]))
     layer.embedding.set_weights([np.array([[1, 0], [0, 1], [2, 2], [5, 5]], np.float32)])
     return layer
 
 
-def test_weighted_mean_of_history_embeddings_and_zero_for_no_history():
-    out = encoder()(tf.constant([1, 2, 0])).numpy()
+@pytest.mark.parametrize("dense", [True, False])
+def test_weighted_mean_of_history_embeddings_and_zero_for_no_history(dense):
+    out = encoder(dense=dense)(tf.constant([1, 2, 0])).numpy()
     # user 1: (1·[1,0] + 1·[0,1] + 2·[2,2]) / 4
     np.testing.assert_allclose(out, [[1.25, 1.25], [5, 5], [0, 0]])
 
 
-def test_each_examples_target_is_excluded_from_its_own_history_only():
-    out = encoder()(tf.constant([1, 1, 2]), exclude=tf.constant([2, 3, 3])).numpy()
+@pytest.mark.parametrize("dense", [True, False])
+def test_each_examples_target_is_excluded_from_its_own_history_only(dense):
+    out = encoder(dense=dense)(tf.constant([1, 1, 2]), exclude=tf.constant([2, 3, 3])).numpy()
     np.testing.assert_allclose(out[0], [0.5, 0.5])  # item 2 left out: mean of items 0, 1
     np.testing.assert_allclose(out[1], [1.25, 1.25])  # item 3 is not in user 1's history
     np.testing.assert_allclose(out[2], [0, 0])  # the only history item was the target
 
 
-def test_history_dropout_hides_entries_only_in_training():
-    layer = encoder(dropout=0.5)
+@pytest.mark.parametrize("dense", [True, False])
+def test_history_dropout_hides_entries_only_in_training(dense):
+    layer = encoder(dropout=0.5, dense=dense)
     users = tf.constant([1] * 200)
     np.testing.assert_allclose(layer(users).numpy(), [[1.25, 1.25]] * 200)
     tf.random.set_seed(0)
