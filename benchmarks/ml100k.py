@@ -168,6 +168,7 @@ class Workspaces:
     def __init__(self, ws):
         self.base = ws
         self._splits: dict[tuple, object] = {}
+        self.classic: dict[tuple, dict] = {}  # (protocol, seed) → baseline results
 
     def split(self, config):
         from tfmmrec.data.splits import split_interactions
@@ -264,15 +265,27 @@ def tutorial_row(ws, config, row: Row, seed: int, quick: bool) -> tuple[dict, di
 
 def classic_row(spaces: Workspaces, args, protocol: str, row: Row, seed: int
                 ) -> tuple[dict, dict]:
-    """One classic baseline (tuned on the validation carve of this training split, then
-    refitted on all of it and tested), via ``pipeline.classic_baseline_results``: the same
-    split, candidates, exclusions and metric code as every other row. Content baselines read
-    the frozen MiniLM + EfficientNet features."""
-    from tfmmrec import pipeline
+    """One classic baseline (tuned on the validation carve of this training split, refitted
+    on all of it, then tested) via ``evaluation.baseline_suite.run_baselines``: the same split,
+    candidates, exclusions and metric code as every other row. Content baselines read the
+    frozen MiniLM + EfficientNet features. The baselines of one (protocol, seed) are fitted
+    together (the ridge reuses iALS's validated settings) and kept for the other rows."""
+    key = (protocol, seed)
+    if key not in spaces.classic:
+        from tfmmrec.evaluation.baseline_suite import run_baselines
+        from tfmmrec.evaluation.content import content_features
 
-    config = protocol_config(args, protocol, row, seed)
-    ws = spaces.for_config(config)
-    result = pipeline.classic_baseline_results(ws, [CLASSIC[row.name]])[row.name]
+        config = protocol_config(args, protocol, row, seed)
+        ws = spaces.for_config(config)
+        features, present = content_features({m: ws.contents[m].values for m in ws.modalities},
+                                             {m: ws.contents[m].mask for m in ws.modalities})
+        names = [CLASSIC[r.name] for r in rows_for(protocol) if r.kind == "classic"]
+        d = config.data
+        spaces.classic[key] = run_baselines(
+            ws.split, ws.user_ids, ws.dataset.num_items, names=names, item_features=features,
+            present=present, ks=config.eval.ks, validation_fraction=d.test_fraction,
+            seed=d.seed, model_seed=seed, batch_size=config.eval.batch_size)
+    result = spaces.classic[key][row.name]
     return result.metrics, {"chosen_on_validation": result.config,
                             "validation": result.validation,
                             "selection_metric": result.selection_metric}

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tests.conftest import derive_config
 from tfmmrec import pipeline
 from tfmmrec.config import load_config
-from tfmmrec.data.splits import Split
+from tfmmrec.data.splits import Split, validation_split
 from tfmmrec.errors import ConfigError
 from tfmmrec.training.validation import ValidationMetrics
 
@@ -102,6 +102,8 @@ def test_early_stopping_trains_for_the_epochs_chosen_on_validation(tiny_config, 
     # the final model trains on the whole training split for exactly the chosen epochs
     assert result.epochs_run == chosen["best_epoch"]
     assert len(run_record["history"]["loss"]) == chosen["best_epoch"]
-    validation = pipeline.validation_split(tiny_workspace)
+    d = tiny_workspace.config.data
+    validation = validation_split(tiny_workspace.split, d.test_fraction, d.seed,
+                                  tiny_workspace.dataset.num_items)
     assert chosen["validation_interactions"] == len(validation.test)
     assert len(validation.train) + len(validation.test) == len(tiny_workspace.split.train)
