@@ -336,7 +336,8 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
 
     identities = spaces.base.encoder_identities()
     jobs = [(row, seed) for row in rows_for(protocol)
-            for seed in range(args.seeds if row.main else 1)]
+            for seed in range(args.seeds if row.main else 1)
+            if not args.rows or row.name in args.rows]
     results: dict[str, list] = {}
     todo = []
     for row, seed in jobs:
@@ -788,6 +789,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 seed, 2 epochs, a small speed step (own results)")
     parser.add_argument("--fresh", action="store_true", help="ignore saved parts, recompute")
+    parser.add_argument("--rows", nargs="+", default=[],
+                        help="compute (and report) only these rows, by exact name; results "
+                             "are written only once every row exists")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config override for every tfmmrec row (tuning)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)

@@ -172,6 +172,10 @@ def history_encoder(ws: Workspace) -> HistoryEncoder | None:
     model_config = ws.config.model
     if not model_config.user_history:
         return None
+    if ws.config.train.strategy == "tpu":
+        raise ConfigError("model.user_history reads ragged per-user histories, which the TPU "
+                          "step (XLA) was not built or tested for here; set "
+                          "model.user_history=false with train.strategy=tpu")
     splits, items, weights = history_table(ws.split.train, ws.user_ids,
                                            model_config.history_max_length,
                                            model_config.history_half_life)
