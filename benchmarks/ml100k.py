@@ -336,15 +336,15 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
 
     identities = spaces.base.encoder_identities()
     jobs = [(row, seed) for row in rows_for(protocol)
-            for seed in range(args.seeds if row.main else 1)
-            if not args.rows or row.name in args.rows]
+            for seed in range(args.seeds if row.main else 1)]
     results: dict[str, list] = {}
     todo = []
     for row, seed in jobs:
         key = row_fingerprint(args, protocol, row, seed, identities)
         path = part_path(args, protocol, slug(row.name), f"seed{seed}")
-        part = None if args.fresh else load_part(path, key)
-        if part is None:
+        selected = not args.rows or row.name in args.rows
+        part = None if args.fresh and selected else load_part(path, key)
+        if part is None and selected:
             todo.append((row, seed, key, path))
         else:
             results.setdefault(row.name, []).append(part)
@@ -790,8 +790,8 @@ def parse_args(argv=None):
                         help="smoke run: 1 seed, 2 epochs, a small speed step (own results)")
     parser.add_argument("--fresh", action="store_true", help="ignore saved parts, recompute")
     parser.add_argument("--rows", nargs="+", default=[],
-                        help="compute (and report) only these rows, by exact name; results "
-                             "are written only once every row exists")
+                        help="compute only these rows (exact names; saved parts of the others "
+                             "are still reported); results are written once every row exists")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config override for every tfmmrec row (tuning)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
