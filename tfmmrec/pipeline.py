@@ -342,7 +342,7 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
     config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
                                      "model.fusion_selection=none"])
     d = config.data
-    validation = validation_split(ws.split, d.test_fraction, d.seed, ws.dataset.num_items)
+    validation = validation_split(ws.split, d.test_fraction, d.seed)
     inner = dataclasses.replace(ws, config=config, split=validation)
     logger.info("early stopping: training on %d of the %d training interactions, validating "
                 "on %d", len(validation.train), len(ws.split.train), len(validation.test))

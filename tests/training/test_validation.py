@@ -103,7 +103,6 @@ def test_early_stopping_trains_for_the_epochs_chosen_on_validation(tiny_config, 
     assert result.epochs_run == chosen["best_epoch"]
     assert len(run_record["history"]["loss"]) == chosen["best_epoch"]
     d = tiny_workspace.config.data
-    validation = validation_split(tiny_workspace.split, d.test_fraction, d.seed,
-                                  tiny_workspace.dataset.num_items)
+    validation = validation_split(tiny_workspace.split, d.test_fraction, d.seed)
     assert chosen["validation_interactions"] == len(validation.test)
     assert len(validation.train) + len(validation.test) == len(tiny_workspace.split.train)
