@@ -71,3 +71,10 @@ def test_invalid_dropout_is_rejected():
     with pytest.raises(ValueError, match="history dropout"):
         HistoryEncoder(2, 2, np.array([0, 0]), np.zeros(0, np.int64), np.zeros(0, np.float32),
                        dropout=1.0)
+
+
+def test_query_tower_without_any_input_is_rejected():
+    from tfmmrec.towers.query import QueryTower
+
+    with pytest.raises(ValueError, match="at least one input"):
+        QueryTower(["a"], 4, user_id_embedding=False)

@@ -54,6 +54,10 @@ class QueryTower(tf.keras.layers.Layer):
         self.id_dropout = id_dropout
         vocabulary = [str(u) for u in user_ids]
         self.lookup = user_lookup(vocabulary)
+        if not (user_id_embedding or history_encoder is not None or feature_columns
+                or (history is not None and history.shape[1] > 0)):
+            raise ValueError("the query tower needs at least one input: the user-id embedding, "
+                             "a history encoder, user features or recent items")
         self.id_embedding = None
         if user_id_embedding:
             self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
