@@ -346,7 +346,7 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
         part = None if args.fresh and selected else load_part(path, key)
         if part is None and selected:
             todo.append((row, seed, key, path))
-        else:
+        elif part is not None:
             results.setdefault(row.name, []).append(part)
     if todo and compute:
         bar = tqdm(todo, desc=f"protocol {protocol}", unit="run", dynamic_ncols=True)
