@@ -42,6 +42,7 @@ from tfmmrec.training.trainer import (
     TrainResult,
     batched_examples,
     check_writable,
+    dataframe_dataset,  # noqa: F401  (part of this module's API: tests and notebooks use it)
     encode_from_tfrecords,
     fit,
     tfrecord_dataset,
