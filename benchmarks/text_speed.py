@@ -177,8 +177,10 @@ def main(argv=None) -> int:
     padded = TextEncoder(encoder.preprocessor, encoder.backbone, encoder.pooling, {},
                          trim_padding=False)
     report: dict = {
-        "command": "python benchmarks/text_speed.py" + (f" --items {args.items}"
-                                                        if args.items else ""),
+        "command": "python benchmarks/text_speed.py" + "".join(
+            f" {flag} {value}" for flag, value, default in (
+                ("--items", args.items, 0), ("--baseline-items", args.baseline_items, 256),
+                ("--calls", args.calls, 500)) if value != default),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_start": os.getloadavg()[0]},
         "encoder": json.loads(encoder.description_json),
