@@ -402,15 +402,24 @@ def run_child(code: str, arguments: list[str], desc: str, peak_file: Path
     """Run ``python -c code arguments`` with a progress line; (wall seconds, peak RSS MiB)."""
     from tqdm import tqdm
 
+    from tfmmrec.progress import on_terminal
+
     peak_file.unlink(missing_ok=True)
     command = [sys.executable, "-c", f"{PEAK_RSS_HOOK}; {code}", str(peak_file), *arguments]
     start = time.perf_counter()
-    with tqdm(desc=desc, bar_format="{desc}: {elapsed}", dynamic_ncols=True) as bar:
+    # A ticking clock on a terminal; otherwise one line now and one at the end (a redrawn bar
+    # in a log file is hundreds of lines).
+    with tqdm(desc=desc, bar_format="{desc}: {elapsed}", dynamic_ncols=True,
+              disable=not on_terminal()) as bar:
+        if not on_terminal():
+            print(f"{desc}...", file=sys.stderr, flush=True)
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         while process.poll() is None:
             time.sleep(0.5)
             bar.update(0)
+    if not on_terminal():
+        print(f"{desc}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     stderr = process.stderr.read() if process.stderr else ""
     if process.returncode != 0:
         print(stderr[-3000:], file=sys.stderr)
@@ -544,9 +553,9 @@ def cache_build(ws, config, directory: Path, quick: bool) -> dict:
 def yamnet_throughput(config, num_clips: int) -> dict:
     """YAMNet clip features end to end (decode, resample to 16 kHz, embed) on FSDD clips."""
     import pandas as pd
-    from tqdm import tqdm
 
     from tfmmrec.data.media import load_audio
+    from tfmmrec.progress import progress
     from tfmmrec.towers.audio import build_audio_encoder
     from tfmmrec.towers.cache import pad_waveforms
 
@@ -556,7 +565,8 @@ def yamnet_throughput(config, num_clips: int) -> dict:
     batch = config.train.encode_batch_size
     encoder(pad_waveforms([load_audio(paths[0], 16000, config.audio.max_seconds)]))  # trace
     start = time.perf_counter()
-    for first in tqdm(range(0, len(paths), batch), desc="speed: YAMNet on FSDD", unit="batch"):
+    for first in progress(range(0, len(paths), batch), desc="speed: YAMNet on FSDD",
+                          unit="batch"):
         waves = [load_audio(p, 16000, config.audio.max_seconds) for p in paths[first:first + batch]]
         encoder(pad_waveforms(waves)).numpy()
     seconds = time.perf_counter() - start
@@ -571,6 +581,12 @@ def speed_part(spaces: Workspaces, args, compute: bool) -> dict | None:
     part = None if args.fresh else load_part(path, key)
     if part is None and compute:
         part = save_part(path, key, speed_step(spaces, args))
+        if not args.quick:  # the speed step alone, as measured (the full report needs every part)
+            from tfmmrec.evaluation.report import write_json
+
+            write_json({"command": "python benchmarks/ml100k.py --protocol speed --fresh",
+                        "load_average_at_end": os.getloadavg()[0], **part},
+                       RESULTS / "ml100k_speed_step.json")
     return part
 
 
@@ -667,8 +683,8 @@ def check_targets(results: dict, speed: dict | None) -> list[dict]:
             add(f"B: {DEFAULT} Recall@20 > best single modality + 1 std", get("B", DEFAULT, r),
                 best + spread + 1e-12)
     if speed:
-        add("speed: tfmmrec ≥ 10× the tutorial loop (examples/s)",
-            speed["ratios"]["tfmmrec_vs_tutorial_as_written"], 10.0)
+        add("speed: tfmmrec ≥ 15× the tutorial loop (examples/s)",
+            speed["ratios"]["tfmmrec_vs_tutorial_as_written"], 15.0)
     return checks
 
 

@@ -7,8 +7,13 @@ before that, and a process that already runs Keras 3 cannot be switched back.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 from tfmmrec.errors import EnvironmentSetupError
 
@@ -20,9 +25,12 @@ KERAS3_MESSAGE = (
 )
 
 
+_USER_ENVIRONMENT = frozenset(os.environ)  # what the user set, before tfmmrec sets defaults
+
+
 def configure_keras() -> None:
     """Select Keras 2 before TensorFlow loads; raise if Keras 3 is already live."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet_output() may lower it further
     if os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
     if "tensorflow" in sys.modules and not keras2_active():
@@ -46,3 +54,90 @@ def register_custom_ops(scann: bool = True) -> None:
 
     if scann:
         import scann as _scann  # noqa: F401  (registers the Scann>ScannSearch* ops)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+NATIVE_LOG_VARIABLES = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow C++: CUDA probing, oneDNN notices, XLA
+    "GLOG_minloglevel": "2",  # glog-based native libraries
+}
+NOISY_PYTHON_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "PIL")
+
+
+def quiet_output(verbose: bool = False) -> None:
+    """What a command-line run shows: its own progress and results, not library chatter.
+
+    Unless ``verbose``: TensorFlow's C++ log threshold is raised before TensorFlow loads (only
+    effective then; the CLI imports TensorFlow lazily, after this), Python warnings (Keras
+    deprecations) are ignored and the ``tensorflow``/``absl`` Python loggers show errors only.
+    Variables the user already set are kept. Native libraries that log through absl without a
+    threshold (ScaNN's index builder) are handled by ``native_stderr_to``.
+    """
+    if verbose:
+        return
+    for name, value in NATIVE_LOG_VARIABLES.items():
+        if name not in _USER_ENVIRONMENT:
+            os.environ[name] = value
+    warnings.filterwarnings("ignore")
+    for name in NOISY_PYTHON_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "absl.logging" in sys.modules or _importable("absl.logging"):
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: str | os.PathLike) -> Iterator[Path]:
+    """Send what C/C++ code writes to file descriptor 2 into ``path``; Python's ``sys.stderr``
+    (log lines, progress bars, error messages) keeps writing where it did.
+
+    ScaNN and TensorFlow's C++ runtime log through absl straight to descriptor 2, with no
+    setting to silence them; this is the one place their lines can be kept off the screen.
+    Restored on exit; the file is kept for reading when something went wrong.
+    """
+    path = Path(path)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    swapped = getattr(sys.stderr, "fileno", None) is not None and _fd(sys.stderr) == 2
+    python_stderr = sys.stderr
+    try:
+        with open(path, "wb") as target:
+            os.dup2(target.fileno(), 2)
+        if swapped:  # the real stderr object writes to descriptor 2: give it the saved one
+            sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+        yield path
+    finally:
+        if swapped:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _fd(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def stdout_silenced() -> Iterator[None]:
+    """Hide what an import prints on stdout (keras-core announces "Using TensorFlow backend")."""
+    with contextlib.redirect_stdout(open(os.devnull, "w")) as sink:
+        try:
+            yield
+        finally:
+            sink.close()

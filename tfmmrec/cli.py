@@ -4,20 +4,28 @@ Thin wrappers over ``tfmmrec.pipeline`` (no library module imports this one).
 
 Errors raised on purpose (``TfmmrecError``) are printed as one line without a stack trace and
 exit with status 2; an interrupted ``train`` is resumed by running the same command again.
+
+Output: progress, results and where files went. TensorFlow/ScaNN C++ logs, CUDA/oneDNN notices
+and library warnings are kept off the screen (native lines go to a temporary file, shown only
+when the command fails); ``--verbose`` shows everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import tfmmrec
+from tfmmrec._env import native_stderr_to, quiet_output
 from tfmmrec.config import STRATEGIES, load_config
 from tfmmrec.errors import ConfigError, TfmmrecError
 
@@ -36,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfmmrec", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=tfmmrec.__version__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show TensorFlow/ScaNN C++ logs and library warnings")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="build demo data, train, evaluate, export, query")
@@ -109,21 +119,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options "
                      "need --runner)")
     args.beam_args = beam_args
-    _configure_logging(args.quiet)
-    try:
-        return int(_run(args) or 0)
-    except TfmmrecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume from the last checkpoint",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    quiet_output(args.verbose)  # before anything imports TensorFlow
+    native_log = Path(tempfile.gettempdir()) / f"tfmmrec-native-{os.getpid()}.log"
+    failed = True
+    with (contextlib.nullcontext() if args.verbose else native_stderr_to(native_log)):
+        handler = _configure_logging(args.quiet)
+        try:
+            code = int(_run(args) or 0)
+            failed = code != 0
+            return code
+        except TfmmrecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            failed = False
+            print("interrupted: run the same command again to resume from the last checkpoint",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            logging.getLogger().removeHandler(handler)
+            if not args.verbose:
+                _report_native_log(native_log, failed)
 
 
-def _configure_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _report_native_log(path: Path, failed: bool) -> None:
+    """Keep the native libraries' log only when it may explain a failure."""
+    if failed and path.is_file() and path.stat().st_size:
+        print(f"(TensorFlow/ScaNN native log: {path}; --verbose shows it live)", file=sys.stderr)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A stderr handler that follows ``sys.stderr`` (``native_stderr_to`` swaps it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; sys.stderr wins
+        pass
+
+
+class _Format(logging.Formatter):
+    """Progress and results as plain lines; warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def _configure_logging(quiet: bool) -> logging.Handler:
+    handler = _CurrentStderr()
+    handler.setFormatter(_Format())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
     logging.getLogger("tfmmrec").setLevel(logging.WARNING if quiet else logging.INFO)
+    return handler
 
 
 def _run(args) -> int:
@@ -209,7 +268,11 @@ def _evaluate(config, args) -> int:
     results = pipeline.evaluate(config, args.checkpoint, workspace=workspace, name=name,
                                 classic_baselines=names, embeddings=embeddings)
     _print_results(results, config.eval.ks)
-    print(f"wrote {Path(config.train.output_dir) / 'eval'}/metrics.json and metrics.png")
+    out = Path(config.train.output_dir)
+    print(f"wrote {out / 'eval'}/metrics.json and metrics.png")
+    if (out / "logs" / "projector").is_dir():
+        print(f"item embeddings for TensorBoard's Projector: {out / 'logs' / 'projector'} "
+              f"(tensorboard --logdir {out / 'logs'})")
     return 0
 
 
@@ -349,8 +412,8 @@ def _demo(config, output: str | None) -> int:
         hits = exported.call("query_text", text=[text], k=5)["item_ids"][0]
         print(f"query_text {text[:50]!r}... → {', '.join(i.decode() for i in hits)}")
     out = Path(config.train.output_dir)
-    print(f"\nrun directory: {out} (checkpoints/, logs/ for TensorBoard, eval/metrics.json, "
-          f"eval/metrics.png)\nexport: {version}\n"
+    print(f"\nrun directory: {out} (checkpoints/, logs/ for TensorBoard incl. the item "
+          f"embedding Projector, eval/metrics.json, eval/metrics.png)\nexport: {version}\n"
           f"time: {time.perf_counter() - start:.0f} s, peak RSS: {_peak_rss_gib():.2f} GiB")
     return 0
 

@@ -295,6 +295,9 @@ class TrainConfig:
     ``features``: a directory written by ``tfmmrec encode`` (local or any TensorFlow filesystem
     path); when set, frozen encoders' features are read from it (by training, evaluation and
     export) instead of being computed or taken from ``cache_dir``.
+
+    ``verbose``: 0 reports nothing while training, 1 one line per epoch (loss terms, seconds,
+    examples/s; logged by ``tfmmrec.training.trainer``), 2 Keras' own progress bar.
     """
 
     epochs: int = 20
@@ -342,6 +345,8 @@ class TrainConfig:
                ">= 0 (0: chosen from the data size)")
         _check(self.prepare_workers >= 0, "train.prepare_workers", self.prepare_workers,
                ">= 0 (0: one per core)")
+        _check(self.verbose in (0, 1, 2), "train.verbose", self.verbose,
+               "0 (silent), 1 (a line per epoch) or 2 (Keras progress bar)")
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.config import (
@@ -40,8 +41,9 @@ from tfmmrec.training.checkpoint import load_exactly
 from tfmmrec.training.strategy import is_chief, strategy_for
 from tfmmrec.training.trainer import (
     TrainResult,
+    batched_examples,
     check_writable,
-    dataframe_dataset,
+    dataframe_dataset,  # noqa: F401  (part of this module's API: tests and notebooks use it)
     encode_from_tfrecords,
     fit,
     tfrecord_dataset,
@@ -245,9 +247,7 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
         lists = sample_lists(train["user_id"].astype(str).to_numpy(),
                              train["item_index"].to_numpy(), rating_targets(train),
                              ranking.list_size, ranking.lists_per_user, config.data.seed)
-        dataset = tf.data.Dataset.from_tensor_slices(lists).cache().shuffle(
-            len(lists["user_id"]), seed=config.train.seed)
-        dataset = dataset.batch(config.train.batch_size, drop_remainder=True)
+        dataset = batched_examples(lists, config.train.batch_size, config.train.seed)
         return with_user_indices(dataset, ws.user_ids), len(lists["user_id"])
     extra = {"rating": rating_targets(train)} if ranking.enabled and ranking.task == "regression" \
         else None
@@ -255,11 +255,19 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
         columns = ("user_id", "item_index", *(["rating"] if extra else []))
         dataset, count = tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
                                           config.train.seed, columns)
-    else:
-        dataset = dataframe_dataset(train, config.train.batch_size, config.train.seed,
-                                       extra=extra)
-        count = len(train)
-    return with_user_indices(dataset, ws.user_ids), count
+        return with_user_indices(dataset, ws.user_ids), count
+    # In memory: user ids become indices once, here, not in every batch.
+    features = {"user_index": user_indices(train["user_id"], ws.user_ids),
+                "item_index": train["item_index"].to_numpy(np.int32), **(extra or {})}
+    return batched_examples(features, config.train.batch_size, config.train.seed), len(train)
+
+
+def user_indices(user_ids, vocabulary) -> np.ndarray:
+    """``user_lookup(vocabulary)(user_ids)`` computed once in numpy: row i + 1 of the vocabulary,
+    0 for an unknown id (the query tower's out-of-vocabulary row)."""
+    positions = pd.Index([str(u) for u in vocabulary]).get_indexer(
+        np.asarray(user_ids).astype(str))
+    return (positions + 1).astype(np.int64)
 
 
 def with_user_indices(dataset: tf.data.Dataset, user_ids) -> tf.data.Dataset:
@@ -512,6 +520,8 @@ def evaluate(config: Config | str | os.PathLike | None = None,
                    if classic else {})}, out / "metrics.json")
     plot_metric_curves(results, out / "metrics.png",
                        title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
+    if not hidden_modalities:
+        write_item_projector(config, ws, items)
     return results
 
 
@@ -546,6 +556,20 @@ def classic_baseline_results(ws: Workspace, names: Sequence[str]) -> dict:
                          item_features=features, present=present, ks=ws.config.eval.ks,
                          validation_fraction=d.test_fraction, seed=d.seed,
                          model_seed=ws.config.train.seed, batch_size=ws.config.eval.batch_size)
+
+
+def write_item_projector(config: Config, ws: Workspace, items: np.ndarray):
+    """TensorBoard Projector files of the item embeddings in ``<output_dir>/logs/projector``:
+    ids and titles as labels, posters as thumbnails (``evaluation.projector``)."""
+    from tfmmrec.evaluation.projector import write_projector
+
+    catalog = ws.dataset.catalog
+    frame = catalog.frame
+    titles = (frame["title"].astype(str).tolist() if "title" in frame.columns
+              else [str(t)[:80] for t in catalog.texts])
+    images = catalog.image_paths if "image" in ws.modalities else None
+    return write_projector(Path(config.train.output_dir) / "logs", items, catalog.item_ids,
+                           titles, images)
 
 
 def seen_items(ws: Workspace) -> list[np.ndarray]:

@@ -9,12 +9,14 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from tests.conftest import derive_config
 from tests.data.folders import write_wav
 from tfmmrec.config import TextTowerConfig
-from tfmmrec.towers.cache import FeatureCache, encode_catalog, pad_waveforms
-from tfmmrec.towers.text import build_text_encoder
+from tfmmrec.towers import cache
+from tfmmrec.towers.cache import FeatureCache, by_length, encode_catalog, pad_waveforms
+from tfmmrec.towers.text import TextEncoder, build_text_encoder
 
 TEXT = TextTowerConfig(hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32,
                        sequence_length=16)
@@ -171,3 +173,50 @@ def test_pad_waveforms_zero_pads_and_records_lengths():
     assert batch["waveform"].shape == (2, 5)
     assert batch["length"].tolist() == [3, 5]
     assert batch["waveform"][0, 3:].tolist() == [0.0, 0.0]
+
+
+def test_by_length_orders_indices_by_text_length_stably():
+    texts = ["ccc", "a", "bb", "dd", ""]
+    assert by_length([0, 1, 2, 3, 4], texts) == [4, 1, 2, 3, 0]
+    assert by_length([3, 0, 2], texts) == [3, 2, 0]  # ties keep the given order
+
+
+def test_text_is_encoded_in_length_sorted_batches_and_read_out_in_catalogue_order(
+        catalog, encoder, monkeypatch):
+    monkeypatch.setattr(cache, "COMPILE_MIN_BATCHES", 10**9)  # eager: the spy reads values
+    batches = []
+
+    class Recording(TextEncoder):
+        def call(self, texts, training=False):
+            batches.append([t.decode() for t in texts.numpy()])
+            return super().call(texts, training)
+
+    recording = Recording(encoder.preprocessor, encoder.backbone, encoder.pooling, {})
+    content, _ = encode_catalog(catalog, recording, None, batch_size=8, progress=False)
+    lengths = [len(t) for batch in batches for t in batch]
+    assert lengths == sorted(lengths)
+    present = [i for i, t in enumerate(catalog.texts) if t]
+    np.testing.assert_allclose(content.values[present],
+                               encoder(np.array([catalog.texts[i] for i in present])).numpy(),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("modality", ["text", "audio"])
+def test_compiled_encoding_matches_eager_and_traces_once(tiny_workspace, modality, monkeypatch):
+    """Many batches run as one graph (ragged last batch, clips of different lengths included)
+    and give the eager features."""
+    catalog, encoder = tiny_workspace.dataset.catalog, tiny_workspace.encoders[modality]
+    traces = []
+    original = type(encoder).call
+
+    def counting(self, *args, **kwargs):
+        traces.append(tf.executing_eagerly())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(encoder), "call", counting)
+    compiled, _ = encode_catalog(catalog, encoder, None, batch_size=7, progress=False)
+    assert traces.count(False) == 1  # one trace for every batch
+    monkeypatch.setattr(cache, "COMPILE_MIN_BATCHES", 10**9)
+    eager, _ = encode_catalog(catalog, encoder, None, batch_size=7, progress=False)
+    np.testing.assert_array_equal(compiled.mask, eager.mask)
+    np.testing.assert_allclose(compiled.values, eager.values, atol=1e-5)

@@ -11,7 +11,13 @@ from tests.conftest import shared_path
 from tests.towers import tower_checks
 from tfmmrec.config import TextTowerConfig
 from tfmmrec.errors import ConfigError
-from tfmmrec.towers.text import SPECIAL_TOKENS, TextEncoder, build_text_encoder, build_vocabulary
+from tfmmrec.towers.text import (
+    SPECIAL_TOKENS,
+    TextEncoder,
+    build_text_encoder,
+    build_vocabulary,
+    trim_padding,
+)
 
 CORPUS = ["A calm love story near a river", "A dark murder mystery with a detective",
           "Starship robots in a bright galaxy", "Wolves and whales of the quiet forest"]
@@ -73,6 +79,54 @@ def test_identity_is_stable_for_same_config_and_changes_with_it(encoder):
     assert build_text_encoder(tiny(), [*CORPUS, "new words"]).identity() != encoder.identity()
 
 
+MIXED = tf.constant(["love", "a calm love story near a river with wolves and whales", "",
+                     "the detective"])
+
+
+def padded_twin(encoder: TextEncoder) -> TextEncoder:
+    """The same preprocessor and backbone without trimming: the reference path."""
+    return TextEncoder(encoder.preprocessor, encoder.backbone, encoder.pooling, {},
+                       trim_padding=False)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_trimmed_batches_give_the_padded_paths_features(pooling):
+    encoder = build_text_encoder(tiny(pooling=pooling, sequence_length=32), CORPUS)
+    assert encoder.trim_padding
+    np.testing.assert_allclose(encoder(MIXED).numpy(), padded_twin(encoder)(MIXED).numpy(),
+                               atol=1e-5)
+
+
+def test_trim_padding_cuts_to_the_longest_real_sequence(encoder):
+    tokens = encoder.preprocessor(tf.constant(["love", "the detective"]))
+    trimmed = trim_padding(tokens)
+    # [CLS] the detective [SEP] is the longest: 4 of the 16 slots.
+    assert {k: v.shape.as_list() for k, v in trimmed.items()} == {
+        "token_ids": [2, 4], "segment_ids": [2, 4], "padding_mask": [2, 4]}
+    np.testing.assert_array_equal(trimmed["token_ids"], tokens["token_ids"][:, :4])
+    empty = trim_padding(encoder.preprocessor(tf.constant([], tf.string)))
+    assert empty["token_ids"].shape.as_list() == [0, 1]
+
+
+def test_traced_encoder_trims_inside_the_graph(encoder):
+    """An exported signature (traced for any batch of strings) runs the trimmed backbone."""
+    seen = []
+    original = encoder.backbone.call
+
+    def spy(inputs, *args, **kwargs):
+        seen.append(inputs["token_ids"].shape.as_list())
+        return original(inputs, *args, **kwargs)
+
+    encoder.backbone.call = spy
+    try:
+        traced = tf.function(encoder.call, input_signature=[STRINGS])
+        out = traced(MIXED).numpy()
+    finally:
+        del encoder.backbone.call
+    assert seen and seen[0] == [None, None]  # the length is decided per batch at run time
+    np.testing.assert_allclose(out, padded_twin(encoder)(MIXED).numpy(), atol=1e-5)
+
+
 def test_vocabulary_is_deterministic_frequency_ordered_and_capped():
     vocabulary = build_vocabulary(["Red red blue", "green RED"], 200)
     assert vocabulary[:len(SPECIAL_TOKENS)] == SPECIAL_TOKENS
@@ -114,3 +168,11 @@ def test_minilm_paraphrase_is_closer_than_unrelated_sentence(minilm):
                               "The stock market fell sharply today."])).numpy()
     paraphrase, unrelated = out[0] @ out[1], out[0] @ out[2]
     assert paraphrase > 0.6 > 0.3 > unrelated
+
+
+@pytest.mark.needs_shared
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_minilm_trimmed_features_equal_padded_features(minilm, pooling):
+    encoder = TextEncoder(minilm.preprocessor, minilm.backbone, pooling, {})
+    np.testing.assert_allclose(encoder(MIXED).numpy(), padded_twin(encoder)(MIXED).numpy(),
+                               atol=1e-5)

@@ -63,6 +63,64 @@ def test_fewer_examples_than_a_batch_still_train():
     assert [len(b["user_id"]) for b in dataset] == [5]
 
 
+def test_each_epoch_is_a_seeded_permutation_of_distinct_examples():
+    """Row ids as the item index: an epoch holds 48 distinct rows (one remainder of 2 dropped),
+    and the same seed gives the same epochs (every worker shuffles the same way)."""
+    frame = pd.DataFrame({"user_id": ["u"] * 50, "item_index": np.arange(50)})
+
+    def epochs(seed):
+        dataset = trainer.dataframe_dataset(frame, batch_size=16, seed=seed)
+        return [np.concatenate([b["item_index"].numpy() for b in dataset]) for _ in range(3)]
+
+    first = epochs(0)
+    for epoch in first:
+        assert len(epoch) == 48 and len(set(epoch.tolist())) == 48
+    assert len({tuple(e) for e in first}) == 3  # a new order every epoch
+    for a, b in zip(first, epochs(0), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], epochs(1)[0])
+
+
+def test_batches_carry_every_per_example_feature_row_aligned():
+    extra = {"rating": np.arange(50, dtype=np.float32) / 10,
+             "history": np.arange(150, dtype=np.int64).reshape(50, 3)}
+    frame = pd.DataFrame({"user_id": [f"u{i}" for i in range(50)], "item_index": np.arange(50)})
+    for batch in trainer.dataframe_dataset(frame, batch_size=16, seed=0, extra=extra):
+        rows = batch["item_index"].numpy()
+        np.testing.assert_array_equal(batch["user_id"].numpy(),
+                                      [f"u{i}".encode() for i in rows])
+        np.testing.assert_allclose(batch["rating"].numpy(), rows / 10)
+        np.testing.assert_array_equal(batch["history"].numpy(), extra["history"][rows])
+
+
+def test_features_with_unequal_row_counts_are_rejected():
+    with pytest.raises(ValueError, match="one row per example"):
+        trainer.batched_examples({"a": np.zeros(3), "b": np.zeros(4)}, 2, seed=0)
+
+
+def test_workers_sharding_the_batches_partition_each_epoch():
+    """Each worker (its own process: its own dataset) builds the pipeline with the same seed and
+    keeps every 2nd batch: together they see each example once."""
+    frame = pd.DataFrame({"user_id": ["u"] * 64, "item_index": np.arange(64)})
+
+    def share(worker):
+        dataset = trainer.dataframe_dataset(frame, batch_size=8, seed=3).shard(2, worker)
+        return np.concatenate([b["item_index"].numpy() for b in dataset])
+
+    shares = [share(worker) for worker in range(2)]
+    assert sorted(np.concatenate(shares).tolist()) == list(range(64))
+
+
+def test_user_indices_match_the_query_towers_lookup():
+    from tfmmrec.towers.query import user_lookup
+
+    vocabulary = ["u3", "u1", "u7"]
+    ids = np.array(["u7", "u3", "nobody", "u1", "u7"])
+    expected = user_lookup(vocabulary)(tf.constant(ids)).numpy()
+    np.testing.assert_array_equal(pipeline.user_indices(ids, vocabulary), expected)
+    assert expected.tolist() == [3, 1, 0, 2, 3]
+
+
 # --- strategies and optimisers --------------------------------------------------------------
 
 

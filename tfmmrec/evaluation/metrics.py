@@ -121,7 +121,7 @@ def evaluate_ranking(
 
     per_user = _concat(parts, users, num_relevant[users], ks)
     metrics = _aggregate(per_user, seen, ks, num_users)
-    logger.info(
+    logger.debug(  # every baseline repeats it: detail, not progress
         "ranked %d candidate items for %d users (%d skipped without test items)",
         num_candidates, metrics["num_users"], metrics["num_users_skipped"],
     )

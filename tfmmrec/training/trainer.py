@@ -10,6 +10,7 @@ copies to temporary directories and deletes them).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -54,13 +55,50 @@ def dataframe_dataset(interactions: pd.DataFrame, batch_size: int, seed: int,
         "item_index": interactions["item_index"].to_numpy(np.int32),
         **(extra or {}),
     }
-    dataset = tf.data.Dataset.from_tensor_slices(data).cache()
+    return batched_examples(data, batch_size, seed, shuffle)
+
+
+def batched_examples(features: dict[str, np.ndarray], batch_size: int, seed: int,
+                     shuffle: bool = True) -> tf.data.Dataset:
+    """Batches of in-memory per-example ``features`` (equal first dimensions), gathered by index.
+
+    Each epoch draws one seeded permutation of the example indices, cuts it into batches and
+    gathers every feature once per batch. ``from_tensor_slices → shuffle → batch`` did the same
+    with every example passing through the shuffle buffer and the batcher one at a time: on
+    2 CPU cores that per-element work cost ~2.8 ms of a 14 ms step. Same examples per epoch,
+    the same for every worker (the seed), a new order each epoch (``Dataset.random`` re-draws
+    its seed per iteration, as ``shuffle(reshuffle_each_iteration=True)`` did).
+
+    Any per-example feature is carried (whatever the model reads: ratings, histories...).
+    """
+    if not features:
+        raise ValueError("batched_examples needs at least one feature")
+    sizes = {name: len(values) for name, values in features.items()}
+    count = next(iter(sizes.values()))
+    if any(size != count for size in sizes.values()):
+        raise ValueError(f"features must have one row per example; got row counts {sizes}")
+    tensors = {name: tf.constant(values) for name, values in features.items()}
+    # Equal-sized batches when shuffling: the in-batch softmax sees the same number of
+    # negatives every step, and a fixed shape suits TPUs. Reshuffling means no example is
+    # dropped for good.
+    drop = shuffle and count >= batch_size
+    steps = count // batch_size if drop else -(-count // batch_size)
     if shuffle:
-        dataset = dataset.shuffle(len(interactions), seed=seed, reshuffle_each_iteration=True)
-    # Equal-sized batches: the in-batch softmax sees the same number of negatives every step,
-    # and a fixed shape suits TPUs. Reshuffling means no example is dropped for good.
-    drop = shuffle and len(interactions) >= batch_size
-    dataset = dataset.batch(batch_size, drop_remainder=drop)
+        def permutation(epoch_seed):
+            return tf.random.experimental.stateless_shuffle(
+                tf.range(count, dtype=tf.int64), seed=tf.stack([epoch_seed, seed]))
+
+        orders = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1) \
+            .map(permutation)
+    else:
+        orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
+    batch_indices = orders.flat_map(
+        lambda order: tf.data.Dataset.range(steps).map(
+            lambda step: order[step * batch_size:(step + 1) * batch_size])) \
+        .apply(tf.data.experimental.assert_cardinality(steps))  # flat_map hides it from Keras
+    dataset = batch_indices.map(
+        lambda index: {name: tf.gather(values, index) for name, values in tensors.items()},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return with_data_sharding(dataset).prefetch(tf.data.AUTOTUNE)
 
 
@@ -120,6 +158,42 @@ class _Throughput(tf.keras.callbacks.Callback):
         return self.examples_per_epoch * len(steady) / max(sum(steady), 1e-9)
 
 
+class EpochLine(tf.keras.callbacks.Callback):
+    """One log line per epoch: ``epoch 3/10: loss 4.1523, alignment_loss 1.2040 (2.1 s,
+    38,000 examples/s)``.
+
+    Keras' progress bar redraws every step and prints every logged value (regularisation
+    terms of 0.0000e+00 included); this keeps the loss terms that move and the speed. Runs of
+    more than ``max_lines`` epochs log the first, the last and evenly spaced ones between.
+    """
+
+    def __init__(self, epochs: int, examples_per_epoch: int, max_lines: int = 10):
+        super().__init__()
+        self.epochs = epochs
+        self.examples_per_epoch = examples_per_epoch
+        self.every = max(1, math.ceil(epochs / max_lines))
+
+    def _logged(self, epoch: int) -> bool:
+        return epoch == 0 or (epoch + 1) % self.every == 0 or epoch + 1 == self.epochs
+
+    @staticmethod
+    def _shown(name: str, value: float) -> bool:
+        """``total_loss`` repeats ``loss`` plus regularisation; a zero regulariser says nothing."""
+        return name != "total_loss" and not (name == "regularization_loss" and value == 0.0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._logged(epoch):
+            return
+        seconds = time.perf_counter() - self._start
+        values = ", ".join(f"{name} {float(value):.4f}" for name, value in (logs or {}).items()
+                           if self._shown(name, float(value)))
+        logger.info("epoch %d/%d: %s (%.1f s, %s examples/s)", epoch + 1, self.epochs, values,
+                    seconds, f"{self.examples_per_epoch / max(seconds, 1e-9):,.0f}")
+
+
 def optimizer(config: TrainConfig, replicas: int = 1) -> tf.keras.optimizers.Optimizer:
     """The configured optimiser; ``learning_rate_scaling`` applies for ``replicas`` > 1."""
     return {
@@ -170,8 +244,10 @@ def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
         dataset,
         epochs=config.epochs,
         steps_per_epoch=steps if endless else None,
-        verbose=config.verbose,
+        verbose=1 if config.verbose == 2 else 0,
         callbacks=[
+            *([EpochLine(config.epochs, throughput.examples_per_epoch)]
+              if config.verbose == 1 else []),
             tf.keras.callbacks.BackupAndRestore(str(output / "backup")),
             tf.keras.callbacks.ModelCheckpoint(str(latest), save_weights_only=True),
             tf.keras.callbacks.TensorBoard(str(output / "logs"), profile_batch=0),
@@ -206,10 +282,9 @@ def encode_from_tfrecords(directory: str, encoder, cache_dir: str | os.PathLike 
 
     Returns ``(ModalityContent, CacheStats)``.
     """
-    from tqdm.auto import tqdm
-
     from tfmmrec.data.tfrecords import items_dataset, load_manifest
-    from tfmmrec.towers.cache import CacheStats, FeatureCache, ModalityContent
+    from tfmmrec.progress import progress as report_progress
+    from tfmmrec.towers.cache import CacheStats, FeatureCache, ModalityContent, compiled
 
     manifest = load_manifest(directory)
     modality = encoder.modality
@@ -220,8 +295,10 @@ def encode_from_tfrecords(directory: str, encoder, cache_dir: str | os.PathLike 
     mask = np.zeros(manifest.num_items, bool)
     stats = CacheStats()
     batches = items_dataset(manifest, batch_size)
-    for batch in tqdm(batches, desc=f"encoding {modality} (tfrecords)", unit="batch",
-                      total=-(-manifest.num_items // batch_size), disable=not progress):
+    encode = compiled(encoder, -(-manifest.num_items // batch_size))
+    for batch in report_progress(batches, desc=f"encoding {modality} (tfrecords)", unit="batch",
+                                 total=-(-manifest.num_items // batch_size),
+                                 disable=not progress):
         index = batch["item_index"].numpy()
         keys = [k.decode() for k in batch[f"{modality}_key"].numpy()]
         present = batch[f"{modality}_present"].numpy()
@@ -232,8 +309,7 @@ def encode_from_tfrecords(directory: str, encoder, cache_dir: str | os.PathLike 
         todo = [row for row in todo if present[row]]
         if todo:
             content = _rows(batch[modality], todo, modality)
-            for row, feature in zip(todo, encoder(content, training=False).numpy(),
-                                    strict=True):
+            for row, feature in zip(todo, encode(content).numpy(), strict=True):
                 entries[keys[row]] = feature.astype(np.float32)
         stats.computed += len(todo)
         stats.reused += sum(1 for row, key in enumerate(keys) if key and row not in todo)

@@ -1,0 +1,207 @@
+"""Benchmark: where a training step's time goes (tf.profiler), per-element vs per-batch input.
+
+Trains the ML-100K protocol-A model (configs/ml100k.yaml: text + image features, batch 1024) on
+stand-in features of the real shapes (384-d text, 1,280-d image, the real presence masks;
+training cost does not depend on the feature values, and no encoder runs), once per input
+pipeline in one process:
+
+- ``per_element``: the pipeline tfmmrec used before (``from_tensor_slices → cache → shuffle →
+  batch``: every example passes through the shuffle buffer and the batcher one by one);
+- ``index_gather``: ``training.trainer.batched_examples`` now (one seeded permutation per
+  epoch, batches of indices, one gather per feature per batch).
+
+Each run trains ``--epochs`` epochs; the last one is traced with ``tf.profiler`` and the trace's
+host events are summed by kind (input pipeline, forward/backward ops by type, optimizer). Prints
+a table; writes benchmarks/results/profile_train.json.
+
+    .venv/bin/python benchmarks/profile_train.py            # ~3 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out" / "profile-train"
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIG = ROOT / "configs" / "ml100k.yaml"
+FEATURE_DIMS = {"text": 384, "image": 1280, "audio": 1024}
+
+
+def stand_in_workspace(config):
+    """The real dataset and split, with random features of the encoders' shapes."""
+    from tfmmrec import pipeline
+    from tfmmrec.data.splits import split_interactions
+    from tfmmrec.towers.cache import ModalityContent
+
+    dataset = pipeline.resolve_dataset(config)
+    split = split_interactions(dataset.interactions, config.data.split,
+                               config.data.test_fraction, config.data.seed, dataset.num_items)
+    modalities = tuple(m for m in dataset.catalog.modalities if config.tower(m).enabled)
+    rng = np.random.default_rng(0)
+    contents = {m: ModalityContent(rng.standard_normal((dataset.num_items, FEATURE_DIMS[m]))
+                                   .astype(np.float32), dataset.catalog.presence(m))
+                for m in modalities}
+    return pipeline.Workspace(config, dataset, split, modalities, {}, contents)
+
+
+def per_element_dataset(interactions, batch_size: int, seed: int):
+    """The input pipeline tfmmrec used before (kept here only as the 'before' of this profile)."""
+    import tensorflow as tf
+
+    from tfmmrec.training.trainer import with_data_sharding
+
+    data = {"user_id": interactions["user_id"].astype(str).to_numpy(),
+            "item_index": interactions["item_index"].to_numpy(np.int32)}
+    dataset = tf.data.Dataset.from_tensor_slices(data).cache()
+    dataset = dataset.shuffle(len(interactions), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return with_data_sharding(dataset).prefetch(tf.data.AUTOTUNE)
+
+
+class ProfileLastEpoch:
+    """A Keras callback tracing the last epoch with tf.profiler into ``logdir``."""
+
+    def __new__(cls, logdir: Path, epochs: int):
+        import tensorflow as tf
+
+        class Callback(tf.keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == epochs - 1:
+                    tf.profiler.experimental.start(str(logdir))
+
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == epochs - 1:
+                    tf.profiler.experimental.stop()
+
+        return Callback()
+
+
+def categorise(name: str) -> str | None:
+    """A trace event's kind, or ``None`` for wrappers that only nest other events."""
+    if name.startswith("Iterator::"):  # inclusive time of that tf.data stage
+        return f"tf.data {name.split('::')[-1]} (inclusive)"
+    if "::" in name or "__inference" in name or ":" not in name:
+        return None  # executor/session wrappers around the ops below
+    op = name.split(":")[-1]
+    if op.startswith("ResourceApply") or op.startswith("Assign"):
+        return "optimizer"
+    return f"op {op}"
+
+
+def summarise_trace(logdir: Path, steps: int) -> dict:
+    """Host time per event kind (ms per step), from the .xplane.pb tf.profiler wrote."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    files = sorted(logdir.rglob("*.xplane.pb"))
+    if not files:
+        return {}
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(files[-1].read_bytes())
+    totals: collections.Counter = collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            # TF op executions ("tf_op" in TraceMe names: "name:Type") and tf.data iterator
+            # events; skip the Python/thread-level wrappers that nest them.
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                kind = categorise(name)
+                if kind is not None:
+                    totals[kind] += event.duration_ps / 1e9  # ms
+    total_ops = sum(v for k, v in totals.items() if not k.startswith("tf.data"))
+    top = dict(sorted(((k, v / steps) for k, v in totals.items()), key=lambda kv: -kv[1])[:15])
+    return {"ms_per_step_by_kind": top, "op_ms_per_step": total_ops / steps}
+
+
+def run(ws, config, variant: str, epochs: int) -> dict:
+    import tensorflow as tf
+
+    from tfmmrec import pipeline
+    from tfmmrec.training import trainer
+
+    out = OUT / variant
+    shutil.rmtree(out, ignore_errors=True)
+    train = dataclasses.replace(config.train, output_dir=str(out / "run"), epochs=epochs,
+                                verbose=0)
+    config = dataclasses.replace(config, train=train)
+    ws = dataclasses.replace(ws, config=config)
+    tf.keras.utils.set_random_seed(train.seed)
+    if variant == "per_element":
+        dataset = pipeline.with_user_indices(
+            per_element_dataset(ws.split.train, train.batch_size, train.seed), ws.user_ids)
+        count = len(ws.split.train)
+    else:
+        dataset, count = pipeline.training_dataset(ws)
+    steps = count // train.batch_size
+    start = time.perf_counter()
+    result = trainer.fit(lambda: pipeline.build_model(ws), dataset, count, train,
+                         tf.distribute.get_strategy(),
+                         callbacks=[ProfileLastEpoch(out / "profile", epochs)])
+    return {"examples_per_second": result.examples_per_second, "steps_per_epoch": steps,
+            "ms_per_step": 1000 * train.batch_size / result.examples_per_second,
+            "final_loss": result.history["loss"][-1], "seconds": time.perf_counter() - start,
+            "profile": summarise_trace(out / "profile", steps)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--variants", nargs="+", default=["per_element", "index_gather"])
+    args = parser.parse_args(argv)
+    from tfmmrec.config import load_config
+
+    if not (ROOT.parent / "shared" / "data" / "ml100k").is_dir():
+        print("needs ../shared/data/ml100k", file=sys.stderr)
+        return 2
+    os.chdir(ROOT)
+    config = load_config(str(CONFIG), ["data.split=random", "data.test_fraction=0.2",
+                                       "data.seed=42"])
+    ws = stand_in_workspace(config)
+    report = {"command": "python benchmarks/profile_train.py",
+              "load_average_at_start": os.getloadavg()[0], "batch_size": config.train.batch_size,
+              "train_examples": len(ws.split.train), "runs": {}}
+    for variant in args.variants:
+        print(f"training with the {variant} input pipeline ({args.epochs} epochs, the last "
+              "profiled)...", flush=True)
+        report["runs"][variant] = run(ws, config, variant, args.epochs)
+    print(table(report))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "profile_train.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {RESULTS / 'profile_train.json'}")
+    return 0
+
+
+def table(report: dict) -> str:
+    runs = report["runs"]
+    kinds = sorted({k for r in runs.values() for k in r["profile"].get("ms_per_step_by_kind", {})},
+                   key=lambda k: -max(r["profile"].get("ms_per_step_by_kind", {}).get(k, 0)
+                                      for r in runs.values()))
+    lines = ["| | " + " | ".join(runs) + " |", "| :--- |" + " ---: |" * len(runs),
+             "| examples/s | " + " | ".join(f"{r['examples_per_second']:,.0f}"
+                                            for r in runs.values()) + " |",
+             "| ms per step (wall) | " + " | ".join(f"{r['ms_per_step']:.2f}"
+                                                    for r in runs.values()) + " |"]
+    for kind in kinds[:12]:
+        lines.append(f"| {kind} (host ms/step) | " + " | ".join(
+            f"{r['profile'].get('ms_per_step_by_kind', {}).get(kind, 0):.2f}"
+            for r in runs.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

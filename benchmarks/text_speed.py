@@ -1,0 +1,237 @@
+"""Benchmark: length-aware text (trimmed, length-sorted batches) against the padded path, one run.
+
+Both paths use the same ML-100K MiniLM-L6 encoder (configs/ml100k.yaml, sequence_length 128);
+the padded one is the same encoder with ``trim_padding=False`` (what tfmmrec ran before). In one
+process, one machine state:
+
+1. catalogue encoding: every ML-100K item text through ``towers.cache.encode_catalog`` (no cache:
+   trimmed, length-sorted batches, the encoder traced once) against the loop tfmmrec ran before
+   (catalogue order, padded to 128, eager calls) on a random --baseline-items sample, timed in
+   two halves around the new path; items/s of each and the largest feature difference
+   (must stay ≤ 1e-5);
+2. ``query_text`` latency: a text-only ML-100K model is exported twice (padded and trimmed
+   encoder; brute-force index; untrained weights: latency does not depend on their values), both
+   SavedModels are loaded and the ``query_text`` signature is called in-process with a five-word
+   query, padded and trimmed calls interleaved; p50/p99 of each. No gRPC hop (serving.py measures
+   that: add ~1 ms).
+
+    .venv/bin/python benchmarks/text_speed.py              # ~5 min on 2 cores
+    .venv/bin/python benchmarks/text_speed.py --items 256  # smoke run (own output dir)
+
+Prints a table; writes benchmarks/results/text_speed.json (a smoke run: benchmarks/out/).
+Needs ../shared (MiniLM weights, ML-100K); without it, prints why and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out" / "text-speed"
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIG = ROOT / "configs" / "ml100k.yaml"
+QUERY = "a funny space adventure film"  # five words
+
+
+def percentiles(latencies: list[float]) -> dict:
+    ms = np.asarray(latencies) * 1000
+    return {"calls": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def todays_path(catalog, padded, rows: np.ndarray, batch_size: int) -> tuple[int, float]:
+    """The catalogue loop as tfmmrec ran it before: catalogue order, padded to 128 tokens, the
+    encoder called eagerly per batch. (items, seconds)."""
+    start = time.perf_counter()
+    for first in range(0, len(rows), batch_size):
+        batch = np.array([catalog.texts[i] for i in rows[first:first + batch_size]])
+        padded(batch, training=False).numpy()
+    return len(rows), time.perf_counter() - start
+
+
+def catalogue_encoding(catalog, encoder, padded, batch_size: int, baseline_items: int) -> dict:
+    """Today's path on a random sample (a padded batch costs the same whatever its texts, so a
+    sample gives its rate), timed in two halves around the new path over the whole catalogue."""
+    from tfmmrec.towers import cache
+
+    texts = np.array(catalog.texts[:batch_size])
+    encoder(texts), padded(texts)  # build
+    present = np.flatnonzero([bool(t) for t in catalog.texts])
+    rows = np.random.default_rng(0).permutation(present)[:baseline_items]
+    half = len(rows) // 2 // batch_size * batch_size
+    before = [todays_path(catalog, padded, rows[:half], batch_size)]
+    start = time.perf_counter()
+    content, _ = cache.encode_catalog(catalog, encoder, None, batch_size=batch_size,
+                                      progress=False)
+    seconds = time.perf_counter() - start
+    before.append(todays_path(catalog, padded, rows[half:], batch_size))
+    items, base_seconds = sum(b[0] for b in before), sum(b[1] for b in before)
+    reference = padded(np.array([catalog.texts[i] for i in rows[:batch_size]])).numpy()
+    out = {
+        "before_padded_eager": {"items": items, "seconds": base_seconds,
+                                "items_per_second": items / base_seconds},
+        "now_trimmed_sorted_compiled": {"items": int(content.mask.sum()), "seconds": seconds,
+                                        "items_per_second": int(content.mask.sum()) / seconds},
+        "max_abs_difference": float(np.abs(content.values[rows[:batch_size]] - reference).max()),
+    }
+    out["speedup"] = (out["now_trimmed_sorted_compiled"]["items_per_second"]
+                      / out["before_padded_eager"]["items_per_second"])
+    return out
+
+
+def export_pair(config, workspace) -> dict:
+    """The text-only model exported with the padded and with the trimmed encoder."""
+    from tfmmrec import pipeline
+
+    with tf_scope():
+        model = pipeline.build_model(workspace)
+        model.build_from_example()
+    paths = {}
+    encoder = workspace.encoders["text"]
+    for name, trim in (("padded", False), ("trimmed", True)):
+        encoder.trim_padding = trim  # read when the signatures are traced, at export
+        named = pipeline.load_config(config, [f"export.model_name={name}"])
+        paths[name] = pipeline.export(named, model=model, workspace=workspace)
+    encoder.trim_padding = True
+    return paths
+
+
+def tf_scope():
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().scope()
+
+
+def query_latency(paths: dict, calls: int) -> dict:
+    import tensorflow as tf
+
+    from tfmmrec.export.loader import ExportedModel
+
+    signatures = {name: ExportedModel(path).signatures["query_text"]
+                  for name, path in paths.items()}
+    inputs = {"text": tf.constant([QUERY]), "k": tf.constant(10, tf.int32)}
+    for signature in signatures.values():
+        for _ in range(20):
+            signature(**inputs)["item_ids"].numpy()
+    latencies: dict[str, list[float]] = {name: [] for name in signatures}
+    for _ in range(calls):  # interleaved: both paths see the same machine state
+        for name, signature in signatures.items():
+            start = time.perf_counter()
+            signature(**inputs)["item_ids"].numpy()
+            latencies[name].append(time.perf_counter() - start)
+    out = {name: percentiles(values) for name, values in latencies.items()}
+    out["query"] = QUERY
+    out["p50_speedup"] = out["padded"]["p50_ms"] / out["trimmed"]["p50_ms"]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=0,
+                        help="encode only the first N catalogue items (smoke run; 0 = all)")
+    parser.add_argument("--baseline-items", type=int, default=256,
+                        help="items timed on the old (padded, eager) path: its rate does not "
+                             "depend on which texts")
+    parser.add_argument("--calls", type=int, default=500, help="timed query_text calls per path")
+    args = parser.parse_args(argv)
+
+    from tfmmrec import pipeline
+    from tfmmrec.config import load_config
+    from tfmmrec.towers.text import TextEncoder
+
+    shared = ROOT.parent / "shared"
+    if not (shared / "data" / "ml100k").is_dir():
+        print(f"needs {shared}/data/ml100k and the MiniLM weights", file=sys.stderr)
+        return 2
+    out = OUT if not args.items else OUT / "smoke"
+    shutil.rmtree(out, ignore_errors=True)
+    os.chdir(ROOT)  # the config's paths are relative to the repository root
+    config = load_config(str(CONFIG), [
+        "image.enabled=false", f"train.output_dir={out / 'run'}",
+        f"train.cache_dir={out / 'cache'}", f"export.base_dir={out / 'models'}",
+        "export.index=brute_force", "export.exclude_seen=false"])
+    started = time.perf_counter()
+    dataset = pipeline.resolve_dataset(config)
+    catalog = dataset.catalog
+    if args.items:
+        n = args.items
+        catalog = dataclasses.replace(catalog, item_ids=catalog.item_ids[:n],
+                                      texts=catalog.texts[:n], image_paths=catalog.image_paths[:n],
+                                      audio_paths=catalog.audio_paths[:n],
+                                      frame=catalog.frame.iloc[:n])
+    from tfmmrec.towers.encoders import build_encoder
+
+    encoder = build_encoder("text", config.text, [])
+    padded = TextEncoder(encoder.preprocessor, encoder.backbone, encoder.pooling, {},
+                         trim_padding=False)
+    report: dict = {
+        "command": "python benchmarks/text_speed.py" + "".join(
+            f" {flag} {value}" for flag, value, default in (
+                ("--items", args.items, 0), ("--baseline-items", args.baseline_items, 256),
+                ("--calls", args.calls, 500)) if value != default),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_start": os.getloadavg()[0]},
+        "encoder": json.loads(encoder.description_json),
+        "batch_size": config.train.encode_batch_size,
+    }
+    print(f"catalogue encoding: {len(catalog)} items trimmed+sorted, {args.baseline_items} on "
+          "the old padded path...", flush=True)
+    report["catalogue_encoding"] = catalogue_encoding(catalog, encoder, padded,
+                                                      config.train.encode_batch_size,
+                                                      args.baseline_items)
+
+    print("exporting the text-only ML-100K model twice (padded, trimmed)...", flush=True)
+    workspace = pipeline.prepare(config, progress=False)
+    paths = export_pair(config, workspace)
+    print(f"query_text: {args.calls} calls per path, interleaved...", flush=True)
+    report["query_text"] = query_latency(paths, args.calls)
+    report["seconds"] = time.perf_counter() - started
+    report["targets"] = {
+        "catalogue_encoding_speedup_ge_3": report["catalogue_encoding"]["speedup"] >= 3,
+        "query_text_p50_speedup_ge_4": report["query_text"]["p50_speedup"] >= 4,
+        "query_text_p99_lt_10ms": report["query_text"]["trimmed"]["p99_ms"] < 10,
+        "features_within_1e-5": report["catalogue_encoding"]["max_abs_difference"] <= 1e-5,
+    }
+    print(table(report))
+    target = (RESULTS if not args.items else out) / "text_speed.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2))
+    print(f"wrote {target} ({report['seconds'] / 60:.1f} min)")
+    shutil.rmtree(out / "models", ignore_errors=True)
+    return 0
+
+
+def table(report: dict) -> str:
+    enc, query = report["catalogue_encoding"], report["query_text"]
+    return "\n".join([
+        "| measurement | padded (before) | trimmed (now) | ratio |",
+        "| :--- | ---: | ---: | ---: |",
+        f"| MiniLM catalogue encoding, batch {report['batch_size']} (before: "
+        f"{enc['before_padded_eager']['items']} items, padded, eager; now: "
+        f"{enc['now_trimmed_sorted_compiled']['items']} items, trimmed, sorted, one graph) | "
+        f"{enc['before_padded_eager']['items_per_second']:.1f} items/s | "
+        f"{enc['now_trimmed_sorted_compiled']['items_per_second']:.1f} items/s | "
+        f"**{enc['speedup']:.1f}×** |",
+        f"| `query_text` p50, five words ({query['query']!r}) | "
+        f"{query['padded']['p50_ms']:.2f} ms | {query['trimmed']['p50_ms']:.2f} ms | "
+        f"**{query['p50_speedup']:.1f}×** |",
+        f"| `query_text` p99 | {query['padded']['p99_ms']:.2f} ms | "
+        f"{query['trimmed']['p99_ms']:.2f} ms | |",
+        f"| largest feature difference, trimmed vs padded | | {enc['max_abs_difference']:.1e} | |",
+    ]) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Tests for what commands print: quiet by default (no library chatter), compact progress lines.
+
+Covers ``tfmmrec._env.quiet_output``/``native_stderr_to``, ``tfmmrec.progress``, the trainer's
+per-epoch line and, end to end, the demo command's whole output in a fresh process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tfmmrec.progress import LineProgress, progress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_DEMO_CONFIG = """\
+data:
+  demo: {num_items: 60, num_users: 30, interactions_per_user: 6, seed: 0}
+  split: random
+text: {hidden_dim: 16, num_layers: 1, num_heads: 2, intermediate_dim: 32, sequence_length: 16}
+image: {image_size: 32, cnn_filters: [8]}
+audio: {max_seconds: 1.0, cnn_filters: [8]}
+model: {embedding_dim: 16}
+train: {batch_size: 32}  # the default 20 epochs, as `make demo` runs
+eval: {ks: [10, 20]}
+"""
+
+LIBRARY_CHATTER = ("WARNING", "Warning", "I0000", "W0000", "E0000", "cuInit", "oneDNN",
+                   "Using TensorFlow backend", "absl::", "Epoch 1/", "ETA:", "\r")
+
+
+def clean_environment() -> dict[str, str]:
+    """The user's environment without the log settings the quiet defaults are tested for."""
+    env = dict(os.environ)
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel", "PYTHONWARNINGS"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_demo_prints_at_most_40_lines_and_no_library_warnings(tmp_path):
+    """`make demo` runs this command; its whole output (stdout + stderr, not a terminal) must fit
+    on a screen: progress, results, where files went."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_DEMO_CONFIG)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfmmrec.cli", "demo", "--config", str(config), "--output",
+         str(tmp_path / "run")],
+        cwd=tmp_path, env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=1200)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert len(lines) <= 40, result.stdout
+    noisy = [line for line in lines if any(word in line for word in LIBRARY_CHATTER)]
+    assert noisy == [], noisy
+    text = result.stdout
+    assert "epoch 20/20: " in text and "| tfmmrec |" in text and "query_text" in text
+    assert f"run directory: {tmp_path / 'run'}" in text
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=clean_environment(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_native_stderr_goes_to_the_file_and_python_stderr_stays(tmp_path):
+    log = tmp_path / "native.log"
+    result = run_python(f"""
+        import os, sys
+        from tfmmrec._env import native_stderr_to
+        with native_stderr_to({str(log)!r}):
+            os.write(2, b"I0000 native chatter\\n")
+            print("progress line", file=sys.stderr)
+        os.write(2, b"after\\n")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["progress line", "after"]
+    assert log.read_text() == "I0000 native chatter\n"
+
+
+def test_quiet_output_sets_native_thresholds_but_keeps_the_users_choice():
+    result = run_python("""
+        import os, warnings
+        import tfmmrec
+        from tfmmrec._env import quiet_output
+        os.environ["GLOG_minloglevel"] = "0"  # set after tfmmrec's import: not the user's
+        quiet_output(verbose=False)
+        warnings.warn("a Keras deprecation")
+        print(os.environ["TF_CPP_MIN_LOG_LEVEL"], os.environ["GLOG_minloglevel"])
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3", "2"]
+    assert "deprecation" not in result.stderr
+    env = {**clean_environment(), "TF_CPP_MIN_LOG_LEVEL": "1"}
+    code = ("import os, tfmmrec; from tfmmrec._env import quiet_output; quiet_output(); "
+            "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+    kept = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert kept.stdout.strip() == "1"
+
+
+def test_verbose_changes_nothing():
+    result = run_python("""
+        import os, warnings
+        import tfmmrec
+        from tfmmrec._env import quiet_output
+        quiet_output(verbose=True)
+        warnings.warn("shown")
+        print(os.environ.get("GLOG_minloglevel"))
+    """)
+    assert result.stdout.split() == ["None"] and "shown" in result.stderr
+
+
+class FakeClock:
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_line_progress_logs_every_interval_and_once_at_the_end(caplog):
+    caplog.set_level(logging.INFO, logger="tfmmrec.progress")
+    items = list(LineProgress(range(10), desc="encoding text", total=10, unit="batch",
+                              interval=3.0, clock=FakeClock(1.0)))
+    assert items == list(range(10))
+    assert [r.getMessage() for r in caplog.records] == [
+        "encoding text: 3/10 batch (30%) in 3 s",
+        "encoding text: 6/10 batch (60%) in 6 s",
+        "encoding text: 9/10 batch (90%) in 9 s",
+        "encoding text: 10/10 batch (100%) in 11 s, done",
+    ]
+
+
+def test_progress_is_a_line_reporter_off_a_terminal_and_nothing_when_disabled(tmp_path):
+    with open(tmp_path / "out.txt", "w") as not_a_terminal:
+        assert isinstance(progress(range(3), desc="x", stream=not_a_terminal), LineProgress)
+    values = range(3)
+    assert progress(values, desc="x", disable=True) is values
+    with pytest.raises(ValueError, match="interval"):
+        LineProgress(values, desc="x", total=3, unit="it", interval=0)
+
+
+def test_epoch_line_shows_moving_loss_terms_and_speed(caplog):
+    from tfmmrec.training.trainer import EpochLine
+
+    caplog.set_level(logging.INFO, logger="tfmmrec.training.trainer")
+    line = EpochLine(epochs=10, examples_per_epoch=1000)
+    line.on_epoch_begin(2)
+    line.on_epoch_end(2, {"loss": 4.15234, "regularization_loss": 0.0, "total_loss": 4.15234,
+                          "alignment_loss": 1.204})
+    message = caplog.records[-1].getMessage()
+    assert message.startswith("epoch 3/10: loss 4.1523, alignment_loss 1.2040 (")
+    assert message.endswith(" examples/s)") and "total_loss" not in message
+    assert "regularization_loss" not in message
+
+
+def test_long_runs_log_about_ten_epoch_lines_including_first_and_last(caplog):
+    from tfmmrec.training.trainer import EpochLine
+
+    caplog.set_level(logging.INFO, logger="tfmmrec.training.trainer")
+    line = EpochLine(epochs=25, examples_per_epoch=10)
+    for epoch in range(25):
+        line.on_epoch_begin(epoch)
+        line.on_epoch_end(epoch, {"loss": 1.0})
+    logged = [int(r.getMessage().split()[1].split("/")[0]) for r in caplog.records]
+    assert logged == [1, 3, 6, 9, 12, 15, 18, 21, 24, 25]

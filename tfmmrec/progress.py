@@ -1,0 +1,82 @@
+"""Progress reporting for long loops (catalogue encoding, TFRecord preparation).
+
+On a terminal: a tqdm bar. Anywhere else (a log file, CI, a notebook's captured output, a
+benchmark's pipe) a bar rewrites itself many times a second and leaves hundreds of lines, so
+the same loop reports one log line every ``interval`` seconds and one when it finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_INTERVAL = 30.0
+
+
+def on_terminal(stream: TextIO | None = None) -> bool:
+    """True when ``stream`` (default: stderr) is an interactive terminal."""
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or not a real file
+        return False
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it",
+             disable: bool = False, interval: float = DEFAULT_INTERVAL,
+             stream: TextIO | None = None) -> Iterable[T]:
+    """``iterable``, reporting progress: a tqdm bar on a terminal, periodic lines elsewhere.
+
+    Args:
+      iterable: what to loop over.
+      desc: what is being done ("encoding text").
+      total: number of items (default: ``len(iterable)`` when it has one).
+      unit: what one item is ("batch").
+      disable: report nothing.
+      interval: seconds between two lines when not on a terminal.
+      stream: where a bar would go (default stderr); only its terminal-ness is used for lines.
+    """
+    if disable:
+        return iterable
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    if on_terminal(stream):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, unit=unit, file=stream)
+    return LineProgress(iterable, desc=desc, total=total, unit=unit, interval=interval)
+
+
+class LineProgress:
+    """Iterates ``iterable``, logging ``desc: n/total unit (p%), t s`` every ``interval`` s."""
+
+    def __init__(self, iterable: Iterable[T], *, desc: str, total: int | None, unit: str,
+                 interval: float = DEFAULT_INTERVAL, clock=time.monotonic):
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        self.iterable, self.desc, self.total, self.unit = iterable, desc, total, unit
+        self.interval, self.clock = interval, clock
+
+    def __iter__(self) -> Iterator[T]:
+        start = last = self.clock()
+        done = 0
+        for item in self.iterable:
+            yield item
+            done += 1
+            now = self.clock()
+            if now - last >= self.interval:
+                logger.info("%s: %s", self.desc, self._status(done, now - start))
+                last = now
+        logger.info("%s: %s, done", self.desc, self._status(done, self.clock() - start))
+
+    def _status(self, done: int, seconds: float) -> str:
+        of = f"/{self.total}" if self.total is not None else ""
+        share = f" ({100 * done / self.total:.0f}%)" if self.total else ""
+        return f"{done}{of} {self.unit}{share} in {seconds:.0f} s"
