@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--workers", type=int, help="with --runner: local worker processes "
                                                     "and the minimum shard count")
     _add_runner_arg(encode)
+    _add_catalog_command(commands)
     _add_serving_commands(commands)
     return parser
 
@@ -101,6 +102,38 @@ def _add_runner_arg(parser: argparse.ArgumentParser) -> None:
                                          "(DataflowRunner, FlinkRunner, SparkRunner, or "
                                          "DirectRunner = Beam's local FnApiRunner); any further "
                                          "--flags go to Beam. Needs the [beam] extra")
+
+
+def _add_catalog_command(commands) -> None:
+    """``catalog add|update|remove``: change an exported model's items without retraining."""
+    catalog = commands.add_parser(
+        "catalog", help="add, update or remove items of an exported model (next version, no "
+                        "retraining)")
+    catalog.add_argument("operation", choices=["add", "update", "remove"])
+    catalog.add_argument("--model-base-path", required=True, metavar="BASE/NAME",
+                         help="the model's folder of integer versions; the newest is updated")
+    catalog.add_argument("--items", help="items table (.csv/.jsonl/.parquet) with item_id and "
+                                         "the training items table's columns; media paths "
+                                         "relative to its folder (remove: item_id only)")
+    catalog.add_argument("--ids", nargs="+", help="remove: item ids (instead of --items)")
+    catalog.add_argument("--batch-size", type=int, default=64,
+                         help="items embedded per call (default 64)")
+    catalog.set_defaults(handler=_catalog)
+
+
+def _catalog(args) -> int:
+    from tfmmrec.export import catalog
+
+    if args.operation != "remove" and args.ids:
+        print("error: --ids applies to remove only; pass --items FILE", file=sys.stderr)
+        return EXIT_USER_ERROR
+    started = time.perf_counter()
+    result = catalog.apply(args.model_base_path, args.operation, items=args.items,
+                           item_ids=args.ids, batch_size=args.batch_size)
+    print(f"{args.operation}: {result.added} added, {result.updated} updated, {result.removed} "
+          f"removed → {result.version_dir} ({result.num_items} items, from "
+          f"{result.previous_version.name}; {time.perf_counter() - started:.1f} s)")
+    return 0
 
 
 def _add_serving_commands(commands) -> None:

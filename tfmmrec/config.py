@@ -448,8 +448,12 @@ INDEX_KINDS = ("scann", "brute_force", "partitioned")
 class ExportConfig:
     """Where and how ``tfmmrec export`` writes a TF Serving model version.
 
-    ``exclude_seen`` bakes each user's training items into the export so user-id signatures
-    never return them (the index is then asked for ``k + the longest history`` results).
+    ``exclude_seen`` (opt-in, logs a warning) bakes each user's training items into the export
+    so user-id signatures never return them: anyone holding the artefact can read them. The
+    default is to pass them per request (``exclude_item_ids``, at most ``max_exclude`` per
+    request: the index over-fetches that many). ``recommend_session`` takes at most
+    ``max_session_items`` recent items and blends their mean embedding with the user query,
+    the user weighing ``session_user_weight``.
     ``index``: ``scann`` (fastest, needs ScaNN ops in the server), ``partitioned`` (ANN in
     plain TF ops, stock TF Serving >= 2.20), ``brute_force`` (exact, plain TF ops).
     """
@@ -461,12 +465,20 @@ class ExportConfig:
     k: int = 10
     max_k: int = 100
     exclude_seen: bool = False
+    max_exclude: int = 100
+    max_session_items: int = 50
+    session_user_weight: float = 0.5
     scann: ScannConfig = field(default_factory=ScannConfig)
     partitioned: PartitionedConfig = field(default_factory=PartitionedConfig)
     limits: ServingLimitsConfig = field(default_factory=ServingLimitsConfig)
 
     def __post_init__(self) -> None:
         _check_choice("export.index", self.index, INDEX_KINDS)
+        _check(self.max_exclude >= 0, "export.max_exclude", self.max_exclude, ">= 0")
+        _check(self.max_session_items >= 1, "export.max_session_items",
+               self.max_session_items, ">= 1")
+        _check(0.0 <= self.session_user_weight <= 1.0, "export.session_user_weight",
+               self.session_user_weight, "in [0, 1]")
         _check(1 <= self.k <= self.max_k, "export.k", self.k, f"in [1, export.max_k={self.max_k}]")
         if self.version is not None:
             _check(self.version >= 1, "export.version", self.version, ">= 1")

@@ -580,6 +580,28 @@ def seen_items(ws: Workspace) -> list[np.ndarray]:
                                       for u in ws.user_ids]
 
 
+def item_columns(columns) -> dict:
+    """The items-table schema an export records, so a catalogue update reads new rows the way
+    training read the catalogue (same text columns in the same order, same media columns)."""
+    return {"text": list(columns.text), "image": columns.image, "audio": columns.audio}
+
+
+def export_contents(ws: Workspace, exclude_seen: bool) -> dict:
+    """What the artefact holds, for ``tfmmrec.json`` (and the README's list)."""
+    return {
+        "model_weights": "query tower, item tower (projections, fusion), encoders"
+        + (", ranking head" if ws.config.ranking.enabled else ""),
+        "item_ids_and_embeddings": True,
+        "user_ids": "the query tower's user-id vocabulary",
+        "user_features": bool(ws.config.model.user_features and ws.dataset.users is not None),
+        "user_histories": (f"the {ws.config.model.history_length} most recent training items "
+                           "per user (query-tower history pooling)")
+        if ws.config.model.history_length else False,
+        "seen_items_per_user": bool(exclude_seen),
+        "interactions": False,
+    }
+
+
 def export(config: Config | str | os.PathLike | None = None,
            checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
            workspace: Workspace | None = None, index: str | None = None) -> Path:
@@ -589,10 +611,10 @@ def export(config: Config | str | os.PathLike | None = None,
     """
     import dataclasses
 
-    from tfmmrec.export.index import IndexSettings, build, recall_against_brute_force
-    from tfmmrec.export.module import RetrievalServingModule
-    from tfmmrec.export.warmup import warmup_requests
-    from tfmmrec.export.writer import write_models_config, write_version
+    from tfmmrec.export.catalog import write_catalog_version
+    from tfmmrec.export.index import IndexSettings
+    from tfmmrec.export.module import ServingTowers
+    from tfmmrec.export.writer import write_models_config
 
     config = load_config(config)
     # Before restoring, embedding and indexing (minutes for large catalogues), not after.
@@ -607,38 +629,39 @@ def export(config: Config | str | os.PathLike | None = None,
     kind = index or ex.index
     items = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
     head = getattr(model, "head", None) if config.ranking.enabled else None
-    seen = seen_items(ws) if ex.exclude_seen else None
-    deepest = max(ex.max_k, config.ranking.retrieve_candidates if head is not None else 0)
-    deepest += max((len(s) for s in seen), default=0) if seen is not None else 0
-    top_k = build(items, ws.dataset.catalog.item_ids, IndexSettings.from_export(ex, deepest, kind))
-    uses_scann = "Scann" in top_k.op_namespaces
+    seen = None
+    if ex.exclude_seen:
+        logger.warning("export.exclude_seen: every user's training items are baked into the "
+                       "export (user id → item ids); anyone holding the model can read them. "
+                       "Prefer request-time exclusion (exclude_item_ids)")
+        seen = seen_items(ws)
+    towers = ServingTowers(
+        model.query_tower, model.item_tower, ws.encoders,
+        training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
+        image_size=config.image.image_size, sample_rate=config.audio.sample_rate,
+        max_seconds=config.audio.max_seconds, ranking_head=head, seen=seen, limits=ex.limits)
     metadata = {
         "tfmmrec_version": __import__("tfmmrec").__version__,
-        "index": kind, "index_parameters": top_k.parameters, "num_items": int(items.shape[0]),
-        "index_servers": list(top_k.servers), "limits": dataclasses.asdict(ex.limits),
+        "limits": dataclasses.asdict(ex.limits),
         "embedding_dim": int(items.shape[1]), "default_k": ex.k, "max_k": ex.max_k,
         "two_stage": head is not None, "exclude_seen": ex.exclude_seen,
+        "max_seen": towers.max_seen, "max_exclude": ex.max_exclude,
+        "max_session_items": ex.max_session_items,
+        "session_user_weight": ex.session_user_weight,
+        "retrieve_candidates": config.ranking.retrieve_candidates,
+        "image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
+        "max_seconds": config.audio.max_seconds,
+        "item_columns": item_columns(ws.dataset.catalog.columns),
         "modalities": list(ws.modalities), "encoders": ws.encoder_identities(),
         "unknown_user_policy": "cold-start query embedding (out-of-vocabulary row)",
-        "load_requirements": ["import tensorflow_text"] * ("text" in ws.modalities)
-        + ["import scann (or a TF Serving build with ScaNN ops)"] * uses_scann,
+        "contents": export_contents(ws, ex.exclude_seen),
+        "index_settings": IndexSettings.from_export(ex, kind=kind).to_dict(),
+        "warmup_user": str(ws.user_ids[0]),
     }
-    if kind != "brute_force":
-        sample = embed_users(model, ws.user_ids[:2000])
-        recall = recall_against_brute_force(top_k, sample, items, k=10)
-        metadata["index_recall_at_10"] = recall
-        if kind == "scann":
-            metadata["scann_recall_at_10"] = recall
-        logger.info("%s index recall@10 vs brute force: %.3f", kind, recall)
-    module = RetrievalServingModule(
-        model.query_tower, model.item_tower, ws.encoders, items, top_k,
-        item_ids=ws.dataset.catalog.item_ids, default_k=ex.k, max_k=ex.max_k,
-        image_size=config.image.image_size, sample_rate=config.audio.sample_rate,
-        max_seconds=config.audio.max_seconds, ranking_head=head,
-        retrieve_candidates=config.ranking.retrieve_candidates, seen=seen, limits=ex.limits)
-    version_dir = write_version(module, ex.base_dir, ex.model_name, ex.version, metadata,
-                               uses_scann=uses_scann,
-                               warmup=warmup_requests(ws.modalities, str(ws.user_ids[0]),
-                                                    min(ex.k, module.max_k)))
+    sample = embed_users(model, ws.user_ids[:2000]) if kind != "brute_force" else None
+    version_dir = write_catalog_version(
+        towers, items, ws.dataset.catalog.item_ids, kind, metadata, ex.base_dir, ex.model_name,
+        ex.version, settings=IndexSettings.from_export(ex, kind=kind), recall_queries=sample,
+        warmup_user=str(ws.user_ids[0]))
     write_models_config(ex.base_dir)
     return version_dir

@@ -39,9 +39,12 @@ out = {}
 for name, path in request["versions"].items():
     loaded = tf.saved_model.load(path)
     users = tf.constant(request["users"])
-    top = loaded.signatures["recommend"](user_id=users, k=tf.constant(10))
+    # TF Serving fills optional inputs from the SignatureDef defaults; Python's loader does not.
+    none = tf.zeros([0, 0], tf.string)
+    top = loaded.signatures["recommend"](user_id=users, k=tf.constant(10), exclude_item_ids=none)
     default = loaded.signatures["serving_default"](user_id=users)
-    text = loaded.signatures["query_text"](text=tf.constant(request["texts"]), k=tf.constant(5))
+    text = loaded.signatures["query_text"](text=tf.constant(request["texts"]), k=tf.constant(5),
+                                           exclude_item_ids=none)
     embedding = loaded.signatures["embed_query"](user_id=users)["embedding"]
     out[name] = {"ids": top["item_ids"].numpy().astype(str).tolist(),
                  "scores": top["scores"].numpy().tolist(),
@@ -231,7 +234,8 @@ def loaded(exported):
 
 def test_signatures_cover_users_and_every_modality(loaded):
     assert set(loaded.signatures) == {"serving_default", "recommend", "embed_query",
-                                      "query_text", "query_image", "query_audio"}
+                                      "query_text", "query_image", "query_audio",
+                                      "recommend_session", "embed_items"}
 
 
 def test_k_out_of_range_is_rejected_by_the_signature(loaded):

@@ -86,3 +86,40 @@ def test_partitioned_index_serves_two_stage_recommend(two_stage):
         np.testing.assert_array_equal(served["item_ids"], expected["item_ids"])
         for alias in set(expected) - {"item_ids"}:
             np.testing.assert_allclose(served[alias], expected[alias], atol=1e-5)
+
+
+def test_catalog_update_keeps_two_stage_and_the_seen_set(two_stage, tmp_path):
+    """After a catalogue change the baked seen set still applies (keyed by training items) and
+    ``recommend`` still re-ranks: the removed item is gone and the others keep their order (one
+    new candidate may enter the re-ranked list in its place)."""
+    import shutil
+
+    from tfmmrec.export import catalog
+
+    _, _, ws, exported = two_stage
+    base = tmp_path / "model"
+    shutil.copytree(exported.path, base / "1")
+    user = str(ws.user_ids[3])
+    before = [i.decode() for i in exported.recommend([user], k=10)["item_ids"][0]]
+    version = catalog.remove(base, item_ids=[before[0]]).version_dir
+    after = ExportedModel(version)
+    assert after.metadata["two_stage"] is True
+    got = [i.decode() for i in after.recommend([user], k=9)["item_ids"][0]]
+    assert before[0] not in got
+    assert [i for i in got if i in before] == [i for i in before[1:] if i in got]
+    assert len(set(got) - set(before)) <= 1
+    train = ws.split.train
+    for user in ws.user_ids[:10]:
+        seen = set(train.loc[train["user_id"].astype(str) == str(user), "item_id"])
+        returned = {i.decode() for i in after.recommend([str(user)], k=10)["item_ids"][0]}
+        assert not returned & seen
+
+
+def test_request_exclusion_applies_before_re_ranking(two_stage):
+    _, _, ws, exported = two_stage
+    user = str(ws.user_ids[5])
+    full = [i.decode() for i in exported.recommend([user], k=10)["item_ids"][0]]
+    got = [i.decode() for i in exported.recommend([user], k=8, exclude=[full[:2]])[
+        "item_ids"][0]]
+    assert not set(full[:2]) & set(got)
+    assert [i for i in got if i in full] == [i for i in full[2:] if i in got]

@@ -90,7 +90,8 @@ def test_status_and_metadata_describe_the_served_version(server, rest):
         signatures = client.metadata()
     assert set(SIGNATURES) <= set(signatures)
     assert signatures["query_text"]["inputs"] == {"text": ("DT_STRING", [-1]),
-                                                  "k": ("DT_INT32", [])}
+                                                  "k": ("DT_INT32", []),
+                                                  "exclude_item_ids": ("DT_STRING", [-1, -1])}
 
 
 def test_rest_metadata_and_status_json_have_tf_serving_layout(server):

@@ -330,3 +330,24 @@ def _load_users(root: Path, config: DataConfig) -> tuple[pd.DataFrame | None, tu
         validate.require_columns(frame, path, columns)
     frame["user_id"] = frame["user_id"].astype(object)
     return frame, columns
+
+
+def load_items_table(path: str | Path, columns: ModalityColumns) -> Catalog:
+    """An items table read with a known schema (a catalogue update of an exported model): the
+    same checks, text joining and media path resolution as a dataset folder's items table.
+    Media paths are relative to the table's folder."""
+    path = Path(path)
+    frame = validate.read_table(path, id_columns=["item_id"], all_strings=True)
+    validate.require_columns(frame, path, ["item_id"])
+    validate.require_no_missing_ids(frame, path, "item_id")
+    validate.require_unique(frame, path, "item_id")
+    return Catalog(
+        item_ids=frame["item_id"].to_numpy(dtype=object),
+        texts=_join_text(frame, tuple(c for c in columns.text if c in frame.columns)),
+        image_paths=_media_paths(frame, path.parent, columns.image
+                                 if columns.image in frame.columns else None, "image", path),
+        audio_paths=_media_paths(frame, path.parent, columns.audio
+                                 if columns.audio in frame.columns else None, "audio", path),
+        columns=columns,
+        frame=frame,
+    )

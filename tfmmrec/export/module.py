@@ -2,12 +2,20 @@
 
 Item embeddings are precomputed into the index; queries are computed per request. Because every
 modality was trained into one space, a text, image or audio query searches the same index as a
-user id. Every signature takes a batch and returns ``item_ids`` and ``scores`` ``[batch, k]``.
+user id. Every retrieval signature takes a batch and returns ``item_ids`` and ``scores``
+``[batch, k]``.
+
+The model's own functions (user query, content queries, item-content embedding, ranking head)
+live in a separate :class:`ServingTowers` module saved inside every version. A catalogue update
+(``tfmmrec.export.catalog``) loads the newest version, reuses those restored functions as they
+are, and writes the next version around a new item table and index: no Python model, config or
+training data is needed to add, change or remove items.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import SimpleNamespace
 
 import numpy as np
 import tensorflow as tf
@@ -20,82 +28,104 @@ from tfmmrec.towers.query import QueryTower
 
 K_SPEC = tf.TensorSpec([], tf.int32, name="k")
 BATCH_OF_STRINGS = tf.TensorSpec([None], tf.string)
+# The request-time lists (items to exclude, a session's recent items) are padded with "".
+EXCLUDE_SPEC = tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")
+SESSION_SPEC = tf.TensorSpec([None, None], tf.string, name="session_item_ids")
 
 
-class RetrievalServingModule(tf.Module):
-    """Signatures (all ``predict``):
+class ServingTowers(tf.Module):
+    """The trained model as the export needs it: a handful of batch functions, saved and
+    restorable on their own (``loaded.towers.<function>``).
 
-    - ``serving_default``: ``user_id`` → top-``default_k`` ``item_ids``, ``scores``.
-    - ``recommend``: ``user_id``, ``k`` → top-k (``1 <= k <= max_k``, else INVALID_ARGUMENT).
-      With a ranking head (``ranking_head``) it is two-stage: retrieve ``retrieve_candidates``
-      with the index, re-rank them with the head, return the top k with ``scores`` (ranking
-      logits) and ``retrieval_scores``.
-    - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
-      bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
-    - ``embed_query``: ``user_id`` → ``embedding`` (for a caller's own index).
+    - ``user_query(user_id)`` → ``[B, d]``: the query tower (unknown ids: cold-start row).
+    - ``text_query`` / ``image_query`` / ``audio_query``: raw request content (strings, encoded
+      image bytes, 16-bit PCM WAV bytes) → ``[B, d]`` single-modality query embeddings.
+    - ``embed_item_content(content)`` → ``[B, d]``: an item's serving embedding from its decoded
+      content (``text`` strings, ``image`` ``[B, S, S, 3]`` in [0, 1], ``waveform`` ``[B, T]`` +
+      ``length``, each with a ``<modality>_mask``) and ``item_id`` (a trained id-embedding row
+      joins when the model has one and the id was in training). It runs the frozen encoders and
+      the item tower exactly as the cached-feature path does, so an item added later embeds as
+      it would have at export.
+    - ``score_candidates(queries, candidates)`` → ``[B, N]`` ranking logits (two-stage models).
+    - ``is_seen(user_id, training_item_index)`` → ``[B, K]`` (only with ``exclude_seen``).
 
-    Unknown user ids get the trained cold-start query (the out-of-vocabulary row), not an error.
-    With ``seen`` (user index → item indices, from training), user-id signatures never return
-    an item the user already interacted with.
-
-    ``index`` is a :class:`tfmmrec.export.index.TopKIndex` (any kind) over item positions.
-    ``limits`` are compiled into every signature and checked before the work they bound (batch
-    size, text bytes before tokenising, image header size before decoding, WAV rate and length
-    before resampling); a request over a limit fails with INVALID_ARGUMENT naming it. Empty
-    batches are INVALID_ARGUMENT in every signature.
+    ``training_item_ids`` (a variable) is the training catalogue: the id-embedding rows, the
+    history rows and the seen-set keys all refer to positions in it, so they stay valid however
+    the served catalogue changes later.
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
-                 encoders: Mapping[str, Encoder], item_embeddings: np.ndarray, index,
-                 *, item_ids: np.ndarray, default_k: int, max_k: int, image_size: int,
-                 sample_rate: int, max_seconds: float, ranking_head=None,
-                 retrieve_candidates: int = 100, seen: list[np.ndarray] | None = None,
+                 encoders: Mapping[str, Encoder], *, training_item_ids: np.ndarray,
+                 training_item_embeddings: np.ndarray, image_size: int, sample_rate: int,
+                 max_seconds: float, ranking_head=None, seen: list[np.ndarray] | None = None,
                  limits: ServingLimitsConfig | None = None):
-        super().__init__(name="tfmmrec")
+        super().__init__(name="towers")
+        # Compiled into every function (so catalogue updates keep them): checked before the
+        # work they bound (batch size, text bytes before tokenising, image header before
+        # decoding, WAV rate and length before resampling).
         self.limits = limits or ServingLimitsConfig()
-        self.query_tower = query_tower
-        self.item_tower = item_tower
-        self.encoders = dict(encoders)
-        self.index = index
-        num_items = int(item_embeddings.shape[0])
-        self.item_table = tf.Variable(item_embeddings, trainable=False, name="item_embeddings")
-        self.item_ids = tf.Variable(np.asarray(item_ids).astype(str), trainable=False,
-                                    name="item_ids")
-        self.default_k = default_k
-        self.max_k = min(max_k, num_items)
-        self.ranking_head = ranking_head
-        self.retrieve_candidates = max(self.max_k, min(retrieve_candidates, num_items))
-        self.seen_table, self.max_seen = _seen_table(seen, num_items)
+        # The Keras layers are held untracked (a SimpleNamespace is not a trackable): the
+        # SavedModel keeps only their variables, lookup tables and the functions below, not
+        # Keras's per-layer serialization, so loading and re-saving a version (what a
+        # catalogue update does) costs seconds, not minutes.
+        layers = [query_tower, item_tower, *encoders.values(),
+                  *([ranking_head] if ranking_head is not None else [])]
+        self._model = SimpleNamespace(query_tower=query_tower, item_tower=item_tower,
+                                      encoders=dict(encoders), ranking_head=ranking_head)
+        self.model_variables = _unique([v for layer in layers for v in layer.variables])
+        self.model_resources = _unique([r for layer in layers for r in _resources(layer)])
         self.image_size = image_size
         self.sample_rate = sample_rate
         self.max_samples = int(max_seconds * sample_rate)
-        self._build_signature_functions(default_k)
+        ids = np.asarray(training_item_ids).astype(str)
+        self.training_item_ids = tf.Variable(ids, trainable=False, name="training_item_ids")
+        self.num_training_items = len(ids)
+        self.item_lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids),
+                                                                           dtype=tf.int64)),
+            default_value=-1)
+        # History pooling in the query tower reads training-item embeddings by position.
+        self.history_table = None
+        if query_tower.history is not None:
+            self.history_table = tf.Variable(training_item_embeddings, trainable=False,
+                                             name="history_item_embeddings")
+        self.seen_table, self.max_seen = _seen_table(seen, len(ids))
+        dim = int(training_item_embeddings.shape[1])
+        self.user_query = tf.function(self._user_query, input_signature=[BATCH_OF_STRINGS])
+        query_specs = {"text": BATCH_OF_STRINGS, "image": BATCH_OF_STRINGS,
+                       "audio": BATCH_OF_STRINGS}
+        for modality in item_tower.modalities:
+            setattr(self, f"{modality}_query", tf.function(
+                getattr(self, f"_{modality}_query"), input_signature=[query_specs[modality]]))
+        if item_tower.modalities:
+            self.embed_item_content = tf.function(self._embed_item_content,
+                                                  input_signature=[self.content_spec()])
+        if ranking_head is not None:
+            self.score_candidates = tf.function(self._score_candidates, input_signature=[
+                tf.TensorSpec([None, dim], tf.float32),
+                tf.TensorSpec([None, None, dim], tf.float32)])
+        if self.seen_table is not None:
+            self.is_seen = tf.function(self._is_seen, input_signature=[
+                BATCH_OF_STRINGS, tf.TensorSpec([None, None], tf.int64)])
 
-    def _build_signature_functions(self, default_k: int) -> None:
-        """Signature functions taking ``k`` default it to ``default_k``: the SavedModel records
-        it in the SignatureDef's ``defaults``, so a request may omit ``k`` (TF Serving ≥ 2.12)."""
-        default = tf.constant(min(default_k, self.max_k), tf.int32)
+    def content_spec(self) -> dict[str, tf.TensorSpec]:
+        """Inputs of ``embed_item_content`` for the modalities this model has."""
+        spec = {"item_id": tf.TensorSpec([None], tf.string)}
+        for modality in self._model.item_tower.modalities:
+            spec[f"{modality}_mask"] = tf.TensorSpec([None], tf.bool)
+        if "text" in self._model.item_tower.modalities:
+            spec["text"] = tf.TensorSpec([None], tf.string)
+        if "image" in self._model.item_tower.modalities:
+            spec["image"] = tf.TensorSpec([None, self.image_size, self.image_size, 3],
+                                          tf.float32)
+        if "audio" in self._model.item_tower.modalities:
+            spec["waveform"] = tf.TensorSpec([None, None], tf.float32)
+            spec["length"] = tf.TensorSpec([None], tf.int32)
+        return spec
 
-        def with_default_k(implementation, input_name: str):
-            def signature(inputs, k=default):
-                return implementation(inputs, k)
-
-            return tf.function(signature, input_signature=[
-                tf.TensorSpec([None], tf.string, name=input_name), K_SPEC])
-
-        self.recommend = with_default_k(self._recommend, "user_id")
-        # Only the modalities the model has: saving traces every tf.function attribute.
-        for modality in self.item_tower.modalities:
-            implementation = getattr(self, f"_query_{modality}")
-            setattr(self, f"query_{modality}", with_default_k(implementation, modality))
-
-    # -- building blocks -------------------------------------------------------------------
-    def _embed_items(self, item_index, training=False):
-        return tf.gather(self.item_table, item_index)
-
-    def _user_queries(self, user_id):
-        user_id = self._check_batch(user_id, "user_id")
-        return self.query_tower(user_id, item_embedder=self._embed_items, training=False)
+    # -- implementations ------------------------------------------------------------------
+    def _history_item(self, item_index, training=False):
+        return tf.gather(self.history_table, item_index)
 
     def _check_batch(self, values, name: str):
         """``values`` once its batch is non-empty and within ``limits.max_batch_size``."""
@@ -109,72 +139,19 @@ class RetrievalServingModule(tf.Module):
         with tf.control_dependencies(checks):
             return tf.identity(values)
 
-    def _check_k(self, k):
-        k = tf.convert_to_tensor(k, tf.int32)
-        tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1")
-        tf.debugging.assert_less_equal(k, self.max_k, message=f"k must be <= max_k={self.max_k}")
-        return k
+    def _user_query(self, user_id):
+        user_id = self._check_batch(user_id, "user_id")
+        embedder = self._history_item if self.history_table is not None else None
+        return self._model.query_tower(user_id, item_embedder=embedder, training=False)
 
-    def _retrieve(self, queries, count: int, user_id=None):
-        """Top ``count`` (scores, item indices), skipping seen items when a seen set is baked in.
+    def _features(self, modality: str, content):
+        """Content as decoded → what ``item_tower.project`` takes (features unless the encoder
+        runs inside the tower)."""
+        if modality in self._model.item_tower.encoders:
+            return content
+        return self._model.encoders[modality](content, training=False)
 
-        The index is asked for ``count + max_seen`` results, so ``count`` unseen ones remain.
-        """
-        if self.seen_table is None or user_id is None:
-            return self.index(queries, k=count)
-        fetch = min(count + self.max_seen, int(self.item_table.shape[0]))
-        scores, items = self.index(queries, k=fetch)
-        users = tf.cast(self.query_tower.lookup(user_id), tf.int64)
-        keys = users[:, None] * int(self.item_table.shape[0]) + tf.cast(items, tf.int64)
-        seen = self.seen_table.lookup(keys) > 0
-        scores = tf.where(seen, tf.fill(tf.shape(scores), float("-inf")), scores)
-        scores, order = tf.math.top_k(scores, k=count)
-        return scores, tf.gather(items, order, batch_dims=1)
-
-    def _top_k(self, queries, k, user_id=None):
-        k = self._check_k(k)
-        scores, items = self._retrieve(queries, self.max_k, user_id)
-        return _shaped({"item_ids": tf.gather(self.item_ids, items[:, :k]),
-                        "scores": scores[:, :k]})
-
-    def _two_stage(self, user_id, k):
-        """Retrieve N candidates, re-rank them with the ranking head, keep the top k."""
-        k = self._check_k(k)
-        queries = self._user_queries(user_id)
-        retrieval_scores, items = self._retrieve(queries, self.retrieve_candidates, user_id)
-        candidates = tf.gather(self.item_table, items)
-        n = tf.shape(items)[1]
-        dim = self.item_table.shape[1]
-        logits = tf.reshape(self.ranking_head(
-            tf.reshape(tf.repeat(queries[:, None, :], n, axis=1), [-1, dim]),
-            tf.reshape(candidates, [-1, dim])), [-1, n])
-        ranking_scores, order = tf.math.top_k(logits, k=k)
-        return _shaped({
-            "item_ids": tf.gather(self.item_ids, tf.gather(items, order, batch_dims=1)),
-            "scores": ranking_scores,
-            "retrieval_scores": tf.gather(retrieval_scores, order, batch_dims=1)})
-
-    def _content_queries(self, modality: str, content):
-        encoder = self.encoders[modality]
-        if modality not in self.item_tower.encoders:
-            content = encoder(content, training=False)
-        return self.item_tower.embed_single(modality, content)
-
-    # -- signatures --------------------------------------------------------------------------
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
-    def serve_default(self, user_id):
-        return self._top_k(self._user_queries(user_id), self.default_k, user_id)
-
-    def _recommend(self, user_id, k):
-        if self.ranking_head is not None:
-            return self._two_stage(user_id, k)
-        return self._top_k(self._user_queries(user_id), k, user_id)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
-    def embed_query(self, user_id):
-        return {"embedding": self._user_queries(user_id)}
-
-    def _query_text(self, text, k):
+    def _text_query(self, text):
         text = self._check_batch(text, "text")
         lengths = tf.strings.length(text)
         limit = self.limits.max_text_bytes
@@ -187,22 +164,22 @@ class RetrievalServingModule(tf.Module):
         ]
         with tf.control_dependencies(checks):  # before the tokenizer sees a byte
             text = tf.identity(text)
-        return self._top_k(self._content_queries("text", text), k)
+        return self._model.item_tower.embed_single("text", self._features("text", text))
 
-    def _query_image(self, image, k):
+    def _image_query(self, image):
         image = self._check_batch(image, "image")
         pixels = self.limits.max_image_pixels
         images = tf.map_fn(lambda b: decode_image(b, self.image_size, pixels), image,
                            fn_output_signature=tf.TensorSpec(
                                [self.image_size, self.image_size, 3], tf.float32))
-        return self._top_k(self._content_queries("image", images), k)
+        return self._model.item_tower.embed_single("image", self._features("image", images))
 
-    def _query_audio(self, audio, k):
+    def _audio_query(self, audio):
         audio = self._check_batch(audio, "audio")
         waveforms = tf.map_fn(self._decode_clip, audio, fn_output_signature=(
             tf.TensorSpec([self.max_samples], tf.float32), tf.TensorSpec([], tf.int32)))
         batch = {"waveform": waveforms[0], "length": waveforms[1]}
-        return self._top_k(self._content_queries("audio", batch), k)
+        return self._model.item_tower.embed_single("audio", self._features("audio", batch))
 
     def _decode_clip(self, wav_bytes):
         limits = self.limits
@@ -213,16 +190,315 @@ class RetrievalServingModule(tf.Module):
         tf.debugging.assert_greater(length, 0, message="audio clip is empty")
         return tf.pad(wave, [[0, self.max_samples - length]]), length
 
+    def _embed_item_content(self, content):
+        tower = self._model.item_tower
+        inputs = {}
+        for modality in tower.modalities:
+            raw = ({"waveform": content["waveform"], "length": content["length"]}
+                   if modality == "audio" else content[modality])
+            inputs[modality] = self._features(modality, raw)
+            inputs[f"{modality}_mask"] = tf.cast(content[f"{modality}_mask"], tf.float32)
+        embeddings = tower(inputs, training=False)
+        if tower.id_embedding is None:
+            return embeddings
+        index = self.item_lookup.lookup(content["item_id"])
+        with_id = tower({**inputs, "item_index": tf.cast(tf.maximum(index, 0), tf.int32)},
+                        training=False)
+        return tf.where((index >= 0)[:, None], with_id, embeddings)
+
+    def _score_candidates(self, queries, candidates):
+        n = tf.shape(candidates)[1]
+        dim = candidates.shape[-1]
+        logits = self._model.ranking_head(tf.reshape(tf.repeat(queries[:, None, :], n, axis=1),
+                                              [-1, dim]), tf.reshape(candidates, [-1, dim]))
+        return tf.reshape(logits, [-1, n])
+
+    def _is_seen(self, user_id, training_item_index):
+        users = tf.cast(self._model.query_tower.lookup(user_id), tf.int64)
+        keys = users[:, None] * self.num_training_items + training_item_index
+        return (self.seen_table.lookup(keys) > 0) & (training_item_index >= 0)
+
+
+class RetrievalServingModule(tf.Module):
+    """Signatures (all ``predict``):
+
+    - ``serving_default``: ``user_id`` → top-``default_k`` ``item_ids``, ``scores``.
+    - ``recommend``: ``user_id``, ``k`` → top-k (``1 <= k <= max_k``, else INVALID_ARGUMENT).
+      With a ranking head it is two-stage: retrieve ``retrieve_candidates`` with the index,
+      re-rank them with the head, return the top k with ``scores`` (ranking logits) and
+      ``retrieval_scores``.
+    - ``recommend_session``: ``session_item_ids`` ``[B, H]`` (a session's recent items, oldest
+      first, ""-padded), optional ``user_id`` (may be "" or unknown), ``k`` and
+      ``viewed_text`` / ``viewed_image`` / ``viewed_audio`` (content just looked at, "" for
+      none) → top-k; see :meth:`_session_queries` for the query it builds.
+    - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
+      bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
+    - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
+      ``embedding`` (the served item embedding, zeros for an unknown id) and ``found`` (for a
+      caller's own index or to score chosen items).
+
+    Every retrieval signature but ``serving_default`` (kept single-input for TF Serving's REST
+    row format) also takes ``exclude_item_ids`` ``[B, E]`` (optional, ""-padded,
+    ``E <= max_exclude``): those items are never returned ("already seen", "out of stock"). The
+    index is asked for ``max_exclude`` more results than needed and the excluded ones masked
+    in-graph, so the cost is bounded. Unknown user ids get the trained cold-start query, not an
+    error. With a baked seen set (``export.exclude_seen``), user-id signatures also skip the
+    user's training items.
+    """
+
+    def __init__(self, towers, item_embeddings: np.ndarray, index, *, item_ids: np.ndarray,
+                 default_k: int, max_k: int, retrieve_candidates: int = 100,
+                 max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
+                 session_user_weight: float = 0.5):
+        super().__init__(name="tfmmrec")
+        self.towers = towers
+        self.index = index
+        num_items = int(item_embeddings.shape[0])
+        self.num_items = num_items
+        self.item_table = tf.Variable(item_embeddings, trainable=False, name="item_embeddings")
+        ids = np.asarray(item_ids).astype(str)
+        self.item_ids = tf.Variable(ids, trainable=False, name="item_ids")
+        self.item_rows = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(num_items,
+                                                                           dtype=tf.int64)),
+            default_value=-1)
+        # Each served row's position in the training catalogue (−1: added later), the key of
+        # the baked seen set.
+        training = towers.training_item_ids.numpy().astype(str)
+        position = {item: i for i, item in enumerate(training)}
+        self.training_index = tf.constant([position.get(i, -1) for i in ids], tf.int64)
+        self.default_k = default_k
+        self.max_k = min(max_k, num_items)
+        self.two_stage = hasattr(towers, "score_candidates")
+        self.retrieve_candidates = max(self.max_k, min(retrieve_candidates, num_items))
+        self.max_seen = max_seen if hasattr(towers, "is_seen") else 0
+        self.max_exclude = max_exclude
+        self.max_session_items = max_session_items
+        self.session_user_weight = session_user_weight
+        self.modalities = tuple(m for m in ("text", "image", "audio")
+                                if hasattr(towers, f"{m}_query"))
+        self._placeholders = {m: _PLACEHOLDERS[m]() for m in self.modalities}  # eager, once
+        self._build_signature_functions(default_k)
+
+    def _build_signature_functions(self, default_k: int) -> None:
+        """Optional inputs (``k``, ``exclude_item_ids``, ``user_id`` of a session) are Python
+        defaults of the signature function: the SavedModel records them in the SignatureDef's
+        ``defaults``, so a request may omit them (TF Serving ≥ 2.12)."""
+        k_default = tf.constant(min(default_k, self.max_k), tf.int32)
+        no_exclusion = tf.zeros([0, 0], tf.string)
+        no_user = tf.zeros([0], tf.string)
+
+        def retrieval(implementation, input_spec):
+            def signature(inputs, k=k_default, exclude_item_ids=no_exclusion):
+                return implementation(inputs, k, exclude_item_ids)
+
+            return tf.function(signature, input_signature=[input_spec, K_SPEC, EXCLUDE_SPEC])
+
+        # serving_default keeps its single input, so TF Serving's REST row format
+        # ({"instances": ["u1", "u2"]}) still works; `recommend` takes exclusions.
+        self.serve_default = tf.function(
+            lambda user_id: self._recommend(user_id, k_default, tf.zeros([0, 0], tf.string)),
+            input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+        self.recommend = retrieval(self._recommend,
+                                   tf.TensorSpec([None], tf.string, name="user_id"))
+
+        def session(session_item_ids, user_id=no_user, k=k_default,
+                    exclude_item_ids=no_exclusion, viewed_text=no_user, viewed_image=no_user,
+                    viewed_audio=no_user):
+            viewed = {"text": viewed_text, "image": viewed_image, "audio": viewed_audio}
+            return self._recommend_session(session_item_ids, user_id, k, exclude_item_ids,
+                                           viewed)
+
+        self.recommend_session = tf.function(session, input_signature=[
+            SESSION_SPEC, tf.TensorSpec([None], tf.string, name="user_id"), K_SPEC,
+            EXCLUDE_SPEC, *(tf.TensorSpec([None], tf.string, name=f"viewed_{m}")
+                            for m in ("text", "image", "audio"))])
+        # Only the modalities the model has: saving traces every tf.function attribute.
+        for modality in self.modalities:
+            query = getattr(self.towers, f"{modality}_query")
+            setattr(self, f"query_{modality}", retrieval(
+                lambda content, k, exclude, query=query: self._top_k(query(content), k,
+                                                                     exclude),
+                tf.TensorSpec([None], tf.string, name=modality)))
+
+    # -- building blocks -------------------------------------------------------------------
+    def _check_k(self, k):
+        k = tf.convert_to_tensor(k, tf.int32)
+        tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1")
+        tf.debugging.assert_less_equal(k, self.max_k, message=f"k must be <= max_k={self.max_k}")
+        return k
+
+    def _rows(self, item_ids, limit: int, name: str):
+        """``[B, E]`` ""-padded item ids → served rows (−1: padding or not in the catalogue)."""
+        tf.debugging.assert_less_equal(tf.shape(item_ids)[1], limit,
+                                       message=f"{name}: at most {limit} items per request")
+        return self.item_rows.lookup(item_ids)
+
+    def _exclusion_rows(self, exclude, batch):
+        """``[B, E]`` rows to exclude; an empty ``[0, 0]`` request means none."""
+        rows = self._rows(exclude, self.max_exclude, "exclude_item_ids")
+        given = tf.shape(rows)[0]
+        tf.debugging.assert_equal(
+            tf.logical_or(tf.equal(given, 0), tf.equal(given, batch)), True,
+            message="exclude_item_ids needs one row per request in the batch (or none)")
+        return tf.cond(tf.equal(given, 0), lambda: tf.fill([batch, 1], tf.constant(-1, tf.int64)),
+                       lambda: rows)
+
+    def _retrieve(self, queries, count: int, exclude, user_id=None):
+        """Top ``count`` (scores, rows) without excluded items (and seen ones, when baked in).
+
+        The index is asked for ``count + max_exclude (+ max_seen)`` results, so ``count``
+        allowed ones remain whatever the request excludes.
+        """
+        batch = tf.shape(queries)[0]
+        excluded_rows = self._exclusion_rows(exclude, batch)
+        seen = self.max_seen if user_id is not None else 0
+        fetch = min(count + self.max_exclude + seen, self.num_items)
+        scores, items = self.index(queries, k=fetch)
+        items = tf.cast(items, tf.int64)
+        masked = tf.reduce_any(items[:, :, None] == excluded_rows[:, None, :], axis=2)
+        if seen:
+            masked |= self.towers.is_seen(user_id, tf.gather(self.training_index, items))
+        scores = tf.where(masked, tf.fill(tf.shape(scores), float("-inf")), scores)
+        scores, order = tf.math.top_k(scores, k=min(count, fetch))
+        return scores, tf.gather(items, order, batch_dims=1)
+
+    def _top_k(self, queries, k, exclude, user_id=None):
+        k = self._check_k(k)
+        scores, items = self._retrieve(queries, self.max_k, exclude, user_id)
+        return _shaped({"item_ids": tf.gather(self.item_ids, items[:, :k]),
+                        "scores": scores[:, :k]})
+
+    def _two_stage(self, queries, k, exclude, user_id=None):
+        """Retrieve N candidates, re-rank them with the ranking head, keep the top k."""
+        k = self._check_k(k)
+        retrieval_scores, items = self._retrieve(queries, self.retrieve_candidates, exclude,
+                                                 user_id)
+        logits = self.towers.score_candidates(queries, tf.gather(self.item_table, items))
+        # Excluded items that had to fill the candidate list keep −inf: never in the top k.
+        logits = tf.where(tf.math.is_inf(retrieval_scores), retrieval_scores, logits)
+        ranking_scores, order = tf.math.top_k(logits, k=k)
+        return _shaped({
+            "item_ids": tf.gather(self.item_ids, tf.gather(items, order, batch_dims=1)),
+            "scores": ranking_scores,
+            "retrieval_scores": tf.gather(retrieval_scores, order, batch_dims=1)})
+
+    def _recommend(self, user_id, k, exclude):
+        queries = self.towers.user_query(user_id)
+        if self.two_stage:
+            return self._two_stage(queries, k, exclude, user_id)
+        return self._top_k(queries, k, exclude, user_id)
+
+    def _session_queries(self, session_item_ids, user_id, viewed=None):
+        """The session query: ``normalise(w · u + (1 − w) · s)`` where ``s`` is the normalised
+        mean of the session items' served embeddings (unknown ids and "" padding ignored) and
+        of the content just viewed (``viewed``: per modality ``[B]`` raw content, "" for none;
+        each present one counts as one more session item, embedded like ``query_<modality>``),
+        ``u`` the user's query embedding (the cold-start row when ``user_id`` is "", unknown or
+        not given), ``w = session_user_weight``. A session with nothing known is the user query.
+
+        Item embeddings and queries share one space (the retrieval loss scores them by dot
+        product), so the mean of what a user just engaged with is a query that retrieves
+        similar items; blending keeps what the model knows about a known user.
+        """
+        rows = self._rows(session_item_ids, self.max_session_items, "session_item_ids")
+        batch = tf.shape(rows)[0]
+        known = tf.cast(rows >= 0, tf.float32)[..., None]
+        total = tf.reduce_sum(tf.gather(self.item_table, tf.maximum(rows, 0)) * known, axis=1)
+        count = tf.reduce_sum(known, axis=1)
+        for modality, content in (viewed or {}).items():
+            embedded, present = self._viewed(modality, content, batch)
+            total += embedded * present[:, None]
+            count += present[:, None]
+        session = tf.math.l2_normalize(total, axis=-1)
+        users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
+                        lambda: tf.fill([batch], ""), lambda: user_id)
+        tf.debugging.assert_equal(tf.shape(users)[0], batch,
+                                  message="user_id needs one entry per session (or none)")
+        user = self.towers.user_query(users)
+        w = self.session_user_weight
+        blended = tf.math.l2_normalize(w * user + (1.0 - w) * session, axis=-1)
+        return tf.where(count > 0, blended, user), users
+
+    def _viewed(self, modality: str, content, batch):
+        """(``[B, d]`` content embeddings, ``[B]`` presence) of optional viewed content.
+
+        An empty ``[0]`` input means none was sent; "" rows are absent (a small valid
+        placeholder is encoded in their place and masked out, so one batch can mix both).
+        """
+        dim = self.item_table.shape[1]
+        given = tf.shape(content)[0] > 0
+        if modality not in self.modalities:
+            tf.debugging.assert_equal(given, False,
+                                      message=f"viewed_{modality}: this model has no "
+                                              f"{modality} tower")
+            return tf.zeros([batch, dim]), tf.zeros([batch])
+        tf.debugging.assert_equal(tf.logical_or(tf.logical_not(given),
+                                                tf.equal(tf.shape(content)[0], batch)), True,
+                                  message=f"viewed_{modality} needs one entry per session")
+        query = getattr(self.towers, f"{modality}_query")
+        placeholder = tf.constant(self._placeholders[modality])
+
+        def embed():
+            present = tf.strings.length(content) > 0
+            filled = tf.where(present, content, tf.fill(tf.shape(content), placeholder))
+            return query(filled), tf.cast(present, tf.float32)
+
+        return tf.cond(given, embed, lambda: (tf.zeros([batch, dim]), tf.zeros([batch])))
+
+    def _recommend_session(self, session_item_ids, user_id, k, exclude, viewed=None):
+        queries, users = self._session_queries(session_item_ids, user_id, viewed)
+        if self.two_stage:
+            return self._two_stage(queries, k, exclude, users)
+        return self._top_k(queries, k, exclude, users)
+
+    # -- signatures --------------------------------------------------------------------------
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def embed_query(self, user_id):
+        return {"embedding": self.towers.user_query(user_id)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")])
+    def embed_items(self, item_id):
+        rows = self.item_rows.lookup(item_id)
+        found = rows >= 0
+        embedding = tf.gather(self.item_table, tf.maximum(rows, 0))
+        return {"embedding": tf.where(found[:, None], embedding, tf.zeros_like(embedding)),
+                "found": found}
+
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        """The signatures to save; query_* only for the modalities the model has."""
+        """The signatures to save; query_* only for the modalities the model has. The
+        tf.functions themselves are passed (not one concrete function) so their Python
+        defaults are saved as SignatureDef defaults."""
         signatures = {
-            "serving_default": self.serve_default.get_concrete_function(),
-            "recommend": self.recommend,  # the tf.function itself, so `k`'s default is saved
+            "serving_default": self.serve_default,
+            "recommend": self.recommend,
+            "recommend_session": self.recommend_session,
             "embed_query": self.embed_query.get_concrete_function(),
+            "embed_items": self.embed_items.get_concrete_function(),
         }
-        for modality in self.item_tower.modalities:
+        for modality in self.modalities:
             signatures[f"query_{modality}"] = getattr(self, f"query_{modality}")
         return signatures
+
+
+def _unique(objects: list) -> list:
+    seen: set[int] = set()
+    return [o for o in objects if not (id(o) in seen or seen.add(id(o)))]
+
+
+def _resources(layer) -> list:
+    """Every resource (lookup tables: user ids, string vocabularies) a layer owns, found by
+    walking its trackable children (they are not in ``layer.variables``)."""
+    view = tf.train.TrackableView(layer)
+    return [o for o in view.descendants()
+            if isinstance(o, tf.saved_model.experimental.TrackableResource)]
+
+
+_PLACEHOLDERS = {
+    "text": lambda: b".",
+    "image": lambda: tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8)).numpy(),
+    "audio": lambda: tf.audio.encode_wav(tf.zeros([160, 1]), 16000).numpy(),
+}
 
 
 def _shaped(outputs: dict) -> dict:

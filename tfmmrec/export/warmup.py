@@ -29,13 +29,19 @@ def predict_request(model_name: str, signature: str, inputs: dict[str, Any],
     return request
 
 
-def warmup_requests(modalities, user_id: str, k: int) -> dict[str, dict[str, Any]]:
-    """One small request per signature (synthetic content: valid, tiny, deterministic)."""
+def warmup_requests(modalities, user_id: str, k: int, item_id: str | None = None
+                    ) -> dict[str, dict[str, Any]]:
+    """One small request per signature (synthetic content: valid, tiny, deterministic);
+    ``item_id`` (a served item) adds ``embed_items`` and ``recommend_session``."""
     requests = {
         "serving_default": {"user_id": np.array([user_id])},
         "recommend": {"user_id": np.array([user_id]), "k": np.int32(k)},
         "embed_query": {"user_id": np.array([user_id])},
     }
+    if item_id is not None:
+        requests["embed_items"] = {"item_id": np.array([item_id])}
+        requests["recommend_session"] = {"session_item_ids": np.array([[item_id]]),
+                                         "user_id": np.array([user_id]), "k": np.int32(k)}
     content = {
         "text": lambda: np.array([b"warm up the tokenizer"]),
         # dtype=object: numpy's fixed-width bytes dtype strips trailing NULs (a silent WAV's).
@@ -68,3 +74,4 @@ def read_warmup_requests(path: str | Path) -> list[predict_pb2.PredictRequest]:
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         requests.append(log.predict_log.request)
     return requests
+

@@ -1,0 +1,346 @@
+"""Catalogue updates of an exported model (add / update / remove without retraining), request-time
+exclusion, session-aware requests and the ``embed_items`` signature.
+
+One tiny model (tests/conftest.py) is exported once; every test updates its own copy of that
+version, so the tests are independent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmmrec import pipeline
+from tfmmrec.config import load_config
+from tfmmrec.errors import DataError, ExportError
+from tfmmrec.export import catalog
+from tfmmrec.export.loader import ExportedModel, latest_version
+from tfmmrec.export.writer import read_metadata
+
+REPO = Path(__file__).resolve().parents[2]
+K = 20
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_config, tiny_trained, tmp_path_factory) -> Path:
+    """Version 1 of the tiny model (BruteForce: exact, so rankings compare exactly)."""
+    store = tmp_path_factory.mktemp("catalog-export")
+    config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
+                                       f"export.max_k={K}", "export.max_exclude=10"])
+    return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
+                           index="brute_force")
+
+
+@pytest.fixture
+def base(exported, tmp_path) -> Path:
+    """A private copy of the model folder holding version 1."""
+    model_dir = tmp_path / "models" / "tfmmrec"
+    shutil.copytree(exported, model_dir / "1")
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def items(tiny_demo_dir) -> pd.DataFrame:
+    return pd.read_csv(tiny_demo_dir / "items.csv", dtype=str, keep_default_na=False)
+
+
+def write_items(frame: pd.DataFrame, folder: Path, name: str = "new.csv") -> Path:
+    """An items table in the demo folder (its media paths are relative to that folder)."""
+    path = folder / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def with_all_media(items: pd.DataFrame) -> pd.DataFrame:
+    return items[(items["image"] != "") & (items["audio"] != "") & (items["title"] != "")]
+
+
+USERS = np.array(["u000", "u001", "u017", "someone-new"])
+
+
+def answers(model: ExportedModel, texts) -> dict[str, np.ndarray]:
+    """Every retrieval signature's ids (and user scores) for fixed requests."""
+    return {"recommend": model.recommend(USERS, k=K)["item_ids"],
+            "recommend_scores": model.recommend(USERS, k=K)["scores"],
+            "serving_default": model.recommend(USERS)["item_ids"],
+            "query_text": model.call("query_text", text=np.asarray(texts), k=np.int32(K))[
+                "item_ids"]}
+
+
+# --- the equality test: an item added later ranks as if it had been exported -----------------
+
+
+def test_removed_then_added_items_rank_exactly_as_at_export(base, items, tiny_demo_dir):
+    original = ExportedModel(base / "1")
+    chosen = with_all_media(items).iloc[:5]
+    texts = [f"{t}. {d}" for t, d in zip(chosen["title"], chosen["description"], strict=True)]
+    before = answers(original, texts)
+    removed = catalog.remove(base, item_ids=list(chosen["item_id"]))
+    assert removed.removed == 5 and removed.num_items == len(items) - 5
+    added = catalog.add(base, write_items(chosen, tiny_demo_dir, "readd.csv"))
+    assert (added.added, added.version_dir.name) == (5, "3")
+    after = answers(ExportedModel(added.version_dir), texts)
+    for name in ("recommend", "serving_default", "query_text"):
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    np.testing.assert_allclose(after["recommend_scores"], before["recommend_scores"], atol=1e-5)
+    np.testing.assert_allclose(ExportedModel(added.version_dir).item_embeddings(chosen["item_id"]),
+                               original.item_embeddings(chosen["item_id"]), atol=1e-5)
+
+
+def test_added_item_is_returned_by_every_signature(base, items, tiny_demo_dir):
+    """A new id with the content of user u000's top item embeds like it, so it ranks next to
+    it everywhere; its image and clip find it by content."""
+    model = ExportedModel(base / "1")
+    top = model.recommend(["u000"], k=1)["item_ids"][0, 0].decode()
+    row = items[items["item_id"] == top].copy()
+    row["item_id"] = "brand-new"
+    version = catalog.add(base, write_items(row, tiny_demo_dir, "brand-new.csv")).version_dir
+    new = ExportedModel(version)
+    assert b"brand-new" in new.recommend(["u000"], k=2)["item_ids"][0]
+    assert b"brand-new" in new.recommend(["u000"])["item_ids"][0]
+    assert b"brand-new" in new.recommend_session([[top]], ["u000"], k=3)["item_ids"][0]
+    content = row.iloc[0]
+    text = ". ".join(v for v in (content["title"], content["description"]) if v)
+    assert b"brand-new" in new.call("query_text", text=np.array([text]), k=np.int32(K))[
+        "item_ids"][0]
+    if content["image"]:
+        image = (tiny_demo_dir / content["image"]).read_bytes()
+        assert b"brand-new" in new.call("query_image", image=np.array([image], dtype=object),
+                                        k=np.int32(K))["item_ids"][0]
+    if content["audio"]:
+        clip = (tiny_demo_dir / content["audio"]).read_bytes()
+        assert b"brand-new" in new.call("query_audio", audio=np.array([clip], dtype=object),
+                                        k=np.int32(K))["item_ids"][0]
+    np.testing.assert_allclose(new.item_embeddings(["brand-new"]), new.item_embeddings([top]),
+                               atol=1e-5)
+
+
+def test_update_re_embeds_from_new_content_and_keeps_the_rest(base, items, tiny_demo_dir):
+    model = ExportedModel(base / "1")
+    a, b = with_all_media(items)["item_id"].iloc[:2]
+    changed = items[items["item_id"] == b].copy()
+    changed["item_id"] = a  # item a now has item b's content
+    result = catalog.update(base, write_items(changed, tiny_demo_dir, "update.csv"))
+    assert (result.updated, result.num_items) == (1, len(items))
+    new = ExportedModel(result.version_dir)
+    np.testing.assert_allclose(new.item_embeddings([a]), model.item_embeddings([b]), atol=1e-5)
+    others = [i for i in items["item_id"] if i != a]
+    np.testing.assert_array_equal(new.item_embeddings(others), model.item_embeddings(others))
+
+
+def test_removed_items_are_never_returned(base, items):
+    model = ExportedModel(base / "1")
+    top = model.recommend(USERS, k=3)["item_ids"][:, :3].ravel().astype(str)
+    removed = sorted(set(top))
+    version = catalog.remove(base, item_ids=removed).version_dir
+    new = ExportedModel(version)
+    returned = set(new.recommend(USERS, k=K)["item_ids"].ravel().astype(str))
+    returned |= set(new.recommend(USERS)["item_ids"].ravel().astype(str))
+    returned |= set(new.recommend_session([removed[:3]] * 2, k=K)["item_ids"].ravel().astype(str))
+    returned |= set(new.call("query_text", text=np.array(["a film"]), k=np.int32(K))[
+        "item_ids"].ravel().astype(str))
+    assert not returned & set(removed)
+    assert not new.call("embed_items", item_id=np.array(removed))["found"].any()
+
+
+# --- bad rows: the same clear errors as training data, and no version written ---------------
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    (lambda f: pd.concat([f.iloc[[0]], f.iloc[[0]]]).assign(item_id="dup"),
+     r"duplicate item_id 'dup' at new\.csv line 3"),
+    (lambda f: f.iloc[[0]].assign(item_id="x1", colour="red"),
+     r"unknown column\(s\) colour"),
+    (lambda f: with_all_media(f).iloc[[0]].assign(item_id="x2", image="images/nope.png"),
+     r"new\.csv line 2: image file 'images/nope\.png' not found"),
+    (lambda f: f.iloc[[1]], r"already in the catalogue: new\.csv line 2"),
+    (lambda f: f.iloc[[0]].assign(item_id=""), r"empty item_id in 1 row\(s\): new\.csv line 2"),
+])
+def test_bad_rows_are_data_errors_and_leave_the_versions_untouched(base, items, tiny_demo_dir,
+                                                                   rows, message):
+    path = write_items(rows(items), tiny_demo_dir)
+    with pytest.raises(DataError, match=message):
+        catalog.add(base, path)
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_update_of_an_unknown_id_and_remove_of_unknown_ids_are_errors(base, items,
+                                                                      tiny_demo_dir):
+    with pytest.raises(DataError, match=r"not in the catalogue: new\.csv line 2 \('ghost'\)"):
+        catalog.update(base, write_items(items.iloc[[0]].assign(item_id="ghost"),
+                                         tiny_demo_dir))
+    with pytest.raises(DataError, match=r"1 id\(s\) not in .*'ghost'"):
+        catalog.remove(base, item_ids=["i0000", "ghost"])
+    with pytest.raises(ExportError, match="empty catalogue"):
+        catalog.remove(base, item_ids=list(items["item_id"]))
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+# --- request-time exclusion, sessions, embed_items --------------------------------------------
+
+
+def test_exclusion_removes_exactly_the_given_items(base):
+    model = ExportedModel(base / "1")
+    full = model.recommend(USERS, k=K)["item_ids"].astype(str)
+    exclude = [[*row[[0, 2, 5]], "not-an-item"] for row in full]
+    got = model.recommend(USERS, k=K - 3, exclude=exclude)["item_ids"].astype(str)
+    for row, drop, result in zip(full, exclude, got, strict=True):
+        assert list(result) == [i for i in row if i not in drop][:K - 3]
+    default = model.recommend(USERS, exclude=[r[:1] for r in exclude])["item_ids"].astype(str)
+    np.testing.assert_array_equal(default, full[:, 1:6])
+
+
+def test_exclusion_beyond_max_exclude_is_refused(base):
+    import tensorflow as tf
+
+    model = ExportedModel(base / "1")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 10 items"):
+        model.recommend(["u000"], k=5, exclude=[[f"i{n:04d}" for n in range(11)]])
+
+
+def test_session_query_is_the_documented_blend(base):
+    """normalise(w·u + (1−w)·normalise(mean of the session's item embeddings)), exact top-k."""
+    model = ExportedModel(base / "1")
+    meta = model.metadata
+    w = meta["session_user_weight"]
+    ids = model._loaded.item_ids.numpy().astype(str)
+    table = model._loaded.item_table.numpy()
+    sessions = [["i0003", "i0010", "i0042"], ["i0005"], ["unknown-item"]]
+    users = ["u000", "", "u001"]
+    got = model.recommend_session(sessions, users, k=K)
+    user = model.call("embed_query", user_id=np.array(users))["embedding"]
+    for row, (session, u) in enumerate(zip(sessions, user, strict=True)):
+        known = [s for s in session if s in set(ids)]
+        query = u
+        if known:
+            mean = model.item_embeddings(known).sum(0)
+            mixed = w * u + (1 - w) * mean / np.linalg.norm(mean)
+            query = mixed / np.linalg.norm(mixed)
+        expected = ids[np.argsort(-(table @ query), kind="stable")[:K]]
+        np.testing.assert_array_equal(got["item_ids"][row].astype(str)[:5], expected[:5])
+    # A session with nothing known is the user's own recommendation.
+    np.testing.assert_array_equal(got["item_ids"][2], model.recommend(["u001"], k=K)["item_ids"][0])
+
+
+def test_three_clicks_personalise_an_anonymous_user(base):
+    model = ExportedModel(base / "1")
+    cold = model.recommend(["nobody"], k=10)["item_ids"][0]
+    session = model.recommend_session([["i0003", "i0010", "i0042"]], ["nobody"], k=10)
+    assert list(session["item_ids"][0]) != list(cold)
+
+
+def test_embed_items_returns_the_served_embeddings(base):
+    model = ExportedModel(base / "1")
+    out = model.call("embed_items", item_id=np.array(["i0007", "missing", "i0000"]))
+    table = model._loaded.item_table.numpy()
+    np.testing.assert_array_equal(out["found"], [True, False, True])
+    np.testing.assert_array_equal(out["embedding"][[0, 2]], table[[7, 0]])
+    np.testing.assert_array_equal(out["embedding"][1], np.zeros(table.shape[1]))
+
+
+def test_export_records_what_it_contains_and_holds_no_seen_items_by_default(exported):
+    meta = read_metadata(exported)
+    assert meta["exclude_seen"] is False and meta["max_seen"] == 0
+    assert meta["contents"]["seen_items_per_user"] is False
+    assert meta["contents"]["interactions"] is False
+    assert meta["item_columns"] == {"text": ["title", "description"], "image": "image",
+                                    "audio": "audio"}
+
+
+# --- the CLI and crash safety ----------------------------------------------------------------
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "tfmmrec.cli", "-q", *args], env=env,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_cli_catalog_add_and_remove(base, items, tiny_demo_dir):
+    row = items.iloc[[4]].assign(item_id="cli-new")
+    added = run_cli("catalog", "add", "--model-base-path", str(base), "--items",
+                    str(write_items(row, tiny_demo_dir, "cli.csv")))
+    assert added.returncode == 0, added.stderr
+    assert "add: 1 added, 0 updated, 0 removed" in added.stdout
+    removed = run_cli("catalog", "remove", "--model-base-path", str(base), "--ids", "cli-new")
+    assert removed.returncode == 0, removed.stderr
+    assert latest_version(base).name == "3"
+    bad = run_cli("catalog", "add", "--model-base-path", str(base), "--items",
+                  str(write_items(row.assign(colour="x"), tiny_demo_dir, "cli-bad.csv")))
+    assert bad.returncode == 2 and "unknown column(s) colour" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+KILL_DURING_ADD = """
+import sys
+import tfmmrec
+from tfmmrec import files
+from tfmmrec.export import catalog
+
+original = files.os.rename
+def slow_rename(src, dst):  # stop just before the rename: the version is fully written
+    print("WRITTEN", flush=True)
+    import time; time.sleep(600)
+    original(src, dst)
+files.os.rename = slow_rename
+catalog.add(sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_during_catalog_add_leaves_the_served_version_intact(base, items,
+                                                                    tiny_demo_dir, tmp_path):
+    before = ExportedModel(base / "1").recommend(USERS, k=K)["item_ids"]
+    script = tmp_path / "add.py"
+    script.write_text(textwrap.dedent(KILL_DURING_ADD))
+    row = items.iloc[[6]].assign(item_id="killed")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, str(script), str(base),
+                                str(write_items(row, tiny_demo_dir, "killed.csv"))],
+                               env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        line = ""
+        while "WRITTEN" not in line and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+        assert "WRITTEN" in line, "the update never reached its rename"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert latest_version(base).name == "1"
+    assert [p.name for p in base.iterdir() if p.name.isdigit()] == ["1"]
+    np.testing.assert_array_equal(ExportedModel(base / "1").recommend(USERS, k=K)["item_ids"],
+                                  before)
+    # The leftover hidden temp directory does not block the next update.
+    assert catalog.add(base, write_items(row, tiny_demo_dir, "killed.csv")).version_dir.name == "2"
+
+
+def test_viewed_content_joins_the_session_and_empty_rows_are_ignored(base, items, tiny_demo_dir):
+    model = ExportedModel(base / "1")
+    row = with_all_media(items).iloc[0]
+    text = f"{row['title']}. {row['description']}"
+    image = (tiny_demo_dir / row["image"]).read_bytes()
+    sessions, users = [["i0005"], ["i0005"]], ["u003", "u003"]
+    plain = model.recommend_session(sessions, users, k=K)["item_ids"]
+    viewed = model.recommend_session(sessions, users, k=K,
+                                     viewed={"text": [text, ""], "image": [image, b""]})
+    np.testing.assert_array_equal(viewed["item_ids"][1], plain[1])
+    assert list(viewed["item_ids"][0]) != list(plain[0])
+    # Content alone (no session items, no user) personalises an anonymous request.
+    alone = model.recommend_session([[]], k=K, viewed={"text": [text]})["item_ids"][0]
+    assert list(alone) != list(model.recommend(["nobody"], k=K)["item_ids"][0])
