@@ -344,3 +344,24 @@ def test_viewed_content_joins_the_session_and_empty_rows_are_ignored(base, items
     # Content alone (no session items, no user) personalises an anonymous request.
     alone = model.recommend_session([[]], k=K, viewed={"text": [text]})["item_ids"][0]
     assert list(alone) != list(model.recommend(["nobody"], k=K)["item_ids"][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["scann", "partitioned"])
+def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, tiny_config, tiny_trained,
+                                                           items, tiny_demo_dir, tmp_path):
+    """The update rebuilds the export's own kind (through ``tfmmrec.export.index.build``) with
+    its settings, and the added item is found through it."""
+    config = load_config(tiny_config, [f"export.base_dir={tmp_path}", "export.k=5",
+                                       f"export.max_k={K}",
+                                       "export.partitioned.partitions_to_probe=1000"])
+    version = pipeline.export(config, model=tiny_trained.model,
+                              workspace=tiny_trained.workspace, index=kind)
+    model = ExportedModel(version)
+    top = model.recommend(["u000"], k=1)["item_ids"][0, 0].decode()
+    row = items[items["item_id"] == top].assign(item_id=f"new-{kind}")
+    added = catalog.add(version.parent, write_items(row, tiny_demo_dir, f"{kind}.csv"))
+    new = ExportedModel(added.version_dir)
+    assert new.metadata["index"] == kind and new.metadata["num_items"] == len(items) + 1
+    assert new.metadata["index_settings"] == model.metadata["index_settings"]
+    assert f"new-{kind}".encode() in new.recommend(["u000"], k=3)["item_ids"][0]
