@@ -15,7 +15,7 @@ import pytest
 from tests.serving.conftest import MODEL, install_version
 from tfmmrec.export import catalog
 from tfmmrec.serving.client import ServingClient, ServingRequestError
-from tfmmrec.serving.registry import ModelConfig
+from tfmmrec.serving.registry import ServedModel
 from tfmmrec.serving.server import ModelServer, ServerOptions
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def test_add_update_remove_round_trips_under_load(tiny_exports, tiny_demo_dir, t
                 except ServingRequestError as error:
                     failures.append(str(error))
 
-    with ModelServer([ModelConfig(MODEL, base)], options) as server:
+    with ModelServer([ServedModel(MODEL, base)], options) as server:
         clients = {"grpc": ServingClient(f"127.0.0.1:{server.port}", MODEL, timeout=60),
                    "rest": ServingClient(f"127.0.0.1:{server.rest_port}", MODEL, rest=True,
                                          timeout=60)}
