@@ -25,7 +25,7 @@ from tfmmrec.export.index import index_class
 from tfmmrec.export.loader import ExportedModel
 
 SIGNATURES = {"serving_default", "recommend", "embed_query", "query_text", "query_image",
-              "query_audio"}
+              "query_audio", "recommend_session", "embed_items"}
 
 TF1_LOADER = """
 import json, sys
@@ -101,11 +101,13 @@ def test_every_op_is_on_the_target_server(kind, audits, op_registry):
 
 
 def test_only_query_text_needs_tf_text(audits, op_registry):
-    """The README's matrix: user-id and media signatures run on core TF alone."""
+    """The README's matrix: user-id and media signatures run on core TF alone
+    (``recommend_session`` tokenizes its optional ``viewed_text`` in-graph)."""
     for kind in ("brute_force", "partitioned"):
         for signature, ops in audits[kind].items():
             needs_text = bool(ops & op_registry["tf_text"])
-            assert needs_text == (signature == "query_text"), (kind, signature)
+            assert needs_text == (signature in ("query_text", "recommend_session")), (
+                kind, signature)
 
 
 @pytest.fixture(scope="module")
