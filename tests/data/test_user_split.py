@@ -146,7 +146,7 @@ def test_a_supplied_test_set_ranks_the_whole_catalogue_unless_candidates_are_giv
 
     frame = pd.DataFrame({"user_id": [f"u{i % 5}" for i in range(40)],
                           "item_index": np.arange(40) % 20})
-    cold = split_interactions(frame, "cold_start", 0.2, 0, num_items=20)
+    cold = split_interactions(frame, "cold_start", 0.2, 0)
     test = frame.head(3)
     assert with_test(cold, test).test_items is None
     assert with_test(cold).test_items.tolist() == cold.test_items.tolist()
