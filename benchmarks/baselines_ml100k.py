@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     for protocol in args.protocol:
         kind, split_seed = SPLITS[protocol]
         for seed in range(args.seeds):
-            split = split_interactions(interactions, kind, 0.2, split_seed(seed), num_items)
+            split = split_interactions(interactions, kind, 0.2, split_seed(seed))
             results = run_baselines(split, ws.user_ids, num_items, item_features=text.values,
                                     present=text.mask, ks=config.eval.ks,
                                     validation_fraction=0.2, seed=split_seed(seed),

@@ -48,7 +48,7 @@ def stand_in_workspace(config):
 
     dataset = pipeline.resolve_dataset(config)
     split = split_interactions(dataset.interactions, config.data.split,
-                               config.data.test_fraction, config.data.seed, dataset.num_items)
+                               config.data.test_fraction, config.data.seed)
     modalities = tuple(m for m in dataset.catalog.modalities if config.tower(m).enabled)
     rng = np.random.default_rng(0)
     contents = {m: ModalityContent(rng.standard_normal((dataset.num_items, FEATURE_DIMS[m]))

@@ -274,7 +274,7 @@ def bench_session(seed: int = 0) -> dict:
     ws = pipeline.prepare(config, progress=True)
     n = ws.dataset.num_items
     # Validation: the same temporal protocol inside the training split.
-    inner_split = split_interactions(ws.split.train, "temporal", 0.2, config.data.seed + 1, n)
+    inner_split = split_interactions(ws.split.train, "temporal", 0.2, config.data.seed + 1)
     inner_config = tfmmrec.load_config(config, [f"train.output_dir={WORK / 'ml100k-inner'}"])
     inner = dataclasses.replace(ws, config=inner_config, split=inner_split)
     shutil.rmtree(WORK / "ml100k-inner", ignore_errors=True)
