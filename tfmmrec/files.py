@@ -167,3 +167,14 @@ def _remove(tmp: str, remote: bool) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process: temp paths of live writers are never cleaned up."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

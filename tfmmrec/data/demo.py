@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from tfmmrec.config import DemoConfig
 from tfmmrec.errors import DataError
+from tfmmrec.files import process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -201,19 +202,9 @@ def _remove_stale_temp_dirs(root: Path) -> None:
     """Delete temp dirs left by crashed builds. Dirs of live processes are left alone."""
     for path in root.parent.glob(f".{root.name}.demo-tmp-*"):
         pid_text = path.name[len(f".{root.name}.demo-tmp-"):].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and not process_alive(int(pid_text)):
             logger.info("removing stale partial demo build %s", path)
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _move_into_place(tmp: Path, root: Path, config: DemoConfig) -> None:

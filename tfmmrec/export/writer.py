@@ -19,7 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfmmrec.errors import ExportError
-from tfmmrec.files import atomic_path, atomic_write, write_json
+from tfmmrec.files import atomic_path, atomic_write, process_alive, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +63,12 @@ def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
             age = time.time() - path.stat().st_mtime
         except OSError:
             continue
-        if pid == os.getpid() or (_process_alive(pid) and age < 86_400):
+        if pid == os.getpid() or (process_alive(pid) and age < 86_400):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
         logger.info("removed %s left by an interrupted export", path)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: str,

@@ -319,12 +319,12 @@ def _tfrecord_batches(job: dict[str, Any]) -> Iterator[Batch]:
         keys = [k.decode() for k in batch[f"{modality}_key"].numpy()]
         present = batch[f"{modality}_present"].numpy()
         good = [row for row, key in enumerate(keys) if key and present[row]]
-        raw = _rows(batch[modality], good, modality) if good else None
+        raw = encoder_rows(batch[modality], good, modality) if good else None
         yield ([int(i) for i in batch["item_index"].numpy()],
                [i.decode() for i in batch["item_id"].numpy()], keys, good, raw)
 
 
-def _rows(content, rows: list[int], modality: str):
+def encoder_rows(content, rows: list[int], modality: str):
     """The encoder-ready batch of ``rows`` (audio trimmed to its longest clip, as the folder
     path pads)."""
     if modality == "audio":

@@ -285,6 +285,7 @@ def encode_from_tfrecords(directory: str, encoder, cache_dir: str | os.PathLike 
     from tfmmrec.data.tfrecords import items_dataset, load_manifest
     from tfmmrec.progress import progress as report_progress
     from tfmmrec.towers.cache import CacheStats, FeatureCache, ModalityContent, compiled
+    from tfmmrec.towers.features import encoder_rows
 
     manifest = load_manifest(directory)
     modality = encoder.modality
@@ -308,7 +309,7 @@ def encode_from_tfrecords(directory: str, encoder, cache_dir: str | os.PathLike 
                 entries[keys[row]] = None  # the file did not decode when prepared
         todo = [row for row in todo if present[row]]
         if todo:
-            content = _rows(batch[modality], todo, modality)
+            content = encoder_rows(batch[modality], todo, modality)
             for row, feature in zip(todo, encode(content).numpy(), strict=True):
                 entries[keys[row]] = feature.astype(np.float32)
         stats.computed += len(todo)
@@ -322,13 +323,3 @@ def encode_from_tfrecords(directory: str, encoder, cache_dir: str | os.PathLike 
     logger.info("%s features from %s: %d reused from cache, %d computed, %d items without %s",
                 modality, directory, stats.reused, stats.computed, int((~mask).sum()), modality)
     return ModalityContent(values, mask), stats
-
-
-def _rows(content, rows: list[int], modality: str):
-    """The encoder-ready batch of ``rows`` (audio trimmed to its longest clip, as the folder
-    path pads)."""
-    if modality == "audio":
-        length = tf.gather(content["length"], rows)
-        width = tf.maximum(tf.reduce_max(length), 1)
-        return {"waveform": tf.gather(content["waveform"], rows)[:, :width], "length": length}
-    return tf.gather(content, rows)
