@@ -121,7 +121,9 @@ def query_latency(paths: dict, calls: int) -> dict:
 
     signatures = {name: ExportedModel(path).signatures["query_text"]
                   for name, path in paths.items()}
-    inputs = {"text": tf.constant([QUERY]), "k": tf.constant(10, tf.int32)}
+    # Raw signatures apply no input defaults: an empty exclusion list is passed explicitly.
+    inputs = {"text": tf.constant([QUERY]), "k": tf.constant(10, tf.int32),
+              "exclude_item_ids": tf.zeros([1, 0], tf.string)}
     for signature in signatures.values():
         for _ in range(20):
             signature(**inputs)["item_ids"].numpy()
