@@ -36,7 +36,7 @@ GRPC_CASES = {
     "missing_input": ("query_text", {"k": np.int32(3)},
                       grpc.StatusCode.INVALID_ARGUMENT,
                       "not found in request and no default value provided. Inputs expected to "
-                      "be in the request {k}, or default input alias set: k"),
+                      "be in the request {k}, or default input alias set: exclude_item_ids,k"),
     "extra_input": ("serving_default", {"user_id": USER, "k": np.int32(3)},
                     grpc.StatusCode.INVALID_ARGUMENT, "Sent extra: {k}"),
     "wrong_dtype": ("serving_default", {"user_id": np.array([7], np.int32)},
@@ -128,7 +128,9 @@ REST_CASES = {
     "wrong_json_type": ({"inputs": {"user_id": [1]}}, 400,
                         "JSON Value: 1 Type: Number is not of expected type: string"),
     "k_per_instance": ({"signature_name": "recommend",
-                        "instances": [{"user_id": "u1", "k": 3}]}, 400, "columnar 'inputs'"),
+                        "instances": [{"user_id": "u1", "k": 3}]}, 400,
+                       # row format: every instance must carry every input (as TF Serving)
+                       "keys must be equal to: exclude_item_ids,k,user_id"),
     "k_out_of_range": ({"signature_name": "recommend",
                         "inputs": {"user_id": ["u1"], "k": 0}}, 400, "k must be >= 1"),
     "corrupt_image_b64": ({"signature_name": "query_image",
