@@ -107,6 +107,15 @@ def dense_shape(value) -> list[int]:
     return shape
 
 
+# TensorProto's value field per dtype (every other integer kind, e.g. int32/int8/uint8, is int_val).
+_VALUE_FIELD = {
+    types_pb2.DT_STRING: "string_val", types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT64: "uint64_val",
+    types_pb2.DT_UINT32: "uint32_val", types_pb2.DT_BOOL: "bool_val",
+}
+
+
 def json_to_tensor(value, dtype: int) -> tensor_pb2.TensorProto:
     """A JSON value (scalar or nested lists) as a TensorProto of ``dtype`` (json_tensor.cc)."""
     if dtype not in NUMPY_DTYPES:
@@ -118,24 +127,9 @@ def json_to_tensor(value, dtype: int) -> tensor_pb2.TensorProto:
     proto = tensor_pb2.TensorProto(
         dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in shape]))
-    if dtype == types_pb2.DT_STRING:
-        proto.string_val.extend(flat)
-    elif dtype == types_pb2.DT_FLOAT:
-        proto.float_val.extend(flat)
-    elif dtype == types_pb2.DT_DOUBLE:
-        proto.double_val.extend(flat)
-    elif dtype == types_pb2.DT_HALF:
-        proto.half_val.extend(np.asarray(flat, np.float16).view(np.uint16).tolist())
-    elif dtype == types_pb2.DT_INT64:
-        proto.int64_val.extend(flat)
-    elif dtype == types_pb2.DT_UINT64:
-        proto.uint64_val.extend(flat)
-    elif dtype == types_pb2.DT_UINT32:
-        proto.uint32_val.extend(flat)
-    elif dtype == types_pb2.DT_BOOL:
-        proto.bool_val.extend(flat)
-    else:
-        proto.int_val.extend(flat)
+    if dtype == types_pb2.DT_HALF:  # stored as the IEEE bit patterns, as TensorProto wants
+        flat = np.asarray(flat, np.float16).view(np.uint16).tolist()
+    getattr(proto, _VALUE_FIELD.get(dtype, "int_val")).extend(flat)
     return proto
 
 
