@@ -19,6 +19,9 @@ import yaml
 from tfmmrec.errors import ConfigError
 
 MODALITIES = ("text", "image", "audio")
+# The one audio rate (YAMNet and the built-in tower are 16 kHz models); ``tfmmrec.modalities.audio``
+# takes it from here, ``audio.sample_rate`` is checked against it once, below.
+AUDIO_SAMPLE_RATE = 16000
 YAMNET_HUB_HANDLE = "https://tfhub.dev/google/yamnet/1"
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu", "parameter_server")
 
@@ -145,7 +148,7 @@ class AudioTowerConfig:
     enabled: bool = True
     backbone: Literal["yamnet", "small_cnn"] = "small_cnn"
     handle: str = YAMNET_HUB_HANDLE
-    sample_rate: int = 16000
+    sample_rate: int = AUDIO_SAMPLE_RATE
     max_seconds: float = 2.0
     pooling: Literal["mean", "max"] = "mean"
     trainable: bool = False
@@ -155,8 +158,8 @@ class AudioTowerConfig:
     def __post_init__(self) -> None:
         _check_choice("audio.backbone", self.backbone, ("yamnet", "small_cnn"))
         _check_choice("audio.pooling", self.pooling, ("mean", "max"))
-        _check(self.sample_rate == 16000, "audio.sample_rate", self.sample_rate,
-               "16000 (YAMNet and the built-in tower expect 16 kHz)")
+        _check(self.sample_rate == AUDIO_SAMPLE_RATE, "audio.sample_rate", self.sample_rate,
+               f"{AUDIO_SAMPLE_RATE} (YAMNet and the built-in tower expect 16 kHz)")
         _check(0.1 <= self.max_seconds <= 60, "audio.max_seconds", self.max_seconds,
                "in [0.1, 60]")
 

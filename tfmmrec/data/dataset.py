@@ -8,48 +8,72 @@ columns, image/audio columns with paths relative to the folder), ``interactions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tfmmrec import modalities
 from tfmmrec.config import DataConfig
 from tfmmrec.data import validate
-from tfmmrec.data.media import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
 from tfmmrec.data.splits import SPLIT_COLUMN, SPLIT_VALUES
 from tfmmrec.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_NAMES = {"image", "images", "poster", "cover", "thumbnail", "picture", "photo", "image_path"}
-AUDIO_NAMES = {"audio", "clip", "sound", "audio_path", "preview", "wav"}
-TEXT_SEPARATOR = ". "
-
-
 @dataclass(frozen=True)
 class ModalityColumns:
-    """Which items-table columns feed which modality (empty/None: modality absent)."""
+    """Which items-table columns feed which modality (empty/None: modality absent).
+
+    ``text``, ``image`` and ``audio`` name the built-in modalities' columns; ``extra`` holds
+    ``(modality, columns)`` pairs of modalities registered later. :meth:`of` reads any of them.
+    """
 
     text: tuple[str, ...] = ()
     image: str | None = None
     audio: str | None = None
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def from_mapping(cls, columns: Mapping[str, tuple[str, ...]]) -> ModalityColumns:
+        """``{modality: columns}`` → the dataclass (built-in fields keep their own shapes)."""
+        builtin = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        for name, found in columns.items():
+            if name in builtin:
+                several = isinstance(cls.__dataclass_fields__[name].default, tuple)
+                values[name] = tuple(found) if several else (found[0] if found else None)
+        extra = tuple((name, tuple(found)) for name, found in columns.items()
+                      if name not in builtin and found)
+        return cls(**values, extra=extra)
+
+    def of(self, modality: str) -> tuple[str, ...]:
+        """The columns of ``modality`` (empty when the table has none)."""
+        if modality != "extra" and modality in self.__dataclass_fields__:
+            value = getattr(self, modality)
+        else:
+            value = dict(self.extra).get(modality, ())
+        if not value:
+            return ()
+        return (value,) if isinstance(value, str) else tuple(value)
 
     def present(self) -> tuple[str, ...]:
-        names = []
-        if self.text:
-            names.append("text")
-        if self.image:
-            names.append("image")
-        if self.audio:
-            names.append("audio")
-        return tuple(names)
+        return tuple(name for name in modalities.names() if self.of(name))
 
 
 @dataclass
 class Catalog:
-    """The items, in a fixed order: item *index* i everywhere in tfmmrec means row i here."""
+    """The items, in a fixed order: item *index* i everywhere in tfmmrec means row i here.
+
+    Each modality's per-item content (text, or a media path / ``None``) sits in the field its
+    spec names (``ModalitySpec.catalog_field``) or, for a modality registered later, in
+    ``extra``; :meth:`values` reads either.
+    """
 
     item_ids: np.ndarray
     texts: np.ndarray
@@ -57,6 +81,20 @@ class Catalog:
     audio_paths: list[Path | None]
     columns: ModalityColumns
     frame: pd.DataFrame = field(repr=False)
+    extra: dict[str, Sequence] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_values(cls, item_ids: np.ndarray, values: Mapping[str, Sequence],
+                    columns: ModalityColumns, frame: pd.DataFrame) -> Catalog:
+        """A catalogue from ``{modality: per-item content}`` for every registered modality."""
+        fields = {}
+        extra = {}
+        for spec in modalities.specs():
+            if spec.catalog_field:
+                fields[spec.catalog_field] = values[spec.name]
+            else:
+                extra[spec.name] = values[spec.name]
+        return cls(item_ids=item_ids, columns=columns, frame=frame, extra=extra, **fields)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -65,12 +103,17 @@ class Catalog:
     def modalities(self) -> tuple[str, ...]:
         return self.columns.present()
 
+    def values(self, modality: str) -> Sequence:
+        """Per-item content of ``modality`` (text, or a resolved media path / ``None``)."""
+        spec = modalities.get(modality)
+        if spec.catalog_field:
+            return getattr(self, spec.catalog_field)
+        return self.extra.get(modality, [None] * len(self))
+
     def presence(self, modality: str) -> np.ndarray:
         """Boolean [N]: whether the item has content for ``modality`` (it may still be corrupt)."""
-        if modality == "text":
-            return np.array([bool(t) for t in self.texts])
-        paths = self.image_paths if modality == "image" else self.audio_paths
-        return np.array([p is not None for p in paths])
+        spec = modalities.get(modality)
+        return np.array([spec.present(v) for v in self.values(modality)], dtype=bool)
 
     def index_of(self, item_ids) -> np.ndarray:
         lookup = pd.Index(self.item_ids)
@@ -129,102 +172,28 @@ def _load_catalog(root: Path, config: DataConfig) -> Catalog:
     validate.require_no_missing_ids(frame, path, "item_id")
     validate.require_unique(frame, path, "item_id")
     columns = infer_modality_columns(frame, config)
-    configured = [*columns.text, columns.image, columns.audio]
+    configured = [c for name in modalities.names() for c in columns.of(name)]
     validate.require_columns(frame, path, [c for c in configured if c])
-    return Catalog(
-        item_ids=frame["item_id"].to_numpy(dtype=object),
-        texts=_join_text(frame, columns.text),
-        image_paths=_media_paths(frame, root, columns.image, "image", path),
-        audio_paths=_media_paths(frame, root, columns.audio, "audio", path),
-        columns=columns,
-        frame=frame,
-    )
+    values = {spec.name: spec.catalog_values(frame, root, columns.of(spec.name), path)
+              for spec in modalities.specs()}
+    return Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values, columns, frame)
 
 
 def infer_modality_columns(frame: pd.DataFrame, config: DataConfig) -> ModalityColumns:
-    """Use configured columns; infer the rest from names and file extensions of the values."""
-    candidates = [c for c in frame.columns if c != "item_id"]
-    image = config.image_column
-    if image is None:
-        image = _find_media_column(frame, candidates, IMAGE_NAMES, IMAGE_EXTENSIONS)
-    audio = config.audio_column
-    if audio is None:
-        audio = _find_media_column(frame, candidates, AUDIO_NAMES, AUDIO_EXTENSIONS)
-    if config.text_columns is not None:
-        text = tuple(config.text_columns)
-    else:
-        text = tuple(
-            c for c in candidates
-            if c not in (image, audio) and _looks_like_text(frame[c])
-        )
-    return ModalityColumns(text=text, image=image or None, audio=audio or None)
+    """Use configured columns; infer the rest from names and file extensions of the values.
 
-
-def _find_media_column(frame: pd.DataFrame, candidates, names: set[str],
-                       extensions: tuple[str, ...]) -> str | None:
-    for column in candidates:
-        if str(column).lower() in names:
-            return column
-    for column in candidates:
-        values = frame[column].dropna().astype(str)
-        values = values[values != ""]
-        if len(values) and values.str.lower().str.endswith(extensions).mean() > 0.9:
-            return column
-    return None
-
-
-def _looks_like_text(series: pd.Series) -> bool:
-    if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
-        return False
-    values = series.dropna().astype(str)
-    values = values[values != ""]
-    if values.empty:
-        return False
-    numeric = pd.to_numeric(values, errors="coerce").notna().mean()
-    return numeric < 0.5
-
-
-def _join_text(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    if not columns:
-        return np.full(len(frame), "", dtype=object)
-    parts = pd.DataFrame({c: _text_values(frame[c]) for c in columns})
-    return np.array(
-        [TEXT_SEPARATOR.join(v.strip() for v in row if v.strip()) for row in parts.to_numpy()],
-        dtype=object,
-    )
-
-
-def _text_values(series: pd.Series) -> pd.Series:
-    """A column as the text a reader would write: missing → "", whole floats without ".0".
-
-    JSONL and Parquet tables arrive typed, and a numeric column with a gap is float: 1995.0
-    would reach the text tower as "1995.0" (CSV columns are read as written, see read_table).
+    Each registered modality infers its own columns (``ModalitySpec.infer_columns``) among the
+    columns no other modality took; text (``claims_rest``) goes last and takes what is left.
     """
-    if pd.api.types.is_float_dtype(series):
-        return series.map(lambda v: "" if pd.isna(v) else
-                          str(int(v)) if float(v).is_integer() else str(v))
-    return series.astype(object).where(series.notna(), "").astype(str)
-
-
-def _media_paths(frame: pd.DataFrame, root: Path, column: str | None,
-                 modality: str, table: Path) -> list[Path | None]:
-    if not column:
-        return [None] * len(frame)
-    paths: list[Path | None] = []
-    missing: list[str] = []
-    for row, value in enumerate(frame[column].fillna("").astype(str)):
-        value = value.strip()
-        if not value:
-            paths.append(None)
-            continue
-        path = Path(value) if Path(value).is_absolute() else root / value
-        if path.is_file():
-            paths.append(path)
-        else:
-            paths.append(None)
-            missing.append(f"{value} ({validate.row_label(table, row)})")
-    validate.report_missing_media(modality, missing)
-    return paths
+    candidates = [c for c in frame.columns if c != "item_id"]
+    found: dict[str, tuple[str, ...]] = {}
+    for spec in sorted(modalities.specs(), key=lambda s: s.claims_rest):
+        columns = spec.configured_columns(config)
+        if columns is None:
+            taken = {c for chosen in found.values() for c in chosen}
+            columns = spec.infer_columns(frame, [c for c in candidates if c not in taken])
+        found[spec.name] = tuple(c for c in columns if c)
+    return ModalityColumns.from_mapping({name: found[name] for name in modalities.names()})
 
 
 def _load_interactions(root: Path, catalog: Catalog, config: DataConfig) -> pd.DataFrame:
@@ -341,13 +310,7 @@ def load_items_table(path: str | Path, columns: ModalityColumns) -> Catalog:
     validate.require_columns(frame, path, ["item_id"])
     validate.require_no_missing_ids(frame, path, "item_id")
     validate.require_unique(frame, path, "item_id")
-    return Catalog(
-        item_ids=frame["item_id"].to_numpy(dtype=object),
-        texts=_join_text(frame, tuple(c for c in columns.text if c in frame.columns)),
-        image_paths=_media_paths(frame, path.parent, columns.image
-                                 if columns.image in frame.columns else None, "image", path),
-        audio_paths=_media_paths(frame, path.parent, columns.audio
-                                 if columns.audio in frame.columns else None, "audio", path),
-        columns=columns,
-        frame=frame,
-    )
+    values = {spec.name: spec.catalog_values(
+        frame, path.parent, tuple(c for c in columns.of(spec.name) if c in frame.columns), path)
+        for spec in modalities.specs()}
+    return Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values, columns, frame)

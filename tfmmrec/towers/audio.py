@@ -10,8 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfmmrec.config import AudioTowerConfig
-from tfmmrec.towers.encoders import Encoder
-from tfmmrec.towers.image import _hub_layer
+from tfmmrec.towers.base import Encoder, hub_layer
 
 YAMNET_EMBEDDING_DIM = 1024
 MEL_BINS = 64
@@ -93,7 +92,7 @@ def build_audio_encoder(config: AudioTowerConfig) -> AudioEncoder:
     description = {"kind": config.backbone, "sample_rate": config.sample_rate,
                    "max_seconds": config.max_seconds, "pooling": config.pooling}
     if config.backbone == "yamnet":
-        backbone = _hub_layer(config.handle, config.trainable, "audio.handle")
+        backbone = hub_layer(config.handle, config.trainable, "audio.handle")
         description["handle"] = config.handle
         encoder = AudioEncoder(backbone, YAMNET_EMBEDDING_DIM, config.pooling, True, description,
                                name="audio_encoder", tower_config=config)

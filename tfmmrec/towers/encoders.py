@@ -1,99 +1,26 @@
-"""Towers: the ``Encoder`` contract shared by the text, image and audio towers, and one factory.
+"""Towers: one factory for every modality's encoder, found through the modality registry.
 
-An encoder turns raw content into a feature vector. It is usually pretrained and frozen, so its
-``identity`` (what it is + a fingerprint of its weights) keys the on-disk feature cache: a cached
-feature is reused only by exactly the encoder that produced it.
+The ``Encoder`` base class lives in ``towers.base`` (re-exported here); the encoder modules
+(``towers.text``/``image``/``audio``) import only that, so there is no import cycle: a
+modality's spec names its builder (``ModalitySpec.encoder_builder``) and it is imported on use.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
+from tfmmrec import modalities
+from tfmmrec.towers.base import Encoder
 
-from tfmmrec.config import AudioTowerConfig, ImageTowerConfig, TextTowerConfig
-
-
-class Encoder(tf.keras.layers.Layer):
-    """Base class: raw batch → ``[batch, feature_dim]`` float32 features.
-
-    Subclasses set ``feature_dim`` and ``description`` (a JSON-able dict naming the backbone and
-    its settings) and implement ``call``.
-    """
-
-    modality: str = ""
-    feature_dim: int = 0
-
-    def __init__(self, description: dict[str, Any], *,
-                 tower_config: TextTowerConfig | ImageTowerConfig | AudioTowerConfig | None = None,
-                 vocabulary: list[str] | None = None, **kwargs):
-        super().__init__(**kwargs)
-        # Stored as JSON text: Keras would wrap a dict attribute in a trackable wrapper.
-        self.description_json = json.dumps(description, sort_keys=True, default=str)
-        # What ``build_encoder`` made this from, so ``get_config``/``from_config`` rebuild it
-        # (KerasHub's ``Backbone.get_config``); JSON text for the same reason.
-        self._tower_json = json.dumps(dataclasses.asdict(tower_config)) if tower_config else None
-        self._vocabulary = list(vocabulary) if vocabulary is not None else None
-
-    def get_config(self) -> dict[str, Any]:
-        """The tower config (and a built vocabulary) this encoder was built from; weights are
-        not part of it (a seeded random-init encoder is rebuilt identically, a pretrained one
-        from its preset/handle)."""
-        if self._tower_json is None:
-            raise NotImplementedError(f"{type(self).__name__} was not made by build_encoder, so "
-                                      "it cannot describe how to rebuild itself")
-        return {**super().get_config(), "modality": self.modality,
-                "tower": json.loads(self._tower_json), "vocabulary": self._vocabulary}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Encoder:
-        tower_class = {"text": TextTowerConfig, "image": ImageTowerConfig,
-                       "audio": AudioTowerConfig}[config["modality"]]
-        encoder = build_encoder(config["modality"], tower_class(**config["tower"]),
-                                vocabulary=config.get("vocabulary"))
-        encoder.set_trainable(config.get("trainable", encoder.trainable))
-        return encoder
-
-    def identity(self) -> str:
-        """A stable hash of what this encoder computes: settings plus its current weights."""
-        digest = hashlib.sha256(self.description_json.encode())
-        for weight in self.weights:
-            # Shape, not name: Keras numbers layer names per process (conv2d_3/kernel:0), and
-            # the same encoder built twice must keep its identity.
-            digest.update(f"{weight.shape}:{weight.dtype.name}".encode())
-            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-        return digest.hexdigest()[:24]
-
-    def set_trainable(self, trainable: bool) -> None:
-        """Fine-tune (``True``) or freeze (``False``) the whole encoder, backbone included:
-        Keras propagates ``trainable`` to every tracked sublayer (a KerasNLP backbone, a
-        ``hub.KerasLayer``, a ``keras.applications`` model; frozen BatchNorm then runs in
-        inference mode)."""
-        self.trainable = trainable
+__all__ = ["Encoder", "build_encoder"]
 
 
-def build_encoder(modality: str,
-                  config: TextTowerConfig | ImageTowerConfig | AudioTowerConfig,
-                  corpus: list[str] | None = None, *,
+def build_encoder(modality: str, config: Any, corpus: Sequence[str] | None = None, *,
                   vocabulary: list[str] | None = None) -> Encoder:
     """Build the encoder a tower config describes (pretrained or random-init, frozen or not).
 
     A random-init text encoder takes its word vocabulary from ``corpus`` (the catalogue's
-    text), or ``vocabulary`` as built before (``get_config`` round trip)."""
-    if modality == "text":
-        from tfmmrec.towers.text import build_text_encoder
-
-        return build_text_encoder(config, corpus or [], vocabulary=vocabulary)
-    if modality == "image":
-        from tfmmrec.towers.image import build_image_encoder
-
-        return build_image_encoder(config)
-    if modality == "audio":
-        from tfmmrec.towers.audio import build_audio_encoder
-
-        return build_audio_encoder(config)
-    raise ValueError(f"unknown modality {modality!r}")
+    text), or ``vocabulary`` as built before (``get_config`` round trip). An unknown
+    ``modality`` is a ``ConfigError`` naming the registered ones."""
+    return modalities.get(modality).build_encoder(config, corpus, vocabulary=vocabulary)

@@ -7,11 +7,10 @@ Three backbones behind one layer: a small built-in CNN (fast, random init, no do
 from __future__ import annotations
 
 import tensorflow as tf
-import tensorflow_hub as hub
 
 from tfmmrec.config import ImageTowerConfig
 from tfmmrec.errors import ConfigError
-from tfmmrec.towers.encoders import Encoder
+from tfmmrec.towers.base import Encoder, hub_layer
 
 # keras.applications classes and the module whose preprocess_input they expect (inputs 0..255).
 KERAS_APPLICATIONS = {
@@ -59,7 +58,7 @@ def build_image_encoder(config: ImageTowerConfig) -> ImageEncoder:
         backbone, dim = _small_cnn(config)
         description["filters"] = list(config.cnn_filters)
     elif config.backbone == "hub":
-        backbone = _hub_layer(config.handle, config.trainable, "image.handle")
+        backbone = hub_layer(config.handle, config.trainable, "image.handle")
         dim = int(backbone(tf.zeros([1, size, size, 3])).shape[-1])
         description["handle"] = config.handle
     else:
@@ -83,16 +82,6 @@ def _small_cnn(config: ImageTowerConfig) -> tuple[tf.keras.Model, int]:
     pooled = tf.keras.layers.Concatenate()([
         tf.keras.layers.GlobalAveragePooling2D()(x), tf.keras.layers.GlobalMaxPooling2D()(x)])
     return tf.keras.Model(inputs, pooled, name="small_cnn"), 2 * config.cnn_filters[-1]
-
-
-def _hub_layer(handle: str, trainable: bool, field: str) -> hub.KerasLayer:
-    try:
-        return hub.KerasLayer(handle, trainable=trainable)
-    except Exception as exc:  # hub raises OSError/ValueError/URL errors depending on the handle
-        raise ConfigError(
-            f"cannot load TF-Hub model {field}={handle!r}: {exc}. Use a TF-Hub URL (needs "
-            "internet) or a local SavedModel directory."
-        ) from None
 
 
 def _keras_application(config: ImageTowerConfig):

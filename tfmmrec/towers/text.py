@@ -19,7 +19,7 @@ with stdout_silenced():  # keras-core prints "Using TensorFlow backend" on impor
     import keras_nlp
 from tfmmrec.config import TextTowerConfig
 from tfmmrec.errors import ConfigError
-from tfmmrec.towers.encoders import Encoder
+from tfmmrec.towers.base import Encoder
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,51 @@
+"""Modalities: one spec per kind of item content (text, image, audio), in one registry.
+
+Data, towers, cache, TFRecords and export ask the registry instead of testing modality names::
+
+    from tfmmrec import modalities
+
+    for spec in modalities.specs():          # text, image, audio (+ anything registered)
+        spec.content_key(value)              # the feature cache's key
+        spec.load(value, settings)           # file → decoded array
+        spec.decode_request(request, ...)    # serving bytes → encoder input, in-graph
+
+Adding a modality is one module defining a ``ModalitySpec`` (usually a ``FileModality``)
+plus ``modalities.register(MySpec())``; see the README's "Modalities" section.
+"""
+
+from tfmmrec.modalities.audio import AudioModality
+from tfmmrec.modalities.base import FileModality, ModalitySpec, content_hash
+from tfmmrec.modalities.image import ImageModality
+from tfmmrec.modalities.registry import (
+    default_settings,
+    get,
+    names,
+    register,
+    resolve_settings,
+    settings_from_config,
+    specs,
+    unregister,
+)
+from tfmmrec.modalities.text import TextModality
+
+# The built-in modalities, in the order every consumer iterates them.
+for _spec in (TextModality(), ImageModality(), AudioModality()):
+    if _spec.name not in names():
+        register(_spec)
+
+__all__ = [
+    "AudioModality",
+    "FileModality",
+    "ImageModality",
+    "ModalitySpec",
+    "TextModality",
+    "content_hash",
+    "default_settings",
+    "get",
+    "names",
+    "register",
+    "resolve_settings",
+    "settings_from_config",
+    "specs",
+    "unregister",
+]

@@ -1,0 +1,283 @@
+"""Modalities: the ``ModalitySpec`` contract — everything data, towers, cache, TFRecords and
+export ask of one kind of item content.
+
+A modality used to be a string that every layer tested with ``if modality == "text"``; a spec
+is a type that answers those questions once. There are two families: *inline* content (text:
+the value sits in the items table) and *file* content (image, audio: the table holds a path,
+the file is decoded). :class:`FileModality` implements what every file modality shares (column
+inference by name or extension, path resolution, hashing the file's bytes, filling absent items
+with zeros); a concrete modality adds its decoders and shapes.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+if TYPE_CHECKING:
+    from tfmmrec.config import Config, DataConfig, ServingLimitsConfig
+
+logger = logging.getLogger(__name__)
+
+Settings = Mapping[str, Any]
+# The request input of every ``query_<modality>`` signature: one raw value (string or bytes) per
+# query.
+BATCH_OF_STRINGS = tf.TensorSpec([None], tf.string)
+
+
+def content_hash(data: bytes) -> str:
+    """The feature cache's key of one piece of content (text bytes or a media file's bytes):
+    the one hash shared by the cache, ``tfmmrec encode`` and the TFRecord writer."""
+    return hashlib.sha1(data).hexdigest()
+
+
+class ModalitySpec(abc.ABC):
+    """One modality's answers to the questions the rest of tfmmrec asks.
+
+    Class attributes a subclass sets:
+      name: the modality's name: config section, catalogue key, TFRecord and signature prefix
+        (``query_<name>``), cache file prefix.
+      tower_config_class: the ``TowerConfig`` dataclass of its encoder (a config section).
+      encoder_builder: ``"module:function"`` building the encoder from
+        ``(tower_config, corpus, vocabulary)``; resolved on first use, so this (low-level)
+        package never imports the towers at import time and the towers import nothing back.
+      catalog_field: the ``Catalog`` attribute holding its per-item content (``None``: kept in
+        ``Catalog.extra`` under ``name``, the place for a modality added later).
+      settings_fields: the preprocessing settings it reads from its config section (name →
+        section field); their defaults are the config dataclass's (the one place for them).
+      claims_rest: inferred last, from the columns no other modality claimed (text).
+    """
+
+    name: ClassVar[str] = ""
+    tower_config_class: ClassVar[type] = object
+    encoder_builder: ClassVar[str] = ""
+    catalog_field: ClassVar[str | None] = None
+    settings_fields: ClassVar[Mapping[str, str]] = {}
+    claims_rest: ClassVar[bool] = False
+
+    # --- configuration ------------------------------------------------------------------
+    def tower_config(self, config: Config):
+        """This modality's tower section of ``config``."""
+        return getattr(config, self.name)
+
+    def settings(self, config: Config) -> dict[str, Any]:
+        """The preprocessing settings ``config`` sets for this modality (flat names)."""
+        section = self.tower_config(config)
+        return {key: getattr(section, field) for key, field in self.settings_fields.items()}
+
+    def default_settings(self) -> dict[str, Any]:
+        """The settings of a default config section (``tower_config_class()``)."""
+        section = self.tower_config_class()
+        return {key: getattr(section, field) for key, field in self.settings_fields.items()}
+
+    def build_encoder(self, tower_config, corpus: Sequence[str] | None = None, *,
+                      vocabulary: list[str] | None = None):
+        """The encoder ``tower_config`` describes (``encoder_builder``; only text reads
+        ``corpus``/``vocabulary``)."""
+        return self.encoder_function()(tower_config)
+
+    def encoder_function(self):
+        """The function ``encoder_builder`` names, imported on first use."""
+        module, _, function = self.encoder_builder.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    # --- the items table ----------------------------------------------------------------
+    @abc.abstractmethod
+    def configured_columns(self, data: DataConfig) -> tuple[str, ...] | None:
+        """Columns the user named in ``data`` (``None``: infer them)."""
+
+    @abc.abstractmethod
+    def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
+        """The columns of ``frame`` (among ``candidates``) that hold this modality."""
+
+    @abc.abstractmethod
+    def catalog_values(self, frame: pd.DataFrame, root: Path, columns: tuple[str, ...],
+                       table: Path) -> Sequence:
+        """Per-item content as the catalogue keeps it (text, or a resolved path / ``None``)."""
+
+    @abc.abstractmethod
+    def schema(self, columns: tuple[str, ...]):
+        """``columns`` as an export records them (``item_columns`` in its metadata)."""
+
+    @abc.abstractmethod
+    def from_schema(self, value) -> tuple[str, ...]:
+        """The inverse of :meth:`schema`."""
+
+    @abc.abstractmethod
+    def present(self, value) -> bool:
+        """Whether an item has content (it may still fail to decode)."""
+
+    @abc.abstractmethod
+    def content_key(self, value) -> str | None:
+        """The feature cache's key of ``value`` (``None``: no content)."""
+
+    def job_value(self, value) -> str | None:
+        """``value`` as a shard job carries it (picklable, JSON-able)."""
+        return None if value is None else str(value)
+
+    # --- raw content → encoder input ------------------------------------------------------
+    @abc.abstractmethod
+    def load(self, value, settings: Settings):
+        """One item's decoded content (raises ``MediaDecodeError``/``OSError``)."""
+
+    @abc.abstractmethod
+    def batch(self, values: list):
+        """Decoded items → one encoder-ready batch."""
+
+    @abc.abstractmethod
+    def fill(self, values: list, settings: Settings):
+        """Decoded items, ``None`` where absent → a batch of every item (absent rows zero)."""
+
+    @abc.abstractmethod
+    def encoder_input_spec(self, settings: Settings):
+        """The ``tf.TensorSpec`` structure of an encoder-ready batch."""
+
+    def gather(self, batch, rows: Sequence[int]):
+        """The rows ``rows`` of an encoder-ready batch."""
+        return tf.gather(batch, rows)
+
+    def sort_for_encoding(self, indices: list[int], values: Sequence) -> list[int]:
+        """The order in which to encode ``indices`` (default: as given)."""
+        return indices
+
+    # --- TFRecords (``tfmmrec prepare``) -------------------------------------------------
+    @abc.abstractmethod
+    def record_features(self, value, settings: Settings,
+                        failed: dict[str, list[str]]) -> dict[str, tf.train.Feature]:
+        """This modality's features of one item record (undecodable files go to ``failed``)."""
+
+    @abc.abstractmethod
+    def record_spec(self) -> dict[str, tf.io.FixedLenFeature]:
+        """How to parse the features :meth:`record_features` writes."""
+
+    @abc.abstractmethod
+    def parse_record(self, parsed: Mapping[str, tf.Tensor], settings: Settings
+                     ) -> dict[str, Any]:
+        """A parsed batch → ``{name: encoder input, name_key, name_present}``."""
+
+    # --- serving --------------------------------------------------------------------------
+    request_spec: ClassVar[tf.TensorSpec] = BATCH_OF_STRINGS
+
+    @abc.abstractmethod
+    def decode_request(self, request: tf.Tensor, settings: Settings,
+                       limits: ServingLimitsConfig):
+        """In-graph: a ``query_<name>`` request batch → encoder input, input limits checked
+        before the work they bound."""
+
+    def content_spec(self, settings: Settings) -> dict[str, tf.TensorSpec]:
+        """``embed_item_content``'s inputs for this modality (its flattened encoder input)."""
+        return self.pack(self.encoder_input_spec(settings))
+
+    def pack(self, batch) -> dict[str, Any]:
+        """An encoder-ready batch → named ``embed_item_content`` inputs."""
+        return dict(batch) if isinstance(batch, Mapping) else {self.name: batch}
+
+    def unpack(self, inputs: Mapping[str, Any], settings: Settings):
+        """Named ``embed_item_content`` inputs → the encoder-ready batch."""
+        names = list(self.content_spec(settings))
+        if names == [self.name]:
+            return inputs[self.name]
+        return {key: inputs[key] for key in names}
+
+    @abc.abstractmethod
+    def warmup_sample(self) -> np.ndarray:
+        """A ``[1]`` request batch: small, valid, deterministic (TF Serving warmup)."""
+
+    @abc.abstractmethod
+    def placeholder(self) -> bytes:
+        """The smallest valid request value, encoded in place of an absent one."""
+
+
+class FileModality(ModalitySpec):
+    """A modality whose items-table column names a file, decoded by :meth:`load_file`.
+
+    Class attributes: ``column_names`` (column names recognised as this modality, lower case)
+    and ``extensions`` (a column whose values end in these, more than 90% of them, is this
+    modality). The configured column is ``data.<name>_column``.
+    """
+
+    column_names: ClassVar[frozenset[str]] = frozenset()
+    extensions: ClassVar[tuple[str, ...]] = ()
+
+    def configured_columns(self, data: DataConfig) -> tuple[str, ...] | None:
+        column = getattr(data, f"{self.name}_column", None)
+        return None if column is None else tuple(c for c in (column,) if c)
+
+    def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
+        for column in candidates:
+            if str(column).lower() in self.column_names:
+                return (column,)
+        for column in candidates:
+            values = frame[column].dropna().astype(str)
+            values = values[values != ""]
+            if len(values) and values.str.lower().str.endswith(self.extensions).mean() > 0.9:
+                return (column,)
+        return ()
+
+    def catalog_values(self, frame: pd.DataFrame, root: Path, columns: tuple[str, ...],
+                       table: Path) -> list[Path | None]:
+        return media_paths(frame, root, columns[0] if columns else None, self.name, table)
+
+    def schema(self, columns: tuple[str, ...]) -> str | None:
+        return columns[0] if columns else None
+
+    def from_schema(self, value) -> tuple[str, ...]:
+        return (value,) if value else ()
+
+    def present(self, value) -> bool:
+        return value is not None
+
+    def content_key(self, value) -> str | None:
+        return None if value is None else content_hash(Path(value).read_bytes())
+
+    def load(self, value, settings: Settings):
+        return self.load_file(value, settings)
+
+    @abc.abstractmethod
+    def load_file(self, path: str | Path, settings: Settings):
+        """Decode one file (raises ``MediaDecodeError`` naming it)."""
+
+
+def media_paths(frame: pd.DataFrame, root: Path, column: str | None, modality: str,
+                table: Path) -> list[Path | None]:
+    """A media column's values as files (relative to ``root``); missing ones are reported."""
+    from tfmmrec.data import validate
+
+    if not column:
+        return [None] * len(frame)
+    paths: list[Path | None] = []
+    missing: list[str] = []
+    for row, value in enumerate(frame[column].fillna("").astype(str)):
+        value = value.strip()
+        if not value:
+            paths.append(None)
+            continue
+        path = Path(value) if Path(value).is_absolute() else root / value
+        if path.is_file():
+            paths.append(path)
+        else:
+            paths.append(None)
+            missing.append(f"{value} ({validate.row_label(table, row)})")
+    validate.report_missing_media(modality, missing)
+    return paths
+
+
+def bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def int_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+__all__ = ["BATCH_OF_STRINGS", "FileModality", "ModalitySpec", "Settings", "bytes_feature",
+           "content_hash", "int_feature", "media_paths"]

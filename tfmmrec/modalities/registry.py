@@ -1,0 +1,86 @@
+"""Modalities: the registry — the one list of modality specs every layer iterates over.
+
+Order is registration order (text, image, audio, then anything registered later): it fixes the
+order of ``Catalog.modalities``, of TFRecord fields and of the preprocessing settings recorded
+in plans and manifests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from tfmmrec.errors import ConfigError
+from tfmmrec.modalities.base import ModalitySpec
+
+if TYPE_CHECKING:
+    from tfmmrec.config import Config
+
+_SPECS: dict[str, ModalitySpec] = {}
+
+
+def register(spec: ModalitySpec) -> ModalitySpec:
+    """Add ``spec`` to the registry (a name registered twice is a mistake, not an update)."""
+    if not isinstance(spec, ModalitySpec) or not spec.name:
+        raise TypeError(f"register() takes a ModalitySpec instance with a name, got {spec!r}")
+    if spec.name in _SPECS:
+        raise ValueError(f"modality {spec.name!r} is already registered "
+                         f"({type(_SPECS[spec.name]).__name__})")
+    clash = set(spec.settings_fields) & {k for s in _SPECS.values() for k in s.settings_fields}
+    if clash:
+        raise ValueError(f"modality {spec.name!r}: setting name(s) {sorted(clash)} are already "
+                         "used by another modality")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a registered modality (tests that register a modality of their own)."""
+    _SPECS.pop(name, None)
+
+
+def get(name: str) -> ModalitySpec:
+    """The spec registered as ``name``."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise ConfigError(f"unknown modality {name!r}: registered modalities are "
+                          f"{', '.join(_SPECS)}") from None
+
+
+def names() -> tuple[str, ...]:
+    """Every registered modality's name, in registration order."""
+    return tuple(_SPECS)
+
+
+def specs() -> Iterator[ModalitySpec]:
+    """Every registered spec, in registration order."""
+    return iter(tuple(_SPECS.values()))
+
+
+def default_settings() -> dict[str, Any]:
+    """Every modality's preprocessing settings at their (config dataclass) defaults."""
+    return {key: value for spec in specs() for key, value in spec.default_settings().items()}
+
+
+def settings_from_config(config: Config) -> dict[str, Any]:
+    """Every modality's preprocessing settings as ``config`` sets them (``image_size``,
+    ``sample_rate``, ``max_seconds``, ...): the one dict the cache, TFRecords, ``tfmmrec
+    encode`` and the export read."""
+    return {key: value for spec in specs() for key, value in spec.settings(config).items()}
+
+
+def resolve_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The defaults with ``overrides`` applied; an unknown name is a ``ConfigError`` and each
+    modality validates its own values (``validate_settings``)."""
+    settings = default_settings()
+    unknown = sorted(set(overrides or {}) - set(settings))
+    if unknown:
+        raise ConfigError(f"unknown preprocessing setting(s) {', '.join(unknown)}: the "
+                          f"registered modalities read {', '.join(settings) or 'none'}")
+    settings.update(overrides or {})
+    for spec in specs():
+        validate = getattr(spec, "validate_settings", None)
+        if validate is not None:
+            validate(settings)
+    return settings

@@ -1,0 +1,155 @@
+"""Modalities: text — the items table's text columns joined, tokenised in-graph by the tower."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfmmrec.config import DataConfig, ServingLimitsConfig, TextTowerConfig
+from tfmmrec.modalities.base import ModalitySpec, Settings, bytes_feature, content_hash
+
+TEXT_SEPARATOR = ". "
+
+
+class TextModality(ModalitySpec):
+    """Inline content: every text-like column no media modality claimed, joined per item with
+    ``". "`` (or ``data.text_columns``, in that order). The encoder takes raw strings."""
+
+    name = "text"
+    tower_config_class = TextTowerConfig
+    encoder_builder = "tfmmrec.towers.text:build_text_encoder"
+    catalog_field = "texts"
+    claims_rest = True
+
+    def build_encoder(self, tower_config, corpus: Sequence[str] | None = None, *,
+                      vocabulary: list[str] | None = None):
+        return self.encoder_function()(tower_config, list(corpus or []), vocabulary=vocabulary)
+
+    # --- the items table ----------------------------------------------------------------
+    def configured_columns(self, data: DataConfig) -> tuple[str, ...] | None:
+        return None if data.text_columns is None else tuple(data.text_columns)
+
+    def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
+        return tuple(c for c in candidates if looks_like_text(frame[c]))
+
+    def catalog_values(self, frame: pd.DataFrame, root: Path, columns: tuple[str, ...],
+                       table: Path) -> np.ndarray:
+        return join_text(frame, columns)
+
+    def schema(self, columns: tuple[str, ...]) -> list[str]:
+        return list(columns)
+
+    def from_schema(self, value) -> tuple[str, ...]:
+        return tuple(value or ())
+
+    def present(self, value) -> bool:
+        return bool(value)
+
+    def content_key(self, value) -> str | None:
+        return content_hash(value.encode()) if value else None
+
+    def job_value(self, value) -> str:
+        return str(value)
+
+    # --- raw content → encoder input ------------------------------------------------------
+    def load(self, value, settings: Settings) -> str:
+        return value
+
+    def batch(self, values: list) -> np.ndarray:
+        return np.array(values)
+
+    def fill(self, values: list, settings: Settings) -> np.ndarray:
+        return np.array(["" if v is None else v for v in values], dtype=object).astype(str)
+
+    def encoder_input_spec(self, settings: Settings) -> tf.TensorSpec:
+        return tf.TensorSpec([None], tf.string)
+
+    def sort_for_encoding(self, indices: list[int], values: Sequence) -> list[int]:
+        return by_length(indices, values)
+
+    # --- TFRecords ------------------------------------------------------------------------
+    def record_features(self, value, settings: Settings,
+                        failed: dict[str, list[str]]) -> dict[str, tf.train.Feature]:
+        text = value or ""
+        return {"text": bytes_feature(text.encode()),
+                "text_key": bytes_feature(content_hash(text.encode()).encode() if text else b"")}
+
+    def record_spec(self) -> dict[str, tf.io.FixedLenFeature]:
+        return {"text": tf.io.FixedLenFeature([], tf.string),
+                "text_key": tf.io.FixedLenFeature([], tf.string)}
+
+    def parse_record(self, parsed: Mapping[str, tf.Tensor], settings: Settings
+                     ) -> dict[str, Any]:
+        return {"text": parsed["text"], "text_key": parsed["text_key"],
+                "text_present": tf.strings.length(parsed["text"]) > 0}
+
+    # --- serving --------------------------------------------------------------------------
+    def decode_request(self, request: tf.Tensor, settings: Settings,
+                       limits: ServingLimitsConfig) -> tf.Tensor:
+        lengths = tf.strings.length(request)
+        limit = limits.max_text_bytes
+        checks = [
+            tf.debugging.Assert(tf.reduce_all(lengths > 0),
+                                ["text: empty string in the batch"]),
+            tf.debugging.Assert(tf.reduce_all(lengths <= limit), [
+                f"text: a text is longer than export.limits.max_text_bytes={limit} bytes; "
+                "lengths:", lengths], summarize=8),
+        ]
+        with tf.control_dependencies(checks):  # before the tokenizer sees a byte
+            return tf.identity(request)
+
+    def warmup_sample(self) -> np.ndarray:
+        return np.array([b"warm up the tokenizer"])
+
+    def placeholder(self) -> bytes:
+        return b"."
+
+
+def by_length(indices: list[int], texts) -> list[int]:
+    """``indices`` ordered by text length (stable), so each batch holds texts of similar length.
+
+    The text encoder trims every batch to its longest sequence; sorted batches waste almost no
+    attention on padding. Features are stored by content key, so the catalogue order comes back
+    when they are read out, whatever order they were computed in.
+    """
+    return sorted(indices, key=lambda i: len(texts[i]))
+
+
+def looks_like_text(series: pd.Series) -> bool:
+    """A string column whose values are mostly not numbers."""
+    if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
+        return False
+    values = series.dropna().astype(str)
+    values = values[values != ""]
+    if values.empty:
+        return False
+    numeric = pd.to_numeric(values, errors="coerce").notna().mean()
+    return numeric < 0.5
+
+
+def join_text(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """Each row's non-empty ``columns`` values, stripped and joined with ``TEXT_SEPARATOR``."""
+    if not columns:
+        return np.full(len(frame), "", dtype=object)
+    parts = pd.DataFrame({c: text_values(frame[c]) for c in columns})
+    return np.array(
+        [TEXT_SEPARATOR.join(v.strip() for v in row if v.strip()) for row in parts.to_numpy()],
+        dtype=object,
+    )
+
+
+def text_values(series: pd.Series) -> pd.Series:
+    """A column as the text a reader would write: missing → "", whole floats without ".0".
+
+    JSONL and Parquet tables arrive typed, and a numeric column with a gap is float: 1995.0
+    would reach the text tower as "1995.0" (CSV columns are read as written, see read_table).
+    """
+    if pd.api.types.is_float_dtype(series):
+        return series.map(lambda v: "" if pd.isna(v) else
+                          str(int(v)) if float(v).is_integer() else str(v))
+    return series.astype(object).where(series.notna(), "").astype(str)
