@@ -169,7 +169,8 @@ def bench_input(num_items: int, users: int) -> dict:
                     "interactions": len(dataset.interactions)}
 
     # 1. the folder format: what the cache build (and fine-tuning) does for every item
-    loaders = {m: raw_loader(catalog, m, 224, 16000, 5.0) for m in ("image", "audio")}
+    loaders = {m: raw_loader(catalog, m, {"image_size": 224, "max_seconds": 5.0})
+               for m in ("image", "audio")}
     with Meter() as meter:
         for start in range(0, num_items, 32):
             batch = list(range(start, min(start + 32, num_items)))

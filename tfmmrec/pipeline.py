@@ -30,6 +30,8 @@ from tfmmrec.data.splits import Split, split_interactions, validation_split
 from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError
 from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.files import write_json
+from tfmmrec.modalities import settings_from_config
+from tfmmrec.modalities import specs as modality_specs
 from tfmmrec.models.ranking import MultitaskModel, rating_targets, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
@@ -122,7 +124,7 @@ def prepare(config: Config, progress: bool = True) -> Workspace:
     for modality in modalities:
         tower = config.tower(modality)
         encoders[modality] = build_encoder(modality, tower, list(dataset.catalog.texts))
-        media = _media_settings(config)
+        media = settings_from_config(config)
         if tower.trainable:
             contents[modality] = load_raw_content(dataset.catalog, modality, **media)
         elif config.train.features:  # precomputed by `tfmmrec encode` (local or Beam)
@@ -139,11 +141,6 @@ def prepare(config: Config, progress: bool = True) -> Workspace:
                 dataset.catalog, encoders[modality], config.train.resolved_cache_dir,
                 batch_size=config.train.encode_batch_size, progress=progress, **media)
     return Workspace(config, dataset, split, modalities, encoders, contents, stats)
-
-
-def _media_settings(config: Config) -> dict:
-    return {"image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
-            "max_seconds": config.audio.max_seconds}
 
 
 def item_sampling_probability(ws: Workspace) -> np.ndarray:
@@ -583,7 +580,7 @@ def seen_items(ws: Workspace) -> list[np.ndarray]:
 def item_columns(columns) -> dict:
     """The items-table schema an export records, so a catalogue update reads new rows the way
     training read the catalogue (same text columns in the same order, same media columns)."""
-    return {"text": list(columns.text), "image": columns.image, "audio": columns.audio}
+    return {spec.name: spec.schema(columns.of(spec.name)) for spec in modality_specs()}
 
 
 def export_contents(ws: Workspace, exclude_seen: bool) -> dict:
@@ -638,8 +635,8 @@ def export(config: Config | str | os.PathLike | None = None,
     towers = ServingTowers(
         model.query_tower, model.item_tower, ws.encoders,
         training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
-        image_size=config.image.image_size, sample_rate=config.audio.sample_rate,
-        max_seconds=config.audio.max_seconds, ranking_head=head, seen=seen, limits=ex.limits)
+        settings=settings_from_config(config), ranking_head=head, seen=seen,
+        limits=ex.limits)
     metadata = {
         "tfmmrec_version": __import__("tfmmrec").__version__,
         "limits": dataclasses.asdict(ex.limits),
@@ -649,8 +646,7 @@ def export(config: Config | str | os.PathLike | None = None,
         "max_session_items": ex.max_session_items,
         "session_user_weight": ex.session_user_weight,
         "retrieve_candidates": config.ranking.retrieve_candidates,
-        "image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
-        "max_seconds": config.audio.max_seconds,
+        **settings_from_config(config),
         "item_columns": item_columns(ws.dataset.catalog.columns),
         "modalities": list(ws.modalities), "encoders": ws.encoder_identities(),
         "unknown_user_policy": "cold-start query embedding (out-of-vocabulary row)",

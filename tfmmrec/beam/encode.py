@@ -13,12 +13,14 @@ the dataset folder, which must then be mounted at the same path on every worker.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from apache_beam.utils import shared
 
+from tfmmrec import modalities
 from tfmmrec.beam.runner import ShardJobFn, pipeline_options, run_shard_jobs
 from tfmmrec.config import Config
 from tfmmrec.data.dataset import Dataset
@@ -29,22 +31,18 @@ from tfmmrec.towers.encoders import Encoder
 SAVED_ENCODER = ".encoder-savedmodel"
 
 
-def input_signature(modality: str, image_size: int):
-    """What an encoder takes: the batches ``encode_shard`` builds."""
-    if modality == "text":
-        return tf.TensorSpec([None], tf.string)
-    if modality == "image":
-        return tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
-    return {"waveform": tf.TensorSpec([None, None], tf.float32),
-            "length": tf.TensorSpec([None], tf.int32)}
+def input_signature(modality: str, settings: Mapping[str, Any]):
+    """What an encoder takes: the batches ``encode_shard`` builds (the modality's
+    ``encoder_input_spec`` under these preprocessing settings)."""
+    return modalities.get(modality).encoder_input_spec(settings)
 
 
-def save_encoder(encoder: Encoder, path: str, image_size: int) -> None:
+def save_encoder(encoder: Encoder, path: str, settings: Mapping[str, Any]) -> None:
     """The frozen encoder as a SavedModel with one ``encode`` function (any gfile path)."""
     module = tf.Module()
     module.encoder = encoder
     module.encode = tf.function(lambda raw: encoder(raw, training=False),
-                                input_signature=[input_signature(encoder.modality, image_size)])
+                                input_signature=[input_signature(encoder.modality, settings)])
     tf.saved_model.save(module, path)
 
 
@@ -89,7 +87,8 @@ def encode(config: Config, output: str | os.PathLike | None = None, *, runner: s
     for run in runs:
         if run.todo:
             saved[run.modality] = join_path(run.directory, SAVED_ENCODER)
-            save_encoder(run.encoder, saved[run.modality], config.image.image_size)
+            save_encoder(run.encoder, saved[run.modality],
+                         modalities.settings_from_config(config))
     jobs = [job for run in runs for job in run.todo]
     options = pipeline_options(runner, beam_args, workers)
     summaries = run_shard_jobs(jobs, output, EncodeShardFn(saved), options, "encode")

@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,12 +39,14 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfmmrec import modalities
 from tfmmrec.config import Config
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions
 from tfmmrec.data.validate import report_missing_media
-from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
+from tfmmrec.errors import ConfigError, DataError
 from tfmmrec.files import atomic_path, atomic_write
+from tfmmrec.modalities.audio import record_samples
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,13 @@ class Manifest:
 
     @property
     def max_samples(self) -> int:
-        return max(1, round(self.max_seconds * self.sample_rate))
+        return record_samples(self.settings)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The preprocessing settings the shards were written with (``media_settings``)."""
+        return {"image_size": self.image_size, "sample_rate": self.sample_rate,
+                "max_seconds": self.max_seconds}
 
     def files(self, table: str) -> list[str]:
         return [join_path(self.directory, s["file"]) for s in self.shards[table]]
@@ -183,21 +190,19 @@ def split_settings(config: Config) -> dict[str, Any]:
             "min_rating": data.min_rating}
 
 
-def media_settings(config: Config, modalities) -> dict[str, Any]:
-    return {"image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
-            "max_seconds": config.audio.max_seconds, "modalities": list(modalities)}
+def media_settings(config: Config, present) -> dict[str, Any]:
+    """Every modality's preprocessing settings (the registry's), and the modalities present:
+    what the shards' decoded content depends on."""
+    return {**modalities.settings_from_config(config), "modalities": list(present)}
 
 
 def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None,
           workers: int) -> dict[str, Any]:
     catalog = dataset.catalog
     settings = media_settings(config, catalog.modalities)
-    max_samples = max(1, round(config.audio.max_seconds * config.audio.sample_rate))
     item_bytes = 256 + int(np.mean([len(t) for t in catalog.texts])) if len(catalog) else 256
-    if "image" in catalog.modalities:
-        item_bytes += 3 * config.image.image_size ** 2
-    if "audio" in catalog.modalities:
-        item_bytes += 2 * max_samples
+    item_bytes += sum(modalities.get(name).record_bytes(settings)
+                      for name in catalog.modalities)
     # Timestamps stay in the folder (history features are built from it in memory).
     columns = [c for c in ("user_id", "item_index", "rating") if c in split.train.columns]
     sizes = {"items": (len(catalog), item_bytes), "train": (len(split.train), _INTERACTION_BYTES),
@@ -226,12 +231,17 @@ def catalog_fingerprint(catalog) -> str:
 
 def _update_with_catalog(digest, catalog) -> None:
     digest.update(ids_digest(catalog.item_ids).encode())
-    for text in catalog.texts:
-        digest.update(str(text).encode() + b"\0")
-    for path in (*catalog.image_paths, *catalog.audio_paths):
-        if path is not None:
-            stat = path.stat()
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    specs = list(modalities.specs())
+    for spec in specs:  # inline content (text) first, then every media file
+        if not isinstance(spec, modalities.FileModality):
+            for value in catalog.values(spec.name):
+                digest.update(str(value).encode() + b"\0")
+    for spec in specs:
+        if isinstance(spec, modalities.FileModality):
+            for path in catalog.values(spec.name):
+                if path is not None:
+                    stat = path.stat()
+                    digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
 
 
 def _shard_count(rows: int, bytes_per_row: int, requested: int | None, workers: int) -> int:
@@ -283,16 +293,15 @@ def _start_or_resume(output: str, plan: dict[str, Any]) -> None:
 def _jobs(config: Config, dataset: Dataset, split: Split, plan: dict[str, Any],
           output: str) -> list[dict[str, Any]]:
     catalog = dataset.catalog
-    modalities = catalog.modalities
     counts = plan["shard_counts"]
     jobs = []
+    # An item job: (index, id, {modality: value as the spec carries it}) for every modality.
+    values = {spec.name: [spec.job_value(v) for v in catalog.values(spec.name)]
+              for spec in modalities.specs()}
     item_rows = np.array_split(np.arange(len(catalog)), counts["items"])
     for shard, rows in enumerate(item_rows):
         items = [(int(i), str(catalog.item_ids[i]),
-                  str(catalog.texts[i]) if "text" in modalities else "",
-                  str(catalog.image_paths[i]) if catalog.image_paths[i] is not None else None,
-                  str(catalog.audio_paths[i]) if catalog.audio_paths[i] is not None else None)
-                 for i in rows]
+                  {name: content[i] for name, content in values.items()}) for i in rows]
         jobs.append({"table": "items", "items": items, "settings": plan["settings"],
                      "records": len(items), "output": output,
                      "file": shard_name("items", shard, counts["items"])})
@@ -385,42 +394,14 @@ def _float(value: float) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
 
 
-def _sha1(data: bytes) -> str:
-    # The same key as tfmmrec.towers.cache.content_keys, so cached features are shared.
-    return hashlib.sha1(data).hexdigest()
-
-
 def _item_example(item, settings: dict[str, Any], failed: dict[str, list[str]]
                   ) -> tf.train.Example:
-    from tfmmrec.data.media import load_audio_bytes, load_image
-
-    index, item_id, text, image_path, audio_path = item
-    feature = {"item_index": _int(index), "item_id": _bytes(item_id.encode()),
-               "text": _bytes(text.encode()),
-               "text_key": _bytes(_sha1(text.encode()).encode() if text else b"")}
-    image, image_key = b"", b""
-    if image_path is not None:
-        try:
-            image_key = _sha1(Path(image_path).read_bytes()).encode()
-            pixels = load_image(image_path, settings["image_size"])
-            image = np.round(pixels * 255.0).clip(0, 255).astype(np.uint8).tobytes()
-        except (MediaDecodeError, OSError):
-            failed.setdefault("image", []).append(image_path)
-    audio, audio_key, length = b"", b"", 0
-    if audio_path is not None:
-        try:
-            data = Path(audio_path).read_bytes()
-            audio_key = _sha1(data).encode()
-            wave = load_audio_bytes(data, settings["sample_rate"], settings["max_seconds"],
-                                    source=audio_path)
-            audio = np.round(np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-            length = len(wave)
-        except (MediaDecodeError, OSError):
-            failed.setdefault("audio", []).append(audio_path)
-    feature.update({"image": _bytes(image), "image_key": _bytes(image_key),
-                    "image_present": _int(bool(image)), "audio": _bytes(audio),
-                    "audio_key": _bytes(audio_key), "audio_length": _int(length),
-                    "audio_present": _int(bool(audio))})
+    """One item record: id and index, then every registered modality's fields
+    (``ModalitySpec.record_features``: content, content key, presence)."""
+    index, item_id, values = item
+    feature = {"item_index": _int(index), "item_id": _bytes(item_id.encode())}
+    for spec in modalities.specs():
+        feature.update(spec.record_features(values.get(spec.name), settings, failed))
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -459,11 +440,9 @@ def check_compatible(manifest: Manifest, config: Config, dataset: Dataset | None
     """Raise a ``ConfigError`` if the shards were prepared with other settings or data."""
     modalities = list(dataset.catalog.modalities) if dataset is not None else manifest.modalities
     expected = {**media_settings(config, modalities), "split": split_settings(config)}
-    found = {"image_size": manifest.image_size, "sample_rate": manifest.sample_rate,
-             "max_seconds": manifest.max_seconds, "modalities": manifest.modalities,
-             "split": manifest.split}
-    differ = [f"{k}: prepared {found[k]!r}, config {expected[k]!r}" for k in expected
-              if found[k] != expected[k]]
+    found = {**manifest.settings, "modalities": manifest.modalities, "split": manifest.split}
+    differ = [f"{k}: prepared {found.get(k)!r}, config {expected[k]!r}" for k in expected
+              if found.get(k) != expected[k]]
     if dataset is not None and (manifest.num_items != dataset.num_items
                                 or manifest.item_ids_sha1 != ids_digest(
                                     dataset.catalog.item_ids)):
@@ -532,28 +511,18 @@ def items_dataset(manifest: Manifest, batch_size: int) -> tf.data.Dataset:
     """Batches of items in catalogue order, decoded: ``image`` float32 ``[B, S, S, 3]`` in
     [0, 1], ``audio`` ``{"waveform": [B, T], "length": [B]}`` at the prepared rate, ``text``,
     each with ``<modality>_present`` and ``<modality>_key``."""
-    size, samples = manifest.image_size, manifest.max_samples
+    settings = manifest.settings
     spec = {"item_index": tf.io.FixedLenFeature([], tf.int64),
             "item_id": tf.io.FixedLenFeature([], tf.string)}
-    for name in ("text", "image", "audio"):
-        spec[name] = tf.io.FixedLenFeature([], tf.string)
-        spec[f"{name}_key"] = tf.io.FixedLenFeature([], tf.string)
-    spec.update({"image_present": tf.io.FixedLenFeature([], tf.int64),
-                 "audio_present": tf.io.FixedLenFeature([], tf.int64),
-                 "audio_length": tf.io.FixedLenFeature([], tf.int64)})
+    for modality in modalities.specs():
+        spec.update(modality.record_spec())
 
     def parse(serialized):
         x = tf.io.parse_example(serialized, spec)
-        pixels = tf.io.decode_raw(x["image"], tf.uint8, fixed_length=3 * size * size)
-        pcm = tf.io.decode_raw(x["audio"], tf.int16, fixed_length=2 * samples)
-        length = tf.cast(x["audio_length"], tf.int32)
-        return {"item_index": x["item_index"], "item_id": x["item_id"],
-                "text": x["text"], "text_key": x["text_key"],
-                "text_present": tf.strings.length(x["text"]) > 0,
-                "image": tf.reshape(tf.cast(pixels, tf.float32) / 255.0, [-1, size, size, 3]),
-                "image_key": x["image_key"], "image_present": x["image_present"] > 0,
-                "audio": {"waveform": tf.cast(pcm, tf.float32) / 32767.0, "length": length},
-                "audio_key": x["audio_key"], "audio_present": x["audio_present"] > 0}
+        batch = {"item_index": x["item_index"], "item_id": x["item_id"]}
+        for modality in modalities.specs():
+            batch.update(modality.parse_record(x, settings))
+        return batch
 
     dataset = tf.data.Dataset.from_tensor_slices(manifest.files("items"))
     dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=1,  # keep item order

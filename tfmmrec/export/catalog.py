@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfmmrec import modalities
 from tfmmrec._env import register_custom_ops
 from tfmmrec.config import PartitionedConfig, ScannConfig
 from tfmmrec.data import validate
 from tfmmrec.data.dataset import ModalityColumns, load_items_table
-from tfmmrec.data.media import load_audio, load_image
 from tfmmrec.errors import DataError, ExportError, MediaDecodeError
 from tfmmrec.export.index import IndexSettings, TopKIndex, build, recall_against_brute_force
 from tfmmrec.export.loader import latest_version
@@ -89,7 +89,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
         session_user_weight=float(metadata["session_user_weight"]))
     metadata = {**metadata, "index": kind, "index_parameters": index.parameters,
                 "index_servers": list(index.servers), "num_items": len(item_ids),
-                "load_requirements": ["import tensorflow_text"] * ("text" in module.modalities)
+                "load_requirements": [r for m in module.modalities
+                                      for r in modalities.get(m).load_requirements]
                 + ["import scann (or a TF Serving build with ScaNN ops)"] * uses_scann}
     for stale in ("scann_recall_at_10", "index_recall_at_10"):
         metadata.pop(stale, None)
@@ -219,10 +220,10 @@ def embed_table(towers, path: Path, metadata: dict, position: dict[str, int], op
     if schema is None:
         raise ExportError("this export does not record its items-table columns; export the "
                           "model again with this version of tfmmrec")
-    columns = ModalityColumns(text=tuple(schema["text"]), image=schema["image"],
-                              audio=schema["audio"])
+    columns = ModalityColumns.from_mapping({spec.name: spec.from_schema(schema.get(spec.name))
+                                            for spec in modalities.specs()})
     catalog = load_items_table(path, columns)
-    known = {"item_id", *columns.text, *(c for c in (columns.image, columns.audio) if c)}
+    known = {"item_id", *(c for name in modalities.names() for c in columns.of(name))}
     unknown = [str(c) for c in catalog.frame.columns if c not in known]
     if unknown:
         raise DataError(f"{path}: unknown column(s) {', '.join(unknown)}; this model reads "
@@ -241,9 +242,9 @@ def embed_table(towers, path: Path, metadata: dict, position: dict[str, int], op
         if missing:
             raise DataError(f"{path}: {len(missing)} item id(s) not in the catalogue: "
                             f"{', '.join(missing[:validate.SHOW_AT_MOST])}. Use `catalog add`")
-    modalities = tuple(metadata["modalities"])
-    content = decode_content(catalog, path, modalities, int(metadata["image_size"]),
-                             int(metadata["sample_rate"]), float(metadata["max_seconds"]))
+    present = tuple(metadata["modalities"])
+    settings = {key: metadata[key] for key in modalities.default_settings() if key in metadata}
+    content = decode_content(catalog, path, present, settings)
     parts = []
     for start in range(0, len(new_ids), batch_size):
         batch = {name: tf.constant(value[start:start + batch_size])
@@ -252,56 +253,52 @@ def embed_table(towers, path: Path, metadata: dict, position: dict[str, int], op
     return new_ids, np.concatenate(parts).astype(np.float32)
 
 
-def decode_content(catalog, path: Path, modalities: tuple[str, ...], image_size: int,
-                   sample_rate: int, max_seconds: float) -> dict[str, np.ndarray]:
-    """``embed_item_content``'s inputs, decoded by the training decoders. A media value that
-    names a missing or undecodable file is an error here (a catalogue update must not silently
-    publish an item without its poster); an empty value means the item lacks that modality."""
-    count = len(catalog)
+def decode_content(catalog, path: Path, present: tuple[str, ...],
+                   settings: dict | None = None) -> dict[str, np.ndarray]:
+    """``embed_item_content``'s inputs, decoded by the training decoders (``settings``: the
+    export's preprocessing settings). A media value that names a missing or undecodable file
+    is an error here (a catalogue update must not silently publish an item without its
+    poster); an empty value means the item lacks that modality."""
+    settings = modalities.resolve_settings(dict(settings or {}))
     content: dict[str, np.ndarray] = {"item_id": catalog.item_ids.astype(str)}
     problems: list[str] = []
-    if "text" in modalities:
-        content["text"] = np.asarray(catalog.texts).astype(str)
-        content["text_mask"] = np.array([bool(t) for t in catalog.texts])
-    for modality in ("image", "audio"):
-        if modality not in modalities:
+    for spec in modalities.specs():
+        if spec.name not in present:
             continue
-        column = getattr(catalog.columns, modality)
-        values = (catalog.frame[column].fillna("").astype(str).str.strip().to_numpy()
-                  if column in catalog.frame.columns else np.full(count, ""))
-        paths = catalog.image_paths if modality == "image" else catalog.audio_paths
-        decoded: list[np.ndarray | None] = []
-        for row, (value, file) in enumerate(zip(values, paths, strict=True)):
-            if not value:
+        values = catalog.values(spec.name)
+        written = _written_values(catalog, spec)
+        decoded: list = []
+        for row, (value, given) in enumerate(zip(values, written, strict=True)):
+            if not given:
                 decoded.append(None)
                 continue
-            if file is None:
-                problems.append(f"{validate.row_label(path, row)}: {modality} file {value!r} "
+            if value is None:
+                problems.append(f"{validate.row_label(path, row)}: {spec.name} file {given!r} "
                                 "not found")
                 decoded.append(None)
                 continue
             try:
-                decoded.append(load_image(file, image_size) if modality == "image"
-                               else load_audio(file, sample_rate, max_seconds))
+                decoded.append(spec.load(value, settings))
             except MediaDecodeError as exc:
                 problems.append(f"{validate.row_label(path, row)}: {exc}")
                 decoded.append(None)
-        mask = np.array([d is not None for d in decoded])
-        content[f"{modality}_mask"] = mask
-        if modality == "image":
-            zero = np.zeros((image_size, image_size, 3), np.float32)
-            content["image"] = np.stack([d if d is not None else zero for d in decoded])
-        else:
-            width = max([len(d) for d in decoded if d is not None] or [1])
-            waveform = np.zeros((count, width), np.float32)
-            length = np.zeros(count, np.int32)
-            for row, clip in enumerate(decoded):
-                if clip is not None:
-                    waveform[row, :len(clip)], length[row] = clip, len(clip)
-            content["waveform"], content["length"] = waveform, length
+        content[f"{spec.name}_mask"] = np.array([d is not None for d in decoded])
+        content.update(spec.pack(spec.fill(decoded, settings)))
     if problems:
         shown = "; ".join(problems[:validate.SHOW_AT_MOST])
         raise DataError(f"{path}: {len(problems)} media file(s) missing or unreadable: {shown}. "
                         "Fix the paths (relative to the table's folder) or leave the value "
                         "empty for an item without that modality; nothing was written")
     return content
+
+
+def _written_values(catalog, spec: modalities.ModalitySpec) -> list:
+    """What the table says per item: a media column's text (a path that may not resolve), or
+    the inline content itself ("" / falsy: the item lacks the modality)."""
+    if not isinstance(spec, modalities.FileModality):
+        return [value if spec.present(value) else "" for value in catalog.values(spec.name)]
+    columns = catalog.columns.of(spec.name)
+    column = columns[0] if columns else None
+    if column not in catalog.frame.columns:
+        return [""] * len(catalog)
+    return catalog.frame[column].fillna("").astype(str).str.strip().tolist()

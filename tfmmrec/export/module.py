@@ -15,13 +15,14 @@ training data is needed to add, change or remove items.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tfmmrec import modalities
 from tfmmrec.config import ServingLimitsConfig
-from tfmmrec.data.media import decode_image, decode_wav
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.item import ItemTower
 from tfmmrec.towers.query import QueryTower
@@ -56,8 +57,9 @@ class ServingTowers(tf.Module):
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
                  encoders: Mapping[str, Encoder], *, training_item_ids: np.ndarray,
-                 training_item_embeddings: np.ndarray, image_size: int, sample_rate: int,
-                 max_seconds: float, ranking_head=None, seen: list[np.ndarray] | None = None,
+                 training_item_embeddings: np.ndarray,
+                 settings: Mapping[str, Any] | None = None, ranking_head=None,
+                 seen: list[np.ndarray] | None = None,
                  limits: ServingLimitsConfig | None = None):
         super().__init__(name="towers")
         # Compiled into every function (so catalogue updates keep them): checked before the
@@ -74,9 +76,9 @@ class ServingTowers(tf.Module):
                                       encoders=dict(encoders), ranking_head=ranking_head)
         self.model_variables = _unique([v for layer in layers for v in layer.variables])
         self.model_resources = _unique([r for layer in layers for r in _resources(layer)])
-        self.image_size = image_size
-        self.sample_rate = sample_rate
-        self.max_samples = int(max_seconds * sample_rate)
+        # Preprocessing settings (image_size, max_seconds, ...), the registry's defaults unless
+        # given; read-only (a plain dict would be wrapped into a trackable).
+        self.settings = MappingProxyType(modalities.resolve_settings(dict(settings or {})))
         ids = np.asarray(training_item_ids).astype(str)
         self.training_item_ids = tf.Variable(ids, trainable=False, name="training_item_ids")
         self.num_training_items = len(ids)
@@ -92,11 +94,10 @@ class ServingTowers(tf.Module):
         self.seen_table, self.max_seen = _seen_table(seen, len(ids))
         dim = int(training_item_embeddings.shape[1])
         self.user_query = tf.function(self._user_query, input_signature=[BATCH_OF_STRINGS])
-        query_specs = {"text": BATCH_OF_STRINGS, "image": BATCH_OF_STRINGS,
-                       "audio": BATCH_OF_STRINGS}
         for modality in item_tower.modalities:
             setattr(self, f"{modality}_query", tf.function(
-                getattr(self, f"_{modality}_query"), input_signature=[query_specs[modality]]))
+                self._content_query_function(modality),
+                input_signature=[modalities.get(modality).request_spec]))
         if item_tower.modalities:
             self.embed_item_content = tf.function(self._embed_item_content,
                                                   input_signature=[self.content_spec()])
@@ -113,14 +114,8 @@ class ServingTowers(tf.Module):
         spec = {"item_id": tf.TensorSpec([None], tf.string)}
         for modality in self._model.item_tower.modalities:
             spec[f"{modality}_mask"] = tf.TensorSpec([None], tf.bool)
-        if "text" in self._model.item_tower.modalities:
-            spec["text"] = tf.TensorSpec([None], tf.string)
-        if "image" in self._model.item_tower.modalities:
-            spec["image"] = tf.TensorSpec([None, self.image_size, self.image_size, 3],
-                                          tf.float32)
-        if "audio" in self._model.item_tower.modalities:
-            spec["waveform"] = tf.TensorSpec([None, None], tf.float32)
-            spec["length"] = tf.TensorSpec([None], tf.int32)
+        for modality in self._model.item_tower.modalities:
+            spec.update(modalities.get(modality).content_spec(self.settings))
         return spec
 
     # -- implementations ------------------------------------------------------------------
@@ -151,51 +146,23 @@ class ServingTowers(tf.Module):
             return content
         return self._model.encoders[modality](content, training=False)
 
-    def _text_query(self, text):
-        text = self._check_batch(text, "text")
-        lengths = tf.strings.length(text)
-        limit = self.limits.max_text_bytes
-        checks = [
-            tf.debugging.Assert(tf.reduce_all(lengths > 0),
-                                ["text: empty string in the batch"]),
-            tf.debugging.Assert(tf.reduce_all(lengths <= limit), [
-                f"text: a text is longer than export.limits.max_text_bytes={limit} bytes; "
-                "lengths:", lengths], summarize=8),
-        ]
-        with tf.control_dependencies(checks):  # before the tokenizer sees a byte
-            text = tf.identity(text)
-        return self._model.item_tower.embed_single("text", self._features("text", text))
+    def _content_query_function(self, modality: str):
+        """``<modality>_query``: raw request content → ``[B, d]`` single-modality embeddings."""
+        def query(request):
+            return self._content_query(modality, request)
 
-    def _image_query(self, image):
-        image = self._check_batch(image, "image")
-        pixels = self.limits.max_image_pixels
-        images = tf.map_fn(lambda b: decode_image(b, self.image_size, pixels), image,
-                           fn_output_signature=tf.TensorSpec(
-                               [self.image_size, self.image_size, 3], tf.float32))
-        return self._model.item_tower.embed_single("image", self._features("image", images))
+        return query
 
-    def _audio_query(self, audio):
-        audio = self._check_batch(audio, "audio")
-        waveforms = tf.map_fn(self._decode_clip, audio, fn_output_signature=(
-            tf.TensorSpec([self.max_samples], tf.float32), tf.TensorSpec([], tf.int32)))
-        batch = {"waveform": waveforms[0], "length": waveforms[1]}
-        return self._model.item_tower.embed_single("audio", self._features("audio", batch))
-
-    def _decode_clip(self, wav_bytes):
-        limits = self.limits
-        wave = decode_wav(wav_bytes, self.sample_rate, self.max_samples,
-                          rate_range=(limits.min_sample_rate, limits.max_sample_rate),
-                          max_seconds=limits.max_audio_seconds)
-        length = tf.shape(wave)[0]
-        tf.debugging.assert_greater(length, 0, message="audio clip is empty")
-        return tf.pad(wave, [[0, self.max_samples - length]]), length
+    def _content_query(self, modality: str, request):
+        request = self._check_batch(request, modality)
+        raw = modalities.get(modality).decode_request(request, self.settings, self.limits)
+        return self._model.item_tower.embed_single(modality, self._features(modality, raw))
 
     def _embed_item_content(self, content):
         tower = self._model.item_tower
         inputs = {}
         for modality in tower.modalities:
-            raw = ({"waveform": content["waveform"], "length": content["length"]}
-                   if modality == "audio" else content[modality])
+            raw = modalities.get(modality).unpack(content, self.settings)
             inputs[modality] = self._features(modality, raw)
             inputs[f"{modality}_mask"] = tf.cast(content[f"{modality}_mask"], tf.float32)
         embeddings = tower(inputs, training=False)
@@ -275,9 +242,9 @@ class RetrievalServingModule(tf.Module):
         self.max_exclude = max_exclude
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
-        self.modalities = tuple(m for m in ("text", "image", "audio")
-                                if hasattr(towers, f"{m}_query"))
-        self._placeholders = {m: _PLACEHOLDERS[m]() for m in self.modalities}  # eager, once
+        self.modalities = tuple(m for m in modalities.names() if hasattr(towers, f"{m}_query"))
+        self._placeholders = {m: modalities.get(m).placeholder()  # eager, once
+                              for m in self.modalities}
         self._build_signature_functions(default_k)
 
     def _build_signature_functions(self, default_k: int) -> None:
@@ -492,13 +459,6 @@ def _resources(layer) -> list:
     view = tf.train.TrackableView(layer)
     return [o for o in view.descendants()
             if isinstance(o, tf.saved_model.experimental.TrackableResource)]
-
-
-_PLACEHOLDERS = {
-    "text": lambda: b".",
-    "image": lambda: tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8)).numpy(),
-    "audio": lambda: tf.audio.encode_wav(tf.zeros([160, 1]), 16000).numpy(),
-}
 
 
 def _shaped(outputs: dict) -> dict:

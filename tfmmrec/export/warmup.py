@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from tfmmrec import modalities
+
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
@@ -29,7 +31,7 @@ def predict_request(model_name: str, signature: str, inputs: dict[str, Any],
     return request
 
 
-def warmup_requests(modalities, user_id: str, k: int, item_id: str | None = None
+def warmup_requests(present, user_id: str, k: int, item_id: str | None = None
                     ) -> dict[str, dict[str, Any]]:
     """One small request per signature (synthetic content: valid, tiny, deterministic);
     ``item_id`` (a served item) adds ``embed_items`` and ``recommend_session``."""
@@ -42,16 +44,9 @@ def warmup_requests(modalities, user_id: str, k: int, item_id: str | None = None
         requests["embed_items"] = {"item_id": np.array([item_id])}
         requests["recommend_session"] = {"session_item_ids": np.array([[item_id]]),
                                          "user_id": np.array([user_id]), "k": np.int32(k)}
-    content = {
-        "text": lambda: np.array([b"warm up the tokenizer"]),
-        # dtype=object: numpy's fixed-width bytes dtype strips trailing NULs (a silent WAV's).
-        "image": lambda: np.array([tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()],
-                                  dtype=object),
-        "audio": lambda: np.array([tf.audio.encode_wav(tf.zeros([8000, 1]), 16000).numpy()],
-                                  dtype=object),
-    }
-    for modality in modalities:
-        requests[f"query_{modality}"] = {modality: content[modality](), "k": np.int32(k)}
+    for modality in present:
+        requests[f"query_{modality}"] = {
+            modality: modalities.get(modality).warmup_sample(), "k": np.int32(k)}
     return requests
 
 

@@ -87,6 +87,9 @@ class AudioModality(FileModality):
         return {"audio": bytes_feature(audio), "audio_key": bytes_feature(key),
                 "audio_length": int_feature(length), "audio_present": int_feature(bool(audio))}
 
+    def record_bytes(self, settings: Settings) -> int:
+        return 2 * record_samples(settings)
+
     def record_spec(self) -> dict[str, tf.io.FixedLenFeature]:
         return {"audio": tf.io.FixedLenFeature([], tf.string),
                 "audio_key": tf.io.FixedLenFeature([], tf.string),

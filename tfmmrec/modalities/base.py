@@ -155,6 +155,10 @@ class ModalitySpec(abc.ABC):
                         failed: dict[str, list[str]]) -> dict[str, tf.train.Feature]:
         """This modality's features of one item record (undecodable files go to ``failed``)."""
 
+    def record_bytes(self, settings: Settings) -> int:
+        """About how many bytes one item's decoded content adds to a record (sizes shards)."""
+        return 0
+
     @abc.abstractmethod
     def record_spec(self) -> dict[str, tf.io.FixedLenFeature]:
         """How to parse the features :meth:`record_features` writes."""
@@ -166,6 +170,8 @@ class ModalitySpec(abc.ABC):
 
     # --- serving --------------------------------------------------------------------------
     request_spec: ClassVar[tf.TensorSpec] = BATCH_OF_STRINGS
+    # Python a loader must run before loading an export with this modality (custom ops).
+    load_requirements: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def decode_request(self, request: tf.Tensor, settings: Settings,

@@ -66,6 +66,9 @@ class ImageModality(FileModality):
         return {"image": bytes_feature(image), "image_key": bytes_feature(key),
                 "image_present": int_feature(bool(image))}
 
+    def record_bytes(self, settings: Settings) -> int:
+        return 3 * settings["image_size"] ** 2
+
     def record_spec(self) -> dict[str, tf.io.FixedLenFeature]:
         return {"image": tf.io.FixedLenFeature([], tf.string),
                 "image_key": tf.io.FixedLenFeature([], tf.string),

@@ -25,6 +25,7 @@ class TextModality(ModalitySpec):
     encoder_builder = "tfmmrec.towers.text:build_text_encoder"
     catalog_field = "texts"
     claims_rest = True
+    load_requirements = ("import tensorflow_text",)  # the in-graph tokenizer's ops
 
     def build_encoder(self, tower_config, corpus: Sequence[str] | None = None, *,
                       vocabulary: list[str] | None = None):

@@ -9,22 +9,24 @@ interrupted run never leaves a half-written cache that a later run would trust.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tfmmrec import modalities
 from tfmmrec.data.dataset import Catalog
-from tfmmrec.data.media import load_audio, load_image
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import MediaDecodeError
 from tfmmrec.files import atomic_write
+from tfmmrec.modalities.audio import pad_waveforms as pad_waveforms  # re-exported
+from tfmmrec.modalities.text import by_length as by_length  # re-exported
 from tfmmrec.progress import progress as report_progress
 from tfmmrec.towers.encoders import Encoder
 
@@ -47,14 +49,8 @@ class CacheStats:
 
 def content_keys(catalog: Catalog, modality: str) -> list[str | None]:
     """Per-item content hash (``None`` when the item has no content for this modality)."""
-    if modality == "text":
-        return [_sha(t.encode()) if t else None for t in catalog.texts]
-    paths = catalog.image_paths if modality == "image" else catalog.audio_paths
-    return [_sha(p.read_bytes()) if p is not None else None for p in paths]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
+    spec = modalities.get(modality)
+    return [spec.content_key(value) for value in catalog.values(modality)]
 
 
 class FeatureCache:
@@ -90,19 +86,23 @@ class FeatureCache:
 
 
 def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathLike | None,
-                   *, batch_size: int = 32, image_size: int = 224, sample_rate: int = 16000,
-                   max_seconds: float = 10.0, progress: bool = True
+                   *, batch_size: int = 32, progress: bool = True, **settings: Any
                    ) -> tuple[ModalityContent, CacheStats]:
-    """Features for every item of one modality, from the cache where possible."""
+    """Features for every item of one modality, from the cache where possible.
+
+    ``settings`` override preprocessing settings (``image_size=``, ``max_seconds=``, ...);
+    the rest are the config's defaults (``modalities.resolve_settings``).
+    """
     modality = encoder.modality
+    spec = modalities.get(modality)
+    settings = modalities.resolve_settings(settings)
     keys = content_keys(catalog, modality)
     cache = FeatureCache(cache_dir, encoder) if cache_dir is not None else None
     entries = cache.load() if cache else {}
     todo = sorted({k: i for i, k in enumerate(keys) if k and k not in entries}.values())
-    if modality == "text":
-        todo = by_length(todo, catalog.texts)
+    todo = spec.sort_for_encoding(todo, catalog.values(modality))
     stats = CacheStats(reused=sum(1 for k in keys if k and k in entries), computed=len(todo))
-    loader = raw_loader(catalog, modality, image_size, sample_rate, max_seconds)
+    loader = raw_loader(catalog, modality, settings)
     starts = range(0, len(todo), batch_size)
     encode = compiled(encoder, len(starts))
     failed: list[str] = []
@@ -164,82 +164,54 @@ def _dtype(value) -> tf.dtypes.DType:
     return tf.string if array.dtype.kind in "USO" else tf.as_dtype(array.dtype)
 
 
-def by_length(indices: list[int], texts) -> list[int]:
-    """``indices`` ordered by text length (stable), so each batch holds texts of similar length.
-
-    The text encoder trims every batch to its longest sequence; sorted batches waste almost no
-    attention on padding. Features are stored by content key, so the catalogue order comes back
-    when they are read out, whatever order they were computed in.
-    """
-    return sorted(indices, key=lambda i: len(texts[i]))
-
-
 RawLoader = Callable[[list[int], list[str]], tuple[object, list[int]]]
 
 
-def raw_loader(catalog: Catalog, modality: str, image_size: int, sample_rate: int,
-               max_seconds: float) -> RawLoader:
+def raw_loader(catalog: Catalog, modality: str,
+               settings: Mapping[str, Any] | None = None) -> RawLoader:
     """A function: item indices → (encoder-ready batch, indices that decoded).
 
     Undecodable files are appended to ``failed`` and skipped; the item keeps its other
-    modalities.
+    modalities. ``settings``: preprocessing settings (default: the config's defaults).
     """
-    if modality == "text":
-        return lambda batch, failed: (np.array([catalog.texts[i] for i in batch]), list(batch))
-
-    paths = catalog.image_paths if modality == "image" else catalog.audio_paths
+    spec = modalities.get(modality)
+    settings = modalities.resolve_settings(dict(settings or {}))
 
     def load(batch: list[int], failed: list[str]):
-        arrays, good = [], []
-        for i in batch:
-            try:
-                if modality == "image":
-                    arrays.append(load_image(paths[i], image_size))
-                else:
-                    arrays.append(load_audio(paths[i], sample_rate, max_seconds))
-                good.append(i)
-            except MediaDecodeError as exc:
-                logger.debug("%s", exc)
-                failed.append(str(paths[i]))
-        if not good:
-            return None, []
-        if modality == "image":
-            return np.stack(arrays), good
-        return pad_waveforms(arrays), good
+        arrays, good = decode_items(catalog, modality, batch, settings, failed)
+        return (spec.batch(arrays), good) if good else (None, [])
 
     return load
 
 
-def pad_waveforms(waveforms: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Zero-pad clips to one length; ``length`` keeps padding out of pooled features."""
-    length = np.array([len(w) for w in waveforms], np.int32)
-    batch = np.zeros((len(waveforms), max(int(length.max()), 1)), np.float32)
-    for row, wave in enumerate(waveforms):
-        batch[row, : len(wave)] = wave
-    return {"waveform": batch, "length": length}
+def decode_items(catalog: Catalog, modality: str, indices: list[int],
+                 settings: Mapping[str, Any], failed: list[str]) -> tuple[list, list[int]]:
+    """(decoded content, indices that decoded) of ``indices``, by the modality's loader."""
+    spec = modalities.get(modality)
+    values = catalog.values(modality)
+    arrays, good = [], []
+    for i in indices:
+        try:
+            arrays.append(spec.load(values[i], settings))
+            good.append(i)
+        except MediaDecodeError as exc:
+            logger.debug("%s", exc)
+            failed.append(str(values[i]))
+    return arrays, good
 
 
-def load_raw_content(catalog: Catalog, modality: str, *, image_size: int = 224,
-                     sample_rate: int = 16000, max_seconds: float = 10.0) -> ModalityContent:
-    """Raw content of every item (for an encoder being fine-tuned, which cannot be cached)."""
-    loader = raw_loader(catalog, modality, image_size, sample_rate, max_seconds)
-    present = [i for i in range(len(catalog)) if catalog.presence(modality)[i]]
+def load_raw_content(catalog: Catalog, modality: str, **settings: Any) -> ModalityContent:
+    """Raw content of every item (for an encoder being fine-tuned, which cannot be cached);
+    ``settings`` as for :func:`encode_catalog`."""
+    spec = modalities.get(modality)
+    settings = modalities.resolve_settings(settings)
+    present = np.flatnonzero(catalog.presence(modality)).tolist()
     failed: list[str] = []
-    raw, good = loader(present, failed)
+    arrays, good = decode_items(catalog, modality, present, settings, failed)
     report_missing_media(modality, failed)
     mask = np.zeros(len(catalog), bool)
     mask[good] = True
-    if modality == "text":
-        return ModalityContent(np.array(catalog.texts, dtype=object).astype(str), mask)
-    rows = {i: r for r, i in enumerate(good)}
-    if modality == "image":
-        values = np.zeros((len(catalog), image_size, image_size, 3), np.float32)
-        for i, r in rows.items():
-            values[i] = raw[r]
-        return ModalityContent(values, mask)
-    width = raw["waveform"].shape[1] if good else 1
-    waveform = np.zeros((len(catalog), width), np.float32)
-    length = np.zeros(len(catalog), np.int32)
-    for i, r in rows.items():
-        waveform[i], length[i] = raw["waveform"][r], raw["length"][r]
-    return ModalityContent({"waveform": waveform, "length": length}, mask)
+    decoded: list = [None] * len(catalog)
+    for i, array in zip(good, arrays, strict=True):
+        decoded[i] = array
+    return ModalityContent(spec.fill(decoded, settings), mask)

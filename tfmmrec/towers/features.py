@@ -27,22 +27,21 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfmmrec import modalities
 from tfmmrec.config import Config
 from tfmmrec.data import tfrecords
 from tfmmrec.data.dataset import Dataset
-from tfmmrec.data.media import load_audio, load_image
 from tfmmrec.data.tfrecords import join_path, read_text, write_text
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
 from tfmmrec.files import atomic_path
-from tfmmrec.towers.cache import CacheStats, ModalityContent, pad_waveforms
+from tfmmrec.towers.cache import CacheStats, ModalityContent
 from tfmmrec.towers.encoders import Encoder, build_encoder
 
 logger = logging.getLogger(__name__)
@@ -126,8 +125,7 @@ def plan_encode(config: Config, dataset: Dataset, encoder: Encoder, output: str,
     catalog = dataset.catalog
     modality, identity = encoder.modality, encoder.identity()
     directory = features_dir(output, modality, identity)
-    settings = {"image_size": config.image.image_size, "sample_rate": config.audio.sample_rate,
-                "max_seconds": config.audio.max_seconds,
+    settings = {**modalities.settings_from_config(config),
                 "batch_size": config.train.encode_batch_size}
     source = config.train.tfrecords or ""
     if source:
@@ -171,11 +169,8 @@ def _folder_jobs(dataset: Dataset, modality: str, feature_dim: int, shards: int 
                                              / TARGET_SHARD_BYTES),
                           math.ceil(len(catalog) / MAX_SHARD_ITEMS))
     count = max(1, min(count, len(catalog)))
-    if modality == "text":
-        content = [str(t) for t in catalog.texts]
-    else:
-        paths = catalog.image_paths if modality == "image" else catalog.audio_paths
-        content = [str(p) if p is not None else None for p in paths]
+    spec = modalities.get(modality)
+    content = [spec.job_value(value) for value in catalog.values(modality)]
     jobs = []
     for shard, rows in enumerate(np.array_split(np.arange(len(catalog)), count)):
         jobs.append({"file": shard_name(shard, count), "records": len(rows),
@@ -279,7 +274,7 @@ Batch = tuple[list[int], list[str], list[str], list[int], Any]
 
 def _folder_batches(job: dict[str, Any], failed: list[str]) -> Iterator[Batch]:
     """Raw batches decoded from the folder exactly as ``towers.cache.raw_loader`` does."""
-    modality, settings = job["modality"], job["settings"]
+    spec, settings = modalities.get(job["modality"]), job["settings"]
     items = job["items"]
     for start in range(0, len(items), settings["batch_size"]):
         chunk = items[start:start + settings["batch_size"]]
@@ -288,24 +283,14 @@ def _folder_batches(job: dict[str, Any], failed: list[str]) -> Iterator[Batch]:
             key = ""
             if content:
                 try:
-                    if modality == "text":
-                        key, value = _sha(content.encode()), content
-                    else:
-                        key = _sha(Path(content).read_bytes())
-                        value = (load_image(content, settings["image_size"])
-                                 if modality == "image" else
-                                 load_audio(content, settings["sample_rate"],
-                                            settings["max_seconds"]))
-                    arrays.append(value)
+                    key = spec.content_key(content)
+                    arrays.append(spec.load(content, settings))
                     good.append(row)
                 except (MediaDecodeError, OSError) as exc:
                     logger.debug("%s", exc)
                     failed.append(content)
             keys.append(key)
-        raw = None
-        if good:
-            raw = (np.array(arrays) if modality == "text" else np.stack(arrays)
-                   if modality == "image" else pad_waveforms(arrays))
+        raw = spec.batch(arrays) if good else None
         yield ([i for i, _, _ in chunk], [str(item_id) for _, item_id, _ in chunk], keys,
                good, raw)
 
@@ -325,17 +310,9 @@ def _tfrecord_batches(job: dict[str, Any]) -> Iterator[Batch]:
 
 
 def encoder_rows(content, rows: list[int], modality: str):
-    """The encoder-ready batch of ``rows`` (audio trimmed to its longest clip, as the folder
-    path pads)."""
-    if modality == "audio":
-        length = tf.gather(content["length"], rows)
-        width = tf.maximum(tf.reduce_max(length), 1)
-        return {"waveform": tf.gather(content["waveform"], rows)[:, :width], "length": length}
-    return tf.gather(content, rows)
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()  # = towers.cache.content_keys
+    """The encoder-ready batch of ``rows`` (``ModalitySpec.gather``: audio is trimmed to its
+    longest clip, as the folder path pads)."""
+    return modalities.get(modality).gather(content, rows)
 
 
 def _int(value: int) -> tf.train.Feature:
