@@ -151,6 +151,7 @@ class ServingTowers(tf.Module):
         def query(request):
             return self._content_query(modality, request)
 
+        query.__name__ = f"{modality}_query"  # readable function names in the SavedModel
         return query
 
     def _content_query(self, modality: str, request):
