@@ -336,6 +336,7 @@ def _print_results(results: dict, ks) -> None:
 
 
 def _validate(config) -> int:
+    from tfmmrec import modalities
     from tfmmrec.data.splits import split_interactions, validation_split
     from tfmmrec.pipeline import resolve_dataset
 
@@ -344,8 +345,9 @@ def _validate(config) -> int:
     print(f"dataset {dataset.root}: {len(catalog)} items, {len(dataset.interactions)} "
           f"interactions, {dataset.interactions['user_id'].nunique()} users")
     columns = catalog.columns
-    print(f"  text columns: {', '.join(columns.text) or '-'}; image column: "
-          f"{columns.image or '-'}; audio column: {columns.audio or '-'}")
+    print("  " + "; ".join(
+        f"{spec.name} column{'' if isinstance(spec, modalities.FileModality) else 's'}: "
+        f"{', '.join(columns.of(spec.name)) or '-'}" for spec in modalities.specs()))
     for modality in catalog.modalities:
         print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items")
     d = config.data
