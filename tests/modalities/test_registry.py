@@ -325,3 +325,30 @@ def test_a_registered_modality_reaches_records_and_warmup(vector_modality, vecto
     assert failed == {}
     requests = warmup_requests(("text", "vector"), "u1", 5)
     assert requests["query_vector"]["vector"][0] == np.zeros(3, "<f4").tobytes()
+
+
+def test_a_registered_modality_gets_its_serving_functions(vector_modality):
+    """The export's ``<modality>_query`` and ``embed_item_content`` come from the spec."""
+    from tfmmrec.export.module import ServingTowers
+    from tfmmrec.towers.item import ItemTower
+    from tfmmrec.towers.query import QueryTower
+
+    encoder = build_vector_encoder(VectorTowerConfig(scale=2.0))
+    item_tower = ItemTower(("vector",), 4)
+    towers = ServingTowers(QueryTower(["u1"], 4), item_tower, {"vector": encoder},
+                           training_item_ids=np.array(["a", "b"]),
+                           training_item_embeddings=np.zeros((2, 4), np.float32))
+    assert towers.content_spec() == {
+        "item_id": tf.TensorSpec([None], tf.string),
+        "vector_mask": tf.TensorSpec([None], tf.bool),
+        "vector": tf.TensorSpec([None, 3], tf.float32)}
+    vectors = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]], np.float32)
+    request = tf.constant([row.astype("<f4").tobytes() for row in vectors])
+    queried = towers.vector_query(request).numpy()
+    expected = item_tower.embed_single("vector", encoder(vectors)).numpy()
+    np.testing.assert_allclose(queried, expected, rtol=1e-6)
+    embedded = towers.embed_item_content({"item_id": tf.constant(["a", "b"]),
+                                          "vector": tf.constant(vectors),
+                                          "vector_mask": tf.constant([True, True])}).numpy()
+    fused = item_tower({"vector": encoder(vectors), "vector_mask": tf.ones(2)}).numpy()
+    np.testing.assert_allclose(embedded, fused, rtol=1e-6)
