@@ -46,6 +46,11 @@ class ServingTowers(tf.Module):
       joins when the model has one and the id was in training). It runs the frozen encoders and
       the item tower exactly as the cached-feature path does, so an item added later embeds as
       it would have at export.
+    - ``session_query(user_id, session_item_ids)`` (models with a history encoder,
+      ``model.user_history``) → ``{"query": [B, d], "in_history": [B, H]}``: the user query
+      of a user whose history is their stored training history followed by the session's
+      items (``""`` user: none stored), and which session items it pooled (those of the
+      training catalogue; the history encoder has no row for the others).
     - ``score_candidates(queries, candidates)`` → ``[B, N]`` ranking logits (two-stage models).
     - ``is_seen(user_id, training_item_index)`` → ``[B, K]`` (only with ``exclude_seen``).
 
@@ -58,7 +63,8 @@ class ServingTowers(tf.Module):
                  encoders: Mapping[str, Encoder], *, training_item_ids: np.ndarray,
                  training_item_embeddings: np.ndarray, image_size: int, sample_rate: int,
                  max_seconds: float, ranking_head=None, seen: list[np.ndarray] | None = None,
-                 limits: ServingLimitsConfig | None = None):
+                 limits: ServingLimitsConfig | None = None,
+                 history_half_life: float = 0.0, history_max_length: int = 0):
         super().__init__(name="towers")
         # Compiled into every function (so catalogue updates keep them): checked before the
         # work they bound (batch size, text bytes before tokenising, image header before
@@ -90,6 +96,16 @@ class ServingTowers(tf.Module):
             self.history_table = tf.Variable(training_item_embeddings, trainable=False,
                                              name="history_item_embeddings")
         self.seen_table, self.max_seen = _seen_table(seen, len(ids))
+        # A session extends a user's history the way training built it
+        # (towers.history.history_table): recency weights, most recent items kept.
+        if history_half_life < 0 or history_max_length < 0:
+            raise ValueError("history_half_life and history_max_length must be >= 0, got "
+                             f"{history_half_life} and {history_max_length}")
+        self.history_half_life = float(history_half_life)
+        self.history_max_length = int(history_max_length)
+        if query_tower.history_encoder is not None:
+            self.session_query = tf.function(self._session_query, input_signature=[
+                BATCH_OF_STRINGS, tf.TensorSpec([None, None], tf.string)])
         dim = int(training_item_embeddings.shape[1])
         self.user_query = tf.function(self._user_query, input_signature=[BATCH_OF_STRINGS])
         query_specs = {"text": BATCH_OF_STRINGS, "image": BATCH_OF_STRINGS,
@@ -143,6 +159,21 @@ class ServingTowers(tf.Module):
         user_id = self._check_batch(user_id, "user_id")
         embedder = self._history_item if self.history_table is not None else None
         return self._model.query_tower(user_id, item_embedder=embedder, training=False)
+
+    def _session_query(self, user_id, session_item_ids):
+        """The query of each user with the session's training items appended to their stored
+        history (see :func:`extend_history` and :func:`query_with_history`)."""
+        user_id = self._check_batch(user_id, "user_id")
+        tower = self._model.query_tower
+        stored_items, stored_weights = tower.history_encoder.gather(tower.lookup(user_id))
+        positions = self.item_lookup.lookup(session_item_ids)
+        in_history = positions >= 0
+        items, weights = extend_history(
+            stored_items, stored_weights, tf.ragged.boolean_mask(positions, in_history),
+            half_life=self.history_half_life, max_length=self.history_max_length)
+        embedder = self._history_item if self.history_table is not None else None
+        query = query_with_history(tower, user_id, items, weights, item_embedder=embedder)
+        return {"query": query, "in_history": in_history}
 
     def _features(self, modality: str, content):
         """Content as decoded → what ``item_tower.project`` takes (features unless the encoder
@@ -230,7 +261,8 @@ class RetrievalServingModule(tf.Module):
     - ``recommend_session``: ``session_item_ids`` ``[B, H]`` (a session's recent items, oldest
       first, ""-padded), optional ``user_id`` (may be "" or unknown), ``k`` and
       ``viewed_text`` / ``viewed_image`` / ``viewed_audio`` (content just looked at, "" for
-      none) → top-k; see :meth:`_session_queries` for the query it builds.
+      none) → top-k; see :meth:`_session_queries` for the query it builds (with a history
+      encoder: the query of a user whose history ends with the session).
     - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
       bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
     - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
@@ -275,6 +307,8 @@ class RetrievalServingModule(tf.Module):
         self.max_exclude = max_exclude
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
+        # Exports from before session_query blend every session item (the older behaviour).
+        self.history_sessions = hasattr(towers, "session_query")
         self.modalities = tuple(m for m in ("text", "image", "audio")
                                 if hasattr(towers, f"{m}_query"))
         self._placeholders = {m: _PLACEHOLDERS[m]() for m in self.modalities}  # eager, once
@@ -390,12 +424,19 @@ class RetrievalServingModule(tf.Module):
         return self._top_k(queries, k, exclude, user_id)
 
     def _session_queries(self, session_item_ids, user_id, viewed=None):
-        """The session query: ``normalise(w · u + (1 − w) · s)`` where ``s`` is the normalised
-        mean of the session items' served embeddings (unknown ids and "" padding ignored) and
-        of the content just viewed (``viewed``: per modality ``[B]`` raw content, "" for none;
-        each present one counts as one more session item, embedded like ``query_<modality>``),
-        ``u`` the user's query embedding (the cold-start row when ``user_id`` is "", unknown or
-        not given), ``w = session_user_weight``. A session with nothing known is the user query.
+        """The session query, and the users it was built for.
+
+        ``u`` is the user's query: with a history encoder (``model.user_history``), the query
+        of a user whose history is their stored training history followed by the session's
+        items of the training catalogue (``towers.session_query``), so a session counts
+        exactly as the same interactions would have counted in training; otherwise the
+        user's query embedding. ``""``, unknown or no ``user_id``: the cold-start user (no
+        stored history). What ``u`` did not take in — every session item without a history
+        encoder, items added to the catalogue after training with one — and the content just
+        viewed (``viewed``: per modality ``[B]`` raw content, "" for none; embedded like
+        ``query_<modality>``) are blended in: ``normalise(w · u + (1 − w) · s)``, ``s`` the
+        normalised mean of their served embeddings, ``w = session_user_weight``. Unknown ids
+        and "" padding are ignored; with nothing to blend the query is ``u``.
 
         Item embeddings and queries share one space (the retrieval loss scores them by dot
         product), so the mean of what a user just engaged with is a query that retrieves
@@ -403,6 +444,16 @@ class RetrievalServingModule(tf.Module):
         """
         rows = self._rows(session_item_ids, self.max_session_items, "session_item_ids")
         batch = tf.shape(rows)[0]
+        users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
+                        lambda: tf.fill([batch], ""), lambda: user_id)
+        tf.debugging.assert_equal(tf.shape(users)[0], batch,
+                                  message="user_id needs one entry per session (or none)")
+        if self.history_sessions:
+            pooled = self.towers.session_query(users, session_item_ids)
+            user = pooled["query"]
+            rows = tf.where(pooled["in_history"], tf.constant(-1, tf.int64), rows)
+        else:
+            user = self.towers.user_query(users)
         known = tf.cast(rows >= 0, tf.float32)[..., None]
         total = tf.reduce_sum(tf.gather(self.item_table, tf.maximum(rows, 0)) * known, axis=1)
         count = tf.reduce_sum(known, axis=1)
@@ -411,11 +462,6 @@ class RetrievalServingModule(tf.Module):
             total += embedded * present[:, None]
             count += present[:, None]
         session = tf.math.l2_normalize(total, axis=-1)
-        users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
-                        lambda: tf.fill([batch], ""), lambda: user_id)
-        tf.debugging.assert_equal(tf.shape(users)[0], batch,
-                                  message="user_id needs one entry per session (or none)")
-        user = self.towers.user_query(users)
         w = self.session_user_weight
         blended = tf.math.l2_normalize(w * user + (1.0 - w) * session, axis=-1)
         return tf.where(count > 0, blended, user), users
@@ -520,3 +566,70 @@ def _seen_table(seen: list[np.ndarray] | None, num_items: int):
                                             tf.ones(keys.size, tf.int64)), default_value=0)
     return table, max(len(items) for items in seen)
 
+
+
+# -- sessions through the history encoder -------------------------------------------------------
+
+
+def extend_history(stored_items: tf.RaggedTensor, stored_weights: tf.RaggedTensor,
+                   session_items: tf.RaggedTensor, *, half_life: float = 0.0,
+                   max_length: int = 0) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+    """A stored history (``HistoryEncoder.gather``: training-item positions, most recent last,
+    and their recency weights) followed by a session's items (oldest first), weighted and cut as
+    ``towers.history.history_table`` would weigh and cut that longer history.
+
+    With ``half_life`` the ``n``-th most recent item weighs ``0.5 ** (n / half_life)``: a
+    session of ``s`` items ages every stored item by ``s`` (its weight times
+    ``0.5 ** (s / half_life)``), so an empty session leaves the stored weights exactly as
+    they are. ``max_length`` keeps the most recent items (0: all). All ``[B, None]``.
+    """
+    count = session_items.row_lengths()
+    age = tf.cast(count[:, None] - 1 - tf.ragged.range(count), tf.float32)
+    if half_life > 0:
+        session_weights = tf.pow(0.5, age / half_life)
+        stored_weights = stored_weights * tf.pow(0.5, tf.cast(count, tf.float32)
+                                                 / half_life)[:, None]
+    else:
+        session_weights = tf.ones_like(age)
+    items = tf.concat([stored_items, tf.cast(session_items, stored_items.dtype)], axis=1)
+    weights = tf.concat([stored_weights, session_weights], axis=1)
+    if max_length > 0:
+        items, weights = items[:, -max_length:], weights[:, -max_length:]
+    return items, weights
+
+
+def query_with_history(query_tower: QueryTower, user_id, items: tf.RaggedTensor,
+                       weights: tf.RaggedTensor, item_embedder=None) -> tf.Tensor:
+    """``query_tower(user_id)`` with each row's history encoder pooling ``items`` (training-item
+    positions, ``[B, None]``) with ``weights`` instead of the user's stored history.
+
+    The one place the export reaches into the query tower for this. ``QueryTower`` has no
+    explicit-history input yet, so this runs ``QueryTower.call`` and ``HistoryEncoder.call``
+    themselves on thin views of the two layers that differ only in where the history comes
+    from (``gather`` returns the given rows): every other part of the query (user-id and
+    feature embeddings, the MLP) and the pooling arithmetic are the trained layers' own code.
+    Once ``QueryTower.call`` accepts ``history=(items, weights)``, this becomes that call.
+    """
+    encoder = query_tower.history_encoder
+    if encoder is None:
+        raise ValueError("query_with_history needs a query tower with a history encoder "
+                         "(model.user_history)")
+    view = _LayerView(query_tower, history_encoder=_LayerView(
+        encoder, gather=lambda user_index: (items, weights)))
+    return type(query_tower).call(view, user_id, item_embedder=item_embedder, training=False)
+
+
+class _LayerView:
+    """A layer's attributes with a few replaced; calling it runs the layer's own ``call`` (not
+    Keras ``__call__``: the layer is built, and inference needs no masking or autocasting)."""
+
+    def __init__(self, layer: tf.keras.layers.Layer, **replaced):
+        self._layer = layer
+        self._replaced = replaced
+
+    def __getattr__(self, name: str):
+        replaced = self.__dict__["_replaced"]
+        return replaced[name] if name in replaced else getattr(self.__dict__["_layer"], name)
+
+    def __call__(self, *args, **kwargs):
+        return type(self._layer).call(self, *args, **kwargs)
