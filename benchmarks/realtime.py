@@ -21,11 +21,14 @@ Section ``session``: MovieLens-100K, protocol C (each user's last 20 % of rating
 ``configs/ml100k.yaml``. Every test interaction is one request whose history is the user's
 training items plus their earlier test items (replayed in time order); the target is that
 interaction and the history is excluded from the ranking. Rows: the static user embedding
-(what ``recommend`` serves), ``recommend_session`` (the blend of the user query with the mean
-embedding of the last H history items, see ``RetrievalServingModule._session_queries``), the
-session mean alone (an anonymous user), and EASE on the same replayed histories. The session
-weight w, H and EASE's λ are chosen on a validation split carved from the training split with
-the same temporal protocol (a model trained on the inner training part), never on test.
+(what ``recommend`` serves); with a history encoder (``model.user_history``, the ML-100K
+default) ``recommend_session`` as it serves such a model (the earlier test items extend the
+user's stored history; anonymous: the last H items as the whole history); the blend of the user
+query with the mean embedding of the last H history items (``recommend_session`` of a model
+without one, see ``RetrievalServingModule._session_queries``), the session mean alone (an
+anonymous user), and EASE on the same replayed histories. The session weight w, the H values
+and EASE's λ are chosen on a validation split carved from the training split with the same
+temporal protocol (a model trained on the inner training part), never on test.
 
 Writes benchmarks/results/realtime.json and realtime.png.
 """
@@ -215,6 +218,41 @@ def session_scorer(users, items, weight: float, length: int):
     return score
 
 
+def history_session_scorer(model, items, user_ids, train_counts: dict, config, *,
+                           anonymous_length: int | None = None, max_items: int = 50):
+    """``recommend_session`` of a model with a history encoder (``model.user_history``), as the
+    export computes it (``extend_history`` + ``query_with_history``, the functions the
+    ``session_query`` signature traces): the session's items extend the user's stored training
+    history. Known user: the session is every earlier test item (the most recent ``max_items``,
+    what a request may send). ``anonymous_length``: no user, the last that many items."""
+    import tensorflow as tf
+
+    from tfmmrec.export.module import extend_history, query_with_history
+
+    tower = model.query_tower
+    half_life, max_length = config.model.history_half_life, config.model.history_max_length
+
+    def score(chunk):
+        if anonymous_length is None:
+            users = [str(user_ids[u]) for u, _, _ in chunk]
+            sessions = [past[train_counts.get(u, 0):][-max_items:] for u, past, _ in chunk]
+        else:
+            users = [""] * len(chunk)
+            sessions = [past[-anonymous_length:] for _, past, _ in chunk]
+        users = tf.constant(users)
+        stored = tower.history_encoder.gather(tower.lookup(users))
+        session = tf.RaggedTensor.from_row_lengths(
+            np.concatenate([np.asarray(x, np.int64) for x in sessions] or [np.zeros(0)]),
+            [len(x) for x in sessions])
+        history, weights = extend_history(*stored, session, half_life=half_life,
+                                          max_length=max_length)
+        queries = query_with_history(tower, users, history, weights,
+                                     item_embedder=model.item_embeddings).numpy()
+        return queries @ items.T
+
+    return score
+
+
 def ease_matrix(train, num_items: int, lam: float) -> np.ndarray:
     x = np.zeros((train["user_index"].max() + 1, num_items), np.float64)
     x[train["user_index"], train["item_index"]] = 1.0
@@ -242,7 +280,7 @@ def model_embeddings(ws, config, name: str):
     users = pipeline.embed_users(result.model, ws.user_ids)
     items = pipeline.embed_items(result.model, ws.dataset.num_items)
     del name
-    return users, items
+    return users, items, result.model
 
 
 def with_indices(ws, frame):
@@ -279,18 +317,27 @@ def bench_session(seed: int = 0) -> dict:
     inner = dataclasses.replace(ws, config=inner_config, split=inner_split)
     shutil.rmtree(WORK / "ml100k-inner", ignore_errors=True)
     shutil.rmtree(WORK / "ml100k-outer", ignore_errors=True)
-    users, items = model_embeddings(inner, inner_config, "inner")
+    users, items, model = model_embeddings(inner, inner_config, "inner")
     train_i, test_i = (with_indices(ws, f) for f in (inner_split.train, inner_split.test))
     events = replay_events(train_i, test_i)
     validation: dict[str, float] = {}
+    history = model.query_tower.history_encoder is not None
+    anonymous = 5
+    if history:  # the session path of a history-encoder model: H for anonymous sessions
+        for length in (5, 10, 20, 50):
+            validation[f"history session, anonymous H={length}"] = hit_rate(
+                history_session_scorer(model, items, ws.user_ids, {}, config,
+                                       anonymous_length=length), events, n)
+        anonymous = int(max((k for k in validation if k.startswith("history")),
+                            key=validation.get).split("H=")[1])
     for weight in (0.0, 0.25, 0.5, 0.75, 1.0):
         for length in (5, 10, 20, 50):
             if weight == 1.0 and length != 5:
                 continue
             validation[f"session w={weight} H={length}"] = hit_rate(
                 session_scorer(users, items, weight, length), events, n)
-    best = max((k for k in validation if not k.startswith("session w=1.0")),
-               key=validation.get)
+    best = max((k for k in validation if k.startswith("session w=")
+                and not k.startswith("session w=1.0")), key=validation.get)
     weight = float(best.split("w=")[1].split()[0])
     length = int(best.split("H=")[1])
     ease_validation = {lam: hit_rate(ease_scorer(ease_matrix(train_i, n, lam)), events, n)
@@ -299,10 +346,18 @@ def bench_session(seed: int = 0) -> dict:
     print(f"[session] validation: {best} {validation[best]:.4f}; EASE λ={lam} "
           f"{ease_validation[lam]:.4f}", flush=True)
 
-    users, items = model_embeddings(ws, config, "outer")
+    users, items, model = model_embeddings(ws, config, "outer")
     train_o, test_o = (with_indices(ws, f) for f in (ws.split.train, ws.split.test))
     events = replay_events(train_o, test_o)
-    rows = {
+    rows = {}
+    if history:
+        counts = train_o.groupby("user_index").size().to_dict()
+        rows["recommend_session, history encoder (known user + earlier test items)"] = hit_rate(
+            history_session_scorer(model, items, ws.user_ids, counts, config), events, n)
+        rows[f"recommend_session, history encoder (anonymous, last H={anonymous})"] = hit_rate(
+            history_session_scorer(model, items, ws.user_ids, {}, config,
+                                   anonymous_length=anonymous), events, n)
+    rows |= {
         "static user embedding (recommend)": hit_rate(session_scorer(users, items, 1.0, 1),
                                                       events, n),
         f"session-aware (recommend_session, w={weight}, H={length})": hit_rate(
@@ -316,7 +371,9 @@ def bench_session(seed: int = 0) -> dict:
         print(f"[session] {name}: Recall@20 {value:.4f}", flush=True)
     return {"protocol": "C (temporal, last 20% per user), replayed", "events": len(events),
             "recall@20": rows, "chosen": {"session_user_weight": weight, "history": length,
-                                          "ease_lambda": lam},
+                                          "ease_lambda": lam,
+                                          **({"anonymous_history": anonymous} if history
+                                             else {})},
             "validation_recall@20": validation,
             "ease_validation_recall@20": {str(k): v for k, v in ease_validation.items()}}
 
