@@ -1,6 +1,7 @@
 """``recommend_session`` of a model whose query pools the user's history (``model.user_history``):
-a session's items go through the history encoder, so a session is the same query as a user whose
-history is those items, and a known user's session extends their stored history.
+a session's items go through the history encoder, so (with ``session_user_weight = 1``) a session
+is the same query as a user whose history is those items, and a known user's session extends
+their stored history; with ``w < 1`` the mean of the session's served embeddings is blended in.
 
 One tiny history model with no user-id embedding and no user features (its query is a function
 of the history alone, so queries of different users can be compared exactly), recency-weighted
@@ -39,10 +40,16 @@ def trained(tiny_config, tiny_workspace, tmp_path_factory):
     return pipeline.train(config, workspace=tiny_workspace, progress=False)
 
 
+def export(trained, weight: float) -> Path:
+    config = load_config(trained.workspace.config, [f"export.session_user_weight={weight}"])
+    return pipeline.export(config, model=trained.model, workspace=trained.workspace,
+                           index="brute_force")
+
+
 @pytest.fixture(scope="module")
 def exported(trained) -> Path:
-    return pipeline.export(trained.workspace.config, model=trained.model,
-                           workspace=trained.workspace, index="brute_force")
+    """``session_user_weight = 1``: the session query is the history query alone."""
+    return export(trained, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -101,23 +108,24 @@ def test_unknown_ids_and_padding_are_ignored(model, histories):
     user = next(u for u, h in histories.items() if len(h) >= 3)
     session = histories[user][-3:]
     np.testing.assert_allclose(
-        session_queries(model, ["", ""], [session + ["not-an-item"], ["nope", *session]]),
+        session_queries(model, ["", ""], [[*session, "not-an-item"], ["nope", *session]]),
         session_queries(model, ["", ""], [session, session]), atol=1e-6)
     out = model._loaded.towers.session_query(tf.constant([""]),
                                              tf.constant([["nope", session[0], ""]]))
     np.testing.assert_array_equal(out["in_history"].numpy(), [[False, True, False]])
 
 
-def test_items_added_after_training_are_blended_into_the_history_query(exported, tmp_path,
-                                                                       tiny_demo_dir, histories):
-    """The history encoder has no row for an item added later: it joins as before, blended."""
+def test_the_served_mean_is_blended_with_the_history_query(trained, tmp_path, tiny_demo_dir,
+                                                           histories):
+    """``w < 1``: ``normalise(w · h + (1 − w) · s)``; an item added after training (no history
+    row) counts in ``s`` only."""
     import pandas as pd
 
     base = tmp_path / "models" / "tfmmrec"
-    shutil.copytree(exported, base / "1")
+    shutil.copytree(export(trained, 0.5), base / "1")
     items = pd.read_csv(tiny_demo_dir / "items.csv", dtype=str, keep_default_na=False)
-    new = items.head(1).assign(item_id="brand-new")
-    new.to_csv(tiny_demo_dir / "history-new.csv", index=False)
+    items.head(1).assign(item_id="brand-new").to_csv(tiny_demo_dir / "history-new.csv",
+                                                     index=False)
     try:
         catalog.add(base, tiny_demo_dir / "history-new.csv")
     finally:
@@ -125,12 +133,14 @@ def test_items_added_after_training_are_blended_into_the_history_query(exported,
     model = ExportedModel(base / "2")
     user = next(u for u, h in histories.items() if len(h) >= 3)
     clicks = [histories[user][-1], "brand-new"]
-    w = model.metadata["session_user_weight"]
-    query = session_queries(model, [""], [clicks[:1]])[0]
-    added = model.item_embeddings(["brand-new"])[0]
-    expected = w * query + (1 - w) * added / np.linalg.norm(added)
+    out = model._loaded.towers.session_query(tf.constant([user]), tf.constant([clicks]))
+    np.testing.assert_array_equal(out["in_history"].numpy(), [[True, False]])
+    h = out["query"].numpy()[0]
+    np.testing.assert_allclose(h, session_queries(model, [user], [clicks[:1]])[0], atol=1e-6)
+    mean = model.item_embeddings(clicks).sum(0)
+    expected = 0.5 * h + 0.5 * mean / np.linalg.norm(mean)
     expected /= np.linalg.norm(expected)
-    got = model.recommend_session([clicks], k=K)
+    got = model.recommend_session([clicks], [user], k=K)
     ids = model._loaded.item_ids.numpy().astype(str)
     table = model._loaded.item_table.numpy()
     rows = [list(ids).index(i) for i in got["item_ids"][0].astype(str)]

@@ -424,23 +424,24 @@ class RetrievalServingModule(tf.Module):
         return self._top_k(queries, k, exclude, user_id)
 
     def _session_queries(self, session_item_ids, user_id, viewed=None):
-        """The session query, and the users it was built for.
+        """The session query, and the users it was built for:
+        ``normalise(w · u + (1 − w) · s)``, ``w = session_user_weight``.
 
-        ``u`` is the user's query: with a history encoder (``model.user_history``), the query
-        of a user whose history is their stored training history followed by the session's
-        items of the training catalogue (``towers.session_query``), so a session counts
-        exactly as the same interactions would have counted in training; otherwise the
-        user's query embedding. ``""``, unknown or no ``user_id``: the cold-start user (no
-        stored history). What ``u`` did not take in — every session item without a history
-        encoder, items added to the catalogue after training with one — and the content just
-        viewed (``viewed``: per modality ``[B]`` raw content, "" for none; embedded like
-        ``query_<modality>``) are blended in: ``normalise(w · u + (1 − w) · s)``, ``s`` the
-        normalised mean of their served embeddings, ``w = session_user_weight``. Unknown ids
-        and "" padding are ignored; with nothing to blend the query is ``u``.
-
-        Item embeddings and queries share one space (the retrieval loss scores them by dot
+        ``s`` is the normalised mean of the session items' served embeddings and of the
+        content just viewed (``viewed``: per modality ``[B]`` raw content, "" for none; each
+        present one counts as one more item, embedded like ``query_<modality>``). Item
+        embeddings and queries share one space (the retrieval loss scores them by dot
         product), so the mean of what a user just engaged with is a query that retrieves
-        similar items; blending keeps what the model knows about a known user.
+        similar items.
+
+        ``u`` is the user's query. With a history encoder (``model.user_history``) it is the
+        query of a user whose history is their stored training history followed by the
+        session's items of the training catalogue (``towers.session_query``): the session
+        counts as the same interactions would have counted in training, so with ``w = 1`` a
+        session is exactly the query of a user whose history is those items. Otherwise it is
+        the user's query embedding. ``""``, unknown or no ``user_id``: the cold-start user (no
+        stored history). Unknown ids and "" padding are ignored; with nothing in ``s`` the
+        query is ``u``.
         """
         rows = self._rows(session_item_ids, self.max_session_items, "session_item_ids")
         batch = tf.shape(rows)[0]
@@ -449,9 +450,7 @@ class RetrievalServingModule(tf.Module):
         tf.debugging.assert_equal(tf.shape(users)[0], batch,
                                   message="user_id needs one entry per session (or none)")
         if self.history_sessions:
-            pooled = self.towers.session_query(users, session_item_ids)
-            user = pooled["query"]
-            rows = tf.where(pooled["in_history"], tf.constant(-1, tf.int64), rows)
+            user = self.towers.session_query(users, session_item_ids)["query"]
         else:
             user = self.towers.user_query(users)
         known = tf.cast(rows >= 0, tf.float32)[..., None]
