@@ -317,7 +317,11 @@ class RetrievalServingModule(tf.Module):
     def _build_signature_functions(self, default_k: int) -> None:
         """Optional inputs (``k``, ``exclude_item_ids``, ``user_id`` of a session) are Python
         defaults of the signature function: the SavedModel records them in the SignatureDef's
-        ``defaults``, so a request may omit them (TF Serving ≥ 2.12)."""
+        ``defaults``, so a request may omit them (TF Serving ≥ 2.12).
+
+        The signatures are traced without AutoGraph (their control flow is explicit ``tf.cond``
+        and Python over static settings): converting their source was a third of the time of a
+        catalogue update at 100k items (2.2 s of 6.2 s)."""
         k_default = tf.constant(min(default_k, self.max_k), tf.int32)
         no_exclusion = tf.zeros([0, 0], tf.string)
         no_user = tf.zeros([0], tf.string)
@@ -326,13 +330,14 @@ class RetrievalServingModule(tf.Module):
             def signature(inputs, k=k_default, exclude_item_ids=no_exclusion):
                 return implementation(inputs, k, exclude_item_ids)
 
-            return tf.function(signature, input_signature=[input_spec, K_SPEC, EXCLUDE_SPEC])
+            return tf.function(signature, input_signature=[input_spec, K_SPEC, EXCLUDE_SPEC],
+                               autograph=False)
 
         # serving_default keeps its single input, so TF Serving's REST row format
         # ({"instances": ["u1", "u2"]}) still works; `recommend` takes exclusions.
         self.serve_default = tf.function(
             lambda user_id: self._recommend(user_id, k_default, tf.zeros([0, 0], tf.string)),
-            input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+            input_signature=[tf.TensorSpec([None], tf.string, name="user_id")], autograph=False)
         self.recommend = retrieval(self._recommend,
                                    tf.TensorSpec([None], tf.string, name="user_id"))
 
@@ -346,7 +351,7 @@ class RetrievalServingModule(tf.Module):
         self.recommend_session = tf.function(session, input_signature=[
             SESSION_SPEC, tf.TensorSpec([None], tf.string, name="user_id"), K_SPEC,
             EXCLUDE_SPEC, *(tf.TensorSpec([None], tf.string, name=f"viewed_{m}")
-                            for m in ("text", "image", "audio"))])
+                            for m in ("text", "image", "audio"))], autograph=False)
         # Only the modalities the model has: saving traces every tf.function attribute.
         for modality in self.modalities:
             query = getattr(self.towers, f"{modality}_query")
@@ -498,11 +503,13 @@ class RetrievalServingModule(tf.Module):
         return self._top_k(queries, k, exclude, users)
 
     # -- signatures --------------------------------------------------------------------------
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")],
+                 autograph=False)
     def embed_query(self, user_id):
         return {"embedding": self.towers.user_query(user_id)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")],
+                 autograph=False)
     def embed_items(self, item_id):
         rows = self.item_rows.lookup(item_id)
         found = rows >= 0
