@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.config import ServingLimitsConfig
@@ -294,16 +295,18 @@ class RetrievalServingModule(tf.Module):
             tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(num_items,
                                                                            dtype=tf.int64)),
             default_value=-1)
-        # Each served row's position in the training catalogue (−1: added later), the key of
-        # the baked seen set.
-        training = towers.training_item_ids.numpy().astype(str)
-        position = {item: i for i, item in enumerate(training)}
-        self.training_index = tf.constant([position.get(i, -1) for i in ids], tf.int64)
         self.default_k = default_k
         self.max_k = min(max_k, num_items)
         self.two_stage = hasattr(towers, "score_candidates")
         self.retrieve_candidates = max(self.max_k, min(retrieve_candidates, num_items))
         self.max_seen = max_seen if hasattr(towers, "is_seen") else 0
+        # Each served row's position in the training catalogue (−1: added later), the key of
+        # the baked seen set; only a seen set needs it (at 1M items a Python dict over the ids
+        # cost 0.8 s of every catalogue update).
+        self.training_index = None
+        if self.max_seen:
+            training = pd.Index(towers.training_item_ids.numpy().astype(str))
+            self.training_index = tf.constant(training.get_indexer(ids), tf.int64)
         self.max_exclude = max_exclude
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
