@@ -291,10 +291,7 @@ class RetrievalServingModule(tf.Module):
         self.item_table = tf.Variable(item_embeddings, trainable=False, name="item_embeddings")
         ids = np.asarray(item_ids).astype(str)
         self.item_ids = tf.Variable(ids, trainable=False, name="item_ids")
-        self.item_rows = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(num_items,
-                                                                           dtype=tf.int64)),
-            default_value=-1)
+        self.item_rows, self.hashed_rows = _id_table(ids)
         self.default_k = default_k
         self.max_k = min(max_k, num_items)
         self.two_stage = hasattr(towers, "score_candidates")
@@ -374,7 +371,17 @@ class RetrievalServingModule(tf.Module):
         """``[B, E]`` ""-padded item ids → served rows (−1: padding or not in the catalogue)."""
         tf.debugging.assert_less_equal(tf.shape(item_ids)[1], limit,
                                        message=f"{name}: at most {limit} items per request")
-        return self.item_rows.lookup(item_ids)
+        return self._lookup_rows(item_ids)
+
+    def _lookup_rows(self, item_ids):
+        """Served row of each id (−1: not served). With hashed keys (:func:`_id_table`) a hit
+        is confirmed against the stored id, so a hash collision with an unknown id never
+        returns a wrong item."""
+        rows = self.item_rows.lookup(_id_keys(item_ids) if self.hashed_rows else item_ids)
+        if not self.hashed_rows:
+            return rows
+        same = tf.equal(tf.gather(self.item_ids, tf.maximum(rows, 0)), item_ids)
+        return tf.where((rows >= 0) & same, rows, tf.constant(-1, tf.int64))
 
     def _exclusion_rows(self, exclude, batch):
         """``[B, E]`` rows to exclude; an empty ``[0, 0]`` request means none."""
@@ -514,7 +521,7 @@ class RetrievalServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")],
                  autograph=False)
     def embed_items(self, item_id):
-        rows = self.item_rows.lookup(item_id)
+        rows = self._lookup_rows(item_id)
         found = rows >= 0
         embedding = tf.gather(self.item_table, tf.maximum(rows, 0))
         return {"embedding": tf.where(found[:, None], embedding, tf.zeros_like(embedding)),
@@ -554,6 +561,30 @@ _PLACEHOLDERS = {
     "image": lambda: tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8)).numpy(),
     "audio": lambda: tf.audio.encode_wav(tf.zeros([160, 1]), 16000).numpy(),
 }
+
+
+def _id_keys(item_ids):
+    """64-bit FarmHash of item ids (``tf.strings.to_hash_bucket_fast``), the served-id table's
+    keys."""
+    return tf.strings.to_hash_bucket_fast(item_ids, np.iinfo(np.int64).max)
+
+
+def _id_table(ids: np.ndarray) -> tuple[tf.lookup.StaticHashTable, bool]:
+    """``(id → served row table, keyed by hash?)``.
+
+    The table's keys are written into the SavedModel graph as a constant. A million string
+    constants take ~1.8 s to serialise (one Python call per string) in every export and
+    catalogue update; their int64 hashes take milliseconds. Lookups confirm a hit against
+    the stored id (:meth:`RetrievalServingModule._lookup_rows`), so hashing never returns a
+    wrong item; if two served ids share a hash (odds ~N²/2⁶⁴), the table keeps string keys.
+    """
+    keys = _id_keys(tf.constant(ids)).numpy()
+    hashed = len(np.unique(keys)) == len(keys)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(keys) if hashed else tf.constant(ids),
+            tf.range(len(ids), dtype=tf.int64)), default_value=-1)
+    return table, hashed
 
 
 def _shaped(outputs: dict) -> dict:
