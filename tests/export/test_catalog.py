@@ -252,8 +252,6 @@ def test_hashed_id_lookup_never_returns_a_colliding_unknown_id(monkeypatch):
     """The served-id table is keyed by 64-bit hashes; a hit is confirmed against the stored id,
     and colliding served ids fall back to string keys. A toy hash (the id's length) makes
     collisions happen on purpose."""
-    from types import SimpleNamespace
-
     import tensorflow as tf
 
     from tfmmrec.export import module
@@ -263,9 +261,8 @@ def test_hashed_id_lookup_never_returns_a_colliding_unknown_id(monkeypatch):
     ids = np.array(["a", "bb", "ccc"])
     table, hashed = module._id_table(ids)
     assert hashed
-    served = SimpleNamespace(item_rows=table, hashed_rows=hashed, item_ids=tf.constant(ids))
-    rows = module.RetrievalServingModule._lookup_rows(
-        served, tf.constant([["bb", "zz", "ccc"], ["", "a", "dddd"]]))
+    rows = module._lookup_ids(table, hashed, tf.constant(ids),
+                              tf.constant([["bb", "zz", "ccc"], ["", "a", "dddd"]]))
     np.testing.assert_array_equal(rows.numpy(), [[1, -1, 2], [-1, 0, -1]])
     table, hashed = module._id_table(np.array(["a", "b", "cc"]))  # "a" and "b" collide
     assert not hashed

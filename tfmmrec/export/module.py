@@ -87,10 +87,8 @@ class ServingTowers(tf.Module):
         ids = np.asarray(training_item_ids).astype(str)
         self.training_item_ids = tf.Variable(ids, trainable=False, name="training_item_ids")
         self.num_training_items = len(ids)
-        self.item_lookup = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids),
-                                                                           dtype=tf.int64)),
-            default_value=-1)
+        # Training id → position; keyed by id hashes like the served-id table (_id_table).
+        self.item_lookup, self.hashed_lookup = _id_table(ids)
         # History pooling in the query tower reads training-item embeddings by position.
         self.history_table = None
         if query_tower.history is not None:
@@ -161,13 +159,18 @@ class ServingTowers(tf.Module):
         embedder = self._history_item if self.history_table is not None else None
         return self._model.query_tower(user_id, item_embedder=embedder, training=False)
 
+    def _training_positions(self, item_ids):
+        """Position of each id in the training catalogue (−1: not a training item)."""
+        return _lookup_ids(self.item_lookup, self.hashed_lookup, self.training_item_ids,
+                           item_ids)
+
     def _session_query(self, user_id, session_item_ids):
         """The query of each user with the session's training items appended to their stored
         history (see :func:`extend_history` and :func:`query_with_history`)."""
         user_id = self._check_batch(user_id, "user_id")
         tower = self._model.query_tower
         stored_items, stored_weights = tower.history_encoder.gather(tower.lookup(user_id))
-        positions = self.item_lookup.lookup(session_item_ids)
+        positions = self._training_positions(session_item_ids)
         in_history = positions >= 0
         items, weights = extend_history(
             stored_items, stored_weights, tf.ragged.boolean_mask(positions, in_history),
@@ -233,7 +236,7 @@ class ServingTowers(tf.Module):
         embeddings = tower(inputs, training=False)
         if tower.id_embedding is None:
             return embeddings
-        index = self.item_lookup.lookup(content["item_id"])
+        index = self._training_positions(content["item_id"])
         with_id = tower({**inputs, "item_index": tf.cast(tf.maximum(index, 0), tf.int32)},
                         training=False)
         return tf.where((index >= 0)[:, None], with_id, embeddings)
@@ -374,14 +377,8 @@ class RetrievalServingModule(tf.Module):
         return self._lookup_rows(item_ids)
 
     def _lookup_rows(self, item_ids):
-        """Served row of each id (−1: not served). With hashed keys (:func:`_id_table`) a hit
-        is confirmed against the stored id, so a hash collision with an unknown id never
-        returns a wrong item."""
-        rows = self.item_rows.lookup(_id_keys(item_ids) if self.hashed_rows else item_ids)
-        if not self.hashed_rows:
-            return rows
-        same = tf.equal(tf.gather(self.item_ids, tf.maximum(rows, 0)), item_ids)
-        return tf.where((rows >= 0) & same, rows, tf.constant(-1, tf.int64))
+        """Served row of each id (−1: not served)."""
+        return _lookup_ids(self.item_rows, self.hashed_rows, self.item_ids, item_ids)
 
     def _exclusion_rows(self, exclude, batch):
         """``[B, E]`` rows to exclude; an empty ``[0, 0]`` request means none."""
@@ -570,13 +567,14 @@ def _id_keys(item_ids):
 
 
 def _id_table(ids: np.ndarray) -> tuple[tf.lookup.StaticHashTable, bool]:
-    """``(id → served row table, keyed by hash?)``.
+    """``(id → position in ids table, keyed by hash?)``: the served ids and the training ids.
 
-    The table's keys are written into the SavedModel graph as a constant. A million string
-    constants take ~1.8 s to serialise (one Python call per string) in every export and
-    catalogue update; their int64 hashes take milliseconds. Lookups confirm a hit against
-    the stored id (:meth:`RetrievalServingModule._lookup_rows`), so hashing never returns a
-    wrong item; if two served ids share a hash (odds ~N²/2⁶⁴), the table keeps string keys.
+    The table's keys are written into the SavedModel graph as a constant (and copied again
+    each time a catalogue update re-saves the restored towers). A million string constants take
+    ~0.9 s to serialise (one Python call per string) each time; their int64 hashes take
+    milliseconds. Lookups confirm a hit against the stored id (:func:`_lookup_ids`), so hashing
+    never returns a wrong item; if two ids share a hash (odds ~N²/2⁶⁴), the table keeps string
+    keys.
     """
     keys = _id_keys(tf.constant(ids)).numpy()
     hashed = len(np.unique(keys)) == len(keys)
@@ -585,6 +583,17 @@ def _id_table(ids: np.ndarray) -> tuple[tf.lookup.StaticHashTable, bool]:
             tf.constant(keys) if hashed else tf.constant(ids),
             tf.range(len(ids), dtype=tf.int64)), default_value=-1)
     return table, hashed
+
+
+def _lookup_ids(table, hashed: bool, stored_ids, item_ids):
+    """Position of each id in ``stored_ids`` via a table from :func:`_id_table` (−1: absent).
+    With hashed keys a hit is confirmed against the stored id, so a hash collision with an
+    unknown id never returns a wrong item."""
+    rows = table.lookup(_id_keys(item_ids) if hashed else item_ids)
+    if not hashed:
+        return rows
+    same = tf.equal(tf.gather(stored_ids, tf.maximum(rows, 0)), item_ids)
+    return tf.where((rows >= 0) & same, rows, tf.constant(-1, tf.int64))
 
 
 def _shaped(outputs: dict) -> dict:
