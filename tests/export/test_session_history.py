@@ -163,3 +163,29 @@ def test_extend_history_weighs_like_the_training_table():
     items, got = extend_history(stored, weights, session)  # no cap, equal weights
     assert items.to_list() == [[1, 2, 3, 7, 8, 9], [4]]
     assert got.to_list()[1] == [1.0]
+
+
+def test_history_sessions_keep_the_user_id_and_feature_parts(tiny_config, tiny_workspace,
+                                                             tmp_path):
+    """With the user-id embedding and user features too (the ML-100K default query tower), an
+    empty session is the user's own query and a session moves it; the anonymous user's id and
+    features are the cold-start ones."""
+    config = load_config(tiny_config, [
+        "model.user_history=true", f"train.output_dir={tmp_path / 'run'}",
+        f"export.base_dir={tmp_path / 'models'}", "export.session_user_weight=1.0"])
+    trained = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert trained.model.query_tower.id_embedding is not None
+    assert trained.model.query_tower.categorical or trained.model.query_tower.numeric is not None
+    model = ExportedModel(pipeline.export(config, model=trained.model,
+                                          workspace=trained.workspace, index="brute_force"))
+    users = ["u000", "u001", "nobody"]
+    np.testing.assert_array_equal(session_queries(model, users, [[], [], []]),
+                                  user_queries(model, users))
+    moved = session_queries(model, users, [["i0003", "i0010"]] * 3)
+    assert np.abs(moved - user_queries(model, users)).max(axis=1).min() > 1e-3
+    # The served signature is that query (w = 1): same ranking as scoring the table with it.
+    got = model.recommend_session([["i0003", "i0010"]], ["u000"], k=K)
+    ids = model._loaded.item_ids.numpy().astype(str)
+    table = model._loaded.item_table.numpy()
+    expected = ids[np.argsort(-(table @ moved[0]), kind="stable")[:K]]
+    np.testing.assert_array_equal(got["item_ids"][0].astype(str), expected)
