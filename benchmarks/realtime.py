@@ -21,11 +21,14 @@ Section ``session``: MovieLens-100K, protocol C (each user's last 20 % of rating
 ``configs/ml100k.yaml``. Every test interaction is one request whose history is the user's
 training items plus their earlier test items (replayed in time order); the target is that
 interaction and the history is excluded from the ranking. Rows: the static user embedding
-(what ``recommend`` serves), ``recommend_session`` (the blend of the user query with the mean
-embedding of the last H history items, see ``RetrievalServingModule._session_queries``), the
-session mean alone (an anonymous user), and EASE on the same replayed histories. The session
-weight w, H and EASE's λ are chosen on a validation split carved from the training split with
-the same temporal protocol (a model trained on the inner training part), never on test.
+(what ``recommend`` serves); with a history encoder (``model.user_history``, the ML-100K
+default) ``recommend_session`` as it serves such a model (the earlier test items extend the
+user's stored history; anonymous: the last H items as the whole history); the blend of the user
+query with the mean embedding of the last H history items (``recommend_session`` of a model
+without one, see ``RetrievalServingModule._session_queries``), the session mean alone (an
+anonymous user), and EASE on the same replayed histories. The session weight w, the H values
+and EASE's λ are chosen on a validation split carved from the training split with the same
+temporal protocol (a model trained on the inner training part), never on test.
 
 Writes benchmarks/results/realtime.json and realtime.png.
 """
@@ -200,12 +203,23 @@ def hit_rate(score_fn, events, num_items: int, k: int = 20, batch: int = 512) ->
     return hits / max(len(events), 1)
 
 
-def session_scorer(users, items, weight: float, length: int):
+def session_scorer(users, items, weight: float, length: int, history=None,
+                   anonymous: bool = False):
+    """``recommend_session``'s query for each replayed event, the request being the last
+    ``length`` items of the history (with the user's id unless ``anonymous``):
+    ``normalise(w · u + (1 − w) · s)``, ``s`` the normalised mean of the request items'
+    embeddings. ``u``: with ``history`` (a model with a history encoder) the query of the user's
+    stored training history followed by the request items (anonymous: the request items alone),
+    what such an export serves; otherwise the static user embedding (anonymous: none, ``w`` must
+    be 0)."""
     def score(chunk):
+        requests = [past[-length:] for _, past, _ in chunk]
+        if history is not None:
+            base = history([None if anonymous else u for u, _, _ in chunk], requests)
+        else:
+            base = users[[u for u, _, _ in chunk]]
         queries = []
-        for user, past, _ in chunk:
-            u = users[user]
-            recent = past[-length:]
+        for u, recent in zip(base, requests, strict=True):
             if recent and weight < 1:
                 mean = items[recent].sum(0)
                 mixed = weight * u + (1 - weight) * mean / max(np.linalg.norm(mean), 1e-12)
@@ -213,6 +227,31 @@ def session_scorer(users, items, weight: float, length: int):
             queries.append(u)
         return np.stack(queries) @ items.T
     return score
+
+
+def history_queries(model, user_ids, config):
+    """``(user indices or None, request item lists) → [B, d]``: the query of each user's stored
+    history followed by the request's items, computed by the functions the export's
+    ``session_query`` traces (``extend_history`` + ``query_with_history``)."""
+    import tensorflow as tf
+
+    from tfmmrec.export.module import extend_history, query_with_history
+
+    tower = model.query_tower
+    half_life, max_length = config.model.history_half_life, config.model.history_max_length
+
+    def queries(users, requests):
+        users = tf.constant(["" if u is None else str(user_ids[u]) for u in users])
+        stored = tower.history_encoder.gather(tower.lookup(users))
+        session = tf.RaggedTensor.from_row_lengths(
+            np.concatenate([np.asarray(r, np.int64) for r in requests]),
+            [len(r) for r in requests])
+        history, weights = extend_history(*stored, session, half_life=half_life,
+                                          max_length=max_length)
+        return query_with_history(tower, users, history, weights,
+                                  item_embedder=model.item_embeddings).numpy()
+
+    return queries
 
 
 def ease_matrix(train, num_items: int, lam: float) -> np.ndarray:
@@ -242,7 +281,7 @@ def model_embeddings(ws, config, name: str):
     users = pipeline.embed_users(result.model, ws.user_ids)
     items = pipeline.embed_items(result.model, ws.dataset.num_items)
     del name
-    return users, items
+    return users, items, result.model
 
 
 def with_indices(ws, frame):
@@ -279,36 +318,59 @@ def bench_session(seed: int = 0) -> dict:
     inner = dataclasses.replace(ws, config=inner_config, split=inner_split)
     shutil.rmtree(WORK / "ml100k-inner", ignore_errors=True)
     shutil.rmtree(WORK / "ml100k-outer", ignore_errors=True)
-    users, items = model_embeddings(inner, inner_config, "inner")
+    users, items, model = model_embeddings(inner, inner_config, "inner")
     train_i, test_i = (with_indices(ws, f) for f in (inner_split.train, inner_split.test))
     events = replay_events(train_i, test_i)
     validation: dict[str, float] = {}
+    lengths = (5, 10, 20, 50)
+    # Blend with the static user embedding (a model without a history encoder; w=0: the mean
+    # of the request's items alone, what an anonymous request to such a model gets).
     for weight in (0.0, 0.25, 0.5, 0.75, 1.0):
-        for length in (5, 10, 20, 50):
-            if weight == 1.0 and length != 5:
-                continue
+        for length in lengths if weight < 1 else (5,):
             validation[f"session w={weight} H={length}"] = hit_rate(
                 session_scorer(users, items, weight, length), events, n)
-    best = max((k for k in validation if not k.startswith("session w=1.0")),
-               key=validation.get)
-    weight = float(best.split("w=")[1].split()[0])
-    length = int(best.split("H=")[1])
+    static = max((k for k in validation if not k.startswith("session w=1.0")),
+                 key=validation.get)
+    # The served path of a model with a history encoder (model.user_history): u is the query of
+    # the stored history followed by the request (w=1: that query alone).
+    history = None
+    if model.query_tower.history_encoder is not None:
+        history = history_queries(model, ws.user_ids, inner_config)
+        for weight in (0.25, 0.5, 0.75, 1.0):
+            for length in lengths:
+                validation[f"history session w={weight} H={length}"] = hit_rate(
+                    session_scorer(users, items, weight, length, history), events, n)
+        best = max((k for k in validation if k.startswith("history")), key=validation.get)
+    else:
+        best = static
+
+    def chosen(key):
+        return float(key.split("w=")[1].split()[0]), int(key.split("H=")[1])
+
+    (weight, length), (static_weight, static_length) = chosen(best), chosen(static)
     ease_validation = {lam: hit_rate(ease_scorer(ease_matrix(train_i, n, lam)), events, n)
                        for lam in (50.0, 100.0, 200.0, 500.0, 1000.0)}
     lam = max(ease_validation, key=ease_validation.get)
-    print(f"[session] validation: {best} {validation[best]:.4f}; EASE λ={lam} "
-          f"{ease_validation[lam]:.4f}", flush=True)
+    print(f"[session] validation: {best} {validation[best]:.4f}; {static} "
+          f"{validation[static]:.4f}; EASE λ={lam} {ease_validation[lam]:.4f}", flush=True)
 
-    users, items = model_embeddings(ws, config, "outer")
+    users, items, model = model_embeddings(ws, config, "outer")
     train_o, test_o = (with_indices(ws, f) for f in (ws.split.train, ws.split.test))
     events = replay_events(train_o, test_o)
-    rows = {
-        "static user embedding (recommend)": hit_rate(session_scorer(users, items, 1.0, 1),
-                                                      events, n),
-        f"session-aware (recommend_session, w={weight}, H={length})": hit_rate(
-            session_scorer(users, items, weight, length), events, n),
-        f"session mean only (anonymous, H={length})": hit_rate(
-            session_scorer(users, items, 0.0, length), events, n),
+    rows = {"static user embedding (recommend)": hit_rate(session_scorer(users, items, 1.0, 1),
+                                                          events, n)}
+    if history is not None:
+        history = history_queries(model, ws.user_ids, config)
+        rows[f"recommend_session, history encoder (w={weight}, H={length})"] = hit_rate(
+            session_scorer(users, items, weight, length, history), events, n)
+        rows[f"recommend_session, history encoder, anonymous (w={weight}, H={length})"] = \
+            hit_rate(session_scorer(users, items, weight, length, history, anonymous=True),
+                     events, n)
+    rows |= {
+        f"blend with the static user embedding (w={static_weight}, H={static_length})":
+            hit_rate(session_scorer(users, items, static_weight, static_length), events, n),
+        f"session mean only (anonymous, H={static_length})": hit_rate(
+            session_scorer(users, items, 0.0, static_length), events, n),
         f"EASE on the replayed histories (λ={lam:g})": hit_rate(
             ease_scorer(ease_matrix(train_o, n, lam)), events, n),
     }
@@ -316,6 +378,8 @@ def bench_session(seed: int = 0) -> dict:
         print(f"[session] {name}: Recall@20 {value:.4f}", flush=True)
     return {"protocol": "C (temporal, last 20% per user), replayed", "events": len(events),
             "recall@20": rows, "chosen": {"session_user_weight": weight, "history": length,
+                                          "static_blend": {"session_user_weight": static_weight,
+                                                           "history": static_length},
                                           "ease_lambda": lam},
             "validation_recall@20": validation,
             "ease_validation_recall@20": {str(k): v for k, v in ease_validation.items()}}

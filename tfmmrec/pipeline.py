@@ -583,6 +583,19 @@ def item_columns(columns) -> dict:
     return {spec.name: spec.schema(columns.of(spec.name)) for spec in modality_specs()}
 
 
+def history_contents(model_config) -> str | bool:
+    """Which training items per user the query tower holds (it pools them), or False."""
+    held = []
+    if model_config.user_history:
+        length = model_config.history_max_length
+        held.append((f"the {length} most recent" if length else "all")
+                    + " training items per user (history encoder, model.user_history)")
+    if model_config.history_length:
+        held.append(f"the {model_config.history_length} most recent training items per user "
+                    "(recent-item pooling, model.history_length)")
+    return "; ".join(held) or False
+
+
 def export_contents(ws: Workspace, exclude_seen: bool) -> dict:
     """What the artefact holds, for ``tfmmrec.json`` (and the README's list)."""
     return {
@@ -591,9 +604,7 @@ def export_contents(ws: Workspace, exclude_seen: bool) -> dict:
         "item_ids_and_embeddings": True,
         "user_ids": "the query tower's user-id vocabulary",
         "user_features": bool(ws.config.model.user_features and ws.dataset.users is not None),
-        "user_histories": (f"the {ws.config.model.history_length} most recent training items "
-                           "per user (query-tower history pooling)")
-        if ws.config.model.history_length else False,
+        "user_histories": history_contents(ws.config.model),
         "seen_items_per_user": bool(exclude_seen),
         "interactions": False,
     }
@@ -636,7 +647,8 @@ def export(config: Config | str | os.PathLike | None = None,
         model.query_tower, model.item_tower, ws.encoders,
         training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
         settings=settings_from_config(config), ranking_head=head, seen=seen,
-        limits=ex.limits)
+        limits=ex.limits, history_half_life=config.model.history_half_life,
+        history_max_length=config.model.history_max_length)
     metadata = {
         "tfmmrec_version": __import__("tfmmrec").__version__,
         "limits": dataclasses.asdict(ex.limits),

@@ -248,6 +248,27 @@ def test_embed_items_returns_the_served_embeddings(base):
     np.testing.assert_array_equal(out["embedding"][1], np.zeros(table.shape[1]))
 
 
+def test_hashed_id_lookup_never_returns_a_colliding_unknown_id(monkeypatch):
+    """The served-id table is keyed by 64-bit hashes; a hit is confirmed against the stored id,
+    and colliding served ids fall back to string keys. A toy hash (the id's length) makes
+    collisions happen on purpose."""
+    import tensorflow as tf
+
+    from tfmmrec.export import module
+
+    monkeypatch.setattr(module, "_id_keys",
+                        lambda ids: tf.cast(tf.strings.length(ids), tf.int64))
+    ids = np.array(["a", "bb", "ccc"])
+    table, hashed = module._id_table(ids)
+    assert hashed
+    rows = module._lookup_ids(table, hashed, tf.constant(ids),
+                              tf.constant([["bb", "zz", "ccc"], ["", "a", "dddd"]]))
+    np.testing.assert_array_equal(rows.numpy(), [[1, -1, 2], [-1, 0, -1]])
+    table, hashed = module._id_table(np.array(["a", "b", "cc"]))  # "a" and "b" collide
+    assert not hashed
+    assert table.lookup(tf.constant(["b", "cc", "zz"])).numpy().tolist() == [1, 2, -1]
+
+
 def test_export_records_what_it_contains_and_holds_no_seen_items_by_default(exported):
     meta = read_metadata(exported)
     assert meta["exclude_seen"] is False and meta["max_seen"] == 0

@@ -19,6 +19,7 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfmmrec import modalities
@@ -47,6 +48,11 @@ class ServingTowers(tf.Module):
       joins when the model has one and the id was in training). It runs the frozen encoders and
       the item tower exactly as the cached-feature path does, so an item added later embeds as
       it would have at export.
+    - ``session_query(user_id, session_item_ids)`` (models with a history encoder,
+      ``model.user_history``) → ``{"query": [B, d], "in_history": [B, H]}``: the user query
+      of a user whose history is their stored training history followed by the session's
+      items (``""`` user: none stored), and which session items it pooled (those of the
+      training catalogue; the history encoder has no row for the others).
     - ``score_candidates(queries, candidates)`` → ``[B, N]`` ranking logits (two-stage models).
     - ``is_seen(user_id, training_item_index)`` → ``[B, K]`` (only with ``exclude_seen``).
 
@@ -60,7 +66,8 @@ class ServingTowers(tf.Module):
                  training_item_embeddings: np.ndarray,
                  settings: Mapping[str, Any] | None = None, ranking_head=None,
                  seen: list[np.ndarray] | None = None,
-                 limits: ServingLimitsConfig | None = None):
+                 limits: ServingLimitsConfig | None = None,
+                 history_half_life: float = 0.0, history_max_length: int = 0):
         super().__init__(name="towers")
         # Compiled into every function (so catalogue updates keep them): checked before the
         # work they bound (batch size, text bytes before tokenising, image header before
@@ -82,16 +89,24 @@ class ServingTowers(tf.Module):
         ids = np.asarray(training_item_ids).astype(str)
         self.training_item_ids = tf.Variable(ids, trainable=False, name="training_item_ids")
         self.num_training_items = len(ids)
-        self.item_lookup = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids),
-                                                                           dtype=tf.int64)),
-            default_value=-1)
+        # Training id → position; keyed by id hashes like the served-id table (_id_table).
+        self.item_lookup, self.hashed_lookup = _id_table(ids)
         # History pooling in the query tower reads training-item embeddings by position.
         self.history_table = None
         if query_tower.history is not None:
             self.history_table = tf.Variable(training_item_embeddings, trainable=False,
                                              name="history_item_embeddings")
         self.seen_table, self.max_seen = _seen_table(seen, len(ids))
+        # A session extends a user's history the way training built it
+        # (towers.history.history_table): recency weights, most recent items kept.
+        if history_half_life < 0 or history_max_length < 0:
+            raise ValueError("history_half_life and history_max_length must be >= 0, got "
+                             f"{history_half_life} and {history_max_length}")
+        self.history_half_life = float(history_half_life)
+        self.history_max_length = int(history_max_length)
+        if query_tower.history_encoder is not None:
+            self.session_query = tf.function(self._session_query, input_signature=[
+                BATCH_OF_STRINGS, tf.TensorSpec([None, None], tf.string)])
         dim = int(training_item_embeddings.shape[1])
         self.user_query = tf.function(self._user_query, input_signature=[BATCH_OF_STRINGS])
         for modality in item_tower.modalities:
@@ -139,6 +154,26 @@ class ServingTowers(tf.Module):
         embedder = self._history_item if self.history_table is not None else None
         return self._model.query_tower(user_id, item_embedder=embedder, training=False)
 
+    def _training_positions(self, item_ids):
+        """Position of each id in the training catalogue (−1: not a training item)."""
+        return _lookup_ids(self.item_lookup, self.hashed_lookup, self.training_item_ids,
+                           item_ids)
+
+    def _session_query(self, user_id, session_item_ids):
+        """The query of each user with the session's training items appended to their stored
+        history (see :func:`extend_history` and :func:`query_with_history`)."""
+        user_id = self._check_batch(user_id, "user_id")
+        tower = self._model.query_tower
+        stored_items, stored_weights = tower.history_encoder.gather(tower.lookup(user_id))
+        positions = self._training_positions(session_item_ids)
+        in_history = positions >= 0
+        items, weights = extend_history(
+            stored_items, stored_weights, tf.ragged.boolean_mask(positions, in_history),
+            half_life=self.history_half_life, max_length=self.history_max_length)
+        embedder = self._history_item if self.history_table is not None else None
+        query = query_with_history(tower, user_id, items, weights, item_embedder=embedder)
+        return {"query": query, "in_history": in_history}
+
     def _features(self, modality: str, content):
         """Content as decoded → what ``item_tower.project`` takes (features unless the encoder
         runs inside the tower)."""
@@ -169,7 +204,7 @@ class ServingTowers(tf.Module):
         embeddings = tower(inputs, training=False)
         if tower.id_embedding is None:
             return embeddings
-        index = self.item_lookup.lookup(content["item_id"])
+        index = self._training_positions(content["item_id"])
         with_id = tower({**inputs, "item_index": tf.cast(tf.maximum(index, 0), tf.int32)},
                         training=False)
         return tf.where((index >= 0)[:, None], with_id, embeddings)
@@ -198,7 +233,8 @@ class RetrievalServingModule(tf.Module):
     - ``recommend_session``: ``session_item_ids`` ``[B, H]`` (a session's recent items, oldest
       first, ""-padded), optional ``user_id`` (may be "" or unknown), ``k`` and
       ``viewed_text`` / ``viewed_image`` / ``viewed_audio`` (content just looked at, "" for
-      none) → top-k; see :meth:`_session_queries` for the query it builds.
+      none) → top-k; see :meth:`_session_queries` for the query it builds (with a history
+      encoder: the query of a user whose history ends with the session).
     - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
       bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
     - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
@@ -226,23 +262,24 @@ class RetrievalServingModule(tf.Module):
         self.item_table = tf.Variable(item_embeddings, trainable=False, name="item_embeddings")
         ids = np.asarray(item_ids).astype(str)
         self.item_ids = tf.Variable(ids, trainable=False, name="item_ids")
-        self.item_rows = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(num_items,
-                                                                           dtype=tf.int64)),
-            default_value=-1)
-        # Each served row's position in the training catalogue (−1: added later), the key of
-        # the baked seen set.
-        training = towers.training_item_ids.numpy().astype(str)
-        position = {item: i for i, item in enumerate(training)}
-        self.training_index = tf.constant([position.get(i, -1) for i in ids], tf.int64)
+        self.item_rows, self.hashed_rows = _id_table(ids)
         self.default_k = default_k
         self.max_k = min(max_k, num_items)
         self.two_stage = hasattr(towers, "score_candidates")
         self.retrieve_candidates = max(self.max_k, min(retrieve_candidates, num_items))
         self.max_seen = max_seen if hasattr(towers, "is_seen") else 0
+        # Each served row's position in the training catalogue (−1: added later), the key of
+        # the baked seen set; only a seen set needs it (at 1M items a Python dict over the ids
+        # cost 0.8 s of every catalogue update).
+        self.training_index = None
+        if self.max_seen:
+            training = pd.Index(towers.training_item_ids.numpy().astype(str))
+            self.training_index = tf.constant(training.get_indexer(ids), tf.int64)
         self.max_exclude = max_exclude
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
+        # Exports from before session_query blend every session item (the older behaviour).
+        self.history_sessions = hasattr(towers, "session_query")
         self.modalities = tuple(m for m in modalities.names() if hasattr(towers, f"{m}_query"))
         self._placeholders = {m: modalities.get(m).placeholder()  # eager, once
                               for m in self.modalities}
@@ -251,7 +288,11 @@ class RetrievalServingModule(tf.Module):
     def _build_signature_functions(self, default_k: int) -> None:
         """Optional inputs (``k``, ``exclude_item_ids``, ``user_id`` of a session) are Python
         defaults of the signature function: the SavedModel records them in the SignatureDef's
-        ``defaults``, so a request may omit them (TF Serving ≥ 2.12)."""
+        ``defaults``, so a request may omit them (TF Serving ≥ 2.12).
+
+        The signatures are traced without AutoGraph (their control flow is explicit ``tf.cond``
+        and Python over static settings): converting their source was a third of the time of a
+        catalogue update at 100k items (2.2 s of 6.2 s)."""
         k_default = tf.constant(min(default_k, self.max_k), tf.int32)
         no_exclusion = tf.zeros([0, 0], tf.string)
         no_user = tf.zeros([0], tf.string)
@@ -260,13 +301,14 @@ class RetrievalServingModule(tf.Module):
             def signature(inputs, k=k_default, exclude_item_ids=no_exclusion):
                 return implementation(inputs, k, exclude_item_ids)
 
-            return tf.function(signature, input_signature=[input_spec, K_SPEC, EXCLUDE_SPEC])
+            return tf.function(signature, input_signature=[input_spec, K_SPEC, EXCLUDE_SPEC],
+                               autograph=False)
 
         # serving_default keeps its single input, so TF Serving's REST row format
         # ({"instances": ["u1", "u2"]}) still works; `recommend` takes exclusions.
         self.serve_default = tf.function(
             lambda user_id: self._recommend(user_id, k_default, tf.zeros([0, 0], tf.string)),
-            input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+            input_signature=[tf.TensorSpec([None], tf.string, name="user_id")], autograph=False)
         self.recommend = retrieval(self._recommend,
                                    tf.TensorSpec([None], tf.string, name="user_id"))
 
@@ -280,7 +322,7 @@ class RetrievalServingModule(tf.Module):
         self.recommend_session = tf.function(session, input_signature=[
             SESSION_SPEC, tf.TensorSpec([None], tf.string, name="user_id"), K_SPEC,
             EXCLUDE_SPEC, *(tf.TensorSpec([None], tf.string, name=f"viewed_{m}")
-                            for m in ("text", "image", "audio"))])
+                            for m in ("text", "image", "audio"))], autograph=False)
         # Only the modalities the model has: saving traces every tf.function attribute.
         for modality in self.modalities:
             query = getattr(self.towers, f"{modality}_query")
@@ -300,7 +342,11 @@ class RetrievalServingModule(tf.Module):
         """``[B, E]`` ""-padded item ids → served rows (−1: padding or not in the catalogue)."""
         tf.debugging.assert_less_equal(tf.shape(item_ids)[1], limit,
                                        message=f"{name}: at most {limit} items per request")
-        return self.item_rows.lookup(item_ids)
+        return self._lookup_rows(item_ids)
+
+    def _lookup_rows(self, item_ids):
+        """Served row of each id (−1: not served)."""
+        return _lookup_ids(self.item_rows, self.hashed_rows, self.item_ids, item_ids)
 
     def _exclusion_rows(self, exclude, batch):
         """``[B, E]`` rows to exclude; an empty ``[0, 0]`` request means none."""
@@ -358,19 +404,35 @@ class RetrievalServingModule(tf.Module):
         return self._top_k(queries, k, exclude, user_id)
 
     def _session_queries(self, session_item_ids, user_id, viewed=None):
-        """The session query: ``normalise(w · u + (1 − w) · s)`` where ``s`` is the normalised
-        mean of the session items' served embeddings (unknown ids and "" padding ignored) and
-        of the content just viewed (``viewed``: per modality ``[B]`` raw content, "" for none;
-        each present one counts as one more session item, embedded like ``query_<modality>``),
-        ``u`` the user's query embedding (the cold-start row when ``user_id`` is "", unknown or
-        not given), ``w = session_user_weight``. A session with nothing known is the user query.
+        """The session query, and the users it was built for:
+        ``normalise(w · u + (1 − w) · s)``, ``w = session_user_weight``.
 
-        Item embeddings and queries share one space (the retrieval loss scores them by dot
+        ``s`` is the normalised mean of the session items' served embeddings and of the
+        content just viewed (``viewed``: per modality ``[B]`` raw content, "" for none; each
+        present one counts as one more item, embedded like ``query_<modality>``). Item
+        embeddings and queries share one space (the retrieval loss scores them by dot
         product), so the mean of what a user just engaged with is a query that retrieves
-        similar items; blending keeps what the model knows about a known user.
+        similar items.
+
+        ``u`` is the user's query. With a history encoder (``model.user_history``) it is the
+        query of a user whose history is their stored training history followed by the
+        session's items of the training catalogue (``towers.session_query``): the session
+        counts as the same interactions would have counted in training, so with ``w = 1`` a
+        session is exactly the query of a user whose history is those items. Otherwise it is
+        the user's query embedding. ``""``, unknown or no ``user_id``: the cold-start user (no
+        stored history). Unknown ids and "" padding are ignored; with nothing in ``s`` the
+        query is ``u``.
         """
         rows = self._rows(session_item_ids, self.max_session_items, "session_item_ids")
         batch = tf.shape(rows)[0]
+        users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
+                        lambda: tf.fill([batch], ""), lambda: user_id)
+        tf.debugging.assert_equal(tf.shape(users)[0], batch,
+                                  message="user_id needs one entry per session (or none)")
+        if self.history_sessions:
+            user = self.towers.session_query(users, session_item_ids)["query"]
+        else:
+            user = self.towers.user_query(users)
         known = tf.cast(rows >= 0, tf.float32)[..., None]
         total = tf.reduce_sum(tf.gather(self.item_table, tf.maximum(rows, 0)) * known, axis=1)
         count = tf.reduce_sum(known, axis=1)
@@ -379,11 +441,6 @@ class RetrievalServingModule(tf.Module):
             total += embedded * present[:, None]
             count += present[:, None]
         session = tf.math.l2_normalize(total, axis=-1)
-        users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
-                        lambda: tf.fill([batch], ""), lambda: user_id)
-        tf.debugging.assert_equal(tf.shape(users)[0], batch,
-                                  message="user_id needs one entry per session (or none)")
-        user = self.towers.user_query(users)
         w = self.session_user_weight
         blended = tf.math.l2_normalize(w * user + (1.0 - w) * session, axis=-1)
         return tf.where(count > 0, blended, user), users
@@ -421,13 +478,15 @@ class RetrievalServingModule(tf.Module):
         return self._top_k(queries, k, exclude, users)
 
     # -- signatures --------------------------------------------------------------------------
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")],
+                 autograph=False)
     def embed_query(self, user_id):
         return {"embedding": self.towers.user_query(user_id)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")],
+                 autograph=False)
     def embed_items(self, item_id):
-        rows = self.item_rows.lookup(item_id)
+        rows = self._lookup_rows(item_id)
         found = rows >= 0
         embedding = tf.gather(self.item_table, tf.maximum(rows, 0))
         return {"embedding": tf.where(found[:, None], embedding, tf.zeros_like(embedding)),
@@ -462,6 +521,42 @@ def _resources(layer) -> list:
             if isinstance(o, tf.saved_model.experimental.TrackableResource)]
 
 
+def _id_keys(item_ids):
+    """64-bit FarmHash of item ids (``tf.strings.to_hash_bucket_fast``), the served-id table's
+    keys."""
+    return tf.strings.to_hash_bucket_fast(item_ids, np.iinfo(np.int64).max)
+
+
+def _id_table(ids: np.ndarray) -> tuple[tf.lookup.StaticHashTable, bool]:
+    """``(id → position in ids table, keyed by hash?)``: the served ids and the training ids.
+
+    The table's keys are written into the SavedModel graph as a constant (and copied again
+    each time a catalogue update re-saves the restored towers). A million string constants take
+    ~0.9 s to serialise (one Python call per string) each time; their int64 hashes take
+    milliseconds. Lookups confirm a hit against the stored id (:func:`_lookup_ids`), so hashing
+    never returns a wrong item; if two ids share a hash (odds ~N²/2⁶⁴), the table keeps string
+    keys.
+    """
+    keys = _id_keys(tf.constant(ids)).numpy()
+    hashed = len(np.unique(keys)) == len(keys)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(keys) if hashed else tf.constant(ids),
+            tf.range(len(ids), dtype=tf.int64)), default_value=-1)
+    return table, hashed
+
+
+def _lookup_ids(table, hashed: bool, stored_ids, item_ids):
+    """Position of each id in ``stored_ids`` via a table from :func:`_id_table` (−1: absent).
+    With hashed keys a hit is confirmed against the stored id, so a hash collision with an
+    unknown id never returns a wrong item."""
+    rows = table.lookup(_id_keys(item_ids) if hashed else item_ids)
+    if not hashed:
+        return rows
+    same = tf.equal(tf.gather(stored_ids, tf.maximum(rows, 0)), item_ids)
+    return tf.where((rows >= 0) & same, rows, tf.constant(-1, tf.int64))
+
+
 def _shaped(outputs: dict) -> dict:
     """Give every output a known rank, so signature metadata shows ``[-1, -1]`` shapes."""
     return {name: tf.ensure_shape(value, [None, None]) for name, value in outputs.items()}
@@ -481,3 +576,70 @@ def _seen_table(seen: list[np.ndarray] | None, num_items: int):
                                             tf.ones(keys.size, tf.int64)), default_value=0)
     return table, max(len(items) for items in seen)
 
+
+
+# -- sessions through the history encoder -------------------------------------------------------
+
+
+def extend_history(stored_items: tf.RaggedTensor, stored_weights: tf.RaggedTensor,
+                   session_items: tf.RaggedTensor, *, half_life: float = 0.0,
+                   max_length: int = 0) -> tuple[tf.RaggedTensor, tf.RaggedTensor]:
+    """A stored history (``HistoryEncoder.gather``: training-item positions, most recent last,
+    and their recency weights) followed by a session's items (oldest first), weighted and cut as
+    ``towers.history.history_table`` would weigh and cut that longer history.
+
+    With ``half_life`` the ``n``-th most recent item weighs ``0.5 ** (n / half_life)``: a
+    session of ``s`` items ages every stored item by ``s`` (its weight times
+    ``0.5 ** (s / half_life)``), so an empty session leaves the stored weights exactly as
+    they are. ``max_length`` keeps the most recent items (0: all). All ``[B, None]``.
+    """
+    count = session_items.row_lengths()
+    age = tf.cast(count[:, None] - 1 - tf.ragged.range(count), tf.float32)
+    if half_life > 0:
+        session_weights = tf.pow(0.5, age / half_life)
+        stored_weights = stored_weights * tf.pow(0.5, tf.cast(count, tf.float32)
+                                                 / half_life)[:, None]
+    else:
+        session_weights = tf.ones_like(age)
+    items = tf.concat([stored_items, tf.cast(session_items, stored_items.dtype)], axis=1)
+    weights = tf.concat([stored_weights, session_weights], axis=1)
+    if max_length > 0:
+        items, weights = items[:, -max_length:], weights[:, -max_length:]
+    return items, weights
+
+
+def query_with_history(query_tower: QueryTower, user_id, items: tf.RaggedTensor,
+                       weights: tf.RaggedTensor, item_embedder=None) -> tf.Tensor:
+    """``query_tower(user_id)`` with each row's history encoder pooling ``items`` (training-item
+    positions, ``[B, None]``) with ``weights`` instead of the user's stored history.
+
+    The one place the export reaches into the query tower for this. ``QueryTower`` has no
+    explicit-history input yet, so this runs ``QueryTower.call`` and ``HistoryEncoder.call``
+    themselves on thin views of the two layers that differ only in where the history comes
+    from (``gather`` returns the given rows): every other part of the query (user-id and
+    feature embeddings, the MLP) and the pooling arithmetic are the trained layers' own code.
+    Once ``QueryTower.call`` accepts ``history=(items, weights)``, this becomes that call.
+    """
+    encoder = query_tower.history_encoder
+    if encoder is None:
+        raise ValueError("query_with_history needs a query tower with a history encoder "
+                         "(model.user_history)")
+    view = _LayerView(query_tower, history_encoder=_LayerView(
+        encoder, gather=lambda user_index: (items, weights)))
+    return type(query_tower).call(view, user_id, item_embedder=item_embedder, training=False)
+
+
+class _LayerView:
+    """A layer's attributes with a few replaced; calling it runs the layer's own ``call`` (not
+    Keras ``__call__``: the layer is built, and inference needs no masking or autocasting)."""
+
+    def __init__(self, layer: tf.keras.layers.Layer, **replaced):
+        self._layer = layer
+        self._replaced = replaced
+
+    def __getattr__(self, name: str):
+        replaced = self.__dict__["_replaced"]
+        return replaced[name] if name in replaced else getattr(self.__dict__["_layer"], name)
+
+    def __call__(self, *args, **kwargs):
+        return type(self._layer).call(self, *args, **kwargs)
