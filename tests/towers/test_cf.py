@@ -131,7 +131,7 @@ def test_served_dot_product_is_the_learned_cosine_plus_the_weighted_ease_score()
 
 
 def test_training_steps_see_the_learned_part_only_and_content_queries_get_zeros():
-    query, item, layer, _, content = towers()
+    query, item, _, _, content = towers()
     assert query(tf.constant([1, 2]), training=True).shape == (2, 4)
     assert item(content, training=True).shape == (8, 4)
     single = item.embed_single("text", content["text"]).numpy()

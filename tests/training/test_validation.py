@@ -169,7 +169,7 @@ def test_a_linear_cf_weight_left_to_validation_needs_early_stopping(tiny_config,
                                                                     tmp_path):
     config = derive_config(tiny_config, tmp_path, "model.user_history=true",
                            "model.linear_cf=ease")
-    with pytest.raises(ConfigError, match="train.early_stopping"):
+    with pytest.raises(ConfigError, match=r"train\.early_stopping"):
         pipeline.train(config, workspace=tiny_workspace, progress=False)
-    with pytest.raises(ConfigError, match="model.user_history"):
+    with pytest.raises(ConfigError, match=r"model\.user_history"):
         load_config(None, ["model.linear_cf=ease"])
