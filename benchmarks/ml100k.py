@@ -14,11 +14,12 @@ accuracy, which is TFRS's ``FactorizedTopK`` figure: one query per test rating, 
   B  item cold start: 20% of the items, with all their ratings, held out (the split seed changes
      with the seed); only held-out items are ranked. Headline: Recall@20 = hits / min(20, |test|).
   C  per-user temporal: each user's last 20% of ratings by timestamp. Headline: Recall@20.
-Rows: popularity, random, the TFRS basic-retrieval tutorial model (ID-only, as written and with
-tfmmrec's epoch budget), tfmmrec ID-only (its loss, no content), tfmmrec text only / image only /
-text+image, text+image without feature dropout (fused, and with the serving mix chosen on a
-validation split: ``model.fusion_selection``), hybrid (text+image+item id); in B also a
-training-free content profile. Main rows run ``--seeds`` seeds (mean ± std), ablations one seed.
+Rows: popularity, random, the TFRS basic-retrieval tutorial model (ID-only, as written), the
+classic baselines (EASE, iALS, content→CF ridge, centred content kNN), ``configs/ml100k.yaml``
+as shipped ("tfmmrec (default)") and its ablations: text only, image only, no content, learned
+towers only (no linear CF), and in B no feature dropout with the serving mix chosen on
+validation (``model.fusion_selection``). Main rows run ``--seeds`` seeds (mean ± std),
+ablations one seed.
 Speed (one step, so every ratio comes from one machine state): training examples/s of the
 tutorial loop as written (FactorizedTopK on, in separate processes) vs ``tfmmrec train`` on the
 cached features; peak RSS of both; cache build time and items/s of the frozen item encoders
@@ -61,7 +62,7 @@ RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / "out" / "ml100k"
 CONFIG = REPO / "configs" / "ml100k.yaml"
 FSDD = SHARED / "data" / "fsdd"
-HARNESS_VERSION = 2  # bump when a change here (or in the package) invalidates saved parts
+HARNESS_VERSION = 3  # bump when a change here (or in the package) invalidates saved parts
 
 PROTOCOLS = ("A", "B", "C")
 PROTOCOL_NAMES = {"A": "A · random 80/20 (TFRS tutorial split)",
@@ -96,6 +97,7 @@ DEFAULT = "tfmmrec (default)"
 TEXT = "tfmmrec (default) · text only"
 IMAGE = "tfmmrec (default) · image only"
 NO_CONTENT_ROW = "tfmmrec (default) · no content (item id + history)"
+NO_LINEAR_CF = "tfmmrec (default) · learned towers only (no linear CF)"
 TUTORIAL = "ID-only · TFRS tutorial, as written (3 ep)"
 # The tuning-free alternative to feature dropout: no feature dropout, the serving embedding
 # chosen on a validation split (fused or a single-modality mix; model.fusion_selection).
@@ -120,6 +122,7 @@ def rows_for(protocol: str) -> list[Row]:
         Row(TEXT, "tfmmrec", ("image.enabled=false",), main=protocol == "B"),
         Row(IMAGE, "tfmmrec", ("text.enabled=false",), main=protocol == "B"),
         Row(DEFAULT, "tfmmrec", (), main=True),
+        Row(NO_LINEAR_CF, "tfmmrec", ("model.linear_cf=none",)),
     ]
     if protocol == "B":
         rows.append(Row(SELECTED, "tfmmrec", ("model.fusion_selection=validation",

@@ -211,8 +211,32 @@ class ModelConfig:
     # extra training run; guards against a modality that hurts unseen items.
     fusion_selection: Literal["none", "validation"] = "none"
     fusion_selection_metric: str = "recall@20"
+    # Closed-form item-item CF inside both towers (towers/cf.py): "ease" fits EASE on the
+    # training split, factorises it to rank linear_cf_rank and appends the factors to the
+    # query (user's history) and item embeddings; cold items get factors predicted from
+    # content by a ridge regression. The learned towers then train on what EASE misses.
+    # Needs model.user_history; costs an N × N inverse (catalogues up to ~20k items).
+    linear_cf: Literal["none", "ease"] = "none"
+    linear_cf_rank: int = 128
+    # 0: chosen on a validation split carved from the training split (EASE's λ on a random
+    # carve, the ridge α on a cold-start carve), never on test figures.
+    linear_cf_l2: float = 0.0
+    linear_cf_alpha: float = 0.0
+    # Weight of the EASE score next to the learned towers' cosine in the served dot product;
+    # 0: chosen with the epochs by early stopping (validation), from LINEAR_CF_WEIGHTS.
+    linear_cf_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_choice("model.linear_cf", self.linear_cf, ("none", "ease"))
+        _check(self.linear_cf_rank >= 1, "model.linear_cf_rank", self.linear_cf_rank, ">= 1")
+        _check(self.linear_cf_l2 >= 0, "model.linear_cf_l2", self.linear_cf_l2,
+               ">= 0 (0: chosen on validation)")
+        _check(self.linear_cf_alpha >= 0, "model.linear_cf_alpha", self.linear_cf_alpha,
+               ">= 0 (0: chosen on validation)")
+        _check(self.linear_cf_weight >= 0, "model.linear_cf_weight", self.linear_cf_weight,
+               ">= 0 (0: chosen on validation with train.early_stopping)")
+        _check(self.linear_cf == "none" or self.user_history, "model.linear_cf",
+               self.linear_cf, "used with model.user_history: true (it reads the history)")
         _check_choice("model.fusion_selection", self.fusion_selection, ("none", "validation"))
         _check_choice("model.fusion", self.fusion, ("concat_mlp", "mean", "gated", "attention"))
         _check(self.embedding_dim >= 2, "model.embedding_dim", self.embedding_dim, ">= 2")

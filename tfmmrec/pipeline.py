@@ -35,6 +35,7 @@ from tfmmrec.modalities import specs as modality_specs
 from tfmmrec.models.ranking import MultitaskModel, rating_targets, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
+from tfmmrec.towers.cf import LinearCF, empty_weights
 from tfmmrec.towers.encoders import Encoder, build_encoder
 from tfmmrec.towers.history import HistoryEncoder, history_table
 from tfmmrec.towers.item import ItemContentTable, ItemTower
@@ -182,9 +183,43 @@ def history_encoder(ws: Workspace) -> HistoryEncoder | None:
                           weights, dropout=model_config.history_dropout, name="history")
 
 
-def build_model(ws: Workspace) -> RetrievalModel:
-    """The retrieval model for a workspace (call inside the strategy scope)."""
+def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
+    """The closed-form CF part (``model.linear_cf``), fitted on the workspace's training split
+    with its settings chosen on validation, or None. ``fit=False``: zeros of the same shapes,
+    for a model whose weights come from a checkpoint next."""
+    from tfmmrec.evaluation.baseline_base import check_dense_size
+    from tfmmrec.evaluation.content import content_features
+    from tfmmrec.evaluation.linear_cf_selection import choose_linear_cf
+
     model_config = ws.config.model
+    if model_config.linear_cf == "none":
+        return None
+    num_items = ws.dataset.num_items
+    check_dense_size(num_items, num_items, "model.linear_cf", "EASE item-item matrix")
+    frozen = [m for m in ws.modalities if not ws.config.tower(m).trainable]
+    features = present = None
+    if frozen:
+        features, present = content_features({m: ws.contents[m].values for m in frozen},
+                                             {m: ws.contents[m].mask for m in frozen})
+    rank = min(model_config.linear_cf_rank, num_items)
+    if fit:
+        d = ws.config.data
+        weights, _ = choose_linear_cf(
+            ws.split, ws.user_ids, num_items, rank=rank, l2=model_config.linear_cf_l2,
+            alpha=model_config.linear_cf_alpha, features=features, present=present,
+            validation_fraction=d.test_fraction, seed=d.seed,
+            metric=ws.config.train.early_stopping_metric)
+    else:
+        weights = empty_weights(num_items, rank, 0 if features is None else features.shape[1])
+    return LinearCF(weights, frozen, initial_weight=model_config.linear_cf_weight or 1.0,
+                    name="linear_cf")
+
+
+def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
+    """The retrieval model for a workspace (call inside the strategy scope).
+    ``fit_linear_cf=False`` skips the closed-form fit (the weights are restored next)."""
+    model_config = ws.config.model
+    cf = linear_cf(ws, fit_linear_cf)
     in_tower = {m: e for m, e in ws.encoders.items() if ws.config.tower(m).trainable}
     item_tower = ItemTower(
         ws.modalities, model_config.embedding_dim, encoders=in_tower,
@@ -193,14 +228,14 @@ def build_model(ws: Workspace) -> RetrievalModel:
         else None,
         id_dropout=model_config.item_id_dropout,
         modality_dropout=model_config.modality_dropout, dropout=model_config.dropout,
-        feature_dropout=model_config.feature_dropout, name="item_tower")
+        feature_dropout=model_config.feature_dropout, linear_cf=cf, name="item_tower")
     users = ws.dataset.users if model_config.user_features else None
     query_tower = QueryTower(
         ws.user_ids, model_config.embedding_dim, users=users,
         feature_columns=ws.dataset.user_feature_columns if users is not None else (),
         history=user_history(ws), id_dropout=model_config.user_id_dropout,
         history_encoder=history_encoder(ws), user_id_embedding=model_config.user_id_embedding,
-        name="query_tower")
+        linear_cf=cf, name="query_tower")
     table = ItemContentTable({m: c.values for m, c in ws.contents.items()},
                              {m: c.mask for m, c in ws.contents.items()}, name="item_content")
     probability = item_sampling_probability(ws) if model_config.logq_correction else None
@@ -305,6 +340,10 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     if chief:  # before the first checkpoint: every checkpoint of the run carries its model
         config.to_yaml(output / CONFIG_FILE)
         config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=MODEL_SECTIONS)
+    if (config.model.linear_cf != "none" and not config.model.linear_cf_weight
+            and not config.train.early_stopping):
+        raise ConfigError("model.linear_cf_weight=0 means 'choose it on validation', which "
+                          "train.early_stopping does: enable it or set the weight (e.g. 1)")
     selection = None
     if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
         selection = select_serving_mix(ws, strategy, output / "fusion-selection")
@@ -323,7 +362,10 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         weights = selection["weights"]
         result.model.item_tower.set_serving_mix(
             None if weights is None else [weights[m] for m in ws.modalities])
-        result.model.save_weights(str(result.checkpoint))  # the mix is part of the model
+    if validation is not None and "linear_cf_weight" in validation:
+        result.model.query_tower.linear_cf.set_weight(validation["linear_cf_weight"])
+    if selection is not None or (validation or {}).get("linear_cf_weight") is not None:
+        result.model.save_weights(str(result.checkpoint))  # chosen values are model weights
     write_json({
         "encoders": ws.encoder_identities(),
         "modalities": list(ws.modalities),
@@ -353,11 +395,17 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                 "on %d", len(validation.train), len(ws.split.train), len(validation.test))
     metric = config.train.early_stopping_metric
     ks = sorted({*config.eval.ks, int(metric.split("@")[1])})
+    cf_rank = 0
+    if config.model.linear_cf != "none":  # its weight is chosen here too (1 while validating)
+        config = load_config(config, ["model.linear_cf_weight=1"])
+        inner = dataclasses.replace(inner, config=config)
+        cf_rank = min(config.model.linear_cf_rank, ws.dataset.num_items)
     monitor = ValidationMetrics(
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience, ks,
         lambda model: (embed_users(model, ws.user_ids, config.eval.batch_size),
-                       embed_items(model, ws.dataset.num_items, config.eval.batch_size)))
+                       embed_items(model, ws.dataset.num_items, config.eval.batch_size)),
+        linear_cf_rank=cf_rank)
     dataset, num_examples = training_dataset(inner)
     fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy, [monitor])
     if not monitor.history:
@@ -365,7 +413,11 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                             "run? delete it to re-select)")
     logger.info("early stopping: best epoch %d of %d (validation %s %.4f)", monitor.best_epoch,
                 len(monitor.history), metric, monitor.best)
+    if monitor.best_linear_cf_weight is not None:
+        logger.info("early stopping: linear CF weight %g", monitor.best_linear_cf_weight)
     return {"metric": metric, "best_epoch": monitor.best_epoch, "best": monitor.best,
+            **({"linear_cf_weight": monitor.best_linear_cf_weight}
+               if monitor.best_linear_cf_weight is not None else {}),
             "validation_interactions": len(validation.test),
             "curve": [h[metric] for h in monitor.history]}
 
@@ -445,7 +497,7 @@ def restore(run_dir: str | os.PathLike | None = None,
     ws = workspace.with_config(config) if workspace is not None else \
         prepare(config, progress=False)
     _check_encoders(run, ws)
-    model = build_model(ws)
+    model = build_model(ws, fit_linear_cf=False)
     model.build_from_example()
     load_exactly(model, prefix)
     return model, ws

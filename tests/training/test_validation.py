@@ -106,3 +106,70 @@ def test_early_stopping_trains_for_the_epochs_chosen_on_validation(tiny_config, 
     validation = validation_split(tiny_workspace.split, d.test_fraction, d.seed)
     assert chosen["validation_interactions"] == len(validation.test)
     assert len(validation.train) + len(validation.test) == len(tiny_workspace.split.train)
+
+
+def split_embeddings(learned_good: bool, cf_good: bool):
+    """Users and items ``[., 2 + 2]``: a learned 2-d part and a 2-d CF part. The learned part
+    ranks each user's held-out item first iff ``learned_good``, the CF part iff ``cf_good``."""
+
+    def embed(model):
+        users = np.array([[1, 0, 1, 0], [0, 1, 0, 1]], np.float32)
+        items = np.zeros((3, 4), np.float32)
+        sign = 1.0 if learned_good else -1.0
+        items[1, 0] = items[2, 1] = sign
+        if cf_good:  # item 1 for user a, item 2 for user b
+            items[1, 2] = items[2, 3] = 1.0
+        else:  # the other way round
+            items[1, 3] = items[2, 2] = 1.0
+        return users, items
+
+    return embed
+
+
+@pytest.mark.parametrize("learned_good, cf_good, weight", [
+    (False, True, 4.0),   # CF fixes the ranking once it outweighs the learned part (1: a tie)
+    (True, False, 0.0),   # a CF part that misleads is switched off
+    (True, True, 0.0),    # both right: the first (smallest) weight reaching the best is kept
+])
+def test_the_linear_cf_weight_is_chosen_with_the_epoch_on_validation(learned_good, cf_good,
+                                                                     weight):
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 0, [1],
+                                 split_embeddings(learned_good, cf_good), linear_cf_rank=2,
+                                 linear_cf_weights=(0.0, 1.0, 4.0, 16.0))
+    run(callback, 1)
+    assert callback.best == 1.0 and callback.best_linear_cf_weight == weight
+    assert callback.history[0]["linear_cf_weight"] == weight
+
+
+def test_linear_cf_model_trains_with_its_weight_chosen_and_restores_exactly(tiny_config,
+                                                                            tiny_workspace,
+                                                                            tmp_path):
+    from tfmmrec.evaluation.embeddings import embed_items, embed_users
+    from tfmmrec.training.validation import LINEAR_CF_WEIGHTS
+
+    config = derive_config(tiny_config, tmp_path, "train.epochs=2", "train.early_stopping=true",
+                           "model.user_history=true", "model.linear_cf=ease",
+                           "model.linear_cf_rank=8")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    chosen = json.loads((tmp_path / "run" / "run.json").read_text())["early_stopping"]
+    assert chosen["linear_cf_weight"] in LINEAR_CF_WEIGHTS
+    cf = result.model.query_tower.linear_cf
+    assert float(cf.score_weight.numpy()) == chosen["linear_cf_weight"]
+    assert result.model.item_tower.linear_cf is cf
+    users = embed_users(result.model, tiny_workspace.user_ids, 64)
+    items = embed_items(result.model, tiny_workspace.dataset.num_items, 64)
+    dim = config.model.embedding_dim
+    assert users.shape[1] == items.shape[1] == dim + 8
+    restored, ws = pipeline.restore(tmp_path / "run")  # no closed-form refit: all from the ckpt
+    np.testing.assert_array_equal(embed_users(restored, ws.user_ids, 64), users)
+    np.testing.assert_array_equal(embed_items(restored, ws.dataset.num_items, 64), items)
+
+
+def test_a_linear_cf_weight_left_to_validation_needs_early_stopping(tiny_config, tiny_workspace,
+                                                                    tmp_path):
+    config = derive_config(tiny_config, tmp_path, "model.user_history=true",
+                           "model.linear_cf=ease")
+    with pytest.raises(ConfigError, match=r"train\.early_stopping"):
+        pipeline.train(config, workspace=tiny_workspace, progress=False)
+    with pytest.raises(ConfigError, match=r"model\.user_history"):
+        load_config(None, ["model.linear_cf=ease"])

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from tfmmrec.evaluation.baseline_base import Baseline, binary_matrix, check_dense_size
+from tfmmrec.towers.cf import ease_weights
 
 
 class EASE(Baseline):
@@ -49,12 +50,7 @@ class EASE(Baseline):
         num_users, num_items = x.shape
         check_dense_size(num_items, num_items, "EASE", "item-item matrix")
         check_dense_size(num_users, num_items, "EASE", "user-history matrix")
-        gram = np.asarray((x.T @ x).toarray(), np.float64)
-        gram[np.diag_indices(num_items)] += self.l2
-        inverse = np.linalg.inv(gram)
-        weights = -inverse / np.diag(inverse)[None, :]
-        weights[np.diag_indices(num_items)] = 0.0
-        self.weights = weights
+        self.weights = ease_weights(np.asarray((x.T @ x).toarray(), np.float64), self.l2)
         self._history = x
         return self
 

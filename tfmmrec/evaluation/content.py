@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 from tfmmrec.evaluation.baseline_base import Baseline, binary_matrix, check_features, unit_rows
 from tfmmrec.evaluation.cf import IALS
+from tfmmrec.towers.cf import ridge_fit
 
 
 class ContentRidge(Baseline):
@@ -73,29 +74,6 @@ class ContentRidge(Baseline):
     def get_config(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "ials": self.ials.get_config(),
                 "predict_warm": self.predict_warm}
-
-
-def ridge_fit(features: np.ndarray, targets: np.ndarray,
-              alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge with an unpenalised intercept: ``(W [f, k], mean_x [f], mean_y [k])`` such that
-    ``(x − mean_x) W + mean_y`` predicts ``y``; ``W = (XcᵀXc + αI)⁻¹ XcᵀYc``.
-
-    Solved in the dual (``Xc (XcXcᵀ + αI)⁻¹``, same solution) when there are fewer rows than
-    features, so a 1,280-d image feature on a few hundred items stays cheap.
-    """
-    x = np.asarray(features, np.float64)
-    y = np.asarray(targets, np.float64)
-    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
-    xc, yc = x - mean_x, y - mean_y
-    if xc.shape[0] >= xc.shape[1]:
-        gram = xc.T @ xc
-        gram[np.diag_indices_from(gram)] += alpha
-        weights = np.linalg.solve(gram, xc.T @ yc)
-    else:
-        gram = xc @ xc.T
-        gram[np.diag_indices_from(gram)] += alpha
-        weights = xc.T @ np.linalg.solve(gram, yc)
-    return weights, mean_x, mean_y
 
 
 class ContentKNN(Baseline):

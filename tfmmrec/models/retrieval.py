@@ -136,9 +136,9 @@ class RetrievalModel(tfrs.Model):
                                         exclude=item_index)
         if self.negatives == "full":
             return self._full_softmax_loss(queries, item_index, training)
-        items, fused, position, modality_embeddings, mask = self._encode_batch_items(
+        items, fused, scored, position, modality_embeddings, mask = self._encode_batch_items(
             item_index, training)
-        candidates = fused if position is None else tf.gather(fused, position)
+        candidates = scored if position is None else tf.gather(scored, position)
         probability = None
         if self.item_probability is not None:
             probability = tf.gather(self.item_probability, item_index)
@@ -163,9 +163,10 @@ class RetrievalModel(tfrs.Model):
         A positive that is not a candidate (possible only if ``candidate_items`` leaves out a
         training item) contributes nothing.
         """
-        fused, embeddings, mask = self.item_tower.encode(
-            self.content_table(self.candidate_index), training=training)
-        logits = tf.matmul(queries, fused, transpose_b=True) / self.temperature
+        content = self.content_table(self.candidate_index)
+        fused, embeddings, mask = self.item_tower.encode(content, training=training)
+        scored = self.item_tower.append_linear_cf(fused, content, training)
+        logits = tf.matmul(queries, scored, transpose_b=True) / self.temperature
         labels = tf.gather(self.candidate_position, item_index)
         valid = labels >= 0
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)
@@ -179,9 +180,10 @@ class RetrievalModel(tfrs.Model):
         return loss
 
     def _encode_batch_items(self, item_index, training):
-        """Encode each distinct item of the batch once: ``(items [U], fused [U, d], position
-        [B] of each row in ``items`` (None: no dedupe, U = B), per-modality embeddings
-        [U, M, d], presence mask [U, M])``.
+        """Encode each distinct item of the batch once: ``(items [U], fused [U, d], scored
+        [U, d (+ k)] (fused with the linear-CF part, what queries score), position [B] of each
+        row in ``items`` (None: no dedupe, U = B), per-modality embeddings [U, M, d], presence
+        mask [U, M])``.
 
         Popular items repeat within a batch (about half of a 1,024-row MovieLens batch), so
         encoding distinct items halves the item tower's forward and backward work. ``tf.unique``
@@ -192,9 +194,10 @@ class RetrievalModel(tfrs.Model):
             items = item_index
         else:
             items, position = tf.unique(item_index)
-        fused, embeddings, mask = self.item_tower.encode(self.content_table(items),
-                                                         training=training)
-        return items, fused, position, embeddings, mask
+        content = self.content_table(items)
+        fused, embeddings, mask = self.item_tower.encode(content, training=training)
+        scored = self.item_tower.append_linear_cf(fused, content, training)
+        return items, fused, scored, position, embeddings, mask
 
     def _alignment_loss(self, item_index, fused, modality_embeddings, mask):
         """Alignment over the first ``alignment_rows`` of the batch's items (rows arrive

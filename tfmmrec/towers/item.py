@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.fusion import MaskedFusion, drop_modalities
 from tfmmrec.towers.projection import ModalityProjection
@@ -62,6 +63,10 @@ class ItemTower(tf.keras.layers.Layer):
         (never trained, id embedding still zero) has at serving time.
       modality_dropout: rate of hiding present modalities during training.
       feature_dropout: per modality, dropout on its encoder feature (training only).
+      linear_cf: optional closed-form item-item part (``towers.cf.LinearCF``): its item
+        factor (warm items) or content prediction (cold items) is appended to the normalised
+        embedding at inference, so items are ``[d + k]``. Query-by-content embeddings get
+        zeros there: a text, image or clip is matched on the learned part only.
 
     Serving mix (late fusion): ``serving_mix`` holds one weight per modality, zero until set.
     When set (``pipeline.train`` with ``model.fusion_selection: validation`` sets it when a
@@ -78,7 +83,7 @@ class ItemTower(tf.keras.layers.Layer):
                  num_items: int | None = None, id_dropout: float = 0.0,
                  modality_dropout: float = 0.0,
                  dropout: float = 0.0, feature_dropout: Mapping[str, float] | None = None,
-                 **kwargs):
+                 linear_cf: LinearCF | None = None, **kwargs):
         super().__init__(**kwargs)
         self.modalities = tuple(modalities)
         self.dim = dim
@@ -99,6 +104,7 @@ class ItemTower(tf.keras.layers.Layer):
             self.id_embedding = tf.keras.layers.Embedding(num_items, dim,
                                                           embeddings_initializer=init,
                                                           name="item_id_embedding")
+        self.linear_cf = linear_cf
         self.serving_mix = None
         if len(self.modalities) > 1:
             self.serving_mix = self.add_weight(name="serving_mix", shape=[len(self.modalities)],
@@ -149,10 +155,18 @@ class ItemTower(tf.keras.layers.Layer):
     def call(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
         """Item embeddings; ``hidden_modalities`` are treated as missing (for ablations)."""
         fused, embeddings, mask = self.encode(content, training, hidden_modalities)
-        if training or self.serving_mix is None:
-            return fused
-        return tf.cond(tf.reduce_sum(self.serving_mix) > 0,
-                       lambda: self.mix(embeddings, mask, self.serving_mix), lambda: fused)
+        if not training and self.serving_mix is not None:
+            fused = tf.cond(tf.reduce_sum(self.serving_mix) > 0,
+                            lambda: self.mix(embeddings, mask, self.serving_mix), lambda: fused)
+        return self.append_linear_cf(fused, content, training)
+
+    def append_linear_cf(self, embedding, content: Mapping[str, tf.Tensor], training=False):
+        """``[embedding, linear-CF item part]`` at inference; ``embedding`` alone in training
+        steps or without ``linear_cf``."""
+        if self.linear_cf is None or training:
+            return embedding
+        return tf.concat([embedding, self.linear_cf.item(content, content.get("item_index"))],
+                         axis=-1)
 
     def mix(self, embeddings, mask, weights):
         """``Σ_m w_m · single_modality_m`` with ``w`` renormalised over each item's present
@@ -197,4 +211,7 @@ class ItemTower(tf.keras.layers.Layer):
         position = self.modalities.index(modality)
         embeddings = tf.stack([projected if m == modality else tf.zeros_like(projected)
                                for m in self.modalities], axis=1)
-        return self.single_modality(embeddings, position)
+        single = self.single_modality(embeddings, position)
+        if self.linear_cf is None:
+            return single
+        return tf.pad(single, [[0, 0], [0, self.linear_cf.rank]])

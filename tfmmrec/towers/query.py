@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.history import HistoryEncoder
 
 
@@ -42,13 +43,17 @@ class QueryTower(tf.keras.layers.Layer):
         example's target as ``exclude`` so it is left out of that example's history.
       user_id_embedding: False drops the user-id embedding (with a history encoder, the
         history says more about a user than a per-user vector fitted to few interactions).
+      linear_cf: optional closed-form item-item part (``towers.cf.LinearCF``, needs the
+        history encoder's table): ``x_u P`` is appended to the normalised embedding at
+        inference, so the query is ``[d + k]`` and its dot product with an item adds the
+        weighted EASE score (training steps see the learned ``[d]`` part only).
     """
 
     def __init__(self, user_ids: Sequence[str], dim: int, *, users: pd.DataFrame | None = None,
                  feature_columns: Sequence[str] = (), history: np.ndarray | None = None,
                  id_dropout: float = 0.0, id_dim: int | None = None,
                  history_encoder: HistoryEncoder | None = None, user_id_embedding: bool = True,
-                 **kwargs):
+                 linear_cf: LinearCF | None = None, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
         self.id_dropout = id_dropout
@@ -62,6 +67,9 @@ class QueryTower(tf.keras.layers.Layer):
         if user_id_embedding:
             self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
         self.history_encoder = history_encoder
+        if linear_cf is not None and history_encoder is None:
+            raise ValueError("linear_cf reads the user's history: it needs a history_encoder")
+        self.linear_cf = linear_cf
         self.categorical, self.numeric = _feature_tables(vocabulary, users, feature_columns)
         self.feature_embeddings = {
             name: tf.keras.layers.Embedding(int(tf.reduce_max(table)) + 1, 8,
@@ -94,7 +102,19 @@ class QueryTower(tf.keras.layers.Layer):
             parts.append(self._history_embedding(tf.gather(self.history, index), item_embedder,
                                                  training))
         x = self.hidden(tf.concat(parts, axis=-1))
-        return tf.math.l2_normalize(self.out(x), axis=-1)
+        query = tf.math.l2_normalize(self.out(x), axis=-1)
+        if self.linear_cf is None or training:  # training steps fit the learned part only
+            return query
+        return tf.concat([query, self._linear_cf_query(index, exclude)], axis=-1)
+
+    def _linear_cf_query(self, index, exclude=None):
+        """``x_u P`` over the user's full history (minus each training example's target)."""
+        items, _ = self.history_encoder.gather(index)
+        keep = None
+        if exclude is not None:
+            target = tf.gather(tf.cast(exclude, tf.int64), items.value_rowids())
+            keep = tf.cast(items.flat_values != target, tf.float32)
+        return self.linear_cf.query(items, keep)
 
     def _history_embedding(self, items, item_embedder, training):
         flat = tf.reshape(items, [-1])

@@ -18,6 +18,11 @@ from tfmmrec.data.splits import Split
 
 logger = logging.getLogger(__name__)
 
+# Candidate weights of the closed-form CF score next to the learned cosine (towers/cf.py),
+# tried after every validation epoch: 0 = the learned towers alone, the largest ≈ EASE alone
+# (the cosine only breaks its ties).
+LINEAR_CF_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 1024.0)
+
 
 class ValidationMetrics(tf.keras.callbacks.Callback):
     """After each epoch: the split's protocol metrics of the model's current embeddings.
@@ -31,15 +36,20 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
       patience: stop after this many epochs without improvement (0: never stop early).
       ks: cut-offs computed (must produce ``metric``).
       embed: ``model → (user embeddings [U, d], item embeddings [N, d])``.
+      linear_cf_rank: with a closed-form CF part (``towers.cf``, its weight 1 while
+        validating), the last ``linear_cf_rank`` columns of the user embeddings are that part:
+        every epoch is scored at each of ``linear_cf_weights`` and keeps its best.
 
     ``history`` holds every epoch's metrics; ``best_epoch`` (1-based) and ``best`` the best
-    epoch's. With ``restore_best``, the model ends with the best epoch's weights.
+    epoch's (``best_linear_cf_weight`` the weight there). With ``restore_best``, the model ends
+    with the best epoch's weights.
     """
 
     def __init__(self, split: Split, user_ids: np.ndarray, num_items: int, metric: str,
                  patience: int, ks: Sequence[int],
                  embed: Callable[[tf.keras.Model], tuple[np.ndarray, np.ndarray]],
-                 restore_best: bool = False):
+                 restore_best: bool = False, linear_cf_rank: int = 0,
+                 linear_cf_weights: Sequence[float] = LINEAR_CF_WEIGHTS):
         super().__init__()
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
@@ -49,27 +59,47 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
         self.best = -np.inf
         self.best_epoch = 0
+        self.linear_cf_rank = linear_cf_rank
+        self.linear_cf_weights = tuple(linear_cf_weights) if linear_cf_rank else (None,)
+        self.best_linear_cf_weight: float | None = None
         self._best_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
         from tfmmrec.evaluation.protocol import evaluate_embeddings
 
         users, items = self.embed(self.model)
-        metrics = evaluate_embeddings(users, items, self.split, self.user_ids, self.ks)
-        if self.metric not in metrics:
-            raise ValueError(f"validation metric {self.metric!r} is not computed (available: "
-                             f"{', '.join(sorted(metrics))})")
-        self.history.append({k: float(v) for k, v in metrics.items()})
+        weight, metrics = None, None
+        for candidate in self.linear_cf_weights:
+            scored = evaluate_embeddings(self._weighted(users, candidate), items, self.split,
+                                         self.user_ids, self.ks)
+            if self.metric not in scored:
+                raise ValueError(f"validation metric {self.metric!r} is not computed "
+                                 f"(available: {', '.join(sorted(scored))})")
+            if metrics is None or scored[self.metric] > metrics[self.metric]:
+                weight, metrics = candidate, scored
+        entry = {k: float(v) for k, v in metrics.items()}
+        if weight is not None:
+            entry["linear_cf_weight"] = float(weight)
+        self.history.append(entry)
         value = float(metrics[self.metric])
         logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
         if logs is not None:
             logs[f"val_{self.metric}"] = value
         if value > self.best:
             self.best, self.best_epoch = value, epoch + 1
+            self.best_linear_cf_weight = weight
             if self.restore_best:
                 self._best_weights = self.model.get_weights()
         elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
             self.model.stop_training = True
+
+    def _weighted(self, users: np.ndarray, weight: float | None) -> np.ndarray:
+        """User embeddings with their CF columns scaled by ``weight`` (None: as they are)."""
+        if weight is None:
+            return users
+        users = np.array(users, copy=True)
+        users[:, -self.linear_cf_rank:] *= weight
+        return users
 
     def on_train_end(self, logs=None):
         if self.restore_best and self._best_weights is not None:

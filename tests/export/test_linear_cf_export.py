@@ -1,0 +1,55 @@
+"""An exported model with the closed-form CF part (``model.linear_cf``): one index over the
+``[learned, CF]`` embeddings serves exactly what the in-memory model ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import derive_config
+from tfmmrec import pipeline
+from tfmmrec.export.loader import ExportedModel
+
+
+@pytest.fixture(scope="module")
+def cf_export(tiny_config, tiny_workspace, tmp_path_factory):
+    root = tmp_path_factory.mktemp("linear-cf")
+    config = derive_config(tiny_config, root, "train.epochs=2", "train.early_stopping=true",
+                           "model.user_history=true", "model.linear_cf=ease",
+                           "model.linear_cf_rank=6", "export.index=brute_force")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    result.model.query_tower.linear_cf.set_weight(2.0)  # a CF part that counts in the ranking
+    version = pipeline.export(config, model=result.model, workspace=result.workspace)
+    return result, ExportedModel(version)
+
+
+def test_exported_recommendations_equal_the_in_memory_ranking(cf_export):
+    result, loaded = cf_export
+    ws = result.workspace
+    users = [str(u) for u in ws.user_ids[:8]]
+    queries = pipeline.embed_users(result.model, users)
+    items = pipeline.embed_items(result.model, ws.dataset.num_items)
+    dim = ws.config.model.embedding_dim + 6
+    assert queries.shape[1] == items.shape[1] == dim
+    scores = queries @ items.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    answer = loaded.recommend(users, k=5)
+    np.testing.assert_array_equal(answer["item_ids"].astype(str),
+                                  ws.dataset.catalog.item_ids[top].astype(str))
+    np.testing.assert_allclose(answer["scores"], np.take_along_axis(scores, top, 1), atol=1e-4)
+    served = loaded.item_embeddings(ws.dataset.catalog.item_ids[:4])
+    np.testing.assert_allclose(served, items[:4], atol=1e-5)
+
+
+def test_content_queries_and_sessions_run_on_the_wider_embeddings(cf_export):
+    result, loaded = cf_export
+    ws = result.workspace
+    text = loaded.call("query_text", text=np.array([b"a film about space"]), k=np.int32(3))
+    features = ws.encoders["text"](tf.constant(["a film about space"]))
+    query = result.model.item_tower.embed_single("text", features).numpy()
+    items = pipeline.embed_items(result.model, ws.dataset.num_items)
+    expected = ws.dataset.catalog.item_ids[np.argsort(-(query @ items.T)[0])[:3]]
+    np.testing.assert_array_equal(text["item_ids"][0].astype(str), expected.astype(str))
+    session = loaded.recommend_session([list(ws.dataset.catalog.item_ids[:2])], k=3)
+    assert session["item_ids"].shape == (1, 3)

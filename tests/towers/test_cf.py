@@ -1,0 +1,145 @@
+"""Tests for tfmmrec.towers.cf: the closed-form item-item (EASE) part of both towers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import tensorflow as tf
+
+from tfmmrec.towers.cf import (
+    LinearCF,
+    LinearCFWeights,
+    ease_weights,
+    factorise_ease,
+    fit_linear_cf,
+    ridge_fit,
+)
+from tfmmrec.towers.history import HistoryEncoder
+from tfmmrec.towers.item import ItemTower
+from tfmmrec.towers.query import QueryTower
+
+RNG = np.random.default_rng(0)
+X = (RNG.random((30, 8)) < 0.4).astype(np.float64)
+X[:, 7] = 0.0  # item 7: never interacted with (cold)
+
+
+def test_ease_weights_solve_each_columns_ridge_without_the_item_itself():
+    l2 = 2.0
+    weights = ease_weights(X.T @ X, l2)
+    np.testing.assert_array_equal(np.diag(weights), 0.0)
+    for j in range(7):  # column j: ridge of x_j on the other items (EASE's constraint)
+        others = [i for i in range(8) if i != j]
+        a = X[:, others]
+        expected = np.linalg.solve(a.T @ a + l2 * np.eye(7), a.T @ X[:, j])
+        np.testing.assert_allclose(weights[others, j], expected, atol=1e-10)
+
+
+def test_full_rank_factorisation_reproduces_ease_and_marks_warm_items():
+    p, q, warm = factorise_ease(sp.csr_matrix(X * 3), rank=8, l2=2.0)  # counts binarised
+    np.testing.assert_allclose(p @ q.T, ease_weights(X.T @ X, 2.0), atol=1e-5)
+    assert warm.tolist() == [True] * 7 + [False]
+
+
+def test_factorise_refuses_a_rank_outside_the_catalogue():
+    with pytest.raises(ValueError, match=r"rank must be in \[1, 8\]"):
+        factorise_ease(sp.csr_matrix(X), rank=9, l2=1.0)
+
+
+def weights_with_content():
+    p, q, warm = factorise_ease(sp.csr_matrix(X), rank=3, l2=2.0)
+    features = RNG.normal(size=(8, 5))
+    present = np.array([True] * 6 + [False, True])
+    return fit_linear_cf(p, q, warm, 0.5, features, present), features, present
+
+
+def test_cold_items_get_the_ridge_prediction_from_warm_items_with_content():
+    weights, features, present = weights_with_content()
+    learn = weights.warm & present  # items 0-5
+    w, mean_x, mean_y = ridge_fit(features[learn], weights.item_factors[learn], 0.5)
+    items = weights.item_embeddings(features, present)
+    np.testing.assert_allclose(items[:7], weights.item_factors[:7])  # warm: their own factors
+    np.testing.assert_allclose(items[7], (features[7] - mean_x) @ w + mean_y, rtol=1e-5)
+    # an item with no content at all (6, if it were cold) falls back to the mean factor
+    cold = LinearCFWeights(**{**weights.__dict__, "warm": np.zeros(8, bool)})
+    np.testing.assert_allclose(cold.item_embeddings(features, present)[6], mean_y, rtol=1e-6)
+
+
+def layer_and_content():
+    weights, _, _ = weights_with_content()
+    features = np.abs(RNG.normal(size=(8, 2, 3))).astype(np.float32)  # two modalities, 3-d
+    masks = {"text": np.array([1] * 8, np.float32), "image": np.array([1] * 7 + [0], np.float32)}
+    blocks = [features[:, 0] / np.linalg.norm(features[:, 0], axis=1, keepdims=True),
+              features[:, 1] / np.linalg.norm(features[:, 1], axis=1, keepdims=True)
+              * masks["image"][:, None]]
+    flat = np.concatenate(blocks, axis=1)
+    weights = fit_linear_cf(weights.query_factors, weights.item_factors, weights.warm, 0.5,
+                            flat, np.ones(8, bool))
+    layer = LinearCF(weights, ["text", "image"], initial_weight=2.0)
+    content = {"text": tf.constant(features[:, 0]), "image": tf.constant(features[:, 1]),
+               "text_mask": tf.constant(masks["text"]), "image_mask": tf.constant(masks["image"])}
+    return layer, weights, content, flat
+
+
+def test_layer_item_part_equals_the_numpy_solution_for_warm_and_cold_items():
+    layer, weights, content, flat = layer_and_content()
+    expected = weights.item_embeddings(flat, np.ones(8, bool))
+    with_index = layer.item({**content, "item_index": tf.range(8)}, tf.range(8)).numpy()
+    np.testing.assert_allclose(with_index, expected, atol=1e-5)
+    # without an index (an item added to the catalogue later) every item is predicted
+    predicted = (flat - weights.content_mean) @ weights.content_weights + weights.factor_mean
+    np.testing.assert_allclose(layer.item(content).numpy(), predicted, atol=1e-5)
+
+
+def test_layer_query_is_the_weighted_sum_of_history_factors_minus_kept_out_items():
+    layer, weights, _, _ = layer_and_content()
+    items = tf.RaggedTensor.from_row_lengths(tf.constant([0, 2, 5, 3], tf.int64), [3, 1, 0])
+    out = layer.query(items, keep=tf.constant([1.0, 0.0, 1.0, 1.0])).numpy()
+    p = weights.query_factors
+    np.testing.assert_allclose(out, 2.0 * np.stack([p[0] + p[5], p[3], np.zeros(3)]),
+                               atol=1e-6)
+    layer.set_weight(0.5)
+    np.testing.assert_allclose(layer.query(items).numpy()[1], 0.5 * p[3], atol=1e-6)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        layer.set_weight(-1.0)
+    assert layer.get_config()["rank"] == 3 and layer.get_config()["modalities"] == ["text",
+                                                                                      "image"]
+
+
+def towers():
+    """Query and item towers sharing one LinearCF (3 users: unknown, u0 → {0, 1}, u1 → {2})."""
+    layer, weights, content, _ = layer_and_content()
+    history = HistoryEncoder(8, 4, np.array([0, 0, 2, 3]), np.array([0, 1, 2]),
+                             np.ones(3, np.float32))
+    query = QueryTower(["u0", "u1"], 4, history_encoder=history, user_id_embedding=False,
+                       linear_cf=layer)
+    item = ItemTower(["text", "image"], 4, linear_cf=layer)
+    return query, item, layer, weights, {**content, "item_index": tf.range(8)}
+
+
+def test_served_dot_product_is_the_learned_cosine_plus_the_weighted_ease_score():
+    query, item, layer, weights, content = towers()
+    q = query(tf.constant(["u0", "u1", "nobody"])).numpy()
+    i = item(content).numpy()
+    assert q.shape == (3, 7) and i.shape == (8, 7)
+    learned = q[:, :4] @ i[:, :4].T
+    np.testing.assert_allclose(np.linalg.norm(q[:2, :4], axis=1), 1.0, atol=1e-5)
+    p = weights.query_factors
+    ease = np.stack([p[0] + p[1], p[2], np.zeros(3)]) @ layer.item(content,
+                                                                      tf.range(8)).numpy().T
+    np.testing.assert_allclose(q @ i.T, learned + 2.0 * ease, atol=1e-5)
+
+
+def test_training_steps_see_the_learned_part_only_and_content_queries_get_zeros():
+    query, item, _, _, content = towers()
+    assert query(tf.constant([1, 2]), training=True).shape == (2, 4)
+    assert item(content, training=True).shape == (8, 4)
+    single = item.embed_single("text", content["text"]).numpy()
+    assert single.shape == (8, 7)
+    np.testing.assert_array_equal(single[:, 4:], 0.0)
+
+
+def test_query_tower_needs_the_history_encoder_for_linear_cf():
+    layer, _, _, _ = layer_and_content()
+    with pytest.raises(ValueError, match="needs a history_encoder"):
+        QueryTower(["u0"], 4, linear_cf=layer)

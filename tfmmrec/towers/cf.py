@@ -1,0 +1,241 @@
+"""Towers: a linear collaborative-filtering part of the two towers, fitted in closed form.
+
+Why: on warm items the strongest simple recommender known is an item-item linear model (EASE,
+Steck 2019): ``score(u, i) = x_u · B[:, i]`` with ``B`` solved exactly from the training
+matrix. A two-tower model trained by SGD reaches it slowly, if at all. So the model carries it:
+``B`` is factorised (``B ≈ P Qᵀ``, rank ``k``), the query gets ``x_u P`` (the sum of the
+user's history rows of ``P``) and the item gets ``Q_i``; both are *appended* to the learned
+embeddings, so one dot product — one index, one export — scores
+
+    <q, i>  =  <q_learned, i_learned>  +  weight · x_u P Q_iᵀ        (cosine + weighted EASE)
+
+The learned towers train with their own loss (the CF part is left out of training steps: EASE
+scores are good rankings but flat softmax logits, and a learned weight collapses towards the
+softmax optimum, not the ranking one); ``weight`` is then chosen with the number of epochs on
+the validation split (``training.validation.ValidationMetrics``), so the model can only be
+as good as the better of its parts there, and is better where they are complementary.
+
+An item with no training interaction has no column in ``B``; its ``Q`` row is predicted from
+content by a ridge regression fitted on the warm items (content→CF, as DeepMusic / DropoutNet's
+linear baselines do), so cold and new items (``tfmmrec catalog add``) are placed by their text,
+image or audio alone — inside the same item tower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import tensorflow as tf
+
+
+def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
+    """EASE's item-item matrix from the Gram matrix ``XᵀX`` (``[N, N]``, float64).
+
+    ``B = I − P · diag(1 / diag(P))`` with ``P = (XᵀX + λI)⁻¹``: zero diagonal, so an item may
+    not predict itself.
+    """
+    if not l2 > 0:
+        raise ValueError(f"EASE l2 must be > 0, got {l2!r}")
+    gram = np.array(gram, np.float64)
+    gram[np.diag_indices_from(gram)] += l2
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)[None, :]
+    weights[np.diag_indices_from(weights)] = 0.0
+    return weights
+
+
+def ridge_fit(features: np.ndarray, targets: np.ndarray,
+              alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge with an unpenalised intercept: ``(W [f, k], mean_x [f], mean_y [k])`` such that
+    ``(x − mean_x) W + mean_y`` predicts ``y``; ``W = (XcᵀXc + αI)⁻¹ XcᵀYc``.
+
+    Solved in the dual (``Xc (XcXcᵀ + αI)⁻¹``, same solution) when there are fewer rows than
+    features, so a 1,280-d image feature on a few hundred items stays cheap.
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(targets, np.float64)
+    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - mean_x, y - mean_y
+    if xc.shape[0] >= xc.shape[1]:
+        gram = xc.T @ xc
+        gram[np.diag_indices_from(gram)] += alpha
+        weights = np.linalg.solve(gram, xc.T @ yc)
+    else:
+        gram = xc @ xc.T
+        gram[np.diag_indices_from(gram)] += alpha
+        weights = xc.T @ np.linalg.solve(gram, yc)
+    return weights, mean_x, mean_y
+
+
+@dataclass
+class LinearCFWeights:
+    """The closed-form solution, as arrays (``LinearCF`` holds them as variables).
+
+    ``query_factors`` ``P [N, k]`` and ``item_factors`` ``Q [N, k]``: ``B ≈ P Qᵀ``;
+    ``warm [N]``: items with training interactions (the rest get the content prediction);
+    ``content_weights [f, k]``, ``content_mean [f]``, ``factor_mean [k]``: the ridge
+    ``(x − content_mean) W + factor_mean`` (``f = 0``: no content, cold items get
+    ``factor_mean``).
+    """
+
+    query_factors: np.ndarray
+    item_factors: np.ndarray
+    warm: np.ndarray
+    content_weights: np.ndarray
+    content_mean: np.ndarray
+    factor_mean: np.ndarray
+
+    def item_embeddings(self, features: np.ndarray | None = None,
+                        present: np.ndarray | None = None) -> np.ndarray:
+        """``[N, k]``: ``Q`` for warm items, the content prediction for the others."""
+        predicted = np.broadcast_to(self.factor_mean, self.item_factors.shape).copy()
+        if features is not None and self.content_weights.shape[0]:
+            predicted = (features - self.content_mean) @ self.content_weights + self.factor_mean
+            if present is not None:
+                predicted[~np.asarray(present, bool)] = self.factor_mean
+        return np.where(self.warm[:, None], self.item_factors, predicted).astype(np.float32)
+
+
+def factorise_ease(train: sp.spmatrix, rank: int, l2: float,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EASE on the binary ``[U, N]`` training matrix, factorised: ``(P [N, k], Q [N, k],
+    warm [N])`` with ``B ≈ P Qᵀ``.
+
+    ``B`` is split symmetrically (``P = U_k S_k^½``, ``Q = V_k S_k^½``) from a seeded
+    randomized SVD (scikit-learn), so the two halves have comparable scales and ``Q`` is a well
+    conditioned regression target for content.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    x = sp.csr_matrix(train, dtype=np.float64)
+    x.data[:] = 1.0
+    num_items = x.shape[1]
+    if not 1 <= rank <= num_items:
+        raise ValueError(f"linear CF rank must be in [1, {num_items}] (the catalogue size), "
+                         f"got {rank}")
+    weights = ease_weights(np.asarray((x.T @ x).toarray()), l2)
+    u, s, vt = randomized_svd(weights, rank, n_iter=7, random_state=seed)
+    root = np.sqrt(s)
+    warm = np.asarray(x.getnnz(axis=0)) > 0
+    return (u * root).astype(np.float32), (vt.T * root).astype(np.float32), warm
+
+
+def fit_linear_cf(query_factors: np.ndarray, item_factors: np.ndarray, warm: np.ndarray,
+                  alpha: float, features: np.ndarray | None = None,
+                  present: np.ndarray | None = None) -> LinearCFWeights:
+    """Add the content ridge (warm items' features → their ``Q`` rows) to a factorisation.
+
+    ``features`` ``[N, f]`` (e.g. ``evaluation.content.content_features``) and ``present [N]``;
+    without them (or with fewer than two warm items that have content) cold items get the mean
+    warm factor.
+    """
+    rank = item_factors.shape[1]
+    width = 0 if features is None else features.shape[1]
+    coefficients, content_mean = np.zeros((width, rank)), np.zeros(width)
+    factor_mean = item_factors[warm].mean(axis=0) if warm.any() else np.zeros(rank)
+    if features is not None:
+        learn = warm & (np.ones(len(warm), bool) if present is None
+                        else np.asarray(present, bool))
+        if learn.sum() >= 2:
+            coefficients, content_mean, factor_mean = ridge_fit(
+                features[learn], item_factors[learn], alpha)
+    return LinearCFWeights(query_factors, item_factors, np.asarray(warm, bool),
+                           coefficients.astype(np.float32), content_mean.astype(np.float32),
+                           factor_mean.astype(np.float32))
+
+
+def empty_weights(num_items: int, rank: int, feature_width: int) -> LinearCFWeights:
+    """Zeros of the right shapes: a model about to be restored from a checkpoint."""
+    return LinearCFWeights(np.zeros((num_items, rank), np.float32),
+                           np.zeros((num_items, rank), np.float32), np.zeros(num_items, bool),
+                           np.zeros((feature_width, rank), np.float32),
+                           np.zeros(feature_width, np.float32), np.zeros(rank, np.float32))
+
+
+class LinearCF(tf.keras.layers.Layer):
+    """The closed-form CF part of both towers (see the module docstring).
+
+    Args:
+      weights: a ``LinearCFWeights`` (held as non-trainable variables, checkpointed).
+      modalities: the content modalities whose frozen features feed the ridge, in the order of
+        its feature blocks (each block L2-normalised, zero when missing — exactly
+        ``evaluation.content.content_features``).
+      initial_weight: the weight of the CF score relative to the learned towers' cosine
+        (a non-trainable variable: chosen on validation and set with ``set_weight``).
+
+    ``query(items, weights)`` → ``[B, k]``; ``item(content, item_index)`` → ``[B, k]``.
+    """
+
+    def __init__(self, weights: LinearCFWeights, modalities: Sequence[str] = (),
+                 initial_weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.rank = int(weights.query_factors.shape[1])
+        self.modalities = tuple(modalities)
+        self.initial_weight = float(initial_weight)
+
+        def constant(name, value, dtype=tf.float32):
+            return tf.Variable(np.asarray(value), trainable=False, name=name, dtype=dtype)
+
+        self.query_factors = constant("cf_query_factors", weights.query_factors)
+        self.item_factors = constant("cf_item_factors", weights.item_factors)
+        self.warm = constant("cf_warm", weights.warm.astype(np.float32))
+        self.content_weights = constant("cf_content_weights", weights.content_weights)
+        self.content_mean = constant("cf_content_mean", weights.content_mean)
+        self.factor_mean = constant("cf_factor_mean", weights.factor_mean)
+        self.score_weight = self.add_weight(
+            name="cf_score_weight", shape=[],
+            initializer=tf.keras.initializers.Constant(self.initial_weight), trainable=False)
+
+    def set_weight(self, weight: float) -> None:
+        """The weight of the CF score in the served dot product (chosen on validation)."""
+        if not weight >= 0:
+            raise ValueError(f"linear CF weight must be >= 0, got {weight!r}")
+        self.score_weight.assign(float(weight))
+
+    def query(self, items: tf.RaggedTensor, keep: tf.Tensor | None = None) -> tf.Tensor:
+        """``Σ_{j ∈ history} P_j`` per row (binary history, as EASE scores), times the learned
+        score weight. ``keep``: flat ``[nnz]`` 0/1 mask over ``items.flat_values``."""
+        rows = items.value_rowids()
+        factors = tf.gather(self.query_factors, items.flat_values)
+        if keep is not None:
+            factors *= keep[:, None]
+        count = items.nrows()
+        return self.score_weight * tf.math.unsorted_segment_sum(factors, rows, count)
+
+    def item(self, content: Mapping[str, tf.Tensor], item_index=None) -> tf.Tensor:
+        """``Q_i`` for warm items (when ``item_index`` is known), the content prediction
+        otherwise (items unseen in training, or added to the catalogue later)."""
+        predicted = self._predict(content)
+        if item_index is None:
+            return predicted
+        index = tf.cast(item_index, tf.int32)
+        warm = tf.gather(self.warm, index)[:, None]
+        return warm * tf.gather(self.item_factors, index) + (1.0 - warm) * predicted
+
+    def _predict(self, content: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        if not self.modalities:
+            return tf.zeros([_batch_size(content), self.rank]) + self.factor_mean
+        blocks, present = [], None
+        for m in self.modalities:
+            value = tf.cast(content[m], tf.float32)
+            value = tf.reshape(value, [tf.shape(value)[0], -1])
+            mask = tf.cast(content[f"{m}_mask"], tf.float32)[:, None]
+            blocks.append(tf.math.l2_normalize(value, axis=-1) * mask)
+            present = mask if present is None else tf.maximum(present, mask)
+        features = tf.concat(blocks, axis=-1)
+        predicted = tf.matmul(features - self.content_mean, self.content_weights) + \
+            self.factor_mean
+        return present * predicted + (1.0 - present) * self.factor_mean
+
+    def get_config(self):
+        return {**super().get_config(), "rank": self.rank, "modalities": list(self.modalities),
+                "initial_weight": self.initial_weight}
+
+
+def _batch_size(content: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    for value in tf.nest.flatten(content):
+        return tf.shape(value)[0]
+    raise ValueError("LinearCF.item needs content or an item index to size its batch")
