@@ -36,6 +36,7 @@ from tfmmrec._env import register_custom_ops
 from tfmmrec.config import load_config
 from tfmmrec.export.catalog import embed_table
 from tfmmrec.export.writer import read_metadata
+from tfmmrec.modalities.registry import settings_from_config
 from tfmmrec.towers.cache import raw_loader
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,8 +64,7 @@ def main(argv=None) -> int:
     for modality in ws.modalities:
         encoder = ws.encoders[modality]
         present = [i for i in chosen if ws.contents[modality].mask[i]]
-        loader = raw_loader(catalog, modality, config.image.image_size,
-                            config.audio.sample_rate, config.audio.max_seconds)
+        loader = raw_loader(catalog, modality, settings_from_config(config))
         raw, good = loader(present, [])
         cached = ws.contents[modality].values[good]
         function = tf.function(lambda batch, e=encoder: e(batch, training=False))

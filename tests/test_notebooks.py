@@ -57,7 +57,10 @@ CHECKS = {
         assert stats["text"].reused == workspace.dataset.num_items - 1, stats
         assert all(s.computed == 0 for m, s in stats.items() if m != "text"), stats
         assert {"tfmmrec", "popularity", "random"} <= set(metrics)
-        assert embeddings.shape == (len(catalog), config.model.embedding_dim)
+        cf = config.model.linear_cf != "none"  # EASE factors appended (towers/cf.py)
+        width = config.model.embedding_dim + (
+            min(config.model.linear_cf_rank, len(catalog)) if cf else 0)
+        assert embeddings.shape == (len(catalog), width)
         assert neighbours[0] == query  # an item is its own nearest neighbour
     """,
     "03_tpu_training.ipynb": """

@@ -98,7 +98,8 @@ def exported(dataset_dir, tmp_path_factory):
     cold = tower(content_only, training=False).numpy()
     towers = ServingTowers(QueryTower(["u1"], 32), tower, encoders,
                            training_item_ids=catalog.item_ids, training_item_embeddings=warm,
-                           image_size=IMAGE_SIZE, sample_rate=16000, max_seconds=1.0)
+                           settings={"image_size": IMAGE_SIZE, "sample_rate": 16000,
+                                     "max_seconds": 1.0})
     return towers, warm, cold, dataset
 
 
