@@ -12,7 +12,7 @@ import yaml
 import tfmmrec
 from tests.conftest import derive_config
 from tfmmrec import cli, pipeline
-from tfmmrec.config import MODEL_SECTIONS, Config, load_config
+from tfmmrec.config import Config, load_config, model_sections
 from tfmmrec.errors import ConfigError, TrainingError
 from tfmmrec.export.writer import read_metadata
 from tfmmrec.training.checkpoint import checkpoint_mismatches, load_exactly
@@ -25,7 +25,7 @@ def _export_config(tiny_config: Config, tmp_path, *overrides: str) -> Config:
 
 def test_the_model_defining_config_is_saved_beside_the_checkpoint(tiny_trained, tiny_config):
     saved = yaml.safe_load((tiny_trained.output_dir / "checkpoints" / "model.yaml").read_text())
-    assert tuple(saved) == MODEL_SECTIONS  # no train/eval/export: those stay run-time
+    assert tuple(saved) == model_sections()  # no train/eval/export: those stay run-time
     assert saved["model"] == tiny_config.to_dict()["model"]
     assert saved["text"]["hidden_dim"] == 16
 
@@ -153,7 +153,7 @@ def test_an_interrupted_run_resumes_only_with_the_model_it_started(tiny_config, 
     """Resuming restores the backup into the model being built: a different model is refused
     before any step instead of resuming into mismatched weights."""
     started = derive_config(tiny_config, tmp_path)
-    started.to_yaml(tmp_path / "run" / "checkpoints" / "model.yaml", sections=MODEL_SECTIONS)
+    started.to_yaml(tmp_path / "run" / "checkpoints" / "model.yaml", sections=model_sections())
     (tmp_path / "run" / "backup" / "chief").mkdir(parents=True)  # left by a killed run
     changed = load_config(started, ["model.history_length=3"])
     with pytest.raises(ConfigError, match=r"model\.history_length: 0 in the interrupted run "

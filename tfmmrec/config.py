@@ -18,7 +18,6 @@ import yaml
 
 from tfmmrec.errors import ConfigError
 
-MODALITIES = ("text", "image", "audio")
 # The one audio rate (YAMNet and the built-in tower are 16 kHz models); ``tfmmrec.modalities.audio``
 # takes it from here, ``audio.sample_rate`` is checked against it once, below.
 AUDIO_SAMPLE_RATE = 16000
@@ -33,6 +32,56 @@ def _check(condition: bool, name: str, value: Any, expected: str) -> None:
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, value, "one of " + ", ".join(choices))
+
+
+# --- per-modality tower sections --------------------------------------------------------------
+
+# Section name → tower-config dataclass, in registration order: the per-modality sections of a
+# ``Config`` (``text:``, ``image:``, ``audio:`` and any modality registered later). Registering a
+# modality spec (``tfmmrec.modalities.register``) registers its ``tower_config_class`` here, so
+# a new modality's section is parsed, validated, saved with a run and checked by ``restore``
+# with no edit to this module. The built-in dataclasses below register themselves with
+# ``@tower_section``, so reading a config never imports the (TensorFlow-heavy) modality specs.
+_TOWER_SECTIONS: dict[str, type] = {}
+# The fixed sections of ``Config``, in YAML order around the tower sections.
+_LEADING_SECTIONS = ("data",)
+_TRAILING_SECTIONS = ("model", "ranking", "train", "eval", "export")
+
+
+def register_tower_section(name: str, config_class: type) -> type:
+    """Make ``config_class`` (a dataclass with defaults for every field, validating itself in
+    ``__post_init__``) the ``name:`` section of every ``Config``. Registering the same class
+    again is a no-op; another class under a taken name is a mistake."""
+    if not name.isidentifier() or name in _LEADING_SECTIONS + _TRAILING_SECTIONS + ("towers",):
+        raise ValueError(f"tower section name {name!r} must be an identifier other than a "
+                         "fixed Config section")
+    if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
+        raise TypeError(f"tower section {name!r} must be a dataclass, got {config_class!r}")
+    existing = _TOWER_SECTIONS.get(name)
+    if existing is not None and existing is not config_class:
+        raise ValueError(f"tower section {name!r} is already {existing.__name__}, "
+                         f"not {config_class.__name__}")
+    _TOWER_SECTIONS[name] = config_class
+    return config_class
+
+
+def unregister_tower_section(name: str) -> None:
+    """Remove a tower section (``tfmmrec.modalities.unregister``)."""
+    _TOWER_SECTIONS.pop(name, None)
+
+
+def tower_section(name: str):
+    """Class decorator: :func:`register_tower_section` under ``name``."""
+
+    def register(config_class: type) -> type:
+        return register_tower_section(name, config_class)
+
+    return register
+
+
+def tower_sections() -> tuple[str, ...]:
+    """Every per-modality section's name, in registration order (text, image, audio, ...)."""
+    return tuple(_TOWER_SECTIONS)
 
 
 @dataclass
@@ -82,6 +131,7 @@ class DataConfig:
         _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
 
 
+@tower_section("text")
 @dataclass
 class TextTowerConfig:
     """KerasNLP BERT text tower.
@@ -110,7 +160,17 @@ class TextTowerConfig:
         _check(self.hidden_dim % self.num_heads == 0, "text.hidden_dim", self.hidden_dim,
                f"a multiple of text.num_heads={self.num_heads}")
 
+    def validate_in(self, config: Config) -> None:
+        """Checks against the rest of the config (a tower section may define this)."""
+        # A fine-tuned text encoder tokenizes raw strings inside the train step; a TPU program
+        # cannot hold strings (frozen text features, cached before training, are fine).
+        if config.train.strategy == "tpu" and self.enabled and self.trainable:
+            raise ConfigError("text.trainable=true cannot train on a TPU (the tokenizer's "
+                              "strings cannot enter a TPU program): set text.trainable=false "
+                              "(frozen, cached features) or use mirrored/multi_worker on GPUs")
 
+
+@tower_section("image")
 @dataclass
 class ImageTowerConfig:
     """CNN image tower: a small built-in CNN, a ``keras.applications`` model, or a TF-Hub handle.
@@ -140,6 +200,7 @@ class ImageTowerConfig:
         _check(16 <= self.image_size <= 1024, "image.image_size", self.image_size, "in [16, 1024]")
 
 
+@tower_section("audio")
 @dataclass
 class AudioTowerConfig:
     """Audio tower: YAMNet through ``hub.KerasLayer`` (frame embeddings pooled over time), or a
@@ -256,8 +317,8 @@ class ModelConfig:
         _check(self.history_max_length >= 0, "model.history_max_length",
                self.history_max_length, ">= 0 (0: all)")
         for modality, rate in self.feature_dropout.items():
-            _check(modality in MODALITIES, "model.feature_dropout", modality,
-                   "keyed by " + ", ".join(MODALITIES))
+            _check(modality in _TOWER_SECTIONS, "model.feature_dropout", modality,
+                   "keyed by " + ", ".join(_TOWER_SECTIONS))
             _check(0 <= rate < 1, f"model.feature_dropout.{modality}", rate, "in [0, 1)")
         _check(self.alignment_weight >= 0, "model.alignment_weight", self.alignment_weight,
                ">= 0")
@@ -511,23 +572,52 @@ class ExportConfig:
             _check(self.version >= 1, "export.version", self.version, ">= 1")
 
 
-@dataclass
+@dataclass(init=False)
 class Config:
-    """A whole tfmmrec job. ``Config()`` is the embedded demo; YAML files override fields."""
+    """A whole tfmmrec job. ``Config()`` is the embedded demo; YAML files override fields.
 
-    data: DataConfig = field(default_factory=DataConfig)
-    text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
-    audio: AudioTowerConfig = field(default_factory=AudioTowerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    ranking: RankingConfig = field(default_factory=RankingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
+    Besides the fixed sections below it has one section per registered modality (``text``,
+    ``image``, ``audio``, ...; :func:`tower_sections`), held in ``towers`` and read as
+    ``config.tower("image")`` or ``config.image``. ``Config(image=ImageTowerConfig(...))`` sets
+    one; the others take their defaults.
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    ranking: RankingConfig
+    train: TrainConfig
+    eval: EvalConfig
+    export: ExportConfig
+    towers: dict[str, Any]
+
+    def __init__(self, data: DataConfig | None = None, model: ModelConfig | None = None,
+                 ranking: RankingConfig | None = None, train: TrainConfig | None = None,
+                 eval: EvalConfig | None = None,
+                 export: ExportConfig | None = None, towers: dict[str, Any] | None = None,
+                 **sections: Any) -> None:
+        self.data = DataConfig() if data is None else data
+        self.model = ModelConfig() if model is None else model
+        self.ranking = RankingConfig() if ranking is None else ranking
+        self.train = TrainConfig() if train is None else train
+        self.eval = EvalConfig() if eval is None else eval
+        self.export = ExportConfig() if export is None else export
+        given = {**(towers or {}), **sections}
+        unknown = sorted(set(given) - set(_TOWER_SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {', '.join(unknown)}: the sections "
+                              f"are {', '.join(section_names())}")
+        self.towers = {}
+        for name, config_class in _TOWER_SECTIONS.items():
+            value = given.get(name)
+            if value is None:
+                value = config_class()
+            elif not isinstance(value, config_class):
+                raise ConfigError(f"config section {name} must be a {config_class.__name__}, "
+                                  f"got {type(value).__name__}")
+            self.towers[name] = value
+        self.__post_init__()
 
     def __post_init__(self) -> None:
-        # A fine-tuned text encoder tokenizes raw strings inside the train step; a TPU program
-        # cannot hold strings (frozen text features, cached before training, are fine).
         if self.model.fusion_selection == "validation":
             _check(self.train.strategy in ("default", "mirrored", "tpu"), "train.strategy",
                    self.train.strategy, "a single-process strategy (default, mirrored, tpu) "
@@ -537,16 +627,33 @@ class Config:
                    and int(k) in self.eval.ks, "model.fusion_selection_metric",
                    self.model.fusion_selection_metric,
                    f"recall@K, ndcg@K or hit_rate@K with K in eval.ks={self.eval.ks}")
-        if self.train.strategy == "tpu" and self.text.enabled and self.text.trainable:
-            raise ConfigError("text.trainable=true cannot train on a TPU (the tokenizer's "
-                              "strings cannot enter a TPU program): set text.trainable=false "
-                              "(frozen, cached features) or use mirrored/multi_worker on GPUs")
+        for tower in self.towers.values():
+            validate = getattr(tower, "validate_in", None)
+            if validate is not None:
+                validate(self)
 
-    def tower(self, modality: str) -> TextTowerConfig | ImageTowerConfig | AudioTowerConfig:
-        return {"text": self.text, "image": self.image, "audio": self.audio}[modality]
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: ``config.text`` is ``config.towers["text"]``.
+        towers = self.__dict__.get("towers")
+        if towers is not None and name in towers:
+            return towers[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def tower(self, modality: str) -> Any:
+        """The tower section of ``modality`` (a ``ConfigError`` naming the sections if none)."""
+        try:
+            return self.towers[modality]
+        except KeyError:
+            raise ConfigError(f"no tower section {modality!r}: the config has "
+                              f"{', '.join(self.towers)}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every section as plain data, in YAML order (data, the towers, model, ...)."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in _LEADING_SECTIONS}
+        out.update({name: dataclasses.asdict(tower) for name, tower in self.towers.items()})
+        out.update({name: dataclasses.asdict(getattr(self, name))
+                    for name in _TRAILING_SECTIONS})
+        return out
 
     def to_yaml(self, path: str | os.PathLike, sections: tuple[str, ...] | None = None) -> None:
         """Write the config (or only ``sections`` of it) as YAML, atomically."""
@@ -559,9 +666,16 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Config:
+        schema = _schema()
+        data = data or {}
         try:
-            return dacite.from_dict(cls, data or {}, config=dacite.Config(
+            if "towers" in data:  # the attribute, not a YAML section
+                raise dacite.UnexpectedDataError(keys={"towers"})
+            parsed = dacite.from_dict(schema, data, config=dacite.Config(
                 strict=True, type_hooks={float: _yaml_float}))
+            fixed = _LEADING_SECTIONS + _TRAILING_SECTIONS
+            return cls(**{name: getattr(parsed, name) for name in fixed},
+                       towers={name: getattr(parsed, name) for name in _TOWER_SECTIONS})
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         except dacite.WrongTypeError as exc:
@@ -571,10 +685,11 @@ class Config:
                                   f"{exc.value!r}: expected one of {choices}") from None
             raise ConfigError(f"{source}: {exc}") from None
         except dacite.UnexpectedDataError as exc:
-            keys = ", ".join(_unknown_keys(cls, data or {}) or sorted(exc.keys))
+            keys = ", ".join(_unknown_keys(schema, data) or sorted(exc.keys))
             raise ConfigError(
-                f"{source}: unknown config key(s) {keys}; see tfmmrec/config.py for the fields"
-            ) from None
+                f"{source}: unknown config key(s) {keys}; the sections are "
+                f"{', '.join(section_names())} (fields: tfmmrec/config.py and each modality's "
+                "tower config)") from None
         except dacite.DaciteError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -595,6 +710,30 @@ class Config:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data)}")
         return cls.from_dict(apply_overrides(data, overrides or []), source=str(path))
+
+
+def section_names() -> tuple[str, ...]:
+    """Every section of a ``Config``, in YAML order: data, the tower sections, model, ..."""
+    return _LEADING_SECTIONS + tower_sections() + _TRAILING_SECTIONS
+
+
+_SCHEMAS: dict[tuple[tuple[str, type], ...], type] = {}
+
+
+def _schema() -> type:
+    """A plain dataclass with one field per section (the tower sections as registered now):
+    what ``dacite`` parses, so its errors name fields as ``image.image_size``."""
+    key = tuple(_TOWER_SECTIONS.items())
+    if key not in _SCHEMAS:
+        hints = get_type_hints(Config)
+        fields = [(name, hints[name], field(default_factory=hints[name]))
+                  for name in _LEADING_SECTIONS]
+        fields += [(name, config_class, field(default_factory=config_class))
+                   for name, config_class in key]
+        fields += [(name, hints[name], field(default_factory=hints[name]))
+                   for name in _TRAILING_SECTIONS]
+        _SCHEMAS[key] = dataclasses.make_dataclass("ConfigSections", fields)
+    return _SCHEMAS[key]
 
 
 def _yaml_float(value: Any) -> Any:
@@ -660,11 +799,21 @@ def load_config(source: str | os.PathLike | Config | None = None,
 # ranking head. A run saves them beside its checkpoints (``checkpoints/model.yaml``) and
 # ``tfmmrec.restore`` rebuilds exactly that model; changing one at evaluate/export time is an
 # error. Everything else (``train``, ``eval``, ``export``) is run-time and stays overridable.
-MODEL_SECTIONS = ("data", "text", "image", "audio", "model", "ranking")
+# The tower sections are the registered modalities' (``model_sections()``), so a modality added
+# later is covered too.
+def model_sections() -> tuple[str, ...]:
+    """``data``, every tower section, ``model``, ``ranking`` (see above)."""
+    return ("data", *tower_sections(), "model", "ranking")
+
+
+def content_sections() -> tuple[str, ...]:
+    """What a ``Workspace`` (data, split, encoders, encoded content) is prepared from: ``data``
+    and every tower section."""
+    return ("data", *tower_sections())
+
+
 # ...except these fields, which only steer how a trained model is evaluated or served.
 RUNTIME_FIELDS = frozenset({"ranking.retrieve_candidates"})
-# What a ``Workspace`` (data, split, encoders, encoded content) is prepared from.
-CONTENT_SECTIONS = ("data", "text", "image", "audio")
 
 
 def _fields(value: Any, prefix: str) -> dict[str, Any]:
@@ -678,11 +827,12 @@ def _fields(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def config_differences(expected: Config, actual: Config,
-                       sections: tuple[str, ...] = MODEL_SECTIONS) -> list[tuple[str, Any, Any]]:
-    """``(dotted field, expected value, actual value)`` for every field of ``sections`` that
-    differs (run-time fields excluded), in declaration order."""
+                       sections: tuple[str, ...] | None = None) -> list[tuple[str, Any, Any]]:
+    """``(dotted field, expected value, actual value)`` for every field of ``sections``
+    (default: ``model_sections()``) that differs (run-time fields excluded), in declaration
+    order."""
     differences = []
-    for section in sections:
+    for section in model_sections() if sections is None else sections:
         old = _fields(getattr(expected, section), section)
         new = _fields(getattr(actual, section), section)
         differences += [(name, old[name], new[name]) for name in old
@@ -691,7 +841,7 @@ def config_differences(expected: Config, actual: Config,
 
 
 def check_same_model(trained: Config, requested: Config, source: str, *,
-                     sections: tuple[str, ...] = MODEL_SECTIONS,
+                     sections: tuple[str, ...] | None = None,
                      hint: str = "evaluate/export the run with the config it was trained with "
                                  "(drop those --set overrides), or train a new run") -> None:
     """Raise ``ConfigError`` naming every model-defining field where ``requested`` differs

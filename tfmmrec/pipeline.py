@@ -19,11 +19,11 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.config import (
-    CONTENT_SECTIONS,
-    MODEL_SECTIONS,
     Config,
     check_same_model,
+    content_sections,
     load_config,
+    model_sections,
 )
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions, validation_split
@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the whole config of the run, for the record and as a default
-# The model-defining sections (config.MODEL_SECTIONS), beside the checkpoints they describe.
+# The model-defining sections (config.model_sections()), beside the checkpoints they describe.
 MODEL_SPEC_FILE = "model.yaml"
 
 
@@ -89,7 +89,7 @@ class Workspace:
         """
         if config is self.config:
             return self
-        check_same_model(self.config, config, "the workspace", sections=CONTENT_SECTIONS,
+        check_same_model(self.config, config, "the workspace", sections=content_sections(),
                          hint="prepare a new workspace from this config")
         return dataclasses.replace(self, config=config)
 
@@ -339,7 +339,7 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
                               "train.output_dir")
     if chief:  # before the first checkpoint: every checkpoint of the run carries its model
         config.to_yaml(output / CONFIG_FILE)
-        config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=MODEL_SECTIONS)
+        config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=model_sections())
     if (config.model.linear_cf != "none" and not config.model.linear_cf_weight
             and not config.train.early_stopping):
         raise ConfigError("model.linear_cf_weight=0 means 'choose it on validation', which "
@@ -461,7 +461,7 @@ def restore(run_dir: str | os.PathLike | None = None,
     """Rebuild the model a run trained and load its weights: ``(model, workspace)``.
 
     The model is built from the model-defining config saved beside the checkpoint
-    (``checkpoints/model.yaml``; ``config.MODEL_SECTIONS``), never from a caller's guess, and
+    (``checkpoints/model.yaml``; ``config.model_sections()``), never from a caller's guess, and
     every checkpoint value must land in a variable of the same shape (``TrainingError`` naming
     the ones that do not). ``config`` supplies the run-time settings (``eval``, ``export``,
     ``train.cache_dir``…; default: the run's own ``config.yaml``); if it changes a

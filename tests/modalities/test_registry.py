@@ -1,8 +1,16 @@
 """The modality registry: one list of specs that data, towers, cache, TFRecords and export read.
 
 The second half registers a tiny fake modality ("vector": ``.npy`` files of three floats) the
-way a user would add one, and shows that dataset loading, the encoder factory, the feature
-cache, TFRecord item records and the warmup requests all pick it up with no other change.
+way a user would add one — one module (this one) defining its tower-config dataclass, encoder
+and spec, plus ``modalities.register`` — and shows that the config (its ``vector:`` section,
+``model.feature_dropout`` keys, the model-defining sections ``restore`` checks), dataset
+loading, the encoder factory, the feature cache, TFRecord item records, the warmup requests and
+the export's serving functions (``query_vector``, ``embed_item_content``,
+``recommend_session``'s ``viewed_vector``) all pick it up with no other change. Not covered
+here: training a model end to end with it (``Workspace`` and the trainer iterate
+``catalog.modalities`` and ``config.tower(m)`` the same way, but a full run is too slow for a
+unit test) and the TF Serving client's ``query_text``-style shortcuts (``predict`` takes any
+signature).
 """
 
 from __future__ import annotations
@@ -17,7 +25,14 @@ import pytest
 import tensorflow as tf
 
 from tfmmrec import modalities
-from tfmmrec.config import AudioTowerConfig, ImageTowerConfig, load_config
+from tfmmrec.config import (
+    AudioTowerConfig,
+    Config,
+    ImageTowerConfig,
+    check_same_model,
+    load_config,
+    model_sections,
+)
 from tfmmrec.data.dataset import ModalityColumns, load_dataset
 from tfmmrec.errors import ConfigError, MediaDecodeError
 from tfmmrec.modalities.base import FileModality, bytes_feature, int_feature
@@ -178,6 +193,11 @@ class VectorTowerConfig:
     trainable: bool = False
     scale: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.scale <= 0:
+            raise ConfigError(f"invalid config value vector.scale={self.scale!r}: "
+                              "expected > 0")
+
 
 class VectorEncoder(Encoder):
     """A weightless encoder: ``scale * vector``."""
@@ -205,9 +225,6 @@ class VectorModality(FileModality):
     encoder_builder = f"{__name__}:build_vector_encoder"
     column_names = frozenset({"vector"})
     extensions = (".npy",)
-
-    def tower_config(self, config):
-        return VectorTowerConfig()
 
     def load_file(self, path, settings):
         try:
@@ -276,6 +293,65 @@ def vector_folder(tmp_path) -> Path:
                                     "c,Third film,\n")
     (root / "interactions.csv").write_text("user_id,item_id\nu1,a\nu1,b\nu2,c\nu2,a\n")
     return root
+
+
+def test_a_registered_modality_gets_its_config_section(vector_modality, tmp_path):
+    """``vector:`` is a config section like ``image:``: parsed from YAML and overrides,
+    validated, keyed in ``model.feature_dropout``, saved with a run and checked by restore."""
+    path = tmp_path / "job.yaml"
+    path.write_text("vector:\n  scale: 3.0\nmodel:\n  feature_dropout: {vector: 0.5}\n")
+    config = load_config(path)
+    assert config.tower("vector") == VectorTowerConfig(scale=3.0) == config.vector
+    assert vector_modality.tower_config(config).scale == 3.0
+    assert config.model.feature_dropout == {"vector": 0.5}
+    assert Config().tower("vector") == VectorTowerConfig()
+    assert list(config.to_dict()) == ["data", "text", "image", "audio", "vector", "model",
+                                      "ranking", "train", "eval", "export"]
+    config.to_yaml(tmp_path / "again.yaml")
+    assert load_config(tmp_path / "again.yaml") == config
+    with pytest.raises(ConfigError, match=r"vector\.scale=-1"):
+        load_config(path, ["vector.scale=-1"])
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) vector\.scal\b"):
+        load_config(path, ["vector.scal=2"])
+    # restore's architecture check covers the new section
+    assert "vector" in model_sections()
+    with pytest.raises(ConfigError, match=r"vector\.scale: 3\.0 in the run, 4\.0 requested"):
+        check_same_model(config, load_config(path, ["vector.scale=4.0"]), "the run")
+
+
+def test_an_unregistered_modality_section_is_an_unknown_key(tmp_path):
+    assert "vector" not in modalities.names()
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) vector\b"):
+        load_config(None, ["vector.scale=3.0"])
+    with pytest.raises(ConfigError, match=r"model\.feature_dropout='vector'.*text, image, audio"):
+        load_config(None, ["model.feature_dropout={vector: 0.5}"])
+
+
+def test_a_modality_cannot_take_a_section_another_class_holds():
+    class OtherText(VectorModality):
+        name = "text"
+
+    with pytest.raises(ValueError, match="already registered"):
+        modalities.register(OtherText())
+
+    class Clash(VectorModality):
+        name = "vector"
+        tower_config_class = ImageTowerConfig
+
+    modalities.register(VectorModality())
+    try:
+        modalities.unregister("vector")
+        from tfmmrec.config import register_tower_section
+
+        register_tower_section("vector", VectorTowerConfig)
+        with pytest.raises(ValueError, match="already VectorTowerConfig"):
+            modalities.register(Clash())
+    finally:
+        modalities.unregister("vector")
+        from tfmmrec.config import unregister_tower_section
+
+        unregister_tower_section("vector")
+    assert "vector" not in modalities.names()
 
 
 def test_a_registered_modality_is_read_from_the_items_table(vector_modality, vector_folder):
@@ -352,3 +428,42 @@ def test_a_registered_modality_gets_its_serving_functions(vector_modality):
                                           "vector_mask": tf.constant([True, True])}).numpy()
     fused = item_tower({"vector": encoder(vectors), "vector_mask": tf.ones(2)}).numpy()
     np.testing.assert_allclose(embedded, fused, rtol=1e-6)
+
+
+def test_a_registered_modality_is_a_viewed_input_of_session_requests(vector_modality):
+    """``recommend_session`` takes ``viewed_<modality>`` for every registered modality: with
+    no session items and the user weighing 0, the viewed vector alone is the query, so the
+    result is ``query_vector``'s."""
+    from tfmmrec.export.index.brute_force import BruteForceIndex
+    from tfmmrec.export.module import RetrievalServingModule, ServingTowers
+    from tfmmrec.towers.item import ItemTower
+    from tfmmrec.towers.query import QueryTower
+
+    encoder = build_vector_encoder(VectorTowerConfig(scale=2.0))
+    ids = np.array(["a", "b", "c"])
+    vectors = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0], [-1.0, 1.0, 0.0]], np.float32)
+    towers = ServingTowers(QueryTower(["u1"], 4), ItemTower(("vector",), 4),
+                           {"vector": encoder}, training_item_ids=ids,
+                           training_item_embeddings=np.zeros((3, 4), np.float32))
+    items = towers.embed_item_content({"item_id": tf.constant(ids),
+                                       "vector": tf.constant(vectors),
+                                       "vector_mask": tf.ones(3, tf.bool)}).numpy()
+    module = RetrievalServingModule(towers, items, BruteForceIndex(items, ids, 3), item_ids=ids,
+                                    default_k=3, max_k=3, session_user_weight=0.0)
+    inputs = module.recommend_session.input_signature
+    assert [spec.name for spec in inputs] == [
+        "session_item_ids", "user_id", "k", "exclude_item_ids",
+        *(f"viewed_{m}" for m in modalities.names())]
+    assert inputs[-1].name == "viewed_vector"
+    request = tf.constant([vectors[1].astype("<f4").tobytes()])
+    by_session = module.recommend_session(tf.zeros([1, 0], tf.string),
+                                          viewed_vector=request)
+    by_query = module.query_vector(request)
+    np.testing.assert_array_equal(by_session["item_ids"].numpy(),
+                                  by_query["item_ids"].numpy())
+    np.testing.assert_allclose(by_session["scores"].numpy(), by_query["scores"].numpy(),
+                               rtol=1e-5)
+    assert by_session["item_ids"].numpy()[0, 0] == b"b"
+    # a modality the model has no tower for is refused, not ignored
+    with pytest.raises(tf.errors.InvalidArgumentError, match="viewed_text: this model has no"):
+        module.recommend_session(tf.zeros([1, 0], tf.string), viewed_text=tf.constant(["x"]))

@@ -45,9 +45,11 @@ class ExportedModel:
             inputs["k"] = np.int32(min(self.metadata["default_k"], self.metadata["max_k"]))
         if "exclude_item_ids" in arguments and "exclude_item_ids" not in inputs:
             inputs["exclude_item_ids"] = np.zeros((0, 0), dtype=object).astype(bytes)
-        for optional in ("user_id", "viewed_text", "viewed_image", "viewed_audio"):
-            if optional in arguments and optional not in inputs:
-                inputs[optional] = np.zeros(0, dtype=object).astype(bytes)
+        # ``recommend_session``'s optional inputs: its user and a viewed_<modality> per
+        # modality the export was made with (read from the signature, not the registry).
+        optional = [a for a in arguments if a == "user_id" or a.startswith("viewed_")]
+        for name in optional:
+            inputs.setdefault(name, np.zeros(0, dtype=object).astype(bytes))
         outputs = self.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in outputs.items()}
 
@@ -65,7 +67,7 @@ class ExportedModel:
     def recommend_session(self, sessions, user_ids=None, k: int | None = None,
                           exclude=None, viewed: dict | None = None) -> dict[str, np.ndarray]:
         """Top-k for sessions (lists of recent item ids, oldest first), optionally of users;
-        ``viewed``: ``{"text"|"image"|"audio": one raw value per session, "" / b"" for none}``."""
+        ``viewed``: ``{modality: one raw value per session, "" / b"" for none}``."""
         inputs = {"session_item_ids": padded(sessions)}
         for modality, values in (viewed or {}).items():
             inputs[f"viewed_{modality}"] = np.array(list(values), dtype=object)

@@ -14,6 +14,7 @@ training data is needed to add, change or remove items.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
@@ -27,6 +28,8 @@ from tfmmrec.config import ServingLimitsConfig
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.item import ItemTower
 from tfmmrec.towers.query import QueryTower
+
+POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 K_SPEC = tf.TensorSpec([], tf.int32, name="k")
 BATCH_OF_STRINGS = tf.TensorSpec([None], tf.string)
@@ -232,9 +235,10 @@ class RetrievalServingModule(tf.Module):
       ``retrieval_scores``.
     - ``recommend_session``: ``session_item_ids`` ``[B, H]`` (a session's recent items, oldest
       first, ""-padded), optional ``user_id`` (may be "" or unknown), ``k`` and
-      ``viewed_text`` / ``viewed_image`` / ``viewed_audio`` (content just looked at, "" for
-      none) → top-k; see :meth:`_session_queries` for the query it builds (with a history
-      encoder: the query of a user whose history ends with the session).
+      ``viewed_<modality>`` for every registered modality (``viewed_text`` /
+      ``viewed_image`` / ``viewed_audio``: content just looked at, "" for none) → top-k; see
+      :meth:`_session_queries` for the query it builds (with a history encoder: the query of
+      a user whose history ends with the session).
     - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
       bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
     - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
@@ -312,17 +316,29 @@ class RetrievalServingModule(tf.Module):
         self.recommend = retrieval(self._recommend,
                                    tf.TensorSpec([None], tf.string, name="user_id"))
 
-        def session(session_item_ids, user_id=no_user, k=k_default,
-                    exclude_item_ids=no_exclusion, viewed_text=no_user, viewed_image=no_user,
-                    viewed_audio=no_user):
-            viewed = {"text": viewed_text, "image": viewed_image, "audio": viewed_audio}
-            return self._recommend_session(session_item_ids, user_id, k, exclude_item_ids,
-                                           viewed)
+        # One optional ``viewed_<modality>`` input per registered modality (a model without
+        # that tower refuses a non-empty one), so every export of a tfmmrec version has the
+        # same session signature. The Python signature is built from the registry: TF reads
+        # the parameters and their defaults from ``__signature__``.
+        viewed_names = tuple(modalities.names())
+        parameters = [inspect.Parameter("session_item_ids", POSITIONAL)] + [
+            inspect.Parameter(name, POSITIONAL, default=default) for name, default in (
+                ("user_id", no_user), ("k", k_default), ("exclude_item_ids", no_exclusion),
+                *((f"viewed_{m}", no_user) for m in viewed_names))]
 
+        def session(*args, **kwargs):
+            inputs = session.__signature__.bind(*args, **kwargs)
+            inputs.apply_defaults()
+            given = inputs.arguments
+            viewed = {m: given[f"viewed_{m}"] for m in viewed_names}
+            return self._recommend_session(given["session_item_ids"], given["user_id"],
+                                           given["k"], given["exclude_item_ids"], viewed)
+
+        session.__signature__ = inspect.Signature(parameters)
         self.recommend_session = tf.function(session, input_signature=[
             SESSION_SPEC, tf.TensorSpec([None], tf.string, name="user_id"), K_SPEC,
             EXCLUDE_SPEC, *(tf.TensorSpec([None], tf.string, name=f"viewed_{m}")
-                            for m in ("text", "image", "audio"))], autograph=False)
+                            for m in viewed_names)], autograph=False)
         # Only the modalities the model has: saving traces every tf.function attribute.
         for modality in self.modalities:
             query = getattr(self.towers, f"{modality}_query")

@@ -46,7 +46,9 @@ class ModalitySpec(abc.ABC):
     Class attributes a subclass sets:
       name: the modality's name: config section, catalogue key, TFRecord and signature prefix
         (``query_<name>``), cache file prefix.
-      tower_config_class: the ``TowerConfig`` dataclass of its encoder (a config section).
+      tower_config_class: the dataclass of its encoder's settings: registering the spec makes
+        it the config section ``<name>:`` (``tfmmrec.config.register_tower_section``), so it
+        is read from YAML, validated, saved with a run and checked by ``restore``.
       encoder_builder: ``"module:function"`` building the encoder from
         ``(tower_config, corpus, vocabulary)``; resolved on first use, so this (low-level)
         package never imports the towers at import time and the towers import nothing back.
@@ -67,7 +69,7 @@ class ModalitySpec(abc.ABC):
     # --- configuration ------------------------------------------------------------------
     def tower_config(self, config: Config):
         """This modality's tower section of ``config``."""
-        return getattr(config, self.name)
+        return config.tower(self.name)
 
     def settings(self, config: Config) -> dict[str, Any]:
         """The preprocessing settings ``config`` sets for this modality (flat names)."""

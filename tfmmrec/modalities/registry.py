@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from tfmmrec import config as _config
 from tfmmrec.errors import ConfigError
 from tfmmrec.modalities.base import ModalitySpec
 
@@ -20,7 +21,8 @@ _SPECS: dict[str, ModalitySpec] = {}
 
 
 def register(spec: ModalitySpec) -> ModalitySpec:
-    """Add ``spec`` to the registry (a name registered twice is a mistake, not an update)."""
+    """Add ``spec`` to the registry (a name registered twice is a mistake, not an update), and
+    its ``tower_config_class`` to ``Config`` as the section ``<name>:``."""
     if not isinstance(spec, ModalitySpec) or not spec.name:
         raise TypeError(f"register() takes a ModalitySpec instance with a name, got {spec!r}")
     if spec.name in _SPECS:
@@ -30,13 +32,16 @@ def register(spec: ModalitySpec) -> ModalitySpec:
     if clash:
         raise ValueError(f"modality {spec.name!r}: setting name(s) {sorted(clash)} are already "
                          "used by another modality")
+    _config.register_tower_section(spec.name, spec.tower_config_class)
     _SPECS[spec.name] = spec
     return spec
 
 
 def unregister(name: str) -> None:
-    """Remove a registered modality (tests that register a modality of their own)."""
-    _SPECS.pop(name, None)
+    """Remove a registered modality and its config section (tests that register a modality of
+    their own)."""
+    if _SPECS.pop(name, None) is not None:
+        _config.unregister_tower_section(name)
 
 
 def get(name: str) -> ModalitySpec:
