@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tfmmrec.files import atomic_path, atomic_write, write_json
+from tfmmrec.files import atomic_path, atomic_write, remove_stale_temps, write_json
 
 
 def leftovers(directory) -> list[str]:
@@ -73,3 +76,55 @@ def test_a_directory_is_published_whole_or_not_at_all(tmp_path):
         (Path(tmp) / "other").write_text("y")
     assert sorted(p.name for p in final.iterdir()) == ["saved_model.pb"]
     assert [p.name for p in final.parent.iterdir()] == ["1"]
+
+
+def test_replace_publishes_a_new_directory_over_an_old_one(tmp_path):
+    final = tmp_path / "demo"
+    with atomic_path(final, directory=True) as tmp:
+        Path(tmp).mkdir()
+        (Path(tmp) / "old").write_text("1")
+    with pytest.raises(RuntimeError), atomic_path(final, directory=True, replace=True) as tmp:
+        Path(tmp).mkdir()
+        raise RuntimeError("build failed")
+    assert [p.name for p in final.iterdir()] == ["old"]  # a failed build leaves the old one
+    with atomic_path(final, directory=True, replace=True) as tmp:
+        Path(tmp).mkdir()
+        (Path(tmp) / "new").write_text("2")
+    assert [p.name for p in final.iterdir()] == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # the old one is gone, no temp
+    with pytest.raises(ValueError, match="directory=True"), atomic_path(tmp_path / "f",
+                                                                        replace=True):
+        pass
+
+
+def test_replace_puts_the_old_directory_back_when_the_new_cannot_be_renamed_in(tmp_path,
+                                                                               monkeypatch):
+    final = tmp_path / "demo"
+    final.mkdir()
+    (final / "old").write_text("1")
+    real_rename = os.rename
+
+    def refuse_the_new_one(src, dst):
+        if os.fspath(dst) == os.fspath(final) and "old" not in os.listdir(src):
+            raise OSError(39, "Directory not empty")  # as if another writer published first
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", refuse_the_new_one)
+    with pytest.raises(OSError), atomic_path(final, directory=True, replace=True) as tmp:
+        Path(tmp).mkdir()
+        (Path(tmp) / "new").write_text("2")
+    assert [p.name for p in final.iterdir()] == ["old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+
+
+def test_remove_stale_temps_removes_only_dead_writers_temps(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    crashed = tmp_path / f".demo.{dead.pid}.abcd1234.tmp"
+    live = tmp_path / ".demo.1.abcd1234.tmp"  # pid 1 is alive: maybe a build in progress
+    other = tmp_path / f".demos.{dead.pid}.abcd1234.tmp"  # another path's temp
+    for path in (crashed, live, other):
+        path.mkdir()
+        (path / "items.csv").write_text("junk")
+    assert remove_stale_temps(tmp_path / "demo") == [crashed]
+    assert not crashed.exists() and live.exists() and other.exists()

@@ -50,16 +50,26 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Writer) -> Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, *, directory: bool = False,
+                replace: bool = False) -> Iterator[str]:
     """A temporary sibling of ``path`` to write (a file, or with ``directory=True`` a whole
     directory such as a SavedModel), renamed to ``path`` when the block succeeds and removed
     when it raises. For writers that need a path rather than a handle (``TFRecordWriter``,
-    ``tf.saved_model.save``). A directory is never renamed over an existing one.
+    ``tf.saved_model.save``).
+
+    A directory is never renamed over an existing one unless ``replace=True`` (local paths
+    only): then the old directory is renamed aside, the new one renamed in and the old one
+    deleted, so a reader sees the old directory or the new one, never a mix (and, for the
+    instant between the two renames, none). If the new one cannot be renamed in (e.g. another
+    writer published ``path`` first) the old one is put back and the ``OSError`` raised.
     """
     final = os.fspath(path)
-    head, _, name = final.rstrip("/").rpartition("/")
-    tmp = f"{head + '/' if head else ''}.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = _temp_sibling(final)
     remote = _is_remote(final)
+    if replace and (remote or not directory):
+        raise ValueError("atomic_path(replace=True) replaces a local directory: pass "
+                         "directory=True and a local path")
+    head = final.rstrip("/").rpartition("/")[0]
     if remote:
         import tensorflow as tf
 
@@ -72,7 +82,10 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
             tf.io.gfile.rename(tmp, final, overwrite=not directory)
         elif directory:
             _fsync_tree(Path(tmp))
-            os.rename(tmp, final)  # fails rather than replace an existing directory
+            if replace:
+                _replace_directory(tmp, final)
+            else:
+                os.rename(tmp, final)  # fails rather than replace an existing directory
         else:
             os.replace(tmp, final)
     except BaseException:
@@ -80,6 +93,44 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         raise
     if not remote:
         _fsync_directory(Path(final).parent)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary siblings of local ``path`` (``.name.<pid>.<id>.tmp``) left by
+    writers that died (a ``kill -9`` runs no cleanup); those of live processes are left alone.
+    Returns what was removed."""
+    final = Path(path)
+    removed = []
+    for candidate in final.parent.glob(f".{final.name}.*.tmp"):
+        pid = candidate.name[len(final.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            _remove(str(candidate), remote=False)
+            removed.append(candidate)
+    return removed
+
+
+def _temp_sibling(final: str) -> str:
+    """``dir/.name.<pid>.<random>.tmp``: hidden, unique, and naming the writer's process."""
+    head, _, name = final.rstrip("/").rpartition("/")
+    return f"{head + '/' if head else ''}.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def _replace_directory(tmp: str, final: str) -> None:
+    """Publish directory ``tmp`` as ``final``, moving an existing ``final`` aside first."""
+    old = None
+    if os.path.lexists(final):
+        old = _temp_sibling(final)
+        os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if old is not None and not os.path.lexists(final):
+            os.rename(old, final)  # put the old one back
+            old = None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

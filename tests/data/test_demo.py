@@ -168,8 +168,8 @@ def test_other_config_or_damaged_build_is_rebuilt(tmp_path):
 def test_leftover_temp_dirs_are_never_used(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    crashed = tmp_path / f".demo.demo-tmp-{dead.pid}-x"
-    live = tmp_path / ".demo.demo-tmp-1-x"  # pid 1 is alive: maybe another build in progress
+    crashed = tmp_path / f".demo.{dead.pid}.abcd1234.tmp"  # atomic_path's temp sibling
+    live = tmp_path / ".demo.1.abcd1234.tmp"  # pid 1 is alive: maybe another build in progress
     for partial in (crashed, live):
         partial.mkdir()
         (partial / "items.csv").write_text("item_id\njunk\n")

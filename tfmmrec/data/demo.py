@@ -14,9 +14,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from tfmmrec.config import DemoConfig
 from tfmmrec.errors import DataError
-from tfmmrec.files import process_alive
+from tfmmrec.files import atomic_path, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +128,18 @@ def build_demo_dataset(root: str | Path, config: DemoConfig | None = None) -> Pa
         return root
     _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(root)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(root), dir=root.parent))
+    for stale in remove_stale_temps(root):
+        logger.info("removed a partial demo build left by a killed process: %s", stale)
     try:
-        _write_dataset(tmp, config)
-        _move_into_place(tmp, root, config)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Built in a hidden sibling and renamed into place (an old demo there is replaced):
+        # a reader never sees a half-written folder.
+        with atomic_path(root, directory=True, replace=True) as tmp:
+            Path(tmp).mkdir()
+            _write_dataset(Path(tmp), config)
+    except OSError:
+        if not _is_complete(root, config):
+            raise
+        # a concurrent build of the same config published its (identical) folder first
     logger.info("built demo dataset at %s (%d items, %d users)", root, config.num_items,
                 config.num_users)
     return root
@@ -158,7 +160,7 @@ def load_latent(root: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"item_id": str, "genre": str, "mood": str})
 
 
-# --- reuse and atomic replacement ----------------------------------------------------------------
+# --- reuse ---------------------------------------------------------------------------------------
 
 
 def _manifest(config: DemoConfig) -> dict:
@@ -192,40 +194,6 @@ def _check_replaceable(root: Path) -> None:
             f"demo dataset root {root} is a non-empty folder that is not a tfmmrec demo "
             f"(no {MANIFEST}); refusing to overwrite it — pass a new or empty directory"
         )
-
-
-def _temp_prefix(root: Path) -> str:
-    return f".{root.name}.demo-tmp-{os.getpid()}-"
-
-
-def _remove_stale_temp_dirs(root: Path) -> None:
-    """Delete temp dirs left by crashed builds. Dirs of live processes are left alone."""
-    for path in root.parent.glob(f".{root.name}.demo-tmp-*"):
-        pid_text = path.name[len(f".{root.name}.demo-tmp-"):].split("-", 1)[0]
-        if pid_text.isdigit() and not process_alive(int(pid_text)):
-            logger.info("removing stale partial demo build %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, root: Path, config: DemoConfig) -> None:
-    """Rename the finished build to ``root``. Any old demo there is moved aside, then deleted."""
-    if _is_complete(root, config):  # a concurrent build finished first; use its folder
-        return
-    old = None
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=_temp_prefix(root), dir=root.parent)) / "old"
-        os.replace(root, old)
-    try:
-        os.replace(tmp, root)
-    except OSError:
-        if _is_complete(root, config):  # lost a race with a concurrent build of the same config
-            return
-        if old is not None and not root.exists():
-            os.replace(old, root)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old.parent, ignore_errors=True)
 
 
 # --- generation ----------------------------------------------------------------------------------
