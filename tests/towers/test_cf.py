@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 import tensorflow as tf
 
+from tests.towers import tower_checks
 from tfmmrec.towers.cf import (
     LinearCF,
     LinearCFWeights,
@@ -137,6 +138,22 @@ def test_training_steps_see_the_learned_part_only_and_content_queries_get_zeros(
     single = item.embed_single("text", content["text"]).numpy()
     assert single.shape == (8, 7)
     np.testing.assert_array_equal(single[:, 4:], 0.0)
+
+
+def test_config_round_trips_of_the_layer_and_of_both_towers_holding_it():
+    """``LinearCF``'s config holds shapes; its fitted arrays are weights and follow
+    ``set_weights``. The towers nest it (and the history encoder) in their configs."""
+    layer, _, content, _ = layer_and_content()
+    items = tf.RaggedTensor.from_row_lengths(tf.constant([0, 2, 5, 3], tf.int64), [3, 1, 0])
+    clone = LinearCF.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone.query(items).numpy(), layer.query(items).numpy())
+    np.testing.assert_array_equal(clone.item(content, tf.range(8)).numpy(),
+                                  layer.item(content, tf.range(8)).numpy())
+    query, item, _, _, content = towers()
+    tower_checks.check_config_round_trip(query, [tf.constant(["u0", "u1", "nobody"])])
+    tower_checks.check_config_round_trip(item, [content])
 
 
 def test_query_tower_needs_the_history_encoder_for_linear_cf():

@@ -67,6 +67,14 @@ def test_history_dropout_hides_entries_only_in_training(dense):
     assert len(np.unique(distances.argmin(1))) > 3  # different examples hide different entries
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_config_round_trip(dense):
+    from tests.towers import tower_checks
+
+    tower_checks.check_config_round_trip(encoder(dropout=0.1, dense=dense),
+                                         [tf.constant([0, 1, 2])])
+
+
 def test_invalid_dropout_is_rejected():
     with pytest.raises(ValueError, match="history dropout"):
         HistoryEncoder(2, 2, np.array([0, 0]), np.zeros(0, np.int64), np.zeros(0, np.float32),

@@ -2,7 +2,9 @@
 
 Like KerasHub's shared layer test base: output shape and dtype, frozen weights stay frozen
 (trainable and non-trainable, e.g. BatchNorm statistics) through real optimiser steps, trainable
-weights do move, and a SavedModel round trip reproduces the outputs.
+weights do move, ``from_config(get_config())`` with the same weights reproduces the outputs
+(every tower: encoders, projection, fusion, history encoder, item and query towers), and a
+SavedModel round trip reproduces the outputs.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def check_savedmodel_round_trip(layer, inputs: Sequence, specs: Sequence, direct
 def check_config_round_trip(layer, inputs: Sequence, atol: float = 1e-6) -> None:
     """KerasHub's serialization check: ``get_config`` is plain JSON, ``from_config`` rebuilds a
     layer with the same config, and given the original's weights it computes the same output."""
+    call(layer, inputs)  # built, so its weights can be compared
     config = layer.get_config()
     assert json.loads(json.dumps(config)) == config, "get_config must be JSON-serialisable"
     clone = type(layer).from_config(config)
@@ -104,13 +107,10 @@ def check_config_round_trip(layer, inputs: Sequence, atol: float = 1e-6) -> None
 
 
 def check_tower(layer, inputs: Sequence, shape: tuple[int, ...], specs: Sequence,
-                directory: Path, config_round_trip: bool = True) -> np.ndarray:
+                directory: Path) -> np.ndarray:
     """The standard checks for any tower: output contract, ``get_config`` round trip and
-    SavedModel round trip. (``config_round_trip=False`` only for the item and query towers:
-    they are assembled from the data — catalogue content, user vocabulary and features — and
-    are rebuilt from a run's config by ``tfmmrec.restore`` instead.)"""
+    SavedModel round trip."""
     out = check_output(layer, inputs, shape)
-    if config_round_trip:
-        check_config_round_trip(layer, inputs)
+    check_config_round_trip(layer, inputs)
     check_savedmodel_round_trip(layer, inputs, specs, directory)
     return out

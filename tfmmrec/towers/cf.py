@@ -231,8 +231,19 @@ class LinearCF(tf.keras.layers.Layer):
         return present * predicted + (1.0 - present) * self.factor_mean
 
     def get_config(self):
+        """Shapes, not the fitted arrays (they are weights): ``from_config`` builds zeros of
+        the same shapes and ``set_weights`` fills them."""
         return {**super().get_config(), "rank": self.rank, "modalities": list(self.modalities),
-                "initial_weight": self.initial_weight}
+                "initial_weight": self.initial_weight,
+                "num_items": int(self.item_factors.shape[0]),
+                "feature_width": int(self.content_weights.shape[0])}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        weights = empty_weights(config.pop("num_items"), config.pop("rank"),
+                                config.pop("feature_width"))
+        return cls(weights, **config)
 
 
 def _batch_size(content: Mapping[str, tf.Tensor]) -> tf.Tensor:

@@ -127,5 +127,16 @@ class HistoryEncoder(tf.keras.layers.Layer):
         return total / tf.maximum(norm, 1e-9)[:, None]
 
     def get_config(self):
+        """Shapes, not the history table (it is held in weights): ``from_config`` builds an
+        empty table of the same shape and ``set_weights`` fills it."""
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim,
-                "dropout": self.dropout, "dense_max_items": self.dense_max_items}
+                "dropout": self.dropout, "dense_max_items": self.dense_max_items,
+                "num_users": int(self.row_splits.shape[0]) - 1,
+                "num_entries": int(self.items.shape[0])}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        users, entries = config.pop("num_users"), config.pop("num_entries")
+        return cls(row_splits=np.zeros(users + 1, np.int64), items=np.zeros(entries, np.int64),
+                   weights=np.zeros(entries, np.float32), **config)

@@ -88,7 +88,12 @@ class ItemTower(tf.keras.layers.Layer):
         self.modalities = tuple(modalities)
         self.dim = dim
         self.encoders = dict(encoders or {})
-        feature_dropout = feature_dropout or {}
+        feature_dropout = dict(feature_dropout or {})
+        self.projection_hidden = tuple(int(h) for h in projection_hidden)
+        self.fusion_mode = fusion
+        self.num_items = num_items
+        self.dropout = dropout
+        self.feature_dropout = feature_dropout
         self.projections = {m: ModalityProjection(dim, projection_hidden, dropout,
                                                   feature_dropout.get(m, 0.0),
                                                   name=f"{m}_projection")
@@ -109,6 +114,27 @@ class ItemTower(tf.keras.layers.Layer):
         if len(self.modalities) > 1:
             self.serving_mix = self.add_weight(name="serving_mix", shape=[len(self.modalities)],
                                                initializer="zeros", trainable=False)
+
+    def get_config(self):
+        """Everything but the weights (KerasHub's contract): ``from_config`` builds a tower
+        whose ``set_weights(original.get_weights())`` gives the same outputs. In-tower encoders
+        and the linear-CF part are nested as their own configs."""
+        return {**super().get_config(), "modalities": list(self.modalities), "dim": self.dim,
+                "encoders": {m: e.get_config() for m, e in self.encoders.items()},
+                "projection_hidden": list(self.projection_hidden), "fusion": self.fusion_mode,
+                "num_items": self.num_items, "id_dropout": self.id_dropout,
+                "modality_dropout": self.modality_dropout, "dropout": self.dropout,
+                "feature_dropout": dict(self.feature_dropout),
+                "linear_cf": None if self.linear_cf is None else self.linear_cf.get_config()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoders"] = {m: Encoder.from_config(c)
+                              for m, c in (config.get("encoders") or {}).items()}
+        if config.get("linear_cf") is not None:
+            config["linear_cf"] = LinearCF.from_config(config["linear_cf"])
+        return cls(**config)
 
     def project(self, modality: str, content, training=False):
         """Content as the table stores it (features, or raw if fine-tuned) → [B, d]."""

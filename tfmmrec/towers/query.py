@@ -11,7 +11,8 @@ which also makes the CPU/GPU step cheaper.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,20 +48,37 @@ class QueryTower(tf.keras.layers.Layer):
         history encoder's table): ``x_u P`` is appended to the normalised embedding at
         inference, so the query is ``[d + k]`` and its dot product with an item adds the
         weighted EASE score (training steps see the learned ``[d]`` part only).
+      feature_tables: instead of ``users``/``feature_columns``, the per-user feature rows
+        they produce, aligned with the lookup (row 0: unknown user): ``{"categorical":
+        {column: codes [U + 1]}, "numeric": [U + 1, n] or None}`` (what ``get_config``
+        records).
     """
 
     def __init__(self, user_ids: Sequence[str], dim: int, *, users: pd.DataFrame | None = None,
                  feature_columns: Sequence[str] = (), history: np.ndarray | None = None,
                  id_dropout: float = 0.0, id_dim: int | None = None,
                  history_encoder: HistoryEncoder | None = None, user_id_embedding: bool = True,
-                 linear_cf: LinearCF | None = None, **kwargs):
+                 linear_cf: LinearCF | None = None,
+                 feature_tables: Mapping[str, Any] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
         self.id_dropout = id_dropout
+        self.id_dim = id_dim
         vocabulary = [str(u) for u in user_ids]
+        self.vocabulary = tuple(vocabulary)
         self.lookup = user_lookup(vocabulary)
-        if not (user_id_embedding or history_encoder is not None or feature_columns
-                or (history is not None and history.shape[1] > 0)):
+        if feature_tables is not None and feature_columns:
+            raise ValueError("pass users/feature_columns or feature_tables, not both")
+        if feature_tables is None:
+            self.categorical, self.numeric = _feature_tables(vocabulary, users, feature_columns)
+        else:
+            self.categorical = {str(name): tf.constant(np.asarray(codes, np.int64))
+                                for name, codes in feature_tables["categorical"].items()}
+            numeric = feature_tables.get("numeric")
+            self.numeric = None if numeric is None else tf.constant(np.asarray(numeric,
+                                                                               np.float32))
+        if not (user_id_embedding or history_encoder is not None or self.categorical
+                or self.numeric is not None or (history is not None and history.shape[1] > 0)):
             raise ValueError("the query tower needs at least one input: the user-id embedding, "
                              "a history encoder, user features or recent items")
         self.id_embedding = None
@@ -70,7 +88,6 @@ class QueryTower(tf.keras.layers.Layer):
         if linear_cf is not None and history_encoder is None:
             raise ValueError("linear_cf reads the user's history: it needs a history_encoder")
         self.linear_cf = linear_cf
-        self.categorical, self.numeric = _feature_tables(vocabulary, users, feature_columns)
         self.feature_embeddings = {
             name: tf.keras.layers.Embedding(int(tf.reduce_max(table)) + 1, 8,
                                             name=f"{name}_embedding")
@@ -82,6 +99,34 @@ class QueryTower(tf.keras.layers.Layer):
             self.history = tf.constant(np.concatenate([pad, history]), tf.int64)
         self.hidden = tf.keras.layers.Dense(2 * dim, activation="relu")
         self.out = tf.keras.layers.Dense(dim)
+
+    def get_config(self):
+        """Everything but the weights (KerasHub's contract; the vocabulary, feature tables and
+        recent-item table are data of the tower, like ``StringLookup``'s vocabulary in its
+        config): ``from_config`` builds a tower whose ``set_weights(original.get_weights())``
+        gives the same outputs. The history encoder and linear-CF part are nested configs."""
+        history = None if self.history is None else self.history.numpy()[1:].tolist()
+        return {**super().get_config(), "user_ids": list(self.vocabulary), "dim": self.dim,
+                "id_dropout": self.id_dropout, "id_dim": self.id_dim,
+                "user_id_embedding": self.id_embedding is not None, "history": history,
+                "feature_tables": {
+                    "categorical": {name: table.numpy().tolist()
+                                    for name, table in self.categorical.items()},
+                    "numeric": None if self.numeric is None else self.numeric.numpy().tolist()},
+                "history_encoder": None if self.history_encoder is None
+                else self.history_encoder.get_config(),
+                "linear_cf": None if self.linear_cf is None else self.linear_cf.get_config()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("history") is not None:
+            config["history"] = np.asarray(config["history"], np.int64)
+        if config.get("history_encoder") is not None:
+            config["history_encoder"] = HistoryEncoder.from_config(config["history_encoder"])
+        if config.get("linear_cf") is not None:
+            config["linear_cf"] = LinearCF.from_config(config["linear_cf"])
+        return cls(**config)
 
     def call(self, user, item_embedder: Callable | None = None, training=False, exclude=None):
         """``user``: id strings, or their ``user_lookup`` indices (integers) as in training;
