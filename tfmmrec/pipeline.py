@@ -124,7 +124,8 @@ def prepare(config: Config, progress: bool = True) -> Workspace:
     stats: dict[str, CacheStats] = {}
     for modality in modalities:
         tower = config.tower(modality)
-        encoders[modality] = build_encoder(modality, tower, list(dataset.catalog.texts))
+        corpus = list(dataset.catalog.values(modality))
+        encoders[modality] = build_encoder(modality, tower, corpus)
         media = settings_from_config(config)
         if tower.trainable:
             contents[modality] = load_raw_content(dataset.catalog, modality, **media)

@@ -239,7 +239,7 @@ def test_training_from_shards(prepared, tiny_config, tmp_path):
     result = pipeline.train(config, workspace=ws, progress=False)
     assert result.epochs_run == 2
     steps = prepared.count("train") // config.train.batch_size
-    assert result.examples_per_second > 0 and len(result.history["loss"]) == 2
+    assert len(result.history["loss"]) == 2 and np.isfinite(result.history["loss"]).all()
     assert steps >= 1
     again = pipeline.prepare(config, progress=False)  # the cache now holds every feature
     assert again.cache_stats["image"].computed == 0 and again.cache_stats["image"].reused == 72

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -192,6 +195,7 @@ class VectorTowerConfig:
     enabled: bool = True
     trainable: bool = False
     scale: float = 2.0
+    length: int = 3  # a preprocessing setting (``vector_length``): recorded by prepare
 
     def __post_init__(self) -> None:
         if self.scale <= 0:
@@ -223,6 +227,7 @@ class VectorModality(FileModality):
     name = "vector"
     tower_config_class = VectorTowerConfig
     encoder_builder = f"{__name__}:build_vector_encoder"
+    settings_fields: ClassVar[Mapping[str, str]] = {"vector_length": "length"}
     column_names = frozenset({"vector"})
     extensions = (".npy",)
 
@@ -258,7 +263,9 @@ class VectorModality(FileModality):
                 "vector_present": tf.io.FixedLenFeature([], tf.int64)}
 
     def parse_record(self, parsed, settings):
-        return {"vector": tf.reshape(tf.io.decode_raw(parsed["vector"], tf.float32), [-1, 3]),
+        width = settings["vector_length"]  # absent items hold b"": zero-padded to the width
+        vectors = tf.io.decode_raw(parsed["vector"], tf.float32, fixed_length=4 * width)
+        return {"vector": tf.reshape(vectors, [-1, width]),
                 "vector_present": parsed["vector_present"] > 0}
 
     def decode_request(self, request, settings, limits):
@@ -401,6 +408,32 @@ def test_a_registered_modality_reaches_records_and_warmup(vector_modality, vecto
     assert failed == {}
     requests = warmup_requests(("text", "vector"), "u1", 5)
     assert requests["query_vector"]["vector"][0] == np.zeros(3, "<f4").tobytes()
+
+
+def test_a_registered_modality_goes_through_prepare_and_its_manifest(vector_modality,
+                                                                     vector_folder, tmp_path):
+    """``tfmmrec prepare`` writes its records, the manifest keeps its preprocessing setting
+    (as a top-level key, like ``image_size``) and the item shards read back its vectors."""
+    from tfmmrec.data import tfrecords
+
+    config = load_config(None, [f"data.path={vector_folder}", "data.split=none",
+                                "vector.length=3"])
+    manifest = tfrecords.write_tfrecords(config, tmp_path / "records", workers=1,
+                                         progress=False)
+    assert manifest.modalities == ["text", "vector"]
+    assert manifest.settings == {**modalities.settings_from_config(config)}
+    assert manifest.settings["vector_length"] == 3 and manifest.settings["image_size"] == 64
+    loaded = tfrecords.load_manifest(tmp_path / "records")
+    assert loaded == manifest and loaded.to_dict() == manifest.to_dict()
+    on_disk = json.loads((tmp_path / "records" / "manifest.json").read_text())
+    assert on_disk["vector_length"] == 3 and list(on_disk)[:2] == ["format_version",
+                                                                    "image_size"]
+    tfrecords.check_compatible(loaded, config)  # the same settings: accepted
+    with pytest.raises(ConfigError, match="vector_length: prepared 3, config 4"):
+        tfrecords.check_compatible(loaded, load_config(config, ["vector.length=4"]))
+    batch = next(iter(tfrecords.items_dataset(loaded, 8)))
+    np.testing.assert_allclose(batch["vector"].numpy(), [[1, 2, 3], [0.5, 0, -1], [0, 0, 0]])
+    assert batch["vector_present"].numpy().tolist() == [True, True, False]
 
 
 def test_a_registered_modality_gets_its_serving_functions(vector_modality):

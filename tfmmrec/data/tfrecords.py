@@ -61,29 +61,36 @@ _INTERACTION_BYTES = 64
 
 @dataclass
 class Manifest:
-    """A finished ``prepare`` directory: its settings, tables and record counts."""
+    """A finished ``prepare`` directory: its settings, tables and record counts.
+
+    ``settings``: the preprocessing settings the shards were written with (every registered
+    modality's, ``media_settings``: ``image_size``, ``sample_rate``, ``max_seconds``, ...). The
+    JSON file keeps them as top-level keys (:meth:`to_dict`, :meth:`from_dict`), so a modality
+    registered later adds its own without a new field here.
+    """
 
     directory: str
     format_version: int
-    image_size: int
-    sample_rate: int
-    max_seconds: float
     modalities: list[str]
     num_items: int
     item_ids_sha1: str
     split: dict[str, Any]
     interaction_columns: list[str]
     shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_samples(self) -> int:
         return record_samples(self.settings)
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The preprocessing settings the shards were written with (``media_settings``)."""
-        return {"image_size": self.image_size, "sample_rate": self.sample_rate,
-                "max_seconds": self.max_seconds}
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any], **fields: Any) -> Manifest:
+        """A manifest from its JSON form (``fields`` added or overriding, e.g. ``directory``):
+        keys that are not fields are the preprocessing settings."""
+        payload = {**payload, **fields}
+        names = {f.name for f in dataclasses.fields(cls)} - {"settings"}
+        return cls(**{k: v for k, v in payload.items() if k in names},
+                   settings={k: v for k, v in payload.items() if k not in names})
 
     def files(self, table: str) -> list[str]:
         return [join_path(self.directory, s["file"]) for s in self.shards[table]]
@@ -94,7 +101,8 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         payload = dataclasses.asdict(self)
         payload.pop("directory")
-        return payload
+        settings = payload.pop("settings")
+        return {"format_version": payload.pop("format_version"), **settings, **payload}
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -170,8 +178,8 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
     for modality, paths in failed.items():
         report_missing_media(modality, paths)
     plan = run.plan
-    manifest = Manifest(
-        directory=run.output, format_version=FORMAT_VERSION, **plan["settings"],
+    manifest = Manifest.from_dict(
+        plan["settings"], directory=run.output, format_version=FORMAT_VERSION,
         num_items=run.num_items, item_ids_sha1=plan["item_ids_sha1"], split=plan["split"],
         interaction_columns=plan["interaction_columns"],
         shards={table: [{"file": job["file"], "records": job["records"]} for job in run.jobs
@@ -427,7 +435,7 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
     if payload.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format version {payload.get('format_version')} is not "
                         f"{FORMAT_VERSION}; run `tfmmrec prepare` again")
-    manifest = Manifest(directory=directory, **payload)
+    manifest = Manifest.from_dict(payload, directory=directory)
     missing = [f for table in TABLES for f in manifest.files(table)
                if not tf.io.gfile.exists(f)]
     if missing:

@@ -20,7 +20,8 @@ def build_encoder(modality: str, config: Any, corpus: Sequence[str] | None = Non
                   vocabulary: list[str] | None = None) -> Encoder:
     """Build the encoder a tower config describes (pretrained or random-init, frozen or not).
 
-    A random-init text encoder takes its word vocabulary from ``corpus`` (the catalogue's
-    text), or ``vocabulary`` as built before (``get_config`` round trip). An unknown
+    ``corpus`` is the modality's catalogue content (``Catalog.values(modality)``): a
+    random-init text encoder takes its word vocabulary from it (or from ``vocabulary`` as built
+    before, the ``get_config`` round trip); the others ignore it. An unknown
     ``modality`` is a ``ConfigError`` naming the registered ones."""
     return modalities.get(modality).build_encoder(config, corpus, vocabulary=vocabulary)

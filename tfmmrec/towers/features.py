@@ -108,7 +108,8 @@ def frozen_encoders(config: Config, dataset: Dataset) -> dict[str, Encoder]:
             logger.info("%s encoder is fine-tuned (%s.trainable): it has no fixed features to "
                         "precompute; skipped", modality, modality)
             continue
-        encoders[modality] = build_encoder(modality, tower, list(dataset.catalog.texts))
+        corpus = list(dataset.catalog.values(modality))
+        encoders[modality] = build_encoder(modality, tower, corpus)
     return encoders
 
 
@@ -298,8 +299,7 @@ def _folder_batches(job: dict[str, Any], failed: list[str]) -> Iterator[Batch]:
 def _tfrecord_batches(job: dict[str, Any]) -> Iterator[Batch]:
     """Raw batches from one pre-decoded item shard, as ``encode_from_tfrecords`` reads them."""
     modality = job["modality"]
-    payload = dict(job["items_manifest"])
-    manifest = tfrecords.Manifest(**payload)
+    manifest = tfrecords.Manifest.from_dict(job["items_manifest"])
     for batch in tfrecords.items_dataset(manifest, job["settings"]["batch_size"]):
         keys = [k.decode() for k in batch[f"{modality}_key"].numpy()]
         present = batch[f"{modality}_present"].numpy()
