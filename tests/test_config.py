@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tfmmrec.config import Config, apply_overrides, load_config
+from tfmmrec.config import (
+    Config,
+    ImageTowerConfig,
+    TextTowerConfig,
+    apply_overrides,
+    check_same_model,
+    content_sections,
+    load_config,
+    model_sections,
+    register_tower_section,
+    tower_sections,
+    unregister_tower_section,
+)
 from tfmmrec.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,6 +187,77 @@ def test_tower_returns_each_modality_config():
     assert config.tower("text") is config.text
     assert config.tower("image") is config.image
     assert config.tower("audio") is config.audio
+    with pytest.raises(ConfigError, match=r"no tower section 'smell'.*text, image, audio"):
+        config.tower("smell")
+
+
+# --- tower sections come from the registered modalities ----------------------------------------
+
+
+def test_sections_are_data_the_registered_towers_then_the_rest_in_yaml_order():
+    assert tower_sections() == ("text", "image", "audio")
+    assert list(Config().to_dict()) == ["data", "text", "image", "audio", "model", "ranking",
+                                        "train", "eval", "export"]
+    assert model_sections() == ("data", "text", "image", "audio", "model", "ranking")
+    assert content_sections() == ("data", "text", "image", "audio")
+
+
+def test_a_tower_section_is_set_by_keyword_and_checked():
+    config = Config(image=ImageTowerConfig(image_size=32))
+    assert config.image.image_size == 32 and config.text == TextTowerConfig()
+    assert config == load_config(None, ["image.image_size=32"])
+    with pytest.raises(ConfigError, match=r"unknown config section\(s\) smell"):
+        Config(smell=TextTowerConfig())
+    with pytest.raises(ConfigError, match="section image must be a ImageTowerConfig"):
+        Config(image=TextTowerConfig())
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) towers"):
+        Config.from_dict({"towers": {}})
+
+
+def test_a_registered_tower_section_is_parsed_validated_and_dropped_again():
+    """What ``modalities.register`` does for a new modality's tower config (config side only;
+    tests/modalities/test_registry.py registers a whole modality)."""
+
+    @dataclasses.dataclass
+    class SmellTowerConfig:
+        enabled: bool = True
+        channels: int = 4
+
+        def __post_init__(self):
+            if self.channels < 1:
+                raise ConfigError(f"invalid config value smell.channels={self.channels!r}: "
+                                  "expected >= 1")
+
+    register_tower_section("smell", SmellTowerConfig)
+    try:
+        config = load_config(None, ["smell.channels=8", "model.feature_dropout={smell: 0.5}"])
+        assert config.tower("smell") == SmellTowerConfig(channels=8)
+        assert model_sections()[-3:] == ("smell", "model", "ranking")
+        with pytest.raises(ConfigError, match=r"smell\.channels=0"):
+            load_config(None, ["smell.channels=0"])
+        with pytest.raises(ConfigError, match=r"smell\.channels: 8 in the run, 2 requested"):
+            check_same_model(config, load_config(config, ["smell.channels=2"]), "the run")
+        with pytest.raises(ValueError, match="already SmellTowerConfig"):
+            register_tower_section("smell", TextTowerConfig)
+        with pytest.raises(ValueError, match="fixed Config section"):
+            register_tower_section("model", SmellTowerConfig)
+    finally:
+        unregister_tower_section("smell")
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) smell"):
+        load_config(None, ["smell.channels=8"])
+    with pytest.raises(ConfigError, match=r"model\.feature_dropout='smell'"):
+        load_config(None, ["model.feature_dropout={smell: 0.5}"])
+
+
+def test_reading_a_config_imports_no_tensorflow():
+    """The registry's built-in sections register with their dataclasses, so parsing a config
+    (the CLI's --help, a config check) never loads TensorFlow or the modality specs."""
+    code = ("import sys, tfmmrec.config as c; c.load_config(None, ['image.image_size=32']); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'numpy', 'pandas') or m.startswith('tfmmrec.modalities')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
