@@ -179,12 +179,17 @@ def test_encoder_modules_do_not_import_the_factory_and_the_factory_not_them():
 def test_consumers_hold_no_modality_name_branches():
     """The layers the registry replaced do not test modality names any more."""
     files = ["data/dataset.py", "data/tfrecords.py", "towers/cache.py", "towers/features.py",
-             "towers/encoders.py", "beam/encode.py", "export/warmup.py", "export/catalog.py"]
+             "towers/encoders.py", "beam/encode.py", "export/warmup.py", "export/catalog.py",
+             "export/module.py", "export/loader.py", "config.py", "training/trainer.py",
+             "towers/item.py", "towers/query.py"]
     for name in files:
         source = (REPO / "tfmmrec" / name).read_text()
         for modality in ("text", "image", "audio"):
             assert f'modality == "{modality}"' not in source, (name, modality)
             assert f'if "{modality}" in' not in source, (name, modality)
+            assert f'"viewed_{modality}"' not in source, (name, modality)
+        # no list of the built-in modalities (config sections, signature inputs)
+        assert '"text", "image", "audio"' not in source, name
 
 
 # --- adding a modality: one module plus its registration ---------------------------------------
