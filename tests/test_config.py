@@ -239,8 +239,9 @@ def test_a_registered_tower_section_is_parsed_validated_and_dropped_again():
             check_same_model(config, load_config(config, ["smell.channels=2"]), "the run")
         with pytest.raises(ValueError, match="already SmellTowerConfig"):
             register_tower_section("smell", TextTowerConfig)
-        with pytest.raises(ValueError, match="fixed Config section"):
-            register_tower_section("model", SmellTowerConfig)
+        for taken in ("model", "tower", "to_yaml", "not-a-name"):
+            with pytest.raises(ValueError, match="fixed Config section or attribute"):
+                register_tower_section(taken, SmellTowerConfig)
     finally:
         unregister_tower_section("smell")
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) smell"):

@@ -52,9 +52,11 @@ def register_tower_section(name: str, config_class: type) -> type:
     """Make ``config_class`` (a dataclass with defaults for every field, validating itself in
     ``__post_init__``) the ``name:`` section of every ``Config``. Registering the same class
     again is a no-op; another class under a taken name is a mistake."""
-    if not name.isidentifier() or name in _LEADING_SECTIONS + _TRAILING_SECTIONS + ("towers",):
+    config = globals().get("Config")  # None while the built-in sections register
+    if (not name.isidentifier() or name in _LEADING_SECTIONS + _TRAILING_SECTIONS + ("towers",)
+            or (config is not None and hasattr(config, name))):
         raise ValueError(f"tower section name {name!r} must be an identifier other than a "
-                         "fixed Config section")
+                         "fixed Config section or attribute")
     if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
         raise TypeError(f"tower section {name!r} must be a dataclass, got {config_class!r}")
     existing = _TOWER_SECTIONS.get(name)
