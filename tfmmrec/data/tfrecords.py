@@ -79,6 +79,13 @@ class Manifest:
     shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: ``manifest.image_size`` is a setting.
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def max_samples(self) -> int:
         return record_samples(self.settings)
