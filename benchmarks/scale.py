@@ -415,7 +415,9 @@ MEDIA_SETTINGS = ["image.image_size=128", "audio.max_seconds=2"]
 TEXT_SETTINGS = ["text.hidden_dim=16", "text.num_layers=1", "text.num_heads=2",
                  "text.intermediate_dim=32", "text.sequence_length=16",
                  "train.encode_batch_size=512"]
-BEAM_LOCAL = ["--direct_running_mode=multi_processing", f"--direct_num_workers={CORES}"]
+def beam_local(workers: int) -> list[str]:
+    """Beam's local FnApiRunner with ``workers`` worker processes (also for one worker)."""
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
 
 
 def run_child(task: dict) -> dict:
@@ -431,7 +433,9 @@ def run_child(task: dict) -> dict:
 
 
 class WorkerMemory:
-    """The largest peak RSS (VmHWM, read while they run) among this process's descendants.
+    """Memory of this process and its descendants, sampled every 0.25 s while they run: the
+    largest peak RSS (VmHWM) of one descendant, and the peak of the total (the sum of the
+    current RSS of this process and every descendant: what the job needs from the machine).
 
     ``getrusage(RUSAGE_CHILDREN)`` would not do: a forked child's maximum starts at the
     parent's size before it execs a fresh interpreter.
@@ -440,7 +444,7 @@ class WorkerMemory:
     def __enter__(self):
         import threading
 
-        self.peak_kib, self.stop = 0, threading.Event()
+        self.peak_kib, self.total_kib, self.stop = 0, 0, threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
         return self
@@ -450,14 +454,11 @@ class WorkerMemory:
 
         me = psutil.Process()
         while not self.stop.wait(0.25):
+            total = _status_kib(me.pid, "VmRSS:")
             for proc in me.children(recursive=True):
-                try:
-                    with open(f"/proc/{proc.pid}/status") as status:
-                        for line in status:
-                            if line.startswith("VmHWM:"):
-                                self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-                except OSError:
-                    pass
+                self.peak_kib = max(self.peak_kib, _status_kib(proc.pid, "VmHWM:"))
+                total += _status_kib(proc.pid, "VmRSS:")
+            self.total_kib = max(self.total_kib, total)
 
     def __exit__(self, *exc):
         self.stop.set()
@@ -466,6 +467,22 @@ class WorkerMemory:
     @property
     def gib(self) -> float:
         return self.peak_kib / 2**20
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_kib / 2**20
+
+
+def _status_kib(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field in KiB (0 once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def child(task: dict) -> dict:
@@ -488,13 +505,14 @@ def child(task: dict) -> dict:
         if task["job"] == "prepare" and task["runner"] == "local":
             from tfmmrec.data.tfrecords import write_tfrecords
 
-            write_tfrecords(config, out, dataset=dataset, workers=CORES, shards=task["shards"],
+            write_tfrecords(config, out, dataset=dataset, workers=task["workers"],
+                            shards=task["shards"],
                             progress=False)
         elif task["job"] == "prepare":
             from tfmmrec.beam.prepare import prepare
 
-            prepare(config, out, runner="FnApiRunner", beam_args=BEAM_LOCAL, dataset=dataset,
-                    workers=CORES, shards=task["shards"])
+            prepare(config, out, runner="FnApiRunner", beam_args=beam_local(task["workers"]),
+                    dataset=dataset, workers=task["workers"], shards=task["shards"])
         elif task["runner"] == "local":
             from tfmmrec.towers.features import encode
 
@@ -502,8 +520,8 @@ def child(task: dict) -> dict:
         elif task["runner"] == "beam":
             from tfmmrec.beam.encode import encode
 
-            encode(config, out, runner="FnApiRunner", beam_args=BEAM_LOCAL, dataset=dataset,
-                   workers=CORES)
+            encode(config, out, runner="FnApiRunner", beam_args=beam_local(CORES),
+                   dataset=dataset, workers=CORES)
         else:  # the in-memory feature cache that `train` builds without `tfmmrec encode`
             from tfmmrec.towers.cache import encode_catalog
             from tfmmrec.towers.features import frozen_encoders
@@ -511,27 +529,38 @@ def child(task: dict) -> dict:
             encoder = frozen_encoders(config, dataset)["text"]
             encode_catalog(dataset.catalog, encoder, Path(out), batch_size=512,
                            progress=False)
-    workers = worker_memory.gib
+    workers, total = worker_memory.gib, worker_memory.total_gib
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     shutil.rmtree(out, ignore_errors=True)
     return {**meter.row(len(dataset.catalog), "items"), "load_seconds": load.seconds,
             "driver_peak_rss_gib": peak_rss_gib(), "driver_rss_after_load_gib": rss_after_load,
-            "worker_peak_rss_gib": workers, "output_bytes": size}
+            "worker_peak_rss_gib": workers, "total_peak_rss_gib": total,
+            "load_average": os.getloadavg(), "output_bytes": size}
 
 
-def bench_beam_prepare(num_items: int) -> dict:
+def bench_beam_prepare(num_items: int, workers: list[int], command: str) -> dict:
+    """``prepare`` locally and on Beam with each worker count (runs interleaved: local, Beam,
+    local, Beam, so both paths see the same share of a shared machine); the JSON is updated
+    after each run."""
     folder = build_media_folder(OUT / f"beam-media-{num_items}", num_items)
-    report: dict = {"items": num_items, "workers": CORES,
+    report: dict = {"items": num_items, "workers": CORES, "worker_counts": workers,
                     "image": "240x360 JPEG → 128x128", "audio": "2 s FLAC/Ogg → 16 kHz mono",
-                    "runner": "FnApiRunner, multi_processing, "
-                              f"{CORES} workers (Beam's local Python runner)"}
+                    "runner": "FnApiRunner, multi_processing (Beam's local Python runner); "
+                              "local: prepare's process pool (1 worker: in-process)",
+                    "load_average_start": os.getloadavg()}
     shards = 4 * CORES
-    for runner in ("local", "beam"):
-        print(f"  prepare {num_items} items, {runner}...", flush=True)
-        report[runner] = run_child({"job": "prepare", "runner": runner, "folder": str(folder),
-                                    "out": str(OUT / f"beam-prepare-{runner}"),
-                                    "shards": shards})
-        print(f"    {report[runner]['items_per_s']:.1f} items/s", flush=True)
+    for count in workers:
+        for runner in ("local", "beam"):
+            print(f"  prepare {num_items} items, {runner}, {count} worker(s)...", flush=True)
+            row = run_child({"job": "prepare", "runner": runner, "folder": str(folder),
+                             "out": str(OUT / f"beam-prepare-{runner}"), "shards": shards,
+                             "workers": count})
+            report[runner if count == CORES else f"{runner}_{count}_workers"] = row
+            _merge_into(RESULTS / "scale.json", {"beam_prepare": {"command": command, **report}},
+                        "beam_prepare")
+            print(f"    {row['items_per_s']:.1f} items/s, "
+                  f"{1000 * row['cpu_seconds'] / row['items']:.1f} CPU ms/item, load "
+                  f"{row['load_average'][0]:.1f}", flush=True)
     return report
 
 
@@ -720,6 +749,15 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _merge_into(path: Path, report: dict, key: str) -> dict:
+    """Write ``report[key]`` into the JSON as it is now (another section may have finished
+    since this run read it); the merged report."""
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged[key] = report[key]
+    path.write_text(json.dumps(merged, indent=2, default=str))
+    return merged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", choices=["input", "index", "all", "plot", "beam-prepare",
@@ -732,6 +770,8 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=500, help="queries for recall@10")
     parser.add_argument("--dim", type=int, default=64, help="embedding size")
     parser.add_argument("--beam-items", type=int, default=10000, help="items for beam-prepare")
+    parser.add_argument("--beam-workers", default=f"{CORES},1",
+                        help="worker counts for beam-prepare")
     parser.add_argument("--sizes", default="10000,100000,1000000",
                         help="catalogue sizes for beam-encode")
     parser.add_argument("--cache-up-to", type=int, default=1000000,
@@ -754,15 +794,17 @@ def main(argv=None) -> int:
     if args.section.startswith("beam"):
         if args.section in ("beam", "beam-prepare"):
             print(f"beam-prepare: {args.beam_items} items...", flush=True)
-            report["beam_prepare"] = {"command": command, **bench_beam_prepare(args.beam_items)}
-            path.write_text(json.dumps(report, indent=2, default=str))
+            workers = [int(w) for w in args.beam_workers.split(",")]
+            report["beam_prepare"] = {"command": command,
+                                      **bench_beam_prepare(args.beam_items, workers, command)}
+            report = _merge_into(path, report, "beam_prepare")
         if args.section in ("beam", "beam-encode"):
             sizes = [int(s) for s in args.sizes.split(",")]
             print(f"beam-encode: {sizes}...", flush=True)
             report["beam_encode"] = {"command": command,
                                      **bench_beam_encode(sizes, args.cache_up_to)}
+            report = _merge_into(path, report, "beam_encode")
         print_beam_tables(report)
-        path.write_text(json.dumps(report, indent=2, default=str))
         plot_beam(report, RESULTS / "scale_beam.png")
         print(f"\nwrote {path} and {RESULTS / 'scale_beam.png'}")
         return 0
