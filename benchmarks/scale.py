@@ -582,34 +582,49 @@ def bench_beam_encode(sizes: list[int], cache_up_to: int) -> dict:
     return report
 
 
+PREPARE_RUNS = (("local", "local process pool, {n} workers"),
+                ("beam", "Beam FnApiRunner, {n} worker processes"),
+                ("local_1_workers", "local, 1 worker (in-process)"),
+                ("beam_1_workers", "Beam FnApiRunner, 1 worker process"))
+ENCODE_LABELS = {"local": "tfmmrec encode", "beam": "tfmmrec encode --runner",
+                 "cache": "feature cache (train)"}
+
+
+def _total_rss(row: dict) -> float:
+    """Peak total RSS (driver + workers); runs before it was sampled: driver + largest worker."""
+    return row.get("total_peak_rss_gib",
+                   row["driver_peak_rss_gib"] + row["worker_peak_rss_gib"])
+
+
 def print_beam_tables(report: dict) -> None:
     if "beam_prepare" in report:
         r = report["beam_prepare"]
-        print(f"\nprepare, {r['items']:,} items ({r['image']}; {r['audio']}), {r['workers']} "
-              "workers:")
+        print(f"\nprepare, {r['items']:,} items ({r['image']}; {r['audio']}):")
         print(f"| {'path':<42} | {'items/s':>8} | {'CPU util':>8} | {'CPU ms/item':>11} | "
-              f"{'peak RSS driver':>15} |")
-        for key, label in (("local", "local (process pool)"),
-                           ("beam", "Beam FnApiRunner (worker processes)")):
+              f"{'peak RSS total':>14} | {'load avg':>8} |")
+        for key, label in PREPARE_RUNS:
+            if key not in r:
+                continue
             row = r[key]
-            print(f"| {label:<42} | {row['items_per_s']:>8.1f} | "
+            load = row.get("load_average", [float("nan")])[0]
+            print(f"| {label.format(n=r['workers']):<42} | {row['items_per_s']:>8.1f} | "
                   f"{100 * row['cpu_utilisation']:>7.0f}% | "
                   f"{1000 * row['cpu_seconds'] / row['items']:>11.1f} | "
-                  f"{row['driver_peak_rss_gib']:>11.2f} GiB |")
+                  f"{_total_rss(row):>10.2f} GiB | {load:>8.1f} |")
     if "beam_encode" in report:
         r = report["beam_encode"]
         print(f"\nencode ({r['encoder']}), {r['workers']} workers:")
         print(f"| {'items':>9} | {'path':<23} | {'items/s':>8} | {'CPU ms/item':>11} | "
-              f"{'driver peak RSS':>15} | {'worker peak RSS':>15} |")
-        labels = {"local": "tfmmrec encode", "beam": "tfmmrec encode --runner",
-                  "cache": "feature cache (train)"}
+              f"{'driver peak RSS':>15} | {'worker peak RSS':>15} | {'total peak RSS':>14} |")
         for size, rows in r["sizes"].items():
             for key, row in rows.items():
                 workers = (f"{row['worker_peak_rss_gib']:>11.2f} GiB" if key == "beam"
                            else f"{'-':>15}")
-                print(f"| {int(size):>9,} | {labels[key]:<23} | {row['items_per_s']:>8,.0f} | "
+                print(f"| {int(size):>9,} | {ENCODE_LABELS[key]:<23} | "
+                      f"{row['items_per_s']:>8,.0f} | "
                       f"{1000 * row['cpu_seconds'] / row['items']:>11.2f} | "
-                      f"{row['driver_peak_rss_gib']:>11.2f} GiB | {workers} |")
+                      f"{row['driver_peak_rss_gib']:>11.2f} GiB | {workers} | "
+                      f"{_total_rss(row):>10.2f} GiB |")
 
 
 def plot_beam(report: dict, path: Path) -> None:
@@ -626,12 +641,21 @@ def plot_beam(report: dict, path: Path) -> None:
     axes = list(axes[0])
     if "beam_prepare" in report:
         ax, r = axes.pop(0), report["beam_prepare"]
-        values = [r["local"]["items_per_s"], r["beam"]["items_per_s"]]
-        ax.bar(["local process pool", "Beam FnApiRunner"], values, color=["#4878a8", "#d1853a"])
-        for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.1f}/s", ha="center", va="bottom")
+        runs = [(key, label.format(n=r["workers"])) for key, label in PREPARE_RUNS if key in r]
+        values = [r[key]["items_per_s"] for key, _ in runs]
+        colors = ["#d1853a" if key.startswith("beam") else "#4878a8" for key, _ in runs]
+        ax.bar(range(len(runs)), values, color=colors)
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels([("Beam" if key.startswith("beam") else "local") + "\n"
+                            + ("1 worker" if key.endswith("_1_workers")
+                               else f"{r['workers']} workers") for key, _ in runs], fontsize=8)
+        for i, (key, _) in enumerate(runs):
+            ax.text(i, values[i], f"{values[i]:.1f}/s\n"
+                    f"{1000 * r[key]['cpu_seconds'] / r['items']:.0f} CPU ms/item",
+                    ha="center", va="bottom", fontsize=7)
         ax.set_ylabel("items per second")
-        ax.set_title(f"prepare {r['items']:,} items, {r['workers']} workers")
+        ax.set_ylim(0, 1.25 * max(values))
+        ax.set_title(f"prepare {r['items']:,} items", fontsize=10)
     if "beam_encode" in report:
         r = report["beam_encode"]
         sizes = sorted(int(s) for s in r["sizes"])
@@ -643,23 +667,26 @@ def plot_beam(report: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("catalogue items")
         ax.set_ylabel("items per second")
-        ax.set_title("encode throughput")
+        ax.set_title("encode throughput", fontsize=10)
         ax.legend(fontsize=8)
         ax = axes.pop(0)
         for key, field, label, style in (
-                ("local", "driver_peak_rss_gib", "tfmmrec encode (one process)", "o-"),
+                ("local", None, "tfmmrec encode (one process)", "o-"),
+                ("beam", None, "Beam: driver + workers", "s-"),
                 ("beam", "driver_peak_rss_gib", "Beam driver", "s--"),
-                ("beam", "worker_peak_rss_gib", "Beam worker (largest)", "s-"),
-                ("cache", "driver_peak_rss_gib", "in-memory feature cache", "x:")):
-            points = [(s, r["sizes"][str(s)][key][field]) for s in sizes
+                ("beam", "worker_peak_rss_gib", "Beam worker (largest)", "s:"),
+                ("cache", None, "in-memory feature cache", "x:")):
+            points = [(s, _total_rss(r["sizes"][str(s)][key]) if field is None
+                       else r["sizes"][str(s)][key][field]) for s in sizes
                       if key in r["sizes"][str(s)]]
             if points:
                 ax.plot(*zip(*points, strict=True), style, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("catalogue items")
         ax.set_ylabel("peak RSS (GiB)")
-        ax.set_title("encode memory as the catalogue grows")
-        ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title("encode memory as the catalogue grows", fontsize=10)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
