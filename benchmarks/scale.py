@@ -41,6 +41,7 @@ Prints tables; writes benchmarks/results/scale.json and benchmarks/results/scale
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -52,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+import tfmmrec  # Keras 2 before TensorFlow
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "scale"
@@ -564,6 +565,40 @@ def bench_beam_prepare(num_items: int, workers: list[int], command: str) -> dict
     return report
 
 
+def bench_prepare_cpu(num_items: int) -> dict:
+    """CPU time per item of ``prepare``'s shard writer in this process with one TF thread (as
+    each pool or Beam worker runs it), after a warm-up; load-independent, unlike items/s. Run
+    it with ``PYTHONPATH`` at another checkout to compare versions of the decoding code."""
+    import tensorflow as tf
+
+    from tfmmrec.config import load_config
+    from tfmmrec.data import tfrecords
+    from tfmmrec.pipeline import resolve_dataset
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    folder = build_media_folder(OUT / f"beam-media-{num_items}", num_items)
+    config = load_config(None, [f"data.path={folder}", *MEDIA_SETTINGS,
+                                f"train.output_dir={OUT / 'beam-run'}"])
+    dataset = resolve_dataset(config)
+    out = OUT / "prepare-cpu"
+    shutil.rmtree(out, ignore_errors=True)
+    run = tfrecords.plan_prepare(config, str(out), dataset=dataset, workers=1, shards=4)
+    jobs = [job for job in run.todo if job["table"] == "items"]
+    tfrecords.write_shard({**jobs[0], "items": jobs[0]["items"][:5]})  # warm-up: tracing
+    start = time.process_time()
+    for job in jobs:
+        tfrecords.write_shard(job)
+    cpu = time.process_time() - start
+    digest = hashlib.sha1()
+    for job in jobs:
+        digest.update((out / job["file"]).read_bytes())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"items": num_items, "cpu_ms_per_item": 1000 * cpu / num_items,
+            "items_shards_sha1": digest.hexdigest(), "tfmmrec": tfmmrec.__file__,
+            "load_average": os.getloadavg()}
+
+
 def bench_beam_encode(sizes: list[int], cache_up_to: int) -> dict:
     report: dict = {"encoder": "random-init BERT, 1 layer, hidden 16, 16 tokens",
                     "workers": CORES, "batch": 512, "sizes": {}}
@@ -788,7 +823,8 @@ def _merge_into(path: Path, report: dict, key: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", choices=["input", "index", "all", "plot", "beam-prepare",
-                                              "beam-encode", "beam"], default="all",
+                                              "beam-encode", "beam", "prepare-cpu"],
+                        default="all",
                         help="plot: redraw the PNG from the JSON already written")
     parser.add_argument("--items", type=int, default=1000, help="catalogue size for `input`")
     parser.add_argument("--users", type=int, default=5000, help="users (20 interactions each)")
@@ -803,6 +839,7 @@ def main(argv=None) -> int:
                         help="catalogue sizes for beam-encode")
     parser.add_argument("--cache-up-to", type=int, default=1000000,
                         help="also measure the in-memory feature cache up to this size")
+    parser.add_argument("--label", default="current", help="name of a prepare-cpu result")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -818,6 +855,15 @@ def main(argv=None) -> int:
         plot_beam(report, RESULTS / "scale_beam.png")
         return 0
     command = "python benchmarks/scale.py " + " ".join(argv or sys.argv[1:])
+    if args.section == "prepare-cpu":
+        row = {"command": command, **bench_prepare_cpu(args.items)}
+        print(f"prepare, one process: {row['cpu_ms_per_item']:.1f} CPU ms/item "
+              f"({args.items} items, tfmmrec at {row['tfmmrec']}; item shards sha1 "
+              f"{row['items_shards_sha1'][:12]})")
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged.setdefault("prepare_cpu", {})[args.label] = row
+        path.write_text(json.dumps(merged, indent=2, default=str))
+        return 0
     if args.section.startswith("beam"):
         if args.section in ("beam", "beam-prepare"):
             print(f"beam-prepare: {args.beam_items} items...", flush=True)
