@@ -21,18 +21,24 @@ peak RSS (which must stay under 8 GiB).
     .venv/bin/python benchmarks/scale.py --section index --num-items 1000000
 
 Sections ``beam-prepare`` and ``beam-encode`` (issue 16; need the ``[beam]`` extra): the local
-path vs the same job as a Beam pipeline on the local FnApiRunner with 2 worker processes.
-``beam-prepare``: items/s and CPU time per item of ``tfmmrec prepare`` (smaller posters and
-clips than ``input``). ``beam-encode``: a synthetic text catalogue (10k, 100k, ... items) through
-a small random-init BERT (``tfmmrec encode``, locally and on Beam, and the in-memory feature
-cache ``train`` builds without it): items/s and the peak RSS of the driver and of the largest
-Beam worker (sampled), each job in a fresh process, to show memory stays flat as the catalogue
-grows (the driver holds only the catalogue table). The README's figures (a 2-core machine shared
-with other jobs, so CPU time per item is the comparable figure) came from:
+path vs the same job as a Beam pipeline on the local FnApiRunner (multi_processing).
+``beam-prepare``: items/s and CPU time per item of ``tfmmrec prepare`` with 2 and 1 workers
+(smaller posters and clips than ``input``), runs interleaved local/Beam. ``beam-encode``: a
+synthetic text catalogue (10k, 100k, ... items) through a small random-init BERT (``tfmmrec
+encode``, locally and on Beam with 2 workers, and the in-memory feature cache ``train`` builds
+without it): items/s and peak RSS (driver, largest Beam worker, and the total of driver and
+workers, sampled every 0.25 s), each job in a fresh process, with the load average at its end.
+``prepare-cpu``: CPU ms per item of prepare's shard writer in one process (one TF thread), for
+comparing versions of the decoding code (``PYTHONPATH`` at another checkout). The README's
+figures came from:
 
-    .venv/bin/python benchmarks/scale.py --section beam-prepare --beam-items 1000
-    .venv/bin/python benchmarks/scale.py --section beam-encode --sizes 10000,100000,300000 \
-        --cache-up-to 300000
+    .venv/bin/python benchmarks/scale.py --section beam-prepare --beam-items 10000 \
+        --beam-workers 2,1
+    .venv/bin/python benchmarks/scale.py --section beam-encode --sizes 10000,100000,1000000 \
+        --cache-up-to 1000000
+    PYTHONPATH=CHECKOUT_OF_f877794 .venv/bin/python benchmarks/scale.py --section prepare-cpu \
+        --items 200 --label before
+    .venv/bin/python benchmarks/scale.py --section prepare-cpu --items 200 --label after
 
 Prints tables; writes benchmarks/results/scale.json and benchmarks/results/scale.png
 (scale_beam.png for the Beam sections).
