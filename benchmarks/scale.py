@@ -545,26 +545,28 @@ def child(task: dict) -> dict:
             "load_average": os.getloadavg(), "output_bytes": size}
 
 
-def bench_beam_prepare(num_items: int, workers: list[int], command: str) -> dict:
-    """``prepare`` locally and on Beam with each worker count (runs interleaved: local, Beam,
-    local, Beam, so both paths see the same share of a shared machine); the JSON is updated
-    after each run."""
+def bench_beam_prepare(num_items: int, workers: list[int], runners: list[str],
+                       command: str) -> dict:
+    """``prepare`` with each worker count on each runner (interleaved: local, Beam, local,
+    Beam, so both paths see the same share of a shared machine). Each run is merged into the
+    JSON's ``beam_prepare`` as it finishes (runs of other invocations on the same catalogue
+    are kept: two invocations may run side by side, e.g. one per runner)."""
     folder = build_media_folder(OUT / f"beam-media-{num_items}", num_items)
-    report: dict = {"items": num_items, "workers": CORES, "worker_counts": workers,
+    report: dict = {"items": num_items, "workers": CORES,
                     "image": "240x360 JPEG → 128x128", "audio": "2 s FLAC/Ogg → 16 kHz mono",
                     "runner": "FnApiRunner, multi_processing (Beam's local Python runner); "
                               "local: prepare's process pool (1 worker: in-process)",
                     "load_average_start": os.getloadavg()}
     shards = 4 * CORES
     for count in workers:
-        for runner in ("local", "beam"):
+        for runner in runners:
             print(f"  prepare {num_items} items, {runner}, {count} worker(s)...", flush=True)
             row = run_child({"job": "prepare", "runner": runner, "folder": str(folder),
                              "out": str(OUT / f"beam-prepare-{runner}"), "shards": shards,
                              "workers": count})
-            report[runner if count == CORES else f"{runner}_{count}_workers"] = row
-            _merge_into(RESULTS / "scale.json", {"beam_prepare": {"command": command, **report}},
-                        "beam_prepare")
+            key = runner if count == CORES else f"{runner}_{count}_workers"
+            report[key] = row
+            _merge_prepare_run(report, key, command)
             print(f"    {row['items_per_s']:.1f} items/s, "
                   f"{1000 * row['cpu_seconds'] / row['items']:.1f} CPU ms/item, load "
                   f"{row['load_average'][0]:.1f}", flush=True)
@@ -603,6 +605,20 @@ def bench_prepare_cpu(num_items: int) -> dict:
     return {"items": num_items, "cpu_ms_per_item": 1000 * cpu / num_items,
             "items_shards_sha1": digest.hexdigest(), "tfmmrec": tfmmrec.__file__,
             "load_average": os.getloadavg()}
+
+
+def _merge_prepare_run(report: dict, key: str, command: str) -> None:
+    path = RESULTS / "scale.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    section = merged.get("beam_prepare", {})
+    if section.get("items") != report["items"]:
+        section = {}
+    commands = section.get("commands", [section["command"]] if "command" in section else [])
+    commands += [command] if command not in commands else []
+    section.update({k: v for k, v in report.items() if not isinstance(v, dict)})
+    section.update({key: report[key], "commands": commands, "command": "; ".join(commands)})
+    merged["beam_prepare"] = section
+    path.write_text(json.dumps(merged, indent=2, default=str))
 
 
 def bench_beam_encode(sizes: list[int], cache_up_to: int) -> dict:
@@ -841,6 +857,8 @@ def main(argv=None) -> int:
     parser.add_argument("--beam-items", type=int, default=10000, help="items for beam-prepare")
     parser.add_argument("--beam-workers", default=f"{CORES},1",
                         help="worker counts for beam-prepare")
+    parser.add_argument("--beam-runners", default="local,beam",
+                        help="which of local,beam beam-prepare runs")
     parser.add_argument("--sizes", default="10000,100000,1000000",
                         help="catalogue sizes for beam-encode")
     parser.add_argument("--cache-up-to", type=int, default=1000000,
@@ -874,9 +892,8 @@ def main(argv=None) -> int:
         if args.section in ("beam", "beam-prepare"):
             print(f"beam-prepare: {args.beam_items} items...", flush=True)
             workers = [int(w) for w in args.beam_workers.split(",")]
-            report["beam_prepare"] = {"command": command,
-                                      **bench_beam_prepare(args.beam_items, workers, command)}
-            report = _merge_into(path, report, "beam_prepare")
+            bench_beam_prepare(args.beam_items, workers, args.beam_runners.split(","), command)
+            report = json.loads(path.read_text())
         if args.section in ("beam", "beam-encode"):
             sizes = [int(s) for s in args.sizes.split(",")]
             print(f"beam-encode: {sizes}...", flush=True)
