@@ -33,7 +33,8 @@ comparing versions of the decoding code (``PYTHONPATH`` at another checkout). Th
 figures came from:
 
     .venv/bin/python benchmarks/scale.py --section beam-prepare --beam-items 10000 \
-        --beam-workers 2,1
+        --beam-workers 2,1   # its 1-worker half was run as two side-by-side invocations:
+    ... --beam-items 10000 --beam-workers 1 --beam-runners local   (and --beam-runners beam)
     .venv/bin/python benchmarks/scale.py --section beam-encode --sizes 10000,100000,1000000 \
         --cache-up-to 1000000
     PYTHONPATH=CHECKOUT_OF_f877794 .venv/bin/python benchmarks/scale.py --section prepare-cpu \
