@@ -211,11 +211,18 @@ def _resample(waveform: tf.Tensor, rate_in: tf.Tensor, rate_out: tf.Tensor) -> t
     # 16 (no scalar remainder in the vectorised element-wise kernels, which could round
     # differently), and the gain multiplies the frames before the kernel: the order TF's
     # arithmetic optimizer gave the per-sample graph. Outputs are bit-for-bit those of that
-    # graph (checked on 13 rates), so prepared records do not change.
+    # graph (checked on 13 rates), so prepared records do not change. A clip with fewer outputs
+    # than phases (short, at a rate nearly coprime with rate_out: up to 16,000 phases) keeps the
+    # per-output kernel, so a table never costs more than the clip.
     step = _gcd(rate_in, rate_out)
-    rows = tf.range((rate_out // step + 15) // 16 * 16, dtype=tf.int64) * step
-    frac = tf.cast(rows, tf.float32) / tf.cast(rate_out, tf.float32)
-    kernels = _windowed_sinc(tf.cast(taps[None, :], tf.float32) - frac[:, None], cutoff)
+    phases = rate_out // step
+    use_table = phases <= num_out
+    rows = tf.range((phases + 15) // 16 * 16, dtype=tf.int64) * step
+    kernels = tf.cond(
+        use_table,
+        lambda: _windowed_sinc(tf.cast(taps[None, :], tf.float32) - _frac(rows, rate_out)[:, None],
+                               cutoff),
+        lambda: tf.zeros([0, tf.size(taps)], tf.float32))
 
     def block(start: tf.Tensor) -> tf.Tensor:
         # Integer arithmetic keeps t exact for long clips (float32 would drift after ~1M samples);
@@ -224,12 +231,21 @@ def _resample(waveform: tf.Tensor, rate_in: tf.Tensor, rate_out: tf.Tensor) -> t
         numer = index * rate_in
         base = numer // rate_out
         frames = tf.gather(padded, base[:, None] + taps[None, :] + half)
-        kernel = tf.gather(kernels, (numer % rate_out) // step)  # [block, taps]
+        kernel = tf.cond(  # [block, taps]
+            use_table,
+            lambda: tf.gather(kernels, (numer % rate_out) // step),
+            lambda: _windowed_sinc(
+                tf.cast(taps[None, :], tf.float32) - _frac(numer, rate_out)[:, None], cutoff))
         return tf.reduce_sum(frames * cutoff * kernel, axis=1)
 
     starts = tf.range(0, num_out, _BLOCK, dtype=tf.int64)
     blocks = tf.map_fn(block, starts, fn_output_signature=tf.TensorSpec([_BLOCK], tf.float32))
     return tf.reshape(blocks, [-1])[:num_out]
+
+
+def _frac(numer: tf.Tensor, rate_out: tf.Tensor) -> tf.Tensor:
+    """Fractional part of numer / rate_out as float32 (exact integer remainder first)."""
+    return tf.cast(numer % rate_out, tf.float32) / tf.cast(rate_out, tf.float32)
 
 
 def _gcd(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
