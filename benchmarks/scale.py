@@ -21,18 +21,25 @@ peak RSS (which must stay under 8 GiB).
     .venv/bin/python benchmarks/scale.py --section index --num-items 1000000
 
 Sections ``beam-prepare`` and ``beam-encode`` (issue 16; need the ``[beam]`` extra): the local
-path vs the same job as a Beam pipeline on the local FnApiRunner with 2 worker processes.
-``beam-prepare``: items/s and CPU time per item of ``tfmmrec prepare`` (smaller posters and
-clips than ``input``). ``beam-encode``: a synthetic text catalogue (10k, 100k, ... items) through
-a small random-init BERT (``tfmmrec encode``, locally and on Beam, and the in-memory feature
-cache ``train`` builds without it): items/s and the peak RSS of the driver and of the largest
-Beam worker (sampled), each job in a fresh process, to show memory stays flat as the catalogue
-grows (the driver holds only the catalogue table). The README's figures (a 2-core machine shared
-with other jobs, so CPU time per item is the comparable figure) came from:
+path vs the same job as a Beam pipeline on the local FnApiRunner (multi_processing).
+``beam-prepare``: items/s and CPU time per item of ``tfmmrec prepare`` with 2 and 1 workers
+(smaller posters and clips than ``input``), runs interleaved local/Beam. ``beam-encode``: a
+synthetic text catalogue (10k, 100k, ... items) through a small random-init BERT (``tfmmrec
+encode``, locally and on Beam with 2 workers, and the in-memory feature cache ``train`` builds
+without it): items/s and peak RSS (driver, largest Beam worker, and the total of driver and
+workers, sampled every 0.25 s), each job in a fresh process, with the load average at its end.
+``prepare-cpu``: CPU ms per item of prepare's shard writer in one process (one TF thread), for
+comparing versions of the decoding code (``PYTHONPATH`` at another checkout). The README's
+figures came from:
 
-    .venv/bin/python benchmarks/scale.py --section beam-prepare --beam-items 1000
-    .venv/bin/python benchmarks/scale.py --section beam-encode --sizes 10000,100000,300000 \
-        --cache-up-to 300000
+    .venv/bin/python benchmarks/scale.py --section beam-prepare --beam-items 10000 \
+        --beam-workers 2,1   # its 1-worker half was run as two side-by-side invocations:
+    ... --beam-items 10000 --beam-workers 1 --beam-runners local   (and --beam-runners beam)
+    .venv/bin/python benchmarks/scale.py --section beam-encode --sizes 10000,100000,1000000 \
+        --cache-up-to 1000000
+    PYTHONPATH=CHECKOUT_OF_f877794 .venv/bin/python benchmarks/scale.py --section prepare-cpu \
+        --items 200 --label before
+    .venv/bin/python benchmarks/scale.py --section prepare-cpu --items 200 --label after
 
 Prints tables; writes benchmarks/results/scale.json and benchmarks/results/scale.png
 (scale_beam.png for the Beam sections).
@@ -41,6 +48,7 @@ Prints tables; writes benchmarks/results/scale.json and benchmarks/results/scale
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -52,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+import tfmmrec  # Keras 2 before TensorFlow
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "scale"
@@ -415,7 +423,9 @@ MEDIA_SETTINGS = ["image.image_size=128", "audio.max_seconds=2"]
 TEXT_SETTINGS = ["text.hidden_dim=16", "text.num_layers=1", "text.num_heads=2",
                  "text.intermediate_dim=32", "text.sequence_length=16",
                  "train.encode_batch_size=512"]
-BEAM_LOCAL = ["--direct_running_mode=multi_processing", f"--direct_num_workers={CORES}"]
+def beam_local(workers: int) -> list[str]:
+    """Beam's local FnApiRunner with ``workers`` worker processes (also for one worker)."""
+    return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
 
 
 def run_child(task: dict) -> dict:
@@ -431,7 +441,9 @@ def run_child(task: dict) -> dict:
 
 
 class WorkerMemory:
-    """The largest peak RSS (VmHWM, read while they run) among this process's descendants.
+    """Memory of this process and its descendants, sampled every 0.25 s while they run: the
+    largest peak RSS (VmHWM) of one descendant, and the peak of the total (the sum of the
+    current RSS of this process and every descendant: what the job needs from the machine).
 
     ``getrusage(RUSAGE_CHILDREN)`` would not do: a forked child's maximum starts at the
     parent's size before it execs a fresh interpreter.
@@ -440,7 +452,7 @@ class WorkerMemory:
     def __enter__(self):
         import threading
 
-        self.peak_kib, self.stop = 0, threading.Event()
+        self.peak_kib, self.total_kib, self.stop = 0, 0, threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
         return self
@@ -450,14 +462,11 @@ class WorkerMemory:
 
         me = psutil.Process()
         while not self.stop.wait(0.25):
+            total = _status_kib(me.pid, "VmRSS:")
             for proc in me.children(recursive=True):
-                try:
-                    with open(f"/proc/{proc.pid}/status") as status:
-                        for line in status:
-                            if line.startswith("VmHWM:"):
-                                self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-                except OSError:
-                    pass
+                self.peak_kib = max(self.peak_kib, _status_kib(proc.pid, "VmHWM:"))
+                total += _status_kib(proc.pid, "VmRSS:")
+            self.total_kib = max(self.total_kib, total)
 
     def __exit__(self, *exc):
         self.stop.set()
@@ -466,6 +475,22 @@ class WorkerMemory:
     @property
     def gib(self) -> float:
         return self.peak_kib / 2**20
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_kib / 2**20
+
+
+def _status_kib(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field in KiB (0 once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def child(task: dict) -> dict:
@@ -488,13 +513,14 @@ def child(task: dict) -> dict:
         if task["job"] == "prepare" and task["runner"] == "local":
             from tfmmrec.data.tfrecords import write_tfrecords
 
-            write_tfrecords(config, out, dataset=dataset, workers=CORES, shards=task["shards"],
+            write_tfrecords(config, out, dataset=dataset, workers=task["workers"],
+                            shards=task["shards"],
                             progress=False)
         elif task["job"] == "prepare":
             from tfmmrec.beam.prepare import prepare
 
-            prepare(config, out, runner="FnApiRunner", beam_args=BEAM_LOCAL, dataset=dataset,
-                    workers=CORES, shards=task["shards"])
+            prepare(config, out, runner="FnApiRunner", beam_args=beam_local(task["workers"]),
+                    dataset=dataset, workers=task["workers"], shards=task["shards"])
         elif task["runner"] == "local":
             from tfmmrec.towers.features import encode
 
@@ -502,8 +528,8 @@ def child(task: dict) -> dict:
         elif task["runner"] == "beam":
             from tfmmrec.beam.encode import encode
 
-            encode(config, out, runner="FnApiRunner", beam_args=BEAM_LOCAL, dataset=dataset,
-                   workers=CORES)
+            encode(config, out, runner="FnApiRunner", beam_args=beam_local(CORES),
+                   dataset=dataset, workers=CORES)
         else:  # the in-memory feature cache that `train` builds without `tfmmrec encode`
             from tfmmrec.towers.cache import encode_catalog
             from tfmmrec.towers.features import frozen_encoders
@@ -511,28 +537,89 @@ def child(task: dict) -> dict:
             encoder = frozen_encoders(config, dataset)["text"]
             encode_catalog(dataset.catalog, encoder, Path(out), batch_size=512,
                            progress=False)
-    workers = worker_memory.gib
+    workers, total = worker_memory.gib, worker_memory.total_gib
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     shutil.rmtree(out, ignore_errors=True)
     return {**meter.row(len(dataset.catalog), "items"), "load_seconds": load.seconds,
             "driver_peak_rss_gib": peak_rss_gib(), "driver_rss_after_load_gib": rss_after_load,
-            "worker_peak_rss_gib": workers, "output_bytes": size}
+            "worker_peak_rss_gib": workers, "total_peak_rss_gib": total,
+            "load_average": os.getloadavg(), "output_bytes": size}
 
 
-def bench_beam_prepare(num_items: int) -> dict:
+def bench_beam_prepare(num_items: int, workers: list[int], runners: list[str],
+                       command: str) -> dict:
+    """``prepare`` with each worker count on each runner (interleaved: local, Beam, local,
+    Beam, so both paths see the same share of a shared machine). Each run is merged into the
+    JSON's ``beam_prepare`` as it finishes (runs of other invocations on the same catalogue
+    are kept: two invocations may run side by side, e.g. one per runner)."""
     folder = build_media_folder(OUT / f"beam-media-{num_items}", num_items)
     report: dict = {"items": num_items, "workers": CORES,
                     "image": "240x360 JPEG → 128x128", "audio": "2 s FLAC/Ogg → 16 kHz mono",
-                    "runner": "FnApiRunner, multi_processing, "
-                              f"{CORES} workers (Beam's local Python runner)"}
+                    "runner": "FnApiRunner, multi_processing (Beam's local Python runner); "
+                              "local: prepare's process pool (1 worker: in-process)",
+                    "load_average_start": os.getloadavg()}
     shards = 4 * CORES
-    for runner in ("local", "beam"):
-        print(f"  prepare {num_items} items, {runner}...", flush=True)
-        report[runner] = run_child({"job": "prepare", "runner": runner, "folder": str(folder),
-                                    "out": str(OUT / f"beam-prepare-{runner}"),
-                                    "shards": shards})
-        print(f"    {report[runner]['items_per_s']:.1f} items/s", flush=True)
+    for count in workers:
+        for runner in runners:
+            print(f"  prepare {num_items} items, {runner}, {count} worker(s)...", flush=True)
+            row = run_child({"job": "prepare", "runner": runner, "folder": str(folder),
+                             "out": str(OUT / f"beam-prepare-{runner}"), "shards": shards,
+                             "workers": count})
+            key = runner if count == CORES else f"{runner}_{count}_workers"
+            report[key] = row
+            _merge_prepare_run(report, key, command)
+            print(f"    {row['items_per_s']:.1f} items/s, "
+                  f"{1000 * row['cpu_seconds'] / row['items']:.1f} CPU ms/item, load "
+                  f"{row['load_average'][0]:.1f}", flush=True)
     return report
+
+
+def bench_prepare_cpu(num_items: int) -> dict:
+    """CPU time per item of ``prepare``'s shard writer in this process with one TF thread (as
+    each pool or Beam worker runs it), after a warm-up; load-independent, unlike items/s. Run
+    it with ``PYTHONPATH`` at another checkout to compare versions of the decoding code."""
+    import tensorflow as tf
+
+    from tfmmrec.config import load_config
+    from tfmmrec.data import tfrecords
+    from tfmmrec.pipeline import resolve_dataset
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    folder = build_media_folder(OUT / f"beam-media-{num_items}", num_items)
+    config = load_config(None, [f"data.path={folder}", *MEDIA_SETTINGS,
+                                f"train.output_dir={OUT / 'beam-run'}"])
+    dataset = resolve_dataset(config)
+    out = OUT / "prepare-cpu"
+    shutil.rmtree(out, ignore_errors=True)
+    run = tfrecords.plan_prepare(config, str(out), dataset=dataset, workers=1, shards=4)
+    jobs = [job for job in run.todo if job["table"] == "items"]
+    tfrecords.write_shard({**jobs[0], "items": jobs[0]["items"][:5]})  # warm-up: tracing
+    start = time.process_time()
+    for job in jobs:
+        tfrecords.write_shard(job)
+    cpu = time.process_time() - start
+    digest = hashlib.sha1()
+    for job in jobs:
+        digest.update((out / job["file"]).read_bytes())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"items": num_items, "cpu_ms_per_item": 1000 * cpu / num_items,
+            "items_shards_sha1": digest.hexdigest(), "tfmmrec": tfmmrec.__file__,
+            "load_average": os.getloadavg()}
+
+
+def _merge_prepare_run(report: dict, key: str, command: str) -> None:
+    path = RESULTS / "scale.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    section = merged.get("beam_prepare", {})
+    if section.get("items") != report["items"]:
+        section = {}
+    commands = section.get("commands", [section["command"]] if "command" in section else [])
+    commands += [command] if command not in commands else []
+    section.update({k: v for k, v in report.items() if not isinstance(v, dict)})
+    section.update({key: report[key], "commands": commands, "command": "; ".join(commands)})
+    merged["beam_prepare"] = section
+    path.write_text(json.dumps(merged, indent=2, default=str))
 
 
 def bench_beam_encode(sizes: list[int], cache_up_to: int) -> dict:
@@ -553,34 +640,49 @@ def bench_beam_encode(sizes: list[int], cache_up_to: int) -> dict:
     return report
 
 
+PREPARE_RUNS = (("local", "local process pool, {n} workers"),
+                ("beam", "Beam FnApiRunner, {n} worker processes"),
+                ("local_1_workers", "local, 1 worker (in-process)"),
+                ("beam_1_workers", "Beam FnApiRunner, 1 worker process"))
+ENCODE_LABELS = {"local": "tfmmrec encode", "beam": "tfmmrec encode --runner",
+                 "cache": "feature cache (train)"}
+
+
+def _total_rss(row: dict) -> float:
+    """Peak total RSS (driver + workers); runs before it was sampled: driver + largest worker."""
+    return row.get("total_peak_rss_gib",
+                   row["driver_peak_rss_gib"] + row["worker_peak_rss_gib"])
+
+
 def print_beam_tables(report: dict) -> None:
     if "beam_prepare" in report:
         r = report["beam_prepare"]
-        print(f"\nprepare, {r['items']:,} items ({r['image']}; {r['audio']}), {r['workers']} "
-              "workers:")
+        print(f"\nprepare, {r['items']:,} items ({r['image']}; {r['audio']}):")
         print(f"| {'path':<42} | {'items/s':>8} | {'CPU util':>8} | {'CPU ms/item':>11} | "
-              f"{'peak RSS driver':>15} |")
-        for key, label in (("local", "local (process pool)"),
-                           ("beam", "Beam FnApiRunner (worker processes)")):
+              f"{'peak RSS total':>14} | {'load avg':>8} |")
+        for key, label in PREPARE_RUNS:
+            if key not in r:
+                continue
             row = r[key]
-            print(f"| {label:<42} | {row['items_per_s']:>8.1f} | "
+            load = row.get("load_average", [float("nan")])[0]
+            print(f"| {label.format(n=r['workers']):<42} | {row['items_per_s']:>8.1f} | "
                   f"{100 * row['cpu_utilisation']:>7.0f}% | "
                   f"{1000 * row['cpu_seconds'] / row['items']:>11.1f} | "
-                  f"{row['driver_peak_rss_gib']:>11.2f} GiB |")
+                  f"{_total_rss(row):>10.2f} GiB | {load:>8.1f} |")
     if "beam_encode" in report:
         r = report["beam_encode"]
         print(f"\nencode ({r['encoder']}), {r['workers']} workers:")
         print(f"| {'items':>9} | {'path':<23} | {'items/s':>8} | {'CPU ms/item':>11} | "
-              f"{'driver peak RSS':>15} | {'worker peak RSS':>15} |")
-        labels = {"local": "tfmmrec encode", "beam": "tfmmrec encode --runner",
-                  "cache": "feature cache (train)"}
+              f"{'driver peak RSS':>15} | {'worker peak RSS':>15} | {'total peak RSS':>14} |")
         for size, rows in r["sizes"].items():
             for key, row in rows.items():
                 workers = (f"{row['worker_peak_rss_gib']:>11.2f} GiB" if key == "beam"
                            else f"{'-':>15}")
-                print(f"| {int(size):>9,} | {labels[key]:<23} | {row['items_per_s']:>8,.0f} | "
+                print(f"| {int(size):>9,} | {ENCODE_LABELS[key]:<23} | "
+                      f"{row['items_per_s']:>8,.0f} | "
                       f"{1000 * row['cpu_seconds'] / row['items']:>11.2f} | "
-                      f"{row['driver_peak_rss_gib']:>11.2f} GiB | {workers} |")
+                      f"{row['driver_peak_rss_gib']:>11.2f} GiB | {workers} | "
+                      f"{_total_rss(row):>10.2f} GiB |")
 
 
 def plot_beam(report: dict, path: Path) -> None:
@@ -597,12 +699,21 @@ def plot_beam(report: dict, path: Path) -> None:
     axes = list(axes[0])
     if "beam_prepare" in report:
         ax, r = axes.pop(0), report["beam_prepare"]
-        values = [r["local"]["items_per_s"], r["beam"]["items_per_s"]]
-        ax.bar(["local process pool", "Beam FnApiRunner"], values, color=["#4878a8", "#d1853a"])
-        for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.1f}/s", ha="center", va="bottom")
+        runs = [(key, label.format(n=r["workers"])) for key, label in PREPARE_RUNS if key in r]
+        values = [r[key]["items_per_s"] for key, _ in runs]
+        colors = ["#d1853a" if key.startswith("beam") else "#4878a8" for key, _ in runs]
+        ax.bar(range(len(runs)), values, color=colors)
+        ax.set_xticks(range(len(runs)))
+        ax.set_xticklabels([("Beam" if key.startswith("beam") else "local") + "\n"
+                            + ("1 worker" if key.endswith("_1_workers")
+                               else f"{r['workers']} workers") for key, _ in runs], fontsize=8)
+        for i, (key, _) in enumerate(runs):
+            ax.text(i, values[i], f"{values[i]:.1f}/s\n"
+                    f"{1000 * r[key]['cpu_seconds'] / r['items']:.0f} CPU ms/item",
+                    ha="center", va="bottom", fontsize=7)
         ax.set_ylabel("items per second")
-        ax.set_title(f"prepare {r['items']:,} items, {r['workers']} workers")
+        ax.set_ylim(0, 1.25 * max(values))
+        ax.set_title(f"prepare {r['items']:,} items", fontsize=10)
     if "beam_encode" in report:
         r = report["beam_encode"]
         sizes = sorted(int(s) for s in r["sizes"])
@@ -614,23 +725,26 @@ def plot_beam(report: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("catalogue items")
         ax.set_ylabel("items per second")
-        ax.set_title("encode throughput")
+        ax.set_title("encode throughput", fontsize=10)
         ax.legend(fontsize=8)
         ax = axes.pop(0)
         for key, field, label, style in (
-                ("local", "driver_peak_rss_gib", "tfmmrec encode (one process)", "o-"),
+                ("local", None, "tfmmrec encode (one process)", "o-"),
+                ("beam", None, "Beam: driver + workers", "s-"),
                 ("beam", "driver_peak_rss_gib", "Beam driver", "s--"),
-                ("beam", "worker_peak_rss_gib", "Beam worker (largest)", "s-"),
-                ("cache", "driver_peak_rss_gib", "in-memory feature cache", "x:")):
-            points = [(s, r["sizes"][str(s)][key][field]) for s in sizes
+                ("beam", "worker_peak_rss_gib", "Beam worker (largest)", "s:"),
+                ("cache", None, "in-memory feature cache", "x:")):
+            points = [(s, _total_rss(r["sizes"][str(s)][key]) if field is None
+                       else r["sizes"][str(s)][key][field]) for s in sizes
                       if key in r["sizes"][str(s)]]
             if points:
                 ax.plot(*zip(*points, strict=True), style, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("catalogue items")
         ax.set_ylabel("peak RSS (GiB)")
-        ax.set_title("encode memory as the catalogue grows")
-        ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.set_title("encode memory as the catalogue grows", fontsize=10)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -720,10 +834,20 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _merge_into(path: Path, report: dict, key: str) -> dict:
+    """Write ``report[key]`` into the JSON as it is now (another section may have finished
+    since this run read it); the merged report."""
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged[key] = report[key]
+    path.write_text(json.dumps(merged, indent=2, default=str))
+    return merged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", choices=["input", "index", "all", "plot", "beam-prepare",
-                                              "beam-encode", "beam"], default="all",
+                                              "beam-encode", "beam", "prepare-cpu"],
+                        default="all",
                         help="plot: redraw the PNG from the JSON already written")
     parser.add_argument("--items", type=int, default=1000, help="catalogue size for `input`")
     parser.add_argument("--users", type=int, default=5000, help="users (20 interactions each)")
@@ -732,10 +856,15 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=500, help="queries for recall@10")
     parser.add_argument("--dim", type=int, default=64, help="embedding size")
     parser.add_argument("--beam-items", type=int, default=10000, help="items for beam-prepare")
+    parser.add_argument("--beam-workers", default=f"{CORES},1",
+                        help="worker counts for beam-prepare")
+    parser.add_argument("--beam-runners", default="local,beam",
+                        help="which of local,beam beam-prepare runs")
     parser.add_argument("--sizes", default="10000,100000,1000000",
                         help="catalogue sizes for beam-encode")
     parser.add_argument("--cache-up-to", type=int, default=1000000,
                         help="also measure the in-memory feature cache up to this size")
+    parser.add_argument("--label", default="current", help="name of a prepare-cpu result")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -751,18 +880,28 @@ def main(argv=None) -> int:
         plot_beam(report, RESULTS / "scale_beam.png")
         return 0
     command = "python benchmarks/scale.py " + " ".join(argv or sys.argv[1:])
+    if args.section == "prepare-cpu":
+        row = {"command": command, **bench_prepare_cpu(args.items)}
+        print(f"prepare, one process: {row['cpu_ms_per_item']:.1f} CPU ms/item "
+              f"({args.items} items, tfmmrec at {row['tfmmrec']}; item shards sha1 "
+              f"{row['items_shards_sha1'][:12]})")
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        merged.setdefault("prepare_cpu", {})[args.label] = row
+        path.write_text(json.dumps(merged, indent=2, default=str))
+        return 0
     if args.section.startswith("beam"):
         if args.section in ("beam", "beam-prepare"):
             print(f"beam-prepare: {args.beam_items} items...", flush=True)
-            report["beam_prepare"] = {"command": command, **bench_beam_prepare(args.beam_items)}
-            path.write_text(json.dumps(report, indent=2, default=str))
+            workers = [int(w) for w in args.beam_workers.split(",")]
+            bench_beam_prepare(args.beam_items, workers, args.beam_runners.split(","), command)
+            report = json.loads(path.read_text())
         if args.section in ("beam", "beam-encode"):
             sizes = [int(s) for s in args.sizes.split(",")]
             print(f"beam-encode: {sizes}...", flush=True)
             report["beam_encode"] = {"command": command,
                                      **bench_beam_encode(sizes, args.cache_up_to)}
+            report = _merge_into(path, report, "beam_encode")
         print_beam_tables(report)
-        path.write_text(json.dumps(report, indent=2, default=str))
         plot_beam(report, RESULTS / "scale_beam.png")
         print(f"\nwrote {path} and {RESULTS / 'scale_beam.png'}")
         return 0

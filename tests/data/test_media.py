@@ -192,6 +192,35 @@ def test_resample_matches_scipy_on_noise():
     assert np.corrcoef(ours, reference)[0, 1] > 0.99
 
 
+def _windowed_sinc_reference(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """The resampler's definition, one output sample at a time in float64."""
+    half = -(-media._ZERO_CROSSINGS * max(rate_in, rate_out) // rate_out)
+    cutoff = min(1.0, rate_out / rate_in)
+    out = np.zeros(-(-len(wave) * rate_out // rate_in))
+    for n in range(len(out)):
+        base, rest = divmod(n * rate_in, rate_out)
+        taps = np.arange(-half + 1, half + 1)
+        x = (taps - rest / rate_out) * cutoff
+        window = np.i0(media._KAISER_BETA * np.sqrt(np.clip(
+            1 - (x / media._ZERO_CROSSINGS) ** 2, 0, 1))) / np.i0(media._KAISER_BETA)
+        kernel = cutoff * np.sinc(x) * np.where(np.abs(x) <= media._ZERO_CROSSINGS, window, 0)
+        index = base + taps
+        inside = (index >= 0) & (index < len(wave))
+        out[n] = np.sum(wave[index[inside]] * kernel[inside])
+    return out
+
+
+# Phases of the fractional position: 1 (48 kHz), 160 (44.1 kHz), 640 (11,025 Hz, upsampling)
+# and 16,000 (coprime rates): each output must use its own phase's kernel.
+@pytest.mark.parametrize("rate_in", [48000, 44100, 11025, 16001])
+def test_resample_equals_the_windowed_sinc_definition(rate_in):
+    wave = np.random.default_rng(rate_in).uniform(-0.5, 0.5, 3000).astype(np.float32)
+    ours = media.resample(wave, rate_in, 16000).numpy()
+    reference = _windowed_sinc_reference(wave.astype(np.float64), rate_in, 16000)
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, atol=2e-6)
+
+
 def test_resample_with_tensor_rate_in_graph_computes_length():
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([], tf.int32)])
     def run(wave: tf.Tensor, rate: tf.Tensor) -> tf.Tensor:
