@@ -40,7 +40,12 @@ def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[st
 class ScannIndex(TopKIndex):
     """Anisotropic-quantisation tree search; the fastest kind, but only servers linked with the
     ScaNN ops load it (``import scann`` in Python; the ``google/tf-serving-scann`` image, last
-    built for TF 2.11)."""
+    built for TF 2.11).
+
+    The searcher lives in variables of unknown shape (ScaNN's own ``ScannState``) holding its
+    config (leaves, reordering) too, so a catalogue update retrains a searcher over the new
+    embeddings and stores it under the same graph; the search returns positions (no identifier
+    table, whose length the graph would fix)."""
 
     kind = "scann"
     op_namespaces = frozenset({"Scann"})
@@ -50,8 +55,7 @@ class ScannIndex(TopKIndex):
                  parameters: dict):
         super().__init__(k, item_embeddings.shape[0], item_ids, parameters)
         self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, **parameters).index(
-            tf.constant(item_embeddings, tf.float32),
-            tf.range(item_embeddings.shape[0], dtype=tf.int32))
+            tf.constant(item_embeddings, tf.float32))
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):
