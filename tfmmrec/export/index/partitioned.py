@@ -12,9 +12,9 @@ Item storage may be bfloat16 (half the bytes to gather) or int8 with a per-item 
 quarter); scores then use the stored values.
 
 Catalogue updates (:meth:`PartitionedIndex.updated`) keep the centroids, the chunk size and the
-number of chunks probed: an added or re-embedded item goes to its nearest centroid's partition
-(a free slot of one of its chunks, else a new chunk with that centroid), a removed item leaves a
-free slot, and only the touched chunks' rows are re-stored. Once more than
+number of chunks probed: an added or re-embedded item takes a free slot in the nearest of its
+``PLACE_NEAREST`` closest partitions that has one (else a new chunk centred on such items), a
+removed item leaves a free slot, and only the touched chunks' rows are re-stored. Once more than
 ``RECLUSTER_FRACTION`` of the catalogue was placed this way since the last k-means, or when the
 probed chunks could no longer hold k items, the index is rebuilt (new k-means, new calibration).
 """
@@ -40,6 +40,8 @@ MAX_PARTITIONS = 4096
 # Share of the catalogue placed by catalogue updates (without k-means) after which an update
 # re-clusters: the centroids were fitted to the older items.
 RECLUSTER_FRACTION = 0.2
+# A placed item goes to the nearest of this many partitions with a free slot.
+PLACE_NEAREST = 4
 
 
 def partition_count(num_items: int, config: PartitionedConfig) -> int:
@@ -272,28 +274,41 @@ class PartitionedIndex(TopKIndex):
 
 
 def _place(positions: np.ndarray, centroids: np.ndarray, touched: np.ndarray,
-           item_embeddings: np.ndarray, rows: np.ndarray):
-    """Put ``rows`` into free slots of their nearest partition's chunks (new chunks with that
-    centroid when those are full). Chunks of one partition share a centroid row."""
+           item_embeddings: np.ndarray, rows: np.ndarray, nearest: int = PLACE_NEAREST):
+    """Put each of ``rows`` into a free slot of the nearest of its ``nearest`` closest
+    partitions that has one (chunks of one k-means partition share a centroid row); items
+    with none get new chunks centred on them. Filling free slots first keeps chunks full,
+    so the probed chunks keep holding k items (tiny new chunks would force a rebuild)."""
     partitions, partition_of_chunk = np.unique(centroids, axis=0, return_inverse=True)
     partition_of_chunk = partition_of_chunk.reshape(-1)
+    free: dict[int, list[tuple[int, int]]] = {}
+    for chunk, slot in zip(*np.nonzero(positions < 0), strict=True):
+        free.setdefault(int(partition_of_chunk[chunk]), []).append((int(chunk), int(slot)))
     vectors = item_embeddings[rows]
-    nearest = np.argmin((partitions ** 2).sum(1)[None, :] - 2 * vectors @ partitions.T, axis=1)
+    distance = (partitions ** 2).sum(1)[None, :] - 2 * vectors @ partitions.T
+    closest = np.argsort(distance, axis=1)[:, :nearest]
+    left: dict[int, list[int]] = {}
+    for row, choices in zip(rows, closest, strict=True):
+        for partition in choices:
+            slots = free.get(int(partition))
+            if slots:
+                chunk, slot = slots.pop()
+                positions[chunk, slot] = row
+                touched[chunk] = True
+                break
+        else:
+            left.setdefault(int(choices[0]), []).append(int(row))
     chunk_size = positions.shape[1]
     new_positions, new_centroids = [], []
-    for partition in np.unique(nearest):
-        members = rows[nearest == partition]
-        chunks = np.flatnonzero(partition_of_chunk == partition)
-        free_chunk, free_slot = np.nonzero(positions[chunks] < 0)
-        fit = min(len(members), len(free_chunk))
-        positions[chunks[free_chunk[:fit]], free_slot[:fit]] = members[:fit]
-        touched[chunks[free_chunk[:fit]]] = True
-        for start in range(fit, len(members), chunk_size):
-            row = np.full(chunk_size, -1, np.int64)
+    for members in left.values():
+        for start in range(0, len(members), chunk_size):
             piece = members[start:start + chunk_size]
+            row = np.full(chunk_size, -1, np.int64)
             row[:len(piece)] = piece
             new_positions.append(row)
-            new_centroids.append(partitions[partition])
+            # Its items' mean, not the partition's centroid: a tie with the partition's
+            # chunks would always rank the new chunk last (top_k keeps the lower index).
+            new_centroids.append(item_embeddings[piece].mean(0))
     if new_positions:
         positions = np.concatenate([positions, np.stack(new_positions)])
         centroids = np.concatenate([centroids, np.stack(new_centroids).astype(np.float32)])
