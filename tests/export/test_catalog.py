@@ -355,14 +355,21 @@ def test_viewed_content_joins_the_session_and_empty_rows_are_ignored(base, items
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["scann", "partitioned"])
-def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, tiny_config, tiny_trained,
+@pytest.mark.parametrize(("kind", "probe", "graph_reused"), [
+    ("scann", None, True),          # a new searcher stored in ScaNN's variables
+    ("partitioned", None, True),    # the item placed in a free slot; calibrated probe kept
+    ("partitioned", 1000, False),   # "probe every chunk": the probe count changes, re-traced
+])
+def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, probe, graph_reused,
+                                                           tiny_config, tiny_trained,
                                                            items, tiny_demo_dir, tmp_path):
     """The update rebuilds the export's own kind (through ``tfmmrec.export.index.build``) with
-    its settings, and the added item is found through it."""
+    its settings, and the added item is found through it. The graph is reused unless the
+    index's graph constants change."""
     config = load_config(tiny_config, [f"export.base_dir={tmp_path}", "export.k=5",
                                        f"export.max_k={K}",
-                                       "export.partitioned.partitions_to_probe=1000"])
+                                       f"export.partitioned.partitions_to_probe={probe}"
+                                       if probe else "export.partitioned.target_recall=0.99"])
     version = pipeline.export(config, model=tiny_trained.model,
                               workspace=tiny_trained.workspace, index=kind)
     model = ExportedModel(version)
@@ -373,6 +380,9 @@ def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, tiny_config, ti
     assert new.metadata["index"] == kind and new.metadata["num_items"] == len(items) + 1
     assert new.metadata["index_settings"] == model.metadata["index_settings"]
     assert f"new-{kind}".encode() in new.recommend(["u000"], k=3)["item_ids"][0]
+    same = (added.version_dir / "saved_model.pb").read_bytes() == (
+        version / "saved_model.pb").read_bytes()
+    assert same == graph_reused
 
 
 # --- updates rewrite variables, not graphs ----------------------------------------------------
@@ -455,3 +465,25 @@ def test_sorted_id_lookup_never_returns_a_colliding_unknown_id(monkeypatch):
                                   tf.constant([["bb", "zz", "ccc"], ["d", "a", "dddd"],
                                                ["e", "", "a"]]))
     np.testing.assert_array_equal(found.numpy(), [[1, -1, 2], [3, 0, -1], [-1, -1, 0]])
+
+
+def test_sorted_ids_derived_by_an_update_equal_a_fresh_sort():
+    """A catalogue update derives the next version's sorted id hashes from the previous ones
+    (rows renumbered, added ids inserted) instead of hashing and sorting every id again."""
+    from tfmmrec.export.index import CatalogChange
+    from tfmmrec.export.module import SortedIds, _sorted_id_keys
+
+    ids = np.array([f"item-{i}".encode() for i in range(500)], object)
+    stored = SortedIds(*_sorted_id_keys(ids), ids)
+    np.testing.assert_array_equal(stored.get_indexer([b"item-7", b"nope", b"item-499"]),
+                                  [7, -1, 499])
+    keep = np.ones(500, bool)
+    keep[[3, 100, 250]] = False
+    added = np.array([b"new-a", b"new-b"], object)
+    new_ids = np.concatenate([ids[keep], added])
+    change = CatalogChange(np.concatenate([np.flatnonzero(keep), [-1, -1]]),
+                           np.arange(497, 499), 500)
+    keys, rows = stored.changed(change, new_ids)
+    fresh_keys, fresh_rows = _sorted_id_keys(new_ids)
+    np.testing.assert_array_equal(keys, fresh_keys)
+    np.testing.assert_array_equal(rows, fresh_rows)

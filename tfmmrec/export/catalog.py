@@ -41,7 +41,7 @@ from tfmmrec.export.index import (
     recall_against_brute_force,
 )
 from tfmmrec.export.loader import latest_version
-from tfmmrec.export.module import RetrievalServingModule
+from tfmmrec.export.module import RetrievalServingModule, SortedIds
 from tfmmrec.export.variables import VersionVariables, checkpoint_prefix
 from tfmmrec.export.warmup import warmup_requests
 from tfmmrec.export.writer import (
@@ -96,7 +96,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
                           version: int | None = None, *, settings: IndexSettings | None = None,
                           recall_queries: np.ndarray | None = None,
                           warmup_user: str | None = None,
-                          previous: PreviousVersion | None = None) -> Path:
+                          previous: PreviousVersion | None = None,
+                          id_keys: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Build the serving module over ``item_embeddings`` with ``towers`` and write a version.
 
     ``metadata`` carries the serving settings (``default_k``, ``max_k``, ``max_exclude``,
@@ -104,7 +105,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
     index entries and item count are (re)written here. With ``previous`` (a catalogue update)
     whose graph fits the new module (equal ``graph_constants``), only the catalogue variables
     are written under that graph (``writer.write_updated_version``); otherwise the module is
-    traced and saved in full.
+    traced and saved in full. ``id_keys``: the served-id lookup, when the caller derived it
+    (``module.SortedIds.changed``).
     """
     item_ids = np.asarray(item_ids)
     if len(item_ids) == 0:
@@ -118,7 +120,7 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
                           previous=_previous_index(previous, kind))
     uses_scann = "Scann" in index.op_namespaces
     module = RetrievalServingModule(towers, item_embeddings, index,
-                                    **_module_settings(item_ids, metadata))
+                                    **_module_settings(item_ids, metadata, id_keys))
     constants = json.loads(json.dumps(module.graph_constants()))
     metadata = {**metadata, "index": kind, "index_parameters": index.parameters,
                 "index_servers": list(index.servers), "num_items": len(item_ids),
@@ -152,13 +154,13 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
                     "its graph constants differ")
     if isinstance(towers, StoredTowers):  # the module is traced: it needs the real towers
         module = RetrievalServingModule(towers.load(), item_embeddings, index,
-                                        **_module_settings(item_ids, metadata))
+                                        **_module_settings(item_ids, metadata, id_keys))
     return write_version(module, base_dir, model_name, version, metadata,
                          uses_scann=uses_scann, warmup=warmup)
 
 
-def _module_settings(item_ids, metadata: dict) -> dict:
-    return {"item_ids": item_ids, "default_k": int(metadata["default_k"]),
+def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
+    return {"item_ids": item_ids, "id_keys": id_keys, "default_k": int(metadata["default_k"]),
             "max_k": int(metadata["max_k"]),
             "retrieve_candidates": int(metadata["retrieve_candidates"]),
             "max_seen": int(metadata.get("max_seen", 0)),
@@ -221,7 +223,10 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
     register_custom_ops(scann=metadata.get("requires_scann_ops", True))
     towers, ids, embeddings, variables = _read_version(previous, metadata)
     result = CatalogUpdate(previous, previous)
-    position = pd.Index(ids)  # served ids as bytes (as stored: no 1M-string decode)
+    # Served ids as stored (bytes: no million-string decode), looked up through the stored
+    # sorted hashes when the version has them.
+    position = (pd.Index(ids) if variables is None else SortedIds(
+        variables.read(("item_keys",)), variables.read(("item_key_rows",)), ids))
 
     if operation == "remove":
         if items is not None:
@@ -272,7 +277,8 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
         towers, embeddings, ids, metadata["index"], metadata, model_dir.parent,
         model_dir.name, settings=_index_settings(metadata),
         warmup_user=metadata.get("warmup_user", ""),
-        previous=PreviousVersion(previous, metadata, variables, change))
+        previous=PreviousVersion(previous, metadata, variables, change),
+        id_keys=position.changed(change, ids) if isinstance(position, SortedIds) else None)
     result.num_items = len(ids)
     logger.info("catalogue %s: %s → %s (%d items)", operation, previous.name,
                 result.version_dir.name, len(ids))
@@ -364,8 +370,8 @@ def _index_settings(metadata: dict) -> IndexSettings:
                          partitioned=PartitionedConfig(**(stored.get("partitioned") or {})))
 
 
-def embed_table(towers, path: Path, metadata: dict, position: pd.Index, operation: str,
-                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def embed_table(towers, path: Path, metadata: dict, position: pd.Index | SortedIds,
+                operation: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Read, check and embed a table of new or changed items with the version's towers
     (``position``: the served ids)."""
     schema = metadata.get("item_columns")

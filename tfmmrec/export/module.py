@@ -273,7 +273,8 @@ class RetrievalServingModule(tf.Module):
     def __init__(self, towers, item_embeddings: np.ndarray, index, *, item_ids: np.ndarray,
                  default_k: int, max_k: int, retrieve_candidates: int = 100,
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
-                 session_user_weight: float = 0.5):
+                 session_user_weight: float = 0.5,
+                 id_keys: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__(name="tfmmrec")
         self.towers = towers
         self.index = index
@@ -289,7 +290,9 @@ class RetrievalServingModule(tf.Module):
                                                "item_embeddings")
         ids = np.asarray(item_ids)
         self.item_ids = catalog_variable(ids, "item_ids")
-        keys, rows = _sorted_id_keys(ids)
+        # id_keys: the same (sorted hashes, rows), derived from a previous version's by a
+        # catalogue update (sorting a million hashes again is a tenth of its time).
+        keys, rows = id_keys if id_keys is not None else _sorted_id_keys(ids)
         self.item_keys = catalog_variable(keys, "item_keys")
         self.item_key_rows = catalog_variable(rows, "item_key_rows")
         self.default_k = default_k
@@ -577,6 +580,44 @@ def _sorted_id_keys(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keys = _id_keys(tf.constant(ids)).numpy()
     order = np.argsort(keys, kind="stable")
     return keys[order], order.astype(np.int64)
+
+
+class SortedIds:
+    """The served-id lookup of :func:`_lookup_sorted` in numpy, over a version's stored
+    ``(keys, rows, ids)``: what a catalogue update checks new ids against and derives the
+    next version's keys from, without hashing or indexing the million stored ids again."""
+
+    def __init__(self, keys: np.ndarray, rows: np.ndarray, ids: np.ndarray):
+        self.keys, self.rows, self.ids = keys, rows, ids
+
+    def get_indexer(self, wanted) -> np.ndarray:
+        """Row of each wanted id (bytes), −1 when not stored (as ``pandas.Index``)."""
+        wanted = np.asarray(wanted, object)
+        hashes = _id_keys(tf.constant(wanted, tf.string)).numpy() if len(wanted) else \
+            np.zeros(0, np.int64)
+        found = np.full(len(wanted), -1, np.int64)
+        first = np.searchsorted(self.keys, hashes)
+        for offset in (1, 0):  # the first match wins
+            at = np.minimum(first + offset, len(self.keys) - 1)
+            row = self.rows[at]
+            hit = (self.keys[at] == hashes) & (self.ids[row] == wanted)
+            found = np.where(hit, row, found)
+        return found
+
+    def changed(self, change, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(sorted keys, rows)`` of the catalogue ``ids`` after ``change`` (a
+        ``CatalogChange`` from these stored ids): kept ids keep their hashes (rows renumbered),
+        added ones are hashed and inserted in order."""
+        new_row = change.new_row_of_previous()[self.rows]
+        kept = new_row >= 0
+        keys, rows = self.keys[kept], new_row[kept]
+        added = np.flatnonzero(change.previous_row < 0)
+        if len(added):
+            hashes = _id_keys(tf.constant(ids[added], tf.string)).numpy()
+            order = np.argsort(hashes, kind="stable")
+            at = np.searchsorted(keys, hashes[order], side="right")
+            keys, rows = np.insert(keys, at, hashes[order]), np.insert(rows, at, added[order])
+        return keys, rows
 
 
 def _lookup_sorted(keys, rows, stored_ids, item_ids):
