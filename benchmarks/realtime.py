@@ -477,7 +477,8 @@ def main(argv=None) -> int:
         save_part("catalog", {
             "catalog": bench_catalog(args.sizes, args.index, args.reuse_runs),
             "catalog_command": "python benchmarks/realtime.py --section catalog --sizes "
-                               + " ".join(map(str, args.sizes)) + f" --index {args.index}"})
+                               + " ".join(map(str, args.sizes)) + f" --index {args.index}"
+                               + " --reuse-runs" * args.reuse_runs})
     if args.section in ("session", "all"):
         save_part("session", {"session": bench_session(),
                               "session_command": "python benchmarks/realtime.py --section "

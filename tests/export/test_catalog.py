@@ -367,7 +367,7 @@ def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, probe, graph_re
     its settings, and the added item is found through it. The graph is reused unless the
     index's graph constants change."""
     config = load_config(tiny_config, [f"export.base_dir={tmp_path}", "export.k=5",
-                                       f"export.max_k={K}",
+                                       f"export.max_k={K}", "export.max_exclude=10",
                                        f"export.partitioned.partitions_to_probe={probe}"
                                        if probe else "export.partitioned.target_recall=0.99"])
     version = pipeline.export(config, model=tiny_trained.model,

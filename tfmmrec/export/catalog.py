@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -370,10 +371,11 @@ def _index_settings(metadata: dict) -> IndexSettings:
                          partitioned=PartitionedConfig(**(stored.get("partitioned") or {})))
 
 
-def embed_table(towers, path: Path, metadata: dict, position: pd.Index | SortedIds,
-                operation: str, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def embed_table(towers, path: Path, metadata: dict,
+                position: pd.Index | SortedIds | Mapping[str, int], operation: str,
+                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Read, check and embed a table of new or changed items with the version's towers
-    (``position``: the served ids)."""
+    (``position``: the served ids, as an index or ``{id: row}``)."""
     schema = metadata.get("item_columns")
     if schema is None:
         raise ExportError("this export does not record its items-table columns; export the "
@@ -388,7 +390,10 @@ def embed_table(towers, path: Path, metadata: dict, position: pd.Index | SortedI
                         f"{', '.join(sorted(known))} — rename or drop the others")
     new_ids = catalog.item_ids.astype(str)
     labels = [validate.row_label(path, i) for i in range(len(new_ids))]
-    served = position.get_indexer(_as_bytes(new_ids)) >= 0
+    if isinstance(position, Mapping):  # {id: row}, as callers outside `apply` pass
+        served = np.array([str(i) in position for i in new_ids], bool)
+    else:
+        served = position.get_indexer(_as_bytes(new_ids)) >= 0
     if operation == "add":
         clash = [f"{w} ({str(i)!r})" for i, w, s in zip(new_ids, labels, served, strict=True)
                  if s]

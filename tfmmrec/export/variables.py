@@ -61,15 +61,22 @@ class VersionVariables:
         ``root``; ``None`` when ``root`` is not structured like the saved module (a path that
         does not resolve, a variable of another dtype, or catalogue variables the previous
         checkpoint has no key for)."""
-        found: dict[str, tf.Variable] = {}
+        paths: dict[str, list[Path_]] = {}
         for path, key in self.paths.items():
-            if path[0] in MODEL_CHILDREN:
-                continue
-            variable = _resolve(root, path)
-            if not isinstance(variable, tf.Variable) or variable.dtype != self.dtypes[key]:
+            if path[0] not in MODEL_CHILDREN:
+                paths.setdefault(key, []).append(path)
+        found: dict[str, tf.Variable] = {}
+        for key, candidates in paths.items():
+            # A key may have several paths, some only in SavedModel serialisation (a Keras
+            # layer's `variables` list): one that resolves to the variable is enough.
+            resolved = {id(v): v for v in (_resolve(root, path) for path in candidates)
+                        if isinstance(v, tf.Variable)}
+            if len(resolved) != 1:
                 return None
-            if found.setdefault(key, variable) is not variable:
+            variable = next(iter(resolved.values()))
+            if variable.dtype != self.dtypes[key]:
                 return None
+            found[key] = variable
         ours = _variables([child for name, child in _children(root).items()
                            if name not in MODEL_CHILDREN])
         if ours != {id(v) for v in found.values()}:

@@ -94,7 +94,7 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
         with atomic_path(final, directory=True) as tmp:
             tf.saved_model.save(module, tmp, signatures=module.signatures(), options=options)
             _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
-            if hasattr(module.towers, "embed_item_content"):
+            if hasattr(getattr(module, "towers", None), "embed_item_content"):
                 from tfmmrec.export.module import ItemEmbedder
 
                 tf.saved_model.save(ItemEmbedder(module.towers),

@@ -17,6 +17,10 @@ from tfmmrec.export.index.base import (
     register,
 )
 
+# The attributes of ScaNN's ``ScannState`` (scann_ops.ScannState): the serialised searcher.
+SCANN_STATE = ("scann_config", "serialized_partitioner", "datapoint_to_token", "ah_codebook",
+               "hashed_dataset", "int8_dataset", "int8_multipliers", "dp_norms", "dataset")
+
 
 def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[str, int]:
     """ScaNN settings scaled to the catalogue: ~sqrt(N) leaves, search ~10% of them, reorder.
@@ -56,6 +60,14 @@ class ScannIndex(TopKIndex):
         super().__init__(k, item_embeddings.shape[0], item_ids, parameters)
         self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, **parameters).index(
             tf.constant(item_embeddings, tf.float32))
+        # ScaNN's state variables save the shapes they were built with (validate_shape=False
+        # only skips checks on assignment): re-hold them with no saved shape, so a searcher
+        # over another number of items restores under the same graph.
+        state = self.layer._serialized_searcher  # TFRS keeps it private
+        for name in SCANN_STATE:
+            value = getattr(state, name).read_value()
+            setattr(state, name, tf.Variable(value, trainable=False, name=name,
+                                             shape=tf.TensorShape(None)))
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):
