@@ -95,6 +95,14 @@ def test_removed_then_added_items_rank_exactly_as_at_export(base, items, tiny_de
     np.testing.assert_allclose(after["recommend_scores"], before["recommend_scores"], atol=1e-5)
     np.testing.assert_allclose(ExportedModel(added.version_dir).item_embeddings(chosen["item_id"]),
                                original.item_embeddings(chosen["item_id"]), atol=1e-5)
+    sessions = [list(chosen["item_id"][:2]), ["i0003", "i0010"]]
+    np.testing.assert_array_equal(
+        ExportedModel(added.version_dir).recommend_session(sessions, ["u001", ""], k=K)[
+            "item_ids"], original.recommend_session(sessions, ["u001", ""], k=K)["item_ids"])
+    # Both updates stored new variables under the exported graph (nothing re-traced).
+    graph = (base / "1" / "saved_model.pb").read_bytes()
+    assert (removed.version_dir / "saved_model.pb").read_bytes() == graph
+    assert (added.version_dir / "saved_model.pb").read_bytes() == graph
 
 
 def test_added_item_is_returned_by_every_signature(base, items, tiny_demo_dir):
@@ -248,27 +256,6 @@ def test_embed_items_returns_the_served_embeddings(base):
     np.testing.assert_array_equal(out["embedding"][1], np.zeros(table.shape[1]))
 
 
-def test_hashed_id_lookup_never_returns_a_colliding_unknown_id(monkeypatch):
-    """The served-id table is keyed by 64-bit hashes; a hit is confirmed against the stored id,
-    and colliding served ids fall back to string keys. A toy hash (the id's length) makes
-    collisions happen on purpose."""
-    import tensorflow as tf
-
-    from tfmmrec.export import module
-
-    monkeypatch.setattr(module, "_id_keys",
-                        lambda ids: tf.cast(tf.strings.length(ids), tf.int64))
-    ids = np.array(["a", "bb", "ccc"])
-    table, hashed = module._id_table(ids)
-    assert hashed
-    rows = module._lookup_ids(table, hashed, tf.constant(ids),
-                              tf.constant([["bb", "zz", "ccc"], ["", "a", "dddd"]]))
-    np.testing.assert_array_equal(rows.numpy(), [[1, -1, 2], [-1, 0, -1]])
-    table, hashed = module._id_table(np.array(["a", "b", "cc"]))  # "a" and "b" collide
-    assert not hashed
-    assert table.lookup(tf.constant(["b", "cc", "zz"])).numpy().tolist() == [1, 2, -1]
-
-
 def test_export_records_what_it_contains_and_holds_no_seen_items_by_default(exported):
     meta = read_metadata(exported)
     assert meta["exclude_seen"] is False and meta["max_seen"] == 0
@@ -368,14 +355,21 @@ def test_viewed_content_joins_the_session_and_empty_rows_are_ignored(base, items
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["scann", "partitioned"])
-def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, tiny_config, tiny_trained,
+@pytest.mark.parametrize(("kind", "probe", "graph_reused"), [
+    ("scann", None, True),          # a new searcher stored in ScaNN's variables
+    ("partitioned", None, True),    # the item placed in a free slot; calibrated probe kept
+    ("partitioned", 1000, False),   # "probe every chunk": the probe count changes, re-traced
+])
+def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, probe, graph_reused,
+                                                           tiny_config, tiny_trained,
                                                            items, tiny_demo_dir, tmp_path):
     """The update rebuilds the export's own kind (through ``tfmmrec.export.index.build``) with
-    its settings, and the added item is found through it."""
+    its settings, and the added item is found through it. The graph is reused unless the
+    index's graph constants change."""
     config = load_config(tiny_config, [f"export.base_dir={tmp_path}", "export.k=5",
-                                       f"export.max_k={K}",
-                                       "export.partitioned.partitions_to_probe=1000"])
+                                       f"export.max_k={K}", "export.max_exclude=10",
+                                       f"export.partitioned.partitions_to_probe={probe}"
+                                       if probe else "export.partitioned.target_recall=0.99"])
     version = pipeline.export(config, model=tiny_trained.model,
                               workspace=tiny_trained.workspace, index=kind)
     model = ExportedModel(version)
@@ -386,3 +380,110 @@ def test_every_index_kind_is_rebuilt_by_a_catalogue_update(kind, tiny_config, ti
     assert new.metadata["index"] == kind and new.metadata["num_items"] == len(items) + 1
     assert new.metadata["index_settings"] == model.metadata["index_settings"]
     assert f"new-{kind}".encode() in new.recommend(["u000"], k=3)["item_ids"][0]
+    same = (added.version_dir / "saved_model.pb").read_bytes() == (
+        version / "saved_model.pb").read_bytes()
+    assert same == graph_reused
+
+
+# --- updates rewrite variables, not graphs ----------------------------------------------------
+
+
+def checkpoint_values(version: Path) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(version / "variables" / "variables"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_dtype_map()}
+
+
+def test_an_update_reuses_the_graph_and_rewrites_only_the_catalogue(base, items, tiny_demo_dir):
+    """The next version is the previous graph byte for byte (nothing re-traced), the towers'
+    variables as they were, a fingerprint TF computes from the new files, and it loads as a
+    TF1 graph + session (TF Serving's loader) serving the new item."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import fingerprint_pb2
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    row = with_all_media(items).iloc[[3]].assign(item_id="graph-reused")
+    version = catalog.add(base, write_items(row, tiny_demo_dir, "reuse.csv")).version_dir
+    first = base / "1"
+    assert (version / "saved_model.pb").read_bytes() == (first / "saved_model.pb").read_bytes()
+    def fingerprint(raw: bytes):
+        parsed = fingerprint_pb2.FingerprintDef.FromString(raw)
+        parsed.ClearField("uuid")  # random per computation
+        return parsed
+
+    written = fingerprint((version / "fingerprint.pb").read_bytes())
+    assert written == fingerprint(fingerprinting.CreateFingerprintDef(str(version)))
+    assert written.checkpoint_hash != fingerprint(
+        (first / "fingerprint.pb").read_bytes()).checkpoint_hash
+    before, after = checkpoint_values(first), checkpoint_values(version)
+    assert before.keys() == after.keys()
+    towers = [key for key in before if key.startswith("towers/")]
+    assert towers
+    for key in towers:
+        np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+    assert len(after["item_ids/.ATTRIBUTES/VARIABLE_VALUE"]) == len(items) + 1
+    # TF1 graph + session, signatures run by tensor name.
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(version))
+        signature = meta.signature_def["embed_items"]
+        out = session.run({k: v.name for k, v in signature.outputs.items()},
+                          {signature.inputs["item_id"].name: np.array([b"graph-reused"])})
+    assert out["found"].tolist() == [True]
+    np.testing.assert_allclose(out["embedding"],
+                               ExportedModel(version).item_embeddings(["graph-reused"]))
+
+
+def test_a_catalogue_too_small_for_the_graph_is_saved_in_full(base, items):
+    """Below ``max_k + max_exclude`` items the graph's clamped sizes change: the update traces
+    and saves the module (and serves every remaining item)."""
+    ids = items["item_id"].tolist()
+    result = catalog.remove(base, item_ids=ids[:len(ids) - 12])
+    version = result.version_dir
+    assert (version / "saved_model.pb").read_bytes() != (base / "1" /
+                                                           "saved_model.pb").read_bytes()
+    model = ExportedModel(version)
+    assert model.metadata["graph_constants"]["max_k"] == 12
+    served = model.recommend(["u000"], k=12)["item_ids"][0].astype(str)
+    assert sorted(served) == sorted(ids[-12:])
+
+
+def test_sorted_id_lookup_never_returns_a_colliding_unknown_id(monkeypatch):
+    """Served ids are found by binary search of sorted 64-bit hashes, confirmed against the
+    stored id; two served ids sharing a hash are both found. A toy hash (the id's length)
+    makes collisions happen on purpose."""
+    import tensorflow as tf
+
+    from tfmmrec.export import module
+
+    monkeypatch.setattr(module, "_id_keys",
+                        lambda ids: tf.cast(tf.strings.length(ids), tf.int64))
+    ids = np.array(["a", "bb", "ccc", "d"])  # "a" and "d" collide
+    keys, rows = module._sorted_id_keys(ids)
+    found = module._lookup_sorted(tf.constant(keys), tf.constant(rows), tf.constant(ids),
+                                  tf.constant([["bb", "zz", "ccc"], ["d", "a", "dddd"],
+                                               ["e", "", "a"]]))
+    np.testing.assert_array_equal(found.numpy(), [[1, -1, 2], [3, 0, -1], [-1, -1, 0]])
+
+
+def test_sorted_ids_derived_by_an_update_equal_a_fresh_sort():
+    """A catalogue update derives the next version's sorted id hashes from the previous ones
+    (rows renumbered, added ids inserted) instead of hashing and sorting every id again."""
+    from tfmmrec.export.index import CatalogChange
+    from tfmmrec.export.module import SortedIds, _sorted_id_keys
+
+    ids = np.array([f"item-{i}".encode() for i in range(500)], object)
+    stored = SortedIds(*_sorted_id_keys(ids), ids)
+    np.testing.assert_array_equal(stored.get_indexer([b"item-7", b"nope", b"item-499"]),
+                                  [7, -1, 499])
+    keep = np.ones(500, bool)
+    keep[[3, 100, 250]] = False
+    added = np.array([b"new-a", b"new-b"], object)
+    new_ids = np.concatenate([ids[keep], added])
+    change = CatalogChange(np.concatenate([np.flatnonzero(keep), [-1, -1]]),
+                           np.arange(497, 499), 500)
+    keys, rows = stored.changed(change, new_ids)
+    fresh_keys, fresh_rows = _sorted_id_keys(new_ids)
+    np.testing.assert_array_equal(keys, fresh_keys)
+    np.testing.assert_array_equal(rows, fresh_rows)

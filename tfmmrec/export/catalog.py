@@ -13,12 +13,17 @@ swaps it in; a failed or killed update leaves the served versions untouched.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import os
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfmmrec import modalities
@@ -27,11 +32,25 @@ from tfmmrec.config import PartitionedConfig, ScannConfig
 from tfmmrec.data import validate
 from tfmmrec.data.dataset import ModalityColumns, load_items_table
 from tfmmrec.errors import DataError, ExportError, MediaDecodeError
-from tfmmrec.export.index import IndexSettings, TopKIndex, build, recall_against_brute_force
+from tfmmrec.export.index import (
+    CatalogChange,
+    IndexSettings,
+    PreviousIndex,
+    TopKIndex,
+    build,
+    index_class,
+    recall_against_brute_force,
+)
 from tfmmrec.export.loader import latest_version
-from tfmmrec.export.module import RetrievalServingModule
+from tfmmrec.export.module import RetrievalServingModule, SortedIds
+from tfmmrec.export.variables import VersionVariables, checkpoint_prefix
 from tfmmrec.export.warmup import warmup_requests
-from tfmmrec.export.writer import read_metadata, write_version
+from tfmmrec.export.writer import (
+    ITEM_EMBEDDER,
+    read_metadata,
+    write_updated_version,
+    write_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,26 +71,45 @@ class CatalogUpdate:
 
 
 def rebuild_index(item_embeddings: np.ndarray, item_ids: np.ndarray, settings: IndexSettings,
-                  max_k: int) -> TopKIndex:
+                  max_k: int, previous: PreviousIndex | None = None) -> TopKIndex:
     """The index of ``settings.kind`` over these embeddings (rows = positions in ``item_ids``),
     answering up to ``max_k`` results. Export and catalogue updates both build through
     ``tfmmrec.export.index.build``, so every kind (brute_force, scann, partitioned) is rebuilt
-    the same way after a catalogue change, with the export's kind-specific settings."""
-    return build(item_embeddings, item_ids, dataclasses.replace(settings, max_k=max_k))
+    the same way after a catalogue change, with the export's kind-specific settings; with
+    ``previous`` a kind that can derive its index from the previous version's does
+    (``TopKIndex.updated``: partitioned)."""
+    return build(item_embeddings, item_ids, dataclasses.replace(settings, max_k=max_k),
+                 previous=previous)
+
+
+@dataclass
+class PreviousVersion:
+    """What a catalogue update read of the version it starts from."""
+
+    path: Path
+    metadata: dict
+    variables: VersionVariables | None  # None: an export from before reusable graphs
+    change: CatalogChange
 
 
 def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: str,
                           metadata: dict, base_dir: str | os.PathLike, model_name: str,
                           version: int | None = None, *, settings: IndexSettings | None = None,
                           recall_queries: np.ndarray | None = None,
-                          warmup_user: str | None = None) -> Path:
+                          warmup_user: str | None = None,
+                          previous: PreviousVersion | None = None,
+                          id_keys: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Build the serving module over ``item_embeddings`` with ``towers`` and write a version.
 
     ``metadata`` carries the serving settings (``default_k``, ``max_k``, ``max_exclude``,
     ``max_seen``, ``max_session_items``, ``session_user_weight``, ``retrieve_candidates``); the
-    index entries and item count are (re)written here.
+    index entries and item count are (re)written here. With ``previous`` (a catalogue update)
+    whose graph fits the new module (equal ``graph_constants``), only the catalogue variables
+    are written under that graph (``writer.write_updated_version``); otherwise the module is
+    traced and saved in full. ``id_keys``: the served-id lookup, when the caller derived it
+    (``module.SortedIds.changed``).
     """
-    item_ids = np.asarray(item_ids).astype(str)
+    item_ids = np.asarray(item_ids)
     if len(item_ids) == 0:
         raise ExportError("cannot export an empty catalogue: at least one item must remain")
     two_stage = hasattr(towers, "score_candidates")
@@ -79,16 +117,15 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
     deepest = max(max_k, int(metadata["retrieve_candidates"]) if two_stage else 0)
     deepest += int(metadata["max_exclude"]) + int(metadata.get("max_seen", 0))
     settings = dataclasses.replace(settings or IndexSettings(), kind=kind)
-    index = rebuild_index(item_embeddings, item_ids, settings, deepest)
+    index = rebuild_index(item_embeddings, item_ids, settings, deepest,
+                          previous=_previous_index(previous, kind))
     uses_scann = "Scann" in index.op_namespaces
-    module = RetrievalServingModule(
-        towers, item_embeddings, index, item_ids=item_ids, default_k=int(metadata["default_k"]),
-        max_k=max_k, retrieve_candidates=int(metadata["retrieve_candidates"]),
-        max_seen=int(metadata.get("max_seen", 0)), max_exclude=int(metadata["max_exclude"]),
-        max_session_items=int(metadata["max_session_items"]),
-        session_user_weight=float(metadata["session_user_weight"]))
+    module = RetrievalServingModule(towers, item_embeddings, index,
+                                    **_module_settings(item_ids, metadata, id_keys))
+    constants = json.loads(json.dumps(module.graph_constants()))
     metadata = {**metadata, "index": kind, "index_parameters": index.parameters,
                 "index_servers": list(index.servers), "num_items": len(item_ids),
+                "graph_constants": constants, "tower_functions": tower_functions(towers),
                 "load_requirements": [r for m in module.modalities
                                       for r in modalities.get(m).load_requirements]
                 + ["import scann (or a TF Serving build with ScaNN ops)"] * uses_scann}
@@ -103,9 +140,52 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
     warmup = None
     if warmup_user is not None:
         warmup = warmup_requests(module.modalities, warmup_user,
-                               min(int(metadata["default_k"]), module.max_k), item_ids[0])
+                               min(int(metadata["default_k"]), module.max_k),
+                               _text(item_ids[0]))
+    if (previous is not None and previous.variables is not None
+            and previous.metadata.get("graph_constants") == constants):
+        written = write_updated_version(previous.path, module, base_dir, model_name, version,
+                                        metadata, uses_scann=uses_scann, warmup=warmup)
+        if written is not None:
+            return written
+    elif previous is not None:
+        logger.info("catalogue update: the graph of %s does not fit the new catalogue (%s); "
+                    "saving in full", previous.path.name,
+                    "no graph constants recorded" if previous.variables is None else
+                    "its graph constants differ")
+    if isinstance(towers, StoredTowers):  # the module is traced: it needs the real towers
+        module = RetrievalServingModule(towers.load(), item_embeddings, index,
+                                        **_module_settings(item_ids, metadata, id_keys))
     return write_version(module, base_dir, model_name, version, metadata,
                          uses_scann=uses_scann, warmup=warmup)
+
+
+def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
+    return {"item_ids": item_ids, "id_keys": id_keys, "default_k": int(metadata["default_k"]),
+            "max_k": int(metadata["max_k"]),
+            "retrieve_candidates": int(metadata["retrieve_candidates"]),
+            "max_seen": int(metadata.get("max_seen", 0)),
+            "max_exclude": int(metadata["max_exclude"]),
+            "max_session_items": int(metadata["max_session_items"]),
+            "session_user_weight": float(metadata["session_user_weight"])}
+
+
+def _previous_index(previous: PreviousVersion | None, kind: str) -> PreviousIndex | None:
+    """The previous version's index state, when its kind derives updates from it."""
+    if (previous is None or previous.variables is None or previous.metadata["index"] != kind
+            or index_class(kind).updated.__func__ is TopKIndex.updated.__func__):
+        return None
+    return PreviousIndex(previous.variables.read_under(("index",)),
+                         previous.metadata.get("index_parameters") or {}, previous.change)
+
+
+def _as_bytes(ids) -> np.ndarray:
+    """Ids as the stored form: an object array of UTF-8 bytes."""
+    return np.array([i if isinstance(i, bytes) else str(i).encode() for i in ids], object)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # -- the three operations ----------------------------------------------------------------------
@@ -135,8 +215,6 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
           batch_size: int = 64) -> CatalogUpdate:
     """Load the newest version under ``model_base_path`` (``BASE/NAME``), apply ``operation``
     and write the next version. Every check runs before anything is written."""
-    import time
-
     if operation not in OPERATIONS:
         raise ExportError(f"unknown catalogue operation {operation!r}: use "
                           f"{', '.join(OPERATIONS)}")
@@ -144,17 +222,12 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
     previous = latest_version(model_dir)
     metadata = read_metadata(previous)
     register_custom_ops(scann=metadata.get("requires_scann_ops", True))
-    try:
-        loaded = tf.saved_model.load(str(previous))
-    except Exception as exc:
-        raise ExportError(f"cannot load SavedModel {previous}: {exc}") from None
-    if not hasattr(loaded, "towers"):
-        raise ExportError(f"{previous} was exported before catalogue updates existed (no "
-                          "towers in the SavedModel); export the model again with this version")
-    ids = loaded.item_ids.numpy().astype(str)
-    embeddings = loaded.item_table.numpy()
+    towers, ids, embeddings, variables = _read_version(previous, metadata)
     result = CatalogUpdate(previous, previous)
-    position = {item: i for i, item in enumerate(ids)}
+    # Served ids as stored (bytes: no million-string decode), looked up through the stored
+    # sorted hashes when the version has them.
+    position = (pd.Index(ids) if variables is None else SortedIds(
+        variables.read(("item_keys",)), variables.read(("item_key_rows",)), ids))
 
     if operation == "remove":
         if items is not None:
@@ -169,40 +242,125 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
             where = [f"id #{i + 1}" for i in range(len(wanted))]
         if not wanted:
             raise DataError("catalog remove: no item ids given (--items FILE or --ids)")
-        unknown = [f"{w} ({item!r})" for item, w in zip(wanted, where, strict=True)
-                   if item not in position]
+        rows = position.get_indexer(_as_bytes(wanted))
+        unknown = [f"{w} ({item!r})" for item, w, row in zip(wanted, where, rows, strict=True)
+                   if row < 0]
         if unknown:
             raise DataError(f"catalog remove: {len(unknown)} id(s) not in {previous}: "
                             f"{', '.join(unknown[:validate.SHOW_AT_MOST])}")
         keep = np.ones(len(ids), bool)
-        keep[[position[i] for i in wanted]] = False
+        keep[rows] = False
+        change = CatalogChange(np.flatnonzero(keep), np.zeros(0, np.int64), len(ids))
         ids, embeddings = ids[keep], embeddings[keep]
         result.removed = int((~keep).sum())
     else:
         if items is None:
             raise DataError(f"catalog {operation}: --items FILE is required")
         started = time.perf_counter()
-        new_ids, new_embeddings = embed_table(loaded.towers, Path(items), metadata, position,
+        new_ids, new_embeddings = embed_table(towers, Path(items), metadata, position,
                                               operation, batch_size)
         result.embedded_seconds = time.perf_counter() - started
         if operation == "add":
-            ids = np.concatenate([ids, new_ids])
+            change = CatalogChange(
+                np.concatenate([np.arange(len(ids)), np.full(len(new_ids), -1)]),
+                np.arange(len(ids), len(ids) + len(new_ids)), len(ids))
+            ids = np.concatenate([ids, _as_bytes(new_ids)])
             embeddings = np.concatenate([embeddings, new_embeddings])
             result.added = len(new_ids)
         else:
-            rows = [position[i] for i in new_ids]
+            rows = position.get_indexer(_as_bytes(new_ids))
+            change = CatalogChange(np.arange(len(ids)), np.sort(rows), len(ids))
             embeddings = embeddings.copy()
             embeddings[rows] = new_embeddings
             result.updated = len(new_ids)
 
     result.version_dir = write_catalog_version(
-        loaded.towers, embeddings, ids, metadata["index"], metadata, model_dir.parent,
+        towers, embeddings, ids, metadata["index"], metadata, model_dir.parent,
         model_dir.name, settings=_index_settings(metadata),
-        warmup_user=metadata.get("warmup_user", ""))
+        warmup_user=metadata.get("warmup_user", ""),
+        previous=PreviousVersion(previous, metadata, variables, change),
+        id_keys=position.changed(change, ids) if isinstance(position, SortedIds) else None)
     result.num_items = len(ids)
     logger.info("catalogue %s: %s → %s (%d items)", operation, previous.name,
                 result.version_dir.name, len(ids))
     return result
+
+
+def _read_version(version_dir: Path, metadata: dict):
+    """``(towers, item ids as bytes, item embeddings, variables)`` of a version. An export
+    that records its ``graph_constants`` is not loaded: its catalogue is read straight from the
+    checkpoint (``variables``) and its towers are :class:`StoredTowers`; an older one is loaded
+    whole (``variables`` None: the update saves in full)."""
+    try:
+        if "graph_constants" in metadata and "tower_functions" in metadata:
+            variables = VersionVariables(version_dir)
+            towers = StoredTowers(version_dir, metadata["tower_functions"], variables)
+            return (towers, variables.read(("item_ids",)), variables.read(("item_table",)),
+                    variables)
+        loaded = tf.saved_model.load(str(version_dir))
+    except Exception as exc:
+        raise ExportError(f"cannot load SavedModel {version_dir}: {exc}") from None
+    if not hasattr(loaded, "towers"):
+        raise ExportError(f"{version_dir} was exported before catalogue updates existed (no "
+                          "towers in the SavedModel); export the model again with this version")
+    return loaded.towers, loaded.item_ids.numpy(), loaded.item_table.numpy(), None
+
+
+def tower_functions(towers) -> list[str]:
+    """The names of the towers' saved functions (recorded in each version's metadata)."""
+    if isinstance(towers, StoredTowers):
+        return list(towers.functions)
+    return sorted(name for name in dir(towers) if not name.startswith("_")
+                  and isinstance(getattr(towers, name), tf.types.experimental.GenericFunction))
+
+
+class StoredTowers:
+    """The towers of a saved version, loaded only as far as a catalogue update uses them.
+
+    Building the next version's serving module asks of its towers only which functions they
+    have (``hasattr``; recorded as ``tower_functions`` in the metadata) and, with a baked seen
+    set, the training ids (read from the checkpoint). When the update writes variables under
+    the previous graph, that is all: ``embed_item_content`` loads the version's
+    ``assets.extra/item_embedder`` (that one function and its variables, not every
+    signature). :meth:`load` restores the towers themselves, for an update that must trace
+    and save the module in full.
+    """
+
+    def __init__(self, version_dir: Path, functions, variables: VersionVariables):
+        self.version_dir = Path(version_dir)
+        self.functions = tuple(functions)
+        self._variables = variables
+        self._loaded = self._embedder = None
+
+    def __getattr__(self, name: str):
+        if name in self.__dict__.get("functions", ()):
+            return functools.partial(self._call, name)
+        raise AttributeError(name)
+
+    def _call(self, name: str, *args, **kwargs):
+        return getattr(self.load(), name)(*args, **kwargs)
+
+    @property
+    def training_item_ids(self) -> tf.Tensor:
+        return tf.constant(self._variables.read(("towers", "training_item_ids")))
+
+    def embed_item_content(self, content):
+        if self._embedder is None:  # the loaded module itself: it owns the variables
+            path = self.version_dir / "assets.extra" / ITEM_EMBEDDER
+            self._embedder = tf.saved_model.load(str(path)) if path.is_dir() else self.load()
+        return self._embedder.embed_item_content(content)
+
+    def load(self):
+        """The restored towers (every function; catalogue variables are not restored)."""
+        if self._loaded is None:
+            loaded = tf.saved_model.load(str(self.version_dir), options=tf.saved_model.LoadOptions(
+                experimental_skip_checkpoint=True))
+            # The SavedModel's checkpoint keys are paths from its root: a Checkpoint whose one
+            # child is `towers` restores exactly the towers' subtree.
+            tf.train.Checkpoint(towers=loaded.towers).restore(
+                checkpoint_prefix(self.version_dir)).expect_partial()
+            self._loaded = loaded  # kept: the root owns what the towers' functions capture
+        return self._loaded.towers
 
 
 def _index_settings(metadata: dict) -> IndexSettings:
@@ -213,9 +371,11 @@ def _index_settings(metadata: dict) -> IndexSettings:
                          partitioned=PartitionedConfig(**(stored.get("partitioned") or {})))
 
 
-def embed_table(towers, path: Path, metadata: dict, position: dict[str, int], operation: str,
+def embed_table(towers, path: Path, metadata: dict,
+                position: pd.Index | SortedIds | Mapping[str, int], operation: str,
                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Read, check and embed a table of new or changed items with the version's towers."""
+    """Read, check and embed a table of new or changed items with the version's towers
+    (``position``: the served ids, as an index or ``{id: row}``)."""
     schema = metadata.get("item_columns")
     if schema is None:
         raise ExportError("this export does not record its items-table columns; export the "
@@ -230,15 +390,20 @@ def embed_table(towers, path: Path, metadata: dict, position: dict[str, int], op
                         f"{', '.join(sorted(known))} — rename or drop the others")
     new_ids = catalog.item_ids.astype(str)
     labels = [validate.row_label(path, i) for i in range(len(new_ids))]
+    if isinstance(position, Mapping):  # {id: row}, as callers outside `apply` pass
+        served = np.array([str(i) in position for i in new_ids], bool)
+    else:
+        served = position.get_indexer(_as_bytes(new_ids)) >= 0
     if operation == "add":
-        clash = [f"{w} ({str(i)!r})" for i, w in zip(new_ids, labels, strict=True) if i in position]
+        clash = [f"{w} ({str(i)!r})" for i, w, s in zip(new_ids, labels, served, strict=True)
+                 if s]
         if clash:
             raise DataError(f"{path}: {len(clash)} item id(s) already in the catalogue: "
                             f"{', '.join(clash[:validate.SHOW_AT_MOST])}. Use `catalog "
                             "update` to change them")
     else:
-        missing = [f"{w} ({str(i)!r})" for i, w in zip(new_ids, labels, strict=True)
-                   if i not in position]
+        missing = [f"{w} ({str(i)!r})" for i, w, s in zip(new_ids, labels, served, strict=True)
+                   if not s]
         if missing:
             raise DataError(f"{path}: {len(missing)} item id(s) not in the catalogue: "
                             f"{', '.join(missing[:validate.SHOW_AT_MOST])}. Use `catalog add`")

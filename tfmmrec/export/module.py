@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from tfmmrec import modalities
 from tfmmrec.config import ServingLimitsConfig
+from tfmmrec.export.index.base import catalog_variable
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.item import ItemTower
 from tfmmrec.towers.query import QueryTower
@@ -92,8 +93,11 @@ class ServingTowers(tf.Module):
         ids = np.asarray(training_item_ids).astype(str)
         self.training_item_ids = tf.Variable(ids, trainable=False, name="training_item_ids")
         self.num_training_items = len(ids)
-        # Training id → position; keyed by id hashes like the served-id table (_id_table).
-        self.item_lookup, self.hashed_lookup = _id_table(ids)
+        # Training id → position: sorted id hashes in variables, like the served ids (a hash
+        # table's 1M keys were a 16 MB graph constant every update re-read).
+        keys, rows = _sorted_id_keys(ids)
+        self.training_item_keys = tf.Variable(keys, trainable=False, name="training_item_keys")
+        self.training_key_rows = tf.Variable(rows, trainable=False, name="training_key_rows")
         # History pooling in the query tower reads training-item embeddings by position.
         self.history_table = None
         if query_tower.history is not None:
@@ -159,8 +163,8 @@ class ServingTowers(tf.Module):
 
     def _training_positions(self, item_ids):
         """Position of each id in the training catalogue (−1: not a training item)."""
-        return _lookup_ids(self.item_lookup, self.hashed_lookup, self.training_item_ids,
-                           item_ids)
+        return _lookup_sorted(self.training_item_keys, self.training_key_rows,
+                              self.training_item_ids, item_ids)
 
     def _session_query(self, user_id, session_item_ids):
         """The query of each user with the session's training items appended to their stored
@@ -225,6 +229,22 @@ class ServingTowers(tf.Module):
         return (self.seen_table.lookup(keys) > 0) & (training_item_index >= 0)
 
 
+class ItemEmbedder(tf.Module):
+    """``embed_item_content`` of a :class:`ServingTowers` (saved or restored) with only what it
+    reads: saved beside every version (``assets.extra/item_embedder``, which servers ignore)
+    so a catalogue update loads one function instead of every signature's (the towers' own
+    functions are the same traces, so an item embeds exactly as through the version)."""
+
+    def __init__(self, towers):
+        super().__init__(name="item_embedder")
+        self.model_variables = list(towers.model_variables)
+        self.model_resources = list(towers.model_resources)
+        self.training = [getattr(towers, name) for name in (
+            "training_item_ids", "training_item_keys", "training_key_rows")
+            if hasattr(towers, name)]  # older exports kept a hash table instead
+        self.embed_item_content = towers.embed_item_content
+
+
 class RetrievalServingModule(tf.Module):
     """Signatures (all ``predict``):
 
@@ -257,16 +277,28 @@ class RetrievalServingModule(tf.Module):
     def __init__(self, towers, item_embeddings: np.ndarray, index, *, item_ids: np.ndarray,
                  default_k: int, max_k: int, retrieve_candidates: int = 100,
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
-                 session_user_weight: float = 0.5):
+                 session_user_weight: float = 0.5,
+                 id_keys: tuple[np.ndarray, np.ndarray] | None = None):
         super().__init__(name="tfmmrec")
         self.towers = towers
         self.index = index
         num_items = int(item_embeddings.shape[0])
-        self.num_items = num_items
-        self.item_table = tf.Variable(item_embeddings, trainable=False, name="item_embeddings")
-        ids = np.asarray(item_ids).astype(str)
-        self.item_ids = tf.Variable(ids, trainable=False, name="item_ids")
-        self.item_rows, self.hashed_rows = _id_table(ids)
+        self.num_items = num_items  # never traced: the graph reads sizes off the variables
+        # The served catalogue lives only in variables of unknown length (ids, embeddings,
+        # sorted id hashes, the index's own): a catalogue update stores new values under this
+        # graph without re-tracing it (writer.write_updated_version). Brute force searches
+        # the served table itself.
+        self.item_table = index.embeddings
+        if self.item_table is None:
+            self.item_table = catalog_variable(np.asarray(item_embeddings, np.float32),
+                                               "item_embeddings")
+        ids = np.asarray(item_ids)
+        self.item_ids = catalog_variable(ids, "item_ids")
+        # id_keys: the same (sorted hashes, rows), derived from a previous version's by a
+        # catalogue update (sorting a million hashes again is a tenth of its time).
+        keys, rows = id_keys if id_keys is not None else _sorted_id_keys(ids)
+        self.item_keys = catalog_variable(keys, "item_keys")
+        self.item_key_rows = catalog_variable(rows, "item_key_rows")
         self.default_k = default_k
         self.max_k = min(max_k, num_items)
         self.two_stage = hasattr(towers, "score_candidates")
@@ -278,7 +310,8 @@ class RetrievalServingModule(tf.Module):
         self.training_index = None
         if self.max_seen:
             training = pd.Index(towers.training_item_ids.numpy().astype(str))
-            self.training_index = tf.constant(training.get_indexer(ids), tf.int64)
+            self.training_index = catalog_variable(
+                training.get_indexer(ids.astype(str)).astype(np.int64), "training_index")
         self.max_exclude = max_exclude
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
@@ -288,6 +321,18 @@ class RetrievalServingModule(tf.Module):
         self._placeholders = {m: modalities.get(m).placeholder()  # eager, once
                               for m in self.modalities}
         self._build_signature_functions(default_k)
+
+    def graph_constants(self) -> dict:
+        """Every Python value the signatures bake into their graphs besides the towers'
+        functions: a version's graph serves a new catalogue unchanged iff these are equal
+        (sizes clamped to the catalogue, such as ``max_k`` on a tiny one, are among them)."""
+        return {"default_k": min(self.default_k, self.max_k), "max_k": self.max_k,
+                "retrieve_candidates": self.retrieve_candidates if self.two_stage else None,
+                "max_seen": self.max_seen,
+                "max_exclude": self.max_exclude, "max_session_items": self.max_session_items,
+                "session_user_weight": self.session_user_weight, "two_stage": self.two_stage,
+                "history_sessions": self.history_sessions, "modalities": list(self.modalities),
+                "dim": int(self.item_table.shape[1]), "index": self.index.graph_constants()}
 
     def _build_signature_functions(self, default_k: int) -> None:
         """Optional inputs (``k``, ``exclude_item_ids``, ``user_id`` of a session) are Python
@@ -362,7 +407,7 @@ class RetrievalServingModule(tf.Module):
 
     def _lookup_rows(self, item_ids):
         """Served row of each id (−1: not served)."""
-        return _lookup_ids(self.item_rows, self.hashed_rows, self.item_ids, item_ids)
+        return _lookup_sorted(self.item_keys, self.item_key_rows, self.item_ids, item_ids)
 
     def _exclusion_rows(self, exclude, batch):
         """``[B, E]`` rows to exclude; an empty ``[0, 0]`` request means none."""
@@ -383,7 +428,8 @@ class RetrievalServingModule(tf.Module):
         batch = tf.shape(queries)[0]
         excluded_rows = self._exclusion_rows(exclude, batch)
         seen = self.max_seen if user_id is not None else 0
-        fetch = min(count + self.max_exclude + seen, self.num_items)
+        # index.k = min(deepest request, catalogue size): a constant of the graph.
+        fetch = min(count + self.max_exclude + seen, self.index.k)
         scores, items = self.index(queries, k=fetch)
         items = tf.cast(items, tf.int64)
         masked = tf.reduce_any(items[:, :, None] == excluded_rows[:, None, :], axis=2)
@@ -543,34 +589,71 @@ def _id_keys(item_ids):
     return tf.strings.to_hash_bucket_fast(item_ids, np.iinfo(np.int64).max)
 
 
-def _id_table(ids: np.ndarray) -> tuple[tf.lookup.StaticHashTable, bool]:
-    """``(id → position in ids table, keyed by hash?)``: the served ids and the training ids.
-
-    The table's keys are written into the SavedModel graph as a constant (and copied again
-    each time a catalogue update re-saves the restored towers). A million string constants take
-    ~0.9 s to serialise (one Python call per string) each time; their int64 hashes take
-    milliseconds. Lookups confirm a hit against the stored id (:func:`_lookup_ids`), so hashing
-    never returns a wrong item; if two ids share a hash (odds ~N²/2⁶⁴), the table keeps string
-    keys.
-    """
+def _sorted_id_keys(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted id hashes, row of each)``: an id → row lookup held in two variables (the
+    served ids, which a catalogue update rewrites, and the training ids). A hash table's keys
+    would be a graph constant: re-serialised by every save, and re-read by every load."""
     keys = _id_keys(tf.constant(ids)).numpy()
-    hashed = len(np.unique(keys)) == len(keys)
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(keys) if hashed else tf.constant(ids),
-            tf.range(len(ids), dtype=tf.int64)), default_value=-1)
-    return table, hashed
+    order = np.argsort(keys, kind="stable")
+    return keys[order], order.astype(np.int64)
 
 
-def _lookup_ids(table, hashed: bool, stored_ids, item_ids):
-    """Position of each id in ``stored_ids`` via a table from :func:`_id_table` (−1: absent).
-    With hashed keys a hit is confirmed against the stored id, so a hash collision with an
-    unknown id never returns a wrong item."""
-    rows = table.lookup(_id_keys(item_ids) if hashed else item_ids)
-    if not hashed:
-        return rows
-    same = tf.equal(tf.gather(stored_ids, tf.maximum(rows, 0)), item_ids)
-    return tf.where((rows >= 0) & same, rows, tf.constant(-1, tf.int64))
+class SortedIds:
+    """The served-id lookup of :func:`_lookup_sorted` in numpy, over a version's stored
+    ``(keys, rows, ids)``: what a catalogue update checks new ids against and derives the
+    next version's keys from, without hashing or indexing the million stored ids again."""
+
+    def __init__(self, keys: np.ndarray, rows: np.ndarray, ids: np.ndarray):
+        self.keys, self.rows, self.ids = keys, rows, ids
+
+    def get_indexer(self, wanted) -> np.ndarray:
+        """Row of each wanted id (bytes), −1 when not stored (as ``pandas.Index``)."""
+        wanted = np.asarray(wanted, object)
+        hashes = _id_keys(tf.constant(wanted, tf.string)).numpy() if len(wanted) else \
+            np.zeros(0, np.int64)
+        found = np.full(len(wanted), -1, np.int64)
+        first = np.searchsorted(self.keys, hashes)
+        for offset in (1, 0):  # the first match wins
+            at = np.minimum(first + offset, len(self.keys) - 1)
+            row = self.rows[at]
+            hit = (self.keys[at] == hashes) & (self.ids[row] == wanted)
+            found = np.where(hit, row, found)
+        return found
+
+    def changed(self, change, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(sorted keys, rows)`` of the catalogue ``ids`` after ``change`` (a
+        ``CatalogChange`` from these stored ids): kept ids keep their hashes (rows renumbered),
+        added ones are hashed and inserted in order."""
+        new_row = change.new_row_of_previous()[self.rows]
+        kept = new_row >= 0
+        keys, rows = self.keys[kept], new_row[kept]
+        added = np.flatnonzero(change.previous_row < 0)
+        if len(added):
+            hashes = _id_keys(tf.constant(ids[added], tf.string)).numpy()
+            order = np.argsort(hashes, kind="stable")
+            at = np.searchsorted(keys, hashes[order], side="right")
+            keys, rows = np.insert(keys, at, hashes[order]), np.insert(rows, at, added[order])
+        return keys, rows
+
+
+def _lookup_sorted(keys, rows, stored_ids, item_ids):
+    """Row of each id in ``stored_ids`` (−1: absent) by binary search of its hash in the
+    sorted ``keys`` (:func:`_sorted_id_keys`). A hit is confirmed against the stored id, so a
+    hash shared with an unknown id never returns a wrong item; the key after the first match
+    is checked too, so two served ids sharing a 64-bit hash both stay found (three sharing one,
+    odds ~N³/2¹²⁸, would leave one unfound, never wrong)."""
+    wanted = _id_keys(item_ids)
+    flat, flat_ids = tf.reshape(wanted, [-1]), tf.reshape(item_ids, [-1])
+    last = tf.shape(keys, out_type=tf.int64)[0] - 1
+    first = tf.searchsorted(keys, flat, side="left", out_type=tf.int64)
+    found = tf.fill(tf.shape(flat), tf.constant(-1, tf.int64))
+    for offset in (1, 0):  # the first match wins
+        at = tf.minimum(first + offset, last)
+        row = tf.gather(rows, at)
+        hit = tf.equal(tf.gather(keys, at), flat) & tf.equal(tf.gather(stored_ids, row),
+                                                              flat_ids)
+        found = tf.where(hit, row, found)
+    return tf.reshape(found, tf.shape(wanted))
 
 
 def _shaped(outputs: dict) -> dict:

@@ -24,6 +24,8 @@ from tfmmrec.files import atomic_path, atomic_write, process_alive, write_json
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "tfmmrec.json"
+# ``embed_item_content`` alone (module.ItemEmbedder), what catalogue updates load.
+ITEM_EMBEDDER = "item_embedder"
 _VERSION_DIR = re.compile(r"^[1-9][0-9]{0,17}$")  # int64 versions; no leading zeros
 # Temp folders of an export in progress: ``.<version>.<pid>.<hex>.tmp`` (tfmmrec.files.
 # atomic_path) and, from older releases, ``.tmp-<version>-<pid>-<time>``.
@@ -91,20 +93,89 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
     try:
         with atomic_path(final, directory=True) as tmp:
             tf.saved_model.save(module, tmp, signatures=module.signatures(), options=options)
-            extra = Path(tmp) / "assets.extra"
-            extra.mkdir(exist_ok=True)
-            payload = {**metadata, "version": version, "requires_scann_ops": uses_scann}
-            write_json(payload, extra / METADATA_FILE)
-            if warmup is not None:
-                from tfmmrec.export.warmup import write_warmup_requests
+            _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
+            if hasattr(getattr(module, "towers", None), "embed_item_content"):
+                from tfmmrec.export.module import ItemEmbedder
 
-                write_warmup_requests(extra, model_name, warmup)
+                tf.saved_model.save(ItemEmbedder(module.towers),
+                                    str(Path(tmp) / "assets.extra" / ITEM_EMBEDDER),
+                                    options=options)
     except ExportError:
         raise
     except Exception as exc:
         raise ExportError(f"export to {final} failed: {exc}") from exc
     logger.info("exported %s", final)
     return final
+
+
+def write_updated_version(previous: str | os.PathLike, module: tf.Module,
+                          base_dir: str | os.PathLike, model_name: str, version: int | None,
+                          metadata: dict, uses_scann: bool,
+                          warmup: dict | None = None) -> Path | None:
+    """Write ``module`` as a new version *without tracing it*: ``previous``'s graph
+    (``saved_model.pb``), assets and towers' variables, with ``module``'s catalogue variables
+    (:mod:`tfmmrec.export.variables`) in a new checkpoint. Valid only when ``module`` traces to
+    ``previous``'s graph (the caller compares ``graph_constants``); returns ``None``, writing
+    nothing, when its variables are not laid out like ``previous``'s. Atomic like
+    :func:`write_version`; TF's fingerprint of the files is recomputed for the new checkpoint.
+    """
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    from tfmmrec.export.variables import VersionVariables
+
+    previous = Path(previous)
+    variables = VersionVariables(previous)
+    replaced = variables.catalog_values(module)
+    if replaced is None:
+        logger.info("%s: catalogue variables laid out differently; saving in full", previous)
+        return None
+    model_dir = Path(base_dir) / model_name
+    remove_stale_temp_dirs(model_dir)
+    version = version or next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+        raise ExportError(f"{final} already exists: versions are immutable; choose another "
+                          "export.version or leave it empty for the next one")
+    try:
+        with atomic_path(final, directory=True) as tmp:
+            Path(tmp).mkdir()
+            shutil.copy2(previous / "saved_model.pb", Path(tmp) / "saved_model.pb")
+            if (previous / "assets").is_dir():
+                shutil.copytree(previous / "assets", Path(tmp) / "assets")
+            variables.write(tmp, replaced)
+            embedder = previous / "assets.extra" / ITEM_EMBEDDER
+            if embedder.is_dir():  # unchanged by catalogue updates; versions are immutable
+                shutil.copytree(embedder, Path(tmp) / "assets.extra" / ITEM_EMBEDDER,
+                                copy_function=_link_or_copy)
+            fingerprint = fingerprinting.CreateFingerprintDef(str(tmp))
+            (Path(tmp) / "fingerprint.pb").write_bytes(fingerprint)
+            _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"export to {final} failed: {exc}") from exc
+    logger.info("exported %s (graph of %s, new catalogue variables)", final, previous.name)
+    return final
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _write_extra(version_dir: Path, model_name: str, version: int, metadata: dict,
+                 uses_scann: bool, warmup: dict | None) -> None:
+    """``assets.extra``: tfmmrec's metadata and TF Serving's warmup requests."""
+    extra = version_dir / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    payload = {**metadata, "version": version, "requires_scann_ops": uses_scann}
+    write_json(payload, extra / METADATA_FILE)
+    if warmup is not None:
+        from tfmmrec.export.warmup import write_warmup_requests
+
+        write_warmup_requests(extra, model_name, warmup)
 
 
 def read_metadata(version_dir: str | os.PathLike) -> dict:

@@ -6,9 +6,12 @@ catalogue rebuilds all use it). Kinds: ``brute_force`` (exact; core TF ops), ``p
 """
 
 from tfmmrec.export.index.base import (
+    CatalogChange,
     IndexSettings,
+    PreviousIndex,
     TopKIndex,
     build,
+    catalog_variable,
     index_class,
     index_kinds,
     recall_against_brute_force,
@@ -31,6 +34,7 @@ def build_index(item_embeddings, kind: str, max_k: int, scann=None, partitioned=
     return index, index.parameters
 
 
-__all__ = ["BruteForceIndex", "IndexSettings", "PartitionedIndex", "ScannIndex", "TopKIndex",
-           "build", "build_index", "index_class", "index_kinds", "recall_against_brute_force",
+__all__ = ["BruteForceIndex", "CatalogChange", "IndexSettings", "PartitionedIndex",
+           "PreviousIndex", "ScannIndex", "TopKIndex", "build", "build_index",
+           "catalog_variable", "index_class", "index_kinds", "recall_against_brute_force",
            "register", "scann_parameters"]

@@ -6,6 +6,12 @@ kind declares the custom-op namespaces its graph needs and the servers that can 
 the export metadata, the op audit (tests/export/test_op_audit.py) and the README matrix use.
 
 A new kind is one module with a :class:`TopKIndex` subclass decorated by :func:`register`.
+
+Catalogue updates rewrite an index's variables without re-tracing the graph that searches it
+(``tfmmrec.export.catalog``), so an index keeps every size that depends on the catalogue in
+variables of unknown leading dimension (:func:`catalog_variable`), and lists in
+:meth:`TopKIndex.graph_constants` every Python value its search bakes into the graph: a new
+version may reuse a graph only when those are equal.
 """
 
 from __future__ import annotations
@@ -52,12 +58,26 @@ class IndexSettings:
         return dataclasses.asdict(self)
 
 
+def catalog_variable(value, name: str) -> tf.Variable:
+    """A non-trainable variable whose saved shape leaves the leading (catalogue) dimension
+    unknown, so a catalogue update can store a table of another length under the same
+    SavedModel graph (``tfmmrec.export.writer.write_updated_version``)."""
+    value = tf.convert_to_tensor(value)
+    return tf.Variable(value, trainable=False, name=name,
+                       shape=tf.TensorShape([None, *value.shape[1:]]))
+
+
 class TopKIndex(tf.Module):
     """Base class: a saved, servable top-k search over item positions.
 
     Subclasses set ``kind``, ``op_namespaces`` (custom-op prefixes such as ``Scann``; core TF
-    needs none) and ``servers``, and implement :meth:`from_embeddings` and :meth:`search`.
+    needs none) and ``servers``, and implement :meth:`from_embeddings` and :meth:`search`;
+    a kind whose structure can absorb a catalogue change without a rebuild also implements
+    :meth:`updated`. ``embeddings``: the exact ``[N, d]`` table when the kind keeps one (the
+    serving module then serves from it instead of holding a second copy).
     """
+
+    embeddings: tf.Variable | None = None
 
     kind: ClassVar[str]
     op_namespaces: ClassVar[frozenset[str]] = frozenset()
@@ -83,6 +103,22 @@ class TopKIndex(tf.Module):
     def search(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         raise NotImplementedError
 
+    @classmethod
+    def updated(cls, state: dict[str, np.ndarray], parameters: dict,
+                item_embeddings: np.ndarray, item_ids: np.ndarray, change: CatalogChange,
+                settings: IndexSettings) -> TopKIndex | None:
+        """The index over ``item_embeddings`` derived from the previous version's variables
+        (``state``: this kind's variable values by attribute path, e.g. ``"centroids"``) and
+        what changed, or ``None`` when this kind must be rebuilt from the embeddings (the
+        default; brute force has nothing to derive, ScaNN retrains its searcher)."""
+        del state, parameters, item_embeddings, item_ids, change, settings
+        return None
+
+    def graph_constants(self) -> dict:
+        """The Python values :meth:`search` bakes into a traced graph (a version's graph can
+        be reused for a new catalogue only when they are equal)."""
+        return {"kind": self.kind, "k": self.k}
+
     def __call__(self, queries, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """``(scores float32 [B, k], positions int32 [B, k])``, best first; ``k`` is static."""
         k = self.k if k is None else int(k)
@@ -94,6 +130,27 @@ class TopKIndex(tf.Module):
         return {"kind": self.kind, "k": self.k, "num_items": self.num_items,
                 "op_namespaces": sorted(self.op_namespaces), "servers": list(self.servers),
                 "parameters": self.parameters}
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """How a catalogue update maps the previous version's rows to the new ones.
+
+    ``previous_row[i]``: the previous row of new row ``i`` (−1: an added item); ``changed``:
+    new rows whose embedding differs from the previous version's (added or re-embedded).
+    Removed items are the previous rows absent from ``previous_row``.
+    """
+
+    previous_row: np.ndarray
+    changed: np.ndarray
+    num_previous: int
+
+    def new_row_of_previous(self) -> np.ndarray:
+        """``[num_previous]``: the new row of each previous row (−1: removed)."""
+        out = np.full(self.num_previous, -1, np.int64)
+        kept = self.previous_row >= 0
+        out[self.previous_row[kept]] = np.flatnonzero(kept)
+        return out
 
 
 _KINDS: dict[str, type[TopKIndex]] = {}
@@ -117,12 +174,25 @@ def index_class(kind: str) -> type[TopKIndex]:
     return _KINDS[kind]
 
 
+@dataclass(frozen=True)
+class PreviousIndex:
+    """The previous version's index of the same kind, as a catalogue update reads it: its
+    variable values by attribute path (``state``), its ``parameters`` and the row change."""
+
+    state: dict
+    parameters: dict
+    change: CatalogChange
+
+
 def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
-          settings: IndexSettings | None = None) -> TopKIndex:
+          settings: IndexSettings | None = None,
+          previous: PreviousIndex | None = None) -> TopKIndex:
     """The one entry point: an index of ``settings.kind`` over ``item_embeddings`` [N, d].
 
     ``item_ids`` (default: ``0..N-1`` as strings) are kept on the index for callers that map
-    positions to ids; the search itself returns positions.
+    positions to ids; the search itself returns positions. ``previous`` (catalogue updates):
+    derive the index from the previous version's when the kind can (:meth:`TopKIndex.updated`),
+    else build it anew.
     """
     settings = settings or IndexSettings()
     cls = index_class(settings.kind)
@@ -140,6 +210,11 @@ def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
            else np.asarray(item_ids))
     if ids.shape != (embeddings.shape[0],):
         raise ExportError(f"item_ids has shape {ids.shape}, expected ({embeddings.shape[0]},)")
+    if previous is not None:
+        index = cls.updated(previous.state, previous.parameters, embeddings, ids,
+                            previous.change, settings)
+        if index is not None:
+            return index
     return cls.from_embeddings(embeddings, ids, settings)
 
 

@@ -1,12 +1,16 @@
-"""Index kind ``brute_force``: exact scores against every item (TFRS BruteForce; core TF ops)."""
+"""Index kind ``brute_force``: exact scores against every item (one matmul + top_k; core TF ops).
+
+The scoring is TFRS ``BruteForce``'s (``queries @ candidates^T``, ``tf.math.top_k``) over one
+variable of unknown length that the serving module also serves embeddings from, so a catalogue
+update rewrites one ``[N, d]`` table and no graph.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
-from tfmmrec.export.index.base import IndexSettings, TopKIndex, register
+from tfmmrec.export.index.base import IndexSettings, TopKIndex, catalog_variable, register
 
 
 @register
@@ -17,13 +21,13 @@ class BruteForceIndex(TopKIndex):
 
     def __init__(self, item_embeddings: np.ndarray, item_ids: np.ndarray, k: int):
         super().__init__(k, item_embeddings.shape[0], item_ids)
-        self.layer = tfrs.layers.factorized_top_k.BruteForce(k=self.k).index(
-            tf.constant(item_embeddings, tf.float32),
-            tf.range(item_embeddings.shape[0], dtype=tf.int32))
+        self.embeddings = catalog_variable(np.asarray(item_embeddings, np.float32),
+                                           "item_embeddings")
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):
         return cls(item_embeddings, item_ids, min(settings.max_k, item_embeddings.shape[0]))
 
     def search(self, queries, k):
-        return self.layer(queries, k=k)
+        scores = tf.matmul(queries, self.embeddings, transpose_b=True)
+        return tf.math.top_k(scores, k=k)

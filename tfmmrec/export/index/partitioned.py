@@ -10,6 +10,13 @@ Search (a few gathers + matmuls, no custom ops): score the query against the chu
 take the ``probe`` best chunks, gather their items and score them exactly, and keep the top k.
 Item storage may be bfloat16 (half the bytes to gather) or int8 with a per-item scale (a
 quarter); scores then use the stored values.
+
+Catalogue updates (:meth:`PartitionedIndex.updated`) keep the centroids, the chunk size and the
+number of chunks probed: an added or re-embedded item takes a free slot in the nearest of its
+``PLACE_NEAREST`` closest partitions that has one (else a new chunk centred on such items), a
+removed item leaves a free slot, and only the touched chunks' rows are re-stored. Once more than
+``RECLUSTER_FRACTION`` of the catalogue was placed this way since the last k-means, or when the
+probed chunks could no longer hold k items, the index is rebuilt (new k-means, new calibration).
 """
 
 from __future__ import annotations
@@ -21,9 +28,20 @@ import tensorflow as tf
 
 from tfmmrec.config import PartitionedConfig
 from tfmmrec.errors import ExportError
-from tfmmrec.export.index.base import IndexSettings, TopKIndex, register
+from tfmmrec.export.index.base import (
+    CatalogChange,
+    IndexSettings,
+    TopKIndex,
+    catalog_variable,
+    register,
+)
 
 MAX_PARTITIONS = 4096
+# Share of the catalogue placed by catalogue updates (without k-means) after which an update
+# re-clusters: the centroids were fitted to the older items.
+RECLUSTER_FRACTION = 0.2
+# A placed item goes to the nearest of this many partitions with a free slot.
+PLACE_NEAREST = 4
 
 
 def partition_count(num_items: int, config: PartitionedConfig) -> int:
@@ -120,35 +138,51 @@ def calibrate_probe(items: np.ndarray, chunk_centroids: np.ndarray, positions: n
     return int(needed[max(0, math.ceil(config.target_recall * needed.size) - 1)])
 
 
+def stored_rows(rows: np.ndarray, storage: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(table, scales)``: chunk rows ``[C, M, d]`` in ``storage`` (float32, bfloat16, or int8
+    with a per-item scale ``[C, M]``)."""
+    if storage == "int8":
+        scale = np.abs(rows).max(-1) / 127.0
+        scale[scale == 0] = 1.0
+        quantized = np.clip(np.rint(rows / scale[..., None]), -127, 127).astype(np.int8)
+        return quantized, scale.astype(np.float32)
+    if storage == "bfloat16":
+        return tf.cast(rows, tf.bfloat16).numpy(), None
+    return rows.astype(np.float32), None
+
+
+def chunk_rows(item_embeddings: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``[C, M, d]`` embeddings of the items in each chunk slot (zeros for free slots)."""
+    rows = item_embeddings[np.maximum(positions, 0)]
+    rows[positions < 0] = 0.0
+    return rows
+
+
+def probes_needed(positions: np.ndarray, k: int) -> int:
+    """The fewest chunks that hold ``k`` items even if the smallest ones are probed, so
+    top-k never returns padding."""
+    filled = (positions >= 0).sum(1)
+    return int(np.searchsorted(np.cumsum(np.sort(filled)), k) + 1)
+
+
 @register
 class PartitionedIndex(TopKIndex):
     """k-means partitions probed in-graph; see the module docstring. Core TF ops only."""
 
     kind = "partitioned"
 
-    def __init__(self, centroids: np.ndarray, positions: np.ndarray, item_embeddings: np.ndarray,
-                 item_ids: np.ndarray, k: int, probe: int, storage: str, parameters: dict):
-        super().__init__(k, item_embeddings.shape[0], item_ids, parameters)
+    def __init__(self, centroids: np.ndarray, positions: np.ndarray, table: np.ndarray,
+                 scales: np.ndarray | None, item_ids: np.ndarray, k: int, probe: int,
+                 storage: str, parameters: dict):
+        super().__init__(k, len(item_ids), item_ids, parameters)
         self.probe = int(probe)
         self.storage = storage
         self.chunk_size = int(positions.shape[1])
-        rows = item_embeddings[np.maximum(positions, 0)]  # [C, M, d]
-        rows[positions < 0] = 0.0
-        self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
-        self.positions = tf.Variable(positions.astype(np.int32), trainable=False,
-                                     name="positions")
-        self.scales = None
-        if storage == "int8":
-            scale = np.abs(rows).max(-1) / 127.0
-            scale[scale == 0] = 1.0
-            quantized = np.clip(np.rint(rows / scale[..., None]), -127, 127).astype(np.int8)
-            self.table = tf.Variable(quantized, trainable=False, name="items_int8")
-            self.scales = tf.Variable(scale.astype(np.float32), trainable=False, name="scales")
-        elif storage == "bfloat16":
-            self.table = tf.Variable(tf.cast(rows, tf.bfloat16), trainable=False,
-                                     name="items_bfloat16")
-        else:
-            self.table = tf.Variable(rows, trainable=False, name="items")
+        self.centroids = catalog_variable(centroids.astype(np.float32), "centroids")
+        self.positions = catalog_variable(positions.astype(np.int32), "positions")
+        names = {"int8": "items_int8", "bfloat16": "items_bfloat16"}
+        self.table = catalog_variable(table, names.get(storage, "items"))
+        self.scales = None if scales is None else catalog_variable(scales, "scales")
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):
@@ -163,22 +197,64 @@ class PartitionedIndex(TopKIndex):
         # Chunks of half a mean partition: finer probing, padding below half a mean partition.
         chunk_size = max(1, math.ceil(num_items / count / 2))
         owners, positions = chunk_partitions(assignment, count, chunk_size)
-        filled = (positions >= 0).sum(1)
         chunk_centroids = centroids[owners]
         calibrated = None
         if config.partitions_to_probe is None:
             calibrated = calibrate_probe(item_embeddings, chunk_centroids, positions, config)
-        # Probe enough chunks that even the smallest ones hold k real items, so top-k never
-        # returns padding.
-        needed = int(np.searchsorted(np.cumsum(np.sort(filled)), k) + 1)
+        # Probe enough chunks that even the smallest ones hold k real items.
+        needed = probes_needed(positions, k)
         probe = min(len(owners), max(config.partitions_to_probe or calibrated, needed))
         parameters = {"num_partitions": count, "num_chunks": len(owners),
                       "chunk_size": chunk_size, "chunks_to_probe": probe,
                       "target_recall": config.target_recall if calibrated else None,
                       "storage": config.storage, "seed": config.seed,
-                      "padding_fraction": float(1 - filled.sum() / positions.size)}
-        return cls(chunk_centroids, positions, item_embeddings, item_ids, k, probe,
+                      "padding_fraction": float(1 - (positions >= 0).sum() / positions.size),
+                      "items_placed_since_kmeans": 0}
+        table, scales = stored_rows(chunk_rows(item_embeddings, positions), config.storage)
+        return cls(chunk_centroids, positions, table, scales, item_ids, k, probe,
                    config.storage, parameters)
+
+    @classmethod
+    def updated(cls, state, parameters, item_embeddings, item_ids, change: CatalogChange,
+                settings: IndexSettings):
+        """The previous chunks with the change applied (see the module docstring), or ``None``
+        when the index must be rebuilt."""
+        config = settings.partitioned
+        num_items, k = len(item_embeddings), min(settings.max_k, len(item_embeddings))
+        probe = int(parameters.get("chunks_to_probe", 0))
+        placed = int(parameters.get("items_placed_since_kmeans", 0)) + len(change.changed)
+        if (parameters.get("storage") != config.storage or not probe
+                or placed > RECLUSTER_FRACTION * num_items
+                # a configured probe clamped to the chunk count means "probe every chunk"
+                or (config.partitions_to_probe is not None
+                    and probe != config.partitions_to_probe)):
+            return None
+        centroids = np.asarray(state["centroids"], np.float32)
+        old = np.asarray(state["positions"], np.int64)
+        # Previous rows → new rows; removed and re-embedded items leave their slots.
+        leaving = np.zeros(num_items + 1, bool)
+        leaving[change.changed] = True
+        positions = np.where(old >= 0, change.new_row_of_previous()[np.maximum(old, 0)], -1)
+        positions[leaving[positions]] = -1  # index −1 reads the extra False
+        # Kept items keep their stored vectors (only their row numbers moved); chunks that
+        # lost one are re-stored so a free slot holds zeros.
+        touched = ((old >= 0) & (positions < 0)).any(1)
+        if len(change.changed):
+            positions, centroids, touched = _place(positions, centroids, touched,
+                                                   item_embeddings, change.changed)
+        if probes_needed(positions, k) > probe:
+            return None
+        table, scales = _restore(state, touched, chunk_rows(item_embeddings, positions[touched]),
+                                 config.storage)
+        parameters = {**parameters, "num_chunks": len(positions),
+                      "padding_fraction": float(1 - (positions >= 0).sum() / positions.size),
+                      "items_placed_since_kmeans": placed}
+        return cls(centroids, positions, table, scales, item_ids, k, probe, config.storage,
+                   parameters)
+
+    def graph_constants(self) -> dict:
+        return {**super().graph_constants(), "probe": self.probe,
+                "chunk_size": self.chunk_size, "storage": self.storage}
 
     def search(self, queries, k):
         coarse = tf.matmul(queries, self.centroids, transpose_b=True)        # [B, C]
@@ -195,3 +271,66 @@ class PartitionedIndex(TopKIndex):
         scores = tf.where(positions >= 0, scores, tf.fill(tf.shape(scores), float("-inf")))
         top, order = tf.math.top_k(scores, k=k)
         return top, tf.gather(positions, order, batch_dims=1)
+
+
+def _place(positions: np.ndarray, centroids: np.ndarray, touched: np.ndarray,
+           item_embeddings: np.ndarray, rows: np.ndarray, nearest: int = PLACE_NEAREST):
+    """Put each of ``rows`` into a free slot of the nearest of its ``nearest`` closest
+    partitions that has one (chunks of one k-means partition share a centroid row); items
+    with none get new chunks centred on them. Filling free slots first keeps chunks full,
+    so the probed chunks keep holding k items (tiny new chunks would force a rebuild)."""
+    partitions, partition_of_chunk = np.unique(centroids, axis=0, return_inverse=True)
+    partition_of_chunk = partition_of_chunk.reshape(-1)
+    free: dict[int, list[tuple[int, int]]] = {}
+    for chunk, slot in zip(*np.nonzero(positions < 0), strict=True):
+        free.setdefault(int(partition_of_chunk[chunk]), []).append((int(chunk), int(slot)))
+    vectors = item_embeddings[rows]
+    distance = (partitions ** 2).sum(1)[None, :] - 2 * vectors @ partitions.T
+    closest = np.argsort(distance, axis=1)[:, :nearest]
+    left: dict[int, list[int]] = {}
+    for row, choices in zip(rows, closest, strict=True):
+        for partition in choices:
+            slots = free.get(int(partition))
+            if slots:
+                chunk, slot = slots.pop()
+                positions[chunk, slot] = row
+                touched[chunk] = True
+                break
+        else:
+            left.setdefault(int(choices[0]), []).append(int(row))
+    chunk_size = positions.shape[1]
+    new_positions, new_centroids = [], []
+    for members in left.values():
+        for start in range(0, len(members), chunk_size):
+            piece = members[start:start + chunk_size]
+            row = np.full(chunk_size, -1, np.int64)
+            row[:len(piece)] = piece
+            new_positions.append(row)
+            # Its items' mean, not the partition's centroid: a tie with the partition's
+            # chunks would always rank the new chunk last (top_k keeps the lower index).
+            new_centroids.append(item_embeddings[piece].mean(0))
+    if new_positions:
+        positions = np.concatenate([positions, np.stack(new_positions)])
+        centroids = np.concatenate([centroids, np.stack(new_centroids).astype(np.float32)])
+        touched = np.concatenate([touched, np.ones(len(new_positions), bool)])
+    return positions, centroids, touched
+
+
+def _restore(state: dict, touched: np.ndarray, rows: np.ndarray, storage: str):
+    """The previous stored table (and scales) with the ``touched`` chunks re-stored from
+    ``rows`` (new chunks appended at the end)."""
+    table = np.asarray(state["table"])
+    scales = state.get("scales")
+    new_table, new_scales = stored_rows(rows, storage)
+    grown = len(touched) - len(table)
+    if grown:
+        table = np.concatenate([table, np.zeros((grown, *table.shape[1:]), table.dtype)])
+        if scales is not None:
+            scales = np.concatenate([scales, np.ones((grown, *scales.shape[1:]), np.float32)])
+    else:
+        table = table.copy()
+        scales = None if scales is None else scales.copy()
+    table[touched] = new_table
+    if scales is not None:
+        scales[touched] = new_scales
+    return table, scales

@@ -17,6 +17,10 @@ from tfmmrec.export.index.base import (
     register,
 )
 
+# The attributes of ScaNN's ``ScannState`` (scann_ops.ScannState): the serialised searcher.
+SCANN_STATE = ("scann_config", "serialized_partitioner", "datapoint_to_token", "ah_codebook",
+               "hashed_dataset", "int8_dataset", "int8_multipliers", "dp_norms", "dataset")
+
 
 def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[str, int]:
     """ScaNN settings scaled to the catalogue: ~sqrt(N) leaves, search ~10% of them, reorder.
@@ -40,7 +44,12 @@ def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[st
 class ScannIndex(TopKIndex):
     """Anisotropic-quantisation tree search; the fastest kind, but only servers linked with the
     ScaNN ops load it (``import scann`` in Python; the ``google/tf-serving-scann`` image, last
-    built for TF 2.11)."""
+    built for TF 2.11).
+
+    The searcher lives in variables of unknown shape (ScaNN's own ``ScannState``) holding its
+    config (leaves, reordering) too, so a catalogue update retrains a searcher over the new
+    embeddings and stores it under the same graph; the search returns positions (no identifier
+    table, whose length the graph would fix)."""
 
     kind = "scann"
     op_namespaces = frozenset({"Scann"})
@@ -50,8 +59,15 @@ class ScannIndex(TopKIndex):
                  parameters: dict):
         super().__init__(k, item_embeddings.shape[0], item_ids, parameters)
         self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, **parameters).index(
-            tf.constant(item_embeddings, tf.float32),
-            tf.range(item_embeddings.shape[0], dtype=tf.int32))
+            tf.constant(item_embeddings, tf.float32))
+        # ScaNN's state variables save the shapes they were built with (validate_shape=False
+        # only skips checks on assignment): re-hold them with no saved shape, so a searcher
+        # over another number of items restores under the same graph.
+        state = self.layer._serialized_searcher  # TFRS keeps it private
+        for name in SCANN_STATE:
+            value = getattr(state, name).read_value()
+            setattr(state, name, tf.Variable(value, trainable=False, name=name,
+                                             shape=tf.TensorShape(None)))
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):
