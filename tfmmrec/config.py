@@ -484,8 +484,9 @@ class ExportConfig:
     ``index``: ``scann`` (fastest, needs ScaNN ops in the server), ``partitioned`` (ANN in
     plain TF ops, stock TF Serving >= 2.20), ``brute_force`` (exact, plain TF ops).
     ``jit_compile`` (opt-in): the text encoder's backbone runs XLA-compiled in the exported
-    signatures (``query_text`` ~3× faster on CPU; ``benchmarks/text_speed.py``). Stock TF
-    Serving then needs ``--xla_cpu_compilation_enabled=true``, or those signatures fail.
+    text signatures (measure it with ``benchmarks/text_speed.py`` on the serving machine: it
+    did not help on the loaded 2-core machine here). Stock TF Serving then needs
+    ``--xla_cpu_compilation_enabled=true``, or those signatures fail.
     """
 
     base_dir: str = "runs/models"
