@@ -1,14 +1,17 @@
-"""Benchmark: where a training step's time goes (tf.profiler), per-element vs per-batch input.
+"""Benchmark: where a training step's time goes (tf.profiler), previous vs current step.
 
-Trains the ML-100K protocol-A model (configs/ml100k.yaml: text + image features, batch 1024) on
-stand-in features of the real shapes (384-d text, 1,280-d image, the real presence masks;
-training cost does not depend on the feature values, and no encoder runs), once per input
-pipeline in one process:
+Trains the ML-100K protocol-A model (configs/ml100k.yaml: history query, full softmax over the
+catalogue, text + image features, batch 2,048) on stand-in features of the real shapes (384-d
+text, 1,280-d image, the real presence masks; training cost does not depend on the feature
+values, and no encoder runs), once per variant in one process:
 
-- ``per_element``: the pipeline tfmmrec used before (``from_tensor_slices → cache → shuffle →
-  batch``: every example passes through the shuffle buffer and the batcher one by one);
-- ``index_gather``: ``training.trainer.batched_examples`` now (one seeded permutation per
-  epoch, batches of indices, one gather per feature per batch).
+- ``previous_step``: the step before issue 15's second pass: history pooling with a
+  ``[nnz, 2]`` scatter index, ``value_rowids``, per-entry target comparison and a segment-sum
+  norm, and Keras ``Dropout`` masks (a float32 uniform per entry); kept here only as the
+  'before' of this profile;
+- ``now``: ``towers.history.HistoryEncoder`` and ``towers.projection.Dropout`` as shipped;
+- ``per_element`` (not run by default): the current model with the input pipeline tfmmrec used
+  before the first pass (``from_tensor_slices → cache → shuffle → batch``).
 
 Each run trains ``--epochs`` epochs; the last one is traced with ``tf.profiler`` and the trace's
 host events are summed by kind (input pipeline, forward/backward ops by type, optimizer). Prints
@@ -55,6 +58,51 @@ def stand_in_workspace(config):
                                    .astype(np.float32), dataset.catalog.presence(m))
                 for m in modalities}
     return pipeline.Workspace(config, dataset, split, modalities, {}, contents)
+
+
+def previous_history_call(self, user_index, exclude=None, training=False):
+    """``HistoryEncoder.call`` before this change (the dense path; kept for the profile)."""
+    import tensorflow as tf
+
+    items, weights = self.gather(user_index)
+    keep = tf.ones_like(weights.flat_values)
+    if exclude is not None:
+        target = tf.gather(tf.cast(exclude, tf.int64), items.value_rowids())
+        keep *= tf.cast(items.flat_values != target, tf.float32)
+    if training and self.dropout > 0:
+        keep *= tf.cast(tf.random.uniform(tf.shape(keep)) >= self.dropout, tf.float32)
+    weight = weights.flat_values * keep
+    rows = items.value_rowids()
+    count = tf.shape(user_index, out_type=tf.int64)[0]
+    if not self.embedding.built:
+        self.embedding.build(None)
+    multi_hot = tf.scatter_nd(tf.stack([rows, items.flat_values], axis=1), weight,
+                              tf.stack([count, tf.constant(self.num_items, tf.int64)]))
+    total = tf.matmul(multi_hot, self.embedding.embeddings)
+    norm = tf.math.unsorted_segment_sum(weight, rows, count)
+    return total / tf.maximum(norm, 1e-9)[:, None]
+
+
+def build(ws, variant: str):
+    """The model of ``variant`` (inside the strategy scope)."""
+    import types
+
+    import tensorflow as tf
+
+    from tfmmrec import pipeline
+    from tfmmrec.towers import projection
+
+    if variant != "previous_step":
+        return pipeline.build_model(ws)
+    shipped = projection.Dropout
+    projection.Dropout = tf.keras.layers.Dropout  # what ModalityProjection built before
+    try:
+        model = pipeline.build_model(ws)
+    finally:
+        projection.Dropout = shipped
+    encoder = model.query_tower.history_encoder
+    encoder.call = types.MethodType(previous_history_call, encoder)
+    return model
 
 
 def per_element_dataset(interactions, batch_size: int, seed: int):
@@ -149,7 +197,7 @@ def run(ws, config, variant: str, epochs: int) -> dict:
         dataset, count = pipeline.training_dataset(ws)
     steps = count // train.batch_size
     start = time.perf_counter()
-    result = trainer.fit(lambda: pipeline.build_model(ws), dataset, count, train,
+    result = trainer.fit(lambda: build(ws, variant), dataset, count, train,
                          tf.distribute.get_strategy(),
                          callbacks=[ProfileLastEpoch(out / "profile", epochs)])
     return {"examples_per_second": result.examples_per_second, "steps_per_epoch": steps,
@@ -161,7 +209,8 @@ def run(ws, config, variant: str, epochs: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--variants", nargs="+", default=["per_element", "index_gather"])
+    parser.add_argument("--variants", nargs="+", default=["previous_step", "now"],
+                        choices=["previous_step", "now", "per_element"])
     args = parser.parse_args(argv)
     from tfmmrec.config import load_config
 
@@ -172,11 +221,13 @@ def main(argv=None) -> int:
     config = load_config(str(CONFIG), ["data.split=random", "data.test_fraction=0.2",
                                        "data.seed=42"])
     ws = stand_in_workspace(config)
-    report = {"command": "python benchmarks/profile_train.py",
+    report = {"command": "python benchmarks/profile_train.py" + "".join(
+                  f" {flag} {value}" for flag, value in (
+                      ("--epochs", args.epochs), ("--variants", " ".join(args.variants)))),
               "load_average_at_start": os.getloadavg()[0], "batch_size": config.train.batch_size,
               "train_examples": len(ws.split.train), "runs": {}}
     for variant in args.variants:
-        print(f"training with the {variant} input pipeline ({args.epochs} epochs, the last "
+        print(f"training the {variant} variant ({args.epochs} epochs, the last "
               "profiled)...", flush=True)
         report["runs"][variant] = run(ws, config, variant, args.epochs)
     print(table(report))

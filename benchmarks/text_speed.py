@@ -9,11 +9,13 @@ process, one machine state:
    (catalogue order, padded to 128, eager calls) on a random --baseline-items sample, timed in
    two halves around the new path; items/s of each and the largest feature difference
    (must stay ≤ 1e-5);
-2. ``query_text`` latency: a text-only ML-100K model is exported twice (padded and trimmed
-   encoder; brute-force index; untrained weights: latency does not depend on their values), both
-   SavedModels are loaded and the ``query_text`` signature is called in-process with a five-word
-   query, padded and trimmed calls interleaved; p50/p99 of each. No gRPC hop (serving.py measures
-   that: add ~1 ms).
+2. ``query_text`` latency: a text-only ML-100K model is exported three times (padded encoder,
+   trimmed encoder, and trimmed with ``export.jit_compile=true``: the backbone XLA-compiled;
+   brute-force index; untrained weights: latency does not depend on their values), the
+   SavedModels are loaded as ``tfmmrec serve`` loads them (``tf.saved_model.load``) and the
+   ``query_text`` signature is called in-process with a five-word query, the three paths
+   interleaved; p50/p99 of each, and the largest embedding difference between paths. No gRPC
+   hop (serving.py measures that: add ~1 ms).
 
     .venv/bin/python benchmarks/text_speed.py              # ~5 min on 2 cores
     .venv/bin/python benchmarks/text_speed.py --items 256  # smoke run (own output dir)
@@ -91,8 +93,9 @@ def catalogue_encoding(catalog, encoder, padded, batch_size: int, baseline_items
     return out
 
 
-def export_pair(config, workspace) -> dict:
-    """The text-only model exported with the padded and with the trimmed encoder."""
+def export_variants(config, workspace) -> dict:
+    """The text-only model exported with the padded encoder, the trimmed one, and the trimmed
+    one XLA-compiled (``export.jit_compile``)."""
     from tfmmrec import pipeline
 
     with tf_scope():
@@ -100,9 +103,11 @@ def export_pair(config, workspace) -> dict:
         model.build_from_example()
     paths = {}
     encoder = workspace.encoders["text"]
-    for name, trim in (("padded", False), ("trimmed", True)):
+    for name, trim, jit in (("padded", False, False), ("trimmed", True, False),
+                            ("trimmed_xla", True, True)):
         encoder.trim_padding = trim  # read when the signatures are traced, at export
-        named = pipeline.load_config(config, [f"export.model_name={name}"])
+        named = pipeline.load_config(config, [f"export.model_name={name}",
+                                              f"export.jit_compile={str(jit).lower()}"])
         paths[name] = pipeline.export(named, model=model, workspace=workspace)
     encoder.trim_padding = True
     return paths
@@ -124,9 +129,10 @@ def query_latency(paths: dict, calls: int) -> dict:
     # Raw signatures apply no input defaults: an empty exclusion list is passed explicitly.
     inputs = {"text": tf.constant([QUERY]), "k": tf.constant(10, tf.int32),
               "exclude_item_ids": tf.zeros([1, 0], tf.string)}
-    for signature in signatures.values():
-        for _ in range(20):
-            signature(**inputs)["item_ids"].numpy()
+    embeddings = {}
+    for name, signature in signatures.items():
+        for _ in range(20):  # the first call of the XLA path compiles its shape
+            embeddings[name] = signature(**inputs)["scores"].numpy()
     latencies: dict[str, list[float]] = {name: [] for name in signatures}
     for _ in range(calls):  # interleaved: both paths see the same machine state
         for name, signature in signatures.items():
@@ -136,6 +142,9 @@ def query_latency(paths: dict, calls: int) -> dict:
     out = {name: percentiles(values) for name, values in latencies.items()}
     out["query"] = QUERY
     out["p50_speedup"] = out["padded"]["p50_ms"] / out["trimmed"]["p50_ms"]
+    out["p50_speedup_xla"] = out["padded"]["p50_ms"] / out["trimmed_xla"]["p50_ms"]
+    out["max_score_difference_xla_vs_padded"] = float(
+        np.abs(embeddings["trimmed_xla"] - embeddings["padded"]).max())
     return out
 
 
@@ -194,9 +203,10 @@ def main(argv=None) -> int:
                                                       config.train.encode_batch_size,
                                                       args.baseline_items)
 
-    print("exporting the text-only ML-100K model twice (padded, trimmed)...", flush=True)
+    print("exporting the text-only ML-100K model three times (padded, trimmed, trimmed + XLA)...",
+          flush=True)
     workspace = pipeline.prepare(config, progress=False)
-    paths = export_pair(config, workspace)
+    paths = export_variants(config, workspace)
     print(f"query_text: {args.calls} calls per path, interleaved...", flush=True)
     report["query_text"] = query_latency(paths, args.calls)
     report["seconds"] = time.perf_counter() - started
@@ -204,6 +214,8 @@ def main(argv=None) -> int:
         "catalogue_encoding_speedup_ge_3": report["catalogue_encoding"]["speedup"] >= 3,
         "query_text_p50_speedup_ge_4": report["query_text"]["p50_speedup"] >= 4,
         "query_text_p99_lt_10ms": report["query_text"]["trimmed"]["p99_ms"] < 10,
+        "query_text_xla_p50_speedup_ge_4": report["query_text"]["p50_speedup_xla"] >= 4,
+        "query_text_xla_p99_lt_10ms": report["query_text"]["trimmed_xla"]["p99_ms"] < 10,
         "features_within_1e-5": report["catalogue_encoding"]["max_abs_difference"] <= 1e-5,
     }
     print(table(report))
@@ -231,6 +243,13 @@ def table(report: dict) -> str:
         f"**{query['p50_speedup']:.1f}×** |",
         f"| `query_text` p99 | {query['padded']['p99_ms']:.2f} ms | "
         f"{query['trimmed']['p99_ms']:.2f} ms | |",
+        f"| `query_text` p50, trimmed + XLA (`export.jit_compile=true`) | "
+        f"{query['padded']['p50_ms']:.2f} ms | {query['trimmed_xla']['p50_ms']:.2f} ms | "
+        f"**{query['p50_speedup_xla']:.1f}×** |",
+        f"| `query_text` p99, trimmed + XLA | {query['padded']['p99_ms']:.2f} ms | "
+        f"{query['trimmed_xla']['p99_ms']:.2f} ms | |",
+        f"| largest score difference, XLA vs padded | | "
+        f"{query['max_score_difference_xla_vs_padded']:.1e} | |",
         f"| largest feature difference, trimmed vs padded | | {enc['max_abs_difference']:.1e} | |",
     ]) + "\n"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tfmmrec.progress import LineProgress, progress
+from tfmmrec.progress import LineCounter, LineProgress, counter, progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,6 +137,28 @@ def test_line_progress_logs_every_interval_and_once_at_the_end(caplog):
         "encoding text: 9/10 batch (90%) in 9 s",
         "encoding text: 10/10 batch (100%) in 11 s, done",
     ]
+
+
+def test_line_counter_logs_uneven_chunks_every_interval_and_once_at_close(caplog, tmp_path):
+    """``counter`` (shards of items finishing in a process pool: tfmmrec prepare / encode)."""
+    caplog.set_level(logging.INFO, logger="tfmmrec.progress")
+    bar = LineCounter(desc="preparing items", total=100, unit="item", interval=5.0,
+                      clock=FakeClock(2.0))
+    for chunk in (10, 30, 25, 35):
+        bar.update(chunk)
+    bar.close()
+    bar.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "preparing items: 65/100 item (65%) in 6 s",
+        "preparing items: 100/100 item (100%) in 10 s, done",
+    ]
+    caplog.clear()
+    with open(tmp_path / "out.txt", "w") as not_a_terminal:
+        assert isinstance(counter(desc="x", total=3, stream=not_a_terminal), LineCounter)
+    silent = counter(desc="x", total=3, disable=True)
+    silent.update(3)
+    silent.close()
+    assert caplog.records == []
 
 
 def test_progress_is_a_line_reporter_off_a_terminal_and_nothing_when_disabled(tmp_path):

@@ -546,6 +546,10 @@ class ExportConfig:
     the user weighing ``session_user_weight``.
     ``index``: ``scann`` (fastest, needs ScaNN ops in the server), ``partitioned`` (ANN in
     plain TF ops, stock TF Serving >= 2.20), ``brute_force`` (exact, plain TF ops).
+    ``jit_compile`` (opt-in): the text encoder's backbone runs XLA-compiled in the exported
+    text signatures (measure it with ``benchmarks/text_speed.py`` on the serving machine: it
+    did not help on the loaded 2-core machine here). Stock TF Serving then needs
+    ``--xla_cpu_compilation_enabled=true``, or those signatures fail.
     """
 
     base_dir: str = "runs/models"
@@ -561,6 +565,7 @@ class ExportConfig:
     scann: ScannConfig = field(default_factory=ScannConfig)
     partitioned: PartitionedConfig = field(default_factory=PartitionedConfig)
     limits: ServingLimitsConfig = field(default_factory=ServingLimitsConfig)
+    jit_compile: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("export.index", self.index, INDEX_KINDS)

@@ -696,6 +696,9 @@ def export(config: Config | str | os.PathLike | None = None,
                        "export (user id → item ids); anyone holding the model can read them. "
                        "Prefer request-time exclusion (exclude_item_ids)")
         seen = seen_items(ws)
+    text_encoder = ws.encoders.get("text")
+    if text_encoder is not None:  # read when the signatures are traced, below
+        text_encoder.jit_compile = ex.jit_compile
     towers = ServingTowers(
         model.query_tower, model.item_tower, ws.encoders,
         training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
@@ -707,6 +710,7 @@ def export(config: Config | str | os.PathLike | None = None,
         "limits": dataclasses.asdict(ex.limits),
         "embedding_dim": int(items.shape[1]), "default_k": ex.k, "max_k": ex.max_k,
         "two_stage": head is not None, "exclude_seen": ex.exclude_seen,
+        "jit_compile": ex.jit_compile,
         "max_seen": towers.max_seen, "max_exclude": ex.max_exclude,
         "max_session_items": ex.max_session_items,
         "session_user_weight": ex.session_user_weight,
@@ -720,9 +724,13 @@ def export(config: Config | str | os.PathLike | None = None,
         "warmup_user": str(ws.user_ids[0]),
     }
     sample = embed_users(model, ws.user_ids[:2000]) if kind != "brute_force" else None
-    version_dir = write_catalog_version(
-        towers, items, ws.dataset.catalog.item_ids, kind, metadata, ex.base_dir, ex.model_name,
-        ex.version, settings=IndexSettings.from_export(ex, kind=kind), recall_queries=sample,
-        warmup_user=str(ws.user_ids[0]))
+    try:
+        version_dir = write_catalog_version(
+            towers, items, ws.dataset.catalog.item_ids, kind, metadata, ex.base_dir, ex.model_name,
+            ex.version, settings=IndexSettings.from_export(ex, kind=kind),
+            recall_queries=sample, warmup_user=str(ws.user_ids[0]))
+    finally:
+        if text_encoder is not None:
+            text_encoder.jit_compile = False  # the workspace's other uses stay uncompiled
     write_models_config(ex.base_dir)
     return version_dir

@@ -54,6 +54,54 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit
     return LineProgress(iterable, desc=desc, total=total, unit=unit, interval=interval)
 
 
+def counter(*, desc: str, total: int | None = None, unit: str = "it", disable: bool = False,
+            interval: float = DEFAULT_INTERVAL, stream: TextIO | None = None):
+    """A progress counter advanced by ``update(n)`` and ended by ``close()``, for work that
+    finishes in uneven chunks (shards of many items, from a process pool): a tqdm bar on a
+    terminal, a line every ``interval`` seconds (and one at ``close``) elsewhere; arguments as
+    for ``progress``."""
+    if disable:
+        return LineCounter(desc=desc, total=total, unit=unit, interval=interval, silent=True)
+    if on_terminal(stream):
+        from tqdm.auto import tqdm
+
+        return tqdm(desc=desc, total=total, unit=unit, file=stream)
+    return LineCounter(desc=desc, total=total, unit=unit, interval=interval)
+
+
+class LineCounter:
+    """``update(n)`` / ``close()`` counterpart of ``LineProgress`` (a tqdm-like counter)."""
+
+    def __init__(self, *, desc: str, total: int | None, unit: str,
+                 interval: float = DEFAULT_INTERVAL, clock=time.monotonic, silent: bool = False):
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval}")
+        self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
+        self.clock, self.silent = clock, silent
+        self.done, self.closed = 0, False
+        self.start = self.last = clock()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = self.clock()
+        if not self.silent and now - self.last >= self.interval:
+            logger.info("%s: %s", self.desc, _status(self.done, self.total, self.unit,
+                                                     now - self.start))
+            self.last = now
+
+    def close(self) -> None:
+        if not self.silent and not self.closed:
+            logger.info("%s: %s, done", self.desc, _status(self.done, self.total, self.unit,
+                                                           self.clock() - self.start))
+        self.closed = True
+
+
+def _status(done: int, total: int | None, unit: str, seconds: float) -> str:
+    of = f"/{total}" if total is not None else ""
+    share = f" ({100 * done / total:.0f}%)" if total else ""
+    return f"{done}{of} {unit}{share} in {seconds:.0f} s"
+
+
 class LineProgress:
     """Iterates ``iterable``, logging ``desc: n/total unit (p%), t s`` every ``interval`` s."""
 
@@ -77,6 +125,4 @@ class LineProgress:
         logger.info("%s: %s, done", self.desc, self._status(done, self.clock() - start))
 
     def _status(self, done: int, seconds: float) -> str:
-        of = f"/{self.total}" if self.total is not None else ""
-        share = f" ({100 * done / self.total:.0f}%)" if self.total else ""
-        return f"{done}{of} {self.unit}{share} in {seconds:.0f} s"
+        return _status(done, self.total, self.unit, seconds)

@@ -153,3 +153,44 @@ def test_tf1_answers_agree_across_plain_kinds(tf1_answers):
                                tf1_answers["brute_force"]["signatures"]["recommend"]["scores"],
                                atol=1e-5)
 
+
+
+@pytest.fixture(scope="module")
+def xla_export(exported, tiny_trained, tmp_path_factory):
+    """The tiny model exported with ``export.jit_compile=true`` (brute-force index)."""
+    from tfmmrec import pipeline
+    from tfmmrec.config import load_config
+
+    config, _ = exported
+    config = load_config(config, [f"export.base_dir={tmp_path_factory.mktemp('xla')}",
+                                  "export.jit_compile=true"])
+    return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
+                           index="brute_force")
+
+
+def test_jit_compiled_export_uses_stock_ops_and_answers_like_the_plain_one(
+        xla_export, op_registry, tf1_answers, tmp_path):
+    """``export.jit_compile`` marks the text backbone for XLA (TF Serving needs
+    ``--xla_cpu_compilation_enabled``) but adds no op outside core TF + TF Text, and a TF1
+    graph + session (with XLA:CPU, as pip TensorFlow has) gives the plain export's answers."""
+    from tfmmrec.export.audit import load_meta_graph
+
+    assert ExportedModel(xla_export).metadata["jit_compile"] is True
+    library = load_meta_graph(xla_export).graph_def.library.function
+    assert any(f.attr["_XlaMustCompile"].b for f in library)
+    ops = signature_ops(xla_export)
+    allowed = op_registry["core"] | op_registry["tf_text"]
+    assert {s: sorted(o - allowed) for s, o in ops.items() if o - allowed} == {}
+    script = tmp_path / "tf1_loader.py"
+    script.write_text(textwrap.dedent(TF1_LOADER))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    answer = tmp_path / "xla.json"
+    result = subprocess.run([sys.executable, str(script), str(xla_export), str(answer), "stock"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = json.loads(answer.read_text())["signatures"]
+    plain = tf1_answers["brute_force"]["signatures"]
+    for signature in ("query_text", "recommend_session"):
+        assert compiled[signature]["item_ids"] == plain[signature]["item_ids"], signature
+    np.testing.assert_allclose(compiled["query_text"]["scores"], plain["query_text"]["scores"],
+                               atol=1e-5)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfmmrec.towers.history import HistoryEncoder, history_table
+from tfmmrec.towers.history import HistoryEncoder, history_table, row_ids
 
 TRAIN = pd.DataFrame({"user_id": ["b", "a", "b", "a", "b"], "item_index": [4, 1, 2, 3, 0],
                       "timestamp": [30, 10, 10, 5, 20]})
@@ -73,6 +73,33 @@ def test_config_round_trip(dense):
 
     tower_checks.check_config_round_trip(encoder(dropout=0.1, dense=dense),
                                          [tf.constant([0, 1, 2])])
+
+
+def test_row_ids_match_value_rowids_with_empty_rows():
+    for lengths in ([0, 3, 0, 0, 2, 0], [4], [0, 0], []):
+        ragged = tf.RaggedTensor.from_row_lengths(tf.range(sum(lengths)),
+                                                  tf.constant(lengths, tf.int64))
+        np.testing.assert_array_equal(row_ids(ragged.row_splits).numpy(),
+                                      ragged.value_rowids().numpy())
+
+
+def test_dense_and_gathered_pooling_agree_on_random_histories():
+    """The multi-hot matmul path (flat scatter, target zeroed per row) against the gather +
+    segment-sum path on random ragged histories with repeated items, weights and targets."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 12, 30)
+    items = rng.integers(0, 9, lengths.sum())  # repeats within a history are allowed
+    weights = rng.uniform(0.1, 2.0, lengths.sum()).astype(np.float32)
+    splits = np.concatenate([[0, 0], np.cumsum(lengths)])
+    dense, gathered = (HistoryEncoder(9, 5, splits, items, weights, dense_max_items=m)
+                       for m in (9, 8))
+    users = tf.constant(rng.integers(0, 31, 64))
+    targets = tf.constant(rng.integers(0, 9, 64))
+    dense(users)
+    gathered(users)
+    gathered.embedding.set_weights(dense.embedding.get_weights())
+    np.testing.assert_allclose(dense(users, exclude=targets).numpy(),
+                               gathered(users, exclude=targets).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_invalid_dropout_is_rejected():

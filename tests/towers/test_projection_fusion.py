@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tests.towers import tower_checks
 from tfmmrec.towers.fusion import FUSION_MODES, MaskedFusion, drop_modalities, masked_mean
-from tfmmrec.towers.projection import ModalityProjection
+from tfmmrec.towers.projection import Dropout, ModalityProjection, keep_mask
 
 FEATURES = tf.random.stateless_normal([4, 12], seed=[0, 1])
 EMBEDDINGS = tf.random.stateless_normal([4, 3, 8], seed=[2, 3])
@@ -32,6 +32,31 @@ def test_projection_layer_norm_makes_feature_scale_irrelevant():
     # Up to LayerNormalization's epsilon (1e-3 in Keras 2).
     np.testing.assert_allclose(projection(FEATURES * 100.0).numpy(), projection(FEATURES).numpy(),
                                rtol=5e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 0.8])
+def test_keep_mask_keeps_each_entry_with_probability_one_minus_rate(rate):
+    tf.random.set_seed(0)
+    mask = keep_mask([400, 501], rate).numpy()  # odd size: the last word is half used
+    assert mask.shape == (400, 501) and mask.dtype == bool
+    # 200,400 draws: the kept share is within 4 standard deviations of 1 - rate
+    tolerance = 4 * np.sqrt(max(rate * (1 - rate), 1e-12) / mask.size)
+    assert abs(mask.mean() - (1 - rate)) <= tolerance
+    assert abs(mask[:, 0].mean() - mask[:, -1].mean()) < 0.1  # no position is favoured
+    assert not np.array_equal(mask, keep_mask([400, 501], rate).numpy()) or rate == 0
+
+
+def test_dropout_matches_keras_dropout_in_inference_and_in_expectation():
+    x = tf.random.stateless_normal([300, 200], seed=[4, 5])
+    layer = Dropout(0.8)
+    np.testing.assert_array_equal(layer(x, training=False).numpy(), x.numpy())
+    tf.random.set_seed(1)
+    out = layer(x, training=True).numpy()
+    kept = out != 0
+    # kept entries are scaled by 1 / (1 - rate), as tf.keras.layers.Dropout does
+    np.testing.assert_allclose(out[kept], x.numpy()[kept] / 0.2, rtol=1e-6)
+    assert abs(kept.mean() - 0.2) < 0.01
+    assert Dropout.from_config(layer.get_config()).rate == 0.8
 
 
 def test_projection_casts_float16_features_to_float32():

@@ -108,6 +108,26 @@ def test_trim_padding_cuts_to_the_longest_real_sequence(encoder):
     assert empty["token_ids"].shape.as_list() == [0, 1]
 
 
+def test_bucketed_trim_rounds_up_to_a_power_of_two_within_sequence_length():
+    encoder = build_text_encoder(tiny(sequence_length=32), CORPUS)
+    for words, width in ((1, 8), (9, 16), (20, 32)):  # + [CLS] and [SEP]: 3, 11, 22 tokens
+        tokens = encoder.preprocessor(tf.constant([" ".join(["love"] * words)]))
+        assert trim_padding(tokens, bucketed=True)["token_ids"].shape[1] == width, words
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_jit_compiled_encoder_gives_the_padded_paths_features(pooling):
+    """XLA-compiled backbone + pooling on bucketed lengths, traced as an export traces it: the
+    features of the padded path, and the graph holds a function XLA must compile."""
+    encoder = build_text_encoder(tiny(pooling=pooling, sequence_length=32), CORPUS)
+    encoder.jit_compile = True
+    traced = tf.function(encoder.call, input_signature=[STRINGS])
+    np.testing.assert_allclose(traced(MIXED).numpy(), padded_twin(encoder)(MIXED).numpy(),
+                               atol=1e-5)
+    library = traced.get_concrete_function().graph.as_graph_def().library.function
+    assert any(f.attr["_XlaMustCompile"].b for f in library)
+
+
 def test_traced_encoder_trims_inside_the_graph(encoder):
     """An exported signature (traced for any batch of strings) runs the trimmed backbone."""
     seen = []

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from tfmmrec import modalities
 from tfmmrec.config import Config
@@ -47,6 +46,7 @@ from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError
 from tfmmrec.files import atomic_path, atomic_write
 from tfmmrec.modalities.audio import record_samples
+from tfmmrec.progress import counter
 
 logger = logging.getLogger(__name__)
 
@@ -339,8 +339,8 @@ def shard_name(table: str, shard: int, count: int) -> str:
 def _run_jobs(jobs: list[dict[str, Any]], workers: int, progress: bool) -> dict[str, list[str]]:
     failed: dict[str, list[str]] = {}
     total = sum(job["records"] * (job["table"] == "items") for job in jobs)
-    bar = tqdm(total=total, desc="preparing items", unit="item",
-               disable=not progress or not jobs)
+    bar = counter(total=total, desc="preparing items", unit="item",
+                  disable=not progress or not jobs)
     workers = max(1, min(workers, len(jobs)))
     try:
         if workers == 1:

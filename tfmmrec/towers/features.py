@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from tfmmrec import modalities
 from tfmmrec.config import Config
@@ -41,6 +40,7 @@ from tfmmrec.data.tfrecords import join_path, read_text, write_text
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
 from tfmmrec.files import atomic_path
+from tfmmrec.progress import counter
 from tfmmrec.towers.cache import CacheStats, ModalityContent
 from tfmmrec.towers.encoders import Encoder, build_encoder
 
@@ -338,8 +338,8 @@ def encode(config: Config, output: str | os.PathLike | None = None, *,
     manifests = {}
     for modality, encoder in frozen_encoders(config, dataset).items():
         run = plan_encode(config, dataset, encoder, output, shards=shards)
-        bar = tqdm(total=sum(job["records"] for job in run.todo), unit="item",
-                   desc=f"encoding {modality}", disable=not progress or not run.todo)
+        bar = counter(total=sum(job["records"] for job in run.todo), unit="item",
+                      desc=f"encoding {modality}", disable=not progress or not run.todo)
         summaries = []
         try:
             for job in run.todo:
