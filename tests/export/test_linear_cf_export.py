@@ -12,12 +12,13 @@ from tfmmrec import pipeline
 from tfmmrec.export.loader import ExportedModel
 
 
-@pytest.fixture(scope="module")
-def cf_export(tiny_config, tiny_workspace, tmp_path_factory):
+@pytest.fixture(scope="module", params=["ridge", "kernel"])
+def cf_export(request, tiny_config, tiny_workspace, tmp_path_factory):
     root = tmp_path_factory.mktemp("linear-cf")
     config = derive_config(tiny_config, root, "train.epochs=2", "train.early_stopping=true",
                            "model.user_history=true", "model.linear_cf=ease",
-                           "model.linear_cf_rank=6", "export.index=brute_force")
+                           "model.linear_cf_rank=6", "export.index=brute_force",
+                           f"model.linear_cf_content={request.param}")
     result = pipeline.train(config, workspace=tiny_workspace, progress=False)
     result.model.query_tower.linear_cf.set_weight(2.0)  # a CF part that counts in the ranking
     version = pipeline.export(config, model=result.model, workspace=result.workspace)
