@@ -54,3 +54,20 @@ def test_content_queries_and_sessions_run_on_the_wider_embeddings(cf_export):
     np.testing.assert_array_equal(text["item_ids"][0].astype(str), expected.astype(str))
     session = loaded.recommend_session([list(ws.dataset.catalog.item_ids[:2])], k=3)
     assert session["item_ids"].shape == (1, 3)
+
+
+def test_a_restored_run_rebuilds_the_cf_part_exactly(cf_export):
+    """The checkpoint holds the content map (ridge or kernel anchors) with catalogue shapes:
+    ``restore`` rebuilds it with every value matched, so cold items embed identically."""
+    import tfmmrec
+
+    result, _ = cf_export
+    model, ws = tfmmrec.restore(result.output_dir, workspace=result.workspace)
+    n = ws.dataset.num_items
+    np.testing.assert_allclose(pipeline.embed_items(model, n),
+                               pipeline.embed_items(result.model, n), atol=1e-5)
+    restored, trained = model.item_tower.linear_cf, result.model.item_tower.linear_cf
+    assert restored.kernel == trained.kernel == (ws.config.model.linear_cf_content == "kernel")
+    for mine, theirs in zip(restored.weights, trained.weights, strict=True):
+        if "score_weight" not in mine.name:  # the fixture re-set the in-memory served weight
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.name)
