@@ -105,7 +105,10 @@ SELECTED = "tfmmrec (default), no feature dropout, mix chosen on validation"
 # Classic baselines (tfmmrec.evaluation.baseline_suite), each tuned on the validation carve of
 # its training split (same protocol); row name → baseline key.
 EASE, IALS, RIDGE, KNN = "EASE", "iALS", "content→CF ridge", "content kNN (centred)"
-CLASSIC = {EASE: "ease", IALS: "ials", RIDGE: "ridge", KNN: "knn"}
+# The closed form of the default model's cold-item map (model.linear_cf_content: kernel), as
+# a baseline onto iALS factors: the model must beat what it ships, not only the linear ridge.
+KERNEL = "content→CF kernel ridge"
+CLASSIC = {EASE: "ease", IALS: "ials", RIDGE: "ridge", KERNEL: "kernel", KNN: "knn"}
 
 
 def rows_for(protocol: str) -> list[Row]:
@@ -115,7 +118,10 @@ def rows_for(protocol: str) -> list[Row]:
     rows.append(Row(TUTORIAL, "tutorial", main=True))
     if protocol != "B":  # ID-only baselines cannot rank items unseen in training
         rows += [Row(EASE, "classic", main=True), Row(IALS, "classic", main=True)]
-    rows += [Row(RIDGE, "classic", main=True), Row(KNN, "classic", main=True)]
+    rows.append(Row(RIDGE, "classic", main=True))
+    if protocol == "B":  # the kernel map only changes items unseen in training
+        rows.append(Row(KERNEL, "classic", main=True))
+    rows.append(Row(KNN, "classic", main=True))
     if protocol != "B":
         rows.append(Row(NO_CONTENT_ROW, "tfmmrec", tuple(NO_CONTENT)))
     rows += [
@@ -664,9 +670,10 @@ def check_targets(results: dict, speed: dict | None) -> list[dict]:
             float(value) if index == 0 else 0.0)
 
     for metric in ("recall@20", "ndcg@20"):
-        if get("A", DEFAULT, metric) is not None and get("A", EASE, metric) is not None:
-            add(f"A: {DEFAULT} {metric} ≥ EASE", get("A", DEFAULT, metric),
-                get("A", EASE, metric))
+        warm_cf = [get("A", n, metric) for n in (EASE, IALS) if get("A", n, metric) is not None]
+        if get("A", DEFAULT, metric) is not None and warm_cf:
+            add(f"A: {DEFAULT} {metric} ≥ max(EASE, iALS)", get("A", DEFAULT, metric),
+                max(warm_cf))
     if get("A", DEFAULT, "top_k_accuracy@100") is not None:
         add(f"A: {DEFAULT} top-100 accuracy ≥ 0.40", get("A", DEFAULT, "top_k_accuracy@100"),
             0.40)
@@ -678,6 +685,8 @@ def check_targets(results: dict, speed: dict | None) -> list[dict]:
         if get("B", RIDGE, r) is not None:
             add(f"B: {DEFAULT} Recall@20 ≥ 1.10 × content→CF ridge", get("B", DEFAULT, r),
                 1.10 * get("B", RIDGE, r))
+        if get("B", KERNEL, r) is not None:
+            add(f"B: {DEFAULT} Recall@20 ≥ {KERNEL}", get("B", DEFAULT, r), get("B", KERNEL, r))
         singles = [(get("B", n, r), get("B", n, r, 1)) for n in (TEXT, IMAGE)
                    if get("B", n, r) is not None]
         if singles:
@@ -725,8 +734,9 @@ def plot_curves(results: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    models = ["popularity", TUTORIAL, EASE, IALS, RIDGE, TEXT, IMAGE, DEFAULT]
+    models = ["popularity", TUTORIAL, EASE, IALS, RIDGE, KERNEL, TEXT, IMAGE, DEFAULT]
     colors = dict(zip(models, ["tab:gray", "tab:brown", "tab:orange", "tab:purple", "tab:olive",
+                               "tab:cyan",
                                "tab:green", "tab:red", "tab:blue"], strict=True))
     protocols = [p for p in PROTOCOLS if p in results]
     fig = Figure(figsize=(5 * len(protocols), 7.5), layout="constrained")

@@ -288,9 +288,14 @@ class ModelConfig:
     # Weight of the EASE score next to the learned towers' cosine in the served dot product;
     # 0: chosen with the epochs by early stopping (validation), from LINEAR_CF_WEIGHTS.
     linear_cf_weight: float = 0.0
+    # How a cold item's CF factors are predicted from its content: "ridge" (linear) or
+    # "kernel" (kernel ridge: a blend of similar warm items' factors; width and α chosen on
+    # the cold-start validation carve, linear_cf_alpha then being the kernel ridge's α).
+    linear_cf_content: Literal["ridge", "kernel"] = "ridge"
 
     def __post_init__(self) -> None:
         _check_choice("model.linear_cf", self.linear_cf, ("none", "ease"))
+        _check_choice("model.linear_cf_content", self.linear_cf_content, ("ridge", "kernel"))
         _check(self.linear_cf_rank >= 1, "model.linear_cf_rank", self.linear_cf_rank, ">= 1")
         _check(self.linear_cf_l2 >= 0, "model.linear_cf_l2", self.linear_cf_l2,
                ">= 0 (0: chosen on validation)")

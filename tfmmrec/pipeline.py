@@ -209,9 +209,11 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
             ws.split, ws.user_ids, num_items, rank=rank, l2=model_config.linear_cf_l2,
             alpha=model_config.linear_cf_alpha, features=features, present=present,
             validation_fraction=d.test_fraction, seed=d.seed,
-            metric=ws.config.train.early_stopping_metric)
+            metric=ws.config.train.early_stopping_metric,
+            content=model_config.linear_cf_content)
     else:
-        weights = empty_weights(num_items, rank, 0 if features is None else features.shape[1])
+        weights = empty_weights(num_items, rank, 0 if features is None else features.shape[1],
+                                kernel=model_config.linear_cf_content == "kernel")
     return LinearCF(weights, frozen, initial_weight=model_config.linear_cf_weight or 1.0,
                     name="linear_cf")
 

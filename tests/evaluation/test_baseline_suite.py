@@ -115,9 +115,12 @@ def test_run_baselines_on_cold_start_keeps_only_content_baselines():
     results = run_baselines(split, USERS, NUM_ITEMS, item_features=FEATURES, ks=(5,),
                             grids={"ials": [{"factors": 2, "regularization": 1.0,
                                              "alpha": 1.0}]}, seed=0)
-    assert list(results) == ["content→CF ridge", "content kNN (centred)"]
-    assert results["content kNN (centred)"].metrics["recall@5"] > 0.5
-    assert results["content→CF ridge"].metrics["recall@5"] > 0.5
+    assert list(results) == ["content→CF ridge", "content→CF kernel ridge",
+                             "content kNN (centred)"]
+    for name in results:
+        assert results[name].metrics["recall@5"] > 0.5, name
+    kernel = results["content→CF kernel ridge"]
+    assert len(kernel.validation) == 12 and {"width", "alpha"} <= set(kernel.config)
 
 
 def test_run_baselines_without_features_or_test_rows():

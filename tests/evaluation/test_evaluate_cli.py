@@ -46,7 +46,8 @@ def test_evaluate_with_baselines_adds_rows_to_table_json_and_plot(run, capsys):
     root, path, _ = run
     assert cli.main(["-q", "evaluate", "--config", str(path), "--baselines"]) == 0
     out = capsys.readouterr().out
-    rows = ["EASE", "iALS", "content→CF ridge", "content kNN (centred)"]
+    rows = ["EASE", "iALS", "content→CF ridge", "content→CF kernel ridge",
+            "content kNN (centred)"]
     for row in ["tfmmrec", "popularity", *rows]:
         assert f"| {row} " in out
     written = json.loads((root / "run" / "eval" / "metrics.json").read_text())

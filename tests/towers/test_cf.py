@@ -12,8 +12,10 @@ from tfmmrec.towers.cf import (
     LinearCF,
     LinearCFWeights,
     ease_weights,
+    empty_weights,
     factorise_ease,
     fit_linear_cf,
+    kernel_ridge_fit,
     ridge_fit,
 )
 from tfmmrec.towers.history import HistoryEncoder
@@ -66,7 +68,48 @@ def test_cold_items_get_the_ridge_prediction_from_warm_items_with_content():
     np.testing.assert_allclose(cold.item_embeddings(features, present)[6], mean_y, rtol=1e-6)
 
 
-def layer_and_content():
+def test_kernel_ridge_on_two_items_matches_the_hand_solution():
+    # centred features ±(½, −½) normalise to ±(1, −1)/√2: their cosine is −1, so with width 1
+    # K = [[1, e⁻²], [e⁻², 1]]; targets 2 and 0 centre to ±1, and (K + I) c = (1, −1) gives
+    # c = ±1 / (2 − e⁻²) by symmetry.
+    coefficients, mean_x, mean_y, anchors = kernel_ridge_fit(
+        np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[2.0], [0.0]]), width=1.0, alpha=1.0)
+    c = 1.0 / (2.0 - np.exp(-2.0))
+    np.testing.assert_allclose(coefficients, [[c], [-c]])
+    np.testing.assert_allclose(mean_x, [0.5, 0.5])
+    np.testing.assert_allclose(mean_y, [1.0])
+    np.testing.assert_allclose(anchors, np.array([[1.0, -1.0], [-1.0, 1.0]]) / np.sqrt(2.0))
+    weights = LinearCFWeights(np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2, bool),
+                              coefficients, mean_x, mean_y, anchors, 1.0)
+    # the first item again: 1 + c (1 − e⁻²) = 1 + (1 − e⁻²) / (2 − e⁻²) ≈ 1.4637
+    np.testing.assert_allclose(weights.predict(np.array([[1.0, 0.0]])),
+                               [[1.0 + (1.0 - np.exp(-2.0)) / (2.0 - np.exp(-2.0))]])
+    with pytest.raises(ValueError, match="kernel width must be > 0"):
+        kernel_ridge_fit(np.eye(2), np.eye(2), width=0.0, alpha=1.0)
+
+
+def test_kernel_weights_keep_catalogue_shapes_and_predict_cold_items():
+    p, q, warm = factorise_ease(sp.csr_matrix(X), rank=3, l2=2.0)
+    features = RNG.normal(size=(8, 5))
+    present = np.array([True] * 6 + [False, True])
+    weights = fit_linear_cf(p, q, warm, 0.5, features, present, kernel_width=0.3)
+    empty = empty_weights(8, 3, 5, kernel=True)
+    assert weights.content_weights.shape == empty.content_weights.shape == (8, 3)
+    assert weights.anchors.shape == empty.anchors.shape == (8, 5)
+    learn = warm & present  # items 0-5: the anchors; 6 (no content) and 7 (cold) are not
+    np.testing.assert_array_equal(weights.content_weights[~learn], 0.0)
+    coefficients, mean_x, mean_y, _ = kernel_ridge_fit(features[learn], q[learn], 0.3, 0.5)
+    z = features[7] - mean_x
+    z /= np.linalg.norm(z)
+    anchors = features[learn] - mean_x
+    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+    expected = np.exp((anchors @ z - 1.0) / 0.3) @ coefficients + mean_y
+    items = weights.item_embeddings(features, present)
+    np.testing.assert_allclose(items[7], expected, rtol=1e-5)
+    np.testing.assert_allclose(items[:7], q[:7])
+
+
+def layer_and_content(kernel_width: float = 0.0):
     weights, _, _ = weights_with_content()
     features = np.abs(RNG.normal(size=(8, 2, 3))).astype(np.float32)  # two modalities, 3-d
     masks = {"text": np.array([1] * 8, np.float32), "image": np.array([1] * 7 + [0], np.float32)}
@@ -75,11 +118,20 @@ def layer_and_content():
               * masks["image"][:, None]]
     flat = np.concatenate(blocks, axis=1)
     weights = fit_linear_cf(weights.query_factors, weights.item_factors, weights.warm, 0.5,
-                            flat, np.ones(8, bool))
+                            flat, np.ones(8, bool), kernel_width)
     layer = LinearCF(weights, ["text", "image"], initial_weight=2.0)
     content = {"text": tf.constant(features[:, 0]), "image": tf.constant(features[:, 1]),
                "text_mask": tf.constant(masks["text"]), "image_mask": tf.constant(masks["image"])}
     return layer, weights, content, flat
+
+
+def test_kernel_layer_item_part_equals_the_numpy_solution():
+    layer, weights, content, flat = layer_and_content(kernel_width=0.2)
+    assert layer.kernel and layer.get_config()["kernel"]
+    expected = weights.item_embeddings(flat, np.ones(8, bool))
+    with_index = layer.item({**content, "item_index": tf.range(8)}, tf.range(8)).numpy()
+    np.testing.assert_allclose(with_index, expected, atol=1e-5)
+    np.testing.assert_allclose(layer.item(content).numpy(), weights.predict(flat), atol=1e-5)
 
 
 def test_layer_item_part_equals_the_numpy_solution_for_warm_and_cold_items():

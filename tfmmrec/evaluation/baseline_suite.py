@@ -30,7 +30,7 @@ from tfmmrec.data.splits import Split, validation_split
 from tfmmrec.errors import DataError
 from tfmmrec.evaluation.baseline_base import Baseline
 from tfmmrec.evaluation.cf import EASE, IALS
-from tfmmrec.evaluation.content import ContentKNN, ContentRidge
+from tfmmrec.evaluation.content import ContentKernelRidge, ContentKNN, ContentRidge
 from tfmmrec.evaluation.metrics import evaluate_ranking
 from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
 
@@ -46,10 +46,16 @@ IALS_GRID: tuple[dict, ...] = tuple(
 # directions), so the grid reaches 10⁴ (ML-100K cold start chose 1000 from a grid ending there).
 RIDGE_GRID: tuple[dict, ...] = tuple({"alpha": v} for v in (0.1, 1.0, 10.0, 100.0, 300.0,
                                                             1000.0, 3000.0, 10000.0))
+# Kernel ridge (width, α): narrow widths blend a few near neighbours, wide ones approach the
+# linear ridge (ML-100K cold-start carves, seeds 42–44, chose widths 0.2–0.5 for the model's
+# map, towers/cf.py).
+KERNEL_WIDTHS, KERNEL_ALPHAS = (0.1, 0.2, 0.3, 0.5), (0.01, 0.1, 1.0)
+KERNEL_GRID: tuple[dict, ...] = tuple({"width": w, "alpha": a} for w in KERNEL_WIDTHS
+                                      for a in KERNEL_ALPHAS)
 
 # Short names (CLI, config) → row names (tables, metrics.json).
 BASELINES = {"ease": EASE.name, "ials": IALS.name, "ridge": ContentRidge.name,
-             "knn": ContentKNN.name}
+             "kernel": ContentKernelRidge.name, "knn": ContentKNN.name}
 ID_ONLY = ("ease", "ials")
 
 
@@ -147,7 +153,8 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
     if len(split.test) == 0:
         raise DataError(f"the {split.kind} split has no test interactions to score baselines "
                         "on; supply a test set")
-    grids = {"ease": EASE_GRID, "ials": IALS_GRID, "ridge": RIDGE_GRID, **(grids or {})}
+    grids = {"ease": EASE_GRID, "ials": IALS_GRID, "ridge": RIDGE_GRID, "kernel": KERNEL_GRID,
+             **(grids or {})}
     train, _ = split_matrices(split, user_ids, num_items)
     # Cold: every candidate item is unseen in training (an ID-only model cannot rank them).
     cold = split.test_items is not None and train[:, split.test_items].nnz == 0
@@ -168,7 +175,7 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
             logger.info("%s skipped: it sees no content, and no test item was in training",
                         BASELINES[key])
             continue
-        if key in ("ridge", "knn") and item_features is None:
+        if key in ("ridge", "kernel", "knn") and item_features is None:
             logger.info("%s skipped: no item features", BASELINES[key])
             continue
         start = time.perf_counter()
@@ -180,14 +187,15 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
             params, trials = tune_ials()
             ials_params = params
             model = IALS(**params, seed=model_seed)
-        elif key == "ridge":
+        elif key in ("ridge", "kernel"):
             if ials_params is None:
                 ials_params, _ = tune_ials()
             chosen_ials = {**ials_params, "seed": model_seed}
+            kind = ContentRidge if key == "ridge" else ContentKernelRidge
             params, trials = select_on_validation(
-                functools.partial(ContentRidge, ials=chosen_ials), grids["ridge"], validation,
+                functools.partial(kind, ials=chosen_ials), grids[key], validation,
                 user_ids, num_items, **common)
-            model = ContentRidge(**params, ials=chosen_ials)
+            model = kind(**params, ials=chosen_ials)
         else:
             params, trials = {}, []
             model = ContentKNN()

@@ -18,7 +18,9 @@ as good as the better of its parts there, and is better where they are complemen
 An item with no training interaction has no column in ``B``; its ``Q`` row is predicted from
 content by a ridge regression fitted on the warm items (content→CF, as DeepMusic / DropoutNet's
 linear baselines do), so cold and new items (``tfmmrec catalog add``) are placed by their text,
-image or audio alone — inside the same item tower.
+image or audio alone — inside the same item tower. The ``kernel`` variant regresses through
+a Gaussian kernel on the centred, normalised features (kernel ridge: a new item's ``Q`` is a
+weighted blend of its nearest warm items' ``Q`` rows, not one linear map of its features).
 """
 
 from __future__ import annotations
@@ -70,6 +72,37 @@ def ridge_fit(features: np.ndarray, targets: np.ndarray,
     return weights, mean_x, mean_y
 
 
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm, exactly as ``tf.math.l2_normalize`` does (ε = 1e-12)."""
+    return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def kernel_matrix(queries: np.ndarray, anchors: np.ndarray, width: float) -> np.ndarray:
+    """``exp((⟨z_q, z_a⟩ − 1) / width)`` for unit rows: a Gaussian kernel on the sphere
+    (``‖z_q − z_a‖² = 2 − 2⟨z_q, z_a⟩``), 1 for identical directions."""
+    return np.exp((queries @ anchors.T - 1.0) / width)
+
+
+def kernel_ridge_fit(features: np.ndarray, targets: np.ndarray, width: float,
+                     alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Kernel ridge from content to CF factors: ``(coefficients [n, k], mean_x [f],
+    mean_y [k], anchors [n, f])`` such that
+    ``kernel_matrix(normalise(x − mean_x), anchors, width) @ coefficients + mean_y`` predicts
+    ``y``; ``anchors = normalise(X − mean_x)``, ``coefficients = (K + αI)⁻¹ (Y − mean_y)``.
+    """
+    if not width > 0:
+        raise ValueError(f"kernel width must be > 0, got {width!r}")
+    if not alpha > 0:
+        raise ValueError(f"kernel ridge alpha must be > 0, got {alpha!r}")
+    x = np.asarray(features, np.float64)
+    y = np.asarray(targets, np.float64)
+    mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
+    anchors = normalise_rows(x - mean_x)
+    gram = kernel_matrix(anchors, anchors, width)
+    gram[np.diag_indices_from(gram)] += alpha
+    return np.linalg.solve(gram, y - mean_y), mean_x, mean_y, anchors
+
+
 @dataclass
 class LinearCFWeights:
     """The closed-form solution, as arrays (``LinearCF`` holds them as variables).
@@ -78,7 +111,9 @@ class LinearCFWeights:
     ``warm [N]``: items with training interactions (the rest get the content prediction);
     ``content_weights [f, k]``, ``content_mean [f]``, ``factor_mean [k]``: the ridge
     ``(x − content_mean) W + factor_mean`` (``f = 0``: no content, cold items get
-    ``factor_mean``).
+    ``factor_mean``). With ``anchors`` ``[n, f]`` (kernel ridge, ``kernel_ridge_fit``), ``W``
+    is ``[n, k]`` and the prediction is
+    ``kernel_matrix(normalise(x − content_mean), anchors, kernel_width) W + factor_mean``.
     """
 
     query_factors: np.ndarray
@@ -87,13 +122,23 @@ class LinearCFWeights:
     content_weights: np.ndarray
     content_mean: np.ndarray
     factor_mean: np.ndarray
+    anchors: np.ndarray | None = None
+    kernel_width: float = 0.0
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """The content prediction of ``Q`` for rows of ``features`` ``[n, f]``."""
+        centred = features - self.content_mean
+        if self.anchors is None:
+            return centred @ self.content_weights + self.factor_mean
+        kernel = kernel_matrix(normalise_rows(centred), self.anchors, self.kernel_width)
+        return kernel @ self.content_weights + self.factor_mean
 
     def item_embeddings(self, features: np.ndarray | None = None,
                         present: np.ndarray | None = None) -> np.ndarray:
         """``[N, k]``: ``Q`` for warm items, the content prediction for the others."""
         predicted = np.broadcast_to(self.factor_mean, self.item_factors.shape).copy()
         if features is not None and self.content_weights.shape[0]:
-            predicted = (features - self.content_mean) @ self.content_weights + self.factor_mean
+            predicted = self.predict(features)
             if present is not None:
                 predicted[~np.asarray(present, bool)] = self.factor_mean
         return np.where(self.warm[:, None], self.item_factors, predicted).astype(np.float32)
@@ -125,34 +170,50 @@ def factorise_ease(train: sp.spmatrix, rank: int, l2: float,
 
 def fit_linear_cf(query_factors: np.ndarray, item_factors: np.ndarray, warm: np.ndarray,
                   alpha: float, features: np.ndarray | None = None,
-                  present: np.ndarray | None = None) -> LinearCFWeights:
-    """Add the content ridge (warm items' features → their ``Q`` rows) to a factorisation.
+                  present: np.ndarray | None = None,
+                  kernel_width: float = 0.0) -> LinearCFWeights:
+    """Add the content regression (warm items' features → their ``Q`` rows) to a
+    factorisation: ridge, or kernel ridge with ``kernel_width`` > 0.
 
     ``features`` ``[N, f]`` (e.g. ``evaluation.content.content_features``) and ``present [N]``;
     without them (or with fewer than two warm items that have content) cold items get the mean
-    warm factor.
+    warm factor. Kernel anchors are kept for every catalogue row (rows that are not warm with
+    content have zero coefficients), so their shapes depend on the catalogue only.
     """
-    rank = item_factors.shape[1]
+    num_items, rank = item_factors.shape
     width = 0 if features is None else features.shape[1]
-    coefficients, content_mean = np.zeros((width, rank)), np.zeros(width)
+    kernel = kernel_width > 0
+    coefficients = np.zeros((num_items if kernel else width, rank))
+    content_mean = np.zeros(width)
+    anchors = np.zeros((num_items, width)) if kernel else None
     factor_mean = item_factors[warm].mean(axis=0) if warm.any() else np.zeros(rank)
     if features is not None:
         learn = warm & (np.ones(len(warm), bool) if present is None
                         else np.asarray(present, bool))
-        if learn.sum() >= 2:
+        if learn.sum() >= 2 and kernel:
+            fitted, content_mean, factor_mean, learned_anchors = kernel_ridge_fit(
+                features[learn], item_factors[learn], kernel_width, alpha)
+            coefficients[learn], anchors[learn] = fitted, learned_anchors
+        elif learn.sum() >= 2:
             coefficients, content_mean, factor_mean = ridge_fit(
                 features[learn], item_factors[learn], alpha)
     return LinearCFWeights(query_factors, item_factors, np.asarray(warm, bool),
                            coefficients.astype(np.float32), content_mean.astype(np.float32),
-                           factor_mean.astype(np.float32))
+                           factor_mean.astype(np.float32),
+                           None if anchors is None else anchors.astype(np.float32),
+                           float(kernel_width))
 
 
-def empty_weights(num_items: int, rank: int, feature_width: int) -> LinearCFWeights:
+def empty_weights(num_items: int, rank: int, feature_width: int,
+                  kernel: bool = False) -> LinearCFWeights:
     """Zeros of the right shapes: a model about to be restored from a checkpoint."""
+    rows = num_items if kernel else feature_width
     return LinearCFWeights(np.zeros((num_items, rank), np.float32),
                            np.zeros((num_items, rank), np.float32), np.zeros(num_items, bool),
-                           np.zeros((feature_width, rank), np.float32),
-                           np.zeros(feature_width, np.float32), np.zeros(rank, np.float32))
+                           np.zeros((rows, rank), np.float32),
+                           np.zeros(feature_width, np.float32), np.zeros(rank, np.float32),
+                           np.zeros((num_items, feature_width), np.float32) if kernel else None,
+                           1.0 if kernel else 0.0)
 
 
 class LinearCF(tf.keras.layers.Layer):
@@ -185,6 +246,10 @@ class LinearCF(tf.keras.layers.Layer):
         self.content_weights = constant("cf_content_weights", weights.content_weights)
         self.content_mean = constant("cf_content_mean", weights.content_mean)
         self.factor_mean = constant("cf_factor_mean", weights.factor_mean)
+        self.kernel = weights.anchors is not None
+        if self.kernel:  # kernel ridge (``kernel_ridge_fit``); checkpointed like the rest
+            self.anchors = constant("cf_content_anchors", weights.anchors)
+            self.kernel_width = constant("cf_kernel_width", weights.kernel_width)
         self.score_weight = self.add_weight(
             name="cf_score_weight", shape=[],
             initializer=tf.keras.initializers.Constant(self.initial_weight), trainable=False)
@@ -226,23 +291,27 @@ class LinearCF(tf.keras.layers.Layer):
             blocks.append(tf.math.l2_normalize(value, axis=-1) * mask)
             present = mask if present is None else tf.maximum(present, mask)
         features = tf.concat(blocks, axis=-1)
-        predicted = tf.matmul(features - self.content_mean, self.content_weights) + \
-            self.factor_mean
+        centred = features - self.content_mean
+        if self.kernel:
+            similarity = tf.matmul(tf.math.l2_normalize(centred, axis=-1), self.anchors,
+                                   transpose_b=True)
+            centred = tf.exp((similarity - 1.0) / self.kernel_width)
+        predicted = tf.matmul(centred, self.content_weights) + self.factor_mean
         return present * predicted + (1.0 - present) * self.factor_mean
 
     def get_config(self):
         """Shapes, not the fitted arrays (they are weights): ``from_config`` builds zeros of
         the same shapes and ``set_weights`` fills them."""
         return {**super().get_config(), "rank": self.rank, "modalities": list(self.modalities),
-                "initial_weight": self.initial_weight,
+                "initial_weight": self.initial_weight, "kernel": self.kernel,
                 "num_items": int(self.item_factors.shape[0]),
-                "feature_width": int(self.content_weights.shape[0])}
+                "feature_width": int(self.content_mean.shape[0])}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         weights = empty_weights(config.pop("num_items"), config.pop("rank"),
-                                config.pop("feature_width"))
+                                config.pop("feature_width"), kernel=config.pop("kernel"))
         return cls(weights, **config)
 
 
