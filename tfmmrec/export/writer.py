@@ -73,6 +73,19 @@ def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+
+def _new_version_dir(model_dir: Path, version: int | None) -> tuple[int, Path]:
+    """The next version's number and directory (stale temp dirs of killed writes removed);
+    an existing version is refused: versions are immutable."""
+    remove_stale_temp_dirs(model_dir)
+    version = version or next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+        raise ExportError(f"{final} already exists: versions are immutable; choose another "
+                          "export.version or leave it empty for the next one")
+    return version, final
+
+
 def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: str,
                  version: int | None, metadata: dict, uses_scann: bool,
                  warmup: dict | None = None) -> Path:
@@ -82,12 +95,7 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
         model_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create export directory {model_dir}: {exc}") from None
-    remove_stale_temp_dirs(model_dir)
-    version = version or next_version(model_dir)
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(f"{final} already exists: versions are immutable; choose another "
-                          "export.version or leave it empty for the next one")
+    version, final = _new_version_dir(model_dir, version)
     # Custom-op namespaces the graph may hold: KerasNLP's in-graph tokenizer (TFText) and ScaNN.
     options = tf.saved_model.SaveOptions(namespace_whitelist=["TFText", "Scann"])
     try:
@@ -130,12 +138,7 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
         logger.info("%s: catalogue variables laid out differently; saving in full", previous)
         return None
     model_dir = Path(base_dir) / model_name
-    remove_stale_temp_dirs(model_dir)
-    version = version or next_version(model_dir)
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(f"{final} already exists: versions are immutable; choose another "
-                          "export.version or leave it empty for the next one")
+    version, final = _new_version_dir(model_dir, version)
     try:
         with atomic_path(final, directory=True) as tmp:
             Path(tmp).mkdir()
