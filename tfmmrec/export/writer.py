@@ -73,7 +73,6 @@ def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
-
 def _new_version_dir(model_dir: Path, version: int | None) -> tuple[int, Path]:
     """The next version's number and directory (stale temp dirs of killed writes removed);
     an existing version is refused: versions are immutable."""
