@@ -400,15 +400,18 @@ def _encode(config, args) -> int:
         from tfmmrec.beam import require_beam
 
         require_beam()  # before any work
+    # A dataset folder is streamed (memory independent of the catalogue); the demo is loaded.
+    dataset = None if config.data.path else resolve_dataset(config)
+    if args.runner:
         from tfmmrec.beam.encode import encode as beam_encode
 
         manifests = beam_encode(config, args.output, runner=args.runner,
-                                beam_args=args.beam_args, dataset=resolve_dataset(config),
+                                beam_args=args.beam_args, dataset=dataset,
                                 shards=args.shards, workers=args.workers)
     else:
         from tfmmrec.towers.features import encode
 
-        manifests = encode(config, args.output, dataset=resolve_dataset(config),
+        manifests = encode(config, args.output, dataset=dataset,
                            shards=args.shards, progress=not args.quiet)
     for modality, manifest in manifests.items():
         print(f"{modality}: {manifest.encoded} of {manifest.num_items} items, "

@@ -24,6 +24,7 @@ from tfmmrec import modalities
 from tfmmrec.beam.runner import ShardJobFn, pipeline_options, run_shard_jobs
 from tfmmrec.config import Config
 from tfmmrec.data.dataset import Dataset
+from tfmmrec.data.stream import ItemsStream
 from tfmmrec.data.tfrecords import join_path
 from tfmmrec.towers import features
 from tfmmrec.towers.encoders import Encoder
@@ -74,10 +75,15 @@ class EncodeShardFn(ShardJobFn):
 
 
 def encode(config: Config, output: str | os.PathLike | None = None, *, runner: str,
-           beam_args: Sequence[str] = (), dataset: Dataset | None = None,
+           beam_args: Sequence[str] = (), dataset: Dataset | ItemsStream | None = None,
            shards: int | None = None, workers: int | None = None
            ) -> dict[str, features.FeaturesManifest]:
-    """``towers.features.encode`` as one Beam pipeline over every encoder's shards."""
+    """``towers.features.encode`` as one Beam pipeline over every encoder's shards.
+
+    Without ``dataset`` the items table is streamed (``data.stream.ItemsStream``): the driver
+    checks it and stages one shard's job at a time, so its memory does not grow with the
+    catalogue.
+    """
     output, dataset = features.resolve_output(config, output, dataset)
     workers = workers or os.cpu_count() or 1
     runs = [features.plan_encode(config, dataset, encoder, output, shards=shards,
@@ -89,13 +95,20 @@ def encode(config: Config, output: str | os.PathLike | None = None, *, runner: s
             saved[run.modality] = join_path(run.directory, SAVED_ENCODER)
             save_encoder(run.encoder, saved[run.modality],
                          modalities.settings_from_config(config))
-    jobs = [job for run in runs for job in run.todo]
+    staged: list[str] = []  # each staged job's modality, in staging order
+
+    def jobs():
+        for run in runs:
+            for job in run.todo_jobs():
+                staged.append(run.modality)
+                yield job
+
     options = pipeline_options(runner, beam_args, workers)
-    summaries = run_shard_jobs(jobs, output, EncodeShardFn(saved), options, "encode")
+    summaries = run_shard_jobs(jobs(), output, EncodeShardFn(saved), options, "encode")
     manifests = {}
     for run in runs:
-        mine = [s for job, s in zip(jobs, summaries, strict=True)
-                if job["modality"] == run.modality]
+        mine = [s for modality, s in zip(staged, summaries, strict=True)
+                if modality == run.modality]
         manifests[run.modality] = features.finish_encode(run, mine)
         if run.modality in saved:
             tf.io.gfile.rmtree(saved[run.modality])

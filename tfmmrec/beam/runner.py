@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -57,9 +57,12 @@ def pipeline_options(runner: str, beam_args: Sequence[str] = (), workers: int | 
     return options
 
 
-def run_shard_jobs(jobs: list[dict[str, Any]], output: str, dofn, options,
+def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
                    label: str) -> list[dict[str, Any]]:
     """Run ``dofn`` on every job as a Beam pipeline; each job's summary, in ``jobs`` order.
+
+    ``jobs`` may be a generator: each job is staged as it comes and not kept, so the driver
+    holds one job at a time.
 
     A job that already finished (its output exists) is the caller's to skip; this runs what it
     is given. The staging files are removed once every summary has been read.

@@ -42,6 +42,7 @@ from tfmmrec import modalities
 from tfmmrec.config import Config
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions
+from tfmmrec.data.stream import CatalogSummary
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError
 from tfmmrec.files import atomic_path, atomic_write
@@ -239,24 +240,53 @@ def catalog_fingerprint(catalog) -> str:
     """A cheap fingerprint of the catalogue's content: ids, texts and each media file's path,
     size and modification time (no file is read). Derived data (shards, features) records it
     and is refused when it no longer matches."""
-    digest = hashlib.sha1(b"catalog")
-    _update_with_catalog(digest, catalog)
-    return digest.hexdigest()
+    return CatalogDigest().update(catalog).fingerprint()
+
+
+class CatalogDigest:
+    """:func:`ids_digest` and :func:`catalog_fingerprint` fed chunk by chunk (``update`` with
+    consecutive slices of the catalogue): the same digests for one chunk or many, so a catalogue
+    streamed from its table (``data.stream``) never needs to be held whole."""
+
+    def __init__(self):
+        self.count = 0
+        self._ids = hashlib.sha1()
+        # one hash per modality: a modality's content is hashed in catalogue order whatever
+        # the chunking (inline content such as text, or each media file's path, size, mtime)
+        self._content = {spec.name: hashlib.sha1() for spec in modalities.specs()}
+
+    def update(self, catalog) -> CatalogDigest:
+        if not len(catalog):
+            return self
+        self._ids.update(("\0" if self.count else "").encode()
+                         + "\0".join(map(str, catalog.item_ids)).encode())
+        self.count += len(catalog)
+        for spec in modalities.specs():
+            digest = self._content[spec.name]
+            if isinstance(spec, modalities.FileModality):
+                for path in catalog.values(spec.name):
+                    if path is not None:
+                        stat = path.stat()
+                        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            else:
+                for value in catalog.values(spec.name):
+                    digest.update(str(value).encode() + b"\0")
+        return self
+
+    def ids(self) -> str:
+        """``ids_digest`` of every id fed so far."""
+        return self._ids.hexdigest()
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha1(b"catalog")
+        digest.update(self.ids().encode())
+        for name in sorted(self._content):
+            digest.update(f"{name}:{self._content[name].hexdigest()}".encode())
+        return digest.hexdigest()
 
 
 def _update_with_catalog(digest, catalog) -> None:
-    digest.update(ids_digest(catalog.item_ids).encode())
-    specs = list(modalities.specs())
-    for spec in specs:  # inline content (text) first, then every media file
-        if not isinstance(spec, modalities.FileModality):
-            for value in catalog.values(spec.name):
-                digest.update(str(value).encode() + b"\0")
-    for spec in specs:
-        if isinstance(spec, modalities.FileModality):
-            for path in catalog.values(spec.name):
-                if path is not None:
-                    stat = path.stat()
-                    digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(catalog_fingerprint(catalog).encode())
 
 
 def _shard_count(rows: int, bytes_per_row: int, requested: int | None, workers: int) -> int:
@@ -451,18 +481,23 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
     return manifest
 
 
-def check_compatible(manifest: Manifest, config: Config, dataset: Dataset | None = None) -> None:
-    """Raise a ``ConfigError`` if the shards were prepared with other settings or data."""
-    modalities = list(dataset.catalog.modalities) if dataset is not None else manifest.modalities
+def check_compatible(manifest: Manifest, config: Config,
+                     dataset: Dataset | CatalogSummary | None = None) -> None:
+    """Raise a ``ConfigError`` if the shards were prepared with other settings or data (the
+    catalogue as a loaded ``Dataset`` or a streamed ``CatalogSummary``)."""
+    if isinstance(dataset, Dataset):
+        catalogue = (dataset.catalog.modalities, dataset.num_items,
+                     ids_digest(dataset.catalog.item_ids))
+    elif dataset is not None:
+        catalogue = (dataset.modalities, dataset.num_items, dataset.item_ids_sha1)
+    modalities = list(catalogue[0]) if dataset is not None else manifest.modalities
     expected = {**media_settings(config, modalities), "split": split_settings(config)}
     found = {**manifest.settings, "modalities": manifest.modalities, "split": manifest.split}
     differ = [f"{k}: prepared {found.get(k)!r}, config {expected[k]!r}" for k in expected
               if found.get(k) != expected[k]]
-    if dataset is not None and (manifest.num_items != dataset.num_items
-                                or manifest.item_ids_sha1 != ids_digest(
-                                    dataset.catalog.item_ids)):
+    if dataset is not None and (manifest.num_items, manifest.item_ids_sha1) != catalogue[1:]:
         differ.append(f"catalogue: prepared {manifest.num_items} items, the folder has "
-                      f"{dataset.num_items} (or other ids)")
+                      f"{catalogue[1]} (or other ids)")
     if differ:
         raise ConfigError(f"train.tfrecords={manifest.directory} does not match this config ("
                           + "; ".join(differ) + "): run `tfmmrec prepare` again")

@@ -7,7 +7,7 @@ a user can fix their catalogue without reading a TensorFlow traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -37,30 +37,56 @@ def read_table(path: Path, id_columns: Sequence[str] = (),
     a ``year`` column with one blank cell would otherwise become floats, and the text tower
     would read "1995.0").
     """
+    return next(read_table_chunks(path, id_columns, all_strings))
+
+
+def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: bool = False,
+                      rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """:func:`read_table` in chunks of ``rows`` rows (``None``: one chunk, the whole table),
+    parsed the same way; each chunk's index is its rows' position in the whole table, so the
+    checks below name the right line."""
     if not path.is_file():
         raise DataError(f"table not found: {path}")
     dtypes = {column: "string" for column in id_columns}
     try:
         if path.suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str if all_strings else dtypes,
-                                keep_default_na=False, na_values=[""])
+            chunks = pd.read_csv(path, dtype=str if all_strings else dtypes,
+                                 keep_default_na=False, na_values=[""], chunksize=rows)
         elif path.suffix == ".jsonl":
-            frame = pd.read_json(path, lines=True, dtype=dtypes)
+            chunks = pd.read_json(path, lines=True, dtype=dtypes, chunksize=rows)
         elif path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
+            chunks = _parquet_chunks(path, rows)
         else:
             raise DataError(f"unsupported table format {path.suffix!r} for {path}: "
                             "use .csv, .jsonl or .parquet")
+        if rows is None and not isinstance(chunks, Iterator):
+            chunks = iter([chunks])
+        start = 0
+        for frame in chunks:
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            if start == 0 and frame.empty:
+                break
+            start += len(frame)
+            for column in id_columns:
+                if column in frame.columns:
+                    frame[column] = frame[column].astype("string").str.strip()
+            yield frame
     except DataError:
         raise
     except Exception as exc:  # pandas raises many types; all mean "this file is not a table"
         raise DataError(f"cannot read {path}: {exc}") from None
-    if frame.empty:
+    if start == 0:
         raise DataError(f"{path} is empty: it needs a header and at least one row")
-    for column in id_columns:
-        if column in frame.columns:
-            frame[column] = frame[column].astype("string").str.strip()
-    return frame
+
+
+def _parquet_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:
+    if rows is None:
+        yield pd.read_parquet(path)
+        return
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        yield batch.to_pandas()
 
 
 def find_items_table(root: Path, items_file: str | None) -> Path:

@@ -264,7 +264,7 @@ def media_paths(frame: pd.DataFrame, root: Path, column: str | None, modality: s
         return [None] * len(frame)
     paths: list[Path | None] = []
     missing: list[str] = []
-    for row, value in enumerate(frame[column].fillna("").astype(str)):
+    for row, value in zip(frame.index, frame[column].fillna("").astype(str), strict=True):
         value = value.strip()
         if not value:
             paths.append(None)

@@ -29,7 +29,8 @@ class TextModality(ModalitySpec):
 
     def build_encoder(self, tower_config, corpus: Sequence[str] | None = None, *,
                       vocabulary: list[str] | None = None):
-        return self.encoder_function()(tower_config, list(corpus or []), vocabulary=vocabulary)
+        return self.encoder_function()(
+            tower_config, [] if corpus is None else corpus, vocabulary=vocabulary)
 
     # --- the items table ----------------------------------------------------------------
     def configured_columns(self, data: DataConfig) -> tuple[str, ...] | None:

@@ -19,8 +19,10 @@ evaluation and export never run the frozen encoders over the catalogue again.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -36,6 +38,7 @@ from tfmmrec import modalities
 from tfmmrec.config import Config
 from tfmmrec.data import tfrecords
 from tfmmrec.data.dataset import Dataset
+from tfmmrec.data.stream import ItemsStream, summarize
 from tfmmrec.data.tfrecords import join_path, read_text, write_text
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
@@ -46,7 +49,8 @@ from tfmmrec.towers.encoders import Encoder, build_encoder
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: catalog_sha1 is hashed per modality (``tfrecords.CatalogDigest``), so it can be streamed
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 TARGET_SHARD_BYTES = 64 * 2**20
@@ -82,7 +86,13 @@ class FeaturesManifest:
 
 @dataclass
 class EncodeRun:
-    """One encoder's ``encode`` of the catalogue: its directory, every shard job, those to run."""
+    """One encoder's ``encode`` of the catalogue: its directory, every shard (``file``,
+    ``records``), those still to write, and how to build their jobs.
+
+    ``todo_jobs()`` builds each job (its items' ids and content, or its item-shard file) only
+    when it is consumed, so planning holds no item: a streamed catalogue is read again, shard
+    by shard, while the jobs are run or staged.
+    """
 
     modality: str
     encoder: Encoder
@@ -90,17 +100,26 @@ class EncodeRun:
     plan: dict[str, Any]
     jobs: list[dict[str, Any]]
     todo: list[dict[str, Any]]
+    make_jobs: Callable[[set[str]], Iterator[dict[str, Any]]] = field(repr=False,
+                                                                      default=lambda _: iter(()))
+
+    def todo_jobs(self) -> Iterator[dict[str, Any]]:
+        """The full job of every shard in ``todo``, in order."""
+        return self.make_jobs({job["file"] for job in self.todo})
 
 
 def features_dir(root: str, modality: str, identity: str) -> str:
     return join_path(str(root), f"{modality}-{identity}")
 
 
-def frozen_encoders(config: Config, dataset: Dataset) -> dict[str, Encoder]:
+def frozen_encoders(config: Config, dataset: Dataset | ItemsStream) -> dict[str, Encoder]:
     """The encoders ``pipeline.prepare`` would build and cache (enabled and frozen), by modality.
+
+    From a stream, an encoder that needs the corpus (a vocabulary) reads it from the table.
     """
+    catalog = dataset.catalog if isinstance(dataset, Dataset) else dataset
     encoders = {}
-    for modality in dataset.catalog.modalities:
+    for modality in catalog.modalities:
         tower = config.tower(modality)
         if not tower.enabled:
             continue
@@ -108,7 +127,9 @@ def frozen_encoders(config: Config, dataset: Dataset) -> dict[str, Encoder]:
             logger.info("%s encoder is fine-tuned (%s.trainable): it has no fixed features to "
                         "precompute; skipped", modality, modality)
             continue
-        corpus = list(dataset.catalog.values(modality))
+        corpus = catalog.values(modality)
+        if isinstance(dataset, Dataset):
+            corpus = list(corpus)
         encoders[modality] = build_encoder(modality, tower, corpus)
     return encoders
 
@@ -116,36 +137,44 @@ def frozen_encoders(config: Config, dataset: Dataset) -> dict[str, Encoder]:
 # --- planning (shared by the local and Beam paths) --------------------------------------------
 
 
-def plan_encode(config: Config, dataset: Dataset, encoder: Encoder, output: str, *,
-                shards: int | None = None, workers: int = 1) -> EncodeRun:
+def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder, output: str,
+                *, shards: int | None = None, workers: int = 1) -> EncodeRun:
     """Shard jobs for one encoder; finished shards of the same plan are kept (resume).
 
     Items come from ``train.tfrecords`` when it is set (pre-decoded, one job per item shard),
     else from the dataset folder (decoded by the functions the local cache uses).
     """
-    catalog = dataset.catalog
+    summary = summarize(dataset)
     modality, identity = encoder.modality, encoder.identity()
     directory = features_dir(output, modality, identity)
     settings = {**modalities.settings_from_config(config),
                 "batch_size": config.train.encode_batch_size}
+    common = {"modality": modality, "output": directory, "settings": settings}
     source = config.train.tfrecords or ""
     if source:
         manifest = tfrecords.load_manifest(source)
-        tfrecords.check_compatible(manifest, config, dataset)
+        tfrecords.check_compatible(manifest, config, summary)
         base = manifest.to_dict()
-        jobs = [{"file": shard_name(n, len(manifest.shards["items"])),
+        full = [{"file": shard_name(n, len(manifest.shards["items"])),
                  "records": shard["records"],
                  "items_manifest": {**base, "directory": source,
-                                    "shards": {**base["shards"], "items": [shard]}}}
+                                    "shards": {**base["shards"], "items": [shard]}}, **common}
                 for n, shard in enumerate(manifest.shards["items"])]
+        jobs = [{"file": job["file"], "records": job["records"]} for job in full]
+
+        def make_jobs(todo: set[str]) -> Iterator[dict[str, Any]]:
+            return (job for job in full if job["file"] in todo)
     else:
-        jobs = _folder_jobs(dataset, modality, encoder.feature_dim, shards, workers)
-    for job in jobs:
-        job.update(modality=modality, output=directory, settings=settings)
+        sizes = _shard_sizes(summary.num_items, encoder.feature_dim, shards, workers)
+        jobs = [{"file": shard_name(n, len(sizes)), "records": size}
+                for n, size in enumerate(sizes)]
+
+        def make_jobs(todo: set[str]) -> Iterator[dict[str, Any]]:
+            return _folder_jobs(_item_rows(dataset, modality), jobs, todo, common)
     plan = {"modality": modality, "identity": identity, "feature_dim": encoder.feature_dim,
-            "num_items": len(catalog), "item_ids_sha1": tfrecords.ids_digest(catalog.item_ids),
-            "catalog_sha1": tfrecords.catalog_fingerprint(catalog),
-            "source": source or str(dataset.root), "settings": settings,
+            "num_items": summary.num_items, "item_ids_sha1": summary.item_ids_sha1,
+            "catalog_sha1": summary.catalog_sha1,
+            "source": source or str(summary.root), "settings": settings,
             "shards": [job["file"] for job in jobs]}
     plan["fingerprint"] = hashlib.sha1(json.dumps([FORMAT_VERSION, plan], sort_keys=True)
                                        .encode()).hexdigest()
@@ -154,29 +183,48 @@ def plan_encode(config: Config, dataset: Dataset, encoder: Encoder, output: str,
     if len(todo) < len(jobs):
         logger.info("%s: %d of %d shards already encoded, resuming", directory,
                     len(jobs) - len(todo), len(jobs))
-    return EncodeRun(modality, encoder, directory, plan, jobs, todo)
+    return EncodeRun(modality, encoder, directory, plan, jobs, todo, make_jobs)
 
 
 def shard_name(shard: int, count: int) -> str:
     return f"features-{shard:05d}-of-{count:05d}.tfrecord"
 
 
-def _folder_jobs(dataset: Dataset, modality: str, feature_dim: int, shards: int | None,
-                 workers: int) -> list[dict[str, Any]]:
-    catalog = dataset.catalog
-    # A job carries its items' ids and content: bounded, so a worker's memory does not grow
-    # with the catalogue.
-    count = shards or max(workers, math.ceil(len(catalog) * (4 * feature_dim + 96)
+def _shard_sizes(num_items: int, feature_dim: int, shards: int | None,
+                 workers: int) -> list[int]:
+    """Items per shard, as ``np.array_split`` of the catalogue would cut it. A job carries its
+    items' ids and content: bounded, so a worker's memory does not grow with the catalogue."""
+    count = shards or max(workers, math.ceil(num_items * (4 * feature_dim + 96)
                                              / TARGET_SHARD_BYTES),
-                          math.ceil(len(catalog) / MAX_SHARD_ITEMS))
-    count = max(1, min(count, len(catalog)))
-    spec = modalities.get(modality)
-    content = [spec.job_value(value) for value in catalog.values(modality)]
-    jobs = []
-    for shard, rows in enumerate(np.array_split(np.arange(len(catalog)), count)):
-        jobs.append({"file": shard_name(shard, count), "records": len(rows),
-                     "items": [(int(i), str(catalog.item_ids[i]), content[i]) for i in rows]})
-    return jobs
+                          math.ceil(num_items / MAX_SHARD_ITEMS))
+    count = max(1, min(count, num_items))
+    size, extra = divmod(num_items, count)
+    return [size + (shard < extra) for shard in range(count)]
+
+
+def _item_rows(dataset: Dataset | ItemsStream, modality: str) -> Iterator[tuple[int, str, Any]]:
+    if isinstance(dataset, ItemsStream):
+        return dataset.rows_of(modality)
+    catalog = dataset.catalog
+    return ((i, str(item_id), value) for i, (item_id, value) in enumerate(
+        zip(catalog.item_ids, catalog.values(modality), strict=True)))
+
+
+def _folder_jobs(rows: Iterator[tuple[int, str, Any]], shards: list[dict[str, Any]],
+                 todo: set[str], common: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The job of each shard in ``todo``, built from the next ``records`` rows (one shard's
+    items in memory at a time)."""
+    spec = modalities.get(common["modality"])
+    for shard in shards:
+        chunk = itertools.islice(rows, shard["records"])
+        if shard["file"] not in todo:
+            collections.deque(chunk, maxlen=0)  # skip a finished shard's rows
+            continue
+        items = [(int(i), item_id, spec.job_value(value)) for i, item_id, value in chunk]
+        if len(items) != shard["records"]:
+            raise DataError(f"the items table changed while it was read ({len(items)} rows "
+                            f"for {shard['file']}, planned {shard['records']}); run again")
+        yield {**shard, "items": items, **common}
 
 
 def _start_or_resume(directory: str, plan: dict[str, Any]) -> None:
@@ -342,7 +390,7 @@ def encode(config: Config, output: str | os.PathLike | None = None, *,
                       desc=f"encoding {modality}", disable=not progress or not run.todo)
         summaries = []
         try:
-            for job in run.todo:
+            for job in run.todo_jobs():
                 summaries.append(encode_shard(
                     job, lambda raw, e=encoder: e(raw, training=False).numpy()))
                 bar.update(job["records"])
@@ -352,15 +400,16 @@ def encode(config: Config, output: str | os.PathLike | None = None, *,
     return manifests
 
 
-def resolve_output(config: Config, output, dataset: Dataset | None) -> tuple[str, Dataset]:
+def resolve_output(config: Config, output, dataset: Dataset | ItemsStream | None
+                   ) -> tuple[str, Dataset | ItemsStream]:
+    """The output directory, and the catalogue: ``dataset`` if given, else the configured
+    folder's items table streamed in chunks (memory independent of the catalogue size)."""
     output = str(output or config.train.features or "")
     if not output:
         raise ConfigError("tfmmrec encode needs an output directory: --output DIR or "
                           "train.features=DIR")
     if dataset is None:
-        from tfmmrec.data.dataset import load_dataset
-
-        dataset = load_dataset(config.data)
+        dataset = ItemsStream(config.data)
     return output, dataset
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import re
+from collections.abc import Iterable
 
 import tensorflow as tf
 
@@ -111,7 +112,7 @@ def trim_padding(tokens: dict[str, tf.Tensor], bucketed: bool = False) -> dict[s
     return {key: value[:, :length] for key, value in tokens.items()}
 
 
-def build_text_encoder(config: TextTowerConfig, corpus: list[str], *,
+def build_text_encoder(config: TextTowerConfig, corpus: Iterable[str], *,
                        vocabulary: list[str] | None = None) -> TextEncoder:
     """From a KerasNLP preset (name or local dir), or a small random-init BERT (no download)."""
     if config.preset:
@@ -156,7 +157,7 @@ def _from_preset(config: TextTowerConfig):
     return preprocessor, backbone
 
 
-def build_vocabulary(corpus: list[str], max_size: int) -> list[str]:
+def build_vocabulary(corpus: Iterable[str], max_size: int) -> list[str]:
     """A word-level WordPiece vocabulary from the catalogue's own text, plus characters.
 
     Single characters (and their ``##`` continuations) let unseen words decompose instead of
