@@ -42,6 +42,26 @@ def test_beam_encode_from_the_folder_equals_the_local_cache(tiny_config, tiny_wo
     assert leftovers == []  # staged jobs and the saved encoders are removed
 
 
+def test_the_driver_streams_the_items_table_and_never_loads_it_whole(
+        tiny_config, tiny_workspace, tmp_path, monkeypatch):
+    """Without a loaded dataset the driver reads the table in chunks (here 7 rows) and stages
+    one shard's job at a time: loading the whole table or interactions fails the test, and
+    the features still equal the local cache's."""
+    from tfmmrec.data import dataset, stream, validate
+
+    def whole_table(*args, **kwargs):
+        raise AssertionError("the Beam driver loaded a whole table")
+
+    monkeypatch.setattr(validate, "read_table", whole_table)
+    monkeypatch.setattr(dataset, "load_dataset", whole_table)
+    monkeypatch.setattr(stream, "CHUNK_ROWS", 7)
+    out = tmp_path / "features"
+    manifests = beam_encode.encode(tiny_config, out, runner="FnApiRunner", workers=1, shards=5)
+    assert {m: manifests[m].encoded for m in MODALITIES} == {
+        m: int(tiny_workspace.contents[m].mask.sum()) for m in MODALITIES}
+    assert_same_features(str(out), tiny_workspace, tiny_workspace.contents)
+
+
 @pytest.mark.slow
 def test_cli_beam_prepare_then_beam_encode_from_the_shards(tiny_config, tiny_workspace,
                                                            tmp_path, capsys):

@@ -62,7 +62,8 @@ class ItemsStream:
     features (their catalogue fingerprint would not match) instead of using them.
     """
 
-    def __init__(self, config: DataConfig, rows: int = CHUNK_ROWS):
+    def __init__(self, config: DataConfig, rows: int | None = None):
+        rows = rows or CHUNK_ROWS
         if rows < 1:
             raise ValueError(f"rows must be >= 1, got {rows}")
         if not config.path:
