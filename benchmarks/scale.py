@@ -27,7 +27,8 @@ path vs the same job as a Beam pipeline on the local FnApiRunner (multi_processi
 synthetic text catalogue (10k, 100k, ... items) through a small random-init BERT (``tfmmrec
 encode``, locally and on Beam with 2 workers, and the in-memory feature cache ``train`` builds
 without it): items/s and peak RSS (driver, largest Beam worker, and the total of driver and
-workers, sampled every 0.25 s), each job in a fresh process, with the load average at its end.
+workers, sampled every 0.25 s), each job in a fresh process, with the load average at its end;
+``tfmmrec encode`` streams the items table as the CLI does (the cache row loads it).
 ``prepare-cpu``: CPU ms per item of prepare's shard writer in one process (one TF thread), for
 comparing versions of the decoding code (``PYTHONPATH`` at another checkout). The README's
 figures came from:
@@ -506,8 +507,13 @@ def child(task: dict) -> dict:
                                 f"train.output_dir={OUT / 'beam-run'}"])
     out = task["out"]
     shutil.rmtree(out, ignore_errors=True)
+    # `tfmmrec encode` (local or Beam) streams the items table itself, as the CLI does; the
+    # other jobs take a loaded dataset
+    streamed = task["job"] == "encode" and task["runner"] in ("local", "beam")
+    dataset = None
     with Meter() as load:
-        dataset = resolve_dataset(config)
+        if not streamed:
+            dataset = resolve_dataset(config)
     rss_after_load = peak_rss_gib()
     with Meter() as meter, WorkerMemory() as worker_memory:
         if task["job"] == "prepare" and task["runner"] == "local":
@@ -524,12 +530,12 @@ def child(task: dict) -> dict:
         elif task["runner"] == "local":
             from tfmmrec.towers.features import encode
 
-            encode(config, out, dataset=dataset, progress=False)
+            encode(config, out, progress=False)
         elif task["runner"] == "beam":
             from tfmmrec.beam.encode import encode
 
             encode(config, out, runner="FnApiRunner", beam_args=beam_local(CORES),
-                   dataset=dataset, workers=CORES)
+                   workers=CORES)
         else:  # the in-memory feature cache that `train` builds without `tfmmrec encode`
             from tfmmrec.towers.cache import encode_catalog
             from tfmmrec.towers.features import frozen_encoders
@@ -540,7 +546,8 @@ def child(task: dict) -> dict:
     workers, total = worker_memory.gib, worker_memory.total_gib
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     shutil.rmtree(out, ignore_errors=True)
-    return {**meter.row(len(dataset.catalog), "items"), "load_seconds": load.seconds,
+    items = len(dataset.catalog) if dataset is not None else task["items"]
+    return {**meter.row(items, "items"), "streamed": streamed, "load_seconds": load.seconds,
             "driver_peak_rss_gib": peak_rss_gib(), "driver_rss_after_load_gib": rss_after_load,
             "worker_peak_rss_gib": workers, "total_peak_rss_gib": total,
             "load_average": os.getloadavg(), "output_bytes": size}
@@ -632,7 +639,8 @@ def bench_beam_encode(sizes: list[int], cache_up_to: int) -> dict:
         for runner in runners:
             print(f"  encode {size:,} items, {runner}...", flush=True)
             rows[runner] = run_child({"job": "encode", "runner": runner, "folder": str(folder),
-                                      "out": str(OUT / f"beam-encode-{runner}")})
+                                      "out": str(OUT / f"beam-encode-{runner}"),
+                                      "items": size})
             print(f"    {rows[runner]['items_per_s']:,.0f} items/s, driver "
                   f"{rows[runner]['driver_peak_rss_gib']:.2f} GiB, workers "
                   f"{rows[runner]['worker_peak_rss_gib']:.2f} GiB", flush=True)
