@@ -2,7 +2,9 @@
 
 The driver builds each frozen encoder exactly as training does (so its identity — settings and
 weights hash — is the one training will look for), saves it as a SavedModel next to the output,
-and plans shard jobs with ``towers.features.plan_encode`` (resume included). Each Beam worker
+and plans shard jobs with ``towers.features.plan_encode`` (resume included). It reads the items
+table in chunks (``data.stream``: checks, digests, unique ids) and stages one shard's job at a
+time, so its memory does not grow with the catalogue. Each Beam worker
 loads every encoder once (``setup``, shared by the worker's threads through
 ``apache_beam.utils.shared``) and runs ``towers.features.encode_shard`` — the local path's own
 code — on its jobs; the driver writes each ``manifest.json`` last. Items are read from
