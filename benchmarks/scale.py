@@ -498,6 +498,9 @@ def child(task: dict) -> dict:
     """The job itself: prepare or encode, locally or on Beam; its timings and peak RSS."""
     import logging
 
+    if task["job"] == "driver":
+        return encode_driver(task)
+
     from tfmmrec.config import load_config
     from tfmmrec.pipeline import resolve_dataset
 
@@ -551,6 +554,39 @@ def child(task: dict) -> dict:
             "driver_peak_rss_gib": peak_rss_gib(), "driver_rss_after_load_gib": rss_after_load,
             "worker_peak_rss_gib": workers, "total_peak_rss_gib": total,
             "load_average": os.getloadavg(), "output_bytes": size}
+
+
+def encode_driver(task: dict) -> dict:
+    """Peak RSS of what ``tfmmrec encode``'s driver does before encoding, step by step: the
+    streamed pass over the items table (checks, digests, unique ids), then the random-init text
+    tower's vocabulary (word counts over the whole corpus)."""
+    import logging
+
+    from tfmmrec.config import load_config
+    from tfmmrec.data.stream import ItemsStream
+    from tfmmrec.towers.text import build_vocabulary
+
+    logging.disable(logging.WARNING)
+    config = load_config(None, [f"data.path={task['folder']}", *TEXT_SETTINGS])
+    stream = ItemsStream(config.data)
+    row = {"items": task["items"], "after_imports_gib": peak_rss_gib()}
+    with Meter() as meter:
+        stream.summary()
+    row.update(after_summary_gib=peak_rss_gib(), summary_seconds=meter.seconds)
+    with Meter() as meter:
+        vocabulary = build_vocabulary(stream.values("text"), config.text.max_vocabulary)
+    row.update(after_vocabulary_gib=peak_rss_gib(), vocabulary_seconds=meter.seconds,
+               vocabulary=len(vocabulary))
+    return row
+
+
+def bench_encode_driver(sizes: list[int]) -> dict:
+    report: dict = {"sizes": {}}
+    for size in sizes:
+        folder = build_text_folder(OUT / f"beam-text-{size}", size)
+        report["sizes"][str(size)] = run_child({"job": "driver", "folder": str(folder),
+                                                "items": size})
+    return report
 
 
 def bench_beam_prepare(num_items: int, workers: list[int], runners: list[str],
@@ -663,6 +699,7 @@ def _total_rss(row: dict) -> float:
 
 
 def print_beam_tables(report: dict) -> None:
+    print_driver_table(report)
     if "beam_prepare" in report:
         r = report["beam_prepare"]
         print(f"\nprepare, {r['items']:,} items ({r['image']}; {r['audio']}):")
@@ -691,6 +728,18 @@ def print_beam_tables(report: dict) -> None:
                       f"{1000 * row['cpu_seconds'] / row['items']:>11.2f} | "
                       f"{row['driver_peak_rss_gib']:>11.2f} GiB | {workers} | "
                       f"{_total_rss(row):>10.2f} GiB |")
+
+
+def print_driver_table(report: dict) -> None:
+    if "encode_driver" not in report:
+        return
+    print("\nencode driver, peak RSS after each step (one process per size):")
+    print(f"| {'items':>9} | {'imports':>8} | {'+ streamed pass':>15} | {'+ vocabulary':>12} | "
+          f"{'pass s':>6} | {'vocab s':>7} |")
+    for size, row in report["encode_driver"]["sizes"].items():
+        print(f"| {int(size):>9,} | {row['after_imports_gib']:>8.2f} | "
+              f"{row['after_summary_gib']:>15.2f} | {row['after_vocabulary_gib']:>12.2f} | "
+              f"{row['summary_seconds']:>6.1f} | {row['vocabulary_seconds']:>7.1f} |")
 
 
 def plot_beam(report: dict, path: Path) -> None:
@@ -854,7 +903,8 @@ def _merge_into(path: Path, report: dict, key: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", choices=["input", "index", "all", "plot", "beam-prepare",
-                                              "beam-encode", "beam", "prepare-cpu"],
+                                              "beam-encode", "beam", "prepare-cpu",
+                                              "beam-driver"],
                         default="all",
                         help="plot: redraw the PNG from the JSON already written")
     parser.add_argument("--items", type=int, default=1000, help="catalogue size for `input`")
@@ -909,6 +959,10 @@ def main(argv=None) -> int:
             report["beam_encode"] = {"command": command,
                                      **bench_beam_encode(sizes, args.cache_up_to)}
             report = _merge_into(path, report, "beam_encode")
+        if args.section == "beam-driver":
+            sizes = [int(s) for s in args.sizes.split(",")]
+            report["encode_driver"] = {"command": command, **bench_encode_driver(sizes)}
+            report = _merge_into(path, report, "encode_driver")
         print_beam_tables(report)
         plot_beam(report, RESULTS / "scale_beam.png")
         print(f"\nwrote {path} and {RESULTS / 'scale_beam.png'}")
