@@ -97,7 +97,12 @@ def _cpu_seconds() -> float:
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's own peak RSS: ``VmHWM`` (reset when a process execs), not ``ru_maxrss``,
+    which a child started by ``run_child`` inherits from the benchmark's process at fork time
+    (so it had reported the parent's size, which grows with the output it captured, as a floor).
+    """
+    kib = _status_kib(os.getpid(), "VmHWM:")
+    return (kib or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 2**20
 
 
 # --- section 1: TFRecords vs the folder format ------------------------------------------------
