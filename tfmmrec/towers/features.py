@@ -100,8 +100,7 @@ class EncodeRun:
     plan: dict[str, Any]
     jobs: list[dict[str, Any]]
     todo: list[dict[str, Any]]
-    make_jobs: Callable[[set[str]], Iterator[dict[str, Any]]] = field(repr=False,
-                                                                      default=lambda _: iter(()))
+    make_jobs: Callable[[set[str]], Iterator[dict[str, Any]]] = field(repr=False)
 
     def todo_jobs(self) -> Iterator[dict[str, Any]]:
         """The full job of every shard in ``todo``, in order."""
