@@ -133,3 +133,24 @@ def test_beam_options_without_runner_are_a_usage_error(tiny_config, tmp_path, ca
         cli.main(["encode", "--output", str(tmp_path), "--temp_location=/tmp/x"])
     assert exit_info.value.code == 2
     assert "Beam pipeline options need --runner" in capsys.readouterr().err
+
+
+def test_local_encode_runs_one_traced_graph_with_the_caches_features(tiny_config,
+                                                                     tiny_workspace, tmp_path,
+                                                                     monkeypatch):
+    """Batches of 8 (ten per encoder): the encoder runs as the cache's compiled graph, and the
+    features still equal the cache's."""
+    from tfmmrec.towers import cache
+
+    sizes = []
+
+    def spy(encoder, num_batches):
+        sizes.append(num_batches)
+        return cache.compiled(encoder, num_batches)
+
+    monkeypatch.setattr(features, "compiled", spy)
+    config = load_config(tiny_config, ["train.encode_batch_size=8"])
+    out = str(tmp_path / "features")
+    features.encode(config, out, shards=2, progress=False)  # streams the folder's table
+    assert sizes == [10, 10, 10] and min(sizes) >= cache.COMPILE_MIN_BATCHES
+    assert_same_features(read_back(out, tiny_workspace), tiny_workspace.contents)
