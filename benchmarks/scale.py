@@ -29,6 +29,7 @@ encode``, locally and on Beam with 2 workers, and the in-memory feature cache ``
 without it): items/s and peak RSS (driver, largest Beam worker, and the total of driver and
 workers, sampled every 0.25 s), each job in a fresh process, with the load average at its end;
 ``tfmmrec encode`` streams the items table as the CLI does (the cache row loads it).
+``beam-driver``: the encode driver's peak RSS after its streamed pass and its vocabulary.
 ``prepare-cpu``: CPU ms per item of prepare's shard writer in one process (one TF thread), for
 comparing versions of the decoding code (``PYTHONPATH`` at another checkout). The README's
 figures came from:
@@ -38,6 +39,7 @@ figures came from:
     ... --beam-items 10000 --beam-workers 1 --beam-runners local   (and --beam-runners beam)
     .venv/bin/python benchmarks/scale.py --section beam-encode --sizes 10000,100000,1000000 \
         --cache-up-to 1000000
+    .venv/bin/python benchmarks/scale.py --section beam-driver --sizes 10000,100000,1000000
     PYTHONPATH=CHECKOUT_OF_f877794 .venv/bin/python benchmarks/scale.py --section prepare-cpu \
         --items 200 --label before
     .venv/bin/python benchmarks/scale.py --section prepare-cpu --items 200 --label after
