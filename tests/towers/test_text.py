@@ -14,6 +14,7 @@ from tfmmrec.errors import ConfigError
 from tfmmrec.towers.text import (
     SPECIAL_TOKENS,
     TextEncoder,
+    _frequent_word_counts,
     build_text_encoder,
     build_vocabulary,
     trim_padding,
@@ -153,6 +154,25 @@ def test_vocabulary_is_deterministic_frequency_ordered_and_capped():
     assert vocabulary[-3:] == ["red", "blue", "green"]  # by frequency, then alphabetically
     assert build_vocabulary(["green RED", "Red red blue"], 200) == vocabulary
     assert len(build_vocabulary(CORPUS * 3, 95)) == 95
+
+
+def test_word_counts_are_exact_below_capacity_and_bounded_above():
+    import collections
+    rng = np.random.default_rng(0)
+    frequent = [f"w{i}" for i in rng.integers(0, 30, size=3000)]
+    exact = collections.Counter(frequent)
+    assert dict(_frequent_word_counts(iter(frequent), capacity=20)) == exact  # 30 <= 2 * 20
+
+    # 3,000 frequent words interleaved with 5,000 words seen once (an id per item's title).
+    ids = [f"id{i}" for i in range(5000)]
+    stream = [w for pair in zip(frequent, ids[:3000], strict=True) for w in pair] + ids[3000:]
+    # Pruned to <= 2 * 200 entries; a count drops by at most 8,000 / 201 < 40, below the
+    # rarest frequent word's count.
+    assert min(exact.values()) > 40
+    counts = _frequent_word_counts(iter(stream), capacity=200)
+    assert len(counts) <= 400
+    survivors = sorted(counts, key=lambda w: (-counts[w], w))[:30]
+    assert set(survivors) == set(exact)  # every frequent word is kept, ahead of any id
 
 
 def test_unseen_words_decompose_instead_of_becoming_unknown(encoder):

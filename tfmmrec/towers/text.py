@@ -157,13 +157,37 @@ def _from_preset(config: TextTowerConfig):
     return preprocessor, backbone
 
 
+_MIN_COUNTER_CAPACITY = 100_000
+
+
+def _frequent_word_counts(words: Iterable[str], capacity: int) -> dict[str, int]:
+    """Word counts in memory bounded by ``2 * capacity`` entries (Misra-Gries, batched).
+
+    A catalogue's distinct words grow with the catalogue (ids, names, numbers in titles), so
+    exact counting grows the encode driver with it. While a corpus has at most ``2 * capacity``
+    distinct words the counts are exact (ML-100K has ~8k); beyond that every count is
+    underestimated by the same amount each time the table is pruned, at most
+    ``total words / (capacity + 1)``, so any word more frequent than that is kept.
+    """
+    counts: dict[str, int] = collections.defaultdict(int)
+    for word in words:
+        counts[word] += 1
+        if len(counts) > 2 * capacity:
+            floor = sorted(counts.values(), reverse=True)[capacity]
+            counts = collections.defaultdict(
+                int, {w: c - floor for w, c in counts.items() if c > floor})
+    return counts
+
+
 def build_vocabulary(corpus: Iterable[str], max_size: int) -> list[str]:
     """A word-level WordPiece vocabulary from the catalogue's own text, plus characters.
 
     Single characters (and their ``##`` continuations) let unseen words decompose instead of
     collapsing to ``[UNK]``. Sorted by frequency then alphabetically, so it is deterministic.
     """
-    counts = collections.Counter(w for text in corpus for w in _WORD.findall(text.lower()))
+    counts = _frequent_word_counts(
+        (w for text in corpus for w in _WORD.findall(text.lower())),
+        capacity=max(_MIN_COUNTER_CAPACITY, 5 * max_size))
     characters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
     pieces = characters + ["##" + c for c in characters] + list(".,!?'\"-:;()&|/")
     words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
