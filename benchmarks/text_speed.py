@@ -31,7 +31,8 @@ splitting each op across threads.
     .venv/bin/python benchmarks/text_speed.py --items 256  # smoke run (own output dir)
     .venv/bin/python benchmarks/text_speed.py --intra-op-threads 1  # one thread per op
 
-Prints a table; writes benchmarks/results/text_speed.json (a smoke run: benchmarks/out/).
+Prints a table; writes benchmarks/results/text_speed.json (with --intra-op-threads N:
+text_speed_intraN.json; a smoke run: benchmarks/out/).
 Needs ../shared (MiniLM weights, ML-100K); without it, prints why and exits with status 2.
 """
 
@@ -308,7 +309,8 @@ def main(argv=None) -> int:
         "features_within_1e-5": report["catalogue_encoding"]["max_abs_difference"] <= 1e-5,
     }
     print(table(report))
-    target = (RESULTS if not args.items else out) / "text_speed.json"
+    name = f"text_speed_intra{args.intra_op_threads}" if args.intra_op_threads else "text_speed"
+    target = (RESULTS if not args.items else out) / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(report, indent=2))
     print(f"wrote {target} ({report['seconds'] / 60:.1f} min)")
