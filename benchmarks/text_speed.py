@@ -132,26 +132,51 @@ def tf_scope():
     return tf.distribute.get_strategy().scope()
 
 
-def query_latency(paths: dict, calls: int) -> dict:
+def matmul_floor(backbone, tokens: int):
+    """A call doing only the backbone's weight matmuls for ``tokens`` rows, in numpy: every
+    projection and feed-forward kernel of every layer (the ~95% of a short query's op time),
+    with no framework around it. What float32 arithmetic alone costs on this machine."""
+    hidden = int(backbone.hidden_dim)
+    kernels = [w.numpy() for layer in backbone.transformer_layers for w in layer.weights
+               if "kernel" in w.name]
+    kernels = [k.reshape(hidden, -1) if k.shape[0] == hidden else k.reshape(-1, hidden)
+               for k in kernels]
+    rows = np.random.default_rng(0).standard_normal((tokens, hidden)).astype(np.float32)
+    flops = 2 * tokens * sum(k.size for k in kernels)
+
+    def run():
+        inputs = {hidden: rows}
+        for kernel in kernels:  # the feed-forward output reads the intermediate activation
+            out = inputs[kernel.shape[0]] @ kernel
+            if kernel.shape[1] != hidden:
+                inputs[kernel.shape[1]] = out
+        return out
+
+    return run, flops
+
+
+def query_latency(paths: dict, calls: int, floor=None) -> dict:
     import tensorflow as tf
 
     from tfmmrec.export.loader import ExportedModel
 
     signatures = {name: ExportedModel(path).signatures["query_text"]
                   for name, path in paths.items()}
+    if floor is not None:  # timed like a signature, interleaved with them
+        signatures["numpy_matmul_floor"] = lambda **_: {"item_ids": np.asarray(floor())}
     # Raw signatures apply no input defaults: an empty exclusion list is passed explicitly.
     inputs = {"text": tf.constant([QUERY]), "k": tf.constant(10, tf.int32),
               "exclude_item_ids": tf.zeros([1, 0], tf.string)}
     embeddings = {}
     for name, signature in signatures.items():
         for _ in range(20):  # the first call of the XLA path compiles its shape
-            embeddings[name] = signature(**inputs)["scores"].numpy()
+            embeddings[name] = np.asarray(signature(**inputs).get("scores"))
     latencies: dict[str, list[float]] = {name: [] for name in signatures}
     cpu = dict.fromkeys(signatures, 0.0)
     for _ in range(calls):  # interleaved: both paths see the same machine state
         for name, signature in signatures.items():
             start, start_cpu = time.perf_counter(), time.process_time()
-            signature(**inputs)["item_ids"].numpy()
+            np.asarray(signature(**inputs)["item_ids"])
             latencies[name].append(time.perf_counter() - start)
             cpu[name] += time.process_time() - start_cpu
     out = {name: {**percentiles(values), "cpu_ms_per_call": cpu[name] / calls * 1000}
@@ -293,7 +318,11 @@ def main(argv=None) -> int:
     workspace = pipeline.prepare(config, progress=False)
     paths = export_variants(config, workspace)
     print(f"query_text: {args.calls} calls per path, interleaved...", flush=True)
-    report["query_text"] = query_latency(paths, args.calls)
+    tokens = int(encoder.preprocessor(np.array([QUERY]))["padding_mask"].numpy().sum())
+    floor, flops = matmul_floor(encoder.backbone, tokens)
+    report["query_text"] = query_latency(paths, args.calls, floor)
+    report["query_text"]["tokens"] = tokens
+    report["query_text"]["numpy_matmul_floor"]["gflop"] = flops / 1e9
     report["machine"]["load_average_after_latency"] = os.getloadavg()[0]
     if args.profile_calls:
         print(f"profiling {args.profile_calls} trimmed query_text calls...", flush=True)
@@ -345,6 +374,11 @@ def table(report: dict) -> str:
         f"| `query_text` CPU ms per call (all threads), padded / trimmed / trimmed + XLA | "
         f"{query['padded']['cpu_ms_per_call']:.2f} | {query['trimmed']['cpu_ms_per_call']:.2f} "
         f"/ {query['trimmed_xla']['cpu_ms_per_call']:.2f} | |",
+        f"| floor: the backbone's weight matmuls alone in numpy ({query['tokens']} tokens, "
+        f"{query['numpy_matmul_floor']['gflop']:.2f} GFLOP), p50 / p99 / CPU per call | | "
+        f"{query['numpy_matmul_floor']['p50_ms']:.2f} / "
+        f"{query['numpy_matmul_floor']['p99_ms']:.2f} / "
+        f"{query['numpy_matmul_floor']['cpu_ms_per_call']:.2f} ms | |",
     ]) + "\n" + profile_table(report.get("query_text_profile"))
 
 
