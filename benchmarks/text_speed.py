@@ -135,7 +135,13 @@ def tf_scope():
 def matmul_floor(backbone, tokens: int):
     """A call doing only the backbone's weight matmuls for ``tokens`` rows, in numpy: every
     projection and feed-forward kernel of every layer (the ~95% of a short query's op time),
-    with no framework around it. What float32 arithmetic alone costs on this machine."""
+    with no framework around it. What float32 arithmetic alone costs on this machine.
+
+    OpenBLAS is held to one thread: its idle workers spin, which would slow the TF paths timed
+    between its calls."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # for the process: TF does not use OpenBLAS
     hidden = int(backbone.hidden_dim)
     kernels = [w.numpy() for layer in backbone.transformer_layers for w in layer.weights
                if "kernel" in w.name]
