@@ -14,19 +14,32 @@ process, one machine state:
    brute-force index; untrained weights: latency does not depend on their values), the
    SavedModels are loaded as ``tfmmrec serve`` loads them (``tf.saved_model.load``) and the
    ``query_text`` signature is called in-process with a five-word query, the three paths
-   interleaved; p50/p99 of each, and the largest embedding difference between paths. No gRPC
-   hop (serving.py measures that: add ~1 ms).
+   interleaved; p50/p99 of each, the process CPU time per call (``time.process_time``: all of
+   TF's threads, and far less sensitive than wall time to other jobs on the machine), and the
+   largest embedding difference between paths. No gRPC hop (serving.py measures that: add ~1 ms);
+3. where a trimmed ``query_text`` call spends its time: ``tf.profiler`` traces --profile-calls
+   more calls and sums each op's host time by the part of the graph it belongs to (tokenizer,
+   BERT backbone, projection, index search + exclusion) and by op type, plus the Python
+   signature wrapper around the function call.
+
+``--intra-op-threads N`` sets TensorFlow's intra- and inter-op pools for the whole process (all
+paths alike; ``tfmmrec serve`` and TF Serving have the same settings: TF Serving's
+``--tensorflow_intra_op_parallelism``), to measure what a single small request gains from not
+splitting each op across threads.
 
     .venv/bin/python benchmarks/text_speed.py              # ~5 min on 2 cores
     .venv/bin/python benchmarks/text_speed.py --items 256  # smoke run (own output dir)
+    .venv/bin/python benchmarks/text_speed.py --intra-op-threads 1  # one thread per op
 
-Prints a table; writes benchmarks/results/text_speed.json (a smoke run: benchmarks/out/).
+Prints a table; writes benchmarks/results/text_speed.json (with --intra-op-threads N:
+text_speed_intraN.json; a smoke run: benchmarks/out/).
 Needs ../shared (MiniLM weights, ML-100K); without it, prints why and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -119,33 +132,124 @@ def tf_scope():
     return tf.distribute.get_strategy().scope()
 
 
-def query_latency(paths: dict, calls: int) -> dict:
+def matmul_floor(backbone, tokens: int):
+    """A call doing only the backbone's weight matmuls for ``tokens`` rows, in numpy: every
+    projection and feed-forward kernel of every layer (the ~95% of a short query's op time),
+    with no framework around it. What float32 arithmetic alone costs on this machine.
+
+    OpenBLAS is held to one thread: its idle workers spin, which would slow the TF paths timed
+    between its calls."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # for the process: TF does not use OpenBLAS
+    hidden = int(backbone.hidden_dim)
+    kernels = [w.numpy() for layer in backbone.transformer_layers for w in layer.weights
+               if "kernel" in w.name]
+    kernels = [k.reshape(hidden, -1) if k.shape[0] == hidden else k.reshape(-1, hidden)
+               for k in kernels]
+    rows = np.random.default_rng(0).standard_normal((tokens, hidden)).astype(np.float32)
+    flops = 2 * tokens * sum(k.size for k in kernels)
+
+    def run():
+        inputs = {hidden: rows}
+        for kernel in kernels:  # the feed-forward output reads the intermediate activation
+            out = inputs[kernel.shape[0]] @ kernel
+            if kernel.shape[1] != hidden:
+                inputs[kernel.shape[1]] = out
+        return out
+
+    return run, flops
+
+
+def query_latency(paths: dict, calls: int, floor=None) -> dict:
     import tensorflow as tf
 
     from tfmmrec.export.loader import ExportedModel
 
     signatures = {name: ExportedModel(path).signatures["query_text"]
                   for name, path in paths.items()}
+    if floor is not None:  # timed like a signature, interleaved with them
+        signatures["numpy_matmul_floor"] = lambda **_: {"item_ids": np.asarray(floor())}
     # Raw signatures apply no input defaults: an empty exclusion list is passed explicitly.
     inputs = {"text": tf.constant([QUERY]), "k": tf.constant(10, tf.int32),
               "exclude_item_ids": tf.zeros([1, 0], tf.string)}
     embeddings = {}
     for name, signature in signatures.items():
         for _ in range(20):  # the first call of the XLA path compiles its shape
-            embeddings[name] = signature(**inputs)["scores"].numpy()
+            embeddings[name] = np.asarray(signature(**inputs).get("scores"))
     latencies: dict[str, list[float]] = {name: [] for name in signatures}
+    cpu = dict.fromkeys(signatures, 0.0)
     for _ in range(calls):  # interleaved: both paths see the same machine state
         for name, signature in signatures.items():
-            start = time.perf_counter()
-            signature(**inputs)["item_ids"].numpy()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            np.asarray(signature(**inputs)["item_ids"])
             latencies[name].append(time.perf_counter() - start)
-    out = {name: percentiles(values) for name, values in latencies.items()}
+            cpu[name] += time.process_time() - start_cpu
+    out = {name: {**percentiles(values), "cpu_ms_per_call": cpu[name] / calls * 1000}
+           for name, values in latencies.items()}
     out["query"] = QUERY
     out["p50_speedup"] = out["padded"]["p50_ms"] / out["trimmed"]["p50_ms"]
     out["p50_speedup_xla"] = out["padded"]["p50_ms"] / out["trimmed_xla"]["p50_ms"]
     out["max_score_difference_xla_vs_padded"] = float(
         np.abs(embeddings["trimmed_xla"] - embeddings["padded"]).max())
+    out["max_score_difference_trimmed_vs_padded"] = float(
+        np.abs(embeddings["trimmed"] - embeddings["padded"]).max())
     return out
+
+
+# Where an op of the query_text graph belongs, by its name scope (first match wins).
+PARTS = (("bert_preprocessor", "tokenizer (BertPreprocessor, TF Text)"),
+         ("bert_backbone", "BERT backbone"),
+         ("text_encoder", "pooling + trim (text encoder)"),
+         ("text_projection", "text projection"), ("fusion", "text projection"))
+
+
+def profile_query(path, calls: int, logdir: Path) -> dict:
+    """``tf.profiler`` over ``calls`` query_text calls of one export: host ms per call by graph
+    part and by op type, and the Python signature wrapper's own share."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    from tfmmrec.export.loader import ExportedModel
+
+    signature = ExportedModel(path).signatures["query_text"]
+    inputs = {"text": tf.constant([QUERY]), "k": tf.constant(10, tf.int32),
+              "exclude_item_ids": tf.zeros([1, 0], tf.string)}
+    for _ in range(20):
+        signature(**inputs)
+    shutil.rmtree(logdir, ignore_errors=True)
+    tf.profiler.experimental.start(str(logdir))
+    start = time.perf_counter()
+    for _ in range(calls):
+        signature(**inputs)["item_ids"].numpy()
+    wall = (time.perf_counter() - start) / calls * 1000
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(sorted(logdir.rglob("*.xplane.pb"))[-1].read_bytes())
+    parts, ops, events = (collections.Counter() for _ in range(3))
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {key: value.name for key, value in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name, ms = names.get(event.metadata_id, ""), event.duration_ps / 1e9 / calls
+                if ":" not in name or "::" in name or "__inference" in name:
+                    events[name] += ms  # runtime wrappers around the ops
+                    continue
+                scope, op = name.rsplit(":", 1)
+                parts[next((label for key, label in PARTS if key in scope),
+                           "index search, exclusion, top-k, request checks")] += ms
+                ops[op] += ms
+    # The Python wrapper (input/output structuring) is what the whole call costs beyond
+    # the runtime executing the function.
+    wrapper = max(v for k, v in events.items() if k.startswith("signature_wrapper"))
+    executed = events.get("KernelAndDeviceFunc::Run", 0.0)
+    rounded = {k: round(v, 3) for k, v in parts.most_common()}
+    return {"calls": calls, "wall_ms_per_call": wall, "op_ms_per_call": sum(parts.values()),
+            "python_signature_wrapper_ms_per_call": wrapper - executed,
+            "op_ms_by_part": rounded,
+            "op_ms_by_type": {k: round(v, 3) for k, v in ops.most_common(12)}}
 
 
 def main(argv=None) -> int:
@@ -156,7 +260,17 @@ def main(argv=None) -> int:
                         help="items timed on the old (padded, eager) path: its rate does not "
                              "depend on which texts")
     parser.add_argument("--calls", type=int, default=500, help="timed query_text calls per path")
+    parser.add_argument("--profile-calls", type=int, default=50,
+                        help="query_text calls of the trimmed export traced with tf.profiler")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="TensorFlow intra- and inter-op threads for this process, every "
+                             "path alike (0: TensorFlow's default, one per core)")
     args = parser.parse_args(argv)
+    if args.intra_op_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.intra_op_threads)
 
     from tfmmrec import pipeline
     from tfmmrec.config import load_config
@@ -191,7 +305,9 @@ def main(argv=None) -> int:
         "command": "python benchmarks/text_speed.py" + "".join(
             f" {flag} {value}" for flag, value, default in (
                 ("--items", args.items, 0), ("--baseline-items", args.baseline_items, 256),
-                ("--calls", args.calls, 500)) if value != default),
+                ("--calls", args.calls, 500), ("--profile-calls", args.profile_calls, 50),
+                ("--intra-op-threads", args.intra_op_threads, 0)) if value != default),
+        "intra_op_threads": args.intra_op_threads or "default",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_at_start": os.getloadavg()[0]},
         "encoder": json.loads(encoder.description_json),
@@ -208,7 +324,16 @@ def main(argv=None) -> int:
     workspace = pipeline.prepare(config, progress=False)
     paths = export_variants(config, workspace)
     print(f"query_text: {args.calls} calls per path, interleaved...", flush=True)
-    report["query_text"] = query_latency(paths, args.calls)
+    tokens = int(encoder.preprocessor(np.array([QUERY]))["padding_mask"].numpy().sum())
+    floor, flops = matmul_floor(encoder.backbone, tokens)
+    report["query_text"] = query_latency(paths, args.calls, floor)
+    report["query_text"]["tokens"] = tokens
+    report["query_text"]["numpy_matmul_floor"]["gflop"] = flops / 1e9
+    report["machine"]["load_average_after_latency"] = os.getloadavg()[0]
+    if args.profile_calls:
+        print(f"profiling {args.profile_calls} trimmed query_text calls...", flush=True)
+        report["query_text_profile"] = profile_query(paths["trimmed"], args.profile_calls,
+                                                     out / "trace")
     report["seconds"] = time.perf_counter() - started
     report["targets"] = {
         "catalogue_encoding_speedup_ge_3": report["catalogue_encoding"]["speedup"] >= 3,
@@ -219,7 +344,8 @@ def main(argv=None) -> int:
         "features_within_1e-5": report["catalogue_encoding"]["max_abs_difference"] <= 1e-5,
     }
     print(table(report))
-    target = (RESULTS if not args.items else out) / "text_speed.json"
+    name = f"text_speed_intra{args.intra_op_threads}" if args.intra_op_threads else "text_speed"
+    target = (RESULTS if not args.items else out) / f"{name}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(report, indent=2))
     print(f"wrote {target} ({report['seconds'] / 60:.1f} min)")
@@ -251,7 +377,30 @@ def table(report: dict) -> str:
         f"| largest score difference, XLA vs padded | | "
         f"{query['max_score_difference_xla_vs_padded']:.1e} | |",
         f"| largest feature difference, trimmed vs padded | | {enc['max_abs_difference']:.1e} | |",
-    ]) + "\n"
+        f"| `query_text` CPU ms per call (all threads), padded / trimmed / trimmed + XLA | "
+        f"{query['padded']['cpu_ms_per_call']:.2f} | {query['trimmed']['cpu_ms_per_call']:.2f} "
+        f"/ {query['trimmed_xla']['cpu_ms_per_call']:.2f} | |",
+        f"| floor: the backbone's weight matmuls alone in numpy ({query['tokens']} tokens, "
+        f"{query['numpy_matmul_floor']['gflop']:.2f} GFLOP), p50 / p99 / CPU per call | | "
+        f"{query['numpy_matmul_floor']['p50_ms']:.2f} / "
+        f"{query['numpy_matmul_floor']['p99_ms']:.2f} / "
+        f"{query['numpy_matmul_floor']['cpu_ms_per_call']:.2f} ms | |",
+    ]) + "\n" + profile_table(report.get("query_text_profile"))
+
+
+def profile_table(profile: dict | None) -> str:
+    if not profile:
+        return ""
+    lines = [f"\ntrimmed query_text under tf.profiler ({profile['calls']} calls): "
+             f"{profile['wall_ms_per_call']:.2f} ms wall, {profile['op_ms_per_call']:.2f} ms in "
+             f"ops, Python signature wrapper "
+             f"{profile['python_signature_wrapper_ms_per_call']:.2f} ms per call",
+             "| part of the graph | op ms per call | share of op time |", "| :--- | ---: | ---: |"]
+    for part, ms in profile["op_ms_by_part"].items():
+        lines.append(f"| {part} | {ms:.2f} | {ms / profile['op_ms_per_call']:.0%} |")
+    lines.append("top op types: " + ", ".join(
+        f"{op} {ms:.2f}" for op, ms in list(profile["op_ms_by_type"].items())[:6]))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
