@@ -710,35 +710,11 @@ def extend_history(stored_items: tf.RaggedTensor, stored_weights: tf.RaggedTenso
 def query_with_history(query_tower: QueryTower, user_id, items: tf.RaggedTensor,
                        weights: tf.RaggedTensor, item_embedder=None) -> tf.Tensor:
     """``query_tower(user_id)`` with each row's history encoder pooling ``items`` (training-item
-    positions, ``[B, None]``) with ``weights`` instead of the user's stored history.
-
-    The one place the export reaches into the query tower for this. ``QueryTower`` has no
-    explicit-history input yet, so this runs ``QueryTower.call`` and ``HistoryEncoder.call``
-    themselves on thin views of the two layers that differ only in where the history comes
-    from (``gather`` returns the given rows): every other part of the query (user-id and
-    feature embeddings, the MLP) and the pooling arithmetic are the trained layers' own code.
-    Once ``QueryTower.call`` accepts ``history=(items, weights)``, this becomes that call.
-    """
-    encoder = query_tower.history_encoder
-    if encoder is None:
+    positions, ``[B, None]``) with ``weights`` instead of the user's stored history
+    (``QueryTower.call``'s ``history``): every other part of the query (user-id and feature
+    embeddings, the MLP) and the pooling are the trained tower's own."""
+    if query_tower.history_encoder is None:
         raise ValueError("query_with_history needs a query tower with a history encoder "
                          "(model.user_history)")
-    view = _LayerView(query_tower, history_encoder=_LayerView(
-        encoder, gather=lambda user_index: (items, weights)))
-    return type(query_tower).call(view, user_id, item_embedder=item_embedder, training=False)
-
-
-class _LayerView:
-    """A layer's attributes with a few replaced; calling it runs the layer's own ``call`` (not
-    Keras ``__call__``: the layer is built, and inference needs no masking or autocasting)."""
-
-    def __init__(self, layer: tf.keras.layers.Layer, **replaced):
-        self._layer = layer
-        self._replaced = replaced
-
-    def __getattr__(self, name: str):
-        replaced = self.__dict__["_replaced"]
-        return replaced[name] if name in replaced else getattr(self.__dict__["_layer"], name)
-
-    def __call__(self, *args, **kwargs):
-        return type(self._layer).call(self, *args, **kwargs)
+    return query_tower(user_id, item_embedder=item_embedder, training=False,
+                       history=(items, weights))
