@@ -237,11 +237,21 @@ class ItemEmbedder(tf.Module):
 
     def __init__(self, towers):
         super().__init__(name="item_embedder")
-        self.model_variables = list(towers.model_variables)
-        self.model_resources = list(towers.model_resources)
-        self.training = [getattr(towers, name) for name in (
+        # Only what the function captures: without an item-id embedding it reads neither the
+        # query tower's weights nor the training ids (1M ids, keys and rows restored for
+        # nothing by every update at 1M items).
+        captured = {id(t) for t in
+                    towers.embed_item_content.get_concrete_function().captured_inputs}
+
+        def used(objects):
+            return [o for o in objects if id(getattr(o, "handle", None)) in captured
+                    or id(getattr(o, "resource_handle", None)) in captured]
+
+        self.model_variables = used(towers.model_variables)
+        self.model_resources = used(towers.model_resources)
+        self.training = used([getattr(towers, name) for name in (
             "training_item_ids", "training_item_keys", "training_key_rows")
-            if hasattr(towers, name)]  # older exports kept a hash table instead
+            if hasattr(towers, name)])  # older exports kept a hash table instead
         self.embed_item_content = towers.embed_item_content
 
 
@@ -272,13 +282,19 @@ class RetrievalServingModule(tf.Module):
     in-graph, so the cost is bounded. Unknown user ids get the trained cold-start query, not an
     error. With a baked seen set (``export.exclude_seen``), user-id signatures also skip the
     user's training items.
+
+    ``build_signatures=False`` defers creating the signature functions to :meth:`signatures`:
+    a catalogue update that stores this module's variables under a previous version's graph
+    never needs them. ``item_embeddings`` may be a ``tf.Tensor`` (a table read from a
+    checkpoint), which is then not copied through numpy.
     """
 
     def __init__(self, towers, item_embeddings: np.ndarray, index, *, item_ids: np.ndarray,
                  default_k: int, max_k: int, retrieve_candidates: int = 100,
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
                  session_user_weight: float = 0.5,
-                 id_keys: tuple[np.ndarray, np.ndarray] | None = None):
+                 id_keys: tuple[np.ndarray, np.ndarray] | None = None,
+                 build_signatures: bool = True):
         super().__init__(name="tfmmrec")
         self.towers = towers
         self.index = index
@@ -289,9 +305,10 @@ class RetrievalServingModule(tf.Module):
         # graph without re-tracing it (writer.write_updated_version). Brute force searches
         # the served table itself.
         self.item_table = index.embeddings
-        if self.item_table is None:
-            self.item_table = catalog_variable(np.asarray(item_embeddings, np.float32),
-                                               "item_embeddings")
+        if self.item_table is None:  # a catalogue update's table may be a tf.Tensor already
+            self.item_table = catalog_variable(
+                tf.cast(item_embeddings, tf.float32) if isinstance(item_embeddings, tf.Tensor)
+                else np.asarray(item_embeddings, np.float32), "item_embeddings")
         ids = np.asarray(item_ids)
         self.item_ids = catalog_variable(ids, "item_ids")
         # id_keys: the same (sorted hashes, rows), derived from a previous version's by a
@@ -320,7 +337,11 @@ class RetrievalServingModule(tf.Module):
         self.modalities = tuple(m for m in modalities.names() if hasattr(towers, f"{m}_query"))
         self._placeholders = {m: modalities.get(m).placeholder()  # eager, once
                               for m in self.modalities}
-        self._build_signature_functions(default_k)
+        # A catalogue update that writes its variables under a previous version's graph never
+        # calls the signature functions: creating them is skipped until `signatures()` asks.
+        self._signatures_built = False
+        if build_signatures:
+            self._build_signature_functions(default_k)
 
     def graph_constants(self) -> dict:
         """Every Python value the signatures bake into their graphs besides the towers'
@@ -342,6 +363,7 @@ class RetrievalServingModule(tf.Module):
         The signatures are traced without AutoGraph (their control flow is explicit ``tf.cond``
         and Python over static settings): converting their source was a third of the time of a
         catalogue update at 100k items (2.2 s of 6.2 s)."""
+        self._signatures_built = True
         k_default = tf.constant(min(default_k, self.max_k), tf.int32)
         no_exclusion = tf.zeros([0, 0], tf.string)
         no_user = tf.zeros([0], tf.string)
@@ -558,6 +580,8 @@ class RetrievalServingModule(tf.Module):
         """The signatures to save; query_* only for the modalities the model has. The
         tf.functions themselves are passed (not one concrete function) so their Python
         defaults are saved as SignatureDef defaults."""
+        if not self._signatures_built:
+            self._build_signature_functions(self.default_k)
         signatures = {
             "serving_default": self.serve_default,
             "recommend": self.recommend,
