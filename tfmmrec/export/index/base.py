@@ -224,8 +224,12 @@ def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
 
 
 def _all_finite(embeddings: np.ndarray | tf.Tensor) -> bool:
-    if isinstance(embeddings, tf.Tensor):
-        return bool(tf.reduce_all(tf.math.is_finite(embeddings)))
+    if isinstance(embeddings, tf.Tensor):  # one pass, no [N, d] boolean copy
+        try:
+            tf.debugging.check_numerics(embeddings, "item embeddings")
+        except tf.errors.InvalidArgumentError:
+            return False
+        return True
     return all(np.isfinite(embeddings[start:start + (1 << 20)]).all()  # blockwise: bounded memory
                for start in range(0, embeddings.shape[0], 1 << 20))
 
