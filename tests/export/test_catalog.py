@@ -527,3 +527,10 @@ def test_sorted_ids_derived_by_an_update_equal_a_fresh_sort():
     fresh_keys, fresh_rows = _sorted_id_keys(new_ids)
     np.testing.assert_array_equal(keys, fresh_keys)
     np.testing.assert_array_equal(rows, fresh_rows)
+    # An add alone (every stored row kept in place).
+    appended = np.concatenate([ids, added])
+    keys, rows = stored.changed(CatalogChange(np.concatenate([np.arange(500), [-1, -1]]),
+                                              np.arange(500, 502), 500), appended)
+    fresh_keys, fresh_rows = _sorted_id_keys(appended)
+    np.testing.assert_array_equal(keys, fresh_keys)
+    np.testing.assert_array_equal(rows, fresh_rows)

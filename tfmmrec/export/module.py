@@ -648,9 +648,14 @@ class SortedIds:
         """``(sorted keys, rows)`` of the catalogue ``ids`` after ``change`` (a
         ``CatalogChange`` from these stored ids): kept ids keep their hashes (rows renumbered),
         added ones are hashed and inserted in order."""
-        new_row = change.new_row_of_previous()[self.rows]
-        kept = new_row >= 0
-        keys, rows = self.keys[kept], new_row[kept]
+        previous = change.previous_row[:change.num_previous]
+        if (len(previous) == change.num_previous
+                and np.array_equal(previous, np.arange(change.num_previous))):
+            keys, rows = self.keys, self.rows  # an add: every stored row kept where it was
+        else:
+            new_row = change.new_row_of_previous()[self.rows]
+            kept = new_row >= 0
+            keys, rows = self.keys[kept], new_row[kept]
         added = np.flatnonzero(change.previous_row < 0)
         if len(added):
             hashes = _id_keys(tf.constant(ids[added], tf.string)).numpy()
