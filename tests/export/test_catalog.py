@@ -25,6 +25,7 @@ from tfmmrec.config import load_config
 from tfmmrec.errors import DataError, ExportError
 from tfmmrec.export import catalog
 from tfmmrec.export.loader import ExportedModel, latest_version
+from tfmmrec.export.variables import MODEL_INDEX, MODEL_SHARD
 from tfmmrec.export.writer import read_metadata
 
 REPO = Path(__file__).resolve().parents[2]
@@ -423,6 +424,14 @@ def test_an_update_reuses_the_graph_and_rewrites_only_the_catalogue(base, items,
     for key in towers:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
     assert len(after["item_ids/.ATTRIBUTES/VARIABLE_VALUE"]) == len(items) + 1
+    # The towers' shard is the previous version's file (a hard link); only the catalogue's
+    # shard was written.
+    shards = sorted(p.name for p in (version / "variables").iterdir())
+    assert shards == ["variables.data-00000-of-00002", "variables.data-00001-of-00002",
+                      "variables.index"]
+    assert os.path.samefile(first / "variables" / MODEL_SHARD, version / "variables" / MODEL_SHARD)
+    assert not os.path.samefile(first / "variables" / "variables.data-00001-of-00002",
+                                version / "variables" / "variables.data-00001-of-00002")
     # TF1 graph + session, signatures run by tensor name.
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
@@ -433,6 +442,37 @@ def test_an_update_reuses_the_graph_and_rewrites_only_the_catalogue(base, items,
     assert out["found"].tolist() == [True]
     np.testing.assert_allclose(out["embedding"],
                                ExportedModel(version).item_embeddings(["graph-reused"]))
+
+
+def test_a_version_saved_before_the_checkpoint_split_still_updates(base, items, tiny_demo_dir):
+    """A version whose checkpoint is one shard (as exports before the split wrote): the update
+    reads the towers' tensors once, writes both shards, and the result serves as before."""
+    import tensorflow as tf
+
+    first = base / "1"
+    values = checkpoint_values(first)
+    for path in (first / "variables").iterdir():
+        path.unlink()
+    (first / MODEL_INDEX[0] / MODEL_INDEX[1]).unlink()
+    tf.raw_ops.SaveV2(prefix=str(first / "variables" / "variables"), tensor_names=list(values),
+                      shape_and_slices=[""] * len(values), tensors=list(values.values()))
+    assert len(list((first / "variables").iterdir())) == 2
+    row = with_all_media(items).iloc[[2]].assign(item_id="after-split")
+    version = catalog.add(base, write_items(row, tiny_demo_dir, "split.csv")).version_dir
+    after = checkpoint_values(version)
+    for key, value in values.items():
+        if key.startswith("towers/"):
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+    assert (version / "variables" / MODEL_SHARD).is_file()
+    assert (version / MODEL_INDEX[0] / MODEL_INDEX[1]).is_file()
+    # Every user's ranking is the previous one with the new item inserted somewhere.
+    got = ExportedModel(version).recommend(USERS, k=K)["item_ids"].astype(str)
+    want = ExportedModel(first).recommend(USERS, k=K)["item_ids"].astype(str)
+    for new_row, old_row in zip(got, want, strict=True):
+        kept = [i for i in new_row if i != "after-split"]
+        assert kept == list(old_row[:len(kept)])
+    found = ExportedModel(version).call("embed_items", item_id=np.array(["after-split"]))
+    assert found["found"].tolist() == [True]
 
 
 def test_a_catalogue_too_small_for_the_graph_is_saved_in_full(base, items):
@@ -485,5 +525,12 @@ def test_sorted_ids_derived_by_an_update_equal_a_fresh_sort():
                            np.arange(497, 499), 500)
     keys, rows = stored.changed(change, new_ids)
     fresh_keys, fresh_rows = _sorted_id_keys(new_ids)
+    np.testing.assert_array_equal(keys, fresh_keys)
+    np.testing.assert_array_equal(rows, fresh_rows)
+    # An add alone (every stored row kept in place).
+    appended = np.concatenate([ids, added])
+    keys, rows = stored.changed(CatalogChange(np.concatenate([np.arange(500), [-1, -1]]),
+                                              np.arange(500, 502), 500), appended)
+    fresh_keys, fresh_rows = _sorted_id_keys(appended)
     np.testing.assert_array_equal(keys, fresh_keys)
     np.testing.assert_array_equal(rows, fresh_rows)

@@ -212,3 +212,16 @@ def test_query_tower_needs_the_history_encoder_for_linear_cf():
     layer, _, _, _ = layer_and_content()
     with pytest.raises(ValueError, match="needs a history_encoder"):
         QueryTower(["u0"], 4, linear_cf=layer)
+
+
+def test_an_explicit_history_drives_the_linear_cf_part_too():
+    """``history=`` replaces the stored history in both history readers: given the stored one
+    the query is unchanged; given u1's history, u0 gets u1's query (no other input)."""
+    query, *_ = towers()
+    users = tf.constant(["u0", "u1", "nobody"])
+    stored = query.history_encoder.gather(query.lookup(users))
+    np.testing.assert_array_equal(query(users, history=stored).numpy(), query(users).numpy())
+    u1 = query.history_encoder.gather(query.lookup(tf.constant(["u1"])))
+    got = query(tf.constant(["u0"]), history=u1).numpy()
+    np.testing.assert_array_equal(got, query(tf.constant(["u1"])).numpy())
+    assert np.abs(got - query(tf.constant(["u0"])).numpy()).max() > 1e-4

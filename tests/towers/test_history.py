@@ -113,3 +113,55 @@ def test_query_tower_without_any_input_is_rejected():
 
     with pytest.raises(ValueError, match="at least one input"):
         QueryTower(["a"], 4, user_id_embedding=False)
+
+
+def history_query_tower(dense: bool):
+    """A query tower with every input: user-id and feature embeddings plus the history
+    encoder (users "a" → items [0, 1, 2], "b" → [3])."""
+    from tfmmrec.towers.query import QueryTower
+
+    tf.random.set_seed(0)
+    users = pd.DataFrame({"user_id": ["a", "b"], "age": [20.0, 40.0], "job": ["x", "y"]})
+    tower = QueryTower(["a", "b"], 8, users=users, feature_columns=["age", "job"],
+                       history_encoder=encoder(dense=dense))
+    tower(tf.constant(["a"]))
+    return tower
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_an_explicit_history_equal_to_the_stored_one_gives_the_stored_query(dense):
+    tower = history_query_tower(dense)
+    users = tf.constant(["a", "b", "nobody", "a"])
+    stored = tower.history_encoder.gather(tower.lookup(users))
+    np.testing.assert_array_equal(tower(users, history=stored).numpy(), tower(users).numpy())
+    # The history encoder alone: the same pooling as its stored-history path.
+    index = tower.lookup(users)
+    np.testing.assert_array_equal(tower.history_encoder(index, history=stored).numpy(),
+                                  tower.history_encoder(index).numpy())
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_an_explicit_history_replaces_the_stored_one_and_nothing_else(dense):
+    """User "a" given user "b"'s history: the history part is b's (the encoder's output for
+    b), the id and feature parts stay a's — so the query differs from both stored queries."""
+    tower = history_query_tower(dense)
+    b_history = tower.history_encoder.gather(tower.lookup(tf.constant(["b"])))
+    got = tower(tf.constant(["a"]), history=b_history).numpy()
+    assert np.abs(got - tower(tf.constant(["a"])).numpy()).max() > 1e-4
+    assert np.abs(got - tower(tf.constant(["b"])).numpy()).max() > 1e-4
+    # Rebuilt by hand from a's id and features and b's pooled history.
+    index = tower.lookup(tf.constant(["a"]))
+    parts = [tower.id_embedding(index), tower.history_encoder(tower.lookup(tf.constant(["b"]))),
+             tower.feature_embeddings["job"](tf.gather(tower.categorical["job"], index)),
+             tf.gather(tower.numeric, index)]
+    want = tf.math.l2_normalize(tower.out(tower.hidden(tf.concat(parts, -1))), -1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_an_explicit_history_needs_a_history_encoder():
+    from tfmmrec.towers.query import QueryTower
+
+    tower = QueryTower(["a"], 2)
+    empty = tf.RaggedTensor.from_row_lengths(tf.zeros(0, tf.int64), [0])
+    with pytest.raises(ValueError, match="needs a query tower with a history encoder"):
+        tower(tf.constant(["a"]), history=(empty, tf.cast(empty, tf.float32)))

@@ -92,7 +92,7 @@ class PreviousVersion:
     change: CatalogChange
 
 
-def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: str,
+def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_ids, kind: str,
                           metadata: dict, base_dir: str | os.PathLike, model_name: str,
                           version: int | None = None, *, settings: IndexSettings | None = None,
                           recall_queries: np.ndarray | None = None,
@@ -120,8 +120,10 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
     index = rebuild_index(item_embeddings, item_ids, settings, deepest,
                           previous=_previous_index(previous, kind))
     uses_scann = "Scann" in index.op_namespaces
+    # A catalogue update first tries the previous graph: no signature function is needed.
     module = RetrievalServingModule(towers, item_embeddings, index,
-                                    **_module_settings(item_ids, metadata, id_keys))
+                                    **_module_settings(item_ids, metadata, id_keys),
+                                    build_signatures=previous is None)
     constants = json.loads(json.dumps(module.graph_constants()))
     metadata = {**metadata, "index": kind, "index_parameters": index.parameters,
                 "index_servers": list(index.servers), "num_items": len(item_ids),
@@ -132,7 +134,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray, item_ids, kind: s
     for stale in ("scann_recall_at_10", "index_recall_at_10"):
         metadata.pop(stale, None)
     if kind != "brute_force" and recall_queries is not None and len(recall_queries):
-        recall = recall_against_brute_force(index, recall_queries, item_embeddings, k=10)
+        recall = recall_against_brute_force(index, recall_queries,
+                                            np.asarray(item_embeddings, np.float32), k=10)
         metadata["index_recall_at_10"] = recall
         if kind == "scann":
             metadata["scann_recall_at_10"] = recall
@@ -251,7 +254,7 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
         keep = np.ones(len(ids), bool)
         keep[rows] = False
         change = CatalogChange(np.flatnonzero(keep), np.zeros(0, np.int64), len(ids))
-        ids, embeddings = ids[keep], embeddings[keep]
+        ids, embeddings = ids[keep], tf.gather(embeddings, np.flatnonzero(keep))
         result.removed = int((~keep).sum())
     else:
         if items is None:
@@ -265,13 +268,12 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
                 np.concatenate([np.arange(len(ids)), np.full(len(new_ids), -1)]),
                 np.arange(len(ids), len(ids) + len(new_ids)), len(ids))
             ids = np.concatenate([ids, _as_bytes(new_ids)])
-            embeddings = np.concatenate([embeddings, new_embeddings])
+            embeddings = tf.concat([embeddings, new_embeddings], axis=0)
             result.added = len(new_ids)
         else:
             rows = position.get_indexer(_as_bytes(new_ids))
             change = CatalogChange(np.arange(len(ids)), np.sort(rows), len(ids))
-            embeddings = embeddings.copy()
-            embeddings[rows] = new_embeddings
+            embeddings = tf.tensor_scatter_nd_update(embeddings, rows[:, None], new_embeddings)
             result.updated = len(new_ids)
 
     result.version_dir = write_catalog_version(
@@ -287,7 +289,8 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
 
 
 def _read_version(version_dir: Path, metadata: dict):
-    """``(towers, item ids as bytes, item embeddings, variables)`` of a version. An export
+    """``(towers, item ids as bytes, item embeddings as a tf.Tensor, variables)`` of a
+    version. An export
     that records its ``graph_constants`` is not loaded: its catalogue is read straight from the
     checkpoint (``variables``) and its towers are :class:`StoredTowers`; an older one is loaded
     whole (``variables`` None: the update saves in full)."""
@@ -295,15 +298,15 @@ def _read_version(version_dir: Path, metadata: dict):
         if "graph_constants" in metadata and "tower_functions" in metadata:
             variables = VersionVariables(version_dir)
             towers = StoredTowers(version_dir, metadata["tower_functions"], variables)
-            return (towers, variables.read(("item_ids",)), variables.read(("item_table",)),
-                    variables)
+            return (towers, variables.read(("item_ids",)),
+                    variables.read_tensor(("item_table",)), variables)
         loaded = tf.saved_model.load(str(version_dir))
     except Exception as exc:
         raise ExportError(f"cannot load SavedModel {version_dir}: {exc}") from None
     if not hasattr(loaded, "towers"):
         raise ExportError(f"{version_dir} was exported before catalogue updates existed (no "
                           "towers in the SavedModel); export the model again with this version")
-    return loaded.towers, loaded.item_ids.numpy(), loaded.item_table.numpy(), None
+    return loaded.towers, loaded.item_ids.numpy(), tf.convert_to_tensor(loaded.item_table), None
 
 
 def tower_functions(towers) -> list[str]:

@@ -237,11 +237,21 @@ class ItemEmbedder(tf.Module):
 
     def __init__(self, towers):
         super().__init__(name="item_embedder")
-        self.model_variables = list(towers.model_variables)
-        self.model_resources = list(towers.model_resources)
-        self.training = [getattr(towers, name) for name in (
+        # Only what the function captures: without an item-id embedding it reads neither the
+        # query tower's weights nor the training ids (1M ids, keys and rows restored for
+        # nothing by every update at 1M items).
+        captured = {id(t) for t in
+                    towers.embed_item_content.get_concrete_function().captured_inputs}
+
+        def used(objects):
+            return [o for o in objects if id(getattr(o, "handle", None)) in captured
+                    or id(getattr(o, "resource_handle", None)) in captured]
+
+        self.model_variables = used(towers.model_variables)
+        self.model_resources = used(towers.model_resources)
+        self.training = used([getattr(towers, name) for name in (
             "training_item_ids", "training_item_keys", "training_key_rows")
-            if hasattr(towers, name)]  # older exports kept a hash table instead
+            if hasattr(towers, name)])  # older exports kept a hash table instead
         self.embed_item_content = towers.embed_item_content
 
 
@@ -272,13 +282,19 @@ class RetrievalServingModule(tf.Module):
     in-graph, so the cost is bounded. Unknown user ids get the trained cold-start query, not an
     error. With a baked seen set (``export.exclude_seen``), user-id signatures also skip the
     user's training items.
+
+    ``build_signatures=False`` defers creating the signature functions to :meth:`signatures`:
+    a catalogue update that stores this module's variables under a previous version's graph
+    never needs them. ``item_embeddings`` may be a ``tf.Tensor`` (a table read from a
+    checkpoint), which is then not copied through numpy.
     """
 
     def __init__(self, towers, item_embeddings: np.ndarray, index, *, item_ids: np.ndarray,
                  default_k: int, max_k: int, retrieve_candidates: int = 100,
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
                  session_user_weight: float = 0.5,
-                 id_keys: tuple[np.ndarray, np.ndarray] | None = None):
+                 id_keys: tuple[np.ndarray, np.ndarray] | None = None,
+                 build_signatures: bool = True):
         super().__init__(name="tfmmrec")
         self.towers = towers
         self.index = index
@@ -289,9 +305,10 @@ class RetrievalServingModule(tf.Module):
         # graph without re-tracing it (writer.write_updated_version). Brute force searches
         # the served table itself.
         self.item_table = index.embeddings
-        if self.item_table is None:
-            self.item_table = catalog_variable(np.asarray(item_embeddings, np.float32),
-                                               "item_embeddings")
+        if self.item_table is None:  # a catalogue update's table may be a tf.Tensor already
+            self.item_table = catalog_variable(
+                tf.cast(item_embeddings, tf.float32) if isinstance(item_embeddings, tf.Tensor)
+                else np.asarray(item_embeddings, np.float32), "item_embeddings")
         ids = np.asarray(item_ids)
         self.item_ids = catalog_variable(ids, "item_ids")
         # id_keys: the same (sorted hashes, rows), derived from a previous version's by a
@@ -320,7 +337,11 @@ class RetrievalServingModule(tf.Module):
         self.modalities = tuple(m for m in modalities.names() if hasattr(towers, f"{m}_query"))
         self._placeholders = {m: modalities.get(m).placeholder()  # eager, once
                               for m in self.modalities}
-        self._build_signature_functions(default_k)
+        # A catalogue update that writes its variables under a previous version's graph never
+        # calls the signature functions: creating them is skipped until `signatures()` asks.
+        self._signatures_built = False
+        if build_signatures:
+            self._build_signature_functions(default_k)
 
     def graph_constants(self) -> dict:
         """Every Python value the signatures bake into their graphs besides the towers'
@@ -342,6 +363,7 @@ class RetrievalServingModule(tf.Module):
         The signatures are traced without AutoGraph (their control flow is explicit ``tf.cond``
         and Python over static settings): converting their source was a third of the time of a
         catalogue update at 100k items (2.2 s of 6.2 s)."""
+        self._signatures_built = True
         k_default = tf.constant(min(default_k, self.max_k), tf.int32)
         no_exclusion = tf.zeros([0, 0], tf.string)
         no_user = tf.zeros([0], tf.string)
@@ -558,6 +580,8 @@ class RetrievalServingModule(tf.Module):
         """The signatures to save; query_* only for the modalities the model has. The
         tf.functions themselves are passed (not one concrete function) so their Python
         defaults are saved as SignatureDef defaults."""
+        if not self._signatures_built:
+            self._build_signature_functions(self.default_k)
         signatures = {
             "serving_default": self.serve_default,
             "recommend": self.recommend,
@@ -624,9 +648,14 @@ class SortedIds:
         """``(sorted keys, rows)`` of the catalogue ``ids`` after ``change`` (a
         ``CatalogChange`` from these stored ids): kept ids keep their hashes (rows renumbered),
         added ones are hashed and inserted in order."""
-        new_row = change.new_row_of_previous()[self.rows]
-        kept = new_row >= 0
-        keys, rows = self.keys[kept], new_row[kept]
+        previous = change.previous_row[:change.num_previous]
+        if (len(previous) == change.num_previous
+                and np.array_equal(previous, np.arange(change.num_previous))):
+            keys, rows = self.keys, self.rows  # an add: every stored row kept where it was
+        else:
+            new_row = change.new_row_of_previous()[self.rows]
+            kept = new_row >= 0
+            keys, rows = self.keys[kept], new_row[kept]
         added = np.flatnonzero(change.previous_row < 0)
         if len(added):
             hashes = _id_keys(tf.constant(ids[added], tf.string)).numpy()
@@ -710,35 +739,11 @@ def extend_history(stored_items: tf.RaggedTensor, stored_weights: tf.RaggedTenso
 def query_with_history(query_tower: QueryTower, user_id, items: tf.RaggedTensor,
                        weights: tf.RaggedTensor, item_embedder=None) -> tf.Tensor:
     """``query_tower(user_id)`` with each row's history encoder pooling ``items`` (training-item
-    positions, ``[B, None]``) with ``weights`` instead of the user's stored history.
-
-    The one place the export reaches into the query tower for this. ``QueryTower`` has no
-    explicit-history input yet, so this runs ``QueryTower.call`` and ``HistoryEncoder.call``
-    themselves on thin views of the two layers that differ only in where the history comes
-    from (``gather`` returns the given rows): every other part of the query (user-id and
-    feature embeddings, the MLP) and the pooling arithmetic are the trained layers' own code.
-    Once ``QueryTower.call`` accepts ``history=(items, weights)``, this becomes that call.
-    """
-    encoder = query_tower.history_encoder
-    if encoder is None:
+    positions, ``[B, None]``) with ``weights`` instead of the user's stored history
+    (``QueryTower.call``'s ``history``): every other part of the query (user-id and feature
+    embeddings, the MLP) and the pooling are the trained tower's own."""
+    if query_tower.history_encoder is None:
         raise ValueError("query_with_history needs a query tower with a history encoder "
                          "(model.user_history)")
-    view = _LayerView(query_tower, history_encoder=_LayerView(
-        encoder, gather=lambda user_index: (items, weights)))
-    return type(query_tower).call(view, user_id, item_embedder=item_embedder, training=False)
-
-
-class _LayerView:
-    """A layer's attributes with a few replaced; calling it runs the layer's own ``call`` (not
-    Keras ``__call__``: the layer is built, and inference needs no masking or autocasting)."""
-
-    def __init__(self, layer: tf.keras.layers.Layer, **replaced):
-        self._layer = layer
-        self._replaced = replaced
-
-    def __getattr__(self, name: str):
-        replaced = self.__dict__["_replaced"]
-        return replaced[name] if name in replaced else getattr(self.__dict__["_layer"], name)
-
-    def __call__(self, *args, **kwargs):
-        return type(self._layer).call(self, *args, **kwargs)
+    return query_tower(user_id, item_embedder=item_embedder, training=False,
+                       history=(items, weights))

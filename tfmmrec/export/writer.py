@@ -19,6 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tfmmrec.errors import ExportError
+from tfmmrec.export.variables import VersionVariables, link_or_copy, split_checkpoint
 from tfmmrec.files import atomic_path, atomic_write, process_alive, write_json
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
     try:
         with atomic_path(final, directory=True) as tmp:
             tf.saved_model.save(module, tmp, signatures=module.signatures(), options=options)
+            if hasattr(module, "towers"):  # the two shards catalogue updates reuse
+                split_checkpoint(tmp)
+                _write_fingerprint(tmp)
             _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
             if hasattr(getattr(module, "towers", None), "embed_item_content"):
                 from tfmmrec.export.module import ItemEmbedder
@@ -126,10 +130,6 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
     nothing, when its variables are not laid out like ``previous``'s. Atomic like
     :func:`write_version`; TF's fingerprint of the files is recomputed for the new checkpoint.
     """
-    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
-
-    from tfmmrec.export.variables import VersionVariables
-
     previous = Path(previous)
     variables = VersionVariables(previous)
     replaced = variables.catalog_values(module)
@@ -148,9 +148,8 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
             embedder = previous / "assets.extra" / ITEM_EMBEDDER
             if embedder.is_dir():  # unchanged by catalogue updates; versions are immutable
                 shutil.copytree(embedder, Path(tmp) / "assets.extra" / ITEM_EMBEDDER,
-                                copy_function=_link_or_copy)
-            fingerprint = fingerprinting.CreateFingerprintDef(str(tmp))
-            (Path(tmp) / "fingerprint.pb").write_bytes(fingerprint)
+                                copy_function=link_or_copy)
+            _write_fingerprint(tmp)
             _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
     except ExportError:
         raise
@@ -160,11 +159,14 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
     return final
 
 
-def _link_or_copy(source: str, destination: str) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
+def _write_fingerprint(version_dir) -> None:
+    """TF's ``fingerprint.pb`` of the files as they are (its checkpoint hash covers
+    ``variables.index``, which the checkpoint split and every update rewrite)."""
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    fingerprint = fingerprinting.CreateFingerprintDef(os.fspath(version_dir))
+    with tf.io.gfile.GFile(os.path.join(os.fspath(version_dir), "fingerprint.pb"), "wb") as f:
+        f.write(fingerprint)
 
 
 def _write_extra(version_dir: Path, model_name: str, version: int, metadata: dict,

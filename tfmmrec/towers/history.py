@@ -116,9 +116,12 @@ class HistoryEncoder(tf.keras.layers.Layer):
                                                   validate=False)
         return tf.gather(items, index), tf.gather(weights, index)
 
-    def call(self, user_index, exclude=None, training=False):
-        """``exclude``: ``[B]`` item per example to leave out of its history (the target)."""
-        items, weights = self.gather(user_index)
+    def call(self, user_index, exclude=None, training=False, history=None):
+        """``exclude``: ``[B]`` item per example to leave out of its history (the target).
+        ``history``: ``(items, weights)`` ragged ``[B, None]`` pooled instead of the users'
+        stored histories (what :meth:`gather` returns for them), e.g. a stored history
+        extended by a session at serving time; ``user_index`` then only sizes the batch."""
+        items, weights = self.gather(user_index) if history is None else history
         weight = weights.flat_values
         if training and self.dropout > 0:
             weight = tf.where(keep_mask(tf.shape(weight), self.dropout), weight,

@@ -128,9 +128,17 @@ class QueryTower(tf.keras.layers.Layer):
             config["linear_cf"] = LinearCF.from_config(config["linear_cf"])
         return cls(**config)
 
-    def call(self, user, item_embedder: Callable | None = None, training=False, exclude=None):
+    def call(self, user, item_embedder: Callable | None = None, training=False, exclude=None,
+             history=None):
         """``user``: id strings, or their ``user_lookup`` indices (integers) as in training;
-        ``exclude``: ``[B]`` item indices left out of each row's history (training targets)."""
+        ``exclude``: ``[B]`` item indices left out of each row's history (training targets).
+        ``history``: ``(items, weights)`` ragged ``[B, None]`` (training-item positions and
+        their weights) that the history encoder (and the linear-CF part) read instead of each
+        user's stored history — a session appended to it at serving time; every other input
+        (user id, features, recent items) is the user's as usual. Needs a history encoder."""
+        if history is not None and self.history_encoder is None:
+            raise ValueError("an explicit history needs a query tower with a history encoder "
+                             "(model.user_history)")
         index = self.lookup(user) if user.dtype == tf.string else tf.cast(user, tf.int64)
         ids = index
         if training and self.id_dropout > 0:
@@ -138,7 +146,8 @@ class QueryTower(tf.keras.layers.Layer):
             ids = tf.where(hidden, tf.zeros_like(index), index)
         parts = [self.id_embedding(ids)] if self.id_embedding is not None else []
         if self.history_encoder is not None:
-            parts.append(self.history_encoder(index, exclude=exclude, training=training))
+            parts.append(self.history_encoder(index, exclude=exclude, training=training,
+                                              history=history))
         for name, table in self.categorical.items():
             parts.append(self.feature_embeddings[name](tf.gather(table, index)))
         if self.numeric is not None:
@@ -150,11 +159,12 @@ class QueryTower(tf.keras.layers.Layer):
         query = tf.math.l2_normalize(self.out(x), axis=-1)
         if self.linear_cf is None or training:  # training steps fit the learned part only
             return query
-        return tf.concat([query, self._linear_cf_query(index, exclude)], axis=-1)
+        return tf.concat([query, self._linear_cf_query(index, exclude, history)], axis=-1)
 
-    def _linear_cf_query(self, index, exclude=None):
-        """``x_u P`` over the user's full history (minus each training example's target)."""
-        items, _ = self.history_encoder.gather(index)
+    def _linear_cf_query(self, index, exclude=None, history=None):
+        """``x_u P`` over the user's full history (minus each training example's target), or
+        over the given ``history``'s items."""
+        items, _ = self.history_encoder.gather(index) if history is None else history
         keep = None
         if exclude is not None:
             target = tf.gather(tf.cast(exclude, tf.int64), items.value_rowids())

@@ -80,6 +80,9 @@ class TopKIndex(tf.Module):
     embeddings: tf.Variable | None = None
 
     kind: ClassVar[str]
+    # True: from_embeddings also takes a tf.Tensor (a catalogue update's table, read from the
+    # checkpoint straight into TF): no numpy copy of a million-row table.
+    takes_tensors: ClassVar[bool] = False
     op_namespaces: ClassVar[frozenset[str]] = frozenset()
     servers: ClassVar[tuple[str, ...]] = (STOCK_TF_SERVING, TFMMREC_SERVE)
 
@@ -196,13 +199,15 @@ def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
     """
     settings = settings or IndexSettings()
     cls = index_class(settings.kind)
-    embeddings = np.asarray(item_embeddings, np.float32)
-    if embeddings.ndim != 2:
+    if isinstance(item_embeddings, tf.Tensor) and cls.takes_tensors:
+        embeddings = tf.cast(item_embeddings, tf.float32)
+    else:
+        embeddings = np.asarray(item_embeddings, np.float32)
+    if len(embeddings.shape) != 2:
         raise ExportError(f"item embeddings must be [num_items, dim], got {embeddings.shape}")
     if embeddings.shape[0] == 0:
         raise ExportError("cannot export an index over an empty catalogue")
-    if not all(np.isfinite(embeddings[start:start + (1 << 20)]).all()  # blockwise: bounded memory
-               for start in range(0, embeddings.shape[0], 1 << 20)):
+    if not _all_finite(embeddings):
         raise ExportError("item embeddings contain NaN or Inf; re-train or check the towers")
     if settings.max_k < 1:
         raise ExportError(f"index max_k must be >= 1, got {settings.max_k}")
@@ -216,6 +221,17 @@ def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
         if index is not None:
             return index
     return cls.from_embeddings(embeddings, ids, settings)
+
+
+def _all_finite(embeddings: np.ndarray | tf.Tensor) -> bool:
+    if isinstance(embeddings, tf.Tensor):  # one pass, no [N, d] boolean copy
+        try:
+            tf.debugging.check_numerics(embeddings, "item embeddings")
+        except tf.errors.InvalidArgumentError:
+            return False
+        return True
+    return all(np.isfinite(embeddings[start:start + (1 << 20)]).all()  # blockwise: bounded memory
+               for start in range(0, embeddings.shape[0], 1 << 20))
 
 
 def recall_against_brute_force(index, queries: np.ndarray, item_embeddings: np.ndarray,

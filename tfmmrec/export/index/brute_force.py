@@ -18,11 +18,13 @@ class BruteForceIndex(TopKIndex):
     """One matmul + top_k over the whole catalogue: exact, linear in the number of items."""
 
     kind = "brute_force"
+    takes_tensors = True
 
-    def __init__(self, item_embeddings: np.ndarray, item_ids: np.ndarray, k: int):
-        super().__init__(k, item_embeddings.shape[0], item_ids)
-        self.embeddings = catalog_variable(np.asarray(item_embeddings, np.float32),
-                                           "item_embeddings")
+    def __init__(self, item_embeddings: np.ndarray | tf.Tensor, item_ids: np.ndarray, k: int):
+        super().__init__(k, int(item_embeddings.shape[0]), item_ids)
+        self.embeddings = catalog_variable(
+            tf.cast(item_embeddings, tf.float32) if isinstance(item_embeddings, tf.Tensor)
+            else np.asarray(item_embeddings, np.float32), "item_embeddings")
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):
