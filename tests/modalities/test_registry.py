@@ -6,11 +6,11 @@ and spec, plus ``modalities.register`` — and shows that the config (its ``vect
 ``model.feature_dropout`` keys, the model-defining sections ``restore`` checks), dataset
 loading, the encoder factory, the feature cache, TFRecord item records, the warmup requests and
 the export's serving functions (``query_vector``, ``embed_item_content``,
-``recommend_session``'s ``viewed_vector``) all pick it up with no other change. Not covered
-here: training a model end to end with it (``Workspace`` and the trainer iterate
-``catalog.modalities`` and ``config.tower(m)`` the same way, but a full run is too slow for a
-unit test) and the TF Serving client's ``query_text``-style shortcuts (``predict`` takes any
-signature).
+``recommend_session``'s ``viewed_vector``), multi-process ``prepare`` (spawned workers import
+the spec by class), the serving client (``client.query_vector``) and ``tfmmrec query
+--vector`` all pick it up with no other change. Not covered here: training a model end to end
+with it (``Workspace`` and the trainer iterate ``catalog.modalities`` and ``config.tower(m)``
+the same way, but a full run is too slow for a unit test).
 """
 
 from __future__ import annotations
@@ -446,6 +446,67 @@ def test_a_registered_modality_goes_through_prepare_and_its_manifest(vector_moda
     batch = next(iter(tfrecords.items_dataset(loaded, 8)))
     np.testing.assert_allclose(batch["vector"].numpy(), [[1, 2, 3], [0.5, 0, -1], [0, 0, 0]])
     assert batch["vector_present"].numpy().tolist() == [True, True, False]
+
+
+def test_a_registered_modality_is_prepared_by_worker_processes(vector_modality,
+                                                                vector_folder, tmp_path):
+    """``prepare`` with a process pool: spawned workers start with the built-in modalities
+    only; the item jobs name the registered specs (``modalities.references``) and each worker
+    imports and registers them, so its records hold the vector fields too."""
+    from tfmmrec.data import tfrecords
+
+    config = load_config(None, [f"data.path={vector_folder}", "data.split=none"])
+    manifest = tfrecords.write_tfrecords(config, tmp_path / "records", workers=2, shards=2,
+                                         progress=False)
+    assert len(manifest.shards["items"]) == 2
+    batch = next(iter(tfrecords.items_dataset(tfrecords.load_manifest(tmp_path / "records"),
+                                              8)))
+    np.testing.assert_allclose(batch["vector"].numpy(), [[1, 2, 3], [0.5, 0, -1], [0, 0, 0]])
+    assert batch["vector_present"].numpy().tolist() == [True, True, False]
+    assert modalities.references()[-1] == "tests.modalities.test_registry:VectorModality"
+
+
+def test_a_spec_workers_cannot_import_is_refused_before_they_start(vector_folder, tmp_path):
+    from tfmmrec.data import tfrecords
+
+    class LocalVector(VectorModality):  # defined in a function: no worker can import it
+        pass
+
+    modalities.register(LocalVector())
+    try:
+        config = load_config(None, [f"data.path={vector_folder}", "data.split=none"])
+        with pytest.raises(ConfigError, match=r"LocalVector cannot be imported by a worker "
+                                              r"process \(defined in a function\).*--workers 1"):
+            tfrecords.write_tfrecords(config, tmp_path / "records", workers=2, shards=2,
+                                      progress=False)
+        manifest = tfrecords.write_tfrecords(config, tmp_path / "one", workers=1,
+                                             progress=False)  # in this process: fine
+        assert manifest.modalities == ["text", "vector"]
+    finally:
+        modalities.unregister("vector")
+
+
+def test_require_registers_missing_specs_and_names_one_it_cannot_import():
+    reference = "tests.modalities.test_registry:VectorModality"
+    assert "vector" not in modalities.names()
+    try:
+        modalities.require([*modalities.references(), reference])  # built-ins: kept as they are
+        assert modalities.names() == ("text", "image", "audio", "vector")
+        assert isinstance(modalities.get("vector"), VectorModality)
+        modalities.require([reference])  # already registered: nothing to do
+    finally:
+        modalities.unregister("vector")
+    with pytest.raises(ConfigError, match=r"modality spec no_such_plugin\.specs:Smell cannot be "
+                                          r"imported in worker process \d+ \(ModuleNotFound"):
+        modalities.require(["no_such_plugin.specs:Smell"])
+    with pytest.raises(ConfigError, match=r"'text' is tfmmrec\.modalities\.text:TextModality"):
+        modalities.require(["tests.modalities.test_registry:OtherTextSpec"])
+
+
+class OtherTextSpec(VectorModality):
+    """Claims the name of a built-in: a worker refuses to mix it up with the registered one."""
+
+    name = "text"
 
 
 def test_a_registered_modality_gets_its_serving_functions(vector_modality):

@@ -10,17 +10,24 @@ Data, towers, cache, TFRecords and export ask the registry instead of testing mo
         spec.decode_request(request, ...)    # serving bytes → encoder input, in-graph
 
 Adding a modality is one module defining a ``ModalitySpec`` (usually a ``FileModality``)
-plus ``modalities.register(MySpec())``; see the README's "Modalities" section.
+plus ``modalities.register(MySpec())``; see the README's "Modalities" section. Worker
+processes (``tfmmrec prepare``'s pool, Beam workers) start with the built-in specs and import
+the others by class (``references``/``require``), so a spec class lives at the top level of an
+importable module.
 """
 
 from tfmmrec.modalities.audio import AudioModality
 from tfmmrec.modalities.base import FileModality, ModalitySpec, content_hash
 from tfmmrec.modalities.image import ImageModality
 from tfmmrec.modalities.registry import (
+    check_importable,
     default_settings,
     get,
     names,
+    reference,
+    references,
     register,
+    require,
     resolve_settings,
     settings_from_config,
     specs,
@@ -39,11 +46,15 @@ __all__ = [
     "ImageModality",
     "ModalitySpec",
     "TextModality",
+    "check_importable",
     "content_hash",
     "default_settings",
     "get",
     "names",
+    "reference",
+    "references",
     "register",
+    "require",
     "resolve_settings",
     "settings_from_config",
     "specs",
