@@ -12,8 +12,9 @@ from the code (both checkouts get the same config file and overrides):
 
   demo    ``tfmmrec demo`` (configs/demo.yaml: generated catalogue, small random-init towers)
   ml100k  ``tfmmrec train`` + ``tfmmrec evaluate`` on ML-100K with the *before* checkout's
-          configs/ml100k.yaml (real MiniLM/EfficientNet-Lite0 features; a separate encoder cache
-          per side, so preprocessing differences show); ``--ml100k-splits`` picks the splits
+          configs/ml100k.yaml and a row of benchmarks/ml100k.py (``--ml100k-row``: ID-only by
+          default; text/all encode the catalogue with MiniLM/EfficientNet-Lite0, a separate
+          encoder cache per side); ``--ml100k-splits`` picks the protocols
   fsdd    ``benchmarks/fsdd_audio.py --quick`` of each checkout (YAMNet tower, cold-start clips)
 
 Writes benchmarks/results/refactor_before_after.json (every figure of both sides, their
@@ -106,10 +107,16 @@ def demo(checkout: Path, work: Path) -> tuple[dict[str, float], float, dict]:
     return figures(metrics.get("results", metrics)), seconds, top
 
 
-def ml100k(checkout: Path, work: Path, config: Path, split: str
+# ML-100K rows of benchmarks/ml100k.py (as of the before checkout): config overrides.
+ML100K_ROWS = {"id_only": ["text.enabled=false", "image.enabled=false"],  # "ID-only · tfmmrec"
+               "text": ["image.enabled=false"], "all": []}
+
+
+def ml100k(checkout: Path, work: Path, config: Path, split: str, row: str
            ) -> tuple[dict[str, float], float, dict]:
-    run_dir = work / f"ml100k-{split}"
-    overrides = ["--set", f"train.output_dir={run_dir / 'run'}",
+    run_dir = work / f"ml100k-{split}-{row}"
+    overrides = [arg for o in ["train.verbose=0", *ML100K_ROWS[row]] for arg in ("--set", o)]
+    overrides += ["--set", f"train.output_dir={run_dir / 'run'}",
                  "--set", f"train.cache_dir={work.parent / 'encoder-cache'}",  # per side
                  "--set", f"data.split={split}"]
     seconds = run(checkout, "cli", ["train", "--config", str(config), *overrides],
@@ -161,6 +168,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ml100k-splits", nargs="+", default=["random"],
                         choices=["random", "cold_start", "temporal"],
                         help="ML-100K protocols: random (A), cold_start (B), temporal (C)")
+    parser.add_argument("--ml100k-row", choices=list(ML100K_ROWS), default="id_only",
+                        help="which model: id_only (default; no encoder: minutes), text "
+                             "(MiniLM) or all (MiniLM + EfficientNet-Lite0: encoding the "
+                             "catalogue takes most of an hour on a loaded 2-core machine)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per side and part (training is not bitwise repeatable on "
                              "CPU even with op determinism: repeats show the run-to-run spread)")
@@ -176,7 +187,8 @@ def main(argv=None) -> int:
     jobs = []
     for part in args.parts:
         if part == "ml100k":
-            jobs += [(f"ml100k-{split}", split) for split in args.ml100k_splits]
+            jobs += [(f"ml100k-{split}-{args.ml100k_row}", split)
+                     for split in args.ml100k_splits]
         else:
             jobs.append((part, None))
     for name, split in jobs:
@@ -194,7 +206,8 @@ def main(argv=None) -> int:
                 if name == "demo":
                     figures_, took, more = demo(checkout, work)
                 elif split is not None:
-                    figures_, took, more = ml100k(checkout, work, config, split)
+                    figures_, took, more = ml100k(checkout, work, config, split,
+                                                  args.ml100k_row)
                 else:
                     figures_, took, more = fsdd(checkout, work)
                 result[side].append(figures_)
@@ -202,7 +215,8 @@ def main(argv=None) -> int:
                 extra[side].append(more)
         command = ("python benchmarks/refactor_before_after.py --before DIR --parts "
                    f"{name.split('-')[0]}"
-                   + (f" --ml100k-splits {split}" if split else "")
+                   + (f" --ml100k-splits {split} --ml100k-row {args.ml100k_row}" if split
+                      else "")
                    + (f" --repeats {args.repeats}" if args.repeats > 1 else ""))
         save(args.output, name, {"command": command, "repeats": args.repeats,
                                  **compare(result["before"], result["after"]),

@@ -497,10 +497,37 @@ def test_require_registers_missing_specs_and_names_one_it_cannot_import():
     finally:
         modalities.unregister("vector")
     with pytest.raises(ConfigError, match=r"modality spec no_such_plugin\.specs:Smell cannot be "
-                                          r"imported in worker process \d+ \(ModuleNotFound"):
+                                          r"imported in process \d+ \(ModuleNotFound"):
         modalities.require(["no_such_plugin.specs:Smell"])
-    with pytest.raises(ConfigError, match=r"'text' is tfmmrec\.modalities\.text:TextModality"):
+    with pytest.raises(ConfigError, match=r"'text' is tfmmrec\.modalities\.text:TextModality "
+                                          r"in process \d+, not tests\.modalities"):
         modalities.require(["tests.modalities.test_registry:OtherTextSpec"])
+
+
+def test_installed_plugins_are_registered_from_their_entry_points(monkeypatch, caplog):
+    """A package declaring ``[project.entry-points."tfmmrec.modalities"]`` gets its modality
+    into every process that imports tfmmrec (the ``tfmmrec`` command, spawned workers); a
+    plugin that cannot be imported is skipped with a warning naming it."""
+    import importlib.metadata
+
+    from tfmmrec.modalities import registry
+
+    group = registry.ENTRY_POINT_GROUP
+    plugins = [importlib.metadata.EntryPoint("vector", "tests.modalities.test_registry:"
+                                             "VectorModality", group),
+               importlib.metadata.EntryPoint("smell", "no_such_plugin.specs:Smell", group)]
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [p for p in plugins if p.group == group])
+    assert "vector" not in modalities.names()
+    try:
+        with caplog.at_level("WARNING", logger="tfmmrec.modalities.registry"):
+            loaded = modalities.load_entry_points()
+        assert loaded == ["tests.modalities.test_registry:VectorModality"]
+        assert modalities.names() == ("text", "image", "audio", "vector")
+        assert "modality plugin 'smell' (no_such_plugin.specs:Smell) not loaded" in caplog.text
+        assert load_config(None, ["vector.scale=3.0"]).tower("vector").scale == 3.0
+    finally:
+        modalities.unregister("vector")
 
 
 class OtherTextSpec(VectorModality):

@@ -8,6 +8,7 @@ in plans and manifests.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,8 @@ from tfmmrec.modalities.base import ModalitySpec
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config
+
+logger = logging.getLogger(__name__)
 
 _SPECS: dict[str, ModalitySpec] = {}
 
@@ -94,8 +97,8 @@ def check_importable(refs: Sequence[str]) -> None:
 def require(refs: Sequence[str]) -> None:
     """Register in this process every spec of ``refs`` (:func:`references` of another one)
     that is not registered yet, importing its class and calling it with no arguments: worker
-    processes start with the built-in modalities only. A ``ConfigError`` names a spec that
-    cannot be imported here."""
+    processes start with the built-in modalities (and installed plugins) only. A
+    ``ConfigError`` names a spec that cannot be imported here."""
     here = set(references())
     for ref in refs:
         if ref in here:  # registered in this process (the planning one, or a worker again)
@@ -107,7 +110,7 @@ def require(refs: Sequence[str]) -> None:
                 cls = getattr(cls, part)
         except Exception as exc:  # any import failure: say which spec
             raise ConfigError(
-                f"modality spec {ref} cannot be imported in worker process {os.getpid()} "
+                f"modality spec {ref} cannot be imported in process {os.getpid()} "
                 f"({type(exc).__name__}: {exc}): define a registered modality at the top level "
                 "of a module the workers can import (on their PYTHONPATH), or run with one "
                 "worker (--workers 1)") from None
@@ -115,8 +118,32 @@ def require(refs: Sequence[str]) -> None:
         if registered is None:
             register(cls())
         elif not isinstance(registered, cls):
-            raise ConfigError(f"modality {cls.name!r} is {reference(registered)} in worker "
-                              f"process {os.getpid()} but {ref} where the job was planned")
+            raise ConfigError(f"modality {cls.name!r} is {reference(registered)} in process "
+                              f"{os.getpid()}, not {ref} (where the job was planned)")
+
+
+ENTRY_POINT_GROUP = "tfmmrec.modalities"
+
+
+def load_entry_points() -> list[str]:
+    """Register the specs installed packages declare in the ``tfmmrec.modalities`` entry-point
+    group (``vector = "my_package.vector:VectorModality"`` in their ``pyproject.toml``), so
+    the ``tfmmrec`` command, its ``--<name>`` query options and every worker process know them
+    without any code of the user's running first. Called when ``tfmmrec.modalities`` is first
+    imported; a plugin that cannot be loaded is skipped with a warning naming it (the rest of
+    tfmmrec keeps working). Returns the references registered."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            require([entry.value])
+        except (ConfigError, ValueError, TypeError) as exc:
+            logger.warning("modality plugin %r (%s) not loaded: %s", entry.name, entry.value,
+                           exc)
+        else:
+            loaded.append(entry.value)
+    return loaded
 
 
 def default_settings() -> dict[str, Any]:
