@@ -696,3 +696,18 @@ def test_an_unregistered_modality_has_no_client_shortcut_or_query_option(tmp_pat
     with pytest.raises(SystemExit):
         main(["query", "--rest", "--user", "u1", "--vector", "x.npy"])
     assert "unrecognized arguments: --vector x.npy" in capsys.readouterr().err
+
+
+def test_a_modality_named_like_a_query_option_is_a_clear_error(capsys):
+    from tfmmrec.cli import main
+
+    class Status(VectorModality):
+        name = "status"
+
+    modalities.register(Status())
+    try:
+        assert main(["query", "--status"]) == 2
+    finally:
+        modalities.unregister("status")
+    assert ("modality 'status' clashes with `tfmmrec query`'s own --status option"
+            in capsys.readouterr().err)

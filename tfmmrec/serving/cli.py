@@ -114,6 +114,10 @@ def _add_query(subparsers) -> None:
         _add_query_what(query)
 
 
+# `tfmmrec query`'s own options besides --<modality> (a modality may not take these names).
+QUERY_WORDS = frozenset({"user", "embed", "status", "metadata"})
+
+
 def _add_query_what(query) -> None:
     """What to ask: ``--user``, one option per registered modality (``--text``, ``--image``,
     ``--audio`` and any modality registered since: ``--<name>``), ``--embed``, ``--status``,
@@ -123,6 +127,9 @@ def _add_query_what(query) -> None:
     what = query.add_mutually_exclusive_group(required=True)
     what.add_argument("--user", action="append", help="user id (repeatable)")
     for spec in modalities.specs():
+        if f"--{spec.name}" in query._option_string_actions or spec.name in QUERY_WORDS:
+            raise ServingError(f"modality {spec.name!r} clashes with `tfmmrec query`'s own "
+                               f"--{spec.name} option: register it under another name")
         what.add_argument(f"--{spec.name}", action="append", dest=f"query_{spec.name}",
                           metavar=spec.query_metavar,
                           help=spec.query_help or f"{spec.name} content (repeatable)")
