@@ -711,3 +711,28 @@ def test_a_modality_named_like_a_query_option_is_a_clear_error(capsys):
         modalities.unregister("status")
     assert ("modality 'status' clashes with `tfmmrec query`'s own --status option"
             in capsys.readouterr().err)
+
+
+def test_an_encode_shard_job_registers_its_modality_in_a_fresh_process(vector_modality,
+                                                                       vector_folder, tmp_path):
+    """``tfmmrec encode --runner``: a Beam worker process runs ``encode_shard`` on a job
+    planned here; the job names the registered specs, so a fresh interpreter (no registration
+    of its own) encodes the vector shard."""
+    import pickle
+    import subprocess
+    import sys
+
+    from tfmmrec.towers import features
+
+    config = load_config(None, [f"data.path={vector_folder}", "data.split=none"])
+    dataset = load_dataset(config.data)
+    run = features.plan_encode(config, dataset, build_vector_encoder(VectorTowerConfig()),
+                               str(tmp_path / "features"), shards=1, workers=1)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(run.todo[0]))
+    code = ("import pickle, sys\nfrom tfmmrec.towers import features\n"
+            "job = pickle.load(open(sys.argv[1], 'rb'))\n"
+            "print(features.encode_shard(job, lambda raw: raw * 2)['encoded'])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.pkl")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "2"

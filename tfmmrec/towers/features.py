@@ -140,8 +140,9 @@ def plan_encode(config: Config, dataset: Dataset, encoder: Encoder, output: str,
                 for n, shard in enumerate(manifest.shards["items"])]
     else:
         jobs = _folder_jobs(dataset, modality, encoder.feature_dim, shards, workers)
-    for job in jobs:
-        job.update(modality=modality, output=directory, settings=settings)
+    for job in jobs:  # a Beam worker registers the modalities the plan was made with
+        job.update(modality=modality, output=directory, settings=settings,
+                   modalities=modalities.references())
     plan = {"modality": modality, "identity": identity, "feature_dim": encoder.feature_dim,
             "num_items": len(catalog), "item_ids_sha1": tfrecords.ids_digest(catalog.item_ids),
             "catalog_sha1": tfrecords.catalog_fingerprint(catalog),
@@ -242,6 +243,7 @@ def _previous_counts(directory: str) -> dict[str, tuple[int, int]]:
 def encode_shard(job: dict[str, Any], encode: Encode) -> dict[str, Any]:
     """Encode one shard's items with ``encode`` (raw batch → ``[B, D]``) and write its records
     under a temporary name, renamed into place when complete; returns the shard's summary."""
+    modalities.require(job.get("modalities", ()))
     final = join_path(job["output"], job["file"])
     failed: list[str] = []
     encoded = 0
