@@ -65,8 +65,13 @@ def commit_of(checkout: Path) -> str:
     return git("rev-parse", "--short", "HEAD") + (" (+ uncommitted changes)" if dirty else "")
 
 
+COLLECT = False  # --collect: read the runs already in benchmarks/out/refactor, run nothing
+
+
 def run(checkout: Path, kind: str, args: list[str], log: Path) -> float:
     """One driver process in ``checkout``; its output goes to ``log``; returns seconds."""
+    if COLLECT:
+        return float("nan")
     env = {**os.environ, "PYTHONPATH": str(checkout), "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONHASHSEED": "0"}
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +135,11 @@ def ml100k(checkout: Path, work: Path, config: Path, split: str, row: str
 def fsdd(checkout: Path, work: Path) -> tuple[dict[str, float], float, dict]:
     script = checkout / "benchmarks" / "fsdd_audio.py"
     seconds = run(checkout, "script", [str(script), "--quick"], work / "fsdd.log")
-    payload = json.loads((checkout / "benchmarks" / "out" / "fsdd" / "fsdd_audio_quick.json")
-                         .read_text())
+    kept = work / "fsdd_audio_quick.json"  # the script overwrites its own on every run
+    if not COLLECT:
+        kept.write_text((checkout / "benchmarks" / "out" / "fsdd" / "fsdd_audio_quick.json")
+                        .read_text())
+    payload = json.loads(kept.read_text())
     return figures(payload["results"]), seconds, {}
 
 
@@ -176,7 +184,12 @@ def main(argv=None) -> int:
                         help="runs per side and part (training is not bitwise repeatable on "
                              "CPU even with op determinism: repeats show the run-to-run spread)")
     parser.add_argument("--output", type=Path, default=RESULTS / "refactor_before_after.json")
+    parser.add_argument("--collect", action="store_true",
+                        help="run nothing: compare the runs already under "
+                             "benchmarks/out/refactor (e.g. of an interrupted invocation)")
     args = parser.parse_args(argv)
+    global COLLECT
+    COLLECT = args.collect
     sys.path.insert(0, str(REPO))
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
     config = WORK / "ml100k-before.yaml"  # one config file for both sides
@@ -203,22 +216,31 @@ def main(argv=None) -> int:
                 work = WORK / side / f"r{repeat}"
                 print(f"{name}: {side} run {repeat + 1}/{args.repeats} ({checkout})…",
                       flush=True)
-                if name == "demo":
-                    figures_, took, more = demo(checkout, work)
-                elif split is not None:
-                    figures_, took, more = ml100k(checkout, work, config, split,
-                                                  args.ml100k_row)
-                else:
-                    figures_, took, more = fsdd(checkout, work)
+                try:
+                    if name == "demo":
+                        figures_, took, more = demo(checkout, work)
+                    elif split is not None:
+                        figures_, took, more = ml100k(checkout, work, config, split,
+                                                      args.ml100k_row)
+                    else:
+                        figures_, took, more = fsdd(checkout, work)
+                except FileNotFoundError:
+                    if not COLLECT:
+                        raise
+                    continue  # --collect: this run was not made
                 result[side].append(figures_)
                 seconds[side].append(round(took, 1))
                 extra[side].append(more)
+        if not (result["before"] and result["after"]):
+            print(f"{name}: no runs of both sides to compare", flush=True)
+            continue
         command = ("python benchmarks/refactor_before_after.py --before DIR --parts "
                    f"{name.split('-')[0]}"
                    + (f" --ml100k-splits {split} --ml100k-row {args.ml100k_row}" if split
                       else "")
                    + (f" --repeats {args.repeats}" if args.repeats > 1 else ""))
-        save(args.output, name, {"command": command, "repeats": args.repeats,
+        save(args.output, name, {"command": command,
+                                 "repeats": {k: len(v) for k, v in result.items()},
                                  **compare(result["before"], result["after"]),
                                  "seconds": seconds,
                                  **({"outputs": extra} if any(any(e) for e in extra.values())
