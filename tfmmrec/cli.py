@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show TensorFlow/ScaNN C++ logs and library warnings")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=_CommandParser)
 
     demo = commands.add_parser("demo", help="build demo data, train, evaluate, export, query")
     _add_config_args(demo)
@@ -146,18 +147,23 @@ def _add_serving_commands(commands) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
-    if beam_args and not getattr(args, "runner", None):
-        parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline options "
-                     "need --runner)")
-    args.beam_args = beam_args
-    quiet_output(args.verbose)  # before anything imports TensorFlow
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before anything imports TensorFlow, parsing included: `query`'s --<modality> options
+    # come from the modality registry.
+    verbose = _verbose_flag(argv)
+    quiet_output(verbose)
     native_log = Path(tempfile.gettempdir()) / f"tfmmrec-native-{os.getpid()}.log"
     failed = True
-    with (contextlib.nullcontext() if args.verbose else native_stderr_to(native_log)):
-        handler = _configure_logging(args.quiet)
+    with (contextlib.nullcontext() if verbose else native_stderr_to(native_log)):
+        handler = None
         try:
+            parser = build_parser()
+            args, beam_args = parser.parse_known_args(argv)
+            if beam_args and not getattr(args, "runner", None):
+                parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline "
+                             "options need --runner)")
+            args.beam_args = beam_args
+            handler = _configure_logging(args.quiet)
             code = int(_run(args) or 0)
             failed = code != 0
             return code
@@ -169,10 +175,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted: run the same command again to resume from the last checkpoint",
                   file=sys.stderr)
             return EXIT_INTERRUPTED
+        except SystemExit as exc:  # argparse: --help, or a usage error it printed
+            failed = exc.code not in (0, None)
+            raise
         finally:
-            logging.getLogger().removeHandler(handler)
-            if not args.verbose:
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+            if not verbose:
                 _report_native_log(native_log, failed)
+
+
+def _verbose_flag(argv: Sequence[str]) -> bool:
+    """``-v``/``--verbose`` among the global options, read before the full parser exists."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-v", "--verbose", action="store_true")
+    pre.add_argument("-q", "--quiet", action="store_true")
+    return pre.parse_known_args(argv)[0].verbose
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser whose ``deferred`` callbacks add arguments on first use: ``tfmmrec
+    query``'s ``--<modality>`` options come from the modality registry, which loads
+    TensorFlow, so only a ``query`` command (or its help) pays for it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deferred: list = []
+
+    def _complete(self) -> None:
+        while self.deferred:
+            self.deferred.pop(0)(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
 
 def _report_native_log(path: Path, failed: bool) -> None:

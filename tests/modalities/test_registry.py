@@ -6,11 +6,11 @@ and spec, plus ``modalities.register`` — and shows that the config (its ``vect
 ``model.feature_dropout`` keys, the model-defining sections ``restore`` checks), dataset
 loading, the encoder factory, the feature cache, TFRecord item records, the warmup requests and
 the export's serving functions (``query_vector``, ``embed_item_content``,
-``recommend_session``'s ``viewed_vector``) all pick it up with no other change. Not covered
-here: training a model end to end with it (``Workspace`` and the trainer iterate
-``catalog.modalities`` and ``config.tower(m)`` the same way, but a full run is too slow for a
-unit test) and the TF Serving client's ``query_text``-style shortcuts (``predict`` takes any
-signature).
+``recommend_session``'s ``viewed_vector``), multi-process ``prepare`` (spawned workers import
+the spec by class), the serving client (``client.query_vector``) and ``tfmmrec query
+--vector`` all pick it up with no other change. Not covered here: training a model end to end
+with it (``Workspace`` and the trainer iterate ``catalog.modalities`` and ``config.tower(m)``
+the same way, but a full run is too slow for a unit test).
 """
 
 from __future__ import annotations
@@ -276,6 +276,13 @@ class VectorModality(FileModality):
     def decode_request(self, request, settings, limits):
         return tf.reshape(tf.io.decode_raw(request, tf.float32), [-1, 3])
 
+    query_help = "a .npy file of three floats (repeatable)"
+
+    def request_values(self, values):
+        """A client sends the raw little-endian floats :meth:`decode_request` reads."""
+        paths = [values] if isinstance(values, str | Path) else values
+        return np.array([np.load(p).astype("<f4").tobytes() for p in paths], dtype=object)
+
     def warmup_sample(self):
         return np.array([np.zeros(3, "<f4").tobytes()], dtype=object)
 
@@ -441,6 +448,94 @@ def test_a_registered_modality_goes_through_prepare_and_its_manifest(vector_moda
     assert batch["vector_present"].numpy().tolist() == [True, True, False]
 
 
+def test_a_registered_modality_is_prepared_by_worker_processes(vector_modality,
+                                                                vector_folder, tmp_path):
+    """``prepare`` with a process pool: spawned workers start with the built-in modalities
+    only; the item jobs name the registered specs (``modalities.references``) and each worker
+    imports and registers them, so its records hold the vector fields too."""
+    from tfmmrec.data import tfrecords
+
+    config = load_config(None, [f"data.path={vector_folder}", "data.split=none"])
+    manifest = tfrecords.write_tfrecords(config, tmp_path / "records", workers=2, shards=2,
+                                         progress=False)
+    assert len(manifest.shards["items"]) == 2
+    batch = next(iter(tfrecords.items_dataset(tfrecords.load_manifest(tmp_path / "records"),
+                                              8)))
+    np.testing.assert_allclose(batch["vector"].numpy(), [[1, 2, 3], [0.5, 0, -1], [0, 0, 0]])
+    assert batch["vector_present"].numpy().tolist() == [True, True, False]
+    assert modalities.references()[-1] == "tests.modalities.test_registry:VectorModality"
+
+
+def test_a_spec_workers_cannot_import_is_refused_before_they_start(vector_folder, tmp_path):
+    from tfmmrec.data import tfrecords
+
+    class LocalVector(VectorModality):  # defined in a function: no worker can import it
+        pass
+
+    modalities.register(LocalVector())
+    try:
+        config = load_config(None, [f"data.path={vector_folder}", "data.split=none"])
+        with pytest.raises(ConfigError, match=r"LocalVector cannot be imported by a worker "
+                                              r"process \(defined in a function\).*--workers 1"):
+            tfrecords.write_tfrecords(config, tmp_path / "records", workers=2, shards=2,
+                                      progress=False)
+        manifest = tfrecords.write_tfrecords(config, tmp_path / "one", workers=1,
+                                             progress=False)  # in this process: fine
+        assert manifest.modalities == ["text", "vector"]
+    finally:
+        modalities.unregister("vector")
+
+
+def test_require_registers_missing_specs_and_names_one_it_cannot_import():
+    reference = "tests.modalities.test_registry:VectorModality"
+    assert "vector" not in modalities.names()
+    try:
+        modalities.require([*modalities.references(), reference])  # built-ins: kept as they are
+        assert modalities.names() == ("text", "image", "audio", "vector")
+        assert isinstance(modalities.get("vector"), VectorModality)
+        modalities.require([reference])  # already registered: nothing to do
+    finally:
+        modalities.unregister("vector")
+    with pytest.raises(ConfigError, match=r"modality spec no_such_plugin\.specs:Smell cannot be "
+                                          r"imported in process \d+ \(ModuleNotFound"):
+        modalities.require(["no_such_plugin.specs:Smell"])
+    with pytest.raises(ConfigError, match=r"'text' is tfmmrec\.modalities\.text:TextModality "
+                                          r"in process \d+, not tests\.modalities"):
+        modalities.require(["tests.modalities.test_registry:OtherTextSpec"])
+
+
+def test_installed_plugins_are_registered_from_their_entry_points(monkeypatch, caplog):
+    """A package declaring ``[project.entry-points."tfmmrec.modalities"]`` gets its modality
+    into every process that imports tfmmrec (the ``tfmmrec`` command, spawned workers); a
+    plugin that cannot be imported is skipped with a warning naming it."""
+    import importlib.metadata
+
+    from tfmmrec.modalities import registry
+
+    group = registry.ENTRY_POINT_GROUP
+    plugins = [importlib.metadata.EntryPoint("vector", "tests.modalities.test_registry:"
+                                             "VectorModality", group),
+               importlib.metadata.EntryPoint("smell", "no_such_plugin.specs:Smell", group)]
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [p for p in plugins if p.group == group])
+    assert "vector" not in modalities.names()
+    try:
+        with caplog.at_level("WARNING", logger="tfmmrec.modalities.registry"):
+            loaded = modalities.load_entry_points()
+        assert loaded == ["tests.modalities.test_registry:VectorModality"]
+        assert modalities.names() == ("text", "image", "audio", "vector")
+        assert "modality plugin 'smell' (no_such_plugin.specs:Smell) not loaded" in caplog.text
+        assert load_config(None, ["vector.scale=3.0"]).tower("vector").scale == 3.0
+    finally:
+        modalities.unregister("vector")
+
+
+class OtherTextSpec(VectorModality):
+    """Claims the name of a built-in: a worker refuses to mix it up with the registered one."""
+
+    name = "text"
+
+
 def test_a_registered_modality_gets_its_serving_functions(vector_modality):
     """The export's ``<modality>_query`` and ``embed_item_content`` come from the spec."""
     from tfmmrec.export.module import ServingTowers
@@ -468,10 +563,12 @@ def test_a_registered_modality_gets_its_serving_functions(vector_modality):
     np.testing.assert_allclose(embedded, fused, rtol=1e-6)
 
 
-def test_a_registered_modality_is_a_viewed_input_of_session_requests(vector_modality):
-    """``recommend_session`` takes ``viewed_<modality>`` for every registered modality: with
-    no session items and the user weighing 0, the viewed vector alone is the query, so the
-    result is ``query_vector``'s."""
+VECTORS = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0], [-1.0, 1.0, 0.0]], np.float32)
+
+
+def vector_serving_module():
+    """A retrieval serving module over three items with only the vector tower (ids a, b, c,
+    the rows of ``VECTORS``): what an export of a vector-only model serves."""
     from tfmmrec.export.index.brute_force import BruteForceIndex
     from tfmmrec.export.module import RetrievalServingModule, ServingTowers
     from tfmmrec.towers.item import ItemTower
@@ -479,15 +576,22 @@ def test_a_registered_modality_is_a_viewed_input_of_session_requests(vector_moda
 
     encoder = build_vector_encoder(VectorTowerConfig(scale=2.0))
     ids = np.array(["a", "b", "c"])
-    vectors = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0], [-1.0, 1.0, 0.0]], np.float32)
     towers = ServingTowers(QueryTower(["u1"], 4), ItemTower(("vector",), 4),
                            {"vector": encoder}, training_item_ids=ids,
                            training_item_embeddings=np.zeros((3, 4), np.float32))
     items = towers.embed_item_content({"item_id": tf.constant(ids),
-                                       "vector": tf.constant(vectors),
+                                       "vector": tf.constant(VECTORS),
                                        "vector_mask": tf.ones(3, tf.bool)}).numpy()
-    module = RetrievalServingModule(towers, items, BruteForceIndex(items, ids, 3), item_ids=ids,
-                                    default_k=3, max_k=3, session_user_weight=0.0)
+    return RetrievalServingModule(towers, items, BruteForceIndex(items, ids, 3), item_ids=ids,
+                                  default_k=3, max_k=3, session_user_weight=0.0)
+
+
+def test_a_registered_modality_is_a_viewed_input_of_session_requests(vector_modality):
+    """``recommend_session`` takes ``viewed_<modality>`` for every registered modality: with
+    no session items and the user weighing 0, the viewed vector alone is the query, so the
+    result is ``query_vector``'s."""
+    vectors = VECTORS
+    module = vector_serving_module()
     inputs = module.recommend_session.input_signature
     assert [spec.name for spec in inputs] == [
         "session_item_ids", "user_id", "k", "exclude_item_ids",
@@ -505,3 +609,130 @@ def test_a_registered_modality_is_a_viewed_input_of_session_requests(vector_moda
     # a modality the model has no tower for is refused, not ignored
     with pytest.raises(tf.errors.InvalidArgumentError, match="viewed_text: this model has no"):
         module.recommend_session(tf.zeros([1, 0], tf.string), viewed_text=tf.constant(["x"]))
+
+
+# --- the serving client and `tfmmrec query`: one shortcut per registered modality ---------------
+
+
+@pytest.fixture
+def served_vector_module(monkeypatch):
+    """``ServingClient.predict`` answered by the vector serving module in process (the wire is
+    signature-agnostic and tested in tests/serving): records each call's signature and inputs
+    and runs them through the module's signature function, matched by input alias (the
+    ``TensorSpec`` names TF Serving exposes), so a request a client builds wrongly fails."""
+    import inspect
+
+    from tfmmrec.serving.client import ServingClient
+
+    module, calls = vector_serving_module(), []
+
+    def predict(self, signature, inputs):
+        calls.append((signature, dict(inputs)))
+        function = getattr(module, signature)
+        parameters = [p for p in inspect.signature(function.python_function).parameters
+                      if p != "self"]
+        by_alias = dict(zip((spec.name for spec in function.input_signature), parameters,
+                            strict=True))
+        outputs = function(**{by_alias[alias]: tf.constant(value)
+                              for alias, value in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    monkeypatch.setattr(ServingClient, "predict", predict)
+    return module, calls
+
+
+def test_a_registered_modality_gets_its_client_shortcut(vector_modality, served_vector_module,
+                                                        tmp_path):
+    """``client.query_vector(paths)`` and ``client.query("vector", ...)`` exist once the spec is
+    registered: the request is the spec's ``request_values`` (raw floats, not the .npy file)."""
+    from tfmmrec.serving.client import ServingClient
+
+    module, calls = served_vector_module
+    np.save(tmp_path / "b.npy", VECTORS[1])
+    client = ServingClient("127.0.0.1:1", rest=True)
+    assert "query_vector" in dir(client)
+    top = client.query_vector([tmp_path / "b.npy"], k=2)
+    assert calls[-1][0] == "query_vector"
+    assert calls[-1][1]["vector"].tolist() == [VECTORS[1].astype("<f4").tobytes()]
+    assert calls[-1][1]["k"] == 2
+    expected = module.query_vector(tf.constant([VECTORS[1].tobytes()]), k=2)
+    np.testing.assert_array_equal(top["item_ids"], expected["item_ids"].numpy())
+    assert top["item_ids"][0, 0] == b"b"
+    again = client.query("vector", str(tmp_path / "b.npy"), k=2)
+    np.testing.assert_array_equal(again["item_ids"], top["item_ids"])
+
+
+def test_a_registered_modality_gets_its_query_option(vector_modality, served_vector_module,
+                                                     tmp_path, capsys):
+    """``tfmmrec query --vector FILE`` (an option generated from the spec: help text and
+    metavar included), printed like ``--text``."""
+    from tfmmrec.cli import build_parser, main
+
+    _, calls = served_vector_module
+    np.save(tmp_path / "a.npy", VECTORS[0])
+    np.save(tmp_path / "c.npy", VECTORS[2])
+    query = build_parser()._subparsers._group_actions[0].choices["query"]
+    assert "--vector FILE" in query.format_help()
+    assert "a .npy file of three floats (repeatable)" in query.format_help()
+    code = main(["query", "--rest", "--target", "127.0.0.1:1", "--vector",
+                 str(tmp_path / "a.npy"), "--vector", str(tmp_path / "c.npy"), "--k", "1",
+                 "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["query"] for row in rows] == [str(tmp_path / "a.npy"), str(tmp_path / "c.npy")]
+    assert [row["item_ids"] for row in rows] == [["a"], ["c"]]
+    assert calls[-1][0] == "query_vector" and len(calls[-1][1]["vector"]) == 2
+
+
+def test_an_unregistered_modality_has_no_client_shortcut_or_query_option(tmp_path, capsys):
+    from tfmmrec.cli import main
+    from tfmmrec.serving.client import ServingClient
+
+    assert "vector" not in modalities.names()
+    client = ServingClient("127.0.0.1:1", rest=True)
+    assert hasattr(client, "query_text") and not hasattr(client, "query_vector")
+    with pytest.raises(ConfigError, match="unknown modality 'vector'"):
+        client.query("vector", "x.npy")
+    with pytest.raises(SystemExit):
+        main(["query", "--rest", "--user", "u1", "--vector", "x.npy"])
+    assert "unrecognized arguments: --vector x.npy" in capsys.readouterr().err
+
+
+def test_a_modality_named_like_a_query_option_is_a_clear_error(capsys):
+    from tfmmrec.cli import main
+
+    class Status(VectorModality):
+        name = "status"
+
+    modalities.register(Status())
+    try:
+        assert main(["query", "--status"]) == 2
+    finally:
+        modalities.unregister("status")
+    assert ("modality 'status' clashes with `tfmmrec query`'s own --status option"
+            in capsys.readouterr().err)
+
+
+def test_an_encode_shard_job_registers_its_modality_in_a_fresh_process(vector_modality,
+                                                                       vector_folder, tmp_path):
+    """``tfmmrec encode --runner``: a Beam worker process runs ``encode_shard`` on a job
+    planned here; the job names the registered specs, so a fresh interpreter (no registration
+    of its own) encodes the vector shard."""
+    import pickle
+    import subprocess
+    import sys
+
+    from tfmmrec.towers import features
+
+    config = load_config(None, [f"data.path={vector_folder}", "data.split=none"])
+    dataset = load_dataset(config.data)
+    run = features.plan_encode(config, dataset, build_vector_encoder(VectorTowerConfig()),
+                               str(tmp_path / "features"), shards=1, workers=1)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(next(run.todo_jobs())))
+    code = ("import pickle, sys\nfrom tfmmrec.towers import features\n"
+            "job = pickle.load(open(sys.argv[1], 'rb'))\n"
+            "print(features.encode_shard(job, lambda raw: raw * 2)['encoded'])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "job.pkl")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "2"

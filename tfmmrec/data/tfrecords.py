@@ -348,6 +348,7 @@ def _jobs(config: Config, dataset: Dataset, split: Split, plan: dict[str, Any],
         items = [(int(i), str(catalog.item_ids[i]),
                   {name: content[i] for name, content in values.items()}) for i in rows]
         jobs.append({"table": "items", "items": items, "settings": plan["settings"],
+                     "modalities": modalities.references(),  # registered where it runs
                      "records": len(items), "output": output,
                      "file": shard_name("items", shard, counts["items"])})
     columns = plan["interaction_columns"]
@@ -379,7 +380,10 @@ def _run_jobs(jobs: list[dict[str, Any]], workers: int, progress: bool) -> dict[
                 _merge(failed, result)
                 bar.update(job["records"] * (job["table"] == "items"))
             return failed
-        # "spawn": TensorFlow's runtime threads do not survive fork().
+        # "spawn": TensorFlow's runtime threads do not survive fork(). A spawned worker knows
+        # the built-in modalities only: item jobs name every registered spec (``require``).
+        modalities.check_importable(next((job["modalities"] for job in jobs
+                                          if job["table"] == "items"), []))
         context = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(workers, mp_context=context,
                                          initializer=_init_worker) as pool:
@@ -410,6 +414,8 @@ def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
     object stores publish an object only once its upload completes)."""
     final = join_path(job["output"], job["file"])
     failed: dict[str, list[str]] = {}
+    # In a worker process (local pool, Beam): register the modalities the plan was made with.
+    modalities.require(job.get("modalities", ()))
     # deterministic: map fields in key order, so a shard's bytes do not depend on the process
     # (hash seed) that wrote it: the local pool and any Beam worker write identical files. The
     # temporary name holds the pid and a random part: a runner may retry (or speculatively

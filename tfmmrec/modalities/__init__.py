@@ -10,17 +10,26 @@ Data, towers, cache, TFRecords and export ask the registry instead of testing mo
         spec.decode_request(request, ...)    # serving bytes → encoder input, in-graph
 
 Adding a modality is one module defining a ``ModalitySpec`` (usually a ``FileModality``)
-plus ``modalities.register(MySpec())``; see the README's "Modalities" section.
+plus ``modalities.register(MySpec())`` (or, for the ``tfmmrec`` command, an entry point in
+the ``tfmmrec.modalities`` group); see the README's "Modalities" section. Worker
+processes (``tfmmrec prepare``'s pool, Beam workers) start with the built-in specs and import
+the others by class (``references``/``require``), so a spec class lives at the top level of an
+importable module.
 """
 
 from tfmmrec.modalities.audio import AudioModality
 from tfmmrec.modalities.base import FileModality, ModalitySpec, content_hash
 from tfmmrec.modalities.image import ImageModality
 from tfmmrec.modalities.registry import (
+    check_importable,
     default_settings,
     get,
+    load_entry_points,
     names,
+    reference,
+    references,
     register,
+    require,
     resolve_settings,
     settings_from_config,
     specs,
@@ -28,10 +37,11 @@ from tfmmrec.modalities.registry import (
 )
 from tfmmrec.modalities.text import TextModality
 
-# The built-in modalities, in the order every consumer iterates them.
+# The built-in modalities, in the order every consumer iterates them, then installed plugins.
 for _spec in (TextModality(), ImageModality(), AudioModality()):
     if _spec.name not in names():
         register(_spec)
+load_entry_points()
 
 __all__ = [
     "AudioModality",
@@ -39,11 +49,16 @@ __all__ = [
     "ImageModality",
     "ModalitySpec",
     "TextModality",
+    "check_importable",
     "content_hash",
     "default_settings",
     "get",
+    "load_entry_points",
     "names",
+    "reference",
+    "references",
     "register",
+    "require",
     "resolve_settings",
     "settings_from_config",
     "specs",

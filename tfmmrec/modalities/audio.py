@@ -40,6 +40,7 @@ class AudioModality(FileModality):
                                                     "max_seconds": "max_seconds"}
     column_names = frozenset({"audio", "clip", "sound", "audio_path", "preview", "wav"})
     extensions = AUDIO_EXTENSIONS
+    query_help = "16-bit PCM WAV file (repeatable)"
 
     def validate_settings(self, settings: Settings) -> None:
         if settings["sample_rate"] != SAMPLE_RATE:

@@ -15,6 +15,7 @@ import abc
 import hashlib
 import importlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+
+from tfmmrec.errors import ServingError
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config, DataConfig, ServingLimitsConfig
@@ -196,6 +199,16 @@ class ModalitySpec(abc.ABC):
             return inputs[self.name]
         return {key: inputs[key] for key in names}
 
+    # --- the serving client (``ServingClient.query``, ``tfmmrec query --<name>``) ------------
+    # ``tfmmrec query --<name> VALUE``'s help and metavar: one option per registered modality.
+    query_help: ClassVar[str] = ""
+    query_metavar: ClassVar[str] = "VALUE"
+
+    def request_values(self, values) -> np.ndarray:
+        """What a client sends as the ``query_<name>`` request for ``values`` (one value or a
+        list, as a user passes them): default, the values as strings."""
+        return string_batch(values)
+
     @abc.abstractmethod
     def warmup_sample(self) -> np.ndarray:
         """A ``[1]`` request batch: small, valid, deterministic (TF Serving warmup)."""
@@ -250,6 +263,24 @@ class FileModality(ModalitySpec):
     def load(self, value, settings: Settings):
         return self.load_file(value, settings)
 
+    query_metavar: ClassVar[str] = "FILE"
+
+    def request_values(self, values) -> np.ndarray:
+        """Encoded file bytes as they are; paths are read (the request carries the file)."""
+        if isinstance(values, bytes | str | os.PathLike):
+            values = [values]
+        blobs = []
+        for value in values:
+            if isinstance(value, bytes):
+                blobs.append(value)
+                continue
+            try:
+                blobs.append(Path(value).read_bytes())
+            except OSError as exc:
+                raise ServingError(f"cannot read {value}: {exc} — pass an existing "
+                                   f"{self.name} file") from None
+        return np.array(blobs, dtype=object)
+
     @abc.abstractmethod
     def load_file(self, path: str | Path, settings: Settings):
         """Decode one file (raises ``MediaDecodeError`` naming it)."""
@@ -279,6 +310,15 @@ def media_paths(frame: pd.DataFrame, root: Path, column: str | None, modality: s
     return paths
 
 
+def string_batch(values: Sequence[str] | str) -> np.ndarray:
+    """A request batch of strings: text stays ``str`` (plain JSON strings over REST), ``bytes``
+    stay bytes (b64 over REST). ``dtype=object`` matters: numpy's fixed-width bytes dtype drops
+    trailing NUL bytes."""
+    if isinstance(values, str | bytes):
+        values = [values]
+    return np.array(list(values), dtype=object)
+
+
 def bytes_feature(value: bytes) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
@@ -288,4 +328,4 @@ def int_feature(value: int) -> tf.train.Feature:
 
 
 __all__ = ["BATCH_OF_STRINGS", "FileModality", "ModalitySpec", "Settings", "bytes_feature",
-           "content_hash", "int_feature", "media_paths"]
+           "content_hash", "int_feature", "media_paths", "string_batch"]

@@ -7,7 +7,11 @@ in plans and manifests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tfmmrec import config as _config
@@ -16,6 +20,8 @@ from tfmmrec.modalities.base import ModalitySpec
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config
+
+logger = logging.getLogger(__name__)
 
 _SPECS: dict[str, ModalitySpec] = {}
 
@@ -61,6 +67,83 @@ def names() -> tuple[str, ...]:
 def specs() -> Iterator[ModalitySpec]:
     """Every registered spec, in registration order."""
     return iter(tuple(_SPECS.values()))
+
+
+def reference(spec: ModalitySpec) -> str:
+    """``"module:QualName"`` of ``spec``'s class: how another process (a ``prepare`` worker, a
+    Beam worker) imports and registers the same modality (:func:`require`)."""
+    return f"{type(spec).__module__}:{type(spec).__qualname__}"
+
+
+def references() -> list[str]:
+    """:func:`reference` of every registered spec, in registration order."""
+    return [reference(spec) for spec in specs()]
+
+
+def check_importable(refs: Sequence[str]) -> None:
+    """Refuse, before any worker starts, a spec class that no other process can import: one
+    defined inside a function, or in an interactive ``__main__`` (a notebook, ``python -c``)."""
+    for ref in refs:
+        module, _, qualname = ref.partition(":")
+        interactive = module == "__main__" and not getattr(sys.modules.get("__main__"),
+                                                           "__file__", None)
+        if "<locals>" in qualname or interactive:
+            where = "defined interactively" if interactive else "defined in a function"
+            raise ConfigError(f"modality spec {ref} cannot be imported by a worker process "
+                              f"({where}): define it at the top level of an importable module "
+                              "(or a script file), or run with one worker (--workers 1)")
+
+
+def require(refs: Sequence[str]) -> None:
+    """Register in this process every spec of ``refs`` (:func:`references` of another one)
+    that is not registered yet, importing its class and calling it with no arguments: worker
+    processes start with the built-in modalities (and installed plugins) only. A
+    ``ConfigError`` names a spec that cannot be imported here."""
+    here = set(references())
+    for ref in refs:
+        if ref in here:  # registered in this process (the planning one, or a worker again)
+            continue
+        module_name, _, qualname = ref.partition(":")
+        try:
+            cls: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except Exception as exc:  # any import failure: say which spec
+            raise ConfigError(
+                f"modality spec {ref} cannot be imported in process {os.getpid()} "
+                f"({type(exc).__name__}: {exc}): define a registered modality at the top level "
+                "of a module the workers can import (on their PYTHONPATH), or run with one "
+                "worker (--workers 1)") from None
+        registered = _SPECS.get(getattr(cls, "name", None))
+        if registered is None:
+            register(cls())
+        elif not isinstance(registered, cls):
+            raise ConfigError(f"modality {cls.name!r} is {reference(registered)} in process "
+                              f"{os.getpid()}, not {ref} (where the job was planned)")
+
+
+ENTRY_POINT_GROUP = "tfmmrec.modalities"
+
+
+def load_entry_points() -> list[str]:
+    """Register the specs installed packages declare in the ``tfmmrec.modalities`` entry-point
+    group (``vector = "my_package.vector:VectorModality"`` in their ``pyproject.toml``), so
+    the ``tfmmrec`` command, its ``--<name>`` query options and every worker process know them
+    without any code of the user's running first. Called when ``tfmmrec.modalities`` is first
+    imported; a plugin that cannot be loaded is skipped with a warning naming it (the rest of
+    tfmmrec keeps working). Returns the references registered."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            require([entry.value])
+        except (ConfigError, ValueError, TypeError) as exc:
+            logger.warning("modality plugin %r (%s) not loaded: %s", entry.name, entry.value,
+                           exc)
+        else:
+            loaded.append(entry.value)
+    return loaded
 
 
 def default_settings() -> dict[str, Any]:

@@ -26,6 +26,8 @@ class TextModality(ModalitySpec):
     catalog_field = "texts"
     claims_rest = True
     load_requirements = ("import tensorflow_text",)  # the in-graph tokenizer's ops
+    query_help = "query text (repeatable)"
+    query_metavar = "TEXT"
 
     def build_encoder(self, tower_config, corpus: Sequence[str] | None = None, *,
                       vocabulary: list[str] | None = None):

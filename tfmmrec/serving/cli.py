@@ -100,15 +100,6 @@ def _add_query(subparsers) -> None:
     query.add_argument("--target", default="127.0.0.1:8500",
                        help="host:port of the gRPC port (REST port with --rest)")
     query.add_argument("--model", default="tfmmrec", help="model name on the server")
-    what = query.add_mutually_exclusive_group(required=True)
-    what.add_argument("--user", action="append", help="user id (repeatable)")
-    what.add_argument("--text", action="append", help="query text (repeatable)")
-    what.add_argument("--image", action="append", help="image file (repeatable)")
-    what.add_argument("--audio", action="append", help="16-bit PCM WAV file (repeatable)")
-    what.add_argument("--embed", action="append", metavar="USER",
-                      help="print a user's query embedding (repeatable)")
-    what.add_argument("--status", action="store_true", help="print the model's version states")
-    what.add_argument("--metadata", action="store_true", help="print the signatures")
     query.add_argument("--k", type=int, help="how many items (default: the export's k for "
                        "--user, 10 otherwise)")
     query.add_argument("--version", type=int, help="a specific version (default: newest)")
@@ -117,8 +108,39 @@ def _add_query(subparsers) -> None:
     query.add_argument("--json", action="store_true", help="print JSON")
     query.set_defaults(handler=_query)
 
+    if hasattr(query, "deferred"):  # only when `query` is parsed: the registry loads TF
+        query.deferred.append(_add_query_what)
+    else:
+        _add_query_what(query)
+
+
+# `tfmmrec query`'s own options besides --<modality> (a modality may not take these names).
+QUERY_WORDS = frozenset({"user", "embed", "status", "metadata"})
+
+
+def _add_query_what(query) -> None:
+    """What to ask: ``--user``, one option per registered modality (``--text``, ``--image``,
+    ``--audio`` and any modality registered since: ``--<name>``), ``--embed``, ``--status``,
+    ``--metadata``."""
+    from tfmmrec import modalities
+
+    what = query.add_mutually_exclusive_group(required=True)
+    what.add_argument("--user", action="append", help="user id (repeatable)")
+    for spec in modalities.specs():
+        if f"--{spec.name}" in query._option_string_actions or spec.name in QUERY_WORDS:
+            raise ServingError(f"modality {spec.name!r} clashes with `tfmmrec query`'s own "
+                               f"--{spec.name} option: register it under another name")
+        what.add_argument(f"--{spec.name}", action="append", dest=f"query_{spec.name}",
+                          metavar=spec.query_metavar,
+                          help=spec.query_help or f"{spec.name} content (repeatable)")
+    what.add_argument("--embed", action="append", metavar="USER",
+                      help="print a user's query embedding (repeatable)")
+    what.add_argument("--status", action="store_true", help="print the model's version states")
+    what.add_argument("--metadata", action="store_true", help="print the signatures")
+
 
 def _query(args) -> int:
+    from tfmmrec import modalities
     from tfmmrec.serving.client import DEFAULT_K, ServingClient, format_results
 
     with ServingClient(args.target, args.model, version=args.version, rest=args.rest,
@@ -135,12 +157,10 @@ def _query(args) -> int:
         k = args.k if args.k is not None else DEFAULT_K
         if args.user:
             result, queries = client.recommend(args.user, args.k), args.user
-        elif args.text:
-            result, queries = client.query_text(args.text, k), args.text
-        elif args.image:
-            result, queries = client.query_image(args.image, k), args.image
         else:
-            result, queries = client.query_audio(args.audio, k), args.audio
+            modality, queries = next((m, getattr(args, f"query_{m}")) for m in modalities.names()
+                                     if getattr(args, f"query_{m}", None))
+            result = client.query(modality, queries, k)
     if args.json:
         rows = [{"query": q, "item_ids": [i.decode() for i in result["item_ids"][row]],
                  "scores": [float(s) for s in result["scores"][row]]}

@@ -8,12 +8,11 @@ become :class:`ServingRequestError` with the gRPC code name and a message saying
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,8 +26,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from tfmmrec import modalities
 from tfmmrec.errors import ServingError
 from tfmmrec.export.warmup import predict_request
+from tfmmrec.modalities.base import string_batch
 from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
 from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
 
@@ -84,24 +85,33 @@ class ServingClient:
     def recommend(self, user_ids: Sequence[str] | str, k: int | None = None
                   ) -> dict[str, np.ndarray]:
         """Top-k items per user (``serving_default`` when ``k`` is None, else ``recommend``)."""
-        users = _strings(user_ids)
+        users = string_batch(user_ids)
         if k is None:
             return self.predict("serving_default", {"user_id": users})
         return self.predict("recommend", {"user_id": users, "k": np.int32(k)})
 
-    def query_text(self, texts: Sequence[str] | str, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
-        return self.predict("query_text", {"text": _strings(texts), "k": np.int32(k)})
+    def query(self, modality: str, values, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
+        """Top-k items for content of a registered modality (the ``query_<modality>``
+        signature): text as strings, media as encoded bytes or file paths; one or a list.
+        ``query_text(values, k)``, ``query_image(...)`` and so on — one per registered
+        modality, a user-registered one included — are shorthands for it."""
+        spec = modalities.get(modality)
+        return self.predict(f"query_{spec.name}", {spec.name: spec.request_values(values),
+                                                   "k": np.int32(k)})
 
-    def query_image(self, images, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
-        """``images``: encoded JPEG/PNG/GIF/BMP bytes or file paths (one or a list)."""
-        return self.predict("query_image", {"image": _blobs(images), "k": np.int32(k)})
+    def __getattr__(self, name: str):
+        """``query_<modality>``: :meth:`query` for every modality in the registry (looked up
+        when called, so a modality registered after the client was made has its method)."""
+        modality = name.removeprefix("query_")
+        if name.startswith("query_") and modality in modalities.names():
+            return functools.partial(self.query, modality)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def query_audio(self, clips, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
-        """``clips``: 16-bit PCM WAV bytes or file paths (one or a list)."""
-        return self.predict("query_audio", {"audio": _blobs(clips), "k": np.int32(k)})
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *(f"query_{m}" for m in modalities.names())]
 
     def embed_query(self, user_ids: Sequence[str] | str) -> np.ndarray:
-        return self.predict("embed_query", {"user_id": _strings(user_ids)})["embedding"]
+        return self.predict("embed_query", {"user_id": string_batch(user_ids)})["embedding"]
 
     # -- generic TF Serving calls ------------------------------------------------------------
     def predict(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -265,34 +275,6 @@ def _error_text(error: urllib.error.HTTPError) -> str:
         return str(json.loads(raw)["error"])
     except (ValueError, KeyError, TypeError):
         return raw.decode("utf-8", "replace").strip() or error.reason
-
-
-def _strings(values: Sequence[str] | str) -> np.ndarray:
-    """Text stays ``str`` (plain JSON strings over REST); ``bytes`` stay bytes (b64 over REST).
-
-    ``dtype=object`` matters: numpy's fixed-width bytes dtype drops trailing NUL bytes.
-    """
-    if isinstance(values, str | bytes):
-        values = [values]
-    return np.array(list(values), dtype=object)
-
-
-def _blobs(values) -> np.ndarray:
-    """Bytes as they are; paths read from disk."""
-    if isinstance(values, bytes | str | os.PathLike):
-        values = [values]
-    blobs = []
-    for value in values:
-        if isinstance(value, bytes):
-            blobs.append(value)
-            continue
-        path = Path(value)
-        try:
-            blobs.append(path.read_bytes())
-        except OSError as exc:
-            raise ServingError(f"cannot read {path}: {exc} — pass an existing image/WAV "
-                               "file") from None
-    return np.array(blobs, dtype=object)
 
 
 def _shape(info) -> list[int] | None:

@@ -148,7 +148,9 @@ def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder
     directory = features_dir(output, modality, identity)
     settings = {**modalities.settings_from_config(config),
                 "batch_size": config.train.encode_batch_size}
-    common = {"modality": modality, "output": directory, "settings": settings}
+    # a Beam worker registers the modalities the plan was made with
+    common = {"modality": modality, "output": directory, "settings": settings,
+              "modalities": modalities.references()}
     source = config.train.tfrecords or ""
     if source:
         manifest = tfrecords.load_manifest(source)
@@ -289,6 +291,7 @@ def _previous_counts(directory: str) -> dict[str, tuple[int, int]]:
 def encode_shard(job: dict[str, Any], encode: Encode) -> dict[str, Any]:
     """Encode one shard's items with ``encode`` (raw batch → ``[B, D]``) and write its records
     under a temporary name, renamed into place when complete; returns the shard's summary."""
+    modalities.require(job.get("modalities", ()))
     final = join_path(job["output"], job["file"])
     failed: list[str] = []
     encoded = 0
