@@ -60,18 +60,18 @@ def choose_linear_cf(split: Split, user_ids: np.ndarray, num_items: int, *, rank
     block_width(blocks, rank)
     rank = min(rank, num_items)
     info: dict[str, Any] = {"rank": rank, "validation": {}}
-    carve = None
-    if not l2 or blocks != "ease":
-        carve = validation_split(split, validation_fraction, seed, kind="random")
     if not l2:
+        carve = validation_split(split, validation_fraction, seed, kind="random")
         params, trials = select_on_validation(EASE, EASE_GRID, carve, user_ids, num_items,
                                               metric=metric)
         l2 = params["l2"]
         info["validation"]["l2"] = trials
     ials = None
-    if blocks == "ease+ials":
-        ials, info["validation"]["ials"] = _choose_ials(carve, user_ids, num_items, rank, l2,
-                                                        seed, metric)
+    if blocks == "ease+ials":  # on a carve of the split's own kind (cold start: warm items)
+        warm_kind = "random" if split.kind == "cold_start" else None
+        ials_carve = validation_split(split, validation_fraction, seed, kind=warm_kind)
+        ials, info["validation"]["ials"] = _choose_ials(ials_carve, user_ids, num_items, rank,
+                                                        l2, seed, metric)
     width = 0.0
     if content == "kernel" or not alpha:
         grid = RIDGE_GRID if content == "ridge" else tuple(
