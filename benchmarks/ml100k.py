@@ -353,7 +353,7 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
         path = part_path(args, protocol, slug(row.name), f"seed{seed}")
         selected = not args.rows or row.name in args.rows
         part = None if args.fresh and selected else load_part(path, key)
-        if part is None and row.kind != "tfmmrec":
+        if part is None and (row.kind != "tfmmrec" or row.name in args.reuse_rows):
             part = reused_part(args, protocol, row, seed, key, path)
         if part is None and selected:
             todo.append((row, seed, key, path))
@@ -377,7 +377,9 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
 def reused_part(args, protocol: str, row: Row, seed: int, key: str, path: Path) -> dict | None:
     """``--reuse FILE``: a row that trains no tfmmrec model (baselines, tutorial, popularity,
     random) does not depend on the tfmmrec config, so its per-seed result in an earlier results
-    file is saved as this run's part (marked ``reused_from``) instead of being recomputed."""
+    file is saved as this run's part (marked ``reused_from``) instead of being recomputed; so
+    is a tfmmrec row named in ``--reuse-rows`` (the caller vouches that the change since FILE
+    does not reach it, e.g. a ``model.linear_cf`` change and the row that sets it to none)."""
     if not args.reuse:
         return None
     previous = json.loads(Path(args.reuse).read_text())["per_seed"]
@@ -852,6 +854,9 @@ def parse_args(argv=None):
                         help="take rows that train no tfmmrec model (baselines, tutorial) and "
                              "the speed step from this earlier results JSON when no saved part "
                              "exists (marked reused_from), e.g. after a change to tfmmrec only")
+    parser.add_argument("--reuse-rows", nargs="+", default=[], metavar="ROW",
+                        help="with --reuse: tfmmrec rows also taken from FILE (only rows the "
+                             "change since FILE does not reach)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_epochs", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
@@ -905,7 +910,10 @@ def main(argv=None) -> int:
     complete = all(p in results for p in PROTOCOLS) and speed is not None and all(
         len(results[p].get(DEFAULT, {}) and raw[p][DEFAULT]) >= args.seeds for p in PROTOCOLS)
     command = "python benchmarks/ml100k.py" + (" --quick" if args.quick else "") + "".join(
-        f" --set {o}" for o in args.overrides) + (f" --reuse {args.reuse}" if args.reuse else "")
+        f" --set {o}" for o in args.overrides)
+    if args.reuse:
+        command += f" --reuse {args.reuse}" + "".join(f' --reuse-rows "{r}"'
+                                                       for r in args.reuse_rows)
     if not complete:
         print(f"\n{seconds / 60:.1f} min. Not every part exists yet (run without --protocol to "
               "finish): nothing written to benchmarks/results.")
