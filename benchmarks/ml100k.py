@@ -912,8 +912,9 @@ def main(argv=None) -> int:
     command = "python benchmarks/ml100k.py" + (" --quick" if args.quick else "") + "".join(
         f" --set {o}" for o in args.overrides)
     if args.reuse:
-        command += f" --reuse {args.reuse}" + "".join(f' --reuse-rows "{r}"'
-                                                       for r in args.reuse_rows)
+        command += f" --reuse {args.reuse}"
+        if args.reuse_rows:
+            command += " --reuse-rows " + " ".join(f'"{r}"' for r in args.reuse_rows)
     if not complete:
         print(f"\n{seconds / 60:.1f} min. Not every part exists yet (run without --protocol to "
               "finish): nothing written to benchmarks/results.")
