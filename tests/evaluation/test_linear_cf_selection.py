@@ -57,3 +57,20 @@ def test_unknown_blocks_are_refused_and_widths_follow_the_blocks():
     split = split_interactions(interactions(), "random", 0.2, 0)
     with pytest.raises(ValueError, match="ease\\+ials"):
         choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, blocks="ials")
+
+
+def test_on_a_cold_start_split_the_ials_weight_is_chosen_with_the_content_map_on_cold_items():
+    frame = interactions()
+    split = split_interactions(frame, "cold_start", 0.2, 0)
+    # features that know each item's taste group, so cold items can be placed
+    features = np.c_[np.arange(NUM_ITEMS) < 10, np.arange(NUM_ITEMS) >= 10,
+                     RNG.normal(scale=0.1, size=(NUM_ITEMS, 3))].astype(np.float64)
+    weights, info = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, seed=0,
+                                     features=features, content="kernel", blocks="ease+ials")
+    trials = info["validation"]["content"]
+    assert {t["params"]["ials_weight"] for t in trials} == set(IALS_BLOCK_WEIGHTS)
+    best = max(trials, key=lambda t: t["score"])
+    assert info["ials"]["weight"] == best["params"]["ials_weight"]
+    assert (info["width"], info["alpha"]) == (best["params"]["width"],
+                                              best["params"]["alpha"])
+    assert weights.item_factors.shape == (NUM_ITEMS, 8)

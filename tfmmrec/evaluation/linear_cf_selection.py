@@ -77,10 +77,16 @@ def choose_linear_cf(split: Split, user_ids: np.ndarray, num_items: int, *, rank
         grid = RIDGE_GRID if content == "ridge" else tuple(
             {"width": w, "alpha": a} for w in KERNEL_WIDTHS for a in ([alpha] if alpha
                                                                       else KERNEL_ALPHAS))
+        # on a cold-start split the iALS weight is re-chosen with the content map, on cold
+        # items (what the split ranks): the warm carve's β hurt there (ML-100K B)
+        joint = ials is not None and split.kind == "cold_start"
         params, info["validation"]["content"] = _choose_content(
             split, user_ids, num_items, rank, l2, ials, features, present,
-            validation_fraction, seed, metric, grid)
+            validation_fraction, seed, metric, grid,
+            IALS_BLOCK_WEIGHTS if joint else None)
         alpha, width = params.get("alpha", alpha), params.get("width", 0.0)
+        if joint and "ials_weight" in params:
+            ials = {**ials, "weight": params["ials_weight"]}
     train, _ = split_matrices(split, user_ids, num_items)
     query_factors, item_factors, warm = cf_factors(train, rank, l2, ials, seed)
     weights = fit_linear_cf(query_factors, item_factors, warm, alpha, features, present, width)
@@ -131,26 +137,38 @@ def _choose_ials(carve: Split, user_ids: np.ndarray, num_items: int, rank: int, 
 def _choose_content(split: Split, user_ids: np.ndarray, num_items: int, rank: int, l2: float,
                     ials: dict[str, float] | None, features: np.ndarray | None,
                     present: np.ndarray | None, fraction: float,
-                    seed: int, metric: str, grid: tuple[dict, ...]
+                    seed: int, metric: str, grid: tuple[dict, ...],
+                    ials_weights: tuple[float, ...] | None = None
                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """The content map's settings from ``grid`` (``{"alpha"}`` or ``{"width", "alpha"}``) by
-    ``metric`` on cold items of a cold-start carve (one EASE fit, one regression per grid
-    point). Without content there is nothing to choose: α = 1, width 1 (kernel grids)."""
+    ``metric`` on cold items of a cold-start carve (one CF fit, one regression per grid
+    point); with ``ials_weights`` also the iALS block's weight (``"ials_weight"``: it scales
+    the query half only, so each regression is scored at every weight). Without content there
+    is nothing to choose: α = 1, width 1 (kernel grids)."""
     if features is None:
         return {"alpha": 1.0, **({"width": 1.0} if "width" in grid[0] else {})}, []
     carve = validation_split(split, fraction, seed, kind="cold_start")
     train, _ = split_matrices(carve, user_ids, num_items)
+    if ials_weights is not None:
+        ials = {**ials, "weight": 1.0}
     query_factors, item_factors, warm = cf_factors(train, rank, l2, ials, seed)
     users = np.asarray((train > 0).astype(np.float32) @ query_factors, np.float32)
+    scales = [(None, None)] if ials_weights is None else [
+        (w, np.r_[np.ones(rank), np.full(users.shape[1] - rank, w)].astype(np.float32))
+        for w in ials_weights]
     trials, best, best_score = [], None, -np.inf
     for params in grid:
         weights = fit_linear_cf(query_factors, item_factors, warm, params["alpha"], features,
                                 present, params.get("width", 0.0))
         items = weights.item_embeddings(features, present)
-        score = evaluate_embeddings(users, items, carve, user_ids, [_k(metric)]).get(metric)
-        trials.append({"params": dict(params), "score": score})
-        if score is not None and score > best_score:
-            best, best_score = dict(params), score
+        for weight, scale in scales:
+            point = dict(params) if weight is None else {**params, "ials_weight": weight}
+            scored = users if scale is None else users * scale
+            score = evaluate_embeddings(scored, items, carve, user_ids,
+                                        [_k(metric)]).get(metric)
+            trials.append({"params": point, "score": score})
+            if score is not None and score > best_score:
+                best, best_score = point, score
     if best is None:
         raise DataError(f"linear CF: the cold-start validation carve has no user with a "
                         f"held-out item to rank ({len(carve.test)} interactions)")
