@@ -78,7 +78,7 @@ def choose_linear_cf(split: Split, user_ids: np.ndarray, num_items: int, *, rank
             {"width": w, "alpha": a} for w in KERNEL_WIDTHS for a in ([alpha] if alpha
                                                                       else KERNEL_ALPHAS))
         # on a cold-start split the iALS weight is re-chosen with the content map, on cold
-        # items (what the split ranks): the warm carve's β hurt there (ML-100K B)
+        # items: what the split ranks
         joint = ials is not None and split.kind == "cold_start"
         params, info["validation"]["content"] = _choose_content(
             split, user_ids, num_items, rank, l2, ials, features, present,
