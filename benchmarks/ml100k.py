@@ -353,8 +353,6 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
         path = part_path(args, protocol, slug(row.name), f"seed{seed}")
         selected = not args.rows or row.name in args.rows
         part = None if args.fresh and selected else load_part(path, key)
-        if part is None and (row.kind != "tfmmrec" or row.name in args.reuse_rows):
-            part = reused_part(args, protocol, row, seed, key, path)
         if part is None and selected:
             todo.append((row, seed, key, path))
         elif part is not None:
@@ -372,23 +370,6 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
     order = [r.name for r in rows_for(protocol)]
     return {name: sorted(results[name], key=lambda p: p["seed"]) for name in order
             if name in results}
-
-
-def reused_part(args, protocol: str, row: Row, seed: int, key: str, path: Path) -> dict | None:
-    """``--reuse FILE``: a row that trains no tfmmrec model (baselines, tutorial, popularity,
-    random) does not depend on the tfmmrec config, so its per-seed result in an earlier results
-    file is saved as this run's part (marked ``reused_from``) instead of being recomputed; so
-    is a tfmmrec row named in ``--reuse-rows`` (the caller vouches that the change since FILE
-    does not reach it, e.g. a ``model.linear_cf`` change and the row that sets it to none)."""
-    if not args.reuse:
-        return None
-    previous = json.loads(Path(args.reuse).read_text())["per_seed"]
-    for entry in previous.get(protocol, {}).get(row.name, []):
-        if entry["seed"] == seed:
-            return save_part(path, key, {"protocol": protocol, "row": row.name, "seed": seed,
-                                         "metrics": entry["metrics"],
-                                         "info": {**entry["info"], "reused_from": args.reuse}})
-    return None
 
 
 def aggregate(parts: list[dict]) -> dict:
@@ -607,14 +588,6 @@ def speed_part(spaces: Workspaces, args, compute: bool) -> dict | None:
                        "config": CONFIG.read_text()})
     path = part_path(args, "speed")
     part = None if args.fresh else load_part(path, key)
-    if part is None and args.reuse and not compute:
-        # One training step's speed: the closed-form CF part is not in training steps, so a
-        # change to it leaves the step as measured (the reused part says where it came from).
-        previous = json.loads(Path(args.reuse).read_text()).get("speed")
-        if previous:
-            part = save_part(path, key, {**{k: v for k, v in previous.items()
-                                            if k not in ("fingerprint", "finished")},
-                                         "reused_from": args.reuse})
     if part is None and compute:
         part = save_part(path, key, speed_step(spaces, args))
         if not args.quick:  # the speed step alone, as measured (the full report needs every part)
@@ -850,13 +823,6 @@ def parse_args(argv=None):
                              "are still reported); results are written once every row exists")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="extra config override for every tfmmrec row (tuning)")
-    parser.add_argument("--reuse", metavar="FILE",
-                        help="take rows that train no tfmmrec model (baselines, tutorial) and "
-                             "the speed step from this earlier results JSON when no saved part "
-                             "exists (marked reused_from), e.g. after a change to tfmmrec only")
-    parser.add_argument("--reuse-rows", nargs="+", default=[], metavar="ROW",
-                        help="with --reuse: tfmmrec rows also taken from FILE (only rows the "
-                             "change since FILE does not reach)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     parser.add_argument("--_epochs", type=int, default=3, help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
@@ -911,10 +877,6 @@ def main(argv=None) -> int:
         len(results[p].get(DEFAULT, {}) and raw[p][DEFAULT]) >= args.seeds for p in PROTOCOLS)
     command = "python benchmarks/ml100k.py" + (" --quick" if args.quick else "") + "".join(
         f" --set {o}" for o in args.overrides)
-    if args.reuse:
-        command += f" --reuse {args.reuse}"
-        if args.reuse_rows:
-            command += " --reuse-rows " + " ".join(f'"{r}"' for r in args.reuse_rows)
     if not complete:
         print(f"\n{seconds / 60:.1f} min. Not every part exists yet (run without --protocol to "
               "finish): nothing written to benchmarks/results.")
