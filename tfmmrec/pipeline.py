@@ -190,7 +190,7 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
     for a model whose weights come from a checkpoint next."""
     from tfmmrec.evaluation.baseline_base import check_dense_size
     from tfmmrec.evaluation.content import content_features
-    from tfmmrec.evaluation.linear_cf_selection import choose_linear_cf
+    from tfmmrec.evaluation.linear_cf_selection import block_width, choose_linear_cf
 
     model_config = ws.config.model
     if model_config.linear_cf == "none":
@@ -210,8 +210,9 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
             alpha=model_config.linear_cf_alpha, features=features, present=present,
             validation_fraction=d.test_fraction, seed=d.seed,
             metric=ws.config.train.early_stopping_metric,
-            content=model_config.linear_cf_content)
+            content=model_config.linear_cf_content, blocks=model_config.linear_cf)
     else:
+        rank = block_width(model_config.linear_cf, rank)
         weights = empty_weights(num_items, rank, 0 if features is None else features.shape[1],
                                 kernel=model_config.linear_cf_content == "kernel")
     return LinearCF(weights, frozen, initial_weight=model_config.linear_cf_weight or 1.0,
@@ -387,6 +388,7 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
     """Early stopping: train on a validation split of the training data, score
     ``train.early_stopping_metric`` after every epoch, stop after ``early_stopping_patience``
     epochs without improvement, and return the best epoch with the validation curve."""
+    from tfmmrec.evaluation.linear_cf_selection import block_width
     from tfmmrec.training.validation import ValidationMetrics
 
     config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
@@ -402,7 +404,8 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
     if config.model.linear_cf != "none":  # its weight is chosen here too (1 while validating)
         config = load_config(config, ["model.linear_cf_weight=1"])
         inner = dataclasses.replace(inner, config=config)
-        cf_rank = min(config.model.linear_cf_rank, ws.dataset.num_items)
+        cf_rank = block_width(config.model.linear_cf,
+                              min(config.model.linear_cf_rank, ws.dataset.num_items))
     monitor = ValidationMetrics(
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience, ks,

@@ -15,6 +15,7 @@ from tfmmrec.towers.cf import (
     empty_weights,
     factorise_ease,
     fit_linear_cf,
+    ials_foldin_factors,
     kernel_ridge_fit,
     ridge_fit,
 )
@@ -225,3 +226,19 @@ def test_an_explicit_history_drives_the_linear_cf_part_too():
     got = query(tf.constant(["u0"]), history=u1).numpy()
     np.testing.assert_array_equal(got, query(tf.constant(["u1"])).numpy())
     assert np.abs(got - query(tf.constant(["u0"])).numpy()).max() > 1e-4
+
+
+def test_ials_foldin_is_the_linearised_user_step_and_exact_at_confidence_one():
+    y = RNG.normal(size=(8, 3))
+    history = X[:, :8]
+    p = ials_foldin_factors(y, regularization=0.5, alpha=3.0)
+    gram = y.T @ y + 0.5 * np.eye(3)
+    expected = 3.0 * np.linalg.solve(gram, (history @ y).T).T  # α (YᵀY + λI)⁻¹ Σ_history y_j
+    np.testing.assert_allclose(history @ p, expected, rtol=1e-4, atol=1e-5)
+    # confidence 1: the dropped term (α − 1) Σ y_j y_jᵀ is zero, so the user minimises iALS's
+    # objective Σ_j (x_uj − u·y_j)² + λ‖u‖² exactly (its gradient vanishes)
+    u = history[:1] @ ials_foldin_factors(y, regularization=0.5, alpha=1.0)
+    gradient = (u @ y.T - history[:1]) @ y + 0.5 * u
+    np.testing.assert_allclose(gradient, 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="alpha > 0"):
+        ials_foldin_factors(y, regularization=0.5, alpha=0.0)

@@ -141,14 +141,16 @@ def test_the_linear_cf_weight_is_chosen_with_the_epoch_on_validation(learned_goo
     assert callback.history[0]["linear_cf_weight"] == weight
 
 
+@pytest.mark.parametrize("blocks, width", [("ease", 8), ("ease+ials", 16)])
 def test_linear_cf_model_trains_with_its_weight_chosen_and_restores_exactly(tiny_config,
                                                                             tiny_workspace,
-                                                                            tmp_path):
+                                                                            tmp_path, blocks,
+                                                                            width):
     from tfmmrec.evaluation.embeddings import embed_items, embed_users
     from tfmmrec.training.validation import LINEAR_CF_WEIGHTS
 
     config = derive_config(tiny_config, tmp_path, "train.epochs=2", "train.early_stopping=true",
-                           "model.user_history=true", "model.linear_cf=ease",
+                           "model.user_history=true", f"model.linear_cf={blocks}",
                            "model.linear_cf_rank=8")
     result = pipeline.train(config, workspace=tiny_workspace, progress=False)
     chosen = json.loads((tmp_path / "run" / "run.json").read_text())["early_stopping"]
@@ -159,7 +161,7 @@ def test_linear_cf_model_trains_with_its_weight_chosen_and_restores_exactly(tiny
     users = embed_users(result.model, tiny_workspace.user_ids, 64)
     items = embed_items(result.model, tiny_workspace.dataset.num_items, 64)
     dim = config.model.embedding_dim
-    assert users.shape[1] == items.shape[1] == dim + 8
+    assert users.shape[1] == items.shape[1] == dim + width
     restored, ws = pipeline.restore(tmp_path / "run")  # no closed-form refit: all from the ckpt
     np.testing.assert_array_equal(embed_users(restored, ws.user_ids, 64), users)
     np.testing.assert_array_equal(embed_items(restored, ws.dataset.num_items, 64), items)

@@ -21,6 +21,11 @@ linear baselines do), so cold and new items (``tfmmrec catalog add``) are placed
 image or audio alone — inside the same item tower. The ``kernel`` variant regresses through
 a Gaussian kernel on the centred, normalised features (kernel ridge: a new item's ``Q`` is a
 weighted blend of its nearest warm items' ``Q`` rows, not one linear map of its features).
+
+A second closed-form block can sit beside EASE's (``model.linear_cf: ease+ials``): iALS item
+factors ``Y`` with the user folded in from the history by iALS's own user step, linearised
+(``ials_foldin_factors``), so it is again ``x_u P Yᵀ`` — the same layer, export and serving
+path, with ``[P_ease, β P_ials]`` and ``[Q_ease, Y]`` side by side (β chosen on validation).
 """
 
 from __future__ import annotations
@@ -166,6 +171,23 @@ def factorise_ease(train: sp.spmatrix, rank: int, l2: float,
     root = np.sqrt(s)
     warm = np.asarray(x.getnnz(axis=0)) > 0
     return (u * root).astype(np.float32), (vt.T * root).astype(np.float32), warm
+
+
+def ials_foldin_factors(item_factors: np.ndarray, regularization: float,
+                        alpha: float) -> np.ndarray:
+    """``P [N, k]`` such that ``x_u P`` is iALS's user step for a binary history ``x_u``,
+    linearised: ``u = α (YᵀY + λI)⁻¹ Σ_{j ∈ history} y_j``.
+
+    The exact step (``implicit``'s, confidence ``α``) adds ``(α − 1) Σ y_j y_jᵀ`` to the
+    matrix, a per-user solve; dropping it keeps the fold-in one gather-and-sum in the graph.
+    """
+    if regularization < 0 or not alpha > 0:
+        raise ValueError(f"iALS fold-in needs regularization >= 0 and alpha > 0, got "
+                         f"{regularization!r}, {alpha!r}")
+    y = np.asarray(item_factors, np.float64)
+    gram = y.T @ y
+    gram[np.diag_indices_from(gram)] += max(regularization, 1e-9)
+    return (alpha * np.linalg.solve(gram, y.T).T).astype(np.float32)
 
 
 def fit_linear_cf(query_factors: np.ndarray, item_factors: np.ndarray, warm: np.ndarray,

@@ -1,0 +1,76 @@
+"""Tests for tfmmrec.evaluation.linear_cf_selection: the CF part's settings chosen on
+validation, with and without the iALS block."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmmrec.data.splits import split_interactions
+from tfmmrec.evaluation.linear_cf_selection import (
+    IALS_BLOCK_WEIGHTS,
+    block_width,
+    choose_linear_cf,
+)
+
+RNG = np.random.default_rng(3)
+USERS = np.array([f"u{i}" for i in range(60)])
+NUM_ITEMS = 20
+
+
+def interactions() -> pd.DataFrame:
+    """Two taste groups (items 0–9, 10–19) with noise: something for CF to learn."""
+    rows = []
+    for u, user in enumerate(USERS):
+        group = np.arange(10) + 10 * (u % 2)
+        for item in RNG.choice(group, 6, replace=False):
+            rows.append((user, int(item)))
+        rows.append((user, int(RNG.integers(NUM_ITEMS))))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_index"]).drop_duplicates()
+    frame["timestamp"] = np.arange(len(frame))
+    return frame.reset_index(drop=True)
+
+
+def test_the_ials_block_sits_beside_ease_with_its_weight_chosen_on_validation():
+    split = split_interactions(interactions(), "random", 0.2, 0)
+    ease, _ = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, seed=0)
+    both, info = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, seed=0,
+                                  blocks="ease+ials")
+    assert both.query_factors.shape == both.item_factors.shape == (NUM_ITEMS, 8)
+    # the first block is EASE's, unchanged
+    np.testing.assert_array_equal(both.query_factors[:, :4], ease.query_factors)
+    np.testing.assert_array_equal(both.item_factors[:, :4], ease.item_factors)
+    trials = info["validation"]["ials"]["weight"]
+    assert [t["weight"] for t in trials] == list(IALS_BLOCK_WEIGHTS)
+    best = max(trials, key=lambda t: t["score"])  # ties keep the first (max does too)
+    assert info["ials"]["weight"] == best["weight"]
+    if best["weight"] == 0:  # EASE alone: the iALS query half is zero
+        np.testing.assert_array_equal(both.query_factors[:, 4:], 0.0)
+    else:
+        assert np.abs(both.query_factors[:, 4:]).sum() > 0
+    assert set(info["ials"]) == {"regularization", "alpha", "weight"}
+
+
+def test_unknown_blocks_are_refused_and_widths_follow_the_blocks():
+    assert block_width("ease", 16) == 16 and block_width("ease+ials", 16) == 32
+    split = split_interactions(interactions(), "random", 0.2, 0)
+    with pytest.raises(ValueError, match="ease\\+ials"):
+        choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, blocks="ials")
+
+
+def test_on_a_cold_start_split_the_ials_weight_is_chosen_with_the_content_map_on_cold_items():
+    frame = interactions()
+    split = split_interactions(frame, "cold_start", 0.2, 0)
+    # features that know each item's taste group, so cold items can be placed
+    features = np.c_[np.arange(NUM_ITEMS) < 10, np.arange(NUM_ITEMS) >= 10,
+                     RNG.normal(scale=0.1, size=(NUM_ITEMS, 3))].astype(np.float64)
+    weights, info = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, seed=0,
+                                     features=features, content="kernel", blocks="ease+ials")
+    trials = info["validation"]["content"]
+    assert {t["params"]["ials_weight"] for t in trials} == set(IALS_BLOCK_WEIGHTS)
+    best = max(trials, key=lambda t: t["score"])
+    assert info["ials"]["weight"] == best["params"]["ials_weight"]
+    assert (info["width"], info["alpha"]) == (best["params"]["width"],
+                                              best["params"]["alpha"])
+    assert weights.item_factors.shape == (NUM_ITEMS, 8)
