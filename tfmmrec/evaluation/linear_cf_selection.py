@@ -118,19 +118,14 @@ def _choose_ials(carve: Split, user_ids: np.ndarray, num_items: int, rank: int, 
                                           IALS_BLOCK_GRID, carve, user_ids, num_items,
                                           metric=metric)
     train, _ = split_matrices(carve, user_ids, num_items)
-    blend_trials, best, best_score = [], None, -np.inf
+    scored = []
     for weight in IALS_BLOCK_WEIGHTS:
         chosen = {**params, "weight": weight}
         query_factors, item_factors, _ = cf_factors(train, rank, l2, chosen, seed)
         users = np.asarray((train > 0).astype(np.float32) @ query_factors, np.float32)
-        score = evaluate_embeddings(users, item_factors, carve, user_ids,
-                                    [_k(metric)]).get(metric)
-        blend_trials.append({"weight": weight, "score": score})
-        if score is not None and score > best_score:
-            best, best_score = chosen, score
-    if best is None:
-        raise DataError(f"linear CF: the validation carve has no user with a held-out item to "
-                        f"rank ({len(carve.test)} interactions)")
+        scored.append((chosen, _score(users, item_factors, carve, user_ids, metric)))
+    best = _best(scored, carve, "validation carve")
+    blend_trials = [{"weight": point["weight"], "score": score} for point, score in scored]
     return best, {"settings": trials, "weight": blend_trials}
 
 
@@ -156,23 +151,35 @@ def _choose_content(split: Split, user_ids: np.ndarray, num_items: int, rank: in
     scales = [(None, None)] if ials_weights is None else [
         (w, np.r_[np.ones(rank), np.full(users.shape[1] - rank, w)].astype(np.float32))
         for w in ials_weights]
-    trials, best, best_score = [], None, -np.inf
+    scored = []
     for params in grid:
         weights = fit_linear_cf(query_factors, item_factors, warm, params["alpha"], features,
                                 present, params.get("width", 0.0))
         items = weights.item_embeddings(features, present)
         for weight, scale in scales:
             point = dict(params) if weight is None else {**params, "ials_weight": weight}
-            scored = users if scale is None else users * scale
-            score = evaluate_embeddings(scored, items, carve, user_ids,
-                                        [_k(metric)]).get(metric)
-            trials.append({"params": point, "score": score})
-            if score is not None and score > best_score:
-                best, best_score = point, score
+            queries = users if scale is None else users * scale
+            scored.append((point, _score(queries, items, carve, user_ids, metric)))
+    best = _best(scored, carve, "cold-start validation carve")
+    return best, [{"params": point, "score": score} for point, score in scored]
+
+
+def _score(users: np.ndarray, items: np.ndarray, carve: Split, user_ids: np.ndarray,
+           metric: str) -> float | None:
+    return evaluate_embeddings(users, items, carve, user_ids, [_k(metric)]).get(metric)
+
+
+def _best(scored: list[tuple[dict[str, float], float | None]], carve: Split,
+          label: str) -> dict[str, float]:
+    """The first point with the highest score (ties keep the earlier, smaller setting)."""
+    best, best_score = None, -np.inf
+    for point, score in scored:
+        if score is not None and score > best_score:
+            best, best_score = point, score
     if best is None:
-        raise DataError(f"linear CF: the cold-start validation carve has no user with a "
-                        f"held-out item to rank ({len(carve.test)} interactions)")
-    return best, trials
+        raise DataError(f"linear CF: the {label} has no user with a held-out item to rank "
+                        f"({len(carve.test)} interactions)")
+    return best
 
 
 def _k(metric: str) -> int:
