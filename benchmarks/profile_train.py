@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from traces import host_events
 
 import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -151,26 +152,15 @@ def categorise(name: str) -> str | None:
 
 def summarise_trace(logdir: Path, steps: int) -> dict:
     """Host time per event kind (ms per step), from the .xplane.pb tf.profiler wrote."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    files = sorted(logdir.rglob("*.xplane.pb"))
-    if not files:
-        return {}
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(files[-1].read_bytes())
     totals: collections.Counter = collections.Counter()
-    for plane in space.planes:
-        if not plane.name.startswith("/host:CPU"):
-            continue
-        names = {k: v.name for k, v in plane.event_metadata.items()}
-        for line in plane.lines:
-            # TF op executions ("tf_op" in TraceMe names: "name:Type") and tf.data iterator
-            # events; skip the Python/thread-level wrappers that nest them.
-            for event in line.events:
-                name = names.get(event.metadata_id, "")
-                kind = categorise(name)
-                if kind is not None:
-                    totals[kind] += event.duration_ps / 1e9  # ms
+    # TF op executions ("name:Type") and tf.data iterator events; ``categorise`` skips the
+    # Python/thread-level wrappers that nest them.
+    for name, ms in host_events(logdir):
+        kind = categorise(name)
+        if kind is not None:
+            totals[kind] += ms
+    if not totals:
+        return {}
     total_ops = sum(v for k, v in totals.items() if not k.startswith("tf.data"))
     top = dict(sorted(((k, v / steps) for k, v in totals.items()), key=lambda kv: -kv[1])[:15])
     return {"ms_per_step_by_kind": top, "op_ms_per_step": total_ops / steps}

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from traces import host_events
 
 import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -208,7 +209,6 @@ def profile_query(path, calls: int, logdir: Path) -> dict:
     """``tf.profiler`` over ``calls`` query_text calls of one export: host ms per call by graph
     part and by op type, and the Python signature wrapper's own share."""
     import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     from tfmmrec.export.loader import ExportedModel
 
@@ -224,23 +224,16 @@ def profile_query(path, calls: int, logdir: Path) -> dict:
         signature(**inputs)["item_ids"].numpy()
     wall = (time.perf_counter() - start) / calls * 1000
     tf.profiler.experimental.stop()
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(sorted(logdir.rglob("*.xplane.pb"))[-1].read_bytes())
     parts, ops, events = (collections.Counter() for _ in range(3))
-    for plane in space.planes:
-        if not plane.name.startswith("/host:CPU"):
+    for name, total_ms in host_events(logdir):
+        ms = total_ms / calls
+        if ":" not in name or "::" in name or "__inference" in name:
+            events[name] += ms  # runtime wrappers around the ops
             continue
-        names = {key: value.name for key, value in plane.event_metadata.items()}
-        for line in plane.lines:
-            for event in line.events:
-                name, ms = names.get(event.metadata_id, ""), event.duration_ps / 1e9 / calls
-                if ":" not in name or "::" in name or "__inference" in name:
-                    events[name] += ms  # runtime wrappers around the ops
-                    continue
-                scope, op = name.rsplit(":", 1)
-                parts[next((label for key, label in PARTS if key in scope),
-                           "index search, exclusion, top-k, request checks")] += ms
-                ops[op] += ms
+        scope, op = name.rsplit(":", 1)
+        parts[next((label for key, label in PARTS if key in scope),
+                   "index search, exclusion, top-k, request checks")] += ms
+        ops[op] += ms
     # The Python wrapper (input/output structuring) is what the whole call costs beyond
     # the runtime executing the function.
     wrapper = max(v for k, v in events.items() if k.startswith("signature_wrapper"))
