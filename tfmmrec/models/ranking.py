@@ -123,8 +123,9 @@ class MultitaskModel(RetrievalModel):
         if self.ranking_task == "regression":
             return self.rank_task(labels=features["rating"], predictions=positive,
                                   compute_metrics=not training)
-        negatives = tf.random.uniform([tf.shape(item_index)[0], self.negatives_per_positive],
-                                      maxval=self.num_items, dtype=tf.int32)
+        negatives = tf.random.stateless_uniform(
+            [tf.shape(item_index)[0], self.negatives_per_positive], self.noise.seed(),
+            maxval=self.num_items, dtype=tf.int32)
         negative_embeddings = tf.reshape(
             self.item_embeddings(tf.reshape(negatives, [-1]), training),
             [-1, self.negatives_per_positive, self.item_tower.dim])

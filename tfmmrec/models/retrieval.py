@@ -15,6 +15,7 @@ import tensorflow_recommenders as tfrs
 from tfmmrec.config import ModelConfig
 from tfmmrec.models.alignment import ModalityAlignment
 from tfmmrec.towers.item import ItemContentTable, ItemTower
+from tfmmrec.towers.noise import Noise
 from tfmmrec.towers.query import QueryTower
 
 # Defaults live in the config (``model.*``); the model takes them from there, not its own copy.
@@ -66,6 +67,7 @@ class RetrievalModel(tfrs.Model):
                  negatives: str = _DEFAULTS.negatives,
                  candidate_items: np.ndarray | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.noise = Noise()
         self.query_tower = query_tower
         self.item_tower = item_tower
         self.content_table = content_table
@@ -173,7 +175,8 @@ class RetrievalModel(tfrs.Model):
         loss = tf.reduce_sum(tf.where(valid, losses, tf.zeros_like(losses)))
         if self.alignment is not None:
             rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
-            sample = tf.random.shuffle(tf.range(tf.shape(self.candidate_index)[0]))[:rows]
+            sample = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(self.candidate_index)[0]), self.noise.seed())[:rows]
             loss += self.alignment_weight * self._alignment_loss(
                 tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
                 tf.gather(embeddings, sample), tf.gather(mask, sample))

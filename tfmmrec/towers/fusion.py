@@ -17,9 +17,17 @@ def masked_mean(embeddings: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
-def drop_modalities(mask: tf.Tensor, rate: float, seed: int | None = None) -> tf.Tensor:
-    """Randomly hide present modalities, but never all of an item's present modalities."""
-    keep = tf.cast(tf.random.uniform(tf.shape(mask), seed=seed) >= rate, mask.dtype)
+def drop_modalities(mask: tf.Tensor, rate: float, seed=None) -> tf.Tensor:
+    """Randomly hide present modalities, but never all of an item's present modalities.
+
+    ``seed``: a ``[2]`` stateless seed (``towers.noise.Noise.seed``, what layers pass: the mask
+    repeats with the run's seed) or an int; ``None`` leaves it to a stateful op."""
+    if seed is None:
+        uniform = tf.random.uniform(tf.shape(mask))
+    else:
+        seed = [seed, 0] if isinstance(seed, int) else seed
+        uniform = tf.random.stateless_uniform(tf.shape(mask), seed)
+    keep = tf.cast(uniform >= rate, mask.dtype)
     dropped = mask * keep
     nothing_left = tf.reduce_sum(dropped, axis=1, keepdims=True) == 0
     return tf.where(nothing_left, mask, dropped)

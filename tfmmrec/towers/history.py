@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfmmrec.towers.noise import Noise
 from tfmmrec.towers.projection import keep_mask
 
 
@@ -97,6 +98,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
         self.num_items = num_items
         self.dim = dim
         self.dropout = dropout
+        self.noise = Noise()
         self.dense_max_items = dense_max_items
         self.dense = num_items <= dense_max_items
         # Variables, not graph constants: a large history would exceed the 2 GB graph limit.
@@ -124,7 +126,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
         items, weights = self.gather(user_index) if history is None else history
         weight = weights.flat_values
         if training and self.dropout > 0:
-            weight = tf.where(keep_mask(tf.shape(weight), self.dropout), weight,
+            weight = tf.where(keep_mask(tf.shape(weight), self.dropout, self.noise.seed()), weight,
                               tf.zeros_like(weight))
         rows = row_ids(items.row_splits)
         count = tf.shape(user_index, out_type=tf.int64)[0]

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.fusion import MaskedFusion, drop_modalities
+from tfmmrec.towers.noise import Noise
 from tfmmrec.towers.projection import ModalityProjection
 
 
@@ -103,6 +104,7 @@ class ItemTower(tf.keras.layers.Layer):
         if not 0 <= id_dropout < 1:
             raise ValueError(f"item id dropout must be in [0, 1), got {id_dropout}")
         self.id_dropout = id_dropout
+        self.noise = Noise()
         self.id_embedding = None
         if num_items is not None:
             init = "zeros" if self.modalities else "random_normal"
@@ -159,7 +161,7 @@ class ItemTower(tf.keras.layers.Layer):
         if self.id_embedding is not None and item_index is not None:
             ids = self.id_embedding(item_index)
             if training and self.id_dropout > 0 and self.modalities:
-                keep = tf.random.uniform(tf.shape(ids)[:1]) >= self.id_dropout
+                keep = self.noise.uniform(tf.shape(ids)[:1]) >= self.id_dropout
                 ids = ids * tf.cast(keep, ids.dtype)[:, None]
             parts.append(ids)
         return tf.math.l2_normalize(tf.add_n(parts), axis=-1)
@@ -223,7 +225,8 @@ class ItemTower(tf.keras.layers.Layer):
                 mask = mask * tf.constant(keep)[None, :]
             fusion_mask = mask
             if training and self.modality_dropout > 0:
-                fusion_mask = drop_modalities(mask, self.modality_dropout)
+                fusion_mask = drop_modalities(mask, self.modality_dropout,
+                                              self.noise.seed())
         fused = self.fuse(embeddings, fusion_mask, content.get("item_index"), training)
         return fused, embeddings, mask
 

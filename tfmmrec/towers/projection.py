@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfmmrec.towers.noise import Noise
+
 # Dropout masks compare 16-bit random integers with round(rate · 2¹⁶): half the random bits of
 # a float32 uniform per entry, and the rate is exact to 2⁻¹⁷.
 _MASK_BITS = 16
 
 
-def keep_mask(shape, rate: float) -> tf.Tensor:
+def keep_mask(shape, rate: float, seed: tf.Tensor | None = None) -> tf.Tensor:
     """A boolean mask of ``shape``, each entry True with probability ``1 − rate``.
 
     Training-time dropout masks cover every candidate item's 1,280-d poster feature and every
@@ -17,12 +19,14 @@ def keep_mask(shape, rate: float) -> tf.Tensor:
     random bits and a float conversion on each; this draws one 32-bit word per two entries
     (``stateless_uniform`` full-range integers, seeded from the global generator so
     ``tf.random.set_seed`` still makes runs repeatable) and compares its 16-bit halves with an
-    integer threshold: about half the cost of the mask.
+    integer threshold: about half the cost of the mask. ``seed`` (``[2]``, from a layer's
+    ``towers.noise.Noise``) makes the mask repeatable; without it a stateful op picks one.
     """
     threshold = min(round(float(rate) * 2**_MASK_BITS), 2**_MASK_BITS - 1)
     shape = tf.convert_to_tensor(shape, tf.int32)
     size = tf.reduce_prod(shape)
-    seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
     words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None,
                                         dtype=tf.int32)
     halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
@@ -43,13 +47,14 @@ class Dropout(tf.keras.layers.Dropout):
             raise ValueError("towers.projection.Dropout draws one mask entry per input entry; "
                              "noise_shape is not supported")
         super().__init__(rate, **kwargs)
+        self.noise = Noise()
 
     def call(self, inputs, training=None):
         if self.rate == 0 or not isinstance(training, bool):
             return super().call(inputs, training=training)  # symbolic flag: Keras' own path
         if not training:
             return inputs
-        keep = keep_mask(tf.shape(inputs), self.rate)
+        keep = keep_mask(tf.shape(inputs), self.rate, self.noise.seed())
         return tf.where(keep, inputs * (1.0 / (1.0 - self.rate)), tf.zeros_like(inputs))
 
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.history import HistoryEncoder
+from tfmmrec.towers.noise import Noise
 
 
 def user_lookup(user_ids: Sequence[str]) -> tf.keras.layers.StringLookup:
@@ -63,6 +64,7 @@ class QueryTower(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.dim = dim
         self.id_dropout = id_dropout
+        self.noise = Noise()
         self.id_dim = id_dim
         vocabulary = [str(u) for u in user_ids]
         self.vocabulary = tuple(vocabulary)
@@ -142,7 +144,7 @@ class QueryTower(tf.keras.layers.Layer):
         index = self.lookup(user) if user.dtype == tf.string else tf.cast(user, tf.int64)
         ids = index
         if training and self.id_dropout > 0:
-            hidden = tf.random.uniform(tf.shape(index)) < self.id_dropout
+            hidden = self.noise.uniform(tf.shape(index)) < self.id_dropout
             ids = tf.where(hidden, tf.zeros_like(index), index)
         parts = [self.id_embedding(ids)] if self.id_embedding is not None else []
         if self.history_encoder is not None:
