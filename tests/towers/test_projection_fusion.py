@@ -36,14 +36,13 @@ def test_projection_layer_norm_makes_feature_scale_irrelevant():
 
 @pytest.mark.parametrize("rate", [0.0, 0.5, 0.8])
 def test_keep_mask_keeps_each_entry_with_probability_one_minus_rate(rate):
-    tf.random.set_seed(0)
-    mask = keep_mask([400, 501], rate).numpy()  # odd size: the last word is half used
+    mask = keep_mask([400, 501], rate, [0, 1]).numpy()  # odd size: the last word is half used
     assert mask.shape == (400, 501) and mask.dtype == bool
     # 200,400 draws: the kept share is within 4 standard deviations of 1 - rate
     tolerance = 4 * np.sqrt(max(rate * (1 - rate), 1e-12) / mask.size)
     assert abs(mask.mean() - (1 - rate)) <= tolerance
     assert abs(mask[:, 0].mean() - mask[:, -1].mean()) < 0.1  # no position is favoured
-    assert not np.array_equal(mask, keep_mask([400, 501], rate).numpy()) or rate == 0
+    assert not np.array_equal(mask, keep_mask([400, 501], rate, [0, 2]).numpy()) or rate == 0
 
 
 def test_dropout_matches_keras_dropout_in_inference_and_in_expectation():
@@ -134,7 +133,7 @@ def test_fusion_config_round_trips():
 
 def test_modality_dropout_never_hides_every_present_modality():
     mask = tf.tile(MASK, [500, 1])
-    dropped = drop_modalities(mask, rate=0.9, seed=1).numpy()
+    dropped = drop_modalities(mask, rate=0.9, seed=[1, 0]).numpy()
     present = mask.numpy()
     assert np.all(dropped <= present)  # only hides, never invents
     has_any = present.sum(1) > 0
@@ -144,7 +143,8 @@ def test_modality_dropout_never_hides_every_present_modality():
 
 
 def test_modality_dropout_rate_zero_keeps_mask():
-    np.testing.assert_array_equal(drop_modalities(MASK, rate=0.0).numpy(), MASK.numpy())
+    kept = drop_modalities(MASK, rate=0.0, seed=[1, 0]).numpy()
+    np.testing.assert_array_equal(kept, MASK.numpy())
 
 
 def test_feature_dropout_drops_encoder_features_in_training_only():

@@ -17,17 +17,12 @@ def masked_mean(embeddings: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
-def drop_modalities(mask: tf.Tensor, rate: float, seed=None) -> tf.Tensor:
+def drop_modalities(mask: tf.Tensor, rate: float, seed) -> tf.Tensor:
     """Randomly hide present modalities, but never all of an item's present modalities.
 
-    ``seed``: a ``[2]`` stateless seed (``towers.noise.Noise.seed``, what layers pass: the mask
-    repeats with the run's seed) or an int; ``None`` leaves it to a stateful op."""
-    if seed is None:
-        uniform = tf.random.uniform(tf.shape(mask))
-    else:
-        seed = [seed, 0] if isinstance(seed, int) else seed
-        uniform = tf.random.stateless_uniform(tf.shape(mask), seed)
-    keep = tf.cast(uniform >= rate, mask.dtype)
+    ``seed``: a ``[2]`` stateless seed (a layer's ``towers.noise.Noise.seed()``), so the mask
+    repeats with the run's seed."""
+    keep = tf.cast(tf.random.stateless_uniform(tf.shape(mask), seed) >= rate, mask.dtype)
     dropped = mask * keep
     nothing_left = tf.reduce_sum(dropped, axis=1, keepdims=True) == 0
     return tf.where(nothing_left, mask, dropped)

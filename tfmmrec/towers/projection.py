@@ -11,22 +11,19 @@ from tfmmrec.towers.noise import Noise
 _MASK_BITS = 16
 
 
-def keep_mask(shape, rate: float, seed: tf.Tensor | None = None) -> tf.Tensor:
+def keep_mask(shape, rate: float, seed) -> tf.Tensor:
     """A boolean mask of ``shape``, each entry True with probability ``1 − rate``.
 
     Training-time dropout masks cover every candidate item's 1,280-d poster feature and every
     history entry of a batch (millions of entries per step). ``tf.random.uniform`` spends 32
     random bits and a float conversion on each; this draws one 32-bit word per two entries
-    (``stateless_uniform`` full-range integers, seeded from the global generator so
-    ``tf.random.set_seed`` still makes runs repeatable) and compares its 16-bit halves with an
-    integer threshold: about half the cost of the mask. ``seed`` (``[2]``, from a layer's
-    ``towers.noise.Noise``) makes the mask repeatable; without it a stateful op picks one.
+    (``stateless_uniform`` full-range integers) and compares its 16-bit halves with an
+    integer threshold: about half the cost of the mask. ``seed``: a ``[2]`` stateless seed (a
+    layer's ``towers.noise.Noise.seed()``), so the mask repeats with the run's seed.
     """
     threshold = min(round(float(rate) * 2**_MASK_BITS), 2**_MASK_BITS - 1)
     shape = tf.convert_to_tensor(shape, tf.int32)
     size = tf.reduce_prod(shape)
-    if seed is None:
-        seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
     words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None,
                                         dtype=tf.int32)
     halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
