@@ -9,14 +9,19 @@ process, one machine state:
    (catalogue order, padded to 128, eager calls) on a random --baseline-items sample, timed in
    two halves around the new path; items/s of each and the largest feature difference
    (must stay ≤ 1e-5);
-2. ``query_text`` latency: a text-only ML-100K model is exported three times (padded encoder,
-   trimmed encoder, and trimmed with ``export.jit_compile=true``: the backbone XLA-compiled;
-   brute-force index; untrained weights: latency does not depend on their values), the
+2. ``query_text`` latency: a text-only ML-100K model is exported five times (padded encoder,
+   trimmed encoder, trimmed with ``export.jit_compile=true``: the backbone XLA-compiled,
+   trimmed with ``export.text_backbone=fused``: ``towers.text_inference.InferenceBert``, and
+   that with ``export.text_precision=bfloat16``; brute-force index; untrained projection:
+   latency does not depend on its values), the
    SavedModels are loaded as ``tfmmrec serve`` loads them (``tf.saved_model.load``) and the
    ``query_text`` signature is called in-process with a five-word query, the three paths
    interleaved; p50/p99 of each, the process CPU time per call (``time.process_time``: all of
    TF's threads, and far less sensitive than wall time to other jobs on the machine), and the
    largest embedding difference between paths. No gRPC hop (serving.py measures that: add ~1 ms);
+   then the bfloat16 path's numerics over --numerics-queries real ML-100K item texts (seeded
+   sample) sent as queries: cosine of its text feature with the float32 one, and how many of
+   the float32 export's top-20 items it returns;
 3. where a trimmed ``query_text`` call spends its time: ``tf.profiler`` traces --profile-calls
    more calls and sums each op's host time by the part of the graph it belongs to (tokenizer,
    BERT backbone, projection, index search + exclusion) and by op type, plus the Python
@@ -107,9 +112,18 @@ def catalogue_encoding(catalog, encoder, padded, batch_size: int, baseline_items
     return out
 
 
+# name → (trim_padding, export overrides)
+VARIANTS = {
+    "padded": (False, {}),
+    "trimmed": (True, {}),
+    "trimmed_xla": (True, {"export.jit_compile": "true"}),
+    "fused": (True, {"export.text_backbone": "fused"}),
+    "fused_bf16": (True, {"export.text_backbone": "fused", "export.text_precision": "bfloat16"}),
+}
+
+
 def export_variants(config, workspace) -> dict:
-    """The text-only model exported with the padded encoder, the trimmed one, and the trimmed
-    one XLA-compiled (``export.jit_compile``)."""
+    """The text-only model exported once per :data:`VARIANTS` entry."""
     from tfmmrec import pipeline
 
     with tf_scope():
@@ -117,11 +131,10 @@ def export_variants(config, workspace) -> dict:
         model.build_from_example()
     paths = {}
     encoder = workspace.encoders["text"]
-    for name, trim, jit in (("padded", False, False), ("trimmed", True, False),
-                            ("trimmed_xla", True, True)):
+    for name, (trim, overrides) in VARIANTS.items():
         encoder.trim_padding = trim  # read when the signatures are traced, at export
         named = pipeline.load_config(config, [f"export.model_name={name}",
-                                              f"export.jit_compile={str(jit).lower()}"])
+                                              *(f"{k}={v}" for k, v in overrides.items())])
         paths[name] = pipeline.export(named, model=model, workspace=workspace)
     encoder.trim_padding = True
     return paths
@@ -190,12 +203,48 @@ def query_latency(paths: dict, calls: int, floor=None) -> dict:
            for name, values in latencies.items()}
     out["query"] = QUERY
     out["p50_speedup"] = out["padded"]["p50_ms"] / out["trimmed"]["p50_ms"]
-    out["p50_speedup_xla"] = out["padded"]["p50_ms"] / out["trimmed_xla"]["p50_ms"]
-    out["max_score_difference_xla_vs_padded"] = float(
-        np.abs(embeddings["trimmed_xla"] - embeddings["padded"]).max())
-    out["max_score_difference_trimmed_vs_padded"] = float(
-        np.abs(embeddings["trimmed"] - embeddings["padded"]).max())
+    for name in VARIANTS:
+        if name != "padded":
+            out[f"p50_speedup_{name}"] = out["padded"]["p50_ms"] / out[name]["p50_ms"]
+            out[f"cpu_ratio_{name}"] = (out["padded"]["cpu_ms_per_call"]
+                                        / out[name]["cpu_ms_per_call"])
+            out[f"max_score_difference_{name}_vs_padded"] = float(
+                np.abs(embeddings[name] - embeddings["padded"]).max())
+    out["p50_speedup_xla"] = out["p50_speedup_trimmed_xla"]  # the names earlier runs used
     return out
+
+
+def bf16_numerics(encoder, paths: dict, texts: list[str], k: int = 20) -> dict:
+    """The bfloat16 fused path against float32 on real texts sent as queries: cosine of the
+    text features (encoder in-process, batch 1, as a query runs) and the overlap of the
+    exports' top-``k`` items (``trimmed`` vs ``fused_bf16``)."""
+    import tensorflow as tf
+
+    from tfmmrec.export.loader import ExportedModel
+
+    def features(precision):
+        encoder.use_inference_backbone(precision)
+        return np.concatenate([encoder(tf.constant([t])).numpy() for t in texts])
+
+    try:
+        reference, bf16 = features(None), features("bfloat16")
+    finally:
+        encoder.use_inference_backbone(None)
+    cosine = np.sum(reference * bf16, axis=1)  # both L2-normalised
+    answers = {}
+    for name in ("trimmed", "fused_bf16"):
+        signature = ExportedModel(paths[name]).signatures["query_text"]
+        answers[name] = [
+            set(np.asarray(signature(text=tf.constant([t]), k=tf.constant(k, tf.int32),
+                                     exclude_item_ids=tf.zeros([1, 0], tf.string))["item_ids"])
+                .ravel().tolist()) for t in texts]
+    overlap = np.array([len(a & b) / k for a, b in zip(answers["trimmed"],
+                                                      answers["fused_bf16"], strict=True)])
+    return {"queries": len(texts), "k": k,
+            "feature_cosine": {"min": float(cosine.min()), "mean": float(cosine.mean()),
+                               "p01": float(np.percentile(cosine, 1))},
+            f"top{k}_overlap": {"mean": float(overlap.mean()), "min": float(overlap.min()),
+                                "share_identical": float(np.mean(overlap == 1.0))}}
 
 
 # Where an op of the query_text graph belongs, by its name scope (first match wins).
@@ -255,6 +304,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=500, help="timed query_text calls per path")
     parser.add_argument("--profile-calls", type=int, default=50,
                         help="query_text calls of the trimmed export traced with tf.profiler")
+    parser.add_argument("--numerics-queries", type=int, default=500,
+                        help="ML-100K item texts sent as queries to compare bfloat16 with "
+                             "float32 (0: skip)")
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="TensorFlow intra- and inter-op threads for this process, every "
                              "path alike (0: TensorFlow's default, one per core)")
@@ -299,6 +351,7 @@ def main(argv=None) -> int:
             f" {flag} {value}" for flag, value, default in (
                 ("--items", args.items, 0), ("--baseline-items", args.baseline_items, 256),
                 ("--calls", args.calls, 500), ("--profile-calls", args.profile_calls, 50),
+                ("--numerics-queries", args.numerics_queries, 500),
                 ("--intra-op-threads", args.intra_op_threads, 0)) if value != default),
         "intra_op_threads": args.intra_op_threads or "default",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -312,7 +365,7 @@ def main(argv=None) -> int:
                                                       config.train.encode_batch_size,
                                                       args.baseline_items)
 
-    print("exporting the text-only ML-100K model three times (padded, trimmed, trimmed + XLA)...",
+    print(f"exporting the text-only ML-100K model {len(VARIANTS)} times ({', '.join(VARIANTS)})...",
           flush=True)
     workspace = pipeline.prepare(config, progress=False)
     paths = export_variants(config, workspace)
@@ -323,6 +376,11 @@ def main(argv=None) -> int:
     report["query_text"]["tokens"] = tokens
     report["query_text"]["numpy_matmul_floor"]["gflop"] = flops / 1e9
     report["machine"]["load_average_after_latency"] = os.getloadavg()[0]
+    if args.numerics_queries:
+        print(f"bfloat16 numerics over {args.numerics_queries} item texts...", flush=True)
+        present = [t for t in catalog.texts if t]
+        rows = np.random.default_rng(0).permutation(len(present))[:args.numerics_queries]
+        report["bf16_numerics"] = bf16_numerics(encoder, paths, [present[i] for i in rows])
     if args.profile_calls:
         print(f"profiling {args.profile_calls} trimmed query_text calls...", flush=True)
         report["query_text_profile"] = profile_query(paths["trimmed"], args.profile_calls,
@@ -334,6 +392,10 @@ def main(argv=None) -> int:
         "query_text_p99_lt_10ms": report["query_text"]["trimmed"]["p99_ms"] < 10,
         "query_text_xla_p50_speedup_ge_4": report["query_text"]["p50_speedup_xla"] >= 4,
         "query_text_xla_p99_lt_10ms": report["query_text"]["trimmed_xla"]["p99_ms"] < 10,
+        **{f"query_text_{name}_p50_speedup_ge_4": report["query_text"][f"p50_speedup_{name}"] >= 4
+           for name in ("fused", "fused_bf16")},
+        **{f"query_text_{name}_p99_lt_10ms": report["query_text"][name]["p99_ms"] < 10
+           for name in ("fused", "fused_bf16")},
         "features_within_1e-5": report["catalogue_encoding"]["max_abs_difference"] <= 1e-5,
     }
     print(table(report))
@@ -346,9 +408,20 @@ def main(argv=None) -> int:
     return 0
 
 
+LABELS = {
+    "padded": "padded to 128 (before)",
+    "trimmed": "trimmed, Keras backbone (default)",
+    "trimmed_xla": "trimmed + XLA (`export.jit_compile`)",
+    "fused": "trimmed, fused backbone (`export.text_backbone: fused`)",
+    "fused_bf16": "fused, bfloat16 weights (`export.text_precision: bfloat16`)",
+    "numpy_matmul_floor": "floor: the backbone's weight matmuls alone in numpy",
+}
+
+
 def table(report: dict) -> str:
     enc, query = report["catalogue_encoding"], report["query_text"]
-    return "\n".join([
+    machine = report["machine"]
+    lines = [
         "| measurement | padded (before) | trimmed (now) | ratio |",
         "| :--- | ---: | ---: | ---: |",
         f"| MiniLM catalogue encoding, batch {report['batch_size']} (before: "
@@ -357,28 +430,31 @@ def table(report: dict) -> str:
         f"{enc['before_padded_eager']['items_per_second']:.1f} items/s | "
         f"{enc['now_trimmed_sorted_compiled']['items_per_second']:.1f} items/s | "
         f"**{enc['speedup']:.1f}×** |",
-        f"| `query_text` p50, five words ({query['query']!r}) | "
-        f"{query['padded']['p50_ms']:.2f} ms | {query['trimmed']['p50_ms']:.2f} ms | "
-        f"**{query['p50_speedup']:.1f}×** |",
-        f"| `query_text` p99 | {query['padded']['p99_ms']:.2f} ms | "
-        f"{query['trimmed']['p99_ms']:.2f} ms | |",
-        f"| `query_text` p50, trimmed + XLA (`export.jit_compile=true`) | "
-        f"{query['padded']['p50_ms']:.2f} ms | {query['trimmed_xla']['p50_ms']:.2f} ms | "
-        f"**{query['p50_speedup_xla']:.1f}×** |",
-        f"| `query_text` p99, trimmed + XLA | {query['padded']['p99_ms']:.2f} ms | "
-        f"{query['trimmed_xla']['p99_ms']:.2f} ms | |",
-        f"| largest score difference, XLA vs padded | | "
-        f"{query['max_score_difference_xla_vs_padded']:.1e} | |",
         f"| largest feature difference, trimmed vs padded | | {enc['max_abs_difference']:.1e} | |",
-        f"| `query_text` CPU ms per call (all threads), padded / trimmed / trimmed + XLA | "
-        f"{query['padded']['cpu_ms_per_call']:.2f} | {query['trimmed']['cpu_ms_per_call']:.2f} "
-        f"/ {query['trimmed_xla']['cpu_ms_per_call']:.2f} | |",
-        f"| floor: the backbone's weight matmuls alone in numpy ({query['tokens']} tokens, "
-        f"{query['numpy_matmul_floor']['gflop']:.2f} GFLOP), p50 / p99 / CPU per call | | "
-        f"{query['numpy_matmul_floor']['p50_ms']:.2f} / "
-        f"{query['numpy_matmul_floor']['p99_ms']:.2f} / "
-        f"{query['numpy_matmul_floor']['cpu_ms_per_call']:.2f} ms | |",
-    ]) + "\n" + profile_table(report.get("query_text_profile"))
+        "",
+        f"`query_text`, five words ({query['query']!r}, {query['tokens']} tokens), "
+        f"{query['padded']['calls']} interleaved calls per path, load average "
+        f"{machine['load_average_at_start']:.1f} → {machine['load_average_after_latency']:.1f}:",
+        "| path | p50 ms | p99 ms | CPU ms per call | p50 ratio to padded | CPU ratio | "
+        "largest score difference to padded |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, label in LABELS.items():
+        row = query[name]
+        ratio = "" if name in ("padded", "numpy_matmul_floor") else (
+            f"**{query[f'p50_speedup_{name}']:.1f}×** | {query[f'cpu_ratio_{name}']:.1f}× | "
+            f"{query[f'max_score_difference_{name}_vs_padded']:.1e}")
+        lines.append(f"| {label} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                     f"{row['cpu_ms_per_call']:.2f} | {ratio or ' | | '} |")
+    numerics = report.get("bf16_numerics")
+    if numerics:
+        cos, top = numerics["feature_cosine"], numerics[f"top{numerics['k']}_overlap"]
+        lines.append(
+            f"\nbfloat16 vs float32 over {numerics['queries']} ML-100K item texts as queries: "
+            f"feature cosine mean {cos['mean']:.6f}, min {cos['min']:.6f}; top-{numerics['k']} "
+            f"overlap mean {top['mean']:.3f}, min {top['min']:.2f}, identical sets "
+            f"{top['share_identical']:.0%}")
+    return "\n".join(lines) + "\n" + profile_table(report.get("query_text_profile"))
 
 
 def profile_table(profile: dict | None) -> str:

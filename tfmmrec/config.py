@@ -557,6 +557,13 @@ class ExportConfig:
     text signatures (measure it with ``benchmarks/text_speed.py`` on the serving machine: it
     did not help on the loaded 2-core machine here). Stock TF Serving then needs
     ``--xla_cpu_compilation_enabled=true``, or those signatures fail.
+    ``text_backbone``: ``keras`` (default) or ``fused``: the exported text encoder runs
+    ``towers.text_inference.InferenceBert``, a copy of the trained backbone with Q/K/V fused
+    into one matmul on 2-D activations (same features to 1e-5). ``text_precision``:
+    ``float32`` (default) or ``bfloat16`` (opt-in, needs ``fused`` and no ``jit_compile``:
+    the fused copy's weight matmuls in bfloat16, half the weight bytes per query; its
+    numerics are measured by ``benchmarks/text_speed.py``; stock TF Serving CPU builds may
+    lack fast bfloat16 kernels).
     """
 
     base_dir: str = "runs/models"
@@ -573,9 +580,19 @@ class ExportConfig:
     partitioned: PartitionedConfig = field(default_factory=PartitionedConfig)
     limits: ServingLimitsConfig = field(default_factory=ServingLimitsConfig)
     jit_compile: bool = False
+    text_backbone: Literal["keras", "fused"] = "keras"
+    text_precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
         _check_choice("export.index", self.index, INDEX_KINDS)
+        _check_choice("export.text_backbone", self.text_backbone, ("keras", "fused"))
+        _check_choice("export.text_precision", self.text_precision, ("float32", "bfloat16"))
+        if self.text_precision == "bfloat16":
+            _check(self.text_backbone == "fused", "export.text_precision", self.text_precision,
+                   "float32 unless export.text_backbone=fused (bfloat16 weights live in the "
+                   "fused copy)")
+            _check(not self.jit_compile, "export.text_precision", self.text_precision,
+                   "float32 with export.jit_compile=true (XLA:CPU has no fast bfloat16 matmul)")
         _check(self.max_exclude >= 0, "export.max_exclude", self.max_exclude, ">= 0")
         _check(self.max_session_items >= 1, "export.max_session_items",
                self.max_session_items, ">= 1")

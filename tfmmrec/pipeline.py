@@ -704,6 +704,8 @@ def export(config: Config | str | os.PathLike | None = None,
     text_encoder = ws.encoders.get("text")
     if text_encoder is not None:  # read when the signatures are traced, below
         text_encoder.jit_compile = ex.jit_compile
+        text_encoder.use_inference_backbone(
+            ex.text_precision if ex.text_backbone == "fused" else None)
     towers = ServingTowers(
         model.query_tower, model.item_tower, ws.encoders,
         training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
@@ -716,6 +718,7 @@ def export(config: Config | str | os.PathLike | None = None,
         "embedding_dim": int(items.shape[1]), "default_k": ex.k, "max_k": ex.max_k,
         "two_stage": head is not None, "exclude_seen": ex.exclude_seen,
         "jit_compile": ex.jit_compile,
+        "text_backbone": ex.text_backbone, "text_precision": ex.text_precision,
         "max_seen": towers.max_seen, "max_exclude": ex.max_exclude,
         "max_session_items": ex.max_session_items,
         "session_user_weight": ex.session_user_weight,
@@ -737,5 +740,6 @@ def export(config: Config | str | os.PathLike | None = None,
     finally:
         if text_encoder is not None:
             text_encoder.jit_compile = False  # the workspace's other uses stay uncompiled
+            text_encoder.use_inference_backbone(None)  # and train the Keras backbone
     write_models_config(ex.base_dir)
     return version_dir

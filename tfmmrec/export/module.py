@@ -85,7 +85,11 @@ class ServingTowers(tf.Module):
                   *([ranking_head] if ranking_head is not None else [])]
         self._model = SimpleNamespace(query_tower=query_tower, item_tower=item_tower,
                                       encoders=dict(encoders), ranking_head=ranking_head)
-        self.model_variables = _unique([v for layer in layers for v in layer.variables])
+        # ``serving_variables``: what an encoder's inference-only path reads beyond its
+        # weights (a text encoder's fused backbone copy, ``export.text_backbone: fused``).
+        self.model_variables = _unique([
+            v for layer in layers
+            for v in [*layer.variables, *getattr(layer, "serving_variables", ())]])
         self.model_resources = _unique([r for layer in layers for r in _resources(layer)])
         # Preprocessing settings (image_size, max_seconds, ...), the registry's defaults unless
         # given; read-only (a plain dict would be wrapped into a trackable).

@@ -50,6 +50,12 @@ class TextEncoder(Encoder):
         a graph is traced (``export.jit_compile`` sets it for exports): stock TF Serving runs
         such a model only with ``--xla_cpu_compilation_enabled=true``.
 
+    ``use_inference_backbone(precision)`` (what an export does for ``export.text_backbone:
+    fused``) makes inference calls (``training=False``) run a
+    :class:`~tfmmrec.towers.text_inference.InferenceBert` built from the backbone's current
+    weights; ``use_inference_backbone(None)`` returns to the Keras backbone. Training calls
+    always run the Keras backbone.
+
     Examples:
     >>> encoder = build_text_encoder(TextTowerConfig(hidden_dim=16, num_heads=2, num_layers=1),
     ...                              ["a red film", "a blue song"])
@@ -70,6 +76,30 @@ class TextEncoder(Encoder):
         self.trim_padding = bool(trim_padding)
         self.jit_compile = bool(jit_compile)
         self.feature_dim = int(backbone.hidden_dim)
+        self.use_inference_backbone(None)
+
+    @property
+    def inference_backbone(self):
+        """The fused inference copy inference calls run, or ``None`` (the Keras backbone)."""
+        return self._inference_backbone
+
+    @property
+    def serving_variables(self) -> list[tf.Variable]:
+        """Variables an exported graph reads beyond ``variables``: the fused copy's. They are
+        not the layer's weights (not trained, not in its checkpoints), so the export tracks
+        them itself."""
+        module = self._inference_backbone
+        return [] if module is None else list(module.variables)
+
+    def use_inference_backbone(self, precision: str | None) -> None:
+        """Serve inference calls through a fused copy of the backbone (``"float32"`` or
+        ``"bfloat16"``), or through the Keras backbone again (``None``). Call eagerly, after
+        training: the copy holds the weights as they are now."""
+        from tfmmrec.towers.text_inference import InferenceBert
+
+        module = None if precision is None else InferenceBert(self.backbone, precision)
+        # Untracked on purpose: Keras would add the copy to the layer's weights for good.
+        object.__setattr__(self, "_inference_backbone", module)
 
     def call(self, texts, training=False):
         tokens = self.preprocessor(texts)
@@ -82,7 +112,10 @@ class TextEncoder(Encoder):
         return self._encode_tokens(tokens, training)
 
     def _encode_tokens(self, tokens, training=False):
-        sequence = self.backbone(tokens, training=training)["sequence_output"]
+        if self.inference_backbone is not None and not training:
+            sequence = self.inference_backbone(tokens)
+        else:
+            sequence = self.backbone(tokens, training=training)["sequence_output"]
         if self.pooling == "cls":
             pooled = sequence[:, 0, :]
         else:

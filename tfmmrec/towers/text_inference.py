@@ -1,0 +1,152 @@
+"""Towers: an inference-only forward pass of a KerasNLP BERT backbone, for served text queries.
+
+A five-word query is ~7 tokens, so the backbone's cost is reading its weights (6 layers × 1.8 M
+float32 parameters for MiniLM-L6) plus ~200 small ops, not arithmetic. This module computes the
+same model on a 2-D ``[tokens, hidden]`` tensor with fewer, larger ops: Q/K/V as one
+``[hidden, 3·hidden]`` matmul (the query's ``1/√head_dim`` folded into its columns), attention as
+two batched matmuls, each dense as MatMul + BiasAdd (+ GELU) in the form oneDNN's remapper fuses.
+Its weights are copies derived when it is built (at export, from the trained backbone), so it
+never trains and never changes the Keras model.
+
+``precision="bfloat16"`` (opt-in) stores those weight matrices in bfloat16 and runs only the
+weight matmuls in bfloat16 (oneDNN; AMX/AVX-512-BF16 where the CPU has them), everything else
+(embeddings, LayerNorm, attention, residuals, pooling) in float32: half the weight bytes per
+query, at a measured numerics cost (``benchmarks/text_speed.py``). Stock TF Serving CPU builds
+may lack fast bfloat16 kernels; measure on the serving machine.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfmmrec.errors import ConfigError
+
+PRECISIONS = ("float32", "bfloat16")
+_MASKED = -1e9  # what Keras's masked softmax adds to a float32 score at a padded key
+
+
+class InferenceBert(tf.Module):
+    """``sequence_output`` of a (post-LayerNorm, GELU-tanh) KerasNLP ``BertBackbone``.
+
+    Args:
+      backbone: a built ``keras_nlp.models.BertBackbone``; its embeddings and LayerNorm
+        variables are read in place, its dense kernels copied into the fused layout.
+      precision: ``"float32"`` (the Keras backbone's features to float rounding, tested to
+        1e-5) or ``"bfloat16"`` (weight matmuls in bfloat16).
+
+    Examples:
+    >>> import keras_nlp
+    >>> backbone = keras_nlp.models.BertBackbone(vocabulary_size=20, num_layers=1, num_heads=2,
+    ...     hidden_dim=8, intermediate_dim=16, max_sequence_length=8)
+    >>> tokens = {"token_ids": tf.constant([[2, 5, 3]]), "segment_ids": tf.zeros([1, 3], tf.int32),
+    ...           "padding_mask": tf.ones([1, 3], tf.int32)}
+    >>> InferenceBert(backbone)(tokens).shape
+    TensorShape([1, 3, 8])
+    """
+
+    def __init__(self, backbone, precision: str = "float32", name: str = "inference_bert"):
+        if precision not in PRECISIONS:
+            raise ConfigError(f"text precision {precision!r} is not supported; use one of "
+                              f"{', '.join(PRECISIONS)}")
+        super().__init__(name=name)
+        layers = list(getattr(backbone, "transformer_layers", ()))
+        for layer in layers:
+            activation = getattr(layer.activation, "__name__", "")
+            if layer.normalize_first or activation != "gelu_approximate":
+                raise ConfigError(
+                    f"InferenceBert computes KerasNLP's BertBackbone (post-LayerNorm, "
+                    f"gelu_approximate); layer {layer.name} has normalize_first="
+                    f"{layer.normalize_first}, activation={activation or layer.activation!r}")
+        if not layers:
+            raise ConfigError("InferenceBert needs a built KerasNLP BertBackbone "
+                              f"(transformer_layers), got {type(backbone).__name__}")
+        self.precision = precision
+        self.hidden_dim = int(backbone.hidden_dim)
+        self.num_heads = int(backbone.num_heads)
+        self.head_dim = self.hidden_dim // self.num_heads
+        dtype = tf.bfloat16 if precision == "bfloat16" else tf.float32
+        self._compute_dtype = dtype
+        self.token_embeddings = backbone.token_embedding.embeddings
+        self.position_embeddings = backbone.position_embedding.position_embeddings
+        self.segment_embeddings = backbone.segment_embedding.embeddings
+        self.embeddings_norm = _norm(backbone.embeddings_layer_norm)
+        self.layers = [self._fused_layer(layer, dtype, i) for i, layer in enumerate(layers)]
+
+    def _fused_layer(self, layer, dtype, index: int) -> dict:
+        hidden, scale = self.hidden_dim, 1.0 / float(self.head_dim) ** 0.5
+        attention = layer._self_attention_layer
+        q, k, v = attention._query_dense, attention._key_dense, attention._value_dense
+        out = attention._output_dense
+        inner, outer = (layer._feedforward_intermediate_dense, layer._feedforward_output_dense)
+
+        def matrix(kernel, rows):
+            return tf.reshape(tf.convert_to_tensor(kernel), [rows, -1])
+
+        qkv_kernel = tf.concat([matrix(q.kernel, hidden) * scale, matrix(k.kernel, hidden),
+                                matrix(v.kernel, hidden)], axis=1)
+        qkv_bias = tf.concat([tf.reshape(q.bias, [-1]) * scale, tf.reshape(k.bias, [-1]),
+                              tf.reshape(v.bias, [-1])], axis=0)
+
+        def weight(value, name):  # derived, frozen copies
+            return tf.Variable(tf.cast(value, dtype), trainable=False,
+                               name=f"layer_{index}_{name}")
+
+        def bias(value, name):  # biases stay float32: added after the matmul's cast back
+            return tf.Variable(tf.reshape(value, [-1]), trainable=False,
+                               name=f"layer_{index}_{name}")
+
+        return {
+            "qkv_kernel": weight(qkv_kernel, "qkv_kernel"),
+            "qkv_bias": bias(qkv_bias, "qkv_bias"),
+            "output_kernel": weight(matrix(out.kernel, hidden), "output_kernel"),
+            "output_bias": bias(out.bias, "output_bias"),
+            "attention_norm": _norm(layer._self_attention_layer_norm),
+            "inner_kernel": weight(inner.kernel, "inner_kernel"),
+            "inner_bias": bias(inner.bias, "inner_bias"),
+            "outer_kernel": weight(outer.kernel, "outer_kernel"),
+            "outer_bias": bias(outer.bias, "outer_bias"),
+            "output_norm": _norm(layer._feedforward_layer_norm),
+        }
+
+    def __call__(self, tokens: dict[str, tf.Tensor]) -> tf.Tensor:
+        """``{"token_ids", "segment_ids", "padding_mask"}`` ``[B, T]`` → ``[B, T, hidden]``."""
+        ids, segments = tokens["token_ids"], tokens["segment_ids"]
+        batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
+        heads, head_dim, hidden = self.num_heads, self.head_dim, self.hidden_dim
+        x = (tf.gather(self.token_embeddings, ids) + self.position_embeddings[:length]
+             + tf.gather(self.segment_embeddings, segments))
+        x = _layer_norm(tf.reshape(x, [batch * length, hidden]), *self.embeddings_norm)
+        # Keys at padded positions get exactly zero attention weight, as in Keras's softmax.
+        padding = tf.cast(tokens["padding_mask"], tf.float32)
+        adder = ((1.0 - padding) * _MASKED)[:, None, None, :]  # [B, 1, 1, T]
+        for w in self.layers:
+            qkv = self._dense(x, w["qkv_kernel"], w["qkv_bias"])  # [B·T, 3·hidden]
+            qkv = tf.transpose(tf.reshape(qkv, [batch, length, 3 * heads, head_dim]),
+                               [0, 2, 1, 3])  # [B, 3·heads, T, head_dim]
+            query, key, value = tf.split(qkv, 3, axis=1)
+            weights = tf.nn.softmax(tf.matmul(query, key, transpose_b=True) + adder)
+            context = tf.reshape(tf.transpose(tf.matmul(weights, value), [0, 2, 1, 3]),
+                                 [batch * length, hidden])
+            x = _layer_norm(self._dense(context, w["output_kernel"], w["output_bias"]) + x,
+                            *w["attention_norm"])
+            inner = tf.nn.gelu(self._dense(x, w["inner_kernel"], w["inner_bias"]),
+                               approximate=True)
+            x = _layer_norm(self._dense(inner, w["outer_kernel"], w["outer_bias"]) + x,
+                            *w["output_norm"])
+        return tf.reshape(x, [batch, length, hidden])
+
+    def _dense(self, x, kernel, bias):
+        if self._compute_dtype == tf.float32:
+            return tf.nn.bias_add(tf.matmul(x, kernel), bias)
+        product = tf.matmul(tf.cast(x, self._compute_dtype), kernel)
+        return tf.nn.bias_add(tf.cast(product, tf.float32), bias)
+
+
+def _norm(layer) -> tuple:
+    return layer.gamma, layer.beta, float(layer.epsilon)
+
+
+def _layer_norm(x, gamma, beta, epsilon):
+    """Keras's (non-fused) LayerNormalization over the last axis of a 2-D tensor."""
+    mean, variance = tf.nn.moments(x, axes=[1], keepdims=True)
+    return tf.nn.batch_normalization(x, mean, variance, beta, gamma, epsilon)
