@@ -249,7 +249,7 @@ def bf16_numerics(encoder, paths: dict, texts: list[str], k: int = 20) -> dict:
 
 # Where an op of the query_text graph belongs, by its name scope (first match wins).
 PARTS = (("bert_preprocessor", "tokenizer (BertPreprocessor, TF Text)"),
-         ("bert_backbone", "BERT backbone"),
+         ("bert_backbone", "BERT backbone"), ("inference_bert", "BERT backbone (fused copy)"),
          ("text_encoder", "pooling + trim (text encoder)"),
          ("text_projection", "text projection"), ("fusion", "text projection"))
 
@@ -303,7 +303,9 @@ def main(argv=None) -> int:
                              "depend on which texts")
     parser.add_argument("--calls", type=int, default=500, help="timed query_text calls per path")
     parser.add_argument("--profile-calls", type=int, default=50,
-                        help="query_text calls of the trimmed export traced with tf.profiler")
+                        help="query_text calls of one export traced with tf.profiler")
+    parser.add_argument("--profile-variant", default="fused_bf16", choices=sorted(VARIANTS),
+                        help="the export --profile-calls traces")
     parser.add_argument("--numerics-queries", type=int, default=500,
                         help="ML-100K item texts sent as queries to compare bfloat16 with "
                              "float32 (0: skip)")
@@ -352,6 +354,7 @@ def main(argv=None) -> int:
                 ("--items", args.items, 0), ("--baseline-items", args.baseline_items, 256),
                 ("--calls", args.calls, 500), ("--profile-calls", args.profile_calls, 50),
                 ("--numerics-queries", args.numerics_queries, 500),
+                ("--profile-variant", args.profile_variant, "fused_bf16"),
                 ("--intra-op-threads", args.intra_op_threads, 0)) if value != default),
         "intra_op_threads": args.intra_op_threads or "default",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -382,9 +385,11 @@ def main(argv=None) -> int:
         rows = np.random.default_rng(0).permutation(len(present))[:args.numerics_queries]
         report["bf16_numerics"] = bf16_numerics(encoder, paths, [present[i] for i in rows])
     if args.profile_calls:
-        print(f"profiling {args.profile_calls} trimmed query_text calls...", flush=True)
-        report["query_text_profile"] = profile_query(paths["trimmed"], args.profile_calls,
-                                                     out / "trace")
+        print(f"profiling {args.profile_calls} {args.profile_variant} query_text calls...",
+              flush=True)
+        report["query_text_profile"] = profile_query(paths[args.profile_variant],
+                                                     args.profile_calls, out / "trace")
+        report["query_text_profile"]["variant"] = args.profile_variant
     report["seconds"] = time.perf_counter() - started
     report["targets"] = {
         "catalogue_encoding_speedup_ge_3": report["catalogue_encoding"]["speedup"] >= 3,
@@ -460,7 +465,8 @@ def table(report: dict) -> str:
 def profile_table(profile: dict | None) -> str:
     if not profile:
         return ""
-    lines = [f"\ntrimmed query_text under tf.profiler ({profile['calls']} calls): "
+    lines = [f"\n{profile.get('variant', 'trimmed')} query_text under tf.profiler "
+             f"({profile['calls']} calls): "
              f"{profile['wall_ms_per_call']:.2f} ms wall, {profile['op_ms_per_call']:.2f} ms in "
              f"ops, Python signature wrapper "
              f"{profile['python_signature_wrapper_ms_per_call']:.2f} ms per call",

@@ -18,6 +18,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.export.conftest import EXPORT_KINDS
 from tfmmrec.export.audit import registered_ops, signature_ops
@@ -194,3 +195,58 @@ def test_jit_compiled_export_uses_stock_ops_and_answers_like_the_plain_one(
         assert compiled[signature]["item_ids"] == plain[signature]["item_ids"], signature
     np.testing.assert_allclose(compiled["query_text"]["scores"], plain["query_text"]["scores"],
                                atol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def fused_export(request, exported, tiny_trained, tmp_path_factory):
+    """The tiny model exported with ``export.text_backbone=fused`` (brute-force index)."""
+    from tfmmrec import pipeline
+    from tfmmrec.config import load_config
+
+    config, _ = exported
+    config = load_config(config, [f"export.base_dir={tmp_path_factory.mktemp('fused')}",
+                                  "export.text_backbone=fused",
+                                  f"export.text_precision={request.param}"])
+    path = pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
+                           index="brute_force")
+    return request.param, path
+
+
+def test_fused_text_export_uses_stock_ops_and_answers_like_the_plain_one(
+        fused_export, op_registry, tf1_answers, tiny_trained, tmp_path):
+    """``export.text_backbone=fused`` (float32: the plain export's scores to 1e-5; bfloat16:
+    bfloat16 weight matmuls, scores close, same top item) adds no op outside core TF + TF
+    Text, runs as a TF1 graph + session, and leaves the workspace's encoder on the Keras
+    backbone."""
+    precision, path = fused_export
+    metadata = ExportedModel(path).metadata
+    assert (metadata["text_backbone"], metadata["text_precision"]) == ("fused", precision)
+    assert tiny_trained.workspace.encoders["text"].inference_backbone is None
+    ops = signature_ops(path)
+    allowed = op_registry["core"] | op_registry["tf_text"]
+    assert {s: sorted(o - allowed) for s, o in ops.items() if o - allowed} == {}
+    from tfmmrec.export.audit import load_meta_graph
+
+    matmul_types = {tf.dtypes.as_dtype(node.attr["T"].type).name
+                    for function in load_meta_graph(path).graph_def.library.function
+                    for node in function.node_def if node.op == "MatMul"}
+    assert ("bfloat16" in matmul_types) == (precision == "bfloat16"), matmul_types
+    script = tmp_path / "tf1_loader.py"
+    script.write_text(textwrap.dedent(TF1_LOADER))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    answer = tmp_path / "fused.json"
+    result = subprocess.run([sys.executable, str(script), str(path), str(answer), "stock"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fused = json.loads(answer.read_text())["signatures"]
+    plain = tf1_answers["brute_force"]["signatures"]
+    assert set(fused) == SIGNATURES
+    if precision == "float32":
+        for signature in ("query_text", "recommend_session"):
+            assert fused[signature]["item_ids"] == plain[signature]["item_ids"], signature
+        np.testing.assert_allclose(fused["query_text"]["scores"], plain["query_text"]["scores"],
+                                   atol=1e-5)
+    else:
+        assert fused["query_text"]["item_ids"][0][0] == plain["query_text"]["item_ids"][0][0]
+        np.testing.assert_allclose(fused["query_text"]["scores"], plain["query_text"]["scores"],
+                                   atol=2e-2)

@@ -3,8 +3,9 @@
 A five-word query is ~7 tokens, so the backbone's cost is reading its weights (6 layers × 1.8 M
 float32 parameters for MiniLM-L6) plus ~200 small ops, not arithmetic. This module computes the
 same model on a 2-D ``[tokens, hidden]`` tensor with fewer, larger ops: Q/K/V as one
-``[hidden, 3·hidden]`` matmul (the query's ``1/√head_dim`` folded into its columns), attention as
-two batched matmuls, each dense as MatMul + BiasAdd (+ GELU) in the form oneDNN's remapper fuses.
+``[hidden, 3·hidden]`` matmul (the query's ``1/√head_dim`` folded into its columns), a short
+single text's attention as two 2-D matmuls without transposes, each dense as MatMul + BiasAdd
+(+ GELU) in the form oneDNN's remapper fuses.
 Its weights are copies derived when it is built (at export, from the trained backbone), so it
 never trains and never changes the Keras model.
 
@@ -23,6 +24,10 @@ from tfmmrec.errors import ConfigError
 
 PRECISIONS = ("float32", "bfloat16")
 _MASKED = -1e9  # what Keras's masked softmax adds to a float32 score at a padded key
+# A single text of up to this many tokens (a query) runs attention block-diagonally (no
+# transposes, ``heads`` × the score arithmetic: at 32 tokens the tiled keys are the size of one
+# weight matrix); batches and longer texts run it per head.
+BLOCK_ATTENTION_MAX_LENGTH = 32
 
 
 class InferenceBert(tf.Module):
@@ -108,38 +113,70 @@ class InferenceBert(tf.Module):
             "output_norm": _norm(layer._feedforward_layer_norm),
         }
 
+    @tf.Module.with_name_scope
     def __call__(self, tokens: dict[str, tf.Tensor]) -> tf.Tensor:
         """``{"token_ids", "segment_ids", "padding_mask"}`` ``[B, T]`` → ``[B, T, hidden]``."""
         ids, segments = tokens["token_ids"], tokens["segment_ids"]
         batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
-        heads, head_dim, hidden = self.num_heads, self.head_dim, self.hidden_dim
         x = (tf.gather(self.token_embeddings, ids) + self.position_embeddings[:length]
              + tf.gather(self.segment_embeddings, segments))
-        x = _layer_norm(tf.reshape(x, [batch * length, hidden]), *self.embeddings_norm)
+        x = _layer_norm(tf.reshape(x, [batch * length, self.hidden_dim]), *self.embeddings_norm)
         # Keys at padded positions get exactly zero attention weight, as in Keras's softmax.
         padding = tf.cast(tokens["padding_mask"], tf.float32)
         adder = ((1.0 - padding) * _MASKED)[:, None, None, :]  # [B, 1, 1, T]
+        x = tf.cond((batch == 1) & (length <= BLOCK_ATTENTION_MAX_LENGTH),
+                    lambda: self._layers(x, adder[0, 0], batch, length, _block_attention),
+                    lambda: self._layers(x, adder, batch, length, _head_attention))
+        return tf.reshape(x, [batch, length, self.hidden_dim])
+
+    def _layers(self, x, adder, batch, length, attention):
         for w in self.layers:
             qkv = self._dense(x, w["qkv_kernel"], w["qkv_bias"])  # [B·T, 3·hidden]
-            qkv = tf.transpose(tf.reshape(qkv, [batch, length, 3 * heads, head_dim]),
-                               [0, 2, 1, 3])  # [B, 3·heads, T, head_dim]
-            query, key, value = tf.split(qkv, 3, axis=1)
-            weights = tf.nn.softmax(tf.matmul(query, key, transpose_b=True) + adder)
-            context = tf.reshape(tf.transpose(tf.matmul(weights, value), [0, 2, 1, 3]),
-                                 [batch * length, hidden])
+            context = attention(*tf.split(qkv, 3, axis=1), adder, self.num_heads)
             x = _layer_norm(self._dense(context, w["output_kernel"], w["output_bias"]) + x,
                             *w["attention_norm"])
             inner = tf.nn.gelu(self._dense(x, w["inner_kernel"], w["inner_bias"]),
                                approximate=True)
             x = _layer_norm(self._dense(inner, w["outer_kernel"], w["outer_bias"]) + x,
                             *w["output_norm"])
-        return tf.reshape(x, [batch, length, hidden])
+        return x
 
     def _dense(self, x, kernel, bias):
         if self._compute_dtype == tf.float32:
             return tf.nn.bias_add(tf.matmul(x, kernel), bias)
         product = tf.matmul(tf.cast(x, self._compute_dtype), kernel)
         return tf.nn.bias_add(tf.cast(product, tf.float32), bias)
+
+
+def _block_attention(query, key, value, adder, heads: int):
+    """One text's attention, every head at once, in two 2-D matmuls and no transpose.
+
+    ``query``/``key``/``value`` are ``[T, hidden]`` and ``adder`` ``[T]``. Keys and values are
+    tiled once per head and masked to that head's columns (``[H·T, hidden]``, block-diagonal),
+    so ``query @ keysᵀ`` gives each head's scores side by side and ``weights @ values`` lands in
+    ``[T, hidden]`` directly. It costs ``heads`` times the score arithmetic, nothing at ~10
+    tokens, where oneDNN's transposes and batched matmuls cost more than a weight matmul."""
+    length, hidden = tf.shape(key)[0], key.shape[-1]
+    block = tf.repeat(tf.repeat(tf.eye(heads, dtype=key.dtype), length, axis=0),
+                      hidden // heads, axis=1)  # [H·T, hidden]
+    scores = tf.matmul(query, tf.tile(key, [heads, 1]) * block, transpose_b=True)  # [T, H·T]
+    weights = tf.nn.softmax(tf.reshape(scores, [length, heads, length]) + adder)
+    return tf.matmul(tf.reshape(weights, [length, heads * length]),
+                     tf.tile(value, [heads, 1]) * block)
+
+
+def _head_attention(query, key, value, adder, heads: int):
+    """Attention per head through ``[B, H, T, head_dim]`` transposes (batches, long texts):
+    ``[B·T, hidden]`` inputs and output, ``adder`` ``[B, 1, 1, T]``."""
+    batch, length = tf.shape(adder)[0], tf.shape(adder)[3]
+    hidden = query.shape[-1]
+
+    def split(x):
+        return tf.transpose(tf.reshape(x, [batch, length, heads, hidden // heads]), [0, 2, 1, 3])
+
+    weights = tf.nn.softmax(tf.matmul(split(query), split(key), transpose_b=True) + adder)
+    context = tf.transpose(tf.matmul(weights, split(value)), [0, 2, 1, 3])
+    return tf.reshape(context, [batch * length, hidden])
 
 
 def _norm(layer) -> tuple:

@@ -1,0 +1,122 @@
+"""Tests for tfmmrec.towers.text_inference: the fused inference copy of the BERT backbone."""
+
+from __future__ import annotations
+
+import keras_nlp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.towers.test_text import CORPUS, MIXED, STRINGS, padded_twin, tiny
+from tfmmrec.config import ExportConfig
+from tfmmrec.errors import ConfigError
+from tfmmrec.towers.text import build_text_encoder
+from tfmmrec.towers.text_inference import (
+    BLOCK_ATTENTION_MAX_LENGTH,
+    InferenceBert,
+    _block_attention,
+    _head_attention,
+)
+
+LONG = " ".join(["a calm love story near a river"] * 6)  # > BLOCK_ATTENTION_MAX_LENGTH tokens
+
+
+def encoder_for(pooling="mean", **kwargs):
+    return build_text_encoder(tiny(pooling=pooling, sequence_length=64, num_layers=2, **kwargs),
+                              CORPUS)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("texts", [MIXED, MIXED[1:2], tf.constant([LONG]), tf.constant([""])],
+                         ids=["batch", "one_short", "one_long", "empty"])
+def test_float32_copy_gives_the_keras_backbones_features(pooling, texts):
+    """Both attention forms (one short text: block-diagonal; batches and long texts: per
+    head), eagerly and traced as an export traces it, match the padded Keras path."""
+    encoder = encoder_for(pooling)
+    reference = padded_twin(encoder)(texts).numpy()
+    encoder.use_inference_backbone("float32")
+    np.testing.assert_allclose(encoder(texts).numpy(), reference, atol=1e-5)
+    traced = tf.function(lambda t: encoder(t, training=False), input_signature=[STRINGS])
+    np.testing.assert_allclose(traced(texts).numpy(), reference, atol=1e-5)
+
+
+def test_query_lengths_cover_both_attention_forms():
+    encoder = encoder_for()
+    lengths = encoder.preprocessor(tf.constant([LONG, "love"]))["padding_mask"].numpy().sum(1)
+    assert lengths[0] > BLOCK_ATTENTION_MAX_LENGTH >= lengths[1]
+
+
+def test_block_and_head_attention_agree_with_padded_keys():
+    rng = np.random.default_rng(0)
+    heads, length, hidden = 3, 5, 12
+    query, key, value = (tf.constant(rng.standard_normal((length, hidden)), tf.float32)
+                         for _ in range(3))
+    adder = tf.constant([0.0, 0.0, 0.0, -1e9, -1e9])  # the last two keys are padding
+    block = _block_attention(query, key, value, adder, heads)
+    head = _head_attention(query, key, value, adder[None, None, None, :], heads)
+    np.testing.assert_allclose(block.numpy(), head.numpy(), atol=1e-6)
+    # A padded key changes nothing.
+    changed = tf.concat([key[:3], key[3:] + 5.0], axis=0)
+    np.testing.assert_allclose(_block_attention(query, changed, value, adder, heads).numpy(),
+                               block.numpy(), atol=1e-6)
+
+
+def test_bfloat16_copy_stores_half_width_weights_and_stays_close():
+    encoder = encoder_for()
+    reference = encoder(MIXED).numpy()
+    encoder.use_inference_backbone("bfloat16")
+    module = encoder.inference_backbone
+    kernels = [v for v in module.variables if "kernel" in v.name]
+    assert kernels and {v.dtype for v in kernels} == {tf.bfloat16}
+    features = encoder(MIXED).numpy()
+    assert not np.allclose(features, reference, atol=1e-6)  # it really runs in bfloat16
+    cosine = np.sum(features * reference, axis=1)
+    assert cosine.min() > 0.999, cosine
+
+
+def test_copy_is_a_snapshot_used_only_for_inference():
+    """Training calls run (and train) the Keras backbone; the copy keeps the weights it was
+    built from and is not among the layer's weights; ``None`` goes back."""
+    encoder = encoder_for(trainable=True)
+    before = encoder(MIXED).numpy()
+    count = len(encoder.variables)
+    encoder.use_inference_backbone("float32")
+    assert len(encoder.variables) == count
+    assert {id(v) for v in encoder.serving_variables} - {id(v) for v in encoder.variables}
+    kernel = encoder.backbone.transformer_layers[0]._feedforward_output_dense.kernel
+    kernel.assign(kernel * 2.0)
+    np.testing.assert_allclose(encoder(MIXED).numpy(), before, atol=1e-5)
+    assert not np.allclose(encoder(MIXED, training=True).numpy(), before, atol=1e-3)
+    encoder.use_inference_backbone(None)
+    assert encoder.inference_backbone is None and encoder.serving_variables == []
+    assert not np.allclose(encoder(MIXED).numpy(), before, atol=1e-3)
+
+
+def test_bad_precision_or_backbone_is_a_config_error():
+    backbone = encoder_for().backbone
+    with pytest.raises(ConfigError, match=r"float16.*float32, bfloat16"):
+        InferenceBert(backbone, "float16")
+    with pytest.raises(ConfigError, match="transformer_layers"):
+        InferenceBert(tf.keras.layers.Dense(3))
+    pre_norm = keras_nlp.layers.TransformerEncoder(intermediate_dim=8, num_heads=2,
+                                                   normalize_first=True)
+    pre_norm.build((None, None, 8))
+    backbone.transformer_layers.append(pre_norm)
+    try:
+        with pytest.raises(ConfigError, match="normalize_first=True"):
+            InferenceBert(backbone)
+    finally:
+        backbone.transformer_layers.pop()
+
+
+def test_export_config_validates_text_backbone_and_precision():
+    assert ExportConfig(text_backbone="fused", text_precision="bfloat16").text_precision == (
+        "bfloat16")
+    with pytest.raises(ConfigError, match=r"export.text_precision='bfloat16'.*text_backbone"):
+        ExportConfig(text_precision="bfloat16")
+    with pytest.raises(ConfigError, match="jit_compile"):
+        ExportConfig(text_backbone="fused", text_precision="bfloat16", jit_compile=True)
+    with pytest.raises(ConfigError, match=r"export.text_backbone='onnx'"):
+        ExportConfig(text_backbone="onnx")
+    with pytest.raises(ConfigError, match=r"export.text_precision='int8'"):
+        ExportConfig(text_backbone="fused", text_precision="int8")
