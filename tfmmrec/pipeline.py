@@ -704,8 +704,12 @@ def export(config: Config | str | os.PathLike | None = None,
     text_encoder = ws.encoders.get("text")
     if text_encoder is not None:  # read when the signatures are traced, below
         text_encoder.jit_compile = ex.jit_compile
-        text_encoder.use_inference_backbone(
-            ex.text_precision if ex.text_backbone == "fused" else None)
+        if ex.text_backbone == "fused":
+            if not hasattr(text_encoder, "use_inference_backbone"):
+                raise ConfigError(
+                    "export.text_backbone=fused needs the KerasNLP BERT text encoder, got "
+                    f"{type(text_encoder).__name__}")
+            text_encoder.use_inference_backbone(ex.text_precision)
     towers = ServingTowers(
         model.query_tower, model.item_tower, ws.encoders,
         training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
@@ -740,6 +744,7 @@ def export(config: Config | str | os.PathLike | None = None,
     finally:
         if text_encoder is not None:
             text_encoder.jit_compile = False  # the workspace's other uses stay uncompiled
-            text_encoder.use_inference_backbone(None)  # and train the Keras backbone
+            if ex.text_backbone == "fused":
+                text_encoder.use_inference_backbone(None)  # and train the Keras backbone
     write_models_config(ex.base_dir)
     return version_dir
