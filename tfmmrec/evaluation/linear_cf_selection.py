@@ -176,13 +176,16 @@ def _choose_ials(carve: Split, user_ids: np.ndarray, num_items: int, rank: int, 
     if not l2:
         return {**params, "weight": 1.0}, {"settings": trials}
     train, _ = split_matrices(carve, user_ids, num_items)
+    # β scales the iALS query half only: one fit, scored at every β
+    query_factors, item_factors, warm, fold = cf_factors(train, rank, l2,
+                                                         {**params, "weight": 1.0}, seed, foldin)
+    users = cf_users(train, query_factors, item_factors, warm, fold)
     scored = []
     for weight in IALS_BLOCK_WEIGHTS:
-        chosen = {**params, "weight": weight}
-        query_factors, item_factors, warm, fold = cf_factors(train, rank, l2, chosen, seed,
-                                                             foldin)
-        users = cf_users(train, query_factors, item_factors, warm, fold)
-        scored.append((chosen, _score(users, item_factors, carve, user_ids, metric)))
+        scale = np.r_[np.ones(users.shape[1] - rank), np.full(rank, weight)]
+        scored.append(({**params, "weight": weight},
+                       _score((users * scale).astype(np.float32), item_factors, carve, user_ids,
+                              metric)))
     best = _best(scored, carve, "validation carve")
     blend_trials = [{"weight": point["weight"], "score": score} for point, score in scored]
     return best, {"settings": trials, "weight": blend_trials}
