@@ -428,7 +428,10 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
             **({"linear_cf_weight": monitor.best_linear_cf_weight}
                if monitor.best_linear_cf_weight is not None else {}),
             "validation_interactions": len(validation.test),
-            "curve": [h[metric] for h in monitor.history]}
+            "curve": [h[metric] for h in monitor.history],
+            # every metric of the chosen epoch (NDCG, TFRS's top-K accuracy…), on validation
+            "best_metrics": dict(monitor.history[monitor.best_epoch - 1])
+            if monitor.best_epoch else {}}
 
 
 def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:
