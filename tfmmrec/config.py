@@ -279,9 +279,13 @@ class ModelConfig:
     # query (user's history) and item embeddings; cold items get factors predicted from
     # content by a ridge regression. The learned towers then train on what EASE misses.
     # Needs model.user_history; costs an N × N inverse (catalogues up to ~20k items).
-    # "ease+ials" adds an iALS block (linear_cf_rank factors, the user folded in from the
-    # history; its settings and weight beside EASE chosen on validation): twice the columns.
-    linear_cf: Literal["none", "ease", "ease+ials"] = "none"
+    # "ials": an iALS block instead (implicit's item factors, the user folded in from the
+    # history; settings chosen on validation); "ease+ials" both (the iALS weight beside EASE
+    # chosen on validation too): twice the columns.
+    linear_cf: Literal["none", "ease", "ials", "ease+ials"] = "none"
+    # The iALS fold-in: "exact" solves iALS's user step per user in the graph (a batched
+    # Cholesky at evaluation/serving time), "linear" drops its per-user term (one sum).
+    linear_cf_foldin: Literal["exact", "linear"] = "exact"
     linear_cf_rank: int = 128
     # 0: chosen on a validation split carved from the training split (EASE's λ on a random
     # carve, the ridge α on a cold-start carve), never on test figures.
@@ -296,7 +300,8 @@ class ModelConfig:
     linear_cf_content: Literal["ridge", "kernel"] = "ridge"
 
     def __post_init__(self) -> None:
-        _check_choice("model.linear_cf", self.linear_cf, ("none", "ease", "ease+ials"))
+        _check_choice("model.linear_cf", self.linear_cf, ("none", "ease", "ials", "ease+ials"))
+        _check_choice("model.linear_cf_foldin", self.linear_cf_foldin, ("exact", "linear"))
         _check_choice("model.linear_cf_content", self.linear_cf_content, ("ridge", "kernel"))
         _check(self.linear_cf_rank >= 1, "model.linear_cf_rank", self.linear_cf_rank, ">= 1")
         _check(self.linear_cf_l2 >= 0, "model.linear_cf_l2", self.linear_cf_l2,

@@ -190,7 +190,7 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
     for a model whose weights come from a checkpoint next."""
     from tfmmrec.evaluation.baseline_base import check_dense_size
     from tfmmrec.evaluation.content import content_features
-    from tfmmrec.evaluation.linear_cf_selection import block_width, choose_linear_cf
+    from tfmmrec.evaluation.linear_cf_selection import block_width, choose_linear_cf, foldin_width
 
     model_config = ws.config.model
     if model_config.linear_cf == "none":
@@ -210,11 +210,14 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
             alpha=model_config.linear_cf_alpha, features=features, present=present,
             validation_fraction=d.test_fraction, seed=d.seed,
             metric=ws.config.train.early_stopping_metric,
-            content=model_config.linear_cf_content, blocks=model_config.linear_cf)
+            content=model_config.linear_cf_content, blocks=model_config.linear_cf,
+            foldin=model_config.linear_cf_foldin)
     else:
+        columns = foldin_width(model_config.linear_cf, rank, model_config.linear_cf_foldin)
         rank = block_width(model_config.linear_cf, rank)
         weights = empty_weights(num_items, rank, 0 if features is None else features.shape[1],
-                                kernel=model_config.linear_cf_content == "kernel")
+                                kernel=model_config.linear_cf_content == "kernel",
+                                foldin_columns=columns)
     return LinearCF(weights, frozen, initial_weight=model_config.linear_cf_weight or 1.0,
                     name="linear_cf")
 
@@ -425,7 +428,10 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
             **({"linear_cf_weight": monitor.best_linear_cf_weight}
                if monitor.best_linear_cf_weight is not None else {}),
             "validation_interactions": len(validation.test),
-            "curve": [h[metric] for h in monitor.history]}
+            "curve": [h[metric] for h in monitor.history],
+            # every metric of the chosen epoch (NDCG, TFRS's top-K accuracy…), on validation
+            "best_metrics": dict(monitor.history[monitor.best_epoch - 1])
+            if monitor.best_epoch else {}}
 
 
 def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:

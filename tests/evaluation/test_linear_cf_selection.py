@@ -12,7 +12,10 @@ from tfmmrec.evaluation.linear_cf_selection import (
     IALS_BLOCK_WEIGHTS,
     block_width,
     choose_linear_cf,
+    foldin_width,
 )
+from tfmmrec.evaluation.protocol import split_matrices
+from tfmmrec.towers.cf import ials_user_factors
 
 RNG = np.random.default_rng(3)
 USERS = np.array([f"u{i}" for i in range(60)])
@@ -36,7 +39,7 @@ def test_the_ials_block_sits_beside_ease_with_its_weight_chosen_on_validation():
     split = split_interactions(interactions(), "random", 0.2, 0)
     ease, _ = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, seed=0)
     both, info = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, seed=0,
-                                  blocks="ease+ials")
+                                  blocks="ease+ials", foldin="linear")
     assert both.query_factors.shape == both.item_factors.shape == (NUM_ITEMS, 8)
     # the first block is EASE's, unchanged
     np.testing.assert_array_equal(both.query_factors[:, :4], ease.query_factors)
@@ -49,14 +52,48 @@ def test_the_ials_block_sits_beside_ease_with_its_weight_chosen_on_validation():
         np.testing.assert_array_equal(both.query_factors[:, 4:], 0.0)
     else:
         assert np.abs(both.query_factors[:, 4:]).sum() > 0
-    assert set(info["ials"]) == {"regularization", "alpha", "weight"}
+    assert set(info["ials"]) == {"factors", "regularization", "alpha", "weight"}
+    assert both.foldin_columns == 0  # linearised: all in P
+
+
+def test_the_exact_foldin_block_solves_the_user_step_with_the_chosen_weight():
+    split = split_interactions(interactions(), "random", 0.2, 0)
+    weights, info = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0,
+                                     seed=0, blocks="ease+ials")
+    chosen = info["ials"]
+    assert weights.foldin_columns == 4 and info["foldin"] == "exact"
+    assert (weights.foldin_regularization, weights.foldin_alpha, weights.foldin_weight) == (
+        chosen["regularization"], chosen["alpha"], chosen["weight"])
+    np.testing.assert_array_equal(weights.query_factors[:, 4:], 0.0)
+    train, _ = split_matrices(split, USERS, NUM_ITEMS)
+    users = weights.user_embeddings(train)
+    expected = chosen["weight"] * ials_user_factors(weights.item_factors[:, 4:], train,
+                                                    chosen["regularization"], chosen["alpha"])
+    np.testing.assert_allclose(users[:, 4:], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_ials_block_alone_has_no_ease_columns_and_weight_one():
+    split = split_interactions(interactions(), "random", 0.2, 0)
+    weights, info = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, alpha=1.0, seed=0,
+                                     blocks="ials")
+    assert weights.item_factors.shape == (NUM_ITEMS, 4) and weights.foldin_columns == 4
+    assert info["l2"] == 0.0 and "l2" not in info["validation"]
+    assert info["ials"]["weight"] == weights.foldin_weight == 1.0
+    trials = info["validation"]["ials"]["settings"]
+    assert max(trials, key=lambda t: t["score"])["params"] == {
+        k: info["ials"][k] for k in ("factors", "regularization", "alpha")}
 
 
 def test_unknown_blocks_are_refused_and_widths_follow_the_blocks():
     assert block_width("ease", 16) == 16 and block_width("ease+ials", 16) == 32
+    assert block_width("ials", 16) == 16
+    assert (foldin_width("ease", 16, "exact"), foldin_width("ials", 16, "exact"),
+            foldin_width("ease+ials", 16, "linear")) == (0, 16, 0)
     split = split_interactions(interactions(), "random", 0.2, 0)
     with pytest.raises(ValueError, match="ease\\+ials"):
-        choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, blocks="ials")
+        choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, blocks="bpr")
+    with pytest.raises(ValueError, match="fold-in must be one of"):
+        choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0, foldin="cg")
 
 
 def test_on_a_cold_start_split_the_ials_weight_is_chosen_with_the_content_map_on_cold_items():

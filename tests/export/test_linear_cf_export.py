@@ -12,13 +12,17 @@ from tfmmrec import pipeline
 from tfmmrec.export.loader import ExportedModel
 
 
-@pytest.fixture(scope="module", params=["ridge", "kernel"])
+@pytest.fixture(scope="module", params=[("ridge", "ease"), ("kernel", "ease"),
+                                        ("kernel", "ease+ials")])
 def cf_export(request, tiny_config, tiny_workspace, tmp_path_factory):
+    """``ease+ials``: the iALS block's exact fold-in (a batched Cholesky per user) runs in the
+    exported query signature."""
+    content, blocks = request.param
     root = tmp_path_factory.mktemp("linear-cf")
     config = derive_config(tiny_config, root, "train.epochs=2", "train.early_stopping=true",
-                           "model.user_history=true", "model.linear_cf=ease",
+                           "model.user_history=true", f"model.linear_cf={blocks}",
                            "model.linear_cf_rank=6", "export.index=brute_force",
-                           f"model.linear_cf_content={request.param}")
+                           f"model.linear_cf_content={content}")
     result = pipeline.train(config, workspace=tiny_workspace, progress=False)
     result.model.query_tower.linear_cf.set_weight(2.0)  # a CF part that counts in the ranking
     version = pipeline.export(config, model=result.model, workspace=result.workspace)
@@ -31,7 +35,7 @@ def test_exported_recommendations_equal_the_in_memory_ranking(cf_export):
     users = [str(u) for u in ws.user_ids[:8]]
     queries = pipeline.embed_users(result.model, users)
     items = pipeline.embed_items(result.model, ws.dataset.num_items)
-    dim = ws.config.model.embedding_dim + 6
+    dim = ws.config.model.embedding_dim + 6 * len(ws.config.model.linear_cf.split("+"))
     assert queries.shape[1] == items.shape[1] == dim
     scores = queries @ items.T
     top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
@@ -68,6 +72,8 @@ def test_a_restored_run_rebuilds_the_cf_part_exactly(cf_export):
                                pipeline.embed_items(result.model, n), atol=1e-5)
     restored, trained = model.item_tower.linear_cf, result.model.item_tower.linear_cf
     assert restored.kernel == trained.kernel == (ws.config.model.linear_cf_content == "kernel")
+    assert restored.foldin_columns == trained.foldin_columns == (
+        6 if "ials" in ws.config.model.linear_cf else 0)
     for mine, theirs in zip(restored.weights, trained.weights, strict=True):
         if "score_weight" not in mine.name:  # the fixture re-set the in-memory served weight
             np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.name)

@@ -16,6 +16,7 @@ from tfmmrec.towers.cf import (
     factorise_ease,
     fit_linear_cf,
     ials_foldin_factors,
+    ials_user_factors,
     kernel_ridge_fit,
     ridge_fit,
 )
@@ -242,3 +243,85 @@ def test_ials_foldin_is_the_linearised_user_step_and_exact_at_confidence_one():
     np.testing.assert_allclose(gradient, 0.0, atol=1e-5)
     with pytest.raises(ValueError, match="alpha > 0"):
         ials_foldin_factors(y, regularization=0.5, alpha=0.0)
+
+
+def test_exact_foldin_reproduces_implicits_user_step():
+    """``ials_user_factors`` is ``implicit``'s own user solve (``recalculate_user``: confidence
+    α on the history, 1 elsewhere) for the item factors it fitted, and the ALS fit's last user
+    sweep (3 conjugate-gradient steps from the previous item factors) to within its
+    convergence."""
+    from threadpoolctl import threadpool_limits
+
+    from tfmmrec.evaluation.cf import _implicit_als
+
+    history = sp.csr_matrix((RNG.random((40, 25)) < 0.25).astype(np.float32))
+    with threadpool_limits(1, "blas"):
+        model = _implicit_als()(factors=6, regularization=2.0, alpha=4.0, iterations=8,
+                                random_state=0, num_threads=1)
+        model.fit(history * 1.0, show_progress=False)
+        y = np.asarray(model.item_factors)
+        expected = np.stack([np.ravel(model.recalculate_user(u, history[u]))
+                             for u in range(history.shape[0])])
+    users = ials_user_factors(y, history, regularization=2.0, alpha=4.0)
+    np.testing.assert_allclose(users, expected, rtol=1e-4, atol=1e-5)
+    scale = np.abs(users).max()
+    assert np.abs(users - np.asarray(model.user_factors)).max() < 0.1 * scale
+    # the linearised step differs once α ≠ 1 (what the exact fold-in is for)
+    linear = history @ ials_foldin_factors(y, 2.0, 4.0)
+    assert np.abs(linear - users).max() > 0.1 * scale
+    with pytest.raises(ValueError, match="alpha > 0"):
+        ials_user_factors(y, history, regularization=2.0, alpha=0.0)
+
+
+def foldin_layer(chunk: int = 2):
+    """EASE (3 columns) + an iALS block (4 columns, exact fold-in, β = 0.5) on X."""
+    p, q, warm = factorise_ease(sp.csr_matrix(X), rank=3, l2=2.0)
+    y = RNG.normal(size=(8, 4)).astype(np.float32)
+    y[7] = 0.0  # cold: iALS leaves it zero
+    foldin = {"columns": 4, "regularization": 1.5, "alpha": 3.0, "weight": 0.5}
+    weights = fit_linear_cf(np.hstack([p, np.zeros_like(y)]), np.hstack([q, y]), warm, 1.0,
+                            foldin=foldin)
+    return LinearCF(weights, initial_weight=2.0, foldin_chunk=chunk), weights
+
+
+def test_layer_exact_foldin_equals_the_numpy_solve_chunk_by_chunk():
+    """Rows are solved ``foldin_chunk`` at a time (5 rows, chunks of 2: a short last chunk);
+    kept-out items leave both the Gram and the sum; an empty history gives zeros."""
+    layer, weights = foldin_layer(chunk=2)
+    rows = [[0, 2, 5], [3], [], [1, 2, 3, 4, 6], [6, 0]]
+    items = tf.ragged.constant(rows, dtype=tf.int64)
+    keep = np.ones(11, np.float32)
+    keep[1] = 0.0  # item 2 kept out of row 0
+    history = sp.lil_matrix((5, 8))
+    for r, row in enumerate(rows):
+        for j, item in enumerate(row):
+            history[r, item] = 0.0 if (r, j) == (0, 1) else 1.0
+    expected = 2.0 * weights.user_embeddings(sp.csr_matrix(history))
+    out = layer.query(items, keep=tf.constant(keep)).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(out[2], 0.0)
+    y = weights.item_factors[:, 3:].astype(np.float64)
+    u = 3.0 * np.linalg.solve(y.T @ y + 1.5 * np.eye(4) + 2.0 * np.outer(y[3], y[3]), y[3])
+    np.testing.assert_allclose(out[1, 3:], 2.0 * 0.5 * u, rtol=1e-4, atol=1e-5)
+    ease = sp.csr_matrix(history) @ weights.query_factors[:, :3]
+    np.testing.assert_allclose(out[:, :3], 2.0 * ease, rtol=1e-5, atol=1e-5)
+    # one chunk or many, in a traced graph: the same numbers; no rows: no rows
+    whole = LinearCF.from_config({**layer.get_config(), "foldin_chunk": 64})
+    whole.set_weights(layer.get_weights())
+    traced = tf.function(whole.query)(items, tf.constant(keep)).numpy()
+    np.testing.assert_allclose(traced, out, rtol=1e-5, atol=1e-6)
+    assert layer.query(items[:0]).shape == (0, 7)
+
+
+def test_foldin_layer_config_round_trips_and_refuses_a_bad_chunk():
+    layer, weights = foldin_layer()
+    clone = LinearCF.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config() and clone.foldin_columns == 4
+    clone.set_weights(layer.get_weights())
+    items = tf.ragged.constant([[0, 1], [4]], dtype=tf.int64)
+    np.testing.assert_array_equal(clone.query(items).numpy(), layer.query(items).numpy())
+    with pytest.raises(ValueError, match="foldin_chunk"):
+        LinearCF(weights, foldin_chunk=0)
+    with pytest.raises(ValueError, match=r"columns must be in \[1, 7\]"):
+        fit_linear_cf(weights.query_factors, weights.item_factors, weights.warm, 1.0,
+                      foldin={"columns": 8, "regularization": 1.0, "alpha": 1.0, "weight": 1.0})

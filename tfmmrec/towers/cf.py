@@ -22,10 +22,13 @@ image or audio alone — inside the same item tower. The ``kernel`` variant regr
 a Gaussian kernel on the centred, normalised features (kernel ridge: a new item's ``Q`` is a
 weighted blend of its nearest warm items' ``Q`` rows, not one linear map of its features).
 
-A second closed-form block can sit beside EASE's (``model.linear_cf: ease+ials``): iALS item
-factors ``Y`` with the user folded in from the history by iALS's own user step, linearised
-(``ials_foldin_factors``), so it is again ``x_u P Yᵀ`` — the same layer, export and serving
-path, with ``[P_ease, β P_ials]`` and ``[Q_ease, Y]`` side by side (β chosen on validation).
+An iALS block can replace EASE's (``model.linear_cf: ials``) or sit beside it
+(``ease+ials``): iALS item factors ``Y`` (``implicit``'s), the user folded in from the history
+by iALS's own user step, solved exactly in the graph (``foldin: exact``, a batched Cholesky
+per user, ``ials_user_factors``) or linearised (``foldin: linear``, ``ials_foldin_factors``:
+again ``x_u P``); the query is ``[Σ P_ease, β u_ials]`` and the item ``[Q_ease, Y]``
+(β chosen on validation). Only evaluation and serving run the query side (training steps
+leave the CF part out), so the per-user solve costs nothing in training.
 """
 
 from __future__ import annotations
@@ -119,6 +122,9 @@ class LinearCFWeights:
     ``factor_mean``). With ``anchors`` ``[n, f]`` (kernel ridge, ``kernel_ridge_fit``), ``W``
     is ``[n, k]`` and the prediction is
     ``kernel_matrix(normalise(x − content_mean), anchors, kernel_width) W + factor_mean``.
+    With ``foldin_columns`` ``c`` > 0 the last ``c`` columns are an iALS block whose query half
+    is iALS's exact user step (``ials_user_factors`` with ``foldin_regularization``,
+    ``foldin_alpha``, times ``foldin_weight``), not ``x_u P`` (``P``'s columns there unused).
     """
 
     query_factors: np.ndarray
@@ -129,6 +135,22 @@ class LinearCFWeights:
     factor_mean: np.ndarray
     anchors: np.ndarray | None = None
     kernel_width: float = 0.0
+    foldin_columns: int = 0
+    foldin_regularization: float = 0.0
+    foldin_alpha: float = 1.0
+    foldin_weight: float = 1.0
+
+    def user_embeddings(self, history: sp.spmatrix) -> np.ndarray:
+        """``[U, k]`` query halves for binary histories ``[U, N]`` (what ``LinearCF.query``
+        computes in the graph, at score weight 1)."""
+        x = sp.csr_matrix(history, dtype=np.float32)
+        x.data[:] = 1.0
+        users = np.asarray(x @ self.query_factors, np.float32)
+        c = self.foldin_columns
+        if c:
+            users[:, -c:] = self.foldin_weight * ials_user_factors(
+                self.item_factors[:, -c:], x, self.foldin_regularization, self.foldin_alpha)
+        return users
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """The content prediction of ``Q`` for rows of ``features`` ``[n, f]``."""
@@ -190,10 +212,38 @@ def ials_foldin_factors(item_factors: np.ndarray, regularization: float,
     return (alpha * np.linalg.solve(gram, y.T).T).astype(np.float32)
 
 
+def ials_user_factors(item_factors: np.ndarray, history: sp.spmatrix, regularization: float,
+                      alpha: float) -> np.ndarray:
+    """iALS's exact user step for binary histories (rows of ``history`` ``[U, N]``), as
+    ``implicit`` solves it (confidence ``alpha`` on observed items, 1 elsewhere):
+
+        u = (YᵀY + λI + (α − 1) Σ_{j∈H} y_j y_jᵀ)⁻¹ α Σ_{j∈H} y_j
+
+    ``[U, k]`` float32 (float64 solves); users with an empty history get 0. The reference
+    for ``LinearCF``'s in-graph fold-in.
+    """
+    if regularization < 0 or not alpha > 0:
+        raise ValueError(f"iALS fold-in needs regularization >= 0 and alpha > 0, got "
+                         f"{regularization!r}, {alpha!r}")
+    y = np.asarray(item_factors, np.float64)
+    x = sp.csr_matrix(history)
+    gram = y.T @ y
+    gram[np.diag_indices_from(gram)] += max(regularization, 1e-9)
+    users = np.zeros((x.shape[0], y.shape[1]))
+    for u in range(x.shape[0]):
+        items = x.indices[x.indptr[u]:x.indptr[u + 1]]
+        if items.size:
+            seen = y[items]
+            users[u] = np.linalg.solve(gram + (alpha - 1.0) * seen.T @ seen,
+                                       alpha * seen.sum(axis=0))
+    return users.astype(np.float32)
+
+
 def fit_linear_cf(query_factors: np.ndarray, item_factors: np.ndarray, warm: np.ndarray,
                   alpha: float, features: np.ndarray | None = None,
                   present: np.ndarray | None = None,
-                  kernel_width: float = 0.0) -> LinearCFWeights:
+                  kernel_width: float = 0.0,
+                  foldin: Mapping[str, float] | None = None) -> LinearCFWeights:
     """Add the content regression (warm items' features → their ``Q`` rows) to a
     factorisation: ridge, or kernel ridge with ``kernel_width`` > 0.
 
@@ -201,6 +251,8 @@ def fit_linear_cf(query_factors: np.ndarray, item_factors: np.ndarray, warm: np.
     without them (or with fewer than two warm items that have content) cold items get the mean
     warm factor. Kernel anchors are kept for every catalogue row (rows that are not warm with
     content have zero coefficients), so their shapes depend on the catalogue only.
+    ``foldin`` (``{"columns", "regularization", "alpha", "weight"}``): the trailing iALS block
+    whose query half is the exact user step (``LinearCFWeights``).
     """
     num_items, rank = item_factors.shape
     width = 0 if features is None else features.shape[1]
@@ -223,11 +275,25 @@ def fit_linear_cf(query_factors: np.ndarray, item_factors: np.ndarray, warm: np.
                            coefficients.astype(np.float32), content_mean.astype(np.float32),
                            factor_mean.astype(np.float32),
                            None if anchors is None else anchors.astype(np.float32),
-                           float(kernel_width))
+                           float(kernel_width), **_foldin_fields(foldin, rank))
+
+
+def _foldin_fields(foldin: Mapping[str, float] | None, width: int) -> dict[str, float]:
+    if not foldin:
+        return {}
+    columns = int(foldin["columns"])
+    if not 1 <= columns <= width:
+        raise ValueError(f"iALS fold-in columns must be in [1, {width}], got {columns}")
+    if foldin["regularization"] < 0 or not foldin["alpha"] > 0 or foldin["weight"] < 0:
+        raise ValueError(f"iALS fold-in needs regularization >= 0, alpha > 0 and weight >= 0, "
+                         f"got {dict(foldin)!r}")
+    return {"foldin_columns": columns,
+            "foldin_regularization": float(foldin["regularization"]),
+            "foldin_alpha": float(foldin["alpha"]), "foldin_weight": float(foldin["weight"])}
 
 
 def empty_weights(num_items: int, rank: int, feature_width: int,
-                  kernel: bool = False) -> LinearCFWeights:
+                  kernel: bool = False, foldin_columns: int = 0) -> LinearCFWeights:
     """Zeros of the right shapes: a model about to be restored from a checkpoint."""
     rows = num_items if kernel else feature_width
     return LinearCFWeights(np.zeros((num_items, rank), np.float32),
@@ -235,7 +301,7 @@ def empty_weights(num_items: int, rank: int, feature_width: int,
                            np.zeros((rows, rank), np.float32),
                            np.zeros(feature_width, np.float32), np.zeros(rank, np.float32),
                            np.zeros((num_items, feature_width), np.float32) if kernel else None,
-                           1.0 if kernel else 0.0)
+                           1.0 if kernel else 0.0, foldin_columns=int(foldin_columns))
 
 
 class LinearCF(tf.keras.layers.Layer):
@@ -249,12 +315,18 @@ class LinearCF(tf.keras.layers.Layer):
       initial_weight: the weight of the CF score relative to the learned towers' cosine
         (a non-trainable variable: chosen on validation and set with ``set_weight``).
 
-    ``query(items, weights)`` → ``[B, k]``; ``item(content, item_index)`` → ``[B, k]``.
+      foldin_chunk: users per batched Cholesky in the exact iALS fold-in (bounds its memory:
+        ``foldin_chunk × longest history × c`` floats for the padded history factors).
+
+    ``query(items, keep)`` → ``[B, k]``; ``item(content, item_index)`` → ``[B, k]``.
     """
 
     def __init__(self, weights: LinearCFWeights, modalities: Sequence[str] = (),
-                 initial_weight: float = 1.0, **kwargs):
+                 initial_weight: float = 1.0, foldin_chunk: int = 256, **kwargs):
         super().__init__(**kwargs)
+        if int(foldin_chunk) < 1:
+            raise ValueError(f"foldin_chunk must be >= 1, got {foldin_chunk!r}")
+        self.foldin_chunk = int(foldin_chunk)
         self.rank = int(weights.query_factors.shape[1])
         self.modalities = tuple(modalities)
         self.initial_weight = float(initial_weight)
@@ -272,6 +344,13 @@ class LinearCF(tf.keras.layers.Layer):
         if self.kernel:  # kernel ridge (``kernel_ridge_fit``); checkpointed like the rest
             self.anchors = constant("cf_content_anchors", weights.anchors)
             self.kernel_width = constant("cf_kernel_width", weights.kernel_width)
+        self.foldin_columns = int(weights.foldin_columns)
+        if self.foldin_columns:  # iALS's exact user step: λ, α and β are fitted, so checkpointed
+            y = np.asarray(weights.item_factors[:, -self.foldin_columns:], np.float64)
+            gram = y.T @ y + max(weights.foldin_regularization, 1e-9) * np.eye(y.shape[1])
+            self.foldin_gram = constant("cf_foldin_gram", gram.astype(np.float32))
+            self.foldin_alpha = constant("cf_foldin_alpha", weights.foldin_alpha)
+            self.foldin_weight = constant("cf_foldin_weight", weights.foldin_weight)
         self.score_weight = self.add_weight(
             name="cf_score_weight", shape=[],
             initializer=tf.keras.initializers.Constant(self.initial_weight), trainable=False)
@@ -290,7 +369,42 @@ class LinearCF(tf.keras.layers.Layer):
         if keep is not None:
             factors *= keep[:, None]
         count = items.nrows()
-        return self.score_weight * tf.math.unsorted_segment_sum(factors, rows, count)
+        summed = tf.math.unsorted_segment_sum(factors, rows, count)
+        if self.foldin_columns:
+            summed = tf.concat([summed[:, :-self.foldin_columns],
+                                self.foldin_weight * self._foldin(items, keep)], axis=-1)
+        return self.score_weight * summed
+
+    def _foldin(self, items: tf.RaggedTensor, keep: tf.Tensor | None) -> tf.Tensor:
+        """iALS's exact user step per row (``ials_user_factors``), ``foldin_chunk`` rows at a
+        time: ``(G + (α−1) Y_HᵀY_H)⁻¹ α Σ y_j`` by a batched Cholesky solve."""
+        c = self.foldin_columns
+        values = tf.cast(items.flat_values, tf.int32)
+        splits = tf.cast(items.row_splits, tf.int32)
+        mask = tf.ones(tf.shape(values), tf.float32) if keep is None else tf.cast(keep,
+                                                                               tf.float32)
+        count = tf.shape(splits)[0] - 1
+        chunks = tf.maximum((count + self.foldin_chunk - 1) // self.foldin_chunk, 1)
+        table = self.item_factors[:, -c:]
+
+        def solve(i, out):
+            start = i * self.foldin_chunk
+            stop = tf.minimum(start + self.foldin_chunk, count)
+            lo, hi = splits[start], splits[stop]
+            part = tf.RaggedTensor.from_row_splits(
+                tf.gather(table, values[lo:hi]) * mask[lo:hi, None],
+                splits[start:stop + 1] - lo, validate=False)
+            seen = part.to_tensor(shape=[None, None, c])  # [b, L, c], zero padded
+            gram = self.foldin_gram + (self.foldin_alpha - 1.0) * tf.matmul(
+                seen, seen, transpose_a=True)
+            rhs = self.foldin_alpha * tf.reduce_sum(seen, axis=1)[:, :, None]
+            user = tf.linalg.cholesky_solve(tf.linalg.cholesky(gram), rhs)[:, :, 0]
+            return i + 1, out.write(i, user)
+
+        out = tf.TensorArray(tf.float32, size=chunks, infer_shape=False,
+                             element_shape=tf.TensorShape([None, c]))
+        _, out = tf.while_loop(lambda i, _: i < chunks, solve, [tf.constant(0), out])
+        return tf.reshape(out.concat(), [count, c])
 
     def item(self, content: Mapping[str, tf.Tensor], item_index=None) -> tf.Tensor:
         """``Q_i`` for warm items (when ``item_index`` is known), the content prediction
@@ -327,13 +441,15 @@ class LinearCF(tf.keras.layers.Layer):
         return {**super().get_config(), "rank": self.rank, "modalities": list(self.modalities),
                 "initial_weight": self.initial_weight, "kernel": self.kernel,
                 "num_items": int(self.item_factors.shape[0]),
-                "feature_width": int(self.content_mean.shape[0])}
+                "feature_width": int(self.content_mean.shape[0]),
+                "foldin_columns": self.foldin_columns, "foldin_chunk": self.foldin_chunk}
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         weights = empty_weights(config.pop("num_items"), config.pop("rank"),
-                                config.pop("feature_width"), kernel=config.pop("kernel"))
+                                config.pop("feature_width"), kernel=config.pop("kernel"),
+                                foldin_columns=config.pop("foldin_columns", 0))
         return cls(weights, **config)
 
 
