@@ -200,7 +200,7 @@ def test_sections_are_data_the_registered_towers_then_the_rest_in_yaml_order():
     assert list(Config().to_dict()) == ["data", "text", "image", "audio", "facets", "model",
                                         "ranking", "train", "eval", "export"]
     assert model_sections() == ("data", "text", "image", "audio", "facets", "model", "ranking")
-    assert content_sections() == ("data", "text", "image", "audio")
+    assert content_sections() == ("data", "text", "image", "audio", "facets")
 
 
 def test_a_tower_section_is_set_by_keyword_and_checked():
