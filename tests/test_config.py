@@ -197,11 +197,11 @@ def test_tower_returns_each_modality_config():
 
 
 def test_sections_are_data_the_registered_towers_then_the_rest_in_yaml_order():
-    assert tower_sections() == ("text", "image", "audio")
-    assert list(Config().to_dict()) == ["data", "text", "image", "audio", "model", "ranking",
-                                        "train", "eval", "export"]
-    assert model_sections() == ("data", "text", "image", "audio", "model", "ranking")
-    assert content_sections() == ("data", "text", "image", "audio")
+    assert tower_sections() == ("text", "image", "audio", "facets")
+    assert list(Config().to_dict()) == ["data", "text", "image", "audio", "facets", "model",
+                                        "ranking", "train", "eval", "export"]
+    assert model_sections() == ("data", "text", "image", "audio", "facets", "model", "ranking")
+    assert content_sections() == ("data", "text", "image", "audio", "facets")
 
 
 def test_a_tower_section_is_set_by_keyword_and_checked():

@@ -119,6 +119,9 @@ class DataConfig:
     text_columns: list[str] | None = None
     image_column: str | None = None
     audio_column: str | None = None
+    # Short categorical columns (year, genres, ...) the facets tower encodes on their own
+    # (``modalities.facets``); never inferred: None or [] means no facets.
+    facet_columns: list[str] | None = None
     user_feature_columns: list[str] | None = None
     min_rating: float | None = None
     # given: the split column of interactions.csv (train/validation/test); none: train on all
@@ -225,6 +228,16 @@ class AudioTowerConfig:
                f"{AUDIO_SAMPLE_RATE} (YAMNet and the built-in tower expect 16 kHz)")
         _check(0.1 <= self.max_seconds <= 60, "audio.max_seconds", self.max_seconds,
                "in [0.1, 60]")
+
+
+@tower_section("facets")
+@dataclass
+class FacetsTowerConfig(TextTowerConfig):
+    """The facets tower: a text encoder (same fields as ``text``) over ``data.facet_columns``
+    alone. In a long joined text a few tokens such as a release year or a genre list are
+    drowned by the description; encoded on their own they are a feature of their own."""
+
+    sequence_length: int = 32
 
 
 @dataclass

@@ -48,9 +48,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_modalities_are_registered_in_order():
-    assert modalities.names() == ("text", "image", "audio")
+    assert modalities.names() == ("text", "image", "audio", "facets")
     assert [type(s).__name__ for s in modalities.specs()] == [
-        "TextModality", "ImageModality", "AudioModality"]
+        "TextModality", "ImageModality", "AudioModality", "FacetsModality"]
 
 
 def test_unknown_modality_is_a_config_error_naming_the_registered_ones():
@@ -324,7 +324,7 @@ def test_a_registered_modality_gets_its_config_section(vector_modality, tmp_path
     assert vector_modality.tower_config(config).scale == 3.0
     assert config.model.feature_dropout == {"vector": 0.5}
     assert Config().tower("vector") == VectorTowerConfig()
-    assert list(config.to_dict()) == ["data", "text", "image", "audio", "vector", "model",
+    assert list(config.to_dict()) == ["data", "text", "image", "audio", "facets", "vector", "model",
                                       "ranking", "train", "eval", "export"]
     config.to_yaml(tmp_path / "again.yaml")
     assert load_config(tmp_path / "again.yaml") == config
@@ -491,7 +491,7 @@ def test_require_registers_missing_specs_and_names_one_it_cannot_import():
     assert "vector" not in modalities.names()
     try:
         modalities.require([*modalities.references(), reference])  # built-ins: kept as they are
-        assert modalities.names() == ("text", "image", "audio", "vector")
+        assert modalities.names() == ("text", "image", "audio", "facets", "vector")
         assert isinstance(modalities.get("vector"), VectorModality)
         modalities.require([reference])  # already registered: nothing to do
     finally:
@@ -523,7 +523,7 @@ def test_installed_plugins_are_registered_from_their_entry_points(monkeypatch, c
         with caplog.at_level("WARNING", logger="tfmmrec.modalities.registry"):
             loaded = modalities.load_entry_points()
         assert loaded == ["tests.modalities.test_registry:VectorModality"]
-        assert modalities.names() == ("text", "image", "audio", "vector")
+        assert modalities.names() == ("text", "image", "audio", "facets", "vector")
         assert "modality plugin 'smell' (no_such_plugin.specs:Smell) not loaded" in caplog.text
         assert load_config(None, ["vector.scale=3.0"]).tower("vector").scale == 3.0
     finally:

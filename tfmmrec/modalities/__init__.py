@@ -1,4 +1,4 @@
-"""Modalities: one spec per kind of item content (text, image, audio), in one registry.
+"""Modalities: one spec per kind of item content (text, image, audio, facets), in one registry.
 
 Data, towers, cache, TFRecords and export ask the registry instead of testing modality names::
 
@@ -35,16 +35,17 @@ from tfmmrec.modalities.registry import (
     specs,
     unregister,
 )
-from tfmmrec.modalities.text import TextModality
+from tfmmrec.modalities.text import FacetsModality, TextModality
 
 # The built-in modalities, in the order every consumer iterates them, then installed plugins.
-for _spec in (TextModality(), ImageModality(), AudioModality()):
+for _spec in (TextModality(), ImageModality(), AudioModality(), FacetsModality()):
     if _spec.name not in names():
         register(_spec)
 load_entry_points()
 
 __all__ = [
     "AudioModality",
+    "FacetsModality",
     "FileModality",
     "ImageModality",
     "ModalitySpec",

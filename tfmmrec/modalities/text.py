@@ -10,7 +10,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfmmrec.config import DataConfig, ServingLimitsConfig, TextTowerConfig
+from tfmmrec.config import (
+    DataConfig,
+    FacetsTowerConfig,
+    ServingLimitsConfig,
+    TextTowerConfig,
+)
 from tfmmrec.modalities.base import ModalitySpec, Settings, bytes_feature, content_hash
 
 TEXT_SEPARATOR = ". "
@@ -79,18 +84,20 @@ class TextModality(ModalitySpec):
     # --- TFRecords ------------------------------------------------------------------------
     def record_features(self, value, settings: Settings,
                         failed: dict[str, list[str]]) -> dict[str, tf.train.Feature]:
-        text = value or ""
-        return {"text": bytes_feature(text.encode()),
-                "text_key": bytes_feature(content_hash(text.encode()).encode() if text else b"")}
+        text, name = value or "", self.name
+        return {name: bytes_feature(text.encode()),
+                f"{name}_key": bytes_feature(content_hash(text.encode()).encode() if text
+                                             else b"")}
 
     def record_spec(self) -> dict[str, tf.io.FixedLenFeature]:
-        return {"text": tf.io.FixedLenFeature([], tf.string),
-                "text_key": tf.io.FixedLenFeature([], tf.string)}
+        return {self.name: tf.io.FixedLenFeature([], tf.string),
+                f"{self.name}_key": tf.io.FixedLenFeature([], tf.string)}
 
     def parse_record(self, parsed: Mapping[str, tf.Tensor], settings: Settings
                      ) -> dict[str, Any]:
-        return {"text": parsed["text"], "text_key": parsed["text_key"],
-                "text_present": tf.strings.length(parsed["text"]) > 0}
+        name = self.name
+        return {name: parsed[name], f"{name}_key": parsed[f"{name}_key"],
+                f"{name}_present": tf.strings.length(parsed[name]) > 0}
 
     # --- serving --------------------------------------------------------------------------
     def decode_request(self, request: tf.Tensor, settings: Settings,
@@ -112,6 +119,30 @@ class TextModality(ModalitySpec):
 
     def placeholder(self) -> bytes:
         return b"."
+
+
+class FacetsModality(TextModality):
+    """Inline content: ``data.facet_columns`` (short categorical columns: year, genres, ...)
+    joined like text and encoded by a text encoder of their own (``facets:`` section).
+
+    Why: protocol B ranks films no one has rated, placed by content alone; the release year
+    and genres say much about who will watch one, but in the joined text (title, year, genres,
+    a plot description) those few tokens barely move a mean-pooled sentence embedding.
+    Never inferred from the table: without ``data.facet_columns`` there are no facets.
+    """
+
+    name = "facets"
+    tower_config_class = FacetsTowerConfig
+    encoder_builder = "tfmmrec.towers.text:build_facets_encoder"
+    catalog_field = None
+    claims_rest = False
+    query_help = "query facets, e.g. \"1995. Comedy\" (repeatable)"
+
+    def configured_columns(self, data: DataConfig) -> tuple[str, ...] | None:
+        return tuple(data.facet_columns or ())
+
+    def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
+        return ()
 
 
 def by_length(indices: list[int], texts) -> list[int]:

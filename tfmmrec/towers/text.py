@@ -145,8 +145,24 @@ def trim_padding(tokens: dict[str, tf.Tensor], bucketed: bool = False) -> dict[s
     return {key: value[:, :length] for key, value in tokens.items()}
 
 
+class FacetsEncoder(TextEncoder):
+    """The text encoder over ``data.facet_columns`` only (``modalities.facets``): its own
+    modality, so its own cache file, config section and ``query_facets`` signature."""
+
+    modality = "facets"
+
+
+def build_facets_encoder(config: TextTowerConfig, corpus: Iterable[str], *,
+                         vocabulary: list[str] | None = None) -> FacetsEncoder:
+    """``build_text_encoder`` for the facets modality."""
+    return build_text_encoder(config, corpus, vocabulary=vocabulary,
+                              encoder_class=FacetsEncoder, name="facets_encoder")
+
+
 def build_text_encoder(config: TextTowerConfig, corpus: Iterable[str], *,
-                       vocabulary: list[str] | None = None) -> TextEncoder:
+                       vocabulary: list[str] | None = None,
+                       encoder_class: type[TextEncoder] = TextEncoder,
+                       name: str = "text_encoder") -> TextEncoder:
     """From a KerasNLP preset (name or local dir), or a small random-init BERT (no download)."""
     if config.preset:
         preprocessor, backbone = _from_preset(config)
@@ -170,8 +186,8 @@ def build_text_encoder(config: TextTowerConfig, corpus: Iterable[str], *,
         description = {"kind": "bert_small", "vocabulary_size": len(vocabulary),
                        "layers": config.num_layers, "hidden": config.hidden_dim}
     description.update(sequence_length=config.sequence_length, pooling=config.pooling)
-    encoder = TextEncoder(preprocessor, backbone, config.pooling, description, name="text_encoder",
-                          tower_config=config, vocabulary=None if config.preset else vocabulary)
+    encoder = encoder_class(preprocessor, backbone, config.pooling, description, name=name,
+                            tower_config=config, vocabulary=None if config.preset else vocabulary)
     encoder.set_trainable(config.trainable)
     return encoder
 

@@ -1,0 +1,223 @@
+"""Benchmark (protocol B, offline): leads for cold items, measured on the model's CF part.
+
+    python benchmarks/cold_start_leads.py                # seeds 0 1 2, validation carves only
+    python benchmarks/cold_start_leads.py --test         # also the test split (reported only)
+
+Protocol B ranks only held-out (cold) films, and on them the default model's score is mostly
+its closed-form CF part (``towers/cf.py``): EASE factors on the query side, a kernel-ridge
+prediction of the item's factors from its frozen text + poster features on the item side.
+Training the whole model takes minutes per seed; this part takes seconds, so leads are
+measured here first, through the model's own selection code
+(``evaluation.linear_cf_selection.choose_linear_cf``: EASE λ on a random carve, the kernel
+width and α on a cold-start carve). Rows:
+
+- ``shipped``: the CF part as the default model fits it (text + image features).
+- ``+ facets``: a third feature block, the same frozen MiniLM encoding only the items' short
+  categorical columns (``year`` and ``genres``, joined as the text modality joins columns).
+  In the full text those few tokens are drowned by the plot description.
+- ``facets + image``: the facets block instead of the full text.
+- ``+ prior (content)``, ``+ prior (year, genres)``: an additive popularity prior, a ridge
+  from the item's features (the content features, or year thresholds + genre indicators) to
+  ``log(1 + training count)`` of warm items, added as ``γ · |history| · prior`` (a query
+  column ``γ · |history|``, an item column ``prior``: one dot product); γ on the inner carve.
+- ``oracle prior``: the same with the held-out items' true held-out counts, γ on the carve
+  itself: an upper bound on what popularity can add, not a method.
+
+"validation" rows fit on the training rows of protocol B's cold-start validation carve
+(``data.splits.validation_split``, what early stopping uses) with every setting chosen on a
+carve of *those* rows, and are scored on the carve's cold items. ``--test`` repeats the
+non-oracle rows one level up (fit on the whole training split, settings on its carve, scored
+on the test split's cold items): reported, never used to choose. Prints a table and writes
+benchmarks/results/cold_start_leads.json. Needs ../shared.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FACET_COLUMNS = ("year", "genres")
+GAMMAS = (0.0, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4)  # 0 first: ties keep no prior
+METRIC = "recall@20"
+
+
+def facet_features(ws, columns=FACET_COLUMNS, batch_size: int = 64) -> np.ndarray:
+    """The text encoder (frozen MiniLM) on each item's ``columns`` alone, ``[N, 384]``."""
+    from tfmmrec.modalities.text import join_text
+
+    texts = join_text(ws.dataset.catalog.frame, tuple(columns)).astype(str)
+    encoder = ws.encoders["text"]
+    return np.concatenate([np.asarray(encoder(texts[i:i + batch_size]))
+                           for i in range(0, len(texts), batch_size)])
+
+
+def year_genre_indicators(frame) -> np.ndarray:
+    """Release-year thresholds (``year ≥ y``, 1930–1998) and one indicator per genre."""
+    year = frame["year"].astype(float).fillna(frame["year"].astype(float).median()).to_numpy()
+    thresholds = np.stack([(year >= y).astype(float) for y in range(1930, 1999)], axis=1)
+    genres = frame["genres"].fillna("").astype(str).str.get_dummies("|").to_numpy(float)
+    return np.hstack([thresholds, genres])
+
+
+class Lab:
+    """One workspace; CF parts fitted through the model's own selection, scored on cold items."""
+
+    def __init__(self, ws, blocks: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self.ws, self.blocks = ws, blocks
+
+    def features(self, names, scale: dict[str, float] | None = None):
+        from tfmmrec.evaluation.content import content_features
+
+        features, present = content_features({n: self.blocks[n][0] for n in names},
+                                             {n: self.blocks[n][1] for n in names}, names)
+        if scale:  # per-block weights, after each block's L2 normalisation
+            widths = np.cumsum([0] + [self.blocks[n][0].reshape(len(features), -1).shape[1]
+                                      for n in names])
+            for i, n in enumerate(names):
+                features[:, widths[i]:widths[i + 1]] *= scale.get(n, 1.0)
+        return features, present
+
+    def cf_part(self, split, features, present, seed):
+        """(users [U, k], items [N, k], training matrix) of the CF part fitted on ``split``."""
+        from tfmmrec.evaluation.linear_cf_selection import choose_linear_cf
+        from tfmmrec.evaluation.protocol import split_matrices
+
+        ws = self.ws
+        weights, info = choose_linear_cf(split, ws.user_ids, ws.dataset.num_items, rank=128,
+                                         features=features, present=present, seed=seed,
+                                         content="kernel")
+        train, _ = split_matrices(split, ws.user_ids, ws.dataset.num_items)
+        x = (train > 0).astype(np.float32)
+        users = np.asarray(x @ weights.query_factors, np.float32)
+        return users, weights.item_embeddings(features, present), x, info
+
+    def score(self, users, items, split, prior=None, history=None, gamma=0.0) -> float:
+        from tfmmrec.evaluation.protocol import evaluate_embeddings
+
+        if prior is not None and gamma:
+            users = np.hstack([users, gamma * history[:, None]]).astype(np.float32)
+            items = np.hstack([items, prior[:, None]]).astype(np.float32)
+        return evaluate_embeddings(users, items, split, self.ws.user_ids, [20])[METRIC]
+
+
+def prior_fit(targets_from, x, warm_only=True):
+    """Ridge (α = 1) from item rows to log(1 + training count), fitted on warm items."""
+    from tfmmrec.towers.cf import ridge_fit
+
+    counts = np.asarray(x.sum(axis=0)).ravel()
+    warm = counts > 0
+    weights, mean_x, mean_y = ridge_fit(targets_from[warm], np.log1p(counts[warm])[:, None], 1.0)
+    return ((targets_from - mean_x) @ weights + mean_y).ravel()
+
+
+def run_seed(lab: Lab, seed: int, test: bool, fraction: float, base_seed: int) -> list[dict]:
+    from tfmmrec.data.splits import split_interactions, validation_split
+
+    ws = lab.ws
+    data_seed = base_seed + seed  # benchmarks/ml100k.py's protocol B split seeds
+    outer = split_interactions(ws.dataset.interactions, "cold_start", fraction, data_seed)
+    carve = validation_split(outer, fraction, data_seed)
+    levels = [("validation", carve)] + ([("test", outer)] if test else [])
+    rows = []
+    maps = {"shipped (text + image)": (("text", "image"), None),
+            "text + 0.7 · image": (("text", "image"), {"image": 0.7}),
+            "+ facets (text + facets + image)": (("text", "facets", "image"), None),
+            "facets + image": (("facets", "image"), None)}
+    indicators = year_genre_indicators(ws.dataset.catalog.frame)
+    for level, split in levels:
+        for name, (names, scale) in maps.items():
+            features, present = lab.features(names, scale)
+            users, items, _, info = lab.cf_part(split, features, present, data_seed)
+            rows.append({"seed": seed, "level": level, "row": name,
+                         METRIC: lab.score(users, items, split),
+                         "chosen": {"width": info["width"], "alpha": info["alpha"],
+                                    "l2": info["l2"]}})
+        # popularity priors on top of the shipped map; γ chosen one level down
+        features, present = lab.features(("text", "image"))
+        inner = validation_split(split, fraction, data_seed)
+        fitted = {lvl: lab.cf_part(s, features, present, data_seed)
+                  for lvl, s in (("inner", inner), ("here", split))}
+        for name, source in (("+ prior (content)", features),
+                             ("+ prior (year, genres)", indicators)):
+            scored = {}
+            for lvl, s in (("inner", inner), ("here", split)):
+                users, items, x, _ = fitted[lvl]
+                prior, history = prior_fit(source, x), np.asarray(x.sum(axis=1)).ravel()
+                scored[lvl] = {g: lab.score(users, items, s, prior, history, g) for g in GAMMAS}
+            gamma = max(GAMMAS, key=lambda g: scored["inner"][g])
+            rows.append({"seed": seed, "level": level, "row": name,
+                         METRIC: scored["here"][gamma], "chosen": {"gamma": gamma},
+                         "inner": scored["inner"]})
+        if level == "validation":
+            from tfmmrec.evaluation.protocol import split_matrices
+
+            users, items, x, _ = fitted["here"]
+            _, held = split_matrices(split, ws.user_ids, ws.dataset.num_items)
+            oracle = np.log1p(np.asarray((held > 0).sum(axis=0)).ravel()).astype(np.float32)
+            history = np.asarray(x.sum(axis=1)).ravel()
+            scored = {g: lab.score(users, items, split, oracle, history, g) for g in GAMMAS}
+            gamma = max(GAMMAS, key=scored.get)
+            rows.append({"seed": seed, "level": level, "row": "oracle prior (bound)",
+                         METRIC: scored[gamma], "chosen": {"gamma": gamma}})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--test", action="store_true",
+                        help="also score the test split (reported, never used to choose)")
+    args = parser.parse_args(argv)
+    os.chdir(REPO)
+    import tfmmrec
+    from tfmmrec import pipeline
+    from tfmmrec.evaluation.report import write_json
+
+    config = tfmmrec.load_config("configs/ml100k.yaml", ["train.verbose=0"])
+    if not Path(config.data.path).exists():
+        print(f"needs ../shared ({config.data.path} not found)", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    ws = pipeline.prepare(config, progress=False)
+    num_items = ws.dataset.num_items
+    blocks = {m: (ws.contents[m].values, ws.contents[m].mask) for m in ("text", "image")}
+    blocks["facets"] = (facet_features(ws), np.ones(num_items, bool))
+    lab = Lab(ws, blocks)
+    rows = []
+    for seed in args.seeds:
+        rows += run_seed(lab, seed, args.test, config.data.test_fraction, config.data.seed)
+        print(f"seed {seed} done ({time.perf_counter() - start:.0f} s)", flush=True)
+    names = list(dict.fromkeys(r["row"] for r in rows))
+    print(f"\nRecall@20 on cold items, CF part alone, seeds {args.seeds}")
+    print("| level | row | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
+    print("|---|---|" + "---:|" * (len(args.seeds) + 1))
+    summary = []
+    for level in ("validation", "test"):
+        for name in names:
+            values = [r[METRIC] for s in args.seeds for r in rows
+                      if r["seed"] == s and r["row"] == name and r["level"] == level]
+            if len(values) != len(args.seeds):
+                continue
+            summary.append({"level": level, "row": name, "values": values,
+                            "mean": float(np.mean(values))})
+            print(f"| {level} | {name} | " + " | ".join(f"{v:.4f}" for v in values)
+                  + f" | {np.mean(values):.4f} |")
+    write_json({"command": "python benchmarks/cold_start_leads.py"
+                + (" --test" if args.test else ""), "seeds": args.seeds,
+                "metric": METRIC, "summary": summary, "rows": rows,
+                "seconds": time.perf_counter() - start},
+               REPO / "benchmarks" / "results" / "cold_start_leads.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
