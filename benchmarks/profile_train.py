@@ -61,48 +61,76 @@ def stand_in_workspace(config):
     return pipeline.Workspace(config, dataset, split, modalities, {}, contents)
 
 
-def previous_history_call(self, user_index, exclude=None, training=False):
-    """``HistoryEncoder.call`` before this change (the dense path; kept for the profile)."""
+def previous_history_call(self, user_index, exclude=None, training=False, history=None):
+    """``HistoryEncoder.call`` before issue 15's third pass (the dense path: a ``scatter_nd``
+    of the weights, the targets zeroed by ``tensor_scatter_nd_update``; kept for the profile)."""
     import tensorflow as tf
 
+    from tfmmrec.towers.history import row_ids
+    from tfmmrec.towers.projection import keep_mask
+
     items, weights = self.gather(user_index)
-    keep = tf.ones_like(weights.flat_values)
-    if exclude is not None:
-        target = tf.gather(tf.cast(exclude, tf.int64), items.value_rowids())
-        keep *= tf.cast(items.flat_values != target, tf.float32)
+    weight = weights.flat_values
     if training and self.dropout > 0:
-        keep *= tf.cast(tf.random.uniform(tf.shape(keep)) >= self.dropout, tf.float32)
-    weight = weights.flat_values * keep
-    rows = items.value_rowids()
+        weight = tf.where(keep_mask(tf.shape(weight), self.dropout, self.noise.seed()), weight,
+                          tf.zeros_like(weight))
+    rows = row_ids(items.row_splits)
     count = tf.shape(user_index, out_type=tf.int64)[0]
     if not self.embedding.built:
         self.embedding.build(None)
-    multi_hot = tf.scatter_nd(tf.stack([rows, items.flat_values], axis=1), weight,
-                              tf.stack([count, tf.constant(self.num_items, tf.int64)]))
+    num_items = tf.constant(self.num_items, tf.int64)
+    cells = rows * num_items + tf.cast(items.flat_values, tf.int64)
+    multi_hot = tf.reshape(tf.scatter_nd(cells[:, None], weight, [count * num_items]),
+                           tf.stack([count, num_items]))
+    if exclude is not None:
+        target = tf.stack([tf.range(count), tf.cast(exclude, tf.int64)], axis=1)
+        multi_hot = tf.tensor_scatter_nd_update(multi_hot, target,
+                                                tf.zeros([count], multi_hot.dtype))
     total = tf.matmul(multi_hot, self.embedding.embeddings)
-    norm = tf.math.unsorted_segment_sum(weight, rows, count)
+    norm = tf.reduce_sum(multi_hot, axis=1)
     return total / tf.maximum(norm, 1e-9)[:, None]
+
+
+def previous_full_softmax_loss(self, queries, item_index, training):
+    """``RetrievalModel._full_softmax_loss`` before the third pass (``/ T`` applied to the
+    ``[B, N]`` logits; kept for the profile)."""
+    import tensorflow as tf
+
+    content = self.content_table(self.candidate_index)
+    fused, embeddings, mask = self.item_tower.encode(content, training=training)
+    scored = self.item_tower.append_linear_cf(fused, content, training)
+    logits = tf.matmul(queries, scored, transpose_b=True) / self.temperature
+    labels = tf.gather(self.candidate_position, item_index)
+    valid = labels >= 0
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)
+    loss = tf.reduce_sum(tf.where(valid, losses, tf.zeros_like(losses)))
+    if self.alignment is not None:
+        rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
+        sample = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(self.candidate_index)[0]), self.noise.seed())[:rows]
+        loss += self.alignment_weight * self._alignment_loss(
+            tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
+            tf.gather(embeddings, sample), tf.gather(mask, sample))
+    return loss
+
+
+# Variant → model-config overrides; ``previous_step`` also swaps in the code above.
+VARIANTS = {"previous_step": {}, "now": {}, "now_bfloat16": {"training_precision": "bfloat16"},
+            "per_element": {}}
 
 
 def build(ws, variant: str):
     """The model of ``variant`` (inside the strategy scope)."""
     import types
 
-    import tensorflow as tf
-
     from tfmmrec import pipeline
-    from tfmmrec.towers import projection
 
     if variant != "previous_step":
         return pipeline.build_model(ws)
-    shipped = projection.Dropout
-    projection.Dropout = tf.keras.layers.Dropout  # what ModalityProjection built before
-    try:
-        model = pipeline.build_model(ws)
-    finally:
-        projection.Dropout = shipped
+    model = pipeline.build_model(ws)
     encoder = model.query_tower.history_encoder
     encoder.call = types.MethodType(previous_history_call, encoder)
+    model._full_softmax_loss = types.MethodType(previous_full_softmax_loss, model)
     return model
 
 
@@ -176,7 +204,8 @@ def run(ws, config, variant: str, epochs: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     train = dataclasses.replace(config.train, output_dir=str(out / "run"), epochs=epochs,
                                 verbose=0)
-    config = dataclasses.replace(config, train=train)
+    model = dataclasses.replace(config.model, **VARIANTS[variant])
+    config = dataclasses.replace(config, train=train, model=model)
     ws = dataclasses.replace(ws, config=config)
     tf.keras.utils.set_random_seed(train.seed)
     if variant == "per_element":
@@ -200,7 +229,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--variants", nargs="+", default=["previous_step", "now"],
-                        choices=["previous_step", "now", "per_element"])
+                        choices=list(VARIANTS))
     args = parser.parse_args(argv)
     from tfmmrec.config import load_config
 
