@@ -83,9 +83,8 @@ def table(report: dict) -> str:
         f"seed {s}" for s in seeds) + " | mean |", "| :--- |" + " ---: |" * (len(seeds) + 1)]
     for p in precisions:
         values = [seeds[s][p]["best"] for s in seeds]
-        lines.append(f"| {p} | " + " | ".join(
-            f"{v:.4f} (epoch {seeds[s][p]['best_epoch']})" for s, v in zip(seeds, values, strict=True))
-            + f" | {sum(values) / len(values):.4f} |")
+        cells = [f"{seeds[s][p]['best']:.4f} (epoch {seeds[s][p]['best_epoch']})" for s in seeds]
+        lines.append(f"| {p} | " + " | ".join(cells) + f" | {sum(values) / len(values):.4f} |")
     return "\n".join(lines) + "\n"
 
 
