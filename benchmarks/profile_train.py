@@ -225,12 +225,55 @@ def run(ws, config, variant: str, epochs: int) -> dict:
             "profile": summarise_trace(out / "profile", steps)}
 
 
+def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
+    """Examples per CPU-second of each variant's step, in one process: every variant built and
+    traced, then ``rounds`` rounds of one ``steps_per_execution`` call (16 steps) per variant.
+    Process CPU time, not wall time, so other jobs on the machine move it far less; the ratio
+    to the first variant is taken within each round."""
+    import tensorflow as tf
+
+    from tfmmrec import pipeline
+    from tfmmrec.training.trainer import optimizer
+
+    steps, functions, iterators = 16, {}, {}
+    for variant in variants:
+        model_config = dataclasses.replace(config.model, **VARIANTS[variant])
+        vws = dataclasses.replace(ws, config=dataclasses.replace(config, model=model_config))
+        tf.keras.utils.set_random_seed(config.train.seed)
+        model = build(vws, variant)
+        model.build_from_example()
+        model.compile(optimizer=optimizer(config.train), steps_per_execution=steps)
+        dataset, _ = pipeline.training_dataset(vws)
+        functions[variant] = model.make_train_function()
+        iterators[variant] = iter(dataset.repeat())
+        float(functions[variant](iterators[variant])["loss"])  # trace
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            start = time.process_time()
+            float(functions[variant](iterators[variant])["loss"])
+            rates[variant].append(steps * config.train.batch_size / (time.process_time() - start))
+    base = np.array(rates[variants[0]])
+    return {v: {"examples_per_cpu_second_median": float(np.median(r)),
+                "ratio_to_first_median": float(np.median(np.array(r) / base)),
+                "ratio_to_first_quartiles": [float(q) for q in
+                                             np.percentile(np.array(r) / base, [25, 75])]}
+            for v, r in rates.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--variants", nargs="+", default=["previous_step", "now"],
                         choices=list(VARIANTS))
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="instead of profiling: examples per CPU-second of the variants' "
+                             "steps, interleaved for ROUNDS rounds (profile_train_interleaved"
+                             ".json)")
     args = parser.parse_args(argv)
+    if args.interleave and "per_element" in args.variants:
+        parser.error("--interleave compares model steps on the shipped input pipeline; "
+                     "drop the per_element variant")
     from tfmmrec.config import load_config
 
     if not (ROOT.parent / "shared" / "data" / "ml100k").is_dir():
@@ -245,6 +288,18 @@ def main(argv=None) -> int:
                       ("--epochs", args.epochs), ("--variants", " ".join(args.variants)))),
               "load_average_at_start": os.getloadavg()[0], "batch_size": config.train.batch_size,
               "train_examples": len(ws.split.train), "runs": {}}
+    if args.interleave:
+        report["command"] += f" --interleave {args.interleave}"
+        report["interleaved"] = interleaved(ws, config, args.variants, args.interleave)
+        report["load_average_at_end"] = os.getloadavg()[0]
+        for variant, row in report["interleaved"].items():
+            print(f"{variant}: {row['examples_per_cpu_second_median']:,.0f} examples per CPU-s, "
+                  f"{row['ratio_to_first_median']:.2f}× the first variant (quartiles "
+                  f"{row['ratio_to_first_quartiles'][0]:.2f}–"
+                  f"{row['ratio_to_first_quartiles'][1]:.2f})")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "profile_train_interleaved.json").write_text(json.dumps(report, indent=2))
+        return 0
     for variant in args.variants:
         print(f"training the {variant} variant ({args.epochs} epochs, the last "
               "profiled)...", flush=True)
