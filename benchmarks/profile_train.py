@@ -5,11 +5,11 @@ catalogue, text + image features, batch 2,048) on stand-in features of the real 
 text, 1,280-d image, the real presence masks; training cost does not depend on the feature
 values, and no encoder runs), once per variant in one process:
 
-- ``previous_step``: the step before issue 15's second pass: history pooling with a
-  ``[nnz, 2]`` scatter index, ``value_rowids``, per-entry target comparison and a segment-sum
-  norm, and Keras ``Dropout`` masks (a float32 uniform per entry); kept here only as the
-  'before' of this profile;
-- ``now``: ``towers.history.HistoryEncoder`` and ``towers.projection.Dropout`` as shipped;
+- ``previous_step``: the step before issue 15's third pass (the history pooling's
+  ``scatter_nd`` + ``tensor_scatter_nd_update`` and the full softmax as they were; the pass
+  kept them, so this is the float32 step of ``now`` too, a control for the machine's load);
+- ``now``: the model as shipped (``model.training_precision`` float32, the default);
+- ``now_bfloat16``: the same with ``model.training_precision=bfloat16``;
 - ``per_element`` (not run by default): the current model with the input pipeline tfmmrec used
   before the first pass (``from_tensor_slices → cache → shuffle → batch``).
 
@@ -18,6 +18,8 @@ host events are summed by kind (input pipeline, forward/backward ops by type, op
 a table; writes benchmarks/results/profile_train.json.
 
     .venv/bin/python benchmarks/profile_train.py            # ~3 min on 2 cores
+    .venv/bin/python benchmarks/profile_train.py --variants previous_step now now_bfloat16 \
+        --interleave 10    # examples per CPU-second, interleaved (profile_train_interleaved.json)
 """
 
 from __future__ import annotations
