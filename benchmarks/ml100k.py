@@ -591,11 +591,14 @@ def speed_part(spaces: Workspaces, args, compute: bool) -> dict | None:
     path = part_path(args, "speed")
     part = None if args.fresh else load_part(path, key)
     if part is None and compute:
+        load_at_start = os.getloadavg()[0]
         part = save_part(path, key, speed_step(spaces, args))
         if not args.quick:  # the speed step alone, as measured (the full report needs every part)
             from tfmmrec.evaluation.report import write_json
 
-            write_json({"command": "python benchmarks/ml100k.py --protocol speed --fresh",
+            command = "python benchmarks/ml100k.py --protocol speed --fresh" + "".join(
+                f" --set {item}" for item in args.overrides)
+            write_json({"command": command, "load_average_at_start": load_at_start,
                         "load_average_at_end": os.getloadavg()[0], **part},
                        RESULTS / "ml100k_speed_step.json")
     return part

@@ -311,8 +311,15 @@ class ModelConfig:
     # "kernel" (kernel ridge: a blend of similar warm items' factors; width and α chosen on
     # the cold-start validation carve, linear_cf_alpha then being the kernel ridge's α).
     linear_cf_content: Literal["ridge", "kernel"] = "ridge"
+    # Input precision of the train step's large products (full-softmax logits, history
+    # pooling, modality projections; towers/precision.py): "bfloat16" runs them on the
+    # CPU's AMX/AVX-512 BF16 units (or a GPU/TPU's) with float32 losses and optimiser.
+    # Inference and exports are float32 either way.
+    training_precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
+        _check_choice("model.training_precision", self.training_precision,
+                      ("float32", "bfloat16"))
         _check_choice("model.linear_cf", self.linear_cf, ("none", "ease", "ials", "ease+ials"))
         _check_choice("model.linear_cf_foldin", self.linear_cf_foldin, ("exact", "linear"))
         _check_choice("model.linear_cf_content", self.linear_cf_content, ("ridge", "kernel"))

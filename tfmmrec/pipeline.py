@@ -181,7 +181,8 @@ def history_encoder(ws: Workspace) -> HistoryEncoder | None:
                                            model_config.history_max_length,
                                            model_config.history_half_life)
     return HistoryEncoder(ws.dataset.num_items, model_config.embedding_dim, splits, items,
-                          weights, dropout=model_config.history_dropout, name="history")
+                          weights, dropout=model_config.history_dropout,
+                          training_precision=model_config.training_precision, name="history")
 
 
 def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
@@ -235,7 +236,8 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
         else None,
         id_dropout=model_config.item_id_dropout,
         modality_dropout=model_config.modality_dropout, dropout=model_config.dropout,
-        feature_dropout=model_config.feature_dropout, linear_cf=cf, name="item_tower")
+        feature_dropout=model_config.feature_dropout, linear_cf=cf,
+        training_precision=model_config.training_precision, name="item_tower")
     users = ws.dataset.users if model_config.user_features else None
     query_tower = QueryTower(
         ws.user_ids, model_config.embedding_dim, users=users,
@@ -256,7 +258,8 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
               "dedupe_items": ws.config.train.strategy != "tpu",
               "negatives": model_config.negatives,
               # cold items (no training interaction) are never negatives of the full softmax
-              "candidate_items": item_sampling_probability(ws) > 0}
+              "candidate_items": item_sampling_probability(ws) > 0,
+              "training_precision": model_config.training_precision}
     ranking = ws.config.ranking
     if not ranking.enabled:
         model = RetrievalModel(*args, **kwargs)

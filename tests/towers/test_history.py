@@ -165,3 +165,32 @@ def test_an_explicit_history_needs_a_history_encoder():
     empty = tf.RaggedTensor.from_row_lengths(tf.zeros(0, tf.int64), [0])
     with pytest.raises(ValueError, match="needs a query tower with a history encoder"):
         tower(tf.constant(["a"]), history=(empty, tf.cast(empty, tf.float32)))
+
+
+def test_bfloat16_training_pooling_is_close_and_inference_stays_float32():
+    """``training_precision`` changes the training-time product only: inference is the float32
+    pooling bit for bit; training (no dropout here) within bfloat16 rounding of it."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 12, 20)
+    splits = np.concatenate([[0, 0], np.cumsum(lengths)])
+    items = rng.integers(0, 9, lengths.sum())
+    weights = rng.uniform(0.1, 2.0, lengths.sum()).astype(np.float32)
+    full, half = (HistoryEncoder(9, 5, splits, items, weights, training_precision=p)
+                  for p in ("float32", "bfloat16"))
+    users, targets = tf.constant(rng.integers(0, 21, 32)), tf.constant(rng.integers(0, 9, 32))
+    full(users)
+    half(users)
+    half.embedding.set_weights(full.embedding.get_weights())
+    np.testing.assert_array_equal(half(users, exclude=targets).numpy(),
+                                  full(users, exclude=targets).numpy())
+    trained = half(users, exclude=targets, training=True).numpy()
+    reference = full(users, exclude=targets, training=True).numpy()
+    np.testing.assert_allclose(trained, reference, atol=2e-3)
+    assert not np.array_equal(trained, reference)
+    assert HistoryEncoder.from_config(half.get_config()).training_precision == "bfloat16"
+
+
+def test_unknown_training_precision_is_rejected():
+    with pytest.raises(ValueError, match=r"training_precision.*'float16'"):
+        HistoryEncoder(4, 2, np.array([0, 0, 1]), np.array([0]), np.ones(1, np.float32),
+                       training_precision="float16")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import tensorflow as tf
 
 from tests.towers import tower_checks
@@ -232,3 +233,11 @@ def test_query_tower_without_user_table_uses_the_id_alone():
     tower = query_tower()
     assert tower.categorical == {} and tower.numeric is None
     assert tower(tf.constant(["u1"])).shape == (1, 8)
+
+
+def test_item_tower_hands_its_training_precision_to_every_projection():
+    tower = ItemTower(("text", "image"), 8, training_precision="bfloat16")
+    assert {p.training_precision for p in tower.projections.values()} == {"bfloat16"}
+    assert ItemTower.from_config(tower.get_config()).training_precision == "bfloat16"
+    with pytest.raises(ValueError, match="training_precision"):
+        ItemTower(("text",), 8, training_precision="half")

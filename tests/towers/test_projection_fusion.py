@@ -154,3 +154,23 @@ def test_feature_dropout_drops_encoder_features_in_training_only():
     np.testing.assert_allclose(projection(features, training=False).numpy(), inference.numpy())
     assert not np.allclose(projection(features, training=True).numpy(), inference.numpy())
     assert ModalityProjection.from_config(projection.get_config()).feature_dropout == 0.9
+
+
+def test_bfloat16_training_projection_is_close_and_inference_stays_float32():
+    """``training_precision`` rounds the training-time products only (hidden and output
+    maps): inference is the float32 projection bit for bit, and both configs round-trip."""
+    features = tf.constant(np.random.default_rng(3).standard_normal((5, 40)), tf.float32)
+    full = ModalityProjection(6, [16])
+    half = ModalityProjection(6, [16], training_precision="bfloat16")
+    full(features)
+    half(features)
+    half.set_weights(full.get_weights())
+    np.testing.assert_array_equal(half(features).numpy(), full(features).numpy())
+    trained = half(features, training=True).numpy()
+    reference = full(features, training=True).numpy()
+    np.testing.assert_allclose(trained, reference, rtol=0.05, atol=0.05)
+    assert not np.array_equal(trained, reference)
+    clone = ModalityProjection.from_config(half.get_config())
+    assert clone.training_precision == "bfloat16"
+    with pytest.raises(ValueError, match=r"training_precision.*'int8'"):
+        ModalityProjection(6, training_precision="int8")

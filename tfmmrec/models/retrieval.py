@@ -16,6 +16,7 @@ from tfmmrec.config import ModelConfig
 from tfmmrec.models.alignment import ModalityAlignment
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.noise import Noise
+from tfmmrec.towers.precision import check_precision, matmul
 from tfmmrec.towers.query import QueryTower
 
 # Defaults live in the config (``model.*``); the model takes them from there, not its own copy.
@@ -55,6 +56,9 @@ class RetrievalModel(tfrs.Model):
       candidate_items: ``[num_items]`` bool, the items the full softmax ranks (default all).
         Items never seen in training (cold start) should be left out: ranking them as
         negatives would teach the content towers that an unseen item is a bad one.
+      training_precision: ``float32`` or ``bfloat16``: input precision of the full softmax's
+        logits product (and its gradients) in train steps (``towers.precision``); the softmax
+        and loss stay float32. The towers take their own setting.
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
@@ -65,8 +69,10 @@ class RetrievalModel(tfrs.Model):
                  alignment_temperature: float = _DEFAULTS.alignment_temperature,
                  alignment_rows: int = 0, dedupe_items: bool = True,
                  negatives: str = _DEFAULTS.negatives,
-                 candidate_items: np.ndarray | None = None, **kwargs):
+                 candidate_items: np.ndarray | None = None,
+                 training_precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
+        self.training_precision = check_precision(training_precision)
         self.noise = Noise()
         self.query_tower = query_tower
         self.item_tower = item_tower
@@ -168,7 +174,8 @@ class RetrievalModel(tfrs.Model):
         content = self.content_table(self.candidate_index)
         fused, embeddings, mask = self.item_tower.encode(content, training=training)
         scored = self.item_tower.append_linear_cf(fused, content, training)
-        logits = tf.matmul(queries, scored, transpose_b=True) / self.temperature
+        logits = matmul(queries, scored, self.training_precision if training else "float32",
+                        transpose_b=True) / self.temperature
         labels = tf.gather(self.candidate_position, item_index)
         valid = labels >= 0
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)

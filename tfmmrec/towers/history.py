@@ -26,6 +26,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.towers.noise import Noise
+from tfmmrec.towers.precision import check_precision, matmul
 from tfmmrec.towers.projection import keep_mask
 
 
@@ -80,6 +81,8 @@ class HistoryEncoder(tf.keras.layers.Layer):
         matmul over a multi-hot weight matrix (on ML-100K about 10× faster than gathering
         every history row's embedding); above it, a gather + segment sum whose memory grows
         with the history lengths instead of the catalogue.
+      training_precision: ``float32`` or ``bfloat16``: the dense pooling product's input
+        precision in training steps (``towers.precision``); inference is always float32.
 
     Users whose history is empty (or entirely hidden) get a zero vector.
 
@@ -91,7 +94,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
 
     def __init__(self, num_items: int, dim: int, row_splits: np.ndarray, items: np.ndarray,
                  weights: np.ndarray, dropout: float = 0.0, dense_max_items: int = 8192,
-                 **kwargs):
+                 training_precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         if not 0 <= dropout < 1:
             raise ValueError(f"history dropout must be in [0, 1), got {dropout}")
@@ -101,6 +104,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
         self.noise = Noise()
         self.dense_max_items = dense_max_items
         self.dense = num_items <= dense_max_items
+        self.training_precision = check_precision(training_precision)
         # Variables, not graph constants: a large history would exceed the 2 GB graph limit.
         self.row_splits = tf.Variable(np.asarray(row_splits, np.int64), trainable=False,
                                       name="history_row_splits")
@@ -143,7 +147,8 @@ class HistoryEncoder(tf.keras.layers.Layer):
                 target = tf.stack([tf.range(count), tf.cast(exclude, tf.int64)], axis=1)
                 multi_hot = tf.tensor_scatter_nd_update(multi_hot, target,
                                                         tf.zeros([count], multi_hot.dtype))
-            total = tf.matmul(multi_hot, self.embedding.embeddings)
+            total = matmul(multi_hot, self.embedding.embeddings,
+                           self.training_precision if training else "float32")
             norm = tf.reduce_sum(multi_hot, axis=1)
         else:
             if exclude is not None:
@@ -159,6 +164,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
         empty table of the same shape and ``set_weights`` fills it."""
         return {**super().get_config(), "num_items": self.num_items, "dim": self.dim,
                 "dropout": self.dropout, "dense_max_items": self.dense_max_items,
+                "training_precision": self.training_precision,
                 "num_users": int(self.row_splits.shape[0]) - 1,
                 "num_entries": int(self.items.shape[0])}
 

@@ -16,6 +16,7 @@ from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.fusion import MaskedFusion, drop_modalities
 from tfmmrec.towers.noise import Noise
+from tfmmrec.towers.precision import check_precision
 from tfmmrec.towers.projection import ModalityProjection
 
 
@@ -64,6 +65,8 @@ class ItemTower(tf.keras.layers.Layer):
         (never trained, id embedding still zero) has at serving time.
       modality_dropout: rate of hiding present modalities during training.
       feature_dropout: per modality, dropout on its encoder feature (training only).
+      training_precision: ``float32`` or ``bfloat16``: the projections' product precision in
+        training steps (``towers.precision``).
       linear_cf: optional closed-form item-item part (``towers.cf.LinearCF``): its item
         factor (warm items) or content prediction (cold items) is appended to the normalised
         embedding at inference, so items are ``[d + k]``. Query-by-content embeddings get
@@ -84,8 +87,10 @@ class ItemTower(tf.keras.layers.Layer):
                  num_items: int | None = None, id_dropout: float = 0.0,
                  modality_dropout: float = 0.0,
                  dropout: float = 0.0, feature_dropout: Mapping[str, float] | None = None,
-                 linear_cf: LinearCF | None = None, **kwargs):
+                 linear_cf: LinearCF | None = None, training_precision: str = "float32",
+                 **kwargs):
         super().__init__(**kwargs)
+        self.training_precision = check_precision(training_precision)
         self.modalities = tuple(modalities)
         self.dim = dim
         self.encoders = dict(encoders or {})
@@ -97,6 +102,7 @@ class ItemTower(tf.keras.layers.Layer):
         self.feature_dropout = feature_dropout
         self.projections = {m: ModalityProjection(dim, projection_hidden, dropout,
                                                   feature_dropout.get(m, 0.0),
+                                                  training_precision=training_precision,
                                                   name=f"{m}_projection")
                             for m in self.modalities}
         self.fusion = MaskedFusion(fusion, name="fusion") if self.modalities else None
@@ -127,6 +133,7 @@ class ItemTower(tf.keras.layers.Layer):
                 "num_items": self.num_items, "id_dropout": self.id_dropout,
                 "modality_dropout": self.modality_dropout, "dropout": self.dropout,
                 "feature_dropout": dict(self.feature_dropout),
+                "training_precision": self.training_precision,
                 "linear_cf": None if self.linear_cf is None else self.linear_cf.get_config()}
 
     @classmethod

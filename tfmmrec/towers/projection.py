@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfmmrec.towers.noise import Noise
+from tfmmrec.towers.precision import check_precision, matmul
 
 # Dropout masks compare 16-bit random integers with round(rate · 2¹⁶): half the random bits of
 # a float32 uniform per entry, and the rate is exact to 2⁻¹⁷.
@@ -58,6 +59,10 @@ class Dropout(tf.keras.layers.Dropout):
 class ModalityProjection(tf.keras.layers.Layer):
     """LayerNorm → (feature dropout) → optional hidden ReLU layers → linear map to ``dim``.
 
+    ``training_precision``: ``float32`` or ``bfloat16``, the input precision of the maps'
+    products in training steps (``towers.precision``; a 1,280-d poster feature over every
+    candidate item is one of a full-softmax step's largest products). Inference is float32.
+
     The LayerNorm puts features from very different encoders (unit-norm MiniLM vectors, ReLU6
     CNN activations, YAMNet embeddings) on one scale, so one learning rate suits all of them.
 
@@ -67,9 +72,10 @@ class ModalityProjection(tf.keras.layers.Layer):
     """
 
     def __init__(self, dim: int, hidden: tuple[int, ...] | list[int] = (), dropout: float = 0.0,
-                 feature_dropout: float = 0.0, **kwargs):
+                 feature_dropout: float = 0.0, training_precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
+        self.training_precision = check_precision(training_precision)
         self.hidden = tuple(hidden)
         self.dropout = dropout
         self.feature_dropout = feature_dropout
@@ -81,10 +87,24 @@ class ModalityProjection(tf.keras.layers.Layer):
 
     def call(self, features, training=False):
         x = self.feature_drop(self.norm(tf.cast(features, tf.float32)), training=training)
+        precision = self.training_precision if training is True else "float32"
         for layer in self.layers:
-            x = self.drop(layer(x), training=training)
-        return self.out(x)
+            x = self.drop(_dense(layer, x, precision), training=training)
+        return _dense(self.out, x, precision)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "hidden": list(self.hidden),
-                "dropout": self.dropout, "feature_dropout": self.feature_dropout}
+                "dropout": self.dropout, "feature_dropout": self.feature_dropout,
+                "training_precision": self.training_precision}
+
+
+def _dense(layer: tf.keras.layers.Dense, x: tf.Tensor, precision: str) -> tf.Tensor:
+    """``layer(x)``, its product in ``precision`` (``towers.precision``)."""
+    if precision == "float32":
+        return layer(x)
+    if not layer.built:
+        layer(x[:1])  # builds the layer through Keras (weights tracked as usual)
+    y = matmul(x, layer.kernel, precision)
+    if layer.use_bias:
+        y = tf.nn.bias_add(y, layer.bias)
+    return layer.activation(y)
