@@ -197,30 +197,35 @@ def test_jit_compiled_export_uses_stock_ops_and_answers_like_the_plain_one(
                                atol=1e-5)
 
 
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+@pytest.fixture(scope="module", params=[("float32", False), ("bfloat16", False),
+                                        ("float32", True)], ids=["float32", "bfloat16", "xla"])
 def fused_export(request, exported, tiny_trained, tmp_path_factory):
-    """The tiny model exported with ``export.text_backbone=fused`` (brute-force index)."""
+    """The tiny model exported with ``export.text_backbone=fused`` (brute-force index), in
+    float32, bfloat16, or float32 XLA-compiled (``export.jit_compile``)."""
     from tfmmrec import pipeline
     from tfmmrec.config import load_config
 
     config, _ = exported
+    precision, jit = request.param
     config = load_config(config, [f"export.base_dir={tmp_path_factory.mktemp('fused')}",
                                   "export.text_backbone=fused",
-                                  f"export.text_precision={request.param}"])
+                                  f"export.text_precision={precision}",
+                                  f"export.jit_compile={str(jit).lower()}"])
     path = pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
                            index="brute_force")
-    return request.param, path
+    return precision, jit, path
 
 
 def test_fused_text_export_uses_stock_ops_and_answers_like_the_plain_one(
         fused_export, op_registry, tf1_answers, tiny_trained, tmp_path):
-    """``export.text_backbone=fused`` (float32: the plain export's scores to 1e-5; bfloat16:
-    bfloat16 weight matmuls, scores close, same top item) adds no op outside core TF + TF
-    Text, runs as a TF1 graph + session, and leaves the workspace's encoder on the Keras
-    backbone."""
-    precision, path = fused_export
+    """``export.text_backbone=fused`` (float32, also XLA-compiled: the plain export's scores
+    to 1e-5; bfloat16: bfloat16 weight matmuls, scores close, same top item) adds no op
+    outside core TF + TF Text, runs as a TF1 graph + session, and leaves the workspace's
+    encoder on the Keras backbone."""
+    precision, jit, path = fused_export
     metadata = ExportedModel(path).metadata
-    assert (metadata["text_backbone"], metadata["text_precision"]) == ("fused", precision)
+    assert (metadata["text_backbone"], metadata["text_precision"], metadata["jit_compile"]) == (
+        "fused", precision, jit)
     assert tiny_trained.workspace.encoders["text"].inference_backbone is None
     ops = signature_ops(path)
     allowed = op_registry["core"] | op_registry["tf_text"]

@@ -18,6 +18,7 @@ may lack fast bfloat16 kernels; measure on the serving machine.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tfmmrec.errors import ConfigError
@@ -152,17 +153,22 @@ def _block_attention(query, key, value, adder, heads: int):
     """One text's attention, every head at once, in two 2-D matmuls and no transpose.
 
     ``query``/``key``/``value`` are ``[T, hidden]`` and ``adder`` ``[T]``. Keys and values are
-    tiled once per head and masked to that head's columns (``[H·T, hidden]``, block-diagonal),
-    so ``query @ keysᵀ`` gives each head's scores side by side and ``weights @ values`` lands in
-    ``[T, hidden]`` directly. It costs ``heads`` times the score arithmetic, nothing at ~10
-    tokens, where oneDNN's transposes and batched matmuls cost more than a weight matmul."""
+    repeated once per head and masked to that head's columns (``[H·T, hidden]``,
+    block-diagonal), so ``query @ keysᵀ`` gives each head's scores side by side and
+    ``weights @ values`` lands in ``[T, hidden]`` directly. It costs ``heads`` times the score
+    arithmetic, nothing at ~10 tokens, where oneDNN's transposes and batched matmuls cost more
+    than a weight matmul. The mask is a traced constant ``[H, 1, hidden]`` applied by one
+    broadcast multiply (no Tile/Repeat ops per call)."""
     length, hidden = tf.shape(key)[0], key.shape[-1]
-    block = tf.repeat(tf.repeat(tf.eye(heads, dtype=key.dtype), length, axis=0),
-                      hidden // heads, axis=1)  # [H·T, hidden]
-    scores = tf.matmul(query, tf.tile(key, [heads, 1]) * block, transpose_b=True)  # [T, H·T]
+    mask = tf.constant(np.repeat(np.eye(heads), hidden // heads, axis=1)[:, None, :],
+                       dtype=key.dtype)  # [H, 1, hidden]
+
+    def blocks(x):  # [T, hidden] → [H·T, hidden], head h's rows keep only its columns
+        return tf.reshape(x[None] * mask, [heads * length, hidden])
+
+    scores = tf.matmul(query, blocks(key), transpose_b=True)  # [T, H·T]
     weights = tf.nn.softmax(tf.reshape(scores, [length, heads, length]) + adder)
-    return tf.matmul(tf.reshape(weights, [length, heads * length]),
-                     tf.tile(value, [heads, 1]) * block)
+    return tf.matmul(tf.reshape(weights, [length, heads * length]), blocks(value))
 
 
 def _head_attention(query, key, value, adder, heads: int):
