@@ -437,6 +437,9 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
             with strategy.scope():
                 users, items = embed(build_model(other))
             kinds[kind] = (users[:, -cf_rank:], items[:, -cf_rank:])
+        # as if never built: the towers then start as a run of the first kind alone would, so
+        # each kind's figure is what that kind's own run scores on this carve
+        tf.keras.utils.set_random_seed(config.train.seed)
     monitor = ValidationMetrics(
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience, ks, embed, linear_cf_rank=cf_rank,

@@ -181,6 +181,7 @@ def test_linear_cf_kinds_need_cf_columns():
                           linear_cf_kinds={"ease": None})
 
 
+@pytest.mark.slow
 def test_an_auto_linear_cf_is_chosen_on_validation_and_restores_as_that_kind(tiny_config,
                                                                               tiny_workspace,
                                                                               tmp_path):
@@ -198,6 +199,13 @@ def test_an_auto_linear_cf_is_chosen_on_validation_and_restores_as_that_kind(tin
     assert chosen["linear_cf"] == max(AUTO_BLOCKS, key=lambda k: (figures[k],
                                                                   -AUTO_BLOCKS.index(k)))
     assert figures[chosen["linear_cf"]] == chosen["best"]
+    # each kind's figure is what a run of that kind alone scores on the same carve (the towers
+    # train identically: the CF part only counts at evaluation), so auto picks what they prefer
+    for kind in AUTO_BLOCKS:
+        alone = pipeline.train(derive_config(config, tmp_path / kind, f"model.linear_cf={kind}"),
+                               workspace=tiny_workspace, progress=False)
+        run_record = json.loads((alone.output_dir / "run.json").read_text())
+        assert figures[kind] == pytest.approx(run_record["early_stopping"]["best"], abs=1e-6)
     # the final model is that kind (iALS: exact fold-in columns), the whole run records it
     assert result.workspace.config.model.linear_cf == chosen["linear_cf"]
     cf = result.model.query_tower.linear_cf
