@@ -114,6 +114,24 @@ def test_interrupted_train_exits_130_and_says_how_to_resume(monkeypatch, capsys)
     assert "run the same command again to resume" in capsys.readouterr().err
 
 
+def test_train_prints_the_linear_cf_kind_chosen_on_validation(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    def trained(config, **kwargs):
+        (tmp_path / "run.json").write_text(json.dumps({"early_stopping": {
+            "metric": "recall@20", "linear_cf": "ials",
+            "linear_cf_validation": {"ease": 0.3472, "ials": 0.3494}}}))
+        return SimpleNamespace(workspace=SimpleNamespace(split=SimpleNamespace(
+            sizes=lambda: "sizes")), epochs_run=3, examples_per_second=1.0,
+            checkpoint=tmp_path / "ckpt", output_dir=tmp_path)
+
+    monkeypatch.setattr(pipeline, "train", trained)
+    assert cli.main(["train", "--set", "model.user_history=true",
+                     "--set", "model.linear_cf=auto"]) == 0
+    assert ("linear CF: ials, chosen on validation (recall@20: ease 0.3472, ials 0.3494)"
+            in capsys.readouterr().out)
+
+
 def test_train_into_unwritable_dir_exits_2_before_any_work(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -36,6 +36,7 @@ INVALID = [
     ("data.demo.num_items=5", "data.demo.num_items=5"),
     ("model.linear_cf_content=knn", "model.linear_cf_content='knn'"),
     ("model.linear_cf_foldin=cg", "model.linear_cf_foldin='cg'"),
+    ("model.linear_cf=best", "one of none, ease, ials, ease+ials, auto"),
     ("data.demo.num_users=1", "data.demo.num_users=1"),
     ("data.demo.interactions_per_user=1", "data.demo.interactions_per_user=1"),
     ("text.pooling=max", "text.pooling='max'"),

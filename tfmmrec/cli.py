@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import resource
@@ -283,6 +284,12 @@ def _run(args) -> int:
         print(result.workspace.split.sizes())
         print(f"trained {result.epochs_run} epoch(s) at {result.examples_per_second:,.0f} "
               f"examples/s; checkpoint: {result.checkpoint}")
+        if config.model.linear_cf == "auto":
+            chosen = json.loads((result.output_dir / pipeline.RUN_FILE).read_text())[
+                "early_stopping"]
+            print(f"linear CF: {chosen['linear_cf']}, chosen on validation ({chosen['metric']}: "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in chosen["linear_cf_validation"].items())
+                  + ")")
         return 0
     if args.command == "evaluate":
         return _evaluate(config, args)

@@ -294,8 +294,10 @@ class ModelConfig:
     # Needs model.user_history; costs an N × N inverse (catalogues up to ~20k items).
     # "ials": an iALS block instead (implicit's item factors, the user folded in from the
     # history; settings chosen on validation); "ease+ials" both (the iALS weight beside EASE
-    # chosen on validation too): twice the columns.
-    linear_cf: Literal["none", "ease", "ials", "ease+ials"] = "none"
+    # chosen on validation too): twice the columns. "auto": "ease" or "ials", whichever scores
+    # best with the towers on the early-stopping validation carve (chosen jointly with the
+    # epoch and the weight; needs train.early_stopping); the run's model is that kind.
+    linear_cf: Literal["none", "ease", "ials", "ease+ials", "auto"] = "none"
     # The iALS fold-in: "exact" solves iALS's user step per user in the graph (a batched
     # Cholesky at evaluation/serving time), "linear" drops its per-user term (one sum).
     linear_cf_foldin: Literal["exact", "linear"] = "exact"
@@ -320,7 +322,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("model.training_precision", self.training_precision,
                       ("float32", "bfloat16"))
-        _check_choice("model.linear_cf", self.linear_cf, ("none", "ease", "ials", "ease+ials"))
+        _check_choice("model.linear_cf", self.linear_cf,
+                      ("none", "ease", "ials", "ease+ials", "auto"))
         _check_choice("model.linear_cf_foldin", self.linear_cf_foldin, ("exact", "linear"))
         _check_choice("model.linear_cf_content", self.linear_cf_content, ("ridge", "kernel"))
         _check(self.linear_cf_rank >= 1, "model.linear_cf_rank", self.linear_cf_rank, ">= 1")

@@ -196,6 +196,10 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
     model_config = ws.config.model
     if model_config.linear_cf == "none":
         return None
+    if model_config.linear_cf == "auto":
+        raise ConfigError("model.linear_cf=auto is resolved to a kind by train's early "
+                          "stopping (train.early_stopping: true); build or restore the model "
+                          "with the kind it chose (its run's checkpoints/model.yaml)")
     num_items = ws.dataset.num_items
     check_dense_size(num_items, num_items, "model.linear_cf", "EASE item-item matrix")
     frozen = [m for m in ws.modalities if not ws.config.tower(m).trainable]
@@ -344,12 +348,17 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     chief = is_chief(strategy)
     spec = output / "checkpoints" / MODEL_SPEC_FILE
     if spec.is_file() and any((output / "backup").glob("*")):  # resuming an interrupted run
-        check_same_model(load_config(spec), config, f"the interrupted run {output}",
+        check_same_model(load_config(spec), resolved_linear_cf(config, load_config(spec)),
+                         f"the interrupted run {output}",
                          hint="resume it with the config it started with, or choose another "
                               "train.output_dir")
     if chief:  # before the first checkpoint: every checkpoint of the run carries its model
         config.to_yaml(output / CONFIG_FILE)
         config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=model_sections())
+    if config.model.linear_cf == "auto" and not config.train.early_stopping:
+        raise ConfigError("model.linear_cf=auto chooses the CF kind on validation, which "
+                          "train.early_stopping does: enable it or set model.linear_cf (e.g. "
+                          "ease)")
     if (config.model.linear_cf != "none" and not config.model.linear_cf_weight
             and not config.train.early_stopping):
         raise ConfigError("model.linear_cf_weight=0 means 'choose it on validation', which "
@@ -360,8 +369,12 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     validation = None
     if config.train.early_stopping:
         validation = select_epochs(ws, strategy, output / "early-stopping")
-        config = load_config(config, [f"train.epochs={validation['best_epoch']}"])
+        chosen = [f"model.linear_cf={validation['linear_cf']}"] \
+            if config.model.linear_cf == "auto" else []
+        config = load_config(config, [f"train.epochs={validation['best_epoch']}", *chosen])
         ws = dataclasses.replace(ws, config=config)
+        if chosen and chief:  # the checkpoints hold the chosen kind: restore rebuilds it
+            config.to_yaml(spec, sections=model_sections())
     dataset, num_examples = training_dataset(ws)
     result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
                  callbacks, dataset_fn=lambda: training_dataset(ws)[0])
@@ -394,7 +407,7 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
     """Early stopping: train on a validation split of the training data, score
     ``train.early_stopping_metric`` after every epoch, stop after ``early_stopping_patience``
     epochs without improvement, and return the best epoch with the validation curve."""
-    from tfmmrec.evaluation.linear_cf_selection import block_width
+    from tfmmrec.evaluation.linear_cf_selection import AUTO_BLOCKS, block_width
     from tfmmrec.training.validation import ValidationMetrics
 
     config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
@@ -406,18 +419,34 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                 "on %d", len(validation.train), len(ws.split.train), len(validation.test))
     metric = config.train.early_stopping_metric
     ks = sorted({*config.eval.ks, int(metric.split("@")[1])})
-    cf_rank = 0
+    cf_rank, kinds, auto = 0, None, False
     if config.model.linear_cf != "none":  # its weight is chosen here too (1 while validating)
-        config = load_config(config, ["model.linear_cf_weight=1"])
+        auto = config.model.linear_cf == "auto"  # the towers train with the first candidate
+        config = load_config(config, ["model.linear_cf_weight=1",
+                                      *([f"model.linear_cf={AUTO_BLOCKS[0]}"] if auto else [])])
         inner = dataclasses.replace(inner, config=config)
         cf_rank = block_width(config.model.linear_cf,
                               min(config.model.linear_cf_rank, ws.dataset.num_items))
+
+    def embed(model):
+        return (embed_users(model, ws.user_ids, config.eval.batch_size),
+                embed_items(model, ws.dataset.num_items, config.eval.batch_size))
+
+    if cf_rank and auto:  # the other candidates' CF columns: closed-form, fitted once here
+        kinds = {AUTO_BLOCKS[0]: None}
+        for kind in AUTO_BLOCKS[1:]:
+            other = dataclasses.replace(inner, config=load_config(
+                config, [f"model.linear_cf={kind}"]))
+            with strategy.scope():
+                users, items = embed(build_model(other))
+            kinds[kind] = (users[:, -cf_rank:], items[:, -cf_rank:])
+        # as if never built: the towers then start as a run of the first kind alone would, so
+        # each kind's figure is what that kind's own run scores on this carve
+        tf.keras.utils.set_random_seed(config.train.seed)
     monitor = ValidationMetrics(
         validation, ws.user_ids, ws.dataset.num_items, metric,
-        config.train.early_stopping_patience, ks,
-        lambda model: (embed_users(model, ws.user_ids, config.eval.batch_size),
-                       embed_items(model, ws.dataset.num_items, config.eval.batch_size)),
-        linear_cf_rank=cf_rank)
+        config.train.early_stopping_patience, ks, embed, linear_cf_rank=cf_rank,
+        linear_cf_kinds=kinds)
     dataset, num_examples = training_dataset(inner)
     fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy, [monitor])
     if not monitor.history:
@@ -427,9 +456,17 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                 len(monitor.history), metric, monitor.best)
     if monitor.best_linear_cf_weight is not None:
         logger.info("early stopping: linear CF weight %g", monitor.best_linear_cf_weight)
+    auto = {}
+    if kinds is not None:  # every kind's best (epoch, weight) on validation, for the record
+        auto = {"linear_cf": monitor.best_linear_cf_kind, "linear_cf_validation": {
+            kind: max(h["linear_cf_scores"][kind] for h in monitor.history) for kind in kinds}}
+        logger.info("early stopping: linear CF %s (validation %s: %s)", auto["linear_cf"],
+                    metric, ", ".join(f"{k} {v:.4f}"
+                                      for k, v in auto["linear_cf_validation"].items()))
     return {"metric": metric, "best_epoch": monitor.best_epoch, "best": monitor.best,
             **({"linear_cf_weight": monitor.best_linear_cf_weight}
                if monitor.best_linear_cf_weight is not None else {}),
+            **auto,
             "validation_interactions": len(validation.test),
             "curve": [h[metric] for h in monitor.history],
             # every metric of the chosen epoch (NDCG, TFRS's top-K accuracy…), on validation
@@ -508,6 +545,7 @@ def restore(run_dir: str | os.PathLike | None = None,
     if Path(config.train.output_dir) != run:  # evaluation output goes to the restored run
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, output_dir=str(run)))
+    config = resolved_linear_cf(config, trained)
     check_same_model(trained, config, f"the run {run} ({spec})")
     ws = workspace.with_config(config) if workspace is not None else \
         prepare(config, progress=False)
@@ -516,6 +554,16 @@ def restore(run_dir: str | os.PathLike | None = None,
     model.build_from_example()
     load_exactly(model, prefix)
     return model, ws
+
+
+def resolved_linear_cf(config: Config, trained: Config) -> Config:
+    """``config`` with ``model.linear_cf: auto`` replaced by the kind ``trained`` (a run's model
+    spec) was built with, once chosen; otherwise unchanged."""
+    from tfmmrec.evaluation.linear_cf_selection import AUTO_BLOCKS
+
+    if config.model.linear_cf != "auto" or trained.model.linear_cf not in AUTO_BLOCKS:
+        return config
+    return load_config(config, [f"model.linear_cf={trained.model.linear_cf}"])
 
 
 def _check_encoders(output: Path, ws: Workspace) -> None:

@@ -13,10 +13,12 @@ from tfmmrec.export.loader import ExportedModel
 
 
 @pytest.fixture(scope="module", params=[("ridge", "ease"), ("kernel", "ease"),
-                                        ("kernel", "ease+ials")])
+                                        ("kernel", "ease+ials"), ("ridge", "auto")],
+                ids="-".join)
 def cf_export(request, tiny_config, tiny_workspace, tmp_path_factory):
     """``ease+ials``: the iALS block's exact fold-in (a batched Cholesky per user) runs in the
-    exported query signature."""
+    exported query signature. ``auto``: the kind chosen on validation is exported (and restored
+    from a run whose config still says ``auto``)."""
     content, blocks = request.param
     root = tmp_path_factory.mktemp("linear-cf")
     config = derive_config(tiny_config, root, "train.epochs=2", "train.early_stopping=true",

@@ -144,6 +144,95 @@ def test_the_linear_cf_weight_is_chosen_with_the_epoch_on_validation(learned_goo
     assert callback.history[0]["linear_cf_weight"] == weight
 
 
+def cf_columns(good: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A candidate CF part's ``(user, item)`` columns for ``SPLIT``: each user's held-out item
+    first iff ``good``."""
+    users = np.eye(2, dtype=np.float32)
+    items = np.zeros((3, 2), np.float32)
+    if good:
+        items[1, 0] = items[2, 1] = 1.0
+    else:
+        items[1, 1] = items[2, 0] = 1.0
+    return users, items
+
+
+@pytest.mark.parametrize("own_good, other_good, kind, scores", [
+    (True, False, "ease", {"ease": 1.0, "ials": 0.0}),   # the model's own CF part wins
+    (False, True, "ials", {"ease": 0.0, "ials": 1.0}),   # the replacing columns win
+    (True, True, "ease", {"ease": 1.0, "ials": 1.0}),    # a tie keeps the first kind
+])
+def test_the_linear_cf_kind_follows_the_validation_scores(own_good, other_good, kind, scores):
+    """``model.linear_cf: auto``: with a misleading learned part, only the right CF kind ranks
+    the held-out items first; every (kind, weight) pair is scored and the best one kept."""
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 0, [1],
+                                 split_embeddings(False, own_good), linear_cf_rank=2,
+                                 linear_cf_weights=(0.0, 1.0, 4.0),
+                                 linear_cf_kinds={"ease": None, "ials": cf_columns(other_good)})
+    run(callback, 1)
+    assert callback.best == 1.0
+    assert (callback.best_linear_cf_kind, callback.best_linear_cf_weight) == (kind, 4.0)
+    assert callback.history[0]["linear_cf"] == kind
+    assert callback.history[0]["linear_cf_scores"] == scores
+
+
+def test_linear_cf_kinds_need_cf_columns():
+    with pytest.raises(ValueError, match="linear_cf_rank"):
+        ValidationMetrics(SPLIT, USERS, 3, "recall@1", 0, [1], scripted([1]),
+                          linear_cf_kinds={"ease": None})
+
+
+@pytest.mark.slow
+def test_an_auto_linear_cf_is_chosen_on_validation_and_restores_as_that_kind(tiny_config,
+                                                                              tiny_workspace,
+                                                                              tmp_path):
+    from tfmmrec.evaluation.embeddings import embed_items, embed_users
+    from tfmmrec.evaluation.linear_cf_selection import AUTO_BLOCKS
+
+    config = derive_config(tiny_config, tmp_path, "train.epochs=2", "train.early_stopping=true",
+                           "model.user_history=true", "model.linear_cf=auto",
+                           "model.linear_cf_rank=8")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    chosen = json.loads((tmp_path / "run" / "run.json").read_text())["early_stopping"]
+    figures = chosen["linear_cf_validation"]
+    assert set(figures) == set(AUTO_BLOCKS)
+    # the kind with the best validation figure (the first on a tie), which is the run's best
+    assert chosen["linear_cf"] == max(AUTO_BLOCKS, key=lambda k: (figures[k],
+                                                                  -AUTO_BLOCKS.index(k)))
+    assert figures[chosen["linear_cf"]] == chosen["best"]
+    # each kind's figure is what a run of that kind alone scores on the same carve (the towers
+    # train identically: the CF part only counts at evaluation), so auto picks what they prefer
+    for kind in AUTO_BLOCKS:
+        alone = pipeline.train(derive_config(config, tmp_path / kind, f"model.linear_cf={kind}"),
+                               workspace=tiny_workspace, progress=False)
+        run_record = json.loads((alone.output_dir / "run.json").read_text())
+        assert figures[kind] == pytest.approx(run_record["early_stopping"]["best"], abs=1e-6)
+    # the final model is that kind (iALS: exact fold-in columns), the whole run records it
+    assert result.workspace.config.model.linear_cf == chosen["linear_cf"]
+    cf = result.model.query_tower.linear_cf
+    assert cf.foldin_columns == (8 if chosen["linear_cf"] == "ials" else 0)
+    spec = load_config(tmp_path / "run" / "checkpoints" / pipeline.MODEL_SPEC_FILE)
+    assert spec.model.linear_cf == chosen["linear_cf"]
+    assert load_config(tmp_path / "run" / pipeline.CONFIG_FILE).model.linear_cf == "auto"
+    users = embed_users(result.model, tiny_workspace.user_ids, 64)
+    assert users.shape[1] == config.model.embedding_dim + 8
+    restored, ws = pipeline.restore(tmp_path / "run")  # the run's config says auto
+    assert ws.config.model.linear_cf == chosen["linear_cf"]
+    np.testing.assert_array_equal(embed_users(restored, ws.user_ids, 64), users)
+    np.testing.assert_array_equal(embed_items(restored, ws.dataset.num_items, 64),
+                                  embed_items(result.model, ws.dataset.num_items, 64))
+
+
+def test_an_auto_linear_cf_needs_early_stopping(tiny_config, tiny_workspace, tmp_path):
+    config = derive_config(tiny_config, tmp_path, "model.user_history=true",
+                           "model.linear_cf=auto", "model.linear_cf_weight=1")
+    with pytest.raises(ConfigError, match=r"linear_cf=auto.*train\.early_stopping"):
+        pipeline.train(config, workspace=tiny_workspace, progress=False)
+    with pytest.raises(ConfigError, match=r"model\.user_history"):
+        load_config(None, ["model.linear_cf=auto"])
+    with pytest.raises(ConfigError, match="auto is resolved"):  # no kind to build yet
+        pipeline.linear_cf(tiny_workspace.with_config(config))
+
+
 @pytest.mark.parametrize("blocks, width", [("ease", 8), ("ease+ials", 16)])
 def test_linear_cf_model_trains_with_its_weight_chosen_and_restores_exactly(tiny_config,
                                                                             tiny_workspace,

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 CONTENT_MAPS = ("ridge", "kernel")
 BLOCKS = ("ease", "ials", "ease+ials")
+# ``model.linear_cf: auto``'s candidates, chosen between on validation with the towers
+# (``training.validation``): same width, so one config shape; ties keep the first.
+AUTO_BLOCKS = ("ease", "ials")
 FOLDINS = ("exact", "linear")
 # iALS settings tried for its block (the iALS baseline's grid, factors up to the block's rank:
 # fewer factors are zero-padded to it, so a restored model's shapes follow from the config),

@@ -9,7 +9,7 @@ carved from the training split with the same protocol (``pipeline.train``), neve
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -39,17 +39,24 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
       linear_cf_rank: with a closed-form CF part (``towers.cf``, its weight 1 while
         validating), the last ``linear_cf_rank`` columns of the user embeddings are that part:
         every epoch is scored at each of ``linear_cf_weights`` and keeps its best.
+      linear_cf_kinds: ``model.linear_cf: auto``: candidate CF parts by kind, each
+        ``(user columns, item columns)`` of width ``linear_cf_rank`` replacing the embeddings'
+        own (None: keep them). They are closed-form, fixed while the towers train, so every
+        epoch scores every (kind, weight) pair and keeps the best jointly with the epoch
+        (ties keep the earlier kind, then the smaller weight).
 
     ``history`` holds every epoch's metrics; ``best_epoch`` (1-based) and ``best`` the best
-    epoch's (``best_linear_cf_weight`` the weight there). With ``restore_best``, the model ends
-    with the best epoch's weights.
+    epoch's (``best_linear_cf_weight`` and ``best_linear_cf_kind`` the choices there). With
+    ``restore_best``, the model ends with the best epoch's weights.
     """
 
     def __init__(self, split: Split, user_ids: np.ndarray, num_items: int, metric: str,
                  patience: int, ks: Sequence[int],
                  embed: Callable[[tf.keras.Model], tuple[np.ndarray, np.ndarray]],
                  restore_best: bool = False, linear_cf_rank: int = 0,
-                 linear_cf_weights: Sequence[float] = LINEAR_CF_WEIGHTS):
+                 linear_cf_weights: Sequence[float] = LINEAR_CF_WEIGHTS,
+                 linear_cf_kinds: Mapping[str, tuple[np.ndarray, np.ndarray] | None]
+                 | None = None):
         super().__init__()
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
@@ -62,24 +69,34 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         self.linear_cf_rank = linear_cf_rank
         self.linear_cf_weights = tuple(linear_cf_weights) if linear_cf_rank else (None,)
         self.best_linear_cf_weight: float | None = None
+        if linear_cf_kinds is not None and not (linear_cf_rank and linear_cf_kinds):
+            raise ValueError("linear_cf_kinds needs linear_cf_rank > 0 and at least one kind")
+        self.linear_cf_kinds = dict(linear_cf_kinds or {None: None})
+        self.best_linear_cf_kind: str | None = None
         self._best_weights = None
 
     def on_epoch_end(self, epoch, logs=None):
         from tfmmrec.evaluation.protocol import evaluate_embeddings
 
-        users, items = self.embed(self.model)
-        weight, metrics = None, None
-        for candidate in self.linear_cf_weights:
-            scored = evaluate_embeddings(self._weighted(users, candidate), items, self.split,
-                                         self.user_ids, self.ks)
-            if self.metric not in scored:
-                raise ValueError(f"validation metric {self.metric!r} is not computed "
-                                 f"(available: {', '.join(sorted(scored))})")
-            if metrics is None or scored[self.metric] > metrics[self.metric]:
-                weight, metrics = candidate, scored
+        embedded = self.embed(self.model)
+        kind, weight, metrics, per_kind = None, None, None, {}
+        for name, columns in self.linear_cf_kinds.items():
+            users, items = self._with_columns(embedded, columns)
+            for candidate in self.linear_cf_weights:
+                scored = evaluate_embeddings(self._weighted(users, candidate), items,
+                                             self.split, self.user_ids, self.ks)
+                if self.metric not in scored:
+                    raise ValueError(f"validation metric {self.metric!r} is not computed "
+                                     f"(available: {', '.join(sorted(scored))})")
+                per_kind[name] = max(per_kind.get(name, -np.inf), float(scored[self.metric]))
+                if metrics is None or scored[self.metric] > metrics[self.metric]:
+                    kind, weight, metrics = name, candidate, scored
         entry = {k: float(v) for k, v in metrics.items()}
         if weight is not None:
             entry["linear_cf_weight"] = float(weight)
+        if kind is not None:
+            entry["linear_cf"] = kind
+            entry["linear_cf_scores"] = per_kind
         self.history.append(entry)
         value = float(metrics[self.metric])
         logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
@@ -87,11 +104,20 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
             logs[f"val_{self.metric}"] = value
         if value > self.best:
             self.best, self.best_epoch = value, epoch + 1
-            self.best_linear_cf_weight = weight
+            self.best_linear_cf_weight, self.best_linear_cf_kind = weight, kind
             if self.restore_best:
                 self._best_weights = self.model.get_weights()
         elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
             self.model.stop_training = True
+
+    def _with_columns(self, embedded: tuple[np.ndarray, np.ndarray],
+                      columns: tuple[np.ndarray, np.ndarray] | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The embeddings with their CF columns replaced by ``columns`` (None: as they are)."""
+        if columns is None:
+            return embedded
+        return tuple(np.concatenate([x[:, :-self.linear_cf_rank], c], axis=1)
+                     for x, c in zip(embedded, columns, strict=True))
 
     def _weighted(self, users: np.ndarray, weight: float | None) -> np.ndarray:
         """User embeddings with their CF columns scaled by ``weight`` (None: as they are)."""
