@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ml100k_workspace import prepared_ml100k
 
 REPO = Path(__file__).resolve().parents[1]
 FACET_COLUMNS = ("year", "genres")
@@ -177,17 +178,12 @@ def main(argv=None) -> int:
     parser.add_argument("--test", action="store_true",
                         help="also score the test split (reported, never used to choose)")
     args = parser.parse_args(argv)
-    os.chdir(REPO)
-    import tfmmrec
-    from tfmmrec import pipeline
     from tfmmrec.evaluation.report import write_json
-
-    config = tfmmrec.load_config("configs/ml100k.yaml", ["train.verbose=0"])
-    if not Path(config.data.path).exists():
-        print(f"needs ../shared ({config.data.path} not found)", file=sys.stderr)
-        return 2
     start = time.perf_counter()
-    ws = pipeline.prepare(config, progress=False)
+    prepared = prepared_ml100k()
+    if prepared is None:
+        return 2
+    config, ws = prepared
     num_items = ws.dataset.num_items
     blocks = {m: (ws.contents[m].values, ws.contents[m].mask) for m in ("text", "image")}
     blocks["facets"] = (facet_features(ws), np.ones(num_items, bool))

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from ml100k_workspace import prepared_ml100k
+
 REPO = Path(__file__).resolve().parents[1]
 KIND = {"A": "random", "B": "cold_start", "C": "temporal"}
 VARIANTS = ["ease:exact", "ials:exact", "ease+ials:linear", "ease+ials:exact"]
@@ -37,20 +39,15 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=VARIANTS,
                         help="blocks:foldin pairs (model.linear_cf:model.linear_cf_foldin)")
     args = parser.parse_args(argv)
-    os.chdir(REPO)
-    import tfmmrec
-    from tfmmrec import pipeline
     from tfmmrec.data.splits import split_interactions, validation_split
     from tfmmrec.evaluation.content import content_features
     from tfmmrec.evaluation.linear_cf_selection import choose_linear_cf
     from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
     from tfmmrec.evaluation.report import write_json
-
-    config = tfmmrec.load_config("configs/ml100k.yaml", ["train.verbose=0"])
-    if not Path(config.data.path).exists():
-        print(f"needs ../shared ({config.data.path} not found)", file=sys.stderr)
+    prepared = prepared_ml100k()
+    if prepared is None:
         return 2
-    ws = pipeline.prepare(config, progress=False)
+    config, ws = prepared
     features, present = content_features({m: ws.contents[m].values for m in ws.modalities},
                                          {m: ws.contents[m].mask for m in ws.modalities})
     rows = []

@@ -7,7 +7,8 @@ values, and no encoder runs), once per variant in one process:
 
 - ``previous_step``: the step before issue 15's third pass (the history pooling's
   ``scatter_nd`` + ``tensor_scatter_nd_update`` and the full softmax as they were; the pass
-  kept them, so this is the float32 step of ``now`` too, a control for the machine's load);
+  kept them, so this is the float32 step of ``now``, built the same way: a control for the
+  machine's load);
 - ``now``: the model as shipped (``model.training_precision`` float32, the default);
 - ``now_bfloat16``: the same with ``model.training_precision=bfloat16``;
 - ``per_element`` (not run by default): the current model with the input pipeline tfmmrec used
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -38,6 +38,7 @@ import numpy as np
 from traces import host_events
 
 import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+from tfmmrec.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "profile-train"
@@ -63,77 +64,17 @@ def stand_in_workspace(config):
     return pipeline.Workspace(config, dataset, split, modalities, {}, contents)
 
 
-def previous_history_call(self, user_index, exclude=None, training=False, history=None):
-    """``HistoryEncoder.call`` before issue 15's third pass (the dense path: a ``scatter_nd``
-    of the weights, the targets zeroed by ``tensor_scatter_nd_update``; kept for the profile)."""
-    import tensorflow as tf
-
-    from tfmmrec.towers.history import row_ids
-    from tfmmrec.towers.projection import keep_mask
-
-    items, weights = self.gather(user_index)
-    weight = weights.flat_values
-    if training and self.dropout > 0:
-        weight = tf.where(keep_mask(tf.shape(weight), self.dropout, self.noise.seed()), weight,
-                          tf.zeros_like(weight))
-    rows = row_ids(items.row_splits)
-    count = tf.shape(user_index, out_type=tf.int64)[0]
-    if not self.embedding.built:
-        self.embedding.build(None)
-    num_items = tf.constant(self.num_items, tf.int64)
-    cells = rows * num_items + tf.cast(items.flat_values, tf.int64)
-    multi_hot = tf.reshape(tf.scatter_nd(cells[:, None], weight, [count * num_items]),
-                           tf.stack([count, num_items]))
-    if exclude is not None:
-        target = tf.stack([tf.range(count), tf.cast(exclude, tf.int64)], axis=1)
-        multi_hot = tf.tensor_scatter_nd_update(multi_hot, target,
-                                                tf.zeros([count], multi_hot.dtype))
-    total = tf.matmul(multi_hot, self.embedding.embeddings)
-    norm = tf.reduce_sum(multi_hot, axis=1)
-    return total / tf.maximum(norm, 1e-9)[:, None]
-
-
-def previous_full_softmax_loss(self, queries, item_index, training):
-    """``RetrievalModel._full_softmax_loss`` before the third pass (``/ T`` applied to the
-    ``[B, N]`` logits; kept for the profile)."""
-    import tensorflow as tf
-
-    content = self.content_table(self.candidate_index)
-    fused, embeddings, mask = self.item_tower.encode(content, training=training)
-    scored = self.item_tower.append_linear_cf(fused, content, training)
-    logits = tf.matmul(queries, scored, transpose_b=True) / self.temperature
-    labels = tf.gather(self.candidate_position, item_index)
-    valid = labels >= 0
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)
-    loss = tf.reduce_sum(tf.where(valid, losses, tf.zeros_like(losses)))
-    if self.alignment is not None:
-        rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
-        sample = tf.random.experimental.stateless_shuffle(
-            tf.range(tf.shape(self.candidate_index)[0]), self.noise.seed())[:rows]
-        loss += self.alignment_weight * self._alignment_loss(
-            tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
-            tf.gather(embeddings, sample), tf.gather(mask, sample))
-    return loss
-
-
-# Variant → model-config overrides; ``previous_step`` also swaps in the code above.
+# Variant → model-config overrides. ``previous_step`` is the same float32 step as ``now``
+# (the third pass kept it; before this file carried a copy of it): a control for the load.
 VARIANTS = {"previous_step": {}, "now": {}, "now_bfloat16": {"training_precision": "bfloat16"},
             "per_element": {}}
 
 
 def build(ws, variant: str):
-    """The model of ``variant`` (inside the strategy scope)."""
-    import types
-
+    """The model of ``variant`` (inside the strategy scope; overrides already applied)."""
     from tfmmrec import pipeline
 
-    if variant != "previous_step":
-        return pipeline.build_model(ws)
-    model = pipeline.build_model(ws)
-    encoder = model.query_tower.history_encoder
-    encoder.call = types.MethodType(previous_history_call, encoder)
-    model._full_softmax_loss = types.MethodType(previous_full_softmax_loss, model)
-    return model
+    return pipeline.build_model(ws)
 
 
 def per_element_dataset(interactions, batch_size: int, seed: int):
@@ -282,8 +223,9 @@ def main(argv=None) -> int:
         print("needs ../shared/data/ml100k", file=sys.stderr)
         return 2
     os.chdir(ROOT)
+    # the towers train the same whatever the CF kind (auto trains them as EASE's run would)
     config = load_config(str(CONFIG), ["data.split=random", "data.test_fraction=0.2",
-                                       "data.seed=42"])
+                                       "data.seed=42", "model.linear_cf=ease"])
     ws = stand_in_workspace(config)
     report = {"command": "python benchmarks/profile_train.py" + "".join(
                   f" {flag} {value}" for flag, value in (
@@ -299,17 +241,14 @@ def main(argv=None) -> int:
                   f"{row['ratio_to_first_median']:.2f}× the first variant (quartiles "
                   f"{row['ratio_to_first_quartiles'][0]:.2f}–"
                   f"{row['ratio_to_first_quartiles'][1]:.2f})")
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "profile_train_interleaved.json").write_text(json.dumps(report, indent=2))
+        write_json(report, RESULTS / "profile_train_interleaved.json")
         return 0
     for variant in args.variants:
         print(f"training the {variant} variant ({args.epochs} epochs, the last "
               "profiled)...", flush=True)
         report["runs"][variant] = run(ws, config, variant, args.epochs)
     print(table(report))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "profile_train.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS / 'profile_train.json'}")
+    print(f"wrote {write_json(report, RESULTS / 'profile_train.json')}")
     return 0
 
 

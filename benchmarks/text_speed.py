@@ -334,7 +334,10 @@ def main(argv=None) -> int:
     config = load_config(str(CONFIG), [
         "image.enabled=false", f"train.output_dir={out / 'run'}",
         f"train.cache_dir={out / 'cache'}", f"export.base_dir={out / 'models'}",
-        "export.index=brute_force", "export.exclude_seen=false"])
+        "export.index=brute_force", "export.exclude_seen=false",
+        # no training here, so no validation to choose an auto CF kind on: EASE's block (both
+        # kinds have the same width, so the cost is the same)
+        "model.linear_cf=ease"])
     started = time.perf_counter()
     dataset = pipeline.resolve_dataset(config)
     catalog = dataset.catalog

@@ -11,7 +11,6 @@ and the whole curve. No test figure is read. Writes benchmarks/results/training_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+from tfmmrec.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "training-precision"
@@ -70,9 +70,7 @@ def main(argv=None) -> int:
               "seeds": {str(seed): run(seed, args.precisions, args.cache_dir)
                         for seed in args.seeds}}
     print(table(report))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "training_precision.json").write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS / 'training_precision.json'}")
+    print(f"wrote {write_json(report, RESULTS / 'training_precision.json')}")
     return 0
 
 
