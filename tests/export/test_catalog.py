@@ -262,8 +262,9 @@ def test_export_records_what_it_contains_and_holds_no_seen_items_by_default(expo
     assert meta["exclude_seen"] is False and meta["max_seen"] == 0
     assert meta["contents"]["seen_items_per_user"] is False
     assert meta["contents"]["interactions"] is False
+    # every registered modality is recorded, facets too (none configured: no columns)
     assert meta["item_columns"] == {"text": ["title", "description"], "image": "image",
-                                    "audio": "audio"}
+                                    "audio": "audio", "facets": []}
 
 
 # --- the CLI and crash safety ----------------------------------------------------------------

@@ -111,22 +111,33 @@ def test_only_query_text_needs_tf_text(audits, op_registry):
                 kind, signature)
 
 
+def tf1_session_answers(path, work, server: str = "stock") -> dict:
+    """Run the export at ``path`` as a TF1 graph + session with only ``server``'s ops (what
+    the C++ loader does), in a fresh process; its answers per signature."""
+    script = work / "tf1_loader.py"
+    script.write_text(textwrap.dedent(TF1_LOADER))
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    answer = work / f"answer-{len(list(work.glob('answer-*.json')))}.json"
+    result = subprocess.run([sys.executable, str(script), str(path), str(answer), server],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{path}: {result.stderr[-3000:]}"
+    return json.loads(answer.read_text())
+
+
+def assert_stock_ops(path, op_registry) -> None:
+    """Every op of every signature is in core TF or TF Text (a stock TF Serving >= 2.20)."""
+    ops = signature_ops(path)
+    allowed = op_registry["core"] | op_registry["tf_text"]
+    assert {s: sorted(o - allowed) for s, o in ops.items() if o - allowed} == {}
+
+
 @pytest.fixture(scope="module")
 def tf1_answers(exported, tmp_path_factory):
     _, versions = exported
     work = tmp_path_factory.mktemp("tf1")
-    script = work / "tf1_loader.py"
-    script.write_text(textwrap.dedent(TF1_LOADER))
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    answers = {}
-    for kind, path in versions.items():
-        server = "scann" if index_class(kind).op_namespaces else "stock"
-        answer = work / f"{kind}.json"
-        result = subprocess.run([sys.executable, str(script), str(path), str(answer), server],
-                                env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{kind}: {result.stderr[-3000:]}"
-        answers[kind] = json.loads(answer.read_text())
-    return answers
+    return {kind: tf1_session_answers(
+                path, work, "scann" if index_class(kind).op_namespaces else "stock")
+            for kind, path in versions.items()}
 
 
 @pytest.mark.parametrize("kind", EXPORT_KINDS)
@@ -179,17 +190,8 @@ def test_jit_compiled_export_uses_stock_ops_and_answers_like_the_plain_one(
     assert ExportedModel(xla_export).metadata["jit_compile"] is True
     library = load_meta_graph(xla_export).graph_def.library.function
     assert any(f.attr["_XlaMustCompile"].b for f in library)
-    ops = signature_ops(xla_export)
-    allowed = op_registry["core"] | op_registry["tf_text"]
-    assert {s: sorted(o - allowed) for s, o in ops.items() if o - allowed} == {}
-    script = tmp_path / "tf1_loader.py"
-    script.write_text(textwrap.dedent(TF1_LOADER))
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    answer = tmp_path / "xla.json"
-    result = subprocess.run([sys.executable, str(script), str(xla_export), str(answer), "stock"],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    compiled = json.loads(answer.read_text())["signatures"]
+    assert_stock_ops(xla_export, op_registry)
+    compiled = tf1_session_answers(xla_export, tmp_path)["signatures"]
     plain = tf1_answers["brute_force"]["signatures"]
     for signature in ("query_text", "recommend_session"):
         assert compiled[signature]["item_ids"] == plain[signature]["item_ids"], signature
@@ -227,23 +229,14 @@ def test_fused_text_export_uses_stock_ops_and_answers_like_the_plain_one(
     assert (metadata["text_backbone"], metadata["text_precision"], metadata["jit_compile"]) == (
         "fused", precision, jit)
     assert tiny_trained.workspace.encoders["text"].inference_backbone is None
-    ops = signature_ops(path)
-    allowed = op_registry["core"] | op_registry["tf_text"]
-    assert {s: sorted(o - allowed) for s, o in ops.items() if o - allowed} == {}
+    assert_stock_ops(path, op_registry)
     from tfmmrec.export.audit import load_meta_graph
 
     matmul_types = {tf.dtypes.as_dtype(node.attr["T"].type).name
                     for function in load_meta_graph(path).graph_def.library.function
                     for node in function.node_def if node.op == "MatMul"}
     assert ("bfloat16" in matmul_types) == (precision == "bfloat16"), matmul_types
-    script = tmp_path / "tf1_loader.py"
-    script.write_text(textwrap.dedent(TF1_LOADER))
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    answer = tmp_path / "fused.json"
-    result = subprocess.run([sys.executable, str(script), str(path), str(answer), "stock"],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    fused = json.loads(answer.read_text())["signatures"]
+    fused = tf1_session_answers(path, tmp_path)["signatures"]
     plain = tf1_answers["brute_force"]["signatures"]
     assert set(fused) == SIGNATURES
     if precision == "float32":
