@@ -352,13 +352,13 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
                          f"the interrupted run {output}",
                          hint="resume it with the config it started with, or choose another "
                               "train.output_dir")
-    if chief:  # before the first checkpoint: every checkpoint of the run carries its model
-        config.to_yaml(output / CONFIG_FILE)
-        config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=model_sections())
     if config.model.linear_cf == "auto" and not config.train.early_stopping:
         raise ConfigError("model.linear_cf=auto chooses the CF kind on validation, which "
                           "train.early_stopping does: enable it or set model.linear_cf (e.g. "
                           "ease)")
+    if chief:  # before the first checkpoint: every checkpoint of the run carries its model
+        config.to_yaml(output / CONFIG_FILE)
+        config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=model_sections())
     if (config.model.linear_cf != "none" and not config.model.linear_cf_weight
             and not config.train.early_stopping):
         raise ConfigError("model.linear_cf_weight=0 means 'choose it on validation', which "
