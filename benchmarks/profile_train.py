@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "profile-train"
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "configs" / "ml100k.yaml"
-FEATURE_DIMS = {"text": 384, "image": 1280, "audio": 1024}
+FEATURE_DIMS = {"text": 384, "facets": 384, "image": 1280, "audio": 1024}
 
 
 def stand_in_workspace(config):
