@@ -16,6 +16,7 @@ from tfmmrec.towers.text_inference import (
     InferenceBert,
     _block_attention,
     _head_attention,
+    _small_softmax,
 )
 
 LONG = " ".join(["a calm love story near a river"] * 6)  # > BLOCK_ATTENTION_MAX_LENGTH tokens
@@ -59,6 +60,18 @@ def test_block_and_head_attention_agree_with_padded_keys():
     changed = tf.concat([key[:3], key[3:] + 5.0], axis=0)
     np.testing.assert_allclose(_block_attention(query, changed, value, adder, heads).numpy(),
                                block.numpy(), atol=1e-6)
+
+
+def test_small_softmax_is_softmax_and_masked_keys_get_exactly_zero():
+    """The block attention's explicit softmax: tf.nn.softmax's values to float rounding, and
+    a key with the mask's -1e9 added gets weight 0.0 exactly (as in Keras's masked softmax)."""
+    scores = tf.random.stateless_normal([7, 12, 7], seed=[1, 2]) * 4.0
+    np.testing.assert_allclose(_small_softmax(scores).numpy(), tf.nn.softmax(scores).numpy(),
+                               atol=1e-6)
+    adder = tf.constant([0.0] * 5 + [-1e9] * 2)
+    weights = _small_softmax(scores + adder).numpy()
+    assert np.all(weights[..., 5:] == 0.0)
+    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-6)
 
 
 def test_bfloat16_copy_stores_half_width_weights_and_stays_close():
