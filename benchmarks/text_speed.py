@@ -18,7 +18,11 @@ process, one machine state:
    signature is called in-process with a five-word query, the paths
    interleaved; p50/p99 of each, the process CPU time per call (``time.process_time``: all of
    TF's threads, and far less sensitive than wall time to other jobs on the machine), and the
-   largest embedding difference between paths. No gRPC hop (serving.py measures that: add ~1 ms);
+   largest embedding difference between paths; interleaved with those calls, each export is
+   also loaded as a TF1 graph + session (``tf.compat.v1.saved_model.loader.load``, what TF
+   Serving's C++ loader does) and its ``query_text`` run by ``session.run`` on the
+   SignatureDef's tensor names (``tf1_session:<path>`` in the JSON). No gRPC hop (serving.py
+   measures that: add ~1 ms);
    then the bfloat16 path's numerics over --numerics-queries real ML-100K item texts (seeded
    sample) sent as queries: cosine of its text feature with the float32 one, and how many of
    the float32 export's top-20 items it returns;
@@ -28,9 +32,9 @@ process, one machine state:
    signature wrapper around the function call.
 
 ``--intra-op-threads N`` sets TensorFlow's intra- and inter-op pools for the whole process (all
-paths alike; ``tfmmrec serve`` and TF Serving have the same settings: TF Serving's
-``--tensorflow_intra_op_parallelism``), to measure what a single small request gains from not
-splitting each op across threads.
+paths alike, the TF1 sessions' too; ``tfmmrec serve`` and TF Serving have the same settings: TF
+Serving's ``--tensorflow_intra_op_parallelism``), to measure what a single small request gains
+from not splitting each op across threads.
 
     .venv/bin/python benchmarks/text_speed.py              # ~5 min on 2 cores
     .venv/bin/python benchmarks/text_speed.py --items 256  # smoke run (own output dir)
@@ -176,13 +180,44 @@ def matmul_floor(backbone, tokens: int):
     return run, flops
 
 
-def query_latency(paths: dict, calls: int, floor=None) -> dict:
+TF1 = "tf1_session:"  # prefix of the TF1 graph + session runs of each export
+
+
+def tf1_session_runner(path, threads: int = 0):
+    """``query_text`` of the export at ``path`` run as TF Serving's C++ loader runs it: the
+    SavedModel loaded into a TF1 graph + session (``tf.compat.v1.saved_model.loader.load``,
+    as ``tests/export/test_op_audit.py``'s runner does) and ``session.run`` fed and fetched by
+    the SignatureDef's tensor names. ``threads``: the session's intra- and inter-op pools
+    (0: TensorFlow's default, as TF Serving's flags default). A function returning the
+    ``{"item_ids", "scores"}`` answer."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
+                                      inter_op_parallelism_threads=threads)
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    with graph.as_default():
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+    signature = meta.signature_def["query_text"]
+    feeds = {signature.inputs["text"].name: np.array([QUERY.encode()], dtype=object),
+             signature.inputs["k"].name: np.int32(10),
+             signature.inputs["exclude_item_ids"].name: np.zeros([1, 0], dtype=object)}
+    fetches = {alias: signature.outputs[alias].name for alias in ("item_ids", "scores")}
+    return lambda **_: session.run(fetches, feeds)
+
+
+def query_latency(paths: dict, calls: int, floor=None, threads: int = 0) -> dict:
+    """Each export's ``query_text`` called in-process as ``tfmmrec serve`` calls it (TF2,
+    ``tf.saved_model.load``) and through a TF1 graph + session (:func:`tf1_session_runner`),
+    every path interleaved with the others."""
     import tensorflow as tf
 
     from tfmmrec.export.loader import ExportedModel
 
     signatures = {name: ExportedModel(path).signatures["query_text"]
                   for name, path in paths.items()}
+    signatures.update({TF1 + name: tf1_session_runner(path, threads)
+                       for name, path in paths.items()})
     if floor is not None:  # timed like a signature, interleaved with them
         signatures["numpy_matmul_floor"] = lambda **_: {"item_ids": np.asarray(floor())}
     # Raw signatures apply no input defaults: an empty exclusion list is passed explicitly.
@@ -212,6 +247,14 @@ def query_latency(paths: dict, calls: int, floor=None) -> dict:
             out[f"max_score_difference_{name}_vs_padded"] = float(
                 np.abs(embeddings[name] - embeddings["padded"]).max())
     out["p50_speedup_xla"] = out["p50_speedup_trimmed_xla"]  # the names earlier runs used
+    padded = out[TF1 + "padded"]
+    for name in VARIANTS:  # the TF1 session runs, against the TF1 session run of padded
+        row = out[TF1 + name]
+        row["max_score_difference_vs_tf2_call"] = float(
+            np.abs(embeddings[TF1 + name] - embeddings[name]).max())
+        if name != "padded":
+            row["p50_speedup"] = padded["p50_ms"] / row["p50_ms"]
+            row["cpu_ratio"] = padded["cpu_ms_per_call"] / row["cpu_ms_per_call"]
     return out
 
 
@@ -379,7 +422,7 @@ def main(argv=None) -> int:
     print(f"query_text: {args.calls} calls per path, interleaved...", flush=True)
     tokens = int(encoder.preprocessor(np.array([QUERY]))["padding_mask"].numpy().sum())
     floor, flops = matmul_floor(encoder.backbone, tokens)
-    report["query_text"] = query_latency(paths, args.calls, floor)
+    report["query_text"] = query_latency(paths, args.calls, floor, args.intra_op_threads)
     report["query_text"]["tokens"] = tokens
     report["query_text"]["numpy_matmul_floor"]["gflop"] = flops / 1e9
     report["machine"]["load_average_after_latency"] = os.getloadavg()[0]
@@ -405,6 +448,10 @@ def main(argv=None) -> int:
            for name in ("fused", "fused_xla", "fused_bf16")},
         **{f"query_text_{name}_p99_lt_10ms": report["query_text"][name]["p99_ms"] < 10
            for name in ("fused", "fused_xla", "fused_bf16")},
+        **{f"query_text_tf1_session_{name}_p50_speedup_ge_4_and_p99_lt_10ms": (
+            report["query_text"][TF1 + name]["p50_speedup"] >= 4
+            and report["query_text"][TF1 + name]["p99_ms"] < 10)
+           for name in VARIANTS if name != "padded"},
         "features_within_1e-5": report["catalogue_encoding"]["max_abs_difference"] <= 1e-5,
     }
     print(table(report))
@@ -456,6 +503,19 @@ def table(report: dict) -> str:
             f"{query[f'max_score_difference_{name}_vs_padded']:.1e}")
         lines.append(f"| {label} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
                      f"{row['cpu_ms_per_call']:.2f} | {ratio or ' | | '} |")
+    lines += [
+        "\nSame run, each export loaded as a TF1 graph + session (TF Serving's loader) and "
+        "`session.run` by tensor name:",
+        "| path | p50 ms | p99 ms | CPU ms per call | p50 ratio to padded | CPU ratio | "
+        "largest score difference to the TF2 call |",
+        "| :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name in VARIANTS:
+        row = query[TF1 + name]
+        ratio = "| " if name == "padded" else (
+            f"**{row['p50_speedup']:.1f}×** | {row['cpu_ratio']:.1f}×")
+        lines.append(f"| {LABELS[name]} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                     f"{row['cpu_ms_per_call']:.2f} | {ratio} | "
+                     f"{row['max_score_difference_vs_tf2_call']:.1e} |")
     numerics = report.get("bf16_numerics")
     if numerics:
         cos, top = numerics["feature_cosine"], numerics[f"top{numerics['k']}_overlap"]
