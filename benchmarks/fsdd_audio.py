@@ -148,13 +148,12 @@ def train_row(ws, config) -> tuple[dict, dict]:
 
 
 def run(args) -> dict:
-    from tqdm import tqdm
-
     import tfmmrec
     from tfmmrec import pipeline
     from tfmmrec.data.splits import split_interactions
     from tfmmrec.evaluation.baselines import content_profile_embeddings
     from tfmmrec.evaluation.protocol import evaluate_embeddings, random_baseline, split_matrices
+    from tfmmrec.progress import counter
 
     meta, tastes = write_dataset(DATA, args.quick)
     quick = ["train.epochs=3"] if args.quick else []
@@ -177,7 +176,7 @@ def run(args) -> dict:
 
     per_seed: dict[str, list] = {}
     seeds = range(args.seeds)
-    bar = tqdm(total=len(seeds) * 7, desc="fsdd rows", unit="row", dynamic_ncols=True)
+    bar = counter(total=len(seeds) * 7, desc="fsdd rows", unit="row")
     for seed in seeds:
         config = config_for(seed)
         d = config.data

@@ -343,7 +343,7 @@ def save_part(path: Path, key: str, payload: dict) -> dict:
 
 def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict[str, list]:
     """Every row × seed of a protocol: from saved parts, computing the missing ones if asked."""
-    from tqdm import tqdm
+    from tfmmrec.progress import counter
 
     identities = spaces.base.encoder_identities()
     jobs = [(row, seed) for row in rows_for(protocol)
@@ -360,15 +360,16 @@ def run_protocol(spaces: Workspaces, args, protocol: str, compute: bool) -> dict
         elif part is not None:
             results.setdefault(row.name, []).append(part)
     if todo and compute:
-        bar = tqdm(todo, desc=f"protocol {protocol}", unit="run", dynamic_ncols=True)
-        for row, seed, key, path in bar:
-            bar.set_postfix_str(f"{row.name[:40]} · seed {seed}")
+        bar = counter(total=len(todo), desc=f"protocol {protocol}", unit="run")
+        for row, seed, key, path in todo:
             part = save_part(path, key, {"protocol": protocol, "row": row.name, "seed": seed,
                                          **run_row(spaces, args, protocol, row, seed)})
             results.setdefault(row.name, []).append(part)
             metric = HEADLINE[protocol]
+            bar.update(1)
             bar.write(f"  {protocol} {row.name} seed {seed}: {metric} "
                       f"{part['metrics'].get(metric, float('nan')):.4f}")
+        bar.close()
     order = [r.name for r in rows_for(protocol)]
     return {name: sorted(results[name], key=lambda p: p["seed"]) for name in order
             if name in results}

@@ -157,8 +157,24 @@ def test_line_counter_logs_uneven_chunks_every_interval_and_once_at_close(caplog
         assert isinstance(counter(desc="x", total=3, stream=not_a_terminal), LineCounter)
     silent = counter(desc="x", total=3, disable=True)
     silent.update(3)
+    silent.write("a result")
     silent.close()
     assert caplog.records == []
+
+
+def test_line_counter_writes_result_lines_once_each_like_tqdm_write(capsys):
+    """Benchmarks print one line per finished run through the counter (``tqdm.write`` on a
+    terminal): off a terminal each is one plain line, never a redrawn bar."""
+    bar = LineCounter(desc="protocol A", total=2, unit="run", interval=5.0, clock=FakeClock(1.0))
+    bar.update(1)
+    bar.write("  A tfmmrec (default) seed 0: recall@20 0.4513")
+    bar.update(1)
+    bar.write("  A tfmmrec (default) seed 1: recall@20 0.4511")
+    bar.close()
+    assert capsys.readouterr().out.splitlines() == [
+        "  A tfmmrec (default) seed 0: recall@20 0.4513",
+        "  A tfmmrec (default) seed 1: recall@20 0.4511",
+    ]
 
 
 def test_progress_is_a_line_reporter_off_a_terminal_and_nothing_when_disabled(tmp_path):

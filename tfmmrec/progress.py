@@ -89,6 +89,11 @@ class LineCounter:
                                                      now - self.start))
             self.last = now
 
+    def write(self, text: str) -> None:
+        """Print a result line (``tqdm.write``'s counterpart: a bar would redraw below it)."""
+        if not self.silent:
+            print(text, flush=True)
+
     def close(self) -> None:
         if not self.silent and not self.closed:
             logger.info("%s: %s, done", self.desc, _status(self.done, self.total, self.unit,
