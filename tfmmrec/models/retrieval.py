@@ -86,6 +86,7 @@ class RetrievalModel(tfrs.Model):
         self.negatives = negatives
         self.temperature = temperature
         self.num_items = self.candidate_index = None
+        self._candidate_cache = None
         if negatives == "full":
             mask = (np.ones(_num_rows(content_table, item_tower), bool)
                     if candidate_items is None else np.asarray(candidate_items, bool))
@@ -171,7 +172,8 @@ class RetrievalModel(tfrs.Model):
         A positive that is not a candidate (possible only if ``candidate_items`` leaves out a
         training item) contributes nothing.
         """
-        content = self.content_table(self.candidate_index)
+        content = self._candidate_content() if training else \
+            self.content_table(self.candidate_index)
         fused, embeddings, mask = self.item_tower.encode(content, training=training)
         scored = self.item_tower.append_linear_cf(fused, content, training)
         logits = matmul(queries, scored, self.training_precision if training else "float32",
@@ -188,6 +190,21 @@ class RetrievalModel(tfrs.Model):
                 tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
                 tf.gather(embeddings, sample), tf.gather(mask, sample))
         return loss
+
+    def _candidate_content(self) -> dict[str, tf.Tensor]:
+        """The candidates' content with their frozen features standardised
+        (``ItemTower.standardized_content``), computed once, when the train step is first
+        traced: the candidates and their features do not change during training, so the step
+        neither gathers them nor recomputes LayerNorm statistics over them. Held as tensors the
+        step captures, not variables: nothing is added to checkpoints."""
+        if self._candidate_cache is None:
+            with tf.init_scope():
+                content = self.item_tower.standardized_content(
+                    self.content_table(self.candidate_index))
+                # the raw features are not needed where their standardised copy is
+                self._candidate_cache = {key: value for key, value in content.items()
+                                         if f"{key}_standardized" not in content}
+        return dict(self._candidate_cache)
 
     def _encode_batch_items(self, item_index, training):
         """Encode each distinct item of the batch once: ``(items [U], fused [U, d], scored
