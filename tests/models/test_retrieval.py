@@ -423,3 +423,20 @@ def test_softmax_losses_match_the_plain_full_softmax_in_values_and_gradients():
         results.append([losses, *tape.gradient(total, [queries, candidates])])
     for got, expected in zip(*results, strict=True):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_cross_entropy_matches_the_op_and_does_not_underflow():
+    from tfmmrec.models.retrieval import _softmax_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(0, 3, (5, 7)), tf.float32)
+    labels = tf.constant([0, 6, 3, 3, 1])
+    values, backprop = _softmax_cross_entropy(logits, labels)
+    expected = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
+    np.testing.assert_allclose(values.numpy(), expected[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backprop.numpy(), expected[1].numpy(), atol=1e-6)
+    # the label 300 below the best: its probability is 0 in float32, its loss still finite
+    far = tf.constant([[0.0, 300.0, 1.0]])
+    values, _ = _softmax_cross_entropy(far, tf.constant([0]))
+    np.testing.assert_allclose(values.numpy(), [300.0 + np.log1p(np.exp(-300) + np.exp(-299))],
+                               rtol=1e-6)
