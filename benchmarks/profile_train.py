@@ -5,10 +5,10 @@ catalogue, text + image features, batch 2,048) on stand-in features of the real 
 text, 1,280-d image, the real presence masks; training cost does not depend on the feature
 values, and no encoder runs), once per variant in one process:
 
-- ``previous_step``: the step before issue 15's third pass (the history pooling's
-  ``scatter_nd`` + ``tensor_scatter_nd_update`` and the full softmax as they were; the pass
-  kept them, so this is the float32 step of ``now``, built the same way: a control for the
-  machine's load);
+- ``previous_step``: the step before issue 15's fourth pass, rebuilt from the current model
+  (the history matrix summed by ``scatter_nd`` + ``tensor_scatter_nd_update``, the full
+  softmax's candidates gathered and their features LayerNorm-ed every step);
+  ``previous_step_bfloat16``: the same with bfloat16 products;
 - ``now``: the model as shipped (``model.training_precision`` float32, the default);
 - ``now_bfloat16``: the same with ``model.training_precision=bfloat16``;
 - ``per_element`` (not run by default): the current model with the input pipeline tfmmrec used
@@ -64,17 +64,24 @@ def stand_in_workspace(config):
     return pipeline.Workspace(config, dataset, split, modalities, {}, contents)
 
 
-# Variant → model-config overrides. ``previous_step`` is the same float32 step as ``now``
-# (the third pass kept it; before this file carried a copy of it): a control for the load.
+# Variant → model-config overrides. ``previous_step`` is the float32 step before issue 15's
+# fourth pass, rebuilt by ``build`` from the current model (the history matrix summed by
+# ``scatter_nd``, the candidates' content gathered and LayerNorm-ed every step).
 VARIANTS = {"previous_step": {}, "now": {}, "now_bfloat16": {"training_precision": "bfloat16"},
-            "per_element": {}}
+            "previous_step_bfloat16": {"training_precision": "bfloat16"}, "per_element": {}}
 
 
 def build(ws, variant: str):
     """The model of ``variant`` (inside the strategy scope; overrides already applied)."""
     from tfmmrec import pipeline
 
-    return pipeline.build_model(ws)
+    model = pipeline.build_model(ws)
+    if variant.startswith("previous_step"):
+        encoder = model.query_tower.history_encoder
+        if encoder is not None:
+            encoder.unique_entries = False  # the summing scatter
+        model._candidate_content = lambda: model.content_table(model.candidate_index)
+    return model
 
 
 def per_element_dataset(interactions, batch_size: int, seed: int):
@@ -191,16 +198,21 @@ def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
         iterators[variant] = iter(dataset.repeat())
         float(functions[variant](iterators[variant])["loss"])  # trace
     rates: dict[str, list[float]] = {v: [] for v in variants}
+    walls: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(rounds):
         for variant in variants:
-            start = time.process_time()
+            start, wall = time.process_time(), time.perf_counter()
             float(functions[variant](iterators[variant])["loss"])
             rates[variant].append(steps * config.train.batch_size / (time.process_time() - start))
-    base = np.array(rates[variants[0]])
+            walls[variant].append(steps * config.train.batch_size / (time.perf_counter() - wall))
+    base, wall_base = np.array(rates[variants[0]]), np.array(walls[variants[0]])
     return {v: {"examples_per_cpu_second_median": float(np.median(r)),
                 "ratio_to_first_median": float(np.median(np.array(r) / base)),
                 "ratio_to_first_quartiles": [float(q) for q in
-                                             np.percentile(np.array(r) / base, [25, 75])]}
+                                             np.percentile(np.array(r) / base, [25, 75])],
+                # wall clock moves with the load; reported beside the CPU-time figure
+                "examples_per_wall_second_median": float(np.median(walls[v])),
+                "wall_ratio_to_first_median": float(np.median(np.array(walls[v]) / wall_base))}
             for v, r in rates.items()}
 
 
@@ -240,7 +252,9 @@ def main(argv=None) -> int:
             print(f"{variant}: {row['examples_per_cpu_second_median']:,.0f} examples per CPU-s, "
                   f"{row['ratio_to_first_median']:.2f}× the first variant (quartiles "
                   f"{row['ratio_to_first_quartiles'][0]:.2f}–"
-                  f"{row['ratio_to_first_quartiles'][1]:.2f})")
+                  f"{row['ratio_to_first_quartiles'][1]:.2f}); wall clock "
+                  f"{row['examples_per_wall_second_median']:,.0f} examples/s, "
+                  f"{row['wall_ratio_to_first_median']:.2f}×")
         write_json(report, RESULTS / "profile_train_interleaved.json")
         return 0
     for variant in args.variants:

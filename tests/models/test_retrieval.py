@@ -399,3 +399,44 @@ def test_unknown_training_precision_is_a_config_error(tiny_config, tmp_path):
         derive_config(tiny_config, tmp_path, "model.training_precision=float16")
     with pytest.raises(ValueError, match="training_precision"):
         RetrievalModel(None, None, None, training_precision="fp8")
+
+
+def test_softmax_losses_match_the_plain_full_softmax_in_values_and_gradients():
+    """``softmax_losses`` keeps every scaling on the [B, d] side (custom gradient): same
+    per-row losses and the same gradients as the plain logits → sparse softmax cross-entropy,
+    under a non-uniform upstream gradient (per-row weights) and a non-trivial temperature."""
+    from tfmmrec.models.retrieval import softmax_losses
+
+    rng = np.random.default_rng(0)
+    queries = tf.constant(rng.normal(size=(6, 4)), tf.float32)
+    candidates = tf.constant(rng.normal(size=(9, 4)), tf.float32)
+    labels = tf.constant(rng.integers(0, 9, 6))
+    weights = tf.constant(rng.uniform(0, 2, 6), tf.float32)
+    results = []
+    for compute in (lambda q, c: softmax_losses(q, c, labels, 0.3),
+                    lambda q, c: tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels, tf.matmul(q, c, transpose_b=True) / 0.3)):
+        with tf.GradientTape() as tape:
+            tape.watch([queries, candidates])
+            losses = compute(queries, candidates)
+            total = tf.reduce_sum(losses * weights)
+        results.append([losses, *tape.gradient(total, [queries, candidates])])
+    for got, expected in zip(*results, strict=True):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_cross_entropy_matches_the_op_and_does_not_underflow():
+    from tfmmrec.models.retrieval import _softmax_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(0, 3, (5, 7)), tf.float32)
+    labels = tf.constant([0, 6, 3, 3, 1])
+    values, backprop = _softmax_cross_entropy(logits, labels)
+    expected = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
+    np.testing.assert_allclose(values.numpy(), expected[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backprop.numpy(), expected[1].numpy(), atol=1e-6)
+    # the label 300 below the best: its probability is 0 in float32, its loss still finite
+    far = tf.constant([[0.0, 300.0, 1.0]])
+    values, _ = _softmax_cross_entropy(far, tf.constant([0]))
+    np.testing.assert_allclose(values.numpy(), [300.0 + np.log1p(np.exp(-300) + np.exp(-299))],
+                               rtol=1e-6)

@@ -102,6 +102,43 @@ def test_dense_and_gathered_pooling_agree_on_random_histories():
                                gathered(users, exclude=targets).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_unique_histories_written_cell_by_cell_agree_with_summing_paths(training):
+    """Histories without repeats take the SparseToDense path (targets' cells written last):
+    same pooling as the summing scatter and the gather + segment sum, with and without
+    history dropout (same masks: the dropout rate is 0 here, the flag alone differs)."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 9, 40)
+    items = np.concatenate([rng.choice(9, n, replace=False) for n in lengths])
+    weights = rng.uniform(0.1, 2.0, lengths.sum()).astype(np.float32)
+    splits = np.concatenate([[0, 0], np.cumsum(lengths)])
+    unique, summed, gathered = (
+        HistoryEncoder(9, 5, splits, items, weights, dense_max_items=m, unique_entries=u)
+        for m, u in ((9, None), (9, False), (8, None)))
+    assert unique.unique_entries and not summed.unique_entries
+    users = tf.constant(rng.integers(0, 41, 128))
+    targets = tf.constant(rng.integers(0, 9, 128))  # in the history or not
+    for layer in (unique, summed, gathered):
+        layer(users)
+        layer.embedding.set_weights(unique.embedding.get_weights())
+    expected = gathered(users, exclude=targets, training=training).numpy()
+    for layer in (unique, summed):
+        np.testing.assert_allclose(layer(users, exclude=targets, training=training).numpy(),
+                                   expected, rtol=1e-5, atol=1e-6)
+
+
+def test_repeated_items_are_detected_and_the_flag_survives_the_config():
+    splits = np.array([0, 0, 3])
+    assert not HistoryEncoder(4, 2, splits, np.array([1, 2, 1]), np.ones(3, np.float32)
+                              ).unique_entries
+    layer = HistoryEncoder(4, 2, splits, np.array([1, 2, 3]), np.ones(3, np.float32))
+    assert layer.unique_entries
+    assert HistoryEncoder.from_config(layer.get_config()).unique_entries
+    config = layer.get_config()
+    del config["unique_entries"]  # a config from before the flag: the summing path
+    assert not HistoryEncoder.from_config(config).unique_entries
+
+
 def test_invalid_dropout_is_rejected():
     with pytest.raises(ValueError, match="history dropout"):
         HistoryEncoder(2, 2, np.array([0, 0]), np.zeros(0, np.int64), np.zeros(0, np.float32),

@@ -174,3 +174,36 @@ def test_bfloat16_training_projection_is_close_and_inference_stays_float32():
     assert clone.training_precision == "bfloat16"
     with pytest.raises(ValueError, match=r"training_precision.*'int8'"):
         ModalityProjection(6, training_precision="int8")
+
+
+@pytest.mark.parametrize("hidden", [(), (6,)])
+@pytest.mark.parametrize("feature_dropout", [0.0, 0.8])
+def test_projecting_standardized_features_equals_projecting_the_features(hidden,
+                                                                         feature_dropout):
+    """The full softmax's path (LayerNorm statistics computed once, scale and offset folded
+    into the map when no feature dropout applies): the same outputs and the same gradients as
+    ``call`` on the raw features, in inference and (masks replayed) in training."""
+    from tfmmrec.towers.noise import Noise
+
+    rng = np.random.default_rng(0)
+    features = tf.constant(rng.normal(3.0, 2.0, (7, 10)), tf.float32)
+    layer = ModalityProjection(4, hidden, feature_dropout=feature_dropout)
+    layer(features)
+    # non-trivial LayerNorm scale and offset (they start at 1 and 0)
+    layer.norm.set_weights([rng.uniform(0.5, 2, 10).astype(np.float32),
+                            rng.normal(0, 1, 10).astype(np.float32)])
+    standardized = layer.standardize(features)
+    np.testing.assert_allclose(layer.project_standardized(standardized).numpy(),
+                               layer(features).numpy(), rtol=1e-4, atol=1e-5)
+    results = []
+    for project in (lambda: layer(features, training=True),
+                    lambda: layer.project_standardized(standardized, training=True)):
+        layer.feature_drop.noise = Noise(seed=5)  # the same dropout mask for both
+        with tf.GradientTape() as tape:
+            out = project()
+            loss = tf.reduce_sum(out ** 2)
+        results.append((out.numpy(), tape.gradient(loss, layer.trainable_variables)))
+    (out_a, grads_a), (out_b, grads_b) = results
+    np.testing.assert_allclose(out_b, out_a, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-4)

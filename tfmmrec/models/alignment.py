@@ -38,8 +38,10 @@ def masked_contrastive(a, b, a_present, b_present, item_ids, scale):
     usable = tf.logical_and(column_present[:, None, :] > 0,
                             tf.logical_or(diagonal, tf.logical_not(same_item))[None])
     scores = tf.where(usable, logits, tf.fill(tf.shape(logits), -1e9))
-    labels = tf.broadcast_to(tf.cast(diagonal, scores.dtype), tf.shape(scores))
-    losses = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=scores)  # [2P, B]
+    # row i's label is column i: the sparse form of the one-hot diagonal (no dense labels)
+    labels = tf.broadcast_to(tf.range(size), tf.shape(scores)[:2])
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
+                                                            logits=scores)  # [2P, B]
     return 0.5 * tf.reduce_sum(losses * rows)
 
 

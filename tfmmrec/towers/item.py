@@ -152,12 +152,29 @@ class ItemTower(tf.keras.layers.Layer):
         return self.projections[modality](content, training=training)
 
     def modality_embeddings(self, content: Mapping[str, tf.Tensor], training=False):
-        """Projected ``[B, M, d]`` embeddings and the ``[B, M]`` presence mask."""
-        embeddings = tf.stack([self.project(m, content[m], training) for m in self.modalities],
-                              axis=1)
+        """Projected ``[B, M, d]`` embeddings and the ``[B, M]`` presence mask.
+
+        ``content[m + "_standardized"]``, where present, is modality m's features already
+        standardised (``standardized_content``) and is projected in place of ``content[m]``.
+        """
+        embeddings = tf.stack([
+            self.projections[m].project_standardized(content[f"{m}_standardized"], training)
+            if f"{m}_standardized" in content else self.project(m, content[m], training)
+            for m in self.modalities], axis=1)
         mask = tf.stack([tf.cast(content[f"{m}_mask"], tf.float32) for m in self.modalities],
                         axis=1)
         return embeddings, mask
+
+    def standardized_content(self, content: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """``content`` plus, for each modality fed frozen features (no encoder in the tower),
+        ``m + "_standardized"``: the projection's LayerNorm standardisation of them. For a
+        fixed set of items (the full softmax's candidates) it is the same every step."""
+        out = dict(content)
+        for m in self.modalities:
+            if m not in self.encoders and isinstance(content.get(m), tf.Tensor) \
+                    and content[m].shape.rank == 2 and content[m].dtype.is_floating:
+                out[f"{m}_standardized"] = self.projections[m].standardize(content[m])
+        return out
 
     def fuse(self, embeddings, mask, item_index=None, training=False):
         """Masked fusion (+ item-id embedding, hidden at rate ``id_dropout`` in training) →

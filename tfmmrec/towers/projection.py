@@ -92,6 +92,47 @@ class ModalityProjection(tf.keras.layers.Layer):
             x = self.drop(_dense(layer, x, precision), training=training)
         return _dense(self.out, x, precision)
 
+    def standardize(self, features) -> tf.Tensor:
+        """LayerNorm's standardisation ``x̂ = (x − mean) / √(var + ε)`` without its learned
+        scale and offset: for frozen encoder features it never changes, so a train step can
+        compute it once (``project_standardized``) instead of every step."""
+        x = tf.cast(features, tf.float32)
+        mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + self.norm.epsilon)
+
+    def project_standardized(self, standardized, training=False):
+        """``call(features)`` given ``standardize(features)``: the same function of the same
+        weights (equal up to float rounding), cheaper per step.
+
+        Without feature dropout the LayerNorm's scale and offset fold into the first map,
+        ``(γ ⊙ x̂ + β) W + b = x̂ (γ ⊙ W) + (β W + b)``: the only per-step product over the
+        features is ``x̂ (γ ⊙ W)`` and its weight gradient; no elementwise pass over them, and
+        no gradient with respect to the (constant) features.
+        """
+        if not self.norm.built:
+            self.norm.build(standardized.shape)
+        gamma, beta = self.norm.gamma, self.norm.beta
+        precision = self.training_precision if training is True else "float32"
+        first = self.layers[0] if self.layers else self.out
+        dropping = training is True and self.feature_dropout > 0
+        if dropping:
+            x = self.feature_drop(standardized * gamma + beta, training=training)
+            x = _dense(first, x, precision)
+        else:
+            if not first.built:
+                first(standardized[:1])  # builds the layer through Keras
+            y = matmul(standardized, gamma[:, None] * first.kernel, precision)
+            shift = tf.linalg.matvec(first.kernel, beta, transpose_a=True)
+            if first.use_bias:
+                shift += first.bias
+            x = first.activation(y + shift)
+        if not self.layers:
+            return x
+        x = self.drop(x, training=training)
+        for layer in self.layers[1:]:
+            x = self.drop(_dense(layer, x, precision), training=training)
+        return _dense(self.out, x, precision)
+
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "hidden": list(self.hidden),
                 "dropout": self.dropout, "feature_dropout": self.feature_dropout,
