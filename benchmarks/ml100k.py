@@ -439,6 +439,9 @@ def run_child(code: str, arguments: list[str], desc: str, peak_file: Path
     return time.perf_counter() - start, read_peak_rss(peak_file)
 
 
+SPEED_EPOCHS = 6  # the speed step's tfmmrec run: 5 timed epochs after the traced one
+
+
 def speed_step(spaces: Workspaces, args) -> dict:
     """Every timing of issue 3 §4 in one sequence (separate processes for RSS)."""
     from tfmmrec import pipeline
@@ -462,8 +465,13 @@ def speed_step(spaces: Workspaces, args) -> dict:
 
     # 2. `tfmmrec train` on the same split from the encoder cache (the CLI, as a user runs it).
     config = base_config(args, [*SPLITS["A"], f"train.output_dir={out / 'tfmmrec'}"])
+    # A fixed number of epochs, no early stopping: the step is what is timed, and examples/s
+    # leave out the first (tracing) epoch, so a run early stopping cuts to one epoch would time
+    # start-up. `linear_cf: auto` is resolved by early stopping: ials, what it picks on A.
+    fixed = ["train.early_stopping=false", f"train.epochs={2 if args.quick else SPEED_EPOCHS}",
+             *(["model.linear_cf=ials"] if config.model.linear_cf == "auto" else [])]
     overrides = [f"train.output_dir={out / 'tfmmrec'}", "train.verbose=0", *SPLITS["A"],
-                 *(["train.epochs=2"] if args.quick else []), *args.overrides]
+                 *fixed, *args.overrides]
     code = "from tfmmrec.cli import main; sys.exit(main(sys.argv[1:]))"
     arguments = ["-q", "train", "--config", str(CONFIG)]
     for item in overrides:
