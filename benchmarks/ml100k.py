@@ -475,6 +475,7 @@ def speed_step(spaces: Workspaces, args) -> dict:
                and not config.model.linear_cf_weight else [])]
     overrides = [f"train.output_dir={out / 'tfmmrec'}", "train.verbose=0", *SPLITS["A"],
                  *fixed, *args.overrides]
+    config = base_config(args, [*SPLITS["A"], f"train.output_dir={out / 'tfmmrec'}", *fixed])
     code = "from tfmmrec.cli import main; sys.exit(main(sys.argv[1:]))"
     arguments = ["-q", "train", "--config", str(CONFIG)]
     for item in overrides:
