@@ -88,7 +88,19 @@ class ModalityProjection(tf.keras.layers.Layer):
     def call(self, features, training=False):
         x = self.feature_drop(self.norm(tf.cast(features, tf.float32)), training=training)
         precision = self.training_precision if training is True else "float32"
-        for layer in self.layers:
+        return self._after_first(_dense(self._first, x, precision), training, precision)
+
+    @property
+    def _first(self) -> tf.keras.layers.Dense:
+        """The map applied to the (normalised) features: the first hidden layer, or ``out``."""
+        return self.layers[0] if self.layers else self.out
+
+    def _after_first(self, x, training, precision):
+        """The maps after ``_first``, given its output."""
+        if not self.layers:
+            return x
+        x = self.drop(x, training=training)
+        for layer in self.layers[1:]:
             x = self.drop(_dense(layer, x, precision), training=training)
         return _dense(self.out, x, precision)
 
@@ -113,7 +125,7 @@ class ModalityProjection(tf.keras.layers.Layer):
             self.norm.build(standardized.shape)
         gamma, beta = self.norm.gamma, self.norm.beta
         precision = self.training_precision if training is True else "float32"
-        first = self.layers[0] if self.layers else self.out
+        first = self._first
         dropping = training is True and self.feature_dropout > 0
         if dropping:
             x = self.feature_drop(standardized * gamma + beta, training=training)
@@ -126,12 +138,7 @@ class ModalityProjection(tf.keras.layers.Layer):
             if first.use_bias:
                 shift += first.bias
             x = first.activation(y + shift)
-        if not self.layers:
-            return x
-        x = self.drop(x, training=training)
-        for layer in self.layers[1:]:
-            x = self.drop(_dense(layer, x, precision), training=training)
-        return _dense(self.out, x, precision)
+        return self._after_first(x, training, precision)
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "hidden": list(self.hidden),
