@@ -363,14 +363,17 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
             and not config.train.early_stopping):
         raise ConfigError("model.linear_cf_weight=0 means 'choose it on validation', which "
                           "train.early_stopping does: enable it or set the weight (e.g. 1)")
-    selection = None
-    if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
-        selection = select_serving_mix(ws, strategy, output / "fusion-selection")
     validation = None
+    chosen = []
     if config.train.early_stopping:
         validation = select_epochs(ws, strategy, output / "early-stopping")
         chosen = [f"model.linear_cf={validation['linear_cf']}"] \
             if config.model.linear_cf == "auto" else []
+    selection = None
+    if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
+        # after early stopping: an `auto` CF kind is resolved, and the mix is chosen for it
+        selection = select_serving_mix(ws, strategy, output / "fusion-selection", chosen)
+    if config.train.early_stopping:
         config = load_config(config, [f"train.epochs={validation['best_epoch']}", *chosen])
         ws = dataclasses.replace(ws, config=config)
         if chosen and chief:  # the checkpoints hold the chosen kind: restore rebuilds it
@@ -474,12 +477,16 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
             if monitor.best_epoch else {}}
 
 
-def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:
+def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: Path,
+                       overrides: list[str] = ()) -> dict:
     """Train on a validation split of the training data (same split kind), and choose the
-    serving embedding there (``evaluation.fusion_selection``). Resumable like any run."""
+    serving embedding there (``evaluation.fusion_selection``). Resumable like any run.
+    ``overrides``: what early stopping resolved for the run (``model.linear_cf=<kind>`` when
+    the config says ``auto``), so the mix is chosen for the model that is served."""
     from tfmmrec.evaluation.fusion_selection import choose_serving_mix
 
-    config = load_config(ws.config, [f"train.output_dir={output}", "model.fusion_selection=none"])
+    config = load_config(ws.config, [f"train.output_dir={output}", "model.fusion_selection=none",
+                                     *overrides])
     d = config.data
     validation = validation_split(ws.split, d.test_fraction, d.seed)
     inner = dataclasses.replace(ws, config=config, split=validation)
@@ -503,7 +510,8 @@ def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: 
                 metric, max(scores.values()), scores["fused"])
     return {"weights": None if weights is None else dict(zip(ws.modalities, weights,
                                                               strict=True)),
-            "metric": metric, "validation_scores": scores}
+            "metric": metric, "validation_scores": scores,
+            "linear_cf": config.model.linear_cf}
 
 
 def restore(run_dir: str | os.PathLike | None = None,

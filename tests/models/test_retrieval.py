@@ -250,6 +250,22 @@ def test_fusion_selection_serves_the_validated_mix_and_restores_it(tiny_config, 
                                run.model.item_embeddings(tf.range(5)).numpy(), atol=1e-5)
 
 
+def test_fusion_selection_with_an_auto_linear_cf_is_chosen_for_the_kind_early_stopping_chose(
+        tiny_config, tiny_workspace, tmp_path):
+    """``linear_cf: auto`` is resolved by early stopping; the serving mix is then chosen on a
+    model of that kind (this combination used to fail building the selection model)."""
+    config = derive_config(tiny_config, tmp_path, "model.fusion_selection=validation",
+                           "train.epochs=2", "train.early_stopping=true",
+                           "model.user_history=true", "model.linear_cf=auto",
+                           "model.linear_cf_rank=8")
+    run = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    kind = record["early_stopping"]["linear_cf"]
+    assert run.workspace.config.model.linear_cf == kind
+    assert "fused" in record["fusion_selection"]["validation_scores"]
+    assert record["fusion_selection"]["linear_cf"] == kind
+
+
 def test_serving_mix_of_one_modality_is_that_modality_alone(model):
     tower = model.item_tower
     content = model.content_table(tf.range(8))
