@@ -272,7 +272,7 @@ def const_backbone(backbone, mode: str):
                 return int8_dense(kernel, bias)
             return float_dense(kernel, tf.constant(bias), mode, constant=True)
 
-        def _layers(self, x, adder, batch, length, attention):
+        def _layers(self, x, adder, batch, length, attention, layers=None):
             for w, dense in zip(self.layers, self._const, strict=True):
                 qkv = dense["qkv"](x)
                 context = attention(*tf.split(qkv, 3, axis=1), adder, self.num_heads)
