@@ -137,6 +137,23 @@ class InferenceBert(tf.Module):
     @tf.Module.with_name_scope
     def __call__(self, tokens: dict[str, tf.Tensor]) -> tf.Tensor:
         """``{"token_ids", "segment_ids", "padding_mask"}`` ``[B, T]`` → ``[B, T, hidden]``."""
+        if self.weights == "variables":
+            return self._forward(tokens)
+        return self._shared_forward(tokens)(tokens)
+
+    def _shared_forward(self, tokens: dict[str, tf.Tensor]):
+        """With constant kernels, one ``tf.function`` per input dtypes, traced once for any
+        ``[batch, length]``: every graph that calls this copy (each exported signature that
+        encodes text) calls the same function, so a SavedModel stores the constants once."""
+        specs = {key: tf.TensorSpec([None, None], tf.convert_to_tensor(value).dtype, key)
+                 for key, value in sorted(tokens.items())}
+        key = tuple((name, spec.dtype.name) for name, spec in specs.items())
+        shared = self.__dict__.setdefault("_shared", {})
+        if key not in shared:
+            shared[key] = tf.function(self._forward, input_signature=[specs])
+        return shared[key]
+
+    def _forward(self, tokens: dict[str, tf.Tensor]) -> tf.Tensor:
         ids, segments = tokens["token_ids"], tokens["segment_ids"]
         batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
         x = (tf.gather(self.token_embeddings, ids) + self.position_embeddings[:length]
