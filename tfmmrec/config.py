@@ -593,11 +593,12 @@ class ExportConfig:
     numerics are measured by ``benchmarks/text_speed.py``; stock TF Serving CPU builds may
     lack fast bfloat16 kernels). ``text_weights``: ``variables`` (default) or ``constants``
     (opt-in, needs ``fused`` and no ``jit_compile``; float32 or bfloat16): the fused copy's
-    dense kernels become graph constants of each exported text signature, so oneDNN packs
-    them once and reuses the packed copy (a variable's kernel is repacked each call through a
-    slower general GEMM): faster queries, the same features to float rounding. Cost: export
-    size, every signature that encodes text stores its own copy of the kernels
-    (``benchmarks/text_speed.py`` measures both).
+    dense kernels become graph constants (in one function every text signature calls), so
+    oneDNN packs them once and reuses the packed copy (a variable's kernel is repacked each
+    call through a slower general GEMM): faster queries, the same features to float
+    rounding. Cost: the kernels move from ``variables/`` into ``saved_model.pb`` (ML-100K
+    MiniLM: 50 MB of graph instead of 8.5 MB, the same total; a graph proto is capped at
+    2 GB) (``benchmarks/text_speed.py`` measures both).
     """
 
     base_dir: str = "runs/models"

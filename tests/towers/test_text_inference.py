@@ -195,3 +195,19 @@ def test_export_config_validates_text_weights():
         ExportConfig(text_weights="constants")
     with pytest.raises(ConfigError, match=r"export.text_weights='constants'.*jit_compile"):
         ExportConfig(text_backbone="fused", text_weights="constants", jit_compile=True)
+
+
+def test_constant_kernels_are_stored_once_for_every_calling_graph():
+    """Two graphs that encode text (a batch and a single text, as an export's signatures do)
+    call one shared function holding the constants: a SavedModel stores the kernels once."""
+    encoder = encoder_for()
+    encoder.use_inference_backbone("float32", "constants")
+    qkv = encoder.inference_backbone.layers[0]["qkv_kernel"]
+    holders = []
+    for spec in (STRINGS, tf.TensorSpec([1], tf.string)):
+        traced = tf.function(lambda t: encoder(t, training=False), input_signature=[spec])
+        library = traced.get_concrete_function().graph.as_graph_def().library.function
+        holders.append({f.signature.name for f in library for n in f.node_def
+                        if n.op == "Const" and np.array_equal(
+                            tf.make_ndarray(n.attr["value"].tensor), qkv)})
+    assert len(holders[0]) == 1 and holders[0] == holders[1], holders
