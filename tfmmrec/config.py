@@ -596,9 +596,10 @@ class ExportConfig:
     dense kernels become graph constants (in one function every text signature calls), so
     oneDNN packs them once and reuses the packed copy (a variable's kernel is repacked each
     call through a slower general GEMM): faster queries, the same features to float
-    rounding. Cost: the kernels move from ``variables/`` into ``saved_model.pb`` (ML-100K
-    MiniLM: 50 MB of graph instead of 8.5 MB, the same total; a graph proto is capped at
-    2 GB) (``benchmarks/text_speed.py`` measures both).
+    rounding. Cost: the kernels move from ``variables/`` into ``saved_model.pb``, twice (one
+    copy per attention branch; ML-100K MiniLM: 93 MB of graph instead of 8.5 MB, ~42 MB
+    more in all; a graph proto is capped at 2 GB) (``benchmarks/text_speed.py`` measures
+    both).
     """
 
     base_dir: str = "runs/models"

@@ -21,9 +21,9 @@ arrays and makes them graph constants (``Const`` nodes) of every traced call ins
 variable's weight is a plain input it repacks each call through a general GEMM; the same
 numbers to float rounding, faster per query (``benchmarks/text_speed.py``). Biases stay
 variables. Every graph that calls the copy calls one shared ``tf.function`` holding the
-constants, so a SavedModel stores them once: its ``saved_model.pb`` grows by the kernels' bytes
-and ``variables/`` shrinks by as much (the ML-100K MiniLM export: 50 MB of graph instead of
-8.5 MB, the same total). A graph proto is capped at 2 GB: fine for MiniLM-sized encoders.
+constants, so a SavedModel stores them once per attention branch (two copies): its
+``saved_model.pb`` grows by twice the kernels' bytes and ``variables/`` shrinks by once (the
+ML-100K MiniLM export: 93 MB of graph instead of 8.5 MB). A graph proto is capped at 2 GB.
 """
 
 from __future__ import annotations
@@ -164,11 +164,11 @@ class InferenceBert(tf.Module):
         # Keys at padded positions get exactly zero attention weight, as in Keras's softmax.
         padding = tf.cast(tokens["padding_mask"], tf.float32)
         adder = ((1.0 - padding) * _MASKED)[:, None, None, :]  # [B, 1, 1, T]
-        layers = self._traced_layers()  # once, outside the cond: one copy per trace
         x = tf.cond((batch == 1) & (length <= BLOCK_ATTENTION_MAX_LENGTH),
                     lambda: self._layers(x, adder[0, 0], batch, length, _block_attention,
-                                         layers),
-                    lambda: self._layers(x, adder, batch, length, _head_attention, layers))
+                                         self._traced_layers()),
+                    lambda: self._layers(x, adder, batch, length, _head_attention,
+                                         self._traced_layers()))
         return tf.reshape(x, [batch, length, self.hidden_dim])
 
     def _layers(self, x, adder, batch, length, attention, layers):
@@ -185,10 +185,11 @@ class InferenceBert(tf.Module):
 
     def _traced_layers(self) -> list[dict]:
         """The layers' weights as this trace reads them: the variables, or (``constants``) the
-        kernels as new ``Const`` nodes of the graph being traced. Made once per trace, before
-        the attention ``tf.cond``: its branches read them as inputs, and once TF lowers the
-        cond the matmuls still read a ``Const`` (measured as fast as constants made inside
-        each branch, at half the size)."""
+        kernels as new ``Const`` nodes of the graph being traced. Made in each branch of the
+        attention ``tf.cond`` (two copies): constants made before the cond are the branches'
+        inputs, and in a loaded SavedModel oneDNN then runs them through its general GEMM
+        (``ONEDNN_VERBOSE``: ``x64:gemm:jit``, no faster than variables) where in-branch
+        constants get ``brgemm`` with cached packed weights."""
         if self.weights == "variables":
             return self.layers
         return [{key: tf.constant(value) if isinstance(value, np.ndarray) else value
