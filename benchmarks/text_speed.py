@@ -9,10 +9,11 @@ process, one machine state:
    (catalogue order, padded to 128, eager calls) on a random --baseline-items sample, timed in
    two halves around the new path; items/s of each and the largest feature difference
    (must stay ≤ 1e-5);
-2. ``query_text`` latency: a text-only ML-100K model is exported six times (padded encoder,
+2. ``query_text`` latency: a text-only ML-100K model is exported eight times (padded encoder,
    trimmed encoder, trimmed with ``export.jit_compile=true``: the backbone XLA-compiled,
    trimmed with ``export.text_backbone=fused``: ``towers.text_inference.InferenceBert``, that
-   XLA-compiled too, and the fused one with ``export.text_precision=bfloat16``; brute-force
+   XLA-compiled too, the fused one with ``export.text_precision=bfloat16``, and fused float32
+   and bfloat16 with ``export.text_weights=constants``: kernels as graph constants; brute-force
    index; untrained projection: latency does not depend on its values), the SavedModels are
    loaded as ``tfmmrec serve`` loads them (``tf.saved_model.load``) and the ``query_text``
    signature is called in-process with a five-word query, the paths
@@ -124,6 +125,10 @@ VARIANTS = {
     "fused": (True, {"export.text_backbone": "fused"}),
     "fused_xla": (True, {"export.text_backbone": "fused", "export.jit_compile": "true"}),
     "fused_bf16": (True, {"export.text_backbone": "fused", "export.text_precision": "bfloat16"}),
+    "fused_const": (True, {"export.text_backbone": "fused", "export.text_weights": "constants"}),
+    "fused_bf16_const": (True, {"export.text_backbone": "fused",
+                                "export.text_precision": "bfloat16",
+                                "export.text_weights": "constants"}),
 }
 
 
@@ -143,6 +148,28 @@ def export_variants(config, workspace) -> dict:
         paths[name] = pipeline.export(named, model=model, workspace=workspace)
     encoder.trim_padding = True
     return paths
+
+
+def export_sizes(paths: dict, hidden: int) -> dict:
+    """Bytes of each export (``saved_model.pb``, ``variables/``, total) and how many of its
+    graph functions hold the fused Q/K/V kernels as a ``[hidden, 3·hidden]`` constant: the
+    copies of the text backbone's kernels ``export.text_weights: constants`` stores."""
+    from tfmmrec.export.audit import load_meta_graph
+
+    out = {}
+    for name, path in paths.items():
+        path = Path(path)
+        graph = path / "saved_model.pb"
+        variables = sum(f.stat().st_size for f in (path / "variables").rglob("*") if f.is_file())
+        total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        library = load_meta_graph(path).graph_def.library.function
+        holding = [f.signature.name for f in library if any(
+            node.op == "Const" and [d.size for d in node.attr["value"].tensor.tensor_shape.dim]
+            == [hidden, 3 * hidden] for node in f.node_def)]
+        out[name] = {"saved_model_pb_bytes": graph.stat().st_size, "variables_bytes": variables,
+                     "total_bytes": total, "functions_with_constant_qkv_kernels": len(holding),
+                     "constant_kernel_functions": holding}
+    return out
 
 
 def tf_scope():
@@ -419,6 +446,7 @@ def main(argv=None) -> int:
           flush=True)
     workspace = pipeline.prepare(config, progress=False)
     paths = export_variants(config, workspace)
+    report["export_sizes"] = export_sizes(paths, int(encoder.backbone.hidden_dim))
     print(f"query_text: {args.calls} calls per path, interleaved...", flush=True)
     tokens = int(encoder.preprocessor(np.array([QUERY]))["padding_mask"].numpy().sum())
     floor, flops = matmul_floor(encoder.backbone, tokens)
@@ -445,9 +473,9 @@ def main(argv=None) -> int:
         "query_text_xla_p50_speedup_ge_4": report["query_text"]["p50_speedup_xla"] >= 4,
         "query_text_xla_p99_lt_10ms": report["query_text"]["trimmed_xla"]["p99_ms"] < 10,
         **{f"query_text_{name}_p50_speedup_ge_4": report["query_text"][f"p50_speedup_{name}"] >= 4
-           for name in ("fused", "fused_xla", "fused_bf16")},
+           for name in ("fused", "fused_xla", "fused_bf16", "fused_const", "fused_bf16_const")},
         **{f"query_text_{name}_p99_lt_10ms": report["query_text"][name]["p99_ms"] < 10
-           for name in ("fused", "fused_xla", "fused_bf16")},
+           for name in ("fused", "fused_xla", "fused_bf16", "fused_const", "fused_bf16_const")},
         **{f"query_text_tf1_session_{name}_p50_speedup_ge_4_and_p99_lt_10ms": (
             report["query_text"][TF1 + name]["p50_speedup"] >= 4
             and report["query_text"][TF1 + name]["p99_ms"] < 10)
@@ -471,6 +499,9 @@ LABELS = {
     "fused": "trimmed, fused backbone (`export.text_backbone: fused`)",
     "fused_xla": "fused + XLA (`text_backbone: fused`, `jit_compile`)",
     "fused_bf16": "fused, bfloat16 weights (`export.text_precision: bfloat16`)",
+    "fused_const": "fused, constant kernels (`export.text_weights: constants`)",
+    "fused_bf16_const": "fused, bfloat16 constant kernels (`text_precision: bfloat16`, "
+                        "`text_weights: constants`)",
     "numpy_matmul_floor": "floor: the backbone's weight matmuls alone in numpy",
 }
 
@@ -516,6 +547,16 @@ def table(report: dict) -> str:
         lines.append(f"| {LABELS[name]} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
                      f"{row['cpu_ms_per_call']:.2f} | {ratio} | "
                      f"{row['max_score_difference_vs_tf2_call']:.1e} |")
+    sizes = report.get("export_sizes")
+    if sizes:
+        lines += ["\nExport sizes (MB = 10⁶ bytes; functions: graph functions holding the fused "
+                  "Q/K/V kernel as a constant):",
+                  "| path | saved_model.pb MB | variables/ MB | total MB | functions |",
+                  "| :--- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {LABELS[name]} | {row['saved_model_pb_bytes'] / 1e6:.1f} | "
+                  f"{row['variables_bytes'] / 1e6:.1f} | {row['total_bytes'] / 1e6:.1f} | "
+                  f"{row['functions_with_constant_qkv_kernels']} |"
+                  for name, row in sizes.items()]
     numerics = report.get("bf16_numerics")
     if numerics:
         cos, top = numerics["feature_cosine"], numerics[f"top{numerics['k']}_overlap"]

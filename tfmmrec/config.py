@@ -591,7 +591,15 @@ class ExportConfig:
     ``float32`` (default) or ``bfloat16`` (opt-in, needs ``fused`` and no ``jit_compile``:
     the fused copy's weight matmuls in bfloat16, half the weight bytes per query; its
     numerics are measured by ``benchmarks/text_speed.py``; stock TF Serving CPU builds may
-    lack fast bfloat16 kernels).
+    lack fast bfloat16 kernels). ``text_weights``: ``variables`` (default) or ``constants``
+    (opt-in, needs ``fused`` and no ``jit_compile``; float32 or bfloat16): the fused copy's
+    dense kernels become graph constants (in one function every text signature calls), so
+    oneDNN packs them once and reuses the packed copy (a variable's kernel is repacked each
+    call through a slower general GEMM): faster queries, the same features to float
+    rounding. Cost: the kernels move from ``variables/`` into ``saved_model.pb``, twice (one
+    copy per attention branch; ML-100K MiniLM: 93 MB of graph instead of 8.5 MB, ~42 MB
+    more in all; a graph proto is capped at 2 GB) (``benchmarks/text_speed.py`` measures
+    both).
     """
 
     base_dir: str = "runs/models"
@@ -610,6 +618,7 @@ class ExportConfig:
     jit_compile: bool = False
     text_backbone: Literal["keras", "fused"] = "keras"
     text_precision: Literal["float32", "bfloat16"] = "float32"
+    text_weights: Literal["variables", "constants"] = "variables"
 
     def __post_init__(self) -> None:
         _check_choice("export.index", self.index, INDEX_KINDS)
@@ -621,6 +630,14 @@ class ExportConfig:
                    "fused copy)")
             _check(not self.jit_compile, "export.text_precision", self.text_precision,
                    "float32 with export.jit_compile=true (XLA:CPU has no fast bfloat16 matmul)")
+        _check_choice("export.text_weights", self.text_weights, ("variables", "constants"))
+        if self.text_weights == "constants":
+            _check(self.text_backbone == "fused", "export.text_weights", self.text_weights,
+                   "variables unless export.text_backbone=fused (the constants are the fused "
+                   "copy's kernels)")
+            _check(not self.jit_compile, "export.text_weights", self.text_weights,
+                   "variables with export.jit_compile=true (untested: XLA:CPU does not run "
+                   "oneDNN's cached-weight kernels)")
         _check(self.max_exclude >= 0, "export.max_exclude", self.max_exclude, ">= 0")
         _check(self.max_session_items >= 1, "export.max_session_items",
                self.max_session_items, ">= 1")

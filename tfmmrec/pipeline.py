@@ -774,7 +774,7 @@ def export(config: Config | str | os.PathLike | None = None,
                 raise ConfigError(
                     "export.text_backbone=fused needs the KerasNLP BERT text encoder, got "
                     f"{type(text_encoder).__name__}")
-            text_encoder.use_inference_backbone(ex.text_precision)
+            text_encoder.use_inference_backbone(ex.text_precision, ex.text_weights)
     towers = ServingTowers(
         model.query_tower, model.item_tower, ws.encoders,
         training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
@@ -788,6 +788,7 @@ def export(config: Config | str | os.PathLike | None = None,
         "two_stage": head is not None, "exclude_seen": ex.exclude_seen,
         "jit_compile": ex.jit_compile,
         "text_backbone": ex.text_backbone, "text_precision": ex.text_precision,
+        "text_weights": ex.text_weights,
         "max_seen": towers.max_seen, "max_exclude": ex.max_exclude,
         "max_session_items": ex.max_session_items,
         "session_user_weight": ex.session_user_weight,

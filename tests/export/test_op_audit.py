@@ -199,43 +199,54 @@ def test_jit_compiled_export_uses_stock_ops_and_answers_like_the_plain_one(
                                atol=1e-5)
 
 
-@pytest.fixture(scope="module", params=[("float32", False), ("bfloat16", False),
-                                        ("float32", True)], ids=["float32", "bfloat16", "xla"])
+@pytest.fixture(scope="module", params=[("float32", False, "variables"),
+                                        ("bfloat16", False, "variables"),
+                                        ("float32", True, "variables"),
+                                        ("float32", False, "constants")],
+                ids=["float32", "bfloat16", "xla", "float32_constants"])
 def fused_export(request, exported, tiny_trained, tmp_path_factory):
     """The tiny model exported with ``export.text_backbone=fused`` (brute-force index), in
-    float32, bfloat16, or float32 XLA-compiled (``export.jit_compile``)."""
+    float32, bfloat16, float32 XLA-compiled (``export.jit_compile``), or float32 with the
+    kernels as graph constants (``export.text_weights=constants``)."""
     from tfmmrec import pipeline
     from tfmmrec.config import load_config
 
     config, _ = exported
-    precision, jit = request.param
+    precision, jit, weights = request.param
     config = load_config(config, [f"export.base_dir={tmp_path_factory.mktemp('fused')}",
                                   "export.text_backbone=fused",
                                   f"export.text_precision={precision}",
-                                  f"export.jit_compile={str(jit).lower()}"])
+                                  f"export.jit_compile={str(jit).lower()}",
+                                  f"export.text_weights={weights}"])
     path = pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
                            index="brute_force")
-    return precision, jit, path
+    return precision, jit, weights, path
 
 
 def test_fused_text_export_uses_stock_ops_and_answers_like_the_plain_one(
         fused_export, op_registry, tf1_answers, tiny_trained, tmp_path):
-    """``export.text_backbone=fused`` (float32, also XLA-compiled: the plain export's scores
-    to 1e-5; bfloat16: bfloat16 weight matmuls, scores close, same top item) adds no op
-    outside core TF + TF Text, runs as a TF1 graph + session, and leaves the workspace's
-    encoder on the Keras backbone."""
-    precision, jit, path = fused_export
+    """``export.text_backbone=fused`` (float32, also XLA-compiled or with constant kernels:
+    the plain export's scores to 1e-5; bfloat16: bfloat16 weight matmuls, scores close, same
+    top item) adds no op outside core TF + TF Text, runs as a TF1 graph + session, and leaves
+    the workspace's encoder on the Keras backbone."""
+    precision, jit, weights, path = fused_export
     metadata = ExportedModel(path).metadata
-    assert (metadata["text_backbone"], metadata["text_precision"], metadata["jit_compile"]) == (
-        "fused", precision, jit)
+    assert (metadata["text_backbone"], metadata["text_precision"], metadata["jit_compile"],
+            metadata["text_weights"]) == ("fused", precision, jit, weights)
     assert tiny_trained.workspace.encoders["text"].inference_backbone is None
     assert_stock_ops(path, op_registry)
     from tfmmrec.export.audit import load_meta_graph
 
+    library = load_meta_graph(path).graph_def.library.function
     matmul_types = {tf.dtypes.as_dtype(node.attr["T"].type).name
-                    for function in load_meta_graph(path).graph_def.library.function
-                    for node in function.node_def if node.op == "MatMul"}
+                    for function in library for node in function.node_def if node.op == "MatMul"}
     assert ("bfloat16" in matmul_types) == (precision == "bfloat16"), matmul_types
+    hidden = tiny_trained.workspace.encoders["text"].feature_dim
+    qkv_constants = [node for function in library for node in function.node_def
+                     if node.op == "Const" and [d.size for d in
+                                                node.attr["value"].tensor.tensor_shape.dim]
+                     == [hidden, 3 * hidden]]
+    assert bool(qkv_constants) == (weights == "constants"), len(qkv_constants)
     fused = tf1_session_answers(path, tmp_path)["signatures"]
     plain = tf1_answers["brute_force"]["signatures"]
     assert set(fused) == SIGNATURES

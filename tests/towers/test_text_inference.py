@@ -133,3 +133,82 @@ def test_export_config_validates_text_backbone_and_precision():
         ExportConfig(text_backbone="onnx")
     with pytest.raises(ConfigError, match=r"export.text_precision='int8'"):
         ExportConfig(text_backbone="fused", text_precision="int8")
+
+
+def _kernel_sources(encoder, texts) -> tuple[list, list]:
+    """The traced encoder call's 2-D ``Const`` nodes (every function of its graph, the
+    attention ``tf.cond``'s branches included) and the names of the variables it reads."""
+    traced = tf.function(lambda t: encoder(t, training=False), input_signature=[STRINGS])
+    concrete = traced.get_concrete_function()
+    graph_def = concrete.graph.as_graph_def()
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    constants = [tf.make_ndarray(n.attr["value"].tensor) for n in nodes
+                 if n.op == "Const" and len(n.attr["value"].tensor.tensor_shape.dim) == 2]
+    return constants, [v.name for v in concrete.variables]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_constant_kernels_are_graph_constants_with_the_variables_features(precision):
+    """``weights="constants"``: the traced graph holds each fused kernel as a ``Const`` node
+    (its value, in the precision's dtype) and reads no kernel variable; biases stay variables;
+    the features are the variable copy's to float rounding."""
+    encoder = encoder_for()
+    encoder.use_inference_backbone(precision)
+    held = encoder.inference_backbone.layers
+    kernels = [w[k].numpy() for w in held for k in w if k.endswith("_kernel")]
+    reference = {texts.shape[0]: encoder(texts).numpy() for texts in (MIXED, MIXED[1:2])}
+    constants, read = _kernel_sources(encoder, MIXED)
+    assert not any(c.shape == k.shape and np.array_equal(c, k)
+                   for c in constants for k in kernels)
+    assert any("_kernel" in name for name in read)
+
+    encoder.use_inference_backbone(precision, "constants")
+    module = encoder.inference_backbone
+    assert not [v for v in module.variables if "_kernel" in v.name]
+    assert [v for v in module.variables if "_bias" in v.name]
+    constants, read = _kernel_sources(encoder, MIXED)
+    for kernel in kernels:  # once in each attention branch, read there directly
+        assert sum(c.dtype == kernel.dtype and c.shape == kernel.shape
+                   and np.array_equal(c, kernel) for c in constants) == 2
+    assert not any("_kernel" in name for name in read), read
+    assert any("_bias" in name for name in read), read
+    traced = tf.function(lambda t: encoder(t, training=False), input_signature=[STRINGS])
+    for texts in (MIXED, MIXED[1:2]):  # per-head and block attention
+        np.testing.assert_allclose(encoder(texts).numpy(), reference[texts.shape[0]], atol=1e-6)
+        np.testing.assert_allclose(traced(texts).numpy(), reference[texts.shape[0]], atol=1e-6)
+
+
+def test_bad_weights_are_a_config_error():
+    with pytest.raises(ConfigError, match=r"weights 'int8'.*variables, constants"):
+        InferenceBert(encoder_for().backbone, "float32", "int8")
+
+
+def test_export_config_validates_text_weights():
+    assert ExportConfig().text_weights == "variables"
+    for precision in ("float32", "bfloat16"):
+        config = ExportConfig(text_backbone="fused", text_precision=precision,
+                              text_weights="constants")
+        assert config.text_weights == "constants"
+    with pytest.raises(ConfigError, match=r"export.text_weights='frozen'"):
+        ExportConfig(text_backbone="fused", text_weights="frozen")
+    with pytest.raises(ConfigError, match=r"export.text_weights='constants'.*text_backbone"):
+        ExportConfig(text_weights="constants")
+    with pytest.raises(ConfigError, match=r"export.text_weights='constants'.*jit_compile"):
+        ExportConfig(text_backbone="fused", text_weights="constants", jit_compile=True)
+
+
+def test_constant_kernels_are_stored_once_for_every_calling_graph():
+    """Two graphs that encode text (a batch and a single text, as an export's signatures do)
+    call one shared function holding the constants (in its two attention branches): a
+    SavedModel stores them once per branch, not once per calling graph."""
+    encoder = encoder_for()
+    encoder.use_inference_backbone("float32", "constants")
+    qkv = encoder.inference_backbone.layers[0]["qkv_kernel"]
+    holders = []
+    for spec in (STRINGS, tf.TensorSpec([1], tf.string)):
+        traced = tf.function(lambda t: encoder(t, training=False), input_signature=[spec])
+        library = traced.get_concrete_function().graph.as_graph_def().library.function
+        holders.append({f.signature.name for f in library for n in f.node_def
+                        if n.op == "Const" and np.array_equal(
+                            tf.make_ndarray(n.attr["value"].tensor), qkv)})
+    assert len(holders[0]) == 2 and holders[0] == holders[1], holders  # the two branches

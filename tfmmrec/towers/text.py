@@ -50,8 +50,8 @@ class TextEncoder(Encoder):
         a graph is traced (``export.jit_compile`` sets it for exports): stock TF Serving runs
         such a model only with ``--xla_cpu_compilation_enabled=true``.
 
-    ``use_inference_backbone(precision)`` (what an export does for ``export.text_backbone:
-    fused``) makes inference calls (``training=False``) run a
+    ``use_inference_backbone(precision, weights)`` (what an export does for
+    ``export.text_backbone: fused``) makes inference calls (``training=False``) run a
     :class:`~tfmmrec.towers.text_inference.InferenceBert` built from the backbone's current
     weights; ``use_inference_backbone(None)`` returns to the Keras backbone. Training calls
     always run the Keras backbone.
@@ -91,13 +91,14 @@ class TextEncoder(Encoder):
         module = self._inference_backbone
         return [] if module is None else list(module.variables)
 
-    def use_inference_backbone(self, precision: str | None) -> None:
+    def use_inference_backbone(self, precision: str | None, weights: str = "variables") -> None:
         """Serve inference calls through a fused copy of the backbone (``"float32"`` or
-        ``"bfloat16"``), or through the Keras backbone again (``None``). Call eagerly, after
-        training: the copy holds the weights as they are now."""
+        ``"bfloat16"``; its kernels held as ``"variables"`` or graph ``"constants"``), or
+        through the Keras backbone again (``None``). Call eagerly, after training: the copy
+        holds the weights as they are now."""
         from tfmmrec.towers.text_inference import InferenceBert
 
-        module = None if precision is None else InferenceBert(self.backbone, precision)
+        module = None if precision is None else InferenceBert(self.backbone, precision, weights)
         # Untracked on purpose: Keras would add the copy to the layer's weights for good.
         object.__setattr__(self, "_inference_backbone", module)
 

@@ -14,6 +14,16 @@ weight matmuls in bfloat16 (oneDNN; AMX/AVX-512-BF16 where the CPU has them), ev
 (embeddings, LayerNorm, attention, residuals, pooling) in float32: half the weight bytes per
 query, at a measured numerics cost (``benchmarks/text_speed.py``). Stock TF Serving CPU builds
 may lack fast bfloat16 kernels; measure on the serving machine.
+
+``weights="constants"`` (opt-in, ``export.text_weights``) holds the dense kernels as numpy
+arrays and makes them graph constants (``Const`` nodes) of every traced call instead of
+``tf.Variable`` reads. oneDNN then packs a constant weight once and reuses it (brgemm), where a
+variable's weight is a plain input it repacks each call through a general GEMM; the same
+numbers to float rounding, faster per query (``benchmarks/text_speed.py``). Biases stay
+variables. Every graph that calls the copy calls one shared ``tf.function`` holding the
+constants, so a SavedModel stores them once per attention branch (two copies): its
+``saved_model.pb`` grows by twice the kernels' bytes and ``variables/`` shrinks by once (the
+ML-100K MiniLM export: 93 MB of graph instead of 8.5 MB). A graph proto is capped at 2 GB.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import tensorflow as tf
 from tfmmrec.errors import ConfigError
 
 PRECISIONS = ("float32", "bfloat16")
+WEIGHTS = ("variables", "constants")
 _MASKED = -1e9  # what Keras's masked softmax adds to a float32 score at a padded key
 # A single text of up to this many tokens (a query) runs attention block-diagonally (no
 # transposes, ``heads`` × the score arithmetic: at 32 tokens the tiled keys are the size of one
@@ -39,6 +50,8 @@ class InferenceBert(tf.Module):
         variables are read in place, its dense kernels copied into the fused layout.
       precision: ``"float32"`` (the Keras backbone's features to float rounding, tested to
         1e-5) or ``"bfloat16"`` (weight matmuls in bfloat16).
+      weights: ``"variables"`` (frozen ``tf.Variable`` copies) or ``"constants"`` (numpy
+        copies that every trace embeds as ``Const`` nodes: oneDNN caches their packed form).
 
     Examples:
     >>> import keras_nlp
@@ -50,10 +63,14 @@ class InferenceBert(tf.Module):
     TensorShape([1, 3, 8])
     """
 
-    def __init__(self, backbone, precision: str = "float32", name: str = "inference_bert"):
+    def __init__(self, backbone, precision: str = "float32", weights: str = "variables",
+                 name: str = "inference_bert"):
         if precision not in PRECISIONS:
             raise ConfigError(f"text precision {precision!r} is not supported; use one of "
                               f"{', '.join(PRECISIONS)}")
+        if weights not in WEIGHTS:
+            raise ConfigError(f"text weights {weights!r} are not supported; use one of "
+                              f"{', '.join(WEIGHTS)}")
         super().__init__(name=name)
         layers = list(getattr(backbone, "transformer_layers", ()))
         for layer in layers:
@@ -67,6 +84,7 @@ class InferenceBert(tf.Module):
             raise ConfigError("InferenceBert needs a built KerasNLP BertBackbone "
                               f"(transformer_layers), got {type(backbone).__name__}")
         self.precision = precision
+        self.weights = weights
         self.hidden_dim = int(backbone.hidden_dim)
         self.num_heads = int(backbone.num_heads)
         self.head_dim = self.hidden_dim // self.num_heads
@@ -94,10 +112,14 @@ class InferenceBert(tf.Module):
                               tf.reshape(v.bias, [-1])], axis=0)
 
         def weight(value, name):  # derived, frozen copies
-            return tf.Variable(tf.cast(value, dtype), trainable=False,
-                               name=f"layer_{index}_{name}")
+            value = tf.cast(value, dtype)
+            if self.weights == "constants":  # numpy: made a Const node when traced
+                return value.numpy()
+            return tf.Variable(value, trainable=False, name=f"layer_{index}_{name}")
 
-        def bias(value, name):  # biases stay float32: added after the matmul's cast back
+        def bias(value, name):  # float32 (added after the matmul's cast back), and variables
+            # even with constant kernels: a Const bias too stops oneDNN's fused MatMul +
+            # BiasAdd (brgemm inner product), measured 13.1 ms vs 9.8 ms on a 6-layer query.
             return tf.Variable(tf.reshape(value, [-1]), trainable=False,
                                name=f"layer_{index}_{name}")
 
@@ -117,6 +139,23 @@ class InferenceBert(tf.Module):
     @tf.Module.with_name_scope
     def __call__(self, tokens: dict[str, tf.Tensor]) -> tf.Tensor:
         """``{"token_ids", "segment_ids", "padding_mask"}`` ``[B, T]`` → ``[B, T, hidden]``."""
+        if self.weights == "variables":
+            return self._forward(tokens)
+        return self._shared_forward(tokens)(tokens)
+
+    def _shared_forward(self, tokens: dict[str, tf.Tensor]):
+        """With constant kernels, one ``tf.function`` per input dtypes, traced once for any
+        ``[batch, length]``: every graph that calls this copy (each exported signature that
+        encodes text) calls the same function, so a SavedModel stores the constants once."""
+        specs = {key: tf.TensorSpec([None, None], tf.convert_to_tensor(value).dtype, key)
+                 for key, value in sorted(tokens.items())}
+        key = tuple((name, spec.dtype.name) for name, spec in specs.items())
+        shared = self.__dict__.setdefault("_shared", {})
+        if key not in shared:
+            shared[key] = tf.function(self._forward, input_signature=[specs])
+        return shared[key]
+
+    def _forward(self, tokens: dict[str, tf.Tensor]) -> tf.Tensor:
         ids, segments = tokens["token_ids"], tokens["segment_ids"]
         batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
         x = (tf.gather(self.token_embeddings, ids) + self.position_embeddings[:length]
@@ -126,12 +165,14 @@ class InferenceBert(tf.Module):
         padding = tf.cast(tokens["padding_mask"], tf.float32)
         adder = ((1.0 - padding) * _MASKED)[:, None, None, :]  # [B, 1, 1, T]
         x = tf.cond((batch == 1) & (length <= BLOCK_ATTENTION_MAX_LENGTH),
-                    lambda: self._layers(x, adder[0, 0], batch, length, _block_attention),
-                    lambda: self._layers(x, adder, batch, length, _head_attention))
+                    lambda: self._layers(x, adder[0, 0], batch, length, _block_attention,
+                                         self._traced_layers()),
+                    lambda: self._layers(x, adder, batch, length, _head_attention,
+                                         self._traced_layers()))
         return tf.reshape(x, [batch, length, self.hidden_dim])
 
-    def _layers(self, x, adder, batch, length, attention):
-        for w in self.layers:
+    def _layers(self, x, adder, batch, length, attention, layers):
+        for w in layers:
             qkv = self._dense(x, w["qkv_kernel"], w["qkv_bias"])  # [B·T, 3·hidden]
             context = attention(*tf.split(qkv, 3, axis=1), adder, self.num_heads)
             x = _layer_norm(self._dense(context, w["output_kernel"], w["output_bias"]) + x,
@@ -141,6 +182,18 @@ class InferenceBert(tf.Module):
             x = _layer_norm(self._dense(inner, w["outer_kernel"], w["outer_bias"]) + x,
                             *w["output_norm"])
         return x
+
+    def _traced_layers(self) -> list[dict]:
+        """The layers' weights as this trace reads them: the variables, or (``constants``) the
+        kernels as new ``Const`` nodes of the graph being traced. Made in each branch of the
+        attention ``tf.cond`` (two copies): constants made before the cond are the branches'
+        inputs, and in a loaded SavedModel oneDNN then runs them through its general GEMM
+        (``ONEDNN_VERBOSE``: ``x64:gemm:jit``, no faster than variables) where in-branch
+        constants get ``brgemm`` with cached packed weights."""
+        if self.weights == "variables":
+            return self.layers
+        return [{key: tf.constant(value) if isinstance(value, np.ndarray) else value
+                 for key, value in layer.items()} for layer in self.layers]
 
     def _dense(self, x, kernel, bias):
         if self._compute_dtype == tf.float32:
