@@ -645,7 +645,8 @@ def speed_table(speed: dict) -> str:
         f"| training, same loop with FactorizedTopK off | "
         f"{tut['metrics_off']['examples_per_second']:,.0f} ex/s | "
         f"{r['tutorial_metrics_off_vs_on']:.1f}× |",
-        f"| training, `tfmmrec train` (text + facets + poster, cached features, batch {t['batch_size']}) | "
+        "| training, `tfmmrec train` (text + facets + poster, cached features, "
+        f"batch {t['batch_size']}) | "
         f"{t['examples_per_second']:,.0f} ex/s | **{r['tfmmrec_vs_tutorial_as_written']:.1f}×** |",
         f"| peak RSS, tutorial training process | {tut['peak_rss_mib'] or 0:,.0f} MiB | 1× |",
         f"| peak RSS, `tfmmrec train` process (loads MiniLM + EfficientNet to check the cache) | "
