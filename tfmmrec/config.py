@@ -313,6 +313,10 @@ class ModelConfig:
     # "kernel" (kernel ridge: a blend of similar warm items' factors; width and α chosen on
     # the cold-start validation carve, linear_cf_alpha then being the kernel ridge's α).
     linear_cf_content: Literal["ridge", "kernel"] = "ridge"
+    # Recency in the CF query: the n-th most recent history item weighs 0.5 ** (n / half-life)
+    # (towers/cf.py). Unset: chosen on a validation carve of the split's own kind (0 = equal
+    # weights where recency does not help, e.g. a random split); a number fixes it.
+    linear_cf_half_life: float | None = None
     # Input precision of the train step's large products (full-softmax logits, history
     # pooling, modality projections; towers/precision.py): "bfloat16" runs them on the
     # CPU's AMX/AVX-512 BF16 units (or a GPU/TPU's) with float32 losses and optimiser.
@@ -331,6 +335,9 @@ class ModelConfig:
                ">= 0 (0: chosen on validation)")
         _check(self.linear_cf_alpha >= 0, "model.linear_cf_alpha", self.linear_cf_alpha,
                ">= 0 (0: chosen on validation)")
+        _check(self.linear_cf_half_life is None or self.linear_cf_half_life >= 0,
+               "model.linear_cf_half_life", self.linear_cf_half_life,
+               ">= 0 (in items; unset: chosen on validation)")
         _check(self.linear_cf_weight >= 0, "model.linear_cf_weight", self.linear_cf_weight,
                ">= 0 (0: chosen on validation with train.early_stopping)")
         _check(self.linear_cf == "none" or self.user_history, "model.linear_cf",

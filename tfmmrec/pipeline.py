@@ -216,7 +216,7 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
             validation_fraction=d.test_fraction, seed=d.seed,
             metric=ws.config.train.early_stopping_metric,
             content=model_config.linear_cf_content, blocks=model_config.linear_cf,
-            foldin=model_config.linear_cf_foldin)
+            foldin=model_config.linear_cf_foldin, half_life=model_config.linear_cf_half_life)
     else:
         columns = foldin_width(model_config.linear_cf, rank, model_config.linear_cf_foldin)
         rank = block_width(model_config.linear_cf, rank)

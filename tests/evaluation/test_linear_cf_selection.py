@@ -9,6 +9,7 @@ import pytest
 
 from tfmmrec.data.splits import split_interactions
 from tfmmrec.evaluation.linear_cf_selection import (
+    HALF_LIVES,
     IALS_BLOCK_WEIGHTS,
     block_width,
     choose_linear_cf,
@@ -111,3 +112,35 @@ def test_on_a_cold_start_split_the_ials_weight_is_chosen_with_the_content_map_on
     assert (info["width"], info["alpha"]) == (best["params"]["width"],
                                               best["params"]["alpha"])
     assert weights.item_factors.shape == (NUM_ITEMS, 8)
+
+
+RING = 60
+
+
+def drifting_interactions(num_users: int = 80, length: int = 12) -> pd.DataFrame:
+    """Each user walks along a ring of ``RING`` items, one step per interaction, from a random
+    start: what comes next follows what came last, not the history as a whole."""
+    rows = []
+    for u in range(num_users):
+        start = RNG.integers(RING)
+        rows += [(f"u{u}", int((start + t) % RING), t) for t in range(length)]
+    return pd.DataFrame(rows, columns=["user_id", "item_index", "timestamp"])
+
+
+def test_the_recency_half_life_is_chosen_on_a_carve_of_the_splits_own_kind():
+    frame = drifting_interactions()
+    users = np.array([f"u{u}" for u in range(80)])
+    split = split_interactions(frame, "temporal", 0.2, 0)
+    options = {"rank": 16, "l2": 1.0, "alpha": 1.0, "seed": 0, "metric": "recall@3"}
+    weights, info = choose_linear_cf(split, users, RING, **options)
+    trials = info["validation"]["half_life"]
+    assert [t["half_life"] for t in trials] == list(HALF_LIVES)
+    best = max(trials, key=lambda t: t["score"])
+    assert info["half_life"] == weights.half_life == best["half_life"] > 0
+    assert best["score"] > trials[0]["score"]  # recency beats equal weights here
+    # a given half-life is used as is; without timestamps a history has no order: 0
+    fixed, info = choose_linear_cf(split, users, RING, **options, half_life=3.0)
+    assert fixed.half_life == 3.0 and "half_life" not in info["validation"]
+    unordered = split_interactions(frame.drop(columns="timestamp"), "random", 0.2, 0)
+    plain, info = choose_linear_cf(unordered, users, RING, **options)
+    assert plain.half_life == 0.0 and info["validation"]["half_life"] == []

@@ -325,3 +325,49 @@ def test_foldin_layer_config_round_trips_and_refuses_a_bad_chunk():
     with pytest.raises(ValueError, match=r"columns must be in \[1, 7\]"):
         fit_linear_cf(weights.query_factors, weights.item_factors, weights.warm, 1.0,
                       foldin={"columns": 8, "regularization": 1.0, "alpha": 1.0, "weight": 1.0})
+
+
+def test_recency_weights_each_history_item_by_its_age_in_the_graph_and_in_numpy():
+    """With a half-life of 2 items the last item weighs 1, the one before 0.5 ** 0.5, …: the
+    EASE sum and the iALS preference (not its Gram) take those weights; the numpy path, given
+    ``recency_matrix`` of the same ordered histories, computes the same query."""
+    import dataclasses
+
+    import pandas as pd
+
+    from tfmmrec.towers.history import recency_matrix
+
+    layer, weights = foldin_layer(chunk=2)
+    weights = dataclasses.replace(weights, half_life=2.0)
+    recent = LinearCF(weights, initial_weight=2.0, foldin_chunk=2)
+    rows = [[0, 2, 5], [3], [], [1, 2, 3, 4, 6]]
+    out = recent.query(tf.ragged.constant(rows, dtype=tf.int64)).numpy()
+    age_weights = [0.5 ** (np.arange(len(r))[::-1] / 2.0) for r in rows]
+    ease = np.stack([w @ weights.query_factors[r, :3] if r else np.zeros(3)
+                     for r, w in zip(rows, age_weights, strict=True)])
+    np.testing.assert_allclose(out[:, :3], 2.0 * ease, rtol=1e-5, atol=1e-6)
+    y = weights.item_factors[:, 3:].astype(np.float64)
+    seen = y[[0, 2, 5]]
+    u = np.linalg.solve(y.T @ y + 1.5 * np.eye(4) + 2.0 * seen.T @ seen,
+                        3.0 * age_weights[0] @ seen)
+    np.testing.assert_allclose(out[0, 3:], 2.0 * 0.5 * u, rtol=1e-4, atol=1e-5)
+    # the same histories as timestamped interactions → the numpy path
+    frame = pd.DataFrame([(str(u), item, t) for u, r in enumerate(rows)
+                          for t, item in enumerate(r)],
+                         columns=["user_id", "item_index", "timestamp"]).sample(frac=1.0,
+                                                                                 random_state=0)
+    users = [str(u) for u in range(len(rows))]
+    recency = recency_matrix(frame, users, 8, half_life=2.0)
+    binary = sp.csr_matrix((recency.toarray() > 0).astype(np.float32))
+    np.testing.assert_allclose(2.0 * weights.user_embeddings(binary, recency), out,
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="recency_matrix"):
+        weights.user_embeddings(binary)
+    # a half-life of 0 is the binary query (the variable is restored like any weight)
+    np.testing.assert_allclose(layer.query(tf.ragged.constant(rows, dtype=tf.int64)).numpy(),
+                               2.0 * dataclasses.replace(weights, half_life=0.0)
+                               .user_embeddings(binary), rtol=1e-4, atol=1e-5)
+    clone = LinearCF.from_config(recent.get_config())
+    clone.set_weights(recent.get_weights())
+    np.testing.assert_allclose(clone.query(tf.ragged.constant(rows, dtype=tf.int64)).numpy(),
+                               out, rtol=1e-6)

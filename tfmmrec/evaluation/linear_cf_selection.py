@@ -4,13 +4,17 @@ validation.
 EASE's λ is chosen as the EASE baseline's is (``baseline_suite.EASE_GRID`` on a random carve of
 the training split: warm items are what it scores), the content regression's α (and the kernel
 width, for ``content="kernel"``) on a *cold-start* carve (cold items are what it scores), both
-with ``data.splits.validation_split``; the chosen settings are then refitted on the whole
-training split. Test data is never looked at.
+with ``data.splits.validation_split``; the history's recency half-life last, on a carve of the
+split's own kind (what it changes is how well the past predicts the held-out part); the chosen
+settings are then refitted on the whole training split. Test data is never looked at.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +31,7 @@ from tfmmrec.evaluation.baseline_suite import (
 from tfmmrec.evaluation.cf import EASE, IALS
 from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
 from tfmmrec.towers.cf import LinearCFWeights, factorise_ease, fit_linear_cf, ials_foldin_factors
+from tfmmrec.towers.history import recency_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ IALS_BLOCK_GRID = tuple({"factors": f, "regularization": r, "alpha": a}
                         for f in (32, 64, 128) for r in (3.0, 10.0, 30.0, 100.0)
                         for a in (1.0, 3.0, 10.0))
 IALS_BLOCK_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# The history's recency half-lives tried (in items; 0 first: equal weights, kept on ties).
+HALF_LIVES = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
 
 
 def block_width(blocks: str, rank: int) -> int:
@@ -63,11 +70,14 @@ def choose_linear_cf(split: Split, user_ids: np.ndarray, num_items: int, *, rank
                      l2: float = 0.0, alpha: float = 0.0, features: np.ndarray | None = None,
                      present: np.ndarray | None = None, validation_fraction: float = 0.2,
                      seed: int = 42, metric: str = "recall@20", content: str = "ridge",
-                     blocks: str = "ease", foldin: str = "exact"
+                     blocks: str = "ease", foldin: str = "exact",
+                     half_life: float | None = None
                      ) -> tuple[LinearCFWeights, dict[str, Any]]:
     """The fitted ``LinearCFWeights`` on ``split.train`` and what was chosen (``{"l2", "alpha",
-    "width", "ials", "validation"}``). ``l2``/``alpha`` > 0 are used as given; 0 means choose on
-    validation. ``content``: how cold items' factors are predicted (``CONTENT_MAPS``);
+    "width", "ials", "half_life", "validation"}``). ``l2``/``alpha`` > 0 are used as given; 0
+    means choose on validation; ``half_life`` None: chosen on validation from ``HALF_LIVES``
+    (0 without timestamps: a history then has no order). ``content``: how cold items'
+    factors are predicted (``CONTENT_MAPS``);
     ``blocks``: EASE, iALS or both (``BLOCKS``); ``foldin``: the iALS user step solved exactly
     per user or linearised (``FOLDINS``)."""
     if content not in CONTENT_MAPS:
@@ -106,14 +116,51 @@ def choose_linear_cf(split: Split, user_ids: np.ndarray, num_items: int, *, rank
         alpha, width = params.get("alpha", alpha), params.get("width", 0.0)
         if joint and "ials_weight" in params:
             ials = {**ials, "weight": params["ials_weight"]}
+    fitted = functools.partial(_fit, user_ids=user_ids, num_items=num_items, rank=rank, l2=l2,
+                               ials=ials, seed=seed, foldin=foldin, alpha=alpha,
+                               features=features, present=present, width=width)
+    if half_life is None:
+        half_life, info["validation"]["half_life"] = _choose_half_life(
+            split, user_ids, num_items, fitted, features, present, validation_fraction, seed,
+            metric)
+    weights = dataclasses.replace(fitted(split), half_life=float(half_life))
+    info.update(l2=float(l2), alpha=float(alpha), width=float(width), ials=ials, foldin=foldin,
+                half_life=float(half_life))
+    logger.info("linear CF: EASE λ=%g, rank %d, iALS %s (%s fold-in), content %s α=%g width=%g, "
+                "recency half-life %g", l2, rank, ials, foldin, content, alpha, width, half_life)
+    return weights, info
+
+
+def _fit(split: Split, *, user_ids: np.ndarray, num_items: int, rank: int, l2: float,
+         ials: dict[str, float] | None, seed: int, foldin: str, alpha: float,
+         features: np.ndarray | None, present: np.ndarray | None,
+         width: float) -> LinearCFWeights:
+    """The CF part with its chosen settings, fitted on ``split.train``."""
     train, _ = split_matrices(split, user_ids, num_items)
     query_factors, item_factors, warm, fold = cf_factors(train, rank, l2, ials, seed, foldin)
-    weights = fit_linear_cf(query_factors, item_factors, warm, alpha, features, present, width,
-                            foldin=fold)
-    info.update(l2=float(l2), alpha=float(alpha), width=float(width), ials=ials, foldin=foldin)
-    logger.info("linear CF: EASE λ=%g, rank %d, iALS %s (%s fold-in), content %s α=%g width=%g",
-                l2, rank, ials, foldin, content, alpha, width)
-    return weights, info
+    return fit_linear_cf(query_factors, item_factors, warm, alpha, features, present, width,
+                         foldin=fold)
+
+
+def _choose_half_life(split: Split, user_ids: np.ndarray, num_items: int,
+                      fitted: Callable[[Split], LinearCFWeights], features: np.ndarray | None,
+                      present: np.ndarray | None, fraction: float, seed: int,
+                      metric: str) -> tuple[float, list[dict[str, Any]]]:
+    """The history's recency half-life from ``HALF_LIVES`` by ``metric`` on a carve of the
+    split's own kind: one fit on the carve, its users scored at every half-life."""
+    if "timestamp" not in split.train.columns:
+        return 0.0, []
+    carve = validation_split(split, fraction, seed)
+    weights = fitted(carve)
+    train, _ = split_matrices(carve, user_ids, num_items)
+    items = weights.item_embeddings(features, present)
+    scored = []
+    for half_life in HALF_LIVES:
+        recency = recency_matrix(carve.train, user_ids, num_items, half_life)
+        users = weights.user_embeddings(train, recency)
+        scored.append(({"half_life": half_life}, _score(users, items, carve, user_ids, metric)))
+    best = _best(scored, carve, "validation carve")
+    return best["half_life"], [{**point, "score": score} for point, score in scored]
 
 
 def cf_factors(train, rank: int, l2: float, ials: dict[str, float] | None = None,

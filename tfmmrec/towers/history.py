@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import tensorflow as tf
 
 from tfmmrec.towers.noise import Noise
@@ -55,6 +56,17 @@ def history_table(train: pd.DataFrame, user_ids, max_length: int = 0,
     lengths = np.array([len(r) for r in rows])
     splits = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return splits, np.concatenate(rows), np.concatenate(weights)
+
+
+def recency_matrix(train: pd.DataFrame, user_ids, num_items: int,
+                   half_life: float = 0.0) -> sp.csr_matrix:
+    """The users' training histories as a ``[U, N]`` CSR matrix (rows in ``user_ids`` order)
+    whose values are ``history_table``'s recency weights: what ``LinearCF.query`` computes in
+    the graph from a history's order, for the closed-form (numpy) path. ``half_life`` 0:
+    binary."""
+    splits, items, weights = history_table(train, user_ids, half_life=half_life)
+    matrix = sp.csr_matrix((weights, items, splits), shape=(len(splits) - 1, num_items))
+    return matrix[1:]  # row 0 is the unknown user
 
 
 def row_ids(row_splits: tf.Tensor) -> tf.Tensor:
