@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     from tfmmrec.evaluation.linear_cf_selection import choose_linear_cf
     from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
     from tfmmrec.evaluation.report import write_json
+    from tfmmrec.towers.history import recency_matrix
     prepared = prepared_ml100k()
     if prepared is None:
         return 2
@@ -65,14 +66,17 @@ def main(argv=None) -> int:
                 carve, ws.user_ids, ws.dataset.num_items, rank=config.model.linear_cf_rank,
                 features=features, present=present, validation_fraction=config.data.test_fraction,
                 seed=data_seed, content="kernel", blocks=blocks, foldin=foldin or "exact")
-            users = weights.user_embeddings(train)
+            users = weights.user_embeddings(
+                train, recency_matrix(carve.train, ws.user_ids, ws.dataset.num_items,
+                                      weights.half_life))
             metrics = evaluate_embeddings(users, weights.item_embeddings(features, present),
                                           carve, ws.user_ids, [20])
             top100 = metrics.get("top_k_accuracy@100")
             row = {"protocol": protocol, "seed": seed, "blocks": blocks, "foldin": foldin,
                    "recall@20": metrics["recall@20"], "ndcg@20": metrics["ndcg@20"],
                    "top_k_accuracy@100": top100,
-                   "chosen": {k: info[k] for k in ("l2", "alpha", "width", "ials")},
+                   "chosen": {k: info[k] for k in ("l2", "alpha", "width", "ials",
+                                                   "half_life")},
                    "seconds": time.perf_counter() - start}
             rows.append(row)
             print(f"{protocol} seed {seed} {variant:17s} validation Recall@20 "

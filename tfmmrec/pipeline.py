@@ -402,8 +402,16 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         "history": result.history,
         **({"fusion_selection": selection} if selection is not None else {}),
         **({"early_stopping": validation} if validation is not None else {}),
+        **linear_cf_record(result.model),
     }, output / RUN_FILE)
     return result
+
+
+def linear_cf_record(model: RetrievalModel) -> dict:
+    """What the closed-form CF part chose on validation that a reader of ``run.json`` needs
+    (the rest is in the log): its history recency half-life."""
+    cf = model.query_tower.linear_cf
+    return {} if cf is None else {"linear_cf_half_life": float(cf.half_life.numpy())}
 
 
 def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:

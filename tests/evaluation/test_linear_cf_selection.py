@@ -60,7 +60,7 @@ def test_the_ials_block_sits_beside_ease_with_its_weight_chosen_on_validation():
 def test_the_exact_foldin_block_solves_the_user_step_with_the_chosen_weight():
     split = split_interactions(interactions(), "random", 0.2, 0)
     weights, info = choose_linear_cf(split, USERS, NUM_ITEMS, rank=4, l2=10.0, alpha=1.0,
-                                     seed=0, blocks="ease+ials")
+                                     seed=0, blocks="ease+ials", half_life=0.0)
     chosen = info["ials"]
     assert weights.foldin_columns == 4 and info["foldin"] == "exact"
     assert (weights.foldin_regularization, weights.foldin_alpha, weights.foldin_weight) == (
