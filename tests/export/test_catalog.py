@@ -32,14 +32,20 @@ REPO = Path(__file__).resolve().parents[2]
 K = 20
 
 
+def export_tiny(tiny_config, tiny_trained, store: Path, *overrides: str) -> Path:
+    """Version 1 of the tiny model under ``store`` (BruteForce: exact, so rankings compare
+    exactly), with the export ``overrides``."""
+    config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
+                                       f"export.max_k={K}", "export.max_exclude=10",
+                                       *overrides])
+    return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
+                           index="brute_force")
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_config, tiny_trained, tmp_path_factory) -> Path:
     """Version 1 of the tiny model (BruteForce: exact, so rankings compare exactly)."""
-    store = tmp_path_factory.mktemp("catalog-export")
-    config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
-                                       f"export.max_k={K}", "export.max_exclude=10"])
-    return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
-                           index="brute_force")
+    return export_tiny(tiny_config, tiny_trained, tmp_path_factory.mktemp("catalog-export"))
 
 
 @pytest.fixture
@@ -494,6 +500,100 @@ def test_a_catalogue_too_small_for_the_graph_is_saved_in_full(base, items):
     assert model.metadata["graph_constants"]["max_k"] == 12
     served = model.recommend(["u000"], k=12)["item_ids"][0].astype(str)
     assert sorted(served) == sorted(ids[-12:])
+
+
+# --- exports whose text backbone's kernels are graph constants -------------------------------
+
+
+@pytest.fixture(scope="module")
+def constants_exported(tiny_config, tiny_trained, tmp_path_factory) -> Path:
+    """Version 1 of the tiny model with the fused text backbone's dense kernels as graph
+    constants (``export.text_weights: constants``)."""
+    return export_tiny(tiny_config, tiny_trained, tmp_path_factory.mktemp("catalog-constants"),
+                       "export.text_backbone=fused", "export.text_weights=constants")
+
+
+def qkv_kernels(version: Path, hidden: int) -> tuple[list[np.ndarray], list[str]]:
+    """The fused Q/K/V kernels (``[hidden, 3·hidden]``) a SavedModel holds: as ``Const``
+    values in its function library, and as variables in its checkpoint (their keys)."""
+    import tensorflow as tf
+
+    from tfmmrec.export.audit import load_meta_graph
+
+    shape = [hidden, 3 * hidden]
+    library = load_meta_graph(version).graph_def.library.function
+    constants = [tf.make_ndarray(node.attr["value"].tensor) for function in library
+                 for node in function.node_def if node.op == "Const"
+                 and [d.size for d in node.attr["value"].tensor.tensor_shape.dim] == shape]
+    variables = [key for key, value in tf.train.list_variables(str(version / "variables" /
+                                                                   "variables"))
+                 if list(value) == shape]
+    return constants, variables
+
+
+@pytest.mark.parametrize("graph", ["reused", "saved_in_full"])
+def test_catalog_add_on_a_constant_kernel_export_embeds_like_a_plain_export(
+        graph, exported, constants_exported, items, tiny_demo_dir, tiny_trained, tmp_path,
+        monkeypatch):
+    """``catalog add`` (the CLI's ``catalog.apply``) on an ``export.text_weights: constants``
+    export, under the previous graph or (``saved_in_full``: the fallback when the graph does
+    not fit) re-traced from the loaded towers: the new version loads, its new items (new text)
+    embed as the same ``catalog add`` on the plain export (Keras backbone, variables) embeds
+    them, ``query_text`` finds them by their text exactly as the plain version does, and the
+    text kernels are still graph constants (not variables) in the new version and in the item
+    embedder the next update loads."""
+    import tensorflow as tf
+
+    from tfmmrec.towers.text_inference import InferenceBert
+
+    if graph == "saved_in_full":
+        monkeypatch.setattr(catalog, "write_updated_version", lambda *args, **kwargs: None)
+    new = with_all_media(items).iloc[:4].copy()
+    new["item_id"] = [f"const-{i}" for i in range(len(new))]
+    new["title"] = [f"{title} Returns" for title in new["title"]]
+    table = write_items(new, tiny_demo_dir, f"constants-{graph}.csv")
+    versions = {}
+    for name, source in (("plain", exported), ("constants", constants_exported)):
+        model_dir = tmp_path / name / "tfmmrec"
+        shutil.copytree(source, model_dir / "1")
+        result = catalog.apply(model_dir, "add", items=table)
+        assert (result.added, result.version_dir.name) == (len(new), "2"), name
+        versions[name] = result.version_dir
+    reused = ((versions["constants"] / "saved_model.pb").read_bytes()
+              == (constants_exported / "saved_model.pb").read_bytes())
+    assert reused == (graph == "reused")
+    plain, constants = ExportedModel(versions["plain"]), ExportedModel(versions["constants"])
+    assert (constants.metadata["text_weights"], plain.metadata["text_weights"]) == (
+        "constants", "variables")
+    ids = list(new["item_id"])
+    np.testing.assert_allclose(constants.item_embeddings(ids), plain.item_embeddings(ids),
+                               atol=1e-5)
+    texts = np.array([f"{t}. {d}" for t, d in zip(new["title"], new["description"],
+                                                  strict=True)])
+    served, reference = (model.call("query_text", text=texts, k=np.int32(K))
+                         for model in (constants, plain))
+    np.testing.assert_array_equal(served["item_ids"], reference["item_ids"])
+    np.testing.assert_allclose(served["scores"], reference["scores"], atol=1e-5)
+    # The answers are the exact top K of every served item (the new ones included) ...
+    loaded = constants._loaded
+    scores = loaded.towers.text_query(tf.constant(texts)).numpy() @ loaded.item_table.numpy().T
+    top = np.argsort(-scores, axis=1)[:, :K]
+    np.testing.assert_array_equal(served["item_ids"], loaded.item_ids.numpy()[top])
+    np.testing.assert_allclose(served["scores"], np.take_along_axis(scores, top, 1), atol=1e-5)
+    # ... and a new item's own text finds it.
+    assert any(item.encode() in row for item, row in zip(ids, served["item_ids"], strict=True))
+    # The trained backbone's fused Q/K/V kernels, held as the export held them: constants
+    # (as many copies), no kernel variable.
+    encoder = tiny_trained.workspace.encoders["text"]
+    trained = [layer["qkv_kernel"] for layer in
+               InferenceBert(encoder.backbone, "float32", "constants").layers]
+    exported_kernels, _ = qkv_kernels(constants_exported, encoder.feature_dim)
+    for saved in (versions["constants"], versions["constants"] / "assets.extra" / "item_embedder"):
+        kernels, kernel_variables = qkv_kernels(saved, encoder.feature_dim)
+        assert kernel_variables == [], saved
+        assert len(kernels) == len(exported_kernels) >= len(trained), saved
+        assert all(any(np.array_equal(held, kernel) for kernel in trained) for held in kernels)
+        assert all(any(np.array_equal(held, kernel) for held in kernels) for kernel in trained)
 
 
 def test_sorted_id_lookup_never_returns_a_colliding_unknown_id(monkeypatch):
