@@ -250,7 +250,8 @@ def tfmmrec_row(ws, config) -> tuple[dict, dict]:
     info = {"examples_per_second": result.examples_per_second, "epochs": result.epochs_run,
             "modalities": list(ws.modalities)}
     run = json.loads((Path(config.train.output_dir) / "run.json").read_text())
-    for key in ("early_stopping", "fusion_selection"):  # what was chosen on validation
+    # what was chosen on validation
+    for key in ("early_stopping", "fusion_selection", "linear_cf_half_life"):
         if key in run:
             info[key] = run[key]
     shutil.rmtree(config.train.output_dir, ignore_errors=True)
