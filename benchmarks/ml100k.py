@@ -927,8 +927,11 @@ def main(argv=None) -> int:
     for check in checks:
         print(f"  [{'met' if check['met'] else 'MISSED'}] {check['target']}: "
               f"{check['value']:.4f} (needs {check['threshold']:.4f})")
+    # every row of every protocol, main rows at every seed (not only the default's: a file
+    # missing the baselines cannot be checked against them)
     complete = all(p in results for p in PROTOCOLS) and speed is not None and all(
-        len(results[p].get(DEFAULT, {}) and raw[p][DEFAULT]) >= args.seeds for p in PROTOCOLS)
+        len(raw[p].get(row.name, [])) >= (args.seeds if row.main else 1)
+        for p in PROTOCOLS for row in rows_for(p))
     command = "python benchmarks/ml100k.py" + (" --quick" if args.quick else "") + "".join(
         f" --set {o}" for o in args.overrides)
     if not complete:
