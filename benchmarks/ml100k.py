@@ -266,7 +266,7 @@ def ease_recency_row(ws, config) -> tuple[dict, dict]:
     from tfmmrec.data.splits import validation_split
     from tfmmrec.evaluation.baseline_suite import EASE_GRID, select_on_validation
     from tfmmrec.evaluation.cf import EASE as EASEModel
-    from tfmmrec.evaluation.linear_cf_selection import HALF_LIVES
+    from tfmmrec.evaluation.linear_cf_selection import choose_half_life
     from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
     from tfmmrec.towers.history import recency_matrix
 
@@ -274,16 +274,16 @@ def ease_recency_row(ws, config) -> tuple[dict, dict]:
     carve = validation_split(ws.split, d.test_fraction, d.seed)
     params, _ = select_on_validation(EASEModel, EASE_GRID, carve, users, num_items)
 
-    def scored(split, half_life, ks):
-        item_columns = EASEModel(**params).fit(split_matrices(split, users, num_items)[0])
-        queries = recency_matrix(split.train, users, num_items, half_life).toarray()
-        return evaluate_embeddings(queries, item_columns.embeddings()[1], split, users, ks)
+    def item_columns(split):  # EASE's B, as item embeddings: scores = recency row @ B
+        return EASEModel(**params).fit(split_matrices(split, users, num_items)[0]).embeddings()[1]
 
-    trials = {h: scored(carve, h, [20])["recall@20"] for h in HALF_LIVES}
-    half_life = max(trials, key=trials.get)  # the first best: 0 on ties
-    return scored(ws.split, half_life, config.eval.ks), {
+    half_life, trials = choose_half_life(carve, users, num_items, lambda r: r.toarray(),
+                                         item_columns(carve))
+    queries = recency_matrix(ws.split.train, users, num_items, half_life).toarray()
+    return evaluate_embeddings(queries, item_columns(ws.split), ws.split, users,
+                               config.eval.ks), {
         "chosen_on_validation": {**params, "half_life": half_life},
-        "validation_recall@20": {str(h): v for h, v in trials.items()}}
+        "validation_recall@20": trials}
 
 
 def tutorial_row(ws, config, row: Row, seed: int, quick: bool) -> tuple[dict, dict]:

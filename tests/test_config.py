@@ -56,6 +56,8 @@ INVALID = [
     ("model.modality_dropout=1.0", "model.modality_dropout=1.0"),
     ("model.user_id_dropout=-0.1", "model.user_id_dropout=-0.1"),
     ("model.history_length=-1", "model.history_length=-1"),
+    ("model.linear_cf_half_life=-5", "model.linear_cf_half_life=-5"),
+    ("model.linear_cf_half_life=nan", "model.linear_cf_half_life=nan"),
     ("train.epochs=0", "train.epochs=0"),
     ("train.batch_size=1", "train.batch_size=1"),
     ("train.learning_rate=0", "train.learning_rate=0"),

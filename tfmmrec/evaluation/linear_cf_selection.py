@@ -146,18 +146,27 @@ def _choose_half_life(split: Split, user_ids: np.ndarray, num_items: int,
                       fitted: Callable[[Split], LinearCFWeights], features: np.ndarray | None,
                       present: np.ndarray | None, fraction: float, seed: int,
                       metric: str) -> tuple[float, list[dict[str, Any]]]:
-    """The history's recency half-life from ``HALF_LIVES`` by ``metric`` on a carve of the
-    split's own kind: one fit on the carve, its users scored at every half-life."""
+    """The CF part's half-life on a carve of the split's own kind (one fit on the carve);
+    0 without timestamps."""
     if "timestamp" not in split.train.columns:
         return 0.0, []
     carve = validation_split(split, fraction, seed)
     weights = fitted(carve)
     train, _ = split_matrices(carve, user_ids, num_items)
-    items = weights.item_embeddings(features, present)
+    return choose_half_life(carve, user_ids, num_items,
+                            lambda recency: weights.user_embeddings(train, recency),
+                            weights.item_embeddings(features, present), metric)
+
+
+def choose_half_life(carve: Split, user_ids: np.ndarray, num_items: int,
+                     queries: Callable[[Any], np.ndarray], items: np.ndarray,
+                     metric: str = "recall@20") -> tuple[float, list[dict[str, Any]]]:
+    """The history's recency half-life from ``HALF_LIVES`` by ``metric`` on ``carve``: the
+    model is fitted once (``items``), and ``queries(recency_matrix)`` gives its users at each
+    half-life. Returns the best (the first on ties: 0) and every trial."""
     scored = []
     for half_life in HALF_LIVES:
-        recency = recency_matrix(carve.train, user_ids, num_items, half_life)
-        users = weights.user_embeddings(train, recency)
+        users = queries(recency_matrix(carve.train, user_ids, num_items, half_life))
         scored.append(({"half_life": half_life}, _score(users, items, carve, user_ids, metric)))
     best = _best(scored, carve, "validation carve")
     return best["half_life"], [{**point, "score": score} for point, score in scored]
