@@ -631,20 +631,16 @@ class ExportConfig:
         _check_choice("export.index", self.index, INDEX_KINDS)
         _check_choice("export.text_backbone", self.text_backbone, ("keras", "fused"))
         _check_choice("export.text_precision", self.text_precision, ("float32", "bfloat16"))
-        if self.text_precision == "bfloat16":
-            _check(self.text_backbone == "fused", "export.text_precision", self.text_precision,
-                   "float32 unless export.text_backbone=fused (bfloat16 weights live in the "
-                   "fused copy)")
-            _check(not self.jit_compile, "export.text_precision", self.text_precision,
-                   "float32 with export.jit_compile=true (XLA:CPU has no fast bfloat16 matmul)")
         _check_choice("export.text_weights", self.text_weights, ("variables", "constants"))
+        if self.text_precision == "bfloat16":
+            self._check_fused_option("text_precision", "float32",
+                                     "bfloat16 weights live in the fused copy",
+                                     "XLA:CPU has no fast bfloat16 matmul")
         if self.text_weights == "constants":
-            _check(self.text_backbone == "fused", "export.text_weights", self.text_weights,
-                   "variables unless export.text_backbone=fused (the constants are the fused "
-                   "copy's kernels)")
-            _check(not self.jit_compile, "export.text_weights", self.text_weights,
-                   "variables with export.jit_compile=true (untested: XLA:CPU does not run "
-                   "oneDNN's cached-weight kernels)")
+            self._check_fused_option("text_weights", "variables",
+                                     "the constants are the fused copy's kernels",
+                                     "untested: XLA:CPU does not run oneDNN's cached-weight "
+                                     "kernels")
         _check(self.max_exclude >= 0, "export.max_exclude", self.max_exclude, ">= 0")
         _check(self.max_session_items >= 1, "export.max_session_items",
                self.max_session_items, ">= 1")
@@ -653,6 +649,15 @@ class ExportConfig:
         _check(1 <= self.k <= self.max_k, "export.k", self.k, f"in [1, export.max_k={self.max_k}]")
         if self.version is not None:
             _check(self.version >= 1, "export.version", self.version, ">= 1")
+
+    def _check_fused_option(self, name: str, default: str, why_fused: str, why_not_xla: str
+                            ) -> None:
+        """An opt-in of the fused text copy: it needs ``text_backbone=fused`` and no XLA."""
+        value = getattr(self, name)
+        _check(self.text_backbone == "fused", f"export.{name}", value,
+               f"{default} unless export.text_backbone=fused ({why_fused})")
+        _check(not self.jit_compile, f"export.{name}", value,
+               f"{default} with export.jit_compile=true ({why_not_xla})")
 
 
 @dataclass(init=False)

@@ -133,6 +133,14 @@ def test_export_config_validates_text_backbone_and_precision():
         ExportConfig(text_backbone="onnx")
     with pytest.raises(ConfigError, match=r"export.text_precision='int8'"):
         ExportConfig(text_backbone="fused", text_precision="int8")
+    assert ExportConfig(text_backbone="fused", text_weights="constants").text_weights == (
+        "constants")
+    with pytest.raises(ConfigError, match=r"export.text_weights='constants'.*text_backbone"):
+        ExportConfig(text_weights="constants")
+    with pytest.raises(ConfigError, match=r"export.text_weights='constants'.*jit_compile"):
+        ExportConfig(text_backbone="fused", text_weights="constants", jit_compile=True)
+    with pytest.raises(ConfigError, match=r"export.text_weights='int8'"):
+        ExportConfig(text_backbone="fused", text_weights="int8")
 
 
 def _kernel_sources(encoder, texts) -> tuple[list, list]:

@@ -150,6 +150,8 @@ class InferenceBert(tf.Module):
         specs = {key: tf.TensorSpec([None, None], tf.convert_to_tensor(value).dtype, key)
                  for key, value in sorted(tokens.items())}
         key = tuple((name, spec.dtype.name) for name, spec in specs.items())
+        # A plain dict set through __dict__, outside tf.Module's attribute tracking: a
+        # tracked dict of tf.functions would be saved as functions of this object too.
         shared = self.__dict__.setdefault("_shared", {})
         if key not in shared:
             shared[key] = tf.function(self._forward, input_signature=[specs])
