@@ -49,8 +49,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from tfmmrec.data.splits import split_interactions, validation_split
     from tfmmrec.evaluation.content import content_features
-    from tfmmrec.evaluation.linear_cf_selection import HALF_LIVES, choose_linear_cf
+    from tfmmrec.evaluation.linear_cf_selection import choose_linear_cf
     from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+    from tfmmrec.evaluation.recency import HALF_LIVES
     from tfmmrec.evaluation.report import write_json
     from tfmmrec.towers.history import recency_matrix
     prepared = prepared_ml100k()

@@ -260,30 +260,17 @@ def tfmmrec_row(ws, config) -> tuple[dict, dict]:
 
 
 def ease_recency_row(ws, config) -> tuple[dict, dict]:
-    """EASE scored from recency-weighted histories (``towers.history.recency_matrix``): λ on
-    the validation carve as the EASE row's, then the half-life from the CF part's grid on the
-    same carve (the split's own kind), refitted on the whole training split and tested."""
-    from tfmmrec.data.splits import validation_split
-    from tfmmrec.evaluation.baseline_suite import EASE_GRID, select_on_validation
-    from tfmmrec.evaluation.cf import EASE as EASEModel
-    from tfmmrec.evaluation.linear_cf_selection import choose_half_life
-    from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
-    from tfmmrec.towers.history import recency_matrix
+    """``baseline_suite``'s EASE with recency-weighted histories: λ on the validation carve as
+    the EASE row's, then the half-life from the CF part's grid on the same carve (the split's
+    own kind), refitted on the whole training split and tested."""
+    from tfmmrec.evaluation.baseline_suite import EASE_RECENCY, run_baselines
 
-    users, num_items, d = ws.user_ids, ws.dataset.num_items, config.data
-    carve = validation_split(ws.split, d.test_fraction, d.seed)
-    params, _ = select_on_validation(EASEModel, EASE_GRID, carve, users, num_items)
-
-    def item_columns(split):  # EASE's B, as item embeddings: scores = recency row @ B
-        return EASEModel(**params).fit(split_matrices(split, users, num_items)[0]).embeddings()[1]
-
-    half_life, trials = choose_half_life(carve, users, num_items, lambda r: r.toarray(),
-                                         item_columns(carve))
-    queries = recency_matrix(ws.split.train, users, num_items, half_life).toarray()
-    return evaluate_embeddings(queries, item_columns(ws.split), ws.split, users,
-                               config.eval.ks), {
-        "chosen_on_validation": {**params, "half_life": half_life},
-        "validation_recall@20": trials}
+    d = config.data
+    result = run_baselines(ws.split, ws.user_ids, ws.dataset.num_items, names=["ease_recency"],
+                           ks=config.eval.ks, validation_fraction=d.test_fraction, seed=d.seed,
+                           batch_size=config.eval.batch_size)[EASE_RECENCY]
+    return result.metrics, {"chosen_on_validation": result.config,
+                            "validation_recall@20": result.validation}
 
 
 def tutorial_row(ws, config, row: Row, seed: int, quick: bool) -> tuple[dict, dict]:

@@ -302,8 +302,8 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baselines", nargs="?", const="all", metavar="NAMES",
         help="also tune (on a validation carve of the training split) and score classic "
-             "baselines as rows of the table: all (default), or a comma list of ease, ials, "
-             "ridge, knn")
+             "baselines as rows of the table: all (default), or a comma list of ease, "
+             "ease_recency, ials, ridge, kernel, knn")
     parser.add_argument(
         "--test", metavar="FILE",
         help="score this test set (CSV/JSONL/Parquet with user_id,item_id) instead of the "

@@ -134,3 +134,32 @@ def test_run_baselines_without_features_or_test_rows():
 
     with pytest.raises(DataError, match="no test interactions"):
         run_baselines(none, USERS, NUM_ITEMS)
+
+
+def test_recency_weighted_ease_chooses_its_half_life_on_validation():
+    from tests.evaluation.test_linear_cf_selection import RING, drifting_interactions
+    from tfmmrec.evaluation.baseline_suite import EASE_RECENCY
+    from tfmmrec.evaluation.recency import HALF_LIVES
+    from tfmmrec.towers.history import recency_matrix
+
+    frame = drifting_interactions()
+    users = np.array([f"u{u}" for u in range(80)])
+    split = split_interactions(frame, "temporal", 0.2, 0)
+    results = run_baselines(split, users, RING, names=["ease", "ease_recency"],
+                            metric="recall@3", ks=(3, 10))
+    ease, recency = results["EASE"], results[EASE_RECENCY]
+    assert recency.config["l2"] == ease.config["l2"]  # λ as the EASE row chose it
+    assert [t["half_life"] for t in recency.validation] == list(HALF_LIVES)
+    best = max(recency.validation, key=lambda t: t["score"])
+    assert recency.config["half_life"] == best["half_life"] > 0
+    # the test figures: EASE refitted on the whole training split, queried at that half-life
+    train, _ = split_matrices(split, users, RING)
+    expected = evaluate_embeddings(
+        recency_matrix(split.train, users, RING, best["half_life"]).toarray(),
+        EASE(recency.config["l2"]).fit(train).embeddings()[1], split, users, (3, 10))
+    assert recency.metrics == pytest.approx(expected)
+    assert recency.metrics["recall@3"] > ease.metrics["recall@3"]  # what comes next is near
+    # no timestamps: no order to weight by, so the row is skipped (as on a cold-start split)
+    unordered = split_interactions(frame.drop(columns="timestamp"), "random", 0.2, 0)
+    assert EASE_RECENCY not in run_baselines(unordered, users, RING, names=["ease_recency"],
+                                             ks=(3,))

@@ -46,8 +46,8 @@ def test_evaluate_with_baselines_adds_rows_to_table_json_and_plot(run, capsys):
     root, path, _ = run
     assert cli.main(["-q", "evaluate", "--config", str(path), "--baselines"]) == 0
     out = capsys.readouterr().out
-    rows = ["EASE", "iALS", "content→CF ridge", "content→CF kernel ridge",
-            "content kNN (centred)"]
+    rows = ["EASE", "EASE · recency-weighted history", "iALS", "content→CF ridge",
+            "content→CF kernel ridge", "content kNN (centred)"]
     for row in ["tfmmrec", "popularity", *rows]:
         assert f"| {row} " in out
     written = json.loads((root / "run" / "eval" / "metrics.json").read_text())
@@ -56,6 +56,9 @@ def test_evaluate_with_baselines_adds_rows_to_table_json_and_plot(run, capsys):
     assert written["baselines"]["EASE"]["config"]["l2"] in (10.0, 30.0, 100.0, 300.0, 1000.0,
                                                             3000.0)
     assert written["results"]["EASE"].keys() == written["results"]["tfmmrec"].keys()
+    recency = written["baselines"]["EASE · recency-weighted history"]["config"]
+    assert recency["l2"] == written["baselines"]["EASE"]["config"]["l2"]
+    assert recency["half_life"] in (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
 
 
 def test_evaluate_rejects_unknown_baseline_names(run, capsys):

@@ -9,13 +9,13 @@ import pytest
 
 from tfmmrec.data.splits import split_interactions
 from tfmmrec.evaluation.linear_cf_selection import (
-    HALF_LIVES,
     IALS_BLOCK_WEIGHTS,
     block_width,
     choose_linear_cf,
     foldin_width,
 )
 from tfmmrec.evaluation.protocol import split_matrices
+from tfmmrec.evaluation.recency import HALF_LIVES
 from tfmmrec.towers.cf import ials_user_factors
 
 RNG = np.random.default_rng(3)

@@ -265,7 +265,7 @@ def test_fusion_selection_with_an_auto_linear_cf_is_chosen_for_the_kind_early_st
     assert "fused" in record["fusion_selection"]["validation_scores"]
     assert record["fusion_selection"]["linear_cf"] == kind
     # the CF query's recency half-life was chosen on validation, recorded, and is restored
-    from tfmmrec.evaluation.linear_cf_selection import HALF_LIVES
+    from tfmmrec.evaluation.recency import HALF_LIVES
 
     half_life = run.model.query_tower.linear_cf.half_life.numpy()
     assert record["linear_cf_half_life"] == half_life and half_life in HALF_LIVES

@@ -33,6 +33,8 @@ from tfmmrec.evaluation.cf import EASE, IALS
 from tfmmrec.evaluation.content import ContentKernelRidge, ContentKNN, ContentRidge
 from tfmmrec.evaluation.metrics import evaluate_ranking
 from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+from tfmmrec.evaluation.recency import choose_half_life
+from tfmmrec.towers.history import recency_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +55,14 @@ KERNEL_WIDTHS, KERNEL_ALPHAS = (0.1, 0.2, 0.3, 0.5), (0.01, 0.1, 1.0)
 KERNEL_GRID: tuple[dict, ...] = tuple({"width": w, "alpha": a} for w in KERNEL_WIDTHS
                                       for a in KERNEL_ALPHAS)
 
+# EASE queried with recency-weighted histories: the bar for a model whose CF query weights
+# recent items (``model.linear_cf_half_life``), so a table shows what it adds beyond recency.
+EASE_RECENCY = "EASE · recency-weighted history"
 # Short names (CLI, config) → row names (tables, metrics.json).
-BASELINES = {"ease": EASE.name, "ials": IALS.name, "ridge": ContentRidge.name,
-             "kernel": ContentKernelRidge.name, "knn": ContentKNN.name}
-ID_ONLY = ("ease", "ials")
+BASELINES = {"ease": EASE.name, "ease_recency": EASE_RECENCY, "ials": IALS.name,
+             "ridge": ContentRidge.name, "kernel": ContentKernelRidge.name,
+             "knn": ContentKNN.name}
+ID_ONLY = ("ease", "ease_recency", "ials")
 
 
 @dataclass
@@ -135,9 +141,11 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
     Args:
       split: the run's split (``Workspace.split``); baselines fit on ``split.train``.
       user_ids: users in evaluation order (``Workspace.user_ids``).
-      names: keys of :data:`BASELINES`. EASE and iALS see no content, so on a cold-start split
-        (every candidate unseen in training) they are skipped; ``ridge``/``knn`` are skipped
-        without ``item_features``.
+      names: keys of :data:`BASELINES`. EASE (either kind) and iALS see no content, so on a
+        cold-start split (every candidate unseen in training) they are skipped;
+        ``ridge``/``kernel``/``knn`` are skipped without ``item_features``, ``ease_recency``
+        without a ``timestamp`` column (λ as the ``ease`` row's, the half-life from
+        ``recency.HALF_LIVES`` on the same carve).
       item_features / present: ``[N, f]`` content features and ``[N]`` presence (e.g.
         ``content.content_features`` of the cached encoder features).
       metric: what validation maximises. ``validation_fraction`` / ``seed``: the carve
@@ -165,6 +173,11 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
               "batch_size": batch_size}
     results: dict[str, BaselineResult] = {}
     ials_params: dict | None = None
+    ease_params: dict | None = None
+
+    def tune_ease() -> tuple[dict, list]:
+        return select_on_validation(EASE, grids["ease"], validation, user_ids, num_items,
+                                    **common)
 
     def tune_ials() -> tuple[dict, list]:
         return select_on_validation(lambda **p: IALS(**p, seed=model_seed), grids["ials"],
@@ -178,10 +191,22 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
         if key in ("ridge", "kernel", "knn") and item_features is None:
             logger.info("%s skipped: no item features", BASELINES[key])
             continue
+        if key == "ease_recency" and "timestamp" not in split.train.columns:
+            logger.info("%s skipped: the interactions have no timestamps", EASE_RECENCY)
+            continue
         start = time.perf_counter()
+        if key == "ease_recency":
+            if ease_params is None:
+                ease_params, _ = tune_ease()
+            users, items, config, trials = _recency_ease(split, validation, user_ids,
+                                                         num_items, ease_params, metric)
+            metrics = evaluate_embeddings(users, items, split, user_ids, ks, batch_size)
+            results[EASE_RECENCY] = BaselineResult(EASE_RECENCY, metrics, config, metric,
+                                                   trials, time.perf_counter() - start)
+            continue
         if key == "ease":
-            params, trials = select_on_validation(EASE, grids["ease"], validation, user_ids,
-                                                  num_items, **common)
+            params, trials = tune_ease()
+            ease_params = params
             model: Baseline = EASE(**params)
         elif key == "ials":
             params, trials = tune_ials()
@@ -208,3 +233,23 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
                     model.get_config(), metric, metrics.get(metric, float("nan")),
                     results[model.name].seconds)
     return results
+
+
+def _recency_ease(split: Split, validation: Split, user_ids: np.ndarray, num_items: int,
+                  ease_params: dict, metric: str
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[dict[str, Any]]]:
+    """EASE with ``ease_params`` (λ as the EASE row chose it), queried with histories weighted
+    by recency: the half-life is chosen on ``validation`` (``recency.choose_half_life``, EASE
+    fitted once on its training rows), then EASE is refitted on the whole training split.
+    Returns ``(users, items, chosen config, half-life trials)``."""
+
+    def item_columns(part: Split) -> np.ndarray:  # scores = weighted history row @ B
+        train, _ = split_matrices(part, user_ids, num_items)
+        return EASE(**ease_params).fit(train).embeddings()[1]
+
+    half_life, trials = choose_half_life(validation, user_ids, num_items,
+                                         lambda recency: recency.toarray(),
+                                         item_columns(validation), metric)
+    users = recency_matrix(split.train, user_ids, num_items, half_life).toarray()
+    return (users.astype(np.float32), item_columns(split),
+            {**ease_params, "half_life": half_life}, trials)

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from tfmmrec.data.splits import Split, validation_split
-from tfmmrec.errors import DataError
 from tfmmrec.evaluation.baseline_suite import (
     EASE_GRID,
     KERNEL_ALPHAS,
@@ -29,9 +28,9 @@ from tfmmrec.evaluation.baseline_suite import (
     select_on_validation,
 )
 from tfmmrec.evaluation.cf import EASE, IALS
-from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+from tfmmrec.evaluation.protocol import split_matrices
+from tfmmrec.evaluation.recency import best_on_carve, choose_half_life, score_on_carve
 from tfmmrec.towers.cf import LinearCFWeights, factorise_ease, fit_linear_cf, ials_foldin_factors
-from tfmmrec.towers.history import recency_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +47,6 @@ IALS_BLOCK_GRID = tuple({"factors": f, "regularization": r, "alpha": a}
                         for f in (32, 64, 128) for r in (3.0, 10.0, 30.0, 100.0)
                         for a in (1.0, 3.0, 10.0))
 IALS_BLOCK_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-# The history's recency half-lives tried (in items; 0 first: equal weights, kept on ties).
-HALF_LIVES = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
 
 
 def block_width(blocks: str, rank: int) -> int:
@@ -158,20 +155,6 @@ def _choose_half_life(split: Split, user_ids: np.ndarray, num_items: int,
                             weights.item_embeddings(features, present), metric)
 
 
-def choose_half_life(carve: Split, user_ids: np.ndarray, num_items: int,
-                     queries: Callable[[Any], np.ndarray], items: np.ndarray,
-                     metric: str = "recall@20") -> tuple[float, list[dict[str, Any]]]:
-    """The history's recency half-life from ``HALF_LIVES`` by ``metric`` on ``carve``: the
-    model is fitted once (``items``), and ``queries(recency_matrix)`` gives its users at each
-    half-life. Returns the best (the first on ties: 0) and every trial."""
-    scored = []
-    for half_life in HALF_LIVES:
-        users = queries(recency_matrix(carve.train, user_ids, num_items, half_life))
-        scored.append(({"half_life": half_life}, _score(users, items, carve, user_ids, metric)))
-    best = _best(scored, carve, "validation carve")
-    return best["half_life"], [{**point, "score": score} for point, score in scored]
-
-
 def cf_factors(train, rank: int, l2: float, ials: dict[str, float] | None = None,
                seed: int = 0, foldin: str = "exact"
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float] | None]:
@@ -243,9 +226,9 @@ def _choose_ials(carve: Split, user_ids: np.ndarray, num_items: int, rank: int, 
     for weight in IALS_BLOCK_WEIGHTS:
         scale = np.r_[np.ones(users.shape[1] - rank), np.full(rank, weight)]
         scored.append(({**params, "weight": weight},
-                       _score((users * scale).astype(np.float32), item_factors, carve, user_ids,
-                              metric)))
-    best = _best(scored, carve, "validation carve")
+                       score_on_carve((users * scale).astype(np.float32), item_factors, carve,
+                                      user_ids, metric)))
+    best = best_on_carve(scored, carve, "linear CF validation carve")
     blend_trials = [{"weight": point["weight"], "score": score} for point, score in scored]
     return best, {"settings": trials, "weight": blend_trials}
 
@@ -280,29 +263,6 @@ def _choose_content(split: Split, user_ids: np.ndarray, num_items: int, rank: in
         for weight, scale in scales:
             point = dict(params) if weight is None else {**params, "ials_weight": weight}
             queries = users if scale is None else users * scale
-            scored.append((point, _score(queries, items, carve, user_ids, metric)))
-    best = _best(scored, carve, "cold-start validation carve")
+            scored.append((point, score_on_carve(queries, items, carve, user_ids, metric)))
+    best = best_on_carve(scored, carve, "linear CF cold-start validation carve")
     return best, [{"params": point, "score": score} for point, score in scored]
-
-
-def _score(users: np.ndarray, items: np.ndarray, carve: Split, user_ids: np.ndarray,
-           metric: str) -> float | None:
-    return evaluate_embeddings(users, items, carve, user_ids, [_k(metric)]).get(metric)
-
-
-def _best(scored: list[tuple[dict[str, float], float | None]], carve: Split,
-          label: str) -> dict[str, float]:
-    """The first point with the highest score (ties keep the earlier, smaller setting)."""
-    best, best_score = None, -np.inf
-    for point, score in scored:
-        if score is not None and score > best_score:
-            best, best_score = point, score
-    if best is None:
-        raise DataError(f"linear CF: the {label} has no user with a held-out item to rank "
-                        f"({len(carve.test)} interactions)")
-    return best
-
-
-def _k(metric: str) -> int:
-    _, _, k = metric.rpartition("@")
-    return int(k) if k.isdigit() else 10
