@@ -336,8 +336,16 @@ def row_fingerprint(args, protocol: str, row: Row, seed: int, identities: dict) 
     config = protocol_config(args, protocol, row, seed).to_dict()
     config["train"].pop("output_dir")
     config["train"].pop("verbose")
+    if row.kind != "tfmmrec":
+        # A baseline reads the data, split, evaluation settings and frozen features, never the
+        # model, training, ranking or export sections: its parts stay valid when they change.
+        for section in BASELINE_UNREAD:
+            config.pop(section)
     return fingerprint({"v": HARNESS_VERSION, "row": dataclasses.asdict(row), "seed": seed,
                         "quick": args.quick, "config": config, "encoders": identities})
+
+
+BASELINE_UNREAD = ("model", "ranking", "train", "export")
 
 
 def part_path(args, *names: str) -> Path:

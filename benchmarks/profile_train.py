@@ -9,10 +9,15 @@ values, and no encoder runs), once per variant in one process:
   (the history matrix summed by ``scatter_nd`` + ``tensor_scatter_nd_update``, the full
   softmax's candidates gathered and their features LayerNorm-ed every step);
   ``previous_step_bfloat16``: the same with bfloat16 products;
-- ``now``: the model as shipped (``model.training_precision`` float32, the default);
+- ``now``: the per-interaction step as shipped before the fifth pass (``model.objective``
+  interactions, ``model.training_precision`` float32);
 - ``now_bfloat16``: the same with ``model.training_precision=bfloat16``;
 - ``per_element`` (not run by default): the current model with the input pipeline tfmmrec used
-  before the first pass (``from_tensor_slices → cache → shuffle → batch``).
+  before the first pass (``from_tensor_slices → cache → shuffle → batch``);
+- ``users`` / ``users_bfloat16``: ``model.objective=users`` (one query per user and step, the
+  hidden history entries its targets; batches of users holding ~``batch_size`` targets), the
+  default since issue 15's fifth pass, in float32 / bfloat16. ``now`` is then the
+  per-interaction objective (``model.objective=interactions``) it replaced.
 
 Each run trains ``--epochs`` epochs; the last one is traced with ``tf.profiler`` and the trace's
 host events are summed by kind (input pipeline, forward/backward ops by type, optimizer). Prints
@@ -67,8 +72,13 @@ def stand_in_workspace(config):
 # Variant → model-config overrides. ``previous_step`` is the float32 step before issue 15's
 # fourth pass, rebuilt by ``build`` from the current model (the history matrix summed by
 # ``scatter_nd``, the candidates' content gathered and LayerNorm-ed every step).
-VARIANTS = {"previous_step": {}, "now": {}, "now_bfloat16": {"training_precision": "bfloat16"},
-            "previous_step_bfloat16": {"training_precision": "bfloat16"}, "per_element": {}}
+_INTERACTIONS = {"objective": "interactions"}
+VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
+            "now_bfloat16": {**_INTERACTIONS, "training_precision": "bfloat16"},
+            "previous_step_bfloat16": {**_INTERACTIONS, "training_precision": "bfloat16"},
+            "per_element": _INTERACTIONS,
+            "users": {"objective": "users"},
+            "users_bfloat16": {"objective": "users", "training_precision": "bfloat16"}}
 
 
 def build(ws, variant: str):

@@ -322,10 +322,25 @@ class ModelConfig:
     # CPU's AMX/AVX-512 BF16 units (or a GPU/TPU's) with float32 losses and optimiser.
     # Inference and exports are float32 either way.
     training_precision: Literal["float32", "bfloat16"] = "float32"
+    # What one training row is (models/retrieval.py): "interactions", one softmax per
+    # (user, item) with the item left out of the user's history; "users", one query per
+    # user and step from the history entries a history_dropout draw kept, every hidden entry
+    # a target (Mult-DAE's multinomial likelihood; the same expected gradient, the catalogue
+    # product paid per user instead of per interaction). "users" needs user_history,
+    # negatives: full and history_dropout > 0; train.batch_size still counts interactions
+    # (the users per batch hold about that many hidden entries).
+    objective: Literal["interactions", "users"] = "interactions"
 
     def __post_init__(self) -> None:
         _check_choice("model.training_precision", self.training_precision,
                       ("float32", "bfloat16"))
+        _check_choice("model.objective", self.objective, ("interactions", "users"))
+        if self.objective == "users":
+            _check(self.user_history and self.negatives == "full" and self.history_dropout > 0,
+                   "model.objective", self.objective, "interactions unless model.user_history: "
+                   "true, model.negatives: full and model.history_dropout > 0 (the query reads "
+                   "the history entries a dropout draw kept and predicts the hidden ones over "
+                   "the whole catalogue)")
         _check_choice("model.linear_cf", self.linear_cf,
                       ("none", "ease", "ials", "ease+ials", "auto"))
         _check_choice("model.linear_cf_foldin", self.linear_cf_foldin, ("exact", "linear"))
@@ -706,6 +721,13 @@ class Config:
         self.__post_init__()
 
     def __post_init__(self) -> None:
+        if self.model.objective == "users":
+            _check(not self.ranking.enabled, "model.objective", self.model.objective,
+                   "interactions with ranking.enabled: true (a ranking head scores "
+                   "interactions)")
+            _check(not self.train.tfrecords, "model.objective", self.model.objective,
+                   "interactions with train.tfrecords (per-user batches are drawn from the "
+                   "in-memory histories)")
         if self.model.fusion_selection == "validation":
             _check(self.train.strategy in ("default", "mirrored", "tpu"), "train.strategy",
                    self.train.strategy, "a single-process strategy (default, mirrored, tpu) "

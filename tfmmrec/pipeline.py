@@ -264,6 +264,8 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
               # cold items (no training interaction) are never negatives of the full softmax
               "candidate_items": item_sampling_probability(ws) > 0,
               "training_precision": model_config.training_precision}
+    if model_config.objective != "interactions":  # the ranking models take no objective
+        kwargs["objective"] = model_config.objective
     ranking = ws.config.ranking
     if not ranking.enabled:
         model = RetrievalModel(*args, **kwargs)
@@ -302,10 +304,34 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
         dataset, count = tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
                                           config.train.seed, columns)
         return with_user_indices(dataset, ws.user_ids), count
+    if config.model.objective == "users":
+        return user_batches(train, ws.user_ids, config)
     # In memory: user ids become indices once, here, not in every batch.
     features = {"user_index": user_indices(train["user_id"], ws.user_ids),
                 "item_index": train["item_index"].to_numpy(np.int32), **(extra or {})}
     return batched_examples(features, config.train.batch_size, config.train.seed), len(train)
+
+
+def user_batches(train: pd.DataFrame, user_ids, config: Config
+                 ) -> tuple[tf.data.Dataset, int]:
+    """``model.objective: users``: batches of ``user_index`` only (the model reads each user's
+    history from its encoder), and the expected hidden entries (targets) per epoch.
+
+    An epoch visits every training user ``round(1 / history_dropout)`` times, so each
+    interaction is a target about once per epoch, as with the per-interaction objective; a
+    batch holds the users whose hidden entries number about ``train.batch_size`` on average,
+    so an epoch has about as many steps too.
+    """
+    rate = config.model.history_dropout
+    index = user_indices(train["user_id"], user_ids)
+    users = np.unique(index)
+    visits = max(1, round(1 / rate))
+    per_user = len(train) / len(users) * rate  # hidden entries per user and visit
+    batch = int(min(len(users) * visits, max(1, round(config.train.batch_size / per_user))))
+    dataset = batched_examples({"user_index": np.tile(users, visits)}, batch,
+                               config.train.seed)
+    examples = round(len(train) * visits * rate)
+    return dataset, examples
 
 
 def user_indices(user_ids, vocabulary) -> np.ndarray:

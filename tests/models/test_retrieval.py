@@ -463,3 +463,123 @@ def test_softmax_cross_entropy_matches_the_op_and_does_not_underflow():
     values, _ = _softmax_cross_entropy(far, tf.constant([0]))
     np.testing.assert_allclose(values.numpy(), [300.0 + np.log1p(np.exp(-300) + np.exp(-299))],
                                rtol=1e-6)
+
+
+# --- the per-user objective (model.objective: users) -----------------------------------------
+
+
+def _users_model(tiny_config, tiny_workspace, *overrides):
+    config = load_config(tiny_config, ["model.objective=users", "model.user_history=true",
+                                       "model.negatives=full", "model.history_dropout=0.5",
+                                       "model.alignment_weight=0", *overrides])
+    ws = dataclasses.replace(tiny_workspace, config=config)
+    tf.keras.utils.set_random_seed(0)
+    model = pipeline.build_model(ws)
+    model.build_from_example()
+    return ws, model
+
+
+def test_multinomial_losses_sum_the_softmax_loss_of_each_target_in_values_and_gradients():
+    """One row with targets counted n_j is the sum of n_j single-target rows (same query)."""
+    from tfmmrec.models.retrieval import multinomial_losses, softmax_losses
+
+    rng = np.random.default_rng(1)
+    queries = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+    candidates = tf.constant(rng.normal(size=(7, 4)), tf.float32)
+    counts = np.array([[1, 0, 2, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 0], [0, 3, 0, 0, 1, 0, 0]])
+    rows, labels = np.nonzero(counts)
+    rows, labels = np.repeat(rows, counts[rows, labels]), np.repeat(labels, counts[rows, labels])
+    results = []
+    for compute in (lambda q, c: multinomial_losses(q, c, tf.constant(counts, tf.float32), 0.3),
+                    lambda q, c: tf.math.unsorted_segment_sum(
+                        softmax_losses(tf.gather(q, rows), c, tf.constant(labels), 0.3),
+                        rows, 3)):
+        with tf.GradientTape() as tape:
+            tape.watch([queries, candidates])
+            losses = compute(queries, candidates)
+            total = tf.reduce_sum(losses)
+        results.append([losses, *map(tf.convert_to_tensor,
+                                     tape.gradient(total, [queries, candidates]))])
+    for got, expected in zip(*results, strict=True):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert results[0][0].numpy()[1] == 0.0  # a user with no hidden entry adds nothing
+
+
+def test_users_objective_scores_each_hidden_item_against_the_query_of_the_kept_history(
+        tiny_config, tiny_workspace):
+    """loss = Σ_u Σ_{j hidden} [logsumexp_k(<q_u, c_k>/T) − <q_u, c_j>/T], q_u read from the
+    entries the same dropout draw kept; hidden ∪ kept is the user's history, disjoint."""
+    _, model = _users_model(tiny_config, tiny_workspace, "model.user_id_dropout=0")
+    encoder = model.query_tower.history_encoder
+    index = tf.constant([1, 2, 3, 4], tf.int64)
+    states = [g.state.numpy() for g in _noise_streams(model)]
+    for generator, state in zip(_noise_streams(model), states, strict=True):
+        generator.reset(state)
+    loss = float(model.compute_loss({"user_index": index}, training=False))
+    for generator, state in zip(_noise_streams(model), states, strict=True):
+        generator.reset(state)
+    _, targets = encoder.split(index)
+    targets = targets.numpy()
+    items, weights = encoder.gather(index)
+    kept_items, kept_weights = [], []
+    for row, (history, weight) in enumerate(zip(items.to_list(), weights.to_list(),
+                                                strict=True)):
+        hidden = set(np.flatnonzero(targets[row]).tolist())
+        assert hidden <= set(history) and set(np.flatnonzero(targets[row] == 0)) >= (
+            set(range(targets.shape[1])) - set(history))
+        keep = [i for i, item in enumerate(history) if item not in hidden]
+        kept_items.append([history[i] for i in keep])
+        kept_weights.append([weight[i] for i in keep])
+    assert 0 < targets.sum() < len(items.flat_values)  # some hidden, some kept
+    history = (tf.ragged.constant(kept_items, tf.int64, row_splits_dtype=tf.int64),
+               tf.ragged.constant(kept_weights, tf.float32, row_splits_dtype=tf.int64))
+    queries = model.query_tower(index, history=history).numpy()
+    candidates = model.candidate_index.numpy()
+    logits = queries @ model.item_embeddings(tf.constant(candidates)).numpy().T / model.temperature
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    expected = sum(lse[u] - logits[u, list(candidates).index(j)]
+                   for u in range(len(index)) for j in np.flatnonzero(targets[u]))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_user_batches_visit_every_user_once_per_kept_share_with_about_batch_size_targets(
+        tiny_config, tiny_workspace):
+    ws, _ = _users_model(tiny_config, tiny_workspace, "train.batch_size=64")
+    dataset, examples = pipeline.training_dataset(ws)
+    batches = [b for b in dataset]
+    assert all(set(b) == {"user_index"} for b in batches)
+    seen = np.concatenate([b["user_index"].numpy() for b in batches])
+    train_users = np.unique(pipeline.user_indices(ws.split.train["user_id"], ws.user_ids))
+    per_user = len(ws.split.train) / len(train_users) * 0.5
+    assert len(batches[0]["user_index"]) == round(64 / per_user)
+    leftover = len(train_users) * 2 % len(batches[0]["user_index"])  # the dropped remainder
+    counts = np.bincount(seen, minlength=train_users.max() + 1)[train_users]
+    assert counts.sum() == 2 * len(train_users) - leftover and counts.max() <= 2
+    assert examples == len(ws.split.train)  # two visits × half hidden: each row about once
+
+
+def test_users_objective_trains_and_restores(tiny_config, tiny_workspace, tmp_path):
+    config = derive_config(tiny_config, tmp_path, "model.objective=users",
+                           "model.user_history=true", "model.negatives=full",
+                           "model.history_dropout=0.5", "train.epochs=3", "train.batch_size=64")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    losses = result.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    restored, _ = pipeline.restore(config.train.output_dir, config, workspace=tiny_workspace)
+    index = tf.constant([1, 2, 3], tf.int64)
+    np.testing.assert_allclose(restored.query_embeddings(index).numpy(),
+                               result.model.query_embeddings(index).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["model.user_history=false"], "model.objective"),
+    (["model.negatives=in_batch"], "model.objective"),
+    (["model.history_dropout=0"], "model.objective"),
+    (["ranking.enabled=true"], "model.objective"),
+    (["train.tfrecords=somewhere"], "model.objective"),
+])
+def test_users_objective_needs_its_history_softmax_and_dropout(tiny_config, overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(tiny_config, ["model.objective=users", "model.user_history=true",
+                                  "model.negatives=full", "model.history_dropout=0.5",
+                                  *overrides])

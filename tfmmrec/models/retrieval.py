@@ -59,6 +59,13 @@ class RetrievalModel(tfrs.Model):
       training_precision: ``float32`` or ``bfloat16``: input precision of the full softmax's
         logits product (and its gradients) in train steps (``towers.precision``); the softmax
         and loss stay float32. The towers take their own setting.
+      objective: ``interactions``: one softmax per training interaction, its item left out of
+        the query's history; ``users`` (needs ``negatives="full"`` and a history encoder with
+        dropout; batches hold ``user_index`` only): one query per user and step, reading the
+        history entries a dropout draw kept, scored against the catalogue once, with every
+        hidden entry as a target (the multinomial likelihood of Mult-DAE). Each hidden item
+        is then an example of the per-interaction objective, so the expected gradient is the
+        same; the catalogue product is paid once per user instead of once per interaction.
     """
 
     def __init__(self, query_tower: QueryTower, item_tower: ItemTower,
@@ -70,9 +77,18 @@ class RetrievalModel(tfrs.Model):
                  alignment_rows: int = 0, dedupe_items: bool = True,
                  negatives: str = _DEFAULTS.negatives,
                  candidate_items: np.ndarray | None = None,
-                 training_precision: str = "float32", **kwargs):
+                 training_precision: str = "float32", objective: str = "interactions",
+                 **kwargs):
         super().__init__(**kwargs)
         self.training_precision = check_precision(training_precision)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if objective == "users" and (negatives != "full"
+                                     or query_tower.history_encoder is None
+                                     or query_tower.history_encoder.dropout <= 0):
+            raise ValueError("objective='users' needs negatives='full' and a query tower "
+                             "whose history encoder has dropout > 0")
+        self.objective = objective
         self.noise = Noise()
         self.query_tower = query_tower
         self.item_tower = item_tower
@@ -140,6 +156,8 @@ class RetrievalModel(tfrs.Model):
                                 exclude=exclude)
 
     def compute_loss(self, features, training=False):
+        if self.objective == "users":
+            return self._hidden_history_loss(user_input(features), training)
         item_index = tf.cast(features["item_index"], tf.int32)
         queries = self.query_embeddings(user_input(features), training=training,
                                         exclude=item_index)
@@ -172,23 +190,45 @@ class RetrievalModel(tfrs.Model):
         A positive that is not a candidate (possible only if ``candidate_items`` leaves out a
         training item) contributes nothing.
         """
-        content = self._candidate_content() if training else \
-            self.content_table(self.candidate_index)
-        fused, embeddings, mask = self.item_tower.encode(content, training=training)
-        scored = self.item_tower.append_linear_cf(fused, content, training)
+        fused, embeddings, mask, scored = self._encode_candidates(training)
         labels = tf.gather(self.candidate_position, item_index)
         valid = labels >= 0
         losses = softmax_losses(queries, scored, tf.maximum(labels, 0), self.temperature,
                                 self.training_precision if training else "float32")
         loss = tf.reduce_sum(tf.where(valid, losses, tf.zeros_like(losses)))
-        if self.alignment is not None:
-            rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
-            sample = tf.random.experimental.stateless_shuffle(
-                tf.range(tf.shape(self.candidate_index)[0]), self.noise.seed())[:rows]
-            loss += self.alignment_weight * self._alignment_loss(
-                tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
-                tf.gather(embeddings, sample), tf.gather(mask, sample))
-        return loss
+        return loss + self._candidate_alignment_loss(fused, embeddings, mask)
+
+    def _hidden_history_loss(self, users, training):
+        """``objective="users"``: Σ over the batch's users and their hidden history items of
+        the full softmax's cross-entropy (``multinomial_losses``), plus the alignment loss on
+        the candidates. Hidden items that are not candidates contribute nothing."""
+        queries, targets = self.query_tower.split_history(
+            users, item_embedder=self.item_embeddings, training=training)
+        fused, embeddings, mask, scored = self._encode_candidates(training)
+        targets = tf.gather(targets, self.candidate_index, axis=1)
+        losses = multinomial_losses(queries, scored, targets, self.temperature,
+                                    self.training_precision if training else "float32")
+        return tf.reduce_sum(losses) + self._candidate_alignment_loss(fused, embeddings, mask)
+
+    def _encode_candidates(self, training):
+        """The full softmax's candidates: ``(fused, per-modality embeddings, presence mask,
+        scored)`` (``scored``: fused with the linear-CF part, what queries score)."""
+        content = self._candidate_content() if training else \
+            self.content_table(self.candidate_index)
+        fused, embeddings, mask = self.item_tower.encode(content, training=training)
+        return fused, embeddings, mask, self.item_tower.append_linear_cf(fused, content,
+                                                                          training)
+
+    def _candidate_alignment_loss(self, fused, embeddings, mask):
+        """The weighted alignment loss over a random sample of the candidates (0 without)."""
+        if self.alignment is None:
+            return 0.0
+        rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
+        sample = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(self.candidate_index)[0]), self.noise.seed())[:rows]
+        return self.alignment_weight * self._alignment_loss(
+            tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
+            tf.gather(embeddings, sample), tf.gather(mask, sample))
 
     def _candidate_content(self) -> dict[str, tf.Tensor]:
         """The candidates' content with their frozen features standardised
@@ -238,6 +278,7 @@ class RetrievalModel(tfrs.Model):
 
 
 NEGATIVES = ("in_batch", "full")
+OBJECTIVES = ("interactions", "users")
 
 
 def softmax_losses(queries: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor,
@@ -268,6 +309,20 @@ def softmax_losses(queries: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor,
         return values, grad
 
     return losses(queries, candidates)
+
+
+def multinomial_losses(queries: tf.Tensor, candidates: tf.Tensor, targets: tf.Tensor,
+                       temperature: float, precision: str = "float32") -> tf.Tensor:
+    """Per-row ``Σ_j targets[b, j] · (−log softmax_j(<q_b, c_·> / temperature))``, ``[B]``:
+    the softmax cross-entropy of every target of a row against one query (``targets``
+    ``[B, N]``, a count or weight per candidate). Equal to summing ``softmax_losses`` over
+    one row per target, at the cost of one row.
+
+    ``= n_b · logsumexp(z_b) − <targets_b, z_b>`` with ``n_b = Σ_j targets[b, j]``.
+    """
+    logits = matmul(queries * (1.0 / temperature), candidates, precision, transpose_b=True)
+    return (tf.reduce_sum(targets, axis=1) * tf.reduce_logsumexp(logits, axis=1)
+            - tf.reduce_sum(targets * logits, axis=1))
 
 
 def _softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

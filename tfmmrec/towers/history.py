@@ -197,6 +197,46 @@ class HistoryEncoder(tf.keras.layers.Layer):
             norm = tf.math.unsorted_segment_sum(weight, rows, count)
         return total / tf.maximum(norm, 1e-9)[:, None]
 
+    def split(self, user_index) -> tuple[tf.Tensor, tf.Tensor]:
+        """One denoising draw per user, for training a query per user rather than per example
+        (``model.objective: users``): each history entry is hidden with probability
+        ``dropout``; returns ``(pooled [B, dim], targets [B, N])``, the kept entries' weighted
+        mean embedding (the query's input) and the hidden entries as a multi-hot of
+        prediction targets (1 per hidden entry).
+
+        For one hidden item this is exactly an example of the per-interaction objective (its
+        query sees the rest of the history, each entry kept with probability ``1 − dropout``),
+        so the two objectives have the same expected gradient; the per-user one scores one
+        query against the catalogue for all of a user's hidden items at once.
+        """
+        if self.dropout <= 0:
+            raise ValueError("a per-user split needs history dropout > 0 (the hidden entries "
+                             "are the targets)")
+        items, weights = self.gather(user_index)
+        weight = weights.flat_values
+        keep = keep_mask(tf.shape(weight), self.dropout, self.noise.seed())
+        rows = row_ids(items.row_splits)
+        count = tf.shape(user_index, out_type=tf.int64)[0]
+        cells = rows * tf.constant(self.num_items, tf.int64) + tf.cast(items.flat_values,
+                                                                        tf.int64)
+        kept = self._multi_hot(cells, tf.where(keep, weight, tf.zeros_like(weight)), count)
+        targets = self._multi_hot(cells, tf.cast(tf.logical_not(keep), tf.float32), count)
+        if not self.embedding.built:
+            self.embedding.build(None)
+        total = matmul(kept, self.embedding.embeddings, self.training_precision)
+        return total / tf.maximum(tf.reduce_sum(kept, axis=1), 1e-9)[:, None], targets
+
+    def _multi_hot(self, cells: tf.Tensor, values: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+        """``[count, N]`` with ``values`` at the flat ``cells`` (summed where cells repeat)."""
+        size = count * tf.constant(self.num_items, tf.int64)
+        if self.unique_entries:
+            flat = tf.raw_ops.SparseToDense(sparse_indices=cells, output_shape=[size],
+                                            sparse_values=values, default_value=0.0,
+                                            validate_indices=False)
+        else:
+            flat = tf.scatter_nd(cells[:, None], values, [size])
+        return tf.reshape(flat, tf.stack([count, self.num_items]))
+
     def get_config(self):
         """Shapes, not the history table (it is held in weights): ``from_config`` builds an
         empty table of the same shape and ``set_weights`` fills it."""

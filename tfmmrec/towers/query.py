@@ -141,15 +141,42 @@ class QueryTower(tf.keras.layers.Layer):
         if history is not None and self.history_encoder is None:
             raise ValueError("an explicit history needs a query tower with a history encoder "
                              "(model.user_history)")
-        index = self.lookup(user) if user.dtype == tf.string else tf.cast(user, tf.int64)
+        index = self._index(user)
+        pooled = None
+        if self.history_encoder is not None:
+            pooled = self.history_encoder(index, exclude=exclude, training=training,
+                                          history=history)
+        query = self._embed(index, pooled, item_embedder, training)
+        if self.linear_cf is None or training:  # training steps fit the learned part only
+            return query
+        return tf.concat([query, self._linear_cf_query(index, exclude, history)], axis=-1)
+
+    def split_history(self, user, item_embedder: Callable | None = None,
+                      training=True) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(queries [B, d], targets [B, N])`` for training one query per user: the history
+        encoder hides part of each user's history (``HistoryEncoder.split``), the query reads
+        the rest, and the hidden items are its targets. The learned part only, as in any
+        training step."""
+        if self.history_encoder is None:
+            raise ValueError("a per-user split needs a query tower with a history encoder "
+                             "(model.user_history)")
+        index = self._index(user)
+        pooled, targets = self.history_encoder.split(index)
+        return self._embed(index, pooled, item_embedder, training), targets
+
+    def _index(self, user) -> tf.Tensor:
+        return self.lookup(user) if user.dtype == tf.string else tf.cast(user, tf.int64)
+
+    def _embed(self, index, pooled_history, item_embedder, training) -> tf.Tensor:
+        """The learned, normalised query from every input but the history encoder, whose
+        output (``pooled_history``, or None without one) is passed in."""
         ids = index
         if training and self.id_dropout > 0:
             hidden = self.noise.uniform(tf.shape(index)) < self.id_dropout
             ids = tf.where(hidden, tf.zeros_like(index), index)
         parts = [self.id_embedding(ids)] if self.id_embedding is not None else []
-        if self.history_encoder is not None:
-            parts.append(self.history_encoder(index, exclude=exclude, training=training,
-                                              history=history))
+        if pooled_history is not None:
+            parts.append(pooled_history)
         for name, table in self.categorical.items():
             parts.append(self.feature_embeddings[name](tf.gather(table, index)))
         if self.numeric is not None:
@@ -158,10 +185,7 @@ class QueryTower(tf.keras.layers.Layer):
             parts.append(self._history_embedding(tf.gather(self.history, index), item_embedder,
                                                  training))
         x = self.hidden(tf.concat(parts, axis=-1))
-        query = tf.math.l2_normalize(self.out(x), axis=-1)
-        if self.linear_cf is None or training:  # training steps fit the learned part only
-            return query
-        return tf.concat([query, self._linear_cf_query(index, exclude, history)], axis=-1)
+        return tf.math.l2_normalize(self.out(x), axis=-1)
 
     def _linear_cf_query(self, index, exclude=None, history=None):
         """``x_u P`` over the user's full history (minus each training example's target), or
