@@ -205,6 +205,9 @@ MIRRORED_SCRIPT = """
     for seed in range(3):
         runs[f"one_seed{seed}"] = [f"train.seed={seed}"]
         runs[f"two_seed{seed}"] = [*two, f"train.seed={seed}"]
+    # per-user batches split between the replicas (model.objective=users)
+    runs["two_users"] = [*two, "model.objective=users", "model.user_history=true",
+                         "model.negatives=full", "model.history_dropout=0.5"]
     results = {}
     for name, overrides in runs.items():
         config = load_config(base, [*overrides, f"train.output_dir={sys.argv[2]}/{name}"])
@@ -272,6 +275,13 @@ def mirrored_results(tiny_config, tiny_workspace, tmp_path_factory) -> dict:
 def test_mirrored_on_two_cpus_really_uses_two_replicas(mirrored_results):
     assert mirrored_results["one_seed0"]["replicas"] == 1
     assert mirrored_results["two_seed0"]["replicas"] == 2
+
+
+def test_the_per_user_objective_trains_on_two_replicas(mirrored_results):
+    run = mirrored_results["two_users"]
+    assert run["replicas"] == 2
+    assert np.all(np.isfinite(run["loss"])) and run["loss"][-1] < run["loss"][0]
+    assert run["metrics"]["recall@20"] > 0
 
 
 METRICS = ("recall@10", "recall@20", "ndcg@20", "mrr")
