@@ -78,7 +78,20 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
             "previous_step_bfloat16": {**_INTERACTIONS, "training_precision": "bfloat16"},
             "per_element": _INTERACTIONS,
             "users": {"objective": "users"},
-            "users_bfloat16": {"objective": "users", "training_precision": "bfloat16"}}
+            "users_bfloat16": {"objective": "users", "training_precision": "bfloat16"},
+            # the per-user step at other batch sizes (targets per step; train.batch_size)
+            **{f"users_batch_{size}": {"objective": "users", "batch_size": size}
+               for size in (2048, 4096, 8192, 16384)}}
+
+
+def variant_config(config, variant: str):
+    """``config`` with ``variant``'s overrides: ``batch_size`` to the train section, the rest
+    to the model section."""
+    overrides = dict(VARIANTS[variant])
+    train = dataclasses.replace(config.train,
+                                batch_size=overrides.pop("batch_size", config.train.batch_size))
+    return dataclasses.replace(config, train=train,
+                               model=dataclasses.replace(config.model, **overrides))
 
 
 def build(ws, variant: str):
@@ -162,10 +175,10 @@ def run(ws, config, variant: str, epochs: int) -> dict:
 
     out = OUT / variant
     shutil.rmtree(out, ignore_errors=True)
+    config = variant_config(config, variant)
     train = dataclasses.replace(config.train, output_dir=str(out / "run"), epochs=epochs,
                                 verbose=0)
-    model = dataclasses.replace(config.model, **VARIANTS[variant])
-    config = dataclasses.replace(config, train=train, model=model)
+    config = dataclasses.replace(config, train=train)
     ws = dataclasses.replace(ws, config=config)
     tf.keras.utils.set_random_seed(train.seed)
     if variant == "per_element":
@@ -197,8 +210,7 @@ def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
 
     steps, functions, iterators = 16, {}, {}
     for variant in variants:
-        model_config = dataclasses.replace(config.model, **VARIANTS[variant])
-        vws = dataclasses.replace(ws, config=dataclasses.replace(config, model=model_config))
+        vws = dataclasses.replace(ws, config=variant_config(config, variant))
         tf.keras.utils.set_random_seed(config.train.seed)
         model = build(vws, variant)
         model.build_from_example()
@@ -207,14 +219,15 @@ def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
         functions[variant] = model.make_train_function()
         iterators[variant] = iter(dataset.repeat())
         float(functions[variant](iterators[variant])["loss"])  # trace
+    sizes = {v: variant_config(config, v).train.batch_size for v in variants}
     rates: dict[str, list[float]] = {v: [] for v in variants}
     walls: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(rounds):
         for variant in variants:
             start, wall = time.process_time(), time.perf_counter()
             float(functions[variant](iterators[variant])["loss"])
-            rates[variant].append(steps * config.train.batch_size / (time.process_time() - start))
-            walls[variant].append(steps * config.train.batch_size / (time.perf_counter() - wall))
+            rates[variant].append(steps * sizes[variant] / (time.process_time() - start))
+            walls[variant].append(steps * sizes[variant] / (time.perf_counter() - wall))
     base, wall_base = np.array(rates[variants[0]]), np.array(walls[variants[0]])
     return {v: {"examples_per_cpu_second_median": float(np.median(r)),
                 "ratio_to_first_median": float(np.median(np.array(r) / base)),
