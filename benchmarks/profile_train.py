@@ -26,6 +26,9 @@ a table; writes benchmarks/results/profile_train.json.
     .venv/bin/python benchmarks/profile_train.py            # ~3 min on 2 cores
     .venv/bin/python benchmarks/profile_train.py --variants previous_step now now_bfloat16 \
         --interleave 10    # examples per CPU-second, interleaved (profile_train_interleaved.json)
+    .venv/bin/python benchmarks/profile_train.py --variants users_batch_2048 users_batch_4096 \
+        users_batch_8192 users_batch_16384 --interleave 8 \
+        --output profile_train_batch_sizes.json    # the per-user step's batch size
 """
 
 from __future__ import annotations
@@ -248,6 +251,10 @@ def main(argv=None) -> int:
                         help="instead of profiling: examples per CPU-second of the variants' "
                              "steps, interleaved for ROUNDS rounds (profile_train_interleaved"
                              ".json)")
+    parser.add_argument("--output", default=None, metavar="NAME",
+                        help="the results file's name in benchmarks/results (default "
+                             "profile_train.json, or profile_train_interleaved.json with "
+                             "--interleave)")
     args = parser.parse_args(argv)
     if args.interleave and "per_element" in args.variants:
         parser.error("--interleave compares model steps on the shipped input pipeline; "
@@ -267,6 +274,8 @@ def main(argv=None) -> int:
                       ("--epochs", args.epochs), ("--variants", " ".join(args.variants)))),
               "load_average_at_start": os.getloadavg()[0], "batch_size": config.train.batch_size,
               "train_examples": len(ws.split.train), "runs": {}}
+    if args.output:
+        report["command"] += f" --output {args.output}"
     if args.interleave:
         report["command"] += f" --interleave {args.interleave}"
         report["interleaved"] = interleaved(ws, config, args.variants, args.interleave)
@@ -278,14 +287,14 @@ def main(argv=None) -> int:
                   f"{row['ratio_to_first_quartiles'][1]:.2f}); wall clock "
                   f"{row['examples_per_wall_second_median']:,.0f} examples/s, "
                   f"{row['wall_ratio_to_first_median']:.2f}×")
-        write_json(report, RESULTS / "profile_train_interleaved.json")
+        write_json(report, RESULTS / (args.output or "profile_train_interleaved.json"))
         return 0
     for variant in args.variants:
         print(f"training the {variant} variant ({args.epochs} epochs, the last "
               "profiled)...", flush=True)
         report["runs"][variant] = run(ws, config, variant, args.epochs)
     print(table(report))
-    print(f"wrote {write_json(report, RESULTS / 'profile_train.json')}")
+    print(f"wrote {write_json(report, RESULTS / (args.output or 'profile_train.json'))}")
     return 0
 
 
