@@ -211,9 +211,10 @@ def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
     from tfmmrec import pipeline
     from tfmmrec.training.trainer import optimizer
 
-    steps, functions, iterators = 16, {}, {}
+    steps, functions, iterators, sizes = 16, {}, {}, {}
     for variant in variants:
         vws = dataclasses.replace(ws, config=variant_config(config, variant))
+        sizes[variant] = vws.config.train.batch_size
         tf.keras.utils.set_random_seed(config.train.seed)
         model = build(vws, variant)
         model.build_from_example()
@@ -222,7 +223,6 @@ def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
         functions[variant] = model.make_train_function()
         iterators[variant] = iter(dataset.repeat())
         float(functions[variant](iterators[variant])["loss"])  # trace
-    sizes = {v: variant_config(config, v).train.batch_size for v in variants}
     rates: dict[str, list[float]] = {v: [] for v in variants}
     walls: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(rounds):
@@ -256,6 +256,10 @@ def main(argv=None) -> int:
                              "profile_train.json, or profile_train_interleaved.json with "
                              "--interleave)")
     args = parser.parse_args(argv)
+    if args.output is not None and (Path(args.output).name != args.output
+                                    or not args.output.endswith(".json")):
+        parser.error(f"--output {args.output!r}: a file name ending in .json (it is written "
+                     "to benchmarks/results)")
     if args.interleave and "per_element" in args.variants:
         parser.error("--interleave compares model steps on the shipped input pipeline; "
                      "drop the per_element variant")
