@@ -86,6 +86,18 @@ def test_validate_good_folder_reports_what_it_found(tmp_path, capsys):
     assert "user features: age, occupation" in out
 
 
+def test_validate_reports_media_files_that_would_not_decode(tmp_path, capsys, caplog):
+    root = make_folder(tmp_path / "broken-media")
+    png = root / "images" / "i2.png"
+    png.write_bytes(png.read_bytes()[:len(png.read_bytes()) // 2])  # truncated
+    (root / "audio" / "i3.wav").write_bytes(b"RIFF" + bytes(26))  # 30 bytes, no audio
+    assert cli.main(["validate", "--set", f"data.path={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "image: present for 2 items, 1 of them undecodable or over the limits" in out
+    assert "audio: present for 3 items, 1 of them undecodable or over the limits" in out
+    assert "i2.png" in caplog.text and "i3.wav" in caplog.text
+
+
 def test_bad_key_in_config_file_exits_2_naming_the_file(tmp_path, capsys):
     path = tmp_path / "job.yaml"
     path.write_text("model:\n  embeding_dim: 8\n")
@@ -172,6 +184,22 @@ def test_evaluate_command_restores_the_demo_checkpoint(demo_run, capsys):
     printed = capsys.readouterr().out
     assert "| tfmmrec |" in printed and "recall@10" in printed
     assert metrics.is_file()
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["model.fusion=gated"], "model.fusion: 'concat_mlp' in the run"),
+    (["train.output_dir={root}/runs/none"], "no checkpoint at"),
+], ids=["architecture override", "no run"])
+def test_evaluate_refuses_a_model_it_cannot_restore_before_loading_data(
+        demo_run, monkeypatch, capsys, overrides, expected):
+    _, root, config_path = demo_run
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("prepared data"))
+    sets = [f"train.output_dir={root / 'runs' / 'demo'}",
+            *(o.format(root=root) for o in overrides)]
+    assert cli.main(["-q", "evaluate", "--config", str(config_path),
+                     *(a for o in sets for a in ("--set", o))]) == 2
+    error = capsys.readouterr().err
+    assert expected in error and len(error.strip().splitlines()) == 1
 
 
 def test_run_records_the_config_it_ran_with(demo_run):

@@ -68,6 +68,19 @@ INVALID = [
     ("export.index=faiss", "export.index='faiss'"),
     ("export.k=500", "export.k=500"),
     ("export.version=0", "export.version=0"),
+    ("data.seed=-1", "data.seed=-1"),
+    ("data.demo.seed=-1", "data.demo.seed=-1"),
+    ("train.seed=-1", "train.seed=-1"),
+    ("train.encode_batch_size=0", "train.encode_batch_size=0"),
+    ("eval.batch_size=0", "eval.batch_size=0"),
+    # YAML's true is an int to isinstance, and .inf / nan pass a "> 0" check
+    ("train.epochs=true", "train.epochs=True"),
+    ("eval.ks=[10, true]", "eval.ks=[10, True]"),
+    ("model.temperature=.inf", "model.temperature=inf"),
+    ("model.temperature=inf", "model.temperature=inf"),
+    ("train.learning_rate=nan", "train.learning_rate=nan"),
+    # a scalar where a list is expected: the value as written, not dacite's generator
+    ("data.text_columns=title", "data.text_columns='title': expected list[str] | None"),
 ]
 
 
@@ -148,6 +161,34 @@ def test_load_config_with_overrides_leaves_original_unchanged():
 def test_malformed_override_raises_config_error(override):
     with pytest.raises(ConfigError, match=r"section\.field=value"):
         apply_overrides({}, [override])
+
+
+def test_override_without_a_value_is_refused_rather_than_reset_to_the_default():
+    with pytest.raises(ConfigError, match=r"'data\.path=' has no value.*data\.path=null"):
+        load_config(None, ["data.path="])
+
+
+def test_overrides_given_as_one_string_are_refused_with_the_expected_form():
+    with pytest.raises(ConfigError, match=r"must be a list of 'section\.field=value' strings"):
+        load_config(None, "train.epochs=3")
+
+
+def test_a_repeated_section_in_a_yaml_file_is_refused_naming_both_lines(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  output_dir: runs/mine\n  epochs: 3\nmodel:\n  "
+                    "embedding_dim: 32\ntrain:\n  batch_size: 64\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and "duplicate key 'train'" in message
+    assert "line 6" in message and "line 1" in message and "\n" not in message
+
+
+def test_a_repeated_field_inside_a_section_is_refused(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match="line 3: duplicate key 'epochs'"):
+        load_config(path)
 
 
 def test_override_through_a_scalar_raises_config_error():

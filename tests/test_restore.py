@@ -4,6 +4,7 @@ overrides by name, and loads a checkpoint only when every value matches."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -159,3 +160,22 @@ def test_an_interrupted_run_resumes_only_with_the_model_it_started(tiny_config, 
     with pytest.raises(ConfigError, match=r"model\.history_length: 0 in the interrupted run "
                                           r".*, 3 requested.*resume it with the config"):
         pipeline.train(changed, workspace=tiny_workspace, progress=False)
+
+
+def test_training_again_over_a_finished_run_says_so_and_drops_its_record(tiny_config,
+                                                                        tiny_workspace,
+                                                                        tmp_path, caplog):
+    """Only an interrupted run resumes: over a finished one, training starts from scratch,
+    and the old run.json and evaluation go first, so neither describes the new weights."""
+    config = derive_config(tiny_config, tmp_path, "train.epochs=1")
+    pipeline.train(config, workspace=tiny_workspace, progress=False)
+    stale = tmp_path / "run" / "eval" / "metrics.json"
+    stale.parent.mkdir()
+    stale.write_text("{}")
+    old_record = (tmp_path / "run" / "run.json").read_text()
+    again = load_config(config, ["train.seed=1"])
+    with caplog.at_level(logging.INFO, logger="tfmmrec"):
+        pipeline.train(again, workspace=tiny_workspace, progress=False)
+    assert "holds a finished run: training it again from scratch" in caplog.text
+    assert not stale.parent.exists()
+    assert (tmp_path / "run" / "run.json").read_text() != old_record

@@ -332,6 +332,8 @@ def _evaluate(config, args) -> int:
         if unknown:
             raise ConfigError(f"--baselines {args.baselines!r}: unknown {', '.join(unknown)}; "
                               f"choose from all, {', '.join(BASELINES)}")
+    if not args.export:  # a missing run or an architecture override: refused before encoding
+        pipeline.check_restorable(config.train.output_dir, config, args.checkpoint)
     workspace = pipeline.prepare(config, progress=not args.quiet)
     if args.test or args.candidates:
         dataset = workspace.dataset
@@ -388,6 +390,7 @@ def _print_results(results: dict, ks) -> None:
 
 def _validate(config) -> int:
     from tfmmrec import modalities
+    from tfmmrec.data import validate
     from tfmmrec.data.splits import split_interactions, validation_split
     from tfmmrec.pipeline import resolve_dataset
 
@@ -399,8 +402,14 @@ def _validate(config) -> int:
     print("  " + "; ".join(
         f"{spec.name} column{'' if isinstance(spec, modalities.FileModality) else 's'}: "
         f"{', '.join(columns.of(spec.name)) or '-'}" for spec in modalities.specs()))
+    # every referenced media file, at header level (a warning lists the bad ones)
+    table = validate.find_items_table(dataset.root, config.data.items_file)
+    bad = validate.check_media(catalog, table, modalities.settings_from_config(config))
     for modality in catalog.modalities:
-        print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items")
+        refused = len(bad.get(modality, ()))
+        print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items"
+              + (f", {refused} of them undecodable or over the limits (listed above)"
+                 if refused else ""))
     d = config.data
     split = split_interactions(dataset.interactions, d.split, d.test_fraction, d.seed)
     print(f"  {split.sizes()}")

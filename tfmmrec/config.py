@@ -7,8 +7,10 @@ value fails at load time with the field's dotted name, not hours later inside Te
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -96,6 +98,7 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check(self.seed >= 0, "data.demo.seed", self.seed, ">= 0")
         _check(self.num_items >= 20, "data.demo.num_items", self.num_items, ">= 20")
         _check(self.num_users >= 2, "data.demo.num_users", self.num_users, ">= 2")
         _check(
@@ -134,6 +137,7 @@ class DataConfig:
         _check_choice("data.split", self.split,
                       ("random", "temporal", "cold_start", "given", "none"))
         _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
+        _check(self.seed >= 0, "data.seed", self.seed, ">= 0")
 
 
 @tower_section("text")
@@ -484,6 +488,9 @@ class TrainConfig:
         _check(self.batch_size >= 2, "train.batch_size", self.batch_size,
                ">= 2 (in-batch negatives need at least two examples)")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
+        _check(self.seed >= 0, "train.seed", self.seed, ">= 0")
+        _check(self.encode_batch_size >= 1, "train.encode_batch_size", self.encode_batch_size,
+               ">= 1")
         _check_choice("train.optimizer", self.optimizer, ("adam", "adagrad", "sgd"))
         _check_choice("train.strategy", self.strategy, STRATEGIES)
         _check_choice("train.learning_rate_scaling", self.learning_rate_scaling,
@@ -513,6 +520,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(bool(self.ks) and all(k >= 1 for k in self.ks), "eval.ks", self.ks,
                "a non-empty list of positive integers")
+        _check(self.batch_size >= 1, "eval.batch_size", self.batch_size,
+               ">= 1 (users scored per matrix product)")
 
 
 @dataclass
@@ -721,6 +730,8 @@ class Config:
         self.__post_init__()
 
     def __post_init__(self) -> None:
+        for name in section_names():
+            _check_scalars(getattr(self, name), name)
         if self.model.objective == "users":
             _check(not self.ranking.enabled, "model.objective", self.model.objective,
                    "interactions with ranking.enabled: true (a ranking head scores "
@@ -793,7 +804,11 @@ class Config:
                 choices = ", ".join(map(str, get_args(exc.field_type)))
                 raise ConfigError(f"{source}: invalid config value {exc.field_path}="
                                   f"{exc.value!r}: expected one of {choices}") from None
-            raise ConfigError(f"{source}: {exc}") from None
+            # dacite reports a collection built from a wrong value as a generator: name the
+            # value as written instead
+            written = _lookup(data, exc.field_path, default=exc.value)
+            raise ConfigError(f"{source}: invalid config value {exc.field_path}={written!r}: "
+                              f"expected {_type_name(exc.field_type)}") from None
         except dacite.UnexpectedDataError as exc:
             keys = ", ".join(_unknown_keys(schema, data) or sorted(exc.keys))
             raise ConfigError(
@@ -814,7 +829,9 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
@@ -846,6 +863,66 @@ def _schema() -> type:
     return _SCHEMAS[key]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping: YAML keeps the last
+    one, so a second ``train:`` section would silently drop every field of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"line {line}: duplicate key {key!r} (first at line "
+                                  f"{seen[key]}); merge the two into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_scalars(section: Any, prefix: str) -> None:
+    """Every number of a section is a real number of its field's type: YAML's ``true`` is a
+    Python ``bool`` (an ``int`` to ``isinstance``) and ``.inf``/``.nan`` are floats, so
+    neither fails a range check such as ``epochs >= 1`` or ``temperature > 0``."""
+    if not dataclasses.is_dataclass(section):
+        return
+    hints = get_type_hints(type(section))
+    for item in dataclasses.fields(section):
+        value, name = getattr(section, item.name), f"{prefix}.{item.name}"
+        if dataclasses.is_dataclass(value):
+            _check_scalars(value, name)
+            continue
+        allowed = _scalar_types(hints.get(item.name, Any))
+        for element in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(element, bool) and bool not in allowed and allowed & {int, float}:
+                raise ConfigError(f"invalid config value {name}={value!r}: expected "
+                                  f"{_type_name(hints[item.name])}, not true/false")
+            if isinstance(element, float) and not math.isfinite(element):
+                raise ConfigError(f"invalid config value {name}={value!r}: expected a finite "
+                                  "number")
+
+
+def _scalar_types(hint: Any) -> set[Any]:
+    """The scalar types a field annotation admits (``list[int] | None`` → ``{int, None}``)."""
+    origin = get_origin(hint)
+    if origin in (list, tuple, types.UnionType) or str(origin) == "typing.Union":
+        return set().union(*(_scalar_types(arg) for arg in get_args(hint)))
+    return {None if hint is type(None) else hint}
+
+
+def _type_name(hint: Any) -> str:
+    """``list[str] | None`` as written in the dataclass, for messages."""
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint)
+
+
+def _lookup(data: Any, dotted: str, default: Any = None) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"`` (``default`` when a key is missing)."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return default
+        data = data[part]
+    return data
+
+
 def _yaml_float(value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` (no dot) as a string; accept it where a float is expected."""
     if isinstance(value, str):
@@ -874,11 +951,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``a.b.c=value`` overrides to a nested dict (a copy)."""
     import copy
 
+    if isinstance(overrides, str) or not all(isinstance(item, str) for item in overrides):
+        raise ConfigError(f"overrides must be a list of 'section.field=value' strings, got "
+                          f"{overrides!r}")
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.field=value")
+        if not raw.strip():
+            raise ConfigError(f"override {item!r} has no value: give one, or {key}=null for "
+                              "the field's default")
         node = data
         *parents, leaf = key.split(".")
         for part in parents:

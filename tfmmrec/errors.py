@@ -5,6 +5,8 @@ The CLI prints these without a stack trace and exits non-zero; the Python API ra
 
 from __future__ import annotations
 
+import re
+
 
 class TfmmrecError(Exception):
     """Base class for every error tfmmrec raises on purpose."""
@@ -36,3 +38,108 @@ class ExportError(TfmmrecError):
 
 class ServingError(TfmmrecError):
     """A serving request failed (connection, deadline, status from the server)."""
+
+
+# --- TensorFlow's error text, for people -------------------------------------------------------
+
+# "Graph execution error: Detected at node X defined at (most recent call last): <stack>" framing
+# that eager calls of a tf.function put before the op's message; the stack lines are indented.
+_GRAPH_PREAMBLE = re.compile(
+    r"^\s*(?:Graph execution error:\s*)?(?:Detected at node .*? defined at \(most recent call "
+    r"last\):[^\n]*\n(?:(?:[ \t][^\n]*|<stack traces unavailable>[^\n]*)?\n)*)*")
+# TF1-style "2 root error(s) found.\n  (0) INVALID_ARGUMENT: <message>": keep the first one.
+_ROOT_ERRORS = re.compile(r"^\s*\d+ root error\(s\) found\.\s*\(0\) [A-Z_]+:\s*")
+# "\t [[{{node assert/Assert}}]]", "[[{{function_node f}}{{node n}}]]", "[[Node: ...]]"
+_NODE_DECORATION = re.compile(r"\s*\[\[(?:\{\{|Node:).*$", re.DOTALL)
+_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\](?:\s*name:.*)?$")
+_ASSERT = "assertion failed:"
+# The data of tf.debugging.assert_* (x OP y): "[Condition x >= y did not hold element-wise:]".
+_CONDITION = re.compile(r"Condition x (\S+) y did not hold(?: element-wise)?:?")
+# "x (k:0) = " — the tensor name tells a boolean op's output (printed 0/1) from a count.
+_TENSOR_LABEL = re.compile(r"^([xy]) \((.*)\) =$")
+_BOOLEAN_OP = re.compile(r"(?:^|/)(?:Equal|NotEqual|Less|LessEqual|Greater|GreaterEqual|"
+                         r"Logical(?:And|Or|Not)|All|Any|Is(?:Finite|Nan|Inf))(?:_\d+)?:\d+$")
+# Eager tf.debugging.assert_*: "msg\nCondition x >= y did not hold.\nFirst 1 elements of x:\n[0]…"
+_EAGER_ASSERT = re.compile(r"^(.*?)\n?Condition x (\S+) y did not hold\.?\s*\n"
+                           r"(?:First \d+ elements of x:|x \(.*?\) =)\s*\n(.*?)\n"
+                           r"(?:First \d+ elements of y:|y \(.*?\) =)\s*\n(.*?)$", re.DOTALL)
+
+
+def one_line_error(message: str) -> str:
+    """One line for any error text a client sees — the one cleaner REST bodies, gRPC details,
+    model status records and ``tfmmrec query`` all use.
+
+    A failed graph assert (``assertion failed: [k must be >= 1] [Condition x >= y did not hold
+    element-wise:] [x (k:0) = ] [0] [y (…) = ] [1]\n\t [[{{node …}}]]``) becomes its own message
+    with the offending value: ``k must be >= 1 (got 0)``; ``tf.debugging.Assert`` data is
+    appended (``user_id: batch larger than …=1024: 1025``). Anything else keeps its first line,
+    without TensorFlow's eager framing, ``[[{{node …}}]]`` decorations or ``[Op:…]`` suffix.
+    """
+    text = _GRAPH_PREAMBLE.sub("", str(message))
+    text = _ROOT_ERRORS.sub("", text).strip()
+    if text.startswith(_ASSERT):
+        cleaned = _clean_assert(_NODE_DECORATION.sub("", text[len(_ASSERT):]))
+        if cleaned:
+            return cleaned
+    eager = _EAGER_ASSERT.match(text)
+    if eager:
+        what, op, x, y = (part.strip() for part in eager.groups())
+        return _condition_text(what, op, _unbracket(x), _unbracket(y), boolean=False)
+    text = _NODE_DECORATION.sub("", text).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return _OP_SUFFIX.sub("", first).strip()
+
+
+def _clean_assert(data: str) -> str:
+    """``[msg] [Condition …] [x (name) = ] [v] [y (name) = ] [w]`` or ``[msg] [v]…`` → one line."""
+    items = _bracketed(data)
+    if not items:
+        return ""
+    condition = next((i for i, item in enumerate(items) if _CONDITION.fullmatch(item)), None)
+    if condition is None:  # tf.debugging.Assert(cond, [message, tensor, ...])
+        return " ".join(_unbracket(item) if n else item for n, item in enumerate(items)
+                        if item).strip()
+    what = " ".join(items[:condition]).strip()
+    op = _CONDITION.fullmatch(items[condition]).group(1)
+    values: dict[str, str] = {}
+    boolean = False
+    rest = items[condition + 1:]
+    for label, value in zip(rest[::2], rest[1::2], strict=False):
+        match = _TENSOR_LABEL.match(label.strip())
+        if match:
+            values[match.group(1)] = _unbracket(value)
+            boolean |= match.group(1) == "x" and bool(_BOOLEAN_OP.search(match.group(2)))
+    return _condition_text(what, op, values.get("x", "?"), values.get("y", "?"), boolean)
+
+
+def _condition_text(what: str, op: str, x: str, y: str, boolean: bool) -> str:
+    if not what:
+        return f"condition x {op} y did not hold (x = {x}, y = {y})"
+    if boolean:  # x is a derived true/false: its 0/1 says nothing the message does not
+        return what
+    if op == "==":
+        return f"{what} (got {x}, expected {y})"
+    return f"{what} (got {x})"
+
+
+def _bracketed(text: str) -> list[str]:
+    """The top-level ``[...]`` groups of an assert's data, brackets removed (nesting kept)."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char == "[":
+            if depth == 0:
+                start = index + 1
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+            if depth == 0:
+                items.append(" ".join(text[start:index].split()))
+    return items
+
+
+def _unbracket(value: str) -> str:
+    """A printed tensor on one line: ``[0]`` or ``0`` → ``0``; ``8 102400`` → ``[8 102400]``."""
+    value = " ".join(value.split())
+    if value.startswith("[") and _bracketed(value) == [value[1:-1].strip()]:
+        value = value[1:-1].strip()  # wrapped in one outer pair: take it off
+    return value if " " not in value else f"[{value}]"

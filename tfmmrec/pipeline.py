@@ -378,6 +378,8 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
                          f"the interrupted run {output}",
                          hint="resume it with the config it started with, or choose another "
                               "train.output_dir")
+    elif (output / RUN_FILE).is_file() and chief:
+        _forget_finished_run(output)
     if config.model.linear_cf == "auto" and not config.train.early_stopping:
         raise ConfigError("model.linear_cf=auto chooses the CF kind on validation, which "
                           "train.early_stopping does: enable it or set model.linear_cf (e.g. "
@@ -431,6 +433,18 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         **linear_cf_record(result.model),
     }, output / RUN_FILE)
     return result
+
+
+def _forget_finished_run(output: Path) -> None:
+    """Training again in a finished run's directory starts from scratch (only an interrupted
+    run resumes): say so, and drop the old run's record and evaluation first, so neither can
+    be read as describing the new checkpoints (also if this run is interrupted)."""
+    import shutil
+
+    logger.info("%s holds a finished run: training it again from scratch (its checkpoints are "
+                "replaced; choose another train.output_dir to keep them)", output)
+    (output / RUN_FILE).unlink()
+    shutil.rmtree(output / "eval", ignore_errors=True)
 
 
 def linear_cf_record(model: RetrievalModel) -> dict:
@@ -564,6 +578,24 @@ def restore(run_dir: str | os.PathLike | None = None,
     ``config.train.output_dir``; ``checkpoint`` to the run's latest. ``workspace.config`` is the
     config the model was built from.
     """
+    prefix, config = check_restorable(run_dir, config, checkpoint)
+    run = Path(config.train.output_dir)  # check_restorable points it at the run restored
+    ws = workspace.with_config(config) if workspace is not None else \
+        prepare(config, progress=False)
+    _check_encoders(run, ws)
+    model = build_model(ws, fit_linear_cf=False)
+    model.build_from_example()
+    load_exactly(model, prefix)
+    return model, ws
+
+
+def check_restorable(run_dir: str | os.PathLike | None = None,
+                     config: Config | str | os.PathLike | None = None,
+                     checkpoint: str | os.PathLike | None = None) -> tuple[Path, Config]:
+    """What ``restore`` checks before loading any data: the checkpoint and the model spec
+    beside it exist, and ``config`` defines the same model. Returns ``(checkpoint prefix, the
+    config restore uses)``; raises a one-line error otherwise, so a command can refuse before
+    minutes of encoding."""
     if run_dir is None:
         if config is None:
             raise ConfigError("restore needs a run directory or a config naming one "
@@ -573,8 +605,8 @@ def restore(run_dir: str | os.PathLike | None = None,
     run = Path(run_dir)
     prefix = Path(checkpoint) if checkpoint else run / "checkpoints" / "latest"
     if not Path(str(prefix) + ".index").is_file():
-        raise TrainingError(f"no checkpoint at {prefix} (expected {prefix}.index); train first "
-                            "or pass --checkpoint")
+        raise TrainingError(f"no checkpoint at {prefix} (expected {prefix}.index): train "
+                            "first, or name a checkpoint (--checkpoint / checkpoint=)")
     spec = prefix.parent / MODEL_SPEC_FILE
     if not spec.is_file():
         raise TrainingError(f"{spec} not found: the checkpoint {prefix} does not say which model "
@@ -589,13 +621,7 @@ def restore(run_dir: str | os.PathLike | None = None,
             config, train=dataclasses.replace(config.train, output_dir=str(run)))
     config = resolved_linear_cf(config, trained)
     check_same_model(trained, config, f"the run {run} ({spec})")
-    ws = workspace.with_config(config) if workspace is not None else \
-        prepare(config, progress=False)
-    _check_encoders(run, ws)
-    model = build_model(ws, fit_linear_cf=False)
-    model.build_from_example()
-    load_exactly(model, prefix)
-    return model, ws
+    return prefix, config
 
 
 def resolved_linear_cf(config: Config, trained: Config) -> Config:

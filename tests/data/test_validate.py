@@ -72,9 +72,29 @@ def test_header_only_items_table_is_empty_error(tmp_path):
         load(root)
 
 
-def test_zero_byte_interactions_table_cannot_be_read(tmp_path):
+def test_zero_byte_interactions_table_is_empty_error(tmp_path):
     root = make_folder(tmp_path / "d", interactions="")
-    with pytest.raises(DataError, match=r"cannot read .*interactions\.csv"):
+    with pytest.raises(DataError, match=r"interactions\.csv is empty: it needs a header"):
+        load(root)
+
+
+def test_a_table_that_is_not_utf8_names_the_line_and_the_byte(tmp_path):
+    root = make_folder(tmp_path / "d")
+    items = root / "items.csv"
+    lines = items.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace("i2", "i2").rstrip("\n") + " Gr\u00f6\u00dfe\n"
+    items.write_bytes("".join(lines).encode("latin-1"))
+    with pytest.raises(DataError, match=r"items\.csv: line 3 is not UTF-8 text \(byte 0xf6 "
+                                        r"at column \d+\): save the file as UTF-8"):
+        load(root)
+
+
+def test_a_jsonl_line_that_is_not_an_object_is_named(tmp_path):
+    root = make_folder(tmp_path / "d", items=None)
+    (root / "items.jsonl").write_text('{"item_id": "i1", "title": "a"}\n'
+                                      '{"item_id": "i2", "title": "b"\n'
+                                      '{"item_id": "i3", "title": "c"}\n')
+    with pytest.raises(DataError, match=r"items\.jsonl: line 2 is not a JSON object"):
         load(root)
 
 

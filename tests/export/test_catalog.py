@@ -22,7 +22,7 @@ import pytest
 
 from tfmmrec import pipeline
 from tfmmrec.config import load_config
-from tfmmrec.errors import DataError, ExportError
+from tfmmrec.errors import DataError, ExportError, ServingError
 from tfmmrec.export import catalog
 from tfmmrec.export.loader import ExportedModel, latest_version
 from tfmmrec.export.variables import MODEL_INDEX, MODEL_SHARD
@@ -216,10 +216,9 @@ def test_exclusion_removes_exactly_the_given_items(base):
 
 
 def test_exclusion_beyond_max_exclude_is_refused(base):
-    import tensorflow as tf
 
     model = ExportedModel(base / "1")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 10 items"):
+    with pytest.raises(ServingError, match="at most 10 items"):
         model.recommend(["u000"], k=5, exclude=[[f"i{n:04d}" for n in range(11)]])
 
 
@@ -641,3 +640,128 @@ def test_sorted_ids_derived_by_an_update_equal_a_fresh_sort():
     fresh_keys, fresh_rows = _sorted_id_keys(appended)
     np.testing.assert_array_equal(keys, fresh_keys)
     np.testing.assert_array_equal(rows, fresh_rows)
+
+
+# --- tiny catalogues: the scann kind at any size, and the k's a shrunk catalogue serves --------
+
+
+def export_scann(tiny_config, tiny_trained, store: Path, *overrides: str) -> Path:
+    """Version 1 of the tiny model (80 items) with the scann index."""
+    config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
+                                       f"export.max_k={K}", "export.max_exclude=10",
+                                       *overrides])
+    return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
+                           index="scann")
+
+
+@pytest.fixture(scope="module")
+def scann_exported(tiny_config, tiny_trained, tmp_path_factory) -> Path:
+    return export_scann(tiny_config, tiny_trained, tmp_path_factory.mktemp("catalog-scann"))
+
+
+def same_answers(model: ExportedModel, exact: ExportedModel, k: int) -> None:
+    """Every retrieval signature of ``model`` returns ``exact``'s (brute force) ids."""
+    for got, want in (
+            (model.recommend(USERS, k=k), exact.recommend(USERS, k=k)),
+            (model.recommend(USERS), exact.recommend(USERS)),
+            (model.call("query_text", text=np.array(["a film", "music"])),
+             exact.call("query_text", text=np.array(["a film", "music"]))),
+            (model.recommend_session([["i0079"], []], ["", "u001"], k=k),
+             exact.recommend_session([["i0079"], []], ["", "u001"], k=k))):
+        np.testing.assert_array_equal(got["item_ids"], want["item_ids"])
+        np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-4)
+
+
+def test_a_scann_catalogue_shrunk_below_what_tree_and_ah_can_train_stays_exact(
+        scann_exported, base, items, tiny_demo_dir, tmp_path):
+    """8 items left (asymmetric hashing trains on >= 16): the update stores a brute-force
+    ScaNN searcher (the same Scann ops) answering like the brute_force kind; growing back to
+    18 items trains tree + AH again (every item reordered: still exact)."""
+    model_dir = tmp_path / "scann" / "tfmmrec"
+    shutil.copytree(scann_exported, model_dir / "1")
+    assert read_metadata(model_dir / "1")["index_parameters"]["scoring"] == "tree_ah"
+    ids = items["item_id"].tolist()
+    gone = ids[:-8]
+    small, exact = (catalog.remove(folder, item_ids=gone).version_dir
+                    for folder in (model_dir, base))
+    meta = read_metadata(small)
+    assert meta["index"] == "scann" and meta["requires_scann_ops"] is True
+    assert meta["index_parameters"] == {"scoring": "brute_force"}
+    assert meta["num_items"] == 8
+    same_answers(ExportedModel(small), ExportedModel(exact), k=8)
+    assert sorted(ExportedModel(small).recommend(["u000"], k=8)["item_ids"][0].astype(str)) == \
+        sorted(ids[-8:])
+    back = write_items(items[items["item_id"].isin(gone[:10])], tiny_demo_dir, "scann-back.csv")
+    grown, exact = (catalog.add(folder, back).version_dir for folder in (model_dir, base))
+    meta = read_metadata(grown)
+    assert meta["index_parameters"]["scoring"] == "tree_ah" and meta["num_items"] == 18
+    same_answers(ExportedModel(grown), ExportedModel(exact), k=18)
+
+
+@pytest.mark.slow
+def test_a_scann_update_across_the_brute_force_size_reuses_the_graph(
+        tiny_config, tiny_trained, items, tiny_demo_dir, tmp_path):
+    """With k = max_k = 1 and no exclusions the index's k is 1 at any size, so the graph is
+    reused: the searcher's state switches between tree + AH and brute force in variables."""
+    first = export_scann(tiny_config, tiny_trained, tmp_path, "export.k=1", "export.max_k=1",
+                         "export.max_exclude=0")
+    ids = items["item_id"].tolist()
+    small = catalog.remove(first.parent, item_ids=ids[:-5]).version_dir
+    grown = catalog.add(first.parent, write_items(items.iloc[:20], tiny_demo_dir,
+                                                  "scann-regrow.csv")).version_dir
+    graph = (first / "saved_model.pb").read_bytes()
+    for version, scoring, served in ((small, "brute_force", ids[-5:]),
+                                     (grown, "tree_ah", ids[:20] + ids[-5:])):
+        assert (version / "saved_model.pb").read_bytes() == graph
+        model = ExportedModel(version)
+        assert model.metadata["index_parameters"]["scoring"] == scoring
+        table = model.item_embeddings(served)
+        queries = model.call("embed_query", user_id=USERS)["embedding"]
+        want = np.asarray(served)[np.argmax(queries @ table.T, axis=1)]
+        np.testing.assert_array_equal(model.recommend(USERS)["item_ids"][:, 0].astype(str), want)
+
+
+def test_a_catalogue_shrunk_below_default_k_answers_requests_without_k(base, items,
+                                                                       tiny_demo_dir):
+    """3 items left of an export with k=5, max_k=20: the version advertises the k's its
+    graph serves (3, 3), requests without k get 3 items, and growing back restores the
+    configured k's (kept as configured_default_k / configured_max_k)."""
+    from tfmmrec.export.writer import METADATA_FILE
+    from tfmmrec.files import write_json
+
+    ids = items["item_id"].tolist()
+    small = catalog.remove(base, item_ids=ids[:-3]).version_dir
+    meta = read_metadata(small)
+    assert (meta["default_k"], meta["max_k"], meta["graph_constants"]["max_k"]) == (3, 3, 3)
+    assert (meta["configured_default_k"], meta["configured_max_k"]) == (5, K)
+    model = ExportedModel(small)
+    found = model.call("query_text", text=np.array(["hello"]))["item_ids"]
+    assert found.shape == (1, 3) and sorted(found[0].astype(str)) == sorted(ids[-3:])
+    assert model.recommend(USERS)["item_ids"].shape == (len(USERS), 3)
+    assert model.recommend_session([[ids[-1]]])["item_ids"].shape == (1, 3)
+    grown = catalog.add(base, write_items(items.iloc[:30], tiny_demo_dir, "regrow.csv"))
+    meta = read_metadata(grown.version_dir)
+    assert (meta["default_k"], meta["max_k"], meta["num_items"]) == (5, K, 33)
+    assert ExportedModel(grown.version_dir).recommend(USERS)["item_ids"].shape == (len(USERS), 5)
+    # A version written before the effective k's were recorded advertises the configured
+    # ones: the loader still caps a request's default k at its catalogue.
+    old = read_metadata(small)
+    for key in ("configured_default_k", "configured_max_k"):
+        old.pop(key)
+    write_json({**old, "default_k": 5, "max_k": K}, small / "assets.extra" / METADATA_FILE)
+    found = ExportedModel(small).call("query_text", text=np.array(["hello"]))["item_ids"]
+    assert found.shape == (1, 3)
+
+
+def test_a_max_k_above_the_catalogue_is_recorded_as_the_graph_serves_it(
+        tiny_config, tiny_trained, items, tmp_path):
+
+    version = export_tiny(tiny_config, tiny_trained, tmp_path, "export.max_k=1000000000")
+    meta = read_metadata(version)
+    assert (meta["max_k"], meta["default_k"]) == (len(items), 5)
+    assert (meta["configured_max_k"], meta["configured_default_k"]) == (10**9, 5)
+    assert meta["graph_constants"]["max_k"] == len(items)
+    model = ExportedModel(version)
+    assert model.recommend(["u000"], k=meta["max_k"])["item_ids"].shape == (1, len(items))
+    with pytest.raises(ServingError, match=f"k must be <= max_k={len(items)}"):
+        model.recommend(["u000"], k=meta["max_k"] + 1)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tests.export.conftest import EXPORT_KINDS
 from tfmmrec import pipeline
 from tfmmrec.config import ScannConfig, load_config
-from tfmmrec.errors import ExportError
+from tfmmrec.errors import ExportError, ServingError
 from tfmmrec.export.index import build_index, recall_against_brute_force, scann_parameters
 from tfmmrec.export.loader import ExportedModel, latest_version
 from tfmmrec.export.warmup import read_warmup_requests
@@ -238,10 +238,27 @@ def test_signatures_cover_users_and_every_modality(loaded):
                                       "recommend_session", "embed_items"}
 
 
+@pytest.mark.parametrize(("request_", "expected"), [
+    (lambda m: m.recommend("u000", k=3), r"user_ids is a single string \('u000'\)"),
+    (lambda m: m.call("query_text", text="hello"), r"query_text: text is a single value"),
+    (lambda m: m.call("recommend", userid=["u000"]), r"unknown input\(s\) userid; it takes"),
+    (lambda m: m.recommend(["u000"], k=5.5), r"k must be an integer .*got 5\.5"),
+    (lambda m: m.recommend(["u000"], k=10**10), r"k must be an integer .*got 10000000000"),
+    (lambda m: m.recommend(["u000"], k=True), r"k must be an integer .*got True"),
+    (lambda m: m.recommend_session([]), r"sessions is an empty batch"),
+    (lambda m: m.recommend(["u000"], k=0), r"^recommend: k must be"),
+], ids=["lone user id", "lone text", "misspelt input", "fractional k", "k beyond int32",
+        "boolean k", "no sessions", "k=0 from the graph"])
+def test_a_bad_in_process_request_is_one_line_naming_the_input(loaded, request_, expected):
+    with pytest.raises(ServingError, match=expected) as info:
+        request_(loaded)
+    assert "\n" not in str(info.value) and "node" not in str(info.value)
+
+
 def test_k_out_of_range_is_rejected_by_the_signature(loaded):
     too_many = min(loaded.metadata["max_k"], loaded.metadata["num_items"]) + 1
     for k in (0, too_many):
-        with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
+        with pytest.raises(ServingError, match="k must be"):
             loaded.recommend(["u000"], k=k)
 
 

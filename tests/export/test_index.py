@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmmrec.config import PartitionedConfig
+from tfmmrec.config import PartitionedConfig, ScannConfig
 from tfmmrec.errors import ConfigError, ExportError
 from tfmmrec.export.index import (
     CatalogChange,
@@ -19,8 +19,10 @@ from tfmmrec.export.index import (
     index_kinds,
     recall_against_brute_force,
     register,
+    scann_parameters,
 )
 from tfmmrec.export.index.partitioned import chunk_partitions
+from tfmmrec.export.index.scann import AH_CLUSTERS_PER_BLOCK, scann_scoring
 
 
 def clustered(num_items: int, dim: int, seed: int = 0, queries: int = 200):
@@ -214,3 +216,41 @@ def test_partitioned_update_re_clusters_once_many_items_were_placed():
     rebuilt = build(np.concatenate([items, added]), None, settings,
                     previous=PreviousIndex(stored_state(first), first.parameters, change))
     assert rebuilt.parameters["items_placed_since_kmeans"] == 0  # k-means again
+
+
+# --- scann on catalogues of any size ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_items", [1, 5, 12, AH_CLUSTERS_PER_BLOCK - 1,
+                                       AH_CLUSTERS_PER_BLOCK, 40])
+def test_scann_on_a_tiny_catalogue_returns_the_exact_top_k(num_items):
+    """Below the 16 items asymmetric hashing trains its codebooks on, the ScaNN searcher
+    scores every item exactly (same Scann ops); from 16 items tree + AH reorders every item
+    (num_reordering_candidates = N on catalogues under 100), so both are exact."""
+    rng = np.random.default_rng(num_items)
+    items = rng.normal(size=(num_items, 16)).astype(np.float32)
+    queries = rng.normal(size=(9, 16)).astype(np.float32)
+    index = build(items, None, IndexSettings("scann", 10))
+    scoring = "brute_force" if num_items < AH_CLUSTERS_PER_BLOCK else "tree_ah"
+    assert index.parameters["scoring"] == scoring == scann_scoring(num_items)
+    assert index.k == min(10, num_items)
+    for k in sorted({1, index.k}):
+        scores, found = index(queries, k=k)
+        exact = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(found.numpy(), exact)
+        np.testing.assert_allclose(scores.numpy(), np.take_along_axis(queries @ items.T, exact, 1),
+                                   atol=1e-4)
+
+
+@pytest.mark.parametrize("num_items", [1, 2, 15, 16, 17, 31, 200])
+def test_scann_parameters_are_trainable_at_every_size(num_items):
+    """Tree + AH only where ScaNN can train them: >= 16 items (AH's clusters per block) and
+    at least as many items as leaves, even with more leaves configured than items."""
+    for config in (ScannConfig(), ScannConfig(num_leaves=500, num_leaves_to_search=400)):
+        params = scann_parameters(num_items, 10, config)
+        if num_items < AH_CLUSTERS_PER_BLOCK:
+            assert params == {"scoring": "brute_force"}
+            continue
+        assert params["scoring"] == "tree_ah"
+        assert 2 <= params["num_leaves"] <= num_items
+        assert 1 <= params["num_leaves_to_search"] <= params["num_leaves"]

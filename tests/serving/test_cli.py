@@ -115,3 +115,19 @@ def test_deadline_exceeded_is_reported_as_such(server, tiny_exports):
 def test_serve_rejects_a_missing_base_path(tmp_path, capsys):
     assert main(["serve", "--model-base-path", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--port", "70000", "70000 is not a port: expected 0 (any free port) to 65535"),
+    ("--rest-api-port", "-5", "-5 is not a port"),
+    ("--port", "eighty", "'eighty' is not an integer"),
+    ("--num-threads", "-1", "-1 is below the minimum 0"),
+    ("--max-request-bytes", "0", "0 is below the minimum 1"),
+])
+def test_serve_refuses_out_of_range_numbers_before_binding(tmp_path, capsys, option, value,
+                                                           expected):
+    """A socket takes a port modulo 2¹⁶: 70000 must not quietly listen on 4464."""
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--model-base-path", str(tmp_path), option, value])
+    assert info.value.code == 2
+    assert f"argument {option}: {expected}" in capsys.readouterr().err

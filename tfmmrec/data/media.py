@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import tensorflow as tf
 
+from tfmmrec.config import ServingLimitsConfig
 from tfmmrec.errors import ConfigError, MediaDecodeError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -30,6 +32,16 @@ _AUDIO_FORMATS = "WAV (PCM, ADPCM), FLAC, Ogg Vorbis/Opus, MP3, AIFF or AU (what
 _ZERO_CROSSINGS = 16
 _KAISER_BETA = 8.6
 _BLOCK = 8192
+
+# The offline decoders' limits, checked on the file's header before anything is decoded, so a
+# tiny file declaring a huge image or a long clip cannot take GiBs in ``train``, ``prepare``,
+# ``encode`` or ``catalog add``. Images: 4x the serving limit (``export.limits``, 16.7 MP),
+# so a curated catalogue's 20-50 MP photos still decode (a 64 MP decode peaks near 1 GiB);
+# audio: the serving limits (a tower reads at most ``audio.max_seconds`` of a clip anyway).
+_LIMITS = ServingLimitsConfig()
+MAX_IMAGE_PIXELS: int = 4 * _LIMITS.max_image_pixels
+MAX_SAMPLE_RATE: int = _LIMITS.max_sample_rate
+MAX_AUDIO_SECONDS: float = _LIMITS.max_audio_seconds
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -140,9 +152,17 @@ def decode_image(image_bytes: tf.Tensor, image_size: int,
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
-def load_image(path: str | Path, image_size: int) -> np.ndarray:
-    """Read an image file into float32 [image_size, image_size, 3], as serving decodes it."""
+def load_image(path: str | Path, image_size: int,
+               max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read an image file into float32 [image_size, image_size, 3], as serving decodes it.
+
+    The header's width x height is checked against ``max_pixels`` first (the serving limit
+    ``export.limits.max_image_pixels`` by default; ``None``: no limit), so an oversized image
+    is refused with :class:`MediaDecodeError` before a single pixel is decoded.
+    """
     data = _read_bytes(path, "image", _IMAGE_FORMATS)
+    if max_pixels is not None:
+        _check_image_size(data, path, max_pixels, strict=False)
     try:
         return decode_image(tf.constant(data), image_size).numpy()
     except (tf.errors.OpError, ValueError) as exc:
@@ -150,6 +170,65 @@ def load_image(path: str | Path, image_size: int) -> np.ndarray:
             f"cannot decode image — {path} ({_first_line(exc)}) — "
             f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path"
         ) from exc
+
+
+def check_image_file(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS
+                     ) -> tuple[int, int]:
+    """``(width, height)`` of an image file, checked without decoding its pixels.
+
+    Raises :class:`MediaDecodeError` naming the file when it is missing, not a format
+    :func:`load_image` reads, declares no pixels or more than ``max_pixels``, or is broken at
+    the container level (Pillow's ``verify``: a truncated PNG, bad chunk checksums). Cheap
+    (``tfmmrec validate`` runs it on every file); a file that passes may still fail to decode.
+    """
+    data = _read_bytes(path, "image", _IMAGE_FORMATS)
+    height, width = _check_image_size(data, path, max_pixels, strict=True)
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+    except Image.DecompressionBombError:
+        pass  # the size was checked above, against the limit the decoders use
+    except Exception as exc:  # Pillow raises SyntaxError, OSError, EOFError, struct.error...
+        raise MediaDecodeError(
+            f"cannot decode image — {path} (broken file: {_first_line(exc)}) — "
+            f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path"
+        ) from exc
+    return width, height
+
+
+# The serving path's header parser (one trace for every image; eagerly it is ~40 small ops).
+_image_header_size = tf.function(image_header_size,
+                                 input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def _check_image_size(data: bytes, path: str | Path, max_pixels: int | None,
+                      strict: bool) -> tuple[int, int]:
+    """``(height, width)`` from the header, refusing more than ``max_pixels``. ``strict``
+    also refuses an unknown format and an empty size (else the decoder reports those)."""
+    try:
+        known, height, width = (int(v) for v in _image_header_size(tf.constant(data)))
+    except tf.errors.OpError as exc:  # a JPEG whose markers do not parse
+        raise MediaDecodeError(
+            f"cannot decode image — {path} ({_first_line(exc)}) — "
+            f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path"
+        ) from exc
+    if strict and not known:
+        raise MediaDecodeError(
+            f"cannot decode image — {path} (unknown image file format) — "
+            f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path")
+    if strict and not (height > 0 and width > 0):
+        raise MediaDecodeError(
+            f"cannot decode image — {path} (the header declares {width} x {height} pixels) — "
+            "re-encode the file")
+    if known and max_pixels is not None and height * width > max_pixels:
+        raise MediaDecodeError(
+            f"image too large — {path} declares {width} x {height} = {width * height:,} "
+            f"pixels, over the decoding limit of {max_pixels:,}; downscale the image")
+    return height, width
 
 
 # --- audio: shared TF ops ---------------------------------------------------------------------
@@ -336,11 +415,19 @@ def decode_wav(
 
 
 def load_audio(
-    path: str | Path, sample_rate: int = 16000, max_seconds: float | None = None
+    path: str | Path,
+    sample_rate: int = 16000,
+    max_seconds: float | None = None,
+    *,
+    max_sample_rate: int = MAX_SAMPLE_RATE,
+    max_audio_seconds: float = MAX_AUDIO_SECONDS,
 ) -> np.ndarray:
-    """Decode any libsndfile format from a file into float32 mono [T] at ``sample_rate``."""
+    """Decode any libsndfile format from a file into float32 mono [T] at ``sample_rate``.
+
+    Limits as for :func:`load_audio_bytes`."""
     data = _read_bytes(path, "audio", _AUDIO_FORMATS)
-    return load_audio_bytes(data, sample_rate, max_seconds, source=str(path))
+    return load_audio_bytes(data, sample_rate, max_seconds, source=str(path),
+                            max_sample_rate=max_sample_rate, max_audio_seconds=max_audio_seconds)
 
 
 def load_audio_bytes(
@@ -348,11 +435,26 @@ def load_audio_bytes(
     sample_rate: int = 16000,
     max_seconds: float | None = None,
     source: str = "<bytes>",
+    *,
+    max_sample_rate: int = MAX_SAMPLE_RATE,
+    max_audio_seconds: float = MAX_AUDIO_SECONDS,
 ) -> np.ndarray:
-    """Like :func:`load_audio` for in-memory bytes; ``source`` names them in errors."""
+    """Like :func:`load_audio` for in-memory bytes; ``source`` names them in errors.
+
+    The header is read first: a sample rate above ``max_sample_rate`` is refused (the
+    resampler's filter grows with it). With ``max_seconds`` only the frames the kept output
+    can reach are decoded, whatever the clip's length (the result equals decoding everything
+    and cutting); without it, a clip longer than ``max_audio_seconds`` is refused. Both limits
+    default to the serving ones (``export.limits``).
+    """
     max_samples = _max_samples(max_seconds, sample_rate)
     try:
-        waveform, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as clip:
+            rate, frames = int(clip.samplerate), int(clip.frames)
+            _check_audio_header(rate, frames, source, max_samples is None,
+                                max_sample_rate, max_audio_seconds)
+            count = -1 if max_samples is None else _input_frames(max_samples, rate, sample_rate)
+            waveform = clip.read(count, dtype="float32", always_2d=True)
     except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
         raise MediaDecodeError(
             f"cannot decode audio — {source} ({_first_line(exc)}) — "
@@ -362,16 +464,67 @@ def load_audio_bytes(
         raise MediaDecodeError(
             f"audio has no samples — {source} — supply a non-empty clip ({_AUDIO_FORMATS})"
         )
-    return _mono_at_rate(waveform, int(rate), sample_rate, max_samples).numpy()
+    return _mono_at_rate(waveform, rate, sample_rate, max_samples).numpy()
+
+
+def check_audio_file(
+    path: str | Path,
+    max_seconds: float | None = None,
+    *,
+    max_sample_rate: int = MAX_SAMPLE_RATE,
+    max_audio_seconds: float = MAX_AUDIO_SECONDS,
+) -> tuple[int, int]:
+    """``(frames, sample rate)`` of an audio file (``soundfile.info``), checked as
+    :func:`load_audio_bytes` checks it, without decoding a sample: a file libsndfile cannot
+    open, one declaring no frames, a rate above ``max_sample_rate``, or (without
+    ``max_seconds`` cropping) a clip longer than ``max_audio_seconds`` raises
+    :class:`MediaDecodeError` naming the file."""
+    _read_bytes(path, "audio", _AUDIO_FORMATS, size=0)  # missing / unreadable: as the loader
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
+        raise MediaDecodeError(
+            f"cannot decode audio — {path} ({_first_line(exc)}) — "
+            f"supported formats: {_AUDIO_FORMATS}; re-encode the file or fix the path"
+        ) from exc
+    if info.frames <= 0:
+        raise MediaDecodeError(
+            f"audio has no samples — {path} — supply a non-empty clip ({_AUDIO_FORMATS})")
+    _check_audio_header(int(info.samplerate), int(info.frames), str(path),
+                        max_seconds is None, max_sample_rate, max_audio_seconds)
+    return int(info.frames), int(info.samplerate)
+
+
+def _check_audio_header(rate: int, frames: int, source: str, whole_clip: bool,
+                        max_sample_rate: int, max_audio_seconds: float) -> None:
+    if rate > max_sample_rate:
+        raise MediaDecodeError(
+            f"audio sample rate too high — {source} declares {rate} Hz, over "
+            f"export.limits.max_sample_rate={max_sample_rate} (the serving limit); resample "
+            "the clip")
+    if whole_clip and frames > max_audio_seconds * max(rate, 1):
+        raise MediaDecodeError(
+            f"audio clip too long — {source} declares {frames / max(rate, 1):,.1f} s, over "
+            f"export.limits.max_audio_seconds={max_audio_seconds:g} (the serving limit); cut "
+            "the clip or set audio.max_seconds")
+
+
+def _input_frames(max_samples: int, rate: int, sample_rate: int) -> int:
+    """Input frames :func:`_mono_at_rate` keeps for ``max_samples`` outputs (its crop, in
+    Python integers): decoding more would be thrown away."""
+    half = (_ZERO_CROSSINGS * max(rate, sample_rate) + sample_rate - 1) // sample_rate
+    return (max_samples - 1) * rate // sample_rate + half + 1
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _read_bytes(path: str | Path, kind: str, formats: str) -> bytes:
+def _read_bytes(path: str | Path, kind: str, formats: str, size: int = -1) -> bytes:
+    """The file's bytes (the first ``size`` of them, ``-1``: all)."""
     path = Path(path)
     try:
-        return path.read_bytes()
+        with path.open("rb") as file:
+            return file.read(size)
     except FileNotFoundError as exc:
         raise MediaDecodeError(
             f"{kind} file not found — {path} — check the {kind} column and the dataset folder"
@@ -397,6 +550,7 @@ def _max_samples(max_seconds: float | None, sample_rate: int) -> int | None:
 def _first_line(exc: BaseException) -> str:
     """The readable part of a TF/libsndfile message, without op names and device prefixes."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\].*|Error opening <[^>]*>:", "", text)
+    text = re.sub((r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\].*"
+                  r"|Error opening (<[^>]*>|'[^']*'):"), "", text)
     text = text.strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -7,12 +7,13 @@ a user can fix their catalogue without reading a TensorFlow traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from tfmmrec.errors import DataError
+from tfmmrec.errors import DataError, MediaDecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +74,37 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
             yield frame
     except DataError:
         raise
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: it needs a header and at least one row") from None
     except Exception as exc:  # pandas raises many types; all mean "this file is not a table"
-        raise DataError(f"cannot read {path}: {exc}") from None
+        raise DataError(f"cannot read {path}: {_first_bad_line(path) or exc}") from None
     if start == 0:
         raise DataError(f"{path} is empty: it needs a header and at least one row")
+
+
+def _first_bad_line(path: Path) -> str | None:
+    """Where a text table stops being readable, for the error message: the first line that
+    is not UTF-8 (pandas only gives a byte offset into its buffer) or, in JSONL, not one JSON
+    object (pandas gives a character position). Read line by line; None if every line is."""
+    import json
+
+    if path.suffix not in (".csv", ".jsonl"):
+        return None
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                        f"column {exc.start + 1}): save the file as UTF-8")
+            if path.suffix == ".jsonl" and text.strip():
+                try:
+                    row = json.loads(text)
+                except ValueError as exc:
+                    return f"line {number} is not a JSON object ({exc})"
+                if not isinstance(row, dict):
+                    return f"line {number} is a JSON {type(row).__name__}, not an object"
+    return None
 
 
 def _parquet_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:
@@ -183,3 +211,45 @@ def report_missing_media(modality: str, missing: Sequence[str]) -> None:
         more = f" and {len(missing) - SHOW_AT_MOST} more" if len(missing) > SHOW_AT_MOST else ""
         logger.warning("%d %s file(s) missing or unreadable, those items are encoded without "
                        "%s: %s%s", len(missing), modality, modality, shown, more)
+
+
+def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
+                ) -> dict[str, list[str]]:
+    """Check every media file ``catalog`` (read from ``table``) references, at header level.
+
+    ``tfmmrec validate``'s media check: each file modality with a ``check_file`` method (image:
+    format, Pillow's ``verify``, pixel limit; audio: ``soundfile.info``, sample-rate limit)
+    looks at every present file without decoding it. Returns ``{modality: ["<row>: <reason>",
+    ...]}`` for the files the decoders would refuse, and warns as for missing files (those items
+    are encoded without that modality). ``settings``: the preprocessing settings
+    (``modalities.settings_from_config(config)``; default: the defaults).
+    """
+    from tfmmrec import modalities
+
+    settings = modalities.resolve_settings(dict(settings or {}))
+    found: dict[str, list[str]] = {}
+    for spec in modalities.specs():
+        check = getattr(spec, "check_file", None)
+        if check is None or spec.name not in catalog.modalities:
+            continue
+        problems = []
+        for row, value in zip(catalog.frame.index, catalog.values(spec.name), strict=True):
+            if value is None:
+                continue
+            try:
+                check(value, settings)
+            except MediaDecodeError as exc:
+                problems.append(f"{row_label(table, row)}: {exc}")
+        report_bad_media(spec.name, problems)
+        if problems:
+            found[spec.name] = problems
+    return found
+
+
+def report_bad_media(modality: str, problems: Sequence[str]) -> None:
+    """Present files that would not decode, as :func:`report_missing_media` words it."""
+    if problems:
+        shown = "; ".join(problems[:SHOW_AT_MOST])
+        more = f"; and {len(problems) - SHOW_AT_MOST} more" if len(problems) > SHOW_AT_MOST else ""
+        logger.warning("%d %s file(s) undecodable or over the limits, those items are encoded "
+                       "without %s: %s%s", len(problems), modality, modality, shown, more)

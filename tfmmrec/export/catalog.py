@@ -103,7 +103,9 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
 
     ``metadata`` carries the serving settings (``default_k``, ``max_k``, ``max_exclude``,
     ``max_seen``, ``max_session_items``, ``session_user_weight``, ``retrieve_candidates``); the
-    index entries and item count are (re)written here. With ``previous`` (a catalogue update)
+    index entries and item count are (re)written here, and ``default_k`` / ``max_k`` as the
+    graph serves them (capped at the catalogue; the configured ones as ``configured_*``,
+    :func:`configured_k`). With ``previous`` (a catalogue update)
     whose graph fits the new module (equal ``graph_constants``), only the catalogue variables
     are written under that graph (``writer.write_updated_version``); otherwise the module is
     traced and saved in full. ``id_keys``: the served-id lookup, when the caller derived it
@@ -113,7 +115,11 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     if len(item_ids) == 0:
         raise ExportError("cannot export an empty catalogue: at least one item must remain")
     two_stage = hasattr(towers, "score_candidates")
-    max_k = int(metadata["max_k"])
+    # The export's configured k's, kept through every update (a catalogue that shrank and
+    # grew back serves its configured max_k again); default_k / max_k become what this
+    # version's graph answers (below).
+    default_k, max_k = configured_k(metadata)
+    metadata = {**metadata, "configured_default_k": default_k, "configured_max_k": max_k}
     deepest = max(max_k, int(metadata["retrieve_candidates"]) if two_stage else 0)
     deepest += int(metadata["max_exclude"]) + int(metadata.get("max_seen", 0))
     settings = dataclasses.replace(settings or IndexSettings(), kind=kind)
@@ -125,7 +131,10 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
                                     **_module_settings(item_ids, metadata, id_keys),
                                     build_signatures=previous is None)
     constants = json.loads(json.dumps(module.graph_constants()))
-    metadata = {**metadata, "index": kind, "index_parameters": index.parameters,
+    # Advertised k's are the graph's: max_k at most the catalogue size, and the k a request
+    # without one gets (the signatures' default) at most max_k.
+    metadata = {**metadata, "default_k": min(default_k, module.max_k), "max_k": module.max_k,
+                "index": kind, "index_parameters": index.parameters,
                 "index_servers": list(index.servers), "num_items": len(item_ids),
                 "graph_constants": constants, "tower_functions": tower_functions(towers),
                 "load_requirements": [r for m in module.modalities
@@ -142,9 +151,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
         logger.info("%s index recall@10 vs brute force: %.3f", kind, recall)
     warmup = None
     if warmup_user is not None:
-        warmup = warmup_requests(module.modalities, warmup_user,
-                               min(int(metadata["default_k"]), module.max_k),
-                               _text(item_ids[0]))
+        warmup = warmup_requests(module.modalities, warmup_user, int(metadata["default_k"]),
+                                 _text(item_ids[0]))
     if (previous is not None and previous.variables is not None
             and previous.metadata.get("graph_constants") == constants):
         written = write_updated_version(previous.path, module, base_dir, model_name, version,
@@ -163,9 +171,20 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
                          uses_scann=uses_scann, warmup=warmup)
 
 
+def configured_k(metadata: dict) -> tuple[int, int]:
+    """``(default_k, max_k)`` as the export was configured (``export.k``, ``export.max_k``).
+
+    A version records them as ``configured_default_k`` / ``configured_max_k`` and advertises
+    the effective ``default_k`` / ``max_k`` (capped at its catalogue size); metadata without
+    the configured keys (the export's own settings, or a version written before they were
+    recorded) holds the configured values as ``default_k`` / ``max_k``."""
+    return (int(metadata.get("configured_default_k", metadata["default_k"])),
+            int(metadata.get("configured_max_k", metadata["max_k"])))
+
+
 def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
-    return {"item_ids": item_ids, "id_keys": id_keys, "default_k": int(metadata["default_k"]),
-            "max_k": int(metadata["max_k"]),
+    default_k, max_k = configured_k(metadata)
+    return {"item_ids": item_ids, "id_keys": id_keys, "default_k": default_k, "max_k": max_k,
             "retrieve_candidates": int(metadata["retrieve_candidates"]),
             "max_seen": int(metadata.get("max_seen", 0)),
             "max_exclude": int(metadata["max_exclude"]),

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec._env import register_custom_ops
-from tfmmrec.errors import ExportError
+from tfmmrec.errors import ExportError, ServingError, one_line_error
 from tfmmrec.export.writer import list_versions, read_metadata
 
 
@@ -35,14 +35,28 @@ class ExportedModel:
             raise ExportError(f"cannot load SavedModel {self.path}: {exc}") from None
         self.signatures = dict(self._loaded.signatures)
 
+    @property
+    def default_k(self) -> int:
+        """The k of a request without one, as the signatures' default: the export's k, at most
+        its max_k and its catalogue size (versions written before the metadata recorded the
+        effective values advertise the configured ones)."""
+        metadata = self.metadata
+        return min(int(metadata["default_k"]), int(metadata["max_k"]),
+                   int(metadata.get("num_items", metadata["max_k"])))
+
     def call(self, signature: str, **inputs) -> dict[str, np.ndarray]:
+        """Run one signature. A bad request (an unknown input, a single value where the
+        signature takes a batch, a k that is not an int32 integer, or anything the graph's own
+        checks refuse) raises ``ServingError`` with one line naming the input and the value,
+        as ``tfmmrec serve`` answers it."""
         if signature not in self.signatures:
             raise ExportError(f"{self.path} has no signature {signature!r}; it has "
                               f"{', '.join(sorted(self.signatures))}")
         arguments = self.signatures[signature].structured_input_signature[1]
+        _check_request(signature, arguments, inputs)
         # TF Serving applies the SignatureDef defaults; Python's loader does not.
         if "k" in arguments and "k" not in inputs:
-            inputs["k"] = np.int32(min(self.metadata["default_k"], self.metadata["max_k"]))
+            inputs["k"] = np.int32(self.default_k)
         if "exclude_item_ids" in arguments and "exclude_item_ids" not in inputs:
             inputs["exclude_item_ids"] = np.zeros((0, 0), dtype=object).astype(bytes)
         # ``recommend_session``'s optional inputs: its user and a viewed_<modality> per
@@ -50,42 +64,82 @@ class ExportedModel:
         optional = [a for a in arguments if a == "user_id" or a.startswith("viewed_")]
         for name in optional:
             inputs.setdefault(name, np.zeros(0, dtype=object).astype(bytes))
-        outputs = self.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        try:
+            outputs = self.signatures[signature](**{k: tf.constant(v)
+                                                    for k, v in inputs.items()})
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
+            message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+            raise ServingError(f"{signature}: {one_line_error(message)}") from None
         return {k: v.numpy() for k, v in outputs.items()}
 
     def recommend(self, user_ids, k: int | None = None, exclude=None) -> dict[str, np.ndarray]:
         """Top-k for user ids; ``exclude``: per user, item ids never to return."""
-        users = np.asarray(user_ids).astype(str)
+        users = _batch(user_ids, "user_ids").astype(str)
         if exclude is not None:  # serving_default has no exclusion input: recommend does
-            extra = {} if k is None else {"k": np.int32(k)}
+            extra = {} if k is None else {"k": k}
             return self.call("recommend", user_id=users, exclude_item_ids=padded(exclude),
                              **extra)
         if k is None:
             return self.call("serving_default", user_id=users)
-        return self.call("recommend", user_id=users, k=np.int32(k))
+        return self.call("recommend", user_id=users, k=k)
 
     def recommend_session(self, sessions, user_ids=None, k: int | None = None,
                           exclude=None, viewed: dict | None = None) -> dict[str, np.ndarray]:
         """Top-k for sessions (lists of recent item ids, oldest first), optionally of users;
         ``viewed``: ``{modality: one raw value per session, "" / b"" for none}``."""
+        if not len(sessions):
+            raise ServingError("recommend_session: sessions is an empty batch (give one list "
+                               "of recent item ids per session)")
         inputs = {"session_item_ids": padded(sessions)}
         for modality, values in (viewed or {}).items():
             inputs[f"viewed_{modality}"] = np.array(list(values), dtype=object)
         if user_ids is not None:
-            inputs["user_id"] = np.asarray(user_ids).astype(str)
+            inputs["user_id"] = _batch(user_ids, "user_ids").astype(str)
         if k is not None:
-            inputs["k"] = np.int32(k)
+            inputs["k"] = k
         if exclude is not None:
             inputs["exclude_item_ids"] = padded(exclude)
         return self.call("recommend_session", **inputs)
 
     def item_embeddings(self, item_ids) -> np.ndarray:
         """The served embeddings of these items (``ExportError`` for an id not served)."""
-        ids = np.asarray(item_ids).astype(str)
+        ids = _batch(item_ids, "item_ids").astype(str)
         out = self.call("embed_items", item_id=ids)
         if not out["found"].all():
             raise ExportError(f"item id(s) not in {self.path}: {list(ids[~out['found']][:5])}")
         return out["embedding"]
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
+    """What the graph cannot say in a user's words: unknown inputs, a scalar where a batch
+    belongs, and a ``k`` that is not an int32 integer."""
+    unknown = sorted(set(inputs) - set(arguments))
+    if unknown:
+        raise ServingError(f"{signature}: unknown input(s) {', '.join(unknown)}; it takes "
+                           f"{', '.join(sorted(arguments))}")
+    for name, value in inputs.items():
+        if arguments[name].shape.rank and np.ndim(value) == 0:
+            raise ServingError(f"{signature}: {name} is a single value ({value!r}); pass a "
+                               "batch, e.g. a list with one entry per query")
+    if "k" in inputs:
+        k = inputs["k"]
+        integral = isinstance(k, int | np.integer) and not isinstance(k, bool | np.bool_)
+        if not integral or not 1 <= int(k) <= INT32_MAX:
+            raise ServingError(f"{signature}: k must be an integer from 1 to the export's max_k, "
+                               f"got {k!r}")
+        inputs["k"] = np.int32(k)
+
+
+def _batch(values, name: str) -> np.ndarray:
+    """``values`` as a 1-d array; a lone string is refused (``"u001"`` is one user, not five
+    characters, and the graph would only say it is not a matrix)."""
+    if isinstance(values, str | bytes):
+        raise ServingError(f"{name} is a single string ({values!r}); pass a list, e.g. "
+                           f"[{values!r}]")
+    return np.asarray(values)
 
 
 def padded(lists) -> np.ndarray:

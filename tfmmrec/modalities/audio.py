@@ -11,7 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec.config import AUDIO_SAMPLE_RATE, AudioTowerConfig, ServingLimitsConfig
-from tfmmrec.data.media import AUDIO_EXTENSIONS, decode_wav, load_audio, load_audio_bytes
+from tfmmrec.data.media import (
+    AUDIO_EXTENSIONS,
+    check_audio_file,
+    decode_wav,
+    load_audio,
+    load_audio_bytes,
+)
 from tfmmrec.errors import ConfigError, MediaDecodeError
 from tfmmrec.modalities.base import (
     FileModality,
@@ -49,6 +55,12 @@ class AudioModality(FileModality):
 
     def load_file(self, path: str | Path, settings: Settings) -> np.ndarray:
         return load_audio(path, SAMPLE_RATE, settings["max_seconds"])
+
+    def check_file(self, path: str | Path, settings: Settings) -> None:
+        """Header-level check (``tfmmrec validate``): raises ``MediaDecodeError`` for a file
+        :meth:`load_file` would refuse (libsndfile cannot open it, no frames, over the
+        sample-rate limit)."""
+        check_audio_file(path, settings["max_seconds"])
 
     def batch(self, values: list) -> dict[str, np.ndarray]:
         return pad_waveforms(values)

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec.config import ImageTowerConfig, ServingLimitsConfig
-from tfmmrec.data.media import IMAGE_EXTENSIONS, decode_image, load_image
+from tfmmrec.data.media import IMAGE_EXTENSIONS, check_image_file, decode_image, load_image
 from tfmmrec.errors import MediaDecodeError
 from tfmmrec.modalities.base import (
     FileModality,
@@ -37,6 +37,11 @@ class ImageModality(FileModality):
 
     def load_file(self, path: str | Path, settings: Settings) -> np.ndarray:
         return load_image(path, settings["image_size"])
+
+    def check_file(self, path: str | Path, settings: Settings) -> None:
+        """Header-level check (``tfmmrec validate``): raises ``MediaDecodeError`` for a file
+        :meth:`load_file` would refuse (unknown format, broken PNG, over the pixel limit)."""
+        check_image_file(path)
 
     def batch(self, values: list) -> np.ndarray:
         return np.stack(values)

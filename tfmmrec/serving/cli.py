@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sys
 import threading
 
 from tfmmrec.errors import ServingError
+
+MAX_PORT = 65535
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free port) to 65535. Sockets take a port modulo
+    2¹⁶, so 70000 would otherwise listen on 4464 without a word."""
+    value = _integer(text)
+    if not 0 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{value} is not a port: expected 0 (any free port) "
+                                         f"to {MAX_PORT}")
+    return value
+
+
+def _at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's message: "invalid integer value"
+    return parse
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
 def add_serving_commands(subparsers) -> None:
@@ -32,8 +64,9 @@ def _add_serve(subparsers) -> None:
     serve.add_argument("--model-name", help="name clients ask for (default: the folder name)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
-    serve.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
-    serve.add_argument("--rest-api-port", type=int, default=8501,
+    serve.add_argument("--port", type=port_number, default=8500,
+                       help="gRPC port (0: any free port)")
+    serve.add_argument("--rest-api-port", type=port_number, default=8501,
                        help="REST port (0: any free port)")
     serve.add_argument("--no-rest", action="store_true", help="serve gRPC only")
     serve.add_argument("--poll-seconds", type=float, default=1.0,
@@ -41,9 +74,9 @@ def _add_serve(subparsers) -> None:
                             "--file_system_poll_wait_seconds; 0: never)")
     serve.add_argument("--version-policy", default="latest",
                        help="latest | latest:N | all | specific:V1,V2 (default: newest only)")
-    serve.add_argument("--num-threads", type=int, default=0,
+    serve.add_argument("--num-threads", type=_at_least(0), default=0,
                        help="concurrent model executions and gRPC workers (default: cores)")
-    serve.add_argument("--max-request-bytes", type=int, default=64 * 2**20,
+    serve.add_argument("--max-request-bytes", type=_at_least(1), default=64 * 2**20,
                        help="largest gRPC message / REST body accepted (default 64 MiB)")
     serve.add_argument("--no-warmup", action="store_true",
                        help="skip replaying assets.extra/tf_serving_warmup_requests on load")

@@ -31,7 +31,7 @@ from tfmmrec.errors import ServingError
 from tfmmrec.export.warmup import predict_request
 from tfmmrec.modalities.base import string_batch
 from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
-from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
+from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP, one_line_error
 
 DEFAULT_K = 10
 MAX_MESSAGE_BYTES = 64 * 2**20
@@ -150,7 +150,8 @@ class ServingClient:
                                              )["model_version_status"]
         return [{"version": int(row["version"]), "state": row["state"],
                  "error_code": row["status"]["error_code"],
-                 "error_message": row["status"]["error_message"]} for row in rows]
+                 "error_message": one_line_error(row["status"]["error_message"])}
+                for row in rows]
 
     def close(self) -> None:
         if self._channel is not None:
@@ -194,7 +195,7 @@ class ServingClient:
 
     def _grpc_error(self, error: grpc.RpcError, what: str) -> ServingRequestError:
         code = error.code()
-        details = error.details() or ""
+        details = one_line_error(error.details() or "")  # TF Serving sends the raw TF text
         return ServingRequestError(_explain(code.name, details, what, self.target, self.timeout,
                                             rest=False), code.name, details)
 
@@ -272,9 +273,10 @@ def _explain(code: str, details: str, what: str, target: str, timeout: float, re
 def _error_text(error: urllib.error.HTTPError) -> str:
     raw = error.read()
     try:
-        return str(json.loads(raw)["error"])
+        text = str(json.loads(raw)["error"])
     except (ValueError, KeyError, TypeError):
-        return raw.decode("utf-8", "replace").strip() or error.reason
+        text = raw.decode("utf-8", "replace").strip() or str(error.reason)
+    return one_line_error(text)  # TF Serving's REST bodies carry the raw TF text
 
 
 def _shape(info) -> list[int] | None:

@@ -25,7 +25,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tfmmrec.errors import ServingError
 from tfmmrec.export.writer import list_versions
-from tfmmrec.serving.status import RequestStatus, not_found
+from tfmmrec.serving.status import RequestStatus, not_found, one_line_error
 
 logger = logging.getLogger(__name__)
 
@@ -355,14 +355,15 @@ class ModelRegistry:
             if self._warmup is not None:
                 self._warmup(servable)
         except Exception as exc:
-            message = str(exc.message if isinstance(exc, RequestStatus) else exc).strip()
+            detail = str(exc.message if isinstance(exc, RequestStatus) else exc).strip()
+            message = one_line_error(detail)  # what GetModelStatus reports; the log keeps all
             failures = record.failures + 1
             delay = min(self._max_retry_seconds, self._retry_seconds * 2 ** (failures - 1))
             self._set_record(model.name, version, state=State.END, error_code="UNKNOWN",
                              error_message=message, failures=failures,
                              retry_at=time.monotonic() + delay)
             logger.error("cannot load %s version %d (attempt %d; retrying in %.0f s while it "
-                         "is on disk): %s", model.name, version, failures, delay, message)
+                         "is on disk): %s", model.name, version, failures, delay, detail)
             return
         with self._lock:
             serving = dict(self._serving[model.name])

@@ -26,7 +26,7 @@ from tfmmrec.errors import ServingError
 from tfmmrec.serving.predict import PredictionCore
 from tfmmrec.serving.registry import ModelRegistry, ServedModel, VersionPolicy, list_versions
 from tfmmrec.serving.rest import RestServer
-from tfmmrec.serving.status import RequestStatus
+from tfmmrec.serving.status import RequestStatus, one_line_error
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +79,30 @@ def _call(context, function):
     try:
         return function()
     except RequestStatus as status:
-        context.abort(status.code, status.message)
+        context.abort(status.code, one_line_error(status.message))
     except Exception as exc:  # a bug must cost one request, not the server
         logger.exception("request failed")
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error in tfmmrec serve: {exc}")
+        context.abort(grpc.StatusCode.INTERNAL,
+                      f"internal error in tfmmrec serve: {one_line_error(exc)}")
+
+
+def _check_policy_finds_versions(model: ServedModel, on_disk: list[int]) -> None:
+    """A ``specific`` policy naming no version on disk is a usage error, not a wait (with no
+    version on disk at all the server waits for an export, whatever the policy)."""
+    policy = model.policy
+    missing = sorted(set(policy.versions) - set(on_disk)) if policy.kind == "specific" else []
+    if not missing:
+        return
+    if policy.select(on_disk):
+        logger.warning("model %r: version policy asks for version(s) %s, not under %s; serving "
+                       "%s until they appear", model.name, missing, model.base_path,
+                       sorted(policy.select(on_disk)))
+        return
+    raise ServingError(
+        f"model {model.name!r}: version policy specific:{','.join(map(str, policy.versions))} "
+        f"asks for version{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}, "
+        f"not under {model.base_path} (versions present: {', '.join(map(str, on_disk))}) — "
+        "fix --version-policy (or the models.config policy), or export the missing version")
 
 
 @dataclass
@@ -143,6 +163,8 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Load the models on disk, then listen (like TF Serving, loads come before ports)."""
         opts = self.options
+        for model in self.registry.models:
+            _check_policy_finds_versions(model, list_versions(model.base_path))
         self.registry.start()
         try:
             self._check_initial_loads()
@@ -169,9 +191,12 @@ class ModelServer:
         for model in self.registry.models:
             if not list_versions(model.base_path) or self.registry.available_versions(model.name):
                 continue
+            try:
+                records = self.registry.status(model.name)
+            except RequestStatus:  # nothing was even tried (the folder changed meanwhile)
+                records = []
             errors = "; ".join(f"version {version}: {record.error_message}"
-                               for version, record in self.registry.status(model.name)
-                               if record.error_message)
+                               for version, record in records if record.error_message)
             raise ServingError(f"model {model.name!r}: no version under {model.base_path} could "
                                f"be loaded ({errors}) — fix or re-export the model (a failing "
                                "warmup record fails the load, as in TF Serving)")

@@ -7,10 +7,10 @@ the REST API maps it to an HTTP code with the table in ``model_servers/http_serv
 
 from __future__ import annotations
 
-import re
-
 import grpc
 import tensorflow as tf
+
+from tfmmrec.errors import one_line_error  # also what serving modules import from here
 
 # TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -78,17 +78,4 @@ def not_found(message: str) -> RequestStatus:
 def from_tf_error(error: tf.errors.OpError) -> RequestStatus:
     """A TensorFlow run-time error (failed assert, undecodable image/WAV …) as a request status."""
     code = _GRPC_BY_VALUE.get(error.error_code, grpc.StatusCode.UNKNOWN)
-    return RequestStatus(code, clean_tf_message(error.message))
-
-
-_PYTHON_PREAMBLE = re.compile(
-    r"^Graph execution error:\s*Detected at node .*? defined at \(most recent call last\):\s*"
-    r"(?:<stack traces unavailable>\s*)?", re.DOTALL)
-_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]\s*$")
-
-
-def clean_tf_message(message: str) -> str:
-    """The op's own message, as the C++ server reports it, without eager-mode Python framing."""
-    message = _PYTHON_PREAMBLE.sub("", message)
-    message = _OP_SUFFIX.sub("", message)
-    return message.strip()
+    return RequestStatus(code, one_line_error(error.message))

@@ -236,8 +236,9 @@ def _all_finite(embeddings: np.ndarray | tf.Tensor) -> bool:
 
 def recall_against_brute_force(index, queries: np.ndarray, item_embeddings: np.ndarray,
                                k: int = 10) -> float:
-    """Mean fraction of the exact top-k (numpy brute force) that the index also returns."""
-    k = min(k, item_embeddings.shape[0])
+    """Mean fraction of the exact top-k (numpy brute force) that the index also returns
+    (``k`` capped at the catalogue and at the deepest search the index was built for)."""
+    k = min(k, item_embeddings.shape[0], getattr(index, "k", k))
     exact = np.argsort(-(queries @ item_embeddings.T), axis=1, kind="stable")[:, :k]
     _, found = index(tf.constant(queries, tf.float32), k=k)
     hits = [len(set(a) & set(b)) for a, b in zip(exact, found.numpy(), strict=True)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -21,13 +22,34 @@ from tfmmrec.export.index.base import (
 SCANN_STATE = ("scann_config", "serialized_partitioner", "datapoint_to_token", "ah_codebook",
                "hashed_dataset", "int8_dataset", "int8_multipliers", "dp_norms", "dataset")
 
+# Asymmetric hashing with ScaNN's default LUT16 codebooks trains 16 centres per block on the
+# (residuals of the) items, and refuses fewer items than that ("Number of clusters per block
+# (16) is greater than asymmetric hashing training data size"); its tree refuses fewer items
+# than leaves (``scann_parameters`` keeps leaves <= N/2). Below this many items the searcher
+# scores every item exactly instead (``score_brute_force``: the same ``Scann>`` ops).
+AH_CLUSTERS_PER_BLOCK = 16
+TREE_AH = "tree_ah"
+BRUTE_FORCE = "brute_force"
 
-def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[str, int]:
+
+def scann_scoring(num_items: int) -> str:
+    """How a ScaNN searcher over ``num_items`` scores: ``tree_ah`` (partitioning tree,
+    asymmetric hashing, exact reordering) or ``brute_force`` (every item, exactly) when the
+    catalogue is too small to train the tree and the AH codebooks. Export and every catalogue
+    update decide through this one function (``scann_parameters``)."""
+    return TREE_AH if num_items >= AH_CLUSTERS_PER_BLOCK else BRUTE_FORCE
+
+
+def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[str, int | str]:
     """ScaNN settings scaled to the catalogue: ~sqrt(N) leaves, search ~10% of them, reorder.
 
     Reordering the best ``max(4k, 100)`` candidates with exact scores is what keeps recall of the
-    brute-force top-10 at or above 0.95 on small and mid-sized catalogues.
+    brute-force top-10 at or above 0.95 on small and mid-sized catalogues. A catalogue too small
+    to train the tree and the AH codebooks (:func:`scann_scoring`) gets ``{"scoring":
+    "brute_force"}``: exact scores of every item.
     """
+    if scann_scoring(num_items) == BRUTE_FORCE:
+        return {"scoring": BRUTE_FORCE}
     leaves = config.num_leaves or max(2, min(2000, int(math.sqrt(num_items))))
     leaves = min(leaves, max(2, num_items // 2))
     reorder = config.num_reordering_candidates or min(num_items, max(4 * max_k, 100))
@@ -35,9 +57,31 @@ def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[st
     # (on small catalogues that is most of the leaves, where exhaustive search is cheap anyway).
     needed = math.ceil(reorder * leaves / num_items)
     search = config.num_leaves_to_search or max(1, math.ceil(leaves * 0.1), needed)
-    return {"num_leaves": leaves, "num_leaves_to_search": min(search, leaves),
+    return {"scoring": TREE_AH, "num_leaves": leaves,
+            "num_leaves_to_search": min(search, leaves),
             "num_reordering_candidates": reorder,
             "dimensions_per_block": config.dimensions_per_block}
+
+
+def build_searcher(candidates: tf.Tensor, k: int, parameters: dict, name: str):
+    """A ScaNN TF searcher over ``candidates`` [N, d] (dot product) configured by
+    ``parameters`` (:func:`scann_parameters`; without ``scoring``, as :func:`scann_scoring`
+    decides for N)."""
+    from scann.scann_ops.py import scann_ops
+
+    num_items = int(candidates.shape[0])
+    builder = scann_ops.builder(db=candidates, num_neighbors=k, distance_measure="dot_product")
+    if parameters.get("scoring", scann_scoring(num_items)) == BRUTE_FORCE:
+        builder = builder.score_brute_force()
+    else:
+        builder = builder.tree(num_leaves=parameters["num_leaves"],
+                               num_leaves_to_search=parameters["num_leaves_to_search"],
+                               training_iterations=parameters.get("training_iterations", 12))
+        builder = builder.score_ah(dimensions_per_block=parameters["dimensions_per_block"])
+        if parameters.get("num_reordering_candidates") is not None:
+            builder = builder.reorder(parameters["num_reordering_candidates"])
+    # A unique name: no unintended sharing between searchers (as TFRS's layer does).
+    return builder.build(shared_name=f"{name}/{uuid.uuid4()}")
 
 
 @register
@@ -49,7 +93,9 @@ class ScannIndex(TopKIndex):
     The searcher lives in variables of unknown shape (ScaNN's own ``ScannState``) holding its
     config (leaves, reordering) too, so a catalogue update retrains a searcher over the new
     embeddings and stores it under the same graph; the search returns positions (no identifier
-    table, whose length the graph would fix)."""
+    table, whose length the graph would fix). A catalogue of fewer than
+    :data:`AH_CLUSTERS_PER_BLOCK` items gets a brute-force ScaNN searcher (exact, same ops), so
+    the kind works, and updates keep working, at any size."""
 
     kind = "scann"
     op_namespaces = frozenset({"Scann"})
@@ -58,8 +104,16 @@ class ScannIndex(TopKIndex):
     def __init__(self, item_embeddings: np.ndarray, item_ids: np.ndarray, k: int,
                  parameters: dict):
         super().__init__(k, item_embeddings.shape[0], item_ids, parameters)
-        self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, **parameters).index(
-            tf.constant(item_embeddings, tf.float32))
+        self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k)
+        # TFRS's layer always builds tree + AH: build the searcher this index's parameters
+        # describe instead (TFRS keeps its builder private).
+        top, layer_name, parameters = self.k, self.layer.name, dict(self.parameters)
+
+        def searcher(candidates):
+            return build_searcher(candidates, top, parameters, layer_name)
+
+        self.layer._build_searcher = searcher
+        self.layer.index(tf.constant(item_embeddings, tf.float32))
         # ScaNN's state variables save the shapes they were built with (validate_shape=False
         # only skips checks on assignment): re-hold them with no saved shape, so a searcher
         # over another number of items restores under the same graph.

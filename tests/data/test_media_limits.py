@@ -1,0 +1,167 @@
+"""Tests for tfmmrec.data.media's limits: the offline decoders read the header first, refuse
+what serving refuses (pixels, sample rate) and decode no more audio than the model keeps."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from tfmmrec.data import media
+from tfmmrec.errors import MediaDecodeError
+
+
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def write_huge_png(path: Path, width: int = 9000, height: int = 9000) -> Path:
+    """A valid 1-bit grayscale PNG of width x height (all black), compressed row by row: a few
+    KB on disk whatever its declared size (9000 x 9000 = 81 Mpx, over the offline 67.1 Mpx
+    limit)."""
+    row = b"\0" * (1 + (width + 7) // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat)
+                     + _chunk(b"IEND", b""))
+    return path
+
+
+def _noise_png(path: Path, width: int = 40, height: int = 25) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def no_image_decoding(monkeypatch):
+    """Fail the test if anything decodes pixels."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(media, "decode_image", refuse)
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def test_oversized_png_is_refused_from_its_header_without_decoding(tmp_path, no_image_decoding):
+    path = write_huge_png(tmp_path / "poster.png")
+    assert path.stat().st_size < 50_000
+    with pytest.raises(MediaDecodeError) as info:
+        media.load_image(path, 32)
+    message = str(info.value)
+    assert "poster.png" in message and "9000 x 9000" in message
+    assert "decoding limit of 67,108,864" in message and "\n" not in message
+
+
+def test_pixel_limit_is_a_parameter_and_the_limit_itself_is_allowed(tmp_path):
+    path = _noise_png(tmp_path / "small.png", 40, 25)  # 1000 pixels
+    unlimited = media.load_image(path, 16, max_pixels=None)
+    np.testing.assert_array_equal(media.load_image(path, 16, max_pixels=1000), unlimited)
+    np.testing.assert_array_equal(media.load_image(path, 16), unlimited)
+    with pytest.raises(MediaDecodeError, match=r"small\.png.*decoding limit of 999"):
+        media.load_image(path, 16, max_pixels=999)
+
+
+def test_check_image_file_reads_size_and_refuses_broken_or_oversized(tmp_path,
+                                                                     no_image_decoding):
+    good = _noise_png(tmp_path / "good.png", 40, 25)
+    assert media.check_image_file(good) == (40, 25)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(MediaDecodeError, match=r"truncated\.png \(broken file"):
+        media.check_image_file(truncated)
+    with pytest.raises(MediaDecodeError, match=r"huge\.png .*decoding limit"):
+        media.check_image_file(write_huge_png(tmp_path / "huge.png"))
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(MediaDecodeError, match=r"junk\.png \(unknown image file format\)"):
+        media.check_image_file(junk)
+    with pytest.raises(MediaDecodeError, match=r"missing\.png"):
+        media.check_image_file(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".gif", ".bmp", ".webp"])
+def test_check_image_file_accepts_every_decodable_format(tmp_path, suffix):
+    path = tmp_path / f"stripes{suffix}"
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(path)
+    assert media.check_image_file(path) == (30, 20)
+    assert media.load_image(path, 8).shape == (8, 8, 3)
+
+
+# --- audio ------------------------------------------------------------------------------------
+
+
+def _noise(rate: int, seconds: float, channels: int = 2) -> np.ndarray:
+    wave = np.random.default_rng(1).standard_normal((round(rate * seconds), channels)) * 0.3
+    return (wave.clip(-1, 1) * 32767).astype(np.int16)
+
+
+def test_cropped_audio_decodes_only_the_frames_the_output_reaches(tmp_path, monkeypatch):
+    path = tmp_path / "long.flac"
+    soundfile.write(path, _noise(48000, 4.0), 48000, format="FLAC")
+    reads = []
+    original = soundfile.SoundFile.read
+
+    def spy(self, frames=-1, *args, **kwargs):
+        reads.append(frames)
+        return original(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(soundfile.SoundFile, "read", spy)
+    cut = media.load_audio(path, 16000, max_seconds=0.5)
+    # 8000 outputs at 16 kHz reach 3 * 7999 input frames plus the filter's half-width (48).
+    assert reads == [3 * 7999 + 48 + 1]
+    # What decoding the whole clip and cutting gave (the previous behaviour), bit for bit.
+    whole, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    expected = media._mono_at_rate(whole, rate, 16000, 8000).numpy()
+    np.testing.assert_array_equal(cut, expected)
+
+
+def test_long_clip_is_cropped_with_max_seconds_and_refused_without(tmp_path):
+    path = tmp_path / "silence.flac"
+    soundfile.write(path, np.zeros((48000 * 5, 2), np.int16), 48000, format="FLAC")
+    assert path.stat().st_size < 20_000
+    assert media.load_audio(path, 16000, max_seconds=1.0, max_audio_seconds=2).shape == (16000,)
+    with pytest.raises(MediaDecodeError) as info:
+        media.load_audio(path, 16000, max_seconds=None, max_audio_seconds=2)
+    message = str(info.value)
+    assert "silence.flac" in message and "5.0 s" in message
+    assert "max_audio_seconds=2" in message and "\n" not in message
+    with pytest.raises(MediaDecodeError, match="max_audio_seconds=2"):
+        media.check_audio_file(path, None, max_audio_seconds=2)
+    assert media.check_audio_file(path, 1.0, max_audio_seconds=2) == (240000, 48000)
+
+
+def test_sample_rate_over_the_limit_is_refused_from_the_header(tmp_path):
+    path = tmp_path / "ultrasonic.wav"
+    soundfile.write(path, np.zeros((64, 1), np.int16), 384000, format="WAV")
+    for load in (lambda: media.load_audio(path, 16000, 2.0),
+                 lambda: media.load_audio_bytes(path.read_bytes(), 16000, 2.0, source=str(path)),
+                 lambda: media.check_audio_file(path, 2.0)):
+        with pytest.raises(MediaDecodeError, match=r"ultrasonic\.wav declares 384000 Hz.*"
+                                                   r"max_sample_rate=192000"):
+            load()
+    normal = tmp_path / "normal.wav"
+    soundfile.write(normal, _noise(48000, 0.1), 48000, format="WAV")
+    with pytest.raises(MediaDecodeError, match="max_sample_rate=44100"):
+        media.load_audio(normal, 16000, 2.0, max_sample_rate=44100)
+    assert media.load_audio(normal, 16000, 2.0).shape == (1600,)
+
+
+def test_check_audio_file_refuses_a_truncated_wav(tmp_path):
+    good = tmp_path / "good.wav"
+    soundfile.write(good, _noise(16000, 0.1, channels=1), 16000, format="WAV")
+    assert media.check_audio_file(good, 2.0) == (1600, 16000)
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(good.read_bytes()[:30])
+    with pytest.raises(MediaDecodeError, match=r"cannot decode audio — .*truncated\.wav \("):
+        media.check_audio_file(truncated, 2.0)
+    with pytest.raises(MediaDecodeError, match=r"nowhere\.wav"):
+        media.check_audio_file(tmp_path / "nowhere.wav", 2.0)

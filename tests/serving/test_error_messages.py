@@ -1,0 +1,247 @@
+"""A bad request gets one line naming the field, the value and the limit — never a TF internal.
+
+The exported graphs reject bad requests with ``tf.debugging`` asserts whose raw text
+(``assertion failed: [...] [Condition x >= y ...] [x (k:0) = ] [0] ... [[{{node ...}}]]``) is
+rewritten by :func:`tfmmrec.errors.one_line_error` for REST bodies, gRPC details, model
+status records and ``tfmmrec query``.
+"""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.serving.conftest import MODEL, rest_predict
+from tfmmrec.cli import main
+from tfmmrec.errors import ServingError
+from tfmmrec.export.warmup import predict_request
+from tfmmrec.serving.client import ServingClient, ServingRequestError
+from tfmmrec.serving.registry import ServedModel, VersionPolicy
+from tfmmrec.serving.server import ModelServer, ServerOptions
+from tfmmrec.serving.status import one_line_error
+
+# The reviewer's message, verbatim, and the same form for the other limits of the export.
+RAW = {
+    "k_zero": (
+        "assertion failed: [k must be >= 1] [Condition x >= y did not hold element-wise:] "
+        "[x (k:0) = ] [0] [y (assert_greater_equal/y:0) = ] [1]\n"
+        "\t [[{{node assert_greater_equal/Assert/Assert}}]]",
+        "k must be >= 1 (got 0)"),
+    "empty_text": (
+        "assertion failed: [text: empty string in the batch]\n\t [[{{node Assert/Assert}}]]",
+        "text: empty string in the batch"),
+    "long_text": (
+        "assertion failed: [text: a text is longer than export.limits.max_text_bytes=65536 "
+        "bytes; lengths:] [102400]\n\t [[{{node Assert_1/Assert}}]]",
+        "text: a text is longer than export.limits.max_text_bytes=65536 bytes; lengths: 102400"),
+    "big_batch": (
+        "assertion failed: [user_id: batch larger than export.limits.max_batch_size=1024:] "
+        "[1025]\n\t [[{{node Assert_1/Assert}}]]",
+        "user_id: batch larger than export.limits.max_batch_size=1024: 1025"),
+    "many_excludes": (
+        "assertion failed: [exclude_item_ids: at most 100 items per request] [Condition x <= y "
+        "did not hold element-wise:] [x (strided_slice:0) = ] [101] [y (assert_less_equal/y:0)"
+        " = ] [100]\n\t [[{{node assert_less_equal/Assert/Assert}}]]",
+        "exclude_item_ids: at most 100 items per request (got 101)"),
+    "many_session_items": (
+        "assertion failed: [session_item_ids: at most 50 items per request] [Condition x <= y "
+        "did not hold element-wise:] [x (strided_slice_1:0) = ] [51] "
+        "[y (assert_less_equal_1/y:0) = ] [50]\n\t [[{{node assert_less_equal_1/Assert/Assert}}]]",
+        "session_item_ids: at most 50 items per request (got 51)"),
+    "loaded_savedmodel_framing": (
+        "Graph execution error:\n\nDetected at node assert_greater_equal/Assert/Assert defined at "
+        "(most recent call last):\n<stack traces unavailable>\nassertion failed: [k must be <= "
+        "max_k=20] [Condition x <= y did not hold element-wise:] [x (k:0) = ] [21] "
+        "[y (assert_less_equal/y:0) = ] [20]\n\t [[{{node assert_less_equal/Assert/Assert}}]] "
+        "[Op:__inference_signature_wrapper_1234]",
+        "k must be <= max_k=20 (got 21)"),
+    "tf_serving_cpp": (
+        "assertion failed: [k must be >= 1] [Condition x >= y did not hold element-wise:] "
+        "[x (k:0) = ] [-3] [y (assert_greater_equal/y:0) = ] [1]\n\t [[{{function_node "
+        "__inference_signature_wrapper_99}}{{node assert_greater_equal/Assert/Assert}}]]",
+        "k must be >= 1 (got -3)"),
+    "root_errors": (
+        "2 root error(s) found.\n  (0) INVALID_ARGUMENT: assertion failed: [text: empty string "
+        "in the batch]\n\t [[{{node Assert/Assert}}]]\n  (1) INVALID_ARGUMENT: assertion failed: "
+        "[text: empty string in the batch]\n\t [[{{node Assert/Assert}}]]\n0 successful "
+        "operations.",
+        "text: empty string in the batch"),
+    "boolean_condition": (  # x is a derived true/false: its 0/1 would only confuse
+        "assertion failed: [exclude_item_ids needs one row per request in the batch (or none)] "
+        "[Condition x == y did not hold element-wise:] [x (LogicalOr:0) = ] [0] "
+        "[y (assert_equal_1/y:0) = ] [1]\n\t [[{{node assert_equal_1/Assert/AssertGuard/Assert}}]]",
+        "exclude_item_ids needs one row per request in the batch (or none)"),
+    "count_equality": (
+        "assertion failed: [user_id needs one entry per session (or none)] [Condition x == y "
+        "did not hold element-wise:] [x (strided_slice_2:0) = ] [3] [y (strided_slice:0) = ] "
+        "[2]\n\t [[{{node assert_equal_2/Assert/AssertGuard/Assert}}]]",
+        "user_id needs one entry per session (or none) (got 3, expected 2)"),
+    "no_message": (
+        "assertion failed: [Condition x <= y did not hold element-wise:] [x (x:0) = ] "
+        "[0 1 2...] [y (assert_less_equal/y:0) = ] [3]\n\t [[{{node assert_less_equal/Assert/"
+        "Assert}}]]",
+        "condition x <= y did not hold (x = [0 1 2...], y = 3)"),
+    "not_an_assert": (
+        "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t [[{{node "
+        "DecodeImage}}]] [Op:__inference_signature_wrapper_7]",
+        "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
+    "eager_op_suffix": ("Input is empty. [Op:DecodeWav] name: decode",
+                        "Input is empty."),
+    "eager_assert": ("k must be >= 1\nCondition x >= y did not hold.\nFirst 1 elements of x:\n"
+                     "[0]\nFirst 1 elements of y:\n[1]",
+                     "k must be >= 1 (got 0)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW))
+def test_raw_tf_messages_become_one_line(case):
+    raw, expected = RAW[case]
+    assert one_line_error(raw) == expected
+
+
+@pytest.mark.parametrize("message", [
+    "k must be >= 1 (got 0)",
+    "Expects arg[0] to be string but int32 is provided",
+    "Servable not found for request: Specific(tfmmrec, 99)",
+    'Serving signature key "nope" not found.',
+    "",
+])
+def test_clean_messages_pass_through_unchanged(message):
+    assert one_line_error(message) == message
+    assert one_line_error(one_line_error(message)) == message
+
+
+def _graph_error(function, *args, **kwargs) -> str:
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        function(*args, **kwargs)
+    return raised.value.message
+
+
+@tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="k")])
+def _check_k(k):
+    tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1")
+    tf.debugging.assert_less_equal(k, 20, message="k must be <= max_k=20")
+    return k
+
+
+@tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+def _check_text(text):
+    lengths = tf.strings.length(text)
+    checks = [tf.debugging.Assert(tf.reduce_all(lengths > 0),
+                                  ["text: empty string in the batch"]),
+              tf.debugging.Assert(tf.reduce_all(lengths <= 8), [
+                  "text: a text is longer than export.limits.max_text_bytes=8 bytes; lengths:",
+                  lengths], summarize=8)]
+    with tf.control_dependencies(checks):
+        return tf.identity(text)
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, None], tf.string)])
+def _check_excludes(ids):
+    tf.debugging.assert_less_equal(tf.shape(ids)[1], 3,
+                                   message="exclude_item_ids: at most 3 items per request")
+    return ids
+
+
+def test_real_graph_asserts_become_one_line():
+    """The messages TensorFlow really produces (with the in-process stack-trace framing)."""
+    k_zero = _graph_error(_check_k, tf.constant(0))
+    assert "Condition x >= y" in k_zero and "{{node" in k_zero  # the raw form, as reviewed
+    assert one_line_error(k_zero) == "k must be >= 1 (got 0)"
+    assert one_line_error(_graph_error(_check_k, tf.constant(21))) == \
+        "k must be <= max_k=20 (got 21)"
+    assert one_line_error(_graph_error(_check_text, tf.constant(["ok", ""]))) == \
+        "text: empty string in the batch"
+    assert one_line_error(_graph_error(_check_text, tf.constant(["a" * 12, "ok"]))) == \
+        "text: a text is longer than export.limits.max_text_bytes=8 bytes; lengths: [12 2]"
+    assert one_line_error(_graph_error(_check_excludes, tf.constant([["a"] * 5]))) == \
+        "exclude_item_ids: at most 3 items per request (got 5)"
+
+
+def test_graph_asserts_of_a_reloaded_savedmodel_become_one_line(tmp_path):
+    """A loaded SavedModel's errors carry "<stack traces unavailable>" framing instead."""
+    module = tf.Module()
+    module.check_k = _check_k
+    tf.saved_model.save(module, str(tmp_path / "m"), signatures={"check_k": _check_k})
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    raw = _graph_error(loaded.signatures["check_k"], k=tf.constant(0))
+    assert "{{node" in raw
+    assert one_line_error(raw) == "k must be >= 1 (got 0)"
+
+
+# -- end to end: the served tiny export ------------------------------------------------------
+BAD = {  # signature, inputs, the one line every front end must answer with
+    "k_zero": ("recommend", {"user_id": ["u0000"], "k": 0}, "k must be >= 1 (got 0)"),
+    "empty_text": ("query_text", {"text": [""], "k": 3}, "text: empty string in the batch"),
+}
+
+
+def _numpy_inputs(inputs: dict) -> dict:
+    return {alias: np.int32(value) if alias == "k" else np.array(
+        [v.encode() for v in value], dtype=object) for alias, value in inputs.items()}
+
+
+@pytest.mark.usefixtures("still_serving")
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_served_graph_assert_is_one_line_over_rest_and_grpc(server, case):
+    signature, inputs, expected = BAD[case]
+    status, payload = rest_predict(server, {"signature_name": signature, "inputs": inputs})
+    assert (status, payload) == (400, {"error": expected})
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.Predict(predict_request(MODEL, signature, _numpy_inputs(inputs)), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == expected
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_client_error_is_one_line(server, rest):
+    port = server.rest_port if rest else server.port
+    with ServingClient(f"127.0.0.1:{port}", MODEL, rest=rest, timeout=30) as client, \
+            pytest.raises(ServingRequestError) as raised:
+        client.query_text(["jazz"], k=0)
+    assert raised.value.details == "k must be >= 1 (got 0)"
+    assert "\n" not in str(raised.value) and "{{node" not in str(raised.value)
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_query_command_prints_one_line(server, rest, capsys):
+    port = server.rest_port if rest else server.port
+    args = ["query", "--target", f"127.0.0.1:{port}", "--model", MODEL, "--text", "",
+            "--k", "3", *(["--rest"] if rest else [])]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert "INVALID_ARGUMENT: text: empty string in the batch — fix the request" in error[0]
+
+
+# -- start-up: a version policy naming versions that are not there ---------------------------
+def test_specific_policy_naming_a_missing_version_is_a_one_line_error(tmp_path):
+    base = tmp_path / MODEL
+    for version in (1, 3):
+        (base / str(version)).mkdir(parents=True)
+    model = ServedModel(MODEL, base, VersionPolicy.parse("specific:99,7"))
+    options = ServerOptions(port=0, rest_port=None, poll_seconds=0, warmup=False)
+    with pytest.raises(ServingError) as raised:
+        ModelServer([model], options).start()
+    message = str(raised.value)
+    assert "asks for versions 7, 99" in message
+    assert "versions present: 1, 3" in message
+    assert "\n" not in message
+
+
+def test_serve_command_reports_a_missing_version_without_traceback(tmp_path, capsys):
+    base = tmp_path / MODEL
+    (base / "1").mkdir(parents=True)
+    code = main(["serve", "--model-base-path", str(base), "--version-policy", "specific:99",
+                 "--port", "0", "--rest-api-port", "0", "--poll-seconds", "0"])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert "asks for version 99" in error[0] and "versions present: 1" in error[0]
+    assert "Traceback" not in error[0] and "RequestStatus" not in error[0]
