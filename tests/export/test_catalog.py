@@ -32,14 +32,15 @@ REPO = Path(__file__).resolve().parents[2]
 K = 20
 
 
-def export_tiny(tiny_config, tiny_trained, store: Path, *overrides: str) -> Path:
-    """Version 1 of the tiny model under ``store`` (BruteForce: exact, so rankings compare
-    exactly), with the export ``overrides``."""
+def export_tiny(tiny_config, tiny_trained, store: Path, *overrides: str,
+                index: str = "brute_force") -> Path:
+    """Version 1 of the tiny model under ``store`` (BruteForce by default: exact, so rankings
+    compare exactly), with the export ``overrides``."""
     config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
                                        f"export.max_k={K}", "export.max_exclude=10",
                                        *overrides])
     return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
-                           index="brute_force")
+                           index=index)
 
 
 @pytest.fixture(scope="module")
@@ -647,11 +648,7 @@ def test_sorted_ids_derived_by_an_update_equal_a_fresh_sort():
 
 def export_scann(tiny_config, tiny_trained, store: Path, *overrides: str) -> Path:
     """Version 1 of the tiny model (80 items) with the scann index."""
-    config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
-                                       f"export.max_k={K}", "export.max_exclude=10",
-                                       *overrides])
-    return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
-                           index="scann")
+    return export_tiny(tiny_config, tiny_trained, store, *overrides, index="scann")
 
 
 @pytest.fixture(scope="module")

@@ -206,11 +206,18 @@ def require_known_items(interactions: pd.DataFrame, path: Path, known: pd.Index,
 
 def report_missing_media(modality: str, missing: Sequence[str]) -> None:
     """Missing/corrupt media is normal: the item keeps its other modalities, but say so."""
-    if missing:
-        shown = ", ".join(missing[:SHOW_AT_MOST])
-        more = f" and {len(missing) - SHOW_AT_MOST} more" if len(missing) > SHOW_AT_MOST else ""
-        logger.warning("%d %s file(s) missing or unreadable, those items are encoded without "
-                       "%s: %s%s", len(missing), modality, modality, shown, more)
+    _report_media(modality, missing, "missing or unreadable", ", ", " and")
+
+
+def _report_media(modality: str, entries: Sequence[str], what: str, separator: str,
+                  more_prefix: str) -> None:
+    """One warning: how many ``modality`` files are ``what``, and the first few."""
+    if entries:
+        shown = separator.join(entries[:SHOW_AT_MOST])
+        more = (f"{more_prefix} {len(entries) - SHOW_AT_MOST} more"
+                if len(entries) > SHOW_AT_MOST else "")
+        logger.warning("%d %s file(s) %s, those items are encoded without %s: %s%s",
+                       len(entries), modality, what, modality, shown, more)
 
 
 def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
@@ -248,8 +255,4 @@ def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
 
 def report_bad_media(modality: str, problems: Sequence[str]) -> None:
     """Present files that would not decode, as :func:`report_missing_media` words it."""
-    if problems:
-        shown = "; ".join(problems[:SHOW_AT_MOST])
-        more = f"; and {len(problems) - SHOW_AT_MOST} more" if len(problems) > SHOW_AT_MOST else ""
-        logger.warning("%d %s file(s) undecodable or over the limits, those items are encoded "
-                       "without %s: %s%s", len(problems), modality, modality, shown, more)
+    _report_media(modality, problems, "undecodable or over the limits", "; ", ";")
