@@ -33,7 +33,7 @@ class ImageModality(FileModality):
     column_names = frozenset({"image", "images", "poster", "cover", "thumbnail", "picture",
                               "photo", "image_path"})
     extensions = IMAGE_EXTENSIONS
-    query_help = "image file: JPEG/PNG/GIF/BMP (repeatable)"
+    query_help = "image file: JPEG/PNG/GIF/BMP/WebP (repeatable)"
 
     def load_file(self, path: str | Path, settings: Settings) -> np.ndarray:
         return load_image(path, settings["image_size"])
