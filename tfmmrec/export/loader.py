@@ -126,8 +126,9 @@ def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
                                "batch, e.g. a list with one entry per query")
     if "k" in inputs:
         k = inputs["k"]
-        integral = isinstance(k, int | np.integer) and not isinstance(k, bool | np.bool_)
-        if not integral or not 1 <= int(k) <= INT32_MAX:
+        array = np.asarray(k)  # a Python or numpy int, or a 0-d array (a TensorProto's)
+        integral = array.ndim == 0 and array.dtype.kind in "iu"
+        if not integral or not 1 <= int(array) <= INT32_MAX:
             raise ServingError(f"{signature}: k must be an integer from 1 to the export's max_k, "
                                f"got {k!r}")
         inputs["k"] = np.int32(k)
