@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 
 import pandas as pd
 import pytest
 
-from tfmmrec import cli
+from tfmmrec import cli, pipeline
 from tfmmrec.config import load_config
+from tfmmrec.data.splits import split_interactions
+from tfmmrec.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +114,14 @@ def test_split_none_has_no_test_set_and_evaluate_refuses_without_one(run, tiny_w
     assert cli.main(["validate", *none]) == 0
     total = len(tiny_workspace.dataset.interactions)
     assert f"none split: {total} train / 0 test interactions" in capsys.readouterr().out
-    # Refused before any model is restored (this run was trained on another split).
+    # This run was trained on another split: refused before any data is encoded.
     assert cli.main(["-q", "evaluate", *none]) == 2
-    assert "no test interactions to evaluate on" in capsys.readouterr().err
+    assert "data.split: 'random' in the run" in capsys.readouterr().err
+    # A split with no test rows is refused before any model is restored.
+    split = split_interactions(tiny_workspace.dataset.interactions, "none", 0.2, 42)
+    with pytest.raises(DataError, match="no test interactions to evaluate on"):
+        pipeline.evaluate(load_config(path, ["data.split=none"]),
+                          workspace=dataclasses.replace(tiny_workspace, split=split))
 
 
 @pytest.mark.slow  # trains a second tiny model
