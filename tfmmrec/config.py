@@ -7,6 +7,7 @@ value fails at load time with the field's dotted name, not hours later inside Te
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -885,7 +886,7 @@ def _check_scalars(section: Any, prefix: str) -> None:
     neither fails a range check such as ``epochs >= 1`` or ``temperature > 0``."""
     if not dataclasses.is_dataclass(section):
         return
-    hints = get_type_hints(type(section))
+    hints = _field_hints(type(section))
     for item in dataclasses.fields(section):
         value, name = getattr(section, item.name), f"{prefix}.{item.name}"
         if dataclasses.is_dataclass(value):
@@ -899,6 +900,10 @@ def _check_scalars(section: Any, prefix: str) -> None:
             if isinstance(element, float) and not math.isfinite(element):
                 raise ConfigError(f"invalid config value {name}={value!r}: expected a finite "
                                   "number")
+
+
+# A Config is built on every load and override: resolve each section's annotations once.
+_field_hints = functools.cache(get_type_hints)
 
 
 def _scalar_types(hint: Any) -> set[Any]:

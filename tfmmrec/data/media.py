@@ -8,9 +8,11 @@ the file/bytes loaders turn every decoding failure into :class:`MediaDecodeError
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +158,9 @@ def load_image(path: str | Path, image_size: int,
                max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file into float32 [image_size, image_size, 3], as serving decodes it.
 
-    The header's width x height is checked against ``max_pixels`` first (the serving limit
-    ``export.limits.max_image_pixels`` by default; ``None``: no limit), so an oversized image
-    is refused with :class:`MediaDecodeError` before a single pixel is decoded.
+    The header's width x height is checked against ``max_pixels`` first (``MAX_IMAGE_PIXELS``,
+    4x the serving limit, by default; ``None``: no limit), so an oversized image is refused
+    with :class:`MediaDecodeError` before a single pixel is decoded.
     """
     data = _read_bytes(path, "image", _IMAGE_FORMATS)
     if max_pixels is not None:
@@ -166,10 +168,7 @@ def load_image(path: str | Path, image_size: int,
     try:
         return decode_image(tf.constant(data), image_size).numpy()
     except (tf.errors.OpError, ValueError) as exc:
-        raise MediaDecodeError(
-            f"cannot decode image — {path} ({_first_line(exc)}) — "
-            f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path"
-        ) from exc
+        raise _undecodable_image(path, _first_line(exc)) from exc
 
 
 def check_image_file(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS
@@ -193,10 +192,7 @@ def check_image_file(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS
     except Image.DecompressionBombError:
         pass  # the size was checked above, against the limit the decoders use
     except Exception as exc:  # Pillow raises SyntaxError, OSError, EOFError, struct.error...
-        raise MediaDecodeError(
-            f"cannot decode image — {path} (broken file: {_first_line(exc)}) — "
-            f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path"
-        ) from exc
+        raise _undecodable_image(path, f"broken file: {_first_line(exc)}") from exc
     return width, height
 
 
@@ -212,14 +208,9 @@ def _check_image_size(data: bytes, path: str | Path, max_pixels: int | None,
     try:
         known, height, width = (int(v) for v in _image_header_size(tf.constant(data)))
     except tf.errors.OpError as exc:  # a JPEG whose markers do not parse
-        raise MediaDecodeError(
-            f"cannot decode image — {path} ({_first_line(exc)}) — "
-            f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path"
-        ) from exc
+        raise _undecodable_image(path, _first_line(exc)) from exc
     if strict and not known:
-        raise MediaDecodeError(
-            f"cannot decode image — {path} (unknown image file format) — "
-            f"supported formats: {_IMAGE_FORMATS}; re-encode the file or fix the path")
+        raise _undecodable_image(path, "unknown image file format")
     if strict and not (height > 0 and width > 0):
         raise MediaDecodeError(
             f"cannot decode image — {path} (the header declares {width} x {height} pixels) — "
@@ -229,6 +220,11 @@ def _check_image_size(data: bytes, path: str | Path, max_pixels: int | None,
             f"image too large — {path} declares {width} x {height} = {width * height:,} "
             f"pixels, over the decoding limit of {max_pixels:,}; downscale the image")
     return height, width
+
+
+def _undecodable_image(path: str | Path, why: str) -> MediaDecodeError:
+    return MediaDecodeError(f"cannot decode image — {path} ({why}) — supported formats: "
+                            f"{_IMAGE_FORMATS}; re-encode the file or fix the path")
 
 
 # --- audio: shared TF ops ---------------------------------------------------------------------
@@ -448,22 +444,14 @@ def load_audio_bytes(
     default to the serving ones (``export.limits``).
     """
     max_samples = _max_samples(max_seconds, sample_rate)
-    try:
-        with soundfile.SoundFile(io.BytesIO(data)) as clip:
-            rate, frames = int(clip.samplerate), int(clip.frames)
-            _check_audio_header(rate, frames, source, max_samples is None,
-                                max_sample_rate, max_audio_seconds)
-            count = -1 if max_samples is None else _input_frames(max_samples, rate, sample_rate)
-            waveform = clip.read(count, dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
-        raise MediaDecodeError(
-            f"cannot decode audio — {source} ({_first_line(exc)}) — "
-            f"supported formats: {_AUDIO_FORMATS}; re-encode the file or fix the path"
-        ) from exc
+    with _audio_clip(io.BytesIO(data), source) as clip:
+        rate, frames = int(clip.samplerate), int(clip.frames)
+        _check_audio_header(rate, frames, source, max_samples is None,
+                            max_sample_rate, max_audio_seconds)
+        count = -1 if max_samples is None else _input_frames(max_samples, rate, sample_rate)
+        waveform = clip.read(count, dtype="float32", always_2d=True)
     if waveform.shape[0] == 0:
-        raise MediaDecodeError(
-            f"audio has no samples — {source} — supply a non-empty clip ({_AUDIO_FORMATS})"
-        )
+        raise _no_samples(source)
     return _mono_at_rate(waveform, rate, sample_rate, max_samples).numpy()
 
 
@@ -480,19 +468,32 @@ def check_audio_file(
     ``max_seconds`` cropping) a clip longer than ``max_audio_seconds`` raises
     :class:`MediaDecodeError` naming the file."""
     _read_bytes(path, "audio", _AUDIO_FORMATS, size=0)  # missing / unreadable: as the loader
+    with _audio_clip(str(path), str(path)) as clip:  # opening reads the header only
+        rate, frames = int(clip.samplerate), int(clip.frames)
+    if frames <= 0:
+        raise _no_samples(str(path))
+    _check_audio_header(rate, frames, str(path), max_seconds is None, max_sample_rate,
+                        max_audio_seconds)
+    return frames, rate
+
+
+@contextlib.contextmanager
+def _audio_clip(file, source: str) -> Iterator[soundfile.SoundFile]:
+    """``file`` opened by libsndfile; what it cannot open or read, inside the block too, is a
+    :class:`MediaDecodeError` naming ``source``."""
     try:
-        info = soundfile.info(str(path))
+        with soundfile.SoundFile(file) as clip:
+            yield clip
     except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
         raise MediaDecodeError(
-            f"cannot decode audio — {path} ({_first_line(exc)}) — "
+            f"cannot decode audio — {source} ({_first_line(exc)}) — "
             f"supported formats: {_AUDIO_FORMATS}; re-encode the file or fix the path"
         ) from exc
-    if info.frames <= 0:
-        raise MediaDecodeError(
-            f"audio has no samples — {path} — supply a non-empty clip ({_AUDIO_FORMATS})")
-    _check_audio_header(int(info.samplerate), int(info.frames), str(path),
-                        max_seconds is None, max_sample_rate, max_audio_seconds)
-    return int(info.frames), int(info.samplerate)
+
+
+def _no_samples(source: str) -> MediaDecodeError:
+    return MediaDecodeError(
+        f"audio has no samples — {source} — supply a non-empty clip ({_AUDIO_FORMATS})")
 
 
 def _check_audio_header(rate: int, frames: int, source: str, whole_clip: bool,

@@ -224,9 +224,9 @@ def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
                 ) -> dict[str, list[str]]:
     """Check every media file ``catalog`` (read from ``table``) references, at header level.
 
-    ``tfmmrec validate``'s media check: each file modality with a ``check_file`` method (image:
-    format, Pillow's ``verify``, pixel limit; audio: ``soundfile.info``, sample-rate limit)
-    looks at every present file without decoding it. Returns ``{modality: ["<row>: <reason>",
+    ``tfmmrec validate``'s media check: each file modality's ``check_file`` (image: format,
+    Pillow's ``verify``, pixel limit; audio: the header, sample-rate limit) looks at every
+    present file without decoding it. Returns ``{modality: ["<row>: <reason>",
     ...]}`` for the files the decoders would refuse, and warns as for missing files (those items
     are encoded without that modality). ``settings``: the preprocessing settings
     (``modalities.settings_from_config(config)``; default: the defaults).
@@ -236,15 +236,14 @@ def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
     settings = modalities.resolve_settings(dict(settings or {}))
     found: dict[str, list[str]] = {}
     for spec in modalities.specs():
-        check = getattr(spec, "check_file", None)
-        if check is None or spec.name not in catalog.modalities:
+        if not isinstance(spec, modalities.FileModality) or spec.name not in catalog.modalities:
             continue
         problems = []
         for row, value in zip(catalog.frame.index, catalog.values(spec.name), strict=True):
             if value is None:
                 continue
             try:
-                check(value, settings)
+                spec.check_file(value, settings)
             except MediaDecodeError as exc:
                 problems.append(f"{row_label(table, row)}: {exc}")
         report_bad_media(spec.name, problems)

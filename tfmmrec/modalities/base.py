@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfmmrec.errors import ServingError
+from tfmmrec.errors import MediaDecodeError, ServingError
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config, DataConfig, ServingLimitsConfig
@@ -284,6 +284,17 @@ class FileModality(ModalitySpec):
     @abc.abstractmethod
     def load_file(self, path: str | Path, settings: Settings):
         """Decode one file (raises ``MediaDecodeError`` naming it)."""
+
+    def check_file(self, path: str | Path, settings: Settings) -> None:
+        """Without decoding, raise ``MediaDecodeError`` for a file :meth:`load_file` would
+        refuse (``tfmmrec validate`` runs it on every file). The default only checks that the
+        file can be read; a modality that can read its format's header says more."""
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise MediaDecodeError(f"{self.name} file unreadable — {path} ({exc.strerror})") \
+                from exc
 
 
 def media_paths(frame: pd.DataFrame, root: Path, column: str | None, modality: str,

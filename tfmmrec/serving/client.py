@@ -27,11 +27,11 @@ from tensorflow_serving.apis import (
 )
 
 from tfmmrec import modalities
-from tfmmrec.errors import ServingError
+from tfmmrec.errors import ServingError, one_line_error
 from tfmmrec.export.warmup import predict_request
 from tfmmrec.modalities.base import string_batch
 from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
-from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP, one_line_error
+from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
 
 DEFAULT_K = 10
 MAX_MESSAGE_BYTES = 64 * 2**20

@@ -23,9 +23,9 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfmmrec.errors import ServingError
+from tfmmrec.errors import ServingError, one_line_error
 from tfmmrec.export.writer import list_versions
-from tfmmrec.serving.status import RequestStatus, not_found, one_line_error
+from tfmmrec.serving.status import RequestStatus, not_found
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from tfmmrec.serving.json_tensor import (
     short,
 )
 from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore
-from tfmmrec.serving.status import RequestStatus, invalid_argument, one_line_error
+from tfmmrec.serving.status import RequestStatus, invalid_argument
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class RestApi:
             payload = self._dispatch(method, path, body)
             return HTTPStatus.OK, _dumps(payload)
         except RequestStatus as status:
-            return status.http_status, _dumps({"error": one_line_error(status.message)})
+            return status.http_status, _dumps({"error": status.message})
 
     def _dispatch(self, method: str, path: str, body: bytes) -> dict:
         if method == "POST" and (match := _PREDICT.fullmatch(path)):

@@ -22,11 +22,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfmmrec.errors import ServingError
+from tfmmrec.errors import ServingError, one_line_error
 from tfmmrec.serving.predict import PredictionCore
 from tfmmrec.serving.registry import ModelRegistry, ServedModel, VersionPolicy, list_versions
 from tfmmrec.serving.rest import RestServer
-from tfmmrec.serving.status import RequestStatus, one_line_error
+from tfmmrec.serving.status import RequestStatus
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _call(context, function):
     try:
         return function()
     except RequestStatus as status:
-        context.abort(status.code, one_line_error(status.message))
+        context.abort(status.code, status.message)
     except Exception as exc:  # a bug must cost one request, not the server
         logger.exception("request failed")
         context.abort(grpc.StatusCode.INTERNAL,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 import tensorflow as tf
 
-from tfmmrec.errors import one_line_error  # also what serving modules import from here
+from tfmmrec.errors import one_line_error
 
 # TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -55,12 +55,16 @@ _GRPC_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class RequestStatus(Exception):
-    """A request failed with ``code`` and TF Serving's wording of ``message`` (server side)."""
+    """A request failed with ``code`` and TF Serving's wording of ``message`` (server side).
+
+    The message is kept as one line (``one_line_error``): every REST body, gRPC detail and
+    status record a client sees is made from a ``RequestStatus``, so this is the one place a
+    TensorFlow error text is cleaned on the server."""
 
     def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
         self.code = code
-        self.message = message
+        self.message = one_line_error(message)
+        super().__init__(self.message)
 
     @property
     def http_status(self) -> int:
@@ -78,4 +82,4 @@ def not_found(message: str) -> RequestStatus:
 def from_tf_error(error: tf.errors.OpError) -> RequestStatus:
     """A TensorFlow run-time error (failed assert, undecodable image/WAV …) as a request status."""
     code = _GRPC_BY_VALUE.get(error.error_code, grpc.StatusCode.UNKNOWN)
-    return RequestStatus(code, one_line_error(error.message))
+    return RequestStatus(code, error.message)

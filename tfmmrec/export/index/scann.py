@@ -63,25 +63,18 @@ def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[st
             "dimensions_per_block": config.dimensions_per_block}
 
 
-def build_searcher(candidates: tf.Tensor, k: int, parameters: dict, name: str):
-    """A ScaNN TF searcher over ``candidates`` [N, d] (dot product) configured by
-    ``parameters`` (:func:`scann_parameters`; without ``scoring``, as :func:`scann_scoring`
-    decides for N)."""
+def brute_force_searcher(layer, k: int):
+    """``layer._build_searcher`` for a catalogue too small for tree + AH: every item scored
+    exactly, by the same ``Scann>`` ops (TFRS's own builder always trains a tree)."""
     from scann.scann_ops.py import scann_ops
 
-    num_items = int(candidates.shape[0])
-    builder = scann_ops.builder(db=candidates, num_neighbors=k, distance_measure="dot_product")
-    if parameters.get("scoring", scann_scoring(num_items)) == BRUTE_FORCE:
-        builder = builder.score_brute_force()
-    else:
-        builder = builder.tree(num_leaves=parameters["num_leaves"],
-                               num_leaves_to_search=parameters["num_leaves_to_search"],
-                               training_iterations=parameters.get("training_iterations", 12))
-        builder = builder.score_ah(dimensions_per_block=parameters["dimensions_per_block"])
-        if parameters.get("num_reordering_candidates") is not None:
-            builder = builder.reorder(parameters["num_reordering_candidates"])
-    # A unique name: no unintended sharing between searchers (as TFRS's layer does).
-    return builder.build(shared_name=f"{name}/{uuid.uuid4()}")
+    def build(candidates):
+        builder = scann_ops.builder(db=candidates, num_neighbors=k,
+                                    distance_measure="dot_product").score_brute_force()
+        # A unique name: no unintended sharing between searchers (as TFRS's builder does).
+        return builder.build(shared_name=f"{layer.name}/{uuid.uuid4()}")
+
+    return build
 
 
 @register
@@ -104,15 +97,10 @@ class ScannIndex(TopKIndex):
     def __init__(self, item_embeddings: np.ndarray, item_ids: np.ndarray, k: int,
                  parameters: dict):
         super().__init__(k, item_embeddings.shape[0], item_ids, parameters)
-        self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k)
-        # TFRS's layer always builds tree + AH: build the searcher this index's parameters
-        # describe instead (TFRS keeps its builder private).
-        top, layer_name, parameters = self.k, self.layer.name, dict(self.parameters)
-
-        def searcher(candidates):
-            return build_searcher(candidates, top, parameters, layer_name)
-
-        self.layer._build_searcher = searcher
+        tree = {key: value for key, value in parameters.items() if key != "scoring"}
+        self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, **tree)
+        if parameters.get("scoring") == BRUTE_FORCE:  # TFRS keeps its builder private
+            self.layer._build_searcher = brute_force_searcher(self.layer, self.k)
         self.layer.index(tf.constant(item_embeddings, tf.float32))
         # ScaNN's state variables save the shapes they were built with (validate_shape=False
         # only skips checks on assignment): re-hold them with no saved shape, so a searcher
