@@ -98,6 +98,22 @@ def test_validate_reports_media_files_that_would_not_decode(tmp_path, capsys, ca
     assert "i2.png" in caplog.text and "i3.wav" in caplog.text
 
 
+def test_validate_refuses_repeated_interactions_in_one_line_unless_told_which_to_keep(
+        tmp_path, capsys):
+    root = make_folder(tmp_path / "repeats", interactions=INTERACTIONS + "u1,i1,4,500\n")
+    assert cli.main(["validate", "--set", f"data.path={root}"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {root / 'interactions.csv'}: duplicate interaction "
+                           "(user_id 'u1', item_id 'i1') at interactions.csv line 6 (first seen "
+                           "at interactions.csv line 2); 1 duplicate row(s)")
+    assert "data.duplicate_interactions: first|last" in line
+    assert cli.main(["validate", "--set", f"data.path={root}",
+                     "--set", "data.duplicate_interactions=last"]) == 0
+    captured = capsys.readouterr()
+    assert "3 items, 4 interactions, 2 users" in captured.out
+    assert "1 repeated (user_id, item_id) row(s) dropped" in captured.err
+
+
 def test_bad_key_in_config_file_exits_2_naming_the_file(tmp_path, capsys):
     path = tmp_path / "job.yaml"
     path.write_text("model:\n  embeding_dim: 8\n")

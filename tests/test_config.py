@@ -325,3 +325,57 @@ def test_feature_dropout_is_keyed_by_modality_with_rates_below_one():
         load_config(None, ["model.feature_dropout={poster: 0.5}"])
     with pytest.raises(ConfigError, match=r"model\.feature_dropout\.image"):
         load_config(None, ["model.feature_dropout={image: 1.0}"])
+
+
+# --- fields assigned in Python ---------------------------------------------------------------
+
+# (assignment on a default Config ``c``, text the error must contain)
+BAD_ASSIGNMENTS = [
+    ("c.train.epoch = 3", "train has no field 'epoch' (did you mean 'epochs'?)"),
+    ("c.train.epochs = '3'", "train.epochs='3': expected int"),
+    ("c.train.epochs = True", "train.epochs=True: expected int, not true/false"),
+    ("c.model.temperature = float('inf')", "model.temperature=inf: expected a finite number"),
+    ("c.model.fusion = 'sum'", "model.fusion='sum': expected one of concat_mlp, mean"),
+    ("c.data.text_columns = 'title'", "data.text_columns='title': expected list[str] | None"),
+    ("c.data.demo.num_item = 30", "data.demo has no field 'num_item' (did you mean"),
+    ("c.export.limits.max_image_pixels = 1.5", "export.limits.max_image_pixels=1.5"),
+    ("c.image.image_sise = 32", "image has no field 'image_sise' (did you mean 'image_size'"),
+    ("c.facets.sequence_length = None", "facets.sequence_length=None: expected int"),
+    ("c.trian = c.train", "no section 'trian' (did you mean 'train'?)"),
+    ("c.image = c.train", "config section image must be a ImageTowerConfig, got TrainConfig"),
+]
+
+
+@pytest.mark.parametrize(("assignment", "expected"), BAD_ASSIGNMENTS,
+                         ids=[a for a, _ in BAD_ASSIGNMENTS])
+def test_a_bad_assignment_in_python_fails_on_its_line_naming_the_field(assignment, expected):
+    c = Config()
+    before = c.to_dict()
+    with pytest.raises(ConfigError) as raised:
+        exec(assignment, {"c": c})
+    assert expected in str(raised.value)
+    assert c.to_dict() == before  # nothing half-set
+
+
+def test_assignments_in_python_take_what_yaml_would(tmp_path):
+    import numpy as np
+
+    c = Config()
+    c.train.epochs = np.int64(4)  # an array's element is stored as the Python number
+    c.model.temperature = 1  # an int where a float is expected, as YAML's `temperature: 1`
+    c.eval.ks = (10, 20)
+    c.image = ImageTowerConfig(image_size=32)
+    assert type(c.train.epochs) is int and c.train.epochs == 4
+    assert c.towers["image"].image_size == 32 and c.image.image_size == 32
+    assert load_config(c) is c
+    c.to_yaml(tmp_path / "config.yaml")
+    assert Config.from_yaml(tmp_path / "config.yaml").train.epochs == 4
+
+
+def test_checks_relating_fields_run_when_the_config_is_used_so_any_order_works():
+    c = Config()
+    c.export.k = 500  # above export.max_k=100 until the next line
+    with pytest.raises(ConfigError, match=r"export\.k=500: expected in \[1, export\.max_k=100\]"):
+        load_config(c)
+    c.export.max_k = 1000
+    assert load_config(c).export.k == 500

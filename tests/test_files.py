@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,20 @@ def test_a_failing_write_keeps_the_old_file(tmp_path):
         atomic_write(path, half_then_fail)
     assert path.read_text() == "old"
     assert leftovers(tmp_path) == []
+
+
+def test_a_named_pipe_is_written_to_not_replaced_by_a_file(tmp_path):
+    """As /dev/null or /dev/stdout would be: renaming over one (as root) replaces the device."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write(pipe, "through the pipe")
+    reader.join(timeout=10)
+    assert received == [b"through the pipe"]
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
 
 
 def test_json_is_strict_nan_and_inf_become_null(tmp_path):

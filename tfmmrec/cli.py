@@ -337,7 +337,8 @@ def _evaluate(config, args) -> int:
     workspace = pipeline.prepare(config, progress=not args.quiet)
     if args.test or args.candidates:
         dataset = workspace.dataset
-        test = load_test_interactions(args.test, dataset) if args.test else None
+        test = load_test_interactions(args.test, dataset, config.data.duplicate_interactions
+                                      ) if args.test else None
         candidates = load_candidates(args.candidates, dataset.catalog) if args.candidates \
             else None
         workspace = dataclasses.replace(workspace, split=with_test(workspace.split, test,
@@ -402,7 +403,7 @@ def _validate(config) -> int:
     print("  " + "; ".join(
         f"{spec.name} column{'' if isinstance(spec, modalities.FileModality) else 's'}: "
         f"{', '.join(columns.of(spec.name)) or '-'}" for spec in modalities.specs()))
-    # every referenced media file, at header level (a warning lists the bad ones)
+    # every referenced media file, checked without a full decode (a warning lists the bad ones)
     table = validate.find_items_table(dataset.root, config.data.items_file)
     bad = validate.check_media(catalog, table, modalities.settings_from_config(config))
     for modality in catalog.modalities:

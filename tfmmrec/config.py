@@ -7,6 +7,7 @@ value fails at load time with the field's dotted name, not hours later inside Te
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -35,6 +36,34 @@ def _check(condition: bool, name: str, value: Any, expected: str) -> None:
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, value, "one of " + ", ".join(choices))
+
+
+class ConfigSection:
+    """Base of the config sections: a field assigned in Python is checked as one read from YAML
+    is, so ``config.train.epoch = 3`` (a typo) or ``config.train.epochs = "3"`` fails on that
+    line instead of being ignored, or failing deep inside TensorFlow.
+
+    Only what a value is on its own is checked here (the field exists; type; a finite number,
+    not true/false). The checks that relate fields (``export.k <= export.max_k``) run when
+    the config is used (``Config.validate``, at every pipeline entry), so fields can be set in
+    any order. A modality's tower config may derive from this to get the same checks.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        fields = self.__dataclass_fields__  # type: ignore[attr-defined]
+        path = _section_path(type(self))
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config section {path} has no field {name!r}{hint}; its fields "
+                              f"are {', '.join(fields)}")
+        value = _python_scalar(value)
+        hint = _field_hints(type(self)).get(name, Any)
+        if not _conforms(value, hint):
+            raise ConfigError(f"invalid config value {path}.{name}={value!r}: expected "
+                              f"{_expected(hint)}")
+        _check_scalar(f"{path}.{name}", value, hint)
+        super().__setattr__(name, value)
 
 
 # --- per-modality tower sections --------------------------------------------------------------
@@ -90,7 +119,7 @@ def tower_sections() -> tuple[str, ...]:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(ConfigSection):
     """Size of the embedded, generated demo catalogue (used when ``data.path`` is empty)."""
 
     num_items: int = 400
@@ -111,7 +140,7 @@ class DemoConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(ConfigSection):
     """Where the dataset folder is, which columns hold which modality, and how to split it.
 
     Column lists left as ``None`` are inferred from the items table (see ``data.dataset``); an
@@ -132,6 +161,9 @@ class DataConfig:
     split: Literal["random", "temporal", "cold_start", "given", "none"] = "random"
     test_fraction: float = 0.2
     seed: int = 42
+    # A (user, item) pair on several rows of interactions.csv: error (naming the lines), or keep
+    # the first/last row of each pair (by timestamp when there is one, else by file order).
+    duplicate_interactions: Literal["error", "first", "last"] = "error"
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def __post_init__(self) -> None:
@@ -139,11 +171,13 @@ class DataConfig:
                       ("random", "temporal", "cold_start", "given", "none"))
         _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
         _check(self.seed >= 0, "data.seed", self.seed, ">= 0")
+        _check_choice("data.duplicate_interactions", self.duplicate_interactions,
+                      ("error", "first", "last"))
 
 
 @tower_section("text")
 @dataclass
-class TextTowerConfig:
+class TextTowerConfig(ConfigSection):
     """KerasNLP BERT text tower.
 
     ``preset`` is a KerasNLP preset name (downloaded by KerasNLP) or a local preset directory.
@@ -182,7 +216,7 @@ class TextTowerConfig:
 
 @tower_section("image")
 @dataclass
-class ImageTowerConfig:
+class ImageTowerConfig(ConfigSection):
     """CNN image tower: a small built-in CNN, a ``keras.applications`` model, or a TF-Hub handle.
 
     ``backbone``: ``small_cnn`` (fast, random init); ``hub`` (``handle`` is a TF-Hub image
@@ -212,7 +246,7 @@ class ImageTowerConfig:
 
 @tower_section("audio")
 @dataclass
-class AudioTowerConfig:
+class AudioTowerConfig(ConfigSection):
     """Audio tower: YAMNet through ``hub.KerasLayer`` (frame embeddings pooled over time), or a
     small built-in log-mel CNN (fast, random init, no download)."""
 
@@ -246,7 +280,7 @@ class FacetsTowerConfig(TextTowerConfig):
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigSection):
     """Projection, fusion, query tower and retrieval-task settings."""
 
     embedding_dim: int = 64
@@ -392,7 +426,7 @@ class ModelConfig:
 
 
 @dataclass
-class RankingConfig:
+class RankingConfig(ConfigSection):
     """Ranking / multitask head on the shared towers (``enabled: false`` = retrieval only).
 
     ``retrieval_weight`` and ``ranking_weight`` weight the two losses (1:0 retrieval only, 0:1
@@ -425,7 +459,7 @@ class RankingConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigSection):
     """Optimisation, distribution and where the run writes (checkpoints, logs, cache).
 
     Distribution (``strategy``; see ``tfmmrec.training.strategy``): ``default`` (one device),
@@ -512,7 +546,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(ConfigSection):
     """Evaluation cut-offs and batching of the user × item score matrix."""
 
     ks: list[int] = field(default_factory=lambda: [10, 20, 50, 100])
@@ -526,7 +560,7 @@ class EvalConfig:
 
 
 @dataclass
-class ScannConfig:
+class ScannConfig(ConfigSection):
     """ScaNN index parameters; ``None`` means scaled to the catalogue size at export time."""
 
     num_leaves: int | None = None
@@ -536,7 +570,7 @@ class ScannConfig:
 
 
 @dataclass
-class PartitionedConfig:
+class PartitionedConfig(ConfigSection):
     """The ``partitioned`` index (plain TF ops): k-means partitions, probe, exact re-score.
 
     ``None`` means chosen at export time: ~sqrt(N) partitions (at most 4096); the number of
@@ -569,7 +603,7 @@ class PartitionedConfig:
 
 
 @dataclass
-class ServingLimitsConfig:
+class ServingLimitsConfig(ConfigSection):
     """Request limits compiled into the exported graph, so every server (stock TF Serving
     included) enforces them with INVALID_ARGUMENT before any expensive op runs.
 
@@ -602,7 +636,7 @@ INDEX_KINDS = ("scann", "brute_force", "partitioned")
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(ConfigSection):
     """Where and how ``tfmmrec export`` writes a TF Serving model version.
 
     ``exclude_seen`` (opt-in, logs a warning) bakes each user's training items into the export
@@ -754,6 +788,35 @@ class Config:
             if validate is not None:
                 validate(self)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``config.image = ImageTowerConfig(...)`` replaces the section in ``towers`` (what
+        # every reader uses); a misspelt or wrongly typed section fails here.
+        towers = self.__dict__.get("towers")
+        expected = _TOWER_SECTIONS.get(name) if towers is not None else None
+        if expected is None:
+            expected = _field_hints(Config).get(name)
+        if expected is None:
+            close = difflib.get_close_matches(name, section_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"a Config has no section {name!r}{hint}; the sections are "
+                              f"{', '.join(section_names())}")
+        origin = get_origin(expected) or expected
+        if not isinstance(value, origin):
+            raise ConfigError(f"config section {name} must be a {origin.__name__}, got "
+                              f"{type(value).__name__}")
+        if name in _TOWER_SECTIONS and towers is not None:
+            towers[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def validate(self) -> Config:
+        """Run every check again: the checks that relate fields, after fields were assigned in
+        Python (``ConfigSection`` checks each assignment on its own). Returns ``self``."""
+        for name in section_names():
+            _post_init_all(getattr(self, name))
+        self.__post_init__()
+        return self
+
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: ``config.text`` is ``config.towers["text"]``.
         towers = self.__dict__.get("towers")
@@ -881,9 +944,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _check_scalars(section: Any, prefix: str) -> None:
-    """Every number of a section is a real number of its field's type: YAML's ``true`` is a
-    Python ``bool`` (an ``int`` to ``isinstance``) and ``.inf``/``.nan`` are floats, so
-    neither fails a range check such as ``epochs >= 1`` or ``temperature > 0``."""
+    """Every number of a section (and of its nested sections) passes ``_check_scalar``."""
     if not dataclasses.is_dataclass(section):
         return
     hints = _field_hints(type(section))
@@ -891,15 +952,91 @@ def _check_scalars(section: Any, prefix: str) -> None:
         value, name = getattr(section, item.name), f"{prefix}.{item.name}"
         if dataclasses.is_dataclass(value):
             _check_scalars(value, name)
-            continue
-        allowed = _scalar_types(hints.get(item.name, Any))
-        for element in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(element, bool) and bool not in allowed and allowed & {int, float}:
-                raise ConfigError(f"invalid config value {name}={value!r}: expected "
-                                  f"{_type_name(hints[item.name])}, not true/false")
-            if isinstance(element, float) and not math.isfinite(element):
-                raise ConfigError(f"invalid config value {name}={value!r}: expected a finite "
-                                  "number")
+        else:
+            _check_scalar(name, value, hints.get(item.name, Any))
+
+
+def _check_scalar(name: str, value: Any, hint: Any) -> None:
+    """A number is a real number of its field's type: YAML's ``true`` is a Python ``bool`` (an
+    ``int`` to ``isinstance``) and ``.inf``/``.nan`` are floats, so neither fails a range
+    check such as ``epochs >= 1`` or ``temperature > 0``."""
+    allowed = _scalar_types(hint)
+    for element in value if isinstance(value, list | tuple) else [value]:
+        if isinstance(element, bool) and bool not in allowed and allowed & {int, float}:
+            raise ConfigError(f"invalid config value {name}={value!r}: expected "
+                              f"{_type_name(hint)}, not true/false")
+        if isinstance(element, float) and not math.isfinite(element):
+            raise ConfigError(f"invalid config value {name}={value!r}: expected a finite "
+                              "number")
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """``value`` is of the annotated type, read as YAML reads it: an ``int`` is a ``float``,
+    ``true`` an ``int`` (``_check_scalar`` says why that is refused), a tuple a list."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is types.UnionType or str(origin) == "typing.Union":
+        return any(_conforms(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin in (list, tuple):
+        element = args[0] if args else Any
+        return isinstance(value, list | tuple) and all(_conforms(v, element) for v in value)
+    if origin is dict:
+        key, item = args or (Any, Any)
+        return isinstance(value, dict) and all(
+            _conforms(k, key) and _conforms(v, item) for k, v in value.items())
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _expected(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, get_args(hint)))
+    return _type_name(hint)
+
+
+def _python_scalar(value: Any) -> Any:
+    """A numpy scalar (``np.int64(3)``, an array's element) as the Python number it holds, so
+    the config stays plain data that ``to_yaml`` can write."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(
+            value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+@functools.cache
+def _section_paths(schema: type) -> dict[type, str]:
+    """Section class → its dotted place in a config (``ServingLimitsConfig`` → export.limits)."""
+    paths: dict[type, str] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, hint in _field_hints(cls).items():
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+                paths.setdefault(hint, f"{prefix}{name}")
+                walk(hint, f"{prefix}{name}.")
+
+    walk(schema, "")
+    return paths
+
+
+def _section_path(cls: type) -> str:
+    return _section_paths(_schema()).get(cls, cls.__name__)
+
+
+def _post_init_all(section: Any) -> None:
+    """``__post_init__`` of a section and of its nested sections, innermost first."""
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            _post_init_all(value)
+    post_init = getattr(section, "__post_init__", None)
+    if post_init is not None:
+        post_init()
 
 
 # A Config is built on every load and override: resolve each section's annotations once.
@@ -983,7 +1120,7 @@ def load_config(source: str | os.PathLike | Config | None = None,
     if isinstance(source, Config):
         if overrides:
             return Config.from_dict(apply_overrides(source.to_dict(), overrides))
-        return source
+        return source.validate()
     if source is None:
         return Config.from_dict(apply_overrides({}, overrides or []), source="defaults")
     return Config.from_yaml(source, overrides)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -35,6 +36,10 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Writer) -> Path
     if isinstance(content, str):
         content = content.encode("utf-8")
     write: Writer = content if callable(content) else (lambda f, data=content: f.write(data))
+    if _is_device_or_pipe(path):  # a rename would replace /dev/null itself (as root)
+        with open(path, "wb") as handle:
+            write(handle)
+        return Path(path)
     with atomic_path(path) as tmp:
         if _is_remote(tmp):
             import tensorflow as tf
@@ -47,6 +52,18 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Writer) -> Path
                 handle.flush()
                 os.fsync(handle.fileno())
     return path if _is_remote(os.fspath(path)) else Path(path)
+
+
+def _is_device_or_pipe(path: str | os.PathLike) -> bool:
+    """``path`` is a local device, FIFO or socket (``/dev/null``, ``/dev/stdout``, a named
+    pipe): written in place, since nobody reads it as a file that could be half-written."""
+    if _is_remote(os.fspath(path)):
+        return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 @contextlib.contextmanager

@@ -88,6 +88,42 @@ def test_check_image_file_reads_size_and_refuses_broken_or_oversized(tmp_path,
         media.check_image_file(tmp_path / "missing.png")
 
 
+def write_noise_jpeg(path: Path, width: int = 200, height: int = 300,
+                     progressive: bool = False) -> Path:
+    """A JPEG of noise: nearly all of its bytes are entropy-coded scan data."""
+    pixels = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG", quality=90, progressive=progressive)
+    return path
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_check_image_file_refuses_a_jpeg_cut_in_half_as_the_decoder_does(tmp_path,
+                                                                         progressive):
+    """Markers and header survive the cut, so only reading the scan data finds it."""
+    good = write_noise_jpeg(tmp_path / "good.jpg", progressive=progressive)
+    assert media.check_image_file(good) == (200, 300)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    with pytest.raises(MediaDecodeError, match=r"^cannot decode image — .*cut\.jpg \(broken "
+                                               r"file: image file is truncated") as info:
+        media.check_image_file(cut)
+    assert "\n" not in str(info.value)
+    with pytest.raises(MediaDecodeError, match=r"cut\.jpg"):
+        media.load_image(cut, 16)  # what the check spares: a failure at encode time
+
+
+def test_check_image_file_still_refuses_an_oversized_jpeg_before_reading_its_data(
+        tmp_path, monkeypatch):
+    path = write_noise_jpeg(tmp_path / "big.jpg", 40, 30)  # 1,200 pixels
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the image data was read")
+
+    monkeypatch.setattr(media, "_check_image_data", refuse)
+    with pytest.raises(MediaDecodeError, match=r"big\.jpg declares 40 x 30 .*limit of 1,000"):
+        media.check_image_file(path, max_pixels=1000)
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".gif", ".bmp", ".webp"])
 def test_check_image_file_accepts_every_decodable_format(tmp_path, suffix):
     path = tmp_path / f"stripes{suffix}"

@@ -136,6 +136,10 @@ def test_supplied_test_set_and_candidates_are_checked_and_indexed(tmp_path):
     (tmp_path / "bad.csv").write_text("user_id,item_id\nu1,i1\nu1,i9\n")
     with pytest.raises(DataError, match=r"bad\.csv line 3 \('i9'\)"):
         load_test_interactions(tmp_path / "bad.csv", dataset)
+    (tmp_path / "twice.csv").write_text("user_id,item_id\nu2,i2\nu1,i3\nu2,i2\n")
+    with pytest.raises(DataError, match=r"twice\.csv line 4 \(first seen at twice\.csv line 2\)"):
+        load_test_interactions(tmp_path / "twice.csv", dataset)  # it would count twice
+    assert load_test_interactions(tmp_path / "twice.csv", dataset, "first").equals(test)
     (tmp_path / "bad.txt").write_text("i1\n\ni7\n")
     with pytest.raises(DataError, match=r"bad\.txt line 3 \('i7'\)"):
         load_candidates(tmp_path / "bad.txt", dataset.catalog)

@@ -208,6 +208,100 @@ def test_item_ids_are_strings_so_leading_zeros_are_kept(tmp_path):
     assert list(dataset.user_ids) == ["01"]
 
 
+# --- repeated (user, item) pairs in interactions.csv (data.duplicate_interactions) -------------
+
+# u1/i1 on lines 2 and 6 (the repeat is earlier in time), u2/i3 on lines 4 and 7 (later).
+REPEATED = INTERACTIONS + "u1,i1,1,50\nu2,i3,5,900\n"
+
+
+def pairs(dataset) -> list[tuple[str, str, int, int]]:
+    """(user, item, rating, timestamp) of every kept row, in the order the dataset holds them."""
+    frame = dataset.interactions
+    return list(zip(frame["user_id"], frame["item_id"], frame["rating"].astype(int),
+                    frame["timestamp"].astype(int), strict=True))
+
+
+def test_repeated_pair_is_refused_naming_both_lines_count_and_fix(tmp_path):
+    with pytest.raises(DataError) as info:
+        load(make_folder(tmp_path / "d", interactions=REPEATED, media=False))
+    message = str(info.value)
+    assert "interactions.csv: duplicate interaction (user_id 'u1', item_id 'i1') at " \
+           "interactions.csv line 6 (first seen at interactions.csv line 2); 2 duplicate " \
+           "row(s) in all" in message
+    assert "data.duplicate_interactions: first|last" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("policy", "kept"), [
+    ("first", [("u1", "i2", 3, 200), ("u2", "i3", 4, 150), ("u2", "i1", 2, 300),
+               ("u1", "i1", 1, 50)]),
+    ("last", [("u1", "i1", 5, 100), ("u1", "i2", 3, 200), ("u2", "i1", 2, 300),
+              ("u2", "i3", 5, 900)]),
+])
+def test_first_and_last_keep_one_row_per_pair_by_timestamp(tmp_path, caplog, policy, kept):
+    root = make_folder(tmp_path / "d", interactions=REPEATED, media=False)
+    with caplog.at_level(logging.INFO, logger="tfmmrec"):
+        dataset = load(root, duplicate_interactions=policy)
+    assert pairs(dataset) == kept  # the kept rows stay in file order
+    assert "2 repeated (user_id, item_id) row(s) dropped" in caplog.text
+    assert "by timestamp" in caplog.text
+
+
+@pytest.mark.parametrize(("policy", "ratings"), [("first", [5, 3]), ("last", [3, 1])])
+def test_without_timestamps_first_and_last_follow_file_order(tmp_path, policy, ratings):
+    # the timestamp column is blank everywhere, so absent: file order decides
+    interactions = "user_id,item_id,rating,timestamp\nu1,i1,5,\nu1,i2,3,\nu1,i1,1,\n"
+    dataset = load(make_folder(tmp_path / "d", interactions=interactions, media=False),
+                   duplicate_interactions=policy)
+    assert list(dataset.interactions["item_id"]) == (["i1", "i2"] if policy == "first"
+                                                     else ["i2", "i1"])
+    assert list(dataset.interactions["rating"]) == ratings
+
+
+def test_the_kept_row_decides_min_rating(tmp_path):
+    # u1/i1 was re-rated 1 then 5: "last" keeps the 5, which passes min_rating=4
+    interactions = "user_id,item_id,rating,timestamp\nu1,i1,1,10\nu1,i2,2,20\nu1,i1,5,30\n"
+    root = make_folder(tmp_path / "d", interactions=interactions, media=False)
+    assert list(load(root, duplicate_interactions="last", min_rating=4)
+                .interactions["item_id"]) == ["i1"]
+    with pytest.raises(DataError, match="no interaction has rating >= 4"):
+        load(root, duplicate_interactions="first", min_rating=4)
+
+
+GIVEN = ("user_id,item_id,timestamp,split\nu1,i1,100,train\nu1,i2,200,train\n"
+         "u2,i3,150,train\nu2,i3,160,train\nu1,i1,300,test\n")
+
+
+def test_given_split_refuses_a_pair_in_train_and_test(tmp_path):
+    root = make_folder(tmp_path / "d", interactions=GIVEN, media=False)
+    with pytest.raises(DataError) as info:
+        load(root, split="given")
+    message = str(info.value)
+    assert "duplicate interaction (user_id 'u2', item_id 'i3') at interactions.csv line 5" \
+        in message
+    assert "(user_id 'u1', item_id 'i1') is in both train (interactions.csv line 2) and test " \
+           "(interactions.csv line 6) of the given split" in message
+
+
+@pytest.mark.parametrize(("policy", "test_rows"), [("first", 0), ("last", 1)])
+def test_given_split_keeps_the_chosen_row_with_its_split_value(tmp_path, policy, test_rows):
+    from tfmmrec.data.splits import given_split
+
+    root = make_folder(tmp_path / "d", interactions=GIVEN, media=False)
+    split = given_split(load(root, split="given", duplicate_interactions=policy).interactions)
+    assert len(split.test) == test_rows and len(split.train) == 3 - test_rows
+    train = set(zip(split.train["user_id"], split.train["item_id"], strict=True))
+    test = set(zip(split.test["user_id"], split.test["item_id"], strict=True))
+    assert not train & test
+
+
+def test_a_bogus_duplicate_interactions_value_is_refused():
+    from tfmmrec.config import load_config
+    from tfmmrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.duplicate_interactions='bogus'"):
+        load_config(None, ["data.duplicate_interactions=bogus"])
+
+
 # --- numeric columns ----------------------------------------------------------------------------
 
 

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from tests.data.folders import make_folder
-from tests.data.test_media_limits import write_huge_png
-from tfmmrec.config import DataConfig
+import numpy as np
+from PIL import Image
+
+from tests.data.folders import ITEMS, make_folder
+from tests.data.test_media_limits import write_huge_png, write_noise_jpeg
+from tfmmrec import modalities
+from tfmmrec.config import DataConfig, load_config
 from tfmmrec.data import media, validate
 from tfmmrec.data.dataset import load_dataset
 
@@ -52,3 +57,73 @@ def test_truncated_oversized_and_undecodable_files_are_named_with_their_line(
     assert "2 image file(s) undecodable or over the limits" in warning
     assert "1 audio file(s) undecodable or over the limits" in warning
     assert "items.csv line 3: image too large" in warning
+
+
+def _noise_image(path: Path, width: int, height: int) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_tfmmrec_validate_names_a_truncated_jpeg_and_passes_the_intact_one(tmp_path, capsys,
+                                                                           caplog):
+    from tfmmrec import cli
+
+    root = make_folder(tmp_path / "d", items=ITEMS.replace(".png", ".jpg"))
+    intact = write_noise_jpeg(root / "images" / "i1.jpg")
+    cut = write_noise_jpeg(root / "images" / "i2.jpg")
+    cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+        assert cli.main(["validate", "--set", f"data.path={root}"]) == 0
+    assert "image: present for 2 items, 1 of them undecodable" in capsys.readouterr().out
+    warning = _warnings(caplog)
+    assert "1 image file(s) undecodable or over the limits" in warning
+    assert (f"items.csv line 3: cannot decode image — {cut} (broken file: image file is "
+            "truncated") in warning
+    assert str(intact) not in warning
+
+
+def _limits_folder(root: Path) -> Path:
+    """i1: a 20 x 20 poster (400 pixels), i2: 21 x 20 (420)."""
+    make_folder(root)
+    _noise_image(root / "images" / "i1.png", 20, 20)
+    _noise_image(root / "images" / "i2.png", 21, 20)
+    return root
+
+
+def test_validate_applies_a_lowered_export_limit_without_reading_the_refused_file(
+        tmp_path, capsys, caplog, monkeypatch):
+    """``export.limits.max_image_pixels=100``: offline decoders take 4 x 100 pixels, so the
+    20 x 20 poster passes and the 21 x 20 one is refused from its header."""
+    from tfmmrec import cli
+
+    root = _limits_folder(tmp_path / "d")
+    read = []
+    check_data = media._check_image_data
+    monkeypatch.setattr(media, "_check_image_data",
+                        lambda data, path: read.append(Path(path).name) or check_data(data, path))
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+        assert cli.main(["validate", "--set", f"data.path={root}",
+                         "--set", "export.limits.max_image_pixels=100"]) == 0
+    assert "image: present for 2 items, 1 of them undecodable" in capsys.readouterr().out
+    assert ("items.csv line 3: image too large — " f"{root / 'images' / 'i2.png'} declares "
+            "21 x 20 = 420 pixels, over the decoding limit of 400") in _warnings(caplog)
+    assert read == ["i1.png"]
+
+
+def test_validate_applies_raised_and_audio_export_limits(tmp_path):
+    root = make_folder(tmp_path / "d")
+    write_huge_png(root / "images" / "i2.png")  # 81 Mpx: over the default 4 x 16.7 Mpx
+    catalog = load_dataset(DataConfig(path=str(root))).catalog
+
+    def refused(*overrides: str) -> dict[str, list[str]]:
+        config = load_config(None, [f"data.path={root}", *overrides])
+        found = validate.check_media(catalog, root / "items.csv",
+                                     modalities.settings_from_config(config))
+        return {name: [line.split(" — ")[0] for line in lines] for name, lines in found.items()}
+
+    assert refused() == {"image": ["items.csv line 3: image too large"]}
+    assert refused("export.limits.max_image_pixels=20250000") == {}  # 4 x it = 81 Mpx
+    assert refused("export.limits.max_image_pixels=20250000", "export.limits.max_sample_rate=8000"
+                   ) == {"audio": [f"items.csv line {n}: audio sample rate too high"
+                                   for n in (2, 3, 4)]}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tfmmrec import pipeline
 from tfmmrec.config import load_config
@@ -178,7 +179,7 @@ def test_removed_items_are_never_returned(base, items):
     (lambda f: f.iloc[[0]].assign(item_id="x1", colour="red"),
      r"unknown column\(s\) colour"),
     (lambda f: with_all_media(f).iloc[[0]].assign(item_id="x2", image="images/nope.png"),
-     r"new\.csv line 2: image file 'images/nope\.png' not found"),
+     r"new\.csv line 2 \('x2'\): image file 'images/nope\.png' not found"),
     (lambda f: f.iloc[[1]], r"already in the catalogue: new\.csv line 2"),
     (lambda f: f.iloc[[0]].assign(item_id=""), r"empty item_id in 1 row\(s\): new\.csv line 2"),
 ])
@@ -188,6 +189,55 @@ def test_bad_rows_are_data_errors_and_leave_the_versions_untouched(base, items, 
     with pytest.raises(DataError, match=message):
         catalog.add(base, path)
     assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_cli_catalog_add_reports_a_missing_image_once_as_an_error(base, items, tiny_demo_dir,
+                                                                  capsys):
+    """One missing poster is one problem: one error line naming the row, the item and the
+    file, and no warning about the same file before it."""
+    from tfmmrec import cli
+
+    row = with_all_media(items).iloc[[0]].assign(item_id="x3", image="images/nope.png")
+    path = write_items(row, tiny_demo_dir, "missing.csv")
+    assert cli.main(["catalog", "add", "--model-base-path", str(base), "--items",
+                     str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if line.startswith("warning")] == []
+    [error] = [line for line in lines if line.startswith("error")]
+    assert "missing.csv line 2 ('x3'): image file 'images/nope.png' not found" in error
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def write_noise_png(path: Path, width: int, height: int) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_catalog_add_decodes_under_the_exports_limits(tiny_config, tiny_trained, items,
+                                                      tmp_path, monkeypatch):
+    """An export made with ``export.limits.max_image_pixels=100`` decodes added posters under
+    4 x 100 pixels: 20 x 20 is added, 21 x 20 refused from its header (never decoded)."""
+    from tfmmrec.data import media
+
+    version = export_tiny(tiny_config, tiny_trained, tmp_path / "store",
+                          "export.limits.max_image_pixels=100")
+    row = with_all_media(items).iloc[[0]].assign(audio="")
+    write_noise_png(tmp_path / "fits.png", 20, 20)
+    write_noise_png(tmp_path / "over.png", 21, 20)
+    added = catalog.add(version.parent, write_items(row.assign(item_id="fits", image="fits.png"),
+                                                    tmp_path))
+    assert added.added == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the refused poster was decoded")
+
+    monkeypatch.setattr(media, "decode_image", refuse)
+    with pytest.raises(DataError, match=r"new\.csv line 2 \('over'\): image too large — .*"
+                                        r"over\.png declares 21 x 20 = 420 pixels, over the "
+                                        r"decoding limit of 400"):
+        catalog.add(version.parent, write_items(row.assign(item_id="over", image="over.png"),
+                                                tmp_path))
 
 
 def test_update_of_an_unknown_id_and_remove_of_unknown_ids_are_errors(base, items,

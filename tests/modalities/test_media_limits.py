@@ -3,12 +3,19 @@ cache, ``catalog add``), ``record_features`` (``tfmmrec prepare``) and ``check_f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
+from tests.conftest import TINY_TOWERS
+from tests.data.folders import make_folder
 from tests.data.test_media_limits import write_huge_png
-from tfmmrec import modalities
+from tfmmrec import modalities, pipeline
+from tfmmrec.config import load_config
+from tfmmrec.data import media
 from tfmmrec.errors import MediaDecodeError
 
 SETTINGS = modalities.resolve_settings({"image_size": 16, "max_seconds": 0.5})
@@ -44,3 +51,40 @@ def test_audio_over_the_rate_limit_is_undecodable_and_long_audio_is_cropped(tmp_
     failed = {}
     features = spec.record_features(str(long), SETTINGS, failed)
     assert failed == {} and features["audio_length"].int64_list.value == [8000]
+
+
+# --- export.limits reach the catalogue encoding (``pipeline.prepare``: the encoder cache) ------
+
+
+def _prepare(root: Path, modality: str, *overrides: str):
+    """``pipeline.prepare`` of ``root`` with only ``modality``'s tower, its cache in ``root``."""
+    off = [f"{name}.enabled=false" for name in ("text", "image", "audio") if name != modality]
+    config = load_config(None, [*TINY_TOWERS, f"data.path={root}", *off,
+                                f"train.cache_dir={root / 'cache'}", *overrides])
+    return pipeline.prepare(config, progress=False).contents[modality].mask.tolist()
+
+
+def test_a_lowered_image_limit_refuses_a_poster_just_over_it_without_decoding_it(
+        tmp_path, monkeypatch):
+    """``export.limits.max_image_pixels=100``: 4 x 100 pixels decode offline, so the 20 x 20
+    poster is encoded and the 21 x 20 one is refused from its header; back at the default
+    limits, the same cache encodes it."""
+    root = make_folder(tmp_path / "d")
+    for name, width in (("i1", 20), ("i2", 21)):
+        pixels = np.random.default_rng(0).integers(0, 256, (20, width, 3), np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{name}.png")
+    decoded = []
+    decode = media.decode_image
+    monkeypatch.setattr(media, "decode_image",
+                        lambda *args, **kwargs: decoded.append(1) or decode(*args, **kwargs))
+    assert _prepare(root, "image", "export.limits.max_image_pixels=100") == [True, False, False]
+    assert len(decoded) == 1
+    assert _prepare(root, "image") == [True, True, False]
+
+
+def test_a_raised_sample_rate_limit_lets_a_faster_clip_be_encoded(tmp_path):
+    root = make_folder(tmp_path / "d")
+    soundfile.write(root / "audio" / "i1.wav", np.zeros((640, 1), np.int16), 384000,
+                    format="WAV")
+    assert _prepare(root, "audio") == [False, True, True]  # over the default 192 kHz
+    assert _prepare(root, "audio", "export.limits.max_sample_rate=384000") == [True, True, True]

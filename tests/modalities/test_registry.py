@@ -31,6 +31,7 @@ from tfmmrec import modalities
 from tfmmrec.config import (
     AudioTowerConfig,
     Config,
+    ConfigSection,
     ImageTowerConfig,
     check_same_model,
     load_config,
@@ -196,7 +197,7 @@ def test_consumers_hold_no_modality_name_branches():
 
 
 @dataclass
-class VectorTowerConfig:
+class VectorTowerConfig(ConfigSection):  # assignments in Python checked as YAML's
     enabled: bool = True
     trainable: bool = False
     scale: float = 2.0
@@ -332,6 +333,10 @@ def test_a_registered_modality_gets_its_config_section(vector_modality, tmp_path
         load_config(path, ["vector.scale=-1"])
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) vector\.scal\b"):
         load_config(path, ["vector.scal=2"])
+    with pytest.raises(ConfigError, match=r"section vector has no field 'scal' \(did you mean"):
+        config.vector.scal = 2.0
+    with pytest.raises(ConfigError, match=r"vector\.scale='2': expected float"):
+        config.vector.scale = "2"
     # restore's architecture check covers the new section
     assert "vector" in model_sections()
     with pytest.raises(ConfigError, match=r"vector\.scale: 3\.0 in the run, 4\.0 requested"):

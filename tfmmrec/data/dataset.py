@@ -219,6 +219,9 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig) -> pd.D
     elif config.split == "given":
         raise DataError(f"{path}: data.split is 'given' but there is no {SPLIT_COLUMN} column; "
                         f"add one holding {', '.join(SPLIT_VALUES)} per row")
+    # Before the rating filter and every split: the kept row is the pair's, whatever its rating.
+    frame = validate.one_row_per_pair(frame, path, config.duplicate_interactions,
+                                      SPLIT_COLUMN if config.split == "given" else None)
     if config.min_rating is not None:
         if "rating" not in frame.columns:
             raise DataError(f"data.min_rating is set but {path} has no rating column")
@@ -232,12 +235,15 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig) -> pd.D
     return frame
 
 
-def load_test_interactions(path: str | Path, dataset: Dataset) -> pd.DataFrame:
+def load_test_interactions(path: str | Path, dataset: Dataset,
+                           duplicates: str = "error") -> pd.DataFrame:
     """A user-supplied test set (CSV/JSONL/Parquet with ``user_id``, ``item_id``), checked
     against the dataset like interactions.csv, with an ``item_index`` column.
 
     Its users must be known to the model (in interactions.csv or users.csv): an unknown user
-    has no row to be scored from, so it is named (file, line, value) rather than skipped.
+    has no row to be scored from, so it is named (file, line, value) rather than skipped. A
+    repeated pair would count twice in the metrics: ``duplicates`` is
+    ``data.duplicate_interactions``, as for interactions.csv.
     """
     path = Path(path).expanduser()
     frame = validate.read_table(path, id_columns=["user_id", "item_id"])
@@ -253,6 +259,7 @@ def load_test_interactions(path: str | Path, dataset: Dataset) -> pd.DataFrame:
                           for i in unknown[:validate.SHOW_AT_MOST])
         raise DataError(f"{path}: {len(unknown)} row(s) name users the model does not know: "
                         f"{where}. Add them to users.csv (then retrain) or drop those rows.")
+    frame = validate.one_row_per_pair(frame, path, duplicates)
     frame = frame[["user_id", "item_id"]].astype(object).reset_index(drop=True)
     frame["item_index"] = known.get_indexer(frame["item_id"]).astype(np.int64)
     return frame

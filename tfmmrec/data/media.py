@@ -13,6 +13,7 @@ import io
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,15 +36,33 @@ _ZERO_CROSSINGS = 16
 _KAISER_BETA = 8.6
 _BLOCK = 8192
 
-# The offline decoders' limits, checked on the file's header before anything is decoded, so a
-# tiny file declaring a huge image or a long clip cannot take GiBs in ``train``, ``prepare``,
-# ``encode`` or ``catalog add``. Images: 4x the serving limit (``export.limits``, 16.7 MP),
-# so a curated catalogue's 20-50 MP photos still decode (a 64 MP decode peaks near 1 GiB);
-# audio: the serving limits (a tower reads at most ``audio.max_seconds`` of a clip anyway).
-_LIMITS = ServingLimitsConfig()
-MAX_IMAGE_PIXELS: int = 4 * _LIMITS.max_image_pixels
-MAX_SAMPLE_RATE: int = _LIMITS.max_sample_rate
-MAX_AUDIO_SECONDS: float = _LIMITS.max_audio_seconds
+@dataclass(frozen=True)
+class OfflineLimits:
+    """What the offline decoders (``train``, ``prepare``, ``encode``, ``catalog add``,
+    ``validate``) refuse, read from a file's header before anything is decoded, so a tiny file
+    declaring a huge image or a long clip cannot take GiBs."""
+
+    max_image_pixels: int
+    max_sample_rate: int
+    max_audio_seconds: float
+
+
+def offline_limits(limits: ServingLimitsConfig | None = None) -> OfflineLimits:
+    """The offline limits that go with the serving ones (``export.limits``; default: the
+    defaults), derived here only. Images: 4x the serving limit, so a curated catalogue's
+    20-50 MP photos still decode (a 64 MP decode peaks near 1 GiB); audio: the serving limits
+    (a tower reads at most ``audio.max_seconds`` of a clip anyway)."""
+    limits = limits or ServingLimitsConfig()
+    return OfflineLimits(max_image_pixels=4 * limits.max_image_pixels,
+                         max_sample_rate=limits.max_sample_rate,
+                         max_audio_seconds=limits.max_audio_seconds)
+
+
+# The limits of the default ``export.limits``: the loaders' defaults.
+DEFAULT_LIMITS = offline_limits()
+MAX_IMAGE_PIXELS: int = DEFAULT_LIMITS.max_image_pixels
+MAX_SAMPLE_RATE: int = DEFAULT_LIMITS.max_sample_rate
+MAX_AUDIO_SECONDS: float = DEFAULT_LIMITS.max_audio_seconds
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -173,27 +192,43 @@ def load_image(path: str | Path, image_size: int,
 
 def check_image_file(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS
                      ) -> tuple[int, int]:
-    """``(width, height)`` of an image file, checked without decoding its pixels.
+    """``(width, height)`` of an image file, checked as :func:`load_image` would refuse it.
 
     Raises :class:`MediaDecodeError` naming the file when it is missing, not a format
-    :func:`load_image` reads, declares no pixels or more than ``max_pixels``, or is broken at
-    the container level (Pillow's ``verify``: a truncated PNG, bad chunk checksums). Cheap
-    (``tfmmrec validate`` runs it on every file); a file that passes may still fail to decode.
+    :func:`load_image` reads, declares no pixels or more than ``max_pixels`` (from the header,
+    so an oversized image is never decoded), or is broken past its header
+    (:func:`_check_image_data`). ``tfmmrec validate`` runs it on every file, so it stays cheap.
     """
     data = _read_bytes(path, "image", _IMAGE_FORMATS)
     height, width = _check_image_size(data, path, max_pixels, strict=True)
-    from PIL import Image
+    _check_image_data(data, path)
+    return width, height
+
+
+def _check_image_data(data: bytes, path: str | Path) -> None:
+    """Refuse an image whose data is broken, without a full decode.
+
+    A JPEG is decoded at 1/8 scale (Pillow's ``draft``): libjpeg still reads every
+    entropy-coded byte, so a truncated or corrupt scan fails here, not at encode time, for
+    about 1/64 of a full decode's memory (``verify`` stops at the markers). Other formats get
+    ``verify``: chunk checksums through the end (a truncated PNG), no pixels. Truncated images
+    are refused as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default (False).
+    """
+    from PIL import Image, JpegImagePlugin
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                image.verify()
+                if isinstance(image, JpegImagePlugin.JpegImageFile):
+                    image.draft(None, (1, 1))  # the smallest scale libjpeg offers: 1/8
+                    image.load()
+                else:
+                    image.verify()
     except Image.DecompressionBombError:
-        pass  # the size was checked above, against the limit the decoders use
+        pass  # the size was checked first, against the limit the decoders use
     except Exception as exc:  # Pillow raises SyntaxError, OSError, EOFError, struct.error...
         raise _undecodable_image(path, f"broken file: {_first_line(exc)}") from exc
-    return width, height
 
 
 # The serving path's header parser (one trace for every image; eagerly it is ~40 small ops).
@@ -218,7 +253,8 @@ def _check_image_size(data: bytes, path: str | Path, max_pixels: int | None,
     if known and max_pixels is not None and height * width > max_pixels:
         raise MediaDecodeError(
             f"image too large — {path} declares {width} x {height} = {width * height:,} "
-            f"pixels, over the decoding limit of {max_pixels:,}; downscale the image")
+            f"pixels, over the decoding limit of {max_pixels:,}; downscale the image or "
+            "raise export.limits.max_image_pixels (offline decoding allows 4x it)")
     return height, width
 
 

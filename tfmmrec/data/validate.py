@@ -6,11 +6,14 @@ a user can fix their catalogue without reading a TensorFlow traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tfmmrec.errors import DataError, MediaDecodeError
@@ -19,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 ITEM_TABLE_NAMES = ("items.csv", "items.jsonl", "items.parquet")
 SHOW_AT_MOST = 5
+PAIR_COLUMNS = ("user_id", "item_id")  # one interaction per pair (data.duplicate_interactions)
 
 
 def row_label(path: Path, index: int) -> str:
@@ -159,6 +163,74 @@ def require_unique(frame: pd.DataFrame, path: Path, column: str) -> None:
         )
 
 
+def one_row_per_pair(frame: pd.DataFrame, path: Path, policy: str,
+                     split_column: str | None = None) -> pd.DataFrame:
+    """``frame`` with each (user_id, item_id) pair on one row, before any split sees it.
+
+    A repeated pair would count twice in histories and baselines, and a random split could put
+    one copy in train and another in test. ``policy`` is ``data.duplicate_interactions``:
+    ``error`` names the first repeat (and, with ``split_column``, a pair in two split parts);
+    ``first``/``last`` keep the earliest/latest row of each pair by ``timestamp`` when the
+    column is there (already checked numeric), else by file order. Kept rows stay in file order.
+    """
+    repeated = frame.duplicated(list(PAIR_COLUMNS), keep="first")
+    count = int(repeated.sum())
+    if not count:
+        return frame
+    if policy == "error":
+        raise DataError(_duplicate_pairs_message(frame, path, repeated, count, split_column))
+    by_time = "timestamp" in frame.columns
+    order = frame["timestamp"].sort_values(kind="stable").index if by_time else frame.index
+    pairs = frame.loc[order, list(PAIR_COLUMNS)]
+    kept = frame.loc[np.sort(pairs.index[~pairs.duplicated(keep=policy)])]
+    logger.info("%s: %d repeated (user_id, item_id) row(s) dropped, keeping each pair's %s "
+                "row %s (data.duplicate_interactions: %s)", path, count, policy,
+                "by timestamp" if by_time else "in file order", policy)
+    return kept
+
+
+def _duplicate_pairs_message(frame: pd.DataFrame, path: Path, repeated: pd.Series, count: int,
+                             split_column: str | None) -> str:
+    """The first repeated pair with both lines, the leakage case of a given split, the fix."""
+    first = frame.index[repeated.to_numpy()][0]
+    original = _rows_of_pair(frame, first)[0]
+    message = (f"{path}: duplicate interaction {_pair_text(frame, first)} at "
+               f"{row_label(path, first)} (first seen at {row_label(path, original)}); {count} "
+               "duplicate row(s) in all")
+    if split_column is not None:
+        message += _split_leak(frame, path, split_column)
+    return (message + ". Each (user_id, item_id) pair must appear once (a split could put one "
+            "copy in train and another in test): remove the repeats, or set "
+            "data.duplicate_interactions: first|last to keep one row per pair (by timestamp, "
+            "else file order).")
+
+
+def _split_leak(frame: pd.DataFrame, path: Path, split_column: str) -> str:
+    """``"; (user_id .., item_id ..) is in both train (line N) and test (line M) ..."``, for
+    the first pair in two parts of the given split, or "" when every pair stays in one part."""
+    involved = frame[frame.duplicated(list(PAIR_COLUMNS), keep=False)]
+    parts = involved.groupby(list(PAIR_COLUMNS), sort=False)[split_column].transform("nunique")
+    if not (parts > 1).any():
+        return ""
+    rows = _rows_of_pair(frame, involved.index[(parts > 1).to_numpy()][0])
+    values = frame.loc[rows, split_column]
+    other = rows[(values != values.iloc[0]).to_numpy()][0]
+    return (f"; {_pair_text(frame, rows[0])} is in both {values.iloc[0]} "
+            f"({row_label(path, rows[0])}) and {frame.at[other, split_column]} "
+            f"({row_label(path, other)}) of the given split (leakage)")
+
+
+def _rows_of_pair(frame: pd.DataFrame, row: int) -> pd.Index:
+    """Every row holding the same (user_id, item_id) pair as ``row``, in file order."""
+    same = (frame["user_id"] == frame.at[row, "user_id"]) & (
+        frame["item_id"] == frame.at[row, "item_id"])
+    return frame.index[same.to_numpy()]
+
+
+def _pair_text(frame: pd.DataFrame, row: int) -> str:
+    return f"(user_id {frame.at[row, 'user_id']!r}, item_id {frame.at[row, 'item_id']!r})"
+
+
 def require_numeric(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
     """Coerce a column to numbers, naming the first value that is not one."""
     values = pd.to_numeric(frame[column], errors="coerce")
@@ -204,9 +276,25 @@ def require_known_items(interactions: pd.DataFrame, path: Path, known: pd.Index,
         )
 
 
+# True while a caller refuses missing media itself (:func:`missing_media_refused`).
+_MISSING_MEDIA_REFUSED: ContextVar[bool] = ContextVar("missing_media_refused", default=False)
+
+
 def report_missing_media(modality: str, missing: Sequence[str]) -> None:
     """Missing/corrupt media is normal: the item keeps its other modalities, but say so."""
-    _report_media(modality, missing, "missing or unreadable", ", ", " and")
+    if not _MISSING_MEDIA_REFUSED.get():
+        _report_media(modality, missing, "missing or unreadable", ", ", " and")
+
+
+@contextlib.contextmanager
+def missing_media_refused() -> Iterator[None]:
+    """Within: :func:`report_missing_media` stays quiet, for a caller whose own error names
+    each missing file (``catalog add``), so one missing file is not a warning, then an error."""
+    token = _MISSING_MEDIA_REFUSED.set(True)
+    try:
+        yield
+    finally:
+        _MISSING_MEDIA_REFUSED.reset(token)
 
 
 def _report_media(modality: str, entries: Sequence[str], what: str, separator: str,
@@ -222,14 +310,16 @@ def _report_media(modality: str, entries: Sequence[str], what: str, separator: s
 
 def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
                 ) -> dict[str, list[str]]:
-    """Check every media file ``catalog`` (read from ``table``) references, at header level.
+    """Check every media file ``catalog`` (read from ``table``) references, without a full
+    decode.
 
-    ``tfmmrec validate``'s media check: each file modality's ``check_file`` (image: format,
-    Pillow's ``verify``, pixel limit; audio: the header, sample-rate limit) looks at every
-    present file without decoding it. Returns ``{modality: ["<row>: <reason>",
-    ...]}`` for the files the decoders would refuse, and warns as for missing files (those items
-    are encoded without that modality). ``settings``: the preprocessing settings
-    (``modalities.settings_from_config(config)``; default: the defaults).
+    ``tfmmrec validate``'s media check: each file modality's ``check_file`` (image: format and
+    pixel limit from the header, then a JPEG's data at 1/8 scale or Pillow's ``verify``;
+    audio: the header, sample-rate limit) looks at every present file. Returns ``{modality:
+    ["<row>: <reason>", ...]}`` for the files the decoders would refuse, and warns as for
+    missing files (those items are encoded without that modality). ``settings``: the
+    preprocessing settings (``modalities.settings_from_config(config)``, which carry
+    ``export.limits``; default: the defaults).
     """
     from tfmmrec import modalities
 

@@ -404,7 +404,8 @@ def embed_table(towers, path: Path, metadata: dict,
                           "model again with this version of tfmmrec")
     columns = ModalityColumns.from_mapping({spec.name: spec.from_schema(schema.get(spec.name))
                                             for spec in modalities.specs()})
-    catalog = load_items_table(path, columns)
+    with validate.missing_media_refused():  # decode_content's error names each missing file
+        catalog = load_items_table(path, columns)
     known = {"item_id", *(c for name in modalities.names() for c in columns.of(name))}
     unknown = [str(c) for c in catalog.frame.columns if c not in known]
     if unknown:
@@ -431,6 +432,8 @@ def embed_table(towers, path: Path, metadata: dict,
                             f"{', '.join(missing[:validate.SHOW_AT_MOST])}. Use `catalog add`")
     present = tuple(metadata["modalities"])
     settings = {key: metadata[key] for key in modalities.default_settings() if key in metadata}
+    # The export's limits (its serving graph enforces them), for the new items' files too.
+    settings.update(modalities.limit_settings(metadata.get("limits")))
     content = decode_content(catalog, path, present, settings)
     parts = []
     for start in range(0, len(new_ids), batch_size):
@@ -448,6 +451,8 @@ def decode_content(catalog, path: Path, present: tuple[str, ...],
     poster); an empty value means the item lacks that modality."""
     settings = modalities.resolve_settings(dict(settings or {}))
     content: dict[str, np.ndarray] = {"item_id": catalog.item_ids.astype(str)}
+    where = [f"{validate.row_label(path, row)} ({str(item)!r})"
+             for row, item in enumerate(content["item_id"])]
     problems: list[str] = []
     for spec in modalities.specs():
         if spec.name not in present:
@@ -460,14 +465,13 @@ def decode_content(catalog, path: Path, present: tuple[str, ...],
                 decoded.append(None)
                 continue
             if value is None:
-                problems.append(f"{validate.row_label(path, row)}: {spec.name} file {given!r} "
-                                "not found")
+                problems.append(f"{where[row]}: {spec.name} file {given!r} not found")
                 decoded.append(None)
                 continue
             try:
                 decoded.append(spec.load(value, settings))
             except MediaDecodeError as exc:
-                problems.append(f"{validate.row_label(path, row)}: {exc}")
+                problems.append(f"{where[row]}: {exc}")
                 decoded.append(None)
         content[f"{spec.name}_mask"] = np.array([d is not None for d in decoded])
         content.update(spec.pack(spec.fill(decoded, settings)))

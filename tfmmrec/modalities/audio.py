@@ -24,6 +24,7 @@ from tfmmrec.modalities.base import (
     Settings,
     bytes_feature,
     content_hash,
+    decode_limits,
     int_feature,
 )
 
@@ -54,13 +55,13 @@ class AudioModality(FileModality):
                               f"expected {SAMPLE_RATE} (every audio tower takes 16 kHz)")
 
     def load_file(self, path: str | Path, settings: Settings) -> np.ndarray:
-        return load_audio(path, SAMPLE_RATE, settings["max_seconds"])
+        return load_audio(path, SAMPLE_RATE, settings["max_seconds"], **_limits(settings))
 
     def check_file(self, path: str | Path, settings: Settings) -> None:
         """Header-level check (``tfmmrec validate``): raises ``MediaDecodeError`` for a file
         :meth:`load_file` would refuse (libsndfile cannot open it, no frames, over the
         sample-rate limit)."""
-        check_audio_file(path, settings["max_seconds"])
+        check_audio_file(path, settings["max_seconds"], **_limits(settings))
 
     def batch(self, values: list) -> dict[str, np.ndarray]:
         return pad_waveforms(values)
@@ -92,7 +93,8 @@ class AudioModality(FileModality):
             try:
                 data = Path(value).read_bytes()
                 key = content_hash(data).encode()
-                wave = load_audio_bytes(data, SAMPLE_RATE, settings["max_seconds"], source=value)
+                wave = load_audio_bytes(data, SAMPLE_RATE, settings["max_seconds"], source=value,
+                                        **_limits(settings))
                 audio = np.round(np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes()
                 length = len(wave)
             except (MediaDecodeError, OSError):
@@ -141,6 +143,13 @@ class AudioModality(FileModality):
 
     def placeholder(self) -> bytes:
         return tf.audio.encode_wav(tf.zeros([160, 1]), SAMPLE_RATE).numpy()
+
+
+def _limits(settings: Settings) -> dict[str, Any]:
+    """The audio loaders' limit arguments under ``settings`` (``export.limits``)."""
+    limits = decode_limits(settings)
+    return {"max_sample_rate": limits.max_sample_rate,
+            "max_audio_seconds": limits.max_audio_seconds}
 
 
 def record_samples(settings: Settings) -> int:

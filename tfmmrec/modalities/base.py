@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfmmrec.errors import MediaDecodeError, ServingError
+from tfmmrec.data.media import DEFAULT_LIMITS, OfflineLimits
+from tfmmrec.errors import ConfigError, MediaDecodeError, ServingError
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config, DataConfig, ServingLimitsConfig
@@ -35,6 +36,27 @@ Settings = Mapping[str, Any]
 # The request input of every ``query_<modality>`` signature: one raw value (string or bytes) per
 # query.
 BATCH_OF_STRINGS = tf.TensorSpec([None], tf.string)
+
+
+# The settings key carrying the offline decoders' limits (``registry.limit_settings``): set
+# only when ``export.limits`` moves them off their defaults, so a default run's plans,
+# manifests and exports record nothing more.
+OFFLINE_LIMITS = "offline_limits"
+
+
+def decode_limits(settings: Settings) -> OfflineLimits:
+    """The limits a file modality's loaders and checks apply under ``settings`` (the
+    defaults' unless ``settings`` carries :data:`OFFLINE_LIMITS`)."""
+    value = settings.get(OFFLINE_LIMITS)
+    if not value:
+        return DEFAULT_LIMITS
+    if isinstance(value, OfflineLimits):
+        return value
+    try:
+        return OfflineLimits(**value)
+    except TypeError as exc:  # a JSON dict from a plan, manifest or export
+        raise ConfigError(f"invalid preprocessing setting {OFFLINE_LIMITS}={value!r}: "
+                          f"expected the fields of {OfflineLimits.__name__} ({exc})") from None
 
 
 def content_hash(data: bytes) -> str:
@@ -338,5 +360,6 @@ def int_feature(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-__all__ = ["BATCH_OF_STRINGS", "FileModality", "ModalitySpec", "Settings", "bytes_feature",
-           "content_hash", "int_feature", "media_paths", "string_batch"]
+__all__ = ["BATCH_OF_STRINGS", "OFFLINE_LIMITS", "FileModality", "ModalitySpec", "Settings",
+           "bytes_feature", "content_hash", "decode_limits", "int_feature", "media_paths",
+           "string_batch"]

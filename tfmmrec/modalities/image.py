@@ -17,6 +17,7 @@ from tfmmrec.modalities.base import (
     Settings,
     bytes_feature,
     content_hash,
+    decode_limits,
     int_feature,
 )
 
@@ -36,12 +37,14 @@ class ImageModality(FileModality):
     query_help = "image file: JPEG/PNG/GIF/BMP/WebP (repeatable)"
 
     def load_file(self, path: str | Path, settings: Settings) -> np.ndarray:
-        return load_image(path, settings["image_size"])
+        return load_image(path, settings["image_size"],
+                          decode_limits(settings).max_image_pixels)
 
     def check_file(self, path: str | Path, settings: Settings) -> None:
-        """Header-level check (``tfmmrec validate``): raises ``MediaDecodeError`` for a file
-        :meth:`load_file` would refuse (unknown format, broken PNG, over the pixel limit)."""
-        check_image_file(path)
+        """``tfmmrec validate``'s check: raises ``MediaDecodeError`` for a file
+        :meth:`load_file` would refuse (unknown format, broken or truncated data, over the
+        pixel limit), without a full decode."""
+        check_image_file(path, decode_limits(settings).max_image_pixels)
 
     def batch(self, values: list) -> np.ndarray:
         return np.stack(values)
@@ -65,7 +68,7 @@ class ImageModality(FileModality):
         if value is not None:
             try:
                 key = content_hash(Path(value).read_bytes()).encode()
-                pixels = load_image(value, settings["image_size"])
+                pixels = self.load_file(value, settings)
                 image = np.round(pixels * 255.0).clip(0, 255).astype(np.uint8).tobytes()
             except (MediaDecodeError, OSError):
                 failed.setdefault(self.name, []).append(value)

@@ -7,16 +7,18 @@ in plans and manifests.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tfmmrec import config as _config
+from tfmmrec.data import media
 from tfmmrec.errors import ConfigError
-from tfmmrec.modalities.base import ModalitySpec
+from tfmmrec.modalities.base import OFFLINE_LIMITS, ModalitySpec, decode_limits
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config
@@ -34,7 +36,8 @@ def register(spec: ModalitySpec) -> ModalitySpec:
     if spec.name in _SPECS:
         raise ValueError(f"modality {spec.name!r} is already registered "
                          f"({type(_SPECS[spec.name]).__name__})")
-    clash = set(spec.settings_fields) & {k for s in _SPECS.values() for k in s.settings_fields}
+    clash = set(spec.settings_fields) & {OFFLINE_LIMITS, *(k for s in _SPECS.values()
+                                                           for k in s.settings_fields)}
     if clash:
         raise ValueError(f"modality {spec.name!r}: setting name(s) {sorted(clash)} are already "
                          "used by another modality")
@@ -153,20 +156,37 @@ def default_settings() -> dict[str, Any]:
 
 def settings_from_config(config: Config) -> dict[str, Any]:
     """Every modality's preprocessing settings as ``config`` sets them (``image_size``,
-    ``sample_rate``, ``max_seconds``, ...): the one dict the cache, TFRecords, ``tfmmrec
-    encode`` and the export read."""
-    return {key: value for spec in specs() for key, value in spec.settings(config).items()}
+    ``sample_rate``, ``max_seconds``, ...), with the offline decoders' limits when
+    ``export.limits`` changes them (:func:`limit_settings`): the one dict the cache,
+    TFRecords, ``tfmmrec encode``, ``validate`` and the export read."""
+    settings = {key: value for spec in specs() for key, value in spec.settings(config).items()}
+    return {**settings, **limit_settings(config.export.limits)}
+
+
+def limit_settings(limits: _config.ServingLimitsConfig | Mapping[str, Any] | None
+                   ) -> dict[str, Any]:
+    """``{OFFLINE_LIMITS: ...}``: the offline decoders' limits that go with the serving
+    ``limits`` (``export.limits``, or the dict an export records), as JSON for plans and jobs;
+    ``{}`` when they are the defaults, so a default run's plans, manifests and exports stay
+    as they were, while an override is recorded (records and features prepared under other
+    limits are then redone)."""
+    if isinstance(limits, Mapping):
+        known = {f.name for f in dataclasses.fields(_config.ServingLimitsConfig)}
+        limits = _config.ServingLimitsConfig(**{k: v for k, v in limits.items() if k in known})
+    offline = media.offline_limits(limits)
+    return {} if offline == media.DEFAULT_LIMITS else {OFFLINE_LIMITS: dataclasses.asdict(offline)}
 
 
 def resolve_settings(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The defaults with ``overrides`` applied; an unknown name is a ``ConfigError`` and each
     modality validates its own values (``validate_settings``)."""
     settings = default_settings()
-    unknown = sorted(set(overrides or {}) - set(settings))
+    unknown = sorted(set(overrides or {}) - set(settings) - {OFFLINE_LIMITS})
     if unknown:
         raise ConfigError(f"unknown preprocessing setting(s) {', '.join(unknown)}: the "
                           f"registered modalities read {', '.join(settings) or 'none'}")
     settings.update(overrides or {})
+    decode_limits(settings)  # a malformed limits entry is a ConfigError here, not at a decode
     for spec in specs():
         validate = getattr(spec, "validate_settings", None)
         if validate is not None:

@@ -61,7 +61,7 @@ class FeatureCache:
         self.feature_dim = encoder.feature_dim
 
     def load(self) -> dict[str, np.ndarray | None]:
-        """content key → feature row, or ``None`` for content known to be undecodable."""
+        """content key → feature row, or ``None`` for content that did not decode last time."""
         if not self.path.is_file():
             return {}
         try:
@@ -99,9 +99,12 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathL
     keys = content_keys(catalog, modality)
     cache = FeatureCache(cache_dir, encoder) if cache_dir is not None else None
     entries = cache.load() if cache else {}
-    todo = sorted({k: i for i, k in enumerate(keys) if k and k not in entries}.values())
+    # Content cached as undecodable (None) is tried again: whether a file decodes depends on
+    # the limits too (``export.limits``, raised since), and a broken file is named again.
+    todo = sorted({k: i for i, k in enumerate(keys) if k and entries.get(k) is None}.values())
     todo = spec.sort_for_encoding(todo, catalog.values(modality))
-    stats = CacheStats(reused=sum(1 for k in keys if k and k in entries), computed=len(todo))
+    stats = CacheStats(reused=sum(1 for k in keys if k and entries.get(k) is not None),
+                       computed=len(todo))
     loader = raw_loader(catalog, modality, settings)
     starts = range(0, len(todo), batch_size)
     encode = compiled(encoder, len(starts))
