@@ -379,3 +379,29 @@ def test_checks_relating_fields_run_when_the_config_is_used_so_any_order_works()
         load_config(c)
     c.export.max_k = 1000
     assert load_config(c).export.k == 500
+
+
+def test_a_mapping_of_sections_is_a_config_as_a_yaml_file_would_be():
+    config = load_config({"train": {"epochs": 3}}, ["model.fusion=mean"])
+    assert (config.train.epochs, config.model.fusion) == (3, "mean")
+    with pytest.raises(ConfigError,
+                       match=r"the config mapping: unknown config key\(s\) train\.epoch"):
+        load_config({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError,
+                       match=r"a config is a Config, a YAML path, a mapping .*got int 5"):
+        load_config(5)
+
+
+def test_export_version_is_at_most_the_18_digits_a_version_directory_is_listed_with():
+    import re
+
+    from tfmmrec.config import MAX_EXPORT_VERSION
+    from tfmmrec.export.writer import _VERSION_DIR
+
+    assert load_config(None, [f"export.version={MAX_EXPORT_VERSION}"]).export.version == \
+        MAX_EXPORT_VERSION
+    assert re.match(_VERSION_DIR, str(MAX_EXPORT_VERSION))
+    assert not re.match(_VERSION_DIR, str(MAX_EXPORT_VERSION + 1))
+    with pytest.raises(ConfigError, match=r"export\.version=1000000000000000000: expected in "
+                                          r"\[1, 999999999999999999\] \(at most 18 digits\)"):
+        load_config(None, [f"export.version={MAX_EXPORT_VERSION + 1}"])

@@ -179,3 +179,13 @@ def test_training_again_over_a_finished_run_says_so_and_drops_its_record(tiny_co
     assert "holds a finished run: training it again from scratch" in caplog.text
     assert not stale.parent.exists()
     assert (tmp_path / "run" / "run.json").read_text() != old_record
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ({"run_dir": 5}, r"run_dir must be a path, got int 5"),
+    ({"run_dir": "runs/x", "checkpoint": 3.5}, r"checkpoint must be a path, got float 3\.5"),
+    ({"config": {"train": {"output_dir": 5}}}, r"train\.output_dir=5: expected str"),
+])
+def test_restore_refuses_what_is_not_a_path_in_one_line(arguments, expected):
+    with pytest.raises(ConfigError, match=expected):
+        tfmmrec.restore(**arguments)

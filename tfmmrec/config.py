@@ -13,6 +13,7 @@ import math
 import os
 import re
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -633,6 +634,7 @@ class ServingLimitsConfig(ConfigSection):
 
 
 INDEX_KINDS = ("scann", "brute_force", "partitioned")
+MAX_EXPORT_VERSION = 10**18 - 1  # the largest version directory tfmmrec and TF Serving list
 
 
 @dataclass
@@ -707,7 +709,10 @@ class ExportConfig(ConfigSection):
                self.session_user_weight, "in [0, 1]")
         _check(1 <= self.k <= self.max_k, "export.k", self.k, f"in [1, export.max_k={self.max_k}]")
         if self.version is not None:
-            _check(self.version >= 1, "export.version", self.version, ">= 1")
+            # TF Serving reads a version directory's name as an int64; tfmmrec lists at most
+            # 18 digits, so a longer name would be written and then never seen again.
+            _check(1 <= self.version <= MAX_EXPORT_VERSION, "export.version", self.version,
+                   f"in [1, {MAX_EXPORT_VERSION}] (at most 18 digits)")
 
     def _check_fused_option(self, name: str, default: str, why_fused: str, why_not_xla: str
                             ) -> None:
@@ -1114,15 +1119,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(source: str | os.PathLike | Config | None = None,
+def load_config(source: str | os.PathLike | Config | Mapping[str, Any] | None = None,
                 overrides: list[str] | None = None) -> Config:
-    """One entry point: a ``Config``, a YAML path, or ``None`` (the demo defaults)."""
+    """One entry point: a ``Config``, a YAML path, a mapping of sections as a YAML file would
+    hold them (``{"train": {"epochs": 3}}``), or ``None`` (the demo defaults)."""
     if isinstance(source, Config):
         if overrides:
             return Config.from_dict(apply_overrides(source.to_dict(), overrides))
         return source.validate()
     if source is None:
         return Config.from_dict(apply_overrides({}, overrides or []), source="defaults")
+    if isinstance(source, Mapping):
+        return Config.from_dict(apply_overrides(dict(source), overrides or []),
+                                source="the config mapping")
+    if not isinstance(source, str | os.PathLike):
+        raise ConfigError(f"a config is a Config, a YAML path, a mapping of sections or None; "
+                          f"got {type(source).__name__} {source!r:.80}")
     return Config.from_yaml(source, overrides)
 
 

@@ -50,9 +50,17 @@ _GRAPH_PREAMBLE = re.compile(
 # TF1-style "2 root error(s) found.\n  (0) INVALID_ARGUMENT: <message>": keep the first one.
 _ROOT_ERRORS = re.compile(r"^\s*\d+ root error\(s\) found\.\s*\(0\) [A-Z_]+:\s*")
 # "\t [[{{node assert/Assert}}]]", "[[{{function_node f}}{{node n}}]]", "[[Node: ...]]"
-_NODE_DECORATION = re.compile(r"\s*\[\[(?:\{\{|Node:).*$", re.DOTALL)
+_NODE_DECORATION = re.compile(r"\s*\[\[(?:\{\{|[Nn]ode[: ]).*$", re.DOTALL)
 _OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\](?:\s*name:.*)?$")
-_ASSERT = "assertion failed:"
+# "{{function_node __inference_signature_wrapper_<lambda>_4934}} " before the message of an op
+# that failed in a nested function (a signature calling a tf.function: serving_default does).
+_FUNCTION_FRAMING = re.compile(r"^(?:\s*\{\{[^{}\n]*\}\})+\s*")
+# A failed assert, after whatever framing TensorFlow puts before it on its line: "{{node …}}",
+# "{{function_node …}}", a node name ("node Assert/Assert: "), a status code name
+# ("INVALID_ARGUMENT: ") or a root-error index ("(0) "). Human context ("warmup request failed:
+# …") is not framing: such a message keeps its first line as it is.
+_ASSERT = re.compile(r"^(?:\s*(?:\{\{[^{}\n]*\}\}|[A-Z][A-Z_]+:|\(\d+\)|[Nn]ode:?\s+[^\s:]+:))*"
+                     r"\s*assertion failed:")
 # The data of tf.debugging.assert_* (x OP y): "[Condition x >= y did not hold element-wise:]".
 _CONDITION = re.compile(r"Condition x (\S+) y did not hold(?: element-wise)?:?")
 # "x (k:0) = " — the tensor name tells a boolean op's output (printed 0/1) from a count.
@@ -72,13 +80,17 @@ def one_line_error(message: str) -> str:
     A failed graph assert (``assertion failed: [k must be >= 1] [Condition x >= y did not hold
     element-wise:] [x (k:0) = ] [0] [y (…) = ] [1]\n\t [[{{node …}}]]``) becomes its own message
     with the offending value: ``k must be >= 1 (got 0)``; ``tf.debugging.Assert`` data is
-    appended (``user_id: batch larger than …=1024: 1025``). Anything else keeps its first line,
-    without TensorFlow's eager framing, ``[[{{node …}}]]`` decorations or ``[Op:…]`` suffix.
+    appended (``user_id: batch larger than …=1024: 1025``) — also when TensorFlow frames the
+    assert with ``{{function_node …}}``/``{{node …}}`` or a node name (a signature calling a
+    nested ``tf.function`` does: ``serving_default``). Anything else keeps its first line,
+    without TensorFlow's eager framing, ``{{function_node …}}`` prefix, ``[[{{node …}}]]``
+    decorations or ``[Op:…]`` suffix.
     """
     text = _GRAPH_PREAMBLE.sub("", str(message))
-    text = _ROOT_ERRORS.sub("", text).strip()
-    if text.startswith(_ASSERT):
-        cleaned = _clean_assert(_NODE_DECORATION.sub("", text[len(_ASSERT):]))
+    text = _FUNCTION_FRAMING.sub("", _ROOT_ERRORS.sub("", text)).strip()
+    framed = _ASSERT.match(text)
+    if framed:
+        cleaned = _clean_assert(_NODE_DECORATION.sub("", text[framed.end():]))
         if cleaned:
             return cleaned
     eager = _EAGER_ASSERT.match(text)

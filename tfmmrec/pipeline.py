@@ -602,6 +602,9 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
                               "(train.output_dir)")
         config = load_config(config)
         run_dir = config.train.output_dir
+    for name, value in (("run_dir", run_dir), ("checkpoint", checkpoint)):
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise ConfigError(f"{name} must be a path, got {type(value).__name__} {value!r:.80}")
     run = Path(run_dir)
     prefix = Path(checkpoint) if checkpoint else run / "checkpoints" / "latest"
     if not Path(str(prefix) + ".index").is_file():
@@ -805,11 +808,13 @@ def export(config: Config | str | os.PathLike | None = None,
     from tfmmrec.export.catalog import write_catalog_version
     from tfmmrec.export.index import IndexSettings
     from tfmmrec.export.module import ServingTowers
-    from tfmmrec.export.writer import write_models_config
+    from tfmmrec.export.writer import check_version_free, write_models_config
 
     config = load_config(config)
     # Before restoring, embedding and indexing (minutes for large catalogues), not after.
     check_writable(Path(config.export.base_dir), "export.base_dir", error=ExportError)
+    check_version_free(Path(config.export.base_dir) / config.export.model_name,
+                       config.export.version)
     if model is None:
         model, ws = restore(config.train.output_dir, config, checkpoint=checkpoint,
                             workspace=workspace)

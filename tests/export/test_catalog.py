@@ -552,6 +552,79 @@ def test_a_catalogue_too_small_for_the_graph_is_saved_in_full(base, items):
     assert sorted(served) == sorted(ids[-12:])
 
 
+def test_a_catalogue_cut_below_k_plus_exclusions_pads_instead_of_returning_them(base, items):
+    """The reviewer's case: 12 items left, 6 excluded, k=10: six items, then four places
+    padded with "" and the lowest float32 (never an excluded id, never -inf); a 1-item
+    catalogue whose item is excluded returns only padding."""
+    from tfmmrec.export.module import MISSING_ITEM_ID, MISSING_SCORE
+
+    ids = items["item_id"].tolist()
+    twelve = ExportedModel(catalog.remove(base, item_ids=ids[:-12]).version_dir)
+    drop = ids[-12:][::2]
+    for out in (twelve.recommend(["u000"], k=10, exclude=[drop]),
+                twelve.recommend_session([[ids[-1]]], ["u000"], k=10, exclude=[drop]),
+                twelve.call("query_text", text=np.array(["a film"]), k=np.int32(10),
+                            exclude_item_ids=np.array([drop]))):
+        row, scores = out["item_ids"][0].astype(str), out["scores"][0]
+        assert sorted(row[:6]) == sorted(set(ids[-12:]) - set(drop))
+        assert list(row[6:]) == [MISSING_ITEM_ID] * 4
+        assert np.isfinite(scores).all() and (scores[6:] == MISSING_SCORE).all()
+        assert (scores[:6] > MISSING_SCORE).all()
+    # Without exclusions a catalogue cut below max_k serves k <= its size: nothing padded.
+    assert (twelve.recommend(["u000"], k=12)["item_ids"] != b"").all()
+    one = ExportedModel(catalog.remove(base, item_ids=ids[-12:-1]).version_dir)
+    out = one.recommend(["u000", "u001"], exclude=[[ids[-1]], []])
+    assert out["item_ids"].astype(str).tolist() == [[MISSING_ITEM_ID], [ids[-1]]]
+    assert out["scores"][0, 0] == MISSING_SCORE and np.isfinite(out["scores"]).all()
+
+
+def test_a_version_traced_before_padding_is_re_traced_by_its_next_update(base, items):
+    """A version whose graph returned excluded items at -inf (and had no embed_items batch
+    limit) records no ``missing_result``: its next update saves the module in full, so the
+    new version pads and refuses an oversized embed_items batch."""
+    from tfmmrec.export.writer import METADATA_FILE
+    from tfmmrec.files import write_json
+
+    meta = read_metadata(base / "1")
+    for key in ("missing_result", "max_batch_size"):
+        meta["graph_constants"].pop(key)
+    write_json(meta, base / "1" / "assets.extra" / METADATA_FILE)
+    version = catalog.remove(base, item_ids=[items["item_id"].iloc[0]]).version_dir
+    assert (version / "saved_model.pb").read_bytes() != (base / "1" /
+                                                           "saved_model.pb").read_bytes()
+    constants = read_metadata(version)["graph_constants"]
+    assert constants["missing_result"][0] == "" and constants["max_batch_size"] == 1024
+    with pytest.raises(ServingError, match="item_id: batch larger than"):
+        ExportedModel(version).call("embed_items", item_id=np.array(["i0001"] * 1025))
+
+
+def test_a_catalogue_update_that_loses_the_race_says_so_and_changes_nothing(
+        base, items, tiny_demo_dir, monkeypatch):
+    """Another writer publishes version 2 while this update writes it: one line saying so
+    (not a raw ``Directory not empty``), the winner's version kept, no temp folder left."""
+    from tfmmrec.export import writer
+
+    write_extra = writer._write_extra
+
+    def publish_first(version_dir, model_name, version, *args, **kwargs):
+        write_extra(version_dir, model_name, version, *args, **kwargs)
+        winner = Path(version_dir).parent / str(version)
+        winner.mkdir()
+        (winner / "the-other-writer").write_text("")
+
+    monkeypatch.setattr(writer, "_write_extra", publish_first)
+    row = with_all_media(items).iloc[[0]].assign(item_id="raced")
+    with pytest.raises(ExportError) as info:
+        catalog.add(base, write_items(row, tiny_demo_dir, "raced.csv"))
+    message = str(info.value)
+    assert message.startswith("another writer published version 2 (")
+    assert "nothing was changed by this run: run it again (a catalogue update then builds " \
+           "on version 2)" in message
+    assert "\n" not in message and "Errno" not in message
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+    assert [p.name for p in (base / "2").iterdir()] == ["the-other-writer"]
+
+
 # --- exports whose text backbone's kernels are graph constants -------------------------------
 
 

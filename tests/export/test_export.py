@@ -21,7 +21,8 @@ from tfmmrec import pipeline
 from tfmmrec.config import ScannConfig, load_config
 from tfmmrec.errors import ExportError, ServingError
 from tfmmrec.export.index import build_index, recall_against_brute_force, scann_parameters
-from tfmmrec.export.loader import ExportedModel, latest_version
+from tfmmrec.export.loader import ExportedModel, latest_version, padded
+from tfmmrec.export.module import MISSING_ITEM_ID, MISSING_SCORE
 from tfmmrec.export.warmup import read_warmup_requests
 from tfmmrec.export.writer import METADATA_FILE, next_version, read_metadata
 
@@ -165,11 +166,22 @@ def test_versions_are_numbered_and_written_atomically(exported):
         assert (version / "assets.extra" / METADATA_FILE).is_file()
 
 
-def test_existing_version_is_never_overwritten(exported, tiny_trained):
+def test_existing_version_is_never_overwritten(exported, tiny_trained, monkeypatch):
+    """Refused before any work (embedding the catalogue, building the index and measuring its
+    recall), naming the versions."""
+    from tfmmrec.export import catalog
+
+    def never(*args, **kwargs):
+        raise AssertionError("work was done before the existing version was refused")
+
+    monkeypatch.setattr(catalog, "rebuild_index", never)
+    monkeypatch.setattr(pipeline, "embed_items", never)
     config, versions = exported
     again = load_config(config, ["export.version=1", "export.index=brute_force"])
     before = (versions["brute_force"] / "saved_model.pb").read_bytes()
-    with pytest.raises(ExportError, match="already exists: versions are immutable"):
+    with pytest.raises(ExportError, match=r"export.version=1: .*/1 already exists \(versions "
+                                          r"present: 1, 2, 3\); versions are immutable.*"
+                                          r"the next one \(4\)"):
         pipeline.export(again, model=tiny_trained.model, workspace=tiny_trained.workspace)
     assert (versions["brute_force"] / "saved_model.pb").read_bytes() == before
     assert not [p for p in versions["brute_force"].parent.iterdir() if p.name.startswith(".")]
@@ -247,12 +259,68 @@ def test_signatures_cover_users_and_every_modality(loaded):
     (lambda m: m.recommend(["u000"], k=True), r"k must be an integer .*got True"),
     (lambda m: m.recommend_session([]), r"sessions is an empty batch"),
     (lambda m: m.recommend(["u000"], k=0), r"^recommend: k must be"),
+    (lambda m: m.recommend(["u000"], k=5, exclude=["i0016"]),
+     r"exclude\[0\] is a string \('i0016'\), not a list of item ids"),
+    (lambda m: m.recommend(["u000"], exclude="i0016"), r"exclude is a single string"),
+    (lambda m: m.recommend_session(["i0001", "i0002"], k=3),
+     r"sessions\[0\] is a string \('i0001'\), not a list of item ids"),
+    (lambda m: m.recommend_session("i0001", k=3), r"sessions is a single string \('i0001'\)"),
+    (lambda m: m.recommend_session([["i0001"]], exclude=np.array(["i0002"])),
+     r"exclude\[0\] is a string"),
 ], ids=["lone user id", "lone text", "misspelt input", "fractional k", "k beyond int32",
-        "boolean k", "no sessions", "k=0 from the graph"])
+        "boolean k", "no sessions", "k=0 from the graph", "exclusion row as a string",
+        "lone exclusion string", "session as a list of strings", "lone session string",
+        "exclusions as a 1-d array"])
 def test_a_bad_in_process_request_is_one_line_naming_the_input(loaded, request_, expected):
     with pytest.raises(ServingError, match=expected) as info:
         request_(loaded)
     assert "\n" not in str(info.value) and "node" not in str(info.value)
+
+
+def test_embed_items_refuses_an_empty_or_oversized_batch(loaded):
+    """Like every other signature, in-graph (so stock TF Serving refuses it too)."""
+    limit = loaded.metadata["limits"]["max_batch_size"]
+    assert loaded.call("embed_items", item_id=np.array(["i0000"] * limit))["found"].all()
+    with pytest.raises(ServingError, match=r"^embed_items: item_id: batch larger than "
+                                           f"export.limits.max_batch_size={limit}"):
+        loaded.call("embed_items", item_id=np.array(["i0000"] * (limit + 1)))
+    with pytest.raises(ServingError, match=r"^embed_items: item_id: empty batch"):
+        loaded.call("embed_items", item_id=np.zeros(0, str))
+
+
+@pytest.mark.parametrize("kind", EXPORT_KINDS)
+def test_excluded_items_are_never_returned_when_fewer_than_k_remain(exported, kind):
+    """80 items and k = max_k = 80: excluding 3 leaves fewer allowed items than places, so
+    the last places are padded (id "", the lowest float32) in every signature that takes
+    exclusions; no excluded id and no -inf is returned (REST would write -Infinity)."""
+    _, versions = exported
+    model = ExportedModel(versions[kind])
+    k = model.metadata["max_k"]
+    assert k == model.metadata["num_items"]
+    users = ["u000", "u001"]
+    full = model.recommend(users, k=k)["item_ids"].astype(str)
+    assert (full != MISSING_ITEM_ID).all()
+    drop = [list(row[[0, 3, 7]]) for row in full]
+    outputs = {
+        "recommend": model.recommend(users, k=k, exclude=drop),
+        "recommend_session": model.recommend_session([["i0001"], []], users, k=k,
+                                                     exclude=drop),
+        "query_text": model.call("query_text", text=np.array(TEXTS), k=np.int32(k),
+                                 exclude_item_ids=padded(drop))}
+    for name, out in outputs.items():
+        ids, scores = out["item_ids"].astype(str), out["scores"]
+        assert ids.shape == scores.shape == (2, k), name
+        assert np.isfinite(scores).all(), name
+        for row, row_scores, dropped in zip(ids, scores, drop, strict=True):
+            assert not set(row) & set(dropped), name
+            real = row != MISSING_ITEM_ID
+            served = int(real.sum())
+            assert real[:served].all() and 0 < served <= k - len(dropped), name
+            assert len(set(row[real])) == served, name
+            assert (row_scores[~real] == MISSING_SCORE).all(), name
+            assert (row_scores[real] > MISSING_SCORE).all(), name
+            if kind != "partitioned":  # exact enough to reach every allowed item
+                assert served == k - len(dropped), name
 
 
 def test_k_out_of_range_is_rejected_by_the_signature(loaded):

@@ -123,3 +123,24 @@ def test_request_exclusion_applies_before_re_ranking(two_stage):
         "item_ids"][0]]
     assert not set(full[:2]) & set(got)
     assert [i for i in got if i in full] == [i for i in full[2:] if i in got]
+
+
+def test_fewer_allowed_items_than_k_are_padded_not_returned(two_stage):
+    """60 items less the user's seen ones and all but 3 others excluded: the 3 are re-ranked
+    and the 7 places left are padded (id "", the lowest float32 as both scores)."""
+    from tfmmrec.export.module import MISSING_ITEM_ID, MISSING_SCORE
+
+    _, _, ws, exported = two_stage
+    user = str(ws.user_ids[0])
+    train = ws.split.train
+    seen = set(train.loc[train["user_id"].astype(str) == user, "item_id"])
+    others = [i for i in ws.dataset.catalog.item_ids.astype(str) if i not in seen]
+    allowed, drop = others[:3], others[3:]
+    out = exported.recommend([user], k=10, exclude=[drop])
+    ids = out["item_ids"][0].astype(str)
+    assert sorted(ids[:3]) == sorted(allowed)
+    assert list(ids[3:]) == [MISSING_ITEM_ID] * 7
+    for name in ("scores", "retrieval_scores"):
+        scores = out[name][0]
+        assert np.isfinite(scores).all(), name
+        assert (scores[3:] == MISSING_SCORE).all() and (scores[:3] > MISSING_SCORE).all(), name

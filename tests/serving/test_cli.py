@@ -131,3 +131,76 @@ def test_serve_refuses_out_of_range_numbers_before_binding(tmp_path, capsys, opt
         main(["serve", "--model-base-path", str(tmp_path), option, value])
     assert info.value.code == 2
     assert f"argument {option}: {expected}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_query_without_k_gets_the_exports_default_k(server, tiny_exports, tmp_path, rest,
+                                                     capsys):
+    """No --k: k stays out of the request, so the signature's default applies (a catalogue cut
+    below export.k has a smaller default; a client-side k=10 would exceed its max_k)."""
+    port = server.rest_port if rest else server.port
+    image = tmp_path / "query.png"
+    image.write_bytes(tiny_exports.image)
+    base = ["query", "--target", f"127.0.0.1:{port}", "--model", MODEL, "--json",
+            *(["--rest"] if rest else [])]
+    for what in (["--text", tiny_exports.texts[0]], ["--image", str(image)],
+                 ["--user", tiny_exports.user_ids[0]]):
+        assert main([*base, *what]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert len(rows[0]["item_ids"]) == tiny_exports.default_k != 10, what
+    with ServingClient(f"127.0.0.1:{port}", MODEL, rest=rest, timeout=30) as client:
+        assert client.query_text(tiny_exports.texts[:2])["item_ids"].shape == \
+            (2, tiny_exports.default_k)
+        assert client.query("text", tiny_exports.texts[:1], k=3)["item_ids"].shape == (1, 3)
+
+
+def test_rest_query_at_the_grpc_port_is_a_one_line_error(server, capsys):
+    """The gRPC port answers an HTTP/1.1 request with HTTP/2 frames: a clean "cannot reach"."""
+    code = main(["query", "--rest", "--target", f"127.0.0.1:{server.port}", "--model", MODEL,
+                 "--user", "u0000", "--timeout", "10"])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert f"cannot reach 127.0.0.1:{server.port} over REST" in error[0]
+    assert "the gRPC port?" in error[0]
+
+
+def test_rest_query_at_a_non_json_http_server_is_a_one_line_error(capsys):
+    """Some other HTTP server on the port (a 200 that is not JSON): no traceback either."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Hello(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with HTTPServer(("127.0.0.1", 0), Hello) as other:
+        thread = threading.Thread(target=other.handle_request, daemon=True)
+        thread.start()
+        code = main(["query", "--rest", "--target", f"127.0.0.1:{other.server_port}",
+                     "--user", "u0000", "--timeout", "10"])
+        thread.join(timeout=10)
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert "its answer is not JSON" in error[0]
+
+
+def test_places_no_item_filled_are_left_out_of_printed_results():
+    """A catalogue smaller than k plus the excluded items pads with id "" (export.module)."""
+    import numpy as np
+
+    from tfmmrec.export.module import MISSING_SCORE
+    from tfmmrec.serving.client import format_results, served_items
+
+    result = {"item_ids": np.array([[b"i1", b"i2", b""]]),
+              "scores": np.array([[0.5, 0.25, MISSING_SCORE]], np.float32)}
+    assert served_items(result, 0) == [("i1", 0.5), ("i2", 0.25)]
+    assert format_results(result, ["u1"]).splitlines() == [
+        "u1:", "    1  i1                       0.5000", "    2  i2                       0.2500"]

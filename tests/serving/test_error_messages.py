@@ -89,6 +89,33 @@ RAW = {
         "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
     "eager_op_suffix": ("Input is empty. [Op:DecodeWav] name: decode",
                         "Input is empty."),
+    # A signature calling a nested tf.function (serving_default): TF names the wrapper first.
+    "function_node_empty_batch": (
+        "{{function_node __inference_signature_wrapper_<lambda>_4934}} assertion failed: "
+        "[user_id: empty batch - send at least one item]\n\t [[{{function_node "
+        "__inference__user_query_4100}}{{node Assert/Assert}}]] "
+        "[Op:__inference_signature_wrapper_<lambda>_4934]",
+        "user_id: empty batch - send at least one item"),
+    "function_node_big_batch": (
+        "{{function_node __inference_signature_wrapper_<lambda>_4934}} assertion failed: "
+        "[user_id: batch larger than export.limits.max_batch_size=1024:] [1025]\n\t "
+        "[[{{function_node __inference__user_query_4100}}{{node Assert_1/Assert}}]]",
+        "user_id: batch larger than export.limits.max_batch_size=1024: 1025"),
+    "function_node_condition": (
+        "{{function_node __inference_signature_wrapper_99}}{{node assert/Assert}} "
+        "INVALID_ARGUMENT: assertion failed: [k must be >= 1] [Condition x >= y did not hold "
+        "element-wise:] [x (k:0) = ] [0] [y (assert_greater_equal/y:0) = ] [1]",
+        "k must be >= 1 (got 0)"),
+    "node_name_prefix": (
+        "node assert_less_equal/Assert/Assert: assertion failed: [k must be <= max_k=20] "
+        "[Condition x <= y did not hold element-wise:] [x (k:0) = ] [21] "
+        "[y (assert_less_equal/y:0) = ] [20]\n\t [[node assert_less_equal/Assert/Assert "
+        "(defined at /x.py:3) ]]",
+        "k must be <= max_k=20 (got 21)"),
+    "function_node_not_an_assert": (
+        "{{function_node __inference_signature_wrapper_7}} Unknown image file format. One of "
+        "JPEG, PNG, GIF, BMP required.\n\t [[{{node DecodeImage}}]]",
+        "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
     "eager_assert": ("k must be >= 1\nCondition x >= y did not hold.\nFirst 1 elements of x:\n"
                      "[0]\nFirst 1 elements of y:\n[1]",
                      "k must be >= 1 (got 0)"),
@@ -103,6 +130,7 @@ def test_raw_tf_messages_become_one_line(case):
 
 @pytest.mark.parametrize("message", [
     "k must be >= 1 (got 0)",
+    "warmup request for signature 'recommend' failed: assertion failed: [x]",
     "Expects arg[0] to be string but int32 is provided",
     "Servable not found for request: Specific(tfmmrec, 99)",
     'Serving signature key "nope" not found.',
@@ -160,6 +188,20 @@ def test_real_graph_asserts_become_one_line():
         "exclude_item_ids: at most 3 items per request (got 5)"
 
 
+def test_asserts_in_a_nested_function_of_a_reloaded_savedmodel_become_one_line(tmp_path):
+    """A signature that calls another tf.function (as serving_default calls the towers) gets
+    "{{function_node …}}" before "assertion failed:" — the reviewer's raw REST body."""
+    module = tf.Module()
+    module.check_k = _check_k
+    wrapper = tf.function(lambda k: {"k": module.check_k(k)},
+                          input_signature=[tf.TensorSpec([], tf.int32, name="k")])
+    tf.saved_model.save(module, str(tmp_path / "m"), signatures={"serving_default": wrapper})
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    raw = _graph_error(loaded.signatures["serving_default"], k=tf.constant(0))
+    assert raw.startswith("{{function_node")
+    assert one_line_error(raw) == "k must be >= 1 (got 0)"
+
+
 def test_graph_asserts_of_a_reloaded_savedmodel_become_one_line(tmp_path):
     """A loaded SavedModel's errors carry "<stack traces unavailable>" framing instead."""
     module = tf.Module()
@@ -172,15 +214,21 @@ def test_graph_asserts_of_a_reloaded_savedmodel_become_one_line(tmp_path):
 
 
 # -- end to end: the served tiny export ------------------------------------------------------
+EMPTY_BATCH = "user_id: empty batch - send at least one item"
+BIG_BATCH = "user_id: batch larger than export.limits.max_batch_size=1024: 1025"
 BAD = {  # signature, inputs, the one line every front end must answer with
     "k_zero": ("recommend", {"user_id": ["u0000"], "k": 0}, "k must be >= 1 (got 0)"),
     "empty_text": ("query_text", {"text": [""], "k": 3}, "text: empty string in the batch"),
+    # serving_default wraps the towers' tf.function: "{{function_node …}}" framing
+    "default_empty_batch": ("serving_default", {"user_id": []}, EMPTY_BATCH),
+    "default_big_batch": ("serving_default", {"user_id": ["u0000"] * 1025}, BIG_BATCH),
 }
 
 
 def _numpy_inputs(inputs: dict) -> dict:
     return {alias: np.int32(value) if alias == "k" else np.array(
-        [v.encode() for v in value], dtype=object) for alias, value in inputs.items()}
+        [v.encode() for v in value], dtype=object).astype(bytes)
+        for alias, value in inputs.items()}
 
 
 @pytest.mark.usefixtures("still_serving")
@@ -218,6 +266,26 @@ def test_query_command_prints_one_line(server, rest, capsys):
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1, error
     assert "INVALID_ARGUMENT: text: empty string in the batch — fix the request" in error[0]
+
+
+def test_exported_model_empty_batch_is_one_line(in_process):
+    with pytest.raises(ServingError) as raised:
+        in_process[MODEL].recommend([])
+    message = str(raised.value)
+    assert "{{" not in message and "assertion failed" not in message and "\n" not in message
+    assert "user_id" in message and "empty" in message
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_query_command_prints_the_batch_limit_as_one_line(server, rest, capsys):
+    port = server.rest_port if rest else server.port
+    users = [arg for _ in range(1025) for arg in ("--user", "u0000")]
+    args = ["query", "--target", f"127.0.0.1:{port}", "--model", MODEL, *users,
+            *(["--rest"] if rest else [])]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert f"INVALID_ARGUMENT: {BIG_BATCH} — fix the request" in error[0]
 
 
 # -- start-up: a version policy naming versions that are not there ---------------------------

@@ -47,6 +47,7 @@ from tfmmrec.export.variables import VersionVariables, checkpoint_prefix
 from tfmmrec.export.warmup import warmup_requests
 from tfmmrec.export.writer import (
     ITEM_EMBEDDER,
+    check_version_free,
     read_metadata,
     write_updated_version,
     write_version,
@@ -114,6 +115,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     item_ids = np.asarray(item_ids)
     if len(item_ids) == 0:
         raise ExportError("cannot export an empty catalogue: at least one item must remain")
+    # A chosen version that exists is refused before the index build and recall measurement.
+    check_version_free(Path(base_dir) / model_name, version)
     two_stage = hasattr(towers, "score_candidates")
     # The export's configured k's, kept through every update (a catalogue that shrank and
     # grew back serves its configured max_k again); default_k / max_k become what this
@@ -188,6 +191,8 @@ def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
             "retrieve_candidates": int(metadata["retrieve_candidates"]),
             "max_seen": int(metadata.get("max_seen", 0)),
             "max_exclude": int(metadata["max_exclude"]),
+            # None (a version from before limits were recorded): the towers' or the default.
+            "max_batch_size": (metadata.get("limits") or {}).get("max_batch_size"),
             "max_session_items": int(metadata["max_session_items"]),
             "session_user_weight": float(metadata["session_user_weight"])}
 

@@ -77,8 +77,8 @@ class ExportedModel:
         users = _batch(user_ids, "user_ids").astype(str)
         if exclude is not None:  # serving_default has no exclusion input: recommend does
             extra = {} if k is None else {"k": k}
-            return self.call("recommend", user_id=users, exclude_item_ids=padded(exclude),
-                             **extra)
+            return self.call("recommend", user_id=users,
+                             exclude_item_ids=padded(exclude, "exclude"), **extra)
         if k is None:
             return self.call("serving_default", user_id=users)
         return self.call("recommend", user_id=users, k=k)
@@ -87,10 +87,10 @@ class ExportedModel:
                           exclude=None, viewed: dict | None = None) -> dict[str, np.ndarray]:
         """Top-k for sessions (lists of recent item ids, oldest first), optionally of users;
         ``viewed``: ``{modality: one raw value per session, "" / b"" for none}``."""
-        if not len(sessions):
+        inputs = {"session_item_ids": padded(sessions, "sessions")}
+        if not len(inputs["session_item_ids"]):
             raise ServingError("recommend_session: sessions is an empty batch (give one list "
                                "of recent item ids per session)")
-        inputs = {"session_item_ids": padded(sessions)}
         for modality, values in (viewed or {}).items():
             inputs[f"viewed_{modality}"] = np.array(list(values), dtype=object)
         if user_ids is not None:
@@ -98,7 +98,7 @@ class ExportedModel:
         if k is not None:
             inputs["k"] = k
         if exclude is not None:
-            inputs["exclude_item_ids"] = padded(exclude)
+            inputs["exclude_item_ids"] = padded(exclude, "exclude")
         return self.call("recommend_session", **inputs)
 
     def item_embeddings(self, item_ids) -> np.ndarray:
@@ -143,10 +143,22 @@ def _batch(values, name: str) -> np.ndarray:
     return np.asarray(values)
 
 
-def padded(lists) -> np.ndarray:
+def padded(lists, name: str = "item id lists") -> np.ndarray:
     """Ragged lists of ids → a ``[B, max_len]`` string array padded with "" (the request form
-    of ``exclude_item_ids`` and ``session_item_ids``)."""
-    lists = [[str(i) for i in row] for row in lists]
+    of ``exclude_item_ids`` and ``session_item_ids``).
+
+    A string where a list of ids belongs is refused with a ``ServingError`` naming ``name``:
+    iterating it would silently send its characters as ids (``"i0116"`` as five ids, or a
+    list of ids as one row per id)."""
+    if isinstance(lists, str | bytes):
+        raise ServingError(f"{name} is a single string ({lists!r}); pass one list of item ids "
+                           f"per row, e.g. [[{lists!r}]]")
+    rows = list(lists)
+    for r, row in enumerate(rows):
+        if isinstance(row, str | bytes):
+            raise ServingError(f"{name}[{r}] is a string ({row!r}), not a list of item ids; "
+                               f"pass one list per row, e.g. [[{row!r}]]")
+    lists = [[i.decode() if isinstance(i, bytes) else str(i) for i in row] for row in rows]
     width = max((len(row) for row in lists), default=0)
     out = np.full((len(lists), width), "", dtype=object)
     for r, row in enumerate(lists):

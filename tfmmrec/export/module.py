@@ -37,6 +37,11 @@ BATCH_OF_STRINGS = tf.TensorSpec([None], tf.string)
 # The request-time lists (items to exclude, a session's recent items) are padded with "".
 EXCLUDE_SPEC = tf.TensorSpec([None, None], tf.string, name="exclude_item_ids")
 SESSION_SPEC = tf.TensorSpec([None, None], tf.string, name="session_item_ids")
+# A place of a [batch, k] result no allowed item fills (the catalogue holds fewer than k items
+# besides the excluded and seen ones): id "" and the lowest float32, so it sorts last, never
+# names an excluded item, and stays valid JSON (-inf is not).
+MISSING_ITEM_ID = ""
+MISSING_SCORE = float(np.finfo(np.float32).min)
 
 
 class ServingTowers(tf.Module):
@@ -150,15 +155,7 @@ class ServingTowers(tf.Module):
 
     def _check_batch(self, values, name: str):
         """``values`` once its batch is non-empty and within ``limits.max_batch_size``."""
-        size = tf.size(values)
-        limit = self.limits.max_batch_size
-        checks = [
-            tf.debugging.Assert(size > 0, [f"{name}: empty batch - send at least one item"]),
-            tf.debugging.Assert(size <= limit, [
-                f"{name}: batch larger than export.limits.max_batch_size={limit}:", size]),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(values)
+        return check_batch(values, name, self.limits.max_batch_size)
 
     def _user_query(self, user_id):
         user_id = self._check_batch(user_id, "user_id")
@@ -277,7 +274,8 @@ class RetrievalServingModule(tf.Module):
       bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
     - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
       ``embedding`` (the served item embedding, zeros for an unknown id) and ``found`` (for a
-      caller's own index or to score chosen items).
+      caller's own index or to score chosen items). Every signature refuses an empty batch and
+      one of more than ``max_batch_size`` rows (``export.limits.max_batch_size``).
 
     Every retrieval signature but ``serving_default`` (kept single-input for TF Serving's REST
     row format) also takes ``exclude_item_ids`` ``[B, E]`` (optional, ""-padded,
@@ -285,7 +283,10 @@ class RetrievalServingModule(tf.Module):
     index is asked for ``max_exclude`` more results than needed and the excluded ones masked
     in-graph, so the cost is bounded. Unknown user ids get the trained cold-start query, not an
     error. With a baked seen set (``export.exclude_seen``), user-id signatures also skip the
-    user's training items.
+    user's training items. Outputs keep their ``[B, k]`` shape: when fewer than k allowed items
+    exist (a catalogue smaller than k plus the excluded/seen ones) the places left are padded
+    with id ``MISSING_ITEM_ID`` ("") and score ``MISSING_SCORE`` (the lowest float32; finite,
+    so the response stays valid JSON), after every real item.
 
     ``build_signatures=False`` defers creating the signature functions to :meth:`signatures`:
     a catalogue update that stores this module's variables under a previous version's graph
@@ -298,7 +299,7 @@ class RetrievalServingModule(tf.Module):
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
                  session_user_weight: float = 0.5,
                  id_keys: tuple[np.ndarray, np.ndarray] | None = None,
-                 build_signatures: bool = True):
+                 max_batch_size: int | None = None, build_signatures: bool = True):
         super().__init__(name="tfmmrec")
         self.towers = towers
         self.index = index
@@ -334,6 +335,11 @@ class RetrievalServingModule(tf.Module):
             self.training_index = catalog_variable(
                 training.get_indexer(ids.astype(str)).astype(np.int64), "training_index")
         self.max_exclude = max_exclude
+        # embed_items' own batch limit (the other signatures' is the towers'): the export's
+        # limits unless given (a catalogue update passes the version's recorded value).
+        limits = getattr(towers, "limits", None)
+        self.max_batch_size = int(max_batch_size or getattr(
+            limits, "max_batch_size", ServingLimitsConfig().max_batch_size))
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
         # Exports from before session_query blend every session item (the older behaviour).
@@ -356,6 +362,10 @@ class RetrievalServingModule(tf.Module):
                 "max_seen": self.max_seen,
                 "max_exclude": self.max_exclude, "max_session_items": self.max_session_items,
                 "session_user_weight": self.session_user_weight, "two_stage": self.two_stage,
+                "max_batch_size": self.max_batch_size,
+                # How a place without an item is filled: a version traced before the padding
+                # (it returned excluded items at -inf) lacks it, so its next update re-traces.
+                "missing_result": [MISSING_ITEM_ID, MISSING_SCORE],
                 "history_sessions": self.history_sessions, "modalities": list(self.modalities),
                 "dim": int(self.item_table.shape[1]), "index": self.index.graph_constants()}
 
@@ -449,7 +459,9 @@ class RetrievalServingModule(tf.Module):
         """Top ``count`` (scores, rows) without excluded items (and seen ones, when baked in).
 
         The index is asked for ``count + max_exclude (+ max_seen)`` results, so ``count``
-        allowed ones remain whatever the request excludes.
+        allowed ones remain whatever the request excludes, unless the catalogue holds fewer:
+        the places left have row −1 (and score −inf, so they rank last); :meth:`_results`
+        pads them.
         """
         batch = tf.shape(queries)[0]
         excluded_rows = self._exclusion_rows(exclude, batch)
@@ -458,30 +470,43 @@ class RetrievalServingModule(tf.Module):
         fetch = min(count + self.max_exclude + seen, self.index.k)
         scores, items = self.index(queries, k=fetch)
         items = tf.cast(items, tf.int64)
-        masked = tf.reduce_any(items[:, :, None] == excluded_rows[:, None, :], axis=2)
+        # An index may return −1 for a place it could not fill (partitioned padding).
+        masked = (items < 0) | tf.reduce_any(items[:, :, None] == excluded_rows[:, None, :],
+                                             axis=2)
         if seen:
-            masked |= self.towers.is_seen(user_id, tf.gather(self.training_index, items))
+            masked |= self.towers.is_seen(user_id, tf.gather(self.training_index,
+                                                             tf.maximum(items, 0)))
         scores = tf.where(masked, tf.fill(tf.shape(scores), float("-inf")), scores)
         scores, order = tf.math.top_k(scores, k=min(count, fetch))
-        return scores, tf.gather(items, order, batch_dims=1)
+        kept = tf.logical_not(tf.gather(masked, order, batch_dims=1))
+        return scores, tf.where(kept, tf.gather(items, order, batch_dims=1), -1)
+
+    def _results(self, items, scores: dict) -> dict:
+        """``item_ids`` of served rows and the given ``[B, k]`` scores, with every place of row
+        −1 (no allowed item left) padded: id ``MISSING_ITEM_ID``, score ``MISSING_SCORE``."""
+        present = items >= 0
+        outputs = {"item_ids": tf.where(present, tf.gather(self.item_ids, tf.maximum(items, 0)),
+                                        MISSING_ITEM_ID)}
+        for name, value in scores.items():
+            outputs[name] = tf.where(present, value, MISSING_SCORE)
+        return _shaped(outputs)
 
     def _top_k(self, queries, k, exclude, user_id=None):
         k = self._check_k(k)
         scores, items = self._retrieve(queries, self.max_k, exclude, user_id)
-        return _shaped({"item_ids": tf.gather(self.item_ids, items[:, :k]),
-                        "scores": scores[:, :k]})
+        return self._results(items[:, :k], {"scores": scores[:, :k]})
 
     def _two_stage(self, queries, k, exclude, user_id=None):
         """Retrieve N candidates, re-rank them with the ranking head, keep the top k."""
         k = self._check_k(k)
         retrieval_scores, items = self._retrieve(queries, self.retrieve_candidates, exclude,
                                                  user_id)
-        logits = self.towers.score_candidates(queries, tf.gather(self.item_table, items))
-        # Excluded items that had to fill the candidate list keep −inf: never in the top k.
-        logits = tf.where(tf.math.is_inf(retrieval_scores), retrieval_scores, logits)
+        logits = self.towers.score_candidates(
+            queries, tf.gather(self.item_table, tf.maximum(items, 0)))
+        # Places no allowed item filled keep −inf: ranked after every candidate, then padded.
+        logits = tf.where(items >= 0, logits, float("-inf"))
         ranking_scores, order = tf.math.top_k(logits, k=k)
-        return _shaped({
-            "item_ids": tf.gather(self.item_ids, tf.gather(items, order, batch_dims=1)),
+        return self._results(tf.gather(items, order, batch_dims=1), {
             "scores": ranking_scores,
             "retrieval_scores": tf.gather(retrieval_scores, order, batch_dims=1)})
 
@@ -574,7 +599,7 @@ class RetrievalServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")],
                  autograph=False)
     def embed_items(self, item_id):
-        rows = self._lookup_rows(item_id)
+        rows = self._lookup_rows(check_batch(item_id, "item_id", self.max_batch_size))
         found = rows >= 0
         embedding = tf.gather(self.item_table, tf.maximum(rows, 0))
         return {"embedding": tf.where(found[:, None], embedding, tf.zeros_like(embedding)),
@@ -596,6 +621,20 @@ class RetrievalServingModule(tf.Module):
         for modality in self.modalities:
             signatures[f"query_{modality}"] = getattr(self, f"query_{modality}")
         return signatures
+
+
+def check_batch(values, name: str, limit: int):
+    """``values`` once its batch is non-empty and holds at most ``limit`` entries: asserts in
+    the graph, so stock TF Serving refuses an oversized request (INVALID_ARGUMENT) before the
+    work it would cost, as ``tfmmrec serve`` does."""
+    size = tf.size(values)
+    checks = [
+        tf.debugging.Assert(size > 0, [f"{name}: empty batch - send at least one item"]),
+        tf.debugging.Assert(size <= limit, [
+            f"{name}: batch larger than export.limits.max_batch_size={limit}:", size]),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(values)
 
 
 def _unique(objects: list) -> list:

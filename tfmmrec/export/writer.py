@@ -8,6 +8,7 @@ directories named by an integer).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -74,16 +75,46 @@ def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def check_version_free(model_dir: str | os.PathLike, version: int | None) -> None:
+    """Refuse a chosen ``export.version`` that already exists, naming the versions present.
+
+    Versions are immutable. Called before an export's work (index build, recall measurement)
+    as well as just before writing, so the refusal costs nothing. ``None``: the next version,
+    always free."""
+    if not version:
+        return
+    final = Path(model_dir) / str(version)
+    if final.exists():
+        present = list_versions(model_dir)
+        raise ExportError(
+            f"export.version={version}: {final} already exists (versions present: "
+            f"{', '.join(map(str, present)) or 'none'}); versions are immutable: choose "
+            f"another export.version or leave it empty for the next one "
+            f"({next_version(model_dir)})")
+
+
 def _new_version_dir(model_dir: Path, version: int | None) -> tuple[int, Path]:
     """The next version's number and directory (stale temp dirs of killed writes removed);
     an existing version is refused: versions are immutable."""
     remove_stale_temp_dirs(model_dir)
+    check_version_free(model_dir, version)
     version = version or next_version(model_dir)
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(f"{final} already exists: versions are immutable; choose another "
-                          "export.version or leave it empty for the next one")
-    return version, final
+    return version, model_dir / str(version)
+
+
+def _write_failed(final: Path, version: int, exc: Exception) -> ExportError:
+    """The error of a write that failed. Losing a race (another writer renamed its version
+    ``version`` into place between our choice of the number and our rename) is said as such:
+    the temp folder is already removed, so this run changed nothing and a retry builds on the
+    winner's version."""
+    lost = (isinstance(exc, tf.errors.AlreadyExistsError)
+            or (isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
+                and Path(final).is_dir()))
+    if lost:
+        return ExportError(f"another writer published version {version} ({final}) first; "
+                           "nothing was changed by this run: run it again (a catalogue update "
+                           f"then builds on version {version})")
+    return ExportError(f"export to {final} failed: {exc}")
 
 
 def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: str,
@@ -114,7 +145,7 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"export to {final} failed: {exc}") from exc
+        raise _write_failed(final, version, exc) from exc
     logger.info("exported %s", final)
     return final
 
@@ -154,7 +185,7 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"export to {final} failed: {exc}") from exc
+        raise _write_failed(final, version, exc) from exc
     logger.info("exported %s (graph of %s, new catalogue variables)", final, previous.name)
     return final
 

@@ -133,8 +133,8 @@ def _add_query(subparsers) -> None:
     query.add_argument("--target", default="127.0.0.1:8500",
                        help="host:port of the gRPC port (REST port with --rest)")
     query.add_argument("--model", default="tfmmrec", help="model name on the server")
-    query.add_argument("--k", type=int, help="how many items (default: the export's k for "
-                       "--user, 10 otherwise)")
+    query.add_argument("--k", type=int, help="how many items (default: the export's "
+                       "default k, for every kind of query)")
     query.add_argument("--version", type=int, help="a specific version (default: newest)")
     query.add_argument("--rest", action="store_true", help="use the REST API")
     query.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
@@ -174,7 +174,7 @@ def _add_query_what(query) -> None:
 
 def _query(args) -> int:
     from tfmmrec import modalities
-    from tfmmrec.serving.client import DEFAULT_K, ServingClient, format_results
+    from tfmmrec.serving.client import ServingClient, format_results, served_items
 
     with ServingClient(args.target, args.model, version=args.version, rest=args.rest,
                        timeout=args.timeout) as client:
@@ -187,17 +187,20 @@ def _query(args) -> int:
             for user, vector in zip(args.embed, embedding, strict=True):
                 print(json.dumps({"user_id": user, "embedding": vector.tolist()}))
             return 0
-        k = args.k if args.k is not None else DEFAULT_K
+        # No --k: k stays out of the request and the signature's default (the export's
+        # default_k, within even a catalogue smaller than export.k) applies.
         if args.user:
             result, queries = client.recommend(args.user, args.k), args.user
         else:
             modality, queries = next((m, getattr(args, f"query_{m}")) for m in modalities.names()
                                      if getattr(args, f"query_{m}", None))
-            result = client.query(modality, queries, k)
+            result = client.query(modality, queries, args.k)
     if args.json:
-        rows = [{"query": q, "item_ids": [i.decode() for i in result["item_ids"][row]],
-                 "scores": [float(s) for s in result["scores"][row]]}
-                for row, q in enumerate(queries)]
+        rows = []
+        for row, query in enumerate(queries):
+            items = served_items(result, row)
+            rows.append({"query": query, "item_ids": [i for i, _ in items],
+                         "scores": [s for _, s in items]})
         return _print(rows, True, str)
     print(format_results(result, queries))
     return 0

@@ -9,6 +9,7 @@ become :class:`ServingRequestError` with the gRPC code name and a message saying
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -33,7 +34,6 @@ from tfmmrec.modalities.base import string_batch
 from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
 from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
 
-DEFAULT_K = 10
 MAX_MESSAGE_BYTES = 64 * 2**20
 
 
@@ -90,14 +90,19 @@ class ServingClient:
             return self.predict("serving_default", {"user_id": users})
         return self.predict("recommend", {"user_id": users, "k": np.int32(k)})
 
-    def query(self, modality: str, values, k: int = DEFAULT_K) -> dict[str, np.ndarray]:
+    def query(self, modality: str, values, k: int | None = None) -> dict[str, np.ndarray]:
         """Top-k items for content of a registered modality (the ``query_<modality>``
         signature): text as strings, media as encoded bytes or file paths; one or a list.
-        ``query_text(values, k)``, ``query_image(...)`` and so on — one per registered
-        modality, a user-registered one included — are shorthands for it."""
+        ``k=None`` leaves ``k`` out of the request so the signature's default applies (the
+        export's ``default_k``, which stays within a catalogue smaller than ``export.k``; a
+        fixed client-side default would fail there). ``query_text(values, k)``,
+        ``query_image(...)`` and so on — one per registered modality, a user-registered one
+        included — are shorthands for it."""
         spec = modalities.get(modality)
-        return self.predict(f"query_{spec.name}", {spec.name: spec.request_values(values),
-                                                   "k": np.int32(k)})
+        inputs = {spec.name: spec.request_values(values)}
+        if k is not None:
+            inputs["k"] = np.int32(k)
+        return self.predict(f"query_{spec.name}", inputs)
 
     def __getattr__(self, name: str):
         """``query_<modality>``: :meth:`query` for every modality in the registry (looked up
@@ -225,6 +230,10 @@ class ServingClient:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:  # a 200 but not JSON
+            raise ServingRequestError(
+                _explain("UNAVAILABLE", f"its answer is not JSON: {error}", what, self.target,
+                         self.timeout, rest=True), "UNAVAILABLE") from None
         except urllib.error.HTTPError as error:
             details = _error_text(error)
             code = GRPC_CODE_FOR_HTTP.get(error.code, grpc.StatusCode.UNKNOWN).name
@@ -240,6 +249,12 @@ class ServingClient:
             raise ServingRequestError(_explain(code, str(reason), what, self.target,
                                                self.timeout, rest=True), code,
                                       str(reason)) from None
+        except http.client.HTTPException as error:  # e.g. the gRPC port's HTTP/2 frames
+            details = (f"the answer is not HTTP/1.1: {type(error).__name__} — the gRPC port? "
+                       "it takes no --rest")
+            raise ServingRequestError(_explain("UNAVAILABLE", details, what, self.target,
+                                               self.timeout, rest=True), "UNAVAILABLE",
+                                      details) from None
 
 
 def _explain(code: str, details: str, what: str, target: str, timeout: float, rest: bool) -> str:
@@ -283,13 +298,22 @@ def _shape(info) -> list[int] | None:
     return None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
 
 
+def served_items(result: Mapping[str, np.ndarray], row: int) -> list[tuple[str, float]]:
+    """``(item id, score)`` of one result row, without the places no item filled (id "": the
+    catalogue held fewer than k items besides the excluded ones)."""
+    pairs = []
+    for item, score in zip(result["item_ids"][row], result["scores"][row], strict=True):
+        item = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+        if item:
+            pairs.append((item, float(score)))
+    return pairs
+
+
 def format_results(result: Mapping[str, np.ndarray], queries: Iterable[str]) -> str:
     """A plain-text table of top-k item ids and scores per query (for the CLI)."""
     lines = []
     for row, query in enumerate(queries):
         lines.append(f"{query}:")
-        ids, scores = result["item_ids"][row], result["scores"][row]
-        for rank, (item, score) in enumerate(zip(ids, scores, strict=True), start=1):
-            item = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
-            lines.append(f"  {rank:>3}  {item:<24} {float(score):.4f}")
+        for rank, (item, score) in enumerate(served_items(result, row), start=1):
+            lines.append(f"  {rank:>3}  {item:<24} {score:.4f}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import math
+import sys
 
 import grpc
 import numpy as np
@@ -57,7 +58,8 @@ def proto_dtype_name(dtype: int) -> str:
 
 # -- JSON text → tensors -----------------------------------------------------------------------
 def loads(body: bytes):
-    """Parse a request body; syntax errors, bad UTF-8 and excessive nesting are client errors."""
+    """Parse a request body; syntax errors, bad UTF-8, excessive nesting and integers too long
+    for Python to convert are client errors (400), never a 500."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
     depth = _max_nesting(body)
@@ -70,6 +72,10 @@ def loads(body: bytes):
         raise invalid_argument(f"JSON Parse error: {exc}") from None
     except RecursionError:
         raise invalid_argument("JSON Parse error: the document is nested too deeply") from None
+    except ValueError:  # int("1" * 5000): Python refuses long integer strings (CVE-2020-10735)
+        raise invalid_argument(
+            f"JSON Parse error: a number has more than {sys.get_int_max_str_digits()} digits; "
+            "no tensor dtype holds it (int64 has at most 19)") from None
 
 
 def _max_nesting(body: bytes) -> int:

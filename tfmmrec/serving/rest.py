@@ -4,13 +4,16 @@ JSON handling follows ``tensorflow_serving/util/json_tensor.cc``: row (``instanc
 columnar (``inputs``) requests, ``{"b64": ...}`` for bytes, ``predictions`` / ``outputs``
 responses, ``{"error": ...}`` with TF Serving's HTTP codes. The HTTP layer is the standard
 library's ``ThreadingHTTPServer`` (no extra dependency; three routes need no framework); model
-executions are bounded by the core's thread budget, not by the number of connections.
+executions are bounded by the core's thread budget, not by the number of connections. Bodies
+come by ``Content-Length`` or ``Transfer-Encoding: chunked`` (TF Serving takes both), each held
+to ``--max-request-bytes``; a body whose end cannot be found closes its keep-alive connection.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 from http import HTTPStatus
@@ -219,7 +222,29 @@ def outputs_json(outputs, request_format: str) -> dict:
 
 
 def _dumps(payload: dict) -> bytes:
-    return json.dumps(payload, indent=None, separators=(",", ":")).encode("utf-8")
+    """Strict JSON: a non-finite float (a -inf score, a NaN) is written as ``null``.
+
+    TF Serving's writer (``WriteDecimal`` in util/json_tensor.cc) emits the bare tokens ``NaN``,
+    ``Infinity`` and ``-Infinity``, which are not JSON: ``JSON.parse``, Go's and Java's strict
+    parsers reject the whole response. ``tfmmrec serve`` deviates on purpose and writes ``null``
+    (the client reads it back as NaN). Payloads are scanned only when the strict dump fails.
+    """
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a non-finite float somewhere
+        text = json.dumps(_finite(payload), separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
+
+
+def _finite(value: object) -> object:
+    """``value`` with every non-finite float replaced by None (lists and dicts walked)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
 
 
 def status_json(response: get_model_status_pb2.GetModelStatusResponse) -> dict:
@@ -239,29 +264,140 @@ def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> 
 
 
 # -- HTTP plumbing ---------------------------------------------------------------------------
+MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) or trailer line, CRLF included
+MAX_TRAILER_LINES = 64
+_CONTENT_LENGTH = re.compile(r"[0-9]+")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+class _BodyError(Exception):
+    """The request body cannot be read as sent: answer ``status`` and close the connection
+    (its unread bytes are not the next request)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _too_large(what: str, limit: int) -> _BodyError:
+    return _BodyError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                      f"{what} is larger than the limit of {limit} bytes "
+                      "(tfmmrec serve --max-request-bytes); send fewer or smaller items")
+
+
+def content_length(values: list[str]) -> int:
+    """The one length of ``Content-Length`` header(s); a negative, non-numeric or conflicting
+    value is a 400 (RFC 9112 §6.3), not a 413 for a body of "-5 bytes"."""
+    found = [value.strip() for header in values for value in header.split(",")]
+    # 19+ digits: over any limit; capped rather than converted (int() refuses 4300+ digits)
+    numbers = {int(v) if len(v) <= 18 else 10**18 for v in found if _CONTENT_LENGTH.fullmatch(v)}
+    if len(numbers) != 1 or not all(_CONTENT_LENGTH.fullmatch(v) for v in found):
+        shown = ", ".join(found)
+        shown = shown if len(shown) <= 40 else shown[:40] + "..."
+        raise _BodyError(HTTPStatus.BAD_REQUEST, f"Invalid Content-Length header: {shown!r} "
+                         "(expected one non-negative number of bytes)")
+    return numbers.pop()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like TF Serving's libevent server
     timeout = 60  # idle keep-alive connections are closed after this many seconds
     server: RestServer
 
     def do_GET(self) -> None:
-        self._respond("GET", b"")
+        self._with_body("GET")  # a GET body is read (and ignored) so the next request parses
 
     def do_POST(self) -> None:
+        self._with_body("POST")
+
+    def _with_body(self, method: str) -> None:
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        limit = self.server.max_request_bytes
-        if length < 0 or length > limit:
+            body = self._read_body(self.server.max_request_bytes)
+        except _BodyError as error:
             self.close_connection = True
-            if 0 < length <= 8 * limit:
-                self._discard(length)  # so the client reads our answer, not a reset
-            message = (f"Request body of {length} bytes is larger than the limit of {limit} "
-                       "bytes (tfmmrec serve --max-request-bytes); send fewer or smaller items")
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _dumps({"error": message}))
+            self._send(error.status, _dumps({"error": error.message}))
             return
-        self._respond("POST", self.rfile.read(length))
+        self._respond(method, body)
+
+    def _read_body(self, limit: int) -> bytes:
+        """The body by ``Content-Length`` or ``Transfer-Encoding: chunked`` (as TF Serving's
+        server accepts both), never holding more than ``limit`` bytes of it."""
+        codings = [coding.strip().lower() for header in self.headers.get_all(
+            "Transfer-Encoding", []) for coding in header.split(",") if coding.strip()]
+        lengths = self.headers.get_all("Content-Length", [])
+        if codings:
+            named = ", ".join(codings)[:80]
+            if codings[-1] != "chunked":  # RFC 9112 §6.3: the body's end cannot be found
+                raise _BodyError(HTTPStatus.BAD_REQUEST, "Transfer-Encoding must end with "
+                                 f"chunked (got {named})")
+            if codings != ["chunked"]:
+                raise _BodyError(HTTPStatus.NOT_IMPLEMENTED, f"Transfer-Encoding {named} is "
+                                 "not supported; send the JSON chunked or with a Content-Length")
+            if lengths:  # both: chunked wins, and the connection is not reused (RFC 9112 §6.3)
+                self.close_connection = True
+            return self._read_chunked(limit)
+        length = content_length(lengths) if lengths else 0
+        if length > limit:
+            if length <= 8 * limit:
+                self._discard(length)  # so the client reads our answer, not a reset
+            raise _too_large(f"Request body of {length} bytes", limit)
+        return self.rfile.read(length) if length else b""
+
+    def _read_chunked(self, limit: int) -> bytes:
+        """A chunked body, refused with a 413 as soon as its chunks add up past ``limit``."""
+        body = bytearray()
+        while size := self._chunk_size():
+            if len(body) + size > limit:
+                self._drain_chunks(size, 8 * limit - len(body))
+                raise _too_large("Chunked request body", limit)
+            data = self.rfile.read(size)
+            if len(data) < size:
+                raise _BodyError(HTTPStatus.BAD_REQUEST, f"Chunked body ended inside a chunk "
+                                 f"({len(data)} of {size} bytes)")
+            body += data
+            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise _BodyError(HTTPStatus.BAD_REQUEST, f"Chunk of {size} bytes is not "
+                                 "followed by CRLF: its size does not match its data")
+        self._skip_trailers()
+        return bytes(body)
+
+    def _chunk_size(self) -> int:
+        line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+        if not line:
+            raise _BodyError(HTTPStatus.BAD_REQUEST, "Chunked body ended before its last "
+                             "(zero-size) chunk")
+        if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\n"):
+            raise _BodyError(HTTPStatus.BAD_REQUEST, "Chunk-size line longer than "
+                             f"{MAX_CHUNK_LINE} bytes")
+        size = line.split(b";", 1)[0].strip()
+        if not _CHUNK_SIZE.fullmatch(size):
+            raise _BodyError(HTTPStatus.BAD_REQUEST, "Malformed chunk size "
+                             f"{short(line.rstrip().decode('latin-1'))} (expected hex digits)")
+        return int(size, 16)
+
+    def _skip_trailers(self) -> None:
+        for _ in range(MAX_TRAILER_LINES):
+            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            if line in (b"\r\n", b"\n", b""):
+                return
+            if len(line) > MAX_CHUNK_LINE:
+                break
+        raise _BodyError(HTTPStatus.BAD_REQUEST, "Chunked body trailer too long (at most "
+                         f"{MAX_TRAILER_LINES} lines of {MAX_CHUNK_LINE} bytes)")
+
+    def _drain_chunks(self, size: int, budget: int) -> None:
+        """Read and drop a refused chunked body (up to ``budget`` bytes) so that the client
+        reads the 413 rather than a connection reset; never stored."""
+        try:
+            while 0 < size <= budget:
+                self._discard(size + 2)  # the data and its CRLF
+                budget -= size
+                size = self._chunk_size()
+            if size == 0:
+                self._skip_trailers()
+        except _BodyError:
+            pass  # malformed past the limit: the connection is closed anyway
 
     def _discard(self, length: int) -> None:
         while length > 0:
@@ -287,6 +423,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
 

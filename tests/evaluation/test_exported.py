@@ -1,0 +1,55 @@
+"""``tfmmrec evaluate --export``: the error when the export does not serve dataset items says
+why (removed by ``catalog remove``, or added to the dataset since the export), with plain ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfmmrec import pipeline
+from tfmmrec.config import load_config
+from tfmmrec.errors import ExportError
+from tfmmrec.evaluation.exported import exported_embeddings, unserved_items_message
+from tfmmrec.export import catalog
+
+
+@pytest.fixture(scope="module")
+def removed(tiny_config, tiny_trained, tmp_path_factory) -> Path:
+    """Version 2 of the tiny model: version 1 less three items (``catalog remove``)."""
+    config = load_config(tiny_config, [
+        f"export.base_dir={tmp_path_factory.mktemp('eval-export')}"])
+    first = pipeline.export(config, model=tiny_trained.model,
+                            workspace=tiny_trained.workspace, index="brute_force")
+    return catalog.remove(first.parent, item_ids=["i0001", "i0002", "i0003"]).version_dir
+
+
+def test_items_removed_by_catalog_remove_are_named_as_removed(removed, tiny_trained):
+    version = removed
+    ws = tiny_trained.workspace
+    with pytest.raises(ExportError) as info:
+        exported_embeddings(version, ws.user_ids[:3], ws.dataset.catalog.item_ids)
+    message = str(info.value)
+    assert (f"{version} has no embedding for 3 item(s) of the dataset's catalogue: 3 "
+            "(i0001, i0002, i0003) were removed from it by `tfmmrec catalog remove`") in message
+    assert f"--export {version.parent / '1'}" in message
+    assert "np.str_" not in message and "added" not in message
+
+
+def test_items_new_to_the_dataset_are_named_as_added(removed, tiny_trained):
+    version = removed
+    ws = tiny_trained.workspace
+    wanted = np.array([*ws.dataset.catalog.item_ids[:2].astype(str), "new-1", "new-2"])
+    with pytest.raises(ExportError, match=r"has no embedding for 3 item\(s\) .*: 1 \(i0001\) "
+                                          r"were removed .*; 2 \(new-1, new-2\) were added to "
+                                          r"the dataset after it was exported: export the "
+                                          r"model again, or `tfmmrec catalog add` them"):
+        exported_embeddings(version, ws.user_ids[:3], wanted)
+
+
+def test_without_a_record_both_causes_are_named(tmp_path):
+    message = unserved_items_message(tmp_path / "3", [f"x{i}" for i in range(7)], None)
+    assert "(x0, x1, x2, x3, x4 and 2 more)" in message
+    assert "added to the dataset after this export" in message
+    assert "removed from it by `tfmmrec catalog remove`" in message
