@@ -3,6 +3,7 @@ what serving refuses (pixels, sample rate) and decode no more audio than the mod
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import tensorflow as tf
 from PIL import Image
 
 from tfmmrec.data import media
@@ -201,3 +203,126 @@ def test_check_audio_file_refuses_a_truncated_wav(tmp_path):
         media.check_audio_file(truncated, 2.0)
     with pytest.raises(MediaDecodeError, match=r"nowhere\.wav"):
         media.check_audio_file(tmp_path / "nowhere.wav", 2.0)
+
+
+# --- GIF frames and animated WebP -------------------------------------------------------------
+
+
+def animated_gif(frames: int = 100, size: int = 512) -> bytes:
+    """The reviewer's GIF bomb, smaller: ``frames`` full ``size`` x ``size`` frames alternating
+    black and white (the first black). LZW packs each frame into a few KB; decoding every frame
+    takes frames x size² bytes (100 x 512² = 26 MB here, 500 MB for 120 2048² frames)."""
+    images = [Image.new("P", (size, size), color=i % 2) for i in range(frames)]
+    for image in images:
+        image.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    buffer = io.BytesIO()
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], optimize=False,
+                   disposal=1, duration=10)
+    return buffer.getvalue()
+
+
+def gif_parts(size=(8, 8)) -> tuple[bytes, bytes]:
+    """A one-frame GIF split into header (with its colour table) and image block + trailer."""
+    buffer = io.BytesIO()
+    Image.new("P", size, 1).save(buffer, "GIF")
+    data = buffer.getvalue()
+    table = 3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0
+    return data[:13 + table], data[13 + table:]
+
+
+def fragmented_gif(pairs: int) -> bytes:
+    """A valid 8x8 GIF whose comment extension is ``pairs`` 1-byte and 2-byte sub-blocks in
+    turn: no run of equal lengths to skip, so each step of the walk gets through one pair."""
+    header, image = gif_parts()
+    return header + b"\x21\xfe" + b"\x01a\x02ab" * pairs + b"\x00" + image
+
+
+def gif_with_screen(frame: int, screen: int) -> bytes:
+    """A one-frame GIF of ``frame`` x ``frame`` pixels whose header's logical screen says
+    ``screen`` x ``screen`` (TF sizes its canvas by the frame)."""
+    header, image = gif_parts((frame, frame))
+    return header[:6] + struct.pack("<HH", screen, screen) + header[10:] + image
+
+
+@pytest.fixture
+def decoded_gifs(monkeypatch) -> list[bytes]:
+    """The bytes the image decoder is given, as the loaders call it."""
+    given = []
+    decode = media.tf.io.decode_image
+
+    def spy(contents, *args, **kwargs):
+        given.append(contents.numpy())
+        return decode(contents, *args, **kwargs)
+
+    monkeypatch.setattr(media.tf.io, "decode_image", spy)
+    return given
+
+
+def test_a_gif_bomb_reaches_the_decoder_as_its_first_frame_only(tmp_path, decoded_gifs):
+    path = tmp_path / "bomb.gif"
+    path.write_bytes(animated_gif(100, 512))
+    limit = 2 * 512 * 512  # the 100 frames hold 26 M pixels, the first one 262,144
+    assert media.check_image_file(path, limit) == (512, 512)
+    np.testing.assert_array_equal(media.load_image(path, 16, limit), 0.0)  # black
+    [given] = decoded_gifs
+    with Image.open(io.BytesIO(given)) as first:
+        assert first.n_frames == 1 and first.size == (512, 512)
+    assert len(given) < path.stat().st_size / 50
+
+
+def test_a_gif_frame_larger_than_its_logical_screen_is_refused(tmp_path, no_image_decoding):
+    path = tmp_path / "liar.gif"
+    path.write_bytes(gif_with_screen(frame=64, screen=16))
+    for check in (lambda: media.load_image(path, 8, max_pixels=1000),
+                  lambda: media.check_image_file(path, max_pixels=1000)):
+        with pytest.raises(MediaDecodeError, match=r"first frame of .*liar\.gif declares 64 x 64 "
+                                                   r"= 4,096 pixels, over the decoding limit "
+                                                   r"of 1,000"):
+            check()
+
+
+def test_fragmented_or_imageless_gifs_are_refused_before_decoding(tmp_path, no_image_decoding):
+    fragmented = tmp_path / "fragmented.gif"
+    fragmented.write_bytes(fragmented_gif(media.GIF_MAX_STEPS + 10))
+    empty = tmp_path / "empty.gif"
+    empty.write_bytes(gif_parts()[0] + b";")
+    for path, reason in ((fragmented, rf"GIF too fragmented: over {media.GIF_MAX_STEPS} steps"),
+                         (empty, r"broken GIF: no image block")):
+        for check in (media.check_image_file, lambda p: media.load_image(p, 8)):
+            with pytest.raises(MediaDecodeError, match=rf"{path.name} \({reason}"):
+                check(path)
+
+
+def test_an_animated_webp_is_refused_with_its_reason(tmp_path):
+    path = tmp_path / "anim.webp"
+    frames = [Image.new("RGB", (20, 10), color) for color in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+    for check in (media.check_image_file, lambda p: media.load_image(p, 8)):
+        with pytest.raises(MediaDecodeError, match=r"anim\.webp \(animated WebP"):
+            check(path)
+
+
+def test_offline_and_serving_decode_an_animated_gif_to_the_same_first_frame(tmp_path):
+    frames = [Image.new("RGB", (40, 30), color) for color in ((255, 0, 0), (0, 255, 0))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    offline = media.load_image(path, 8)
+    serving = tf.function(lambda b: media.decode_image(b, 8, 16_777_216))(
+        tf.constant(path.read_bytes()))
+    np.testing.assert_array_equal(offline, serving.numpy())
+    np.testing.assert_allclose(offline, np.broadcast_to([1.0, 0.0, 0.0], offline.shape),
+                               atol=0.01)
+
+
+def test_a_webp_with_alpha_decodes_as_its_png_does_offline_and_in_serving(tmp_path):
+    """TF's WebP decoder refuses channels=3 for a WebP with alpha (transparent cut-outs)."""
+    rgba = np.random.default_rng(0).integers(0, 256, (20, 30, 4), np.uint8)
+    # exact: keep the RGB under transparent pixels (WebP may rewrite it otherwise)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.webp", lossless=True, exact=True)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    media.check_image_file(tmp_path / "cut.webp")
+    offline = media.load_image(tmp_path / "cut.webp", 16)
+    np.testing.assert_array_equal(offline, media.load_image(tmp_path / "cut.png", 16))
+    serving = tf.function(lambda b: media.decode_image(b, 16, 16_777_216))(
+        tf.constant((tmp_path / "cut.webp").read_bytes()))
+    np.testing.assert_array_equal(offline, serving.numpy())

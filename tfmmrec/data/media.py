@@ -26,7 +26,7 @@ from tfmmrec.errors import ConfigError, MediaDecodeError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
-_IMAGE_FORMATS = "JPEG, PNG, GIF (first frame), BMP or WebP"
+_IMAGE_FORMATS = "JPEG, PNG, GIF (first frame), BMP or still WebP"
 _AUDIO_FORMATS = "WAV (PCM, ADPCM), FLAC, Ogg Vorbis/Opus, MP3, AIFF or AU (what libsndfile reads)"
 
 # Windowed-sinc resampler: zero crossings of the sinc kept on each side, and the Kaiser window's
@@ -138,12 +138,14 @@ def image_header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.
 
 
 def check_image_header(image_bytes: tf.Tensor, max_pixels: int) -> list:
-    """Assertions (INVALID_ARGUMENT) that the header names a known format and a size within
-    ``max_pixels``; run them before decoding (see :func:`decode_image`)."""
+    """Assertions (INVALID_ARGUMENT) that the header names a known format, not an animated WebP
+    (:data:`ANIMATED_WEBP_MESSAGE`), and a size within ``max_pixels``; run them before decoding
+    (see :func:`decode_image`)."""
     known, height, width = image_header_size(image_bytes)
     pixels = height * width
     return [
         tf.debugging.Assert(known, [IMAGE_FORMAT_MESSAGE]),
+        tf.debugging.Assert(~_is_animated_webp(_header(image_bytes)), [ANIMATED_WEBP_MESSAGE]),
         tf.debugging.Assert(
             (height > 0) & (width > 0),
             ["image: the header declares no pixels (height x width):", height, width]),
@@ -154,20 +156,186 @@ def check_image_header(image_bytes: tf.Tensor, max_pixels: int) -> list:
     ]
 
 
+# --- GIF: only the first frame reaches the decoder ---------------------------------------------
+#
+# giflib (TF's GIF decoder) reads every frame into memory before DecodeImage keeps the first
+# (expand_animations=False): a 576 KB GIF of 120 2048x2048 frames took ~500 MB, linearly in the
+# frame count, which no header check sees. It also keeps every extension sub-block (~50 bytes
+# each, however short: 8 MB of 1-byte ones took 215 MB and 3 s) and sizes its canvas by the
+# frames' image descriptors, not the header's logical screen. So a GIF is rebuilt before
+# decoding from its header, first graphic control extension (transparency) and first image
+# only, found by walking the block structure in-graph; the decoder never sees the rest.
+
+GIF_MAX_STEPS = 1024
+"""Steps the GIF walk may take to the end of the first frame. A step reads one block header,
+a run of up to ``_GIF_RUN`` equal-length sub-blocks (what encoders write: 255 bytes each) and
+the next two sub-blocks, so a real GIF needs a handful (8 per KB of XMP metadata). A crafted
+chain of alternating 1- and 2-byte sub-blocks needs a step per 5 bytes: at the cap (a 5 KB
+file) it is refused after ~60 ms on 2 shared cores, about what decoding and resizing a
+16-megapixel JPEG costs; a cap derived from the 64 MiB request size would allow 13 M steps."""
+_GIF_RUN = 1024  # equal-length sub-blocks checked per step: 256 KB of 255-byte ones
+_GIF_OK, _GIF_NO_IMAGE, _GIF_TOO_COMPLEX = 0, 1, 2
+
+ANIMATED_WEBP_MESSAGE = "image: animated WebP is not supported - send a still image"
+GIF_TOO_COMPLEX_MESSAGE = (f"image: GIF too fragmented - parsing it to the end of its first frame "
+                           f"takes over {GIF_MAX_STEPS} steps; re-encode it")
+GIF_NO_IMAGE_MESSAGE = "image: broken GIF - no image block before its end; re-encode it"
+
+
+def _decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
+    """uint8 ``[H, W, 3]``: alpha dropped, grayscale repeated (what ``channels=3`` does). As
+    uint8 (converted after): DecodeImage refuses float output for WebP. A WebP is decoded with
+    its own channels and its alpha dropped here, because TF's WebP decoder refuses
+    ``channels=3`` for a WebP with alpha (transparent product cut-outs are common)."""
+    b = _header(image_bytes)
+    is_webp = _starts_with(b, b"RIFF") & _starts_with(b, b"WEBP", 8)
+    return tf.cond(
+        is_webp,
+        lambda: tf.io.decode_image(image_bytes, channels=0, expand_animations=False)[..., :3],
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
+
+
+def _is_animated_webp(b: tf.Tensor) -> tf.Tensor:
+    """Whether a header (:func:`_header`) is a WebP whose VP8X chunk sets the animation flag:
+    TF refuses those for RGB output anyway (\"WebP Animation must be 4 channel RGBA\"), before
+    decoding a frame; this names the reason."""
+    return (_starts_with(b, b"RIFF") & _starts_with(b, b"WEBP", 8) & _starts_with(b, b"VP8X", 12)
+            & tf.not_equal(tf.bitwise.bitwise_and(b[20], 2), 0))
+
+
+def gif_first_frame(gif_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(first_frame_gif, status, height, width)`` of GIF bytes (scalar tf.string), in-graph.
+
+    ``first_frame_gif`` is the header (with its global colour table), the first graphic control
+    extension if any (its first sub-block: what TF reads of it) and the first image (descriptor,
+    local colour table, LZW data), then the trailer: what the decoder makes of the first frame,
+    without the other frames and extensions. ``height`` / ``width`` come from the first image
+    descriptor (the size of TF's canvas); ``status`` is ``0``, ``1`` (no image before the end or
+    a byte that starts no block) or ``2`` (over :data:`GIF_MAX_STEPS`). Blocks are parsed as
+    giflib parses them: an extension's first sub-block is read even when empty. ``gif_bytes``
+    must not be empty; they are copied once as uint8 (bounded by the request size).
+    """
+    size = tf.cast(tf.strings.length(gif_bytes), tf.int64)
+    zero, one = tf.constant(0, tf.int64), tf.constant(1, tf.int64)
+    data = tf.io.decode_raw(gif_bytes, tf.uint8)
+
+    def at(pos: tf.Tensor) -> tf.Tensor:
+        """The bytes at ``pos`` (int64, any shape) as int64; ``-1`` past the end."""
+        pos = tf.convert_to_tensor(pos, tf.int64)
+        value = tf.cast(tf.gather(data, tf.minimum(pos, size - 1)), tf.int64)
+        return tf.where(pos < size, value, -one)
+
+    def colour_table(flags: tf.Tensor) -> tf.Tensor:
+        return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2 * one, flags % 8), zero)
+
+    header = 13 + colour_table(at(10))
+    run = tf.range(_GIF_RUN, dtype=tf.int64)
+
+    def step(*state: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        # mode 0: at a record (0x21 extension, 0x2C image, 0x3B trailer); 1: in a sub-block
+        # chain; 2: done. Both are computed, then selected: five small gathers per step.
+        pos, mode, steps, in_image, height, width, gce, gce_size, image, end, status = state
+        record = tf.equal(mode, 0)
+        # An extension: 0x21, label, first sub-block; an image: 0x2C, left, top, width, height
+        # (16-bit little-endian), flags (local colour table), LZW code size. Past the end: 0.
+        tag, label, first, _, _, w0, w1, h0, h1, flags = tf.unstack(
+            tf.maximum(at(pos + tf.range(10, dtype=tf.int64)), 0))
+        is_extension = record & tf.equal(tag, 0x21)
+        is_image = record & tf.equal(tag, 0x2C)
+        start = tf.where(is_extension, pos + 3 + first,
+                         tf.where(is_image, pos + 11 + colour_table(flags), pos))
+        # The chain from ``start``: a run of sub-blocks of one length, then the next block and
+        # the one after it (a chain's last data block is usually shorter, then comes the 0).
+        length = at(start)
+        same = tf.equal(at(start + (length + 1) * run), length)
+        count = tf.argmax(tf.cast(tf.concat([~same, [True]], 0), tf.int32), output_type=tf.int64)
+        after = start + (length + 1) * count
+        after_length = at(after)
+        tail = after + 1 + after_length
+        tail_length = at(tail)
+        full = tf.equal(count, _GIF_RUN)
+        ends_at = tf.where(tf.equal(length, 0), start + 1, tf.where(
+            full, -one, tf.where(tf.equal(after_length, 0), after + 1, tf.where(
+                (after_length > 0) & tf.equal(tail_length, 0), tail + 1, -one))))
+        eof = (length < 0) | (~full & ((after_length < 0) | ((after_length > 0)
+                                                             & (tail_length < 0))))
+        resume = tf.where(full, after, tail)
+
+        chain = is_extension | is_image | tf.equal(mode, 1)
+        in_image = tf.where(record, is_image, in_image)
+        height = tf.where(is_image, h1 * 256 + h0, height)
+        width = tf.where(is_image, w1 * 256 + w0, width)
+        image = tf.where(is_image, pos, image)
+        new_gce = is_extension & tf.equal(label, 0xF9) & (first > 0) & (gce < 0)
+        gce = tf.where(new_gce, pos, gce)
+        gce_size = tf.where(new_gce, 3 + first, gce_size)
+
+        ended = chain & (ends_at >= 0)
+        stopped = chain & eof & ~ended
+        done = (record & ~chain) | ((ended | stopped) & in_image) | (stopped & ~in_image)
+        end = tf.where(ended, ends_at, size)
+        status = tf.where(done & ~in_image, _GIF_NO_IMAGE, _GIF_OK)
+        mode = tf.where(done, 2, tf.where(ended, 0, 1))
+        pos = tf.where(ended, ends_at, resume)
+        return pos, mode, steps + 1, in_image, height, width, gce, gce_size, image, end, status
+
+    state = (header, tf.constant(0), tf.constant(0), tf.constant(False), zero, zero,
+             -one, zero, zero, size, tf.constant(_GIF_OK))
+    (_, mode, _, _, height, width, gce, gce_size, image, end, status) = tf.while_loop(
+        lambda pos, mode, steps, *_: tf.not_equal(mode, 2) & (steps < GIF_MAX_STEPS),
+        step, state, parallel_iterations=1)
+    status = tf.where(tf.equal(mode, 2), status, _GIF_TOO_COMPLEX)
+    has_gce = gce >= 0
+    first_frame = tf.strings.join([
+        tf.strings.substr(gif_bytes, zero, tf.minimum(header, size)),
+        tf.strings.substr(gif_bytes, tf.where(has_gce, gce, 0), gce_size),
+        tf.where(has_gce, tf.constant(b"\0"), tf.constant(b"")),
+        tf.strings.substr(gif_bytes, tf.minimum(image, size), tf.maximum(end - image, 0)),
+        tf.constant(b";")])
+    return first_frame, status, height, width
+
+
+def _first_gif_frame_only(image_bytes: tf.Tensor, max_pixels: int | None) -> tf.Tensor:
+    """GIF bytes → :func:`gif_first_frame`'s rebuilt GIF, after assertions that the walk
+    finished, found an image and (with ``max_pixels``) that the first frame is within it; other
+    formats pass through untouched."""
+    is_gif = _starts_with(_header(image_bytes, 4), b"GIF8")
+    walk = _gif_first_frame if tf.executing_eagerly() else gif_first_frame
+    gif, status, height, width = tf.cond(
+        is_gif, lambda: walk(image_bytes),
+        lambda: (image_bytes, tf.constant(_GIF_OK), tf.constant(0, tf.int64),
+                 tf.constant(0, tf.int64)))
+    checks = [
+        tf.debugging.Assert(tf.not_equal(status, _GIF_TOO_COMPLEX), [GIF_TOO_COMPLEX_MESSAGE]),
+        tf.debugging.Assert(tf.not_equal(status, _GIF_NO_IMAGE), [GIF_NO_IMAGE_MESSAGE]),
+    ]
+    if max_pixels is not None:
+        checks.append(tf.debugging.Assert(
+            height * width <= max_pixels,
+            [f"image: too large - export.limits.max_image_pixels={max_pixels}, the first GIF "
+             "frame declares height x width:", height, width]))
+    with tf.control_dependencies(checks):
+        return tf.identity(gif)
+
+
+# The GIF walk for eager callers (the file loaders): one trace, not a Python loop of small ops.
+_gif_first_frame = tf.function(gif_first_frame, input_signature=[tf.TensorSpec([], tf.string)])
+
+
 def decode_image(image_bytes: tf.Tensor, image_size: int,
                  max_pixels: int | None = None) -> tf.Tensor:
     """Encoded image bytes (scalar tf.string) → float32 [image_size, image_size, 3] in [0, 1].
 
-    Grayscale and RGBA become RGB, animations keep their first frame; the whole image is squashed
-    (no crop) with antialiased bilinear resizing so downscaled posters do not alias. With
-    ``max_pixels``, the size in the header is checked first and decoding waits for the check.
+    Grayscale and RGBA become RGB, animated GIFs keep their first frame (only that frame reaches
+    the decoder: :func:`gif_first_frame`); the whole image is squashed (no crop) with
+    antialiased bilinear resizing so downscaled posters do not alias. With ``max_pixels``, the
+    size in the header (and a GIF's first frame) is checked first and decoding waits for it.
     """
     if max_pixels is not None:
         with tf.control_dependencies(check_image_header(image_bytes, max_pixels)):
             image_bytes = tf.identity(image_bytes)
-    # Decode as uint8 and convert after: DecodeImage refuses float output for WebP.
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image = tf.image.convert_image_dtype(image, tf.float32)
+    image_bytes = _first_gif_frame_only(image_bytes, max_pixels)
+    image = tf.image.convert_image_dtype(_decode_rgb(image_bytes), tf.float32)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
     image = tf.clip_by_value(image, 0.0, 1.0)
     return tf.ensure_shape(image, [image_size, image_size, 3])
@@ -239,7 +407,9 @@ _image_header_size = tf.function(image_header_size,
 def _check_image_size(data: bytes, path: str | Path, max_pixels: int | None,
                       strict: bool) -> tuple[int, int]:
     """``(height, width)`` from the header, refusing more than ``max_pixels``. ``strict``
-    also refuses an unknown format and an empty size (else the decoder reports those)."""
+    also refuses an unknown format and an empty size (else the decoder reports those). A GIF
+    is also walked to its first frame, as :func:`decode_image` walks it (:func:`_check_gif`),
+    and an animated WebP, which the decoder refuses, is refused here."""
     try:
         known, height, width = (int(v) for v in _image_header_size(tf.constant(data)))
     except tf.errors.OpError as exc:  # a JPEG whose markers do not parse
@@ -255,7 +425,28 @@ def _check_image_size(data: bytes, path: str | Path, max_pixels: int | None,
             f"image too large — {path} declares {width} x {height} = {width * height:,} "
             f"pixels, over the decoding limit of {max_pixels:,}; downscale the image or "
             "raise export.limits.max_image_pixels (offline decoding allows 4x it)")
+    if known and data[:4] == b"GIF8":
+        _check_gif(data, path, max_pixels)
+    if data[:4] == b"RIFF" and data[8:16] == b"WEBPVP8X" and len(data) > 20 and data[20] & 2:
+        raise _undecodable_image(path, "animated WebP: only still images are decoded")
     return height, width
+
+
+def _check_gif(data: bytes, path: str | Path, max_pixels: int | None) -> None:
+    """Refuse a GIF :func:`decode_image` refuses: no image, too fragmented to walk, or a first
+    frame over ``max_pixels``. The frame's own size counts (TF sizes its canvas by it, whatever
+    the header's logical screen says); later frames are never decoded, so they do not."""
+    status, height, width = (int(v) for v in _gif_first_frame(tf.constant(data))[1:])
+    if status == _GIF_TOO_COMPLEX:
+        raise _undecodable_image(path, f"GIF too fragmented: over {GIF_MAX_STEPS} steps to parse "
+                                       "it to the end of its first frame")
+    if status == _GIF_NO_IMAGE:
+        raise _undecodable_image(path, "broken GIF: no image block before its end")
+    if max_pixels is not None and height * width > max_pixels:
+        raise MediaDecodeError(
+            f"image too large — the first frame of {path} declares {width} x {height} = "
+            f"{width * height:,} pixels, over the decoding limit of {max_pixels:,}; downscale "
+            "the image or raise export.limits.max_image_pixels (offline decoding allows 4x it)")
 
 
 def _undecodable_image(path: str | Path, why: str) -> MediaDecodeError:
