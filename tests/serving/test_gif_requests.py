@@ -4,13 +4,19 @@ is INVALID_ARGUMENT. (The graph-level cases are in tests/export/test_limits.py.)
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from tests.data.test_media_limits import animated_gif, fragmented_gif, gif_with_screen
 from tests.serving.conftest import MODEL
 from tests.serving.test_bad_requests import grpc_predict
-from tests.serving.test_hostile import LIMITS, RSS_BOUND_MIB, K, rss_mib, strings
+from tests.serving.test_hostile import (
+    LIMITS,
+    RSS_BOUND_MIB,
+    K,
+    assert_refused_in_bounded_memory,
+    rss_mib,
+    strings,
+)
 from tfmmrec.data.media import GIF_MAX_STEPS
 from tfmmrec.export.warmup import predict_request
 
@@ -35,10 +41,4 @@ def test_a_gif_bomb_is_answered_from_its_first_frame_with_bounded_memory(server)
 ], ids=["frame-over-the-limit-behind-a-small-header", "fragmented"])
 def test_a_hostile_gif_is_invalid_argument_with_bounded_memory(server, make, fragment):
     request = predict_request(MODEL, "query_image", {"image": strings(make()), "k": K})
-    before = rss_mib()
-    with pytest.raises(grpc.RpcError) as raised:
-        grpc_predict(server, request)
-    growth = rss_mib() - before
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
-    assert fragment in raised.value.details()
-    assert growth < RSS_BOUND_MIB, f"RSS grew {growth:.0f} MiB"
+    assert_refused_in_bounded_memory(server, request, fragment)

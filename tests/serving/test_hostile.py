@@ -108,15 +108,22 @@ GRPC_CASES = {
 @pytest.mark.parametrize("case", sorted(GRPC_CASES))
 def test_hostile_grpc_request_is_invalid_argument_with_bounded_memory(server, case):
     signature, inputs, fragment = GRPC_CASES[case]
-    request = predict_request(MODEL, signature, inputs)
+    details = assert_refused_in_bounded_memory(server, predict_request(MODEL, signature, inputs),
+                                               fragment)
+    assert "codec can't decode" not in details
+
+
+def assert_refused_in_bounded_memory(server, request, fragment: str) -> str:
+    """The request is INVALID_ARGUMENT naming ``fragment``, and the server's RSS grew less than
+    ``RSS_BOUND_MIB`` answering it. Returns the error details."""
     before = rss_mib()
     with pytest.raises(grpc.RpcError) as raised:
         grpc_predict(server, request)
     growth = rss_mib() - before
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
     assert fragment in raised.value.details()
-    assert "codec can't decode" not in raised.value.details()
     assert growth < RSS_BOUND_MIB, f"RSS grew {growth:.0f} MiB"
+    return raised.value.details()
 
 
 def raw_proto(dtype: int, dims: list[int], **values) -> tensor_pb2.TensorProto:
