@@ -405,3 +405,33 @@ def test_export_version_is_at_most_the_18_digits_a_version_directory_is_listed_w
     with pytest.raises(ConfigError, match=r"export\.version=1000000000000000000: expected in "
                                           r"\[1, 999999999999999999\] \(at most 18 digits\)"):
         load_config(None, [f"export.version={MAX_EXPORT_VERSION + 1}"])
+
+
+def test_paths_tuples_and_numpy_numbers_are_stored_as_the_plain_data_yaml_gives(tmp_path):
+    """So `to_yaml` writes them and a restored run's config compares equal (check_same_model)."""
+    from tfmmrec.config import config_differences
+
+    c = Config()
+    c.train.output_dir = tmp_path / "run"
+    c.model.projection_hidden = (32, 16)
+    assert c.train.output_dir == str(tmp_path / "run")
+    assert c.model.projection_hidden == [32, 16]
+    assert config_differences(c, Config.from_dict(c.to_dict())) == []
+    assert load_config(None, [f"train.output_dir={tmp_path}"]).train.output_dir == str(tmp_path)
+
+
+def test_validate_checks_what_was_edited_in_place_and_the_towers_mapping_is_not_replaced():
+    c = Config()
+    c.eval.ks.append("20")  # no assignment: found when the config is used
+    with pytest.raises(ConfigError, match=r"eval\.ks=\[10, 20, 50, 100, '20'\]: expected "
+                                          r"list\[int\]"):
+        load_config(c)
+    with pytest.raises(ConfigError, match=r"set a tower section by its name"):
+        Config().towers = {"image": "x"}
+
+
+@pytest.mark.parametrize(("rate", "expected"), [("false", "not true/false"),
+                                                (".nan", "a finite number")])
+def test_a_dict_fields_values_are_real_numbers(rate, expected):
+    with pytest.raises(ConfigError, match=rf"model\.feature_dropout=.*{expected}"):
+        load_config(None, [f"model.feature_dropout={{image: {rate}}}"])

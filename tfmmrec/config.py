@@ -52,18 +52,17 @@ class ConfigSection:
 
     def __setattr__(self, name: str, value: Any) -> None:
         fields = self.__dataclass_fields__  # type: ignore[attr-defined]
-        path = _section_path(type(self))
         if name not in fields:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"config section {path} has no field {name!r}{hint}; its fields "
-                              f"are {', '.join(fields)}")
-        value = _python_scalar(value)
+            raise ConfigError(f"config section {_section_path(type(self))} has no field "
+                              f"{name!r}{hint}; its fields are {', '.join(fields)}")
         hint = _field_hints(type(self)).get(name, Any)
-        if not _conforms(value, hint):
-            raise ConfigError(f"invalid config value {path}.{name}={value!r}: expected "
-                              f"{_expected(hint)}")
-        _check_scalar(f"{path}.{name}", value, hint)
+        value = _plain(value, hint)
+        problem = _field_problem(value, hint)
+        if problem:
+            raise ConfigError(f"invalid config value {_section_path(type(self))}.{name}="
+                              f"{value!r}: {problem}")
         super().__setattr__(name, value)
 
 
@@ -805,6 +804,9 @@ class Config:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"a Config has no section {name!r}{hint}; the sections are "
                               f"{', '.join(section_names())}")
+        if name == "towers" and towers is not None:
+            raise ConfigError("set a tower section by its name (config.image = "
+                              "ImageTowerConfig(...)), not the towers mapping")
         origin = get_origin(expected) or expected
         if not isinstance(value, origin):
             raise ConfigError(f"config section {name} must be a {origin.__name__}, got "
@@ -817,6 +819,8 @@ class Config:
     def validate(self) -> Config:
         """Run every check again: the checks that relate fields, after fields were assigned in
         Python (``ConfigSection`` checks each assignment on its own). Returns ``self``."""
+        for name in section_names():  # types first: a list edited in place, say
+            _check_scalars(getattr(self, name), name)
         for name in section_names():
             _post_init_all(getattr(self, name))
         self.__post_init__()
@@ -949,7 +953,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _check_scalars(section: Any, prefix: str) -> None:
-    """Every number of a section (and of its nested sections) passes ``_check_scalar``."""
+    """Every field of a section (and of its nested sections) passes ``_field_problem``: run by
+    ``Config`` on every build and ``validate()``, so a list edited in place, or a plugin's
+    tower section that does not derive from ``ConfigSection``, is checked too."""
     if not dataclasses.is_dataclass(section):
         return
     hints = _field_hints(type(section))
@@ -957,27 +963,33 @@ def _check_scalars(section: Any, prefix: str) -> None:
         value, name = getattr(section, item.name), f"{prefix}.{item.name}"
         if dataclasses.is_dataclass(value):
             _check_scalars(value, name)
-        else:
-            _check_scalar(name, value, hints.get(item.name, Any))
+            continue
+        problem = _field_problem(value, hints.get(item.name, Any))
+        if problem:
+            raise ConfigError(f"invalid config value {name}={value!r}: {problem}")
 
 
-def _check_scalar(name: str, value: Any, hint: Any) -> None:
-    """A number is a real number of its field's type: YAML's ``true`` is a Python ``bool`` (an
-    ``int`` to ``isinstance``) and ``.inf``/``.nan`` are floats, so neither fails a range
-    check such as ``epochs >= 1`` or ``temperature > 0``."""
+def _field_problem(value: Any, hint: Any) -> str | None:
+    """What is wrong with ``value`` for a field annotated ``hint`` (None: nothing). Besides the
+    type: YAML's ``true`` is a Python ``bool`` (an ``int`` to ``isinstance``) and
+    ``.inf``/``.nan`` are floats, so neither would fail a range check such as ``epochs >= 1``
+    or ``temperature > 0``."""
+    if not _conforms(value, hint):
+        return f"expected {_expected(hint)}"
     allowed = _scalar_types(hint)
-    for element in value if isinstance(value, list | tuple) else [value]:
+    elements = (value.values() if isinstance(value, dict) else
+                value if isinstance(value, list | tuple) else [value])
+    for element in elements:
         if isinstance(element, bool) and bool not in allowed and allowed & {int, float}:
-            raise ConfigError(f"invalid config value {name}={value!r}: expected "
-                              f"{_type_name(hint)}, not true/false")
+            return f"expected {_type_name(hint)}, not true/false"
         if isinstance(element, float) and not math.isfinite(element):
-            raise ConfigError(f"invalid config value {name}={value!r}: expected a finite "
-                              "number")
+            return "expected a finite number"
+    return None
 
 
 def _conforms(value: Any, hint: Any) -> bool:
     """``value`` is of the annotated type, read as YAML reads it: an ``int`` is a ``float``,
-    ``true`` an ``int`` (``_check_scalar`` says why that is refused), a tuple a list."""
+    ``true`` an ``int`` (``_field_problem`` says why that is refused), a tuple a list."""
     origin, args = get_origin(hint), get_args(hint)
     if hint is Any:
         return True
@@ -1005,12 +1017,19 @@ def _expected(hint: Any) -> str:
     return _type_name(hint)
 
 
-def _python_scalar(value: Any) -> Any:
-    """A numpy scalar (``np.int64(3)``, an array's element) as the Python number it holds, so
-    the config stays plain data that ``to_yaml`` can write."""
-    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(
-            value, "ndim", None) == 0:
+def _plain(value: Any, hint: Any) -> Any:
+    """``value`` as the plain data YAML would give (so ``to_yaml`` writes it and a restored
+    run compares equal): a numpy scalar as its Python number, a path as its string where the
+    field takes a string, a tuple as a list where it takes a list."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
         return value.item()
+    origin = get_origin(hint)
+    union = origin is types.UnionType or str(origin) == "typing.Union"
+    allowed = {get_origin(arg) or arg for arg in (get_args(hint) if union else (hint,))}
+    if isinstance(value, os.PathLike) and str in allowed:
+        return os.fspath(value)
+    if isinstance(value, tuple) and list in allowed:
+        return list(value)
     return value
 
 
@@ -1049,8 +1068,11 @@ _field_hints = functools.cache(get_type_hints)
 
 
 def _scalar_types(hint: Any) -> set[Any]:
-    """The scalar types a field annotation admits (``list[int] | None`` → ``{int, None}``)."""
+    """The scalar types a field annotation admits (``list[int] | None`` → ``{int, None}``; a
+    dict's values': ``dict[str, float]`` → ``{float}``)."""
     origin = get_origin(hint)
+    if origin is dict:
+        return _scalar_types(get_args(hint)[1]) if get_args(hint) else {Any}
     if origin in (list, tuple, types.UnionType) or str(origin) == "typing.Union":
         return set().union(*(_scalar_types(arg) for arg in get_args(hint)))
     return {None if hint is type(None) else hint}
