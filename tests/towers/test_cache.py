@@ -110,6 +110,38 @@ def test_items_without_content_are_masked_and_not_cached(catalog, encoder, tmp_p
     assert stats.computed == len(catalog) - 1
 
 
+def test_content_that_did_not_decode_is_tried_again_and_never_rewrites_the_cache(
+        tiny_workspace, tmp_path):
+    """Whether a file decodes depends on the limits too (raised since), so a failure is not
+    cached; a run whose only new content fails leaves the cache file as it was."""
+    from tfmmrec.data.dataset import load_dataset
+    from tfmmrec.towers.audio import build_audio_encoder
+
+    config = tiny_workspace.config
+    root = shutil.copytree(tiny_workspace.dataset.root, tmp_path / "data")
+    encoder = build_audio_encoder(config.audio)
+
+    def run():
+        return encode_catalog(load_dataset(str(root)).catalog, encoder, tmp_path / "cache",
+                              max_seconds=config.audio.max_seconds, progress=False)
+
+    catalog = load_dataset(str(root)).catalog
+    present = int(catalog.presence("audio").sum())
+    broken = next(p for p in catalog.audio_paths if p is not None)
+    good = broken.read_bytes()
+    broken.write_bytes(b"RIFF0000WAVE")  # a header and nothing else
+    content, stats = run()
+    assert stats.computed == present and int(content.mask.sum()) == present - 1
+    cached = FeatureCache(tmp_path / "cache", encoder)
+    written = cached.path.stat().st_mtime_ns
+    assert len(cached.load()) == present - 1
+    assert (run()[1].reused, run()[1].computed) == (present - 1, 1)  # tried again
+    assert cached.path.stat().st_mtime_ns == written
+    broken.write_bytes(good)
+    content, stats = run()
+    assert (stats.reused, stats.computed) == (present - 1, 1) and content.mask.sum() == present
+
+
 def test_media_entries_are_keyed_by_file_bytes(tiny_workspace, tmp_path):
     """Rewriting one clip with new sound recomputes it; rewriting identical bytes does not."""
     from tfmmrec.towers.audio import build_audio_encoder

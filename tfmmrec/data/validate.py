@@ -151,16 +151,30 @@ def require_no_missing_ids(frame: pd.DataFrame, path: Path, column: str) -> None
 
 
 def require_unique(frame: pd.DataFrame, path: Path, column: str) -> None:
-    duplicated = frame.index[frame[column].duplicated(keep="first")]
-    if len(duplicated):
-        first = duplicated[0]
-        value = frame[column].iloc[first]
-        original = frame.index[frame[column] == value][0]
+    repeat = first_repeat(frame, [column])
+    if repeat is not None:
+        first, original, count = repeat
         raise DataError(
-            f"{path}: duplicate {column} {value!r} at {row_label(path, first)} "
-            f"(first seen at {row_label(path, original)}); {len(duplicated)} duplicate row(s) in "
+            f"{path}: duplicate {column} {frame.at[first, column]!r} at {row_label(path, first)} "
+            f"(first seen at {row_label(path, original)}); {count} duplicate row(s) in "
             "all. Each id must appear once."
         )
+
+
+def first_repeat(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[int, int, int] | None:
+    """``(row, row it repeats, repeated rows in all)`` for the first row whose ``columns``
+    values an earlier row already holds, or None when every row is unique."""
+    repeated = frame.duplicated(list(columns), keep="first").to_numpy()
+    if not repeated.any():
+        return None
+    first = frame.index[repeated][0]
+    return first, rows_like(frame, first, columns)[0], int(repeated.sum())
+
+
+def rows_like(frame: pd.DataFrame, row: int, columns: Sequence[str]) -> pd.Index:
+    """Every row holding ``row``'s values in ``columns``, in file order."""
+    same = (frame[list(columns)] == frame.loc[row, list(columns)]).all(axis=1)
+    return frame.index[same.to_numpy()]
 
 
 def one_row_per_pair(frame: pd.DataFrame, path: Path, policy: str,
@@ -173,12 +187,12 @@ def one_row_per_pair(frame: pd.DataFrame, path: Path, policy: str,
     ``first``/``last`` keep the earliest/latest row of each pair by ``timestamp`` when the
     column is there (already checked numeric), else by file order. Kept rows stay in file order.
     """
-    repeated = frame.duplicated(list(PAIR_COLUMNS), keep="first")
-    count = int(repeated.sum())
-    if not count:
+    repeat = first_repeat(frame, PAIR_COLUMNS)
+    if repeat is None:
         return frame
     if policy == "error":
-        raise DataError(_duplicate_pairs_message(frame, path, repeated, count, split_column))
+        raise DataError(_duplicate_pairs_message(frame, path, repeat, split_column))
+    count = repeat[2]
     by_time = "timestamp" in frame.columns
     order = frame["timestamp"].sort_values(kind="stable").index if by_time else frame.index
     pairs = frame.loc[order, list(PAIR_COLUMNS)]
@@ -189,11 +203,10 @@ def one_row_per_pair(frame: pd.DataFrame, path: Path, policy: str,
     return kept
 
 
-def _duplicate_pairs_message(frame: pd.DataFrame, path: Path, repeated: pd.Series, count: int,
+def _duplicate_pairs_message(frame: pd.DataFrame, path: Path, repeat: tuple[int, int, int],
                              split_column: str | None) -> str:
     """The first repeated pair with both lines, the leakage case of a given split, the fix."""
-    first = frame.index[repeated.to_numpy()][0]
-    original = _rows_of_pair(frame, first)[0]
+    first, original, count = repeat
     message = (f"{path}: duplicate interaction {_pair_text(frame, first)} at "
                f"{row_label(path, first)} (first seen at {row_label(path, original)}); {count} "
                "duplicate row(s) in all")
@@ -212,19 +225,12 @@ def _split_leak(frame: pd.DataFrame, path: Path, split_column: str) -> str:
     parts = involved.groupby(list(PAIR_COLUMNS), sort=False)[split_column].transform("nunique")
     if not (parts > 1).any():
         return ""
-    rows = _rows_of_pair(frame, involved.index[(parts > 1).to_numpy()][0])
+    rows = rows_like(frame, involved.index[(parts > 1).to_numpy()][0], PAIR_COLUMNS)
     values = frame.loc[rows, split_column]
     other = rows[(values != values.iloc[0]).to_numpy()][0]
     return (f"; {_pair_text(frame, rows[0])} is in both {values.iloc[0]} "
             f"({row_label(path, rows[0])}) and {frame.at[other, split_column]} "
             f"({row_label(path, other)}) of the given split (leakage)")
-
-
-def _rows_of_pair(frame: pd.DataFrame, row: int) -> pd.Index:
-    """Every row holding the same (user_id, item_id) pair as ``row``, in file order."""
-    same = (frame["user_id"] == frame.at[row, "user_id"]) & (
-        frame["item_id"] == frame.at[row, "item_id"])
-    return frame.index[same.to_numpy()]
 
 
 def _pair_text(frame: pd.DataFrame, row: int) -> str:

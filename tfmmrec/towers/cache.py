@@ -54,14 +54,18 @@ def content_keys(catalog: Catalog, modality: str) -> list[str | None]:
 
 
 class FeatureCache:
-    """Features of one encoder on disk: ``<dir>/<modality>-<identity>.npz`` (keys, features, ok)."""
+    """Features of one encoder on disk: ``<dir>/<modality>-<identity>.npz`` (keys, features, ok).
+
+    Only content that decoded is kept: whether a file decodes depends on the limits too
+    (``export.limits``, raised since), so a failure is tried again next run and named again.
+    (``ok`` stays in the file for caches written when failures were kept.)"""
 
     def __init__(self, directory: str | os.PathLike, encoder: Encoder):
         self.path = Path(directory) / f"{encoder.modality}-{encoder.identity()}.npz"
         self.feature_dim = encoder.feature_dim
 
-    def load(self) -> dict[str, np.ndarray | None]:
-        """content key → feature row, or ``None`` for content that did not decode last time."""
+    def load(self) -> dict[str, np.ndarray]:
+        """content key → feature row."""
         if not self.path.is_file():
             return {}
         try:
@@ -71,16 +75,15 @@ class FeatureCache:
             logger.warning("ignoring unreadable cache file %s (%s); it will be rebuilt",
                            self.path, exc)
             return {}
-        return {str(k): (f if good else None) for k, f, good in zip(keys, features, ok,
-                                                                   strict=True)}
+        return {str(k): f for k, f, good in zip(keys, features, ok, strict=True) if good}
 
     def save(self, entries: dict[str, np.ndarray | None]) -> None:
+        """Write the features of ``entries`` (those that are ``None`` did not decode)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = np.array(sorted(entries), dtype=str)
-        zero = np.zeros(self.feature_dim, np.float32)
-        features = np.stack([entries[k] if entries[k] is not None else zero for k in keys]) \
-            if len(keys) else np.zeros((0, self.feature_dim), np.float32)
-        ok = np.array([entries[k] is not None for k in keys], bool)
+        keys = np.array(sorted(k for k, f in entries.items() if f is not None), dtype=str)
+        features = np.stack([entries[k] for k in keys]) if len(keys) else \
+            np.zeros((0, self.feature_dim), np.float32)
+        ok = np.ones(len(keys), bool)
         atomic_write(self.path, lambda f: np.savez(f, keys=keys, ok=ok,
                                                    features=features.astype(np.float32)))
 
@@ -99,16 +102,14 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathL
     keys = content_keys(catalog, modality)
     cache = FeatureCache(cache_dir, encoder) if cache_dir is not None else None
     entries = cache.load() if cache else {}
-    # Content cached as undecodable (None) is tried again: whether a file decodes depends on
-    # the limits too (``export.limits``, raised since), and a broken file is named again.
-    todo = sorted({k: i for i, k in enumerate(keys) if k and entries.get(k) is None}.values())
+    todo = sorted({k: i for i, k in enumerate(keys) if k and k not in entries}.values())
     todo = spec.sort_for_encoding(todo, catalog.values(modality))
-    stats = CacheStats(reused=sum(1 for k in keys if k and entries.get(k) is not None),
-                       computed=len(todo))
+    stats = CacheStats(reused=sum(1 for k in keys if k and k in entries), computed=len(todo))
     loader = raw_loader(catalog, modality, settings)
     starts = range(0, len(todo), batch_size)
     encode = compiled(encoder, len(starts))
     failed: list[str] = []
+    encoded = 0
     for start in report_progress(starts, desc=f"encoding {modality}", unit="batch",
                                  disable=not progress or not todo):
         batch = todo[start:start + batch_size]
@@ -116,10 +117,11 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathL
         features = encode(raw).numpy() if good else []
         for i, feature in zip(good, features, strict=True):
             entries[keys[i]] = feature.astype(np.float32)
+        encoded += len(good)
         for i in set(batch) - set(good):
             entries[keys[i]] = None
     report_missing_media(modality, failed)
-    if cache and todo:
+    if cache and encoded:  # a run whose only new content failed to decode rewrites nothing
         cache.save(entries)
     values = np.zeros((len(catalog), encoder.feature_dim), np.float32)
     mask = np.zeros(len(catalog), bool)
