@@ -18,6 +18,10 @@ values, and no encoder runs), once per variant in one process:
   hidden history entries its targets; batches of users holding ~``batch_size`` targets), the
   default since issue 15's fifth pass, in float32 / bfloat16. ``now`` is then the
   per-interaction objective (``model.objective=interactions``) it replaced.
+- ``users_tiled_alignment``: ``users`` with the alignment loss's single-modality embeddings
+  computed as before the sixth pass (every modality's masked input tiled through the whole
+  fusion; now ``MaskedFusion.alone``); ``users_fusion_mean``, ``users_no_alignment``, ...:
+  what the candidate side's optional parts (the fusion MLP, the alignment loss) cost.
 
 Each run trains ``--epochs`` epochs; the last one is traced with ``tf.profiler`` and the trace's
 host events are summed by kind (input pipeline, forward/backward ops by type, optimizer). Prints
@@ -84,15 +88,28 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
             "users_bfloat16": {"objective": "users", "training_precision": "bfloat16"},
             # the per-user step at other batch sizes (targets per step; train.batch_size)
             **{f"users_batch_{size}": {"objective": "users", "batch_size": size}
-               for size in (2048, 4096, 8192, 16384)}}
+               for size in (2048, 4096, 8192, 16384)},
+            # backing up the training state every epoch, as before issue 15's sixth pass
+            "users_batch_4096_backup_every_epoch": {"objective": "users", "batch_size": 4096,
+                                                    "backup_seconds": 0.0},
+            # the alignment's single-modality embeddings as before issue 15's sixth pass
+            "users_tiled_alignment": {"objective": "users"},
+            # the candidate side's optional parts: fusion MLP, alignment loss
+            "users_fusion_mean": {"objective": "users", "fusion": "mean"},
+            "users_no_alignment": {"objective": "users", "alignment_weight": 0.0},
+            "users_mean_no_alignment": {"objective": "users", "fusion": "mean",
+                                        "alignment_weight": 0.0},
+            "users_mean_no_alignment_bfloat16": {"objective": "users", "fusion": "mean",
+                                                 "alignment_weight": 0.0,
+                                                 "training_precision": "bfloat16"}}
 
 
 def variant_config(config, variant: str):
-    """``config`` with ``variant``'s overrides: ``batch_size`` to the train section, the rest
-    to the model section."""
+    """``config`` with ``variant``'s overrides: ``batch_size`` and ``backup_seconds`` to the
+    train section, the rest to the model section."""
     overrides = dict(VARIANTS[variant])
-    train = dataclasses.replace(config.train,
-                                batch_size=overrides.pop("batch_size", config.train.batch_size))
+    train = dataclasses.replace(config.train, **{
+        key: overrides.pop(key) for key in ("batch_size", "backup_seconds") if key in overrides})
     return dataclasses.replace(config, train=train,
                                model=dataclasses.replace(config.model, **overrides))
 
@@ -107,7 +124,22 @@ def build(ws, variant: str):
         if encoder is not None:
             encoder.unique_entries = False  # the summing scatter
         model._candidate_content = lambda: model.content_table(model.candidate_index)
+    if variant == "users_tiled_alignment":
+        fusion = model.item_tower.fusion
+        fusion.alone = lambda embeddings: tiled_alone(fusion, embeddings)
     return model
+
+
+def tiled_alone(fusion, embeddings):
+    """``MaskedFusion.alone`` as computed before: every modality's masked input, tiled into one
+    ``[M·B, M, d]`` batch through the whole fusion."""
+    import tensorflow as tf
+
+    count = embeddings.shape[1]
+    rows = tf.shape(embeddings)[0]
+    one = tf.repeat(tf.eye(count), rows, axis=0)
+    tiled = tf.tile(embeddings, [count, 1, 1]) * one[..., None]
+    return tf.reshape(fusion(tiled, one), [count, rows, -1])
 
 
 def per_element_dataset(interactions, batch_size: int, seed: int):

@@ -55,6 +55,9 @@ TINY_TOWERS = (
     "audio.max_seconds=1.0", "audio.cnn_filters=[8]",
     "model.embedding_dim=16",
     "train.epochs=2", "train.batch_size=32", "train.verbose=0",
+    # resume tests interrupt after an epoch: back up every one (tests/training/test_trainer.py
+    # checks the periodic default)
+    "train.backup_seconds=0",
     "eval.ks=[10,20]",
 )
 TINY_DEMO = DemoConfig(num_items=80, num_users=40, interactions_per_user=8, seed=0)

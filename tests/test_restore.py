@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 import tfmmrec
@@ -174,10 +175,21 @@ def test_training_again_over_a_finished_run_says_so_and_drops_its_record(tiny_co
     stale.write_text("{}")
     old_record = (tmp_path / "run" / "run.json").read_text()
     again = load_config(config, ["train.seed=1"])
+    checkpoints = tmp_path / "run" / "checkpoints"
+
+    class SeesNoOldCheckpoint(tf.keras.callbacks.Callback):
+        """While the new run trains, the old run's weights are gone (nothing could restore
+        them as this run's)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            assert not list(checkpoints.glob("latest.*"))
+
     with caplog.at_level(logging.INFO, logger="tfmmrec"):
-        pipeline.train(again, workspace=tiny_workspace, progress=False)
+        pipeline.train(again, workspace=tiny_workspace, progress=False,
+                       callbacks=[SeesNoOldCheckpoint()])
     assert "holds a finished run: training it again from scratch" in caplog.text
     assert not stale.parent.exists()
+    assert (checkpoints / "latest.index").is_file()
     assert (tmp_path / "run" / "run.json").read_text() != old_record
 
 

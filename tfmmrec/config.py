@@ -484,6 +484,11 @@ class TrainConfig(ConfigSection):
 
     ``verbose``: 0 reports nothing while training, 1 one line per epoch (loss terms, seconds,
     examples/s; logged by ``tfmmrec.training.trainer``), 2 Keras' own progress bar.
+
+    ``backup_seconds``: the training state (what an interrupted run resumes from) is backed up
+    at the end of an epoch once at least this long has passed since the last backup (0: every
+    epoch; multi-worker runs back up every epoch, so that every worker saves together). A
+    backup is a full copy of the model and optimizer; short epochs need not pay for one each.
     """
 
     epochs: int = 20
@@ -504,6 +509,7 @@ class TrainConfig(ConfigSection):
     prepare_workers: int = 0
     seed: int = 0
     verbose: int = 1
+    backup_seconds: float = 60.0
     # Choose the number of epochs on a validation split carved from the training split (same
     # split kind, data.seed + 1): train there, score early_stopping_metric after every epoch,
     # stop after early_stopping_patience epochs without improvement (epochs is the cap), then
@@ -524,6 +530,8 @@ class TrainConfig(ConfigSection):
                ">= 2 (in-batch negatives need at least two examples)")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
         _check(self.seed >= 0, "train.seed", self.seed, ">= 0")
+        _check(self.backup_seconds >= 0, "train.backup_seconds", self.backup_seconds,
+               ">= 0 (0: back up every epoch)")
         _check(self.encode_batch_size >= 1, "train.encode_batch_size", self.encode_batch_size,
                ">= 1")
         _check_choice("train.optimizer", self.optimizer, ("adam", "adagrad", "sgd"))

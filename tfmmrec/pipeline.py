@@ -445,6 +445,9 @@ def _forget_finished_run(output: Path) -> None:
                 "replaced; choose another train.output_dir to keep them)", output)
     (output / RUN_FILE).unlink()
     shutil.rmtree(output / "eval", ignore_errors=True)
+    # the new run writes checkpoints/latest when it finishes: until then none may stand for it
+    for stale in (output / "checkpoints").glob("latest.*"):
+        stale.unlink()
 
 
 def linear_cf_record(model: RetrievalModel) -> dict:

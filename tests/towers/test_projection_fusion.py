@@ -110,6 +110,24 @@ def test_concat_mlp_starts_as_the_masked_mean_and_is_trainable():
     tower_checks.check_trainable(fusion, [EMBEDDINGS, MASK])
 
 
+@pytest.mark.parametrize("mode", FUSION_MODES)
+@pytest.mark.parametrize("built", [True, False])
+def test_alone_is_the_fusion_of_each_modality_by_itself(mode, built):
+    fusion = MaskedFusion(mode)
+    if built:
+        fusion(EMBEDDINGS, MASK)
+        # random weights everywhere (concat_mlp's last layer starts at zero)
+        fusion.set_weights([tf.random.stateless_normal(w.shape, seed=[3, i]).numpy()
+                            for i, w in enumerate(fusion.get_weights())])
+    alone = fusion.alone(EMBEDDINGS).numpy()
+    count = EMBEDDINGS.shape[1]
+    assert alone.shape == (count, *EMBEDDINGS.shape[::2])
+    for m in range(count):
+        one = tf.one_hot(tf.fill([EMBEDDINGS.shape[0]], m), count)
+        expected = fusion(EMBEDDINGS * one[..., None], one).numpy()
+        np.testing.assert_allclose(alone[m], expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["gated", "attention"])
 def test_weighted_fusion_is_a_convex_combination_of_present_modalities(mode):
     out = MaskedFusion(mode)(EMBEDDINGS, MASK).numpy()

@@ -206,6 +206,41 @@ def test_throughput_counts_the_epochs_after_the_first(monkeypatch):
     assert single.examples_per_second == 10.0  # one epoch: that epoch is all there is
 
 
+def test_backups_wait_for_backup_seconds_between_them(monkeypatch):
+    """Epochs end at 10, 20, 35, 50 and 100 s; with 30 s between backups, the epochs ending at
+    35 s (35 s after the start) and 100 s (65 s after that) are backed up, and 0 means every
+    epoch."""
+    saved = []
+    monkeypatch.setattr(tf.keras.callbacks.BackupAndRestore, "on_train_begin",
+                        lambda self, logs=None: None)
+    monkeypatch.setattr(tf.keras.callbacks.BackupAndRestore, "on_epoch_end",
+                        lambda self, epoch, logs=None: saved.append(epoch))
+    for seconds, expected in ((30, [2, 4]), (0, [0, 1, 2, 3, 4])):
+        saved.clear()
+        clock = iter([0.0, 10.0, 20.0, 35.0, 50.0, 100.0])
+        monkeypatch.setattr(trainer.time, "monotonic", lambda clock=clock: next(clock))
+        backup = trainer.PeriodicBackup("unused", seconds)
+        backup.on_train_begin()
+        for epoch in range(5):
+            backup.on_epoch_end(epoch)
+        assert saved == expected
+
+
+def test_default_backups_are_periodic_and_an_early_interruption_restarts(tiny_config,
+                                                                       tiny_workspace,
+                                                                       tmp_path):
+    """With the default ``train.backup_seconds`` a tiny run's epochs (well under a second) are
+    not backed up: an interruption after the first epoch leaves nothing to resume, and the
+    same command trains from the start."""
+    config = derive_config(tiny_config, tmp_path, "train.epochs=2", "train.backup_seconds=60")
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        pipeline.train(config, workspace=tiny_workspace, callbacks=[Interrupt()],
+                       progress=False)
+    assert backup_files(tmp_path / "run") == []
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert result.epochs_run == 2
+
+
 def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspace, tmp_path):
     config = derive_config(tiny_config, tmp_path, "train.epochs=3")
     with pytest.raises(RuntimeError, match="simulated interruption"):
@@ -214,6 +249,8 @@ def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspac
     output = tmp_path / "run"
     assert backup_files(output)
     assert not (output / "run.json").exists()
+    # the checkpoint is the finished run's weights: an interrupted run writes none
+    assert not list((output / "checkpoints").glob("latest*"))
 
     result = pipeline.train(config, workspace=tiny_workspace, progress=False)
     assert result.epochs_run == 2  # epochs 2 and 3; epoch 1 came from the backup

@@ -83,5 +83,32 @@ class MaskedFusion(tf.keras.layers.Layer):
         weights = weights / tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-9)
         return tf.reduce_sum(embeddings * weights[..., None], axis=1)
 
+    def alone(self, embeddings: tf.Tensor) -> tf.Tensor:
+        """``[M, B, d]``: row b's fusion with only modality m present, for every m (what
+        ``call(embeddings * one_m, one_m)`` gives). The alignment loss needs these for a few
+        hundred items every training step.
+
+        ``mean`` returns each modality's embedding. ``concat_mlp`` multiplies the MLP's first
+        layer by one modality's block of it, not by ``M · d`` columns of which all but ``d``
+        are zero: a third of the product for three modalities, equal up to float rounding.
+        ``gated`` and ``attention`` take the general path (the masked input, tiled).
+        """
+        count = embeddings.shape[1]
+        by_modality = tf.transpose(embeddings, [1, 0, 2])  # [M, B, d]
+        if self.mode == "mean":
+            return by_modality
+        if self.mode == "concat_mlp" and self.built:
+            first, last = self.mlp.layers
+            blocks, mask_rows = tf.split(first.kernel, [count * embeddings.shape[2], count])
+            # modality m's block of the first layer, plus its mask column's row and the bias
+            hidden = first.activation(
+                tf.matmul(by_modality, tf.reshape(blocks, [count, embeddings.shape[2], -1]))
+                + (mask_rows + first.bias)[:, None, :])  # [M, B, h]
+            return by_modality + last(hidden)
+        rows = tf.shape(embeddings)[0]
+        one = tf.repeat(tf.eye(count), rows, axis=0)  # [M·B, M]: modality m for block m
+        tiled = tf.tile(embeddings, [count, 1, 1]) * one[..., None]
+        return tf.reshape(self(tiled, one), [count, rows, -1])
+
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "hidden": self.hidden}

@@ -196,13 +196,9 @@ class ItemTower(tf.keras.layers.Layer):
         return self.fuse(embeddings * one[..., None], one)
 
     def single_modalities(self, embeddings) -> list[tf.Tensor]:
-        """``single_modality`` for every modality, fused in one batched call (``[B, d]`` each):
-        the alignment loss needs all of them every step."""
-        count = len(self.modalities)
-        rows = tf.shape(embeddings)[0]
-        one = tf.repeat(tf.eye(count), rows, axis=0)  # [M·B, M]: modality m for block m
-        tiled = tf.tile(embeddings, [count, 1, 1]) * one[..., None]
-        return tf.split(self.fuse(tiled, one), count, axis=0)
+        """``single_modality`` for every modality (``[B, d]`` each), from one
+        ``MaskedFusion.alone`` call: the alignment loss needs all of them every step."""
+        return tf.unstack(tf.math.l2_normalize(self.fusion.alone(embeddings), axis=-1))
 
     def call(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
         """Item embeddings; ``hidden_modalities`` are treated as missing (for ablations)."""
