@@ -21,7 +21,9 @@ values, and no encoder runs), once per variant in one process:
 - ``users_tiled_alignment``: ``users`` with the alignment loss's single-modality embeddings
   computed as before the sixth pass (every modality's masked input tiled through the whole
   fusion; now ``MaskedFusion.alone``); ``users_fusion_mean``, ``users_no_alignment``, ...:
-  what the candidate side's optional parts (the fusion MLP, the alignment loss) cost.
+  what the candidate side's optional parts (the fusion MLP, the alignment loss) cost;
+  ``users_backup_every_epoch``: ``users`` with ``train.backup_seconds=0`` (a backup of the
+  training state after every epoch, as before the sixth pass; compare the runs' examples/s).
 
 Each run trains ``--epochs`` epochs; the last one is traced with ``tf.profiler`` and the trace's
 host events are summed by kind (input pipeline, forward/backward ops by type, optimizer). Prints
@@ -90,8 +92,7 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
             **{f"users_batch_{size}": {"objective": "users", "batch_size": size}
                for size in (2048, 4096, 8192, 16384)},
             # backing up the training state every epoch, as before issue 15's sixth pass
-            "users_batch_4096_backup_every_epoch": {"objective": "users", "batch_size": 4096,
-                                                    "backup_seconds": 0.0},
+            "users_backup_every_epoch": {"objective": "users", "backup_seconds": 0.0},
             # the alignment's single-modality embeddings as before issue 15's sixth pass
             "users_tiled_alignment": {"objective": "users"},
             # the candidate side's optional parts: fusion MLP, alignment loss
