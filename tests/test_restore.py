@@ -163,6 +163,32 @@ def test_an_interrupted_run_resumes_only_with_the_model_it_started(tiny_config, 
         pipeline.train(changed, workspace=tiny_workspace, progress=False)
 
 
+class SeesNoCheckpoint(tf.keras.callbacks.Callback):
+    """While a new run trains, no ``latest`` stands for it (nothing could restore an older
+    run's weights as this run's)."""
+
+    def __init__(self, checkpoints):
+        super().__init__()
+        self.checkpoints = checkpoints
+
+    def on_epoch_end(self, epoch, logs=None):
+        assert not list(self.checkpoints.glob("latest.*"))
+
+
+def test_a_new_run_removes_a_checkpoint_left_without_a_run_record(tiny_config, tiny_workspace,
+                                                                  tmp_path):
+    """An attempt that died after its final checkpoint but before run.json leaves a ``latest``
+    and no record: the next run (a new one: there is no backup) removes it first."""
+    config = derive_config(tiny_config, tmp_path, "train.epochs=1")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in ("latest.index", "latest.data-00000-of-00001"):
+        (checkpoints / name).write_text("an older attempt's weights")
+    pipeline.train(config, workspace=tiny_workspace, progress=False,
+                   callbacks=[SeesNoCheckpoint(checkpoints)])
+    assert (checkpoints / "latest.index").read_bytes() != b"an older attempt's weights"
+
+
 def test_training_again_over_a_finished_run_says_so_and_drops_its_record(tiny_config,
                                                                         tiny_workspace,
                                                                         tmp_path, caplog):
@@ -176,17 +202,9 @@ def test_training_again_over_a_finished_run_says_so_and_drops_its_record(tiny_co
     old_record = (tmp_path / "run" / "run.json").read_text()
     again = load_config(config, ["train.seed=1"])
     checkpoints = tmp_path / "run" / "checkpoints"
-
-    class SeesNoOldCheckpoint(tf.keras.callbacks.Callback):
-        """While the new run trains, the old run's weights are gone (nothing could restore
-        them as this run's)."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            assert not list(checkpoints.glob("latest.*"))
-
     with caplog.at_level(logging.INFO, logger="tfmmrec"):
         pipeline.train(again, workspace=tiny_workspace, progress=False,
-                       callbacks=[SeesNoOldCheckpoint()])
+                       callbacks=[SeesNoCheckpoint(checkpoints)])
     assert "holds a finished run: training it again from scratch" in caplog.text
     assert not stale.parent.exists()
     assert (checkpoints / "latest.index").is_file()

@@ -378,8 +378,13 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
                          f"the interrupted run {output}",
                          hint="resume it with the config it started with, or choose another "
                               "train.output_dir")
-    elif (output / RUN_FILE).is_file() and chief:
-        _forget_finished_run(output)
+    elif chief:  # a new run: nothing of an earlier one may stand for it
+        if (output / RUN_FILE).is_file():
+            _forget_finished_run(output)
+        # until this run writes its own (when it finishes), no checkpoint may stand for it:
+        # also one left by an attempt that died between its final checkpoint and its record
+        for stale in (output / "checkpoints").glob("latest.*"):
+            stale.unlink()
     if config.model.linear_cf == "auto" and not config.train.early_stopping:
         raise ConfigError("model.linear_cf=auto chooses the CF kind on validation, which "
                           "train.early_stopping does: enable it or set model.linear_cf (e.g. "
@@ -445,9 +450,6 @@ def _forget_finished_run(output: Path) -> None:
                 "replaced; choose another train.output_dir to keep them)", output)
     (output / RUN_FILE).unlink()
     shutil.rmtree(output / "eval", ignore_errors=True)
-    # the new run writes checkpoints/latest when it finishes: until then none may stand for it
-    for stale in (output / "checkpoints").glob("latest.*"):
-        stale.unlink()
 
 
 def linear_cf_record(model: RetrievalModel) -> dict:
@@ -523,8 +525,10 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
             **auto,
             "validation_interactions": len(validation.test),
             "curve": [h[metric] for h in monitor.history],
+            # the epochs of the curve (after a resume from a backup, the later ones only)
+            "curve_epochs": list(monitor.epochs),
             # every metric of the chosen epoch (NDCG, TFRS's top-K accuracy…), on validation
-            "best_metrics": dict(monitor.history[monitor.best_epoch - 1])
+            "best_metrics": dict(monitor.history[monitor.epochs.index(monitor.best_epoch)])
             if monitor.best_epoch else {}}
 
 

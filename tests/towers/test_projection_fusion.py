@@ -111,10 +111,12 @@ def test_concat_mlp_starts_as_the_masked_mean_and_is_trainable():
 
 
 @pytest.mark.parametrize("mode", FUSION_MODES)
-@pytest.mark.parametrize("built", [True, False])
+@pytest.mark.parametrize("built", ["called", "build only", False])
 def test_alone_is_the_fusion_of_each_modality_by_itself(mode, built):
     fusion = MaskedFusion(mode)
-    if built:
+    if built == "build only":  # built (as from a config) but its MLP never called
+        fusion.build(EMBEDDINGS.shape)
+    elif built:
         fusion(EMBEDDINGS, MASK)
         # random weights everywhere (concat_mlp's last layer starts at zero)
         fusion.set_weights([tf.random.stateless_normal(w.shape, seed=[3, i]).numpy()

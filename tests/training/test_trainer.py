@@ -241,6 +241,36 @@ def test_default_backups_are_periodic_and_an_early_interruption_restarts(tiny_co
     assert result.epochs_run == 2
 
 
+class InterruptAfterLastBackup(tf.keras.callbacks.Callback):
+    """A crash after the last epoch's backup, before the run's final checkpoint (user callbacks
+    run after the backup's ``on_epoch_end``)."""
+
+    def __init__(self, last_epoch: int):
+        super().__init__()
+        self.last_epoch = last_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.last_epoch:
+            raise RuntimeError("simulated interruption")
+
+
+def test_a_run_resumed_with_no_epoch_left_still_writes_its_checkpoint(tiny_config,
+                                                                     tiny_workspace, tmp_path):
+    config = derive_config(tiny_config, tmp_path, "train.epochs=2")
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        pipeline.train(config, workspace=tiny_workspace,
+                       callbacks=[InterruptAfterLastBackup(1)], progress=False)
+    output = tmp_path / "run"
+    assert backup_files(output) and not list((output / "checkpoints").glob("latest*"))
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert result.epochs_run == 0  # every epoch came from the backup
+    assert (output / "checkpoints" / "latest.index").is_file()
+    assert backup_files(output) == []
+    restored, _ = pipeline.restore(output, config, workspace=tiny_workspace)
+    for a, b in zip(restored.get_weights(), result.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspace, tmp_path):
     config = derive_config(tiny_config, tmp_path, "train.epochs=3")
     with pytest.raises(RuntimeError, match="simulated interruption"):

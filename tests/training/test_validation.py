@@ -267,3 +267,19 @@ def test_a_linear_cf_weight_left_to_validation_needs_early_stopping(tiny_config,
         pipeline.train(config, workspace=tiny_workspace, progress=False)
     with pytest.raises(ConfigError, match=r"model\.user_history"):
         load_config(None, ["model.linear_cf=ease"])
+
+
+def test_a_resumed_monitor_numbers_its_epochs_from_the_backup():
+    """A run resumed from a backup starts at a later epoch: ``epochs`` numbers the history, so
+    the best epoch's metrics are found by its number (``pipeline.select_epochs``), not by
+    position."""
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", patience=5, ks=[1],
+                                 embed=scripted([False, True, False]))
+    callback.set_model(Model())
+    for epoch in (3, 4, 5):  # epochs 1-3 ran before the interruption
+        callback.on_epoch_end(epoch, {})
+    assert callback.epochs == [4, 5, 6]
+    assert callback.best_epoch == 5
+    best = callback.history[callback.epochs.index(callback.best_epoch)]
+    assert best["recall@1"] == callback.best == 1.0
+

@@ -97,7 +97,7 @@ class MaskedFusion(tf.keras.layers.Layer):
         by_modality = tf.transpose(embeddings, [1, 0, 2])  # [M, B, d]
         if self.mode == "mean":
             return by_modality
-        if self.mode == "concat_mlp" and self.built:
+        if self.mode == "concat_mlp" and self.built and self.mlp.built:
             first, last = self.mlp.layers
             blocks, mask_rows = tf.split(first.kernel, [count * embeddings.shape[2], count])
             # modality m's block of the first layer, plus its mask column's row and the bias

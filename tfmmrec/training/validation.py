@@ -45,7 +45,9 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         epoch scores every (kind, weight) pair and keeps the best jointly with the epoch
         (ties keep the earlier kind, then the smaller weight).
 
-    ``history`` holds every epoch's metrics; ``best_epoch`` (1-based) and ``best`` the best
+    ``history`` holds the metrics of every epoch this process ran (``epochs`` their 1-based
+    numbers: a resumed run starts after its backup's epoch); ``best_epoch`` (1-based) and
+    ``best`` the best
     epoch's (``best_linear_cf_weight`` and ``best_linear_cf_kind`` the choices there). With
     ``restore_best``, the model ends with the best epoch's weights.
     """
@@ -64,6 +66,8 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         self.metric, self.patience, self.ks = metric, patience, tuple(ks)
         self.embed, self.restore_best = embed, restore_best
         self.history: list[dict[str, float]] = []
+        # the 1-based epoch of each history entry: a run resumed from a backup starts later
+        self.epochs: list[int] = []
         self.best = -np.inf
         self.best_epoch = 0
         self.linear_cf_rank = linear_cf_rank
@@ -98,6 +102,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
             entry["linear_cf"] = kind
             entry["linear_cf_scores"] = per_kind
         self.history.append(entry)
+        self.epochs.append(epoch + 1)
         value = float(metrics[self.metric])
         logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
         if logs is not None:
