@@ -127,20 +127,8 @@ def build(ws, variant: str):
         model._candidate_content = lambda: model.content_table(model.candidate_index)
     if variant == "users_tiled_alignment":
         fusion = model.item_tower.fusion
-        fusion.alone = lambda embeddings: tiled_alone(fusion, embeddings)
+        fusion.alone = fusion.alone_tiled  # the computation before the sixth pass
     return model
-
-
-def tiled_alone(fusion, embeddings):
-    """``MaskedFusion.alone`` as computed before: every modality's masked input, tiled into one
-    ``[M·B, M, d]`` batch through the whole fusion."""
-    import tensorflow as tf
-
-    count = embeddings.shape[1]
-    rows = tf.shape(embeddings)[0]
-    one = tf.repeat(tf.eye(count), rows, axis=0)
-    tiled = tf.tile(embeddings, [count, 1, 1]) * one[..., None]
-    return tf.reshape(fusion(tiled, one), [count, rows, -1])
 
 
 def per_element_dataset(interactions, batch_size: int, seed: int):

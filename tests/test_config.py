@@ -72,6 +72,8 @@ INVALID = [
     ("data.demo.seed=-1", "data.demo.seed=-1"),
     ("train.seed=-1", "train.seed=-1"),
     ("train.encode_batch_size=0", "train.encode_batch_size=0"),
+    ("train.backup_seconds=-1", "train.backup_seconds=-1"),
+    ("train.backup_seconds=nan", "train.backup_seconds=nan"),
     ("eval.batch_size=0", "eval.batch_size=0"),
     # YAML's true is an int to isinstance, and .inf / nan pass a "> 0" check
     ("train.epochs=true", "train.epochs=True"),

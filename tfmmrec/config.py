@@ -779,6 +779,11 @@ class Config:
     def __post_init__(self) -> None:
         for name in section_names():
             _check_scalars(getattr(self, name), name)
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        """The checks that relate fields of different sections (each section's own in
+        ``__post_init__``)."""
         if self.model.objective == "users":
             _check(not self.ranking.enabled, "model.objective", self.model.objective,
                    "interactions with ranking.enabled: true (a ranking head scores "
@@ -831,7 +836,7 @@ class Config:
             _check_scalars(getattr(self, name), name)
         for name in section_names():
             _post_init_all(getattr(self, name))
-        self.__post_init__()
+        self._check_relations()
         return self
 
     def __getattr__(self, name: str) -> Any:
@@ -995,6 +1000,11 @@ def _field_problem(value: Any, hint: Any) -> str | None:
     return None
 
 
+def _is_union(origin) -> bool:
+    """Whether a type's ``typing.get_origin`` is a union (``X | Y`` or ``Optional[X]``)."""
+    return origin is types.UnionType or str(origin) == "typing.Union"
+
+
 def _conforms(value: Any, hint: Any) -> bool:
     """``value`` is of the annotated type, read as YAML reads it: an ``int`` is a ``float``,
     ``true`` an ``int`` (``_field_problem`` says why that is refused), a tuple a list."""
@@ -1003,7 +1013,7 @@ def _conforms(value: Any, hint: Any) -> bool:
         return True
     if hint is type(None):
         return value is None
-    if origin is types.UnionType or str(origin) == "typing.Union":
+    if _is_union(origin):
         return any(_conforms(value, arg) for arg in args)
     if origin is Literal:
         return value in args
@@ -1032,7 +1042,7 @@ def _plain(value: Any, hint: Any) -> Any:
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
         return value.item()
     origin = get_origin(hint)
-    union = origin is types.UnionType or str(origin) == "typing.Union"
+    union = _is_union(origin)
     allowed = {get_origin(arg) or arg for arg in (get_args(hint) if union else (hint,))}
     if isinstance(value, os.PathLike) and str in allowed:
         return os.fspath(value)
@@ -1081,7 +1091,7 @@ def _scalar_types(hint: Any) -> set[Any]:
     origin = get_origin(hint)
     if origin is dict:
         return _scalar_types(get_args(hint)[1]) if get_args(hint) else {Any}
-    if origin in (list, tuple, types.UnionType) or str(origin) == "typing.Union":
+    if origin in (list, tuple) or _is_union(origin):
         return set().union(*(_scalar_types(arg) for arg in get_args(hint)))
     return {None if hint is type(None) else hint}
 

@@ -93,6 +93,11 @@ def _starts_with(b: tf.Tensor, magic: bytes, offset: int = 0) -> tf.Tensor:
                                   tf.constant(list(magic), tf.int64)))
 
 
+def _is_webp(b: tf.Tensor) -> tf.Tensor:
+    """Whether a header (:func:`_header`) is a WebP file's (RIFF container, WEBP form)."""
+    return _starts_with(b, b"RIFF") & _starts_with(b, b"WEBP", 8)
+
+
 def image_header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """``(known_format, height, width)`` (bool, int64, int64) read from the file header only.
 
@@ -106,7 +111,7 @@ def image_header_size(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.
     is_png = _starts_with(b, b"\x89PNG\r\n\x1a\n")
     is_gif = _starts_with(b, b"GIF8")
     is_bmp = _starts_with(b, b"BM")
-    is_webp = _starts_with(b, b"RIFF") & _starts_with(b, b"WEBP", 8)
+    is_webp = _is_webp(b)
     vp8, vp8l, vp8x = (_starts_with(b, tag, 12) for tag in (b"VP8 ", b"VP8L", b"VP8X"))
 
     def signed32(value):
@@ -187,10 +192,8 @@ def _decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
     uint8 (converted after): DecodeImage refuses float output for WebP. A WebP is decoded with
     its own channels and its alpha dropped here, because TF's WebP decoder refuses
     ``channels=3`` for a WebP with alpha (transparent product cut-outs are common)."""
-    b = _header(image_bytes)
-    is_webp = _starts_with(b, b"RIFF") & _starts_with(b, b"WEBP", 8)
     return tf.cond(
-        is_webp,
+        _is_webp(_header(image_bytes)),
         lambda: tf.io.decode_image(image_bytes, channels=0, expand_animations=False)[..., :3],
         lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
 
@@ -199,7 +202,7 @@ def _is_animated_webp(b: tf.Tensor) -> tf.Tensor:
     """Whether a header (:func:`_header`) is a WebP whose VP8X chunk sets the animation flag:
     TF refuses those for RGB output anyway (\"WebP Animation must be 4 channel RGBA\"), before
     decoding a frame; this names the reason."""
-    return (_starts_with(b, b"RIFF") & _starts_with(b, b"WEBP", 8) & _starts_with(b, b"VP8X", 12)
+    return (_is_webp(b) & _starts_with(b, b"VP8X", 12)
             & tf.not_equal(tf.bitwise.bitwise_and(b[20], 2), 0))
 
 

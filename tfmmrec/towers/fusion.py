@@ -91,7 +91,7 @@ class MaskedFusion(tf.keras.layers.Layer):
         ``mean`` returns each modality's embedding. ``concat_mlp`` multiplies the MLP's first
         layer by one modality's block of it, not by ``M · d`` columns of which all but ``d``
         are zero: a third of the product for three modalities, equal up to float rounding.
-        ``gated`` and ``attention`` take the general path (the masked input, tiled).
+        ``gated`` and ``attention`` take the general path (``alone_tiled``).
         """
         count = embeddings.shape[1]
         by_modality = tf.transpose(embeddings, [1, 0, 2])  # [M, B, d]
@@ -105,6 +105,12 @@ class MaskedFusion(tf.keras.layers.Layer):
                 tf.matmul(by_modality, tf.reshape(blocks, [count, embeddings.shape[2], -1]))
                 + (mask_rows + first.bias)[:, None, :])  # [M, B, h]
             return by_modality + last(hidden)
+        return self.alone_tiled(embeddings)
+
+    def alone_tiled(self, embeddings: tf.Tensor) -> tf.Tensor:
+        """``alone`` for any mode: each modality's masked input, tiled into one ``[M·B, M, d]``
+        batch through ``call``."""
+        count = embeddings.shape[1]
         rows = tf.shape(embeddings)[0]
         one = tf.repeat(tf.eye(count), rows, axis=0)  # [M·B, M]: modality m for block m
         tiled = tf.tile(embeddings, [count, 1, 1]) * one[..., None]

@@ -47,9 +47,8 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
 
     ``history`` holds the metrics of every epoch this process ran (``epochs`` their 1-based
     numbers: a resumed run starts after its backup's epoch); ``best_epoch`` (1-based) and
-    ``best`` the best
-    epoch's (``best_linear_cf_weight`` and ``best_linear_cf_kind`` the choices there). With
-    ``restore_best``, the model ends with the best epoch's weights.
+    ``best`` the best epoch's (``best_linear_cf_weight`` and ``best_linear_cf_kind`` the
+    choices there). With ``restore_best``, the model ends with the best epoch's weights.
     """
 
     def __init__(self, split: Split, user_ids: np.ndarray, num_items: int, metric: str,
