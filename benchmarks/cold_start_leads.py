@@ -28,6 +28,10 @@ width and α on a cold-start carve). Rows:
   own CF part could carry as one more factor column: log(1 + training count) for warm items,
   the kernel map's prediction of it (same width and α) for cold ones; γ on the inner carve,
   from a wider grid (the year/genre prior above chose the old grid's largest γ on seed 0).
+- ``facets, supervised kernel``, ``facets, features + supervised``: the ``+ facets`` map's
+  kernel computed on a supervised view of the content, the features' ridge prediction of the
+  CF factors (so directions of content that do not predict CF stop counting in the
+  distance), alone or beside the features; ridge α, width and kernel α on the inner carve.
 
 "validation" rows fit on the training rows of protocol B's cold-start validation carve
 (``data.splits.validation_split``, what early stopping uses) with every setting chosen on a
@@ -55,6 +59,8 @@ REPO = Path(__file__).resolve().parents[1]
 FACET_COLUMNS = ("year", "genres")
 GAMMAS = (0.0, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4)  # 0 first: ties keep no prior
 WIDE_GAMMAS = (*GAMMAS, 1e-3, 2e-3, 5e-3, 1e-2)
+SUPERVISED_RIDGE_ALPHAS = (1.0, 10.0, 30.0, 100.0)
+SUPERVISED_WIDTHS, SUPERVISED_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0), (0.01, 0.1, 1.0)
 METRIC = "recall@20"
 
 
@@ -94,8 +100,9 @@ class Lab:
                 features[:, widths[i]:widths[i + 1]] *= scale.get(n, 1.0)
         return features, present
 
-    def cf_part(self, split, features, present, seed):
-        """(users [U, k], items [N, k], training matrix) of the CF part fitted on ``split``."""
+    def cf_weights(self, split, features, present, seed):
+        """(users [U, k], the fitted ``LinearCFWeights``, training matrix, what was chosen) of
+        the CF part fitted on ``split``."""
         from tfmmrec.evaluation.linear_cf_selection import choose_linear_cf
         from tfmmrec.evaluation.protocol import split_matrices
 
@@ -105,7 +112,11 @@ class Lab:
                                          content="kernel")
         train, _ = split_matrices(split, ws.user_ids, ws.dataset.num_items)
         x = (train > 0).astype(np.float32)
-        users = np.asarray(x @ weights.query_factors, np.float32)
+        return np.asarray(x @ weights.query_factors, np.float32), weights, x, info
+
+    def cf_part(self, split, features, present, seed):
+        """(users [U, k], items [N, k], training matrix, info) of the CF part on ``split``."""
+        users, weights, x, info = self.cf_weights(split, features, present, seed)
         return users, weights.item_embeddings(features, present), x, info
 
     def score(self, users, items, split, prior=None, history=None, gamma=0.0) -> float:
@@ -130,16 +141,54 @@ def whitened(block: np.ndarray, fit_on: np.ndarray, shrink: float = 1.0) -> np.n
 
 def kernel_prior(x, features, present, info) -> np.ndarray:
     """log(1 + training count) for warm items, its kernel-ridge prediction from ``features``
-    (the CF part's chosen width and α) for the others."""
-    from tfmmrec.towers.cf import kernel_matrix, kernel_ridge_fit, normalise_rows
+    (the CF part's chosen width and α) for the others: the CF part's own content map
+    (``towers.cf.fit_linear_cf``) with the counts as a one-column factor."""
+    from tfmmrec.towers.cf import fit_linear_cf
 
-    counts = np.asarray(x.sum(axis=0)).ravel()
-    warm = counts > 0
-    learn = warm & np.asarray(present, bool)
-    coefficients, mean_x, mean_y, anchors = kernel_ridge_fit(
-        features[learn], np.log1p(counts[learn])[:, None], info["width"], info["alpha"])
-    kernel = kernel_matrix(normalise_rows(features - mean_x), anchors, info["width"])
-    return np.where(warm, np.log1p(counts), (kernel @ coefficients + mean_y).ravel())
+    counts = np.log1p(np.asarray(x.sum(axis=0)).ravel())[:, None]
+    fitted = fit_linear_cf(np.zeros_like(counts), counts, counts[:, 0] > 0, info["alpha"],
+                           features, present, info["width"])
+    return fitted.item_embeddings(features, present)[:, 0]
+
+
+def supervised_kernel_rows(lab, levels, features, present, seed) -> list[tuple[str, dict]]:
+    """The kernel content map on a supervised view of the content: its ridge prediction of the
+    CF factors (the directions of content that predict CF), alone (``supervised kernel``) or
+    beside the features (``features + supervised``). Ridge α, kernel width and α chosen on
+    ``levels["inner"]``, scored on ``levels["here"]``: ``[(row, {"here", "chosen"})]``."""
+    import itertools
+
+    from tfmmrec.towers.cf import kernel_matrix, kernel_ridge_fit, normalise_rows, ridge_fit
+
+    def kernel(inputs, learn, targets, width, alpha):
+        coefficients, mean_x, mean_y, anchors = kernel_ridge_fit(inputs[learn], targets[learn],
+                                                                 width, alpha)
+        return kernel_matrix(normalise_rows(inputs - mean_x), anchors, width) @ coefficients \
+            + mean_y
+
+    scored = {}
+    for level, split in levels.items():
+        users, weights, _, _ = lab.cf_weights(split, features, present, seed)
+        warm, factors = weights.warm, weights.item_factors
+        learn = warm & np.asarray(present, bool)
+        centred = normalise_rows(features - features[learn].mean(axis=0))
+        for ridge_alpha in SUPERVISED_RIDGE_ALPHAS:
+            w, mean_x, _ = ridge_fit(features[learn], factors[learn], ridge_alpha)
+            view = (features - mean_x) @ w
+            inputs = {"supervised kernel": view,
+                      "features + supervised": np.hstack([centred, normalise_rows(view)])}
+            for (row, x), width, alpha in itertools.product(inputs.items(), SUPERVISED_WIDTHS,
+                                                            SUPERVISED_ALPHAS):
+                items = np.where(warm[:, None], factors, kernel(x, learn, factors, width, alpha))
+                scored.setdefault(row, {}).setdefault(level, {})[(ridge_alpha, width, alpha)] = \
+                    lab.score(users, items.astype(np.float32), split)
+    out = []
+    for row, by_level in scored.items():
+        chosen = max(by_level["inner"], key=by_level["inner"].get)
+        out.append((row, {"here": by_level["here"][chosen],
+                          "chosen": dict(zip(("ridge_alpha", "width", "alpha"), chosen,
+                                             strict=True))}))
+    return out
 
 
 def prior_fit(targets_from, x, warm_only=True):
@@ -212,6 +261,10 @@ def run_seed(lab: Lab, seed: int, test: bool, fraction: float, base_seed: int) -
         rows.append({"seed": seed, "level": level, "row": "facets + prior (kernel)",
                      METRIC: scored["here"][gamma], "chosen": {"gamma": gamma},
                      "inner": scored["inner"]})
+        for row, result in supervised_kernel_rows(lab, {"inner": inner, "here": split},
+                                                  features, present, data_seed):
+            rows.append({"seed": seed, "level": level, "row": f"facets, {row}",
+                         METRIC: result["here"], "chosen": result["chosen"]})
         if level == "validation":
             from tfmmrec.evaluation.protocol import split_matrices
 
