@@ -70,12 +70,23 @@ class ModalityAlignment(tf.keras.layers.Layer):
         return tf.minimum(tf.exp(self.log_scale), 100.0)
 
     def call(self, singles: Sequence[tf.Tensor], mask, fused, item_ids):
-        """``singles[i]``: ``[B, d]`` embedding from modality i alone; mask ``[B, M]``."""
-        ones = tf.ones_like(mask[:, 0])
-        pairs = [(i, None) for i in range(len(singles))]  # modality i ↔ fused
-        pairs += [(i, j) for i in range(len(singles)) for j in range(i + 1, len(singles))]
-        a = tf.stack([singles[i] for i, _ in pairs])
-        b = tf.stack([fused if j is None else singles[j] for _, j in pairs])
-        a_present = tf.stack([mask[:, i] for i, _ in pairs])
-        b_present = tf.stack([ones if j is None else mask[:, j] for _, j in pairs])
-        return masked_contrastive(a, b, a_present, b_present, item_ids, self.scale)
+        """``singles[i]``: ``[B, d]`` embedding from modality i alone; mask ``[B, M]``.
+
+        Every embedding enters the loss once, in one ``[M + 1, B, d]`` table, and the pairs
+        are gathered from it, so the gradient of an embedding used by several pairs is a
+        segment sum in index order. Stacking the same tensor into several pairs made TF sum
+        its gradients with ``AddN``, whose CPU kernel moves an input whose buffer it can reuse
+        to the front: with three or more terms the float summation order then depended on
+        buffer lifetimes at run time, and two identical steps could differ in the last bit
+        (which Adam's first steps amplify), even under op determinism.
+        """
+        count = len(singles)
+        pairs = [(i, count) for i in range(count)]  # modality i ↔ fused (the table's last row)
+        pairs += [(i, j) for i in range(count) for j in range(i + 1, count)]
+        table = tf.stack([*singles, fused])  # [M + 1, B, d]
+        present = tf.concat([tf.transpose(tf.cast(mask, table.dtype)),
+                             tf.ones_like(table[:1, :, 0])], axis=0)  # [M + 1, B]
+        first, second = ([pair[k] for pair in pairs] for k in (0, 1))
+        return masked_contrastive(tf.gather(table, first), tf.gather(table, second),
+                                  tf.gather(present, first), tf.gather(present, second),
+                                  item_ids, self.scale)
