@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,10 +20,11 @@ from tfmmrec.towers.projection import Dropout
 # features (cold cache), the second reads them (warm cache). Before towers.noise, the stateful
 # dropout ops of the second run drew other masks from the second epoch on (max |Δw| ~3e-7 after
 # 2 epochs; 20 epochs ended at MRR 0.3658 vs 0.3461). Smaller catalogues did not always show it,
-# hence the demo's own size (slow). Op determinism (process-wide) is why this runs in a
-# subprocess.
+# hence the demo's own size (slow). Later the alignment loss's gradients were summed by an
+# AddN whose CPU kernel reorders its inputs at run time (models/alignment.py): up to 3e-7
+# apart. Op determinism (process-wide) is why this runs in a subprocess.
 SCRIPT = textwrap.dedent("""
-    import sys, tempfile
+    import json, sys, tempfile
     import tfmmrec
     import numpy as np, tensorflow as tf
     tf.config.experimental.enable_op_determinism()
@@ -33,9 +35,11 @@ SCRIPT = textwrap.dedent("""
 
     root = tempfile.mkdtemp()
 
+    path, overrides = sys.argv[1], json.loads(sys.argv[2])
+
     def run(name):
-        config = load_config("configs/demo.yaml", [
-            f"train.output_dir={root}/{name}", "train.epochs=2", "train.verbose=0"])
+        config = load_config(path, [
+            f"train.output_dir={root}/{name}", "train.epochs=2", "train.verbose=0", *overrides])
         workspace = pipeline.prepare(config, progress=False)
         result = pipeline.train(config, workspace=workspace, progress=False)
         return [w.numpy() for w in result.model.weights], result.history
@@ -47,13 +51,28 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_same_seed_gives_identical_weights_cold_and_warm_cache():
+def _same_twice(config: str, overrides: list[str]) -> None:
     env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, config, json.dumps(overrides)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "identical=True" in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_weights_cold_and_warm_cache():
+    _same_twice("configs/demo.yaml", [])
+
+
+@pytest.mark.slow
+@pytest.mark.needs_shared
+def test_same_seed_gives_identical_weights_on_the_ml100k_model():
+    # history query, full softmax, text + facets + poster, the closed-form CF part and the
+    # alignment over sampled candidates; CF settings fixed so no validation run is needed
+    _same_twice("configs/ml100k.yaml", [
+        "train.early_stopping=false", "model.linear_cf=ease", "model.linear_cf_weight=1",
+        "model.linear_cf_l2=300", "model.linear_cf_alpha=0.1", "model.linear_cf_half_life=0",
+        "model.fusion_selection=none"])
 
 
 def test_noise_streams_repeat_after_reseeding_whatever_ran_before():
