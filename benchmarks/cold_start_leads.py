@@ -158,13 +158,7 @@ def supervised_kernel_rows(lab, levels, features, present, seed) -> list[tuple[s
     ``levels["inner"]``, scored on ``levels["here"]``: ``[(row, {"here", "chosen"})]``."""
     import itertools
 
-    from tfmmrec.towers.cf import kernel_matrix, kernel_ridge_fit, normalise_rows, ridge_fit
-
-    def kernel(inputs, learn, targets, width, alpha):
-        coefficients, mean_x, mean_y, anchors = kernel_ridge_fit(inputs[learn], targets[learn],
-                                                                 width, alpha)
-        return kernel_matrix(normalise_rows(inputs - mean_x), anchors, width) @ coefficients \
-            + mean_y
+    from tfmmrec.towers.cf import fit_linear_cf, normalise_rows, ridge_fit
 
     scored = {}
     for level, split in levels.items():
@@ -179,9 +173,10 @@ def supervised_kernel_rows(lab, levels, features, present, seed) -> list[tuple[s
                       "features + supervised": np.hstack([centred, normalise_rows(view)])}
             for (row, x), width, alpha in itertools.product(inputs.items(), SUPERVISED_WIDTHS,
                                                             SUPERVISED_ALPHAS):
-                items = np.where(warm[:, None], factors, kernel(x, learn, factors, width, alpha))
+                items = fit_linear_cf(weights.query_factors, factors, warm, alpha, x, present,
+                                      width).item_embeddings(x, present)
                 scored.setdefault(row, {}).setdefault(level, {})[(ridge_alpha, width, alpha)] = \
-                    lab.score(users, items.astype(np.float32), split)
+                    lab.score(users, items, split)
     out = []
     for row, by_level in scored.items():
         chosen = max(by_level["inner"], key=by_level["inner"].get)
