@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -615,6 +616,10 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
     run = Path(run_dir)
     prefix = Path(checkpoint) if checkpoint else run / "checkpoints" / "latest"
     if not Path(str(prefix) + ".index").is_file():
+        if not checkpoint and any((run / "backup").glob("*")):
+            raise TrainingError(f"the run {run} was interrupted before it finished (its backup "
+                                f"is in {run / 'backup'}): run train again with the same config "
+                                "to resume it")
         raise TrainingError(f"no checkpoint at {prefix} (expected {prefix}.index): train "
                             "first, or name a checkpoint (--checkpoint / checkpoint=)")
     spec = prefix.parent / MODEL_SPEC_FILE
@@ -662,16 +667,20 @@ def evaluate(config: Config | str | os.PathLike | None = None,
              workspace: Workspace | None = None, baselines: bool = True,
              name: str = "tfmmrec", hidden_modalities: tuple[str, ...] = (),
              write: bool = True, classic_baselines: Sequence[str] = (),
-             embeddings: tuple[np.ndarray, np.ndarray] | None = None
-             ) -> dict[str, dict[str, float]]:
+             embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+             output_name: str = "metrics") -> dict[str, dict[str, float]]:
     """Metrics of a trained model (and popularity/random baselines) on the config's split.
 
     ``classic_baselines``: keys of ``evaluation.baseline_suite.BASELINES`` (``ease``, ``ials``,
     ``ridge``, ``knn``) to tune on validation and score as rows of the same table
     (:func:`classic_baseline_results`). ``embeddings``: ``(users, items)`` to score instead of
     a model's (e.g. an export's, ``evaluation.exported``). Writes
-    ``<output_dir>/eval/metrics.json`` and ``metrics.png`` (Recall@K and NDCG@K curves).
+    ``<output_dir>/eval/<output_name>.json`` and ``.png`` (Recall@K and NDCG@K curves):
+    ``metrics`` for the run's own split; other names keep a scored test set, candidate list
+    or export from replacing it (``evaluation_output_name``).
     """
+    if not re.fullmatch(r"[\w.-]+", output_name):
+        raise ConfigError(f"output_name {output_name!r}: letters, digits, '.', '-', '_' only")
     from tfmmrec.evaluation.protocol import (
         evaluate_embeddings,
         popularity_baseline,
@@ -707,12 +716,29 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     out = Path(config.train.output_dir) / "eval"
     write_json({"split": ws.split.kind, "split_sizes": ws.split.sizes(), "results": results,
                 **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
-                   if classic else {})}, out / "metrics.json")
-    plot_metric_curves(results, out / "metrics.png",
+                   if classic else {})}, out / f"{output_name}.json")
+    plot_metric_curves(results, out / f"{output_name}.png",
                        title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
     if not hidden_modalities:
         write_item_projector(config, ws, items)
     return results
+
+
+def evaluation_output_name(test: str | os.PathLike | None = None,
+                           candidates: str | os.PathLike | None = None,
+                           export: str | os.PathLike | None = None) -> str:
+    """The file name (without suffix) under ``eval/`` of an evaluation: ``metrics`` for the
+    run's own split, else one name per variant (``metrics-test-<file>``,
+    ``-candidates-<file>``, ``-export``), so scoring a test set, a candidate list or an export
+    never replaces the split's metrics."""
+    parts = ["metrics"]
+    for label, path in (("test", test), ("candidates", candidates)):
+        if path:
+            stem = re.sub(r"[^\w.-]+", "_", Path(path).stem)
+            parts.append(f"{label}-{stem}")
+    if export:
+        parts.append("export")
+    return "-".join(parts)
 
 
 def _given_workspace(workspace: Workspace | None, config: Config) -> Workspace:

@@ -149,6 +149,18 @@ def test_duplicate_item_id_differing_only_by_spaces_is_found(tmp_path):
         load(make_folder(tmp_path / "d", items=items, media=False))
 
 
+def test_a_numeric_user_feature_with_a_typo_is_named_not_silently_categorical(tmp_path,
+                                                                               caplog):
+    users = "user_id,age,occupation\n" + "".join(
+        f"u{i},{20 + i},engineer\n" for i in range(1, 11)).replace("u5,25", "u5,old")
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+        dataset = load(make_folder(tmp_path / "d", users=users))
+    assert "age" in dataset.user_feature_columns
+    assert ("users.csv: user feature age is numeric except at users.csv line 6 ('old'): the "
+            "column is embedded as categories; fix that value") in caplog.text
+    assert "occupation" not in caplog.text  # a text column is categorical on purpose
+
+
 def test_duplicate_user_id_in_users_table_is_named(tmp_path):
     users = USERS + "u1,31,farmer\n"
     with pytest.raises(DataError, match=r"users\.csv: duplicate user_id 'u1' at users\.csv line 4"):

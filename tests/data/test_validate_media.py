@@ -83,6 +83,21 @@ def test_tfmmrec_validate_names_a_truncated_jpeg_and_passes_the_intact_one(tmp_p
     assert str(intact) not in warning
 
 
+def test_an_unidentifiable_image_is_named_without_a_python_object_repr(tmp_path, caplog):
+    """Pillow's message names its ``BytesIO`` (``<_io.BytesIO object at 0x…>``): noise to a
+    user, so it is cut from the one line."""
+    from tfmmrec import cli
+
+    root = make_folder(tmp_path / "d")
+    cut = _noise_image(root / "images" / "i2.png", 20, 20)
+    cut.write_bytes(cut.read_bytes()[:40])
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+        assert cli.main(["validate", "--set", f"data.path={root}"]) == 0
+    warning = _warnings(caplog)
+    assert f"cannot decode image — {cut} (broken file: cannot identify image file)" in warning
+    assert "object at 0x" not in warning
+
+
 def _limits_folder(root: Path) -> Path:
     """i1: a 20 x 20 poster (400 pixels), i2: 21 x 20 (420)."""
     make_folder(root)

@@ -182,6 +182,9 @@ def test_removed_items_are_never_returned(base, items):
      r"new\.csv line 2 \('x2'\): image file 'images/nope\.png' not found"),
     (lambda f: f.iloc[[1]], r"already in the catalogue: new\.csv line 2"),
     (lambda f: f.iloc[[0]].assign(item_id=""), r"empty item_id in 1 row\(s\): new\.csv line 2"),
+    (lambda f: pd.DataFrame({"item_id": ["x4"]}),
+     r"1 new item\(s\) with no content in any column this model reads \(.*\): new\.csv "
+     r"line 2 \('x4'\)"),
 ])
 def test_bad_rows_are_data_errors_and_leave_the_versions_untouched(base, items, tiny_demo_dir,
                                                                    rows, message):

@@ -267,14 +267,25 @@ def test_signatures_cover_users_and_every_modality(loaded):
     (lambda m: m.recommend_session("i0001", k=3), r"sessions is a single string \('i0001'\)"),
     (lambda m: m.recommend_session([["i0001"]], exclude=np.array(["i0002"])),
      r"exclude\[0\] is a string"),
+    (lambda m: m.recommend([1, 2]), r"^user_ids\[0\] is 1 \(int\), not a string$"),
+    (lambda m: m.recommend(["u000", None]), r"^user_ids\[1\] is None \(NoneType\), not a"),
+    (lambda m: m.call("query_text", text=[None]),
+     r"^query_text: text\[0\] is None \(NoneType\), not a string$"),
+    (lambda m: m.recommend_session([["i0001", None]]), r"^sessions\[0\]\[1\] is None"),
 ], ids=["lone user id", "lone text", "misspelt input", "fractional k", "k beyond int32",
         "boolean k", "no sessions", "k=0 from the graph", "exclusion row as a string",
         "lone exclusion string", "session as a list of strings", "lone session string",
-        "exclusions as a 1-d array"])
+        "exclusions as a 1-d array", "numeric user ids", "a None user id", "a None text",
+        "a None session item"])
 def test_a_bad_in_process_request_is_one_line_naming_the_input(loaded, request_, expected):
     with pytest.raises(ServingError, match=expected) as info:
         request_(loaded)
     assert "\n" not in str(info.value) and "node" not in str(info.value)
+
+
+def test_unknown_item_ids_are_named_plainly(loaded):
+    with pytest.raises(ExportError, match=r"item id\(s\) not in .*: 'zzz', 'yyy'$"):
+        loaded.item_embeddings(np.array(["i0000", "zzz", "yyy"]))
 
 
 def test_embed_items_refuses_an_empty_or_oversized_batch(loaded):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -271,7 +272,8 @@ def test_a_run_resumed_with_no_epoch_left_still_writes_its_checkpoint(tiny_confi
         np.testing.assert_array_equal(a, b)
 
 
-def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspace, tmp_path):
+def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspace, tmp_path,
+                                                      caplog):
     config = derive_config(tiny_config, tmp_path, "train.epochs=3")
     with pytest.raises(RuntimeError, match="simulated interruption"):
         pipeline.train(config, workspace=tiny_workspace, callbacks=[Interrupt()],
@@ -281,8 +283,14 @@ def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspac
     assert not (output / "run.json").exists()
     # the checkpoint is the finished run's weights: an interrupted run writes none
     assert not list((output / "checkpoints").glob("latest*"))
+    # evaluating it says what happened and what to do, not "train first"
+    with pytest.raises(TrainingError, match=r"was interrupted before it finished .*run train "
+                                            r"again with the same config to resume it"):
+        pipeline.check_restorable(output)
 
-    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    with caplog.at_level(logging.INFO, logger="tfmmrec"):
+        result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert "1 epoch(s) done, training on from epoch 2 of 3" in caplog.text
     assert result.epochs_run == 2  # epochs 2 and 3; epoch 1 came from the backup
     assert len(result.history["loss"]) == 2
     assert (output / "checkpoints" / "latest.index").is_file()

@@ -304,8 +304,29 @@ def _load_users(root: Path, config: DataConfig) -> tuple[pd.DataFrame | None, tu
     else:
         columns = tuple(config.user_feature_columns)
         validate.require_columns(frame, path, columns)
+    for column in columns:
+        _warn_if_nearly_numeric(frame, path, column)
     frame["user_id"] = frame["user_id"].astype(object)
     return frame, columns
+
+
+def _warn_if_nearly_numeric(frame: pd.DataFrame, path: Path, column: str) -> None:
+    """A feature column is numeric (standardised) only if every value is a number; one typo
+    (``age`` = ``old``) silently makes the whole column categorical. Say so, naming the rows,
+    when nearly every value is a number."""
+    values = frame[column]
+    if pd.api.types.is_numeric_dtype(values):
+        return
+    given = values.notna() & (values.astype(str).str.strip() != "")
+    numbers = pd.to_numeric(values.where(given), errors="coerce").notna()
+    if given.sum() < 2 or numbers.sum() < 0.9 * given.sum():
+        return
+    bad = [f"{validate.row_label(path, i)} ({values.iloc[i]!r})"
+           for i in np.flatnonzero(given & ~numbers)]
+    logger.warning("%s: user feature %s is numeric except at %s: the column is embedded as "
+                   "categories; fix %s to standardise it as a number", path, column,
+                   ", ".join(bad[:validate.SHOW_AT_MOST]), "that value" if len(bad) == 1
+                   else "those values")
 
 
 def load_items_table(path: str | Path, columns: ModalityColumns) -> Catalog:

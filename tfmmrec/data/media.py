@@ -782,6 +782,7 @@ def _first_line(exc: BaseException) -> str:
     """The readable part of a TF/libsndfile message, without op names and device prefixes."""
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     text = re.sub((r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\].*"
-                  r"|Error opening (<[^>]*>|'[^']*'):"), "", text)
+                  r"|Error opening (<[^>]*>|'[^']*'):"
+                  r"| ?<[\w.]+ object at 0x[0-9a-fA-F]+>"), "", text)  # Pillow names its BytesIO
     text = text.strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -440,12 +440,30 @@ def embed_table(towers, path: Path, metadata: dict,
     # The export's limits (its serving graph enforces them), for the new items' files too.
     settings.update(modalities.limit_settings(metadata.get("limits")))
     content = decode_content(catalog, path, present, settings)
+    if operation == "add":
+        _refuse_items_without_content(content, present, path, labels, sorted(known - {"item_id"}))
     parts = []
     for start in range(0, len(new_ids), batch_size):
         batch = {name: tf.constant(value[start:start + batch_size])
                  for name, value in content.items()}
         parts.append(towers.embed_item_content(batch).numpy())
     return new_ids, np.concatenate(parts).astype(np.float32)
+
+
+def _refuse_items_without_content(content: Mapping[str, np.ndarray], present: tuple[str, ...],
+                                  path: Path, labels: list[str], columns: list[str]) -> None:
+    """A new item with no value in any column the model reads has nothing to be embedded
+    from (a new id has no trained id row): refused, not served as a meaningless vector."""
+    has = np.zeros(len(labels), bool)
+    for name in present:
+        has |= np.asarray(content.get(f"{name}_mask", has), bool)
+    empty = [f"{label} ({str(item)!r})" for label, item, h
+             in zip(labels, content["item_id"], has, strict=True) if not h]
+    if empty:
+        raise DataError(f"{path}: {len(empty)} new item(s) with no content in any column this "
+                        f"model reads ({', '.join(columns)}): "
+                        f"{', '.join(empty[:validate.SHOW_AT_MOST])}. Give each at least one; "
+                        "nothing was written")
 
 
 def decode_content(catalog, path: Path, present: tuple[str, ...],

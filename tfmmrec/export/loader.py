@@ -106,7 +106,8 @@ class ExportedModel:
         ids = _batch(item_ids, "item_ids").astype(str)
         out = self.call("embed_items", item_id=ids)
         if not out["found"].all():
-            raise ExportError(f"item id(s) not in {self.path}: {list(ids[~out['found']][:5])}")
+            missing = ", ".join(repr(str(i)) for i in ids[~out["found"]][:5])
+            raise ExportError(f"item id(s) not in {self.path}: {missing}")
         return out["embedding"]
 
 
@@ -124,6 +125,8 @@ def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
         if arguments[name].shape.rank and np.ndim(value) == 0:
             raise ServingError(f"{signature}: {name} is a single value ({value!r}); pass a "
                                "batch, e.g. a list with one entry per query")
+        if arguments[name].dtype == tf.string:
+            _check_strings(value, f"{signature}: {name}")
     if "k" in inputs:
         k = inputs["k"]
         array = np.asarray(k)  # a Python or numpy int, or a 0-d array (a TensorProto's)
@@ -135,12 +138,26 @@ def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
 
 
 def _batch(values, name: str) -> np.ndarray:
-    """``values`` as a 1-d array; a lone string is refused (``"u001"`` is one user, not five
-    characters, and the graph would only say it is not a matrix)."""
+    """``values`` as a 1-d array of strings; a lone string is refused (``"u001"`` is one user,
+    not five characters, and the graph would only say it is not a matrix), and so is a
+    non-string id (``1`` or ``None`` would otherwise be served as an unknown user)."""
     if isinstance(values, str | bytes):
         raise ServingError(f"{name} is a single string ({values!r}); pass a list, e.g. "
                            f"[{values!r}]")
+    _check_strings(values, name)
     return np.asarray(values)
+
+
+def _check_strings(values, name: str) -> None:
+    """Refuse an entry of a string input that is not ``str``/``bytes`` (``None``, a number),
+    naming its position: TensorFlow would say only that it cannot convert the value, and
+    ``str(v)`` would send ``"None"`` as an id."""
+    array = np.asarray(values, dtype=object)
+    for position, value in np.ndenumerate(array):
+        if not isinstance(value, str | bytes):
+            where = "".join(f"[{i}]" for i in position)
+            raise ServingError(f"{name}{where} is {value!r} ({type(value).__name__}), not a "
+                               "string")
 
 
 def padded(lists, name: str = "item id lists") -> np.ndarray:
@@ -158,6 +175,8 @@ def padded(lists, name: str = "item id lists") -> np.ndarray:
         if isinstance(row, str | bytes):
             raise ServingError(f"{name}[{r}] is a string ({row!r}), not a list of item ids; "
                                f"pass one list per row, e.g. [[{row!r}]]")
+    for r, row in enumerate(rows):
+        _check_strings(list(row), f"{name}[{r}]")
     lists = [[i.decode() if isinstance(i, bytes) else str(i) for i in row] for row in rows]
     width = max((len(row) for row in lists), default=0)
     out = np.full((len(lists), width), "", dtype=object)

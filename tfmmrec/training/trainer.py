@@ -213,8 +213,13 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
         self._last = 0.0
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
+        super().on_train_begin(logs)  # restores the backup, if there is one
         self._last = time.monotonic()
+        done = int(self._training_state._ckpt_saved_epoch.numpy())  # 0-based; -1: no backup
+        if done >= 0:
+            logger.info("resuming from the backup in %s: %d epoch(s) done, training on from "
+                        "epoch %d of %d", self.backup_dir, done + 1, done + 2,
+                        self.params.get("epochs", 0))
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
