@@ -21,6 +21,7 @@ from tfmmrec.config import (
     load_config,
     model_sections,
     register_tower_section,
+    section_names,
     tower_sections,
     unregister_tower_section,
 )
@@ -437,3 +438,100 @@ def test_validate_checks_what_was_edited_in_place_and_the_towers_mapping_is_not_
 def test_a_dict_fields_values_are_real_numbers(rate, expected):
     with pytest.raises(ConfigError, match=rf"model\.feature_dropout=.*{expected}"):
         load_config(None, [f"model.feature_dropout={{image: {rate}}}"])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line_naming_the_byte_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"\xff\xfe\x00data: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: not UTF-8 text (byte 0xff at line 1, column 1): "
+                               "save the file as UTF-8")
+    path.write_bytes("train:\n  output_dir: runs/café\n".encode("cp1252"))  # é: byte 0xe9
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text \(byte 0xe9 at line 2, "
+                                          r"column 23\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("train:\n  ks: [1, 2\n",
+     "at line 3, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow "
+     "sequence at line 2, column 7)"),
+    ("train:\n\tepochs: 3\n",
+     r"at line 2, column 1: found character '\t' that cannot start any token (while scanning "
+     "for the next token); indent with spaces, not tabs"),
+    ("train:\n  epochs: 3\n batch_size: 4\n",
+     "at line 3, column 2: expected <block end>, but found '<block mapping start>' (while "
+     "parsing a block mapping at line 1, column 1)"),
+    ("train: {epochs: 3}\x00\n",
+     "at line 1, column 19: unacceptable character #x0000: special characters are not "
+     "allowed"),
+], ids=["unclosed", "tab", "indent", "control-character"])
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_line_column_and_problem(
+        tmp_path, text, expected):
+    path = tmp_path / "y.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: not valid YAML {expected}"  # one line, no "<unicode..."
+
+
+def test_an_error_in_an_override_names_the_override_and_one_in_the_file_the_file(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    for source in (path, None, {"train": {"epochs": 3}}, Config()):
+        with pytest.raises(ConfigError) as info:
+            load_config(source, ["model.fusion=mean", "train.epochs=abc"])
+        assert str(info.value) == ("--set train.epochs=abc: invalid config value "
+                                   "train.epochs='abc': expected int")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["nosuch.x=1"])
+    assert str(info.value).startswith("--set nosuch.x=1: unknown config key(s) nosuch (")
+    # a check relating fields names the overrides that break it, not one that is fine
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["export.k=50", "train.epochs=4", "export.max_k=20"])
+    assert str(info.value) == ("--set export.k=50, --set export.max_k=20: invalid config value "
+                               "export.k=50: expected in [1, export.max_k=20]")
+    assert load_config(path, ["export.k=500", "export.max_k=1000"]).export.k == 500
+    # the file's own error still names the file, whatever is overridden beside it
+    path.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["model.fusion=mean"])
+    assert str(info.value) == f"{path}: invalid config value train.epochs=0: expected >= 1"
+    assert load_config(path, ["train.epochs=2"]).train.epochs == 2  # an override may fix it
+
+
+def test_an_unknown_key_or_section_gets_the_close_name_or_else_the_names_there_are(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: unknown config key(s) train.epoch (did you mean 'epochs'?)"
+    with pytest.raises(ConfigError) as in_python:
+        Config().train.epoch = 3
+    assert "(did you mean 'epochs'?)" in str(in_python.value)  # the same suggestion
+    with pytest.raises(ConfigError) as info:
+        load_config({"modle": {}, "data": {"demo": {"items": 3}}})
+    assert str(info.value) == ("the config mapping: unknown config key(s) data.demo.items "
+                               "(did you mean 'num_items'?); modle (did you mean 'model'?)")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.zzz=1"])
+    assert str(info.value) == (
+        "--set train.zzz=1: unknown config key(s) train.zzz (the fields of train are epochs, "
+        "batch_size, learning_rate, optimizer, strategy, devices, tpu, learning_rate_scaling, "
+        "cross_replica_negatives, output_dir, cache_dir, encode_batch_size, …)")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["nosuch.x=1"])
+    assert str(info.value) == ("--set nosuch.x=1: unknown config key(s) nosuch (the sections "
+                               f"are {', '.join(section_names())})")
+    assert "tfmmrec/config.py" not in str(info.value)
+
+
+def test_an_empty_section_means_its_defaults(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("train:\n  # epochs: 3\nexport:\n  scann:\nmodel:\n  embedding_dim: 8\n")
+    assert load_config(path) == load_config(None, ["model.embedding_dim=8"])
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train=3"])
+    assert str(info.value) == ("--set train=3: invalid config value train=3: expected a section "
+                               "(a mapping of fields)")

@@ -13,7 +13,7 @@ import math
 import os
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -39,6 +39,19 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, value, "one of " + ", ".join(choices))
 
 
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'epochs'?)`` for a misspelt field or section, '' if none is close:
+    one helper, so that YAML, ``--set`` and Python assignments suggest alike."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _some(names: Iterable[str], limit: int = 12) -> str:
+    """The first ``limit`` names, then "…": short enough for a one-line error."""
+    names = list(names)
+    return ", ".join(names[:limit] + (["…"] if len(names) > limit else []))
+
+
 class ConfigSection:
     """Base of the config sections: a field assigned in Python is checked as one read from YAML
     is, so ``config.train.epoch = 3`` (a typo) or ``config.train.epochs = "3"`` fails on that
@@ -53,10 +66,9 @@ class ConfigSection:
     def __setattr__(self, name: str, value: Any) -> None:
         fields = self.__dataclass_fields__  # type: ignore[attr-defined]
         if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"config section {_section_path(type(self))} has no field "
-                              f"{name!r}{hint}; its fields are {', '.join(fields)}")
+                              f"{name!r}{_did_you_mean(name, fields)}; its fields are "
+                              f"{', '.join(fields)}")
         hint = _field_hints(type(self)).get(name, Any)
         value = _plain(value, hint)
         problem = _field_problem(value, hint)
@@ -813,9 +825,8 @@ class Config:
         if expected is None:
             expected = _field_hints(Config).get(name)
         if expected is None:
-            close = difflib.get_close_matches(name, section_names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"a Config has no section {name!r}{hint}; the sections are "
+            raise ConfigError(f"a Config has no section {name!r}"
+                              f"{_did_you_mean(name, section_names())}; the sections are "
                               f"{', '.join(section_names())}")
         if name == "towers" and towers is not None:
             raise ConfigError("set a tower section by its name (config.image = "
@@ -873,36 +884,42 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Config:
+        """Parse a mapping of sections; an error names ``source`` (where ``data`` was read)."""
+        try:
+            return cls._parse(data or {})
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> Config:
+        """``from_dict`` without the source in its errors: ``_build`` says whom to blame."""
         schema = _schema()
-        data = data or {}
+        data = _empty_sections(schema, data)
         try:
             if "towers" in data:  # the attribute, not a YAML section
                 raise dacite.UnexpectedDataError(keys={"towers"})
             parsed = dacite.from_dict(schema, data, config=dacite.Config(
                 strict=True, type_hooks={float: _yaml_float}))
-            fixed = _LEADING_SECTIONS + _TRAILING_SECTIONS
-            return cls(**{name: getattr(parsed, name) for name in fixed},
-                       towers={name: getattr(parsed, name) for name in _TOWER_SECTIONS})
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
         except dacite.WrongTypeError as exc:
             if get_origin(exc.field_type) is Literal:  # say which values would be valid
                 choices = ", ".join(map(str, get_args(exc.field_type)))
-                raise ConfigError(f"{source}: invalid config value {exc.field_path}="
-                                  f"{exc.value!r}: expected one of {choices}") from None
+                raise ConfigError(f"invalid config value {exc.field_path}={exc.value!r}: "
+                                  f"expected one of {choices}") from None
             # dacite reports a collection built from a wrong value as a generator: name the
             # value as written instead
             written = _lookup(data, exc.field_path, default=exc.value)
-            raise ConfigError(f"{source}: invalid config value {exc.field_path}={written!r}: "
-                              f"expected {_type_name(exc.field_type)}") from None
+            expected = ("a section (a mapping of fields)" if dataclasses.is_dataclass(
+                exc.field_type) else _type_name(exc.field_type))
+            raise ConfigError(f"invalid config value {exc.field_path}={written!r}: "
+                              f"expected {expected}") from None
         except dacite.UnexpectedDataError as exc:
-            keys = ", ".join(_unknown_keys(schema, data) or sorted(exc.keys))
-            raise ConfigError(
-                f"{source}: unknown config key(s) {keys}; the sections are "
-                f"{', '.join(section_names())} (fields: tfmmrec/config.py and each modality's "
-                "tower config)") from None
+            keys = "; ".join(_unknown_keys(schema, data) or sorted(exc.keys))
+            raise ConfigError(f"unknown config key(s) {keys}") from None
         except dacite.DaciteError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(str(exc)) from None
+        fixed = _LEADING_SECTIONS + _TRAILING_SECTIONS
+        return cls(**{name: getattr(parsed, name) for name in fixed},
+                   towers={name: getattr(parsed, name) for name in _TOWER_SECTIONS})
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
@@ -915,14 +932,24 @@ class Config:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line, column = _line_column(raw, exc.start)
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line "
+                              f"{line}, column {column}): save the file as UTF-8") from None
+        try:
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc, text)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data)}")
-        return cls.from_dict(apply_overrides(data, overrides or []), source=str(path))
+        return _build(data, overrides or [], source=str(path))
 
 
 def section_names() -> tuple[str, ...]:
@@ -963,6 +990,46 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                   f"{seen[key]}); merge the two into one")
             seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+def _line_column(text: bytes | str, offset: int) -> tuple[int, int]:
+    """1-based line and column of ``offset`` in ``text``, for an error message."""
+    newline = b"\n" if isinstance(text, bytes) else "\n"
+    return text.count(newline, 0, offset) + 1, offset - text.rfind(newline, 0, offset)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """What follows "not valid YAML" in the one-line error: where and what, from PyYAML's
+    parts (its own text spans lines and calls the file ``"<unicode string>"``)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.problem:
+            start = exc.context_mark
+            if start is not None and (start.line, start.column) != (mark.line, mark.column):
+                problem += f" ({exc.context} at line {start.line + 1}, column {start.column + 1})"
+            else:
+                problem += f" ({exc.context})"
+        if "'\\t'" in problem:
+            problem += "; indent with spaces, not tabs"
+        return f"{where}: {problem}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        line, column = _line_column(text, exc.position)
+        return (f" at line {line}, column {column}: unacceptable character "
+                f"#x{exc.character:04x}: {exc.reason}")
+    return ": " + " ".join(str(exc).split())
+
+
+def _empty_sections(cls: type, data: Any) -> Any:
+    """``data`` with each section left empty (``train:`` with every field commented out,
+    which YAML reads as None) as ``{}``: that section's defaults, not a type error."""
+    if not isinstance(data, dict):
+        return data
+    hints = _field_hints(cls)
+    return {key: ({} if value is None else _empty_sections(hints[key], value))
+            if dataclasses.is_dataclass(hints.get(key)) else value
+            for key, value in data.items()}
 
 
 def _check_scalars(section: Any, prefix: str) -> None:
@@ -1121,14 +1188,18 @@ def _yaml_float(value: Any) -> Any:
 
 
 def _unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:
-    """Dotted names of keys in ``data`` that no field of dataclass ``cls`` (recursively) has."""
+    """Keys in ``data`` that no field of dataclass ``cls`` (recursively) has, dotted, each
+    with the close name or else the names there are: ``train.epoch (did you mean 'epochs'?)``,
+    ``train.x (the fields of train are epochs, ...)``."""
     if not isinstance(data, dict):
         return []
-    hints = get_type_hints(cls)
+    hints = _field_hints(cls)
     unknown = []
     for key, value in data.items():
         if key not in hints:
-            unknown.append(f"{prefix}{key}")
+            there = f"the fields of {prefix[:-1]} are" if prefix else "the sections are"
+            unknown.append(f"{prefix}{key}"
+                           + (_did_you_mean(key, hints) or f" ({there} {_some(hints)})"))
         elif dataclasses.is_dataclass(hints[key]):
             unknown += _unknown_keys(hints[key], value, f"{prefix}{key}.")
     return sorted(unknown)
@@ -1159,19 +1230,43 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _build(data: dict[str, Any], overrides: list[str], source: str) -> Config:
+    """``data`` (read from ``source``) with ``overrides`` applied, as a ``Config``. An error is
+    blamed on the overrides without which it goes away (``--set train.epochs=abc: ...``), else
+    on ``source``: the message names what the user has to edit."""
+    merged = apply_overrides(data, overrides)
+    try:
+        return Config._parse(merged)
+    except ConfigError as exc:
+        problem = str(exc)
+
+    def persists(kept: list[str]) -> bool:
+        try:
+            Config._parse(apply_overrides(data, kept))
+        except ConfigError as exc:
+            return str(exc) == problem
+        return False
+
+    blamed = source
+    if overrides and not persists([]):
+        culprits = [item for i, item in enumerate(overrides)
+                    if not persists(overrides[:i] + overrides[i + 1:])]
+        blamed = ", ".join(f"--set {item}" for item in culprits or overrides)
+    raise ConfigError(f"{blamed}: {problem}") from None
+
+
 def load_config(source: str | os.PathLike | Config | Mapping[str, Any] | None = None,
                 overrides: list[str] | None = None) -> Config:
     """One entry point: a ``Config``, a YAML path, a mapping of sections as a YAML file would
     hold them (``{"train": {"epochs": 3}}``), or ``None`` (the demo defaults)."""
     if isinstance(source, Config):
         if overrides:
-            return Config.from_dict(apply_overrides(source.to_dict(), overrides))
+            return _build(source.to_dict(), overrides, source="<dict>")
         return source.validate()
     if source is None:
-        return Config.from_dict(apply_overrides({}, overrides or []), source="defaults")
+        return _build({}, overrides or [], source="defaults")
     if isinstance(source, Mapping):
-        return Config.from_dict(apply_overrides(dict(source), overrides or []),
-                                source="the config mapping")
+        return _build(dict(source), overrides or [], source="the config mapping")
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(f"a config is a Config, a YAML path, a mapping of sections or None; "
                           f"got {type(source).__name__} {source!r:.80}")
