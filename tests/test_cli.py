@@ -133,6 +133,31 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["catalog", "update", "--model-base-path", "X", "--items", "x.csv", "--set", "x"], False),
+    (["prepare", "--temp_location=/tmp/x"], True),
+])
+def test_unknown_options_hint_at_runner_only_where_there_is_one(capsys, argv, hint):
+    """``catalog`` has no --runner: an unknown option there is a typo, not a Beam option."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    unknown = " ".join(argv[argv.index("--set"):] if "--set" in argv else argv[-1:])
+    assert error.startswith(f"tfmmrec: error: unrecognized arguments: {unknown}")
+    assert ("Beam pipeline options need --runner" in error) is hint
+
+
+def test_catalog_help_says_what_each_operation_does(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["catalog", "--help"])
+    assert info.value.code == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "{add,update,remove}   add: embed the --items rows as new items" in lines
+    assert "update: re-embed served items from the --items rows" in lines
+    assert "remove: drop the items of --ids or --items" in lines
+
+
 def test_interrupted_train_exits_130_and_says_how_to_resume(monkeypatch, capsys):
     def interrupted(config, **kwargs):
         raise KeyboardInterrupt

@@ -110,8 +110,11 @@ def _add_catalog_command(commands) -> None:
     """``catalog add|update|remove``: change an exported model's items without retraining."""
     catalog = commands.add_parser(
         "catalog", help="add, update or remove items of an exported model (next version, no "
-                        "retraining)")
-    catalog.add_argument("operation", choices=["add", "update", "remove"])
+                        "retraining)", formatter_class=_LineFormatter)
+    catalog.add_argument("operation", choices=["add", "update", "remove"],
+                         help="add: embed the --items rows as new items\n"
+                              "update: re-embed served items from the --items rows\n"
+                              "remove: drop the items of --ids or --items")
     catalog.add_argument("--model-base-path", required=True, metavar="BASE/NAME",
                          help="the model's folder of integer versions; the newest is updated")
     catalog.add_argument("--items", help="items table (.csv/.jsonl/.parquet) with item_id and "
@@ -121,6 +124,14 @@ def _add_catalog_command(commands) -> None:
     catalog.add_argument("--batch-size", type=int, default=64,
                          help="items embedded per call (default 64)")
     catalog.set_defaults(handler=_catalog)
+
+
+class _LineFormatter(argparse.HelpFormatter):
+    """Help texts keep their line breaks (one line per choice), each line wrapped as usual."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        split = super()._split_lines  # (a bare super() fails inside a comprehension)
+        return [line for part in text.splitlines() for line in split(part, width)]
 
 
 def _catalog(args) -> int:
@@ -161,8 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser()
             args, beam_args = parser.parse_known_args(argv)
             if beam_args and not getattr(args, "runner", None):
-                parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam pipeline "
-                             "options need --runner)")
+                # the hint only where --runner exists (prepare, encode); elsewhere a typo
+                hint = (" (Beam pipeline options need --runner)" if hasattr(args, "runner")
+                        else "")
+                parser.error(f"unrecognized arguments: {' '.join(beam_args)}{hint}")
             args.beam_args = beam_args
             handler = _configure_logging(args.quiet)
             code = int(_run(args) or 0)

@@ -6,15 +6,19 @@ import json
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from tests.serving.conftest import MODEL, free_port, install_version
 from tfmmrec.cli import main
+from tfmmrec.errors import ServingError
+from tfmmrec.export.loader import padded
 from tfmmrec.serving.client import ServingClient, ServingRequestError
 
 READY = re.compile(r"gRPC 127\.0\.0\.1:(\d+), REST 127\.0\.0\.1:(\d+)")
@@ -194,8 +198,6 @@ def test_rest_query_at_a_non_json_http_server_is_a_one_line_error(capsys):
 
 def test_places_no_item_filled_are_left_out_of_printed_results():
     """A catalogue smaller than k plus the excluded items pads with id "" (export.module)."""
-    import numpy as np
-
     from tfmmrec.export.module import MISSING_SCORE
     from tfmmrec.serving.client import format_results, served_items
 
@@ -204,3 +206,180 @@ def test_places_no_item_filled_are_left_out_of_printed_results():
     assert served_items(result, 0) == [("i1", 0.5), ("i2", 0.25)]
     assert format_results(result, ["u1"]).splitlines() == [
         "u1:", "    1  i1                       0.5000", "    2  i2                       0.2500"]
+
+
+# --- defaults, argument checks and session/exclusion queries ----------------------------------
+
+
+@pytest.fixture
+def dialled(monkeypatch):
+    """``tfmmrec query`` with a client that records where it would dial, and dials nothing."""
+    calls: list[tuple[str, bool]] = []
+
+    def fake_client(target, model, **options):
+        calls.append((target, options["rest"]))
+        raise ServingError("not dialled")
+
+    monkeypatch.setattr("tfmmrec.serving.client.ServingClient", fake_client)
+    return calls
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], ("127.0.0.1:8500", False)),
+    (["--rest"], ("127.0.0.1:8501", True)),
+    (["--target", "localhost"], ("localhost:8500", False)),
+    (["--target", "localhost", "--rest"], ("localhost:8501", True)),
+    (["--target", "http://serving.local:9001/", "--rest"], ("serving.local:9001", True)),
+    (["--target", "[::1]"], ("[::1]:8500", False)),
+])
+def test_query_dials_the_default_port_of_its_protocol(dialled, capsys, args, expected):
+    """No --target, or a host alone: 8500 for gRPC, 8501 with --rest (what `tfmmrec serve`
+    listens on); gRPC itself would dial 443 for a host without a port."""
+    assert main(["query", *args, "--user", "u01"]) == 2
+    assert dialled == [expected]
+    assert "not dialled" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("host:abc", "'host:abc': port 'abc' is not a number from 1 to 65535"),
+    ("host:70000", "'host:70000': port '70000' is not a number from 1 to 65535"),
+    ("host:0", "'host:0': port '0' is not a number from 1 to 65535"),
+    ("host:", "'host:': port '' is not a number from 1 to 65535"),
+    (":8500", "':8500' is not host:port"),
+])
+def test_query_refuses_a_malformed_target_naming_it(dialled, capsys, value, expected):
+    with pytest.raises(SystemExit) as info:
+        main(["query", "--target", value, "--user", "u01"])
+    assert info.value.code == 2
+    assert f"argument --target: {expected}" in capsys.readouterr().err
+    assert not dialled
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("0", "0 is not a positive number of seconds"),
+    ("-3", "-3 is not a positive number of seconds"),
+    ("nan", "nan is not a positive number of seconds"),
+    ("inf", "inf is not a positive number of seconds"),
+    ("soon", "'soon' is not a number of seconds"),
+])
+def test_query_refuses_a_timeout_that_is_not_positive(dialled, capsys, value, expected):
+    with pytest.raises(SystemExit) as info:
+        main(["query", "--timeout", value, "--user", "u01"])
+    assert info.value.code == 2
+    assert f"argument --timeout: {expected}" in capsys.readouterr().err
+    assert not dialled
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("query", ["--target HOST[:PORT] the server's gRPC port, or REST port with --rest (default: "
+               "127.0.0.1:8500, with --rest 127.0.0.1:8501; a host alone gets that port)",
+               "--model MODEL model name on the server (default: tfmmrec)",
+               "--timeout TIMEOUT seconds per request, > 0 (default: 10)"]),
+    ("serve", ["--port PORT gRPC port (default: 8500; 0: any free port)",
+               "--rest-api-port REST_API_PORT REST port (default: 8501; 0: any free port)",
+               "(TF Serving's --file_system_poll_wait_seconds; default: 1; 0: never)"]),
+])
+def test_help_shows_the_defaults(capsys, command, expected):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # whatever the terminal width
+    for line in expected:
+        assert line in text
+
+
+@pytest.mark.parametrize("busy", ["grpc", "rest"])
+def test_serve_on_a_busy_port_fails_before_loading_a_model(tiny_exports, tmp_path, monkeypatch,
+                                                          capsys, busy):
+    """The ports are bound before the (slow) load and warmup: a busy one fails in a second."""
+    from tfmmrec.serving.registry import ModelRegistry
+
+    def no_load(self):
+        raise AssertionError("the model was loaded before the ports were bound")
+
+    monkeypatch.setattr(ModelRegistry, "start", no_load)
+    install_version(tiny_exports.brute_force, tmp_path / MODEL, 1)
+    grpc_port = free_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = holder.getsockname()[1]
+        ports = ["--port", str(held)] if busy == "grpc" else \
+            ["--port", str(grpc_port), "--rest-api-port", str(held)]
+        started = time.monotonic()
+        assert main(["serve", "--model-base-path", str(tmp_path / MODEL), *ports]) == 2
+        assert time.monotonic() - started < 30
+    captured = capsys.readouterr()
+    assert "serving" not in captured.out + captured.err  # nor the registry's "serving NAME ..."
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    option = "--port" if busy == "grpc" else "--rest-api-port"
+    protocol = "gRPC" if busy == "grpc" else "REST"
+    assert len(errors) == 1, captured.err
+    assert errors[0].startswith(f"error: cannot listen for {protocol} on 127.0.0.1:{held}")
+    assert errors[0].endswith(f"pick another {option}")
+    if busy == "rest":  # the gRPC port it had bound is free again
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", grpc_port))
+
+
+def served_json(args: list[str], capsys) -> list[dict]:
+    assert main(["query", *args, "--json"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def ids_of(result: dict) -> list[str]:
+    return [i.decode() for i in result["item_ids"][0] if i]
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_query_sends_sessions_and_exclusions(server, in_process, tiny_exports, rest, capsys):
+    """--session (recommend_session, optional --user) and --exclude (every retrieval signature
+    but serving_default) answer as the in-process model does, over gRPC and REST."""
+    model = in_process[MODEL]
+    user = tiny_exports.user_ids[0]
+    port = server.rest_port if rest else server.port
+    base = ["--target", f"127.0.0.1:{port}", "--model", MODEL, *(["--rest"] if rest else [])]
+    top = ids_of(model.recommend([user], k=5))
+    session, excluded = top[:2], top[2]
+
+    rows = served_json([*base, "--session", *session, "--k", "4"], capsys)
+    assert rows[0]["query"] == {"session_item_ids": session}
+    assert rows[0]["item_ids"] == ids_of(model.recommend_session([session], k=4))
+
+    rows = served_json([*base, "--session", *session, "--user", user, "--k", "4", "--exclude",
+                        excluded], capsys)
+    expected = model.recommend_session([session], [user], k=4, exclude=[[excluded]])
+    assert rows[0]["query"] == {"session_item_ids": session, "user_id": user}
+    assert rows[0]["item_ids"] == ids_of(expected) and excluded not in rows[0]["item_ids"]
+    assert rows[0]["scores"] == pytest.approx(expected["scores"][0].tolist(), rel=1e-6)
+
+    rows = served_json([*base, "--user", user, "--exclude", excluded], capsys)  # no --k
+    assert rows[0]["item_ids"] == ids_of(model.recommend([user], exclude=[[excluded]]))
+    assert excluded not in rows[0]["item_ids"]
+    assert len(rows[0]["item_ids"]) == tiny_exports.default_k
+
+    text = tiny_exports.texts[0]
+    first = served_json([*base, "--text", text, "--k", "3"], capsys)[0]["item_ids"][0]
+    rows = served_json([*base, "--text", text, "--k", "3", "--exclude", first], capsys)
+    expected = model.call("query_text", text=np.array([text], dtype=object), k=3,
+                          exclude_item_ids=padded([[first]]))
+    assert rows[0]["item_ids"] == ids_of(expected) and first not in rows[0]["item_ids"]
+
+    assert main(["query", *base, "--session", *session, "--user", user, "--k", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"session {' '.join(session)} (user {user}):\n")
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--session", "i1", "--text", "jazz"], "--session goes with an optional --user only, not "
+                                            "--text"),
+    (["--session", "i1", "--user", "u1", "--user", "u2"], "--session is one session: give at "
+                                                          "most one --user (got 2: u1, u2)"),
+    (["--status", "--exclude", "i1"], "--exclude goes with --user, --session or a --<modality> "
+                                      "query, not --status"),
+    ([], "nothing to ask: give one of --user, --session, --text"),
+])
+def test_query_refuses_what_the_signatures_cannot_take(dialled, capsys, args, expected):
+    assert main(["query", *args]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0] == f"error: {expected}" or error[0].startswith(f"error: {expected}"), error
+    assert not dialled

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
+import math
+import re
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 
 from tfmmrec.errors import ServingError
 
 MAX_PORT = 65535
+DEFAULT_GRPC_PORT = 8500  # TF Serving's, and `tfmmrec serve`'s
+DEFAULT_REST_PORT = 8501
 
 
 def port_number(text: str) -> int:
@@ -20,6 +27,54 @@ def port_number(text: str) -> int:
     if not 0 <= value <= MAX_PORT:
         raise argparse.ArgumentTypeError(f"{value} is not a port: expected 0 (any free port) "
                                          f"to {MAX_PORT}")
+    return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """``tfmmrec query --target``: a host and, when given, a port (else the protocol's)."""
+
+    host: str
+    port: int | None = None
+
+    def address(self, rest: bool) -> str:
+        """``host:port``, the port defaulting to what ``tfmmrec serve`` listens on."""
+        port = self.port if self.port is not None else (DEFAULT_REST_PORT if rest
+                                                         else DEFAULT_GRPC_PORT)
+        return f"{self.host}:{port}"
+
+
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)(?::(?P<port>.*))?")
+
+
+def target_address(text: str) -> Target:
+    """An argparse type: ``host``, ``host:port`` or ``[ipv6]:port`` (``http://`` optional). A
+    host alone gets its protocol's default port later: gRPC itself would dial 443."""
+    address = text.strip().removeprefix("http://").rstrip("/")
+    with contextlib.suppress(ValueError):  # a bare IPv6 address: no port
+        return Target(f"[{ipaddress.IPv6Address(address)}]")
+    match = _HOST_PORT.fullmatch(address)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port (e.g. 127.0.0.1:8500, "
+                                         "[::1]:8500, or a host alone for the default port)")
+    port = match["port"]
+    if port is None:
+        return Target(match["host"])
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port!r} is not a number from 1 to "
+                                         f"{MAX_PORT}")
+    return Target(match["host"], int(port))
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (0 would fail every request)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds "
+                                         "(e.g. 10)")
     return value
 
 
@@ -64,14 +119,14 @@ def _add_serve(subparsers) -> None:
     serve.add_argument("--model-name", help="name clients ask for (default: the folder name)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
-    serve.add_argument("--port", type=port_number, default=8500,
-                       help="gRPC port (0: any free port)")
-    serve.add_argument("--rest-api-port", type=port_number, default=8501,
-                       help="REST port (0: any free port)")
+    serve.add_argument("--port", type=port_number, default=DEFAULT_GRPC_PORT,
+                       help="gRPC port (default: %(default)s; 0: any free port)")
+    serve.add_argument("--rest-api-port", type=port_number, default=DEFAULT_REST_PORT,
+                       help="REST port (default: %(default)s; 0: any free port)")
     serve.add_argument("--no-rest", action="store_true", help="serve gRPC only")
     serve.add_argument("--poll-seconds", type=float, default=1.0,
-                       help="how often to look for new versions (TF Serving's "
-                            "--file_system_poll_wait_seconds; 0: never)")
+                       help="seconds between looks for new versions (TF Serving's "
+                            "--file_system_poll_wait_seconds; default: %(default)g; 0: never)")
     serve.add_argument("--version-policy", default="latest",
                        help="latest | latest:N | all | specific:V1,V2 (default: newest only)")
     serve.add_argument("--num-threads", type=_at_least(0), default=0,
@@ -130,15 +185,26 @@ def _serve(args) -> int:
 def _add_query(subparsers) -> None:
     query = subparsers.add_parser(
         "query", help="query a served model (TF Serving or tfmmrec serve) over gRPC or REST")
-    query.add_argument("--target", default="127.0.0.1:8500",
-                       help="host:port of the gRPC port (REST port with --rest)")
-    query.add_argument("--model", default="tfmmrec", help="model name on the server")
+    query.add_argument("--target", type=target_address, metavar="HOST[:PORT]",
+                       default=Target("127.0.0.1"),
+                       help=f"the server's gRPC port, or REST port with --rest (default: "
+                            f"127.0.0.1:{DEFAULT_GRPC_PORT}, with --rest 127.0.0.1:"
+                            f"{DEFAULT_REST_PORT}; a host alone gets that port)")
+    query.add_argument("--model", default="tfmmrec",
+                       help="model name on the server (default: %(default)s)")
     query.add_argument("--k", type=int, help="how many items (default: the export's "
                        "default k, for every kind of query)")
     query.add_argument("--version", type=int, help="a specific version (default: newest)")
     query.add_argument("--rest", action="store_true", help="use the REST API")
-    query.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    query.add_argument("--timeout", type=positive_seconds, default=10.0,
+                       help="seconds per request, > 0 (default: %(default)g)")
     query.add_argument("--json", action="store_true", help="print JSON")
+    query.add_argument("--session", nargs="+", metavar="ITEM",
+                       help="recommend for a session: its recent item ids, oldest first "
+                            "(recommend_session; with --user: that user's session)")
+    query.add_argument("--exclude", nargs="+", metavar="ITEM",
+                       help="item ids never to return, for every query of the command (--user, "
+                            "--session, --<modality>; at most the export's max_exclude)")
     query.set_defaults(handler=_query)
 
     if hasattr(query, "deferred"):  # only when `query` is parsed: the registry loads TF
@@ -148,17 +214,19 @@ def _add_query(subparsers) -> None:
 
 
 # `tfmmrec query`'s own options besides --<modality> (a modality may not take these names).
-QUERY_WORDS = frozenset({"user", "embed", "status", "metadata"})
+QUERY_WORDS = frozenset({"user", "session", "exclude", "embed", "status", "metadata"})
 
 
 def _add_query_what(query) -> None:
     """What to ask: ``--user``, one option per registered modality (``--text``, ``--image``,
     ``--audio`` and any modality registered since: ``--<name>``), ``--embed``, ``--status``,
-    ``--metadata``."""
+    ``--metadata``; or ``--session`` (outside the group: it takes an optional ``--user``, so
+    :func:`_check_what` checks it)."""
     from tfmmrec import modalities
 
-    what = query.add_mutually_exclusive_group(required=True)
-    what.add_argument("--user", action="append", help="user id (repeatable)")
+    what = query.add_mutually_exclusive_group()
+    what.add_argument("--user", action="append",
+                      help="user id (repeatable; one with --session)")
     for spec in modalities.specs():
         if f"--{spec.name}" in query._option_string_actions or spec.name in QUERY_WORDS:
             raise ServingError(f"modality {spec.name!r} clashes with `tfmmrec query`'s own "
@@ -172,12 +240,36 @@ def _add_query_what(query) -> None:
     what.add_argument("--metadata", action="store_true", help="print the signatures")
 
 
-def _query(args) -> int:
+def _check_what(args) -> list[str]:
+    """The --<modality> options given, after the checks argparse's group cannot make: exactly
+    one thing asked, ``--session`` with at most one ``--user`` and nothing else, ``--exclude``
+    only for a retrieval signature."""
     from tfmmrec import modalities
+
+    given = [m for m in modalities.names() if getattr(args, f"query_{m}", None)]
+    others = [f"--{m}" for m in given] + [f"--{o}" for o in ("embed", "status", "metadata")
+                                          if getattr(args, o)]
+    if args.session is not None and others:
+        raise ServingError(f"--session goes with an optional --user only, not {others[0]}")
+    if args.session is not None and len(args.user or []) > 1:
+        raise ServingError(f"--session is one session: give at most one --user (got "
+                           f"{len(args.user)}: {', '.join(args.user)})")
+    if args.session is None and not args.user and not others:
+        raise ServingError("nothing to ask: give one of --user, --session, "
+                           + ", ".join(f"--{m}" for m in modalities.names())
+                           + ", --embed, --status, --metadata (tfmmrec query --help)")
+    if args.exclude and any(getattr(args, o) for o in ("embed", "status", "metadata")):
+        raise ServingError(f"--exclude goes with --user, --session or a --<modality> query, "
+                           f"not {others[-1]}")
+    return given
+
+
+def _query(args) -> int:
     from tfmmrec.serving.client import ServingClient, format_results, served_items
 
-    with ServingClient(args.target, args.model, version=args.version, rest=args.rest,
-                       timeout=args.timeout) as client:
+    given = _check_what(args)
+    with ServingClient(args.target.address(args.rest), args.model, version=args.version,
+                       rest=args.rest, timeout=args.timeout) as client:
         if args.status:
             return _print(client.status(), args.json, _status_text)
         if args.metadata:
@@ -188,13 +280,19 @@ def _query(args) -> int:
                 print(json.dumps({"user_id": user, "embedding": vector.tolist()}))
             return 0
         # No --k: k stays out of the request and the signature's default (the export's
-        # default_k, within even a catalogue smaller than export.k) applies.
-        if args.user:
-            result, queries = client.recommend(args.user, args.k), args.user
+        # default_k, within even a catalogue smaller than export.k) applies. One --exclude
+        # list for every row of the request.
+        if args.session is not None:
+            queries = [{"session_item_ids": args.session,
+                        **({"user_id": args.user[0]} if args.user else {})}]
+            result = client.recommend_session([args.session], args.user, args.k,
+                                              _rows(args.exclude, 1))
+        elif args.user:
+            queries = args.user
+            result = client.recommend(args.user, args.k, _rows(args.exclude, len(queries)))
         else:
-            modality, queries = next((m, getattr(args, f"query_{m}")) for m in modalities.names()
-                                     if getattr(args, f"query_{m}", None))
-            result = client.query(modality, queries, args.k)
+            queries = getattr(args, f"query_{given[0]}")
+            result = client.query(given[0], queries, args.k, _rows(args.exclude, len(queries)))
     if args.json:
         rows = []
         for row, query in enumerate(queries):
@@ -202,8 +300,21 @@ def _query(args) -> int:
             rows.append({"query": query, "item_ids": [i for i, _ in items],
                          "scores": [s for _, s in items]})
         return _print(rows, True, str)
-    print(format_results(result, queries))
+    print(format_results(result, [_label(q) for q in queries]))
     return 0
+
+
+def _rows(exclude: list[str] | None, rows: int) -> list[list[str]] | None:
+    """``--exclude`` as the signature's ``exclude_item_ids``: the same ids for every row."""
+    return None if exclude is None else [exclude] * rows
+
+
+def _label(query: str | dict) -> str:
+    """How a query heads its results: itself, or a session's items (and user)."""
+    if isinstance(query, str):
+        return query
+    user = f" (user {query['user_id']})" if "user_id" in query else ""
+    return f"session {' '.join(query['session_item_ids'])}{user}"
 
 
 def _print(payload, as_json: bool, formatter) -> int:

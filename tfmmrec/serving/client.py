@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
 
 from tfmmrec import modalities
 from tfmmrec.errors import ServingError, one_line_error
+from tfmmrec.export.loader import padded
 from tfmmrec.export.warmup import predict_request
 from tfmmrec.modalities.base import string_batch
 from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
@@ -82,27 +83,39 @@ class ServingClient:
             self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
     # -- tfmmrec signatures ------------------------------------------------------------------
-    def recommend(self, user_ids: Sequence[str] | str, k: int | None = None
-                  ) -> dict[str, np.ndarray]:
-        """Top-k items per user (``serving_default`` when ``k`` is None, else ``recommend``)."""
+    def recommend(self, user_ids: Sequence[str] | str, k: int | None = None,
+                  exclude: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
+        """Top-k items per user (``serving_default`` when ``k`` and ``exclude`` are None, else
+        ``recommend``: serving_default takes no exclusions); ``exclude``: per user, item ids
+        never to return."""
         users = string_batch(user_ids)
-        if k is None:
+        if k is None and exclude is None:
             return self.predict("serving_default", {"user_id": users})
-        return self.predict("recommend", {"user_id": users, "k": np.int32(k)})
+        return self.predict("recommend", _optional({"user_id": users}, k, exclude))
 
-    def query(self, modality: str, values, k: int | None = None) -> dict[str, np.ndarray]:
+    def recommend_session(self, sessions: Sequence[Sequence[str]],
+                          user_ids: Sequence[str] | None = None, k: int | None = None,
+                          exclude: Sequence[Sequence[str]] | None = None
+                          ) -> dict[str, np.ndarray]:
+        """Top-k items per session (a list of recent item ids, oldest first), optionally of a
+        user each (``recommend_session``); ``exclude``: per session, item ids never to return."""
+        inputs = {"session_item_ids": padded(sessions, "sessions")}
+        if user_ids is not None:
+            inputs["user_id"] = string_batch(user_ids)
+        return self.predict("recommend_session", _optional(inputs, k, exclude))
+
+    def query(self, modality: str, values, k: int | None = None,
+              exclude: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
         """Top-k items for content of a registered modality (the ``query_<modality>``
         signature): text as strings, media as encoded bytes or file paths; one or a list.
         ``k=None`` leaves ``k`` out of the request so the signature's default applies (the
         export's ``default_k``, which stays within a catalogue smaller than ``export.k``; a
         fixed client-side default would fail there). ``query_text(values, k)``,
         ``query_image(...)`` and so on — one per registered modality, a user-registered one
-        included — are shorthands for it."""
+        included — are shorthands for it. ``exclude``: per value, item ids never to return."""
         spec = modalities.get(modality)
-        inputs = {spec.name: spec.request_values(values)}
-        if k is not None:
-            inputs["k"] = np.int32(k)
-        return self.predict(f"query_{spec.name}", inputs)
+        return self.predict(f"query_{spec.name}",
+                            _optional({spec.name: spec.request_values(values)}, k, exclude))
 
     def __getattr__(self, name: str):
         """``query_<modality>``: :meth:`query` for every modality in the registry (looked up
@@ -255,6 +268,17 @@ class ServingClient:
             raise ServingRequestError(_explain("UNAVAILABLE", details, what, self.target,
                                                self.timeout, rest=True), "UNAVAILABLE",
                                       details) from None
+
+
+def _optional(inputs: dict[str, Any], k: int | None, exclude) -> dict[str, Any]:
+    """``inputs`` plus the optional ``k`` and ``exclude_item_ids`` (""-padded rows, built as
+    ``ExportedModel`` builds them); a None stays out of the request, so the SignatureDef's
+    default applies (the export's default_k, no exclusions)."""
+    if k is not None:
+        inputs["k"] = np.int32(k)
+    if exclude is not None:
+        inputs["exclude_item_ids"] = padded(exclude, "exclude")
+    return inputs
 
 
 def _explain(code: str, details: str, what: str, target: str, timeout: float, rest: bool) -> str:

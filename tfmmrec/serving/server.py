@@ -147,6 +147,7 @@ class ModelServer:
         self.core = PredictionCore(self.registry, self.options.num_threads,
                                    self.options.max_request_bytes)
         self._grpc: grpc.Server | None = None
+        self._grpc_started = False
         self._rest: RestServer | None = None
         self.port: int | None = None
         self.rest_port: int | None = None
@@ -161,23 +162,20 @@ class ModelServer:
         return cls([model], options)
 
     def start(self) -> ModelServer:
-        """Load the models on disk, then listen (like TF Serving, loads come before ports)."""
+        """Bind both ports, load the models on disk, then serve. Binding comes first so a busy
+        port fails in a second, not after a model load and warmup; connections made while the
+        models load wait in the listen backlog and are answered once they are loaded."""
         opts = self.options
         for model in self.registry.models:
             _check_policy_finds_versions(model, list_versions(model.base_path))
-        self.registry.start()
         try:
+            self._bind(opts)
+            self.registry.start()
             self._check_initial_loads()
-            self._start_grpc(opts)
-            if opts.rest_port is not None:
-                try:
-                    self._rest = RestServer((opts.host, opts.rest_port), self.core,
-                                            opts.max_request_bytes)
-                except OSError as exc:
-                    raise ServingError(f"cannot listen for REST on {opts.host}:{opts.rest_port}:"
-                                       f" {exc} — pick another --rest-api-port") from None
+            self._grpc.start()
+            self._grpc_started = True
+            if self._rest is not None:
                 self._rest.start()
-                self.rest_port = self._rest.port
         except BaseException:
             self.stop()
             raise
@@ -185,6 +183,18 @@ class ModelServer:
             m.name for m in self.registry.models), opts.host, self.port,
             f"{opts.host}:{self.rest_port}" if self.rest_port else "off")
         return self
+
+    def _bind(self, opts: ServerOptions) -> None:
+        """Take the gRPC and REST ports (listening, not yet serving)."""
+        self._bind_grpc(opts)
+        if opts.rest_port is not None:
+            try:
+                self._rest = RestServer((opts.host, opts.rest_port), self.core,
+                                        opts.max_request_bytes)
+            except OSError as exc:
+                raise ServingError(f"cannot listen for REST on {opts.host}:{opts.rest_port}: "
+                                   f"{exc} — pick another --rest-api-port") from None
+            self.rest_port = self._rest.port
 
     def _check_initial_loads(self) -> None:
         """Like tensorflow_model_server, refuse to start when versions exist but none loads."""
@@ -201,7 +211,7 @@ class ModelServer:
                                f"be loaded ({errors}) — fix or re-export the model (a failing "
                                "warmup record fails the load, as in TF Serving)")
 
-    def _start_grpc(self, opts: ServerOptions) -> None:
+    def _bind_grpc(self, opts: ServerOptions) -> None:
         limit = opts.max_request_bytes
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=opts.num_threads,
@@ -221,13 +231,14 @@ class ModelServer:
         if not self.port:
             raise ServingError(f"cannot listen for gRPC on {opts.host}:{opts.port} (in use?) — "
                                "pick another --port")
-        self._grpc.start()
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop accepting requests, let running ones finish (``grace`` s), unload models."""
         if self._grpc is not None:
+            if not self._grpc_started:  # a bound gRPC server frees its port only once started
+                self._grpc.start()
             self._grpc.stop(grace).wait()
-            self._grpc = None
+            self._grpc, self._grpc_started = None, False
         if self._rest is not None:
             self._rest.stop()
             self._rest = None
