@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,88 @@ def test_beam_prepare_resumes_keeping_finished_shards(tiny_config, tiny_workspac
     assert {f: Path(f).stat().st_mtime_ns for f in kept} == kept
     assert raw_records(str(lost)) == raw_records(local.files("items")[1])
     assert again.shards == first.shards
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (hidden ones included) and its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_config, tiny_workspace, tmp_path_factory) -> Path:
+    """A finished local ``prepare`` at the default shard count of one worker."""
+    out = tmp_path_factory.mktemp("finished") / "records"
+    tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset, workers=1,
+                              progress=False)
+    return out
+
+
+@pytest.mark.parametrize(("runner", "flags", "says"), [
+    ("NopeRunner", (), r"--runner NopeRunner: unknown Beam runner; choose one of "
+                       r"DataflowRunner, .*FlinkRunner, .*SparkRunner, .*local"),
+    ("DirectRunner", ("--direct_num_workers=abc",),
+     r"--runner DirectRunner: bad Beam pipeline option: .*direct_num_workers.*'abc'"),
+])
+def test_a_bad_runner_or_flag_leaves_a_finished_output_byte_for_byte(
+        finished, tiny_config, tmp_path, capsys, runner, flags, says):
+    from tests.conftest import derive_config
+    from tfmmrec import cli
+
+    config = derive_config(tiny_config, tmp_path)
+    config.to_yaml(tmp_path / "config.yaml")
+    before = snapshot(finished)
+    code = cli.main(["-q", "prepare", "--config", str(tmp_path / "config.yaml"), "--output",
+                     str(finished), "--runner", runner, *flags])
+    assert code == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert re.fullmatch(f"error: {says}.*\n", err), err  # one line, no Beam traceback
+    assert "finished shards are kept" not in err
+    assert snapshot(finished) == before
+
+
+def test_beam_recognises_a_finished_output_sharded_for_another_worker_count(
+        finished, tiny_config, tiny_workspace):
+    """The default shard count follows the workers (here 1 locally, 2 on Beam), which is not
+    content: the finished output is kept, not judged "different settings" and rewritten."""
+    before = snapshot(finished)
+    again = beam_prepare.prepare(tiny_config, finished, runner="FnApiRunner",
+                                 dataset=tiny_workspace.dataset, workers=2)
+    assert snapshot(finished) == before
+    assert again.shards == tfrecords.load_manifest(finished).shards
+
+
+def test_a_failed_beam_run_keeps_a_finished_output_of_other_settings(
+        tiny_config, tiny_workspace, local, monkeypatch):
+    """"finished shards are kept" is true: the old output stays whole and readable until the
+    new one is complete, and the new run's finished shards are kept for the next run."""
+    from tfmmrec.config import load_config
+    from tfmmrec.errors import DataError
+
+    out = Path(local.directory).parent / "replaced"
+    shutil.copytree(local.directory, out)
+    before = snapshot(out)
+    bigger = load_config(tiny_config, ["image.image_size=40"])
+    write, calls = beam_prepare.WriteShardFn.run, []
+
+    def fail_the_last_job(self, job):  # 3 shards per table: 9 jobs, in the runner's order
+        calls.append(job["file"])
+        if len(calls) == 9:
+            raise RuntimeError("worker lost")
+        return write(self, job)
+
+    monkeypatch.setattr(beam_prepare.WriteShardFn, "run", fail_the_last_job)
+    with pytest.raises(DataError, match=r"worker lost.*; finished shards are kept"):
+        beam_prepare.prepare(bigger, out, runner="FnApiRunner", dataset=tiny_workspace.dataset,
+                             workers=1, shards=3)
+    assert {k: v for k, v in snapshot(out).items()
+            if not k.startswith(tfrecords.REPLACEMENT)} == before
+    assert tfrecords.load_manifest(out).image_size == 32
+    new = out / tfrecords.REPLACEMENT
+    kept = {name: (new / name).stat().st_mtime_ns for name in calls[:8]}
+    monkeypatch.setattr(beam_prepare.WriteShardFn, "run", write)
+    manifest = beam_prepare.prepare(bigger, out, runner="FnApiRunner",
+                                    dataset=tiny_workspace.dataset, workers=1, shards=3)
+    assert manifest.image_size == 40 and tfrecords.load_manifest(out).image_size == 40
+    assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []

@@ -147,6 +147,80 @@ def test_changed_settings_rewrite_the_directory(tiny_config, tiny_workspace, tmp
     assert next(iter(tfrecords.items_dataset(manifest, 4)))["image"].shape[1:] == (40, 40, 3)
 
 
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_finished_output_is_kept_whatever_the_worker_count(tiny_config, tiny_workspace,
+                                                             tmp_path):
+    """Workers size the default shard count but are not content: the same data and settings
+    prepared for one worker are finished for two (``prepare --runner`` defaults to the cores)."""
+    out = tmp_path / "records"
+    first = tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset,
+                                      workers=1, progress=False)
+    before = snapshot(out)
+    again = tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset,
+                                      workers=2, progress=False)
+    assert snapshot(out) == before and again.shards == first.shards
+    two = tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset,
+                                    workers=1, shards=2, progress=False)  # asked: rewritten
+    assert len(two.files("items")) == 2 and not (out / tfrecords.REPLACEMENT).exists()
+
+
+def test_a_failed_rewrite_keeps_the_finished_output(tiny_config, tiny_workspace, tmp_path,
+                                                    monkeypatch):
+    """Other settings are written beside a finished output, which stays whole and readable
+    until every new shard exists; the next run keeps the new finished shards."""
+    out = tmp_path / "records"
+    tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset, workers=1,
+                              shards=2, progress=False)
+    before = snapshot(out)
+    bigger = load_config(tiny_config, ["image.image_size=40"])
+    write, calls = tfrecords.write_shard, []
+
+    def fail_the_fifth(job):
+        calls.append(job["file"])
+        if len(calls) == 5:
+            raise RuntimeError("disk unplugged")
+        return write(job)
+
+    monkeypatch.setattr(tfrecords, "write_shard", fail_the_fifth)
+    with pytest.raises(RuntimeError, match="disk unplugged"):
+        tfrecords.write_tfrecords(bigger, out, dataset=tiny_workspace.dataset, workers=1,
+                                  shards=3, progress=False)
+    assert {k: v for k, v in snapshot(out).items()
+            if not k.startswith(tfrecords.REPLACEMENT)} == before
+    assert tfrecords.load_manifest(out).image_size == 32
+    kept = {f: (out / tfrecords.REPLACEMENT / f).stat().st_mtime_ns for f in calls[:4]}
+    monkeypatch.setattr(tfrecords, "write_shard", write)
+    manifest = tfrecords.write_tfrecords(bigger, out, dataset=tiny_workspace.dataset,
+                                         workers=1, shards=3, progress=False)
+    assert tfrecords.load_manifest(out).image_size == manifest.image_size == 40
+    assert {f: (out / f).stat().st_mtime_ns for f in kept} == kept
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "plan.json", *(f.rsplit("/", 1)[-1] for t in tfrecords.TABLES
+                                         for f in manifest.files(t))])
+
+
+def test_an_abandoned_replacement_is_removed_by_the_finished_outputs_own_run(
+        tiny_config, tiny_workspace, tmp_path, monkeypatch):
+    out = tmp_path / "records"
+    tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset, workers=1,
+                              shards=2, progress=False)
+    before = snapshot(out)
+    monkeypatch.setattr(tfrecords, "_run_jobs", lambda *a: {})  # writes nothing: a failed run
+    with pytest.raises(DataError, match=r"\.replacement: 9 shard\(s\) were not written"):
+        tfrecords.write_tfrecords(load_config(tiny_config, ["image.image_size=40"]), out,
+                                  dataset=tiny_workspace.dataset, workers=1, shards=3,
+                                  progress=False)
+    assert (out / tfrecords.REPLACEMENT / "plan.json").is_file()
+    monkeypatch.undo()
+    tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset, workers=1,
+                              shards=2, progress=False)
+    assert snapshot(out) == before
+
 def test_a_directory_without_manifest_is_never_read(tmp_path):
     (tmp_path / "items-00000-of-00001.tfrecord").write_bytes(b"half a shard")
     with pytest.raises(DataError, match=r"no finished TFRecords.*run `tfmmrec prepare`"):

@@ -86,8 +86,9 @@ def encode(config: Config, output: str | os.PathLike | None = None, *, runner: s
     checks it and stages one shard's job at a time, so its memory does not grow with the
     catalogue.
     """
-    output, dataset = features.resolve_output(config, output, dataset)
     workers = workers or os.cpu_count() or 1
+    options = pipeline_options(runner, beam_args, workers)  # before any output is touched
+    output, dataset = features.resolve_output(config, output, dataset)
     runs = [features.plan_encode(config, dataset, encoder, output, shards=shards,
                                  workers=workers)
             for encoder in features.frozen_encoders(config, dataset).values()]
@@ -105,7 +106,6 @@ def encode(config: Config, output: str | os.PathLike | None = None, *, runner: s
                 staged.append(run.modality)
                 yield job
 
-    options = pipeline_options(runner, beam_args, workers)
     summaries = run_shard_jobs(jobs(), output, EncodeShardFn(saved), options, "encode")
     manifests = {}
     for run in runs:

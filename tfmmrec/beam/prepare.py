@@ -4,7 +4,8 @@ The driver plans exactly as the local ``prepare`` does (``tfrecords.plan_prepare
 split, shard plan, resume), the runner's workers write the shards with the local path's own
 ``tfrecords.write_shard`` (same decoding, resizing and resampling functions, same temp-then-rename
 writes), and the driver writes ``manifest.json`` last (``tfrecords.finish_prepare``). Records are
-therefore identical to the local path's, and a re-run after a failure keeps finished shards.
+therefore identical to the local path's, and a re-run after a failure keeps finished shards. The
+runner and Beam flags are checked before anything in the output is touched.
 
 Workers read media files at the paths the driver resolved: on a cluster, the dataset folder must
 be mounted at the same path on every worker (NFS, Cloud Storage FUSE); the output may be any
@@ -40,10 +41,10 @@ def prepare(config: Config, output: str | os.PathLike | None = None, *, runner: 
     FnApiRunner, the number of worker processes.
     """
     workers = workers or config.train.prepare_workers or os.cpu_count() or 1
+    options = pipeline_options(runner, beam_args, workers)  # a bad runner fails here, first
     run = tfrecords.plan_prepare(config, output, dataset=dataset, workers=workers,
                                  shards=shards)
-    options = pipeline_options(runner, beam_args, workers)
-    summaries = run_shard_jobs(run.todo, run.output, WriteShardFn(), options, "prepare")
+    summaries = run_shard_jobs(run.todo, run.workdir, WriteShardFn(), options, "prepare")
     failed: dict[str, list[str]] = {}
     for summary in summaries:
         for modality, paths in summary["failed"].items():

@@ -13,6 +13,8 @@ runner spreads them over its workers (``Reshuffle``), retries failed ones, and s
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ from typing import Any
 import apache_beam as beam
 
 from tfmmrec.data.tfrecords import join_path, read_text, write_text
-from tfmmrec.errors import DataError
+from tfmmrec.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ def pipeline_options(runner: str, beam_args: Sequence[str] = (), workers: int | 
     ``workers`` > 1 (unless ``--direct_num_workers`` is given) runs that many worker processes
     (``--direct_running_mode=multi_processing``). Any other name goes to Beam as is
     (``DataflowRunner``, ``FlinkRunner``, ``SparkRunner``, ``PortableRunner``...).
+
+    Callers build these before touching any output: an unknown runner or a bad flag is a
+    one-line ``ConfigError`` here, where Beam would only fail once the pipeline is built.
     """
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
@@ -48,6 +53,7 @@ def pipeline_options(runner: str, beam_args: Sequence[str] = (), workers: int | 
     if name != runner:
         logger.info("--runner %s: using Beam's Python FnApiRunner", runner)
     options = PipelineOptions([f"--runner={name}", *beam_args])
+    check_options(runner, name, options)
     given = " ".join(beam_args)
     if name == "FnApiRunner" and workers and workers > 1 and "direct_num_workers" not in given:
         direct = options.view_as(DirectOptions)
@@ -55,6 +61,36 @@ def pipeline_options(runner: str, beam_args: Sequence[str] = (), workers: int | 
         if "direct_running_mode" not in given:
             direct.direct_running_mode = "multi_processing"
     return options
+
+
+def check_options(runner: str, name: str, options) -> None:
+    """What ``beam.Pipeline(options=options)`` checks (the flags parse, runner ``name`` exists,
+    the runner's required options are set), as a one-line ``ConfigError`` naming ``runner``."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+    from apache_beam.runners.runner import create_runner
+
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):  # argparse prints its usage, then exits
+            options.get_all_options()
+    except SystemExit:
+        lines = usage.getvalue().strip().splitlines() or ["cannot parse them"]
+        raise ConfigError(f"--runner {runner}: bad Beam pipeline option: "
+                          f"{lines[-1].split(' error: ', 1)[-1]}") from None
+    try:
+        instance = create_runner(name)
+    except ValueError:
+        choices = ", ".join([*StandardOptions.KNOWN_RUNNER_NAMES, "local"])
+        raise ConfigError(f"--runner {runner}: unknown Beam runner; choose one of {choices} "
+                          "(DirectRunner and local run Beam's Python FnApiRunner), or a "
+                          "PipelineRunner subclass as module.Class") from None
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--runner {runner}: cannot load this Beam runner ({exc})") from None
+    errors = PipelineOptionsValidator(options, instance).validate()
+    if errors:
+        raise ConfigError(f"--runner {runner}: bad Beam pipeline options: "
+                          + " ".join(e.strip().replace("\n", " ") for e in errors))
 
 
 def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
@@ -65,7 +101,8 @@ def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
     holds one job at a time.
 
     A job that already finished (its output exists) is the caller's to skip; this runs what it
-    is given. The staging files are removed once every summary has been read.
+    is given. The staging files are removed once every summary has been read, or when the
+    pipeline fails (a re-run stages its jobs afresh).
     """
     staging = join_path(output, f"{STAGING}/{uuid.uuid4().hex[:12]}")
     import tensorflow as tf
@@ -84,6 +121,7 @@ def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
                      | f"{label}: spread over workers" >> beam.Reshuffle()
                      | f"{label}: run" >> beam.ParDo(dofn))
         except Exception as exc:  # the runner re-raises a worker's error as its own type
+            _remove_staging(output, staging)
             first = str(exc).strip().splitlines()
             raise DataError(f"the Beam pipeline ({label}) failed: "
                             f"{first[-1] if first else type(exc).__name__}; finished shards "
@@ -95,10 +133,16 @@ def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
             raise DataError(f"the Beam pipeline ({label}) finished without running {path}; "
                             "run the same command again")
         summaries.append(json.loads(read_text(done)))
+    _remove_staging(output, staging)
+    return summaries
+
+
+def _remove_staging(output: str, staging: str) -> None:
+    import tensorflow as tf
+
     tf.io.gfile.rmtree(staging)
     if not tf.io.gfile.listdir(join_path(output, STAGING)):
         tf.io.gfile.rmtree(join_path(output, STAGING))
-    return summaries
 
 
 def _jsonable(value):

@@ -14,7 +14,9 @@
 
 Shards are written by parallel worker processes, each to a hidden temporary name renamed into
 place when complete, so an interrupted ``prepare`` leaves finished shards (kept by the next run
-of the same command) and no half-written shard that a reader could pick up. The same plan and
+of the same command) and no half-written shard that a reader could pick up. A finished directory
+of other data or settings is rebuilt in a hidden ``.replacement`` folder inside it and replaced
+only once every new shard is written, so a failed run never loses it. The same plan and
 shard writer run as an Apache Beam pipeline with ``tfmmrec prepare --runner``
 (``tfmmrec.beam.prepare``): :func:`plan_prepare`, then :func:`write_shard` per job, then
 :func:`finish_prepare`.
@@ -31,6 +33,7 @@ import math
 import multiprocessing
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +57,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
+# Where a finished output of another plan is rebuilt, beside the shards it replaces at the end.
+REPLACEMENT = ".replacement"
 TABLES = ("items", "train", "test")
 TARGET_SHARD_BYTES = 128 * 2**20
 # Bytes a serialised interaction takes, roughly (ids, index, rating, timestamp, proto framing).
@@ -122,7 +127,8 @@ class PrepareRun:
 
     The local path runs ``todo`` in a process pool, the Beam path (``tfmmrec.beam.prepare``) as
     a pipeline; both start with :func:`plan_prepare` and end with :func:`finish_prepare`, so they
-    write the same shards and manifest.
+    write the same shards and manifest. The jobs write to ``workdir``: ``output`` itself, or its
+    ``.replacement`` folder when ``output`` holds a finished prepare of another plan.
     """
 
     output: str
@@ -130,6 +136,10 @@ class PrepareRun:
     jobs: list[dict[str, Any]]
     todo: list[dict[str, Any]]
     num_items: int
+    workdir: str = ""
+
+    def __post_init__(self) -> None:
+        self.workdir = self.workdir or self.output
 
 
 def write_tfrecords(config: Config, output: str | os.PathLike | None = None, *,
@@ -140,7 +150,7 @@ def write_tfrecords(config: Config, output: str | os.PathLike | None = None, *,
     ``output`` defaults to ``train.tfrecords``; ``workers`` / ``shards`` to
     ``train.prepare_workers`` / ``train.tfrecord_shards`` (0: all cores / sized from the data).
     Running it again after an interruption keeps every finished shard; a changed dataset or
-    setting starts the directory over.
+    setting starts the directory over (a finished one is replaced only once the new one is).
     """
     workers = workers or config.train.prepare_workers or os.cpu_count() or 1
     run = plan_prepare(config, output, dataset=dataset, workers=workers, shards=shards)
@@ -153,7 +163,8 @@ def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
                  shards: int | None = None) -> PrepareRun:
     """Check the output, keep the finished shards of the same plan, and list the shard jobs.
 
-    ``workers`` only sizes the default shard count (at least one shard per worker).
+    ``workers`` only sizes the default shard count (at least one shard per worker): without
+    ``shards``, an existing plan of the same data and settings keeps its shard count.
     """
     output = str(output or config.train.tfrecords or "")
     if not output:
@@ -165,23 +176,26 @@ def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
                                config.data.seed)
     workers = workers or config.train.prepare_workers or os.cpu_count() or 1
     shards = shards or config.train.tfrecord_shards or None
-    plan = _plan(config, dataset, split, shards, workers)
+    previous = [old for old in (_read_plan(output), _read_plan(join_path(output, REPLACEMENT)))
+                if old]
+    plan = _plan(config, dataset, split, shards, workers, previous)
     _check_output(output, plan["estimated_bytes"])
-    _start_or_resume(output, plan)
-    jobs = _jobs(config, dataset, split, plan, output)
-    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(output, job["file"]))]
+    workdir = _workdir(output, plan)
+    _start_or_resume(workdir, plan)
+    jobs = _jobs(config, dataset, split, plan, workdir)
+    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(workdir, job["file"]))]
     if len(todo) < len(jobs):
-        logger.info("%s: %d of %d shards already written, resuming", output,
+        logger.info("%s: %d of %d shards already written, resuming", workdir,
                     len(jobs) - len(todo), len(jobs))
-    return PrepareRun(output, plan, jobs, todo, dataset.num_items)
+    return PrepareRun(output, plan, jobs, todo, dataset.num_items, workdir)
 
 
 def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
     """Report undecodable media and write ``manifest.json``, last, once every shard exists."""
     missing = [job["file"] for job in run.jobs
-               if not tf.io.gfile.exists(join_path(run.output, job["file"]))]
+               if not tf.io.gfile.exists(join_path(run.workdir, job["file"]))]
     if missing:
-        raise DataError(f"{run.output}: {len(missing)} shard(s) were not written (first: "
+        raise DataError(f"{run.workdir}: {len(missing)} shard(s) were not written (first: "
                         f"{missing[0]}); run `tfmmrec prepare` again (finished shards are kept)")
     for modality, paths in failed.items():
         report_missing_media(modality, paths)
@@ -192,6 +206,8 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
         interaction_columns=plan["interaction_columns"],
         shards={table: [{"file": job["file"], "records": job["records"]} for job in run.jobs
                         if job["table"] == table] for table in TABLES})
+    if run.workdir != run.output:
+        _replace_output(run)
     write_text(join_path(run.output, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
     logger.info("prepared %s: %d items, %d train and %d test interactions in %d shards",
                 run.output, manifest.num_items, manifest.count("train"),
@@ -212,8 +228,8 @@ def media_settings(config: Config, present) -> dict[str, Any]:
     return {**modalities.settings_from_config(config), "modalities": list(present)}
 
 
-def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None,
-          workers: int) -> dict[str, Any]:
+def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None, workers: int,
+          previous: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     catalog = dataset.catalog
     settings = media_settings(config, catalog.modalities)
     item_bytes = 256 + int(np.mean([len(t) for t in catalog.texts])) if len(catalog) else 256
@@ -225,12 +241,25 @@ def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None,
              "test": (len(split.test), _INTERACTION_BYTES)}
     counts = {table: _shard_count(rows, size, shards, workers)
               for table, (rows, size) in sizes.items()}
-    digest = hashlib.sha1(json.dumps([FORMAT_VERSION, settings, split_settings(config), counts,
-                                      columns]).encode())
-    _update_with_catalog(digest, catalog)
     frame = dataset.interactions[[c for c in columns if c != "item_index"] + ["item_id"]]
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return {"fingerprint": digest.hexdigest(), "settings": settings,
+    row_hashes = np.ascontiguousarray(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+    content = catalog_fingerprint(catalog).encode()
+
+    def fingerprint(shard_counts: Any) -> str:
+        digest = hashlib.sha1(json.dumps([FORMAT_VERSION, settings, split_settings(config),
+                                          shard_counts, columns]).encode())
+        digest.update(content)
+        digest.update(row_hashes)
+        return digest.hexdigest()
+
+    if shards is None:
+        # The default count follows the worker count (local processes, or the driver's cores
+        # under a runner), which is not content: the same data and settings already planned
+        # with another count are the same output, kept rather than written again.
+        counts = next((old["shard_counts"] for old in previous
+                       if old.get("fingerprint") == fingerprint(old.get("shard_counts"))),
+                      counts)
+    return {"fingerprint": fingerprint(counts), "settings": settings,
             "split": split_settings(config), "item_ids_sha1": ids_digest(catalog.item_ids),
             "interaction_columns": columns, "shard_counts": counts,
             "estimated_bytes": sum(rows * size for rows, size in sizes.values())}
@@ -285,10 +314,6 @@ class CatalogDigest:
         return digest.hexdigest()
 
 
-def _update_with_catalog(digest, catalog) -> None:
-    digest.update(catalog_fingerprint(catalog).encode())
-
-
 def _shard_count(rows: int, bytes_per_row: int, requested: int | None, workers: int) -> int:
     if rows == 0:
         return 1
@@ -317,6 +342,37 @@ def _check_output(output: str, needed: int) -> None:
         raise DataError(f"{output} has {free / 2**30:.2f} GiB free but the TFRecords need about "
                         f"{needed / 2**30:.2f} GiB (decoded media are larger than compressed "
                         "files); free space or choose another --output")
+
+
+def _read_plan(directory: str) -> dict[str, Any] | None:
+    path = join_path(directory, PLAN)
+    return json.loads(read_text(path)) if tf.io.gfile.exists(path) else None
+
+
+def _workdir(output: str, plan: dict[str, Any]) -> str:
+    """Where this plan's shards go: ``output``, unless it holds a finished prepare of another
+    plan, which stays whole and readable until :func:`finish_prepare` replaces it."""
+    replacement = join_path(output, REPLACEMENT)
+    old = _read_plan(output)
+    if (tf.io.gfile.exists(join_path(output, MANIFEST))
+            and (old or {}).get("fingerprint") != plan["fingerprint"]):
+        logger.warning("%s holds TFRecords of different data or settings; writing the new ones "
+                       "in %s, replacing the old ones once all are written", output, replacement)
+        return replacement
+    if tf.io.gfile.exists(replacement):  # a replacement abandoned for this plan
+        tf.io.gfile.rmtree(replacement)
+    return output
+
+
+def _replace_output(run: PrepareRun) -> None:
+    """Swap the complete replacement in: the old manifest goes first (the directory is not read
+    until the new one is written), then the old shards; the new plan and shards move in."""
+    for pattern in [MANIFEST, PLAN, *(f"{table}-*-of-*.tfrecord" for table in TABLES)]:
+        for path in tf.io.gfile.glob(join_path(run.output, pattern)):
+            tf.io.gfile.remove(path)
+    for name in [PLAN, *(job["file"] for job in run.jobs)]:
+        tf.io.gfile.rename(join_path(run.workdir, name), join_path(run.output, name))
+    tf.io.gfile.rmtree(run.workdir)
 
 
 def _start_or_resume(output: str, plan: dict[str, Any]) -> None:
