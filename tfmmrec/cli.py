@@ -365,11 +365,13 @@ def _evaluate(config, args) -> int:
                                          workspace.dataset.catalog.item_ids,
                                          config.eval.batch_size)
         name = "tfmmrec (export)"
+    output_name = pipeline.evaluation_output_name(args.test, args.candidates, args.export)
     results = pipeline.evaluate(config, args.checkpoint, workspace=workspace, name=name,
-                                classic_baselines=names, embeddings=embeddings)
+                                classic_baselines=names, embeddings=embeddings,
+                                output_name=output_name)
     _print_results(results, config.eval.ks)
     out = Path(config.train.output_dir)
-    print(f"wrote {out / 'eval'}/metrics.json and metrics.png")
+    print(f"wrote {out / 'eval' / output_name}.json and {output_name}.png")
     if (out / "logs" / "projector").is_dir():
         print(f"item embeddings for TensorBoard's Projector: {out / 'logs' / 'projector'} "
               f"(tensorboard --logdir {out / 'logs'})")

@@ -87,7 +87,10 @@ def test_evaluate_a_supplied_test_set_on_candidate_items_only(run, tiny_workspac
     out = capsys.readouterr().out
     assert f"supplied split: {len(train)} train / {len(rows)} test interactions " \
            "(3 candidate items)" in out
-    written = json.loads((run[0] / "run" / "eval" / "metrics.json").read_text())
+    # its own file: the split's metrics.json is not replaced by a supplied test set's
+    name = "metrics-test-test-candidates-new"
+    assert f"eval/{name}.json and {name}.png" in out
+    written = json.loads((run[0] / "run" / "eval" / f"{name}.json").read_text())
     result = written["results"]["tfmmrec"]
     # 3 candidates: K clamps to 3, so every evaluated user finds their one test item.
     assert result["num_users"] == len({u for u, _ in rows})
@@ -140,7 +143,7 @@ def test_split_none_trains_on_every_row_and_scores_a_supplied_test_set(tiny_conf
                      str(tmp_path / "test.csv")]) == 0
     # Under data.split: none every row is training data, so each test row is a seen item and
     # excluded: every user is skipped (a test set must hold what the model did not train on).
-    written = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    written = json.loads((tmp_path / "run" / "eval" / "metrics-test-test.json").read_text())
     assert written["results"]["tfmmrec"]["num_users"] == 0
     assert written["split"] == "supplied"
 
@@ -154,10 +157,12 @@ def test_evaluate_through_the_export_matches_the_checkpoint(run, tiny_workspace,
     candidates = [str(i) for i in tiny_workspace.dataset.catalog.item_ids[::4]]
     (tmp_path / "c.txt").write_text("\n".join(candidates))
     scored = {}
-    for extra in ([], ["--export", str(tmp_path / "models" / "tfmmrec")]):
+    for extra, name in (([], "metrics-candidates-c"),
+                        (["--export", str(tmp_path / "models" / "tfmmrec")],
+                         "metrics-candidates-c-export")):
         assert cli.main(["-q", "evaluate", "--config", str(path), "--candidates",
                          str(tmp_path / "c.txt"), *extra]) == 0
-        written = json.loads((root / "run" / "eval" / "metrics.json").read_text())
+        written = json.loads((root / "run" / "eval" / f"{name}.json").read_text())
         scored.update(written["results"])
     assert "| tfmmrec (export) " in capsys.readouterr().out
     checkpoint, export = scored["tfmmrec"], scored["tfmmrec (export)"]
