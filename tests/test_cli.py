@@ -83,7 +83,7 @@ def test_validate_good_folder_reports_what_it_found(tmp_path, capsys):
     assert "3 items, 4 interactions, 2 users" in out
     assert "text columns: title, description; image column: image; audio column: audio" in out
     assert "image: present for 2 items" in out
-    assert "user features: age, occupation" in out
+    assert "user features: age (numeric), occupation (categorical)" in out
 
 
 def test_validate_reports_media_files_that_would_not_decode(tmp_path, capsys, caplog):

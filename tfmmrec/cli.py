@@ -437,7 +437,14 @@ def _validate(config) -> int:
         print(f"  validation for tuned choices ({validation.kind}): {len(validation.train)} "
               f"train / {len(validation.test)} held-out interactions, from the training rows")
     if dataset.users is not None:
-        print(f"  user features: {', '.join(dataset.user_feature_columns) or '-'}")
+        import pandas as pd
+
+        def kind(column: str) -> str:  # as the query tower reads it (towers/query.py)
+            numeric = pd.api.types.is_numeric_dtype(dataset.users[column])
+            return f"{column} ({'numeric' if numeric else 'categorical'})"
+
+        kinds = [kind(c) for c in dataset.user_feature_columns]
+        print(f"  user features: {', '.join(kinds) or '-'}")
     return 0
 
 
