@@ -215,7 +215,8 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)  # restores the backup, if there is one
         self._last = time.monotonic()
-        done = int(self._training_state._ckpt_saved_epoch.numpy())  # 0-based; -1: no backup
+        state = getattr(self, "_training_state", None)  # Keras' restored counters
+        done = int(state._ckpt_saved_epoch.numpy()) if state is not None else -1  # 0-based
         if done >= 0:
             logger.info("resuming from the backup in %s: %d epoch(s) done, training on from "
                         "epoch %d of %d", self.backup_dir, done + 1, done + 2,
