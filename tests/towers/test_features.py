@@ -93,6 +93,39 @@ def test_encode_resumes_keeping_finished_shards(tiny_config, tiny_workspace, tmp
     assert_same_features(read_back(str(out), tiny_workspace), tiny_workspace.contents)
 
 
+def test_a_failed_rewrite_keeps_finished_features_of_other_settings(tiny_config, tiny_workspace,
+                                                                    tmp_path, monkeypatch):
+    """Features of another plan (here: another shard count) are rebuilt in ``.replacement``
+    and swapped in only when complete: a run that fails half way leaves the finished
+    features byte for byte and readable, and the next run finishes the rebuild."""
+    out = tmp_path / "features"
+    features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real, calls = features.encode_shard, []
+
+    def failing(job, encode):
+        calls.append(job["file"])
+        if len(calls) == 2:
+            raise RuntimeError("simulated worker crash")
+        return real(job, encode)
+
+    monkeypatch.setattr(features, "encode_shard", failing)
+    with pytest.raises(RuntimeError, match="simulated worker crash"):
+        features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=2,
+                        progress=False)
+    kept = {p: p.read_bytes() for p in out.rglob("*")
+            if p.is_file() and tfrecords.REPLACEMENT not in p.parts}
+    assert kept == before
+    assert_same_features(read_back(str(out), tiny_workspace), tiny_workspace.contents)
+
+    monkeypatch.setattr(features, "encode_shard", real)
+    result = features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=2,
+                             progress=False)["audio"]
+    assert len(result.files()) == 2
+    assert not list(out.rglob(tfrecords.REPLACEMENT))
+    assert_same_features(read_back(str(out), tiny_workspace), tiny_workspace.contents)
+
+
 def test_encode_from_prepared_tfrecords_matches_the_tfrecords_cache_path(
         tiny_config, tiny_workspace, tmp_path):
     records = tfrecords.write_tfrecords(tiny_config, tmp_path / "records",

@@ -60,6 +60,7 @@ PLAN = "plan.json"
 # Where a finished output of another plan is rebuilt, beside the shards it replaces at the end.
 REPLACEMENT = ".replacement"
 TABLES = ("items", "train", "test")
+SHARD_PATTERNS = tuple(f"{table}-*-of-*.tfrecord" for table in TABLES)
 TARGET_SHARD_BYTES = 128 * 2**20
 # Bytes a serialised interaction takes, roughly (ids, index, rating, timestamp, proto framing).
 _INTERACTION_BYTES = 64
@@ -180,8 +181,8 @@ def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
                 if old]
     plan = _plan(config, dataset, split, shards, workers, previous)
     _check_output(output, plan["estimated_bytes"])
-    workdir = _workdir(output, plan)
-    _start_or_resume(workdir, plan)
+    workdir = output_workdir(output, plan["fingerprint"], "TFRecords")
+    start_or_resume(workdir, plan, SHARD_PATTERNS, "TFRecords")
     jobs = _jobs(config, dataset, split, plan, workdir)
     todo = [job for job in jobs if not tf.io.gfile.exists(join_path(workdir, job["file"]))]
     if len(todo) < len(jobs):
@@ -206,8 +207,7 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
         interaction_columns=plan["interaction_columns"],
         shards={table: [{"file": job["file"], "records": job["records"]} for job in run.jobs
                         if job["table"] == table] for table in TABLES})
-    if run.workdir != run.output:
-        _replace_output(run)
+    swap_in(run.output, run.workdir, [job["file"] for job in run.jobs], SHARD_PATTERNS)
     write_text(join_path(run.output, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
     logger.info("prepared %s: %d items, %d train and %d test interactions in %d shards",
                 run.output, manifest.num_items, manifest.count("train"),
@@ -349,46 +349,54 @@ def _read_plan(directory: str) -> dict[str, Any] | None:
     return json.loads(read_text(path)) if tf.io.gfile.exists(path) else None
 
 
-def _workdir(output: str, plan: dict[str, Any]) -> str:
-    """Where this plan's shards go: ``output``, unless it holds a finished prepare of another
-    plan, which stays whole and readable until :func:`finish_prepare` replaces it."""
+def output_workdir(output: str, fingerprint: str, what: str) -> str:
+    """Where a sharded job's files go: ``output``, unless it holds a finished output (a
+    manifest) of another plan, which stays whole and readable until :func:`swap_in`
+    replaces it from the ``.replacement`` folder this returns. ``what`` names the output in
+    the warning. Shared by ``prepare`` and ``encode``."""
     replacement = join_path(output, REPLACEMENT)
     old = _read_plan(output)
     if (tf.io.gfile.exists(join_path(output, MANIFEST))
-            and (old or {}).get("fingerprint") != plan["fingerprint"]):
-        logger.warning("%s holds TFRecords of different data or settings; writing the new ones "
-                       "in %s, replacing the old ones once all are written", output, replacement)
+            and (old or {}).get("fingerprint") != fingerprint):
+        logger.warning("%s holds %s of different data or settings; writing the new ones in %s, "
+                       "replacing the old ones once all are written", output, what, replacement)
         return replacement
     if tf.io.gfile.exists(replacement):  # a replacement abandoned for this plan
         tf.io.gfile.rmtree(replacement)
     return output
 
 
-def _replace_output(run: PrepareRun) -> None:
-    """Swap the complete replacement in: the old manifest goes first (the directory is not read
-    until the new one is written), then the old shards; the new plan and shards move in."""
-    for pattern in [MANIFEST, PLAN, *(f"{table}-*-of-*.tfrecord" for table in TABLES)]:
-        for path in tf.io.gfile.glob(join_path(run.output, pattern)):
-            tf.io.gfile.remove(path)
-    for name in [PLAN, *(job["file"] for job in run.jobs)]:
-        tf.io.gfile.rename(join_path(run.workdir, name), join_path(run.output, name))
-    tf.io.gfile.rmtree(run.workdir)
-
-
-def _start_or_resume(output: str, plan: dict[str, Any]) -> None:
-    """Keep finished shards of the same plan; otherwise clear what an older plan wrote."""
-    for stale in tf.io.gfile.glob(join_path(output, ".*.tmp*")):
+def start_or_resume(directory: str, plan: dict[str, Any], patterns: Sequence[str],
+                    what: str) -> None:
+    """Keep the finished shards of the same plan in ``directory``; otherwise clear what an
+    older plan wrote there (``patterns``: its shard files), and record ``plan``."""
+    for stale in tf.io.gfile.glob(join_path(directory, ".*.tmp*")):
         tf.io.gfile.remove(stale)  # half-written shards of an interrupted run
-    plan_path = join_path(output, PLAN)
+    plan_path = join_path(directory, PLAN)
     if tf.io.gfile.exists(plan_path):
-        old = json.loads(read_text(plan_path))
-        if old.get("fingerprint") == plan["fingerprint"]:
+        if json.loads(read_text(plan_path)).get("fingerprint") == plan["fingerprint"]:
             return
-        logger.warning("%s holds TFRecords of different data or settings; rewriting it", output)
-    for pattern in [MANIFEST, *(f"{table}-*-of-*.tfrecord" for table in TABLES)]:
-        for path in tf.io.gfile.glob(join_path(output, pattern)):
+        logger.warning("%s holds %s of different data or settings; rewriting it", directory,
+                       what)
+    for pattern in [MANIFEST, *patterns]:
+        for path in tf.io.gfile.glob(join_path(directory, pattern)):
             tf.io.gfile.remove(path)
     write_text(plan_path, json.dumps(plan, indent=2))
+
+
+def swap_in(output: str, workdir: str, files: Sequence[str], patterns: Sequence[str]) -> None:
+    """Swap a complete replacement in (before the new manifest is written): the old manifest
+    goes first (the directory is not read until the new one exists), then the old plan and
+    shards (``patterns``); the new plan and ``files`` move in. A no-op when ``workdir`` is
+    ``output``."""
+    if workdir == output:
+        return
+    for pattern in [MANIFEST, PLAN, *patterns]:
+        for path in tf.io.gfile.glob(join_path(output, pattern)):
+            tf.io.gfile.remove(path)
+    for name in [PLAN, *files]:
+        tf.io.gfile.rename(join_path(workdir, name), join_path(output, name))
+    tf.io.gfile.rmtree(workdir)
 
 
 def _jobs(config: Config, dataset: Dataset, split: Split, plan: dict[str, Any],

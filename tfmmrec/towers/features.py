@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
+# a shard and its sidecar of counts (``encode_shard``)
+SHARD_PATTERNS = ("features-*-of-*.tfrecord", "features-*-of-*.json")
 TARGET_SHARD_BYTES = 64 * 2**20
 MAX_SHARD_ITEMS = 50_000
 Encode = Callable[[Any], np.ndarray]
@@ -101,6 +103,12 @@ class EncodeRun:
     jobs: list[dict[str, Any]]
     todo: list[dict[str, Any]]
     make_jobs: Callable[[set[str]], Iterator[dict[str, Any]]] = field(repr=False)
+    # where the shards are written: ``directory``, or its ``.replacement`` folder while
+    # finished features of another plan stay readable there (``tfrecords.output_workdir``)
+    workdir: str = ""
+
+    def __post_init__(self) -> None:
+        self.workdir = self.workdir or self.directory
 
     def todo_jobs(self) -> Iterator[dict[str, Any]]:
         """The full job of every shard in ``todo``, in order."""
@@ -164,7 +172,7 @@ def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder
         jobs = [{"file": job["file"], "records": job["records"]} for job in full]
 
         def make_jobs(todo: set[str]) -> Iterator[dict[str, Any]]:
-            return (job for job in full if job["file"] in todo)
+            return ({**job, "output": common["output"]} for job in full if job["file"] in todo)
     else:
         sizes = _shard_sizes(summary.num_items, encoder.feature_dim, shards, workers)
         jobs = [{"file": shard_name(n, len(sizes)), "records": size}
@@ -179,12 +187,15 @@ def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder
             "shards": [job["file"] for job in jobs]}
     plan["fingerprint"] = hashlib.sha1(json.dumps([FORMAT_VERSION, plan], sort_keys=True)
                                        .encode()).hexdigest()
-    _start_or_resume(directory, plan)
-    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(directory, job["file"]))]
+    _make_directory(directory)
+    workdir = tfrecords.output_workdir(directory, plan["fingerprint"], "features")
+    tfrecords.start_or_resume(workdir, plan, SHARD_PATTERNS, "features")
+    common["output"] = workdir  # the jobs write there
+    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(workdir, job["file"]))]
     if len(todo) < len(jobs):
-        logger.info("%s: %d of %d shards already encoded, resuming", directory,
+        logger.info("%s: %d of %d shards already encoded, resuming", workdir,
                     len(jobs) - len(todo), len(jobs))
-    return EncodeRun(modality, encoder, directory, plan, jobs, todo, make_jobs)
+    return EncodeRun(modality, encoder, directory, plan, jobs, todo, make_jobs, workdir)
 
 
 def shard_name(shard: int, count: int) -> str:
@@ -228,37 +239,25 @@ def _folder_jobs(rows: Iterator[tuple[int, str, Any]], shards: list[dict[str, An
         yield {**shard, "items": items, **common}
 
 
-def _start_or_resume(directory: str, plan: dict[str, Any]) -> None:
-    """Keep finished shards of the same plan; otherwise clear what an older plan wrote."""
+def _make_directory(directory: str) -> None:
     try:
         tf.io.gfile.makedirs(directory)
     except (tf.errors.OpError, OSError) as exc:
         raise DataError(f"cannot write features to {directory}: {exc}. Choose a writable "
                         "directory (--output or train.features)") from None
-    for stale in tf.io.gfile.glob(join_path(directory, ".*.tmp*")):
-        tf.io.gfile.remove(stale)
-    plan_path = join_path(directory, PLAN)
-    if tf.io.gfile.exists(plan_path):
-        if json.loads(read_text(plan_path)).get("fingerprint") == plan["fingerprint"]:
-            return
-        logger.warning("%s holds features of other data or settings; rewriting it", directory)
-    for pattern in (MANIFEST, "features-*-of-*.tfrecord", "features-*-of-*.json"):
-        for path in tf.io.gfile.glob(join_path(directory, pattern)):
-            tf.io.gfile.remove(path)
-    write_text(plan_path, json.dumps(plan, indent=2))
 
 
 def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesManifest:
     """Check every shard exists, report undecodable media, write ``manifest.json`` last."""
     missing = [job["file"] for job in run.jobs
-               if not tf.io.gfile.exists(join_path(run.directory, job["file"]))]
+               if not tf.io.gfile.exists(join_path(run.workdir, job["file"]))]
     if missing:
-        raise DataError(f"{run.directory}: {len(missing)} feature shard(s) were not written "
+        raise DataError(f"{run.workdir}: {len(missing)} feature shard(s) were not written "
                         f"(first: {missing[0]}); run `tfmmrec encode` again (finished shards "
                         "are kept)")
     failed = [path for s in summaries for path in s["failed"]]
     report_missing_media(run.modality, failed)
-    previous = _previous_counts(run.directory)
+    previous = _previous_counts(run.workdir)
     for summary in summaries:
         previous[summary["file"]] = (summary["encoded"], len(summary["failed"]))
     plan = run.plan
@@ -269,6 +268,10 @@ def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesMa
         source=plan["source"], encoded=sum(e for e, _ in previous.values()),
         failed=sum(f for _, f in previous.values()),
         shards=[{"file": job["file"], "records": job["records"]} for job in run.jobs])
+    shards = [job["file"] for job in run.jobs]
+    sidecars = [name for name in (f[: -len(".tfrecord")] + ".json" for f in shards)
+                if tf.io.gfile.exists(join_path(run.workdir, name))]
+    tfrecords.swap_in(run.directory, run.workdir, shards + sidecars, SHARD_PATTERNS)
     write_text(join_path(run.directory, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
     logger.info("encoded %s: %d of %d items have %s features (%d-d) in %d shards",
                 run.directory, manifest.encoded, manifest.num_items, run.modality,
