@@ -240,33 +240,26 @@ def test_query_dials_the_default_port_of_its_protocol(dialled, capsys, args, exp
     assert "not dialled" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("host:abc", "'host:abc': port 'abc' is not a number from 1 to 65535"),
-    ("host:70000", "'host:70000': port '70000' is not a number from 1 to 65535"),
-    ("host:0", "'host:0': port '0' is not a number from 1 to 65535"),
-    ("host:", "'host:': port '' is not a number from 1 to 65535"),
-    (":8500", "':8500' is not host:port"),
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--target", "host:abc", "'host:abc': port 'abc' is not a number from 1 to 65535"),
+    ("--target", "host:70000", "'host:70000': port '70000' is not a number from 1 to 65535"),
+    ("--target", "host:0", "'host:0': port '0' is not a number from 1 to 65535"),
+    ("--target", "host:", "'host:': port '' is not a number from 1 to 65535"),
+    ("--target", ":8500", "':8500' is not host:port"),
+    ("--timeout", "0", "0 is not a positive number of seconds"),
+    ("--timeout", "-3", "-3 is not a positive number of seconds"),
+    ("--timeout", "nan", "nan is not a positive number of seconds"),
+    ("--timeout", "inf", "inf is not a positive number of seconds"),
+    ("--timeout", "soon", "'soon' is not a number of seconds"),
 ])
-def test_query_refuses_a_malformed_target_naming_it(dialled, capsys, value, expected):
+def test_query_refuses_a_malformed_target_or_timeout_naming_it(dialled, capsys, option, value,
+                                                               expected):
+    """A target with a bad port, or a timeout that is not a positive number of seconds, is a
+    usage error naming the option and value; nothing is dialled."""
     with pytest.raises(SystemExit) as info:
-        main(["query", "--target", value, "--user", "u01"])
+        main(["query", option, value, "--user", "u01"])
     assert info.value.code == 2
-    assert f"argument --target: {expected}" in capsys.readouterr().err
-    assert not dialled
-
-
-@pytest.mark.parametrize(("value", "expected"), [
-    ("0", "0 is not a positive number of seconds"),
-    ("-3", "-3 is not a positive number of seconds"),
-    ("nan", "nan is not a positive number of seconds"),
-    ("inf", "inf is not a positive number of seconds"),
-    ("soon", "'soon' is not a number of seconds"),
-])
-def test_query_refuses_a_timeout_that_is_not_positive(dialled, capsys, value, expected):
-    with pytest.raises(SystemExit) as info:
-        main(["query", "--timeout", value, "--user", "u01"])
-    assert info.value.code == 2
-    assert f"argument --timeout: {expected}" in capsys.readouterr().err
+    assert f"argument {option}: {expected}" in capsys.readouterr().err
     assert not dialled
 
 
