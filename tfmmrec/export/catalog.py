@@ -456,7 +456,7 @@ def _refuse_items_without_content(content: Mapping[str, np.ndarray], present: tu
     from (a new id has no trained id row): refused, not served as a meaningless vector."""
     has = np.zeros(len(labels), bool)
     for name in present:
-        has |= np.asarray(content.get(f"{name}_mask", has), bool)
+        has |= np.asarray(content[f"{name}_mask"], bool)  # decode_content sets one each
     empty = [f"{label} ({str(item)!r})" for label, item, h
              in zip(labels, content["item_id"], has, strict=True) if not h]
     if empty:
