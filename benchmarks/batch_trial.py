@@ -17,8 +17,6 @@ variant to the first) once every requested part exists.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -79,41 +77,19 @@ def summarise(parts: list[dict], variants: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocols", nargs="+", default=["A", "B", "C"],
-                        choices=["A", "B", "C"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--fresh", action="store_true", help="ignore saved parts")
-    args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import ml100k
 
-    from tfmmrec import pipeline
-    from tfmmrec.files import atomic_write, write_json
+    args = ml100k.study_arguments(__doc__, list(VARIANTS), list(VARIANTS), argv)
+    from tfmmrec.files import write_json
 
-    reason = ml100k.check_shared(ml100k.base_config(ml100k.parse_args([]), ml100k.SPLITS["A"]))
-    if reason:
-        print(f"benchmarks/batch_trial.py skipped: {reason}", file=sys.stderr)
-        return 2
-    parts = [] if args.fresh or not PARTS.exists() else \
-        [json.loads(line) for line in PARTS.read_text().splitlines() if line.strip()]
-    done = {(p["protocol"], p["seed"], p["variant"]) for p in parts}
     wanted = [(p, s, v) for p in args.protocols for s in args.seeds for v in args.variants]
-    spaces = None
-    for key in wanted:
-        if key in done:
-            continue
-        if spaces is None:
-            base = ml100k.base_config(ml100k.parse_args([]), ml100k.SPLITS["A"])
-            spaces = ml100k.Workspaces(pipeline.prepare(base, progress=False))
-        part = run_part(spaces, *key)
-        parts.append(part)
-        print(f"{key[0]} seed {key[1]} {key[2]}: validation Recall@20 {part['best']:.4f} "
-              f"(epoch {part['best_epoch']}, {part['linear_cf']} weight {part['weight']})",
-              flush=True)
-        atomic_write(PARTS, "".join(json.dumps(p) + "\n" for p in parts))
-    chosen = [p for p in parts if (p["protocol"], p["seed"], p["variant"]) in set(wanted)]
+    chosen = ml100k.validation_parts(
+        "batch_trial.py", PARTS, wanted, run_part,
+        lambda part: f"validation Recall@20 {part['best']:.4f} (epoch {part['best_epoch']}, "
+                     f"{part['linear_cf']} weight {part['weight']})", args.fresh)
+    if chosen is None:
+        return 2
     table = summarise(chosen, args.variants)
     for protocol, rows in table.items():
         print(protocol, ", ".join(

@@ -159,6 +159,48 @@ def check_shared(config) -> str | None:
     return None
 
 
+def study_arguments(doc: str, variants: list[str], default: list[str], argv=None):
+    """The command line of the validation-only studies: ``--protocols``, ``--seeds``,
+    ``--variants`` (of ``variants``), ``--fresh``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=default, choices=variants)
+    parser.add_argument("--fresh", action="store_true", help="ignore saved parts")
+    return parser.parse_args(argv)
+
+
+def validation_parts(script: str, parts_path: Path, wanted: list[tuple], run_part,
+                     describe, fresh: bool) -> list[dict] | None:
+    """The loop of the validation-only studies (``batch_trial.py``, ``carve_selection.py``):
+    one saved line of ``parts_path`` per key of ``wanted`` (``(protocol, seed, variant)``),
+    computed by ``run_part(spaces, *key)`` where missing and printed by ``describe(part)``.
+    Returns the wanted parts that exist, or None (printed why) without ../shared."""
+    from tfmmrec import pipeline
+    from tfmmrec.files import atomic_write
+
+    reason = check_shared(base_config(parse_args([]), SPLITS["A"]))
+    if reason:
+        print(f"benchmarks/{script} skipped: {reason}", file=sys.stderr)
+        return None
+    parts = [] if fresh or not parts_path.exists() else \
+        [json.loads(line) for line in parts_path.read_text().splitlines() if line.strip()]
+    done = {(p["protocol"], p["seed"], p["variant"]) for p in parts}
+    spaces = None
+    for key in wanted:
+        if key in done:
+            continue
+        if spaces is None:
+            spaces = Workspaces(pipeline.prepare(base_config(parse_args([]), SPLITS["A"]),
+                                                 progress=False))
+        part = run_part(spaces, *key)
+        parts.append(part)
+        print(f"{key[0]} seed {key[1]} {key[2]}: {describe(part)}", flush=True)
+        parts_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(parts_path, "".join(json.dumps(p) + "\n" for p in parts))
+    return [p for p in parts if (p["protocol"], p["seed"], p["variant"]) in set(wanted)]
+
+
 def base_config(args, extra: list[str] = ()):
     import tfmmrec
 

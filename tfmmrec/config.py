@@ -529,11 +529,18 @@ class TrainConfig(ConfigSection):
     early_stopping: bool = False
     early_stopping_metric: str = "recall@20"
     early_stopping_patience: int = 3
+    # Choose on the mean of this many validation carves (seeds data.seed + k, training seeds
+    # train.seed + k; a temporal carve repeats, only its training seed differs): the later
+    # carves train for as many epochs as the first ran. Steadier choices among close
+    # (epoch, CF kind, CF weight) figures; each carve costs one more early-stopping run.
+    validation_carves: int = 1
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
         _check(self.early_stopping_patience >= 1, "train.early_stopping_patience",
                self.early_stopping_patience, ">= 1")
+        _check(self.validation_carves >= 1, "train.validation_carves", self.validation_carves,
+               ">= 1")
         _check(bool(re.fullmatch(r"(recall|ndcg|hit_rate)@\d+",
                                  self.early_stopping_metric)),
                "train.early_stopping_metric", self.early_stopping_metric,

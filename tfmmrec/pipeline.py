@@ -463,17 +463,67 @@ def linear_cf_record(model: RetrievalModel) -> dict:
 def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path) -> dict:
     """Early stopping: train on a validation split of the training data, score
     ``train.early_stopping_metric`` after every epoch, stop after ``early_stopping_patience``
-    epochs without improvement, and return the best epoch with the validation curve."""
-    from tfmmrec.evaluation.linear_cf_selection import AUTO_BLOCKS, block_width
-    from tfmmrec.training.validation import ValidationMetrics
+    epochs without improvement, and return the best epoch with the validation curve.
+
+    With ``train.validation_carves`` > 1, more carves (seeds ``data.seed + k``, training seeds
+    ``train.seed + k``) train for as many epochs as the first ran, and the (epoch, CF kind,
+    CF weight) is chosen on the carves' mean (``training.validation.choose_on_carves``)."""
+    from tfmmrec.training.validation import choose_on_carves
 
     config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
                                      "model.fusion_selection=none"])
+    metric = config.train.early_stopping_metric
+    carves = config.train.validation_carves
+    monitors = [train_validation_carve(ws, config, strategy, output, 0)]
+    if not monitors[0].history:
+        raise TrainingError(f"early stopping: no validation epoch ran (is {output} a finished "
+                            "run? delete it to re-select)")
+    for k in range(1, carves):
+        carve = load_config(config, [f"train.output_dir={output / f'carve-{k}'}",
+                                     f"train.epochs={max(monitors[0].epochs)}",
+                                     f"train.seed={config.train.seed + k}"])
+        monitors.append(train_validation_carve(ws, carve, strategy, output / f"carve-{k}", k))
+    chosen = choose_on_carves(monitors, metric)
+    logger.info("early stopping: best epoch %d of %d (validation %s %.4f%s)", chosen["epoch"],
+                len(chosen["curve"]), metric, chosen["metrics"][metric],
+                f", mean of {carves} carves" if carves > 1 else "")
+    if chosen["weight"] is not None:
+        logger.info("early stopping: linear CF weight %g", chosen["weight"])
+    auto = {}
+    if chosen["kind"] is not None:  # every kind's best (epoch, weight) on validation
+        auto = {"linear_cf": chosen["kind"], "linear_cf_validation": chosen["per_kind"]}
+        logger.info("early stopping: linear CF %s (validation %s: %s)", auto["linear_cf"],
+                    metric, ", ".join(f"{k} {v:.4f}"
+                                      for k, v in auto["linear_cf_validation"].items()))
+    return {"metric": metric, "best_epoch": chosen["epoch"], "best": chosen["metrics"][metric],
+            **({"linear_cf_weight": chosen["weight"]} if chosen["weight"] is not None else {}),
+            **auto,
+            "validation_interactions": len(monitors[0].split.test),
+            "curve": chosen["curve"],
+            # the epochs of the curve (after a resume from a backup, the later ones only)
+            "curve_epochs": chosen["epochs"],
+            # every metric of the chosen (epoch, kind, weight) on validation (NDCG, TFRS's
+            # top-K accuracy…), the carves' mean
+            "best_metrics": chosen["metrics"],
+            **({"carves": carves,
+                "carve_curves": [[m.scores[m.epochs.index(e)][chosen["kind"], chosen["weight"]]
+                                  [metric] for e in chosen["epochs"]] for m in monitors]}
+               if carves > 1 else {})}
+
+
+def train_validation_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy,
+                      output: Path, carve: int):
+    """Train ``config`` on validation carve ``carve`` (seed ``data.seed + carve``) of the
+    training split with a ``ValidationMetrics`` monitor, and return the monitor."""
+    from tfmmrec.evaluation.linear_cf_selection import AUTO_BLOCKS, block_width
+    from tfmmrec.training.validation import ValidationMetrics
+
     d = config.data
-    validation = validation_split(ws.split, d.test_fraction, d.seed)
+    validation = validation_split(ws.split, d.test_fraction, d.seed + carve)
     inner = dataclasses.replace(ws, config=config, split=validation)
-    logger.info("early stopping: training on %d of the %d training interactions, validating "
-                "on %d", len(validation.train), len(ws.split.train), len(validation.test))
+    logger.info("early stopping%s: training on %d of the %d training interactions, validating "
+                "on %d", f" (carve {carve + 1})" if carve else "", len(validation.train),
+                len(ws.split.train), len(validation.test))
     metric = config.train.early_stopping_metric
     ks = sorted({*config.eval.ks, int(metric.split("@")[1])})
     cf_rank, kinds, auto = 0, None, False
@@ -489,6 +539,8 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
         return (embed_users(model, ws.user_ids, config.eval.batch_size),
                 embed_items(model, ws.dataset.num_items, config.eval.batch_size))
 
+    if carve:  # the first carve runs on the seed its caller set, as a single carve always did
+        tf.keras.utils.set_random_seed(config.train.seed)
     if cf_rank and auto:  # the other candidates' CF columns: closed-form, fitted once here
         kinds = {AUTO_BLOCKS[0]: None}
         for kind in AUTO_BLOCKS[1:]:
@@ -502,35 +554,11 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
         tf.keras.utils.set_random_seed(config.train.seed)
     monitor = ValidationMetrics(
         validation, ws.user_ids, ws.dataset.num_items, metric,
-        config.train.early_stopping_patience, ks, embed, linear_cf_rank=cf_rank,
-        linear_cf_kinds=kinds)
+        config.train.early_stopping_patience if not carve else 0, ks, embed,
+        linear_cf_rank=cf_rank, linear_cf_kinds=kinds)
     dataset, num_examples = training_dataset(inner)
     fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy, [monitor])
-    if not monitor.history:
-        raise TrainingError(f"early stopping: no validation epoch ran (is {output} a finished "
-                            "run? delete it to re-select)")
-    logger.info("early stopping: best epoch %d of %d (validation %s %.4f)", monitor.best_epoch,
-                len(monitor.history), metric, monitor.best)
-    if monitor.best_linear_cf_weight is not None:
-        logger.info("early stopping: linear CF weight %g", monitor.best_linear_cf_weight)
-    auto = {}
-    if kinds is not None:  # every kind's best (epoch, weight) on validation, for the record
-        auto = {"linear_cf": monitor.best_linear_cf_kind, "linear_cf_validation": {
-            kind: max(h["linear_cf_scores"][kind] for h in monitor.history) for kind in kinds}}
-        logger.info("early stopping: linear CF %s (validation %s: %s)", auto["linear_cf"],
-                    metric, ", ".join(f"{k} {v:.4f}"
-                                      for k, v in auto["linear_cf_validation"].items()))
-    return {"metric": metric, "best_epoch": monitor.best_epoch, "best": monitor.best,
-            **({"linear_cf_weight": monitor.best_linear_cf_weight}
-               if monitor.best_linear_cf_weight is not None else {}),
-            **auto,
-            "validation_interactions": len(validation.test),
-            "curve": [h[metric] for h in monitor.history],
-            # the epochs of the curve (after a resume from a backup, the later ones only)
-            "curve_epochs": list(monitor.epochs),
-            # every metric of the chosen epoch (NDCG, TFRS's top-K accuracy…), on validation
-            "best_metrics": dict(monitor.history[monitor.epochs.index(monitor.best_epoch)])
-            if monitor.best_epoch else {}}
+    return monitor
 
 
 def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: Path,

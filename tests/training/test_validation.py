@@ -14,7 +14,7 @@ from tfmmrec import pipeline
 from tfmmrec.config import load_config
 from tfmmrec.data.splits import Split, validation_split
 from tfmmrec.errors import ConfigError
-from tfmmrec.training.validation import ValidationMetrics
+from tfmmrec.training.validation import ValidationMetrics, choose_on_carves
 
 USERS = np.array(["a", "b"])
 # user a held out item 1, user b item 2; a trained on item 0
@@ -283,3 +283,72 @@ def test_a_resumed_monitor_numbers_its_epochs_from_the_backup():
     best = callback.history[callback.epochs.index(callback.best_epoch)]
     assert best["recall@1"] == callback.best == 1.0
 
+
+
+class Scored:
+    """A monitor's record of (kind, weight) figures per epoch, as ``choose_on_carves`` reads it."""
+
+    def __init__(self, epochs, tables):
+        self.epochs = epochs
+        self.scores = [{pair: {"recall@1": value, "ndcg@1": value / 2}
+                        for pair, value in table.items()} for table in tables]
+
+
+def test_carves_choose_on_their_mean_figure():
+    """Carve 1 alone prefers (ials, 1) at epoch 2 by 0.01, carve 2 ranks it far lower: the mean
+    chooses (ease, 4) at epoch 1, (0.50 + 0.48) / 2 = 0.49 against (0.51 + 0.30) / 2 = 0.405."""
+    one = Scored([1, 2], [{("ease", 4.0): 0.50, ("ials", 1.0): 0.40},
+                          {("ease", 4.0): 0.49, ("ials", 1.0): 0.51}])
+    two = Scored([1, 2], [{("ease", 4.0): 0.48, ("ials", 1.0): 0.38},
+                          {("ease", 4.0): 0.47, ("ials", 1.0): 0.30}])
+    alone = choose_on_carves([one], "recall@1")
+    assert (alone["epoch"], alone["kind"], alone["weight"]) == (2, "ials", 1.0)
+    chosen = choose_on_carves([one, two], "recall@1")
+    assert (chosen["epoch"], chosen["kind"], chosen["weight"]) == (1, "ease", 4.0)
+    assert chosen["metrics"] == {"recall@1": pytest.approx(0.49), "ndcg@1": pytest.approx(0.245)}
+    assert chosen["curve"] == [pytest.approx(0.49), pytest.approx(0.48)]
+    assert chosen["per_kind"] == {"ease": pytest.approx(0.49), "ials": pytest.approx(0.405)}
+
+
+def test_carves_are_compared_on_the_epochs_they_share_and_ties_keep_the_first():
+    one = Scored([1, 2, 3], [{("ease", 0.0): 0.2, ("ease", 1.0): 0.2}] * 3)
+    two = Scored([2, 3], [{("ease", 0.0): 0.2, ("ease", 1.0): 0.2}] * 2)  # resumed at epoch 2
+    chosen = choose_on_carves([one, two], "recall@1")
+    assert chosen["epochs"] == [2, 3] and (chosen["epoch"], chosen["weight"]) == (2, 0.0)
+    with pytest.raises(ValueError, match="no scored epoch"):
+        choose_on_carves([one, Scored([4], [{("ease", 0.0): 0.1}])], "recall@1")
+
+
+def test_a_single_carve_chooses_what_its_monitor_chose():
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 0, [1],
+                                 split_embeddings(False, True), linear_cf_rank=2,
+                                 linear_cf_weights=(0.0, 1.0, 4.0),
+                                 linear_cf_kinds={"ease": None, "ials": cf_columns(True)})
+    run(callback, 2)
+    chosen = choose_on_carves([callback], "recall@1")
+    assert (chosen["epoch"], chosen["kind"], chosen["weight"]) == (
+        callback.best_epoch, callback.best_linear_cf_kind, callback.best_linear_cf_weight)
+    assert chosen["metrics"]["recall@1"] == callback.best
+
+
+def test_early_stopping_on_two_carves_averages_them(tiny_config, tiny_workspace, tmp_path):
+    config = derive_config(tiny_config, tmp_path, "train.epochs=2", "train.early_stopping=true",
+                           "train.early_stopping_patience=1", "train.validation_carves=2",
+                           "model.user_history=true", "model.linear_cf=ease",
+                           "model.linear_cf_rank=8")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    chosen = json.loads((tmp_path / "run" / "run.json").read_text())["early_stopping"]
+    assert chosen["carves"] == 2 and len(chosen["carve_curves"]) == 2
+    # the second carve trained on the first one's epochs, from its own carve of the split
+    first, second = chosen["carve_curves"]
+    assert len(first) == len(second) == len(chosen["curve_epochs"])
+    position = chosen["curve_epochs"].index(chosen["best_epoch"])
+    assert chosen["best"] == pytest.approx((first[position] + second[position]) / 2)
+    assert (tmp_path / "run" / "early-stopping" / "carve-1" / "checkpoints").is_dir()
+    assert result.epochs_run == chosen["best_epoch"]
+    d = tiny_workspace.config.data
+    carves = [validation_split(tiny_workspace.split, d.test_fraction, d.seed + k)
+              for k in (0, 1)]
+    assert not carves[0].test.equals(carves[1].test)  # a random carve: other rows
+    with pytest.raises(ConfigError, match=r"train\.validation_carves"):
+        load_config(None, ["train.validation_carves=0"])

@@ -46,7 +46,9 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         (ties keep the earlier kind, then the smaller weight).
 
     ``history`` holds the metrics of every epoch this process ran (``epochs`` their 1-based
-    numbers: a resumed run starts after its backup's epoch); ``best_epoch`` (1-based) and
+    numbers: a resumed run starts after its backup's epoch), ``scores`` every (kind, weight)
+    pair's metrics at each of those epochs (``choose_on_carves`` averages them over carves);
+    ``best_epoch`` (1-based) and
     ``best`` the best epoch's (``best_linear_cf_weight`` and ``best_linear_cf_kind`` the
     choices there). With ``restore_best``, the model ends with the best epoch's weights.
     """
@@ -67,6 +69,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
         # the 1-based epoch of each history entry: a run resumed from a backup starts later
         self.epochs: list[int] = []
+        self.scores: list[dict[tuple[str | None, float | None], dict[str, float]]] = []
         self.best = -np.inf
         self.best_epoch = 0
         self.linear_cf_rank = linear_cf_rank
@@ -82,7 +85,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         from tfmmrec.evaluation.protocol import evaluate_embeddings
 
         embedded = self.embed(self.model)
-        kind, weight, metrics, per_kind = None, None, None, {}
+        kind, weight, metrics, per_kind, table = None, None, None, {}, {}
         for name, columns in self.linear_cf_kinds.items():
             users, items = self._with_columns(embedded, columns)
             for candidate in self.linear_cf_weights:
@@ -91,6 +94,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
                 if self.metric not in scored:
                     raise ValueError(f"validation metric {self.metric!r} is not computed "
                                      f"(available: {', '.join(sorted(scored))})")
+                table[name, candidate] = {k: float(v) for k, v in scored.items()}
                 per_kind[name] = max(per_kind.get(name, -np.inf), float(scored[self.metric]))
                 if metrics is None or scored[self.metric] > metrics[self.metric]:
                     kind, weight, metrics = name, candidate, scored
@@ -102,6 +106,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
             entry["linear_cf_scores"] = per_kind
         self.history.append(entry)
         self.epochs.append(epoch + 1)
+        self.scores.append(table)
         value = float(metrics[self.metric])
         logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
         if logs is not None:
@@ -134,3 +139,38 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.restore_best and self._best_weights is not None:
             self.model.set_weights(self._best_weights)
+
+
+def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str) -> dict:
+    """The (epoch, CF kind, CF weight) with the best ``metric`` averaged over several
+    validation carves' monitors, on the epochs every carve scored.
+
+    One carve's figures for the ~20 (kind, weight) pairs of an epoch differ by less than the
+    carve's own noise, so a choice made on one carve can land on a pair that another carve (or
+    the test split) ranks far lower; the mean of independent carves halves that noise's
+    variance with two. Pairs are visited as one monitor visits them (epochs ascending, kinds in
+    order, weights ascending) and only a strictly better mean replaces the choice, so one
+    carve chooses exactly what its monitor chose.
+
+    Returns ``{"epoch", "kind", "weight", "metrics"}`` (the chosen pair's mean metrics),
+    ``"curve"`` (each common epoch's best mean figure), ``"epochs"`` and ``"per_kind"`` (each
+    kind's best mean figure).
+    """
+    if not monitors:
+        raise ValueError("choose_on_carves needs at least one monitor")
+    common = sorted(set.intersection(*(set(m.epochs) for m in monitors)))
+    if not common:
+        raise ValueError("the validation carves share no scored epoch")
+    best, curve, per_kind = None, [], {}
+    for epoch in common:
+        tables = [m.scores[m.epochs.index(epoch)] for m in monitors]
+        epoch_best = -np.inf
+        for pair in tables[0]:
+            mean = {key: float(np.mean([t[pair][key] for t in tables])) for key in tables[0][pair]}
+            value = mean[metric]
+            epoch_best = max(epoch_best, value)
+            per_kind[pair[0]] = max(per_kind.get(pair[0], -np.inf), value)
+            if best is None or value > best["metrics"][metric]:
+                best = {"epoch": epoch, "kind": pair[0], "weight": pair[1], "metrics": mean}
+        curve.append(epoch_best)
+    return {**best, "curve": curve, "epochs": common, "per_kind": per_kind}

@@ -1,0 +1,145 @@
+"""Benchmark: is the (epoch, CF kind, CF weight) choice steadier on the mean of two validation
+carves than on one? Judged on a third carve, never on a test split (issues 11 and 15).
+
+For each protocol (A, B, C of ``benchmarks/ml100k.py``), seed and batch variant, trains the
+shipped config's early-stopping run on three validation carves of the protocol's training split
+(``pipeline.train_validation_carve``: seeds ``data.seed + k`` and ``train.seed + k``; the first
+carve stops on its own patience, the others train as many epochs) and scores every
+(epoch, kind, weight) on each. Then:
+
+- ``one carve``: the choice on carve 1 alone (what ``train.validation_carves: 1`` ships), and on
+  carve 2 alone (a second sample of the same rule), each scored on carve 3;
+- ``two carves``: the choice on the mean of carves 1 and 2 (``validation_carves: 2``), scored on
+  carve 3;
+- ``carve 3's own best``: the ceiling, for scale.
+
+Carve 3 takes no part in either choice, so its figure says which rule chooses better for data
+it has not seen. Protocol C's carve is temporal (each user's latest training interactions): its
+three carves hold the same rows and differ only in training seed.
+
+    python benchmarks/carve_selection.py                       # 3 protocols × 3 seeds × 2 batches
+    python benchmarks/carve_selection.py --protocols B --seeds 1 --variants b4096
+
+Each (protocol, seed, variant) is one line of benchmarks/out/carve-selection/parts.jsonl
+(reused; ``--fresh`` starts over; 2–4 minutes each on 2 cores). Writes
+benchmarks/results/carve_selection.json once every requested part exists.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ROOT / "benchmarks" / "out" / "carve-selection" / "parts.jsonl"
+RESULT = ROOT / "benchmarks" / "results" / "carve_selection.json"
+# variant → config overrides on top of configs/ml100k.yaml (as benchmarks/batch_trial.py)
+VARIANTS = {"b2048": ["train.batch_size=2048", "train.learning_rate=0.005"],
+            "b4096": ["train.batch_size=4096", "train.learning_rate=0.007"]}
+CARVES = 3
+METRIC = "recall@20"
+
+
+def run_part(spaces, protocol: str, seed: int, variant: str) -> dict:
+    import shutil
+
+    import ml100k
+    import tensorflow as tf
+
+    from tfmmrec import pipeline
+    from tfmmrec.config import load_config
+    from tfmmrec.training.validation import choose_on_carves
+
+    args = ml100k.parse_args([arg for o in VARIANTS[variant] for arg in ("--set", o)])
+    config = ml100k.protocol_config(args, protocol, ml100k.Row(ml100k.DEFAULT, "tfmmrec"), seed)
+    output = PARTS.parent / "runs" / f"{protocol}-{seed}-{variant}"
+    shutil.rmtree(output, ignore_errors=True)
+    ws = spaces.for_config(config)
+    config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
+                                     "model.fusion_selection=none"])
+    strategy = tf.distribute.get_strategy()
+    start = time.perf_counter()
+    tf.keras.utils.set_random_seed(config.train.seed)
+    monitors = [pipeline.train_validation_carve(ws, config, strategy, output, 0)]
+    epochs = max(monitors[0].epochs)
+    for k in range(1, CARVES):
+        carve = load_config(config, [f"train.output_dir={output / f'carve-{k}'}",
+                                     f"train.epochs={epochs}",
+                                     f"train.seed={config.train.seed + k}"])
+        monitors.append(pipeline.train_validation_carve(ws, carve, strategy,
+                                                        output / f"carve-{k}", k))
+    shutil.rmtree(output, ignore_errors=True)
+    held_out = monitors[-1]
+
+    def on_held_out(chosen: dict) -> dict:
+        table = held_out.scores[held_out.epochs.index(chosen["epoch"])]
+        return {"epoch": chosen["epoch"], "kind": chosen["kind"], "weight": chosen["weight"],
+                "chosen_on": chosen["metrics"][METRIC],
+                "held_out": table[chosen["kind"], chosen["weight"]][METRIC]}
+
+    return {"protocol": protocol, "seed": seed, "variant": variant, "epochs": epochs,
+            "one_carve": on_held_out(choose_on_carves(monitors[:1], METRIC)),
+            "one_carve_second": on_held_out(choose_on_carves(monitors[1:2], METRIC)),
+            "two_carves": on_held_out(choose_on_carves(monitors[:2], METRIC)),
+            "held_out_best": choose_on_carves(monitors[2:], METRIC)["metrics"][METRIC],
+            "validation_interactions": [len(m.split.test) for m in monitors],
+            "seconds": time.perf_counter() - start}
+
+
+RULES = ("one_carve", "one_carve_second", "two_carves")
+
+
+def summarise(parts: list[dict]) -> dict:
+    """Per variant and protocol: each rule's mean held-out figure, and over everything the
+    mean held-out figure of each rule and its mean regret to carve 3's own best."""
+    table: dict = {}
+    for variant in sorted({p["variant"] for p in parts}):
+        rows = [p for p in parts if p["variant"] == variant]
+        table[variant] = {
+            "by_protocol": {protocol: {rule: float(np.mean([p[rule]["held_out"] for p in rows
+                                                            if p["protocol"] == protocol]))
+                                       for rule in RULES}
+                            for protocol in sorted({p["protocol"] for p in rows})},
+            "mean_regret": {rule: float(np.mean([p["held_out_best"] - p[rule]["held_out"]
+                                                 for p in rows])) for rule in RULES},
+            "parts": len(rows)}
+    return table
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ml100k
+
+    args = ml100k.study_arguments(__doc__, list(VARIANTS), ["b4096", "b2048"], argv)
+    from tfmmrec.files import write_json
+
+    wanted = [(p, s, v) for v in args.variants for p in args.protocols for s in args.seeds]
+    chosen = ml100k.validation_parts(
+        "carve_selection.py", PARTS, wanted, run_part,
+        lambda part: f"on carve 3, one carve {part['one_carve']['held_out']:.4f} / "
+                     f"{part['one_carve_second']['held_out']:.4f}, two carves "
+                     f"{part['two_carves']['held_out']:.4f} (carve 3's best "
+                     f"{part['held_out_best']:.4f})", args.fresh)
+    if chosen is None:
+        return 2
+    table = summarise(chosen)
+    for variant, rows in table.items():
+        print(variant, "regret to carve 3's best:", ", ".join(
+            f"{rule} {value:.4f}" for rule, value in rows["mean_regret"].items()))
+    if len(chosen) == len(wanted):
+        write_json({"command": "python benchmarks/carve_selection.py" + "".join(
+                        f" --{k} {' '.join(map(str, getattr(args, k)))}"
+                        for k in ("protocols", "seeds", "variants")),
+                    "variants": {v: VARIANTS[v] for v in args.variants},
+                    "metric": METRIC, "table": table, "parts": chosen}, RESULT)
+        print(f"wrote {RESULT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
