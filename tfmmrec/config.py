@@ -530,9 +530,10 @@ class TrainConfig(ConfigSection):
     early_stopping_metric: str = "recall@20"
     early_stopping_patience: int = 3
     # Choose on the mean of this many validation carves (seeds data.seed + k, training seeds
-    # train.seed + k; a temporal carve repeats, only its training seed differs): the later
-    # carves train for as many epochs as the first ran. Steadier choices among close
-    # (epoch, CF kind, CF weight) figures; each carve costs one more early-stopping run.
+    # train.seed + k; a temporal carve, or the data's own validation rows, repeat: only the
+    # training seed differs): the later carves train for as many epochs as the first ran.
+    # Steadier choices among close (epoch, CF kind, CF weight) figures; each carve costs one
+    # more early-stopping run.
     validation_carves: int = 1
 
     def __post_init__(self) -> None:
