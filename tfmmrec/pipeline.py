@@ -474,6 +474,13 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                                      "model.fusion_selection=none"])
     metric = config.train.early_stopping_metric
     carves = config.train.validation_carves
+    if is_chief(strategy) and not any((output / "backup").glob("*")):
+        # the first carve starts over, and the later carves' epochs follow from it: a later
+        # carve left by an interrupted selection must not resume with a stale epoch count
+        import shutil
+
+        for stale in output.glob("carve-*"):
+            shutil.rmtree(stale)
     monitors = [train_validation_carve(ws, config, strategy, output, 0)]
     if not monitors[0].history:
         raise TrainingError(f"early stopping: no validation epoch ran (is {output} a finished "
@@ -499,6 +506,8 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
             **({"linear_cf_weight": chosen["weight"]} if chosen["weight"] is not None else {}),
             **auto,
             "validation_interactions": len(monitors[0].split.test),
+            **({"carve_interactions": [len(m.split.test) for m in monitors]}
+               if carves > 1 else {}),
             "curve": chosen["curve"],
             # the epochs of the curve (after a resume from a backup, the later ones only)
             "curve_epochs": chosen["epochs"],
@@ -512,7 +521,7 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
 
 
 def train_validation_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy,
-                      output: Path, carve: int):
+                           output: Path, carve: int):
     """Train ``config`` on validation carve ``carve`` (seed ``data.seed + carve``) of the
     training split with a ``ValidationMetrics`` monitor, and return the monitor."""
     from tfmmrec.evaluation.linear_cf_selection import AUTO_BLOCKS, block_width

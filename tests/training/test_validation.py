@@ -315,6 +315,10 @@ def test_carves_are_compared_on_the_epochs_they_share_and_ties_keep_the_first():
     two = Scored([2, 3], [{("ease", 0.0): 0.2, ("ease", 1.0): 0.2}] * 2)  # resumed at epoch 2
     chosen = choose_on_carves([one, two], "recall@1")
     assert chosen["epochs"] == [2, 3] and (chosen["epoch"], chosen["weight"]) == (2, 0.0)
+    nan = Scored([1, 2], [{("ease", 0.0): float("nan")}, {("ease", 0.0): 0.1}])
+    assert choose_on_carves([nan], "recall@1")["epoch"] == 2  # as the monitor: NaN never wins
+    with pytest.raises(ValueError, match="NaN"):
+        choose_on_carves([Scored([1], [{("ease", 0.0): float("nan")}])], "recall@1")
     with pytest.raises(ValueError, match="no scored epoch"):
         choose_on_carves([one, Scored([4], [{("ease", 0.0): 0.1}])], "recall@1")
 
@@ -336,9 +340,15 @@ def test_early_stopping_on_two_carves_averages_them(tiny_config, tiny_workspace,
                            "train.early_stopping_patience=1", "train.validation_carves=2",
                            "model.user_history=true", "model.linear_cf=ease",
                            "model.linear_cf_rank=8")
+    # a later carve left by an interrupted selection: the first carve starts over, so must it
+    stale = tmp_path / "run" / "early-stopping" / "carve-1" / "backup" / "stale"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("")
     result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert not stale.exists()
     chosen = json.loads((tmp_path / "run" / "run.json").read_text())["early_stopping"]
     assert chosen["carves"] == 2 and len(chosen["carve_curves"]) == 2
+    assert len(chosen["carve_interactions"]) == 2
     # the second carve trained on the first one's epochs, from its own carve of the split
     first, second = chosen["carve_curves"]
     assert len(first) == len(second) == len(chosen["curve_epochs"])

@@ -161,7 +161,7 @@ def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str) -> dict
     common = sorted(set.intersection(*(set(m.epochs) for m in monitors)))
     if not common:
         raise ValueError("the validation carves share no scored epoch")
-    best, curve, per_kind = None, [], {}
+    best, best_value, curve, per_kind = None, -np.inf, [], {}
     for epoch in common:
         tables = [m.scores[m.epochs.index(epoch)] for m in monitors]
         epoch_best = -np.inf
@@ -170,7 +170,10 @@ def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str) -> dict
             value = mean[metric]
             epoch_best = max(epoch_best, value)
             per_kind[pair[0]] = max(per_kind.get(pair[0], -np.inf), value)
-            if best is None or value > best["metrics"][metric]:
-                best = {"epoch": epoch, "kind": pair[0], "weight": pair[1], "metrics": mean}
+            if value > best_value:  # as the monitor: a NaN figure is never chosen
+                best, best_value = {"epoch": epoch, "kind": pair[0], "weight": pair[1],
+                                    "metrics": mean}, value
         curve.append(epoch_best)
+    if best is None:
+        raise ValueError(f"no validation {metric} figure to choose on (every one is NaN)")
     return {**best, "curve": curve, "epochs": common, "per_kind": per_kind}
