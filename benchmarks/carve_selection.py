@@ -11,7 +11,12 @@ carve stops on its own patience, the others train as many epochs) and scores eve
   carve 2 alone (a second sample of the same rule), each scored on carve 3;
 - ``two carves``: the choice on the mean of carves 1 and 2 (``validation_carves: 2``), scored on
   carve 3;
+- ``... smoothed``: the same carves, each epoch's figure replaced by the mean over it and its
+  neighbours (``train.early_stopping_smoothing: 1``; no extra training);
 - ``carve 3's own best``: the ceiling, for scale.
+
+Each part keeps every carve's (epoch × kind, weight) Recall@20 table, so a new rule is judged
+from the saved parts (``judge``) without training again.
 
 Carve 3 takes no part in either choice, so its figure says which rule chooses better for data
 it has not seen. Protocol C's carve is temporal (each user's latest training interactions): its
@@ -30,6 +35,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -53,8 +59,6 @@ def run_part(spaces, protocol: str, seed: int, variant: str) -> dict:
 
     from tfmmrec import pipeline
     from tfmmrec.config import load_config
-    from tfmmrec.training.validation import choose_on_carves
-
     args = ml100k.parse_args([arg for o in VARIANTS[variant] for arg in ("--set", o)])
     config = ml100k.protocol_config(args, protocol, ml100k.Row(ml100k.DEFAULT, "tfmmrec"), seed)
     output = PARTS.parent / "runs" / f"{protocol}-{seed}-{variant}"
@@ -74,24 +78,44 @@ def run_part(spaces, protocol: str, seed: int, variant: str) -> dict:
         monitors.append(pipeline.train_validation_carve(ws, carve, strategy,
                                                         output / f"carve-{k}", k))
     shutil.rmtree(output, ignore_errors=True)
-    held_out = monitors[-1]
-
-    def on_held_out(chosen: dict) -> dict:
-        table = held_out.scores[held_out.epochs.index(chosen["epoch"])]
-        return {"epoch": chosen["epoch"], "kind": chosen["kind"], "weight": chosen["weight"],
-                "chosen_on": chosen["metrics"][METRIC],
-                "held_out": table[chosen["kind"], chosen["weight"]][METRIC]}
-
+    tables = [{"epochs": list(m.epochs), "pairs": [list(pair) for pair in m.scores[0]],
+               METRIC: [[table[pair][METRIC] for pair in m.scores[0]] for table in m.scores]}
+              for m in monitors]
     return {"protocol": protocol, "seed": seed, "variant": variant, "epochs": epochs,
-            "one_carve": on_held_out(choose_on_carves(monitors[:1], METRIC)),
-            "one_carve_second": on_held_out(choose_on_carves(monitors[1:2], METRIC)),
-            "two_carves": on_held_out(choose_on_carves(monitors[:2], METRIC)),
-            "held_out_best": choose_on_carves(monitors[2:], METRIC)["metrics"][METRIC],
+            **judge(tables), "carves": tables,
             "validation_interactions": [len(m.split.test) for m in monitors],
             "seconds": time.perf_counter() - start}
 
 
-RULES = ("one_carve", "one_carve_second", "two_carves")
+def carve_scores(table: dict) -> SimpleNamespace:
+    """A saved carve table as ``choose_on_carves`` reads a monitor."""
+    pairs = [tuple(pair) for pair in table["pairs"]]
+    return SimpleNamespace(epochs=list(table["epochs"]), scores=[
+        {pair: {METRIC: float(v)} for pair, v in zip(pairs, row, strict=True)}
+        for row in table[METRIC]])
+
+
+# rule → (the carves it chooses on, train.early_stopping_smoothing); every choice is scored
+# on the last carve
+RULES = {"one_carve": ((0,), 0), "one_carve_second": ((1,), 0), "two_carves": ((0, 1), 0),
+         "one_carve_smoothed": ((0,), 1), "two_carves_smoothed": ((0, 1), 1)}
+
+
+def judge(tables: list[dict]) -> dict:
+    """Each rule's choice on its carves, with its figure on the last carve (held out from
+    every rule) and that carve's own best."""
+    from tfmmrec.training.validation import choose_on_carves
+
+    held_out = carve_scores(tables[-1])
+    judged = {}
+    for rule, (carves, smooth) in RULES.items():
+        chosen = choose_on_carves([carve_scores(tables[k]) for k in carves], METRIC, smooth)
+        table = held_out.scores[held_out.epochs.index(chosen["epoch"])]
+        judged[rule] = {"epoch": chosen["epoch"], "kind": chosen["kind"],
+                        "weight": chosen["weight"], "chosen_on": chosen["metrics"][METRIC],
+                        "held_out": table[chosen["kind"], chosen["weight"]][METRIC]}
+    judged["held_out_best"] = choose_on_carves([held_out], METRIC)["metrics"][METRIC]
+    return judged
 
 
 def summarise(parts: list[dict]) -> dict:
@@ -100,13 +124,14 @@ def summarise(parts: list[dict]) -> dict:
     table: dict = {}
     for variant in sorted({p["variant"] for p in parts}):
         rows = [p for p in parts if p["variant"] == variant]
+        rules = [rule for rule in RULES if all(rule in p for p in rows)]
         table[variant] = {
             "by_protocol": {protocol: {rule: float(np.mean([p[rule]["held_out"] for p in rows
                                                             if p["protocol"] == protocol]))
-                                       for rule in RULES}
+                                       for rule in rules}
                             for protocol in sorted({p["protocol"] for p in rows})},
             "mean_regret": {rule: float(np.mean([p["held_out_best"] - p[rule]["held_out"]
-                                                 for p in rows])) for rule in RULES},
+                                                 for p in rows])) for rule in rules},
             "parts": len(rows)}
     return table
 

@@ -535,6 +535,9 @@ class TrainConfig(ConfigSection):
     # Steadier choices among close (epoch, CF kind, CF weight) figures; each carve costs one
     # more early-stopping run.
     validation_carves: int = 1
+    # Choose on each epoch's figures averaged with those of this many epochs on each side (0:
+    # each epoch alone): one lucky epoch cannot decide alone, at no extra training.
+    early_stopping_smoothing: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
@@ -542,6 +545,8 @@ class TrainConfig(ConfigSection):
                self.early_stopping_patience, ">= 1")
         _check(self.validation_carves >= 1, "train.validation_carves", self.validation_carves,
                ">= 1")
+        _check(self.early_stopping_smoothing >= 0, "train.early_stopping_smoothing",
+               self.early_stopping_smoothing, ">= 0 (0: each epoch alone)")
         _check(bool(re.fullmatch(r"(recall|ndcg|hit_rate)@\d+",
                                  self.early_stopping_metric)),
                "train.early_stopping_metric", self.early_stopping_metric,

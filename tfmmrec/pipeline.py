@@ -467,7 +467,8 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
 
     With ``train.validation_carves`` > 1, more carves (seeds ``data.seed + k``, training seeds
     ``train.seed + k``) train for as many epochs as the first ran, and the (epoch, CF kind,
-    CF weight) is chosen on the carves' mean (``training.validation.choose_on_carves``)."""
+    CF weight) is chosen on the carves' mean (``training.validation.choose_on_carves``), with
+    ``train.early_stopping_smoothing`` epochs on each side averaged into each epoch's figure."""
     from tfmmrec.training.validation import choose_on_carves
 
     config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
@@ -490,7 +491,7 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                                      f"train.epochs={max(monitors[0].epochs)}",
                                      f"train.seed={config.train.seed + k}"])
         monitors.append(train_validation_carve(ws, carve, strategy, output / f"carve-{k}", k))
-    chosen = choose_on_carves(monitors, metric)
+    chosen = choose_on_carves(monitors, metric, config.train.early_stopping_smoothing)
     logger.info("early stopping: best epoch %d of %d (validation %s %.4f%s)", chosen["epoch"],
                 len(chosen["curve"]), metric, chosen["metrics"][metric],
                 f", mean of {carves} carves" if carves > 1 else "")

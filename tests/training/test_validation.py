@@ -323,6 +323,35 @@ def test_carves_are_compared_on_the_epochs_they_share_and_ties_keep_the_first():
         choose_on_carves([one, Scored([4], [{("ease", 0.0): 0.1}])], "recall@1")
 
 
+def test_smoothing_averages_each_epoch_with_its_neighbours():
+    """(ease, 1)'s 0.30 at epoch 2 is a lone peak: with one epoch on each side it counts
+    (0.05 + 0.30 + 0.05) / 3 = 0.133, and (ials, 2)'s rising 0.18, 0.19, 0.20 wins at epoch 3
+    with (0.19 + 0.20) / 2 = 0.195 (the window is shorter at the ends)."""
+    carve = Scored([1, 2, 3], [{("ease", 1.0): 0.05, ("ials", 2.0): 0.18},
+                               {("ease", 1.0): 0.30, ("ials", 2.0): 0.19},
+                               {("ease", 1.0): 0.05, ("ials", 2.0): 0.20}])
+    alone = choose_on_carves([carve], "recall@1")
+    assert (alone["epoch"], alone["kind"]) == (2, "ease")
+    smoothed = choose_on_carves([carve], "recall@1", smoothing=1)
+    assert (smoothed["epoch"], smoothed["kind"], smoothed["weight"]) == (3, "ials", 2.0)
+    assert smoothed["curve"] == [pytest.approx(0.185), pytest.approx(0.19),
+                                 pytest.approx(0.195)]
+    assert smoothed["per_kind"] == {"ease": pytest.approx(0.175), "ials": pytest.approx(0.195)}
+    assert smoothed["metrics"] == {"recall@1": pytest.approx(0.195),
+                                   "ndcg@1": pytest.approx(0.0975)}
+    other = Scored([1, 2, 3], [{("ease", 1.0): 0.10, ("ials", 2.0): 0.30},
+                               {("ease", 1.0): 0.10, ("ials", 2.0): 0.10},
+                               {("ease", 1.0): 0.10, ("ials", 2.0): 0.10}])
+    chosen = choose_on_carves([carve, other], "recall@1", smoothing=1)
+    # both carves, epochs 1-2: ials (0.18 + 0.19 + 0.30 + 0.10) / 4 = 0.1925
+    assert (chosen["epoch"], chosen["kind"]) == (1, "ials")
+    assert chosen["metrics"]["recall@1"] == pytest.approx(0.1925)
+    with pytest.raises(ValueError, match="smoothing"):
+        choose_on_carves([carve], "recall@1", smoothing=-1)
+    with pytest.raises(ConfigError, match=r"train\.early_stopping_smoothing"):
+        load_config(None, ["train.early_stopping_smoothing=-1"])
+
+
 def test_a_single_carve_chooses_what_its_monitor_chose():
     callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 0, [1],
                                  split_embeddings(False, True), linear_cf_rank=2,
@@ -335,9 +364,10 @@ def test_a_single_carve_chooses_what_its_monitor_chose():
     assert chosen["metrics"]["recall@1"] == callback.best
 
 
-def test_early_stopping_on_two_carves_averages_them(tiny_config, tiny_workspace, tmp_path):
+def test_early_stopping_on_two_smoothed_carves_averages_them(tiny_config, tiny_workspace, tmp_path):
     config = derive_config(tiny_config, tmp_path, "train.epochs=2", "train.early_stopping=true",
                            "train.early_stopping_patience=1", "train.validation_carves=2",
+                           "train.early_stopping_smoothing=1",
                            "model.user_history=true", "model.linear_cf=ease",
                            "model.linear_cf_rank=8")
     # a later carve left by an interrupted selection: the first carve starts over, so must it
@@ -353,7 +383,9 @@ def test_early_stopping_on_two_carves_averages_them(tiny_config, tiny_workspace,
     first, second = chosen["carve_curves"]
     assert len(first) == len(second) == len(chosen["curve_epochs"])
     position = chosen["curve_epochs"].index(chosen["best_epoch"])
-    assert chosen["best"] == pytest.approx((first[position] + second[position]) / 2)
+    window = range(max(0, position - 1), position + 2)  # smoothing 1: its neighbours too
+    figures = [curve[i] for curve in (first, second) for i in window if i < len(curve)]
+    assert chosen["best"] == pytest.approx(np.mean(figures))
     assert (tmp_path / "run" / "early-stopping" / "carve-1" / "checkpoints").is_dir()
     assert result.epochs_run == chosen["best_epoch"]
     d = tiny_workspace.config.data

@@ -141,32 +141,39 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
             self.model.set_weights(self._best_weights)
 
 
-def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str) -> dict:
+def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str,
+                     smoothing: int = 0) -> dict:
     """The (epoch, CF kind, CF weight) with the best ``metric`` averaged over several
     validation carves' monitors, on the epochs every carve scored.
 
     One carve's figures for the ~20 (kind, weight) pairs of an epoch differ by less than the
     carve's own noise, so a choice made on one carve can land on a pair that another carve (or
     the test split) ranks far lower; the mean of independent carves halves that noise's
-    variance with two. Pairs are visited as one monitor visits them (epochs ascending, kinds in
-    order, weights ascending) and only a strictly better mean replaces the choice, so one
-    carve chooses exactly what its monitor chose.
+    variance with two. ``smoothing`` > 0 also averages each epoch's figures with those of the
+    ``smoothing`` epochs on each side (fewer at the ends), so one lucky epoch cannot decide
+    alone, at no extra training. Pairs are visited as one monitor visits them (epochs
+    ascending, kinds in order, weights ascending) and only a strictly better figure replaces
+    the choice, so one carve without smoothing chooses exactly what its monitor chose.
 
-    Returns ``{"epoch", "kind", "weight", "metrics"}`` (the chosen pair's mean metrics),
-    ``"curve"`` (each common epoch's best mean figure), ``"epochs"`` and ``"per_kind"`` (each
-    kind's best mean figure).
+    Returns ``{"epoch", "kind", "weight", "metrics"}`` (the chosen pair's metrics, averaged as
+    they were chosen on), ``"curve"`` (each common epoch's best figure), ``"epochs"`` and
+    ``"per_kind"`` (each kind's best figure).
     """
     if not monitors:
         raise ValueError("choose_on_carves needs at least one monitor")
+    if smoothing < 0:
+        raise ValueError(f"smoothing must be >= 0, got {smoothing}")
     common = sorted(set.intersection(*(set(m.epochs) for m in monitors)))
     if not common:
         raise ValueError("the validation carves share no scored epoch")
+    tables = [[m.scores[m.epochs.index(epoch)] for m in monitors] for epoch in common]
     best, best_value, curve, per_kind = None, -np.inf, [], {}
-    for epoch in common:
-        tables = [m.scores[m.epochs.index(epoch)] for m in monitors]
+    for position, epoch in enumerate(common):
+        window = [t for ts in tables[max(0, position - smoothing):position + smoothing + 1]
+                  for t in ts]
         epoch_best = -np.inf
-        for pair in tables[0]:
-            mean = {key: float(np.mean([t[pair][key] for t in tables])) for key in tables[0][pair]}
+        for pair, metrics in tables[position][0].items():
+            mean = {key: float(np.mean([t[pair][key] for t in window])) for key in metrics}
             value = mean[metric]
             epoch_best = max(epoch_best, value)
             per_kind[pair[0]] = max(per_kind.get(pair[0], -np.inf), value)
