@@ -3,7 +3,7 @@ carves than on one? Judged on a third carve, never on a test split (issues 11 an
 
 For each protocol (A, B, C of ``benchmarks/ml100k.py``), seed and batch variant, trains the
 shipped config's early-stopping run on three validation carves of the protocol's training split
-(``pipeline.train_validation_carve``: seeds ``data.seed + k`` and ``train.seed + k``; the first
+(``pipeline.train_validation_carves``: seeds ``data.seed + k`` and ``train.seed + k``; the first
 carve stops on its own patience, the others train as many epochs) and scores every
 (epoch, kind, weight) on each. Then:
 
@@ -69,14 +69,8 @@ def run_part(spaces, protocol: str, seed: int, variant: str) -> dict:
     strategy = tf.distribute.get_strategy()
     start = time.perf_counter()
     tf.keras.utils.set_random_seed(config.train.seed)
-    monitors = [pipeline.train_validation_carve(ws, config, strategy, output, 0)]
+    monitors = pipeline.train_validation_carves(ws, config, strategy, output, CARVES)
     epochs = max(monitors[0].epochs)
-    for k in range(1, CARVES):
-        carve = load_config(config, [f"train.output_dir={output / f'carve-{k}'}",
-                                     f"train.epochs={epochs}",
-                                     f"train.seed={config.train.seed + k}"])
-        monitors.append(pipeline.train_validation_carve(ws, carve, strategy,
-                                                        output / f"carve-{k}", k))
     shutil.rmtree(output, ignore_errors=True)
     tables = [{"epochs": list(m.epochs), "pairs": [list(pair) for pair in m.scores[0]],
                METRIC: [[table[pair][METRIC] for pair in m.scores[0]] for table in m.scores]}

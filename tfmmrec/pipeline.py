@@ -475,22 +475,7 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                                      "model.fusion_selection=none"])
     metric = config.train.early_stopping_metric
     carves = config.train.validation_carves
-    if is_chief(strategy) and not any((output / "backup").glob("*")):
-        # the first carve starts over, and the later carves' epochs follow from it: a later
-        # carve left by an interrupted selection must not resume with a stale epoch count
-        import shutil
-
-        for stale in output.glob("carve-*"):
-            shutil.rmtree(stale)
-    monitors = [train_validation_carve(ws, config, strategy, output, 0)]
-    if not monitors[0].history:
-        raise TrainingError(f"early stopping: no validation epoch ran (is {output} a finished "
-                            "run? delete it to re-select)")
-    for k in range(1, carves):
-        carve = load_config(config, [f"train.output_dir={output / f'carve-{k}'}",
-                                     f"train.epochs={max(monitors[0].epochs)}",
-                                     f"train.seed={config.train.seed + k}"])
-        monitors.append(train_validation_carve(ws, carve, strategy, output / f"carve-{k}", k))
+    monitors = train_validation_carves(ws, config, strategy, output, carves)
     chosen = choose_on_carves(monitors, metric, config.train.early_stopping_smoothing)
     logger.info("early stopping: best epoch %d of %d (validation %s %.4f%s)", chosen["epoch"],
                 len(chosen["curve"]), metric, chosen["metrics"][metric],
@@ -521,8 +506,33 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
                if carves > 1 else {})}
 
 
-def train_validation_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy,
-                           output: Path, carve: int):
+def train_validation_carves(ws: Workspace, config: Config, strategy: tf.distribute.Strategy,
+                            output: Path, carves: int) -> list:
+    """Train ``config`` (early stopping off) on ``carves`` validation carves of the training
+    split, and return their ``ValidationMetrics`` monitors: the first in ``output`` with
+    ``train.early_stopping_patience``, carve ``k`` in ``output/carve-k`` (seeds
+    ``data.seed + k``, ``train.seed + k``) for as many epochs as the first ran."""
+    if is_chief(strategy) and not any((output / "backup").glob("*")):
+        # the first carve starts over, and the later carves' epochs follow from it: a later
+        # carve left by an interrupted selection must not resume with a stale epoch count
+        import shutil
+
+        for stale in output.glob("carve-*"):
+            shutil.rmtree(stale)
+    monitors = [_train_carve(ws, config, strategy, output, 0)]
+    if not monitors[0].history:
+        raise TrainingError(f"early stopping: no validation epoch ran (is {output} a finished "
+                            "run? delete it to re-select)")
+    for k in range(1, carves):
+        carve = load_config(config, [f"train.output_dir={output / f'carve-{k}'}",
+                                     f"train.epochs={max(monitors[0].epochs)}",
+                                     f"train.seed={config.train.seed + k}"])
+        monitors.append(_train_carve(ws, carve, strategy, output / f"carve-{k}", k))
+    return monitors
+
+
+def _train_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy,
+                 output: Path, carve: int):
     """Train ``config`` on validation carve ``carve`` (seed ``data.seed + carve``) of the
     training split with a ``ValidationMetrics`` monitor, and return the monitor."""
     from tfmmrec.evaluation.linear_cf_selection import AUTO_BLOCKS, block_width
