@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfmmrec  # Keras 2 before TensorFlow
+
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     os.chdir(REPO)  # the config's paths are relative to the repository root
-    warnings.filterwarnings("ignore")
-    import tfmmrec
 
     config = tfmmrec.load_config(str(CONFIG), ["image.enabled=false"])
     if not Path(config.data.path).is_dir() or not Path(config.text.preset).exists():

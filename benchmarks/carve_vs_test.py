@@ -15,9 +15,9 @@ Prints a table and writes ``benchmarks/results/carve_vs_test_<name>.json``.
 
 from __future__ import annotations
 
-import os
+import tfmmrec  # Keras 2 before TensorFlow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import time
@@ -42,7 +42,6 @@ def main(argv=None) -> int:
         print(f"dataset folder not found: {args.data}")
         return 2
 
-    import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
     from tfmmrec.config import DataConfig
     from tfmmrec.data.dataset import load_dataset
     from tfmmrec.data.splits import split_interactions, validation_split

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import tfmmrec
+
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 from tfmmrec import pipeline
 from tfmmrec.evaluation.crossmodal import evaluate_cross_modal
 from tfmmrec.evaluation.report import format_table, write_json

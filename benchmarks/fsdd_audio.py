@@ -36,14 +36,15 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfmmrec  # Keras 2 before TensorFlow
+
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import dataclasses
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,6 @@ def train_row(ws, config) -> tuple[dict, dict]:
 
 
 def run(args) -> dict:
-    import tfmmrec
     from tfmmrec import pipeline
     from tfmmrec.data.splits import split_interactions
     from tfmmrec.evaluation.baselines import content_profile_embeddings
@@ -257,8 +257,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (1 if args.quick else 3)
     os.chdir(REPO)
-    warnings.filterwarnings("ignore")
-    import tfmmrec
 
     config = tfmmrec.load_config(str(CONFIG))
     missing = [str(p) for p in (FSDD / "metadata.csv", Path(config.audio.handle))

@@ -22,9 +22,9 @@ lecturers held out, split seed 42 + seed) run; every rating counts as an interac
 
 from __future__ import annotations
 
-import os
+import tfmmrec  # Keras 2 before TensorFlow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import gzip
@@ -114,7 +114,6 @@ def _service_words(share: float) -> str:
 def run_part(protocol: str, seed: int) -> dict:
     import tensorflow as tf
 
-    import tfmmrec
     from tfmmrec import pipeline
 
     split_seed = 42 + seed if protocol == "B" else 42

@@ -22,9 +22,9 @@ first use).
 
 from __future__ import annotations
 
-import os
+import tfmmrec  # Keras 2 before TensorFlow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import dataclasses

@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfmmrec  # Keras 2 before TensorFlow
+
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import dataclasses
@@ -50,7 +52,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,7 +203,6 @@ def validation_parts(script: str, parts_path: Path, wanted: list[tuple], run_par
 
 
 def base_config(args, extra: list[str] = ()):
-    import tfmmrec
 
     quick = ["train.epochs=2"] if args.quick else []
     return tfmmrec.load_config(str(CONFIG), ["train.verbose=0", *quick, *args.overrides, *extra])
@@ -589,7 +589,6 @@ def speed_step(spaces: Workspaces, args) -> dict:
 
 def tutorial_child(args) -> int:
     """Child process: the tutorial loop with metrics on (as written), then off; JSON out."""
-    import tfmmrec
     from tfmmrec.data.dataset import load_dataset
     from tfmmrec.data.splits import split_interactions
     from tfmmrec.evaluation.baselines import train_tutorial_model
@@ -928,8 +927,6 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.chdir(REPO)  # configs/ml100k.yaml's paths are relative to the repository root
-    warnings.filterwarnings("ignore")
-    import tfmmrec  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
     if args._child == "tutorial":
         return tutorial_child(args)

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 import tfmmrec
+
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 from tfmmrec import pipeline
 from tfmmrec.data.splits import split_interactions
 from tfmmrec.evaluation.crossmodal import evaluate_cross_modal

@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tfmmrec  # Keras 2 before TensorFlow
+
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import json
@@ -124,7 +126,6 @@ def catalog_config(num_items: int, index: str):
 
 def step(name: str, num_items: int, index: str) -> dict:
     """One measured step, in this process (run through ``subprocess`` by ``bench_catalog``)."""
-    import tfmmrec
     from tfmmrec import pipeline
 
     config = catalog_config(num_items, index)
@@ -149,7 +150,6 @@ def step(name: str, num_items: int, index: str) -> dict:
                "embed_seconds": result.embedded_seconds}
     else:
         raise ValueError(name)
-    del tfmmrec
     return {**out, "seconds": time.perf_counter() - started, "cpu_seconds": cpu_seconds() - cpu,
             "peak_rss_gib": peak_rss_gib()}
 
@@ -311,7 +311,6 @@ def with_indices(ws, frame):
 def bench_session(seed: int = 0) -> dict:
     import dataclasses
 
-    import tfmmrec
     from tfmmrec import pipeline
     from tfmmrec.data.splits import split_interactions
 

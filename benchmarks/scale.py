@@ -65,6 +65,8 @@ import numpy as np
 
 import tfmmrec  # Keras 2 before TensorFlow
 
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "scale"
 RESULTS = ROOT / "benchmarks" / "results"

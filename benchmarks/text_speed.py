@@ -62,7 +62,9 @@ from pathlib import Path
 import numpy as np
 from traces import host_events
 
-import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+import tfmmrec  # Keras 2 before TensorFlow
+
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "text-speed"

@@ -5,7 +5,7 @@ Importing the package first selects Keras 2 (``TF_USE_LEGACY_KERAS=1``) so that 
 ``import tfmmrec`` (and ``tfmmrec --help``) stay fast.
 """
 
-from tfmmrec._env import configure_keras
+from tfmmrec._env import configure_keras, quiet_output
 
 configure_keras()
 
@@ -42,6 +42,7 @@ __all__ = [
     "TfmmrecError",
     "TrainingError",
     "load_config",
+    "quiet_output",
     *_LAZY,
 ]
 

@@ -72,7 +72,9 @@ def quiet_output(verbose: bool = False) -> None:
     effective then; the CLI imports TensorFlow lazily, after this), Python warnings (Keras
     deprecations) are ignored and the ``tensorflow``/``absl`` Python loggers show errors only.
     Variables the user already set are kept. Native libraries that log through absl without a
-    threshold (ScaNN's index builder) are handled by ``native_stderr_to``.
+    threshold (ScaNN's index builder) are handled by ``native_stderr_to``. Public as
+    ``tfmmrec.quiet_output``: scripts and notebooks call it right after ``import tfmmrec``
+    (every benchmark does).
     """
     if verbose:
         return
