@@ -104,13 +104,33 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
                                         "alignment_weight": 0.0},
             "users_mean_no_alignment_bfloat16": {"objective": "users", "fusion": "mean",
                                                  "alignment_weight": 0.0,
-                                                 "training_precision": "bfloat16"}}
+                                                 "training_precision": "bfloat16"},
+            # what the poster's 1,280-d features cost every step (its projection and feature
+            # dropout over the whole catalogue): without the dropout, and at fewer dimensions
+            # (as if the cached features were reduced, e.g. by PCA, before training)
+            "users_no_image_dropout": {"objective": "users", "feature_dropout": {}},
+            **{f"users_image_{dim}d": {"objective": "users", "image_dim": dim}
+               for dim in (128, 256)}}
+
+
+def variant_workspace(ws, config, variant: str):
+    """``ws`` with ``variant``'s config, and its stand-in image features at ``image_dim``."""
+    ws = dataclasses.replace(ws, config=variant_config(config, variant))
+    dim = VARIANTS[variant].get("image_dim")
+    if dim is None or "image" not in ws.contents:
+        return ws
+    from tfmmrec.towers.cache import ModalityContent
+
+    image = ws.contents["image"]
+    features = np.random.default_rng(0).standard_normal((len(image.mask), dim))
+    return dataclasses.replace(ws, contents={
+        **ws.contents, "image": ModalityContent(features.astype(np.float32), image.mask)})
 
 
 def variant_config(config, variant: str):
     """``config`` with ``variant``'s overrides: ``batch_size`` and ``backup_seconds`` to the
-    train section, the rest to the model section."""
-    overrides = dict(VARIANTS[variant])
+    train section, ``image_dim`` to ``variant_workspace``, the rest to the model section."""
+    overrides = {k: v for k, v in VARIANTS[variant].items() if k != "image_dim"}
     train = dataclasses.replace(config.train, **{
         key: overrides.pop(key) for key in ("batch_size", "backup_seconds") if key in overrides})
     return dataclasses.replace(config, train=train,
@@ -201,10 +221,10 @@ def run(ws, config, variant: str, epochs: int) -> dict:
 
     out = OUT / variant
     shutil.rmtree(out, ignore_errors=True)
-    config = variant_config(config, variant)
-    train = dataclasses.replace(config.train, output_dir=str(out / "run"), epochs=epochs,
+    ws = variant_workspace(ws, config, variant)
+    train = dataclasses.replace(ws.config.train, output_dir=str(out / "run"), epochs=epochs,
                                 verbose=0)
-    config = dataclasses.replace(config, train=train)
+    config = dataclasses.replace(ws.config, train=train)
     ws = dataclasses.replace(ws, config=config)
     tf.keras.utils.set_random_seed(train.seed)
     if variant == "per_element":
@@ -236,7 +256,7 @@ def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
 
     steps, functions, iterators, sizes = 16, {}, {}, {}
     for variant in variants:
-        vws = dataclasses.replace(ws, config=variant_config(config, variant))
+        vws = variant_workspace(ws, config, variant)
         sizes[variant] = vws.config.train.batch_size
         tf.keras.utils.set_random_seed(config.train.seed)
         model = build(vws, variant)
