@@ -15,6 +15,10 @@ carve stops on its own patience, the others train as many epochs) and scores eve
   neighbours (``train.early_stopping_smoothing: 1``; no extra training);
 - ``carve 3's own best``: the ceiling, for scale.
 
+Variant ``b2048_image_pca128`` trains the same with the poster features reduced to their first
+128 principal components (the speed lever measured by ``benchmarks/profile_train.py``'s
+``users_image_128d``): its rules against ``b2048``'s say what that reduction costs.
+
 Each part keeps every carve's (epoch × kind, weight) Recall@20 table, so a new rule is judged
 from the saved parts (``judge``) without training again.
 
@@ -24,6 +28,9 @@ three carves hold the same rows and differ only in training seed.
 
     python benchmarks/carve_selection.py                       # 3 protocols × 3 seeds × 2 batches
     python benchmarks/carve_selection.py --protocols B --seeds 1 --variants b4096
+    python benchmarks/carve_selection.py --variants b4096 b2048 b2048_image_pca128  # + PCA poster
+
+The results file holds the parts of the variants asked for: name every variant to keep them all.
 
 Each (protocol, seed, variant) is one line of benchmarks/out/carve-selection/parts.jsonl
 (reused; ``--fresh`` starts over; 2–4 minutes each on 2 cores). Writes
@@ -49,6 +56,12 @@ RESULT = ROOT / "benchmarks" / "results" / "carve_selection.json"
 # variant → config overrides on top of configs/ml100k.yaml (as benchmarks/batch_trial.py)
 VARIANTS = {"b2048": ["train.batch_size=2048", "train.learning_rate=0.005"],
             "b4096": ["train.batch_size=4096", "train.learning_rate=0.007"]}
+# variant → the poster features reduced to that many principal components before training
+# (fitted on every catalogue item's cached features: no interaction is read), at b2048's
+# settings: the image side is the costliest part of a step (benchmarks/profile_train.py's
+# users_image_128d), and a narrower poster feature has less room to memorise training items.
+REDUCED_IMAGE = {"b2048_image_pca128": 128}
+VARIANTS.update({variant: VARIANTS["b2048"] for variant in REDUCED_IMAGE})
 CARVES = 3
 METRIC = "recall@20"
 
@@ -66,6 +79,8 @@ def run_part(spaces, protocol: str, seed: int, variant: str) -> dict:
     output = PARTS.parent / "runs" / f"{protocol}-{seed}-{variant}"
     shutil.rmtree(output, ignore_errors=True)
     ws = spaces.for_config(config)
+    if variant in REDUCED_IMAGE:
+        ws = reduced_image(ws, REDUCED_IMAGE[variant])
     config = load_config(ws.config, [f"train.output_dir={output}", "train.early_stopping=false",
                                      "model.fusion_selection=none"])
     strategy = tf.distribute.get_strategy()
@@ -81,6 +96,23 @@ def run_part(spaces, protocol: str, seed: int, variant: str) -> dict:
             **judge(tables), "carves": tables,
             "validation_interactions": [len(m.split.test) for m in monitors],
             "seconds": time.perf_counter() - start}
+
+
+def reduced_image(ws, dim: int):
+    """``ws`` with its poster features replaced by their first ``dim`` principal components
+    (centred; items without a poster stay zero and absent)."""
+    import dataclasses
+
+    from tfmmrec.towers.cache import ModalityContent
+
+    image = ws.contents["image"]
+    values, present = np.asarray(image.values, np.float64), np.asarray(image.mask, bool)
+    mean = values[present].mean(axis=0)
+    _, _, components = np.linalg.svd(values[present] - mean, full_matrices=False)
+    reduced = ((values - mean) @ components[:dim].T).astype(np.float32)
+    reduced[~present] = 0.0
+    return dataclasses.replace(ws, contents={**ws.contents,
+                                             "image": ModalityContent(reduced, image.mask)})
 
 
 def carve_scores(table: dict) -> SimpleNamespace:
