@@ -27,11 +27,10 @@ Carve 3 takes no part in either choice, so its figure says which rule chooses be
 it has not seen. Protocol C's carve is temporal (each user's latest training interactions): its
 three carves hold the same rows and differ only in training seed.
 
-    python benchmarks/carve_selection.py                       # 3 protocols × 3 seeds × 2 batches
+    python benchmarks/carve_selection.py                   # 3 protocols × 3 seeds × every variant
     python benchmarks/carve_selection.py --protocols B --seeds 1 --variants b4096
-    python benchmarks/carve_selection.py --variants b4096 b2048 b2048_image_pca128  # + PCA poster
 
-The results file holds the parts of the variants asked for: name every variant to keep them all.
+The results file holds the parts asked for (by default every variant's, reused where saved).
 
 Each (protocol, seed, variant) is one line of benchmarks/out/carve-selection/parts.jsonl
 (reused; ``--fresh`` starts over; 2–4 minutes each on 2 cores). Writes
@@ -171,7 +170,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import ml100k
 
-    args = ml100k.study_arguments(__doc__, list(VARIANTS), ["b4096", "b2048"], argv)
+    args = ml100k.study_arguments(__doc__, list(VARIANTS), list(VARIANTS), argv)
     from tfmmrec.files import write_json
 
     wanted = [(p, s, v) for v in args.variants for p in args.protocols for s in args.seeds]
