@@ -203,7 +203,6 @@ def validation_parts(script: str, parts_path: Path, wanted: list[tuple], run_par
 
 
 def base_config(args, extra: list[str] = ()):
-
     quick = ["train.epochs=2"] if args.quick else []
     return tfmmrec.load_config(str(CONFIG), ["train.verbose=0", *quick, *args.overrides, *extra])
 

@@ -18,9 +18,9 @@ and the norms of those items' trained id-embedding rows. Prints and writes
 
 from __future__ import annotations
 
-import os
+import tfmmrec  # Keras 2 before TensorFlow
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, as `import tfmmrec` selects
+tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 
 import argparse
 import json

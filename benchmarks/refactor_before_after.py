@@ -45,8 +45,6 @@ PARTS = ("demo", "ml100k", "fsdd")
 DRIVER = """
 import runpy, sys
 import tfmmrec  # Keras 2 before TensorFlow loads
-
-tfmmrec.quiet_output()  # before TensorFlow loads: its C++ log lines and library warnings off
 import tensorflow as tf
 tf.config.experimental.enable_op_determinism()
 tf.config.threading.set_intra_op_parallelism_threads(1)
