@@ -54,16 +54,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS = ROOT / "benchmarks" / "out" / "carve-selection" / "parts.jsonl"
 RESULT = ROOT / "benchmarks" / "results" / "carve_selection.json"
 # variant → config overrides on top of configs/ml100k.yaml (as benchmarks/batch_trial.py)
-VARIANTS = {"b2048": ["train.batch_size=2048", "train.learning_rate=0.005"],
-            "b4096": ["train.batch_size=4096", "train.learning_rate=0.007"]}
+B2048 = ["train.batch_size=2048", "train.learning_rate=0.005"]
+VARIANTS = {"b2048": B2048,
+            "b4096": ["train.batch_size=4096", "train.learning_rate=0.007"],
+            "b2048_image_pca128": B2048,
+            # the 0.8 poster feature dropout was chosen for 1,280-d features
+            "b2048_image_pca128_dropout05": [*B2048, "model.feature_dropout.image=0.5"]}
 # variant → the poster features reduced to that many principal components before training
-# (fitted on every catalogue item's cached features: no interaction is read), at b2048's
-# settings: the image side is the costliest part of a step (benchmarks/profile_train.py's
-# users_image_128d), and a narrower poster feature has less room to memorise training items.
+# (fitted on every catalogue item's cached features: no interaction is read): the image side
+# is the costliest part of a step (benchmarks/profile_train.py's users_image_128d), and a
+# narrower poster feature has less room to memorise training items.
 REDUCED_IMAGE = {"b2048_image_pca128": 128, "b2048_image_pca128_dropout05": 128}
-VARIANTS.update({variant: VARIANTS["b2048"] for variant in REDUCED_IMAGE})
-# the 0.8 poster feature dropout was chosen for 1,280-d features: 128 components at 0.5
-VARIANTS["b2048_image_pca128_dropout05"] = [*VARIANTS["b2048"], "model.feature_dropout.image=0.5"]
 CARVES = 3
 METRIC = "recall@20"
 
