@@ -27,14 +27,22 @@ REPO = Path(__file__).resolve().parents[1]
 METRIC = "recall@20"
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a share strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1)")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml100k"),
                         help="dataset folder (default: ../shared/data/ml100k)")
     parser.add_argument("--name", default="ml100k", help="names the output JSON")
-    parser.add_argument("--fraction", type=float, default=0.2,
+    parser.add_argument("--fraction", type=fraction, default=0.2,
                         help="test fraction of the split (and of each carve by default)")
-    parser.add_argument("--carve-fraction", type=float, default=None,
+    parser.add_argument("--carve-fraction", type=fraction, default=None,
                         help="held-out fraction of each carve (default: --fraction); a "
                              "smaller one trains the carve on nearly as much as the final fit")
     args = parser.parse_args(argv)
@@ -59,7 +67,7 @@ def main(argv=None) -> int:
     dataset = load_dataset(DataConfig(path=args.data))
     users, num_items = dataset.user_ids, dataset.num_items
     split = split_interactions(dataset.interactions, "random", args.fraction, 42)
-    carve_fraction = args.carve_fraction or args.fraction
+    carve_fraction = args.fraction if args.carve_fraction is None else args.carve_fraction
     carve = validation_split(split, carve_fraction, 42)
     inner = validation_split(carve, carve_fraction, 42)
     kinds = {"EASE": (EASE, EASE_GRID), "iALS": (lambda **p: IALS(**p, seed=0), IALS_GRID)}
@@ -87,7 +95,7 @@ def main(argv=None) -> int:
     agree = len(set(leader.values())) == 1
     print(f"carve and test {'agree' if agree else 'DISAGREE'}: {leader}")
     command = f"python benchmarks/carve_vs_test.py --data {args.data} --name {args.name}"
-    if args.carve_fraction:
+    if args.carve_fraction is not None:
         command += f" --carve-fraction {args.carve_fraction:g}"
     out = write_json({"command": command, "metric": METRIC, "rows": rows,
                       "leader": leader, "agree": agree, "split": split.sizes(),

@@ -55,6 +55,13 @@ def test_random_split_refuses_empty_side(fraction):
         random_split(FRAME.head(10), fraction, seed=0)
 
 
+@pytest.mark.parametrize("kind", ["random", "temporal", "cold_start"])
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.2])
+def test_a_test_fraction_outside_zero_one_is_a_data_error(kind, fraction):
+    with pytest.raises(DataError, match=rf"{kind} split: test_fraction={fraction} must be in"):
+        split_interactions(FRAME, kind, fraction, seed=0)
+
+
 # --- temporal -------------------------------------------------------------------------------
 
 

@@ -55,6 +55,11 @@ class Split:
 def split_interactions(interactions: pd.DataFrame, kind: str, test_fraction: float,
                        seed: int) -> Split:
     """Dispatch to the split named by ``data.split``."""
+    if kind in ("random", "temporal", "cold_start") and not 0 < test_fraction < 1:
+        # one check for every caller: config values are validated on load, but carves and
+        # scripts pass fractions of their own, and 1.5 would otherwise slice a silent split
+        raise DataError(f"{kind} split: test_fraction={test_fraction} must be in (0, 1) "
+                        "(data.test_fraction)")
     if kind == "random":
         return random_split(interactions, test_fraction, seed)
     if kind == "temporal":
