@@ -59,7 +59,14 @@ VARIANTS = {"b2048": B2048,
             "b4096": ["train.batch_size=4096", "train.learning_rate=0.007"],
             "b2048_image_pca128": B2048,
             # the 0.8 poster feature dropout was chosen for 1,280-d features
-            "b2048_image_pca128_dropout05": [*B2048, "model.feature_dropout.image=0.5"]}
+            "b2048_image_pca128_dropout05": [*B2048, "model.feature_dropout.image=0.5"],
+            # one poster-dropout mask per step for the whole catalogue (a product over the kept
+            # fifth of the dimensions: profile_train.py's users_shared_image_dropout)
+            "b2048_shared_image_dropout": [*B2048, "model.feature_dropout_shared=true"],
+            # ... and the alignment loss on 128 items instead of 256 (a quarter of its logits)
+            "b2048_shared_image_dropout_alignment128": [*B2048,
+                                                        "model.feature_dropout_shared=true",
+                                                        "model.alignment_rows=128"]}
 # variant → the poster features reduced to that many principal components before training
 # (fitted on every catalogue item's cached features: no interaction is read): the image side
 # is the costliest part of a step (benchmarks/profile_train.py's users_image_128d), and a

@@ -110,7 +110,19 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
             # (as if the cached features were reduced, e.g. by PCA, before training)
             "users_no_image_dropout": {"objective": "users", "feature_dropout": {}},
             **{f"users_image_{dim}d": {"objective": "users", "image_dim": dim}
-               for dim in (128, 256)}}
+               for dim in (128, 256)},
+            # one poster-dropout mask per step for the whole catalogue: the product over the
+            # kept fifth of the poster's dimensions only (model.feature_dropout_shared)
+            "users_shared_image_dropout": {"objective": "users", "feature_dropout_shared": True},
+            "users_shared_image_dropout_bfloat16": {"objective": "users",
+                                                    "feature_dropout_shared": True,
+                                                    "training_precision": "bfloat16"},
+            "users_shared_image_dropout_alignment_128": {"objective": "users",
+                                                         "feature_dropout_shared": True,
+                                                         "alignment_rows": 128},
+            "users_shared_image_dropout_no_alignment": {"objective": "users",
+                                                        "feature_dropout_shared": True,
+                                                        "alignment_weight": 0.0}}
 
 
 def variant_workspace(ws, config, variant: str):

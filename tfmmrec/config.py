@@ -327,6 +327,9 @@ class ModelConfig(ConfigSection):
     # projection memorise training items; dropping most of it forces the signal that transfers
     # to unseen items (ML-100K cold start: benchmarks/ml100k.py, protocol B).
     feature_dropout: dict[str, float] = field(default_factory=dict)
+    # true: one feature-dropout mask per step, shared by every item (exactly (1 - rate) of the
+    # dimensions kept); the step's product then runs over the kept dimensions only.
+    feature_dropout_shared: bool = False
     alignment_weight: float = 0.1
     alignment_temperature: float = 0.07
     # The alignment loss costs the square of its rows: past a few hundred items it buys little

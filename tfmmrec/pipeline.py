@@ -241,7 +241,8 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
         else None,
         id_dropout=model_config.item_id_dropout,
         modality_dropout=model_config.modality_dropout, dropout=model_config.dropout,
-        feature_dropout=model_config.feature_dropout, linear_cf=cf,
+        feature_dropout=model_config.feature_dropout,
+        feature_dropout_shared=model_config.feature_dropout_shared, linear_cf=cf,
         training_precision=model_config.training_precision, name="item_tower")
     users = ws.dataset.users if model_config.user_features else None
     query_tower = QueryTower(

@@ -78,13 +78,14 @@ def test_item_tower_config_round_trip_with_every_option():
     tower = ItemTower(("text", "image"), 8, encoders={"image": encoder},
                       projection_hidden=[6], fusion="gated", num_items=NUM_ITEMS,
                       id_dropout=0.2, modality_dropout=0.1, dropout=0.1,
-                      feature_dropout={"text": 0.3})
+                      feature_dropout={"text": 0.3}, feature_dropout_shared=True)
     batch = ItemContentTable({"text": CONTENTS["text"], "image": images}, MASKS)(INDEX)
     tower(batch)
     tower.set_serving_mix([0.25, 0.75])
     tower_checks.check_config_round_trip(tower, [batch])
     clone = ItemTower.from_config(tower.get_config())
     assert clone.projections["text"].feature_dropout == 0.3
+    assert clone.feature_dropout_shared and clone.projections["text"].feature_dropout_shared
     assert clone.fusion.mode == "gated" and clone.projections["image"].hidden == (6,)
     assert clone.encoders["image"].trainable
 

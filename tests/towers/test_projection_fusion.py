@@ -197,9 +197,11 @@ def test_bfloat16_training_projection_is_close_and_inference_stays_float32():
 
 
 @pytest.mark.parametrize("hidden", [(), (6,)])
-@pytest.mark.parametrize("feature_dropout", [0.0, 0.8])
+@pytest.mark.parametrize("feature_dropout, shared", [(0.0, False), (0.8, False), (0.8, True)],
+                         ids=["no_dropout", "dropout", "shared_dropout"])
 def test_projecting_standardized_features_equals_projecting_the_features(hidden,
-                                                                         feature_dropout):
+                                                                         feature_dropout,
+                                                                         shared):
     """The full softmax's path (LayerNorm statistics computed once, scale and offset folded
     into the map when no feature dropout applies): the same outputs and the same gradients as
     ``call`` on the raw features, in inference and (masks replayed) in training."""
@@ -207,7 +209,8 @@ def test_projecting_standardized_features_equals_projecting_the_features(hidden,
 
     rng = np.random.default_rng(0)
     features = tf.constant(rng.normal(3.0, 2.0, (7, 10)), tf.float32)
-    layer = ModalityProjection(4, hidden, feature_dropout=feature_dropout)
+    layer = ModalityProjection(4, hidden, feature_dropout=feature_dropout,
+                               feature_dropout_shared=shared)
     layer(features)
     # non-trivial LayerNorm scale and offset (they start at 1 and 0)
     layer.norm.set_weights([rng.uniform(0.5, 2, 10).astype(np.float32),
@@ -219,11 +222,55 @@ def test_projecting_standardized_features_equals_projecting_the_features(hidden,
     for project in (lambda: layer(features, training=True),
                     lambda: layer.project_standardized(standardized, training=True)):
         layer.feature_drop.noise = Noise(seed=5)  # the same dropout mask for both
+        layer.kept_noise = Noise(seed=5)
         with tf.GradientTape() as tape:
             out = project()
             loss = tf.reduce_sum(out ** 2)
-        results.append((out.numpy(), tape.gradient(loss, layer.trainable_variables)))
+        results.append((out.numpy(), [tf.convert_to_tensor(g) for g in
+                                      tape.gradient(loss, layer.trainable_variables)]))
     (out_a, grads_a), (out_b, grads_b) = results
     np.testing.assert_allclose(out_b, out_a, rtol=1e-4, atol=1e-5)
     for a, b in zip(grads_a, grads_b, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("hidden", [(), (6,)])
+def test_shared_feature_dropout_is_one_mask_for_every_row(hidden):
+    """``feature_dropout_shared``: every row of a step loses the same dimensions, exactly
+    ``round((1 − rate) · F)`` are kept (scaled by ``F / kept``), and the product over the kept
+    dimensions equals the full map of the masked, scaled input; dropped dimensions get no
+    gradient; inference is unchanged."""
+    from tfmmrec.towers.noise import Noise
+
+    rng = np.random.default_rng(1)
+    features = tf.constant(rng.normal(1.0, 2.0, (9, 20)), tf.float32)
+    layer = ModalityProjection(5, hidden, feature_dropout=0.75, feature_dropout_shared=True)
+    reference = ModalityProjection(5, hidden)
+    inference = layer(features).numpy()
+    reference(features)
+    reference.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(reference(features).numpy(), inference)
+
+    layer.kept_noise = Noise(seed=3)
+    kept = layer.kept_features(20).numpy()
+    assert len(kept) == 5 and len(set(kept)) == 5 and list(kept) == sorted(kept)
+    mask = np.zeros(20, np.float32)
+    mask[kept] = 20 / 5
+    layer.kept_noise = Noise(seed=3)  # the same draw again
+    with tf.GradientTape() as tape:
+        out = layer(features, training=True)
+        loss = tf.reduce_sum(out ** 2)
+    first = layer.layers[0] if hidden else layer.out
+    kernel_grad = tf.convert_to_tensor(tape.gradient(loss, first.kernel)).numpy()
+    expected = reference.layers[0] if hidden else reference.out
+    masked = expected(reference.norm(features) * mask)
+    if hidden:
+        masked = reference.out(masked)
+    np.testing.assert_allclose(out.numpy(), masked.numpy(), rtol=1e-5, atol=1e-5)
+    dropped = np.setdiff1d(np.arange(20), kept)
+    assert np.all(kernel_grad[dropped] == 0) and np.any(kernel_grad[kept] != 0)
+    # a fresh mask each step; the config round-trips
+    assert len({tuple(layer.kept_features(20).numpy()) for _ in range(5)}) > 1
+    assert ModalityProjection.from_config(layer.get_config()).feature_dropout_shared is True
+    with pytest.raises(ValueError, match="feature dropout must be in"):
+        ModalityProjection(5, feature_dropout=1.0)

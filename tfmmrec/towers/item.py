@@ -65,6 +65,8 @@ class ItemTower(tf.keras.layers.Layer):
         (never trained, id embedding still zero) has at serving time.
       modality_dropout: rate of hiding present modalities during training.
       feature_dropout: per modality, dropout on its encoder feature (training only).
+      feature_dropout_shared: one feature-dropout mask per step for every item (a product
+        over the kept dimensions only; ``ModalityProjection``).
       training_precision: ``float32`` or ``bfloat16``: the projections' product precision in
         training steps (``towers.precision``).
       linear_cf: optional closed-form item-item part (``towers.cf.LinearCF``): its item
@@ -88,7 +90,7 @@ class ItemTower(tf.keras.layers.Layer):
                  modality_dropout: float = 0.0,
                  dropout: float = 0.0, feature_dropout: Mapping[str, float] | None = None,
                  linear_cf: LinearCF | None = None, training_precision: str = "float32",
-                 **kwargs):
+                 feature_dropout_shared: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.training_precision = check_precision(training_precision)
         self.modalities = tuple(modalities)
@@ -100,9 +102,11 @@ class ItemTower(tf.keras.layers.Layer):
         self.num_items = num_items
         self.dropout = dropout
         self.feature_dropout = feature_dropout
+        self.feature_dropout_shared = bool(feature_dropout_shared)
         self.projections = {m: ModalityProjection(dim, projection_hidden, dropout,
                                                   feature_dropout.get(m, 0.0),
                                                   training_precision=training_precision,
+                                                  feature_dropout_shared=feature_dropout_shared,
                                                   name=f"{m}_projection")
                             for m in self.modalities}
         self.fusion = MaskedFusion(fusion, name="fusion") if self.modalities else None
@@ -133,6 +137,7 @@ class ItemTower(tf.keras.layers.Layer):
                 "num_items": self.num_items, "id_dropout": self.id_dropout,
                 "modality_dropout": self.modality_dropout, "dropout": self.dropout,
                 "feature_dropout": dict(self.feature_dropout),
+                "feature_dropout_shared": self.feature_dropout_shared,
                 "training_precision": self.training_precision,
                 "linear_cf": None if self.linear_cf is None else self.linear_cf.get_config()}
 

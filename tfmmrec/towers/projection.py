@@ -59,6 +59,12 @@ class Dropout(tf.keras.layers.Dropout):
 class ModalityProjection(tf.keras.layers.Layer):
     """LayerNorm → (feature dropout) → optional hidden ReLU layers → linear map to ``dim``.
 
+    ``feature_dropout_shared``: draw one feature-dropout mask per step for every row instead of
+    one per entry: exactly ``round((1 − rate) · F)`` of the F feature dimensions are kept
+    (scaled by ``F / kept``, so the expected input is unchanged) and the first map's product
+    runs over those dimensions alone. At rate 0.8 on a 1,280-d poster feature over the whole
+    catalogue that product is a fifth of the per-entry one, with no per-entry mask to draw.
+
     ``training_precision``: ``float32`` or ``bfloat16``, the input precision of the maps'
     products in training steps (``towers.precision``; a 1,280-d poster feature over every
     candidate item is one of a full-softmax step's largest products). Inference is float32.
@@ -72,13 +78,18 @@ class ModalityProjection(tf.keras.layers.Layer):
     """
 
     def __init__(self, dim: int, hidden: tuple[int, ...] | list[int] = (), dropout: float = 0.0,
-                 feature_dropout: float = 0.0, training_precision: str = "float32", **kwargs):
+                 feature_dropout: float = 0.0, training_precision: str = "float32",
+                 feature_dropout_shared: bool = False, **kwargs):
         super().__init__(**kwargs)
+        if not 0 <= feature_dropout < 1:
+            raise ValueError(f"feature dropout must be in [0, 1), got {feature_dropout}")
         self.dim = dim
         self.training_precision = check_precision(training_precision)
         self.hidden = tuple(hidden)
         self.dropout = dropout
         self.feature_dropout = feature_dropout
+        self.feature_dropout_shared = bool(feature_dropout_shared)
+        self.kept_noise = Noise()
         self.norm = tf.keras.layers.LayerNormalization()
         self.feature_drop = Dropout(feature_dropout)
         self.layers = [tf.keras.layers.Dense(h, activation="relu") for h in self.hidden]
@@ -86,9 +97,42 @@ class ModalityProjection(tf.keras.layers.Layer):
         self.out = tf.keras.layers.Dense(dim)
 
     def call(self, features, training=False):
-        x = self.feature_drop(self.norm(tf.cast(features, tf.float32)), training=training)
         precision = self.training_precision if training is True else "float32"
-        return self._after_first(_dense(self._first, x, precision), training, precision)
+        normalised = self.norm(tf.cast(features, tf.float32))
+        if self._dropping_shared(training):
+            x = self._first_on_kept(normalised, self.kept_features(normalised.shape[-1]),
+                                    precision)
+        else:
+            x = _dense(self._first, self.feature_drop(normalised, training=training), precision)
+        return self._after_first(x, training, precision)
+
+    def _dropping_shared(self, training) -> bool:
+        return training is True and self.feature_dropout > 0 and self.feature_dropout_shared
+
+    def kept_features(self, size: int) -> tf.Tensor:
+        """The step's kept feature dimensions (``feature_dropout_shared``): a uniformly random
+        subset of ``round((1 − rate) · size)`` of ``range(size)`` (at least one), ascending."""
+        kept = max(1, round((1.0 - self.feature_dropout) * size))
+        scores = tf.random.stateless_uniform([size], self.kept_noise.seed())
+        return tf.sort(tf.math.top_k(scores, kept, sorted=False).indices)
+
+    def _first_on_kept(self, x, kept, precision, gamma=None, beta=None):
+        """The first map of ``(x ⊙ gamma + beta) ⊙ mask · F / |kept|`` (``mask``: 1 on
+        ``kept``; ``gamma``/``beta`` None: 1/0) as a product over the kept dimensions only.
+        The scale and ``gamma`` fold into the kernel's kept rows (``[|kept|, units]``, far
+        smaller than ``x``), so ``x`` itself is only gathered."""
+        first = self._first
+        if not first.built:
+            first(x[:1])  # builds the layer through Keras
+        scale = float(x.shape[-1]) / tf.cast(tf.size(kept), tf.float32)
+        kernel = tf.gather(first.kernel, kept) * scale
+        product_kernel = kernel if gamma is None else kernel * tf.gather(gamma, kept)[:, None]
+        y = matmul(tf.gather(x, kept, axis=-1), product_kernel, precision)
+        if beta is not None:
+            y += tf.linalg.matvec(kernel, tf.gather(beta, kept), transpose_a=True)
+        if first.use_bias:
+            y = tf.nn.bias_add(y, first.bias)
+        return first.activation(y)
 
     @property
     def _first(self) -> tf.keras.layers.Dense:
@@ -127,7 +171,10 @@ class ModalityProjection(tf.keras.layers.Layer):
         precision = self.training_precision if training is True else "float32"
         first = self._first
         dropping = training is True and self.feature_dropout > 0
-        if dropping:
+        if self._dropping_shared(training):
+            kept = self.kept_features(standardized.shape[-1])
+            x = self._first_on_kept(standardized, kept, precision, gamma, beta)
+        elif dropping:
             x = self.feature_drop(standardized * gamma + beta, training=training)
             x = _dense(first, x, precision)
         else:
@@ -143,7 +190,8 @@ class ModalityProjection(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "hidden": list(self.hidden),
                 "dropout": self.dropout, "feature_dropout": self.feature_dropout,
-                "training_precision": self.training_precision}
+                "training_precision": self.training_precision,
+                "feature_dropout_shared": self.feature_dropout_shared}
 
 
 def _dense(layer: tf.keras.layers.Dense, x: tf.Tensor, precision: str) -> tf.Tensor:
