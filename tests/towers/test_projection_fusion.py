@@ -274,3 +274,19 @@ def test_shared_feature_dropout_is_one_mask_for_every_row(hidden):
     assert ModalityProjection.from_config(layer.get_config()).feature_dropout_shared is True
     with pytest.raises(ValueError, match="feature dropout must be in"):
         ModalityProjection(5, feature_dropout=1.0)
+
+
+def test_unshared_projection_takes_no_extra_draw_from_the_seeded_stream():
+    """Layers seed their noise from Python's (seeded) stream in creation order: the shared
+    mask's stream exists only when used, so default runs keep every layer's masks."""
+    import random
+
+    random.seed(0)
+    ModalityProjection(4, feature_dropout=0.8)
+    after_projection = random.random()
+    random.seed(0)
+    Dropout(0.8), Dropout(0.0)  # the projection's own two dropout layers
+    assert random.random() == after_projection
+    random.seed(0)
+    ModalityProjection(4, feature_dropout=0.8, feature_dropout_shared=True)
+    assert random.random() != after_projection

@@ -89,7 +89,9 @@ class ModalityProjection(tf.keras.layers.Layer):
         self.dropout = dropout
         self.feature_dropout = feature_dropout
         self.feature_dropout_shared = bool(feature_dropout_shared)
-        self.kept_noise = Noise()
+        # only when used: each Noise() takes a draw from Python's seeded stream, so an unused
+        # one would shift every later layer's stream (and every run's masks)
+        self.kept_noise = Noise() if feature_dropout_shared and feature_dropout > 0 else None
         self.norm = tf.keras.layers.LayerNormalization()
         self.feature_drop = Dropout(feature_dropout)
         self.layers = [tf.keras.layers.Dense(h, activation="relu") for h in self.hidden]
