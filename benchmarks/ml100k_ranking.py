@@ -60,6 +60,11 @@ def with_split(ws, config):
 # identifies the film is legitimately useful: the image feature dropout that protects cold-start
 # retrieval (configs/ml100k.yaml) only blurs it here, so ranking rows train without it.
 RANKING_SETTINGS = ["train.learning_rate=0.002", "model.feature_dropout={}"]
+# A ranking head scores (user, item) interactions on the learned towers' embeddings, so models
+# with one train the per-interaction objective without the closed-form CF block
+# (configs/ml100k.yaml's model.objective: users and model.linear_cf: auto are refused with it).
+WITH_RANKING_HEAD = ["ranking.enabled=true", "model.objective=interactions",
+                     "model.linear_cf=none"]
 SEEDS = (0, 1, 2)
 
 
@@ -70,7 +75,7 @@ def section_multitask(base, ws, quick, extra):
                 ("ranking only + DCN-v2 (0:1)", (0, 1), 1), ("multitask (1:1)", (1, 1), 0),
                 ("multitask + DCN-v2 (1:1)", (1, 1), 1))
     for name, weights, cross in settings:
-        overrides = ["ranking.enabled=true", "ranking.task=regression",
+        overrides = [*WITH_RANKING_HEAD, "ranking.task=regression",
                      f"ranking.retrieval_weight={weights[0]}",
                      f"ranking.ranking_weight={weights[1]}", f"ranking.cross_layers={cross}",
                      "ranking.cross_projection_dim=32"]
@@ -94,7 +99,7 @@ def section_multitask(base, ws, quick, extra):
 
 
 def section_two_stage(base, ws, quick, extra):
-    config = configure(base, ["data.split=temporal", "ranking.enabled=true",
+    config = configure(base, ["data.split=temporal", *WITH_RANKING_HEAD,
                               "ranking.task=binary", "ranking.retrieve_candidates=100"],
                        quick, extra)
     ws = with_split(ws, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -535,3 +536,13 @@ def test_an_empty_section_means_its_defaults(tmp_path):
         load_config(None, ["train=3"])
     assert str(info.value) == ("--set train=3: invalid config value train=3: expected a section "
                                "(a mapping of fields)")
+
+
+@pytest.mark.parametrize("kind", ["ease", "ials", "auto"])
+def test_ranking_head_refuses_the_linear_cf_block(kind):
+    """The head scores the learned towers' [d] embeddings; the CF block is appended only at
+    inference, so the two together failed deep in evaluation: refused up front instead."""
+    assert load_config(None, ["ranking.enabled=true"]).model.linear_cf == "none"
+    with pytest.raises(ConfigError, match=rf"model\.linear_cf='{re.escape(kind)}'.*ranking"):
+        load_config(None, ["ranking.enabled=true", "model.user_history=true",
+                           f"model.linear_cf={kind}"])

@@ -820,6 +820,11 @@ class Config:
             _check(not self.train.tfrecords, "model.objective", self.model.objective,
                    "interactions with train.tfrecords (per-user batches are drawn from the "
                    "in-memory histories)")
+        if self.ranking.enabled:
+            _check(self.model.linear_cf == "none", "model.linear_cf", self.model.linear_cf,
+                   "none with ranking.enabled: true (the ranking head scores the learned "
+                   "towers' embeddings; the linear-CF part is appended to them at inference "
+                   "only)")
         if self.model.fusion_selection == "validation":
             _check(self.train.strategy in ("default", "mirrored", "tpu"), "train.strategy",
                    self.train.strategy, "a single-process strategy (default, mirrored, tpu) "
