@@ -119,10 +119,7 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
                                                     "training_precision": "bfloat16"},
             "users_shared_image_dropout_alignment_128": {"objective": "users",
                                                          "feature_dropout_shared": True,
-                                                         "alignment_rows": 128},
-            "users_shared_image_dropout_no_alignment": {"objective": "users",
-                                                        "feature_dropout_shared": True,
-                                                        "alignment_weight": 0.0}}
+                                                         "alignment_rows": 128}}
 
 
 def variant_workspace(ws, config, variant: str):

@@ -120,21 +120,25 @@ class ModalityProjection(tf.keras.layers.Layer):
 
     def _first_on_kept(self, x, kept, precision, gamma=None, beta=None):
         """The first map of ``(x ⊙ gamma + beta) ⊙ mask · F / |kept|`` (``mask``: 1 on
-        ``kept``; ``gamma``/``beta`` None: 1/0) as a product over the kept dimensions only.
-        The scale and ``gamma`` fold into the kernel's kept rows (``[|kept|, units]``, far
-        smaller than ``x``), so ``x`` itself is only gathered."""
+        ``kept``; ``gamma``/``beta`` None: 1/0) as a product over the kept dimensions only:
+        ``x`` is only gathered, the scale folds into the kernel's kept rows."""
         first = self._first
         if not first.built:
             first(x[:1])  # builds the layer through Keras
-        scale = float(x.shape[-1]) / tf.cast(tf.size(kept), tf.float32)
-        kernel = tf.gather(first.kernel, kept) * scale
-        product_kernel = kernel if gamma is None else kernel * tf.gather(gamma, kept)[:, None]
-        y = matmul(tf.gather(x, kept, axis=-1), product_kernel, precision)
-        if beta is not None:
-            y += tf.linalg.matvec(kernel, tf.gather(beta, kept), transpose_a=True)
+        kernel = tf.gather(first.kernel, kept) * (x.shape[-1] / kept.shape[0])
+        return self._folded_first(tf.gather(x, kept, axis=-1), kernel, precision,
+                                  None if gamma is None else tf.gather(gamma, kept),
+                                  None if beta is None else tf.gather(beta, kept))
+
+    def _folded_first(self, x, kernel, precision, gamma=None, beta=None):
+        """The first map's activation of ``(x ⊙ gamma + beta) · kernel + bias``, ``gamma``
+        folded into the kernel and ``beta`` into the shift: no elementwise pass over ``x``."""
+        first = self._first
+        y = matmul(x, kernel if gamma is None else gamma[:, None] * kernel, precision)
+        shift = None if beta is None else tf.linalg.matvec(kernel, beta, transpose_a=True)
         if first.use_bias:
-            y = tf.nn.bias_add(y, first.bias)
-        return first.activation(y)
+            shift = first.bias if shift is None else shift + first.bias
+        return first.activation(y if shift is None else y + shift)
 
     @property
     def _first(self) -> tf.keras.layers.Dense:
@@ -182,11 +186,7 @@ class ModalityProjection(tf.keras.layers.Layer):
         else:
             if not first.built:
                 first(standardized[:1])  # builds the layer through Keras
-            y = matmul(standardized, gamma[:, None] * first.kernel, precision)
-            shift = tf.linalg.matvec(first.kernel, beta, transpose_a=True)
-            if first.use_bias:
-                shift += first.bias
-            x = first.activation(y + shift)
+            x = self._folded_first(standardized, first.kernel, precision, gamma, beta)
         return self._after_first(x, training, precision)
 
     def get_config(self):
