@@ -66,7 +66,13 @@ VARIANTS = {"b2048": B2048,
             # ... and the alignment loss on 128 items instead of 256 (a quarter of its logits)
             "b2048_shared_image_dropout_alignment128": [*B2048,
                                                         "model.feature_dropout_shared=true",
-                                                        "model.alignment_rows=128"]}
+                                                        "model.alignment_rows=128"],
+            # no poster feature dropout (query-by-content: plot text -> poster retrieval on
+            # held-out items doubles without it) / a 10x alignment weight / both
+            "b2048_no_image_dropout": [*B2048, "model.feature_dropout={}"],
+            "b2048_alignment_1": [*B2048, "model.alignment_weight=1.0"],
+            "b2048_no_image_dropout_alignment_1": [*B2048, "model.feature_dropout={}",
+                                                   "model.alignment_weight=1.0"]}
 # variant → the poster features reduced to that many principal components before training
 # (fitted on every catalogue item's cached features: no interaction is read): the image side
 # is the costliest part of a step (benchmarks/profile_train.py's users_image_128d), and a

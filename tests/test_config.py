@@ -546,3 +546,28 @@ def test_ranking_head_refuses_the_linear_cf_block(kind):
     with pytest.raises(ConfigError, match=rf"model\.linear_cf='{re.escape(kind)}'.*ranking"):
         load_config(None, ["ranking.enabled=true", "model.user_history=true",
                            f"model.linear_cf={kind}"])
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    # a head's metric without that head
+    (["train.early_stopping_metric=rmse"], r"early_stopping_metric='rmse'.*ranking\.task: "
+                                           "regression"),
+    (["train.early_stopping_metric=auc", "ranking.enabled=true"],
+     r"early_stopping_metric='auc'.*ranking\.task: binary"),
+    # a ranking-only model choosing its epochs on retrieval, which it does not train
+    (["ranking.enabled=true", "ranking.retrieval_weight=0", "train.early_stopping=true"],
+     r"early_stopping_metric='recall@20'.*rmse or mae for a ranking-only model"),
+    (["ranking.enabled=true", "ranking.task=listwise", "ranking.retrieval_weight=0",
+      "train.early_stopping=true"], r"listwise task has none"),
+])
+def test_early_stopping_metric_must_match_what_the_model_trains(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, overrides)
+
+
+def test_a_ranking_head_can_stop_on_its_own_metric():
+    config = load_config(None, ["ranking.enabled=true", "ranking.retrieval_weight=0",
+                                "train.early_stopping=true", "train.early_stopping_metric=mae"])
+    assert config.train.early_stopping_metric == "mae"
+    binary = ["ranking.enabled=true", "ranking.task=binary", "train.early_stopping_metric=auc"]
+    assert load_config(None, binary).ranking.task == "binary"

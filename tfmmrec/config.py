@@ -35,6 +35,12 @@ def _check(condition: bool, name: str, value: Any, expected: str) -> None:
         raise ConfigError(f"invalid config value {name}={value!r}: expected {expected}")
 
 
+# Early-stopping metrics of a ranking head, with the ``ranking.task`` that produces them (the
+# retrieval metrics are recall@K, ndcg@K, hit_rate@K). Lower is better for rmse and mae
+# (``evaluation.rating.LOWER_IS_BETTER``).
+HEAD_METRICS = {"rmse": "regression", "mae": "regression", "auc": "binary"}
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, value, "one of " + ", ".join(choices))
 
@@ -530,6 +536,7 @@ class TrainConfig(ConfigSection):
     # stop after early_stopping_patience epochs without improvement (epochs is the cap), then
     # train on the whole training split for the best epoch count. Costs about one more run.
     early_stopping: bool = False
+    # recall@K / ndcg@K / hit_rate@K, or a ranking head's rmse / mae (smallest wins) / auc
     early_stopping_metric: str = "recall@20"
     early_stopping_patience: int = 3
     # Choose on the mean of this many validation carves (seeds data.seed + k, training seeds
@@ -551,10 +558,11 @@ class TrainConfig(ConfigSection):
                ">= 1")
         _check(self.early_stopping_smoothing >= 0, "train.early_stopping_smoothing",
                self.early_stopping_smoothing, ">= 0 (0: each epoch alone)")
-        _check(bool(re.fullmatch(r"(recall|ndcg|hit_rate)@\d+",
-                                 self.early_stopping_metric)),
+        _check(bool(re.fullmatch(r"(recall|ndcg|hit_rate)@\d+", self.early_stopping_metric))
+               or self.early_stopping_metric in HEAD_METRICS,
                "train.early_stopping_metric", self.early_stopping_metric,
-               "a ranking metric such as recall@20 or ndcg@20")
+               "a retrieval metric such as recall@20 or ndcg@20, or a ranking head's "
+               f"{', '.join(HEAD_METRICS)}")
         _check(self.batch_size >= 2, "train.batch_size", self.batch_size,
                ">= 2 (in-batch negatives need at least two examples)")
         _check(self.learning_rate > 0, "train.learning_rate", self.learning_rate, "> 0")
@@ -825,6 +833,7 @@ class Config:
                    "none with ranking.enabled: true (the ranking head scores the learned "
                    "towers' embeddings; the linear-CF part is appended to them at inference "
                    "only)")
+        self._check_early_stopping_metric()
         if self.model.fusion_selection == "validation":
             _check(self.train.strategy in ("default", "mirrored", "tpu"), "train.strategy",
                    self.train.strategy, "a single-process strategy (default, mirrored, tpu) "
@@ -838,6 +847,24 @@ class Config:
             validate = getattr(tower, "validate_in", None)
             if validate is not None:
                 validate(self)
+
+    def _check_early_stopping_metric(self) -> None:
+        """A ranking head's metric needs that head; a ranking-only model needs one (its
+        retrieval towers train only through the head, so a retrieval metric would choose its
+        epochs on what it does not learn)."""
+        metric, ranking = self.train.early_stopping_metric, self.ranking
+        if metric in HEAD_METRICS:
+            task = HEAD_METRICS[metric]
+            _check(ranking.enabled and ranking.task == task and ranking.ranking_weight > 0,
+                   "train.early_stopping_metric", metric,
+                   f"a retrieval metric (recall@K, ndcg@K) unless ranking.enabled: true with "
+                   f"ranking.task: {task} and ranking.ranking_weight > 0")
+        elif self.train.early_stopping and ranking.enabled and ranking.retrieval_weight == 0:
+            heads = [m for m, task in HEAD_METRICS.items() if task == ranking.task]
+            _check(False, "train.early_stopping_metric", metric,
+                   f"{' or '.join(heads)} for a ranking-only model (ranking.retrieval_weight: 0)"
+                   if heads else "a ranking head's metric, which the listwise task has none "
+                   "of: set train.early_stopping: false and choose train.epochs")
 
     def __setattr__(self, name: str, value: Any) -> None:
         # ``config.image = ImageTowerConfig(...)`` replaces the section in ``towers`` (what

@@ -20,6 +20,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.config import (
+    HEAD_METRICS,
     Config,
     check_same_model,
     content_sections,
@@ -546,7 +547,8 @@ def _train_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy
                 "on %d", f" (carve {carve + 1})" if carve else "", len(validation.train),
                 len(ws.split.train), len(validation.test))
     metric = config.train.early_stopping_metric
-    ks = sorted({*config.eval.ks, int(metric.split("@")[1])})
+    at = metric.partition("@")[2]  # a ranking head's metric (rmse…) has no cut-off
+    ks = sorted({*config.eval.ks, *([int(at)] if at else [])})
     cf_rank, kinds, auto = 0, None, False
     if config.model.linear_cf != "none":  # its weight is chosen here too (1 while validating)
         auto = config.model.linear_cf == "auto"  # the towers train with the first candidate
@@ -573,10 +575,17 @@ def _train_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy
         # as if never built: the towers then start as a run of the first kind alone would, so
         # each kind's figure is what that kind's own run scores on this carve
         tf.keras.utils.set_random_seed(config.train.seed)
+    head_metrics = None
+    if metric in HEAD_METRICS:  # the ranking head's own figures on the validation carve
+        from tfmmrec.evaluation.ranking import evaluate_ranking_head
+
+        def head_metrics(model):
+            return evaluate_ranking_head(model, inner)
+
     monitor = ValidationMetrics(
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience if not carve else 0, ks, embed,
-        linear_cf_rank=cf_rank, linear_cf_kinds=kinds)
+        linear_cf_rank=cf_rank, linear_cf_kinds=kinds, head_metrics=head_metrics)
     dataset, num_examples = training_dataset(inner)
     fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy, [monitor])
     return monitor

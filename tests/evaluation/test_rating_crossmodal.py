@@ -55,13 +55,43 @@ def test_cross_modal_evaluation_of_a_trained_model(tiny_trained):
     """Every ordered modality pair is scored, each item having both modalities is a query,
     and the numbers are the ranks of the items' own single-modality embeddings."""
     from tfmmrec.evaluation.crossmodal import evaluate_cross_modal
-    from tfmmrec.evaluation.embeddings import single_modality_embeddings
+    from tfmmrec.evaluation.embeddings import embed_items, single_modality_embeddings
 
     model, ws = tiny_trained.model, tiny_trained.workspace
     results = evaluate_cross_modal(model, ws)
-    assert set(results) == {f"{a}→{b}" for a in ws.modalities for b in ws.modalities if a != b}
+    assert set(results) == {f"{a}→{b}" for a in ws.modalities
+                            for b in (*ws.modalities, "fused") if a != b}
     singles = single_modality_embeddings(model, ws.dataset.num_items, batch_size=7)
     text, image = ws.contents["text"].mask, ws.contents["image"].mask
     ranks = cross_modal_ranks(singles["text"], singles["image"], text, image)
     assert results["text→image"] == cross_modal_metrics(ranks, (1, 5, 10))
     assert results["text→image"]["num_queries"] == int((text & image).sum())
+    # an item's text alone against every item's served embedding: the query_text path
+    served = embed_items(model, ws.dataset.num_items)[:, :singles["text"].shape[1]]
+    ranks = cross_modal_ranks(singles["text"], served, text, np.ones(len(text), bool))
+    assert results["text→fused"] == cross_modal_metrics(ranks, (1, 5, 10))
+    assert results["text→fused"]["num_queries"] == int(text.sum())
+
+
+def test_a_query_string_embeds_as_its_item_text_does(tiny_trained):
+    """An item's own catalogue text sent as a query (raw string → encoder → text alone) lands
+    where the item's cached text features do: the query path is the catalogue's path."""
+    from tfmmrec.evaluation.crossmodal import embed_queries
+    from tfmmrec.evaluation.embeddings import single_modality_embeddings
+
+    model, ws = tiny_trained.model, tiny_trained.workspace
+    texts = list(ws.dataset.catalog.values("text"))[:9]
+    queries = embed_queries(model, ws, "text", texts, batch_size=4)
+    singles = single_modality_embeddings(model, ws.dataset.num_items)["text"][:9]
+    assert queries.shape == singles.shape
+    np.testing.assert_allclose(queries, singles, atol=1e-5)
+
+
+def test_precision_at_k_counts_relevant_items_in_each_top_k():
+    from tfmmrec.evaluation.crossmodal import precision_at_k
+
+    items = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8]])
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]])  # tops: items 0, 1 / items 2, 3
+    relevant = np.array([[True, False, False, True], [False, False, True, True]])
+    np.testing.assert_allclose(precision_at_k(queries, items, relevant, 2), [0.5, 1.0])
+    np.testing.assert_allclose(precision_at_k(queries, items, relevant, 1), [1.0, 1.0])

@@ -3,7 +3,9 @@ switch tasks off, DCN-v2 cross layers are used, and the listwise loss matches it
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +48,20 @@ def test_each_ranking_task_trains_and_evaluates(workspace, task):
     assert all(np.isfinite(losses)) and min(losses[1:]) < losses[0]
     metrics = evaluate_ranking_head(result.model, ws)
     assert metrics == pytest.approx(independent_metrics(result.model, ws, task), rel=1e-4)
+
+
+def test_a_ranking_only_model_stops_on_its_validation_rmse(workspace):
+    """Early stopping scores the head's RMSE on the validation carve each epoch and keeps the
+    epoch with the smallest (a ranking-only model's retrieval metrics say nothing of it)."""
+    _, ws = _train(workspace, ["ranking.retrieval_weight=0", "train.early_stopping=true",
+                                    "train.early_stopping_metric=rmse",
+                                    "train.early_stopping_patience=1"], epochs=3)
+    run = json.loads((Path(ws.config.train.output_dir) / "run.json").read_text())
+    chosen = run["early_stopping"]
+    assert chosen["metric"] == "rmse" and 1 <= chosen["best_epoch"] <= len(chosen["curve"])
+    assert chosen["best"] == min(chosen["curve"])  # the smallest, not the largest
+    assert {"rmse", "mae", "recall@20"} <= set(chosen["best_metrics"])
+    assert np.isfinite(chosen["best"])
 
 
 def independent_metrics(model, ws, task) -> dict[str, float]:

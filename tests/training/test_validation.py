@@ -285,6 +285,20 @@ def test_a_resumed_monitor_numbers_its_epochs_from_the_backup():
 
 
 
+def test_a_lower_is_better_head_metric_chooses_the_smallest_figure():
+    """A ranking head's RMSE 1.0, 0.8, 0.9, 0.95 with patience 2: epoch 2 is best, and two
+    epochs without a smaller figure stop training after epoch 4."""
+    rmse = iter([1.0, 0.8, 0.9, 0.95])
+    callback = ValidationMetrics(SPLIT, USERS, 3, "rmse", 2, [1], scripted([1, 1, 1, 1]),
+                                 restore_best=True, head_metrics=lambda model: {
+                                     "rmse": next(rmse), "mae": 0.5})
+    model = run(callback, 5)
+    assert (callback.best_epoch, callback.best) == (2, 0.8)
+    assert [h["rmse"] for h in callback.history] == [1.0, 0.8, 0.9, 0.95]
+    assert all(h["recall@1"] == 1.0 and h["mae"] == 0.5 for h in callback.history)
+    assert float(model.w.numpy()) == 2.0  # the smallest RMSE's weights restored
+
+
 class Scored:
     """A monitor's record of (kind, weight) figures per epoch, as ``choose_on_carves`` reads it."""
 
@@ -321,6 +335,26 @@ def test_carves_are_compared_on_the_epochs_they_share_and_ties_keep_the_first():
         choose_on_carves([Scored([1], [{("ease", 0.0): float("nan")}])], "recall@1")
     with pytest.raises(ValueError, match="no scored epoch"):
         choose_on_carves([one, Scored([4], [{("ease", 0.0): 0.1}])], "recall@1")
+
+
+def test_carves_choose_the_smallest_mean_of_a_lower_is_better_metric():
+    """RMSE per carve: (ease, 1) at epoch 2 has the smallest mean, (0.90 + 0.92) / 2 = 0.91;
+    the curve and per-kind figures stay RMSE (each epoch's smallest)."""
+    def rmse(epochs, tables):
+        carve = Scored(epochs, tables)
+        carve.scores = [{pair: {"rmse": value} for pair, value in table.items()}
+                        for table in tables]
+        return carve
+
+    one = rmse([1, 2], [{("ease", 1.0): 0.95, ("ease", 2.0): 0.93},
+                        {("ease", 1.0): 0.90, ("ease", 2.0): 0.99}])
+    two = rmse([1, 2], [{("ease", 1.0): 0.97, ("ease", 2.0): 0.94},
+                        {("ease", 1.0): 0.92, ("ease", 2.0): 0.98}])
+    chosen = choose_on_carves([one, two], "rmse")
+    assert (chosen["epoch"], chosen["weight"]) == (2, 1.0)
+    assert chosen["metrics"] == {"rmse": pytest.approx(0.91)}
+    assert chosen["curve"] == [pytest.approx(0.935), pytest.approx(0.91)]
+    assert chosen["per_kind"] == {"ease": pytest.approx(0.91)}
 
 
 def test_smoothing_averages_each_epoch_with_its_neighbours():

@@ -3,6 +3,11 @@
 For a pair (source, target) of modalities, every item that has both is a query: its source
 embedding ranks the target embeddings of all items that have the target modality, and the item
 itself is the one right answer. Reported as Recall@K and the median rank (1 = best).
+
+The target ``fused`` is the served index: each item's content in one modality alone, embedded
+as ``query_text``/``query_image``/``query_audio`` embed a request, ranks every item's served
+embedding (warm items with their id embedding, the linear-CF columns left out as a content
+query's zeros leave them out): does an item's own plot (poster, clip) find it?
 """
 
 from __future__ import annotations
@@ -43,16 +48,38 @@ def cross_modal_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> di
 
 
 def evaluate_cross_modal(model, ws, ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
-    """Cross-modal Recall@K and median rank for every modality pair of a trained model.
+    """Cross-modal Recall@K and median rank for every modality pair of a trained model, and
+    from every modality to the served index (``"text→fused"``…).
 
     On a cold-start split only the held-out items are used (unseen by training, so this measures
     generalisation); otherwise the whole catalogue (in-sample).
     """
-    from tfmmrec.evaluation.embeddings import single_modality_embeddings
+    from tfmmrec.evaluation.embeddings import embed_items, single_modality_embeddings
 
-    embeddings = single_modality_embeddings(model, ws.dataset.num_items)
+    num_items = ws.dataset.num_items
+    embeddings = single_modality_embeddings(model, num_items)
+    if not embeddings:  # an id-only model: no content to query with
+        return {}
     present = {m: ws.contents[m].mask for m in embeddings}
-    return pair_metrics(embeddings, present, ks, items=ws.split.test_items)
+    dim = next(iter(embeddings.values())).shape[1]
+    served = embed_items(model, num_items)[:, :dim]
+    return {**pair_metrics(embeddings, present, ks, items=ws.split.test_items),
+            **index_metrics(embeddings, present, served, ks, items=ws.split.test_items)}
+
+
+def index_metrics(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
+                  served: np.ndarray, ks: Sequence[int] = (1, 5, 10),
+                  items: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Each modality → every item's ``served`` embedding, keyed like ``"text→fused"``: items
+    with the modality are the queries, every item (of ``items``) a candidate."""
+    if items is not None:
+        embeddings = {m: e[items] for m, e in embeddings.items()}
+        present = {m: p[items] for m, p in present.items()}
+        served = served[items]
+    everyone = np.ones(len(served), bool)
+    return {f"{m}→fused": cross_modal_metrics(
+        cross_modal_ranks(embeddings[m], served, present[m].astype(bool), everyone), ks)
+        for m in embeddings}
 
 
 def pair_metrics(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
@@ -72,3 +99,30 @@ def pair_metrics(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.
                                   present[target])
         results[f"{source}→{target}"] = cross_modal_metrics(ranks, ks)
     return results
+
+
+def embed_queries(model, ws, modality: str, contents, batch_size: int = 64) -> np.ndarray:
+    """Request contents (strings for text) → ``[Q, d]`` embeddings as ``query_<modality>``
+    embeds them: the workspace's (frozen) encoder, then the tower's embedding of that modality
+    alone (``ItemTower.embed_single``; the linear-CF columns, zeros in a content query, left
+    out)."""
+    import tensorflow as tf
+
+    tower, encoder = model.item_tower, ws.encoders[modality]
+    contents = list(contents)
+    parts = []
+    for start in range(0, len(contents), batch_size):
+        batch = tf.constant(contents[start:start + batch_size])
+        features = batch if modality in tower.encoders else encoder(batch, training=False)
+        parts.append(tower.embed_single(modality, features).numpy())
+    dim = tower.projections[modality].dim
+    return np.concatenate(parts)[:, :dim]
+
+
+def precision_at_k(queries: np.ndarray, items: np.ndarray, relevant: np.ndarray,
+                   k: int) -> np.ndarray:
+    """Each query's share of relevant items among its top ``k`` by dot product (``relevant``:
+    ``[Q, N]`` booleans)."""
+    scores = queries @ items.T
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(relevant, top, axis=1).mean(axis=1)

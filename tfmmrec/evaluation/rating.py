@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+# Metrics where a smaller figure is better (every other one: larger is better).
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss"})
+
+
+def orientation(metric: str) -> float:
+    """+1 if a larger ``metric`` is better, −1 if a smaller one is: ``orientation · value`` is
+    then maximised whatever the metric (a NaN figure still never wins a comparison)."""
+    return -1.0 if metric in LOWER_IS_BETTER else 1.0
+
 
 def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(predictions) - np.asarray(targets)) ** 2)))

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec.data.splits import Split
+from tfmmrec.evaluation.rating import orientation
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,14 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         items are excluded from the rankings, as at test time).
       user_ids: the query tower's vocabulary, in order.
       num_items: catalogue size.
-      metric: the key (e.g. ``recall@20``) that decides the best epoch.
+      metric: the key (e.g. ``recall@20``, or a ranking head's ``rmse``: lower is better,
+        ``evaluation.rating.LOWER_IS_BETTER``) that decides the best epoch.
       patience: stop after this many epochs without improvement (0: never stop early).
       ks: cut-offs computed (must produce ``metric``).
       embed: ``model → (user embeddings [U, d], item embeddings [N, d])``.
+      head_metrics: ``model → {name: value}``, the ranking head's metrics on the validation
+        split (``evaluation.ranking.evaluate_ranking_head``), computed once per epoch and
+        reported beside the retrieval metrics (None: none).
       linear_cf_rank: with a closed-form CF part (``towers.cf``, its weight 1 while
         validating), the last ``linear_cf_rank`` columns of the user embeddings are that part:
         every epoch is scored at each of ``linear_cf_weights`` and keeps its best.
@@ -59,18 +64,22 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
                  restore_best: bool = False, linear_cf_rank: int = 0,
                  linear_cf_weights: Sequence[float] = LINEAR_CF_WEIGHTS,
                  linear_cf_kinds: Mapping[str, tuple[np.ndarray, np.ndarray] | None]
-                 | None = None):
+                 | None = None,
+                 head_metrics: Callable[[tf.keras.Model], Mapping[str, float]] | None = None):
         super().__init__()
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
         self.split, self.user_ids, self.num_items = split, user_ids, num_items
         self.metric, self.patience, self.ks = metric, patience, tuple(ks)
         self.embed, self.restore_best = embed, restore_best
+        self.head_metrics = head_metrics
+        self.sign = orientation(metric)
+        self.worst = -self.sign * np.inf  # what any figure improves on
         self.history: list[dict[str, float]] = []
         # the 1-based epoch of each history entry: a run resumed from a backup starts later
         self.epochs: list[int] = []
         self.scores: list[dict[tuple[str | None, float | None], dict[str, float]]] = []
-        self.best = -np.inf
+        self.best = self.worst
         self.best_epoch = 0
         self.linear_cf_rank = linear_cf_rank
         self.linear_cf_weights = tuple(linear_cf_weights) if linear_cf_rank else (None,)
@@ -85,18 +94,22 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         from tfmmrec.evaluation.protocol import evaluate_embeddings
 
         embedded = self.embed(self.model)
+        head = dict(self.head_metrics(self.model)) if self.head_metrics is not None else {}
         kind, weight, metrics, per_kind, table = None, None, None, {}, {}
         for name, columns in self.linear_cf_kinds.items():
             users, items = self._with_columns(embedded, columns)
+            per_kind[name] = self.worst
             for candidate in self.linear_cf_weights:
-                scored = evaluate_embeddings(self._weighted(users, candidate), items,
-                                             self.split, self.user_ids, self.ks)
+                scored = {**evaluate_embeddings(self._weighted(users, candidate), items,
+                                                self.split, self.user_ids, self.ks), **head}
                 if self.metric not in scored:
                     raise ValueError(f"validation metric {self.metric!r} is not computed "
                                      f"(available: {', '.join(sorted(scored))})")
                 table[name, candidate] = {k: float(v) for k, v in scored.items()}
-                per_kind[name] = max(per_kind.get(name, -np.inf), float(scored[self.metric]))
-                if metrics is None or scored[self.metric] > metrics[self.metric]:
+                value = float(scored[self.metric])
+                if self._improves(value, per_kind[name]):
+                    per_kind[name] = value
+                if metrics is None or self._improves(value, metrics[self.metric]):
                     kind, weight, metrics = name, candidate, scored
         entry = {k: float(v) for k, v in metrics.items()}
         if weight is not None:
@@ -111,13 +124,17 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
         if logs is not None:
             logs[f"val_{self.metric}"] = value
-        if value > self.best:
+        if self._improves(value, self.best):
             self.best, self.best_epoch = value, epoch + 1
             self.best_linear_cf_weight, self.best_linear_cf_kind = weight, kind
             if self.restore_best:
                 self._best_weights = self.model.get_weights()
         elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
             self.model.stop_training = True
+
+    def _improves(self, value: float, than: float) -> bool:
+        """``value`` is better than ``than`` in the metric's direction (a NaN never is)."""
+        return bool(self.sign * value > self.sign * than)
 
     def _with_columns(self, embedded: tuple[np.ndarray, np.ndarray],
                       columns: tuple[np.ndarray, np.ndarray] | None
@@ -143,8 +160,9 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
 
 def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str,
                      smoothing: int = 0) -> dict:
-    """The (epoch, CF kind, CF weight) with the best ``metric`` averaged over several
-    validation carves' monitors, on the epochs every carve scored.
+    """The (epoch, CF kind, CF weight) with the best ``metric`` (the smallest for
+    ``evaluation.rating.LOWER_IS_BETTER``) averaged over several validation carves' monitors,
+    on the epochs every carve scored.
 
     One carve's figures for the ~20 (kind, weight) pairs of an epoch differ by less than the
     carve's own noise, so a choice made on one carve can land on a pair that another carve (or
@@ -167,20 +185,22 @@ def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str,
     if not common:
         raise ValueError("the validation carves share no scored epoch")
     tables = [[m.scores[m.epochs.index(epoch)] for m in monitors] for epoch in common]
+    sign = orientation(metric)  # compared as sign · figure: larger is better
     best, best_value, curve, per_kind = None, -np.inf, [], {}
     for position, epoch in enumerate(common):
         window = [t for ts in tables[max(0, position - smoothing):position + smoothing + 1]
                   for t in ts]
-        epoch_best = -np.inf
+        epoch_best = -np.inf  # sign · figure, as best_value
         for pair, metrics in tables[position][0].items():
             mean = {key: float(np.mean([t[pair][key] for t in window])) for key in metrics}
-            value = mean[metric]
+            value = sign * mean[metric]
             epoch_best = max(epoch_best, value)
             per_kind[pair[0]] = max(per_kind.get(pair[0], -np.inf), value)
             if value > best_value:  # as the monitor: a NaN figure is never chosen
                 best, best_value = {"epoch": epoch, "kind": pair[0], "weight": pair[1],
                                     "metrics": mean}, value
-        curve.append(epoch_best)
+        curve.append(sign * epoch_best)
     if best is None:
         raise ValueError(f"no validation {metric} figure to choose on (every one is NaN)")
-    return {**best, "curve": curve, "epochs": common, "per_kind": per_kind}
+    return {**best, "curve": curve, "epochs": common,
+            "per_kind": {kind: sign * value for kind, value in per_kind.items()}}
