@@ -54,8 +54,8 @@ def test_a_ranking_only_model_stops_on_its_validation_rmse(workspace):
     """Early stopping scores the head's RMSE on the validation carve each epoch and keeps the
     epoch with the smallest (a ranking-only model's retrieval metrics say nothing of it)."""
     _, ws = _train(workspace, ["ranking.retrieval_weight=0", "train.early_stopping=true",
-                                    "train.early_stopping_metric=rmse",
-                                    "train.early_stopping_patience=1"], epochs=3)
+                               "train.early_stopping_metric=rmse",
+                               "train.early_stopping_patience=1"], epochs=3)
     run = json.loads((Path(ws.config.train.output_dir) / "run.json").read_text())
     chosen = run["early_stopping"]
     assert chosen["metric"] == "rmse" and 1 <= chosen["best_epoch"] <= len(chosen["curve"])
