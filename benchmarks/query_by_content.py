@@ -2,6 +2,8 @@
 
     python benchmarks/query_by_content.py                      # ~15 min on 2 cores
     python benchmarks/query_by_content.py --weights 0.1 1.0 --seeds 0
+    python benchmarks/query_by_content.py --weights 1.0 --set model.feature_dropout={} \
+        --output query_by_content_no_image_dropout
 
 The ML-100K model (configs/ml100k.yaml, its random split, early stopping as shipped) is
 trained at each alignment weight (``model.alignment_weight``) and seed, and asked what
@@ -30,8 +32,9 @@ mean of title and plot-sentence Recall@10 (seed mean), and the **test** half rep
 genre prompts are not used to choose. Recommendation quality at each weight is judged
 separately, on validation carves (``benchmarks/carve_selection.py``).
 
-Writes benchmarks/results/query_by_content.json and .png. Needs ../shared (MiniLM weights,
-ML-100K with its items.csv); without it, prints why and exits with status 2.
+Writes benchmarks/results/query_by_content.json and .png (``--output NAME``: NAME.json).
+Needs ../shared (MiniLM weights, ML-100K with its items.csv); without it, prints why and exits
+with status 2.
 """
 
 from __future__ import annotations
@@ -116,9 +119,10 @@ def selection_figure(row: dict) -> float:
                           for name in ("title", "plot sentence")]))
 
 
-def run_model(weight: float, seed: int, ws, query_sets: dict, halves: dict) -> dict:
+def run_model(weight: float, seed: int, ws, query_sets: dict, halves: dict,
+              overrides: list[str] = ()) -> dict:
     config = tfmmrec.load_config(CONFIG, [f"train.output_dir={WORK}/run", "train.verbose=0",
-                                          f"model.alignment_weight={weight}",
+                                          *overrides, f"model.alignment_weight={weight}",
                                           f"train.seed={seed}"])
     shutil.rmtree(config.train.output_dir, ignore_errors=True)
     model = pipeline.train(config, workspace=ws.with_config(config), progress=False).model
@@ -197,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 1.0, 3.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config overrides for every trained model (e.g. "
+                             "model.feature_dropout={})")
+    parser.add_argument("--output", default="query_by_content",
+                        help="results file name in benchmarks/results (without .json/.png)")
     parser.add_argument("--stages", action="store_true",
                         help="where a title query loses its film (one model)")
     argv = sys.argv[1:] if argv is None else argv
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     for weight in args.weights:
         rows = []
         for seed in args.seeds:
-            rows.append(run_model(weight, seed, ws, query_sets, halves))
+            rows.append(run_model(weight, seed, ws, query_sets, halves, args.overrides))
             print(f"alignment {weight:g}, seed {seed}: validation R@10 "
                   f"{selection_figure(rows[-1]):.3f}", flush=True)
         name = f"alignment {weight:g}"
@@ -248,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json({"command": "python benchmarks/query_by_content.py"
                            + "".join(f" {a}" for a in argv),
                 "seconds": seconds, "weights": args.weights, "seeds": args.seeds,
+                "overrides": args.overrides,
                 "chosen_on_validation": chosen, "summary": summary, "per_seed": per_seed},
-               RESULTS / "query_by_content.json")
-    plot(summary, RESULTS / "query_by_content.png")
-    print(f"wrote {RESULTS}/query_by_content.json and .png ({seconds / 60:.1f} min)")
+               RESULTS / f"{args.output}.json")
+    plot(summary, RESULTS / f"{args.output}.png")
+    print(f"wrote {RESULTS}/{args.output}.json and .png ({seconds / 60:.1f} min)")
     return 0
 
 
