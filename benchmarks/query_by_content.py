@@ -119,13 +119,18 @@ def selection_figure(row: dict) -> float:
                           for name in ("title", "plot sentence")]))
 
 
+def train_model(ws, overrides: list[str]):
+    """The ML-100K model trained afresh with ``overrides`` on top of the shipped config."""
+    config = tfmmrec.load_config(CONFIG, [f"train.output_dir={WORK}/run", "train.verbose=0",
+                                          *overrides])
+    shutil.rmtree(config.train.output_dir, ignore_errors=True)
+    return pipeline.train(config, workspace=ws.with_config(config), progress=False).model
+
+
 def run_model(weight: float, seed: int, ws, query_sets: dict, halves: dict,
               overrides: list[str] = ()) -> dict:
-    config = tfmmrec.load_config(CONFIG, [f"train.output_dir={WORK}/run", "train.verbose=0",
-                                          *overrides, f"model.alignment_weight={weight}",
-                                          f"train.seed={seed}"])
-    shutil.rmtree(config.train.output_dir, ignore_errors=True)
-    model = pipeline.train(config, workspace=ws.with_config(config), progress=False).model
+    model = train_model(ws, [*overrides, f"model.alignment_weight={weight}",
+                             f"train.seed={seed}"])
     dim = model.item_tower.projections["text"].dim
     served = embed_items(model, ws.dataset.num_items)[:, :dim]
     return score(query_sets, lambda s: embed_queries(model, ws, "text", s), served, halves)
@@ -173,10 +178,7 @@ def stages(ws, query_sets: dict, weight: float) -> dict:
     """Title → film at each step of the query path, for one model (every film a query)."""
     import tensorflow as tf
 
-    config = tfmmrec.load_config(CONFIG, [f"train.output_dir={WORK}/run", "train.verbose=0",
-                                          f"model.alignment_weight={weight}"])
-    shutil.rmtree(config.train.output_dir, ignore_errors=True)
-    model = pipeline.train(config, workspace=ws.with_config(config), progress=False).model
+    model = train_model(ws, [f"model.alignment_weight={weight}"])
     tower = model.item_tower
     titles = tf.constant(encode(ws, query_sets["titles"]))
     texts = tf.constant(ws.contents["text"].values)

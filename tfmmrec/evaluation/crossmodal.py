@@ -73,8 +73,7 @@ def index_metrics(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np
     """Each modality → every item's ``served`` embedding, keyed like ``"text→fused"``: items
     with the modality are the queries, every item (of ``items``) a candidate."""
     if items is not None:
-        embeddings = {m: e[items] for m, e in embeddings.items()}
-        present = {m: p[items] for m, p in present.items()}
+        embeddings, present = _restrict(embeddings, present, items)
         served = served[items]
     everyone = np.ones(len(served), bool)
     return {f"{m}→fused": cross_modal_metrics(
@@ -91,14 +90,20 @@ def pair_metrics(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.
     training batch, and so no alignment loss, ever saw).
     """
     if items is not None:
-        embeddings = {m: e[items] for m, e in embeddings.items()}
-        present = {m: p[items] for m, p in present.items()}
+        embeddings, present = _restrict(embeddings, present, items)
     results = {}
     for source, target in itertools.permutations(embeddings, 2):
         ranks = cross_modal_ranks(embeddings[source], embeddings[target], present[source],
                                   present[target])
         results[f"{source}→{target}"] = cross_modal_metrics(ranks, ks)
     return results
+
+
+def _restrict(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
+              items: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every modality's embeddings and presence, on ``items`` only."""
+    return ({m: e[items] for m, e in embeddings.items()},
+            {m: p[items] for m, p in present.items()})
 
 
 def embed_queries(model, ws, modality: str, contents, batch_size: int = 64) -> np.ndarray:
@@ -123,6 +128,7 @@ def precision_at_k(queries: np.ndarray, items: np.ndarray, relevant: np.ndarray,
                    k: int) -> np.ndarray:
     """Each query's share of relevant items among its top ``k`` by dot product (``relevant``:
     ``[Q, N]`` booleans)."""
-    scores = queries @ items.T
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    from tfmmrec.evaluation.metrics import top_k_items  # ties as every ranking metric breaks them
+
+    top = top_k_items(queries @ items.T, k)
     return np.take_along_axis(relevant, top, axis=1).mean(axis=1)

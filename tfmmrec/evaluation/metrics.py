@@ -114,7 +114,7 @@ def evaluate_ranking(
         banned = None if excluded is None else excluded[batch].toarray().astype(bool)
         if banned is not None:
             scores[banned] = -np.inf
-        top = _top_k(scores, max(clamped.values()))
+        top = top_k_items(scores, max(clamped.values()))
         rel = relevant[batch].toarray().astype(bool)
         parts.append(_user_metrics(scores, rel, top, num_relevant[batch], clamped))
         _mark_coverage(seen, top, banned, clamped)
@@ -203,7 +203,7 @@ def _scores(queries: np.ndarray, items: np.ndarray, bias: np.ndarray | None) -> 
     return scores
 
 
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+def top_k_items(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of each row's k best scores, best first, ties by lower index.
 
     ``argpartition`` alone would break ties at the boundary arbitrarily, so the boundary value
