@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmmrec.towers import precision as precision_module
 from tfmmrec.towers.precision import check_precision, matmul
 
 RNG = np.random.default_rng(0)
@@ -22,7 +23,16 @@ def test_float32_is_tf_matmul_bit_for_bit():
                                   tf.matmul(A, B, transpose_b=True).numpy())
 
 
-def test_bfloat16_multiplies_rounded_inputs_and_returns_float32():
+@pytest.fixture(params=["this machine", "emulated"])
+def bfloat16_path(request, monkeypatch):
+    """Every bfloat16 test runs on this machine's path and on the float32 emulation (the
+    native path when the machine has bfloat16 units)."""
+    if request.param == "emulated":
+        monkeypatch.setattr(precision_module, "native_bfloat16", lambda: False)
+    return request.param
+
+
+def test_bfloat16_multiplies_rounded_inputs_and_returns_float32(bfloat16_path):
     """The product of the bfloat16-rounded inputs (exact in float64), rounded once more to
     bfloat16: within half a bfloat16 ulp (2⁻⁹ relative) of it, and not the float32 product."""
     out = matmul(A, B, "bfloat16", transpose_b=True)
@@ -32,7 +42,7 @@ def test_bfloat16_multiplies_rounded_inputs_and_returns_float32():
     assert np.abs(out.numpy() - (A.numpy() @ B.numpy().T)).max() > 1e-4  # really rounded
 
 
-def test_bfloat16_gradients_are_float32_and_close_to_float32_ones():
+def test_bfloat16_gradients_are_float32_and_close_to_float32_ones(bfloat16_path):
     grads = {}
     for precision in ("float32", "bfloat16"):
         a = tf.Variable(A)
