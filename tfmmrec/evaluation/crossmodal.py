@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from tfmmrec.evaluation.metrics import top_k_items  # ties as every ranking metric breaks them
+
 
 def cross_modal_ranks(source: np.ndarray, target: np.ndarray, source_present: np.ndarray,
                       target_present: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -128,7 +130,5 @@ def precision_at_k(queries: np.ndarray, items: np.ndarray, relevant: np.ndarray,
                    k: int) -> np.ndarray:
     """Each query's share of relevant items among its top ``k`` by dot product (``relevant``:
     ``[Q, N]`` booleans)."""
-    from tfmmrec.evaluation.metrics import top_k_items  # ties as every ranking metric breaks them
-
     top = top_k_items(queries @ items.T, k)
     return np.take_along_axis(relevant, top, axis=1).mean(axis=1)
