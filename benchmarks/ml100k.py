@@ -55,6 +55,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import machine
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -681,7 +682,8 @@ def speed_part(spaces: Workspaces, args, compute: bool) -> dict | None:
 
             command = "python benchmarks/ml100k.py --protocol speed --fresh" + "".join(
                 f" --set {item}" for item in args.overrides)
-            write_json({"command": command, "load_average_at_start": load_at_start,
+            write_json({"command": command, "machine": machine.describe(),
+                        "load_average_at_start": load_at_start,
                         "load_average_at_end": os.getloadavg()[0], **part},
                        RESULTS / "ml100k_speed_step.json")
     return part

@@ -48,6 +48,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 from traces import host_events
 
@@ -328,7 +329,8 @@ def main(argv=None) -> int:
     report = {"command": "python benchmarks/profile_train.py" + "".join(
                   f" {flag} {value}" for flag, value in (
                       ("--epochs", args.epochs), ("--variants", " ".join(args.variants)))),
-              "load_average_at_start": os.getloadavg()[0], "batch_size": config.train.batch_size,
+              "machine": machine.describe(), "load_average_at_start": os.getloadavg()[0],
+              "batch_size": config.train.batch_size,
               "train_examples": len(ws.split.train), "runs": {}}
     if args.output:
         report["command"] += f" --output {args.output}"

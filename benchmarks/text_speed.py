@@ -53,12 +53,12 @@ import collections
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 from traces import host_events
 
@@ -433,8 +433,7 @@ def main(argv=None) -> int:
                 ("--profile-variant", args.profile_variant, "fused_bf16"),
                 ("--intra-op-threads", args.intra_op_threads, 0)) if value != default),
         "intra_op_threads": args.intra_op_threads or "default",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_start": os.getloadavg()[0]},
+        "machine": {**machine.describe(), "load_average_at_start": os.getloadavg()[0]},
         "encoder": json.loads(encoder.description_json),
         "batch_size": config.train.encode_batch_size,
     }

@@ -1,0 +1,39 @@
+"""What a speed figure was measured on: the CPU, its vector units and TF's kernel choice.
+
+Speed ratios here move with the machine as much as with the code: an AVX2 CPU without
+AVX-512 runs the text encoder's padded path ~6× slower than an AVX-512 one and the train step
+~4× slower, while the TFRS tutorial loop moves far less. So every speed result records this.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# The extensions that change which kernels TF and oneDNN pick for float32 / bfloat16 products.
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def describe() -> dict:
+    """``{"cpu", "cpus", "vector_units", "onednn", "python"}`` of this process's machine.
+
+    ``onednn``: whether TensorFlow runs its oneDNN kernels (TF turns them on by default only
+    on CPUs with AVX-512 VNNI / BF16 or AMX, or when ``TF_ENABLE_ONEDNN_OPTS=1``).
+    """
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux: the model from platform, no flags
+        model = platform.processor() or model
+    from tensorflow.python.util import _pywrap_util_port
+
+    return {"cpu": model, "cpus": os.cpu_count(),
+            "vector_units": [flag for flag in VECTOR_FLAGS if flag in flags],
+            "onednn": bool(_pywrap_util_port.IsMklEnabled()),
+            "python": platform.python_version()}
