@@ -101,6 +101,8 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
             # the candidate side's optional parts: fusion MLP, alignment loss
             "users_fusion_mean": {"objective": "users", "fusion": "mean"},
             "users_no_alignment": {"objective": "users", "alignment_weight": 0.0},
+            # the alignment loss on 128 sampled candidates instead of 256 (model.alignment_rows)
+            "users_alignment_128": {"objective": "users", "alignment_rows": 128},
             "users_mean_no_alignment": {"objective": "users", "fusion": "mean",
                                         "alignment_weight": 0.0},
             "users_mean_no_alignment_bfloat16": {"objective": "users", "fusion": "mean",
