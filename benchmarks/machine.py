@@ -22,19 +22,21 @@ def describe() -> dict:
     ``onednn``: whether TensorFlow runs its oneDNN kernels (TF turns them on by default only
     on CPUs with AVX-512 VNNI / BF16 or AMX, or when ``TF_ENABLE_ONEDNN_OPTS=1``).
     """
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:  # not Linux: the model from platform, no flags
-        model = platform.processor() or model
     from tensorflow.python.util import _pywrap_util_port
 
-    return {"cpu": model, "cpus": os.cpu_count(),
+    from tfmmrec.towers.precision import _cpu_flags  # the flags the bfloat16 path reads
+
+    flags = _cpu_flags()
+    return {"cpu": _cpu_model(), "cpus": os.cpu_count(),
             "vector_units": [flag for flag in VECTOR_FLAGS if flag in flags],
             "onednn": bool(_pywrap_util_port.IsMklEnabled()),
             "python": platform.python_version()}
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return platform.processor() or "unknown"
+    names = (line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
+    return next(names, "unknown")
