@@ -28,6 +28,12 @@ width and α on a cold-start carve). Rows:
   own CF part could carry as one more factor column: log(1 + training count) for warm items,
   the kernel map's prediction of it (same width and α) for cold ones; γ on the inner carve,
   from a wider grid (the year/genre prior above chose the old grid's largest γ on seed 0).
+- ``+ title``: a fourth block beside the ``+ facets`` map, the frozen MiniLM on the title
+  alone (a famous title may carry what the plot does not).
+- ``+ TF-IDF``: a fourth block of word statistics instead of a sentence encoder: TF-IDF of
+  title and description (English stop words out, words in ≥ 2 items, sublinear counts)
+  reduced to 256 dimensions by a truncated SVD (fitted on every item's text, no
+  interactions).
 - ``facets, supervised kernel``, ``facets, features + supervised``: the ``+ facets`` map's
   kernel computed on a supervised view of the content, the features' ridge prediction of the
   CF factors (so directions of content that do not predict CF stop counting in the
@@ -72,6 +78,17 @@ def facet_features(ws, columns=FACET_COLUMNS, batch_size: int = 64) -> np.ndarra
     encoder = ws.encoders["text"]
     return np.concatenate([np.asarray(encoder(texts[i:i + batch_size]))
                            for i in range(0, len(texts), batch_size)])
+
+
+def tfidf_features(frame, dimensions: int = 256) -> np.ndarray:
+    """TF-IDF of each item's title and description, reduced by a truncated SVD, ``[N, d]``."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = (frame["title"].fillna("").astype(str) + ". "
+            + frame["description"].fillna("").astype(str))
+    counts = TfidfVectorizer(min_df=2, sublinear_tf=True, stop_words="english").fit_transform(docs)
+    return TruncatedSVD(dimensions, random_state=0).fit_transform(counts)
 
 
 def year_genre_indicators(frame) -> np.ndarray:
@@ -208,7 +225,11 @@ def run_seed(lab: Lab, seed: int, test: bool, fraction: float, base_seed: int) -
     maps = {"shipped (text + image)": (("text", "image"), None),
             "text + 0.7 · image": (("text", "image"), {"image": 0.7}),
             "+ facets (text + facets + image)": (("text", "facets", "image"), None),
-            "facets + image": (("facets", "image"), None)}
+            "facets + image": (("facets", "image"), None),
+            "+ title (text + facets + image + title)": (("text", "facets", "image", "title"),
+                                                        None),
+            "+ TF-IDF (text + facets + image + TF-IDF)": (("text", "facets", "image", "tfidf"),
+                                                          None)}
     indicators = year_genre_indicators(ws.dataset.catalog.frame)
     for level, split in levels:
         for name, (names, scale) in maps.items():
@@ -288,7 +309,10 @@ def main(argv=None) -> int:
     config, ws = prepared
     num_items = ws.dataset.num_items
     blocks = {m: (ws.contents[m].values, ws.contents[m].mask) for m in ("text", "image")}
-    blocks["facets"] = (facet_features(ws), np.ones(num_items, bool))
+    everyone = np.ones(num_items, bool)
+    blocks["facets"] = (facet_features(ws), everyone)
+    blocks["title"] = (facet_features(ws, ("title",)), everyone)
+    blocks["tfidf"] = (tfidf_features(ws.dataset.catalog.frame), everyone)
     lab = Lab(ws, blocks)
     rows = []
     for seed in args.seeds:
