@@ -80,6 +80,14 @@ def facet_features(ws, columns=FACET_COLUMNS, batch_size: int = 64) -> np.ndarra
                            for i in range(0, len(texts), batch_size)])
 
 
+def default_blocks(ws) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The default model's frozen feature blocks, ``{name: (features, present)}``: the
+    workspace's text and image features and the facets encoded here."""
+    blocks = {m: (ws.contents[m].values, ws.contents[m].mask) for m in ("text", "image")}
+    blocks["facets"] = (facet_features(ws), np.ones(ws.dataset.num_items, bool))
+    return blocks
+
+
 def tfidf_features(frame, dimensions: int = 256) -> np.ndarray:
     """TF-IDF of each item's title and description, reduced by a truncated SVD, ``[N, d]``."""
     from sklearn.decomposition import TruncatedSVD
@@ -307,10 +315,8 @@ def main(argv=None) -> int:
     if prepared is None:
         return 2
     config, ws = prepared
-    num_items = ws.dataset.num_items
-    blocks = {m: (ws.contents[m].values, ws.contents[m].mask) for m in ("text", "image")}
-    everyone = np.ones(num_items, bool)
-    blocks["facets"] = (facet_features(ws), everyone)
+    blocks = default_blocks(ws)
+    everyone = np.ones(ws.dataset.num_items, bool)
     blocks["title"] = (facet_features(ws, ("title",)), everyone)
     blocks["tfidf"] = (tfidf_features(ws.dataset.catalog.frame), everyone)
     lab = Lab(ws, blocks)

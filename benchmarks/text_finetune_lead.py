@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from cold_start_leads import Lab, facet_features
+from cold_start_leads import Lab, default_blocks
 from ml100k_workspace import prepared_ml100k
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,11 +185,9 @@ def main(argv=None) -> int:
     if prepared is None:
         return 2
     config, ws = prepared
-    blocks = {m: (ws.contents[m].values, ws.contents[m].mask) for m in ("text", "image")}
-    blocks["facets"] = (facet_features(ws), np.ones(ws.dataset.num_items, bool))
     texts = join_text(ws.dataset.catalog.frame, tuple(config.data.text_columns)).astype(str)
     top = TopLayer(ws.encoders["text"], texts)
-    lab = Lab(ws, blocks)
+    lab = Lab(ws, default_blocks(ws))
     rows = []
     for seed in args.seeds:
         rows += run_seed(lab, top, seed, config.data.test_fraction, config.data.seed)
