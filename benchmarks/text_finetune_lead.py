@@ -19,7 +19,9 @@ instead of the whole encoder's).
   in the map`` (the fine-tuned pooled text instead of the frozen text block in the kernel map;
   width and α re-chosen by the model's own selection), ``fine-tuned beside frozen`` (both
   text blocks in the map), ``fine-tuned head`` (the head's predictions as the cold items'
-  factors, no kernel map), ``ridge head`` (the same head before fine-tuning).
+  factors, no kernel map), ``ridge head`` (the same head before fine-tuning), ``½ shipped map
+  + ½ fine-tuned head`` (the two predictions of a cold item's factors averaged: one fixed
+  blend, not a tuned weight).
 
 Validation carves only; nothing here is scored on test. Prints a table and writes
 benchmarks/results/text_finetune_lead.json. Needs ../shared; ~15 min per seed on 2 cores.
@@ -153,10 +155,11 @@ def run_seed(lab: Lab, top: TopLayer, seed: int, fraction: float, base_seed: int
     rows = [{"row": "shipped (frozen text + facets + image)",
              "here": lab.score(users, items, carve)}]
     cold = ~weights.warm
-    for row, key in (("ridge head (before fine-tuning)", "ridge_head"),
-                     ("fine-tuned head", "head")):
+    for row, key, share in (("ridge head (before fine-tuning)", "ridge_head", 1.0),
+                            ("fine-tuned head", "head", 1.0),
+                            ("½ shipped map + ½ fine-tuned head", "head", 0.5)):
         direct = items.copy()
-        direct[cold] = tuned[key][cold]
+        direct[cold] = (1 - share) * items[cold] + share * tuned[key][cold]
         rows.append({"row": row, "here": lab.score(users, direct, carve)})
     mask = lab.blocks["text"][1]
     for row, blocks, used in (
