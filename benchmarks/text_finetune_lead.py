@@ -86,12 +86,12 @@ class TopLayer:
 
 def finetune(top: TopLayer, users, factors, warm, seed: int) -> dict:
     """Fine-tune a copy of the top layer + a linear head on ``warm`` items' score-space factors;
-    ``{"frozen", "features", "ridge_head", "head", "epochs", "validation_mse"}``."""
+    ``{"features", "ridge_head", "head", "epochs", "validation_mse"}``."""
     from tfmmrec.towers.cf import ridge_fit
 
     rng = np.random.default_rng(seed)
     rows = rng.permutation(np.flatnonzero(warm))
-    held, fit = rows[:len(rows) // 6], rows[len(rows) // 6:]
+    held, fit = tf.constant(rows[:len(rows) // 6]), rows[len(rows) // 6:]
     gram = users.T.astype(np.float64) @ users / len(users)
     root = np.linalg.cholesky(gram + 1e-6 * np.trace(gram) / len(gram) * np.eye(len(gram))).T
     scores = factors @ root.T  # ‖(a - b) rootᵀ‖² = the users' mean squared score error
@@ -112,7 +112,6 @@ def finetune(top: TopLayer, users, factors, warm, seed: int) -> dict:
     variables = layer.trainable_variables + head.trainable_variables
 
     def loss(batch):
-        batch = tf.constant(batch) if isinstance(batch, np.ndarray) else batch
         return tf.reduce_mean(tf.square(head(top.pooled(layer, batch)) - tf.gather(target, batch)))
 
     @tf.function
@@ -136,7 +135,7 @@ def finetune(top: TopLayer, users, factors, warm, seed: int) -> dict:
     for variable, value in zip(variables, kept, strict=True):
         variable.assign(value)
     features = top.features(layer)
-    return {"frozen": frozen, "features": features, "ridge_head": ridge_head,
+    return {"features": features, "ridge_head": ridge_head,
             "head": to_factors(features), "epochs": len(curve) - waited,
             "validation_mse": [round(float(loss_value), 4) for loss_value in curve]}
 
