@@ -43,6 +43,8 @@ import tensorflow as tf
 from cold_start_leads import Lab, default_blocks
 from ml100k_workspace import prepared_ml100k
 
+from tfmmrec.towers.text import masked_mean_pool
+
 REPO = Path(__file__).resolve().parents[1]
 HEAD_ALPHA, RATE, BATCH, MAX_EPOCHS, PATIENCE = 30.0, 1e-4, 32, 30, 3
 
@@ -74,10 +76,7 @@ class TopLayer:
         """Masked-mean pooled, L2-normalised output (the text encoder's pooling)."""
         hidden = self.hidden if rows is None else tf.gather(self.hidden, rows)
         mask = self.mask if rows is None else tf.gather(self.mask, rows)
-        sequence = layer(hidden, padding_mask=mask)
-        weights = tf.cast(mask, sequence.dtype)[..., None]
-        mean = tf.reduce_sum(sequence * weights, 1) / tf.maximum(tf.reduce_sum(weights, 1), 1e-9)
-        return tf.math.l2_normalize(mean, -1)
+        return tf.math.l2_normalize(masked_mean_pool(layer(hidden, padding_mask=mask), mask), -1)
 
     def features(self, layer) -> np.ndarray:
         return np.concatenate([self.pooled(layer, tf.range(i, min(i + 256, len(self.hidden))))

@@ -17,6 +17,7 @@ from tfmmrec.towers.text import (
     _frequent_word_counts,
     build_text_encoder,
     build_vocabulary,
+    masked_mean_pool,
     trim_padding,
 )
 
@@ -58,6 +59,15 @@ def test_mean_pooling_ignores_padding_tokens():
                                                            sequence_length=16)
     short = TextEncoder(short_preprocessor, long.backbone, "mean", {})
     np.testing.assert_allclose(short(TEXTS).numpy(), long(TEXTS).numpy(), atol=1e-5)
+
+
+def test_masked_mean_pool_averages_kept_positions_only():
+    sequence = tf.constant([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]],
+                            [[5.0, 6.0], [100.0, 100.0], [100.0, 100.0]],
+                            [[7.0, 7.0], [8.0, 8.0], [9.0, 9.0]]])
+    mask = tf.constant([[True, True, False], [True, False, False], [False, False, False]])
+    np.testing.assert_allclose(masked_mean_pool(sequence, mask).numpy(),
+                               [[2.0, 3.0], [5.0, 6.0], [0.0, 0.0]])
 
 
 def test_feature_does_not_depend_on_the_rest_of_the_batch(encoder):

@@ -120,10 +120,16 @@ class TextEncoder(Encoder):
         if self.pooling == "cls":
             pooled = sequence[:, 0, :]
         else:
-            mask = tf.cast(tokens["padding_mask"], sequence.dtype)[..., None]
-            pooled = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(
-                tf.reduce_sum(mask, axis=1), 1.0)
+            pooled = masked_mean_pool(sequence, tokens["padding_mask"])
         return tf.math.l2_normalize(pooled, axis=-1)
+
+
+def masked_mean_pool(sequence: tf.Tensor, padding_mask: tf.Tensor) -> tf.Tensor:
+    """Mean of ``sequence`` ``[batch, length, dim]`` over the positions ``padding_mask`` keeps,
+    ``[batch, dim]`` (sentence-transformers' mean pooling: padding must not dilute the mean).
+    An all-padding row pools to zeros rather than NaN."""
+    mask = tf.cast(padding_mask, sequence.dtype)[..., None]
+    return tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
 def trim_padding(tokens: dict[str, tf.Tensor], bucketed: bool = False) -> dict[str, tf.Tensor]:
