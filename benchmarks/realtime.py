@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic_folders import mark_built, reuse_or_reset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TFMMREC_SHARED", REPO.parent / "shared"))
@@ -90,11 +91,8 @@ def build_catalog(root: Path, num_items: int, seed: int = 0) -> Path:
     """N items (and ADDED more in new.csv), 20 interactions per user, N/10 users."""
     import pandas as pd
 
-    marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == f"v1 {num_items}":
+    if reuse_or_reset(root, f"v1 {num_items}"):
         return root
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
     rng = np.random.default_rng(seed)
 
     def items(start, stop):
@@ -109,8 +107,7 @@ def build_catalog(root: Path, num_items: int, seed: int = 0) -> Path:
     pd.DataFrame({"user_id": np.repeat([f"u{u:06d}" for u in range(users)], 20),
                   "item_id": [f"i{i:07d}" for i in rng.integers(0, num_items, users * 20)]}
                  ).drop_duplicates().to_csv(root / "interactions.csv", index=False)
-    marker.write_text(f"v1 {num_items}")
-    return root
+    return mark_built(root, f"v1 {num_items}")
 
 
 def catalog_config(num_items: int, index: str):

@@ -62,6 +62,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from synthetic_folders import mark_built, reuse_or_reset
 
 import tfmmrec  # Keras 2 before TensorFlow
 
@@ -120,12 +121,8 @@ def build_folder(root: Path, num_items: int, users: int, seed: int = 0) -> Path:
     import soundfile
     from PIL import Image
 
-    marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == f"v2 {num_items}/{users}":
+    if reuse_or_reset(root, f"v2 {num_items}/{users}", "posters", "clips"):
         return root
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "posters").mkdir(parents=True)
-    (root / "clips").mkdir()
     rng = np.random.default_rng(seed)
     sources = []
     for path in sorted(SHARED_AUDIO.glob("*")):
@@ -156,8 +153,7 @@ def build_folder(root: Path, num_items: int, users: int, seed: int = 0) -> Path:
     interactions = [{"user_id": f"u{u:05d}", "item_id": f"i{j:06d}"}
                     for u in range(users) for j in rng.choice(num_items, 20, replace=False)]
     pd.DataFrame(interactions).to_csv(root / "interactions.csv", index=False)
-    marker.write_text(f"v2 {num_items}/{users}")
-    return root
+    return mark_built(root, f"v2 {num_items}/{users}")
 
 
 WORDS = np.array(["a", "night", "city", "river", "storm", "light", "garden", "quiet", "music",
@@ -366,12 +362,8 @@ def build_media_folder(root: Path, num_items: int, seed: int = 0) -> Path:
     import soundfile
     from PIL import Image
 
-    marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == f"v1 {num_items}":
+    if reuse_or_reset(root, f"v1 {num_items}", "posters", "clips"):
         return root
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "posters").mkdir(parents=True)
-    (root / "clips").mkdir()
     rng = np.random.default_rng(seed)
     sources = [soundfile.read(path, dtype="float32", always_2d=True)
                for path in sorted(SHARED_AUDIO.glob("*"))
@@ -396,19 +388,15 @@ def build_media_folder(root: Path, num_items: int, seed: int = 0) -> Path:
                      "poster": f"posters/p{i}.jpg", "clip": clip})
     pd.DataFrame(rows).to_csv(root / "items.csv", index=False)
     _write_interactions(root, num_items, rng)
-    marker.write_text(f"v1 {num_items}")
-    return root
+    return mark_built(root, f"v1 {num_items}")
 
 
 def build_text_folder(root: Path, num_items: int, seed: int = 0) -> Path:
     """A text-only catalogue (title + 12 random words) of ``num_items`` items."""
     import pandas as pd
 
-    marker = root / ".complete"
-    if marker.is_file() and marker.read_text() == f"v1 {num_items}":
+    if reuse_or_reset(root, f"v1 {num_items}"):
         return root
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     words = rng.choice(WORDS, (num_items, 12))
     pd.DataFrame({"item_id": [f"i{i:07d}" for i in range(num_items)],
@@ -416,8 +404,7 @@ def build_text_folder(root: Path, num_items: int, seed: int = 0) -> Path:
                   "description": [" ".join(row) for row in words]}).to_csv(
         root / "items.csv", index=False)
     _write_interactions(root, num_items, rng)
-    marker.write_text(f"v1 {num_items}")
-    return root
+    return mark_built(root, f"v1 {num_items}")
 
 
 def _write_interactions(root: Path, num_items: int, rng) -> None:
