@@ -34,6 +34,13 @@ width and α on a cold-start carve). Rows:
   title and description (English stop words out, words in ≥ 2 items, sublinear counts)
   reduced to 256 dimensions by a truncated SVD (fitted on every item's text, no
   interactions).
+- ``+ facets with title``: the title joined into the facets text (``data.facet_columns:
+  [title, year, genres]``, what the config could ask for) instead of a fourth block.
+- ``facets, collective EASE``: no content map at all: EASE fitted on a Gram matrix that also
+  carries the content kernel, ``XᵀX + β·K`` (the collective / side-information EASE of Jeunen
+  et al. 2020, with the Gaussian kernel of the content map for the features' inner products),
+  so a cold item's column of the item-item matrix comes from the joint inverse. λ, β and the
+  kernel width on the inner carve, from a grid wide enough that the choice is inside it.
 - ``facets, supervised kernel``, ``facets, features + supervised``: the ``+ facets`` map's
   kernel computed on a supervised view of the content, the features' ridge prediction of the
   CF factors (so directions of content that do not predict CF stop counting in the
@@ -67,6 +74,11 @@ GAMMAS = (0.0, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4)  # 0 first: ties keep no prior
 WIDE_GAMMAS = (*GAMMAS, 1e-3, 2e-3, 5e-3, 1e-2)
 SUPERVISED_RIDGE_ALPHAS = (1.0, 10.0, 30.0, 100.0)
 SUPERVISED_WIDTHS, SUPERVISED_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0), (0.01, 0.1, 1.0)
+# collective EASE: λ, the kernel's weight β in the Gram and its width (a first grid stopping at
+# 1e3 chose its largest λ and β on every seed)
+COLLECTIVE_L2S = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
+COLLECTIVE_BETAS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
+COLLECTIVE_WIDTHS = (0.1, 0.2, 0.3)
 METRIC = "recall@20"
 
 
@@ -211,6 +223,36 @@ def supervised_kernel_rows(lab, levels, features, present, seed) -> list[tuple[s
     return out
 
 
+def collective_ease_row(lab, levels, features, present) -> dict:
+    """EASE on ``XᵀX + β·K`` (``K``: the content map's Gaussian kernel over every item, rows
+    centred on warm items), scored as ``x_u · B``; λ, β and the width chosen on
+    ``levels["inner"]``, scored on ``levels["here"]``: ``{"here", "chosen"}``."""
+    import itertools
+
+    from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+    from tfmmrec.towers.cf import ease_weights, kernel_matrix, normalise_rows
+
+    ws, present = lab.ws, np.asarray(present, bool)
+    grid = list(itertools.product(COLLECTIVE_L2S, COLLECTIVE_BETAS, COLLECTIVE_WIDTHS))
+    scored = {}
+    for level, split in levels.items():
+        train, _ = split_matrices(split, ws.user_ids, ws.dataset.num_items)
+        x = (train > 0).astype(np.float64)
+        gram = np.asarray((x.T @ x).todense()) if hasattr(x, "todense") else x.T @ x
+        users = np.asarray(x.todense() if hasattr(x, "todense") else x, np.float32)
+        learn = (np.diag(gram) > 0) & present
+        z = normalise_rows(features - features[learn].mean(axis=0)) * present[:, None]
+        kernels = {w: kernel_matrix(z, z, w) * np.outer(present, present)
+                   for w in COLLECTIVE_WIDTHS}
+        points = grid if level == "inner" else [max(scored["inner"], key=scored["inner"].get)]
+        for l2, beta, width in points:
+            weights = ease_weights(gram + beta * kernels[width], l2)
+            scored.setdefault(level, {})[(l2, beta, width)] = evaluate_embeddings(
+                users, weights.T.astype(np.float32), split, ws.user_ids, [20])[METRIC]
+    (chosen, value), = scored["here"].items()
+    return {"here": value, "chosen": dict(zip(("l2", "beta", "width"), chosen, strict=True))}
+
+
 def prior_fit(targets_from, x, warm_only=True):
     """Ridge (α = 1) from item rows to log(1 + training count), fitted on warm items."""
     from tfmmrec.towers.cf import ridge_fit
@@ -237,7 +279,9 @@ def run_seed(lab: Lab, seed: int, test: bool, fraction: float, base_seed: int) -
             "+ title (text + facets + image + title)": (("text", "facets", "image", "title"),
                                                         None),
             "+ TF-IDF (text + facets + image + TF-IDF)": (("text", "facets", "image", "tfidf"),
-                                                          None)}
+                                                          None),
+            "+ facets with title (text + title, year, genres + image)":
+                (("text", "facets_title", "image"), None)}
     indicators = year_genre_indicators(ws.dataset.catalog.frame)
     for level, split in levels:
         for name, (names, scale) in maps.items():
@@ -289,6 +333,9 @@ def run_seed(lab: Lab, seed: int, test: bool, fraction: float, base_seed: int) -
                                                   features, present, data_seed):
             rows.append({"seed": seed, "level": level, "row": f"facets, {row}",
                          METRIC: result["here"], "chosen": result["chosen"]})
+        result = collective_ease_row(lab, {"inner": inner, "here": split}, features, present)
+        rows.append({"seed": seed, "level": level, "row": "facets, collective EASE",
+                     METRIC: result["here"], "chosen": result["chosen"]})
         if level == "validation":
             from tfmmrec.evaluation.protocol import split_matrices
 
@@ -319,6 +366,7 @@ def main(argv=None) -> int:
     everyone = np.ones(ws.dataset.num_items, bool)
     blocks["title"] = (facet_features(ws, ("title",)), everyone)
     blocks["tfidf"] = (tfidf_features(ws.dataset.catalog.frame), everyone)
+    blocks["facets_title"] = (facet_features(ws, ("title", *FACET_COLUMNS)), everyone)
     lab = Lab(ws, blocks)
     rows = []
     for seed in args.seeds:
