@@ -4,6 +4,7 @@
     python benchmarks/query_by_content.py --weights 0.1 1.0 --seeds 0
     python benchmarks/query_by_content.py --weights 1.0 --set model.feature_dropout={} \
         --output query_by_content_no_image_dropout
+    python benchmarks/query_by_content.py --weights 1.0 --hybrid --output query_by_content_hybrid
 
 The ML-100K model (configs/ml100k.yaml, its random split, early stopping as shipped) is
 trained at each alignment weight (``model.alignment_weight``) and seed, and asked what
@@ -21,6 +22,13 @@ served embedding:
 The item texts the model trains on join title, year, genres and plot; no query string is ever
 trained on. Reference: the frozen MiniLM features alone (the query's cosine to each film's
 full-text feature), the encoder's own search quality before any projection.
+
+``--hybrid`` also scores, for each trained model, the query searched against two parts at
+once: the served space and the frozen MiniLM space, ``cos(query's text-alone embedding, film's
+served embedding) + w · cos(query's frozen feature, film's frozen text feature)`` for each ``w``
+in ``HYBRID_WEIGHTS`` (what a second, text-feature index beside the served one would give
+``query_text``; no training change). Reported for every ``w``, none chosen: the genre prompts
+have no held-out half to choose on.
 
 ``--stages`` instead trains once (seed 0, the first ``--weights``) and prints where a title
 query loses its film, every film a candidate: title → film Recall@1/10 on the LayerNorm-ed
@@ -68,6 +76,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MIN_SENTENCE = 20  # characters: shorter first sentences ("Mr. Holland's…") are not a query
 TOP = 20
 FROZEN = "frozen MiniLM"
+HYBRID_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 
 
 def queries(items: pd.DataFrame) -> dict:
@@ -128,12 +137,30 @@ def train_model(ws, overrides: list[str]):
 
 
 def run_model(weight: float, seed: int, ws, query_sets: dict, halves: dict,
-              overrides: list[str] = ()) -> dict:
+              overrides: list[str] = (), hybrid: bool = False) -> dict[str, dict]:
+    """``{row name: figures}``: the served path, and with ``hybrid`` each two-part search."""
     model = train_model(ws, [*overrides, f"model.alignment_weight={weight}",
                              f"train.seed={seed}"])
     dim = model.item_tower.projections["text"].dim
     served = embed_items(model, ws.dataset.num_items)[:, :dim]
-    return score(query_sets, lambda s: embed_queries(model, ws, "text", s), served, halves)
+    name = f"alignment {weight:g}"
+    rows = {name: score(query_sets, lambda s: embed_queries(model, ws, "text", s), served,
+                        halves)}
+    if hybrid:
+        frozen, cache = unit(ws.contents["text"].values), {}
+
+        def parts(strings):  # each query set embedded once for every w
+            key = tuple(strings)
+            if key not in cache:
+                cache[key] = (unit(np.asarray(embed_queries(model, ws, "text", strings))),
+                              unit(encode(ws, strings)))
+            return cache[key]
+
+        for w in HYBRID_WEIGHTS:
+            items = np.hstack([unit(served), w * frozen])
+            rows[f"{name} + {w:g} · frozen text"] = score(
+                query_sets, lambda s: np.hstack(parts(s)), items, halves)
+    return rows
 
 
 def mean_rows(rows: list[dict]) -> dict:
@@ -208,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                              "model.feature_dropout={})")
     parser.add_argument("--output", default="query_by_content",
                         help="results file name in benchmarks/results (without .json/.png)")
+    parser.add_argument("--hybrid", action="store_true",
+                        help="also the served + frozen-text two-part search at each w")
     parser.add_argument("--stages", action="store_true",
                         help="where a title query loses its film (one model)")
     argv = sys.argv[1:] if argv is None else argv
@@ -238,17 +267,17 @@ def main(argv: list[str] | None = None) -> int:
                                         halves)])}
     per_seed = {}
     for weight in args.weights:
-        rows = []
         for seed in args.seeds:
-            rows.append(run_model(weight, seed, ws, query_sets, halves, args.overrides))
+            for name, row in run_model(weight, seed, ws, query_sets, halves, args.overrides,
+                                       args.hybrid).items():
+                per_seed.setdefault(name, []).append(row)
             print(f"alignment {weight:g}, seed {seed}: validation R@10 "
-                  f"{selection_figure(rows[-1]):.3f}", flush=True)
-        name = f"alignment {weight:g}"
-        per_seed[name] = rows
+                  f"{selection_figure(per_seed[f'alignment {weight:g}'][-1]):.3f}", flush=True)
+    for name, rows in per_seed.items():
         summary[name] = mean_rows(rows)
         summary[name]["selection (validation)"] = (
             float(np.mean([selection_figure(r) for r in rows])), 0.0)
-    chosen = max((n for n in summary if n != FROZEN),
+    chosen = max((n for n in summary if n != FROZEN and "frozen text" not in n),
                  key=lambda n: summary[n]["selection (validation)"][0])
     for name, row in summary.items():
         test = [row[f"{q} · test"]["recall@10"][0] for q in ("title", "plot sentence")]
