@@ -40,7 +40,10 @@ width and α on a cold-start carve). Rows:
   carries the content kernel, ``XᵀX + β·K`` (the collective / side-information EASE of Jeunen
   et al. 2020, with the Gaussian kernel of the content map for the features' inner products),
   so a cold item's column of the item-item matrix comes from the joint inverse. λ, β and the
-  kernel width on the inner carve, from a grid wide enough that the choice is inside it.
+  kernel width on the inner carve. The choice runs to the grid's large-λ edge: there
+  ``B ≈ (XᵀX + β·K) / λ`` off the diagonal, so a cold item's score tends to ``Σ K(i, j)`` over
+  the user's history, a content-kNN sum (a wider grid on seed 0 chose its corner again, at the
+  same score).
 - ``facets, supervised kernel``, ``facets, features + supervised``: the ``+ facets`` map's
   kernel computed on a supervised view of the content, the features' ridge prediction of the
   CF factors (so directions of content that do not predict CF stop counting in the
@@ -75,7 +78,7 @@ WIDE_GAMMAS = (*GAMMAS, 1e-3, 2e-3, 5e-3, 1e-2)
 SUPERVISED_RIDGE_ALPHAS = (1.0, 10.0, 30.0, 100.0)
 SUPERVISED_WIDTHS, SUPERVISED_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0), (0.01, 0.1, 1.0)
 # collective EASE: λ, the kernel's weight β in the Gram and its width (a first grid stopping at
-# 1e3 chose its largest λ and β on every seed)
+# 1e3 chose its largest λ and β on every seed; this one's edges are chosen too, see above)
 COLLECTIVE_L2S = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
 COLLECTIVE_BETAS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
 COLLECTIVE_WIDTHS = (0.1, 0.2, 0.3)
