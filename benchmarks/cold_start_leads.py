@@ -245,9 +245,9 @@ def collective_ease_row(lab, levels, features, present) -> dict:
         users = np.asarray(x.todense() if hasattr(x, "todense") else x, np.float32)
         learn = (np.diag(gram) > 0) & present
         z = normalise_rows(features - features[learn].mean(axis=0)) * present[:, None]
-        kernels = {w: kernel_matrix(z, z, w) * np.outer(present, present)
-                   for w in COLLECTIVE_WIDTHS}
         points = grid if level == "inner" else [max(scored["inner"], key=scored["inner"].get)]
+        kernels = {w: kernel_matrix(z, z, w) * np.outer(present, present)
+                   for w in dict.fromkeys(width for _, _, width in points)}
         for l2, beta, width in points:
             weights = ease_weights(gram + beta * kernels[width], l2)
             scored.setdefault(level, {})[(l2, beta, width)] = evaluate_embeddings(
