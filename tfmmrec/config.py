@@ -712,6 +712,12 @@ class ExportConfig(ConfigSection):
     copy per attention branch; ML-100K MiniLM: 93 MB of graph instead of 8.5 MB, ~42 MB
     more in all; a graph proto is capped at 2 GB) (``benchmarks/text_speed.py`` measures
     both).
+    ``text_search_weight`` ``w`` (0: off): ``query_text`` searches a second index of the
+    same kind, scoring ``cos(query, item) in the trained space + w · cos(frozen text
+    features)``, so a title or a sentence of a plot finds its item
+    (``benchmarks/query_by_content.py --hybrid``). Costs ``content_dim + 2·F`` more floats
+    per item (the features and the second table; MiniLM: F = 384). Needs a text tower with a
+    frozen encoder.
     """
 
     base_dir: str = "runs/models"
@@ -731,9 +737,13 @@ class ExportConfig(ConfigSection):
     text_backbone: Literal["keras", "fused"] = "keras"
     text_precision: Literal["float32", "bfloat16"] = "float32"
     text_weights: Literal["variables", "constants"] = "variables"
+    text_search_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("export.index", self.index, INDEX_KINDS)
+        _check(math.isfinite(self.text_search_weight) and self.text_search_weight >= 0,
+               "export.text_search_weight", self.text_search_weight,
+               ">= 0 and finite (0: query_text searches the served index)")
         _check_choice("export.text_backbone", self.text_backbone, ("keras", "fused"))
         _check_choice("export.text_precision", self.text_precision, ("float32", "bfloat16"))
         _check_choice("export.text_weights", self.text_weights, ("variables", "constants"))

@@ -887,6 +887,23 @@ def export_contents(ws: Workspace, exclude_seen: bool) -> dict:
     }
 
 
+def export_text_features(ws: Workspace, model: RetrievalModel) -> np.ndarray:
+    """``[N, F]``: each training item's unit frozen text feature, zeros for an item without
+    text (what ``export.text_search_weight`` searches beside the trained space)."""
+    if "text" not in ws.modalities:
+        raise ConfigError("export.text_search_weight > 0 needs a text tower; this model's "
+                          f"modalities are {', '.join(ws.modalities) or 'none'} (set it to 0)")
+    if "text" in model.item_tower.encoders:
+        raise ConfigError("export.text_search_weight > 0 needs a frozen text encoder (cached "
+                          "features); text.trainable fine-tunes it inside the tower (set "
+                          "export.text_search_weight: 0)")
+    content = ws.contents["text"]
+    features = np.asarray(content.values, np.float32)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    present = np.asarray(content.mask, bool)[:, None]
+    return np.where(present, features / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+
+
 def export(config: Config | str | os.PathLike | None = None,
            checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
            workspace: Workspace | None = None, index: str | None = None) -> Path:
@@ -931,12 +948,14 @@ def export(config: Config | str | os.PathLike | None = None,
                     "export.text_backbone=fused needs the KerasNLP BERT text encoder, got "
                     f"{type(text_encoder).__name__}")
             text_encoder.use_inference_backbone(ex.text_precision, ex.text_weights)
+    text_features = export_text_features(ws, model) if ex.text_search_weight > 0 else None
     towers = ServingTowers(
         model.query_tower, model.item_tower, ws.encoders,
         training_item_ids=ws.dataset.catalog.item_ids, training_item_embeddings=items,
         settings=settings_from_config(config), ranking_head=head, seen=seen,
         limits=ex.limits, history_half_life=config.model.history_half_life,
-        history_max_length=config.model.history_max_length)
+        history_max_length=config.model.history_max_length,
+        text_search=text_features is not None)
     metadata = {
         "tfmmrec_version": __import__("tfmmrec").__version__,
         "limits": dataclasses.asdict(ex.limits),
@@ -956,13 +975,16 @@ def export(config: Config | str | os.PathLike | None = None,
         "contents": export_contents(ws, ex.exclude_seen),
         "index_settings": IndexSettings.from_export(ex, kind=kind).to_dict(),
         "warmup_user": str(ws.user_ids[0]),
+        "text_search": None if text_features is None else {
+            "weight": ex.text_search_weight, "content_dim": model.item_tower.dim},
     }
     sample = embed_users(model, ws.user_ids[:2000]) if kind != "brute_force" else None
     try:
         version_dir = write_catalog_version(
             towers, items, ws.dataset.catalog.item_ids, kind, metadata, ex.base_dir, ex.model_name,
             ex.version, settings=IndexSettings.from_export(ex, kind=kind),
-            recall_queries=sample, warmup_user=str(ws.user_ids[0]))
+            recall_queries=sample, warmup_user=str(ws.user_ids[0]),
+            text_features=text_features)
     finally:
         if text_encoder is not None:
             text_encoder.jit_compile = False  # the workspace's other uses stay uncompiled

@@ -42,7 +42,12 @@ from tfmmrec.export.index import (
     recall_against_brute_force,
 )
 from tfmmrec.export.loader import latest_version
-from tfmmrec.export.module import RetrievalServingModule, SortedIds
+from tfmmrec.export.module import (
+    RetrievalServingModule,
+    SortedIds,
+    TextSearch,
+    text_search_table,
+)
 from tfmmrec.export.variables import VersionVariables, checkpoint_prefix
 from tfmmrec.export.warmup import warmup_requests
 from tfmmrec.export.writer import (
@@ -99,7 +104,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
                           recall_queries: np.ndarray | None = None,
                           warmup_user: str | None = None,
                           previous: PreviousVersion | None = None,
-                          id_keys: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+                          id_keys: tuple[np.ndarray, np.ndarray] | None = None,
+                          text_features: np.ndarray | tf.Tensor | None = None) -> Path:
     """Build the serving module over ``item_embeddings`` with ``towers`` and write a version.
 
     ``metadata`` carries the serving settings (``default_k``, ``max_k``, ``max_exclude``,
@@ -110,7 +116,9 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     whose graph fits the new module (equal ``graph_constants``), only the catalogue variables
     are written under that graph (``writer.write_updated_version``); otherwise the module is
     traced and saved in full. ``id_keys``: the served-id lookup, when the caller derived it
-    (``module.SortedIds.changed``).
+    (``module.SortedIds.changed``). ``metadata["text_search"]`` (``weight``, ``content_dim``)
+    with ``text_features`` (``[N, F]``, unit or zero rows): ``query_text`` gets its own
+    index of the same kind (:func:`text_search_index`).
     """
     item_ids = np.asarray(item_ids)
     if len(item_ids) == 0:
@@ -129,10 +137,15 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     index = rebuild_index(item_embeddings, item_ids, settings, deepest,
                           previous=_previous_index(previous, kind))
     uses_scann = "Scann" in index.op_namespaces
+    text_search = text_search_index(item_embeddings, text_features, item_ids, metadata,
+                                    settings, max_k + int(metadata["max_exclude"]))
+    if text_search is not None:
+        metadata = {**metadata, "text_search": {
+            **text_search.metadata(), "index_parameters": text_search.index.parameters}}
     # A catalogue update first tries the previous graph: no signature function is needed.
     module = RetrievalServingModule(towers, item_embeddings, index,
                                     **_module_settings(item_ids, metadata, id_keys),
-                                    build_signatures=previous is None)
+                                    build_signatures=previous is None, text_search=text_search)
     constants = json.loads(json.dumps(module.graph_constants()))
     # Advertised k's are the graph's: max_k at most the catalogue size, and the k a request
     # without one gets (the signatures' default) at most max_k.
@@ -169,9 +182,28 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
                     "its graph constants differ")
     if isinstance(towers, StoredTowers):  # the module is traced: it needs the real towers
         module = RetrievalServingModule(towers.load(), item_embeddings, index,
-                                        **_module_settings(item_ids, metadata, id_keys))
+                                        **_module_settings(item_ids, metadata, id_keys),
+                                        text_search=text_search)
     return write_version(module, base_dir, model_name, version, metadata,
                          uses_scann=uses_scann, warmup=warmup)
+
+
+def text_search_index(item_embeddings, text_features, item_ids, metadata: dict,
+                      settings: IndexSettings, max_k: int) -> TextSearch | None:
+    """``query_text``'s index (same kind as the served one) over
+    :func:`module.text_search_table`, or ``None`` when ``metadata`` asks for no text search."""
+    wanted = metadata.get("text_search")
+    if not wanted:
+        return None
+    if text_features is None or int(text_features.shape[0]) != len(item_ids):
+        raise ExportError("text search needs one text-feature row per item, got "
+                          f"{None if text_features is None else tuple(text_features.shape)} "
+                          f"for {len(item_ids)} items")
+    weight, content_dim = float(wanted["weight"]), int(wanted["content_dim"])
+    table = text_search_table(item_embeddings, text_features, content_dim=content_dim,
+                              weight=weight)
+    return TextSearch(weight, content_dim, text_features,
+                      rebuild_index(table, item_ids, settings, max_k))
 
 
 def configured_k(metadata: dict) -> tuple[int, int]:
@@ -250,6 +282,7 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
     metadata = read_metadata(previous)
     register_custom_ops(scann=metadata.get("requires_scann_ops", True))
     towers, ids, embeddings, variables = _read_version(previous, metadata)
+    text_features = _read_text_features(previous, metadata, variables)
     result = CatalogUpdate(previous, previous)
     # Served ids as stored (bytes: no million-string decode), looked up through the stored
     # sorted hashes when the version has them.
@@ -279,13 +312,16 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
         keep[rows] = False
         change = CatalogChange(np.flatnonzero(keep), np.zeros(0, np.int64), len(ids))
         ids, embeddings = ids[keep], tf.gather(embeddings, np.flatnonzero(keep))
+        if text_features is not None:
+            text_features = tf.gather(text_features, np.flatnonzero(keep))
         result.removed = int((~keep).sum())
     else:
         if items is None:
             raise DataError(f"catalog {operation}: --items FILE is required")
         started = time.perf_counter()
-        new_ids, new_embeddings = embed_table(towers, Path(items), metadata, position,
-                                              operation, batch_size)
+        embedded = embed_table_parts(towers, Path(items), metadata, position, operation,
+                                     batch_size)
+        new_ids, new_embeddings = embedded.ids, embedded.embeddings
         result.embedded_seconds = time.perf_counter() - started
         if operation == "add":
             change = CatalogChange(
@@ -293,11 +329,16 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
                 np.arange(len(ids), len(ids) + len(new_ids)), len(ids))
             ids = np.concatenate([ids, _as_bytes(new_ids)])
             embeddings = tf.concat([embeddings, new_embeddings], axis=0)
+            if text_features is not None:
+                text_features = tf.concat([text_features, embedded.text_features], axis=0)
             result.added = len(new_ids)
         else:
             rows = position.get_indexer(_as_bytes(new_ids))
             change = CatalogChange(np.arange(len(ids)), np.sort(rows), len(ids))
             embeddings = tf.tensor_scatter_nd_update(embeddings, rows[:, None], new_embeddings)
+            if text_features is not None:
+                text_features = tf.tensor_scatter_nd_update(text_features, rows[:, None],
+                                                            embedded.text_features)
             result.updated = len(new_ids)
 
     result.version_dir = write_catalog_version(
@@ -305,7 +346,8 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
         model_dir.name, settings=_index_settings(metadata),
         warmup_user=metadata.get("warmup_user", ""),
         previous=PreviousVersion(previous, metadata, variables, change),
-        id_keys=position.changed(change, ids) if isinstance(position, SortedIds) else None)
+        id_keys=position.changed(change, ids) if isinstance(position, SortedIds) else None,
+        text_features=text_features)
     result.num_items = len(ids)
     logger.info("catalogue %s: %s → %s (%d items)", operation, previous.name,
                 result.version_dir.name, len(ids))
@@ -331,6 +373,18 @@ def _read_version(version_dir: Path, metadata: dict):
         raise ExportError(f"{version_dir} was exported before catalogue updates existed (no "
                           "towers in the SavedModel); export the model again with this version")
     return loaded.towers, loaded.item_ids.numpy(), tf.convert_to_tensor(loaded.item_table), None
+
+
+def _read_text_features(version_dir: Path, metadata: dict,
+                        variables: VersionVariables | None) -> tf.Tensor | None:
+    """The version's ``[N, F]`` item text features (``None`` without text search; a version
+    with it always records its graph constants, so its checkpoint is read directly)."""
+    if not metadata.get("text_search"):
+        return None
+    if variables is None or not variables.has(("text_features",)):
+        raise ExportError(f"{version_dir}: its metadata names text search but it holds no "
+                          "text features; export the model again")
+    return variables.read_tensor(("text_features",))
 
 
 def tower_functions(towers) -> list[str]:
@@ -372,10 +426,16 @@ class StoredTowers:
         return tf.constant(self._variables.read(("towers", "training_item_ids")))
 
     def embed_item_content(self, content):
+        return self._item_embedder().embed_item_content(content)
+
+    def embed_item_content_with_text(self, content):
+        return self._item_embedder().embed_item_content_with_text(content)
+
+    def _item_embedder(self):
         if self._embedder is None:  # the loaded module itself: it owns the variables
             path = self.version_dir / "assets.extra" / ITEM_EMBEDDER
             self._embedder = tf.saved_model.load(str(path)) if path.is_dir() else self.load()
-        return self._embedder.embed_item_content(content)
+        return self._embedder
 
     def load(self):
         """The restored towers (every function; catalogue variables are not restored)."""
@@ -398,11 +458,30 @@ def _index_settings(metadata: dict) -> IndexSettings:
                          partitioned=PartitionedConfig(**(stored.get("partitioned") or {})))
 
 
+@dataclass
+class EmbeddedTable:
+    """A table's items as a version embeds them: ids, served embeddings and, with text search
+    (``export.text_search_weight``), each item's unit text feature."""
+
+    ids: np.ndarray
+    embeddings: np.ndarray
+    text_features: np.ndarray | None = None
+
+
 def embed_table(towers, path: Path, metadata: dict,
                 position: pd.Index | SortedIds | Mapping[str, int], operation: str,
                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, embeddings)`` of a table of new or changed items (:func:`embed_table_parts`)."""
+    embedded = embed_table_parts(towers, path, metadata, position, operation, batch_size)
+    return embedded.ids, embedded.embeddings
+
+
+def embed_table_parts(towers, path: Path, metadata: dict,
+                      position: pd.Index | SortedIds | Mapping[str, int], operation: str,
+                      batch_size: int = 64) -> EmbeddedTable:
     """Read, check and embed a table of new or changed items with the version's towers
-    (``position``: the served ids, as an index or ``{id: row}``)."""
+    (``position``: the served ids, as an index or ``{id: row}``); with text search on, the
+    encoder's text features come from the same pass."""
     schema = metadata.get("item_columns")
     if schema is None:
         raise ExportError("this export does not record its items-table columns; export the "
@@ -442,12 +521,19 @@ def embed_table(towers, path: Path, metadata: dict,
     content = decode_content(catalog, path, present, settings)
     if operation == "add":
         _refuse_items_without_content(content, present, path, labels, sorted(known - {"item_id"}))
-    parts = []
+    with_text = bool(metadata.get("text_search"))
+    embeddings, features = [], []
     for start in range(0, len(new_ids), batch_size):
         batch = {name: tf.constant(value[start:start + batch_size])
                  for name, value in content.items()}
-        parts.append(towers.embed_item_content(batch).numpy())
-    return new_ids, np.concatenate(parts).astype(np.float32)
+        if with_text:
+            parts = towers.embed_item_content_with_text(batch)
+            embeddings.append(parts["embedding"].numpy())
+            features.append(parts["text_feature"].numpy())
+        else:
+            embeddings.append(towers.embed_item_content(batch).numpy())
+    return EmbeddedTable(new_ids, np.concatenate(embeddings).astype(np.float32),
+                         np.concatenate(features).astype(np.float32) if with_text else None)
 
 
 def _refuse_items_without_content(content: Mapping[str, np.ndarray], present: tuple[str, ...],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
@@ -42,6 +43,8 @@ SESSION_SPEC = tf.TensorSpec([None, None], tf.string, name="session_item_ids")
 # names an excluded item, and stays valid JSON (-inf is not).
 MISSING_ITEM_ID = ""
 MISSING_SCORE = float(np.finfo(np.float32).min)
+# The towers' functions a catalogue update calls, saved apart (``ItemEmbedder``).
+ITEM_EMBEDDER_FUNCTIONS = ("embed_item_content", "embed_item_content_with_text")
 
 
 class ServingTowers(tf.Module):
@@ -62,6 +65,11 @@ class ServingTowers(tf.Module):
       of a user whose history is their stored training history followed by the session's
       items (``""`` user: none stored), and which session items it pooled (those of the
       training catalogue; the history encoder has no row for the others).
+    - ``text_search_query(text)`` and ``embed_item_content_with_text(content)`` (only with
+      ``text_search``): a text request's hybrid search vector ``[q, f]`` (the unit text-alone
+      embedding's content columns, the unit frozen text feature), and ``embed_item_content``'s
+      ``embedding`` with the item's unit ``text_feature`` (zeros without text) beside it; see
+      :func:`text_search_table`.
     - ``score_candidates(queries, candidates)`` → ``[B, N]`` ranking logits (two-stage models).
     - ``is_seen(user_id, training_item_index)`` → ``[B, K]`` (only with ``exclude_seen``).
 
@@ -76,7 +84,8 @@ class ServingTowers(tf.Module):
                  settings: Mapping[str, Any] | None = None, ranking_head=None,
                  seen: list[np.ndarray] | None = None,
                  limits: ServingLimitsConfig | None = None,
-                 history_half_life: float = 0.0, history_max_length: int = 0):
+                 history_half_life: float = 0.0, history_max_length: int = 0,
+                 text_search: bool = False):
         super().__init__(name="towers")
         # Compiled into every function (so catalogue updates keep them): checked before the
         # work they bound (batch size, text bytes before tokenising, image header before
@@ -132,6 +141,13 @@ class ServingTowers(tf.Module):
         if item_tower.modalities:
             self.embed_item_content = tf.function(self._embed_item_content,
                                                   input_signature=[self.content_spec()])
+        if text_search:
+            if "text" not in item_tower.modalities or "text" in item_tower.encoders:
+                raise ValueError("text_search needs a text tower with a frozen encoder")
+            self.text_search_query = tf.function(self._text_search_query,
+                                                 input_signature=[BATCH_OF_STRINGS])
+            self.embed_item_content_with_text = tf.function(
+                self._embed_item_content_with_text, input_signature=[self.content_spec()])
         if ranking_head is not None:
             self.score_candidates = tf.function(self._score_candidates, input_signature=[
                 tf.TensorSpec([None, dim], tf.float32),
@@ -202,20 +218,46 @@ class ServingTowers(tf.Module):
         raw = modalities.get(modality).decode_request(request, self.settings, self.limits)
         return self._model.item_tower.embed_single(modality, self._features(modality, raw))
 
-    def _embed_item_content(self, content):
-        tower = self._model.item_tower
+    def _item_inputs(self, content) -> dict:
+        """Decoded content → the item tower's inputs (features, masks)."""
         inputs = {}
-        for modality in tower.modalities:
+        for modality in self._model.item_tower.modalities:
             raw = modalities.get(modality).unpack(content, self.settings)
             inputs[modality] = self._features(modality, raw)
             inputs[f"{modality}_mask"] = tf.cast(content[f"{modality}_mask"], tf.float32)
+        return inputs
+
+    def _embed_item_content(self, content):
+        return self._embed_inputs(self._item_inputs(content), content["item_id"])
+
+    def _embed_inputs(self, inputs: dict, item_id):
+        tower = self._model.item_tower
         embeddings = tower(inputs, training=False)
         if tower.id_embedding is None:
             return embeddings
-        index = self._training_positions(content["item_id"])
+        index = self._training_positions(item_id)
         with_id = tower({**inputs, "item_index": tf.cast(tf.maximum(index, 0), tf.int32)},
                         training=False)
         return tf.where((index >= 0)[:, None], with_id, embeddings)
+
+    def _embed_item_content_with_text(self, content):
+        """``embed_item_content`` and the item's unit frozen text feature (zeros without
+        text): the encoder runs once for both."""
+        inputs = self._item_inputs(content)
+        feature = tf.math.l2_normalize(inputs["text"], axis=-1) * inputs["text_mask"][:, None]
+        return {"embedding": self._embed_inputs(inputs, content["item_id"]),
+                "text_feature": feature}
+
+    def _text_search_query(self, text):
+        """``[unit text-alone embedding (content columns), unit frozen feature]``: the query
+        side of :func:`text_search_table`; the encoder runs once for both."""
+        text = self._check_batch(text, "text")
+        raw = modalities.get("text").decode_request(text, self.settings, self.limits)
+        tower = self._model.item_tower
+        features = self._features("text", raw)
+        query = tf.math.l2_normalize(tower.embed_single("text", features)[:, :tower.dim],
+                                     axis=-1)
+        return tf.concat([query, tf.math.l2_normalize(features, axis=-1)], axis=-1)
 
     def _score_candidates(self, queries, candidates):
         n = tf.shape(candidates)[1]
@@ -231,18 +273,21 @@ class ServingTowers(tf.Module):
 
 
 class ItemEmbedder(tf.Module):
-    """``embed_item_content`` of a :class:`ServingTowers` (saved or restored) with only what it
-    reads: saved beside every version (``assets.extra/item_embedder``, which servers ignore)
-    so a catalogue update loads one function instead of every signature's (the towers' own
-    functions are the same traces, so an item embeds exactly as through the version)."""
+    """``embed_item_content`` (and ``embed_item_content_with_text``, with text search) of a
+    :class:`ServingTowers` (saved or restored) with only what they read: saved beside every
+    version (``assets.extra/item_embedder``, which servers ignore) so a catalogue update loads
+    one function instead of every signature's (the towers' own functions are the same traces,
+    so an item embeds exactly as through the version)."""
 
     def __init__(self, towers):
         super().__init__(name="item_embedder")
         # Only what the function captures: without an item-id embedding it reads neither the
         # query tower's weights nor the training ids (1M ids, keys and rows restored for
         # nothing by every update at 1M items).
-        captured = {id(t) for t in
-                    towers.embed_item_content.get_concrete_function().captured_inputs}
+        functions = [getattr(towers, name) for name in ITEM_EMBEDDER_FUNCTIONS
+                     if hasattr(towers, name)]
+        captured = {id(t) for function in functions
+                    for t in function.get_concrete_function().captured_inputs}
 
         def used(objects):
             return [o for o in objects if id(getattr(o, "handle", None)) in captured
@@ -253,7 +298,43 @@ class ItemEmbedder(tf.Module):
         self.training = used([getattr(towers, name) for name in (
             "training_item_ids", "training_item_keys", "training_key_rows")
             if hasattr(towers, name)])  # older exports kept a hash table instead
-        self.embed_item_content = towers.embed_item_content
+        for name in ITEM_EMBEDDER_FUNCTIONS:
+            if hasattr(towers, name):
+                setattr(self, name, getattr(towers, name))
+
+
+def text_search_table(item_embeddings, text_features, *, content_dim: int,
+                      weight: float) -> tf.Tensor:
+    """``[N, content_dim + F]`` rows ``[unit(e[:content_dim]), weight · f]``: what
+    ``query_text`` searches with text search on (``export.text_search_weight``).
+
+    Against a query ``[unit(q), unit(f_q)]`` (``ServingTowers.text_search_query``) a row
+    scores ``cos(q, e) + weight · cos(f_q, f)``: the trained space (whose content columns
+    match what users engaged with) plus the frozen encoder's own text similarity, which finds
+    a film by its title or a sentence of its plot (``benchmarks/query_by_content.py
+    --hybrid``). ``f`` is unit or zero (an item without text), ``e``'s content columns are
+    the first ``content_dim`` (a linear-CF part after them is left out, as text queries
+    leave it)."""
+    content = tf.cast(item_embeddings, tf.float32)[:, :content_dim]
+    return tf.concat([tf.math.l2_normalize(content, axis=-1),
+                      weight * tf.cast(text_features, tf.float32)], axis=-1)
+
+
+@dataclass(frozen=True)
+class TextSearch:
+    """``query_text``'s own index (``export.text_search_weight`` > 0): ``index`` over
+    :func:`text_search_table` of the served embeddings and ``features`` (``[N, F]``, each
+    item's unit frozen text feature, zeros without text; kept in the version so a catalogue
+    update can rebuild the table)."""
+
+    weight: float
+    content_dim: int
+    features: np.ndarray | tf.Tensor
+    index: Any
+
+    def metadata(self) -> dict:
+        return {"weight": self.weight, "content_dim": self.content_dim,
+                "feature_dim": int(self.features.shape[1])}
 
 
 class RetrievalServingModule(tf.Module):
@@ -271,7 +352,9 @@ class RetrievalServingModule(tf.Module):
       :meth:`_session_queries` for the query it builds (with a history encoder: the query of
       a user whose history ends with the session).
     - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
-      bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items.
+      bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items. With ``text_search``
+      (:class:`TextSearch`) ``query_text`` searches its own index, scoring
+      ``cos(q, e) + w · cos(f_q, f)`` (:func:`text_search_table`).
     - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
       ``embedding`` (the served item embedding, zeros for an unknown id) and ``found`` (for a
       caller's own index or to score chosen items). Every signature refuses an empty batch and
@@ -299,7 +382,8 @@ class RetrievalServingModule(tf.Module):
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
                  session_user_weight: float = 0.5,
                  id_keys: tuple[np.ndarray, np.ndarray] | None = None,
-                 max_batch_size: int | None = None, build_signatures: bool = True):
+                 max_batch_size: int | None = None, build_signatures: bool = True,
+                 text_search: TextSearch | None = None):
         super().__init__(name="tfmmrec")
         self.towers = towers
         self.index = index
@@ -344,6 +428,17 @@ class RetrievalServingModule(tf.Module):
         self.session_user_weight = session_user_weight
         # Exports from before session_query blend every session item (the older behaviour).
         self.history_sessions = hasattr(towers, "session_query")
+        # Read-only settings, not the TextSearch itself (its [N, F] features would stay in
+        # memory beside their variable).
+        self.text_search = (None if text_search is None
+                            else MappingProxyType(text_search.metadata()))
+        if text_search is not None:
+            if not hasattr(towers, "text_search_query"):
+                raise ValueError("text_search needs towers built with text_search=True")
+            # Saved (catalogue variables) so an update rebuilds the table; no signature reads
+            # them.
+            self.text_features = catalog_variable(text_search.features, "text_features")
+            self.text_search_index = text_search.index
         self.modalities = tuple(m for m in modalities.names() if hasattr(towers, f"{m}_query"))
         self._placeholders = {m: modalities.get(m).placeholder()  # eager, once
                               for m in self.modalities}
@@ -367,7 +462,10 @@ class RetrievalServingModule(tf.Module):
                 # (it returned excluded items at -inf) lacks it, so its next update re-traces.
                 "missing_result": [MISSING_ITEM_ID, MISSING_SCORE],
                 "history_sessions": self.history_sessions, "modalities": list(self.modalities),
-                "dim": int(self.item_table.shape[1]), "index": self.index.graph_constants()}
+                "dim": int(self.item_table.shape[1]), "index": self.index.graph_constants(),
+                # only when on: versions from before text search keep reusing their graphs
+                **({} if self.text_search is None else {"text_search": {
+                    **self.text_search, "index": self.text_search_index.graph_constants()}})}
 
     def _build_signature_functions(self, default_k: int) -> None:
         """Optional inputs (``k``, ``exclude_item_ids``, ``user_id`` of a session) are Python
@@ -422,10 +520,12 @@ class RetrievalServingModule(tf.Module):
                             for m in viewed_names)], autograph=False)
         # Only the modalities the model has: saving traces every tf.function attribute.
         for modality in self.modalities:
-            query = getattr(self.towers, f"{modality}_query")
+            query, index = getattr(self.towers, f"{modality}_query"), self.index
+            if modality == "text" and self.text_search is not None:
+                query, index = self.towers.text_search_query, self.text_search_index
             setattr(self, f"query_{modality}", retrieval(
-                lambda content, k, exclude, query=query: self._top_k(query(content), k,
-                                                                     exclude),
+                lambda content, k, exclude, query=query, index=index: self._top_k(
+                    query(content), k, exclude, index=index),
                 tf.TensorSpec([None], tf.string, name=modality)))
 
     # -- building blocks -------------------------------------------------------------------
@@ -455,7 +555,7 @@ class RetrievalServingModule(tf.Module):
         return tf.cond(tf.equal(given, 0), lambda: tf.fill([batch, 1], tf.constant(-1, tf.int64)),
                        lambda: rows)
 
-    def _retrieve(self, queries, count: int, exclude, user_id=None):
+    def _retrieve(self, queries, count: int, exclude, user_id=None, index=None):
         """Top ``count`` (scores, rows) without excluded items (and seen ones, when baked in).
 
         The index is asked for ``count + max_exclude (+ max_seen)`` results, so ``count``
@@ -463,12 +563,13 @@ class RetrievalServingModule(tf.Module):
         the places left have row −1 (and score −inf, so they rank last); :meth:`_results`
         pads them.
         """
+        index = index or self.index
         batch = tf.shape(queries)[0]
         excluded_rows = self._exclusion_rows(exclude, batch)
         seen = self.max_seen if user_id is not None else 0
         # index.k = min(deepest request, catalogue size): a constant of the graph.
-        fetch = min(count + self.max_exclude + seen, self.index.k)
-        scores, items = self.index(queries, k=fetch)
+        fetch = min(count + self.max_exclude + seen, index.k)
+        scores, items = index(queries, k=fetch)
         items = tf.cast(items, tf.int64)
         # An index may return −1 for a place it could not fill (partitioned padding).
         masked = (items < 0) | tf.reduce_any(items[:, :, None] == excluded_rows[:, None, :],
@@ -491,9 +592,9 @@ class RetrievalServingModule(tf.Module):
             outputs[name] = tf.where(present, value, MISSING_SCORE)
         return _shaped(outputs)
 
-    def _top_k(self, queries, k, exclude, user_id=None):
+    def _top_k(self, queries, k, exclude, user_id=None, index=None):
         k = self._check_k(k)
-        scores, items = self._retrieve(queries, self.max_k, exclude, user_id)
+        scores, items = self._retrieve(queries, self.max_k, exclude, user_id, index)
         return self._results(items[:, :k], {"scores": scores[:, :k]})
 
     def _two_stage(self, queries, k, exclude, user_id=None):
