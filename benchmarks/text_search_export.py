@@ -11,7 +11,9 @@ config's index (text search off, and at ``--weight``), and through each version'
 - the time of one five-word ``query_text`` request, the two versions interleaved in one
   process (p50 / p99 over ``--requests`` each, and their ratio);
 - the version's size on disk, and a catalogue update: re-adding 50 removed films (seconds,
-  and whether the exported graph was reused).
+  and whether the exported graph was reused);
+- title Recall@10 of ScaNN indexes over the served table and over the text-search table at
+  several ``num_leaves_to_search`` (why the text-search index searches every leaf).
 
     python benchmarks/text_search_export.py   # ~10 min on 2 cores
 
@@ -122,6 +124,47 @@ def readd(version: Path, items: pd.DataFrame, data_dir: Path, count: int = 50) -
             "graph_reused": reused, "films": count}
 
 
+def leaf_sweep(model, ws, items: pd.DataFrame, settings, weight: float) -> list[dict]:
+    """Title R@10 of ScaNN indexes over the served table and the text-search table at several
+    ``num_leaves_to_search`` (the served index's default, 3/4 of the leaves, every leaf), built
+    as the export builds them and queried with the vectors the signatures compute."""
+    import dataclasses
+
+    import tensorflow as tf
+    from query_by_content import encode, unit
+
+    from tfmmrec.evaluation.crossmodal import embed_queries
+    from tfmmrec.evaluation.embeddings import embed_items
+    from tfmmrec.export.index import build, scann_parameters
+    from tfmmrec.export.module import text_search_table
+
+    dim = model.item_tower.dim
+    served = embed_items(model, ws.dataset.num_items)
+    table = text_search_table(served, pipeline.export_text_features(ws, model),
+                              content_dim=dim, weight=weight).numpy()
+    titles = queries(items)["titles"]
+    query = unit(np.asarray(embed_queries(model, ws, "text", titles)))
+    searches = {"served index": (served, np.pad(query, [(0, 0), (0, served.shape[1] - dim)])),
+                "text-search index": (table, np.hstack([query, unit(encode(ws, titles))]))}
+    leaves = scann_parameters(len(items), settings.max_k, settings.scann)["num_leaves"]
+    default = scann_parameters(len(items), settings.max_k, settings.scann)[
+        "num_leaves_to_search"]
+    rows = []
+    for search in sorted({default, (3 * leaves) // 4, leaves}):
+        row = {"num_leaves_to_search": search, "num_leaves": leaves}
+        for name, (embeddings, vectors) in searches.items():
+            index = build(embeddings, None, dataclasses.replace(
+                settings, scann=dataclasses.replace(settings.scann,
+                                                    num_leaves_to_search=search)))
+            _, found = index(tf.constant(vectors, tf.float32), k=10)
+            row[f"{name} title R@10"] = float(np.mean(
+                (found.numpy() == np.arange(len(items))[:, None]).any(axis=1)))
+        rows.append(row)
+        print(f"ScaNN, {search} of {leaves} leaves searched: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in row.items() if "R@10" in k), flush=True)
+    return rows
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -147,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--reuse-run", action="store_true",
+                        help="restore the model a previous run of this script trained")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -157,15 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     if not items_csv.is_file():
         print(f"needs ../shared: {items_csv} not found", file=sys.stderr)
         return 2
-    shutil.rmtree(WORK, ignore_errors=True)
+    for stale in ("models", "update", *(() if args.reuse_run else ("run",))):
+        shutil.rmtree(WORK / stale, ignore_errors=True)
     ws = pipeline.prepare(config, progress=False)
-    model = pipeline.train(config, workspace=ws, progress=False).model
-    print(f"trained ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+    if args.reuse_run:
+        model, ws = pipeline.restore(config.train.output_dir, config, workspace=ws)
+    else:
+        model = pipeline.train(config, workspace=ws, progress=False).model
+    print(f"model ready ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     items = pd.read_csv(items_csv, dtype=str, keep_default_na=False)
     weights = {"served index (off)": 0.0, f"text search w={args.weight:g}": args.weight}
     versions, models, summary = {}, {}, {}
     for label, weight in weights.items():
-        name = "off" if weight == 0 else "text-search"
+        name = "served-index" if weight == 0 else "text-search"  # not "off": YAML's False
         exported = tfmmrec.load_config(config, [f"export.model_name={name}",
                                                 f"export.text_search_weight={weight}"])
         versions[label] = pipeline.export(exported, model=model, workspace=ws)
@@ -173,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         summary[label] = {"search": search_figures(models[label], items),
                           "size_mb": size_mb(versions[label])}
         print(label, {k: round(v, 3) for k, v in summary[label]["search"].items()}, flush=True)
+    from tfmmrec.export.index import IndexSettings
+
+    settings = IndexSettings.from_export(config.export, max_k=config.export.max_k
+                                         + config.export.max_exclude, kind="scann")
+    sweep = leaf_sweep(model, ws, items, settings, args.weight)
     for label, figures in latencies(models, args.requests).items():
         summary[label]["query_text_five_words"] = figures
     for label, version in versions.items():
@@ -192,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                            + "".join(f" {a}" for a in argv),
                 "seconds": seconds, "seed": args.seed, "index": config.export.index,
                 "min_sentence_characters": MIN_SENTENCE, "five_word_query": FIVE_WORDS,
-                "latency_ratio_on_over_off": ratio, "summary": summary},
+                "latency_ratio_on_over_off": ratio, "summary": summary,
+                "scann_leaf_sweep": sweep},
                RESULTS / "text_search_export.json")
     plot(summary, RESULTS / "text_search_export.png")
     print(f"wrote {RESULTS}/text_search_export.json and .png ({seconds / 60:.1f} min)")

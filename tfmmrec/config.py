@@ -712,12 +712,12 @@ class ExportConfig(ConfigSection):
     copy per attention branch; ML-100K MiniLM: 93 MB of graph instead of 8.5 MB, ~42 MB
     more in all; a graph proto is capped at 2 GB) (``benchmarks/text_speed.py`` measures
     both).
-    ``text_search_weight`` ``w`` (0: off): ``query_text`` searches a second index of the
-    same kind, scoring ``cos(query, item) in the trained space + w · cos(frozen text
-    features)``, so a title or a sentence of a plot finds its item
-    (``benchmarks/query_by_content.py --hybrid``). Costs ``content_dim + 2·F`` more floats
-    per item (the features and the second table; MiniLM: F = 384). Needs a text tower with a
-    frozen encoder.
+    ``text_search_weight`` ``w`` (0: off): ``query_text`` searches a second, exhaustive
+    index (ScaNN over every leaf, else exact), scoring ``cos(query, item) in the trained
+    space + w · cos(frozen text features)``, so a title or a sentence of a plot finds its
+    item (``benchmarks/query_by_content.py --hybrid``). Costs ``content_dim + 2·F`` more
+    floats per item (the features and the second table; MiniLM: F = 384). Needs a text tower
+    with a frozen encoder.
     """
 
     base_dir: str = "runs/models"

@@ -322,10 +322,10 @@ def text_search_table(item_embeddings, text_features, *, content_dim: int,
 
 @dataclass(frozen=True)
 class TextSearch:
-    """``query_text``'s own index (``export.text_search_weight`` > 0): ``index`` over
-    :func:`text_search_table` of the served embeddings and ``features`` (``[N, F]``, each
-    item's unit frozen text feature, zeros without text; kept in the version so a catalogue
-    update can rebuild the table)."""
+    """``query_text``'s own index (``export.text_search_weight`` > 0; exhaustive,
+    ``catalog.text_search_settings``): ``index`` over :func:`text_search_table` of the served
+    embeddings and ``features`` (``[N, F]``, each item's unit frozen text feature, zeros
+    without text; kept in the version so a catalogue update can rebuild the table)."""
 
     weight: float
     content_dim: int
