@@ -26,6 +26,33 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+# Under pytest-xdist with `--dist loadfile` (`make test`) each work unit runs on one worker: a
+# test file, so its module fixtures are built once, except files sharing an expensive session
+# fixture, which form one unit so that one worker alone builds it. (xdist's own `loadgroup` does
+# not group under pytest 9, which no longer reads the node ids it rewrites.)
+XDIST_UNITS = {
+    "tests/serving/": "serving",  # tiny_exports and server (tests/serving/conftest.py)
+    # `exported`: the tiny model exported with every index kind (tests/export/conftest.py)
+    "tests/export/test_export.py": "exported",
+    "tests/export/test_op_audit.py": "exported",
+    "tests/export/test_two_stage.py": "exported",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((unit for prefix, unit in XDIST_UNITS.items()
+                         if path.startswith(prefix)), path)
+
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     if SHARED.is_dir():
         return

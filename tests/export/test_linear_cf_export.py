@@ -12,7 +12,10 @@ from tfmmrec import pipeline
 from tfmmrec.export.loader import ExportedModel
 
 
-@pytest.fixture(scope="module", params=[("ridge", "ease"), ("kernel", "ease"),
+# kernel-ease runs only with -m slow (the default suite's time budget): kernel-ease+ials exports the
+# same kernel content map and EASE block (plus the iALS block) through every test here.
+@pytest.fixture(scope="module", params=[("ridge", "ease"),
+                                        pytest.param(("kernel", "ease"), marks=pytest.mark.slow),
                                         ("kernel", "ease+ials"), ("ridge", "auto")],
                 ids="-".join)
 def cf_export(request, tiny_config, tiny_workspace, tmp_path_factory):

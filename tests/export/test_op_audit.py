@@ -199,9 +199,14 @@ def test_jit_compiled_export_uses_stock_ops_and_answers_like_the_plain_one(
                                atol=1e-5)
 
 
+# The fused backbone XLA-compiled runs only with -m slow (the default suite's time budget): its two
+# parts are each checked by default, XLA marking + TF1 answers on the plain backbone by
+# test_jit_compiled_export_uses_stock_ops_and_answers_like_the_plain_one, the fused backbone's ops
+# and TF1 answers by this test's [float32] case.
 @pytest.fixture(scope="module", params=[("float32", False, "variables"),
                                         ("bfloat16", False, "variables"),
-                                        ("float32", True, "variables"),
+                                        pytest.param(("float32", True, "variables"),
+                                                     marks=pytest.mark.slow),
                                         ("float32", False, "constants")],
                 ids=["float32", "bfloat16", "xla", "float32_constants"])
 def fused_export(request, exported, tiny_trained, tmp_path_factory):

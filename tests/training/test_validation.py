@@ -233,7 +233,10 @@ def test_an_auto_linear_cf_needs_early_stopping(tiny_config, tiny_workspace, tmp
         pipeline.linear_cf(tiny_workspace.with_config(config))
 
 
-@pytest.mark.parametrize("blocks, width", [("ease", 8), ("ease+ials", 16)])
+# ease-8 runs only with -m slow (the default suite's time budget): ease+ials-16 trains, chooses the
+# weight of and restores the same EASE block (with the iALS block beside it).
+@pytest.mark.parametrize("blocks, width", [pytest.param("ease", 8, marks=pytest.mark.slow),
+                                           ("ease+ials", 16)])
 def test_linear_cf_model_trains_with_its_weight_chosen_and_restores_exactly(tiny_config,
                                                                             tiny_workspace,
                                                                             tmp_path, blocks,
