@@ -36,6 +36,7 @@ XDIST_UNITS = {
     "tests/export/test_export.py": "exported",
     "tests/export/test_op_audit.py": "exported",
     "tests/export/test_two_stage.py": "exported",
+    "tests/export/test_text_search.py": "exported",
 }
 
 
