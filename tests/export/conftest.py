@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pandas as pd
 import pytest
 
 from tfmmrec import pipeline
@@ -19,3 +23,17 @@ def exported(tiny_trained, tiny_config, tmp_path_factory):
                                       workspace=tiny_trained.workspace, index=kind)
                 for kind in EXPORT_KINDS}
     return config, versions
+
+
+@pytest.fixture(scope="session")
+def items(tiny_demo_dir) -> pd.DataFrame:
+    """The tiny demo catalogue's items table, as catalogue-update tests read and rewrite it."""
+    return pd.read_csv(tiny_demo_dir / "items.csv", dtype=str, keep_default_na=False)
+
+
+def private_copy(version: Path, root: Path) -> Path:
+    """A model folder under ``root`` holding a copy of ``version`` as version 1, for a test
+    that updates it."""
+    model_dir = root / "models" / "tfmmrec"
+    shutil.copytree(version, model_dir / "1")
+    return model_dir

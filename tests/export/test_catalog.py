@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.export.conftest import private_copy
 from tfmmrec import pipeline
 from tfmmrec.config import load_config
 from tfmmrec.errors import DataError, ExportError, ServingError
@@ -53,14 +54,7 @@ def exported(tiny_config, tiny_trained, tmp_path_factory) -> Path:
 @pytest.fixture
 def base(exported, tmp_path) -> Path:
     """A private copy of the model folder holding version 1."""
-    model_dir = tmp_path / "models" / "tfmmrec"
-    shutil.copytree(exported, model_dir / "1")
-    return model_dir
-
-
-@pytest.fixture(scope="module")
-def items(tiny_demo_dir) -> pd.DataFrame:
-    return pd.read_csv(tiny_demo_dir / "items.csv", dtype=str, keep_default_na=False)
+    return private_copy(exported, tmp_path)
 
 
 def write_items(frame: pd.DataFrame, folder: Path, name: str = "new.csv") -> Path:

@@ -7,15 +7,14 @@ scores compare to the hand-computed ones); every update test works on its own co
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 
+from tests.export.conftest import private_copy
 from tests.export.test_op_audit import assert_stock_ops, tf1_session_answers
 from tfmmrec import modalities, pipeline
 from tfmmrec.config import load_config
@@ -49,14 +48,7 @@ def text_search_export(tiny_config, tiny_trained, tmp_path_factory) -> Path:
 @pytest.fixture
 def base(text_search_export, tmp_path) -> Path:
     """A private copy of the model folder holding version 1."""
-    model_dir = tmp_path / "models" / "tfmmrec"
-    shutil.copytree(text_search_export, model_dir / "1")
-    return model_dir
-
-
-@pytest.fixture(scope="module")
-def items(tiny_demo_dir) -> pd.DataFrame:
-    return pd.read_csv(tiny_demo_dir / "items.csv", dtype=str, keep_default_na=False)
+    return private_copy(text_search_export, tmp_path)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
