@@ -519,10 +519,10 @@ class RetrievalServingModule(tf.Module):
             EXCLUDE_SPEC, *(tf.TensorSpec([None], tf.string, name=f"viewed_{m}")
                             for m in viewed_names)], autograph=False)
         # Only the modalities the model has: saving traces every tf.function attribute.
-        for modality in self.modalities:
-            query, index = getattr(self.towers, f"{modality}_query"), self.index
-            if modality == "text" and self.text_search is not None:
-                query, index = self.towers.text_search_query, self.text_search_index
+        searches = {m: (getattr(self.towers, f"{m}_query"), self.index) for m in self.modalities}
+        if self.text_search is not None:  # query_text searches its own index (TextSearch)
+            searches["text"] = (self.towers.text_search_query, self.text_search_index)
+        for modality, (query, index) in searches.items():
             setattr(self, f"query_{modality}", retrieval(
                 lambda content, k, exclude, query=query, index=index: self._top_k(
                     query(content), k, exclude, index=index),
