@@ -197,8 +197,8 @@ def text_search_settings(settings: IndexSettings, num_items: int) -> IndexSettin
     A typed query lies far from the items it should find, so a tree that searches the leaves
     nearest to it misses them: on ML-100K a ScaNN text index searching 20 of its 41 leaves
     (the served index's setting, tuned on user queries) found a film from its title in the
-    top 10 for 67 % of films where exact search finds 95 %; every leaf found them all
-    (``benchmarks/text_search_export.py``)."""
+    top 10 for 67 % of films where exact search finds 95 %; searching every leaf found the
+    same 95 % (``benchmarks/text_search_export.py``)."""
     if settings.kind == "scann":
         return dataclasses.replace(settings, scann=dataclasses.replace(
             settings.scann, num_leaves_to_search=num_items))
