@@ -35,7 +35,6 @@ XDIST_UNITS = {
     # `exported`: the tiny model exported with every index kind (tests/export/conftest.py)
     "tests/export/test_export.py": "exported",
     "tests/export/test_op_audit.py": "exported",
-    "tests/export/test_two_stage.py": "exported",
     "tests/export/test_text_search.py": "exported",
 }
 

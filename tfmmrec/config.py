@@ -712,12 +712,13 @@ class ExportConfig(ConfigSection):
     copy per attention branch; ML-100K MiniLM: 93 MB of graph instead of 8.5 MB, ~42 MB
     more in all; a graph proto is capped at 2 GB) (``benchmarks/text_speed.py`` measures
     both).
-    ``text_search_weight`` ``w`` (0: off): ``query_text`` searches a second, exhaustive
-    index (ScaNN over every leaf, else exact), scoring ``cos(query, item) in the trained
-    space + w · cos(frozen text features)``, so a title or a sentence of a plot finds its
-    item (``benchmarks/query_by_content.py --hybrid``). Costs ``content_dim + 2·F`` more
-    floats per item (the features and the second table; MiniLM: F = 384). Needs a text tower
-    with a frozen encoder.
+    ``text_search_weight`` ``w`` (0: off): ``query_text`` searches a second index that
+    visits every item (ScaNN: every leaf, then exact reordering; other kinds: exact), scoring
+    ``cos(query, item) in the trained space + w · cos(frozen text features)``, so a title or
+    a sentence of a plot finds its item (``benchmarks/query_by_content.py --hybrid``). Costs
+    per item the ``F`` stored features plus the second index's own copy (``content_dim + F``
+    floats for an exact one; MiniLM: F = 384), and per query a pass over every item. Needs a
+    text tower with a frozen encoder.
     """
 
     base_dir: str = "runs/models"

@@ -890,14 +890,16 @@ def export_contents(ws: Workspace, exclude_seen: bool) -> dict:
 def export_text_features(ws: Workspace, model: RetrievalModel) -> np.ndarray:
     """``[N, F]``: each training item's unit frozen text feature, zeros for an item without
     text (what ``export.text_search_weight`` searches beside the trained space)."""
-    if "text" not in ws.modalities:
+    from tfmmrec.export.module import TEXT_SEARCH_MODALITY as TEXT
+
+    if TEXT not in ws.modalities:
         raise ConfigError("export.text_search_weight > 0 needs a text tower; this model's "
                           f"modalities are {', '.join(ws.modalities) or 'none'} (set it to 0)")
-    if "text" in model.item_tower.encoders:
+    if TEXT in model.item_tower.encoders:
         raise ConfigError("export.text_search_weight > 0 needs a frozen text encoder (cached "
                           "features); text.trainable fine-tunes it inside the tower (set "
                           "export.text_search_weight: 0)")
-    content = ws.contents["text"]
+    content = ws.contents[TEXT]
     features = np.asarray(content.values, np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     present = np.asarray(content.mask, bool)[:, None]

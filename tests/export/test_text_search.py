@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -22,6 +23,7 @@ from tfmmrec.errors import ConfigError
 from tfmmrec.evaluation.crossmodal import embed_queries
 from tfmmrec.export import catalog
 from tfmmrec.export.audit import registered_ops, signature_ops
+from tfmmrec.export.index import IndexSettings, scann_parameters
 from tfmmrec.export.loader import ExportedModel
 from tfmmrec.export.variables import VersionVariables
 
@@ -101,9 +103,22 @@ def test_text_search_leaves_every_other_signature_as_it_was(text_search_export, 
     for name in ("item_ids", "scores"):
         np.testing.assert_array_equal(hybrid.recommend(users, k=K)[name],
                                       plain.recommend(users, k=K)[name])
+    np.testing.assert_array_equal(hybrid.recommend(users)["item_ids"][:, :5],
+                                  plain.recommend(users)["item_ids"][:, :5])  # serving_default
     sessions = [["i0003", "i0010"], ["i0001", ""]]
     np.testing.assert_array_equal(hybrid.recommend_session(sessions, ["u001", ""], k=K)[
         "item_ids"], plain.recommend_session(sessions, ["u001", ""], k=K)["item_ids"])
+    ids = np.array(["i0001", "i0002", "not-an-item"])
+    for name in ("embedding", "found"):
+        np.testing.assert_array_equal(hybrid.call("embed_items", item_id=ids)[name],
+                                      plain.call("embed_items", item_id=ids)[name])
+    np.testing.assert_array_equal(hybrid.call("embed_query", user_id=users)["embedding"],
+                                  plain.call("embed_query", user_id=users)["embedding"])
+    for modality in ("image", "audio"):
+        request = {modality: modalities.get(modality).warmup_sample(), "k": np.int32(K)}
+        for name in ("item_ids", "scores"):
+            np.testing.assert_array_equal(hybrid.call(f"query_{modality}", **request)[name],
+                                          plain.call(f"query_{modality}", **request)[name])
     # with weight 0 query_text is the served index's search: no text part in its scores
     plain_scores = query_text(plain, QUERIES)["scores"]
     assert np.all(plain_scores <= 1.0 + 1e-5)
@@ -119,6 +134,8 @@ def test_catalogue_updates_keep_the_text_index_in_step(base, items, tiny_demo_di
     texts = [*QUERIES, *(f"{t}. {d}" for t, d in zip(chosen["title"], chosen["description"],
                                                      strict=True))]
     before = query_text(original, texts)
+    for item, found in zip(chosen["item_id"], before["item_ids"][len(QUERIES):], strict=True):
+        assert item.encode() in found  # each film's own text finds it: the re-add is tested
     removed = catalog.remove(base, item_ids=list(chosen["item_id"]))
     gone = query_text(ExportedModel(removed.version_dir), texts)["item_ids"].astype(str)
     assert not set(gone.ravel()) & set(chosen["item_id"])
@@ -136,13 +153,19 @@ def test_catalogue_updates_keep_the_text_index_in_step(base, items, tiny_demo_di
     path = tiny_demo_dir / "text-search-update.csv"
     changed.to_csv(path, index=False)
     updated = catalog.update(base, path)
-    stored = VersionVariables(updated.version_dir).read(("text_features",))
-    ids = VersionVariables(updated.version_dir).read(("item_ids",)).astype(str)
-    first = VersionVariables(base / "1").read(("text_features",))
-    first_ids = list(VersionVariables(base / "1").read(("item_ids",)).astype(str))
-    np.testing.assert_allclose(stored[list(ids).index(a)], first[first_ids.index(b)],
-                               atol=1e-5)
-    assert len(stored) == len(ids) == len(items)
+    stored, first = (pd.DataFrame(VersionVariables(v).read(("text_features",)),
+                                  index=VersionVariables(v).read(("item_ids",)).astype(str))
+                     for v in (updated.version_dir, base / "1"))
+    assert len(stored) == len(items)
+    np.testing.assert_allclose(stored.loc[a], first.loc[b], atol=1e-5)  # a has b's text now
+    others = [i for i in first.index if i != a]
+    np.testing.assert_allclose(stored.loc[others], first.loc[others], atol=1e-6)
+    row = changed.iloc[0]
+    answer = query_text(ExportedModel(updated.version_dir), [f"{row['title']}. "
+                                                            f"{row['description']}"])
+    top = dict(zip(answer["item_ids"][0].astype(str), answer["scores"][0], strict=True))
+    assert a in top and b in top  # the text index was rebuilt: a scores as b does
+    np.testing.assert_allclose(top[a], top[b], atol=1e-5)
 
 
 def test_text_search_export_runs_on_stock_tf_serving_ops_as_a_tf1_graph(text_search_export,
@@ -170,6 +193,17 @@ def test_scann_text_search_finds_what_brute_force_finds(text_search_export, tiny
     exact = query_text(ExportedModel(text_search_export), QUERIES)["item_ids"][:, :10]
     overlap = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
     assert overlap >= 0.8
+
+
+def test_the_text_index_visits_every_item_in_every_kind():
+    """ScaNN over every leaf (clamped to the leaf count), the other kinds exact."""
+    settings = IndexSettings("scann", 50)
+    scann = catalog.text_search_settings(settings, 1682)
+    assert scann.kind == "scann" and scann.scann.num_leaves_to_search == 1682
+    parameters = scann_parameters(1682, 50, scann.scann)
+    assert parameters["num_leaves_to_search"] == parameters["num_leaves"] == 41
+    for kind in ("partitioned", "brute_force"):
+        assert catalog.text_search_settings(IndexSettings(kind, 50), 1682).kind == "brute_force"
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])

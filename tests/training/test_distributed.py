@@ -209,6 +209,7 @@ MIRRORED_SCRIPT = """
     runs["two_users"] = [*two, "model.objective=users", "model.user_history=true",
                          "model.negatives=full", "model.history_dropout=0.5"]
     wanted = json.loads(sys.argv[3])  # the runs to train, and "steps" for the one-step check
+    assert set(wanted) <= {*runs, "steps"}, sorted(set(wanted) - {*runs, "steps"})
     results = {}
     for name, overrides in runs.items():
         if name not in wanted:

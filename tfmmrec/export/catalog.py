@@ -118,7 +118,7 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     traced and saved in full. ``id_keys``: the served-id lookup, when the caller derived it
     (``module.SortedIds.changed``). ``metadata["text_search"]`` (``weight``, ``content_dim``)
     with ``text_features`` (``[N, F]``, unit or zero rows): ``query_text`` gets its own
-    exhaustive index (:func:`text_search_index`).
+    index, which visits every item (:func:`text_search_index`).
     """
     item_ids = np.asarray(item_ids)
     if len(item_ids) == 0:
@@ -190,15 +190,15 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
 
 
 def text_search_settings(settings: IndexSettings, num_items: int) -> IndexSettings:
-    """The served index's settings made exhaustive for ``query_text``'s own index: ScaNN
-    scores every leaf (asymmetric hashing, then exact reordering), the other kinds search
-    exactly (``brute_force``).
+    """The served index's settings made to visit every item for ``query_text``'s own index:
+    ScaNN scores every leaf (asymmetric hashing, then exact reordering of the best), the
+    other kinds search exactly (``brute_force``).
 
     A typed query lies far from the items it should find, so a tree that searches the leaves
     nearest to it misses them: on ML-100K a ScaNN text index searching 20 of its 41 leaves
-    (the served index's setting, tuned on user queries) found a film from its title in the
-    top 10 for 67 % of films where exact search finds 95 %; searching every leaf found the
-    same 95 % (``benchmarks/text_search_export.py``)."""
+    (the served index's setting, sized to hold its reordering candidates) found a film from
+    its title in the top 10 for 67 % of films where exact search finds 95 %; searching every
+    leaf found the same 95 % (``benchmarks/text_search_export.py``)."""
     if settings.kind == "scann":
         return dataclasses.replace(settings, scann=dataclasses.replace(
             settings.scann, num_leaves_to_search=num_items))

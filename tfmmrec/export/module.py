@@ -45,6 +45,9 @@ MISSING_ITEM_ID = ""
 MISSING_SCORE = float(np.finfo(np.float32).min)
 # The towers' functions a catalogue update calls, saved apart (``ItemEmbedder``).
 ITEM_EMBEDDER_FUNCTIONS = ("embed_item_content", "embed_item_content_with_text")
+# The one modality text search adds a second space for (``export.text_search_weight``): it
+# searches the frozen encoder's own features of typed text, which only a text tower has.
+TEXT_SEARCH_MODALITY = "text"
 
 
 class ServingTowers(tf.Module):
@@ -142,8 +145,10 @@ class ServingTowers(tf.Module):
             self.embed_item_content = tf.function(self._embed_item_content,
                                                   input_signature=[self.content_spec()])
         if text_search:
-            if "text" not in item_tower.modalities or "text" in item_tower.encoders:
-                raise ValueError("text_search needs a text tower with a frozen encoder")
+            if (TEXT_SEARCH_MODALITY not in item_tower.modalities
+                    or TEXT_SEARCH_MODALITY in item_tower.encoders):
+                raise ValueError("export.text_search_weight > 0 needs a text tower with a frozen "
+                                 "encoder")
             self.text_search_query = tf.function(self._text_search_query,
                                                  input_signature=[BATCH_OF_STRINGS])
             self.embed_item_content_with_text = tf.function(
@@ -244,19 +249,21 @@ class ServingTowers(tf.Module):
         """``embed_item_content`` and the item's unit frozen text feature (zeros without
         text): the encoder runs once for both."""
         inputs = self._item_inputs(content)
-        feature = tf.math.l2_normalize(inputs["text"], axis=-1) * inputs["text_mask"][:, None]
+        feature = (tf.math.l2_normalize(inputs[TEXT_SEARCH_MODALITY], axis=-1)
+                   * inputs[f"{TEXT_SEARCH_MODALITY}_mask"][:, None])
         return {"embedding": self._embed_inputs(inputs, content["item_id"]),
                 "text_feature": feature}
 
     def _text_search_query(self, text):
         """``[unit text-alone embedding (content columns), unit frozen feature]``: the query
         side of :func:`text_search_table`; the encoder runs once for both."""
-        text = self._check_batch(text, "text")
-        raw = modalities.get("text").decode_request(text, self.settings, self.limits)
+        text = self._check_batch(text, TEXT_SEARCH_MODALITY)
+        raw = modalities.get(TEXT_SEARCH_MODALITY).decode_request(text, self.settings,
+                                                                  self.limits)
         tower = self._model.item_tower
-        features = self._features("text", raw)
-        query = tf.math.l2_normalize(tower.embed_single("text", features)[:, :tower.dim],
-                                     axis=-1)
+        features = self._features(TEXT_SEARCH_MODALITY, raw)
+        query = tf.math.l2_normalize(
+            tower.embed_single(TEXT_SEARCH_MODALITY, features)[:, :tower.dim], axis=-1)
         return tf.concat([query, tf.math.l2_normalize(features, axis=-1)], axis=-1)
 
     def _score_candidates(self, queries, candidates):
@@ -281,7 +288,7 @@ class ItemEmbedder(tf.Module):
 
     def __init__(self, towers):
         super().__init__(name="item_embedder")
-        # Only what the function captures: without an item-id embedding it reads neither the
+        # Only what the functions capture: without an item-id embedding they read neither the
         # query tower's weights nor the training ids (1M ids, keys and rows restored for
         # nothing by every update at 1M items).
         functions = [getattr(towers, name) for name in ITEM_EMBEDDER_FUNCTIONS
@@ -322,7 +329,7 @@ def text_search_table(item_embeddings, text_features, *, content_dim: int,
 
 @dataclass(frozen=True)
 class TextSearch:
-    """``query_text``'s own index (``export.text_search_weight`` > 0; exhaustive,
+    """``query_text``'s own index (``export.text_search_weight`` > 0; it visits every item,
     ``catalog.text_search_settings``): ``index`` over :func:`text_search_table` of the served
     embeddings and ``features`` (``[N, F]``, each item's unit frozen text feature, zeros
     without text; kept in the version so a catalogue update can rebuild the table)."""
@@ -521,7 +528,8 @@ class RetrievalServingModule(tf.Module):
         # Only the modalities the model has: saving traces every tf.function attribute.
         searches = {m: (getattr(self.towers, f"{m}_query"), self.index) for m in self.modalities}
         if self.text_search is not None:  # query_text searches its own index (TextSearch)
-            searches["text"] = (self.towers.text_search_query, self.text_search_index)
+            searches[TEXT_SEARCH_MODALITY] = (self.towers.text_search_query,
+                                              self.text_search_index)
         for modality, (query, index) in searches.items():
             setattr(self, f"query_{modality}", retrieval(
                 lambda content, k, exclude, query=query, index=index: self._top_k(
@@ -563,7 +571,7 @@ class RetrievalServingModule(tf.Module):
         the places left have row −1 (and score −inf, so they rank last); :meth:`_results`
         pads them.
         """
-        index = index or self.index
+        index = self.index if index is None else index
         batch = tf.shape(queries)[0]
         excluded_rows = self._exclusion_rows(exclude, batch)
         seen = self.max_seen if user_id is not None else 0
