@@ -93,11 +93,11 @@ def main(argv=None) -> int:
         same = Path(tmp) / "same.csv"
         frame.to_csv(same, index=False)
         position = {item: row for row, item in enumerate(served_ids)}
-        _, updated = embed_table(loaded.towers, same, metadata, position, "update")
+        updated = embed_table(loaded.towers, same, metadata, position, "update").embeddings
         renamed = Path(tmp) / "renamed.csv"
         frame.assign(item_id=["new-" + str(i) for i in frame["item_id"]]).to_csv(renamed,
                                                                                  index=False)
-        _, added = embed_table(loaded.towers, renamed, metadata, position, "add")
+        added = embed_table(loaded.towers, renamed, metadata, position, "add").embeddings
     content = {k: v for k, v in model.content_table(tf.constant(chosen)).items()
                if k != "item_index"}
     cold = model.item_tower(content, training=False).numpy()

@@ -146,9 +146,8 @@ def leaf_sweep(model, ws, items: pd.DataFrame, settings, weight: float) -> list[
     query = unit(np.asarray(embed_queries(model, ws, "text", titles)))
     searches = {"served index": (served, np.pad(query, [(0, 0), (0, served.shape[1] - dim)])),
                 "text-search index": (table, np.hstack([query, unit(encode(ws, titles))]))}
-    leaves = scann_parameters(len(items), settings.max_k, settings.scann)["num_leaves"]
-    default = scann_parameters(len(items), settings.max_k, settings.scann)[
-        "num_leaves_to_search"]
+    parameters = scann_parameters(len(items), settings.max_k, settings.scann)
+    leaves, default = parameters["num_leaves"], parameters["num_leaves_to_search"]
     rows = []
     for search in sorted({default, (3 * leaves) // 4, leaves}):
         row = {"num_leaves_to_search": search, "num_leaves": leaves}

@@ -112,7 +112,8 @@ def reembed(towers, dataset, ids, folder: Path, operation: str) -> np.ndarray:
                 "modalities": ["text", "image"], "image_size": IMAGE_SIZE,
                 "sample_rate": 16000, "max_seconds": 1.0}
     known = {str(i): row for row, i in enumerate(dataset.catalog.item_ids)}
-    embedded_ids, embedded = embed_table(towers, path, metadata, known, operation)
+    table = embed_table(towers, path, metadata, known, operation)
+    embedded_ids, embedded = table.ids, table.embeddings
     assert embedded_ids.tolist() == list(ids)
     return embedded
 

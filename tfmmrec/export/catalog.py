@@ -336,8 +336,7 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
         if items is None:
             raise DataError(f"catalog {operation}: --items FILE is required")
         started = time.perf_counter()
-        embedded = embed_table_parts(towers, Path(items), metadata, position, operation,
-                                     batch_size)
+        embedded = embed_table(towers, Path(items), metadata, position, operation, batch_size)
         new_ids, new_embeddings = embedded.ids, embedded.embeddings
         result.embedded_seconds = time.perf_counter() - started
         if operation == "add":
@@ -487,15 +486,7 @@ class EmbeddedTable:
 
 def embed_table(towers, path: Path, metadata: dict,
                 position: pd.Index | SortedIds | Mapping[str, int], operation: str,
-                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, embeddings)`` of a table of new or changed items (:func:`embed_table_parts`)."""
-    embedded = embed_table_parts(towers, path, metadata, position, operation, batch_size)
-    return embedded.ids, embedded.embeddings
-
-
-def embed_table_parts(towers, path: Path, metadata: dict,
-                      position: pd.Index | SortedIds | Mapping[str, int], operation: str,
-                      batch_size: int = 64) -> EmbeddedTable:
+                batch_size: int = 64) -> EmbeddedTable:
     """Read, check and embed a table of new or changed items with the version's towers
     (``position``: the served ids, as an index or ``{id: row}``); with text search on, the
     encoder's text features come from the same pass."""
