@@ -49,6 +49,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 TOP = 20
 FIVE_WORDS = "a funny film about friendship"
 BATCH = 64
+SEARCH_FIGURES = ("title R@10", "plot sentence R@10", "genre prompt P@20")
 
 
 def ranked(model: ExportedModel, strings: list[str], k: int) -> np.ndarray:
@@ -164,22 +165,23 @@ def leaf_sweep(model, ws, items: pd.DataFrame, settings, weight: float) -> list[
     return rows
 
 
-def plot(summary: dict, path: Path) -> None:
+def plot(summary: dict, path: Path, names: tuple[str, ...] = SEARCH_FIGURES,
+         title: str = "query_text through the export (ML-100K, all films)") -> None:
+    """One group of bars per figure in ``names``, one bar per version of ``summary``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["title R@10", "plot sentence R@10", "genre prompt P@20"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(2 * len(names) + 1, 4.2))
     width = 0.8 / len(summary)
     for i, (label, row) in enumerate(summary.items()):
         ax.bar(np.arange(len(names)) + i * width, [row["search"][n] for n in names], width,
                label=label)
     ax.set_xticks(np.arange(len(names)) + width * (len(summary) - 1) / 2, names)
     ax.set_ylim(0, 1)
-    ax.set_title("query_text through the export (ML-100K, all films)")
-    ax.legend(fontsize=8)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -218,6 +218,111 @@ def test_partitioned_update_re_clusters_once_many_items_were_placed():
     assert rebuilt.parameters["items_placed_since_kmeans"] == 0  # k-means again
 
 
+# --- search_every_item: what content queries use ----------------------------------------------
+
+
+def exact_top_k(queries, items, k):
+    exact = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :k]
+    return exact, np.take_along_axis(queries @ items.T, exact, 1)
+
+
+def recall(found, exact) -> float:
+    return float(np.mean([len(set(f) & set(e)) / exact.shape[1]
+                          for f, e in zip(found, exact, strict=True)]))
+
+
+# Each kind set to search little for a user query (one partition / leaf of many), so its own
+# search misses much of the exact top 10 and the every-item search has something to fix.
+NARROW = {
+    "partitioned": IndexSettings("partitioned", 20, partitioned=partitioned(
+        num_partitions=40, partitions_to_probe=1)),
+    "partitioned-int8": IndexSettings("partitioned", 20, partitioned=partitioned(
+        num_partitions=40, partitions_to_probe=1, storage="int8")),
+    "scann": IndexSettings("scann", 20, scann=ScannConfig(num_leaves=40,
+                                                          num_leaves_to_search=1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NARROW))
+def test_search_every_item_finds_what_the_narrow_search_misses(name):
+    items, queries = clustered(3000, 16)
+    queries = queries * 0.3 + 0.2  # far from every item, as content queries are
+    index = build(items, None, NARROW[name])
+    exact, exact_scores = exact_top_k(queries, items, 10)
+    narrow = recall(index(queries, k=10)[1].numpy(), exact)
+    scores, found = index(queries, k=10, every_item=True)
+    assert narrow < 0.9  # (ScaNN's tree training varies between runs: 0.78-0.82 seen)
+    if name == "partitioned":  # float32 storage: exact ids and scores
+        np.testing.assert_array_equal(found.numpy(), exact)
+        np.testing.assert_allclose(scores.numpy(), exact_scores, atol=1e-5)
+    else:  # int8 storage / hashed codes before ScaNN's exact reordering of the best 100
+        assert recall(found.numpy(), exact) >= 0.97
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16"])
+def test_partitioned_every_item_search_skips_free_slots(monkeypatch, storage):
+    """After an update left free slots (removed items) and appended a chunk: the stored
+    values' exact top-k over the items still served, never −1; bfloat16 in blocks smaller
+    than the table (several loop steps), float32 in one matmul."""
+    import tfmmrec.export.index.partitioned as module
+
+    monkeypatch.setattr(module, "SCAN_ITEMS", 64)
+    items, queries = clustered(2000, 16)
+    settings = IndexSettings("partitioned", 30, partitioned=partitioned(num_partitions=20,
+                                                                        storage=storage))
+    index = build(items, None, settings)
+    keep = np.arange(2000) % 7 != 0  # removes 286 items; the rest keep their order
+    added = clustered(40, 16, seed=3, queries=1)[0]
+    new_items = np.concatenate([items[keep], added])
+    previous_row = np.concatenate([np.flatnonzero(keep), np.full(40, -1)])
+    change = CatalogChange(previous_row, np.arange(keep.sum(), len(new_items)), 2000)
+    state = {"centroids": index.centroids.numpy(), "positions": index.positions.numpy(),
+             "table": index.table.numpy()}
+    updated = build(new_items, None, settings,
+                    previous=PreviousIndex(state, index.parameters, change))
+    assert (updated.positions.numpy() < 0).any()
+    assert updated.positions.numpy().size > 64 * 3  # several blocks
+    scores, found = updated(queries, k=30, every_item=True)
+    stored = np.zeros_like(new_items)  # each served item's stored (rounded) vector
+    slots = updated.positions.numpy().reshape(-1)
+    table = tf.cast(updated.table, tf.float32).numpy().reshape(len(slots), -1)
+    stored[slots[slots >= 0]] = table[slots >= 0]
+    exact, exact_scores = exact_top_k(queries, stored, 30)
+    np.testing.assert_array_equal(found.numpy(), exact)
+    np.testing.assert_allclose(scores.numpy(), exact_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["brute_force", "partitioned", "partitioned-int8"])
+def test_index_searches_read_their_tables_densely(name):
+    """No ``ResourceGather`` on an index's variables: one sparse read switches a variable to
+    copy-on-read, and TF then copies the whole table on every dense read (``gather_rows``)."""
+    items, queries = clustered(500, 8, queries=2)
+    settings = {"brute_force": IndexSettings("brute_force", 10),
+                "partitioned": IndexSettings("partitioned", 10),
+                "partitioned-int8": IndexSettings("partitioned", 10, partitioned=partitioned(
+                    storage="int8"))}[name]
+    index = build(items, None, settings)
+    for every_item in (False, True):
+        graph = tf.function(lambda q, every_item=every_item: index(q, k=5, every_item=every_item)
+                            ).get_concrete_function(tf.TensorSpec([None, 8])).graph
+        definition = graph.as_graph_def()
+        ops = {node.op for node in definition.node} | {
+            node.op for function in definition.library.function for node in function.node_def}
+        assert "ResourceGather" not in ops and "ReadVariableOp" in ops, (name, every_item)
+
+
+@pytest.mark.parametrize("num_items", [5, 200])
+def test_every_item_search_of_brute_force_and_tiny_scann_is_exact(num_items):
+    items, queries = clustered(num_items, 8, queries=9)
+    k = min(10, num_items)
+    exact, exact_scores = exact_top_k(queries, items, k)
+    for kind in ("brute_force", "scann"):
+        scores, found = build(items, None, IndexSettings(kind, 10))(queries, k=k,
+                                                                     every_item=True)
+        np.testing.assert_array_equal(found.numpy(), exact)
+        np.testing.assert_allclose(scores.numpy(), exact_scores, atol=1e-4)
+
+
 # --- scann on catalogues of any size ---------------------------------------------------------
 
 
@@ -240,6 +345,29 @@ def test_scann_on_a_tiny_catalogue_returns_the_exact_top_k(num_items):
         np.testing.assert_array_equal(found.numpy(), exact)
         np.testing.assert_allclose(scores.numpy(), np.take_along_axis(queries @ items.T, exact, 1),
                                    atol=1e-4)
+
+
+def test_two_scann_indexes_in_one_saved_model_each_search_their_own_items(tmp_path):
+    """A served index and a text-search index of another width in one SavedModel: after
+    loading, each signature searches its own searcher, in either order (ScaNN's own handle
+    shares one searcher between them: the second to run failed)."""
+    wide, queries = clustered(300, 16, queries=4)
+    narrow, narrow_queries = clustered(300, 8, seed=1, queries=4)
+    module = tf.Module()
+    module.wide = build(wide, None, IndexSettings("scann", 10))
+    module.narrow = build(narrow, None, IndexSettings("scann", 10))
+    signatures = {
+        name: tf.function(lambda q, name=name: getattr(module, name)(q, k=10, every_item=True)[1],
+                          input_signature=[tf.TensorSpec([None, dim], tf.float32, name="q")])
+        for name, dim in (("wide", 16), ("narrow", 8))}
+    tf.saved_model.save(module, str(tmp_path), signatures=signatures)
+    loaded = tf.saved_model.load(str(tmp_path))
+    expected = {"wide": exact_top_k(queries, wide, 10)[0],
+                "narrow": exact_top_k(narrow_queries, narrow, 10)[0]}
+    for name in ("narrow", "wide", "narrow"):
+        q = {"wide": queries, "narrow": narrow_queries}[name]
+        found = loaded.signatures[name](q=tf.constant(q))["output_0"].numpy()
+        assert recall(found, expected[name]) >= 0.97, name
 
 
 @pytest.mark.parametrize("num_items", [1, 2, 15, 16, 17, 31, 200])

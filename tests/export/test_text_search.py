@@ -18,12 +18,12 @@ import tensorflow as tf
 from tests.export.conftest import private_copy
 from tests.export.test_op_audit import assert_stock_ops, tf1_session_answers
 from tfmmrec import modalities, pipeline
-from tfmmrec.config import load_config
+from tfmmrec.config import ScannConfig, load_config
 from tfmmrec.errors import ConfigError
 from tfmmrec.evaluation.crossmodal import embed_queries
 from tfmmrec.export import catalog
 from tfmmrec.export.audit import registered_ops, signature_ops
-from tfmmrec.export.index import IndexSettings, scann_parameters
+from tfmmrec.export.index import IndexSettings
 from tfmmrec.export.loader import ExportedModel
 from tfmmrec.export.variables import VersionVariables
 
@@ -188,22 +188,28 @@ def test_scann_text_search_finds_what_brute_force_finds(text_search_export, tiny
                                                         tiny_trained, tmp_path):
     version = export_with_text_search(tiny_config, tiny_trained, tmp_path, "scann")
     assert "Scann>ScannSearchBatched" in signature_ops(version)["query_text"]
-    scann = ExportedModel(version)
+    scann, exact = ExportedModel(version), ExportedModel(text_search_export)
+    users = np.array(["u000", "u001"])
+    # the served index first, then the text index, then the served one again: each searches
+    # its own ScaNN searcher (they once shared whichever was created first)
+    before = scann.recommend(users, k=K)["item_ids"]
     found = query_text(scann, QUERIES)["item_ids"][:, :10]
-    exact = query_text(ExportedModel(text_search_export), QUERIES)["item_ids"][:, :10]
-    overlap = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+    np.testing.assert_array_equal(scann.recommend(users, k=K)["item_ids"], before)
+    expected = query_text(exact, QUERIES)["item_ids"][:, :10]
+    overlap = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, expected, strict=True)])
     assert overlap >= 0.8
+    assert (before == exact.recommend(users, k=K)["item_ids"]).mean() >= 0.8
+    answers = tf1_session_answers(version, tmp_path, "scann")["signatures"]  # TF Serving's way
+    assert set(answers) >= {"recommend", "query_text"}
 
 
-def test_the_text_index_visits_every_item_in_every_kind():
-    """ScaNN over every leaf (clamped to the leaf count), the other kinds exact."""
-    settings = IndexSettings("scann", 50)
-    scann = catalog.text_search_settings(settings, 1682)
-    assert scann.kind == "scann" and scann.scann.num_leaves_to_search == 1682
-    parameters = scann_parameters(1682, 50, scann.scann)
-    assert parameters["num_leaves_to_search"] == parameters["num_leaves"] == 41
+def test_the_text_index_is_scann_as_served_or_exact():
+    """ScaNN keeps its settings (its every-leaf search scores hashed codes); a partitioned
+    text index would be built only to be scanned whole, so the other kinds are exact."""
+    settings = IndexSettings("scann", 50, scann=ScannConfig(num_leaves_to_search=3))
+    assert catalog.text_search_settings(settings) == settings
     for kind in ("partitioned", "brute_force"):
-        assert catalog.text_search_settings(IndexSettings(kind, 50), 1682).kind == "brute_force"
+        assert catalog.text_search_settings(IndexSettings(kind, 50)).kind == "brute_force"
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])

@@ -118,7 +118,7 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     traced and saved in full. ``id_keys``: the served-id lookup, when the caller derived it
     (``module.SortedIds.changed``). ``metadata["text_search"]`` (``weight``, ``content_dim``)
     with ``text_features`` (``[N, F]``, unit or zero rows): ``query_text`` gets its own
-    index, which visits every item (:func:`text_search_index`).
+    index, searched as ``metadata["content_search"]`` says (:func:`text_search_index`).
     """
     item_ids = np.asarray(item_ids)
     if len(item_ids) == 0:
@@ -189,19 +189,18 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
                          uses_scann=uses_scann, warmup=warmup)
 
 
-def text_search_settings(settings: IndexSettings, num_items: int) -> IndexSettings:
-    """The served index's settings made to visit every item for ``query_text``'s own index:
-    ScaNN scores every leaf (asymmetric hashing, then exact reordering of the best), the
-    other kinds search exactly (``brute_force``).
+def text_search_settings(settings: IndexSettings) -> IndexSettings:
+    """``query_text``'s own index: ScaNN as served (its every-leaf search scores hashed
+    codes, cheaper than floats), the other kinds exact (``brute_force``): a partitioned
+    index's partitions would be built only to be scanned whole.
 
-    A typed query lies far from the items it should find, so a tree that searches the leaves
-    nearest to it misses them: on ML-100K a ScaNN text index searching 20 of its 41 leaves
-    (the served index's setting, sized to hold its reordering candidates) found a film from
-    its title in the top 10 for 67 % of films where exact search finds 95 %; searching every
-    leaf found the same 95 % (``benchmarks/text_search_export.py``)."""
+    It is searched as ``export.content_search`` says. A typed query lies far from the items
+    it should find, so a tree that searches the leaves nearest to it misses them: on ML-100K a
+    ScaNN text index searching 20 of its 41 leaves found a film from its title in the top 10
+    for 67 % of films where exact search finds 95 %; searching every leaf found the same 95 %
+    (``benchmarks/text_search_export.py``)."""
     if settings.kind == "scann":
-        return dataclasses.replace(settings, scann=dataclasses.replace(
-            settings.scann, num_leaves_to_search=num_items))
+        return settings
     return dataclasses.replace(settings, kind="brute_force")
 
 
@@ -220,7 +219,7 @@ def text_search_index(item_embeddings, text_features, item_ids, metadata: dict,
     table = text_search_table(item_embeddings, text_features, content_dim=content_dim,
                               weight=weight)
     return TextSearch(weight, content_dim, text_features, rebuild_index(
-        table, item_ids, text_search_settings(settings, len(item_ids)), max_k))
+        table, item_ids, text_search_settings(settings), max_k))
 
 
 def configured_k(metadata: dict) -> tuple[int, int]:
@@ -243,7 +242,9 @@ def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
             # None (a version from before limits were recorded): the towers' or the default.
             "max_batch_size": (metadata.get("limits") or {}).get("max_batch_size"),
             "max_session_items": int(metadata["max_session_items"]),
-            "session_user_weight": float(metadata["session_user_weight"])}
+            "session_user_weight": float(metadata["session_user_weight"]),
+            # a version from before the setting searched content through the index
+            "content_search": metadata.get("content_search", "index")}
 
 
 def _previous_index(previous: PreviousVersion | None, kind: str) -> PreviousIndex | None:

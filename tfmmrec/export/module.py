@@ -25,8 +25,8 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmmrec import modalities
-from tfmmrec.config import ServingLimitsConfig
-from tfmmrec.export.index.base import catalog_variable
+from tfmmrec.config import CONTENT_SEARCH, ServingLimitsConfig
+from tfmmrec.export.index.base import catalog_variable, gather_rows
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.item import ItemTower
 from tfmmrec.towers.query import QueryTower
@@ -172,7 +172,7 @@ class ServingTowers(tf.Module):
 
     # -- implementations ------------------------------------------------------------------
     def _history_item(self, item_index, training=False):
-        return tf.gather(self.history_table, item_index)
+        return gather_rows(self.history_table, item_index)
 
     def _check_batch(self, values, name: str):
         """``values`` once its batch is non-empty and within ``limits.max_batch_size``."""
@@ -329,7 +329,7 @@ def text_search_table(item_embeddings, text_features, *, content_dim: int,
 
 @dataclass(frozen=True)
 class TextSearch:
-    """``query_text``'s own index (``export.text_search_weight`` > 0; it visits every item,
+    """``query_text``'s own index (``export.text_search_weight`` > 0;
     ``catalog.text_search_settings``): ``index`` over :func:`text_search_table` of the served
     embeddings and ``features`` (``[N, F]``, each item's unit frozen text feature, zeros
     without text; kept in the version so a catalogue update can rebuild the table)."""
@@ -361,7 +361,10 @@ class RetrievalServingModule(tf.Module):
     - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
       bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items. With ``text_search``
       (:class:`TextSearch`) ``query_text`` searches its own index, scoring
-      ``cos(q, e) + w · cos(f_q, f)`` (:func:`text_search_table`).
+      ``cos(q, e) + w · cos(f_q, f)`` (:func:`text_search_table`). With
+      ``content_search="every_item"`` (the export's default) these score every item
+      (``TopKIndex.search_every_item``: exact, or ScaNN over every leaf) instead of the
+      partitions a user query visits, which miss many of a content query's items.
     - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
       ``embedding`` (the served item embedding, zeros for an unknown id) and ``found`` (for a
       caller's own index or to score chosen items). Every signature refuses an empty batch and
@@ -390,7 +393,8 @@ class RetrievalServingModule(tf.Module):
                  session_user_weight: float = 0.5,
                  id_keys: tuple[np.ndarray, np.ndarray] | None = None,
                  max_batch_size: int | None = None, build_signatures: bool = True,
-                 text_search: TextSearch | None = None):
+                 text_search: TextSearch | None = None,
+                 content_search: str = "every_item"):
         super().__init__(name="tfmmrec")
         self.towers = towers
         self.index = index
@@ -446,6 +450,10 @@ class RetrievalServingModule(tf.Module):
             # them.
             self.text_features = catalog_variable(text_search.features, "text_features")
             self.text_search_index = text_search.index
+        if content_search not in CONTENT_SEARCH:
+            raise ValueError(f"content_search must be one of {CONTENT_SEARCH}, "
+                             f"got {content_search!r}")
+        self.content_search = content_search
         self.modalities = tuple(m for m in modalities.names() if hasattr(towers, f"{m}_query"))
         self._placeholders = {m: modalities.get(m).placeholder()  # eager, once
                               for m in self.modalities}
@@ -470,7 +478,10 @@ class RetrievalServingModule(tf.Module):
                 "missing_result": [MISSING_ITEM_ID, MISSING_SCORE],
                 "history_sessions": self.history_sessions, "modalities": list(self.modalities),
                 "dim": int(self.item_table.shape[1]), "index": self.index.graph_constants(),
-                # only when on: versions from before text search keep reusing their graphs
+                # only when not the older behaviour: versions from before these settings keep
+                # reusing their graphs
+                **({} if self.content_search == "index" else {
+                    "content_search": self.content_search}),
                 **({} if self.text_search is None else {"text_search": {
                     **self.text_search, "index": self.text_search_index.graph_constants()}})}
 
@@ -530,10 +541,11 @@ class RetrievalServingModule(tf.Module):
         if self.text_search is not None:  # query_text searches its own index (TextSearch)
             searches[TEXT_SEARCH_MODALITY] = (self.towers.text_search_query,
                                               self.text_search_index)
+        every_item = self.content_search == "every_item"
         for modality, (query, index) in searches.items():
             setattr(self, f"query_{modality}", retrieval(
                 lambda content, k, exclude, query=query, index=index: self._top_k(
-                    query(content), k, exclude, index=index),
+                    query(content), k, exclude, index=index, every_item=every_item),
                 tf.TensorSpec([None], tf.string, name=modality)))
 
     # -- building blocks -------------------------------------------------------------------
@@ -563,7 +575,8 @@ class RetrievalServingModule(tf.Module):
         return tf.cond(tf.equal(given, 0), lambda: tf.fill([batch, 1], tf.constant(-1, tf.int64)),
                        lambda: rows)
 
-    def _retrieve(self, queries, count: int, exclude, user_id=None, index=None):
+    def _retrieve(self, queries, count: int, exclude, user_id=None, index=None,
+                  every_item: bool = False):
         """Top ``count`` (scores, rows) without excluded items (and seen ones, when baked in).
 
         The index is asked for ``count + max_exclude (+ max_seen)`` results, so ``count``
@@ -577,13 +590,13 @@ class RetrievalServingModule(tf.Module):
         seen = self.max_seen if user_id is not None else 0
         # index.k = min(deepest request, catalogue size): a constant of the graph.
         fetch = min(count + self.max_exclude + seen, index.k)
-        scores, items = index(queries, k=fetch)
+        scores, items = index(queries, k=fetch, every_item=every_item)
         items = tf.cast(items, tf.int64)
         # An index may return −1 for a place it could not fill (partitioned padding).
         masked = (items < 0) | tf.reduce_any(items[:, :, None] == excluded_rows[:, None, :],
                                              axis=2)
         if seen:
-            masked |= self.towers.is_seen(user_id, tf.gather(self.training_index,
+            masked |= self.towers.is_seen(user_id, gather_rows(self.training_index,
                                                              tf.maximum(items, 0)))
         scores = tf.where(masked, tf.fill(tf.shape(scores), float("-inf")), scores)
         scores, order = tf.math.top_k(scores, k=min(count, fetch))
@@ -594,15 +607,16 @@ class RetrievalServingModule(tf.Module):
         """``item_ids`` of served rows and the given ``[B, k]`` scores, with every place of row
         −1 (no allowed item left) padded: id ``MISSING_ITEM_ID``, score ``MISSING_SCORE``."""
         present = items >= 0
-        outputs = {"item_ids": tf.where(present, tf.gather(self.item_ids, tf.maximum(items, 0)),
+        outputs = {"item_ids": tf.where(present, gather_rows(self.item_ids, tf.maximum(items, 0)),
                                         MISSING_ITEM_ID)}
         for name, value in scores.items():
             outputs[name] = tf.where(present, value, MISSING_SCORE)
         return _shaped(outputs)
 
-    def _top_k(self, queries, k, exclude, user_id=None, index=None):
+    def _top_k(self, queries, k, exclude, user_id=None, index=None, every_item=False):
         k = self._check_k(k)
-        scores, items = self._retrieve(queries, self.max_k, exclude, user_id, index)
+        scores, items = self._retrieve(queries, self.max_k, exclude, user_id, index,
+                                       every_item)
         return self._results(items[:, :k], {"scores": scores[:, :k]})
 
     def _two_stage(self, queries, k, exclude, user_id=None):
@@ -611,7 +625,7 @@ class RetrievalServingModule(tf.Module):
         retrieval_scores, items = self._retrieve(queries, self.retrieve_candidates, exclude,
                                                  user_id)
         logits = self.towers.score_candidates(
-            queries, tf.gather(self.item_table, tf.maximum(items, 0)))
+            queries, gather_rows(self.item_table, tf.maximum(items, 0)))
         # Places no allowed item filled keep −inf: ranked after every candidate, then padded.
         logits = tf.where(items >= 0, logits, float("-inf"))
         ranking_scores, order = tf.math.top_k(logits, k=k)
@@ -656,7 +670,7 @@ class RetrievalServingModule(tf.Module):
         else:
             user = self.towers.user_query(users)
         known = tf.cast(rows >= 0, tf.float32)[..., None]
-        total = tf.reduce_sum(tf.gather(self.item_table, tf.maximum(rows, 0)) * known, axis=1)
+        total = tf.reduce_sum(gather_rows(self.item_table, tf.maximum(rows, 0)) * known, axis=1)
         count = tf.reduce_sum(known, axis=1)
         for modality, content in (viewed or {}).items():
             embedded, present = self._viewed(modality, content, batch)
@@ -710,7 +724,7 @@ class RetrievalServingModule(tf.Module):
     def embed_items(self, item_id):
         rows = self._lookup_rows(check_batch(item_id, "item_id", self.max_batch_size))
         found = rows >= 0
-        embedding = tf.gather(self.item_table, tf.maximum(rows, 0))
+        embedding = gather_rows(self.item_table, tf.maximum(rows, 0))
         return {"embedding": tf.where(found[:, None], embedding, tf.zeros_like(embedding)),
                 "found": found}
 
@@ -830,9 +844,9 @@ def _lookup_sorted(keys, rows, stored_ids, item_ids):
     found = tf.fill(tf.shape(flat), tf.constant(-1, tf.int64))
     for offset in (1, 0):  # the first match wins
         at = tf.minimum(first + offset, last)
-        row = tf.gather(rows, at)
-        hit = tf.equal(tf.gather(keys, at), flat) & tf.equal(tf.gather(stored_ids, row),
-                                                              flat_ids)
+        row = gather_rows(rows, at)
+        hit = tf.equal(gather_rows(keys, at), flat) & tf.equal(gather_rows(stored_ids, row),
+                                                               flat_ids)
         found = tf.where(hit, row, found)
     return tf.reshape(found, tf.shape(wanted))
 

@@ -67,6 +67,15 @@ def catalog_variable(value, name: str) -> tf.Variable:
                        shape=tf.TensorShape([None, *value.shape[1:]]))
 
 
+def gather_rows(variable: tf.Variable, indices, **kwargs) -> tf.Tensor:
+    """``tf.gather`` from a dense read of ``variable``, never a sparse one: a single sparse read
+    (``ResourceGather``) switches a variable to copy-on-read for good, and TF then copies the
+    whole table on every dense read (a brute-force search over 300,000 × 256 floats after one
+    ``embed_items`` request: 62 → 330 ms per query on the 2-core machine). Every read of a
+    catalogue variable that picks rows goes through here."""
+    return tf.gather(tf.convert_to_tensor(variable), indices, **kwargs)
+
+
 class TopKIndex(tf.Module):
     """Base class: a saved, servable top-k search over item positions.
 
@@ -106,6 +115,18 @@ class TopKIndex(tf.Module):
     def search(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         raise NotImplementedError
 
+    def search_every_item(self, queries: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Top-k after scoring every item: what content queries (``query_<modality>``) use.
+
+        A query embedded from content lies farther from its items than a user query does, so
+        the partitions nearest to it often miss them (ML-100K, ScaNN searching 20 of its 41
+        leaves: a film's title found it in the top 10 for 40 % of films, every leaf 47 %;
+        ``benchmarks/text_search_export.py``). The default scores the exact table
+        (``embeddings``); a kind without one overrides this."""
+        if self.embeddings is None:
+            raise NotImplementedError(f"{self.kind} index keeps no table to search exactly")
+        return tf.math.top_k(tf.matmul(queries, self.embeddings, transpose_b=True), k=k)
+
     @classmethod
     def updated(cls, state: dict[str, np.ndarray], parameters: dict,
                 item_embeddings: np.ndarray, item_ids: np.ndarray, change: CatalogChange,
@@ -122,12 +143,15 @@ class TopKIndex(tf.Module):
         be reused for a new catalogue only when they are equal)."""
         return {"kind": self.kind, "k": self.k}
 
-    def __call__(self, queries, k: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(scores float32 [B, k], positions int32 [B, k])``, best first; ``k`` is static."""
+    def __call__(self, queries, k: int | None = None, every_item: bool = False
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(scores float32 [B, k], positions int32 [B, k])``, best first; ``k`` is static.
+        ``every_item``: :meth:`search_every_item` instead of the kind's own search."""
         k = self.k if k is None else int(k)
         if not 1 <= k <= self.k:
             raise ExportError(f"{self.kind} index: k={k} outside [1, {self.k}] (its max_k)")
-        return self.search(tf.convert_to_tensor(queries, tf.float32), k)
+        search = self.search_every_item if every_item else self.search
+        return search(tf.convert_to_tensor(queries, tf.float32), k)
 
     def get_config(self) -> dict:
         return {"kind": self.kind, "k": self.k, "num_items": self.num_items,

@@ -33,6 +33,7 @@ from tfmmrec.export.index.base import (
     IndexSettings,
     TopKIndex,
     catalog_variable,
+    gather_rows,
     register,
 )
 
@@ -42,6 +43,8 @@ MAX_PARTITIONS = 4096
 RECLUSTER_FRACTION = 0.2
 # A placed item goes to the nearest of this many partitions with a free slot.
 PLACE_NEAREST = 4
+# Item slots scored per step of :meth:`PartitionedIndex.search_every_item`.
+SCAN_ITEMS = 1 << 16
 
 
 def partition_count(num_items: int, config: PartitionedConfig) -> int:
@@ -259,18 +262,57 @@ class PartitionedIndex(TopKIndex):
     def search(self, queries, k):
         coarse = tf.matmul(queries, self.centroids, transpose_b=True)        # [B, C]
         _, chunks = tf.math.top_k(coarse, k=self.probe)                      # [B, n]
-        vectors = tf.gather(self.table, chunks)                               # [B, n, M, d]
-        positions = tf.gather(self.positions, chunks)                         # [B, n, M]
+        vectors = gather_rows(self.table, chunks)                             # [B, n, M, d]
+        positions = gather_rows(self.positions, chunks)                       # [B, n, M]
         batch = tf.shape(queries)[0]
         candidates = self.probe * self.chunk_size
         vectors = tf.reshape(tf.cast(vectors, tf.float32), [batch, candidates, -1])
         scores = tf.squeeze(tf.matmul(vectors, queries[:, :, None]), -1)     # [B, n*M]
         if self.scales is not None:
-            scores *= tf.reshape(tf.gather(self.scales, chunks), [batch, candidates])
+            scores *= tf.reshape(gather_rows(self.scales, chunks), [batch, candidates])
         positions = tf.reshape(positions, [batch, candidates])
         scores = tf.where(positions >= 0, scores, tf.fill(tf.shape(scores), float("-inf")))
         top, order = tf.math.top_k(scores, k=k)
         return top, tf.gather(positions, order, batch_dims=1)
+
+    def search_every_item(self, queries, k):
+        """Every slot scored (the stored precision's scores, as :meth:`search` gives them).
+        A float32 table is one matmul over all of it, as brute force (reading a variable
+        densely does not copy it, :func:`gather_rows`); a bfloat16 / int8 one is scanned
+        :data:`SCAN_ITEMS` slots at a time with a running top-k, so a call converts one block
+        to float32 at a time, whatever the catalogue's size."""
+        if self.storage == "float32":
+            table = tf.convert_to_tensor(self.table)
+            scores = tf.matmul(queries, tf.reshape(table, [-1, table.shape[-1]]),
+                               transpose_b=True)                             # [B, C*M]
+            positions = tf.reshape(tf.convert_to_tensor(self.positions), [-1])
+            scores = tf.where(positions[None, :] >= 0, scores, float("-inf"))
+            top, order = tf.math.top_k(scores, k=k)
+            return top, tf.gather(positions, order)
+        batch = tf.shape(queries)[0]
+        num_chunks = tf.shape(self.positions)[0]
+        step = max(1, SCAN_ITEMS // self.chunk_size)
+
+        def scan(start, best, best_positions):
+            block = tf.range(start, tf.minimum(start + step, num_chunks))
+            vectors = tf.cast(gather_rows(self.table, block), tf.float32)      # [n, M, d]
+            vectors = tf.reshape(vectors, [-1, vectors.shape[-1]])            # [n*M, d]
+            scores = tf.matmul(queries, vectors, transpose_b=True)            # [B, n*M]
+            if self.scales is not None:
+                scores *= tf.reshape(gather_rows(self.scales, block), [1, -1])
+            positions = tf.reshape(gather_rows(self.positions, block), [1, -1])
+            scores = tf.where(positions >= 0, scores, float("-inf"))
+            best, order = tf.math.top_k(tf.concat([best, scores], 1), k=k)
+            positions = tf.concat([best_positions, tf.tile(positions, [batch, 1])], 1)
+            return start + step, best, tf.gather(positions, order, batch_dims=1)
+
+        initial = (tf.constant(0), tf.fill([batch, k], float("-inf")),
+                   tf.fill([batch, k], tf.constant(-1, tf.int32)))
+        _, best, positions = tf.while_loop(
+            lambda start, *_: start < num_chunks, scan, initial,
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, k]),
+                              tf.TensorShape([None, k])))
+        return best, positions
 
 
 def _place(positions: np.ndarray, centroids: np.ndarray, touched: np.ndarray,

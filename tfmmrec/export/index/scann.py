@@ -18,9 +18,10 @@ from tfmmrec.export.index.base import (
     register,
 )
 
-# The attributes of ScaNN's ``ScannState`` (scann_ops.ScannState): the serialised searcher.
-SCANN_STATE = ("scann_config", "serialized_partitioner", "datapoint_to_token", "ah_codebook",
-               "hashed_dataset", "int8_dataset", "int8_multipliers", "dp_norms", "dataset")
+# The attributes of ScaNN's ``ScannState`` (scann_ops.ScannState), the serialised searcher, in
+# the order its ``tensors_to_scann`` op takes them.
+SCANN_STATE = ("dataset", "scann_config", "serialized_partitioner", "datapoint_to_token",
+                 "ah_codebook", "hashed_dataset", "int8_dataset", "int8_multipliers", "dp_norms")
 
 # Asymmetric hashing with ScaNN's default LUT16 codebooks trains 16 centres per block on the
 # (residuals of the) items, and refuses fewer items than that ("Number of clusters per block
@@ -29,6 +30,9 @@ SCANN_STATE = ("scann_config", "serialized_partitioner", "datapoint_to_token", "
 # scores every item exactly instead (``score_brute_force``: the same ``Scann>`` ops).
 AH_CLUSTERS_PER_BLOCK = 16
 TREE_AH = "tree_ah"
+# ``leaves_to_search`` meaning "all of them": ScaNN caps the count at the tree's leaves, so one
+# graph constant serves every catalogue version, whatever its number of leaves.
+EVERY_LEAF = 2**31 - 1
 BRUTE_FORCE = "brute_force"
 
 
@@ -77,6 +81,24 @@ def brute_force_searcher(layer, k: int):
     return build
 
 
+def own_searcher_handle(state) -> tf.types.experimental.PolymorphicFunction:
+    """``state.recreate_handle`` with a searcher resource of its own name.
+
+    ScaNN's creates it with no ``shared_name``: in a loaded SavedModel every ScaNN state then
+    gets the searcher whichever one was searched first created, so a second index in the same
+    model (``query_text``'s text-search index beside the served one) fails its search
+    (``SCANN_RET_CHECK_EQ``: another table's width) or would search the other's items."""
+    from scann.scann_ops.py import scann_ops
+
+    shared_name = f"tfmmrec_scann_{uuid.uuid4().hex}"
+
+    def recreate_handle():
+        return scann_ops.tensors_to_scann(*(getattr(state, name) for name in SCANN_STATE),
+                                          shared_name=shared_name)
+
+    return tf.function(recreate_handle, input_signature=[])
+
+
 @register
 class ScannIndex(TopKIndex):
     """Anisotropic-quantisation tree search; the fastest kind, but only servers linked with the
@@ -110,6 +132,7 @@ class ScannIndex(TopKIndex):
             value = getattr(state, name).read_value()
             setattr(state, name, tf.Variable(value, trainable=False, name=name,
                                              shape=tf.TensorShape(None)))
+        state.recreate_handle = own_searcher_handle(state)
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):
@@ -119,3 +142,14 @@ class ScannIndex(TopKIndex):
 
     def search(self, queries, k):
         return self.layer(queries, k=k)
+
+    def search_every_item(self, queries, k):
+        """Asymmetric-hashing scores of every leaf, then the searcher's exact reordering of
+        the best (the same ``Scann>`` op with a leaf count above any tree's; ScaNN caps it)."""
+        from scann.scann_ops.py import scann_ops
+
+        searcher = scann_ops.searcher_from_module(self.layer._serialized_searcher)
+        search = (searcher.search_batched_parallel if self.layer._parallelize_batch_searches
+                  else searcher.search_batched)
+        result = search(queries, final_num_neighbors=k, leaves_to_search=EVERY_LEAF)
+        return result.distances, result.indices
