@@ -296,7 +296,7 @@ def test_partitioned_every_item_search_skips_free_slots(monkeypatch, storage):
 def test_index_searches_read_their_tables_densely(name):
     """No ``ResourceGather`` on an index's variables: one sparse read switches a variable to
     copy-on-read, and TF then copies the whole table on every dense read (``gather_rows``)."""
-    items, queries = clustered(500, 8, queries=2)
+    items, _ = clustered(500, 8, queries=2)
     settings = {"brute_force": IndexSettings("brute_force", 10),
                 "partitioned": IndexSettings("partitioned", 10),
                 "partitioned-int8": IndexSettings("partitioned", 10, partitioned=partitioned(
