@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         results = json.loads((RESULTS / "content_search_export.json").read_text())
-        dim = int(results["summary"]["scann, content_search=every_item"]["embedding_dim"])
+        dim = int(next(iter(results["summary"].values()))["embedding_dim"])
         results["scale"] = {"num_items": args.scale_items, "dim": dim,
                             "command": "python benchmarks/content_search_export.py"
                                        + "".join(f" {a}" for a in argv),
