@@ -5,7 +5,10 @@ Expensive fixtures are session-scoped so the suite builds the demo catalogue and
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,9 @@ XDIST_UNITS = {
     "tests/export/test_export.py": "exported",
     "tests/export/test_op_audit.py": "exported",
     "tests/export/test_text_search.py": "exported",
+    # `demo_command`: one `tfmmrec demo` in a fresh process (below)
+    "tests/test_output.py": "demo",
+    "tests/test_cli.py": "demo",
 }
 
 
@@ -126,3 +132,54 @@ def tiny_trained(tiny_config, tiny_workspace):
     from tfmmrec import pipeline
 
     return pipeline.train(tiny_config, workspace=tiny_workspace, progress=False)
+
+
+# --- `tfmmrec demo` as `make demo` runs it, once per session ------------------------------------
+TINY_DEMO_COMMAND_CONFIG = """\
+data:
+  demo: {num_items: 60, num_users: 30, interactions_per_user: 6, seed: 0}
+  split: random
+text: {hidden_dim: 16, num_layers: 1, num_heads: 2, intermediate_dim: 32, sequence_length: 16}
+image: {image_size: 32, cnn_filters: [8]}
+audio: {max_seconds: 1.0, cnn_filters: [8]}
+model: {embedding_dim: 16}
+train: {batch_size: 32}  # the default 20 epochs, as `make demo` runs
+eval: {ks: [10, 20]}
+"""
+
+
+def clean_environment() -> dict[str, str]:
+    """The user's environment without the log settings the quiet defaults are tested for."""
+    env = dict(os.environ)
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel", "PYTHONWARNINGS"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoCommand:
+    """A finished ``tfmmrec demo --config CONFIG --output ROOT/run`` run from ``ROOT``."""
+
+    result: subprocess.CompletedProcess
+    root: Path
+    config: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+
+@pytest.fixture(scope="session")
+def demo_command(tmp_path_factory) -> DemoCommand:
+    """The demo command in a fresh process with the user's environment, on tiny towers and the
+    default 20 epochs: its whole output (stdout + stderr, not a terminal) and its run folder."""
+    root = tmp_path_factory.mktemp("demo-command")
+    config = root / "tiny.yaml"
+    config.write_text(TINY_DEMO_COMMAND_CONFIG)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfmmrec.cli", "demo", "--config", str(config), "--output",
+         str(root / "run")],
+        cwd=root, env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=1200)
+    return DemoCommand(result, root, config)

@@ -17,6 +17,7 @@ import pytest
 from tests.data.folders import INTERACTIONS, make_folder
 from tfmmrec import cli, pipeline
 from tfmmrec.config import load_config
+from tfmmrec.errors import DataError
 
 TFMMREC = [sys.executable, "-m", "tfmmrec.cli"]
 COMMANDS = ("demo", "train", "evaluate", "export", "validate")
@@ -193,31 +194,59 @@ def test_train_into_unwritable_dir_exits_2_before_any_work(tmp_path, monkeypatch
     assert "cannot write to train.output_dir" in capsys.readouterr().err
 
 
+def test_validate_of_the_demo_into_an_unwritable_dir_is_one_line(tmp_path, capsys):
+    """``validate`` builds the demo catalogue under ``train.output_dir``; a path it cannot
+    create is one line naming it, not a FileNotFoundError traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["validate", "--set", f"train.output_dir={blocker / 'run'}"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot write the demo dataset to" in error and str(blocker) in error
+    assert len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("sets", "expected"), [
+    ([], "{output_parent}/models"), (["export.base_dir={tmp}/elsewhere"], "{tmp}/elsewhere")],
+    ids=["beside the run", "export.base_dir set"])
+def test_demo_output_moves_the_export_only_when_export_base_dir_is_not_set(
+        tmp_path, monkeypatch, sets, expected):
+    """``--output`` overrode a ``--set export.base_dir`` too, so a throwaway demo run could
+    publish into a folder a server was polling."""
+    seen = []
+
+    def stop(config, **_):
+        seen.append(config)
+        raise DataError("stop after the config")
+
+    monkeypatch.setattr(pipeline, "prepare", stop)
+    output = tmp_path / "throwaway" / "run"
+    overrides = [a for s in sets for a in ("--set", s.format(tmp=tmp_path))]
+    assert cli.main(["demo", "--output", str(output), *overrides]) == 2
+    assert seen[0].train.output_dir == str(output)
+    assert seen[0].export.base_dir == expected.format(output_parent=output.parent, tmp=tmp_path)
+
+
 @pytest.fixture(scope="module")
-def demo_run(tiny_config, tmp_path_factory):
-    """``tfmmrec demo`` on the tiny config, as a user would run it with a config file."""
-    root = tmp_path_factory.mktemp("cli-demo")
-    config_path = root / "tiny.yaml"
-    tiny_config.to_yaml(config_path)
-    code = cli.main(["-q", "demo", "--config", str(config_path), "--output",
-                     str(root / "runs" / "demo")])
-    return code, root, config_path
+def demo_run(demo_command):
+    """``tfmmrec demo`` as a user runs it with a config file (tests/conftest.py: one run per
+    session, shared with tests/test_output.py)."""
+    return demo_command.result.returncode, demo_command.root, demo_command.config
 
 
-def test_demo_trains_evaluates_exports_and_queries(demo_run, capsys):
+def test_demo_trains_evaluates_exports_and_queries(demo_run):
     code, root, _ = demo_run
     assert code == 0
-    run = root / "runs" / "demo"
+    run = root / "run"
     assert (run / "checkpoints" / "latest.index").is_file()
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert {"tfmmrec", "popularity", "random"} <= set(metrics["results"])
     assert (run / "eval" / "metrics.png").is_file()
-    assert (root / "runs" / "models" / "tfmmrec" / "1" / "saved_model.pb").is_file()
+    assert (root / "models" / "tfmmrec" / "1" / "saved_model.pb").is_file()
 
 
 def test_evaluate_command_restores_the_demo_checkpoint(demo_run, capsys):
     _, root, config_path = demo_run
-    output = root / "runs" / "demo"
+    output = root / "run"
     metrics = output / "eval" / "metrics.json"
     metrics.unlink()
     assert cli.main(["-q", "evaluate", "--config", str(config_path),
@@ -235,7 +264,7 @@ def test_evaluate_refuses_a_model_it_cannot_restore_before_loading_data(
         demo_run, monkeypatch, capsys, overrides, expected):
     _, root, config_path = demo_run
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("prepared data"))
-    sets = [f"train.output_dir={root / 'runs' / 'demo'}",
+    sets = [f"train.output_dir={root / 'run'}",
             *(o.format(root=root) for o in overrides)]
     assert cli.main(["-q", "evaluate", "--config", str(config_path),
                      *(a for o in sets for a in ("--set", o))]) == 2
@@ -245,6 +274,6 @@ def test_evaluate_refuses_a_model_it_cannot_restore_before_loading_data(
 
 def test_run_records_the_config_it_ran_with(demo_run):
     _, root, config_path = demo_run
-    expected = load_config(config_path, [f"train.output_dir={root / 'runs' / 'demo'}",
-                                         f"export.base_dir={root / 'runs' / 'models'}"])
-    assert load_config(root / "runs" / "demo" / "config.yaml") == expected
+    expected = load_config(config_path, [f"train.output_dir={root / 'run'}",
+                                         f"export.base_dir={root / 'models'}"])
+    assert load_config(root / "run" / "config.yaml") == expected

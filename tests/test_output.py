@@ -7,53 +7,23 @@ per-epoch line and, end to end, the demo command's whole output in a fresh proce
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import clean_environment
 from tfmmrec.progress import LineCounter, LineProgress, counter, progress
-
-ROOT = Path(__file__).resolve().parents[1]
-
-TINY_DEMO_CONFIG = """\
-data:
-  demo: {num_items: 60, num_users: 30, interactions_per_user: 6, seed: 0}
-  split: random
-text: {hidden_dim: 16, num_layers: 1, num_heads: 2, intermediate_dim: 32, sequence_length: 16}
-image: {image_size: 32, cnn_filters: [8]}
-audio: {max_seconds: 1.0, cnn_filters: [8]}
-model: {embedding_dim: 16}
-train: {batch_size: 32}  # the default 20 epochs, as `make demo` runs
-eval: {ks: [10, 20]}
-"""
 
 LIBRARY_CHATTER = ("WARNING", "Warning", "I0000", "W0000", "E0000", "cuInit", "oneDNN",
                    "Using TensorFlow backend", "absl::", "Epoch 1/", "ETA:", "\r")
 
 
-def clean_environment() -> dict[str, str]:
-    """The user's environment without the log settings the quiet defaults are tested for."""
-    env = dict(os.environ)
-    for name in ("TF_CPP_MIN_LOG_LEVEL", "GLOG_minloglevel", "PYTHONWARNINGS"):
-        env.pop(name, None)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-def test_demo_prints_at_most_40_lines_and_no_library_warnings(tmp_path):
+def test_demo_prints_at_most_40_lines_and_no_library_warnings(demo_command):
     """`make demo` runs this command; its whole output (stdout + stderr, not a terminal) must fit
     on a screen: progress, results, where files went."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_DEMO_CONFIG)
-    result = subprocess.run(
-        [sys.executable, "-m", "tfmmrec.cli", "demo", "--config", str(config), "--output",
-         str(tmp_path / "run")],
-        cwd=tmp_path, env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, timeout=1200)
+    result = demo_command.result
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout[-3000:]
     assert len(lines) <= 40, result.stdout
@@ -61,7 +31,7 @@ def test_demo_prints_at_most_40_lines_and_no_library_warnings(tmp_path):
     assert noisy == [], noisy
     text = result.stdout
     assert "epoch 20/20: " in text and "| tfmmrec |" in text and "query_text" in text
-    assert f"run directory: {tmp_path / 'run'}" in text
+    assert f"run directory: {demo_command.run_dir}" in text
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

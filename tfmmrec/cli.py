@@ -27,7 +27,7 @@ from pathlib import Path
 
 import tfmmrec
 from tfmmrec._env import native_stderr_to, quiet_output
-from tfmmrec.config import STRATEGIES, load_config
+from tfmmrec.config import STRATEGIES, ExportConfig, load_config
 from tfmmrec.errors import ConfigError, TfmmrecError
 
 EXIT_USER_ERROR = 2
@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="build demo data, train, evaluate, export, query")
     _add_config_args(demo)
-    demo.add_argument("--output", default=None, help="run directory (default: runs/demo)")
+    demo.add_argument("--output", default=None,
+                      help="run directory (default: runs/demo); the model is exported beside "
+                           "it, to OUTPUT/../models/, unless export.base_dir is set")
 
     for name, help_text in (("train", "train a retrieval model"),
                             ("evaluate", "evaluate a trained model (writes metrics.json + PNG)"),
@@ -512,8 +514,11 @@ def _demo(config, output: str | None) -> int:
     from tfmmrec.training.trainer import check_writable
 
     if output:
-        config = load_config(config, [f"train.output_dir={output}",
-                                      f"export.base_dir={Path(output).parent / 'models'}"])
+        # The export goes beside the run (<output>/../models) unless export.base_dir was set.
+        overrides = [f"train.output_dir={output}"]
+        if load_config(config).export.base_dir == ExportConfig().base_dir:
+            overrides.append(f"export.base_dir={Path(output).parent / 'models'}")
+        config = load_config(config, overrides)
     start = time.perf_counter()
     check_writable(Path(config.train.output_dir))
     workspace = pipeline.prepare(config)

@@ -653,18 +653,22 @@ class ServingLimitsConfig(ConfigSection):
     included) enforces them with INVALID_ARGUMENT before any expensive op runs.
 
     The defaults admit every real query (a 10-minute 48 kHz WAV, a 16-megapixel photo, a
-    64 KiB text) and bound the memory one request can take to tens of MiB.
+    64 KiB text) and bound the memory one request can take to tens of MiB. Tokenising takes
+    about 90 times a text's bytes, so ``query_text`` also bounds the request's total
+    (``max_text_request_bytes``: 1,024 texts of 64 KiB each took 5.4 GiB).
     """
 
     max_batch_size: int = 1024
     max_text_bytes: int = 65_536
+    max_text_request_bytes: int = 1_048_576
     max_image_pixels: int = 16_777_216
     min_sample_rate: int = 8_000
     max_sample_rate: int = 192_000
     max_audio_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_text_bytes", "max_image_pixels"):
+        for name in ("max_batch_size", "max_text_bytes", "max_text_request_bytes",
+                     "max_image_pixels"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"export.limits.{name}", value,
                    "an integer >= 1")

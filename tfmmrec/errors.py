@@ -99,7 +99,26 @@ def one_line_error(message: str) -> str:
         return _condition_text(what, op, _unbracket(x), _unbracket(y), boolean=False)
     text = _NODE_DECORATION.sub("", text).strip()
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return _OP_SUFFIX.sub("", first).strip()
+    return _named_decoder_error(_OP_SUFFIX.sub("", first).strip())
+
+
+# TensorFlow's decoders fail on corrupt or truncated files with messages that name neither the
+# input nor what to send (``Invalid PNG data, size 100``; DecodeWav's ``Data too short when
+# trying to read string``): these get the modality and the formats the export accepts.
+_DECODER_ERRORS = (
+    (re.compile(r"^Invalid (PNG|JPEG|GIF|BMP|WebP) data|^Premature end of JPEG"), "image",
+     "corrupt or truncated image ({}) - send complete JPEG, PNG, GIF, BMP or WebP bytes"),
+    (re.compile(r"^Data too short when trying to read|^Header mismatch|^Bad (audio format|"
+                r"file size|bits per sample)|^Can only read|^Can't have more than"), "audio",
+     "corrupt or truncated WAV ({}) - send complete 16-bit PCM WAV bytes"),
+)
+
+
+def _named_decoder_error(text: str) -> str:
+    for pattern, modality, message in _DECODER_ERRORS:
+        if pattern.search(text):
+            return f"{modality}: {message.format(text)}"
+    return text
 
 
 def _clean_assert(data: str) -> str:

@@ -371,6 +371,10 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace.with_config(config) if workspace is not None else \
         prepare(config, progress=progress)
+    # Again after preparing, which draws from the global generators: the model's weights and
+    # dropout draws are then the same whether this call prepared the data (`tfmmrec train`) or
+    # was given it (`tfmmrec demo`, notebooks).
+    tf.keras.utils.set_random_seed(config.train.seed)
     if len(ws.split.train) < 2:
         raise DataError("fewer than 2 training interactions after the split: nothing to train")
     output = Path(config.train.output_dir)

@@ -89,6 +89,30 @@ def test_a_table_that_is_not_utf8_names_the_line_and_the_byte(tmp_path):
         load(root)
 
 
+@pytest.mark.parametrize("table", ["items.csv", "interactions.csv", "users.csv"])
+def test_a_trailing_comma_on_every_row_parses_as_the_header_says(tmp_path, table):
+    """pandas made the first column the index of such a file and shifted every field left:
+    an item came out with its title as its id."""
+    root = make_folder(tmp_path / "d")
+    path = root / table
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], *(line + "," for line in lines[1:])]) + "\n")
+    plain = load(make_folder(tmp_path / "plain"))
+    dataset = load(root)
+    assert list(dataset.catalog.item_ids) == list(plain.catalog.item_ids)
+    pd.testing.assert_frame_equal(dataset.interactions, plain.interactions)
+
+
+@pytest.mark.parametrize("rows", ["n1,T,D,extra\n", "n0,T,D\nn1,T,D,extra\n"],
+                         ids=["first row", "later row"])
+def test_a_field_beyond_the_header_is_an_error_naming_its_line(tmp_path, rows):
+    root = make_folder(tmp_path / "d", items="item_id,title,description\n" + rows)
+    line = 1 + rows.count("\n")
+    with pytest.raises(DataError, match=rf"items\.csv: line {line} has 4 fields, the header 3: "
+                                        r"a field beyond the header's columns"):
+        load(root)
+
+
 def test_a_jsonl_line_that_is_not_an_object_is_named(tmp_path):
     root = make_folder(tmp_path / "d", items=None)
     (root / "items.jsonl").write_text('{"item_id": "i1", "title": "a"}\n'

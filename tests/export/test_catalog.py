@@ -622,6 +622,28 @@ def test_a_catalogue_update_that_loses_the_race_says_so_and_changes_nothing(
     assert [p.name for p in (base / "2").iterdir()] == ["the-other-writer"]
 
 
+def test_an_update_that_another_update_of_the_same_version_overtook_fails_not_loses_it(
+        base, items, tiny_demo_dir, monkeypatch):
+    """Two updates both read version 1; the other publishes version 2 while this one embeds.
+    This one must not publish version 3 without the other's change (a silently lost update):
+    it fails saying so, and a rerun builds on version 2."""
+    embed_table = catalog.embed_table
+
+    def overtaken(*args, **kwargs):
+        embedded = embed_table(*args, **kwargs)
+        shutil.copytree(base / "1", base / "2")  # the other update's version
+        return embedded
+
+    monkeypatch.setattr(catalog, "embed_table", overtaken)
+    row = with_all_media(items).iloc[[0]].assign(item_id="overtaken")
+    with pytest.raises(ExportError, match=r"^another writer published version 2 \("):
+        catalog.add(base, write_items(row, tiny_demo_dir, "overtaken.csv"))
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+    monkeypatch.setattr(catalog, "embed_table", embed_table)
+    rerun = catalog.add(base, write_items(row, tiny_demo_dir, "overtaken.csv"))
+    assert rerun.version_dir == base / "3"
+
+
 # --- exports whose text backbone's kernels are graph constants -------------------------------
 
 

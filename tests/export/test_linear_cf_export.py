@@ -9,12 +9,16 @@ import tensorflow as tf
 
 from tests.conftest import derive_config
 from tfmmrec import pipeline
+from tfmmrec.export.audit import copy_on_read
 from tfmmrec.export.loader import ExportedModel
 
 
 # kernel-ease runs only with -m slow (the default suite's time budget): kernel-ease+ials exports the
 # same kernel content map and EASE block (plus the iALS block) through every test here.
-@pytest.fixture(scope="module", params=[("ridge", "ease"),
+# Slow: ("ridge", "ease") and ("kernel", "ease") (a training and an export each, ~80 s); the
+# default suite exports the ridge map through ("ridge", "auto"), the kernel map and the EASE
+# block through ("kernel", "ease+ials").
+@pytest.fixture(scope="module", params=[pytest.param(("ridge", "ease"), marks=pytest.mark.slow),
                                         pytest.param(("kernel", "ease"), marks=pytest.mark.slow),
                                         ("kernel", "ease+ials"), ("ridge", "auto")],
                 ids="-".join)
@@ -82,3 +86,8 @@ def test_a_restored_run_rebuilds_the_cf_part_exactly(cf_export):
     for mine, theirs in zip(restored.weights, trained.weights, strict=True):
         if "score_weight" not in mine.name:  # the fixture re-set the in-memory served weight
             np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.name)
+
+
+def test_no_variable_of_the_cf_export_is_read_both_by_rows_and_densely(cf_export):
+    """The CF blocks' item tables and the user's history rows are gathered per request."""
+    assert copy_on_read(cf_export[1].path) == {}

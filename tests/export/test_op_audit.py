@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from tests.export.conftest import EXPORT_KINDS
-from tfmmrec.export.audit import registered_ops, signature_ops
+from tfmmrec.export.audit import copy_on_read, registered_ops, signature_ops, variable_reads
 from tfmmrec.export.index import index_class
 from tfmmrec.export.loader import ExportedModel
 
@@ -264,3 +264,28 @@ def test_fused_text_export_uses_stock_ops_and_answers_like_the_plain_one(
         assert fused["query_text"]["item_ids"][0][0] == plain["query_text"]["item_ids"][0][0]
         np.testing.assert_allclose(fused["query_text"]["scores"], plain["query_text"]["scores"],
                                    atol=2e-2)
+
+
+@pytest.mark.parametrize("kind", EXPORT_KINDS)
+def test_no_served_variable_is_read_both_by_rows_and_densely(kind, exported):
+    """One ``ResourceGather`` makes every later dense read of that variable copy it whole (TF's
+    copy-on-read), so a catalogue table gathered by one signature and searched densely by
+    another costs a full copy per search. The walk must see both kinds of read."""
+    _, versions = exported
+    reads = variable_reads(versions[kind])
+    every = set().union(*(ops for by_signature in reads.values()
+                          for ops in by_signature.values()))
+    assert {"ReadVariableOp", "ResourceGather"} <= every, sorted(every)
+    assert copy_on_read(versions[kind]) == {}
+
+
+def test_the_audit_command_prints_ops_outside_core_and_copy_on_read_variables(
+        exported, op_registry, monkeypatch, capsys):
+    from tfmmrec.export import audit
+
+    monkeypatch.setattr(audit, "registered_ops", lambda: op_registry)
+    assert audit.main([str(exported[1]["scann"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    recommend = next(line for line in lines if line.startswith("recommend:"))
+    assert "Scann>ScannSearchBatched (scann)" in recommend
+    assert lines[-1] == "variables read both by rows and densely (copy-on-read): none"

@@ -21,6 +21,7 @@ import tensorflow as tf
 from tfmmrec import pipeline
 from tfmmrec.config import load_config
 from tfmmrec.export import catalog
+from tfmmrec.export.audit import copy_on_read
 from tfmmrec.export.loader import ExportedModel, padded
 from tfmmrec.export.module import extend_history
 from tfmmrec.towers.history import history_table
@@ -189,3 +190,8 @@ def test_history_sessions_keep_the_user_id_and_feature_parts(tiny_config, tiny_w
     table = model._loaded.item_table.numpy()
     expected = ids[np.argsort(-(table @ moved[0]), kind="stable")[:K]]
     np.testing.assert_array_equal(got["item_ids"][0].astype(str), expected)
+
+
+def test_no_served_variable_is_read_both_by_rows_and_densely(exported):
+    """Session and history tables are gathered per request; the index searches read densely."""
+    assert copy_on_read(exported) == {}

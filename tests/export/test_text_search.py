@@ -22,7 +22,7 @@ from tfmmrec.config import ScannConfig, load_config
 from tfmmrec.errors import ConfigError
 from tfmmrec.evaluation.crossmodal import embed_queries
 from tfmmrec.export import catalog
-from tfmmrec.export.audit import registered_ops, signature_ops
+from tfmmrec.export.audit import copy_on_read, registered_ops, signature_ops
 from tfmmrec.export.index import IndexSettings
 from tfmmrec.export.loader import ExportedModel
 from tfmmrec.export.variables import VersionVariables
@@ -225,3 +225,8 @@ def test_text_search_without_a_frozen_text_encoder_is_a_config_error(tiny_traine
     fine_tuned = SimpleNamespace(item_tower=SimpleNamespace(encoders={"text": object()}))
     with pytest.raises(ConfigError, match="frozen text encoder"):
         pipeline.export_text_features(tiny_trained.workspace, fine_tuned)
+
+
+def test_no_variable_of_the_text_search_export_is_read_both_by_rows_and_densely(
+        text_search_export):
+    assert copy_on_read(text_search_export) == {}

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import tfmmrec
 from tfmmrec import pipeline
+from tfmmrec.export.audit import copy_on_read
 from tfmmrec.export.loader import ExportedModel
 
 TINY = ["data.demo.num_items=60", "data.demo.num_users=30", "data.demo.interactions_per_user=12",
@@ -144,3 +145,7 @@ def test_fewer_allowed_items_than_k_are_padded_not_returned(two_stage):
         scores = out[name][0]
         assert np.isfinite(scores).all(), name
         assert (scores[3:] == MISSING_SCORE).all() and (scores[:3] > MISSING_SCORE).all(), name
+
+
+def test_no_variable_of_a_two_stage_export_is_read_both_by_rows_and_densely(two_stage):
+    assert copy_on_read(two_stage[3].path) == {}

@@ -85,6 +85,20 @@ def test_query_command_reports_server_errors_without_traceback(serve_process, ca
     assert "Traceback" not in error
 
 
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_query_text_that_is_not_utf8_is_one_line_either_way(serve_process, capsys, rest):
+    """``--text $'caf\\xe9'``: the shell passes a byte that is not UTF-8, which Python holds as
+    a lone surrogate; gRPC's request builder raised a traceback on it."""
+    grpc_port, rest_port, _, _ = serve_process
+    port, flags = (rest_port, ["--rest"]) if rest else (grpc_port, [])
+    code = main(["query", "--target", f"127.0.0.1:{port}", *flags, "--model", MODEL,
+                 "--text", "caf\udce9"])
+    error = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in error, error
+    assert "not valid UTF-8 text (a lone surrogate" in error
+    assert len(error.strip().splitlines()) == 1
+
+
 def test_sigterm_stops_the_server_cleanly(serve_process):
     grpc_port, _, process, lines = serve_process
     process.send_signal(signal.SIGTERM)
@@ -127,6 +141,10 @@ def test_serve_rejects_a_missing_base_path(tmp_path, capsys):
     ("--port", "eighty", "'eighty' is not an integer"),
     ("--num-threads", "-1", "-1 is below the minimum 0"),
     ("--max-request-bytes", "0", "0 is below the minimum 1"),
+    ("--poll-seconds", "inf", "inf is not a poll interval: expected 0 (never) to 86400"),
+    ("--poll-seconds", "-1", "-1 is not a poll interval"),
+    ("--poll-seconds", "nan", "nan is not a poll interval"),
+    ("--poll-seconds", "soon", "'soon' is not a number"),
 ])
 def test_serve_refuses_out_of_range_numbers_before_binding(tmp_path, capsys, option, value,
                                                            expected):

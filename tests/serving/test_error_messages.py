@@ -87,6 +87,15 @@ RAW = {
         "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t [[{{node "
         "DecodeImage}}]] [Op:__inference_signature_wrapper_7]",
         "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
+    "truncated_png": (
+        "Invalid PNG data, size 100\n\t [[{{node DecodePng}}]] "
+        "[Op:__inference_signature_wrapper_7]",
+        "image: corrupt or truncated image (Invalid PNG data, size 100) - send complete JPEG, "
+        "PNG, GIF, BMP or WebP bytes"),
+    "truncated_wav": (
+        "Data too short when trying to read string\n\t [[{{node DecodeWav}}]]",
+        "audio: corrupt or truncated WAV (Data too short when trying to read string) - send "
+        "complete 16-bit PCM WAV bytes"),
     "eager_op_suffix": ("Input is empty. [Op:DecodeWav] name: decode",
                         "Input is empty."),
     # A signature calling a nested tf.function (serving_default): TF names the wrapper first.

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from tests.serving.conftest import MODEL, sample_wav
+from tests.serving.conftest import MODEL, SCANN_MODEL, sample_wav
 from tests.serving.test_bad_requests import grpc_predict
 from tfmmrec.config import ServingLimitsConfig
 from tfmmrec.errors import ServingError
@@ -82,6 +82,10 @@ GRPC_CASES = {
     "text_over_byte_cap": ("query_text", {"text": strings(b"a" * (LIMITS.max_text_bytes + 1)),
                                           "k": K},
                            f"max_text_bytes={LIMITS.max_text_bytes}"),
+    "png_truncated": ("query_image", {"image": strings(png_of(64, 64)[:-20]), "k": K},
+                      "image: corrupt or truncated image ("),
+    "wav_truncated": ("query_audio", {"audio": strings(sample_wav()[:300]), "k": K},
+                      "audio: corrupt or truncated WAV ("),
     "png_8000x8000": ("query_image", {"image": strings(png_of(8000, 8000)), "k": K},
                       f"max_image_pixels={LIMITS.max_image_pixels}"),
     "png_header_2g_pixels": ("query_image", {"image": strings(png_header_claiming(
@@ -231,6 +235,43 @@ def test_fifty_megabyte_text_is_refused_before_tokenising(in_process):
     assert rss_mib() - before < RSS_BOUND_MIB + 50  # the 50 MB request itself is held once
 
 
+def peak_rss_mib_of(call) -> float:
+    """Peak resident memory during ``call()`` above the resident memory before it (Linux:
+    ``clear_refs`` resets the peak); skips where the peak cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here")
+    before = rss_mib()
+    call()
+    with open("/proc/self/status") as status:
+        peak = next(float(line.split()[1]) / 1024 for line in status
+                    if line.startswith("VmHWM:"))
+    return peak - before
+
+
+def test_many_texts_under_the_per_text_cap_are_refused_by_the_request_total(in_process):
+    """1,024 texts of 60 KB each passed the per-text cap and took 5.4 GiB to tokenise; the
+    request's total (``max_text_request_bytes``) is checked before the tokenizer too."""
+    model = in_process[MODEL]
+    per_text = LIMITS.max_text_bytes
+    over = np.array([b"word " * (per_text // 5)] * (LIMITS.max_text_request_bytes // per_text
+                                                     + 1), dtype=object)
+
+    def refused():
+        with pytest.raises(ServingError, match=(
+                f"export.limits.max_text_request_bytes={LIMITS.max_text_request_bytes} bytes "
+                rf"in all \(send fewer or shorter texts per request\); total: "
+                rf"{sum(map(len, over))}$")):
+            model.call("query_text", text=over, k=K)
+
+    assert peak_rss_mib_of(refused) < RSS_BOUND_MIB
+    at_limit = np.array([b"a" * per_text] * (LIMITS.max_text_request_bytes // per_text),
+                        dtype=object)
+    assert model.call("query_text", text=at_limit, k=K)["item_ids"].shape == (len(at_limit), 3)
+
+
 def test_audio_longer_than_the_cap_is_refused_before_resampling(in_process):
     """10 minutes at 8 kHz plus one second (9.6 MB: over the test server's request cap, so
     called in-process; the check is in the graph)."""
@@ -243,9 +284,28 @@ def test_audio_longer_than_the_cap_is_refused_before_resampling(in_process):
     assert rss_mib() - before < RSS_BOUND_MIB
 
 
+@pytest.mark.parametrize("model", [MODEL, SCANN_MODEL])
+@pytest.mark.parametrize(("signature", "inputs", "message"), [
+    ("recommend", {"user_id": ["u001"], "exclude_item_ids": [["a"], ["b"]]},
+     "exclude_item_ids needs one row per request in the batch (or none)"),
+    ("recommend_session", {"session_item_ids": [["i0001"], ["i0002"]], "user_id": ["u001"] * 3},
+     "user_id needs one entry per session (or none) (got 3, expected 2)"),
+], ids=["exclusions", "session users"])
+def test_a_batch_mismatch_is_named_before_any_search(in_process, model, signature, inputs,
+                                                     message):
+    """The ScaNN export answered a mismatched exclusion batch with TF's own gather message
+    (the search ran before the check); every index kind must name the input."""
+    arrays = {name: np.array(value, dtype=object) for name, value in inputs.items()}
+    for _ in range(3):  # the order of unordered ops varied from call to call
+        with pytest.raises(ServingError) as raised:
+            in_process[model].call(signature, k=K, **arrays)
+        assert str(raised.value).endswith(message), str(raised.value)
+
+
 def test_limits_are_written_into_the_export_metadata(in_process):
     assert in_process[MODEL].metadata["limits"] == {
         "max_batch_size": LIMITS.max_batch_size, "max_text_bytes": LIMITS.max_text_bytes,
+        "max_text_request_bytes": LIMITS.max_text_request_bytes,
         "max_image_pixels": LIMITS.max_image_pixels,
         "min_sample_rate": LIMITS.min_sample_rate, "max_sample_rate": LIMITS.max_sample_rate,
         "max_audio_seconds": LIMITS.max_audio_seconds}

@@ -127,18 +127,19 @@ def build_demo_dataset(root: str | Path, config: DemoConfig | None = None) -> Pa
         logger.info("reusing demo dataset at %s", root)
         return root
     _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temps(root):
-        logger.info("removed a partial demo build left by a killed process: %s", stale)
     try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temps(root):
+            logger.info("removed a partial demo build left by a killed process: %s", stale)
         # Built in a hidden sibling and renamed into place (an old demo there is replaced):
         # a reader never sees a half-written folder.
         with atomic_path(root, directory=True, replace=True) as tmp:
             Path(tmp).mkdir()
             _write_dataset(Path(tmp), config)
-    except OSError:
+    except OSError as exc:
         if not _is_complete(root, config):
-            raise
+            raise DataError(f"cannot write the demo dataset to {root}: "
+                            f"{exc.strerror or exc} ({exc.filename or root})") from None
         # a concurrent build of the same config published its (identical) folder first
     logger.info("built demo dataset at %s (%d items, %d users)", root, config.num_items,
                 config.num_users)

@@ -55,8 +55,13 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
     dtypes = {column: "string" for column in id_columns}
     try:
         if path.suffix == ".csv":
-            chunks = pd.read_csv(path, dtype=str if all_strings else dtypes,
-                                 keep_default_na=False, na_values=[""], chunksize=rows)
+            # index_col=False: rows with a trailing empty field ("a,b,c,") parse as their
+            # header says; without it pandas makes the first column the index and shifts
+            # every field one column left. A non-empty extra field is an error (below).
+            with _extra_fields_are_errors():
+                chunks = pd.read_csv(path, dtype=str if all_strings else dtypes,
+                                     keep_default_na=False, na_values=[""], chunksize=rows,
+                                     index_col=False)
         elif path.suffix == ".jsonl":
             chunks = pd.read_json(path, lines=True, dtype=dtypes, chunksize=rows)
         elif path.suffix == ".parquet":
@@ -64,10 +69,14 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
         else:
             raise DataError(f"unsupported table format {path.suffix!r} for {path}: "
                             "use .csv, .jsonl or .parquet")
-        if rows is None and not isinstance(chunks, Iterator):
+        if not isinstance(chunks, Iterator):
             chunks = iter([chunks])
         start = 0
-        for frame in chunks:
+        while True:
+            with _extra_fields_are_errors():
+                frame = next(chunks, None)
+            if frame is None:
+                break
             frame.index = pd.RangeIndex(start, start + len(frame))
             if start == 0 and frame.empty:
                 break
@@ -86,6 +95,17 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
         raise DataError(f"{path} is empty: it needs a header and at least one row")
 
 
+@contextlib.contextmanager
+def _extra_fields_are_errors():
+    """pandas only warns (and drops the field) when a CSV row has a non-empty field beyond
+    its header under ``index_col=False``: raise instead (:func:`_first_bad_line` names it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        yield
+
+
 def _first_bad_line(path: Path) -> str | None:
     """Where a text table stops being readable, for the error message: the first line that
     is not UTF-8 (pandas only gives a byte offset into its buffer) or, in JSONL, not one JSON
@@ -94,6 +114,7 @@ def _first_bad_line(path: Path) -> str | None:
 
     if path.suffix not in (".csv", ".jsonl"):
         return None
+    header = None
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
@@ -101,6 +122,14 @@ def _first_bad_line(path: Path) -> str | None:
             except UnicodeDecodeError as exc:
                 return (f"line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
                         f"column {exc.start + 1}): save the file as UTF-8")
+            if path.suffix == ".csv":
+                fields = _csv_field_count(text)
+                if number == 1:
+                    header = fields
+                elif fields is not None and header is not None and fields > header:
+                    return (f"line {number} has {fields} fields, the header {header}: a "
+                            "field beyond the header's columns (quote fields that hold "
+                            "commas, or name the extra column in the header)")
             if path.suffix == ".jsonl" and text.strip():
                 try:
                     row = json.loads(text)
@@ -109,6 +138,20 @@ def _first_bad_line(path: Path) -> str | None:
                 if not isinstance(row, dict):
                     return f"line {number} is a JSON {type(row).__name__}, not an object"
     return None
+
+
+def _csv_field_count(line: str) -> int | None:
+    """Fields of one CSV line, trailing empty ones not counted (they parse as the header
+    says); None for a line the csv module cannot split alone (a quoted field spanning lines)."""
+    import csv
+
+    try:
+        row = next(csv.reader([line]), [])
+    except csv.Error:
+        return None
+    while row and row[-1] == "":
+        row.pop()
+    return len(row)
 
 
 def _parquet_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:

@@ -1,8 +1,21 @@
-"""Export: trained towers + a ScaNN/BruteForce index → versioned SavedModels for TF Serving."""
+"""Export: trained towers + a ScaNN/BruteForce index → versioned SavedModels for TF Serving.
 
-from tfmmrec.export.index import build_index
-from tfmmrec.export.module import RetrievalServingModule, ServingTowers
-from tfmmrec.export.writer import next_version, write_version
+The public names load on first use (PEP 562): a client that only needs ``export.loader`` or
+``export.warmup`` (``tfmmrec query``) then does not import TFRS, ScaNN and the towers.
+"""
 
-__all__ = ["RetrievalServingModule", "ServingTowers", "build_index", "next_version",
-           "write_version"]
+import importlib
+
+_PUBLIC = {"build_index": "tfmmrec.export.index",
+           "RetrievalServingModule": "tfmmrec.export.module",
+           "ServingTowers": "tfmmrec.export.module",
+           "next_version": "tfmmrec.export.writer",
+           "write_version": "tfmmrec.export.writer"}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,9 @@ an export can be checked against a server's op set before it is shipped:
 
     python -m tfmmrec.export.audit runs/models/tfmmrec/1     # ops per signature + their origin
 
+:func:`variable_reads` follows each variable's handle the same way, so a test can check that no
+served table is read both by rows and densely (:func:`copy_on_read`).
+
 :func:`registered_ops` lists the ops a fresh process registers with only TensorFlow, then with
 TF Text, then with ScaNN imported — the three op sets of the servers in the README matrix.
 """
@@ -118,6 +121,118 @@ def signature_ops(version_dir: str | os.PathLike) -> dict[str, set[str]]:
     return result
 
 
+DENSE_READS = frozenset({"ReadVariableOp"})
+ROW_READS = frozenset({"ResourceGather", "ResourceGatherNd"})
+_PASS_THROUGH = frozenset({"Identity"})
+_CALLS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
+_LOOPS = frozenset({"While", "StatelessWhile"})
+_CONDITIONALS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+
+
+def variable_reads(version_dir: str | os.PathLike) -> dict[str, dict[str, set[str]]]:
+    """``{variable: {signature: {op type, ...}}}``: the ops each signature applies to each
+    variable's handle, followed through calls, loops and conditionals of the function library.
+
+    Why: a row read (``ResourceGather``) switches a variable to copy-on-read for the life of
+    the process, after which every dense read (``ReadVariableOp``) copies the whole variable;
+    a catalogue table read both ways costs a full copy per search (:func:`copy_on_read`).
+    """
+    meta_graph = load_meta_graph(version_dir)
+    library = {f.signature.name: f for f in meta_graph.graph_def.library.function}
+    top_nodes = list(meta_graph.graph_def.node)
+    memo: dict[tuple[str, int], frozenset[str]] = {}
+
+    def argument_uses(function_name: str, position: int) -> frozenset[str]:
+        key = (function_name, position)
+        if key not in memo:
+            memo[key] = frozenset()  # against recursion
+            function = library[function_name]
+            arg = function.signature.input_arg[position].name
+            memo[key] = frozenset(_consumer_uses(function.node_def, arg, argument_uses,
+                                                 library, in_function=True))
+        return memo[key]
+
+    handles = {n.name: (n.attr["shared_name"].s.decode() or n.name)
+               for n in top_nodes if n.op == "VarHandleOp"}
+    reads: dict[str, dict[str, set[str]]] = {name: {} for name in handles.values()}
+    for signature, nodes in _signature_nodes(meta_graph).items():
+        reached = [n for n in top_nodes if n.name in nodes]
+        for node_name, variable in handles.items():
+            uses = _consumer_uses(reached, node_name, argument_uses, library, in_function=False)
+            if uses:
+                reads[variable][signature] = uses
+    return reads
+
+
+def copy_on_read(version_dir: str | os.PathLike,
+                 skip: Iterable[str] = (INIT_SIGNATURE,)) -> dict[str, dict[str, set[str]]]:
+    """Variables that some signature reads by rows and some signature reads densely (the
+    pairs that make a served process copy the variable on every dense read)."""
+    found = {}
+    for variable, by_signature in variable_reads(version_dir).items():
+        uses = {s: ops for s, ops in by_signature.items() if s not in set(skip)}
+        every = set().union(*uses.values()) if uses else set()
+        if every & ROW_READS and every & DENSE_READS:
+            found[variable] = uses
+    return found
+
+
+def _signature_nodes(meta_graph) -> dict[str, set[str]]:
+    """Names of the top-level nodes each signature's outputs depend on."""
+    nodes = {n.name: n for n in meta_graph.graph_def.node}
+    result = {}
+    for key, signature in meta_graph.signature_def.items():
+        stack = [t.name.split(":")[0] for t in signature.outputs.values()]
+        seen: set[str] = set()
+        while stack:
+            name = stack.pop().lstrip("^")
+            if name in seen or name not in nodes:
+                continue
+            seen.add(name)
+            stack.extend(i.split(":")[0] for i in nodes[name].input)
+        result[key] = seen
+    return result
+
+
+def _consumer_uses(nodes, source: str, argument_uses, library, in_function: bool) -> set[str]:
+    """Op types applied to the tensor ``source`` (an argument or a node's first output) by
+    ``nodes``, following pass-through ops and the arguments of called functions."""
+    def produced_by_source(ref: str) -> bool:
+        if ref.startswith("^"):
+            return False
+        parts = ref.split(":")
+        if parts[0] != source:
+            return False
+        return parts[-1] == "0" or len(parts) == 1
+
+    uses: set[str] = set()
+    for node in nodes:
+        positions = [i for i, ref in enumerate(node.input) if produced_by_source(ref)]
+        for position in positions:
+            uses |= _node_uses(node, position, nodes, argument_uses, library, in_function)
+    return uses
+
+
+def _node_uses(node, position, nodes, argument_uses, library, in_function) -> set[str]:
+    if node.op in _PASS_THROUGH:
+        return _consumer_uses(nodes, node.name, argument_uses, library, in_function)
+    if node.op in _CALLS:
+        return set(argument_uses(node.attr["f"].func.name, position))
+    if node.op in library:
+        return set(argument_uses(node.op, position))
+    if node.op in _LOOPS:
+        return set(argument_uses(node.attr["body"].func.name, position)) | set(
+            argument_uses(node.attr["cond"].func.name, position))
+    if node.op in _CONDITIONALS:
+        if position == 0:
+            return set()
+        names = ([node.attr["then_branch"].func.name, node.attr["else_branch"].func.name]
+                 if "then_branch" in node.attr
+                 else [f.name for f in node.attr["branches"].list.func])
+        return set().union(*(argument_uses(name, position - 1) for name in names))
+    return {node.op}
+
+
 def registered_ops(python: str = sys.executable) -> dict[str, set[str]]:
     """``{"core", "tf_text", "scann"}`` op sets, from a fresh interpreter (no tfmmrec)."""
     import tempfile
@@ -150,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         extra = sorted(op for op in ops if origin(op, registry) != "core")
         print(f"{signature}: {len(ops)} op types; outside core TF: "
               f"{', '.join(f'{op} ({origin(op, registry)})' for op in extra) or 'none'}")
+    trapped = copy_on_read(args[0])
+    print("variables read both by rows and densely (copy-on-read): "
+          f"{', '.join(sorted(trapped)) or 'none'}")
     return 0
 
 

@@ -53,6 +53,7 @@ from tfmmrec.export.warmup import warmup_requests
 from tfmmrec.export.writer import (
     ITEM_EMBEDDER,
     check_version_free,
+    lost_race_error,
     read_metadata,
     write_updated_version,
     write_version,
@@ -358,13 +359,22 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
                                                             embedded.text_features)
             result.updated = len(new_ids)
 
-    result.version_dir = write_catalog_version(
-        towers, embeddings, ids, metadata["index"], metadata, model_dir.parent,
-        model_dir.name, settings=_index_settings(metadata),
-        warmup_user=metadata.get("warmup_user", ""),
-        previous=PreviousVersion(previous, metadata, variables, change),
-        id_keys=position.changed(change, ids) if isinstance(position, SortedIds) else None,
-        text_features=text_features)
+    # The version after the one this update builds on, never "the next free one": of two
+    # updates of the same version, the second to finish must fail rather than publish a
+    # catalogue without the first one's change.
+    version = int(previous.name) + 1
+    try:
+        result.version_dir = write_catalog_version(
+            towers, embeddings, ids, metadata["index"], metadata, model_dir.parent,
+            model_dir.name, version, settings=_index_settings(metadata),
+            warmup_user=metadata.get("warmup_user", ""),
+            previous=PreviousVersion(previous, metadata, variables, change),
+            id_keys=position.changed(change, ids) if isinstance(position, SortedIds) else None,
+            text_features=text_features)
+    except ExportError:
+        if (model_dir / str(version)).exists():  # not ours: this write failed
+            raise lost_race_error(version, model_dir / str(version)) from None
+        raise
     result.num_items = len(ids)
     logger.info("catalogue %s: %s → %s (%d items)", operation, previous.name,
                 result.version_dir.name, len(ids))

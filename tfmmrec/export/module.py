@@ -50,6 +50,14 @@ ITEM_EMBEDDER_FUNCTIONS = ("embed_item_content", "embed_item_content_with_text")
 TEXT_SEARCH_MODALITY = "text"
 
 
+def serving_function(python_function, input_signature: list) -> tf.types.experimental.Function:
+    """``tf.function`` for a serving graph: fixed signature, no AutoGraph. Serving code is
+    written in graph ops (``tf.cond``, ``tf.while_loop``), so AutoGraph would only convert it
+    (and every Keras layer it calls) on each trace: the first export of a process and each
+    catalogue update that re-traces pay ~30 % more without this (tiny model: 24.6 → 17.1 s)."""
+    return tf.function(python_function, input_signature=input_signature, autograph=False)
+
+
 class ServingTowers(tf.Module):
     """The trained model as the export needs it: a handful of batch functions, saved and
     restorable on their own (``loaded.towers.<function>``).
@@ -133,32 +141,31 @@ class ServingTowers(tf.Module):
         self.history_half_life = float(history_half_life)
         self.history_max_length = int(history_max_length)
         if query_tower.history_encoder is not None:
-            self.session_query = tf.function(self._session_query, input_signature=[
+            self.session_query = serving_function(self._session_query, [
                 BATCH_OF_STRINGS, tf.TensorSpec([None, None], tf.string)])
         dim = int(training_item_embeddings.shape[1])
-        self.user_query = tf.function(self._user_query, input_signature=[BATCH_OF_STRINGS])
+        self.user_query = serving_function(self._user_query, [BATCH_OF_STRINGS])
         for modality in item_tower.modalities:
-            setattr(self, f"{modality}_query", tf.function(
-                self._content_query_function(modality),
-                input_signature=[modalities.get(modality).request_spec]))
+            setattr(self, f"{modality}_query", serving_function(
+                self._content_query_function(modality), [modalities.get(modality).request_spec]))
         if item_tower.modalities:
-            self.embed_item_content = tf.function(self._embed_item_content,
-                                                  input_signature=[self.content_spec()])
+            self.embed_item_content = serving_function(self._embed_item_content,
+                                                       [self.content_spec()])
         if text_search:
             if (TEXT_SEARCH_MODALITY not in item_tower.modalities
                     or TEXT_SEARCH_MODALITY in item_tower.encoders):
                 raise ValueError("export.text_search_weight > 0 needs a text tower with a frozen "
                                  "encoder")
-            self.text_search_query = tf.function(self._text_search_query,
-                                                 input_signature=[BATCH_OF_STRINGS])
-            self.embed_item_content_with_text = tf.function(
-                self._embed_item_content_with_text, input_signature=[self.content_spec()])
+            self.text_search_query = serving_function(self._text_search_query,
+                                                      [BATCH_OF_STRINGS])
+            self.embed_item_content_with_text = serving_function(
+                self._embed_item_content_with_text, [self.content_spec()])
         if ranking_head is not None:
-            self.score_candidates = tf.function(self._score_candidates, input_signature=[
+            self.score_candidates = serving_function(self._score_candidates, [
                 tf.TensorSpec([None, dim], tf.float32),
                 tf.TensorSpec([None, None, dim], tf.float32)])
         if self.seen_table is not None:
-            self.is_seen = tf.function(self._is_seen, input_signature=[
+            self.is_seen = serving_function(self._is_seen, [
                 BATCH_OF_STRINGS, tf.TensorSpec([None, None], tf.int64)])
 
     def content_spec(self) -> dict[str, tf.TensorSpec]:
@@ -502,14 +509,13 @@ class RetrievalServingModule(tf.Module):
             def signature(inputs, k=k_default, exclude_item_ids=no_exclusion):
                 return implementation(inputs, k, exclude_item_ids)
 
-            return tf.function(signature, input_signature=[input_spec, K_SPEC, EXCLUDE_SPEC],
-                               autograph=False)
+            return serving_function(signature, [input_spec, K_SPEC, EXCLUDE_SPEC])
 
         # serving_default keeps its single input, so TF Serving's REST row format
         # ({"instances": ["u1", "u2"]}) still works; `recommend` takes exclusions.
-        self.serve_default = tf.function(
+        self.serve_default = serving_function(
             lambda user_id: self._recommend(user_id, k_default, tf.zeros([0, 0], tf.string)),
-            input_signature=[tf.TensorSpec([None], tf.string, name="user_id")], autograph=False)
+            [tf.TensorSpec([None], tf.string, name="user_id")])
         self.recommend = retrieval(self._recommend,
                                    tf.TensorSpec([None], tf.string, name="user_id"))
 
@@ -532,10 +538,10 @@ class RetrievalServingModule(tf.Module):
                                            given["k"], given["exclude_item_ids"], viewed)
 
         session.__signature__ = inspect.Signature(parameters)
-        self.recommend_session = tf.function(session, input_signature=[
+        self.recommend_session = serving_function(session, [
             SESSION_SPEC, tf.TensorSpec([None], tf.string, name="user_id"), K_SPEC,
             EXCLUDE_SPEC, *(tf.TensorSpec([None], tf.string, name=f"viewed_{m}")
-                            for m in viewed_names)], autograph=False)
+                            for m in viewed_names)])
         # Only the modalities the model has: saving traces every tf.function attribute.
         searches = {m: (getattr(self.towers, f"{m}_query"), self.index) for m in self.modalities}
         if self.text_search is not None:  # query_text searches its own index (TextSearch)
@@ -569,11 +575,15 @@ class RetrievalServingModule(tf.Module):
         """``[B, E]`` rows to exclude; an empty ``[0, 0]`` request means none."""
         rows = self._rows(exclude, self.max_exclude, "exclude_item_ids")
         given = tf.shape(rows)[0]
-        tf.debugging.assert_equal(
+        check = tf.debugging.assert_equal(
             tf.logical_or(tf.equal(given, 0), tf.equal(given, batch)), True,
             message="exclude_item_ids needs one row per request in the batch (or none)")
-        return tf.cond(tf.equal(given, 0), lambda: tf.fill([batch, 1], tf.constant(-1, tf.int64)),
-                       lambda: rows)
+        # The rows depend on the check: a ScaNN search, whose exclusion gather would fail with
+        # TF's own shape message, cannot run before it.
+        with tf.control_dependencies([check] if check is not None else []):
+            return tf.cond(tf.equal(given, 0),
+                           lambda: tf.fill([batch, 1], tf.constant(-1, tf.int64)),
+                           lambda: tf.identity(rows))
 
     def _retrieve(self, queries, count: int, exclude, user_id=None, index=None,
                   every_item: bool = False):
@@ -663,8 +673,10 @@ class RetrievalServingModule(tf.Module):
         batch = tf.shape(rows)[0]
         users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
                         lambda: tf.fill([batch], ""), lambda: user_id)
-        tf.debugging.assert_equal(tf.shape(users)[0], batch,
-                                  message="user_id needs one entry per session (or none)")
+        check = tf.debugging.assert_equal(tf.shape(users)[0], batch,
+                                          message="user_id needs one entry per session (or none)")
+        with tf.control_dependencies([check] if check is not None else []):
+            users = tf.identity(users)
         if self.history_sessions:
             user = self.towers.session_query(users, session_item_ids)["query"]
         else:

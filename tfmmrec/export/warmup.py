@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from tfmmrec import modalities
+from tfmmrec.errors import ServingError
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
@@ -27,7 +28,12 @@ def predict_request(model_name: str, signature: str, inputs: dict[str, Any],
     if version is not None:
         request.model_spec.version.value = version
     for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        try:
+            proto = tf.make_tensor_proto(value)
+        except UnicodeEncodeError:  # e.g. a shell argument that was not UTF-8 (surrogates)
+            raise ServingError(f"{name}: a string is not valid UTF-8 text (a lone surrogate "
+                               "escape); send text as UTF-8, binary data as bytes") from None
+        request.inputs[name].CopyFrom(proto)
     return request
 
 

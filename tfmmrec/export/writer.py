@@ -111,10 +111,14 @@ def _write_failed(final: Path, version: int, exc: Exception) -> ExportError:
             or (isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
                 and Path(final).is_dir()))
     if lost:
-        return ExportError(f"another writer published version {version} ({final}) first; "
-                           "nothing was changed by this run: run it again (a catalogue update "
-                           f"then builds on version {version})")
+        return lost_race_error(version, final)
     return ExportError(f"export to {final} failed: {exc}")
+
+
+def lost_race_error(version: int, final: Path) -> ExportError:
+    return ExportError(f"another writer published version {version} ({final}) first; "
+                       "nothing was changed by this run: run it again (a catalogue update "
+                       f"then builds on version {version})")
 
 
 def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: str,

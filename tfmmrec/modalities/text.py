@@ -104,12 +104,18 @@ class TextModality(ModalitySpec):
                        limits: ServingLimitsConfig) -> tf.Tensor:
         lengths = tf.strings.length(request)
         limit = limits.max_text_bytes
+        total = tf.reduce_sum(tf.cast(lengths, tf.int64))
+        total_limit = limits.max_text_request_bytes
         checks = [
             tf.debugging.Assert(tf.reduce_all(lengths > 0),
                                 ["text: empty string in the batch"]),
             tf.debugging.Assert(tf.reduce_all(lengths <= limit), [
                 f"text: a text is longer than export.limits.max_text_bytes={limit} bytes; "
                 "lengths:", lengths], summarize=8),
+            tf.debugging.Assert(total <= total_limit, [
+                "text: the texts of one request are longer than "
+                f"export.limits.max_text_request_bytes={total_limit} bytes in all (send fewer "
+                "or shorter texts per request); total:", total]),
         ]
         with tf.control_dependencies(checks):  # before the tokenizer sees a byte
             return tf.identity(request)

@@ -90,6 +90,19 @@ def _at_least(minimum: int):
     return parse
 
 
+def _poll_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0 (0: never poll) and at most a day
+    (the poller's timer overflows on inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a poll interval: expected 0 (never) to 86400 seconds")
+    return value
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -124,7 +137,7 @@ def _add_serve(subparsers) -> None:
     serve.add_argument("--rest-api-port", type=port_number, default=DEFAULT_REST_PORT,
                        help="REST port (default: %(default)s; 0: any free port)")
     serve.add_argument("--no-rest", action="store_true", help="serve gRPC only")
-    serve.add_argument("--poll-seconds", type=float, default=1.0,
+    serve.add_argument("--poll-seconds", type=_poll_seconds, default=1.0,
                        help="seconds between looks for new versions (TF Serving's "
                             "--file_system_poll_wait_seconds; default: %(default)g; 0: never)")
     serve.add_argument("--version-policy", default="latest",
