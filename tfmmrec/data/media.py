@@ -161,6 +161,23 @@ def check_image_header(image_bytes: tf.Tensor, max_pixels: int) -> list:
     ]
 
 
+def check_request_pixels(images: tf.Tensor, max_total: int, max_pixels: int) -> tf.Operation:
+    """An assertion that the pixels the headers of a batch of encoded ``images`` declare add
+    up to at most ``max_total``: decoding costs CPU in proportion to the pixels, and each
+    image alone may be up to ``max_pixels``. Reads headers only. Each image counts at most
+    ``max_pixels`` and an unknown format 0, so an image its own check refuses
+    (:func:`check_image_header`) is named by that check."""
+    def declared(image_bytes):
+        _, height, width = image_header_size(image_bytes)
+        return tf.minimum(tf.maximum(height, 0) * tf.maximum(width, 0), max_pixels)
+
+    total = tf.reduce_sum(tf.map_fn(declared, images, fn_output_signature=tf.int64))
+    return tf.debugging.Assert(total <= max_total, [
+        "image: the images of one request declare more than "
+        f"export.limits.max_image_request_pixels={max_total} pixels in all (send fewer or "
+        "smaller images per request); total:", total])
+
+
 # --- GIF: only the first frame reaches the decoder ---------------------------------------------
 #
 # giflib (TF's GIF decoder) reads every frame into memory before DecodeImage keeps the first

@@ -10,7 +10,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec.config import ImageTowerConfig, ServingLimitsConfig
-from tfmmrec.data.media import IMAGE_EXTENSIONS, check_image_file, decode_image, load_image
+from tfmmrec.data.media import (
+    IMAGE_EXTENSIONS,
+    check_image_file,
+    check_request_pixels,
+    decode_image,
+    load_image,
+)
 from tfmmrec.errors import MediaDecodeError
 from tfmmrec.modalities.base import (
     FileModality,
@@ -94,6 +100,9 @@ class ImageModality(FileModality):
     def decode_request(self, request: tf.Tensor, settings: Settings,
                        limits: ServingLimitsConfig) -> tf.Tensor:
         size, pixels = settings["image_size"], limits.max_image_pixels
+        total = check_request_pixels(request, limits.max_image_request_pixels, pixels)
+        with tf.control_dependencies([total]):
+            request = tf.identity(request)  # no image is decoded before the request's total
         return tf.map_fn(lambda b: decode_image(b, size, pixels), request,
                          fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
