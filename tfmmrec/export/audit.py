@@ -103,22 +103,8 @@ def signature_ops(version_dir: str | os.PathLike) -> dict[str, set[str]]:
                 found |= ops_of_function(called)
         return found
 
-    def reachable(tensor_names: Iterable[str]) -> set[str]:
-        found, stack, seen = set(), [t.split(":")[0].lstrip("^") for t in tensor_names], set()
-        while stack:
-            name = stack.pop()
-            if name in seen or name not in nodes:
-                continue
-            seen.add(name)
-            node = nodes[name]
-            found |= ops_of_node(node)
-            stack.extend(i.split(":")[0].lstrip("^") for i in node.input)
-        return found
-
-    result = {}
-    for key, signature in meta_graph.signature_def.items():
-        result[key] = reachable([t.name for t in signature.outputs.values()])
-    return result
+    return {key: set().union(set(), *(ops_of_node(nodes[name]) for name in reached))
+            for key, reached in _signature_nodes(meta_graph).items()}
 
 
 DENSE_READS = frozenset({"ReadVariableOp"})
