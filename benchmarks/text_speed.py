@@ -495,12 +495,13 @@ def main(argv=None) -> int:
 
 LABELS = {
     "padded": "padded to 128 (before)",
-    "trimmed": "trimmed, Keras backbone (default)",
+    "trimmed": "trimmed, Keras backbone (the library's default)",
     "trimmed_xla": "trimmed + XLA (`export.jit_compile`)",
     "fused": "trimmed, fused backbone (`export.text_backbone: fused`)",
     "fused_xla": "fused + XLA (`text_backbone: fused`, `jit_compile`)",
     "fused_bf16": "fused, bfloat16 weights (`export.text_precision: bfloat16`)",
-    "fused_const": "fused, constant kernels (`export.text_weights: constants`)",
+    "fused_const": "fused, constant kernels (`export.text_weights: constants`; "
+                   "configs/ml100k.yaml)",
     "fused_bf16_const": "fused, bfloat16 constant kernels (`text_precision: bfloat16`, "
                         "`text_weights: constants`)",
     "numpy_matmul_floor": "floor: the backbone's weight matmuls alone in numpy",
