@@ -13,12 +13,17 @@ import base64
 import binascii
 import json
 import math
+import re
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import grpc
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+from tfmmrec.config import ExportConfig, ServingLimitsConfig
 from tfmmrec.serving.status import RequestStatus, invalid_argument
 
 # One table for both ends: the numpy dtype of each TensorProto dtype JSON can carry.
@@ -57,15 +62,66 @@ def proto_dtype_name(dtype: int) -> str:
 
 
 # -- JSON text → tensors -----------------------------------------------------------------------
-def loads(body: bytes):
-    """Parse a request body; syntax errors, bad UTF-8, excessive nesting and integers too long
-    for Python to convert are client errors (400), never a 500."""
+@dataclass(frozen=True)
+class JsonValueLimit:
+    """The most JSON values (the document, array elements, object members) one REST request
+    may hold, checked before ``json.loads`` builds them: CPython takes about 80 bytes a value,
+    so a 32 MiB body of ``[],`` took 825 MiB to parse before being refused.
+
+    max_batch_size × (max_session_items + max_exclude + 32): the largest request an export accepts.
+
+    That is a full batch of ``recommend_session`` rows, each with full sessions and exclusions
+    (32 covers a row's object, its arrays and every other input), read from the served
+    export's own limits (:meth:`of_export`), so ``tfmmrec serve`` never refuses a request the
+    graph would take; with the default limits, 186,368 values (about 15 MB of Python objects).
+    """
+
+    max_batch_size: int = ServingLimitsConfig.max_batch_size
+    max_session_items: int = ExportConfig.max_session_items
+    max_exclude: int = ExportConfig.max_exclude
+
+    # A recommend_session row needs 10: its object, 2 arrays, user_id, 4 viewed_<m>, 2 b64 keys
+    ROW_EXTRA: ClassVar[int] = 32
+
+    @classmethod
+    def of_export(cls, metadata: Mapping) -> JsonValueLimit:
+        """The limit of an export, from its ``tfmmrec.json`` (the defaults for what it lacks:
+        a SavedModel not written by tfmmrec, or a version from before a key was recorded)."""
+        limits = metadata.get("limits")
+        found = {"max_batch_size": (limits if isinstance(limits, Mapping) else {}).get(
+                     "max_batch_size"),
+                 "max_session_items": metadata.get("max_session_items"),
+                 "max_exclude": metadata.get("max_exclude")}
+        return cls(**{key: value for key, value in found.items()
+                      if isinstance(value, int) and not isinstance(value, bool) and value >= 0})
+
+    @property
+    def values(self) -> int:
+        return self.max_batch_size * (self.max_session_items + self.max_exclude + self.ROW_EXTRA)
+
+    def __str__(self) -> str:
+        return (f"export.limits.max_batch_size={self.max_batch_size} rows × "
+                f"(export.max_session_items={self.max_session_items} + "
+                f"export.max_exclude={self.max_exclude} + {self.ROW_EXTRA}) values per row")
+
+
+DEFAULT_JSON_VALUE_LIMIT = JsonValueLimit()  # a model without tfmmrec limits; 186,368 values
+
+
+def loads(body: bytes, limit: JsonValueLimit = DEFAULT_JSON_VALUE_LIMIT):
+    """Parse a request body; syntax errors, bad UTF-8, excessive nesting, more values than
+    ``limit`` and integers too long for Python to convert are client errors (400), never a
+    500."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
-    depth = _max_nesting(body)
+    depth, values = _scan(body, limit.values)
     if depth > MAX_JSON_DEPTH:
         raise invalid_argument(f"JSON Parse error: nesting depth {depth} exceeds the limit of "
                                f"{MAX_JSON_DEPTH}")
+    if values > limit.values:
+        raise invalid_argument(f"JSON Parse error: more than {limit.values} JSON values (array "
+                               f"elements and object members), over the limit of "
+                               f"{limit.values}: {limit}; send fewer rows per request")
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -78,29 +134,73 @@ def loads(body: bytes):
             "no tensor dtype holds it (int64 has at most 19)") from None
 
 
-def _max_nesting(body: bytes) -> int:
-    """Deepest ``[``/``{`` nesting outside strings (a linear scan, no recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
+# The pre-scan's tokens, each matched in C (the body's bytes are never looped over in Python):
+# a key (a string and its colon), a run of comma-terminated strings (a list of ids: one token),
+# a string alone, ``[``/``{``, an empty ``[]``/``{}``, ``]``/``}``, a comma, a run of
+# comma-terminated scalars, a scalar (or other bytes) alone. In a body without a backslash a
+# string ends at the next quote (a fast single-byte repeat) and a run's strings are its quotes
+# / 2; otherwise escapes are followed (about 10 times slower per byte) and each string is its
+# own token. Possessive repeats and an unterminated string running to the end of the body keep
+# every match linear (no backtracking, no match retried inside a scalar).
+_KEY, _STRINGS, _OPEN, _EMPTY, _CLOSE, _COMMA, _SCALAR, _SCALARS = range(1, 9)  # last group
+_STRING = 9  # a string alone: its match has no group (lastindex None)
+_SCALAR_BYTES = rb'[^"\[\]{},\s]++'
+
+
+def _tokens(string: bytes, runs: bool) -> re.Pattern:
+    more = rb'(?:\s*+' + string + rb'\s*+,)*+' if runs else b""
+    return re.compile(
+        string + rb'(?:(\s*+:)|(\s*+,' + more + rb'))?|([\[{])(\s*+[\]}])?|([\]}])|(,)'
+        rb'|(' + _SCALAR_BYTES + rb')\s*+(,(?:\s*+' + _SCALAR_BYTES + rb'\s*+,)*+)?', re.DOTALL)
+
+
+_TOKENS_PLAIN = _tokens(rb'"[^"]*+"?', runs=True)
+_TOKENS_ESCAPED = _tokens(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', runs=False)
+_COMPLETE = frozenset({_STRING, _SCALAR, _CLOSE, _EMPTY})  # a value just ended: ] or , next
+
+
+def _scan(body: bytes, max_values: int) -> tuple[int, int]:
+    """``(deepest nesting, values)`` in one linear pass over ``body``'s tokens.
+
+    Values are counted as 1 + commas + non-empty arrays/objects outside strings: exact for a
+    valid document (every value but the document is the first member of a non-empty container
+    or follows a comma). The pass stops once deeper than MAX_JSON_DEPTH, past ``max_values``,
+    or where the document is certainly malformed (``json.loads`` then reports it, after parsing
+    no more than the scanned, counted part). So its Python work is bounded by the values
+    counted, not by the body's length: between two counted tokens come at most a key, one
+    uncounted value and closing brackets (at most the depth), as a value that ends must be
+    followed by ``]`` or a comma.
+    """
+    plain = b"\\" not in body
+    depth = deepest = previous = 0
+    values = 1
+    for token in (_TOKENS_PLAIN if plain else _TOKENS_ESCAPED).finditer(body):
+        kind = token.lastindex or _STRING
+        if kind == _CLOSE:
+            depth -= 1
+            if depth <= 0:  # the document's end (anything after it is an error)
+                break
+        elif kind == _COMMA:
+            values += 1
+        elif previous in _COMPLETE or (depth == 0 and kind != _OPEN) or kind == _KEY == previous:
+            break  # a value right after a value, a key after a key, or a scalar document
+        elif kind == _OPEN:
             depth += 1
+            values += 1
             if depth > deepest:
                 deepest = depth
                 if deepest > MAX_JSON_DEPTH:
-                    return deepest
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
+                    break
+        elif kind == _EMPTY:
+            deepest = max(deepest, depth + 1)
+        elif kind == _STRINGS:
+            values += body.count(b'"', token.start(), token.end()) // 2 if plain else 1
+        elif kind == _SCALARS:
+            values += body.count(b",", token.start(), token.end())
+        if values > max_values:
+            break
+        previous = kind
+    return deepest, values
 
 
 def dense_shape(value) -> list[int]:

@@ -30,6 +30,8 @@ from tensorflow_serving.apis import (
 )
 
 from tfmmrec.serving.json_tensor import (
+    DEFAULT_JSON_VALUE_LIMIT,
+    JsonValueLimit,
     array_to_json,
     dense_shape,
     is_b64,
@@ -37,7 +39,7 @@ from tfmmrec.serving.json_tensor import (
     loads,
     short,
 )
-from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore
+from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore, model_spec_key
 from tfmmrec.serving.status import RequestStatus, invalid_argument
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ class RestApi:
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def predict(self, model_spec, body: bytes) -> dict:
-        document = parse_json(body)
+        document = parse_json(body, self.json_value_limit(model_spec))
         request = predict_pb2.PredictRequest()
         request.model_spec.CopyFrom(model_spec)
         signature = document.get("signature_name")
@@ -100,6 +102,16 @@ class RestApi:
         request_format = fill_inputs(document, infos, request)
         response = self.core.predict(request)
         return outputs_json(response.outputs, request_format)
+
+    def json_value_limit(self, model_spec) -> JsonValueLimit:
+        """The JSON value limit of the version ``model_spec`` names, from its export's limits;
+        the default when none is loaded (that error is then reported after parsing, as ever)."""
+        try:
+            name, version = model_spec_key(model_spec)
+            with self.core.registry.handle(name, version) as servable:
+                return JsonValueLimit.of_export(servable.metadata)
+        except RequestStatus:
+            return DEFAULT_JSON_VALUE_LIMIT
 
 
 MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
@@ -119,8 +131,8 @@ def _model_spec(spec, name: str, version: str | None, label: str | None):
 
 
 # -- JSON → tensors ----------------------------------------------------------------------------
-def parse_json(body: bytes) -> dict:
-    document = loads(body)
+def parse_json(body: bytes, limit: JsonValueLimit = DEFAULT_JSON_VALUE_LIMIT) -> dict:
+    document = loads(body, limit)
     if not isinstance(document, dict):
         raise invalid_argument(f"JSON Value: {short(document)} Is not object")
     return document
