@@ -24,7 +24,7 @@ from PIL import Image
 from tests.export.conftest import private_copy
 from tfmmrec import pipeline
 from tfmmrec.config import load_config
-from tfmmrec.errors import DataError, ExportError, ServingError
+from tfmmrec.errors import ConfigError, DataError, ExportError, ServingError
 from tfmmrec.export import catalog
 from tfmmrec.export.loader import ExportedModel, latest_version
 from tfmmrec.export.variables import MODEL_INDEX, MODEL_SHARD
@@ -202,6 +202,82 @@ def test_cli_catalog_add_reports_a_missing_image_once_as_an_error(base, items, t
     assert [line for line in lines if line.startswith("warning")] == []
     [error] = [line for line in lines if line.startswith("error")]
     assert "missing.csv line 2 ('x3'): image file 'images/nope.png' not found" in error
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_cli_catalog_add_refuses_a_batch_size_below_one(base, items, tiny_demo_dir, capsys,
+                                                        value):
+    """``--batch-size`` 0 or negative is one error line naming the option, the value and the
+    allowed range, before the model is read; nothing is written."""
+    from tfmmrec import cli
+
+    path = write_items(items.iloc[[4]].assign(item_id="bs-new"), tiny_demo_dir, "bs.csv")
+    assert cli.main(["catalog", "add", "--model-base-path", str(base), "--items", str(path),
+                     "--batch-size", value]) == 2
+    err = capsys.readouterr().err
+    [error] = [line for line in err.splitlines() if line.startswith("error")]
+    assert f"--batch-size (batch_size) {value}" in error and ">= 1" in error
+    assert "Traceback" not in err
+    with pytest.raises(ConfigError, match=r"--batch-size \(batch_size\) 0: .*>= 1"):
+        catalog.update(base, path, batch_size=0)
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def spy_on_decoding(monkeypatch) -> list[int]:
+    """The number of rows of every ``ContentDecoder.decode`` call, in order."""
+    sizes: list[int] = []
+    decode = catalog.ContentDecoder.decode
+
+    def spy(self, rows):
+        sizes.append(len(rows))
+        return decode(self, rows)
+
+    monkeypatch.setattr(catalog.ContentDecoder, "decode", spy)
+    return sizes
+
+
+def test_catalog_add_decodes_and_embeds_batch_by_batch(exported, items, tiny_demo_dir,
+                                                       tmp_path, monkeypatch):
+    """A table larger than ``--batch-size`` is decoded a batch at a time (never more rows in
+    one call), and its items embed exactly as when the whole table is one batch."""
+    chosen = with_all_media(items).iloc[:7]
+    path = write_items(chosen.assign(item_id=[f"b{i}" for i in range(7)]), tiny_demo_dir,
+                       "batches.csv")
+    sizes = spy_on_decoding(monkeypatch)
+    small = catalog.add(private_copy(exported, tmp_path / "small"), path, batch_size=3)
+    assert sizes == [3, 3, 1] and small.added == 7
+    sizes.clear()
+    whole = catalog.add(private_copy(exported, tmp_path / "whole"), path, batch_size=1000)
+    assert sizes == [7]
+    ids = [f"b{i}" for i in range(7)]
+    np.testing.assert_allclose(ExportedModel(small.version_dir).item_embeddings(ids),
+                               ExportedModel(whole.version_dir).item_embeddings(ids), atol=1e-6)
+
+
+def test_a_bad_file_in_a_later_batch_fails_the_whole_table(base, items, tiny_demo_dir,
+                                                           monkeypatch):
+    """Batches decoded and embedded before a bad file are never published: the error lists
+    every bad row of every batch in the table's order, and no version is written."""
+    (tiny_demo_dir / "corrupt-batch.png").write_bytes(b"not an image")
+    chosen = with_all_media(items).iloc[:7].assign(item_id=[f"c{i}" for i in range(7)])
+    chosen.iloc[[4, 6], chosen.columns.get_loc("image")] = "corrupt-batch.png"
+    sizes = spy_on_decoding(monkeypatch)
+    embedded: list[int] = []
+    embed_batch = catalog._embed_batch
+
+    def spy(towers, content, with_text):
+        embedded.append(len(content["item_id"]))
+        return embed_batch(towers, content, with_text)
+
+    monkeypatch.setattr(catalog, "_embed_batch", spy)
+    with pytest.raises(DataError, match=r"2 media file\(s\) missing or unreadable: "
+                                        r"corrupt\.csv line 6 \('c4'\): .*; "
+                                        r"corrupt\.csv line 8 \('c6'\): "):
+        catalog.add(base, write_items(chosen, tiny_demo_dir, "corrupt.csv"), batch_size=3)
+    # The first batch was embedded before the second's bad file was met; the rest were only
+    # decoded, for the error's full list.
+    assert (sizes, embedded) == ([3, 3, 1], [3])
     assert sorted(p.name for p in base.iterdir()) == ["1"]
 
 

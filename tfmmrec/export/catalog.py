@@ -3,7 +3,8 @@
 A version holds everything a catalogue change needs: the served item ids and embeddings, and the
 model's own functions (``ServingTowers``: the encoders, the item tower and its in-graph decoders'
 twins). ``add``/``update`` read new rows with the training data's checks, decode their media
-with the training decoders, embed only those rows with the version's ``embed_item_content``, keep
+with the training decoders and embed only those rows with the version's ``embed_item_content``,
+``batch_size`` rows at a time (memory bounded by the batch, not the table), keep
 every other item's stored embedding, rebuild the index of the version's kind over the result
 (:func:`rebuild_index`, the one place an index is built) and write the next version atomically
 (``writer.write_version``). A server polling the base path (``tfmmrec serve`` or TF Serving)
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from tfmmrec._env import register_custom_ops
 from tfmmrec.config import PartitionedConfig, ScannConfig
 from tfmmrec.data import validate
 from tfmmrec.data.dataset import ModalityColumns, load_items_table
-from tfmmrec.errors import DataError, ExportError, MediaDecodeError
+from tfmmrec.errors import ConfigError, DataError, ExportError, MediaDecodeError
 from tfmmrec.export.index import (
     CatalogChange,
     IndexSettings,
@@ -272,7 +273,8 @@ def _text(value) -> str:
 def add(model_base_path: str | os.PathLike, items: str | os.PathLike, *,
         batch_size: int = 64) -> CatalogUpdate:
     """Add the items of a table (same columns as the training items table; media paths relative
-    to the table's folder). An id already in the catalogue is an error (use :func:`update`)."""
+    to the table's folder). An id already in the catalogue is an error (use :func:`update`).
+    ``batch_size`` (>= 1): rows decoded and embedded at a time."""
     return apply(model_base_path, "add", items=items, batch_size=batch_size)
 
 
@@ -296,6 +298,7 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
     if operation not in OPERATIONS:
         raise ExportError(f"unknown catalogue operation {operation!r}: use "
                           f"{', '.join(OPERATIONS)}")
+    batch_size = check_batch_size(batch_size)
     model_dir = Path(model_base_path)
     previous = latest_version(model_dir)
     metadata = read_metadata(previous)
@@ -495,19 +498,36 @@ class EmbeddedTable:
     text_features: np.ndarray | None = None
 
 
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` (``--batch-size``) as an int, or a ``ConfigError`` naming it: the rows a
+    catalogue update decodes and embeds at a time, at least 1."""
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer)
+            or batch_size < 1):
+        raise ConfigError(f"invalid --batch-size (batch_size) {batch_size!r}: it must be an "
+                          "integer >= 1 (the items decoded and embedded at a time; default 64)")
+    return int(batch_size)
+
+
 def embed_table(towers, path: Path, metadata: dict,
                 position: pd.Index | SortedIds | Mapping[str, int], operation: str,
                 batch_size: int = 64) -> EmbeddedTable:
     """Read, check and embed a table of new or changed items with the version's towers
     (``position``: the served ids, as an index or ``{id: row}``); with text search on, the
-    encoder's text features come from the same pass."""
+    encoder's text features come from the same pass.
+
+    Media are decoded and embedded ``batch_size`` rows at a time (:class:`ContentDecoder`):
+    only the embeddings are kept, so memory grows with the batch, not the table. Every row is
+    still checked before this returns (a file that does not decode fails the whole table, with
+    the rows of every such file), and nothing is written here: the caller publishes the
+    version only after a table that passed every check."""
+    batch_size = check_batch_size(batch_size)
     schema = metadata.get("item_columns")
     if schema is None:
         raise ExportError("this export does not record its items-table columns; export the "
                           "model again with this version of tfmmrec")
     columns = ModalityColumns.from_mapping({spec.name: spec.from_schema(schema.get(spec.name))
                                             for spec in modalities.specs()})
-    with validate.missing_media_refused():  # decode_content's error names each missing file
+    with validate.missing_media_refused():  # the decoder's error names each missing file
         catalog = load_items_table(path, columns)
     known = {"item_id", *(c for name in modalities.names() for c in columns.of(name))}
     unknown = [str(c) for c in catalog.frame.columns if c not in known]
@@ -537,33 +557,48 @@ def embed_table(towers, path: Path, metadata: dict,
     settings = {key: metadata[key] for key in modalities.default_settings() if key in metadata}
     # The export's limits (its serving graph enforces them), for the new items' files too.
     settings.update(modalities.limit_settings(metadata.get("limits")))
-    content = decode_content(catalog, path, present, settings)
-    if operation == "add":
-        _refuse_items_without_content(content, present, path, labels, sorted(known - {"item_id"}))
+    decoder = ContentDecoder(catalog, path, present, settings)
+    # A table that will be refused (a missing file, or an added row with no content) is still
+    # decoded to the end, for the error's full list, but not embedded.
+    refused = decoder.missing_files() or (operation == "add" and not decoder.given().all())
     with_text = bool(metadata.get("text_search"))
+    has = np.zeros(len(new_ids), bool)
     embeddings, features = [], []
     for start in range(0, len(new_ids), batch_size):
-        batch = {name: tf.constant(value[start:start + batch_size])
-                 for name, value in content.items()}
-        if with_text:
-            parts = towers.embed_item_content_with_text(batch)
-            embeddings.append(parts["embedding"].numpy())
-            features.append(parts["text_feature"].numpy())
-        else:
-            embeddings.append(towers.embed_item_content(batch).numpy())
+        rows = range(start, min(start + batch_size, len(new_ids)))
+        content = decoder.decode(rows)
+        for name in present:
+            has[start:rows.stop] |= np.asarray(content[f"{name}_mask"], bool)
+        refused = refused or bool(decoder.problems)
+        if not refused:
+            embedding, feature = _embed_batch(towers, content, with_text)
+            embeddings.append(embedding)
+            features.append(feature)
+        del content  # this batch's media, before the next batch is decoded
+    decoder.raise_problems()
+    if operation == "add":
+        _refuse_items_without_content(has, new_ids, path, labels, sorted(known - {"item_id"}))
     return EmbeddedTable(new_ids, np.concatenate(embeddings).astype(np.float32),
                          np.concatenate(features).astype(np.float32) if with_text else None)
 
 
-def _refuse_items_without_content(content: Mapping[str, np.ndarray], present: tuple[str, ...],
-                                  path: Path, labels: list[str], columns: list[str]) -> None:
-    """A new item with no value in any column the model reads has nothing to be embedded
-    from (a new id has no trained id row): refused, not served as a meaningless vector."""
-    has = np.zeros(len(labels), bool)
-    for name in present:
-        has |= np.asarray(content[f"{name}_mask"], bool)  # decode_content sets one each
+def _embed_batch(towers, content: Mapping[str, np.ndarray],
+                 with_text: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """One decoded batch's ``(embeddings, text features or None)``, as numpy arrays."""
+    batch = {name: tf.constant(value) for name, value in content.items()}
+    if with_text:
+        parts = towers.embed_item_content_with_text(batch)
+        return parts["embedding"].numpy(), parts["text_feature"].numpy()
+    return towers.embed_item_content(batch).numpy(), None
+
+
+def _refuse_items_without_content(has: np.ndarray, item_ids: np.ndarray, path: Path,
+                                  labels: list[str], columns: list[str]) -> None:
+    """A new item with no value in any column the model reads (``has`` False: no
+    modality's ``_mask`` set) has nothing to be embedded from (a new id has no trained id
+    row): refused, not served as a meaningless vector."""
     empty = [f"{label} ({str(item)!r})" for label, item, h
-             in zip(labels, content["item_id"], has, strict=True) if not h]
+             in zip(labels, item_ids, has, strict=True) if not h]
     if empty:
         raise DataError(f"{path}: {len(empty)} new item(s) with no content in any column this "
                         f"model reads ({', '.join(columns)}): "
@@ -571,43 +606,85 @@ def _refuse_items_without_content(content: Mapping[str, np.ndarray], present: tu
                         "nothing was written")
 
 
+class ContentDecoder:
+    """``embed_item_content``'s inputs for rows of an items table, decoded by the training
+    decoders (``settings``: the export's preprocessing settings), a batch of rows at a time.
+
+    A media value that names a missing or undecodable file is a problem (a catalogue update
+    must not silently publish an item without its poster), collected in :attr:`problems` over
+    every :meth:`decode` and raised by :meth:`raise_problems` as one ``DataError`` listing
+    them in the table's order; an empty value means the item lacks that modality."""
+
+    def __init__(self, catalog, path: Path, present: tuple[str, ...],
+                 settings: dict | None = None):
+        self.catalog, self.path = catalog, path
+        self.settings = modalities.resolve_settings(dict(settings or {}))
+        self.specs = [spec for spec in modalities.specs() if spec.name in present]
+        self.item_ids = catalog.item_ids.astype(str)
+        self.where = [f"{validate.row_label(path, row)} ({str(item)!r})"
+                      for row, item in enumerate(self.item_ids)]
+        # What the table says per item and modality (text; no file is read here).
+        self.values = {spec.name: catalog.values(spec.name) for spec in self.specs}
+        self.written = {spec.name: _written_values(catalog, spec) for spec in self.specs}
+        self.problems: list[tuple[int, int, str]] = []  # (modality, row, message)
+
+    def missing_files(self) -> bool:
+        """Whether a row names a file that does not exist (known before any decoding)."""
+        return any(given and value is None
+                   for spec in self.specs for value, given
+                   in zip(self.values[spec.name], self.written[spec.name], strict=True))
+
+    def given(self) -> np.ndarray:
+        """Boolean [N]: whether the row gives a value for any modality the model reads."""
+        given = np.zeros(len(self.item_ids), bool)
+        for spec in self.specs:
+            given |= np.array([bool(w) for w in self.written[spec.name]], bool)
+        return given
+
+    def decode(self, rows: Sequence[int]) -> dict[str, np.ndarray]:
+        """The decoded content of ``rows`` (a row with a problem decodes as absent)."""
+        content: dict[str, np.ndarray] = {"item_id": self.item_ids[np.asarray(rows, np.intp)]}
+        for order, spec in enumerate(self.specs):
+            values, written = self.values[spec.name], self.written[spec.name]
+            decoded: list = []
+            for row in rows:
+                value, given = values[row], written[row]
+                if not given:
+                    decoded.append(None)
+                    continue
+                if value is None:
+                    self.problems.append(
+                        (order, row, f"{self.where[row]}: {spec.name} file {given!r} not found"))
+                    decoded.append(None)
+                    continue
+                try:
+                    decoded.append(spec.load(value, self.settings))
+                except MediaDecodeError as exc:
+                    self.problems.append((order, row, f"{self.where[row]}: {exc}"))
+                    decoded.append(None)
+            content[f"{spec.name}_mask"] = np.array([d is not None for d in decoded], bool)
+            content.update(spec.pack(spec.fill(decoded, self.settings)))
+        return content
+
+    def raise_problems(self) -> None:
+        """A ``DataError`` listing every problem met so far (each modality's rows in order)."""
+        if not self.problems:
+            return
+        problems = [message for _, _, message in sorted(self.problems)]
+        shown = "; ".join(problems[:validate.SHOW_AT_MOST])
+        raise DataError(f"{self.path}: {len(problems)} media file(s) missing or unreadable: "
+                        f"{shown}. Fix the paths (relative to the table's folder) or leave the "
+                        "value empty for an item without that modality; nothing was written")
+
+
 def decode_content(catalog, path: Path, present: tuple[str, ...],
                    settings: dict | None = None) -> dict[str, np.ndarray]:
-    """``embed_item_content``'s inputs, decoded by the training decoders (``settings``: the
-    export's preprocessing settings). A media value that names a missing or undecodable file
-    is an error here (a catalogue update must not silently publish an item without its
-    poster); an empty value means the item lacks that modality."""
-    settings = modalities.resolve_settings(dict(settings or {}))
-    content: dict[str, np.ndarray] = {"item_id": catalog.item_ids.astype(str)}
-    where = [f"{validate.row_label(path, row)} ({str(item)!r})"
-             for row, item in enumerate(content["item_id"])]
-    problems: list[str] = []
-    for spec in modalities.specs():
-        if spec.name not in present:
-            continue
-        values = catalog.values(spec.name)
-        written = _written_values(catalog, spec)
-        decoded: list = []
-        for row, (value, given) in enumerate(zip(values, written, strict=True)):
-            if not given:
-                decoded.append(None)
-                continue
-            if value is None:
-                problems.append(f"{where[row]}: {spec.name} file {given!r} not found")
-                decoded.append(None)
-                continue
-            try:
-                decoded.append(spec.load(value, settings))
-            except MediaDecodeError as exc:
-                problems.append(f"{where[row]}: {exc}")
-                decoded.append(None)
-        content[f"{spec.name}_mask"] = np.array([d is not None for d in decoded])
-        content.update(spec.pack(spec.fill(decoded, settings)))
-    if problems:
-        shown = "; ".join(problems[:validate.SHOW_AT_MOST])
-        raise DataError(f"{path}: {len(problems)} media file(s) missing or unreadable: {shown}. "
-                        "Fix the paths (relative to the table's folder) or leave the value "
-                        "empty for an item without that modality; nothing was written")
+    """``embed_item_content``'s inputs for every row of ``catalog`` at once
+    (:class:`ContentDecoder`), or the ``DataError`` listing each missing or undecodable file.
+    A catalogue update decodes batch by batch instead (:func:`embed_table`)."""
+    decoder = ContentDecoder(catalog, path, present, settings)
+    content = decoder.decode(range(len(catalog)))
+    decoder.raise_problems()
     return content
 
 
