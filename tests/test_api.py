@@ -41,3 +41,17 @@ def test_export_model_is_not_shadowed_by_the_export_subpackage():
     importlib.import_module("tfmmrec.export.index")  # sets tfmmrec.export to the subpackage
     assert callable(tfmmrec.export_model)
     assert callable(tfmmrec.train) and callable(tfmmrec.evaluate)
+
+
+def test_dir_lists_every_public_name_lazy_ones_included():
+    assert set(tfmmrec.__all__) <= set(dir(tfmmrec))
+
+
+def test_load_dataset_takes_a_whole_config_as_every_entry_point_does(tiny_config):
+    config = tiny_config
+    by_config = tfmmrec.load_dataset(config)
+    by_folder = tfmmrec.load_dataset(config.data.path)
+    assert by_config.root == by_folder.root
+    assert list(by_config.catalog.item_ids) == list(by_folder.catalog.item_ids)
+    with pytest.raises(TypeError, match="takes a Config, a DataConfig or a folder path, got int"):
+        tfmmrec.load_dataset(3)

@@ -194,6 +194,15 @@ def test_train_into_unwritable_dir_exits_2_before_any_work(tmp_path, monkeypatch
     assert "cannot write to train.output_dir" in capsys.readouterr().err
 
 
+def test_evaluate_names_an_unreadable_candidates_file_before_any_work(tmp_path, monkeypatch,
+                                                                       capsys):
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("prepared data"))
+    assert cli.main(["evaluate", "--export", str(tmp_path / "model"), "--candidates",
+                     str(tmp_path / "latin1.txt")]) == 2
+    assert "latin1.txt: line 1 is not UTF-8 text (byte 0xe9)" in capsys.readouterr().err
+
+
 def test_validate_of_the_demo_into_an_unwritable_dir_is_one_line(tmp_path, capsys):
     """``validate`` builds the demo catalogue under ``train.output_dir``; a path it cannot
     create is one line naming it, not a FileNotFoundError traceback."""
@@ -277,3 +286,16 @@ def test_run_records_the_config_it_ran_with(demo_run):
     expected = load_config(config_path, [f"train.output_dir={root / 'run'}",
                                          f"export.base_dir={root / 'models'}"])
     assert load_config(root / "run" / "config.yaml") == expected
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--k", "3000000000", "3000000000 is above the maximum 2147483647"),  # k is an int32
+    ("--k", "0", "0 is below the minimum 1"),
+    ("--version", "99999999999999999999",
+     "99999999999999999999 is above the maximum 9223372036854775807"),  # an int64
+])
+def test_query_refuses_a_k_or_version_its_request_cannot_hold(capsys, option, value, expected):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["query", "--user", "u1", option, value])
+    assert info.value.code == 2
+    assert f"argument {option}: {expected}" in capsys.readouterr().err

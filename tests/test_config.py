@@ -83,6 +83,23 @@ INVALID = [
     ("model.temperature=.inf", "model.temperature=inf"),
     ("model.temperature=inf", "model.temperature=inf"),
     ("train.learning_rate=nan", "train.learning_rate=nan"),
+    # each would otherwise fail later, in training or export, with a library traceback
+    ("text.num_heads=0", "text.num_heads=0"),
+    ("facets.num_heads=0", "facets.num_heads=0"),
+    ("text.hidden_dim=-2", "text.hidden_dim=-2"),
+    ("train.seed=99999999999", "train.seed=99999999999: expected a seed in [0, 4294967295]"),
+    ("text.seed=-1", "text.seed=-1"),
+    ("export.partitioned.seed=-1", "export.partitioned.seed=-1"),
+    ("model.dropout=1.5", "model.dropout=1.5"),
+    ("model.projection_hidden=[-4]", "model.projection_hidden=[-4]"),
+    ("image.cnn_filters=[]", "image.cnn_filters=[]"),
+    ("audio.cnn_filters=[16, 0]", "audio.cnn_filters=[16, 0]"),
+    ("ranking.negatives_per_positive=0", "ranking.negatives_per_positive=0"),
+    ("ranking.deep_layers=[0]", "ranking.deep_layers=[0]"),
+    ("export.scann.dimensions_per_block=0", "export.scann.dimensions_per_block=0"),
+    ("export.scann.num_leaves=-3", "export.scann.num_leaves=-3"),
+    ("export.model_name=''", "export.model_name=''"),
+    ("export.model_name=a/b", "export.model_name='a/b'"),
     # a scalar where a list is expected: the value as written, not dacite's generator
     ("data.text_columns=title", "data.text_columns='title': expected list[str] | None"),
 ]
@@ -165,6 +182,16 @@ def test_load_config_with_overrides_leaves_original_unchanged():
 def test_malformed_override_raises_config_error(override):
     with pytest.raises(ConfigError, match=r"section\.field=value"):
         apply_overrides({}, [override])
+
+
+def test_an_override_whose_value_is_not_yaml_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'train\.epochs=\[1': its value is not "
+                                          r"valid YAML at line 1, column 3"):
+        load_config(None, ["train.epochs=[1"])
+
+
+def test_a_seed_at_the_top_of_its_range_is_accepted():
+    assert load_config(None, ["data.seed=4294967295"]).data.seed == 2**32 - 1
 
 
 def test_override_without_a_value_is_refused_rather_than_reset_to_the_default():

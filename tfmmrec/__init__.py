@@ -54,3 +54,8 @@ def __getattr__(name: str):
         module, attribute = _LAZY[name] if isinstance(_LAZY[name], tuple) else (_LAZY[name], name)
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'tfmmrec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names, lazy ones included (``dir(tfmmrec)``, tab completion)."""
+    return sorted({*globals(), *__all__})

@@ -335,7 +335,7 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 def _evaluate(config, args) -> int:
     from tfmmrec import pipeline
-    from tfmmrec.data.dataset import load_candidates, load_test_interactions
+    from tfmmrec.data.dataset import load_candidates, load_test_interactions, read_candidate_ids
     from tfmmrec.data.splits import with_test
     from tfmmrec.evaluation.baseline_suite import BASELINES
 
@@ -349,6 +349,8 @@ def _evaluate(config, args) -> int:
                               f"choose from all, {', '.join(BASELINES)}")
     if not args.export:  # a missing run or an architecture override: refused before encoding
         pipeline.check_restorable(config.train.output_dir, config, args.checkpoint)
+    if args.candidates:  # likewise an unreadable candidates file
+        read_candidate_ids(args.candidates)
     workspace = pipeline.prepare(config, progress=not args.quiet)
     if args.test or args.candidates:
         dataset = workspace.dataset

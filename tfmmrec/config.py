@@ -41,6 +41,12 @@ def _check(condition: bool, name: str, value: Any, expected: str) -> None:
 HEAD_METRICS = {"rmse": "regression", "mae": "regression", "auc": "binary"}
 
 
+def _check_layer_sizes(name: str, sizes: list[int], empty_ok: bool = True) -> None:
+    """A list of layer widths (or filter counts): each ``>= 1``, and non-empty unless allowed."""
+    _check((empty_ok or bool(sizes)) and all(size >= 1 for size in sizes), name, sizes,
+           "a list of integers >= 1" + ("" if empty_ok else ", not empty"))
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, value, "one of " + ", ".join(choices))
 
@@ -216,11 +222,15 @@ class TextTowerConfig(ConfigSection):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("text.pooling", self.pooling, ("mean", "cls"))
-        _check(8 <= self.sequence_length <= 512, "text.sequence_length", self.sequence_length,
-               "in [8, 512]")
-        _check(self.hidden_dim % self.num_heads == 0, "text.hidden_dim", self.hidden_dim,
-               f"a multiple of text.num_heads={self.num_heads}")
+        name = "facets" if isinstance(self, FacetsTowerConfig) else "text"
+        _check_choice(f"{name}.pooling", self.pooling, ("mean", "cls"))
+        _check(8 <= self.sequence_length <= 512, f"{name}.sequence_length",
+               self.sequence_length, "in [8, 512]")
+        for size in ("hidden_dim", "num_layers", "num_heads", "intermediate_dim",
+                     "max_vocabulary"):
+            _check(getattr(self, size) >= 1, f"{name}.{size}", getattr(self, size), ">= 1")
+        _check(self.hidden_dim % self.num_heads == 0, f"{name}.hidden_dim", self.hidden_dim,
+               f"a multiple of {name}.num_heads={self.num_heads}")
 
     def validate_in(self, config: Config) -> None:
         """Checks against the rest of the config (a tower section may define this)."""
@@ -260,6 +270,7 @@ class ImageTowerConfig(ConfigSection):
             _check(bool(self.application), "image.application", self.application,
                    "a tf.keras.applications class name, e.g. MobileNetV2")
         _check(16 <= self.image_size <= 1024, "image.image_size", self.image_size, "in [16, 1024]")
+        _check_layer_sizes("image.cnn_filters", self.cnn_filters, empty_ok=False)
 
 
 @tower_section("audio")
@@ -285,6 +296,7 @@ class AudioTowerConfig(ConfigSection):
                f"{AUDIO_SAMPLE_RATE} (YAMNet and the built-in tower expect 16 kHz)")
         _check(0.1 <= self.max_seconds <= 60, "audio.max_seconds", self.max_seconds,
                "in [0.1, 60]")
+        _check_layer_sizes("audio.cnn_filters", self.cnn_filters, empty_ok=False)
 
 
 @tower_section("facets")
@@ -420,6 +432,8 @@ class ModelConfig(ConfigSection):
         _check_choice("model.fusion_selection", self.fusion_selection, ("none", "validation"))
         _check_choice("model.fusion", self.fusion, ("concat_mlp", "mean", "gated", "attention"))
         _check(self.embedding_dim >= 2, "model.embedding_dim", self.embedding_dim, ">= 2")
+        _check_layer_sizes("model.projection_hidden", self.projection_hidden)
+        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
         _check(self.temperature > 0, "model.temperature", self.temperature, "> 0")
         _check(0 <= self.modality_dropout < 1, "model.modality_dropout", self.modality_dropout,
                "in [0, 1)")
@@ -474,6 +488,12 @@ class RankingConfig(ConfigSection):
                "ranking.retrieval_weight/ranking_weight",
                (self.retrieval_weight, self.ranking_weight), "non-negative, not both 0")
         _check(self.cross_layers >= 0, "ranking.cross_layers", self.cross_layers, ">= 0")
+        _check_layer_sizes("ranking.deep_layers", self.deep_layers)
+        _check(self.cross_projection_dim is None or self.cross_projection_dim >= 1,
+               "ranking.cross_projection_dim", self.cross_projection_dim, ">= 1 or null")
+        _check(self.negatives_per_positive >= 1, "ranking.negatives_per_positive",
+               self.negatives_per_positive, ">= 1")
+        _check(self.lists_per_user >= 1, "ranking.lists_per_user", self.lists_per_user, ">= 1")
         _check(self.list_size >= 2, "ranking.list_size", self.list_size, ">= 2")
         _check(self.retrieve_candidates >= 1, "ranking.retrieve_candidates",
                self.retrieve_candidates, ">= 1")
@@ -612,6 +632,17 @@ class ScannConfig(ConfigSection):
     num_leaves_to_search: int | None = None
     num_reordering_candidates: int | None = None
     dimensions_per_block: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("num_leaves", "num_leaves_to_search", "num_reordering_candidates"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"export.scann.{name}", value, ">= 1 or null")
+        _check(self.dimensions_per_block >= 1, "export.scann.dimensions_per_block",
+               self.dimensions_per_block, ">= 1")
+        if self.num_leaves is not None and self.num_leaves_to_search is not None:
+            _check(self.num_leaves_to_search <= self.num_leaves,
+                   "export.scann.num_leaves_to_search", self.num_leaves_to_search,
+                   f"<= export.scann.num_leaves={self.num_leaves}")
 
 
 @dataclass
@@ -760,6 +791,10 @@ class ExportConfig(ConfigSection):
     content_search: Literal["every_item", "index"] = "every_item"
 
     def __post_init__(self) -> None:
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", self.model_name)),
+               "export.model_name", self.model_name,
+               "a folder name of letters, digits, '.', '_' and '-' (TF Serving's model name in "
+               "REST paths such as /v1/models/NAME:predict)")
         _check_choice("export.index", self.index, INDEX_KINDS)
         _check_choice("export.content_search", self.content_search, CONTENT_SEARCH)
         _check(math.isfinite(self.text_search_weight) and self.text_search_weight >= 0,
@@ -1125,8 +1160,18 @@ def _check_scalars(section: Any, prefix: str) -> None:
             _check_scalars(value, name)
             continue
         problem = _field_problem(value, hints.get(item.name, Any))
+        if problem is None and _is_seed(item.name, value) and not 0 <= value <= MAX_SEED:
+            problem = f"expected a seed in [0, {MAX_SEED}] (NumPy's and TF's range)"
         if problem:
             raise ConfigError(f"invalid config value {name}={value!r}: {problem}")
+
+
+MAX_SEED = 2**32 - 1
+
+
+def _is_seed(field_name: str, value: Any) -> bool:
+    return ((field_name == "seed" or field_name.endswith("_seed")) and isinstance(value, int)
+            and not isinstance(value, bool))
 
 
 def _field_problem(value: Any, hint: Any) -> str | None:
@@ -1306,7 +1351,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: its value is not valid YAML"
+                              f"{_yaml_problem(exc, raw)}") from None
     return data
 
 

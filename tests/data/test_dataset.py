@@ -122,3 +122,20 @@ def test_jsonl_and_parquet_items_load_like_csv(tmp_path, folder):
         assert catalog.item_ids.tolist() == expected.item_ids.tolist(), name
         assert catalog.texts.tolist() == expected.texts.tolist(), name
         assert catalog.presence("image").tolist() == expected.presence("image").tolist(), name
+
+
+def test_an_item_text_beyond_64_kib_is_cut_at_a_character_and_named(tmp_path, caplog):
+    # tokenising takes ~90x a text's bytes; the BERT tower reads at most 512 tokens of it
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3"],
+                          "title": ["short", "word " * 30_000, "\u00e9" * 40_000]})
+    root = tmp_path / "d"
+    make_folder(root, items=None, interactions="user_id,item_id\nu1,i1\nu1,i2\n", users=None,
+                media=False)
+    items.to_csv(root / "items.csv", index=False)
+    with caplog.at_level("WARNING"):
+        texts = load_dataset(str(root)).catalog.texts
+    assert texts[0] == "short"
+    assert len(texts[1].encode()) <= 65_536 and texts[1].startswith("word word")
+    assert texts[2] == "\u00e9" * 32_768  # two bytes each: cut between characters
+    assert ("2 item text(s) longer than 65536 bytes were cut to that length" in caplog.text
+            and "items.csv line 3, items.csv line 4" in caplog.text)

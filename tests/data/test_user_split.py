@@ -145,6 +145,19 @@ def test_supplied_test_set_and_candidates_are_checked_and_indexed(tmp_path):
         load_candidates(tmp_path / "bad.txt", dataset.catalog)
 
 
+def test_a_candidates_file_that_is_not_utf8_or_holds_no_ids_is_named(tmp_path):
+    from tfmmrec.data.dataset import read_candidate_ids
+
+    (tmp_path / "latin1.txt").write_bytes("i1\ni2\ncaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.txt: line 3 is not UTF-8 text \(byte 0xe9\)"):
+        read_candidate_ids(tmp_path / "latin1.txt")
+    (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+    with pytest.raises(DataError, match=r"empty\.txt: no item ids"):
+        read_candidate_ids(tmp_path / "empty.txt")
+    (tmp_path / "ok.txt").write_text("# held out\ni3\n\n i2 \n")
+    assert read_candidate_ids(tmp_path / "ok.txt") == [(2, "i3"), (4, "i2")]
+
+
 def test_a_supplied_test_set_ranks_the_whole_catalogue_unless_candidates_are_given():
     from tfmmrec.data.splits import with_test
 

@@ -235,6 +235,15 @@ def test_interactions_with_unknown_items_name_line_value_and_items_table(tmp_pat
     assert "Add the items or drop those rows" in message
 
 
+def test_unknown_items_name_the_items_table_that_was_read(tmp_path):
+    items = '{"item_id": "i1", "title": "a"}\n{"item_id": "i2", "title": "b"}\n'
+    root = make_folder(tmp_path / "d", items=items, items_name="items.jsonl",
+                       interactions="user_id,item_id\nu1,i1\nu1,i9\n", media=False)
+    with pytest.raises(DataError, match=r"1 interaction\(s\) name items that are not in "
+                                        r"items\.jsonl: interactions\.csv line 3 \('i9'\)"):
+        load(root)
+
+
 def test_item_ids_are_strings_so_leading_zeros_are_kept(tmp_path):
     root = make_folder(tmp_path / "d", items="item_id,title\n007,A\n7,B\n",
                        interactions="user_id,item_id\n01,007\n01,7\n", users=None, media=False)
@@ -353,6 +362,23 @@ def test_non_numeric_rating_names_line_and_value(tmp_path):
 def test_empty_rating_names_line(tmp_path):
     interactions = INTERACTIONS.replace("u1,i2,3,200", "u1,i2,,200")
     with pytest.raises(DataError, match=r"empty rating at interactions\.csv line 3"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+@pytest.mark.parametrize(("rating", "shown"), [("inf", "inf"), ("-inf", "-inf"),
+                                               ("1e39", r"1e\+39")])
+def test_a_rating_float32_cannot_hold_names_line_and_value(tmp_path, rating, shown):
+    # read as float32 in training, 1e39 is inf and every loss NaN
+    interactions = INTERACTIONS.replace("u2,i3,4,150", f"u2,i3,{rating},150")
+    with pytest.raises(DataError, match=r"rating must be finite and within ±3\.403e\+38, got "
+                                        rf"{shown} at interactions\.csv line 4 \(1 bad"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+def test_an_infinite_timestamp_names_line(tmp_path):
+    interactions = INTERACTIONS.replace("u2,i1,2,300", "u2,i1,2,inf")
+    with pytest.raises(DataError, match=r"timestamp must be finite, got inf at "
+                                        r"interactions\.csv line 5"):
         load(make_folder(tmp_path / "d", interactions=interactions))
 
 

@@ -53,3 +53,16 @@ def test_without_a_record_both_causes_are_named(tmp_path):
     assert "(x0, x1, x2, x3, x4 and 2 more)" in message
     assert "added to the dataset after this export" in message
     assert "removed from it by `tfmmrec catalog remove`" in message
+
+
+def test_users_are_sent_in_batches_the_export_accepts(tiny_config, tiny_trained, tmp_path):
+    # an export accepting 4 users per call, asked for 20 users with eval batches of 1024
+    config = load_config(tiny_config, [f"export.base_dir={tmp_path}",
+                                       "export.limits.max_batch_size=4"])
+    version = pipeline.export(config, model=tiny_trained.model,
+                              workspace=tiny_trained.workspace, index="brute_force")
+    ws = tiny_trained.workspace
+    users, items = exported_embeddings(version, ws.user_ids[:20], ws.dataset.catalog.item_ids)
+    np.testing.assert_allclose(users, pipeline.embed_users(tiny_trained.model, ws.user_ids[:20]),
+                               atol=1e-5)
+    assert items.shape[0] == len(ws.dataset.catalog.item_ids)

@@ -142,6 +142,27 @@ def test_content_that_did_not_decode_is_tried_again_and_never_rewrites_the_cache
     assert (stats.reused, stats.computed) == (present - 1, 1) and content.mask.sum() == present
 
 
+def test_a_media_file_that_cannot_be_read_is_named_and_the_item_keeps_the_rest(
+        tiny_workspace, tmp_path, caplog):
+    """An I/O error reading a file (here: a folder where the file was) is what a file that does
+    not decode is: a warning naming it, the item without that modality, not a traceback."""
+    from tfmmrec.data.dataset import load_dataset
+    from tfmmrec.towers.audio import build_audio_encoder
+
+    config = tiny_workspace.config
+    root = shutil.copytree(tiny_workspace.dataset.root, tmp_path / "data")
+    catalog = load_dataset(str(root)).catalog
+    present = int(catalog.presence("audio").sum())
+    unreadable = next(p for p in catalog.audio_paths if p is not None)
+    unreadable.unlink()
+    unreadable.mkdir()  # reading it raises IsADirectoryError, an OSError
+    with caplog.at_level(logging.WARNING):
+        content, _ = encode_catalog(catalog, build_audio_encoder(config.audio), None,
+                                    max_seconds=config.audio.max_seconds, progress=False)
+    assert int(content.mask.sum()) == present - 1
+    assert "missing or unreadable" in caplog.text and str(unreadable) in caplog.text
+
+
 def test_media_entries_are_keyed_by_file_bytes(tiny_workspace, tmp_path):
     """Rewriting one clip with new sound recomputes it; rewriting identical bytes does not."""
     from tfmmrec.towers.audio import build_audio_encoder

@@ -313,3 +313,25 @@ def test_train_gives_the_same_model_whether_it_prepares_or_is_given_the_workspac
     prepared_inside = first_loss("inside", False)
     given = first_loss("given", True)
     np.testing.assert_allclose(given, prepared_inside, rtol=1e-5)
+
+
+def test_a_diverging_run_fails_naming_the_loss_and_saves_nothing(tiny_config, tiny_workspace,
+                                                                 tmp_path):
+    # Adam moves each weight by about the learning rate per step: at 1e30 the embeddings
+    # overflow float32 within the first epoch and the loss is NaN
+    config = derive_config(tiny_config, tmp_path, "train.epochs=2", "train.learning_rate=1e30",
+                           "train.backup_seconds=0")
+    with pytest.raises(TrainingError, match=r"training loss became (nan|inf) in epoch 1; "
+                                            r"nothing of that epoch was saved"):
+        pipeline.train(config, workspace=tiny_workspace, progress=False)
+    output = tmp_path / "run"
+    assert not list((output / "checkpoints").glob("latest*")) and backup_files(output) == []
+
+
+def test_the_non_finite_loss_check_passes_finite_losses():
+    check = trainer.StopOnNonFiniteLoss(0.01)
+    check.on_epoch_end(0, {"loss": 3.5})
+    check.on_epoch_end(0, {})
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(TrainingError, match=r"train\.learning_rate \(now 0\.01\)"):
+            check.on_epoch_end(0, {"loss": bad})

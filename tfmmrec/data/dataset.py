@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +21,13 @@ import numpy as np
 import pandas as pd
 
 from tfmmrec import modalities
-from tfmmrec.config import DataConfig
+from tfmmrec.config import Config, DataConfig
 from tfmmrec.data import validate
 from tfmmrec.data.splits import SPLIT_COLUMN, SPLIT_VALUES
 from tfmmrec.errors import DataError
+
+# Ratings are read as float32 in training: a larger one overflows to inf and every loss to NaN.
+RATING_LIMIT = float(np.finfo(np.float32).max)
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +138,7 @@ class Dataset:
     interactions: pd.DataFrame
     users: pd.DataFrame | None
     user_feature_columns: tuple[str, ...] = ()
+    items_path: Path | None = None  # the items table read (csv, jsonl or parquet)
 
     @property
     def num_items(self) -> int:
@@ -147,26 +153,32 @@ class Dataset:
         return np.array(sorted(ids), dtype=object)
 
 
-def load_dataset(config: DataConfig | str | Path) -> Dataset:
-    """Read and validate a dataset folder (``config.path``), raising ``DataError`` on bad input."""
+def load_dataset(config: Config | DataConfig | str | Path) -> Dataset:
+    """Read and validate a dataset folder (``config.path``, or ``config.data.path`` of a whole
+    ``Config``, or the folder itself), raising ``DataError`` on bad input."""
+    if isinstance(getattr(config, "data", None), DataConfig):  # a whole Config
+        config = config.data
     if not isinstance(config, DataConfig):
-        config = DataConfig(path=str(config))
+        if not isinstance(config, str | os.PathLike):
+            raise TypeError(f"load_dataset takes a Config, a DataConfig or a folder path, "
+                            f"got {type(config).__name__}")
+        config = DataConfig(path=os.fspath(config))
     if not config.path:
         raise DataError("data.path is empty: point it at a dataset folder (or run `tfmmrec demo`)")
     root = Path(config.path).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    catalog = _load_catalog(root, config)
-    interactions = _load_interactions(root, catalog, config)
+    items_path = validate.find_items_table(root, config.items_file)
+    catalog = _load_catalog(root, items_path, config)
+    interactions = _load_interactions(root, catalog, config, items_path)
     users, feature_columns = _load_users(root, config)
     logger.info("loaded %s: %d items (%s), %d interactions, %d users", root, len(catalog),
                 ", ".join(catalog.modalities) or "no content", len(interactions),
                 interactions["user_id"].nunique())
-    return Dataset(root, catalog, interactions, users, feature_columns)
+    return Dataset(root, catalog, interactions, users, feature_columns, items_path)
 
 
-def _load_catalog(root: Path, config: DataConfig) -> Catalog:
-    path = validate.find_items_table(root, config.items_file)
+def _load_catalog(root: Path, path: Path, config: DataConfig) -> Catalog:
     frame = validate.read_table(path, id_columns=["item_id"], all_strings=True)
     validate.require_columns(frame, path, ["item_id"])
     validate.require_no_missing_ids(frame, path, "item_id")
@@ -196,21 +208,22 @@ def infer_modality_columns(frame: pd.DataFrame, config: DataConfig) -> ModalityC
     return ModalityColumns.from_mapping({name: found[name] for name in modalities.names()})
 
 
-def _load_interactions(root: Path, catalog: Catalog, config: DataConfig) -> pd.DataFrame:
+def _load_interactions(root: Path, catalog: Catalog, config: DataConfig,
+                       items_path: Path) -> pd.DataFrame:
     path = root / "interactions.csv"
     frame = validate.read_table(path, id_columns=["user_id", "item_id"])
     validate.require_columns(frame, path, ["user_id", "item_id"])
     validate.require_no_missing_ids(frame, path, "user_id")
     validate.require_no_missing_ids(frame, path, "item_id")
     known = pd.Index(catalog.item_ids)
-    validate.require_known_items(frame, path, known, root / "items.csv")
+    validate.require_known_items(frame, path, known, items_path)
     if "timestamp" in frame.columns and frame["timestamp"].isna().all():
         # Optional and left blank: the same as no column (a temporal split then says so).
         logger.info("%s: the timestamp column is empty in every row; treated as absent", path)
         frame = frame.drop(columns="timestamp")
-    for column in ("rating", "timestamp"):
+    for column, limit in (("rating", RATING_LIMIT), ("timestamp", math.inf)):
         if column in frame.columns:
-            frame[column] = validate.require_numeric(frame, path, column)
+            frame[column] = validate.require_numeric(frame, path, column, limit)
     if SPLIT_COLUMN in frame.columns:
         frame[SPLIT_COLUMN] = validate.require_choice(frame, path, SPLIT_COLUMN, SPLIT_VALUES)
         if config.split != "given":
@@ -251,7 +264,8 @@ def load_test_interactions(path: str | Path, dataset: Dataset,
     validate.require_no_missing_ids(frame, path, "user_id")
     validate.require_no_missing_ids(frame, path, "item_id")
     known = pd.Index(dataset.catalog.item_ids)
-    validate.require_known_items(frame, path, known, dataset.root / "items.csv")
+    validate.require_known_items(frame, path, known,
+                                 dataset.items_path or dataset.root / "items.csv")
     users = pd.Index(dataset.user_ids.astype(str))
     unknown = frame.index[~frame["user_id"].astype(str).isin(users)]
     if len(unknown):
@@ -265,20 +279,35 @@ def load_test_interactions(path: str | Path, dataset: Dataset,
     return frame
 
 
+def read_candidate_ids(path: str | Path) -> list[tuple[int, str]]:
+    """``(line number, item id)`` of a text file of item ids, one per line; blank lines and
+    lines starting with ``#`` skipped. Cheap, so a command checks the file before encoding."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"candidates file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}): "
+                        "save the file as UTF-8") from None
+    ids = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
+    ids = [(number, item) for number, item in ids if item and not item.startswith("#")]
+    if not ids:
+        raise DataError(f"{path}: no item ids (one per line expected)")
+    return ids
+
+
 def load_candidates(path: str | Path, catalog: Catalog) -> np.ndarray:
     """Item indices from a text file of item ids, one per line ("rank only these items").
 
     Blank lines and lines starting with ``#`` are skipped; an unknown id is named with its line.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"candidates file not found: {path}")
     lookup = pd.Index(catalog.item_ids.astype(str))
     indices, bad = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        item = line.strip()
-        if not item or item.startswith("#"):
-            continue
+    for number, item in read_candidate_ids(path):
         position = lookup.get_indexer([item])[0]
         if position < 0:
             bad.append(f"{path.name} line {number} ({item!r})")
@@ -286,8 +315,6 @@ def load_candidates(path: str | Path, catalog: Catalog) -> np.ndarray:
     if bad:
         shown = ", ".join(bad[:validate.SHOW_AT_MOST])
         raise DataError(f"{path}: {len(bad)} candidate item(s) not in the catalogue: {shown}")
-    if not indices:
-        raise DataError(f"{path}: no item ids (one per line expected)")
     return np.unique(np.asarray(indices, np.int64))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -280,8 +281,11 @@ def _pair_text(frame: pd.DataFrame, row: int) -> str:
     return f"(user_id {frame.at[row, 'user_id']!r}, item_id {frame.at[row, 'item_id']!r})"
 
 
-def require_numeric(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
-    """Coerce a column to numbers, naming the first value that is not one."""
+def require_numeric(frame: pd.DataFrame, path: Path, column: str,
+                    magnitude_limit: float = math.inf) -> pd.Series:
+    """Coerce a column to numbers, naming the first value that is not one, is infinite, or
+    exceeds ``magnitude_limit`` in absolute value (ratings: float32's largest, since training
+    reads them as float32 and an overflow would turn every loss into NaN)."""
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = frame.index[values.isna() & frame[column].notna()]
     if len(bad):
@@ -293,6 +297,18 @@ def require_numeric(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
     if values.isna().any():
         i = frame.index[values.isna()][0]
         raise DataError(f"{path}: empty {column} at {row_label(path, i)}")
+    numbers = values.to_numpy(dtype=np.float64)
+    out_of_range = ~np.isfinite(numbers) | (np.abs(numbers) > magnitude_limit)
+    if out_of_range.any():
+        i = frame.index[out_of_range][0]
+        limit = ("finite" if math.isinf(magnitude_limit)
+                 else f"finite and within ±{magnitude_limit:.4g}")
+        value = frame[column].iloc[i]  # a string, or a number pandas already parsed
+        shown = repr(value) if isinstance(value, str) else str(value)
+        raise DataError(
+            f"{path}: {column} must be {limit}, got {shown} at "
+            f"{row_label(path, i)} ({int(out_of_range.sum())} bad value(s))"
+        )
     return values
 
 

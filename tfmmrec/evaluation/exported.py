@@ -48,6 +48,9 @@ def exported_embeddings(version_dir: str | os.PathLike, user_ids: np.ndarray,
                                                               wanted[positions < 0]],
                                                  exported_with))
     users = np.asarray(user_ids).astype(str)
+    # never more users per call than the export accepts (export.limits.max_batch_size)
+    batch_size = min(batch_size, int(model.metadata.get("limits", {}).get("max_batch_size",
+                                                                           batch_size)))
     parts = [model.call("embed_query", user_id=users[start:start + batch_size])["embedding"]
              for start in range(0, len(users), batch_size)]
     return np.concatenate(parts).astype(np.float32), table[positions].astype(np.float32)

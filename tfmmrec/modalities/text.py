@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from tfmmrec.config import (
 from tfmmrec.modalities.base import ModalitySpec, Settings, bytes_feature, content_hash
 
 TEXT_SEPARATOR = ". "
+
+logger = logging.getLogger(__name__)
 
 
 class TextModality(ModalitySpec):
@@ -48,7 +51,7 @@ class TextModality(ModalitySpec):
 
     def catalog_values(self, frame: pd.DataFrame, root: Path, columns: tuple[str, ...],
                        table: Path) -> np.ndarray:
-        return join_text(frame, columns)
+        return capped_texts(join_text(frame, columns), frame.index, table)
 
     def schema(self, columns: tuple[str, ...]) -> list[str]:
         return list(columns)
@@ -171,6 +174,34 @@ def looks_like_text(series: pd.Series) -> bool:
         return False
     numeric = pd.to_numeric(values, errors="coerce").notna().mean()
     return numeric < 0.5
+
+
+# A BERT tower reads at most 512 tokens (text.sequence_length) of an item's text, which 64 KiB
+# holds many times over; tokenising takes ~90× a text's bytes in memory (one 16 MiB cell took
+# half a GiB), so a longer item text is cut to this many bytes when the table is read.
+MAX_ITEM_TEXT_BYTES = 65_536
+
+
+def capped_texts(texts: np.ndarray, rows: pd.Index, table: Path) -> np.ndarray:
+    """``texts`` with each one longer than ``MAX_ITEM_TEXT_BYTES`` (UTF-8) cut to that many
+    bytes at a character boundary; one warning names how many and the first rows."""
+    from tfmmrec.data import validate
+
+    # a str of at most MAX / 4 characters cannot exceed MAX bytes: no encoding for those
+    long = [i for i, text in enumerate(texts) if len(text) > MAX_ITEM_TEXT_BYTES // 4
+            and len(text.encode()) > MAX_ITEM_TEXT_BYTES]
+    if not long:
+        return texts
+    texts = texts.copy()
+    for i in long:
+        texts[i] = texts[i].encode()[:MAX_ITEM_TEXT_BYTES].decode("utf-8", errors="ignore")
+    where = ", ".join(validate.row_label(table, rows[i]) for i in long[:validate.SHOW_AT_MOST])
+    more = f" and {len(long) - validate.SHOW_AT_MOST} more" \
+        if len(long) > validate.SHOW_AT_MOST else ""
+    logger.warning("%s: %d item text(s) longer than %d bytes were cut to that length (the text "
+                   "tower reads at most its first 512 tokens): %s%s", table, len(long),
+                   MAX_ITEM_TEXT_BYTES, where, more)
+    return texts
 
 
 def join_text(frame: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:

@@ -101,6 +101,14 @@ class MultitaskModel(RetrievalModel):
                          tf.reshape(candidates, [-1, queries.shape[-1]]))
         return tf.reshape(flat, [-1, n])
 
+    def train_step(self, inputs):
+        """TFRS' step, without the ranking task's metrics: they are computed on evaluation
+        only (``compute_metrics=not training``), so in a training step's logs they would
+        read 0 every epoch."""
+        logs = super().train_step(inputs)
+        evaluation_only = {metric.name for metric in self.rank_task.metrics}
+        return {name: value for name, value in logs.items() if name not in evaluation_only}
+
     def compute_loss(self, features, training=False):
         loss = 0.0
         if self.retrieval_weight > 0 and "item_index" in features:

@@ -78,12 +78,15 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def _at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum``."""
+def _integer_in(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``: e.g. what the
+    request's int32 ``k`` can hold, instead of an OverflowError when it is built)."""
     def parse(text: str) -> int:
         value = _integer(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum {maximum}")
         return value
 
     parse.__name__ = "integer"  # argparse's message: "invalid integer value"
@@ -142,9 +145,9 @@ def _add_serve(subparsers) -> None:
                             "--file_system_poll_wait_seconds; default: %(default)g; 0: never)")
     serve.add_argument("--version-policy", default="latest",
                        help="latest | latest:N | all | specific:V1,V2 (default: newest only)")
-    serve.add_argument("--num-threads", type=_at_least(0), default=0,
+    serve.add_argument("--num-threads", type=_integer_in(0), default=0,
                        help="concurrent model executions and gRPC workers (default: cores)")
-    serve.add_argument("--max-request-bytes", type=_at_least(1), default=64 * 2**20,
+    serve.add_argument("--max-request-bytes", type=_integer_in(1), default=64 * 2**20,
                        help="largest gRPC message / REST body accepted (default 64 MiB)")
     serve.add_argument("--no-warmup", action="store_true",
                        help="skip replaying assets.extra/tf_serving_warmup_requests on load")
@@ -205,9 +208,11 @@ def _add_query(subparsers) -> None:
                             f"{DEFAULT_REST_PORT}; a host alone gets that port)")
     query.add_argument("--model", default="tfmmrec",
                        help="model name on the server (default: %(default)s)")
-    query.add_argument("--k", type=int, help="how many items (default: the export's "
-                       "default k, for every kind of query)")
-    query.add_argument("--version", type=int, help="a specific version (default: newest)")
+    query.add_argument("--k", type=_integer_in(1, 2**31 - 1),
+                       help="how many items (default: the export's default k, for every kind "
+                            "of query)")
+    query.add_argument("--version", type=_integer_in(1, 2**63 - 1),
+                       help="a specific version (default: newest)")
     query.add_argument("--rest", action="store_true", help="use the REST API")
     query.add_argument("--timeout", type=positive_seconds, default=10.0,
                        help="seconds per request, > 0 (default: %(default)g)")

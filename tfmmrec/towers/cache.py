@@ -48,9 +48,20 @@ class CacheStats:
 
 
 def content_keys(catalog: Catalog, modality: str) -> list[str | None]:
-    """Per-item content hash (``None`` when the item has no content for this modality)."""
+    """Per-item content hash (``None`` when the item has no content for this modality, or its
+    file exists but cannot be read: that item keeps its other modalities and is named, as a
+    file that does not decode is)."""
     spec = modalities.get(modality)
-    return [spec.content_key(value) for value in catalog.values(modality)]
+    keys, unreadable = [], []
+    for value in catalog.values(modality):
+        try:
+            keys.append(spec.content_key(value))
+        except OSError as exc:  # e.g. permission denied, an I/O error
+            logger.debug("%s", exc)
+            unreadable.append(str(value))
+            keys.append(None)
+    report_missing_media(modality, unreadable)
+    return keys
 
 
 class FeatureCache:
@@ -199,7 +210,7 @@ def decode_items(catalog: Catalog, modality: str, indices: list[int],
         try:
             arrays.append(spec.load(values[i], settings))
             good.append(i)
-        except MediaDecodeError as exc:
+        except (MediaDecodeError, OSError) as exc:  # OSError: read since its key was taken
             logger.debug("%s", exc)
             failed.append(str(values[i]))
     return arrays, good

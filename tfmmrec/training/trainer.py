@@ -195,6 +195,25 @@ class EpochLine(tf.keras.callbacks.Callback):
                     seconds, f"{self.examples_per_epoch / max(seconds, 1e-9):,.0f}")
 
 
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+    """Fail the run with a ``TrainingError`` when an epoch's loss is NaN or infinite.
+
+    Runs before the checkpoint and backup callbacks, so a diverged epoch is never saved (Keras'
+    ``TerminateOnNaN`` only stops, and the run would then "succeed" with NaN weights)."""
+
+    def __init__(self, learning_rate: float):
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingError(
+                f"the training loss became {float(loss)} in epoch {epoch + 1}; nothing of "
+                "that epoch was saved. Check the interactions for extreme ratings or weights, "
+                f"or lower train.learning_rate (now {self.learning_rate})")
+
+
 class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
     """Keras' ``BackupAndRestore`` (resume from the last backed-up epoch; the backup deleted
     when training finishes), backing up at the end of an epoch only once ``min_seconds``
@@ -306,6 +325,7 @@ def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
         steps_per_epoch=steps if endless else None,
         verbose=1 if config.verbose == 2 else 0,
         callbacks=[
+            StopOnNonFiniteLoss(config.learning_rate),
             *([EpochLine(config.epochs, throughput.examples_per_epoch)]
               if config.verbose == 1 else []),
             # before the backup: its on_train_end deletes the backup, so the final weights
