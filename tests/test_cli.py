@@ -200,7 +200,7 @@ def test_evaluate_names_an_unreadable_candidates_file_before_any_work(tmp_path, 
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("prepared data"))
     assert cli.main(["evaluate", "--export", str(tmp_path / "model"), "--candidates",
                      str(tmp_path / "latin1.txt")]) == 2
-    assert "latin1.txt: line 1 is not UTF-8 text (byte 0xe9)" in capsys.readouterr().err
+    assert "latin1.txt: line 1 is not UTF-8 text (byte 0xe9 at column 4)" in capsys.readouterr().err
 
 
 def test_validate_of_the_demo_into_an_unwritable_dir_is_one_line(tmp_path, capsys):

@@ -149,7 +149,8 @@ def test_a_candidates_file_that_is_not_utf8_or_holds_no_ids_is_named(tmp_path):
     from tfmmrec.data.dataset import read_candidate_ids
 
     (tmp_path / "latin1.txt").write_bytes("i1\ni2\ncaf\u00e9\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"latin1\.txt: line 3 is not UTF-8 text \(byte 0xe9\)"):
+    with pytest.raises(DataError, match=r"latin1\.txt: line 3 is not UTF-8 text \(byte 0xe9 at "
+                                        r"column 4\)"):
         read_candidate_ids(tmp_path / "latin1.txt")
     (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
     with pytest.raises(DataError, match=r"empty\.txt: no item ids"):

@@ -285,15 +285,14 @@ def read_candidate_ids(path: str | Path) -> list[tuple[int, str]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"candidates file not found: {path}")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[exc.start]:02x}): "
-                        "save the file as UTF-8") from None
-    ids = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
-    ids = [(number, item) for number, item in ids if item and not item.startswith("#")]
+    ids = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            item = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: {validate.not_utf8(number, raw, exc)}") from None
+        if item and not item.startswith("#"):
+            ids.append((number, item))
     if not ids:
         raise DataError(f"{path}: no item ids (one per line expected)")
     return ids

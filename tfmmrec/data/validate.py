@@ -107,6 +107,12 @@ def _extra_fields_are_errors():
         yield
 
 
+def not_utf8(number: int, line: bytes, exc: UnicodeDecodeError) -> str:
+    """What an error says of a line of a text file that is not UTF-8."""
+    return (f"line {number} is not UTF-8 text (byte 0x{line[exc.start]:02x} at column "
+            f"{exc.start + 1}): save the file as UTF-8")
+
+
 def _first_bad_line(path: Path) -> str | None:
     """Where a text table stops being readable, for the error message: the first line that
     is not UTF-8 (pandas only gives a byte offset into its buffer) or, in JSONL, not one JSON
@@ -121,8 +127,7 @@ def _first_bad_line(path: Path) -> str | None:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return (f"line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
-                        f"column {exc.start + 1}): save the file as UTF-8")
+                return not_utf8(number, raw, exc)
             if path.suffix == ".csv":
                 fields = _csv_field_count(text)
                 if number == 1:
