@@ -617,7 +617,7 @@ class ContentDecoder:
 
     def __init__(self, catalog, path: Path, present: tuple[str, ...],
                  settings: dict | None = None):
-        self.catalog, self.path = catalog, path
+        self.path = path
         self.settings = modalities.resolve_settings(dict(settings or {}))
         self.specs = [spec for spec in modalities.specs() if spec.name in present]
         self.item_ids = catalog.item_ids.astype(str)
