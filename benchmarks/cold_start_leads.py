@@ -48,6 +48,16 @@ width and α on a cold-start carve). Rows:
   kernel computed on a supervised view of the content, the features' ridge prediction of the
   CF factors (so directions of content that do not predict CF stop counting in the
   distance), alone or beside the features; ridge α, width and kernel α on the inner carve.
+- ``facets, popularity-weighted map``: the kernel ridge with warm item ``i``'s squared error
+  weighted by ``count_i ** p`` (``p`` on the inner carve, 0 included): a rarely seen film's
+  CF factors are noisy, so its row should count less in the fit.
+- ``facets, EASE λ and rank on the cold carve``: the EASE λ and factor rank the map regresses
+  onto chosen on the cold-start inner carve with the map's width and α, instead of λ on a
+  random (warm) carve and rank 128.
+- ``facets, history in the target``: the map regresses the user's full-rank EASE scores of
+  the warm items plus ``β ×`` the observed interactions (``x_u B + β x_u``, so the films a
+  user actually saw count, not only EASE's zero-diagonal prediction of them); β, width and α
+  on the inner carve, β = 0 included (full-rank ``x_u B``).
 
 "validation" rows fit on the training rows of protocol B's cold-start validation carve
 (``data.splits.validation_split``, what early stopping uses) with every setting chosen on a
@@ -83,6 +93,10 @@ COLLECTIVE_L2S = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
 COLLECTIVE_BETAS = (1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
 COLLECTIVE_WIDTHS = (0.1, 0.2, 0.3)
 METRIC = "recall@20"
+TARGET_WIDTHS, TARGET_ALPHAS = (0.3, 0.5), (0.3, 1.0, 3.0)  # the rows below, one grid
+WEIGHT_POWERS = (0.0, 0.25, 0.5, 1.0)
+TARGET_L2S, TARGET_RANKS = (100.0, 300.0, 1000.0), (64, 128, 256)
+HISTORY_BETAS = (0.0, 0.03, 0.1, 0.3, 1.0)
 
 
 def facet_features(ws, columns=FACET_COLUMNS, batch_size: int = 64) -> np.ndarray:
@@ -256,6 +270,94 @@ def collective_ease_row(lab, levels, features, present) -> dict:
     return {"here": value, "chosen": dict(zip(("l2", "beta", "width"), chosen, strict=True))}
 
 
+def _chosen_on_inner(scored: dict) -> tuple[float, tuple]:
+    """(score on ``here``, setting) of the setting best on ``inner``."""
+    chosen = max(scored["inner"], key=scored["inner"].get)
+    return scored["here"][chosen], chosen
+
+
+def weighted_kernel_items(weights, features, present, counts, power, width, alpha):
+    """Item embeddings with cold items from a kernel ridge whose warm rows weigh
+    ``count ** power`` (normalised to mean 1): ``(K + α W⁻¹)⁻¹`` instead of ``(K + αI)⁻¹``."""
+    from tfmmrec.towers.cf import kernel_matrix, normalise_rows
+
+    present = np.asarray(present, bool)
+    learn = weights.warm & present
+    factors = weights.item_factors.astype(np.float64)
+    w = counts[learn].astype(np.float64) ** power
+    w /= w.mean()
+    mean_x = features[learn].mean(axis=0)
+    mean_y = (w[:, None] * factors[learn]).sum(axis=0) / w.sum()
+    anchors = normalise_rows(features[learn] - mean_x)
+    gram = kernel_matrix(anchors, anchors, width)
+    gram[np.diag_indices_from(gram)] += alpha / w
+    coefficients = np.linalg.solve(gram, factors[learn] - mean_y)
+    predicted = kernel_matrix(normalise_rows(features - mean_x), anchors, width) @ coefficients
+    predicted = np.where(present[:, None], predicted + mean_y, mean_y)
+    return np.where(weights.warm[:, None], factors, predicted).astype(np.float32)
+
+
+def target_rows(lab, levels, features, present, seed) -> list[tuple[str, dict]]:
+    """What the content map regresses onto: popularity-weighted rows, EASE λ and rank chosen on
+    the cold carve, the user's history in the target (module docstring). Every setting chosen
+    on ``levels["inner"]``, scored on ``levels["here"]``: ``[(row, {"here", "chosen"})]``."""
+    import itertools
+
+    from tfmmrec.evaluation.protocol import evaluate_embeddings, split_matrices
+    from tfmmrec.towers.cf import (
+        ease_weights,
+        factorise_ease,
+        fit_linear_cf,
+        kernel_matrix,
+        normalise_rows,
+    )
+
+    ws, present = lab.ws, np.asarray(present, bool)
+    grid = list(itertools.product(TARGET_WIDTHS, TARGET_ALPHAS))
+    scored: dict[str, dict] = {}
+    for level, split in levels.items():
+        users, weights, x, info = lab.cf_weights(split, features, present, seed)
+        counts = np.asarray(x.sum(axis=0)).ravel()
+        for power, (width, alpha) in itertools.product(WEIGHT_POWERS, grid):
+            items = weighted_kernel_items(weights, features, present, counts, power, width,
+                                          alpha)
+            scored.setdefault("popularity-weighted map", {}).setdefault(level, {})[
+                (power, width, alpha)] = lab.score(users, items, split)
+        train, _ = split_matrices(split, ws.user_ids, ws.dataset.num_items)
+        for l2, rank in itertools.product(TARGET_L2S, TARGET_RANKS):
+            p, q, warm = factorise_ease(train, rank, l2, seed)
+            ease_users = np.asarray(x @ p, np.float32)
+            for width, alpha in grid:
+                items = fit_linear_cf(p, q, warm, alpha, features, present,
+                                      width).item_embeddings(features, present)
+                scored.setdefault("EASE λ and rank on the cold carve", {}).setdefault(
+                    level, {})[(l2, rank, width, alpha)] = lab.score(ease_users, items, split)
+        history = np.asarray(x.todense(), np.float64)
+        preference = history @ ease_weights(history.T @ history, info["l2"])
+        learn = weights.warm & present
+        z = normalise_rows(features - features[learn].mean(axis=0))
+        for width, alpha in grid:
+            gram = kernel_matrix(z[learn], z[learn], width)
+            gram[np.diag_indices_from(gram)] += alpha
+            smoother = np.linalg.solve(gram, kernel_matrix(z, z[learn], width).T)  # [n, N]
+            items = np.vstack([smoother, np.ones((1, len(z)))]).T.astype(np.float32)
+            for beta in HISTORY_BETAS:
+                target = preference[:, learn] + beta * history[:, learn]
+                mean = target.mean(axis=1, keepdims=True)  # the map's intercept
+                queries = np.hstack([target - mean, mean]).astype(np.float32)
+                scored.setdefault("history in the target", {}).setdefault(level, {})[
+                    (beta, width, alpha)] = evaluate_embeddings(
+                        queries, items, split, ws.user_ids, [20])[METRIC]
+    names = {"popularity-weighted map": ("power", "width", "alpha"),
+             "EASE λ and rank on the cold carve": ("l2", "rank", "width", "alpha"),
+             "history in the target": ("beta", "width", "alpha")}
+    out = []
+    for row, keys in names.items():
+        here, chosen = _chosen_on_inner(scored[row])
+        out.append((row, {"here": here, "chosen": dict(zip(keys, chosen, strict=True))}))
+    return out
+
+
 def prior_fit(targets_from, x, warm_only=True):
     """Ridge (α = 1) from item rows to log(1 + training count), fitted on warm items."""
     from tfmmrec.towers.cf import ridge_fit
@@ -339,6 +441,10 @@ def run_seed(lab: Lab, seed: int, test: bool, fraction: float, base_seed: int) -
         result = collective_ease_row(lab, {"inner": inner, "here": split}, features, present)
         rows.append({"seed": seed, "level": level, "row": "facets, collective EASE",
                      METRIC: result["here"], "chosen": result["chosen"]})
+        for row, result in target_rows(lab, {"inner": inner, "here": split}, features, present,
+                                       data_seed):
+            rows.append({"seed": seed, "level": level, "row": f"facets, {row}",
+                         METRIC: result["here"], "chosen": result["chosen"]})
         if level == "validation":
             from tfmmrec.evaluation.protocol import split_matrices
 

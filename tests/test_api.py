@@ -55,3 +55,34 @@ def test_load_dataset_takes_a_whole_config_as_every_entry_point_does(tiny_config
     assert list(by_config.catalog.item_ids) == list(by_folder.catalog.item_ids)
     with pytest.raises(TypeError, match="takes a Config, a DataConfig or a folder path, got int"):
         tfmmrec.load_dataset(3)
+
+
+def test_train_result_and_workspace_print_in_a_few_lines(tiny_trained):
+    """The dataclass default printed the whole dataset and feature tables (114 KB on the demo);
+    a result shown in a notebook or a log must say where the run is and what it did."""
+    text = repr(tiny_trained)
+    assert len(text) < 1000 and len(text.splitlines()) <= 6
+    assert str(tiny_trained.output_dir) in text
+    assert f"epochs_run={tiny_trained.epochs_run}" in text and "last loss" in text
+    workspace = repr(tiny_trained.workspace)
+    assert len(workspace) < 400 and "\n" not in workspace
+    assert f"{tiny_trained.workspace.dataset.num_items} items" in workspace
+    assert tiny_trained.workspace.split.sizes() in workspace and workspace in text
+
+
+def test_train_reports_epochs_to_the_tfmmrec_logger_as_its_docstring_says(
+        tiny_config, tiny_workspace, tmp_path, caplog):
+    """Python callers see progress by showing the ``tfmmrec`` logger at INFO (what
+    ``tfmmrec.train``'s docstring tells them); the library itself prints nothing."""
+    import inspect
+    import logging
+
+    from tests.conftest import derive_config
+
+    assert inspect.signature(tfmmrec.train).parameters["progress"].default is True
+    config = derive_config(tiny_config, tmp_path, "train.epochs=1", "train.verbose=1")
+    with caplog.at_level(logging.INFO, logger="tfmmrec"):
+        tfmmrec.train(config, workspace=tiny_workspace)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tfmmrec.training.trainer"]
+    assert any(line.startswith("epoch 1/1: ") and " loss " in line for line in lines), lines
+    assert "logging.getLogger(\"tfmmrec\").setLevel(logging.INFO)" in tfmmrec.train.__doc__

@@ -32,6 +32,9 @@ def test_demo_prints_at_most_40_lines_and_no_library_warnings(demo_command):
     text = result.stdout
     assert "epoch 20/20: " in text and "| tfmmrec |" in text and "query_text" in text
     assert f"run directory: {demo_command.run_dir}" in text
+    # each result once: the command prints it, the library's log line of it stays at debug
+    exported = [line for line in lines if line.startswith("exported ")]
+    assert len(exported) == 1, exported
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -73,6 +76,39 @@ def test_quiet_output_sets_native_thresholds_but_keeps_the_users_choice():
     kept = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120)
     assert kept.stdout.strip() == "1"
+
+
+def test_quiet_output_drops_a_librarys_warnings_on_the_root_logger_but_not_the_users():
+    result = run_python("""
+        import logging
+        import tfmmrec
+        from tfmmrec._env import quiet_output
+        quiet_output()
+        logging.basicConfig(format="%(message)s")
+        def record(path, level=logging.WARNING, text="x"):
+            logging.getLogger().handle(logging.LogRecord("root", level, path, 1, text, None, None))
+        record("/site-packages/apache_beam/io/gcp/bigquery.py", text="apitools not found")
+        record("/site-packages/apache_beam/io/gcp/bigquery.py", logging.ERROR, "beam failed")
+        record("/home/me/script.py", text="the user's own warning")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["beam failed", "the user's own warning"]
+
+
+def test_show_progress_prints_the_librarys_lines_once_like_the_command_line():
+    result = run_python("""
+        import logging
+        import tfmmrec
+        tfmmrec.show_progress()
+        tfmmrec.show_progress()  # again: still one handler
+        log = logging.getLogger("tfmmrec.training")
+        log.info("epoch 1/3: loss 1.0")
+        tfmmrec.show_progress(quiet=True)
+        log.info("epoch 2/3: hidden")
+        log.warning("a warning")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == ["epoch 1/3: loss 1.0", "warning: a warning"]
 
 
 def test_verbose_changes_nothing():

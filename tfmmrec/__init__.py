@@ -5,7 +5,7 @@ Importing the package first selects Keras 2 (``TF_USE_LEGACY_KERAS=1``) so that 
 ``import tfmmrec`` (and ``tfmmrec --help``) stay fast.
 """
 
-from tfmmrec._env import configure_keras, quiet_output
+from tfmmrec._env import configure_keras, quiet_output, show_progress
 
 configure_keras()
 
@@ -43,6 +43,7 @@ __all__ = [
     "TrainingError",
     "load_config",
     "quiet_output",
+    "show_progress",
     *_LAZY,
 ]
 

@@ -62,7 +62,18 @@ NATIVE_LOG_VARIABLES = {
     "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow C++: CUDA probing, oneDNN notices, XLA
     "GLOG_minloglevel": "2",  # glog-based native libraries
 }
-NOISY_PYTHON_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "PIL")
+NOISY_PYTHON_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "apache_beam")
+
+
+class _LibraryRecordsOnRoot(logging.Filter):
+    """Below ERROR, drop what a noisy library logs on the root logger (``logging.warning(...)``
+    in its module, as Beam's BigQuery client does at import), as its own logger's level would."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or record.name != "root":
+            return True
+        path = record.pathname.replace("\\", "/")
+        return not any(f"/{name}/" in path for name in NOISY_PYTHON_LOGGERS)
 
 
 def quiet_output(verbose: bool = False) -> None:
@@ -84,6 +95,9 @@ def quiet_output(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore")
     for name in NOISY_PYTHON_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, _LibraryRecordsOnRoot) for f in root.filters):
+        root.addFilter(_LibraryRecordsOnRoot())
     if "absl.logging" in sys.modules or _importable("absl.logging"):
         from absl import logging as absl_logging
 
@@ -143,3 +157,44 @@ def stdout_silenced() -> Iterator[None]:
             yield
         finally:
             sink.close()
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A stderr handler that follows ``sys.stderr`` (``native_stderr_to`` swaps it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; sys.stderr wins
+        pass
+
+
+class _Format(logging.Formatter):
+    """Progress and results as plain lines; warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def show_progress(quiet: bool = False) -> logging.Handler:
+    """Show tfmmrec's progress and results (``quiet``: warnings only) on stderr as plain
+    lines, as the command line does: the library logs them to the ``tfmmrec`` logger, which
+    Python shows nowhere by default. Public as ``tfmmrec.show_progress``; calling it again
+    keeps one handler. Returns the handler (``logging.getLogger().removeHandler`` undoes it)."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, _CurrentStderr)), None)
+    if handler is None:
+        handler = _CurrentStderr()
+        handler.setFormatter(_Format())
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    logging.getLogger("tfmmrec").setLevel(logging.WARNING if quiet else logging.INFO)
+    return handler

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import tfmmrec
-from tfmmrec._env import native_stderr_to, quiet_output
+from tfmmrec._env import native_stderr_to, quiet_output, show_progress
 from tfmmrec.config import STRATEGIES, ExportConfig, load_config
 from tfmmrec.errors import ConfigError, TfmmrecError
 
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         else "")
                 parser.error(f"unrecognized arguments: {' '.join(beam_args)}{hint}")
             args.beam_args = beam_args
-            handler = _configure_logging(args.quiet)
+            handler = show_progress(quiet=args.quiet)
             code = int(_run(args) or 0)
             failed = code != 0
             return code
@@ -241,41 +241,6 @@ def _report_native_log(path: Path, failed: bool) -> None:
         print(f"(TensorFlow/ScaNN native log: {path}; --verbose shows it live)", file=sys.stderr)
     else:
         path.unlink(missing_ok=True)
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """A stderr handler that follows ``sys.stderr`` (``native_stderr_to`` swaps it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; sys.stderr wins
-        pass
-
-
-class _Format(logging.Formatter):
-    """Progress and results as plain lines; warnings and errors say what they are."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
-        if record.levelno >= logging.WARNING:
-            return f"{record.levelname.lower()}: {message}"
-        return message
-
-
-def _configure_logging(quiet: bool) -> logging.Handler:
-    handler = _CurrentStderr()
-    handler.setFormatter(_Format())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.WARNING:
-        root.setLevel(logging.WARNING)
-    logging.getLogger("tfmmrec").setLevel(logging.WARNING if quiet else logging.INFO)
-    return handler
 
 
 def _run(args) -> int:

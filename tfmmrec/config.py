@@ -731,7 +731,9 @@ class ExportConfig(ConfigSection):
     default is to pass them per request (``exclude_item_ids``, at most ``max_exclude`` per
     request: the index over-fetches that many). ``recommend_session`` takes at most
     ``max_session_items`` recent items and blends their mean embedding with the user query,
-    the user weighing ``session_user_weight``.
+    the user weighing ``session_user_weight``; it never returns the session's own items
+    (they were just seen) unless ``exclude_session_items`` is false (re-consumption: a
+    playlist, a re-order).
     ``index``: ``scann`` (fastest, needs ScaNN ops in the server), ``partitioned`` (ANN in
     plain TF ops, stock TF Serving >= 2.20), ``brute_force`` (exact, plain TF ops).
     ``jit_compile`` (opt-in): the text encoder's backbone runs XLA-compiled in the exported
@@ -780,6 +782,7 @@ class ExportConfig(ConfigSection):
     max_exclude: int = 100
     max_session_items: int = 50
     session_user_weight: float = 0.5
+    exclude_session_items: bool = True
     scann: ScannConfig = field(default_factory=ScannConfig)
     partitioned: PartitionedConfig = field(default_factory=PartitionedConfig)
     limits: ServingLimitsConfig = field(default_factory=ServingLimitsConfig)

@@ -62,9 +62,13 @@ CONFIG_FILE = "config.yaml"  # the whole config of the run, for the record and a
 MODEL_SPEC_FILE = "model.yaml"
 
 
-@dataclass
+@dataclass(repr=False)
 class Workspace:
-    """Everything a model is built from: data, split, encoders and each modality's content."""
+    """Everything a model is built from: data, split, encoders and each modality's content.
+
+    Its repr is one line of sizes (the dataclass default printed the dataset, item paths and
+    feature arrays: 100+ KB for the demo).
+    """
 
     config: Config
     dataset: Dataset
@@ -73,6 +77,11 @@ class Workspace:
     encoders: dict[str, Encoder]
     contents: dict[str, ModalityContent]
     cache_stats: dict[str, CacheStats] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Workspace(data={str(self.dataset.root)!r}, {self.dataset.num_items} items, "
+                f"{len(self.user_ids)} users, modalities={list(self.modalities)}, "
+                f"{self.split.sizes()})")
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -361,7 +370,24 @@ def with_user_indices(dataset: tf.data.Dataset, user_ids) -> tf.data.Dataset:
 
 def train(config: Config | str | os.PathLike | None = None, *, workspace: Workspace | None = None,
           callbacks=(), progress: bool = True) -> TrainResult:
-    """Train a retrieval model as the config says; resumes an interrupted run in the same dir."""
+    """Train a retrieval model as the config says; resumes an interrupted run in the same dir.
+
+    ``config``: a ``Config``, a YAML path, a mapping of sections (``{"train": {"epochs": 3}}``)
+    or None (the demo); for overrides, ``tfmmrec.load_config(path, ["train.epochs=3"])``.
+
+    Epochs: with ``train.early_stopping``, ``train.epochs`` is a cap; the final model trains
+    on the whole training split for the count chosen on validation. ``result.epochs_configured``
+    is ``train.epochs`` (what ``result.workspace.config`` and the run's ``config.yaml`` both
+    say), ``result.epochs_chosen`` the chosen count (also ``run.json``'s
+    ``early_stopping.best_epoch``), ``result.epochs_run`` the epochs this call trained.
+
+    Progress: ``progress`` (default True) reports the catalogue encoding, a bar on a terminal;
+    the per-epoch lines (``train.verbose: 1``) and, elsewhere, the encoding's periodic lines
+    go to the ``tfmmrec`` logger at INFO, which Python shows only once a handler is set up
+    (``tfmmrec train`` sets one up): ``logging.basicConfig()`` and
+    ``logging.getLogger("tfmmrec").setLevel(logging.INFO)``. ``train.verbose: 2`` prints
+    Keras' own progress bar instead; ``progress=False`` with ``train.verbose: 0`` is silent.
+    """
     config = load_config(config)
     check_writable(Path(config.train.output_dir))  # before hours of encoding, not after
     if workspace is None:
@@ -413,15 +439,22 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
         # after early stopping: an `auto` CF kind is resolved, and the mix is chosen for it
         selection = select_serving_mix(ws, strategy, output / "fusion-selection", chosen)
+    fit_config = config.train
     if config.train.early_stopping:
-        config = load_config(config, [f"train.epochs={validation['best_epoch']}", *chosen])
-        ws = dataclasses.replace(ws, config=config)
-        if chosen and chief:  # the checkpoints hold the chosen kind: restore rebuilds it
-            config.to_yaml(spec, sections=model_sections())
+        if chosen:  # the model is built with the chosen CF kind: the workspace says so
+            config = load_config(config, chosen)
+            ws = dataclasses.replace(ws, config=config)
+            if chief:  # the checkpoints hold the chosen kind: restore rebuilds it
+                config.to_yaml(spec, sections=model_sections())
+        # Only the final fit runs the chosen epochs; the workspace keeps train.epochs as
+        # configured (the cap), as config.yaml and restore's workspace do.
+        fit_config = load_config(config, [f"train.epochs={validation['best_epoch']}"]).train
     dataset, num_examples = training_dataset(ws)
-    result = fit(lambda: build_model(ws), dataset, num_examples, config.train, strategy,
+    result = fit(lambda: build_model(ws), dataset, num_examples, fit_config, strategy,
                  callbacks, dataset_fn=lambda: training_dataset(ws)[0])
     result.workspace = ws
+    result.epochs_configured = config.train.epochs
+    result.epochs_chosen = validation["best_epoch"] if validation is not None else None
     if not chief:  # the chief records the run; other workers only train
         return result
     if selection is not None:
@@ -973,6 +1006,7 @@ def export(config: Config | str | os.PathLike | None = None,
         "max_seen": towers.max_seen, "max_exclude": ex.max_exclude,
         "max_session_items": ex.max_session_items,
         "session_user_weight": ex.session_user_weight,
+        "exclude_session_items": ex.exclude_session_items,
         "content_search": ex.content_search,
         "retrieve_candidates": config.ranking.retrieve_candidates,
         **settings_from_config(config),

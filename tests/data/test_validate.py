@@ -389,6 +389,32 @@ def test_non_numeric_timestamp_names_line_and_value(tmp_path):
         load(make_folder(tmp_path / "d", interactions=interactions))
 
 
+def test_a_non_numeric_timestamp_says_which_forms_are_read(tmp_path):
+    interactions = INTERACTIONS.replace("u2,i1,2,300", "u2,i1,2,yesterday")
+    with pytest.raises(DataError, match=r"Unix seconds, or ISO 8601 dates"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+def test_iso_timestamps_are_read_as_unix_seconds_in_utc(tmp_path):
+    numeric = load(make_folder(tmp_path / "n")).interactions
+    dates = {"100": "1970-01-01T00:01:40Z", "200": "1970-01-01 01:03:20+01:00",
+             "150": "1970-01-01T00:02:30.000", "300": "1970-01-01T00:05:00"}
+    text = INTERACTIONS
+    for seconds, date in dates.items():
+        text = text.replace(f",{seconds}\n", f",{date}\n")
+    assert text != INTERACTIONS
+    iso = load(make_folder(tmp_path / "d", interactions=text)).interactions
+    np.testing.assert_array_equal(iso["timestamp"].to_numpy(), numeric["timestamp"].to_numpy())
+
+
+def test_a_date_among_iso_dates_that_is_not_one_names_its_line(tmp_path):
+    text = (INTERACTIONS.replace(",100\n", ",2020-01-01\n").replace(",200\n", ",2020-01-02\n")
+            .replace(",150\n", ",2020-01-03\n").replace(",300\n", ",soon\n"))
+    with pytest.raises(DataError, match=r"timestamp holds ISO 8601 dates, but interactions\.csv "
+                                        r"line 5 has 'soon'"):
+        load(make_folder(tmp_path / "d", interactions=text))
+
+
 def test_min_rating_without_rating_column_is_an_error(tmp_path):
     root = make_folder(tmp_path / "d", interactions="user_id,item_id\nu1,i1\n")
     with pytest.raises(DataError, match=r"data\.min_rating is set but .* has no rating column"):
@@ -434,5 +460,5 @@ def test_corrupt_media_is_reported_by_the_encoder_cache_and_masked(tmp_path, cap
     assert np.all(content.values[0] == 0)
     assert stats.computed == 2
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert "1 image file(s) missing or unreadable" in warning
+    assert "1 image file(s) missing, unreadable or undecodable" in warning
     assert "i1.png" in warning

@@ -1,8 +1,10 @@
 """``tfmmrec evaluate --export``: the error when the export does not serve dataset items says
-why (removed by ``catalog remove``, or added to the dataset since the export), with plain ids."""
+why (removed by ``catalog remove``, added to the dataset since the export, or an export of
+another dataset), with plain ids."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,40 @@ def test_items_new_to_the_dataset_are_named_as_added(removed, tiny_trained):
                                           r"the dataset after it was exported: export the "
                                           r"model again, or `tfmmrec catalog add` them"):
         exported_embeddings(version, ws.user_ids[:3], wanted)
+
+
+def test_an_export_that_knows_few_of_the_datasets_items_belongs_to_another_dataset(
+        removed, tiny_trained):
+    """An export of another model (ML-100K's, evaluated on the demo) knows none of the
+    dataset's items: "add them to the catalogue" would be the wrong advice."""
+    version = removed.parent / "1"
+    ws = tiny_trained.workspace
+    wanted = np.array(["i0000", *(f"m{n}" for n in range(9))])
+    with pytest.raises(ExportError) as info:
+        exported_embeddings(version, ws.user_ids[:3], wanted)
+    message = str(info.value)
+    assert message.startswith(f"{version} does not belong to this dataset: it knows 1 of the "
+                              "dataset's 10 items (i0000, m0, m1, …); it serves "
+                              f"{len(ws.dataset.catalog.item_ids)} items (")
+    assert ("its metadata: modalities text (title, description), image (image), audio (audio), "
+            "embedding_dim 16") in message
+    assert "--config the one it was exported with" in message
+    assert "added to the dataset" not in message and "\n" not in message
+
+
+def test_an_export_that_knows_few_of_the_datasets_users_belongs_to_another_dataset(
+        removed, tiny_trained):
+    """Unknown users would be scored as cold-start queries: most of them unknown is another
+    dataset's export, not a few new users (who are evaluated as the export serves them)."""
+    version = removed.parent / "1"
+    items = tiny_trained.workspace.dataset.catalog.item_ids
+    known = [str(u) for u in tiny_trained.workspace.user_ids[:3]]
+    expected = (rf"^{re.escape(str(version))} does not belong to this dataset: it knows 1 of "
+                rf"the dataset's 4 users \(x1, x2, {known[0]}, …\); its metadata: modalities text")
+    with pytest.raises(ExportError, match=expected):
+        exported_embeddings(version, np.array(["x1", "x2", known[0], "x3"]), items)
+    users, _ = exported_embeddings(version, np.array([*known, "someone-new"]), items)
+    assert users.shape[0] == 4
 
 
 def test_without_a_record_both_causes_are_named(tmp_path):

@@ -149,6 +149,56 @@ def test_update_re_embeds_from_new_content_and_keeps_the_rest(base, items, tiny_
     np.testing.assert_array_equal(new.item_embeddings(others), model.item_embeddings(others))
 
 
+@pytest.mark.parametrize(("dropped", "named"), [
+    (["image", "audio"], "no image column 'image', audio column 'audio'"),
+    (["description"], "no text column 'description'"),
+])
+def test_an_update_without_a_modality_column_is_refused_before_anything_is_embedded(
+        base, items, tiny_demo_dir, monkeypatch, dropped, named):
+    """A version keeps no item's media: an update table without the image column would
+    re-embed the item without its image (a title typo fix losing the poster). Refused up front,
+    naming the file, the columns and their modalities; nothing is decoded or written."""
+    row = with_all_media(items).iloc[[0]]
+    path = write_items(row.drop(columns=dropped), tiny_demo_dir, "typo.csv")
+    decoded = spy_on_decoding(monkeypatch)
+    with pytest.raises(DataError) as info:
+        catalog.update(base, path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {named}, which this model embeds; `catalog update` "
+                              "re-embeds each item from its row alone")
+    assert "an update replaces the whole item" in message
+    assert "an empty cell: the item has none" in message and "\n" not in message
+    assert decoded == [] and sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_an_update_with_the_whole_row_keeps_the_item_and_empty_cells_drop_its_media(
+        base, items, tiny_demo_dir):
+    """The fix of a title typo gives the row with its media paths: the item embeds as before.
+    An empty media cell is the explicit way to remove an item's image and audio."""
+    row = with_all_media(items).iloc[[0]]
+    item = row["item_id"].iloc[0]
+    before = ExportedModel(base / "1").item_embeddings([item])
+    same = catalog.update(base, write_items(row, tiny_demo_dir, "same.csv")).version_dir
+    np.testing.assert_allclose(ExportedModel(same).item_embeddings([item]), before, atol=1e-5)
+    bare = catalog.update(base, write_items(row.assign(image="", audio=""), tiny_demo_dir,
+                                            "bare.csv")).version_dir
+    assert np.abs(ExportedModel(bare).item_embeddings([item]) - before).max() > 1e-3
+
+
+def test_cli_catalog_update_without_media_columns_is_one_error_line(base, items, tiny_demo_dir,
+                                                                    capsys):
+    from tfmmrec import cli
+
+    row = with_all_media(items).iloc[[0]][["item_id", "title", "description"]]
+    path = write_items(row, tiny_demo_dir, "cli-typo.csv")
+    assert cli.main(["catalog", "update", "--model-base-path", str(base), "--items",
+                     str(path)]) == 2
+    err = capsys.readouterr().err
+    [error] = [line for line in err.splitlines() if line.startswith("error")]
+    assert f"{path}: no image column 'image', audio column 'audio'" in error
+    assert "Traceback" not in err and sorted(p.name for p in base.iterdir()) == ["1"]
+
+
 def test_removed_items_are_never_returned(base, items):
     model = ExportedModel(base / "1")
     top = model.recommend(USERS, k=3)["item_ids"][:, :3].ravel().astype(str)
@@ -176,9 +226,13 @@ def test_removed_items_are_never_returned(base, items):
      r"new\.csv line 2 \('x2'\): image file 'images/nope\.png' not found"),
     (lambda f: f.iloc[[1]], r"already in the catalogue: new\.csv line 2"),
     (lambda f: f.iloc[[0]].assign(item_id=""), r"empty item_id in 1 row\(s\): new\.csv line 2"),
-    (lambda f: pd.DataFrame({"item_id": ["x4"]}),
+    (lambda f: f.iloc[[0]].assign(**{c: "" for c in f.columns}).assign(item_id="x4"),
      r"1 new item\(s\) with no content in any column this model reads \(.*\): new\.csv "
      r"line 2 \('x4'\)"),
+    (lambda f: with_all_media(f).iloc[[0]].assign(item_id="x5").drop(columns="audio"),
+     r"new\.csv: no audio column 'audio', which this model embeds; `catalog add` embeds each "
+     r"new item from its row alone, so every row would be served without its audio\. Add the "
+     r"column\(s\) with each item's value \(an empty cell: the item has none\)"),
 ])
 def test_bad_rows_are_data_errors_and_leave_the_versions_untouched(base, items, tiny_demo_dir,
                                                                    rows, message):
@@ -347,7 +401,8 @@ def test_exclusion_beyond_max_exclude_is_refused(base):
 
 
 def test_session_query_is_the_documented_blend(base):
-    """normalise(w·u + (1−w)·normalise(mean of the session's item embeddings)), exact top-k."""
+    """normalise(w·u + (1−w)·normalise(mean of the session's item embeddings)), exact top-k of
+    the items outside the session (``export.exclude_session_items``, on by default)."""
     model = ExportedModel(base / "1")
     meta = model.metadata
     w = meta["session_user_weight"]
@@ -364,10 +419,31 @@ def test_session_query_is_the_documented_blend(base):
             mean = model.item_embeddings(known).sum(0)
             mixed = w * u + (1 - w) * mean / np.linalg.norm(mean)
             query = mixed / np.linalg.norm(mixed)
-        expected = ids[np.argsort(-(table @ query), kind="stable")[:K]]
+        ranked = ids[np.argsort(-(table @ query), kind="stable")]
+        expected = [i for i in ranked if i not in session][:K]
         np.testing.assert_array_equal(got["item_ids"][row].astype(str)[:5], expected[:5])
     # A session with nothing known is the user's own recommendation.
     np.testing.assert_array_equal(got["item_ids"][2], model.recommend(["u001"], k=K)["item_ids"][0])
+
+
+def test_a_session_never_gets_its_own_items_back_unless_the_export_allows_it(
+        base, tiny_config, tiny_trained, tmp_path):
+    """The session's items were just seen: excluded like ``exclude_item_ids`` (also through a
+    catalogue update, which rebuilds the module from the version's metadata), unless
+    ``export.exclude_session_items: false`` (re-consumption)."""
+    model = ExportedModel(base / "1")
+    sessions = [list(model.recommend([user], k=3)["item_ids"][0].astype(str))
+                for user in ("u000", "u001", "nobody")]
+    updated = ExportedModel(catalog.remove(base, item_ids=["i0000"]).version_dir)
+    for served in (model, updated):
+        out = served.recommend_session(sessions, ["u000", "u001", "nobody"], k=K)
+        for session, row in zip(sessions, out["item_ids"].astype(str), strict=True):
+            assert not set(session) & set(row), (session, row)
+    allowed = ExportedModel(export_tiny(tiny_config, tiny_trained, tmp_path / "store",
+                                        "export.exclude_session_items=false"))
+    out = allowed.recommend_session(sessions, ["u000", "u001", "nobody"], k=K)
+    assert any(set(session) & set(row) for session, row
+               in zip(sessions, out["item_ids"].astype(str), strict=True))
 
 
 def test_three_clicks_personalise_an_anonymous_user(base):
@@ -635,7 +711,8 @@ def test_a_catalogue_cut_below_k_plus_exclusions_pads_instead_of_returning_them(
     twelve = ExportedModel(catalog.remove(base, item_ids=ids[:-12]).version_dir)
     drop = ids[-12:][::2]
     for out in (twelve.recommend(["u000"], k=10, exclude=[drop]),
-                twelve.recommend_session([[ids[-1]]], ["u000"], k=10, exclude=[drop]),
+                # the session's item is excluded anyway: the same six items remain
+                twelve.recommend_session([[drop[0]]], ["u000"], k=10, exclude=[drop]),
                 twelve.call("query_text", text=np.array(["a film"]), k=np.int32(10),
                             exclude_item_ids=np.array([drop]))):
         row, scores = out["item_ids"][0].astype(str), out["scores"][0]

@@ -187,6 +187,20 @@ def test_rest_query_at_the_grpc_port_is_a_one_line_error(server, capsys):
     assert "the gRPC port?" in error[0]
 
 
+def test_grpc_query_at_the_rest_port_suggests_rest(server, capsys):
+    """The REST port answers gRPC's HTTP/2 preface with HTTP/1.1: the server runs, so the
+    message points at --rest instead of asking whether it does."""
+    code = main(["query", "--target", f"127.0.0.1:{server.rest_port}", "--model", MODEL,
+                 "--user", "u0000", "--timeout", "10"])
+    assert code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    assert f"cannot reach 127.0.0.1:{server.rest_port} over gRPC" in error[0]
+    assert "something answers HTTP/1.x there, not gRPC: the REST port? Query it with --rest" \
+        in error[0]
+    assert "running there?" not in error[0]
+
+
 def test_rest_query_at_a_non_json_http_server_is_a_one_line_error(capsys):
     """Some other HTTP server on the port (a 200 that is not JSON): no traceback either."""
     from http.server import BaseHTTPRequestHandler, HTTPServer

@@ -261,8 +261,8 @@ def test_client_error_is_one_line(server, rest):
     port = server.rest_port if rest else server.port
     with ServingClient(f"127.0.0.1:{port}", MODEL, rest=rest, timeout=30) as client, \
             pytest.raises(ServingRequestError) as raised:
-        client.query_text(["jazz"], k=0)
-    assert raised.value.details == "k must be >= 1 (got 0)"
+        client.query_text([""], k=3)  # k=0 is refused before sending (test_client_checks)
+    assert raised.value.details == "text: empty string in the batch"
     assert "\n" not in str(raised.value) and "{{node" not in str(raised.value)
 
 

@@ -160,7 +160,7 @@ def test_a_media_file_that_cannot_be_read_is_named_and_the_item_keeps_the_rest(
         content, _ = encode_catalog(catalog, build_audio_encoder(config.audio), None,
                                     max_seconds=config.audio.max_seconds, progress=False)
     assert int(content.mask.sum()) == present - 1
-    assert "missing or unreadable" in caplog.text and str(unreadable) in caplog.text
+    assert "missing, unreadable or undecodable" in caplog.text and str(unreadable) in caplog.text
 
 
 def test_media_entries_are_keyed_by_file_bytes(tiny_workspace, tmp_path):

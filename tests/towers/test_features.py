@@ -74,8 +74,21 @@ def test_features_of_another_catalogue_are_refused(encoded, tiny_workspace):
         dataset.catalog.item_ids, np.array([t + "!" for t in dataset.catalog.texts]),
         dataset.catalog.image_paths, dataset.catalog.audio_paths, dataset.catalog.columns,
         dataset.catalog.frame), dataset.interactions, dataset.users)
-    with pytest.raises(DataError, match="encoded from another catalogue"):
+    with pytest.raises(DataError, match=r"encoded from another catalogue \(the same \d+ ids, "
+                                        r"but other texts or media files; media are compared "
+                                        r"by size and modification time"):
         features.load_features(encoded, tiny_workspace.encoders["text"], changed)
+
+
+def test_features_of_a_catalogue_of_another_size_say_both_counts(encoded, tiny_workspace):
+    dataset = tiny_workspace.dataset
+    c = dataset.catalog
+    fewer = type(dataset)(dataset.root, type(c)(
+        c.item_ids[:-1], c.texts[:-1], c.image_paths[:-1], c.audio_paths[:-1], c.columns,
+        c.frame.iloc[:-1]), dataset.interactions, dataset.users)
+    with pytest.raises(DataError, match=rf"another catalogue \({len(c)} items; the dataset has "
+                                        rf"{len(c) - 1}\)"):
+        features.load_features(encoded, tiny_workspace.encoders["text"], fewer)
 
 
 def test_encode_resumes_keeping_finished_shards(tiny_config, tiny_workspace, tmp_path):

@@ -83,6 +83,50 @@ def test_mirrored_uses_the_listed_devices(fresh_strategies):
     assert strategies.make_strategy("mirrored", devices=["/cpu:0"]) is strategy  # cached
 
 
+def test_mirrored_refuses_devices_this_machine_lacks(fresh_strategies):
+    """A missing GPU must not silently become a CPU replica (the review's /gpu:0 run)."""
+    with pytest.raises(ConfigError, match=r"train\.devices names /gpu:99, which this machine "
+                                          r"does not have; its devices are .*CPU:0"):
+        strategies.make_strategy("mirrored", devices=["/cpu:0", "/gpu:99"])
+    assert strategies._CREATED == {}
+
+
+def test_mirrored_accepts_every_spelling_of_a_present_device(fresh_strategies):
+    strategy = strategies.make_strategy(
+        "mirrored", devices=["/job:localhost/replica:0/task:0/device:CPU:0"])
+    assert strategy.extended.worker_devices[0].endswith("CPU:0")
+    for name in ("cpu:0", "/device:CPU:0", "/CPU:0"):
+        strategies.check_devices_exist([name])
+
+
+def test_malformed_device_name_is_a_config_error_naming_train_devices():
+    with pytest.raises(ConfigError, match=r"train\.devices=\['gpu0'\] is not a list of device"):
+        strategies.check_devices_exist(["gpu0"])
+
+
+@pytest.mark.parametrize("name", ["default", "multi_worker", "tpu", "parameter_server"])
+def test_devices_with_a_strategy_that_ignores_them_is_a_config_error(fresh_strategies,
+                                                                     monkeypatch, name):
+    """Refused before the strategy is created: no TPU resolver, no TF_CONFIG read."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=rf"train\.devices=\['/gpu:0'\] only applies to "
+                                          rf"train\.strategy=mirrored, not {name}"):
+        strategies.strategy_for(TrainConfig(strategy=name, devices=["/gpu:0"]))
+
+
+def test_train_refuses_missing_devices_before_preparing_data(tiny_config, tmp_path,
+                                                             monkeypatch):
+    def prepare(*args, **kwargs):
+        raise AssertionError("prepared the data before checking train.devices")
+
+    monkeypatch.setattr(pipeline, "prepare", prepare)
+    monkeypatch.setattr(strategies, "_CREATED", {})
+    config = derive_config(tiny_config, tmp_path, "train.strategy=mirrored",
+                           "train.devices=['/gpu:99']")
+    with pytest.raises(ConfigError, match=r"train\.devices names /gpu:99"):
+        pipeline.train(config)
+
+
 def test_multi_worker_without_tf_config_says_how_to_set_it(fresh_strategies, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="needs the TF_CONFIG environment variable"):

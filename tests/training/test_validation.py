@@ -111,6 +111,29 @@ def test_early_stopping_trains_for_the_epochs_chosen_on_validation(tiny_config, 
     assert len(validation.train) + len(validation.test) == len(tiny_workspace.split.train)
 
 
+def test_early_stopping_result_names_configured_chosen_and_run_epochs(tiny_config,
+                                                                      tiny_workspace, tmp_path,
+                                                                      monkeypatch):
+    """The review's case: train.epochs=3, validation chose 1. The workspace's config must say
+    what config.yaml says (3), and the chosen count is its own field, not a rewritten config."""
+    def chose_one(ws, strategy, output):
+        return {"metric": "recall@20", "best_epoch": 1, "best": 0.5, "curve": [0.5, 0.4]}
+
+    monkeypatch.setattr(pipeline, "select_epochs", chose_one)
+    config = derive_config(tiny_config, tmp_path, "train.epochs=3", "train.early_stopping=true")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert result.workspace.config.train.epochs == saved.train.epochs == 3
+    assert (result.epochs_configured, result.epochs_chosen, result.epochs_run) == (3, 1, 1)
+    assert len(json.loads((tmp_path / "run" / "run.json").read_text())["history"]["loss"]) == 1
+    assert "epochs_chosen=1" in repr(result)
+
+
+def test_without_early_stopping_no_epoch_count_is_chosen(tiny_trained, tiny_config):
+    assert tiny_trained.epochs_chosen is None
+    assert tiny_trained.epochs_configured == tiny_trained.epochs_run == tiny_config.train.epochs
+
+
 def split_embeddings(learned_good: bool, cf_good: bool):
     """Users and items ``[., 2 + 2]``: a learned 2-d part and a 2-d CF part. The learned part
     ranks each user's held-out item first iff ``learned_good``, the CF part iff ``cf_good``."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -221,9 +220,10 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig,
         # Optional and left blank: the same as no column (a temporal split then says so).
         logger.info("%s: the timestamp column is empty in every row; treated as absent", path)
         frame = frame.drop(columns="timestamp")
-    for column, limit in (("rating", RATING_LIMIT), ("timestamp", math.inf)):
-        if column in frame.columns:
-            frame[column] = validate.require_numeric(frame, path, column, limit)
+    if "rating" in frame.columns:
+        frame["rating"] = validate.require_numeric(frame, path, "rating", RATING_LIMIT)
+    if "timestamp" in frame.columns:
+        frame["timestamp"] = validate.require_timestamps(frame, path, "timestamp")
     if SPLIT_COLUMN in frame.columns:
         frame[SPLIT_COLUMN] = validate.require_choice(frame, path, SPLIT_COLUMN, SPLIT_VALUES)
         if config.split != "given":

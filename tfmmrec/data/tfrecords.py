@@ -209,7 +209,7 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
                         if job["table"] == table] for table in TABLES})
     swap_in(run.output, run.workdir, [job["file"] for job in run.jobs], SHARD_PATTERNS)
     write_text(join_path(run.output, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
-    logger.info("prepared %s: %d items, %d train and %d test interactions in %d shards",
+    logger.debug("prepared %s: %d items, %d train and %d test interactions in %d shards",
                 run.output, manifest.num_items, manifest.count("train"),
                 manifest.count("test"), len(run.jobs))
     return manifest

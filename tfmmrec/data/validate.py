@@ -317,6 +317,33 @@ def require_numeric(frame: pd.DataFrame, path: Path, column: str,
     return values
 
 
+def require_timestamps(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
+    """A timestamp column as numbers: numeric values as they are (any unit; only their order
+    is used), or ISO 8601 dates/times in every row (``2020-01-01``,
+    ``2020-01-01T12:00:00+02:00``) as Unix seconds (UTC; no zone: UTC). A column mixing the
+    two, or holding anything else, is named with its first bad value."""
+    if pd.to_numeric(frame[column], errors="coerce").notna().any():
+        return _numeric_timestamps(frame, path, column)
+    dates = pd.to_datetime(frame[column], format="ISO8601", utc=True, errors="coerce")
+    if dates.isna().all():  # no date either: the numeric column's own error says which value
+        return _numeric_timestamps(frame, path, column)
+    bad = frame.index[dates.isna()]
+    if len(bad):
+        i = bad[0]
+        raise DataError(f"{path}: {column} holds ISO 8601 dates, but {row_label(path, i)} has "
+                        f"{frame[column].iloc[i]!r} ({len(bad)} bad value(s)); every row "
+                        "needs one (or every row a number)")
+    return (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def _numeric_timestamps(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
+    try:
+        return require_numeric(frame, path, column)
+    except DataError as exc:
+        raise DataError(f"{exc} (timestamps are numbers, e.g. Unix seconds, or ISO 8601 dates "
+                        "such as 2020-01-01T12:00:00 in every row)") from None
+
+
 def require_choice(frame: pd.DataFrame, path: Path, column: str,
                    choices: Sequence[str]) -> pd.Series:
     """The column's values stripped and lower-cased, each one of ``choices`` (else the first bad
@@ -353,7 +380,8 @@ _MISSING_MEDIA_REFUSED: ContextVar[bool] = ContextVar("missing_media_refused", d
 def report_missing_media(modality: str, missing: Sequence[str]) -> None:
     """Missing/corrupt media is normal: the item keeps its other modalities, but say so."""
     if not _MISSING_MEDIA_REFUSED.get():
-        _report_media(modality, missing, "missing or unreadable", ", ", " and")
+        _report_media(modality, missing, "missing, unreadable or undecodable", ", ",
+                      " and")
 
 
 @contextlib.contextmanager

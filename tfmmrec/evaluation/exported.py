@@ -24,15 +24,15 @@ def exported_embeddings(version_dir: str | os.PathLike, user_ids: np.ndarray,
     """``(users [U, d], items [N, d])`` from an export, items in the order of ``item_ids``.
 
     Raises ``ExportError`` naming catalogue items the export does not serve, and why
-    (:func:`unserved_items_message`).
+    (:func:`unserved_items_message`); when it knows fewer than half of the dataset's items or
+    users, that the export belongs to another dataset (:func:`foreign_export_message`): a
+    handful of missing ids is a catalogue change, most of them another model.
     """
     from tfmmrec.export.loader import ExportedModel, latest_version
 
-    path = os.fspath(version_dir)
-    try:
-        model = ExportedModel(path)
-    except ExportError:
-        model = ExportedModel(latest_version(path))  # a model directory: its newest version
+    path = Path(version_dir)
+    # a version (its load error, if any, is the one to report) or a model folder: its newest
+    model = ExportedModel(path if (path / "saved_model.pb").is_file() else latest_version(path))
     loaded = model._loaded  # the tf.Module the loader restored; item_table is its item index
     if not hasattr(loaded, "item_table") or not hasattr(loaded, "item_ids"):
         raise ExportError(f"{model.path} has no item table: not a tfmmrec retrieval export")
@@ -44,6 +44,13 @@ def exported_embeddings(version_dir: str | os.PathLike, user_ids: np.ndarray,
         training = getattr(getattr(loaded, "towers", None), "training_item_ids", None)
         exported_with = (None if training is None else
                          [i.decode() for i in training.numpy()])
+        known = positions >= 0
+        if exported_with is not None:  # removed since the export: still this model's items
+            known |= np.isin(wanted, exported_with)
+        if known.sum() < len(wanted) / 2:
+            raise ExportError(foreign_export_message(
+                model.path, "items", int(known.sum()), list(wanted), list(exported_ids),
+                model.metadata))
         raise ExportError(unserved_items_message(model.path, [str(i) for i in
                                                               wanted[positions < 0]],
                                                  exported_with))
@@ -53,7 +60,60 @@ def exported_embeddings(version_dir: str | os.PathLike, user_ids: np.ndarray,
                                                                            batch_size)))
     parts = [model.call("embed_query", user_id=users[start:start + batch_size])["embedding"]
              for start in range(0, len(users), batch_size)]
-    return np.concatenate(parts).astype(np.float32), table[positions].astype(np.float32)
+    embedded = np.concatenate(parts).astype(np.float32)
+    known_users = ~unknown_users(model, users, embedded)
+    if known_users.sum() < len(users) / 2:
+        raise ExportError(foreign_export_message(model.path, "users", int(known_users.sum()),
+                                                 list(users), None, model.metadata))
+    return embedded, table[positions].astype(np.float32)
+
+
+UNKNOWN_USER = "\x00tfmmrec: no such user"  # an id no dataset holds (ids are printable)
+
+
+def unknown_users(model, users: np.ndarray, embedded: np.ndarray) -> np.ndarray:
+    """Boolean [U]: the users the export does not know. The export's every user input (id
+    embedding, history, features, recent items) is looked up by user id, so an unknown user
+    gets the cold-start query: exactly what an id no dataset holds gets."""
+    if not len(users):
+        return np.zeros(0, bool)
+    cold = model.call("embed_query", user_id=np.array([UNKNOWN_USER]))["embedding"][0]
+    return np.all(np.abs(embedded - np.asarray(cold, np.float32)) <= 1e-6, axis=1)
+
+
+def foreign_export_message(version: Path, kind: str, known: int, dataset_ids: list[str],
+                           served_ids: list[str] | None, metadata: dict) -> str:
+    """Why an export that knows few (``known``) of the dataset's ``kind`` ("items" or
+    "users") cannot be evaluated on it: it was exported from another dataset (or model), so
+    "add them to the catalogue" would be the wrong advice. Names what the export's metadata
+    says it was built from, to help find the right config or export."""
+    def ids(values: list[str]) -> str:
+        more = ", …" if len(values) > 3 else ""
+        return ", ".join(values[:3]) + more
+
+    served = ("" if served_ids is None else
+              f"; it serves {len(served_ids)} items ({ids(served_ids)})")
+    return (f"{version} does not belong to this dataset: it knows {known} of the dataset's "
+            f"{len(dataset_ids)} {kind} ({ids(dataset_ids)}){served}{export_description(metadata)}"
+            ". It was exported from another dataset or model: pass --export a version exported "
+            "from this config (`tfmmrec export --config ...`), or --config the one it was "
+            "exported with")
+
+
+def export_description(metadata: dict) -> str:
+    """What an export's metadata says of the model it holds ("" when it says nothing)."""
+    columns = metadata.get("item_columns") or {}
+    parts = []
+    for name in metadata.get("modalities") or ():
+        value = columns.get(name)
+        named = [value] if isinstance(value, str) else list(value or ())
+        parts.append(f"{name} ({', '.join(named)})" if named else name)
+    said = [f"modalities {', '.join(parts)}"] if parts else []
+    if metadata.get("embedding_dim"):
+        said.append(f"embedding_dim {metadata['embedding_dim']}")
+    if metadata.get("tfmmrec_version"):
+        said.append(f"tfmmrec {metadata['tfmmrec_version']}")
+    return f"; its metadata: {', '.join(said)}" if said else ""
 
 
 def unserved_items_message(version: Path, missing: list[str],

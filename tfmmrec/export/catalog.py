@@ -9,6 +9,10 @@ every other item's stored embedding, rebuild the index of the version's kind ove
 (:func:`rebuild_index`, the one place an index is built) and write the next version atomically
 (``writer.write_version``). A server polling the base path (``tfmmrec serve`` or TF Serving)
 swaps it in; a failed or killed update leaves the served versions untouched.
+
+A version keeps no item's text or media, only its embedding: ``add`` and ``update`` embed each
+item from its row alone, so their tables give every column of the model's modalities (a missing
+one is refused up front, :func:`require_modality_columns`; an empty cell: no such content).
 """
 
 from __future__ import annotations
@@ -135,6 +139,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     metadata = {**metadata, "configured_default_k": default_k, "configured_max_k": max_k}
     deepest = max(max_k, int(metadata["retrieve_candidates"]) if two_stage else 0)
     deepest += int(metadata["max_exclude"]) + int(metadata.get("max_seen", 0))
+    if metadata.get("exclude_session_items"):  # recommend_session masks the session's items
+        deepest += int(metadata["max_session_items"])
     settings = dataclasses.replace(settings or IndexSettings(), kind=kind)
     index = rebuild_index(item_embeddings, item_ids, settings, deepest,
                           previous=_previous_index(previous, kind))
@@ -245,6 +251,8 @@ def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
             "max_batch_size": (metadata.get("limits") or {}).get("max_batch_size"),
             "max_session_items": int(metadata["max_session_items"]),
             "session_user_weight": float(metadata["session_user_weight"]),
+            # a version from before the setting returned the session's own items
+            "exclude_session_items": bool(metadata.get("exclude_session_items", False)),
             # a version from before the setting searched content through the index
             "content_search": metadata.get("content_search", "index")}
 
@@ -274,13 +282,19 @@ def add(model_base_path: str | os.PathLike, items: str | os.PathLike, *,
         batch_size: int = 64) -> CatalogUpdate:
     """Add the items of a table (same columns as the training items table; media paths relative
     to the table's folder). An id already in the catalogue is an error (use :func:`update`).
-    ``batch_size`` (>= 1): rows decoded and embedded at a time."""
+    Every column of a modality the model embeds must be present (:func:`require_modality_columns`;
+    an empty cell: the item lacks it). ``batch_size`` (>= 1): rows decoded and embedded at a
+    time."""
     return apply(model_base_path, "add", items=items, batch_size=batch_size)
 
 
 def update(model_base_path: str | os.PathLike, items: str | os.PathLike, *,
            batch_size: int = 64) -> CatalogUpdate:
-    """Re-embed existing items from new content (every id must be in the catalogue)."""
+    """Re-embed existing items from new content (every id must be in the catalogue).
+
+    Each row replaces its item whole: a version keeps no item's text or media, so the table
+    gives every column of the model's modalities, as :func:`add`'s does (a missing column is
+    an error; an empty cell removes that content from the item)."""
     return apply(model_base_path, "update", items=items, batch_size=batch_size)
 
 
@@ -379,7 +393,7 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
             raise lost_race_error(version, model_dir / str(version)) from None
         raise
     result.num_items = len(ids)
-    logger.info("catalogue %s: %s → %s (%d items)", operation, previous.name,
+    logger.debug("catalogue %s: %s → %s (%d items)", operation, previous.name,
                 result.version_dir.name, len(ids))
     return result
 
@@ -534,6 +548,8 @@ def embed_table(towers, path: Path, metadata: dict,
     if unknown:
         raise DataError(f"{path}: unknown column(s) {', '.join(unknown)}; this model reads "
                         f"{', '.join(sorted(known))} — rename or drop the others")
+    present = tuple(metadata["modalities"])
+    require_modality_columns(catalog.frame.columns, path, columns, present, operation)
     new_ids = catalog.item_ids.astype(str)
     labels = [validate.row_label(path, i) for i in range(len(new_ids))]
     if isinstance(position, Mapping):  # {id: row}, as callers outside `apply` pass
@@ -553,7 +569,6 @@ def embed_table(towers, path: Path, metadata: dict,
         if missing:
             raise DataError(f"{path}: {len(missing)} item id(s) not in the catalogue: "
                             f"{', '.join(missing[:validate.SHOW_AT_MOST])}. Use `catalog add`")
-    present = tuple(metadata["modalities"])
     settings = {key: metadata[key] for key in modalities.default_settings() if key in metadata}
     # The export's limits (its serving graph enforces them), for the new items' files too.
     settings.update(modalities.limit_settings(metadata.get("limits")))
@@ -580,6 +595,33 @@ def embed_table(towers, path: Path, metadata: dict,
         _refuse_items_without_content(has, new_ids, path, labels, sorted(known - {"item_id"}))
     return EmbeddedTable(new_ids, np.concatenate(embeddings).astype(np.float32),
                          np.concatenate(features).astype(np.float32) if with_text else None)
+
+
+def require_modality_columns(found, path: Path, columns: ModalityColumns,
+                             present: Sequence[str], operation: str) -> None:
+    """Refuse a table that lacks a column of a modality the model embeds (``present``).
+
+    ``add``/``update`` embed each item from its row alone: a version keeps no item's text or
+    media, only its embedding, so an ``update`` table without the image column would re-embed
+    every row without its image (and an ``add`` table would publish items without theirs),
+    with nothing to tell a typo fix from a deliberate removal. A missing column is therefore
+    an error before anything is decoded; an empty cell in a present column is how a row says
+    the item has no such content."""
+    missing = [(name, column) for name in present for column in columns.of(name)
+               if column not in found]
+    if not missing:
+        return
+    named = ", ".join(f"{name} column {column!r}" for name, column in missing)
+    kinds = " and ".join(dict.fromkeys(name for name, _ in missing))
+    if operation == "update":
+        why = ("re-embeds each item from its row alone (a version keeps no item's content: "
+               f"an update replaces the whole item), so every row would lose its {kinds}")
+    else:
+        why = ("embeds each new item from its row alone, so every row would be served "
+               f"without its {kinds}")
+    raise DataError(f"{path}: no {named}, which this model embeds; `catalog {operation}` {why}. "
+                    "Add the column(s) with each item's value (an empty cell: the item has "
+                    "none); nothing was written")
 
 
 def _embed_batch(towers, content: Mapping[str, np.ndarray],

@@ -13,9 +13,24 @@ from tfmmrec.errors import ExportError, ServingError, one_line_error
 from tfmmrec.export.writer import list_versions, read_metadata
 
 
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+    """``model_dir`` as a Path, refused when it is itself a version folder (an integer-named
+    folder its parent lists as a version, holding a saved_model.pb): given where the model's
+    folder belongs, it has no versions of its own, so a server would wait forever for one and
+    a catalogue update would find none. The one check ``latest_version`` and ``tfmmrec serve``
+    share."""
+    model_dir = Path(model_dir)
+    parent = model_dir.resolve().parent
+    if (model_dir.name.isdigit() and int(model_dir.name) in list_versions(parent)
+            and (model_dir / "saved_model.pb").is_file()):
+        raise ExportError(f"{model_dir} is version {model_dir.name} of model "
+                          f"{parent.name!r}: pass its parent folder {model_dir.parent}")
+    return model_dir
+
+
 def latest_version(model_dir: str | os.PathLike) -> Path:
     """The highest integer version directory (TF Serving's default choice)."""
-    model_dir = Path(model_dir)
+    model_dir = check_model_dir(model_dir)
     versions = list_versions(model_dir)
     if not versions:
         raise ExportError(f"no model versions under {model_dir}")
@@ -126,15 +141,22 @@ def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
             raise ServingError(f"{signature}: {name} is a single value ({value!r}); pass a "
                                "batch, e.g. a list with one entry per query")
         if arguments[name].dtype == tf.string:
-            _check_strings(value, f"{signature}: {name}")
+            check_strings(value, f"{signature}: {name}")
     if "k" in inputs:
-        k = inputs["k"]
-        array = np.asarray(k)  # a Python or numpy int, or a 0-d array (a TensorProto's)
-        integral = array.ndim == 0 and array.dtype.kind in "iu"
-        if not integral or not 1 <= int(array) <= INT32_MAX:
-            raise ServingError(f"{signature}: k must be an integer from 1 to the export's max_k, "
-                               f"got {k!r}")
-        inputs["k"] = np.int32(k)
+        inputs["k"] = check_k(inputs["k"], signature)
+
+
+def check_k(k, signature: str) -> np.int32:
+    """``k`` as the request's int32, refusing what ``np.int32(k)`` would quietly change or
+    crash on: a float (2.5 → 2), a string ("2" → 2), a bool (an int subclass: True → 1) and a
+    number outside [1, 2**31 - 1] (an OverflowError). The one k check ``ExportedModel`` and
+    ``ServingClient`` share; the graph checks the export's max_k."""
+    array = np.asarray(k)  # a Python or numpy int, or a 0-d array (a TensorProto's)
+    integral = array.ndim == 0 and array.dtype.kind in "iu"  # bool is kind "b"
+    if not integral or not 1 <= int(array) <= INT32_MAX:
+        raise ServingError(f"{signature}: k must be an integer from 1 to the export's max_k, "
+                           f"got {k!r}")
+    return np.int32(array)
 
 
 def _batch(values, name: str) -> np.ndarray:
@@ -144,14 +166,15 @@ def _batch(values, name: str) -> np.ndarray:
     if isinstance(values, str | bytes):
         raise ServingError(f"{name} is a single string ({values!r}); pass a list, e.g. "
                            f"[{values!r}]")
-    _check_strings(values, name)
+    check_strings(values, name)
     return np.asarray(values)
 
 
-def _check_strings(values, name: str) -> None:
+def check_strings(values, name: str) -> None:
     """Refuse an entry of a string input that is not ``str``/``bytes`` (``None``, a number),
     naming its position: TensorFlow would say only that it cannot convert the value, and
-    ``str(v)`` would send ``"None"`` as an id."""
+    ``str(v)`` would send ``"None"`` as an id (as REST's JSON would). The one id check
+    ``ExportedModel`` and ``ServingClient`` share."""
     array = np.asarray(values, dtype=object)
     for position, value in np.ndenumerate(array):
         if not isinstance(value, str | bytes):
@@ -176,7 +199,7 @@ def padded(lists, name: str = "item id lists") -> np.ndarray:
             raise ServingError(f"{name}[{r}] is a string ({row!r}), not a list of item ids; "
                                f"pass one list per row, e.g. [[{row!r}]]")
     for r, row in enumerate(rows):
-        _check_strings(list(row), f"{name}[{r}]")
+        check_strings(list(row), f"{name}[{r}]")
     lists = [[i.decode() if isinstance(i, bytes) else str(i) for i in row] for row in rows]
     width = max((len(row) for row in lists), default=0)
     out = np.full((len(lists), width), "", dtype=object)

@@ -364,7 +364,8 @@ class RetrievalServingModule(tf.Module):
       ``viewed_<modality>`` for every registered modality (``viewed_text`` /
       ``viewed_image`` / ``viewed_audio``: content just looked at, "" for none) → top-k; see
       :meth:`_session_queries` for the query it builds (with a history encoder: the query of
-      a user whose history ends with the session).
+      a user whose history ends with the session). The session's own items are never
+      returned (``exclude_session_items``, ``export.exclude_session_items``).
     - ``query_text`` / ``query_image`` / ``query_audio``: raw strings / encoded JPEG|PNG|GIF|BMP
       bytes / 16-bit PCM WAV bytes, and ``k`` → top-k items. With ``text_search``
       (:class:`TextSearch`) ``query_text`` searches its own index, scoring
@@ -397,7 +398,7 @@ class RetrievalServingModule(tf.Module):
     def __init__(self, towers, item_embeddings: np.ndarray, index, *, item_ids: np.ndarray,
                  default_k: int, max_k: int, retrieve_candidates: int = 100,
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
-                 session_user_weight: float = 0.5,
+                 session_user_weight: float = 0.5, exclude_session_items: bool = True,
                  id_keys: tuple[np.ndarray, np.ndarray] | None = None,
                  max_batch_size: int | None = None, build_signatures: bool = True,
                  text_search: TextSearch | None = None,
@@ -444,6 +445,9 @@ class RetrievalServingModule(tf.Module):
             limits, "max_batch_size", ServingLimitsConfig().max_batch_size))
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
+        # A session's items were just seen: recommend_session does not return them (unless the
+        # export says otherwise, e.g. for re-consumption; versions from before the setting did).
+        self.exclude_session_items = bool(exclude_session_items)
         # Exports from before session_query blend every session item (the older behaviour).
         self.history_sessions = hasattr(towers, "session_query")
         # Read-only settings, not the TextSearch itself (its [N, F] features would stay in
@@ -489,6 +493,7 @@ class RetrievalServingModule(tf.Module):
                 # reusing their graphs
                 **({} if self.content_search == "index" else {
                     "content_search": self.content_search}),
+                **({"exclude_session_items": True} if self.exclude_session_items else {}),
                 **({} if self.text_search is None else {"text_search": {
                     **self.text_search, "index": self.text_search_index.graph_constants()}})}
 
@@ -586,10 +591,12 @@ class RetrievalServingModule(tf.Module):
                            lambda: tf.identity(rows))
 
     def _retrieve(self, queries, count: int, exclude, user_id=None, index=None,
-                  every_item: bool = False):
-        """Top ``count`` (scores, rows) without excluded items (and seen ones, when baked in).
+                  every_item: bool = False, session_rows=None):
+        """Top ``count`` (scores, rows) without excluded items (and seen ones, when baked in;
+        and ``session_rows`` ``[B, H]``, a session's own items, −1 for none).
 
-        The index is asked for ``count + max_exclude (+ max_seen)`` results, so ``count``
+        The index is asked for ``count + max_exclude (+ max_seen, + max_session_items)``
+        results, so ``count``
         allowed ones remain whatever the request excludes, unless the catalogue holds fewer:
         the places left have row −1 (and score −inf, so they rank last); :meth:`_results`
         pads them.
@@ -598,8 +605,12 @@ class RetrievalServingModule(tf.Module):
         batch = tf.shape(queries)[0]
         excluded_rows = self._exclusion_rows(exclude, batch)
         seen = self.max_seen if user_id is not None else 0
+        session = 0
+        if session_rows is not None:
+            excluded_rows = tf.concat([excluded_rows, session_rows], axis=1)
+            session = self.max_session_items
         # index.k = min(deepest request, catalogue size): a constant of the graph.
-        fetch = min(count + self.max_exclude + seen, index.k)
+        fetch = min(count + self.max_exclude + seen + session, index.k)
         scores, items = index(queries, k=fetch, every_item=every_item)
         items = tf.cast(items, tf.int64)
         # An index may return −1 for a place it could not fill (partitioned padding).
@@ -623,17 +634,18 @@ class RetrievalServingModule(tf.Module):
             outputs[name] = tf.where(present, value, MISSING_SCORE)
         return _shaped(outputs)
 
-    def _top_k(self, queries, k, exclude, user_id=None, index=None, every_item=False):
+    def _top_k(self, queries, k, exclude, user_id=None, index=None, every_item=False,
+               session_rows=None):
         k = self._check_k(k)
         scores, items = self._retrieve(queries, self.max_k, exclude, user_id, index,
-                                       every_item)
+                                       every_item, session_rows)
         return self._results(items[:, :k], {"scores": scores[:, :k]})
 
-    def _two_stage(self, queries, k, exclude, user_id=None):
+    def _two_stage(self, queries, k, exclude, user_id=None, session_rows=None):
         """Retrieve N candidates, re-rank them with the ranking head, keep the top k."""
         k = self._check_k(k)
         retrieval_scores, items = self._retrieve(queries, self.retrieve_candidates, exclude,
-                                                 user_id)
+                                                 user_id, session_rows=session_rows)
         logits = self.towers.score_candidates(
             queries, gather_rows(self.item_table, tf.maximum(items, 0)))
         # Places no allowed item filled keep −inf: ranked after every candidate, then padded.
@@ -650,7 +662,8 @@ class RetrievalServingModule(tf.Module):
         return self._top_k(queries, k, exclude, user_id)
 
     def _session_queries(self, session_item_ids, user_id, viewed=None):
-        """The session query, and the users it was built for:
+        """The session query, the users it was built for and the session's rows (−1: unknown
+        or padding):
         ``normalise(w · u + (1 − w) · s)``, ``w = session_user_weight``.
 
         ``s`` is the normalised mean of the session items' served embeddings and of the
@@ -691,7 +704,7 @@ class RetrievalServingModule(tf.Module):
         session = tf.math.l2_normalize(total, axis=-1)
         w = self.session_user_weight
         blended = tf.math.l2_normalize(w * user + (1.0 - w) * session, axis=-1)
-        return tf.where(count > 0, blended, user), users
+        return tf.where(count > 0, blended, user), users, rows
 
     def _viewed(self, modality: str, content, batch):
         """(``[B, d]`` content embeddings, ``[B]`` presence) of optional viewed content.
@@ -720,10 +733,11 @@ class RetrievalServingModule(tf.Module):
         return tf.cond(given, embed, lambda: (tf.zeros([batch, dim]), tf.zeros([batch])))
 
     def _recommend_session(self, session_item_ids, user_id, k, exclude, viewed=None):
-        queries, users = self._session_queries(session_item_ids, user_id, viewed)
+        queries, users, rows = self._session_queries(session_item_ids, user_id, viewed)
+        session_rows = rows if self.exclude_session_items else None
         if self.two_stage:
-            return self._two_stage(queries, k, exclude, users)
-        return self._top_k(queries, k, exclude, users)
+            return self._two_stage(queries, k, exclude, users, session_rows)
+        return self._top_k(queries, k, exclude, users, session_rows=session_rows)
 
     # -- signatures --------------------------------------------------------------------------
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")],

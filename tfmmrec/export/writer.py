@@ -150,7 +150,7 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
         raise
     except Exception as exc:
         raise _write_failed(final, version, exc) from exc
-    logger.info("exported %s", final)
+    logger.debug("exported %s", final)
     return final
 
 
@@ -190,7 +190,7 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
         raise
     except Exception as exc:
         raise _write_failed(final, version, exc) from exc
-    logger.info("exported %s (graph of %s, new catalogue variables)", final, previous.name)
+    logger.debug("exported %s (graph of %s, new catalogue variables)", final, previous.name)
     return final
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,13 +31,16 @@ from tensorflow_serving.apis import (
 
 from tfmmrec import modalities
 from tfmmrec.errors import ServingError, one_line_error
-from tfmmrec.export.loader import padded
+from tfmmrec.export.loader import check_k, check_strings, padded
 from tfmmrec.export.warmup import predict_request
 from tfmmrec.modalities.base import string_batch
 from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
 from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
 
 MAX_MESSAGE_BYTES = 64 * 2**20
+# What gRPC's status details say when an HTTP/1.x server answered its HTTP/2 preface (the
+# wording differs between gRPC releases).
+_HTTP1_ANSWER = re.compile(r"Failed parsing HTTP/2|http1\.x server|HTTP/1\.[01]", re.IGNORECASE)
 
 
 class ServingRequestError(ServingError):
@@ -88,10 +93,10 @@ class ServingClient:
         """Top-k items per user (``serving_default`` when ``k`` and ``exclude`` are None, else
         ``recommend``: serving_default takes no exclusions); ``exclude``: per user, item ids
         never to return."""
-        users = string_batch(user_ids)
+        users = _user_ids(user_ids)
         if k is None and exclude is None:
             return self.predict("serving_default", {"user_id": users})
-        return self.predict("recommend", _optional({"user_id": users}, k, exclude))
+        return self.predict("recommend", _optional("recommend", {"user_id": users}, k, exclude))
 
     def recommend_session(self, sessions: Sequence[Sequence[str]],
                           user_ids: Sequence[str] | None = None, k: int | None = None,
@@ -101,8 +106,9 @@ class ServingClient:
         user each (``recommend_session``); ``exclude``: per session, item ids never to return."""
         inputs = {"session_item_ids": padded(sessions, "sessions")}
         if user_ids is not None:
-            inputs["user_id"] = string_batch(user_ids)
-        return self.predict("recommend_session", _optional(inputs, k, exclude))
+            inputs["user_id"] = _user_ids(user_ids)
+        return self.predict("recommend_session",
+                            _optional("recommend_session", inputs, k, exclude))
 
     def query(self, modality: str, values, k: int | None = None,
               exclude: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
@@ -114,8 +120,9 @@ class ServingClient:
         ``query_image(...)`` and so on — one per registered modality, a user-registered one
         included — are shorthands for it. ``exclude``: per value, item ids never to return."""
         spec = modalities.get(modality)
-        return self.predict(f"query_{spec.name}",
-                            _optional({spec.name: spec.request_values(values)}, k, exclude))
+        signature = f"query_{spec.name}"
+        request = _content(spec, values, f"{signature}: {spec.name}")
+        return self.predict(signature, _optional(signature, {spec.name: request}, k, exclude))
 
     def __getattr__(self, name: str):
         """``query_<modality>``: :meth:`query` for every modality in the registry (looked up
@@ -129,7 +136,7 @@ class ServingClient:
         return [*super().__dir__(), *(f"query_{m}" for m in modalities.names())]
 
     def embed_query(self, user_ids: Sequence[str] | str) -> np.ndarray:
-        return self.predict("embed_query", {"user_id": string_batch(user_ids)})["embedding"]
+        return self.predict("embed_query", {"user_id": _user_ids(user_ids)})["embedding"]
 
     # -- generic TF Serving calls ------------------------------------------------------------
     def predict(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -270,12 +277,34 @@ class ServingClient:
                                       details) from None
 
 
-def _optional(inputs: dict[str, Any], k: int | None, exclude) -> dict[str, Any]:
-    """``inputs`` plus the optional ``k`` and ``exclude_item_ids`` (""-padded rows, built as
-    ``ExportedModel`` builds them); a None stays out of the request, so the SignatureDef's
-    default applies (the export's default_k, no exclusions)."""
+def _user_ids(user_ids: Sequence[str] | str) -> np.ndarray:
+    """The ``user_id`` batch (one id alone is a batch of one), refused before it is sent when
+    an id is not a string, as ``ExportedModel`` refuses it: gRPC would raise a bare TypeError
+    and REST's JSON would serve ``1`` as the unknown user "1"."""
+    users = string_batch(user_ids if isinstance(user_ids, Iterable) else [user_ids])
+    check_strings(users, "user_ids")
+    return users
+
+
+def _content(spec: modalities.ModalitySpec, values, name: str) -> np.ndarray:
+    """``spec.request_values(values)`` with every value a string, bytes or path, before and
+    after it is encoded: a file modality would raise a bare TypeError on ``1`` or ``None``,
+    and text would send them as ``"1"``/``"None"`` over REST."""
+    lone = isinstance(values, str | bytes | os.PathLike) or not isinstance(values, Iterable)
+    values = [values] if lone else list(values)
+    check_strings([os.fspath(v) if isinstance(v, os.PathLike) else v for v in values], name)
+    request = spec.request_values(values)
+    check_strings(request, name)
+    return request
+
+
+def _optional(signature: str, inputs: dict[str, Any], k: int | None,
+              exclude) -> dict[str, Any]:
+    """``inputs`` plus the optional ``k`` and ``exclude_item_ids`` (""-padded rows), both
+    checked as ``ExportedModel`` checks them, before anything is sent; a None stays out of the
+    request, so the SignatureDef's default applies (the export's default_k, no exclusions)."""
     if k is not None:
-        inputs["k"] = np.int32(k)
+        inputs["k"] = check_k(k, signature)
     if exclude is not None:
         inputs["exclude_item_ids"] = padded(exclude, "exclude")
     return inputs
@@ -285,6 +314,10 @@ def _explain(code: str, details: str, what: str, target: str, timeout: float, re
     """what went wrong — where — how to fix it, for the status codes users actually meet."""
     protocol = "REST" if rest else "gRPC"
     port_hint = "8501 for REST" if rest else "8500 for gRPC"
+    if code == "UNAVAILABLE" and not rest and _HTTP1_ANSWER.search(details):
+        return (f"cannot reach {target} over gRPC ({details}) — something answers HTTP/1.x "
+                "there, not gRPC: the REST port? Query it with --rest, or fix --target "
+                "(default ports: 8500 for gRPC, 8501 for REST)")
     if code == "UNAVAILABLE":
         return (f"cannot reach {target} over {protocol} ({details or 'connection refused'}) — "
                 f"is `tfmmrec serve` or tensorflow_model_server running there? Start one, or "

@@ -24,6 +24,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfmmrec.errors import ServingError, one_line_error
+from tfmmrec.export.loader import check_model_dir
 from tfmmrec.export.writer import list_versions
 from tfmmrec.serving.status import RequestStatus, not_found
 
@@ -230,6 +231,8 @@ class ModelRegistry:
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ServingError(f"model names must be unique, got {names}")
+        for model in models:  # a version folder as base path: fail now, not wait forever
+            check_model_dir(model.base_path)
         self.models = list(models)
         self.poll_seconds = poll_seconds
         self._warmup = warmup

@@ -425,6 +425,20 @@ def resolve_output(config: Config, output, dataset: Dataset | ItemsStream | None
 # --- reading (training, evaluation, export) -----------------------------------------------------
 
 
+def _catalogue_difference(manifest: FeaturesManifest, catalog) -> str:
+    """What differs between the encoded catalogue and ``catalog`` ("" if nothing): the item
+    count, the ids, or the texts and media (files compared by size and modification time)."""
+    if manifest.num_items != len(catalog):
+        return f"{manifest.num_items} items; the dataset has {len(catalog)}"
+    if manifest.item_ids_sha1 != tfrecords.ids_digest(catalog.item_ids):
+        return f"{len(catalog)} items both, but other ids or another order"
+    if manifest.catalog_sha1 != tfrecords.catalog_fingerprint(catalog):
+        return (f"the same {len(catalog)} ids, but other texts or media files; media are "
+                "compared by size and modification time, so a file rewritten since counts as "
+                "changed")
+    return ""
+
+
 def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Dataset
                   ) -> tuple[ModalityContent, CacheStats]:
     """This encoder's features of every item from a finished ``tfmmrec encode`` directory.
@@ -447,12 +461,9 @@ def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Datas
                         f"{FORMAT_VERSION}: {again}")
     manifest = FeaturesManifest(directory=path, **payload)
     catalog = dataset.catalog
-    if (manifest.num_items != len(catalog)
-            or manifest.item_ids_sha1 != tfrecords.ids_digest(catalog.item_ids)
-            or manifest.catalog_sha1 != tfrecords.catalog_fingerprint(catalog)):
-        raise DataError(f"{path} was encoded from another catalogue ({manifest.num_items} "
-                        f"items; the folder has {len(catalog)}, or other ids, texts or media "
-                        f"files): {again}")
+    difference = _catalogue_difference(manifest, catalog)
+    if difference:
+        raise DataError(f"{path} was encoded from another catalogue ({difference}): {again}")
     files = manifest.files()
     missing = [f for f in files if not tf.io.gfile.exists(f)]
     if missing:

@@ -46,12 +46,21 @@ _CREATED: dict[tuple, tf.distribute.Strategy] = {}
 
 def make_strategy(name: str, devices: Sequence[str] = (), tpu: str | None = None
                   ) -> tf.distribute.Strategy:
-    """The ``tf.distribute.Strategy`` for ``train.strategy`` (see the module docstring)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
+    """The ``tf.distribute.Strategy`` for ``train.strategy`` (see the module docstring).
+
+    ``devices`` (``train.devices``) is read by ``mirrored`` only; given with any other strategy
+    it is a ``ConfigError`` rather than silently ignored (a run the user believed pinned to
+    GPUs would train elsewhere).
+    """
     if name not in STRATEGIES:
         raise ConfigError(f"train.strategy={name!r} is not supported: use "
                           + ", ".join(STRATEGIES))
+    if devices and name != "mirrored":
+        raise ConfigError(f"train.devices={list(devices)} only applies to "
+                          f"train.strategy=mirrored, not {name}: remove train.devices "
+                          "(--set 'train.devices=[]') or use --strategy mirrored")
+    if name == "default":
+        return tf.distribute.get_strategy()
     key = (name, tuple(devices), tpu)
     if key not in _CREATED:
         _CREATED[key] = {"mirrored": _mirrored, "multi_worker": _multi_worker, "tpu": _tpu,
@@ -65,9 +74,41 @@ def strategy_for(config: TrainConfig) -> tf.distribute.Strategy:
 
 
 def _mirrored(devices: Sequence[str], **_) -> tf.distribute.Strategy:
+    check_devices_exist(devices)
     strategy = tf.distribute.MirroredStrategy(list(devices) or None)
     logger.info("MirroredStrategy over %s", ", ".join(strategy.extended.worker_devices))
     return strategy
+
+
+def _device_key(name: str) -> tuple:
+    """``/gpu:0``, ``GPU:0``, ``/device:GPU:0`` and ``/job:localhost/replica:0/task:0/device:GPU:0``
+    are one device: job, replica, task, type and index with TensorFlow's local defaults."""
+    spec = tf.DeviceSpec.from_string(name)
+    return (spec.job or "localhost", spec.replica or 0, spec.task or 0,
+            (spec.device_type or "").upper(), spec.device_index or 0)
+
+
+def check_devices_exist(devices: Sequence[str]) -> None:
+    """Refuse ``train.devices`` naming a device this process does not have: ``MirroredStrategy``
+    would otherwise place the replica on the CPU and train there without a word.
+
+    Only for ``mirrored`` (called when it is created): listing devices starts TensorFlow's
+    runtime, which a multi-worker strategy must precede.
+    """
+    if not devices:
+        return
+    try:
+        wanted = {name: _device_key(name) for name in devices}
+    except ValueError as exc:
+        raise ConfigError(f"train.devices={list(devices)} is not a list of device names such "
+                          f"as /gpu:0 or /cpu:0 ({exc})") from None
+    existing = [device.name for device in tf.config.list_logical_devices()]
+    present = {_device_key(name) for name in existing}
+    missing = [name for name, key in wanted.items() if key not in present]
+    if missing:
+        raise ConfigError(f"train.devices names {', '.join(missing)}, which this machine does "
+                          f"not have; its devices are {', '.join(existing) or 'none'}: list "
+                          "some of those, or unset train.devices")
 
 
 def _multi_worker(**_) -> tf.distribute.Strategy:

@@ -33,9 +33,19 @@ logger = logging.getLogger(__name__)
 MIN_FREE_BYTES = 200 * 2**20
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainResult:
-    """What a training run produced and where."""
+    """What a training run produced and where.
+
+    Epochs, under names that say which: ``epochs_configured`` is ``train.epochs`` as the run's
+    config says (with ``train.early_stopping``, the cap); ``epochs_chosen`` the count early
+    stopping chose on validation, which the final model trained for (None without early
+    stopping); ``epochs_run`` the epochs this call trained (after a resume from a backup, only
+    the remaining ones).
+
+    The repr is a few lines (run directory, epochs, last loss, speed, the workspace's sizes):
+    the dataclass default printed the whole dataset and feature tables (100+ KB).
+    """
 
     model: tf.keras.Model
     output_dir: Path
@@ -44,6 +54,23 @@ class TrainResult:
     examples_per_second: float = 0.0
     epochs_run: int = 0
     workspace: Any = None  # what the caller built the model from; opaque to the trainer
+    epochs_configured: int = 0
+    epochs_chosen: int | None = None
+
+    def __repr__(self) -> str:
+        epochs = f"epochs_run={self.epochs_run}, epochs_configured={self.epochs_configured}"
+        if self.epochs_chosen is not None:
+            epochs += f", epochs_chosen={self.epochs_chosen} (early stopping)"
+        losses = self.history.get("loss") or []
+        loss = f"{losses[-1]:.4f}" if losses else "none"
+        lines = [f"TrainResult(output_dir={str(self.output_dir)!r},",
+                 f"  {epochs},",
+                 f"  last loss {loss}, {self.examples_per_second:,.0f} examples/s,",
+                 f"  model={type(self.model).__name__}, checkpoint={str(self.checkpoint)!r}"]
+        if self.workspace is not None:
+            lines[-1] += ","
+            lines.append(f"  workspace={self.workspace!r}")
+        return "\n".join(lines) + ")"
 
 
 def dataframe_dataset(interactions: pd.DataFrame, batch_size: int, seed: int,
@@ -341,7 +368,7 @@ def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
     return TrainResult(model=model, output_dir=output, checkpoint=latest,
                        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
                        examples_per_second=throughput.examples_per_second,
-                       epochs_run=len(throughput.durations))
+                       epochs_run=len(throughput.durations), epochs_configured=config.epochs)
 
 
 # --- TFRecord input (``tfmmrec prepare`` → ``train.tfrecords``) ------------------------------

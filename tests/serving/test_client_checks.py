@@ -1,0 +1,109 @@
+"""``ServingClient`` refuses what ``ExportedModel`` refuses — a k that is not an int32 integer,
+an id or content value that is not a string — with the same one-line ``ServingError``, over
+gRPC and REST alike, before anything is sent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.serving.conftest import MODEL, free_port
+from tfmmrec.errors import ServingError
+from tfmmrec.serving.client import ServingClient, _explain
+
+K_MESSAGE = "k must be an integer from 1 to the export's max_k, got "
+
+# (client call, the ExportedModel call it mirrors, the one line both raise)
+BAD = {
+    "k_float": (lambda c: c.recommend(["u001"], k=2.5),
+                lambda m: m.recommend(["u001"], k=2.5), f"recommend: {K_MESSAGE}2.5"),
+    "k_string": (lambda c: c.recommend(["u001"], k="2"),
+                 lambda m: m.recommend(["u001"], k="2"), f"recommend: {K_MESSAGE}'2'"),
+    "k_bool": (lambda c: c.recommend(["u001"], k=True),
+               lambda m: m.recommend(["u001"], k=True), f"recommend: {K_MESSAGE}True"),
+    "k_too_big": (lambda c: c.recommend(["u001"], k=10**10),
+                  lambda m: m.recommend(["u001"], k=10**10),
+                  f"recommend: {K_MESSAGE}10000000000"),
+    "k_huge": (lambda c: c.recommend(["u001"], k=10**30),
+               lambda m: m.recommend(["u001"], k=10**30), f"recommend: {K_MESSAGE}{10**30}"),
+    "k_zero": (lambda c: c.recommend(["u001"], k=0),
+               lambda m: m.recommend(["u001"], k=0), f"recommend: {K_MESSAGE}0"),
+    "int_user_ids": (lambda c: c.recommend([1, 2]), lambda m: m.recommend([1, 2]),
+                     "user_ids[0] is 1 (int), not a string"),
+    "none_user_id": (lambda c: c.recommend(["u001", None], k=2),
+                     lambda m: m.recommend(["u001", None], k=2),
+                     "user_ids[1] is None (NoneType), not a string"),
+    "int_exclude": (lambda c: c.recommend(["u001"], exclude=[["i1", 3]]),
+                    lambda m: m.recommend(["u001"], exclude=[["i1", 3]]),
+                    "exclude[0][1] is 3 (int), not a string"),
+    "session_k_float": (lambda c: c.recommend_session([["i1"]], k=1.0),
+                        lambda m: m.recommend_session([["i1"]], k=1.0),
+                        f"recommend_session: {K_MESSAGE}1.0"),
+    "session_int_item": (lambda c: c.recommend_session([["i1", 2]]),
+                         lambda m: m.recommend_session([["i1", 2]]),
+                         "sessions[0][1] is 2 (int), not a string"),
+    "session_int_user": (lambda c: c.recommend_session([["i1"]], [7]),
+                         lambda m: m.recommend_session([["i1"]], [7]),
+                         "user_ids[0] is 7 (int), not a string"),
+    "text_int": (lambda c: c.query_text(["jazz", 1]),
+                 lambda m: m.call("query_text", text=np.array(["jazz", 1], dtype=object)),
+                 "query_text: text[1] is 1 (int), not a string"),
+    "text_k_string": (lambda c: c.query("text", ["jazz"], k="3"),
+                      lambda m: m.call("query_text", text=np.array(["jazz"]), k="3"),
+                      f"query_text: {K_MESSAGE}'3'"),
+    "image_none": (lambda c: c.query_image([None]),
+                   lambda m: m.call("query_image", image=np.array([None], dtype=object)),
+                   "query_image: image[0] is None (NoneType), not a string"),
+    "embed_int": (lambda c: c.embed_query([1]),
+                  lambda m: m.call("embed_query", user_id=np.array([1], dtype=object)),
+                  "embed_query: user_id[0] is 1 (int), not a string"),
+}
+# embed_query has no ExportedModel shorthand: its call names the input, the client the argument
+CLIENT_MESSAGE = {"embed_int": "user_ids[0] is 1 (int), not a string"}
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_client_refuses_before_sending(case, rest):
+    """Nothing listens on the port: a request that was sent would fail as UNAVAILABLE (a
+    ``ServingRequestError``), so a plain ``ServingError`` means it was refused first."""
+    call, _, expected = BAD[case]
+    with ServingClient(f"127.0.0.1:{free_port()}", MODEL, rest=rest, timeout=5) as client, \
+            pytest.raises(ServingError) as raised:
+        call(client)
+    assert type(raised.value) is ServingError
+    assert str(raised.value) == CLIENT_MESSAGE.get(case, expected)
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_exported_model_refuses_the_same(in_process, case):
+    _, call, expected = BAD[case]
+    with pytest.raises(ServingError) as raised:
+        call(in_process[MODEL])
+    assert str(raised.value) == expected
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_numpy_integers_and_lone_ids_are_still_served(server, in_process, tiny_exports, rest):
+    port = server.rest_port if rest else server.port
+    user = tiny_exports.user_ids[0]
+    expected = in_process[MODEL].recommend([user], k=3)["item_ids"]
+    with ServingClient(f"127.0.0.1:{port}", MODEL, rest=rest, timeout=30) as client:
+        for k in (np.int64(3), np.uint8(3), np.array(3)):
+            np.testing.assert_array_equal(client.recommend([user], k=k)["item_ids"], expected)
+        np.testing.assert_array_equal(client.recommend(user, k=3)["item_ids"], expected)
+
+
+@pytest.mark.parametrize("details", [
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:8501: Failed "
+    "parsing HTTP/2 (Expected SETTINGS frame as the first frame, got frame type 79)",
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:8501: Trying to "
+    "connect an http1.x server (HTTP status 400)",
+])
+def test_grpc_answered_by_http1_suggests_rest(details):
+    """Both gRPC releases' wordings of an HTTP/1.x answer: the REST port, not a dead server."""
+    message = _explain("UNAVAILABLE", details, "what", "127.0.0.1:8501", 10.0, rest=False)
+    assert "something answers HTTP/1.x there" in message and "--rest" in message
+    assert "running there?" not in message
+    refused = _explain("UNAVAILABLE", "connection refused", "what", "h:1", 10.0, rest=False)
+    assert "is `tfmmrec serve` or tensorflow_model_server running there?" in refused
