@@ -14,7 +14,7 @@ EXPECTED = {
     "train": "tfmmrec.pipeline", "evaluate": "tfmmrec.pipeline", "restore": "tfmmrec.pipeline",
     "export_model": "tfmmrec.pipeline", "load_dataset": "tfmmrec.data.dataset",
     "build_demo_dataset": "tfmmrec.data.demo", "RetrievalModel": "tfmmrec.models.retrieval",
-    "quiet_output": "tfmmrec._env",
+    "quiet_output": "tfmmrec._env", "show_progress": "tfmmrec._env",
 }
 
 

@@ -40,6 +40,7 @@ def export_tiny(tiny_config, tiny_trained, store: Path, *overrides: str,
     compare exactly), with the export ``overrides``."""
     config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
                                        f"export.max_k={K}", "export.max_exclude=10",
+                                       "export.max_session_items=10",
                                        *overrides])
     return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
                            index=index)
@@ -993,10 +994,11 @@ def test_a_scann_catalogue_shrunk_below_what_tree_and_ah_can_train_stays_exact(
 @pytest.mark.slow
 def test_a_scann_update_across_the_brute_force_size_reuses_the_graph(
         tiny_config, tiny_trained, items, tiny_demo_dir, tmp_path):
-    """With k = max_k = 1 and no exclusions the index's k is 1 at any size, so the graph is
-    reused: the searcher's state switches between tree + AH and brute force in variables."""
+    """With k = max_k = 1 and no exclusions (request lists or a session's items) the index's k
+    is 1 at any size, so the graph is reused: the searcher's state switches between tree + AH
+    and brute force in variables."""
     first = export_scann(tiny_config, tiny_trained, tmp_path, "export.k=1", "export.max_k=1",
-                         "export.max_exclude=0")
+                         "export.max_exclude=0", "export.exclude_session_items=false")
     ids = items["item_id"].tolist()
     small = catalog.remove(first.parent, item_ids=ids[:-5]).version_dir
     grown = catalog.add(first.parent, write_items(items.iloc[:20], tiny_demo_dir,

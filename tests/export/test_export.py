@@ -312,18 +312,20 @@ def test_excluded_items_are_never_returned_when_fewer_than_k_remain(exported, ki
     full = model.recommend(users, k=k)["item_ids"].astype(str)
     assert (full != MISSING_ITEM_ID).all()
     drop = [list(row[[0, 3, 7]]) for row in full]
+    sessions = [["i0001"], []]  # a session's own items are excluded too
     outputs = {
         "recommend": model.recommend(users, k=k, exclude=drop),
-        "recommend_session": model.recommend_session([["i0001"], []], users, k=k,
-                                                     exclude=drop),
+        "recommend_session": model.recommend_session(sessions, users, k=k, exclude=drop),
         "query_text": model.call("query_text", text=np.array(TEXTS), k=np.int32(k),
                                  exclude_item_ids=padded(drop))}
     for name, out in outputs.items():
         ids, scores = out["item_ids"].astype(str), out["scores"]
         assert ids.shape == scores.shape == (2, k), name
         assert np.isfinite(scores).all(), name
-        for row, row_scores, dropped in zip(ids, scores, drop, strict=True):
-            assert not set(row) & set(dropped), name
+        removed = ([{*d, *session} for d, session in zip(drop, sessions, strict=True)]
+                   if name == "recommend_session" else [set(d) for d in drop])
+        for row, row_scores, dropped in zip(ids, scores, removed, strict=True):
+            assert not set(row) & dropped, name
             real = row != MISSING_ITEM_ID
             served = int(real.sum())
             assert real[:served].all() and 0 < served <= k - len(dropped), name

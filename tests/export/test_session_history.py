@@ -83,9 +83,10 @@ def test_a_session_is_the_query_of_a_user_whose_history_is_its_items(model, hist
     sessions = [histories[u] for u in users]
     np.testing.assert_allclose(session_queries(model, [""] * len(users), sessions),
                                user_queries(model, users), atol=1e-6)
-    # The signature: the same ranking and scores as the user's own recommendation.
+    # The signature: the same ranking and scores as the user's own recommendation without
+    # the session's items (``export.exclude_session_items``).
     got = model.recommend_session(sessions, k=K)
-    want = model.recommend(users, k=K)
+    want = model.recommend(users, k=K, exclude=sessions)
     np.testing.assert_array_equal(got["item_ids"], want["item_ids"])
     np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5)
 
@@ -146,8 +147,8 @@ def test_the_served_mean_is_blended_with_the_history_query(trained, tmp_path, ti
     table = model._loaded.item_table.numpy()
     rows = [list(ids).index(i) for i in got["item_ids"][0].astype(str)]
     np.testing.assert_allclose(got["scores"][0], table[rows] @ expected, atol=1e-5)
-    assert list(got["item_ids"][0].astype(str)) == list(
-        ids[np.argsort(-(table @ expected), kind="stable")[:K]])
+    ranked = ids[np.argsort(-(table @ expected), kind="stable")]
+    assert list(got["item_ids"][0].astype(str)) == [i for i in ranked if i not in clicks][:K]
 
 
 def test_extend_history_weighs_like_the_training_table():
@@ -188,7 +189,8 @@ def test_history_sessions_keep_the_user_id_and_feature_parts(tiny_config, tiny_w
     got = model.recommend_session([["i0003", "i0010"]], ["u000"], k=K)
     ids = model._loaded.item_ids.numpy().astype(str)
     table = model._loaded.item_table.numpy()
-    expected = ids[np.argsort(-(table @ moved[0]), kind="stable")[:K]]
+    ranked = ids[np.argsort(-(table @ moved[0]), kind="stable")]
+    expected = [i for i in ranked if i not in ("i0003", "i0010")][:K]
     np.testing.assert_array_equal(got["item_ids"][0].astype(str), expected)
 
 

@@ -36,6 +36,7 @@ def export_with_text_search(tiny_config, tiny_trained, store: Path, index: str,
                             weight: float = WEIGHT) -> Path:
     config = load_config(tiny_config, [f"export.base_dir={store}", "export.k=5",
                                        f"export.max_k={K}", "export.max_exclude=10",
+                                       "export.max_session_items=10",
                                        f"export.text_search_weight={weight}"])
     return pipeline.export(config, model=tiny_trained.model, workspace=tiny_trained.workspace,
                            index=index)
