@@ -119,7 +119,9 @@ def catalogue_encoding(catalog, encoder, padded, batch_size: int, baseline_items
     return out
 
 
-# name → (trim_padding, export overrides)
+# name → (trim_padding, export overrides on top of LIBRARY_TEXT_EXPORT)
+LIBRARY_TEXT_EXPORT = {"export.text_backbone": "keras", "export.text_precision": "float32",
+                       "export.text_weights": "variables", "export.jit_compile": "false"}
 VARIANTS = {
     "padded": (False, {}),
     "trimmed": (True, {}),
@@ -145,8 +147,10 @@ def export_variants(config, workspace) -> dict:
     encoder = workspace.encoders["text"]
     for name, (trim, overrides) in VARIANTS.items():
         encoder.trim_padding = trim  # read when the signatures are traced, at export
+        # every variant from the library's text export (the config may ship another one)
+        settings = {**LIBRARY_TEXT_EXPORT, **overrides}
         named = pipeline.load_config(config, [f"export.model_name={name}",
-                                              *(f"{k}={v}" for k, v in overrides.items())])
+                                              *(f"{k}={v}" for k, v in settings.items())])
         paths[name] = pipeline.export(named, model=model, workspace=workspace)
     encoder.trim_padding = True
     return paths
