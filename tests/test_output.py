@@ -87,12 +87,16 @@ def test_quiet_output_drops_a_librarys_warnings_on_the_root_logger_but_not_the_u
         logging.basicConfig(format="%(message)s")
         def record(path, level=logging.WARNING, text="x"):
             logging.getLogger().handle(logging.LogRecord("root", level, path, 1, text, None, None))
-        record("/site-packages/apache_beam/io/gcp/bigquery.py", text="apitools not found")
-        record("/site-packages/apache_beam/io/gcp/bigquery.py", logging.ERROR, "beam failed")
+        import os, PIL
+        inside = os.path.join(os.path.dirname(PIL.__file__), "Image.py")
+        record(inside, text="a library's chatter")
+        record(inside, logging.ERROR, "a library's error")
         record("/home/me/script.py", text="the user's own warning")
+        record("/home/me/src/PIL/mine.py", text="a user's folder named like a library")
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines() == ["beam failed", "the user's own warning"]
+    assert result.stderr.splitlines() == ["a library's error", "the user's own warning",
+                                          "a user's folder named like a library"]
 
 
 def test_show_progress_prints_the_librarys_lines_once_like_the_command_line():
@@ -109,6 +113,22 @@ def test_show_progress_prints_the_librarys_lines_once_like_the_command_line():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == ["epoch 1/3: loss 1.0", "warning: a warning"]
+
+
+def test_a_command_keeps_the_callers_own_show_progress():
+    result = run_python("""
+        import logging
+        import tfmmrec
+        from tfmmrec import cli
+        tfmmrec.show_progress()
+        try:
+            cli.main(["--quiet", "validate", "--config", "no-such.yaml"])
+        except SystemExit:
+            pass
+        logging.getLogger("tfmmrec.script").info("still shown")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "still shown", result.stderr
 
 
 def test_verbose_changes_nothing():

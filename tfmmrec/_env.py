@@ -72,8 +72,18 @@ class _LibraryRecordsOnRoot(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR or record.name != "root":
             return True
-        path = record.pathname.replace("\\", "/")
-        return not any(f"/{name}/" in path for name in NOISY_PYTHON_LOGGERS)
+        return not any(record.pathname.startswith(folder) for folder in _library_folders())
+
+
+def _library_folders() -> list[str]:
+    """The install folders of the noisy libraries imported so far (a user's own folder that
+    happens to be called ``tensorflow`` is not one of them)."""
+    folders = []
+    for name in NOISY_PYTHON_LOGGERS:
+        module = sys.modules.get(name)
+        if getattr(module, "__file__", None):
+            folders.append(os.path.dirname(module.__file__) + os.sep)
+    return folders
 
 
 def quiet_output(verbose: bool = False) -> None:

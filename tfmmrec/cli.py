@@ -168,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_output(verbose)
     native_log = Path(tempfile.gettempdir()) / f"tfmmrec-native-{os.getpid()}.log"
     failed = True
+    # a caller's own show_progress() (a script running commands) survives the command
+    handlers_before = set(logging.getLogger().handlers)
+    level_before = logging.getLogger("tfmmrec").level
     with (contextlib.nullcontext() if verbose else native_stderr_to(native_log)):
         handler = None
         try:
@@ -195,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed = exc.code not in (0, None)
             raise
         finally:
-            if handler is not None:
+            if handler is not None and handler not in handlers_before:
                 logging.getLogger().removeHandler(handler)
+            logging.getLogger("tfmmrec").setLevel(level_before)
             if not verbose:
                 _report_native_log(native_log, failed)
 
@@ -332,7 +336,8 @@ def _evaluate(config, args) -> int:
 
         embeddings = exported_embeddings(args.export, workspace.user_ids,
                                          workspace.dataset.catalog.item_ids,
-                                         config.eval.batch_size)
+                                         config.eval.batch_size,
+                                         trained_users=workspace.split.train["user_id"])
         name = "tfmmrec (export)"
     output_name = pipeline.evaluation_output_name(args.test, args.candidates, args.export)
     results = pipeline.evaluate(config, args.checkpoint, workspace=workspace, name=name,

@@ -79,8 +79,14 @@ def test_an_export_that_knows_few_of_the_datasets_users_belongs_to_another_datas
     expected = (rf"^{re.escape(str(version))} does not belong to this dataset: it knows 1 of "
                 rf"the dataset's 4 users \(x1, x2, {known[0]}, …\); its metadata: modalities text")
     with pytest.raises(ExportError, match=expected):
-        exported_embeddings(version, np.array(["x1", "x2", known[0], "x3"]), items)
-    users, _ = exported_embeddings(version, np.array([*known, "someone-new"]), items)
+        exported_embeddings(version, np.array(["x1", "x2", known[0], "x3"]), items,
+                            trained_users=["x1", "x2", known[0], "x3"])
+    users, _ = exported_embeddings(version, np.array([*known, "someone-new"]), items,
+                                   trained_users=[*known, "someone-new"])
+    assert users.shape[0] == 4
+    # users without training interactions get the cold-start query legitimately: not counted
+    users, _ = exported_embeddings(version, np.array(["x1", "x2", known[0], "x3"]), items,
+                                   trained_users=[known[0]])
     assert users.shape[0] == 4
 
 

@@ -107,3 +107,16 @@ def test_grpc_answered_by_http1_suggests_rest(details):
     assert "running there?" not in message
     refused = _explain("UNAVAILABLE", "connection refused", "what", "h:1", 10.0, rest=False)
     assert "is `tfmmrec serve` or tensorflow_model_server running there?" in refused
+
+
+def test_a_registered_modality_with_its_own_encoding_gets_its_values_as_given():
+    """Only the built-in encodings (strings, paths, bytes) are checked value by value: a
+    registered modality's ``request_values`` may take arrays and encodes them itself."""
+    from tfmmrec.serving.client import _content
+
+    class VectorSpec:
+        def request_values(self, values):
+            return np.array([np.asarray(v, np.float32).tobytes() for v in values], object)
+
+    request = _content(VectorSpec(), np.zeros((2, 3)), "vector")
+    assert len(request) == 2 and request[0] == np.zeros(3, np.float32).tobytes()

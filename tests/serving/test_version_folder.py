@@ -37,6 +37,20 @@ def test_latest_version_names_a_version_folder(tmp_path):
     assert latest_version(base) == base / "7"
 
 
+def test_every_spelling_of_a_version_folder_is_named_and_odd_names_are_not_versions(
+        tmp_path, monkeypatch):
+    base = fake_versions(tmp_path / MODEL, 3, 7)
+    (base / "7" / "sub").mkdir()
+    (tmp_path / "link").symlink_to(base / "7")
+    monkeypatch.chdir(base / "7")
+    for given in (Path("."), base / "7" / "sub" / "..", tmp_path / "link"):
+        with pytest.raises(ExportError, match=rf"is version 7 of model {MODEL!r}: pass its "
+                                              rf"parent folder {base}$"):
+            check_model_dir(given)
+    (base / "²").mkdir()  # a Unicode digit: not a version name, and no int() of it
+    assert check_model_dir(base / "²") == base / "²"
+
+
 def test_model_folders_are_not_versions(tmp_path):
     """A model named by an integer, a folder without saved_model.pb, an empty or missing
     model folder (serve waits for its first version): all pass."""

@@ -19,14 +19,16 @@ SHOW = 5  # ids named in an error
 
 
 def exported_embeddings(version_dir: str | os.PathLike, user_ids: np.ndarray,
-                        item_ids: np.ndarray,
-                        batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                        item_ids: np.ndarray, batch_size: int = 1024,
+                        trained_users=None) -> tuple[np.ndarray, np.ndarray]:
     """``(users [U, d], items [N, d])`` from an export, items in the order of ``item_ids``.
 
     Raises ``ExportError`` naming catalogue items the export does not serve, and why
-    (:func:`unserved_items_message`); when it knows fewer than half of the dataset's items or
-    users, that the export belongs to another dataset (:func:`foreign_export_message`): a
-    handful of missing ids is a catalogue change, most of them another model.
+    (:func:`unserved_items_message`); when it knows fewer than half of the dataset's items, or
+    of ``trained_users`` (those of ``user_ids`` with training interactions, which an export of
+    this dataset knows; a user without any legitimately gets the cold-start query; None: no
+    user check), that the export belongs to another dataset (:func:`foreign_export_message`):
+    a handful of missing ids is a catalogue change, most of them another model.
     """
     from tfmmrec.export.loader import ExportedModel, latest_version
 
@@ -61,10 +63,13 @@ def exported_embeddings(version_dir: str | os.PathLike, user_ids: np.ndarray,
     parts = [model.call("embed_query", user_id=users[start:start + batch_size])["embedding"]
              for start in range(0, len(users), batch_size)]
     embedded = np.concatenate(parts).astype(np.float32)
-    known_users = ~unknown_users(model, users, embedded)
-    if known_users.sum() < len(users) / 2:
-        raise ExportError(foreign_export_message(model.path, "users", int(known_users.sum()),
-                                                 list(users), None, model.metadata))
+    if trained_users is not None:
+        checked = np.isin(users, np.asarray(trained_users).astype(str))
+        known_users = ~unknown_users(model, users[checked], embedded[checked])
+        if known_users.sum() < checked.sum() / 2:
+            raise ExportError(foreign_export_message(
+                model.path, "users", int(known_users.sum()), list(users[checked]), None,
+                model.metadata))
     return embedded, table[positions].astype(np.float32)
 
 

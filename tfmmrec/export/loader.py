@@ -20,11 +20,12 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
     a catalogue update would find none. The one check ``latest_version`` and ``tfmmrec serve``
     share."""
     model_dir = Path(model_dir)
-    parent = model_dir.resolve().parent
-    if (model_dir.name.isdigit() and int(model_dir.name) in list_versions(parent)
-            and (model_dir / "saved_model.pb").is_file()):
-        raise ExportError(f"{model_dir} is version {model_dir.name} of model "
-                          f"{parent.name!r}: pass its parent folder {model_dir.parent}")
+    resolved = model_dir.resolve()  # ".", "x/3/sub/..", a link to a version: the real folder
+    parent = resolved.parent
+    if (resolved.name in {str(v) for v in list_versions(parent)}
+            and (resolved / "saved_model.pb").is_file()):
+        raise ExportError(f"{model_dir} is version {resolved.name} of model "
+                          f"{parent.name!r}: pass its parent folder {parent}")
     return model_dir
 
 

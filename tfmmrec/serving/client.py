@@ -287,12 +287,17 @@ def _user_ids(user_ids: Sequence[str] | str) -> np.ndarray:
 
 
 def _content(spec: modalities.ModalitySpec, values, name: str) -> np.ndarray:
-    """``spec.request_values(values)`` with every value a string, bytes or path, before and
-    after it is encoded: a file modality would raise a bare TypeError on ``1`` or ``None``,
-    and text would send them as ``"1"``/``"None"`` over REST."""
-    lone = isinstance(values, str | bytes | os.PathLike) or not isinstance(values, Iterable)
-    values = [values] if lone else list(values)
-    check_strings([os.fspath(v) if isinstance(v, os.PathLike) else v for v in values], name)
+    """``spec.request_values(values)``, checked to be strings/bytes before it is sent; for the
+    built-in encodings (text as strings, files as paths or bytes) the values themselves are
+    checked first: a file modality would raise a bare TypeError on ``1`` or ``None``, and text
+    would send them as ``"1"``/``"None"`` over REST. A registered modality with its own
+    ``request_values`` gets its values as given (they may be arrays)."""
+    if type(spec).request_values in (modalities.ModalitySpec.request_values,
+                                     modalities.FileModality.request_values):
+        lone = isinstance(values, str | bytes | os.PathLike) or not isinstance(values, Iterable)
+        values = [values] if lone else list(values)
+        check_strings([os.fspath(v) if isinstance(v, os.PathLike) else v for v in values],
+                      name)
     request = spec.request_values(values)
     check_strings(request, name)
     return request
