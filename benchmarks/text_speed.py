@@ -119,9 +119,8 @@ def catalogue_encoding(catalog, encoder, padded, batch_size: int, baseline_items
     return out
 
 
-# name → (trim_padding, export overrides on top of LIBRARY_TEXT_EXPORT)
-LIBRARY_TEXT_EXPORT = {"export.text_backbone": "keras", "export.text_precision": "float32",
-                       "export.text_weights": "variables", "export.jit_compile": "false"}
+# name → (trim_padding, export overrides on top of the library's text export)
+TEXT_EXPORT_FIELDS = ("text_backbone", "text_precision", "text_weights", "jit_compile")
 VARIANTS = {
     "padded": (False, {}),
     "trimmed": (True, {}),
@@ -136,6 +135,15 @@ VARIANTS = {
 }
 
 
+def library_text_export() -> dict[str, str]:
+    """``ExportConfig``'s defaults for the text export fields, as ``--set`` overrides."""
+    from tfmmrec.config import ExportConfig
+
+    defaults = ExportConfig()
+    return {f"export.{field}": str(getattr(defaults, field)).lower()
+            for field in TEXT_EXPORT_FIELDS}
+
+
 def export_variants(config, workspace) -> dict:
     """The text-only model exported once per :data:`VARIANTS` entry."""
     from tfmmrec import pipeline
@@ -148,7 +156,7 @@ def export_variants(config, workspace) -> dict:
     for name, (trim, overrides) in VARIANTS.items():
         encoder.trim_padding = trim  # read when the signatures are traced, at export
         # every variant from the library's text export (the config may ship another one)
-        settings = {**LIBRARY_TEXT_EXPORT, **overrides}
+        settings = {**library_text_export(), **overrides}
         named = pipeline.load_config(config, [f"export.model_name={name}",
                                               *(f"{k}={v}" for k, v in settings.items())])
         paths[name] = pipeline.export(named, model=model, workspace=workspace)
