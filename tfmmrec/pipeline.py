@@ -384,7 +384,8 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     Progress: ``progress`` (default True) reports the catalogue encoding, a bar on a terminal;
     the per-epoch lines (``train.verbose: 1``) and, elsewhere, the encoding's periodic lines
     go to the ``tfmmrec`` logger at INFO, which Python shows only once a handler is set up
-    (``tfmmrec train`` sets one up; in Python, ``tfmmrec.show_progress()``).
+    (``tfmmrec train`` sets one up; in Python, ``tfmmrec.show_progress()``, or
+    ``logging.basicConfig()`` and ``logging.getLogger("tfmmrec").setLevel(logging.INFO)``).
     ``train.verbose: 2`` prints Keras' own progress bar instead; ``progress=False`` with
     ``train.verbose: 0`` is silent.
     """
