@@ -20,7 +20,10 @@ values, and no encoder runs), once per variant in one process:
   per-interaction objective (``model.objective=interactions``) it replaced.
 - ``users_tiled_alignment``: ``users`` with the alignment loss's single-modality embeddings
   computed as before the sixth pass (every modality's masked input tiled through the whole
-  fusion; now ``MaskedFusion.alone``); ``users_fusion_mean``, ``users_no_alignment``, ...:
+  fusion; now ``MaskedFusion.alone``); ``users_sparse_xent_alignment``: ``users`` with the
+  alignment's softmax as before (transposed logits stacked, ``tf.where`` masking,
+  ``sparse_softmax_cross_entropy_with_logits``; now one logits tensor read by row and by column,
+  ``logsumexp``); ``users_fusion_mean``, ``users_no_alignment``, ...:
   what the candidate side's optional parts (the fusion MLP, the alignment loss) cost;
   ``users_backup_every_epoch``: ``users`` with ``train.backup_seconds=0`` (a backup of the
   training state after every epoch, as before the sixth pass; compare the runs' examples/s).
@@ -32,6 +35,8 @@ a table; writes benchmarks/results/profile_train.json.
     .venv/bin/python benchmarks/profile_train.py            # ~3 min on 2 cores
     .venv/bin/python benchmarks/profile_train.py --variants previous_step now now_bfloat16 \
         --interleave 10    # examples per CPU-second, interleaved (profile_train_interleaved.json)
+    .venv/bin/python benchmarks/profile_train.py --variants users_sparse_xent_alignment users \
+        users_no_alignment --interleave 8 --output profile_train_alignment_softmax.json
     .venv/bin/python benchmarks/profile_train.py --variants users_batch_2048 users_batch_4096 \
         users_batch_8192 users_batch_16384 --interleave 8 \
         --output profile_train_batch_sizes.json    # the per-user step's batch size
@@ -98,6 +103,8 @@ VARIANTS = {"previous_step": _INTERACTIONS, "now": _INTERACTIONS,
             "users_backup_every_epoch": {"objective": "users", "backup_seconds": 0.0},
             # the alignment's single-modality embeddings as before issue 15's sixth pass
             "users_tiled_alignment": {"objective": "users"},
+            # the alignment's softmax as before (sparse_xent_contrastive)
+            "users_sparse_xent_alignment": {"objective": "users"},
             # the candidate side's optional parts: fusion MLP, alignment loss
             "users_fusion_mean": {"objective": "users", "fusion": "mean"},
             "users_no_alignment": {"objective": "users", "alignment_weight": 0.0},
@@ -162,7 +169,53 @@ def build(ws, variant: str):
     if variant == "users_tiled_alignment":
         fusion = model.item_tower.fusion
         fusion.alone = fusion.alone_tiled  # the computation before the sixth pass
+    if variant == "users_sparse_xent_alignment" and model.alignment is not None:
+        model.alignment.__class__ = _sparse_xent_alignment_class()
     return model
+
+
+def sparse_xent_contrastive(a, b, a_present, b_present, item_ids, scale):
+    """``models.alignment.masked_contrastive`` as it was before (kept here only as the 'before'
+    of this profile): the transposed logits stacked for the second direction, non-negatives
+    masked by ``tf.where``, and ``sparse_softmax_cross_entropy_with_logits``."""
+    import tensorflow as tf
+
+    logits = tf.matmul(a, b, transpose_b=True) * scale  # [P, B, B]
+    logits = tf.concat([logits, tf.transpose(logits, [0, 2, 1])], axis=0)  # [2P, B, B]
+    column_present = tf.concat([b_present, a_present], axis=0)  # [2P, B]
+    rows = tf.tile(a_present * b_present, [2, 1])  # [2P, B]
+    size = tf.shape(logits)[-1]
+    diagonal = tf.eye(size, dtype=tf.bool)
+    same_item = tf.equal(item_ids[:, None], item_ids[None, :])
+    usable = tf.logical_and(column_present[:, None, :] > 0,
+                            tf.logical_or(diagonal, tf.logical_not(same_item))[None])
+    scores = tf.where(usable, logits, tf.fill(tf.shape(logits), -1e9))
+    labels = tf.broadcast_to(tf.range(size), tf.shape(scores)[:2])
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=scores)
+    return 0.5 * tf.reduce_sum(losses * rows)
+
+
+def _sparse_xent_alignment_class():
+    import tensorflow as tf
+
+    from tfmmrec.models.alignment import ModalityAlignment
+
+    class SparseXentAlignment(ModalityAlignment):
+        """``ModalityAlignment`` with ``sparse_xent_contrastive`` (the same pairs)."""
+
+        def call(self, singles, mask, fused, item_ids):
+            count = len(singles)
+            pairs = [(i, count) for i in range(count)]
+            pairs += [(i, j) for i in range(count) for j in range(i + 1, count)]
+            table = tf.stack([*singles, fused])
+            present = tf.concat([tf.transpose(tf.cast(mask, table.dtype)),
+                                 tf.ones_like(table[:1, :, 0])], axis=0)
+            first, second = ([pair[k] for pair in pairs] for k in (0, 1))
+            return sparse_xent_contrastive(tf.gather(table, first), tf.gather(table, second),
+                                           tf.gather(present, first), tf.gather(present, second),
+                                           item_ids, self.scale)
+
+    return SparseXentAlignment
 
 
 def per_element_dataset(interactions, batch_size: int, seed: int):
@@ -244,7 +297,7 @@ def run(ws, config, variant: str, epochs: int) -> dict:
             per_element_dataset(ws.split.train, train.batch_size, train.seed), ws.user_ids)
         count = len(ws.split.train)
     else:
-        dataset, count = pipeline.training_dataset(ws)
+        dataset, count, _ = pipeline.training_dataset(ws)
     steps = count // train.batch_size
     start = time.perf_counter()
     result = trainer.fit(lambda: build(ws, variant), dataset, count, train,
@@ -274,7 +327,7 @@ def interleaved(ws, config, variants: list[str], rounds: int) -> dict:
         model = build(vws, variant)
         model.build_from_example()
         model.compile(optimizer=optimizer(config.train), steps_per_execution=steps)
-        dataset, _ = pipeline.training_dataset(vws)
+        dataset = pipeline.training_dataset(vws).dataset
         functions[variant] = model.make_train_function()
         iterators[variant] = iter(dataset.repeat())
         float(functions[variant](iterators[variant])["loss"])  # trace

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfmmrec.files import atomic_path, atomic_write, remove_stale_temps, write_json
+from tfmmrec.files import (
+    atomic_path,
+    atomic_write,
+    remove_stale_temps,
+    write_json,
+    writer_token,
+)
 
 
 def leftovers(directory) -> list[str]:
@@ -136,9 +142,9 @@ def test_replace_puts_the_old_directory_back_when_the_new_cannot_be_renamed_in(t
 def test_remove_stale_temps_removes_only_dead_writers_temps(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    crashed = tmp_path / f".demo.{dead.pid}.abcd1234.tmp"
-    live = tmp_path / ".demo.1.abcd1234.tmp"  # pid 1 is alive: maybe a build in progress
-    other = tmp_path / f".demos.{dead.pid}.abcd1234.tmp"  # another path's temp
+    crashed = tmp_path / f".demo.{dead.pid}.{writer_token()}abcd1234.tmp"
+    live = tmp_path / f".demo.1.{writer_token()}abcd1234.tmp"  # pid 1 is alive: a build
+    other = tmp_path / f".demos.{dead.pid}.{writer_token()}abcd1234.tmp"  # another path's temp
     for path in (crashed, live, other):
         path.mkdir()
         (path / "items.csv").write_text("junk")

@@ -103,13 +103,18 @@ def one_line_error(message: str) -> str:
 
 
 # TensorFlow's decoders fail on corrupt or truncated files with messages that name neither the
-# input nor what to send (``Invalid PNG data, size 100``; DecodeWav's ``Data too short when
-# trying to read string``): these get the modality and the formats the export accepts.
+# input nor what to send (``Invalid PNG data, size 100``; ``Invalid PNG. Failed to initialize
+# decoder.``; DecodeWav's ``Data too short when trying to read string``, ``Bad number of
+# channels for WAV: …``, ``WAV data chunk 'data' is too large: …``): these get the modality and
+# the formats the export accepts. Bytes that are no image at all are named as they are.
 _DECODER_ERRORS = (
-    (re.compile(r"^Invalid (PNG|JPEG|GIF|BMP|WebP) data|^Premature end of JPEG"), "image",
+    (re.compile(r"^Invalid (PNG|JPEG|GIF|BMP|WebP)\b|^Premature end of JPEG|^jpeg::|"
+                r"^Failed to decode WebP|^Number of channels inherent in the image"), "image",
      "corrupt or truncated image ({}) - send complete JPEG, PNG, GIF, BMP or WebP bytes"),
-    (re.compile(r"^Data too short when trying to read|^Header mismatch|^Bad (audio format|"
-                r"file size|bits per sample)|^Can only read|^Can't have more than"), "audio",
+    (re.compile(r"^Unknown image file format"), "image", "{}"),
+    (re.compile(r"^Data too short when trying to read|^Header mismatch|^Bad [\w ]+ (for WAV|"
+                r"in WAV header)|^WAV (data chunk|contents)|^Can only read|^Can't have more "
+                r"than"), "audio",
      "corrupt or truncated WAV ({}) - send complete 16-bit PCM WAV bytes"),
 )
 

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -113,23 +117,61 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False,
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary siblings of local ``path`` (``.name.<pid>.<id>.tmp``) left by
-    writers that died (a ``kill -9`` runs no cleanup); those of live processes are left alone.
-    Returns what was removed."""
+    """Delete the temporary siblings of local ``path`` (``.name.<pid>.<tag>.tmp``) left by
+    writers that died (a ``kill -9`` runs no cleanup); those of live writers are left alone
+    (:func:`temp_writer_gone`). Returns what was removed."""
     final = Path(path)
     removed = []
     for candidate in final.parent.glob(f".{final.name}.*.tmp"):
-        pid = candidate.name[len(final.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+        pid, _, tag = candidate.name[len(final.name) + 2:-len(".tmp")].partition(".")
+        if pid.isdigit() and temp_writer_gone(int(pid), tag, candidate):
             _remove(str(candidate), remote=False)
             removed.append(candidate)
     return removed
 
 
+# A temp path whose writer cannot be checked (another machine's) is stale after this long.
+STALE_TEMP_SECONDS = 86_400
+
+
+@functools.cache
+def writer_token() -> str:
+    """8 hex digits naming this machine (host name, boot) and PID namespace. The pid in a temp
+    name says whether its writer still runs only to processes that share both: a writer in
+    another container, host or PID namespace writing to the same folder is judged by the
+    temp path's age instead (:func:`temp_writer_gone`)."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
+
+
+def temp_writer_gone(pid: int, tag: str, path: str | os.PathLike) -> bool:
+    """Whether the writer of temp path ``path``, named with ``pid`` and ``tag`` (the hex after
+    the pid), is gone: a process of this machine and PID namespace (``tag`` starts with
+    :func:`writer_token`) that no longer runs, or any writer once the path is older than
+    ``STALE_TEMP_SECONDS`` (another machine's, a reused pid, or an older release's name).
+    This process's own temp paths are never stale."""
+    local = len(tag) == 16 and tag.startswith(writer_token())
+    if local and pid == os.getpid():
+        return False
+    if local and not process_alive(pid):
+        return True
+    try:
+        return time.time() - os.stat(path).st_mtime > STALE_TEMP_SECONDS
+    except OSError:
+        return False
+
+
 def _temp_sibling(final: str) -> str:
-    """``dir/.name.<pid>.<random>.tmp``: hidden, unique, and naming the writer's process."""
+    """``dir/.name.<pid>.<tag>.tmp``: hidden, unique, and naming the writer's process; ``tag``
+    is :func:`writer_token` (which machine and PID namespace that pid belongs to) and 8 random
+    hex digits."""
     head, _, name = final.rstrip("/").rpartition("/")
-    return f"{head + '/' if head else ''}.{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tag = writer_token() + uuid.uuid4().hex[:8]
+    return f"{head + '/' if head else ''}.{name}.{os.getpid()}.{tag}.tmp"
 
 
 def _replace_directory(tmp: str, final: str) -> None:

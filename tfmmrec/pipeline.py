@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,9 +49,11 @@ from tfmmrec.training.strategy import is_chief, strategy_for
 from tfmmrec.training.trainer import (
     TrainResult,
     batched_examples,
+    batches_per_epoch,
     check_writable,
     dataframe_dataset,  # noqa: F401  (part of this module's API: tests and notebooks use it)
     encode_from_tfrecords,
+    exclusive_run,
     fit,
     tfrecord_dataset,
 )
@@ -295,8 +299,21 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
     return model
 
 
-def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
-    """The training examples the configured model needs, and how many there are."""
+class TrainingData(NamedTuple):
+    """What one training run reads: ``dataset``, and how many ``examples`` and batches
+    (``steps``; None when the data decides, e.g. prepared shards) one epoch has."""
+
+    dataset: tf.data.Dataset
+    examples: int
+    steps: int | None
+
+
+def training_dataset(ws: Workspace, epochs: Sequence[int] | None = None) -> TrainingData:
+    """The training examples the configured model needs, and how many there are.
+
+    ``epochs``: in-memory data is batched for those epochs in a row, each in the order of
+    (``train.seed``, epoch) alone (``trainer.batched_examples``); None, one epoch per
+    iteration. Prepared shards (``train.tfrecords``) stream endlessly either way."""
     config = ws.config
     train = ws.split.train
     ranking = config.ranking
@@ -307,25 +324,37 @@ def training_dataset(ws: Workspace) -> tuple[tf.data.Dataset, int]:
         lists = sample_lists(train["user_id"].astype(str).to_numpy(),
                              train["item_index"].to_numpy(), rating_targets(train),
                              ranking.list_size, ranking.lists_per_user, config.data.seed)
-        dataset = batched_examples(lists, config.train.batch_size, config.train.seed)
-        return with_user_indices(dataset, ws.user_ids), len(lists["user_id"])
+        return _in_memory(lists, config.train.batch_size, config, epochs, ws.user_ids)
     extra = {"rating": rating_targets(train)} if ranking.enabled and ranking.task == "regression" \
         else None
     if config.train.tfrecords:
         columns = ("user_id", "item_index", *(["rating"] if extra else []))
         dataset, count = tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
                                           config.train.seed, columns)
-        return with_user_indices(dataset, ws.user_ids), count
+        return TrainingData(with_user_indices(dataset, ws.user_ids), count, None)
     if config.model.objective == "users":
-        return user_batches(train, ws.user_ids, config)
+        return user_batches(train, ws.user_ids, config, epochs)
     # In memory: user ids become indices once, here, not in every batch.
     features = {"user_index": user_indices(train["user_id"], ws.user_ids),
                 "item_index": train["item_index"].to_numpy(np.int32), **(extra or {})}
-    return batched_examples(features, config.train.batch_size, config.train.seed), len(train)
+    return _in_memory(features, config.train.batch_size, config, epochs)
 
 
-def user_batches(train: pd.DataFrame, user_ids, config: Config
-                 ) -> tuple[tf.data.Dataset, int]:
+def _in_memory(features: dict[str, np.ndarray], batch_size: int, config: Config,
+               epochs: Sequence[int] | None, user_ids=None, examples: int | None = None
+               ) -> TrainingData:
+    """``TrainingData`` of per-example ``features`` (``user_id`` strings become indices when
+    ``user_ids`` is given)."""
+    dataset = batched_examples(features, batch_size, config.train.seed, epochs=epochs)
+    if user_ids is not None:
+        dataset = with_user_indices(dataset, user_ids)
+    count = len(next(iter(features.values())))
+    return TrainingData(dataset, count if examples is None else examples,
+                        batches_per_epoch(count, batch_size))
+
+
+def user_batches(train: pd.DataFrame, user_ids, config: Config,
+                 epochs: Sequence[int] | None = None) -> TrainingData:
     """``model.objective: users``: batches of ``user_index`` only (the model reads each user's
     history from its encoder), and the expected hidden entries (targets) per epoch.
 
@@ -340,10 +369,18 @@ def user_batches(train: pd.DataFrame, user_ids, config: Config
     visits = max(1, round(1 / rate))
     per_user = len(train) / len(users) * rate  # hidden entries per user and visit
     batch = int(min(len(users) * visits, max(1, round(config.train.batch_size / per_user))))
-    dataset = batched_examples({"user_index": np.tile(users, visits)}, batch,
-                               config.train.seed)
-    examples = round(len(train) * visits * rate)
-    return dataset, examples
+    return _in_memory({"user_index": np.tile(users, visits)}, batch, config, epochs,
+                      examples=round(len(train) * visits * rate))
+
+
+def resumable(data: TrainingData, ws: Workspace, epochs: int):
+    """What ``trainer.fit`` reads for ``data`` (built for every epoch): in-memory batches as a
+    function of the first epoch to train (``data``'s own from epoch 0; rebuilt from a resumed
+    run's epoch on), or the dataset as it is when the data decides its steps (shards)."""
+    if data.steps is None:
+        return data.dataset
+    return lambda first: data.dataset if first == 0 else \
+        training_dataset(ws, range(first, epochs)).dataset
 
 
 def user_indices(user_ids, vocabulary) -> np.ndarray:
@@ -395,6 +432,35 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         check_writable(config.train.resolved_cache_dir, "train.cache_dir")
     # First: a multi-worker strategy must exist before TensorFlow runs any op in the process.
     strategy = strategy_for(config.train)
+    # the chief writes the run; other workers of a cluster share its folder
+    with exclusive_run(Path(config.train.output_dir)) if is_chief(strategy) \
+            else contextlib.nullcontext():
+        return _train(config, strategy, workspace, callbacks, progress)
+
+
+# train.* fields that set the course of a run: an interrupted run resumes only with the values
+# it started with (changed, the model would follow no configuration).
+RESUME_FIELDS = ("epochs", "batch_size", "learning_rate", "optimizer", "learning_rate_scaling",
+                 "cross_replica_negatives", "seed", "early_stopping", "early_stopping_metric",
+                 "early_stopping_patience", "validation_carves", "early_stopping_smoothing")
+
+
+def check_same_course(started: Config, requested: Config, output: Path) -> None:
+    """Refuse to resume the interrupted run in ``output`` with other ``RESUME_FIELDS``."""
+    differences = [(name, getattr(started.train, name), getattr(requested.train, name))
+                   for name in RESUME_FIELDS
+                   if getattr(started.train, name) != getattr(requested.train, name)]
+    if differences:
+        fields = "; ".join(f"train.{name}: {old!r} when it started, {new!r} requested"
+                           for name, old, new in differences)
+        raise ConfigError(f"{fields}. The interrupted run {output} resumes only with the "
+                          "training settings it started with: drop those overrides, or "
+                          "choose another train.output_dir to train anew")
+
+
+def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspace | None,
+           callbacks, progress: bool) -> TrainResult:
+    """``train`` once the run's folder is this process's (``trainer.exclusive_run``)."""
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace.with_config(config) if workspace is not None else \
         prepare(config, progress=progress)
@@ -412,6 +478,8 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
                          f"the interrupted run {output}",
                          hint="resume it with the config it started with, or choose another "
                               "train.output_dir")
+        if (output / CONFIG_FILE).is_file():
+            check_same_course(load_config(output / CONFIG_FILE), config, output)
     elif chief:  # a new run: nothing of an earlier one may stand for it
         if (output / RUN_FILE).is_file():
             _forget_finished_run(output)
@@ -450,9 +518,10 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         # Only the final fit runs the chosen epochs; the workspace keeps train.epochs as
         # configured (the cap), as config.yaml and restore's workspace do.
         fit_config = load_config(config, [f"train.epochs={validation['best_epoch']}"]).train
-    dataset, num_examples = training_dataset(ws)
-    result = fit(lambda: build_model(ws), dataset, num_examples, fit_config, strategy,
-                 callbacks, dataset_fn=lambda: training_dataset(ws)[0])
+    data = training_dataset(ws, range(fit_config.epochs))
+    result = fit(lambda: build_model(ws), resumable(data, ws, fit_config.epochs), data.examples,
+                 fit_config, strategy, callbacks, dataset_fn=lambda: training_dataset(ws)[0],
+                 steps_per_epoch=data.steps)
     result.workspace = ws
     result.epochs_configured = config.train.epochs
     result.epochs_chosen = validation["best_epoch"] if validation is not None else None
@@ -474,6 +543,9 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
         "checkpoint": str(result.checkpoint),
         "examples_per_second": result.examples_per_second,
         "history": result.history,
+        # the epochs (1-based) ``history`` covers: after a resume, the later ones only
+        "history_epochs": list(range(fit_config.epochs - result.epochs_run + 1,
+                                     fit_config.epochs + 1)),
         **({"fusion_selection": selection} if selection is not None else {}),
         **({"early_stopping": validation} if validation is not None else {}),
         **linear_cf_record(result.model),
@@ -624,8 +696,9 @@ def _train_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience if not carve else 0, ks, embed,
         linear_cf_rank=cf_rank, linear_cf_kinds=kinds, head_metrics=head_metrics)
-    dataset, num_examples = training_dataset(inner)
-    fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy, [monitor])
+    data = training_dataset(inner, range(config.train.epochs))
+    fit(lambda: build_model(inner), resumable(data, inner, config.train.epochs), data.examples,
+        config.train, strategy, [monitor], steps_per_epoch=data.steps)
     return monitor
 
 
@@ -644,8 +717,9 @@ def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: 
     inner = dataclasses.replace(ws, config=config, split=validation)
     logger.info("fusion selection: training on %d of the %d training interactions",
                 len(validation.train), len(ws.split.train))
-    dataset, num_examples = training_dataset(inner)
-    model = fit(lambda: build_model(inner), dataset, num_examples, config.train, strategy).model
+    data = training_dataset(inner, range(config.train.epochs))
+    model = fit(lambda: build_model(inner), resumable(data, inner, config.train.epochs),
+                data.examples, config.train, strategy, steps_per_epoch=data.steps).model
     users = embed_users(model, ws.user_ids, config.eval.batch_size)
     fused = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
 

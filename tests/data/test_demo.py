@@ -17,6 +17,7 @@ from PIL import Image
 from tfmmrec.config import DemoConfig
 from tfmmrec.data.demo import GENRES, MOODS, build_demo_dataset, load_latent
 from tfmmrec.errors import DataError
+from tfmmrec.files import writer_token
 
 SMALL = DemoConfig(num_items=60, num_users=40, interactions_per_user=10, seed=0)
 # Big enough that the nearest-centroid probes below have a few examples per genre in each half.
@@ -168,8 +169,9 @@ def test_other_config_or_damaged_build_is_rebuilt(tmp_path):
 def test_leftover_temp_dirs_are_never_used(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    crashed = tmp_path / f".demo.{dead.pid}.abcd1234.tmp"  # atomic_path's temp sibling
-    live = tmp_path / ".demo.1.abcd1234.tmp"  # pid 1 is alive: maybe another build in progress
+    # atomic_path's temp siblings; pid 1 is alive: maybe another build in progress
+    crashed = tmp_path / f".demo.{dead.pid}.{writer_token()}abcd1234.tmp"
+    live = tmp_path / f".demo.1.{writer_token()}abcd1234.tmp"
     for partial in (crashed, live):
         partial.mkdir()
         (partial / "items.csv").write_text("item_id\njunk\n")

@@ -2,7 +2,8 @@
 ``query_audio``) score every item, while user queries keep the index's own search.
 
 The tiny model (tests/conftest.py, 80 items) is exported with indexes set to search little
-(one of 8 partitions / leaves), so their own search visibly misses what exact search finds.
+(one of 16 partitions, one of 8 ScaNN leaves), so their own search visibly misses what exact
+search finds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tfmmrec.export.loader import ExportedModel
 K = 5
 TEXTS = ["a red thing", "blue sound", "nothing in particular", "the quick brown fox",
          "an old film about the sea", "music", "green", "a loud noise in the night"]
-NARROW = ["export.partitioned.num_partitions=8", "export.partitioned.partitions_to_probe=1",
+NARROW = ["export.partitioned.num_partitions=16", "export.partitioned.partitions_to_probe=1",
           "export.scann.num_leaves=8", "export.scann.num_leaves_to_search=1"]
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
+from pathlib import Path
 
+import pytest
 import tensorflow as tf
 
+from tfmmrec.errors import ExportError
 from tfmmrec.export.loader import latest_version
 from tfmmrec.export.writer import (
     list_versions,
@@ -14,6 +18,7 @@ from tfmmrec.export.writer import (
     remove_stale_temp_dirs,
     write_version,
 )
+from tfmmrec.files import writer_token
 from tfmmrec.serving import registry
 
 
@@ -49,24 +54,54 @@ def test_one_scanner_for_writer_loader_and_server(tmp_path):
 
 
 def test_stale_temp_folders_of_killed_exports_are_removed_and_live_ones_kept(tmp_path):
-    stale = tmp_path / f".tmp-3-{dead_pid()}-{int(time.time())}"
-    old = tmp_path / f".tmp-4-1-{int(time.time())}"   # pid 1 is alive, but the folder is old
-    live = tmp_path / f".tmp-5-1-{int(time.time())}"  # pid 1 is alive: an export in progress
-    mine = tmp_path / f".tmp-6-{os.getpid()}-{int(time.time())}"
-    # The names tfmmrec.files.atomic_path gives: .<version>.<pid>.<hex>.tmp
-    stale_new = tmp_path / f".7.{dead_pid()}.0a1b2c3d.tmp"
-    live_new = tmp_path / f".8.{os.getpid()}.0a1b2c3d.tmp"
-    other = tmp_path / ".cache"
-    for folder in (stale, old, live, mine, stale_new, live_new, other):
+    here = writer_token()  # this machine and PID namespace: its pids can be checked
+    # The names tfmmrec.files.atomic_path gives: .<version>.<pid>.<token + 8 hex>.tmp
+    stale = tmp_path / f".7.{dead_pid()}.{here}0a1b2c3d.tmp"
+    live = tmp_path / f".8.1.{here}0a1b2c3d.tmp"  # pid 1 is alive: an export in progress
+    mine = tmp_path / f".9.{os.getpid()}.{here}0a1b2c3d.tmp"
+    reused = tmp_path / f".10.1.{here}0a1b2c3d.tmp"  # pid 1 is alive, but the folder is old
+    # Another container's or machine's writer: its pid means nothing here, only age counts.
+    elsewhere = tmp_path / f".11.{dead_pid()}.{other_token(here)}0a1b2c3d.tmp"
+    elsewhere_old = tmp_path / f".12.{dead_pid()}.{other_token(here)}0a1b2c3d.tmp"
+    # Older releases' names (no token): by age as well.
+    legacy = tmp_path / f".tmp-3-{dead_pid()}-{int(time.time())}"
+    legacy_old = tmp_path / f".tmp-4-1-{int(time.time())}"
+    unrelated = tmp_path / ".cache"
+    folders = (stale, live, mine, reused, elsewhere, elsewhere_old, legacy, legacy_old,
+               unrelated)
+    for folder in folders:
         folder.mkdir()
-    os.utime(old, (time.time() - 2 * 86_400,) * 2)
-    assert sorted(remove_stale_temp_dirs(tmp_path)) == sorted([stale, old, stale_new])
-    assert live.is_dir() and mine.is_dir() and live_new.is_dir() and other.is_dir()
+    for folder in (reused, elsewhere_old, legacy_old):
+        os.utime(folder, (time.time() - 2 * 86_400,) * 2)
+    removed = [stale, reused, elsewhere_old, legacy_old]
+    assert sorted(remove_stale_temp_dirs(tmp_path)) == sorted(removed)
+    assert all(folder.is_dir() == (folder not in removed) for folder in folders)
+
+
+def other_token(token: str) -> str:
+    return format(int(token, 16) ^ 0xFFFFFFFF, "08x")
+
+
+def test_a_temp_folder_removed_mid_write_is_never_published(tmp_path, monkeypatch):
+    """Another process removing the temp folder while the version is written (e.g. a writer
+    in another PID namespace judging it stale): the saves after that recreate only part of
+    it, which must not be renamed into place as a version."""
+    real_save = tf.saved_model.save
+
+    def save_then_lose_the_folder(module, path, **kwargs):
+        real_save(module, path, **kwargs)
+        shutil.rmtree(path)
+        Path(path, "assets.extra").mkdir(parents=True)  # what a later save recreates
+
+    monkeypatch.setattr(tf.saved_model, "save", save_then_lose_the_folder)
+    with pytest.raises(ExportError, match=r"lost saved_model\.pb.*nothing was published"):
+        write_version(Tiny(), tmp_path, "m", None, {"index": "none"}, uses_scann=False)
+    assert list_versions(tmp_path / "m") == []
 
 
 def test_next_export_cleans_up_after_a_killed_one(tmp_path):
     model_dir = tmp_path / "m"
-    stale = model_dir / f".1.{dead_pid()}.deadbeef.tmp"
+    stale = model_dir / f".1.{dead_pid()}.{writer_token()}deadbeef.tmp"
     (stale / "variables").mkdir(parents=True)
     path = write_version(Tiny(), tmp_path, "m", None, {"index": "none"}, uses_scann=False)
     assert path == model_dir / "1"

@@ -545,7 +545,7 @@ def test_users_objective_scores_each_hidden_item_against_the_query_of_the_kept_h
 def test_user_batches_visit_every_user_once_per_kept_share_with_about_batch_size_targets(
         tiny_config, tiny_workspace):
     ws, _ = _users_model(tiny_config, tiny_workspace, "train.batch_size=64")
-    dataset, examples = pipeline.training_dataset(ws)
+    dataset, examples, steps = pipeline.training_dataset(ws)
     batches = [b for b in dataset]
     assert all(set(b) == {"user_index"} for b in batches)
     seen = np.concatenate([b["user_index"].numpy() for b in batches])
@@ -556,6 +556,7 @@ def test_user_batches_visit_every_user_once_per_kept_share_with_about_batch_size
     counts = np.bincount(seen, minlength=train_users.max() + 1)[train_users]
     assert counts.sum() == 2 * len(train_users) - leftover and counts.max() <= 2
     assert examples == len(ws.split.train)  # two visits × half hidden: each row about once
+    assert steps == len(batches)  # what fit runs per epoch when the dataset covers several
 
 
 def test_users_objective_trains_and_restores(tiny_config, tiny_workspace, tmp_path):

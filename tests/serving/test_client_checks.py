@@ -57,6 +57,29 @@ BAD = {
     "embed_int": (lambda c: c.embed_query([1]),
                   lambda m: m.call("embed_query", user_id=np.array([1], dtype=object)),
                   "embed_query: user_id[0] is 1 (int), not a string"),
+    # exclude / sessions: a list of lists of strings, refused otherwise before anything is sent
+    "session_empty": (lambda c: c.recommend_session([]), lambda m: m.recommend_session([]),
+                      "recommend_session: sessions is an empty batch (give one list of recent "
+                      "item ids per session)"),
+    "exclude_not_utf8": (lambda c: c.recommend(["u001"], exclude=[[b"\xff"]]),
+                         lambda m: m.recommend(["u001"], exclude=[[b"\xff"]]),
+                         "exclude[0][0] is b'\\xff' (bytes), not UTF-8 text"),
+    "session_not_utf8": (lambda c: c.recommend_session([[b"i1", b"\xff"]]),
+                         lambda m: m.recommend_session([[b"i1", b"\xff"]]),
+                         "sessions[0][1] is b'\\xff' (bytes), not UTF-8 text"),
+    "exclude_none_row": (lambda c: c.recommend(["u001"], exclude=[None]),
+                         lambda m: m.recommend(["u001"], exclude=[None]),
+                         "exclude[0] is None (NoneType), not a list of item ids"),
+    "exclude_int": (lambda c: c.recommend(["u001"], exclude=5),
+                    lambda m: m.recommend(["u001"], exclude=5),
+                    "exclude is 5 (int), not a list of item id lists"),
+    "exclude_dict_row": (lambda c: c.recommend(["u001"], exclude=[{"i1": 1}]),
+                         lambda m: m.recommend(["u001"], exclude=[{"i1": 1}]),
+                         "exclude[0] is {'i1': 1} (dict), not a list of item ids"),
+    "user_ids_dict": (lambda c: c.recommend({"a": 1}), lambda m: m.recommend({"a": 1}),
+                      "user_ids is {'a': 1} (dict), not a list of ids"),
+    "user_ids_set": (lambda c: c.recommend({"a"}), lambda m: m.recommend({"a"}),
+                     "user_ids is {'a'} (set), not a list of ids"),
 }
 # embed_query has no ExportedModel shorthand: its call names the input, the client the argument
 CLIENT_MESSAGE = {"embed_int": "user_ids[0] is 1 (int), not a string"}

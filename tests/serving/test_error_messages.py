@@ -83,10 +83,12 @@ RAW = {
         "[0 1 2...] [y (assert_less_equal/y:0) = ] [3]\n\t [[{{node assert_less_equal/Assert/"
         "Assert}}]]",
         "condition x <= y did not hold (x = [0 1 2...], y = 3)"),
-    "not_an_assert": (
+    "not_an_image": (
         "Unknown image file format. One of JPEG, PNG, GIF, BMP required.\n\t [[{{node "
         "DecodeImage}}]] [Op:__inference_signature_wrapper_7]",
-        "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
+        "image: Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
+    "not_an_assert": ("Input is empty.\n\t [[{{node DecodeWav}}]] [Op:__inference_x_7]",
+                      "Input is empty."),
     "truncated_png": (
         "Invalid PNG data, size 100\n\t [[{{node DecodePng}}]] "
         "[Op:__inference_signature_wrapper_7]",
@@ -96,6 +98,37 @@ RAW = {
         "Data too short when trying to read string\n\t [[{{node DecodeWav}}]]",
         "audio: corrupt or truncated WAV (Data too short when trying to read string) - send "
         "complete 16-bit PCM WAV bytes"),
+    # Decoder errors that named neither the input nor what to send (the reviewer's list).
+    "png_decoder_init": (
+        "{{function_node __wrapped__DecodeImage_device_/job:localhost/replica:0/task:0/device:"
+        "CPU:0}} Invalid PNG. Failed to initialize decoder. [Op:DecodeImage]",
+        "image: corrupt or truncated image (Invalid PNG. Failed to initialize decoder.) - send "
+        "complete JPEG, PNG, GIF, BMP or WebP bytes"),
+    "jpeg_uncompress": (
+        "jpeg::Uncompress failed. Invalid JPEG data or crop window.\n\t [[{{node DecodeJpeg}}]]",
+        "image: corrupt or truncated image (jpeg::Uncompress failed. Invalid JPEG data or crop "
+        "window.) - send complete JPEG, PNG, GIF, BMP or WebP bytes"),
+    "webp_header": (
+        "Failed to decode WebP header. [Op:DecodeImage]",
+        "image: corrupt or truncated image (Failed to decode WebP header.) - send complete "
+        "JPEG, PNG, GIF, BMP or WebP bytes"),
+    "wav_channels": (
+        "Bad number of channels for WAV: Expected at least 1, but got 0 [Op:DecodeWav]",
+        "audio: corrupt or truncated WAV (Bad number of channels for WAV: Expected at least 1, "
+        "but got 0) - send complete 16-bit PCM WAV bytes"),
+    "wav_bytes_per_sample": (
+        "Bad bytes per sample in WAV header: Expected 2 but got 7\n\t [[{{node DecodeWav}}]]",
+        "audio: corrupt or truncated WAV (Bad bytes per sample in WAV header: Expected 2 but "
+        "got 7) - send complete 16-bit PCM WAV bytes"),
+    "wav_data_chunk": (
+        "WAV data chunk 'data' is too large: 4294967295 bytes, but the limit is 2147483647 "
+        "[Op:DecodeWav]",
+        "audio: corrupt or truncated WAV (WAV data chunk 'data' is too large: 4294967295 bytes, "
+        "but the limit is 2147483647) - send complete 16-bit PCM WAV bytes"),
+    "wav_format_chunk": (
+        "Bad format chunk size for WAV: Expected 16 or 18, but got4294967280",
+        "audio: corrupt or truncated WAV (Bad format chunk size for WAV: Expected 16 or 18, but "
+        "got4294967280) - send complete 16-bit PCM WAV bytes"),
     "eager_op_suffix": ("Input is empty. [Op:DecodeWav] name: decode",
                         "Input is empty."),
     # A signature calling a nested tf.function (serving_default): TF names the wrapper first.
@@ -124,7 +157,7 @@ RAW = {
     "function_node_not_an_assert": (
         "{{function_node __inference_signature_wrapper_7}} Unknown image file format. One of "
         "JPEG, PNG, GIF, BMP required.\n\t [[{{node DecodeImage}}]]",
-        "Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
+        "image: Unknown image file format. One of JPEG, PNG, GIF, BMP required."),
     "eager_assert": ("k must be >= 1\nCondition x >= y did not hold.\nFirst 1 elements of x:\n"
                      "[0]\nFirst 1 elements of y:\n[1]",
                      "k must be >= 1 (got 0)"),

@@ -66,7 +66,7 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
         elif path.suffix == ".jsonl":
             chunks = pd.read_json(path, lines=True, dtype=dtypes, chunksize=rows)
         elif path.suffix == ".parquet":
-            chunks = _parquet_chunks(path, rows)
+            chunks = _parquet_chunks(path, rows, id_columns[0] if id_columns else None)
         else:
             raise DataError(f"unsupported table format {path.suffix!r} for {path}: "
                             "use .csv, .jsonl or .parquet")
@@ -160,14 +160,99 @@ def _csv_field_count(line: str) -> int | None:
     return len(row)
 
 
-def _parquet_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:
-    if rows is None:
-        yield pd.read_parquet(path)
-        return
+def _parquet_chunks(path: Path, rows: int | None,
+                    id_column: str | None) -> Iterator[pd.DataFrame]:
     import pyarrow.parquet as pq
 
+    if rows is None:
+        yield _utf8_columns(pq.read_table(path), path, 0, id_column).to_pandas()
+        return
+    start = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-        yield batch.to_pandas()
+        yield _utf8_columns(batch, path, start, id_column).to_pandas()
+        start += batch.num_rows
+
+
+def _utf8_columns(table, path: Path, start: int = 0, id_column: str | None = None):
+    """An Arrow table (or record batch: rows ``start`` on of the file) with its string and
+    binary columns as UTF-8 text, checked, for every reader of a Parquet table.
+
+    A binary column would reach pandas as ``bytes`` (decoded later, deep in a check, with a
+    ``UnicodeDecodeError`` traceback) and a string column holding other bytes fails pandas'
+    conversion without saying where. Either is one ``DataError`` naming the file and each bad
+    cell's row, id and column, as a CSV's undecodable line is named (:func:`not_utf8`)."""
+    import pyarrow as pa
+
+    bad: list[str] = []
+    for index, field in enumerate(table.schema):
+        column = table.column(index)
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            text_type = pa.large_string() if pa.types.is_large_binary(field.type) else pa.string()
+            try:
+                table = table.set_column(index, field.with_type(text_type),
+                                         column.cast(text_type))
+            except pa.ArrowInvalid:
+                bad += _undecodable(table, path, start, field.name, column.to_pylist(),
+                                    id_column)
+        elif pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid:
+                raw = pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()
+                bad += _undecodable(table, path, start, field.name,
+                                    column.cast(raw).to_pylist(), id_column)
+    if bad:
+        raise DataError(f"{path}: {len(bad)} value(s) are not UTF-8 text: "
+                        f"{'; '.join(bad[:SHOW_AT_MOST])}. Write text columns as UTF-8 "
+                        "strings (tfmmrec reads text and media paths, not media bytes)")
+    return table
+
+
+def _undecodable(table, path: Path, start: int, column: str, values: list,
+                 id_column: str | None) -> list[str]:
+    """Where each of a column's raw ``values`` that is not UTF-8 is, for :func:`_utf8_columns`."""
+    ids = None
+    found = []
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if ids is None:
+                ids = _readable_ids(table, id_column)
+            where = row_label(path, start + row)
+            if ids[row] is not None and column != id_column:
+                where += f" ({id_column} {ids[row]!r})"
+            found.append(f"{where}, column {column!r}: {_short_bytes(value)} (byte "
+                         f"0x{value[exc.start]:02x} at offset {exc.start})")
+    return found
+
+
+def _readable_ids(table, id_column: str | None) -> list[str | None]:
+    """The id column's values as text (``None`` where a row has none, or none readable)."""
+    import pyarrow as pa
+
+    if id_column is None or id_column not in table.schema.names:
+        return [None] * table.num_rows
+    values = table.column(id_column)
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        values = values.cast(pa.large_binary())  # no UTF-8 check: a bad id is just not shown
+    return [_text_or_none(value) for value in values.to_pylist()]
+
+
+def _text_or_none(value) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None if value is None else str(value)
+
+
+def _short_bytes(value: bytes, limit: int = 16) -> str:
+    """A raw value for an error: its first ``limit`` bytes."""
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
 def find_items_table(root: Path, items_file: str | None) -> Path:

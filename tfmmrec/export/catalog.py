@@ -51,6 +51,7 @@ from tfmmrec.export.module import (
     RetrievalServingModule,
     SortedIds,
     TextSearch,
+    over_fetch,
     text_search_table,
 )
 from tfmmrec.export.variables import VersionVariables, checkpoint_prefix
@@ -138,15 +139,16 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     default_k, max_k = configured_k(metadata)
     metadata = {**metadata, "configured_default_k": default_k, "configured_max_k": max_k}
     deepest = max(max_k, int(metadata["retrieve_candidates"]) if two_stage else 0)
-    deepest += int(metadata["max_exclude"]) + int(metadata.get("max_seen", 0))
-    if metadata.get("exclude_session_items"):  # recommend_session masks the session's items
-        deepest += int(metadata["max_session_items"])
+    # recommend_session masks the session's items only with exclude_session_items
+    deepest += over_fetch(metadata["max_exclude"], metadata.get("max_seen", 0),
+                          metadata["max_session_items"]
+                          if metadata.get("exclude_session_items") else 0)
     settings = dataclasses.replace(settings or IndexSettings(), kind=kind)
     index = rebuild_index(item_embeddings, item_ids, settings, deepest,
                           previous=_previous_index(previous, kind))
     uses_scann = "Scann" in index.op_namespaces
     text_search = text_search_index(item_embeddings, text_features, item_ids, metadata,
-                                    settings, max_k + int(metadata["max_exclude"]))
+                                    settings, max_k + over_fetch(metadata["max_exclude"]))
     if text_search is not None:
         metadata = {**metadata, "text_search": {
             **text_search.metadata(), "index": text_search.index.kind,
@@ -294,7 +296,8 @@ def update(model_base_path: str | os.PathLike, items: str | os.PathLike, *,
 
     Each row replaces its item whole: a version keeps no item's text or media, so the table
     gives every column of the model's modalities, as :func:`add`'s does (a missing column is
-    an error; an empty cell removes that content from the item)."""
+    an error; an empty cell removes that content from the item; a row with every cell empty
+    is refused, as in :func:`add`: use :func:`remove`)."""
     return apply(model_base_path, "update", items=items, batch_size=batch_size)
 
 
@@ -573,9 +576,9 @@ def embed_table(towers, path: Path, metadata: dict,
     # The export's limits (its serving graph enforces them), for the new items' files too.
     settings.update(modalities.limit_settings(metadata.get("limits")))
     decoder = ContentDecoder(catalog, path, present, settings)
-    # A table that will be refused (a missing file, or an added row with no content) is still
+    # A table that will be refused (a missing file, or a row with no content) is still
     # decoded to the end, for the error's full list, but not embedded.
-    refused = decoder.missing_files() or (operation == "add" and not decoder.given().all())
+    refused = decoder.missing_files() or not decoder.given().all()
     with_text = bool(metadata.get("text_search"))
     has = np.zeros(len(new_ids), bool)
     embeddings, features = [], []
@@ -591,8 +594,8 @@ def embed_table(towers, path: Path, metadata: dict,
             features.append(feature)
         del content  # this batch's media, before the next batch is decoded
     decoder.raise_problems()
-    if operation == "add":
-        _refuse_items_without_content(has, new_ids, path, labels, sorted(known - {"item_id"}))
+    _refuse_items_without_content(has, new_ids, path, labels, sorted(known - {"item_id"}),
+                                  operation)
     return EmbeddedTable(new_ids, np.concatenate(embeddings).astype(np.float32),
                          np.concatenate(features).astype(np.float32) if with_text else None)
 
@@ -635,17 +638,22 @@ def _embed_batch(towers, content: Mapping[str, np.ndarray],
 
 
 def _refuse_items_without_content(has: np.ndarray, item_ids: np.ndarray, path: Path,
-                                  labels: list[str], columns: list[str]) -> None:
-    """A new item with no value in any column the model reads (``has`` False: no
-    modality's ``_mask`` set) has nothing to be embedded from (a new id has no trained id
-    row): refused, not served as a meaningless vector."""
+                                  labels: list[str], columns: list[str], operation: str) -> None:
+    """An added or updated item with no value in any column the model reads (``has`` False:
+    no modality's ``_mask`` set) has nothing in its row to be embedded from (a new id has no
+    trained id row; without id embeddings every such row gets the same no-content vector and
+    ranks as one item): refused, not served as a meaningless vector. An item with no content
+    left is a ``catalog remove``."""
     empty = [f"{label} ({str(item)!r})" for label, item, h
              in zip(labels, item_ids, has, strict=True) if not h]
-    if empty:
-        raise DataError(f"{path}: {len(empty)} new item(s) with no content in any column this "
-                        f"model reads ({', '.join(columns)}): "
-                        f"{', '.join(empty[:validate.SHOW_AT_MOST])}. Give each at least one; "
-                        "nothing was written")
+    if not empty:
+        return
+    what = "new item(s)" if operation == "add" else "updated item(s)"
+    fix = "Give each at least one" if operation == "add" else (
+        "Give each at least one, or `catalog remove` an item that has no content left")
+    raise DataError(f"{path}: {len(empty)} {what} with no content in any column this model "
+                    f"reads ({', '.join(columns)}): {', '.join(empty[:validate.SHOW_AT_MOST])}. "
+                    f"{fix}; nothing was written")
 
 
 class ContentDecoder:

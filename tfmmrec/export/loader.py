@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import reprlib
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import numpy as np
@@ -103,10 +106,7 @@ class ExportedModel:
                           exclude=None, viewed: dict | None = None) -> dict[str, np.ndarray]:
         """Top-k for sessions (lists of recent item ids, oldest first), optionally of users;
         ``viewed``: ``{modality: one raw value per session, "" / b"" for none}``."""
-        inputs = {"session_item_ids": padded(sessions, "sessions")}
-        if not len(inputs["session_item_ids"]):
-            raise ServingError("recommend_session: sessions is an empty batch (give one list "
-                               "of recent item ids per session)")
+        inputs = {"session_item_ids": session_rows(sessions)}
         for modality, values in (viewed or {}).items():
             inputs[f"viewed_{modality}"] = np.array(list(values), dtype=object)
         if user_ids is not None:
@@ -167,8 +167,18 @@ def _batch(values, name: str) -> np.ndarray:
     if isinstance(values, str | bytes):
         raise ServingError(f"{name} is a single string ({values!r}); pass a list, e.g. "
                            f"[{values!r}]")
+    check_ordered(values, name, "ids")
     check_strings(values, name)
     return np.asarray(values)
+
+
+def check_ordered(values, name: str, what: str) -> None:
+    """Refuse what is not a batch in order: a dict (its keys would be sent as ids), a set (in
+    no particular order, so results would not line up with it) or a lone value such as ``5``
+    or ``None``. The one container check ``ExportedModel`` and ``ServingClient`` share."""
+    if isinstance(values, Mapping | AbstractSet) or not isinstance(values, Iterable):
+        raise ServingError(f"{name} is {reprlib.repr(values)} ({type(values).__name__}), not a "
+                           f"list of {what}")
 
 
 def check_strings(values, name: str) -> None:
@@ -179,31 +189,62 @@ def check_strings(values, name: str) -> None:
     array = np.asarray(values, dtype=object)
     for position, value in np.ndenumerate(array):
         if not isinstance(value, str | bytes):
-            where = "".join(f"[{i}]" for i in position)
-            raise ServingError(f"{name}{where} is {value!r} ({type(value).__name__}), not a "
-                               "string")
+            raise _not_a_string(name + "".join(f"[{i}]" for i in position), value)
+
+
+def _not_a_string(where: str, value) -> ServingError:
+    return ServingError(f"{where} is {value!r} ({type(value).__name__}), not a string")
 
 
 def padded(lists, name: str = "item id lists") -> np.ndarray:
-    """Ragged lists of ids → a ``[B, max_len]`` string array padded with "" (the request form
-    of ``exclude_item_ids`` and ``session_item_ids``).
+    """Ragged lists of ids → a ``[B, max_len]`` array of ``str`` padded with "" (the request
+    form of ``exclude_item_ids`` and ``session_item_ids``); ``dtype=object``, as numpy's
+    fixed-width strings drop trailing NULs (``"i0233\\x00"`` would exclude ``i0233``).
 
-    A string where a list of ids belongs is refused with a ``ServingError`` naming ``name``:
-    iterating it would silently send its characters as ids (``"i0116"`` as five ids, or a
-    list of ids as one row per id)."""
+    Anything but a list of lists of strings (UTF-8 bytes are decoded) is refused with a
+    ``ServingError`` naming ``name`` and the position: a string's characters would be sent
+    as ids (``"i0116"`` as five ids), a dict's keys too, and ``None``, numbers or bytes that
+    are not UTF-8 would fail in numpy or TensorFlow with a raw Python error."""
     if isinstance(lists, str | bytes):
         raise ServingError(f"{name} is a single string ({lists!r}); pass one list of item ids "
                            f"per row, e.g. [[{lists!r}]]")
-    rows = list(lists)
+    check_ordered(lists, name, "item id lists")
+    rows = [_id_row(row, f"{name}[{r}]") for r, row in enumerate(lists)]
+    width = max((len(row) for row in rows), default=0)
+    if not width:
+        return np.zeros((len(rows), 0), dtype=str)
+    out = np.full((len(rows), width), "", dtype=object)
     for r, row in enumerate(rows):
-        if isinstance(row, str | bytes):
-            raise ServingError(f"{name}[{r}] is a string ({row!r}), not a list of item ids; "
-                               f"pass one list per row, e.g. [[{row!r}]]")
-    for r, row in enumerate(rows):
-        check_strings(list(row), f"{name}[{r}]")
-    lists = [[i.decode() if isinstance(i, bytes) else str(i) for i in row] for row in rows]
-    width = max((len(row) for row in lists), default=0)
-    out = np.full((len(lists), width), "", dtype=object)
-    for r, row in enumerate(lists):
         out[r, :len(row)] = row
-    return out.astype(str) if width else np.zeros((len(lists), 0), dtype=str)
+    return out
+
+
+def _id_row(row, name: str) -> list[str]:
+    """One row of ``padded``: its ids as ``str``."""
+    if isinstance(row, str | bytes):
+        raise ServingError(f"{name} is a string ({row!r}), not a list of item ids; pass one "
+                           f"list per row, e.g. [[{row!r}]]")
+    check_ordered(row, name, "item ids")
+    return [_id_text(item, f"{name}[{c}]") for c, item in enumerate(row)]
+
+
+def _id_text(item, where: str) -> str:
+    if isinstance(item, str):
+        return str(item)  # np.str_ too
+    if not isinstance(item, bytes):
+        raise _not_a_string(where, item)
+    try:
+        return item.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ServingError(f"{where} is {item!r} (bytes), not UTF-8 text") from None
+
+
+def session_rows(sessions) -> np.ndarray:
+    """``recommend_session``'s sessions as ``padded`` rows, refused when there are none (the
+    graph would only see a shape): the one check ``ExportedModel`` and ``ServingClient``
+    share, so gRPC and REST fail alike."""
+    rows = padded(sessions, "sessions")
+    if not len(rows):
+        raise ServingError("recommend_session: sessions is an empty batch (give one list of "
+                           "recent item ids per session)")
+    return rows

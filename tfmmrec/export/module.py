@@ -351,6 +351,15 @@ class TextSearch:
                 "feature_dim": int(self.features.shape[1])}
 
 
+def over_fetch(max_exclude: int, max_seen: int = 0, max_session_items: int = 0) -> int:
+    """How many more results than a request asks for the index must return, so that the asked
+    number of allowed ones remain whatever the request excludes: its ``exclude_item_ids``, the
+    user's baked seen items and the session's own items (``0`` for a part that does not apply).
+    The index's depth (``catalog.write_catalog_version``) and each signature's fetch
+    (:meth:`RetrievalServingModule._retrieve`) both follow from it."""
+    return int(max_exclude) + int(max_seen) + int(max_session_items)
+
+
 class RetrievalServingModule(tf.Module):
     """Signatures (all ``predict``):
 
@@ -610,7 +619,7 @@ class RetrievalServingModule(tf.Module):
             excluded_rows = tf.concat([excluded_rows, session_rows], axis=1)
             session = self.max_session_items
         # index.k = min(deepest request, catalogue size): a constant of the graph.
-        fetch = min(count + self.max_exclude + seen + session, index.k)
+        fetch = min(count + over_fetch(self.max_exclude, seen, session), index.k)
         scores, items = index(queries, k=fetch, every_item=every_item)
         items = tf.cast(items, tf.int64)
         # An index may return −1 for a place it could not fill (partitioned padding).

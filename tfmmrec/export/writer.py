@@ -14,14 +14,13 @@ import logging
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import tensorflow as tf
 
 from tfmmrec.errors import ExportError
 from tfmmrec.export.variables import VersionVariables, link_or_copy, split_checkpoint
-from tfmmrec.files import atomic_path, atomic_write, process_alive, write_json
+from tfmmrec.files import atomic_path, atomic_write, temp_writer_gone, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +28,13 @@ METADATA_FILE = "tfmmrec.json"
 # ``embed_item_content`` alone (module.ItemEmbedder), what catalogue updates load.
 ITEM_EMBEDDER = "item_embedder"
 _VERSION_DIR = re.compile(r"^[1-9][0-9]{0,17}$")  # int64 versions; no leading zeros
-# Temp folders of an export in progress: ``.<version>.<pid>.<hex>.tmp`` (tfmmrec.files.
+# Temp folders of an export in progress: ``.<version>.<pid>.<tag>.tmp`` (tfmmrec.files.
 # atomic_path) and, from older releases, ``.tmp-<version>-<pid>-<time>``.
-_TEMP_DIR = re.compile(r"^\.(?:[0-9]+\.(?P<pid>[0-9]+)\.[0-9a-f]+\.tmp"
+_TEMP_DIR = re.compile(r"^\.(?:[0-9]+\.(?P<pid>[0-9]+)\.(?P<tag>[0-9a-f]+)\.tmp"
                        r"|tmp-[0-9]+-(?P<old>[0-9]+)-.*)$")
+# What a version must hold before it is renamed into place (a temp folder that another
+# process removed mid-write would otherwise be recreated in part by the later saves).
+_VERSION_FILES = ("saved_model.pb", "variables/variables.index", f"assets.extra/{METADATA_FILE}")
 
 
 def list_versions(model_dir: str | os.PathLike) -> list[int]:
@@ -54,25 +56,33 @@ def next_version(model_dir: str | os.PathLike) -> int:
 def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
     """Delete the temp folders of exports that were killed before their rename.
 
-    A folder is stale when its writer process no longer exists on this machine, or when it is
-    older than a day (a writer on another machine sharing the folder); live writers are kept.
+    A folder is stale when its writer, a process of this machine and PID namespace, no longer
+    exists, or when it is older than a day (a writer in another container or on another machine
+    sharing the folder, whose pid means nothing here: ``files.temp_writer_gone``); live
+    writers are kept.
     """
     removed = []
     for path in Path(model_dir).glob(".*"):
         match = _TEMP_DIR.match(path.name)
         if match is None or not path.is_dir():
             continue
-        pid = int(match["pid"] or match["old"])
-        try:
-            age = time.time() - path.stat().st_mtime
-        except OSError:
-            continue
-        if pid == os.getpid() or (process_alive(pid) and age < 86_400):
+        if not temp_writer_gone(int(match["pid"] or match["old"]), match["tag"] or "", path):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
         logger.info("removed %s left by an interrupted export", path)
     return removed
+
+
+def check_complete(version_dir: str | os.PathLike) -> None:
+    """Refuse to publish a version folder that lacks what every version holds: its temp folder
+    was removed while this export wrote it (by another process), and ``tf.saved_model.save``
+    would have recreated only the parts written after that."""
+    missing = [name for name in _VERSION_FILES if not (Path(version_dir) / name).is_file()]
+    if missing:
+        raise ExportError(f"the export's temporary folder {version_dir} lost "
+                          f"{', '.join(missing)} while it was being written (removed by "
+                          "another process?); nothing was published: run it again")
 
 
 def check_version_free(model_dir: str | os.PathLike, version: int | None) -> None:
@@ -146,6 +156,7 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
                 tf.saved_model.save(ItemEmbedder(module.towers),
                                     str(Path(tmp) / "assets.extra" / ITEM_EMBEDDER),
                                     options=options)
+            check_complete(tmp)
     except ExportError:
         raise
     except Exception as exc:
@@ -186,6 +197,7 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
                                 copy_function=link_or_copy)
             _write_fingerprint(tmp)
             _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
+            check_complete(tmp)
     except ExportError:
         raise
     except Exception as exc:

@@ -22,27 +22,30 @@ def masked_contrastive(a, b, a_present, b_present, item_ids, scale):
     item as row i (an item drawn twice in a batch), are not negatives. Rows without both
     modalities contribute nothing. ``a``/``b`` may carry a leading axis of pairs
     (``[P, B, d]`` with presences ``[P, B]``): the losses of all pairs are summed, computed in one
-    batched pass (one matmul and one softmax for every pair and both directions).
+    batched pass.
+
+    One ``[P, B, B]`` logits tensor serves both directions: a→b is a softmax over a row (b's
+    items), b→a over a column (a's items), each ``logsumexp − positive``. Non-negatives get
+    −1e9 added, which needs no gradient of its own. On a CPU this is about twice as fast as
+    stacking the transposed logits and masking with ``tf.where`` into
+    ``sparse_softmax_cross_entropy_with_logits`` (whose kernel alone cost more than the
+    products), and it is the same loss up to float rounding.
     """
     single = a.shape.rank == 2
     if single:
         a, b, a_present, b_present = a[None], b[None], a_present[None], b_present[None]
     logits = tf.matmul(a, b, transpose_b=True) * scale  # [P, B, B]
-    # Both directions at once: a→b ranks b's columns, b→a (the transpose) ranks a's.
-    logits = tf.concat([logits, tf.transpose(logits, [0, 2, 1])], axis=0)  # [2P, B, B]
-    column_present = tf.concat([b_present, a_present], axis=0)  # [2P, B]
-    rows = tf.tile(a_present * b_present, [2, 1])  # [2P, B]
     size = tf.shape(logits)[-1]
-    diagonal = tf.eye(size, dtype=tf.bool)
-    same_item = tf.equal(item_ids[:, None], item_ids[None, :])
-    usable = tf.logical_and(column_present[:, None, :] > 0,
-                            tf.logical_or(diagonal, tf.logical_not(same_item))[None])
-    scores = tf.where(usable, logits, tf.fill(tf.shape(logits), -1e9))
-    # row i's label is column i: the sparse form of the one-hot diagonal (no dense labels)
-    labels = tf.broadcast_to(tf.range(size), tf.shape(scores)[:2])
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels,
-                                                            logits=scores)  # [2P, B]
-    return 0.5 * tf.reduce_sum(losses * rows)
+    other_copy = tf.logical_and(tf.equal(item_ids[:, None], item_ids[None, :]),
+                                tf.logical_not(tf.eye(size, dtype=tf.bool)))[None]
+    blocked_ab = tf.logical_or(b_present[:, None, :] <= 0, other_copy)  # row i ranks b's
+    blocked_ba = tf.logical_or(a_present[:, :, None] <= 0, other_copy)  # column j ranks a's
+    penalty, zero = tf.constant(-1e9, logits.dtype), tf.constant(0, logits.dtype)
+    lse_ab = tf.reduce_logsumexp(logits + tf.where(blocked_ab, penalty, zero), axis=2)  # [P, B]
+    lse_ba = tf.reduce_logsumexp(logits + tf.where(blocked_ba, penalty, zero), axis=1)  # [P, B]
+    # the diagonal as row-wise products: diag_part's gradient would be a dense [P, B, B] matrix
+    positives = tf.reduce_sum(a * b, axis=-1) * scale
+    return 0.5 * tf.reduce_sum((lse_ab + lse_ba - 2.0 * positives) * (a_present * b_present))
 
 
 class ModalityAlignment(tf.keras.layers.Layer):

@@ -31,16 +31,23 @@ from tensorflow_serving.apis import (
 
 from tfmmrec import modalities
 from tfmmrec.errors import ServingError, one_line_error
-from tfmmrec.export.loader import check_k, check_strings, padded
+from tfmmrec.export.loader import check_k, check_ordered, check_strings, padded, session_rows
 from tfmmrec.export.warmup import predict_request
 from tfmmrec.modalities.base import string_batch
-from tfmmrec.serving.json_tensor import array_to_json, json_to_array, proto_dtype_name
-from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP
+from tfmmrec.serving.json_tensor import (
+    NUMPY_DTYPES,
+    array_to_json,
+    json_to_array,
+    proto_dtype_name,
+)
+from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP, MAX_VERSION
 
 MAX_MESSAGE_BYTES = 64 * 2**20
 # What gRPC's status details say when an HTTP/1.x server answered its HTTP/2 preface (the
 # wording differs between gRPC releases).
 _HTTP1_ANSWER = re.compile(r"Failed parsing HTTP/2|http1\.x server|HTTP/1\.[01]", re.IGNORECASE)
+# TF Serving's unknown signature: FAILED_PRECONDITION over gRPC, INVALID_ARGUMENT (400) over REST.
+_UNKNOWN_SIGNATURE = re.compile(r'Serving signature (?:key|name:) ".*" not found')
 
 
 class ServingRequestError(ServingError):
@@ -59,7 +66,8 @@ class ServingClient:
         target: ``host:port`` of the gRPC port (8500) or, with ``rest=True``, the REST port
             (8501; ``http://`` optional).
         model: the model name in the server's config (``export.model_name``).
-        version: ask for this version instead of the newest one the server has.
+        version: ask for this version (an integer from 1 to 2**63 - 1) instead of the newest
+            one the server has.
         rest: use the REST API instead of gRPC (slower: JSON + base64 for bytes).
         timeout: seconds per request (the gRPC deadline / the socket timeout).
 
@@ -75,7 +83,7 @@ class ServingClient:
                  max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.target = target.removeprefix("http://").rstrip("/")
         self.model = model
-        self.version = version
+        self.version = _version(version)
         self.rest = rest
         self.timeout = timeout
         self._signatures: dict | None = None
@@ -104,7 +112,7 @@ class ServingClient:
                           ) -> dict[str, np.ndarray]:
         """Top-k items per session (a list of recent item ids, oldest first), optionally of a
         user each (``recommend_session``); ``exclude``: per session, item ids never to return."""
-        inputs = {"session_item_ids": padded(sessions, "sessions")}
+        inputs = {"session_item_ids": session_rows(sessions)}
         if user_ids is not None:
             inputs["user_id"] = _user_ids(user_ids)
         return self.predict("recommend_session",
@@ -144,7 +152,8 @@ class ServingClient:
         what = self._what(signature)
         if self.rest:
             return self._rest_predict(signature, inputs, what)
-        request = predict_request(self.model, signature, dict(inputs), self.version)
+        request = predict_request(self.model, signature, self._typed_integers(signature, inputs),
+                                  self.version)
         try:
             response = self._predict.Predict(request, timeout=self.timeout)
         except grpc.RpcError as error:
@@ -192,6 +201,23 @@ class ServingClient:
     def _what(self, signature: str) -> str:
         version = f" version {self.version}" if self.version is not None else ""
         return f"model {self.model!r}{version} signature {signature!r} at {self.target}"
+
+    def _typed_integers(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """``inputs`` with numpy integer scalars of another width (``np.int64(2)``: numpy's
+        default int) as the signature's integer dtype when they fit: a gRPC TensorProto must
+        carry the exact dtype, while REST types a JSON number by the signature. The signature's
+        metadata is fetched (once per client) only when such a value is sent."""
+        loose = [alias for alias, value in inputs.items() if _other_integer(value)]
+        signature_def = self._signature_defs().get(signature) if loose else None
+        if signature_def is None:  # none to convert, or the server names the signature
+            return dict(inputs)
+        typed = dict(inputs)
+        for alias in loose:
+            info = signature_def.inputs.get(alias)
+            dtype = np.dtype(NUMPY_DTYPES.get(info.dtype, object)) if info is not None else None
+            if dtype is not None and dtype.kind in "iu" and _fits(inputs[alias], dtype):
+                typed[alias] = np.asarray(inputs[alias]).astype(dtype)
+        return typed
 
     def _fill_spec(self, spec) -> None:
         spec.name = self.model
@@ -258,7 +284,7 @@ class ServingClient:
             details = _error_text(error)
             code = GRPC_CODE_FOR_HTTP.get(error.code, grpc.StatusCode.UNKNOWN).name
             raise ServingRequestError(_explain(code, details, what, self.target, self.timeout,
-                                               rest=True), code, details) from None
+                                               rest=True, answered=True), code, details) from None
         except TimeoutError:
             raise ServingRequestError(_explain("DEADLINE_EXCEEDED", "", what, self.target,
                                                self.timeout, rest=True),
@@ -277,11 +303,39 @@ class ServingClient:
                                       details) from None
 
 
+def _version(version) -> int | None:
+    """``version`` as ModelSpec's int64, checked before any request: over gRPC -3 was a
+    NOT_FOUND and 2**64 a bare ValueError, over REST -3 was a 400 (the URL did not parse)."""
+    if version is None:
+        return None
+    array = np.asarray(version)  # a Python or numpy int (bool is kind "b", 10**30 "O")
+    if array.ndim or array.dtype.kind not in "iu" or not 1 <= int(array) <= MAX_VERSION:
+        raise ServingError(f"version must be an integer from 1 to {MAX_VERSION} (a version "
+                           f"folder's number), got {version!r}")
+    return int(array)
+
+
+def _other_integer(value) -> bool:
+    """A numpy integer scalar (or 0-d array) that is not int32, the dtype TF Serving
+    signatures (and ``tf.make_tensor_proto`` of a Python int) use."""
+    return (isinstance(value, np.integer | np.ndarray) and np.ndim(value) == 0
+            and np.asarray(value).dtype.kind in "iu" and np.asarray(value).dtype != np.int32)
+
+
+def _fits(value, dtype: np.dtype) -> bool:
+    limits = np.iinfo(dtype)
+    return limits.min <= int(value) <= limits.max
+
+
 def _user_ids(user_ids: Sequence[str] | str) -> np.ndarray:
     """The ``user_id`` batch (one id alone is a batch of one), refused before it is sent when
-    an id is not a string, as ``ExportedModel`` refuses it: gRPC would raise a bare TypeError
-    and REST's JSON would serve ``1`` as the unknown user "1"."""
-    users = string_batch(user_ids if isinstance(user_ids, Iterable) else [user_ids])
+    it is a dict or set (its keys would be sent as ids, in no particular order) or an id is
+    not a string, as ``ExportedModel`` refuses them: gRPC would raise a bare TypeError and
+    REST's JSON would serve ``1`` as the unknown user "1"."""
+    if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
+        user_ids = [user_ids]
+    check_ordered(user_ids, "user_ids", "ids")
+    users = string_batch(user_ids)
     check_strings(users, "user_ids")
     return users
 
@@ -310,19 +364,24 @@ def _optional(signature: str, inputs: dict[str, Any], k: int | None,
     request, so the SignatureDef's default applies (the export's default_k, no exclusions)."""
     if k is not None:
         inputs["k"] = check_k(k, signature)
-    if exclude is not None:
-        inputs["exclude_item_ids"] = padded(exclude, "exclude")
+    if exclude is not None and len(rows := padded(exclude, "exclude")):
+        inputs["exclude_item_ids"] = rows  # [] is none: as JSON it has shape [0], not [0, 0]
     return inputs
 
 
-def _explain(code: str, details: str, what: str, target: str, timeout: float, rest: bool) -> str:
-    """what went wrong — where — how to fix it, for the status codes users actually meet."""
+def _explain(code: str, details: str, what: str, target: str, timeout: float, rest: bool,
+             answered: bool = False) -> str:
+    """what went wrong — where — how to fix it, for the status codes users actually meet
+    (``answered``: the server sent this status, so it was reached)."""
     protocol = "REST" if rest else "gRPC"
     port_hint = "8501 for REST" if rest else "8500 for gRPC"
     if code == "UNAVAILABLE" and not rest and _HTTP1_ANSWER.search(details):
         return (f"cannot reach {target} over gRPC ({details}) — something answers HTTP/1.x "
                 "there, not gRPC: the REST port? Query it with --rest, or fix --target "
                 "(default ports: 8500 for gRPC, 8501 for REST)")
+    if code == "UNAVAILABLE" and answered:
+        return (f"{what}: UNAVAILABLE: {details} — the server is busy; retry shortly (or send "
+                "smaller requests)")
     if code == "UNAVAILABLE":
         return (f"cannot reach {target} over {protocol} ({details or 'connection refused'}) — "
                 f"is `tfmmrec serve` or tensorflow_model_server running there? Start one, or "
@@ -334,13 +393,16 @@ def _explain(code: str, details: str, what: str, target: str, timeout: float, re
         return (f"{what}: NOT_FOUND: {details} — check --model and --version against "
                 "`tfmmrec query --status` (the server serves the newest version unless its "
                 "version policy keeps more)")
+    if code == "FAILED_PRECONDITION" or _UNKNOWN_SIGNATURE.match(details):
+        return (f"{what}: {code}: {details} — the model has no such signature; "
+                "`tfmmrec query --metadata` lists them")
+    if code == "RESOURCE_EXHAUSTED" and "metadata size" in details:
+        return (f"{what}: RESOURCE_EXHAUSTED: {details} — the server's error message was "
+                "larger than gRPC's metadata limit (a very long name in the request?)")
     if code == "INVALID_ARGUMENT":
         return (f"{what}: INVALID_ARGUMENT: {details} — fix the request (inputs, k within "
                 "[1, max_k], decodable image/WAV bytes); `tfmmrec query --metadata` lists the "
                 "signatures' inputs")
-    if code == "FAILED_PRECONDITION":
-        return (f"{what}: FAILED_PRECONDITION: {details} — the model has no such signature; "
-                "`tfmmrec query --metadata` lists them")
     if code == "RESOURCE_EXHAUSTED":
         return (f"{what}: RESOURCE_EXHAUSTED: {details} — the request is too large for the "
                 "server (or it is overloaded); send fewer or smaller items")

@@ -314,9 +314,17 @@ def json_type(value) -> str:
     return "Number"
 
 
-def short(value, limit: int = 200) -> str:
+def short(value, limit: int = 200, quoted: bool = True) -> str:
+    """What an error may echo of a request value: its JSON text, cut to ``limit`` characters
+    (a 100 KB name came back whole, over REST in a 100 KB body and over gRPC past its status
+    metadata limit, which turned the real status into RESOURCE_EXHAUSTED). ``quoted=False``
+    shows a string without its quotes, as TF Serving's messages show names; control characters
+    stay escaped either way, so the message stays one line."""
     try:
-        text = json.dumps(value)
+        if not quoted and isinstance(value, str):
+            text = json.dumps(value, ensure_ascii=False)[1:-1]
+        else:
+            text = json.dumps(value)
     except (ValueError, RecursionError):
         text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."

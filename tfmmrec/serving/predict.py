@@ -10,8 +10,10 @@ graph with an op's message ("In[0] is not a matrix") that does not name the inpu
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections.abc import Iterable
 
 import grpc
 import numpy as np
@@ -24,7 +26,7 @@ from tensorflow_serving.apis import (
 )
 
 from tfmmrec.export.warmup import read_warmup_requests
-from tfmmrec.serving.json_tensor import NUMPY_DTYPES, dtype_name
+from tfmmrec.serving.json_tensor import NUMPY_DTYPES, dtype_name, short
 from tfmmrec.serving.registry import WARMUP_PATH, ModelRegistry, Servable
 from tfmmrec.serving.status import RequestStatus, from_tf_error, invalid_argument
 
@@ -86,7 +88,7 @@ class PredictionCore:
             signature = servable.signature_defs.get(key)
             if signature is None or key not in servable.signatures:
                 raise invalid_argument(
-                    f'Serving signature name: "{key}" not found in signature def')
+                    f"Serving signature name: {short(key)} not found in signature def")
             return dict(signature.inputs)
 
     # -- GetModelMetadata --------------------------------------------------------------------
@@ -99,7 +101,8 @@ class PredictionCore:
                 "GetModelMetadataRequest must specify at least one metadata_field")
         for metadata_field in request.metadata_field:
             if metadata_field != SIGNATURE_DEF_FIELD:
-                raise invalid_argument(f"Metadata field {metadata_field} is not supported")
+                raise invalid_argument(f"Metadata field {short(metadata_field, quoted=False)} "
+                                       "is not supported")
         name, version = model_spec_key(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         with self.registry.handle(name, version) as servable:
@@ -147,8 +150,8 @@ def model_spec_key(model_spec) -> tuple[str, int | None]:
     """``(name, version or None)``; version labels are not supported."""
     if model_spec.version_label:
         raise invalid_argument(f"Unrecognized servable version label: "
-                               f"{model_spec.version_label} (tfmmrec serve has no version "
-                               "labels; request a version number)")
+                               f"{short(model_spec.version_label, quoted=False)} (tfmmrec serve "
+                               "has no version labels; request a version number)")
     version = model_spec.version.value if model_spec.HasField("version") else None
     return model_spec.name, version
 
@@ -160,7 +163,7 @@ def run_predict(servable: Servable, request: predict_pb2.PredictRequest,
     signature = servable.signature_defs.get(name)
     if signature is None or name not in servable.signatures:
         raise RequestStatus(grpc.StatusCode.FAILED_PRECONDITION,
-                            f'Serving signature key "{name}" not found.')
+                            f"Serving signature key {short(name)} not found.")
     _verify_inputs_size(signature, request)
     feeds = _input_values(name, signature, request, max_tensor_bytes)
     aliases = _output_aliases(signature, request)
@@ -168,7 +171,7 @@ def run_predict(servable: Servable, request: predict_pb2.PredictRequest,
         outputs = servable.signatures[name](**feeds)
         values = {alias: outputs[alias].numpy() for alias in aliases}
     except tf.errors.OpError as error:
-        raise from_tf_error(error) from None
+        raise _named_input(from_tf_error(error), signature.inputs) from None
     except UnicodeDecodeError:
         # TensorFlow's message quoted the request's raw bytes and Python cannot decode it.
         raise invalid_argument(f"signature '{name}' could not decode an input: a corrupt or "
@@ -185,14 +188,35 @@ def run_predict(servable: Servable, request: predict_pb2.PredictRequest,
     return response
 
 
+# A message of the export's own checks on a modality's content ("image: …"); in
+# recommend_session that content is the input viewed_<modality>.
+_MODALITY_PREFIX = re.compile(r"(\w+): ")
+
+
+def _named_input(status: RequestStatus, inputs: Iterable[str]) -> RequestStatus:
+    """``status`` naming the input the request sent: recommend_session decodes its
+    ``viewed_<modality>`` content with the modality's own checks, which say ``image: …``."""
+    match = _MODALITY_PREFIX.match(status.message)
+    inputs = set(inputs)
+    if match and match[1] not in inputs and f"viewed_{match[1]}" in inputs:
+        return RequestStatus(status.code, f"viewed_{status.message}")
+    return status
+
+
+def _names(names: Iterable[str]) -> str:
+    """Request input names as TF Serving lists them (sorted, comma-separated), shortened: the
+    request chose them, any number of any length."""
+    return short(",".join(sorted(names)), quoted=False)
+
+
 def _verify_inputs_size(signature, request) -> None:
     sent, expected = set(request.inputs), set(signature.inputs)
     if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
         raise invalid_argument(
             f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
-            f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
-            f"Missing but required: {{{','.join(sorted(expected - sent))}}}.")
+            f"len({{{_names(sent)}}}) != len({{{_names(expected)}}}). "
+            f"Sent extra: {{{_names(sent - expected)}}}. "
+            f"Missing but required: {{{_names(expected - sent)}}}.")
 
 
 def check_tensor_proto(alias: str, proto, max_bytes: int) -> None:
@@ -242,11 +266,12 @@ def _input_values(signature_name: str, signature, request,
             raise invalid_argument(
                 f"Signature input alias: {alias}(feed name: {info.name}) not found in request "
                 f"and no default value provided. Inputs expected to be in the request "
-                f"{{{','.join(sorted(request.inputs))}}}, or default input alias set: "
-                f"{','.join(sorted(signature.defaults))}")
-        if proto.dtype != info.dtype:
+                f"{{{_names(request.inputs)}}}, or default input alias set: "
+                f"{_names(signature.defaults)}")
+        if proto.dtype != info.dtype:  # TF Serving's message, naming the input too
             raise invalid_argument(f"Expects arg[{index}] to be {dtype_name(info.dtype)} but "
-                                   f"{dtype_name(proto.dtype)} is provided")
+                                   f"{dtype_name(proto.dtype)} is provided (input '{alias}' of "
+                                   f"signature '{signature_name}')")
         check_tensor_proto(alias, proto, max_tensor_bytes)
         try:
             value = tf.make_ndarray(proto)
@@ -258,8 +283,8 @@ def _input_values(signature_name: str, signature, request,
     if unknown:
         raise invalid_argument(
             f"Inputs contains invalid name. Used request inputs: "
-            f"{','.join(sorted(set(request.inputs) & set(signature.inputs)))}, request input: "
-            f"{','.join(sorted(request.inputs))}")
+            f"{_names(set(request.inputs) & set(signature.inputs))}, request input: "
+            f"{_names(request.inputs)}")
     return feeds
 
 
@@ -286,8 +311,8 @@ def _output_aliases(signature, request) -> list[str]:
     for alias in request.output_filter:
         if alias not in signature.outputs:
             raise invalid_argument(
-                f"output tensor alias not found in signature: {alias} Outputs expected to be "
-                f"in the set {{{','.join(sorted(signature.outputs))}}}.")
+                f"output tensor alias not found in signature: {short(alias, quoted=False)} "
+                f"Outputs expected to be in the set {{{_names(signature.outputs)}}}.")
         if alias in seen:
             raise invalid_argument(f"duplicate output tensor alias: {alias}")
         seen.append(alias)

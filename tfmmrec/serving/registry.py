@@ -26,6 +26,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from tfmmrec.errors import ServingError, one_line_error
 from tfmmrec.export.loader import check_model_dir
 from tfmmrec.export.writer import list_versions
+from tfmmrec.serving.json_tensor import short
 from tfmmrec.serving.status import RequestStatus, not_found
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,9 @@ class VersionRecord:
 
 
 def request_string(name: str, version: int | None) -> str:
-    """TF Serving's ServableRequest::DebugString, used in its NOT_FOUND messages."""
+    """TF Serving's ServableRequest::DebugString, used in its NOT_FOUND messages (the name
+    shortened: it is the request's)."""
+    name = short(name, quoted=False)
     return f"Latest({name})" if version is None else f"Specific({name}, {version})"
 
 
@@ -306,10 +309,11 @@ class ModelRegistry:
             records = dict(self._records.get(name, {}))
         if version is not None:
             if version not in records:
-                raise not_found(f"Could not find version {version} of model {name}")
+                raise not_found(f"Could not find version {version} of model "
+                                f"{short(name, quoted=False)}")
             return [(version, records[version])]
         if not records:
-            raise not_found(f"Could not find any versions of model {name}")
+            raise not_found(f"Could not find any versions of model {short(name, quoted=False)}")
         return sorted(records.items())
 
     def available_versions(self, name: str) -> list[int]:

@@ -6,16 +6,24 @@ responses, ``{"error": ...}`` with TF Serving's HTTP codes. The HTTP layer is th
 library's ``ThreadingHTTPServer`` (no extra dependency; three routes need no framework); model
 executions are bounded by the core's thread budget, not by the number of connections. Bodies
 come by ``Content-Length`` or ``Transfer-Encoding: chunked`` (TF Serving takes both), each held
-to ``--max-request-bytes``; a body whose end cannot be found closes its keep-alive connection.
+to ``--max-request-bytes`` and to ``_Handler.body_timeout`` seconds in all (408), the bodies of
+all connections together to a budget (``RestServer(body_budget=...)``, 503 past it); a body whose
+end cannot be found closes its keep-alive connection. Every answer is JSON, the standard
+library's own refusals (414, 431, 501 …) included.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import re
+import sys
 import threading
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -29,6 +37,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from tfmmrec.errors import ServingError
 from tfmmrec.serving.json_tensor import (
     DEFAULT_JSON_VALUE_LIMIT,
     JsonValueLimit,
@@ -40,7 +49,7 @@ from tfmmrec.serving.json_tensor import (
     short,
 )
 from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore, model_spec_key
-from tfmmrec.serving.status import RequestStatus, invalid_argument
+from tfmmrec.serving.status import MAX_VERSION, RequestStatus, invalid_argument
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +95,7 @@ class RestApi:
             request = get_model_status_pb2.GetModelStatusRequest()
             _model_spec(request.model_spec, name, version, label)
             return status_json(self.core.model_status(request))
-        raise invalid_argument(f"Malformed request: {method} {path}")
+        raise invalid_argument(f"Malformed request: {method} {short(path, quoted=False)}")
 
     def predict(self, model_spec, body: bytes) -> dict:
         document = parse_json(body, self.json_value_limit(model_spec))
@@ -114,20 +123,23 @@ class RestApi:
             return DEFAULT_JSON_VALUE_LIMIT
 
 
-MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
-
-
 def _model_spec(spec, name: str, version: str | None, label: str | None):
     spec.name = unquote(name)
     if version is not None:
-        number = int(version)
-        if number > MAX_VERSION:
-            raise invalid_argument(f"Failed to convert version: {short(version)} — a version "
-                                   f"is an int64 (at most {MAX_VERSION})")
-        spec.version.value = number
+        spec.version.value = _version_number(version)
     if label is not None:
         spec.version_label = unquote(label)
     return spec
+
+
+def _version_number(digits: str) -> int:
+    """A URL's version as ModelSpec's int64; more digits than an int64 has are refused before
+    ``int()``, which raises past 4300 digits (a 500, not TF Serving's 400)."""
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(MAX_VERSION)) or int(significant) > MAX_VERSION:
+        raise invalid_argument(f"Failed to convert version: {short(digits)} — a version "
+                               f"is an int64 (at most {MAX_VERSION})")
+    return int(significant)
 
 
 # -- JSON → tensors ----------------------------------------------------------------------------
@@ -177,7 +189,8 @@ def _fill_from_inputs(value, infos: dict, request) -> None:
         request.inputs[alias].CopyFrom(json_to_tensor(value[alias], infos[alias].dtype))
     for alias in value:
         if alias not in infos:
-            raise invalid_argument(f"JSON object: does not have named input: {alias}")
+            raise invalid_argument("JSON object: does not have named input: "
+                                   f"{short(alias, quoted=False)}")
 
 
 def _fill_from_instances(instances: list, infos: dict, request) -> None:
@@ -194,6 +207,7 @@ def _fill_from_instances(instances: list, infos: dict, request) -> None:
         row = item if named else {next(iter(infos)): item}
         for alias, value in row.items():
             if alias not in infos:
+                alias = short(alias, quoted=False)
                 raise invalid_argument(f"Failed to process element: {index} key: {alias} of "
                                        "'instances' list. Error: JSON object: does not have "
                                        f"named input: {alias}")
@@ -278,24 +292,34 @@ def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> 
 # -- HTTP plumbing ---------------------------------------------------------------------------
 MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) or trailer line, CRLF included
 MAX_TRAILER_LINES = 64
+MAX_REQUEST_LINE = 65536  # http.server's own limit (its 414)
+_READ_SIZE = 1 << 16  # the most one socket read takes of a body
 _CONTENT_LENGTH = re.compile(r"[0-9]+")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# What the standard library's refusals (``send_error``) leave unsaid.
+_ERROR_HINTS = {
+    HTTPStatus.REQUEST_URI_TOO_LONG: "the request line is longer than the limit of "
+                                     f"{MAX_REQUEST_LINE} bytes",
+    HTTPStatus.NOT_IMPLEMENTED: "tfmmrec serve's REST API takes GET and POST",
+}
 
 
 class _BodyError(Exception):
     """The request body cannot be read as sent: answer ``status`` and close the connection
-    (its unread bytes are not the next request)."""
+    (its unread bytes are not the next request). ``drain``, run after the answer, reads and
+    drops what the client still sends, so that it reads the answer rather than a reset."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, drain: Callable[[], None] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.drain = drain
 
 
-def _too_large(what: str, limit: int) -> _BodyError:
+def _too_large(what: str, limit: int, drain: Callable[[], None] | None) -> _BodyError:
     return _BodyError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                       f"{what} is larger than the limit of {limit} bytes "
-                      "(tfmmrec serve --max-request-bytes); send fewer or smaller items")
+                      "(tfmmrec serve --max-request-bytes); send fewer or smaller items", drain)
 
 
 def content_length(values: list[str]) -> int:
@@ -312,70 +336,102 @@ def content_length(values: list[str]) -> int:
     return numbers.pop()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like TF Serving's libevent server
-    timeout = 60  # idle keep-alive connections are closed after this many seconds
-    server: RestServer
+class BodyBudget:
+    """The request-body bytes all connections may read or hold at once.
 
-    def do_GET(self) -> None:
-        self._with_body("GET")  # a GET body is read (and ignored) so the next request parses
+    The server has a thread per connection and no cap on connections: N clients announcing
+    60 MB each and sending it slowly held N × 60 MB. A body is reserved before it is read (a
+    chunked one chunk by chunk) and released once its answer is sent; past the budget a
+    request is refused at once (503) rather than queued behind uploads that may never end.
+    """
 
-    def do_POST(self) -> None:
-        self._with_body("POST")
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_use = 0
+        self._lock = threading.Lock()
 
-    def _with_body(self, method: str) -> None:
-        try:
-            body = self._read_body(self.server.max_request_bytes)
-        except _BodyError as error:
-            self.close_connection = True
-            self._send(error.status, _dumps({"error": error.message}))
-            return
-        self._respond(method, body)
+    def reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.in_use + size > self.limit:
+                return False
+            self.in_use += size
+            return True
 
-    def _read_body(self, limit: int) -> bytes:
-        """The body by ``Content-Length`` or ``Transfer-Encoding: chunked`` (as TF Serving's
-        server accepts both), never holding more than ``limit`` bytes of it."""
-        codings = [coding.strip().lower() for header in self.headers.get_all(
-            "Transfer-Encoding", []) for coding in header.split(",") if coding.strip()]
-        lengths = self.headers.get_all("Content-Length", [])
-        if codings:
-            named = ", ".join(codings)[:80]
-            if codings[-1] != "chunked":  # RFC 9112 §6.3: the body's end cannot be found
-                raise _BodyError(HTTPStatus.BAD_REQUEST, "Transfer-Encoding must end with "
-                                 f"chunked (got {named})")
-            if codings != ["chunked"]:
-                raise _BodyError(HTTPStatus.NOT_IMPLEMENTED, f"Transfer-Encoding {named} is "
-                                 "not supported; send the JSON chunked or with a Content-Length")
-            if lengths:  # both: chunked wins, and the connection is not reused (RFC 9112 §6.3)
-                self.close_connection = True
-            return self._read_chunked(limit)
-        length = content_length(lengths) if lengths else 0
-        if length > limit:
-            if length <= 8 * limit:
-                self._discard(length)  # so the client reads our answer, not a reset
-            raise _too_large(f"Request body of {length} bytes", limit)
-        return self.rfile.read(length) if length else b""
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.in_use -= size
 
-    def _read_chunked(self, limit: int) -> bytes:
-        """A chunked body, refused with a 413 as soon as its chunks add up past ``limit``."""
+
+class _BodyReader:
+    """One request body off a connection, within a total deadline and the server's budget.
+
+    The handler's socket timeout is per read: a byte every 20 s kept a body open forever. Here
+    every read gets the time left of ``_Handler.body_timeout`` (reads take what has arrived,
+    never waiting for a full buffer; the socket's own timeout is back after each, for the
+    answer and the next request), and the bytes are reserved from the budget before they are
+    read; :meth:`release` once the answer is sent.
+    """
+
+    def __init__(self, rfile, connection, budget: BodyBudget, limit: int, seconds: float):
+        self.rfile = rfile
+        self.connection = connection
+        self.idle_timeout = connection.gettimeout()
+        self.budget = budget
+        self.limit = limit
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.received = 0
+        self.reserved = 0
+        self.expected: int | None = None  # the Content-Length, for the 408's message
+
+    def content(self, length: int) -> bytearray:
+        """A body of ``Content-Length: length`` bytes; one that ends early is a 400 (it was
+        served as if complete)."""
+        self.expected = length
+        drain = functools.partial(self.discard, length) if length <= 8 * self.limit else None
+        if length > self.limit:
+            raise _too_large(f"Request body of {length} bytes", self.limit, drain)
+        body = bytearray()
+        if length:
+            self._reserve(length, f"Request body of {length} bytes", drain)
+            if self._append(body, length) < length:
+                raise _BodyError(HTTPStatus.BAD_REQUEST, f"Request body ended after "
+                                 f"{len(body)} of {length} bytes (its Content-Length)")
+        return body
+
+    def chunked(self) -> bytearray:
+        """A chunked body, refused with a 413 as soon as its chunks add up past the limit."""
         body = bytearray()
         while size := self._chunk_size():
-            if len(body) + size > limit:
-                self._drain_chunks(size, 8 * limit - len(body))
-                raise _too_large("Chunked request body", limit)
-            data = self.rfile.read(size)
-            if len(data) < size:
+            drain = functools.partial(self._drain_chunks, size, 8 * self.limit - len(body))
+            if len(body) + size > self.limit:
+                raise _too_large("Chunked request body", self.limit, drain)
+            self._reserve(size, f"Chunk of {size} bytes", drain)
+            got = self._append(body, size)
+            if got < size:
                 raise _BodyError(HTTPStatus.BAD_REQUEST, f"Chunked body ended inside a chunk "
-                                 f"({len(data)} of {size} bytes)")
-            body += data
-            if self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                                 f"({got} of {size} bytes)")
+            if self._readline(3) not in (b"\r\n", b"\n"):
                 raise _BodyError(HTTPStatus.BAD_REQUEST, f"Chunk of {size} bytes is not "
                                  "followed by CRLF: its size does not match its data")
         self._skip_trailers()
-        return bytes(body)
+        return body
 
+    def release(self) -> None:
+        self.budget.release(self.reserved)
+        self.reserved = 0
+
+    def discard(self, length: int) -> None:
+        """Read and drop up to ``length`` bytes (of a refused body), never stored."""
+        while length > 0:
+            piece = self._in_time(self.rfile.read1, min(length, _READ_SIZE))
+            if not piece:
+                return
+            length -= len(piece)
+
+    # -- chunked framing ---------------------------------------------------------------------
     def _chunk_size(self) -> int:
-        line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+        line = self._readline(MAX_CHUNK_LINE + 1)
         if not line:
             raise _BodyError(HTTPStatus.BAD_REQUEST, "Chunked body ended before its last "
                              "(zero-size) chunk")
@@ -390,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _skip_trailers(self) -> None:
         for _ in range(MAX_TRAILER_LINES):
-            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            line = self._readline(MAX_CHUNK_LINE + 1)
             if line in (b"\r\n", b"\n", b""):
                 return
             if len(line) > MAX_CHUNK_LINE:
@@ -399,53 +455,182 @@ class _Handler(BaseHTTPRequestHandler):
                          f"{MAX_TRAILER_LINES} lines of {MAX_CHUNK_LINE} bytes)")
 
     def _drain_chunks(self, size: int, budget: int) -> None:
-        """Read and drop a refused chunked body (up to ``budget`` bytes) so that the client
-        reads the 413 rather than a connection reset; never stored."""
+        """Read and drop a refused chunked body from its chunk of ``size`` on (up to
+        ``budget`` bytes) so that the client reads the answer rather than a reset."""
+        while 0 < size <= budget:
+            self.discard(size + 2)  # the data and its CRLF
+            budget -= size
+            size = self._chunk_size()
+        if size == 0:
+            self._skip_trailers()
+
+    # -- the budget and the deadline ---------------------------------------------------------
+    def _reserve(self, size: int, what: str, drain: Callable[[], None] | None) -> None:
+        if not self.budget.reserve(size):
+            raise _BodyError(HTTPStatus.SERVICE_UNAVAILABLE, f"{what} refused: the REST "
+                             f"server's budget of {self.budget.limit} bytes for request bodies "
+                             "being received at once is in use (by default 4 x "
+                             "--max-request-bytes); retry shortly", drain)
+        self.reserved += size
+
+    def _in_time(self, read: Callable, argument):
+        """``read(argument)``: one socket read at most, bounded by the body's time left."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._timed_out()
+        self.connection.settimeout(left)
         try:
-            while 0 < size <= budget:
-                self._discard(size + 2)  # the data and its CRLF
-                budget -= size
-                size = self._chunk_size()
-            if size == 0:
-                self._skip_trailers()
-        except _BodyError:
-            pass  # malformed past the limit: the connection is closed anyway
+            return read(argument)
+        except TimeoutError:
+            raise self._timed_out() from None
+        finally:
+            self.connection.settimeout(self.idle_timeout)
 
-    def _discard(self, length: int) -> None:
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 16))
-            if not chunk:
+    def _timed_out(self) -> _BodyError:
+        of = "" if self.expected is None else f" of {self.expected}"
+        return _BodyError(HTTPStatus.REQUEST_TIMEOUT, f"Request body incomplete after "
+                          f"{self.seconds:g} s, the limit for sending one body "
+                          f"({self.received}{of} bytes received); send it at once")
+
+    def _append(self, body: bytearray, size: int) -> int:
+        """Read up to ``size`` bytes onto ``body`` in socket-sized pieces (no second copy of
+        a large body); fewer only when the stream ends."""
+        got = 0
+        while got < size:
+            piece = self._in_time(self.rfile.read1, min(size - got, _READ_SIZE))
+            if not piece:
+                break
+            body += piece
+            got += len(piece)
+            self.received += len(piece)
+        return got
+
+    def _readline(self, limit: int) -> bytes:
+        """A line of at most ``limit`` bytes (``rfile.readline`` would wait past the
+        deadline, a read per byte of a trickled line)."""
+        line = bytearray()
+        while len(line) < limit:
+            buffered = self._in_time(self.rfile.peek, 1)  # the buffer, or one socket read
+            if not buffered:
+                break
+            end = buffered.find(b"\n", 0, limit - len(line))
+            take = end + 1 if end >= 0 else min(len(buffered), limit - len(line))
+            line += self.rfile.read(take)  # already buffered: no socket read
+            if end >= 0:
+                break
+        self.received += len(line)
+        return bytes(line)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like TF Serving's libevent server
+    timeout = 60  # seconds per read of a request's head; idle keep-alive connections close
+    body_timeout = 60  # seconds for a whole body to arrive, however slowly it trickles in
+    server: RestServer
+
+    def do_GET(self) -> None:
+        self._with_body("GET")  # a GET body is read (and ignored) so the next request parses
+
+    def do_POST(self) -> None:
+        self._with_body("POST")
+
+    def _with_body(self, method: str) -> None:
+        reader = _BodyReader(self.rfile, self.connection, self.server.budget,
+                             self.server.max_request_bytes, self.body_timeout)
+        try:
+            try:
+                body = self._read_body(reader)
+            except _BodyError as error:
+                # Without its traceback, the refused body's frames are freed before the drain.
+                self._refuse(error.with_traceback(None), reader)
                 return
-            length -= len(chunk)
+            self._respond(method, body)
+        finally:
+            reader.release()
 
-    def _respond(self, method: str, body: bytes) -> None:
+    def _read_body(self, reader: _BodyReader) -> bytearray:
+        """The body by ``Content-Length`` or ``Transfer-Encoding: chunked`` (as TF Serving's
+        server accepts both), never holding more than ``--max-request-bytes`` of it."""
+        codings = [coding.strip().lower() for header in self.headers.get_all(
+            "Transfer-Encoding", []) for coding in header.split(",") if coding.strip()]
+        lengths = self.headers.get_all("Content-Length", [])
+        if not codings:
+            return reader.content(content_length(lengths) if lengths else 0)
+        named = ", ".join(codings)[:80]
+        if codings[-1] != "chunked":  # RFC 9112 §6.3: the body's end cannot be found
+            raise _BodyError(HTTPStatus.BAD_REQUEST, "Transfer-Encoding must end with "
+                             f"chunked (got {named})")
+        if codings != ["chunked"]:
+            raise _BodyError(HTTPStatus.NOT_IMPLEMENTED, f"Transfer-Encoding {named} is "
+                             "not supported; send the JSON chunked or with a Content-Length")
+        if lengths:  # both: chunked wins, and the connection is not reused (RFC 9112 §6.3)
+            self.close_connection = True
+        return reader.chunked()
+
+    def _refuse(self, error: _BodyError, reader: _BodyReader) -> None:
+        """Answer a body that is not read, release its reservation, then drain what the
+        client still sends (within the body's deadline) before the connection closes."""
+        self.close_connection = True
+        self._send(error.status, _dumps({"error": error.message}))
+        reader.release()
+        if error.drain is not None:  # malformed, late or gone: the connection closes anyway
+            with contextlib.suppress(_BodyError, OSError):
+                error.drain()
+
+    def _respond(self, method: str, body: bytes | bytearray) -> None:
         path = urlsplit(self.path).path
         if not path.lower().startswith("/v1/"):
-            self._send(HTTPStatus.NOT_FOUND, _dumps({"error": f"Not found: {path}"}))
+            self._send(HTTPStatus.NOT_FOUND, _dumps({"error": f"Not found: "
+                                                              f"{short(path, quoted=False)}"}))
             return
         try:
             status, payload = self.server.api.handle(method, path, body)
         except Exception:  # never let one request take the server down
-            logger.exception("REST %s %s failed", method, path)
+            logger.exception("REST %s %s failed", method, short(path, quoted=False))
             status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, _dumps(
                 {"error": "Internal error in tfmmrec serve; see its log"})
         self._send(status, payload)
 
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """The standard library's own refusals (request line or header too long, a method
+        other than GET/POST, bad syntax) in JSON like every other answer, not an HTML page;
+        shortened, as its messages echo the request line."""
+        text = short(message or HTTPStatus(code).phrase, quoted=False)
+        if explain:
+            text += f": {short(explain, quoted=False)}"
+        if code in _ERROR_HINTS:
+            text += f" ({_ERROR_HINTS[code]})"
+        self.log_error("code %d, message %s", code, text)
+        self.close_connection = True
+        self._send(code, _dumps({"error": text}))
+
     def _send(self, status: int, payload: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
+        """Answer JSON (its headers alone to a HEAD); a client already gone is a debug line,
+        not a traceback."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+        except ConnectionError as error:
+            self.close_connection = True
+            logger.debug("REST %s: the client left before its answer (%s)",
+                         self.address_string(), error)
 
     def log_message(self, format: str, *args) -> None:
         logger.debug("REST %s - %s", self.address_string(), format % args)
 
 
 class RestServer(ThreadingHTTPServer):
-    """A thread per connection; model work is bounded by the core's slots.
+    """A thread per connection; model work is bounded by the core's slots, request bodies by
+    ``body_budget``: the bytes all connections may read or hold at once (4 × max_request_bytes
+    by default; past it a request is a 503 at once), each body arriving within
+    ``_Handler.body_timeout`` seconds (else a 408).
 
     The listen backlog is 1024 (the standard library's default of 5 resets connections as soon
     as a few dozen clients connect at once; TF Serving's libevent server uses the OS maximum).
@@ -455,15 +640,30 @@ class RestServer(ThreadingHTTPServer):
     request_queue_size = 1024
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], core: PredictionCore, max_request_bytes: int):
+    def __init__(self, address: tuple[str, int], core: PredictionCore, max_request_bytes: int,
+                 body_budget: int | None = None):
+        budget = 4 * max_request_bytes if body_budget is None else body_budget
+        if budget < max_request_bytes:
+            raise ServingError(f"body_budget={budget} is smaller than max_request_bytes="
+                               f"{max_request_bytes}: a body at the limit could never be read")
         super().__init__(address, _Handler)
         self.api = RestApi(core)
         self.max_request_bytes = max_request_bytes
+        self.budget = BodyBudget(budget)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up or stalls mid-request is routine: a debug line, not the
+        traceback socketserver prints to stderr; anything else is logged with its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            logger.debug("REST %s: connection ended (%s)", client_address[0], error)
+            return
+        logger.error("REST connection from %s failed", client_address[0], exc_info=True)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},

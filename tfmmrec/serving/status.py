@@ -50,6 +50,8 @@ GRPC_CODE_FOR_HTTP: dict[int, grpc.StatusCode] = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
+MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value: REST URLs and clients alike
+
 # tf.errors.OpError subclasses carry the canonical code; gRPC uses the same numbering.
 _GRPC_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 

@@ -23,6 +23,9 @@ VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # Root children that are training state, not model: the optimizer (its slots hang off it).
 TRAINING_STATE = ("optimizer/",)
 MAX_LISTED = 8
+# What TF raises for a checkpoint it cannot read: a missing or bit-flipped file (OpError,
+# ValueError), a truncated data file (IndexError "Read less bytes than requested"), I/O.
+UNREADABLE = (tf.errors.OpError, ValueError, IndexError, OSError)
 
 
 def checkpoint_mismatches(model: tf.keras.Model, prefix: str | os.PathLike) -> dict[str, list]:
@@ -64,8 +67,8 @@ def load_exactly(model: tf.keras.Model, prefix: str | os.PathLike) -> None:
     prefix = os.fspath(prefix)
     try:
         problems = checkpoint_mismatches(model, prefix)
-    except (tf.errors.OpError, ValueError) as exc:
-        raise TrainingError(f"cannot read the checkpoint {prefix}: {exc}") from None
+    except UNREADABLE as exc:
+        raise unreadable(prefix, exc) from None
     if any(problems.values()):
         parts = []
         for kind, label in (("unmatched", "checkpoint values the model has no variable for"),
@@ -78,8 +81,24 @@ def load_exactly(model: tf.keras.Model, prefix: str | os.PathLike) -> None:
         raise TrainingError(f"the checkpoint {prefix} does not match the model rebuilt for it — "
                             f"{'; '.join(parts)}. The model was built from a different config "
                             "than the one it was trained with (or the code changed since).")
-    status = model.load_weights(prefix)
+    try:
+        status = model.load_weights(prefix)
+    except UNREADABLE as exc:
+        raise unreadable(prefix, exc) from None
     # Every model variable got its value (checked above, and again here by TensorFlow); the
     # only values left unread are the optimizer's, which evaluation and export do not need.
     status.assert_existing_objects_matched()
     status.expect_partial()
+
+
+def first_line(exc: Exception) -> str:
+    """What TF's error says, without the stack it may append."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unreadable(prefix: str, exc: Exception) -> TrainingError:
+    """The error for a checkpoint TF cannot read (damaged, truncated or missing files)."""
+    return TrainingError(f"cannot read the checkpoint {prefix}: {first_line(exc)}. Its files are "
+                         "damaged, truncated or missing: train the run again (or restore "
+                         "them from a copy)")

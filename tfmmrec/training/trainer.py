@@ -10,12 +10,13 @@ writes the other workers' copies to temporary directories and deletes them).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from tfmmrec.config import TrainConfig
 from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError
+from tfmmrec.training.checkpoint import UNREADABLE, first_line
 from tfmmrec.training.strategy import cluster_spec, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -87,15 +89,22 @@ def dataframe_dataset(interactions: pd.DataFrame, batch_size: int, seed: int,
 
 
 def batched_examples(features: dict[str, np.ndarray], batch_size: int, seed: int,
-                     shuffle: bool = True) -> tf.data.Dataset:
+                     shuffle: bool = True, epochs: Sequence[int] | None = None
+                     ) -> tf.data.Dataset:
     """Batches of in-memory per-example ``features`` (equal first dimensions), gathered by index.
 
     Each epoch draws one seeded permutation of the example indices, cuts it into batches and
     gathers every feature once per batch. ``from_tensor_slices → shuffle → batch`` did the same
     with every example passing through the shuffle buffer and the batcher one at a time: on
     2 CPU cores that per-element work cost ~2.8 ms of a 14 ms step. Same examples per epoch,
-    the same for every worker (the seed), a new order each epoch (``Dataset.random`` re-draws
-    its seed per iteration, as ``shuffle(reshuffle_each_iteration=True)`` did).
+    the same for every worker (the seed).
+
+    ``epochs``: None, one epoch per iteration of the dataset, a new order each time
+    (``Dataset.random`` re-draws its seed per iteration, as
+    ``shuffle(reshuffle_each_iteration=True)`` did); or the epoch numbers to cover, in a row,
+    epoch ``e`` in the order of ``(seed, e)`` alone (``batches_per_epoch`` batches each): what
+    ``fit`` reads, so that a run resumed at epoch ``e`` sees the orders an uninterrupted one
+    would have.
 
     Any per-example feature is carried (whatever the model reads: ratings, histories...).
     """
@@ -106,28 +115,33 @@ def batched_examples(features: dict[str, np.ndarray], batch_size: int, seed: int
     if any(size != count for size in sizes.values()):
         raise ValueError(f"features must have one row per example; got row counts {sizes}")
     tensors = {name: tf.constant(values) for name, values in features.items()}
-    # Equal-sized batches when shuffling: the in-batch softmax sees the same number of
-    # negatives every step, and a fixed shape suits TPUs. Reshuffling means no example is
-    # dropped for good.
-    drop = shuffle and count >= batch_size
-    steps = count // batch_size if drop else -(-count // batch_size)
-    if shuffle:
-        def permutation(epoch_seed):
-            return tf.random.experimental.stateless_shuffle(
-                tf.range(count, dtype=tf.int64), seed=tf.stack([epoch_seed, seed]))
-
-        orders = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1) \
-            .map(permutation)
+    steps = batches_per_epoch(count, batch_size, shuffle)
+    if epochs is None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
     else:
-        orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
+        seeds = tf.data.Dataset.from_tensor_slices(tf.constant(list(epochs), tf.int64))
+    if shuffle:
+        orders = seeds.map(lambda epoch_seed: tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([epoch_seed, seed])))
+    else:
+        orders = seeds.map(lambda _: tf.range(count, dtype=tf.int64))
     batch_indices = orders.flat_map(
         lambda order: tf.data.Dataset.range(steps).map(
             lambda step: order[step * batch_size:(step + 1) * batch_size])) \
-        .apply(tf.data.experimental.assert_cardinality(steps))  # flat_map hides it from Keras
+        .apply(tf.data.experimental.assert_cardinality(  # flat_map hides it from Keras
+            steps * (1 if epochs is None else len(epochs))))
     dataset = batch_indices.map(
         lambda index: {name: tf.gather(values, index) for name, values in tensors.items()},
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return with_data_sharding(dataset).prefetch(tf.data.AUTOTUNE)
+
+
+def batches_per_epoch(count: int, batch_size: int, shuffle: bool = True) -> int:
+    """Batches of one epoch of ``count`` examples (``batched_examples``). Equal-sized when
+    shuffling: the in-batch softmax sees the same number of negatives every step, and a fixed
+    shape suits TPUs; reshuffling means no example is dropped for good."""
+    drop = shuffle and count >= batch_size
+    return count // batch_size if drop else -(-count // batch_size)
 
 
 def with_data_sharding(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -143,6 +157,28 @@ def num_workers() -> int:
     """Workers in ``TF_CONFIG`` (1 without it)."""
     cluster = cluster_spec()
     return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
+@contextlib.contextmanager
+def exclusive_run(output: Path) -> Iterator[None]:
+    """Hold ``output/.lock`` for a training run: two runs writing one ``train.output_dir``
+    at once would leave the checkpoints of one and the record of the other. An OS lock
+    (``flock``), so a run that dies, however it dies, releases it; where the OS has none,
+    nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"another training run is writing to train.output_dir={output} "
+                                f"(it holds {output / '.lock'}): wait for it to finish, or "
+                                "choose another train.output_dir") from None
+        yield
 
 
 def check_writable(directory: Path, what: str = "train.output_dir",
@@ -257,22 +293,97 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir)
         self.min_seconds = float(min_seconds)
         self._last = 0.0
+        self._streams: tf.train.CheckpointManager | None = None
 
     def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)  # restores the backup, if there is one
+        try:
+            super().on_train_begin(logs)  # restores the backup, if there is one
+        except UNREADABLE as exc:
+            raise TrainingError(
+                f"the backup of the interrupted run in {self.backup_dir} cannot be read "
+                f"({first_line(exc)}); delete {self.backup_dir} to train this run from its start") \
+                from None
         self._last = time.monotonic()
         state = getattr(self, "_training_state", None)  # Keras' restored counters
         done = int(state._ckpt_saved_epoch.numpy()) if state is not None else -1  # 0-based
+        # One worker: under multi-worker training saving the streams is a collective that
+        # every worker would have to join (Keras' own backup is); they restart there.
+        self._streams = noise_checkpoints(self.model, self.backup_dir) \
+            if num_workers() == 1 else None
         if done >= 0:
+            self._restore_noise(done)
             logger.info("resuming from the backup in %s: %d epoch(s) done, training on from "
                         "epoch %d of %d", self.backup_dir, done + 1, done + 2,
                         self.params.get("epochs", 0))
 
+    def _restore_noise(self, epoch: int) -> None:
+        """The random streams (``towers.noise``) as they were after ``epoch`` (0-based), so the
+        resumed epochs draw the dropout masks an uninterrupted run would."""
+        if self._streams is None:
+            return
+        path = os.path.join(self._streams.directory, f"ckpt-{epoch}")
+        if not tf.io.gfile.exists(path + ".index"):
+            logger.warning("%s holds no random streams of epoch %d: the resumed epochs draw "
+                           "other dropout masks than an uninterrupted run", self.backup_dir,
+                           epoch + 1)
+            return
+        try:
+            self._streams.checkpoint.restore(path).assert_consumed()
+        except (*UNREADABLE, AssertionError) as exc:
+            raise TrainingError(
+                f"the backup of the interrupted run in {self.backup_dir} cannot be read "
+                f"({first_line(exc)}); delete {self.backup_dir} to train this run from its "
+                "start") from None
+
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
         if now - self._last >= self.min_seconds:
+            # the streams first: a kill between the two leaves them one epoch ahead, never
+            # behind, of the backup (and the previous epoch's are kept)
+            if self._streams is not None:
+                self._streams.save(checkpoint_number=epoch)
             super().on_epoch_end(epoch, logs)
             self._last = now
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)  # deletes Keras' backup
+        if self._streams is not None:
+            with contextlib.suppress(tf.errors.NotFoundError):
+                tf.io.gfile.rmtree(self._streams.directory)
+
+
+def noise_checkpoints(model: tf.keras.Model | None, backup_dir: str
+                      ) -> tf.train.CheckpointManager | None:
+    """A checkpoint of every ``towers.noise.Noise`` stream's state in ``model``, kept in
+    ``backup_dir/noise`` beside Keras' backup (None without streams). Not part of the model's
+    own checkpoints: the streams belong to a run's course, not to the trained model."""
+    from tfmmrec.towers.noise import Noise
+
+    if model is None:
+        return None
+    streams, seen = {}, set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for _, value in sorted(vars(layer).items(), key=lambda item: item[0]):
+            if isinstance(value, Noise) and id(value) not in seen:
+                seen.add(id(value))
+                streams[f"s{len(streams)}"] = value.generator.state
+    if not streams:
+        return None
+    return tf.train.CheckpointManager(tf.train.Checkpoint(**streams),
+                                      os.path.join(backup_dir, "noise"), max_to_keep=2)
+
+
+def resumed_epochs(backup_dir: str | os.PathLike) -> int:
+    """Epochs an interrupted run's backup holds (0: none, or unreadable: ``PeriodicBackup``
+    then names the problem): the first epoch the resumed run trains."""
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if latest is None:
+        return 0
+    try:
+        saved = int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except UNREADABLE:
+        return 0
+    return max(0, saved + 1)
 
 
 class FinalCheckpoint(tf.keras.callbacks.ModelCheckpoint):
@@ -309,18 +420,30 @@ def optimizer(config: TrainConfig, replicas: int = 1) -> tf.keras.optimizers.Opt
     }[config.optimizer](learning_rate=scaled_learning_rate(config, replicas))
 
 
-def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
+def fit(build_model: Callable[[], tf.keras.Model],
+        dataset: tf.data.Dataset | Callable[[int], tf.data.Dataset],
         num_examples: int, config: TrainConfig, strategy: tf.distribute.Strategy,
         callbacks: Sequence[tf.keras.callbacks.Callback] = (),
-        dataset_fn: Callable[[], tf.data.Dataset] | None = None) -> TrainResult:
+        dataset_fn: Callable[[], tf.data.Dataset] | None = None, *,
+        steps_per_epoch: int | None = None) -> TrainResult:
     """Build the model under ``strategy``, train with resume/checkpoints/TensorBoard.
 
+    ``dataset``: the batches, one epoch per iteration (or endless, ``num_examples //
+    batch_size`` steps an epoch); or a function of the first epoch to train (0, or the one after
+    the backup's when an interrupted run resumes) giving the batches of every epoch from there
+    to ``config.epochs`` in a row, ``steps_per_epoch`` each (``batched_examples(...,
+    epochs=...)``): then epoch ``e`` reads what it would have read in an uninterrupted run.
     ``dataset_fn`` rebuilds ``dataset``; a parameter-server cluster needs it (each worker
     builds its own input pipeline from it).
     """
     output = Path(config.output_dir)
     check_writable(output)
-    steps = max(1, num_examples // config.batch_size)
+    if callable(dataset):
+        if steps_per_epoch is None:
+            raise ValueError("fit: a dataset given as a function of the first epoch needs "
+                             "steps_per_epoch")
+        dataset = dataset(resumed_epochs(output / "backup"))
+    steps = steps_per_epoch or max(1, num_examples // config.batch_size)
     parameter_server = isinstance(strategy, tf.distribute.ParameterServerStrategy)
     if parameter_server:
         if config.cross_replica_negatives:
@@ -344,12 +467,14 @@ def fit(build_model: Callable[[], tf.keras.Model], dataset: tf.data.Dataset,
         model.compile(optimizer=optimizer(config, replicas),
                       steps_per_execution=1 if parameter_server else min(16, steps))
     latest = output / "checkpoints" / "latest"
+    # one iterator for every epoch: endless data, or all epochs' batches in a row
     endless = parameter_server or dataset.cardinality() == tf.data.INFINITE_CARDINALITY
-    throughput = _Throughput(steps * config.batch_size if endless else num_examples)
+    throughput = _Throughput(steps * config.batch_size if endless and not steps_per_epoch
+                             else num_examples)
     history = model.fit(
         dataset,
         epochs=config.epochs,
-        steps_per_epoch=steps if endless else None,
+        steps_per_epoch=steps if endless or steps_per_epoch else None,
         verbose=1 if config.verbose == 2 else 0,
         callbacks=[
             StopOnNonFiniteLoss(config.learning_rate),
