@@ -73,6 +73,22 @@ _EAGER_ASSERT = re.compile(r"^(.*?)\n?Condition x (\S+) y did not hold\.?\s*\n"
                            r"(?:First \d+ elements of y:|y \(.*?\) =)\s*\n(.*?)$", re.DOTALL)
 
 
+# A message of an export's own checks on a modality's content ("image: …"); in
+# recommend_session that content is the input viewed_<modality>.
+_MODALITY_PREFIX = re.compile(r"(\w+): ")
+
+
+def name_viewed_input(message: str, inputs) -> str:
+    """``message`` naming the input a request sent: ``recommend_session`` decodes its
+    ``viewed_<modality>`` content with the modality's own checks, which say ``image: …``;
+    the server (``serving.predict``) and ``ExportedModel`` both say ``viewed_image: …``."""
+    match = _MODALITY_PREFIX.match(message)
+    inputs = set(inputs)
+    if match and match[1] not in inputs and f"viewed_{match[1]}" in inputs:
+        return f"viewed_{message}"
+    return message
+
+
 def one_line_error(message: str) -> str:
     """One line for any error text a client sees — the one cleaner REST bodies, gRPC details,
     model status records and ``tfmmrec query`` all use.

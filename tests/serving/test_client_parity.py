@@ -128,3 +128,10 @@ def test_bad_viewed_content_names_its_input(server, rest):
         client.predict("recommend_session", inputs)
     assert raised.value.code == "INVALID_ARGUMENT"
     assert raised.value.details.startswith("viewed_image: "), raised.value.details
+
+
+def test_in_process_bad_viewed_content_names_its_input_as_the_server_does(in_process):
+    inputs = {"session_item_ids": np.array([[""]], dtype=object).astype(bytes),
+              "viewed_image": np.array([sample_png()[:40]], dtype=object)}
+    with pytest.raises(ServingError, match=r"^recommend_session: viewed_image: "):
+        in_process[MODEL].call("recommend_session", **inputs)

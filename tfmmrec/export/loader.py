@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec._env import register_custom_ops
-from tfmmrec.errors import ExportError, ServingError, one_line_error
+from tfmmrec.errors import ExportError, ServingError, name_viewed_input, one_line_error
 from tfmmrec.export.writer import list_versions, read_metadata
 
 
@@ -88,7 +88,8 @@ class ExportedModel:
                                                     for k, v in inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
             message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-            raise ServingError(f"{signature}: {one_line_error(message)}") from None
+            message = name_viewed_input(one_line_error(message), arguments)
+            raise ServingError(f"{signature}: {message}") from None
         return {k: v.numpy() for k, v in outputs.items()}
 
     def recommend(self, user_ids, k: int | None = None, exclude=None) -> dict[str, np.ndarray]:

@@ -10,7 +10,6 @@ graph with an op's message ("In[0] is not a matrix") that does not name the inpu
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from tfmmrec.errors import name_viewed_input
 from tfmmrec.export.warmup import read_warmup_requests
 from tfmmrec.serving.json_tensor import NUMPY_DTYPES, dtype_name, short
 from tfmmrec.serving.registry import WARMUP_PATH, ModelRegistry, Servable
@@ -188,19 +188,10 @@ def run_predict(servable: Servable, request: predict_pb2.PredictRequest,
     return response
 
 
-# A message of the export's own checks on a modality's content ("image: …"); in
-# recommend_session that content is the input viewed_<modality>.
-_MODALITY_PREFIX = re.compile(r"(\w+): ")
-
-
 def _named_input(status: RequestStatus, inputs: Iterable[str]) -> RequestStatus:
-    """``status`` naming the input the request sent: recommend_session decodes its
-    ``viewed_<modality>`` content with the modality's own checks, which say ``image: …``."""
-    match = _MODALITY_PREFIX.match(status.message)
-    inputs = set(inputs)
-    if match and match[1] not in inputs and f"viewed_{match[1]}" in inputs:
-        return RequestStatus(status.code, f"viewed_{status.message}")
-    return status
+    """``status`` naming the input the request sent (``errors.name_viewed_input``)."""
+    message = name_viewed_input(status.message, inputs)
+    return status if message == status.message else RequestStatus(status.code, message)
 
 
 def _names(names: Iterable[str]) -> str:

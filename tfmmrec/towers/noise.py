@@ -19,7 +19,8 @@ import tensorflow as tf
 
 class Noise:
     """One layer's random stream. Deliberately not a ``tf.Module``: Keras does not track it,
-    so checkpoints and exported variables are unchanged (a resumed run restarts the stream)."""
+    so checkpoints and exported variables are unchanged; a run's backup saves the stream's
+    state beside them (``training.trainer.PeriodicBackup``), so a resumed run continues it."""
 
     def __init__(self, seed: int | None = None):
         self.seed_value = random.getrandbits(31) if seed is None else int(seed)

@@ -3,9 +3,11 @@ checkpoint, TensorBoard).
 
 Resume uses Keras' ``BackupAndRestore`` (``PeriodicBackup``): an interrupted ``fit`` (an
 exception, Ctrl-C or ``kill -9``) leaves its backup behind and the same command continues from
-the last backed-up epoch; a completed run removes it. Under ``MultiWorkerMirroredStrategy``
-every worker runs these callbacks but only the chief's files land in ``output_dir`` (Keras
-writes the other workers' copies to temporary directories and deletes them).
+the last backed-up epoch, reading the batches (``batched_examples(epochs=...)``) and drawing
+the random streams (``noise_checkpoints``) an uninterrupted run would; a completed run removes
+it. Under ``MultiWorkerMirroredStrategy`` every worker runs these callbacks but only the chief's
+files land in ``output_dir`` (Keras writes the other workers' copies to temporary directories
+and deletes them).
 """
 
 from __future__ import annotations
