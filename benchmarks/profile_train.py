@@ -196,24 +196,12 @@ def sparse_xent_contrastive(a, b, a_present, b_present, item_ids, scale):
 
 
 def _sparse_xent_alignment_class():
-    import tensorflow as tf
-
     from tfmmrec.models.alignment import ModalityAlignment
 
     class SparseXentAlignment(ModalityAlignment):
         """``ModalityAlignment`` with ``sparse_xent_contrastive`` (the same pairs)."""
 
-        def call(self, singles, mask, fused, item_ids):
-            count = len(singles)
-            pairs = [(i, count) for i in range(count)]
-            pairs += [(i, j) for i in range(count) for j in range(i + 1, count)]
-            table = tf.stack([*singles, fused])
-            present = tf.concat([tf.transpose(tf.cast(mask, table.dtype)),
-                                 tf.ones_like(table[:1, :, 0])], axis=0)
-            first, second = ([pair[k] for pair in pairs] for k in (0, 1))
-            return sparse_xent_contrastive(tf.gather(table, first), tf.gather(table, second),
-                                           tf.gather(present, first), tf.gather(present, second),
-                                           item_ids, self.scale)
+        contrastive = staticmethod(sparse_xent_contrastive)
 
     return SparseXentAlignment
 

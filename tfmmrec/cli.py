@@ -337,7 +337,7 @@ def _evaluate(config, args) -> int:
         embeddings = exported_embeddings(args.export, workspace.user_ids,
                                          workspace.dataset.catalog.item_ids,
                                          config.eval.batch_size,
-                                         trained_users=workspace.split.train["user_id"])
+                                         trained_users=workspace.split.train["user_id"].unique())
         name = "tfmmrec (export)"
     output_name = pipeline.evaluation_output_name(args.test, args.candidates, args.export)
     results = pipeline.evaluate(config, args.checkpoint, workspace=workspace, name=name,

@@ -78,6 +78,17 @@ _EAGER_ASSERT = re.compile(r"^(.*?)\n?Condition x (\S+) y did not hold\.?\s*\n"
 _MODALITY_PREFIX = re.compile(r"(\w+): ")
 
 
+def first_line(exc: BaseException) -> str:
+    """The readable part of a TF/libsndfile/Pillow message, without op names and device
+    prefixes: the reason an error line quotes."""
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = re.sub((r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\].*"
+                  r"|Error opening (<[^>]*>|'[^']*'):"
+                  r"| ?<[\w.]+ object at 0x[0-9a-fA-F]+>"), "", text)  # Pillow names its BytesIO
+    text = text.strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def name_viewed_input(message: str, inputs) -> str:
     """``message`` naming the input a request sent: ``recommend_session`` decodes its
     ``viewed_<modality>`` content with the modality's own checks, which say ``image: …``;

@@ -130,6 +130,8 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+# A temp name's tag: writer_token() then this many random hex digits (_temp_sibling).
+_RANDOM_HEX = 8
 # A temp path whose writer cannot be checked (another machine's) is stale after this long.
 STALE_TEMP_SECONDS = 86_400
 
@@ -154,7 +156,7 @@ def temp_writer_gone(pid: int, tag: str, path: str | os.PathLike) -> bool:
     :func:`writer_token`) that no longer runs, or any writer once the path is older than
     ``STALE_TEMP_SECONDS`` (another machine's, a reused pid, or an older release's name).
     This process's own temp paths are never stale."""
-    local = len(tag) == 16 and tag.startswith(writer_token())
+    local = len(tag) == len(writer_token()) + _RANDOM_HEX and tag.startswith(writer_token())
     if local and pid == os.getpid():
         return False
     if local and not process_alive(pid):
@@ -170,7 +172,7 @@ def _temp_sibling(final: str) -> str:
     is :func:`writer_token` (which machine and PID namespace that pid belongs to) and 8 random
     hex digits."""
     head, _, name = final.rstrip("/").rpartition("/")
-    tag = writer_token() + uuid.uuid4().hex[:8]
+    tag = writer_token() + uuid.uuid4().hex[:_RANDOM_HEX]
     return f"{head + '/' if head else ''}.{name}.{os.getpid()}.{tag}.tmp"
 
 

@@ -25,6 +25,7 @@ from tfmmrec.config import (
     HEAD_METRICS,
     Config,
     check_same_model,
+    config_differences,
     content_sections,
     load_config,
     model_sections,
@@ -447,11 +448,11 @@ RESUME_FIELDS = ("epochs", "batch_size", "learning_rate", "optimizer", "learning
 
 def check_same_course(started: Config, requested: Config, output: Path) -> None:
     """Refuse to resume the interrupted run in ``output`` with other ``RESUME_FIELDS``."""
-    differences = [(name, getattr(started.train, name), getattr(requested.train, name))
-                   for name in RESUME_FIELDS
-                   if getattr(started.train, name) != getattr(requested.train, name)]
+    differences = [(name, old, new) for name, old, new
+                   in config_differences(started, requested, ("train",))
+                   if name.removeprefix("train.") in RESUME_FIELDS]
     if differences:
-        fields = "; ".join(f"train.{name}: {old!r} when it started, {new!r} requested"
+        fields = "; ".join(f"{name}: {old!r} when it started, {new!r} requested"
                            for name, old, new in differences)
         raise ConfigError(f"{fields}. The interrupted run {output} resumes only with the "
                           "training settings it started with: drop those overrides, or "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import soundfile
 import tensorflow as tf
 
 from tfmmrec.config import ServingLimitsConfig
-from tfmmrec.errors import ConfigError, MediaDecodeError
+from tfmmrec.errors import ConfigError, MediaDecodeError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
@@ -375,7 +374,7 @@ def load_image(path: str | Path, image_size: int,
     try:
         return decode_image(tf.constant(data), image_size).numpy()
     except (tf.errors.OpError, ValueError) as exc:
-        raise _undecodable_image(path, _first_line(exc)) from exc
+        raise _undecodable_image(path, first_line(exc)) from exc
 
 
 def check_image_file(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS
@@ -416,7 +415,7 @@ def _check_image_data(data: bytes, path: str | Path) -> None:
     except Image.DecompressionBombError:
         pass  # the size was checked first, against the limit the decoders use
     except Exception as exc:  # Pillow raises SyntaxError, OSError, EOFError, struct.error...
-        raise _undecodable_image(path, f"broken file: {_first_line(exc)}") from exc
+        raise _undecodable_image(path, f"broken file: {first_line(exc)}") from exc
 
 
 # The serving path's header parser (one trace for every image; eagerly it is ~40 small ops).
@@ -433,7 +432,7 @@ def _check_image_size(data: bytes, path: str | Path, max_pixels: int | None,
     try:
         known, height, width = (int(v) for v in _image_header_size(tf.constant(data)))
     except tf.errors.OpError as exc:  # a JPEG whose markers do not parse
-        raise _undecodable_image(path, _first_line(exc)) from exc
+        raise _undecodable_image(path, first_line(exc)) from exc
     if strict and not known:
         raise _undecodable_image(path, "unknown image file format")
     if strict and not (height > 0 and width > 0):
@@ -733,7 +732,7 @@ def _audio_clip(file, source: str) -> Iterator[soundfile.SoundFile]:
             yield clip
     except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
         raise MediaDecodeError(
-            f"cannot decode audio — {source} ({_first_line(exc)}) — "
+            f"cannot decode audio — {source} ({first_line(exc)}) — "
             f"supported formats: {_AUDIO_FORMATS}; re-encode the file or fix the path"
         ) from exc
 
@@ -795,11 +794,3 @@ def _max_samples(max_seconds: float | None, sample_rate: int) -> int | None:
     return max(1, round(max_seconds * sample_rate))
 
 
-def _first_line(exc: BaseException) -> str:
-    """The readable part of a TF/libsndfile message, without op names and device prefixes."""
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = re.sub((r"\{\{function_node [^}]*\}\}|\[Op:[^\]]*\].*"
-                  r"|Error opening (<[^>]*>|'[^']*'):"
-                  r"| ?<[\w.]+ object at 0x[0-9a-fA-F]+>"), "", text)  # Pillow names its BytesIO
-    text = text.strip()
-    return text.splitlines()[0] if text else type(exc).__name__

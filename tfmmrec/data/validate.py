@@ -165,17 +165,18 @@ def _parquet_chunks(path: Path, rows: int | None,
     import pyarrow.parquet as pq
 
     if rows is None:
-        yield _utf8_columns(pq.read_table(path), path, 0, id_column).to_pandas()
+        yield _utf8_frame(pq.read_table(path), path, 0, id_column)
         return
     start = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-        yield _utf8_columns(batch, path, start, id_column).to_pandas()
+        yield _utf8_frame(batch, path, start, id_column)
         start += batch.num_rows
 
 
-def _utf8_columns(table, path: Path, start: int = 0, id_column: str | None = None):
-    """An Arrow table (or record batch: rows ``start`` on of the file) with its string and
-    binary columns as UTF-8 text, checked, for every reader of a Parquet table.
+def _utf8_frame(table, path: Path, start: int = 0, id_column: str | None = None
+                ) -> pd.DataFrame:
+    """An Arrow table (or record batch: rows ``start`` on of the file) as pandas, its string
+    and binary columns as UTF-8 text, for every reader of a Parquet table.
 
     A binary column would reach pandas as ``bytes`` (decoded later, deep in a check, with a
     ``UnicodeDecodeError`` traceback) and a string column holding other bytes fails pandas'
@@ -185,8 +186,8 @@ def _utf8_columns(table, path: Path, start: int = 0, id_column: str | None = Non
 
     bad: list[str] = []
     for index, field in enumerate(table.schema):
-        column = table.column(index)
         if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            column = table.column(index)
             text_type = pa.large_string() if pa.types.is_large_binary(field.type) else pa.string()
             try:
                 table = table.set_column(index, field.with_type(text_type),
@@ -194,23 +195,37 @@ def _utf8_columns(table, path: Path, start: int = 0, id_column: str | None = Non
             except pa.ArrowInvalid:
                 bad += _undecodable(table, path, start, field.name, column.to_pylist(),
                                     id_column)
-        elif pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-            try:
-                column.validate(full=True)
-            except pa.ArrowInvalid:
-                raw = pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()
-                bad += _undecodable(table, path, start, field.name,
-                                    column.cast(raw).to_pylist(), id_column)
-    if bad:
-        raise DataError(f"{path}: {len(bad)} value(s) are not UTF-8 text: "
-                        f"{'; '.join(bad[:SHOW_AT_MOST])}. Write text columns as UTF-8 "
-                        "strings (tfmmrec reads text and media paths, not media bytes)")
-    return table
+    # checked before pandas: its Arrow-backed strings convert without looking at the bytes
+    bad += _undecodable_strings(table, path, start, id_column)
+    if not bad:
+        return table.to_pandas()
+    raise DataError(f"{path}: {len(bad)} value(s) are not UTF-8 text: "
+                    f"{'; '.join(bad[:SHOW_AT_MOST])}. Write text columns as UTF-8 "
+                    "strings (tfmmrec reads text and media paths, not media bytes)")
+
+
+def _undecodable_strings(table, path: Path, start: int, id_column: str | None) -> list[str]:
+    """Where the string columns' cells that are not UTF-8 are (columns declared as text that a
+    writer filled with other bytes)."""
+    import pyarrow as pa
+
+    bad: list[str] = []
+    for index, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        column = table.column(index)
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()
+            bad += _undecodable(table, path, start, field.name, column.cast(raw).to_pylist(),
+                                id_column)
+    return bad
 
 
 def _undecodable(table, path: Path, start: int, column: str, values: list,
                  id_column: str | None) -> list[str]:
-    """Where each of a column's raw ``values`` that is not UTF-8 is, for :func:`_utf8_columns`."""
+    """Where each of a column's raw ``values`` that is not UTF-8 is, for :func:`_utf8_frame`."""
     ids = None
     found = []
     for row, value in enumerate(values):

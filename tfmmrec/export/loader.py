@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfmmrec._env import register_custom_ops
 from tfmmrec.errors import ExportError, ServingError, name_viewed_input, one_line_error
-from tfmmrec.export.writer import list_versions, read_metadata
+from tfmmrec.export.writer import is_version_name, list_versions, read_metadata
 
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
@@ -25,8 +25,7 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
     model_dir = Path(model_dir)
     resolved = model_dir.resolve()  # ".", "x/3/sub/..", a link to a version: the real folder
     parent = resolved.parent
-    if (resolved.name in {str(v) for v in list_versions(parent)}
-            and (resolved / "saved_model.pb").is_file()):
+    if is_version_name(resolved.name) and (resolved / "saved_model.pb").is_file():
         raise ExportError(f"{model_dir} is version {resolved.name} of model "
                           f"{parent.name!r}: pass its parent folder {parent}")
     return model_dir
@@ -153,12 +152,21 @@ def check_k(k, signature: str) -> np.int32:
     crash on: a float (2.5 → 2), a string ("2" → 2), a bool (an int subclass: True → 1) and a
     number outside [1, 2**31 - 1] (an OverflowError). The one k check ``ExportedModel`` and
     ``ServingClient`` share; the graph checks the export's max_k."""
-    array = np.asarray(k)  # a Python or numpy int, or a 0-d array (a TensorProto's)
-    integral = array.ndim == 0 and array.dtype.kind in "iu"  # bool is kind "b"
-    if not integral or not 1 <= int(array) <= INT32_MAX:
+    number = integer_in(k, 1, INT32_MAX)
+    if number is None:
         raise ServingError(f"{signature}: k must be an integer from 1 to the export's max_k, "
                            f"got {k!r}")
-    return np.int32(array)
+    return np.int32(number)
+
+
+def integer_in(value, low: int, high: int) -> int | None:
+    """``value`` (a Python or numpy int, or a 0-d array: a TensorProto's) as an int when it
+    is one within ``[low, high]``, else None: floats, strings and bools (an int subclass, but
+    numpy kind "b") are not integers here."""
+    array = np.asarray(value)
+    if array.ndim == 0 and array.dtype.kind in "iu" and low <= int(array) <= high:
+        return int(array)
+    return None
 
 
 def _batch(values, name: str) -> np.ndarray:

@@ -45,7 +45,13 @@ def list_versions(model_dir: str | os.PathLike) -> list[int]:
         entries = list(Path(model_dir).iterdir())
     except OSError:
         return []
-    return sorted(int(p.name) for p in entries if _VERSION_DIR.match(p.name) and p.is_dir())
+    return sorted(int(p.name) for p in entries if is_version_name(p.name) and p.is_dir())
+
+
+def is_version_name(name: str) -> bool:
+    """Whether a folder named ``name`` is a version (an int64 number without leading zeros,
+    as TF Serving reads them)."""
+    return _VERSION_DIR.match(name) is not None
 
 
 def next_version(model_dir: str | os.PathLike) -> int:

@@ -57,6 +57,10 @@ class ModalityAlignment(tf.keras.layers.Layer):
     cannot collapse the softmax.
     """
 
+    # the loss of each pair batch (a class attribute: a variant swaps it, as the speed profile's
+    # "before" does)
+    contrastive = staticmethod(masked_contrastive)
+
     def __init__(self, modalities: Sequence[str], initial_temperature: float = 0.07, **kwargs):
         super().__init__(**kwargs)
         self.modalities = tuple(modalities)
@@ -90,6 +94,6 @@ class ModalityAlignment(tf.keras.layers.Layer):
         present = tf.concat([tf.transpose(tf.cast(mask, table.dtype)),
                              tf.ones_like(table[:1, :, 0])], axis=0)  # [M + 1, B]
         first, second = ([pair[k] for pair in pairs] for k in (0, 1))
-        return masked_contrastive(tf.gather(table, first), tf.gather(table, second),
-                                  tf.gather(present, first), tf.gather(present, second),
-                                  item_ids, self.scale)
+        return self.contrastive(tf.gather(table, first), tf.gather(table, second),
+                                tf.gather(present, first), tf.gather(present, second),
+                                item_ids, self.scale)

@@ -31,10 +31,18 @@ from tensorflow_serving.apis import (
 
 from tfmmrec import modalities
 from tfmmrec.errors import ServingError, one_line_error
-from tfmmrec.export.loader import check_k, check_ordered, check_strings, padded, session_rows
+from tfmmrec.export.loader import (
+    check_k,
+    check_ordered,
+    check_strings,
+    integer_in,
+    padded,
+    session_rows,
+)
 from tfmmrec.export.warmup import predict_request
 from tfmmrec.modalities.base import string_batch
 from tfmmrec.serving.json_tensor import (
+    INT_RANGES,
     NUMPY_DTYPES,
     array_to_json,
     json_to_array,
@@ -209,14 +217,14 @@ class ServingClient:
         metadata is fetched (once per client) only when such a value is sent."""
         loose = [alias for alias, value in inputs.items() if _other_integer(value)]
         signature_def = self._signature_defs().get(signature) if loose else None
-        if signature_def is None:  # none to convert, or the server names the signature
-            return dict(inputs)
         typed = dict(inputs)
+        if signature_def is None:  # none to convert, or the server names the signature
+            return typed
         for alias in loose:
             info = signature_def.inputs.get(alias)
-            dtype = np.dtype(NUMPY_DTYPES.get(info.dtype, object)) if info is not None else None
-            if dtype is not None and dtype.kind in "iu" and _fits(inputs[alias], dtype):
-                typed[alias] = np.asarray(inputs[alias]).astype(dtype)
+            if info is not None and info.dtype in INT_RANGES \
+                    and integer_in(inputs[alias], *INT_RANGES[info.dtype]) is not None:
+                typed[alias] = np.asarray(inputs[alias]).astype(NUMPY_DTYPES[info.dtype])
         return typed
 
     def _fill_spec(self, spec) -> None:
@@ -308,23 +316,19 @@ def _version(version) -> int | None:
     NOT_FOUND and 2**64 a bare ValueError, over REST -3 was a 400 (the URL did not parse)."""
     if version is None:
         return None
-    array = np.asarray(version)  # a Python or numpy int (bool is kind "b", 10**30 "O")
-    if array.ndim or array.dtype.kind not in "iu" or not 1 <= int(array) <= MAX_VERSION:
+    number = integer_in(version, 1, MAX_VERSION)
+    if number is None:
         raise ServingError(f"version must be an integer from 1 to {MAX_VERSION} (a version "
                            f"folder's number), got {version!r}")
-    return int(array)
+    return number
 
 
 def _other_integer(value) -> bool:
     """A numpy integer scalar (or 0-d array) that is not int32, the dtype TF Serving
     signatures (and ``tf.make_tensor_proto`` of a Python int) use."""
+    dtype = np.asarray(value).dtype
     return (isinstance(value, np.integer | np.ndarray) and np.ndim(value) == 0
-            and np.asarray(value).dtype.kind in "iu" and np.asarray(value).dtype != np.int32)
-
-
-def _fits(value, dtype: np.dtype) -> bool:
-    limits = np.iinfo(dtype)
-    return limits.min <= int(value) <= limits.max
+            and dtype.kind in "iu" and dtype != np.int32)
 
 
 def _user_ids(user_ids: Sequence[str] | str) -> np.ndarray:

@@ -33,8 +33,9 @@ NUMPY_DTYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64,
                 types_pb2.DT_INT32: np.int32, types_pb2.DT_INT64: np.int64,
                 types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64,
                 types_pb2.DT_BOOL: np.bool_, types_pb2.DT_STRING: object}
-_INT_RANGES = {dtype: (int(np.iinfo(np.dtype(t)).min), int(np.iinfo(np.dtype(t)).max))
-               for dtype, t in NUMPY_DTYPES.items() if t is not object and np.dtype(t).kind in "iu"}
+# (min, max) of each integer dtype, for JSON numbers and the client's numpy integers
+INT_RANGES = {dtype: (int(np.iinfo(np.dtype(t)).min), int(np.iinfo(np.dtype(t)).max))
+              for dtype, t in NUMPY_DTYPES.items() if t is not object and np.dtype(t).kind in "iu"}
 _FLOAT_TYPES = {types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF}
 # TF's DataTypeString names (what TF Serving's messages say).
 _CPP_NAMES = {types_pb2.DT_FLOAT: "float", types_pb2.DT_DOUBLE: "double",
@@ -271,8 +272,8 @@ def _scalar(value, dtype: int):
         if isinstance(value, bool):
             return value
     elif not isinstance(value, bool):
-        if dtype in _INT_RANGES and isinstance(value, int):
-            low, high = _INT_RANGES[dtype]
+        if dtype in INT_RANGES and isinstance(value, int):
+            low, high = INT_RANGES[dtype]
             if not low <= value <= high:
                 raise invalid_argument(f"JSON Value: {short(value)} is out of range for "
                                        f"{dtype_name(dtype)} [{low}, {high}]")

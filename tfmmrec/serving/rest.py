@@ -478,13 +478,15 @@ class _BodyReader:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise self._timed_out()
-        self.connection.settimeout(left)
+        self.connection.settimeout(left)  # restore_timeout once the body is read
         try:
             return read(argument)
         except TimeoutError:
             raise self._timed_out() from None
-        finally:
-            self.connection.settimeout(self.idle_timeout)
+
+    def restore_timeout(self) -> None:
+        """The connection's own timeout again, for the answer and the next request's head."""
+        self.connection.settimeout(self.idle_timeout)
 
     def _timed_out(self) -> _BodyError:
         of = "" if self.expected is None else f" of {self.expected}"
@@ -541,9 +543,11 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 body = self._read_body(reader)
             except _BodyError as error:
+                reader.restore_timeout()
                 # Without its traceback, the refused body's frames are freed before the drain.
                 self._refuse(error.with_traceback(None), reader)
                 return
+            reader.restore_timeout()
             self._respond(method, body)
         finally:
             reader.release()

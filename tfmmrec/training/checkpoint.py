@@ -16,7 +16,7 @@ import os
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from tfmmrec.errors import TrainingError
+from tfmmrec.errors import TrainingError, first_line
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -89,12 +89,6 @@ def load_exactly(model: tf.keras.Model, prefix: str | os.PathLike) -> None:
     # only values left unread are the optimizer's, which evaluation and export do not need.
     status.assert_existing_objects_matched()
     status.expect_partial()
-
-
-def first_line(exc: Exception) -> str:
-    """What TF's error says, without the stack it may append."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def unreadable(prefix: str, exc: Exception) -> TrainingError:

@@ -28,8 +28,8 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.config import TrainConfig
-from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError
-from tfmmrec.training.checkpoint import UNREADABLE, first_line
+from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError, first_line
+from tfmmrec.training.checkpoint import UNREADABLE, VALUE_SUFFIX
 from tfmmrec.training.strategy import cluster_spec, scaled_learning_rate
 
 logger = logging.getLogger(__name__)
@@ -301,10 +301,7 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
         try:
             super().on_train_begin(logs)  # restores the backup, if there is one
         except UNREADABLE as exc:
-            raise TrainingError(
-                f"the backup of the interrupted run in {self.backup_dir} cannot be read "
-                f"({first_line(exc)}); delete {self.backup_dir} to train this run from its start") \
-                from None
+            raise self._unreadable(exc) from None
         self._last = time.monotonic()
         state = getattr(self, "_training_state", None)  # Keras' restored counters
         done = int(state._ckpt_saved_epoch.numpy()) if state is not None else -1  # 0-based
@@ -332,10 +329,12 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
         try:
             self._streams.checkpoint.restore(path).assert_consumed()
         except (*UNREADABLE, AssertionError) as exc:
-            raise TrainingError(
-                f"the backup of the interrupted run in {self.backup_dir} cannot be read "
-                f"({first_line(exc)}); delete {self.backup_dir} to train this run from its "
-                "start") from None
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: Exception) -> TrainingError:
+        return TrainingError(f"the backup of the interrupted run in {self.backup_dir} cannot "
+                             f"be read ({first_line(exc)}); delete {self.backup_dir} to train "
+                             "this run from its start")
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.monotonic()
@@ -382,7 +381,7 @@ def resumed_epochs(backup_dir: str | os.PathLike) -> int:
     if latest is None:
         return 0
     try:
-        saved = int(tf.train.load_variable(latest, "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        saved = int(tf.train.load_variable(latest, "ckpt_saved_epoch" + VALUE_SUFFIX))
     except UNREADABLE:
         return 0
     return max(0, saved + 1)
