@@ -141,6 +141,8 @@ def test_serve_rejects_a_missing_base_path(tmp_path, capsys):
     ("--port", "eighty", "'eighty' is not an integer"),
     ("--num-threads", "-1", "-1 is below the minimum 0"),
     ("--max-request-bytes", "0", "0 is below the minimum 1"),
+    ("--rest-max-connections", "0", "0 is below the minimum 1"),
+    ("--rest-body-budget", "-1", "-1 is below the minimum 1"),
     ("--poll-seconds", "inf", "inf is not a poll interval: expected 0 (never) to 86400"),
     ("--poll-seconds", "-1", "-1 is not a poll interval"),
     ("--poll-seconds", "nan", "nan is not a poll interval"),
@@ -302,7 +304,8 @@ def test_query_refuses_a_malformed_target_or_timeout_naming_it(dialled, capsys, 
                "--timeout TIMEOUT seconds per request, > 0 (default: 10)"]),
     ("serve", ["--port PORT gRPC port (default: 8500; 0: any free port)",
                "--rest-api-port REST_API_PORT REST port (default: 8501; 0: any free port)",
-               "(TF Serving's --file_system_poll_wait_seconds; default: 1; 0: never)"]),
+               "(TF Serving's --file_system_poll_wait_seconds; default: 1; 0: never)",
+               "more are answered 503 at once (default: 256)"]),
 ])
 def test_help_shows_the_defaults(capsys, command, expected):
     with pytest.raises(SystemExit) as info:
@@ -408,3 +411,11 @@ def test_query_refuses_what_the_signatures_cannot_take(dialled, capsys, args, ex
     error = capsys.readouterr().err.strip().splitlines()
     assert error[0] == f"error: {expected}" or error[0].startswith(f"error: {expected}"), error
     assert not dialled
+
+
+def test_serve_refuses_a_body_budget_below_the_request_limit(tmp_path, capsys):
+    assert main(["serve", "--model-base-path", str(tmp_path), "--max-request-bytes", "4096",
+                 "--rest-body-budget", "2048"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: rest_body_budget=2048 is smaller than max_request_bytes=4096: a body at the "
+        "limit could never be read")

@@ -22,8 +22,9 @@ from tfmmrec.serving.json_tensor import (
     _scan,
     loads,
 )
+from tfmmrec.serving.limits import DEFAULT_MAX_REQUEST_BYTES
 from tfmmrec.serving.registry import ServedModel
-from tfmmrec.serving.server import DEFAULT_MAX_REQUEST_BYTES, ModelServer, ServerOptions
+from tfmmrec.serving.server import ModelServer, ServerOptions
 from tfmmrec.serving.status import RequestStatus
 
 BODY_BYTES = 32 * 2**20

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from tfmmrec.errors import ServingError
+from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES
 
 MAX_PORT = 65535
 DEFAULT_GRPC_PORT = 8500  # TF Serving's, and `tfmmrec serve`'s
@@ -147,8 +148,16 @@ def _add_serve(subparsers) -> None:
                        help="latest | latest:N | all | specific:V1,V2 (default: newest only)")
     serve.add_argument("--num-threads", type=_integer_in(0), default=0,
                        help="concurrent model executions and gRPC workers (default: cores)")
-    serve.add_argument("--max-request-bytes", type=_integer_in(1), default=64 * 2**20,
+    serve.add_argument("--max-request-bytes", type=_integer_in(1),
+                       default=DEFAULT_MAX_REQUEST_BYTES,
                        help="largest gRPC message / REST body accepted (default 64 MiB)")
+    serve.add_argument("--rest-max-connections", type=_integer_in(1),
+                       default=DEFAULT_MAX_CONNECTIONS,
+                       help="REST connections served at once, a thread each; more are answered "
+                            "503 at once (default: %(default)s)")
+    serve.add_argument("--rest-body-budget", type=_integer_in(1), metavar="BYTES",
+                       help="REST body bytes all connections may read or hold at once; a "
+                            "request past it is a 503 (default: 4 x --max-request-bytes)")
     serve.add_argument("--no-warmup", action="store_true",
                        help="skip replaying assets.extra/tf_serving_warmup_requests on load")
     serve.set_defaults(handler=_serve)
@@ -161,7 +170,9 @@ def _serve(args) -> int:
     options = ServerOptions(host=args.host, port=args.port,
                             rest_port=None if args.no_rest else args.rest_api_port,
                             num_threads=args.num_threads, poll_seconds=args.poll_seconds,
-                            max_request_bytes=args.max_request_bytes, warmup=not args.no_warmup)
+                            max_request_bytes=args.max_request_bytes, warmup=not args.no_warmup,
+                            rest_max_connections=args.rest_max_connections,
+                            rest_body_budget=args.rest_body_budget)
     if args.model_config_file:
         if args.model_name:
             raise ServingError("--model-name only goes with --model-base-path; models.config "

@@ -3,8 +3,9 @@
 JSON handling follows ``tensorflow_serving/util/json_tensor.cc``: row (``instances``) and
 columnar (``inputs``) requests, ``{"b64": ...}`` for bytes, ``predictions`` / ``outputs``
 responses, ``{"error": ...}`` with TF Serving's HTTP codes. The HTTP layer is the standard
-library's ``ThreadingHTTPServer`` (no extra dependency; three routes need no framework); model
-executions are bounded by the core's thread budget, not by the number of connections. Bodies
+library's ``ThreadingHTTPServer`` (no extra dependency; three routes need no framework), a
+thread per connection up to ``--rest-max-connections`` (a 503 past it); model executions are
+bounded by the core's thread budget, not by the number of connections. Bodies
 come by ``Content-Length`` or ``Transfer-Encoding: chunked`` (TF Serving takes both), each held
 to ``--max-request-bytes`` and to ``_Handler.body_timeout`` seconds in all (408), the bodies of
 all connections together to a budget (``RestServer(body_budget=...)``, 503 past it); a body whose
@@ -48,6 +49,7 @@ from tfmmrec.serving.json_tensor import (
     loads,
     short,
 )
+from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS
 from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore, model_spec_key
 from tfmmrec.serving.status import MAX_VERSION, RequestStatus, invalid_argument
 
@@ -339,9 +341,9 @@ def content_length(values: list[str]) -> int:
 class BodyBudget:
     """The request-body bytes all connections may read or hold at once.
 
-    The server has a thread per connection and no cap on connections: N clients announcing
-    60 MB each and sending it slowly held N × 60 MB. A body is reserved before it is read (a
-    chunked one chunk by chunk) and released once its answer is sent; past the budget a
+    The server has a thread per connection (up to ``--rest-max-connections``): N clients
+    announcing 60 MB each and sending it slowly held N × 60 MB. A body is reserved before it
+    is read (a chunked one chunk by chunk) and released once its answer is sent; past the budget a
     request is refused at once (503) rather than queued behind uploads that may never end.
     """
 
@@ -631,10 +633,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RestServer(ThreadingHTTPServer):
-    """A thread per connection; model work is bounded by the core's slots, request bodies by
-    ``body_budget``: the bytes all connections may read or hold at once (4 × max_request_bytes
-    by default; past it a request is a 503 at once), each body arriving within
-    ``_Handler.body_timeout`` seconds (else a 408).
+    """A thread per connection, at most ``max_connections`` of them; model work is bounded by
+    the core's slots, request bodies by ``body_budget``: the bytes all connections may read or
+    hold at once (4 × max_request_bytes by default; past it a request is a 503 at once), each
+    body arriving within ``_Handler.body_timeout`` seconds (else a 408).
+
+    A connection past ``max_connections`` is answered 503 from the accepting thread and closed,
+    without a thread of its own: thousands of idle or trickling clients cost their sockets, not
+    thousands of threads. (Idle keep-alive connections still hold a slot for up to
+    ``_Handler.timeout`` seconds; on an untrusted network put a proxy in front, as for TF
+    Serving.)
 
     The listen backlog is 1024 (the standard library's default of 5 resets connections as soon
     as a few dozen clients connect at once; TF Serving's libevent server uses the OS maximum).
@@ -645,16 +653,72 @@ class RestServer(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], core: PredictionCore, max_request_bytes: int,
-                 body_budget: int | None = None):
+                 body_budget: int | None = None,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
         budget = 4 * max_request_bytes if body_budget is None else body_budget
         if budget < max_request_bytes:
             raise ServingError(f"body_budget={budget} is smaller than max_request_bytes="
                                f"{max_request_bytes}: a body at the limit could never be read")
+        if max_connections < 1:
+            raise ServingError(f"max_connections={max_connections} must be at least 1")
         super().__init__(address, _Handler)
         self.api = RestApi(core)
         self.max_request_bytes = max_request_bytes
         self.budget = BodyBudget(budget)
+        self.max_connections = max_connections
+        self.open_connections = 0  # connections with a thread now (read by tests, logs)
+        self._connections_lock = threading.Lock()
+        self._turned_away, self._warned_at = 0, -math.inf
         self._thread: threading.Thread | None = None
+
+    def process_request(self, request, client_address) -> None:
+        """A thread for the connection if one of ``max_connections`` is free, else a 503."""
+        with self._connections_lock:
+            admitted = self.open_connections < self.max_connections
+            self.open_connections += admitted
+        if not admitted:
+            self._turn_away(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._connection_ended()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_ended()
+
+    def _connection_ended(self) -> None:
+        with self._connections_lock:
+            self.open_connections -= 1
+
+    def _turn_away(self, request, client_address) -> None:
+        """Answer 503 and close, from the accepting thread: a non-blocking send of a few
+        hundred bytes into a fresh socket's buffer, so a client that never reads cannot stall
+        the accept loop. What the client already sent is read off first where it has arrived,
+        so the close is a FIN after the answer rather than a reset that could discard it."""
+        self._turned_away += 1
+        now = time.monotonic()
+        if now - self._warned_at >= 10.0:  # one line per 10 s under a flood, with the count
+            logger.warning("REST: %d connections open (--rest-max-connections); turned away "
+                           "%d since the last warning (latest %s)", self.max_connections,
+                           self._turned_away, client_address[0])
+            self._warned_at, self._turned_away = now, 0
+        payload = _dumps({"error": f"Too many connections: this server takes "
+                                   f"{self.max_connections} at once (--rest-max-connections); "
+                                   "retry later"})
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n"
+                "Retry-After: 1\r\n\r\n").encode()
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                request.recv(65536)
+            request.send(head + payload)
+        self.shutdown_request(request)
 
     @property
     def port(self) -> int:

@@ -1,0 +1,108 @@
+"""The REST port's connection cap: a thread per connection up to ``max_connections``; past it a
+connection is answered 503 from the accept loop and closed, and its slot-holders' leaving frees
+room again."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from tests.serving.conftest import MODEL
+from tests.serving.test_rest_body_budget import good_body, wait_until
+from tests.serving.test_rest_http import Connection, post_head
+from tfmmrec.errors import ServingError
+from tfmmrec.serving.rest import RestServer
+from tfmmrec.serving.server import ServerOptions
+
+CAP = 2
+
+
+@pytest.fixture
+def capped_rest(server):
+    """A second REST front end over the session server's core, taking CAP connections."""
+    rest = RestServer(("127.0.0.1", 0), server.core, 1 << 20, max_connections=CAP)
+    rest.start()
+    yield rest
+    rest.stop()
+
+
+def connect(rest: RestServer) -> Connection:
+    return Connection(SimpleNamespace(rest_port=rest.port))
+
+
+def idle(rest: RestServer) -> Connection:
+    """A connection that sends nothing, once the server has given it a thread."""
+    before = rest.open_connections
+    opened = connect(rest)
+    wait_until(lambda: rest.open_connections == before + 1)
+    return opened
+
+
+def predict(connection: Connection, body: bytes) -> tuple[int, dict[str, str], dict]:
+    connection.send(post_head({"Content-Length": str(len(body))}) + body)
+    return connection.response()
+
+
+def test_a_connection_past_the_cap_is_a_503_and_room_comes_back(capped_rest, tiny_exports):
+    held = [idle(capped_rest) for _ in range(CAP)]
+    try:
+        refused = connect(capped_rest)
+        status, headers, payload = predict(refused, good_body(tiny_exports))
+        assert status == 503
+        assert headers["connection"] == "close"
+        assert "Too many connections" in payload["error"]
+        assert "--rest-max-connections" in payload["error"]
+        assert refused.closed_by_server()
+        refused.close()
+        assert capped_rest.open_connections == CAP
+    finally:
+        held.pop().close()
+    wait_until(lambda: capped_rest.open_connections == CAP - 1)
+    served = connect(capped_rest)
+    try:
+        status, _, payload = predict(served, good_body(tiny_exports))
+        assert status == 200, payload
+        assert payload["outputs"]
+    finally:
+        served.close()
+        for connection in held:
+            connection.close()
+    wait_until(lambda: capped_rest.open_connections == 0)
+
+
+def test_a_flood_of_connections_costs_no_thread_each(capped_rest):
+    """Hundreds of clients past the cap: each is answered and closed by the accept loop, so the
+    server's threads stay at the cap."""
+    held = [idle(capped_rest) for _ in range(CAP)]
+    threads_before = threading.active_count()
+    flood = [connect(capped_rest) for _ in range(200)]
+    try:
+        for connection in flood:
+            assert connection.response()[0] == 503
+        assert threading.active_count() <= threads_before
+        assert capped_rest.open_connections == CAP
+    finally:
+        for connection in flood + held:
+            connection.close()
+
+
+def test_the_cap_and_budget_are_checked_with_their_names():
+    with pytest.raises(ServingError, match="rest_max_connections=0 must be at least 1"):
+        ServerOptions(rest_max_connections=0)
+    with pytest.raises(ServingError, match="rest_body_budget=2048 is smaller than "
+                                           "max_request_bytes=4096"):
+        ServerOptions(max_request_bytes=4096, rest_body_budget=2048)
+
+
+def test_server_options_reach_the_rest_port(tiny_exports, tmp_path):
+    from tests.serving.conftest import install_version
+    from tfmmrec.serving.server import ModelServer
+
+    install_version(tiny_exports.brute_force, tmp_path / MODEL, 1)
+    options = ServerOptions(port=0, rest_port=0, warmup=False, max_request_bytes=4096,
+                            rest_max_connections=3, rest_body_budget=3 * 4096)
+    with ModelServer.for_base_path(tmp_path / MODEL, options) as served:
+        assert served._rest.max_connections == 3
+        assert served._rest.budget.limit == 3 * 4096
