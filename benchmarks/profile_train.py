@@ -221,19 +221,26 @@ def per_element_dataset(interactions, batch_size: int, seed: int):
 
 
 class ProfileLastEpoch:
-    """A Keras callback tracing the last epoch with tf.profiler into ``logdir``."""
+    """A Keras callback tracing the last epoch with tf.profiler into ``logdir``; its ``steps``
+    are the training steps that epoch ran (the optimizer's step count across it), what the
+    trace's per-step figures divide by. Counted, not derived from the batch size: a
+    ``model.objective: users`` batch holds users, not ``train.batch_size`` examples."""
 
     def __new__(cls, logdir: Path, epochs: int):
         import tensorflow as tf
 
         class Callback(tf.keras.callbacks.Callback):
+            steps = 0
+
             def on_epoch_begin(self, epoch, logs=None):
                 if epoch == epochs - 1:
+                    self._first_step = int(self.model.optimizer.iterations.numpy())
                     tf.profiler.experimental.start(str(logdir))
 
             def on_epoch_end(self, epoch, logs=None):
                 if epoch == epochs - 1:
                     tf.profiler.experimental.stop()
+                    self.steps = int(self.model.optimizer.iterations.numpy()) - self._first_step
 
         return Callback()
 
@@ -286,13 +293,14 @@ def run(ws, config, variant: str, epochs: int) -> dict:
         count = len(ws.split.train)
     else:
         dataset, count, _ = pipeline.training_dataset(ws)
-    steps = count // train.batch_size
+    profiled = ProfileLastEpoch(out / "profile", epochs)
     start = time.perf_counter()
     result = trainer.fit(lambda: build(ws, variant), dataset, count, train,
-                         tf.distribute.get_strategy(),
-                         callbacks=[ProfileLastEpoch(out / "profile", epochs)])
+                         tf.distribute.get_strategy(), callbacks=[profiled])
+    steps = profiled.steps
+    epoch_seconds = count / result.examples_per_second  # mean of the epochs after the first
     return {"examples_per_second": result.examples_per_second, "steps_per_epoch": steps,
-            "ms_per_step": 1000 * train.batch_size / result.examples_per_second,
+            "ms_per_step": 1000 * epoch_seconds / steps,
             "final_loss": result.history["loss"][-1], "seconds": time.perf_counter() - start,
             "profile": summarise_trace(out / "profile", steps)}
 

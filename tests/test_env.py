@@ -5,12 +5,14 @@ Which Keras TensorFlow uses is fixed per process, so each case runs in a fresh i
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import types
 
-from tfmmrec._env import KERAS3_MESSAGE, register_custom_ops
+from tfmmrec._env import KERAS3_MESSAGE, _LibraryRecordsOnRoot, register_custom_ops
 
 
 def run_python(code: str, **env: str | None) -> subprocess.CompletedProcess:
@@ -84,3 +86,31 @@ def test_register_custom_ops_registers_scann_and_tokenizer_ops():
     register_custom_ops(scann=True)  # idempotent
     assert op_def_registry.get("Scann>ScannSearchBatched") is not None
     assert op_def_registry.get("FastWordpieceTokenizeWithOffsets") is not None
+
+
+def _root_record(path, level: int = logging.WARNING, name: str = "root") -> logging.LogRecord:
+    return logging.LogRecord(name, level, str(path), 1, "x", None, None)
+
+
+def test_root_filter_drops_a_noisy_librarys_records_below_error_and_sees_late_imports(
+        tmp_path, monkeypatch):
+    """``quiet_output``'s root filter keeps the folders it found between records: a library
+    imported (or removed) after its first record must still be decided by where it is now."""
+    library = tmp_path / "site-packages" / "apache_beam"
+    inside = library / "io" / "gcp" / "bigquery.py"
+    monkeypatch.delitem(sys.modules, "apache_beam", raising=False)
+    keep = _LibraryRecordsOnRoot().filter
+    assert keep(_root_record(inside))  # not imported: nobody's library folder yet
+
+    beam = types.ModuleType("apache_beam")
+    beam.__file__ = str(library / "__init__.py")
+    monkeypatch.setitem(sys.modules, "apache_beam", beam)
+    assert not keep(_root_record(inside))
+    assert keep(_root_record(inside, logging.ERROR))
+    assert keep(_root_record(inside, name="apache_beam.io.gcp"))  # its own logger's level rules
+    assert keep(_root_record(tmp_path / "me" / "script.py"))
+    assert keep(_root_record(tmp_path / "src" / "apache_beam" / "mine.py"))  # named like it
+    assert keep(_root_record(tmp_path / "site-packages" / "apache_beam_extra" / "x.py"))
+
+    monkeypatch.delitem(sys.modules, "apache_beam")
+    assert keep(_root_record(inside))

@@ -67,15 +67,34 @@ NOISY_PYTHON_LOGGERS = ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "apac
 
 class _LibraryRecordsOnRoot(logging.Filter):
     """Below ERROR, drop what a noisy library logs on the root logger (``logging.warning(...)``
-    in its module, as Beam's BigQuery client does at import), as its own logger's level would."""
+    in its module, as Beam's BigQuery client does at import), as its own logger's level would.
+
+    Every record passes through here, so the libraries' folders are not looked up per record:
+    they are kept with the size of ``sys.modules`` they were found at and found again only
+    once it changed (a library can only start logging from its folder once it is imported,
+    and an import grows ``sys.modules``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._folders: tuple[int, tuple[str, ...]] = (-1, ())  # (len(sys.modules), folders)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR or record.name != "root":
             return True
-        return not any(record.pathname.startswith(folder) for folder in _library_folders())
+        return not record.pathname.startswith(self._library_folders())
+
+    def _library_folders(self) -> tuple[str, ...]:
+        """``_library_folders()``, found again only after an import (one pair, replaced whole,
+        so a record logged from another thread never sees a size with stale folders)."""
+        seen, folders = self._folders
+        if seen != len(sys.modules):
+            seen = len(sys.modules)
+            folders = _library_folders()
+            self._folders = (seen, folders)
+        return folders
 
 
-def _library_folders() -> list[str]:
+def _library_folders() -> tuple[str, ...]:
     """The install folders of the noisy libraries imported so far (a user's own folder that
     happens to be called ``tensorflow`` is not one of them)."""
     folders = []
@@ -83,7 +102,7 @@ def _library_folders() -> list[str]:
         module = sys.modules.get(name)
         if getattr(module, "__file__", None):
             folders.append(os.path.dirname(module.__file__) + os.sep)
-    return folders
+    return tuple(folders)
 
 
 def quiet_output(verbose: bool = False) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -309,12 +309,53 @@ class TrainingData(NamedTuple):
     steps: int | None
 
 
-def training_dataset(ws: Workspace, epochs: Sequence[int] | None = None) -> TrainingData:
-    """The training examples the configured model needs, and how many there are.
+@dataclass(frozen=True)
+class InMemoryExamples:
+    """Per-example ``features`` held in memory, not yet batched: ``batches(epochs)`` makes them
+    the dataset of the epochs a run trains, which a resumed run knows only once ``fit`` has
+    read its backup (``resumable``). ``user_id`` strings become indices when ``user_ids`` is
+    given; ``targets``: what an epoch counts as its examples when they are not its rows
+    (``user_batches``)."""
 
-    ``epochs``: in-memory data is batched for those epochs in a row, each in the order of
-    (``train.seed``, epoch) alone (``trainer.batched_examples``); None, one epoch per
-    iteration. Prepared shards (``train.tfrecords``) stream endlessly either way."""
+    features: dict[str, np.ndarray]
+    batch_size: int
+    seed: int
+    user_ids: np.ndarray | None = None
+    targets: int | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.features.values())))
+
+    @property
+    def examples(self) -> int:
+        return self.rows if self.targets is None else self.targets
+
+    @property
+    def steps(self) -> int:
+        return batches_per_epoch(self.rows, self.batch_size)
+
+    def batches(self, epochs: Sequence[int] | None = None) -> tf.data.Dataset:
+        """``trainer.batched_examples`` of the features for ``epochs`` (None: one epoch per
+        iteration)."""
+        dataset = batched_examples(self.features, self.batch_size, self.seed, epochs=epochs)
+        return dataset if self.user_ids is None else with_user_indices(dataset, self.user_ids)
+
+
+class ResumableData(NamedTuple):
+    """What ``trainer.fit`` reads in one run: ``dataset``, the batches (in memory, a function
+    of the first epoch to train giving those of every epoch from there on), and how many
+    ``examples`` and batches (``steps``; None when the data decides) one epoch has."""
+
+    dataset: tf.data.Dataset | Callable[[int], tf.data.Dataset]
+    examples: int
+    steps: int | None
+
+
+def training_examples(ws: Workspace) -> InMemoryExamples | TrainingData:
+    """The training examples the configured model needs: in memory, to be batched for the
+    epochs a run trains (``InMemoryExamples``), or prepared shards (``train.tfrecords``),
+    streamed endlessly (``TrainingData``, the data deciding its steps)."""
     config = ws.config
     train = ws.split.train
     ranking = config.ranking
@@ -325,7 +366,7 @@ def training_dataset(ws: Workspace, epochs: Sequence[int] | None = None) -> Trai
         lists = sample_lists(train["user_id"].astype(str).to_numpy(),
                              train["item_index"].to_numpy(), rating_targets(train),
                              ranking.list_size, ranking.lists_per_user, config.data.seed)
-        return _in_memory(lists, config.train.batch_size, config, epochs, ws.user_ids)
+        return InMemoryExamples(lists, config.train.batch_size, config.train.seed, ws.user_ids)
     extra = {"rating": rating_targets(train)} if ranking.enabled and ranking.task == "regression" \
         else None
     if config.train.tfrecords:
@@ -334,30 +375,28 @@ def training_dataset(ws: Workspace, epochs: Sequence[int] | None = None) -> Trai
                                           config.train.seed, columns)
         return TrainingData(with_user_indices(dataset, ws.user_ids), count, None)
     if config.model.objective == "users":
-        return user_batches(train, ws.user_ids, config, epochs)
+        return user_batches(train, ws.user_ids, config)
     # In memory: user ids become indices once, here, not in every batch.
     features = {"user_index": user_indices(train["user_id"], ws.user_ids),
                 "item_index": train["item_index"].to_numpy(np.int32), **(extra or {})}
-    return _in_memory(features, config.train.batch_size, config, epochs)
+    return InMemoryExamples(features, config.train.batch_size, config.train.seed)
 
 
-def _in_memory(features: dict[str, np.ndarray], batch_size: int, config: Config,
-               epochs: Sequence[int] | None, user_ids=None, examples: int | None = None
-               ) -> TrainingData:
-    """``TrainingData`` of per-example ``features`` (``user_id`` strings become indices when
-    ``user_ids`` is given)."""
-    dataset = batched_examples(features, batch_size, config.train.seed, epochs=epochs)
-    if user_ids is not None:
-        dataset = with_user_indices(dataset, user_ids)
-    count = len(next(iter(features.values())))
-    return TrainingData(dataset, count if examples is None else examples,
-                        batches_per_epoch(count, batch_size))
+def training_dataset(ws: Workspace, epochs: Sequence[int] | None = None) -> TrainingData:
+    """The training examples the configured model needs, and how many there are.
+
+    ``epochs``: in-memory data is batched for those epochs in a row, each in the order of
+    (``train.seed``, epoch) alone (``trainer.batched_examples``); None, one epoch per
+    iteration. Prepared shards (``train.tfrecords``) stream endlessly either way."""
+    examples = training_examples(ws)
+    if isinstance(examples, TrainingData):
+        return examples
+    return TrainingData(examples.batches(epochs), examples.examples, examples.steps)
 
 
-def user_batches(train: pd.DataFrame, user_ids, config: Config,
-                 epochs: Sequence[int] | None = None) -> TrainingData:
-    """``model.objective: users``: batches of ``user_index`` only (the model reads each user's
-    history from its encoder), and the expected hidden entries (targets) per epoch.
+def user_batches(train: pd.DataFrame, user_ids, config: Config) -> InMemoryExamples:
+    """``model.objective: users``: examples of ``user_index`` only (the model reads each user's
+    history from its encoder), counting the expected hidden entries (targets) per epoch.
 
     An epoch visits every training user ``round(1 / history_dropout)`` times, so each
     interaction is a target about once per epoch, as with the per-interaction objective; a
@@ -370,18 +409,20 @@ def user_batches(train: pd.DataFrame, user_ids, config: Config,
     visits = max(1, round(1 / rate))
     per_user = len(train) / len(users) * rate  # hidden entries per user and visit
     batch = int(min(len(users) * visits, max(1, round(config.train.batch_size / per_user))))
-    return _in_memory({"user_index": np.tile(users, visits)}, batch, config, epochs,
-                      examples=round(len(train) * visits * rate))
+    return InMemoryExamples({"user_index": np.tile(users, visits)}, batch, config.train.seed,
+                            targets=round(len(train) * visits * rate))
 
 
-def resumable(data: TrainingData, ws: Workspace, epochs: int):
-    """What ``trainer.fit`` reads for ``data`` (built for every epoch): in-memory batches as a
-    function of the first epoch to train (``data``'s own from epoch 0; rebuilt from a resumed
-    run's epoch on), or the dataset as it is when the data decides its steps (shards)."""
-    if data.steps is None:
-        return data.dataset
-    return lambda first: data.dataset if first == 0 else \
-        training_dataset(ws, range(first, epochs)).dataset
+def resumable(ws: Workspace, epochs: int) -> ResumableData:
+    """What ``trainer.fit`` reads in a run of ``epochs`` epochs: in memory, the examples
+    (gathered once, here) batched from the first epoch ``fit`` trains on (0, or the one after
+    a resumed run's backup), so the batches are built once, for the epochs the run trains; or
+    the prepared shards' stream as it is (the data decides its steps)."""
+    examples = training_examples(ws)
+    if isinstance(examples, TrainingData):
+        return ResumableData(*examples)
+    return ResumableData(lambda first: examples.batches(range(first, epochs)),
+                         examples.examples, examples.steps)
 
 
 def user_indices(user_ids, vocabulary) -> np.ndarray:
@@ -519,9 +560,9 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         # Only the final fit runs the chosen epochs; the workspace keeps train.epochs as
         # configured (the cap), as config.yaml and restore's workspace do.
         fit_config = load_config(config, [f"train.epochs={validation['best_epoch']}"]).train
-    data = training_dataset(ws, range(fit_config.epochs))
-    result = fit(lambda: build_model(ws), resumable(data, ws, fit_config.epochs), data.examples,
-                 fit_config, strategy, callbacks, dataset_fn=lambda: training_dataset(ws)[0],
+    data = resumable(ws, fit_config.epochs)
+    result = fit(lambda: build_model(ws), data.dataset, data.examples, fit_config, strategy,
+                 callbacks, dataset_fn=lambda: training_dataset(ws)[0],
                  steps_per_epoch=data.steps)
     result.workspace = ws
     result.epochs_configured = config.train.epochs
@@ -697,9 +738,9 @@ def _train_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience if not carve else 0, ks, embed,
         linear_cf_rank=cf_rank, linear_cf_kinds=kinds, head_metrics=head_metrics)
-    data = training_dataset(inner, range(config.train.epochs))
-    fit(lambda: build_model(inner), resumable(data, inner, config.train.epochs), data.examples,
-        config.train, strategy, [monitor], steps_per_epoch=data.steps)
+    data = resumable(inner, config.train.epochs)
+    fit(lambda: build_model(inner), data.dataset, data.examples, config.train, strategy,
+        [monitor], steps_per_epoch=data.steps)
     return monitor
 
 
@@ -718,9 +759,9 @@ def select_serving_mix(ws: Workspace, strategy: tf.distribute.Strategy, output: 
     inner = dataclasses.replace(ws, config=config, split=validation)
     logger.info("fusion selection: training on %d of the %d training interactions",
                 len(validation.train), len(ws.split.train))
-    data = training_dataset(inner, range(config.train.epochs))
-    model = fit(lambda: build_model(inner), resumable(data, inner, config.train.epochs),
-                data.examples, config.train, strategy, steps_per_epoch=data.steps).model
+    data = resumable(inner, config.train.epochs)
+    model = fit(lambda: build_model(inner), data.dataset, data.examples, config.train, strategy,
+                steps_per_epoch=data.steps).model
     users = embed_users(model, ws.user_ids, config.eval.batch_size)
     fused = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
 

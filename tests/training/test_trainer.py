@@ -298,6 +298,28 @@ def test_interrupted_training_resumes_from_the_backup(tiny_config, tiny_workspac
     assert backup_files(output) == []
 
 
+def test_a_resumed_run_builds_its_in_memory_batches_once(tiny_config, tiny_workspace, tmp_path,
+                                                        monkeypatch):
+    """A run resumed at epoch 2 batches its in-memory examples once, for epochs 2 and 3. It
+    used to build them for epochs 1-3 first and then again from the backup's epoch (every
+    feature array copied into tensors twice, and the listwise lists sampled twice)."""
+    config = derive_config(tiny_config, tmp_path, "train.epochs=3")
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        pipeline.train(config, workspace=tiny_workspace, callbacks=[Interrupt()],
+                       progress=False)
+    built = []
+    batched_examples = pipeline.batched_examples
+
+    def spy(*args, epochs=None, **kwargs):
+        built.append(None if epochs is None else list(epochs))
+        return batched_examples(*args, epochs=epochs, **kwargs)
+
+    monkeypatch.setattr(pipeline, "batched_examples", spy)
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert result.epochs_run == 2
+    assert built == [[1, 2]]  # one build, of the epochs (0-based) the resumed run trains
+
+
 def test_train_gives_the_same_model_whether_it_prepares_or_is_given_the_workspace(
         tiny_config, tmp_path):
     """`tfmmrec train` prepares inside `train`; `tfmmrec demo` and notebooks prepare first and

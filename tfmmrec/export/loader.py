@@ -14,6 +14,7 @@ import tensorflow as tf
 from tfmmrec._env import register_custom_ops
 from tfmmrec.errors import ExportError, ServingError, name_viewed_input, one_line_error
 from tfmmrec.export.writer import is_version_name, list_versions, read_metadata
+from tfmmrec.modalities.base import check_strings, not_a_string
 
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
@@ -190,21 +191,6 @@ def check_ordered(values, name: str, what: str) -> None:
                            f"list of {what}")
 
 
-def check_strings(values, name: str) -> None:
-    """Refuse an entry of a string input that is not ``str``/``bytes`` (``None``, a number),
-    naming its position: TensorFlow would say only that it cannot convert the value, and
-    ``str(v)`` would send ``"None"`` as an id (as REST's JSON would). The one id check
-    ``ExportedModel`` and ``ServingClient`` share."""
-    array = np.asarray(values, dtype=object)
-    for position, value in np.ndenumerate(array):
-        if not isinstance(value, str | bytes):
-            raise _not_a_string(name + "".join(f"[{i}]" for i in position), value)
-
-
-def _not_a_string(where: str, value) -> ServingError:
-    return ServingError(f"{where} is {value!r} ({type(value).__name__}), not a string")
-
-
 def padded(lists, name: str = "item id lists") -> np.ndarray:
     """Ragged lists of ids → a ``[B, max_len]`` array of ``str`` padded with "" (the request
     form of ``exclude_item_ids`` and ``session_item_ids``); ``dtype=object``, as numpy's
@@ -241,7 +227,7 @@ def _id_text(item, where: str) -> str:
     if isinstance(item, str):
         return str(item)  # np.str_ too
     if not isinstance(item, bytes):
-        raise _not_a_string(where, item)
+        raise not_a_string(where, item)
     try:
         return item.decode("utf-8")
     except UnicodeDecodeError:

@@ -16,7 +16,7 @@ import hashlib
 import importlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -228,8 +228,13 @@ class ModalitySpec(abc.ABC):
 
     def request_values(self, values) -> np.ndarray:
         """What a client sends as the ``query_<name>`` request for ``values`` (one value or a
-        list, as a user passes them): default, the values as strings."""
-        return string_batch(values)
+        list, as a user passes them): default, the values as strings. Anything else (``None``,
+        a number, a path) is refused with a ``ServingError`` naming its position, before it is
+        sent: REST's JSON would send ``1`` as the text ``"1"``. A modality that encodes other
+        values overrides this and checks them itself."""
+        batch = request_batch(values)
+        check_strings(batch, f"query_{self.name}: {self.name}")
+        return string_batch(batch)
 
     @abc.abstractmethod
     def warmup_sample(self) -> np.ndarray:
@@ -288,9 +293,12 @@ class FileModality(ModalitySpec):
     query_metavar: ClassVar[str] = "FILE"
 
     def request_values(self, values) -> np.ndarray:
-        """Encoded file bytes as they are; paths are read (the request carries the file)."""
-        if isinstance(values, bytes | str | os.PathLike):
-            values = [values]
+        """Encoded file bytes as they are; paths are read (the request carries the file).
+        Anything else (``None``, a number) is refused naming its position before any file is
+        read, as ``ExportedModel`` refuses it: it is neither a file nor its content."""
+        values = request_batch(values)
+        check_strings([os.fspath(v) if isinstance(v, os.PathLike) else v for v in values],
+                      f"query_{self.name}: {self.name}")
         blobs = []
         for value in values:
             if isinstance(value, bytes):
@@ -343,6 +351,29 @@ def media_paths(frame: pd.DataFrame, root: Path, column: str | None, modality: s
     return paths
 
 
+def request_batch(values) -> list:
+    """A user's query values as a list: a lone string, bytes or path, or a value that is no
+    collection (``None``, ``5``), is a batch of one, so that a check can name it ``[0]``."""
+    if isinstance(values, str | bytes | os.PathLike) or not isinstance(values, Iterable):
+        return [values]
+    return list(values)
+
+
+def check_strings(values, name: str) -> None:
+    """Refuse an entry of a string input that is not ``str``/``bytes`` (``None``, a number),
+    naming its position: TensorFlow would say only that it cannot convert the value, and
+    ``str(v)`` would send ``"None"`` as an id (as REST's JSON would). The one id check
+    ``ExportedModel`` and ``ServingClient`` share."""
+    array = np.asarray(values, dtype=object)
+    for position, value in np.ndenumerate(array):
+        if not isinstance(value, str | bytes):
+            raise not_a_string(name + "".join(f"[{i}]" for i in position), value)
+
+
+def not_a_string(where: str, value) -> ServingError:
+    return ServingError(f"{where} is {value!r} ({type(value).__name__}), not a string")
+
+
 def string_batch(values: Sequence[str] | str) -> np.ndarray:
     """A request batch of strings: text stays ``str`` (plain JSON strings over REST), ``bytes``
     stay bytes (b64 over REST). ``dtype=object`` matters: numpy's fixed-width bytes dtype drops
@@ -361,5 +392,5 @@ def int_feature(value: int) -> tf.train.Feature:
 
 
 __all__ = ["BATCH_OF_STRINGS", "OFFLINE_LIMITS", "FileModality", "ModalitySpec", "Settings",
-           "bytes_feature", "content_hash", "decode_limits", "int_feature", "media_paths",
-           "string_batch"]
+           "bytes_feature", "check_strings", "content_hash", "decode_limits", "int_feature",
+           "media_paths", "not_a_string", "request_batch", "string_batch"]

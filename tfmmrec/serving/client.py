@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import http.client
 import json
-import os
 import re
 import urllib.error
 import urllib.request
@@ -34,13 +33,12 @@ from tfmmrec.errors import ServingError, one_line_error
 from tfmmrec.export.loader import (
     check_k,
     check_ordered,
-    check_strings,
     integer_in,
     padded,
     session_rows,
 )
 from tfmmrec.export.warmup import predict_request
-from tfmmrec.modalities.base import string_batch
+from tfmmrec.modalities.base import check_strings, string_batch
 from tfmmrec.serving.json_tensor import (
     INT_RANGES,
     NUMPY_DTYPES,
@@ -345,17 +343,10 @@ def _user_ids(user_ids: Sequence[str] | str) -> np.ndarray:
 
 
 def _content(spec: modalities.ModalitySpec, values, name: str) -> np.ndarray:
-    """``spec.request_values(values)``, checked to be strings/bytes before it is sent; for the
-    built-in encodings (text as strings, files as paths or bytes) the values themselves are
-    checked first: a file modality would raise a bare TypeError on ``1`` or ``None``, and text
-    would send them as ``"1"``/``"None"`` over REST. A registered modality with its own
-    ``request_values`` gets its values as given (they may be arrays)."""
-    if type(spec).request_values in (modalities.ModalitySpec.request_values,
-                                     modalities.FileModality.request_values):
-        lone = isinstance(values, str | bytes | os.PathLike) or not isinstance(values, Iterable)
-        values = [values] if lone else list(values)
-        check_strings([os.fspath(v) if isinstance(v, os.PathLike) else v for v in values],
-                      name)
+    """``spec.request_values(values)``, checked to be strings/bytes before it is sent. The
+    modality checks the values it is given (text takes strings, a file modality paths or
+    bytes, a registered one whatever it encodes, arrays included); this checks what it made,
+    as every ``query_<name>`` input is a batch of strings whatever the modality."""
     request = spec.request_values(values)
     check_strings(request, name)
     return request
