@@ -414,13 +414,18 @@ def user_batches(train: pd.DataFrame, user_ids, config: Config) -> InMemoryExamp
 
 
 def resumable(ws: Workspace, epochs: int) -> ResumableData:
-    """What ``trainer.fit`` reads in a run of ``epochs`` epochs: in memory, the examples
-    (gathered once, here) batched from the first epoch ``fit`` trains on (0, or the one after
-    a resumed run's backup), so the batches are built once, for the epochs the run trains; or
-    the prepared shards' stream as it is (the data decides its steps)."""
+    """What ``trainer.fit`` reads in a run of ``epochs`` epochs, as a function of the first
+    epoch it trains (0, or the one after a resumed run's backup): in memory, the examples
+    (gathered once, here) batched for the epochs from there on, so the batches are built once;
+    from prepared shards, the stream past the batches of the epochs already trained. That
+    stream is a function of ``train.seed`` alone (seeded shuffles, deterministic interleave),
+    so a resumed run reads the batches the interrupted one would have read next; skipping
+    reads and parses the records it passes over, without training on them."""
     examples = training_examples(ws)
     if isinstance(examples, TrainingData):
-        return ResumableData(*examples)
+        steps = batches_per_epoch(examples.examples, ws.config.train.batch_size)
+        return ResumableData(lambda first: examples.dataset.skip(first * steps),
+                             examples.examples, steps)
     return ResumableData(lambda first: examples.batches(range(first, epochs)),
                          examples.examples, examples.steps)
 

@@ -317,3 +317,64 @@ def test_training_from_shards(prepared, tiny_config, tmp_path):
     assert steps >= 1
     again = pipeline.prepare(config, progress=False)  # the cache now holds every feature
     assert again.cache_stats["image"].computed == 0 and again.cache_stats["image"].reused == 72
+
+
+RESUMED_STREAM = """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    from tfmmrec import pipeline
+    from tfmmrec.config import load_config
+
+    config = load_config(sys.argv[1])
+    tf.keras.utils.set_random_seed(config.train.seed)  # as train() does before building data
+    data = pipeline.resumable(pipeline.prepare(config, progress=False), epochs=3)
+    batches = list(data.dataset(int(sys.argv[2])).take(2))
+    np.savez(sys.argv[3], **{f"{key}{i}": b[key].numpy() for i, b in enumerate(batches)
+                             for key in ("user_index", "item_index")})
+"""
+
+
+def test_a_resumed_run_reads_the_shards_where_the_interrupted_one_stopped(prepared, tiny_config,
+                                                                            tmp_path):
+    """The shard stream is a function of train.seed: a new process resuming after epoch 2
+    reads the batches this one reads after 2 epochs' steps (before, the resumed run started
+    a new stream: its epochs read another order than an uninterrupted run's)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    config = derive_config(tiny_config, tmp_path, f"train.tfrecords={prepared.directory}",
+                           "train.batch_size=16")
+    config.to_yaml(tmp_path / "config.yaml")
+    subprocess.run([sys.executable, "-c", textwrap.dedent(RESUMED_STREAM),
+                    str(tmp_path / "config.yaml"), "2", str(tmp_path / "resumed.npz")],
+                   check=True, capture_output=True)
+    tf.keras.utils.set_random_seed(config.train.seed)
+    data = pipeline.resumable(pipeline.prepare(config, progress=False), epochs=3)
+    assert data.steps == prepared.count("train") // 16
+    stream = list(data.dataset(0).take(2 * data.steps + 2))
+    with np.load(tmp_path / "resumed.npz") as resumed:
+        for i, batch in enumerate(stream[2 * data.steps:]):
+            for key in ("user_index", "item_index"):
+                np.testing.assert_array_equal(resumed[f"{key}{i}"], batch[key].numpy())
+    assert not np.array_equal(stream[0]["item_index"].numpy(),
+                              stream[2 * data.steps]["item_index"].numpy())
+
+
+def test_training_from_shards_resumed_ends_as_an_uninterrupted_run(prepared, tiny_config,
+                                                                   tmp_path):
+    """Interrupted after epoch 1 and resumed, a run on prepared shards trains epochs 2-3 on
+    the batches (and dropout draws) an uninterrupted run does, to its losses."""
+    from tests.training.test_trainer import Interrupt
+
+    shards = [f"train.tfrecords={prepared.directory}", "train.epochs=3"]
+    interrupted = derive_config(tiny_config, tmp_path / "interrupted", *shards)
+    ws = pipeline.prepare(interrupted, progress=False)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        pipeline.train(interrupted, workspace=ws, callbacks=[Interrupt()], progress=False)
+    resumed = pipeline.train(interrupted, workspace=ws, progress=False)
+    whole = pipeline.train(derive_config(tiny_config, tmp_path / "whole", *shards),
+                           workspace=ws, progress=False)
+    assert resumed.epochs_run == 2
+    np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"][1:], rtol=1e-5)
