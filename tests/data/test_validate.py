@@ -58,8 +58,10 @@ def test_unsupported_table_format_names_file(tmp_path):
         load(root, items_file="items.xlsx")
 
 
-def test_missing_interactions_table_names_path(tmp_path):
-    with pytest.raises(DataError, match=r"table not found: .*interactions\.csv"):
+def test_missing_interactions_table_lists_accepted_names(tmp_path):
+    with pytest.raises(DataError, match=r"no interactions table in .*: expected one of "
+                                        r"interactions\.csv, interactions\.jsonl, "
+                                        r"interactions\.parquet$"):
         load(make_folder(tmp_path / "d", interactions=None))
 
 
@@ -268,7 +270,7 @@ def pairs(dataset) -> list[tuple[str, str, int, int]]:
 
 def test_repeated_pair_is_refused_naming_both_lines_count_and_fix(tmp_path):
     with pytest.raises(DataError) as info:
-        load(make_folder(tmp_path / "d", interactions=REPEATED, media=False))
+        load(make_folder(tmp_path / "d", interactions=REPEATED))
     message = str(info.value)
     assert "interactions.csv: duplicate interaction (user_id 'u1', item_id 'i1') at " \
            "interactions.csv line 6 (first seen at interactions.csv line 2); 2 duplicate " \
@@ -283,7 +285,7 @@ def test_repeated_pair_is_refused_naming_both_lines_count_and_fix(tmp_path):
               ("u2", "i3", 5, 900)]),
 ])
 def test_first_and_last_keep_one_row_per_pair_by_timestamp(tmp_path, caplog, policy, kept):
-    root = make_folder(tmp_path / "d", interactions=REPEATED, media=False)
+    root = make_folder(tmp_path / "d", interactions=REPEATED)
     with caplog.at_level(logging.INFO, logger="tfmmrec"):
         dataset = load(root, duplicate_interactions=policy)
     assert pairs(dataset) == kept  # the kept rows stay in file order
@@ -295,7 +297,7 @@ def test_first_and_last_keep_one_row_per_pair_by_timestamp(tmp_path, caplog, pol
 def test_without_timestamps_first_and_last_follow_file_order(tmp_path, policy, ratings):
     # the timestamp column is blank everywhere, so absent: file order decides
     interactions = "user_id,item_id,rating,timestamp\nu1,i1,5,\nu1,i2,3,\nu1,i1,1,\n"
-    dataset = load(make_folder(tmp_path / "d", interactions=interactions, media=False),
+    dataset = load(make_folder(tmp_path / "d", interactions=interactions),
                    duplicate_interactions=policy)
     assert list(dataset.interactions["item_id"]) == (["i1", "i2"] if policy == "first"
                                                      else ["i2", "i1"])
@@ -305,7 +307,7 @@ def test_without_timestamps_first_and_last_follow_file_order(tmp_path, policy, r
 def test_the_kept_row_decides_min_rating(tmp_path):
     # u1/i1 was re-rated 1 then 5: "last" keeps the 5, which passes min_rating=4
     interactions = "user_id,item_id,rating,timestamp\nu1,i1,1,10\nu1,i2,2,20\nu1,i1,5,30\n"
-    root = make_folder(tmp_path / "d", interactions=interactions, media=False)
+    root = make_folder(tmp_path / "d", interactions=interactions)
     assert list(load(root, duplicate_interactions="last", min_rating=4)
                 .interactions["item_id"]) == ["i1"]
     with pytest.raises(DataError, match="no interaction has rating >= 4"):
@@ -317,7 +319,7 @@ GIVEN = ("user_id,item_id,timestamp,split\nu1,i1,100,train\nu1,i2,200,train\n"
 
 
 def test_given_split_refuses_a_pair_in_train_and_test(tmp_path):
-    root = make_folder(tmp_path / "d", interactions=GIVEN, media=False)
+    root = make_folder(tmp_path / "d", interactions=GIVEN)
     with pytest.raises(DataError) as info:
         load(root, split="given")
     message = str(info.value)
@@ -331,7 +333,7 @@ def test_given_split_refuses_a_pair_in_train_and_test(tmp_path):
 def test_given_split_keeps_the_chosen_row_with_its_split_value(tmp_path, policy, test_rows):
     from tfmmrec.data.splits import given_split
 
-    root = make_folder(tmp_path / "d", interactions=GIVEN, media=False)
+    root = make_folder(tmp_path / "d", interactions=GIVEN)
     split = given_split(load(root, split="given", duplicate_interactions=policy).interactions)
     assert len(split.test) == test_rows and len(split.train) == 3 - test_rows
     train = set(zip(split.train["user_id"], split.train["item_id"], strict=True))

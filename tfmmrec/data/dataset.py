@@ -1,9 +1,10 @@
 """Data layer: a dataset folder → ``Dataset`` (catalog with modality columns, interactions, users).
 
 A dataset is a folder holding an items table (``items.csv|.jsonl|.parquet``: ``item_id``, text
-columns, image/audio columns with paths relative to the folder), ``interactions.csv``
-(``user_id``, ``item_id``, optional ``rating``, ``timestamp``, ``split``) and optionally
-``users.csv``. A user-supplied test set and candidate list are read here too.
+columns, image/audio columns with paths relative to the folder), an interactions table
+(``interactions.csv|.jsonl|.parquet``: ``user_id``, ``item_id``, optional ``rating``,
+``timestamp``, ``split``) and optionally a users table (``users.csv|.jsonl|.parquet``). A
+user-supplied test set and candidate list are read here too.
 """
 
 from __future__ import annotations
@@ -185,9 +186,28 @@ def _load_catalog(root: Path, path: Path, config: DataConfig) -> Catalog:
     columns = infer_modality_columns(frame, config)
     configured = [c for name in modalities.names() for c in columns.of(name)]
     validate.require_columns(frame, path, [c for c in configured if c])
-    values = {spec.name: spec.catalog_values(frame, root, columns.of(spec.name), path)
-              for spec in modalities.specs()}
+    values = catalog_values(frame, root, {name: columns.of(name) for name in modalities.names()},
+                            path)
     return Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values, columns, frame)
+
+
+def catalog_values(frame: pd.DataFrame, root: Path, columns: Mapping[str, tuple[str, ...]],
+                   table: Path, refuse_unresolved: bool = True) -> dict[str, Sequence]:
+    """Each modality's per-item content (``ModalitySpec.catalog_values``), its media paths
+    checked here (``validate.require_resolved_media``): the missing ones are named with the
+    folder they were looked for in, and a column none of whose paths is a file is an error
+    (``refuse_unresolved``; a stream judges that on its first chunk only)."""
+    values: dict[str, Sequence] = {}
+    for spec in modalities.specs():
+        chosen = columns.get(spec.name, ())
+        if not (isinstance(spec, modalities.FileModality) and chosen):
+            values[spec.name] = spec.catalog_values(frame, root, chosen, table)
+            continue
+        with validate.missing_media_refused():  # reported below, naming the folder
+            values[spec.name] = spec.catalog_values(frame, root, chosen, table)
+        validate.require_resolved_media(frame, table, root, chosen[0], spec.name,
+                                        values[spec.name], refuse_unresolved)
+    return values
 
 
 def infer_modality_columns(frame: pd.DataFrame, config: DataConfig) -> ModalityColumns:
@@ -209,7 +229,7 @@ def infer_modality_columns(frame: pd.DataFrame, config: DataConfig) -> ModalityC
 
 def _load_interactions(root: Path, catalog: Catalog, config: DataConfig,
                        items_path: Path) -> pd.DataFrame:
-    path = root / "interactions.csv"
+    path = validate.find_table(root, "interactions")
     frame = validate.read_table(path, id_columns=["user_id", "item_id"])
     validate.require_columns(frame, path, ["user_id", "item_id"])
     validate.require_no_missing_ids(frame, path, "user_id")
@@ -318,8 +338,8 @@ def load_candidates(path: str | Path, catalog: Catalog) -> np.ndarray:
 
 
 def _load_users(root: Path, config: DataConfig) -> tuple[pd.DataFrame | None, tuple[str, ...]]:
-    path = root / "users.csv"
-    if not path.is_file():
+    path = validate.find_table(root, "users", required=False)
+    if path is None:
         return None, ()
     frame = validate.read_table(path, id_columns=["user_id"])
     validate.require_columns(frame, path, ["user_id"])
@@ -332,6 +352,7 @@ def _load_users(root: Path, config: DataConfig) -> tuple[pd.DataFrame | None, tu
         validate.require_columns(frame, path, columns)
     for column in columns:
         _warn_if_nearly_numeric(frame, path, column)
+    validate.require_finite_features(frame, path, columns, "user_id")
     frame["user_id"] = frame["user_id"].astype(object)
     return frame, columns
 
@@ -364,7 +385,7 @@ def load_items_table(path: str | Path, columns: ModalityColumns) -> Catalog:
     validate.require_columns(frame, path, ["item_id"])
     validate.require_no_missing_ids(frame, path, "item_id")
     validate.require_unique(frame, path, "item_id")
-    values = {spec.name: spec.catalog_values(
-        frame, path.parent, tuple(c for c in columns.of(spec.name) if c in frame.columns), path)
-        for spec in modalities.specs()}
+    values = catalog_values(frame, path.parent, {
+        name: tuple(c for c in columns.of(name) if c in frame.columns)
+        for name in modalities.names()}, path)
     return Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values, columns, frame)

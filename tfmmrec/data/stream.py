@@ -22,7 +22,13 @@ from pathlib import Path
 from tfmmrec import modalities
 from tfmmrec.config import DataConfig
 from tfmmrec.data import validate
-from tfmmrec.data.dataset import Catalog, Dataset, ModalityColumns, infer_modality_columns
+from tfmmrec.data.dataset import (
+    Catalog,
+    Dataset,
+    ModalityColumns,
+    catalog_values,
+    infer_modality_columns,
+)
 from tfmmrec.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -87,9 +93,9 @@ class ItemsStream:
                 configured = [c for name in modalities.names() for c in self._columns.of(name)]
                 validate.require_columns(frame, self.path, configured)
             validate.require_no_missing_ids(frame, self.path, "item_id")
-            values = {spec.name: spec.catalog_values(frame, self.root,
-                                                     self._columns.of(spec.name), self.path)
-                      for spec in modalities.specs()}
+            values = catalog_values(frame, self.root, {
+                name: self._columns.of(name) for name in modalities.names()}, self.path,
+                refuse_unresolved=start == 0)  # judged as the columns are: on the first chunk
             yield start, Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values,
                                              self._columns, frame)
             start += len(frame)

@@ -21,7 +21,9 @@ from tfmmrec.errors import DataError, MediaDecodeError
 
 logger = logging.getLogger(__name__)
 
-ITEM_TABLE_NAMES = ("items.csv", "items.jsonl", "items.parquet")
+TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")  # what read_table reads
+ITEM_TABLE_NAMES = tuple(f"items{suffix}" for suffix in TABLE_SUFFIXES)
+DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 SHOW_AT_MOST = 5
 PAIR_COLUMNS = ("user_id", "item_id")  # one interaction per pair (data.duplicate_interactions)
 
@@ -121,7 +123,7 @@ def _first_bad_line(path: Path) -> str | None:
 
     if path.suffix not in (".csv", ".jsonl"):
         return None
-    header = None
+    header, hint = None, ""
     with open(path, "rb") as lines:
         for number, raw in enumerate(lines, start=1):
             try:
@@ -131,11 +133,11 @@ def _first_bad_line(path: Path) -> str | None:
             if path.suffix == ".csv":
                 fields = _csv_field_count(text)
                 if number == 1:
-                    header = fields
+                    header, hint = fields, (delimiter_hint(text) if fields == 1 else "")
                 elif fields is not None and header is not None and fields > header:
                     return (f"line {number} has {fields} fields, the header {header}: a "
                             "field beyond the header's columns (quote fields that hold "
-                            "commas, or name the extra column in the header)")
+                            f"commas, or name the extra column in the header){hint}")
             if path.suffix == ".jsonl" and text.strip():
                 try:
                     row = json.loads(text)
@@ -274,22 +276,49 @@ def find_items_table(root: Path, items_file: str | None) -> Path:
     """The items table: the configured file, else the single items.{csv,jsonl,parquet}."""
     if items_file:
         return root / items_file
-    found = [root / name for name in ITEM_TABLE_NAMES if (root / name).is_file()]
-    if not found:
-        raise DataError(f"no items table in {root}: expected one of {', '.join(ITEM_TABLE_NAMES)}")
+    return find_table(root, "items", "set data.items_file")
+
+
+def find_table(root: Path, stem: str, several_fix: str = "keep one, remove the others",
+               required: bool = True) -> Path | None:
+    """The folder's single ``<stem>.csv|.jsonl|.parquet``: every table is read by
+    :func:`read_table`, so each may be in any format it reads (interactions exported to
+    Parquet need no conversion). Not ``required`` (users): ``None`` when there is none."""
+    names = [f"{stem}{suffix}" for suffix in TABLE_SUFFIXES]
+    found = [root / name for name in names if (root / name).is_file()]
     if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise DataError(f"several items tables in {root} ({names}): set data.items_file")
-    return found[0]
+        raise DataError(f"several {stem} tables in {root} "
+                        f"({', '.join(p.name for p in found)}): {several_fix}")
+    if found:
+        return found[0]
+    others = sorted(p.name for p in root.glob(f"{stem}.*") if p.is_file())
+    unread = (f"; found {', '.join(others)}, which is not one of these formats (convert it "
+              "to CSV, JSONL or Parquet)" if others else "")
+    if required:
+        raise DataError(f"no {stem} table in {root}: expected one of {', '.join(names)}{unread}")
+    if others:
+        logger.warning("%s: %s ignored: a %s table is read from %s", root, ", ".join(others),
+                       stem, " or ".join(names))
+    return None
 
 
 def require_columns(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; "
-            f"found columns: {', '.join(map(str, frame.columns))}"
-        )
+        found = [str(c) for c in frame.columns]
+        hint = delimiter_hint(found[0]) if path.suffix == ".csv" and len(found) == 1 else ""
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
+                        f"found columns: {', '.join(found)}{hint}")
+
+
+def delimiter_hint(header: str) -> str:
+    """For a CSV header read as one column: if it holds another delimiter, say so (the
+    columns are all there, only glued together); else ""."""
+    for delimiter, name in DELIMITERS.items():
+        if delimiter in header:
+            return (f" — the file seems to be {name}-separated ({delimiter!r}); tfmmrec reads "
+                    "comma-separated CSV: save it with commas (or as .jsonl/.parquet)")
+    return ""
 
 
 def require_no_missing_ids(frame: pd.DataFrame, path: Path, column: str) -> None:
@@ -417,6 +446,28 @@ def require_numeric(frame: pd.DataFrame, path: Path, column: str,
     return values
 
 
+def require_finite_features(frame: pd.DataFrame, path: Path, columns: Sequence[str],
+                            id_column: str) -> None:
+    """Numeric feature columns hold finite numbers or nothing (an empty cell is a missing
+    value). One ``inf`` (``1e400`` in a CSV reads as one) would make the column's mean and
+    spread infinite, and standardising would turn every user's value into the same number."""
+    for column in columns:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(np.isinf(numbers))  # NaN is an empty cell: a missing value
+        if len(bad):
+            i = bad[0]
+            raise DataError(
+                f"{path}: {row_label(path, frame.index[i])} ({id_column} "
+                f"{frame[id_column].iloc[i]!r}), column {column}: {numbers[i]} is not a finite "
+                f"number ({len(bad)} such "
+                "value(s) in the column); write a finite number (values beyond ±1.8e308 read "
+                "as inf) or leave the cell empty"
+            )
+
+
 def require_timestamps(frame: pd.DataFrame, path: Path, column: str) -> pd.Series:
     """A timestamp column as numbers: numeric values as they are (any unit; only their order
     is used), or ISO 8601 dates/times in every row (``2020-01-01``,
@@ -469,8 +520,37 @@ def require_known_items(interactions: pd.DataFrame, path: Path, known: pd.Index,
         )
         raise DataError(
             f"{path}: {len(unknown)} interaction(s) name items that are not in "
-            f"{items_path.name}: {where}. Add the items or drop those rows."
+            f"{items_path.name}: {where}. Add the items or drop those rows"
+            f"{_id_format_hint(interactions, path, unknown, known, items_path)}."
         )
+
+
+def _id_format_hint(interactions: pd.DataFrame, path: Path, unknown: pd.Index, known: pd.Index,
+                    items_path: Path) -> str:
+    """When an unknown id names a known item but for its number format ('001' and 1, '7.0'
+    and '7'), say so with that pair: ids are compared as text, and a numeric id column
+    (Parquet, JSONL, a spreadsheet export) drops leading zeros."""
+    catalogue = {}
+    for item in known:
+        catalogue.setdefault(_as_number_text(item), item)
+    for i in unknown[:10_000]:  # an error path: a look at the first rows is enough
+        given = interactions["item_id"].iloc[i]
+        match = catalogue.get(_as_number_text(given))
+        if match is not None:
+            return (f"; ids are compared as text, and {row_label(path, i)} has {given!r} where "
+                    f"{items_path.name} has {match!r}: write the ids the same way in both "
+                    "tables (a numeric id column drops leading zeros; store ids as strings)")
+    return ""
+
+
+def _as_number_text(value) -> str:
+    """An id as the integer it spells ('001', '1.0', 1 → '1'); any other id as it is."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if math.isfinite(number) and number.is_integer() else text
 
 
 # True while a caller refuses missing media itself (:func:`missing_media_refused`).
@@ -493,6 +573,49 @@ def missing_media_refused() -> Iterator[None]:
         yield
     finally:
         _MISSING_MEDIA_REFUSED.reset(token)
+
+
+def require_resolved_media(frame: pd.DataFrame, table: Path, root: Path, column: str,
+                           modality: str, paths: Sequence[Path | None],
+                           refuse_all: bool = True) -> None:
+    """Check a media column's resolved ``paths`` (``None``: no file) against its cells.
+
+    Some files missing is normal (a warning naming them and the folder they were looked for
+    in); every non-empty cell missing is not a catalogue with gaps but paths written relative
+    to another folder, or a column that holds no paths: a ``DataError`` (``refuse_all``),
+    rather than a model silently trained without the modality. Empty cells are items without
+    that medium. Quiet within :func:`missing_media_refused` (its caller names each file)."""
+    if _MISSING_MEDIA_REFUSED.get():
+        return
+    cells = frame[column].fillna("").astype(str).str.strip()
+    missing = (cells != "").to_numpy() & np.array([p is None for p in paths], dtype=bool)
+    if not missing.any():
+        return
+    rows = frame.index[missing]
+    if refuse_all and missing.sum() == (cells != "").sum():
+        raise DataError(_unresolved_media(table, root, column, modality, rows[0],
+                                          cells[rows[0]], int(missing.sum())))
+    entries = [f"{cells[row]} ({row_label(table, row)})" for row in rows]
+    _report_media(modality, entries,
+                  f"missing (paths are resolved against {root.absolute()})", ", ",
+                  " and")
+
+
+def _unresolved_media(table: Path, root: Path, column: str, modality: str, row: int,
+                      value: str, count: int) -> str:
+    """The error of a media column none of whose paths is a file: the folder, one path as
+    resolved, and what to change."""
+    root = root.absolute()
+    resolved = Path(value) if Path(value).is_absolute() else root / value
+    elsewhere = ""
+    if not Path(value).is_absolute() and Path(value).is_file():
+        elsewhere = (f" ({value!r} exists relative to the working directory "
+                     f"{Path.cwd()}: write it relative to {root})")
+    return (f"{table}: none of the {count} {modality} path(s) in column {column!r} is a "
+            f"file: {row_label(table, row)} has {value!r}, resolved to {resolved}{elsewhere}. "
+            f"Media paths are relative to the folder holding {table.name} ({root}); fix "
+            f"them, or set data.{modality}_column to the column that holds {modality} paths "
+            "(an empty cell is an item without one)")
 
 
 def _report_media(modality: str, entries: Sequence[str], what: str, separator: str,

@@ -11,6 +11,7 @@ which also makes the CPU/GPU step cheaper.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ import tensorflow as tf
 from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.history import HistoryEncoder
 from tfmmrec.towers.noise import Noise
+
+logger = logging.getLogger(__name__)
 
 
 def user_lookup(user_ids: Sequence[str]) -> tf.keras.layers.StringLookup:
@@ -216,11 +219,33 @@ def _feature_tables(vocabulary: list[str], users: pd.DataFrame | None,
     for column in columns:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values):
-            x = values.astype(float).to_numpy()
-            mean, std = np.nanmean(x), np.nanstd(x) or 1.0
-            numeric.append(np.concatenate([[0.0], np.nan_to_num((x - mean) / std)]))
+            x = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            numeric.append(np.concatenate([[0.0], _standardised(x, str(column))]))
         else:
             codes, _ = pd.factorize(values.astype("string").fillna(""), sort=True)
             categorical[str(column)] = tf.constant(np.concatenate([[0], codes + 1]), tf.int64)
     table = tf.constant(np.stack(numeric, axis=1), tf.float32) if numeric else None
     return categorical, table
+
+
+def _standardised(x: np.ndarray, column: str) -> np.ndarray:
+    """``x`` standardised over its finite values; NaN (a user without a value) and, should one
+    get past the data layer, ±inf become 0 (the mean). An infinite value would otherwise make
+    the mean inf and the spread NaN, and ``nan_to_num`` turned the whole column into zeros. A
+    column with no spread (one value, or one user) carries nothing: zeros, with a warning."""
+    finite = np.isfinite(x)
+    if np.isinf(x).any():
+        logger.warning("user feature %s: %d infinite value(s) read as missing (0 after "
+                       "standardising)", column, int(np.isinf(x).sum()))
+    if not finite.any():
+        logger.warning("user feature %s has no finite value: it is all zeros", column)
+        return np.zeros_like(x)
+    # Scaled to [-1, 1] first: squaring values near 1e308 would overflow the spread to inf.
+    scale = float(np.abs(x[finite]).max()) or 1.0
+    scaled = x[finite] / scale
+    mean, std = scaled.mean(), scaled.std()
+    if not std > 0:
+        logger.warning("user feature %s has the same value for every user: it carries no "
+                       "information (all zeros after standardising)", column)
+        std = 1.0
+    return np.where(finite, (x / scale - mean) / std, 0.0)
