@@ -168,6 +168,57 @@ def test_interrupted_train_exits_130_and_says_how_to_resume(monkeypatch, capsys)
     assert "run the same command again to resume" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["evaluate"], "interrupted: metrics, plots and Projector files are renamed into place "
+                   "only when complete, so nothing was half-written; the command can be run "
+                   "again"),
+    (["export"], "interrupted: a version is renamed into place only when complete, so "
+                 "nothing was half-written; the command can be run again"),
+    (["catalog", "add", "--model-base-path", "m", "--items", "i.csv"],
+     "interrupted: the new version is renamed into place only when complete, so nothing was "
+     "half-written and the served versions are unchanged; the command can be run again"),
+    (["validate"], "interrupted: nothing was written; the command can be run again"),
+], ids=["evaluate", "export", "catalog", "validate"])
+def test_interrupted_commands_without_checkpoints_do_not_promise_a_resume(monkeypatch, capsys,
+                                                                          argv, expected):
+    """Only ``train`` (and the demo's training) has checkpoints to resume from; the others say
+    what Ctrl-C left behind: nothing half-written, since they write through temporary names."""
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert cli.main(argv) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == expected
+
+
+def test_output_piped_into_a_reader_that_already_left_ends_quietly_with_141():
+    """``tfmmrec ... | head -c 10``: the reader closing the pipe is its choice, not an error:
+    no BrokenPipeError traceback (nor Python's "Exception ignored" at exit), and the status a
+    shell reports for a tool ended by SIGPIPE."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte is written
+    # stdout block-buffered, as in a user's shell: the help is still in the buffer when
+    # argparse exits (unbuffered, argparse itself would swallow the error)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    try:
+        result = subprocess.run([*TFMMREC, "--help"], stdout=write, stderr=subprocess.PIPE,
+                                text=True, timeout=300, env=env)
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
+
+
+def test_a_command_whose_reader_leaves_mid_output_exits_141_without_a_message(monkeypatch,
+                                                                               capsys):
+    def printing(args):
+        raise BrokenPipeError(32, "Broken pipe")  # as print() to a closed pipe raises it
+
+    monkeypatch.setattr(cli, "_run", printing)
+    assert cli.main(["validate"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_train_prints_the_linear_cf_kind_chosen_on_validation(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
@@ -192,6 +243,20 @@ def test_train_into_unwritable_dir_exits_2_before_any_work(tmp_path, monkeypatch
     monkeypatch.setattr(pipeline, "prepare", lambda *a, **k: pytest.fail("prepared data"))
     assert cli.main(["train", "--set", f"train.output_dir={blocker / 'run'}"]) == 2
     assert "cannot write to train.output_dir" in capsys.readouterr().err
+
+
+def test_export_into_an_unwritable_base_dir_exits_2_before_any_work(tmp_path, monkeypatch,
+                                                                    capsys):
+    """As ``train`` checks its output_dir: ``export`` used to restore the run (load the data,
+    encode the catalogue) and only then say it could not write to export.base_dir."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for name in ("prepare", "restore", "load_split"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: pytest.fail("loaded data first"))
+    assert cli.main(["export", "--set", f"export.base_dir={blocker}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write to export.base_dir={blocker}: ")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_evaluate_names_an_unreadable_candidates_file_before_any_work(tmp_path, monkeypatch,

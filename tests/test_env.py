@@ -12,6 +12,8 @@ import sys
 import textwrap
 import types
 
+import pytest
+
 from tfmmrec._env import KERAS3_MESSAGE, _LibraryRecordsOnRoot, register_custom_ops
 
 
@@ -114,3 +116,64 @@ def test_root_filter_drops_a_noisy_librarys_records_below_error_and_sees_late_im
 
     monkeypatch.delitem(sys.modules, "apache_beam")
     assert keep(_root_record(inside))
+
+
+SCANN_INDEX_BUILD = """
+    import numpy as np
+    from scann.scann_ops.py import scann_ops
+
+    items = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    items[:5] = 0  # zero-norm centroids: gmm_utils' warning
+    searcher = scann_ops.builder(db=items, num_neighbors=5, distance_measure="dot_product").tree(
+        num_leaves=20, num_leaves_to_search=5, training_sample_size=300).score_ah(2).reorder(
+        20).build()
+    searcher.search(items[7])
+    os.write(2, b"a C-level line of the user's own\\n")
+    print("a Python line of the user's own", file=sys.stderr)
+"""
+SCANN_LINES = ("absl::InitializeLog", "partitioner_factory_base.cc", "gmm_utils.cc")
+
+
+@pytest.mark.parametrize("order", ["quiet_output first", "tensorflow first"])
+def test_quiet_output_keeps_scanns_absl_lines_off_stderr_and_nothing_else(order):
+    """In Python, as on the command line: ScaNN's index builder logs through absl straight to
+    descriptor 2 (no variable silences it). Whenever TensorFlow loads, before or after
+    ``quiet_output()``, those lines go; the user's own lines, C or Python, still show."""
+    setup = ("import tfmmrec\ntfmmrec.quiet_output()\nimport tensorflow\n"
+             if order == "quiet_output first" else
+             "import tensorflow\nimport tfmmrec\ntfmmrec.quiet_output()\n")
+    result = run_python("import os, sys\n" + setup + textwrap.dedent(SCANN_INDEX_BUILD),
+                        TF_CPP_MIN_LOG_LEVEL=None)
+    assert result.returncode == 0, result.stderr
+    for line in SCANN_LINES:
+        assert line not in result.stderr, result.stderr
+    assert "a C-level line of the user's own" in result.stderr
+    assert "a Python line of the user's own" in result.stderr
+
+
+def test_a_tf_cpp_min_log_level_the_user_set_keeps_the_native_lines():
+    """The user's own setting wins (and the lines the test above removes do exist)."""
+    result = run_python("import os, sys\nimport tfmmrec\ntfmmrec.quiet_output()\n"
+                        + textwrap.dedent(SCANN_INDEX_BUILD), TF_CPP_MIN_LOG_LEVEL="0")
+    assert result.returncode == 0, result.stderr
+    for line in SCANN_LINES:
+        assert line in result.stderr
+
+
+def test_after_import_runs_once_now_or_right_after_the_import(monkeypatch):
+    from tfmmrec._env import _AfterImport, after_import
+
+    calls = []
+    after_import("json", lambda: calls.append("now"))  # imported already
+    assert calls == ["now"]
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    after_import("colorsys", lambda: calls.append(sys.modules["colorsys"].__name__))
+    import importlib.util
+
+    importlib.util.find_spec("colorsys")  # a look-up imports nothing: the hook waits
+    assert calls == ["now"]
+    import colorsys  # noqa: F401
+
+    assert calls == ["now", "colorsys"]
+    assert not any(isinstance(f, _AfterImport) for f in sys.meta_path)

@@ -163,6 +163,14 @@ def test_an_interrupted_run_resumes_only_with_the_model_it_started(tiny_config, 
         pipeline.train(changed, workspace=tiny_workspace, progress=False)
 
 
+class Interrupt(tf.keras.callbacks.Callback):
+    """A crash (or Ctrl-C) right after the first epoch (tests/training/test_trainer.py)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("simulated interruption")
+
+
 class SeesNoCheckpoint(tf.keras.callbacks.Callback):
     """While a new run trains, no ``latest`` stands for it (nothing could restore an older
     run's weights as this run's)."""
@@ -189,11 +197,28 @@ def test_a_new_run_removes_a_checkpoint_left_without_a_run_record(tiny_config, t
     assert (checkpoints / "latest.index").read_bytes() != b"an older attempt's weights"
 
 
+class SeesTheFinishedRunSetAside(tf.keras.callbacks.Callback):
+    """While a new run trains over a finished one, the old run is whole in ``previous/`` and
+    none of it is in the run's folder."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def on_epoch_end(self, epoch, logs=None):
+        previous = self.output / "previous"
+        for name in ("run.json", "config.yaml", "eval/metrics.json", "checkpoints/model.yaml",
+                     "checkpoints/latest.index"):
+            assert (previous / name).is_file(), name
+        assert not (self.output / "run.json").exists() and not (self.output / "eval").exists()
+
+
 def test_training_again_over_a_finished_run_says_so_and_drops_its_record(tiny_config,
                                                                         tiny_workspace,
                                                                         tmp_path, caplog):
-    """Only an interrupted run resumes: over a finished one, training starts from scratch,
-    and the old run.json and evaluation go first, so neither describes the new weights."""
+    """Only an interrupted run resumes: over a finished one, training starts from scratch;
+    the old run.json, checkpoint and evaluation are set aside in ``previous/`` first, so
+    none describes the new weights, and go when the new run finishes."""
     config = derive_config(tiny_config, tmp_path, "train.epochs=1")
     pipeline.train(config, workspace=tiny_workspace, progress=False)
     stale = tmp_path / "run" / "eval" / "metrics.json"
@@ -204,11 +229,68 @@ def test_training_again_over_a_finished_run_says_so_and_drops_its_record(tiny_co
     checkpoints = tmp_path / "run" / "checkpoints"
     with caplog.at_level(logging.INFO, logger="tfmmrec"):
         pipeline.train(again, workspace=tiny_workspace, progress=False,
-                       callbacks=[SeesNoCheckpoint(checkpoints)])
+                       callbacks=[SeesNoCheckpoint(checkpoints),
+                                  SeesTheFinishedRunSetAside(tmp_path / "run")])
     assert "holds a finished run: training it again from scratch" in caplog.text
+    assert f"kept in {tmp_path / 'run' / 'previous'} until this one finishes" in caplog.text
     assert not stale.parent.exists()
     assert (checkpoints / "latest.index").is_file()
     assert (tmp_path / "run" / "run.json").read_text() != old_record
+    assert not (tmp_path / "run" / "previous").exists()  # the new run finished
+
+
+@pytest.fixture
+def finished_run(tiny_config, tiny_workspace, tmp_path):
+    """A finished one-epoch run with its evaluation, and its item embeddings."""
+    config = derive_config(tiny_config, tmp_path, "train.epochs=1")
+    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    pipeline.evaluate(config, model=result.model, workspace=tiny_workspace, baselines=False)
+    return config, pipeline.embed_items(result.model, tiny_workspace.dataset.num_items)
+
+
+def test_a_failed_retrain_keeps_the_finished_run_restorable_in_previous(
+        finished_run, tiny_workspace, tmp_path):
+    """Before: the finished run was deleted first; a diverging (or interrupted) retrain left
+    no model, and ``export`` said "no checkpoint"."""
+    config, items = finished_run
+    output, previous = tmp_path / "run", tmp_path / "run" / "previous"
+    diverging = load_config(config, ["train.learning_rate=1e30"])
+    with pytest.raises(TrainingError, match=r"training loss became (nan|inf)"):
+        pipeline.train(diverging, workspace=tiny_workspace, progress=False)
+    assert not (output / "run.json").exists()
+    assert (previous / "run.json").is_file() and (previous / "eval" / "metrics.json").is_file()
+    model, workspace = pipeline.restore(previous, workspace=tiny_workspace)
+    assert workspace.config.train.output_dir == str(previous)
+    np.testing.assert_allclose(pipeline.embed_items(model, tiny_workspace.dataset.num_items),
+                               items, atol=1e-5)
+    with pytest.raises(TrainingError, match=rf"the run {output} did not finish \(no checkpoint "
+                                            rf"at .*\): train again to finish it; the finished "
+                                            rf"run it is replacing is kept in {previous} until "
+                                            rf"then: evaluate or export that one with --set "
+                                            rf"train\.output_dir={previous}"):
+        pipeline.restore(output)
+    # the next run that finishes replaces it
+    pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert (output / "run.json").is_file() and not previous.exists()
+
+
+def test_an_interrupted_retrain_names_the_finished_run_it_replaces(finished_run, tiny_workspace,
+                                                                  tmp_path, capsys):
+    config, _ = finished_run
+    output, previous = tmp_path / "run", tmp_path / "run" / "previous"
+    longer = load_config(config, ["train.epochs=2"])
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        pipeline.train(longer, workspace=tiny_workspace, progress=False,
+                       callbacks=[Interrupt()])
+    config.to_yaml(tmp_path / "config.yaml")
+    assert cli.main(["-q", "export", "--config", str(tmp_path / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: the run {output} was interrupted before it finished")
+    assert (f"resume it; the finished run it is replacing is kept in {previous} until then: "
+            f"evaluate or export that one with --set train.output_dir={previous}") in err
+    pipeline.check_restorable(previous)
+    result = pipeline.train(longer, workspace=tiny_workspace, progress=False)  # resumes
+    assert result.epochs_run == 1 and not previous.exists()
 
 
 @pytest.mark.parametrize(("arguments", "expected"), [

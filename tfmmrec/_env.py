@@ -8,11 +8,14 @@ before that, and a process that already runs Keras 3 cannot be switched back.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tfmmrec.errors import EnvironmentSetupError
@@ -111,16 +114,21 @@ def quiet_output(verbose: bool = False) -> None:
     Unless ``verbose``: TensorFlow's C++ log threshold is raised before TensorFlow loads (only
     effective then; the CLI imports TensorFlow lazily, after this), Python warnings (Keras
     deprecations) are ignored and the ``tensorflow``/``absl`` Python loggers show errors only.
-    Variables the user already set are kept. Native libraries that log through absl without a
-    threshold (ScaNN's index builder) are handled by ``native_stderr_to``. Public as
-    ``tfmmrec.quiet_output``: scripts and notebooks call it right after ``import tfmmrec``
-    (every benchmark does).
+    C++ code logging through absl, which no variable reaches (ScaNN's index builder), shows
+    errors only once TensorFlow has loaded (:func:`quiet_absl_logs`). Variables the user
+    already set are kept (a ``TF_CPP_MIN_LOG_LEVEL`` of their own keeps absl's level too).
+    Nothing is redirected: every other line written to stderr, from Python or C, still shows
+    (the CLI also sends what is left of native output to a file, ``native_stderr_to``).
+    Public as ``tfmmrec.quiet_output``: scripts and notebooks call it right after ``import
+    tfmmrec`` (every benchmark does).
     """
     if verbose:
         return
     for name, value in NATIVE_LOG_VARIABLES.items():
         if name not in _USER_ENVIRONMENT:
             os.environ[name] = value
+    if "TF_CPP_MIN_LOG_LEVEL" not in _USER_ENVIRONMENT:
+        after_import("tensorflow", quiet_absl_logs)
     warnings.filterwarnings("ignore")
     for name in NOISY_PYTHON_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -131,6 +139,121 @@ def quiet_output(verbose: bool = False) -> None:
         from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+# absl's ``LogSeverityAtLeast::kError``, and ``absl::SetMinLogLevel`` as the linker names it
+# (``absl::lts_<date>::`` in an LTS build, ``absl::`` otherwise).
+_ABSL_ERROR = 2
+_ABSL_SET_MIN_LOG_LEVEL = re.compile(
+    rb"_ZN4absl(?:\d+lts_\d+)?14SetMinLogLevelENS(?:0_|_)18LogSeverityAtLeastE")
+_TF_FRAMEWORK = ("libtensorflow_framework.so.2", "libtensorflow_framework.2.dylib")
+
+
+def quiet_absl_logs() -> bool:
+    """Raise the minimum level of the absl logging in TensorFlow's framework library to ERROR.
+
+    ScaNN's ops log through that absl (it links against the framework library): "WARNING: All
+    log messages before absl::InitializeLog() is called are written to STDERR", then ``I0000
+    … partitioner_factory_base.cc`` and ``W0000 … gmm_utils.cc`` lines, straight to descriptor
+    2, whatever ``TF_CPP_MIN_LOG_LEVEL`` says. absl reads no variable for its level, so it is
+    set in-process, as ``absl::SetMinLogLevel`` (exported by the library) sets it: a threshold,
+    like TensorFlow's own, not a redirection of stderr, so it is safe in a library and a
+    notebook. Returns whether it was set: not before TensorFlow has loaded, nor on a build
+    that does not export the function (the lines then show as before)."""
+    library = _loaded_tensorflow_framework()
+    if library is None:
+        return False
+    symbol = _exported_name(library, _ABSL_SET_MIN_LOG_LEVEL)
+    if symbol is None:
+        return False
+    import ctypes
+
+    set_min_log_level = getattr(ctypes.CDLL(library, mode=os.RTLD_NOLOAD), symbol)
+    set_min_log_level.argtypes, set_min_log_level.restype = [ctypes.c_int], None
+    set_min_log_level(_ABSL_ERROR)
+    return True
+
+
+def _loaded_tensorflow_framework() -> str | None:
+    """The path of TensorFlow's framework library, if the process has loaded it."""
+    import ctypes
+
+    tensorflow = sys.modules.get("tensorflow")
+    folder = os.path.dirname(getattr(tensorflow, "__file__", None) or "")
+    if not folder or not hasattr(os, "RTLD_NOLOAD"):
+        return None
+    for name in _TF_FRAMEWORK:
+        path = os.path.join(folder, name)
+        try:
+            ctypes.CDLL(path, mode=os.RTLD_NOLOAD)  # only finds a library already loaded
+        except OSError:
+            continue
+        return path
+    return None
+
+
+def _exported_name(library: str, pattern: re.Pattern[bytes]) -> str | None:
+    """The first symbol name in ``library``'s file matching ``pattern`` (its dynamic string
+    table holds every exported name; mapped, not read: the framework is ~250 MB)."""
+    import mmap
+
+    try:
+        with open(library, "rb") as file, \
+                mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            match = pattern.search(data)
+            return match.group().decode() if match else None  # while the file is mapped
+    except (OSError, ValueError):
+        return None
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``callback`` right after module ``name`` has been imported, once, then leaves
+    ``sys.meta_path``. Python has no post-import hook: this finder takes the spec the other
+    finders give and wraps its loader's ``exec_module``. A look-up that imports nothing
+    (``importlib.util.find_spec``) wraps a loader never run, and the finder stays for the
+    real import."""
+
+    def __init__(self, name: str, callback: Callable[[], object]) -> None:
+        self.name, self.callback = name, callback
+        self._looking = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name or self._looking:
+            return None
+        self._looking = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._looking = False
+        execute = getattr(getattr(spec, "loader", None), "exec_module", None)
+        if execute is None:
+            return spec
+
+        def exec_module(module) -> None:
+            execute(module)
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+            _run_quietly(self.callback)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def after_import(name: str, callback: Callable[[], object]) -> None:
+    """Run ``callback`` now if module ``name`` is imported, else right after it is (once)."""
+    if name in sys.modules:
+        _run_quietly(callback)
+    elif not any(isinstance(f, _AfterImport) and f.name == name and f.callback == callback
+                 for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, callback))
+
+
+def _run_quietly(callback: Callable[[], object]) -> None:
+    """A hook must never break the import it follows: its failure is logged at debug level."""
+    try:
+        callback()
+    except Exception:
+        logging.getLogger(__name__).debug("%s failed", callback, exc_info=True)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@
 Thin wrappers over ``tfmmrec.pipeline`` (no library module imports this one).
 
 Errors raised on purpose (``TfmmrecError``) are printed as one line without a stack trace and
-exit with status 2; an interrupted ``train`` is resumed by running the same command again.
+exit with status 2. Ctrl-C exits with 130 and one line saying what running the command again
+does (``train`` resumes from its last checkpoint); output piped into a reader that stops early
+(``| head``) ends the command quietly with 141, as a shell tool killed by SIGPIPE.
 
 Output: progress, results and where files went. TensorFlow/ScaNN C++ logs, CUDA/oneDNN notices
 and library warnings are kept off the screen (native lines go to a temporary file, shown only
@@ -31,7 +33,27 @@ from tfmmrec.config import STRATEGIES, ExportConfig, load_config
 from tfmmrec.errors import ConfigError, TfmmrecError
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as `yes | head` ends `yes`
+
+# What Ctrl-C leaves behind, per command: only training keeps checkpoints to resume from;
+# versions, metrics and shards are written under temporary names and renamed when complete.
+_INTERRUPTED = {
+    "train": "run the same command again to resume from the last checkpoint",
+    "demo": "run the same command again (an unfinished training resumes from its last "
+            "checkpoint)",
+    "prepare": "finished shards are kept; run the same command again to write the rest",
+    "encode": "finished shards are kept; run the same command again to encode the rest",
+    "export": "a version is renamed into place only when complete, so nothing was "
+              "half-written; the command can be run again",
+    "catalog": "the new version is renamed into place only when complete, so nothing was "
+               "half-written and the served versions are unchanged; the command can be run "
+               "again",
+    "evaluate": "metrics, plots and Projector files are renamed into place only when "
+                "complete, so nothing was half-written; the command can be run again",
+    "validate": "nothing was written; the command can be run again",
+    "query": "nothing was written; the command can be run again",
+}
 
 
 def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -161,6 +183,14 @@ def _add_serving_commands(commands) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit status (see the module docstring)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `tfmmrec query --embed u1 | head -c 10`: the reader left
+        return _stdout_gone()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # Before anything imports TensorFlow, parsing included: `query`'s --<modality> options
     # come from the modality registry.
@@ -172,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers_before = set(logging.getLogger().handlers)
     level_before = logging.getLogger("tfmmrec").level
     with (contextlib.nullcontext() if verbose else native_stderr_to(native_log)):
-        handler = None
+        handler = args = None
         try:
             parser = build_parser()
             args, beam_args = parser.parse_known_args(argv)
@@ -184,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.beam_args = beam_args
             handler = show_progress(quiet=args.quiet)
             code = int(_run(args) or 0)
+            sys.stdout.flush()  # a reader that left (`| head`) is found here, not at exit
             failed = code != 0
             return code
         except TfmmrecError as exc:
@@ -191,11 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             failed = False
-            print("interrupted: run the same command again to resume from the last checkpoint",
-                  file=sys.stderr)
+            print(_interrupted_message(getattr(args, "command", None)), file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            failed = False  # the output's reader stopped early: nothing to explain
+            raise
         except SystemExit as exc:  # argparse: --help, or a usage error it printed
             failed = exc.code not in (0, None)
+            sys.stdout.flush()  # `tfmmrec --help | head -1`: a closed pipe is found here
             raise
         finally:
             if handler is not None and handler not in handlers_before:
@@ -203,6 +237,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("tfmmrec").setLevel(level_before)
             if not verbose:
                 _report_native_log(native_log, failed)
+
+
+def _interrupted_message(command: str | None) -> str:
+    """The line Ctrl-C prints: what was kept and whether running the command again resumes
+    (only ``train`` has checkpoints; every other command writes through temporary names)."""
+    what = _INTERRUPTED.get(command or "")
+    return f"interrupted: {what}" if what else "interrupted"
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout closed it (``| head``): no traceback, and stdout pointed at
+    ``/dev/null`` so that the interpreter's last flush of what is still buffered cannot fail
+    again on exit (Python's documented recipe). Returns the shell's status for SIGPIPE."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no descriptor (captured)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 def _verbose_flag(argv: Sequence[str]) -> bool:
@@ -307,6 +359,8 @@ def _evaluate(config, args) -> int:
     from tfmmrec.data.dataset import load_candidates, load_test_interactions, read_candidate_ids
     from tfmmrec.data.splits import with_test
     from tfmmrec.evaluation.baseline_suite import BASELINES
+    from tfmmrec.evaluation.protocol import check_evaluable
+    from tfmmrec.training.trained_data import check_trained_data
 
     names: list[str] = []
     if args.baselines:
@@ -316,20 +370,27 @@ def _evaluate(config, args) -> int:
         if unknown:
             raise ConfigError(f"--baselines {args.baselines!r}: unknown {', '.join(unknown)}; "
                               f"choose from all, {', '.join(BASELINES)}")
+    run = None
     if not args.export:  # a missing run or an architecture override: refused before encoding
-        pipeline.check_restorable(config.train.output_dir, config, args.checkpoint)
+        run = Path(pipeline.check_restorable(config.train.output_dir, config,
+                                             args.checkpoint)[1].train.output_dir)
     if args.candidates:  # likewise an unreadable candidates file
         read_candidate_ids(args.candidates)
-    workspace = pipeline.prepare(config, progress=not args.quiet)
+    dataset, split = pipeline.load_split(config)
+    evaluated = split
     if args.test or args.candidates:
-        dataset = workspace.dataset
         test = load_test_interactions(args.test, dataset, config.data.duplicate_interactions
                                       ) if args.test else None
         candidates = load_candidates(args.candidates, dataset.catalog) if args.candidates \
             else None
-        workspace = dataclasses.replace(workspace, split=with_test(workspace.split, test,
-                                                                   candidates))
+        evaluated = with_test(split, test, candidates)
+    if run is not None:  # and data other than the run trained on, before encoding too
+        check_trained_data(run / pipeline.RUN_FILE, dataset, evaluated)
+    workspace = dataclasses.replace(pipeline.prepare(config, progress=not args.quiet,
+                                                     data=(dataset, split)), split=evaluated)
     print(workspace.split.sizes())
+    check_evaluable(workspace.split, workspace.user_ids, workspace.dataset.num_items,
+                    test=args.test, candidates=args.candidates)  # before restoring a model
     embeddings, name = None, "tfmmrec"
     if args.export:
         from tfmmrec.evaluation.exported import exported_embeddings
@@ -343,7 +404,7 @@ def _evaluate(config, args) -> int:
     results = pipeline.evaluate(config, args.checkpoint, workspace=workspace, name=name,
                                 classic_baselines=names, embeddings=embeddings,
                                 output_name=output_name)
-    _print_results(results, config.eval.ks)
+    _print_results(results, config.eval.ks, workspace)
     out = Path(config.train.output_dir)
     print(f"wrote {out / 'eval' / output_name}.json and {output_name}.png")
     if (out / "logs" / "projector").is_dir():
@@ -356,6 +417,7 @@ def _export(config, checkpoint, index: str | None) -> int:
     """One command, one or both index kinds (sharing one model restore)."""
     from tfmmrec import pipeline
 
+    pipeline.check_export_destination(config)  # before loading the data and the model
     model, workspace = pipeline.restore(config.train.output_dir, config, checkpoint=checkpoint)
     config = workspace.config
     kinds = {"both": ["scann", "brute_force"]}.get(index, [index or config.export.index])
@@ -369,13 +431,19 @@ def _export(config, checkpoint, index: str | None) -> int:
     return 0
 
 
-def _print_results(results: dict, ks) -> None:
+def _print_results(results: dict, ks, workspace) -> None:
+    """The metrics table, then a note for each recall@K that is 1 for any model (K reaches
+    the number of items ranked): without it a small catalogue's recall@100 reads as a result."""
+    from tfmmrec.evaluation.protocol import recall_notes
     from tfmmrec.evaluation.report import format_table
 
     columns = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks[:2]] + ["mrr"]
     if any("top_k_accuracy@100" in r for r in results.values()):
         columns.append("top_k_accuracy@100")
     print(format_table(results, columns))
+    for note in recall_notes(workspace.split, workspace.user_ids, workspace.dataset.num_items,
+                             ks).values():
+        print(f"note: {note}")
 
 
 def _validate(config) -> int:
@@ -497,7 +565,7 @@ def _demo(config, output: str | None) -> int:
     result = pipeline.train(config, workspace=workspace)
     results = pipeline.evaluate(config, model=result.model, workspace=workspace)
     print(f"\n{workspace.split.kind} split, {len(workspace.split.test)} test interactions:")
-    _print_results(results, config.eval.ks)
+    _print_results(results, config.eval.ks, workspace)
     version = pipeline.export(config, model=result.model, workspace=workspace)
     exported = ExportedModel(version)
     user = str(workspace.user_ids[0])

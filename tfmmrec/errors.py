@@ -139,6 +139,12 @@ _DECODER_ERRORS = (
                 r"^Failed to decode WebP|^Number of channels inherent in the image"), "image",
      "corrupt or truncated image ({}) - send complete JPEG, PNG, GIF, BMP or WebP bytes"),
     (re.compile(r"^Unknown image file format"), "image", "{}"),
+    # Well-formed WAVs in an encoding DecodeWav does not read (8/24-bit, float, ADPCM, WAVEX).
+    # (A format chunk of 20/40/50 bytes: IMA ADPCM, WAVE_FORMAT_EXTENSIBLE, MS ADPCM.)
+    (re.compile(r"^Can only read \d+-bit WAV|^Bad audio format for WAV|"
+                r"^Bad format chunk size for WAV: Expected 16 or 18, but got ?(20|40|50)$"),
+     "audio", "unsupported WAV encoding ({}) - send 16-bit PCM WAV bytes (tfmmrec query "
+     "--audio FILE converts other formats)"),
     (re.compile(r"^Data too short when trying to read|^Header mismatch|^Bad [\w ]+ (for WAV|"
                 r"in WAV header)|^WAV (data chunk|contents)|^Can only read|^Can't have more "
                 r"than"), "audio",

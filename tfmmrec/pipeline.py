@@ -46,7 +46,16 @@ from tfmmrec.towers.history import HistoryEncoder, history_table
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower, user_lookup
 from tfmmrec.training.checkpoint import load_exactly
+from tfmmrec.training.finished_run import (
+    CONFIG_FILE,
+    MODEL_SPEC_FILE,
+    RUN_FILE,
+    drop_previous_run,
+    previous_run_note,
+    set_aside_finished_run,
+)
 from tfmmrec.training.strategy import is_chief, strategy_for
+from tfmmrec.training.trained_data import FINGERPRINT_KEY, check_trained_data, data_fingerprint
 from tfmmrec.training.trainer import (
     TrainResult,
     batched_examples,
@@ -60,12 +69,6 @@ from tfmmrec.training.trainer import (
 )
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
-CONFIG_FILE = "config.yaml"  # the whole config of the run, for the record and as a default
-# The model-defining sections (config.model_sections()), beside the checkpoints they describe.
-MODEL_SPEC_FILE = "model.yaml"
-
 
 @dataclass(repr=False)
 class Workspace:
@@ -124,11 +127,19 @@ def resolve_dataset(config: Config) -> Dataset:
     return load_dataset(dataclasses.replace(config.data, path=str(root)))
 
 
-def prepare(config: Config, progress: bool = True) -> Workspace:
-    """Load and split the data, build encoders, and encode (or cache-load) the catalogue."""
+def load_split(config: Config) -> tuple[Dataset, Split]:
+    """The configured data and its split: what ``prepare`` starts from, and what ``restore``
+    compares with the run's record before encoding anything."""
     dataset = resolve_dataset(config)
-    split = split_interactions(dataset.interactions, config.data.split, config.data.test_fraction,
-                               config.data.seed)
+    return dataset, split_interactions(dataset.interactions, config.data.split,
+                                       config.data.test_fraction, config.data.seed)
+
+
+def prepare(config: Config, progress: bool = True, *,
+            data: tuple[Dataset, Split] | None = None) -> Workspace:
+    """Load and split the data, build encoders, and encode (or cache-load) the catalogue.
+    ``data``: the ``load_split(config)`` already made (not loaded twice)."""
+    dataset, split = data if data is not None else load_split(config)
     modalities = tuple(m for m in dataset.catalog.modalities if config.tower(m).enabled)
     records = config.train.tfrecords
     if records:  # pre-decoded shards from `tfmmrec prepare`, checked against this config
@@ -455,6 +466,8 @@ def with_user_indices(dataset: tf.data.Dataset, user_ids) -> tf.data.Dataset:
 def train(config: Config | str | os.PathLike | None = None, *, workspace: Workspace | None = None,
           callbacks=(), progress: bool = True) -> TrainResult:
     """Train a retrieval model as the config says; resumes an interrupted run in the same dir.
+    Over a finished run it trains from scratch, keeping the finished one restorable in
+    ``<output_dir>/previous/`` until the new one finishes (``training.finished_run``).
 
     ``config``: a ``Config``, a YAML path, a mapping of sections (``{"train": {"epochs": 3}}``)
     or None (the demo); for overrides, ``tfmmrec.load_config(path, ["train.epochs=3"])``.
@@ -508,6 +521,7 @@ def check_same_course(started: Config, requested: Config, output: Path) -> None:
 def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspace | None,
            callbacks, progress: bool) -> TrainResult:
     """``train`` once the run's folder is this process's (``trainer.exclusive_run``)."""
+    check_linear_cf_choices(config)
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace.with_config(config) if workspace is not None else \
         prepare(config, progress=progress)
@@ -528,23 +542,14 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         if (output / CONFIG_FILE).is_file():
             check_same_course(load_config(output / CONFIG_FILE), config, output)
     elif chief:  # a new run: nothing of an earlier one may stand for it
-        if (output / RUN_FILE).is_file():
-            _forget_finished_run(output)
+        _set_aside_finished_run(output)
         # until this run writes its own (when it finishes), no checkpoint may stand for it:
         # also one left by an attempt that died between its final checkpoint and its record
         for stale in (output / "checkpoints").glob("latest.*"):
             stale.unlink()
-    if config.model.linear_cf == "auto" and not config.train.early_stopping:
-        raise ConfigError("model.linear_cf=auto chooses the CF kind on validation, which "
-                          "train.early_stopping does: enable it or set model.linear_cf (e.g. "
-                          "ease)")
     if chief:  # before the first checkpoint: every checkpoint of the run carries its model
         config.to_yaml(output / CONFIG_FILE)
         config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=model_sections())
-    if (config.model.linear_cf != "none" and not config.model.linear_cf_weight
-            and not config.train.early_stopping):
-        raise ConfigError("model.linear_cf_weight=0 means 'choose it on validation', which "
-                          "train.early_stopping does: enable it or set the weight (e.g. 1)")
     validation = None
     chosen = []
     if config.train.early_stopping:
@@ -587,6 +592,8 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         "modalities": list(ws.modalities),
         "num_items": ws.dataset.num_items,
         "num_users": len(ws.user_ids),
+        # what restore checks before evaluating or exporting (training.trained_data)
+        FINGERPRINT_KEY: data_fingerprint(ws.dataset, ws.split),
         "checkpoint": str(result.checkpoint),
         "examples_per_second": result.examples_per_second,
         "history": result.history,
@@ -597,19 +604,35 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         **({"early_stopping": validation} if validation is not None else {}),
         **linear_cf_record(result.model),
     }, output / RUN_FILE)
+    drop_previous_run(output)  # this run finished: the one it replaced goes
     return result
 
 
-def _forget_finished_run(output: Path) -> None:
-    """Training again in a finished run's directory starts from scratch (only an interrupted
-    run resumes): say so, and drop the old run's record and evaluation first, so neither can
-    be read as describing the new checkpoints (also if this run is interrupted)."""
-    import shutil
+def check_linear_cf_choices(config: Config) -> None:
+    """The linear-CF settings that only early stopping can choose need it on: refused before
+    the data is prepared and before a finished run in the folder is set aside."""
+    if config.model.linear_cf == "auto" and not config.train.early_stopping:
+        raise ConfigError("model.linear_cf=auto chooses the CF kind on validation, which "
+                          "train.early_stopping does: enable it or set model.linear_cf (e.g. "
+                          "ease)")
+    if (config.model.linear_cf != "none" and not config.model.linear_cf_weight
+            and not config.train.early_stopping):
+        raise ConfigError("model.linear_cf_weight=0 means 'choose it on validation', which "
+                          "train.early_stopping does: enable it or set the weight (e.g. 1)")
 
-    logger.info("%s holds a finished run: training it again from scratch (its checkpoints are "
-                "replaced; choose another train.output_dir to keep them)", output)
-    (output / RUN_FILE).unlink()
-    shutil.rmtree(output / "eval", ignore_errors=True)
+
+def _set_aside_finished_run(output: Path) -> None:
+    """Training again in a finished run's directory starts from scratch (only an interrupted
+    run resumes). The old run moves to ``previous/`` (``training.finished_run``), so neither
+    its checkpoint, record nor evaluation can be read as describing the new run, yet a new
+    run that fails or is interrupted leaves it restorable; the new run deletes it when it
+    finishes."""
+    had_run = (output / RUN_FILE).is_file()
+    previous = set_aside_finished_run(output)
+    if had_run and previous is not None:
+        logger.info("%s holds a finished run: training it again from scratch. The finished run "
+                    "is kept in %s until this one finishes (choose another train.output_dir to "
+                    "keep both)", output, previous)
 
 
 def linear_cf_record(model: RetrievalModel) -> dict:
@@ -802,11 +825,21 @@ def restore(run_dir: str | os.PathLike | None = None,
     split), a ``ConfigError`` names the field and both values. ``run_dir`` defaults to
     ``config.train.output_dir``; ``checkpoint`` to the run's latest. ``workspace.config`` is the
     config the model was built from.
+
+    The data must be what the run trained on (its ``run.json`` records digests of the
+    training and test splits, the item ids and the users; a ``workspace`` whose test rows the
+    user supplied is checked on the rest): otherwise a ``DataError`` says what changed, before
+    the catalogue is encoded or the model rebuilt.
     """
     prefix, config = check_restorable(run_dir, config, checkpoint)
     run = Path(config.train.output_dir)  # check_restorable points it at the run restored
-    ws = workspace.with_config(config) if workspace is not None else \
-        prepare(config, progress=False)
+    if workspace is not None:
+        ws = workspace.with_config(config)
+        check_trained_data(run / RUN_FILE, ws.dataset, ws.split)
+    else:
+        dataset, split = load_split(config)
+        check_trained_data(run / RUN_FILE, dataset, split)
+        ws = prepare(config, progress=False, data=(dataset, split))
     _check_encoders(run, ws)
     model = build_model(ws, fit_linear_cf=False)
     model.build_from_example()
@@ -833,10 +866,8 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
     run = Path(run_dir)
     prefix = Path(checkpoint) if checkpoint else run / "checkpoints" / "latest"
     if not Path(str(prefix) + ".index").is_file():
-        if not checkpoint and any((run / "backup").glob("*")):
-            raise TrainingError(f"the run {run} was interrupted before it finished (its backup "
-                                f"is in {run / 'backup'}): run train again with the same config "
-                                "to resume it")
+        if not checkpoint:
+            _refuse_unfinished_run(run, prefix)
         raise TrainingError(f"no checkpoint at {prefix} (expected {prefix}.index): train "
                             "first, or name a checkpoint (--checkpoint / checkpoint=)")
     spec = prefix.parent / MODEL_SPEC_FILE
@@ -854,6 +885,21 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
     config = resolved_linear_cf(config, trained)
     check_same_model(trained, config, f"the run {run} ({spec})")
     return prefix, config
+
+
+def _refuse_unfinished_run(run: Path, prefix: Path) -> None:
+    """The error for a run folder without its final checkpoint that a run started in: it was
+    interrupted (a backup to resume from), or it is retraining over a finished run that
+    failed before its first backup; either way the finished run it replaces, if any, is
+    named (``previous/``)."""
+    note = previous_run_note(run)
+    if any((run / "backup").glob("*")):
+        raise TrainingError(f"the run {run} was interrupted before it finished (its backup is "
+                            f"in {run / 'backup'}): run train again with the same config to "
+                            f"resume it{note}")
+    if note:
+        raise TrainingError(f"the run {run} did not finish (no checkpoint at {prefix}): train "
+                            f"again to finish it{note}")
 
 
 def resolved_linear_cf(config: Config, trained: Config) -> Config:
@@ -876,7 +922,8 @@ def _check_encoders(output: Path, ws: Workspace) -> None:
     changed = [m for m in now if m in trained and trained[m] != now[m]]
     if changed:
         raise ConfigError(f"the {', '.join(changed)} encoder(s) differ from the ones this model "
-                          f"was trained with ({run_file}); restore the training config")
+                          f"was trained with ({run_file}); restore the training config (or, "
+                          "if the items table changed since, retrain)")
 
 
 def evaluate(config: Config | str | os.PathLike | None = None,
@@ -899,9 +946,11 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     if not re.fullmatch(r"[\w.-]+", output_name):
         raise ConfigError(f"output_name {output_name!r}: letters, digits, '.', '-', '_' only")
     from tfmmrec.evaluation.protocol import (
+        check_evaluable,
         evaluate_embeddings,
         popularity_baseline,
         random_baseline,
+        recall_notes,
     )
     from tfmmrec.evaluation.report import plot_metric_curves
 
@@ -915,6 +964,7 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     else:
         ws = _given_workspace(workspace, config)
     _require_test_rows(ws.split)
+    check_evaluable(ws.split, ws.user_ids, ws.dataset.num_items)
     ks, batch = config.eval.ks, config.eval.batch_size
     if embeddings is not None:
         users, items = embeddings
@@ -932,6 +982,7 @@ def evaluate(config: Config | str | os.PathLike | None = None,
         return results
     out = Path(config.train.output_dir) / "eval"
     write_json({"split": ws.split.kind, "split_sizes": ws.split.sizes(), "results": results,
+                "notes": recall_notes(ws.split, ws.user_ids, ws.dataset.num_items, ks),
                 **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
                    if classic else {})}, out / f"{output_name}.json")
     plot_metric_curves(results, out / f"{output_name}.png",
@@ -1065,6 +1116,17 @@ def export_text_features(ws: Workspace, model: RetrievalModel) -> np.ndarray:
     return np.where(present, features / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
 
+def check_export_destination(config: Config) -> None:
+    """``export.base_dir`` is writable and ``export.version`` free: checked before the data is
+    loaded, the catalogue encoded and the model restored (minutes for large catalogues), as
+    ``train`` checks its output_dir first (same helper, ``trainer.check_writable``)."""
+    from tfmmrec.export.writer import check_version_free
+
+    check_writable(Path(config.export.base_dir), "export.base_dir", error=ExportError)
+    check_version_free(Path(config.export.base_dir) / config.export.model_name,
+                       config.export.version)
+
+
 def export(config: Config | str | os.PathLike | None = None,
            checkpoint: str | os.PathLike | None = None, *, model: RetrievalModel | None = None,
            workspace: Workspace | None = None, index: str | None = None) -> Path:
@@ -1077,13 +1139,10 @@ def export(config: Config | str | os.PathLike | None = None,
     from tfmmrec.export.catalog import write_catalog_version
     from tfmmrec.export.index import IndexSettings
     from tfmmrec.export.module import ServingTowers
-    from tfmmrec.export.writer import check_version_free, write_models_config
+    from tfmmrec.export.writer import write_models_config
 
     config = load_config(config)
-    # Before restoring, embedding and indexing (minutes for large catalogues), not after.
-    check_writable(Path(config.export.base_dir), "export.base_dir", error=ExportError)
-    check_version_free(Path(config.export.base_dir) / config.export.model_name,
-                       config.export.version)
+    check_export_destination(config)
     if model is None:
         model, ws = restore(config.train.output_dir, config, checkpoint=checkpoint,
                             workspace=workspace)

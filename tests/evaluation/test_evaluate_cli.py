@@ -96,6 +96,26 @@ def test_evaluate_a_supplied_test_set_on_candidate_items_only(run, tiny_workspac
     assert result["num_users"] == len({u for u, _ in rows})
     assert result["recall@10"] == 1.0
     assert "top_k_accuracy@100" not in result  # candidates: the restricted protocol only
+    # ... which the table does not say by itself: a note per such K
+    assert ("note: recall@10: every one of the 3 candidate items is in the top 10, so "
+            "recall@10 is 1 for any model") in out.splitlines()
+
+
+def test_a_test_set_with_no_item_among_the_candidates_is_an_error_naming_both_files(
+        run, tiny_workspace, capsys, tmp_path):
+    """It exited 0 with a table of nan and a metrics file of nulls (num_users 0)."""
+    root, path, _ = run
+    items = [str(i) for i in tiny_workspace.dataset.catalog.item_ids]
+    user = str(tiny_workspace.user_ids[0])
+    pd.DataFrame({"user_id": [user], "item_id": [items[1]]}).to_csv(tmp_path / "t1.csv",
+                                                                     index=False)
+    (tmp_path / "one_c.txt").write_text(items[0] + "\n")
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--test", str(tmp_path / "t1.csv"),
+                     "--candidates", str(tmp_path / "one_c.txt")]) == 2
+    assert (f"error: nothing to evaluate: no test interaction of {tmp_path / 't1.csv'} has its "
+            f"item among the candidates in {tmp_path / 'one_c.txt'}"
+            ) in capsys.readouterr().err.splitlines()
+    assert not (root / "run" / "eval" / "metrics-test-t1-candidates-one_c.json").exists()
 
 
 def test_bad_test_and_candidate_files_name_file_line_and_value(run, tmp_path, capsys):
@@ -140,12 +160,13 @@ def test_split_none_trains_on_every_row_and_scores_a_supplied_test_set(tiny_conf
     assert f"none split: {total} train / 0 test interactions" in capsys.readouterr().out
     tiny_workspace.split.test[["user_id", "item_id"]].to_csv(tmp_path / "test.csv", index=False)
     assert cli.main(["-q", "evaluate", "--config", str(path), "--test",
-                     str(tmp_path / "test.csv")]) == 0
+                     str(tmp_path / "test.csv")]) == 2
     # Under data.split: none every row is training data, so each test row is a seen item and
-    # excluded: every user is skipped (a test set must hold what the model did not train on).
-    written = json.loads((tmp_path / "run" / "eval" / "metrics-test-test.json").read_text())
-    assert written["results"]["tfmmrec"]["num_users"] == 0
-    assert written["split"] == "supplied"
+    # excluded: no user could be scored (a test set must hold what the model did not train
+    # on), which is an error rather than a table of NaN.
+    assert (f"error: nothing to evaluate: every test interaction of {tmp_path / 'test.csv'} is "
+            "one of its user's training interactions") in capsys.readouterr().err
+    assert not (tmp_path / "run" / "eval" / "metrics-test-test.json").exists()
 
 
 @pytest.mark.slow  # exports a SavedModel (≈1 min on a busy 2-core machine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import signal
@@ -11,11 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED
 from tests.serving.conftest import MODEL, free_port, install_version
+from tfmmrec import modalities
 from tfmmrec.cli import main
 from tfmmrec.errors import ServingError
 from tfmmrec.export.loader import padded
@@ -97,6 +101,64 @@ def test_query_text_that_is_not_utf8_is_one_line_either_way(serve_process, capsy
     assert code == 2 and "Traceback" not in error, error
     assert "not valid UTF-8 text (a lone surrogate" in error
     assert len(error.strip().splitlines()) == 1
+
+
+AUDIO_SAMPLES = SHARED / "data" / "audio-samples"  # real clips, when ../shared exists
+
+
+def test_query_audio_takes_the_formats_the_catalogue_accepts(serve_process, tmp_path, capsys):
+    """The signature decodes 16-bit PCM WAV; ``--audio`` with an 8-bit WAV (or FLAC, Ogg,
+    MP3...) was refused as "corrupt or truncated WAV". The client converts it, and the
+    results are those of the same clip sent as 16-bit PCM WAV."""
+    grpc_port, _, _, _ = serve_process
+    query = ["query", "--target", f"127.0.0.1:{grpc_port}", "--model", MODEL, "--k", "3",
+             "--json", "--audio"]
+    eight_bit = tmp_path / "clip8.wav"
+    with wave.open(str(eight_bit), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(11025)
+        out.writeframes((128 + 90 * np.sin(np.arange(6000) / 7)).astype(np.uint8).tobytes())
+    assert main([*query, str(eight_bit)]) == 0, capsys.readouterr().err
+    rows = json.loads(capsys.readouterr().out)
+    as_pcm16 = tmp_path / "clip16.wav"
+    as_pcm16.write_bytes(modalities.get("audio").request_values(eight_bit)[0])
+    assert main([*query, str(as_pcm16)]) == 0
+    assert [r["item_ids"] for r in json.loads(capsys.readouterr().out)] == \
+        [r["item_ids"] for r in rows]
+    assert len(rows[0]["item_ids"]) == 3
+    clips = [p for p in sorted(AUDIO_SAMPLES.glob("*")) if p.suffix in (".flac", ".mp3", ".ogg")
+             ] if AUDIO_SAMPLES.is_dir() else []
+    for clip in clips:
+        assert main([*query, str(clip)]) == 0, (clip, capsys.readouterr().err)
+        assert len(json.loads(capsys.readouterr().out)[0]["item_ids"]) == 3
+
+
+@pytest.mark.parametrize(("what", "buffered"), [(["--embed", "USER"], True),
+                                                (["--metadata"], False)],
+                         ids=["embed-buffered", "metadata-unbuffered"])
+def test_query_output_piped_into_a_reader_that_left_is_no_traceback(serve_process, tiny_exports,
+                                                                    what, buffered):
+    """``tfmmrec query --embed u1 | head -c 10``: the reader closing the pipe printed a
+    BrokenPipeError traceback. Now: nothing on stderr, the shell's SIGPIPE status (141),
+    whether the write fails at once (unbuffered) or at the final flush (block-buffered)."""
+    grpc_port, _, _, _ = serve_process
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    what = [tiny_exports.user_ids[0] if w == "USER" else w for w in what]
+    read, write = os.pipe()
+    os.close(read)  # the reader left before the first byte
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tfmmrec.cli", "query", "--target", f"127.0.0.1:{grpc_port}",
+             "--model", MODEL, *what], stdout=write, stderr=subprocess.PIPE, text=True,
+            env=env, timeout=300)
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    assert "Exception ignored" not in result.stderr
 
 
 def test_sigterm_stops_the_server_cleanly(serve_process):

@@ -129,6 +129,15 @@ RAW = {
         "Bad format chunk size for WAV: Expected 16 or 18, but got4294967280",
         "audio: corrupt or truncated WAV (Bad format chunk size for WAV: Expected 16 or 18, but "
         "got4294967280) - send complete 16-bit PCM WAV bytes"),
+    # Well-formed WAVs in encodings DecodeWav does not read: not "corrupt or truncated".
+    "wav_8_bit": (
+        "Can only read 16-bit WAV files, but received 8 [Op:DecodeWav]",
+        "audio: unsupported WAV encoding (Can only read 16-bit WAV files, but received 8) - send "
+        "16-bit PCM WAV bytes (tfmmrec query --audio FILE converts other formats)"),
+    "wav_adpcm": (
+        "Bad format chunk size for WAV: Expected 16 or 18, but got50\n\t [[{{node DecodeWav}}]]",
+        "audio: unsupported WAV encoding (Bad format chunk size for WAV: Expected 16 or 18, but "
+        "got50) - send 16-bit PCM WAV bytes (tfmmrec query --audio FILE converts other formats)"),
     "eager_op_suffix": ("Input is empty. [Op:DecodeWav] name: decode",
                         "Input is empty."),
     # A signature calling a nested tf.function (serving_default): TF names the wrapper first.

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from tfmmrec.data.splits import Split
+from tfmmrec.errors import DataError
 from tfmmrec.evaluation.metrics import (
     evaluate_ranking,
     interactions_matrix,
@@ -37,6 +39,72 @@ def split_matrices(split: Split, user_ids: np.ndarray, num_items: int):
         matrices.append(interactions_matrix(rows, frame["item_index"].to_numpy(),
                                             len(user_ids), num_items))
     return matrices[0], matrices[1]
+
+
+def scored_items(split: Split, user_ids: np.ndarray, num_items: int
+                 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(relevant, excluded)``: what :func:`evaluate_embeddings` measures each user against
+    (their test items among the candidates, minus their training items) and what it never
+    ranks for them (their training items), as binary ``[U, C]`` matrices over the ``C``
+    candidate items (the catalogue without a candidate list): known before any model runs."""
+    train, test = split_matrices(split, user_ids, num_items)
+    test, train = (test > 0).astype(np.int8), (train > 0).astype(np.int8)
+    if split.test_items is not None:
+        keep = np.unique(np.asarray(split.test_items, np.int64))
+        test, train = test[:, keep], train[:, keep]
+    relevant = (test - test.multiply(train)).tocsr()
+    relevant.eliminate_zeros()
+    return relevant, train.tocsr()
+
+
+def check_evaluable(split: Split, user_ids: np.ndarray, num_items: int,
+                    test: str | None = None, candidates: str | None = None) -> None:
+    """Refuse a test set on which no user can be scored: every metric would be a mean over
+    zero users (a table of NaN, a metrics file of nulls), which reads like a result.
+
+    ``test``/``candidates``: the files they came from, named in the message (else the
+    split's own test set and candidates)."""
+    relevant, _ = scored_items(split, user_ids, num_items)
+    if relevant.nnz:
+        return
+    where = test or f"the {split.kind} split's test set"
+    if split.test_items is not None:
+        allowed = np.zeros(num_items, bool)
+        allowed[np.asarray(split.test_items, np.int64)] = True
+        if not allowed[split.test["item_index"].to_numpy(np.int64)].any():
+            among = candidates or "the split's candidate items"
+            raise DataError(f"nothing to evaluate: no test interaction of {where} has its "
+                            f"item among the candidates in {among}")
+    among = f" with an item among the candidates of {candidates}" if candidates else ""
+    raise DataError(f"nothing to evaluate: every test interaction of {where}{among} is one "
+                    "of its user's training interactions, and training items are never ranked "
+                    "(test on interactions the model did not train on)")
+
+
+def recall_notes(split: Split, user_ids: np.ndarray, num_items: int,
+                 ks: Sequence[int]) -> dict[str, str]:
+    """``{"recall@K": note}`` for each K at which recall is 1 for any model, scores unseen:
+    K reaches the number of items every evaluated user ranks (the candidates, or the
+    catalogue, minus the user's training items), so all of their test items are in the top
+    K. A small catalogue or a cold-start candidate list makes such a K look like a result."""
+    relevant, excluded = scored_items(split, user_ids, num_items)
+    users = np.flatnonzero(relevant.getnnz(axis=1))
+    if not users.size:
+        return {}
+    total = relevant.shape[1]
+    most = total - int(excluded[users].getnnz(axis=1).min())
+    items = "candidate items" if split.test_items is not None else "items"
+    notes = {}
+    for k in ks:
+        if k >= total:
+            why = f"every one of the {total} {items} is in the top {k}"
+        elif k >= most:
+            why = (f"each user ranks at most {most} of the {total} {items} (never their "
+                   f"training items), all within the top {k}")
+        else:
+            continue
+        notes[f"recall@{k}"] = f"recall@{k}: {why}, so recall@{k} is 1 for any model"
+    return notes
 
 
 def evaluate_embeddings(query_embeddings: np.ndarray, item_embeddings: np.ndarray, split: Split,

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import io
+import os
+import wave
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import soundfile
 import tensorflow as tf
 
 from tfmmrec.config import AUDIO_SAMPLE_RATE, AudioTowerConfig, ServingLimitsConfig
@@ -18,7 +22,7 @@ from tfmmrec.data.media import (
     load_audio,
     load_audio_bytes,
 )
-from tfmmrec.errors import ConfigError, MediaDecodeError
+from tfmmrec.errors import ConfigError, MediaDecodeError, ServingError
 from tfmmrec.modalities.base import (
     FileModality,
     Settings,
@@ -37,7 +41,8 @@ SAMPLE_RATE = AUDIO_SAMPLE_RATE
 class AudioModality(FileModality):
     """Clips as float32 mono waveforms at :data:`SAMPLE_RATE` in [-1, 1], at most
     ``max_seconds`` long; TFRecords keep int16 PCM. Requests are 16-bit PCM WAV bytes, decoded
-    in-graph with the rate and length limits checked before resampling."""
+    in-graph with the rate and length limits checked before resampling; a client converts
+    the other formats the catalogue accepts (:meth:`request_file`)."""
 
     name = "audio"
     tower_config_class = AudioTowerConfig
@@ -47,7 +52,9 @@ class AudioModality(FileModality):
                                                     "max_seconds": "max_seconds"}
     column_names = frozenset({"audio", "clip", "sound", "audio_path", "preview", "wav"})
     extensions = AUDIO_EXTENSIONS
-    query_help = "16-bit PCM WAV file (repeatable)"
+    query_help = ("audio file (repeatable): a 16-bit PCM WAV is sent as it is; other formats "
+                  "(FLAC, Ogg, MP3, 8-bit or ADPCM WAV...) are decoded here and sent as 16-bit "
+                  "PCM WAV at 16 kHz mono")
 
     def validate_settings(self, settings: Settings) -> None:
         if settings["sample_rate"] != SAMPLE_RATE:
@@ -93,10 +100,9 @@ class AudioModality(FileModality):
             try:
                 data = Path(value).read_bytes()
                 key = content_hash(data).encode()
-                wave = load_audio_bytes(data, SAMPLE_RATE, settings["max_seconds"], source=value,
+                clip = load_audio_bytes(data, SAMPLE_RATE, settings["max_seconds"], source=value,
                                         **_limits(settings))
-                audio = np.round(np.clip(wave, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-                length = len(wave)
+                audio, length = pcm16(clip), len(clip)
             except (MediaDecodeError, OSError):
                 failed.setdefault(self.name, []).append(value)
         return {"audio": bytes_feature(audio), "audio_key": bytes_feature(key),
@@ -120,17 +126,32 @@ class AudioModality(FileModality):
                 "audio_key": parsed["audio_key"], "audio_present": parsed["audio_present"] > 0}
 
     # --- serving --------------------------------------------------------------------------
+    def request_file(self, path: str | os.PathLike) -> bytes:
+        """The clip as the ``query_audio`` signature takes it: a 16-bit PCM WAV file as it is;
+        any other format the catalogue accepts (FLAC, Ogg, MP3, 8-bit or ADPCM WAV: whatever
+        libsndfile reads) decoded as ``train`` and ``catalog add`` decode it, to mono at
+        :data:`SAMPLE_RATE`, and sent as 16-bit PCM WAV, so the model hears what it would
+        offline. The in-graph decoder reads 16-bit PCM WAV only (``tf.audio.decode_wav``)."""
+        data = super().request_file(path)
+        if is_pcm16_wav(data):
+            return data
+        try:  # the serving limits' defaults: the client cannot know a server's own
+            clip = load_audio_bytes(data, SAMPLE_RATE, source=os.fspath(path), **_limits({}))
+        except MediaDecodeError as exc:
+            raise ServingError(str(exc)) from None
+        return pcm16_wav(clip, SAMPLE_RATE)
+
     def decode_request(self, request: tf.Tensor, settings: Settings,
                        limits: ServingLimitsConfig) -> dict[str, tf.Tensor]:
         max_samples = int(settings["max_seconds"] * SAMPLE_RATE)
 
         def decode_clip(wav_bytes):
-            wave = decode_wav(wav_bytes, SAMPLE_RATE, max_samples,
+            clip = decode_wav(wav_bytes, SAMPLE_RATE, max_samples,
                               rate_range=(limits.min_sample_rate, limits.max_sample_rate),
                               max_seconds=limits.max_audio_seconds)
-            length = tf.shape(wave)[0]
+            length = tf.shape(clip)[0]
             tf.debugging.assert_greater(length, 0, message="audio clip is empty")
-            return tf.pad(wave, [[0, max_samples - length]]), length
+            return tf.pad(clip, [[0, max_samples - length]]), length
 
         waveforms = tf.map_fn(decode_clip, request, fn_output_signature=(
             tf.TensorSpec([max_samples], tf.float32), tf.TensorSpec([], tf.int32)))
@@ -152,6 +173,33 @@ def _limits(settings: Settings) -> dict[str, Any]:
             "max_audio_seconds": limits.max_audio_seconds}
 
 
+def is_pcm16_wav(data: bytes) -> bool:
+    """Whether ``data`` is what the export's in-graph decoder reads: a plain 16-bit PCM WAV
+    (not WAVE_FORMAT_EXTENSIBLE, which libsndfile calls WAVEX). Bytes libsndfile cannot
+    open are not one either."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError):
+        return False
+    return info.format == "WAV" and info.subtype == "PCM_16"
+
+
+def pcm16(clip: np.ndarray) -> bytes:
+    """A float waveform in [-1, 1] as little-endian int16 samples (TFRecords, requests)."""
+    return np.round(np.clip(clip, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def pcm16_wav(clip: np.ndarray, sample_rate: int) -> bytes:
+    """A mono float waveform as the bytes of a 16-bit PCM WAV file."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm16(clip))
+    return buffer.getvalue()
+
+
 def record_samples(settings: Settings) -> int:
     """Samples a TFRecord keeps per clip (the longest clip ``max_seconds`` allows)."""
     return max(1, round(settings["max_seconds"] * settings["sample_rate"]))
@@ -161,6 +209,6 @@ def pad_waveforms(waveforms: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Zero-pad clips to one length; ``length`` keeps padding out of pooled features."""
     length = np.array([len(w) for w in waveforms], np.int32)
     batch = np.zeros((len(waveforms), max(int(length.max()), 1)), np.float32)
-    for row, wave in enumerate(waveforms):
-        batch[row, : len(wave)] = wave
+    for row, clip in enumerate(waveforms):
+        batch[row, : len(clip)] = clip
     return {"waveform": batch, "length": length}

@@ -293,23 +293,26 @@ class FileModality(ModalitySpec):
     query_metavar: ClassVar[str] = "FILE"
 
     def request_values(self, values) -> np.ndarray:
-        """Encoded file bytes as they are; paths are read (the request carries the file).
-        Anything else (``None``, a number) is refused naming its position before any file is
-        read, as ``ExportedModel`` refuses it: it is neither a file nor its content."""
+        """Encoded file bytes as they are; paths are read (the request carries the file, as
+        :meth:`request_file` gives it). Anything else (``None``, a number) is refused naming
+        its position before any file is read, as ``ExportedModel`` refuses it: it is neither a
+        file nor its content."""
         values = request_batch(values)
         check_strings([os.fspath(v) if isinstance(v, os.PathLike) else v for v in values],
                       f"query_{self.name}: {self.name}")
-        blobs = []
-        for value in values:
-            if isinstance(value, bytes):
-                blobs.append(value)
-                continue
-            try:
-                blobs.append(Path(value).read_bytes())
-            except OSError as exc:
-                raise ServingError(f"cannot read {value}: {exc} — pass an existing "
-                                   f"{self.name} file") from None
+        blobs = [value if isinstance(value, bytes) else self.request_file(value)
+                 for value in values]
         return np.array(blobs, dtype=object)
+
+    def request_file(self, path: str | os.PathLike) -> bytes:
+        """A file named in a query, as the request carries it: its bytes. A modality whose
+        signature decodes fewer formats than its catalogue accepts converts the others here,
+        on the client (audio: to 16-bit PCM WAV); bytes a caller passes are never touched."""
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise ServingError(f"cannot read {path}: {exc} — pass an existing "
+                               f"{self.name} file") from None
 
     @abc.abstractmethod
     def load_file(self, path: str | Path, settings: Settings):

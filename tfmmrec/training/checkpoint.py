@@ -80,7 +80,8 @@ def load_exactly(model: tf.keras.Model, prefix: str | os.PathLike) -> None:
                 parts.append(f"{len(names)} {label}: {', '.join(names[:MAX_LISTED])}{more}")
         raise TrainingError(f"the checkpoint {prefix} does not match the model rebuilt for it — "
                             f"{'; '.join(parts)}. The model was built from a different config "
-                            "than the one it was trained with (or the code changed since).")
+                            "than the one it was trained with (or the code, or the dataset's "
+                            "users or items, changed since).")
     try:
         status = model.load_weights(prefix)
     except UNREADABLE as exc:

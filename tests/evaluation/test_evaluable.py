@@ -1,0 +1,86 @@
+"""What an evaluation can measure, known before any model runs (``evaluation.protocol``).
+
+``check_evaluable``: a test set no user can be scored on is an error naming where it came from,
+not a table of NaN and a metrics file of nulls. ``recall_notes``: a K that reaches the number
+of items ranked makes recall@K 1 for any model (60 items and recall@100; 12 cold-start
+candidates and recall@20), which the table alone does not say.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmmrec.data.splits import Split
+from tfmmrec.errors import DataError
+from tfmmrec.evaluation.protocol import (
+    check_evaluable,
+    evaluate_embeddings,
+    random_baseline,
+    recall_notes,
+)
+
+USERS = np.array(["u0", "u1", "u2"])
+NUM_ITEMS = 12
+
+
+def frame(pairs: list[tuple[str, int]]) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": [u for u, _ in pairs], "item_index": [i for _, i in pairs],
+                         "item_id": [f"i{i}" for _, i in pairs]})
+
+
+TRAIN = frame([("u0", 0), ("u0", 1), ("u1", 2), ("u2", 3), ("u2", 4), ("u2", 5)])
+
+
+def test_no_test_item_among_the_candidates_is_an_error_naming_both_files():
+    split = Split("supplied", TRAIN, frame([("u0", 6), ("u1", 7)]), test_items=np.array([9]))
+    with pytest.raises(DataError) as raised:
+        check_evaluable(split, USERS, NUM_ITEMS, test="t1.csv", candidates="one_c.txt")
+    assert str(raised.value) == ("nothing to evaluate: no test interaction of t1.csv has its "
+                                 "item among the candidates in one_c.txt")
+
+
+def test_test_items_that_are_all_training_items_are_an_error_saying_so():
+    """``data.split: none`` then ``--test`` with rows it trained on: each is excluded."""
+    split = Split("supplied", TRAIN, frame([("u0", 1), ("u2", 3)]))
+    with pytest.raises(DataError, match=r"^nothing to evaluate: every test interaction of "
+                                        r"t\.csv is one of its user's training interactions"):
+        check_evaluable(split, USERS, NUM_ITEMS, test="t.csv")
+    check_evaluable(Split("random", TRAIN, frame([("u0", 1), ("u2", 6)])), USERS, NUM_ITEMS)
+
+
+def test_without_the_check_such_a_test_set_scores_nan_over_zero_users():
+    """What the check stands in front of: every metric a mean over nobody."""
+    split = Split("supplied", TRAIN, frame([("u0", 6), ("u1", 7)]), test_items=np.array([9]))
+    metrics = random_baseline(split, USERS, NUM_ITEMS, ks=[5])
+    assert metrics["num_users"] == 0 and np.isnan(metrics["recall@5"])
+
+
+def test_recall_notes_name_each_k_that_reaches_the_number_of_candidates():
+    split = Split("cold_start", TRAIN, frame([("u0", 8), ("u1", 9)]),
+                  test_items=np.arange(6, NUM_ITEMS))  # 6 candidates
+    notes = recall_notes(split, USERS, NUM_ITEMS, [2, 5, 6, 20])
+    assert notes == {
+        "recall@6": "recall@6: every one of the 6 candidate items is in the top 6, so "
+                    "recall@6 is 1 for any model",
+        "recall@20": "recall@20: every one of the 6 candidate items is in the top 20, so "
+                     "recall@20 is 1 for any model"}
+    metrics = random_baseline(split, USERS, NUM_ITEMS, ks=[2, 5, 6, 20])
+    assert metrics["recall@6"] == metrics["recall@20"] == 1.0
+
+
+def test_recall_notes_count_the_items_a_user_ranks_without_their_training_items():
+    """12 items; u0 and u1 (the evaluated users) trained on 2 and 1: at most 11 are ranked."""
+    split = Split("random", TRAIN, frame([("u0", 8), ("u1", 9)]))
+    notes = recall_notes(split, USERS, NUM_ITEMS, [10, 11, 12])
+    assert notes["recall@11"] == ("recall@11: each user ranks at most 11 of the 12 items "
+                                  "(never their training items), all within the top 11, so "
+                                  "recall@11 is 1 for any model")
+    assert notes["recall@12"].startswith("recall@12: every one of the 12 items is in the top 12")
+    assert "recall@10" not in notes
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # any scores at all
+        metrics = evaluate_embeddings(rng.normal(size=(3, 4)), rng.normal(size=(NUM_ITEMS, 4)),
+                                      split, USERS, [11, 12])
+        assert metrics["recall@11"] == metrics["recall@12"] == 1.0
