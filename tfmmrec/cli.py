@@ -499,10 +499,13 @@ def _prepare(config, args) -> int:
 
         require_beam()
         from tfmmrec.beam.prepare import prepare as beam_prepare
+        from tfmmrec.beam.prepare import prepare_options
 
+        # the runner and Beam flags first: a typo is reported before the data is loaded
+        options = prepare_options(config, args.runner, args.beam_args, args.workers)
         manifest = beam_prepare(config, args.output, runner=args.runner,
                                 beam_args=args.beam_args, dataset=resolve_dataset(config),
-                                workers=args.workers, shards=args.shards)
+                                workers=args.workers, shards=args.shards, options=options)
     else:
         from tfmmrec.data.tfrecords import write_tfrecords
 

@@ -150,6 +150,13 @@ def writer_token() -> str:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:8]
 
 
+def writer_tag() -> str:
+    """What a temporary name carries after its writer's pid: :func:`writer_token` (which
+    machine and PID namespace that pid belongs to) and random hex digits (unique per call),
+    so that :func:`temp_writer_gone` can tell a dead writer's leftovers."""
+    return writer_token() + uuid.uuid4().hex[:_RANDOM_HEX]
+
+
 def temp_writer_gone(pid: int, tag: str, path: str | os.PathLike) -> bool:
     """Whether the writer of temp path ``path``, named with ``pid`` and ``tag`` (the hex after
     the pid), is gone: a process of this machine and PID namespace (``tag`` starts with
@@ -172,8 +179,7 @@ def _temp_sibling(final: str) -> str:
     is :func:`writer_token` (which machine and PID namespace that pid belongs to) and 8 random
     hex digits."""
     head, _, name = final.rstrip("/").rpartition("/")
-    tag = writer_token() + uuid.uuid4().hex[:_RANDOM_HEX]
-    return f"{head + '/' if head else ''}.{name}.{os.getpid()}.{tag}.tmp"
+    return f"{head + '/' if head else ''}.{name}.{os.getpid()}.{writer_tag()}.tmp"
 
 
 def _replace_directory(tmp: str, final: str) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -155,3 +160,74 @@ def test_a_failed_beam_run_keeps_a_finished_output_of_other_settings(
     assert manifest.image_size == 40 and tfrecords.load_manifest(out).image_size == 40
     assert {name: (out / name).stat().st_mtime_ns for name in kept} == kept
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_beam_prepare_rewrites_a_damaged_shard(tiny_config, tiny_workspace, local, tmp_path):
+    out = tmp_path / "records"
+    shutil.copytree(local.directory, out)
+    shard = out / "items-00002-of-00003.tfrecord"
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    shard.write_bytes(bytes(content))
+    again = beam_prepare.prepare(tiny_config, out, runner="FnApiRunner",
+                                 dataset=tiny_workspace.dataset, workers=1, shards=3)
+    assert shard.read_bytes() == Path(local.files("items")[2]).read_bytes()
+    assert again.shards == local.shards
+
+
+def test_a_mistyped_runner_is_reported_before_the_data_is_loaded(tiny_config, tmp_path, capsys,
+                                                                 monkeypatch):
+    from tests.conftest import derive_config
+    from tfmmrec import cli, pipeline
+
+    config = derive_config(tiny_config, tmp_path)
+    config.to_yaml(tmp_path / "config.yaml")
+    monkeypatch.setattr(pipeline, "resolve_dataset",
+                        lambda *a: pytest.fail("the dataset was loaded before the runner"))
+    code = cli.main(["-q", "prepare", "--config", str(tmp_path / "config.yaml"), "--output",
+                     str(tmp_path / "records"), "--runner", "DataflowRuner"])
+    assert code == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: --runner DataflowRuner: unknown Beam runner; [^\n]*\n", err)
+    assert not (tmp_path / "records").exists()
+
+
+KILL_BEAM_DRIVER = """
+    import os, signal, sys
+    import tfmmrec  # noqa: F401
+    from tfmmrec.beam import prepare as beam_prepare, runner
+    from tfmmrec.config import load_config
+
+    def killed(*args, **kwargs):  # the driver dies once it has staged its jobs
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    runner.beam.Pipeline = killed
+    beam_prepare.prepare(load_config(sys.argv[1]), sys.argv[2], runner="FnApiRunner",
+                         workers=1, shards=2)
+"""
+
+
+def test_a_successful_run_removes_the_staging_a_killed_driver_left(tiny_config, tiny_workspace,
+                                                                   tmp_path):
+    from tests.conftest import REPO
+    from tfmmrec.files import writer_token
+
+    tiny_config.to_yaml(tmp_path / "config.yaml")
+    out = tmp_path / "records"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_BEAM_DRIVER),
+                             str(tmp_path / "config.yaml"), str(out)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    [stale] = (out / ".beam-jobs").iterdir()
+    assert list(stale.glob("job-*.json"))
+    live = subprocess.Popen(["sleep", "300"])  # stands for a driver still running
+    in_use = out / ".beam-jobs" / f"{live.pid}.{writer_token()}0123abcd"
+    in_use.mkdir()
+    try:
+        beam_prepare.prepare(tiny_config, out, runner="FnApiRunner",
+                             dataset=tiny_workspace.dataset, workers=1, shards=2)
+        assert [p.name for p in (out / ".beam-jobs").iterdir()] == [in_use.name]
+    finally:
+        live.kill()
+        live.wait()

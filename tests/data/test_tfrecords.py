@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import derive_config
+from tests.conftest import REPO, derive_config
 from tfmmrec import cli, pipeline
 from tfmmrec.config import load_config
 from tfmmrec.data import tfrecords
@@ -378,3 +386,168 @@ def test_training_from_shards_resumed_ends_as_an_uninterrupted_run(prepared, tin
                            workspace=ws, progress=False)
     assert resumed.epochs_run == 2
     np.testing.assert_allclose(resumed.history["loss"], whole.history["loss"][1:], rtol=1e-5)
+
+
+# --- stale or damaged shards: refused in one line, rewritten by the next prepare -------------
+
+
+@pytest.fixture
+def own_folder(tiny_config, tiny_demo_dir, tmp_path):
+    """A config over a private copy of the tiny demo folder (tests change its tables)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_demo_dir, data)
+    config = derive_config(tiny_config, tmp_path, f"data.path={data}")
+    config.to_yaml(tmp_path / "config.yaml")
+    return config, data, tmp_path / "config.yaml"
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """The one line a failed command prints (asserted: one line, exit status 2)."""
+    code = cli.main(["-q", *argv])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USER_ERROR and re.fullmatch(r"error: [^\n]*\n", err), err
+    return err
+
+
+def test_training_refuses_shards_of_interactions_appended_since_prepare(own_folder, capsys):
+    """The shards would train on the old rows while the new split's test rows sit in them."""
+    config, data, path = own_folder
+    out = path.parent / "records"
+    tfrecords.write_tfrecords(config, out, workers=1, shards=2, progress=False)
+    table = data / "interactions.csv"
+    rows = table.read_text().splitlines()
+    seen = {tuple(r.split(",")[:2]) for r in rows[1:]}
+    new = [f"u000,{i},5,1700000000" for i in (f"i{n:04d}" for n in range(80))
+           if ("u000", i) not in seen][:20]
+    table.write_text("\n".join([*rows, *new]) + "\n")
+    err = cli_error(capsys, "train", "--config", str(path), "--set", f"train.tfrecords={out}")
+    assert re.match(rf"error: train.tfrecords={re.escape(str(out))}: interactions changed "
+                    r"since `tfmmrec prepare` \(train: \d+ rows prepared, \d+ now.*\): run it "
+                    r"again", err), err
+
+
+def test_interactions_of_the_same_count_but_other_rows_are_refused(prepared, tiny_config,
+                                                                   tiny_workspace):
+    dataset = tiny_workspace.dataset
+    tfrecords.check_compatible(prepared, tiny_config, dataset)  # unchanged: accepted
+    ratings = dataset.interactions.assign(rating=dataset.interactions["rating"] % 5 + 1)
+    with pytest.raises(DataError, match=r"interactions changed since `tfmmrec prepare` \(train:"
+                                        r" (\d+) rows prepared, \1 now \(other rows\)"):
+        tfrecords.check_compatible(prepared, tiny_config,
+                                   dataclasses.replace(dataset, interactions=ratings))
+
+
+def damage(path: Path, how: str) -> None:
+    """Truncate the file mid-record, or flip one bit in its middle (same size)."""
+    content = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(content[: len(content) * 2 // 3]))
+    else:
+        content[len(content) // 2] ^= 0x10
+        path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize(("table", "how", "says"), [
+    ("train", "truncate", r"train-00000-of-00003.tfrecord: \d+ bytes, but manifest.json "
+                          r"records \d+: the shard was truncated or changed"),
+    ("items", "flip", r"items-00001-of-00003.tfrecord: its SHA-256 is not the one manifest.json "
+                      r"records: the shard was damaged"),
+])
+def test_training_refuses_a_damaged_shard_in_one_line(prepared, tiny_config, tmp_path, capsys,
+                                                      table, how, says):
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared.directory, copy)
+    damage(copy / f"{table}-0000{1 if table == 'items' else 0}-of-00003.tfrecord", how)
+    config = derive_config(tiny_config, tmp_path, f"train.tfrecords={copy}")
+    config.to_yaml(tmp_path / "config.yaml")
+    err = cli_error(capsys, "train", "--config", str(tmp_path / "config.yaml"))
+    assert re.match(f"error: {re.escape(str(copy))}/{says}.*run it again \\(it rewrites "
+                    "damaged shards\\)", err), err
+
+
+@pytest.mark.parametrize("manifest", ["kept", "lost"])
+def test_prepare_rewrites_damaged_shards_and_keeps_the_rest(prepared, tiny_config,
+                                                            tiny_workspace, tmp_path, manifest):
+    """Damaged shards are found by their recorded checksums or, with the manifest that
+    recorded them lost, by their records' own CRCs and counts."""
+    out = tmp_path / "copy"
+    shutil.copytree(prepared.directory, out)
+    damaged = {out / "items-00001-of-00003.tfrecord": "flip",
+               out / "test-00002-of-00003.tfrecord": "truncate"}
+    original = {path: path.read_bytes() for path in damaged}
+    for path, how in damaged.items():
+        damage(path, how)
+    if manifest == "lost":
+        (out / "manifest.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*.tfrecord") if p not in damaged}
+    again = tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset,
+                                      workers=1, shards=3, progress=False)
+    assert {path: path.read_bytes() for path in damaged} == original
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert again.shards == prepared.shards
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no sidecars left
+    tfrecords.check_compatible(tfrecords.load_manifest(out), tiny_config,
+                               tiny_workspace.dataset)
+
+
+def test_the_manifest_records_each_shards_size_and_checksum(prepared):
+    for table in tfrecords.TABLES:
+        for path, shard in zip(prepared.files(table), prepared.shards[table], strict=True):
+            assert tfrecords.file_digest(path) == (shard["bytes"], shard["sha256"])
+
+
+# --- kill -9 of the driver: no worker left behind --------------------------------------------
+
+KILL_POOL_DRIVER = """
+    import multiprocessing, os, signal, sys, threading, time
+    import tfmmrec  # noqa: F401
+    from tfmmrec.config import load_config
+    from tfmmrec.data import tfrecords
+
+    out, pids = sys.argv[2], sys.argv[3]
+
+    def kill_once_a_shard_is_written():  # the pool's workers are busy or idle, not yet done
+        while True:
+            workers = [p.pid for p in multiprocessing.active_children()]
+            if len(workers) == 2 and any(n.endswith(".tfrecord") for n in os.listdir(out)):
+                with open(pids, "w") as handle:
+                    handle.write(" ".join(map(str, workers)))
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.02)
+
+    os.makedirs(out)
+    threading.Thread(target=kill_once_a_shard_is_written, daemon=True).start()
+    tfrecords.write_tfrecords(load_config(sys.argv[1]), out, workers=2, shards=3,
+                              progress=False)
+"""
+
+
+def running(pid: int) -> bool:
+    """A live process (a zombie no one reaped is gone: it holds no memory)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_pool_workers_exit_when_the_driver_is_killed(tiny_config, tmp_path):
+    tiny_config.to_yaml(tmp_path / "config.yaml")
+    pids = tmp_path / "pids"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(tmp_path / "driver.log", "wb") as log:  # not a pipe: workers inherit it
+        driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILL_POOL_DRIVER),
+                                   str(tmp_path / "config.yaml"), str(tmp_path / "records"),
+                                   str(pids)], env=env, cwd=REPO, stdout=log, stderr=log)
+    assert driver.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "driver.log").read_text()
+    workers = [int(pid) for pid in pids.read_text().split()]
+    try:
+        deadline = time.monotonic() + 20
+        while any(map(running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if running(pid)], "workers outlived the driver"
+    finally:
+        for pid in workers:  # this test's own leftovers, if the check failed
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)

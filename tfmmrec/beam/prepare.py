@@ -5,7 +5,8 @@ split, shard plan, resume), the runner's workers write the shards with the local
 ``tfrecords.write_shard`` (same decoding, resizing and resampling functions, same temp-then-rename
 writes), and the driver writes ``manifest.json`` last (``tfrecords.finish_prepare``). Records are
 therefore identical to the local path's, and a re-run after a failure keeps finished shards. The
-runner and Beam flags are checked before anything in the output is touched.
+runner and Beam flags are checked before anything in the output is touched, and by the CLI before
+the dataset is loaded (:func:`prepare_options`).
 
 Workers read media files at the paths the driver resolved: on a cluster, the dataset folder must
 be mounted at the same path on every worker (NFS, Cloud Storage FUSE); the output may be any
@@ -32,16 +33,31 @@ class WriteShardFn(ShardJobFn):
         return {"file": job["file"], "records": job["records"], "failed": failed}
 
 
+def prepare_options(config: Config, runner: str, beam_args: Sequence[str] = (),
+                    workers: int | None = None):
+    """The checked ``PipelineOptions`` of a ``prepare`` on ``runner``: a mistyped runner or
+    flag is a one-line ``ConfigError`` here, so callers build them before loading the data
+    (which takes minutes on a large folder)."""
+    return pipeline_options(runner, beam_args, _workers(config, workers))
+
+
+def _workers(config: Config, workers: int | None) -> int:
+    return workers or config.train.prepare_workers or os.cpu_count() or 1
+
+
 def prepare(config: Config, output: str | os.PathLike | None = None, *, runner: str,
             beam_args: Sequence[str] = (), dataset: Dataset | None = None,
-            workers: int | None = None, shards: int | None = None) -> tfrecords.Manifest:
+            workers: int | None = None, shards: int | None = None,
+            options=None) -> tfrecords.Manifest:
     """``tfrecords.prepare`` as a Beam pipeline on ``runner`` (same arguments, same output).
 
     ``workers`` sizes the default shard count (at least one shard per worker) and, on the local
-    FnApiRunner, the number of worker processes.
+    FnApiRunner, the number of worker processes. ``options``: :func:`prepare_options` of the
+    same arguments, when the caller checked them already (before loading ``dataset``).
     """
-    workers = workers or config.train.prepare_workers or os.cpu_count() or 1
-    options = pipeline_options(runner, beam_args, workers)  # a bad runner fails here, first
+    workers = _workers(config, workers)
+    if options is None:  # a bad runner fails here, before the output is touched
+        options = prepare_options(config, runner, beam_args, workers)
     run = tfrecords.plan_prepare(config, output, dataset=dataset, workers=workers,
                                  shards=shards)
     summaries = run_shard_jobs(run.todo, run.workdir, WriteShardFn(), options, "prepare")

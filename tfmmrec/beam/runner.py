@@ -9,6 +9,8 @@ batch whatever the catalogue size, and the files are byte-for-byte those of the 
 The driver stages each job as a small JSON file next to the output (so the pipeline graph holds
 only file names, whatever the catalogue size: Dataflow caps a job graph at 10 MB), and the
 runner spreads them over its workers (``Reshuffle``), retries failed ones, and scales out.
+A staging folder is named after the driver's process (as ``tfmmrec.files`` names temporary
+files), so a successful run also removes the folders of drivers that died (``kill -9``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import io
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import apache_beam as beam
 
 from tfmmrec.data.tfrecords import join_path, read_text, write_text
 from tfmmrec.errors import ConfigError, DataError
+from tfmmrec.files import temp_writer_gone, writer_tag
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +104,10 @@ def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
 
     A job that already finished (its output exists) is the caller's to skip; this runs what it
     is given. The staging files are removed once every summary has been read, or when the
-    pipeline fails (a re-run stages its jobs afresh).
+    pipeline fails (a re-run stages its jobs afresh); a run that succeeds also removes the
+    staging folders of drivers that died (:func:`remove_stale_staging`).
     """
-    staging = join_path(output, f"{STAGING}/{uuid.uuid4().hex[:12]}")
+    staging = join_path(output, f"{STAGING}/{staging_name()}")
     import tensorflow as tf
 
     tf.io.gfile.makedirs(staging)
@@ -133,8 +136,39 @@ def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
             raise DataError(f"the Beam pipeline ({label}) finished without running {path}; "
                             "run the same command again")
         summaries.append(json.loads(read_text(done)))
+    remove_stale_staging(output)
     _remove_staging(output, staging)
     return summaries
+
+
+def staging_name() -> str:
+    """``<pid>.<tag>``: the driver's pid and :func:`tfmmrec.files.writer_tag`, as temporary
+    file names carry, so that :func:`remove_stale_staging` can tell a dead driver's folder."""
+    return f"{os.getpid()}.{writer_tag()}"
+
+
+def remove_stale_staging(output: str) -> list[str]:
+    """Remove the staging folders in ``output`` left by drivers that are gone (killed before
+    their cleanup ran): a dead process of this machine, or any folder older than a day
+    (:func:`tfmmrec.files.temp_writer_gone`; folders of an older release, named without a pid,
+    by age only). A live driver's folder, this one's included, is kept. Returns the removed."""
+    import tensorflow as tf
+
+    root = join_path(output, STAGING)
+    if not tf.io.gfile.isdir(root):
+        return []
+    removed = []
+    for name in tf.io.gfile.listdir(root):
+        name = name.rstrip("/")
+        path = join_path(root, name)
+        pid, _, tag = name.partition(".")
+        if temp_writer_gone(int(pid) if pid.isdigit() else -1, tag, path):
+            tf.io.gfile.rmtree(path)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d staging folder(s) of Beam drivers that died: %s", len(removed),
+                    ", ".join(removed))
+    return removed
 
 
 def _remove_staging(output: str, staging: str) -> None:

@@ -10,11 +10,16 @@
                                      flags and content hashes (the encoder cache's keys)
     train-00000-of-00002.tfrecord    the training split's interactions, shuffled once
     test-00000-of-00002.tfrecord     the test split's interactions
-    manifest.json                    written last: a directory without it is never read
+    manifest.json                    written last: a directory without it is never read; it
+                                     records each shard's size and SHA-256, and digests of
+                                     the train and test tables
 
 Shards are written by parallel worker processes, each to a hidden temporary name renamed into
 place when complete, so an interrupted ``prepare`` leaves finished shards (kept by the next run
-of the same command) and no half-written shard that a reader could pick up. A finished directory
+of the same command) and no half-written shard that a reader could pick up. Each shard's size and
+SHA-256 go, before its rename, into a hidden sidecar (``.<shard>.json``) that the manifest
+takes over: a resumed run rewrites a shard that no longer matches them, and readers refuse one
+(sizes on every load, checksums in :func:`check_compatible`). A finished directory
 of other data or settings is rebuilt in a hidden ``.replacement`` folder inside it and replaced
 only once every new shard is written, so a failed run never loses it. The same plan and
 shard writer run as an Apache Beam pipeline with ``tfmmrec prepare --runner``
@@ -31,8 +36,10 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,13 +61,18 @@ from tfmmrec.progress import counter
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: shard sizes and checksums, and the train/test tables' digests, in the manifest
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 # Where a finished output of another plan is rebuilt, beside the shards it replaces at the end.
 REPLACEMENT = ".replacement"
 TABLES = ("items", "train", "test")
 SHARD_PATTERNS = tuple(f"{table}-*-of-*.tfrecord" for table in TABLES)
+# A shard's size and checksum, written beside it before its rename (what a resumed run checks);
+# removed once the manifest holds them.
+SIDECAR_PATTERNS = tuple(f".{pattern}.json" for pattern in SHARD_PATTERNS)
+_READ_CHUNK = 4 * 2**20
 TARGET_SHARD_BYTES = 128 * 2**20
 # Bytes a serialised interaction takes, roughly (ids, index, rating, timestamp, proto framing).
 _INTERACTION_BYTES = 64
@@ -83,6 +95,9 @@ class Manifest:
     item_ids_sha1: str
     split: dict[str, Any]
     interaction_columns: list[str]
+    # {"train": sha1, "test": sha1} of the rows written (:func:`split_digests`)
+    split_sha1: dict[str, str] = field(default_factory=dict)
+    # per table, each shard's {"file", "records", "bytes", "sha256"}
     shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -182,19 +197,84 @@ def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
     plan = _plan(config, dataset, split, shards, workers, previous)
     _check_output(output, plan["estimated_bytes"])
     workdir = output_workdir(output, plan["fingerprint"], "TFRecords")
-    start_or_resume(workdir, plan, SHARD_PATTERNS, "TFRecords")
+    start_or_resume(workdir, plan, SHARD_PATTERNS + SIDECAR_PATTERNS, "TFRecords")
     jobs = _jobs(config, dataset, split, plan, workdir)
-    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(workdir, job["file"]))]
+    recorded = recorded_shards(workdir)
+    todo = [job for job in jobs if not _keep(workdir, job, recorded.get(job["file"]))]
     if len(todo) < len(jobs):
         logger.info("%s: %d of %d shards already written, resuming", workdir,
                     len(jobs) - len(todo), len(jobs))
     return PrepareRun(output, plan, jobs, todo, dataset.num_items, workdir)
 
 
+def _keep(directory: str, job: dict[str, Any], record: dict[str, Any] | None) -> bool:
+    """Whether a resumed run keeps the shard of ``job``: it exists with the size and SHA-256
+    recorded when it was written (a shard damaged since is rewritten). A shard whose record
+    is lost (its manifest deleted) is kept if all its records read back intact, and recorded
+    anew."""
+    path = join_path(directory, job["file"])
+    if not tf.io.gfile.exists(path):
+        return False
+    if record is None and _records_intact(path, job["records"]):
+        _record_shard(directory, job["file"], job["records"], path)
+        return True
+    if shard_matches(path, job["records"], record, checksum=True):
+        return True
+    logger.warning("%s is damaged (its size, checksum or records are not the ones written); "
+                   "writing it again", path)
+    return False
+
+
+def _records_intact(path: str, records: int) -> bool:
+    """``path`` holds ``records`` records, each of which reads back intact (every TFRecord
+    carries a CRC32C of its length and of its bytes): a truncated or bit-flipped shard fails."""
+    try:
+        count = tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1)
+    except tf.errors.OpError:
+        return False
+    return int(count) == records
+
+
+def shard_matches(path: str, records: int, record: dict[str, Any] | None, *,
+                  checksum: bool) -> bool:
+    """``path`` is the shard ``record`` (a sidecar or manifest entry) describes: ``records``
+    records, its size, and with ``checksum`` its SHA-256 (one read of the file)."""
+    if not record or record.get("records") != records:
+        return False
+    try:
+        if tf.io.gfile.stat(path).length != record.get("bytes"):
+            return False
+    except tf.errors.NotFoundError:
+        return False
+    return not checksum or file_digest(path)[1] == record.get("sha256")
+
+
+def recorded_shards(directory: str) -> dict[str, dict[str, Any]]:
+    """Each shard's recorded ``{"file", "records", "bytes", "sha256"}`` in ``directory``: from
+    its manifest (a finished run of this plan: ``start_or_resume`` removed any other), and
+    from the sidecars of shards written since."""
+    recorded: dict[str, dict[str, Any]] = {}
+    manifest = join_path(directory, MANIFEST)
+    if tf.io.gfile.exists(manifest):
+        payload = json.loads(read_text(manifest))
+        if payload.get("format_version") == FORMAT_VERSION:
+            recorded.update({shard["file"]: shard for table in TABLES
+                             for shard in payload.get("shards", {}).get(table, [])})
+    for pattern in SIDECAR_PATTERNS:
+        for path in tf.io.gfile.glob(join_path(directory, pattern)):
+            shard = json.loads(read_text(path))
+            recorded[shard["file"]] = shard
+    return recorded
+
+
 def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
-    """Report undecodable media and write ``manifest.json``, last, once every shard exists."""
+    """Report undecodable media and write ``manifest.json``, last, once every shard exists
+    with its recorded size (the manifest takes each shard's size and checksum over from its
+    sidecar, which is then removed)."""
+    recorded = recorded_shards(run.workdir)
     missing = [job["file"] for job in run.jobs
-               if not tf.io.gfile.exists(join_path(run.workdir, job["file"]))]
+               if not shard_matches(join_path(run.workdir, job["file"]), job["records"],
+                                    recorded.get(job["file"]), checksum=False)]
     if missing:
         raise DataError(f"{run.workdir}: {len(missing)} shard(s) were not written (first: "
                         f"{missing[0]}); run `tfmmrec prepare` again (finished shards are kept)")
@@ -204,15 +284,50 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
     manifest = Manifest.from_dict(
         plan["settings"], directory=run.output, format_version=FORMAT_VERSION,
         num_items=run.num_items, item_ids_sha1=plan["item_ids_sha1"], split=plan["split"],
-        interaction_columns=plan["interaction_columns"],
-        shards={table: [{"file": job["file"], "records": job["records"]} for job in run.jobs
+        interaction_columns=plan["interaction_columns"], split_sha1=plan["split_sha1"],
+        shards={table: [_shard_entry(recorded[job["file"]]) for job in run.jobs
                         if job["table"] == table] for table in TABLES})
-    swap_in(run.output, run.workdir, [job["file"] for job in run.jobs], SHARD_PATTERNS)
+    swap_in(run.output, run.workdir, [job["file"] for job in run.jobs],
+            SHARD_PATTERNS + SIDECAR_PATTERNS)
     write_text(join_path(run.output, MANIFEST), json.dumps(manifest.to_dict(), indent=2))
+    for pattern in SIDECAR_PATTERNS:  # the manifest holds them now
+        for path in tf.io.gfile.glob(join_path(run.output, pattern)):
+            tf.io.gfile.remove(path)
     logger.debug("prepared %s: %d items, %d train and %d test interactions in %d shards",
                 run.output, manifest.num_items, manifest.count("train"),
                 manifest.count("test"), len(run.jobs))
     return manifest
+
+
+def _shard_entry(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: record[key] for key in ("file", "records", "bytes", "sha256")}
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """``(size, SHA-256)`` of a file, read once in 4 MiB chunks (any TensorFlow filesystem
+    path). SHA-256 runs at GB/s: a fraction of the time writing the shard took."""
+    digest, size = hashlib.sha256(), 0
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def split_digests(split: Split, columns: Sequence[str]) -> dict[str, str]:
+    """``{"train": sha1, "test": sha1}`` of the rows the shards hold (``columns``, user ids as
+    the strings written): the plan's fingerprint includes them, the manifest records them, and
+    training compares them with the split of the folder it loads (:func:`check_compatible`)."""
+    return {table: _rows_digest(getattr(split, table), columns) for table in ("train", "test")}
+
+
+def _rows_digest(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    present = [c for c in columns if c in frame.columns]
+    rows = frame[present].astype({"user_id": str}) if "user_id" in present else frame[present]
+    hashes = pd.util.hash_pandas_object(rows, index=False).to_numpy()
+    digest = hashlib.sha1(json.dumps([present, len(rows)]).encode())
+    digest.update(np.ascontiguousarray(hashes))
+    return digest.hexdigest()
 
 
 def split_settings(config: Config) -> dict[str, Any]:
@@ -241,15 +356,14 @@ def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None, wo
              "test": (len(split.test), _INTERACTION_BYTES)}
     counts = {table: _shard_count(rows, size, shards, workers)
               for table, (rows, size) in sizes.items()}
-    frame = dataset.interactions[[c for c in columns if c != "item_index"] + ["item_id"]]
-    row_hashes = np.ascontiguousarray(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+    # the rows written (timestamps included through the split they decide), not the folder's
+    tables = split_digests(split, columns)
     content = catalog_fingerprint(catalog).encode()
 
     def fingerprint(shard_counts: Any) -> str:
         digest = hashlib.sha1(json.dumps([FORMAT_VERSION, settings, split_settings(config),
-                                          shard_counts, columns]).encode())
+                                          shard_counts, columns, tables]).encode())
         digest.update(content)
-        digest.update(row_hashes)
         return digest.hexdigest()
 
     if shards is None:
@@ -261,7 +375,7 @@ def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None, wo
                       counts)
     return {"fingerprint": fingerprint(counts), "settings": settings,
             "split": split_settings(config), "item_ids_sha1": ids_digest(catalog.item_ids),
-            "interaction_columns": columns, "shard_counts": counts,
+            "interaction_columns": columns, "split_sha1": tables, "shard_counts": counts,
             "estimated_bytes": sum(rows * size for rows, size in sizes.values())}
 
 
@@ -467,15 +581,34 @@ def _merge(failed: dict[str, list[str]], result: dict[str, list[str]]) -> None:
 
 
 def _init_worker() -> None:
+    exit_with_parent()
     import tfmmrec  # noqa: F401  (Keras 2 and TF settings, as in the parent)
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+def exit_with_parent() -> None:
+    """End this pool worker when the process that started it ends, however it ends (``kill
+    -9`` included). A worker holds the write end of its own job queue, so it never sees the
+    queue close: without this it would wait for a job forever, holding TensorFlow's memory.
+    The parent's sentinel is a pipe whose write end only the parent holds: it becomes
+    readable when the parent is gone. A no-op outside a ``multiprocessing`` child."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def wait_for_parent() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)  # nobody is left to report to
+
+    threading.Thread(target=wait_for_parent, name="tfmmrec-parent-watch", daemon=True).start()
+
+
 def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
     """Write one shard to a temporary name, then rename it into place (atomic on local disks;
-    object stores publish an object only once its upload completes)."""
+    object stores publish an object only once its upload completes). Its sidecar (records,
+    size, SHA-256) is written first, so a shard in place always has one."""
     final = join_path(job["output"], job["file"])
     failed: dict[str, list[str]] = {}
     # In a worker process (local pool, Beam): register the modalities the plan was made with.
@@ -484,17 +617,32 @@ def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
     # (hash seed) that wrote it: the local pool and any Beam worker write identical files. The
     # temporary name holds the pid and a random part: a runner may retry (or speculatively
     # duplicate) a shard on another machine.
-    with atomic_path(final) as tmp, tf.io.TFRecordWriter(tmp) as writer:
-        if job["table"] == "items":
-            for item in job["items"]:
-                writer.write(_item_example(item, job["settings"], failed).SerializeToString(
-                    deterministic=True))
-        else:
-            columns = job["columns"]
-            for row in range(job["records"]):
-                writer.write(_interaction_example(columns, row).SerializeToString(
-                    deterministic=True))
+    with atomic_path(final) as tmp:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            if job["table"] == "items":
+                for item in job["items"]:
+                    writer.write(_item_example(item, job["settings"], failed)
+                                 .SerializeToString(deterministic=True))
+            else:
+                columns = job["columns"]
+                for row in range(job["records"]):
+                    writer.write(_interaction_example(columns, row).SerializeToString(
+                        deterministic=True))
+        _record_shard(job["output"], job["file"], job["records"], tmp)
     return failed
+
+
+def _record_shard(directory: str, file: str, records: int, path: str) -> None:
+    """Write the sidecar of shard ``file`` of ``directory``: its records, and the size and
+    SHA-256 of ``path`` (the shard, or its temporary name just written: read back from the
+    page cache on a local disk, downloaded once from an object store)."""
+    size, sha256 = file_digest(path)
+    write_text(sidecar_path(directory, file), json.dumps(
+        {"file": file, "records": records, "bytes": size, "sha256": sha256}))
+
+
+def sidecar_path(directory: str, file: str) -> str:
+    return join_path(directory, f".{file}.json")
 
 
 def _bytes(value: bytes) -> tf.train.Feature:
@@ -532,7 +680,8 @@ def _interaction_example(columns: dict[str, np.ndarray], row: int) -> tf.train.E
 
 
 def load_manifest(directory: str | os.PathLike) -> Manifest:
-    """The manifest of a finished ``prepare`` directory; a ``DataError`` for anything else."""
+    """The manifest of a finished ``prepare`` directory; a ``DataError`` for anything else,
+    a missing shard, or one whose size is not the one recorded (a truncated copy)."""
     directory = str(directory)
     path = join_path(directory, MANIFEST)
     if not tf.io.gfile.exists(path):
@@ -543,18 +692,68 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         raise DataError(f"{path}: format version {payload.get('format_version')} is not "
                         f"{FORMAT_VERSION}; run `tfmmrec prepare` again")
     manifest = Manifest.from_dict(payload, directory=directory)
-    missing = [f for table in TABLES for f in manifest.files(table)
-               if not tf.io.gfile.exists(f)]
+    sizes = {path: _size(path) for table in TABLES for path in manifest.files(table)}
+    missing = [path for path, size in sizes.items() if size is None]
     if missing:
         raise DataError(f"{directory}: {len(missing)} shard(s) listed in {MANIFEST} are missing "
                         f"(first: {missing[0]}); run `tfmmrec prepare` again")
+    for table in TABLES:
+        for path, shard in zip(manifest.files(table), manifest.shards[table], strict=True):
+            if sizes[path] != shard["bytes"]:
+                raise DataError(f"{path}: {sizes[path]} bytes, but {MANIFEST} records "
+                                f"{shard['bytes']}: the shard was truncated or changed after "
+                                "`tfmmrec prepare`; run it again (it rewrites damaged shards)")
     return manifest
 
 
+def _size(path: str) -> int | None:
+    try:
+        return tf.io.gfile.stat(path).length
+    except tf.errors.NotFoundError:
+        return None
+
+
+# Shards whose checksum this process verified: (path, size, modification time).
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def verify_checksums(manifest: Manifest, tables: Sequence[str] | None = None) -> None:
+    """A ``DataError`` naming the first shard of ``tables`` whose SHA-256 is not the one
+    recorded when it was written (a bit flip: the size is unchanged).
+
+    Each shard is read once; a shard verified before by this process is not read again unless
+    its size or modification time changed. ``tables`` defaults to every table of a local
+    directory and to the interaction tables (read every epoch, small) of a remote one, whose
+    item shards can be too large to read twice: their records are still checked (TFRecord
+    CRCs) as they are read.
+    """
+    if tables is None:
+        tables = ("train", "test") if "://" in manifest.directory else TABLES
+    for table in tables:
+        for path, shard in zip(manifest.files(table), manifest.shards[table], strict=True):
+            stat = tf.io.gfile.stat(path)
+            key = (path, stat.length, stat.mtime_nsec)
+            if key in _VERIFIED:
+                continue
+            if file_digest(path)[1] != shard["sha256"]:
+                raise DataError(f"{path}: its SHA-256 is not the one {MANIFEST} records: the "
+                                "shard was damaged after `tfmmrec prepare`; run it again (it "
+                                "rewrites damaged shards)")
+            _VERIFIED.add(key)
+
+
 def check_compatible(manifest: Manifest, config: Config,
-                     dataset: Dataset | CatalogSummary | None = None) -> None:
-    """Raise a ``ConfigError`` if the shards were prepared with other settings or data (the
-    catalogue as a loaded ``Dataset`` or a streamed ``CatalogSummary``)."""
+                     dataset: Dataset | CatalogSummary | None = None,
+                     split: Split | None = None) -> None:
+    """Refuse shards that cannot stand for this config and data, before anything reads them.
+
+    A ``ConfigError`` if they were prepared with other settings or another catalogue (a
+    loaded ``Dataset`` or a streamed ``CatalogSummary``); a ``DataError`` if the interactions
+    changed since (with a ``Dataset``: the train and test tables of its ``split``, computed
+    here unless given, against the digests recorded), since training would read stale rows
+    and score on test rows it trained on; a ``DataError`` naming a shard damaged since it was
+    written (:func:`verify_checksums`).
+    """
     if isinstance(dataset, Dataset):
         catalogue = (dataset.catalog.modalities, dataset.num_items,
                      ids_digest(dataset.catalog.item_ids))
@@ -571,6 +770,27 @@ def check_compatible(manifest: Manifest, config: Config,
     if differ:
         raise ConfigError(f"train.tfrecords={manifest.directory} does not match this config ("
                           + "; ".join(differ) + "): run `tfmmrec prepare` again")
+    if isinstance(dataset, Dataset):
+        data = config.data
+        if split is None:
+            split = split_interactions(dataset.interactions, data.split, data.test_fraction,
+                                       data.seed)
+        _check_interactions(manifest, split)
+    verify_checksums(manifest)
+
+
+def _check_interactions(manifest: Manifest, split: Split) -> None:
+    """A ``DataError`` if the train or test rows the shards hold are not ``split``'s."""
+    now = split_digests(split, manifest.interaction_columns)
+    changed = []
+    for table, digest in now.items():
+        if digest != manifest.split_sha1.get(table):
+            rows = len(getattr(split, table))
+            other = "" if rows != manifest.count(table) else " (other rows)"
+            changed.append(f"{table}: {manifest.count(table)} rows prepared, {rows} now{other}")
+    if changed:
+        raise DataError(f"train.tfrecords={manifest.directory}: interactions changed since "
+                        f"`tfmmrec prepare` ({'; '.join(changed)}): run it again")
 
 
 def interactions_dataset(manifest: Manifest, table: str, batch_size: int, *, seed: int = 0,
