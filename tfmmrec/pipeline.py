@@ -45,6 +45,7 @@ from tfmmrec.towers.encoders import Encoder, build_encoder
 from tfmmrec.towers.history import HistoryEncoder, history_table
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower, user_lookup
+from tfmmrec.training.agreement import agree
 from tfmmrec.training.checkpoint import load_exactly
 from tfmmrec.training.finished_run import (
     CONFIG_FILE,
@@ -521,6 +522,9 @@ def check_same_course(started: Config, requested: Config, output: Path) -> None:
 def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspace | None,
            callbacks, progress: bool) -> TrainResult:
     """``train`` once the run's folder is this process's (``trainer.exclusive_run``)."""
+    # every worker of a cluster, before any of them loads data or writes the run: same config and
+    # the same backup to resume from, or one line on each (nothing under one process)
+    agree(config, strategy, RESUME_FIELDS)
     check_linear_cf_choices(config)
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace.with_config(config) if workspace is not None else \

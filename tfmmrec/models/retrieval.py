@@ -134,6 +134,27 @@ class RetrievalModel(tfrs.Model):
             self.alignment.build(None)
         self.built = True
 
+    def train_step(self, inputs):
+        return self._with_replica_alignment_loss(super().train_step(inputs))
+
+    def test_step(self, inputs):
+        return self._with_replica_alignment_loss(super().test_step(inputs))
+
+    def _with_replica_alignment_loss(self, logs: dict) -> dict:
+        """``logs`` with ``alignment_loss`` as this replica's own running mean, so that Keras
+        combines the replicas' values as it combines their ``loss`` (a sum over replicas with
+        ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``, the first replica's on TPUs):
+        each is the alignment term of that replica's share of the step's loss.
+
+        ``Mean.result()`` (what TFRS logs) is already the mean over every replica, which Keras
+        then passes through on one machine but sums over the workers of a cluster: the same
+        two replicas logged the mean on one machine and the sum on two. Reading the metric's
+        variables in the replica's own context gives its local total and count instead."""
+        if self.alignment is None:
+            return logs
+        metric = self.alignment_loss
+        return {**logs, metric.name: tf.math.divide_no_nan(metric.total, metric.count)}
+
     def item_embeddings(self, item_index, training=False, hidden_modalities=()):
         """``hidden_modalities`` are treated as missing (robustness measurements)."""
         return self.item_tower(self.content_table(item_index), training=training,
@@ -220,7 +241,11 @@ class RetrievalModel(tfrs.Model):
                                                                           training)
 
     def _candidate_alignment_loss(self, fused, embeddings, mask):
-        """The weighted alignment loss over a random sample of the candidates (0 without)."""
+        """The weighted alignment loss over a random sample of the candidates (0 without).
+
+        The candidates are the same on every replica, unlike a batch's items, and the replicas'
+        losses are summed (their gradients all-reduced): each replica adds ``1/R`` of the term,
+        so R replicas train with the alignment weight one device has, not R times it."""
         if self.alignment is None:
             return 0.0
         rows = self.alignment_rows or tf.shape(self.candidate_index)[0]
@@ -228,7 +253,8 @@ class RetrievalModel(tfrs.Model):
             tf.range(tf.shape(self.candidate_index)[0]), self.noise.seed())[:rows]
         return self.alignment_weight * self._alignment_loss(
             tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
-            tf.gather(embeddings, sample), tf.gather(mask, sample))
+            tf.gather(embeddings, sample), tf.gather(mask, sample),
+            share=1.0 / _replicas_in_sync())
 
     def _candidate_content(self) -> dict[str, tf.Tensor]:
         """The candidates' content with their frozen features standardised
@@ -265,14 +291,15 @@ class RetrievalModel(tfrs.Model):
         scored = self.item_tower.append_linear_cf(fused, content, training)
         return items, fused, scored, position, embeddings, mask
 
-    def _alignment_loss(self, item_index, fused, modality_embeddings, mask):
+    def _alignment_loss(self, item_index, fused, modality_embeddings, mask, share=1.0):
         """Alignment over the first ``alignment_rows`` of the batch's items (rows arrive
         shuffled, so these are a random sample): its cost grows with the square of the rows,
-        and a few hundred items give the contrastive loss enough negatives."""
+        and a few hundred items give the contrastive loss enough negatives. ``share``: the
+        part of it this replica adds (``_candidate_alignment_loss``)."""
         rows = self.alignment_rows or tf.shape(item_index)[0]
         embeddings, mask = modality_embeddings[:rows], mask[:rows]
         singles = self.item_tower.single_modalities(embeddings)
-        alignment = self.alignment(singles, mask, fused[:rows], item_index[:rows])
+        alignment = share * self.alignment(singles, mask, fused[:rows], item_index[:rows])
         self.alignment_loss.update_state(alignment)
         return alignment
 
@@ -359,3 +386,9 @@ def user_input(features) -> tf.Tensor:
     """The batch's users: ``user_index`` (vocabulary indices, what the training pipeline feeds)
     or ``user_id`` strings (what callers outside training may pass)."""
     return features["user_index"] if "user_index" in features else features["user_id"]
+
+
+def _replicas_in_sync() -> int:
+    """The replicas whose losses the step sums (1 outside a strategy's replica context)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
