@@ -32,7 +32,7 @@ from tfmmrec.config import (
 )
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions, validation_split
-from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError
+from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError, first_line
 from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.files import write_json
 from tfmmrec.modalities import settings_from_config
@@ -495,8 +495,23 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     strategy = strategy_for(config.train)
     # the chief writes the run; other workers of a cluster share its folder
     with exclusive_run(Path(config.train.output_dir)) if is_chief(strategy) \
-            else contextlib.nullcontext():
+            else contextlib.nullcontext(), _named_shard_damage(config.train.tfrecords):
         return _train(config, strategy, workspace, callbacks, progress)
+
+
+@contextlib.contextmanager
+def _named_shard_damage(records: str | None):
+    """A prepared shard found damaged while training reads it (the manifest's sizes and
+    checksums are checked before, ``data.tfrecords``; a file can still change under a run) is
+    one line naming ``train.tfrecords`` and the remedy, not TensorFlow's reader traceback."""
+    try:
+        yield
+    except tf.errors.DataLossError as error:
+        if not records:
+            raise
+        raise DataError(f"train.tfrecords={records}: a shard could not be read while training "
+                        f"({first_line(error)}): run `tfmmrec prepare` again (it rewrites "
+                        "damaged shards); the run resumes from its last backup") from None
 
 
 # train.* fields that set the course of a run: an interrupted run resumes only with the values

@@ -551,3 +551,20 @@ def test_pool_workers_exit_when_the_driver_is_killed(tiny_config, tmp_path):
         for pid in workers:  # this test's own leftovers, if the check failed
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_shard_damaged_after_the_checks_is_one_line_while_training(prepared, tiny_config,
+                                                                     tmp_path, capsys,
+                                                                     monkeypatch):
+    """A train shard that changes after the up-front checks (here: checks skipped, one bit
+    flipped) fails in TensorFlow's reader mid-run: one line naming train.tfrecords."""
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared.directory, copy)
+    damage(copy / "train-00000-of-00003.tfrecord", "flip")
+    monkeypatch.setattr(tfrecords, "verify_checksums", lambda *args, **kwargs: None)
+    config = derive_config(tiny_config, tmp_path, f"train.tfrecords={copy}")
+    config.to_yaml(tmp_path / "config.yaml")
+    err = cli_error(capsys, "train", "--config", str(tmp_path / "config.yaml"))
+    assert err.startswith(f"error: train.tfrecords={copy}: a shard could not be read while "
+                          "training ("), err
+    assert "run `tfmmrec prepare` again" in err
