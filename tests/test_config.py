@@ -598,3 +598,34 @@ def test_a_ranking_head_can_stop_on_its_own_metric():
     assert config.train.early_stopping_metric == "mae"
     binary = ["ranking.enabled=true", "ranking.task=binary", "train.early_stopping_metric=auc"]
     assert load_config(None, binary).ranking.task == "binary"
+
+
+@pytest.mark.parametrize("field", ["train.output_dir", "train.cache_dir", "export.base_dir",
+                                   "data.path", "data.items_file"])
+@pytest.mark.parametrize("url", ["gs://bucket/run", "s3://bucket/run", "file:///tmp/run"])
+def test_a_url_for_a_path_used_through_pathlib_is_refused_naming_it(field, url):
+    """pathlib made gs://bucket/run the local folder gs:/bucket/run, and the run was quietly
+    written there: a URL is refused at load time, in one line naming the field and value."""
+    with pytest.raises(ConfigError, match=rf"{re.escape(field)}={re.escape(url)} : a URL is not "
+                                          r"supported here; use a local or mounted path"):
+        load_config(None, [f"{field}={url}"])
+
+
+def test_a_url_assigned_in_python_is_refused_when_the_config_is_used():
+    config = load_config(None)
+    config.train.output_dir = "gs://bucket/run"
+    with pytest.raises(ConfigError, match=r"train\.output_dir=gs://bucket/run : a URL"):
+        load_config(config)
+
+
+@pytest.mark.parametrize("field", ["train.tfrecords", "train.features"])
+def test_tf_filesystem_paths_still_take_urls(field):
+    """These are read through tf.io.gfile, which supports gs:// (and ram:// in the tests)."""
+    config = load_config(None, [f"{field}=gs://bucket/records"])
+    assert getattr(config.train, field.split(".")[1]) == "gs://bucket/records"
+
+
+@pytest.mark.parametrize("path", ["runs/demo", "/mnt/gcs/bucket/run", "C:\\runs\\demo",
+                                  "runs/a:b", "~/runs"])
+def test_local_and_mounted_paths_are_accepted(path):
+    assert load_config(None, [f"train.output_dir={path}"]).train.output_dir == path

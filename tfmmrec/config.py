@@ -51,6 +51,19 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, name, value, "one of " + ", ".join(choices))
 
 
+# ``gs://bucket/run``, ``s3://…``, ``file:///…``: a scheme, then "//".
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _check_local_path(name: str, value: str | None) -> None:
+    """Refuse a URL for a path the code reads or writes through ``pathlib``: ``Path`` makes
+    ``gs://b/run`` the local folder ``gs:/b/run`` and the run was quietly written there.
+    (``train.tfrecords`` and ``train.features`` go through ``tf.io.gfile`` and take URLs.)"""
+    if value and _URL.match(value):
+        raise ConfigError(f"{name}={value} : a URL is not supported here; use a local or mounted "
+                          "path (e.g. a bucket mounted with gcsfuse)")
+
+
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'epochs'?)`` for a misspelt field or section, '' if none is close:
     one helper, so that YAML, ``--set`` and Python assignments suggest alike."""
@@ -191,6 +204,8 @@ class DataConfig(ConfigSection):
     demo: DemoConfig = field(default_factory=DemoConfig)
 
     def __post_init__(self) -> None:
+        _check_local_path("data.path", self.path)
+        _check_local_path("data.items_file", self.items_file)
         _check_choice("data.split", self.split,
                       ("random", "temporal", "cold_start", "given", "none"))
         _check(0 < self.test_fraction < 1, "data.test_fraction", self.test_fraction, "in (0, 1)")
@@ -571,6 +586,8 @@ class TrainConfig(ConfigSection):
     early_stopping_smoothing: int = 1
 
     def __post_init__(self) -> None:
+        _check_local_path("train.output_dir", self.output_dir)
+        _check_local_path("train.cache_dir", self.cache_dir)
         _check(self.epochs >= 1, "train.epochs", self.epochs, ">= 1")
         _check(self.early_stopping_patience >= 1, "train.early_stopping_patience",
                self.early_stopping_patience, ">= 1")
@@ -794,6 +811,7 @@ class ExportConfig(ConfigSection):
     content_search: Literal["every_item", "index"] = "every_item"
 
     def __post_init__(self) -> None:
+        _check_local_path("export.base_dir", self.base_dir)
         _check(bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", self.model_name)),
                "export.model_name", self.model_name,
                "a folder name of letters, digits, '.', '_' and '-' (TF Serving's model name in "

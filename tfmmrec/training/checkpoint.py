@@ -24,7 +24,9 @@ VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 TRAINING_STATE = ("optimizer/",)
 MAX_LISTED = 8
 # What TF raises for a checkpoint it cannot read: a missing or bit-flipped file (OpError,
-# ValueError), a truncated data file (IndexError "Read less bytes than requested"), I/O.
+# ValueError), a truncated data file (IndexError "Read less bytes than requested"), I/O. Under
+# multi-worker training a restore is also a collective, whose OpError may be a lost peer rather
+# than a bad file: ``trainer.PeriodicBackup`` tells them apart (``strategy.is_cluster_failure``).
 UNREADABLE = (tf.errors.OpError, ValueError, IndexError, OSError)
 
 

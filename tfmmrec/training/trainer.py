@@ -30,7 +30,13 @@ import tensorflow as tf
 from tfmmrec.config import TrainConfig
 from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError, first_line
 from tfmmrec.training.checkpoint import UNREADABLE, VALUE_SUFFIX
-from tfmmrec.training.strategy import cluster_spec, scaled_learning_rate
+from tfmmrec.training.strategy import (
+    cluster_spec,
+    is_cluster_failure,
+    is_multi_worker,
+    lost_workers_reported,
+    scaled_learning_rate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +307,8 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
         try:
             super().on_train_begin(logs)  # restores the backup, if there is one
         except UNREADABLE as exc:
+            if self._peer_lost(exc):  # the backup is fine: fit() names the lost worker
+                raise
             raise self._unreadable(exc) from None
         self._last = time.monotonic()
         state = getattr(self, "_training_state", None)  # Keras' restored counters
@@ -329,7 +337,16 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
         try:
             self._streams.checkpoint.restore(path).assert_consumed()
         except (*UNREADABLE, AssertionError) as exc:
+            if self._peer_lost(exc):
+                raise
             raise self._unreadable(exc) from None
+
+    def _peer_lost(self, exc: Exception) -> bool:
+        """Whether restoring failed because a peer of a multi-worker cluster is gone: the
+        restore is a collective there, and such a failure says nothing about the backup (which
+        ``_unreadable`` would have the user delete)."""
+        strategy = getattr(self.model, "distribute_strategy", None)
+        return is_multi_worker(strategy) and is_cluster_failure(exc)
 
     def _unreadable(self, exc: Exception) -> TrainingError:
         return TrainingError(f"the backup of the interrupted run in {self.backup_dir} cannot "
@@ -462,35 +479,38 @@ def fit(build_model: Callable[[], tf.keras.Model],
     if config.batch_size % replicas:
         logger.warning("train.batch_size=%d is not a multiple of the %d replicas: replicas get "
                        "unequal shares of each batch", config.batch_size, replicas)
-    with strategy.scope():
-        model = build_model()
-        model.build_from_example()
-        model.compile(optimizer=optimizer(config, replicas),
-                      steps_per_execution=1 if parameter_server else min(16, steps))
-    latest = output / "checkpoints" / "latest"
-    # one iterator for every epoch: endless data, or all epochs' batches in a row
-    endless = parameter_server or dataset.cardinality() == tf.data.INFINITE_CARDINALITY
-    throughput = _Throughput(steps * config.batch_size if endless and not steps_per_epoch
-                             else num_examples)
-    history = model.fit(
-        dataset,
-        epochs=config.epochs,
-        steps_per_epoch=steps if endless or steps_per_epoch else None,
-        verbose=1 if config.verbose == 2 else 0,
-        callbacks=[
-            StopOnNonFiniteLoss(config.learning_rate),
-            *([EpochLine(config.epochs, throughput.examples_per_epoch)]
-              if config.verbose == 1 else []),
-            # before the backup: its on_train_end deletes the backup, so the final weights
-            # are on disk first
-            FinalCheckpoint(str(latest)),
-            PeriodicBackup(str(output / "backup"),
-                           config.backup_seconds if num_workers() == 1 else 0.0),
-            tf.keras.callbacks.TensorBoard(str(output / "logs"), profile_batch=0),
-            throughput,
-            *callbacks,
-        ],
-    )
+    # A lost peer of a multi-worker cluster: one line saying how to resume, not
+    # TensorFlow's traceback (creating the variables and every step are collectives).
+    with lost_workers_reported(strategy):
+        with strategy.scope():
+            model = build_model()
+            model.build_from_example()
+            model.compile(optimizer=optimizer(config, replicas),
+                          steps_per_execution=1 if parameter_server else min(16, steps))
+        latest = output / "checkpoints" / "latest"
+        # one iterator for every epoch: endless data, or all epochs' batches in a row
+        endless = parameter_server or dataset.cardinality() == tf.data.INFINITE_CARDINALITY
+        throughput = _Throughput(steps * config.batch_size if endless and not steps_per_epoch
+                                 else num_examples)
+        history = model.fit(
+            dataset,
+            epochs=config.epochs,
+            steps_per_epoch=steps if endless or steps_per_epoch else None,
+            verbose=1 if config.verbose == 2 else 0,
+            callbacks=[
+                StopOnNonFiniteLoss(config.learning_rate),
+                *([EpochLine(config.epochs, throughput.examples_per_epoch)]
+                  if config.verbose == 1 else []),
+                # before the backup: its on_train_end deletes the backup, so the final weights
+                # are on disk first
+                FinalCheckpoint(str(latest)),
+                PeriodicBackup(str(output / "backup"),
+                               config.backup_seconds if num_workers() == 1 else 0.0),
+                tf.keras.callbacks.TensorBoard(str(output / "logs"), profile_batch=0),
+                throughput,
+                *callbacks,
+            ],
+        )
     return TrainResult(model=model, output_dir=output, checkpoint=latest,
                        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
                        examples_per_second=throughput.examples_per_second,
