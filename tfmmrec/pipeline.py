@@ -55,7 +55,7 @@ from tfmmrec.training.finished_run import (
     previous_run_note,
     set_aside_finished_run,
 )
-from tfmmrec.training.strategy import is_chief, strategy_for
+from tfmmrec.training.strategy import is_chief, lost_workers_reported, strategy_for
 from tfmmrec.training.trained_data import FINGERPRINT_KEY, check_trained_data, data_fingerprint
 from tfmmrec.training.trainer import (
     TrainResult,
@@ -539,7 +539,8 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     """``train`` once the run's folder is this process's (``trainer.exclusive_run``)."""
     # every worker of a cluster, before any of them loads data or writes the run: same config and
     # the same backup to resume from, or one line on each (nothing under one process)
-    agree(config, strategy, RESUME_FIELDS)
+    with lost_workers_reported(strategy):  # a peer lost during the exchange: one line too
+        agree(config, strategy, RESUME_FIELDS)
     check_linear_cf_choices(config)
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace.with_config(config) if workspace is not None else \
