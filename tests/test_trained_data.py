@@ -24,7 +24,7 @@ from tfmmrec.config import Config, load_config
 from tfmmrec.data.splits import with_test
 from tfmmrec.errors import DataError
 from tfmmrec.training import trained_data
-from tfmmrec.training.trained_data import rows_digest
+from tfmmrec.training.trained_data import rows_digest, same_digest
 
 CHANGED = r"the dataset changed since this run trained \(.*run\.json records other data\): "
 
@@ -171,3 +171,11 @@ def test_the_digest_of_a_split_ignores_row_order_and_sees_every_value():
     assert digest["count"] == 3
     assert digest != rows_digest(frame.assign(rating=[4.0, 3.0, 4.0]))
     assert digest != rows_digest(frame.iloc[:2])
+
+
+def test_a_digest_recorded_under_an_earlier_scheme_is_compared_on_its_count():
+    frame = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"]})
+    earlier = {"count": 2, "sha256": "0" * 64}  # session-47 run.json: text digest
+    assert same_digest(earlier, rows_digest(frame))
+    assert not same_digest(earlier, rows_digest(frame.iloc[:1]))
+    assert not same_digest(rows_digest(frame), rows_digest(frame.assign(item_id=["a", "c"])))

@@ -386,11 +386,11 @@ def _evaluate(config, args) -> int:
         evaluated = with_test(split, test, candidates)
     if run is not None:  # and data other than the run trained on, before encoding too
         check_trained_data(run / pipeline.RUN_FILE, dataset, evaluated)
+    print(evaluated.sizes())
+    check_evaluable(evaluated, dataset.user_ids, dataset.num_items, test=args.test,
+                    candidates=args.candidates)  # before encoding or restoring anything
     workspace = dataclasses.replace(pipeline.prepare(config, progress=not args.quiet,
                                                      data=(dataset, split)), split=evaluated)
-    print(workspace.split.sizes())
-    check_evaluable(workspace.split, workspace.user_ids, workspace.dataset.num_items,
-                    test=args.test, candidates=args.candidates)  # before restoring a model
     embeddings, name = None, "tfmmrec"
     if args.export:
         from tfmmrec.evaluation.exported import exported_embeddings

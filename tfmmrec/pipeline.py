@@ -55,7 +55,7 @@ from tfmmrec.training.finished_run import (
     previous_run_note,
     set_aside_finished_run,
 )
-from tfmmrec.training.strategy import is_chief, lost_workers_reported, strategy_for
+from tfmmrec.training.strategy import is_chief, strategy_for
 from tfmmrec.training.trained_data import FINGERPRINT_KEY, check_trained_data, data_fingerprint
 from tfmmrec.training.trainer import (
     TrainResult,
@@ -146,7 +146,7 @@ def prepare(config: Config, progress: bool = True, *,
     if records:  # pre-decoded shards from `tfmmrec prepare`, checked against this config
         from tfmmrec.data.tfrecords import check_compatible, load_manifest
 
-        check_compatible(load_manifest(records), config, dataset)
+        check_compatible(load_manifest(records), config, dataset, split)
     encoders: dict[str, Encoder] = {}
     contents: dict[str, ModalityContent] = {}
     stats: dict[str, CacheStats] = {}
@@ -313,10 +313,12 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
 
 
 class TrainingData(NamedTuple):
-    """What one training run reads: ``dataset``, and how many ``examples`` and batches
-    (``steps``; None when the data decides, e.g. prepared shards) one epoch has."""
+    """What one training run reads: ``dataset`` (the batches; for ``trainer.fit``, also a
+    function of the first epoch to train giving those of every epoch from there on,
+    ``resumable``), and how many ``examples`` and batches (``steps``; None when the data
+    decides, e.g. prepared shards) one epoch has."""
 
-    dataset: tf.data.Dataset
+    dataset: tf.data.Dataset | Callable[[int], tf.data.Dataset]
     examples: int
     steps: int | None
 
@@ -352,16 +354,6 @@ class InMemoryExamples:
         iteration)."""
         dataset = batched_examples(self.features, self.batch_size, self.seed, epochs=epochs)
         return dataset if self.user_ids is None else with_user_indices(dataset, self.user_ids)
-
-
-class ResumableData(NamedTuple):
-    """What ``trainer.fit`` reads in one run: ``dataset``, the batches (in memory, a function
-    of the first epoch to train giving those of every epoch from there on), and how many
-    ``examples`` and batches (``steps``; None when the data decides) one epoch has."""
-
-    dataset: tf.data.Dataset | Callable[[int], tf.data.Dataset]
-    examples: int
-    steps: int | None
 
 
 def training_examples(ws: Workspace) -> InMemoryExamples | TrainingData:
@@ -425,7 +417,7 @@ def user_batches(train: pd.DataFrame, user_ids, config: Config) -> InMemoryExamp
                             targets=round(len(train) * visits * rate))
 
 
-def resumable(ws: Workspace, epochs: int) -> ResumableData:
+def resumable(ws: Workspace, epochs: int) -> TrainingData:
     """What ``trainer.fit`` reads in a run of ``epochs`` epochs, as a function of the first
     epoch it trains (0, or the one after a resumed run's backup): in memory, the examples
     (gathered once, here) batched for the epochs from there on, so the batches are built once;
@@ -436,10 +428,11 @@ def resumable(ws: Workspace, epochs: int) -> ResumableData:
     examples = training_examples(ws)
     if isinstance(examples, TrainingData):
         steps = batches_per_epoch(examples.examples, ws.config.train.batch_size)
-        return ResumableData(lambda first: examples.dataset.skip(first * steps),
-                             examples.examples, steps)
-    return ResumableData(lambda first: examples.batches(range(first, epochs)),
-                         examples.examples, examples.steps)
+        # an epoch is `steps` full batches of the endless stream (drop_remainder)
+        return TrainingData(lambda first: examples.dataset.skip(first * steps),
+                            steps * ws.config.train.batch_size, steps)
+    return TrainingData(lambda first: examples.batches(range(first, epochs)),
+                        examples.examples, examples.steps)
 
 
 def user_indices(user_ids, vocabulary) -> np.ndarray:
@@ -539,8 +532,7 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     """``train`` once the run's folder is this process's (``trainer.exclusive_run``)."""
     # every worker of a cluster, before any of them loads data or writes the run: same config and
     # the same backup to resume from, or one line on each (nothing under one process)
-    with lost_workers_reported(strategy):  # a peer lost during the exchange: one line too
-        agree(config, strategy, RESUME_FIELDS)
+    agree(config, strategy, RESUME_FIELDS)
     check_linear_cf_choices(config)
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace.with_config(config) if workspace is not None else \
@@ -977,14 +969,16 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     config = load_config(config)
     if workspace is not None:  # refuse before restoring a model for nothing
         _require_test_rows(workspace.split)
+        check_evaluable(workspace.split, workspace.user_ids, workspace.dataset.num_items)
     if model is None and embeddings is None:
         model, ws = restore(config.train.output_dir, config, checkpoint=checkpoint,
                             workspace=workspace)
         config = ws.config
     else:
         ws = _given_workspace(workspace, config)
-    _require_test_rows(ws.split)
-    check_evaluable(ws.split, ws.user_ids, ws.dataset.num_items)
+    if workspace is None:
+        _require_test_rows(ws.split)
+        check_evaluable(ws.split, ws.user_ids, ws.dataset.num_items)
     ks, batch = config.eval.ks, config.eval.batch_size
     if embeddings is not None:
         users, items = embeddings

@@ -289,7 +289,6 @@ def fit_tiny(tmp_path: Path, callbacks=()) -> trainer.TrainResult:
 def as_multi_worker(monkeypatch):
     """The process counts as one worker of a cluster (a real one is the slow test below)."""
     monkeypatch.setattr(strategies, "is_multi_worker", lambda strategy: True)
-    monkeypatch.setattr(trainer, "is_multi_worker", lambda strategy: True)
 
 
 def test_a_peer_lost_while_training_is_one_training_error_saying_how_to_resume(

@@ -38,11 +38,7 @@ def prepare_options(config: Config, runner: str, beam_args: Sequence[str] = (),
     """The checked ``PipelineOptions`` of a ``prepare`` on ``runner``: a mistyped runner or
     flag is a one-line ``ConfigError`` here, so callers build them before loading the data
     (which takes minutes on a large folder)."""
-    return pipeline_options(runner, beam_args, _workers(config, workers))
-
-
-def _workers(config: Config, workers: int | None) -> int:
-    return workers or config.train.prepare_workers or os.cpu_count() or 1
+    return pipeline_options(runner, beam_args, tfrecords.prepare_workers(config, workers))
 
 
 def prepare(config: Config, output: str | os.PathLike | None = None, *, runner: str,
@@ -55,7 +51,7 @@ def prepare(config: Config, output: str | os.PathLike | None = None, *, runner: 
     FnApiRunner, the number of worker processes. ``options``: :func:`prepare_options` of the
     same arguments, when the caller checked them already (before loading ``dataset``).
     """
-    workers = _workers(config, workers)
+    workers = tfrecords.prepare_workers(config, workers)
     if options is None:  # a bad runner fails here, before the output is touched
         options = prepare_options(config, runner, beam_args, workers)
     run = tfrecords.plan_prepare(config, output, dataset=dataset, workers=workers,

@@ -151,7 +151,9 @@ def remove_stale_staging(output: str) -> list[str]:
     """Remove the staging folders in ``output`` left by drivers that are gone (killed before
     their cleanup ran): a dead process of this machine, or any folder older than a day
     (:func:`tfmmrec.files.temp_writer_gone`; folders of an older release, named without a pid,
-    by age only). A live driver's folder, this one's included, is kept. Returns the removed."""
+    by age only). Age is read from the local disk only: on an object store (``gs://``), whose
+    "folders" have no modification time to trust, only this machine's dead drivers' folders
+    are removed. A live driver's folder, this one's included, is kept. Returns the removed."""
     import tensorflow as tf
 
     root = join_path(output, STAGING)

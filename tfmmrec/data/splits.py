@@ -189,3 +189,12 @@ def cold_start_split(interactions: pd.DataFrame, item_fraction: float, seed: int
 
 def _take(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     return frame.iloc[rows].reset_index(drop=True)
+
+
+def row_hashes(frame: pd.DataFrame, columns) -> tuple[list[str], np.ndarray]:
+    """``(the columns of ``columns`` present, one 64-bit hash per row)`` of those columns, user
+    ids as strings (an id read as a number and as text hashes alike): what the digests of a
+    split compare (prepared shards' manifest, a run's ``run.json``)."""
+    present = [c for c in columns if c in frame.columns]
+    rows = frame[present].astype({"user_id": str}) if "user_id" in present else frame[present]
+    return present, pd.util.hash_pandas_object(rows, index=False).to_numpy()

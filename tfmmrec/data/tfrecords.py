@@ -51,7 +51,7 @@ import tensorflow as tf
 from tfmmrec import modalities
 from tfmmrec.config import Config
 from tfmmrec.data.dataset import Dataset, load_dataset
-from tfmmrec.data.splits import Split, split_interactions
+from tfmmrec.data.splits import Split, row_hashes, split_interactions
 from tfmmrec.data.stream import CatalogSummary
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError
@@ -168,10 +168,16 @@ def write_tfrecords(config: Config, output: str | os.PathLike | None = None, *,
     Running it again after an interruption keeps every finished shard; a changed dataset or
     setting starts the directory over (a finished one is replaced only once the new one is).
     """
-    workers = workers or config.train.prepare_workers or os.cpu_count() or 1
+    workers = prepare_workers(config, workers)
     run = plan_prepare(config, output, dataset=dataset, workers=workers, shards=shards)
     failed = _run_jobs(run.todo, workers, progress)
     return finish_prepare(run, failed)
+
+
+def prepare_workers(config: Config, workers: int | None = None) -> int:
+    """Processes ``prepare`` runs: ``workers``, else ``train.prepare_workers``, else (0) every
+    core."""
+    return workers or config.train.prepare_workers or os.cpu_count() or 1
 
 
 def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
@@ -190,7 +196,7 @@ def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
         dataset = load_dataset(config.data)
     split = split_interactions(dataset.interactions, config.data.split, config.data.test_fraction,
                                config.data.seed)
-    workers = workers or config.train.prepare_workers or os.cpu_count() or 1
+    workers = prepare_workers(config, workers)
     shards = shards or config.train.tfrecord_shards or None
     previous = [old for old in (_read_plan(output), _read_plan(join_path(output, REPLACEMENT)))
                 if old]
@@ -241,10 +247,8 @@ def shard_matches(path: str, records: int, record: dict[str, Any] | None, *,
     records, its size, and with ``checksum`` its SHA-256 (one read of the file)."""
     if not record or record.get("records") != records:
         return False
-    try:
-        if tf.io.gfile.stat(path).length != record.get("bytes"):
-            return False
-    except tf.errors.NotFoundError:
+    size = _size(path)
+    if size is None or size != record.get("bytes"):
         return False
     return not checksum or file_digest(path)[1] == record.get("sha256")
 
@@ -322,10 +326,8 @@ def split_digests(split: Split, columns: Sequence[str]) -> dict[str, str]:
 
 
 def _rows_digest(frame: pd.DataFrame, columns: Sequence[str]) -> str:
-    present = [c for c in columns if c in frame.columns]
-    rows = frame[present].astype({"user_id": str}) if "user_id" in present else frame[present]
-    hashes = pd.util.hash_pandas_object(rows, index=False).to_numpy()
-    digest = hashlib.sha1(json.dumps([present, len(rows)]).encode())
+    present, hashes = row_hashes(frame, columns)
+    digest = hashlib.sha1(json.dumps([present, len(frame)]).encode())
     digest.update(np.ascontiguousarray(hashes))
     return digest.hexdigest()
 

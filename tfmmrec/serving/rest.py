@@ -249,6 +249,15 @@ def outputs_json(outputs, request_format: str) -> dict:
                             for row in range(batch or 0)]}
 
 
+def _too_many_connections(cap: int) -> bytes:
+    """The whole HTTP answer to a connection past ``--rest-max-connections``."""
+    payload = _dumps({"error": f"Too many connections: this server takes {cap} at once "
+                               "(--rest-max-connections); retry later"})
+    return ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n"
+            "Retry-After: 1\r\n\r\n").encode() + payload
+
+
 def _dumps(payload: dict) -> bytes:
     """Strict JSON: a non-finite float (a -inf score, a NaN) is written as ``null``.
 
@@ -669,6 +678,7 @@ class RestServer(ThreadingHTTPServer):
         self.open_connections = 0  # connections with a thread now (read by tests, logs)
         self._connections_lock = threading.Lock()
         self._turned_away, self._warned_at = 0, -math.inf
+        self._too_many = _too_many_connections(max_connections)  # sent as is, once per refusal
         self._thread: threading.Thread | None = None
 
     def process_request(self, request, client_address) -> None:
@@ -707,17 +717,11 @@ class RestServer(ThreadingHTTPServer):
                            "%d since the last warning (latest %s)", self.max_connections,
                            self._turned_away, client_address[0])
             self._warned_at, self._turned_away = now, 0
-        payload = _dumps({"error": f"Too many connections: this server takes "
-                                   f"{self.max_connections} at once (--rest-max-connections); "
-                                   "retry later"})
-        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n"
-                "Retry-After: 1\r\n\r\n").encode()
         with contextlib.suppress(OSError):
             request.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 request.recv(65536)
-            request.send(head + payload)
+            request.send(self._too_many)
         self.shutdown_request(request)
 
     @property

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tfmmrec.config import RUNTIME_FIELDS, Config, model_sections
 from tfmmrec.errors import ConfigError, TrainingError
+from tfmmrec.training.strategy import is_multi_worker, lost_workers_reported
 from tfmmrec.training.trainer import resumed_epochs
 
 # The vector's layout never depends on the config or on the code's field list: a collective
@@ -55,7 +56,7 @@ RESUME_POINTS = (("early stopping", "early-stopping/backup"),
 
 def needs_agreement(strategy: tf.distribute.Strategy) -> bool:
     """Whether replicas run in other processes: only then can the workers disagree."""
-    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return (is_multi_worker(strategy)
             and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
 
 
@@ -130,7 +131,8 @@ def all_gather(strategy: tf.distribute.Strategy, vector: np.ndarray) -> np.ndarr
     replica order (each worker's local replicas in a row)."""
     per_replica = strategy.experimental_distribute_values_from_function(
         lambda _: tf.constant(vector[None]))
-    return strategy.gather(per_replica, axis=0).numpy()
+    with lost_workers_reported(strategy):  # a peer gone during the exchange: one line
+        return strategy.gather(per_replica, axis=0).numpy()
 
 
 def check_agreement(own: np.ndarray, workers: np.ndarray, groups: list[list[str]],

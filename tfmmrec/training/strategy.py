@@ -581,9 +581,15 @@ def lost_workers_reported(strategy: tf.distribute.Strategy) -> Iterator[None]:
     try:
         yield
     except tf.errors.OpError as exc:
-        if is_multi_worker(strategy) and is_cluster_failure(exc):
+        if peer_lost(strategy, exc):
             raise lost_worker_error(exc) from None
         raise
+
+
+def peer_lost(strategy: tf.distribute.Strategy | None, exc: BaseException) -> bool:
+    """Whether ``exc`` says a peer of a multi-worker cluster is gone (not what was being read
+    or computed)."""
+    return is_multi_worker(strategy) and is_cluster_failure(exc)
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:

@@ -32,9 +32,8 @@ from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError, first_line
 from tfmmrec.training.checkpoint import UNREADABLE, VALUE_SUFFIX
 from tfmmrec.training.strategy import (
     cluster_spec,
-    is_cluster_failure,
-    is_multi_worker,
     lost_workers_reported,
+    peer_lost,
     scaled_learning_rate,
 )
 
@@ -345,8 +344,7 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
         """Whether restoring failed because a peer of a multi-worker cluster is gone: the
         restore is a collective there, and such a failure says nothing about the backup (which
         ``_unreadable`` would have the user delete)."""
-        strategy = getattr(self.model, "distribute_strategy", None)
-        return is_multi_worker(strategy) and is_cluster_failure(exc)
+        return peer_lost(getattr(self.model, "distribute_strategy", None), exc)
 
     def _unreadable(self, exc: Exception) -> TrainingError:
         return TrainingError(f"the backup of the interrupted run in {self.backup_dir} cannot "
