@@ -440,7 +440,13 @@ def _print_results(results: dict, ks, workspace) -> None:
     columns = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks[:2]] + ["mrr"]
     if any("top_k_accuracy@100" in r for r in results.values()):
         columns.append("top_k_accuracy@100")
-    print(format_table(results, columns))
+    from tfmmrec.pipeline import RANKING_HEAD_ROW
+
+    retrieval = {row: r for row, r in results.items() if not row.endswith(RANKING_HEAD_ROW)}
+    print(format_table(retrieval, columns))
+    heads = {row: r for row, r in results.items() if row not in retrieval}
+    for row, metrics in heads.items():  # the head's own metrics, and retrieve → re-rank
+        print(format_table({row: metrics}, list(metrics)))
     for note in recall_notes(workspace.split, workspace.user_ids, workspace.dataset.num_items,
                              ks).values():
         print(f"note: {note}")

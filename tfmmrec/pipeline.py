@@ -304,7 +304,9 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
             ranking_weight=ranking.ranking_weight, deep_layers=ranking.deep_layers,
             cross_layers=ranking.cross_layers, cross_projection_dim=ranking.cross_projection_dim,
             negatives_per_positive=ranking.negatives_per_positive,
-            num_items=ws.dataset.num_items)
+            num_items=ws.dataset.num_items,
+            # a binary head's negatives, like the full softmax's: items seen in training
+            negative_items=np.flatnonzero(kwargs["candidate_items"]))
     if ws.config.train.cross_replica_negatives:
         from tfmmrec.models.distributed_negatives import use_cross_replica_negatives
 
@@ -424,15 +426,53 @@ def resumable(ws: Workspace, epochs: int) -> TrainingData:
     from prepared shards, the stream past the batches of the epochs already trained. That
     stream is a function of ``train.seed`` alone (seeded shuffles, deterministic interleave),
     so a resumed run reads the batches the interrupted one would have read next; skipping
-    reads and parses the records it passes over, without training on them."""
+    reads and parses the records it passes over, without training on them. Under a
+    multi-worker strategy each worker skips what it read itself (``_past_trained_steps``)."""
     examples = training_examples(ws)
     if isinstance(examples, TrainingData):
-        steps = batches_per_epoch(examples.examples, ws.config.train.batch_size)
+        batch_size = ws.config.train.batch_size
+        steps = batches_per_epoch(examples.examples, batch_size)
         # an epoch is `steps` full batches of the endless stream (drop_remainder)
-        return TrainingData(lambda first: examples.dataset.skip(first * steps),
-                            steps * ws.config.train.batch_size, steps)
+        return TrainingData(
+            lambda first: _past_trained_steps(examples.dataset, first * steps, batch_size),
+            steps * batch_size, steps)
     return TrainingData(lambda first: examples.batches(range(first, epochs)),
                         examples.examples, examples.steps)
+
+
+def _past_trained_steps(dataset: tf.data.Dataset, trained: int, batch_size: int
+                        ) -> tf.data.Dataset:
+    """The endless shard stream ``dataset`` (global batches of ``batch_size``) past what this
+    worker's replicas read in ``trained`` steps of ``fit``.
+
+    ``experimental_distribute_dataset`` splits every batch this worker's pipeline makes into
+    one slice per replica of the cluster (``batch_sizes_for_worker``: W workers, slices of
+    ``batch_size / replicas``). With DATA sharding (fewer shards than workers, and every
+    single-worker run) each worker keeps its own slices of every global batch: a step reads one
+    batch of the stream, so ``trained`` steps are ``trained`` batches. With FILE sharding each
+    worker batches its own shards and its replicas read every slice of its batches, W steps
+    for one batch: ``trained`` steps are ``trained / W`` of its batches (measured with two
+    workers: skipping ``trained`` batches there resumed a run an epoch ahead of where it
+    stopped). When ``trained`` is not a multiple of W the worker stopped inside a batch; the
+    stream is then cut again at that record (``unbatch``, ``batch``: per-record work, only in
+    such a resumed run), which resumes each replica exactly when ``batch_size`` is a multiple
+    of the replicas (slices of equal size)."""
+    from tfmmrec.training.trainer import num_workers
+
+    workers = num_workers()
+    policy = dataset.options().experimental_distribute.auto_shard_policy
+    if workers == 1 or policy != tf.data.experimental.AutoShardPolicy.FILE or not trained:
+        return dataset.skip(trained)
+    batches, part = divmod(trained, workers)
+    dataset = dataset.skip(batches)
+    if not part:
+        return dataset
+    if batch_size % workers:
+        logger.warning("train.batch_size=%d is not a multiple of the %d workers: the resumed "
+                       "run's batches are cut up to a record away from the interrupted run's",
+                       batch_size, workers)
+    return dataset.unbatch().skip(part * batch_size // workers).batch(batch_size,
+                                                                      drop_remainder=True)
 
 
 def user_indices(user_ids, vocabulary) -> np.ndarray:
@@ -992,6 +1032,8 @@ def evaluate(config: Config | str | os.PathLike | None = None,
         results["random"] = random_baseline(*args, batch_size=batch)
     classic = classic_baseline_results(ws, classic_baselines) if classic_baselines else {}
     results.update({row: result.metrics for row, result in classic.items()})
+    if embeddings is None and getattr(model, "head", None) is not None and not hidden_modalities:
+        results[f"{name}{RANKING_HEAD_ROW}"] = ranking_head_metrics(model, ws)
     if not write:
         return results
     out = Path(config.train.output_dir) / "eval"
@@ -999,11 +1041,25 @@ def evaluate(config: Config | str | os.PathLike | None = None,
                 "notes": recall_notes(ws.split, ws.user_ids, ws.dataset.num_items, ks),
                 **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
                    if classic else {})}, out / f"{output_name}.json")
-    plot_metric_curves(results, out / f"{output_name}.png",
+    plot_metric_curves({row: r for row, r in results.items() if not row.endswith(RANKING_HEAD_ROW)},
+                       out / f"{output_name}.png",
                        title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
     if not hidden_modalities:
         write_item_projector(config, ws, items)
     return results
+
+
+RANKING_HEAD_ROW = " · ranking head"  # evaluate's row of a head's own metrics (not Recall@K)
+
+
+def ranking_head_metrics(model: RetrievalModel, ws: Workspace) -> dict[str, float]:
+    """A ranking head's own metrics on the test split (RMSE/MAE, AUC/log-loss or NDCG@3/5 over
+    lists) and, for the per-pair tasks, the two-stage NDCG@10/Recall@10 of retrieving
+    ``ranking.retrieve_candidates`` and re-ranking them against retrieval alone: what the
+    ``recommend`` signature of its export serves."""
+    from tfmmrec.evaluation.ranking import evaluate_ranking_head, evaluate_two_stage
+
+    return {**evaluate_ranking_head(model, ws), **evaluate_two_stage(model, ws)}
 
 
 def evaluation_output_name(test: str | os.PathLike | None = None,

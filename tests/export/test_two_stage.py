@@ -149,3 +149,16 @@ def test_fewer_allowed_items_than_k_are_padded_not_returned(two_stage):
 
 def test_no_variable_of_a_two_stage_export_is_read_both_by_rows_and_densely(two_stage):
     assert copy_on_read(two_stage[3].path) == {}
+
+
+def test_evaluate_reports_the_heads_metrics_and_the_two_stage_it_serves(two_stage):
+    """``tfmmrec evaluate`` on a run with a ranking head scores the head (here AUC) and
+    retrieve → re-rank, not only the retrieval index."""
+    from tfmmrec.evaluation.ranking import evaluate_ranking_head, evaluate_two_stage
+
+    config, model, ws, _ = two_stage
+    results = pipeline.evaluate(config, model=model, workspace=ws, baselines=False, write=False)
+    head = results[f"tfmmrec{pipeline.RANKING_HEAD_ROW}"]
+    assert head == {**evaluate_ranking_head(model, ws), **evaluate_two_stage(model, ws)}
+    assert {"auc", "log_loss", "two_stage_ndcg@10", "retrieval_ndcg@10"} <= set(head)
+    assert "recall@10" in results["tfmmrec"]

@@ -14,7 +14,14 @@ import tensorflow as tf
 import tfmmrec
 from tfmmrec import pipeline
 from tfmmrec.evaluation.ranking import evaluate_ranking_head
-from tfmmrec.models.ranking import ListwiseSoftmaxLoss, RankingHead, sample_lists
+from tfmmrec.models.ranking import (
+    ListwiseSoftmaxLoss,
+    MultitaskModel,
+    RankingHead,
+    list_pairs,
+    sample_lists,
+)
+from tfmmrec.models.retrieval import RetrievalModel
 
 TINY = ["data.demo.num_items=40", "data.demo.num_users=20", "data.demo.interactions_per_user=10",
         "train.verbose=0", "train.batch_size=32", "text.hidden_dim=16", "text.num_heads=2",
@@ -135,3 +142,85 @@ def test_sample_lists_only_uses_users_with_enough_ratings():
     assert list(lists["user_id"]) == ["a", "a"]
     assert lists["list_items"].shape == (2, 3)
     assert sorted(lists["list_items"][0]) == [0, 1, 2]
+
+
+def _model(workspace, overrides):
+    ws, root = workspace
+    config = tfmmrec.load_config(None, [*TINY, f"train.output_dir={root}/built", *overrides])
+    ws = ws.with_config(config)
+    model = pipeline.build_model(ws)
+    model.build_from_example()
+    return model, ws
+
+
+def test_listwise_trains_the_retrieval_loss_on_each_lists_pairs(workspace):
+    """A listwise batch has no item_index: retrieval (and alignment) read each list's items
+    as the user's positives instead of being skipped."""
+    model, ws = _model(workspace, ["ranking.task=listwise", "ranking.list_size=3",
+                                   "ranking.lists_per_user=2", "model.alignment_weight=0.5"])
+    batch = next(iter(pipeline.training_dataset(ws)[0]))
+    assert "item_index" not in batch
+    total = float(model.compute_loss(batch, training=False))
+    ranking = float(model._ranking_loss(batch, training=False))
+    pairs = list_pairs(batch)
+    assert pairs["item_index"].shape[0] == batch["list_items"].shape[0] * 3
+    retrieval = float(RetrievalModel.compute_loss(model, pairs, training=False))
+    assert retrieval > 0
+    assert total == pytest.approx(ranking + retrieval, rel=1e-5)
+
+
+def test_binary_negatives_are_items_seen_in_training_and_hits_do_not_count(workspace):
+    model, ws = _model(workspace, ["ranking.task=binary", "ranking.negatives_per_positive=50"])
+    seen = sorted(set(ws.split.train["item_index"]))
+    np.testing.assert_array_equal(model.negative_items.numpy(), seen)  # what build_model gives
+    model.negative_items = tf.constant(seen[:5], tf.int32)  # as if the rest were cold
+    positives = tf.constant(seen[:8], tf.int32)
+    negatives, counted = model.draw_negatives(positives)
+    assert set(negatives.numpy().ravel()) == set(seen[:5])
+    hits = negatives.numpy() == positives.numpy()[:, None]
+    assert hits.any()
+    np.testing.assert_array_equal(counted.numpy(), (~hits).astype(np.float32))
+
+
+def test_a_binary_draw_of_the_positive_itself_adds_nothing_to_the_loss(workspace):
+    model, ws = _model(workspace, ["ranking.task=binary", "ranking.negatives_per_positive=3"])
+    item = int(ws.split.train["item_index"].iloc[0])
+    model.negative_items = tf.constant([item], tf.int32)  # every draw is the positive
+    batch = {"user_index": tf.constant([1, 2], tf.int32), "item_index": tf.constant([item] * 2)}
+    loss = float(model._ranking_loss(batch, training=False))
+    queries = model.query_embeddings(batch["user_index"], exclude=batch["item_index"])
+    logits = model.head(queries, model.item_embeddings(batch["item_index"])).numpy()
+    positive_terms = np.log1p(np.exp(-logits))  # BCE of a positive logit
+    assert loss == pytest.approx(positive_terms.sum() / 8, rel=1e-4)  # mean over 2 × (1 + 3)
+
+
+def test_the_ranking_query_leaves_the_scored_item_out_of_the_history(workspace, monkeypatch):
+    model, _ = _model(workspace, ["ranking.task=regression", "model.user_history=true"])
+    excluded = []
+    original = model.query_embeddings
+
+    def spy(user_id, training=False, exclude=None):
+        excluded.append(exclude)
+        return original(user_id, training, exclude=exclude)
+
+    monkeypatch.setattr(model, "query_embeddings", spy)
+    batch = {"user_index": tf.constant([1, 2], tf.int32), "item_index": tf.constant([3, 4]),
+             "rating": tf.constant([4.0, 2.0])}
+    model._ranking_loss(batch, training=False)
+    assert excluded and excluded[0] is not None
+    np.testing.assert_array_equal(excluded[0].numpy(), [3, 4])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ranking_task": "pairwise"}, "ranking_task must be one of"),
+    ({"ranking_weight": -1.0}, "ranking_weight must be a finite number >= 0"),
+    ({"retrieval_weight": 0.0, "ranking_weight": 0.0}, "both 0"),
+    ({"ranking_task": "binary", "num_items": 5, "negatives_per_positive": 0},
+     "negatives_per_positive must be an integer >= 1"),
+    ({"ranking_task": "binary"}, "pass num_items"),
+    ({"ranking_task": "binary", "num_items": 5, "negative_items": [1, 7]},
+     r"negative_items must be a non-empty list of item indices in \[0, 5\)"),
+])
+def test_multitask_arguments_are_checked_in_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MultitaskModel(None, None, None, **kwargs)

@@ -304,6 +304,18 @@ def test_places_no_item_filled_are_left_out_of_printed_results():
         "u1:", "    1  i1                       0.5000", "    2  i2                       0.2500"]
 
 
+def test_a_two_stage_answer_prints_both_stages_scores():
+    from tfmmrec.serving.client import format_results
+
+    result = {"item_ids": np.array([[b"i2", b"i1"]]),
+              "scores": np.array([[2.0, 1.0]], np.float32),
+              "retrieval_scores": np.array([[0.25, 0.5]], np.float32)}
+    assert format_results(result, ["u1"]).splitlines() == [
+        "u1: (item, ranking score, retrieval score)",
+        "    1  i2                       2.0000 0.2500",
+        "    2  i1                       1.0000 0.5000"]
+
+
 # --- defaults, argument checks and session/exclusion queries ----------------------------------
 
 

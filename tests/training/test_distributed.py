@@ -711,6 +711,94 @@ def test_tfrecord_cluster_checkpoint_exports_and_loads(tfrecord_cluster_run):
     assert np.all(np.diff(top["scores"], axis=1) <= 1e-6)
 
 
+# Each worker trains from prepared shards twice per directory, through pipeline.train: once
+# uninterrupted, and once interrupted after the first epoch (its backup written) and resumed in
+# the same process, as a new `tfmmrec train` would. No dropout or sampled alignment rows: under
+# multi-worker training the random streams are not restored (trainer.PeriodicBackup), so only
+# the batches the resumed epochs read can make their losses differ.
+RESUME_SCRIPT = """
+    import json, sys
+    import tfmmrec  # noqa: F401  (Keras 2 before TensorFlow)
+    import tensorflow as tf
+
+    from tfmmrec import pipeline
+    from tfmmrec.config import load_config
+    from tfmmrec.training.strategy import strategy_for
+
+    job = json.loads(open(sys.argv[1]).read())
+    base = load_config(job["config"])
+    strategy_for(base.train)  # before TensorFlow runs any op in the process
+
+
+    class Interrupt(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:  # after the backup of epoch 1 (user callbacks run last)
+                raise RuntimeError("simulated interruption")
+
+
+    policy = tf.data.experimental.AutoShardPolicy
+    results = {}
+    for name, directory in job["directories"].items():
+        def config(run):
+            return load_config(base, [f"train.tfrecords={directory}",
+                                      f"train.output_dir={job['root']}/{name}/{run}"])
+
+        ws = pipeline.prepare(config("whole"), progress=False)
+        whole = pipeline.train(config("whole"), workspace=ws, progress=False)
+        try:
+            pipeline.train(config("resumed"), workspace=ws, callbacks=[Interrupt()],
+                           progress=False)
+            raise AssertionError("the interruption did not happen")
+        except RuntimeError as error:
+            assert "simulated interruption" in str(error), error
+        resumed = pipeline.train(config("resumed"), workspace=ws, progress=False)
+        stream = pipeline.training_examples(ws.with_config(config("whole"))).dataset
+        results[name] = {
+            "policy": policy(stream.options().experimental_distribute.auto_shard_policy).name,
+            "steps": pipeline.resumable(ws, 3).steps,
+            "whole": whole.history["loss"], "resumed": resumed.history["loss"],
+            "resumed_epochs": resumed.epochs_run}
+    print("RESULT " + json.dumps(results))
+"""
+RESUME_BATCH = 48  # 5 steps an epoch: a resume after epoch 1 is inside a worker's FILE batch
+
+
+@pytest.mark.slow  # one two-worker cluster, six tiny trainings: ~1 min on 2 idle cores
+def test_two_worker_runs_resumed_from_shards_end_as_uninterrupted_ones(
+        sharded_records, tiny_config, tiny_workspace, tmp_path):
+    """Interrupted after epoch 1 and resumed, a two-worker run on prepared shards trains
+    epochs 2-3 to the losses of an uninterrupted run, under both sharding policies.
+
+    With FILE sharding (4 shards) each worker batches its own shards and its replica reads
+    half of each of its batches a step, so an epoch of ``steps`` steps reads ``steps / 2`` of
+    its batches: skipping ``steps`` batches (what one process reads) resumed each worker's
+    stream an epoch ahead, at the batches of epoch 3, and this test failed (epoch 2's loss
+    167.2 against 159.9 uninterrupted). With DATA
+    sharding (1 shard) a step reads one global batch on each worker. 5 steps an epoch: the
+    FILE resume also starts inside a worker's batch."""
+    config = derive_config(tiny_config, tmp_path, "train.strategy=multi_worker", "train.epochs=3",
+                           f"train.batch_size={RESUME_BATCH}", "text.enabled=false",
+                           "model.modality_dropout=0", "model.user_id_dropout=0",
+                           "model.alignment_weight=0")
+    config.to_yaml(tmp_path / "config.yaml")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"config": str(tmp_path / "config.yaml"), "root": str(tmp_path),
+                               "directories": {"file": sharded_records[4].directory,
+                                               "data": sharded_records[1].directory}}))
+    results = run_workers(["-c", textwrap.dedent(RESUME_SCRIPT), str(job)])
+    for code, _, err in results:
+        assert code == 0, err[-4000:]
+    workers = [last_json(out, "RESULT ") for _, out, _ in results]
+    assert workers[0] == workers[1]  # the losses are all-reduced: one history per run
+    for name, policy in (("file", "FILE"), ("data", "DATA")):
+        run = workers[0][name]
+        assert run["policy"] == policy
+        assert run["steps"] == sharded_records[4].count("train") // RESUME_BATCH == 5
+        assert run["resumed_epochs"] == 2 and len(run["whole"]) == 3
+        np.testing.assert_allclose(run["resumed"], run["whole"][1:], rtol=1e-5,
+                                   err_msg=f"{policy} sharding")
+
+
 # --- ParameterServerStrategy: chief, worker and ps as three real processes ------------------
 
 

@@ -1,7 +1,7 @@
 """Evaluation of a ranking head: pointwise/listwise metrics and two-stage (retrieve → re-rank).
 
-Used by ``benchmarks/ml100k_ranking.py`` and the ranking tests; the workflow's own
-``tfmmrec.evaluate`` reports retrieval metrics.
+Used by ``benchmarks/ml100k_ranking.py``, the ranking tests and ``tfmmrec.evaluate`` (its
+``<name> · ranking head`` row, for a model with a ranking head).
 """
 
 from __future__ import annotations

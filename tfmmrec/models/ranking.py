@@ -10,6 +10,7 @@ accuracy, and ``retrieval_weight=0`` gives a pure ranking model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,28 +55,46 @@ class RankingHead(tf.keras.layers.Layer):
 class MultitaskModel(RetrievalModel):
     """Retrieval + ranking on shared towers: ``loss = w_r · retrieval + w_k · ranking``.
 
+    The two terms keep TFRS's reductions (its multitask tutorial's): the retrieval loss (and
+    the alignment loss riding on it, so ``alignment_weight`` is relative to ``w_r``) is summed
+    over the batch's examples, the ranking loss averaged. At batch size B a 1:1 weighting thus
+    gives the ranking term about 1/B of the retrieval term per example; ``w_k = B`` balances
+    them per example.
+
     Ranking tasks:
       - ``regression``: explicit ratings, MSE (reports RMSE and MAE).
       - ``binary``: implicit feedback — each interaction is a positive and
-        ``negatives_per_positive`` uniformly sampled items are negatives (reports AUC).
+        ``negatives_per_positive`` items drawn uniformly from ``negative_items`` (the items
+        with training interactions: a cold item drawn as a negative would teach the head that
+        unseen items are bad ones) are negatives; a draw equal to the positive is not counted
+        (reports AUC).
       - ``listwise``: a softmax loss over a user's list of rated items (``list_items``,
-        ``list_ratings`` features), i.e. ListNet with relevance from ratings.
+        ``list_ratings`` features), i.e. ListNet with relevance from ratings. The retrieval
+        loss reads each list's items as that user's positives (one example per pair).
+
+    The ranking head's query leaves the scored item out of the user's history
+    (``model.user_history``), as the retrieval loss does: served candidates are not in it.
     """
 
     def __init__(self, *args, ranking_task: str = "regression", retrieval_weight: float = 1.0,
                  ranking_weight: float = 1.0, deep_layers: Sequence[int] = (256, 64),
                  cross_layers: int = 0, cross_projection_dim: int | None = None,
-                 negatives_per_positive: int = 4, num_items: int | None = None, **kwargs):
+                 negatives_per_positive: int = 4, num_items: int | None = None,
+                 negative_items: Sequence[int] | np.ndarray | None = None, **kwargs):
+        _check_arguments(ranking_task, retrieval_weight, ranking_weight,
+                         negatives_per_positive, num_items, negative_items)
         if retrieval_weight == 0:
             kwargs["alignment_weight"] = 0.0  # alignment rides on the retrieval batches
         super().__init__(*args, **kwargs)
-        if ranking_task not in RANKING_TASKS:
-            raise ValueError(f"ranking_task must be one of {RANKING_TASKS}, got {ranking_task!r}")
         self.ranking_task = ranking_task
         self.retrieval_weight = retrieval_weight
         self.ranking_weight = ranking_weight
         self.negatives_per_positive = negatives_per_positive
         self.num_items = num_items
+        self.negative_items = None
+        if ranking_task == "binary":
+            self.negative_items = tf.constant(
+                np.arange(num_items) if negative_items is None else negative_items, tf.int32)
         # No head without a ranking loss: it would get no gradient and export as untrained.
         self.head = None
         if ranking_weight > 0:
@@ -111,38 +130,88 @@ class MultitaskModel(RetrievalModel):
 
     def compute_loss(self, features, training=False):
         loss = 0.0
-        if self.retrieval_weight > 0 and "item_index" in features:
-            loss += self.retrieval_weight * super().compute_loss(features, training)
+        if self.retrieval_weight > 0:
+            loss += self.retrieval_weight * super().compute_loss(
+                features if "list_items" not in features else list_pairs(features), training)
         if self.ranking_weight > 0:
             loss += self.ranking_weight * self._ranking_loss(features, training)
         return loss
 
     def _ranking_loss(self, features, training):
-        queries = self.query_embeddings(user_input(features), training)
         if self.ranking_task == "listwise":
             items = tf.cast(features["list_items"], tf.int32)
+            queries = self.query_embeddings(user_input(features), training)
             embedded = tf.reshape(self.item_embeddings(tf.reshape(items, [-1]), training),
                                   [-1, tf.shape(items)[1], self.item_tower.dim])
             logits = self.score_candidates(queries, embedded)
             return self.rank_task(labels=features["list_ratings"], predictions=logits,
                                   compute_metrics=not training)
         item_index = tf.cast(features["item_index"], tf.int32)
+        queries = self.query_embeddings(user_input(features), training, exclude=item_index)
         positive = self.head(queries, self.item_embeddings(item_index, training))
         if self.ranking_task == "regression":
             return self.rank_task(labels=features["rating"], predictions=positive,
                                   compute_metrics=not training)
-        negatives = tf.random.stateless_uniform(
-            [tf.shape(item_index)[0], self.negatives_per_positive], self.noise.seed(),
-            maxval=self.num_items, dtype=tf.int32)
+        negatives, counted = self.draw_negatives(item_index)
         negative_embeddings = tf.reshape(
             self.item_embeddings(tf.reshape(negatives, [-1]), training),
             [-1, self.negatives_per_positive, self.item_tower.dim])
         negative = self.score_candidates(queries, negative_embeddings)
         logits = tf.concat([positive[:, None], negative], axis=1)
         labels = tf.concat([tf.ones_like(positive[:, None]), tf.zeros_like(negative)], axis=1)
-        return self.rank_task(labels=tf.reshape(labels, [-1]),
-                              predictions=tf.reshape(logits, [-1]),
+        weights = tf.concat([tf.ones_like(positive[:, None]), counted], axis=1)
+        # one row per pair: Keras's cross-entropy averages over the last axis
+        return self.rank_task(labels=tf.reshape(labels, [-1, 1]),
+                              predictions=tf.reshape(logits, [-1, 1]),
+                              sample_weight=tf.reshape(weights, [-1]),
                               compute_metrics=not training)
+
+    def draw_negatives(self, item_index) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(negatives [B, n], counted [B, n])`` for the positives ``item_index [B]``: draws
+        from ``negative_items`` (seeded), and 0.0 where a draw is the positive itself (an
+        accidental hit, left out of the loss)."""
+        draws = tf.random.stateless_uniform(
+            [tf.shape(item_index)[0], self.negatives_per_positive], self.noise.seed(),
+            maxval=tf.shape(self.negative_items)[0], dtype=tf.int32)
+        negatives = tf.gather(self.negative_items, draws)
+        return negatives, tf.cast(negatives != item_index[:, None], tf.float32)
+
+
+def list_pairs(features) -> dict[str, tf.Tensor]:
+    """A listwise batch as retrieval examples: each list's items, each with its list's user."""
+    items = tf.cast(features["list_items"], tf.int32)
+    users = user_input(features)
+    return {"user_index" if "user_index" in features else "user_id":
+            tf.reshape(tf.repeat(users[:, None], tf.shape(items)[1], axis=1), [-1]),
+            "item_index": tf.reshape(items, [-1])}
+
+
+def _check_arguments(ranking_task: str, retrieval_weight: float, ranking_weight: float,
+                     negatives_per_positive: int, num_items: int | None,
+                     negative_items) -> None:
+    """One-line ``ValueError``s naming the argument, before any layer is built."""
+    if ranking_task not in RANKING_TASKS:
+        raise ValueError(f"ranking_task must be one of {RANKING_TASKS}, got {ranking_task!r}")
+    for name, weight in (("retrieval_weight", retrieval_weight),
+                         ("ranking_weight", ranking_weight)):
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {weight!r}")
+    if retrieval_weight == 0 and ranking_weight == 0:
+        raise ValueError("retrieval_weight and ranking_weight are both 0: nothing would train")
+    if ranking_task != "binary":
+        return
+    if not (isinstance(negatives_per_positive, int) and negatives_per_positive >= 1):
+        raise ValueError("negatives_per_positive must be an integer >= 1 for "
+                         f"ranking_task='binary', got {negatives_per_positive!r}")
+    if not (isinstance(num_items, (int, np.integer)) and num_items >= 1):
+        raise ValueError("ranking_task='binary' draws negatives from the catalogue: pass "
+                         f"num_items (the catalogue size), got {num_items!r}")
+    if negative_items is not None:
+        drawn = np.asarray(negative_items)
+        if drawn.ndim != 1 or len(drawn) == 0 or not np.issubdtype(drawn.dtype, np.integer) \
+                or drawn.min() < 0 or drawn.max() >= num_items:
+            raise ValueError(f"negative_items must be a non-empty list of item indices in "
+                             f"[0, {num_items}), got {negative_items!r:.80}")
 
 
 def _ranking_loss_and_metrics(task: str) -> dict:
@@ -158,7 +227,9 @@ def _ranking_loss_and_metrics(task: str) -> dict:
 
 class ListwiseSoftmaxLoss(tf.keras.losses.Loss):
     """Softmax cross-entropy between a list's scores and its ratings normalised to a
-    distribution (ListNet top-one); lists padded with rating 0 contribute nothing."""
+    distribution (ListNet top-one). An entry rated 0 gets no target mass but still competes in
+    the softmax (a negative of the list): lists cannot be padded with 0 (``sample_lists``
+    never pads; it skips users with fewer ratings)."""
 
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, y_pred.dtype)

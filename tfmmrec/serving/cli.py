@@ -328,6 +328,9 @@ def _query(args) -> int:
             items = served_items(result, row)
             rows.append({"query": query, "item_ids": [i for i, _ in items],
                          "scores": [s for _, s in items]})
+            if "retrieval_scores" in result:  # a two-stage recommend: both stages' scores
+                rows[-1]["retrieval_scores"] = [
+                    s for _, s in served_items(result, row, "retrieval_scores")]
         return _print(rows, True, str)
     print(format_results(result, [_label(q) for q in queries]))
     return 0

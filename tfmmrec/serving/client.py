@@ -417,11 +417,13 @@ def _shape(info) -> list[int] | None:
     return None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]
 
 
-def served_items(result: Mapping[str, np.ndarray], row: int) -> list[tuple[str, float]]:
+def served_items(result: Mapping[str, np.ndarray], row: int,
+                 scores: str = "scores") -> list[tuple[str, float]]:
     """``(item id, score)`` of one result row, without the places no item filled (id "": the
-    catalogue held fewer than k items besides the excluded ones)."""
+    catalogue held fewer than k items besides the excluded ones). ``scores``: the output to
+    read them from (a two-stage ``recommend`` also answers ``retrieval_scores``)."""
     pairs = []
-    for item, score in zip(result["item_ids"][row], result["scores"][row], strict=True):
+    for item, score in zip(result["item_ids"][row], result[scores][row], strict=True):
         item = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
         if item:
             pairs.append((item, float(score)))
@@ -429,10 +431,15 @@ def served_items(result: Mapping[str, np.ndarray], row: int) -> list[tuple[str, 
 
 
 def format_results(result: Mapping[str, np.ndarray], queries: Iterable[str]) -> str:
-    """A plain-text table of top-k item ids and scores per query (for the CLI)."""
+    """A plain-text table of top-k item ids and scores per query (for the CLI); a two-stage
+    answer's retrieval scores in a column of their own."""
     lines = []
+    two_stage = "retrieval_scores" in result
     for row, query in enumerate(queries):
-        lines.append(f"{query}:")
+        lines.append(f"{query}:" + (" (item, ranking score, retrieval score)" if two_stage
+                                    else ""))
+        retrieval = served_items(result, row, "retrieval_scores") if two_stage else None
         for rank, (item, score) in enumerate(served_items(result, row), start=1):
-            lines.append(f"  {rank:>3}  {item:<24} {score:.4f}")
+            extra = f" {retrieval[rank - 1][1]:.4f}" if retrieval else ""
+            lines.append(f"  {rank:>3}  {item:<24} {score:.4f}{extra}")
     return "\n".join(lines)
