@@ -377,6 +377,11 @@ def test_update_of_an_unknown_id_and_remove_of_unknown_ids_are_errors(base, item
         catalog.remove(base, item_ids=["i0000", "ghost"])
     with pytest.raises(ExportError, match="empty catalogue"):
         catalog.remove(base, item_ids=list(items["item_id"]))
+    # a table and ids together: one of them used to be dropped silently ("1 removed")
+    with pytest.raises(DataError, match=r"either in a table \(--items FILE, items=\) or as "
+                                        r"ids \(--ids, item_ids=\), not both"):
+        catalog.remove(base, write_items(items.iloc[[0]], tiny_demo_dir),
+                       item_ids=["i0001", "i0002"])
     assert sorted(p.name for p in base.iterdir()) == ["1"]
 
 

@@ -53,8 +53,9 @@ def evaluate_cross_modal(model, ws, ks: Sequence[int] = (1, 5, 10)) -> dict[str,
     """Cross-modal Recall@K and median rank for every modality pair of a trained model, and
     from every modality to the served index (``"text→fused"``…).
 
-    On a cold-start split only the held-out items are used (unseen by training, so this measures
-    generalisation); otherwise the whole catalogue (in-sample).
+    On a cold-start split only the held-out items are used, as queries and as candidates alike
+    (unseen by training, so this measures generalisation among them; not the whole served
+    catalogue a ``query_text`` searches); otherwise the whole catalogue (in-sample).
     """
     from tfmmrec.evaluation.embeddings import embed_items, single_modality_embeddings
 

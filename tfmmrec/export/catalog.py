@@ -316,6 +316,9 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
         raise ExportError(f"unknown catalogue operation {operation!r}: use "
                           f"{', '.join(OPERATIONS)}")
     batch_size = check_batch_size(batch_size)
+    if items is not None and item_ids is not None:  # one would be ignored: say so, first
+        raise DataError(f"catalog {operation}: give the item ids either in a table (--items "
+                        "FILE, items=) or as ids (--ids, item_ids=), not both")
     model_dir = Path(model_base_path)
     previous = latest_version(model_dir)
     metadata = read_metadata(previous)

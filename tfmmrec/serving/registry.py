@@ -170,7 +170,19 @@ class Servable:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def release(self) -> None:
-        """Drop the TF objects (memory is freed once no request holds a reference)."""
+        """Drop the TF objects (memory is freed once no request holds a reference) and, when no
+        request is in flight (none can start: the version is no longer served), the ScaNN
+        searchers, which TF's resource manager would otherwise keep for the process's life."""
+        with self._idle:
+            idle = self._inflight == 0
+        if idle and self._loaded is not None and self.metadata.get("requires_scann_ops", True):
+            from tfmmrec.export.index.scann import free_searchers
+
+            try:
+                free_searchers(self._loaded)
+            except Exception:  # freeing memory must never fail an unload
+                logger.warning("could not free the ScaNN searchers of %s", self.path,
+                               exc_info=True)
         self.signatures = {}
         self._loaded = None
 

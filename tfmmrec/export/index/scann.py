@@ -99,6 +99,26 @@ def own_searcher_handle(state) -> tf.types.experimental.PolymorphicFunction:
     return tf.function(recreate_handle, input_signature=[])
 
 
+def free_searchers(loaded) -> int:
+    """Destroy the searcher resources of a loaded SavedModel's ScaNN indexes; returns how many.
+
+    Each searcher lives in TF's resource manager under a name of its own
+    (:func:`own_searcher_handle`), which dropping the loaded object never frees: a server that
+    loaded and unloaded versions grew by about one index per version (14 MB per cycle for
+    100,000 × 32 items). Call it only once nothing searches ``loaded`` any more. A searcher
+    never searched is created first (its handle is what the destroy op takes)."""
+    import tensorflow as tf
+
+    freed = 0
+    for trackable in tf.train.TrackableView(loaded).descendants():
+        if callable(getattr(trackable, "recreate_handle", None)) and all(
+                hasattr(trackable, name) for name in SCANN_STATE):
+            tf.raw_ops.DestroyResourceOp(resource=trackable.recreate_handle(),
+                                         ignore_lookup_error=True)
+            freed += 1
+    return freed
+
+
 @register
 class ScannIndex(TopKIndex):
     """Anisotropic-quantisation tree search; the fastest kind, but only servers linked with the
