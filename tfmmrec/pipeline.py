@@ -1054,9 +1054,10 @@ RANKING_HEAD_ROW = " · ranking head"  # evaluate's row of a head's own metrics 
 
 def ranking_head_metrics(model: RetrievalModel, ws: Workspace) -> dict[str, float]:
     """A ranking head's own metrics on the test split (RMSE/MAE, AUC/log-loss or NDCG@3/5 over
-    lists) and, for the per-pair tasks, the two-stage NDCG@10/Recall@10 of retrieving
-    ``ranking.retrieve_candidates`` and re-ranking them against retrieval alone: what the
-    ``recommend`` signature of its export serves."""
+    lists; none when the test rows cannot give them, ``evaluate_ranking_head``) and the
+    two-stage NDCG@10/Recall@10 of retrieving ``ranking.retrieve_candidates`` and re-ranking
+    them against retrieval alone, under the split's protocol: what the ``recommend``
+    signature of its export serves."""
     from tfmmrec.evaluation.ranking import evaluate_ranking_head, evaluate_two_stage
 
     return {**evaluate_ranking_head(model, ws), **evaluate_two_stage(model, ws)}

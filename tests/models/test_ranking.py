@@ -3,6 +3,7 @@ switch tasks off, DCN-v2 cross layers are used, and the listwise loss matches it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 import tfmmrec
 from tfmmrec import pipeline
-from tfmmrec.evaluation.ranking import evaluate_ranking_head
+from tfmmrec.evaluation.ranking import evaluate_ranking_head, evaluate_two_stage
 from tfmmrec.models.ranking import (
     ListwiseSoftmaxLoss,
     MultitaskModel,
@@ -224,3 +225,41 @@ def test_the_ranking_query_leaves_the_scored_item_out_of_the_history(workspace, 
 def test_multitask_arguments_are_checked_in_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MultitaskModel(None, None, None, **kwargs)
+
+
+def _with_test(ws, test, test_items=None):
+    split = dataclasses.replace(ws.split, test=test.reset_index(drop=True), test_items=test_items)
+    return dataclasses.replace(ws, split=split)
+
+
+def test_head_metrics_are_left_out_when_the_test_rows_cannot_give_them(workspace):
+    """A supplied --test file has no rating column; a sparse test set can have no list: the
+    head row keeps retrieve → re-rank instead of failing the whole evaluation."""
+    model, ws = _model(workspace, ["ranking.task=regression"])
+    unrated = _with_test(ws, ws.split.test.drop(columns=["rating"]))
+    assert evaluate_ranking_head(model, unrated) == {}
+    assert set(pipeline.ranking_head_metrics(model, unrated)) == {
+        "retrieval_ndcg@10", "retrieval_recall@10", "two_stage_ndcg@10", "two_stage_recall@10"}
+    listwise, ws = _model(workspace, ["ranking.task=listwise", "ranking.list_size=5"])
+    sparse = _with_test(ws, ws.split.test.groupby("user_id").head(1))
+    assert evaluate_ranking_head(listwise, sparse) == {}
+
+
+def test_two_stage_retrieval_figures_match_the_main_table_under_candidates(workspace):
+    """The head row's retrieval figures are the main row's (same protocol: training items
+    excluded, only the candidate items ranked), whatever the user batch."""
+    from tfmmrec.evaluation.embeddings import embed_items, embed_users
+    from tfmmrec.evaluation.protocol import evaluate_embeddings
+
+    model, ws = _model(workspace, ["ranking.task=binary"])
+    test = ws.split.test
+    held_out = np.unique(test["item_index"])[::2]
+    restricted = _with_test(ws, test, test_items=held_out)
+    for split_ws in (ws, restricted):
+        main = evaluate_embeddings(embed_users(model, split_ws.user_ids),
+                                   embed_items(model, split_ws.dataset.num_items),
+                                   split_ws.split, split_ws.user_ids, ks=(10,))
+        head = evaluate_two_stage(model, split_ws, batch_size=7)
+        assert head["retrieval_recall@10"] == pytest.approx(main["recall@10"], abs=1e-6)
+        assert head["retrieval_ndcg@10"] == pytest.approx(main["ndcg@10"], abs=1e-6)
+        assert head == pytest.approx(evaluate_two_stage(model, split_ws, batch_size=256))

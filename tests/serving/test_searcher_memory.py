@@ -68,7 +68,7 @@ def test_unloaded_scann_versions_free_their_searchers(tmp_path):
     assert freed < 10, f"memory grew by {freed:.0f} MB over 6 load/unload cycles"
 
 
-def test_release_frees_the_searchers_only_once_no_request_is_in_flight(tiny_exports,
+def test_release_frees_the_searchers_once_no_request_is_in_flight(tiny_exports,
                                                                        monkeypatch):
     from tfmmrec.export.index import scann
     from tfmmrec.serving.registry import load_servable
@@ -77,12 +77,19 @@ def test_release_frees_the_searchers_only_once_no_request_is_in_flight(tiny_expo
     original = scann.free_searchers
     monkeypatch.setattr(scann, "free_searchers", lambda loaded: freed.append(original(loaded)))
     servable = load_servable("m", 1, tiny_exports.scann)
-    servable.enter()  # a request still running when the unload timed out
+    servable.enter()  # two requests still running when the unload timed out
+    servable.enter()
     servable.release()
-    assert freed == []
-    servable = load_servable("m", 1, tiny_exports.scann)
-    servable.release()
+    servable.exit()
+    assert freed == [] and servable.signatures == {}
+    servable.exit()  # the last one frees the searchers
     assert len(freed) == 1 and freed[0] >= 1  # the served index (and text search's, if any)
+    servable = load_servable("m", 1, tiny_exports.scann)
+    servable.release()  # idle: at once
+    assert len(freed) == 2
+    servable.enter()  # (a servable is never entered after release; nothing left to free)
+    servable.exit()
+    assert len(freed) == 2
     brute = load_servable("m", 2, tiny_exports.brute_force)
     brute.release()  # no ScaNN ops: nothing to free
-    assert len(freed) == 1
+    assert len(freed) == 2

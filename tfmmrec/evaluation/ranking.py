@@ -19,6 +19,8 @@ from tfmmrec.models.ranking import rating_targets, sample_lists
 def score_pairs(model, users: np.ndarray, items: np.ndarray,
                 batch_size: int = 8192) -> np.ndarray:
     """The ranking head's score of each (user id, item index) pair."""
+    if len(users) == 0:
+        return np.zeros(0, np.float32)
     score = tf.function(lambda u, i: model.score(u, i, training=False))
     parts = [score(tf.constant(users[s:s + batch_size]), tf.constant(items[s:s + batch_size]))
              for s in range(0, len(users), batch_size)]
@@ -27,8 +29,12 @@ def score_pairs(model, users: np.ndarray, items: np.ndarray,
 
 def evaluate_ranking_head(model, ws) -> dict[str, float]:
     """Ranking metrics on the test split: RMSE/MAE (regression), AUC and log-loss (binary,
-    against seeded uniform negatives), NDCG@3/5 over rated lists (listwise)."""
-    test, task = ws.split.test, ws.config.ranking.task
+    against seeded uniform negatives), NDCG@3/5 over rated lists (listwise). Empty when the
+    test rows cannot give them: no ``rating`` column (a supplied ``--test`` file) for the
+    rating tasks, or no test user with ``ranking.list_size`` ratings for listwise."""
+    test, task = ws.split.test, getattr(model, "ranking_task", ws.config.ranking.task)
+    if task != "binary" and "rating" not in test.columns:
+        return {}
     users = test["user_id"].astype(str).to_numpy()
     items = test["item_index"].to_numpy(np.int32)
     if task == "regression":
@@ -44,35 +50,51 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
     ranking = ws.config.ranking
     lists = sample_lists(users, items, rating_targets(test), ranking.list_size, 1,
                          ws.config.data.seed)
+    if len(lists["user_id"]) == 0:
+        return {}
     flat_users = np.repeat(lists["user_id"], ranking.list_size)
     scores = score_pairs(model, flat_users, lists["list_items"].reshape(-1)).reshape(
         -1, ranking.list_size)
     return {f"ndcg@{k}": list_ndcg(scores, lists["list_ratings"], k) for k in (3, 5)}
 
 
-def evaluate_two_stage(model, ws, ks=(10,)) -> dict[str, float]:
-    """NDCG@K of retrieve-top-N → re-rank versus retrieval alone (training items excluded)."""
-    n = min(ws.config.ranking.retrieve_candidates, ws.dataset.num_items)
+def evaluate_two_stage(model, ws, ks=(10,), batch_size: int = 256) -> dict[str, float]:
+    """NDCG@K and Recall@K of retrieve-top-N → re-rank versus retrieval alone, under the
+    split's protocol (training items excluded; a cold-start split's or ``--candidates``' items
+    only). Users are scored ``batch_size`` at a time: memory is a few ``batch_size × items``
+    arrays."""
+    num_items = ws.dataset.num_items
     users = embed_users(model, ws.user_ids)
-    items = embed_items(model, ws.dataset.num_items)
-    train, test = split_matrices(ws.split, ws.user_ids, ws.dataset.num_items)
+    items = embed_items(model, num_items)
+    train, test = split_matrices(ws.split, ws.user_ids, num_items)
+    candidates = np.ones(num_items, bool)
+    if ws.split.test_items is not None:
+        candidates = np.zeros(num_items, bool)
+        candidates[ws.split.test_items] = True
+    n = min(ws.config.ranking.retrieve_candidates, int(candidates.sum()))
     rerank = tf.function(lambda q, c: model.score_candidates(q, c))
-    reranked = np.zeros((len(users), n), np.int64)
-    for start in range(0, len(users), 256):
-        scores = users[start:start + 256] @ items.T
-        scores[train[start:start + 256].toarray() > 0] = -np.inf
+    per_user = {"two_stage": [], "retrieval": []}
+    for start in range(0, len(users), batch_size):
+        rows = slice(start, start + batch_size)
+        scores = users[rows] @ items.T
+        scores[:, ~candidates] = -np.inf
+        scores[train[rows].toarray() > 0] = -np.inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
-        logits = rerank(tf.constant(users[start:start + 256]), tf.constant(items[top])).numpy()
-        reranked[start:start + 256] = np.take_along_axis(
-            top, np.argsort(-logits, axis=1, kind="stable"), axis=1)
-    # Score each user's re-ranked list as a ranking: its position becomes the score.
-    positions = np.zeros((len(users), ws.dataset.num_items), np.float32)
-    np.put_along_axis(positions, reranked, np.arange(n, 0, -1, dtype=np.float32)[None, :],
-                      axis=1)
-    two_stage = evaluate_ranking(np.eye(len(users), dtype=np.float32), positions.T, test,
-                                 exclude=train, ks=ks).to_dict()
-    retrieval = evaluate_ranking(users, items, test, exclude=train, ks=ks).to_dict()
-    return {**{f"retrieval_{m}@{k}": retrieval[f"{m}@{k}"] for k in ks for m in ("ndcg",
-                                                                                  "recall")},
-            **{f"two_stage_{m}@{k}": two_stage[f"{m}@{k}"] for k in ks for m in ("ndcg",
-                                                                                  "recall")}}
+        logits = rerank(tf.constant(users[rows]), tf.constant(items[top])).numpy()
+        reranked = np.take_along_axis(top, np.argsort(-logits, axis=1, kind="stable"), axis=1)
+        # each user's re-ranked list as scores: its position, highest first
+        positions = np.zeros((len(top), num_items), np.float32)
+        np.put_along_axis(positions, reranked, np.arange(n, 0, -1, dtype=np.float32)[None, :],
+                          axis=1)
+        for name, queries, table in (("two_stage", np.eye(len(top), dtype=np.float32),
+                                      positions.T), ("retrieval", users[rows], items)):
+            result = evaluate_ranking(queries, table, test[rows], exclude=train[rows], ks=ks,
+                                      candidates=candidates, return_per_user=True)
+            per_user[name].append(result.per_user)
+    return {f"{name}_{m}@{k}": _mean_over_users(per_user[name], f"{m}@{k}")
+            for name in ("retrieval", "two_stage") for k in ks for m in ("ndcg", "recall")}
+
+
+def _mean_over_users(batches: list[dict[str, np.ndarray]], metric: str) -> float:
+    values = np.concatenate([batch[metric] for batch in batches])
+    return float(values.mean()) if len(values) else float("nan")

@@ -70,10 +70,14 @@ class MultitaskModel(RetrievalModel):
         (reports AUC).
       - ``listwise``: a softmax loss over a user's list of rated items (``list_items``,
         ``list_ratings`` features), i.e. ListNet with relevance from ratings. The retrieval
-        loss reads each list's items as that user's positives (one example per pair).
+        loss reads each list's items as that user's positives (one example per pair): users
+        with fewer than ``list_size`` ratings get no list and so no retrieval example, the
+        others ``lists_per_user × list_size`` each, and with in-batch negatives a list's other
+        items are negatives of each pair.
 
-    The ranking head's query leaves the scored item out of the user's history
-    (``model.user_history``), as the retrieval loss does: served candidates are not in it.
+    For the per-pair tasks the head's query leaves the scored item out of the user's history
+    (``model.user_history``), as the retrieval loss does: served candidates are not in it. A
+    listwise query keeps its list's items (the history encoder leaves out one item per row).
     """
 
     def __init__(self, *args, ranking_task: str = "regression", retrieval_weight: float = 1.0,

@@ -152,6 +152,7 @@ class Servable:
         self.signature_defs = signature_defs
         self.signatures = dict(loaded.signatures)
         self._loaded = loaded
+        self._released = None  # a released version's objects, until its last request ends
         self._inflight = 0
         self._idle = threading.Condition()
 
@@ -160,31 +161,40 @@ class Servable:
             self._inflight += 1
 
     def exit(self) -> None:
+        released = None
         with self._idle:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.notify_all()
+                released, self._released = self._released, None
+        if released is not None:  # the last request of a released version: free it now
+            self._free(released)
 
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def release(self) -> None:
-        """Drop the TF objects (memory is freed once no request holds a reference) and, when no
-        request is in flight (none can start: the version is no longer served), the ScaNN
-        searchers, which TF's resource manager would otherwise keep for the process's life."""
+        """Drop the TF objects and free the ScaNN searchers, which TF's resource manager would
+        otherwise keep for the process's life; with requests still in flight (an unload that
+        timed out, a stop), the last of them does it. No request can start: the version is no
+        longer served."""
         with self._idle:
-            idle = self._inflight == 0
-        if idle and self._loaded is not None and self.metadata.get("requires_scann_ops", True):
-            from tfmmrec.export.index.scann import free_searchers
+            loaded, self._loaded, self.signatures = self._loaded, None, {}
+            if self._inflight:
+                self._released, loaded = loaded, None
+        if loaded is not None:
+            self._free(loaded)
 
-            try:
-                free_searchers(self._loaded)
-            except Exception:  # freeing memory must never fail an unload
-                logger.warning("could not free the ScaNN searchers of %s", self.path,
-                               exc_info=True)
-        self.signatures = {}
-        self._loaded = None
+    def _free(self, loaded) -> None:
+        if not self.metadata.get("requires_scann_ops", True):
+            return
+        from tfmmrec.export.index.scann import free_searchers
+
+        try:
+            free_searchers(loaded)
+        except Exception:  # freeing memory must never fail an unload or a request
+            logger.warning("could not free the ScaNN searchers of %s", self.path, exc_info=True)
 
 
 def load_servable(name: str, version: int, path: Path) -> Servable:
