@@ -583,6 +583,10 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     tf.keras.utils.set_random_seed(config.train.seed)
     if len(ws.split.train) < 2:
         raise DataError("fewer than 2 training interactions after the split: nothing to train")
+    # as prepared, before training: a trainable encoder is the item tower's own, so after
+    # training its identity would be its fine-tuned weights', which a restore (building the
+    # encoder afresh, then loading the checkpoint into it) could never match
+    encoders = ws.encoder_identities()
     output = Path(config.train.output_dir)
     chief = is_chief(strategy)
     spec = output / "checkpoints" / MODEL_SPEC_FILE
@@ -640,7 +644,7 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     if selection is not None or (validation or {}).get("linear_cf_weight") is not None:
         result.model.save_weights(str(result.checkpoint))  # chosen values are model weights
     write_json({
-        "encoders": ws.encoder_identities(),
+        "encoders": encoders,
         "modalities": list(ws.modalities),
         "num_items": ws.dataset.num_items,
         "num_users": len(ws.user_ids),

@@ -283,6 +283,13 @@ def test_a_bad_in_process_request_is_one_line_naming_the_input(loaded, request_,
     assert "\n" not in str(info.value) and "node" not in str(info.value)
 
 
+def test_a_lone_long_value_is_shortened_in_the_message(loaded):
+    """A 70 KB text passed where a batch belongs was echoed whole (818 KB for a WAV)."""
+    with pytest.raises(ServingError, match=r"text is a single value \('x+\.\.\.x*'\)") as info:
+        loaded.call("query_text", text="x" * 70_000)
+    assert len(str(info.value)) < 200
+
+
 def test_unknown_item_ids_are_named_plainly(loaded):
     with pytest.raises(ExportError, match=r"item id\(s\) not in .*: 'zzz', 'yyy'$"):
         loaded.item_embeddings(np.array(["i0000", "zzz", "yyy"]))

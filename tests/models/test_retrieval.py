@@ -128,7 +128,7 @@ def test_frozen_encoders_stay_outside_the_model_and_unchanged(tiny_trained, tiny
     assert run["encoders"] == tiny_workspace.encoder_identities()
 
 
-def test_fine_tuned_text_encoder_trains_inside_the_item_tower(tiny_config, tmp_path):
+def test_fine_tuned_text_encoder_trains_inside_the_item_tower_and_restores(tiny_config, tmp_path):
     config = derive_config(tiny_config, tmp_path, "text.trainable=true", "image.enabled=false",
                            "audio.enabled=false", "train.epochs=1")
     workspace = pipeline.prepare(config, progress=False)
@@ -138,6 +138,13 @@ def test_fine_tuned_text_encoder_trains_inside_the_item_tower(tiny_config, tmp_p
     result = pipeline.train(config, workspace=workspace, progress=False)
     assert encoder in result.model.item_tower.encoders.values()
     assert encoder.identity() != before  # weights moved
+    # the run restores (evaluate, export): the fresh encoder is the one it started from, and
+    # the checkpoint carries the fine-tuned weights (run.json used to record the fine-tuned
+    # identity, so every restore was refused as "the text encoder differs")
+    restored, fresh = pipeline.restore(config.train.output_dir, config)
+    n = fresh.dataset.num_items
+    np.testing.assert_allclose(pipeline.embed_items(restored, n),
+                               pipeline.embed_items(result.model, n), atol=1e-5)
 
 
 def test_restored_model_reproduces_trained_embeddings(tiny_trained, tiny_config):

@@ -270,6 +270,8 @@ BIG_BATCH = "user_id: batch larger than export.limits.max_batch_size=1024: 1025"
 BAD = {  # signature, inputs, the one line every front end must answer with
     "k_zero": ("recommend", {"user_id": ["u0000"], "k": 0}, "k must be >= 1 (got 0)"),
     "empty_text": ("query_text", {"text": [""], "k": 3}, "text: empty string in the batch"),
+    "blank_text": ("query_text", {"text": ["ok", " \t "], "k": 3},
+                   "text: a string in the batch is only whitespace"),
     # serving_default wraps the towers' tf.function: "{{function_node …}}" framing
     "default_empty_batch": ("serving_default", {"user_id": []}, EMPTY_BATCH),
     "default_big_batch": ("serving_default", {"user_id": ["u0000"] * 1025}, BIG_BATCH),

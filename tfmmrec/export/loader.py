@@ -140,8 +140,9 @@ def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
                            f"{', '.join(sorted(arguments))}")
     for name, value in inputs.items():
         if arguments[name].shape.rank and np.ndim(value) == 0:
-            raise ServingError(f"{signature}: {name} is a single value ({value!r}); pass a "
-                               "batch, e.g. a list with one entry per query")
+            raise ServingError(f"{signature}: {name} is a single value "
+                               f"({reprlib.repr(value)}); pass a batch, e.g. a list with one "
+                               "entry per query")
         if arguments[name].dtype == tf.string:
             check_strings(value, f"{signature}: {name}")
     if "k" in inputs:

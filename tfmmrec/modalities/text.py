@@ -112,6 +112,10 @@ class TextModality(ModalitySpec):
         checks = [
             tf.debugging.Assert(tf.reduce_all(lengths > 0),
                                 ["text: empty string in the batch"]),
+            # only whitespace: training reads such a text as no text (data.join_text strips)
+            tf.debugging.Assert(
+                tf.logical_not(tf.reduce_any(tf.strings.regex_full_match(request, r"\s+"))),
+                ["text: a string in the batch is only whitespace"]),
             tf.debugging.Assert(tf.reduce_all(lengths <= limit), [
                 f"text: a text is longer than export.limits.max_text_bytes={limit} bytes; "
                 "lengths:", lengths], summarize=8),
