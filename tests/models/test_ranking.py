@@ -212,6 +212,30 @@ def test_the_ranking_query_leaves_the_scored_item_out_of_the_history(workspace, 
     np.testing.assert_array_equal(excluded[0].numpy(), [3, 4])
 
 
+def test_a_list_scores_each_item_with_a_query_that_leaves_it_out(workspace):
+    model, ws = _model(workspace, ["ranking.task=listwise", "ranking.list_size=3",
+                                   "model.user_history=true"])
+    train = ws.split.train
+    users = [str(u) for u in train["user_id"].unique()[:2]]
+    index = {str(u): i for i, u in enumerate(ws.user_ids)}  # vocabulary row i -> index i + 1
+    lists = [train.loc[train["user_id"].astype(str) == u, "item_index"].to_numpy()[:3]
+             for u in users]  # items each user's history holds
+    batch = {"user_index": tf.constant([index[u] + 1 for u in users], tf.int32),
+             "list_items": tf.constant(np.stack(lists), tf.int32),
+             "list_ratings": tf.constant([[5.0, 3.0, 1.0], [2.0, 4.0, 1.0]])}
+    loss = float(model._ranking_loss(batch, training=False))
+    flat_users = tf.repeat(batch["user_index"], 3)
+    items = tf.reshape(batch["list_items"], [-1])
+
+    def list_loss(exclude):
+        queries = model.query_embeddings(flat_users, exclude=exclude)
+        logits = tf.reshape(model.head(queries, model.item_embeddings(items)), [2, 3])
+        return float(ListwiseSoftmaxLoss()(batch["list_ratings"], logits))
+
+    assert loss == pytest.approx(list_loss(items), rel=1e-5)
+    assert loss != pytest.approx(list_loss(None), rel=1e-5)  # the history held those items
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"ranking_task": "pairwise"}, "ranking_task must be one of"),
     ({"ranking_weight": -1.0}, "ranking_weight must be a finite number >= 0"),

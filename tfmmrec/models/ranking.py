@@ -75,9 +75,9 @@ class MultitaskModel(RetrievalModel):
         others ``lists_per_user × list_size`` each, and with in-batch negatives a list's other
         items are negatives of each pair.
 
-    For the per-pair tasks the head's query leaves the scored item out of the user's history
-    (``model.user_history``), as the retrieval loss does: served candidates are not in it. A
-    listwise query keeps its list's items (the history encoder leaves out one item per row).
+    The head's query leaves the scored item out of the user's history (``model.user_history``;
+    for a list, each item is scored by a query without it), as the retrieval loss does: served
+    candidates are not in it.
     """
 
     def __init__(self, *args, ranking_task: str = "regression", retrieval_weight: float = 1.0,
@@ -143,11 +143,12 @@ class MultitaskModel(RetrievalModel):
 
     def _ranking_loss(self, features, training):
         if self.ranking_task == "listwise":
-            items = tf.cast(features["list_items"], tf.int32)
-            queries = self.query_embeddings(user_input(features), training)
-            embedded = tf.reshape(self.item_embeddings(tf.reshape(items, [-1]), training),
-                                  [-1, tf.shape(items)[1], self.item_tower.dim])
-            logits = self.score_candidates(queries, embedded)
+            # one query per (user, list item), that item left out of the history
+            pairs = list_pairs(features)
+            queries = self.query_embeddings(user_input(pairs), training,
+                                            exclude=pairs["item_index"])
+            scores = self.head(queries, self.item_embeddings(pairs["item_index"], training))
+            logits = tf.reshape(scores, tf.shape(features["list_items"]))
             return self.rank_task(labels=features["list_ratings"], predictions=logits,
                                   compute_metrics=not training)
         item_index = tf.cast(features["item_index"], tf.int32)
