@@ -440,9 +440,9 @@ def _print_results(results: dict, ks, workspace) -> None:
     columns = [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks[:2]] + ["mrr"]
     if any("top_k_accuracy@100" in r for r in results.values()):
         columns.append("top_k_accuracy@100")
-    from tfmmrec.pipeline import RANKING_HEAD_ROW
+    from tfmmrec.pipeline import retrieval_rows
 
-    retrieval = {row: r for row, r in results.items() if not row.endswith(RANKING_HEAD_ROW)}
+    retrieval = retrieval_rows(results)
     print(format_table(retrieval, columns))
     heads = {row: r for row, r in results.items() if row not in retrieval}
     for row, metrics in heads.items():  # the head's own metrics, and retrieve → re-rank

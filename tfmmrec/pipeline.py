@@ -66,6 +66,7 @@ from tfmmrec.training.trainer import (
     encode_from_tfrecords,
     exclusive_run,
     fit,
+    num_workers,
     tfrecord_dataset,
 )
 
@@ -457,8 +458,6 @@ def _past_trained_steps(dataset: tf.data.Dataset, trained: int, batch_size: int
     stream is then cut again at that record (``unbatch``, ``batch``: per-record work, only in
     such a resumed run), which resumes each replica exactly when ``batch_size`` is a multiple
     of the replicas (slices of equal size)."""
-    from tfmmrec.training.trainer import num_workers
-
     workers = num_workers()
     policy = dataset.options().experimental_distribute.auto_shard_policy
     if workers == 1 or policy != tf.data.experimental.AutoShardPolicy.FILE or not trained:
@@ -1045,8 +1044,7 @@ def evaluate(config: Config | str | os.PathLike | None = None,
                 "notes": recall_notes(ws.split, ws.user_ids, ws.dataset.num_items, ks),
                 **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
                    if classic else {})}, out / f"{output_name}.json")
-    plot_metric_curves({row: r for row, r in results.items() if not row.endswith(RANKING_HEAD_ROW)},
-                       out / f"{output_name}.png",
+    plot_metric_curves(retrieval_rows(results), out / f"{output_name}.png",
                        title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
     if not hidden_modalities:
         write_item_projector(config, ws, items)
@@ -1054,6 +1052,12 @@ def evaluate(config: Config | str | os.PathLike | None = None,
 
 
 RANKING_HEAD_ROW = " · ranking head"  # evaluate's row of a head's own metrics (not Recall@K)
+
+
+def retrieval_rows(results: dict[str, dict]) -> dict[str, dict]:
+    """``evaluate``'s rows of retrieval metrics (Recall@K, NDCG@K…): every row but ranking
+    heads'."""
+    return {row: r for row, r in results.items() if not row.endswith(RANKING_HEAD_ROW)}
 
 
 def ranking_head_metrics(model: RetrievalModel, ws: Workspace) -> dict[str, float]:

@@ -53,7 +53,7 @@ def prepare(config: Config, output: str | os.PathLike | None = None, *, runner: 
     """
     workers = tfrecords.prepare_workers(config, workers)
     if options is None:  # a bad runner fails here, before the output is touched
-        options = prepare_options(config, runner, beam_args, workers)
+        options = pipeline_options(runner, beam_args, workers)
     run = tfrecords.plan_prepare(config, output, dataset=dataset, workers=workers,
                                  shards=shards)
     summaries = run_shard_jobs(run.todo, run.workdir, WriteShardFn(), options, "prepare")

@@ -719,18 +719,16 @@ def _size(path: str) -> int | None:
 _VERIFIED: set[tuple[str, int, int]] = set()
 
 
-def verify_checksums(manifest: Manifest, tables: Sequence[str] | None = None) -> None:
-    """A ``DataError`` naming the first shard of ``tables`` whose SHA-256 is not the one
-    recorded when it was written (a bit flip: the size is unchanged).
+def verify_checksums(manifest: Manifest) -> None:
+    """A ``DataError`` naming the first shard whose SHA-256 is not the one recorded when it was
+    written (a bit flip: the size is unchanged).
 
     Each shard is read once; a shard verified before by this process is not read again unless
-    its size or modification time changed. ``tables`` defaults to every table of a local
-    directory and to the interaction tables (read every epoch, small) of a remote one, whose
-    item shards can be too large to read twice: their records are still checked (TFRecord
-    CRCs) as they are read.
+    its size or modification time changed. Every table of a local directory is verified; of a
+    remote one the interaction tables (read every epoch, small), whose item shards can be too
+    large to read twice: their records are still checked (TFRecord CRCs) as they are read.
     """
-    if tables is None:
-        tables = ("train", "test") if "://" in manifest.directory else TABLES
+    tables = ("train", "test") if "://" in manifest.directory else TABLES
     for table in tables:
         for path, shard in zip(manifest.files(table), manifest.shards[table], strict=True):
             stat = tf.io.gfile.stat(path)

@@ -68,13 +68,11 @@ def check_evaluable(split: Split, user_ids: np.ndarray, num_items: int,
     if relevant.nnz:
         return
     where = test or f"the {split.kind} split's test set"
-    if split.test_items is not None:
-        allowed = np.zeros(num_items, bool)
-        allowed[np.asarray(split.test_items, np.int64)] = True
-        if not allowed[split.test["item_index"].to_numpy(np.int64)].any():
-            among = candidates or "the split's candidate items"
-            raise DataError(f"nothing to evaluate: no test interaction of {where} has its "
-                            f"item among the candidates in {among}")
+    allowed = candidate_mask(split, num_items)
+    if allowed is not None and not allowed[split.test["item_index"].to_numpy(np.int64)].any():
+        among = candidates or "the split's candidate items"
+        raise DataError(f"nothing to evaluate: no test interaction of {where} has its "
+                        f"item among the candidates in {among}")
     among = f" with an item among the candidates of {candidates}" if candidates else ""
     raise DataError(f"nothing to evaluate: every test interaction of {where}{among} is one "
                     "of its user's training interactions, and training items are never ranked "
@@ -107,16 +105,23 @@ def recall_notes(split: Split, user_ids: np.ndarray, num_items: int,
     return notes
 
 
+def candidate_mask(split: Split, num_items: int) -> np.ndarray | None:
+    """``[num_items]`` bool, the items the split ranks (a cold-start split's held-out items, a
+    ``--candidates`` list), or None when it ranks the whole catalogue."""
+    if split.test_items is None:
+        return None
+    mask = np.zeros(num_items, bool)
+    mask[np.asarray(split.test_items, np.int64)] = True
+    return mask
+
+
 def evaluate_embeddings(query_embeddings: np.ndarray, item_embeddings: np.ndarray, split: Split,
                         user_ids: np.ndarray, ks: Sequence[int], batch_size: int = 1024,
                         item_bias: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of one model (or baseline, via ``item_bias``) under the split's protocol."""
     num_items = item_embeddings.shape[0]
     train, test = split_matrices(split, user_ids, num_items)
-    candidates = None
-    if split.test_items is not None:
-        candidates = np.zeros(num_items, bool)
-        candidates[split.test_items] = True
+    candidates = candidate_mask(split, num_items)
     result = evaluate_ranking(query_embeddings, item_embeddings, test, exclude=train, ks=ks,
                               candidates=candidates, batch_size=batch_size, item_bias=item_bias)
     metrics = result.to_dict()

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.evaluation.metrics import evaluate_ranking
-from tfmmrec.evaluation.protocol import split_matrices
+from tfmmrec.evaluation.protocol import candidate_mask, split_matrices
 from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
 from tfmmrec.models.ranking import rating_targets, sample_lists
 
@@ -61,23 +61,21 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
 def evaluate_two_stage(model, ws, ks=(10,), batch_size: int = 256) -> dict[str, float]:
     """NDCG@K and Recall@K of retrieve-top-N → re-rank versus retrieval alone, under the
     split's protocol (training items excluded; a cold-start split's or ``--candidates``' items
-    only). Users are scored ``batch_size`` at a time: memory is a few ``batch_size × items``
-    arrays."""
+    only). Users are re-ranked ``batch_size`` at a time: memory is a few ``batch_size ×
+    items`` arrays."""
     num_items = ws.dataset.num_items
     users = embed_users(model, ws.user_ids)
     items = embed_items(model, num_items)
     train, test = split_matrices(ws.split, ws.user_ids, num_items)
-    candidates = np.ones(num_items, bool)
-    if ws.split.test_items is not None:
-        candidates = np.zeros(num_items, bool)
-        candidates[ws.split.test_items] = True
-    n = min(ws.config.ranking.retrieve_candidates, int(candidates.sum()))
+    candidates = candidate_mask(ws.split, num_items)
+    allowed = np.ones(num_items, bool) if candidates is None else candidates
+    n = min(ws.config.ranking.retrieve_candidates, int(allowed.sum()))
     rerank = tf.function(lambda q, c: model.score_candidates(q, c))
-    per_user = {"two_stage": [], "retrieval": []}
+    two_stage = []
     for start in range(0, len(users), batch_size):
         rows = slice(start, start + batch_size)
         scores = users[rows] @ items.T
-        scores[:, ~candidates] = -np.inf
+        scores[:, ~allowed] = -np.inf
         scores[train[rows].toarray() > 0] = -np.inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, :n]
         logits = rerank(tf.constant(users[rows]), tf.constant(items[top])).numpy()
@@ -86,13 +84,15 @@ def evaluate_two_stage(model, ws, ks=(10,), batch_size: int = 256) -> dict[str, 
         positions = np.zeros((len(top), num_items), np.float32)
         np.put_along_axis(positions, reranked, np.arange(n, 0, -1, dtype=np.float32)[None, :],
                           axis=1)
-        for name, queries, table in (("two_stage", np.eye(len(top), dtype=np.float32),
-                                      positions.T), ("retrieval", users[rows], items)):
-            result = evaluate_ranking(queries, table, test[rows], exclude=train[rows], ks=ks,
-                                      candidates=candidates, return_per_user=True)
-            per_user[name].append(result.per_user)
-    return {f"{name}_{m}@{k}": _mean_over_users(per_user[name], f"{m}@{k}")
-            for name in ("retrieval", "two_stage") for k in ks for m in ("ndcg", "recall")}
+        two_stage.append(evaluate_ranking(
+            np.eye(len(top), dtype=np.float32), positions.T, test[rows], exclude=train[rows],
+            ks=ks, candidates=candidates, return_per_user=True).per_user)
+    retrieval = evaluate_ranking(users, items, test, exclude=train, ks=ks,
+                                 candidates=candidates).to_dict()
+    return {**{f"retrieval_{m}@{k}": retrieval[f"{m}@{k}"] for k in ks for m in ("ndcg",
+                                                                                  "recall")},
+            **{f"two_stage_{m}@{k}": _mean_over_users(two_stage, f"{m}@{k}")
+               for k in ks for m in ("ndcg", "recall")}}
 
 
 def _mean_over_users(batches: list[dict[str, np.ndarray]], metric: str) -> float:

@@ -400,9 +400,9 @@ def cluster_task(jobs: tuple[str, ...], strategy: str) -> ClusterTask:
 # --- waiting for the cluster ----------------------------------------------------------------
 
 
-def wait_for_cluster(task: ClusterTask, seconds: float | None = None) -> None:
+def wait_for_cluster(task: ClusterTask) -> None:
     """Return once every other task of the cluster answers at its address; a
-    ``TrainingError`` naming the ones that did not after ``seconds`` (``CLUSTER_WAIT_SECONDS``).
+    ``TrainingError`` naming the ones that did not after ``CLUSTER_WAIT_SECONDS``.
 
     Done here, in Python, before TensorFlow connects: TensorFlow's own wait holds the
     interpreter and swallows SIGTERM, so a missing worker left the process silent and
@@ -412,7 +412,7 @@ def wait_for_cluster(task: ClusterTask, seconds: float | None = None) -> None:
     others = task.others()
     if not others:
         return
-    seconds = CLUSTER_WAIT_SECONDS if seconds is None else seconds
+    seconds = CLUSTER_WAIT_SECONDS
     with _listening(task) as listener:
         logger.info("%s at %s: waiting for the other %d worker(s) of the cluster (%s), up to "
                     "%g s", task.name(), task.address, len(others),
