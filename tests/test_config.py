@@ -54,6 +54,10 @@ INVALID = [
     ("audio.max_seconds=0", "audio.max_seconds=0"),
     ("model.fusion=sum", "model.fusion='sum'"),
     ("model.embedding_dim=1", "model.embedding_dim=1"),
+    # a width no model needs: its weights would exhaust memory before any message
+    ("model.embedding_dim=100000000", "model.embedding_dim=100000000: expected in [2, 8192]"),
+    ("model.projection_hidden=[1000000]", "model.projection_hidden=[1000000]: expected a list "
+     "of integers from 1 to 8192"),
     ("model.temperature=0", "model.temperature=0"),
     ("model.modality_dropout=1.0", "model.modality_dropout=1.0"),
     ("model.user_id_dropout=-0.1", "model.user_id_dropout=-0.1"),
@@ -197,6 +201,19 @@ def test_a_seed_at_the_top_of_its_range_is_accepted():
 def test_override_without_a_value_is_refused_rather_than_reset_to_the_default():
     with pytest.raises(ConfigError, match=r"'data\.path=' has no value.*data\.path=null"):
         load_config(None, ["data.path="])
+
+
+def test_null_is_the_default_of_a_field_that_cannot_be_none(tmp_path):
+    """The error for ``--set train.epochs=`` says to write ``null`` for the default, which
+    then failed: ``expected int``. A field that may be None keeps null as its value."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: null\nmodel:\n  linear_cf_half_life: null\n")
+    for config in (load_config(None, ["train.epochs=null", "model.fusion=null"]),
+                   load_config(path)):
+        assert config.train.epochs == Config().train.epochs
+        assert config.model.fusion == Config().model.fusion
+        assert config.model.linear_cf_half_life is None
+    assert load_config(None, ["data.path=null"]).data.path is None
 
 
 def test_overrides_given_as_one_string_are_refused_with_the_expected_form():
@@ -629,3 +646,13 @@ def test_tf_filesystem_paths_still_take_urls(field):
                                   "runs/a:b", "~/runs"])
 def test_local_and_mounted_paths_are_accepted(path):
     assert load_config(None, [f"train.output_dir={path}"]).train.output_dir == path
+
+
+def test_a_bad_section_in_the_file_is_blamed_on_the_file_not_an_override(tmp_path):
+    """``train: 5`` with ``--set train.output_dir=X`` said "override ...: train is not a
+    section", as if the override were wrong."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: invalid config value "
+                                          r"train=5"):
+        load_config(path, ["train.output_dir=X"])

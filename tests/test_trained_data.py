@@ -179,3 +179,12 @@ def test_a_digest_recorded_under_an_earlier_scheme_is_compared_on_its_count():
     assert same_digest(earlier, rows_digest(frame))
     assert not same_digest(earlier, rows_digest(frame.iloc[:1]))
     assert not same_digest(rows_digest(frame), rows_digest(frame.assign(item_id=["a", "c"])))
+
+
+def test_a_damaged_run_record_is_one_line_naming_it(tmp_path):
+    """A run.json cut short was a JSONDecodeError traceback out of evaluate and export."""
+    run_file = tmp_path / "run.json"
+    run_file.write_text('{"encoders": ')
+    with pytest.raises(DataError, match=r"run\.json is damaged, not valid JSON \(.*\): train "
+                                        r"the run again \(tfmmrec train\)"):
+        trained_data.check_trained_data(run_file, dataset=None, split=None)

@@ -41,10 +41,17 @@ def _check(condition: bool, name: str, value: Any, expected: str) -> None:
 HEAD_METRICS = {"rmse": "regression", "mae": "regression", "auc": "binary"}
 
 
+# The widest layer or embedding a config may ask for: wider is a typo whose weights (a
+# catalogue's features times the width, per step) would exhaust memory before any message.
+MAX_LAYER_WIDTH = 8192
+
+
 def _check_layer_sizes(name: str, sizes: list[int], empty_ok: bool = True) -> None:
-    """A list of layer widths (or filter counts): each ``>= 1``, and non-empty unless allowed."""
-    _check((empty_ok or bool(sizes)) and all(size >= 1 for size in sizes), name, sizes,
-           "a list of integers >= 1" + ("" if empty_ok else ", not empty"))
+    """A list of layer widths (or filter counts): each in [1, MAX_LAYER_WIDTH], and non-empty
+    unless allowed."""
+    _check((empty_ok or bool(sizes)) and all(1 <= size <= MAX_LAYER_WIDTH for size in sizes),
+           name, sizes, f"a list of integers from 1 to {MAX_LAYER_WIDTH}"
+           + ("" if empty_ok else ", not empty"))
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -446,7 +453,8 @@ class ModelConfig(ConfigSection):
                self.linear_cf, "used with model.user_history: true (it reads the history)")
         _check_choice("model.fusion_selection", self.fusion_selection, ("none", "validation"))
         _check_choice("model.fusion", self.fusion, ("concat_mlp", "mean", "gated", "attention"))
-        _check(self.embedding_dim >= 2, "model.embedding_dim", self.embedding_dim, ">= 2")
+        _check(2 <= self.embedding_dim <= MAX_LAYER_WIDTH, "model.embedding_dim",
+               self.embedding_dim, f"in [2, {MAX_LAYER_WIDTH}]")
         _check_layer_sizes("model.projection_hidden", self.projection_hidden)
         _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "in [0, 1)")
         _check(self.temperature > 0, "model.temperature", self.temperature, "> 0")
@@ -1165,7 +1173,13 @@ def _empty_sections(cls: type, data: Any) -> Any:
     hints = _field_hints(cls)
     return {key: ({} if value is None else _empty_sections(hints[key], value))
             if dataclasses.is_dataclass(hints.get(key)) else value
-            for key, value in data.items()}
+            for key, value in data.items()
+            # null for a field that cannot be None is its default (``--set train.epochs=null``)
+            if not (value is None and key in hints and not _allows_none(hints[key]))}
+
+
+def _allows_none(hint: Any) -> bool:
+    return hint is Any or type(None) in get_args(hint)
 
 
 def _check_scalars(section: Any, prefix: str) -> None:
@@ -1384,7 +1398,14 @@ def _build(data: dict[str, Any], overrides: list[str], source: str) -> Config:
     """``data`` (read from ``source``) with ``overrides`` applied, as a ``Config``. An error is
     blamed on the overrides without which it goes away (``--set train.epochs=abc: ...``), else
     on ``source``: the message names what the user has to edit."""
-    merged = apply_overrides(data, overrides)
+    try:
+        merged = apply_overrides(data, overrides)
+    except ConfigError:  # "train is not a section": the file's own value, if it is wrong
+        try:
+            Config._parse(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        raise
     try:
         return Config._parse(merged)
     except ConfigError as exc:

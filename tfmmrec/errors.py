@@ -6,6 +6,7 @@ The CLI prints these without a stack trace and exits non-zero; the Python API ra
 from __future__ import annotations
 
 import re
+import reprlib
 
 
 class TfmmrecError(Exception):
@@ -212,3 +213,13 @@ def _unbracket(value: str) -> str:
     if value.startswith("[") and _bracketed(value) == [value[1:-1].strip()]:
         value = value[1:-1].strip()  # wrapped in one outer pair: take it off
     return value if " " not in value else f"[{value}]"
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+
+
+def shown(value) -> str:
+    """``repr(value)`` cut to about 80 characters: a value from a user's data in a message (a
+    10 MB id in an interactions table made a 10 MB error line)."""
+    return _SHOWN.repr(value)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -53,6 +52,7 @@ from tfmmrec.training.finished_run import (
     RUN_FILE,
     drop_previous_run,
     previous_run_note,
+    read_run_record,
     set_aside_finished_run,
 )
 from tfmmrec.training.strategy import is_chief, strategy_for
@@ -732,7 +732,7 @@ def select_epochs(ws: Workspace, strategy: tf.distribute.Strategy, output: Path)
             **({"carve_interactions": [len(m.split.test) for m in monitors]}
                if carves > 1 else {}),
             "curve": chosen["curve"],
-            # the epochs of the curve (after a resume from a backup, the later ones only)
+            # the epochs of the curve (a resumed run reads back its backup's epochs)
             "curve_epochs": chosen["epochs"],
             # every metric of the chosen (epoch, kind, weight) on validation (NDCG, TFRS's
             # top-K accuracy…), the carves' mean
@@ -820,7 +820,8 @@ def _train_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy
     monitor = ValidationMetrics(
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience if not carve else 0, ks, embed,
-        linear_cf_rank=cf_rank, linear_cf_kinds=kinds, head_metrics=head_metrics)
+        linear_cf_rank=cf_rank, linear_cf_kinds=kinds, head_metrics=head_metrics,
+        state_file=output / VALIDATION_STATE)
     data = resumable(inner, config.train.epochs)
     fit(lambda: build_model(inner), data.dataset, data.examples, config.train, strategy,
         [monitor], steps_per_epoch=data.steps)
@@ -972,7 +973,7 @@ def _check_encoders(output: Path, ws: Workspace) -> None:
     run_file = output / RUN_FILE
     if not run_file.is_file():
         return
-    trained = json.loads(run_file.read_text()).get("encoders", {})
+    trained = read_run_record(run_file).get("encoders", {})
     now = ws.encoder_identities()
     changed = [m for m in now if m in trained and trained[m] != now[m]]
     if changed:
@@ -1051,6 +1052,8 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     return results
 
 
+# an early-stopping run's validation figures so far, for a resumed run to choose on them all
+VALIDATION_STATE = "validation-figures.json"
 RANKING_HEAD_ROW = " · ranking head"  # evaluate's row of a head's own metrics (not Recall@K)
 
 

@@ -97,6 +97,19 @@ def test_user_ids_include_users_without_interactions_sorted(tmp_path):
     assert dataset.user_feature_columns == ("age",)
 
 
+def test_a_users_table_matching_no_interacting_user_is_a_warning(tmp_path, caplog):
+    """Numeric ids 1, 2 against u1, u2: accepted without a word, so no user got a feature."""
+    users = "user_id,age\n1,20\n2,30\n"
+    with caplog.at_level("WARNING", logger="tfmmrec"):
+        load_dataset(str(make_folder(tmp_path / "d", users=users)))
+    assert "none of the users table's 2 user ids is a user of the interactions ('u1' there, " \
+           "'1' in the users table)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tfmmrec"):
+        load_dataset(str(make_folder(tmp_path / "e", users="user_id,age\nu1,20\nu7,30\n")))
+    assert "users table" not in caplog.text
+
+
 def test_configured_user_feature_subset(folder):
     dataset = load_dataset(DataConfig(path=str(folder), user_feature_columns=["occupation"]))
     assert dataset.user_feature_columns == ("occupation",)

@@ -298,6 +298,18 @@ def test_load_audio_zero_frame_wav_raises(tmp_path):
         media.load_audio(path)
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["nan", "inf"])
+def test_load_audio_refuses_non_finite_float_samples(tmp_path, value):
+    """A float WAV of NaN was encoded to a NaN feature row, cached as decoded; every later
+    error (a diverged loss, NaN embeddings) then blamed the model, never the file."""
+    path = tmp_path / "nan.wav"
+    samples = np.zeros(1600, np.float32)
+    samples[100] = value
+    soundfile.write(path, samples, 16000, subtype="FLOAT")
+    with pytest.raises(MediaDecodeError, match=r"1 non-finite sample\(s\).*nan\.wav"):
+        media.load_audio(path)
+
+
 def test_load_audio_missing_file_names_path(tmp_path):
     with pytest.raises(MediaDecodeError, match=r"nowhere\.flac"):
         media.load_audio(tmp_path / "nowhere.flac")

@@ -243,6 +243,24 @@ def test_a_manifest_naming_a_missing_shard_is_a_data_error(prepared, tmp_path):
         tfrecords.load_manifest(copy)
 
 
+@pytest.mark.parametrize("state", ["manifest.json", "plan.json"])
+def test_a_damaged_manifest_or_plan_is_one_line_and_prepare_writes_it_again(
+        prepared, tiny_config, tiny_workspace, tmp_path, state):
+    """Both were a JSONDecodeError traceback, and prepare (the fix a user is told to run)
+    failed with the same traceback, so the folder stayed unusable until deleted by hand."""
+    out = tmp_path / "copy"
+    shutil.copytree(prepared.directory, out)
+    (out / state).write_text('{"version": 2, "num_items": ')
+    if state == "manifest.json":
+        with pytest.raises(DataError, match=r"manifest\.json is damaged, not valid JSON "
+                                            r"\(.*\): run `tfmmrec prepare` again"):
+            tfrecords.load_manifest(out)
+    again = tfrecords.write_tfrecords(tiny_config, out, dataset=tiny_workspace.dataset,
+                                      workers=1, shards=3, progress=False)
+    assert again.shards == prepared.shards
+    assert tfrecords.load_manifest(out).shards == prepared.shards
+
+
 def test_shards_prepared_with_other_settings_are_refused(prepared, tiny_config, tiny_workspace):
     other = load_config(tiny_config, ["image.image_size=48", "data.seed=7"])
     with pytest.raises(ConfigError, match=r"image_size: prepared 32, config 48.*split"):

@@ -361,6 +361,48 @@ def test_non_numeric_rating_names_line_and_value(tmp_path):
         in message
 
 
+def test_a_huge_bad_value_is_shown_shortened(tmp_path):
+    """The value was copied whole: a 10 MB cell made a 10 MB error line."""
+    interactions = INTERACTIONS.replace("u2,i3,4,150", "u2,i3," + "x" * 1_000_000 + ",150")
+    with pytest.raises(DataError) as info:
+        load(make_folder(tmp_path / "d", interactions=interactions))
+    assert len(str(info.value)) < 300
+    assert "rating must be numeric, got 'xxxx" in str(info.value)
+
+
+@pytest.mark.parametrize("column", ["rating", "timestamp"])
+def test_a_column_of_true_false_is_not_read_as_numbers(tmp_path, column):
+    """pandas reads such a column as booleans, which passed as 1/0: every timestamp 1 (a
+    temporal split in arbitrary order), every rating 0 or 1."""
+    lines = INTERACTIONS.strip().splitlines()
+    position = lines[0].split(",").index(column)
+    rows = [lines[0]] + [",".join("True" if i == position else v
+                                  for i, v in enumerate(line.split(",")))
+                         for line in lines[1:]]
+    with pytest.raises(DataError, match=rf"{column} must be numeric, got True at "
+                                        r"interactions\.csv line 2 \(a column of True/False"):
+        load(make_folder(tmp_path / "d", interactions="\n".join(rows) + "\n"))
+
+
+def test_a_repeated_header_is_named(tmp_path):
+    """pandas renamed the second ``rating`` to ``rating.1``: read under no known name."""
+    interactions = INTERACTIONS.replace("rating,timestamp", "rating,rating")
+    with pytest.raises(DataError, match=r"interactions\.csv: the header names 'rating' more "
+                                        r"than once; give every column its own name"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
+def test_a_number_among_iso_dates_is_the_row_named(tmp_path):
+    """The first date was named as a bad number: a column of dates with one number said line 2
+    instead of the number's line."""
+    interactions = INTERACTIONS
+    for number, date in ((100, "2020-01-01"), (200, "2020-01-02"), (300, "2020-01-03")):
+        interactions = interactions.replace(f",{number}\n", f",{date}\n")
+    with pytest.raises(DataError, match=r"timestamp holds ISO 8601 dates, but interactions\.csv "
+                                        r"line 4 has '150'"):
+        load(make_folder(tmp_path / "d", interactions=interactions))
+
+
 def test_empty_rating_names_line(tmp_path):
     interactions = INTERACTIONS.replace("u1,i2,3,200", "u1,i2,,200")
     with pytest.raises(DataError, match=r"empty rating at interactions\.csv line 3"):

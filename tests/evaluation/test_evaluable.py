@@ -50,6 +50,15 @@ def test_test_items_that_are_all_training_items_are_an_error_saying_so():
     check_evaluable(Split("random", TRAIN, frame([("u0", 1), ("u2", 6)])), USERS, NUM_ITEMS)
 
 
+def test_a_given_split_without_test_rows_says_so():
+    """It said every test interaction was a training one, when there were none at all."""
+    split = Split("given", TRAIN, frame([]))
+    with pytest.raises(DataError, match=r"^nothing to evaluate: the given split's test set has "
+                                        r"no interactions \(a given split needs rows whose "
+                                        r"split column says test"):
+        check_evaluable(split, USERS, NUM_ITEMS)
+
+
 def test_without_the_check_such_a_test_set_scores_nan_over_zero_users():
     """What the check stands in front of: every metric a mean over nobody."""
     split = Split("supplied", TRAIN, frame([("u0", 6), ("u1", 7)]), test_items=np.array([9]))

@@ -88,3 +88,19 @@ def test_a_raised_sample_rate_limit_lets_a_faster_clip_be_encoded(tmp_path):
                     format="WAV")
     assert _prepare(root, "audio") == [False, True, True]  # over the default 192 kHz
     assert _prepare(root, "audio", "export.limits.max_sample_rate=384000") == [True, True, True]
+
+
+def test_a_media_path_the_os_cannot_look_up_is_a_missing_file(tmp_path, caplog):
+    """A name part over 255 bytes raised OSError "File name too long" out of validate and
+    train; it is a missing file like any other, named with its row."""
+    import pandas as pd
+
+    from tfmmrec.modalities.base import media_paths
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "ok.png").write_bytes(b"x")
+    frame = pd.DataFrame({"image": ["images/ok.png", "images/" + "a" * 300 + ".png"]})
+    with caplog.at_level("WARNING"):
+        paths = media_paths(frame, tmp_path, "image", "image", tmp_path / "items.csv")
+    assert paths == [tmp_path / "images" / "ok.png", None]
+    assert "aaaa" in caplog.text and "missing" in caplog.text

@@ -135,3 +135,31 @@ def test_in_process_bad_viewed_content_names_its_input_as_the_server_does(in_pro
               "viewed_image": np.array([sample_png()[:40]], dtype=object)}
     with pytest.raises(ServingError, match=r"^recommend_session: viewed_image: "):
         in_process[MODEL].call("recommend_session", **inputs)
+
+
+@pytest.mark.parametrize("inputs", [
+    {"user_id": np.array([["u0"]], dtype=object)},
+    {"user_id": np.array(["u0"], dtype=object), "exclude_item_ids": np.array(["i0"], dtype=object)},
+], ids=["user_id_rows", "exclude_as_a_vector"])
+def test_an_input_of_the_wrong_rank_is_refused_in_process_as_the_server_does(server, in_process,
+                                                                          inputs):
+    """In process the graph said "In[0] is not a matrix" or "slice index 1 of dimension 0 out
+    of bounds"; ``tfmmrec serve`` named the input and the shape it takes."""
+    name = next(a for a in inputs if inputs[a].ndim != (2 if a == "exclude_item_ids" else 1))
+    with pytest.raises(ServingError) as raised:
+        in_process[MODEL].call("recommend", **inputs)
+    with pytest.raises(grpc.RpcError) as served:
+        grpc_predict(server, predict_request(MODEL, "recommend", inputs))
+    assert str(raised.value) == f"recommend: {served.value.details()}"
+    assert f"input '{name}' of signature 'recommend' has shape" in str(raised.value)
+
+
+@TRANSPORTS
+def test_a_user_id_that_is_not_utf8_is_refused_before_it_is_sent(server, in_process, rest):
+    """In process it was a raw UnicodeDecodeError; a client sent it, to be served as an unknown
+    user."""
+    expected = r"^user_ids\[1\] is b'\\xff\\xfe' \(bytes\), not UTF-8 text$"
+    with pytest.raises(ServingError, match=expected):
+        in_process[MODEL].recommend(["u0", b"\xff\xfe"], k=2)
+    with client_for(server, rest) as client, pytest.raises(ServingError, match=expected):
+        client.recommend(["u0", b"\xff\xfe"], k=2)

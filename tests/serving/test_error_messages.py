@@ -272,6 +272,11 @@ BAD = {  # signature, inputs, the one line every front end must answer with
     "empty_text": ("query_text", {"text": [""], "k": 3}, "text: empty string in the batch"),
     "blank_text": ("query_text", {"text": ["ok", " \t "], "k": 3},
                    "text: a string in the batch is only whitespace"),
+    "unicode_blank_text": ("query_text", {"text": ["\u00a0\u3000"], "k": 3},
+                           "text: a string in the batch is only whitespace"),
+    # the check named the user_id a session request without one is given ("" per row)
+    "session_big_batch": ("recommend_session", {"session_item_ids": [["i0"]] * 1025, "k": 3},
+                          BIG_BATCH.replace("user_id", "session_item_ids")),
     # serving_default wraps the towers' tf.function: "{{function_node …}}" framing
     "default_empty_batch": ("serving_default", {"user_id": []}, EMPTY_BATCH),
     "default_big_batch": ("serving_default", {"user_id": ["u0000"] * 1025}, BIG_BATCH),
@@ -279,9 +284,9 @@ BAD = {  # signature, inputs, the one line every front end must answer with
 
 
 def _numpy_inputs(inputs: dict) -> dict:
-    return {alias: np.int32(value) if alias == "k" else np.array(
-        [v.encode() for v in value], dtype=object).astype(bytes)
-        for alias, value in inputs.items()}
+    encode = np.vectorize(str.encode, otypes=[object])
+    return {alias: np.int32(value) if alias == "k" else encode(np.array(value, dtype=object))
+            for alias, value in inputs.items()}
 
 
 @pytest.mark.usefixtures("still_serving")

@@ -8,6 +8,7 @@ export's own limits (``JsonValueLimit``), so the peak stays near the body itself
 
 from __future__ import annotations
 
+import codecs
 import json
 
 import pytest
@@ -129,6 +130,25 @@ def test_a_document_over_the_limit_is_refused_before_parsing(element):
     assert str(refused.value) == (
         f"JSON Parse error: more than {SMALL.values} JSON values (array elements and object "
         f"members), over the limit of {SMALL.values}: {SMALL}; send fewer rows per request")
+
+
+def test_a_byte_order_mark_does_not_hide_a_document_from_the_limit():
+    """A UTF-8 mark ended the scan at its first byte (a "scalar document" of one value) while
+    ``json.loads`` decoded it and built the whole body: +1 GB for a 32 MiB body."""
+    over = b'{"inputs": [' + b", ".join([b"[]"] * SMALL.values) + b"]}"
+    with pytest.raises(RequestStatus, match=f"more than {SMALL.values} JSON values"):
+        loads(codecs.BOM_UTF8 + over, SMALL)
+    assert loads(codecs.BOM_UTF8 + b'{"inputs": ["u1"]}', SMALL) == {"inputs": ["u1"]}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32-be"])
+def test_a_body_in_a_wider_encoding_is_refused_before_parsing(encoding):
+    body = json.dumps({"inputs": [[]] * (SMALL.values * 2)}).encode(encoding)
+    with pytest.raises(RequestStatus) as refused:
+        loads(body, SMALL)
+    assert refused.value.http_status == 400
+    assert str(refused.value) == (f"JSON Parse error: the body is {encoding.upper()}; send "
+                                  "UTF-8 JSON")
 
 
 @pytest.mark.parametrize("body", [

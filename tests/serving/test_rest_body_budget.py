@@ -109,26 +109,79 @@ def drip(sock: socket.socket, stop: threading.Event, data: bytes = b" ") -> None
 def test_a_body_dripping_in_is_408_after_body_timeout_in_all(server, monkeypatch, chunked):
     """The 60 s timeout used to be per read: a byte every 20 s kept 60 MB resident forever."""
     monkeypatch.setattr(_Handler, "body_timeout", 1)
+    head = ({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": "100000"})
+    _, payload = dripped_408(server, post_head(head) + (b"10000\r\n" if chunked else b""))
+    assert payload["error"].startswith("Request body incomplete after 1 s, the limit")
+    assert " of 100000 bytes" in payload["error"] or chunked
+
+
+def dripped_408(server, start: bytes, data: bytes = b" ") -> tuple[dict, dict]:
+    """Send ``start``, then ``data`` a byte every 0.2 s: the answer, a 408 within 5 s (the
+    handler's timeouts set to 1 s), as ``(headers, payload)``."""
     connection = Connection(server)
     stop = threading.Event()
-    head = ({"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": "100000"})
-    connection.send(post_head(head) + (b"10000\r\n" if chunked else b""))
-    dripper = threading.Thread(target=drip, args=(connection.sock, stop))
+    connection.send(start)
+    dripper = threading.Thread(target=drip, args=(connection.sock, stop, data))
     dripper.start()
     try:
-        start = time.monotonic()
-        status, _, payload = connection.response()
-        assert time.monotonic() - start < 5
+        began = time.monotonic()
+        status, headers, payload = connection.response()
+        assert time.monotonic() - began < 5
         assert status == 408, payload
-        assert payload["error"].startswith("Request body incomplete after 1 s, the limit")
-        assert " of 100000 bytes" in payload["error"] or chunked
+        return headers, payload
     finally:
         stop.set()
         dripper.join()
         connection.close()
 
 
+@pytest.mark.usefixtures("still_serving")
+def test_a_request_head_dripping_in_is_408_after_head_timeout_in_all(server, monkeypatch,
+                                                                     tiny_exports):
+    """The head's timeout was per socket read: a header byte every 15 s held a connection,
+    and its slot, for as long as the client liked (240 s in a review, then answered 200)."""
+    monkeypatch.setattr(_Handler, "head_timeout", 1)
+    headers, payload = dripped_408(
+        server, b"POST /v1/models/x:predict HTTP/1.1\r\nHost: x\r\nX-Slow: ", b"a")
+    assert payload["error"] == ("Request line and headers incomplete after 1 s, the limit "
+                                "for sending them; send them at once")
+    assert headers["connection"] == "close"
+    # an idle keep-alive connection still waits its own timeout for the next request's head
+    connection = Connection(server)
+    body = good_body(tiny_exports)
+    try:
+        connection.send(post_head({"Content-Length": str(len(body))}) + body)
+        assert connection.response()[0] == 200
+        time.sleep(1.5)
+        connection.send(post_head({"Content-Length": str(len(body))}) + body)
+        assert connection.response()[0] == 200
+    finally:
+        connection.close()
+
+
 # -- (1b) a budget of body bytes read or held at once ----------------------------------------
+def test_an_announced_body_holds_what_arrived_and_one_read_not_its_length(budget_rest,
+                                                                          tiny_exports,
+                                                                          monkeypatch):
+    """Reserving a body's whole Content-Length before reading let four connections that
+    announced 64 MB and sent one byte hold the default budget (every other POST a 503)."""
+    from tfmmrec.serving import rest
+
+    monkeypatch.setattr(rest, "_READ_SIZE", 256)
+    stalled = [connect(budget_rest) for _ in range(4)]  # 4 x LIMIT announced: twice BUDGET
+    try:
+        for connection in stalled:
+            connection.send(post_head({"Content-Length": str(LIMIT)}) + b"{")
+        wait_until(lambda: budget_rest.budget.in_use == 4 * (1 + 256))
+        status, payload = rest_predict(SimpleNamespace(rest_port=budget_rest.port),
+                                       json.loads(good_body(tiny_exports)))
+        assert status == 200, payload
+    finally:
+        for connection in stalled:
+            connection.close()
+    wait_until(lambda: budget_rest.budget.in_use == 0)
+
+
 def test_a_body_past_the_budget_is_503_at_once_and_the_budget_comes_back(budget_rest,
                                                                          tiny_exports):
     held = [hold(budget_rest, LIMIT), hold(budget_rest, LIMIT)]

@@ -197,6 +197,33 @@ def test_the_resumed_run_learned(killed_and_resumed):
     assert metrics["tfmmrec"]["recall@20"] > metrics["random"]["recall@20"] + 0.05
 
 
+@pytest.fixture(scope="module")
+def early_stopping_killed_and_resumed(small_config, small_workspace, tmp_path_factory):
+    """The same kill in the early-stopping run (its first ``fit``), then the same command."""
+    root = tmp_path_factory.mktemp("kill-early-stopping")
+    overrides = ("train.early_stopping=true", f"train.early_stopping_patience={EPOCHS}",
+                 "train.backup_seconds=0")
+    config = derive_config(small_config, root, *overrides)
+    config.to_yaml(root / "config.yaml")
+    run_until_killed(KILL_TRAINING, str(root / "config.yaml"), str(KILLED_IN),
+                     str(root / "before-kill.npz"))
+    assert cli.main(["-q", "train", "--config", str(root / "config.yaml")]) == 0
+    uninterrupted = derive_config(small_config, root / "uninterrupted", *overrides)
+    pipeline.train(uninterrupted, workspace=small_workspace, progress=False)
+    return [json.loads((Path(c.train.output_dir) / "run.json").read_text())["early_stopping"]
+            for c in (config, uninterrupted)]
+
+
+def test_a_resumed_early_stopping_run_chooses_as_an_uninterrupted_one(
+        early_stopping_killed_and_resumed):
+    """It chose among the epochs it ran after the kill alone (a review's "best epoch 12 of 5"):
+    an epoch before the backup could never be chosen."""
+    resumed, uninterrupted = early_stopping_killed_and_resumed
+    assert resumed["curve_epochs"] == uninterrupted["curve_epochs"] == list(range(1, EPOCHS + 1))
+    np.testing.assert_allclose(resumed["curve"], uninterrupted["curve"], atol=1e-6)
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+
+
 def test_resuming_with_other_training_settings_is_refused(tiny_config, tiny_workspace,
                                                           tmp_path):
     """An interrupted run (its record and a backup) resumed with another seed and learning

@@ -311,6 +311,65 @@ def test_a_resumed_monitor_numbers_its_epochs_from_the_backup():
 
 
 
+def resumed_from(state_file, done: int, scores) -> ValidationMetrics:
+    """A monitor of a run resumed after ``done`` epochs, trained on to ``len(scores)``: the
+    epochs it runs are scored by ``scores[done:]``, a re-scored backup epoch by
+    ``scores[done - 1]``."""
+    rescored = [scores[done - 1]]
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", patience=3, ks=[1],
+                                 embed=scripted(rescored + list(scores[done:])),
+                                 state_file=state_file)
+    callback.set_model(Model())
+    for epoch in range(done, len(scores)):
+        callback.on_epoch_begin(epoch)
+        callback.on_epoch_end(epoch, {})
+    return callback
+
+
+SCORES = [False, True, False, False, False]  # best epoch 2, figures of 5 epochs (patience 3)
+
+
+def test_a_resumed_run_chooses_on_the_epochs_before_its_backup_too(tmp_path):
+    """A resumed early-stopping run chose among its own epochs only ("best epoch 12 of 5" in
+    a review: epochs 1-7 were gone), so it could choose another epoch and CF weight than the
+    uninterrupted run it continues."""
+    state = tmp_path / "figures.json"
+    interrupted = ValidationMetrics(SPLIT, USERS, 3, "recall@1", patience=3, ks=[1],
+                                    embed=scripted(SCORES[:4]), state_file=state)
+    interrupted.set_model(Model())
+    for epoch in range(4):  # killed in epoch 5; the backup holds 3 epochs
+        interrupted.on_epoch_begin(epoch)
+        interrupted.on_epoch_end(epoch, {})
+    uninterrupted = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 3, [1], scripted(SCORES))
+    run(uninterrupted, 5)
+    resumed = resumed_from(state, 3, SCORES)
+    assert resumed.epochs == uninterrupted.epochs == [1, 2, 3, 4, 5]
+    assert resumed.history == uninterrupted.history
+    assert resumed.best_epoch == uninterrupted.best_epoch == 2
+    assert choose_on_carves([resumed], "recall@1") == choose_on_carves([uninterrupted],
+                                                                       "recall@1")
+    assert resumed.model.stop_training  # patience counts the epochs before the backup too
+    resumed.on_train_end()
+    assert not state.exists()  # the choice is in run.json: the figures go with the backup
+
+
+def test_the_backups_epoch_is_scored_again_when_the_kill_came_before_its_figures(tmp_path,
+                                                                                caplog):
+    state = tmp_path / "figures.json"
+    interrupted = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 3, [1], scripted(SCORES[:2]),
+                                    state_file=state)
+    interrupted.set_model(Model())
+    for epoch in range(2):
+        interrupted.on_epoch_end(epoch, {})
+    resumed = resumed_from(state, 3, SCORES)  # the backup holds epoch 3: its figures are not
+    assert resumed.epochs == [1, 2, 3, 4, 5] and resumed.best_epoch == 2
+    state.unlink()
+    with caplog.at_level("WARNING"):
+        resumed = resumed_from(state, 3, SCORES)  # nothing to read back: as before
+    assert resumed.epochs == [3, 4, 5]
+    assert "does not hold the validation figures of epochs 1-3" in caplog.text
+
+
 def test_a_lower_is_better_head_metric_chooses_the_smallest_figure():
     """A ranking head's RMSE 1.0, 0.8, 0.9, 0.95 with patience 2: epoch 2 is best, and two
     epochs without a smaller figure stop training after epoch 4."""

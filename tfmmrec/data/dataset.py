@@ -24,7 +24,7 @@ from tfmmrec import modalities
 from tfmmrec.config import Config, DataConfig
 from tfmmrec.data import validate
 from tfmmrec.data.splits import SPLIT_COLUMN, SPLIT_VALUES
-from tfmmrec.errors import DataError
+from tfmmrec.errors import DataError, shown
 
 # Ratings are read as float32 in training: a larger one overflows to inf and every loss to NaN.
 RATING_LIMIT = float(np.finfo(np.float32).max)
@@ -172,6 +172,8 @@ def load_dataset(config: Config | DataConfig | str | Path) -> Dataset:
     catalog = _load_catalog(root, items_path, config)
     interactions = _load_interactions(root, catalog, config, items_path)
     users, feature_columns = _load_users(root, config)
+    if users is not None:
+        _warn_if_no_user_matches(users, interactions, root)
     logger.info("loaded %s: %d items (%s), %d interactions, %d users", root, len(catalog),
                 ", ".join(catalog.modalities) or "no content", len(interactions),
                 interactions["user_id"].nunique())
@@ -355,6 +357,20 @@ def _load_users(root: Path, config: DataConfig) -> tuple[pd.DataFrame | None, tu
     validate.require_finite_features(frame, path, columns, "user_id")
     frame["user_id"] = frame["user_id"].astype(object)
     return frame, columns
+
+
+def _warn_if_no_user_matches(users: pd.DataFrame, interactions: pd.DataFrame,
+                             root: Path) -> None:
+    """A users table none of whose ids is an interacting user gives no user a feature, which
+    training cannot notice: almost always ids written differently (``0`` and ``000``)."""
+    known = set(users["user_id"].astype(str))
+    seen = interactions["user_id"].astype(str).unique()
+    if len(seen) and not any(user in known for user in seen):
+        logger.warning("%s: none of the users table's %d user ids is a user of the interactions "
+                       "(%s there, %s in the users table), so no user gets its features; ids "
+                       "are compared as text: write them the same way in both tables (a "
+                       "numeric id column drops leading zeros)", root, len(known),
+                       shown(seen[0]), shown(str(users["user_id"].iloc[0])))
 
 
 def _warn_if_nearly_numeric(frame: pd.DataFrame, path: Path, column: str) -> None:

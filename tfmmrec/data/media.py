@@ -698,6 +698,10 @@ def load_audio_bytes(
         waveform = clip.read(count, dtype="float32", always_2d=True)
     if waveform.shape[0] == 0:
         raise _no_samples(source)
+    if not np.isfinite(waveform).all():  # a float WAV/FLAC can hold NaN, which no encoder reads
+        bad = int(np.count_nonzero(~np.isfinite(waveform)))
+        raise MediaDecodeError(f"audio holds {bad} non-finite sample(s) (NaN or inf) — {source} "
+                               "— re-export the clip; float samples must be finite")
     return _mono_at_rate(waveform, rate, sample_rate, max_samples).numpy()
 
 

@@ -260,14 +260,15 @@ def recorded_shards(directory: str) -> dict[str, dict[str, Any]]:
     recorded: dict[str, dict[str, Any]] = {}
     manifest = join_path(directory, MANIFEST)
     if tf.io.gfile.exists(manifest):
-        payload = json.loads(read_text(manifest))
+        payload = read_json(manifest) or {}
         if payload.get("format_version") == FORMAT_VERSION:
             recorded.update({shard["file"]: shard for table in TABLES
                              for shard in payload.get("shards", {}).get(table, [])})
     for pattern in SIDECAR_PATTERNS:
         for path in tf.io.gfile.glob(join_path(directory, pattern)):
-            shard = json.loads(read_text(path))
-            recorded[shard["file"]] = shard
+            shard = read_json(path)
+            if shard is not None:  # a damaged sidecar: its shard is written again
+                recorded[shard["file"]] = shard
     return recorded
 
 
@@ -462,7 +463,7 @@ def _check_output(output: str, needed: int) -> None:
 
 def _read_plan(directory: str) -> dict[str, Any] | None:
     path = join_path(directory, PLAN)
-    return json.loads(read_text(path)) if tf.io.gfile.exists(path) else None
+    return read_json(path) if tf.io.gfile.exists(path) else None
 
 
 def output_workdir(output: str, fingerprint: str, what: str) -> str:
@@ -490,7 +491,7 @@ def start_or_resume(directory: str, plan: dict[str, Any], patterns: Sequence[str
         tf.io.gfile.remove(stale)  # half-written shards of an interrupted run
     plan_path = join_path(directory, PLAN)
     if tf.io.gfile.exists(plan_path):
-        if json.loads(read_text(plan_path)).get("fingerprint") == plan["fingerprint"]:
+        if (read_json(plan_path) or {}).get("fingerprint") == plan["fingerprint"]:
             return
         logger.warning("%s holds %s of different data or settings; rewriting it", directory,
                        what)
@@ -689,7 +690,7 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
     if not tf.io.gfile.exists(path):
         raise DataError(f"{directory} holds no finished TFRecords (no {MANIFEST}): run "
                         "`tfmmrec prepare` (again: finished shards are kept)")
-    payload = json.loads(read_text(path))
+    payload = read_json(path, "run `tfmmrec prepare` again (it rewrites a damaged manifest)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format version {payload.get('format_version')} is not "
                         f"{FORMAT_VERSION}; run `tfmmrec prepare` again")
@@ -886,3 +887,18 @@ def write_text(path: str, text: str) -> None:
 def read_text(path: str) -> str:
     with tf.io.gfile.GFile(path) as handle:
         return handle.read()
+
+
+def read_json(path: str | os.PathLike, remedy: str | None = None, error: type = DataError):
+    """The JSON document in ``path`` (local or remote). A damaged one (a hand edit, a disk
+    fault, a copy cut short) is ``error`` naming the file and ``remedy``, not a
+    JSONDecodeError traceback; with ``remedy`` None it reads as no file (None), for the state
+    files a rerun rewrites (a prepare or encode plan, a shard's sidecar)."""
+    path = os.fspath(path)
+    try:
+        return json.loads(read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if remedy is None:
+            logger.warning("%s is damaged (%s): written again", path, exc)
+            return None
+        raise error(f"{path} is damaged, not valid JSON ({exc}): {remedy}") from None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tfmmrec.errors import DataError, MediaDecodeError
+from tfmmrec.errors import DataError, MediaDecodeError, shown
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
             # index_col=False: rows with a trailing empty field ("a,b,c,") parse as their
             # header says; without it pandas makes the first column the index and shifts
             # every field one column left. A non-empty extra field is an error (below).
+            _check_unique_header(path)
             with _extra_fields_are_errors():
                 chunks = pd.read_csv(path, dtype=str if all_strings else dtypes,
                                      keep_default_na=False, na_values=[""], chunksize=rows,
@@ -96,6 +97,17 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
         raise DataError(f"cannot read {path}: {_first_bad_line(path) or exc}") from None
     if start == 0:
         raise DataError(f"{path} is empty: it needs a header and at least one row")
+
+
+def _check_unique_header(path: Path) -> None:
+    """pandas renames a repeated CSV header (``rating,rating`` → ``rating``, ``rating.1``),
+    so the second column was read under a name no setting asks for, or silently dropped."""
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    names = [str(name).strip() for name in header.iloc[0]] if len(header) else []
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names {', '.join(map(shown, repeated))} more than "
+                        "once; give every column its own name")
 
 
 @contextlib.contextmanager
@@ -240,7 +252,7 @@ def _undecodable(table, path: Path, start: int, column: str, values: list,
                 ids = _readable_ids(table, id_column)
             where = row_label(path, start + row)
             if ids[row] is not None and column != id_column:
-                where += f" ({id_column} {ids[row]!r})"
+                where += f" ({id_column} {shown(ids[row])})"
             found.append(f"{where}, column {column!r}: {_short_bytes(value)} (byte "
                          f"0x{value[exc.start]:02x} at offset {exc.start})")
     return found
@@ -333,7 +345,8 @@ def require_unique(frame: pd.DataFrame, path: Path, column: str) -> None:
     if repeat is not None:
         first, original, count = repeat
         raise DataError(
-            f"{path}: duplicate {column} {frame.at[first, column]!r} at {row_label(path, first)} "
+            f"{path}: duplicate {column} {shown(frame.at[first, column])} at "
+            f"{row_label(path, first)} "
             f"(first seen at {row_label(path, original)}); {count} duplicate row(s) in "
             "all. Each id must appear once."
         )
@@ -412,7 +425,8 @@ def _split_leak(frame: pd.DataFrame, path: Path, split_column: str) -> str:
 
 
 def _pair_text(frame: pd.DataFrame, row: int) -> str:
-    return f"(user_id {frame.at[row, 'user_id']!r}, item_id {frame.at[row, 'item_id']!r})"
+    return (f"(user_id {shown(frame.at[row, 'user_id'])}, "
+            f"item_id {shown(frame.at[row, 'item_id'])})")
 
 
 def require_numeric(frame: pd.DataFrame, path: Path, column: str,
@@ -420,12 +434,16 @@ def require_numeric(frame: pd.DataFrame, path: Path, column: str,
     """Coerce a column to numbers, naming the first value that is not one, is infinite, or
     exceeds ``magnitude_limit`` in absolute value (ratings: float32's largest, since training
     reads them as float32 and an overflow would turn every loss into NaN)."""
+    if pd.api.types.is_bool_dtype(frame[column]):  # pandas reads a column of True/False so
+        raise DataError(f"{path}: {column} must be numeric, got {frame[column].iloc[0]} at "
+                        f"{row_label(path, frame.index[0])} (a column of True/False, which "
+                        "would be read as 1/0)")
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = frame.index[values.isna() & frame[column].notna()]
     if len(bad):
         i = bad[0]
         raise DataError(
-            f"{path}: {column} must be numeric, got {frame[column].iloc[i]!r} at "
+            f"{path}: {column} must be numeric, got {shown(frame[column].iloc[i])} at "
             f"{row_label(path, i)} ({len(bad)} bad value(s))"
         )
     if values.isna().any():
@@ -438,9 +456,9 @@ def require_numeric(frame: pd.DataFrame, path: Path, column: str,
         limit = ("finite" if math.isinf(magnitude_limit)
                  else f"finite and within ±{magnitude_limit:.4g}")
         value = frame[column].iloc[i]  # a string, or a number pandas already parsed
-        shown = repr(value) if isinstance(value, str) else str(value)
+        text = shown(value) if isinstance(value, str) else str(value)
         raise DataError(
-            f"{path}: {column} must be {limit}, got {shown} at "
+            f"{path}: {column} must be {limit}, got {text} at "
             f"{row_label(path, i)} ({int(out_of_range.sum())} bad value(s))"
         )
     return values
@@ -461,8 +479,8 @@ def require_finite_features(frame: pd.DataFrame, path: Path, columns: Sequence[s
             i = bad[0]
             raise DataError(
                 f"{path}: {row_label(path, frame.index[i])} ({id_column} "
-                f"{frame[id_column].iloc[i]!r}), column {column}: {numbers[i]} is not a finite "
-                f"number ({len(bad)} such "
+                f"{shown(frame[id_column].iloc[i])}), column {column}: {numbers[i]} is not a "
+                f"finite number ({len(bad)} such "
                 "value(s) in the column); write a finite number (values beyond ±1.8e308 read "
                 "as inf) or leave the cell empty"
             )
@@ -472,17 +490,19 @@ def require_timestamps(frame: pd.DataFrame, path: Path, column: str) -> pd.Serie
     """A timestamp column as numbers: numeric values as they are (any unit; only their order
     is used), or ISO 8601 dates/times in every row (``2020-01-01``,
     ``2020-01-01T12:00:00+02:00``) as Unix seconds (UTC; no zone: UTC). A column mixing the
-    two, or holding anything else, is named with its first bad value."""
-    if pd.to_numeric(frame[column], errors="coerce").notna().any():
+    two, or holding anything else, is named with its first value not of the column's kind
+    (the kind most of its values have)."""
+    numbers = int(pd.to_numeric(frame[column], errors="coerce").notna().sum())
+    if numbers == frame[column].notna().sum():
         return _numeric_timestamps(frame, path, column)
     dates = pd.to_datetime(frame[column], format="ISO8601", utc=True, errors="coerce")
-    if dates.isna().all():  # no date either: the numeric column's own error says which value
+    if numbers >= dates.notna().sum():  # mostly numbers: the numeric error names the odd row
         return _numeric_timestamps(frame, path, column)
     bad = frame.index[dates.isna()]
     if len(bad):
         i = bad[0]
         raise DataError(f"{path}: {column} holds ISO 8601 dates, but {row_label(path, i)} has "
-                        f"{frame[column].iloc[i]!r} ({len(bad)} bad value(s)); every row "
+                        f"{shown(frame[column].iloc[i])} ({len(bad)} bad value(s)); every row "
                         "needs one (or every row a number)")
     return (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
 
@@ -504,7 +524,8 @@ def require_choice(frame: pd.DataFrame, path: Path, column: str,
     if len(bad):
         i = bad[0]
         raise DataError(
-            f"{path}: {column} must be one of {', '.join(choices)}, got {frame[column].iloc[i]!r} "
+            f"{path}: {column} must be one of {', '.join(choices)}, got "
+            f"{shown(frame[column].iloc[i])} "
             f"at {row_label(path, i)} ({len(bad)} bad value(s))"
         )
     return values.astype(object)
@@ -515,7 +536,7 @@ def require_known_items(interactions: pd.DataFrame, path: Path, known: pd.Index,
     unknown = interactions.index[~interactions["item_id"].isin(known)]
     if len(unknown):
         where = ", ".join(
-            f"{row_label(path, i)} ({interactions['item_id'].iloc[i]!r})"
+            f"{row_label(path, i)} ({shown(interactions['item_id'].iloc[i])})"
             for i in unknown[:SHOW_AT_MOST]
         )
         raise DataError(
@@ -537,8 +558,9 @@ def _id_format_hint(interactions: pd.DataFrame, path: Path, unknown: pd.Index, k
         given = interactions["item_id"].iloc[i]
         match = catalogue.get(_as_number_text(given))
         if match is not None:
-            return (f"; ids are compared as text, and {row_label(path, i)} has {given!r} where "
-                    f"{items_path.name} has {match!r}: write the ids the same way in both "
+            return (f"; ids are compared as text, and {row_label(path, i)} has {shown(given)} "
+                    "where "
+                    f"{items_path.name} has {shown(match)}: write the ids the same way in both "
                     "tables (a numeric id column drops leading zeros; store ids as strings)")
     return ""
 
@@ -609,10 +631,11 @@ def _unresolved_media(table: Path, root: Path, column: str, modality: str, row: 
     resolved = Path(value) if Path(value).is_absolute() else root / value
     elsewhere = ""
     if not Path(value).is_absolute() and Path(value).is_file():
-        elsewhere = (f" ({value!r} exists relative to the working directory "
+        elsewhere = (f" ({shown(value)} exists relative to the working directory "
                      f"{Path.cwd()}: write it relative to {root})")
     return (f"{table}: none of the {count} {modality} path(s) in column {column!r} is a "
-            f"file: {row_label(table, row)} has {value!r}, resolved to {resolved}{elsewhere}. "
+            f"file: {row_label(table, row)} has {shown(value)}, resolved to "
+            f"{resolved}{elsewhere}. "
             f"Media paths are relative to the folder holding {table.name} ({root}); fix "
             f"them, or set data.{modality}_column to the column that holds {modality} paths "
             "(an empty cell is an item without one)")

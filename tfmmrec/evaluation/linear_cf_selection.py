@@ -123,8 +123,10 @@ def choose_linear_cf(split: Split, user_ids: np.ndarray, num_items: int, *, rank
     weights = dataclasses.replace(fitted(split), half_life=float(half_life))
     info.update(l2=float(l2), alpha=float(alpha), width=float(width), ials=ials, foldin=foldin,
                 half_life=float(half_life))
-    logger.info("linear CF: EASE λ=%g, rank %d, iALS %s (%s fold-in), content %s α=%g width=%g, "
-                "recency half-life %g", l2, rank, ials, foldin, content, alpha, width, half_life)
+    logger.info("linear CF: EASE %s, rank %d, iALS %s, content %s α=%g width=%g, recency "
+                "half-life %g", f"λ={l2:g}" if l2 else "off (no EASE block)", rank,
+                f"{ials} ({foldin} fold-in)" if ials else "off (no iALS block)", content, alpha,
+                width, half_life)
     return weights, info
 
 

@@ -68,6 +68,10 @@ def check_evaluable(split: Split, user_ids: np.ndarray, num_items: int,
     if relevant.nnz:
         return
     where = test or f"the {split.kind} split's test set"
+    if split.test.empty:  # e.g. a given split whose every row says train
+        raise DataError(f"nothing to evaluate: {where} has no interactions"
+                        + ("" if test else " (a given split needs rows whose split column says "
+                           "test; or supply a test file: tfmmrec evaluate --test FILE)"))
     allowed = candidate_mask(split, num_items)
     if allowed is not None and not allowed[split.test["item_index"].to_numpy(np.int64)].any():
         among = candidates or "the split's candidate items"

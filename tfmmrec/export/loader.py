@@ -143,10 +143,34 @@ def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
             raise ServingError(f"{signature}: {name} is a single value "
                                f"({reprlib.repr(value)}); pass a batch, e.g. a list with one "
                                "entry per query")
+        mismatch = shape_mismatch(signature, name, np.shape(value),
+                                  arguments[name].shape.as_list()
+                                  if arguments[name].shape.rank is not None else None)
+        if mismatch:  # the graph would say "In[0] is not a matrix" or a slice index
+            raise ServingError(f"{signature}: {mismatch}")
         if arguments[name].dtype == tf.string:
             check_strings(value, f"{signature}: {name}")
     if "k" in inputs:
         inputs["k"] = check_k(inputs["k"], signature)
+
+
+def shape_mismatch(signature: str, alias: str, shape, expected: list | None) -> str | None:
+    """The message for an input whose shape the signature does not take (None: it does;
+    ``expected`` None or ``-1``/None entries: any size). The one wording ``ExportedModel`` and
+    ``tfmmrec serve`` answer with."""
+    if expected is None:
+        return None
+    expected = [-1 if e is None else int(e) for e in expected]
+    shape = [int(s) for s in shape]
+    if len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected,
+                                                                       strict=True)):
+        return None
+    hint = ""
+    if not expected:
+        hint = (" (a scalar: over REST send it once in the columnar 'inputs' object, "
+                "not in every 'instances' row)")
+    return (f"input '{alias}' of signature '{signature}' has shape {shape} but the signature "
+            f"expects {expected}{hint}; -1 means any size")
 
 
 def check_k(k, signature: str) -> np.int32:
@@ -179,8 +203,16 @@ def _batch(values, name: str) -> np.ndarray:
         raise ServingError(f"{name} is a single string ({values!r}); pass a list, e.g. "
                            f"[{values!r}]")
     check_ordered(values, name, "ids")
+    return np.array(id_texts(values, name), dtype=str)
+
+
+def id_texts(values, name: str) -> list[str]:
+    """Ids as ``str`` (UTF-8 bytes decoded), refusing an entry that is not a string or not
+    UTF-8, naming its position: the one id check ``ExportedModel`` and ``ServingClient``
+    share (a non-UTF-8 id was a raw UnicodeDecodeError in process and an unknown user over
+    the wire)."""
     check_strings(values, name)
-    return np.asarray(values)
+    return [_id_text(value, f"{name}[{i}]") for i, value in enumerate(values)]
 
 
 def check_ordered(values, name: str, what: str) -> None:

@@ -691,6 +691,7 @@ class RetrievalServingModule(tf.Module):
         stored history). Unknown ids and "" padding are ignored; with nothing in ``s`` the
         query is ``u``.
         """
+        session_item_ids = check_batch(session_item_ids, "session_item_ids", self.max_batch_size)
         rows = self._rows(session_item_ids, self.max_session_items, "session_item_ids")
         batch = tf.shape(rows)[0]
         users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
@@ -782,10 +783,11 @@ class RetrievalServingModule(tf.Module):
 
 
 def check_batch(values, name: str, limit: int):
-    """``values`` once its batch is non-empty and holds at most ``limit`` entries: asserts in
-    the graph, so stock TF Serving refuses an oversized request (INVALID_ARGUMENT) before the
-    work it would cost, as ``tfmmrec serve`` does."""
-    size = tf.size(values)
+    """``values`` once its batch (its first dimension: ids, or rows of ids) is non-empty and
+    holds at most ``limit`` entries: asserts in the graph, so stock TF Serving refuses an
+    oversized request (INVALID_ARGUMENT) before the work it would cost, as ``tfmmrec serve``
+    does."""
+    size = tf.shape(values)[0]
     checks = [
         tf.debugging.Assert(size > 0, [f"{name}: empty batch - send at least one item"]),
         tf.debugging.Assert(size <= limit, [

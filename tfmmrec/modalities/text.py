@@ -20,6 +20,9 @@ from tfmmrec.config import (
 from tfmmrec.modalities.base import ModalitySpec, Settings, bytes_feature, content_hash
 
 TEXT_SEPARATOR = ". "
+# Python's whitespace (``str.strip``, which training applies to every text) in RE2 syntax:
+# RE2's ``\s`` is ASCII's five, so a text of NBSP or U+3000 passed an ``\s+`` check
+WHITESPACE_ONLY = r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]+"
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +117,13 @@ class TextModality(ModalitySpec):
                                 ["text: empty string in the batch"]),
             # only whitespace: training reads such a text as no text (data.join_text strips)
             tf.debugging.Assert(
-                tf.logical_not(tf.reduce_any(tf.strings.regex_full_match(request, r"\s+"))),
+                tf.logical_not(tf.reduce_any(tf.strings.regex_full_match(request,
+                                                                         WHITESPACE_ONLY))),
                 ["text: a string in the batch is only whitespace"]),
+            # training reads decoded text; the tokenizer would read bad bytes as no word
+            tf.debugging.Assert(tf.reduce_all(tf.equal(tf.strings.unicode_transcode(
+                request, "UTF-8", "UTF-8", errors="replace"), request)),
+                ["text: a string in the batch is not valid UTF-8"]),
             tf.debugging.Assert(tf.reduce_all(lengths <= limit), [
                 f"text: a text is longer than export.limits.max_text_bytes={limit} bytes; "
                 "lengths:", lengths], summarize=8),

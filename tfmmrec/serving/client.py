@@ -33,12 +33,13 @@ from tfmmrec.errors import ServingError, one_line_error
 from tfmmrec.export.loader import (
     check_k,
     check_ordered,
+    id_texts,
     integer_in,
     padded,
     session_rows,
 )
 from tfmmrec.export.warmup import predict_request
-from tfmmrec.modalities.base import check_strings, string_batch
+from tfmmrec.modalities.base import check_strings
 from tfmmrec.serving.json_tensor import (
     INT_RANGES,
     NUMPY_DTYPES,
@@ -337,9 +338,7 @@ def _user_ids(user_ids: Sequence[str] | str) -> np.ndarray:
     if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
         user_ids = [user_ids]
     check_ordered(user_ids, "user_ids", "ids")
-    users = string_batch(user_ids)
-    check_strings(users, "user_ids")
-    return users
+    return np.array(id_texts(list(user_ids), "user_ids"), dtype=object)
 
 
 def _content(spec: modalities.ModalitySpec, values, name: str) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
 import math
 import re
@@ -115,6 +116,7 @@ def loads(body: bytes, limit: JsonValueLimit = DEFAULT_JSON_VALUE_LIMIT):
     500."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    body = _utf8(body)  # the bytes scanned are the bytes parsed
     depth, values = _scan(body, limit.values)
     if depth > MAX_JSON_DEPTH:
         raise invalid_argument(f"JSON Parse error: nesting depth {depth} exceeds the limit of "
@@ -133,6 +135,19 @@ def loads(body: bytes, limit: JsonValueLimit = DEFAULT_JSON_VALUE_LIMIT):
         raise invalid_argument(
             f"JSON Parse error: a number has more than {sys.get_int_max_str_digits()} digits; "
             "no tensor dtype holds it (int64 has at most 19)") from None
+
+
+def _utf8(body: bytes) -> bytes:
+    """``body`` without a UTF-8 byte-order mark; a UTF-16/32 body is refused. ``json.loads``
+    would decode either, but the pre-scan reads UTF-8 bytes: a mark or a wider encoding ended
+    its count at the first byte and let ``json.loads`` build the whole body unbounded."""
+    if body.startswith(codecs.BOM_UTF8):
+        body = body[len(codecs.BOM_UTF8):]
+    encoding = json.detect_encoding(body[:4])
+    if encoding != "utf-8":
+        raise invalid_argument(f"JSON Parse error: the body is {encoding.upper()}; send UTF-8 "
+                               "JSON")
+    return body
 
 
 # The pre-scan's tokens, each matched in C (the body's bytes are never looped over in Python):

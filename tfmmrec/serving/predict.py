@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 )
 
 from tfmmrec.errors import name_viewed_input
+from tfmmrec.export.loader import shape_mismatch
 from tfmmrec.export.warmup import read_warmup_requests
 from tfmmrec.serving.json_tensor import NUMPY_DTYPES, dtype_name, short
 from tfmmrec.serving.registry import WARMUP_PATH, ModelRegistry, Servable
@@ -281,18 +282,9 @@ def _input_values(signature_name: str, signature, request,
 
 def _check_shape(signature_name: str, alias: str, shape: tuple[int, ...],
                  expected: list[int] | None) -> None:
-    if expected is None:
-        return
-    if len(shape) == len(expected) and all(e in (-1, s) for s, e in zip(shape, expected,
-                                                                       strict=True)):
-        return
-    hint = ""
-    if not expected:
-        hint = (" (a scalar: over REST send it once in the columnar 'inputs' object, "
-                "not in every 'instances' row)")
-    raise invalid_argument(f"input '{alias}' of signature '{signature_name}' has shape "
-                           f"{list(shape)} but the signature expects {expected}{hint}; "
-                           "-1 means any size")
+    mismatch = shape_mismatch(signature_name, alias, shape, expected)
+    if mismatch:
+        raise invalid_argument(mismatch)
 
 
 def _output_aliases(signature, request) -> list[str]:

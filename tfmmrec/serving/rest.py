@@ -5,7 +5,8 @@ columnar (``inputs``) requests, ``{"b64": ...}`` for bytes, ``predictions`` / ``
 responses, ``{"error": ...}`` with TF Serving's HTTP codes. The HTTP layer is the standard
 library's ``ThreadingHTTPServer`` (no extra dependency; three routes need no framework), a
 thread per connection up to ``--rest-max-connections`` (a 503 past it); model executions are
-bounded by the core's thread budget, not by the number of connections. Bodies
+bounded by the core's thread budget, not by the number of connections. A request line and
+its headers must arrive within ``_Handler.head_timeout`` seconds of their first byte (408). Bodies
 come by ``Content-Length`` or ``Transfer-Encoding: chunked`` (TF Serving takes both), each held
 to ``--max-request-bytes`` and to ``_Handler.body_timeout`` seconds in all (408), the bodies of
 all connections together to a budget (``RestServer(body_budget=...)``, 503 past it); a body whose
@@ -351,9 +352,10 @@ class BodyBudget:
     """The request-body bytes all connections may read or hold at once.
 
     The server has a thread per connection (up to ``--rest-max-connections``): N clients
-    announcing 60 MB each and sending it slowly held N × 60 MB. A body is reserved before it
-    is read (a chunked one chunk by chunk) and released once its answer is sent; past the budget a
-    request is refused at once (503) rather than queued behind uploads that may never end.
+    announcing 60 MB each and sending it slowly held N × 60 MB. A body is reserved as it
+    arrives, each socket read (at most ``_READ_SIZE``) before it is made, and released once its
+    answer is sent; past the budget a request is refused at once (503) rather than queued
+    behind uploads that may never end.
     """
 
     def __init__(self, limit: int):
@@ -379,8 +381,8 @@ class _BodyReader:
     The handler's socket timeout is per read: a byte every 20 s kept a body open forever. Here
     every read gets the time left of ``_Handler.body_timeout`` (reads take what has arrived,
     never waiting for a full buffer; the socket's own timeout is back after each, for the
-    answer and the next request), and the bytes are reserved from the budget before they are
-    read; :meth:`release` once the answer is sent.
+    answer and the next request), and each read's bytes are reserved from the budget before it
+    is made; :meth:`release` once the answer is sent.
     """
 
     def __init__(self, rfile, connection, budget: BodyBudget, limit: int, seconds: float):
@@ -392,6 +394,7 @@ class _BodyReader:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.received = 0
+        self.appended = 0  # bytes of the body (or chunk) being read
         self.reserved = 0
         self.expected: int | None = None  # the Content-Length, for the 408's message
 
@@ -399,26 +402,26 @@ class _BodyReader:
         """A body of ``Content-Length: length`` bytes; one that ends early is a 400 (it was
         served as if complete)."""
         self.expected = length
-        drain = functools.partial(self.discard, length) if length <= 8 * self.limit else None
+        drain = (lambda: self.discard(length - self.appended)) if length <= 8 * self.limit \
+            else None
         if length > self.limit:
             raise _too_large(f"Request body of {length} bytes", self.limit, drain)
         body = bytearray()
-        if length:
-            self._reserve(length, f"Request body of {length} bytes", drain)
-            if self._append(body, length) < length:
-                raise _BodyError(HTTPStatus.BAD_REQUEST, f"Request body ended after "
-                                 f"{len(body)} of {length} bytes (its Content-Length)")
+        if length and self._append(body, length, f"Request body of {length} bytes",
+                                   drain) < length:
+            raise _BodyError(HTTPStatus.BAD_REQUEST, f"Request body ended after "
+                             f"{len(body)} of {length} bytes (its Content-Length)")
         return body
 
     def chunked(self) -> bytearray:
         """A chunked body, refused with a 413 as soon as its chunks add up past the limit."""
         body = bytearray()
         while size := self._chunk_size():
-            drain = functools.partial(self._drain_chunks, size, 8 * self.limit - len(body))
+            self.appended = 0
+            drain = functools.partial(self._drain_rest_of_chunks, size, 8 * self.limit - len(body))
             if len(body) + size > self.limit:
                 raise _too_large("Chunked request body", self.limit, drain)
-            self._reserve(size, f"Chunk of {size} bytes", drain)
-            got = self._append(body, size)
+            got = self._append(body, size, f"Chunk of {size} bytes", drain)
             if got < size:
                 raise _BodyError(HTTPStatus.BAD_REQUEST, f"Chunked body ended inside a chunk "
                                  f"({got} of {size} bytes)")
@@ -465,6 +468,10 @@ class _BodyReader:
         raise _BodyError(HTTPStatus.BAD_REQUEST, "Chunked body trailer too long (at most "
                          f"{MAX_TRAILER_LINES} lines of {MAX_CHUNK_LINE} bytes)")
 
+    def _drain_rest_of_chunks(self, size: int, budget: int) -> None:
+        """``_drain_chunks`` from inside a chunk of ``size``, ``appended`` bytes of it read."""
+        self._drain_chunks(size - self.appended, budget)
+
     def _drain_chunks(self, size: int, budget: int) -> None:
         """Read and drop a refused chunked body from its chunk of ``size`` on (up to
         ``budget`` bytes) so that the client reads the answer rather than a reset."""
@@ -483,6 +490,10 @@ class _BodyReader:
                              "being received at once is in use (by default 4 x "
                              "--max-request-bytes); retry shortly", drain)
         self.reserved += size
+
+    def _give_back(self, size: int) -> None:
+        self.budget.release(size)
+        self.reserved -= size
 
     def _in_time(self, read: Callable, argument):
         """``read(argument)``: one socket read at most, bounded by the body's time left."""
@@ -505,18 +516,25 @@ class _BodyReader:
                           f"{self.seconds:g} s, the limit for sending one body "
                           f"({self.received}{of} bytes received); send it at once")
 
-    def _append(self, body: bytearray, size: int) -> int:
+    def _append(self, body: bytearray, size: int, what: str,
+                drain: Callable[[], None] | None) -> int:
         """Read up to ``size`` bytes onto ``body`` in socket-sized pieces (no second copy of
-        a large body); fewer only when the stream ends."""
-        got = 0
-        while got < size:
-            piece = self._in_time(self.rfile.read1, min(size - got, _READ_SIZE))
+        a large body); fewer only when the stream ends. Each read's bytes are reserved from
+        the budget before it is made, and what it did not bring is given back: a connection
+        that announces 64 MB and sends a byte holds one read's worth, not 64 MB (four such
+        held the whole default budget)."""
+        self.appended = 0
+        while self.appended < size:
+            wanted = min(size - self.appended, _READ_SIZE)
+            self._reserve(wanted, what, drain)
+            piece = self._in_time(self.rfile.read1, wanted)
+            self._give_back(wanted - len(piece))
             if not piece:
                 break
             body += piece
-            got += len(piece)
+            self.appended += len(piece)
             self.received += len(piece)
-        return got
+        return self.appended
 
     def _readline(self, limit: int) -> bytes:
         """A line of at most ``limit`` bytes (``rfile.readline`` would wait past the
@@ -535,11 +553,88 @@ class _BodyReader:
         return bytes(line)
 
 
+class _HeadReader:
+    """The handler's ``rfile``: lines of a request's head (its request line and headers) are
+    read within ``seconds`` of its first byte in all. The standard library's ``readline``
+    waits per socket read, so a header byte every 15 s held a connection (and its slot) for
+    as long as the client liked. Everything else is the buffered reader's own."""
+
+    def __init__(self, rfile, connection, seconds: float):
+        self._rfile = rfile
+        self._connection = connection
+        self.seconds = seconds
+        self.deadline: float | None = None
+        self.armed = self.timed_out = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._rfile, name)
+
+    def arm(self) -> None:
+        """The next line starts a request's head: its first byte may take the idle time."""
+        self.armed, self.deadline, self.timed_out = True, None, False
+
+    def disarm(self, idle_timeout: float | None) -> None:
+        """The head is read: the connection's own timeout again, for the body and answer."""
+        if self.deadline is not None:
+            self._connection.settimeout(idle_timeout)
+        self.armed, self.deadline = False, None
+
+    def readline(self, limit: int = -1) -> bytes:
+        if not self.armed:
+            return self._rfile.readline(limit)
+        if self.deadline is None:
+            if not self._rfile.peek(1):  # idle: the socket's own timeout
+                return b""
+            self.deadline = time.monotonic() + self.seconds
+        line = bytearray()
+        while limit < 0 or len(line) < limit:
+            left = self.deadline - time.monotonic()
+            self.timed_out = left <= 0
+            if self.timed_out:
+                raise TimeoutError(f"request head incomplete after {self.seconds:g} s")
+            self._connection.settimeout(left)
+            try:
+                buffered = self._rfile.peek(1)  # the buffer, or one socket read
+            except TimeoutError:
+                self.timed_out = True
+                raise
+            if not buffered:
+                break
+            room = len(buffered) if limit < 0 else limit - len(line)
+            end = buffered.find(b"\n", 0, room)
+            line += self._rfile.read(end + 1 if end >= 0 else min(len(buffered), room))
+            if end >= 0:
+                break
+        return bytes(line)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like TF Serving's libevent server
-    timeout = 60  # seconds per read of a request's head; idle keep-alive connections close
+    timeout = 60  # seconds an idle keep-alive connection waits for its next request
+    head_timeout = 60  # seconds for a request line and headers, from their first byte
     body_timeout = 60  # seconds for a whole body to arrive, however slowly it trickles in
     server: RestServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _HeadReader(self.rfile, self.connection, self.head_timeout)
+
+    def handle_one_request(self) -> None:
+        self.rfile.arm()
+        super().handle_one_request()  # a TimeoutError ends it, closing the connection
+        if self.rfile.timed_out:
+            self.rfile.disarm(self.timeout)  # the socket's timeout, for the answer
+            # a status line and headers (the request line may be unread), and a body
+            self.request_version, self.command = self.protocol_version, None
+            self._send(HTTPStatus.REQUEST_TIMEOUT, _dumps({"error": (
+                f"Request line and headers incomplete after {self.head_timeout:g} s, the "
+                "limit for sending them; send them at once")}))
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile.disarm(self.timeout)
 
     def do_GET(self) -> None:
         self._with_body("GET")  # a GET body is read (and ignored) so the next request parses

@@ -39,7 +39,7 @@ from tfmmrec.config import Config
 from tfmmrec.data import tfrecords
 from tfmmrec.data.dataset import Dataset
 from tfmmrec.data.stream import ItemsStream, summarize
-from tfmmrec.data.tfrecords import join_path, read_text, write_text
+from tfmmrec.data.tfrecords import join_path, read_json, read_text, write_text
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
 from tfmmrec.files import atomic_path
@@ -455,7 +455,7 @@ def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Datas
         raise DataError(f"train.features={root} holds no finished {modality} features of this "
                         f"{modality} encoder ({modality}-{identity}; found: "
                         f"{', '.join(found) or 'none'}): {again}")
-    payload = json.loads(read_text(join_path(path, MANIFEST)))
+    payload = read_json(join_path(path, MANIFEST), again)
     if payload.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: features format {payload.get('format_version')} is not "
                         f"{FORMAT_VERSION}: {again}")

@@ -26,6 +26,14 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+
+
+def read_run_record(run_file: Path) -> dict:
+    """A run's ``run.json``; a damaged one is a ``DataError`` naming it."""
+    from tfmmrec.data.tfrecords import read_json
+
+    return read_json(run_file, "train the run again (tfmmrec train), or put back the run.json "
+                               "it wrote")
 CONFIG_FILE = "config.yaml"  # the whole config of the run, for the record and as a default
 # The model-defining sections (config.model_sections()), beside the checkpoints they describe.
 MODEL_SPEC_FILE = "model.yaml"

@@ -27,6 +27,7 @@ import pandas as pd
 
 from tfmmrec.data.splits import row_hashes
 from tfmmrec.errors import DataError
+from tfmmrec.training.finished_run import read_run_record
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def check_trained_data(run_file: Path, dataset, split) -> None:
     with a warning, once per process; without a ``run.json`` there is nothing to compare."""
     if not run_file.is_file():
         return
-    recorded = json.loads(run_file.read_text()).get(FINGERPRINT_KEY)
+    recorded = read_run_record(run_file).get(FINGERPRINT_KEY)
     if recorded is None:
         _warn_unrecorded(run_file)
         return

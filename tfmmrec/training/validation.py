@@ -8,8 +8,12 @@ carved from the training split with the same protocol (``pipeline.train``), neve
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -55,7 +59,15 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
     pair's metrics at each of those epochs (``choose_on_carves`` averages them over carves);
     ``best_epoch`` (1-based) and
     ``best`` the best epoch's (``best_linear_cf_weight`` and ``best_linear_cf_kind`` the
-    choices there). With ``restore_best``, the model ends with the best epoch's weights.
+    choices there). With ``restore_best``, the model ends with the best epoch's weights (of
+    an epoch this process ran).
+
+    ``state_file``: where every epoch's figures are kept (rewritten atomically after each
+    epoch, removed when training ends), so that a run resumed from its backup chooses on every
+    epoch, as an uninterrupted run does: the figures of the epochs the backup holds are read
+    back, and the backup's own epoch is scored again from the restored weights if the run was
+    killed before its figures were written. Without it (or without the file) a resumed run
+    chooses among the epochs it ran itself.
     """
 
     def __init__(self, split: Split, user_ids: np.ndarray, num_items: int, metric: str,
@@ -65,7 +77,8 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
                  linear_cf_weights: Sequence[float] = LINEAR_CF_WEIGHTS,
                  linear_cf_kinds: Mapping[str, tuple[np.ndarray, np.ndarray] | None]
                  | None = None,
-                 head_metrics: Callable[[tf.keras.Model], Mapping[str, float]] | None = None):
+                 head_metrics: Callable[[tf.keras.Model], Mapping[str, float]] | None = None,
+                 state_file: str | os.PathLike | None = None):
         super().__init__()
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
@@ -89,8 +102,30 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         self.linear_cf_kinds = dict(linear_cf_kinds or {None: None})
         self.best_linear_cf_kind: str | None = None
         self._best_weights = None
+        self.state_file = state_file
+        self._began = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._began:
+            self._began = True
+            if epoch and self.state_file is not None:  # resumed after `epoch` epochs
+                self._resume(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
+        entry, table, value = self._score()
+        self._record(epoch + 1, entry, table)
+        logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
+        if logs is not None:
+            logs[f"val_{self.metric}"] = value
+        if self.restore_best and self.best_epoch == epoch + 1:
+            self._best_weights = self.model.get_weights()
+        elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+        if self.state_file is not None:
+            self._save()
+
+    def _score(self) -> tuple[dict, dict, float]:
+        """This epoch's history entry, every (kind, weight) pair's metrics, and its figure."""
         from tfmmrec.evaluation.protocol import evaluate_embeddings
 
         embedded = self.embed(self.model)
@@ -117,20 +152,49 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         if kind is not None:
             entry["linear_cf"] = kind
             entry["linear_cf_scores"] = per_kind
+        return entry, table, float(metrics[self.metric])
+
+    def _record(self, epoch: int, entry: dict, table: dict) -> None:
+        """Add 1-based ``epoch``'s figures, and make it the best if it improves on it."""
         self.history.append(entry)
-        self.epochs.append(epoch + 1)
+        self.epochs.append(epoch)
         self.scores.append(table)
-        value = float(metrics[self.metric])
-        logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
-        if logs is not None:
-            logs[f"val_{self.metric}"] = value
+        value = float(entry[self.metric])
         if self._improves(value, self.best):
-            self.best, self.best_epoch = value, epoch + 1
-            self.best_linear_cf_weight, self.best_linear_cf_kind = weight, kind
-            if self.restore_best:
-                self._best_weights = self.model.get_weights()
-        elif self.patience and epoch + 1 - self.best_epoch >= self.patience:
-            self.model.stop_training = True
+            self.best, self.best_epoch = value, epoch
+            self.best_linear_cf_weight = entry.get("linear_cf_weight")
+            self.best_linear_cf_kind = entry.get("linear_cf")
+
+    # -- a resumed run's earlier epochs --------------------------------------------------------
+    def _save(self) -> None:
+        from tfmmrec.files import write_json
+
+        write_json({"epochs": self.epochs, "history": self.history,
+                    "scores": [[[kind, weight, metrics] for (kind, weight), metrics
+                                in table.items()] for table in self.scores]}, self.state_file)
+
+    def _resume(self, done: int) -> None:
+        """The figures of epochs 1..``done`` (the backup's), as the interrupted run recorded
+        them; epoch ``done``'s scored again if the kill came before they were written."""
+        saved = {"epochs": []}
+        with contextlib.suppress(FileNotFoundError):
+            saved = json.loads(Path(self.state_file).read_text())
+        kept = [(epoch, _numbers(entry), {(kind, weight): _numbers(metrics)
+                                          for kind, weight, metrics in table})
+                for epoch, entry, table in zip(saved["epochs"], saved.get("history", []),
+                                               saved.get("scores", []), strict=True)
+                if epoch <= done]
+        if [epoch for epoch, _, _ in kept] not in (list(range(1, done + 1)),
+                                                    list(range(1, done))):
+            logger.warning("%s does not hold the validation figures of epochs 1-%d: the resumed "
+                           "run chooses among the epochs from %d on", self.state_file, done, done)
+            kept = []
+        for epoch, entry, table in kept:
+            self._record(epoch, entry, table)
+        if not kept or kept[-1][0] < done:  # the restored weights are the backup's epoch
+            self._record(done, *self._score()[:2])
+        logger.info("resumed early stopping: validation figures of epochs 1-%d read back, best "
+                    "so far epoch %d (%s %.4f)", done, self.best_epoch, self.metric, self.best)
 
     def _improves(self, value: float, than: float) -> bool:
         """``value`` is better than ``than`` in the metric's direction (a NaN never is)."""
@@ -156,6 +220,14 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.restore_best and self._best_weights is not None:
             self.model.set_weights(self._best_weights)
+        if self.state_file is not None:  # the choice is made: the run records it
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.state_file)
+
+
+def _numbers(values: dict) -> dict:
+    """A saved figure table with its JSON nulls (``write_json``'s NaN) back as NaN."""
+    return {key: float("nan") if value is None else value for key, value in values.items()}
 
 
 def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str,
