@@ -22,7 +22,7 @@ import pytest
 from tfmmrec import cli, pipeline
 from tfmmrec.config import Config, load_config
 from tfmmrec.data.splits import with_test
-from tfmmrec.errors import DataError
+from tfmmrec.errors import ConfigError, DataError
 from tfmmrec.training import trained_data
 from tfmmrec.training.trained_data import rows_digest, same_digest
 
@@ -188,3 +188,30 @@ def test_a_damaged_run_record_is_one_line_naming_it(tmp_path):
     with pytest.raises(DataError, match=r"run\.json is damaged, not valid JSON \(.*\): train "
                                         r"the run again \(tfmmrec train\)"):
         trained_data.check_trained_data(run_file, dataset=None, split=None)
+
+
+def test_a_run_restores_from_its_data_moved_elsewhere_and_refuses_other_data(trained, data,
+                                                                             tmp_path):
+    """``data.path`` was model-defining, so a finished run could not be evaluated or exported
+    once its data was referred to by another path (another working directory, a moved folder):
+    train again. Its run.json's digests now say whether the data at the new path is the same."""
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    config = load_config(trained, [f"data.path={moved}"])
+    _model, workspace = pipeline.restore(trained.train.output_dir, config)
+    assert workspace.dataset.root == moved
+    rewrite(moved / "interactions.csv", shuffle_rows)
+    with pytest.raises(DataError, match=CHANGED):
+        pipeline.restore(trained.train.output_dir, config)
+
+
+def test_without_recorded_digests_the_data_path_still_defines_the_run(trained, data, tmp_path):
+    run_file = Path(trained.train.output_dir) / "run.json"
+    record = json.loads(run_file.read_text())
+    del record["data"]
+    run_file.write_text(json.dumps(record))
+    shutil.copytree(data, tmp_path / "moved")
+    with pytest.raises(ConfigError, match=r"data\.path: .* requested\. These fields define the "
+                                          r"model"):
+        pipeline.check_restorable(trained.train.output_dir,
+                                  load_config(trained, [f"data.path={tmp_path / 'moved'}"]))

@@ -54,7 +54,9 @@ def __getattr__(name: str):
 
         module, attribute = _LAZY[name] if isinstance(_LAZY[name], tuple) else (_LAZY[name], name)
         return getattr(importlib.import_module(module), attribute)
-    raise AttributeError(f"module 'tfmmrec' has no attribute {name!r}")
+    hint = " (did you mean tfmmrec.export_model? tfmmrec.export is its module)" \
+        if name == "export" else ""
+    raise AttributeError(f"module 'tfmmrec' has no attribute {name!r}{hint}")
 
 
 def __dir__() -> list[str]:

@@ -1467,6 +1467,9 @@ def content_sections() -> tuple[str, ...]:
 
 # ...except these fields, which only steer how a trained model is evaluated or served.
 RUNTIME_FIELDS = frozenset({"ranking.retrieve_candidates"})
+# Where the data is, not what it is: a finished run whose run.json records its data's digests
+# restores from another path to the same data (``pipeline.check_restorable``).
+RELOCATABLE_FIELDS = frozenset({"data.path"})
 
 
 def _fields(value: Any, prefix: str) -> dict[str, Any]:
@@ -1480,26 +1483,28 @@ def _fields(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def config_differences(expected: Config, actual: Config,
-                       sections: tuple[str, ...] | None = None) -> list[tuple[str, Any, Any]]:
+                       sections: tuple[str, ...] | None = None,
+                       ignored: frozenset[str] = RUNTIME_FIELDS) -> list[tuple[str, Any, Any]]:
     """``(dotted field, expected value, actual value)`` for every field of ``sections``
-    (default: ``model_sections()``) that differs (run-time fields excluded), in declaration
-    order."""
+    (default: ``model_sections()``) that differs (``ignored`` fields excluded: the run-time
+    ones), in declaration order."""
     differences = []
     for section in model_sections() if sections is None else sections:
         old = _fields(getattr(expected, section), section)
         new = _fields(getattr(actual, section), section)
         differences += [(name, old[name], new[name]) for name in old
-                        if name not in RUNTIME_FIELDS and old[name] != new[name]]
+                        if name not in ignored and old[name] != new[name]]
     return differences
 
 
 def check_same_model(trained: Config, requested: Config, source: str, *,
                      sections: tuple[str, ...] | None = None,
                      hint: str = "evaluate/export the run with the config it was trained with "
-                                 "(drop those --set overrides), or train a new run") -> None:
+                                 "(drop those --set overrides), or train a new run",
+                     ignored: frozenset[str] = RUNTIME_FIELDS) -> None:
     """Raise ``ConfigError`` naming every model-defining field where ``requested`` differs
     from what ``source`` was built with, and both values."""
-    differences = config_differences(trained, requested, sections)
+    differences = config_differences(trained, requested, sections, ignored)
     if differences:
         fields = "; ".join(f"{name}: {old!r} in {source}, {new!r} requested"
                            for name, old, new in differences)

@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from tfmmrec.config import (
     HEAD_METRICS,
+    RELOCATABLE_FIELDS,
+    RUNTIME_FIELDS,
     Config,
     check_same_model,
     config_differences,
@@ -56,7 +58,12 @@ from tfmmrec.training.finished_run import (
     set_aside_finished_run,
 )
 from tfmmrec.training.strategy import is_chief, strategy_for
-from tfmmrec.training.trained_data import FINGERPRINT_KEY, check_trained_data, data_fingerprint
+from tfmmrec.training.trained_data import (
+    FINGERPRINT_KEY,
+    check_trained_data,
+    data_fingerprint,
+    records_data,
+)
 from tfmmrec.training.trainer import (
     TrainResult,
     batched_examples,
@@ -67,6 +74,7 @@ from tfmmrec.training.trainer import (
     exclusive_run,
     fit,
     num_workers,
+    resumed_epochs,
     tfrecord_dataset,
 )
 
@@ -269,7 +277,9 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
         else None,
         id_dropout=model_config.item_id_dropout,
         modality_dropout=model_config.modality_dropout, dropout=model_config.dropout,
-        feature_dropout=model_config.feature_dropout,
+        # a modality the dataset has not got has no projection to drop features of
+        feature_dropout={m: rate for m, rate in model_config.feature_dropout.items()
+                         if m in ws.modalities},
         feature_dropout_shared=model_config.feature_dropout_shared, linear_cf=cf,
         training_precision=model_config.training_precision, name="item_tower")
     users = ws.dataset.users if model_config.user_features else None
@@ -821,7 +831,9 @@ def _train_carve(ws: Workspace, config: Config, strategy: tf.distribute.Strategy
         validation, ws.user_ids, ws.dataset.num_items, metric,
         config.train.early_stopping_patience if not carve else 0, ks, embed,
         linear_cf_rank=cf_rank, linear_cf_kinds=kinds, head_metrics=head_metrics,
-        state_file=output / VALIDATION_STATE)
+        # one worker: every worker must choose alike, and only the chief's files are kept
+        state_file=output / VALIDATION_STATE if num_workers() == 1 else None,
+        resumed_after=resumed_epochs(output / "backup"))
     data = resumable(inner, config.train.epochs)
     fit(lambda: build_model(inner), data.dataset, data.examples, config.train, strategy,
         [monitor], steps_per_epoch=data.steps)
@@ -939,7 +951,10 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, output_dir=str(run)))
     config = resolved_linear_cf(config, trained)
-    check_same_model(trained, config, f"the run {run} ({spec})")
+    # the data may have moved: its digests in run.json say whether it is the same data
+    relocatable = RELOCATABLE_FIELDS if records_data(run / RUN_FILE) else frozenset()
+    check_same_model(trained, config, f"the run {run} ({spec})",
+                     ignored=RUNTIME_FIELDS | relocatable)
     return prefix, config
 
 

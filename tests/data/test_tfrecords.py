@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -442,6 +443,24 @@ def test_training_refuses_shards_of_interactions_appended_since_prepare(own_fold
     assert re.match(rf"error: train.tfrecords={re.escape(str(out))}: interactions changed "
                     r"since `tfmmrec prepare` \(train: \d+ rows prepared, \d+ now.*\): run it "
                     r"again", err), err
+
+
+def test_shards_of_items_edited_since_prepare_are_refused_by_train_and_encode(own_folder,
+                                                                             capsys):
+    """Only the ids were compared: an edited title trained (and was encoded by `encode`, whose
+    features then carried the folder's new fingerprint) as it was when prepared."""
+    config, data, path = own_folder
+    out = path.parent / "records"
+    tfrecords.write_tfrecords(config, out, workers=1, shards=2, progress=False)
+    items = data / "items.csv"
+    frame = pd.read_csv(items, dtype=str, keep_default_na=False)
+    frame.loc[5, "title"] = "Completely New Title"
+    frame.to_csv(items, index=False)
+    for command in (["train", "--config", str(path), "--set", f"train.tfrecords={out}"],
+                    ["encode", "--config", str(path), "--set", f"train.tfrecords={out}",
+                     "--output", str(path.parent / "features")]):
+        err = cli_error(capsys, *command)
+        assert "items: their texts or media files changed since they were prepared" in err, err
 
 
 def test_interactions_of_the_same_count_but_other_rows_are_refused(prepared, tiny_config,

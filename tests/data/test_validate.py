@@ -392,6 +392,12 @@ def test_a_repeated_header_is_named(tmp_path):
         load(make_folder(tmp_path / "d", interactions=interactions))
 
 
+def test_blank_header_cells_are_not_a_repeated_name(tmp_path):
+    """A spreadsheet's blank trailing columns (``rating,,``): pandas names them Unnamed: N."""
+    interactions = "".join(line + ",,\n" for line in INTERACTIONS.strip().splitlines())
+    assert len(load(make_folder(tmp_path / "d", interactions=interactions)).interactions) == 4
+
+
 def test_a_number_among_iso_dates_is_the_row_named(tmp_path):
     """The first date was named as a bad number: a column of dates with one number said line 2
     instead of the number's line."""

@@ -87,6 +87,23 @@ def test_a_query_string_embeds_as_its_item_text_does(tiny_trained):
     np.testing.assert_allclose(queries, singles, atol=1e-5)
 
 
+def test_query_embedding_misuse_is_refused_or_read_as_meant(tiny_trained):
+    """A lone string embedded each character as a query; an unknown modality was a KeyError;
+    an empty list failed in numpy."""
+    import pytest
+
+    from tfmmrec.evaluation.crossmodal import embed_queries
+
+    model, ws = tiny_trained.model, tiny_trained.workspace
+    text = next(iter(ws.dataset.catalog.values("text")))
+    one = embed_queries(model, ws, "text", text)
+    np.testing.assert_allclose(one, embed_queries(model, ws, "text", [text]), atol=1e-6)
+    assert one.shape[0] == 1
+    assert embed_queries(model, ws, "text", []).shape == (0, one.shape[1])
+    with pytest.raises(ValueError, match=r"modality 'txt': the model's are "):
+        embed_queries(model, ws, "txt", ["a film"])
+
+
 def test_precision_at_k_counts_relevant_items_in_each_top_k():
     from tfmmrec.evaluation.crossmodal import precision_at_k
 

@@ -16,7 +16,7 @@ from tests.data.test_media_limits import write_huge_png
 from tfmmrec import modalities, pipeline
 from tfmmrec.config import load_config
 from tfmmrec.data import media
-from tfmmrec.errors import MediaDecodeError
+from tfmmrec.errors import DataError, MediaDecodeError
 
 SETTINGS = modalities.resolve_settings({"image_size": 16, "max_seconds": 0.5})
 
@@ -104,3 +104,9 @@ def test_a_media_path_the_os_cannot_look_up_is_a_missing_file(tmp_path, caplog):
         paths = media_paths(frame, tmp_path, "image", "image", tmp_path / "items.csv")
     assert paths == [tmp_path / "images" / "ok.png", None]
     assert "aaaa" in caplog.text and "missing" in caplog.text
+    # every path of the column such a name: the error that names the folder looks it up too
+    from tfmmrec.data.validate import require_resolved_media
+
+    only = pd.DataFrame({"image": ["a" * 300 + ".png"]})
+    with pytest.raises(DataError, match=r"none of the 1 image path\(s\)"):
+        require_resolved_media(only, tmp_path / "items.csv", tmp_path, "image", "image", [None])

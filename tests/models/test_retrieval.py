@@ -591,3 +591,42 @@ def test_users_objective_needs_its_history_softmax_and_dropout(tiny_config, over
         load_config(tiny_config, ["model.objective=users", "model.user_history=true",
                                   "model.negatives=full", "model.history_dropout=0.5",
                                   *overrides])
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"temperature": 0.0}, "temperature must be a finite number > 0, got 0.0"),
+    ({"temperature": -0.05}, "temperature must be a finite number > 0, got -0.05"),
+    ({"alignment_temperature": 0.0}, "alignment_temperature must be a finite number > 0"),
+    ({"alignment_weight": -1.0}, "alignment_weight must be a finite number >= 0, got -1.0"),
+    ({"alignment_rows": -5}, "alignment_rows must be an integer >= 1, got -5"),
+    ({"item_probability": np.ones(5)}, "item_probability must be one finite value >= 0 per "
+                                       "catalogue item"),
+    ({"item_probability": -np.ones(80)}, "with negative or non-finite values"),
+    ({"negatives": "full", "candidate_items": np.ones(3, bool)},
+     "candidate_items must be 80 booleans (one per catalogue item)"),
+], ids=["zero_temperature", "negative_temperature", "zero_alignment_temperature",
+        "negative_alignment_weight", "negative_alignment_rows", "short_probability",
+        "negative_probability", "short_candidates"])
+def test_nonsense_arguments_are_refused_when_the_model_is_made(model, arguments, message):
+    """Each was accepted, then trained to a NaN loss or failed in a graph deep inside fit
+    (the candidate_items length check compared the mask with its own length)."""
+    with pytest.raises(ValueError) as raised:
+        _variant(model, **arguments)
+    assert message in str(raised.value)
+
+
+def test_the_parts_must_be_towers_of_one_width(model):
+    from tfmmrec.towers.query import QueryTower
+
+    with pytest.raises(ValueError, match="query_tower must be a QueryTower, got ItemTower"):
+        RetrievalModel(model.item_tower, model.query_tower, model.content_table)
+    narrow = QueryTower(["u1"], model.item_tower.dim // 2)
+    with pytest.raises(ValueError, match=r"the towers embed into one space: query_tower\.dim="):
+        RetrievalModel(narrow, model.item_tower, model.content_table)
+
+
+def test_a_misspelt_hidden_modality_is_refused_not_ignored(model):
+    """An ablation with a typo reported the full model under the ablation's name."""
+    with pytest.raises(ValueError, match=r"hidden_modalities: unknown modality 'imgae'; the "
+                                         r"model's are "):
+        model.item_embeddings(tf.constant([0, 1]), hidden_modalities=("imgae",))

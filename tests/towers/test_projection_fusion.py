@@ -272,7 +272,7 @@ def test_shared_feature_dropout_is_one_mask_for_every_row(hidden):
     # a fresh mask each step; the config round-trips
     assert len({tuple(layer.kept_features(20).numpy()) for _ in range(5)}) > 1
     assert ModalityProjection.from_config(layer.get_config()).feature_dropout_shared is True
-    with pytest.raises(ValueError, match="feature dropout must be in"):
+    with pytest.raises(ValueError, match=r"feature_dropout must be a rate in \[0, 1\)"):
         ModalityProjection(5, feature_dropout=1.0)
 
 

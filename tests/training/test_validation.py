@@ -318,15 +318,28 @@ def resumed_from(state_file, done: int, scores) -> ValidationMetrics:
     rescored = [scores[done - 1]]
     callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", patience=3, ks=[1],
                                  embed=scripted(rescored + list(scores[done:])),
-                                 state_file=state_file)
+                                 state_file=state_file, resumed_after=done)
     callback.set_model(Model())
+    callback.on_train_begin()
     for epoch in range(done, len(scores)):
-        callback.on_epoch_begin(epoch)
         callback.on_epoch_end(epoch, {})
+        if callback.model.stop_training:
+            break
     return callback
 
 
 SCORES = [False, True, False, False, False]  # best epoch 2, figures of 5 epochs (patience 3)
+
+
+def interrupted_after(state_file, epochs: int, patience: int = 3) -> ValidationMetrics:
+    """A monitor that scored ``SCORES[:epochs]``, keeping its figures in ``state_file``, and
+    was then killed (no ``on_train_end``)."""
+    callback = ValidationMetrics(SPLIT, USERS, 3, "recall@1", patience, [1],
+                                 scripted(SCORES[:epochs]), state_file=state_file)
+    callback.set_model(Model())
+    for epoch in range(epochs):
+        callback.on_epoch_end(epoch, {})
+    return callback
 
 
 def test_a_resumed_run_chooses_on_the_epochs_before_its_backup_too(tmp_path):
@@ -334,12 +347,7 @@ def test_a_resumed_run_chooses_on_the_epochs_before_its_backup_too(tmp_path):
     a review: epochs 1-7 were gone), so it could choose another epoch and CF weight than the
     uninterrupted run it continues."""
     state = tmp_path / "figures.json"
-    interrupted = ValidationMetrics(SPLIT, USERS, 3, "recall@1", patience=3, ks=[1],
-                                    embed=scripted(SCORES[:4]), state_file=state)
-    interrupted.set_model(Model())
-    for epoch in range(4):  # killed in epoch 5; the backup holds 3 epochs
-        interrupted.on_epoch_begin(epoch)
-        interrupted.on_epoch_end(epoch, {})
+    interrupted_after(state, 4)  # killed in epoch 5; the backup holds 3 epochs
     uninterrupted = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 3, [1], scripted(SCORES))
     run(uninterrupted, 5)
     resumed = resumed_from(state, 3, SCORES)
@@ -356,11 +364,7 @@ def test_a_resumed_run_chooses_on_the_epochs_before_its_backup_too(tmp_path):
 def test_the_backups_epoch_is_scored_again_when_the_kill_came_before_its_figures(tmp_path,
                                                                                 caplog):
     state = tmp_path / "figures.json"
-    interrupted = ValidationMetrics(SPLIT, USERS, 3, "recall@1", 3, [1], scripted(SCORES[:2]),
-                                    state_file=state)
-    interrupted.set_model(Model())
-    for epoch in range(2):
-        interrupted.on_epoch_end(epoch, {})
+    interrupted_after(state, 2)
     resumed = resumed_from(state, 3, SCORES)  # the backup holds epoch 3: its figures are not
     assert resumed.epochs == [1, 2, 3, 4, 5] and resumed.best_epoch == 2
     state.unlink()
@@ -368,6 +372,29 @@ def test_the_backups_epoch_is_scored_again_when_the_kill_came_before_its_figures
         resumed = resumed_from(state, 3, SCORES)  # nothing to read back: as before
     assert resumed.epochs == [3, 4, 5]
     assert "does not hold the validation figures of epochs 1-3" in caplog.text
+    state.write_text('{"epochs": [1, 2')  # damaged: the same fallback, not a traceback
+    with caplog.at_level("WARNING"):
+        assert resumed_from(state, 3, SCORES).epochs == [3, 4, 5]
+    assert "is damaged" in caplog.text
+
+
+def test_a_backup_of_the_last_epoch_resumes_with_no_epoch_left_to_run(tmp_path):
+    """Keras runs no epoch then (no on_epoch_begin): the figures come back at train begin."""
+    state = tmp_path / "figures.json"
+    interrupted_after(state, 5, patience=0)
+    resumed = resumed_from(state, 5, SCORES)
+    assert resumed.epochs == [1, 2, 3, 4, 5] and resumed.best_epoch == 2
+
+
+def test_a_run_killed_after_its_stop_resumes_stopped(tmp_path):
+    """Killed between the stop at epoch 5 (patience 3, best 2) and the end: the resumed run
+    must not train epoch 6, which could move the choice."""
+    state = tmp_path / "figures.json"
+    assert interrupted_after(state, 5, patience=3).model.stop_training
+    resumed = resumed_from(state, 5, [*SCORES, True])  # an epoch 6 would be the best
+    assert resumed.model.stop_training
+    resumed.on_epoch_end(5, {})  # Keras ends the epoch it began before it stops
+    assert resumed.epochs == [1, 2, 3, 4, 5] and resumed.best_epoch == 2
 
 
 def test_a_lower_is_better_head_metric_chooses_the_smallest_figure():

@@ -97,6 +97,8 @@ class Manifest:
     interaction_columns: list[str]
     # {"train": sha1, "test": sha1} of the rows written (:func:`split_digests`)
     split_sha1: dict[str, str] = field(default_factory=dict)
+    # the items' content when prepared (:func:`catalog_fingerprint`; "" in older manifests)
+    catalog_sha1: str = ""
     # per table, each shard's {"file", "records", "bytes", "sha256"}
     shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -288,7 +290,8 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
     plan = run.plan
     manifest = Manifest.from_dict(
         plan["settings"], directory=run.output, format_version=FORMAT_VERSION,
-        num_items=run.num_items, item_ids_sha1=plan["item_ids_sha1"], split=plan["split"],
+        num_items=run.num_items, item_ids_sha1=plan["item_ids_sha1"],
+        catalog_sha1=plan.get("catalog_sha1", ""), split=plan["split"],
         interaction_columns=plan["interaction_columns"], split_sha1=plan["split_sha1"],
         shards={table: [_shard_entry(recorded[job["file"]]) for job in run.jobs
                         if job["table"] == table] for table in TABLES})
@@ -378,6 +381,7 @@ def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None, wo
                       counts)
     return {"fingerprint": fingerprint(counts), "settings": settings,
             "split": split_settings(config), "item_ids_sha1": ids_digest(catalog.item_ids),
+            "catalog_sha1": content.decode(),
             "interaction_columns": columns, "split_sha1": tables, "shard_counts": counts,
             "estimated_bytes": sum(rows * size for rows, size in sizes.values())}
 
@@ -758,8 +762,10 @@ def check_compatible(manifest: Manifest, config: Config,
     if isinstance(dataset, Dataset):
         catalogue = (dataset.catalog.modalities, dataset.num_items,
                      ids_digest(dataset.catalog.item_ids))
+        content = catalog_fingerprint(dataset.catalog)
     elif dataset is not None:
         catalogue = (dataset.modalities, dataset.num_items, dataset.item_ids_sha1)
+        content = dataset.catalog_sha1
     modalities = list(catalogue[0]) if dataset is not None else manifest.modalities
     expected = {**media_settings(config, modalities), "split": split_settings(config)}
     found = {**manifest.settings, "modalities": manifest.modalities, "split": manifest.split}
@@ -768,6 +774,10 @@ def check_compatible(manifest: Manifest, config: Config,
     if dataset is not None and (manifest.num_items, manifest.item_ids_sha1) != catalogue[1:]:
         differ.append(f"catalogue: prepared {manifest.num_items} items, the folder has "
                       f"{catalogue[1]} (or other ids)")
+    elif dataset is not None and manifest.catalog_sha1 and manifest.catalog_sha1 != content:
+        # the shards hold the items' decoded content: an edited text or replaced poster
+        # would be trained on (and encoded by `encode`) as it was
+        differ.append("items: their texts or media files changed since they were prepared")
     if differ:
         raise ConfigError(f"train.tfrecords={manifest.directory} does not match this config ("
                           + "; ".join(differ) + "): run `tfmmrec prepare` again")

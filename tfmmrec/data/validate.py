@@ -103,8 +103,9 @@ def _check_unique_header(path: Path) -> None:
     """pandas renames a repeated CSV header (``rating,rating`` → ``rating``, ``rating.1``),
     so the second column was read under a name no setting asks for, or silently dropped."""
     header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
-    names = [str(name).strip() for name in header.iloc[0]] if len(header) else []
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    names = [str(name) for name in header.iloc[0]] if len(header) else []
+    # empty names (a spreadsheet's blank trailing columns) are pandas' "Unnamed: N", distinct
+    repeated = sorted({name for name in names if name and names.count(name) > 1})
     if repeated:
         raise DataError(f"{path}: the header names {', '.join(map(shown, repeated))} more than "
                         "once; give every column its own name")
@@ -434,7 +435,9 @@ def require_numeric(frame: pd.DataFrame, path: Path, column: str,
     """Coerce a column to numbers, naming the first value that is not one, is infinite, or
     exceeds ``magnitude_limit`` in absolute value (ratings: float32's largest, since training
     reads them as float32 and an overflow would turn every loss into NaN)."""
-    if pd.api.types.is_bool_dtype(frame[column]):  # pandas reads a column of True/False so
+    # pandas guesses booleans from a CSV's True/False text (JSONL and Parquet booleans are
+    # typed by their writer, and read as 1/0)
+    if path.suffix == ".csv" and pd.api.types.is_bool_dtype(frame[column]):
         raise DataError(f"{path}: {column} must be numeric, got {frame[column].iloc[0]} at "
                         f"{row_label(path, frame.index[0])} (a column of True/False, which "
                         "would be read as 1/0)")
@@ -623,6 +626,15 @@ def require_resolved_media(frame: pd.DataFrame, table: Path, root: Path, column:
                   " and")
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a path the OS refuses to look up (a name part over 255
+    bytes: ``OSError`` "File name too long" instead of a missing file)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _unresolved_media(table: Path, root: Path, column: str, modality: str, row: int,
                       value: str, count: int) -> str:
     """The error of a media column none of whose paths is a file: the folder, one path as
@@ -630,7 +642,7 @@ def _unresolved_media(table: Path, root: Path, column: str, modality: str, row: 
     root = root.absolute()
     resolved = Path(value) if Path(value).is_absolute() else root / value
     elsewhere = ""
-    if not Path(value).is_absolute() and Path(value).is_file():
+    if not Path(value).is_absolute() and is_file(Path(value)):
         elsewhere = (f" ({shown(value)} exists relative to the working directory "
                      f"{Path.cwd()}: write it relative to {root})")
     return (f"{table}: none of the {count} {modality} path(s) in column {column!r} is a "

@@ -116,8 +116,15 @@ def embed_queries(model, ws, modality: str, contents, batch_size: int = 64) -> n
     out)."""
     import tensorflow as tf
 
+    if modality not in model.item_tower.modalities or modality not in ws.encoders:
+        raise ValueError(f"modality {modality!r}: the model's are "
+                         f"{', '.join(model.item_tower.modalities) or 'none'}")
+    if isinstance(contents, str | bytes):  # one query, not one per character
+        contents = [contents]
     tower, encoder = model.item_tower, ws.encoders[modality]
     contents = list(contents)
+    if not contents:
+        return np.zeros((0, tower.projections[modality].dim), np.float32)
     parts = []
     for start in range(0, len(contents), batch_size):
         batch = tf.constant(contents[start:start + batch_size])

@@ -345,22 +345,13 @@ def media_paths(frame: pd.DataFrame, root: Path, column: str | None, modality: s
             paths.append(None)
             continue
         path = Path(value) if Path(value).is_absolute() else root / value
-        if _is_file(path):
+        if validate.is_file(path):
             paths.append(path)
         else:
             paths.append(None)
             missing.append(f"{value} ({validate.row_label(table, row)})")
     validate.report_missing_media(modality, missing)
     return paths
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False for a path the OS refuses to look up (a name part over 255
-    bytes: ``OSError`` "File name too long" instead of a missing file)."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def request_batch(values) -> list:

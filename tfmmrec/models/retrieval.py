@@ -14,6 +14,7 @@ import tensorflow_recommenders as tfrs
 
 from tfmmrec.config import ModelConfig
 from tfmmrec.models.alignment import ModalityAlignment
+from tfmmrec.towers import arguments
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.noise import Noise
 from tfmmrec.towers.precision import check_precision, matmul
@@ -81,6 +82,13 @@ class RetrievalModel(tfrs.Model):
                  **kwargs):
         super().__init__(**kwargs)
         self.training_precision = check_precision(training_precision)
+        _check_parts(query_tower, item_tower, content_table)
+        temperature = arguments.positive_float("temperature", temperature)
+        alignment_temperature = arguments.positive_float("alignment_temperature",
+                                                         alignment_temperature)
+        alignment_weight = arguments.non_negative("alignment_weight", alignment_weight)
+        if alignment_rows:
+            alignment_rows = arguments.positive_int("alignment_rows", alignment_rows)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if objective == "users" and (negatives != "full"
@@ -95,6 +103,8 @@ class RetrievalModel(tfrs.Model):
         self.content_table = content_table
         self.item_probability = None
         if item_probability is not None:
+            item_probability = _checked_probability(item_probability,
+                                                    _catalogue_size(content_table, item_tower))
             self.item_probability = tf.constant(np.maximum(item_probability, 1e-12), tf.float32)
         self.remove_accidental_hits = remove_accidental_hits
         if negatives not in NEGATIVES:
@@ -104,12 +114,14 @@ class RetrievalModel(tfrs.Model):
         self.num_items = self.candidate_index = None
         self._candidate_cache = None
         if negatives == "full":
+            size = _catalogue_size(content_table, item_tower)
             mask = (np.ones(_num_rows(content_table, item_tower), bool)
                     if candidate_items is None else np.asarray(candidate_items, bool))
-            self.num_items = len(mask)
+            self.num_items = len(mask) if size is None else size
             if mask.shape != (self.num_items,) or not mask.any():
-                raise ValueError(f"candidate_items must be {self.num_items} booleans with at "
-                                 f"least one True, got shape {mask.shape}")
+                raise ValueError(f"candidate_items must be {self.num_items} booleans (one per "
+                                 f"catalogue item) with at least one True, got shape "
+                                 f"{mask.shape}")
             self.candidate_index = tf.constant(np.flatnonzero(mask), tf.int32)
             # Position of each catalogue item among the candidates (−1: not a candidate).
             position = np.full(self.num_items, -1, np.int32)
@@ -371,6 +383,38 @@ def _softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Ten
     backprop = tf.tensor_scatter_nd_sub(probabilities, label_cells,
                                         tf.ones_like(values))
     return values, backprop
+
+
+def _check_parts(query_tower, item_tower, content_table) -> None:
+    """The towers and table are the classes the model calls, of one embedding width."""
+    for name, value, kind in (("query_tower", query_tower, QueryTower),
+                              ("item_tower", item_tower, ItemTower),
+                              ("content_table", content_table, ItemContentTable)):
+        if not isinstance(value, kind):
+            raise ValueError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    if query_tower.dim != item_tower.dim:
+        raise ValueError(f"the towers embed into one space: query_tower.dim={query_tower.dim} "
+                         f"but item_tower.dim={item_tower.dim}")
+
+
+def _catalogue_size(content_table: ItemContentTable, item_tower: ItemTower) -> int | None:
+    try:
+        return _num_rows(content_table, item_tower)
+    except ValueError:
+        return None
+
+
+def _checked_probability(values, size: int | None) -> np.ndarray:
+    """``item_probability`` (logQ correction): one finite probability ≥ 0 per item."""
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or (size is not None and len(values) != size) \
+            or not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"item_probability must be one finite value >= 0 per catalogue item "
+                         f"({size if size is not None else 'any number of'} items), got shape "
+                         f"{values.shape}" + ("" if np.isfinite(values).all() and
+                                              not (values < 0).any() else
+                                              " with negative or non-finite values"))
+    return values
 
 
 def _num_rows(content_table: ItemContentTable, item_tower: ItemTower) -> int:

@@ -354,8 +354,8 @@ class BodyBudget:
     The server has a thread per connection (up to ``--rest-max-connections``): N clients
     announcing 60 MB each and sending it slowly held N × 60 MB. A body is reserved as it
     arrives, each socket read (at most ``_READ_SIZE``) before it is made, and released once its
-    answer is sent; past the budget a request is refused at once (503) rather than queued
-    behind uploads that may never end.
+    answer is sent; a read that would go past the budget refuses its request (503), mid-upload
+    for a large body, rather than queue it behind uploads that may never end.
     """
 
     def __init__(self, limit: int):
@@ -539,18 +539,25 @@ class _BodyReader:
     def _readline(self, limit: int) -> bytes:
         """A line of at most ``limit`` bytes (``rfile.readline`` would wait past the
         deadline, a read per byte of a trickled line)."""
-        line = bytearray()
-        while len(line) < limit:
-            buffered = self._in_time(self.rfile.peek, 1)  # the buffer, or one socket read
-            if not buffered:
-                break
-            end = buffered.find(b"\n", 0, limit - len(line))
-            take = end + 1 if end >= 0 else min(len(buffered), limit - len(line))
-            line += self.rfile.read(take)  # already buffered: no socket read
-            if end >= 0:
-                break
+        line = _read_line(self.rfile, limit, lambda: self._in_time(self.rfile.peek, 1))
         self.received += len(line)
-        return bytes(line)
+        return line
+
+
+def _read_line(rfile, limit: int, peek: Callable[[], bytes]) -> bytes:
+    """A line of at most ``limit`` bytes (negative: any length) from ``rfile``; ``peek()``
+    gives what is buffered or makes one socket read, within its caller's deadline."""
+    line = bytearray()
+    while limit < 0 or len(line) < limit:
+        buffered = peek()
+        if not buffered:
+            break
+        room = len(buffered) if limit < 0 else limit - len(line)
+        end = buffered.find(b"\n", 0, room)
+        line += rfile.read(end + 1 if end >= 0 else min(len(buffered), room))  # buffered
+        if end >= 0:
+            break
+    return bytes(line)
 
 
 class _HeadReader:
@@ -586,26 +593,19 @@ class _HeadReader:
             if not self._rfile.peek(1):  # idle: the socket's own timeout
                 return b""
             self.deadline = time.monotonic() + self.seconds
-        line = bytearray()
-        while limit < 0 or len(line) < limit:
-            left = self.deadline - time.monotonic()
-            self.timed_out = left <= 0
-            if self.timed_out:
-                raise TimeoutError(f"request head incomplete after {self.seconds:g} s")
-            self._connection.settimeout(left)
-            try:
-                buffered = self._rfile.peek(1)  # the buffer, or one socket read
-            except TimeoutError:
-                self.timed_out = True
-                raise
-            if not buffered:
-                break
-            room = len(buffered) if limit < 0 else limit - len(line)
-            end = buffered.find(b"\n", 0, room)
-            line += self._rfile.read(end + 1 if end >= 0 else min(len(buffered), room))
-            if end >= 0:
-                break
-        return bytes(line)
+        return _read_line(self._rfile, limit, self._peek_in_time)
+
+    def _peek_in_time(self) -> bytes:
+        left = self.deadline - time.monotonic()
+        self.timed_out = left <= 0
+        if self.timed_out:
+            raise TimeoutError(f"request head incomplete after {self.seconds:g} s")
+        self._connection.settimeout(left)
+        try:
+            return self._rfile.peek(1)  # the buffer, or one socket read
+        except TimeoutError:
+            self.timed_out = True
+            raise
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -621,10 +621,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self.rfile.arm()
+        self.requestline = ""  # what an answer logs if the request line never arrives
         super().handle_one_request()  # a TimeoutError ends it, closing the connection
         if self.rfile.timed_out:
             self.rfile.disarm(self.timeout)  # the socket's timeout, for the answer
-            # a status line and headers (the request line may be unread), and a body
+            # a status line and headers, and a body; the request line may be unread (and
+            # send_response logs it)
             self.request_version, self.command = self.protocol_version, None
             self._send(HTTPStatus.REQUEST_TIMEOUT, _dumps({"error": (
                 f"Request line and headers incomplete after {self.head_timeout:g} s, the "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfmmrec.towers import arguments
+
 FUSION_MODES = ("concat_mlp", "mean", "gated", "attention")
 
 
@@ -51,7 +53,7 @@ class MaskedFusion(tf.keras.layers.Layer):
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
         self.mode = mode
-        self.hidden = hidden
+        self.hidden = arguments.positive_int("hidden", hidden)
 
     def build(self, input_shape):
         dim = int(input_shape[-1])

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfmmrec.towers import arguments
 from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.fusion import MaskedFusion, drop_modalities
@@ -30,6 +31,13 @@ class ItemContentTable(tf.keras.layers.Layer):
     def __init__(self, contents: Mapping[str, object], masks: Mapping[str, np.ndarray],
                  **kwargs):
         super().__init__(trainable=False, **kwargs)
+        for m, value in contents.items():  # one row per item everywhere
+            if m not in masks:
+                raise ValueError(f"masks has no entry for modality {m!r}")
+            rows = {int(np.shape(leaf)[0]) for leaf in tf.nest.flatten(value)}
+            if rows != {len(masks[m])}:
+                raise ValueError(f"{m}: {sorted(rows)} content row(s) but {len(masks[m])} "
+                                 "mask entries; give one of each per item")
         self.modalities = tuple(contents)
         self._contents = {
             m: tf.nest.map_structure(lambda a, m=m: self._variable(f"{m}_content", a), value)
@@ -93,11 +101,18 @@ class ItemTower(tf.keras.layers.Layer):
                  feature_dropout_shared: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.training_precision = check_precision(training_precision)
-        self.modalities = tuple(modalities)
-        self.dim = dim
+        self.modalities = arguments.names("modalities", modalities)
+        self.dim = arguments.positive_int("dim", dim)
         self.encoders = dict(encoders or {})
         feature_dropout = dict(feature_dropout or {})
-        self.projection_hidden = tuple(int(h) for h in projection_hidden)
+        arguments.known("feature_dropout", feature_dropout, self.modalities)
+        for modality, value in feature_dropout.items():
+            arguments.rate(f"feature_dropout[{modality!r}]", value)
+        arguments.rate("dropout", dropout)
+        arguments.rate("modality_dropout", modality_dropout)
+        if num_items is not None:
+            arguments.positive_int("num_items", num_items)
+        self.projection_hidden = arguments.widths("projection_hidden", projection_hidden)
         self.fusion_mode = fusion
         self.num_items = num_items
         self.dropout = dropout
@@ -207,6 +222,7 @@ class ItemTower(tf.keras.layers.Layer):
 
     def call(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
         """Item embeddings; ``hidden_modalities`` are treated as missing (for ablations)."""
+        arguments.known("hidden_modalities", hidden_modalities, self.modalities)
         fused, embeddings, mask = self.encode(content, training, hidden_modalities)
         if not training and self.serving_mix is not None:
             fused = tf.cond(tf.reduce_sum(self.serving_mix) > 0,

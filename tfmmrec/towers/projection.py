@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfmmrec.towers import arguments
 from tfmmrec.towers.noise import Noise
 from tfmmrec.towers.precision import check_precision, matmul
 
@@ -81,13 +82,11 @@ class ModalityProjection(tf.keras.layers.Layer):
                  feature_dropout: float = 0.0, training_precision: str = "float32",
                  feature_dropout_shared: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if not 0 <= feature_dropout < 1:
-            raise ValueError(f"feature dropout must be in [0, 1), got {feature_dropout}")
-        self.dim = dim
+        self.dim = arguments.positive_int("dim", dim)
         self.training_precision = check_precision(training_precision)
-        self.hidden = tuple(hidden)
-        self.dropout = dropout
-        self.feature_dropout = feature_dropout
+        self.hidden = arguments.widths("hidden", hidden)
+        self.dropout = arguments.rate("dropout", dropout)
+        self.feature_dropout = arguments.rate("feature_dropout", feature_dropout)
         self.feature_dropout_shared = bool(feature_dropout_shared)
         # only when used: each Noise() takes a draw from Python's seeded stream, so an unused
         # one would shift every later layer's stream (and every run's masks)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfmmrec.towers import arguments
 from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.history import HistoryEncoder
 from tfmmrec.towers.noise import Noise
@@ -65,10 +66,12 @@ class QueryTower(tf.keras.layers.Layer):
                  linear_cf: LinearCF | None = None,
                  feature_tables: Mapping[str, Any] | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.dim = dim
-        self.id_dropout = id_dropout
+        self.dim = arguments.positive_int("dim", dim)
+        self.id_dropout = arguments.rate("id_dropout", id_dropout)
         self.noise = Noise()
-        self.id_dim = id_dim
+        self.id_dim = None if id_dim is None else arguments.positive_int("id_dim", id_dim)
+        if isinstance(user_ids, str | bytes):
+            raise ValueError(f"user_ids must be a sequence of ids, got the string {user_ids!r}")
         vocabulary = [str(u) for u in user_ids]
         self.vocabulary = tuple(vocabulary)
         self.lookup = user_lookup(vocabulary)

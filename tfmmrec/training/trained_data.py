@@ -74,6 +74,12 @@ def data_fingerprint(dataset, split, parts: Iterable[str] = ("train", "test", "i
     return {part: compute[part]() for part in parts}
 
 
+def records_data(run_file: Path) -> bool:
+    """Whether ``run_file`` records digests of the data its run trained on (so that data can
+    be recognised wherever it now lies)."""
+    return run_file.is_file() and FINGERPRINT_KEY in read_run_record(run_file)
+
+
 def check_trained_data(run_file: Path, dataset, split) -> None:
     """Refuse (``DataError``) to restore the run ``run_file`` records over other data than it
     trained on. A split whose test rows the user supplied is checked on its training rows

@@ -9,7 +9,6 @@ carved from the training split with the same protocol (``pipeline.train``), neve
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -63,9 +62,10 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
     an epoch this process ran).
 
     ``state_file``: where every epoch's figures are kept (rewritten atomically after each
-    epoch, removed when training ends), so that a run resumed from its backup chooses on every
-    epoch, as an uninterrupted run does: the figures of the epochs the backup holds are read
-    back, and the backup's own epoch is scored again from the restored weights if the run was
+    epoch, removed when training ends), so that a run resumed from its backup after
+    ``resumed_after`` epochs chooses on every epoch, as an uninterrupted run does: the figures
+    of the epochs the backup holds are read back (and whether they had already stopped the
+    run), and the backup's own epoch is scored again from the restored weights if the run was
     killed before its figures were written. Without it (or without the file) a resumed run
     chooses among the epochs it ran itself.
     """
@@ -78,7 +78,7 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
                  linear_cf_kinds: Mapping[str, tuple[np.ndarray, np.ndarray] | None]
                  | None = None,
                  head_metrics: Callable[[tf.keras.Model], Mapping[str, float]] | None = None,
-                 state_file: str | os.PathLike | None = None):
+                 state_file: str | os.PathLike | None = None, resumed_after: int = 0):
         super().__init__()
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
@@ -102,16 +102,18 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
         self.linear_cf_kinds = dict(linear_cf_kinds or {None: None})
         self.best_linear_cf_kind: str | None = None
         self._best_weights = None
-        self.state_file = state_file
-        self._began = False
+        self.state_file, self.resumed_after = state_file, resumed_after
+        self._stopped = False  # the figures read back had stopped the run already
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self._began:
-            self._began = True
-            if epoch and self.state_file is not None:  # resumed after `epoch` epochs
-                self._resume(epoch)
+    def on_train_begin(self, logs=None):
+        # after the backup's restore (an earlier callback); also when no epoch is left to run
+        if self.resumed_after and self.state_file is not None:
+            self._resume(self.resumed_after)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._stopped:  # killed between the stop and the end: that epoch is not the run's
+            self.model.stop_training = True
+            return
         entry, table, value = self._score()
         self._record(epoch + 1, entry, table)
         logger.info("epoch %d: validation %s %.4f", epoch + 1, self.metric, value)
@@ -169,21 +171,37 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
     def _save(self) -> None:
         from tfmmrec.files import write_json
 
-        write_json({"epochs": self.epochs, "history": self.history,
-                    "scores": [[[kind, weight, metrics] for (kind, weight), metrics
-                                in table.items()] for table in self.scores]}, self.state_file)
+        try:
+            write_json({"epochs": self.epochs, "history": self.history,
+                        "scores": [[[kind, weight, metrics] for (kind, weight), metrics
+                                    in table.items()] for table in self.scores]},
+                       self.state_file)
+        except OSError as exc:  # only a resume reads it: training goes on
+            logger.warning("cannot keep the validation figures in %s (%s): a run resumed "
+                           "after this epoch chooses among the epochs it runs", self.state_file,
+                           exc)
+
+    def _read_back(self, done: int) -> list[tuple[int, dict, dict]]:
+        """``(epoch, entry, table)`` of epochs 1..``done`` as the interrupted run saved them
+        ([] when the file is missing, damaged or of another shape)."""
+        from tfmmrec.data.tfrecords import read_json
+
+        if not Path(self.state_file).is_file():
+            return []
+        saved = read_json(self.state_file)  # damaged: None, with a warning
+        try:
+            return [(epoch, _numbers(entry), {(kind, weight): _numbers(metrics)
+                                              for kind, weight, metrics in table})
+                    for epoch, entry, table in zip(saved["epochs"], saved["history"],
+                                                   saved["scores"], strict=True)
+                    if epoch <= done]
+        except (KeyError, TypeError, ValueError):
+            return []
 
     def _resume(self, done: int) -> None:
         """The figures of epochs 1..``done`` (the backup's), as the interrupted run recorded
         them; epoch ``done``'s scored again if the kill came before they were written."""
-        saved = {"epochs": []}
-        with contextlib.suppress(FileNotFoundError):
-            saved = json.loads(Path(self.state_file).read_text())
-        kept = [(epoch, _numbers(entry), {(kind, weight): _numbers(metrics)
-                                          for kind, weight, metrics in table})
-                for epoch, entry, table in zip(saved["epochs"], saved.get("history", []),
-                                               saved.get("scores", []), strict=True)
-                if epoch <= done]
+        kept = self._read_back(done)
         if [epoch for epoch, _, _ in kept] not in (list(range(1, done + 1)),
                                                     list(range(1, done))):
             logger.warning("%s does not hold the validation figures of epochs 1-%d: the resumed "
@@ -193,6 +211,9 @@ class ValidationMetrics(tf.keras.callbacks.Callback):
             self._record(epoch, entry, table)
         if not kept or kept[-1][0] < done:  # the restored weights are the backup's epoch
             self._record(done, *self._score()[:2])
+        self._stopped = bool(self.patience) and done - self.best_epoch >= self.patience
+        if self._stopped:
+            self.model.stop_training = True
         logger.info("resumed early stopping: validation figures of epochs 1-%d read back, best "
                     "so far epoch %d (%s %.4f)", done, self.best_epoch, self.metric, self.best)
 
