@@ -97,6 +97,9 @@ def finished(tiny_config, tiny_workspace, tmp_path_factory) -> Path:
                        r"DataflowRunner, .*FlinkRunner, .*SparkRunner, .*local"),
     ("DirectRunner", ("--direct_num_workers=abc",),
      r"--runner DirectRunner: bad Beam pipeline option: .*direct_num_workers.*'abc'"),
+    # a misspelt flag: Beam only logs it, and the job ran without it
+    ("DirectRunner", ("--direct_num_wrkers=1",),
+     r"--runner DirectRunner: unknown Beam pipeline option\(s\) --direct_num_wrkers=1"),
 ])
 def test_a_bad_runner_or_flag_leaves_a_finished_output_byte_for_byte(
         finished, tiny_config, tmp_path, capsys, runner, flags, says):

@@ -52,3 +52,19 @@ def test_valid_arguments_of_every_kind_are_accepted():
                       feature_dropout={"image": 0.5}, modality_dropout=0.1)
     assert tower.dim == 8 and tower.modalities == ("text", "image")
     assert QueryTower(np.array(["u1", "u2"]), 8, id_dropout=0.2).vocabulary == ("u1", "u2")
+
+
+def test_build_encoder_names_the_config_class_it_needs():
+    """A dict or another tower's section was a bare AttributeError ('image_size'); one text
+    as the corpus gave a vocabulary of its characters."""
+    from tfmmrec.config import ImageTowerConfig, TextTowerConfig
+    from tfmmrec.errors import ConfigError
+    from tfmmrec.towers.encoders import build_encoder
+
+    for config in (TextTowerConfig(), {"image_size": 32}, None):
+        with pytest.raises(ConfigError, match=r"build_encoder\('image', config\): expected a "
+                                              r"ImageTowerConfig, got "):
+            build_encoder("image", config)
+    with pytest.raises(ConfigError, match="corpus must be a sequence of texts"):
+        build_encoder("text", TextTowerConfig(), "a red fox jumps")
+    assert build_encoder("image", ImageTowerConfig(image_size=32, cnn_filters=[4])) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,27 @@ def test_encode_resumes_keeping_finished_shards(tiny_config, tiny_workspace, tmp
     assert {f: Path(f).stat().st_mtime_ns for f in kept} == kept and lost.is_file()
     assert again.encoded == first.encoded
     assert_same_features(read_back(str(out), tiny_workspace), tiny_workspace.contents)
+
+
+def test_a_damaged_sidecar_is_encoded_again_and_a_damaged_shard_named(tiny_config,
+                                                                      tiny_workspace, tmp_path):
+    """A damaged sidecar was a JSONDecodeError traceback on every later encode; a truncated
+    shard was kept by encode and then a 40-line DataLossError out of training."""
+    out = tmp_path / "features"
+    first = features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3,
+                            progress=False)["audio"]
+    sidecar = Path(first.files()[1]).with_suffix(".json")
+    sidecar.write_text('{"file": "featu')
+    (Path(first.directory) / "manifest.json").unlink()
+    again = features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3,
+                            progress=False)["audio"]
+    assert again.encoded == first.encoded and json.loads(sidecar.read_text())["file"]
+    shard = Path(first.files()[2])
+    shard.write_bytes(shard.read_bytes()[:-7])
+    with pytest.raises(DataError, match=rf"{re.escape(str(shard))}: a feature shard is "
+                                        r"damaged \(.*\): delete it and run `tfmmrec encode`"):
+        features.load_features(str(out), tiny_workspace.encoders["audio"],
+                               tiny_workspace.dataset)
 
 
 def test_a_failed_rewrite_keeps_finished_features_of_other_settings(tiny_config, tiny_workspace,

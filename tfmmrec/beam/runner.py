@@ -72,7 +72,13 @@ def check_options(runner: str, name: str, options) -> None:
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.runner import create_runner
 
-    usage = io.StringIO()
+    usage, discarded = io.StringIO(), _Discarded()
+    beam_logger = logging.getLogger("apache_beam.options.pipeline_options")
+    # heard whatever the quiet output set, and said here as an error rather than logged
+    level, propagate = beam_logger.level, beam_logger.propagate
+    beam_logger.setLevel(logging.WARNING)
+    beam_logger.propagate = False
+    beam_logger.addHandler(discarded)
     try:
         with contextlib.redirect_stderr(usage):  # argparse prints its usage, then exits
             options.get_all_options()
@@ -80,6 +86,13 @@ def check_options(runner: str, name: str, options) -> None:
         lines = usage.getvalue().strip().splitlines() or ["cannot parse them"]
         raise ConfigError(f"--runner {runner}: bad Beam pipeline option: "
                           f"{lines[-1].split(' error: ', 1)[-1]}") from None
+    finally:
+        beam_logger.removeHandler(discarded)
+        beam_logger.setLevel(level)
+        beam_logger.propagate = propagate
+    if discarded.args:  # Beam only logs flags no option knows (a typo ran the whole job)
+        raise ConfigError(f"--runner {runner}: unknown Beam pipeline option(s) "
+                          f"{' '.join(discarded.args)}")
     try:
         instance = create_runner(name)
     except ValueError:
@@ -93,6 +106,18 @@ def check_options(runner: str, name: str, options) -> None:
     if errors:
         raise ConfigError(f"--runner {runner}: bad Beam pipeline options: "
                           + " ".join(e.strip().replace("\n", " ") for e in errors))
+
+
+class _Discarded(logging.Handler):
+    """The flags ``PipelineOptions`` discards as unparseable (it logs them, nothing more)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.args: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Discarding unparseable args"):
+            self.args += [str(a) for a in (record.args[0] if record.args else [])]
 
 
 def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,

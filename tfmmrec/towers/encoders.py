@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tfmmrec import modalities
+from tfmmrec.errors import ConfigError
 from tfmmrec.towers.base import Encoder
 
 __all__ = ["Encoder", "build_encoder"]
@@ -24,4 +25,12 @@ def build_encoder(modality: str, config: Any, corpus: Sequence[str] | None = Non
     random-init text encoder takes its word vocabulary from it (or from ``vocabulary`` as built
     before, the ``get_config`` round trip); the others ignore it. An unknown
     ``modality`` is a ``ConfigError`` naming the registered ones."""
-    return modalities.get(modality).build_encoder(config, corpus, vocabulary=vocabulary)
+    spec = modalities.get(modality)
+    expected = spec.tower_config_class
+    if not isinstance(config, expected):  # a dict or another tower's section: AttributeError
+        raise ConfigError(f"build_encoder({modality!r}, config): expected a "
+                          f"{expected.__name__}, got {type(config).__name__}")
+    if isinstance(corpus, str | bytes):  # one text, not a corpus of characters
+        raise ConfigError(f"build_encoder({modality!r}): corpus must be a sequence of texts, "
+                          "got a single string")
+    return spec.build_encoder(config, corpus, vocabulary=vocabulary)

@@ -39,9 +39,9 @@ from tfmmrec.config import Config
 from tfmmrec.data import tfrecords
 from tfmmrec.data.dataset import Dataset
 from tfmmrec.data.stream import ItemsStream, summarize
-from tfmmrec.data.tfrecords import join_path, read_json, read_text, write_text
+from tfmmrec.data.tfrecords import join_path, read_json, write_text
 from tfmmrec.data.validate import report_missing_media
-from tfmmrec.errors import ConfigError, DataError, MediaDecodeError
+from tfmmrec.errors import ConfigError, DataError, MediaDecodeError, first_line
 from tfmmrec.files import atomic_path
 from tfmmrec.progress import counter
 from tfmmrec.towers.cache import CacheStats, ModalityContent, compiled
@@ -191,7 +191,7 @@ def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder
     workdir = tfrecords.output_workdir(directory, plan["fingerprint"], "features")
     tfrecords.start_or_resume(workdir, plan, SHARD_PATTERNS, "features")
     common["output"] = workdir  # the jobs write there
-    todo = [job for job in jobs if not tf.io.gfile.exists(join_path(workdir, job["file"]))]
+    todo = [job for job in jobs if not _finished_shard(workdir, job["file"])]
     if len(todo) < len(jobs):
         logger.info("%s: %d of %d shards already encoded, resuming", workdir,
                     len(jobs) - len(todo), len(jobs))
@@ -279,12 +279,39 @@ def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesMa
     return manifest
 
 
+def _damaged(files: list[str]) -> str | None:
+    """The first of ``files`` that does not read as TFRecords (the error path only)."""
+    for file in files:
+        try:
+            for _ in tf.data.TFRecordDataset(file):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+            return file
+    return None
+
+
+def _sidecar(directory: str, shard: str) -> dict[str, Any] | None:
+    """A shard's summary (``{"file", "encoded", "failed"}``), None if missing or damaged."""
+    path = join_path(directory, shard[: -len(".tfrecord")] + ".json")
+    summary = read_json(path) if tf.io.gfile.exists(path) else None
+    return summary if isinstance(summary, dict) and summary.get("file") == shard else None
+
+
+def _finished_shard(directory: str, shard: str) -> bool:
+    """A shard a resumed run keeps: it exists, and so does its summary (written before it; a
+    damaged summary's shard is encoded again rather than failing every later run)."""
+    return tf.io.gfile.exists(join_path(directory, shard)) \
+        and _sidecar(directory, shard) is not None
+
+
 def _previous_counts(directory: str) -> dict[str, tuple[int, int]]:
     """Per-shard (encoded, failed) counts of shards a resumed run kept, from their sidecars."""
     counts = {}
     for path in tf.io.gfile.glob(join_path(directory, "features-*.json")):
-        summary = json.loads(read_text(path))
-        counts[summary["file"]] = (summary["encoded"], len(summary["failed"]))
+        shard = path.rpartition("/")[2][: -len(".json")] + ".tfrecord"
+        summary = _sidecar(directory, shard)
+        if summary is not None:
+            counts[shard] = (summary["encoded"], len(summary["failed"]))
     return counts
 
 
@@ -485,10 +512,15 @@ def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Datas
                .batch(4096).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
                .prefetch(tf.data.AUTOTUNE))
     seen = 0
-    for index, ok, feature in records.as_numpy_iterator():
-        values[index[ok]] = feature[ok]
-        mask[index] = ok
-        seen += len(index)
+    try:
+        for index, ok, feature in records.as_numpy_iterator():
+            values[index[ok]] = feature[ok]
+            mask[index] = ok
+            seen += len(index)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+        raise DataError(f"{_damaged(files) or path}: a feature shard is damaged "
+                        f"({first_line(exc)}): delete it and {again} (finished shards are "
+                        "kept)") from None
     if seen != len(catalog):
         raise DataError(f"{path} holds {seen} records for {len(catalog)} items: {again}")
     logger.info("%s features of %d items read from %s (%d without %s)", modality,
