@@ -463,6 +463,18 @@ def test_shards_of_items_edited_since_prepare_are_refused_by_train_and_encode(ow
         assert "items: their texts or media files changed since they were prepared" in err, err
 
 
+def test_shards_still_match_their_items_copied_to_another_folder(prepared, tiny_config,
+                                                                 tiny_demo_dir, tmp_path):
+    """The items' content is compared wherever the folder lies: a copy (new paths, new
+    modification times) is the same catalogue."""
+    from tfmmrec.data.dataset import load_dataset
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_demo_dir, copy, copy_function=shutil.copy)
+    config = load_config(tiny_config, [f"data.path={copy}"])
+    tfrecords.check_compatible(prepared, config, load_dataset(config))
+
+
 def test_interactions_of_the_same_count_but_other_rows_are_refused(prepared, tiny_config,
                                                                    tiny_workspace):
     dataset = tiny_workspace.dataset

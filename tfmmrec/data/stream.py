@@ -47,6 +47,7 @@ class CatalogSummary:
     modalities: tuple[str, ...]
     item_ids_sha1: str
     catalog_sha1: str
+    content_sha1: str = ""  # ``CatalogDigest.content``: the same wherever the folder lies
 
 
 def summarize(dataset: Dataset | ItemsStream) -> CatalogSummary:
@@ -55,9 +56,9 @@ def summarize(dataset: Dataset | ItemsStream) -> CatalogSummary:
         return dataset.summary()
     from tfmmrec.data.tfrecords import CatalogDigest
 
-    digest = CatalogDigest().update(dataset.catalog)
+    digest = CatalogDigest(dataset.root).update(dataset.catalog)
     return CatalogSummary(Path(dataset.root), len(dataset.catalog), dataset.catalog.modalities,
-                          digest.ids(), digest.fingerprint())
+                          digest.ids(), digest.fingerprint(), digest.content())
 
 
 class ItemsStream:
@@ -131,14 +132,14 @@ class ItemsStream:
         if self._summary is None:
             from tfmmrec.data.tfrecords import CatalogDigest
 
-            digest = CatalogDigest()
+            digest = CatalogDigest(self.root)
             with _IdBuckets(self.path) as buckets:
                 for start, chunk in self.chunks():
                     digest.update(chunk)
                     buckets.add(start, chunk.item_ids)
                 buckets.require_unique()
             self._summary = CatalogSummary(self.root, digest.count, self.modalities,
-                                           digest.ids(), digest.fingerprint())
+                                           digest.ids(), digest.fingerprint(), digest.content())
             logger.info("read %s in chunks of %d: %d items (%s)", self.path, self.rows,
                         digest.count, ", ".join(self.modalities) or "no content")
         return self._summary

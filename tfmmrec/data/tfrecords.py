@@ -30,6 +30,7 @@ shard writer run as an Apache Beam pipeline with ``tfmmrec prepare --runner``
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,6 +43,7 @@ import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,8 +99,8 @@ class Manifest:
     interaction_columns: list[str]
     # {"train": sha1, "test": sha1} of the rows written (:func:`split_digests`)
     split_sha1: dict[str, str] = field(default_factory=dict)
-    # the items' content when prepared (:func:`catalog_fingerprint`; "" in older manifests)
-    catalog_sha1: str = ""
+    # the items' content when prepared (``CatalogDigest.content``; "" in older manifests)
+    content_sha1: str = ""
     # per table, each shard's {"file", "records", "bytes", "sha256"}
     shards: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -291,7 +293,7 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
     manifest = Manifest.from_dict(
         plan["settings"], directory=run.output, format_version=FORMAT_VERSION,
         num_items=run.num_items, item_ids_sha1=plan["item_ids_sha1"],
-        catalog_sha1=plan.get("catalog_sha1", ""), split=plan["split"],
+        content_sha1=plan.get("content_sha1", ""), split=plan["split"],
         interaction_columns=plan["interaction_columns"], split_sha1=plan["split_sha1"],
         shards={table: [_shard_entry(recorded[job["file"]]) for job in run.jobs
                         if job["table"] == table] for table in TABLES})
@@ -381,7 +383,7 @@ def _plan(config: Config, dataset: Dataset, split: Split, shards: int | None, wo
                       counts)
     return {"fingerprint": fingerprint(counts), "settings": settings,
             "split": split_settings(config), "item_ids_sha1": ids_digest(catalog.item_ids),
-            "catalog_sha1": content.decode(),
+            "content_sha1": CatalogDigest(dataset.root).update(catalog).content(),
             "interaction_columns": columns, "split_sha1": tables, "shard_counts": counts,
             "estimated_bytes": sum(rows * size for rows, size in sizes.values())}
 
@@ -398,12 +400,15 @@ class CatalogDigest:
     consecutive slices of the catalogue): the same digests for one chunk or many, so a catalogue
     streamed from its table (``data.stream``) never needs to be held whole."""
 
-    def __init__(self):
+    def __init__(self, root: str | os.PathLike | None = None):
         self.count = 0
         self._ids = hashlib.sha1()
         # one hash per modality: a modality's content is hashed in catalogue order whatever
         # the chunking (inline content such as text, or each media file's path, size, mtime)
         self._content = {spec.name: hashlib.sha1() for spec in modalities.specs()}
+        # the same wherever the folder lies: media paths relative to ``root``, sizes only
+        self.root = None if root is None else Path(root).absolute()
+        self._relocatable = hashlib.sha1()
 
     def update(self, catalog) -> CatalogDigest:
         if not len(catalog):
@@ -418,10 +423,28 @@ class CatalogDigest:
                     if path is not None:
                         stat = path.stat()
                         digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+                        self._relocatable.update(
+                            f"{spec.name}:{self._relative(path)}:{stat.st_size}\0".encode())
             else:
                 for value in catalog.values(spec.name):
                     digest.update(str(value).encode() + b"\0")
+                    self._relocatable.update(f"{spec.name}:{value}\0".encode())
         return self
+
+    def _relative(self, path: Path) -> str:
+        if self.root is not None:
+            with contextlib.suppress(ValueError):
+                return Path(path).absolute().relative_to(self.root).as_posix()
+        return str(path)
+
+    def content(self) -> str:
+        """The items' content as prepared shards hold it, wherever the folder lies (ids,
+        inline content, each media file's path relative to the folder and its size): what
+        ``check_compatible`` compares, so a moved or copied folder still matches."""
+        digest = hashlib.sha1(b"content")
+        digest.update(self.ids().encode())
+        digest.update(self._relocatable.hexdigest().encode())
+        return digest.hexdigest()
 
     def ids(self) -> str:
         """``ids_digest`` of every id fed so far."""
@@ -762,10 +785,10 @@ def check_compatible(manifest: Manifest, config: Config,
     if isinstance(dataset, Dataset):
         catalogue = (dataset.catalog.modalities, dataset.num_items,
                      ids_digest(dataset.catalog.item_ids))
-        content = catalog_fingerprint(dataset.catalog)
+        content = CatalogDigest(dataset.root).update(dataset.catalog).content()
     elif dataset is not None:
         catalogue = (dataset.modalities, dataset.num_items, dataset.item_ids_sha1)
-        content = dataset.catalog_sha1
+        content = dataset.content_sha1
     modalities = list(catalogue[0]) if dataset is not None else manifest.modalities
     expected = {**media_settings(config, modalities), "split": split_settings(config)}
     found = {**manifest.settings, "modalities": manifest.modalities, "split": manifest.split}
@@ -774,7 +797,7 @@ def check_compatible(manifest: Manifest, config: Config,
     if dataset is not None and (manifest.num_items, manifest.item_ids_sha1) != catalogue[1:]:
         differ.append(f"catalogue: prepared {manifest.num_items} items, the folder has "
                       f"{catalogue[1]} (or other ids)")
-    elif dataset is not None and manifest.catalog_sha1 and manifest.catalog_sha1 != content:
+    elif dataset is not None and manifest.content_sha1 and manifest.content_sha1 != content:
         # the shards hold the items' decoded content: an edited text or replaced poster
         # would be trained on (and encoded by `encode`) as it was
         differ.append("items: their texts or media files changed since they were prepared")
