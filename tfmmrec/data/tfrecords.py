@@ -408,7 +408,7 @@ class CatalogDigest:
         self._content = {spec.name: hashlib.sha1() for spec in modalities.specs()}
         # the same wherever the folder lies: media paths relative to ``root``, sizes only
         self.root = None if root is None else Path(root).absolute()
-        self._relocatable = hashlib.sha1()
+        self._relocatable = {spec.name: hashlib.sha1() for spec in modalities.specs()}
 
     def update(self, catalog) -> CatalogDigest:
         if not len(catalog):
@@ -423,12 +423,12 @@ class CatalogDigest:
                     if path is not None:
                         stat = path.stat()
                         digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-                        self._relocatable.update(
-                            f"{spec.name}:{self._relative(path)}:{stat.st_size}\0".encode())
+                        self._relocatable[spec.name].update(
+                            f"{self._relative(path)}:{stat.st_size}\0".encode())
             else:
                 for value in catalog.values(spec.name):
                     digest.update(str(value).encode() + b"\0")
-                    self._relocatable.update(f"{spec.name}:{value}\0".encode())
+                    self._relocatable[spec.name].update(f"{value}\0".encode())
         return self
 
     def _relative(self, path: Path) -> str:
@@ -443,7 +443,8 @@ class CatalogDigest:
         ``check_compatible`` compares, so a moved or copied folder still matches."""
         digest = hashlib.sha1(b"content")
         digest.update(self.ids().encode())
-        digest.update(self._relocatable.hexdigest().encode())
+        for name in sorted(self._relocatable):  # per modality: the same for any chunking
+            digest.update(f"{name}:{self._relocatable[name].hexdigest()}".encode())
         return digest.hexdigest()
 
     def ids(self) -> str:
