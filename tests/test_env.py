@@ -151,6 +151,21 @@ def test_quiet_output_keeps_scanns_absl_lines_off_stderr_and_nothing_else(order)
     assert "a Python line of the user's own" in result.stderr
 
 
+@pytest.mark.parametrize("order", ["tfmmrec first", "tensorflow first"])
+def test_importing_tfmmrec_alone_keeps_scanns_absl_lines_off_stderr(order):
+    """A script or notebook that never calls ``quiet_output()``: the import's errors-only
+    threshold (TF's C++ level 2) holds for ScaNN's absl lines too; the user's own still show."""
+    setup = "import tfmmrec\nimport tensorflow\n" if order == "tfmmrec first" else \
+        "import tensorflow\nimport tfmmrec\n"
+    result = run_python("import os, sys\n" + setup + textwrap.dedent(SCANN_INDEX_BUILD),
+                        TF_CPP_MIN_LOG_LEVEL=None)
+    assert result.returncode == 0, result.stderr
+    for line in SCANN_LINES:
+        assert line not in result.stderr, result.stderr
+    assert "a C-level line of the user's own" in result.stderr
+    assert "a Python line of the user's own" in result.stderr
+
+
 def test_a_tf_cpp_min_log_level_the_user_set_keeps_the_native_lines():
     """The user's own setting wins (and the lines the test above removes do exist)."""
     result = run_python("import os, sys\nimport tfmmrec\ntfmmrec.quiet_output()\n"

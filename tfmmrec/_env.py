@@ -34,6 +34,12 @@ _USER_ENVIRONMENT = frozenset(os.environ)  # what the user set, before tfmmrec s
 def configure_keras() -> None:
     """Select Keras 2 before TensorFlow loads; raise if Keras 3 is already live."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet_output() may lower it further
+    if "TF_CPP_MIN_LOG_LEVEL" not in _USER_ENVIRONMENT:
+        # The same threshold (errors only) for the native code TF's variable does not reach:
+        # ScaNN's absl lines (I…/W… partitioner, gmm_utils) and glog-based libraries. Not a
+        # redirection: a user's own C-level and Python lines still show.
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        after_import("tensorflow", quiet_absl_logs)
     if os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
     if "tensorflow" in sys.modules and not keras2_active():

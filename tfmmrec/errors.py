@@ -223,3 +223,10 @@ def shown(value) -> str:
     """``repr(value)`` cut to about 80 characters: a value from a user's data in a message (a
     10 MB id in an interactions table made a 10 MB error line)."""
     return _SHOWN.repr(value)
+
+
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ``...`` marking the cut: the one length cap on the
+    text of a value a message echoes (``shown`` for Python values, the serving module's
+    ``short`` for a request's JSON)."""
+    return text if len(text) <= limit else text[:limit] + "..."

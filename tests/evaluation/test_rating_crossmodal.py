@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from tfmmrec.evaluation.crossmodal import cross_modal_metrics, cross_modal_ranks
 from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
@@ -44,6 +45,12 @@ def test_cross_modal_ranks_and_metrics():
     assert metrics == {"recall@1": 0.0, "recall@2": 0.5, "median_rank": 2.5, "num_queries": 2}
 
 
+@pytest.mark.parametrize("ks", [(0,), (1, -5), (), (2.5,)])
+def test_cross_modal_cutoffs_must_be_positive_integers(ks):
+    with pytest.raises(ValueError, match="ks must be a non-empty list of positive integers"):
+        cross_modal_metrics(np.array([1, 2]), ks=ks)
+
+
 def test_log_loss_of_logits():
     # logit 0 → p = 0.5 → -log 0.5 for either label; a confident right logit → ~0
     assert math.isclose(log_loss([0.0, 0.0], [1, 0]), math.log(2))
@@ -71,6 +78,8 @@ def test_cross_modal_evaluation_of_a_trained_model(tiny_trained):
     ranks = cross_modal_ranks(singles["text"], served, text, np.ones(len(text), bool))
     assert results["text→fused"] == cross_modal_metrics(ranks, (1, 5, 10))
     assert results["text→fused"]["num_queries"] == int(text.sum())
+    with pytest.raises(ValueError, match=r"ks must be .* got \[0\]"):
+        evaluate_cross_modal(model, ws, ks=(0,))
 
 
 def test_a_query_string_embeds_as_its_item_text_does(tiny_trained):

@@ -71,6 +71,12 @@ def test_query_command_over_grpc_and_rest(serve_process, tiny_exports, capsys):
                  "--user", user, "--k", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == grpc_rows
     assert len(grpc_rows[0]["item_ids"]) == 3
+    assert grpc_rows[0]["known_user"] is True
+    assert main(["query", "--target", f"127.0.0.1:{grpc_port}", "--model", MODEL,
+                 "--user", user, "--user", "nobody-at-all", "--k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{user}:"
+    assert "nobody-at-all (not a user the model knows: the cold-start list):" in lines
     assert main(["query", "--target", f"127.0.0.1:{grpc_port}", "--model", MODEL,
                  "--text", tiny_exports.texts[0], "--k", "2"]) == 0
     assert "  1  " in capsys.readouterr().out

@@ -194,6 +194,13 @@ def test_unknown_users_share_the_out_of_vocabulary_embedding():
     assert not np.allclose(out[0], out[2]) and not np.allclose(out[2], out[3])
 
 
+def test_a_python_list_of_user_ids_embeds_as_the_tensor_of_them_does():
+    tower = query_tower()
+    expected = tower(tf.constant(["u2", "nobody"])).numpy()
+    np.testing.assert_array_equal(tower(["u2", "nobody"]).numpy(), expected)
+    np.testing.assert_array_equal(tower([2, 0]).numpy(), expected)  # lookup indices
+
+
 def test_user_features_become_embeddings_and_standardised_numbers():
     tower = query_tower(users=USERS, feature_columns=["age", "occupation"])
     assert list(tower.categorical) == ["occupation"]

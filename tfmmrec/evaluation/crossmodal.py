@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tfmmrec.evaluation.metrics import top_k_items  # ties as every ranking metric breaks them
+from tfmmrec.evaluation.metrics import (  # ties as every ranking metric breaks them
+    check_ks,
+    top_k_items,
+)
 
 
 def cross_modal_ranks(source: np.ndarray, target: np.ndarray, source_present: np.ndarray,
@@ -42,6 +45,7 @@ def cross_modal_ranks(source: np.ndarray, target: np.ndarray, source_present: np
 
 
 def cross_modal_metrics(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    ks = check_ks(ks)  # Recall@0 would be a 0 that looks measured
     metrics = {f"recall@{k}": float(np.mean(ranks <= k)) if len(ranks) else float("nan")
                for k in ks}
     metrics["median_rank"] = float(np.median(ranks)) if len(ranks) else float("nan")
@@ -59,6 +63,7 @@ def evaluate_cross_modal(model, ws, ks: Sequence[int] = (1, 5, 10)) -> dict[str,
     """
     from tfmmrec.evaluation.embeddings import embed_items, single_modality_embeddings
 
+    check_ks(ks)  # before the embeddings are computed
     num_items = ws.dataset.num_items
     embeddings = single_modality_embeddings(model, num_items)
     if not embeddings:  # an id-only model: no content to query with

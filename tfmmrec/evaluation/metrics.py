@@ -89,7 +89,7 @@ def evaluate_ranking(
     """
     queries, items = _check_embeddings(query_embeddings, item_embeddings)
     num_users, num_items = queries.shape[0], items.shape[0]
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     _check_batch_size(batch_size)
     relevant = _binary_matrix(test, (num_users, num_items), "test")
     excluded = None if exclude is None else _binary_matrix(exclude, relevant.shape, "exclude")
@@ -146,7 +146,7 @@ def top_k_accuracy(
     of items is clamped (accuracy 1.0). Returns ``{"top_k_accuracy@K": value}``.
     """
     queries, items = _check_embeddings(query_embeddings_per_example, item_embeddings)
-    ks = _check_ks(ks)
+    ks = check_ks(ks)
     _check_batch_size(batch_size)
     positives = _check_positives(positives, queries.shape[0], items.shape[0])
     bias = _check_bias(item_bias, items.shape[0])
@@ -329,7 +329,7 @@ def _check_embeddings(queries: Any, items: Any) -> tuple[np.ndarray, np.ndarray]
     return queries, items
 
 
-def _check_ks(ks: Sequence[int]) -> list[int]:
+def check_ks(ks: Sequence[int]) -> list[int]:
     ks = [ks] if isinstance(ks, int | np.integer) else list(ks)
     if not ks or any(int(k) != k or k < 1 for k in ks):
         raise ValueError(f"ks must be a non-empty list of positive integers, got {ks!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import reprlib
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -12,7 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec._env import register_custom_ops
-from tfmmrec.errors import ExportError, ServingError, name_viewed_input, one_line_error
+from tfmmrec.errors import (
+    ExportError,
+    ServingError,
+    name_viewed_input,
+    one_line_error,
+    shown,
+)
 from tfmmrec.export.writer import is_version_name, list_versions, read_metadata
 from tfmmrec.modalities.base import check_strings, not_a_string
 
@@ -141,7 +146,7 @@ def _check_request(signature: str, arguments: dict, inputs: dict) -> None:
     for name, value in inputs.items():
         if arguments[name].shape.rank and np.ndim(value) == 0:
             raise ServingError(f"{signature}: {name} is a single value "
-                               f"({reprlib.repr(value)}); pass a batch, e.g. a list with one "
+                               f"({shown(value)}); pass a batch, e.g. a list with one "
                                "entry per query")
         mismatch = shape_mismatch(signature, name, np.shape(value),
                                   arguments[name].shape.as_list()
@@ -220,7 +225,7 @@ def check_ordered(values, name: str, what: str) -> None:
     no particular order, so results would not line up with it) or a lone value such as ``5``
     or ``None``. The one container check ``ExportedModel`` and ``ServingClient`` share."""
     if isinstance(values, Mapping | AbstractSet) or not isinstance(values, Iterable):
-        raise ServingError(f"{name} is {reprlib.repr(values)} ({type(values).__name__}), not a "
+        raise ServingError(f"{name} is {shown(values)} ({type(values).__name__}), not a "
                            f"list of {what}")
 
 

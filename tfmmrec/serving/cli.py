@@ -297,6 +297,7 @@ def _query(args) -> int:
     from tfmmrec.serving.client import ServingClient, format_results, served_items
 
     given = _check_what(args)
+    known = None  # --user: whether each user is one the model knows
     with ServingClient(args.target.address(args.rest), args.model, version=args.version,
                        rest=args.rest, timeout=args.timeout) as client:
         if args.status:
@@ -319,6 +320,7 @@ def _query(args) -> int:
         elif args.user:
             queries = args.user
             result = client.recommend(args.user, args.k, _rows(args.exclude, len(queries)))
+            known = client.known_users(args.user)
         else:
             queries = getattr(args, f"query_{given[0]}")
             result = client.query(given[0], queries, args.k, _rows(args.exclude, len(queries)))
@@ -328,11 +330,17 @@ def _query(args) -> int:
             items = served_items(result, row)
             rows.append({"query": query, "item_ids": [i for i, _ in items],
                          "scores": [s for _, s in items]})
+            if known is not None:
+                rows[-1]["known_user"] = bool(known[row])
             if "retrieval_scores" in result:  # a two-stage recommend: both stages' scores
                 rows[-1]["retrieval_scores"] = [
                     s for _, s in served_items(result, row, "retrieval_scores")]
         return _print(rows, True, str)
-    print(format_results(result, [_label(q) for q in queries]))
+    labels = [_label(q) for q in queries]
+    if known is not None:  # an unknown id is served, not refused: say what the list is
+        labels = [label if is_known else f"{label} (not a user the model knows: the cold-start "
+                  "list)" for label, is_known in zip(labels, known, strict=True)]
+    print(format_results(result, labels))
     return 0
 
 

@@ -153,6 +153,14 @@ class ServingClient:
     def embed_query(self, user_ids: Sequence[str] | str) -> np.ndarray:
         return self.predict("embed_query", {"user_id": _user_ids(user_ids)})["embedding"]
 
+    def known_users(self, user_ids: Sequence[str] | str) -> np.ndarray:
+        """``[B]`` bool: whether the model tells each user from an unknown one. A served model
+        answers an id it was not trained on with the cold-start query (no error, by design);
+        this compares each user's query with the one the empty id gets (``embed_query``)."""
+        queries = self.embed_query(user_ids)
+        unknown = self.embed_query([""])[0]
+        return np.array([not np.array_equal(query, unknown) for query in queries], bool)
+
     # -- generic TF Serving calls ------------------------------------------------------------
     def predict(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run ``signature`` on ``inputs`` (numpy-convertible values); outputs as numpy arrays."""

@@ -25,6 +25,7 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tfmmrec.config import ExportConfig, ServingLimitsConfig
+from tfmmrec.errors import cut
 from tfmmrec.serving.status import RequestStatus, invalid_argument
 
 # One table for both ends: the numpy dtype of each TensorProto dtype JSON can carry.
@@ -343,7 +344,7 @@ def short(value, limit: int = 200, quoted: bool = True) -> str:
             text = json.dumps(value)
     except (ValueError, RecursionError):
         text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return cut(text, limit)
 
 
 # -- arrays → JSON and back --------------------------------------------------------------------

@@ -171,6 +171,7 @@ class QueryTower(tf.keras.layers.Layer):
         return self._embed(index, pooled, item_embedder, training), targets
 
     def _index(self, user) -> tf.Tensor:
+        user = tf.convert_to_tensor(user)  # a Python list of ids works as a numpy array does
         return self.lookup(user) if user.dtype == tf.string else tf.cast(user, tf.int64)
 
     def _embed(self, index, pooled_history, item_embedder, training) -> tf.Tensor:

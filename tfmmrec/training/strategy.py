@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from tfmmrec.config import STRATEGIES, TrainConfig
-from tfmmrec.errors import ConfigError, TrainingError, one_line_error
+from tfmmrec.errors import ConfigError, TrainingError, cut, one_line_error
 
 logger = logging.getLogger(__name__)
 
@@ -314,10 +314,10 @@ def tf_config() -> dict:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"TF_CONFIG is not valid JSON ({exc}): {raw[:200]!r}") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({exc}): {cut(repr(raw), 200)}") from None
     if not isinstance(value, dict):
         raise ConfigError(f"TF_CONFIG must be a JSON object such as {TF_CONFIG_EXAMPLE}, not "
-                          f"{raw[:200]}")
+                          f"{cut(raw, 200)}")
     return value
 
 
@@ -328,16 +328,16 @@ def cluster_spec() -> dict[str, list[str]]:
     if not isinstance(cluster, dict):
         raise ConfigError(f"TF_CONFIG[\"cluster\"] must map job names to lists of host:port "
                           f"addresses, e.g. {{\"worker\": [\"host1:12345\"]}}, not "
-                          f"{json.dumps(cluster)[:200]}")
+                          f"{cut(json.dumps(cluster), 200)}")
     seen: dict[str, str] = {}
     for job, addresses in cluster.items():
         if job not in KNOWN_JOBS:
             raise ConfigError(f"TF_CONFIG[\"cluster\"] has the job {job!r}: the jobs are "
                               f"{', '.join(KNOWN_JOBS)}")
         if not isinstance(addresses, list):
-            raise ConfigError(f"TF_CONFIG[\"cluster\"][\"{job}\"]={json.dumps(addresses)[:200]} "
-                              "must be a list of host:port addresses, e.g. "
-                              f"[{json.dumps(addresses)[:200]}]")
+            given = cut(json.dumps(addresses), 200)
+            raise ConfigError(f"TF_CONFIG[\"cluster\"][\"{job}\"]={given} must be a list of "
+                              f"host:port addresses, e.g. [{given}]")
         for index, address in enumerate(addresses):
             check_address(f"TF_CONFIG[\"cluster\"][\"{job}\"][{index}]", address)
             if address in seen:
@@ -379,7 +379,7 @@ def cluster_task(jobs: tuple[str, ...], strategy: str) -> ClusterTask:
                           f"process is: add {example}, N being this process's place in the "
                           "cluster's worker list (0 for the first)")
     if not isinstance(task, dict):
-        raise ConfigError(f"TF_CONFIG[\"task\"]={json.dumps(task)[:200]} must be an object: "
+        raise ConfigError(f"TF_CONFIG[\"task\"]={cut(json.dumps(task), 200)} must be an object: "
                           f"{example}, N being this process's place in the cluster's worker "
                           "list (0 for the first)")
     task_type, index = task.get("type"), task.get("index")
