@@ -511,7 +511,8 @@ def _prepare(config, args) -> int:
         options = prepare_options(config, args.runner, args.beam_args, args.workers)
         manifest = beam_prepare(config, args.output, runner=args.runner,
                                 beam_args=args.beam_args, dataset=resolve_dataset(config),
-                                workers=args.workers, shards=args.shards, options=options)
+                                workers=args.workers, shards=args.shards, options=options,
+                                progress=not args.quiet)
     else:
         from tfmmrec.data.tfrecords import write_tfrecords
 
@@ -541,7 +542,8 @@ def _encode(config, args) -> int:
 
         manifests = beam_encode(config, args.output, runner=args.runner,
                                 beam_args=args.beam_args, dataset=dataset,
-                                shards=args.shards, workers=args.workers)
+                                shards=args.shards, workers=args.workers,
+                                progress=not args.quiet)
     else:
         from tfmmrec.towers.features import encode
 

@@ -107,3 +107,26 @@ def test_a_failed_pipeline_keeps_finished_shards_and_says_to_rerun(tiny_config, 
                              dataset=tiny_workspace.dataset, workers=1, shards=2)
     assert len(list(out.glob("items-*.tfrecord"))) == 2
     assert not (out / "manifest.json").exists()
+
+
+def test_switching_between_local_and_beam_encode_keeps_the_finished_shards(
+        tiny_config, tiny_workspace, tmp_path):
+    """The default shard count follows the workers (1 locally, the cores under --runner), which
+    is not content: the same catalogue and encoder encoded by one are finished for the other,
+    whatever --workers says, and nothing is rewritten."""
+    config = load_config(tiny_config, ["image.enabled=false", "audio.enabled=false"])
+    out = tmp_path / "features"
+    local = features.encode(config, out, dataset=tiny_workspace.dataset, progress=False)["text"]
+
+    def snapshot():  # every file's bytes, and whether a shard was written again
+        return {p: (p.read_bytes(), p.suffix == ".tfrecord" and p.stat().st_mtime_ns)
+                for p in out.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    for workers in (2, 3):
+        beam = beam_encode.encode(config, out, runner="FnApiRunner", workers=workers,
+                                  beam_args=("--direct_num_workers=1",),
+                                  dataset=tiny_workspace.dataset)["text"]
+        assert snapshot() == before and beam.shards == local.shards
+    assert features.plan_encode(config, tiny_workspace.dataset,
+                                tiny_workspace.encoders["text"], str(out), workers=4).todo == []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.conftest import derive_config
 from tfmmrec import cli, pipeline
@@ -222,3 +223,86 @@ def test_local_encode_runs_one_traced_graph_with_the_caches_features(tiny_config
     features.encode(config, out, shards=2, progress=False)  # streams the folder's table
     assert sizes == [10, 10, 10] and min(sizes) >= cache.COMPILE_MIN_BATCHES
     assert_same_features(read_back(out, tiny_workspace), tiny_workspace.contents)
+
+
+TEXT_ONLY = ("image.enabled=false", "audio.enabled=false")
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``directory``: its bytes and modification time (rewritten or not)."""
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_resumed_encode_rewrites_a_shard_damaged_since_its_summary(tiny_config,
+                                                                     tiny_workspace, tmp_path):
+    """The summary records each shard's size and SHA-256 (``prepare``'s check): a shard cut
+    short or bit-flipped since is encoded again, the intact one is kept."""
+    out = tmp_path / "features"
+    first = features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3,
+                            progress=False)["audio"]
+    cut, flipped, intact = (Path(f) for f in first.files())
+    cut.write_bytes(cut.read_bytes()[:-7])
+    data = bytearray(flipped.read_bytes())
+    data[-3] ^= 0x40  # the same size, another feature byte
+    flipped.write_bytes(bytes(data))
+    kept = intact.stat().st_mtime_ns
+    again = features.encode(tiny_config, out, dataset=tiny_workspace.dataset, shards=3,
+                            progress=False)["audio"]
+    assert_same_features(read_back(str(out), tiny_workspace), tiny_workspace.contents)
+    assert intact.stat().st_mtime_ns == kept and again.encoded == first.encoded
+    assert [s["sha256"] for s in again.shards] == [s["sha256"] for s in first.shards]
+
+
+def test_an_unfinished_features_folder_says_its_encode_did_not_finish(tiny_config,
+                                                                      tiny_workspace, tmp_path):
+    config = load_config(tiny_config, list(TEXT_ONLY))
+    out = tmp_path / "features"
+    manifest = features.encode(config, out, dataset=tiny_workspace.dataset, progress=False)
+    (Path(manifest["text"].directory) / "manifest.json").unlink()
+    with pytest.raises(DataError, match=rf"{re.escape(manifest['text'].directory)} exists, "
+                                        r"but its `tfmmrec encode` did not finish .*: run "
+                                        rf"`tfmmrec encode` with this config \(--output "
+                                        rf"{re.escape(str(out))}\) to finish it") as error:
+        features.load_features(str(out), tiny_workspace.encoders["text"],
+                               tiny_workspace.dataset)
+    assert "found" not in str(error.value)
+
+
+@pytest.mark.parametrize("moved", [0, 1, 4])
+def test_a_swap_interrupted_after_the_old_manifest_went_is_resumed(
+        tiny_config, tiny_workspace, tmp_path, monkeypatch, moved):
+    """The replacement (here of a 3-shard output by 2 shards) is kept when ``swap_in`` stops
+    once the old manifest is gone, after ``moved`` of its files were moved in: the next run
+    encodes nothing and ends as an uninterrupted run did."""
+    config = load_config(tiny_config, list(TEXT_ONLY))
+    expected_dir, out = tmp_path / "expected", tmp_path / "features"
+    features.encode(config, expected_dir, dataset=tiny_workspace.dataset, shards=2,
+                    progress=False)
+    features.encode(config, out, dataset=tiny_workspace.dataset, shards=3, progress=False)
+    rename, renames = tf.io.gfile.rename, []
+
+    def interrupted(src, dst, overwrite=False):
+        if len(renames) == moved:
+            raise OSError("killed during the swap")
+        renames.append(dst)
+        rename(src, dst, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", interrupted)
+    with pytest.raises(OSError, match="killed during the swap"):
+        features.encode(config, out, dataset=tiny_workspace.dataset, shards=2, progress=False)
+    monkeypatch.undo()
+    encoded = []
+    real = features.encode_shard
+    monkeypatch.setattr(features, "encode_shard",
+                        lambda job, encode: encoded.append(job["file"]) or real(job, encode))
+    again = features.encode(config, out, dataset=tiny_workspace.dataset, shards=2,
+                            progress=False)["text"]
+    assert encoded == [] and len(again.files()) == 2
+    name = Path(again.directory).name
+    assert {k: v[0] for k, v in snapshot(out / name).items()} == {
+        k: v[0] for k, v in snapshot(expected_dir / name).items()}
+    found = features.load_features(str(out), tiny_workspace.encoders["text"],
+                                   tiny_workspace.dataset)[0]
+    np.testing.assert_allclose(found.values, tiny_workspace.contents["text"].values, atol=1e-5,
+                               rtol=0)

@@ -78,13 +78,14 @@ class EncodeShardFn(ShardJobFn):
 
 def encode(config: Config, output: str | os.PathLike | None = None, *, runner: str,
            beam_args: Sequence[str] = (), dataset: Dataset | ItemsStream | None = None,
-           shards: int | None = None, workers: int | None = None
-           ) -> dict[str, features.FeaturesManifest]:
+           shards: int | None = None, workers: int | None = None,
+           progress: bool = False) -> dict[str, features.FeaturesManifest]:
     """``towers.features.encode`` as one Beam pipeline over every encoder's shards.
 
     Without ``dataset`` the items table is streamed (``data.stream.ItemsStream``): the driver
     checks it and stages one shard's job at a time, so its memory does not grow with the
-    catalogue.
+    catalogue. ``progress``: report the shards finished while the pipeline runs (the
+    command line does unless ``-q``).
     """
     workers = workers or os.cpu_count() or 1
     options = pipeline_options(runner, beam_args, workers)  # before any output is touched
@@ -106,7 +107,8 @@ def encode(config: Config, output: str | os.PathLike | None = None, *, runner: s
                 staged.append(run.modality)
                 yield job
 
-    summaries = run_shard_jobs(jobs(), output, EncodeShardFn(saved), options, "encode")
+    summaries = run_shard_jobs(jobs(), output, EncodeShardFn(saved), options, "encode",
+                               progress=progress)
     manifests = {}
     for run in runs:
         mine = [s for modality, s in zip(staged, summaries, strict=True)

@@ -44,19 +44,21 @@ def prepare_options(config: Config, runner: str, beam_args: Sequence[str] = (),
 def prepare(config: Config, output: str | os.PathLike | None = None, *, runner: str,
             beam_args: Sequence[str] = (), dataset: Dataset | None = None,
             workers: int | None = None, shards: int | None = None,
-            options=None) -> tfrecords.Manifest:
+            options=None, progress: bool = False) -> tfrecords.Manifest:
     """``tfrecords.prepare`` as a Beam pipeline on ``runner`` (same arguments, same output).
 
     ``workers`` sizes the default shard count (at least one shard per worker) and, on the local
     FnApiRunner, the number of worker processes. ``options``: :func:`prepare_options` of the
     same arguments, when the caller checked them already (before loading ``dataset``).
+    ``progress``: report the shards finished while the pipeline runs.
     """
     workers = tfrecords.prepare_workers(config, workers)
     if options is None:  # a bad runner fails here, before the output is touched
         options = pipeline_options(runner, beam_args, workers)
     run = tfrecords.plan_prepare(config, output, dataset=dataset, workers=workers,
                                  shards=shards)
-    summaries = run_shard_jobs(run.todo, run.workdir, WriteShardFn(), options, "prepare")
+    summaries = run_shard_jobs(run.todo, run.workdir, WriteShardFn(), options, "prepare",
+                               progress=progress)
     failed: dict[str, list[str]] = {}
     for summary in summaries:
         for modality, paths in summary["failed"].items():

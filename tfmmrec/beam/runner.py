@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,10 +29,13 @@ import apache_beam as beam
 from tfmmrec.data.tfrecords import join_path, read_text, write_text
 from tfmmrec.errors import ConfigError, DataError
 from tfmmrec.files import temp_writer_gone, writer_tag
+from tfmmrec.progress import counter
 
 logger = logging.getLogger(__name__)
 
 STAGING = ".beam-jobs"
+# How often the driver counts the finished jobs (their ``.done`` files) while the pipeline runs.
+POLL_SECONDS = 5.0
 # Beam's DirectRunner first tries the Prism runner, which downloads a Go binary at run time;
 # the Python FnApiRunner runs the same pipeline locally (in-process, threads or processes).
 LOCAL_RUNNERS = {"directrunner": "FnApiRunner", "direct": "FnApiRunner",
@@ -121,11 +125,12 @@ class _Discarded(logging.Handler):
 
 
 def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
-                   label: str) -> list[dict[str, Any]]:
+                   label: str, *, progress: bool = False) -> list[dict[str, Any]]:
     """Run ``dofn`` on every job as a Beam pipeline; each job's summary, in ``jobs`` order.
 
     ``jobs`` may be a generator: each job is staged as it comes and not kept, so the driver
-    holds one job at a time.
+    holds one job at a time. With ``progress``, the driver reports the jobs finished so far
+    while the pipeline runs (:func:`watch_done`): ``Pipeline.run`` blocks until the end.
 
     A job that already finished (its output exists) is the caller's to skip; this runs what it
     is given. The staging files are removed once every summary has been read, or when the
@@ -143,7 +148,8 @@ def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
         paths.append(path)
     if paths:
         try:
-            with beam.Pipeline(options=options) as pipeline:
+            with watch_done(staging, len(paths), label, progress), \
+                    beam.Pipeline(options=options) as pipeline:
                 _ = (pipeline
                      | f"{label}: shard jobs" >> beam.Create(paths)
                      | f"{label}: spread over workers" >> beam.Reshuffle()
@@ -164,6 +170,42 @@ def run_shard_jobs(jobs: Iterable[dict[str, Any]], output: str, dofn, options,
     remove_stale_staging(output)
     _remove_staging(output, staging)
     return summaries
+
+
+@contextlib.contextmanager
+def watch_done(staging: str, total: int, label: str, progress: bool = True):
+    """Report the jobs finished in ``staging`` (their ``.done`` summaries) every
+    :data:`POLL_SECONDS` while the block runs, through ``tfmmrec.progress.counter``. The
+    summaries are written where the workers write the shards, so the driver sees them with any
+    runner (local processes, Dataflow on ``gs://``)."""
+    if not progress:
+        yield
+        return
+    bar = counter(total=total, desc=f"{label}: shard jobs", unit="shard")
+    stop, seen = threading.Event(), [0]
+
+    def update() -> None:
+        import tensorflow as tf
+
+        with contextlib.suppress(Exception):  # a listing that fails is retried next time
+            done = len(tf.io.gfile.glob(join_path(staging, "*.done")))
+            if done > seen[0]:
+                bar.update(done - seen[0])
+                seen[0] = done
+
+    def poll() -> None:
+        while not stop.wait(POLL_SECONDS):
+            update()
+
+    watcher = threading.Thread(target=poll, name="tfmmrec-beam-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:  # on failure too: the last line says how many shards were finished
+        stop.set()
+        watcher.join()
+        update()
+        bar.close()
 
 
 def staging_name() -> str:

@@ -206,7 +206,8 @@ def plan_prepare(config: Config, output: str | os.PathLike | None = None, *,
                 if old]
     plan = _plan(config, dataset, split, shards, workers, previous)
     _check_output(output, plan["estimated_bytes"])
-    workdir = output_workdir(output, plan["fingerprint"], "TFRecords")
+    workdir = output_workdir(output, plan["fingerprint"], "TFRecords",
+                             SHARD_PATTERNS + SIDECAR_PATTERNS)
     start_or_resume(workdir, plan, SHARD_PATTERNS + SIDECAR_PATTERNS, "TFRecords")
     jobs = _jobs(config, dataset, split, plan, workdir)
     recorded = recorded_shards(workdir)
@@ -225,7 +226,7 @@ def _keep(directory: str, job: dict[str, Any], record: dict[str, Any] | None) ->
     path = join_path(directory, job["file"])
     if not tf.io.gfile.exists(path):
         return False
-    if record is None and _records_intact(path, job["records"]):
+    if record is None and records_intact(path, job["records"]):
         _record_shard(directory, job["file"], job["records"], path)
         return True
     if shard_matches(path, job["records"], record, checksum=True):
@@ -235,7 +236,7 @@ def _keep(directory: str, job: dict[str, Any], record: dict[str, Any] | None) ->
     return False
 
 
-def _records_intact(path: str, records: int) -> bool:
+def records_intact(path: str, records: int) -> bool:
     """``path`` holds ``records`` records, each of which reads back intact (every TFRecord
     carries a CRC32C of its length and of its bytes): a truncated or bit-flipped shard fails."""
     try:
@@ -295,7 +296,7 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
         num_items=run.num_items, item_ids_sha1=plan["item_ids_sha1"],
         content_sha1=plan.get("content_sha1", ""), split=plan["split"],
         interaction_columns=plan["interaction_columns"], split_sha1=plan["split_sha1"],
-        shards={table: [_shard_entry(recorded[job["file"]]) for job in run.jobs
+        shards={table: [shard_entry(recorded[job["file"]]) for job in run.jobs
                         if job["table"] == table] for table in TABLES})
     swap_in(run.output, run.workdir, [job["file"] for job in run.jobs],
             SHARD_PATTERNS + SIDECAR_PATTERNS)
@@ -309,7 +310,7 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
     return manifest
 
 
-def _shard_entry(record: dict[str, Any]) -> dict[str, Any]:
+def shard_entry(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record[key] for key in ("file", "records", "bytes", "sha256")}
 
 
@@ -494,21 +495,45 @@ def _read_plan(directory: str) -> dict[str, Any] | None:
     return read_json(path) if tf.io.gfile.exists(path) else None
 
 
-def output_workdir(output: str, fingerprint: str, what: str) -> str:
+def output_workdir(output: str, fingerprint: str, what: str,
+                   patterns: Sequence[str] = ()) -> str:
     """Where a sharded job's files go: ``output``, unless it holds a finished output (a
     manifest) of another plan, which stays whole and readable until :func:`swap_in`
     replaces it from the ``.replacement`` folder this returns. ``what`` names the output in
-    the warning. Shared by ``prepare`` and ``encode``."""
+    the warning. Shared by ``prepare`` and ``encode``.
+
+    A replacement of this very plan is resumed even when ``output`` has no manifest: a
+    :func:`swap_in` interrupted after removing the old manifest (its finished shards would be
+    lost otherwise); ``patterns`` (the shard files) name what it had moved in already."""
     replacement = join_path(output, REPLACEMENT)
-    old = _read_plan(output)
-    if (tf.io.gfile.exists(join_path(output, MANIFEST))
-            and (old or {}).get("fingerprint") != fingerprint):
+    current = (_read_plan(output) or {}).get("fingerprint")
+    if current != fingerprint and (_read_plan(replacement) or {}).get(
+            "fingerprint") == fingerprint:
+        if not tf.io.gfile.exists(join_path(output, MANIFEST)):
+            _resume_swap(output, replacement, patterns)
+            logger.warning("%s: resuming the interrupted replacement of its %s by %s", output,
+                           what, replacement)
+        return replacement
+    if tf.io.gfile.exists(join_path(output, MANIFEST)) and current != fingerprint:
         logger.warning("%s holds %s of different data or settings; writing the new ones in %s, "
                        "replacing the old ones once all are written", output, what, replacement)
         return replacement
     if tf.io.gfile.exists(replacement):  # a replacement abandoned for this plan
         tf.io.gfile.rmtree(replacement)
     return output
+
+
+def _resume_swap(output: str, replacement: str, patterns: Sequence[str]) -> None:
+    """Undo the moves of an interrupted :func:`swap_in`: once ``output`` has no plan, its old
+    files are gone (removed before the plan), so a shard there (``patterns``) is one the swap
+    had moved in: it goes back to ``replacement``, which is resumed and swapped in again."""
+    if tf.io.gfile.exists(join_path(output, PLAN)):
+        return  # the swap stopped before the old shards were all removed: it moved nothing
+    for pattern in patterns:
+        for path in tf.io.gfile.glob(join_path(output, pattern)):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if not tf.io.gfile.exists(join_path(replacement, name)):
+                tf.io.gfile.rename(path, join_path(replacement, name))
 
 
 def start_or_resume(directory: str, plan: dict[str, Any], patterns: Sequence[str],
@@ -531,15 +556,19 @@ def start_or_resume(directory: str, plan: dict[str, Any], patterns: Sequence[str
 
 def swap_in(output: str, workdir: str, files: Sequence[str], patterns: Sequence[str]) -> None:
     """Swap a complete replacement in (before the new manifest is written): the old manifest
-    goes first (the directory is not read until the new one exists), then the old plan and
-    shards (``patterns``); the new plan and ``files`` move in. A no-op when ``workdir`` is
-    ``output``."""
+    goes first (the directory is not read until the new one exists), then the old shards
+    (``patterns``) and plan; ``files`` move in, then the new plan. A no-op when ``workdir`` is
+    ``output``.
+
+    The order lets an interrupted swap be resumed (:func:`output_workdir`): until the new plan
+    moves in, the replacement keeps it and is resumed; once the old plan is gone, a shard in
+    ``output`` is one this swap moved."""
     if workdir == output:
         return
-    for pattern in [MANIFEST, PLAN, *patterns]:
+    for pattern in [MANIFEST, *patterns, PLAN]:
         for path in tf.io.gfile.glob(join_path(output, pattern)):
             tf.io.gfile.remove(path)
-    for name in [PLAN, *files]:
+    for name in [*files, PLAN]:
         tf.io.gfile.rename(join_path(workdir, name), join_path(output, name))
     tf.io.gfile.rmtree(workdir)
 
@@ -664,12 +693,17 @@ def write_shard(job: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def _record_shard(directory: str, file: str, records: int, path: str) -> None:
-    """Write the sidecar of shard ``file`` of ``directory``: its records, and the size and
-    SHA-256 of ``path`` (the shard, or its temporary name just written: read back from the
-    page cache on a local disk, downloaded once from an object store)."""
+    """Write the sidecar of shard ``file`` of ``directory`` (:func:`shard_record`)."""
+    write_text(sidecar_path(directory, file), json.dumps(shard_record(file, records, path)))
+
+
+def shard_record(file: str, records: int, path: str) -> dict[str, Any]:
+    """What a resumed run checks a finished shard ``file`` against (:func:`shard_matches`):
+    its records, and the size and SHA-256 of ``path`` (the shard, or its temporary name just
+    written: read back from the page cache on a local disk, downloaded once from an object
+    store). Shared by ``prepare`` and ``encode``."""
     size, sha256 = file_digest(path)
-    write_text(sidecar_path(directory, file), json.dumps(
-        {"file": file, "records": records, "bytes": size, "sha256": sha256}))
+    return {"file": file, "records": records, "bytes": size, "sha256": sha256}
 
 
 def sidecar_path(directory: str, file: str) -> str:

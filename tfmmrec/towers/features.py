@@ -160,6 +160,10 @@ def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder
     common = {"modality": modality, "output": directory, "settings": settings,
               "modalities": modalities.references()}
     source = config.train.tfrecords or ""
+    plan = {"modality": modality, "identity": identity, "feature_dim": encoder.feature_dim,
+            "num_items": summary.num_items, "item_ids_sha1": summary.item_ids_sha1,
+            "catalog_sha1": summary.catalog_sha1,
+            "source": source or str(summary.root), "settings": settings}
     if source:
         manifest = tfrecords.load_manifest(source)
         tfrecords.check_compatible(manifest, config, summary)
@@ -174,24 +178,22 @@ def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder
         def make_jobs(todo: set[str]) -> Iterator[dict[str, Any]]:
             return ({**job, "output": common["output"]} for job in full if job["file"] in todo)
     else:
-        sizes = _shard_sizes(summary.num_items, encoder.feature_dim, shards, workers)
+        count = shards or _previous_count(directory, plan) or _shard_count(
+            summary.num_items, encoder.feature_dim, workers)
+        sizes = _shard_sizes(summary.num_items, count)
         jobs = [{"file": shard_name(n, len(sizes)), "records": size}
                 for n, size in enumerate(sizes)]
 
         def make_jobs(todo: set[str]) -> Iterator[dict[str, Any]]:
             return _folder_jobs(_item_rows(dataset, modality), jobs, todo, common)
-    plan = {"modality": modality, "identity": identity, "feature_dim": encoder.feature_dim,
-            "num_items": summary.num_items, "item_ids_sha1": summary.item_ids_sha1,
-            "catalog_sha1": summary.catalog_sha1,
-            "source": source or str(summary.root), "settings": settings,
-            "shards": [job["file"] for job in jobs]}
-    plan["fingerprint"] = hashlib.sha1(json.dumps([FORMAT_VERSION, plan], sort_keys=True)
-                                       .encode()).hexdigest()
+    plan["shards"] = [job["file"] for job in jobs]
+    plan["fingerprint"] = _fingerprint(plan)
     _make_directory(directory)
-    workdir = tfrecords.output_workdir(directory, plan["fingerprint"], "features")
+    workdir = tfrecords.output_workdir(directory, plan["fingerprint"], "features",
+                                       SHARD_PATTERNS)
     tfrecords.start_or_resume(workdir, plan, SHARD_PATTERNS, "features")
     common["output"] = workdir  # the jobs write there
-    todo = [job for job in jobs if not _finished_shard(workdir, job["file"])]
+    todo = [job for job in jobs if not _finished_shard(workdir, job)]
     if len(todo) < len(jobs):
         logger.info("%s: %d of %d shards already encoded, resuming", workdir,
                     len(jobs) - len(todo), len(jobs))
@@ -202,13 +204,33 @@ def shard_name(shard: int, count: int) -> str:
     return f"features-{shard:05d}-of-{count:05d}.tfrecord"
 
 
-def _shard_sizes(num_items: int, feature_dim: int, shards: int | None,
-                 workers: int) -> list[int]:
-    """Items per shard, as ``np.array_split`` of the catalogue would cut it. A job carries its
+def _fingerprint(plan: dict[str, Any]) -> str:
+    plan = {key: value for key, value in plan.items() if key != "fingerprint"}
+    return hashlib.sha1(json.dumps([FORMAT_VERSION, plan], sort_keys=True).encode()).hexdigest()
+
+
+def _previous_count(directory: str, plan: dict[str, Any]) -> int | None:
+    """The shard count of an earlier plan of this content, encoder and settings (in
+    ``directory`` or its replacement): the default count follows the workers (1 locally, the
+    cores under ``--runner``), which is not content, so its finished shards are kept."""
+    for folder in (directory, join_path(directory, tfrecords.REPLACEMENT)):
+        path = join_path(folder, PLAN)
+        old = (read_json(path) if tf.io.gfile.exists(path) else None) or {}
+        names = old.get("shards")
+        if names and old.get("fingerprint") == _fingerprint({**plan, "shards": names}):
+            return len(names)
+    return None
+
+
+def _shard_count(num_items: int, feature_dim: int, workers: int) -> int:
+    """The default shard count: one per worker at least, and bounded shards. A job carries its
     items' ids and content: bounded, so a worker's memory does not grow with the catalogue."""
-    count = shards or max(workers, math.ceil(num_items * (4 * feature_dim + 96)
-                                             / TARGET_SHARD_BYTES),
-                          math.ceil(num_items / MAX_SHARD_ITEMS))
+    return max(workers, math.ceil(num_items * (4 * feature_dim + 96) / TARGET_SHARD_BYTES),
+               math.ceil(num_items / MAX_SHARD_ITEMS))
+
+
+def _shard_sizes(num_items: int, count: int) -> list[int]:
+    """Items per shard, as ``np.array_split`` of the catalogue would cut it."""
     count = max(1, min(count, num_items))
     size, extra = divmod(num_items, count)
     return [size + (shard < extra) for shard in range(count)]
@@ -248,9 +270,13 @@ def _make_directory(directory: str) -> None:
 
 
 def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesManifest:
-    """Check every shard exists, report undecodable media, write ``manifest.json`` last."""
+    """Check every shard exists with its recorded size, report undecodable media, write
+    ``manifest.json`` last (each shard's records, size and SHA-256)."""
+    recorded = {job["file"]: _sidecar(run.workdir, job["file"]) for job in run.jobs}
     missing = [job["file"] for job in run.jobs
-               if not tf.io.gfile.exists(join_path(run.workdir, job["file"]))]
+               if not tfrecords.shard_matches(join_path(run.workdir, job["file"]),
+                                              job["records"], recorded[job["file"]],
+                                              checksum=False)]
     if missing:
         raise DataError(f"{run.workdir}: {len(missing)} feature shard(s) were not written "
                         f"(first: {missing[0]}); run `tfmmrec encode` again (finished shards "
@@ -267,7 +293,7 @@ def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesMa
         item_ids_sha1=plan["item_ids_sha1"], catalog_sha1=plan["catalog_sha1"],
         source=plan["source"], encoded=sum(e for e, _ in previous.values()),
         failed=sum(f for _, f in previous.values()),
-        shards=[{"file": job["file"], "records": job["records"]} for job in run.jobs])
+        shards=[tfrecords.shard_entry(recorded[job["file"]]) for job in run.jobs])
     shards = [job["file"] for job in run.jobs]
     sidecars = [name for name in (f[: -len(".tfrecord")] + ".json" for f in shards)
                 if tf.io.gfile.exists(join_path(run.workdir, name))]
@@ -290,18 +316,36 @@ def _damaged(files: list[str]) -> str | None:
     return None
 
 
+def _sidecar_path(directory: str, shard: str) -> str:
+    return join_path(directory, shard[: -len(".tfrecord")] + ".json")
+
+
 def _sidecar(directory: str, shard: str) -> dict[str, Any] | None:
-    """A shard's summary (``{"file", "encoded", "failed"}``), None if missing or damaged."""
-    path = join_path(directory, shard[: -len(".tfrecord")] + ".json")
+    """A shard's summary (``{"file", "records", "bytes", "sha256", "encoded", "failed"}``),
+    None if missing or damaged."""
+    path = _sidecar_path(directory, shard)
     summary = read_json(path) if tf.io.gfile.exists(path) else None
     return summary if isinstance(summary, dict) and summary.get("file") == shard else None
 
 
-def _finished_shard(directory: str, shard: str) -> bool:
-    """A shard a resumed run keeps: it exists, and so does its summary (written before it; a
-    damaged summary's shard is encoded again rather than failing every later run)."""
-    return tf.io.gfile.exists(join_path(directory, shard)) \
-        and _sidecar(directory, shard) is not None
+def _finished_shard(directory: str, job: dict[str, Any]) -> bool:
+    """A shard a resumed run keeps: it exists with its summary (written before it), and has
+    the records, size and SHA-256 the summary recorded (``prepare``'s check,
+    ``tfrecords.shard_matches``). A shard damaged since, or whose summary is damaged, is
+    encoded again; one whose summary predates sizes is kept if its records read back intact
+    (TFRecord CRCs), and its size and SHA-256 recorded."""
+    path, summary = join_path(directory, job["file"]), _sidecar(directory, job["file"])
+    if summary is None or not tf.io.gfile.exists(path):
+        return False
+    if "sha256" not in summary and tfrecords.records_intact(path, job["records"]):
+        summary.update(tfrecords.shard_record(job["file"], job["records"], path))
+        write_text(_sidecar_path(directory, job["file"]), json.dumps(summary))
+        return True
+    if tfrecords.shard_matches(path, job["records"], summary, checksum=True):
+        return True
+    logger.warning("%s is damaged (its size, checksum or records are not the ones written); "
+                   "encoding it again", path)
+    return False
 
 
 def _previous_counts(directory: str) -> dict[str, tuple[int, int]]:
@@ -327,26 +371,29 @@ def encode_shard(job: dict[str, Any], encode: Encode) -> dict[str, Any]:
     encoded = 0
     batches = _tfrecord_batches(job) if "items_manifest" in job else _folder_batches(job,
                                                                                       failed)
-    with atomic_path(final) as tmp, tf.io.TFRecordWriter(tmp) as writer:
-        for index, item_ids, keys, good, raw in batches:
-            features = np.asarray(encode(raw), np.float32) if good else np.zeros((0, 0))
-            if len(features) != len(good):
-                raise DataError(f"encoder returned {len(features)} features for {len(good)} "
-                                f"items ({final})")
-            rows = dict(zip(good, features, strict=True))
-            for row, item in enumerate(index):
-                feature = rows.get(row)
-                example = tf.train.Example(features=tf.train.Features(feature={
-                    "item_index": _int(item), "item_id": _bytes(item_ids[row].encode()),
-                    "key": _bytes(keys[row].encode()), "ok": _int(feature is not None),
-                    "feature": _bytes(b"" if feature is None
-                                      else feature.astype("<f4").tobytes())}))
-                writer.write(example.SerializeToString(deterministic=True))
-            encoded += len(good)
-        summary = {"file": job["file"], "records": job["records"], "encoded": encoded,
-                   "failed": failed}
+    with atomic_path(final) as tmp:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for index, item_ids, keys, good, raw in batches:
+                features = np.asarray(encode(raw), np.float32) if good else np.zeros((0, 0))
+                if len(features) != len(good):
+                    raise DataError(f"encoder returned {len(features)} features for "
+                                    f"{len(good)} items ({final})")
+                rows = dict(zip(good, features, strict=True))
+                for row, item in enumerate(index):
+                    feature = rows.get(row)
+                    example = tf.train.Example(features=tf.train.Features(feature={
+                        "item_index": _int(item), "item_id": _bytes(item_ids[row].encode()),
+                        "key": _bytes(keys[row].encode()), "ok": _int(feature is not None),
+                        "feature": _bytes(b"" if feature is None
+                                          else feature.astype("<f4").tobytes())}))
+                    writer.write(example.SerializeToString(deterministic=True))
+                encoded += len(good)
+        # with the shard's size and SHA-256, as prepare's sidecars: a resumed run rewrites a
+        # shard damaged since (``_finished_shard``)
+        summary = {**tfrecords.shard_record(job["file"], job["records"], tmp),
+                   "encoded": encoded, "failed": failed}
         # The sidecar first: a shard that exists always has its counts (for a resumed manifest).
-        write_text(final[: -len(".tfrecord")] + ".json", json.dumps(summary))
+        write_text(_sidecar_path(job["output"], job["file"]), json.dumps(summary))
     return summary
 
 
@@ -477,6 +524,9 @@ def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Datas
     path = features_dir(root, modality, identity)
     again = f"run `tfmmrec encode` with this config (--output {root})"
     if not tf.io.gfile.exists(join_path(path, MANIFEST)):
+        if tf.io.gfile.isdir(path):
+            raise DataError(f"{path} exists, but its `tfmmrec encode` did not finish (no "
+                            f"{MANIFEST}): {again} to finish it (finished shards are kept)")
         found = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(root)
                        if name.startswith(f"{modality}-")) if tf.io.gfile.isdir(root) else []
         raise DataError(f"train.features={root} holds no finished {modality} features of this "
