@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -80,6 +81,31 @@ def test_features_of_another_catalogue_are_refused(encoded, tiny_workspace):
                                         r"but other texts or media files; media are compared "
                                         r"by size and modification time"):
         features.load_features(encoded, tiny_workspace.encoders["text"], changed)
+
+
+def test_features_follow_their_dataset_folder_moved_elsewhere_but_not_an_edited_one(
+        encoded, tiny_workspace, tmp_path):
+    """A copied folder (new modification times) reads the features it was encoded from; an
+    edited text or a replaced image in the copy is refused. At the folder encoded, a file's
+    time still counts (the message test above)."""
+    import shutil
+
+    from tfmmrec.data.dataset import load_dataset
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_workspace.dataset.root, moved, copy_function=shutil.copy)
+    config = tiny_workspace.config.data
+    dataset = load_dataset(dataclasses.replace(config, path=str(moved)))
+    found = read_back(encoded, type(tiny_workspace)(**{
+        **{f.name: getattr(tiny_workspace, f.name) for f in dataclasses.fields(tiny_workspace)},
+        "dataset": dataset}))
+    assert_same_features(found, tiny_workspace.contents)
+    image = next(p for p in dataset.catalog.image_paths if p is not None)
+    image.write_bytes(image.read_bytes() + b"\0")  # another file, same path
+    edited = load_dataset(dataclasses.replace(config, path=str(moved)))
+    with pytest.raises(DataError, match=r"other texts or media files than the folder encoded "
+                                        r"\(.*\); media are compared by their path"):
+        features.load_features(encoded, tiny_workspace.encoders["image"], edited)
 
 
 def test_features_of_a_catalogue_of_another_size_say_both_counts(encoded, tiny_workspace):

@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,9 @@ class FeaturesManifest:
     encoded: int
     failed: int
     shards: list[dict[str, Any]] = field(default_factory=list)
+    # the dataset folder encoded and its items' content wherever it lies ("" before)
+    root: str = ""
+    content_sha1: str = ""
 
     def files(self) -> list[str]:
         return [join_path(self.directory, s["file"]) for s in self.shards]
@@ -162,7 +166,7 @@ def plan_encode(config: Config, dataset: Dataset | ItemsStream, encoder: Encoder
     source = config.train.tfrecords or ""
     plan = {"modality": modality, "identity": identity, "feature_dim": encoder.feature_dim,
             "num_items": summary.num_items, "item_ids_sha1": summary.item_ids_sha1,
-            "catalog_sha1": summary.catalog_sha1,
+            "catalog_sha1": summary.catalog_sha1, **_relocatable(summary),
             "source": source or str(summary.root), "settings": settings}
     if source:
         manifest = tfrecords.load_manifest(source)
@@ -204,8 +208,17 @@ def shard_name(shard: int, count: int) -> str:
     return f"features-{shard:05d}-of-{count:05d}.tfrecord"
 
 
+def _relocatable(summary) -> dict[str, str]:
+    """Where the items were read and their content wherever that folder lies
+    (``CatalogDigest.content``): what lets a moved dataset folder use its features."""
+    return {"root": str(Path(summary.root).absolute()), "content_sha1": summary.content_sha1}
+
+
 def _fingerprint(plan: dict[str, Any]) -> str:
-    plan = {key: value for key, value in plan.items() if key != "fingerprint"}
+    """The plan's identity. ``root`` and ``content_sha1`` stay out: ``source`` and
+    ``catalog_sha1`` already say the same, and plans written before them keep theirs."""
+    plan = {key: value for key, value in plan.items()
+            if key not in ("fingerprint", "root", "content_sha1")}
     return hashlib.sha1(json.dumps([FORMAT_VERSION, plan], sort_keys=True).encode()).hexdigest()
 
 
@@ -293,7 +306,8 @@ def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesMa
         item_ids_sha1=plan["item_ids_sha1"], catalog_sha1=plan["catalog_sha1"],
         source=plan["source"], encoded=sum(e for e, _ in previous.values()),
         failed=sum(f for _, f in previous.values()),
-        shards=[tfrecords.shard_entry(recorded[job["file"]]) for job in run.jobs])
+        shards=[tfrecords.shard_entry(recorded[job["file"]]) for job in run.jobs],
+        root=plan.get("root", ""), content_sha1=plan.get("content_sha1", ""))
     shards = [job["file"] for job in run.jobs]
     sidecars = [name for name in (f[: -len(".tfrecord")] + ".json" for f in shards)
                 if tf.io.gfile.exists(join_path(run.workdir, name))]
@@ -499,18 +513,30 @@ def resolve_output(config: Config, output, dataset: Dataset | ItemsStream | None
 # --- reading (training, evaluation, export) -----------------------------------------------------
 
 
-def _catalogue_difference(manifest: FeaturesManifest, catalog) -> str:
-    """What differs between the encoded catalogue and ``catalog`` ("" if nothing): the item
-    count, the ids, or the texts and media (files compared by size and modification time)."""
+def _catalogue_difference(manifest: FeaturesManifest, dataset: Dataset) -> str:
+    """What differs between the encoded catalogue and ``dataset``'s ("" if nothing): the item
+    count, the ids, or the texts and media. In the folder encoded, media files are compared by
+    size and modification time; a folder moved or copied elsewhere (other times) is compared
+    by each file's path inside it and size, as prepared shards are."""
+    catalog = dataset.catalog
     if manifest.num_items != len(catalog):
         return f"{manifest.num_items} items; the dataset has {len(catalog)}"
     if manifest.item_ids_sha1 != tfrecords.ids_digest(catalog.item_ids):
         return f"{len(catalog)} items both, but other ids or another order"
-    if manifest.catalog_sha1 != tfrecords.catalog_fingerprint(catalog):
-        return (f"the same {len(catalog)} ids, but other texts or media files; media are "
-                "compared by size and modification time, so a file rewritten since counts as "
-                "changed")
-    return ""
+    if manifest.catalog_sha1 == tfrecords.catalog_fingerprint(catalog):
+        return ""
+    root = str(Path(dataset.root).absolute())
+    if manifest.content_sha1 and manifest.root and manifest.root != root:
+        if manifest.content_sha1 == tfrecords.CatalogDigest(root).update(catalog).content():
+            logger.info("%s: features encoded from %s, read for the same items in %s",
+                        manifest.directory, manifest.root, root)
+            return ""
+        return (f"the same {len(catalog)} ids, but other texts or media files than the "
+                f"folder encoded ({manifest.root}); media are compared by their path in the "
+                "folder and size")
+    return (f"the same {len(catalog)} ids, but other texts or media files; media are "
+            "compared by size and modification time, so a file rewritten since counts as "
+            "changed")
 
 
 def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Dataset
@@ -518,7 +544,8 @@ def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Datas
     """This encoder's features of every item from a finished ``tfmmrec encode`` directory.
 
     Refused (``DataError``) unless they were computed by exactly this encoder (settings and
-    weights) from this catalogue (ids, texts, media files' size and modification time).
+    weights) from this catalogue (ids, texts, media files' size and modification time; in a
+    dataset folder moved or copied since, each file's path in it and size).
     """
     root, modality, identity = str(directory), encoder.modality, encoder.identity()
     path = features_dir(root, modality, identity)
@@ -538,7 +565,7 @@ def load_features(directory: str | os.PathLike, encoder: Encoder, dataset: Datas
                         f"{FORMAT_VERSION}: {again}")
     manifest = FeaturesManifest(directory=path, **payload)
     catalog = dataset.catalog
-    difference = _catalogue_difference(manifest, catalog)
+    difference = _catalogue_difference(manifest, dataset)
     if difference:
         raise DataError(f"{path} was encoded from another catalogue ({difference}): {again}")
     files = manifest.files()
