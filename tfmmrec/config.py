@@ -761,6 +761,10 @@ class ExportConfig(ConfigSection):
     playlist, a re-order).
     ``index``: ``scann`` (fastest, needs ScaNN ops in the server), ``partitioned`` (ANN in
     plain TF ops, stock TF Serving >= 2.20), ``brute_force`` (exact, plain TF ops).
+    ``replace_catalog_updates`` (opt-in): export although the newest version under
+    ``base_dir/model_name`` serves catalogue updates (``tfmmrec catalog``); the new version
+    serves the run's catalogue, without them (refused by default: it becomes the newest
+    version, so a server would drop every added, updated and removed item silently).
     ``jit_compile`` (opt-in): the text encoder's backbone runs XLA-compiled in the exported
     text signatures (measure it with ``benchmarks/text_speed.py`` on the serving machine: it
     did not help on the loaded 2-core machine here). Stock TF Serving then needs
@@ -808,6 +812,7 @@ class ExportConfig(ConfigSection):
     max_session_items: int = 50
     session_user_weight: float = 0.5
     exclude_session_items: bool = True
+    replace_catalog_updates: bool = False
     scann: ScannConfig = field(default_factory=ScannConfig)
     partitioned: PartitionedConfig = field(default_factory=PartitionedConfig)
     limits: ServingLimitsConfig = field(default_factory=ServingLimitsConfig)

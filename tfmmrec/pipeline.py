@@ -1214,14 +1214,17 @@ def export_text_features(ws: Workspace, model: RetrievalModel) -> np.ndarray:
 
 
 def check_export_destination(config: Config) -> None:
-    """``export.base_dir`` is writable and ``export.version`` free: checked before the data is
-    loaded, the catalogue encoded and the model restored (minutes for large catalogues), as
-    ``train`` checks its output_dir first (same helper, ``trainer.check_writable``)."""
+    """``export.base_dir`` is writable, ``export.version`` free and the newest version serves
+    no catalogue update the export would drop: checked before the data is loaded, the
+    catalogue encoded and the model restored (minutes for large catalogues), as ``train``
+    checks its output_dir first (same helper, ``trainer.check_writable``)."""
+    from tfmmrec.export.catalog import check_no_catalog_updates
     from tfmmrec.export.writer import check_version_free
 
     check_writable(Path(config.export.base_dir), "export.base_dir", error=ExportError)
-    check_version_free(Path(config.export.base_dir) / config.export.model_name,
-                       config.export.version)
+    model_dir = Path(config.export.base_dir) / config.export.model_name
+    check_version_free(model_dir, config.export.version)
+    check_no_catalog_updates(model_dir, config.export.replace_catalog_updates)
 
 
 def export(config: Config | str | os.PathLike | None = None,

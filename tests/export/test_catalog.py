@@ -385,6 +385,52 @@ def test_update_of_an_unknown_id_and_remove_of_unknown_ids_are_errors(base, item
     assert sorted(p.name for p in base.iterdir()) == ["1"]
 
 
+def test_remove_refuses_an_id_given_twice_as_add_and_update_do(base):
+    with pytest.raises(DataError, match=r"id #3 repeats 'i0001' \(first at id #1\); give "
+                                        r"each id once"):
+        catalog.remove(base, item_ids=["i0001", "i0002", "i0001"])
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+
+
+def test_an_export_refuses_to_drop_the_catalogue_updates_the_newest_version_serves(
+        base, items, tiny_config, tiny_trained, tiny_demo_dir):
+    """A re-export becomes the newest version: it used to serve the run's catalogue and drop
+    every added, updated and removed item without a word. The updates are recorded in
+    ``tfmmrec.json`` (summed over versions) and the export is refused unless asked to
+    replace them."""
+    catalog.add(base, write_items(items.iloc[[3]].assign(item_id="brand-new"), tiny_demo_dir))
+    catalog.remove(base, item_ids=["i0001", "i0002"])
+    assert read_metadata(base / "3")["catalog_updates"] == {
+        "exported_version": 1, "updates": 2, "added": 1, "removed": 2, "updated": 0}
+    with pytest.raises(ExportError, match=r"3 serves 2 catalogue update\(s\) on top of "
+                                          r"version 1: 1 added, 2 removed, 0 updated; .*"
+                                          r"export.replace_catalog_updates=true"):
+        export_tiny(tiny_config, tiny_trained, base.parent, f"export.model_name={base.name}")
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "3"]
+    replaced = export_tiny(tiny_config, tiny_trained, base.parent,
+                           f"export.model_name={base.name}",
+                           "export.replace_catalog_updates=true")
+    assert replaced.name == "4" and "catalog_updates" not in read_metadata(replaced)
+    assert "brand-new" not in set(ExportedModel(replaced).recommend(USERS, k=K)["item_ids"]
+                                  .astype(str).ravel())
+
+
+def test_a_damaged_metadata_file_or_an_incomplete_newest_version_is_one_line(base, items,
+                                                                             tiny_demo_dir):
+    new = write_items(items.iloc[[3]].assign(item_id="brand-new"), tiny_demo_dir)
+    shutil.copytree(base / "1", base / "2")
+    (base / "2" / "saved_model.pb").unlink()
+    with pytest.raises(ExportError, match=r"2 is incomplete \(no saved_model.pb\)"):
+        catalog.add(base, new)
+    shutil.rmtree(base / "2")
+    (base / "1" / "assets.extra" / "tfmmrec.json").write_text('{"index": "scann", ')
+    with pytest.raises(ExportError, match=r"tfmmrec.json is damaged \(.*\): export this "
+                                          r"version again"):
+        catalog.add(base, new)
+    with pytest.raises(ExportError, match=r"tfmmrec.json is damaged"):
+        ExportedModel(base / "1")
+
+
 # --- request-time exclusion, sessions, embed_items --------------------------------------------
 
 

@@ -36,7 +36,7 @@ from tfmmrec._env import register_custom_ops
 from tfmmrec.config import PartitionedConfig, ScannConfig
 from tfmmrec.data import validate
 from tfmmrec.data.dataset import ModalityColumns, load_items_table
-from tfmmrec.errors import ConfigError, DataError, ExportError, MediaDecodeError
+from tfmmrec.errors import ConfigError, DataError, ExportError, MediaDecodeError, shown
 from tfmmrec.export.index import (
     CatalogChange,
     IndexSettings,
@@ -59,7 +59,9 @@ from tfmmrec.export.warmup import warmup_requests
 from tfmmrec.export.writer import (
     ITEM_EMBEDDER,
     check_version_free,
+    list_versions,
     lost_race_error,
+    missing_version_files,
     read_metadata,
     write_updated_version,
     write_version,
@@ -68,6 +70,8 @@ from tfmmrec.export.writer import (
 logger = logging.getLogger(__name__)
 
 OPERATIONS = ("add", "update", "remove")
+# tfmmrec.json's record of the catalogue changes a version serves (``record_update``)
+CATALOG_UPDATES = "catalog_updates"
 
 
 @dataclass
@@ -321,6 +325,11 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
                         "FILE, items=) or as ids (--ids, item_ids=), not both")
     model_dir = Path(model_base_path)
     previous = latest_version(model_dir)
+    missing = missing_version_files(previous)
+    if missing:  # before the checkpoint is read and the rows embedded
+        raise ExportError(f"{previous} is incomplete (no {', '.join(missing)}): a catalogue "
+                          "update builds on the newest version; remove the folder or export "
+                          "it again")
     metadata = read_metadata(previous)
     register_custom_ops(scann=metadata.get("requires_scann_ops", True))
     towers, ids, embeddings, variables = _read_version(previous, metadata)
@@ -344,6 +353,7 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
             where = [f"id #{i + 1}" for i in range(len(wanted))]
         if not wanted:
             raise DataError("catalog remove: no item ids given (--items FILE or --ids)")
+        _refuse_repeated(wanted, where)
         rows = position.get_indexer(_as_bytes(wanted))
         unknown = [f"{w} ({item!r})" for item, w, row in zip(wanted, where, rows, strict=True)
                    if row < 0]
@@ -382,6 +392,7 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
                                                             embedded.text_features)
             result.updated = len(new_ids)
 
+    metadata = {**metadata, CATALOG_UPDATES: record_update(metadata, previous, result)}
     # The version after the one this update builds on, never "the next free one": of two
     # updates of the same version, the second to finish must fail rather than publish a
     # catalogue without the first one's change.
@@ -402,6 +413,58 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
     logger.debug("catalogue %s: %s → %s (%d items)", operation, previous.name,
                 result.version_dir.name, len(ids))
     return result
+
+
+def _refuse_repeated(wanted: Sequence[str], where: Sequence[str]) -> None:
+    """An id given twice to ``remove`` is refused, as ``add`` and ``update`` refuse one: a
+    repeat is a mistake in the list, not a second removal."""
+    first: dict[str, int] = {}
+    for n, item in enumerate(wanted):
+        if item in first:
+            raise DataError(f"catalog remove: {where[n]} repeats {shown(item)} (first at "
+                            f"{where[first[item]]}); give each id once")
+        first[item] = n
+
+
+def record_update(metadata: dict, previous: Path, result: CatalogUpdate) -> dict:
+    """The catalogue changes a version serves on top of the export it descends from, summed
+    over every update since (``tfmmrec.json``'s ``catalog_updates``): what a new export of
+    the run would drop (:func:`check_no_catalog_updates`)."""
+    record = dict(metadata.get(CATALOG_UPDATES) or {"exported_version": int(previous.name),
+                                                     "updates": 0, "added": 0, "removed": 0,
+                                                     "updated": 0})
+    record["updates"] += 1
+    for change in ("added", "removed", "updated"):
+        record[change] += getattr(result, change)
+    return record
+
+
+def check_no_catalog_updates(model_dir: str | os.PathLike, replace: bool = False) -> None:
+    """Refuse an export from the run while the newest version under ``model_dir`` serves
+    catalogue updates: the export becomes the newest version, so a server would switch to the
+    run's catalogue and drop every change without a word. ``replace``
+    (``export.replace_catalog_updates``) exports anyway, with a warning."""
+    versions = list_versions(model_dir) if Path(model_dir).is_dir() else []
+    if not versions:
+        return
+    newest = Path(model_dir) / str(versions[-1])
+    try:
+        record = read_metadata(newest).get(CATALOG_UPDATES)
+    except ExportError:
+        return  # not a tfmmrec version (or damaged): nothing of ours to drop
+    if not record:
+        return
+    changes = (f"{record['updates']} catalogue update(s) on top of version "
+               f"{record['exported_version']}: {record['added']} added, {record['removed']} "
+               f"removed, {record['updated']} updated")
+    if replace:
+        logger.warning("%s serves %s; the new export serves the run's catalogue without them "
+                       "(export.replace_catalog_updates)", newest, changes)
+        return
+    raise ExportError(f"{newest} serves {changes}; a new export of the run serves the run's "
+                      "catalogue and would drop them once it is the newest version. Export "
+                      "to another export.base_dir and apply the changes to it with `tfmmrec "
+                      "catalog`, or set export.replace_catalog_updates=true to replace them")
 
 
 def _read_version(version_dir: Path, metadata: dict):
@@ -724,9 +787,9 @@ class ContentDecoder:
         if not self.problems:
             return
         problems = [message for _, _, message in sorted(self.problems)]
-        shown = "; ".join(problems[:validate.SHOW_AT_MOST])
+        listed = "; ".join(problems[:validate.SHOW_AT_MOST])
         raise DataError(f"{self.path}: {len(problems)} media file(s) missing or unreadable: "
-                        f"{shown}. Fix the paths (relative to the table's folder) or leave the "
+                        f"{listed}. Fix the paths (relative to the table's folder) or leave the "
                         "value empty for an item without that modality; nothing was written")
 
 

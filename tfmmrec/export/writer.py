@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfmmrec.errors import ExportError
+from tfmmrec.errors import ExportError, first_line
 from tfmmrec.export.variables import VersionVariables, link_or_copy, split_checkpoint
 from tfmmrec.files import atomic_path, atomic_write, temp_writer_gone, write_json
 
@@ -84,11 +84,16 @@ def check_complete(version_dir: str | os.PathLike) -> None:
     """Refuse to publish a version folder that lacks what every version holds: its temp folder
     was removed while this export wrote it (by another process), and ``tf.saved_model.save``
     would have recreated only the parts written after that."""
-    missing = [name for name in _VERSION_FILES if not (Path(version_dir) / name).is_file()]
+    missing = missing_version_files(version_dir)
     if missing:
         raise ExportError(f"the export's temporary folder {version_dir} lost "
                           f"{', '.join(missing)} while it was being written (removed by "
                           "another process?); nothing was published: run it again")
+
+
+def missing_version_files(version_dir: str | os.PathLike) -> list[str]:
+    """What a version folder lacks of what every version holds (``saved_model.pb``…)."""
+    return [name for name in _VERSION_FILES if not (Path(version_dir) / name).is_file()]
 
 
 def check_version_free(model_dir: str | os.PathLike, version: int | None) -> None:
@@ -239,7 +244,15 @@ def read_metadata(version_dir: str | os.PathLike) -> dict:
     path = Path(version_dir) / "assets.extra" / METADATA_FILE
     if not path.is_file():
         raise ExportError(f"{version_dir} is not a tfmmrec export (no {path.name})")
-    return json.loads(path.read_text())
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are both
+        raise ExportError(f"{path} is damaged ({first_line(exc)}): export this version again, "
+                          "or remove it so that the one before it is served") from None
+    if not isinstance(metadata, dict):
+        raise ExportError(f"{path} is damaged (a JSON {type(metadata).__name__}, not an "
+                          "object): export this version again, or remove it")
+    return metadata
 
 
 def write_models_config(base_dir: str | os.PathLike) -> Path:
