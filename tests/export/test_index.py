@@ -118,7 +118,7 @@ def test_chunks_split_big_partitions_and_pad_with_minus_one():
 def test_k_above_the_built_max_k_is_an_export_error():
     items, queries = clustered(50, 4)
     index = build(items, None, IndexSettings("partitioned", 5))
-    with pytest.raises(ExportError, match=r"k=6 outside \[1, 5\]"):
+    with pytest.raises(ExportError, match=r"k must be in \[1, 5\] \(its max_k\), got 6"):
         index(queries, k=6)
 
 

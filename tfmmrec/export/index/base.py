@@ -24,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec.config import ExportConfig, PartitionedConfig, ScannConfig
-from tfmmrec.errors import ExportError
+from tfmmrec.errors import ExportError, shown
+from tfmmrec.towers.arguments import positive_int
 
 # Servers named in metadata and the README matrix.
 STOCK_TF_SERVING = "tensorflow/serving>=2.20"
@@ -84,6 +85,10 @@ class TopKIndex(tf.Module):
     a kind whose structure can absorb a catalogue change without a rebuild also implements
     :meth:`updated`. ``embeddings``: the exact ``[N, d]`` table when the kind keeps one (the
     serving module then serves from it instead of holding a second copy).
+
+    Constructors check their arguments with the ``checked_*`` functions :func:`build` uses, so
+    a kind constructed directly fails with the same :class:`ExportError`; :meth:`__call__`
+    checks ``k`` and the query width for every kind.
     """
 
     embeddings: tf.Variable | None = None
@@ -95,12 +100,24 @@ class TopKIndex(tf.Module):
     op_namespaces: ClassVar[frozenset[str]] = frozenset()
     servers: ClassVar[tuple[str, ...]] = (STOCK_TF_SERVING, TFMMREC_SERVE)
 
-    def __init__(self, k: int, num_items: int, item_ids: np.ndarray,
-                 parameters: dict | None = None):
+    def __init__(self, k: int, num_items: int, item_ids: np.ndarray | None,
+                 parameters: dict | None = None, dim: int | None = None):
+        """``k``: the deepest search (``max_k``, at most ``num_items``); ``item_ids``: one per
+        item position (``None``: ``0..N-1`` as strings); ``dim``: the width queries must have
+        (``None``: unchecked). Checked here, so a kind built directly fails as build() does."""
+        owner = f"{self.kind} index"
+        num_items = checked_count(owner, "num_items", num_items)
+        k = checked_depth(owner, "k", k, num_items)
+        ids = checked_item_ids(owner, item_ids, num_items)
+        if parameters is not None and not isinstance(parameters, dict):
+            raise ExportError(f"{owner}: parameters must be a dict, got {shown(parameters)}")
+        if dim is not None:
+            dim = checked_count(owner, "dim", dim)
         super().__init__(name=f"{self.kind}_index")
-        self.k = int(k)
-        self.num_items = int(num_items)
-        self._item_ids = np.asarray(item_ids)  # numpy, not a variable: the module stores ids
+        self.k = k
+        self.num_items = num_items
+        self.dim = dim
+        self._item_ids = ids  # numpy, not a variable: the module stores ids
         self.parameters = dict(parameters or {})
 
     @property
@@ -146,12 +163,12 @@ class TopKIndex(tf.Module):
     def __call__(self, queries, k: int | None = None, every_item: bool = False
                  ) -> tuple[tf.Tensor, tf.Tensor]:
         """``(scores float32 [B, k], positions int32 [B, k])``, best first; ``k`` is static.
-        ``every_item``: :meth:`search_every_item` instead of the kind's own search."""
-        k = self.k if k is None else int(k)
-        if not 1 <= k <= self.k:
-            raise ExportError(f"{self.kind} index: k={k} outside [1, {self.k}] (its max_k)")
+        ``every_item``: :meth:`search_every_item` instead of the kind's own search. Every kind
+        refuses a bad ``k`` or query width here, with the same message."""
+        owner = f"{self.kind} index"
+        k = self.k if k is None else checked_depth(owner, "k", k, self.k, "its max_k")
         search = self.search_every_item if every_item else self.search
-        return search(tf.convert_to_tensor(queries, tf.float32), k)
+        return search(checked_queries(owner, queries, self.dim), k)
 
     def get_config(self) -> dict:
         return {"kind": self.kind, "k": self.k, "num_items": self.num_items,
@@ -223,22 +240,11 @@ def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
     """
     settings = settings or IndexSettings()
     cls = index_class(settings.kind)
-    if isinstance(item_embeddings, tf.Tensor) and cls.takes_tensors:
-        embeddings = tf.cast(item_embeddings, tf.float32)
-    else:
-        embeddings = np.asarray(item_embeddings, np.float32)
-    if len(embeddings.shape) != 2:
-        raise ExportError(f"item embeddings must be [num_items, dim], got {embeddings.shape}")
-    if embeddings.shape[0] == 0:
-        raise ExportError("cannot export an index over an empty catalogue")
-    if not _all_finite(embeddings):
-        raise ExportError("item embeddings contain NaN or Inf; re-train or check the towers")
-    if settings.max_k < 1:
-        raise ExportError(f"index max_k must be >= 1, got {settings.max_k}")
-    ids = (np.arange(embeddings.shape[0]).astype(str) if item_ids is None
-           else np.asarray(item_ids))
-    if ids.shape != (embeddings.shape[0],):
-        raise ExportError(f"item_ids has shape {ids.shape}, expected ({embeddings.shape[0]},)")
+    owner = f"{cls.kind} index"
+    checked_count(owner, "max_k", settings.max_k)
+    embeddings = checked_embeddings(owner, "item_embeddings", item_embeddings,
+                                    keep_tensor=cls.takes_tensors)
+    ids = checked_item_ids(owner, item_ids, embeddings.shape[0])
     if previous is not None:
         index = cls.updated(previous.state, previous.parameters, embeddings, ids,
                             previous.change, settings)
@@ -247,15 +253,117 @@ def build(item_embeddings: np.ndarray, item_ids: np.ndarray | None = None,
     return cls.from_embeddings(embeddings, ids, settings)
 
 
-def _all_finite(embeddings: np.ndarray | tf.Tensor) -> bool:
-    if isinstance(embeddings, tf.Tensor):  # one pass, no [N, d] boolean copy
+# --- argument checks: build() and every kind's constructor raise the same ExportError ---------
+
+
+def checked_count(owner: str, name: str, value) -> int:
+    """An integer >= 1 (not a bool or a float): the towers' own check, as an ExportError."""
+    try:
+        return positive_int(name, value)
+    except ValueError as error:
+        raise ExportError(f"{owner}: {error}") from None
+
+
+def checked_depth(owner: str, name: str, value, most: int, limit: str = "the catalogue size"
+                  ) -> int:
+    """A number of results in ``[1, most]``: more than ``most`` would fail deep in top_k."""
+    depth = checked_count(owner, name, value)
+    if depth > most:
+        raise ExportError(f"{owner}: {name} must be in [1, {most}] ({limit}), got {depth}")
+    return depth
+
+
+def checked_embeddings(owner: str, name: str, value, keep_tensor: bool = False
+                       ) -> np.ndarray | tf.Tensor:
+    """``value`` as float32 ``[N, d]`` (a ``tf.Tensor`` stays one when ``keep_tensor``) after
+    checking it is a non-empty table of finite real numbers: what every kind scores."""
+    if keep_tensor and isinstance(value, tf.Tensor):
+        real = value.dtype.is_floating or value.dtype.is_integer
+        table = tf.cast(value, tf.float32) if real else value
+    else:
         try:
-            tf.debugging.check_numerics(embeddings, "item embeddings")
+            table = np.asarray(value)
+        except ValueError as error:  # ragged nested lists
+            raise ExportError(f"{owner}: {name} must be an array, not {error}") from None
+        real = table.dtype.kind in "fiu" or table.dtype == tf.bfloat16.as_numpy_dtype
+    if not real:
+        raise ExportError(f"{owner}: {name} must hold real numbers, got dtype {table.dtype}")
+    if len(table.shape) != 2:
+        raise ExportError(f"{owner}: {name} must be [num_items, dim], got shape "
+                          f"{tuple(table.shape)}")
+    if table.shape[0] == 0:
+        raise ExportError(f"{owner}: {name} has no rows: cannot export an index over an empty "
+                          "catalogue")
+    if 0 in table.shape:
+        raise ExportError(f"{owner}: {name} has shape {tuple(table.shape)}: no dimension may "
+                          "be 0")
+    if not isinstance(table, tf.Tensor):
+        table = table.astype(np.float32, copy=False)
+    check_finite(owner, name, table)
+    return table
+
+
+def check_finite(owner: str, name: str, table: np.ndarray | tf.Tensor) -> None:
+    """No NaN or Inf in ``table`` (a NaN item scores NaN for every query and ranks anywhere)."""
+    bad = _first_non_finite(table)
+    if bad is not None:
+        raise ExportError(f"{owner}: {name} contains NaN or Inf (row {bad}); re-train or check "
+                          "the towers")
+
+
+def checked_item_ids(owner: str, item_ids, num_items: int) -> np.ndarray:
+    """One id per item position (``None``: ``0..N-1`` as strings)."""
+    if item_ids is None:
+        return np.arange(num_items).astype(str)
+    ids = np.asarray(item_ids)
+    if ids.shape != (num_items,):
+        raise ExportError(f"{owner}: item_ids has shape {ids.shape}, expected ({num_items},) "
+                          "(one per row of the item embeddings)")
+    return ids
+
+
+def checked_queries(owner: str, queries, dim: int | None) -> tf.Tensor:
+    """``queries`` as float32 ``[B, dim]``: a wrong width is refused here, the same way by
+    every kind (else a MatMul shape error, or ScaNN's RET_CHECK). Eager calls and traces with
+    a known width raise an ExportError; a trace of unknown width asserts in-graph (the same
+    message, a core op every server has)."""
+    try:
+        queries = tf.convert_to_tensor(queries, tf.float32)
+    except (TypeError, ValueError) as error:
+        raise ExportError(f"{owner}: queries must be float32 numbers ({error})") from None
+    if queries.shape.rank is not None and queries.shape.rank != 2:
+        raise ExportError(f"{owner}: queries must be [batch, {dim or 'dim'}], got shape "
+                          f"{tuple(queries.shape)}")
+    if dim is None:
+        return queries
+    message = f"{owner}: query width must equal the width of the item embeddings"
+    width = queries.shape[-1] if queries.shape.rank is not None else None
+    if width is not None:
+        if width != dim:
+            raise ExportError(f"{message} (got {width}, expected {dim})")
+        return queries
+    check = tf.debugging.assert_equal(tf.shape(queries)[-1], dim, message=message)
+    with tf.control_dependencies([check]):
+        return tf.identity(queries)
+
+
+def _first_non_finite(table: np.ndarray | tf.Tensor) -> int | None:
+    """The first row holding NaN or Inf, or ``None``."""
+    if isinstance(table, tf.Tensor):  # one pass, no [N, d] boolean copy
+        try:
+            tf.debugging.check_numerics(tf.cast(table, tf.float32), "item embeddings")
         except tf.errors.InvalidArgumentError:
-            return False
-        return True
-    return all(np.isfinite(embeddings[start:start + (1 << 20)]).all()  # blockwise: bounded memory
-               for start in range(0, embeddings.shape[0], 1 << 20))
+            finite = tf.reduce_all(tf.math.is_finite(tf.cast(table, tf.float32)),
+                                   axis=list(range(1, len(table.shape))))
+            return int(tf.argmin(tf.cast(finite, tf.int32)))
+        return None
+    rows = max(1, (1 << 20) // max(1, int(np.prod(table.shape[1:]))))  # bounded memory
+    for start in range(0, table.shape[0], rows):
+        block = table[start:start + rows]
+        finite = np.isfinite(block.reshape(len(block), -1).astype(np.float32)).all(1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None
 
 
 def recall_against_brute_force(index, queries: np.ndarray, item_embeddings: np.ndarray,

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfmmrec.export.index.base import IndexSettings, TopKIndex, catalog_variable, register
+from tfmmrec.export.index.base import (
+    IndexSettings,
+    TopKIndex,
+    catalog_variable,
+    checked_embeddings,
+    register,
+)
 
 
 @register
@@ -20,11 +26,13 @@ class BruteForceIndex(TopKIndex):
     kind = "brute_force"
     takes_tensors = True
 
-    def __init__(self, item_embeddings: np.ndarray | tf.Tensor, item_ids: np.ndarray, k: int):
-        super().__init__(k, int(item_embeddings.shape[0]), item_ids)
-        self.embeddings = catalog_variable(
-            tf.cast(item_embeddings, tf.float32) if isinstance(item_embeddings, tf.Tensor)
-            else np.asarray(item_embeddings, np.float32), "item_embeddings")
+    def __init__(self, item_embeddings: np.ndarray | tf.Tensor, item_ids: np.ndarray | None,
+                 k: int):
+        """``item_embeddings`` [N, d] (finite; a tf.Tensor is kept as one), ``k`` <= N."""
+        table = checked_embeddings(f"{self.kind} index", "item_embeddings", item_embeddings,
+                                   keep_tensor=True)
+        super().__init__(k, table.shape[0], item_ids, dim=table.shape[1])
+        self.embeddings = catalog_variable(table, "item_embeddings")
 
     @classmethod
     def from_embeddings(cls, item_embeddings, item_ids, settings: IndexSettings):

@@ -27,12 +27,15 @@ import numpy as np
 import tensorflow as tf
 
 from tfmmrec.config import PartitionedConfig
-from tfmmrec.errors import ExportError
+from tfmmrec.errors import ExportError, shown
 from tfmmrec.export.index.base import (
     CatalogChange,
     IndexSettings,
     TopKIndex,
     catalog_variable,
+    check_finite,
+    checked_count,
+    checked_embeddings,
     gather_rows,
     register,
 )
@@ -45,6 +48,8 @@ RECLUSTER_FRACTION = 0.2
 PLACE_NEAREST = 4
 # Item slots scored per step of :meth:`PartitionedIndex.search_every_item`.
 SCAN_ITEMS = 1 << 16
+# Item storage → the stored table's dtype.
+STORAGE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "int8": tf.int8}
 
 
 def partition_count(num_items: int, config: PartitionedConfig) -> int:
@@ -168,6 +173,52 @@ def probes_needed(positions: np.ndarray, k: int) -> int:
     return int(np.searchsorted(np.cumsum(np.sort(filled)), k) + 1)
 
 
+def checked_positions(owner: str, positions, num_chunks: int, num_items: int) -> np.ndarray:
+    """``[num_chunks, chunk_size]`` item positions holding each of ``num_items`` items once
+    (−1: a free slot): an item in no slot is never found, one in two is returned twice."""
+    positions = np.asarray(positions)
+    if positions.dtype.kind not in "iu" or positions.ndim != 2 \
+            or positions.shape[0] != num_chunks or positions.shape[1] == 0:
+        raise ExportError(f"{owner}: positions must be integers [num_chunks={num_chunks}, "
+                          f"chunk_size], got {positions.dtype} {positions.shape}")
+    if positions.min() < -1 or positions.max() >= num_items:
+        raise ExportError(f"{owner}: positions must be in [-1, {num_items - 1}] (rows of the "
+                          f"{num_items} item_ids; -1: a free slot), got [{positions.min()}, "
+                          f"{positions.max()}]")
+    counts = np.bincount(positions[positions >= 0].ravel(), minlength=num_items)
+    if (counts != 1).any():
+        item = int(np.argmax(counts != 1))
+        raise ExportError(f"{owner}: positions must hold each of the {num_items} item_ids' "
+                          f"rows once, row {item} is in {counts[item]} slots")
+    return positions
+
+
+def checked_table(owner: str, table, scales, storage: str, shape: tuple[int, int, int]
+                  ) -> tuple[np.ndarray | tf.Tensor, np.ndarray | None]:
+    """The stored chunk rows ``[C, M, d]`` in ``storage``'s dtype, finite, and the int8
+    storage's per-item scales ``[C, M]`` (no other storage has any)."""
+    if storage not in STORAGE_DTYPES:
+        raise ExportError(f"{owner}: storage must be one of {', '.join(STORAGE_DTYPES)}, got "
+                          f"{shown(storage)}")
+    dtype = STORAGE_DTYPES[storage]
+    if getattr(table, "dtype", None) not in (dtype, dtype.as_numpy_dtype) \
+            or tuple(table.shape) != shape:
+        raise ExportError(f"{owner}: table must be {dtype.name} {list(shape)} (num_chunks, "
+                          f"chunk_size, dim), got {getattr(table, 'dtype', type(table))} "
+                          f"{list(getattr(table, 'shape', []))}")
+    if storage != "int8":
+        check_finite(owner, "table", np.reshape(np.asarray(table), [-1, shape[2]]))
+        if scales is not None:
+            raise ExportError(f"{owner}: scales are for int8 storage only, not {storage}")
+        return table, None
+    if scales is None or np.shape(scales) != shape[:2]:
+        raise ExportError(f"{owner}: int8 storage needs scales {list(shape[:2])}, got "
+                          f"{None if scales is None else list(np.shape(scales))}")
+    scales = np.asarray(scales, np.float32)
+    check_finite(owner, "scales", scales)
+    return table, scales
+
+
 @register
 class PartitionedIndex(TopKIndex):
     """k-means partitions probed in-graph; see the module docstring. Core TF ops only."""
@@ -177,11 +228,28 @@ class PartitionedIndex(TopKIndex):
     def __init__(self, centroids: np.ndarray, positions: np.ndarray, table: np.ndarray,
                  scales: np.ndarray | None, item_ids: np.ndarray, k: int, probe: int,
                  storage: str, parameters: dict):
-        super().__init__(k, len(item_ids), item_ids, parameters)
-        self.probe = int(probe)
+        """Chunk ``centroids`` [C, d], item ``positions`` [C, M] (−1: free), the stored
+        ``table`` [C, M, d] (and int8 ``scales`` [C, M]); ``probe`` chunks searched, which
+        must hold ``k`` items however small. Checked: a bad table fails deep in a gather."""
+        owner = f"{self.kind} index"
+        ids = np.asarray(item_ids)
+        if ids.ndim != 1 or not ids.size:
+            raise ExportError(f"{owner}: item_ids must be one id per item (1-D, not empty), "
+                              f"got shape {ids.shape}")
+        centroids = checked_embeddings(owner, "centroids", centroids)
+        num_chunks, dim = centroids.shape
+        positions = checked_positions(owner, positions, num_chunks, len(ids))
+        table, scales = checked_table(owner, table, scales, storage,
+                                      (num_chunks, positions.shape[1], dim))
+        super().__init__(k, len(ids), ids, parameters, dim=dim)
+        self.probe = checked_count(owner, "probe", probe)
+        if not probes_needed(positions, self.k) <= self.probe <= num_chunks:
+            raise ExportError(f"{owner}: probe must be in [{probes_needed(positions, self.k)}, "
+                              f"{num_chunks}] (enough chunks to hold k={self.k} items; at most "
+                              f"every chunk), got {self.probe}")
         self.storage = storage
         self.chunk_size = int(positions.shape[1])
-        self.centroids = catalog_variable(centroids.astype(np.float32), "centroids")
+        self.centroids = catalog_variable(centroids, "centroids")
         self.positions = catalog_variable(positions.astype(np.int32), "positions")
         names = {"int8": "items_int8", "bfloat16": "items_bfloat16"}
         self.table = catalog_variable(table, names.get(storage, "items"))

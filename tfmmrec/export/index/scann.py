@@ -10,11 +10,14 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfmmrec.config import ScannConfig
+from tfmmrec.errors import ExportError, shown
 from tfmmrec.export.index.base import (
     SCANN_TF_SERVING,
     TFMMREC_SERVE,
     IndexSettings,
     TopKIndex,
+    checked_count,
+    checked_embeddings,
     register,
 )
 
@@ -65,6 +68,41 @@ def scann_parameters(num_items: int, max_k: int, config: ScannConfig) -> dict[st
             "num_leaves_to_search": min(search, leaves),
             "num_reordering_candidates": reorder,
             "dimensions_per_block": config.dimensions_per_block}
+
+
+TREE_PARAMETERS = ("num_leaves", "num_leaves_to_search", "num_reordering_candidates",
+                   "dimensions_per_block")
+
+
+def checked_scann_parameters(owner: str, parameters, num_items: int) -> dict:
+    """``parameters`` as :func:`scann_parameters` makes them, checked against the catalogue:
+    ScaNN refuses a tree with more leaves than items, or AH on fewer than 16 items, only deep
+    in its trainer (or, given an unknown key, in TFRS's constructor)."""
+    if not isinstance(parameters, dict):
+        raise ExportError(f"{owner}: parameters must be a dict, got {shown(parameters)}")
+    scoring = parameters.get("scoring")
+    if scoring == BRUTE_FORCE:
+        expected: tuple[str, ...] = ()
+    elif scoring == TREE_AH:
+        expected = TREE_PARAMETERS
+    else:
+        raise ExportError(f"{owner}: parameters['scoring'] must be {TREE_AH!r} or "
+                          f"{BRUTE_FORCE!r}, got {shown(scoring)}")
+    keys = sorted(set(parameters) - {"scoring"})
+    if keys != sorted(expected):
+        raise ExportError(f"{owner}: {scoring} parameters must be {', '.join(expected) or 'none'}"
+                          f" besides 'scoring', got {', '.join(keys) or 'none'}")
+    for key in expected:
+        checked_count(owner, f"parameters['{key}']", parameters[key])
+    if scoring == TREE_AH and num_items < AH_CLUSTERS_PER_BLOCK:
+        raise ExportError(f"{owner}: {TREE_AH} needs >= {AH_CLUSTERS_PER_BLOCK} items, got "
+                          f"{num_items}; use scann_parameters() ({BRUTE_FORCE} scoring)")
+    if scoring == TREE_AH and not (parameters["num_leaves_to_search"]
+                                   <= parameters["num_leaves"] <= num_items):
+        raise ExportError(f"{owner}: parameters need num_leaves_to_search <= num_leaves <= the "
+                          f"{num_items} items, got {parameters['num_leaves_to_search']} and "
+                          f"{parameters['num_leaves']}")
+    return dict(parameters)
 
 
 def brute_force_searcher(layer, k: int):
@@ -136,9 +174,15 @@ class ScannIndex(TopKIndex):
     op_namespaces = frozenset({"Scann"})
     servers = (SCANN_TF_SERVING, TFMMREC_SERVE)
 
-    def __init__(self, item_embeddings: np.ndarray, item_ids: np.ndarray, k: int,
+    def __init__(self, item_embeddings: np.ndarray, item_ids: np.ndarray | None, k: int,
                  parameters: dict):
-        super().__init__(k, item_embeddings.shape[0], item_ids, parameters)
+        """``item_embeddings`` [N, d] (finite), ``k`` <= N, ``parameters`` as
+        :func:`scann_parameters` gives them for N items."""
+        owner = f"{self.kind} index"
+        item_embeddings = checked_embeddings(owner, "item_embeddings", item_embeddings)
+        num_items = item_embeddings.shape[0]
+        parameters = checked_scann_parameters(owner, parameters, num_items)
+        super().__init__(k, num_items, item_ids, parameters, dim=item_embeddings.shape[1])
         tree = {key: value for key, value in parameters.items() if key != "scoring"}
         self.layer = tfrs.layers.factorized_top_k.ScaNN(k=self.k, **tree)
         if parameters.get("scoring") == BRUTE_FORCE:  # TFRS keeps its builder private
