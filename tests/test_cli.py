@@ -87,6 +87,18 @@ def test_validate_good_folder_reports_what_it_found(tmp_path, capsys):
     assert "user features: age (numeric), occupation (categorical)" in out
 
 
+def test_validate_says_a_given_split_validates_on_the_rows_marked_validation(tmp_path, capsys):
+    """It said they came "from the training rows", as if carved from them."""
+    from tests.data.test_user_split import given_folder
+
+    root = given_folder(tmp_path / "given")
+    assert cli.main(["validate", "--set", f"data.path={root}", "--set", "data.split=given"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  given split: 9 train / 1 validation / 4 test interactions" in out
+    assert ("  validation for tuned choices: the 1 row marked validation, held out against "
+            "the 9 training rows") in out
+
+
 def test_validate_reports_media_files_that_would_not_decode(tmp_path, capsys, caplog):
     root = make_folder(tmp_path / "broken-media")
     png = root / "images" / "i2.png"

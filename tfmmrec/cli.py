@@ -359,7 +359,7 @@ def _evaluate(config, args) -> int:
     from tfmmrec.data.dataset import load_candidates, load_test_interactions, read_candidate_ids
     from tfmmrec.data.splits import with_test
     from tfmmrec.evaluation.baseline_suite import BASELINES
-    from tfmmrec.evaluation.protocol import check_evaluable
+    from tfmmrec.evaluation.protocol import check_evaluable, unscored_note
     from tfmmrec.training.trained_data import check_trained_data
 
     names: list[str] = []
@@ -389,6 +389,9 @@ def _evaluate(config, args) -> int:
     print(evaluated.sizes())
     check_evaluable(evaluated, dataset.user_ids, dataset.num_items, test=args.test,
                     candidates=args.candidates)  # before encoding or restoring anything
+    note = unscored_note(evaluated, dataset.user_ids, dataset.num_items, args.candidates)
+    if note:  # the sizes above count every test row; the metrics fewer
+        print(f"note: {note}")
     workspace = dataclasses.replace(pipeline.prepare(config, progress=not args.quiet,
                                                      data=(dataset, split)), split=evaluated)
     embeddings, name = None, "tfmmrec"
@@ -482,8 +485,13 @@ def _validate(config) -> int:
     except TfmmrecError as exc:  # only tuned choices need it (fusion selection, baselines)
         print(f"  no validation carve for tuned choices: {exc}")
     else:
-        print(f"  validation for tuned choices ({validation.kind}): {len(validation.train)} "
-              f"train / {len(validation.test)} held-out interactions, from the training rows")
+        train, held = len(validation.train), len(validation.test)
+        if split.validation is not None:  # the user's own rows, not a carve of train
+            print(f"  validation for tuned choices: the {held} row{'' if held == 1 else 's'} "
+                  f"marked validation, held out against the {train} training rows")
+        else:
+            print(f"  validation for tuned choices ({validation.kind}): {train} train / {held} "
+                  "held-out interactions, carved from the training rows")
     if dataset.users is not None:
         import pandas as pd
 

@@ -1022,6 +1022,7 @@ def evaluate(config: Config | str | os.PathLike | None = None,
         popularity_baseline,
         random_baseline,
         recall_notes,
+        unscored_note,
     )
     from tfmmrec.evaluation.report import plot_metric_curves
 
@@ -1056,8 +1057,10 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     if not write:
         return results
     out = Path(config.train.output_dir) / "eval"
+    unscored = unscored_note(ws.split, ws.user_ids, ws.dataset.num_items)
     write_json({"split": ws.split.kind, "split_sizes": ws.split.sizes(), "results": results,
-                "notes": recall_notes(ws.split, ws.user_ids, ws.dataset.num_items, ks),
+                "notes": {**({"unscored": unscored} if unscored else {}),
+                          **recall_notes(ws.split, ws.user_ids, ws.dataset.num_items, ks)},
                 **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
                    if classic else {})}, out / f"{output_name}.json")
     plot_metric_curves(retrieval_rows(results), out / f"{output_name}.png",
@@ -1094,15 +1097,22 @@ def evaluation_output_name(test: str | os.PathLike | None = None,
                            export: str | os.PathLike | None = None) -> str:
     """The file name (without suffix) under ``eval/`` of an evaluation: ``metrics`` for the
     run's own split, else one name per variant (``metrics-test-<file>``,
-    ``-candidates-<file>``, ``-export``), so scoring a test set, a candidate list or an export
-    never replaces the split's metrics."""
+    ``-candidates-<file>``, ``-export-<version>``), so scoring a test set, a candidate list or
+    an export never replaces the split's metrics, nor one export's another's. ``<version>``:
+    the version folder's number, a model folder's newest (the one ``evaluation.exported``
+    scores), else the folder's name."""
+    from tfmmrec.export.writer import list_versions
+
     parts = ["metrics"]
     for label, path in (("test", test), ("candidates", candidates)):
         if path:
             stem = re.sub(r"[^\w.-]+", "_", Path(path).stem)
             parts.append(f"{label}-{stem}")
     if export:
-        parts.append("export")
+        folder = Path(export).resolve()
+        versions = [] if (folder / "saved_model.pb").is_file() else list_versions(folder)
+        version = str(versions[-1]) if versions else re.sub(r"[^\w.-]+", "_", folder.name)
+        parts.append(f"export-{version}")
     return "-".join(parts)
 
 

@@ -24,6 +24,32 @@ u2,i1,300,validation
 u2,i2,400,train
 """
 
+# Eight text-only items and a given split: 9 train, 1 validation and 4 test rows.
+TEXT_ITEMS = "item_id,title\n" + "".join(f"i{i},Title {i}\n" for i in range(1, 9))
+GIVEN_INTERACTIONS = """\
+user_id,item_id,split
+u1,i1,train
+u1,i2,train
+u1,i5,test
+u2,i3,train
+u2,i2,train
+u2,i6,validation
+u3,i2,train
+u3,i8,train
+u3,i4,test
+u4,i3,train
+u4,i1,test
+u5,i1,train
+u5,i2,train
+u5,i7,test
+"""
+
+
+def given_folder(root, interactions: str = GIVEN_INTERACTIONS):
+    """A text-only dataset folder whose interactions carry a split column."""
+    return make_folder(root, items=TEXT_ITEMS, interactions=interactions, users=None,
+                       media=False)
+
 
 def load(root, **fields):
     return load_dataset(DataConfig(path=str(root), **fields))
@@ -48,6 +74,17 @@ def test_bad_split_value_names_file_line_and_value(tmp_path):
     with pytest.raises(DataError, match=r"split must be one of train, validation, test, got "
                                         r"'valid' at interactions.csv line 5"):
         load(make_folder(tmp_path / "d", interactions=bad), split="given")
+
+
+def test_an_empty_split_value_is_named_as_empty(tmp_path):
+    """It read "got nan at interactions.csv line 7", a value nobody wrote."""
+    empty = GIVEN_INTERACTIONS.replace("u2,i6,validation", "u2,i6,").replace(
+        "u4,i3,train", "u4,i3,  ")
+    with pytest.raises(DataError) as raised:
+        load(given_folder(tmp_path / "d", empty), split="given")
+    assert str(raised.value) == (
+        f"{tmp_path / 'd' / 'interactions.csv'}: split must be one of train, validation, test, "
+        "got an empty split value at interactions.csv line 7 (2 empty)")
 
 
 def test_given_split_without_the_column_is_refused(tmp_path):

@@ -163,3 +163,22 @@ def test_recency_weighted_ease_chooses_its_half_life_on_validation():
     unordered = split_interactions(frame.drop(columns="timestamp"), "random", 0.2, 0)
     assert EASE_RECENCY not in run_baselines(unordered, users, RING, names=["ease_recency"],
                                              ks=(3,))
+
+
+def test_each_baseline_line_names_the_metrics_it_computed(caplog):
+    """With eval.ks lacking 20, every line said "test recall@20 nan"."""
+    import logging
+
+    split = split_interactions(taste(), "random", 0.2, seed=3)
+    with caplog.at_level(logging.INFO, logger="tfmmrec.evaluation.baseline_suite"):
+        results = run_baselines(split, USERS, NUM_ITEMS, names=["ease", "knn"],
+                                item_features=FEATURES, ks=(1, 3, 10), seed=3)
+    ease, knn = results["EASE"], results["content kNN (centred)"]
+    assert ease.selection_metric == "recall@20"  # chosen on validation at 20 all the same
+    best = max(t["score"] for t in ease.validation)
+    assert caplog.messages == [
+        f"EASE: {ease.config}, chosen by validation recall@20 {best:.4f} → test recall@10 "
+        f"{ease.metrics['recall@10']:.4f} ({ease.seconds:.1f} s)",
+        f"content kNN (centred): {knn.config}, nothing to choose → test recall@10 "
+        f"{knn.metrics['recall@10']:.4f} ({knn.seconds:.1f} s)"]
+    assert "nan" not in caplog.text

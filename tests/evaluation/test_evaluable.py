@@ -19,6 +19,7 @@ from tfmmrec.evaluation.protocol import (
     evaluate_embeddings,
     random_baseline,
     recall_notes,
+    unscored_note,
 )
 
 USERS = np.array(["u0", "u1", "u2"])
@@ -93,3 +94,39 @@ def test_recall_notes_count_the_items_a_user_ranks_without_their_training_items(
         metrics = evaluate_embeddings(rng.normal(size=(3, 4)), rng.normal(size=(NUM_ITEMS, 4)),
                                       split, USERS, [11, 12])
         assert metrics["recall@11"] == metrics["recall@12"] == 1.0
+
+
+# Items i1..i8 are indices 0..7; u1..u5 trained on a few of them.
+FIVE = np.array([f"u{u}" for u in range(1, 6)])
+FIVE_TRAIN = frame([("u1", 0), ("u1", 1), ("u2", 2), ("u3", 1), ("u4", 2), ("u5", 0)])
+
+
+def test_test_rows_outside_the_candidates_are_named_and_not_counted():
+    """u4's row (i1) was left out of every metric while the output said 4 test interactions."""
+    test = frame([("u1", 4), ("u3", 3), ("u4", 0), ("u5", 6)])
+    split = Split("supplied", FIVE_TRAIN, test, test_items=np.array([3, 4, 6]))  # i4, i5, i7
+    assert unscored_note(split, FIVE, 8, candidates="c.txt") == (
+        "1 of 4 test rows is not scored (1 has its item outside the candidates in c.txt); "
+        "the metrics are over 3 rows of 3 of 4 users")
+    metrics = random_baseline(split, FIVE, 8, ks=[1, 3])
+    assert (metrics["num_interactions"], metrics["num_users"]) == (3, 3)
+    # a training interaction of its user is never ranked, so never scored either
+    seen = Split("supplied", FIVE_TRAIN, frame([("u1", 0), ("u1", 1), ("u2", 5)]))
+    assert unscored_note(seen, FIVE, 8) == (
+        "2 of 3 test rows are not scored (2 are training interactions of their user); the "
+        "metrics are over 1 row of 1 of 2 users")
+    assert random_baseline(seen, FIVE, 8, ks=[1])["num_interactions"] == 1
+    assert unscored_note(Split("supplied", FIVE_TRAIN, frame([("u2", 5)])), FIVE, 8) is None
+
+
+def test_split_none_without_a_test_file_says_to_pass_one():
+    """It said a given split needs rows whose split column says test."""
+    split = Split("none", FIVE_TRAIN, frame([]))
+    with pytest.raises(DataError) as raised:
+        check_evaluable(split, FIVE, 8)
+    assert str(raised.value) == ("data.split: none trains on every row: pass --test FILE to "
+                                 "evaluate")
+    # candidates alone keep the none split's (empty) test set
+    with pytest.raises(DataError, match=r"^data\.split: none trains on every row"):
+        check_evaluable(Split("none", FIVE_TRAIN, frame([]), test_items=np.array([3])), FIVE, 8,
+                        candidates="c.txt")

@@ -10,6 +10,7 @@ import json
 import pandas as pd
 import pytest
 
+from tests.data.test_user_split import given_folder
 from tfmmrec import cli, pipeline
 from tfmmrec.config import load_config
 from tfmmrec.data.splits import split_interactions
@@ -180,7 +181,7 @@ def test_evaluate_through_the_export_matches_the_checkpoint(run, tiny_workspace,
     scored = {}
     for extra, name in (([], "metrics-candidates-c"),
                         (["--export", str(tmp_path / "models" / "tfmmrec")],
-                         "metrics-candidates-c-export")):
+                         "metrics-candidates-c-export-1")):
         assert cli.main(["-q", "evaluate", "--config", str(path), "--candidates",
                          str(tmp_path / "c.txt"), *extra]) == 0
         written = json.loads((root / "run" / "eval" / f"{name}.json").read_text())
@@ -190,3 +191,53 @@ def test_evaluate_through_the_export_matches_the_checkpoint(run, tiny_workspace,
     assert export["num_users"] == checkpoint["num_users"] > 0
     for key in ("recall@10", "recall@20", "ndcg@10"):
         assert export[key] == pytest.approx(checkpoint[key], abs=1e-6), key
+
+
+def stop_before_encoding(monkeypatch) -> None:
+    """``evaluate`` ends with exit 2 where it would start encoding (what it printed is kept)."""
+    def stop(*args, **kwargs):
+        raise DataError("stopped before encoding")
+
+    monkeypatch.setattr(pipeline, "prepare", stop)
+
+
+def test_test_rows_outside_the_candidates_are_counted_before_any_work(tmp_path, monkeypatch,
+                                                                      capsys):
+    """u4's test row (i1) was quietly left out of every metric."""
+    root = given_folder(tmp_path / "d")
+    (tmp_path / "c.txt").write_text("i4\ni5\ni7\n")
+    stop_before_encoding(monkeypatch)
+    assert cli.main(["-q", "evaluate", "--set", f"data.path={root}", "--set",
+                     "data.split=given", "--export", str(tmp_path / "models" / "m"),
+                     "--candidates", str(tmp_path / "c.txt")]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["given split: 9 train / 1 validation / 4 test interactions (3 candidate "
+                   "items)",
+                   f"note: 1 of 4 test rows is not scored (1 has its item outside the "
+                   f"candidates in {tmp_path / 'c.txt'}); the metrics are over 3 rows of 3 of "
+                   "4 users"]
+
+
+def test_split_none_says_to_pass_a_test_file(tmp_path, monkeypatch, capsys):
+    """It said a given split needs rows whose split column says test."""
+    root = given_folder(tmp_path / "d")
+    stop_before_encoding(monkeypatch)
+    assert cli.main(["-q", "evaluate", "--set", f"data.path={root}", "--set", "data.split=none",
+                     "--export", str(tmp_path / "models" / "m")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: data.split: none trains on every row: pass --test FILE to evaluate")
+
+
+def test_each_export_version_gets_its_own_metrics_file(tmp_path):
+    """``--export DIR/1`` then ``--export DIR/2`` both wrote metrics-export.json."""
+    for version in (1, 2):
+        (tmp_path / "m" / str(version)).mkdir(parents=True)
+        (tmp_path / "m" / str(version) / "saved_model.pb").write_bytes(b"")
+    name = pipeline.evaluation_output_name
+    assert name(export=tmp_path / "m" / "1") == "metrics-export-1"
+    assert name(export=str(tmp_path / "m" / "2")) == "metrics-export-2"
+    assert name(export=tmp_path / "m") == "metrics-export-2"  # the newest, the one scored
+    (tmp_path / "odd name").mkdir()
+    assert name("t.csv", "c.txt", tmp_path / "odd name") == (
+        "metrics-test-t-candidates-c-export-odd_name")
+    assert name() == "metrics" and name("t.csv", "c.txt") == "metrics-test-t-candidates-c"

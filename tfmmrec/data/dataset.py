@@ -247,6 +247,11 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig,
     if "timestamp" in frame.columns:
         frame["timestamp"] = validate.require_timestamps(frame, path, "timestamp")
     if SPLIT_COLUMN in frame.columns:
+        empty = frame.index[frame[SPLIT_COLUMN].astype("string").str.strip().fillna("") == ""]
+        if len(empty):  # else named as "got nan", which reads like a value someone wrote
+            raise DataError(f"{path}: {SPLIT_COLUMN} must be one of {', '.join(SPLIT_VALUES)}, "
+                            f"got an empty split value at "
+                            f"{validate.row_label(path, empty[0])} ({len(empty)} empty)")
         frame[SPLIT_COLUMN] = validate.require_choice(frame, path, SPLIT_COLUMN, SPLIT_VALUES)
         if config.split != "given":
             logger.warning("%s has a %s column, ignored because data.split=%s; set data.split: "

@@ -26,9 +26,11 @@ class RankingResult:
     """The metrics of one model on one split, and optionally the per-user values behind them.
 
     ``metrics``: means over evaluated users of ``recall@K``, ``ndcg@K``, ``hit_rate@K`` and
-    ``mrr``; catalogue-level ``coverage@K``; the counts ``num_users`` (evaluated) and
-    ``num_users_skipped``. The ``top_k_accuracy@K`` dict of :func:`top_k_accuracy` merges in with
-    ``result.metrics.update(...)``.
+    ``mrr``; catalogue-level ``coverage@K``; the counts ``num_users`` (evaluated),
+    ``num_users_skipped`` and ``num_interactions`` (the test interactions measured: relevant
+    items of evaluated users, so a test row outside the candidates or among the user's
+    training items is not counted). The ``top_k_accuracy@K`` dict of :func:`top_k_accuracy`
+    merges in with ``result.metrics.update(...)``.
     ``per_user`` (only when asked for, since it is one array per metric): ``user`` (row indices of
     the evaluated users), ``num_relevant``, ``rank`` (of the first relevant item), ``mrr`` (its
     reciprocal) and every per-user metric, all aligned with ``user`` — for significance tests and
@@ -301,6 +303,7 @@ def _aggregate(
     metrics["mrr"] = _mean(per_user["mrr"])
     metrics["num_users"] = evaluated
     metrics["num_users_skipped"] = num_users - evaluated
+    metrics["num_interactions"] = int(per_user["num_relevant"].sum())
     return metrics
 
 

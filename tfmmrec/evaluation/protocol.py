@@ -67,6 +67,8 @@ def check_evaluable(split: Split, user_ids: np.ndarray, num_items: int,
     relevant, _ = scored_items(split, user_ids, num_items)
     if relevant.nnz:
         return
+    if split.test.empty and split.kind == "none":  # no test set by design, not a mistake
+        raise DataError("data.split: none trains on every row: pass --test FILE to evaluate")
     where = test or f"the {split.kind} split's test set"
     if split.test.empty:  # e.g. a given split whose every row says train
         raise DataError(f"nothing to evaluate: {where} has no interactions"
@@ -81,6 +83,54 @@ def check_evaluable(split: Split, user_ids: np.ndarray, num_items: int,
     raise DataError(f"nothing to evaluate: every test interaction of {where}{among} is one "
                     "of its user's training interactions, and training items are never ranked "
                     "(test on interactions the model did not train on)")
+
+
+def unscored_note(split: Split, user_ids: np.ndarray, num_items: int,
+                  candidates: str | None = None) -> str | None:
+    """One line when some test rows are left out of every metric (their item is not among the
+    candidates, or is a training item of their user), else None: the split's sizes count every
+    test row, so without it a test set scored on fewer rows than it holds reads as a whole.
+
+    ``candidates``: the file they came from, named in the line."""
+    total = len(split.test)
+    scored = _scored_rows(split, user_ids, num_items) if total else np.ones(0, bool)
+    if scored.all():
+        return None
+    allowed = candidate_mask(split, num_items)
+    outside = (np.zeros(total, bool) if allowed is None
+               else ~allowed[split.test["item_index"].to_numpy(np.int64)])
+    among = f" in {candidates}" if candidates else ""
+    reasons = []
+    if n := int(outside.sum()):
+        reasons.append(f"{n} {'has its' if n == 1 else 'have their'} item outside the "
+                       f"candidates{among}")
+    if n := int((~scored & ~outside).sum()):
+        which = "is a training interaction of its" if n == 1 else \
+            "are training interactions of their"
+        reasons.append(f"{n} {which} user")
+    users = split.test["user_id"].astype(str)
+    kept, unscored = int(scored.sum()), int(total - scored.sum())
+    return (f"{unscored} of {total} test rows {'is' if unscored == 1 else 'are'} not scored "
+            f"({'; '.join(reasons)}); the metrics are over {kept} row{'' if kept == 1 else 's'}"
+            f" of {users[scored].nunique()} of {users.nunique()} users")
+
+
+def _scored_rows(split: Split, user_ids: np.ndarray, num_items: int) -> np.ndarray:
+    """``[len(split.test)]`` bool: the test rows some metric measures (:func:`scored_items`)."""
+    relevant, _ = scored_items(split, user_ids, num_items)
+    rows = _user_rows(split.test, np.asarray(user_ids).astype(str))
+    items = split.test["item_index"].to_numpy(np.int64)
+    if split.test_items is not None:  # candidate columns: the sorted unique candidates
+        keep = np.unique(np.asarray(split.test_items, np.int64))
+        position = np.minimum(np.searchsorted(keep, items), len(keep) - 1)
+        known = (rows >= 0) & (keep[position] == items)
+        items = position
+    else:
+        known = rows >= 0
+    scored = np.zeros(len(items), bool)
+    if known.any():
+        scored[known] = np.asarray(relevant[rows[known], items[known]]).ravel() > 0
+    return scored
 
 
 def recall_notes(split: Split, user_ids: np.ndarray, num_items: int,
