@@ -61,6 +61,20 @@ def test_tensorflow_imported_first_but_keras_untouched_still_gets_keras2():
     assert result.stdout.strip() == "True"
 
 
+def test_tensorflow_imported_first_stays_on_keras2_after_keras_nlp_loads():
+    """The usual notebook order: ``import tensorflow.keras`` (KerasNLP's) used to resolve to
+    Keras 3's folder and rebind ``tf.keras`` mid-session."""
+    result = run_python("""
+        import tensorflow as tf
+        import tfmmrec
+        import keras_nlp
+        from tensorflow.keras import layers
+        print(tf.keras.Model.__module__.split(".")[0], layers.Dense.__module__.split(".")[0])
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "tf_keras tf_keras"
+
+
 def test_keras3_already_live_raises_environment_setup_error_saying_what_to_do():
     result = run_python("""
         import tensorflow as tf

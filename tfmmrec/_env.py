@@ -42,8 +42,24 @@ def configure_keras() -> None:
         after_import("tensorflow", quiet_absl_logs)
     if os.environ.get("TF_USE_LEGACY_KERAS") not in ("1", "true", "True"):
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    if "tensorflow" in sys.modules and not keras2_active():
-        raise EnvironmentSetupError(KERAS3_MESSAGE)
+    if "tensorflow" in sys.modules:
+        if not keras2_active():
+            raise EnvironmentSetupError(KERAS3_MESSAGE)
+        _pin_tensorflow_keras()
+
+
+def _pin_tensorflow_keras() -> None:
+    """Make ``import tensorflow.keras`` Keras 2 when TensorFlow was imported before tfmmrec.
+
+    TensorFlow reads ``TF_USE_LEGACY_KERAS`` once, at its import, to choose the folder that the
+    submodule ``tensorflow.keras`` resolves to. Imported before this variable was set, that is
+    Keras 3's, and KerasNLP's ``import tensorflow.keras`` then rebinds ``tf.keras`` to Keras 3
+    in mid-session (a restore then built encoders without weights and refused them as
+    "changed"). Registering the Keras 2 module under that name first keeps both on Keras 2."""
+    if sys.modules.get("tensorflow.keras") is None:
+        import importlib
+
+        sys.modules["tensorflow.keras"] = importlib.import_module("tf_keras.api._v2.keras")
 
 
 def keras2_active() -> bool:

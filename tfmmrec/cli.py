@@ -342,8 +342,9 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
              "ease_recency, ials, ridge, kernel, knn")
     parser.add_argument(
         "--test", metavar="FILE",
-        help="score this test set (CSV/JSONL/Parquet with user_id,item_id) instead of the "
-             "split's; with data.split: none it is the only way to evaluate")
+        help="score this test set (CSV/JSONL/Parquet with user_id,item_id and an optional "
+             "rating) instead of the split's; with data.split: none it is the only way to "
+             "evaluate")
     parser.add_argument(
         "--export", metavar="DIR",
         help="score an exported model (a version directory, or a model directory: its newest "

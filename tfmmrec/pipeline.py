@@ -372,20 +372,38 @@ class InMemoryExamples:
 def training_examples(ws: Workspace) -> InMemoryExamples | TrainingData:
     """The training examples the configured model needs: in memory, to be batched for the
     epochs a run trains (``InMemoryExamples``), or prepared shards (``train.tfrecords``),
-    streamed endlessly (``TrainingData``, the data deciding its steps)."""
+    streamed endlessly (``TrainingData``, the data deciding its steps).
+
+    The ranking task's ratings are checked here, before any training: a listwise task's must
+    be >= 0 and give lists of ``ranking.list_size``; a binary task's are not read (each row
+    is a positive), which a rating of 0 or below makes worth a warning."""
+    from tfmmrec.models.ranking import (
+        interactions_source,
+        require_lists,
+        require_rated_lists,
+        warn_unread_ratings,
+    )
+
     config = ws.config
     train = ws.split.train
     ranking = config.ranking
+    source = interactions_source(ws.dataset.root) if ranking.enabled else None
     if ranking.enabled and ranking.task == "listwise":
         if config.train.tfrecords:
             raise ConfigError("train.tfrecords does not apply to ranking.task=listwise (lists are "
                               "sampled in memory); unset train.tfrecords")
-        lists = sample_lists(train["user_id"].astype(str).to_numpy(),
-                             train["item_index"].to_numpy(), rating_targets(train),
+        rating_targets(ws.dataset.interactions, "listwise", source)  # test rows too, up front
+        users = train["user_id"].astype(str).to_numpy()
+        ratings = rating_targets(train, "listwise", source)
+        require_lists(users, ranking.list_size)
+        lists = sample_lists(users, train["item_index"].to_numpy(), ratings,
                              ranking.list_size, ranking.lists_per_user, config.data.seed)
+        require_rated_lists(lists, ranking.list_size)
         return InMemoryExamples(lists, config.train.batch_size, config.train.seed, ws.user_ids)
-    extra = {"rating": rating_targets(train)} if ranking.enabled and ranking.task == "regression" \
-        else None
+    if ranking.enabled and ranking.task == "binary":
+        warn_unread_ratings(train, source)
+    extra = {"rating": rating_targets(train, "regression", source)} \
+        if ranking.enabled and ranking.task == "regression" else None
     if config.train.tfrecords:
         columns = ("user_id", "item_index", *(["rating"] if extra else []))
         dataset, count = tfrecord_dataset(config.train.tfrecords, config.train.batch_size,
@@ -1235,6 +1253,11 @@ def check_export_destination(config: Config) -> None:
     model_dir = Path(config.export.base_dir) / config.export.model_name
     check_version_free(model_dir, config.export.version)
     check_no_catalog_updates(model_dir, config.export.replace_catalog_updates)
+    if config.ranking.enabled and config.ranking.retrieve_candidates < config.export.max_k:
+        from tfmmrec.export.module import retrieve_candidates_error
+
+        raise ExportError(retrieve_candidates_error(config.ranking.retrieve_candidates,
+                                                    config.export.max_k))
 
 
 def export(config: Config | str | os.PathLike | None = None,

@@ -152,3 +152,31 @@ def test_an_item_text_beyond_64_kib_is_cut_at_a_character_and_named(tmp_path, ca
     assert texts[2] == "\u00e9" * 32_768  # two bytes each: cut between characters
     assert ("2 item text(s) longer than 65536 bytes were cut to that length" in caplog.text
             and "items.csv line 3, items.csv line 4" in caplog.text)
+
+
+@pytest.mark.parametrize("cell, message", [
+    ("abc", "rating must be numeric, got 'abc' at {name} line 3 (1 bad value(s))"),
+    ("", "empty rating at {name} line 3"),
+    ("1e400", "rating must be finite and within ±3.403e+38, got inf at {name} line 3"),
+])
+def test_a_test_files_ratings_are_kept_and_checked_as_interactions_csvs(tmp_path, cell, message):
+    """``evaluate --test FILE``: the rating column reaches the ranking head's RMSE/MAE (it was
+    dropped, and any value accepted), refused as interactions.csv's would be."""
+    from tfmmrec.data.dataset import load_test_interactions
+
+    dataset = load_dataset(str(make_folder(tmp_path / "d")))
+    (tmp_path / "test.csv").write_text("user_id,item_id,rating\nu2,i2,4.5\nu1,i3,-7\n")
+    test = load_test_interactions(tmp_path / "test.csv", dataset)
+    assert test.values.tolist() == [["u2", "i2", 1, 4.5], ["u1", "i3", 2, -7.0]]
+    assert list(test.columns) == ["user_id", "item_id", "item_index", "rating"]
+    (tmp_path / "bad.csv").write_text(f"user_id,item_id,rating\nu2,i2,4\nu1,i3,{cell}\n")
+    with pytest.raises(DataError) as error:
+        load_test_interactions(tmp_path / "bad.csv", dataset)
+    assert str(error.value).startswith(f"{tmp_path / 'bad.csv'}: "
+                                       + message.format(name="bad.csv"))
+    bad = make_folder(tmp_path / "bad", interactions="user_id,item_id,rating\nu2,i2,4\n"
+                                                     f"u1,i3,{cell}\n")
+    with pytest.raises(DataError) as same:  # interactions.csv's message, for its own file
+        load_dataset(str(bad))
+    assert str(same.value).startswith(f"{bad / 'interactions.csv'}: "
+                                      + message.format(name="interactions.csv"))

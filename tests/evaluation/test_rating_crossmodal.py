@@ -121,3 +121,23 @@ def test_precision_at_k_counts_relevant_items_in_each_top_k():
     relevant = np.array([[True, False, False, True], [False, False, True, True]])
     np.testing.assert_allclose(precision_at_k(queries, items, relevant, 2), [0.5, 1.0])
     np.testing.assert_allclose(precision_at_k(queries, items, relevant, 1), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("metric, names", [(rmse, ("predictions", "targets")),
+                                           (mae, ("predictions", "targets")),
+                                           (log_loss, ("logits", "labels")),
+                                           (auc, ("scores", "labels"))])
+def test_pointwise_metrics_refuse_mismatched_shapes(metric, names):
+    """numpy broadcast [3] against [3, 1] to [3, 3]: rmse(zeros(3), zeros((3, 1))) was 0.0."""
+    with pytest.raises(ValueError) as error:
+        metric(np.zeros(3), np.zeros((3, 1)))
+    assert str(error.value) == (f"{names[0]} of shape (3,) and {names[1]} of shape (3, 1): "
+                                "the shapes must be the same")
+
+
+def test_list_ndcg_refuses_negative_gains():
+    """A negative gain made NDCG negative (a listwise head trained on a negative rating)."""
+    with pytest.raises(ValueError, match=r"gains must be >= 0 .*got -2"):
+        list_ndcg(np.array([[0.9, 0.5]]), np.array([[-2.0, 1.0]]), 2)
+    with pytest.raises(ValueError, match=r"scores of shape \(1, 2\) and gains of shape \(2,\)"):
+        list_ndcg(np.array([[0.9, 0.5]]), np.array([1.0, 0.0]), 2)

@@ -65,6 +65,18 @@ def test_seen_items_never_returned(two_stage):
             assert not returned & seen
 
 
+def test_fewer_candidates_than_max_k_are_refused_before_any_work(two_stage, tmp_path):
+    """A two-stage export with N below max_k used to retrieve max_k candidates while its
+    metadata (and the evaluation) said N."""
+    config, model, ws, _ = two_stage
+    fewer = tfmmrec.load_config(config, ["ranking.retrieve_candidates=5",
+                                         f"export.base_dir={tmp_path}"])
+    with pytest.raises(tfmmrec.ExportError, match=r"ranking.retrieve_candidates=5 is below "
+                                                  r"export.max_k=10: .*set export.max_k <= 5"):
+        pipeline.export(fewer, model=model, workspace=ws)
+    assert not list(tmp_path.iterdir())
+
+
 def test_metadata_says_two_stage(two_stage):
     _, _, _, exported = two_stage
     assert exported.metadata["two_stage"] is True

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import tfmmrec
 from tfmmrec import pipeline
+from tfmmrec.errors import ConfigError, DataError
 from tfmmrec.evaluation.ranking import evaluate_ranking_head, evaluate_two_stage
 from tfmmrec.models.ranking import (
     ListwiseSoftmaxLoss,
@@ -92,9 +93,11 @@ def independent_metrics(model, ws, task) -> dict[str, float]:
         predictions, ratings = score(users, items), test["rating"].to_numpy(float)
         return {"rmse": math.sqrt(sk.mean_squared_error(ratings, predictions)),
                 "mae": sk.mean_absolute_error(ratings, predictions)}
-    if task == "binary":  # the same seeded negatives: one random item per test pair
-        negatives = np.random.default_rng(ws.config.data.seed).integers(
-            0, ws.dataset.num_items, len(items))
+    if task == "binary":  # the same seeded negatives (their draw: its own test below)
+        from tfmmrec.evaluation.ranking import binary_negatives
+
+        negatives = binary_negatives(ws)
+        assert (negatives >= 0).all()
         scores = np.r_[score(users, items), score(users, negatives)]
         labels = np.r_[np.ones(len(items)), np.zeros(len(items))]
         return {"auc": sk.roc_auc_score(labels, scores),
@@ -257,7 +260,7 @@ def _with_test(ws, test, test_items=None):
 
 
 def test_head_metrics_are_left_out_when_the_test_rows_cannot_give_them(workspace):
-    """A supplied --test file has no rating column; a sparse test set can have no list: the
+    """A supplied --test file may have no rating column; a sparse test set can have no list: the
     head row keeps retrieve → re-rank instead of failing the whole evaluation."""
     model, ws = _model(workspace, ["ranking.task=regression"])
     unrated = _with_test(ws, ws.split.test.drop(columns=["rating"]))
@@ -287,3 +290,149 @@ def test_two_stage_retrieval_figures_match_the_main_table_under_candidates(works
         assert head["retrieval_recall@10"] == pytest.approx(main["recall@10"], abs=1e-6)
         assert head["retrieval_ndcg@10"] == pytest.approx(main["ndcg@10"], abs=1e-6)
         assert head == pytest.approx(evaluate_two_stage(model, split_ws, batch_size=256))
+
+
+def _rated_workspace(tmp_path, ratings: str, overrides, min_rating=None):
+    """A model-free workspace over a small folder whose interactions are ``ratings`` (CSV
+    rows after the header), all of them training rows: enough for ``training_examples``."""
+    from types import SimpleNamespace
+
+    from tests.data.folders import make_folder
+    from tfmmrec.config import DataConfig
+    from tfmmrec.data.dataset import load_dataset
+    from tfmmrec.data.splits import split_interactions
+
+    root = make_folder(tmp_path / "d", interactions="user_id,item_id,rating\n" + ratings)
+    dataset = load_dataset(DataConfig(path=str(root), min_rating=min_rating))
+    config = tfmmrec.load_config(None, ["ranking.enabled=true", *overrides])
+    return SimpleNamespace(config=config, dataset=dataset, user_ids=dataset.user_ids,
+                           split=split_interactions(dataset.interactions, "none", 0.2, 0))
+
+
+LISTWISE = ["ranking.task=listwise", "ranking.list_size=2", "ranking.lists_per_user=2"]
+
+
+def test_listwise_refuses_a_negative_rating_naming_its_file_line(tmp_path):
+    """Listwise targets are ratings over the list's total: a negative rating gives a total
+    near 0 or below and targets of ~±1e9 (a loss of -1e11). Named with the line it is on in
+    the file, though data.min_rating and the split have dropped and moved rows."""
+    ws = _rated_workspace(tmp_path, "u1,i1,5\nu1,i2,-9\nu1,i3,3\nu2,i1,4\nu2,i3,-2\nu2,i2,1\n",
+                          LISTWISE, min_rating=-5)
+    root = ws.dataset.root
+    with pytest.raises(DataError) as error:
+        pipeline.training_examples(ws)
+    assert str(error.value) == (f"{root}/interactions.csv line 6: rating -2: "
+                                "ranking.task=listwise needs ratings >= 0")
+
+
+def test_listwise_with_no_rating_above_zero_is_refused_and_a_zero_list_adds_nothing(tmp_path):
+    ws = _rated_workspace(tmp_path, "u1,i1,0\nu1,i2,0\nu2,i1,0\nu2,i3,0\n", LISTWISE)
+    with pytest.raises(DataError, match=r"no list of ranking\.list_size=2 training ratings has "
+                                        "a rating above 0"):
+        pipeline.training_examples(ws)
+    loss = ListwiseSoftmaxLoss(reduction=tf.keras.losses.Reduction.NONE)
+    assert float(loss(tf.zeros([1, 3]), tf.constant([[2.0, -1.0, 0.5]]))[0]) == 0.0
+
+
+def test_a_list_size_no_training_user_reaches_is_a_config_error(tmp_path):
+    ws = _rated_workspace(tmp_path, "u1,i1,5\nu1,i2,3\nu1,i3,1\nu2,i1,4\n",
+                          ["ranking.task=listwise", "ranking.list_size=50"])
+    with pytest.raises(ConfigError) as error:
+        pipeline.training_examples(ws)  # before: fit's "Expected input data to be non-empty"
+    assert str(error.value) == "ranking.list_size=50: no training user has 50 ratings (most: 3)"
+
+
+def test_binary_warns_of_ratings_at_or_below_zero_and_still_trains_every_row(tmp_path, caplog):
+    ws = _rated_workspace(tmp_path, "u1,i1,5\nu1,i2,0\nu2,i3,-1\nu2,i1,4\n",
+                          ["ranking.task=binary"])
+    with caplog.at_level("WARNING"):
+        examples = pipeline.training_examples(ws)
+    warned = [r.getMessage() for r in caplog.records if "data.min_rating" in r.getMessage()]
+    assert len(warned) == 1
+    assert "ranking.task=binary trains every row as a positive" in warned[0]
+    assert "2 of the 4 training rows have a rating <= 0" in warned[0]
+    assert str(ws.dataset.root / "interactions.csv") in warned[0]
+    assert examples.rows == 4  # the semantics are kept: every row is a positive
+    caplog.clear()
+    rated = _rated_workspace(tmp_path / "rated", "u1,i1,5\nu2,i3,1\n", ["ranking.task=binary"])
+    with caplog.at_level("WARNING"):
+        pipeline.training_examples(rated)
+    assert not [r for r in caplog.records if "data.min_rating" in r.getMessage()]
+
+
+@pytest.mark.parametrize("task", ["regression", "listwise"])
+def test_a_missing_rating_column_names_the_task_and_the_table(workspace, task):
+    ws, _ = workspace
+    config = tfmmrec.load_config(ws.config, [f"ranking.task={task}"])
+    unrated = dataclasses.replace(ws.dataset, interactions=ws.dataset.interactions.drop(
+        columns="rating"))
+    split = dataclasses.replace(ws.split, train=ws.split.train.drop(columns="rating"))
+    rows = dataclasses.replace(ws, config=config, dataset=unrated, split=split)
+    with pytest.raises(DataError) as error:
+        pipeline.training_examples(rows)
+    assert str(error.value).startswith(f"{ws.dataset.root / 'interactions.csv'}: "
+                                       f"ranking.task={task} needs a rating column")
+
+
+def _supplied_test(ws, tmp_path, rows: str):
+    from tfmmrec.data.dataset import load_test_interactions
+
+    (tmp_path / "test.csv").write_text("user_id,item_id,rating\n" + rows)
+    return _with_test(ws, load_test_interactions(tmp_path / "test.csv", ws.dataset))
+
+
+def test_a_supplied_test_files_ratings_give_the_head_metrics(workspace, tmp_path):
+    """``evaluate --test FILE``: the file's ratings reach the head's RMSE/MAE (they were
+    dropped), and a listwise head names a negative one by its line in that file."""
+    model, ws = _model(workspace, ["ranking.task=regression"])
+    test = ws.split.test.head(6)
+    rows = [f"{u},{i},{r}\n" for u, i, r in
+            zip(test["user_id"], test["item_id"], test["rating"], strict=True)]
+    metrics = evaluate_ranking_head(model, _supplied_test(ws, tmp_path, "".join(rows)))
+    assert set(metrics) == {"rmse", "mae"}
+    assert metrics == pytest.approx(evaluate_ranking_head(model, _with_test(ws, test)))
+    listwise, ws = _model(workspace, ["ranking.task=listwise", "ranking.list_size=2"])
+    rows[0] = rows[0].rpartition(",")[0] + ",-7\n"
+    negative = _supplied_test(ws, tmp_path, "".join(rows))
+    with pytest.raises(DataError) as error:
+        evaluate_ranking_head(listwise, negative)
+    assert str(error.value) == (f"{tmp_path}/test.csv line 2: rating -7: ranking.task=listwise "
+                                "needs ratings >= 0")
+
+
+def test_binary_auc_negatives_are_never_the_users_own_items(monkeypatch):
+    """The evaluated AUC's negatives: seeded draws among the items the user has no train,
+    validation or test row with (a uniform draw over the catalogue hit the positive itself,
+    label 0 and the same score, or another of the user's items)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tfmmrec.evaluation import ranking
+
+    rng = np.random.default_rng(0)
+    pairs = pd.DataFrame({"user_id": np.repeat([f"u{i}" for i in range(30)], 8),
+                          "item_index": np.concatenate([rng.choice(10, 8, replace=False)
+                                                        for _ in range(30)])})
+    full = pd.DataFrame({"user_id": "all", "item_index": np.arange(10)})  # no item left
+    train, test = pairs.iloc[::2], pd.concat([pairs.iloc[1::2], full.iloc[:3]])
+    split = SimpleNamespace(train=pd.concat([train, full.iloc[3:]]), test=test, validation=None)
+    ws = SimpleNamespace(split=split, dataset=SimpleNamespace(num_items=10, root=Path("/none")),
+                         config=tfmmrec.load_config(None, ["ranking.task=binary"]))
+    scored = []
+
+    def score_pairs(model, users, items):
+        scored.append((users, items))
+        return np.where(np.arange(len(users)) < len(test), 1.0, 0.0).astype(np.float32)
+
+    monkeypatch.setattr(ranking, "score_pairs", score_pairs)
+    metrics = ranking.evaluate_ranking_head(SimpleNamespace(ranking_task="binary"), ws)
+    users, items = scored[0]
+    negatives = pd.DataFrame({"user_id": users[len(test):], "item_index": items[len(test):]})
+    everything = pd.concat([split.train, test])
+    own = negatives.merge(everything, on=["user_id", "item_index"])
+    assert own.empty  # none is the user's own item
+    assert len(negatives) == len(test) - 3  # "all" interacted with every item: no negative
+    assert metrics["auc"] == 1.0
+    ranking.evaluate_ranking_head(SimpleNamespace(ranking_task="binary"), ws)
+    np.testing.assert_array_equal(scored[1][1], items)  # seeded: the same draws again

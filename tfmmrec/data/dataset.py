@@ -277,8 +277,10 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig,
 
 def load_test_interactions(path: str | Path, dataset: Dataset,
                            duplicates: str = "error") -> pd.DataFrame:
-    """A user-supplied test set (CSV/JSONL/Parquet with ``user_id``, ``item_id``), checked
-    against the dataset like interactions.csv, with an ``item_index`` column.
+    """A user-supplied test set (CSV/JSONL/Parquet with ``user_id``, ``item_id``, optional
+    ``rating``), checked against the dataset like interactions.csv, with an ``item_index``
+    column. A ``rating`` column is kept (a ranking head's RMSE/MAE and NDCG read it) and
+    checked as interactions.csv's is; ``attrs["source"]`` is the file, for later errors.
 
     Its users must be known to the model (in interactions.csv or users.csv): an unknown user
     has no row to be scored from, so it is named (file, line, value) rather than skipped. A
@@ -293,6 +295,8 @@ def load_test_interactions(path: str | Path, dataset: Dataset,
     known = pd.Index(dataset.catalog.item_ids)
     validate.require_known_items(frame, path, known,
                                  dataset.items_path or dataset.root / "items.csv")
+    if "rating" in frame.columns:
+        frame["rating"] = validate.require_numeric(frame, path, "rating", RATING_LIMIT)
     users = pd.Index(dataset.user_ids.astype(str))
     unknown = frame.index[~frame["user_id"].astype(str).isin(users)]
     if len(unknown):
@@ -301,8 +305,12 @@ def load_test_interactions(path: str | Path, dataset: Dataset,
         raise DataError(f"{path}: {len(unknown)} row(s) name users the model does not know: "
                         f"{where}. Add them to users.csv (then retrain) or drop those rows.")
     frame = validate.one_row_per_pair(frame, path, duplicates)
+    rating = frame["rating"].to_numpy(np.float64) if "rating" in frame.columns else None
     frame = frame[["user_id", "item_id"]].astype(object).reset_index(drop=True)
     frame["item_index"] = known.get_indexer(frame["item_id"]).astype(np.int64)
+    if rating is not None:
+        frame["rating"] = rating
+    frame.attrs["source"] = path
     return frame
 
 

@@ -6,14 +6,17 @@ Used by ``benchmarks/ml100k_ranking.py``, the ranking tests and ``tfmmrec.evalua
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.evaluation.metrics import evaluate_ranking
 from tfmmrec.evaluation.protocol import candidate_mask, split_matrices
 from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
-from tfmmrec.models.ranking import rating_targets, sample_lists
+from tfmmrec.models.ranking import interactions_source, rating_targets, sample_lists
 
 
 def score_pairs(model, users: np.ndarray, items: np.ndarray,
@@ -29,33 +32,63 @@ def score_pairs(model, users: np.ndarray, items: np.ndarray,
 
 def evaluate_ranking_head(model, ws) -> dict[str, float]:
     """Ranking metrics on the test split: RMSE/MAE (regression), AUC and log-loss (binary,
-    against seeded uniform negatives), NDCG@3/5 over rated lists (listwise). Empty when the
-    test rows cannot give them: no ``rating`` column (a supplied ``--test`` file) for the
-    rating tasks, or no test user with ``ranking.list_size`` ratings for listwise."""
+    against seeded negatives the user never interacted with, ``binary_negatives``), NDCG@3/5
+    over rated lists (listwise). Empty when the test rows cannot give them: no ``rating``
+    column (a supplied ``--test`` file without one) for the rating tasks, or no test user
+    with ``ranking.list_size`` ratings for listwise."""
     test, task = ws.split.test, getattr(model, "ranking_task", ws.config.ranking.task)
     if task != "binary" and "rating" not in test.columns:
         return {}
     users = test["user_id"].astype(str).to_numpy()
     items = test["item_index"].to_numpy(np.int32)
     if task == "regression":
-        predictions, ratings = score_pairs(model, users, items), rating_targets(test)
+        predictions = score_pairs(model, users, items)
+        ratings = rating_targets(test, task, source_of_test(ws))
         return {"rmse": rmse(predictions, ratings), "mae": mae(predictions, ratings)}
     if task == "binary":
-        rng = np.random.default_rng(ws.config.data.seed)
-        negatives = rng.integers(0, ws.dataset.num_items, len(items)).astype(np.int32)
-        scores = score_pairs(model, np.concatenate([users, users]),
-                             np.concatenate([items, negatives]))
-        labels = np.r_[np.ones(len(items)), np.zeros(len(items))]
+        negatives = binary_negatives(ws)
+        kept = negatives >= 0  # a user who interacted with every item has no negative
+        scores = score_pairs(model, np.concatenate([users, users[kept]]),
+                             np.concatenate([items, negatives[kept]]))
+        labels = np.r_[np.ones(len(items)), np.zeros(int(kept.sum()))]
         return {"auc": auc(scores, labels), "log_loss": log_loss(scores, labels)}
     ranking = ws.config.ranking
-    lists = sample_lists(users, items, rating_targets(test), ranking.list_size, 1,
-                         ws.config.data.seed)
+    lists = sample_lists(users, items, rating_targets(test, task, source_of_test(ws)),
+                         ranking.list_size, 1, ws.config.data.seed)
     if len(lists["user_id"]) == 0:
         return {}
     flat_users = np.repeat(lists["user_id"], ranking.list_size)
     scores = score_pairs(model, flat_users, lists["list_items"].reshape(-1)).reshape(
         -1, ranking.list_size)
     return {f"ndcg@{k}": list_ndcg(scores, lists["list_ratings"], k) for k in (3, 5)}
+
+
+def source_of_test(ws) -> Path | None:
+    """The table the test rows were read from, for errors to name: a supplied ``--test``
+    file (``load_test_interactions`` records it), else the dataset's interactions table."""
+    return ws.split.test.attrs.get("source") or interactions_source(ws.dataset.root)
+
+
+def binary_negatives(ws) -> np.ndarray:
+    """One negative item index per test row (-1: none left), drawn uniformly (seeded by
+    ``data.seed``) among the items its user has no train, validation or test row with. A
+    uniform draw over the catalogue hits the user's own items (the positive itself, scored
+    the same, or another test item) and counts them as negatives; training leaves such hits
+    out of its loss too."""
+    split, num_items = ws.split, ws.dataset.num_items
+    seen = pd.concat([frame[["user_id", "item_index"]] for frame in
+                      (split.train, split.validation, split.test) if frame is not None])
+    codes, vocabulary = pd.factorize(seen["user_id"].astype(str))
+    seen_pairs = np.unique(codes * num_items + seen["item_index"].to_numpy(np.int64))
+    users = vocabulary.get_indexer(split.test["user_id"].astype(str)).astype(np.int64)
+    seen_count = np.bincount(seen_pairs // num_items, minlength=len(vocabulary))
+    rng = np.random.default_rng(ws.config.data.seed)
+    negatives = np.full(len(users), -1, np.int64)
+    pending = seen_count[users] < num_items  # users with an item left to draw
+    while pending.any():  # redraw the hits only: each draw stays uniform over unseen items
+        negatives[pending] = rng.integers(0, num_items, int(pending.sum()))
+        pending &= np.isin(users * num_items + negatives, seen_pairs)
+    return negatives.astype(np.int32)
 
 
 def evaluate_two_stage(model, ws, ks=(10,), batch_size: int = 256) -> dict[str, float]:

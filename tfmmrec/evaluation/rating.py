@@ -15,24 +15,38 @@ def orientation(metric: str) -> float:
     return -1.0 if metric in LOWER_IS_BETTER else 1.0
 
 
+def same_shape(predictions, targets, names: tuple[str, str] = ("predictions", "targets")
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Both as arrays, refusing different shapes: numpy would broadcast ``[N]`` against
+    ``[N, 1]`` to ``[N, N]`` and return a figure of every pair, silently wrong."""
+    a, b = np.asarray(predictions, float), np.asarray(targets, float)
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} of shape {a.shape} and {names[1]} of shape {b.shape}: "
+                         "the shapes must be the same")
+    return a, b
+
+
 def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((np.asarray(predictions) - np.asarray(targets)) ** 2)))
+    predictions, targets = same_shape(predictions, targets)
+    return float(np.sqrt(np.mean((predictions - targets) ** 2)))
 
 
 def mae(predictions: np.ndarray, targets: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.asarray(predictions) - np.asarray(targets))))
+    predictions, targets = same_shape(predictions, targets)
+    return float(np.mean(np.abs(predictions - targets)))
 
 
 def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean binary cross-entropy of logits (computed stably, as from_logits=True does)."""
-    logits, labels = np.asarray(logits, float), np.asarray(labels, float)
+    logits, labels = same_shape(logits, labels, ("logits", "labels"))
     losses = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
     return float(np.mean(losses))
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC via the Mann-Whitney U statistic (ties get half credit)."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    scores, labels = same_shape(scores, labels, ("scores", "labels"))
+    labels = labels.astype(bool)
     positives, negatives = labels.sum(), (~labels).sum()
     if positives == 0 or negatives == 0:
         return float("nan")
@@ -42,8 +56,13 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def list_ndcg(scores: np.ndarray, gains: np.ndarray, k: int) -> float:
     """Mean NDCG@k over lists ``[L, n]``: rank each list by ``scores`` (ties: earlier first),
-    gain = the graded relevance (e.g. the rating); lists with no gain are skipped."""
-    scores, gains = np.asarray(scores, float), np.asarray(gains, float)
+    gain = the graded relevance (e.g. the rating); lists with no gain are skipped (NaN when
+    every list is). Gains must be >= 0: a negative one can make NDCG negative or above 1."""
+    scores, gains = same_shape(scores, gains, ("scores", "gains"))
+    if scores.ndim != 2:
+        raise ValueError(f"scores and gains must be lists [L, n], got shape {scores.shape}")
+    if (gains < 0).any():
+        raise ValueError(f"gains must be >= 0 (graded relevance), got {gains.min():g}")
     k = min(k, scores.shape[1])
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfmmrec import modalities
 from tfmmrec.config import CONTENT_SEARCH, ServingLimitsConfig
+from tfmmrec.errors import ExportError
 from tfmmrec.export.index.base import catalog_variable, gather_rows
 from tfmmrec.towers.encoders import Encoder
 from tfmmrec.towers.item import ItemTower
@@ -360,6 +361,15 @@ def over_fetch(max_exclude: int, max_seen: int = 0, max_session_items: int = 0) 
     return int(max_exclude) + int(max_seen) + int(max_session_items)
 
 
+def retrieve_candidates_error(retrieve_candidates: int, max_k: int) -> str:
+    """Why a two-stage export cannot re-rank fewer candidates than a request may ask for: it
+    used to retrieve ``max_k`` instead, while its metadata said ``retrieve_candidates``."""
+    return (f"ranking.retrieve_candidates={retrieve_candidates} is below export.max_k={max_k}: "
+            "a two-stage recommend re-ranks its candidates and may be asked for max_k results; "
+            f"set export.max_k <= {retrieve_candidates} or ranking.retrieve_candidates >= "
+            f"{max_k}")
+
+
 class RetrievalServingModule(tf.Module):
     """Signatures (all ``predict``):
 
@@ -436,7 +446,9 @@ class RetrievalServingModule(tf.Module):
         self.default_k = default_k
         self.max_k = min(max_k, num_items)
         self.two_stage = hasattr(towers, "score_candidates")
-        self.retrieve_candidates = max(self.max_k, min(retrieve_candidates, num_items))
+        self.retrieve_candidates = min(retrieve_candidates, num_items)
+        if self.two_stage and self.retrieve_candidates < self.max_k:
+            raise ExportError(retrieve_candidates_error(retrieve_candidates, self.max_k))
         self.max_seen = max_seen if hasattr(towers, "is_seen") else 0
         # Each served row's position in the training catalogue (−1: added later), the key of
         # the baked seen set; only a seen set needs it (at 1M items a Python dict over the ids

@@ -10,16 +10,23 @@ accuracy, and ``retrieval_weight=0`` gives a pure ranking model.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfmmrec.data import validate
+from tfmmrec.errors import ConfigError, DataError
 from tfmmrec.models.retrieval import RetrievalModel, user_input
 
 RANKING_TASKS = ("regression", "binary", "listwise")
+
+logger = logging.getLogger(__name__)
 
 
 class RankingHead(tf.keras.layers.Layer):
@@ -67,9 +74,9 @@ class MultitaskModel(RetrievalModel):
         ``negatives_per_positive`` items drawn uniformly from ``negative_items`` (the items
         with training interactions: a cold item drawn as a negative would teach the head that
         unseen items are bad ones) are negatives; a draw equal to the positive is not counted
-        (reports AUC).
+        (reports AUC). A ``rating`` column is not read (``warn_unread_ratings``).
       - ``listwise``: a softmax loss over a user's list of rated items (``list_items``,
-        ``list_ratings`` features), i.e. ListNet with relevance from ratings. The retrieval
+        ``list_ratings`` features, >= 0), i.e. ListNet with relevance from ratings. The retrieval
         loss reads each list's items as that user's positives (one example per pair): users
         with fewer than ``list_size`` ratings get no list and so no retrieval example, the
         others ``lists_per_user × list_size`` each, and with in-batch negatives a list's other
@@ -232,9 +239,11 @@ def _ranking_loss_and_metrics(task: str) -> dict:
 
 class ListwiseSoftmaxLoss(tf.keras.losses.Loss):
     """Softmax cross-entropy between a list's scores and its ratings normalised to a
-    distribution (ListNet top-one). An entry rated 0 gets no target mass but still competes in
-    the softmax (a negative of the list): lists cannot be padded with 0 (``sample_lists``
-    never pads; it skips users with fewer ratings)."""
+    distribution (ListNet top-one). Ratings must be >= 0 (``rating_targets`` refuses others):
+    a list's total near 0 or below would give huge targets. An entry rated 0 gets no target
+    mass but still competes in the softmax (a negative of the list); a list rated 0 throughout
+    has no target and adds 0. Lists cannot be padded with 0 (``sample_lists`` never pads; it
+    skips users with fewer ratings)."""
 
     def call(self, y_true, y_pred):
         y_true = tf.cast(y_true, y_pred.dtype)
@@ -242,14 +251,87 @@ class ListwiseSoftmaxLoss(tf.keras.losses.Loss):
         return tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=y_pred)
 
 
-def rating_targets(interactions) -> np.ndarray:
-    """The ``rating`` column as float32 targets for ``regression``/``listwise`` ranking."""
-    if "rating" not in interactions.columns:
-        from tfmmrec.errors import DataError
+def rating_targets(interactions: pd.DataFrame, task: str = "regression",
+                   source: Path | None = None) -> np.ndarray:
+    """The ``rating`` column as float32 targets of ranking ``task`` (``regression`` or
+    ``listwise``). ``source``: the table the rows were read from, named by an error.
 
-        raise DataError("ranking.task=regression/listwise needs a rating column in "
-                        "interactions.csv (use ranking.task=binary for implicit feedback)")
-    return interactions["rating"].to_numpy(np.float32)
+    Listwise targets are each list's ratings normalised to a distribution, so they must be
+    >= 0: a negative rating gives a list a total near 0 or below, and targets of about
+    ±1e9 (a loss of -1e11, a negative NDCG)."""
+    where = source if source is not None else "the interactions table"
+    if "rating" not in interactions.columns:
+        raise DataError(f"{where}: ranking.task={task} needs a rating column (use "
+                        "ranking.task=binary for implicit feedback)")
+    ratings = interactions["rating"].to_numpy(np.float32)
+    if task == "listwise" and (ratings < 0).any():
+        row = interactions.iloc[int(np.argmax(ratings < 0))]
+        raise DataError(f"{row_location(row, source)}: rating {row['rating']:g}: "
+                        f"ranking.task=listwise needs ratings >= 0")
+    return ratings
+
+
+def row_location(row: pd.Series, source: Path | None) -> str:
+    """``<folder>/<table> line N`` of a loaded interaction ``row``. The loaded rows have lost
+    their file positions (duplicates and ``data.min_rating`` drop rows, splits shuffle), so
+    the table is read again to find the row: an error's cost only."""
+    pair = f"user {row['user_id']}, item {row['item_id']}"
+    if source is None or not Path(source).is_file():
+        return f"{source or 'the interactions table'} ({pair})"
+    source = Path(source)
+    table = validate.read_table(source, id_columns=["user_id", "item_id"])
+    same = (table["user_id"].astype(str) == str(row["user_id"])) \
+        & (table["item_id"].astype(str) == str(row["item_id"]))
+    if "rating" in table.columns:
+        same &= pd.to_numeric(table["rating"], errors="coerce") == row["rating"]
+    found = np.flatnonzero(same.to_numpy())
+    if not len(found):
+        return f"{source} ({pair})"
+    return f"{source.parent}/{validate.row_label(source, table.index[found[0]])}"
+
+
+def interactions_source(root: Path) -> Path | None:
+    """The interactions table of the dataset folder ``root`` (None if there is none: rows
+    given otherwise), for errors to name."""
+    try:
+        return validate.find_table(Path(root), "interactions", required=False)
+    except DataError:  # several tables: the dataset loaded one; errors then name the pair
+        return None
+
+
+def warn_unread_ratings(interactions: pd.DataFrame, source: Path | None) -> None:
+    """``ranking.task=binary`` trains every row as a positive whatever its rating: rows rated
+    0 or below (dislikes, "not seen") would be trained as likes without a word, so warn and
+    point to ``data.min_rating``, which drops them when the data is loaded."""
+    if "rating" not in interactions.columns:
+        return
+    ratings = interactions["rating"].to_numpy(np.float64)
+    low = ratings <= 0
+    if low.any():
+        logger.warning("%s: ranking.task=binary trains every row as a positive, but %d of the "
+                       "%d training rows have a rating <= 0 (lowest %g); if they are not "
+                       "positives, set data.min_rating (the smallest rating that is one) to "
+                       "drop them", source or "the interactions table", int(low.sum()),
+                       len(ratings), ratings.min())
+
+
+def require_lists(user_ids: np.ndarray, list_size: int) -> None:
+    """A ``ConfigError`` when no user has ``list_size`` ratings: ``sample_lists`` would give
+    no list and ``fit`` fail on empty data with a long traceback."""
+    most = int(pd.Series(user_ids).value_counts().max()) if len(user_ids) else 0
+    if most < list_size:
+        raise ConfigError(f"ranking.list_size={list_size}: no training user has {list_size} "
+                          f"ratings (most: {most})")
+
+
+def require_rated_lists(lists: dict[str, np.ndarray], list_size: int) -> None:
+    """A ``DataError`` when no sampled list has a rating above 0: every list's listwise
+    target would be empty and its loss 0, so the head would learn nothing. (A few such
+    lists are harmless: they add 0 to the ranking loss and still give retrieval pairs.)"""
+    if not (lists["list_ratings"].sum(axis=1) > 0).any():
+        raise DataError(f"ranking.task=listwise: no list of ranking.list_size={list_size} "
+                        "training ratings has a rating above 0, so the ranking loss would be "
+                        "0 throughout; rate items above 0 (or use ranking.task=binary)")
 
 
 def sample_lists(user_ids: np.ndarray, item_index: np.ndarray, ratings: np.ndarray,
