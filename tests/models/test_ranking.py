@@ -292,6 +292,23 @@ def test_two_stage_retrieval_figures_match_the_main_table_under_candidates(works
         assert head == pytest.approx(evaluate_two_stage(model, split_ws, batch_size=256))
 
 
+def test_two_stage_has_no_figure_at_a_k_beyond_its_candidates(workspace, caplog):
+    """Re-ranking 3 candidates has no 10th place: the unretrieved items used to tie at 0 and
+    take credit (Recall@10 of 1 candidate was that of retrieval alone)."""
+    import dataclasses
+    import math
+
+    model, ws = _model(workspace, ["ranking.task=binary"])
+    few = ws.with_config(dataclasses.replace(ws.config, ranking=dataclasses.replace(
+        ws.config.ranking, retrieve_candidates=3)))
+    figures = evaluate_two_stage(model, few, ks=(3, 10))
+    assert math.isnan(figures["two_stage_recall@10"]) and math.isnan(figures["two_stage_ndcg@10"])
+    assert not math.isnan(figures["two_stage_recall@3"])
+    assert figures["retrieval_recall@10"] == evaluate_two_stage(model, ws, ks=(3, 10))[
+        "retrieval_recall@10"]
+    assert "K=10 left out: ranking.retrieve_candidates=3" in caplog.text
+
+
 def _rated_workspace(tmp_path, ratings: str, overrides, min_rating=None):
     """A model-free workspace over a small folder whose interactions are ``ratings`` (CSV
     rows after the header), all of them training rows: enough for ``training_examples``."""

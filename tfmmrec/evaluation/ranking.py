@@ -6,6 +6,7 @@ Used by ``benchmarks/ml100k_ranking.py``, the ranking tests and ``tfmmrec.evalua
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from tfmmrec.evaluation.metrics import evaluate_ranking
 from tfmmrec.evaluation.protocol import candidate_mask, split_matrices
 from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
 from tfmmrec.models.ranking import interactions_source, rating_targets, sample_lists
+
+logger = logging.getLogger(__name__)
 
 
 def score_pairs(model, users: np.ndarray, items: np.ndarray,
@@ -122,9 +125,16 @@ def evaluate_two_stage(model, ws, ks=(10,), batch_size: int = 256) -> dict[str, 
             ks=ks, candidates=candidates, return_per_user=True).per_user)
     retrieval = evaluate_ranking(users, items, test, exclude=train, ks=ks,
                                  candidates=candidates).to_dict()
+    # A list of n < K candidates has no K-th place: the positions after n would tie at 0 and
+    # take credit from items never retrieved, so such a K has no two-stage figure.
+    beyond = [k for k in ks if n < min(k, int(allowed.sum()))]
+    if beyond:
+        logger.warning("two-stage figures at K=%s left out: ranking.retrieve_candidates=%d "
+                       "re-ranks fewer items than K", ", ".join(map(str, beyond)), n)
     return {**{f"retrieval_{m}@{k}": retrieval[f"{m}@{k}"] for k in ks for m in ("ndcg",
                                                                                   "recall")},
-            **{f"two_stage_{m}@{k}": _mean_over_users(two_stage, f"{m}@{k}")
+            **{f"two_stage_{m}@{k}": float("nan") if k in beyond
+               else _mean_over_users(two_stage, f"{m}@{k}")
                for k in ks for m in ("ndcg", "recall")}}
 
 
