@@ -180,6 +180,19 @@ def test_importing_tfmmrec_alone_keeps_scanns_absl_lines_off_stderr(order):
     assert "a Python line of the user's own" in result.stderr
 
 
+@pytest.mark.parametrize("order", ["verbose first", "tensorflow first"])
+def test_verbose_shows_the_native_lines_the_import_would_hide(order):
+    """``--verbose`` (``quiet_output(verbose=True)``) undoes the import's errors-only default,
+    whether TensorFlow loads before or after it."""
+    setup = ("import tfmmrec\ntfmmrec.quiet_output(verbose=True)\nimport tensorflow\n"
+             if order == "verbose first" else
+             "import tfmmrec\nimport tensorflow\ntfmmrec.quiet_output(verbose=True)\n")
+    result = run_python("import os, sys\n" + setup + textwrap.dedent(SCANN_INDEX_BUILD),
+                        TF_CPP_MIN_LOG_LEVEL=None, GLOG_minloglevel=None)
+    assert result.returncode == 0, result.stderr
+    assert "partitioner_factory_base.cc" in result.stderr
+
+
 def test_a_tf_cpp_min_log_level_the_user_set_keeps_the_native_lines():
     """The user's own setting wins (and the lines the test above removes do exist)."""
     result = run_python("import os, sys\nimport tfmmrec\ntfmmrec.quiet_output()\n"

@@ -48,6 +48,19 @@ def configure_keras() -> None:
         _pin_tensorflow_keras()
 
 
+def _undo_import_thresholds() -> None:
+    """``--verbose``: the native thresholds ``import tfmmrec`` set by default (not the ones
+    the user set) go, so every native line shows again."""
+    if "GLOG_minloglevel" not in _USER_ENVIRONMENT:
+        os.environ.pop("GLOG_minloglevel", None)
+    if "TF_CPP_MIN_LOG_LEVEL" in _USER_ENVIRONMENT:
+        return
+    sys.meta_path[:] = [f for f in sys.meta_path if not (
+        isinstance(f, _AfterImport) and f.name == "tensorflow" and f.callback == quiet_absl_logs)]
+    if "tensorflow" in sys.modules:
+        show_absl_logs()
+
+
 def _pin_tensorflow_keras() -> None:
     """Make ``import tensorflow.keras`` Keras 2 when TensorFlow was imported before tfmmrec.
 
@@ -145,6 +158,7 @@ def quiet_output(verbose: bool = False) -> None:
     tfmmrec`` (every benchmark does).
     """
     if verbose:
+        _undo_import_thresholds()
         return
     for name, value in NATIVE_LOG_VARIABLES.items():
         if name not in _USER_ENVIRONMENT:
@@ -165,7 +179,7 @@ def quiet_output(verbose: bool = False) -> None:
 
 # absl's ``LogSeverityAtLeast::kError``, and ``absl::SetMinLogLevel`` as the linker names it
 # (``absl::lts_<date>::`` in an LTS build, ``absl::`` otherwise).
-_ABSL_ERROR = 2
+_ABSL_INFO, _ABSL_ERROR = 0, 2
 _ABSL_SET_MIN_LOG_LEVEL = re.compile(
     rb"_ZN4absl(?:\d+lts_\d+)?14SetMinLogLevelENS(?:0_|_)18LogSeverityAtLeastE")
 _TF_FRAMEWORK = ("libtensorflow_framework.so.2", "libtensorflow_framework.2.dylib")
@@ -182,6 +196,16 @@ def quiet_absl_logs() -> bool:
     like TensorFlow's own, not a redirection of stderr, so it is safe in a library and a
     notebook. Returns whether it was set: not before TensorFlow has loaded, nor on a build
     that does not export the function (the lines then show as before)."""
+    return _set_absl_min_log_level(_ABSL_ERROR)
+
+
+def show_absl_logs() -> bool:
+    """Undo :func:`quiet_absl_logs` (absl's default threshold, INFO): what ``--verbose``
+    shows."""
+    return _set_absl_min_log_level(_ABSL_INFO)
+
+
+def _set_absl_min_log_level(level: int) -> bool:
     library = _loaded_tensorflow_framework()
     if library is None:
         return False
@@ -192,7 +216,7 @@ def quiet_absl_logs() -> bool:
 
     set_min_log_level = getattr(ctypes.CDLL(library, mode=os.RTLD_NOLOAD), symbol)
     set_min_log_level.argtypes, set_min_log_level.restype = [ctypes.c_int], None
-    set_min_log_level(_ABSL_ERROR)
+    set_min_log_level(level)
     return True
 
 

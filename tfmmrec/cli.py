@@ -421,15 +421,19 @@ def _export(config, checkpoint, index: str | None) -> int:
     """One command, one or both index kinds (sharing one model restore)."""
     from tfmmrec import pipeline
 
-    pipeline.check_export_destination(config)  # before loading the data and the model
+    kinds = {"both": ["scann", "brute_force"]}.get(index, [index or config.export.index])
+
+    def named(config, kind: str):
+        suffix = "-bruteforce" if index == "both" and kind == "brute_force" else ""
+        return load_config(config, [f"export.model_name={config.export.model_name}{suffix}"])
+
+    for kind in kinds:  # every model it writes, before loading the data and the model
+        pipeline.check_export_destination(named(config, kind))
     model, workspace = pipeline.restore(config.train.output_dir, config, checkpoint=checkpoint)
     config = workspace.config
-    kinds = {"both": ["scann", "brute_force"]}.get(index, [index or config.export.index])
     for kind in kinds:
-        name = config.export.model_name + ("-bruteforce" if index == "both"
-                                           and kind == "brute_force" else "")
-        named = load_config(config, [f"export.model_name={name}"])
-        path = pipeline.export(named, model=model, workspace=workspace, index=kind)
+        path = pipeline.export(named(config, kind), model=model, workspace=workspace,
+                               index=kind)
         print(f"exported {path} ({kind})")
     print(f"TF Serving model config: {Path(config.export.base_dir) / 'models.config'}")
     return 0
@@ -581,6 +585,7 @@ def _demo(config, output: str | None) -> int:
         config = load_config(config, overrides)
     start = time.perf_counter()
     check_writable(Path(config.train.output_dir))
+    pipeline.check_export_destination(config)  # before training, not after it
     workspace = pipeline.prepare(config)
     result = pipeline.train(config, workspace=workspace)
     results = pipeline.evaluate(config, model=result.model, workspace=workspace)

@@ -933,6 +933,11 @@ class Config:
                    "none with ranking.enabled: true (the ranking head scores the learned "
                    "towers' embeddings; the linear-CF part is appended to them at inference "
                    "only)")
+            # a two-stage recommend re-ranks its candidates and may be asked for max_k results
+            _check(self.ranking.retrieve_candidates >= self.export.max_k,
+                   "ranking.retrieve_candidates", self.ranking.retrieve_candidates,
+                   f">= export.max_k={self.export.max_k} (a two-stage recommend re-ranks its "
+                   "candidates and may be asked for max_k results), or lower export.max_k")
         self._check_early_stopping_metric()
         if self.model.fusion_selection == "validation":
             _check(self.train.strategy in ("default", "mirrored", "tpu"), "train.strategy",

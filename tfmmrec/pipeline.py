@@ -1115,23 +1115,34 @@ def evaluation_output_name(test: str | os.PathLike | None = None,
                            export: str | os.PathLike | None = None) -> str:
     """The file name (without suffix) under ``eval/`` of an evaluation: ``metrics`` for the
     run's own split, else one name per variant (``metrics-test-<file>``,
-    ``-candidates-<file>``, ``-export-<version>``), so scoring a test set, a candidate list or
-    an export never replaces the split's metrics, nor one export's another's. ``<version>``:
-    the version folder's number, a model folder's newest (the one ``evaluation.exported``
-    scores), else the folder's name."""
-    from tfmmrec.export.writer import list_versions
-
+    ``-candidates-<file>``, ``-export-<model>-<version>``), so scoring a test set, a
+    candidate list or an export never replaces the split's metrics, nor one export's
+    another's (``--index both`` writes two models, each with a version 1). ``<version>``: the
+    version folder's number, or a model folder's newest (the one ``evaluation.exported``
+    scores)."""
     parts = ["metrics"]
     for label, path in (("test", test), ("candidates", candidates)):
         if path:
-            stem = re.sub(r"[^\w.-]+", "_", Path(path).stem)
-            parts.append(f"{label}-{stem}")
+            parts.append(f"{label}-{_file_label(Path(path).stem)}")
     if export:
-        folder = Path(export).resolve()
-        versions = [] if (folder / "saved_model.pb").is_file() else list_versions(folder)
-        version = str(versions[-1]) if versions else re.sub(r"[^\w.-]+", "_", folder.name)
-        parts.append(f"export-{version}")
+        parts.append("export-" + "-".join(_file_label(p) for p in _export_label(export)))
     return "-".join(parts)
+
+
+def _file_label(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
+def _export_label(export: str | os.PathLike) -> tuple[str, ...]:
+    """``(model, version)`` of an export path: a version folder, or a model folder (its newest
+    version); ``(name,)`` for a folder that is neither."""
+    from tfmmrec.export.writer import is_version_name, list_versions
+
+    folder = Path(export).absolute()
+    if is_version_name(folder.name):
+        return folder.parent.name, folder.name
+    versions = list_versions(folder) if folder.is_dir() else []
+    return (folder.name, str(versions[-1])) if versions else (folder.name,)
 
 
 def _given_workspace(workspace: Workspace | None, config: Config) -> Workspace:
@@ -1253,11 +1264,6 @@ def check_export_destination(config: Config) -> None:
     model_dir = Path(config.export.base_dir) / config.export.model_name
     check_version_free(model_dir, config.export.version)
     check_no_catalog_updates(model_dir, config.export.replace_catalog_updates)
-    if config.ranking.enabled and config.ranking.retrieve_candidates < config.export.max_k:
-        from tfmmrec.export.module import retrieve_candidates_error
-
-        raise ExportError(retrieve_candidates_error(config.ranking.retrieve_candidates,
-                                                    config.export.max_k))
 
 
 def export(config: Config | str | os.PathLike | None = None,

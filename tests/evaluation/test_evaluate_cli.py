@@ -181,7 +181,7 @@ def test_evaluate_through_the_export_matches_the_checkpoint(run, tiny_workspace,
     scored = {}
     for extra, name in (([], "metrics-candidates-c"),
                         (["--export", str(tmp_path / "models" / "tfmmrec")],
-                         "metrics-candidates-c-export-1")):
+                         "metrics-candidates-c-export-tfmmrec-1")):
         assert cli.main(["-q", "evaluate", "--config", str(path), "--candidates",
                          str(tmp_path / "c.txt"), *extra]) == 0
         written = json.loads((root / "run" / "eval" / f"{name}.json").read_text())
@@ -233,10 +233,13 @@ def test_each_export_version_gets_its_own_metrics_file(tmp_path):
     for version in (1, 2):
         (tmp_path / "m" / str(version)).mkdir(parents=True)
         (tmp_path / "m" / str(version) / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "m-bruteforce" / "1").mkdir(parents=True)  # --index both: two models
+    (tmp_path / "m-bruteforce" / "1" / "saved_model.pb").write_bytes(b"")
     name = pipeline.evaluation_output_name
-    assert name(export=tmp_path / "m" / "1") == "metrics-export-1"
-    assert name(export=str(tmp_path / "m" / "2")) == "metrics-export-2"
-    assert name(export=tmp_path / "m") == "metrics-export-2"  # the newest, the one scored
+    assert name(export=tmp_path / "m" / "1") == "metrics-export-m-1"
+    assert name(export=str(tmp_path / "m" / "2")) == "metrics-export-m-2"
+    assert name(export=tmp_path / "m") == "metrics-export-m-2"  # the newest, the one scored
+    assert name(export=tmp_path / "m-bruteforce") == "metrics-export-m-bruteforce-1"
     (tmp_path / "odd name").mkdir()
     assert name("t.csv", "c.txt", tmp_path / "odd name") == (
         "metrics-test-t-candidates-c-export-odd_name")

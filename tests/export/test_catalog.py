@@ -415,8 +415,8 @@ def test_an_export_refuses_to_drop_the_catalogue_updates_the_newest_version_serv
                                   .astype(str).ravel())
 
 
-def test_a_damaged_metadata_file_or_an_incomplete_newest_version_is_one_line(base, items,
-                                                                             tiny_demo_dir):
+def test_a_damaged_metadata_file_or_an_incomplete_newest_version_is_one_line(
+        base, items, tiny_demo_dir, tiny_config, tiny_trained):
     new = write_items(items.iloc[[3]].assign(item_id="brand-new"), tiny_demo_dir)
     shutil.copytree(base / "1", base / "2")
     (base / "2" / "saved_model.pb").unlink()
@@ -429,6 +429,8 @@ def test_a_damaged_metadata_file_or_an_incomplete_newest_version_is_one_line(bas
         catalog.add(base, new)
     with pytest.raises(ExportError, match=r"tfmmrec.json is damaged"):
         ExportedModel(base / "1")
+    with pytest.raises(ExportError, match=r"tfmmrec.json is damaged"):  # it may hold updates
+        export_tiny(tiny_config, tiny_trained, base.parent, f"export.model_name={base.name}")
 
 
 # --- request-time exclusion, sessions, embed_items --------------------------------------------

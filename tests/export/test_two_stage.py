@@ -65,16 +65,36 @@ def test_seen_items_never_returned(two_stage):
             assert not returned & seen
 
 
-def test_fewer_candidates_than_max_k_are_refused_before_any_work(two_stage, tmp_path):
+def test_fewer_candidates_than_max_k_are_refused_by_the_config(two_stage):
     """A two-stage export with N below max_k used to retrieve max_k candidates while its
-    metadata (and the evaluation) said N."""
-    config, model, ws, _ = two_stage
-    fewer = tfmmrec.load_config(config, ["ranking.retrieve_candidates=5",
-                                         f"export.base_dir={tmp_path}"])
-    with pytest.raises(tfmmrec.ExportError, match=r"ranking.retrieve_candidates=5 is below "
-                                                  r"export.max_k=10: .*set export.max_k <= 5"):
-        pipeline.export(fewer, model=model, workspace=ws)
-    assert not list(tmp_path.iterdir())
+    metadata (and the evaluation) said N: now the config refuses it, before train or export."""
+    config, _, _, _ = two_stage
+    with pytest.raises(tfmmrec.ConfigError, match=r"ranking.retrieve_candidates.*5.*>= "
+                                                  r"export.max_k=10 .*or lower export.max_k"):
+        tfmmrec.load_config(config, ["ranking.retrieve_candidates=5"])
+
+
+def test_a_version_exported_with_fewer_candidates_than_max_k_still_updates(two_stage,
+                                                                             tmp_path):
+    """Such a version (exported before the refusal) re-ranked max_k candidates; a catalogue
+    update keeps its graph doing so instead of refusing it."""
+    import json
+    import shutil
+
+    from tfmmrec.export import catalog
+
+    _, _, _, exported = two_stage
+    model_dir = tmp_path / "tfmmrec"
+    shutil.copytree(exported.path, model_dir / "1")
+    metadata_file = model_dir / "1" / "assets.extra" / "tfmmrec.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata["retrieve_candidates"] = 5  # below its max_k of 10
+    metadata_file.write_text(json.dumps(metadata))
+    served = exported.recommend(["nobody"], k=1)["item_ids"][0][0].decode()
+    update = catalog.remove(model_dir, item_ids=[served])
+    assert update.removed == 1
+    assert ExportedModel(update.version_dir).recommend(["nobody"], k=10)["item_ids"].shape \
+        == (1, 10)
 
 
 def test_metadata_says_two_stage(two_stage):

@@ -280,6 +280,36 @@ def test_a_resumed_encode_rewrites_a_shard_damaged_since_its_summary(tiny_config
     assert [s["sha256"] for s in again.shards] == [s["sha256"] for s in first.shards]
 
 
+def test_a_retried_shard_job_records_the_shard_that_stands(tiny_config, tiny_workspace,
+                                                           tmp_path):
+    """A runner that ran a job twice may leave one attempt's summary beside the other
+    attempt's shard (the same size, other float rounding): the manifest records the shard
+    that stands, so the next encode keeps it instead of calling it damaged."""
+    import hashlib
+    import shutil
+
+    config = load_config(tiny_config, list(TEXT_ONLY))
+    encoder = features.frozen_encoders(config, tiny_workspace.dataset)["text"]
+    run = features.plan_encode(config, tiny_workspace.dataset, encoder, str(tmp_path / "f"),
+                               shards=2)
+    jobs = list(run.todo_jobs())
+
+    def encode(raw, shift=0.0):
+        return np.asarray(encoder(raw, training=False)) + shift
+
+    summaries = [features.encode_shard(job, encode) for job in jobs]
+    retry = tmp_path / "other-attempt"
+    retry.mkdir()
+    features.encode_shard({**jobs[0], "output": str(retry)}, lambda raw: encode(raw, 1e-3))
+    shutil.copy(retry / jobs[0]["file"], Path(run.workdir) / jobs[0]["file"])  # its rename won
+    manifest = features.finish_encode(run, summaries)
+    standing = Path(manifest.directory) / jobs[0]["file"]
+    assert manifest.shards[0]["sha256"] == hashlib.sha256(standing.read_bytes()).hexdigest()
+    again = features.plan_encode(config, tiny_workspace.dataset, encoder, str(tmp_path / "f"),
+                                 shards=2)
+    assert again.todo == []
+
+
 def test_an_unfinished_features_folder_says_its_encode_did_not_finish(tiny_config,
                                                                       tiny_workspace, tmp_path):
     config = load_config(tiny_config, list(TEXT_ONLY))
@@ -295,26 +325,28 @@ def test_an_unfinished_features_folder_says_its_encode_did_not_finish(tiny_confi
     assert "found" not in str(error.value)
 
 
-@pytest.mark.parametrize("moved", [0, 1, 4])
+@pytest.mark.parametrize("operation, done", [("rename", 0), ("rename", 1), ("rename", 4),
+                                              ("remove", 1), ("remove", 3)])
 def test_a_swap_interrupted_after_the_old_manifest_went_is_resumed(
-        tiny_config, tiny_workspace, tmp_path, monkeypatch, moved):
+        tiny_config, tiny_workspace, tmp_path, monkeypatch, operation, done):
     """The replacement (here of a 3-shard output by 2 shards) is kept when ``swap_in`` stops
-    once the old manifest is gone, after ``moved`` of its files were moved in: the next run
-    encodes nothing and ends as an uninterrupted run did."""
+    once the old manifest is gone: after ``done`` of its files were moved in (``rename``), or
+    while the old files were being removed with the old plan still there (``remove``). The
+    next run encodes nothing and ends as an uninterrupted run did."""
     config = load_config(tiny_config, list(TEXT_ONLY))
     expected_dir, out = tmp_path / "expected", tmp_path / "features"
     features.encode(config, expected_dir, dataset=tiny_workspace.dataset, shards=2,
                     progress=False)
     features.encode(config, out, dataset=tiny_workspace.dataset, shards=3, progress=False)
-    rename, renames = tf.io.gfile.rename, []
+    real, calls = getattr(tf.io.gfile, operation), []
 
-    def interrupted(src, dst, overwrite=False):
-        if len(renames) == moved:
+    def interrupted(*args, **kwargs):
+        if len(calls) == done:
             raise OSError("killed during the swap")
-        renames.append(dst)
-        rename(src, dst, overwrite)
+        calls.append(args)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(tf.io.gfile, "rename", interrupted)
+    monkeypatch.setattr(tf.io.gfile, operation, interrupted)
     with pytest.raises(OSError, match="killed during the swap"):
         features.encode(config, out, dataset=tiny_workspace.dataset, shards=2, progress=False)
     monkeypatch.undo()

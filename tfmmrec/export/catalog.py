@@ -58,6 +58,7 @@ from tfmmrec.export.variables import VersionVariables, checkpoint_prefix
 from tfmmrec.export.warmup import warmup_requests
 from tfmmrec.export.writer import (
     ITEM_EMBEDDER,
+    METADATA_FILE,
     check_version_free,
     list_versions,
     lost_race_error,
@@ -250,7 +251,9 @@ def configured_k(metadata: dict) -> tuple[int, int]:
 def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
     default_k, max_k = configured_k(metadata)
     return {"item_ids": item_ids, "id_keys": id_keys, "default_k": default_k, "max_k": max_k,
-            "retrieve_candidates": int(metadata["retrieve_candidates"]),
+            # a two-stage version exported before retrieve_candidates < max_k was refused
+            # re-ranked max_k candidates: its graph keeps doing so
+            "retrieve_candidates": max(int(metadata["retrieve_candidates"]), max_k),
             "max_seen": int(metadata.get("max_seen", 0)),
             "max_exclude": int(metadata["max_exclude"]),
             # None (a version from before limits were recorded): the towers' or the default.
@@ -444,14 +447,12 @@ def check_no_catalog_updates(model_dir: str | os.PathLike, replace: bool = False
     catalogue updates: the export becomes the newest version, so a server would switch to the
     run's catalogue and drop every change without a word. ``replace``
     (``export.replace_catalog_updates``) exports anyway, with a warning."""
-    versions = list_versions(model_dir) if Path(model_dir).is_dir() else []
-    if not versions:
+    if not (Path(model_dir).is_dir() and list_versions(model_dir)):
         return
-    newest = Path(model_dir) / str(versions[-1])
-    try:
-        record = read_metadata(newest).get(CATALOG_UPDATES)
-    except ExportError:
-        return  # not a tfmmrec version (or damaged): nothing of ours to drop
+    newest = latest_version(model_dir)
+    if not (newest / "assets.extra" / METADATA_FILE).is_file():
+        return  # not a version tfmmrec wrote: nothing of ours to drop
+    record = read_metadata(newest).get(CATALOG_UPDATES)  # a damaged file: its one-line error
     if not record:
         return
     changes = (f"{record['updates']} catalogue update(s) on top of version "

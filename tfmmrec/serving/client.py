@@ -156,10 +156,11 @@ class ServingClient:
     def known_users(self, user_ids: Sequence[str] | str) -> np.ndarray:
         """``[B]`` bool: whether the model tells each user from an unknown one. A served model
         answers an id it was not trained on with the cold-start query (no error, by design);
-        this compares each user's query with the one the empty id gets (``embed_query``)."""
-        queries = self.embed_query(user_ids)
-        unknown = self.embed_query([""])[0]
-        return np.array([not np.array_equal(query, unknown) for query in queries], bool)
+        this compares each user's query with the one the empty id gets, in one ``embed_query``
+        request (one batch: no batch-size-dependent rounding between the two)."""
+        queries = self.embed_query([*_user_ids(user_ids), ""])
+        return np.array([not np.array_equal(query, queries[-1]) for query in queries[:-1]],
+                        bool)
 
     # -- generic TF Serving calls ------------------------------------------------------------
     def predict(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:

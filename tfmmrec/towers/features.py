@@ -286,6 +286,11 @@ def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesMa
     """Check every shard exists with its recorded size, report undecodable media, write
     ``manifest.json`` last (each shard's records, size and SHA-256)."""
     recorded = {job["file"]: _sidecar(run.workdir, job["file"]) for job in run.jobs}
+    written = {summary["file"] for summary in summaries}
+    for job in run.jobs:
+        if job["file"] in written and recorded[job["file"]] is not None:
+            recorded[job["file"]] = _record_standing_shard(run.workdir, job,
+                                                           recorded[job["file"]])
     missing = [job["file"] for job in run.jobs
                if not tfrecords.shard_matches(join_path(run.workdir, job["file"]),
                                               job["records"], recorded[job["file"]],
@@ -360,6 +365,21 @@ def _finished_shard(directory: str, job: dict[str, Any]) -> bool:
     logger.warning("%s is damaged (its size, checksum or records are not the ones written); "
                    "encoding it again", path)
     return False
+
+
+def _record_standing_shard(directory: str, job: dict[str, Any],
+                           summary: dict[str, Any]) -> dict[str, Any]:
+    """A shard written by this run, checked against its summary's SHA-256. A runner that ran
+    a job twice (a Beam retry) may leave one attempt's summary beside the other's shard, equal
+    in size but not in bytes if the encoder's float rounding differs between machines; the
+    shard that stands is recorded, if its records read back intact."""
+    path = join_path(directory, job["file"])
+    if tfrecords.shard_matches(path, job["records"], summary, checksum=True) \
+            or not tfrecords.records_intact(path, job["records"]):
+        return summary
+    summary = {**summary, **tfrecords.shard_record(job["file"], job["records"], path)}
+    write_text(_sidecar_path(directory, job["file"]), json.dumps(summary))
+    return summary
 
 
 def _previous_counts(directory: str) -> dict[str, tuple[int, int]]:
