@@ -295,12 +295,13 @@ def test_two_stage_retrieval_figures_match_the_main_table_under_candidates(works
 def test_two_stage_has_no_figure_at_a_k_beyond_its_candidates(workspace, caplog):
     """Re-ranking 3 candidates has no 10th place: the unretrieved items used to tie at 0 and
     take credit (Recall@10 of 1 candidate was that of retrieval alone)."""
-    import dataclasses
     import math
 
+    from tfmmrec.config import load_config
+
     model, ws = _model(workspace, ["ranking.task=binary"])
-    few = ws.with_config(dataclasses.replace(ws.config, ranking=dataclasses.replace(
-        ws.config.ranking, retrieve_candidates=3)))
+    few = ws.with_config(load_config(ws.config, ["ranking.retrieve_candidates=3",
+                                                 "export.max_k=3", "export.k=3"]))
     figures = evaluate_two_stage(model, few, ks=(3, 10))
     assert math.isnan(figures["two_stage_recall@10"]) and math.isnan(figures["two_stage_ndcg@10"])
     assert not math.isnan(figures["two_stage_recall@3"])
