@@ -302,7 +302,7 @@ def test_a_retried_shard_job_records_the_shard_that_stands(tiny_config, tiny_wor
     retry.mkdir()
     features.encode_shard({**jobs[0], "output": str(retry)}, lambda raw: encode(raw, 1e-3))
     shutil.copy(retry / jobs[0]["file"], Path(run.workdir) / jobs[0]["file"])  # its rename won
-    manifest = features.finish_encode(run, summaries)
+    manifest = features.finish_encode(run, summaries, retried=True)  # as the Beam job does
     standing = Path(manifest.directory) / jobs[0]["file"]
     assert manifest.shards[0]["sha256"] == hashlib.sha256(standing.read_bytes()).hexdigest()
     again = features.plan_encode(config, tiny_workspace.dataset, encoder, str(tmp_path / "f"),

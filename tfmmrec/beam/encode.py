@@ -113,7 +113,7 @@ def encode(config: Config, output: str | os.PathLike | None = None, *, runner: s
     for run in runs:
         mine = [s for modality, s in zip(staged, summaries, strict=True)
                 if modality == run.modality]
-        manifests[run.modality] = features.finish_encode(run, mine)
+        manifests[run.modality] = features.finish_encode(run, mine, retried=True)
         if run.modality in saved:
             tf.io.gfile.rmtree(saved[run.modality])
     return manifests

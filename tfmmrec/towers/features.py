@@ -282,11 +282,14 @@ def _make_directory(directory: str) -> None:
                         "directory (--output or train.features)") from None
 
 
-def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]]) -> FeaturesManifest:
+def finish_encode(run: EncodeRun, summaries: list[dict[str, Any]], *,
+                  retried: bool = False) -> FeaturesManifest:
     """Check every shard exists with its recorded size, report undecodable media, write
-    ``manifest.json`` last (each shard's records, size and SHA-256)."""
+    ``manifest.json`` last (each shard's records, size and SHA-256). ``retried``: a runner
+    may have run a job twice (Beam), so each shard written is hashed again
+    (:func:`_record_standing_shard`); one process's shard and summary always agree."""
     recorded = {job["file"]: _sidecar(run.workdir, job["file"]) for job in run.jobs}
-    written = {summary["file"] for summary in summaries}
+    written = {summary["file"] for summary in summaries} if retried else set()
     for job in run.jobs:
         if job["file"] in written and recorded[job["file"]] is not None:
             recorded[job["file"]] = _record_standing_shard(run.workdir, job,
