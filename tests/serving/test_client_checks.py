@@ -143,3 +143,26 @@ def test_a_registered_modality_with_its_own_encoding_gets_its_values_as_given():
 
     request = _content(VectorSpec(), np.zeros((2, 3)), "vector")
     assert len(request) == 2 and request[0] == np.zeros(3, np.float32).tobytes()
+
+
+class _LimitedClient(ServingClient):
+    """A client whose ``embed_query`` is a server refusing batches over ``limit`` rows and
+    giving every id but the unknown ones (and "") its own query."""
+
+    def __init__(self, limit: int):
+        super().__init__("127.0.0.1:1", rest=True)
+        self.limit, self.batches = limit, []
+
+    def embed_query(self, user_ids):
+        self.batches.append(list(user_ids))
+        if len(user_ids) > self.limit:
+            raise ServingError(f"embed_query: batch larger than {self.limit}", "INVALID_ARGUMENT")
+        return np.array([[0.0] if u in ("", "nobody") else [float(len(u))] for u in user_ids])
+
+
+@pytest.mark.parametrize("users", [["u1"], ["u1", "nobody"], ["u1", "u22", "nobody", "u4444"]])
+def test_known_users_fits_a_batch_of_exactly_the_servers_limit(users):
+    client = _LimitedClient(limit=max(len(users), 2))
+    assert client.known_users(users).tolist() == [u != "nobody" for u in users]
+    assert all("" in batch and len(batch) <= client.limit for batch in client.batches)
+    assert [u for batch in client.batches for u in batch if u] == users

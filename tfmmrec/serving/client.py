@@ -156,11 +156,16 @@ class ServingClient:
     def known_users(self, user_ids: Sequence[str] | str) -> np.ndarray:
         """``[B]`` bool: whether the model tells each user from an unknown one. A served model
         answers an id it was not trained on with the cold-start query (no error, by design);
-        this compares each user's query with the one the empty id gets, in one ``embed_query``
-        request (one batch: no batch-size-dependent rounding between the two)."""
-        queries = self.embed_query([*_user_ids(user_ids), ""])
-        return np.array([not np.array_equal(query, queries[-1]) for query in queries[:-1]],
-                        bool)
+        this compares each user's query with the one the empty id gets in the same
+        ``embed_query`` request (one batch: no batch-size-dependent rounding between the two).
+        Two requests for several users, the last one apart, so that no request is larger than
+        the caller's batch: a batch of exactly ``export.limits.max_batch_size`` users fits."""
+        ids = list(_user_ids(user_ids))
+        known: list[bool] = []
+        for part in (ids[:-1], ids[-1:]) if len(ids) > 1 else (ids,):
+            queries = self.embed_query([*part, ""])
+            known += [not np.array_equal(query, queries[-1]) for query in queries[:-1]]
+        return np.array(known, bool)
 
     # -- generic TF Serving calls ------------------------------------------------------------
     def predict(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
