@@ -357,7 +357,7 @@ def _add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 def _evaluate(config, args) -> int:
     from tfmmrec import pipeline
-    from tfmmrec.data.dataset import load_candidates, load_test_interactions, read_candidate_ids
+    from tfmmrec.data.dataset import load_candidates, read_candidate_ids
     from tfmmrec.data.splits import with_test
     from tfmmrec.evaluation.baseline_suite import BASELINES
     from tfmmrec.evaluation.protocol import check_evaluable, unscored_note
@@ -380,8 +380,7 @@ def _evaluate(config, args) -> int:
     dataset, split = pipeline.load_split(config)
     evaluated = split
     if args.test or args.candidates:
-        test = load_test_interactions(args.test, dataset, config.data.duplicate_interactions
-                                      ) if args.test else None
+        test = _supplied_test(args.test, dataset, config) if args.test else None
         candidates = load_candidates(args.candidates, dataset.catalog) if args.candidates \
             else None
         evaluated = with_test(split, test, candidates)
@@ -415,6 +414,23 @@ def _evaluate(config, args) -> int:
         print(f"item embeddings for TensorBoard's Projector: {out / 'logs' / 'projector'} "
               f"(tensorboard --logdir {out / 'logs'})")
     return 0
+
+
+def _supplied_test(path: str, dataset, config):
+    """``evaluate --test FILE``'s rows, filtered by ``data.min_rating`` as interactions.csv's
+    are (said, with the count) and, for a listwise ranking head, their ratings checked before
+    anything is encoded or restored."""
+    from tfmmrec.data.dataset import load_test_interactions
+    from tfmmrec.models.ranking import rating_targets
+
+    test = load_test_interactions(path, dataset, config.data.duplicate_interactions,
+                                  config.data.min_rating)
+    if test.attrs["below_min_rating"]:
+        print(f"note: {test.attrs['below_min_rating']} row(s) of {path} rated below "
+              f"data.min_rating={config.data.min_rating:g} left out, as interactions.csv's are")
+    if config.ranking.enabled and config.ranking.task == "listwise" and "rating" in test:
+        rating_targets(test, "listwise", test.attrs["source"])
+    return test
 
 
 def _export(config, checkpoint, index: str | None) -> int:

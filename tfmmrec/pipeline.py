@@ -401,7 +401,7 @@ def training_examples(ws: Workspace) -> InMemoryExamples | TrainingData:
         require_rated_lists(lists, ranking.list_size)
         return InMemoryExamples(lists, config.train.batch_size, config.train.seed, ws.user_ids)
     if ranking.enabled and ranking.task == "binary":
-        warn_unread_ratings(train, source)
+        warn_unread_ratings(ws.dataset.interactions, source)
     extra = {"rating": rating_targets(train, "regression", source)} \
         if ranking.enabled and ranking.task == "regression" else None
     if config.train.tfrecords:

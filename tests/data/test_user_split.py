@@ -182,6 +182,25 @@ def test_supplied_test_set_and_candidates_are_checked_and_indexed(tmp_path):
         load_candidates(tmp_path / "bad.txt", dataset.catalog)
 
 
+def test_a_supplied_test_set_drops_rows_below_min_rating_as_interactions_csv_does(tmp_path):
+    """``data.min_rating`` says which ratings are positives: a test row rated below it was
+    scored as a hit the model should find (it was kept whatever its rating)."""
+    from tfmmrec.data.dataset import load_test_interactions
+
+    dataset = load(make_folder(tmp_path / "d"))
+    (tmp_path / "rated.csv").write_text("user_id,item_id,rating\nu2,i2,5\nu1,i3,1\nu2,i1,4\n")
+    test = load_test_interactions(tmp_path / "rated.csv", dataset, min_rating=4)
+    assert test[["user_id", "item_id", "rating"]].values.tolist() == [["u2", "i2", 5.0],
+                                                                     ["u2", "i1", 4.0]]
+    assert test.attrs["below_min_rating"] == 1
+    assert load_test_interactions(tmp_path / "rated.csv", dataset).attrs["below_min_rating"] == 0
+    with pytest.raises(DataError, match=r"rated\.csv: no row has rating >= "
+                                        r"data\.min_rating=6"):
+        load_test_interactions(tmp_path / "rated.csv", dataset, min_rating=6)
+    (tmp_path / "unrated.csv").write_text("user_id,item_id\nu2,i2\nu1,i3\n")  # positives
+    assert len(load_test_interactions(tmp_path / "unrated.csv", dataset, min_rating=4)) == 2
+
+
 def test_a_candidates_file_that_is_not_utf8_or_holds_no_ids_is_named(tmp_path):
     from tfmmrec.data.dataset import read_candidate_ids
 

@@ -244,3 +244,23 @@ def test_each_export_version_gets_its_own_metrics_file(tmp_path):
     assert name("t.csv", "c.txt", tmp_path / "odd name") == (
         "metrics-test-t-candidates-c-export-odd_name")
     assert name() == "metrics" and name("t.csv", "c.txt") == "metrics-test-t-candidates-c"
+
+
+def test_a_supplied_test_set_is_filtered_and_its_listwise_ratings_checked_up_front(
+        tiny_config, tiny_workspace, tmp_path, capsys):
+    """Before anything is encoded or restored: rows below ``data.min_rating`` are left out
+    (with a note), and a listwise head's negative rating is named by file and line (it was
+    refused only after the model had been restored and the catalogue encoded)."""
+    dataset = tiny_workspace.dataset
+    user, items = str(tiny_workspace.user_ids[0]), [str(i) for i in dataset.catalog.item_ids]
+    (tmp_path / "t.csv").write_text(f"user_id,item_id,rating\n{user},{items[0]},5\n"
+                                    f"{user},{items[1]},-1\n")
+    config = load_config(tiny_config, ["data.min_rating=0"])
+    assert len(cli._supplied_test(str(tmp_path / "t.csv"), dataset, config)) == 1
+    assert (f"note: 1 row(s) of {tmp_path / 't.csv'} rated below data.min_rating=0 left out, "
+            "as interactions.csv's are") in capsys.readouterr().out
+    listwise = load_config(tiny_config, ["ranking.enabled=true", "ranking.task=listwise"])
+    with pytest.raises(DataError) as error:
+        cli._supplied_test(str(tmp_path / "t.csv"), dataset, listwise)
+    assert str(error.value) == (f"{tmp_path}/t.csv line 3: rating -1: ranking.task=listwise "
+                                "needs ratings >= 0")

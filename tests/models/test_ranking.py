@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -368,10 +369,17 @@ def test_binary_warns_of_ratings_at_or_below_zero_and_still_trains_every_row(tmp
     warned = [r.getMessage() for r in caplog.records if "data.min_rating" in r.getMessage()]
     assert len(warned) == 1
     assert "ranking.task=binary trains every row as a positive" in warned[0]
-    assert "2 of the 4 training rows have a rating <= 0" in warned[0]
+    assert "2 of its 4 rows have a rating <= 0" in warned[0]
     assert str(ws.dataset.root / "interactions.csv") in warned[0]
     assert examples.rows == 4  # the semantics are kept: every row is a positive
     caplog.clear()
+    # a selection trains every validation carve and then the whole split: one warning
+    carve = SimpleNamespace(**{**vars(ws), "split": dataclasses.replace(
+        ws.split, train=ws.split.train.head(2))})
+    with caplog.at_level("WARNING"):
+        pipeline.training_examples(carve)
+        pipeline.training_examples(ws)
+    assert not [r for r in caplog.records if "data.min_rating" in r.getMessage()]
     rated = _rated_workspace(tmp_path / "rated", "u1,i1,5\nu2,i3,1\n", ["ranking.task=binary"])
     with caplog.at_level("WARNING"):
         pipeline.training_examples(rated)

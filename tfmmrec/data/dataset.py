@@ -275,8 +275,8 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig,
     return frame
 
 
-def load_test_interactions(path: str | Path, dataset: Dataset,
-                           duplicates: str = "error") -> pd.DataFrame:
+def load_test_interactions(path: str | Path, dataset: Dataset, duplicates: str = "error",
+                           min_rating: float | None = None) -> pd.DataFrame:
     """A user-supplied test set (CSV/JSONL/Parquet with ``user_id``, ``item_id``, optional
     ``rating``), checked against the dataset like interactions.csv, with an ``item_index``
     column. A ``rating`` column is kept (a ranking head's RMSE/MAE and NDCG read it) and
@@ -285,7 +285,10 @@ def load_test_interactions(path: str | Path, dataset: Dataset,
     Its users must be known to the model (in interactions.csv or users.csv): an unknown user
     has no row to be scored from, so it is named (file, line, value) rather than skipped. A
     repeated pair would count twice in the metrics: ``duplicates`` is
-    ``data.duplicate_interactions``, as for interactions.csv.
+    ``data.duplicate_interactions``, as for interactions.csv. ``min_rating`` is
+    ``data.min_rating``: rows rated below it are left out as interactions.csv's are (they are
+    not positives), counted in ``attrs["below_min_rating"]``; a file without ratings lists
+    positives only and keeps every row.
     """
     path = Path(path).expanduser()
     frame = validate.read_table(path, id_columns=["user_id", "item_id"])
@@ -305,12 +308,20 @@ def load_test_interactions(path: str | Path, dataset: Dataset,
         raise DataError(f"{path}: {len(unknown)} row(s) name users the model does not know: "
                         f"{where}. Add them to users.csv (then retrain) or drop those rows.")
     frame = validate.one_row_per_pair(frame, path, duplicates)
+    below = 0
+    if min_rating is not None and "rating" in frame.columns:
+        kept = frame["rating"] >= min_rating
+        below = int((~kept).sum())
+        if not kept.any():
+            raise DataError(f"{path}: no row has rating >= data.min_rating={min_rating:g}")
+        frame = frame[kept]
     rating = frame["rating"].to_numpy(np.float64) if "rating" in frame.columns else None
     frame = frame[["user_id", "item_id"]].astype(object).reset_index(drop=True)
     frame["item_index"] = known.get_indexer(frame["item_id"]).astype(np.int64)
     if rating is not None:
         frame["rating"] = rating
     frame.attrs["source"] = path
+    frame.attrs["below_min_rating"] = below
     return frame
 
 

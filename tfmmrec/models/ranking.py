@@ -302,17 +302,24 @@ def interactions_source(root: Path) -> Path | None:
 def warn_unread_ratings(interactions: pd.DataFrame, source: Path | None) -> None:
     """``ranking.task=binary`` trains every row as a positive whatever its rating: rows rated
     0 or below (dislikes, "not seen") would be trained as likes without a word, so warn and
-    point to ``data.min_rating``, which drops them when the data is loaded."""
+    point to ``data.min_rating``, which drops them when the data is loaded. ``interactions``
+    is the whole table (every split and validation carve trains from it), so the warning is
+    the same for each run of a selection and is given once per process."""
     if "rating" not in interactions.columns:
         return
     ratings = interactions["rating"].to_numpy(np.float64)
     low = ratings <= 0
-    if low.any():
-        logger.warning("%s: ranking.task=binary trains every row as a positive, but %d of the "
-                       "%d training rows have a rating <= 0 (lowest %g); if they are not "
-                       "positives, set data.min_rating (the smallest rating that is one) to "
-                       "drop them", source or "the interactions table", int(low.sum()),
-                       len(ratings), ratings.min())
+    key = (str(source), int(low.sum()), len(ratings))
+    if low.any() and key not in _WARNED_UNREAD:
+        _WARNED_UNREAD.add(key)
+        logger.warning("%s: ranking.task=binary trains every row as a positive, but %d of its "
+                       "%d rows have a rating <= 0 (lowest %g); if they are not positives, set "
+                       "data.min_rating (the smallest rating that is one) to drop them",
+                       source or "the interactions table", int(low.sum()), len(ratings),
+                       ratings.min())
+
+
+_WARNED_UNREAD: set[tuple[str, int, int]] = set()
 
 
 def require_lists(user_ids: np.ndarray, list_size: int) -> None:
