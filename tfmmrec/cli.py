@@ -29,7 +29,7 @@ from pathlib import Path
 
 import tfmmrec
 from tfmmrec._env import native_stderr_to, quiet_output, show_progress
-from tfmmrec.config import STRATEGIES, ExportConfig, load_config
+from tfmmrec.config import INDEX_KINDS, STRATEGIES, ExportConfig, load_config
 from tfmmrec.errors import ConfigError, TfmmrecError
 
 EXIT_USER_ERROR = 2
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             _add_evaluate_args(sub)
         if name == "export":
-            sub.add_argument("--index", choices=["scann", "brute_force", "partitioned", "both"],
+            sub.add_argument("--index", choices=[*INDEX_KINDS, "both"],
                              help="override export.index; both: the ScaNN export as NAME and a "
                                   "BruteForce one (stock TF Serving) as NAME-bruteforce")
         if name == "train":

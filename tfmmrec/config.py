@@ -740,7 +740,18 @@ class ServingLimitsConfig(ConfigSection):
                self.max_audio_seconds, "in (0, 86400]")
 
 
-INDEX_KINDS = ("scann", "brute_force", "partitioned")
+# The top-k index kinds ``export.index`` accepts: the built-in ones, then every kind that
+# ``tfmmrec.export.index.register`` adds (a new kind is a module and a registration; the
+# config, a lower layer, keeps only the names).
+INDEX_KINDS: list[str] = ["scann", "brute_force", "partitioned"]
+
+
+def register_index_kind(kind: str) -> None:
+    """Let ``export.index`` take ``kind`` (``tfmmrec.export.index.register`` calls it)."""
+    if not (isinstance(kind, str) and kind.isidentifier()):
+        raise ValueError(f"an index kind is an identifier, got {kind!r}")
+    if kind not in INDEX_KINDS:
+        INDEX_KINDS.append(kind)
 # How content queries (query_text / query_image / query_audio) search: every item, or the
 # partitions the index visits for a user query.
 CONTENT_SEARCH = ("every_item", "index")
@@ -804,7 +815,7 @@ class ExportConfig(ConfigSection):
     base_dir: str = "runs/models"
     model_name: str = "tfmmrec"
     version: int | None = None
-    index: Literal["scann", "brute_force", "partitioned"] = "scann"
+    index: str = "scann"  # one of INDEX_KINDS: the built-in kinds and registered ones
     k: int = 10
     max_k: int = 100
     exclude_seen: bool = False
@@ -829,7 +840,7 @@ class ExportConfig(ConfigSection):
                "export.model_name", self.model_name,
                "a folder name of letters, digits, '.', '_' and '-' (TF Serving's model name in "
                "REST paths such as /v1/models/NAME:predict)")
-        _check_choice("export.index", self.index, INDEX_KINDS)
+        _check_choice("export.index", self.index, tuple(INDEX_KINDS))
         _check_choice("export.content_search", self.content_search, CONTENT_SEARCH)
         _check(math.isfinite(self.text_search_weight) and self.text_search_weight >= 0,
                "export.text_search_weight", self.text_search_weight,

@@ -28,7 +28,7 @@ from tfmmrec.errors import ConfigError, DataError, ExportError, ServingError
 from tfmmrec.export import catalog
 from tfmmrec.export.loader import ExportedModel, latest_version
 from tfmmrec.export.variables import MODEL_INDEX, MODEL_SHARD
-from tfmmrec.export.writer import read_metadata
+from tfmmrec.export.writer import read_metadata, stored_recall_queries
 
 REPO = Path(__file__).resolve().parents[2]
 K = 20
@@ -1034,6 +1034,14 @@ def test_a_scann_catalogue_shrunk_below_what_tree_and_ah_can_train_stays_exact(
     assert meta["index"] == "scann" and meta["requires_scann_ops"] is True
     assert meta["index_parameters"] == {"scoring": "brute_force"}
     assert meta["num_items"] == 8
+    # the export's recall queries travel with each version, so an update measures its index
+    # with them (it dropped the figure); an exact kind keeps none
+    queries = stored_recall_queries(model_dir / "1")
+    assert queries is not None and queries.ndim == 2 and len(queries) > 0
+    np.testing.assert_array_equal(stored_recall_queries(small), queries)
+    assert meta["index_recall_at_10"] == meta["scann_recall_at_10"] == 1.0
+    assert stored_recall_queries(exact) is None and "index_recall_at_10" not in \
+        read_metadata(exact)
     same_answers(ExportedModel(small), ExportedModel(exact), k=8)
     assert sorted(ExportedModel(small).recommend(["u000"], k=8)["item_ids"][0].astype(str)) == \
         sorted(ids[-8:])
@@ -1041,6 +1049,7 @@ def test_a_scann_catalogue_shrunk_below_what_tree_and_ah_can_train_stays_exact(
     grown, exact = (catalog.add(folder, back).version_dir for folder in (model_dir, base))
     meta = read_metadata(grown)
     assert meta["index_parameters"]["scoring"] == "tree_ah" and meta["num_items"] == 18
+    assert 0.0 <= meta["index_recall_at_10"] <= 1.0
     same_answers(ExportedModel(grown), ExportedModel(exact), k=18)
 
 

@@ -67,6 +67,18 @@ def test_a_new_kind_is_one_class_and_a_registration():
     assert index_class("first_items_test") is FirstItems
     assert index(np.ones((2, 2)), k=2)[1].numpy().tolist() == [[0, 1], [0, 1]]
     assert index.item_ids.tolist() == ["0", "1", "2", "3", "4"]
+    # the config takes the new kind (export.index listed three names by hand), and a second
+    # class under a taken kind is refused instead of replacing it
+    from tfmmrec.config import load_config
+
+    assert load_config(None, ["export.index=first_items_test"]).export.index == \
+        "first_items_test"
+    with pytest.raises(ValueError, match=r"index kind 'scann' is already registered "
+                                         r"\(ScannIndex\); give Impostor another kind"):
+        @register
+        class Impostor(FirstItems):
+            kind = "scann"
+    assert index_class("scann").__name__ == "ScannIndex"
 
 
 def test_partitioned_probing_everything_is_exact():

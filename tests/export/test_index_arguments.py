@@ -110,6 +110,13 @@ def test_constructor_refuses_item_ids_that_do_not_match_the_rows(kind, built):
         construct(kind, built, item_ids=np.arange(NUM_ITEMS - 1).astype(str))
     with pytest.raises(ExportError, match=rf"^{kind} index: item_ids .*shape \(1, {NUM_ITEMS}\)"):
         construct(kind, built, item_ids=np.arange(NUM_ITEMS)[None].astype(str))
+    repeated = np.arange(NUM_ITEMS).astype(str)
+    repeated[[5, 9]] = "3"
+    with pytest.raises(ExportError, match=rf"^{kind} index: item_ids repeats '3' \(rows 3 and "
+                                          r"5; 2 repeated\): one id per item$"):
+        construct(kind, built, item_ids=repeated)
+    with pytest.raises(ExportError, match=r"repeats '3' \(rows 3 and 5"):  # a list of str
+        construct(kind, built, item_ids=repeated.astype(object))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -64,6 +64,7 @@ from tfmmrec.export.writer import (
     lost_race_error,
     missing_version_files,
     read_metadata,
+    stored_recall_queries,
     write_updated_version,
     write_version,
 )
@@ -174,7 +175,14 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
                 + ["import scann (or a TF Serving build with ScaNN ops)"] * uses_scann}
     for stale in ("scann_recall_at_10", "index_recall_at_10"):
         metadata.pop(stale, None)
-    if kind != "brute_force" and recall_queries is not None and len(recall_queries):
+    if recall_queries is None and previous is not None:  # an update: the export's users
+        recall_queries = stored_recall_queries(previous.path)
+        if recall_queries is not None and recall_queries.shape[1] != np.shape(
+                item_embeddings)[1]:
+            recall_queries = None
+    if kind == "brute_force":  # exact: no recall to measure, no queries to keep
+        recall_queries = None
+    if recall_queries is not None and len(recall_queries):
         recall = recall_against_brute_force(index, recall_queries,
                                             np.asarray(item_embeddings, np.float32), k=10)
         metadata["index_recall_at_10"] = recall
@@ -188,7 +196,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
     if (previous is not None and previous.variables is not None
             and previous.metadata.get("graph_constants") == constants):
         written = write_updated_version(previous.path, module, base_dir, model_name, version,
-                                        metadata, uses_scann=uses_scann, warmup=warmup)
+                                        metadata, uses_scann=uses_scann, warmup=warmup,
+                                        recall_queries=recall_queries)
         if written is not None:
             return written
     elif previous is not None:
@@ -201,7 +210,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
                                         **_module_settings(item_ids, metadata, id_keys),
                                         text_search=text_search)
     return write_version(module, base_dir, model_name, version, metadata,
-                         uses_scann=uses_scann, warmup=warmup)
+                         uses_scann=uses_scann, warmup=warmup,
+                         recall_queries=recall_queries)
 
 
 def text_search_settings(settings: IndexSettings) -> IndexSettings:

@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from tfmmrec.errors import ExportError, first_line
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 METADATA_FILE = "tfmmrec.json"
 # ``embed_item_content`` alone (module.ItemEmbedder), what catalogue updates load.
 ITEM_EMBEDDER = "item_embedder"
+# The user queries an approximate index's recall@10 was measured with, kept so that a
+# catalogue update (which has no users to embed) measures its rebuilt index with the same ones.
+RECALL_QUERIES = "recall_queries.npy"
 _VERSION_DIR = re.compile(r"^[1-9][0-9]{0,17}$")  # int64 versions; no leading zeros
 # Temp folders of an export in progress: ``.<version>.<pid>.<tag>.tmp`` (tfmmrec.files.
 # atomic_path) and, from older releases, ``.tmp-<version>-<pid>-<time>``.
@@ -144,7 +148,7 @@ def lost_race_error(version: int, final: Path) -> ExportError:
 
 def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: str,
                  version: int | None, metadata: dict, uses_scann: bool,
-                 warmup: dict | None = None) -> Path:
+                 warmup: dict | None = None, recall_queries: np.ndarray | None = None) -> Path:
     """Save ``module`` with its signatures as a new version; returns the version directory."""
     model_dir = Path(base_dir) / model_name
     try:
@@ -160,7 +164,8 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
             if hasattr(module, "towers"):  # the two shards catalogue updates reuse
                 split_checkpoint(tmp)
                 _write_fingerprint(tmp)
-            _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
+            _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup,
+                         recall_queries)
             if hasattr(getattr(module, "towers", None), "embed_item_content"):
                 from tfmmrec.export.module import ItemEmbedder
 
@@ -178,8 +183,8 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
 
 def write_updated_version(previous: str | os.PathLike, module: tf.Module,
                           base_dir: str | os.PathLike, model_name: str, version: int | None,
-                          metadata: dict, uses_scann: bool,
-                          warmup: dict | None = None) -> Path | None:
+                          metadata: dict, uses_scann: bool, warmup: dict | None = None,
+                          recall_queries: np.ndarray | None = None) -> Path | None:
     """Write ``module`` as a new version *without tracing it*: ``previous``'s graph
     (``saved_model.pb``), assets and towers' variables, with ``module``'s catalogue variables
     (:mod:`tfmmrec.export.variables`) in a new checkpoint. Valid only when ``module`` traces to
@@ -207,7 +212,8 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
                 shutil.copytree(embedder, Path(tmp) / "assets.extra" / ITEM_EMBEDDER,
                                 copy_function=link_or_copy)
             _write_fingerprint(tmp)
-            _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup)
+            _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup,
+                         recall_queries)
             check_complete(tmp)
     except ExportError:
         raise
@@ -228,16 +234,35 @@ def _write_fingerprint(version_dir) -> None:
 
 
 def _write_extra(version_dir: Path, model_name: str, version: int, metadata: dict,
-                 uses_scann: bool, warmup: dict | None) -> None:
-    """``assets.extra``: tfmmrec's metadata and TF Serving's warmup requests."""
+                 uses_scann: bool, warmup: dict | None,
+                 recall_queries: np.ndarray | None = None) -> None:
+    """``assets.extra``: tfmmrec's metadata, TF Serving's warmup requests and the index's
+    recall queries (``RECALL_QUERIES``)."""
     extra = version_dir / "assets.extra"
     extra.mkdir(parents=True, exist_ok=True)
     payload = {**metadata, "version": version, "requires_scann_ops": uses_scann}
     write_json(payload, extra / METADATA_FILE)
+    if recall_queries is not None:  # inside the version's temp folder: renamed with it
+        np.save(extra / RECALL_QUERIES, np.asarray(recall_queries, np.float32))
     if warmup is not None:
         from tfmmrec.export.warmup import write_warmup_requests
 
         write_warmup_requests(extra, model_name, warmup)
+
+
+def stored_recall_queries(version_dir: str | os.PathLike) -> np.ndarray | None:
+    """The recall queries ``version_dir`` was measured with (``None``: none kept, e.g. an
+    exact index or an export from before they were kept, or an unreadable file)."""
+    path = Path(version_dir) / "assets.extra" / RECALL_QUERIES
+    if not path.is_file():
+        return None
+    try:
+        queries = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        logger.warning("%s is damaged (%s): no index recall for this update", path,
+                       first_line(exc))
+        return None
+    return queries if queries.ndim == 2 and queries.dtype == np.float32 else None
 
 
 def read_metadata(version_dir: str | os.PathLike) -> dict:

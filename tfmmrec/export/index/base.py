@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-from tfmmrec.config import ExportConfig, PartitionedConfig, ScannConfig
+from tfmmrec.config import ExportConfig, PartitionedConfig, ScannConfig, register_index_kind
 from tfmmrec.errors import ExportError, shown
 from tfmmrec.towers.arguments import positive_int
 
@@ -201,9 +202,17 @@ _KINDS: dict[str, type[TopKIndex]] = {}
 
 
 def register(cls: type[TopKIndex]) -> type[TopKIndex]:
-    """Class decorator: make ``cls.kind`` buildable by :func:`build`."""
+    """Class decorator: make ``cls.kind`` buildable by :func:`build` and a value of
+    ``export.index``. A kind registered twice is a mistake (it would silently replace the
+    first), unless it is the same class again (a module reloaded)."""
     if not getattr(cls, "kind", None):
         raise TypeError(f"{cls.__name__} must set a `kind`")
+    existing = _KINDS.get(cls.kind)
+    if existing is not None and (existing.__module__, existing.__qualname__) != (
+            cls.__module__, cls.__qualname__):
+        raise ValueError(f"index kind {cls.kind!r} is already registered "
+                         f"({existing.__name__}); give {cls.__name__} another kind")
+    register_index_kind(cls.kind)
     _KINDS[cls.kind] = cls
     return cls
 
@@ -312,13 +321,21 @@ def check_finite(owner: str, name: str, table: np.ndarray | tf.Tensor) -> None:
 
 
 def checked_item_ids(owner: str, item_ids, num_items: int) -> np.ndarray:
-    """One id per item position (``None``: ``0..N-1`` as strings)."""
+    """One id per item position (``None``: ``0..N-1`` as strings), each id once: a repeated
+    id would answer two rows as one item, and a lookup by id would find only one of them."""
     if item_ids is None:
         return np.arange(num_items).astype(str)
     ids = np.asarray(item_ids)
     if ids.shape != (num_items,):
         raise ExportError(f"{owner}: item_ids has shape {ids.shape}, expected ({num_items},) "
                           "(one per row of the item embeddings)")
+    repeated = pd.Index(ids).duplicated()  # hashed: fast on millions of ids
+    if repeated.any():
+        row = int(np.argmax(repeated))
+        first = int(np.flatnonzero(ids == ids[row])[0])
+        value = ids[row].item() if isinstance(ids[row], np.generic) else ids[row]
+        raise ExportError(f"{owner}: item_ids repeats {shown(value)} (rows {first} "
+                          f"and {row}; {int(repeated.sum())} repeated): one id per item")
     return ids
 
 
