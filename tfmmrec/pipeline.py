@@ -57,7 +57,7 @@ from tfmmrec.training.finished_run import (
     read_run_record,
     set_aside_finished_run,
 )
-from tfmmrec.training.strategy import is_chief, strategy_for
+from tfmmrec.training.strategy import is_chief, num_workers, strategy_for
 from tfmmrec.training.trained_data import (
     FINGERPRINT_KEY,
     check_trained_data,
@@ -73,7 +73,6 @@ from tfmmrec.training.trainer import (
     encode_from_tfrecords,
     exclusive_run,
     fit,
-    num_workers,
     resumed_epochs,
     tfrecord_dataset,
 )
@@ -617,7 +616,8 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     output = Path(config.train.output_dir)
     chief = is_chief(strategy)
     spec = output / "checkpoints" / MODEL_SPEC_FILE
-    if spec.is_file() and any((output / "backup").glob("*")):  # resuming an interrupted run
+    resuming = spec.is_file() and interrupted_run(output)
+    if resuming:
         check_same_model(load_config(spec), resolved_linear_cf(config, load_config(spec)),
                          f"the interrupted run {output}",
                          hint="resume it with the config it started with, or choose another "
@@ -628,7 +628,7 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         _set_aside_finished_run(output)
         # until this run writes its own (when it finishes), no checkpoint may stand for it:
         # also one left by an attempt that died between its final checkpoint and its record
-        for stale in (output / "checkpoints").glob("latest.*"):
+        for stale in [*(output / "checkpoints").glob("latest.*"), *_choices(output)]:
             stale.unlink()
     if chief:  # before the first checkpoint: every checkpoint of the run carries its model
         config.to_yaml(output / CONFIG_FILE)
@@ -636,13 +636,16 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     validation = None
     chosen = []
     if config.train.early_stopping:
-        validation = select_epochs(ws, strategy, output / "early-stopping")
+        validation = _choice(output / "early-stopping", resuming, chief,
+                             lambda: select_epochs(ws, strategy, output / "early-stopping"))
         chosen = [f"model.linear_cf={validation['linear_cf']}"] \
             if config.model.linear_cf == "auto" else []
     selection = None
     if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
         # after early stopping: an `auto` CF kind is resolved, and the mix is chosen for it
-        selection = select_serving_mix(ws, strategy, output / "fusion-selection", chosen)
+        selection = _choice(output / "fusion-selection", resuming, chief,
+                            lambda: select_serving_mix(ws, strategy, output / "fusion-selection",
+                                                       chosen))
     fit_config = config.train
     if config.train.early_stopping:
         if chosen:  # the model is built with the chosen CF kind: the workspace says so
@@ -688,7 +691,54 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         **linear_cf_record(result.model),
     }, output / RUN_FILE)
     drop_previous_run(output)  # this run finished: the one it replaced goes
+    for done in _choices(output):  # recorded in run.json; no later run may resume from them
+        done.unlink()
     return result
+
+
+CHOICE_FILE = "chosen.json"
+
+
+def interrupted_run(output: Path) -> bool:
+    """Whether ``output`` holds a run that stopped before its end: a backup of its final fit
+    or of a selection step (early stopping and its carves, fusion selection) holds files,
+    early stopping kept the figures of the epochs it scored, or a step's choice is recorded
+    (``_choice``). Such a run resumes, and only with the model and course it started with;
+    one interrupted inside a selection step was taken for a new run and trained on with
+    whatever the new command said."""
+    steps = [output / step for step in SELECTION_STEPS]
+    backups = [output / "backup", *(b for step in steps for b in step.glob("**/backup"))]
+    return (any(any(b.glob("*")) for b in backups if b.is_dir())
+            or any(f for step in steps for f in step.glob(f"**/{VALIDATION_STATE}"))
+            or any(_choices(output)))
+
+
+SELECTION_STEPS = ("early-stopping", "fusion-selection")
+
+
+def _choices(output: Path) -> list[Path]:
+    return [output / step / CHOICE_FILE for step in SELECTION_STEPS
+            if (output / step / CHOICE_FILE).is_file()]
+
+
+def _choice(folder: Path, resuming: bool, chief: bool, select: Callable[[], dict]) -> dict:
+    """A selection step's choice: the one it made before this run was interrupted (kept in
+    ``folder/chosen.json`` until the run finishes), else ``select()``'s, kept so. A run killed
+    in its final fit redid every selection epoch, and could choose another epoch count than
+    its backup was trained for. Under several workers each worker selects again (only the
+    chief's files are kept, so the others would have no choice to read)."""
+    from tfmmrec.data.tfrecords import read_json
+
+    path = folder / CHOICE_FILE
+    # a damaged file reads as none (the step selects again)
+    kept = read_json(path) if resuming and path.is_file() and num_workers() == 1 else None
+    if kept is not None:
+        logger.info("%s: the choice made before the interruption (%s)", folder.name, path)
+        return kept
+    choice = select()
+    if chief:
+        write_json(choice, path)
+    return choice
 
 
 def check_linear_cf_choices(config: Config) -> None:

@@ -155,6 +155,20 @@ def test_single_process_strategies_are_always_chief(monkeypatch):
     assert strategies.is_chief(tf.distribute.get_strategy())
 
 
+def test_a_one_process_strategy_trains_alone_whatever_tf_config_lists(fresh_strategies,
+                                                                    monkeypatch):
+    """Schedulers set TF_CONFIG for every job: a default or mirrored run read its workers
+    from it, and so lost the backed-up random streams of its exact resume."""
+    monkeypatch.setattr(strategies, "_CLUSTER_STRATEGY", None)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert strategies.num_workers() == 2  # no strategy made yet: TF_CONFIG says
+    strategies.make_strategy("default")
+    assert strategies.num_workers() == 1
+    monkeypatch.setattr(strategies, "_CLUSTER_STRATEGY", True)  # as multi_worker sets it
+    assert strategies.num_workers() == 2
+
+
 @pytest.mark.parametrize(("scaling", "expected"), [("none", 0.01), ("linear", 0.04),
                                                    ("sqrt", 0.02)])
 def test_learning_rate_scaling_with_replicas(scaling, expected):

@@ -208,6 +208,8 @@ def early_stopping_killed_and_resumed(small_config, small_workspace, tmp_path_fa
     run_until_killed(KILL_TRAINING, str(root / "config.yaml"), str(KILLED_IN),
                      str(root / "before-kill.npz"))
     assert cli.main(["-q", "train", "--config", str(root / "config.yaml")]) == 0
+    # the finished run leaves no choice behind for a later run to resume from
+    assert not list(Path(config.train.output_dir).glob(f"*/{pipeline.CHOICE_FILE}"))
     uninterrupted = derive_config(small_config, root / "uninterrupted", *overrides)
     pipeline.train(uninterrupted, workspace=small_workspace, progress=False)
     return [json.loads((Path(c.train.output_dir) / "run.json").read_text())["early_stopping"]
@@ -224,21 +226,55 @@ def test_a_resumed_early_stopping_run_chooses_as_an_uninterrupted_one(
     assert resumed["best_epoch"] == uninterrupted["best_epoch"]
 
 
+@pytest.mark.parametrize("left", [
+    "backup/chief/", "early-stopping/backup/chief/", "early-stopping/carve-1/backup/chief/",
+    "fusion-selection/backup/chief/", f"early-stopping/{pipeline.VALIDATION_STATE}",
+    f"early-stopping/{pipeline.CHOICE_FILE}"])
 def test_resuming_with_other_training_settings_is_refused(tiny_config, tiny_workspace,
-                                                          tmp_path):
+                                                          tmp_path, left):
     """An interrupted run (its record and a backup) resumed with another seed and learning
     rate would follow neither configuration: refused before any training, naming both
-    values, and the run's record is left as it started."""
+    values, and the run's record is left as it started. Wherever the run was interrupted:
+    one killed inside early stopping or fusion selection (only their own folders hold its
+    state) was taken for a new run and trained on with the new settings without a word."""
     output = tmp_path / "run"
     config = load_config(tiny_config, [f"train.output_dir={output}"])
     config.to_yaml(output / pipeline.CONFIG_FILE)
     config.to_yaml(output / "checkpoints" / pipeline.MODEL_SPEC_FILE, sections=model_sections())
-    (output / "backup" / "chief").mkdir(parents=True)  # what an interrupted run leaves
+    state = output / left  # what an interrupted run leaves
+    if left.endswith("/"):
+        state.mkdir(parents=True)
+    else:
+        state.parent.mkdir(parents=True)
+        state.write_text("{}")
     changed = load_config(config, ["train.seed=7", "train.learning_rate=0.05"])
     with pytest.raises(ConfigError, match=r"train\.learning_rate: 0\.01 when it started, 0\.05 "
                                           r"requested; train\.seed: 0 when it started, 7"):
         pipeline.train(changed, workspace=tiny_workspace, progress=False)
     assert load_config(output / pipeline.CONFIG_FILE).train.seed == config.train.seed
+
+
+def test_a_selection_step_keeps_its_choice_for_a_resumed_run_only(tmp_path):
+    """A run killed in its final fit redid every early-stopping epoch on resume (and could
+    choose another epoch count than its backup was trained for): the choice is kept in the
+    step's folder until the run finishes, and read back only by a resumed run."""
+    calls = []
+
+    def select():
+        calls.append(1)
+        return {"best_epoch": 4, "linear_cf": "ease"}
+
+    folder = tmp_path / "early-stopping"
+    folder.mkdir()
+    assert pipeline._choice(folder, False, True, select) == {"best_epoch": 4, "linear_cf": "ease"}
+    assert json.loads((folder / pipeline.CHOICE_FILE).read_text())["best_epoch"] == 4
+    assert pipeline.interrupted_run(tmp_path)  # a choice without a finished run: interrupted
+    (folder / pipeline.CHOICE_FILE).write_text(json.dumps({"best_epoch": 2, "linear_cf": "x"}))
+    assert pipeline._choice(folder, True, True, select)["best_epoch"] == 2 and len(calls) == 1
+    assert pipeline._choice(folder, False, True, select)["best_epoch"] == 4  # a new run selects
+    assert len(calls) == 2
+    (folder / pipeline.CHOICE_FILE).write_text("{not json")  # damaged: select again
+    assert pipeline._choice(folder, True, True, select)["best_epoch"] == 4 and len(calls) == 3
 
 
 def test_two_runs_into_one_output_dir_cannot_run_at_once(tmp_path):

@@ -93,6 +93,8 @@ def make_strategy(name: str, devices: Sequence[str] = (), tpu: str | None = None
         raise ConfigError(f"train.devices={list(devices)} only applies to "
                           f"train.strategy=mirrored, not {name}: remove train.devices "
                           "(--set 'train.devices=[]') or use --strategy mirrored")
+    global _CLUSTER_STRATEGY
+    _CLUSTER_STRATEGY = name in CLUSTER_STRATEGIES
     if name == "default":
         return tf.distribute.get_strategy()
     key = (name, tuple(devices), tpu)
@@ -100,6 +102,24 @@ def make_strategy(name: str, devices: Sequence[str] = (), tpu: str | None = None
         _CREATED[key] = {"mirrored": _mirrored, "multi_worker": _multi_worker, "tpu": _tpu,
                          "parameter_server": _parameter_server}[name](devices=devices, tpu=tpu)
     return _CREATED[key]
+
+
+# The strategies whose processes are TF_CONFIG's workers. Under any other, TF_CONFIG (which
+# schedulers set for every job) names no worker of this run: the process trains alone.
+CLUSTER_STRATEGIES = ("multi_worker", "parameter_server")
+_CLUSTER_STRATEGY: bool | None = None  # None: no strategy made yet (then TF_CONFIG decides)
+
+
+def num_workers() -> int:
+    """The workers training this run: 1 unless the strategy made last (``make_strategy``) is
+    a cluster strategy, then the workers (and chief) of ``TF_CONFIG``. It decides whether
+    the random streams are backed up for an exact resume and how a resumed run skips
+    through prepared shards, so a default or mirrored run on a host whose TF_CONFIG lists a
+    cluster stays a one-worker run (it lost its exact resume)."""
+    if _CLUSTER_STRATEGY is False:
+        return 1
+    cluster = cluster_spec()
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
 def strategy_for(config: TrainConfig) -> tf.distribute.Strategy:

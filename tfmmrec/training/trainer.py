@@ -31,8 +31,8 @@ from tfmmrec.config import TrainConfig
 from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError, first_line
 from tfmmrec.training.checkpoint import UNREADABLE, VALUE_SUFFIX
 from tfmmrec.training.strategy import (
-    cluster_spec,
     lost_workers_reported,
+    num_workers,
     peer_lost,
     scaled_learning_rate,
 )
@@ -158,12 +158,6 @@ def with_data_sharding(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options.experimental_distribute.auto_shard_policy = \
         tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
-
-
-def num_workers() -> int:
-    """Workers in ``TF_CONFIG`` (1 without it)."""
-    cluster = cluster_spec()
-    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
 
 
 @contextlib.contextmanager
