@@ -141,3 +141,28 @@ def test_list_ndcg_refuses_negative_gains():
         list_ndcg(np.array([[0.9, 0.5]]), np.array([[-2.0, 1.0]]), 2)
     with pytest.raises(ValueError, match=r"scores of shape \(1, 2\) and gains of shape \(2,\)"):
         list_ndcg(np.array([[0.9, 0.5]]), np.array([1.0, 0.0]), 2)
+
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_media_queries_take_file_paths_or_request_bytes_as_the_export_does(tiny_trained,
+                                                                          tmp_path, modality):
+    """A path (or a file's bytes) was sent to the encoder as a string: "Cast string to
+    float". Now decoded by the modality's decode_request, as query_image/query_audio do."""
+    from tests.serving.conftest import sample_png, sample_wav
+    from tfmmrec.evaluation.crossmodal import _decoded, embed_queries
+
+    model, ws = tiny_trained.model, tiny_trained.workspace
+    payload = sample_png() if modality == "image" else sample_wav()
+    path = tmp_path / ("query.png" if modality == "image" else "query.wav")
+    path.write_bytes(payload)
+    by_path = embed_queries(model, ws, modality, [str(path), path])
+    assert by_path.shape[0] == 2 and np.isfinite(by_path).all()
+    np.testing.assert_allclose(by_path[0], by_path[1], atol=1e-6)
+    np.testing.assert_allclose(embed_queries(model, ws, modality, [payload]), by_path[:1],
+                               atol=1e-6)
+    if modality == "image":  # decoded pixels pass straight through
+        decoded = _decoded(modality, ws.config, [payload]).numpy()
+        np.testing.assert_allclose(embed_queries(model, ws, modality, decoded), by_path[:1],
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match=rf"{modality} query: no such file"):
+        embed_queries(model, ws, modality, [str(tmp_path / "missing.png")])

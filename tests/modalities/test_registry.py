@@ -343,6 +343,20 @@ def test_a_registered_modality_gets_its_config_section(vector_modality, tmp_path
         check_same_model(config, load_config(path, ["vector.scale=4.0"]), "the run")
 
 
+def test_a_modality_named_like_a_mask_key_is_refused():
+    """Batches key modality m's presence mask ``m + "_mask"``: a modality "text_mask" was
+    registered and its content then overwrote text's mask in every content batch."""
+    class TextMask(VectorModality):
+        name = "text_mask"
+
+    try:
+        with pytest.raises(ValueError, match=r"name 'text_mask' ends in '_mask'.*text's"):
+            modalities.register(TextMask())
+        assert "text_mask" not in modalities.names()
+    finally:  # without the check it was registered: leave the registry as it was
+        modalities.unregister("text_mask")
+
+
 def test_an_unregistered_modality_section_is_an_unknown_key(tmp_path):
     assert "vector" not in modalities.names()
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) vector\b"):

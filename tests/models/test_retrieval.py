@@ -14,6 +14,7 @@ from tfmmrec import pipeline
 from tfmmrec.config import load_config
 from tfmmrec.errors import ConfigError, TrainingError
 from tfmmrec.models.retrieval import RetrievalModel
+from tfmmrec.towers.item import ItemContentTable
 from tfmmrec.towers.noise import Noise
 from tfmmrec.towers.query import user_lookup
 
@@ -209,6 +210,52 @@ def test_indices_and_id_strings_give_the_same_query(model, tiny_workspace):
     by_id = model.query_embeddings(tf.constant([*ids, "never-seen"])).numpy()
     by_index = model.query_embeddings(tf.constant([1, 2, 3, 0], tf.int64)).numpy()
     np.testing.assert_allclose(by_id, by_index, atol=1e-6)
+
+
+def test_integer_user_ids_are_ids_not_vocabulary_positions():
+    """pandas reads a numeric user_id column as int64: fed as ``user_id`` each id was taken as
+    a row position of the vocabulary (id 5 answered for the user at position 5, 0 for the
+    unknown user) without a word. ``user_index`` stays positions."""
+    from tfmmrec.models.retrieval import user_input
+
+    as_ids = user_input({"user_id": tf.constant([5, 0, 196], tf.int64)})
+    assert as_ids.numpy().tolist() == [b"5", b"0", b"196"]
+    positions = user_input({"user_index": tf.constant([5, 0], tf.int32)})
+    assert positions.dtype == tf.int32 and positions.numpy().tolist() == [5, 0]
+
+
+@pytest.mark.parametrize(("features", "message"), [
+    ({"user": ["u000"], "item_index": [1]},
+     "a training batch needs 'user_index' (vocabulary positions) or 'user_id' (ids); it has "
+     "'item_index', 'user'"),
+    ({"user_id": ["u000"], "item_id": [1]},
+     "a training batch needs 'item_index' (catalogue positions of the positive items); it has "
+     "'item_id', 'user_id'"),
+    ({"user_id": [["u000"]], "item_index": [1]},
+     "features['user_id'] must be a [batch] vector (batch the dataset, one value per example), "
+     "got shape (1, 1)"),
+    ({"user_id": ["u000"], "item_index": 1},
+     "features['item_index'] must be a [batch] vector (batch the dataset, one value per "
+     "example), got shape ()"),
+    ({"user_id": [1.5], "item_index": [1]},
+     "features['user_id'] must hold ids (strings, or integers), got float32"),
+], ids=["no_user", "no_item_index", "user_rank_2", "unbatched_item", "float_ids"])
+def test_a_malformed_training_batch_names_the_key_and_the_shape(model, features, message):
+    """Each used to fail deep in a step: a KeyError in an autograph trace, Unique's rank
+    error, or remove_accidental_hits on an unbatched example."""
+    with pytest.raises(ValueError) as error:
+        model.compute_loss({key: tf.constant(value) for key, value in features.items()})
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("name", ["model.keras", "saved_model_dir"])
+def test_keras_save_is_refused_with_the_ways_that_work(model, tmp_path, name):
+    """It wrote a .keras file that load_model could never read (only a hidden warning said
+    so), or failed on Keras's "forward pass is not defined"."""
+    with pytest.raises(NotImplementedError, match=r"save_weights.*tfmmrec\.restore\(run_dir\)"
+                                                  r".*tfmmrec\.export_model"):
+        model.save(str(tmp_path / name))
+    assert not (tmp_path / name).exists()
 
 
 def test_train_step_compiles_with_xla_as_tpu_strategy_needs(tiny_workspace):
@@ -623,6 +670,14 @@ def test_the_parts_must_be_towers_of_one_width(model):
     narrow = QueryTower(["u1"], model.item_tower.dim // 2)
     with pytest.raises(ValueError, match=r"the towers embed into one space: query_tower\.dim="):
         RetrievalModel(narrow, model.item_tower, model.content_table)
+    # a table missing one of the tower's modalities: a KeyError inside the tower's first call
+    kept = model.content_table.modalities[0]
+    table = ItemContentTable(
+        {kept: tf.nest.map_structure(lambda v: v.numpy(), model.content_table._contents[kept])},
+        {kept: model.content_table._masks[kept].numpy()})
+    with pytest.raises(ValueError, match=rf"item_tower embeds .* but content_table holds {kept}: "
+                                         "build the table with every modality of the tower"):
+        RetrievalModel(model.query_tower, model.item_tower, table)
 
 
 def test_a_misspelt_hidden_modality_is_refused_not_ignored(model):

@@ -210,6 +210,10 @@ def test_config_round_trips_of_the_layer_and_of_both_towers_holding_it():
     tower_checks.check_config_round_trip(item, [content])
 
 
+def test_linear_cf_deserializes_as_a_keras_layer_without_custom_objects():
+    tower_checks.check_keras_serialization(layer_and_content()[0])
+
+
 def test_query_tower_needs_the_history_encoder_for_linear_cf():
     layer, _, _, _ = layer_and_content()
     with pytest.raises(ValueError, match="needs a history_encoder"):

@@ -75,6 +75,12 @@ def test_config_round_trip(dense):
                                          [tf.constant([0, 1, 2])])
 
 
+def test_history_encoder_deserializes_as_a_keras_layer_without_custom_objects():
+    from tests.towers import tower_checks
+
+    tower_checks.check_keras_serialization(encoder(dropout=0.1))
+
+
 def test_row_ids_match_value_rowids_with_empty_rows():
     for lengths in ([0, 3, 0, 0, 2, 0], [4], [0, 0], []):
         ragged = tf.RaggedTensor.from_row_lengths(tf.range(sum(lengths)),

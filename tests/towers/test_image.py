@@ -26,6 +26,10 @@ def test_small_cnn_standard_checks(tmp_path):
     assert encoder.feature_dim == 16 and encoder.modality == "image"
 
 
+def test_encoder_deserializes_as_a_keras_layer_without_custom_objects():
+    tower_checks.check_keras_serialization(small(trainable=True))
+
+
 def test_small_cnn_frozen_weights_stay_frozen():
     tower_checks.check_frozen(small(trainable=False), [IMAGES])
 

@@ -90,6 +90,57 @@ def test_item_tower_config_round_trip_with_every_option():
     assert clone.encoders["image"].trainable
 
 
+def test_item_tower_call_arguments_are_checked_naming_them():
+    """``hidden_modalities="image"`` was read as the modalities i, m, a, g, e; ``embed_single``
+    of a modality the tower has not got was a bare KeyError."""
+    tower = item_tower()
+    with pytest.raises(ValueError, match=r"hidden_modalities must be a sequence of names .*"
+                                         r"got 'image'"):
+        tower(content(), hidden_modalities="image")
+    with pytest.raises(ValueError, match=r"embed_single: unknown modality 'audio'; the "
+                                         r"model's are text, image"):
+        tower.embed_single("audio", tf.ones([1, 5]))
+    hidden = tower(content(), hidden_modalities=["image"]).numpy()  # a list still works
+    np.testing.assert_allclose(hidden, tower(content(), hidden_modalities=("image",)).numpy())
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([-1.0, 0.5], r"serving mix weight of 'text' must be a finite number >= 0, got -1.0"),
+    ([1.0, -0.4], r"serving mix weight of 'image' must be a finite number >= 0, got -0.4"),
+    ([np.nan, 1.0], r"serving mix weight of 'text' must be a finite number >= 0, got nan"),
+    ([1.0], r"takes 2 weights, one per modality \(text, image\); got 1"),
+    ([0.0, 0.0], r"the weights \[0.0, 0.0\] are all 0; pass None"),
+])
+def test_a_serving_mix_needs_one_finite_non_negative_weight_per_modality(weights, message):
+    """Negative weights gave embeddings that are not unit length, NaN or a wrong length were
+    ignored or a Keras shape error; the mix that was set stays."""
+    tower = item_tower()
+    tower.set_serving_mix([0.25, 0.75])
+    with pytest.raises(ValueError, match=message):
+        tower.set_serving_mix(weights)
+    np.testing.assert_allclose(tower.serving_mix.numpy(), [0.25, 0.75])
+    tower.set_serving_mix(np.array([1.0, 0.0], np.float32))  # numpy weights are fine
+    tower.set_serving_mix(None)
+    assert not tower.serving_mix.numpy().any()
+
+
+def test_a_tower_of_one_modality_has_no_serving_mix_to_set():
+    """It was ``AttributeError: 'NoneType' object has no attribute 'assign'``."""
+    tower = ItemTower(["text"], 8)
+    with pytest.raises(ValueError, match=r"this tower has 1 modality \(text\); a serving mix "
+                                         r"needs two or more"):
+        tower.set_serving_mix([1.0])
+    tower.set_serving_mix(None)  # the fused embedding: what it serves anyway
+
+
+def test_towers_deserialize_as_keras_layers_without_custom_objects():
+    """Registered as Keras-serializable: a functional model holding a tower saves as
+    ``.keras`` and loads without ``custom_objects``."""
+    tower_checks.check_keras_serialization(item_tower(num_items=NUM_ITEMS, fusion="gated"))
+    tower_checks.check_keras_serialization(query_tower(users=USERS, feature_columns=["age"],
+                                                       history=np.array([[0], [1], [-1]])))
+
+
 def test_query_tower_config_round_trip_with_history_and_features():
     history = np.array([[0, 2], [1, -1], [-1, -1]])
     tower = query_tower(users=USERS, feature_columns=["age", "occupation"], history=history,

@@ -70,6 +70,10 @@ def test_projection_config_round_trips():
     assert (clone.dim, clone.hidden, clone.dropout, clone.name) == (6, (16, 8), 0.2, "p")
 
 
+def test_projection_deserializes_as_a_keras_layer_without_custom_objects():
+    tower_checks.check_keras_serialization(ModalityProjection(6, [16], dropout=0.2, name="p"))
+
+
 # --- fusion -----------------------------------------------------------------------------------
 
 
@@ -146,6 +150,10 @@ def test_unknown_fusion_mode_is_rejected():
 def test_fusion_config_round_trips():
     clone = MaskedFusion.from_config(MaskedFusion("gated", hidden=7).get_config())
     assert (clone.mode, clone.hidden) == ("gated", 7)
+
+
+def test_fusion_deserializes_as_a_keras_layer_without_custom_objects():
+    tower_checks.check_keras_serialization(MaskedFusion("attention", hidden=7, name="f"))
 
 
 # --- modality dropout -------------------------------------------------------------------------

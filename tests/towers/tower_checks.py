@@ -114,3 +114,13 @@ def check_tower(layer, inputs: Sequence, shape: tuple[int, ...], specs: Sequence
     check_config_round_trip(layer, inputs)
     check_savedmodel_round_trip(layer, inputs, specs, directory)
     return out
+
+
+def check_keras_serialization(layer) -> None:
+    """``tf.keras.layers.deserialize(serialize(layer))`` without ``custom_objects`` (the layer
+    class is registered as Keras-serializable) gives a layer of the same class and config: what
+    loading a ``.keras`` file of a functional model holding it does."""
+    config = layer.get_config()
+    clone = tf.keras.layers.deserialize(tf.keras.layers.serialize(layer))
+    assert type(clone) is type(layer)
+    assert json.loads(json.dumps(clone.get_config())) == json.loads(json.dumps(config))

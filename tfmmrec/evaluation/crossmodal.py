@@ -13,7 +13,9 @@ query's zeros leave them out): does an item's own plot (poster, clip) find it?
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -115,10 +117,13 @@ def _restrict(embeddings: Mapping[str, np.ndarray], present: Mapping[str, np.nda
 
 
 def embed_queries(model, ws, modality: str, contents, batch_size: int = 64) -> np.ndarray:
-    """Request contents (strings for text) → ``[Q, d]`` embeddings as ``query_<modality>``
-    embeds them: the workspace's (frozen) encoder, then the tower's embedding of that modality
-    alone (``ItemTower.embed_single``; the linear-CF columns, zeros in a content query, left
-    out)."""
+    """Request contents → ``[Q, d]`` embeddings as ``query_<modality>`` embeds them: the
+    workspace's (frozen) encoder, then the tower's embedding of that modality alone
+    (``ItemTower.embed_single``; the linear-CF columns, zeros in a content query, left out).
+
+    Text is strings. Another modality takes what its request carries (encoded file bytes:
+    PNG/JPEG, WAV…) or file paths, decoded by the modality's ``decode_request`` with the
+    export's limits, or already decoded encoder inputs (arrays)."""
     import tensorflow as tf
 
     if modality not in model.item_tower.modalities or modality not in ws.encoders:
@@ -130,13 +135,40 @@ def embed_queries(model, ws, modality: str, contents, batch_size: int = 64) -> n
     contents = list(contents)
     if not contents:
         return np.zeros((0, tower.projections[modality].dim), np.float32)
+    decoded = None
+    if modality != "text" and all(isinstance(c, str | bytes | os.PathLike) for c in contents):
+        decoded = _decoded(modality, ws.config, contents)  # a tensor, or a dict of them
     parts = []
     for start in range(0, len(contents), batch_size):
-        batch = tf.constant(contents[start:start + batch_size])
+        batch = (tf.constant(contents[start:start + batch_size]) if decoded is None else
+                 tf.nest.map_structure(lambda t, s=start: t[s:s + batch_size], decoded))
         features = batch if modality in tower.encoders else encoder(batch, training=False)
         parts.append(tower.embed_single(modality, features).numpy())
     dim = tower.projections[modality].dim
     return np.concatenate(parts)[:, :dim]
+
+
+def _decoded(modality: str, config, contents):
+    """File paths or request bytes of ``modality`` → its encoder inputs, as the export decodes
+    a request (they were sent to the encoder as strings: "Cast string to float")."""
+    import tensorflow as tf
+
+    from tfmmrec import modalities
+
+    requests = []
+    for content in contents:
+        if isinstance(content, bytes):
+            requests.append(content)
+            continue
+        path = Path(content).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{modality} query: no such file {str(path)!r} (pass file paths, "
+                             "the request's bytes, or decoded arrays)")
+        requests.append(path.read_bytes())
+    spec = modalities.get(modality)
+    settings = modalities.resolve_settings(modalities.settings_from_config(config))
+    return spec.decode_request(tf.constant(requests, tf.string), settings,
+                               config.export.limits)
 
 
 def precision_at_k(queries: np.ndarray, items: np.ndarray, relevant: np.ndarray,

@@ -30,9 +30,15 @@ _SPECS: dict[str, ModalitySpec] = {}
 
 def register(spec: ModalitySpec) -> ModalitySpec:
     """Add ``spec`` to the registry (a name registered twice is a mistake, not an update), and
-    its ``tower_config_class`` to ``Config`` as the section ``<name>:``."""
-    if not isinstance(spec, ModalitySpec) or not spec.name:
+    its ``tower_config_class`` to ``Config`` as the section ``<name>:``. A name ending in
+    ``_mask`` is refused: content batches key modality m's presence mask ``m + "_mask"``."""
+    if not isinstance(spec, ModalitySpec) or not isinstance(spec.name, str) or not spec.name:
         raise TypeError(f"register() takes a ModalitySpec instance with a name, got {spec!r}")
+    if spec.name.endswith("_mask"):
+        raise ValueError(f"modality name {spec.name!r} ends in '_mask': the item content table "
+                         "keys each modality's presence mask '<name>_mask', so a modality "
+                         "named so would take (or be taken for) another one's mask ('text_mask' "
+                         "is text's); choose another name")
     if spec.name in _SPECS:
         raise ValueError(f"modality {spec.name!r} is already registered "
                          f"({type(_SPECS[spec.name]).__name__})")

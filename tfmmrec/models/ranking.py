@@ -22,7 +22,7 @@ import tensorflow_recommenders as tfrs
 
 from tfmmrec.data import validate
 from tfmmrec.errors import ConfigError, DataError
-from tfmmrec.models.retrieval import RetrievalModel, user_input
+from tfmmrec.models.retrieval import RetrievalModel, batch_column, user_input
 
 RANKING_TASKS = ("regression", "binary", "listwise")
 
@@ -158,7 +158,7 @@ class MultitaskModel(RetrievalModel):
             logits = tf.reshape(scores, tf.shape(features["list_items"]))
             return self.rank_task(labels=features["list_ratings"], predictions=logits,
                                   compute_metrics=not training)
-        item_index = tf.cast(features["item_index"], tf.int32)
+        item_index = tf.cast(batch_column(features, "item_index"), tf.int32)
         queries = self.query_embeddings(user_input(features), training, exclude=item_index)
         positive = self.head(queries, self.item_embeddings(item_index, training))
         if self.ranking_task == "regression":

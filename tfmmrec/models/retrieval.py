@@ -8,6 +8,8 @@ each logit so the model learns preference rather than popularity (Yi et al., Rec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -104,7 +106,7 @@ class RetrievalModel(tfrs.Model):
         self.item_probability = None
         if item_probability is not None:
             item_probability = _checked_probability(item_probability,
-                                                    _catalogue_size(content_table, item_tower))
+                                                    catalogue_size(content_table, item_tower))
             self.item_probability = tf.constant(np.maximum(item_probability, 1e-12), tf.float32)
         self.remove_accidental_hits = remove_accidental_hits
         if negatives not in NEGATIVES:
@@ -114,7 +116,7 @@ class RetrievalModel(tfrs.Model):
         self.num_items = self.candidate_index = None
         self._candidate_cache = None
         if negatives == "full":
-            size = _catalogue_size(content_table, item_tower)
+            size = catalogue_size(content_table, item_tower)
             mask = (np.ones(_num_rows(content_table, item_tower), bool)
                     if candidate_items is None else np.asarray(candidate_items, bool))
             self.num_items = len(mask) if size is None else size
@@ -137,6 +139,16 @@ class RetrievalModel(tfrs.Model):
             self.alignment = ModalityAlignment(item_tower.modalities, alignment_temperature,
                                                name="alignment")
             self.alignment_loss = tf.keras.metrics.Mean(name="alignment_loss")
+
+    def save(self, filepath, *args, **kwargs):
+        """Refused with the way that works. The model holds the catalogue's features and is
+        rebuilt from its run's config (``get_config`` is empty), so Keras would write a
+        ``.keras`` file that cannot be loaded, or fail on its SavedModel trace."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.save({filepath!r}) is not supported: keep the weights "
+            "(model.save_weights, what `tfmmrec train` checkpoints hold) and rebuild with "
+            "tfmmrec.restore(run_dir); to serve it, export it (tfmmrec.export_model or "
+            "`tfmmrec export`: a SavedModel with its top-k index)")
 
     def build_from_example(self) -> None:
         """Create all variables now (checkpoint restore and BackupAndRestore need them)."""
@@ -191,7 +203,7 @@ class RetrievalModel(tfrs.Model):
     def compute_loss(self, features, training=False):
         if self.objective == "users":
             return self._hidden_history_loss(user_input(features), training)
-        item_index = tf.cast(features["item_index"], tf.int32)
+        item_index = tf.cast(batch_column(features, "item_index"), tf.int32)
         queries = self.query_embeddings(user_input(features), training=training,
                                         exclude=item_index)
         if self.negatives == "full":
@@ -395,9 +407,15 @@ def _check_parts(query_tower, item_tower, content_table) -> None:
     if query_tower.dim != item_tower.dim:
         raise ValueError(f"the towers embed into one space: query_tower.dim={query_tower.dim} "
                          f"but item_tower.dim={item_tower.dim}")
+    missing = [m for m in item_tower.modalities if m not in content_table.modalities]
+    if missing:  # else a KeyError from inside the item tower on the first call
+        raise ValueError(f"item_tower embeds {', '.join(missing)} but content_table holds "
+                         f"{', '.join(content_table.modalities) or 'no modality'}: build the "
+                         "table with every modality of the tower")
 
 
-def _catalogue_size(content_table: ItemContentTable, item_tower: ItemTower) -> int | None:
+def catalogue_size(content_table: ItemContentTable, item_tower: ItemTower) -> int | None:
+    """The catalogue's rows (content table, else item-id embedding); None if neither says."""
     try:
         return _num_rows(content_table, item_tower)
     except ValueError:
@@ -428,8 +446,39 @@ def _num_rows(content_table: ItemContentTable, item_tower: ItemTower) -> int:
 
 def user_input(features) -> tf.Tensor:
     """The batch's users: ``user_index`` (vocabulary indices, what the training pipeline feeds)
-    or ``user_id`` strings (what callers outside training may pass)."""
-    return features["user_index"] if "user_index" in features else features["user_id"]
+    or ``user_id`` (what callers outside training pass: strings, or integer ids as pandas reads
+    a numeric column, turned into the text the vocabulary holds; read as positions they
+    would each answer for another user)."""
+    if "user_index" in features:
+        return batch_column(features, "user_index")
+    users = batch_column(features, "user_id")
+    if users.dtype.is_integer:
+        return tf.strings.as_string(users)
+    if users.dtype != tf.string:
+        raise ValueError(f"features['user_id'] must hold ids (strings, or integers), got "
+                         f"{users.dtype.name}")
+    return users
+
+
+def batch_column(features, key: str) -> tf.Tensor:
+    """``features[key]`` as a ``[batch]`` tensor, or an error naming the keys a training batch
+    holds and the shape it must have (else a KeyError or a shape error from deep in a step)."""
+    if not isinstance(features, Mapping):
+        raise ValueError(f"a training batch is a dict of features (user_index or user_id, and "
+                         f"item_index), got {type(features).__name__}")
+    if key not in features:
+        raise ValueError(f"a training batch needs {BATCH_KEYS[key]}; it has "
+                         f"{', '.join(map(repr, sorted(features))) or 'no keys'}")
+    column = tf.convert_to_tensor(features[key])
+    if column.shape.rank is not None and column.shape.rank != 1:
+        raise ValueError(f"features[{key!r}] must be a [batch] vector (batch the dataset, one "
+                         f"value per example), got shape {column.shape}")
+    return column
+
+
+BATCH_KEYS = {"user_index": "'user_index' (vocabulary positions) or 'user_id' (ids)",
+              "user_id": "'user_index' (vocabulary positions) or 'user_id' (ids)",
+              "item_index": "'item_index' (catalogue positions of the positive items)"}
 
 
 def _replicas_in_sync() -> int:

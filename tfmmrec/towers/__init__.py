@@ -1,6 +1,8 @@
 """Towers: encoders (raw content → feature), projections (feature → shared space), fusion, query.
 
-Towers are plain Keras layers, usable in anyone's own TFRS model.
+Towers are plain Keras layers, usable in anyone's own TFRS model. The layers with a
+``get_config`` are registered as Keras-serializable (package ``tfmmrec``), so a functional model
+holding them saves as ``.keras`` and loads with no ``custom_objects``.
 """
 
 from tfmmrec.towers.encoders import Encoder, build_encoder

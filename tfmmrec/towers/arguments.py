@@ -3,14 +3,16 @@
 Keras accepts a string where a list of names belongs (``ItemTower("text", 8)`` had the
 modalities ``t, e, x, t``), a negative width until a ``Dense`` deep inside names its own
 ``units``, and a temperature of 0 until the loss is NaN. Each check here raises one
-``ValueError`` naming the argument and the value, as the config's own checks do.
+``ValueError`` naming the argument and the value, as the config's own checks do; a value of
+the wrong kind altogether (a number where a mapping belongs) is a ``TypeError``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -63,10 +65,30 @@ def names(name: str, value: Any, unique: bool = True) -> tuple[str, ...]:
     for i, item in enumerate(out):
         if not isinstance(item, str):
             raise _fail(f"{name}[{i}]", item, "a string")
-    if unique and len(set(out)) != len(out):
-        repeated = sorted({item for item in out if out.count(item) > 1})
-        raise ValueError(f"{name} names {', '.join(map(repr, repeated))} more than once")
+    if unique and len(set(out)) != len(out):  # Counter: a vocabulary can hold a million ids
+        repeated = sorted(item for item, count in Counter(out).items() if count > 1)
+        more = f" (and {len(repeated) - 10} more)" if len(repeated) > 10 else ""
+        raise ValueError(f"{name} names {', '.join(map(repr, repeated[:10]))}{more} more "
+                         "than once")
     return out
+
+
+def mapping(name: str, value: Any, of: str, optional: bool = True) -> dict:
+    """A mapping (``None``: empty if ``optional``), copied; ``of`` says what it maps (``0.5``
+    for a per-modality mapping would otherwise be "'float' object is not iterable")."""
+    if value is None and optional:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of {of}, got {value!r}")
+    return dict(value)
+
+
+def one_of(name: str, value: Any, allowed: Iterable[str]) -> str:
+    """One of the ``allowed`` strings."""
+    allowed = tuple(allowed)
+    if not isinstance(value, str) or value not in allowed:
+        raise _fail(name, value, f"one of {', '.join(map(repr, allowed))}")
+    return value
 
 
 def known(name: str, given: Iterable[str], allowed: Iterable[str]) -> None:

@@ -17,6 +17,7 @@ MEL_BINS = 64
 LOG_MEL_MEAN, LOG_MEL_VARIANCE = -2.0, 4.0  # the small CNN's fixed input normalisation
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class AudioEncoder(Encoder):
     """``{"waveform": [B, T] float32, "length": [B] int32}`` → ``[B, feature_dim]``.
 

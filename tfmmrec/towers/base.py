@@ -21,6 +21,7 @@ from tfmmrec import modalities
 from tfmmrec.errors import ConfigError
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class Encoder(tf.keras.layers.Layer):
     """Base class: raw batch → ``[batch, feature_dim]`` float32 features.
 

@@ -322,6 +322,7 @@ def empty_weights(num_items: int, rank: int, feature_width: int,
                            1.0 if kernel else 0.0, foldin_columns=int(foldin_columns))
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class LinearCF(tf.keras.layers.Layer):
     """The closed-form CF part of both towers (see the module docstring).
 

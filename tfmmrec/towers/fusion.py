@@ -30,6 +30,7 @@ def drop_modalities(mask: tf.Tensor, rate: float, seed) -> tf.Tensor:
     return tf.where(nothing_left, mask, dropped)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class MaskedFusion(tf.keras.layers.Layer):
     """Fuse ``[B, M, d]`` modality embeddings under a ``[B, M]`` presence mask into ``[B, d]``.
 

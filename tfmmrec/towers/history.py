@@ -81,6 +81,7 @@ def row_ids(row_splits: tf.Tensor) -> tf.Tensor:
     return tf.cumsum(starts[:-1])
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class HistoryEncoder(tf.keras.layers.Layer):
     """User index → weighted mean of their history items' learned embeddings, ``[B, dim]``.
 

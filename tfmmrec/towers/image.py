@@ -26,6 +26,7 @@ KERAS_APPLICATIONS = {
 }
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class ImageEncoder(Encoder):
     """Images ``[B, H, W, 3]`` float32 in [0, 1] → ``[B, feature_dim]``.
 

@@ -7,7 +7,7 @@ export (where encoders are composed in front of ``embed_single`` for query-by-co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -15,7 +15,7 @@ import tensorflow as tf
 from tfmmrec.towers import arguments
 from tfmmrec.towers.cf import LinearCF
 from tfmmrec.towers.encoders import Encoder
-from tfmmrec.towers.fusion import MaskedFusion, drop_modalities
+from tfmmrec.towers.fusion import FUSION_MODES, MaskedFusion, drop_modalities
 from tfmmrec.towers.noise import Noise
 from tfmmrec.towers.precision import check_precision
 from tfmmrec.towers.projection import ModalityProjection
@@ -31,13 +31,11 @@ class ItemContentTable(tf.keras.layers.Layer):
     def __init__(self, contents: Mapping[str, object], masks: Mapping[str, np.ndarray],
                  **kwargs):
         super().__init__(trainable=False, **kwargs)
-        for m, value in contents.items():  # one row per item everywhere
-            if m not in masks:
-                raise ValueError(f"masks has no entry for modality {m!r}")
-            rows = {int(np.shape(leaf)[0]) for leaf in tf.nest.flatten(value)}
-            if rows != {len(masks[m])}:
-                raise ValueError(f"{m}: {sorted(rows)} content row(s) but {len(masks[m])} "
-                                 "mask entries; give one of each per item")
+        contents = arguments.mapping("contents", contents, "modality → content [N, ...]",
+                                     optional=False)
+        masks = arguments.mapping("masks", masks, "modality → presence mask [N]",
+                                  optional=False)
+        _check_content(contents, masks)
         self.modalities = tuple(contents)
         self._contents = {
             m: tf.nest.map_structure(lambda a, m=m: self._variable(f"{m}_content", a), value)
@@ -58,6 +56,56 @@ class ItemContentTable(tf.keras.layers.Layer):
         return out
 
 
+def _check_content(contents: Mapping[str, object], masks: Mapping[str, object]) -> None:
+    """One row per item in every modality, a 0/1 ``[N]`` mask each, finite float content, and
+    no modality named like another batch key (``item_index``, ``text_mask``).
+
+    The table is every batch's content, so a mistake here is silent later: a mask value of 5
+    weighs its item's modality 5 times in the masked mean, a ``[N, 1]`` mask broadcasts to
+    ``[B, B]``, rows of another count misalign items and NaN features make the item's
+    embedding NaN. Checked once at construction; the finiteness check sums each float leaf
+    in float64 (numpy's buffered cast: no copy of a large feature array) and only looks
+    entry by entry when that sum is not finite.
+    """
+    clash = sorted(set(contents) & {"item_index", *(f"{m}_mask" for m in contents)})
+    if clash:  # the batch would hold one key for two things (modalities.register refuses them)
+        raise ValueError(f"contents: modality name(s) {clash} are keys of the content batch "
+                         "already (item_index, or another modality's '<name>_mask')")
+    counts: dict[str, int] = {}
+    for m, value in contents.items():
+        if m not in masks:
+            raise ValueError(f"masks has no entry for modality {m!r}")
+        leaves = [np.asarray(leaf) for leaf in tf.nest.flatten(value)]
+        if not leaves or any(leaf.ndim == 0 for leaf in leaves):
+            raise ValueError(f"contents[{m!r}] must hold arrays of one row per item, got "
+                             f"{value!r}"[:200])
+        mask = np.asarray(masks[m])
+        if mask.ndim != 1:
+            raise ValueError(f"masks[{m!r}] must be 1-D (one 0/1 entry per item), got shape "
+                             f"{mask.shape}")
+        rows = {int(leaf.shape[0]) for leaf in leaves}
+        if rows != {len(mask)}:  # one row per item everywhere
+            raise ValueError(f"{m}: {sorted(rows)} content row(s) but {len(mask)} "
+                             "mask entries; give one of each per item")
+        if not np.isin(mask, (0, 1)).all():
+            bad = np.unique(mask[~np.isin(mask, (0, 1))])[:5].tolist()
+            raise ValueError(f"masks[{m!r}] must hold 0 (absent) or 1 (present) only, got "
+                             f"{bad} (a mask value weighs its modality in the masked mean)")
+        for leaf in leaves:
+            if np.issubdtype(leaf.dtype, np.floating) and leaf.size \
+                    and not np.isfinite(np.sum(leaf, dtype=np.float64)) \
+                    and not np.isfinite(leaf).all():
+                bad_rows = np.flatnonzero(~np.isfinite(leaf.reshape(len(leaf), -1)).all(1))
+                raise ValueError(f"contents[{m!r}] has NaN or infinite values in "
+                                 f"{len(bad_rows)} row(s) (first: {bad_rows[:5].tolist()}); an "
+                                 "absent item's row should be zeros with mask 0")
+        counts[m] = len(mask)
+    if len(set(counts.values())) > 1:
+        raise ValueError("every modality needs one row per item, got "
+                         + ", ".join(f"{m}: {n}" for m, n in counts.items()))
+
+
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class ItemTower(tf.keras.layers.Layer):
     """Projections per modality → masked fusion (+ optional item-id embedding) → L2 normalise.
 
@@ -103,15 +151,26 @@ class ItemTower(tf.keras.layers.Layer):
         self.training_precision = check_precision(training_precision)
         self.modalities = arguments.names("modalities", modalities)
         self.dim = arguments.positive_int("dim", dim)
-        self.encoders = dict(encoders or {})
-        feature_dropout = dict(feature_dropout or {})
+        if num_items is not None:
+            arguments.positive_int("num_items", num_items)
+        elif not self.modalities:  # the fusion of nothing: tf.add_n([]) at the first call
+            raise ValueError("ItemTower needs a modality or num_items (an item-id embedding), "
+                             "got modalities=[] and num_items=None")
+        # checked without modalities too: get_config records it for a tower that may get some
+        arguments.one_of("fusion", fusion, FUSION_MODES)
+        self.encoders = arguments.mapping("encoders", encoders, "modality → Encoder")
+        arguments.known("encoders", self.encoders, self.modalities)  # else silently unused
+        for modality, encoder in self.encoders.items():
+            if not isinstance(encoder, Encoder):
+                raise TypeError(f"encoders[{modality!r}] must be an Encoder "
+                                f"(towers.encoders.build_encoder), got {encoder!r}")
+        feature_dropout = arguments.mapping("feature_dropout", feature_dropout,
+                                            "modality → dropout rate")
         arguments.known("feature_dropout", feature_dropout, self.modalities)
         for modality, value in feature_dropout.items():
             arguments.rate(f"feature_dropout[{modality!r}]", value)
         arguments.rate("dropout", dropout)
         arguments.rate("modality_dropout", modality_dropout)
-        if num_items is not None:
-            arguments.positive_int("num_items", num_items)
         self.projection_hidden = arguments.widths("projection_hidden", projection_hidden)
         self.fusion_mode = fusion
         self.num_items = num_items
@@ -126,9 +185,7 @@ class ItemTower(tf.keras.layers.Layer):
                             for m in self.modalities}
         self.fusion = MaskedFusion(fusion, name="fusion") if self.modalities else None
         self.modality_dropout = modality_dropout
-        if not 0 <= id_dropout < 1:
-            raise ValueError(f"item id dropout must be in [0, 1), got {id_dropout}")
-        self.id_dropout = id_dropout
+        self.id_dropout = arguments.rate("id_dropout", id_dropout)
         self.noise = Noise()
         self.id_embedding = None
         if num_items is not None:
@@ -221,8 +278,11 @@ class ItemTower(tf.keras.layers.Layer):
         return tf.unstack(tf.math.l2_normalize(self.fusion.alone(embeddings), axis=-1))
 
     def call(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
-        """Item embeddings; ``hidden_modalities`` are treated as missing (for ablations)."""
-        arguments.known("hidden_modalities", hidden_modalities, self.modalities)
+        """Item embeddings; ``hidden_modalities`` are treated as missing (for ablations).
+        A lone string is refused (its characters are not modality names)."""
+        arguments.known("hidden_modalities",
+                        arguments.names("hidden_modalities", hidden_modalities, unique=False),
+                        self.modalities)
         fused, embeddings, mask = self.encode(content, training, hidden_modalities)
         if not training and self.serving_mix is not None:
             fused = tf.cond(tf.reduce_sum(self.serving_mix) > 0,
@@ -247,9 +307,39 @@ class ItemTower(tf.keras.layers.Layer):
         return tf.reduce_sum(singles * w[..., None], axis=1)
 
     def set_serving_mix(self, weights: Sequence[float] | None) -> None:
-        """Serve the weighted mix of single-modality embeddings (None: the fused embedding)."""
-        self.serving_mix.assign(np.zeros(len(self.modalities)) if weights is None
-                                else np.asarray(weights, np.float32))
+        """Serve the weighted mix of single-modality embeddings (None: the fused embedding).
+
+        ``weights``: one finite weight >= 0 per modality, in ``modalities`` order, not all
+        zero. ``mix`` renormalises them over each item's present modalities, so a negative
+        weight gives embeddings that are not unit length (or flips a modality), and a NaN one,
+        like all zeros, would silently serve the fused embedding (``call`` mixes only when the
+        sum is > 0). A tower of one modality (or none) has no mix: ``None`` is then a no-op
+        (it serves the fused embedding already) and weights are refused.
+        """
+        if self.serving_mix is None:
+            if weights is None:
+                return
+            raise ValueError(f"set_serving_mix: this tower has {len(self.modalities)} "
+                             f"modalit{'y' if len(self.modalities) == 1 else 'ies'} "
+                             f"({', '.join(self.modalities) or 'none'}); a serving mix needs "
+                             "two or more")
+        if weights is None:
+            self.serving_mix.assign(np.zeros(len(self.modalities), np.float32))
+            return
+        if isinstance(weights, str | bytes | Mapping) or not isinstance(weights, Iterable):
+            raise TypeError("set_serving_mix takes a sequence of weights, one per modality "
+                            f"({', '.join(self.modalities)}), or None; got {weights!r}")
+        values = list(weights)
+        if len(values) != len(self.modalities):
+            raise ValueError(f"set_serving_mix takes {len(self.modalities)} weights, one per "
+                             f"modality ({', '.join(self.modalities)}); got {len(values)}: "
+                             f"{values!r}")
+        values = [arguments.non_negative(f"serving mix weight of {m!r}", w)
+                  for m, w in zip(self.modalities, values, strict=True)]
+        if not sum(values) > 0:
+            raise ValueError(f"set_serving_mix: the weights {values} are all 0; pass None to "
+                             "serve the fused embedding")
+        self.serving_mix.assign(np.asarray(values, np.float32))
 
     def encode(self, content: Mapping[str, tf.Tensor], training=False, hidden_modalities=()):
         """(fused ``[B, d]``, projected ``[B, M, d]`` or None, true presence mask or None).
@@ -277,6 +367,7 @@ class ItemTower(tf.keras.layers.Layer):
         ``content`` is what the table stores for that modality (cached features, or raw content
         when the encoder runs inside the tower).
         """
+        arguments.known("embed_single", [modality], self.modalities)  # not a bare KeyError
         projected = self.project(modality, content, training)
         position = self.modalities.index(modality)
         embeddings = tf.stack([projected if m == modality else tf.zeros_like(projected)

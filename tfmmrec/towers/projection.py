@@ -57,6 +57,7 @@ class Dropout(tf.keras.layers.Dropout):
         return tf.where(keep, inputs * (1.0 / (1.0 - self.rate)), tf.zeros_like(inputs))
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class ModalityProjection(tf.keras.layers.Layer):
     """LayerNorm → (feature dropout) → optional hidden ReLU layers → linear map to ``dim``.
 

@@ -12,7 +12,7 @@ which also makes the CPU/GPU step cheaper.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ def user_lookup(user_ids: Sequence[str]) -> tf.keras.layers.StringLookup:
     return tf.keras.layers.StringLookup(vocabulary=[str(u) for u in user_ids], num_oov_indices=1)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class QueryTower(tf.keras.layers.Layer):
     """User-id embedding ⊕ user-feature embeddings (⊕ mean recent-item embedding) → MLP → L2.
 
@@ -70,13 +71,13 @@ class QueryTower(tf.keras.layers.Layer):
         self.id_dropout = arguments.rate("id_dropout", id_dropout)
         self.noise = Noise()
         self.id_dim = None if id_dim is None else arguments.positive_int("id_dim", id_dim)
-        if isinstance(user_ids, str | bytes):
-            raise ValueError(f"user_ids must be a sequence of ids, got the string {user_ids!r}")
-        vocabulary = [str(u) for u in user_ids]
+        vocabulary = _vocabulary(user_ids)
         self.vocabulary = tuple(vocabulary)
         self.lookup = user_lookup(vocabulary)
+        feature_columns = arguments.names("feature_columns", feature_columns)
         if feature_tables is not None and feature_columns:
             raise ValueError("pass users/feature_columns or feature_tables, not both")
+        history = _history(history, len(vocabulary))
         if feature_tables is None:
             self.categorical, self.numeric = _feature_tables(vocabulary, users, feature_columns)
         else:
@@ -212,13 +213,58 @@ class QueryTower(tf.keras.layers.Layer):
         return tf.reduce_sum(embedded * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
 
 
+def _vocabulary(user_ids: Any) -> list[str]:
+    """``user_ids`` as the lookup's vocabulary: a non-empty sequence of distinct ids (as
+    strings). StringLookup's own errors for an empty or repeated vocabulary do not name
+    ``user_ids``, and a string would be a vocabulary of its characters."""
+    if isinstance(user_ids, str | bytes):
+        raise ValueError(f"user_ids must be a sequence of ids, got the string {user_ids!r}")
+    if not isinstance(user_ids, Iterable):
+        raise ValueError(f"user_ids must be a sequence of ids, got {user_ids!r}")
+    vocabulary = [str(u) for u in user_ids]
+    if not vocabulary:
+        raise ValueError("user_ids is empty: the query tower needs the known users' ids")
+    arguments.names("user_ids", vocabulary)  # each id once
+    return vocabulary
+
+
+def _history(history: Any, num_users: int) -> np.ndarray | None:
+    """``history`` as a ``[num_users, H]`` integer array (a nested list is read as the array
+    it spells, as ``from_config`` does), one row per user id: a row short would be a gather
+    error at the first call of a user past it, a 1-D one an IndexError here."""
+    if history is None:
+        return None
+    try:
+        array = np.asarray(history)
+    except ValueError:  # ragged rows
+        raise ValueError("history must be a [num_users, H] array of item indices (-1 = "
+                         "padding); its rows differ in length") from None
+    if array.ndim != 2 or len(array) != num_users:
+        raise ValueError(f"history must be a [num_users, H] array of item indices (-1 = "
+                         f"padding), one row per user id ({num_users}); got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"history must hold integer item indices, got dtype {array.dtype}")
+    return array
+
+
 def _feature_tables(vocabulary: list[str], users: pd.DataFrame | None,
                     columns: Sequence[str]) -> tuple[dict[str, tf.Tensor], tf.Tensor | None]:
-    """Per-user feature rows aligned with the lookup (row 0 = unknown user: zeros/OOV)."""
+    """Per-user feature rows aligned with the lookup (row 0 = unknown user: zeros/OOV).
+    Columns without a users table, or not in it, are refused (not ignored, not a KeyError)."""
     categorical: dict[str, tf.Tensor] = {}
     numeric: list[np.ndarray] = []
-    if users is None or not columns:
+    if not columns:
         return categorical, None
+    if users is None:
+        raise ValueError(f"feature_columns {list(columns)} need users, the table that holds "
+                         "them (with a user_id column)")
+    if not isinstance(users, pd.DataFrame):
+        raise TypeError(f"users must be a pandas DataFrame, got {type(users).__name__}")
+    missing = [c for c in ("user_id", *columns) if c not in users.columns]
+    if missing:
+        raise ValueError(f"users has no column {', '.join(map(repr, missing))} (it needs "
+                         f"user_id and the feature_columns {list(columns)}); its columns are "
+                         f"{', '.join(map(str, users.columns))}")
     frame = users.set_index("user_id").reindex(vocabulary)
     for column in columns:
         values = frame[column]

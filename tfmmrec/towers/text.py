@@ -28,6 +28,7 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class TextEncoder(Encoder):
     """BERT backbone + preprocessor with masked-mean (sentence-transformers style) or CLS pooling.
 
@@ -152,6 +153,7 @@ def trim_padding(tokens: dict[str, tf.Tensor], bucketed: bool = False) -> dict[s
     return {key: value[:, :length] for key, value in tokens.items()}
 
 
+@tf.keras.utils.register_keras_serializable(package="tfmmrec")
 class FacetsEncoder(TextEncoder):
     """The text encoder over ``data.facet_columns`` only (``modalities.facets``): its own
     modality, so its own cache file, config section and ``query_facets`` signature."""
