@@ -180,3 +180,20 @@ def test_a_test_files_ratings_are_kept_and_checked_as_interactions_csvs(tmp_path
         load_dataset(str(bad))
     assert str(same.value).startswith(f"{bad / 'interactions.csv'}: "
                                       + message.format(name="interactions.csv"))
+
+
+def test_a_media_column_empty_in_every_row_is_no_modality(tmp_path, caplog):
+    """It became one: trained from a projection that never saw a file, and exported with a
+    query_image that answered confidently (a review's catalogue with an empty poster column)."""
+    items = ("item_id,title,poster,audio\ni1,Starship Love,,audio/i1.wav\n"
+             "i2,Forest Tides,,audio/i2.wav\ni3,The Riddle,,\n")
+    root = make_folder(tmp_path / "d", items=items)
+    with caplog.at_level("WARNING"):
+        dataset = load_dataset(DataConfig(path=str(root), image_column="poster"))
+    assert dataset.catalog.modalities == ("text", "audio")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{root / 'items.csv'}: the image column 'poster' has no value in any row: image is "
+        "not a modality of this catalogue"]
+    (root / "items.csv").write_text(items.replace("i3,The Riddle,,", "i3,The Riddle,images/i1.png,"))
+    assert load_dataset(DataConfig(path=str(root), image_column="poster")).catalog.modalities \
+        == ("text", "image", "audio")

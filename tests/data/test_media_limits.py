@@ -326,3 +326,66 @@ def test_a_webp_with_alpha_decodes_as_its_png_does_offline_and_in_serving(tmp_pa
     serving = tf.function(lambda b: media.decode_image(b, 16, 16_777_216))(
         tf.constant((tmp_path / "cut.webp").read_bytes()))
     np.testing.assert_array_equal(offline, serving.numpy())
+
+
+# --- the memory of reading a media file is bounded, whatever the file's size ----------------
+
+def _sparse_wav(path: Path, seconds: int, rate: int = 48_000) -> Path:
+    """A 16-bit stereo WAV whose header declares ``seconds`` of (silent) audio, written as a
+    sparse file: the reviewer's 3-hour recording, cheap on disk."""
+    frames = seconds * rate
+    data_bytes = frames * 4
+    header = (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt "
+              + struct.pack("<IHHIIHH", 16, 1, 2, rate, rate * 4, 4, 16)
+              + b"data" + struct.pack("<I", data_bytes))
+    with path.open("wb") as file:
+        file.write(header)
+        file.truncate(len(header) + data_bytes)
+    return path
+
+
+def _peak_bytes(call) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_long_clip_cropped_to_seconds_is_not_read_whole(tmp_path):
+    """Every file was read whole into memory before decoding (a 2 GB recording used for 2 s
+    took 3.2 GB of RSS): libsndfile now reads the file, only as far as max_seconds reaches,
+    and the cache key is hashed 1 MiB at a time."""
+    from tfmmrec.modalities import get
+
+    path = _sparse_wav(tmp_path / "long.wav", seconds=1_000)  # 192 MB declared
+    assert path.stat().st_size > 180 * 2**20
+    clip = []
+    peak = _peak_bytes(lambda: clip.append(media.load_audio(path, 16_000, max_seconds=2.0)))
+    assert clip[0].shape == (32_000,) and peak < 20 * 2**20
+    key = []
+    peak = _peak_bytes(lambda: key.append(get("audio").content_key(str(path))))
+    assert peak < 20 * 2**20
+    import hashlib
+
+    assert key[0] == hashlib.sha1(path.read_bytes()).hexdigest()  # the same key as before
+
+
+def test_an_image_file_larger_than_any_allowed_image_is_refused_unread(tmp_path):
+    """A poster with gigabytes appended was read whole: a file over 8 bytes a pixel of the
+    limit (plus 1 MiB of metadata) cannot be an image within it, and is refused by size."""
+    path = _noise_png(tmp_path / "padded.png")
+    with path.open("ab") as file:
+        file.truncate(path.stat().st_size + 2 * 2**20)
+    limit = media.image_file_limit(1_000)
+    assert limit == 8_000 + 2**20
+    for call in (lambda: media.load_image(path, 16, max_pixels=1_000),
+                 lambda: media.check_image_file(path, max_pixels=1_000)):
+        with pytest.raises(MediaDecodeError, match=rf"image file too large — {path} holds "
+                                                   rf"2,\d{{3}},\d{{3}} bytes, over the "
+                                                   rf"{limit:,}"):
+            call()
+    assert media.load_image(path, 16, max_pixels=None).shape == (16, 16, 3)  # no limit

@@ -25,6 +25,7 @@ from tfmmrec.config import Config, DataConfig
 from tfmmrec.data import validate
 from tfmmrec.data.splits import SPLIT_COLUMN, SPLIT_VALUES
 from tfmmrec.errors import DataError, shown
+from tfmmrec.modalities.base import FileModality
 
 # Ratings are read as float32 in training: a larger one overflows to inf and every loss to NaN.
 RATING_LIMIT = float(np.finfo(np.float32).max)
@@ -190,7 +191,24 @@ def _load_catalog(root: Path, path: Path, config: DataConfig) -> Catalog:
     validate.require_columns(frame, path, [c for c in configured if c])
     values = catalog_values(frame, root, {name: columns.of(name) for name in modalities.names()},
                             path)
+    columns = _without_empty_media(columns, values, path)
     return Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values, columns, frame)
+
+
+def _without_empty_media(columns: ModalityColumns, values: Mapping[str, Sequence],
+                         path: Path) -> ModalityColumns:
+    """A media column with no value in any row names no modality of this catalogue: it was
+    trained as one (a projection that never saw a file) and exported with a ``query_image``
+    that answered confidently from it. Said, and left out."""
+    kept = {name: columns.of(name) for name in modalities.names()}
+    for spec in modalities.specs():
+        if (isinstance(spec, FileModality) and kept[spec.name]
+                and not any(spec.present(v) for v in values[spec.name])):
+            logger.warning("%s: the %s column %s has no value in any row: %s is not a modality "
+                           "of this catalogue", path, spec.name,
+                           ", ".join(map(repr, kept[spec.name])), spec.name)
+            kept[spec.name] = ()
+    return ModalityColumns.from_mapping(kept)
 
 
 def catalog_values(frame: pd.DataFrame, root: Path, columns: Mapping[str, tuple[str, ...]],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -368,7 +369,7 @@ def load_image(path: str | Path, image_size: int,
     4x the serving limit, by default; ``None``: no limit), so an oversized image is refused
     with :class:`MediaDecodeError` before a single pixel is decoded.
     """
-    data = _read_bytes(path, "image", _IMAGE_FORMATS)
+    data = _read_bytes(path, "image", _IMAGE_FORMATS, limit=image_file_limit(max_pixels))
     if max_pixels is not None:
         _check_image_size(data, path, max_pixels, strict=False)
     try:
@@ -386,7 +387,7 @@ def check_image_file(path: str | Path, max_pixels: int | None = MAX_IMAGE_PIXELS
     so an oversized image is never decoded), or is broken past its header
     (:func:`_check_image_data`). ``tfmmrec validate`` runs it on every file, so it stays cheap.
     """
-    data = _read_bytes(path, "image", _IMAGE_FORMATS)
+    data = _read_bytes(path, "image", _IMAGE_FORMATS, limit=image_file_limit(max_pixels))
     height, width = _check_image_size(data, path, max_pixels, strict=True)
     _check_image_data(data, path)
     return width, height
@@ -666,10 +667,12 @@ def load_audio(
 ) -> np.ndarray:
     """Decode any libsndfile format from a file into float32 mono [T] at ``sample_rate``.
 
-    Limits as for :func:`load_audio_bytes`."""
-    data = _read_bytes(path, "audio", _AUDIO_FORMATS)
-    return load_audio_bytes(data, sample_rate, max_seconds, source=str(path),
-                            max_sample_rate=max_sample_rate, max_audio_seconds=max_audio_seconds)
+    Limits as for :func:`load_audio_bytes`. libsndfile reads the file itself, so only the
+    frames ``max_seconds`` reaches are read (a 2 GB recording cropped to 2 s used to be read
+    whole into memory first)."""
+    _read_bytes(path, "audio", _AUDIO_FORMATS, size=0)  # missing / unreadable: one line
+    return _decode_audio(str(path), sample_rate, max_seconds, str(path), max_sample_rate,
+                         max_audio_seconds)
 
 
 def load_audio_bytes(
@@ -689,8 +692,15 @@ def load_audio_bytes(
     and cutting); without it, a clip longer than ``max_audio_seconds`` is refused. Both limits
     default to the serving ones (``export.limits``).
     """
+    return _decode_audio(io.BytesIO(data), sample_rate, max_seconds, source, max_sample_rate,
+                         max_audio_seconds)
+
+
+def _decode_audio(file, sample_rate: int, max_seconds: float | None, source: str,
+                  max_sample_rate: int, max_audio_seconds: float) -> np.ndarray:
+    """A file path or file object, decoded as :func:`load_audio_bytes` describes."""
     max_samples = _max_samples(max_seconds, sample_rate)
-    with _audio_clip(io.BytesIO(data), source) as clip:
+    with _audio_clip(file, source) as clip:
         rate, frames = int(clip.samplerate), int(clip.frames)
         _check_audio_header(rate, frames, source, max_samples is None,
                             max_sample_rate, max_audio_seconds)
@@ -770,11 +780,27 @@ def _input_frames(max_samples: int, rate: int, sample_rate: int) -> int:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _read_bytes(path: str | Path, kind: str, formats: str, size: int = -1) -> bytes:
-    """The file's bytes (the first ``size`` of them, ``-1``: all)."""
+def image_file_limit(max_pixels: int | None) -> int | None:
+    """The largest image file read for ``max_pixels`` (None: no limit): 8 bytes a pixel (a
+    16-bit RGBA image stored uncompressed) and 1 MiB of headers and metadata. A file larger
+    than any image of the allowed size could be (gigabytes appended to a JPEG) is refused
+    before it is read, so the memory of a read is bounded by the pixel limit."""
+    return None if max_pixels is None else 8 * max_pixels + 2**20
+
+
+def _read_bytes(path: str | Path, kind: str, formats: str, size: int = -1,
+                limit: int | None = None) -> bytes:
+    """The file's bytes (the first ``size`` of them, ``-1``: all); a file of more than
+    ``limit`` bytes is refused unread."""
     path = Path(path)
     try:
         with path.open("rb") as file:
+            if limit is not None and os.fstat(file.fileno()).st_size > limit:
+                raise MediaDecodeError(
+                    f"{kind} file too large — {path} holds "
+                    f"{os.fstat(file.fileno()).st_size:,} bytes, over the {limit:,} any "
+                    f"{kind} within the pixel limit (export.limits.max_image_pixels) can take "
+                    "— re-encode or shrink it")
             return file.read(size)
     except FileNotFoundError as exc:
         raise MediaDecodeError(

@@ -27,8 +27,8 @@ from tfmmrec.modalities.base import (
     FileModality,
     Settings,
     bytes_feature,
-    content_hash,
     decode_limits,
+    file_hash,
     int_feature,
 )
 
@@ -98,10 +98,9 @@ class AudioModality(FileModality):
         audio, key, length = b"", b"", 0
         if value is not None:
             try:
-                data = Path(value).read_bytes()
-                key = content_hash(data).encode()
-                clip = load_audio_bytes(data, SAMPLE_RATE, settings["max_seconds"], source=value,
-                                        **_limits(settings))
+                key = file_hash(value).encode()
+                clip = load_audio(value, SAMPLE_RATE, settings["max_seconds"],
+                                  **_limits(settings))
                 audio, length = pcm16(clip), len(clip)
             except (MediaDecodeError, OSError):
                 failed.setdefault(self.name, []).append(value)

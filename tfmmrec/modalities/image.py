@@ -22,8 +22,8 @@ from tfmmrec.modalities.base import (
     FileModality,
     Settings,
     bytes_feature,
-    content_hash,
     decode_limits,
+    file_hash,
     int_feature,
 )
 
@@ -73,7 +73,7 @@ class ImageModality(FileModality):
         image, key = b"", b""
         if value is not None:
             try:
-                key = content_hash(Path(value).read_bytes()).encode()
+                key = file_hash(value).encode()
                 pixels = self.load_file(value, settings)
                 image = np.round(pixels * 255.0).clip(0, 255).astype(np.uint8).tobytes()
             except (MediaDecodeError, OSError):
