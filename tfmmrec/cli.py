@@ -481,9 +481,11 @@ def _validate(config) -> int:
     from tfmmrec.data import validate
     from tfmmrec.data.splits import split_interactions, validation_split
     from tfmmrec.pipeline import resolve_dataset
+    from tfmmrec.towers.encoders import check_local_weights
 
     dataset = resolve_dataset(config)
     catalog = dataset.catalog
+    check_local_weights(config, [m for m in catalog.modalities if config.tower(m).enabled])
     print(f"dataset {dataset.root}: {len(catalog)} items, {len(dataset.interactions)} "
           f"interactions, {dataset.interactions['user_id'].nunique()} users")
     columns = catalog.columns

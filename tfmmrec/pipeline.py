@@ -42,7 +42,7 @@ from tfmmrec.models.ranking import MultitaskModel, rating_targets, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
 from tfmmrec.towers.cf import LinearCF, empty_weights
-from tfmmrec.towers.encoders import Encoder, build_encoder
+from tfmmrec.towers.encoders import Encoder, build_encoder, check_local_weights
 from tfmmrec.towers.history import HistoryEncoder, history_table
 from tfmmrec.towers.item import ItemContentTable, ItemTower
 from tfmmrec.towers.query import QueryTower, user_lookup
@@ -155,13 +155,15 @@ def prepare(config: Config, progress: bool = True, *,
         from tfmmrec.data.tfrecords import check_compatible, load_manifest
 
         check_compatible(load_manifest(records), config, dataset, split)
-    encoders: dict[str, Encoder] = {}
+    check_local_weights(config, modalities)
+    # every encoder first: one that cannot load stops the run before any catalogue is encoded
+    encoders: dict[str, Encoder] = {
+        m: build_encoder(m, config.tower(m), list(dataset.catalog.values(m)))
+        for m in modalities}
     contents: dict[str, ModalityContent] = {}
     stats: dict[str, CacheStats] = {}
     for modality in modalities:
         tower = config.tower(modality)
-        corpus = list(dataset.catalog.values(modality))
-        encoders[modality] = build_encoder(modality, tower, corpus)
         media = settings_from_config(config)
         if tower.trainable:
             contents[modality] = load_raw_content(dataset.catalog, modality, **media)

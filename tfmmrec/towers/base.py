@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from tfmmrec import modalities
-from tfmmrec.errors import ConfigError
+from tfmmrec.errors import ConfigError, first_line
 
 
 @tf.keras.utils.register_keras_serializable(package="tfmmrec")
@@ -86,6 +86,7 @@ def hub_layer(handle: str, trainable: bool, field: str) -> hub.KerasLayer:
         return hub.KerasLayer(handle, trainable=trainable)
     except Exception as exc:  # hub raises OSError/ValueError/URL errors depending on the handle
         raise ConfigError(
-            f"cannot load TF-Hub model {field}={handle!r}: {exc}. Use a TF-Hub URL (needs "
+            f"cannot load TF-Hub model {field}={handle!r}: {first_line(exc).rstrip('.')}. "
+            "Use a TF-Hub URL (needs "
             "internet) or a local SavedModel directory."
         ) from None

@@ -7,14 +7,15 @@ modality's spec names its builder (``ModalitySpec.encoder_builder``) and it is i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tfmmrec import modalities
 from tfmmrec.errors import ConfigError
 from tfmmrec.towers.base import Encoder
 
-__all__ = ["Encoder", "build_encoder"]
+__all__ = ["Encoder", "build_encoder", "check_local_weights"]
 
 
 def build_encoder(modality: str, config: Any, corpus: Sequence[str] | None = None, *,
@@ -34,3 +35,29 @@ def build_encoder(modality: str, config: Any, corpus: Sequence[str] | None = Non
         raise ConfigError(f"build_encoder({modality!r}): corpus must be a sequence of texts, "
                           "got a single string")
     return spec.build_encoder(config, corpus, vocabulary=vocabulary)
+
+
+def check_local_weights(config: Any, modalities_used: Iterable[str]) -> None:
+    """A ``ConfigError`` naming the field when a tower's weights are a local path that does
+    not exist (``text.preset``, a hub ``image.handle``, YAMNet's ``audio.handle``): ``validate``
+    said nothing and ``train`` failed only when it reached that encoder, after encoding the
+    others. Names (KerasNLP presets, TF-Hub URLs) are not checked: loading them needs the
+    network, which ``build_encoder`` reports."""
+    for modality in modalities_used:
+        tower = config.tower(modality)
+        for field, value in _weight_sources(tower):
+            local = "://" not in value and value.startswith(("/", ".", "~"))
+            if local and not Path(value).expanduser().exists():
+                raise ConfigError(f"{modality}.{field}={value!r}: no such file or directory "
+                                  "(a local preset or SavedModel directory must exist; a name "
+                                  "or URL is downloaded instead)")
+
+
+def _weight_sources(tower: Any) -> list[tuple[str, str]]:
+    """``(field, value)`` of the pretrained weights a tower section loads."""
+    sources = []
+    if getattr(tower, "preset", None):
+        sources.append(("preset", str(tower.preset)))
+    if getattr(tower, "handle", None) and getattr(tower, "backbone", None) in ("hub", "yamnet"):
+        sources.append(("handle", str(tower.handle)))
+    return sources

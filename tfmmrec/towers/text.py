@@ -19,7 +19,7 @@ from tfmmrec._env import stdout_silenced
 with stdout_silenced():  # keras-core prints "Using TensorFlow backend" on import
     import keras_nlp
 from tfmmrec.config import TextTowerConfig
-from tfmmrec.errors import ConfigError
+from tfmmrec.errors import ConfigError, first_line
 from tfmmrec.towers.base import Encoder
 
 logger = logging.getLogger(__name__)
@@ -207,10 +207,10 @@ def _from_preset(config: TextTowerConfig):
             config.preset, sequence_length=config.sequence_length)
         backbone = keras_nlp.models.BertBackbone.from_preset(config.preset)
     except Exception as exc:  # KerasNLP raises ValueError/FileNotFoundError/HTTP errors
-        raise ConfigError(
-            f"cannot load KerasNLP BERT preset text.preset={config.preset!r}: {exc}. Use a preset "
-            "name (needs internet) or a local preset directory with config.json and "
-            "model.weights.h5."
+        raise ConfigError(  # KerasNLP's message runs to 8 lines of preset help: its first
+            f"cannot load KerasNLP BERT preset text.preset={config.preset!r}: "
+            f"{first_line(exc).rstrip('.')}. Use a preset name (needs internet) or a local "
+            "preset directory with config.json and model.weights.h5."
         ) from None
     return preprocessor, backbone
 
