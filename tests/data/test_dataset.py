@@ -194,6 +194,7 @@ def test_a_media_column_empty_in_every_row_is_no_modality(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         f"{root / 'items.csv'}: the image column 'poster' has no value in any row: image is "
         "not a modality of this catalogue"]
-    (root / "items.csv").write_text(items.replace("i3,The Riddle,,", "i3,The Riddle,images/i1.png,"))
+    with_one = items.replace("i3,The Riddle,,", "i3,The Riddle,images/i1.png,")
+    (root / "items.csv").write_text(with_one)
     assert load_dataset(DataConfig(path=str(root), image_column="poster")).catalog.modalities \
         == ("text", "image", "audio")

@@ -172,6 +172,26 @@ def test_excluded_test_items_leave_the_relevant_set():
     assert (m["recall@1"], m["recall@2"], m["mrr"]) == pytest.approx((0, 1, 1 / 2))
 
 
+def test_excluded_test_items_are_logged_at_debug_only(caplog):
+    """Evaluation runs once per model compared, and the CLI's note already says how many test
+    rows are not scored: no info line per model. At debug: the count and the first pairs, by
+    item index in the whole catalogue (not the candidate column)."""
+    import logging
+
+    q, items = as_embeddings([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]])
+    test, exclude = matrix([[0, 2], [3]], 4), matrix([[2], [1, 3]], 4)
+    with caplog.at_level(logging.INFO, logger="tfmmrec"):
+        evaluate_ranking(q, items, test, exclude=exclude, ks=(1,))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tfmmrec")] == []
+    caplog.clear()
+    candidates = np.array([False, True, True, True])
+    with caplog.at_level(logging.DEBUG, logger="tfmmrec.evaluation.metrics"):
+        evaluate_ranking(q, items, test, exclude=exclude, candidates=candidates, ks=(1,))
+    assert [r.getMessage() for r in caplog.records if "also excluded" in r.getMessage()] == [
+        "2 test interaction(s) are also excluded; dropped from the relevant sets: "
+        "(row 0, item 2), (row 1, item 3)"]
+
+
 def test_candidates_restrict_ranking_and_relevance():
     # candidates {1, 3, 4}: user 0 ranks 4 (.5), 3 (.3), 1 (.1); test {1, 2} -> R = {1}, rank 3.
     # user 1's only test item (0) is not a candidate: skipped.

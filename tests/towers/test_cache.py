@@ -131,15 +131,71 @@ def test_content_that_did_not_decode_is_tried_again_and_never_rewrites_the_cache
     good = broken.read_bytes()
     broken.write_bytes(b"RIFF0000WAVE")  # a header and nothing else
     content, stats = run()
-    assert stats.computed == present and int(content.mask.sum()) == present - 1
+    assert (stats.computed, stats.failed) == (present - 1, 1)
+    assert int(content.mask.sum()) == present - 1
     cached = FeatureCache(tmp_path / "cache", encoder)
     written = cached.path.stat().st_mtime_ns
     assert len(cached.load()) == present - 1
-    assert (run()[1].reused, run()[1].computed) == (present - 1, 1)  # tried again
+    stats = run()[1]
+    assert (stats.reused, stats.computed, stats.failed) == (present - 1, 0, 1)  # tried again
     assert cached.path.stat().st_mtime_ns == written
     broken.write_bytes(good)
     content, stats = run()
     assert (stats.reused, stats.computed) == (present - 1, 1) and content.mask.sum() == present
+
+
+SUMMARY_ITEMS = """\
+item_id,title,image
+i1,One,images/i1.png
+i2,Two,images/i2.png
+i3,Three,images/shared.png
+i4,Four,images/shared.png
+i5,Five,images/shared.png
+i6,Six,images/broken.png
+i7,Seven,
+"""
+
+
+def test_the_summary_line_counts_items_and_adds_up_to_the_catalogue(tmp_path, caplog):
+    """Reused + computed + without = every item: a file that did not decode is an item without
+    the modality (named as undecodable), not a computed one; items sharing one file count once
+    each. (The summary said "40 reused, 19 computed, 7 without" of 60 items.)"""
+    from tests.data.folders import make_folder, write_png
+    from tfmmrec.config import ImageTowerConfig
+    from tfmmrec.data.dataset import load_dataset
+    from tfmmrec.towers.image import build_image_encoder
+
+    interactions = "user_id,item_id\n" + "".join(f"u1,i{i}\n" for i in range(1, 8))
+    root = make_folder(tmp_path / "d", items=SUMMARY_ITEMS, interactions=interactions,
+                       users=None, media=False)
+    for name, color in (("i1", (10, 20, 30)), ("i2", (200, 20, 30)), ("shared", (9, 99, 9))):
+        write_png(root / "images" / f"{name}.png", color=color)
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG but not really")
+    encoder = build_image_encoder(ImageTowerConfig(image_size=16, cnn_filters=[4]))
+
+    def run():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="tfmmrec.towers.cache"):
+            content, stats = encode_catalog(load_dataset(str(root)).catalog, encoder,
+                                            tmp_path / "cache", image_size=16, progress=False)
+        assert stats.reused + stats.computed + int((~content.mask).sum()) == 7
+        return content, stats, [r.getMessage() for r in caplog.records
+                                if r.name == "tfmmrec.towers.cache" and r.levelno == logging.INFO]
+
+    content, stats, lines = run()
+    assert content.mask.tolist() == [True] * 5 + [False, False]
+    assert (stats.reused, stats.computed, stats.failed) == (0, 5, 1)
+    assert lines == ["image features: 0 reused from cache, 5 computed, 2 items without image "
+                     "(1 of them undecodable)"]
+    write_png(root / "images" / "i2.png", color=(1, 2, 250))
+    content, stats, lines = run()
+    assert (stats.reused, stats.computed, stats.failed) == (4, 1, 1)
+    assert lines == ["image features: 4 reused from cache, 1 computed, 2 items without image "
+                     "(1 of them undecodable)"]
+    (root / "images" / "broken.png").unlink()
+    content, stats, lines = run()
+    assert (stats.reused, stats.computed, stats.failed) == (5, 0, 0)
+    assert lines == ["image features: 5 reused from cache, 0 computed, 2 items without image"]
 
 
 def test_a_media_file_that_cannot_be_read_is_named_and_the_item_keeps_the_rest(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tfmmrec.errors import DataError, MediaDecodeError, shown
+from tfmmrec.errors import DataError, MediaDecodeError, cut, shown
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,13 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
             # index_col=False: rows with a trailing empty field ("a,b,c,") parse as their
             # header says; without it pandas makes the first column the index and shifts
             # every field one column left. A non-empty extra field is an error (below).
-            _check_unique_header(path)
+            dtypes |= _padded_names(_check_unique_header(path), id_columns)
             with _extra_fields_are_errors():
                 chunks = pd.read_csv(path, dtype=str if all_strings else dtypes,
                                      keep_default_na=False, na_values=[""], chunksize=rows,
                                      index_col=False)
         elif path.suffix == ".jsonl":
+            dtypes |= _padded_names(_first_jsonl_keys(path), id_columns)
             chunks = pd.read_json(path, lines=True, dtype=dtypes, chunksize=rows)
         elif path.suffix == ".parquet":
             chunks = _parquet_chunks(path, rows, id_columns[0] if id_columns else None)
@@ -82,6 +83,7 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
             if frame is None:
                 break
             frame.index = pd.RangeIndex(start, start + len(frame))
+            frame.columns = _stripped_names(frame.columns, path)
             if start == 0 and frame.empty:
                 break
             start += len(frame)
@@ -99,16 +101,67 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
         raise DataError(f"{path} is empty: it needs a header and at least one row")
 
 
-def _check_unique_header(path: Path) -> None:
+def _check_unique_header(path: Path) -> list[str]:
     """pandas renames a repeated CSV header (``rating,rating`` → ``rating``, ``rating.1``),
-    so the second column was read under a name no setting asks for, or silently dropped."""
+    so the second column was read under a name no setting asks for, or silently dropped.
+    Names are compared as :func:`_stripped_names` reads them (``rating`` and `` rating`` are
+    one name). Returns the header's names as written."""
     header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
     names = [str(name) for name in header.iloc[0]] if len(header) else []
     # empty names (a spreadsheet's blank trailing columns) are pandas' "Unnamed: N", distinct
-    repeated = sorted({name for name in names if name and names.count(name) > 1})
+    stripped = [name.strip() for name in names]
+    repeated = sorted({name for name in stripped if name and stripped.count(name) > 1})
     if repeated:
+        spellings = [shown(written) for name in repeated for written in
+                     dict.fromkeys(w for w, s in zip(names, stripped, strict=True) if s == name)]
+        if len(spellings) == len(repeated):  # each written the same way every time
+            raise DataError(f"{path}: the header names {', '.join(spellings)} more than once; "
+                            "give every column its own name")
         raise DataError(f"{path}: the header names {', '.join(map(shown, repeated))} more than "
-                        "once; give every column its own name")
+                        f"once (written {', '.join(spellings)}; spaces around a column name are "
+                        "ignored); give every column its own name")
+    return names
+
+
+def _stripped_names(columns: pd.Index, path: Path) -> list:
+    """Column names without surrounding whitespace (a header `` item_id`` is ``item_id``, as
+    ids are read stripped); two names that become one are refused, naming both as written."""
+    # a blank name stays as it is (pandas names an empty one "Unnamed: N")
+    names = [name.strip() if isinstance(name, str) and name.strip() else name
+             for name in columns]
+    seen: dict = {}
+    for written, name in zip(columns, names, strict=True):
+        # (a name repeated exactly as written is the CSV header check's, or a Parquet file's)
+        if name in seen and not seen[name] == written == name:
+            raise DataError(f"{path}: columns {shown(seen[name])} and {shown(written)} are both "
+                            f"named {shown(name)} once the spaces around them are removed; "
+                            "give every column its own name")
+        seen.setdefault(name, written)
+    return names
+
+
+def _padded_names(names: Sequence, id_columns: Sequence[str]) -> dict[str, str]:
+    """``{name as written: "string"}`` for the header names that are one of ``id_columns``
+    but for surrounding whitespace, so that id column too is read as text (``001`` stays
+    ``001``)."""
+    return {name: "string" for name in names
+            if isinstance(name, str) and name != name.strip() and name.strip() in id_columns}
+
+
+def _first_jsonl_keys(path: Path) -> list[str]:
+    """The keys of a JSONL table's first non-blank line, as written ([] if it is not a JSON
+    object: reading the table names that line)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    row = json.loads(line)
+                    return list(row) if isinstance(row, dict) else []
+    except (OSError, ValueError):
+        pass
+    return []
 
 
 @contextlib.contextmanager
@@ -263,9 +316,12 @@ def _readable_ids(table, id_column: str | None) -> list[str | None]:
     """The id column's values as text (``None`` where a row has none, or none readable)."""
     import pyarrow as pa
 
-    if id_column is None or id_column not in table.schema.names:
+    # the column as written: read_table strips spaces around names (:func:`_stripped_names`)
+    written = next((name for name in table.schema.names
+                    if id_column is not None and name.strip() == id_column), None)
+    if written is None:
         return [None] * table.num_rows
-    values = table.column(id_column)
+    values = table.column(written)
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         values = values.cast(pa.large_binary())  # no UTF-8 check: a bad id is just not shown
     return [_text_or_none(value) for value in values.to_pylist()]
@@ -320,8 +376,16 @@ def require_columns(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> 
     if missing:
         found = [str(c) for c in frame.columns]
         hint = delimiter_hint(found[0]) if path.suffix == ".csv" and len(found) == 1 else ""
+        # a name with spaces around it or invisible characters (a zero-width space, a byte
+        # order mark) would look like the one asked for: show every name quoted and escaped
+        listed = map(repr, found) if any(map(_hidden_characters, found)) else found
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
-                        f"found columns: {', '.join(found)}{hint}")
+                        f"found columns: {', '.join(listed)}{hint}")
+
+
+def _hidden_characters(name: str) -> bool:
+    """Whether a column name has whitespace around it or a character that does not print."""
+    return name != name.strip() or not name.isprintable()
 
 
 def delimiter_hint(header: str) -> str:
@@ -545,8 +609,41 @@ def require_known_items(interactions: pd.DataFrame, path: Path, known: pd.Index,
         raise DataError(
             f"{path}: {len(unknown)} interaction(s) name items that are not in "
             f"{items_path.name}: {where}. Add the items or drop those rows"
+            f"{_normalisation_hint(interactions, path, unknown[:SHOW_AT_MOST], known, items_path)}"
             f"{_id_format_hint(interactions, path, unknown, known, items_path)}."
         )
+
+
+NORMAL_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+def _normalisation_hint(interactions: pd.DataFrame, path: Path, shown_rows: pd.Index,
+                        known: pd.Index, items_path: Path) -> str:
+    """When an unknown id is a known one written in another Unicode normalisation form ('café'
+    as 'e' + combining accent in one table, as 'é' in the other), say so with both ids
+    escaped: they print the same. Ids are compared as written, never normalised. Only the
+    few ``shown_rows`` are looked at, each by its NFC and NFD forms (no pass over ``known``)."""
+    import unicodedata
+
+    for i in shown_rows:
+        given = interactions["item_id"].iloc[i]
+        if not isinstance(given, str) or given.isascii():
+            continue
+        for form in ("NFC", "NFD"):
+            match = unicodedata.normalize(form, given)
+            if match != given and match in known:
+                return (f"; {row_label(path, i)}'s {cut(ascii(given), 80)} ({_form(given)}) "
+                        f"differs from {items_path.name}'s {cut(ascii(match), 80)} ({form}) only "
+                        "in Unicode normalisation: write both in one form (e.g. NFC)")
+    return ""
+
+
+def _form(text: str) -> str:
+    """The Unicode normalisation form ``text`` is in, for a message."""
+    import unicodedata
+
+    return next((form for form in NORMAL_FORMS if unicodedata.is_normalized(form, text)),
+                "no normalisation form")
 
 
 def _id_format_hint(interactions: pd.DataFrame, path: Path, unknown: pd.Index, known: pd.Index,

@@ -102,7 +102,7 @@ def evaluate_ranking(
         items, relevant = items[keep], relevant[:, keep]
         excluded = None if excluded is None else excluded[:, keep]
         bias = None if bias is None else bias[keep]
-    relevant = _drop_excluded(relevant, excluded)
+    relevant = _drop_excluded(relevant, excluded, keep)
 
     num_candidates = items.shape[0]
     clamped = {k: min(k, num_candidates) for k in ks}
@@ -386,14 +386,25 @@ def _candidate_index(candidates: Any, num_items: int) -> np.ndarray | None:
     return np.flatnonzero(mask)
 
 
-def _drop_excluded(relevant: sp.csr_matrix, excluded: sp.csr_matrix | None) -> sp.csr_matrix:
-    """Remove relevant items a user may not be shown: they could never be hit."""
+def _drop_excluded(relevant: sp.csr_matrix, excluded: sp.csr_matrix | None,
+                   keep: np.ndarray | None = None) -> sp.csr_matrix:
+    """Remove relevant items a user may not be shown: they could never be hit.
+
+    Said at debug level only: this runs once per model compared, and the CLI's note already
+    tells the user how many test rows are not scored and why. ``keep``: the candidate item
+    indices the matrices' columns are (``None``: every item), to name the first pairs."""
     if excluded is None:
         return relevant
     overlap = relevant.multiply(excluded)
     if overlap.nnz:
-        logger.info("%d test interactions are also excluded; dropped from the relevant sets",
-                    overlap.nnz)
+        if logger.isEnabledFor(logging.DEBUG):
+            first = sp.coo_matrix(overlap)
+            rows, columns = first.row[:5], first.col[:5]
+            columns = columns if keep is None else keep[columns]
+            pairs = ", ".join(f"(row {row}, item {column})"
+                              for row, column in zip(rows, columns, strict=True))
+            logger.debug("%d test interaction(s) are also excluded; dropped from the relevant "
+                         "sets: %s%s", overlap.nnz, pairs, " ..." if overlap.nnz > 5 else "")
         relevant = sp.csr_matrix(relevant - overlap)
         relevant.eliminate_zeros()
     return relevant

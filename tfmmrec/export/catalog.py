@@ -201,10 +201,10 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
         if written is not None:
             return written
     elif previous is not None:
-        logger.info("catalogue update: the graph of %s does not fit the new catalogue (%s); "
-                    "saving in full", previous.path.name,
-                    "no graph constants recorded" if previous.variables is None else
-                    "its graph constants differ")
+        logger.debug("catalogue update: the graph of %s does not fit the new catalogue (%s); "
+                     "saving in full", previous.path.name,
+                     "no graph constants recorded" if previous.variables is None else
+                     "its graph constants differ")
     if isinstance(towers, StoredTowers):  # the module is traced: it needs the real towers
         module = RetrievalServingModule(towers.load(), item_embeddings, index,
                                         **_module_settings(item_ids, metadata, id_keys),

@@ -43,8 +43,13 @@ class ModalityContent:
 
 @dataclass
 class CacheStats:
+    """Items whose features came from the cache (``reused``) or were computed this run
+    (``computed``); ``failed``: items whose content was tried this run and did not decode (they
+    are without the modality, and counted in neither)."""
+
     reused: int = 0
     computed: int = 0
+    failed: int = 0
 
 
 def content_keys(catalog: Catalog, modality: str) -> list[str | None]:
@@ -115,7 +120,7 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathL
     entries = cache.load() if cache else {}
     todo = sorted({k: i for i, k in enumerate(keys) if k and k not in entries}.values())
     todo = spec.sort_for_encoding(todo, catalog.values(modality))
-    stats = CacheStats(reused=sum(1 for k in keys if k and k in entries), computed=len(todo))
+    cached = {k for k in keys if k and k in entries}
     loader = raw_loader(catalog, modality, settings)
     starts = range(0, len(todo), batch_size)
     encode = compiled(encoder, len(starts))
@@ -136,12 +141,23 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathL
         cache.save(entries)
     values = np.zeros((len(catalog), encoder.feature_dim), np.float32)
     mask = np.zeros(len(catalog), bool)
+    # counted per item (two items with the same content share one entry), so that reused +
+    # computed + without = the catalogue
+    stats = CacheStats()
     for i, key in enumerate(keys):
         feature = entries.get(key) if key else None
         if feature is not None:
             values[i], mask[i] = feature, True
-    logger.info("%s features: %d reused from cache, %d computed, %d items without %s",
-                modality, stats.reused, stats.computed, int((~mask).sum()), modality)
+        if key in cached:
+            stats.reused += 1
+        elif feature is not None:
+            stats.computed += 1
+        elif key:
+            stats.failed += 1
+    undecodable = f" ({stats.failed} of them undecodable)" if stats.failed else ""
+    logger.info("%s features: %d reused from cache, %d computed, %d items without %s%s",
+                modality, stats.reused, stats.computed, int((~mask).sum()), modality,
+                undecodable)
     return ModalityContent(values, mask), stats
 
 
