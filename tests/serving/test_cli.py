@@ -453,6 +453,14 @@ def test_query_sends_sessions_and_exclusions(server, in_process, tiny_exports, r
     rows = served_json([*base, "--session", *session, "--k", "4"], capsys)
     assert rows[0]["query"] == {"session_item_ids": session}
     assert rows[0]["item_ids"] == ids_of(model.recommend_session([session], k=4))
+    assert rows[0]["unknown_session_items"] == []
+    # a session item the catalogue lacks is served without, and now said (a typo went unseen)
+    rows = served_json([*base, "--session", *session, "no-such-item", "--k", "4"], capsys)
+    assert rows[0]["unknown_session_items"] == ["no-such-item"]
+    assert rows[0]["item_ids"] == ids_of(model.recommend_session([session], k=4))
+    assert main(["query", *base, "--session", session[0], "no-such-item", "--k", "2"]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"session {session[0]} no-such-item (not in the catalogue, ignored: no-such-item):\n")
 
     rows = served_json([*base, "--session", *session, "--user", user, "--k", "4", "--exclude",
                         excluded], capsys)

@@ -298,6 +298,7 @@ def _query(args) -> int:
 
     given = _check_what(args)
     known = None  # --user: whether each user is one the model knows
+    unknown_items: list[str] = []  # --session: the session's items the catalogue lacks
     with ServingClient(args.target.address(args.rest), args.model, version=args.version,
                        rest=args.rest, timeout=args.timeout) as client:
         if args.status:
@@ -317,6 +318,8 @@ def _query(args) -> int:
                         **({"user_id": args.user[0]} if args.user else {})}]
             result = client.recommend_session([args.session], args.user, args.k,
                                               _rows(args.exclude, 1))
+            unknown_items = [item for item, found in zip(
+                args.session, client.known_items(args.session), strict=True) if not found]
         elif args.user:
             queries = args.user
             result = client.recommend(args.user, args.k, _rows(args.exclude, len(queries)))
@@ -332,6 +335,8 @@ def _query(args) -> int:
                          "scores": [s for _, s in items]})
             if known is not None:
                 rows[-1]["known_user"] = bool(known[row])
+            if args.session is not None:
+                rows[-1]["unknown_session_items"] = unknown_items
             if "retrieval_scores" in result:  # a two-stage recommend: both stages' scores
                 rows[-1]["retrieval_scores"] = [
                     s for _, s in served_items(result, row, "retrieval_scores")]
@@ -340,6 +345,8 @@ def _query(args) -> int:
     if known is not None:  # an unknown id is served, not refused: say what the list is
         labels = [label if is_known else f"{label} (not a user the model knows: the cold-start "
                   "list)" for label, is_known in zip(labels, known, strict=True)]
+    if unknown_items:  # served without them: a typo would otherwise go unnoticed
+        labels = [f"{labels[0]} (not in the catalogue, ignored: {' '.join(unknown_items)})"]
     print(format_results(result, labels))
     return 0
 

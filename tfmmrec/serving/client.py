@@ -167,6 +167,13 @@ class ServingClient:
             known += [not np.array_equal(query, queries[-1]) for query in queries[:-1]]
         return np.array(known, bool)
 
+    def known_items(self, item_ids: Sequence[str] | str) -> np.ndarray:
+        """``[B]`` bool: whether each item is in the served catalogue (``embed_items``'
+        ``found``). A session or exclude list naming an unknown item is served without it
+        (no error, by design); this says which ones were ignored."""
+        ids = _user_ids(item_ids)  # the same checks: a batch of id strings
+        return np.asarray(self.predict("embed_items", {"item_id": ids})["found"], bool)
+
     # -- generic TF Serving calls ------------------------------------------------------------
     def predict(self, signature: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run ``signature`` on ``inputs`` (numpy-convertible values); outputs as numpy arrays."""
