@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ from tfmmrec.training.trained_data import (
     records_data,
 )
 from tfmmrec.training.trainer import (
+    DivergedLoss,
     TrainResult,
     batched_examples,
     batches_per_epoch,
@@ -557,7 +559,24 @@ def train(config: Config | str | os.PathLike | None = None, *, workspace: Worksp
     # the chief writes the run; other workers of a cluster share its folder
     with exclusive_run(Path(config.train.output_dir)) if is_chief(strategy) \
             else contextlib.nullcontext(), _named_shard_damage(config.train.tfrecords):
-        return _train(config, strategy, workspace, callbacks, progress)
+        try:
+            return _train(config, strategy, workspace, callbacks, progress)
+        except DivergedLoss as exc:
+            if not is_chief(strategy):
+                raise
+            # its backups would only resume the divergence, and refuse the lower learning rate
+            # the message advises (an interrupted run resumes only with its own settings)
+            _drop_resume_state(Path(config.train.output_dir))
+            raise DivergedLoss(f"{exc}; the run's backups were removed, so the next run starts "
+                               "afresh with the settings it is given") from None
+
+
+def _drop_resume_state(output: Path) -> None:
+    """What an interrupted run resumes from: the final fit's backup, and each selection step's
+    folder (its backups, figures and choice)."""
+    shutil.rmtree(output / "backup", ignore_errors=True)
+    for step in SELECTION_STEPS:
+        shutil.rmtree(output / step, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -254,6 +254,30 @@ def test_resuming_with_other_training_settings_is_refused(tiny_config, tiny_work
     assert load_config(output / pipeline.CONFIG_FILE).train.seed == config.train.seed
 
 
+def test_a_diverged_run_keeps_no_resume_state(tiny_config, tiny_workspace, tmp_path,
+                                             monkeypatch):
+    """The NaN-loss error advises a lower learning rate, which the next run then refused: the
+    diverged run's backups made it an interrupted run that resumes only with its own settings
+    (and resuming them would diverge again)."""
+    from tfmmrec.training.trainer import DivergedLoss
+
+    output = tmp_path / "run"
+    config = load_config(tiny_config, [f"train.output_dir={output}"])
+
+    def diverge(*_, **__):
+        for left in ("backup/chief", "early-stopping/backup/chief", "fusion-selection/backup"):
+            (output / left).mkdir(parents=True)
+        (output / "early-stopping" / pipeline.CHOICE_FILE).write_text("{}")
+        raise DivergedLoss("the training loss became nan in epoch 3; ...")
+
+    monkeypatch.setattr(pipeline, "_train", diverge)
+    with pytest.raises(DivergedLoss, match=r"in epoch 3; \.\.\.; the run's backups were "
+                                           r"removed, so the next run starts afresh"):
+        pipeline.train(config, workspace=tiny_workspace, progress=False)
+    assert not pipeline.interrupted_run(output)
+    assert not (output / "backup").exists() and not (output / "early-stopping").exists()
+
+
 def test_a_selection_step_keeps_its_choice_for_a_resumed_run_only(tmp_path):
     """A run killed in its final fit redid every early-stopping epoch on resume (and could
     choose another epoch count than its backup was trained for): the choice is kept in the

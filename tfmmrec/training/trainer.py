@@ -272,10 +272,15 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingError(
+            raise DivergedLoss(
                 f"the training loss became {float(loss)} in epoch {epoch + 1}; nothing of "
                 "that epoch was saved. Check the interactions for extreme ratings or weights, "
                 f"or lower train.learning_rate (now {self.learning_rate})")
+
+
+class DivergedLoss(TrainingError):
+    """The loss became NaN or infinite: resuming with the same settings would diverge again
+    (the batches and draws are a function of the seed), so the run keeps no resume state."""
 
 
 class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
