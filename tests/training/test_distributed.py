@@ -213,6 +213,25 @@ def test_unreachable_tpu_is_a_training_error_with_the_fix(fresh_strategies, monk
         strategies.make_strategy("tpu")
 
 
+def test_a_tensorflow_without_tpu_support_says_to_install_the_tpu_build(fresh_strategies,
+                                                                       monkeypatch):
+    """The plain `tensorflow` wheel on a TPU runtime: the advice was "choose a TPU runtime",
+    which the user had (a notebook review, reproduced with tpu='local' here)."""
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", FakeResolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda r: None)
+
+    def no_kernel(resolver):
+        raise tf.errors.NotFoundError(None, None, "No OpKernel was registered to support Op "
+                                      "'ConfigureDistributedTPU' used by {{node "
+                                      "ConfigureDistributedTPU}} with these attrs: []\n"
+                                      "Registered devices: [CPU]")
+
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", no_kernel)
+    with pytest.raises(TrainingError, match=r"this TensorFlow has no TPU support .*pip install "
+                                            r"--force-reinstall --no-deps tensorflow-tpu==2\.20"):
+        strategies.make_strategy("tpu", tpu="local")
+
+
 class Stop(Exception):
     pass
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from tfmmrec.config import STRATEGIES, TrainConfig
-from tfmmrec.errors import ConfigError, TrainingError, cut, one_line_error
+from tfmmrec.errors import ConfigError, TrainingError, cut, first_line, one_line_error
 
 logger = logging.getLogger(__name__)
 
@@ -525,9 +525,16 @@ def _tpu(tpu: str | None, **_) -> tf.distribute.Strategy:
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError, RuntimeError) as exc:
+        if "ConfigureDistributedTPU" in str(exc):  # the TPU is there; this TensorFlow is not
+            raise TrainingError(
+                f"this TensorFlow has no TPU support (train.tpu={tpu!r}: no kernel for "
+                "ConfigureDistributedTPU): the `tensorflow` wheel leaves it out; on a TPU VM or "
+                "Colab TPU runtime install the TPU build after tfmmrec: pip install "
+                "--force-reinstall --no-deps tensorflow-tpu==2.20.0 -f "
+                "https://storage.googleapis.com/libtpu-tf-releases/index.html") from None
         raise TrainingError(
-            f"no TPU reachable at train.tpu={tpu!r} ({exc}). On Colab choose a TPU runtime; on "
-            "a Cloud TPU VM set train.tpu=local; otherwise give the TPU's name or "
+            f"no TPU reachable at train.tpu={tpu!r} ({first_line(exc)}). On Colab choose a TPU "
+            "runtime; on a Cloud TPU VM set train.tpu=local; otherwise give the TPU's name or "
             "grpc://address") from None
     strategy = tf.distribute.TPUStrategy(resolver)
     logger.info("TPUStrategy with %d replica(s)", strategy.num_replicas_in_sync)
