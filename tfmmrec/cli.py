@@ -360,7 +360,7 @@ def _evaluate(config, args) -> int:
     from tfmmrec.data.dataset import load_candidates, read_candidate_ids
     from tfmmrec.data.splits import with_test
     from tfmmrec.evaluation.baseline_suite import BASELINES
-    from tfmmrec.evaluation.protocol import check_evaluable, unscored_note
+    from tfmmrec.evaluation.protocol import check_evaluable, historyless_note, unscored_note
     from tfmmrec.training.trained_data import check_trained_data
 
     names: list[str] = []
@@ -391,6 +391,8 @@ def _evaluate(config, args) -> int:
                     candidates=args.candidates)  # before encoding or restoring anything
     note = unscored_note(evaluated, dataset.user_ids, dataset.num_items, args.candidates)
     if note:  # the sizes above count every test row; the metrics fewer
+        print(f"note: {note}")
+    if names and (note := historyless_note(evaluated)):
         print(f"note: {note}")
     workspace = dataclasses.replace(pipeline.prepare(config, progress=not args.quiet,
                                                      data=(dataset, split)), split=evaluated)
@@ -480,9 +482,10 @@ def _validate(config) -> int:
     from tfmmrec import modalities
     from tfmmrec.data import validate
     from tfmmrec.data.splits import split_interactions, validation_split
-    from tfmmrec.pipeline import resolve_dataset
+    from tfmmrec.pipeline import check_linear_cf_choices, resolve_dataset
     from tfmmrec.towers.encoders import check_local_weights
 
+    check_linear_cf_choices(config)  # what `train` refuses first, `validate` names too
     dataset = resolve_dataset(config)
     catalog = dataset.catalog
     check_local_weights(config, [m for m in catalog.modalities if config.tower(m).enabled])

@@ -950,7 +950,17 @@ class Config:
                    f">= export.max_k={self.export.max_k} (a two-stage recommend re-ranks its "
                    "candidates and may be asked for max_k results), or lower export.max_k")
         self._check_early_stopping_metric()
+        if self.export.text_search_weight > 0:  # refused at export, after a whole training
+            text = self.towers.get("text")
+            _check(text is not None and text.enabled and not text.trainable,
+                   "export.text_search_weight", self.export.text_search_weight,
+                   "0 without a frozen text tower (text.enabled: true, text.trainable: false): "
+                   "query_text searches the frozen text features beside the trained space")
         if self.model.fusion_selection == "validation":
+            _check(not (self.ranking.enabled and self.ranking.retrieval_weight == 0),
+                   "model.fusion_selection", self.model.fusion_selection,
+                   "none for a ranking-only model (ranking.retrieval_weight: 0): the mix is "
+                   "chosen on retrieval recall, which such a model does not learn")
             _check(self.train.strategy in ("default", "mirrored", "tpu"), "train.strategy",
                    self.train.strategy, "a single-process strategy (default, mirrored, tpu) "
                    "with model.fusion_selection=validation")

@@ -229,7 +229,7 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
     """The closed-form CF part (``model.linear_cf``), fitted on the workspace's training split
     with its settings chosen on validation, or None. ``fit=False``: zeros of the same shapes,
     for a model whose weights come from a checkpoint next."""
-    from tfmmrec.evaluation.baseline_base import check_dense_size
+    from tfmmrec.evaluation.baseline_base import check_ease_size
     from tfmmrec.evaluation.content import content_features
     from tfmmrec.evaluation.linear_cf_selection import block_width, choose_linear_cf, foldin_width
 
@@ -241,7 +241,7 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
                           "stopping (train.early_stopping: true); build or restore the model "
                           "with the kind it chose (its run's checkpoints/model.yaml)")
     num_items = ws.dataset.num_items
-    check_dense_size(num_items, num_items, "model.linear_cf", "EASE item-item matrix")
+    check_ease_size(num_items, "model.linear_cf (its EASE block)")
     frozen = [m for m in ws.modalities if not ws.config.tower(m).trainable]
     features = present = None
     if frozen:

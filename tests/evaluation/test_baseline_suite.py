@@ -182,3 +182,68 @@ def test_each_baseline_line_names_the_metrics_it_computed(caplog):
         f"content kNN (centred): {knn.config}, nothing to choose → test recall@10 "
         f"{knn.metrics['recall@10']:.4f} ({knn.seconds:.1f} s)"]
     assert "nan" not in caplog.text
+
+
+def test_ease_is_refused_on_the_memory_its_solve_takes():
+    """The limit counted float32 elements once; EASE solves in float64 with several copies:
+    it let 20,000 items through (~14 GiB and about 17 minutes a fit)."""
+    from tfmmrec.errors import DataError
+    from tfmmrec.evaluation.baseline_base import TooLarge, check_ease_size
+
+    check_ease_size(10_000)  # measured 3.6 GiB
+    with pytest.raises(TooLarge, match=r"^EASE needs a dense 11,000 × 11,000 item-item matrix "
+                                       r"\(about 4\.1 GiB to fit\), over the 4 GiB limit"):
+        check_ease_size(11_000)
+    assert issubclass(TooLarge, DataError)
+
+
+def test_a_baseline_too_large_or_without_a_carve_is_skipped_and_the_rest_score(
+        monkeypatch, caplog):
+    """EASE over the limit aborted the whole evaluation (the model's row and every other
+    baseline lost); so did a split too small to carve a validation set from, even for kNN,
+    which tunes nothing."""
+    import logging
+
+    from tfmmrec.errors import DataError
+    from tfmmrec.evaluation import baseline_base, baseline_suite
+
+    split = split_interactions(taste(), "random", 0.2, seed=3)
+    monkeypatch.setattr(baseline_base, "MAX_DENSE_BYTES", 1000)
+    with caplog.at_level(logging.WARNING, logger="tfmmrec.evaluation.baseline_suite"):
+        results = run_baselines(split, USERS, NUM_ITEMS, names=["ease", "knn"],
+                                item_features=FEATURES, ks=(5,), seed=3)
+    assert list(results) == ["content kNN (centred)"]
+    assert caplog.messages == [f"EASE skipped: EASE needs a dense {NUM_ITEMS} × {NUM_ITEMS} "
+                               "item-item matrix (about 0.0 GiB to fit), over the 0 GiB limit; "
+                               "leave EASE out for this catalogue (e.g. --baselines ials,knn)"]
+    monkeypatch.undo()
+    caplog.clear()
+
+    def no_carve(*args, **kwargs):
+        raise DataError("cold-start split of 2 items with fraction 0.2 leaves no train or no "
+                        "test items")
+
+    monkeypatch.setattr(baseline_suite, "validation_split", no_carve)
+    with caplog.at_level(logging.WARNING, logger="tfmmrec.evaluation.baseline_suite"):
+        results = run_baselines(split, USERS, NUM_ITEMS, names=["ease", "ridge", "knn"],
+                                item_features=FEATURES, ks=(5,), seed=3)
+    assert list(results) == ["content kNN (centred)"]
+    assert caplog.messages[0] == (
+        "EASE skipped: it is tuned on a validation carve of the training split, and none can "
+        "be made (cold-start split of 2 items with fraction 0.2 leaves no train or no test "
+        "items)")
+    assert len(caplog.messages) == 2
+
+
+def test_a_choice_among_tied_settings_says_nothing_was_chosen(caplog):
+    """K at least the validation candidates: every setting scores 1.0, and the first grid
+    point was logged as "chosen by validation"."""
+    import logging
+
+    from tfmmrec.evaluation.baseline_suite import _log_chosen
+
+    with caplog.at_level(logging.INFO, logger="tfmmrec.evaluation.baseline_suite"):
+        _log_chosen("EASE", {"l2": 10.0}, "recall@20", [{"score": 1.0}, {"score": 1.0}],
+                    {"recall@20": 1.0}, (20,), 0.5)
+    assert caplog.messages == ["EASE: {'l2': 10.0}, every setting tied on validation recall@20 "
+                               "1.0000 (the first kept) → test recall@20 1.0000 (0.5 s)"]

@@ -449,6 +449,21 @@ def test_carves_are_compared_on_the_epochs_they_share_and_ties_keep_the_first():
         choose_on_carves([one, Scored([4], [{("ease", 0.0): 0.1}])], "recall@1")
 
 
+def test_a_curve_shorter_than_the_smoothing_window_is_not_a_tie_the_first_epoch_wins():
+    """Smoothing 1 over 2 epochs (or 2 over 3): every window is the whole curve, so every
+    smoothed figure is equal and epoch 1 was chosen whatever the figures (a review's run:
+    AUC 0.4536 then 0.5090 chose epoch 1). The epoch's own figure breaks the tie."""
+    two = Scored([1, 2], [{("ease", 1.0): 0.10}, {("ease", 1.0): 0.90}])
+    chosen = choose_on_carves([two], "recall@1", smoothing=1)
+    assert chosen["epoch"] == 2 and chosen["metrics"]["recall@1"] == pytest.approx(0.5)
+    three = Scored([1, 2, 3], [{("ease", 1.0): v} for v in (0.1, 0.2, 0.9)])
+    assert choose_on_carves([three], "recall@1", smoothing=2)["epoch"] == 3
+    # a longer curve still chooses on the smoothed figure: one lucky epoch does not decide
+    # (smoothed: 0.55, 0.53, 0.40, 0.50, 0.50; epoch 5's own 0.9 is the lucky one)
+    lucky = Scored([1, 2, 3, 4, 5], [{("ease", 1.0): v} for v in (0.5, 0.6, 0.5, 0.1, 0.9)])
+    assert choose_on_carves([lucky], "recall@1", smoothing=1)["epoch"] == 1
+
+
 def test_carves_choose_the_smallest_mean_of_a_lower_is_better_metric():
     """RMSE per carve: (ease, 1) at epoch 2 has the smallest mean, (0.90 + 0.92) / 2 = 0.91;
     the curve and per-kind figures stay RMSE (each epoch's smallest)."""

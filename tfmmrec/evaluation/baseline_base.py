@@ -18,9 +18,17 @@ import scipy.sparse as sp
 
 from tfmmrec.errors import DataError
 
-# Dense arrays a baseline may build, in elements (float32: 4 bytes each). Past this a clear
-# error beats an out-of-memory kill halfway through an evaluation.
-MAX_DENSE_ELEMENTS = 400_000_000
+# The memory a baseline's dense arrays may take. Past this a clear refusal beats an
+# out-of-memory kill, or hours of a cubic solve, halfway through an evaluation.
+MAX_DENSE_BYTES = 4 * 2**30
+# EASE's item-item solve holds about 4.5 float64 copies of the N × N matrix at once (the Gram
+# matrix, its inverse, the weights and temporaries): measured 3.6 GiB at 10,000 items.
+EASE_COPIES = 4.5
+
+
+class TooLarge(DataError):
+    """A baseline's dense arrays would exceed :data:`MAX_DENSE_BYTES` on this catalogue: an
+    evaluation leaves that baseline out (saying so) and scores the rest."""
 
 
 class Baseline(abc.ABC):
@@ -98,13 +106,24 @@ def check_features(features: np.ndarray | None, present: np.ndarray | None, num_
     return np.where(present[:, None], features, 0.0), present
 
 
-def check_dense_size(rows: int, cols: int, who: str, what: str) -> None:
-    """Refuse a dense ``rows × cols`` array past :data:`MAX_DENSE_ELEMENTS`, saying why."""
-    if rows * cols > MAX_DENSE_ELEMENTS:
-        raise DataError(f"{who} needs a dense {rows:,} × {cols:,} {what} "
-                        f"({rows * cols * 4 / 2**30:.1f} GiB), over the "
-                        f"{MAX_DENSE_ELEMENTS * 4 / 2**30:.1f} GiB limit; leave {who} out for "
-                        "this catalogue (e.g. --baselines ials,knn)")
+def check_dense_size(rows: int, cols: int, who: str, what: str, itemsize: int = 4,
+                     copies: float = 1.0) -> None:
+    """Refuse (:class:`TooLarge`) a dense ``rows × cols`` array of ``itemsize``-byte numbers,
+    held ``copies`` times at once, past :data:`MAX_DENSE_BYTES`, saying why. (It counted
+    float32 elements once while EASE works in float64 with several copies: its limit sat at
+    20,000 items, where a fit takes ~14 GiB and minutes.)"""
+    need = rows * cols * itemsize * copies
+    if need > MAX_DENSE_BYTES:
+        raise TooLarge(f"{who} needs a dense {rows:,} × {cols:,} {what} (about "
+                       f"{need / 2**30:.1f} GiB to fit), over the {MAX_DENSE_BYTES / 2**30:.0f} "
+                       f"GiB limit; leave {who} out for this catalogue (e.g. --baselines "
+                       "ials,knn)")
+
+
+def check_ease_size(num_items: int, who: str = "EASE") -> None:
+    """EASE's item-item solve on ``num_items`` items (about 10,900 at most)."""
+    check_dense_size(num_items, num_items, who, "item-item matrix", itemsize=8,
+                     copies=EASE_COPIES)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 
 from tfmmrec.data.splits import Split, validation_split
 from tfmmrec.errors import DataError
-from tfmmrec.evaluation.baseline_base import Baseline
+from tfmmrec.evaluation.baseline_base import Baseline, TooLarge
 from tfmmrec.evaluation.cf import EASE, IALS
 from tfmmrec.evaluation.content import ContentKernelRidge, ContentKNN, ContentRidge
 from tfmmrec.evaluation.metrics import evaluate_ranking
@@ -63,6 +63,8 @@ BASELINES = {"ease": EASE.name, "ease_recency": EASE_RECENCY, "ials": IALS.name,
              "ridge": ContentRidge.name, "kernel": ContentKernelRidge.name,
              "knn": ContentKNN.name}
 ID_ONLY = ("ease", "ease_recency", "ials")
+# The rows whose settings are chosen on a validation carve (kNN has none to choose).
+TUNED = ("ease", "ease_recency", "ials", "ridge", "kernel")
 
 
 @dataclass
@@ -166,9 +168,13 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
     train, _ = split_matrices(split, user_ids, num_items)
     # Cold: every candidate item is unseen in training (an ID-only model cannot rank them).
     cold = split.test_items is not None and train[:, split.test_items].nnz == 0
-    validation = validation_split(split, validation_fraction, seed)
-    warm_validation = (validation_split(split, validation_fraction, seed, kind="random")
-                       if cold else validation)
+    try:
+        validation = validation_split(split, validation_fraction, seed)
+        warm_validation = (validation_split(split, validation_fraction, seed, kind="random")
+                           if cold else validation)
+    except DataError as exc:  # a tiny split: the tuned rows go, the rest still score
+        validation = warm_validation = None
+        no_carve = str(exc)
     common = {"item_features": item_features, "present": present, "metric": metric,
               "batch_size": batch_size}
     results: dict[str, BaselineResult] = {}
@@ -183,17 +189,8 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
         return select_on_validation(lambda **p: IALS(**p, seed=model_seed), grids["ials"],
                                     warm_validation, user_ids, num_items, **common)
 
-    for key in names:
-        if key in ID_ONLY and cold:
-            logger.info("%s skipped: it sees no content, and no test item was in training",
-                        BASELINES[key])
-            continue
-        if key in ("ridge", "kernel", "knn") and item_features is None:
-            logger.info("%s skipped: no item features", BASELINES[key])
-            continue
-        if key == "ease_recency" and "timestamp" not in split.train.columns:
-            logger.info("%s skipped: the interactions have no timestamps", EASE_RECENCY)
-            continue
+    def run_one(key: str) -> None:
+        nonlocal ials_params, ease_params
         start = time.perf_counter()
         if key == "ease_recency":
             if ease_params is None:
@@ -205,7 +202,7 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
                                                    trials, time.perf_counter() - start)
             _log_chosen(EASE_RECENCY, config, metric, trials, metrics, ks,
                         results[EASE_RECENCY].seconds)
-            continue
+            return
         if key == "ease":
             params, trials = tune_ease()
             ease_params = params
@@ -233,6 +230,26 @@ def run_baselines(split: Split, user_ids: np.ndarray, num_items: int, *,
                                              trials, time.perf_counter() - start)
         _log_chosen(model.name, model.get_config(), metric, trials, metrics, ks,
                     results[model.name].seconds)
+
+    for key in names:
+        if key in ID_ONLY and cold:
+            logger.info("%s skipped: it sees no content, and no test item was in training",
+                        BASELINES[key])
+            continue
+        if key in ("ridge", "kernel", "knn") and item_features is None:
+            logger.info("%s skipped: no item features", BASELINES[key])
+            continue
+        if key == "ease_recency" and "timestamp" not in split.train.columns:
+            logger.info("%s skipped: the interactions have no timestamps", EASE_RECENCY)
+            continue
+        if validation is None and key in TUNED:
+            logger.warning("%s skipped: it is tuned on a validation carve of the training "
+                           "split, and none can be made (%s)", BASELINES[key], no_carve)
+            continue
+        try:
+            run_one(key)
+        except TooLarge as exc:  # one baseline too large for this catalogue: the rest score
+            logger.warning("%s skipped: %s", BASELINES[key], exc)
     return results
 
 
@@ -245,6 +262,9 @@ def _log_chosen(name: str, chosen: dict, metric: str, trials: list[dict[str, Any
               and not np.isnan(t["score"])]
     how = (f"chosen by validation {metric} {max(scores):.4f}" if scores
            else "nothing to choose")
+    if len(scores) > 1 and min(scores) == max(scores):  # nothing was chosen: say so
+        how = (f"every setting tied on validation {metric} {max(scores):.4f} (the first "
+               "kept)")
     shown = _test_metric(metric, ks)
     logger.info("%s: %s, %s → test %s %.4f (%.1f s)", name, chosen, how, shown,
                 metrics[shown], seconds)

@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from tfmmrec.evaluation.baseline_base import Baseline, binary_matrix, check_dense_size
+from tfmmrec.evaluation.baseline_base import (
+    Baseline,
+    binary_matrix,
+    check_dense_size,
+    check_ease_size,
+)
 from tfmmrec.towers.cf import ease_weights
 
 
@@ -48,7 +53,7 @@ class EASE(Baseline):
             present: np.ndarray | None = None) -> EASE:
         x = binary_matrix(train)
         num_users, num_items = x.shape
-        check_dense_size(num_items, num_items, "EASE", "item-item matrix")
+        check_ease_size(num_items)
         check_dense_size(num_users, num_items, "EASE", "user-history matrix")
         self.weights = ease_weights(np.asarray((x.T @ x).toarray(), np.float64), self.l2)
         self._history = x

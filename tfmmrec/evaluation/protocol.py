@@ -115,6 +115,22 @@ def unscored_note(split: Split, user_ids: np.ndarray, num_items: int,
             f" of {users[scored].nunique()} of {users.nunique()} users")
 
 
+def historyless_note(split: Split) -> str | None:
+    """One line when test users have no training interaction: the history-based baselines
+    (EASE, iALS, the content→CF rows, kNN) score every item 0 for them, so their rows rank
+    those users' items in catalogue order (ties keep the lower index), a figure that moves
+    with the order of items.csv. None when every test user has a history."""
+    test_users = split.test["user_id"].astype(str).unique()
+    if not len(test_users):
+        return None
+    without = np.setdiff1d(test_users, split.train["user_id"].astype(str).unique())
+    if not len(without):
+        return None
+    return (f"{len(without)} of {len(test_users)} test users have no training interactions: "
+            "the history-based baselines (EASE, iALS, content→CF, kNN) score every item 0 for "
+            "them, so those rows rank their items in catalogue order")
+
+
 def _scored_rows(split: Split, user_ids: np.ndarray, num_items: int) -> np.ndarray:
     """``[len(split.test)]`` bool: the test rows some metric measures (:func:`scored_items`)."""
     relevant, _ = scored_items(split, user_ids, num_items)

@@ -264,7 +264,10 @@ def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str,
     ``smoothing`` epochs on each side (fewer at the ends), so one lucky epoch cannot decide
     alone, at no extra training. Pairs are visited as one monitor visits them (epochs
     ascending, kinds in order, weights ascending) and only a strictly better figure replaces
-    the choice, so one carve without smoothing chooses exactly what its monitor chose.
+    the choice, so one carve without smoothing chooses exactly what its monitor chose. Equal
+    smoothed figures are told apart by the epoch's own figure: on a curve no longer than
+    ``smoothing + 1`` epochs every window is the whole curve, and the first epoch won every
+    such tie (0.10 then 0.90 chose epoch 1).
 
     Returns ``{"epoch", "kind", "weight", "metrics"}`` (the chosen pair's metrics, averaged as
     they were chosen on), ``"curve"`` (each common epoch's best figure), ``"epochs"`` and
@@ -279,7 +282,7 @@ def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str,
         raise ValueError("the validation carves share no scored epoch")
     tables = [[m.scores[m.epochs.index(epoch)] for m in monitors] for epoch in common]
     sign = orientation(metric)  # compared as sign · figure: larger is better
-    best, best_value, curve, per_kind = None, -np.inf, [], {}
+    best, best_value, curve, per_kind = None, (-np.inf, -np.inf), [], {}
     for position, epoch in enumerate(common):
         window = [t for ts in tables[max(0, position - smoothing):position + smoothing + 1]
                   for t in ts]
@@ -287,11 +290,12 @@ def choose_on_carves(monitors: Sequence[ValidationMetrics], metric: str,
         for pair, metrics in tables[position][0].items():
             mean = {key: float(np.mean([t[pair][key] for t in window])) for key in metrics}
             value = sign * mean[metric]
+            own = sign * float(np.mean([t[pair][metric] for t in tables[position]]))
             epoch_best = max(epoch_best, value)
             per_kind[pair[0]] = max(per_kind.get(pair[0], -np.inf), value)
-            if value > best_value:  # as the monitor: a NaN figure is never chosen
+            if (value, own) > best_value:  # as the monitor: a NaN figure is never chosen
                 best, best_value = {"epoch": epoch, "kind": pair[0], "weight": pair[1],
-                                    "metrics": mean}, value
+                                    "metrics": mean}, (value, own)
         curve.append(sign * epoch_best)
     if best is None:
         raise ValueError(f"no validation {metric} figure to choose on (every one is NaN)")
