@@ -211,3 +211,21 @@ def test_after_import_runs_once_now_or_right_after_the_import(monkeypatch):
 
     assert calls == ["now", "colorsys"]
     assert not any(isinstance(f, _AfterImport) for f in sys.meta_path)
+
+
+def test_quiet_output_holds_in_an_interactive_session():
+    """A notebook kernel is interactive: TensorFlow's get_logger() set its logger to INFO
+    on first use, after quiet_output had set ERROR ("INFO:tensorflow:Assets written to" in
+    every export cell of the notebooks)."""
+    result = run_python("""
+        import sys
+        sys.ps1 = ">>> "  # what an interactive shell or a Jupyter kernel defines
+        import tfmmrec
+        tfmmrec.quiet_output()
+        import tensorflow as tf
+        tf.get_logger().info("an info line")
+        tf.get_logger().error("an error line")
+        """)
+    assert result.returncode == 0, result.stderr
+    assert "an info line" not in result.stdout + result.stderr
+    assert "an error line" in result.stdout + result.stderr

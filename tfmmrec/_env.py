@@ -168,6 +168,7 @@ def quiet_output(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore")
     for name in NOISY_PYTHON_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    after_import("tensorflow", _quiet_tensorflow_logger)
     root = logging.getLogger()
     if not any(isinstance(f, _LibraryRecordsOnRoot) for f in root.filters):
         root.addFilter(_LibraryRecordsOnRoot())
@@ -283,6 +284,15 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+def _quiet_tensorflow_logger() -> None:
+    """TensorFlow's ``get_logger()`` sets its logger to INFO the first time it runs in an
+    interactive session (a notebook kernel), after ``quiet_output`` set it to ERROR, so
+    "INFO:tensorflow:Assets written to …" showed in notebooks: call it first, then set it."""
+    from tensorflow.python.platform import tf_logging
+
+    tf_logging.get_logger().setLevel(logging.ERROR)
 
 
 def after_import(name: str, callback: Callable[[], object]) -> None:
