@@ -75,6 +75,19 @@ def test_temporal_split_holds_out_each_users_latest():
     assert keys(pd.concat([split.train, split.test])) == keys(FRAME)
 
 
+def test_a_temporal_split_of_equal_timestamps_says_it_is_file_order(caplog):
+    """Every timestamp equal: the split fell back to file order without a word."""
+    same = FRAME.assign(timestamp=7)
+    with caplog.at_level("WARNING", logger="tfmmrec.data.splits"):
+        temporal_split(same, test_fraction=0.2)
+    assert caplog.messages == ["every interaction has the same timestamp: the temporal split "
+                               "holds out each user's last rows in file order, not their latest"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tfmmrec.data.splits"):
+        temporal_split(FRAME, test_fraction=0.2)
+    assert not caplog.messages
+
+
 def test_temporal_split_last_n():
     split = temporal_split(FRAME, last_n=3)
     assert split.test.groupby("user_id").size().eq(3).all()

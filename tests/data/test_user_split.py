@@ -201,6 +201,17 @@ def test_a_supplied_test_set_drops_rows_below_min_rating_as_interactions_csv_doe
     assert len(load_test_interactions(tmp_path / "unrated.csv", dataset, min_rating=4)) == 2
 
 
+def test_an_unknown_candidate_id_is_cut_in_the_message(tmp_path):
+    """A 612-character id made a 706-character error line (--test cut its ids already)."""
+    from tfmmrec.data.dataset import load_candidates
+
+    dataset = load(make_folder(tmp_path / "d"))
+    (tmp_path / "long.txt").write_text("i1\n" + "x" * 612 + "\n")
+    with pytest.raises(DataError) as error:
+        load_candidates(tmp_path / "long.txt", dataset.catalog)
+    assert len(str(error.value)) < 250 and "long.txt line 2 ('xxx" in str(error.value)
+
+
 def test_a_candidates_file_that_is_not_utf8_or_holds_no_ids_is_named(tmp_path):
     from tfmmrec.data.dataset import read_candidate_ids
 

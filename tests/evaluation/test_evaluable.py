@@ -132,6 +132,16 @@ def test_test_users_without_a_training_history_are_named_for_the_baselines():
     assert historyless_note(Split("given", FIVE_TRAIN, frame([("u2", 5)]))) is None
 
 
+def test_a_temporal_split_without_test_rows_says_why_in_its_own_terms():
+    """It was told a given split needs rows whose split column says test."""
+    with pytest.raises(DataError) as raised:
+        check_evaluable(Split("temporal", FIVE_TRAIN, frame([])), FIVE, 8)
+    assert str(raised.value) == (
+        "nothing to evaluate: the temporal split's test set has no interactions (a temporal "
+        "split holds out each user's latest data.test_fraction of rows, none when every user "
+        "has a single interaction; or supply a test file: tfmmrec evaluate --test FILE)")
+
+
 def test_split_none_without_a_test_file_says_to_pass_one():
     """It said a given split needs rows whose split column says test."""
     split = Split("none", FIVE_TRAIN, frame([]))

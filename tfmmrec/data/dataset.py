@@ -372,12 +372,12 @@ def load_candidates(path: str | Path, catalog: Catalog) -> np.ndarray:
     indices, bad = [], []
     for number, item in read_candidate_ids(path):
         position = lookup.get_indexer([item])[0]
-        if position < 0:
-            bad.append(f"{path.name} line {number} ({item!r})")
+        if position < 0:  # a value cut as every echoed one is (a 600-character id)
+            bad.append(f"{path.name} line {number} ({shown(item)})")
         indices.append(position)
     if bad:
-        shown = ", ".join(bad[:validate.SHOW_AT_MOST])
-        raise DataError(f"{path}: {len(bad)} candidate item(s) not in the catalogue: {shown}")
+        listed = ", ".join(bad[:validate.SHOW_AT_MOST])
+        raise DataError(f"{path}: {len(bad)} candidate item(s) not in the catalogue: {listed}")
     return np.unique(np.asarray(indices, np.int64))
 
 

@@ -12,6 +12,7 @@ validation rows).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from tfmmrec.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 SPLIT_KINDS = ("random", "temporal", "cold_start", "given", "none")
 SPLIT_COLUMN = "split"
@@ -150,6 +153,9 @@ def temporal_split(interactions: pd.DataFrame, test_fraction: float | None = Non
                         "or every value empty); fill it or use data.split: random")
     if (test_fraction is None) == (last_n is None):
         raise DataError("temporal split takes exactly one of test_fraction or last_n")
+    if len(interactions) > 1 and interactions["timestamp"].nunique() == 1:
+        logger.warning("every interaction has the same timestamp: the temporal split holds out "
+                       "each user's last rows in file order, not their latest")
     frame = interactions.assign(_row=np.arange(len(interactions)))
     frame = frame.sort_values(["user_id", "timestamp", "_row"], kind="stable")
     position = frame.groupby("user_id", sort=False).cumcount().to_numpy()

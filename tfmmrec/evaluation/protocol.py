@@ -72,8 +72,8 @@ def check_evaluable(split: Split, user_ids: np.ndarray, num_items: int,
     where = test or f"the {split.kind} split's test set"
     if split.test.empty:  # e.g. a given split whose every row says train
         raise DataError(f"nothing to evaluate: {where} has no interactions"
-                        + ("" if test else " (a given split needs rows whose split column says "
-                           "test; or supply a test file: tfmmrec evaluate --test FILE)"))
+                        + ("" if test else f" ({_why_no_test(split.kind)}; or supply a test "
+                           "file: tfmmrec evaluate --test FILE)"))
     allowed = candidate_mask(split, num_items)
     if allowed is not None and not allowed[split.test["item_index"].to_numpy(np.int64)].any():
         among = candidates or "the split's candidate items"
@@ -113,6 +113,16 @@ def unscored_note(split: Split, user_ids: np.ndarray, num_items: int,
     return (f"{unscored} of {total} test rows {'is' if unscored == 1 else 'are'} not scored "
             f"({'; '.join(reasons)}); the metrics are over {kept} row{'' if kept == 1 else 's'}"
             f" of {users[scored].nunique()} of {users.nunique()} users")
+
+
+def _why_no_test(kind: str) -> str:
+    """What leaves a split of ``kind`` without test rows (a temporal split was told about a
+    given split's split column)."""
+    return {"given": "a given split needs rows whose split column says test",
+            "temporal": "a temporal split holds out each user's latest data.test_fraction of "
+                        "rows, none when every user has a single interaction",
+            "random": "data.test_fraction of the rows, rounded, is none here",
+            }.get(kind, f"the {kind} split held no rows out")
 
 
 def historyless_note(split: Split) -> str | None:
