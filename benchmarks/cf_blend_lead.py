@@ -65,22 +65,13 @@ def run(interactions, user_ids, num_items) -> dict:
 
 
 def main() -> int:
-    from insteval import DATA
+    from insteval import interaction_datasets
 
-    from tfmmrec.config import DataConfig
-    from tfmmrec.data.dataset import load_dataset
     from tfmmrec.evaluation.report import write_json
 
-    folders = {"ML-100K": (REPO.parent / "shared" / "data" / "ml100k", {}),
-               "InstEval": (DATA, {"image_column": None})}
     report = {"command": "python benchmarks/cf_blend_lead.py", "datasets": {}}
-    for name, (path, columns) in folders.items():
-        if not (path / "interactions.csv").exists():
-            print(f"{name}: {path} not found, skipped", file=sys.stderr)
-            continue
-        dataset = load_dataset(DataConfig(path=str(path), **columns))
-        user_ids = np.asarray(sorted(dataset.interactions["user_id"].unique()))
-        result = run(dataset.interactions, user_ids, dataset.num_items)
+    for name, interactions, user_ids, num_items in interaction_datasets():
+        result = run(interactions, user_ids, num_items)
         report["datasets"][name] = result
         test = result["scored"]["test"]
         print(f"{name}: EASE {result['ease']}, iALS {result['ials']}")

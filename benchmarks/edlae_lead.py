@@ -81,24 +81,15 @@ def run(interactions, user_ids, num_items) -> dict:
 
 
 def main() -> int:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from insteval import DATA
+    from insteval import interaction_datasets
 
-    from tfmmrec.config import DataConfig
-    from tfmmrec.data.dataset import load_dataset
     from tfmmrec.evaluation.report import write_json
 
-    folders = {"InstEval": (DATA, {"image_column": None}),
-               "ML-100K": (REPO.parent / "shared" / "data" / "ml100k", {})}
     report = {"command": "python benchmarks/edlae_lead.py", "datasets": {}}
-    for name, (path, columns) in folders.items():
-        if not (path / "interactions.csv").exists():
-            print(f"{name}: {path} not found, skipped", file=sys.stderr)
-            continue
-        dataset = load_dataset(DataConfig(path=str(path), **columns))
-        user_ids = np.asarray(sorted(dataset.interactions["user_id"].unique()))
+    for name, interactions, user_ids, num_items in interaction_datasets(("InstEval",
+                                                                         "ML-100K")):
         print(f"== {name}", flush=True)
-        report["datasets"][name] = run(dataset.interactions, user_ids, dataset.num_items)
+        report["datasets"][name] = run(interactions, user_ids, num_items)
     write_json(report, REPO / "benchmarks" / "results" / "edlae_lead.json")
     return 0
 

@@ -55,6 +55,27 @@ COLUMNS = ("top_k_accuracy@100", "recall@10", "recall@20", "ndcg@20")
 # --- the data folder ---------------------------------------------------------------------------
 
 
+def interaction_datasets(names=("ML-100K", "InstEval")):
+    """``(name, interactions, user ids, catalogue size)`` of each real dataset found (ML-100K
+    in ../shared, InstEval as ``--lme4`` wrote it), a missing one skipped with a line: what
+    the CF-only lead scripts (``cf_blend_lead.py``, ``edlae_lead.py``) run on."""
+    import numpy as np
+
+    from tfmmrec.config import DataConfig
+    from tfmmrec.data.dataset import load_dataset
+
+    folders = {"ML-100K": (REPO.parent / "shared" / "data" / "ml100k", {}),
+               "InstEval": (DATA, {"image_column": None})}
+    for name in names:
+        path, columns = folders[name]
+        if not (path / "interactions.csv").exists():
+            print(f"{name}: {path} not found, skipped", file=sys.stderr)
+            continue
+        dataset = load_dataset(DataConfig(path=str(path), **columns))
+        user_ids = np.asarray(sorted(dataset.interactions["user_id"].unique()))
+        yield name, dataset.interactions, user_ids, dataset.num_items
+
+
 def read_insteval(lme4: Path):
     """InstEval from lme4's lazy-load database (``data/Rdata.rdx`` index, ``.rdb`` blobs)."""
     try:

@@ -256,6 +256,28 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> tuple[int, str]:
+    """``(size, hex digest)`` of a file, read once in 4 MiB chunks, so hashing never holds a
+    file whole (a local path, or any TensorFlow filesystem path): shard checksums (SHA-256)
+    and the feature cache's content keys (SHA-1) alike."""
+    digest, size = hashlib.new(algorithm), 0
+    path = os.fspath(path)
+    if _is_remote(path):
+        import tensorflow as tf
+
+        opened = tf.io.gfile.GFile(path, "rb")
+    else:
+        opened = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    with opened as handle:
+        while chunk := handle.read(_DIGEST_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+_DIGEST_CHUNK = 4 * 2**20
+
+
 def _is_remote(path: str) -> bool:
     return "://" in path
 

@@ -166,3 +166,9 @@ def test_known_users_fits_a_batch_of_exactly_the_servers_limit(users):
     assert client.known_users(users).tolist() == [u != "nobody" for u in users]
     assert all("" in batch and len(batch) <= client.limit for batch in client.batches)
     assert [u for batch in client.batches for u in batch if u] == users
+
+
+def test_known_items_names_its_own_argument():
+    """It checked item ids with the user-id helper, so a bad item id was named user_ids[0]."""
+    with pytest.raises(ServingError, match=r"^item_ids\[0\] is 1 \(int\), not a string"):
+        ServingClient("127.0.0.1:1", rest=True).known_items([1])

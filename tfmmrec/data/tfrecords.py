@@ -57,7 +57,7 @@ from tfmmrec.data.splits import Split, row_hashes, split_interactions
 from tfmmrec.data.stream import CatalogSummary
 from tfmmrec.data.validate import report_missing_media
 from tfmmrec.errors import ConfigError, DataError
-from tfmmrec.files import atomic_path, atomic_write
+from tfmmrec.files import atomic_path, atomic_write, file_digest
 from tfmmrec.modalities.audio import record_samples
 from tfmmrec.progress import counter
 
@@ -74,7 +74,6 @@ SHARD_PATTERNS = tuple(f"{table}-*-of-*.tfrecord" for table in TABLES)
 # A shard's size and checksum, written beside it before its rename (what a resumed run checks);
 # removed once the manifest holds them.
 SIDECAR_PATTERNS = tuple(f".{pattern}.json" for pattern in SHARD_PATTERNS)
-_READ_CHUNK = 4 * 2**20
 TARGET_SHARD_BYTES = 128 * 2**20
 # Bytes a serialised interaction takes, roughly (ids, index, rating, timestamp, proto framing).
 _INTERACTION_BYTES = 64
@@ -312,17 +311,6 @@ def finish_prepare(run: PrepareRun, failed: dict[str, list[str]]) -> Manifest:
 
 def shard_entry(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record[key] for key in ("file", "records", "bytes", "sha256")}
-
-
-def file_digest(path: str) -> tuple[int, str]:
-    """``(size, SHA-256)`` of a file, read once in 4 MiB chunks (any TensorFlow filesystem
-    path). SHA-256 runs at GB/s: a fraction of the time writing the shard took."""
-    digest, size = hashlib.sha256(), 0
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        while chunk := handle.read(_READ_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def split_digests(split: Split, columns: Sequence[str]) -> dict[str, str]:

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfmmrec.data.media import DEFAULT_LIMITS, OfflineLimits
 from tfmmrec.errors import ConfigError, MediaDecodeError, ServingError
+from tfmmrec.files import file_digest
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config, DataConfig, ServingLimitsConfig
@@ -66,13 +67,9 @@ def content_hash(data: bytes) -> str:
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """:func:`content_hash` of a file's bytes, read 1 MiB at a time: the memory of hashing a
-    catalogue does not grow with its largest file (it read each file whole)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as file:
-        while chunk := file.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """:func:`content_hash` of a file's bytes, read in chunks (``files.file_digest``): the
+    memory of hashing a catalogue does not grow with its largest file (it read each whole)."""
+    return file_digest(path, "sha1")[1]
 
 
 class ModalitySpec(abc.ABC):

@@ -171,7 +171,7 @@ class ServingClient:
         """``[B]`` bool: whether each item is in the served catalogue (``embed_items``'
         ``found``). A session or exclude list naming an unknown item is served without it
         (no error, by design); this says which ones were ignored."""
-        ids = _user_ids(item_ids)  # the same checks: a batch of id strings
+        ids = _user_ids(item_ids, "item_ids")  # the same checks: a batch of id strings
         return np.asarray(self.predict("embed_items", {"item_id": ids})["found"], bool)
 
     # -- generic TF Serving calls ------------------------------------------------------------
@@ -351,15 +351,16 @@ def _other_integer(value) -> bool:
             and dtype.kind in "iu" and dtype != np.int32)
 
 
-def _user_ids(user_ids: Sequence[str] | str) -> np.ndarray:
+def _user_ids(user_ids: Sequence[str] | str, name: str = "user_ids") -> np.ndarray:
     """The ``user_id`` batch (one id alone is a batch of one), refused before it is sent when
     it is a dict or set (its keys would be sent as ids, in no particular order) or an id is
     not a string, as ``ExportedModel`` refuses them: gRPC would raise a bare TypeError and
-    REST's JSON would serve ``1`` as the unknown user "1"."""
+    REST's JSON would serve ``1`` as the unknown user "1". ``name``: the argument errors
+    name (``item_ids`` for a batch of item ids)."""
     if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
         user_ids = [user_ids]
-    check_ordered(user_ids, "user_ids", "ids")
-    return np.array(id_texts(list(user_ids), "user_ids"), dtype=object)
+    check_ordered(user_ids, name, "ids")
+    return np.array(id_texts(list(user_ids), name), dtype=object)
 
 
 def _content(spec: modalities.ModalitySpec, values, name: str) -> np.ndarray:
