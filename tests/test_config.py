@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import subprocess
@@ -656,3 +657,182 @@ def test_a_bad_section_in_the_file_is_blamed_on_the_file_not_an_override(tmp_pat
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: invalid config value "
                                           r"train=5"):
         load_config(path, ["train.output_dir=X"])
+
+
+# --- overrides named for a conflict, and fields that have no effect ---------------------------
+
+def test_a_conflict_names_only_the_overrides_that_set_its_fields(tmp_path):
+    """Two overrides that each break the same check change nothing when left out one at a
+    time: the whole list was named, ``train.epochs=3`` too."""
+    users = {"model": {"objective": "users", "user_history": True, "negatives": "full",
+                       "history_dropout": 0.5}}
+    with pytest.raises(ConfigError) as info:
+        load_config(users, ["train.epochs=3", "model.negatives=in_batch",
+                            "model.history_dropout=0"])
+    assert str(info.value).startswith("--set model.negatives=in_batch, --set "
+                                      "model.history_dropout=0: invalid config value "
+                                      "model.objective='users'")
+    # the same override twice: the last one is what the config holds
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=0", "train.batch_size=64", "train.epochs=0"])
+    assert str(info.value).startswith("--set train.epochs=0, --set train.epochs=0: ")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=5", "train.batch_size=64", "train.epochs=0"])
+    assert str(info.value) == ("--set train.epochs=0: invalid config value train.epochs=0: "
+                               "expected >= 1")
+
+
+def test_an_override_that_fixes_the_file_is_not_blamed_for_another_error(tmp_path):
+    """Without ``data.test_fraction=0.2`` the file's own error came first, so the error
+    changed and that override was named beside the wrong one."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  test_fraction: 1.0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["data.test_fraction=0.2", "train.epochs=0"])
+    assert str(info.value) == ("--set train.epochs=0: invalid config value train.epochs=0: "
+                               "expected >= 1")
+    path.write_text("data:\n  test_fraction: 1.0\ntrain:\n  epochs: 0\n")  # the file's own
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["data.test_fraction=0.2"])
+    assert str(info.value) == f"{path}: invalid config value train.epochs=0: expected >= 1"
+
+
+def test_unknown_keys_in_several_overrides_name_each_of_them():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=3", "nosuch.x=1", "train.epoch=2"])
+    assert str(info.value).startswith("--set nosuch.x=1, --set train.epoch=2: unknown config "
+                                      "key(s) nosuch (")
+
+
+def test_a_conflict_whose_error_names_no_field_says_so_rather_than_naming_every_override():
+    """A plugin section's error that names no field, broken by any two of three overrides:
+    none changes it alone, so the overrides involved cannot be told from the others."""
+
+    @dataclasses.dataclass
+    class KnobsTowerConfig:
+        enabled: bool = True
+        a: bool = False
+        b: bool = False
+        c: bool = False
+
+        def __post_init__(self):
+            if self.a + self.b + self.c > 1:
+                raise ConfigError("at most one knob may be on")
+
+    register_tower_section("knobs", KnobsTowerConfig)
+    try:
+        with pytest.raises(ConfigError) as info:
+            load_config(None, ["train.epochs=3", "knobs.a=true", "knobs.b=true",
+                               "knobs.c=true"])
+    finally:
+        unregister_tower_section("knobs")
+    assert str(info.value) == ("defaults with the --set overrides (the error names no field, "
+                               "so which of them it involves is not known): at most one knob "
+                               "may be on")
+
+
+@pytest.fixture
+def inert_warnings(monkeypatch, caplog):
+    """The no-effect warnings ``load_config`` logs from here on (each is logged once per
+    process, so the record of earlier tests is cleared)."""
+    import tfmmrec.config as config_module
+
+    monkeypatch.setattr(config_module, "_WARNED", set(), raising=False)
+    caplog.set_level(logging.WARNING, logger="tfmmrec")
+    return lambda: [r.getMessage() for r in caplog.records
+                    if r.name == "tfmmrec.config" and "has no effect" in r.getMessage()]
+
+
+# (override, the condition in the config that gives it no effect, the warning's text)
+INERT = [
+    ("model.item_id_dropout=0.3", [],
+     "model.item_id_dropout=0.3 has no effect: model.item_id_embedding is false; set "
+     "model.item_id_embedding: true, or remove model.item_id_dropout"),
+    ("model.item_id_dropout=0.3", ["model.item_id_embedding=true", "text.enabled=false",
+                                   "image.enabled=false", "audio.enabled=false",
+                                   "facets.enabled=false"],
+     "model.item_id_dropout=0.3 has no effect: every tower section is disabled"),
+    ("model.user_id_dropout=0.2", ["model.user_id_embedding=false"],
+     "model.user_id_dropout=0.2 has no effect: model.user_id_embedding is false"),
+    ("model.history_dropout=0.5", [],
+     "model.history_dropout=0.5 has no effect: model.user_history is false"),
+    ("model.history_half_life=20", [], "model.history_half_life=20 has no effect"),
+    ("model.history_max_length=50", [], "model.history_max_length=50 has no effect"),
+    ("model.feature_dropout_shared=true", ["model.feature_dropout={image: 0}"],
+     "model.feature_dropout_shared=True has no effect: no model.feature_dropout rate"),
+    ("model.alignment_rows=64", ["model.alignment_weight=0"],
+     "model.alignment_rows=64 has no effect: model.alignment_weight is 0"),
+    ("model.alignment_weight=1.0", ["ranking.enabled=true", "ranking.retrieval_weight=0"],
+     "model.alignment_weight=1.0 has no effect: a ranking-only model"),
+    ("model.fusion_selection_metric=ndcg@10", [],
+     "model.fusion_selection_metric='ndcg@10' has no effect: model.fusion_selection is none"),
+    ("model.linear_cf_rank=64", [], "model.linear_cf_rank=64 has no effect: model.linear_cf "
+     "is none; set model.linear_cf (e.g. ease), or remove model.linear_cf_rank"),
+    ("model.linear_cf_half_life=10", [], "model.linear_cf_half_life=10 has no effect"),
+    ("train.validation_carves=3", [],
+     "train.validation_carves=3 has no effect: train.early_stopping is false; set "
+     "train.early_stopping: true, or remove train.validation_carves"),
+    ("train.early_stopping_patience=5", [], "train.early_stopping_patience=5 has no effect"),
+    ("train.early_stopping_smoothing=0", [], "train.early_stopping_smoothing=0 has no effect"),
+    ("train.early_stopping_metric=ndcg@10", [],
+     "train.early_stopping_metric='ndcg@10' has no effect: train.early_stopping is false"),
+]
+
+
+@pytest.mark.parametrize(("override", "condition", "expected"), INERT,
+                         ids=[f"{o}-{len(c)}" for o, c, _ in INERT])
+def test_a_field_set_where_it_has_no_effect_is_one_warning_naming_it_and_the_fix(
+        inert_warnings, override, condition, expected):
+    config = load_config(None, [*condition, override])
+    load_config(config)  # loaded again (the CLI, then train): still one warning
+    messages = inert_warnings()
+    assert len(messages) == 1 and messages[0].startswith(expected), messages
+
+
+@pytest.mark.parametrize(("override", "enabling"), [
+    ("model.item_id_dropout=0.3", "model.item_id_embedding=true"),
+    ("model.user_id_dropout=0.2", "model.user_id_embedding=true"),
+    ("model.history_dropout=0.5", "model.user_history=true"),
+    ("model.feature_dropout_shared=true", "model.feature_dropout={image: 0.5}"),
+    ("model.alignment_rows=64", "model.alignment_weight=0.5"),
+    ("model.linear_cf_rank=64", "model.linear_cf=ease"),
+    ("train.validation_carves=3", "train.early_stopping=true"),
+    ("train.early_stopping_metric=ndcg@10", "model.linear_cf=ease"),  # the CF is chosen on it
+])
+def test_the_same_field_where_it_has_an_effect_is_no_warning(inert_warnings, override,
+                                                             enabling):
+    load_config(None, [enabling, override] + (["model.user_history=true"]
+                                              if "linear_cf=" in enabling else []))
+    assert inert_warnings() == []
+
+
+def test_a_default_value_set_explicitly_is_no_warning(inert_warnings):
+    load_config({"model": {"item_id_dropout": 0.0, "history_dropout": 0.0,
+                           "linear_cf_rank": 128},
+                 "train": {"validation_carves": 1, "early_stopping_patience": 3}})
+    assert inert_warnings() == []
+
+
+@pytest.mark.parametrize("source", [None, *sorted((REPO / "configs").glob("*.yaml"))],
+                         ids=lambda p: "defaults" if p is None else p.name)
+def test_the_shipped_configs_and_the_demo_set_no_field_without_effect(inert_warnings, source):
+    load_config(source)
+    assert inert_warnings() == []
+
+
+def test_a_field_assigned_in_python_is_warned_about_when_the_config_is_used(inert_warnings):
+    config = Config()
+    config.train.validation_carves = 3
+    load_config(config)
+    assert inert_warnings() == ["train.validation_carves=3 has no effect: train.early_stopping "
+                                "is false; set train.early_stopping: true, or remove "
+                                "train.validation_carves"]
+
+
+def test_a_config_derived_with_overrides_from_a_loaded_one_is_not_warned_about(
+        inert_warnings):
+    """Early stopping trains its carves with ``train.early_stopping=false``: the carve
+    settings it reads must not be reported as having no effect."""
+    config = load_config(None, ["train.early_stopping=true", "train.validation_carves=3"])
+    load_config(config, ["train.early_stopping=false", "model.fusion_selection=none"])
+    assert inert_warnings() == []

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import logging
 import math
 import os
 import re
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -22,6 +23,8 @@ import dacite
 import yaml
 
 from tfmmrec.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # The one audio rate (YAMNet and the built-in tower are 16 kHz models); ``tfmmrec.modalities.audio``
 # takes it from here, ``audio.sample_rate`` is checked against it once, below.
@@ -1427,8 +1430,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def _build(data: dict[str, Any], overrides: list[str], source: str) -> Config:
     """``data`` (read from ``source``) with ``overrides`` applied, as a ``Config``. An error is
-    blamed on the overrides without which it goes away (``--set train.epochs=abc: ...``), else
-    on ``source``: the message names what the user has to edit."""
+    blamed on the overrides involved in it (``--set train.epochs=abc: ...``), else on
+    ``source``: the message names what the user has to edit."""
     try:
         merged = apply_overrides(data, overrides)
     except ConfigError:  # "train is not a section": the file's own value, if it is wrong
@@ -1441,38 +1444,161 @@ def _build(data: dict[str, Any], overrides: list[str], source: str) -> Config:
         return Config._parse(merged)
     except ConfigError as exc:
         problem = str(exc)
+    raise ConfigError(f"{_blame(data, overrides, problem, source)}: {problem}") from None
 
-    def persists(kept: list[str]) -> bool:
+
+def _blame(data: dict[str, Any], overrides: list[str], problem: str, source: str) -> str:
+    """Whom ``problem`` (the error of ``data`` with ``overrides``) is to name: the overrides
+    that set a field it names and change it when left out, and those without which the config
+    is valid; ``source`` when the error is its own. Leaving one override out is not enough: of
+    two that break the same check neither changes the error alone (and an unrelated one would
+    be named), and one that fixes an earlier error of the file changes it too."""
+
+    def error(kept: list[str]) -> str | None:
         try:
             Config._parse(apply_overrides(data, kept))
         except ConfigError as exc:
-            return str(exc) == problem
-        return False
+            return str(exc)
+        return None
 
-    blamed = source
-    if overrides and not persists([]):
-        culprits = [item for i, item in enumerate(overrides)
-                    if not persists(overrides[:i] + overrides[i + 1:])]
-        blamed = ", ".join(f"--set {item}" for item in culprits or overrides)
-    raise ConfigError(f"{blamed}: {problem}") from None
+    if not overrides or error([]) == problem:
+        return source
+    named = _named_fields(problem)
+    touching = [item for item in overrides if _touches(item.partition("=")[0], named)]
+    without = [error(overrides[:i] + overrides[i + 1:]) for i in range(len(overrides))]
+    blamed = [item for item, rest in zip(overrides, without, strict=True)
+              if rest is None or (item in touching and rest != problem)] or touching
+    if blamed:
+        return ", ".join(f"--set {item}" for item in blamed)
+    if named:  # the fields in conflict are the source's; the overrides only fixed another error
+        return source
+    return (f"{source} with the --set overrides (the error names no field, so which of them "
+            "it involves is not known)")
+
+
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+
+
+def _named_fields(problem: str) -> set[str]:
+    """The fields (and sections) a config error names: its dotted names, the field of an
+    ``invalid config value X=...`` and the keys of an ``unknown config key(s) ...``."""
+    named = set(_DOTTED_NAME.findall(problem))
+    named.update(re.findall(r"invalid config value ([\w.]+)=", problem))
+    keys = problem.partition("unknown config key(s) ")[2]
+    named.update(part.split(" ")[0] for part in keys.split("; ") if part)
+    return named
+
+
+def _touches(key: str, fields: set[str]) -> bool:
+    """Whether an override of ``key`` sets one of ``fields``, a field inside one (a section's,
+    a mapping's key) or a section holding one."""
+    return any(key == name or key.startswith(f"{name}.") or name.startswith(f"{key}.")
+               for name in fields)
+
+
+# --- fields that do nothing where they are set -------------------------------------------------
+
+# (fields, when they have no effect, why, what gives them one): a value other than the default
+# set there changes nothing, so a user would believe a change that was never made. Logged by
+# ``load_config`` (``inert_fields``), not refused: a config tried with a feature switched off
+# keeps its settings for when it is switched on again. Each field's first matching rule only.
+_LINEAR_CF_SETTINGS = ("model.linear_cf_foldin", "model.linear_cf_rank", "model.linear_cf_l2",
+                       "model.linear_cf_alpha", "model.linear_cf_weight",
+                       "model.linear_cf_content", "model.linear_cf_half_life")
+_INERT_RULES: tuple[tuple[tuple[str, ...], Callable[[Config], bool], str, str], ...] = (
+    (("model.item_id_dropout",), lambda c: not c.model.item_id_embedding,
+     "model.item_id_embedding is false", "set model.item_id_embedding: true"),
+    (("model.item_id_dropout",),
+     lambda c: not any(getattr(tower, "enabled", True) for tower in c.towers.values()),
+     "every tower section is disabled (an id-only item tower never hides its id)",
+     "enable a tower section"),
+    (("model.user_id_dropout",), lambda c: not c.model.user_id_embedding,
+     "model.user_id_embedding is false", "set model.user_id_embedding: true"),
+    (("model.history_dropout", "model.history_half_life", "model.history_max_length"),
+     lambda c: not c.model.user_history,
+     "model.user_history is false (the query tower has no history encoder)",
+     "set model.user_history: true"),
+    (("model.feature_dropout_shared",), lambda c: not any(c.model.feature_dropout.values()),
+     "no model.feature_dropout rate is above 0", "set one, e.g. model.feature_dropout: "
+     "{image: 0.5}"),
+    (("model.alignment_temperature", "model.alignment_rows"),
+     lambda c: c.model.alignment_weight == 0, "model.alignment_weight is 0",
+     "set model.alignment_weight > 0"),
+    (("model.alignment_weight",),
+     lambda c: c.ranking.enabled and c.ranking.retrieval_weight == 0,
+     "a ranking-only model (ranking.retrieval_weight: 0) has no retrieval batches to align on",
+     "set ranking.retrieval_weight > 0"),
+    (("model.fusion_selection_metric",), lambda c: c.model.fusion_selection == "none",
+     "model.fusion_selection is none", "set model.fusion_selection: validation"),
+    (_LINEAR_CF_SETTINGS, lambda c: c.model.linear_cf == "none", "model.linear_cf is none",
+     "set model.linear_cf (e.g. ease)"),
+    (("train.early_stopping_patience", "train.validation_carves",
+      "train.early_stopping_smoothing"), lambda c: not c.train.early_stopping,
+     "train.early_stopping is false", "set train.early_stopping: true"),
+    (("train.early_stopping_metric",),
+     lambda c: not c.train.early_stopping and c.model.linear_cf == "none",
+     "train.early_stopping is false and model.linear_cf is none (nothing is chosen on it)",
+     "set train.early_stopping: true"),
+)
+
+
+def inert_fields(config: Config) -> list[str]:
+    """One message per field set away from its default where the rest of ``config`` gives it
+    no effect (``_INERT_RULES``), naming the field, its value, why, and what would count."""
+    messages, seen = [], set()
+    for names, applies, why, remedy in _INERT_RULES:
+        for name in names:
+            section, attribute = name.split(".")
+            value = getattr(getattr(config, section), attribute)
+            if name in seen or value == _default(name) or not applies(config):
+                continue
+            seen.add(name)
+            messages.append(f"{name}={value!r} has no effect: {why}; {remedy}, or remove "
+                            f"{name}")
+    return messages
+
+
+def _default(name: str) -> Any:
+    """The default of a dotted ``section.field`` of the fixed sections."""
+    section, attribute = name.split(".")
+    item = _field_hints(Config)[section].__dataclass_fields__[attribute]
+    return item.default_factory() if item.default is dataclasses.MISSING else item.default
+
+
+# The messages logged in this process: a config is loaded again at each pipeline entry (the
+# CLI's, then ``train``'s), and its user needs each warning once.
+_WARNED: set[str] = set()
+
+
+def _warn_inert(config: Config) -> Config:
+    """Log each of ``inert_fields(config)`` not logged before; return ``config``."""
+    for message in inert_fields(config):
+        if message not in _WARNED:
+            _WARNED.add(message)
+            logger.warning("%s", message)
+    return config
 
 
 def load_config(source: str | os.PathLike | Config | Mapping[str, Any] | None = None,
                 overrides: list[str] | None = None) -> Config:
     """One entry point: a ``Config``, a YAML path, a mapping of sections as a YAML file would
-    hold them (``{"train": {"epochs": 3}}``), or ``None`` (the demo defaults)."""
+    hold them (``{"train": {"epochs": 3}}``), or ``None`` (the demo defaults).
+
+    A field set where it has no effect is logged as a warning (``inert_fields``), except for a
+    ``Config`` with overrides: a config derived from one already loaded (the pipeline's own,
+    such as early stopping's ``train.early_stopping=false``)."""
     if isinstance(source, Config):
         if overrides:
             return _build(source.to_dict(), overrides, source="<dict>")
-        return source.validate()
+        return _warn_inert(source.validate())
     if source is None:
-        return _build({}, overrides or [], source="defaults")
+        return _warn_inert(_build({}, overrides or [], source="defaults"))
     if isinstance(source, Mapping):
-        return _build(dict(source), overrides or [], source="the config mapping")
+        return _warn_inert(_build(dict(source), overrides or [], source="the config mapping"))
     if not isinstance(source, str | os.PathLike):
         raise ConfigError(f"a config is a Config, a YAML path, a mapping of sections or None; "
                           f"got {type(source).__name__} {source!r:.80}")
-    return Config.from_yaml(source, overrides)
+    return _warn_inert(Config.from_yaml(source, overrides))
 
 
 # --- what defines a trained model ----------------------------------------------------------------
