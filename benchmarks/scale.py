@@ -167,9 +167,9 @@ def bench_input(num_items: int, users: int) -> dict:
     from tfmmrec import pipeline
     from tfmmrec.config import load_config
     from tfmmrec.data import tfrecords
-    from tfmmrec.towers.cache import encode_catalog, raw_loader
+    from tfmmrec.towers.cache import encode_catalog, encode_records, raw_loader
     from tfmmrec.towers.encoders import build_encoder
-    from tfmmrec.training.trainer import dataframe_dataset, encode_from_tfrecords
+    from tfmmrec.training.trainer import dataframe_dataset
 
     folder = build_folder(OUT / "input-data", num_items, users)
     config = load_config(None, [f"data.path={folder}", "image.image_size=224",
@@ -218,7 +218,7 @@ def bench_input(num_items: int, users: int) -> dict:
                     encode_catalog(catalog, encoder, None, batch_size=32, image_size=224,
                                    sample_rate=16000, max_seconds=5.0, progress=False)
                 else:
-                    encode_from_tfrecords(str(manifest.directory), encoder, None,
+                    encode_records(str(manifest.directory), encoder, None,
                                           batch_size=32, progress=False)
         report[f"encode_from_{source}"] = meter.row(num_items, "items")
 

@@ -497,7 +497,8 @@ def _validate(config) -> int:
         f"{', '.join(columns.of(spec.name)) or '-'}" for spec in modalities.specs()))
     # every referenced media file, checked without a full decode (a warning lists the bad ones)
     table = validate.find_items_table(dataset.root, config.data.items_file)
-    bad = validate.check_media(catalog, table, modalities.settings_from_config(config))
+    bad = validate.check_media(catalog, table, modalities.settings_from_config(config),
+                              config.export.limits)
     for modality in catalog.modalities:
         refused = len(bad.get(modality, ()))
         print(f"  {modality}: present for {int(catalog.presence(modality).sum())} items"

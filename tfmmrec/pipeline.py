@@ -41,7 +41,13 @@ from tfmmrec.modalities import settings_from_config
 from tfmmrec.modalities import specs as modality_specs
 from tfmmrec.models.ranking import MultitaskModel, rating_targets, sample_lists
 from tfmmrec.models.retrieval import RetrievalModel
-from tfmmrec.towers.cache import CacheStats, ModalityContent, encode_catalog, load_raw_content
+from tfmmrec.towers.cache import (
+    CacheStats,
+    ModalityContent,
+    encode_catalog,
+    encode_records,
+    load_raw_content,
+)
 from tfmmrec.towers.cf import LinearCF, empty_weights
 from tfmmrec.towers.encoders import Encoder, build_encoder, check_local_weights
 from tfmmrec.towers.history import HistoryEncoder, history_table
@@ -72,7 +78,6 @@ from tfmmrec.training.trainer import (
     batches_per_epoch,
     check_writable,
     dataframe_dataset,  # noqa: F401  (part of this module's API: tests and notebooks use it)
-    encode_from_tfrecords,
     exclusive_run,
     fit,
     resumed_epochs,
@@ -175,7 +180,7 @@ def prepare(config: Config, progress: bool = True, *,
             contents[modality], stats[modality] = load_features(
                 config.train.features, encoders[modality], dataset)
         elif records:
-            contents[modality], stats[modality] = encode_from_tfrecords(
+            contents[modality], stats[modality] = encode_records(
                 records, encoders[modality], config.train.resolved_cache_dir,
                 batch_size=config.train.encode_batch_size, progress=progress)
         else:

@@ -15,7 +15,7 @@ from tfmmrec.beam import encode as beam_encode
 from tfmmrec.config import load_config
 from tfmmrec.data import tfrecords
 from tfmmrec.towers import features
-from tfmmrec.training.trainer import encode_from_tfrecords
+from tfmmrec.towers.cache import encode_records
 
 TWO_WORKERS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
 MODALITIES = ("text", "image", "audio")
@@ -66,7 +66,7 @@ def test_the_driver_streams_the_items_table_and_never_loads_it_whole(
 def test_cli_beam_prepare_then_beam_encode_from_the_shards(tiny_config, tiny_workspace,
                                                            tmp_path, capsys):
     """``prepare --runner`` then ``encode --runner`` reading the pre-decoded item shards: the
-    features equal ``encode_from_tfrecords`` (the local cache's TFRecord path)."""
+    features equal ``encode_records`` (the local cache's TFRecord path)."""
     config = derive_config(tiny_config, tmp_path)
     config.to_yaml(tmp_path / "config.yaml")
     records, out = tmp_path / "records", tmp_path / "features"
@@ -79,7 +79,7 @@ def test_cli_beam_prepare_then_beam_encode_from_the_shards(tiny_config, tiny_wor
     printed = capsys.readouterr().out
     audio = int(tiny_workspace.contents["audio"].mask.sum())
     assert f"audio: {audio} of 80 items" in printed and f"train.features={out}" in printed
-    expected = {m: encode_from_tfrecords(str(records), tiny_workspace.encoders[m], None,
+    expected = {m: encode_records(str(records), tiny_workspace.encoders[m], None,
                                          progress=False)[0] for m in MODALITIES}
     assert_same_features(str(out), tiny_workspace, expected)
     text = tiny_workspace.encoders["text"]

@@ -81,3 +81,83 @@ def test_no_items_table_is_the_loaders_error(tmp_path):
     root = make_folder(tmp_path / "d", items=None, media=False)
     assert error_of(lambda: ItemsStream(DataConfig(path=str(root)))) == error_of(
         lambda: load_dataset(DataConfig(path=str(root))))
+
+
+# Tables whose first chunk (2 rows) says otherwise about a column than the whole table does
+# (``still`` is no name of a modality: it is inferred from its values).
+LATE_STILLS = """\
+item_id,title,still
+i1,One,
+i2,Two,
+i3,Three,images/i1.png
+i4,Four,images/i2.png
+"""
+EARLY_STILLS = """\
+item_id,title,still
+i1,One,images/i1.png
+i2,Two,images/i2.png
+i3,Three,a red cover
+i4,Four,a blue cover
+"""
+EMPTY_IMAGE = """\
+item_id,title,image
+i1,One,
+i2,Two,
+i3,Three,
+"""
+
+
+@pytest.mark.parametrize("items, image, text", [
+    (LATE_STILLS, "still", ("title",)),  # the first chunk has no still
+    (EARLY_STILLS, None, ("title", "still")),  # only the first chunk's cells are paths
+    (EMPTY_IMAGE, None, ("title",)),  # no image in any row: not a modality
+], ids=["filled-later", "paths-first-only", "empty-everywhere"])
+def test_columns_are_judged_on_the_whole_table_as_the_loader_judges_them(tmp_path, items,
+                                                                         image, text):
+    """A catalogue whose first 10,000 rows have no image is not one without images."""
+    root = make_folder(tmp_path / "d", items=items, interactions="user_id,item_id\nu1,i1\n",
+                       users=None)
+    loaded = load_dataset(DataConfig(path=str(root)))
+    assert (loaded.catalog.columns.image, loaded.catalog.columns.text) == (image, text)
+    stream = ItemsStream(DataConfig(path=str(root)), rows=2)
+    assert stream.columns == loaded.catalog.columns
+    assert stream.summary() == summarize(loaded)
+    assert [v for _, _, v in stream.rows_of("image")] == list(loaded.catalog.image_paths)
+
+
+def stills_folder(tmp_path, items: str) -> DataConfig:
+    root = make_folder(tmp_path / "d", items=items, interactions="user_id,item_id\nu1,i1\n",
+                       users=None)
+    return DataConfig(path=str(root), image_column="still")
+
+
+def test_a_column_none_of_whose_paths_is_a_file_is_refused_in_the_loaders_words(tmp_path):
+    """The first chunk has no path to judge by; no path of the whole table is a file."""
+    config = stills_folder(tmp_path, LATE_STILLS.replace("images/i", "elsewhere/i"))
+    expected = error_of(lambda: load_dataset(config))
+    assert "none of the 2 image path(s) in column 'still' is a file: items.csv line 4" \
+        in expected
+    assert error_of(lambda: ItemsStream(config, rows=2).summary()) == expected
+
+
+def test_a_first_chunk_of_missing_files_is_not_a_column_of_them(tmp_path, caplog):
+    """Only the first chunk's path is missing: named, as the loader names it, not refused."""
+    config = stills_folder(tmp_path, LATE_STILLS.replace("i1,One,", "i1,One,images/gone.png"))
+    images = list(load_dataset(config).catalog.image_paths)
+    assert images[0] is None and images[2] is not None
+    caplog.clear()
+    assert [v for _, _, v in ItemsStream(config, rows=2).rows_of("image")] == images
+    assert "images/gone.png (items.csv line 2)" in caplog.text
+
+
+def test_a_jsonl_key_first_written_in_a_later_chunk_is_a_column(tmp_path):
+    """A JSONL chunk has only the keys its lines name; the whole table has every one."""
+    lines = ['{"item_id": "i1", "title": "One"}', '{"item_id": "i2", "title": "Two"}',
+             '{"item_id": "i3", "title": "Three", "still": "images/i1.png"}']
+    root = make_folder(tmp_path / "d", items="\n".join(lines) + "\n", items_name="items.jsonl",
+                       interactions="user_id,item_id\nu1,i1\n", users=None)
+    loaded = load_dataset(DataConfig(path=str(root)))
+    assert loaded.catalog.columns.image == "still"
+    stream = ItemsStream(DataConfig(path=str(root)), rows=2)
+    assert stream.columns == loaded.catalog.columns
+    assert [v for _, _, v in stream.rows_of("image")] == list(loaded.catalog.image_paths)

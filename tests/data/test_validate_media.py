@@ -142,3 +142,29 @@ def test_validate_applies_raised_and_audio_export_limits(tmp_path):
     assert refused("export.limits.max_image_pixels=20250000", "export.limits.max_sample_rate=8000"
                    ) == {"audio": [f"items.csv line {n}: audio sample rate too high"
                                    for n in (2, 3, 4)]}
+
+
+def test_catalogue_clips_below_the_served_models_minimum_rate_are_warned_about(tmp_path,
+                                                                               caplog):
+    """The served model refuses a query clip below ``export.limits.min_sample_rate``; a
+    catalogue clip at that rate is encoded (not refused, not counted), but named."""
+    from tests.data.folders import write_wav
+
+    root = make_folder(tmp_path / "d")
+    slow = write_wav(root / "audio" / "i2.wav", rate=4000)
+    catalog = load_dataset(DataConfig(path=str(root))).catalog
+
+    def check(*overrides: str) -> str:
+        limits = load_config(None, [f"data.path={root}", *overrides]).export.limits
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tfmmrec"):
+            assert validate.check_media(catalog, root / "items.csv", limits=limits) == {}
+        return _warnings(caplog)
+
+    assert check() == (f"1 audio file(s) below export.limits.min_sample_rate=8000 Hz: encoded "
+                       "for the catalogue, but the served model refuses a query clip at that "
+                       f"rate: {slow} (items.csv line 3: 4000 Hz)")
+    assert check("export.limits.min_sample_rate=4000") == ""
+    with caplog.at_level(logging.WARNING, logger="tfmmrec"):  # the defaults' limit
+        validate.check_media(catalog, root / "items.csv")
+    assert "min_sample_rate=8000 Hz" in _warnings(caplog)

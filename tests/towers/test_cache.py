@@ -329,3 +329,40 @@ def test_compiled_encoding_matches_eager_and_traces_once(tiny_workspace, modalit
     eager, _ = encode_catalog(catalog, encoder, None, batch_size=7, progress=False)
     np.testing.assert_array_equal(compiled.mask, eager.mask)
     np.testing.assert_allclose(compiled.values, eager.values, atol=1e-5)
+
+
+def test_the_tfrecords_path_counts_items_as_the_folder_path_does(tiny_config, tmp_path):
+    """From prepared shards, an item whose file did not decode when they were written is
+    ``failed`` (it was counted reused, so the summary did not add up), on every run."""
+    from tests.data.folders import make_folder, write_png
+    from tfmmrec.config import load_config
+    from tfmmrec.data import tfrecords
+    from tfmmrec.data.dataset import load_dataset
+    from tfmmrec.towers.image import build_image_encoder
+
+    interactions = "user_id,item_id\n" + "".join(f"u1,i{i}\n" for i in range(1, 8))
+    root = make_folder(tmp_path / "d", items=SUMMARY_ITEMS, interactions=interactions,
+                       users=None, media=False)
+    for name, color in (("i1", (10, 20, 30)), ("i2", (200, 20, 30)), ("shared", (9, 99, 9))):
+        write_png(root / "images" / f"{name}.png", color=color)
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG but not really")
+    config = load_config(tiny_config, [f"data.path={root}", "data.split=random"])
+    dataset = load_dataset(config.data)
+    records = tfrecords.write_tfrecords(config, tmp_path / "records", dataset=dataset,
+                                        workers=1, shards=2, progress=False).directory
+    encoder = build_image_encoder(config.image)
+    folder = encode_catalog(dataset.catalog, encoder, tmp_path / "folder", progress=False,
+                            image_size=config.image.image_size)
+
+    def run(cache_dir):
+        content, stats = cache.encode_records(records, encoder, cache_dir, progress=False)
+        assert stats.reused + stats.computed + int((~content.mask).sum()) == 7
+        return content, stats
+
+    content, stats = run(tmp_path / "records-cache")
+    assert (stats.reused, stats.computed, stats.failed) == (0, 5, 1) == \
+        dataclasses.astuple(folder[1])
+    assert content.mask.tolist() == folder[0].mask.tolist() == [True] * 5 + [False, False]
+    np.testing.assert_allclose(content.values, folder[0].values, atol=1e-5, rtol=0)
+    assert dataclasses.astuple(run(tmp_path / "records-cache")[1]) == (5, 0, 1)
+    assert dataclasses.astuple(run(tmp_path / "folder")[1]) == (5, 0, 1)  # one cache, two paths

@@ -17,7 +17,7 @@ from tfmmrec.config import load_config
 from tfmmrec.data import tfrecords
 from tfmmrec.errors import DataError
 from tfmmrec.towers import features
-from tfmmrec.training.trainer import encode_from_tfrecords
+from tfmmrec.towers.cache import encode_records
 
 MODALITIES = ("text", "image", "audio")
 
@@ -196,7 +196,7 @@ def test_encode_from_prepared_tfrecords_matches_the_tfrecords_cache_path(
     config = load_config(tiny_config, [f"train.tfrecords={records.directory}"])
     features.encode(config, tmp_path / "features", dataset=tiny_workspace.dataset,
                     progress=False)
-    expected = {m: encode_from_tfrecords(records.directory, tiny_workspace.encoders[m], None,
+    expected = {m: encode_records(records.directory, tiny_workspace.encoders[m], None,
                                          progress=False)[0] for m in MODALITIES}
     assert_same_features(read_back(str(tmp_path / "features"), tiny_workspace), expected)
 

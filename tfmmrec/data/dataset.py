@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from tfmmrec.config import Config, DataConfig
 from tfmmrec.data import validate
 from tfmmrec.data.splits import SPLIT_COLUMN, SPLIT_VALUES
 from tfmmrec.errors import DataError, shown
-from tfmmrec.modalities.base import FileModality
+from tfmmrec.modalities.base import FileModality, ModalitySpec
 
 # Ratings are read as float32 in training: a larger one overflows to inf and every loss to NaN.
 RATING_LIMIT = float(np.finfo(np.float32).max)
@@ -216,7 +216,7 @@ def catalog_values(frame: pd.DataFrame, root: Path, columns: Mapping[str, tuple[
     """Each modality's per-item content (``ModalitySpec.catalog_values``), its media paths
     checked here (``validate.require_resolved_media``): the missing ones are named with the
     folder they were looked for in, and a column none of whose paths is a file is an error
-    (``refuse_unresolved``; a stream judges that on its first chunk only)."""
+    (``refuse_unresolved``; a stream judges that on the whole table and passes False)."""
     values: dict[str, Sequence] = {}
     for spec in modalities.specs():
         chosen = columns.get(spec.name, ())
@@ -236,14 +236,22 @@ def infer_modality_columns(frame: pd.DataFrame, config: DataConfig) -> ModalityC
     Each registered modality infers its own columns (``ModalitySpec.infer_columns``) among the
     columns no other modality took; text (``claims_rest``) goes last and takes what is left.
     """
-    candidates = [c for c in frame.columns if c != "item_id"]
+    return choose_modality_columns([c for c in frame.columns if c != "item_id"], config,
+                                   lambda spec, candidates: spec.infer_columns(frame, candidates))
+
+
+def choose_modality_columns(columns: Sequence[str], config: DataConfig,
+                            infer: Callable[[ModalitySpec, list[str]], Sequence[str]]
+                            ) -> ModalityColumns:
+    """:func:`infer_modality_columns` with ``infer(spec, candidates)`` judging the table (a
+    frame, or a stream's counts of the whole table)."""
     found: dict[str, tuple[str, ...]] = {}
     for spec in sorted(modalities.specs(), key=lambda s: s.claims_rest):
-        columns = spec.configured_columns(config)
-        if columns is None:
+        chosen = spec.configured_columns(config)
+        if chosen is None:
             taken = {c for chosen in found.values() for c in chosen}
-            columns = spec.infer_columns(frame, [c for c in candidates if c not in taken])
-        found[spec.name] = tuple(c for c in columns if c)
+            chosen = infer(spec, [c for c in columns if c not in taken])
+        found[spec.name] = tuple(c for c in chosen if c)
     return ModalityColumns.from_mapping({name: found[name] for name in modalities.names()})
 
 

@@ -6,6 +6,10 @@ unique); it never needs the table in memory at once. :class:`ItemsStream` reads 
 chunks of ``rows`` items with the checks and parsing of ``dataset.load_dataset`` (same error
 messages, same line numbers), so the memory of the process that plans the job does not grow
 with the catalogue. Interactions are not read at all.
+
+Which columns feed which modality is decided on the whole table, as ``load_dataset`` decides
+it, by a first pass that only counts cells (:class:`_TableProfile`): a catalogue whose first
+chunk has no image is not a catalogue without images.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import json
 import logging
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from tfmmrec import modalities
 from tfmmrec.config import DataConfig
@@ -26,10 +33,12 @@ from tfmmrec.data.dataset import (
     Catalog,
     Dataset,
     ModalityColumns,
+    _without_empty_media,
     catalog_values,
-    infer_modality_columns,
+    choose_modality_columns,
 )
 from tfmmrec.errors import DataError
+from tfmmrec.modalities.base import FileModality, ModalitySpec
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +73,11 @@ def summarize(dataset: Dataset | ItemsStream) -> CatalogSummary:
 class ItemsStream:
     """A dataset folder's items table as consecutive ``Catalog`` chunks (see module doc).
 
-    Modality columns that the config does not name are inferred from the first chunk (up to
-    ``rows`` items) rather than the whole table; were that ever to differ, training refuses the
-    features (their catalogue fingerprint would not match) instead of using them.
+    Modality columns are judged on the whole table by one counting pass, as ``load_dataset``
+    judges them: inferred columns, media columns empty in every row (left out), media columns
+    none of whose paths is a file (refused). A modality registered with an ``infer_columns`` of
+    its own is inferred from the first chunk (up to ``rows`` items); were that ever to differ,
+    training refuses the features (their catalogue fingerprint would not match).
     """
 
     def __init__(self, config: DataConfig, rows: int | None = None):
@@ -85,27 +96,63 @@ class ItemsStream:
 
     def chunks(self) -> Iterator[tuple[int, Catalog]]:
         """``(first row, catalogue of the next rows)`` over the whole table, validated."""
+        columns = self.columns
+        chosen = {name: columns.of(name) for name in modalities.names()}
         start = 0
-        for frame in validate.read_table_chunks(self.path, id_columns=["item_id"],
-                                                all_strings=True, rows=self.rows):
-            if self._columns is None:
-                validate.require_columns(frame, self.path, ["item_id"])
-                self._columns = infer_modality_columns(frame, self.config)
-                configured = [c for name in modalities.names() for c in self._columns.of(name)]
-                validate.require_columns(frame, self.path, configured)
+        for frame in self._frames():
             validate.require_no_missing_ids(frame, self.path, "item_id")
-            values = catalog_values(frame, self.root, {
-                name: self._columns.of(name) for name in modalities.names()}, self.path,
-                refuse_unresolved=start == 0)  # judged as the columns are: on the first chunk
+            frame = _with_columns(frame, [c for found in chosen.values() for c in found])
+            values = catalog_values(frame, self.root, chosen, self.path,
+                                    refuse_unresolved=False)  # judged on the whole table
             yield start, Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values,
-                                             self._columns, frame)
+                                             columns, frame)
             start += len(frame)
+
+    def _frames(self) -> Iterator[pd.DataFrame]:
+        return validate.read_table_chunks(self.path, id_columns=["item_id"], all_strings=True,
+                                          rows=self.rows)
 
     @property
     def columns(self) -> ModalityColumns:
+        """Each modality's columns, judged on the whole table (the first use reads it)."""
         if self._columns is None:
-            next(self.chunks())
+            profile = _TableProfile.of(self._frames(), self.path)
+            columns = profile.infer(self.config)
+            configured = [c for name in modalities.names() for c in columns.of(name)]
+            validate.require_columns(profile.header(), self.path, configured)
+            columns = _without_empty_media(columns, profile.presence(columns), self.path)
+            self._require_resolved(columns)
+            self._columns = columns
         return self._columns
+
+    def _require_resolved(self, columns: ModalityColumns) -> None:
+        """``load_dataset``'s refusal of a media column none of whose paths is a file, judged
+        on the whole table: chunks are read until each column has one file (usually in the
+        first chunk), or to the end, then refused as the whole-table read words it."""
+        media = {spec.name: columns.of(spec.name)[0] for spec in modalities.specs()
+                 if isinstance(spec, FileModality) and columns.of(spec.name)}
+        first: dict[str, tuple[int, str]] = {}  # the first filled cell: (row, value)
+        filled: Counter = Counter()
+        for frame in self._frames() if media else ():
+            for name, column in list(media.items()):
+                frame = _with_columns(frame, [column])
+                with validate.missing_media_refused():  # the chunks name each missing file
+                    paths = modalities.get(name).catalog_values(frame, self.root, (column,),
+                                                                self.path)
+                if any(path is not None for path in paths):
+                    del media[name]
+                    continue
+                cells = frame[column].fillna("").astype(str).str.strip()
+                cells = cells[cells != ""]
+                filled[name] += len(cells)
+                if len(cells):
+                    first.setdefault(name, (int(cells.index[0]), cells.iloc[0]))
+            if not media:
+                return
+        for name, column in media.items():
+            if filled[name]:
+                raise DataError(validate.unresolved_media(self.path, self.root, column, name,
+                                                          *first[name], filled[name]))
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -143,6 +190,64 @@ class ItemsStream:
             logger.info("read %s in chunks of %d: %d items (%s)", self.path, self.rows,
                         digest.count, ", ".join(self.modalities) or "no content")
         return self._summary
+
+
+def _with_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with each of ``columns`` it lacks as an empty one: a JSONL chunk has only the
+    keys its lines name, a whole-table read every key of the file."""
+    absent = [c for c in columns if c not in frame.columns]
+    return frame.assign(**dict.fromkeys(absent)) if absent else frame
+
+
+class _TableProfile:
+    """The items table's columns counted in one pass (no media path is looked up): each
+    modality's :meth:`~tfmmrec.modalities.base.ModalitySpec.column_counts` added up over the
+    chunks, so its columns are inferred by its own rule as on the whole table, which is never
+    in memory; and each column's filled cells, for the empty-media check."""
+
+    def __init__(self, first: pd.DataFrame):
+        self.first = first  # for a modality that infers from a frame only
+        self.counts: dict[str, dict[str, Counter]] = {}  # modality → column → counts
+        self.filled: Counter = Counter()  # column → cells not blank once stripped
+
+    @classmethod
+    def of(cls, frames: Iterator[pd.DataFrame], path: Path) -> _TableProfile:
+        profile = None
+        for frame in frames:
+            if profile is None:
+                validate.require_columns(frame, path, ["item_id"])
+                profile = cls(frame)
+            profile.add(frame)
+        return profile
+
+    def add(self, frame: pd.DataFrame) -> None:
+        for column in frame.columns.drop("item_id"):
+            series = frame[column]
+            self.filled[column] += int((series.fillna("").astype(str).str.strip() != "").sum())
+            for spec in modalities.specs():
+                counts = spec.column_counts(series)
+                if counts is not None:
+                    self.counts.setdefault(spec.name, {}).setdefault(column, Counter()).update(
+                        counts)
+
+    def header(self) -> pd.DataFrame:
+        """An empty frame with every column of the table (for ``validate.require_columns``)."""
+        return pd.DataFrame(columns=["item_id", *self.filled])
+
+    def infer(self, config: DataConfig) -> ModalityColumns:
+        """``dataset.infer_modality_columns`` of the whole table."""
+        return choose_modality_columns(list(self.filled), config, self._inferred)
+
+    def _inferred(self, spec: ModalitySpec, candidates: list[str]) -> Sequence[str]:
+        if spec.name in self.counts:
+            return spec.infer_from_counts(self.counts[spec.name], candidates)
+        return spec.infer_columns(self.first, candidates)
+
+    def presence(self, columns: ModalityColumns) -> dict[str, Sequence[bool]]:
+        """Per modality, ``[True]`` when a cell of its column is filled anywhere (else ``[]``):
+        the shape ``_without_empty_media`` reads."""
+        return {name: [True] if any(self.filled[c] for c in columns.of(name)) else []
+                for name in modalities.names()}
 
 
 class ModalityValues:

@@ -12,12 +12,15 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from tfmmrec.errors import DataError, MediaDecodeError, cut, shown
+
+if TYPE_CHECKING:
+    from tfmmrec.config import ServingLimitsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -715,8 +718,8 @@ def require_resolved_media(frame: pd.DataFrame, table: Path, root: Path, column:
         return
     rows = frame.index[missing]
     if refuse_all and missing.sum() == (cells != "").sum():
-        raise DataError(_unresolved_media(table, root, column, modality, rows[0],
-                                          cells[rows[0]], int(missing.sum())))
+        raise DataError(unresolved_media(table, root, column, modality, rows[0],
+                                         cells[rows[0]], int(missing.sum())))
     entries = [f"{cells[row]} ({row_label(table, row)})" for row in rows]
     _report_media(modality, entries,
                   f"missing (paths are resolved against {root.absolute()})", ", ",
@@ -732,8 +735,8 @@ def is_file(path: Path) -> bool:
         return False
 
 
-def _unresolved_media(table: Path, root: Path, column: str, modality: str, row: int,
-                      value: str, count: int) -> str:
+def unresolved_media(table: Path, root: Path, column: str, modality: str, row: int,
+                     value: str, count: int) -> str:
     """The error of a media column none of whose paths is a file: the folder, one path as
     resolved, and what to change."""
     root = root.absolute()
@@ -761,8 +764,8 @@ def _report_media(modality: str, entries: Sequence[str], what: str, separator: s
                        len(entries), modality, what, modality, shown, more)
 
 
-def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
-                ) -> dict[str, list[str]]:
+def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None,
+                limits: ServingLimitsConfig | None = None) -> dict[str, list[str]]:
     """Check every media file ``catalog`` (read from ``table``) references, without a full
     decode.
 
@@ -772,27 +775,59 @@ def check_media(catalog, table: Path, settings: Mapping[str, Any] | None = None
     ["<row>: <reason>", ...]}`` for the files the decoders would refuse, and warns as for
     missing files (those items are encoded without that modality). ``settings``: the
     preprocessing settings (``modalities.settings_from_config(config)``, which carry
-    ``export.limits``; default: the defaults).
+    ``export.limits``; default: the defaults). ``limits``: ``export.limits`` itself (a
+    ``ServingLimitsConfig``; default: the defaults), for what only the served model refuses:
+    audio clips below its ``min_sample_rate`` are encoded, but warned about
+    (:func:`warn_low_sample_rates`).
     """
     from tfmmrec import modalities
+    from tfmmrec.modalities.audio import AudioModality
 
     settings = modalities.resolve_settings(dict(settings or {}))
     found: dict[str, list[str]] = {}
     for spec in modalities.specs():
         if not isinstance(spec, modalities.FileModality) or spec.name not in catalog.modalities:
             continue
-        problems = []
+        problems, checked = [], []
         for row, value in zip(catalog.frame.index, catalog.values(spec.name), strict=True):
             if value is None:
                 continue
             try:
                 spec.check_file(value, settings)
+                checked.append((row, value))
             except MediaDecodeError as exc:
                 problems.append(f"{row_label(table, row)}: {exc}")
         report_bad_media(spec.name, problems)
+        if isinstance(spec, AudioModality):
+            warn_low_sample_rates(checked, table, limits)
         if problems:
             found[spec.name] = problems
     return found
+
+
+def warn_low_sample_rates(clips: Sequence[tuple[int, Path]], table: Path,
+                          limits: ServingLimitsConfig | None = None) -> list[str]:
+    """One warning naming the catalogue clips (``(row, path)``, each already checked) whose
+    sample rate is below ``export.limits.min_sample_rate`` (``limits``, a
+    ``ServingLimitsConfig``; default: the defaults). Not an error: catalogue clips are encoded
+    offline, resampled like any other; only the served model refuses a *query* clip at such a
+    rate, and a catalogue of them usually means its queries will be too. Returns the entries."""
+    import soundfile
+
+    from tfmmrec.config import ServingLimitsConfig
+
+    low_limit = (limits or ServingLimitsConfig()).min_sample_rate
+    low = []
+    for row, path in clips:
+        rate = int(soundfile.info(str(path)).samplerate)  # the header only, as check_file
+        if rate < low_limit:
+            low.append(f"{path} ({row_label(table, row)}: {rate} Hz)")
+    if low:
+        more = f" and {len(low) - SHOW_AT_MOST} more" if len(low) > SHOW_AT_MOST else ""
+        logger.warning("%d audio file(s) below export.limits.min_sample_rate=%d Hz: encoded "
+                       "for the catalogue, but the served model refuses a query clip at that "
+                       "rate: %s%s", len(low), low_limit, ", ".join(low[:SHOW_AT_MOST]), more)
+    return low
 
 
 def report_bad_media(modality: str, problems: Sequence[str]) -> None:

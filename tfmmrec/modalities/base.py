@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -132,6 +133,23 @@ class ModalitySpec(abc.ABC):
     @abc.abstractmethod
     def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
         """The columns of ``frame`` (among ``candidates``) that hold this modality."""
+
+    def column_counts(self, series: pd.Series) -> Counter | None:
+        """What :meth:`infer_from_counts` reads of one chunk of a column, as counts that add up
+        over chunks, so that a streamed table is judged whole without being held whole.
+        ``None``: this modality infers from a frame only (a stream gives it the first chunk)."""
+        return None
+
+    def infer_from_counts(self, counts: Mapping[str, Counter], candidates: Sequence[str]
+                          ) -> tuple[str, ...]:
+        """:meth:`infer_columns` from each candidate's summed :meth:`column_counts`."""
+        raise NotImplementedError(f"{self.name}: column_counts is None, infer from a frame")
+
+    def inferred_from_counts(self, frame: pd.DataFrame, candidates: Sequence[str]
+                             ) -> tuple[str, ...]:
+        """:meth:`infer_columns` through the counts: one rule for a whole frame and a stream."""
+        return self.infer_from_counts({c: self.column_counts(frame[c]) for c in candidates},
+                                      candidates)
 
     @abc.abstractmethod
     def catalog_values(self, frame: pd.DataFrame, root: Path, columns: tuple[str, ...],
@@ -252,6 +270,12 @@ class ModalitySpec(abc.ABC):
         """The smallest valid request value, encoded in place of an absent one."""
 
 
+def cells(series: pd.Series) -> pd.Series:
+    """A column's cells as text, without missing and empty ones (what inference reads)."""
+    values = series.dropna().astype(str)
+    return values[values != ""]
+
+
 class FileModality(ModalitySpec):
     """A modality whose items-table column names a file, decoded by :meth:`load_file`.
 
@@ -268,13 +292,23 @@ class FileModality(ModalitySpec):
         return None if column is None else tuple(c for c in (column,) if c)
 
     def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
+        return self.inferred_from_counts(frame, candidates)
+
+    def column_counts(self, series: pd.Series) -> Counter:
+        values = cells(series)
+        return Counter(cells=len(values),
+                       files=int(values.str.lower().str.endswith(self.extensions).sum()))
+
+    def infer_from_counts(self, counts: Mapping[str, Counter], candidates: Sequence[str]
+                          ) -> tuple[str, ...]:
+        """The first candidate named as this modality, else the first whose cells end in its
+        extensions (more than 90% of them)."""
         for column in candidates:
             if str(column).lower() in self.column_names:
                 return (column,)
         for column in candidates:
-            values = frame[column].dropna().astype(str)
-            values = values[values != ""]
-            if len(values) and values.str.lower().str.endswith(self.extensions).mean() > 0.9:
+            count = counts[column]
+            if count["cells"] and count["files"] / count["cells"] > 0.9:
                 return (column,)
         return ()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from tfmmrec.config import (
     ServingLimitsConfig,
     TextTowerConfig,
 )
-from tfmmrec.modalities.base import ModalitySpec, Settings, bytes_feature, content_hash
+from tfmmrec.modalities.base import ModalitySpec, Settings, bytes_feature, cells, content_hash
 
 TEXT_SEPARATOR = ". "
 # Python's whitespace (``str.strip``, which training applies to every text) in RE2 syntax:
@@ -50,7 +51,18 @@ class TextModality(ModalitySpec):
         return None if data.text_columns is None else tuple(data.text_columns)
 
     def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
-        return tuple(c for c in candidates if looks_like_text(frame[c]))
+        return self.inferred_from_counts(frame, candidates)
+
+    def column_counts(self, series: pd.Series) -> Counter:
+        values = cells(series)
+        return Counter(cells=len(values), textual_chunks=int(is_textual(series)),
+                       numbers=int(pd.to_numeric(values, errors="coerce").notna().sum()))
+
+    def infer_from_counts(self, counts: Mapping[str, Counter], candidates: Sequence[str]
+                          ) -> tuple[str, ...]:
+        """Every string column whose cells are mostly not numbers."""
+        return tuple(c for c in candidates if counts[c]["textual_chunks"] and counts[c]["cells"]
+                     and counts[c]["numbers"] / counts[c]["cells"] < 0.5)
 
     def catalog_values(self, frame: pd.DataFrame, root: Path, columns: tuple[str, ...],
                        table: Path) -> np.ndarray:
@@ -165,6 +177,13 @@ class FacetsModality(TextModality):
     def infer_columns(self, frame: pd.DataFrame, candidates: Sequence[str]) -> tuple[str, ...]:
         return ()
 
+    def column_counts(self, series: pd.Series) -> Counter:
+        return Counter()
+
+    def infer_from_counts(self, counts: Mapping[str, Counter], candidates: Sequence[str]
+                          ) -> tuple[str, ...]:
+        return ()
+
 
 def by_length(indices: list[int], texts) -> list[int]:
     """``indices`` ordered by text length (stable), so each batch holds texts of similar length.
@@ -176,16 +195,9 @@ def by_length(indices: list[int], texts) -> list[int]:
     return sorted(indices, key=lambda i: len(texts[i]))
 
 
-def looks_like_text(series: pd.Series) -> bool:
-    """A string column whose values are mostly not numbers."""
-    if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
-        return False
-    values = series.dropna().astype(str)
-    values = values[values != ""]
-    if values.empty:
-        return False
-    numeric = pd.to_numeric(values, errors="coerce").notna().mean()
-    return numeric < 0.5
+def is_textual(series: pd.Series) -> bool:
+    """A column of strings (objects), not one pandas read as numbers."""
+    return pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)
 
 
 # A BERT tower reads at most 512 tokens (text.sequence_length) of an item's text, which 64 KiB

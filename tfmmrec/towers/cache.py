@@ -51,6 +51,24 @@ class CacheStats:
     computed: int = 0
     failed: int = 0
 
+    def count(self, key: str | None, feature: np.ndarray | None, cached: set[str]) -> None:
+        """One item, counted as every path counts it (so that reused + computed + without =
+        the catalogue): ``cached`` holds the keys the cache had when the run began, ``feature``
+        is the item's (``None``: it has no content, or its content did not decode)."""
+        if key in cached:
+            self.reused += 1
+        elif feature is not None:
+            self.computed += 1
+        elif key:
+            self.failed += 1
+
+    def log(self, modality: str, mask: np.ndarray, source: str = "") -> None:
+        """The summary line: how many items were reused, computed and are without."""
+        undecodable = f" ({self.failed} of them undecodable)" if self.failed else ""
+        logger.info("%s features%s: %d reused from cache, %d computed, %d items without %s%s",
+                    modality, f" from {source}" if source else "", self.reused, self.computed,
+                    int((~mask).sum()), modality, undecodable)
+
 
 def content_keys(catalog: Catalog, modality: str) -> list[str | None]:
     """Per-item content hash (``None`` when the item has no content for this modality, or its
@@ -148,16 +166,53 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | os.PathL
         feature = entries.get(key) if key else None
         if feature is not None:
             values[i], mask[i] = feature, True
-        if key in cached:
-            stats.reused += 1
-        elif feature is not None:
-            stats.computed += 1
-        elif key:
-            stats.failed += 1
-    undecodable = f" ({stats.failed} of them undecodable)" if stats.failed else ""
-    logger.info("%s features: %d reused from cache, %d computed, %d items without %s%s",
-                modality, stats.reused, stats.computed, int((~mask).sum()), modality,
-                undecodable)
+        stats.count(key, feature, cached)
+    stats.log(modality, mask)
+    return ModalityContent(values, mask), stats
+
+
+def encode_records(directory: str, encoder: Encoder, cache_dir: str | os.PathLike | None, *,
+                   batch_size: int = 32, progress: bool = True
+                   ) -> tuple[ModalityContent, CacheStats]:
+    """:func:`encode_catalog` from the pre-decoded item shards of ``tfmmrec prepare`` in
+    ``directory``: no media file is opened or decoded again. Shares the feature cache (same
+    keys) and its counts: an item whose file did not decode when the shards were prepared
+    (a content key, not present) is ``failed``, tried again on every run, never "reused"."""
+    from tfmmrec.data.tfrecords import items_dataset, load_manifest
+    from tfmmrec.towers.features import encoder_rows
+
+    manifest = load_manifest(directory)
+    modality = encoder.modality
+    cache = FeatureCache(cache_dir, encoder) if cache_dir is not None else None
+    entries = cache.load() if cache else {}
+    cached = set(entries)
+    values = np.zeros((manifest.num_items, encoder.feature_dim), np.float32)
+    mask = np.zeros(manifest.num_items, bool)
+    stats = CacheStats()
+    batches = -(-manifest.num_items // batch_size)
+    encode = compiled(encoder, batches)
+    encoded = 0
+    for batch in report_progress(items_dataset(manifest, batch_size), unit="batch",
+                                 desc=f"encoding {modality} (tfrecords)", total=batches,
+                                 disable=not progress):
+        index = batch["item_index"].numpy()
+        keys = [k.decode() for k in batch[f"{modality}_key"].numpy()]
+        present = batch[f"{modality}_present"].numpy()
+        todo = [row for row, key in enumerate(keys)
+                if key and key not in entries and present[row]]
+        if todo:
+            content = encoder_rows(batch[modality], todo, modality)
+            for row, feature in zip(todo, encode(content).numpy(), strict=True):
+                entries[keys[row]] = feature.astype(np.float32)
+            encoded += len(todo)
+        for row, key in enumerate(keys):
+            feature = entries.get(key) if key else None
+            if feature is not None:
+                values[index[row]], mask[index[row]] = feature, True
+            stats.count(key or None, feature, cached)
+    if cache and encoded:  # a run whose only new content failed to decode rewrites nothing
+        cache.save(entries)
+    stats.log(modality, mask, directory)
     return ModalityContent(values, mask), stats
 
 

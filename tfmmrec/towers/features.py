@@ -461,7 +461,7 @@ def _folder_batches(job: dict[str, Any], failed: list[str]) -> Iterator[Batch]:
 
 
 def _tfrecord_batches(job: dict[str, Any]) -> Iterator[Batch]:
-    """Raw batches from one pre-decoded item shard, as ``encode_from_tfrecords`` reads them."""
+    """Raw batches from one pre-decoded item shard, as ``cache.encode_records`` reads them."""
     modality = job["modality"]
     manifest = tfrecords.Manifest.from_dict(job["items_manifest"])
     for batch in tfrecords.items_dataset(manifest, job["settings"]["batch_size"]):
