@@ -153,3 +153,17 @@ def test_split_none_without_a_test_file_says_to_pass_one():
     with pytest.raises(DataError, match=r"^data\.split: none trains on every row"):
         check_evaluable(Split("none", FIVE_TRAIN, frame([]), test_items=np.array([3])), FIVE, 8,
                         candidates="c.txt")
+
+
+def test_top_k_accuracy_at_a_k_reaching_the_catalogue_is_left_out_of_the_table():
+    """TFRS's top-K accuracy ranks the whole catalogue: on 12 items @50 and @100 would be 1.0
+    for any model (random scores here), so they are left out: the evaluate table adds its
+    top_k_accuracy@100 column only when a row has one, and a table asked for it shows –."""
+    from tfmmrec.evaluation.report import MISSING, format_table
+
+    metrics = random_baseline(Split("random", TRAIN, frame([("u0", 6), ("u1", 7)])), USERS,
+                              NUM_ITEMS, ks=[5])
+    assert {"top_k_accuracy@1", "top_k_accuracy@5", "top_k_accuracy@10"} <= set(metrics)
+    assert not {"top_k_accuracy@50", "top_k_accuracy@100"} & set(metrics)
+    table = format_table({"random": metrics}, ["recall@5", "top_k_accuracy@100"])
+    assert table.splitlines()[-1].endswith(f"| {MISSING} |")

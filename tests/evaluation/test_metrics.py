@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from math import log2
 
 import numpy as np
 import pytest
 
+import tfmmrec.evaluation.metrics as metrics_module
 from tfmmrec.evaluation import (
     RankingResult,
     evaluate_ranking,
@@ -306,10 +308,25 @@ def test_top_k_accuracy_hand_computed_and_unexcluded():
     # e1: all .5, positive 3 -> items 0, 1, 2 ahead by index: rank 3
     # e2: positive 0 scores highest: rank 0
     q, items = as_embeddings([[0.1, 0.4, 0.3, 0.2], [0.5] * 4, [0.9, 0.1, 0.1, 0.1]])
-    acc = top_k_accuracy(q, items, np.array([2, 3, 0]), ks=(1, 2, 10), batch_size=2)
-    # top-1: e2 only = 1/3; top-2: e0, e2 = 2/3; top-10 clamped to all 4 items = 3/3
+    acc = top_k_accuracy(q, items, np.array([2, 3, 0]), ks=(1, 2, 3), batch_size=2)
+    # top-1: e2 only = 1/3; top-2: e0, e2 = 2/3; top-3: e1's rank 3 is the last of 4 = 2/3
     assert acc == pytest.approx({"top_k_accuracy@1": 1 / 3, "top_k_accuracy@2": 2 / 3,
-                                 "top_k_accuracy@10": 1.0})
+                                 "top_k_accuracy@3": 2 / 3})
+
+
+def test_top_k_accuracy_leaves_out_a_k_that_reaches_the_catalogue(caplog, monkeypatch):
+    """Every item is in a top K of K >= the number of items: its 1.0 would be any model's, so
+    no figure is given, with one warning naming K and the catalogue size however often it is
+    computed (every model and baseline, every validation epoch)."""
+    monkeypatch.setattr(metrics_module, "_warned_trivial_top_k", set())
+    q, items = as_embeddings([[0.1, 0.4, 0.3, 0.2], [0.5] * 4, [0.9, 0.1, 0.1, 0.1]])
+    with caplog.at_level(logging.WARNING, logger="tfmmrec.evaluation.metrics"):
+        for _ in range(2):
+            acc = top_k_accuracy(q, items, np.array([2, 3, 0]), ks=(3, 4, 10))
+            assert acc == pytest.approx({"top_k_accuracy@3": 2 / 3})
+    warned = [r.getMessage() for r in caplog.records if "top_k_accuracy" in r.getMessage()]
+    assert warned == ["top_k_accuracy@4, @10 left out: K reaches the 4 items of the catalogue "
+                      "(every item is in the top K, so the accuracy is 1.0 for any model)"]
 
 
 def test_top_k_accuracy_does_not_exclude_training_items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -30,6 +31,27 @@ def test_list_ndcg_with_graded_gains():
     expected = (1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3))
     assert math.isclose(list_ndcg(scores, gains, 2), expected, rel_tol=1e-9)
     assert math.isnan(list_ndcg(scores, np.zeros_like(gains), 2))
+
+
+def test_list_ndcg_skips_lists_rated_all_alike():
+    """Any order of a list of equal gains is ideal: its NDCG of 1.0 would lift every model's
+    mean alike, so such a list is skipped like one with no gain (NaN when all are)."""
+    scores = np.array([[0.9, 0.5, 0.1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    gains = np.array([[1.0, 3.0, 0.0], [4.0, 4.0, 4.0], [0.0, 0.0, 0.0]])
+    expected = (1 + 3 / math.log2(3)) / (3 + 1 / math.log2(3))  # the first list's alone
+    assert math.isclose(list_ndcg(scores, gains, 2), expected, rel_tol=1e-9)
+    assert math.isnan(list_ndcg(scores[1:], gains[1:], 3))
+
+
+def test_the_ranking_head_logs_how_many_lists_ndcg_skips(caplog):
+    from tfmmrec.evaluation.ranking import _log_skipped_lists
+
+    with caplog.at_level(logging.INFO, logger="tfmmrec.evaluation.ranking"):
+        _log_skipped_lists(np.array([[1.0, 3.0, 0.0], [4.0, 4.0, 4.0], [0.0, 0.0, 0.0]]))
+        _log_skipped_lists(np.array([[1.0, 3.0, 0.0]]))  # none skipped: nothing to say
+    assert [r.getMessage() for r in caplog.records] == [
+        "listwise NDCG: 2 of 3 test lists skipped, every item in them rated the same "
+        "(any order is ideal)"]
 
 
 def test_cross_modal_ranks_and_metrics():

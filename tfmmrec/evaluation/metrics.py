@@ -19,6 +19,7 @@ import scipy.sparse as sp
 logger = logging.getLogger(__name__)
 
 RANKING_FAMILIES = ("recall", "ndcg", "hit_rate")
+_warned_trivial_top_k: set[tuple[tuple[int, ...], int]] = set()
 
 
 @dataclass
@@ -30,7 +31,7 @@ class RankingResult:
     ``num_users_skipped`` and ``num_interactions`` (the test interactions measured: relevant
     items of evaluated users, so a test row outside the candidates or among the user's
     training items is not counted). The ``top_k_accuracy@K`` dict of :func:`top_k_accuracy`
-    merges in with ``result.metrics.update(...)``.
+    (no key for a K that reaches the catalogue) merges in with ``result.metrics.update(...)``.
     ``per_user`` (only when asked for, since it is one array per metric): ``user`` (row indices of
     the evaluated users), ``num_relevant``, ``rank`` (of the first relevant item), ``mrr`` (its
     reciprocal) and every per-user metric, all aligned with ``user`` — for significance tests and
@@ -144,8 +145,10 @@ def top_k_accuracy(
     items with nothing excluded, averaged over interactions — the figure the TFRS tutorials
     report, so results can be compared with them (our :func:`evaluate_ranking` is the protocol to
     trust: it excludes training items). Ties rank the lower item index first, whereas TFRS counts
-    a positive tied at the boundary as in; the two differ only on exact ties. K above the number
-    of items is clamped (accuracy 1.0). Returns ``{"top_k_accuracy@K": value}``.
+    a positive tied at the boundary as in; the two differ only on exact ties. A K that reaches
+    the number of items is left out (warned once per process): every item is in such a top K,
+    so its 1.0 would say nothing of the model. Returns ``{"top_k_accuracy@K": value}`` for
+    each K below the number of items.
     """
     queries, items = _check_embeddings(query_embeddings_per_example, item_embeddings)
     ks = check_ks(ks)
@@ -159,7 +162,10 @@ def top_k_accuracy(
                                      positives[start:stop])
     if ranks.size == 0:
         logger.warning("top_k_accuracy: no test interactions; every accuracy is NaN")
-    return {f"top_k_accuracy@{k}": _mean(ranks < k) for k in ks}
+    trivial = [k for k in ks if k >= items.shape[0]]
+    if trivial:
+        _warn_trivial_top_k(trivial, items.shape[0])
+    return {f"top_k_accuracy@{k}": _mean(ranks < k) for k in ks if k not in trivial}
 
 
 def popularity_scores(train: sp.spmatrix) -> np.ndarray:
@@ -187,6 +193,18 @@ def interactions_matrix(
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix
+
+
+def _warn_trivial_top_k(ks: list[int], num_items: int) -> None:
+    """Say once per process (each model and baseline, each validation epoch would repeat it)
+    which top-K accuracies are left out because K reaches the catalogue."""
+    key = (tuple(ks), num_items)
+    if key in _warned_trivial_top_k:
+        return
+    _warned_trivial_top_k.add(key)
+    logger.warning("top_k_accuracy@%s left out: K reaches the %d items of the catalogue "
+                   "(every item is in the top K, so the accuracy is 1.0 for any model)",
+                   ", @".join(map(str, ks)), num_items)
 
 
 # --- ranking ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Evaluation: apply a split's protocol to embeddings (which items rank, which are excluded).
 
 Random/temporal splits rank the whole catalogue with each user's training items excluded, plus
-TFRS's top-K accuracy without exclusion (comparable with the TFRS tutorials). A cold-start split
-ranks only the held-out items, which no model saw in training.
+TFRS's top-K accuracy without exclusion (comparable with the TFRS tutorials; left out at a K
+that reaches the catalogue, where it is 1.0 for any model). A cold-start split ranks only the
+held-out items, which no model saw in training.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.evaluation.metrics import evaluate_ranking
 from tfmmrec.evaluation.protocol import candidate_mask, split_matrices
-from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, rmse
+from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, ranked_lists, rmse
 from tfmmrec.models.ranking import interactions_source, rating_targets, sample_lists
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ def score_pairs(model, users: np.ndarray, items: np.ndarray,
 def evaluate_ranking_head(model, ws) -> dict[str, float]:
     """Ranking metrics on the test split: RMSE/MAE (regression), AUC and log-loss (binary,
     against seeded negatives the user never interacted with, ``binary_negatives``), NDCG@3/5
-    over rated lists (listwise). Empty when the test rows cannot give them: no ``rating``
+    over rated lists (listwise; lists rated all alike are skipped, as ``list_ndcg`` says, and
+    counted in a log line). Empty when the test rows cannot give them: no ``rating``
     column (a supplied ``--test`` file without one) for the rating tasks, or no test user
     with ``ranking.list_size`` ratings for listwise."""
     test, task = ws.split.test, getattr(model, "ranking_task", ws.config.ranking.task)
@@ -63,7 +64,17 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
     flat_users = np.repeat(lists["user_id"], ranking.list_size)
     scores = score_pairs(model, flat_users, lists["list_items"].reshape(-1)).reshape(
         -1, ranking.list_size)
+    _log_skipped_lists(lists["list_ratings"])
     return {f"ndcg@{k}": list_ndcg(scores, lists["list_ratings"], k) for k in (3, 5)}
+
+
+def _log_skipped_lists(ratings: np.ndarray) -> None:
+    """Say how many test lists NDCG leaves out (every item rated the same): the figure is
+    over the others only, and NaN when none is left."""
+    skipped = int((~ranked_lists(ratings)).sum())
+    if skipped:
+        logger.info("listwise NDCG: %d of %d test lists skipped, every item in them rated the "
+                    "same (any order is ideal)", skipped, len(ratings))
 
 
 def source_of_test(ws) -> Path | None:

@@ -54,10 +54,19 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def ranked_lists(gains: np.ndarray) -> np.ndarray:
+    """``[L]`` bool: the lists whose gains are not all equal. Only those can be ordered
+    better or worse: a list of equal gains (all 0, or every item rated the same) is ideal in
+    any order, so its NDCG (undefined, or 1.0) would lift every model's mean alike."""
+    gains = np.asarray(gains, float)
+    return (gains != gains[:, :1]).any(axis=1)
+
+
 def list_ndcg(scores: np.ndarray, gains: np.ndarray, k: int) -> float:
     """Mean NDCG@k over lists ``[L, n]``: rank each list by ``scores`` (ties: earlier first),
-    gain = the graded relevance (e.g. the rating); lists with no gain are skipped (NaN when
-    every list is). Gains must be >= 0: a negative one can make NDCG negative or above 1."""
+    gain = the graded relevance (e.g. the rating). Lists whose gains are all equal carry no
+    ranking information and are skipped (:func:`ranked_lists`), NaN when every list is.
+    Gains must be >= 0: a negative one can make NDCG negative or above 1."""
     scores, gains = same_shape(scores, gains, ("scores", "gains"))
     if scores.ndim != 2:
         raise ValueError(f"scores and gains must be lists [L, n], got shape {scores.shape}")
@@ -68,5 +77,5 @@ def list_ndcg(scores: np.ndarray, gains: np.ndarray, k: int) -> float:
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     dcg = (np.take_along_axis(gains, order, axis=1) * discounts).sum(axis=1)
     ideal = (-np.sort(-gains, axis=1)[:, :k] * discounts).sum(axis=1)
-    valid = ideal > 0
+    valid = ranked_lists(gains)
     return float(np.mean(dcg[valid] / ideal[valid])) if valid.any() else float("nan")
