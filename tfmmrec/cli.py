@@ -405,14 +405,16 @@ def _evaluate(config, args) -> int:
                                          config.eval.batch_size,
                                          trained_users=workspace.split.train["user_id"].unique())
         name = "tfmmrec (export)"
-    output_name = pipeline.evaluation_output_name(args.test, args.candidates, args.export)
+    out = Path(config.train.output_dir)
+    output_name = pipeline.evaluation_output_name(args.test, args.candidates, args.export,
+                                                  eval_dir=out / "eval")
     results = pipeline.evaluate(config, args.checkpoint, workspace=workspace, name=name,
                                 classic_baselines=names, embeddings=embeddings,
-                                output_name=output_name)
+                                output_name=output_name, sources=pipeline.evaluation_sources(
+                                    args.test, args.candidates, args.export))
     _print_results(results, config.eval.ks, workspace)
-    out = Path(config.train.output_dir)
     print(f"wrote {out / 'eval' / output_name}.json and {output_name}.png")
-    if (out / "logs" / "projector").is_dir():
+    if not args.export and (out / "logs" / "projector").is_dir():
         print(f"item embeddings for TensorBoard's Projector: {out / 'logs' / 'projector'} "
               f"(tensorboard --logdir {out / 'logs'})")
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
@@ -1097,7 +1099,8 @@ def evaluate(config: Config | str | os.PathLike | None = None,
              name: str = "tfmmrec", hidden_modalities: tuple[str, ...] = (),
              write: bool = True, classic_baselines: Sequence[str] = (),
              embeddings: tuple[np.ndarray, np.ndarray] | None = None,
-             output_name: str = "metrics") -> dict[str, dict[str, float]]:
+             output_name: str = "metrics", sources: dict[str, str] | None = None
+             ) -> dict[str, dict[str, float]]:
     """Metrics of a trained model (and popularity/random baselines) on the config's split.
 
     ``classic_baselines``: keys of ``evaluation.baseline_suite.BASELINES`` (``ease``, ``ials``,
@@ -1106,7 +1109,9 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     a model's (e.g. an export's, ``evaluation.exported``). Writes
     ``<output_dir>/eval/<output_name>.json`` and ``.png`` (Recall@K and NDCG@K curves):
     ``metrics`` for the run's own split; other names keep a scored test set, candidate list
-    or export from replacing it (``evaluation_output_name``).
+    or export from replacing it (``evaluation_output_name``, whose ``evaluation_sources`` the
+    file records as ``sources``). The run's Projector files are written from its own model's
+    item embeddings, not from given ``embeddings`` (another run's export would replace them).
     """
     if not re.fullmatch(r"[\w.-]+", output_name):
         raise ConfigError(f"output_name {output_name!r}: letters, digits, '.', '-', '_' only")
@@ -1153,13 +1158,14 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     out = Path(config.train.output_dir) / "eval"
     unscored = unscored_note(ws.split, ws.user_ids, ws.dataset.num_items)
     write_json({"split": ws.split.kind, "split_sizes": ws.split.sizes(), "results": results,
+                **({"sources": sources} if sources else {}),
                 "notes": {**({"unscored": unscored} if unscored else {}),
                           **recall_notes(ws.split, ws.user_ids, ws.dataset.num_items, ks)},
                 **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
                    if classic else {})}, out / f"{output_name}.json")
     plot_metric_curves(retrieval_rows(results), out / f"{output_name}.png",
                        title=f"{ws.split.kind} split, {len(ws.split.test)} test interactions")
-    if not hidden_modalities:
+    if not hidden_modalities and embeddings is None:
         write_item_projector(config, ws, items)
     return results
 
@@ -1188,21 +1194,48 @@ def ranking_head_metrics(model: RetrievalModel, ws: Workspace) -> dict[str, floa
 
 def evaluation_output_name(test: str | os.PathLike | None = None,
                            candidates: str | os.PathLike | None = None,
-                           export: str | os.PathLike | None = None) -> str:
+                           export: str | os.PathLike | None = None,
+                           eval_dir: str | os.PathLike | None = None) -> str:
     """The file name (without suffix) under ``eval/`` of an evaluation: ``metrics`` for the
     run's own split, else one name per variant (``metrics-test-<file>``,
     ``-candidates-<file>``, ``-export-<model>-<version>``), so scoring a test set, a
     candidate list or an export never replaces the split's metrics, nor one export's
     another's (``--index both`` writes two models, each with a version 1). ``<version>``: the
     version folder's number, or a model folder's newest (the one ``evaluation.exported``
-    scores)."""
+    scores).
+
+    With ``eval_dir``, a name whose file there records other ``evaluation_sources`` (a
+    ``test.csv`` of another folder, another base folder's ``tfmmrec/1``) gets a digest of
+    these sources appended: it never replaces another evaluation's metrics."""
     parts = ["metrics"]
     for label, path in (("test", test), ("candidates", candidates)):
         if path:
             parts.append(f"{label}-{_file_label(Path(path).stem)}")
     if export:
         parts.append("export-" + "-".join(_file_label(p) for p in _export_label(export)))
-    return "-".join(parts)
+    name = "-".join(parts)
+    sources = evaluation_sources(test, candidates, export)
+    if eval_dir is not None and _recorded_sources(Path(eval_dir) / f"{name}.json") not in (
+            None, sources):
+        name += "-" + hashlib.sha1(json.dumps(sources, sort_keys=True).encode()).hexdigest()[:8]
+    return name
+
+
+def evaluation_sources(test: str | os.PathLike | None = None,
+                       candidates: str | os.PathLike | None = None,
+                       export: str | os.PathLike | None = None) -> dict[str, str]:
+    """The absolute paths an evaluation scored (``sources`` of its metrics file)."""
+    return {label: str(Path(path).absolute()) for label, path in
+            (("test", test), ("candidates", candidates), ("export", export)) if path}
+
+
+def _recorded_sources(path: Path) -> dict | None:
+    """The ``sources`` a metrics file records (None: no file, or one written before they
+    were recorded, which the same evaluation replaces as it always did)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("sources")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _file_label(name: str) -> str:

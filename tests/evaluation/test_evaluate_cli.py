@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -100,6 +101,18 @@ def test_evaluate_a_supplied_test_set_on_candidate_items_only(run, tiny_workspac
     # ... which the table does not say by itself: a note per such K
     assert ("note: recall@10: every one of the 3 candidate items is in the top 10, so "
             "recall@10 is 1 for any model") in out.splitlines()
+    assert written["sources"] == {"test": str(tmp_path / "test.csv"),
+                                  "candidates": str(tmp_path / "new.txt")}
+    # a test.csv of another folder: its own file, not the first one's replaced
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "test.csv").write_bytes((tmp_path / "test.csv").read_bytes())
+    assert cli.main(["-q", "evaluate", "--config", str(path), "--test",
+                     str(tmp_path / "other" / "test.csv"), "--candidates",
+                     str(tmp_path / "new.txt")]) == 0
+    other = re.search(rf"eval/({name}-[0-9a-f]{{8}})\.json", capsys.readouterr().out).group(1)
+    assert json.loads((run[0] / "run" / "eval" / f"{name}.json").read_text()) == written
+    assert json.loads((run[0] / "run" / "eval" / f"{other}.json").read_text())["sources"][
+        "test"] == str(tmp_path / "other" / "test.csv")
 
 
 def test_a_test_set_with_no_item_among_the_candidates_is_an_error_naming_both_files(
@@ -172,8 +185,9 @@ def test_split_none_trains_on_every_row_and_scores_a_supplied_test_set(tiny_conf
 
 @pytest.mark.slow  # exports a SavedModel (≈1 min on a busy 2-core machine)
 def test_evaluate_through_the_export_matches_the_checkpoint(run, tiny_workspace, tmp_path,
-                                                            capsys):
+                                                            capsys, monkeypatch):
     root, path, _ = run
+    projected = []
     assert cli.main(["-q", "export", "--config", str(path), "--index", "brute_force",
                      "--set", f"export.base_dir={tmp_path / 'models'}"]) == 0
     candidates = [str(i) for i in tiny_workspace.dataset.catalog.item_ids[::4]]
@@ -186,6 +200,10 @@ def test_evaluate_through_the_export_matches_the_checkpoint(run, tiny_workspace,
                          str(tmp_path / "c.txt"), *extra]) == 0
         written = json.loads((root / "run" / "eval" / f"{name}.json").read_text())
         scored.update(written["results"])
+        if not extra:  # the run's Projector is its checkpoint's: an export (maybe another
+            monkeypatch.setattr(pipeline, "write_item_projector",  # run's)
+                                lambda *args: projected.append(args))
+    assert projected == []  # replaced it
     assert "| tfmmrec (export) " in capsys.readouterr().out
     checkpoint, export = scored["tfmmrec"], scored["tfmmrec (export)"]
     assert export["num_users"] == checkpoint["num_users"] > 0
@@ -244,6 +262,22 @@ def test_each_export_version_gets_its_own_metrics_file(tmp_path):
     assert name("t.csv", "c.txt", tmp_path / "odd name") == (
         "metrics-test-t-candidates-c-export-odd_name")
     assert name() == "metrics" and name("t.csv", "c.txt") == "metrics-test-t-candidates-c"
+
+
+def test_a_name_taken_by_another_evaluation_gets_a_digest_of_its_sources(tmp_path):
+    """Two ``test.csv`` of different folders (or exports of two base folders) wrote one file."""
+    name, sources = pipeline.evaluation_output_name, pipeline.evaluation_sources
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    assert name(tmp_path / "a" / "test.csv", eval_dir=eval_dir) == "metrics-test-test"
+    (eval_dir / "metrics-test-test.json").write_text(json.dumps(
+        {"sources": sources(tmp_path / "a" / "test.csv")}))
+    assert name(tmp_path / "a" / "test.csv", eval_dir=eval_dir) == "metrics-test-test"
+    other = name(tmp_path / "b" / "test.csv", eval_dir=eval_dir)
+    assert re.fullmatch(r"metrics-test-test-[0-9a-f]{8}", other)
+    assert other == name(tmp_path / "b" / "test.csv", eval_dir=eval_dir)  # the same each time
+    (eval_dir / "metrics-test-test.json").write_text('{"results": {}}')  # an older file
+    assert name(tmp_path / "b" / "test.csv", eval_dir=eval_dir) == "metrics-test-test"
 
 
 def test_a_supplied_test_set_is_filtered_and_its_listwise_ratings_checked_up_front(

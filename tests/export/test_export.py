@@ -360,6 +360,17 @@ def test_non_export_directory_is_an_export_error(tmp_path):
         ExportedModel(tmp_path)
     with pytest.raises(ExportError, match="no model versions"):
         latest_version(tmp_path)
+    with pytest.raises(ExportError, match="does not exist: pass an export's version folder"):
+        ExportedModel(tmp_path / "nope")
+
+
+def test_a_model_folder_loads_its_newest_version(exported):
+    """As every ``tfmmrec`` command takes a model folder; its parent is named as a base."""
+    _, versions = exported
+    model_dir = next(iter(versions.values())).parent
+    assert ExportedModel(model_dir).path == latest_version(model_dir)
+    with pytest.raises(ExportError, match=f"holds the folders of model\\(s\\) {model_dir.name}"):
+        ExportedModel(model_dir.parent)
 
 
 def test_warmup_requests_cover_every_signature_and_replay(loaded, exported):

@@ -99,3 +99,27 @@ def test_serve_still_waits_for_the_first_version_of_a_model_folder(tmp_path):
     options = ServerOptions(port=0, rest_port=None, poll_seconds=0, warmup=False)
     with ModelServer.for_base_path(base, options) as server:
         assert server.registry.available_versions(MODEL) == []
+
+
+def test_folders_where_no_version_will_appear_are_named(tmp_path):
+    """The export base folder (one level up), a training run's folder, a file: refused with
+    what to pass instead, where serve would wait forever and a catalogue update find none."""
+    base = tmp_path / "models"
+    fake_versions(base / MODEL, 1)
+    with pytest.raises(ExportError, match=rf"^{base} holds the folders of model\(s\) {MODEL}: "
+                                          rf"pass one of them, e.g. {base / MODEL}$"):
+        latest_version(base)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ExportError, match="is a training run's folder, not an export: run "
+                                          "`tfmmrec export`"):
+        check_model_dir(run)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ExportError, match="is a file, not a model's folder"):
+        check_model_dir(tmp_path / "notes.txt")
+    with pytest.raises(ExportError, match=r"no model versions under .*nope \(the folder does "
+                                          r"not exist\)"):
+        latest_version(tmp_path / "nope")
+    options = ServerOptions(port=0, rest_port=None, poll_seconds=0, warmup=False)
+    with pytest.raises(ExportError, match="holds the folders of model"):
+        ModelServer.for_base_path(base, options)

@@ -23,18 +23,52 @@ from tfmmrec.modalities.base import check_strings, not_a_string
 
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
-    """``model_dir`` as a Path, refused when it is itself a version folder (an integer-named
-    folder its parent lists as a version, holding a saved_model.pb): given where the model's
-    folder belongs, it has no versions of its own, so a server would wait forever for one and
-    a catalogue update would find none. The one check ``latest_version`` and ``tfmmrec serve``
-    share."""
+    """``model_dir`` as a Path, refused when it is a folder where no version will ever appear:
+    a version folder itself (an integer-named folder holding a saved_model.pb), the export
+    base folder above the model folders, a training run's folder, or a file. Given one, a
+    server would wait forever and a catalogue update would find no version. The one check
+    ``latest_version`` and ``tfmmrec serve`` share; a missing or empty folder passes (an
+    export may still come: the server waits for it)."""
     model_dir = Path(model_dir)
     resolved = model_dir.resolve()  # ".", "x/3/sub/..", a link to a version: the real folder
     parent = resolved.parent
     if is_version_name(resolved.name) and (resolved / "saved_model.pb").is_file():
         raise ExportError(f"{model_dir} is version {resolved.name} of model "
                           f"{parent.name!r}: pass its parent folder {parent}")
+    if resolved.exists() and not resolved.is_dir():
+        raise ExportError(f"{model_dir} is a file, not a model's folder of versions")
+    if list_versions(resolved):
+        return model_dir
+    models = model_folders(resolved)
+    if models:
+        raise ExportError(f"{model_dir} holds the folders of model(s) "
+                          f"{', '.join(p.name for p in models)}: pass one of them, e.g. "
+                          f"{model_dir / models[0].name}")
+    if (resolved / "checkpoints").is_dir() or (resolved / "run.json").is_file():
+        raise ExportError(f"{model_dir} is a training run's folder, not an export: run "
+                          "`tfmmrec export` and pass the model folder it prints "
+                          "(<export.base_dir>/<export.model_name>)")
     return model_dir
+
+
+def model_folders(base_dir: Path) -> list[Path]:
+    """The folders of ``base_dir`` that hold versions (an export base folder's models)."""
+    try:
+        return sorted(p for p in base_dir.iterdir() if p.is_dir() and list_versions(p))
+    except OSError:
+        return []
+
+
+def _version_of(path: Path) -> Path:
+    """The version ``ExportedModel`` loads for a ``path`` without a saved_model.pb: a model
+    folder's newest, else an error saying what ``path`` is."""
+    if list_versions(path):
+        return latest_version(path)
+    if not path.exists():
+        raise ExportError(f"{path} does not exist: pass an export's version folder or model "
+                          "folder (<export.base_dir>/<export.model_name>[/<version>])")
+    check_model_dir(path)  # a base folder or a training run: named as such
+    return path  # read_metadata names it: not a tfmmrec export
 
 
 def latest_version(model_dir: str | os.PathLike) -> Path:
@@ -42,7 +76,8 @@ def latest_version(model_dir: str | os.PathLike) -> Path:
     model_dir = check_model_dir(model_dir)
     versions = list_versions(model_dir)
     if not versions:
-        raise ExportError(f"no model versions under {model_dir}")
+        missing = "" if model_dir.exists() else " (the folder does not exist)"
+        raise ExportError(f"no model versions under {model_dir}{missing}")
     return model_dir / str(versions[-1])
 
 
@@ -50,7 +85,11 @@ class ExportedModel:
     """A loaded version: ``signatures[name](**inputs)`` plus convenience calls."""
 
     def __init__(self, version_dir: str | os.PathLike):
+        """``version_dir``: one version, or a model's folder of versions (its newest, as every
+        ``tfmmrec`` command takes a model folder)."""
         self.path = Path(version_dir)
+        if not (self.path / "saved_model.pb").is_file():
+            self.path = _version_of(self.path)
         self.metadata = read_metadata(self.path)
         register_custom_ops(scann=self.metadata.get("requires_scann_ops", True))
         try:
