@@ -376,3 +376,17 @@ def test_query_refuses_a_k_or_version_its_request_cannot_hold(capsys, option, va
         cli.main(["query", "--user", "u1", option, value])
     assert info.value.code == 2
     assert f"argument {option}: {expected}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["-q", "validate"], ["validate", "-q"], ["validate", "--quiet"],
+                                  ["-v", "query", "--user", "u1"], ["query", "--user", "u1", "-v"]])
+def test_quiet_and_verbose_go_before_or_after_the_command(argv):
+    """``tfmmrec validate --verbose`` was 'unrecognized arguments'; the flags were global only."""
+    args = cli.build_parser().parse_args(argv)
+    assert (args.quiet, args.verbose) == ("-q" in argv or "--quiet" in argv, "-v" in argv)
+
+
+def test_a_flag_before_the_command_is_not_undone_by_the_commands_default():
+    args = cli.build_parser().parse_args(["-q", "-v", "train"])
+    assert args.quiet and args.verbose
+    assert not cli.build_parser().parse_args(["train"]).quiet

@@ -66,9 +66,7 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = False) ->
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfmmrec", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=tfmmrec.__version__)
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also show TensorFlow/ScaNN C++ logs and library warnings")
+    _add_output_args(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True,
                                      parser_class=_CommandParser)
 
@@ -265,13 +263,24 @@ def _verbose_flag(argv: Sequence[str]) -> bool:
     return pre.parse_known_args(argv)[0].verbose
 
 
+def _add_output_args(parser: argparse.ArgumentParser, default) -> None:
+    """``-q``/``-v``: on the program (default False) and on every command (default SUPPRESS,
+    so ``tfmmrec -q train`` is not undone by the command's unset flag): either place works."""
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="only warnings and results")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="also show TensorFlow/ScaNN C++ logs and library warnings")
+
+
 class _CommandParser(argparse.ArgumentParser):
     """A subcommand's parser whose ``deferred`` callbacks add arguments on first use: ``tfmmrec
     query``'s ``--<modality>`` options come from the modality registry, which loads
-    TensorFlow, so only a ``query`` command (or its help) pays for it."""
+    TensorFlow, so only a ``query`` command (or its help) pays for it. Every command takes
+    ``-q``/``-v`` as the program does."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        _add_output_args(self, default=argparse.SUPPRESS)
         self.deferred: list = []
 
     def _complete(self) -> None:
