@@ -131,6 +131,12 @@ REST_CASES = {
                         "instances": [{"user_id": "u1", "k": 3}]}, 400,
                        # row format: every instance must carry every input (as TF Serving)
                        "keys must be equal to: exclude_item_ids,k,user_id"),
+    "row_format_of_a_scalar_input": (
+        {"signature_name": "recommend", "instances": [{"user_id": "u1"}]}, 400,
+        # what to send instead (adding k to the row, as the first part suggests, cannot work)
+        "exclude_item_ids,k,user_id (this signature's scalar input k cannot be given per row: "
+        "send the columnar form {\"inputs\": {...}}, where inputs left out take their "
+        "defaults)"),
     "k_out_of_range": ({"signature_name": "recommend",
                         "inputs": {"user_id": ["u1"], "k": 0}}, 400, "k must be >= 1"),
     "corrupt_image_b64": ({"signature_name": "query_image",

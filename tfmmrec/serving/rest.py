@@ -196,6 +196,18 @@ def _fill_from_inputs(value, infos: dict, request) -> None:
                                    f"{short(alias, quoted=False)}")
 
 
+def _row_format_hint(infos: dict) -> str:
+    """What to send instead when the row format cannot serve a signature: a scalar input
+    (``k``) cannot sit in every row, and no row may leave an input out for its default."""
+    scalars = sorted(alias for alias, info in infos.items()
+                     if not info.tensor_shape.unknown_rank and not info.tensor_shape.dim)
+    if not scalars:
+        return ""
+    return (f" (this signature's scalar input {', '.join(scalars)} cannot be given per row: "
+            "send the columnar form {\"inputs\": {...}}, where inputs left out take their "
+            "defaults)")
+
+
 def _fill_from_instances(instances: list, infos: dict, request) -> None:
     named = _is_named(instances[0])
     if not named and len(infos) > 1:
@@ -218,7 +230,7 @@ def _fill_from_instances(instances: list, infos: dict, request) -> None:
         if named and set(row) != set(infos):
             raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
                                    f"JSON object: {short(item)} keys must be equal to: "
-                                   f"{','.join(sorted(infos))}")
+                                   f"{','.join(sorted(infos))}{_row_format_hint(infos)}")
     for alias, values in columns.items():
         shapes = {tuple(dense_shape(v)) for v in values}
         if len(shapes) > 1:
