@@ -250,8 +250,15 @@ def test_signatures_cover_users_and_every_modality(loaded):
                                       "recommend_session", "embed_items"}
 
 
+def test_a_lone_id_is_a_batch_of_one_as_the_client_reads_it(loaded):
+    """``ExportedModel.recommend("u000")`` was refused while ``ServingClient`` served it."""
+    alone, listed = loaded.recommend("u000", k=3), loaded.recommend(["u000"], k=3)
+    assert alone["item_ids"].shape == (1, 3)
+    np.testing.assert_array_equal(alone["item_ids"], listed["item_ids"])
+    assert loaded.item_embeddings("i0001").shape[0] == 1
+
+
 @pytest.mark.parametrize(("request_", "expected"), [
-    (lambda m: m.recommend("u000", k=3), r"user_ids is a single string \('u000'\)"),
     (lambda m: m.call("query_text", text="hello"), r"query_text: text is a single value"),
     (lambda m: m.call("recommend", userid=["u000"]), r"unknown input\(s\) userid; it takes"),
     (lambda m: m.recommend(["u000"], k=5.5), r"k must be an integer .*got 5\.5"),
@@ -272,7 +279,7 @@ def test_signatures_cover_users_and_every_modality(loaded):
     (lambda m: m.call("query_text", text=[None]),
      r"^query_text: text\[0\] is None \(NoneType\), not a string$"),
     (lambda m: m.recommend_session([["i0001", None]]), r"^sessions\[0\]\[1\] is None"),
-], ids=["lone user id", "lone text", "misspelt input", "fractional k", "k beyond int32",
+], ids=["lone text", "misspelt input", "fractional k", "k beyond int32",
         "boolean k", "no sessions", "k=0 from the graph", "exclusion row as a string",
         "lone exclusion string", "session as a list of strings", "lone session string",
         "exclusions as a 1-d array", "numeric user ids", "a None user id", "a None text",

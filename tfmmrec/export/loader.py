@@ -240,12 +240,11 @@ def integer_in(value, low: int, high: int) -> int | None:
 
 
 def _batch(values, name: str) -> np.ndarray:
-    """``values`` as a 1-d array of strings; a lone string is refused (``"u001"`` is one user,
-    not five characters, and the graph would only say it is not a matrix), and so is a
-    non-string id (``1`` or ``None`` would otherwise be served as an unknown user)."""
+    """``values`` as a 1-d array of strings: a lone id is a batch of one (``"u001"`` is one
+    user, not five characters; ``ServingClient`` reads it so too); a non-string id is refused
+    (``1`` or ``None`` would otherwise be served as an unknown user)."""
     if isinstance(values, str | bytes):
-        raise ServingError(f"{name} is a single string ({values!r}); pass a list, e.g. "
-                           f"[{values!r}]")
+        values = [values]
     check_ordered(values, name, "ids")
     return np.array(id_texts(values, name), dtype=str)
 
