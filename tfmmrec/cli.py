@@ -373,9 +373,12 @@ def _evaluate(config, args) -> int:
     from tfmmrec.training.trained_data import check_trained_data
 
     names: list[str] = []
-    if args.baselines:
+    if args.baselines is not None:
         names = list(BASELINES) if args.baselines == "all" else [
             n.strip() for n in args.baselines.split(",") if n.strip()]
+        if not names:  # `--baselines ''` (an unset shell variable) ran none, silently
+            raise ConfigError(f"--baselines {args.baselines!r} names no baseline; choose from "
+                              f"all, {', '.join(BASELINES)}, or leave --baselines out")
         unknown = [n for n in names if n not in BASELINES]
         if unknown:
             raise ConfigError(f"--baselines {args.baselines!r}: unknown {', '.join(unknown)}; "

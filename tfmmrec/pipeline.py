@@ -1032,6 +1032,11 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
     if not Path(str(prefix) + ".index").is_file():
         if not checkpoint:
             _refuse_unfinished_run(run, prefix)
+        if prefix.is_dir():  # a checkpoint is a prefix of files; the folder holding them
+            found = sorted(p.name.removesuffix(".index") for p in prefix.glob("*.index"))
+            raise TrainingError(f"--checkpoint {prefix} is a folder; a checkpoint is the "
+                                "prefix of its files" + (f", e.g. {prefix / found[0]} (here: "
+                                f"{', '.join(found)})" if found else ": this one holds none"))
         raise TrainingError(f"no checkpoint at {prefix} (expected {prefix}.index): train "
                             "first, or name a checkpoint (--checkpoint / checkpoint=)")
     spec = prefix.parent / MODEL_SPEC_FILE

@@ -70,6 +70,10 @@ def test_evaluate_rejects_unknown_baseline_names(run, capsys):
     _, path, _ = run
     assert cli.main(["-q", "evaluate", "--config", str(path), "--baselines", "ease,svd"]) == 2
     assert "unknown svd" in capsys.readouterr().err
+    for empty in ("", " , "):  # an unset shell variable: it ran no baseline, silently
+        assert cli.main(["-q", "evaluate", "--config", str(path), "--baselines", empty]) == 2
+        assert f"error: --baselines {empty!r} names no baseline; choose from all, ease" in (
+            capsys.readouterr().err)
 
 
 def test_evaluate_a_supplied_test_set_on_candidate_items_only(run, tiny_workspace, capsys,

@@ -393,7 +393,7 @@ def test_remove_refuses_an_id_given_twice_as_add_and_update_do(base):
 
 
 def test_an_export_refuses_to_drop_the_catalogue_updates_the_newest_version_serves(
-        base, items, tiny_config, tiny_trained, tiny_demo_dir):
+        base, items, tiny_config, tiny_trained, tiny_demo_dir, caplog):
     """A re-export becomes the newest version: it used to serve the run's catalogue and drop
     every added, updated and removed item without a word. The updates are recorded in
     ``tfmmrec.json`` (summed over versions) and the export is refused unless asked to
@@ -407,9 +407,12 @@ def test_an_export_refuses_to_drop_the_catalogue_updates_the_newest_version_serv
                                           r"export.replace_catalog_updates=true"):
         export_tiny(tiny_config, tiny_trained, base.parent, f"export.model_name={base.name}")
     assert sorted(p.name for p in base.iterdir()) == ["1", "2", "3"]
-    replaced = export_tiny(tiny_config, tiny_trained, base.parent,
-                           f"export.model_name={base.name}",
-                           "export.replace_catalog_updates=true")
+    replacing = [f"export.base_dir={base.parent}", f"export.model_name={base.name}",
+                 "export.replace_catalog_updates=true"]
+    pipeline.check_export_destination(load_config(tiny_config, replacing))  # as the CLI does
+    replaced = export_tiny(tiny_config, tiny_trained, base.parent, *replacing[1:])
+    warned = [r for r in caplog.records if "export.replace_catalog_updates" in r.getMessage()]
+    assert len(warned) == 1  # once, though checked before loading and again when writing
     assert replaced.name == "4" and "catalog_updates" not in read_metadata(replaced)
     assert "brand-new" not in set(ExportedModel(replaced).recommend(USERS, k=K)["item_ids"]
                                   .astype(str).ravel())

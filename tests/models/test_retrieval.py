@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,6 +163,17 @@ def test_restore_without_checkpoint_is_a_training_error(tiny_config, tiny_worksp
     config = derive_config(tiny_config, tmp_path)
     with pytest.raises(TrainingError, match=r"no checkpoint at .*latest.*train first"):
         pipeline.restore(config=config, workspace=tiny_workspace)
+
+
+def test_a_checkpoint_folder_for_a_checkpoint_names_the_prefixes_in_it(tiny_trained,
+                                                                       tiny_config, tmp_path):
+    """``--checkpoint runs/demo/checkpoints`` said "no checkpoint at ... (expected ...index)"."""
+    folder = Path(tiny_config.train.output_dir) / "checkpoints"
+    with pytest.raises(TrainingError, match=rf"--checkpoint {folder} is a folder; a checkpoint "
+                                            rf"is the prefix of its files, e\.g\. {folder}/"):
+        pipeline.restore(tiny_config.train.output_dir, checkpoint=folder)
+    with pytest.raises(TrainingError, match=r"is a folder; .* this one holds none"):
+        pipeline.restore(tiny_config.train.output_dir, checkpoint=tmp_path)
 
 
 def test_restore_with_different_encoder_is_a_config_error(tiny_trained, tiny_config):

@@ -452,6 +452,9 @@ def record_update(metadata: dict, previous: Path, result: CatalogUpdate) -> dict
     return record
 
 
+_WARNED_REPLACED: set[tuple[str, str]] = set()
+
+
 def check_no_catalog_updates(model_dir: str | os.PathLike, replace: bool = False) -> None:
     """Refuse an export from the run while the newest version under ``model_dir`` serves
     catalogue updates: the export becomes the newest version, so a server would switch to the
@@ -469,8 +472,10 @@ def check_no_catalog_updates(model_dir: str | os.PathLike, replace: bool = False
                f"{record['exported_version']}: {record['added']} added, {record['removed']} "
                f"removed, {record['updated']} updated")
     if replace:
-        logger.warning("%s serves %s; the new export serves the run's catalogue without them "
-                       "(export.replace_catalog_updates)", newest, changes)
+        if (str(newest.absolute()), changes) not in _WARNED_REPLACED:  # `export` checks it
+            _WARNED_REPLACED.add((str(newest.absolute()), changes))  # up front and when writing
+            logger.warning("%s serves %s; the new export serves the run's catalogue without "
+                           "them (export.replace_catalog_updates)", newest, changes)
         return
     raise ExportError(f"{newest} serves {changes}; a new export of the run serves the run's "
                       "catalogue and would drop them once it is the newest version. Export "
