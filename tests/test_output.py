@@ -7,6 +7,7 @@ per-epoch line and, end to end, the demo command's whole output in a fresh proce
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 import textwrap
@@ -236,3 +237,41 @@ def test_long_runs_log_about_ten_epoch_lines_including_first_and_last(caplog):
         line.on_epoch_end(epoch, {"loss": 1.0})
     logged = [int(r.getMessage().split()[1].split("/")[0]) for r in caplog.records]
     assert logged == [1, 3, 6, 9, 12, 15, 18, 21, 24, 25]
+
+
+@pytest.mark.parametrize("command", ["catalog", "train"])
+def test_sigterm_is_ctrl_c_for_a_writing_command_and_the_default_for_train(tmp_path, command):
+    """``kill`` (systemd, Kubernetes) during ``catalog add`` left a hidden temp version and no
+    word: a writing command now takes SIGTERM as Ctrl-C (temp removed, one line, status 143);
+    training keeps the default (a cluster's workers and TF's preemption handling rely on it)."""
+    target = tmp_path / "models" / "m" / "2"
+    result = run_python(f"""
+        import os, pathlib, signal, time
+        from tfmmrec import cli
+        from tfmmrec.files import atomic_path
+
+        def write_then_get_killed(*args):
+            with atomic_path({str(target)!r}, directory=True) as tmp:
+                (pathlib.Path(tmp) / "saved_model.pb").parent.mkdir(parents=True)
+                (pathlib.Path(tmp) / "saved_model.pb").write_bytes(b"x")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            return 0
+
+        cli._catalog = write_then_get_killed
+        if {command!r} == "train":
+            import tfmmrec.pipeline
+            tfmmrec.pipeline.train = write_then_get_killed
+            code = cli.main(["train"])
+        else:
+            code = cli.main(["catalog", "add", "--model-base-path", "m", "--items", "x"])
+        print("exit", code)
+    """)
+    leftovers = list((tmp_path / "models" / "m").iterdir())
+    if command == "catalog":
+        assert result.stdout.splitlines() == ["exit 143"], result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("interrupted: the new version")
+        assert leftovers == []
+    else:
+        assert result.returncode == -signal.SIGTERM, result.stderr
+        assert len(leftovers) == 1 and leftovers[0].name.endswith(".tmp")

@@ -21,10 +21,12 @@ import json
 import logging
 import os
 import resource
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import tfmmrec
@@ -34,6 +36,16 @@ from tfmmrec.errors import ConfigError, TfmmrecError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+# Commands that write through temporary names and have no other use for SIGTERM: they take it
+# as Ctrl-C (their temp folders are removed, the line says what was kept). `train`/`demo`
+# keep its default (a cluster's workers and TensorFlow's preemption handling rely on it);
+# `serve` installs its own.
+_TERM_AS_INTERRUPT = frozenset({"export", "catalog", "prepare", "encode", "evaluate"})
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so the same cleanup runs."""
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as `yes | head` ends `yes`
 
 # What Ctrl-C leaves behind, per command: only training keeps checkpoints to resume from;
@@ -211,17 +223,18 @@ def _main(argv: Sequence[str] | None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(beam_args)}{hint}")
             args.beam_args = beam_args
             handler = show_progress(quiet=args.quiet)
-            code = int(_run(args) or 0)
+            with _sigterm_interrupts(args.command in _TERM_AS_INTERRUPT):
+                code = int(_run(args) or 0)
             sys.stdout.flush()  # a reader that left (`| head`) is found here, not at exit
             failed = code != 0
             return code
         except TfmmrecError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             failed = False
             print(_interrupted_message(getattr(args, "command", None)), file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
         except BrokenPipeError:
             failed = False  # the output's reader stopped early: nothing to explain
             raise
@@ -235,6 +248,27 @@ def _main(argv: Sequence[str] | None) -> int:
             logging.getLogger("tfmmrec").setLevel(level_before)
             if not verbose:
                 _report_native_log(native_log, failed)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(enabled: bool) -> Iterator[None]:
+    """Within: SIGTERM (``kill``, systemd, Kubernetes) raises :class:`_Terminated` where Ctrl-C
+    would raise KeyboardInterrupt, so a command's temporary folder is removed and a line said:
+    by default the process died at once, leaving a hidden temp version and no word. Only in
+    the main thread and over the default handler (a caller's own stays)."""
+    if not (enabled and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _interrupted_message(command: str | None) -> str:

@@ -3,6 +3,7 @@ cache, ``catalog add``), ``record_features`` (``tfmmrec prepare``) and ``check_f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from tests.data.test_media_limits import write_huge_png
 from tfmmrec import modalities, pipeline
 from tfmmrec.config import load_config
 from tfmmrec.data import media
-from tfmmrec.errors import DataError, MediaDecodeError
+from tfmmrec.errors import DataError, MediaDecodeError, ServingError
+from tfmmrec.modalities.base import MAX_REQUEST_FILE_BYTES
 
 SETTINGS = modalities.resolve_settings({"image_size": 16, "max_seconds": 0.5})
 
@@ -110,3 +112,25 @@ def test_a_media_path_the_os_cannot_look_up_is_a_missing_file(tmp_path, caplog):
     only = pd.DataFrame({"image": ["a" * 300 + ".png"]})
     with pytest.raises(DataError, match=r"none of the 1 image path\(s\)"):
         require_resolved_media(only, tmp_path / "items.csv", tmp_path, "image", "image", [None])
+
+
+@pytest.mark.parametrize("name", ["image", "audio"])
+def test_a_query_file_is_refused_before_it_is_read_when_no_request_could_carry_it(tmp_path,
+                                                                                   name):
+    """``query_image``/``query_audio`` (client and ``tfmmrec query``) read any file whole:
+    /dev/zero ran the host out of memory and a named pipe blocked forever."""
+    spec = modalities.get(name)
+    os.mkfifo(tmp_path / "pipe")
+    for path in ("/dev/zero", tmp_path / "pipe", tmp_path):
+        with pytest.raises(ServingError, match=rf"^{path} is not a regular file \(a device, "
+                                               rf"pipe or folder\): pass a {name} file$"):
+            spec.request_file(path)
+    big = tmp_path / "big.bin"
+    with big.open("wb") as file:  # sparse: no disk used
+        file.truncate(MAX_REQUEST_FILE_BYTES + 1)
+    with pytest.raises(ServingError, match=rf"is 67,108,865 bytes, more than a request carries "
+                                           rf"\(67,108,864\): pass a smaller {name} file"):
+        spec.request_file(big)
+    with pytest.raises(ServingError, match=r"cannot read .*nope\.bin: No such file or "
+                                           r"directory — pass an existing"):
+        spec.request_file(tmp_path / "nope.bin")

@@ -16,6 +16,7 @@ import hashlib
 import importlib
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -276,6 +277,36 @@ def cells(series: pd.Series) -> pd.Series:
     return values[values != ""]
 
 
+# The most a query file may hold: what one request can carry (gRPC's message limit, which
+# ``ServingClient`` sets for both directions). A larger file is refused before it is read: a
+# video given by mistake, or /dev/zero, was read whole (the host's OOM killer ended it).
+MAX_REQUEST_FILE_BYTES = 64 * 2**20
+
+
+def read_request_file(path: str | os.PathLike, modality: str,
+                      limit: int = MAX_REQUEST_FILE_BYTES) -> bytes:
+    """A query's file, refused with one line when it is missing, not a regular file (a
+    device, a pipe that would block forever, a folder) or larger than ``limit`` bytes."""
+    path = Path(path)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ServingError(f"{path} is not a regular file (a device, pipe or folder): pass "
+                               f"a {modality} file")
+        if info.st_size > limit:
+            raise ServingError(f"{path} is {info.st_size:,} bytes, more than a request carries "
+                               f"({limit:,}): pass a smaller {modality} file")
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise ServingError(f"cannot read {path}: {exc.strerror or exc} — pass an existing "
+                           f"{modality} file") from None
+    if len(data) > limit:  # it grew since stat
+        raise ServingError(f"{path} holds more than a request carries ({limit:,} bytes): pass "
+                           f"a smaller {modality} file")
+    return data
+
+
 class FileModality(ModalitySpec):
     """A modality whose items-table column names a file, decoded by :meth:`load_file`.
 
@@ -349,11 +380,7 @@ class FileModality(ModalitySpec):
         """A file named in a query, as the request carries it: its bytes. A modality whose
         signature decodes fewer formats than its catalogue accepts converts the others here,
         on the client (audio: to 16-bit PCM WAV); bytes a caller passes are never touched."""
-        try:
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise ServingError(f"cannot read {path}: {exc} — pass an existing "
-                               f"{self.name} file") from None
+        return read_request_file(path, self.name)
 
     @abc.abstractmethod
     def load_file(self, path: str | Path, settings: Settings):

@@ -39,7 +39,7 @@ from tfmmrec.export.loader import (
     session_rows,
 )
 from tfmmrec.export.warmup import predict_request
-from tfmmrec.modalities.base import check_strings
+from tfmmrec.modalities.base import MAX_REQUEST_FILE_BYTES, check_strings
 from tfmmrec.serving.json_tensor import (
     INT_RANGES,
     NUMPY_DTYPES,
@@ -49,7 +49,7 @@ from tfmmrec.serving.json_tensor import (
 )
 from tfmmrec.serving.status import GRPC_CODE_FOR_HTTP, MAX_VERSION
 
-MAX_MESSAGE_BYTES = 64 * 2**20
+MAX_MESSAGE_BYTES = MAX_REQUEST_FILE_BYTES
 # What gRPC's status details say when an HTTP/1.x server answered its HTTP/2 preface (the
 # wording differs between gRPC releases).
 _HTTP1_ANSWER = re.compile(r"Failed parsing HTTP/2|http1\.x server|HTTP/1\.[01]", re.IGNORECASE)
