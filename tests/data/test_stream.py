@@ -161,3 +161,34 @@ def test_a_jsonl_key_first_written_in_a_later_chunk_is_a_column(tmp_path):
     stream = ItemsStream(DataConfig(path=str(root)), rows=2)
     assert stream.columns == loaded.catalog.columns
     assert [v for _, _, v in stream.rows_of("image")] == list(loaded.catalog.image_paths)
+
+
+def test_jsonl_values_are_read_as_json_gives_them_in_every_chunk(tmp_path):
+    """pandas guessed JSONL types per chunk: "007" became 7, a ``modified`` integer a date,
+    an integer column with a null in one chunk floats there ("4.0"), so ``encode`` (streamed)
+    built other texts than ``train`` and its features were refused as stale."""
+    lines = ['{"item_id": "i1", "title": "One", "code": "007", "modified": 1700000000, '
+             '"part": 4}',
+             '{"item_id": "i2", "title": "Two", "code": "008", "modified": 1700000001, '
+             '"part": null}',
+             '{"item_id": "i3", "title": "Three", "code": "009", "modified": 1700000002, '
+             '"part": 5}']
+    root = make_folder(tmp_path / "d", items="\n".join(lines) + "\n", items_name="items.jsonl",
+                       interactions="user_id,item_id\nu1,i1\n", users=None)
+    config = DataConfig(path=str(root), text_columns=["title", "code", "modified", "part"])
+    loaded = list(load_dataset(config).catalog.values("text"))
+    assert loaded == ["One. 007. 1700000000. 4", "Two. 008. 1700000001",
+                      "Three. 009. 1700000002. 5"]
+    for rows in (1, 2):
+        assert [v for _, _, v in ItemsStream(config, rows=rows).rows_of("text")] == loaded
+
+
+def test_a_chunks_warnings_are_given_once_however_many_passes_read_it(tmp_path, caplog):
+    """``tfmmrec encode`` reads the table in several passes (and streams): the missing-media
+    warning came once per pass, five times for one list of missing posters."""
+    items = ITEMS.replace("images/i2.png", "images/gone.png")
+    config = DataConfig(path=str(make_folder(tmp_path / "d", items=items)))
+    for _ in range(3):
+        for _ in ItemsStream(config).chunks():
+            pass
+    assert caplog.text.count("images/gone.png") == 1

@@ -88,6 +88,12 @@ def test_identity_is_stable_for_same_config_and_changes_with_it(encoder):
     assert build_text_encoder(tiny(seed=1), CORPUS).identity() != encoder.identity()
     assert build_text_encoder(tiny(pooling="cls"), CORPUS).identity() != encoder.identity()
     assert build_text_encoder(tiny(), [*CORPUS, "new words"]).identity() != encoder.identity()
+    # a vocabulary of the same size but other words: same seeded weights, other token ids
+    edited = [text.replace("river", "zebra") for text in CORPUS]
+    vocabulary = build_vocabulary(CORPUS, tiny().max_vocabulary)
+    renamed = build_vocabulary(edited, tiny().max_vocabulary)
+    assert len(renamed) == len(vocabulary) and renamed != vocabulary
+    assert build_text_encoder(tiny(), edited).identity() != encoder.identity()
 
 
 MIXED = tf.constant(["love", "a calm love story near a river with wolves and whales", "",

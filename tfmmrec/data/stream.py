@@ -102,8 +102,9 @@ class ItemsStream:
         for frame in self._frames():
             validate.require_no_missing_ids(frame, self.path, "item_id")
             frame = _with_columns(frame, [c for found in chosen.values() for c in found])
-            values = catalog_values(frame, self.root, chosen, self.path,
-                                    refuse_unresolved=False)  # judged on the whole table
+            with _warnings_once(self.path, start):
+                values = catalog_values(frame, self.root, chosen, self.path,
+                                        refuse_unresolved=False)  # judged on the whole table
             yield start, Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values,
                                              columns, frame)
             start += len(frame)
@@ -190,6 +191,38 @@ class ItemsStream:
             logger.info("read %s in chunks of %d: %d items (%s)", self.path, self.rows,
                         digest.count, ", ".join(self.modalities) or "no content")
         return self._summary
+
+
+# Chunks whose warnings (missing media, texts cut) were given in this process: a job reads
+# the table in several passes (columns, summary, each modality's encoding), and each said
+# them again (five times for one missing poster list).
+_WARNED_CHUNKS: set[tuple[str, int, int]] = set()
+_CHUNK_LOGGERS = ("tfmmrec.data.validate", "tfmmrec.modalities.base", "tfmmrec.modalities.text")
+
+
+@contextlib.contextmanager
+def _warnings_once(path: Path, start: int) -> Iterator[None]:
+    """Within: the table readers' warnings about the chunk at ``start`` of ``path`` (as it is
+    now) pass the first time only."""
+    key = (str(path.resolve()), path.stat().st_mtime_ns, start)
+    if key not in _WARNED_CHUNKS:
+        _WARNED_CHUNKS.add(key)
+        yield
+        return
+    drop = _DropWarnings()
+    loggers = [logging.getLogger(name) for name in _CHUNK_LOGGERS]
+    for logger_ in loggers:
+        logger_.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger_ in loggers:
+            logger_.removeFilter(drop)
+
+
+class _DropWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
 
 
 def _with_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

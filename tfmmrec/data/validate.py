@@ -46,7 +46,9 @@ def read_table(path: Path, id_columns: Sequence[str] = (),
 
     ``all_strings`` reads every CSV column as the text written in the file (the items table:
     a ``year`` column with one blank cell would otherwise become floats, and the text tower
-    would read "1995.0").
+    would read "1995.0"), and every JSONL value as JSON gives it, untyped (pandas guessed
+    types per chunk: "007" became 7, a ``modified`` column dates, an int column with a null
+    floats, so a streamed table read otherwise than the whole one).
     """
     return next(read_table_chunks(path, id_columns, all_strings))
 
@@ -69,6 +71,8 @@ def read_table_chunks(path: Path, id_columns: Sequence[str] = (), all_strings: b
                 chunks = pd.read_csv(path, dtype=str if all_strings else dtypes,
                                      keep_default_na=False, na_values=[""], chunksize=rows,
                                      index_col=False)
+        elif path.suffix == ".jsonl" and all_strings:
+            chunks = _jsonl_object_chunks(path, rows)
         elif path.suffix == ".jsonl":
             dtypes |= _padded_names(_first_jsonl_keys(path), id_columns)
             chunks = pd.read_json(path, lines=True, dtype=dtypes, chunksize=rows)
@@ -149,6 +153,29 @@ def _padded_names(names: Sequence, id_columns: Sequence[str]) -> dict[str, str]:
     ``001``)."""
     return {name: "string" for name in names
             if isinstance(name, str) and name != name.strip() and name.strip() in id_columns}
+
+
+def _jsonl_object_chunks(path: Path, rows: int | None) -> Iterator[pd.DataFrame]:
+    """A JSONL table's objects in frames of ``rows`` (None: one), each value the Python
+    object JSON gives (no type guessed, no date converted: the same in every chunk); a line
+    that is not a JSON object raises (the caller names it)."""
+    import json
+
+    records: list[dict] = []
+    yielded = False
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("a line is not a JSON object")
+            records.append(record)
+            if rows and len(records) == rows:
+                yield pd.DataFrame(records, dtype=object)
+                records, yielded = [], True
+    if records or not yielded:
+        yield pd.DataFrame(records, dtype=object)
 
 
 def _first_jsonl_keys(path: Path) -> list[str]:

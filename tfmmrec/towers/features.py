@@ -406,8 +406,7 @@ def encode_shard(job: dict[str, Any], encode: Encode) -> dict[str, Any]:
     final = join_path(job["output"], job["file"])
     failed: list[str] = []
     encoded = 0
-    batches = _tfrecord_batches(job) if "items_manifest" in job else _folder_batches(job,
-                                                                                      failed)
+    batches = (_tfrecord_batches if "items_manifest" in job else _folder_batches)(job, failed)
     with atomic_path(final) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for index, item_ids, keys, good, raw in batches:
@@ -460,17 +459,21 @@ def _folder_batches(job: dict[str, Any], failed: list[str]) -> Iterator[Batch]:
                good, raw)
 
 
-def _tfrecord_batches(job: dict[str, Any]) -> Iterator[Batch]:
-    """Raw batches from one pre-decoded item shard, as ``cache.encode_records`` reads them."""
+def _tfrecord_batches(job: dict[str, Any], failed: list[str]) -> Iterator[Batch]:
+    """Raw batches from one pre-decoded item shard, as ``cache.encode_records`` reads them;
+    an item whose file did not decode when the shards were prepared (a content key, not
+    present) is counted in ``failed`` as the folder path counts it (it was 0 here)."""
     modality = job["modality"]
     manifest = tfrecords.Manifest.from_dict(job["items_manifest"])
     for batch in tfrecords.items_dataset(manifest, job["settings"]["batch_size"]):
         keys = [k.decode() for k in batch[f"{modality}_key"].numpy()]
         present = batch[f"{modality}_present"].numpy()
+        item_ids = [i.decode() for i in batch["item_id"].numpy()]
         good = [row for row, key in enumerate(keys) if key and present[row]]
+        failed.extend(f"item {item_ids[row]} (undecodable when prepared)"
+                      for row, key in enumerate(keys) if key and not present[row])
         raw = encoder_rows(batch[modality], good, modality) if good else None
-        yield ([int(i) for i in batch["item_index"].numpy()],
-               [i.decode() for i in batch["item_id"].numpy()], keys, good, raw)
+        yield [int(i) for i in batch["item_index"].numpy()], item_ids, keys, good, raw
 
 
 def encoder_rows(content, rows: list[int], modality: str):

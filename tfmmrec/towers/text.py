@@ -8,6 +8,7 @@ tokens cost, not ``sequence_length`` (in training, catalogue encoding and every 
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import re
 from collections.abc import Iterable
@@ -192,7 +193,10 @@ def build_text_encoder(config: TextTowerConfig, corpus: Iterable[str], *,
             max_sequence_length=config.sequence_length,
             dropout=0.0,
         )
+        # the vocabulary itself, not only its size: a catalogue edit that keeps the size (birds
+        # → zebras) keeps the seeded weights, so the cache served features of other token ids
         description = {"kind": "bert_small", "vocabulary_size": len(vocabulary),
+                       "vocabulary": hashlib.sha256("\n".join(vocabulary).encode()).hexdigest(),
                        "layers": config.num_layers, "hidden": config.hidden_dim}
     description.update(sequence_length=config.sequence_length, pooling=config.pooling)
     encoder = encoder_class(preprocessor, backbone, config.pooling, description, name=name,
