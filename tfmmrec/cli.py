@@ -39,9 +39,10 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 # Commands that write through temporary names and have no other use for SIGTERM: they take it
 # as Ctrl-C (their temp folders are removed, the line says what was kept). `train`/`demo`
-# keep its default (a cluster's workers and TensorFlow's preemption handling rely on it);
-# `serve` installs its own.
-_TERM_AS_INTERRUPT = frozenset({"export", "catalog", "prepare", "encode", "evaluate"})
+# keep its default (a cluster's workers and TensorFlow's preemption handling rely on it), as
+# do `prepare`/`encode` (SIGTERM reaches the parent only: its worker pool would finish every
+# queued shard first; the next run removes their temp files); `serve` installs its own.
+_TERM_AS_INTERRUPT = frozenset({"export", "catalog", "evaluate"})
 
 
 class _Terminated(KeyboardInterrupt):

@@ -1095,7 +1095,9 @@ def _check_encoders(output: Path, ws: Workspace) -> None:
     if changed:
         raise ConfigError(f"the {', '.join(changed)} encoder(s) differ from the ones this model "
                           f"was trained with ({run_file}); restore the training config (or, "
-                          "if the items table changed since, retrain)")
+                          "if the items table changed since, or the run was trained by an "
+                          "earlier tfmmrec, whose encoder identities did not cover the random-"
+                          "init text tower's vocabulary, retrain)")
 
 
 def evaluate(config: Config | str | os.PathLike | None = None,
@@ -1116,7 +1118,8 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     ``metrics`` for the run's own split; other names keep a scored test set, candidate list
     or export from replacing it (``evaluation_output_name``, whose ``evaluation_sources`` the
     file records as ``sources``). The run's Projector files are written from its own model's
-    item embeddings, not from given ``embeddings`` (another run's export would replace them).
+    item embeddings only: not at all when ``embeddings`` are given (another run's export
+    would replace them).
     """
     if not re.fullmatch(r"[\w.-]+", output_name):
         raise ConfigError(f"output_name {output_name!r}: letters, digits, '.', '-', '_' only")
@@ -1229,9 +1232,18 @@ def evaluation_output_name(test: str | os.PathLike | None = None,
 def evaluation_sources(test: str | os.PathLike | None = None,
                        candidates: str | os.PathLike | None = None,
                        export: str | os.PathLike | None = None) -> dict[str, str]:
-    """The absolute paths an evaluation scored (``sources`` of its metrics file)."""
-    return {label: str(Path(path).absolute()) for label, path in
-            (("test", test), ("candidates", candidates), ("export", export)) if path}
+    """The paths an evaluation scored (``sources`` of its metrics file), resolved (a link or
+    another relative spelling is the same file); an export's model folder is its newest
+    version, the one scored."""
+    sources = {label: str(Path(path).resolve()) for label, path in
+               (("test", test), ("candidates", candidates)) if path}
+    if export:
+        from tfmmrec.export.writer import is_version_name, list_versions
+
+        folder = Path(export).resolve()
+        versions = [] if is_version_name(folder.name) else list_versions(folder)
+        sources["export"] = str(folder / str(versions[-1]) if versions else folder)
+    return sources
 
 
 def _recorded_sources(path: Path) -> dict | None:

@@ -192,3 +192,24 @@ def test_a_chunks_warnings_are_given_once_however_many_passes_read_it(tmp_path, 
         for _ in ItemsStream(config).chunks():
             pass
     assert caplog.text.count("images/gone.png") == 1
+
+
+def test_a_jsonl_chunk_without_item_ids_names_its_line(tmp_path):
+    """A later chunk whose lines all lack ``item_id`` was a bare KeyError."""
+    lines = ['{"item_id": "i1", "title": "One"}', '{"item_id": "i2", "title": "Two"}',
+             '{"title": "z"}']
+    root = make_folder(tmp_path / "d", items="\n".join(lines) + "\n", items_name="items.jsonl",
+                       interactions="user_id,item_id\nu1,i1\n", users=None)
+    whole = error_of(lambda: load_dataset(DataConfig(path=str(root))))
+    streamed = error_of(lambda: list(ItemsStream(DataConfig(path=str(root)), rows=2).chunks()))
+    assert "line 3" in whole and streamed == whole
+
+
+def test_jsonl_flags_are_not_inferred_as_text(tmp_path):
+    """Read untyped, a JSON true/false column became item text ("Alpha. True")."""
+    lines = ['{"item_id": "i1", "title": "One", "in_stock": true}',
+             '{"item_id": "i2", "title": "Two", "in_stock": false}']
+    root = make_folder(tmp_path / "d", items="\n".join(lines) + "\n", items_name="items.jsonl",
+                       interactions="user_id,item_id\nu1,i1\n", users=None)
+    assert load_dataset(DataConfig(path=str(root))).catalog.columns.text == ("title",)
+    assert ItemsStream(DataConfig(path=str(root)), rows=1).columns.text == ("title",)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.data.folders import INTERACTIONS, ITEMS, USERS, make_folder
 from tfmmrec.config import DataConfig, ImageTowerConfig
+from tfmmrec.data import validate
 from tfmmrec.data.dataset import load_dataset
 from tfmmrec.errors import DataError
 
@@ -512,3 +513,13 @@ def test_corrupt_media_is_reported_by_the_encoder_cache_and_masked(tmp_path, cap
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "1 image file(s) missing, unreadable or undecodable" in warning
     assert "i1.png" in warning
+
+
+def test_a_row_after_a_quoted_newline_is_named_by_its_own_line(tmp_path):
+    """A quoted field spanning lines moved every later row's label up a line ("line 4 (first
+    seen at line 3)" for rows on lines 5 and 4)."""
+    path = tmp_path / "items.csv"
+    path.write_text('item_id,title\ni000,"two\nlines"\ni001,b\n\ni001,c\n')
+    with pytest.raises(DataError, match=r"at items.csv line 6 \(first seen at items.csv line 4\)"):
+        validate.require_unique(validate.read_table(path, ["item_id"]), path, "item_id")
+    assert validate.row_label(path, 0) == "items.csv line 2"

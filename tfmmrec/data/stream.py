@@ -100,9 +100,11 @@ class ItemsStream:
         chosen = {name: columns.of(name) for name in modalities.names()}
         start = 0
         for frame in self._frames():
+            # a JSONL chunk whose lines all lack item_id: its empty ids, named by line
+            frame = _with_columns(frame, ["item_id", *(c for found in chosen.values()
+                                                       for c in found)])
             validate.require_no_missing_ids(frame, self.path, "item_id")
-            frame = _with_columns(frame, [c for found in chosen.values() for c in found])
-            with _warnings_once(self.path, start):
+            with _warnings_once(self.path, start, self.rows, chosen):
                 values = catalog_values(frame, self.root, chosen, self.path,
                                         refuse_unresolved=False)  # judged on the whole table
             yield start, Catalog.from_values(frame["item_id"].to_numpy(dtype=object), values,
@@ -196,15 +198,16 @@ class ItemsStream:
 # Chunks whose warnings (missing media, texts cut) were given in this process: a job reads
 # the table in several passes (columns, summary, each modality's encoding), and each said
 # them again (five times for one missing poster list).
-_WARNED_CHUNKS: set[tuple[str, int, int]] = set()
+_WARNED_CHUNKS: set[tuple] = set()
 _CHUNK_LOGGERS = ("tfmmrec.data.validate", "tfmmrec.modalities.base", "tfmmrec.modalities.text")
 
 
 @contextlib.contextmanager
-def _warnings_once(path: Path, start: int) -> Iterator[None]:
+def _warnings_once(path: Path, start: int, rows: int, columns: dict) -> Iterator[None]:
     """Within: the table readers' warnings about the chunk at ``start`` of ``path`` (as it is
-    now) pass the first time only."""
-    key = (str(path.resolve()), path.stat().st_mtime_ns, start)
+    now, in chunks of ``rows``, read for these ``columns``) pass the first time only."""
+    key = (str(path.resolve()), path.stat().st_mtime_ns, start, rows,
+           tuple(sorted(columns.items())))
     if key not in _WARNED_CHUNKS:
         _WARNED_CHUNKS.add(key)
         yield
@@ -222,7 +225,7 @@ def _warnings_once(path: Path, start: int) -> Iterator[None]:
 
 class _DropWarnings(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING
+        return record.levelno != logging.WARNING  # errors still pass
 
 
 def _with_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -254,7 +257,7 @@ class _TableProfile:
         return profile
 
     def add(self, frame: pd.DataFrame) -> None:
-        for column in frame.columns.drop("item_id"):
+        for column in frame.columns.drop("item_id", errors="ignore"):
             series = frame[column]
             self.filled[column] += int((series.fillna("").astype(str).str.strip() != "").sum())
             for spec in modalities.specs():

@@ -6,7 +6,9 @@ a user can fix their catalogue without reading a TensorFlow traceback.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,12 +34,44 @@ PAIR_COLUMNS = ("user_id", "item_id")  # one interaction per pair (data.duplicat
 
 
 def row_label(path: Path, index: int) -> str:
-    """Human location of a data row: line numbers for text tables (CSV has a header line)."""
+    """Human location of a data row: line numbers for text tables (CSV has a header line, and
+    a quoted field may span lines: the row's first line, :func:`_csv_row_lines`)."""
     if path.suffix == ".csv":
-        return f"{path.name} line {index + 2}"
+        lines = _csv_row_lines(path)
+        return f"{path.name} line {lines[index] if index < len(lines) else index + 2}"
     if path.suffix == ".jsonl":
         return f"{path.name} line {index + 1}"
     return f"{path.name} row {index}"
+
+
+def _csv_row_lines(path: Path) -> array.array:
+    """Each data row's first physical line in a CSV file (pandas numbers rows, and a quoted
+    field with a newline moved every later label up a line). Read once per file version,
+    when a label is first needed; blank lines are skipped, as pandas skips them."""
+    try:
+        info = path.stat()
+    except OSError:
+        return array.array("L")
+    return _csv_row_lines_of(str(path), info.st_mtime_ns, info.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _csv_row_lines_of(path: str, mtime_ns: int, size: int) -> array.array:
+    import csv
+
+    starts = array.array("L")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            reader = csv.reader(file)
+            end, header = 0, False
+            for row in reader:
+                if row and header:
+                    starts.append(end + 1)
+                header |= bool(row)
+                end = reader.line_num
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass  # an unreadable file is named elsewhere; labels fall back to index + 2
+    return starts
 
 
 def read_table(path: Path, id_columns: Sequence[str] = (),

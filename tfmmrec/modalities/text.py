@@ -55,12 +55,13 @@ class TextModality(ModalitySpec):
 
     def column_counts(self, series: pd.Series) -> Counter:
         values = cells(series)
+        flags = int(series.map(lambda v: isinstance(v, bool)).sum()) if is_textual(series) else 0
         return Counter(cells=len(values), textual_chunks=int(is_textual(series)),
-                       numbers=int(pd.to_numeric(values, errors="coerce").notna().sum()))
+                       numbers=int(pd.to_numeric(values, errors="coerce").notna().sum()) + flags)
 
     def infer_from_counts(self, counts: Mapping[str, Counter], candidates: Sequence[str]
                           ) -> tuple[str, ...]:
-        """Every string column whose cells are mostly not numbers."""
+        """Every string column whose cells are mostly not numbers (nor JSON true/false)."""
         return tuple(c for c in candidates if counts[c]["textual_chunks"] and counts[c]["cells"]
                      and counts[c]["numbers"] / counts[c]["cells"] < 0.5)
 
