@@ -30,11 +30,9 @@ def exported_embeddings(version_dir: str | os.PathLike, user_ids: np.ndarray,
     user check), that the export belongs to another dataset (:func:`foreign_export_message`):
     a handful of missing ids is a catalogue change, most of them another model.
     """
-    from tfmmrec.export.loader import ExportedModel, latest_version
+    from tfmmrec.export.loader import ExportedModel
 
-    path = Path(version_dir)
-    # a version (its load error, if any, is the one to report) or a model folder: its newest
-    model = ExportedModel(path if (path / "saved_model.pb").is_file() else latest_version(path))
+    model = ExportedModel(version_dir)  # a version, or a model folder: its newest
     loaded = model._loaded  # the tf.Module the loader restored; item_table is its item index
     if not hasattr(loaded, "item_table") or not hasattr(loaded, "item_ids"):
         raise ExportError(f"{model.path} has no item table: not a tfmmrec retrieval export")
