@@ -87,6 +87,20 @@ def test_validate_good_folder_reports_what_it_found(tmp_path, capsys):
     assert "user features: age (numeric), occupation (categorical)" in out
 
 
+def test_validate_names_the_ratings_the_ranking_task_refuses(tmp_path, capsys):
+    """It said OK; ``train`` then refused them after encoding every modality."""
+    rated = make_folder(tmp_path / "rated", interactions="user_id,item_id,rating\n"
+                        "u1,i1,-2\nu1,i2,4\nu2,i1,3\nu2,i3,5\n")
+    plain = make_folder(tmp_path / "plain", interactions="user_id,item_id\nu1,i1\nu2,i3\n")
+    for root, task, message in (
+            (rated, "listwise", "interactions.csv line 2: rating -2: ranking.task=listwise "
+                                "needs ratings >= 0"),
+            (plain, "regression", "ranking.task=regression needs a rating column")):
+        assert cli.main(["validate", "--set", f"data.path={root}", "--set",
+                         "ranking.enabled=true", "--set", f"ranking.task={task}"]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_validate_says_a_given_split_validates_on_the_rows_marked_validation(tmp_path, capsys):
     """It said they came "from the training rows", as if carved from them."""
     from tests.data.test_user_split import given_folder
@@ -390,3 +404,17 @@ def test_a_flag_before_the_command_is_not_undone_by_the_commands_default():
     args = cli.build_parser().parse_args(["-q", "-v", "train"])
     assert args.quiet and args.verbose
     assert not cli.build_parser().parse_args(["train"]).quiet
+
+
+def test_a_two_stage_export_is_told_apart_from_its_metadata(tmp_path):
+    """``evaluate --export`` of a re-ranking export scored its retrieval stage with no word."""
+    from tfmmrec.export.writer import METADATA_FILE
+
+    for version, two_stage in ((1, True), (2, False)):
+        folder = tmp_path / "m" / str(version)
+        (folder / "assets.extra").mkdir(parents=True)
+        (folder / "saved_model.pb").write_bytes(b"")
+        (folder / "assets.extra" / METADATA_FILE).write_text(
+            json.dumps({"graph_constants": {"two_stage": two_stage}}))
+    assert cli._two_stage_export(str(tmp_path / "m" / "1"))
+    assert not cli._two_stage_export(str(tmp_path / "m"))  # the newest: version 2

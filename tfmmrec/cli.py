@@ -452,6 +452,11 @@ def _evaluate(config, args) -> int:
                                          config.eval.batch_size,
                                          trained_users=workspace.split.train["user_id"].unique())
         name = "tfmmrec (export)"
+        if _two_stage_export(args.export):
+            print("note: this export re-ranks its retrieval candidates with a ranking head; "
+                  "its row scores the retrieval stage (embed_query against the item table), "
+                  "not what `recommend` serves: the checkpoint's ' · ranking head' row gives "
+                  "the two-stage figures")
     out = Path(config.train.output_dir)
     output_name = pipeline.evaluation_output_name(args.test, args.candidates, args.export,
                                                   eval_dir=out / "eval")
@@ -527,6 +532,28 @@ def _print_results(results: dict, ks, workspace) -> None:
         print(f"note: {note}")
 
 
+def _two_stage_export(path: str) -> bool:
+    """Whether the export at ``path`` (a version or a model folder) re-ranks (its metadata)."""
+    from tfmmrec.export.loader import version_of
+    from tfmmrec.export.writer import read_metadata
+
+    return bool(read_metadata(version_of(path)).get("graph_constants", {}).get("two_stage"))
+
+
+def _check_ratings(config, dataset) -> None:
+    """What ``train`` checks of the ratings for ``ranking.task``, named by ``validate`` first
+    (it said OK, then ``train`` refused a negative listwise rating or a missing column)."""
+    from tfmmrec.models.ranking import interactions_source, rating_targets, warn_unread_ratings
+
+    if not config.ranking.enabled:
+        return
+    source = interactions_source(dataset.root)
+    if config.ranking.task == "binary":
+        warn_unread_ratings(dataset.interactions, source)
+    else:
+        rating_targets(dataset.interactions, config.ranking.task, source)
+
+
 def _validate(config) -> int:
     from tfmmrec import modalities
     from tfmmrec.data import validate
@@ -538,6 +565,7 @@ def _validate(config) -> int:
     dataset = resolve_dataset(config)
     catalog = dataset.catalog
     check_local_weights(config, [m for m in catalog.modalities if config.tower(m).enabled])
+    _check_ratings(config, dataset)
     print(f"dataset {dataset.root}: {len(catalog)} items, {len(dataset.interactions)} "
           f"interactions, {dataset.interactions['user_id'].nunique()} users")
     columns = catalog.columns

@@ -1238,11 +1238,9 @@ def evaluation_sources(test: str | os.PathLike | None = None,
     sources = {label: str(Path(path).resolve()) for label, path in
                (("test", test), ("candidates", candidates)) if path}
     if export:
-        from tfmmrec.export.writer import is_version_name, list_versions
+        from tfmmrec.export.loader import version_of
 
-        folder = Path(export).resolve()
-        versions = [] if is_version_name(folder.name) else list_versions(folder)
-        sources["export"] = str(folder / str(versions[-1]) if versions else folder)
+        sources["export"] = str(version_of(Path(export).resolve()))
     return sources
 
 

@@ -353,6 +353,23 @@ def test_listwise_with_no_rating_above_zero_is_refused_and_a_zero_list_adds_noth
     assert float(loss(tf.zeros([1, 3]), tf.constant([[2.0, -1.0, 0.5]]))[0]) == 0.0
 
 
+def test_listwise_lists_rated_all_alike_are_refused(tmp_path):
+    """Every rating equal: it trained a head with no order to learn, and evaluation then
+    skipped every list (NDCG NaN)."""
+    ws = _rated_workspace(tmp_path, "u1,i1,3\nu1,i2,3\nu2,i1,3\nu2,i3,3\n", LISTWISE)
+    with pytest.raises(DataError, match=r"every list of ranking\.list_size=2 training ratings "
+                                        "rates its items alike"):
+        pipeline.training_examples(ws)
+
+
+def test_listwise_says_how_many_users_reach_the_list_size(tmp_path, caplog):
+    ws = _rated_workspace(tmp_path, "u1,i1,5\nu1,i2,3\nu1,i3,1\nu2,i1,4\nu3,i2,2\n",
+                          ["ranking.task=listwise", "ranking.list_size=3"])
+    pipeline.training_examples(ws)
+    assert ("ranking.list_size=3: 1 of 3 training users have that many ratings; the other 2 "
+            "get no training example") in caplog.text
+
+
 def test_a_list_size_no_training_user_reaches_is_a_config_error(tmp_path):
     ws = _rated_workspace(tmp_path, "u1,i1,5\nu1,i2,3\nu1,i3,1\nu2,i1,4\n",
                           ["ranking.task=listwise", "ranking.list_size=50"])
@@ -414,7 +431,11 @@ def test_a_supplied_test_files_ratings_give_the_head_metrics(workspace, tmp_path
     test = ws.split.test.head(6)
     rows = [f"{u},{i},{r}\n" for u, i, r in
             zip(test["user_id"], test["item_id"], test["rating"], strict=True)]
-    metrics = evaluate_ranking_head(model, _supplied_test(ws, tmp_path, "".join(rows)))
+    # and only over the rows the note says are scored: not the user's training interactions
+    trained = ws.split.train.head(4)
+    seen = [f"{u},{i},{r}\n" for u, i, r in
+            zip(trained["user_id"], trained["item_id"], trained["rating"], strict=True)]
+    metrics = evaluate_ranking_head(model, _supplied_test(ws, tmp_path, "".join(rows + seen)))
     assert set(metrics) == {"rmse", "mae"}
     assert metrics == pytest.approx(evaluate_ranking_head(model, _with_test(ws, test)))
     listwise, ws = _model(workspace, ["ranking.task=listwise", "ranking.list_size=2"])
@@ -442,9 +463,11 @@ def test_binary_auc_negatives_are_never_the_users_own_items(monkeypatch):
                                                         for _ in range(30)])})
     full = pd.DataFrame({"user_id": "all", "item_index": np.arange(10)})  # no item left
     train, test = pairs.iloc[::2], pd.concat([pairs.iloc[1::2], full.iloc[:3]])
-    split = SimpleNamespace(train=pd.concat([train, full.iloc[3:]]), test=test, validation=None)
+    split = SimpleNamespace(train=pd.concat([train, full.iloc[3:]]), test=test, validation=None,
+                            test_items=None)
     ws = SimpleNamespace(split=split, dataset=SimpleNamespace(num_items=10, root=Path("/none")),
-                         config=tfmmrec.load_config(None, ["ranking.task=binary"]))
+                         config=tfmmrec.load_config(None, ["ranking.task=binary"]),
+                         user_ids=np.array(["all", *(f"u{i}" for i in range(30))]))
     scored = []
 
     def score_pairs(model, users, items):

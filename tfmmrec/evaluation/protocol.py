@@ -94,7 +94,7 @@ def unscored_note(split: Split, user_ids: np.ndarray, num_items: int,
 
     ``candidates``: the file they came from, named in the line."""
     total = len(split.test)
-    scored = _scored_rows(split, user_ids, num_items) if total else np.ones(0, bool)
+    scored = scored_rows(split, user_ids, num_items) if total else np.ones(0, bool)
     if scored.all():
         return None
     allowed = candidate_mask(split, num_items)
@@ -142,7 +142,7 @@ def historyless_note(split: Split) -> str | None:
             "them, so those rows rank their items in catalogue order")
 
 
-def _scored_rows(split: Split, user_ids: np.ndarray, num_items: int) -> np.ndarray:
+def scored_rows(split: Split, user_ids: np.ndarray, num_items: int) -> np.ndarray:
     """``[len(split.test)]`` bool: the test rows some metric measures (:func:`scored_items`)."""
     relevant, _ = scored_items(split, user_ids, num_items)
     rows = _user_rows(split.test, np.asarray(user_ids).astype(str))

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.evaluation.metrics import evaluate_ranking
-from tfmmrec.evaluation.protocol import candidate_mask, split_matrices
+from tfmmrec.evaluation.protocol import candidate_mask, scored_rows, split_matrices
 from tfmmrec.evaluation.rating import auc, list_ndcg, log_loss, mae, ranked_lists, rmse
 from tfmmrec.models.ranking import interactions_source, rating_targets, sample_lists
 
@@ -39,8 +39,16 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
     over rated lists (listwise; lists rated all alike are skipped, as ``list_ndcg`` says, and
     counted in a log line). Empty when the test rows cannot give them: no ``rating``
     column (a supplied ``--test`` file without one) for the rating tasks, or no test user
-    with ``ranking.list_size`` ratings for listwise."""
-    test, task = ws.split.test, getattr(model, "ranking_task", ws.config.ranking.task)
+    with ``ranking.list_size`` ratings for listwise.
+
+    Over the test rows the retrieval metrics score (``protocol.scored_rows``): a supplied
+    test row that is one of its user's training interactions, or whose item is not among the
+    candidates, is left out here too, as ``evaluate``'s note says (they were scored)."""
+    task = getattr(model, "ranking_task", ws.config.ranking.task)
+    scored = scored_rows(ws.split, ws.user_ids, ws.dataset.num_items)
+    test = ws.split.test[scored]
+    if len(test) == 0:
+        return {}
     if task != "binary" and "rating" not in test.columns:
         return {}
     users = test["user_id"].astype(str).to_numpy()
@@ -50,7 +58,7 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
         ratings = rating_targets(test, task, source_of_test(ws))
         return {"rmse": rmse(predictions, ratings), "mae": mae(predictions, ratings)}
     if task == "binary":
-        negatives = binary_negatives(ws)
+        negatives = binary_negatives(ws)[scored]  # drawn per test row, the same in any case
         kept = negatives >= 0  # a user who interacted with every item has no negative
         scores = score_pairs(model, np.concatenate([users, users[kept]]),
                              np.concatenate([items, negatives[kept]]))

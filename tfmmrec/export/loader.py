@@ -59,9 +59,13 @@ def model_folders(base_dir: Path) -> list[Path]:
         return []
 
 
-def _version_of(path: Path) -> Path:
-    """The version ``ExportedModel`` loads for a ``path`` without a saved_model.pb: a model
-    folder's newest, else an error saying what ``path`` is."""
+def version_of(path: str | os.PathLike) -> Path:
+    """The version a ``path`` names: itself when it holds a saved_model.pb, a model folder's
+    newest version, else an error saying what ``path`` is (``read_metadata`` names a folder
+    that is none of these)."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
     if list_versions(path):
         return latest_version(path)
     if not path.exists():
@@ -87,9 +91,7 @@ class ExportedModel:
     def __init__(self, version_dir: str | os.PathLike):
         """``version_dir``: one version, or a model's folder of versions (its newest, as every
         ``tfmmrec`` command takes a model folder)."""
-        self.path = Path(version_dir)
-        if not (self.path / "saved_model.pb").is_file():
-            self.path = _version_of(self.path)
+        self.path = version_of(version_dir)
         self.metadata = read_metadata(self.path)
         register_custom_ops(scann=self.metadata.get("requires_scann_ops", True))
         try:

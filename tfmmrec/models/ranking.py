@@ -325,20 +325,32 @@ _WARNED_UNREAD: set[tuple[str, int, int]] = set()
 def require_lists(user_ids: np.ndarray, list_size: int) -> None:
     """A ``ConfigError`` when no user has ``list_size`` ratings: ``sample_lists`` would give
     no list and ``fit`` fail on empty data with a long traceback."""
-    most = int(pd.Series(user_ids).value_counts().max()) if len(user_ids) else 0
+    counts = pd.Series(user_ids).value_counts()
+    most = int(counts.max()) if len(user_ids) else 0
     if most < list_size:
         raise ConfigError(f"ranking.list_size={list_size}: no training user has {list_size} "
                           f"ratings (most: {most})")
+    kept = int((counts >= list_size).sum())
+    if kept < len(counts):  # the others get no ranking and no retrieval example: say how many
+        (logger.warning if 2 * kept < len(counts) else logger.info)(
+            "ranking.list_size=%d: %d of %d training users have that many ratings; the other "
+            "%d get no training example", list_size, kept, len(counts), len(counts) - kept)
 
 
 def require_rated_lists(lists: dict[str, np.ndarray], list_size: int) -> None:
     """A ``DataError`` when no sampled list has a rating above 0: every list's listwise
     target would be empty and its loss 0, so the head would learn nothing. (A few such
     lists are harmless: they add 0 to the ranking loss and still give retrieval pairs.)"""
-    if not (lists["list_ratings"].sum(axis=1) > 0).any():
+    ratings = lists["list_ratings"]
+    if not (ratings.sum(axis=1) > 0).any():
         raise DataError(f"ranking.task=listwise: no list of ranking.list_size={list_size} "
                         "training ratings has a rating above 0, so the ranking loss would be "
                         "0 throughout; rate items above 0 (or use ranking.task=binary)")
+    if not (ratings != ratings[:, :1]).any():
+        raise DataError(f"ranking.task=listwise: every list of ranking.list_size={list_size} "
+                        "training ratings rates its items alike, so there is no order to "
+                        "learn (and evaluation skips such lists); use ratings that differ, or "
+                        "ranking.task=binary")
 
 
 def sample_lists(user_ids: np.ndarray, item_index: np.ndarray, ratings: np.ndarray,
