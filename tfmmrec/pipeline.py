@@ -1161,6 +1161,12 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     results.update({row: result.metrics for row, result in classic.items()})
     if embeddings is None and getattr(model, "head", None) is not None and not hidden_modalities:
         results[f"{name}{RANKING_HEAD_ROW}"] = ranking_head_metrics(model, ws)
+        if baselines:  # what the head's figures are without a model, to read them against
+            from tfmmrec.evaluation.ranking import REFERENCES, reference_ranking_metrics
+
+            task = getattr(model, "ranking_task", config.ranking.task)
+            if reference := reference_ranking_metrics(ws, task):
+                results[f"{REFERENCES[task]}{RANKING_HEAD_ROW}"] = reference
     if not write:
         return results
     out = Path(config.train.output_dir) / "eval"

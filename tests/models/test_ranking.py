@@ -485,3 +485,26 @@ def test_binary_auc_negatives_are_never_the_users_own_items(monkeypatch):
     assert metrics["auc"] == 1.0
     ranking.evaluate_ranking_head(SimpleNamespace(ranking_task="binary"), ws)
     np.testing.assert_array_equal(scored[1][1], items)  # seeded: the same draws again
+
+
+def test_each_task_has_a_reference_row_scored_without_a_model(workspace):
+    """The head's figures had nothing to read them against (a random order of 1-5 ratings in
+    lists of 5 scores NDCG@5 near 0.89): evaluate adds the task's reference row."""
+    from tfmmrec.evaluation.ranking import REFERENCES, reference_ranking_metrics
+    from tfmmrec.evaluation.rating import mae, rmse
+
+    _, ws = _model(workspace, ["ranking.task=regression"])
+    test = ws.split.test
+    mean = ws.split.train["rating"].astype(float).mean()
+    ratings = test["rating"].to_numpy(float)
+    assert reference_ranking_metrics(ws, "regression") == pytest.approx(
+        {"rmse": rmse(np.full(len(test), mean), ratings),
+         "mae": mae(np.full(len(test), mean), ratings)}, rel=1e-5)
+    assert set(reference_ranking_metrics(ws, "binary")) == {"auc"}
+    _, ws = _model(workspace, ["ranking.task=listwise", "ranking.list_size=3"])
+    random_order = reference_ranking_metrics(ws, "listwise")
+    assert set(random_order) == {"ndcg@3", "ndcg@5"} and 0 < random_order["ndcg@3"] < 1
+    model, ws = _model(workspace, ["ranking.task=regression"])
+    results = pipeline.evaluate(ws.config, model=model, workspace=ws, write=False)
+    assert set(results[f"{REFERENCES['regression']}{pipeline.RANKING_HEAD_ROW}"]) == {
+        "rmse", "mae"}

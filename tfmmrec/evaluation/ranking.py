@@ -7,7 +7,9 @@ Used by ``benchmarks/ml100k_ranking.py``, the ranking tests and ``tfmmrec.evalua
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -33,7 +35,7 @@ def score_pairs(model, users: np.ndarray, items: np.ndarray,
     return tf.concat(parts, axis=0).numpy()
 
 
-def evaluate_ranking_head(model, ws) -> dict[str, float]:
+def evaluate_ranking_head(model, ws, score: Callable | None = None) -> dict[str, float]:
     """Ranking metrics on the test split: RMSE/MAE (regression), AUC and log-loss (binary,
     against seeded negatives the user never interacted with, ``binary_negatives``), NDCG@3/5
     over rated lists (listwise; lists rated all alike are skipped, as ``list_ndcg`` says, and
@@ -43,7 +45,9 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
 
     Over the test rows the retrieval metrics score (``protocol.scored_rows``): a supplied
     test row that is one of its user's training interactions, or whose item is not among the
-    candidates, is left out here too, as ``evaluate``'s note says (they were scored)."""
+    candidates, is left out here too, as ``evaluate``'s note says (they were scored).
+    ``score(model, user ids, item indices)``: the scores (default :func:`score_pairs`)."""
+    score = score or score_pairs
     task = getattr(model, "ranking_task", ws.config.ranking.task)
     scored = scored_rows(ws.split, ws.user_ids, ws.dataset.num_items)
     test = ws.split.test[scored]
@@ -54,13 +58,13 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
     users = test["user_id"].astype(str).to_numpy()
     items = test["item_index"].to_numpy(np.int32)
     if task == "regression":
-        predictions = score_pairs(model, users, items)
+        predictions = score(model, users, items)
         ratings = rating_targets(test, task, source_of_test(ws))
         return {"rmse": rmse(predictions, ratings), "mae": mae(predictions, ratings)}
     if task == "binary":
         negatives = binary_negatives(ws)[scored]  # drawn per test row, the same in any case
         kept = negatives >= 0  # a user who interacted with every item has no negative
-        scores = score_pairs(model, np.concatenate([users, users[kept]]),
+        scores = score(model, np.concatenate([users, users[kept]]),
                              np.concatenate([items, negatives[kept]]))
         labels = np.r_[np.ones(len(items)), np.zeros(int(kept.sum()))]
         return {"auc": auc(scores, labels), "log_loss": log_loss(scores, labels)}
@@ -70,10 +74,42 @@ def evaluate_ranking_head(model, ws) -> dict[str, float]:
     if len(lists["user_id"]) == 0:
         return {}
     flat_users = np.repeat(lists["user_id"], ranking.list_size)
-    scores = score_pairs(model, flat_users, lists["list_items"].reshape(-1)).reshape(
+    scores = score(model, flat_users, lists["list_items"].reshape(-1)).reshape(
         -1, ranking.list_size)
     _log_skipped_lists(lists["list_ratings"])
     return {f"ndcg@{k}": list_ndcg(scores, lists["list_ratings"], k) for k in (3, 5)}
+
+
+# Each task's reference: what its metrics are without a model, to read the head's against (a
+# random order of 1-5 ratings in lists of 5 already scores NDCG@5 near 0.89).
+REFERENCES = {"regression": "mean rating", "binary": "popularity", "listwise": "random order"}
+
+
+def reference_ranking_metrics(ws, task: str) -> dict[str, float]:
+    """The head's metrics (:func:`evaluate_ranking_head`, same rows, lists and negatives)
+    scored without a model: every pair the training mean rating (regression), an item's
+    training count (binary: AUC only, counts are no probabilities), a seeded random order
+    (listwise). ``REFERENCES[task]`` names it."""
+    train = ws.split.train
+    if task == "regression":
+        mean = float(rating_targets(train, task).mean())
+
+        def score(_, users, items):
+            return np.full(len(users), mean, np.float32)
+    elif task == "binary":
+        counts = np.bincount(train["item_index"].to_numpy(np.int64),
+                             minlength=ws.dataset.num_items).astype(np.float32)
+
+        def score(_, users, items):
+            return counts[np.asarray(items, np.int64)]
+    else:
+        rng = np.random.default_rng(ws.config.data.seed)
+
+        def score(_, users, items):
+            return rng.random(len(users)).astype(np.float32)
+    metrics = evaluate_ranking_head(SimpleNamespace(ranking_task=task), ws, score)
+    metrics.pop("log_loss", None)
+    return metrics
 
 
 def _log_skipped_lists(ratings: np.ndarray) -> None:
