@@ -1265,14 +1265,12 @@ def _file_label(name: str) -> str:
 
 def _export_label(export: str | os.PathLike) -> tuple[str, ...]:
     """``(model, version)`` of an export path: a version folder, or a model folder (its newest
-    version); ``(name,)`` for a folder that is neither."""
-    from tfmmrec.export.writer import is_version_name, list_versions
+    version, ``export.loader.version_of``); ``(name,)`` for a folder that is neither."""
+    from tfmmrec.export.loader import version_of
+    from tfmmrec.export.writer import is_version_name
 
-    folder = Path(export).absolute()
-    if is_version_name(folder.name):
-        return folder.parent.name, folder.name
-    versions = list_versions(folder) if folder.is_dir() else []
-    return (folder.name, str(versions[-1])) if versions else (folder.name,)
+    folder = version_of(Path(export).absolute())
+    return (folder.parent.name, folder.name) if is_version_name(folder.name) else (folder.name,)
 
 
 def _given_workspace(workspace: Workspace | None, config: Config) -> Workspace:

@@ -62,3 +62,28 @@ def make_folder(root: Path, items: str | None = ITEMS, interactions: str | None 
         for i, item in enumerate(("i1", "i2", "i3")):
             write_wav(root / "audio" / f"{item}.wav", freq=300.0 + 200 * i)
     return root
+
+
+# Seven items for the encoder-cache counts: two own images, three sharing one file, one file
+# that does not decode, one item without an image.
+SUMMARY_ITEMS = """\
+item_id,title,image
+i1,One,images/i1.png
+i2,Two,images/i2.png
+i3,Three,images/shared.png
+i4,Four,images/shared.png
+i5,Five,images/shared.png
+i6,Six,images/broken.png
+i7,Seven,
+"""
+
+
+def summary_folder(root: Path) -> Path:
+    """A dataset folder of ``SUMMARY_ITEMS`` (one user per item), its images written."""
+    interactions = "user_id,item_id\n" + "".join(f"u1,i{i}\n" for i in range(1, 8))
+    root = make_folder(root, items=SUMMARY_ITEMS, interactions=interactions, users=None,
+                       media=False)
+    for name, color in (("i1", (10, 20, 30)), ("i2", (200, 20, 30)), ("shared", (9, 99, 9))):
+        write_png(root / "images" / f"{name}.png", color=color)
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG but not really")
+    return root

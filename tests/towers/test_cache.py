@@ -144,33 +144,16 @@ def test_content_that_did_not_decode_is_tried_again_and_never_rewrites_the_cache
     assert (stats.reused, stats.computed) == (present - 1, 1) and content.mask.sum() == present
 
 
-SUMMARY_ITEMS = """\
-item_id,title,image
-i1,One,images/i1.png
-i2,Two,images/i2.png
-i3,Three,images/shared.png
-i4,Four,images/shared.png
-i5,Five,images/shared.png
-i6,Six,images/broken.png
-i7,Seven,
-"""
-
-
 def test_the_summary_line_counts_items_and_adds_up_to_the_catalogue(tmp_path, caplog):
     """Reused + computed + without = every item: a file that did not decode is an item without
     the modality (named as undecodable), not a computed one; items sharing one file count once
     each. (The summary said "40 reused, 19 computed, 7 without" of 60 items.)"""
-    from tests.data.folders import make_folder, write_png
+    from tests.data.folders import summary_folder, write_png
     from tfmmrec.config import ImageTowerConfig
     from tfmmrec.data.dataset import load_dataset
     from tfmmrec.towers.image import build_image_encoder
 
-    interactions = "user_id,item_id\n" + "".join(f"u1,i{i}\n" for i in range(1, 8))
-    root = make_folder(tmp_path / "d", items=SUMMARY_ITEMS, interactions=interactions,
-                       users=None, media=False)
-    for name, color in (("i1", (10, 20, 30)), ("i2", (200, 20, 30)), ("shared", (9, 99, 9))):
-        write_png(root / "images" / f"{name}.png", color=color)
-    (root / "images" / "broken.png").write_bytes(b"\x89PNG but not really")
+    root = summary_folder(tmp_path / "d")
     encoder = build_image_encoder(ImageTowerConfig(image_size=16, cnn_filters=[4]))
 
     def run():
@@ -334,18 +317,13 @@ def test_compiled_encoding_matches_eager_and_traces_once(tiny_workspace, modalit
 def test_the_tfrecords_path_counts_items_as_the_folder_path_does(tiny_config, tmp_path):
     """From prepared shards, an item whose file did not decode when they were written is
     ``failed`` (it was counted reused, so the summary did not add up), on every run."""
-    from tests.data.folders import make_folder, write_png
+    from tests.data.folders import summary_folder
     from tfmmrec.config import load_config
     from tfmmrec.data import tfrecords
     from tfmmrec.data.dataset import load_dataset
     from tfmmrec.towers.image import build_image_encoder
 
-    interactions = "user_id,item_id\n" + "".join(f"u1,i{i}\n" for i in range(1, 8))
-    root = make_folder(tmp_path / "d", items=SUMMARY_ITEMS, interactions=interactions,
-                       users=None, media=False)
-    for name, color in (("i1", (10, 20, 30)), ("i2", (200, 20, 30)), ("shared", (9, 99, 9))):
-        write_png(root / "images" / f"{name}.png", color=color)
-    (root / "images" / "broken.png").write_bytes(b"\x89PNG but not really")
+    root = summary_folder(tmp_path / "d")
     config = load_config(tiny_config, [f"data.path={root}", "data.split=random"])
     dataset = load_dataset(config.data)
     records = tfrecords.write_tfrecords(config, tmp_path / "records", dataset=dataset,

@@ -370,16 +370,10 @@ def test_encode_from_prepared_shards_counts_the_files_that_did_not_decode(tiny_c
                                                                           tmp_path):
     """``tfmmrec encode`` from ``prepare``'s shards recorded ``failed: 0`` (and said nothing)
     where the folder path records the undecodable file."""
-    from tests.data.folders import make_folder, write_png
-    from tests.towers.test_cache import SUMMARY_ITEMS
+    from tests.data.folders import summary_folder
     from tfmmrec.data.dataset import load_dataset
 
-    interactions = "user_id,item_id\n" + "".join(f"u1,i{i}\n" for i in range(1, 8))
-    root = make_folder(tmp_path / "d", items=SUMMARY_ITEMS, interactions=interactions,
-                       users=None, media=False)
-    for name, color in (("i1", (10, 20, 30)), ("i2", (200, 20, 30)), ("shared", (9, 99, 9))):
-        write_png(root / "images" / f"{name}.png", color=color)
-    (root / "images" / "broken.png").write_bytes(b"\x89PNG but not really")
+    root = summary_folder(tmp_path / "d")
     config = load_config(tiny_config, [f"data.path={root}", "data.split=random",
                                        "text.enabled=false"])
     dataset = load_dataset(config.data)
