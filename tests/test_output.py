@@ -219,10 +219,12 @@ def test_epoch_line_shows_moving_loss_terms_and_speed(caplog):
     caplog.set_level(logging.INFO, logger="tfmmrec.training.trainer")
     line = EpochLine(epochs=10, examples_per_epoch=1000)
     line.on_epoch_begin(2)
-    line.on_epoch_end(2, {"loss": 4.15234, "regularization_loss": 0.0, "total_loss": 4.15234,
-                          "alignment_loss": 1.204})
+    # in the order TFRS logs them: its metrics, then the loss, which is shown first
+    line.on_epoch_end(2, {"alignment_loss": 1.204, "ranking_loss": 0.5, "loss": 4.15234,
+                          "regularization_loss": 0.0, "total_loss": 4.15234})
     message = caplog.records[-1].getMessage()
-    assert message.startswith("epoch 3/10: loss 4.1523, alignment_loss 1.2040 (")
+    assert message.startswith("epoch 3/10: loss 4.1523, alignment_loss 1.2040, "
+                              "ranking_loss 0.5000 (")
     assert message.endswith(" examples/s)") and "total_loss" not in message
     assert "regularization_loss" not in message
 

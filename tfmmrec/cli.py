@@ -405,6 +405,7 @@ def _evaluate(config, args) -> int:
     from tfmmrec.data.splits import with_test
     from tfmmrec.evaluation.baseline_suite import BASELINES
     from tfmmrec.evaluation.protocol import check_evaluable, historyless_note, unscored_note
+    from tfmmrec.models.ranking import ranking_only_note
     from tfmmrec.training.trained_data import check_trained_data
 
     names: list[str] = []
@@ -457,6 +458,9 @@ def _evaluate(config, args) -> int:
                   "its row scores the retrieval stage (embed_query against the item table), "
                   "not what `recommend` serves: the checkpoint's ' · ranking head' row gives "
                   "the two-stage figures")
+    if config.ranking.enabled and (retrieval := ranking_only_note(
+            config.ranking.retrieval_weight, config.ranking.retrieve_candidates)):
+        print(f"note: {retrieval}")
     out = Path(config.train.output_dir)
     output_name = pipeline.evaluation_output_name(args.test, args.candidates, args.export,
                                                   eval_dir=out / "eval")

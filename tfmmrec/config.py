@@ -716,10 +716,14 @@ class ServingLimitsConfig(ConfigSection):
     about 90 times a text's bytes, so ``query_text`` also bounds the request's total
     (``max_text_request_bytes``: 1,024 texts of 64 KiB each took 5.4 GiB), and
     ``query_image`` the request's declared pixels (``max_image_request_pixels``, 256 MP: 100
-    blank 16-MP PNGs took 38 s of CPU to decode).
+    blank 16-MP PNGs took 38 s of CPU to decode). Every id a request carries (user ids, item
+    ids of sessions, exclusions and ``embed_items``) is at most ``max_id_bytes`` (UTF-8):
+    ids had no bound of their own, so a body of a few long ids was hashed and held whole; an
+    export or catalogue update refuses catalogue ids over it (no request could name them).
     """
 
     max_batch_size: int = 1024
+    max_id_bytes: int = 1024
     max_text_bytes: int = 65_536
     max_text_request_bytes: int = 1_048_576
     max_image_pixels: int = 16_777_216
@@ -729,8 +733,8 @@ class ServingLimitsConfig(ConfigSection):
     max_audio_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_text_bytes", "max_text_request_bytes",
-                     "max_image_pixels", "max_image_request_pixels"):
+        for name in ("max_batch_size", "max_id_bytes", "max_text_bytes",
+                     "max_text_request_bytes", "max_image_pixels", "max_image_request_pixels"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"export.limits.{name}", value,
                    "an integer >= 1")

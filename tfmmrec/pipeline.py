@@ -41,7 +41,12 @@ from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.files import write_json
 from tfmmrec.modalities import settings_from_config
 from tfmmrec.modalities import specs as modality_specs
-from tfmmrec.models.ranking import MultitaskModel, rating_targets, sample_lists
+from tfmmrec.models.ranking import (
+    MultitaskModel,
+    ranking_only_note,
+    rating_targets,
+    sample_lists,
+)
 from tfmmrec.models.retrieval import RetrievalModel
 from tfmmrec.towers.cache import (
     CacheStats,
@@ -663,7 +668,12 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         config.to_yaml(output / "checkpoints" / MODEL_SPEC_FILE, sections=model_sections())
     validation = None
     chosen = []
+    # Each step (the selections, the final fit) starts from the seed: a resumed run skips the
+    # steps it had finished (their choices are on disk), and a step that started from the
+    # generators' state after the ones before it then drew other weights and dropout than in
+    # an uninterrupted run (a review: the same choices, 23 of 30 variables different).
     if config.train.early_stopping:
+        tf.keras.utils.set_random_seed(config.train.seed)
         validation = _choice(output / "early-stopping", resuming, chief,
                              lambda: select_epochs(ws, strategy, output / "early-stopping"))
         chosen = [f"model.linear_cf={validation['linear_cf']}"] \
@@ -671,6 +681,7 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     selection = None
     if config.model.fusion_selection == "validation" and len(ws.modalities) > 1:
         # after early stopping: an `auto` CF kind is resolved, and the mix is chosen for it
+        tf.keras.utils.set_random_seed(config.train.seed)
         selection = _choice(output / "fusion-selection", resuming, chief,
                             lambda: select_serving_mix(ws, strategy, output / "fusion-selection",
                                                        chosen))
@@ -684,6 +695,7 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         # Only the final fit runs the chosen epochs; the workspace keeps train.epochs as
         # configured (the cap), as config.yaml and restore's workspace do.
         fit_config = load_config(config, [f"train.epochs={validation['best_epoch']}"]).train
+    tf.keras.utils.set_random_seed(config.train.seed)
     data = resumable(ws, fit_config.epochs)
     result = fit(lambda: build_model(ws), data.dataset, data.examples, fit_config, strategy,
                  callbacks, dataset_fn=lambda: training_dataset(ws)[0],
@@ -711,9 +723,9 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         "checkpoint": str(result.checkpoint),
         "examples_per_second": result.examples_per_second,
         "history": result.history,
-        # the epochs (1-based) ``history`` covers: after a resume, the later ones only
-        "history_epochs": list(range(fit_config.epochs - result.epochs_run + 1,
-                                     fit_config.epochs + 1)),
+        # the epochs (1-based) ``history`` covers: after a resume, the later ones only; a
+        # caller's callback may have stopped before the last
+        "history_epochs": result.history_epochs,
         **({"fusion_selection": selection} if selection is not None else {}),
         **({"early_stopping": validation} if validation is not None else {}),
         **linear_cf_record(result.model),
@@ -1054,8 +1066,12 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
     config = resolved_linear_cf(config, trained)
     # the data may have moved: its digests in run.json say whether it is the same data
     relocatable = RELOCATABLE_FIELDS if records_data(run / RUN_FILE) else frozenset()
+    # the CLI builds its config from --config (or the demo defaults), not from the run's
     check_same_model(trained, config, f"the run {run} ({spec})",
-                     ignored=RUNTIME_FIELDS | relocatable)
+                     ignored=RUNTIME_FIELDS | relocatable,
+                     hint=f"evaluate/export the run with the config it was trained with "
+                          f"(--config {run / CONFIG_FILE}, without --set overrides of those "
+                          "fields), or train a new run")
     return prefix, config
 
 
@@ -1405,7 +1421,7 @@ def export(config: Config | str | os.PathLike | None = None,
 
     from tfmmrec.export.catalog import write_catalog_version
     from tfmmrec.export.index import IndexSettings
-    from tfmmrec.export.module import ServingTowers
+    from tfmmrec.export.module import ServingTowers, ids_over_limit
     from tfmmrec.export.writer import write_models_config
 
     config = load_config(config)
@@ -1419,7 +1435,15 @@ def export(config: Config | str | os.PathLike | None = None,
     ex = config.export
     kind = index or ex.index
     items = embed_items(model, ws.dataset.num_items, config.eval.batch_size)
+    if over := ids_over_limit(ws.user_ids, ex.limits.max_id_bytes):  # served, not requestable
+        logger.warning("%d training user id(s) longer than export.limits.max_id_bytes=%d bytes "
+                       "(the longest: %d): the export refuses every request naming them; "
+                       "raise export.limits.max_id_bytes to serve them", len(over),
+                       ex.limits.max_id_bytes, max(size for _, size in over))
     head = getattr(model, "head", None) if config.ranking.enabled else None
+    if head is not None and (note := ranking_only_note(config.ranking.retrieval_weight,
+                                                       config.ranking.retrieve_candidates)):
+        logger.warning("%s", note)
     seen = None
     if ex.exclude_seen:
         logger.warning("export.exclude_seen: every user's training items are baked into the "

@@ -1124,3 +1124,87 @@ def test_a_max_k_above_the_catalogue_is_recorded_as_the_graph_serves_it(
     assert model.recommend(["u000"], k=meta["max_k"])["item_ids"].shape == (1, len(items))
     with pytest.raises(ServingError, match=f"k must be <= max_k={len(items)}"):
         model.recommend(["u000"], k=meta["max_k"] + 1)
+
+
+# --- media that is no file, ids over the id limit ----------------------------------------------
+
+
+def test_catalog_add_says_a_media_path_is_not_a_regular_file(base, items, tiny_demo_dir,
+                                                            tmp_path):
+    """/dev/zero, a pipe or a folder in a media column was "not found": it is said to be no
+    regular file, by the rule query files follow (``check_request_file``)."""
+    fifo = tmp_path / "clip.wav"
+    os.mkfifo(fifo)
+    rows = with_all_media(items).iloc[:3].assign(item_id=["zero", "pipe", "folder"])
+    rows["image"] = ["/dev/zero", rows["image"].iloc[1], str(tmp_path)]
+    rows["audio"] = [rows["audio"].iloc[0], str(fifo), rows["audio"].iloc[2]]
+    with pytest.raises(DataError) as raised:
+        catalog.add(base, write_items(rows, tiny_demo_dir, "not-files.csv"))
+    message = str(raised.value)
+    assert "not found" not in message
+    assert ("not-files.csv line 2 ('zero'): /dev/zero is not a regular file (a device, pipe "
+            "or folder): pass an image file; ") in message
+    assert f"not-files.csv line 4 ('folder'): {tmp_path} is not a regular file" in message
+    assert f"not-files.csv line 3 ('pipe'): {fifo} is not a regular file" in message
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+    one = rows.iloc[[0]]  # the only value of its column
+    with pytest.raises(DataError, match=r"line 2 \('zero'\): /dev/zero is not a regular file"):
+        catalog.add(base, write_items(one, tiny_demo_dir, "zero.csv"))
+
+
+def test_catalog_add_refuses_an_id_over_the_id_limit(base, items, tiny_demo_dir):
+    """The export's graph refuses every request naming an id longer than
+    export.limits.max_id_bytes, so such an item could never be excluded or looked up."""
+    limit = read_metadata(base / "1")["limits"]["max_id_bytes"]
+    rows = with_all_media(items).iloc[:2].assign(item_id=["é" * (limit // 2 + 1), "y" * limit])
+    with pytest.raises(DataError) as raised:
+        catalog.add(base, write_items(rows, tiny_demo_dir, "long-ids.csv"))
+    assert str(raised.value).startswith(
+        f"{tiny_demo_dir / 'long-ids.csv'}: 1 item id(s) longer than "
+        f"export.limits.max_id_bytes={limit} bytes, which no request could name (the export's "
+        f"graph refuses longer ids): long-ids.csv line 2 ('{'é' * 37}...")
+    assert str(raised.value).endswith(f", {limit + 2} bytes). Shorten them; nothing was written")
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+    added = catalog.add(base, write_items(rows.iloc[[1]], tiny_demo_dir, "at-limit.csv"))
+    model = ExportedModel(added.version_dir)
+    assert model.call("embed_items", item_id=np.array([b"y" * limit], object))["found"].all()
+
+
+def test_an_export_refuses_catalogue_ids_over_the_id_limit(tiny_config, tiny_trained, tmp_path,
+                                                           caplog):
+    with pytest.raises(ExportError, match=(
+            r"^80 item id\(s\) longer than export\.limits\.max_id_bytes=4 bytes, which no "
+            r"request could name \(the export's graph refuses longer ids\): 'i0000' "
+            r"\(5 bytes\), ")):
+        export_tiny(tiny_config, tiny_trained, tmp_path, "export.limits.max_id_bytes=4")
+    assert "training user id(s) longer" not in caplog.text  # 'u000' fits in 4 bytes
+    with pytest.raises(ExportError):
+        export_tiny(tiny_config, tiny_trained, tmp_path, "export.limits.max_id_bytes=3")
+    # users are served from their training history; one no request can name is said
+    assert "training user id(s) longer than export.limits.max_id_bytes=3 bytes (the longest: " \
+           "4)" in caplog.text
+    assert not (tmp_path / "tfmmrec").exists() or not any((tmp_path / "tfmmrec").iterdir())
+
+
+def test_a_version_from_before_the_id_limit_loads_and_keeps_its_graph(base, items):
+    """A version whose metadata records no max_id_bytes (exported before the limit) loads,
+    and a catalogue update stores its variables under the same graph, without the limit."""
+    from tfmmrec.export.writer import METADATA_FILE
+    from tfmmrec.files import write_json
+    from tfmmrec.serving.json_tensor import JsonValueLimit
+
+    meta = read_metadata(base / "1")
+    meta["limits"].pop("max_id_bytes")
+    meta["graph_constants"].pop("max_id_bytes")
+    write_json(meta, base / "1" / "assets.extra" / METADATA_FILE)
+    old = ExportedModel(base / "1")
+    assert old.recommend(["u000"], k=3)["item_ids"].shape == (1, 3)
+    assert JsonValueLimit.of_export(old.metadata).max_batch_size == meta["limits"][
+        "max_batch_size"]
+    version = catalog.remove(base, item_ids=[items["item_id"].iloc[0]]).version_dir
+    assert (version / "saved_model.pb").read_bytes() == (base / "1" /
+                                                           "saved_model.pb").read_bytes()
+    updated = read_metadata(version)
+    assert "max_id_bytes" not in updated["limits"]
+    assert "max_id_bytes" not in updated["graph_constants"]
+    assert ExportedModel(version).recommend(["u000"], k=3)["item_ids"].shape == (1, 3)

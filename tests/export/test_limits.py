@@ -95,6 +95,7 @@ def test_wav_within_limits_decodes_as_without_them():
 
 @pytest.mark.parametrize(("override", "field"), [
     ("export.limits.max_batch_size=0", "export.limits.max_batch_size"),
+    ("export.limits.max_id_bytes=0", "export.limits.max_id_bytes"),
     ("export.limits.max_image_pixels=1000000000", "export.limits.max_image_pixels"),
     ("export.limits.max_sample_rate=4000", "export.limits.max_sample_rate"),
     ("export.limits.max_audio_seconds=0", "export.limits.max_audio_seconds"),

@@ -194,3 +194,21 @@ def test_evaluate_reports_the_heads_metrics_and_the_two_stage_it_serves(two_stag
     assert head == {**evaluate_ranking_head(model, ws), **evaluate_two_stage(model, ws)}
     assert {"auc", "log_loss", "two_stage_ndcg@10", "retrieval_ndcg@10"} <= set(head)
     assert "recall@10" in results["tfmmrec"]
+
+
+def test_a_ranking_only_export_says_its_first_stage_is_not_trained_for_retrieval(
+        two_stage, tmp_path, caplog):
+    """Before: a ranking-only model exported a two-stage ``recommend`` whose candidates came
+    from towers never trained for retrieval (below popularity on the demo), without a word."""
+    config, model, ws, _ = two_stage
+    caplog.set_level("WARNING", logger="tfmmrec.pipeline")
+    multitask = tfmmrec.load_config(config, [f"export.base_dir={tmp_path}/multitask"])
+    pipeline.export(multitask, model=model, workspace=ws)  # trains retrieval: no note
+    assert "ranking-only" not in caplog.text
+    only = tfmmrec.load_config(None, [*TINY, "ranking.retrieval_weight=0", "train.epochs=1",
+                                      f"train.output_dir={tmp_path}/run",
+                                      f"export.base_dir={tmp_path}/models"])
+    result = pipeline.train(only, progress=False)
+    pipeline.export(only, model=result.model, workspace=result.workspace)
+    assert "a ranking-only model (ranking.retrieval_weight: 0)" in caplog.text
+    assert "picks recommend's 20 candidates is not trained for retrieval" in caplog.text

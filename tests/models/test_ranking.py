@@ -122,6 +122,52 @@ def test_ranking_weight_zero_builds_no_head_and_retrieval_only_loss(workspace):
     assert np.isfinite(float(result.model.compute_loss(batch, training=False)))
 
 
+def test_a_multitask_run_logs_its_ranking_term_unweighted(workspace):
+    """Before: a multitask epoch line showed one sum, retrieval's (summed over the batch)
+    swamping ranking's (averaged), so how the head trained could not be read from it."""
+    result, ws = _train(workspace, ["ranking.ranking_weight=2"], epochs=2)
+    model = result.model
+    assert len(result.history["ranking_loss"]) == 2
+    assert np.isfinite(result.history["ranking_loss"]).all()
+    batch = next(iter(pipeline.training_dataset(ws)[0]))
+    model.ranking_loss.reset_state()
+    total = float(model.compute_loss(batch, training=False))
+    retrieval = float(RetrievalModel.compute_loss(model, batch, training=False))
+    assert float(model.ranking_loss.result()) == pytest.approx((total - retrieval) / 2,
+                                                               rel=1e-5)
+    single, _ = _train(workspace, ["ranking.retrieval_weight=0"], epochs=1)
+    assert "ranking_loss" not in single.history  # there ``loss`` is the ranking term
+
+
+def test_a_multitask_run_saved_before_its_ranking_term_was_logged_restores(workspace,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """A metric's running total is saved with the weights; a run trained before
+    ``ranking_loss`` existed has none, and exact restore refused it ("2 model variables the
+    checkpoint has no value for: count:0, total:0"). Metric state is training state."""
+    from tfmmrec.training.checkpoint import checkpoint_mismatches, load_exactly
+
+    def without_the_metric(self, name, value):  # the model as the previous release built it
+        tf.keras.Model.__setattr__(self, name, None if name == "ranking_loss" else value)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MultitaskModel, "__setattr__", without_the_metric)
+        older, _ = _model(workspace, [])
+    assert older.ranking_loss is None and "ranking_loss" not in {m.name for m in older.metrics}
+    prefix = str(tmp_path / "older")
+    older.save_weights(prefix)
+    newer, _ = _model(workspace, [])
+    problems = checkpoint_mismatches(newer, prefix)
+    assert not problems["missing"] and problems["metrics_unread"]
+    load_exactly(newer, prefix)
+    def weights(model):  # the model's own variables, its metrics' accumulators left out
+        state = {id(v) for metric in model.metrics for v in metric.variables}
+        return [v.numpy() for v in model.variables if id(v) not in state]
+
+    for saved, restored in zip(weights(older), weights(newer), strict=True):
+        np.testing.assert_array_equal(saved, restored)
+
+
 def test_cross_layers_feed_the_head():
     head = RankingHead(deep_layers=(8,), cross_layers=2, cross_projection_dim=4)
     queries, items = tf.random.normal([3, 6]), tf.random.normal([3, 6])

@@ -42,6 +42,20 @@ def test_embeddings_are_unit_vectors_of_embedding_dim(model, tiny_workspace):
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
 
 
+def test_integer_user_ids_are_ids_at_inference_as_in_training(model, tiny_workspace):
+    """Before: ``serve_query_embeddings`` read integers as vocabulary positions, so id 5 (as
+    pandas reads a numeric id column) got the embedding of whichever user sits at position 5,
+    without an error, while ``compute_loss`` read the same integers as ids."""
+    as_ints = model.serve_query_embeddings(tf.constant([5, 6], tf.int64)).numpy()
+    as_text = model.serve_query_embeddings(tf.constant(["5", "6"])).numpy()
+    np.testing.assert_array_equal(as_ints, as_text)  # unknown ids: the cold-start query
+    positions = model.query_embeddings(tf.constant([5, 6], tf.int64)).numpy()
+    assert not np.allclose(as_ints, positions)
+    with pytest.raises(ValueError, match=r"user_id must hold ids \(strings, or integers\), "
+                                         r"got float32"):
+        model.serve_query_embeddings(tf.constant([5.0]))
+
+
 def test_loss_is_a_finite_positive_scalar(model, tiny_workspace):
     loss = model.compute_loss(batch(tiny_workspace, [0, 1, 2, 3], [0, 5, 9, 11]))
     assert loss.shape == () and np.isfinite(loss.numpy()) and loss.numpy() > 0
@@ -258,6 +272,19 @@ def test_a_malformed_training_batch_names_the_key_and_the_shape(model, features,
     with pytest.raises(ValueError) as error:
         model.compute_loss({key: tf.constant(value) for key, value in features.items()})
     assert str(error.value) == message
+
+
+def test_a_batch_of_unknown_rank_is_checked_when_the_step_runs(model):
+    """Keras retraces a second ``fit``'s step with relaxed shapes, where the rank is unknown
+    when traced: the check was skipped, and ``unique expects a 1D vector`` came from deep in
+    the step (a review's second fit of an unbatched dataset)."""
+    step = tf.function(model.compute_loss, input_signature=[
+        {"user_id": tf.TensorSpec(None, tf.string), "item_index": tf.TensorSpec(None, tf.int32)}])
+    assert np.isfinite(float(step({"user_id": tf.constant(["u000", "u001"]),
+                                   "item_index": tf.constant([1, 2])})))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"user_id.* must be a \[batch\] vector \(batch the dataset"):
+        step({"user_id": tf.constant([["u000"], ["u001"]]), "item_index": tf.constant([1, 2])})
 
 
 @pytest.mark.parametrize("name", ["model.keras", "saved_model_dir"])

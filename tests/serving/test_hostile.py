@@ -105,6 +105,8 @@ GRPC_CASES = {
     "user_batch_over_cap": ("embed_query", {"user_id": strings(
         *[b"u%d" % i for i in range(LIMITS.max_batch_size + 1)])},
         f"max_batch_size={LIMITS.max_batch_size}"),
+    "user_id_over_id_limit": ("embed_query", {"user_id": strings(
+        b"u" * (LIMITS.max_id_bytes + 1))}, f"max_id_bytes={LIMITS.max_id_bytes}"),
 }
 
 
@@ -319,7 +321,8 @@ def test_a_batch_mismatch_is_named_before_any_search(in_process, model, signatur
 
 def test_limits_are_written_into_the_export_metadata(in_process):
     assert in_process[MODEL].metadata["limits"] == {
-        "max_batch_size": LIMITS.max_batch_size, "max_text_bytes": LIMITS.max_text_bytes,
+        "max_batch_size": LIMITS.max_batch_size, "max_id_bytes": LIMITS.max_id_bytes,
+        "max_text_bytes": LIMITS.max_text_bytes,
         "max_text_request_bytes": LIMITS.max_text_request_bytes,
         "max_image_pixels": LIMITS.max_image_pixels,
         "max_image_request_pixels": LIMITS.max_image_request_pixels,

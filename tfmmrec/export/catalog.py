@@ -36,7 +36,14 @@ from tfmmrec._env import register_custom_ops
 from tfmmrec.config import PartitionedConfig, ScannConfig
 from tfmmrec.data import validate
 from tfmmrec.data.dataset import ModalityColumns, load_items_table
-from tfmmrec.errors import ConfigError, DataError, ExportError, MediaDecodeError, shown
+from tfmmrec.errors import (
+    ConfigError,
+    DataError,
+    ExportError,
+    MediaDecodeError,
+    ServingError,
+    shown,
+)
 from tfmmrec.export.index import (
     CatalogChange,
     IndexSettings,
@@ -51,6 +58,7 @@ from tfmmrec.export.module import (
     RetrievalServingModule,
     SortedIds,
     TextSearch,
+    ids_over_limit,
     over_fetch,
     text_search_table,
 )
@@ -68,6 +76,7 @@ from tfmmrec.export.writer import (
     write_updated_version,
     write_version,
 )
+from tfmmrec.modalities.base import check_request_file
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +147,8 @@ def write_catalog_version(towers, item_embeddings: np.ndarray | tf.Tensor, item_
         raise ExportError("cannot export an empty catalogue: at least one item must remain")
     # A chosen version that exists is refused before the index build and recall measurement.
     check_version_free(Path(base_dir) / model_name, version)
+    if previous is None:  # an export (an update's new ids were checked as its table was read)
+        _refuse_long_ids(item_ids, metadata)
     two_stage = hasattr(towers, "score_candidates")
     # The export's configured k's, kept through every update (a catalogue that shrank and
     # grew back serves its configured max_k again); default_k / max_k become what this
@@ -268,12 +279,42 @@ def _module_settings(item_ids, metadata: dict, id_keys=None) -> dict:
             "max_exclude": int(metadata["max_exclude"]),
             # None (a version from before limits were recorded): the towers' or the default.
             "max_batch_size": (metadata.get("limits") or {}).get("max_batch_size"),
+            # None (a version from before the id limit): no id check, its graph kept
+            "max_id_bytes": id_limit(metadata),
             "max_session_items": int(metadata["max_session_items"]),
             "session_user_weight": float(metadata["session_user_weight"]),
             # a version from before the setting returned the session's own items
             "exclude_session_items": bool(metadata.get("exclude_session_items", False)),
             # a version from before the setting searched content through the index
             "content_search": metadata.get("content_search", "index")}
+
+
+def id_limit(metadata: dict) -> int | None:
+    """The version's ``export.limits.max_id_bytes`` (None: exported before the limit)."""
+    return (metadata.get("limits") or {}).get("max_id_bytes")
+
+
+def long_ids(item_ids, limit: int | None, labels: list[str] | None = None) -> str | None:
+    """Why catalogue ids over ``limit`` (``export.limits.max_id_bytes``) are refused, naming
+    the first few (``labels``: where each came from), or None when all fit: the export's
+    graph refuses every request naming a longer id, so such an item could never be excluded,
+    looked up or sent in a session. The export refuses them, as ``catalog add`` does per row
+    (:func:`embed_table`)."""
+    over = ids_over_limit(item_ids, limit)
+    if not over:
+        return None
+    listed = ", ".join(
+        f"{labels[i]} ({shown(_text(item_ids[i]))}, {size} bytes)" if labels
+        else f"{shown(_text(item_ids[i]))} ({size} bytes)"
+        for i, size in over[:validate.SHOW_AT_MOST])
+    return (f"{len(over)} item id(s) longer than export.limits.max_id_bytes={limit} bytes, "
+            f"which no request could name (the export's graph refuses longer ids): {listed}")
+
+
+def _refuse_long_ids(item_ids, metadata: dict) -> None:
+    """An export's catalogue ids must fit ``export.limits.max_id_bytes`` (:func:`long_ids`)."""
+    if message := long_ids(item_ids, id_limit(metadata)):
+        raise ExportError(f"{message}. Shorten the ids or raise export.limits.max_id_bytes")
 
 
 def _previous_index(previous: PreviousVersion | None, kind: str) -> PreviousIndex | None:
@@ -637,6 +678,8 @@ def embed_table(towers, path: Path, metadata: dict,
     require_modality_columns(catalog.frame.columns, path, columns, present, operation)
     new_ids = catalog.item_ids.astype(str)
     labels = [validate.row_label(path, i) for i in range(len(new_ids))]
+    if message := long_ids(new_ids, id_limit(metadata), labels):
+        raise DataError(f"{path}: {message}. Shorten them; nothing was written")
     if isinstance(position, Mapping):  # {id: row}, as callers outside `apply` pass
         served = np.array([str(i) in position for i in new_ids], bool)
     else:
@@ -786,7 +829,7 @@ class ContentDecoder:
                     continue
                 if value is None:
                     self.problems.append(
-                        (order, row, f"{self.where[row]}: {spec.name} file {given!r} not found"))
+                        (order, row, f"{self.where[row]}: {self._unresolved(spec, given)}"))
                     decoded.append(None)
                     continue
                 try:
@@ -797,6 +840,18 @@ class ContentDecoder:
             content[f"{spec.name}_mask"] = np.array([d is not None for d in decoded], bool)
             content.update(spec.pack(spec.fill(decoded, self.settings)))
         return content
+
+    def _unresolved(self, spec: modalities.ModalitySpec, given: str) -> str:
+        """Why a media value names no file to read: missing, or refused by the query files'
+        rule (``check_request_file``: /dev/zero, a pipe or a folder is not a regular file),
+        which "not found" misreported. Any size is read, as training reads it."""
+        path = Path(given) if Path(given).is_absolute() else self.path.parent / given
+        if os.path.lexists(path):
+            try:
+                check_request_file(path, spec.name, limit=None)
+            except ServingError as exc:
+                return str(exc)
+        return f"{spec.name} file {given!r} not found"
 
     def raise_problems(self) -> None:
         """A ``DataError`` listing every problem met so far (each modality's rows in order)."""

@@ -395,7 +395,9 @@ class RetrievalServingModule(tf.Module):
     - ``embed_query``: ``user_id`` → ``embedding``; ``embed_items``: ``item_id`` →
       ``embedding`` (the served item embedding, zeros for an unknown id) and ``found`` (for a
       caller's own index or to score chosen items). Every signature refuses an empty batch and
-      one of more than ``max_batch_size`` rows (``export.limits.max_batch_size``).
+      one of more than ``max_batch_size`` rows (``export.limits.max_batch_size``), and
+      every signature an id (``user_id``, ``session_item_ids``, ``exclude_item_ids``,
+      ``item_id``) longer than ``max_id_bytes`` (``export.limits.max_id_bytes``).
 
     Every retrieval signature but ``serving_default`` (kept single-input for TF Serving's REST
     row format) also takes ``exclude_item_ids`` ``[B, E]`` (optional, ""-padded,
@@ -419,7 +421,8 @@ class RetrievalServingModule(tf.Module):
                  max_seen: int = 0, max_exclude: int = 100, max_session_items: int = 50,
                  session_user_weight: float = 0.5, exclude_session_items: bool = True,
                  id_keys: tuple[np.ndarray, np.ndarray] | None = None,
-                 max_batch_size: int | None = None, build_signatures: bool = True,
+                 max_batch_size: int | None = None, max_id_bytes: int | None = None,
+                 build_signatures: bool = True,
                  text_search: TextSearch | None = None,
                  content_search: str = "every_item"):
         super().__init__(name="tfmmrec")
@@ -464,6 +467,12 @@ class RetrievalServingModule(tf.Module):
         limits = getattr(towers, "limits", None)
         self.max_batch_size = int(max_batch_size or getattr(
             limits, "max_batch_size", ServingLimitsConfig().max_batch_size))
+        # Every id input's length limit: given (a version's recorded value) or the towers';
+        # None for a version from before the limit (restored towers carry no limits), whose
+        # graph then stays as it was.
+        if max_id_bytes is None:
+            max_id_bytes = getattr(limits, "max_id_bytes", None)
+        self.max_id_bytes = None if max_id_bytes is None else int(max_id_bytes)
         self.max_session_items = max_session_items
         self.session_user_weight = session_user_weight
         # A session's items were just seen: recommend_session does not return them (unless the
@@ -505,6 +514,8 @@ class RetrievalServingModule(tf.Module):
                 "max_exclude": self.max_exclude, "max_session_items": self.max_session_items,
                 "session_user_weight": self.session_user_weight, "two_stage": self.two_stage,
                 "max_batch_size": self.max_batch_size,
+                # only when set: a version from before the limit keeps reusing its graph
+                **({} if self.max_id_bytes is None else {"max_id_bytes": self.max_id_bytes}),
                 # How a place without an item is filled: a version traced before the padding
                 # (it returned excluded items at -inf) lacks it, so its next update re-traces.
                 "missing_result": [MISSING_ITEM_ID, MISSING_SCORE],
@@ -587,6 +598,10 @@ class RetrievalServingModule(tf.Module):
         tf.debugging.assert_less_equal(k, self.max_k, message=f"k must be <= max_k={self.max_k}")
         return k
 
+    def _check_ids(self, ids, name: str):
+        """``ids`` once none is longer than ``max_id_bytes`` (:func:`check_ids`)."""
+        return check_ids(ids, name, self.max_id_bytes)
+
     def _rows(self, item_ids, limit: int, name: str):
         """``[B, E]`` ""-padded item ids → served rows (−1: padding or not in the catalogue)."""
         tf.debugging.assert_less_equal(tf.shape(item_ids)[1], limit,
@@ -599,7 +614,8 @@ class RetrievalServingModule(tf.Module):
 
     def _exclusion_rows(self, exclude, batch):
         """``[B, E]`` rows to exclude; an empty ``[0, 0]`` request means none."""
-        rows = self._rows(exclude, self.max_exclude, "exclude_item_ids")
+        rows = self._rows(self._check_ids(exclude, "exclude_item_ids"), self.max_exclude,
+                          "exclude_item_ids")
         given = tf.shape(rows)[0]
         check = tf.debugging.assert_equal(
             tf.logical_or(tf.equal(given, 0), tf.equal(given, batch)), True,
@@ -677,6 +693,7 @@ class RetrievalServingModule(tf.Module):
             "retrieval_scores": tf.gather(retrieval_scores, order, batch_dims=1)})
 
     def _recommend(self, user_id, k, exclude):
+        user_id = self._check_ids(user_id, "user_id")
         queries = self.towers.user_query(user_id)
         if self.two_stage:
             return self._two_stage(queries, k, exclude, user_id)
@@ -703,7 +720,9 @@ class RetrievalServingModule(tf.Module):
         stored history). Unknown ids and "" padding are ignored; with nothing in ``s`` the
         query is ``u``.
         """
-        session_item_ids = check_batch(session_item_ids, "session_item_ids", self.max_batch_size)
+        session_item_ids = self._check_ids(check_batch(
+            session_item_ids, "session_item_ids", self.max_batch_size), "session_item_ids")
+        user_id = self._check_ids(user_id, "user_id")
         rows = self._rows(session_item_ids, self.max_session_items, "session_item_ids")
         batch = tf.shape(rows)[0]
         users = tf.cond(tf.equal(tf.shape(user_id)[0], 0),
@@ -765,12 +784,13 @@ class RetrievalServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")],
                  autograph=False)
     def embed_query(self, user_id):
-        return {"embedding": self.towers.user_query(user_id)}
+        return {"embedding": self.towers.user_query(self._check_ids(user_id, "user_id"))}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id")],
                  autograph=False)
     def embed_items(self, item_id):
-        rows = self._lookup_rows(check_batch(item_id, "item_id", self.max_batch_size))
+        rows = self._lookup_rows(self._check_ids(
+            check_batch(item_id, "item_id", self.max_batch_size), "item_id"))
         found = rows >= 0
         embedding = gather_rows(self.item_table, tf.maximum(rows, 0))
         return {"embedding": tf.where(found[:, None], embedding, tf.zeros_like(embedding)),
@@ -807,6 +827,31 @@ def check_batch(values, name: str, limit: int):
     ]
     with tf.control_dependencies(checks):
         return tf.identity(values)
+
+
+def check_ids(ids, name: str, limit: int | None):
+    """``ids`` (a batch, or rows of ids) once none is longer than ``limit`` UTF-8 bytes
+    (``export.limits.max_id_bytes``; None: no limit, a version from before it), asserted in the
+    graph before they are hashed or looked up, so stock TF Serving refuses too. The error names
+    the input, the limit and the longest id's length."""
+    if limit is None:
+        return ids
+    longest = tf.reduce_max(tf.strings.length(ids))  # the lowest int32 for no ids at all
+    check = tf.debugging.Assert(longest <= limit, [
+        f"{name}: an id is longer than export.limits.max_id_bytes={limit}; the longest has "
+        "(bytes):", longest])
+    with tf.control_dependencies([check]):
+        return tf.identity(ids)
+
+
+def ids_over_limit(ids, limit: int | None) -> list[tuple[int, int]]:
+    """``(position, UTF-8 bytes)`` of each id longer than ``limit`` (``export.limits.
+    max_id_bytes``; None: no limit): catalogue ids no request could name, since the graph
+    refuses them (:func:`check_ids`), for the export and ``catalog add`` to refuse first."""
+    if limit is None:
+        return []
+    return [(position, size) for position, size in enumerate(
+        len(i) if isinstance(i, bytes) else len(str(i).encode()) for i in ids) if size > limit]
 
 
 def _unique(objects: list) -> list:

@@ -283,28 +283,45 @@ def cells(series: pd.Series) -> pd.Series:
 MAX_REQUEST_FILE_BYTES = 64 * 2**20
 
 
-def read_request_file(path: str | os.PathLike, modality: str,
-                      limit: int = MAX_REQUEST_FILE_BYTES) -> bytes:
-    """A query's file, refused with one line when it is missing, not a regular file (a
-    device, a pipe that would block forever, a folder) or larger than ``limit`` bytes."""
+def check_request_file(path: str | os.PathLike, modality: str,
+                       limit: int | None = MAX_REQUEST_FILE_BYTES) -> None:
+    """Refuse, with one line, a file named for reading that is missing, not a regular file (a
+    device or a pipe would be read forever, a folder not at all) or larger than ``limit``
+    bytes (None: any size): the one rule for query files (:func:`read_request_file`) and the
+    media a catalogue update reads, which the training decoders take at any size."""
     path = Path(path)
     try:
         info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ServingError(f"{path} is not a regular file (a device, pipe or folder): pass "
-                               f"a {modality} file")
-        if info.st_size > limit:
-            raise ServingError(f"{path} is {info.st_size:,} bytes, more than a request carries "
-                               f"({limit:,}): pass a smaller {modality} file")
+    except OSError as exc:
+        raise _unreadable(path, modality, exc) from None
+    if not stat.S_ISREG(info.st_mode):
+        article = "an" if modality[:1] in "aeiou" else "a"
+        raise ServingError(f"{path} is not a regular file (a device, pipe or folder): pass "
+                           f"{article} {modality} file")
+    if limit is not None and info.st_size > limit:
+        raise ServingError(f"{path} is {info.st_size:,} bytes, more than a request carries "
+                           f"({limit:,}): pass a smaller {modality} file")
+
+
+def read_request_file(path: str | os.PathLike, modality: str,
+                      limit: int = MAX_REQUEST_FILE_BYTES) -> bytes:
+    """A query's file, refused with one line when :func:`check_request_file` refuses it."""
+    path = Path(path)
+    check_request_file(path, modality, limit)
+    try:
         with path.open("rb") as file:
             data = file.read(limit + 1)
     except OSError as exc:
-        raise ServingError(f"cannot read {path}: {exc.strerror or exc} — pass an existing "
-                           f"{modality} file") from None
+        raise _unreadable(path, modality, exc) from None
     if len(data) > limit:  # it grew since stat
         raise ServingError(f"{path} holds more than a request carries ({limit:,} bytes): pass "
                            f"a smaller {modality} file")
     return data
+
+
+def _unreadable(path: Path, modality: str, exc: OSError) -> ServingError:
+    return ServingError(f"cannot read {path}: {exc.strerror or exc} — pass an existing "
+                        f"{modality} file")
 
 
 class FileModality(ModalitySpec):
@@ -463,5 +480,6 @@ def int_feature(value: int) -> tf.train.Feature:
 
 
 __all__ = ["BATCH_OF_STRINGS", "OFFLINE_LIMITS", "FileModality", "ModalitySpec", "Settings",
-           "bytes_feature", "check_strings", "content_hash", "decode_limits", "int_feature",
+           "bytes_feature", "check_request_file", "check_strings", "content_hash",
+           "decode_limits", "int_feature",
            "media_paths", "not_a_string", "request_batch", "string_batch"]

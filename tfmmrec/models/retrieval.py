@@ -159,25 +159,28 @@ class RetrievalModel(tfrs.Model):
         self.built = True
 
     def train_step(self, inputs):
-        return self._with_replica_alignment_loss(super().train_step(inputs))
+        return self._with_replica_loss_terms(super().train_step(inputs))
 
     def test_step(self, inputs):
-        return self._with_replica_alignment_loss(super().test_step(inputs))
+        return self._with_replica_loss_terms(super().test_step(inputs))
 
-    def _with_replica_alignment_loss(self, logs: dict) -> dict:
-        """``logs`` with ``alignment_loss`` as this replica's own running mean, so that Keras
-        combines the replicas' values as it combines their ``loss`` (a sum over replicas with
-        ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``, the first replica's on TPUs):
-        each is the alignment term of that replica's share of the step's loss.
+    def loss_terms(self) -> list[tf.keras.metrics.Mean]:
+        """The running means of the loss's terms that are logged beside ``loss`` (here the
+        alignment term; a subclass adds its own)."""
+        return [] if self.alignment is None else [self.alignment_loss]
+
+    def _with_replica_loss_terms(self, logs: dict) -> dict:
+        """``logs`` with each of ``loss_terms()`` as this replica's own running mean, so that
+        Keras combines the replicas' values as it combines their ``loss`` (a sum over replicas
+        with ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``, the first replica's on
+        TPUs): each is that term of the replica's share of the step's loss.
 
         ``Mean.result()`` (what TFRS logs) is already the mean over every replica, which Keras
         then passes through on one machine but sums over the workers of a cluster: the same
         two replicas logged the mean on one machine and the sum on two. Reading the metric's
         variables in the replica's own context gives its local total and count instead."""
-        if self.alignment is None:
-            return logs
-        metric = self.alignment_loss
-        return {**logs, metric.name: tf.math.divide_no_nan(metric.total, metric.count)}
+        return {**logs, **{metric.name: tf.math.divide_no_nan(metric.total, metric.count)
+                           for metric in self.loss_terms()}}
 
     def item_embeddings(self, item_index, training=False, hidden_modalities=()):
         """``hidden_modalities`` are treated as missing (robustness measurements)."""
@@ -192,12 +195,15 @@ class RetrievalModel(tfrs.Model):
 
     @tf.function(reduce_retracing=True)
     def serve_query_embeddings(self, user_id):
-        """Inference-mode query embeddings, traced once per model."""
-        return self.query_embeddings(user_id, training=False)
+        """Inference-mode query embeddings of user ids (strings, or integers as pandas reads a
+        numeric id column), traced once per model."""
+        return self.query_embeddings(as_user_ids(user_id), training=False)
 
-    def query_embeddings(self, user_id, training=False, exclude=None):
-        """``exclude``: ``[B]`` items left out of each query's history (training targets)."""
-        return self.query_tower(user_id, item_embedder=self.item_embeddings, training=training,
+    def query_embeddings(self, user, training=False, exclude=None):
+        """``user``: ids (strings) or vocabulary positions (integers, what training batches
+        carry as ``user_index``; integer *ids* go through :func:`as_user_ids` first).
+        ``exclude``: ``[B]`` items left out of each query's history (training targets)."""
+        return self.query_tower(user, item_embedder=self.item_embeddings, training=training,
                                 exclude=exclude)
 
     def compute_loss(self, features, training=False):
@@ -278,7 +284,7 @@ class RetrievalModel(tfrs.Model):
         return self.alignment_weight * self._alignment_loss(
             tf.gather(self.candidate_index, sample), tf.gather(fused, sample),
             tf.gather(embeddings, sample), tf.gather(mask, sample),
-            share=1.0 / _replicas_in_sync())
+            share=1.0 / replicas_in_sync())
 
     def _candidate_content(self) -> dict[str, tf.Tensor]:
         """The candidates' content with their frozen features standardised
@@ -451,12 +457,18 @@ def user_input(features) -> tf.Tensor:
     would each answer for another user)."""
     if "user_index" in features:
         return batch_column(features, "user_index")
-    users = batch_column(features, "user_id")
+    return as_user_ids(batch_column(features, "user_id"), "features['user_id']")
+
+
+def as_user_ids(users, name: str = "user_id") -> tf.Tensor:
+    """User ids as the vocabulary holds them (text): integer ids, as pandas reads a numeric
+    column, become their text. Read as vocabulary positions, each would answer for another
+    user without an error (a review's ids 2..6 did)."""
+    users = tf.convert_to_tensor(users)
     if users.dtype.is_integer:
         return tf.strings.as_string(users)
     if users.dtype != tf.string:
-        raise ValueError(f"features['user_id'] must hold ids (strings, or integers), got "
-                         f"{users.dtype.name}")
+        raise ValueError(f"{name} must hold ids (strings, or integers), got {users.dtype.name}")
     return users
 
 
@@ -470,9 +482,13 @@ def batch_column(features, key: str) -> tf.Tensor:
         raise ValueError(f"a training batch needs {BATCH_KEYS[key]}; it has "
                          f"{', '.join(map(repr, sorted(features))) or 'no keys'}")
     column = tf.convert_to_tensor(features[key])
-    if column.shape.rank is not None and column.shape.rank != 1:
-        raise ValueError(f"features[{key!r}] must be a [batch] vector (batch the dataset, one "
-                         f"value per example), got shape {column.shape}")
+    message = (f"features[{key!r}] must be a [batch] vector (batch the dataset, one value per "
+               "example)")
+    if column.shape.rank is None:  # a step Keras retraced with relaxed shapes: checked when run
+        with tf.control_dependencies([tf.debugging.assert_rank(column, 1, message=message)]):
+            return tf.identity(column)
+    if column.shape.rank != 1:
+        raise ValueError(f"{message}, got shape {column.shape}")
     return column
 
 
@@ -481,7 +497,7 @@ BATCH_KEYS = {"user_index": "'user_index' (vocabulary positions) or 'user_id' (i
               "item_index": "'item_index' (catalogue positions of the positive items)"}
 
 
-def _replicas_in_sync() -> int:
+def replicas_in_sync() -> int:
     """The replicas whose losses the step sums (1 outside a strategy's replica context)."""
     context = tf.distribute.get_replica_context()
     return 1 if context is None else context.num_replicas_in_sync

@@ -14,7 +14,11 @@ import threading
 from dataclasses import dataclass
 
 from tfmmrec.errors import ServingError
-from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES
+from tfmmrec.serving.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_MAX_REQUEST_BYTES,
+)
 
 MAX_PORT = 65535
 DEFAULT_GRPC_PORT = 8500  # TF Serving's, and `tfmmrec serve`'s
@@ -155,6 +159,11 @@ def _add_serve(subparsers) -> None:
                        default=DEFAULT_MAX_CONNECTIONS,
                        help="REST connections served at once, a thread each; more are answered "
                             "503 at once (default: %(default)s)")
+    serve.add_argument("--rest-max-connections-per-client", type=_integer_in(1),
+                       metavar="N", help="of those, the REST connections one client address "
+                       "may hold; more from it are answered 503 at once (default: "
+                       f"{DEFAULT_MAX_CONNECTIONS_PER_CLIENT}, or --rest-max-connections if "
+                       "smaller; at most --rest-max-connections)")
     serve.add_argument("--rest-body-budget", type=_integer_in(1), metavar="BYTES",
                        help="REST body bytes all connections may read or hold at once; a "
                             "request past it is a 503 (default: 4 x --max-request-bytes)")
@@ -172,6 +181,8 @@ def _serve(args) -> int:
                             num_threads=args.num_threads, poll_seconds=args.poll_seconds,
                             max_request_bytes=args.max_request_bytes, warmup=not args.no_warmup,
                             rest_max_connections=args.rest_max_connections,
+                            rest_max_connections_per_client=(
+                                args.rest_max_connections_per_client),
                             rest_body_budget=args.rest_body_budget)
     if args.model_config_file:
         if args.model_name:

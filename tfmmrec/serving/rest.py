@@ -4,7 +4,9 @@ JSON handling follows ``tensorflow_serving/util/json_tensor.cc``: row (``instanc
 columnar (``inputs``) requests, ``{"b64": ...}`` for bytes, ``predictions`` / ``outputs``
 responses, ``{"error": ...}`` with TF Serving's HTTP codes. The HTTP layer is the standard
 library's ``ThreadingHTTPServer`` (no extra dependency; three routes need no framework), a
-thread per connection up to ``--rest-max-connections`` (a 503 past it); model executions are
+thread per connection up to ``--rest-max-connections``, at most
+``--rest-max-connections-per-client`` of them from one address (a 503 past either); model
+executions are
 bounded by the core's thread budget, not by the number of connections. A request line and
 its headers must arrive within ``_Handler.head_timeout`` seconds of their first byte (408). Bodies
 come by ``Content-Length`` or ``Transfer-Encoding: chunked`` (TF Serving takes both), each held
@@ -50,7 +52,7 @@ from tfmmrec.serving.json_tensor import (
     loads,
     short,
 )
-from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS
+from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
 from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore, model_spec_key
 from tfmmrec.serving.status import MAX_VERSION, RequestStatus, invalid_argument
 
@@ -262,10 +264,31 @@ def outputs_json(outputs, request_format: str) -> dict:
                             for row in range(batch or 0)]}
 
 
-def _too_many_connections(cap: int) -> bytes:
-    """The whole HTTP answer to a connection past ``--rest-max-connections``."""
-    payload = _dumps({"error": f"Too many connections: this server takes {cap} at once "
-                               "(--rest-max-connections); retry later"})
+def connections_per_client(per_client: int | None, max_connections: int) -> int:
+    """``--rest-max-connections-per-client`` as served: ``None`` is the default, or the global
+    cap when that is smaller; anything else must be an integer from 1 to the global cap (more
+    could never be used), else a ``ServingError`` naming both flags and values."""
+    if per_client is None:
+        return min(DEFAULT_MAX_CONNECTIONS_PER_CLIENT, max_connections)
+    if (isinstance(per_client, bool) or not isinstance(per_client, int)
+            or not 1 <= per_client <= max_connections):
+        raise ServingError(f"--rest-max-connections-per-client (rest_max_connections_per_"
+                           f"client) = {per_client!r} must be an integer from 1 to "
+                           f"--rest-max-connections = {max_connections} (default "
+                           f"{DEFAULT_MAX_CONNECTIONS_PER_CLIENT}, or the latter if smaller)")
+    return per_client
+
+
+def _too_many_connections(cap: int, per_client: bool = False) -> bytes:
+    """The whole HTTP answer to a connection past ``--rest-max-connections`` or, with
+    ``per_client``, past ``--rest-max-connections-per-client`` from its address."""
+    if per_client:
+        text = (f"Too many connections from this client: this server takes {cap} at once from "
+                "one address (--rest-max-connections-per-client); retry later")
+    else:
+        text = (f"Too many connections: this server takes {cap} at once "
+                "(--rest-max-connections); retry later")
+    payload = _dumps({"error": text})
     return ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n"
             "Retry-After: 1\r\n\r\n").encode() + payload
@@ -751,16 +774,17 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RestServer(ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` of them; model work is bounded by
-    the core's slots, request bodies by ``body_budget``: the bytes all connections may read or
+    """A thread per connection, at most ``max_connections`` of them and at most
+    ``max_connections_per_client`` from one client address; model work is bounded by the
+    core's slots, request bodies by ``body_budget``: the bytes all connections may read or
     hold at once (4 × max_request_bytes by default; past it a request is a 503 at once), each
     body arriving within ``_Handler.body_timeout`` seconds (else a 408).
 
-    A connection past ``max_connections`` is answered 503 from the accepting thread and closed,
+    A connection past either cap is answered 503 from the accepting thread and closed,
     without a thread of its own: thousands of idle or trickling clients cost their sockets, not
-    thousands of threads. (Idle keep-alive connections still hold a slot for up to
-    ``_Handler.timeout`` seconds; on an untrusted network put a proxy in front, as for TF
-    Serving.)
+    thousands of threads, and one address cannot take every slot. (Idle keep-alive
+    connections still hold a slot for up to ``_Handler.timeout`` seconds, so many addresses
+    together still can; on an untrusted network put a proxy in front, as for TF Serving.)
 
     The listen backlog is 1024 (the standard library's default of 5 resets connections as soon
     as a few dozen clients connect at once; TF Serving's libevent server uses the OS maximum).
@@ -772,49 +796,68 @@ class RestServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], core: PredictionCore, max_request_bytes: int,
                  body_budget: int | None = None,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 max_connections_per_client: int | None = None):
         budget = 4 * max_request_bytes if body_budget is None else body_budget
         if budget < max_request_bytes:
             raise ServingError(f"body_budget={budget} is smaller than max_request_bytes="
                                f"{max_request_bytes}: a body at the limit could never be read")
         if max_connections < 1:
             raise ServingError(f"max_connections={max_connections} must be at least 1")
+        per_client = connections_per_client(max_connections_per_client, max_connections)
         super().__init__(address, _Handler)
         self.api = RestApi(core)
         self.max_request_bytes = max_request_bytes
         self.budget = BodyBudget(budget)
         self.max_connections = max_connections
+        self.max_connections_per_client = per_client
         self.open_connections = 0  # connections with a thread now (read by tests, logs)
+        self._per_client: dict[str, int] = {}  # client address → its connections now
         self._connections_lock = threading.Lock()
         self._turned_away, self._warned_at = 0, -math.inf
-        self._too_many = _too_many_connections(max_connections)  # sent as is, once per refusal
+        # sent as they are, once per refusal
+        self._too_many = _too_many_connections(max_connections)
+        self._too_many_from_one = _too_many_connections(per_client, per_client=True)
         self._thread: threading.Thread | None = None
 
     def process_request(self, request, client_address) -> None:
-        """A thread for the connection if one of ``max_connections`` is free, else a 503."""
+        """A thread for the connection if one of ``max_connections`` is free and its address
+        holds fewer than ``max_connections_per_client``, else a 503."""
+        host = client_address[0]
         with self._connections_lock:
-            admitted = self.open_connections < self.max_connections
-            self.open_connections += admitted
-        if not admitted:
-            self._turn_away(request, client_address)
+            full = self.open_connections >= self.max_connections
+            crowded = self._per_client.get(host, 0) >= self.max_connections_per_client
+            if not (full or crowded):
+                self.open_connections += 1
+                self._per_client[host] = self._per_client.get(host, 0) + 1
+        if full or crowded:
+            self._turn_away(request, client_address, per_client=not full)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: its slot is free again
-            self._connection_ended()
+            self._connection_ended(host)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connection_ended()
+            self._connection_ended(client_address[0])
 
-    def _connection_ended(self) -> None:
+    def _connection_ended(self, host: str) -> None:
         with self._connections_lock:
             self.open_connections -= 1
+            left = self._per_client.pop(host) - 1
+            if left:  # an address without connections leaves no entry behind
+                self._per_client[host] = left
 
-    def _turn_away(self, request, client_address) -> None:
+    def connections_from(self, host: str) -> int:
+        """The connections ``host`` holds now (read by tests, logs)."""
+        with self._connections_lock:
+            return self._per_client.get(host, 0)
+
+    def _turn_away(self, request, client_address, per_client: bool = False) -> None:
         """Answer 503 and close, from the accepting thread: a non-blocking send of a few
         hundred bytes into a fresh socket's buffer, so a client that never reads cannot stall
         the accept loop. What the client already sent is read off first where it has arrived,
@@ -822,15 +865,17 @@ class RestServer(ThreadingHTTPServer):
         self._turned_away += 1
         now = time.monotonic()
         if now - self._warned_at >= 10.0:  # one line per 10 s under a flood, with the count
-            logger.warning("REST: %d connections open (--rest-max-connections); turned away "
-                           "%d since the last warning (latest %s)", self.max_connections,
-                           self._turned_away, client_address[0])
+            reason = (f"{client_address[0]} holds {self.max_connections_per_client} "
+                      "(--rest-max-connections-per-client)" if per_client else
+                      f"{self.max_connections} open (--rest-max-connections)")
+            logger.warning("REST: %s; turned away %d connections since the last warning "
+                           "(latest %s)", reason, self._turned_away, client_address[0])
             self._warned_at, self._turned_away = now, 0
         with contextlib.suppress(OSError):
             request.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 request.recv(65536)
-            request.send(self._too_many)
+            request.send(self._too_many_from_one if per_client else self._too_many)
         self.shutdown_request(request)
 
     @property

@@ -26,7 +26,7 @@ from tfmmrec.errors import ServingError, one_line_error
 from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_BYTES
 from tfmmrec.serving.predict import PredictionCore
 from tfmmrec.serving.registry import ModelRegistry, ServedModel, VersionPolicy, list_versions
-from tfmmrec.serving.rest import RestServer
+from tfmmrec.serving.rest import RestServer, connections_per_client
 from tfmmrec.serving.status import RequestStatus
 
 logger = logging.getLogger(__name__)
@@ -111,9 +111,10 @@ class ServerOptions:
     ``port``/``rest_port`` 0 pick a free port (read the bound ones from :class:`ModelServer`);
     ``rest_port`` None disables REST. ``num_threads`` bounds concurrent model executions and
     the gRPC worker pool; ``max_request_bytes`` caps a gRPC message and a REST body;
-    ``rest_max_connections`` the REST connections served at once (more get a 503) and
-    ``rest_body_budget`` the REST body bytes read or held at once (default 4 ×
-    ``max_request_bytes``).
+    ``rest_max_connections`` the REST connections served at once (more get a 503),
+    ``rest_max_connections_per_client`` those one client address may hold (default 32, or
+    ``rest_max_connections`` if smaller; more from it get a 503) and ``rest_body_budget`` the
+    REST body bytes read or held at once (default 4 × ``max_request_bytes``).
     """
 
     host: str = "127.0.0.1"
@@ -125,6 +126,7 @@ class ServerOptions:
     warmup: bool = True
     rest_max_connections: int = DEFAULT_MAX_CONNECTIONS
     rest_body_budget: int | None = None
+    rest_max_connections_per_client: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_threads <= 0:
@@ -135,6 +137,8 @@ class ServerOptions:
         if self.rest_max_connections < 1:
             raise ServingError(f"rest_max_connections={self.rest_max_connections} must be at "
                                f"least 1 (default {DEFAULT_MAX_CONNECTIONS})")
+        self.rest_max_connections_per_client = connections_per_client(
+            self.rest_max_connections_per_client, self.rest_max_connections)
         if self.rest_body_budget is not None and self.rest_body_budget < self.max_request_bytes:
             raise ServingError(f"rest_body_budget={self.rest_body_budget} is smaller than "
                                f"max_request_bytes={self.max_request_bytes}: a body at the limit "
@@ -202,7 +206,8 @@ class ModelServer:
             try:
                 self._rest = RestServer((opts.host, opts.rest_port), self.core,
                                         opts.max_request_bytes, opts.rest_body_budget,
-                                        opts.rest_max_connections)
+                                        opts.rest_max_connections,
+                                        opts.rest_max_connections_per_client)
             except OSError as exc:
                 raise ServingError(f"cannot listen for REST on {opts.host}:{opts.rest_port}: "
                                    f"{exc} — pick another --rest-api-port") from None

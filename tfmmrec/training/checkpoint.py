@@ -33,9 +33,11 @@ UNREADABLE = (tf.errors.OpError, ValueError, IndexError, OSError)
 def checkpoint_mismatches(model: tf.keras.Model, prefix: str | os.PathLike) -> dict[str, list]:
     """What would not match if ``model`` loaded the checkpoint at ``prefix``.
 
-    Returns ``{"unmatched": [...], "shapes": [...], "missing": [...]}``: checkpoint values no
-    model variable takes, values whose shape differs from their variable's (``name: saved →
-    model``), and model variables the checkpoint has no value for. All empty: an exact match.
+    Returns ``{"unmatched": [...], "shapes": [...], "missing": [...], "metrics_unread": [...]}``:
+    checkpoint values no model variable takes, values whose shape differs from their variable's
+    (``name: saved → model``), model variables the checkpoint has no value for, and metric
+    accumulators it has none for (training state, not a mismatch). The first three empty: an
+    exact match.
     """
     prefix = os.fspath(prefix)
     reader = tf.train.load_checkpoint(prefix)
@@ -58,9 +60,14 @@ def checkpoint_mismatches(model: tf.keras.Model, prefix: str | os.PathLike) -> d
             saved = shapes.get(key)
             if saved is not None and list(saved) != variable.shape.as_list():
                 wrong_shape.append(f"{name}: {list(saved)} → {variable.shape.as_list()}")
-    missing = [v.name for v in model.variables if id(v) not in restored]
+    # a metric's running total is training state too: a run saved before a metric was added
+    # (``MultitaskModel.ranking_loss``) restores into a model that has it
+    metrics = {id(v) for metric in model.metrics for v in metric.variables}
+    missing = [v.name for v in model.variables if id(v) not in restored | metrics]
     return {"unmatched": sorted(unmatched), "shapes": sorted(wrong_shape),
-            "missing": sorted(missing)}
+            "missing": sorted(missing),
+            "metrics_unread": sorted(v.name for v in model.variables
+                                     if id(v) in metrics - restored)}
 
 
 def load_exactly(model: tf.keras.Model, prefix: str | os.PathLike) -> None:
@@ -71,7 +78,7 @@ def load_exactly(model: tf.keras.Model, prefix: str | os.PathLike) -> None:
         problems = checkpoint_mismatches(model, prefix)
     except UNREADABLE as exc:
         raise unreadable(prefix, exc) from None
-    if any(problems.values()):
+    if any(problems[kind] for kind in ("unmatched", "shapes", "missing")):
         parts = []
         for kind, label in (("unmatched", "checkpoint values the model has no variable for"),
                             ("shapes", "values of another shape"),
@@ -88,9 +95,11 @@ def load_exactly(model: tf.keras.Model, prefix: str | os.PathLike) -> None:
         status = model.load_weights(prefix)
     except UNREADABLE as exc:
         raise unreadable(prefix, exc) from None
-    # Every model variable got its value (checked above, and again here by TensorFlow); the
-    # only values left unread are the optimizer's, which evaluation and export do not need.
-    status.assert_existing_objects_matched()
+    # Every model variable got its value (checked above, and again here by TensorFlow, which
+    # would also count the metric accumulators a newer model adds); the only values left
+    # unread are the optimizer's, which evaluation and export do not need.
+    if not problems["metrics_unread"]:
+        status.assert_existing_objects_matched()
     status.expect_partial()
 
 

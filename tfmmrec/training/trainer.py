@@ -50,7 +50,7 @@ class TrainResult:
     config says (with ``train.early_stopping``, the cap); ``epochs_chosen`` the count early
     stopping chose on validation, which the final model trained for (None without early
     stopping); ``epochs_run`` the epochs this call trained (after a resume from a backup, only
-    the remaining ones).
+    the remaining ones; a callback may stop them early), ``history_epochs`` which ones.
 
     The repr is a few lines (run directory, epochs, last loss, speed, the workspace's sizes):
     the dataclass default printed the whole dataset and feature tables (100+ KB).
@@ -65,6 +65,7 @@ class TrainResult:
     workspace: Any = None  # what the caller built the model from; opaque to the trainer
     epochs_configured: int = 0
     epochs_chosen: int | None = None
+    history_epochs: list[int] = field(default_factory=list)  # 1-based, the ones ``history`` holds
 
     def __repr__(self) -> str:
         epochs = f"epochs_run={self.epochs_run}, epochs_configured={self.epochs_configured}"
@@ -253,7 +254,9 @@ class EpochLine(tf.keras.callbacks.Callback):
         if not self._logged(epoch):
             return
         seconds = time.perf_counter() - self._start
-        values = ", ".join(f"{name} {float(value):.4f}" for name, value in (logs or {}).items()
+        logs = dict(logs or {})
+        ordered = {name: logs[name] for name in ("loss", *logs) if name in logs}  # loss first
+        values = ", ".join(f"{name} {float(value):.4f}" for name, value in ordered.items()
                            if self._shown(name, float(value)))
         logger.info("epoch %d/%d: %s (%.1f s, %s examples/s)", epoch + 1, self.epochs, values,
                     seconds, f"{self.examples_per_epoch / max(seconds, 1e-9):,.0f}")
@@ -498,6 +501,10 @@ def fit(build_model: Callable[[], tf.keras.Model],
                 StopOnNonFiniteLoss(config.learning_rate),
                 *([EpochLine(config.epochs, throughput.examples_per_epoch)]
                   if config.verbose == 1 else []),
+                # the caller's before the checkpoint: one that ends training may set the
+                # weights it ends with (EarlyStopping's restore_best_weights), which are the
+                # trained model, on disk as in memory
+                *callbacks,
                 # before the backup: its on_train_end deletes the backup, so the final weights
                 # are on disk first
                 FinalCheckpoint(str(latest)),
@@ -505,13 +512,13 @@ def fit(build_model: Callable[[], tf.keras.Model],
                                config.backup_seconds if num_workers() == 1 else 0.0),
                 tf.keras.callbacks.TensorBoard(str(output / "logs"), profile_batch=0),
                 throughput,
-                *callbacks,
             ],
         )
     return TrainResult(model=model, output_dir=output, checkpoint=latest,
                        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
                        examples_per_second=throughput.examples_per_second,
-                       epochs_run=len(throughput.durations), epochs_configured=config.epochs)
+                       epochs_run=len(throughput.durations), epochs_configured=config.epochs,
+                       history_epochs=[epoch + 1 for epoch in history.epoch])
 
 
 # --- TFRecord input (``tfmmrec prepare`` → ``train.tfrecords``) ------------------------------
