@@ -68,6 +68,9 @@ def test_train_result_and_workspace_print_in_a_few_lines(tiny_trained):
     assert len(workspace) < 400 and "\n" not in workspace
     assert f"{tiny_trained.workspace.dataset.num_items} items" in workspace
     assert tiny_trained.workspace.split.sizes() in workspace and workspace in text
+    dataset = tiny_trained.workspace.dataset  # a review: 105 KB for ML-100K's
+    for shown in (repr(dataset), repr(dataset.catalog)):
+        assert len(shown) < 300 and "\n" not in shown and f"{dataset.num_items} items" in shown
 
 
 def test_train_reports_epochs_to_the_tfmmrec_logger_as_its_docstring_says(

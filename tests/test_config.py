@@ -568,9 +568,16 @@ def test_an_unknown_key_or_section_gets_the_close_name_or_else_the_names_there_a
         "cross_replica_negatives, output_dir, cache_dir, encode_batch_size, …)")
     with pytest.raises(ConfigError) as info:
         load_config(None, ["nosuch.x=1"])
+    # a section of its own may be a modality's that this process has not registered (a
+    # review restored a run of a custom modality in a process that had not imported it)
     assert str(info.value) == ("--set nosuch.x=1: unknown config key(s) nosuch (the sections "
-                               f"are {', '.join(section_names())})")
+                               f"are {', '.join(section_names())} — a modality's section? "
+                               "register it (import the module that calls "
+                               "tfmmrec.modalities.register) before loading this config)")
     assert "tfmmrec/config.py" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config({"nosuch": 1})  # a value, not a section: no such hint
+    assert str(info.value).endswith(f"nosuch (the sections are {', '.join(section_names())})")
 
 
 def test_an_empty_section_means_its_defaults(tmp_path):

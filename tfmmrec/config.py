@@ -1396,8 +1396,14 @@ def _unknown_keys(cls: type, data: Any, prefix: str = "") -> list[str]:
     for key, value in data.items():
         if key not in hints:
             there = f"the fields of {prefix[:-1]} are" if prefix else "the sections are"
+            # a top-level section holding a mapping reads like a modality's section: a config
+            # (a run's model.yaml) written where that modality was registered
+            modality = " — a modality's section? register it (import the module that calls " \
+                "tfmmrec.modalities.register) before loading this config" \
+                if not prefix and isinstance(value, dict) else ""
             unknown.append(f"{prefix}{key}"
-                           + (_did_you_mean(key, hints) or f" ({there} {_some(hints)})"))
+                           + (_did_you_mean(key, hints) or f" ({there} {_some(hints)}"
+                              f"{modality})"))
         elif dataclasses.is_dataclass(hints[key]):
             unknown += _unknown_keys(hints[key], value, f"{prefix}{key}.")
     return sorted(unknown)

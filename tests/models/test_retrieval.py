@@ -56,6 +56,17 @@ def test_integer_user_ids_are_ids_at_inference_as_in_training(model, tiny_worksp
         model.serve_query_embeddings(tf.constant([5.0]))
 
 
+def test_a_mixed_precision_policy_is_refused_with_the_setting_that_works(tiny_workspace):
+    """It failed in ``fit``, deep in the query tower (ConcatV2 of bfloat16 and float32)."""
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        with pytest.raises(ValueError, match=r"policy is 'mixed_bfloat16'.*Set "
+                                             r"model\.training_precision: bfloat16"):
+            pipeline.build_model(tiny_workspace)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+
+
 def test_loss_is_a_finite_positive_scalar(model, tiny_workspace):
     loss = model.compute_loss(batch(tiny_workspace, [0, 1, 2, 3], [0, 5, 9, 11]))
     assert loss.shape == () and np.isfinite(loss.numpy()) and loss.numpy() > 0

@@ -15,14 +15,16 @@ import json
 import logging
 import math
 import wave
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from tfmmrec.config import DemoConfig
+from tfmmrec.config import DemoConfig, load_config
 from tfmmrec.errors import DataError
 from tfmmrec.files import atomic_path, remove_stale_temps
 
@@ -113,14 +115,19 @@ class _Items:
     has_description: np.ndarray
 
 
-def build_demo_dataset(root: str | Path, config: DemoConfig | None = None) -> Path:
+def build_demo_dataset(root: str | Path,
+                       config: DemoConfig | Mapping[str, Any] | None = None) -> Path:
     """Write the demo dataset folder at ``root`` (or reuse it) and return its path.
 
+    ``config``: a ``DemoConfig``, or a mapping of its fields (``{"num_items": 30}``, as
+    ``data.demo`` in a YAML file), checked by the config system like any other.
     The same config always gives byte-identical files, so a complete folder built earlier with
     the same config and generator version is returned without rebuilding. ``root`` must be
     missing, empty, or an earlier demo folder. Any other folder raises ``DataError``, so that
     user data is never overwritten.
     """
+    if isinstance(config, Mapping):  # the one config system names a wrong field or value
+        config = load_config({"data": {"demo": dict(config)}}).data.demo
     config = config or DemoConfig()
     root = Path(root)
     if _is_complete(root, config):

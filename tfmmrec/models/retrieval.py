@@ -84,6 +84,7 @@ class RetrievalModel(tfrs.Model):
                  **kwargs):
         super().__init__(**kwargs)
         self.training_precision = check_precision(training_precision)
+        _check_float32_policy()
         _check_parts(query_tower, item_tower, content_table)
         temperature = arguments.positive_float("temperature", temperature)
         alignment_temperature = arguments.positive_float("alignment_temperature",
@@ -448,6 +449,19 @@ def _num_rows(content_table: ItemContentTable, item_tower: ItemTower) -> int:
     if item_tower.id_embedding is not None:
         return int(item_tower.id_embedding.input_dim)
     raise ValueError("negatives='full' needs the catalogue size: pass candidate_items")
+
+
+def _check_float32_policy() -> None:
+    """A Keras mixed-precision policy makes the towers' layers compute in float16/bfloat16
+    beside float32 feature tables: ``fit`` then failed in the query tower's ``ConcatV2``
+    (bfloat16 and float32 inputs). The model's own bfloat16 path is a setting instead."""
+    policy = tf.keras.mixed_precision.global_policy().name
+    if policy != "float32":
+        raise ValueError(
+            f"the Keras mixed-precision policy is {policy!r}: tfmmrec's towers compute in "
+            "float32 beside float32 feature tables. Set model.training_precision: bfloat16 "
+            "(bfloat16 products, float32 variables and losses; training_precision= here) and "
+            "keep the policy float32 (tf.keras.mixed_precision.set_global_policy('float32'))")
 
 
 def user_input(features) -> tf.Tensor:
