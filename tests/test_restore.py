@@ -169,10 +169,12 @@ def test_an_interrupted_run_resumes_only_with_the_model_it_started(tiny_config, 
 
 
 class Interrupt(tf.keras.callbacks.Callback):
-    """A crash (or Ctrl-C) right after the first epoch (tests/training/test_trainer.py)."""
+    """A crash (or Ctrl-C) right after the first epoch, its backup written: as the second
+    begins, since user callbacks' ``on_epoch_end`` runs before the backup's
+    (tests/training/test_trainer.py)."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
             raise RuntimeError("simulated interruption")
 
 

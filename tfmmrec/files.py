@@ -190,7 +190,7 @@ def _replace_directory(tmp: str, final: str) -> None:
         os.rename(final, old)
     try:
         os.rename(tmp, final)
-    except OSError:
+    except BaseException:  # an OSError, or a Ctrl-C / SIGTERM between the two renames
         if old is not None and not os.path.lexists(final):
             os.rename(old, final)  # put the old one back
             old = None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +22,7 @@ from tfmmrec.evaluation.projector import (
     sprite_tile_size,
     write_projector,
 )
+from tfmmrec.files import writer_tag
 
 EMBEDDINGS = np.arange(15, dtype=np.float32).reshape(5, 3)
 IDS = ["i0", "i1", "i2", "i3", "i4"]
@@ -117,3 +122,50 @@ def test_evaluate_writes_the_projector_for_the_whole_catalogue(tiny_config, tiny
     side = read_config(directory).embeddings[0].sprite.single_image_dim[0]
     grid = int(np.ceil(np.sqrt(len(catalog))))
     assert Image.open(directory / "sprite.png").size == (grid * side, grid * side)
+
+
+def a_finished_pid() -> int:
+    """The pid of a process of this machine that has exited."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_a_killed_writers_temp_folder_is_removed_and_a_live_ones_kept(tmp_path):
+    """A killed evaluate's temp folder sat in TensorBoard's logdir for good: each evaluate
+    cleared only its own pid's. Folders of writers that still run are theirs."""
+    dead = tmp_path / f".projector.{a_finished_pid()}.{writer_tag()}.tmp"
+    live = tmp_path / f".projector.{os.getppid()}.{writer_tag()}.tmp"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "metadata.tsv").write_text("item_id\n")
+    write_projector(tmp_path, EMBEDDINGS, IDS)
+    assert not dead.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "projector"])
+
+
+def test_an_interrupted_swap_keeps_the_previous_projector(tmp_path, monkeypatch):
+    """The old folder used to be deleted before the new one was renamed in: an interruption
+    between the two left no Projector files. Now the old one is renamed aside and put back."""
+    write_projector(tmp_path, EMBEDDINGS[:2], IDS[:2])
+    final = str(tmp_path / "projector")
+    rename, replace = os.rename, os.replace
+
+    def interrupted(move):
+        def moving(source, target):
+            if os.fspath(target) == final and ".projector." in os.fspath(source) \
+                    and not calls:
+                calls.append(source)
+                raise KeyboardInterrupt  # SIGTERM, as `tfmmrec evaluate` turns it
+            return move(source, target)
+        return moving
+
+    calls: list = []
+    monkeypatch.setattr(os, "rename", interrupted(rename))
+    monkeypatch.setattr(os, "replace", interrupted(replace))
+    with pytest.raises(KeyboardInterrupt):
+        write_projector(tmp_path, EMBEDDINGS, IDS)
+    assert calls
+    assert (tmp_path / "projector" / "metadata.tsv").read_text().splitlines() == [
+        "item_id", "i0", "i1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["projector"]  # no temp folder left

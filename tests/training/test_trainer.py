@@ -23,10 +23,11 @@ INTERACTIONS = pd.DataFrame({"user_id": [f"u{i % 7}" for i in range(50)],
 
 
 class Interrupt(tf.keras.callbacks.Callback):
-    """Simulates a crash (or Ctrl-C) right after the first epoch has finished."""
+    """Simulates a crash (or Ctrl-C) right after the first epoch has finished: as the second
+    begins, since user callbacks' ``on_epoch_end`` runs before the backup's (``trainer.fit``)."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 0:
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
             raise RuntimeError("simulated interruption")
 
 
@@ -243,28 +244,29 @@ def test_default_backups_are_periodic_and_an_early_interruption_restarts(tiny_co
 
 
 class InterruptAfterLastBackup(tf.keras.callbacks.Callback):
-    """A crash after the last epoch's backup, before the run's final checkpoint (user callbacks
-    run after the backup's ``on_epoch_end``)."""
+    """A crash after the last epoch's backup, before the run's final checkpoint: user callbacks
+    run before the checkpoint and the backup (``trainer.fit``), so it comes at the end of
+    training, once every epoch's ``on_epoch_end`` (the backup's too) has run."""
 
-    def __init__(self, last_epoch: int):
-        super().__init__()
-        self.last_epoch = last_epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.last_epoch:
-            raise RuntimeError("simulated interruption")
+    def on_train_end(self, logs=None):
+        raise RuntimeError("simulated interruption")
 
 
 def test_a_run_resumed_with_no_epoch_left_still_writes_its_checkpoint(tiny_config,
-                                                                     tiny_workspace, tmp_path):
+                                                                     tiny_workspace, tmp_path,
+                                                                     caplog):
     config = derive_config(tiny_config, tmp_path, "train.epochs=2")
     with pytest.raises(RuntimeError, match="simulated interruption"):
         pipeline.train(config, workspace=tiny_workspace,
-                       callbacks=[InterruptAfterLastBackup(1)], progress=False)
+                       callbacks=[InterruptAfterLastBackup()], progress=False)
     output = tmp_path / "run"
     assert backup_files(output) and not list((output / "checkpoints").glob("latest*"))
-    result = pipeline.train(config, workspace=tiny_workspace, progress=False)
+    with caplog.at_level(logging.INFO, logger="tfmmrec"):
+        result = pipeline.train(config, workspace=tiny_workspace, progress=False)
     assert result.epochs_run == 0  # every epoch came from the backup
+    # said as such: it used to read "2 epoch(s) done, training on from epoch 3 of 2"
+    assert "all 2 epoch(s) were done; only the final checkpoint is written" in caplog.text
+    assert "from epoch 3 of 2" not in caplog.text
     assert (output / "checkpoints" / "latest.index").is_file()
     assert backup_files(output) == []
     restored, _ = pipeline.restore(output, config, workspace=tiny_workspace)

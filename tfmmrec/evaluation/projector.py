@@ -7,7 +7,10 @@ that sit together are the quickest check that content reached the embedding.
 
 Written to ``<logs>/projector/`` (a TensorBoard run of its own): a TF2 checkpoint of the
 embedding variable, ``metadata.tsv``, ``sprite.png`` and ``projector_config.pbtxt``. The folder
-is built under a temporary name and renamed into place, so a reader never sees half of it.
+is built under a temporary name (``files.atomic_path``) and swapped in: the old folder renamed
+aside, the new one renamed in, then the old one deleted, so a reader never sees half of one and
+a kill leaves a whole one (before, the old folder was deleted first). The temporary folders of
+killed evaluates are removed by the next one (``files.remove_stale_temps``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins import projector
+
+from tfmmrec.files import atomic_path, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +71,11 @@ def write_projector(log_dir: str | os.PathLike, embeddings: np.ndarray,
     if tile < 1:
         raise ValueError(f"tile must be >= 1 pixel, got {tile}")
     final = Path(log_dir) / "projector"
-    tmp = Path(log_dir) / f".projector.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    # killed evaluates' folders (inside TensorBoard's logdir); live ones' are left alone
+    remove_stale_temps(final)
+    with atomic_path(final, directory=True, replace=True) as path:
+        tmp = Path(path)
+        tmp.mkdir()
         tf.train.Checkpoint(item_embeddings=tf.Variable(embeddings)).save(
             str(tmp / "embeddings"))
         _write_metadata(tmp / "metadata.tsv", item_ids, titles)
@@ -85,11 +90,6 @@ def write_projector(log_dir: str | os.PathLike, embeddings: np.ndarray,
                 embedding.sprite.image_path = "sprite.png"
                 embedding.sprite.single_image_dim.extend([side, side])
         projector.visualize_embeddings(str(tmp), config)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.debug("wrote TensorBoard Projector files for %d items to %s", rows, final)
     return ProjectorFiles(final, rows, side)
 

@@ -29,7 +29,9 @@ import tensorflow as tf
 
 from tfmmrec.config import TrainConfig
 from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError, first_line
+from tfmmrec.files import process_alive, writer_token
 from tfmmrec.training.checkpoint import UNREADABLE, VALUE_SUFFIX
+from tfmmrec.training.finished_run import previous_run_note
 from tfmmrec.training.strategy import (
     lost_workers_reported,
     num_workers,
@@ -161,26 +163,113 @@ def with_data_sharding(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+LOCK_FILE = ".lock"
+_SHARED_HELD: dict[Path, int] = {}  # run folders this process holds shared, and how often
+
+
 @contextlib.contextmanager
 def exclusive_run(output: Path) -> Iterator[None]:
-    """Hold ``output/.lock`` for a training run: two runs writing one ``train.output_dir``
-    at once would leave the checkpoints of one and the record of the other. An OS lock
-    (``flock``), so a run that dies, however it dies, releases it; where the OS has none,
-    nothing is locked."""
+    """Hold ``output/.lock`` alone for a training run: two runs writing one
+    ``train.output_dir`` at once would leave the checkpoints of one and the record of the
+    other, and a run moving a finished run aside under an ``evaluate`` reading it left the old
+    model's metrics beside the new one (a review's finding)."""
+    with run_lock(output, "tfmmrec train"):
+        yield
+
+
+@contextlib.contextmanager
+def shared_run(output: Path, holder: str) -> Iterator[None]:
+    """Hold ``output/.lock`` shared while ``holder`` (``tfmmrec evaluate``, a restore) reads
+    or writes the run in ``output``: any number of them at once, no training run meanwhile
+    (refused, naming ``holder``; and this one is refused while a training run holds it).
+    Reentrant within a process (``evaluate`` restores under its own hold); a missing folder is
+    neither created nor locked (it holds no run to protect)."""
+    key = Path(os.path.abspath(output))
+    if _SHARED_HELD.get(key):
+        _SHARED_HELD[key] += 1
+        try:
+            yield
+        finally:
+            _SHARED_HELD[key] -= 1
+        return
+    with run_lock(output, holder, shared=True):
+        _SHARED_HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _SHARED_HELD[key]
+
+
+@contextlib.contextmanager
+def run_lock(output: Path, holder: str, *, shared: bool = False) -> Iterator[None]:
+    """The one lock on a run folder (``exclusive_run``, ``shared_run``): an OS lock
+    (``flock``) on ``output/.lock``, so a command that dies, however it dies, releases it;
+    where the OS has none, nothing is locked. Each holder appends ``<pid> <machine> <holder>``
+    to the file, so a refused command can name the one in its way."""
     try:
         import fcntl
     except ImportError:  # not POSIX
         yield
         return
-    output.mkdir(parents=True, exist_ok=True)
-    with open(output / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainingError(f"another training run is writing to train.output_dir={output} "
-                                f"(it holds {output / '.lock'}): wait for it to finish, or "
-                                "choose another train.output_dir") from None
+    output = Path(output)
+    lock = output / LOCK_FILE
+    if shared and not output.is_dir():
         yield
+        return
+    if not shared:
+        output.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = open(lock, "a+")  # noqa: SIM115 (closed below)
+    except OSError:
+        if not shared:
+            raise
+        if not lock.is_file():  # a read-only run folder that no run trains in
+            yield
+            return
+        handle = open(lock)  # noqa: SIM115 (closed below)
+    with handle:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _refusal(output, shared, _lock_holder(lock)) from None
+        if handle.writable():
+            with contextlib.suppress(OSError):
+                if not shared:  # alone: the lines of earlier holders are history
+                    handle.truncate(0)
+                os.write(handle.fileno(), f"{os.getpid()} {writer_token()} {holder}\n".encode())
+        yield
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """``<holder> (pid N)`` of the newest holder recorded in ``lock`` that may still run (a
+    process of this machine that runs, or any of another machine), another process's before
+    this one's (its own line may be from a hold it has released); None if none may."""
+    try:
+        lines = lock.read_text().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in reversed(lines):
+        pid, machine, holder = [*line.split(" ", 2), "", ""][:3]
+        if pid.isdigit() and holder and (machine != writer_token() or process_alive(int(pid))):
+            candidates.append((machine == writer_token() and int(pid) == os.getpid(),
+                               f"{holder} (pid {pid})"))
+    return min(candidates, key=lambda candidate: candidate[0])[1] if candidates else None
+
+
+def _refusal(output: Path, shared: bool, holder: str | None) -> TrainingError:
+    """One line: which command holds ``output`` and what to do."""
+    lock = output / LOCK_FILE
+    if shared:
+        return TrainingError(f"{holder or 'a training run'} is writing to train.output_dir="
+                             f"{output} (it holds {lock}): try again once it finishes"
+                             f"{previous_run_note(output)}")
+    if holder is None or holder.startswith("tfmmrec train "):
+        return TrainingError(f"another training run is writing to train.output_dir={output} "
+                             f"({f'{holder}; ' if holder else ''}it holds {lock}): wait for it "
+                             "to finish, or choose another train.output_dir")
+    return TrainingError(f"{holder} is reading the run in {output} (it holds {lock}): train "
+                         "once it finishes, or choose another train.output_dir")
 
 
 def check_writable(directory: Path, what: str = "train.output_dir",
@@ -320,9 +409,13 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
             if num_workers() == 1 else None
         if done >= 0:
             self._restore_noise(done)
-            logger.info("resuming from the backup in %s: %d epoch(s) done, training on from "
-                        "epoch %d of %d", self.backup_dir, done + 1, done + 2,
-                        self.params.get("epochs", 0))
+            epochs = self.params.get("epochs", 0)
+            if done + 1 >= epochs:  # killed after its last backup, before its checkpoint
+                logger.info("resuming from the backup in %s: all %d epoch(s) were done; only "
+                            "the final checkpoint is written", self.backup_dir, done + 1)
+            else:
+                logger.info("resuming from the backup in %s: %d epoch(s) done, training on "
+                            "from epoch %d of %d", self.backup_dir, done + 1, done + 2, epochs)
 
     def _restore_noise(self, epoch: int) -> None:
         """The random streams (``towers.noise``) as they were after ``epoch`` (0-based), so the
