@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 from types import SimpleNamespace
@@ -14,8 +15,7 @@ from tests.serving.conftest import MODEL
 from tests.serving.test_rest_body_budget import good_body, wait_until
 from tests.serving.test_rest_http import Connection, post_head
 from tfmmrec.errors import ServingError
-from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-from tfmmrec.serving.rest import RestServer
+from tfmmrec.serving.rest import RestServer, connections_per_client
 from tfmmrec.serving.server import ServerOptions
 
 CAP = 2
@@ -153,9 +153,13 @@ def test_one_client_past_its_cap_is_a_503_while_others_are_served(per_client_res
     assert rest.connections_from("127.0.0.1") == 0 and not rest._per_client
 
 
-def test_the_per_client_cap_defaults_within_the_global_cap():
-    assert ServerOptions().rest_max_connections_per_client == DEFAULT_MAX_CONNECTIONS_PER_CLIENT
-    assert ServerOptions(rest_max_connections=8).rest_max_connections_per_client == 8
+def test_the_per_client_cap_is_off_unless_set():
+    """Behind a proxy every connection has one address: a default cap of 32 cut a server's 256
+    slots to 32 (a review's 33rd connection through one address got a 503)."""
+    assert ServerOptions().rest_max_connections_per_client is None
+    assert connections_per_client(None, 256) == 256
+    # checked, not rewritten: another global cap through dataclasses.replace still works
+    assert dataclasses.replace(ServerOptions(), rest_max_connections=8).rest_max_connections == 8
     assert ServerOptions(rest_max_connections=8,
                          rest_max_connections_per_client=3).rest_max_connections_per_client == 3
 

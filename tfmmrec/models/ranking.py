@@ -26,7 +26,6 @@ from tfmmrec.models.retrieval import (
     RetrievalModel,
     as_user_ids,
     batch_column,
-    replicas_in_sync,
     user_input,
 )
 
@@ -169,11 +168,16 @@ class MultitaskModel(RetrievalModel):
 
     def _ranking_loss(self, features, training):
         """The ranking task's mean over the step's rows (pairs, or lists), as a replica's
-        share: its summed loss over the rows of every replica (a short last batch aside).
-        Keras refuses a loss that averages itself under ``tf.distribute``, and one that did
-        would count each replica's mean once: R replicas, R times the gradient."""
+        share: its summed loss over the rows of every replica, counted (so replicas given
+        unequal or empty slices of a short batch still add up to the batch's mean; an empty
+        batch is 0). Keras refuses a loss that averages itself under ``tf.distribute``, and one
+        that did would count each replica's mean once: R replicas, R times the gradient."""
         summed, rows = self._summed_ranking_loss(features, training)
-        return summed / (tf.cast(rows, summed.dtype) * replicas_in_sync())
+        rows = tf.cast(rows, summed.dtype)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            rows = context.all_reduce(tf.distribute.ReduceOp.SUM, rows)
+        return tf.math.divide_no_nan(summed, rows)
 
     def _summed_ranking_loss(self, features, training) -> tuple[tf.Tensor, tf.Tensor]:
         """``(the task's loss summed over the batch's rows, how many rows)``."""

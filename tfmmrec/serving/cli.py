@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from tfmmrec.errors import ServingError
 from tfmmrec.serving.limits import (
     DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_REQUEST_BYTES,
 )
 
@@ -161,9 +160,9 @@ def _add_serve(subparsers) -> None:
                             "503 at once (default: %(default)s)")
     serve.add_argument("--rest-max-connections-per-client", type=_integer_in(1),
                        metavar="N", help="of those, the REST connections one client address "
-                       "may hold; more from it are answered 503 at once (default: "
-                       f"{DEFAULT_MAX_CONNECTIONS_PER_CLIENT}, or --rest-max-connections if "
-                       "smaller; at most --rest-max-connections)")
+                       "may hold; more from it are answered 503 at once (default: no cap of "
+                       "its own, since behind a proxy every connection has one address; set it "
+                       "when clients reach the port directly; at most --rest-max-connections)")
     serve.add_argument("--rest-body-budget", type=_integer_in(1), metavar="BYTES",
                        help="REST body bytes all connections may read or hold at once; a "
                             "request past it is a 503 (default: 4 x --max-request-bytes)")

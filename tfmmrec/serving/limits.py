@@ -7,7 +7,5 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 
 # REST connections served at once, a thread each; more are answered 503 from the accept loop.
 DEFAULT_MAX_CONNECTIONS = 256
-
-# REST connections one client address may hold of them (at most the cap above): a single
-# client's slowloris no longer takes every slot, only this many.
-DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 32
+# (``--rest-max-connections-per-client`` has no default cap of its own: behind a proxy or a
+# load balancer every connection comes from one address.)

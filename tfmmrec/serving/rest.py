@@ -52,7 +52,7 @@ from tfmmrec.serving.json_tensor import (
     loads,
     short,
 )
-from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+from tfmmrec.serving.limits import DEFAULT_MAX_CONNECTIONS
 from tfmmrec.serving.predict import SIGNATURE_DEF_FIELD, PredictionCore, model_spec_key
 from tfmmrec.serving.status import MAX_VERSION, RequestStatus, invalid_argument
 
@@ -265,17 +265,18 @@ def outputs_json(outputs, request_format: str) -> dict:
 
 
 def connections_per_client(per_client: int | None, max_connections: int) -> int:
-    """``--rest-max-connections-per-client`` as served: ``None`` is the default, or the global
-    cap when that is smaller; anything else must be an integer from 1 to the global cap (more
-    could never be used), else a ``ServingError`` naming both flags and values."""
+    """``--rest-max-connections-per-client`` as served: ``None`` (the default, no cap of its
+    own: behind a proxy every connection has one address) is the global cap; anything else
+    must be an integer from 1 to the global cap (more could never be used), else a
+    ``ServingError`` naming both flags and values."""
     if per_client is None:
-        return min(DEFAULT_MAX_CONNECTIONS_PER_CLIENT, max_connections)
+        return max_connections
     if (isinstance(per_client, bool) or not isinstance(per_client, int)
             or not 1 <= per_client <= max_connections):
         raise ServingError(f"--rest-max-connections-per-client (rest_max_connections_per_"
                            f"client) = {per_client!r} must be an integer from 1 to "
-                           f"--rest-max-connections = {max_connections} (default "
-                           f"{DEFAULT_MAX_CONNECTIONS_PER_CLIENT}, or the latter if smaller)")
+                           f"--rest-max-connections = {max_connections} (default: no cap of "
+                           "its own)")
     return per_client
 
 

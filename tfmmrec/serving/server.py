@@ -112,8 +112,8 @@ class ServerOptions:
     ``rest_port`` None disables REST. ``num_threads`` bounds concurrent model executions and
     the gRPC worker pool; ``max_request_bytes`` caps a gRPC message and a REST body;
     ``rest_max_connections`` the REST connections served at once (more get a 503),
-    ``rest_max_connections_per_client`` those one client address may hold (default 32, or
-    ``rest_max_connections`` if smaller; more from it get a 503) and ``rest_body_budget`` the
+    ``rest_max_connections_per_client`` those one client address may hold (default None: no
+    cap of its own, as behind a proxy; more from it get a 503) and ``rest_body_budget`` the
     REST body bytes read or held at once (default 4 × ``max_request_bytes``).
     """
 
@@ -137,8 +137,8 @@ class ServerOptions:
         if self.rest_max_connections < 1:
             raise ServingError(f"rest_max_connections={self.rest_max_connections} must be at "
                                f"least 1 (default {DEFAULT_MAX_CONNECTIONS})")
-        self.rest_max_connections_per_client = connections_per_client(
-            self.rest_max_connections_per_client, self.rest_max_connections)
+        # checked, not rewritten: dataclasses.replace of another global cap must still work
+        connections_per_client(self.rest_max_connections_per_client, self.rest_max_connections)
         if self.rest_body_budget is not None and self.rest_body_budget < self.max_request_bytes:
             raise ServingError(f"rest_body_budget={self.rest_body_budget} is smaller than "
                                f"max_request_bytes={self.max_request_bytes}: a body at the limit "
