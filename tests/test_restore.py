@@ -169,12 +169,10 @@ def test_an_interrupted_run_resumes_only_with_the_model_it_started(tiny_config, 
 
 
 class Interrupt(tf.keras.callbacks.Callback):
-    """A crash (or Ctrl-C) right after the first epoch, its backup written: as the second
-    begins, since user callbacks' ``on_epoch_end`` runs before the backup's
-    (tests/training/test_trainer.py)."""
+    """A crash (or Ctrl-C) right after the first epoch (tests/training/test_trainer.py)."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
             raise RuntimeError("simulated interruption")
 
 
@@ -339,3 +337,23 @@ def test_an_interrupted_retrain_names_the_finished_run_it_replaces(finished_run,
 def test_restore_refuses_what_is_not_a_path_in_one_line(arguments, expected):
     with pytest.raises(ConfigError, match=expected):
         tfmmrec.restore(**arguments)
+
+
+def test_an_evaluate_whose_run_changed_under_it_writes_nothing(finished_run, tiny_workspace,
+                                                              tmp_path, monkeypatch):
+    """A review: a retrain started under an ``evaluate`` set the run aside and finished, and the
+    evaluate then wrote the old model's metrics beside the new checkpoint, both exiting 0."""
+    config, _ = finished_run
+    metrics = tmp_path / "run" / "eval" / "metrics.json"
+    before = metrics.read_bytes()
+    embed_users = pipeline.embed_users
+
+    def while_a_retrain_finishes(*args, **kwargs):  # between the restore and the writes
+        (tmp_path / "run" / "run.json").write_text('{"another": "run"}')
+        return embed_users(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "embed_users", while_a_retrain_finishes)
+    with pytest.raises(TrainingError, match=rf"the run in {tmp_path / 'run'} changed while it "
+                                            r"was evaluated .*nothing was written"):
+        pipeline.evaluate(config, workspace=tiny_workspace, baselines=False)
+    assert metrics.read_bytes() == before

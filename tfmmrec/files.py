@@ -185,13 +185,13 @@ def _temp_sibling(final: str) -> str:
 def _replace_directory(tmp: str, final: str) -> None:
     """Publish directory ``tmp`` as ``final``, moving an existing ``final`` aside first."""
     old = None
-    if os.path.lexists(final):
-        old = _temp_sibling(final)
-        os.rename(final, old)
     try:
+        if os.path.lexists(final):
+            old = _temp_sibling(final)
+            os.rename(final, old)
         os.rename(tmp, final)
-    except BaseException:  # an OSError, or a Ctrl-C / SIGTERM between the two renames
-        if old is not None and not os.path.lexists(final):
+    except BaseException:  # an OSError, or a Ctrl-C / SIGTERM during or between the renames
+        if old is not None and os.path.lexists(old) and not os.path.lexists(final):
             os.rename(old, final)  # put the old one back
             old = None
         raise

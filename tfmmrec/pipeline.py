@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +88,6 @@ from tfmmrec.training.trainer import (
     exclusive_run,
     fit,
     resumed_epochs,
-    shared_run,
     tfrecord_dataset,
 )
 
@@ -1008,28 +1006,7 @@ def restore(run_dir: str | os.PathLike | None = None,
     training and test splits, the item ids and the users; a ``workspace`` whose test rows the
     user supplied is checked on the rest): otherwise a ``DataError`` says what changed, before
     the catalogue is encoded or the model rebuilt.
-
-    The run folder is held shared meanwhile (``trainer.shared_run``): a ``train`` into it is
-    refused until the model is loaded, so the checkpoint, spec and record read are one run's.
     """
-    folder = run_dir if run_dir is not None or config is None else \
-        load_config(config).train.output_dir
-    with shared_run(Path(folder), _restoring_command()) \
-            if isinstance(folder, str | os.PathLike) else contextlib.nullcontext():
-        return _restore(run_dir, config, checkpoint, workspace)
-
-
-def _restoring_command() -> str:
-    """Who holds a run folder to restore it, as a refused ``train`` names it: the CLI command
-    this process runs (``tfmmrec export`` restores through ``restore``), else the Python API."""
-    command = next((arg for arg in sys.argv[1:] if arg in ("evaluate", "export")), None)
-    return f"tfmmrec {command}" if command and "tfmmrec" in sys.argv[0] else "tfmmrec.restore"
-
-
-def _restore(run_dir: str | os.PathLike | None, config: Config | str | os.PathLike | None,
-             checkpoint: str | os.PathLike | None, workspace: Workspace | None
-             ) -> tuple[RetrievalModel, Workspace]:
-    """``restore`` once the run folder is held."""
     prefix, config = check_restorable(run_dir, config, checkpoint)
     run = Path(config.train.output_dir)  # check_restorable points it at the run restored
     if workspace is not None:
@@ -1162,29 +1139,6 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     """
     if not re.fullmatch(r"[\w.-]+", output_name):
         raise ConfigError(f"output_name {output_name!r}: letters, digits, '.', '-', '_' only")
-    from tfmmrec.evaluation.protocol import check_evaluable
-
-    config = load_config(config)
-    if workspace is not None:  # refuse before restoring a model for nothing
-        _require_test_rows(workspace.split)
-        check_evaluable(workspace.split, workspace.user_ids, workspace.dataset.num_items)
-    restoring = model is None and embeddings is None
-    # Held from the restore to the last file written: a train into the folder meanwhile is
-    # refused, so the metrics and Projector files written are those of the run in the folder
-    # (a retrain started under an evaluate left the old model's metrics beside the new one).
-    with shared_run(Path(config.train.output_dir), "tfmmrec evaluate") \
-            if write or restoring else contextlib.nullcontext():
-        return _evaluate(config, checkpoint, model, workspace, baselines, name,
-                         hidden_modalities, write, classic_baselines, embeddings, output_name,
-                         sources)
-
-
-def _evaluate(config: Config, checkpoint: str | os.PathLike | None,
-              model: RetrievalModel | None, workspace: Workspace | None, baselines: bool,
-              name: str, hidden_modalities: tuple[str, ...], write: bool,
-              classic_baselines: Sequence[str], embeddings: tuple[np.ndarray, np.ndarray] | None,
-              output_name: str, sources: dict[str, str] | None) -> dict[str, dict[str, float]]:
-    """``evaluate`` once the run folder is held (when it restores or writes)."""
     from tfmmrec.evaluation.protocol import (
         check_evaluable,
         evaluate_embeddings,
@@ -1195,7 +1149,13 @@ def _evaluate(config: Config, checkpoint: str | os.PathLike | None,
     )
     from tfmmrec.evaluation.report import plot_metric_curves
 
+    config = load_config(config)
+    if workspace is not None:  # refuse before restoring a model for nothing
+        _require_test_rows(workspace.split)
+        check_evaluable(workspace.split, workspace.user_ids, workspace.dataset.num_items)
+    restored = None
     if model is None and embeddings is None:
+        restored = _run_record(Path(config.train.output_dir))  # before reading the run
         model, ws = restore(config.train.output_dir, config, checkpoint=checkpoint,
                             workspace=workspace)
         config = ws.config
@@ -1227,7 +1187,13 @@ def _evaluate(config: Config, checkpoint: str | os.PathLike | None,
                 results[f"{REFERENCES[task]}{RANKING_HEAD_ROW}"] = reference
     if not write:
         return results
-    out = Path(config.train.output_dir) / "eval"
+    run = Path(config.train.output_dir)
+    if restored is not None and _run_record(run) != restored:
+        raise TrainingError(f"the run in {run} changed while it was evaluated (a training run "
+                            "set it aside, or finished over it): nothing was written, since "
+                            "these figures are the previous model's; evaluate again once that "
+                            "training finishes")
+    out = run / "eval"
     unscored = unscored_note(ws.split, ws.user_ids, ws.dataset.num_items)
     write_json({"split": ws.split.kind, "split_sizes": ws.split.sizes(), "results": results,
                 **({"sources": sources} if sources else {}),
@@ -1240,6 +1206,17 @@ def _evaluate(config: Config, checkpoint: str | os.PathLike | None,
     if not hidden_modalities and embeddings is None:
         write_item_projector(config, ws, items)
     return results
+
+
+def _run_record(run: Path) -> str:
+    """A digest of ``run``'s record (``run.json``; "" without one): it changes when a training
+    run sets the run aside or finishes over it, so an ``evaluate`` that restored the model
+    before can tell its figures no longer describe the run in the folder (a review's retrain
+    started under an evaluate left the old model's metrics beside the new checkpoint)."""
+    try:
+        return hashlib.sha256((run / RUN_FILE).read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 # an early-stopping run's validation figures so far, for a resumed run to choose on them all

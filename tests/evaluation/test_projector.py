@@ -169,3 +169,23 @@ def test_an_interrupted_swap_keeps_the_previous_projector(tmp_path, monkeypatch)
     assert (tmp_path / "projector" / "metadata.tsv").read_text().splitlines() == [
         "item_id", "i0", "i1"]
     assert [p.name for p in tmp_path.iterdir()] == ["projector"]  # no temp folder left
+
+
+def test_an_interrupt_as_the_old_projector_is_moved_aside_puts_it_back(tmp_path, monkeypatch):
+    """A signal is raised when the call it arrived in returns: one during the first rename
+    (the old folder moved aside) left no Projector folder, outside the swap's ``try``."""
+    write_projector(tmp_path, EMBEDDINGS[:2], IDS[:2])
+    final = str(tmp_path / "projector")
+    rename = os.rename
+
+    def moved_then_interrupted(source, target):
+        rename(source, target)
+        if os.fspath(source) == final:  # the old folder, aside
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", moved_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_projector(tmp_path, EMBEDDINGS, IDS)
+    assert (tmp_path / "projector" / "metadata.tsv").read_text().splitlines() == [
+        "item_id", "i0", "i1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["projector"]  # no temp folder left

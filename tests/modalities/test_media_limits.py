@@ -123,7 +123,7 @@ def test_a_query_file_is_refused_before_it_is_read_when_no_request_could_carry_i
     os.mkfifo(tmp_path / "pipe")
     for path in ("/dev/zero", tmp_path / "pipe", tmp_path):
         with pytest.raises(ServingError, match=rf"^{path} is not a regular file \(a device, "
-                                               rf"pipe or folder\): pass a {name} file$"):
+                                               rf"pipe or folder\): pass an {name} file$"):
             spec.request_file(path)
     big = tmp_path / "big.bin"
     with big.open("wb") as file:  # sparse: no disk used

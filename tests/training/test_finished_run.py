@@ -87,28 +87,3 @@ def test_the_note_names_the_previous_run_only_when_there_is_one(tmp_path):
     assert f"--set train.output_dir={output / 'previous'}" in previous_run_note(output)
     drop_previous_run(output)
     assert previous_run_note(output) == "" and not (output / "previous").exists()
-
-
-def test_a_kept_run_being_read_is_neither_replaced_nor_deleted(tmp_path, caplog):
-    """``previous_run_note`` says to evaluate or export ``previous/`` while the new run trains:
-    a reader of it holds its lock, so the train that would replace it is refused, naming the
-    reader, and the run that finishes meanwhile keeps it (deleting it under the reader left
-    that reader's metrics in a half-deleted folder)."""
-    from tfmmrec.errors import TrainingError
-    from tfmmrec.training.trainer import shared_run
-
-    output = tmp_path / "run"
-    set_aside_finished_run(a_finished_run(output))
-    a_finished_run(output, "newer")
-    with shared_run(output / "previous", "tfmmrec evaluate"):
-        with pytest.raises(TrainingError, match=rf"tfmmrec evaluate \(pid {os.getpid()}\) is "
-                                                rf"reading the run in {output / 'previous'}"):
-            set_aside_finished_run(output)
-        assert (output / "run.json").read_text() == "newer"  # nothing moved
-        drop_previous_run(output)
-        assert (output / "previous" / "run.json").read_text() == "old"
-    assert "previous kept: tfmmrec evaluate" in caplog.text
-    assert set_aside_finished_run(output) == output / "previous"  # once the reader is done
-    assert (output / "previous" / "run.json").read_text() == "newer"
-    drop_previous_run(output)
-    assert not (output / "previous").exists()

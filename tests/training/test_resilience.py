@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -338,104 +336,6 @@ def test_two_runs_into_one_output_dir_cannot_run_at_once(tmp_path):
         pass
     with trainer.exclusive_run(tmp_path / "run"):  # released when the first run ends
         pass
-
-
-def test_readers_of_a_run_share_it_and_keep_a_training_run_out(tmp_path):
-    """``evaluate`` and ``export`` hold the run folder shared (``trainer.shared_run``): any
-    number at once, no training run meanwhile, and each refusal names who is in the way."""
-    run = tmp_path / "run"
-    run.mkdir()
-    me, where = rf"\(pid {os.getpid()}\)", re.escape(str(run))
-    with trainer.run_lock(run, "tfmmrec export", shared=True), \
-            trainer.run_lock(run, "tfmmrec evaluate", shared=True), \
-            pytest.raises(TrainingError, match=rf"^tfmmrec evaluate {me} is reading the run in "
-                                               rf"{where} \(it holds "), \
-            trainer.exclusive_run(run):  # two readers at once, no training run
-        pass
-    with trainer.exclusive_run(run), \
-            pytest.raises(TrainingError, match=rf"^tfmmrec train {me} is writing to "
-                                               rf"train\.output_dir={where} "), \
-            trainer.shared_run(run, "tfmmrec evaluate"):  # released when the readers ended
-        pass
-    with trainer.shared_run(run, "tfmmrec evaluate"), trainer.shared_run(run, "x"):  # reentrant
-        pass
-    with trainer.shared_run(tmp_path / "missing", "x"):  # no run to protect: nothing created
-        pass
-    assert not (tmp_path / "missing").exists()
-
-
-def a_copied_run(trained: pipeline.TrainResult, tmp_path: Path) -> Path:
-    """The session's tiny run, copied (tests must not change it), without its evaluation."""
-    run = tmp_path / "run"
-    shutil.copytree(trained.output_dir, run, ignore=shutil.ignore_patterns("eval", ".lock"))
-    return run
-
-
-def test_a_retrain_started_while_evaluate_runs_is_refused(tiny_config, tiny_trained,
-                                                          tiny_workspace, tmp_path,
-                                                          monkeypatch):
-    """The review's race: a ``train`` into the run an ``evaluate`` is scoring moved the run
-    to ``previous/`` and retrained, and the evaluate then wrote the old model's metrics and
-    Projector files beside the new checkpoint. Now the evaluate holds the run from its restore
-    to its last file, and the train is refused at once, naming it."""
-    run = a_copied_run(tiny_trained, tmp_path)
-    config = derive_config(tiny_config, tmp_path, "train.seed=1")
-    checkpoint = (run / "checkpoints" / "latest.index").read_bytes()
-    refusals = []
-    write_projector = pipeline.write_item_projector
-
-    def retrain_meanwhile(*args, **kwargs):  # after metrics.json, before the Projector files
-        try:
-            pipeline.train(config, workspace=tiny_workspace, progress=False)
-        except TrainingError as exc:
-            refusals.append(str(exc))
-        return write_projector(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "write_item_projector", retrain_meanwhile)
-    pipeline.evaluate(config, workspace=tiny_workspace, baselines=False)
-    assert len(refusals) == 1 and refusals[0].startswith(
-        f"tfmmrec evaluate (pid {os.getpid()}) is reading the run in {run} ")
-    assert (run / "checkpoints" / "latest.index").read_bytes() == checkpoint
-    assert not (run / "previous").exists() and (run / "eval" / "metrics.json").is_file()
-    with trainer.exclusive_run(run):  # released when evaluate returns
-        pass
-
-
-def test_evaluate_refuses_a_run_that_is_training(tiny_config, tiny_trained, tiny_workspace,
-                                                 tmp_path):
-    run = a_copied_run(tiny_trained, tmp_path)
-    config = derive_config(tiny_config, tmp_path)
-    with trainer.exclusive_run(run), pytest.raises(
-            TrainingError, match=rf"^tfmmrec train \(pid {os.getpid()}\) is writing to "
-                                 rf"train\.output_dir={re.escape(str(run))} .*try again once "
-                                 "it finishes"):
-        pipeline.evaluate(config, workspace=tiny_workspace, baselines=False)
-    assert not (run / "eval").exists() and not (run / "logs" / "projector").exists()
-
-
-def test_a_restore_for_export_holds_the_run_until_the_model_is_loaded(
-        tiny_config, tiny_trained, tiny_workspace, tmp_path, monkeypatch):
-    """``tfmmrec export`` reads the run through ``restore``: a train moving its checkpoint
-    aside meanwhile is refused, naming the command (``tfmmrec.restore`` from Python)."""
-    run = a_copied_run(tiny_trained, tmp_path)
-    refusals = []
-    load = pipeline.load_exactly
-
-    def train_meanwhile(*args, **kwargs):
-        try:
-            with trainer.exclusive_run(run):
-                pass
-        except TrainingError as exc:
-            refusals.append(str(exc))
-        return load(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "load_exactly", train_meanwhile)
-    monkeypatch.setattr(sys, "argv", ["/venv/bin/tfmmrec", "-q", "export", "--set", "x=1"])
-    pipeline.restore(run, workspace=tiny_workspace)
-    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest"])
-    pipeline.restore(run, workspace=tiny_workspace)
-    assert [refusal.split(" is reading")[0] for refusal in refusals] == [
-        f"tfmmrec export (pid {os.getpid()})", f"tfmmrec.restore (pid {os.getpid()})"]
 
 
 # --- kill -9 while the feature cache is being written ---------------------------------------

@@ -23,11 +23,11 @@ INTERACTIONS = pd.DataFrame({"user_id": [f"u{i % 7}" for i in range(50)],
 
 
 class Interrupt(tf.keras.callbacks.Callback):
-    """Simulates a crash (or Ctrl-C) right after the first epoch has finished: as the second
-    begins, since user callbacks' ``on_epoch_end`` runs before the backup's (``trainer.fit``)."""
+    """Simulates a crash (or Ctrl-C) right after the first epoch has finished (user callbacks
+    run after the backup's ``on_epoch_end``)."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
             raise RuntimeError("simulated interruption")
 
 
@@ -244,9 +244,8 @@ def test_default_backups_are_periodic_and_an_early_interruption_restarts(tiny_co
 
 
 class InterruptAfterLastBackup(tf.keras.callbacks.Callback):
-    """A crash after the last epoch's backup, before the run's final checkpoint: user callbacks
-    run before the checkpoint and the backup (``trainer.fit``), so it comes at the end of
-    training, once every epoch's ``on_epoch_end`` (the backup's too) has run."""
+    """A crash after the last epoch's backup, before the run's final checkpoint (written last,
+    after the caller's callbacks end training: ``trainer.fit``)."""
 
     def on_train_end(self, logs=None):
         raise RuntimeError("simulated interruption")

@@ -18,11 +18,9 @@ a crash part-way leaves either a finished run in place (its record not moved yet
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -59,12 +57,6 @@ def set_aside_finished_run(output: Path) -> Path | None:
     one kept there; also publish a ``previous.partial/`` an earlier call completed but did not
     rename. Returns ``previous/`` when it holds a run afterwards."""
     staging, previous = output / _STAGING_DIR, output / PREVIOUS_DIR
-    with _unread(previous):  # refused while an evaluate or export reads the one kept there
-        _set_aside(output, staging, previous)
-    return previous if (previous / RUN_FILE).is_file() else None
-
-
-def _set_aside(output: Path, staging: Path, previous: Path) -> None:
     if (output / RUN_FILE).is_file():
         shutil.rmtree(previous, ignore_errors=True)  # older than the finished run in place
         for relative in finished_run_files(output):  # run.json last
@@ -75,35 +67,13 @@ def _set_aside(output: Path, staging: Path, previous: Path) -> None:
     if (staging / RUN_FILE).is_file():
         shutil.rmtree(previous, ignore_errors=True)
         os.replace(staging, previous)
+    return previous if (previous / RUN_FILE).is_file() else None
 
 
 def drop_previous_run(output: Path) -> None:
-    """The run in ``output`` finished: the one it replaced (``previous/``) goes, unless an
-    ``evaluate`` or ``export`` reads it (the next ``train`` replaces it then)."""
-    from tfmmrec.errors import TrainingError
-
-    try:
-        with _unread(output / PREVIOUS_DIR):
-            for folder in (output / PREVIOUS_DIR, output / _STAGING_DIR):
-                shutil.rmtree(folder, ignore_errors=True)
-    except TrainingError as exc:
-        reader = str(exc).partition(" (it holds")[0]
-        logger.warning("%s kept: %s; the next train into %s replaces it", output / PREVIOUS_DIR,
-                       reader, output)
-
-
-@contextlib.contextmanager
-def _unread(folder: Path) -> Iterator[None]:
-    """Hold ``folder`` (a kept run) alone while it is moved or deleted: ``previous_run_note``
-    tells users to evaluate or export it while the new run trains, and deleting it under them
-    left their metrics in a half-deleted folder. A ``TrainingError`` names the reader."""
-    if not folder.is_dir():
-        yield
-        return
-    from tfmmrec.training.trainer import run_lock
-
-    with run_lock(folder, "tfmmrec train"):
-        yield
+    """The run in ``output`` finished: the one it replaced (``previous/``) goes."""
+    for folder in (output / PREVIOUS_DIR, output / _STAGING_DIR):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def previous_run_note(output: Path) -> str:

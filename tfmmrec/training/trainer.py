@@ -29,9 +29,7 @@ import tensorflow as tf
 
 from tfmmrec.config import TrainConfig
 from tfmmrec.errors import ConfigError, TfmmrecError, TrainingError, first_line
-from tfmmrec.files import process_alive, writer_token
 from tfmmrec.training.checkpoint import UNREADABLE, VALUE_SUFFIX
-from tfmmrec.training.finished_run import previous_run_note
 from tfmmrec.training.strategy import (
     lost_workers_reported,
     num_workers,
@@ -163,113 +161,26 @@ def with_data_sharding(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-LOCK_FILE = ".lock"
-_SHARED_HELD: dict[Path, int] = {}  # run folders this process holds shared, and how often
-
-
 @contextlib.contextmanager
 def exclusive_run(output: Path) -> Iterator[None]:
-    """Hold ``output/.lock`` alone for a training run: two runs writing one
-    ``train.output_dir`` at once would leave the checkpoints of one and the record of the
-    other, and a run moving a finished run aside under an ``evaluate`` reading it left the old
-    model's metrics beside the new one (a review's finding)."""
-    with run_lock(output, "tfmmrec train"):
-        yield
-
-
-@contextlib.contextmanager
-def shared_run(output: Path, holder: str) -> Iterator[None]:
-    """Hold ``output/.lock`` shared while ``holder`` (``tfmmrec evaluate``, a restore) reads
-    or writes the run in ``output``: any number of them at once, no training run meanwhile
-    (refused, naming ``holder``; and this one is refused while a training run holds it).
-    Reentrant within a process (``evaluate`` restores under its own hold); a missing folder is
-    neither created nor locked (it holds no run to protect)."""
-    key = Path(os.path.abspath(output))
-    if _SHARED_HELD.get(key):
-        _SHARED_HELD[key] += 1
-        try:
-            yield
-        finally:
-            _SHARED_HELD[key] -= 1
-        return
-    with run_lock(output, holder, shared=True):
-        _SHARED_HELD[key] = 1
-        try:
-            yield
-        finally:
-            del _SHARED_HELD[key]
-
-
-@contextlib.contextmanager
-def run_lock(output: Path, holder: str, *, shared: bool = False) -> Iterator[None]:
-    """The one lock on a run folder (``exclusive_run``, ``shared_run``): an OS lock
-    (``flock``) on ``output/.lock``, so a command that dies, however it dies, releases it;
-    where the OS has none, nothing is locked. Each holder appends ``<pid> <machine> <holder>``
-    to the file, so a refused command can name the one in its way."""
+    """Hold ``output/.lock`` for a training run: two runs writing one ``train.output_dir``
+    at once would leave the checkpoints of one and the record of the other. An OS lock
+    (``flock``), so a run that dies, however it dies, releases it; where the OS has none,
+    nothing is locked."""
     try:
         import fcntl
     except ImportError:  # not POSIX
         yield
         return
-    output = Path(output)
-    lock = output / LOCK_FILE
-    if shared and not output.is_dir():
-        yield
-        return
-    if not shared:
-        output.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = open(lock, "a+")  # noqa: SIM115 (closed below)
-    except OSError:
-        if not shared:
-            raise
-        if not lock.is_file():  # a read-only run folder that no run trains in
-            yield
-            return
-        handle = open(lock)  # noqa: SIM115 (closed below)
-    with handle:
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / ".lock", "a") as handle:
         try:
-            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _refusal(output, shared, _lock_holder(lock)) from None
-        if handle.writable():
-            with contextlib.suppress(OSError):
-                if not shared:  # alone: the lines of earlier holders are history
-                    handle.truncate(0)
-                os.write(handle.fileno(), f"{os.getpid()} {writer_token()} {holder}\n".encode())
+            raise TrainingError(f"another training run is writing to train.output_dir={output} "
+                                f"(it holds {output / '.lock'}): wait for it to finish, or "
+                                "choose another train.output_dir") from None
         yield
-
-
-def _lock_holder(lock: Path) -> str | None:
-    """``<holder> (pid N)`` of the newest holder recorded in ``lock`` that may still run (a
-    process of this machine that runs, or any of another machine), another process's before
-    this one's (its own line may be from a hold it has released); None if none may."""
-    try:
-        lines = lock.read_text().splitlines()
-    except OSError:
-        return None
-    candidates = []
-    for line in reversed(lines):
-        pid, machine, holder = [*line.split(" ", 2), "", ""][:3]
-        if pid.isdigit() and holder and (machine != writer_token() or process_alive(int(pid))):
-            candidates.append((machine == writer_token() and int(pid) == os.getpid(),
-                               f"{holder} (pid {pid})"))
-    return min(candidates, key=lambda candidate: candidate[0])[1] if candidates else None
-
-
-def _refusal(output: Path, shared: bool, holder: str | None) -> TrainingError:
-    """One line: which command holds ``output`` and what to do."""
-    lock = output / LOCK_FILE
-    if shared:
-        return TrainingError(f"{holder or 'a training run'} is writing to train.output_dir="
-                             f"{output} (it holds {lock}): try again once it finishes"
-                             f"{previous_run_note(output)}")
-    if holder is None or holder.startswith("tfmmrec train "):
-        return TrainingError(f"another training run is writing to train.output_dir={output} "
-                             f"({f'{holder}; ' if holder else ''}it holds {lock}): wait for it "
-                             "to finish, or choose another train.output_dir")
-    return TrainingError(f"{holder} is reading the run in {output} (it holds {lock}): train "
-                         "once it finishes, or choose another train.output_dir")
 
 
 def check_writable(directory: Path, what: str = "train.output_dir",
@@ -387,9 +298,10 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
     decision must be the same on every worker, and their clocks differ.
     """
 
-    def __init__(self, backup_dir: str, min_seconds: float):
+    def __init__(self, backup_dir: str, min_seconds: float, delete_on_train_end: bool = True):
         super().__init__(backup_dir)
         self.min_seconds = float(min_seconds)
+        self.delete_on_train_end = delete_on_train_end
         self._last = 0.0
         self._streams: tf.train.CheckpointManager | None = None
 
@@ -457,6 +369,15 @@ class PeriodicBackup(tf.keras.callbacks.BackupAndRestore):
             self._last = now
 
     def on_train_end(self, logs=None):
+        """Deletes the backup, as Keras' does, unless ``delete_on_train_end`` is off: in a run
+        the caller's callbacks may still change the weights as training ends
+        (``EarlyStopping(restore_best_weights=True)``), so ``FinalCheckpoint`` saves them, then
+        calls :meth:`finish`, and a kill in between still finds the backup."""
+        if self.delete_on_train_end:
+            self.finish(logs)
+
+    def finish(self, logs=None) -> None:
+        """Delete the backup, once the final checkpoint is on disk."""
         super().on_train_end(logs)  # deletes Keras' backup
         if self._streams is not None:
             with contextlib.suppress(tf.errors.NotFoundError):
@@ -509,9 +430,10 @@ class FinalCheckpoint(tf.keras.callbacks.ModelCheckpoint):
     is kept for its multi-worker file handling (only the chief's copy lands).
     """
 
-    def __init__(self, filepath: str):
+    def __init__(self, filepath: str, backup: PeriodicBackup | None = None):
         super().__init__(filepath, save_weights_only=True)
         self._finished = (0, {})
+        self.backup = backup
 
     def on_epoch_end(self, epoch, logs=None):
         self._finished = (epoch, logs)
@@ -520,6 +442,8 @@ class FinalCheckpoint(tf.keras.callbacks.ModelCheckpoint):
         epoch, logs = self._finished
         self.epochs_since_last_save = self.period
         self._save_model(epoch=epoch, batch=None, logs=logs)
+        if self.backup is not None:  # the final weights on disk, the backup can go
+            self.backup.finish(logs)
 
 
 def optimizer(config: TrainConfig, replicas: int = 1) -> tf.keras.optimizers.Optimizer:
@@ -585,6 +509,9 @@ def fit(build_model: Callable[[], tf.keras.Model],
         endless = parameter_server or dataset.cardinality() == tf.data.INFINITE_CARDINALITY
         throughput = _Throughput(steps * config.batch_size if endless and not steps_per_epoch
                                  else num_examples)
+        backup = PeriodicBackup(str(output / "backup"),
+                                config.backup_seconds if num_workers() == 1 else 0.0,
+                                delete_on_train_end=False)
         history = model.fit(
             dataset,
             epochs=config.epochs,
@@ -594,17 +521,14 @@ def fit(build_model: Callable[[], tf.keras.Model],
                 StopOnNonFiniteLoss(config.learning_rate),
                 *([EpochLine(config.epochs, throughput.examples_per_epoch)]
                   if config.verbose == 1 else []),
-                # the caller's before the checkpoint: one that ends training may set the
-                # weights it ends with (EarlyStopping's restore_best_weights), which are the
-                # trained model, on disk as in memory
-                *callbacks,
-                # before the backup: its on_train_end deletes the backup, so the final weights
-                # are on disk first
-                FinalCheckpoint(str(latest)),
-                PeriodicBackup(str(output / "backup"),
-                               config.backup_seconds if num_workers() == 1 else 0.0),
+                backup,  # restored before the caller's callbacks begin, saved before they end
                 tf.keras.callbacks.TensorBoard(str(output / "logs"), profile_batch=0),
                 throughput,
+                *callbacks,
+                # last: a caller's callback may end training on other weights
+                # (EarlyStopping's restore_best_weights), the trained model, on disk as in
+                # memory; it deletes the backup once they are written
+                FinalCheckpoint(str(latest), backup),
             ],
         )
     return TrainResult(model=model, output_dir=output, checkpoint=latest,
