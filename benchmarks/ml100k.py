@@ -83,7 +83,9 @@ HEADLINE = {"A": "top_k_accuracy@100", "B": "recall@20", "C": "recall@20"}
 COLUMNS = ["top_k_accuracy@100", "recall@10", "recall@20", "ndcg@20"]
 COLUMN_NAMES = {"top_k_accuracy@100": "top-100 acc", "recall@10": "Recall@10",
                 "recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
-NO_CONTENT = ["text.enabled=false", "image.enabled=false", "facets.enabled=false"]
+# without the text tower there are no frozen text features for query_text to search
+NO_TEXT = ["text.enabled=false", "facets.enabled=false", "export.text_search_weight=0"]
+NO_CONTENT = [*NO_TEXT, "image.enabled=false"]
 
 @dataclass(frozen=True)
 class Row:
@@ -134,8 +136,7 @@ def rows_for(protocol: str) -> list[Row]:
     rows += [
         Row(TEXT, "tfmmrec", ("image.enabled=false",), main=protocol == "B"),
         # facets are text (the year and genre columns): off with it
-        Row(IMAGE, "tfmmrec", ("text.enabled=false", "facets.enabled=false"),
-            main=protocol == "B"),
+        Row(IMAGE, "tfmmrec", tuple(NO_TEXT), main=protocol == "B"),
         Row(DEFAULT, "tfmmrec", (), main=True),
         Row(NO_LINEAR_CF, "tfmmrec", ("model.linear_cf=none",)),
     ]
