@@ -31,12 +31,11 @@ SCRIPT = """
     from tfmmrec.config import load_config
     from tfmmrec.training.strategy import make_strategy
 
-    results = {}
-    for task in ("regression", "listwise", "binary"):
-        config = load_config(sys.argv[1], [f"ranking.task={task}"])
-        ws = pipeline.prepare(config, progress=False)
-        batch = next(iter(pipeline.training_dataset(ws)[0]))
-        strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    strategy = make_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+
+    def mirrored_and_alone(*overrides):
+        # a first batch, a model on two replicas (learning rate 0), the same weights on one
+        ws = pipeline.prepare(load_config(sys.argv[1], list(overrides)), progress=False)
         with strategy.scope():
             model = pipeline.build_model(ws)
             model.build_from_example()
@@ -44,6 +43,11 @@ SCRIPT = """
         alone = pipeline.build_model(ws)
         alone.build_from_example()
         alone.set_weights(model.get_weights())
+        return next(iter(pipeline.training_dataset(ws)[0])), model, alone
+
+    results = {}
+    for task in ("regression", "listwise", "binary"):
+        batch, model, alone = mirrored_and_alone(f"ranking.task={task}")
         logs = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0).history
         alone.ranking_loss.reset_state()
         alone.compute_loss(batch, training=True)
@@ -52,16 +56,7 @@ SCRIPT = """
                          "alone": float(alone.ranking_loss.result())}
     # a short batch split unevenly (3 rows: 2 and 1) or leaving a replica empty (1 row), on a
     # ranking-only model (the retrieval loss needs a row on every replica)
-    config = load_config(sys.argv[1], ["ranking.retrieval_weight=0"])
-    ws = pipeline.prepare(config, progress=False)
-    batch = next(iter(pipeline.training_dataset(ws)[0]))
-    with strategy.scope():
-        model = pipeline.build_model(ws)
-        model.build_from_example()
-        model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
-    alone = pipeline.build_model(ws)
-    alone.build_from_example()
-    alone.set_weights(model.get_weights())
+    batch, model, alone = mirrored_and_alone("ranking.retrieval_weight=0")
     for rows in (3, 1):
         short = {k: v[:rows] for k, v in batch.items()}
         logged = model.evaluate(tf.data.Dataset.from_tensors(short), verbose=0,
