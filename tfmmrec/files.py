@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+
 Writer = Callable[[IO[bytes]], Any]
 
 
@@ -310,11 +312,6 @@ def _remove(tmp: str, remote: bool) -> None:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process: temp paths of live writers are never cleaned up."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether ``pid`` is a live process: temp paths of live writers are never cleaned up.
+    psutil asks each OS its own way (``os.kill(pid, 0)`` would terminate it on Windows)."""
+    return psutil.pid_exists(pid)
