@@ -15,6 +15,7 @@ EXPECTED = {
     "export_model": "tfmmrec.pipeline", "load_dataset": "tfmmrec.data.dataset",
     "build_demo_dataset": "tfmmrec.data.demo", "RetrievalModel": "tfmmrec.models.retrieval",
     "quiet_output": "tfmmrec._env", "show_progress": "tfmmrec._env",
+    "class_reference": "tfmmrec.references",
 }
 
 

@@ -31,6 +31,7 @@ _LAZY = {
     "load_dataset": "tfmmrec.data.dataset",
     "build_demo_dataset": "tfmmrec.data.demo",
     "RetrievalModel": "tfmmrec.models.retrieval",
+    "class_reference": "tfmmrec.references",
 }
 
 __all__ = [

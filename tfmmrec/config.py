@@ -23,6 +23,7 @@ import dacite
 import yaml
 
 from tfmmrec.errors import ConfigError
+from tfmmrec.references import REFERENCE
 
 logger = logging.getLogger(__name__)
 
@@ -427,8 +428,16 @@ class ModelConfig(ConfigSection):
     # negatives: full and history_dropout > 0; train.batch_size still counts interactions
     # (the users per batch hold about that many hidden entries).
     objective: Literal["interactions", "users"] = "interactions"
+    # The model's class: "" is the library's RetrievalModel (MultitaskModel with
+    # ranking.enabled); "module:QualName" names a subclass of it (its compute_loss, the TFRS
+    # extension point, is what trains), imported wherever the model is built: train, restore,
+    # every CLI command (tfmmrec.class_reference(MyModel) writes the name).
+    model_class: str = ""
 
     def __post_init__(self) -> None:
+        _check(not self.model_class or bool(REFERENCE.fullmatch(self.model_class)),
+               "model.model_class", self.model_class,
+               '"" (the library\'s model) or "module:QualName" of a RetrievalModel subclass')
         _check_choice("model.training_precision", self.training_precision,
                       ("float32", "bfloat16"))
         _check_choice("model.objective", self.objective, ("interactions", "users"))

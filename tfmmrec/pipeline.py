@@ -41,13 +41,14 @@ from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.files import write_json
 from tfmmrec.modalities import settings_from_config
 from tfmmrec.modalities import specs as modality_specs
+from tfmmrec.models.classes import model_class
 from tfmmrec.models.ranking import (
-    MultitaskModel,
     ranking_only_note,
     rating_targets,
     sample_lists,
 )
 from tfmmrec.models.retrieval import RetrievalModel
+from tfmmrec.references import only_this_process
 from tfmmrec.towers.cache import (
     CacheStats,
     ModalityContent,
@@ -322,10 +323,11 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
     if model_config.objective != "interactions":  # the ranking models take no objective
         kwargs["objective"] = model_config.objective
     ranking = ws.config.ranking
+    cls = model_class(model_config.model_class, ranking.enabled)
     if not ranking.enabled:
-        model = RetrievalModel(*args, **kwargs)
+        model = cls(*args, **kwargs)
     else:
-        model = MultitaskModel(
+        model = cls(
             *args, **kwargs, ranking_task=ranking.task, retrieval_weight=ranking.retrieval_weight,
             ranking_weight=ranking.ranking_weight, deep_layers=ranking.deep_layers,
             cross_layers=ranking.cross_layers, cross_projection_dim=ranking.cross_projection_dim,
@@ -633,6 +635,7 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
     # the same backup to resume from, or one line on each (nothing under one process)
     agree(config, strategy, RESUME_FIELDS)
     check_linear_cf_choices(config)
+    _check_model_class(config)
     tf.keras.utils.set_random_seed(config.train.seed)
     ws = workspace.with_config(config) if workspace is not None else \
         prepare(config, progress=progress)
@@ -1021,6 +1024,20 @@ def restore(run_dir: str | os.PathLike | None = None,
     model.build_from_example()
     load_exactly(model, prefix)
     return model, ws
+
+
+def _check_model_class(config: Config) -> None:
+    """Import ``model.model_class`` before any data is read (a one-line ``ConfigError`` if it
+    cannot be), and say when only this process can rebuild it: the run then restores here
+    (``tfmmrec.restore``, ``tfmmrec.export_model``), not from the ``tfmmrec`` command."""
+    reference = config.model.model_class
+    model_class(reference, config.ranking.enabled)
+    where = only_this_process(reference) or (
+        "defined in the script run as __main__" if reference.startswith("__main__:") else None)
+    if where:
+        logger.warning("model.model_class=%r is %s: only this process can rebuild the run's "
+                       "model (tfmmrec evaluate/export cannot import it); define it in a "
+                       "module to restore the run anywhere", reference, where)
 
 
 def check_restorable(run_dir: str | os.PathLike | None = None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import importlib
 import logging
 import os
 import stat
@@ -29,6 +28,7 @@ import tensorflow as tf
 from tfmmrec.data.media import DEFAULT_LIMITS, OfflineLimits
 from tfmmrec.errors import ConfigError, MediaDecodeError, ServingError
 from tfmmrec.files import file_digest
+from tfmmrec.references import import_reference
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config, DataConfig, ServingLimitsConfig
@@ -123,8 +123,7 @@ class ModalitySpec(abc.ABC):
 
     def encoder_function(self):
         """The function ``encoder_builder`` names, imported on first use."""
-        module, _, function = self.encoder_builder.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return import_reference(self.encoder_builder)
 
     # --- the items table ----------------------------------------------------------------
     @abc.abstractmethod

@@ -8,10 +8,8 @@ in plans and manifests.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +17,7 @@ from tfmmrec import config as _config
 from tfmmrec.data import media
 from tfmmrec.errors import ConfigError
 from tfmmrec.modalities.base import OFFLINE_LIMITS, ModalitySpec, decode_limits
+from tfmmrec.references import class_reference, import_reference, only_this_process
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config
@@ -81,7 +80,7 @@ def specs() -> Iterator[ModalitySpec]:
 def reference(spec: ModalitySpec) -> str:
     """``"module:QualName"`` of ``spec``'s class: how another process (a ``prepare`` worker, a
     Beam worker) imports and registers the same modality (:func:`require`)."""
-    return f"{type(spec).__module__}:{type(spec).__qualname__}"
+    return class_reference(type(spec))
 
 
 def references() -> list[str]:
@@ -93,11 +92,7 @@ def check_importable(refs: Sequence[str]) -> None:
     """Refuse, before any worker starts, a spec class that no other process can import: one
     defined inside a function, or in an interactive ``__main__`` (a notebook, ``python -c``)."""
     for ref in refs:
-        module, _, qualname = ref.partition(":")
-        interactive = module == "__main__" and not getattr(sys.modules.get("__main__"),
-                                                           "__file__", None)
-        if "<locals>" in qualname or interactive:
-            where = "defined interactively" if interactive else "defined in a function"
+        if where := only_this_process(ref):
             raise ConfigError(f"modality spec {ref} cannot be imported by a worker process "
                               f"({where}): define it at the top level of an importable module "
                               "(or a script file), or run with one worker (--workers 1)")
@@ -112,11 +107,8 @@ def require(refs: Sequence[str]) -> None:
     for ref in refs:
         if ref in here:  # registered in this process (the planning one, or a worker again)
             continue
-        module_name, _, qualname = ref.partition(":")
         try:
-            cls: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                cls = getattr(cls, part)
+            cls: Any = import_reference(ref)
         except Exception as exc:  # any import failure: say which spec
             raise ConfigError(
                 f"modality spec {ref} cannot be imported in process {os.getpid()} "
