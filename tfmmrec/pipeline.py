@@ -1089,6 +1089,7 @@ def check_restorable(run_dir: str | os.PathLike | None = None,
                      hint=f"evaluate/export the run with the config it was trained with "
                           f"(--config {run / CONFIG_FILE}, without --set overrides of those "
                           "fields), or train a new run")
+    model_class(config.model.model_class, config.ranking.enabled)  # importable here, or say so
     return prefix, config
 
 

@@ -5,6 +5,7 @@ pipeline (its ``compute_loss``), and a restore rebuilds that class; bad names ar
 from __future__ import annotations
 
 import pytest
+import yaml
 
 import tfmmrec
 from tests.conftest import derive_config
@@ -88,3 +89,17 @@ def test_a_class_in_main_trains_with_a_warning_that_only_this_process_restores(m
         pipeline._check_model_class(load_config(None, [
             f"model.model_class={tfmmrec.class_reference(ConstantLossModel)}"]))
     assert not caplog.text
+
+
+def test_a_run_whose_class_cannot_be_imported_is_refused_before_its_data_is_read(
+        tiny_config, tiny_trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_trained.output_dir, run)
+    for path in (run / "checkpoints" / "model.yaml", run / "config.yaml"):  # as trained
+        saved = yaml.safe_load(path.read_text())
+        saved["model"]["model_class"] = "gone_pkg:Model"
+        path.write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match=r"model\.model_class='gone_pkg:Model' cannot be "):
+        pipeline.check_restorable(run)
