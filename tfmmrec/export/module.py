@@ -120,7 +120,7 @@ class ServingTowers(tf.Module):
         # Preprocessing settings (image_size, max_seconds, ...), the registry's defaults unless
         # given; read-only (a plain dict would be wrapped into a trackable).
         self.settings = MappingProxyType(modalities.resolve_settings(dict(settings or {})))
-        ids = np.asarray(training_item_ids).astype(str)
+        ids = np.asarray(utf8_texts(training_item_ids), dtype=object)
         self.training_item_ids = tf.Variable(ids, trainable=False, name="training_item_ids")
         self.num_training_items = len(ids)
         # Training id → position: sorted id hashes in variables, like the served ids (a hash
@@ -458,9 +458,9 @@ class RetrievalServingModule(tf.Module):
         # cost 0.8 s of every catalogue update).
         self.training_index = None
         if self.max_seen:
-            training = pd.Index(towers.training_item_ids.numpy().astype(str))
+            training = pd.Index(utf8_texts(towers.training_item_ids.numpy()))
             self.training_index = catalog_variable(
-                training.get_indexer(ids.astype(str)).astype(np.int64), "training_index")
+                training.get_indexer(utf8_texts(ids)).astype(np.int64), "training_index")
         self.max_exclude = max_exclude
         # embed_items' own batch limit (the other signatures' is the towers'): the export's
         # limits unless given (a catalogue update passes the version's recorded value).
@@ -1007,3 +1007,11 @@ def query_with_history(query_tower: QueryTower, user_id, items: tf.RaggedTensor,
                          "(model.user_history)")
     return query_tower(user_id, item_embedder=item_embedder, training=False,
                        history=(items, weights))
+
+
+def utf8_texts(ids) -> list[str]:
+    """Ids as ``str``, bytes (a string tensor's ``.numpy()``) decoded as UTF-8: numpy's
+    ``astype(str)`` decodes them as ASCII (an export with ``exclude_seen`` and an id such as
+    ``café`` failed) and drops an id's trailing NULs."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v)
+            for v in np.asarray(ids, dtype=object).ravel()]
