@@ -167,3 +167,21 @@ def test_top_k_accuracy_at_a_k_reaching_the_catalogue_is_left_out_of_the_table()
     assert not {"top_k_accuracy@50", "top_k_accuracy@100"} & set(metrics)
     table = format_table({"random": metrics}, ["recall@5", "top_k_accuracy@100"])
     assert table.splitlines()[-1].endswith(f"| {MISSING} |")
+
+
+def test_top_k_accuracy_leaves_out_the_test_rows_the_user_trained_on():
+    """Like recall, it measures the scored rows: a ``--test`` file holding the training rows
+    too raised top_k_accuracy@1 (each trained row was its own answer) while recall and the
+    note's row count stayed."""
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(len(USERS), 4)).astype(np.float32)
+    items = rng.normal(size=(NUM_ITEMS, 4)).astype(np.float32)
+    test = frame([("u0", 6), ("u1", 7), ("u2", 8)])
+    # each user's top item is a training item of theirs, so the trained rows would count at @1
+    for user, row in enumerate(TRAIN.groupby("user_id")["item_index"].first()):
+        items[row] = queries[user] * 10
+    plain = evaluate_embeddings(queries, items, Split("supplied", TRAIN, test), USERS, [5])
+    with_trained = evaluate_embeddings(
+        queries, items, Split("supplied", TRAIN, pd.concat([test, TRAIN], ignore_index=True)),
+        USERS, [5])
+    assert with_trained == plain

@@ -206,11 +206,15 @@ def evaluate_embeddings(query_embeddings: np.ndarray, item_embeddings: np.ndarra
     result = evaluate_ranking(query_embeddings, item_embeddings, test, exclude=train, ks=ks,
                               candidates=candidates, batch_size=batch_size, item_bias=item_bias)
     metrics = result.to_dict()
-    if candidates is None:
-        rows = _user_rows(split.test, np.asarray(user_ids).astype(str))
+    # the rows the other metrics score (unscored_note): a test row the user trained on would
+    # be its own answer
+    scored = scored_rows(split, user_ids, num_items) if candidates is None else None
+    if scored is not None and scored.any():
+        rows = _user_rows(split.test, np.asarray(user_ids).astype(str))[scored]
         metrics.update(top_k_accuracy(query_embeddings[rows], item_embeddings,
-                                      split.test["item_index"].to_numpy(), ks=TOP_K_ACCURACY_KS,
-                                      batch_size=batch_size, item_bias=item_bias))
+                                      split.test["item_index"].to_numpy()[scored],
+                                      ks=TOP_K_ACCURACY_KS, batch_size=batch_size,
+                                      item_bias=item_bias))
     return metrics
 
 
