@@ -182,6 +182,27 @@ def test_supplied_test_set_and_candidates_are_checked_and_indexed(tmp_path):
         load_candidates(tmp_path / "bad.txt", dataset.catalog)
 
 
+def test_a_supplied_test_file_with_a_split_column_scores_its_test_rows_only(tmp_path, caplog):
+    """interactions.csv itself passed as --test: its validation rows (what tuned choices were
+    made on) and train rows were scored as test rows, the column silently ignored."""
+    from tfmmrec.data.dataset import load_test_interactions
+
+    dataset = load(make_folder(tmp_path / "d"))
+    (tmp_path / "test.csv").write_text("user_id,item_id,split\nu1,i1,train\nu2,i2, Test\n"
+                                       "u1,i3,validation\nu2,i3,test\nu1,i2,train\n")
+    with caplog.at_level("WARNING"):
+        test = load_test_interactions(tmp_path / "test.csv", dataset)
+    assert test.values.tolist() == [["u2", "i2", 1], ["u2", "i3", 2]]
+    assert "scoring its 2 row(s) whose split column says test; 2 train, 1 validation left " \
+           "out" in caplog.text
+    (tmp_path / "none.csv").write_text("user_id,item_id,split\nu1,i1,train\nu1,i3,validation\n")
+    with pytest.raises(DataError, match=r"none\.csv: no row's split column says test \(of 2 "):
+        load_test_interactions(tmp_path / "none.csv", dataset)
+    (tmp_path / "bad.csv").write_text("user_id,item_id,split\nu1,i1,test\nu1,i3,tset\n")
+    with pytest.raises(DataError, match=r"bad\.csv.*line 3"):
+        load_test_interactions(tmp_path / "bad.csv", dataset)
+
+
 def test_a_supplied_test_set_drops_rows_below_min_rating_as_interactions_csv_does(tmp_path):
     """``data.min_rating`` says which ratings are positives: a test row rated below it was
     scored as a hit the model should find (it was kept whatever its rating)."""

@@ -284,12 +284,7 @@ def _load_interactions(root: Path, catalog: Catalog, config: DataConfig,
     if "timestamp" in frame.columns:
         frame["timestamp"] = validate.require_timestamps(frame, path, "timestamp")
     if SPLIT_COLUMN in frame.columns:
-        empty = frame.index[frame[SPLIT_COLUMN].astype("string").str.strip().fillna("") == ""]
-        if len(empty):  # else named as "got nan", which reads like a value someone wrote
-            raise DataError(f"{path}: {SPLIT_COLUMN} must be one of {', '.join(SPLIT_VALUES)}, "
-                            f"got an empty split value at "
-                            f"{validate.row_label(path, empty[0])} ({len(empty)} empty)")
-        frame[SPLIT_COLUMN] = validate.require_choice(frame, path, SPLIT_COLUMN, SPLIT_VALUES)
+        frame[SPLIT_COLUMN] = _split_values(frame, path)
         if config.split != "given":
             logger.warning("%s has a %s column, ignored because data.split=%s; set data.split: "
                            "given to use it", path, SPLIT_COLUMN, config.split)
@@ -330,6 +325,8 @@ def load_test_interactions(path: str | Path, dataset: Dataset, duplicates: str =
     path = Path(path).expanduser()
     frame = validate.read_table(path, id_columns=["user_id", "item_id"])
     validate.require_columns(frame, path, ["user_id", "item_id"])
+    if SPLIT_COLUMN in frame.columns:  # interactions.csv itself, say: its test rows, below
+        frame[SPLIT_COLUMN] = _split_values(frame, path)
     validate.require_no_missing_ids(frame, path, "user_id")
     validate.require_no_missing_ids(frame, path, "item_id")
     known = pd.Index(dataset.catalog.item_ids)
@@ -352,6 +349,8 @@ def load_test_interactions(path: str | Path, dataset: Dataset, duplicates: str =
         if not kept.any():
             raise DataError(f"{path}: no row has rating >= data.min_rating={min_rating:g}")
         frame = frame[kept]
+    if SPLIT_COLUMN in frame.columns:
+        frame = _test_rows(frame, path)
     rating = frame["rating"].to_numpy(np.float64) if "rating" in frame.columns else None
     frame = frame[["user_id", "item_id"]].astype(object).reset_index(drop=True)
     frame["item_index"] = known.get_indexer(frame["item_id"]).astype(np.int64)
@@ -360,6 +359,34 @@ def load_test_interactions(path: str | Path, dataset: Dataset, duplicates: str =
     frame.attrs["source"] = path
     frame.attrs["below_min_rating"] = below
     return frame
+
+
+def _split_values(frame: pd.DataFrame, path: Path) -> pd.Series:
+    """The split column, each value one of ``SPLIT_VALUES`` (an empty one named as such)."""
+    empty = frame.index[frame[SPLIT_COLUMN].astype("string").str.strip().fillna("") == ""]
+    if len(empty):  # else named as "got nan", which reads like a value someone wrote
+        raise DataError(f"{path}: {SPLIT_COLUMN} must be one of {', '.join(SPLIT_VALUES)}, "
+                        f"got an empty split value at "
+                        f"{validate.row_label(path, empty[0])} ({len(empty)} empty)")
+    return validate.require_choice(frame, path, SPLIT_COLUMN, SPLIT_VALUES)
+
+
+def _test_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A test file's rows whose (checked) split column says test: its validation rows are
+    what tuned choices were made on, and were scored as test rows when the column was
+    ignored; its train rows the model trained on."""
+    split = frame[SPLIT_COLUMN]
+    test = (split == "test").to_numpy()
+    if not test.any():
+        raise DataError(f"{path}: no row's {SPLIT_COLUMN} column says test (of {len(frame)} "
+                        "rows): pass a file of test interactions, or drop the column to score "
+                        "every row")
+    if not test.all():
+        counts = split[~test].value_counts()
+        logger.warning("%s: scoring its %d row(s) whose %s column says test; %s left out", path,
+                       int(test.sum()), SPLIT_COLUMN,
+                       ", ".join(f"{counts[v]} {v}" for v in SPLIT_VALUES if v in counts))
+    return frame[test]
 
 
 def read_candidate_ids(path: str | Path) -> list[tuple[int, str]]:
