@@ -280,6 +280,14 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
                     name="linear_cf")
 
 
+def untrained_users(ws: Workspace) -> list[str]:
+    """The users of the vocabulary without a training interaction in ``ws.split`` (test-only
+    users, users only ``users.csv`` names): the query tower gives them the unknown user's id
+    row, not their own never-trained one. (Python strings: numpy's drop trailing NULs.)"""
+    trained = set(ws.split.train["user_id"].astype(str))
+    return [user for user in map(str, ws.user_ids) if user not in trained]
+
+
 def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
     """The retrieval model for a workspace (call inside the strategy scope).
     ``fit_linear_cf=False`` skips the closed-form fit (the weights are restored next)."""
@@ -304,7 +312,7 @@ def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
         feature_columns=ws.dataset.user_feature_columns if users is not None else (),
         history=user_history(ws), id_dropout=model_config.user_id_dropout,
         history_encoder=history_encoder(ws), user_id_embedding=model_config.user_id_embedding,
-        linear_cf=cf, name="query_tower")
+        linear_cf=cf, untrained_user_ids=untrained_users(ws), name="query_tower")
     table = ItemContentTable({m: c.values for m, c in ws.contents.items()},
                              {m: c.mask for m, c in ws.contents.items()}, name="item_content")
     probability = item_sampling_probability(ws) if model_config.logq_correction else None

@@ -245,6 +245,27 @@ def test_unknown_users_share_the_out_of_vocabulary_embedding():
     assert not np.allclose(out[0], out[2]) and not np.allclose(out[2], out[3])
 
 
+def test_an_untrained_user_gets_the_unknown_users_id_row_and_keeps_its_features():
+    """A test-only user (or one only users.csv names) has a vocabulary row no training step
+    reads: it was served from that random row, unlike any unknown user."""
+    plain = query_tower(users=USERS, feature_columns=["age", "occupation"])
+    tower = query_tower(users=USERS, feature_columns=["age", "occupation"],
+                        untrained_user_ids=np.array(["u2"], dtype=object))
+    ids = tf.constant(["u2", "nobody", "u1", "u3"])
+    plain(ids), tower(ids)  # built
+    tower.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(tower.id_rows.numpy(), [0, 1, 0, 3])
+    # u2's own features with the unknown id row: as plain's u2 with that row's weights put in
+    weights = plain.id_embedding.get_weights()[0].copy()
+    weights[2] = weights[0]
+    plain.id_embedding.set_weights([weights])
+    np.testing.assert_array_equal(tower(ids).numpy(), plain(ids).numpy())
+    assert not np.array_equal(tower(ids).numpy()[0], tower(ids).numpy()[1])  # features differ
+    tower_checks.check_config_round_trip(tower, [ids])
+    with pytest.raises(ValueError, match=r"untrained_user_ids \['u9'\] are not in user_ids"):
+        query_tower(untrained_user_ids=["u9"])
+
+
 def test_a_python_list_of_user_ids_embeds_as_the_tensor_of_them_does():
     tower = query_tower()
     expected = tower(tf.constant(["u2", "nobody"])).numpy()

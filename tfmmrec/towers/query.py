@@ -54,6 +54,10 @@ class QueryTower(tf.keras.layers.Layer):
         history encoder's table): ``x_u P`` is appended to the normalised embedding at
         inference, so the query is ``[d + k]`` and its dot product with an item adds the
         weighted EASE score (training steps see the learned ``[d]`` part only).
+      untrained_user_ids: users of the vocabulary without a training interaction (a
+        test-only user, one only ``users.csv`` names): their id rows are never trained, so
+        their id embedding is the unknown user's (row 0, which user-id dropout trains); their
+        features still count.
       feature_tables: instead of ``users``/``feature_columns``, the per-user feature rows
         they produce, aligned with the lookup (row 0: unknown user): ``{"categorical":
         {column: codes [U + 1]}, "numeric": [U + 1, n] or None}`` (what ``get_config``
@@ -65,6 +69,7 @@ class QueryTower(tf.keras.layers.Layer):
                  id_dropout: float = 0.0, id_dim: int | None = None,
                  history_encoder: HistoryEncoder | None = None, user_id_embedding: bool = True,
                  linear_cf: LinearCF | None = None,
+                 untrained_user_ids: Sequence[str] = (),
                  feature_tables: Mapping[str, Any] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.dim = arguments.positive_int("dim", dim)
@@ -93,6 +98,12 @@ class QueryTower(tf.keras.layers.Layer):
         self.id_embedding = None
         if user_id_embedding:
             self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
+        self.untrained_user_ids = _untrained(untrained_user_ids, vocabulary)
+        self.id_rows = None  # vocabulary index → id-embedding row (untrained users: row 0)
+        if self.untrained_user_ids:
+            rows = np.arange(len(vocabulary) + 1, dtype=np.int64)
+            rows[self.lookup(self.untrained_user_ids).numpy()] = 0
+            self.id_rows = tf.constant(rows)
         self.history_encoder = history_encoder
         if linear_cf is not None and history_encoder is None:
             raise ValueError("linear_cf reads the user's history: it needs a history_encoder")
@@ -118,6 +129,7 @@ class QueryTower(tf.keras.layers.Layer):
         return {**super().get_config(), "user_ids": list(self.vocabulary), "dim": self.dim,
                 "id_dropout": self.id_dropout, "id_dim": self.id_dim,
                 "user_id_embedding": self.id_embedding is not None, "history": history,
+                "untrained_user_ids": list(self.untrained_user_ids),
                 "feature_tables": {
                     "categorical": {name: table.numpy().tolist()
                                     for name, table in self.categorical.items()},
@@ -178,7 +190,7 @@ class QueryTower(tf.keras.layers.Layer):
     def _embed(self, index, pooled_history, item_embedder, training) -> tf.Tensor:
         """The learned, normalised query from every input but the history encoder, whose
         output (``pooled_history``, or None without one) is passed in."""
-        ids = index
+        ids = index if self.id_rows is None else tf.gather(self.id_rows, index)
         if training and self.id_dropout > 0:
             hidden = self.noise.uniform(tf.shape(index)) < self.id_dropout
             ids = tf.where(hidden, tf.zeros_like(index), index)
@@ -226,6 +238,17 @@ def _vocabulary(user_ids: Any) -> list[str]:
         raise ValueError("user_ids is empty: the query tower needs the known users' ids")
     arguments.names("user_ids", vocabulary)  # each id once
     return vocabulary
+
+
+def _untrained(user_ids: Any, vocabulary: Sequence[str]) -> tuple[str, ...]:
+    """``untrained_user_ids`` as distinct strings of the vocabulary (a stray id would silently
+    map nothing)."""
+    if isinstance(user_ids, Iterable) and not isinstance(user_ids, str | bytes):
+        user_ids = [str(u) for u in user_ids]  # numpy's object ids, as the vocabulary's
+    ids = arguments.names("untrained_user_ids", user_ids)
+    if stray := sorted(set(ids) - set(vocabulary))[:5]:
+        raise ValueError(f"untrained_user_ids {stray} are not in user_ids")
+    return ids
 
 
 def _history(history: Any, num_users: int) -> np.ndarray | None:
