@@ -745,14 +745,19 @@ def mean_of(value) -> float:
     return float(value[0]) if isinstance(value, tuple | list) else float(value)
 
 
+ROUND_OFF = 1e-12  # of a target's mean over seeds (``check_targets``)
+
+
 def check_targets(results: dict, speed: dict | None) -> list[dict]:
     """Issue 11's targets (and issue 3's speed target), each with the measured value (means
     over seeds; ``std`` where the target is about a difference)."""
     checks = []
 
-    def add(text: str, value: float, threshold: float):
-        checks.append({"target": text, "value": value, "threshold": threshold,
-                       "met": value >= threshold})
+    def add(text: str, value: float, threshold: float, strict: bool = False):
+        # a mean over seeds carries float round-off: seeds at 0.3987, 0.4014 and 0.3999 (counts
+        # of 20,000 rows summing to exactly 0.40 × 3) average to 0.39999999999999997
+        met = value > threshold if strict else value >= threshold - ROUND_OFF
+        checks.append({"target": text, "value": value, "threshold": threshold, "met": met})
 
     def get(protocol, row, metric, index=0):
         value = results.get(protocol, {}).get(row, {}).get(metric)
@@ -785,7 +790,7 @@ def check_targets(results: dict, speed: dict | None) -> list[dict]:
             best, std = max(singles)
             spread = max(std, get("B", DEFAULT, r, 1))
             add(f"B: {DEFAULT} Recall@20 > best single modality + 1 std", get("B", DEFAULT, r),
-                best + spread + 1e-12)
+                best + spread, strict=True)
     if speed:
         add("speed: tfmmrec ≥ 15× the tutorial loop (examples/s)",
             speed["ratios"]["tfmmrec_vs_tutorial_as_written"], 15.0)

@@ -843,23 +843,3 @@ def test_a_config_derived_with_overrides_from_a_loaded_one_is_not_warned_about(
     config = load_config(None, ["train.early_stopping=true", "train.validation_carves=3"])
     load_config(config, ["train.early_stopping=false", "model.fusion_selection=none"])
     assert inert_warnings() == []
-
-
-def test_every_ml100k_benchmark_row_is_a_valid_config(monkeypatch):
-    """`python benchmarks/ml100k.py --protocol speed` (issue 15's command) died computing the
-    rows' fingerprints: the text-less ablation rows kept `configs/ml100k.yaml`'s
-    `export.text_search_weight: 1`, which needs the frozen text tower they switch off."""
-    import importlib.util
-    from types import SimpleNamespace
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ml100k.py"
-    monkeypatch.syspath_prepend(str(path.parent))  # its sibling modules (machine, ...)
-    spec = importlib.util.spec_from_file_location("ml100k_benchmark", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, benchmark)  # its dataclasses look it up
-    spec.loader.exec_module(benchmark)
-    args = SimpleNamespace(quick=False, overrides=[])
-    for protocol in ("A", "B", "C"):
-        for row in benchmark.rows_for(protocol):
-            if row.kind == "tfmmrec":
-                benchmark.protocol_config(args, protocol, row, 0)  # raises ConfigError if not
