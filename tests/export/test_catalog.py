@@ -28,7 +28,7 @@ from tfmmrec.errors import ConfigError, DataError, ExportError, ServingError
 from tfmmrec.export import catalog
 from tfmmrec.export.loader import ExportedModel, latest_version
 from tfmmrec.export.variables import MODEL_INDEX, MODEL_SHARD
-from tfmmrec.export.writer import read_metadata, stored_recall_queries
+from tfmmrec.export.writer import PUBLISHED_FILE, read_metadata, stored_recall_queries
 
 REPO = Path(__file__).resolve().parents[2]
 K = 20
@@ -406,7 +406,7 @@ def test_an_export_refuses_to_drop_the_catalogue_updates_the_newest_version_serv
                                           r"version 1: 1 added, 2 removed, 0 updated; .*"
                                           r"export.replace_catalog_updates=true"):
         export_tiny(tiny_config, tiny_trained, base.parent, f"export.model_name={base.name}")
-    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "3"]
+    assert sorted(p.name for p in base.iterdir()) == [PUBLISHED_FILE, "1", "2", "3"]
     replacing = [f"export.base_dir={base.parent}", f"export.model_name={base.name}",
                  "export.replace_catalog_updates=true"]
     pipeline.check_export_destination(load_config(tiny_config, replacing))  # as the CLI does
@@ -852,6 +852,19 @@ def test_an_update_that_another_update_of_the_same_version_overtook_fails_not_lo
     monkeypatch.setattr(catalog, "embed_table", embed_table)
     rerun = catalog.add(base, write_items(row, tiny_demo_dir, "overtaken.csv"))
     assert rerun.version_dir == base / "3"
+
+
+def test_an_update_after_a_rollback_takes_a_new_number(base, items, tiny_demo_dir):
+    """Version 3 rolled back (its folder deleted, as TF Serving users roll back): the next
+    update built on version 2 published a different catalogue as version 3 again, so a client
+    pinned to version 3 silently got another catalogue."""
+    catalog.remove(base, item_ids=["i0001"])
+    catalog.remove(base, item_ids=["i0002"])
+    shutil.rmtree(base / "3")
+    row = with_all_media(items).iloc[[0]].assign(item_id="after-rollback")
+    update = catalog.add(base, write_items(row, tiny_demo_dir, "after_rollback.csv"))
+    assert update.version_dir == base / "4" and update.previous_version == base / "2"
+    assert sorted(p.name for p in base.iterdir()) == [PUBLISHED_FILE, "1", "2", "4"]
 
 
 # --- exports whose text backbone's kernels are graph constants -------------------------------

@@ -24,7 +24,7 @@ from tfmmrec.export.index import build_index, recall_against_brute_force, scann_
 from tfmmrec.export.loader import ExportedModel, latest_version, padded
 from tfmmrec.export.module import MISSING_ITEM_ID, MISSING_SCORE
 from tfmmrec.export.warmup import read_warmup_requests
-from tfmmrec.export.writer import METADATA_FILE, next_version, read_metadata
+from tfmmrec.export.writer import METADATA_FILE, PUBLISHED_FILE, next_version, read_metadata
 
 TEXTS = ["a calm love story near a river", "robots in a dark galaxy"]
 
@@ -159,7 +159,8 @@ def test_versions_are_numbered_and_written_atomically(exported):
     _, versions = exported
     assert [versions[k].name for k in EXPORT_KINDS] == ["1", "2", "3"]
     model_dir = versions["scann"].parent
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "3"]  # no temp dirs left
+    # no temp dirs left; the highest version published, for numbers never to be reused
+    assert sorted(p.name for p in model_dir.iterdir()) == [PUBLISHED_FILE, "1", "2", "3"]
     assert next_version(model_dir) == 4 and latest_version(model_dir) == versions["partitioned"]
     for version in versions.values():
         assert (version / "saved_model.pb").is_file()

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfmmrec.errors import ExportError
 from tfmmrec.export.loader import latest_version
 from tfmmrec.export.writer import (
+    PUBLISHED_FILE,
     list_versions,
     next_version,
     remove_stale_temp_dirs,
@@ -105,4 +106,25 @@ def test_next_export_cleans_up_after_a_killed_one(tmp_path):
     (stale / "variables").mkdir(parents=True)
     path = write_version(Tiny(), tmp_path, "m", None, {"index": "none"}, uses_scann=False)
     assert path == model_dir / "1"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [PUBLISHED_FILE, "1"]
+
+
+def test_a_rolled_back_version_number_is_never_published_again(tmp_path):
+    """Rolling back as TF Serving users do (deleting the newest folder) gave the next export
+    the deleted number: a client pinned to it got another catalogue under the same version."""
+    def export(version=None):
+        return write_version(Tiny(), tmp_path, "m", version, {"index": "none"},
+                             uses_scann=False).name
+
+    assert [export(), export()] == ["1", "2"]
+    shutil.rmtree(tmp_path / "m" / "2")  # the rollback
+    assert list_versions(tmp_path / "m") == [1] and next_version(tmp_path / "m") == 3
+    assert export() == "3"
+    shutil.rmtree(tmp_path / "m" / "3")
+    with pytest.raises(ExportError, match=r"^export\.version=3: version 3 was published under "
+                                          r".* before and has been removed \(the highest "
+                                          r"published: 3"):
+        export(3)
+    assert export(5) == "5" and export() == "6"
+    assert (tmp_path / "m" / PUBLISHED_FILE).read_text() == "6\n"
+

@@ -71,6 +71,7 @@ from tfmmrec.export.writer import (
     list_versions,
     lost_race_error,
     missing_version_files,
+    published_version,
     read_metadata,
     stored_recall_queries,
     write_updated_version,
@@ -379,6 +380,10 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
                         "FILE, items=) or as ids (--ids, item_ids=), not both")
     model_dir = Path(model_base_path)
     previous = latest_version(model_dir)
+    # the number this update publishes, fixed now: of two updates of the same version, the
+    # second to finish must fail rather than publish a catalogue without the first one's
+    # change; above any number published before (and removed: a rollback), never reusing one
+    version = max(int(previous.name), published_version(model_dir)) + 1
     missing = missing_version_files(previous)
     if missing:  # before the checkpoint is read and the rows embedded
         raise ExportError(f"{previous} is incomplete (no {', '.join(missing)}): a catalogue "
@@ -447,10 +452,6 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
             result.updated = len(new_ids)
 
     metadata = {**metadata, CATALOG_UPDATES: record_update(metadata, previous, result)}
-    # The version after the one this update builds on, never "the next free one": of two
-    # updates of the same version, the second to finish must fail rather than publish a
-    # catalogue without the first one's change.
-    version = int(previous.name) + 1
     try:
         result.version_dir = write_catalog_version(
             towers, embeddings, ids, metadata["index"], metadata, model_dir.parent,

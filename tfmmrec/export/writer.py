@@ -21,7 +21,13 @@ import tensorflow as tf
 
 from tfmmrec.errors import ExportError, first_line
 from tfmmrec.export.variables import VersionVariables, link_or_copy, split_checkpoint
-from tfmmrec.files import atomic_path, atomic_write, temp_writer_gone, write_json
+from tfmmrec.files import (
+    atomic_path,
+    atomic_write,
+    remove_stale_temps,
+    temp_writer_gone,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +64,34 @@ def is_version_name(name: str) -> bool:
     return _VERSION_DIR.match(name) is not None
 
 
+# The highest version tfmmrec has published under a model's folder: a rollback (the newest
+# folder deleted, as TF Serving users roll back) must not give its number to the next export
+# or catalogue update, or a client pinned to that version would get another catalogue under
+# it. Hidden, so TF Serving and ``list_versions`` never take it for a version.
+PUBLISHED_FILE = ".tfmmrec-published"
+
+
+def published_version(model_dir: str | os.PathLike) -> int:
+    """The highest version ever published under ``model_dir`` (0: none recorded)."""
+    try:
+        text = (Path(model_dir) / PUBLISHED_FILE).read_text().strip()
+    except OSError:
+        return 0
+    return int(text) if is_version_name(text) else 0
+
+
+def note_published(model_dir: str | os.PathLike, version: int) -> None:
+    """Record ``version`` as published (the mark only rises)."""
+    mark = Path(model_dir) / PUBLISHED_FILE
+    remove_stale_temps(mark)  # a writer killed mid-write leaves its temp file
+    if version > published_version(model_dir):
+        atomic_write(mark, f"{version}\n".encode())
+
+
 def next_version(model_dir: str | os.PathLike) -> int:
-    """One more than the highest integer version present (1 for a new model)."""
-    return max(list_versions(model_dir), default=0) + 1
+    """One more than the highest version present or ever published (1 for a new model):
+    numbers are never reused, also after a rollback."""
+    return max(max(list_versions(model_dir), default=0), published_version(model_dir)) + 1
 
 
 def remove_stale_temp_dirs(model_dir: str | os.PathLike) -> list[Path]:
@@ -116,6 +147,13 @@ def check_version_free(model_dir: str | os.PathLike, version: int | None) -> Non
             f"{', '.join(map(str, present)) or 'none'}); versions are immutable: choose "
             f"another export.version or leave it empty for the next one "
             f"({next_version(model_dir)})")
+    if version <= (published := published_version(model_dir)):
+        raise ExportError(
+            f"export.version={version}: version {version} was published under {model_dir} "
+            f"before and has been removed (the highest published: {published}, recorded in "
+            f"{PUBLISHED_FILE}); a number is never reused, so a client pinned to it cannot "
+            f"get another catalogue: choose a version above {published} or leave "
+            f"export.version empty")
 
 
 def _new_version_dir(model_dir: Path, version: int | None) -> tuple[int, Path]:
@@ -177,6 +215,7 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
         raise
     except Exception as exc:
         raise _write_failed(final, version, exc) from exc
+    note_published(model_dir, version)
     logger.debug("exported %s", final)
     return final
 
@@ -219,6 +258,7 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
         raise
     except Exception as exc:
         raise _write_failed(final, version, exc) from exc
+    note_published(model_dir, version)
     logger.debug("exported %s (graph of %s, new catalogue variables)", final, previous.name)
     return final
 
