@@ -157,6 +157,23 @@ def test_numeric_text_columns_from_jsonl_drop_the_float_suffix(tmp_path):
     assert dataset.catalog.texts.tolist() == ["A. 1995", "B"]
 
 
+def test_jsonl_arrays_and_objects_reach_the_text_tower_as_text(tmp_path):
+    """Arrays reached the text tower as Python's repr ("Bond. ['action', 'spy']"), an empty one
+    as "[]" (an item with no title then had text), and an object column was inferred as text."""
+    rows = [{"item_id": "a", "title": "Bond", "genres": ["action", "spy"]},
+            {"item_id": "b", "title": "Seven", "genres": ["drama", ""]},
+            {"item_id": "c", "title": None, "genres": [], "meta": {"studio": "X", "n": 2.0}},
+            {"item_id": "d", "title": "Dune", "genres": ["sci-fi"]}]
+    root = make_folder(tmp_path / "d", items=None, media=False,
+                       interactions="user_id,item_id\nu1,a\nu1,b\nu2,c\nu2,d\n")
+    (root / "items.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    inferred = load(root)
+    assert inferred.catalog.texts.tolist() == ["Bond. action, spy", "Seven. drama", "",
+                                               "Dune. sci-fi"]
+    named = load(root, text_columns=["title", "genres", "meta"])
+    assert named.catalog.texts[2] == "studio: X, n: 2"
+
+
 def test_supplied_test_set_and_candidates_are_checked_and_indexed(tmp_path):
     from tfmmrec.data.dataset import load_candidates, load_test_interactions
     from tfmmrec.data.splits import with_test

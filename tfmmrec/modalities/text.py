@@ -197,8 +197,13 @@ def by_length(indices: list[int], texts) -> list[int]:
 
 
 def is_textual(series: pd.Series) -> bool:
-    """A column of strings (objects), not one pandas read as numbers."""
-    return pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)
+    """A column of strings (objects), not one pandas read as numbers, nor JSON objects (a
+    ``{"studio": "X"}`` column is data about the item, not its text; name it in
+    ``data.text_columns`` to read it as ``studio: X``)."""
+    if pd.api.types.is_string_dtype(series) and not pd.api.types.is_object_dtype(series):
+        return True
+    return pd.api.types.is_object_dtype(series) and not series.map(
+        lambda v: isinstance(v, Mapping)).any()
 
 
 # A BERT tower reads at most 512 tokens (text.sequence_length) of an item's text, which 64 KiB
@@ -249,4 +254,22 @@ def text_values(series: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(series):
         return series.map(lambda v: "" if pd.isna(v) else
                           str(int(v)) if float(v).is_integer() else str(v))
-    return series.astype(object).where(series.notna(), "").astype(str)
+    return series.astype(object).map(cell_text)
+
+
+def cell_text(value: Any) -> str:
+    """One cell as text: a JSON array's elements joined with ", " (``["action", "spy"]`` →
+    ``action, spy``, ``[]`` → empty: they reached the text tower as Python's repr), an object
+    as ``key: value`` pairs, a whole float without ".0", missing values empty."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple | np.ndarray):
+        return ", ".join(text for text in (cell_text(v).strip() for v in value) if text)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{key}: {text}" for key, v in value.items()
+                         if (text := cell_text(v).strip()))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
