@@ -110,6 +110,17 @@ def test_a_users_table_matching_no_interacting_user_is_a_warning(tmp_path, caplo
     assert "users table" not in caplog.text
 
 
+def test_a_users_table_writing_some_users_another_way_is_a_warning(tmp_path, caplog):
+    """One matching id kept the warning above quiet while another user's row, written another
+    way, silently gave that user no features."""
+    interactions = "user_id,item_id\n001,i1\n002,i2\n003,i3\n"
+    with caplog.at_level("WARNING", logger="tfmmrec"):
+        load_dataset(str(make_folder(tmp_path / "d", interactions=interactions,
+                                     users="user_id,age\n001,20\n2.0,30\n")))
+    assert "1 user(s) of the interactions have no row in the users table but one written " \
+           "another way ('002' there, '2.0' in the users table)" in caplog.text
+
+
 def test_configured_user_feature_subset(folder):
     dataset = load_dataset(DataConfig(path=str(folder), user_feature_columns=["occupation"]))
     assert dataset.user_feature_columns == ("occupation",)

@@ -459,6 +459,27 @@ def _warn_if_no_user_matches(users: pd.DataFrame, interactions: pd.DataFrame,
                        "are compared as text: write them the same way in both tables (a "
                        "numeric id column drops leading zeros)", root, len(known),
                        shown(seen[0]), shown(str(users["user_id"].iloc[0])))
+        return
+    # Some users without a row is a table that lacks them; a row whose id is such a user's
+    # written another way (001 and 1.0, " u7" and "U7") is a user silently without features.
+    strangers = {_loose_id(user): user for user in known.difference(seen)}
+    pairs = [(user, strangers[_loose_id(user)]) for user in seen
+             if user not in known and _loose_id(user) in strangers]
+    if pairs:
+        logger.warning("%s: %d user(s) of the interactions have no row in the users table but "
+                       "one written another way (%s there, %s in the users table), so they get "
+                       "no features; ids are compared as text: write them the same way in both "
+                       "tables", root, len(pairs), shown(pairs[0][0]), shown(pairs[0][1]))
+
+
+def _loose_id(user_id: str) -> str:
+    """``user_id`` as a number if it is one (``001``, ``1.0`` → ``1.0``), else trimmed and
+    lower-cased: what tells two spellings of one id apart only in form."""
+    text = user_id.strip()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text.lower()
 
 
 def _warn_if_nearly_numeric(frame: pd.DataFrame, path: Path, column: str) -> None:
