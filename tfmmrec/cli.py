@@ -404,7 +404,12 @@ def _evaluate(config, args) -> int:
     from tfmmrec.data.dataset import load_candidates, read_candidate_ids
     from tfmmrec.data.splits import with_test
     from tfmmrec.evaluation.baseline_suite import BASELINES
-    from tfmmrec.evaluation.protocol import check_evaluable, historyless_note, unscored_note
+    from tfmmrec.evaluation.protocol import (
+        check_evaluable,
+        historyless_note,
+        popularity_note,
+        unscored_note,
+    )
     from tfmmrec.models.ranking import ranking_only_note
     from tfmmrec.training.trained_data import check_trained_data
 
@@ -441,6 +446,8 @@ def _evaluate(config, args) -> int:
     if note:  # the sizes above count every test row; the metrics fewer
         print(f"note: {note}")
     if names and (note := historyless_note(evaluated)):
+        print(f"note: {note}")
+    if note := popularity_note(evaluated):
         print(f"note: {note}")
     workspace = dataclasses.replace(pipeline.prepare(config, progress=not args.quiet,
                                                      data=(dataset, split)), split=evaluated)

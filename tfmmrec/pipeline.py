@@ -1169,6 +1169,7 @@ def evaluate(config: Config | str | os.PathLike | None = None,
         check_evaluable,
         evaluate_embeddings,
         popularity_baseline,
+        popularity_note,
         random_baseline,
         recall_notes,
         unscored_note,
@@ -1224,6 +1225,8 @@ def evaluate(config: Config | str | os.PathLike | None = None,
     write_json({"split": ws.split.kind, "split_sizes": ws.split.sizes(), "results": results,
                 **({"sources": sources} if sources else {}),
                 "notes": {**({"unscored": unscored} if unscored else {}),
+                          **({"popularity": popular} if baselines and (
+                              popular := popularity_note(ws.split)) else {}),
                           **recall_notes(ws.split, ws.user_ids, ws.dataset.num_items, ks)},
                 **({"baselines": {row: r.to_dict() for row, r in classic.items()}}
                    if classic else {})}, out / f"{output_name}.json")

@@ -185,3 +185,16 @@ def test_top_k_accuracy_leaves_out_the_test_rows_the_user_trained_on():
         queries, items, Split("supplied", TRAIN, pd.concat([test, TRAIN], ignore_index=True)),
         USERS, [5])
     assert with_trained == plain
+
+
+def test_popularity_over_cold_candidates_is_said_to_be_catalogue_order():
+    """Every candidate without a training interaction: popularity scores them all 0, so its row
+    is the catalogue's order, which nothing said."""
+    from tfmmrec.evaluation.protocol import popularity_note
+
+    test = frame([("u0", 6), ("u1", 7)])
+    assert popularity_note(Split("supplied", TRAIN, test, test_items=np.array([6, 7, 9]))) == (
+        "popularity: none of the 3 candidate items has a training interaction, so its row "
+        "ranks them in catalogue order")
+    assert popularity_note(Split("supplied", TRAIN, test, test_items=np.array([5, 6]))) is None
+    assert popularity_note(Split("random", TRAIN, test)) is None

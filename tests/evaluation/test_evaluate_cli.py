@@ -237,7 +237,9 @@ def test_test_rows_outside_the_candidates_are_counted_before_any_work(tmp_path, 
                    "items)",
                    f"note: 1 of 4 test rows is not scored (1 has its item outside the "
                    f"candidates in {tmp_path / 'c.txt'}); the metrics are over 3 rows of 3 of "
-                   "4 users"]
+                   "4 users",
+                   "note: popularity: none of the 3 candidate items has a training "
+                   "interaction, so its row ranks them in catalogue order"]
 
 
 def test_split_none_says_to_pass_a_test_file(tmp_path, monkeypatch, capsys):

@@ -142,6 +142,19 @@ def historyless_note(split: Split) -> str | None:
             "them, so those rows rank their items in catalogue order")
 
 
+def popularity_note(split: Split) -> str | None:
+    """One line when the split ranks only items without a training interaction (a cold-start
+    split, ``--candidates`` of held-out items): popularity then scores every one 0, and its row
+    is the items' catalogue order, a figure that moves with the order of items.csv."""
+    if split.test_items is None or not len(split.test_items):
+        return None
+    trained = set(split.train["item_index"].to_numpy(np.int64).tolist())
+    if any(int(item) in trained for item in split.test_items):
+        return None
+    return (f"popularity: none of the {len(split.test_items)} candidate items has a training "
+            "interaction, so its row ranks them in catalogue order")
+
+
 def scored_rows(split: Split, user_ids: np.ndarray, num_items: int) -> np.ndarray:
     """``[len(split.test)]`` bool: the test rows some metric measures (:func:`scored_items`)."""
     relevant, _ = scored_items(split, user_ids, num_items)
