@@ -113,6 +113,24 @@ def test_validate_says_a_given_split_validates_on_the_rows_marked_validation(tmp
             "the 9 training rows") in out
 
 
+def test_validate_says_when_evaluate_will_find_no_test_rows(tmp_path, capsys):
+    """A given split with no row marked test validated (exit 0) without a word; `evaluate`
+    refused it later."""
+    from tests.data.test_user_split import given_folder
+
+    root = given_folder(tmp_path / "given")
+    interactions = root / "interactions.csv"
+    interactions.write_text(interactions.read_text().replace(",test", ",train"))
+    assert cli.main(["validate", "--set", f"data.path={root}", "--set", "data.split=given"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ("  note: nothing to evaluate: the given split's test set has no interactions (a "
+            "given split needs rows whose split column says test; or supply a test file: "
+            "tfmmrec evaluate --test FILE)") in out
+    assert cli.main(["validate", "--set", f"data.path={given_folder(tmp_path / 'ok')}",
+                     "--set", "data.split=given"]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+
+
 def test_validate_reports_media_files_that_would_not_decode(tmp_path, capsys, caplog):
     root = make_folder(tmp_path / "broken-media")
     png = root / "images" / "i2.png"

@@ -32,7 +32,7 @@ from pathlib import Path
 import tfmmrec
 from tfmmrec._env import native_stderr_to, quiet_output, show_progress
 from tfmmrec.config import INDEX_KINDS, STRATEGIES, ExportConfig, load_config
-from tfmmrec.errors import ConfigError, TfmmrecError
+from tfmmrec.errors import ConfigError, DataError, TfmmrecError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -569,6 +569,7 @@ def _validate(config) -> int:
     from tfmmrec import modalities
     from tfmmrec.data import validate
     from tfmmrec.data.splits import split_interactions, validation_split
+    from tfmmrec.evaluation.protocol import check_evaluable
     from tfmmrec.pipeline import check_linear_cf_choices, resolve_dataset
     from tfmmrec.towers.encoders import check_local_weights
 
@@ -595,6 +596,11 @@ def _validate(config) -> int:
     d = config.data
     split = split_interactions(dataset.interactions, d.split, d.test_fraction, d.seed)
     print(f"  {split.sizes()}")
+    if split.kind != "none":  # trains, but `evaluate` will refuse: say so now
+        try:
+            check_evaluable(split, dataset.user_ids, dataset.num_items)
+        except DataError as exc:
+            print(f"  note: {exc}")
     try:
         validation = validation_split(split, d.test_fraction, d.seed)
     except TfmmrecError as exc:  # only tuned choices need it (fusion selection, baselines)
