@@ -598,8 +598,10 @@ def test_kill_9_during_catalog_add_leaves_the_served_version_intact(base, items,
     assert [p.name for p in base.iterdir() if p.name.isdigit()] == ["1"]
     np.testing.assert_array_equal(ExportedModel(base / "1").recommend(USERS, k=K)["item_ids"],
                                   before)
-    # The leftover hidden temp directory does not block the next update.
-    assert catalog.add(base, write_items(row, tiny_demo_dir, "killed.csv")).version_dir.name == "2"
+    # The leftover hidden temp directory does not block the next update, which skips the
+    # number the killed one had noted as published before its rename (never reusing one).
+    assert (base / PUBLISHED_FILE).read_text() == "2\n"
+    assert catalog.add(base, write_items(row, tiny_demo_dir, "killed.csv")).version_dir.name == "3"
 
 
 def test_viewed_content_joins_the_session_and_empty_rows_are_ignored(base, items, tiny_demo_dir):
@@ -828,7 +830,8 @@ def test_a_catalogue_update_that_loses_the_race_says_so_and_changes_nothing(
     assert "nothing was changed by this run: run it again (a catalogue update then builds " \
            "on version 2)" in message
     assert "\n" not in message and "Errno" not in message
-    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+    # the mark says 2, the winner's version (noted before this writer's rename failed)
+    assert sorted(p.name for p in base.iterdir()) == [PUBLISHED_FILE, "1", "2"]
     assert [p.name for p in (base / "2").iterdir()] == ["the-other-writer"]
 
 

@@ -128,3 +128,34 @@ def test_a_rolled_back_version_number_is_never_published_again(tmp_path):
     assert export(5) == "5" and export() == "6"
     assert (tmp_path / "m" / PUBLISHED_FILE).read_text() == "6\n"
 
+
+
+def test_the_mark_covers_older_folders_a_crash_before_the_rename_and_concurrent_writers(
+        tmp_path):
+    """A review: folders exported before the mark (none recorded) and a writer dying between
+    its rename and its note both let a deleted number come back; two writers noting at once
+    could lower the mark."""
+    import threading
+
+    from tfmmrec.export.writer import note_published, published_version
+
+    model_dir = tmp_path / "m"
+    for version in (1, 2, 3):  # an older release's export: no mark
+        (model_dir / str(version)).mkdir(parents=True)
+    assert published_version(model_dir) == 0
+    assert write_version(Tiny(), tmp_path, "m", None, {"index": "none"},
+                         uses_scann=False).name == "4"
+    shutil.rmtree(model_dir / "4")
+    shutil.rmtree(model_dir / "3")
+    assert next_version(model_dir) == 5  # 3 was seen by the export, 4 noted before its rename
+    note_published(model_dir, 7)  # a writer that noted 7 and died before renaming it in
+    assert next_version(model_dir) == 8
+    threads = [threading.Thread(target=note_published, args=(model_dir, v))
+               for v in (9, 30, 12, 25, 8, 29, 10, 11)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert published_version(model_dir) == 30
+    (model_dir / PUBLISHED_FILE).write_text("garbage")
+    assert published_version(model_dir) == 0 and next_version(model_dir) == 3

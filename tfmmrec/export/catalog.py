@@ -486,7 +486,8 @@ def apply(model_base_path: str | os.PathLike, operation: str, *,
             id_keys=position.changed(change, ids) if isinstance(position, SortedIds) else None,
             text_features=text_features)
     except ExportError:
-        if (model_dir / str(version)).exists():  # not ours: this write failed
+        # not ours: another writer published it, or noted it and is renaming it in
+        if (model_dir / str(version)).exists() or published_version(model_dir) >= version:
             raise lost_race_error(version, model_dir / str(version)) from None
         raise
     result.num_items = len(ids)

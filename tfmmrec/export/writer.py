@@ -8,6 +8,7 @@ directories named by an integer).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -72,20 +73,50 @@ PUBLISHED_FILE = ".tfmmrec-published"
 
 
 def published_version(model_dir: str | os.PathLike) -> int:
-    """The highest version ever published under ``model_dir`` (0: none recorded)."""
+    """The highest version recorded as published under ``model_dir`` (0: none recorded)."""
+    mark = Path(model_dir) / PUBLISHED_FILE
     try:
-        text = (Path(model_dir) / PUBLISHED_FILE).read_text().strip()
+        text = mark.read_text().strip()
     except OSError:
         return 0
-    return int(text) if is_version_name(text) else 0
+    if is_version_name(text):
+        return int(text)
+    logger.warning("%s holds %r, not a version number: ignored (it is rewritten at the next "
+                   "export or catalogue update)", mark, text[:40])
+    return 0
 
 
-def note_published(model_dir: str | os.PathLike, version: int) -> None:
-    """Record ``version`` as published (the mark only rises)."""
-    mark = Path(model_dir) / PUBLISHED_FILE
-    remove_stale_temps(mark)  # a writer killed mid-write leaves its temp file
-    if version > published_version(model_dir):
-        atomic_write(mark, f"{version}\n".encode())
+def note_published(model_dir: str | os.PathLike, version: int = 0) -> int:
+    """Raise the mark to ``version`` and to every version folder present (folders an older
+    release exported, or one whose writer died before noting it); returns the mark. Under an
+    exclusive lock of the folder, so two writers never lower it."""
+    model_dir = Path(model_dir)
+    mark = model_dir / PUBLISHED_FILE
+    with _folder_lock(model_dir):
+        remove_stale_temps(mark)  # a writer killed mid-write leaves its temp file
+        recorded = published_version(model_dir)
+        highest = max(recorded, version, max(list_versions(model_dir), default=0))
+        if highest > recorded:
+            atomic_write(mark, f"{highest}\n".encode())
+    return highest
+
+
+@contextlib.contextmanager
+def _folder_lock(model_dir: Path):
+    """An exclusive ``flock`` of ``model_dir`` itself (no lock file to leave behind), each call
+    on its own descriptor, so threads of one process exclude each other as processes do. Where
+    there is no ``fcntl`` (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    descriptor = os.open(model_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def next_version(model_dir: str | os.PathLike) -> int:
@@ -152,14 +183,16 @@ def check_version_free(model_dir: str | os.PathLike, version: int | None) -> Non
             f"export.version={version}: version {version} was published under {model_dir} "
             f"before and has been removed (the highest published: {published}, recorded in "
             f"{PUBLISHED_FILE}); a number is never reused, so a client pinned to it cannot "
-            f"get another catalogue: choose a version above {published} or leave "
-            f"export.version empty")
+            f"get another catalogue: choose a version above {published}, leave "
+            f"export.version empty, or delete {model_dir / PUBLISHED_FILE} if this folder's "
+            "numbers are yours to reuse (a copied model folder)")
 
 
 def _new_version_dir(model_dir: Path, version: int | None) -> tuple[int, Path]:
     """The next version's number and directory (stale temp dirs of killed writes removed);
     an existing version is refused: versions are immutable."""
     remove_stale_temp_dirs(model_dir)
+    note_published(model_dir)  # the folders present, if an older release exported them
     check_version_free(model_dir, version)
     version = version or next_version(model_dir)
     return version, model_dir / str(version)
@@ -211,11 +244,11 @@ def write_version(module: tf.Module, base_dir: str | os.PathLike, model_name: st
                                     str(Path(tmp) / "assets.extra" / ITEM_EMBEDDER),
                                     options=options)
             check_complete(tmp)
+            note_published(model_dir, version)  # before the rename: a crash skips a number
     except ExportError:
         raise
     except Exception as exc:
         raise _write_failed(final, version, exc) from exc
-    note_published(model_dir, version)
     logger.debug("exported %s", final)
     return final
 
@@ -254,11 +287,11 @@ def write_updated_version(previous: str | os.PathLike, module: tf.Module,
             _write_extra(Path(tmp), model_name, version, metadata, uses_scann, warmup,
                          recall_queries)
             check_complete(tmp)
+            note_published(model_dir, version)  # before the rename: a crash skips a number
     except ExportError:
         raise
     except Exception as exc:
         raise _write_failed(final, version, exc) from exc
-    note_published(model_dir, version)
     logger.debug("exported %s (graph of %s, new catalogue variables)", final, previous.name)
     return final
 
