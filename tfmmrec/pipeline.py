@@ -36,7 +36,14 @@ from tfmmrec.config import (
 )
 from tfmmrec.data.dataset import Dataset, load_dataset
 from tfmmrec.data.splits import Split, split_interactions, validation_split
-from tfmmrec.errors import ConfigError, DataError, ExportError, TrainingError, first_line
+from tfmmrec.errors import (
+    ConfigError,
+    DataError,
+    ExportError,
+    TrainingError,
+    first_line,
+    shown,
+)
 from tfmmrec.evaluation.embeddings import embed_items, embed_users
 from tfmmrec.files import write_json
 from tfmmrec.modalities import settings_from_config
@@ -280,12 +287,16 @@ def linear_cf(ws: Workspace, fit: bool = True) -> LinearCF | None:
                     name="linear_cf")
 
 
+UNTRAINED_USERS_KEY = "untrained_users"  # run.json: users scored with the unknown user's row
+
+
 def untrained_users(ws: Workspace) -> list[str]:
     """The users of the vocabulary without a training interaction in ``ws.split`` (test-only
     users, users only ``users.csv`` names): the query tower gives them the unknown user's id
-    row, not their own never-trained one. (Python strings: numpy's drop trailing NULs.)"""
-    trained = set(ws.split.train["user_id"].astype(str))
-    return [user for user in map(str, ws.user_ids) if user not in trained]
+    row, not their own never-trained one. (pandas' strings: numpy's drop trailing NULs.)"""
+    users = pd.Index(ws.user_ids).astype(str)
+    trained = pd.Index(ws.split.train["user_id"].unique()).astype(str)
+    return users[~users.isin(trained)].tolist()
 
 
 def build_model(ws: Workspace, fit_linear_cf: bool = True) -> RetrievalModel:
@@ -737,6 +748,9 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         # the epochs (1-based) ``history`` covers: after a resume, the later ones only; a
         # caller's callback may have stopped before the last
         "history_epochs": result.history_epochs,
+        # users scored with the unknown user's id row (no training interaction); a run
+        # recorded without this key predates that rule (``_note_untrained_users``)
+        UNTRAINED_USERS_KEY: len(untrained_users(ws)),
         **({"fusion_selection": selection} if selection is not None else {}),
         **({"early_stopping": validation} if validation is not None else {}),
         **linear_cf_record(result.model),
@@ -1031,8 +1045,22 @@ def restore(run_dir: str | os.PathLike | None = None,
     model = build_model(ws, fit_linear_cf=False)
     model.build_from_example()
     load_exactly(model, prefix)
+    _note_untrained_users(run, ws)
     return model, ws
 
+
+def _note_untrained_users(run: Path, ws: Workspace) -> None:
+    """Say once when a run trained before the unknown-user rule for untrained users is now
+    scored by it: its figures (``eval/``) came from those users' never-trained id rows."""
+    if not ws.config.model.user_id_embedding or UNTRAINED_USERS_KEY in read_run_record(
+            run / RUN_FILE):
+        return
+    if users := untrained_users(ws):
+        logger.warning("%s was trained before users without a training interaction were scored "
+                       "as unknown users: its %d such user(s) (e.g. %s) now get the unknown "
+                       "user's id row, not their own never-trained one, so figures saved with "
+                       "the run for them predate that (evaluate again, or retrain)", run,
+                       len(users), shown(users[0]))
 
 def _check_model_class(config: Config) -> None:
     """Import ``model.model_class`` before any data is read (a one-line ``ConfigError`` if it

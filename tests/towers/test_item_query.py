@@ -254,7 +254,15 @@ def test_an_untrained_user_gets_the_unknown_users_id_row_and_keeps_its_features(
     ids = tf.constant(["u2", "nobody", "u1", "u3"])
     plain(ids), tower(ids)  # built
     tower.set_weights(plain.get_weights())
-    np.testing.assert_array_equal(tower.id_rows.numpy(), [0, 1, 0, 3])
+    np.testing.assert_array_equal(tower._id_rows(tf.constant([0, 1, 2, 3], tf.int64)).numpy(),
+                                  [0, 1, 0, 3])
+    # in training too, hidden by user-id dropout or not: never its own untrained row
+    tower.id_dropout = 0.5
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tower(tf.constant(["u2"] * 64), training=True))
+    gradient = tf.convert_to_tensor(tape.gradient(loss, tower.id_embedding.embeddings))
+    assert np.any(gradient.numpy()[0]) and not np.any(gradient.numpy()[2])
+    tower.id_dropout = 0.0
     # u2's own features with the unknown id row: as plain's u2 with that row's weights put in
     weights = plain.id_embedding.get_weights()[0].copy()
     weights[2] = weights[0]

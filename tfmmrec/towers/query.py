@@ -99,11 +99,11 @@ class QueryTower(tf.keras.layers.Layer):
         if user_id_embedding:
             self.id_embedding = tf.keras.layers.Embedding(len(vocabulary) + 1, id_dim or dim)
         self.untrained_user_ids = _untrained(untrained_user_ids, vocabulary)
-        self.id_rows = None  # vocabulary index → id-embedding row (untrained users: row 0)
+        # their vocabulary indices, sorted: a constant of their count, not of the vocabulary's
+        self.untrained_rows = None
         if self.untrained_user_ids:
-            rows = np.arange(len(vocabulary) + 1, dtype=np.int64)
-            rows[self.lookup(self.untrained_user_ids).numpy()] = 0
-            self.id_rows = tf.constant(rows)
+            self.untrained_rows = tf.constant(
+                np.sort(self.lookup(self.untrained_user_ids).numpy().astype(np.int64)))
         self.history_encoder = history_encoder
         if linear_cf is not None and history_encoder is None:
             raise ValueError("linear_cf reads the user's history: it needs a history_encoder")
@@ -190,10 +190,10 @@ class QueryTower(tf.keras.layers.Layer):
     def _embed(self, index, pooled_history, item_embedder, training) -> tf.Tensor:
         """The learned, normalised query from every input but the history encoder, whose
         output (``pooled_history``, or None without one) is passed in."""
-        ids = index if self.id_rows is None else tf.gather(self.id_rows, index)
+        ids = self._id_rows(index)
         if training and self.id_dropout > 0:
             hidden = self.noise.uniform(tf.shape(index)) < self.id_dropout
-            ids = tf.where(hidden, tf.zeros_like(index), index)
+            ids = tf.where(hidden, tf.zeros_like(ids), ids)
         parts = [self.id_embedding(ids)] if self.id_embedding is not None else []
         if pooled_history is not None:
             parts.append(pooled_history)
@@ -206,6 +206,18 @@ class QueryTower(tf.keras.layers.Layer):
                                                  training))
         x = self.hidden(tf.concat(parts, axis=-1))
         return tf.math.l2_normalize(self.out(x), axis=-1)
+
+    def _id_rows(self, index) -> tf.Tensor:
+        """The id-embedding row of each vocabulary index: the unknown user's (0) for a user
+        without a training interaction, else its own."""
+        if self.untrained_rows is None:
+            return index
+        flat = tf.reshape(index, [1, -1])
+        position = tf.searchsorted(self.untrained_rows[None, :], flat)[0]
+        found = tf.gather(self.untrained_rows,
+                          tf.minimum(position, tf.size(self.untrained_rows) - 1))
+        untrained = tf.reshape(found == tf.reshape(index, [-1]), tf.shape(index))
+        return tf.where(untrained, tf.zeros_like(index), index)
 
     def _linear_cf_query(self, index, exclude=None, history=None):
         """``x_u P`` over the user's full history (minus each training example's target), or
