@@ -219,15 +219,18 @@ def evaluate_embeddings(query_embeddings: np.ndarray, item_embeddings: np.ndarra
     result = evaluate_ranking(query_embeddings, item_embeddings, test, exclude=train, ks=ks,
                               candidates=candidates, batch_size=batch_size, item_bias=item_bias)
     metrics = result.to_dict()
-    # the rows the other metrics score (unscored_note): a test row the user trained on would
-    # be its own answer
-    scored = scored_rows(split, user_ids, num_items) if candidates is None else None
-    if scored is not None and scored.any():
-        rows = _user_rows(split.test, np.asarray(user_ids).astype(str))[scored]
-        metrics.update(top_k_accuracy(query_embeddings[rows], item_embeddings,
-                                      split.test["item_index"].to_numpy()[scored],
-                                      ks=TOP_K_ACCURACY_KS, batch_size=batch_size,
-                                      item_bias=item_bias))
+    if candidates is None:
+        # the rows the other metrics score (``scored_rows``, read off ``train``: called every
+        # early-stopping epoch): a test row the user trained on would be its own answer
+        rows = _user_rows(split.test, np.asarray(user_ids).astype(str))
+        items = split.test["item_index"].to_numpy(np.int64)
+        scored = rows >= 0
+        if scored.any():
+            scored[scored] = np.asarray(train[rows[scored], items[scored]]).ravel() == 0
+        if scored.any():
+            metrics.update(top_k_accuracy(query_embeddings[rows[scored]], item_embeddings,
+                                          items[scored], ks=TOP_K_ACCURACY_KS,
+                                          batch_size=batch_size, item_bias=item_bias))
     return metrics
 
 
