@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -213,3 +215,16 @@ def test_jsonl_flags_are_not_inferred_as_text(tmp_path):
                        interactions="user_id,item_id\nu1,i1\n", users=None)
     assert load_dataset(DataConfig(path=str(root))).catalog.columns.text == ("title",)
     assert ItemsStream(DataConfig(path=str(root)), rows=1).columns.text == ("title",)
+
+
+def test_a_column_of_json_objects_in_some_chunks_is_not_text_in_either_reader(tmp_path):
+    """A review: ``meta`` holding strings in some rows and objects in others was text for the
+    chunked reader (its chunks of strings counted) and not for the whole-table one, so
+    ``tfmmrec encode`` and ``train`` built other texts."""
+    lines = [json.dumps({"item_id": f"i{i}", "title": f"film {i}",
+                         "meta": {"studio": f"S{i}"} if i % 5 == 0 else f"note {i}"})
+             for i in range(10)]
+    root = make_folder(tmp_path / "d", items="\n".join(lines) + "\n", items_name="items.jsonl",
+                       interactions="user_id,item_id\nu1,i1\n", users=None)
+    assert load_dataset(DataConfig(path=str(root))).catalog.columns.text == ("title",)
+    assert ItemsStream(DataConfig(path=str(root)), rows=4).columns.text == ("title",)

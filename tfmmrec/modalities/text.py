@@ -55,14 +55,19 @@ class TextModality(ModalitySpec):
 
     def column_counts(self, series: pd.Series) -> Counter:
         values = cells(series)
-        flags = int(series.map(lambda v: isinstance(v, bool)).sum()) if is_textual(series) else 0
-        return Counter(cells=len(values), textual_chunks=int(is_textual(series)),
+        textual = is_textual(series)
+        flags = int(series.map(lambda v: isinstance(v, bool)).sum()) if textual else 0
+        # JSON objects: data about the item, not its text (``data.text_columns`` can name it)
+        objects = int(series.map(lambda v: isinstance(v, Mapping)).sum()) if textual else 0
+        return Counter(cells=len(values), textual_chunks=int(textual), objects=objects,
                        numbers=int(pd.to_numeric(values, errors="coerce").notna().sum()) + flags)
 
     def infer_from_counts(self, counts: Mapping[str, Counter], candidates: Sequence[str]
                           ) -> tuple[str, ...]:
-        """Every string column whose cells are mostly not numbers (nor JSON true/false)."""
+        """Every string column whose cells are mostly not numbers (nor JSON true/false) and
+        none a JSON object: one rule for a whole table and the sum of a stream's chunks."""
         return tuple(c for c in candidates if counts[c]["textual_chunks"] and counts[c]["cells"]
+                     and not counts[c]["objects"]
                      and counts[c]["numbers"] / counts[c]["cells"] < 0.5)
 
     def catalog_values(self, frame: pd.DataFrame, root: Path, columns: tuple[str, ...],
@@ -197,13 +202,8 @@ def by_length(indices: list[int], texts) -> list[int]:
 
 
 def is_textual(series: pd.Series) -> bool:
-    """A column of strings (objects), not one pandas read as numbers, nor JSON objects (a
-    ``{"studio": "X"}`` column is data about the item, not its text; name it in
-    ``data.text_columns`` to read it as ``studio: X``)."""
-    if pd.api.types.is_string_dtype(series) and not pd.api.types.is_object_dtype(series):
-        return True
-    return pd.api.types.is_object_dtype(series) and not series.map(
-        lambda v: isinstance(v, Mapping)).any()
+    """A column of strings (objects), not one pandas read as numbers."""
+    return pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)
 
 
 # A BERT tower reads at most 512 tokens (text.sequence_length) of an item's text, which 64 KiB
