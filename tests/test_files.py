@@ -150,3 +150,18 @@ def test_remove_stale_temps_removes_only_dead_writers_temps(tmp_path):
         (path / "items.csv").write_text("junk")
     assert remove_stale_temps(tmp_path / "demo") == [crashed]
     assert not crashed.exists() and live.exists() and other.exists()
+
+
+def test_process_alive_never_signals_on_windows(monkeypatch):
+    """``os.kill(pid, 0)`` terminates the process on Windows: psutil is asked there."""
+    import types
+
+    from tfmmrec import files
+
+    asked = []
+    fake = types.SimpleNamespace(pid_exists=lambda pid: asked.append(pid) or pid == 7)
+    monkeypatch.setitem(sys.modules, "psutil", fake)
+    monkeypatch.setattr(files.os, "name", "nt")
+    monkeypatch.setattr(files.os, "kill", lambda *a: pytest.fail("os.kill on Windows"))
+    assert files.process_alive(7) and not files.process_alive(8)
+    assert asked == [7, 8]

@@ -28,8 +28,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
-
 Writer = Callable[[IO[bytes]], Any]
 
 
@@ -313,5 +311,17 @@ def _remove(tmp: str, remote: bool) -> None:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a live process: temp paths of live writers are never cleaned up.
-    psutil asks each OS its own way (``os.kill(pid, 0)`` would terminate it on Windows)."""
-    return psutil.pid_exists(pid)
+    On Windows psutil asks (``os.kill(pid, 0)`` would terminate the process there); elsewhere
+    signal 0 (psutil falls back to listing ``/proc``, which ``hidepid`` hides other users'
+    processes from: their live writers' temp paths would look stale)."""
+    if os.name == "nt":
+        import psutil
+
+        return psutil.pid_exists(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
