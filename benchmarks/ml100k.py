@@ -756,7 +756,7 @@ def check_targets(results: dict, speed: dict | None) -> list[dict]:
     def add(text: str, value: float, threshold: float, strict: bool = False):
         # a mean over seeds carries float round-off: seeds at 0.3987, 0.4014 and 0.3999 (counts
         # of 20,000 rows summing to exactly 0.40 × 3) average to 0.39999999999999997
-        met = value > threshold if strict else value >= threshold - ROUND_OFF
+        met = value > threshold + ROUND_OFF if strict else value >= threshold - ROUND_OFF
         checks.append({"target": text, "value": value, "threshold": threshold, "met": met})
 
     def get(protocol, row, metric, index=0):

@@ -119,6 +119,12 @@ def test_a_users_table_writing_some_users_another_way_is_a_warning(tmp_path, cap
                                      users="user_id,age\n001,20\n2.0,30\n")))
     assert "1 user(s) of the interactions have no row in the users table but one written " \
            "another way ('002' there, '2.0' in the users table)" in caplog.text
+    caplog.clear()  # long numeric ids that a float would round together stay apart
+    interactions = "user_id,item_id\n1234567890123456789,i1\n5,i2\n"
+    with caplog.at_level("WARNING", logger="tfmmrec"):
+        load_dataset(str(make_folder(tmp_path / "e", interactions=interactions,
+                                     users="user_id,age\n1234567890123456790,20\n5,30\n")))
+    assert "written another way" not in caplog.text
 
 
 def test_configured_user_feature_subset(folder):

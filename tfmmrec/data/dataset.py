@@ -10,6 +10,7 @@ user-supplied test set and candidate list are read here too.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -473,13 +474,15 @@ def _warn_if_no_user_matches(users: pd.DataFrame, interactions: pd.DataFrame,
 
 
 def _loose_id(user_id: str) -> str:
-    """``user_id`` as a number if it is one (``001``, ``1.0`` → ``1.0``), else trimmed and
-    lower-cased: what tells two spellings of one id apart only in form."""
+    """``user_id`` as an exact number if it is one (``001``, ``1.0`` → ``1``; decimal, so long
+    ids such as 1234567890123456789 and …790 stay apart), else trimmed and lower-cased: what
+    tells two spellings of one id apart only in form."""
     text = user_id.strip()
     try:
-        return repr(float(text))
-    except ValueError:
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
         return text.lower()
+    return str(number.normalize()) if number.is_finite() else text.lower()
 
 
 def _warn_if_nearly_numeric(frame: pd.DataFrame, path: Path, column: str) -> None:
