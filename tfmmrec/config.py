@@ -435,6 +435,9 @@ class ModelConfig(ConfigSection):
     model_class: str = ""
 
     def __post_init__(self) -> None:
+        _check("<locals>" not in self.model_class, "model.model_class", self.model_class,
+               "a class defined at the top level of a module: one defined inside a function "
+               "cannot be imported by name")
         _check(not self.model_class or bool(REFERENCE.fullmatch(self.model_class)),
                "model.model_class", self.model_class,
                '"" (the library\'s model) or "module:QualName" of a RetrievalModel subclass')

@@ -13,8 +13,14 @@ REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 def class_reference(cls: type) -> str:
-    """``"module:QualName"`` of ``cls`` (``tfmmrec.references.import_reference`` reads it)."""
-    return f"{cls.__module__}:{cls.__qualname__}"
+    """``"module:QualName"`` of ``cls`` (``tfmmrec.references.import_reference`` reads it). A
+    class of a module run as ``python -m package.module`` is named by that module, which other
+    processes can import, not by ``__main__``."""
+    module = cls.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = getattr(spec, "name", None) or module
+    return f"{module}:{cls.__qualname__}"
 
 
 def import_reference(reference: str) -> Any:

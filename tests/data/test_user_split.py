@@ -218,6 +218,18 @@ def test_a_supplied_test_file_with_a_split_column_scores_its_test_rows_only(tmp_
     (tmp_path / "bad.csv").write_text("user_id,item_id,split\nu1,i1,test\nu1,i3,tset\n")
     with pytest.raises(DataError, match=r"bad\.csv.*line 3"):
         load_test_interactions(tmp_path / "bad.csv", dataset)
+    # the other rows are left out before a test row is judged (a review): a train row's
+    # unknown user, a pair in a train and a test row, a train row's low rating
+    (tmp_path / "mixed.csv").write_text("user_id,item_id,split,rating\nstranger,i1,train,5\n"
+                                        "u1,i3,train,5\nu1,i3,test,5\nu2,i2,train,1\n"
+                                        "u2,i1,test,1\nu1,i1,test,4\n")
+    mixed = load_test_interactions(tmp_path / "mixed.csv", dataset, "first", min_rating=4)
+    assert mixed[["user_id", "item_id"]].values.tolist() == [["u1", "i3"], ["u1", "i1"]]
+    assert mixed.attrs["below_min_rating"] == 1
+    (tmp_path / "unknown.csv").write_text("user_id,item_id,split\nu1,i1,train\nnobody,i2,test\n")
+    with pytest.raises(DataError, match=r"unknown\.csv: 1 row\(s\) name users the model does "
+                                        r"not know: unknown\.csv line 3 \('nobody'\)"):
+        load_test_interactions(tmp_path / "unknown.csv", dataset)
 
 
 def test_a_supplied_test_set_drops_rows_below_min_rating_as_interactions_csv_does(tmp_path):

@@ -74,6 +74,25 @@ def test_the_config_takes_only_module_colon_name(value):
         load_config(None, [f"model.model_class={value}"])
 
 
+def test_a_class_defined_in_a_function_is_refused_saying_why():
+    class Local(ConstantLossModel):
+        pass
+
+    with pytest.raises(ConfigError, match=r"defined inside a function cannot be imported"):
+        load_config(None, [f"model.model_class={tfmmrec.class_reference(Local)}"])
+
+
+def test_a_class_of_a_module_run_with_dash_m_is_named_by_that_module(monkeypatch):
+    import sys
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="my_package.train")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    cls = type("Model", (), {"__module__": "__main__"})
+    assert tfmmrec.class_reference(cls) == "my_package.train:Model"
+
+
 def test_a_class_in_main_trains_with_a_warning_that_only_this_process_restores(monkeypatch,
                                                                               caplog):
     import sys

@@ -335,10 +335,12 @@ def load_test_interactions(path: str | Path, dataset: Dataset, duplicates: str =
                                  dataset.items_path or dataset.root / "items.csv")
     if "rating" in frame.columns:
         frame["rating"] = validate.require_numeric(frame, path, "rating", RATING_LIMIT)
+    if SPLIT_COLUMN in frame.columns:  # before the rows are judged as test rows (labels kept)
+        frame = _test_rows(frame, path)
     users = pd.Index(dataset.user_ids.astype(str))
     unknown = frame.index[~frame["user_id"].astype(str).isin(users)]
     if len(unknown):
-        where = ", ".join(f"{validate.row_label(path, i)} ({frame['user_id'].iloc[i]!r})"
+        where = ", ".join(f"{validate.row_label(path, i)} ({frame['user_id'].loc[i]!r})"
                           for i in unknown[:validate.SHOW_AT_MOST])
         raise DataError(f"{path}: {len(unknown)} row(s) name users the model does not know: "
                         f"{where}. Add them to users.csv (then retrain) or drop those rows.")
@@ -350,8 +352,6 @@ def load_test_interactions(path: str | Path, dataset: Dataset, duplicates: str =
         if not kept.any():
             raise DataError(f"{path}: no row has rating >= data.min_rating={min_rating:g}")
         frame = frame[kept]
-    if SPLIT_COLUMN in frame.columns:
-        frame = _test_rows(frame, path)
     rating = frame["rating"].to_numpy(np.float64) if "rating" in frame.columns else None
     frame = frame[["user_id", "item_id"]].astype(object).reset_index(drop=True)
     frame["item_index"] = known.get_indexer(frame["item_id"]).astype(np.int64)
