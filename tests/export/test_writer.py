@@ -159,3 +159,19 @@ def test_the_mark_covers_older_folders_a_crash_before_the_rename_and_concurrent_
     assert published_version(model_dir) == 30
     (model_dir / PUBLISHED_FILE).write_text("garbage")
     assert published_version(model_dir) == 0 and next_version(model_dir) == 3
+
+
+def test_a_file_system_refusing_locks_still_exports(tmp_path, monkeypatch):
+    """Some NFS and FUSE mounts refuse flock (ENOLCK): an export there must not fail on the
+    version mark's lock."""
+    import errno
+    import fcntl
+
+    def refuse(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    assert write_version(Tiny(), tmp_path, "m", None, {"index": "none"},
+                         uses_scann=False).name == "1"
+    assert (tmp_path / "m" / PUBLISHED_FILE).read_text() == "1\n"
+

@@ -70,6 +70,7 @@ def is_version_name(name: str) -> bool:
 # or catalogue update, or a client pinned to that version would get another catalogue under
 # it. Hidden, so TF Serving and ``list_versions`` never take it for a version.
 PUBLISHED_FILE = ".tfmmrec-published"
+_WARNED_MARKS: set[tuple[str, str]] = set()  # (mark, its unreadable text) already warned of
 
 
 def published_version(model_dir: str | os.PathLike) -> int:
@@ -81,8 +82,10 @@ def published_version(model_dir: str | os.PathLike) -> int:
         return 0
     if is_version_name(text):
         return int(text)
-    logger.warning("%s holds %r, not a version number: ignored (it is rewritten at the next "
-                   "export or catalogue update)", mark, text[:40])
+    if (str(mark), text) not in _WARNED_MARKS:  # read several times per export: said once
+        _WARNED_MARKS.add((str(mark), text))
+        logger.warning("%s holds %r, not a version number: ignored (it is rewritten at the "
+                       "next export or catalogue update)", mark, text[:40])
     return 0
 
 
@@ -105,7 +108,8 @@ def note_published(model_dir: str | os.PathLike, version: int = 0) -> int:
 def _folder_lock(model_dir: Path):
     """An exclusive ``flock`` of ``model_dir`` itself (no lock file to leave behind), each call
     on its own descriptor, so threads of one process exclude each other as processes do. Where
-    there is no ``fcntl`` (Windows), no lock."""
+    there is no ``fcntl`` (Windows), or the file system refuses locks (some NFS and FUSE
+    mounts, where model stores often live), no lock: the mark is then only as safe as before."""
     try:
         import fcntl
     except ImportError:
@@ -113,7 +117,10 @@ def _folder_lock(model_dir: Path):
         return
     descriptor = os.open(model_dir, os.O_RDONLY)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as exc:
+            logger.debug("%s: no lock for the version mark (%s)", model_dir, exc)
         yield
     finally:
         os.close(descriptor)  # releases the lock
