@@ -750,7 +750,7 @@ def _train(config: Config, strategy: tf.distribute.Strategy, workspace: Workspac
         "history_epochs": result.history_epochs,
         # users scored with the unknown user's id row (no training interaction); a run
         # recorded without this key predates that rule (``_note_untrained_users``)
-        UNTRAINED_USERS_KEY: len(untrained_users(ws)),
+        UNTRAINED_USERS_KEY: len(result.model.query_tower.untrained_user_ids),
         **({"fusion_selection": selection} if selection is not None else {}),
         **({"early_stopping": validation} if validation is not None else {}),
         **linear_cf_record(result.model),
@@ -1045,17 +1045,17 @@ def restore(run_dir: str | os.PathLike | None = None,
     model = build_model(ws, fit_linear_cf=False)
     model.build_from_example()
     load_exactly(model, prefix)
-    _note_untrained_users(run, ws)
+    _note_untrained_users(run, model)
     return model, ws
 
 
-def _note_untrained_users(run: Path, ws: Workspace) -> None:
+def _note_untrained_users(run: Path, model: RetrievalModel) -> None:
     """Say once when a run trained before the unknown-user rule for untrained users is now
     scored by it: its figures (``eval/``) came from those users' never-trained id rows."""
-    if not ws.config.model.user_id_embedding or UNTRAINED_USERS_KEY in read_run_record(
-            run / RUN_FILE):
+    tower = model.query_tower
+    if tower.id_embedding is None or UNTRAINED_USERS_KEY in read_run_record(run / RUN_FILE):
         return
-    if users := untrained_users(ws):
+    if users := tower.untrained_user_ids:
         logger.warning("%s was trained before users without a training interaction were scored "
                        "as unknown users: its %d such user(s) (e.g. %s) now get the unknown "
                        "user's id row, not their own never-trained one, so figures saved with "

@@ -9,6 +9,8 @@ import re
 import sys
 from typing import Any
 
+from tfmmrec.errors import ConfigError
+
 REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
@@ -31,6 +33,16 @@ def import_reference(reference: str) -> Any:
     for part in qualname.split("."):
         found = getattr(found, part)
     return found
+
+
+def import_or_refuse(reference: str, what: str, where: str, remedy: str) -> Any:
+    """:func:`import_reference`, any failure a one-line ``ConfigError``: ``"{what} cannot be
+    imported in {where} (ExceptionType: message): {remedy}"``."""
+    try:
+        return import_reference(reference)
+    except Exception as exc:  # any import failure: say which field or spec
+        raise ConfigError(f"{what} cannot be imported in {where} ({type(exc).__name__}: "
+                          f"{exc}): {remedy}") from None
 
 
 def only_this_process(reference: str) -> str | None:

@@ -17,7 +17,7 @@ from tfmmrec import config as _config
 from tfmmrec.data import media
 from tfmmrec.errors import ConfigError
 from tfmmrec.modalities.base import OFFLINE_LIMITS, ModalitySpec, decode_limits
-from tfmmrec.references import class_reference, import_reference, only_this_process
+from tfmmrec.references import class_reference, import_or_refuse, only_this_process
 
 if TYPE_CHECKING:
     from tfmmrec.config import Config
@@ -107,14 +107,10 @@ def require(refs: Sequence[str]) -> None:
     for ref in refs:
         if ref in here:  # registered in this process (the planning one, or a worker again)
             continue
-        try:
-            cls: Any = import_reference(ref)
-        except Exception as exc:  # any import failure: say which spec
-            raise ConfigError(
-                f"modality spec {ref} cannot be imported in process {os.getpid()} "
-                f"({type(exc).__name__}: {exc}): define a registered modality at the top level "
-                "of a module the workers can import (on their PYTHONPATH), or run with one "
-                "worker (--workers 1)") from None
+        cls: Any = import_or_refuse(
+            ref, f"modality spec {ref}", f"process {os.getpid()}",
+            "define a registered modality at the top level of a module the workers can import "
+            "(on their PYTHONPATH), or run with one worker (--workers 1)")
         registered = _SPECS.get(getattr(cls, "name", None))
         if registered is None:
             register(cls())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from tfmmrec.errors import ConfigError
 from tfmmrec.models.ranking import MultitaskModel
 from tfmmrec.models.retrieval import RetrievalModel
-from tfmmrec.references import import_reference
+from tfmmrec.references import import_or_refuse
 
 
 def model_class(reference: str, ranking: bool) -> type[RetrievalModel]:
@@ -17,14 +17,10 @@ def model_class(reference: str, ranking: bool) -> type[RetrievalModel]:
     base = MultitaskModel if ranking else RetrievalModel
     if not reference:
         return base
-    try:
-        cls = import_reference(reference)
-    except Exception as exc:  # any import failure: say which field
-        raise ConfigError(
-            f"model.model_class={reference!r} cannot be imported in this process "
-            f"({type(exc).__name__}: {exc}): define the class at the top level of a module on "
-            "the PYTHONPATH (a class defined in a notebook or inside a function is found only "
-            "by the process that defined it)") from None
+    cls = import_or_refuse(
+        reference, f"model.model_class={reference!r}", "this process",
+        "define the class at the top level of a module on the PYTHONPATH (a class defined in "
+        "a notebook or inside a function is found only by the process that defined it)")
     if not (isinstance(cls, type) and issubclass(cls, base)):
         what = f"class {cls.__name__}" if isinstance(cls, type) else type(cls).__name__
         raise ConfigError(
